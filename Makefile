@@ -1,0 +1,101 @@
+# sluice - build, test and run. `make run` and `make test` are all a newcomer needs.
+
+DEB_PKGS := build-essential pkg-config libluajit-5.1-dev luajit libuv1-dev \
+            libmsgpack-dev libssl-dev libhttp-parser-dev libyajl-dev \
+            lua-busted python3 python3-msgpack python3-pytest curl \
+            prometheus wrk
+PKGS     := luajit libuv msgpack openssl yajl
+
+BUILD    ?= build
+CC       ?= cc
+SAN      ?=
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fPIC \
+            -Iengine $(SAN)
+LDFLAGS  += $(SAN)
+
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lm
+
+ENGINE_SRC  := $(sort $(wildcard engine/*.c engine/inputs/*.c engine/outputs/*.c))
+ENGINE_OBJ  := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
+LIB_OBJ     := $(filter-out $(BUILD)/engine/main.o,$(ENGINE_OBJ))
+CTEST_SRC   := $(sort $(wildcard tests/c/test_*.c))
+CTEST_BIN   := $(CTEST_SRC:tests/c/%.c=$(BUILD)/tests/%)
+TOOL_SRC    := $(sort $(wildcard tests/tools/*.c))
+TOOL_BIN    := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
+
+.PHONY: all deps run test test-asan bench soak clean fuzz
+
+all: $(BUILD)/sluice $(CTEST_BIN) $(TOOL_BIN) $(BUILD)/sluice_pattern_test.so
+
+# Install what is missing from Debian; skip what is there.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
+	fi
+
+$(BUILD)/engine/%.o: engine/%.c $(wildcard engine/*.h engine/*/*.h) | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
+
+$(BUILD)/sluice: $(ENGINE_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BUILD)/tests/%: tests/c/%.c tests/c/test.h $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -Itests/c -o $@ $< $(LIB_OBJ) $(LDFLAGS) $(PKG_LIBS)
+
+$(BUILD)/tools/%: tests/tools/%.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< $(LIB_OBJ) $(LDFLAGS) $(PKG_LIBS)
+
+# engine/pattern.c as a Lua module for tests/lua/pattern_spec.lua. Not linked
+# to libluajit and never sanitized: it must load into a plain luajit host.
+$(BUILD)/sluice_pattern_test.so: tests/lua/sluice_pattern_test.c engine/pattern.c engine/pattern.h | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -fsanitize% -fno-sanitize%,$(CFLAGS)) $(PKG_CFLAGS) -shared \
+	  -o $@ tests/lua/sluice_pattern_test.c engine/pattern.c
+
+run: $(BUILD)/sluice
+	$(BUILD)/sluice run -c sluice.conf.lua
+
+test: all
+	@BUILD=$(BUILD) tests/run.sh
+
+# The same suites under AddressSanitizer and UBSan, in their own build dir.
+test-asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan CC=clang \
+	  CFLAGS="-O1 -g -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" all
+	@BUILD=build-asan SLUICE_ASAN=1 \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 tests/run.sh
+
+bench: all
+	@BUILD=$(BUILD) tests/bench/run.sh
+
+soak: all
+	@BUILD=$(BUILD) tests/soak/run.sh
+
+# libFuzzer target for the codec, built with clang; run it by hand, e.g.
+# build/fuzz/fuzz_codec -max_total_time=60. Not part of `make test`.
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
+               -Wall -Wextra -Iengine -fsanitize=fuzzer,address,undefined \
+               -fno-sanitize-recover=undefined
+
+fuzz: $(BUILD)/fuzz/fuzz_codec
+
+$(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c engine/codec.c engine/buf.c \
+                          engine/codec.h engine/buf.h engine/common.h
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_codec.c engine/codec.c engine/buf.c
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,87 @@
+/* codec.h - msgpack on the wire: bounds-checked walking, event parsing,
+ * canonical event encoding and JSON rendering.
+ * Nothing here allocates while reading untrusted bytes: every length and
+ * container count is checked against the bytes that remain before it is
+ * used. Writers append to a caller-owned sl_buf. No state. */
+#ifndef SL_CODEC_H
+#define SL_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "common.h"
+
+#define SL_CODEC_MAX_DEPTH 64 /* nesting deeper than this is rejected */
+
+/* Where reading stopped and why, for messages a user reads. */
+struct sl_codec_error {
+  size_t offset; /* byte offset from the start of the object */
+  char msg[128];
+};
+
+/* Measure one complete msgpack object at p.
+ * Returns 0 and sets *used; SL_EAGAIN when the bytes end before the object
+ * does (more may come); SL_E2BIG when the object is certainly larger than
+ * max_bytes (a declared length or count already proves it); SL_EPROTO on
+ * bytes that are not msgpack (0xc1, nesting over SL_CODEC_MAX_DEPTH).
+ * err may be NULL. */
+int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
+                  struct sl_codec_error *err);
+
+/* An event's fields, as spans into the bytes it was parsed from. */
+struct sl_event_view {
+  struct sl_str id, topic, key; /* p == NULL when absent */
+  int has_time;
+  int64_t time;
+  const uint8_t *headers; /* the raw msgpack map, NULL when absent */
+  uint32_t headers_len;
+  uint32_t headers_count;
+  const uint8_t *payload; /* the raw msgpack value, NULL when absent */
+  uint32_t payload_len;
+};
+
+/* Parse one complete event map (len bytes, as measured by sl_codec_skip).
+ * Keys must be strings; known keys: id (str), topic (str, required), key
+ * (str), time (int), headers (map str->str), payload (any). An unknown key,
+ * a duplicate key, a wrong type or a missing topic is an error.
+ * Returns 0 or SL_EPROTO with err filled (offset of the bad value). */
+int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
+                         struct sl_codec_error *err);
+
+/* Find a string key in a raw msgpack map (as validated above). Sets the
+ * value span and returns 0, or SL_ENOENT. */
+int sl_codec_map_find(const uint8_t *map, size_t len, const char *key,
+                      size_t keylen, const uint8_t **val, size_t *vallen);
+
+/* Write the canonical event map: id, topic, key (when key.p), time,
+ * headers (when non-NULL; the raw map bytes copied), payload (when
+ * non-NULL; raw bytes copied). Returns 0 or SL_ENOMEM. On return the
+ * offsets of the topic, key and id strings' bytes within out (relative to
+ * the start of this event) are stored in offs[0..2] (0 when absent). */
+int sl_codec_write_event(struct sl_buf *out, struct sl_str id,
+                         struct sl_str topic, struct sl_str key, int64_t time,
+                         const uint8_t *headers, size_t headers_len,
+                         const uint8_t *payload, size_t payload_len,
+                         uint32_t offs[3]);
+
+/* Render one msgpack value as JSON. Strings are escaped (invalid UTF-8
+ * as \ufffd); integers print exactly; floats with 17 digits; NaN and
+ * infinities as {"$float":"nan"|"inf"|"-inf"}; binary as
+ * {"$bin":"<base64>"}; ext as {"$ext":[type,"<base64>"]}; a map with a
+ * key that is not a string as {"$map":[[k,v],...]}. Input must be valid
+ * (already measured by sl_codec_skip). Returns 0, SL_ENOMEM or SL_EPROTO. */
+int sl_codec_to_json(const uint8_t *p, size_t len, struct sl_buf *out);
+
+/* msgpack writers (smallest encoding). Return 0 or SL_ENOMEM. */
+int sl_codec_put_nil(struct sl_buf *b);
+int sl_codec_put_bool(struct sl_buf *b, int v);
+int sl_codec_put_int(struct sl_buf *b, int64_t v);
+int sl_codec_put_uint(struct sl_buf *b, uint64_t v);
+int sl_codec_put_double(struct sl_buf *b, double v);
+int sl_codec_put_str(struct sl_buf *b, const char *s, size_t n);
+int sl_codec_put_bin(struct sl_buf *b, const void *s, size_t n);
+int sl_codec_put_array(struct sl_buf *b, uint32_t n);
+int sl_codec_put_map(struct sl_buf *b, uint32_t n);
+
+#endif

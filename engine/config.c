@@ -1,0 +1,983 @@
+/* config.c - loading and checking the Lua config file; see config.h.
+ * The file runs in its own lua_State with only base, string, table and
+ * math (no io, os, package or loaders) and must return a table. Checking
+ * walks that table with a key path in hand so every message can say where
+ * the problem is. The Lua state is closed before sl_config_load returns. */
+#include "config.h"
+
+#include <lauxlib.h>
+#include <libgen.h>
+#include <limits.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "log.h"
+
+struct check {
+  lua_State *L;
+  struct sl_buf *err;
+  const char *file;
+  const char *dir;
+  int nerr;
+};
+
+static void bad(struct check *c, const char *path, const char *fmt, ...)
+    SL_PRINTF(3, 4);
+
+static void bad(struct check *c, const char *path, const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  sl_buf_printf(c->err, "%s: %s: %s\n", c->file, path, msg);
+  c->nerr++;
+}
+
+static const char *type_of(lua_State *L, int idx) {
+  return lua_typename(L, lua_type(L, idx));
+}
+
+static char *dupstr(const char *s) {
+  char *d = s ? strdup(s) : NULL;
+  return d;
+}
+
+/* Resolve p against the config's folder; caller frees. */
+static char *resolve(struct check *c, const char *p) {
+  char *out;
+  size_t n;
+  if (p[0] == '/' || c->dir == NULL)
+    return strdup(p);
+  n = strlen(c->dir) + strlen(p) + 2;
+  out = malloc(n);
+  if (out)
+    snprintf(out, n, "%s/%s", c->dir, p);
+  return out;
+}
+
+static int absidx(lua_State *L, int i) {
+  return i > 0 || i <= LUA_REGISTRYINDEX ? i : lua_gettop(L) + i + 1;
+}
+
+/* Every key of the table at idx must be in allowed (NULL-terminated). */
+static void check_keys(struct check *c, int idx, const char *path,
+                       const char *const *allowed) {
+  lua_State *L = c->L;
+  idx = absidx(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (lua_type(L, -2) != LUA_TSTRING) {
+      bad(c, path, "keys must be names, found a %s key", type_of(L, -2));
+    } else {
+      const char *k = lua_tostring(L, -2);
+      const char *const *a;
+      for (a = allowed; *a; a++)
+        if (strcmp(*a, k) == 0)
+          break;
+      if (*a == NULL) {
+        char hint[256] = "";
+        size_t off = 0;
+        for (a = allowed; *a && off < sizeof(hint) - 32; a++)
+          off += (size_t)snprintf(hint + off, sizeof(hint) - off, "%s%s",
+                                  a == allowed ? "" : ", ", *a);
+        bad(c, path, "unknown key '%s' (expected one of: %s)", k, hint);
+      }
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* Is the value at idx a sequence 1..n with nothing else? */
+static int is_list(lua_State *L, int idx, int *n) {
+  int count = 0;
+  idx = absidx(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    lua_pop(L, 1);
+    if (lua_type(L, -1) != LUA_TNUMBER) {
+      lua_pop(L, 1);
+      return 0;
+    }
+    count++;
+  }
+  *n = (int)lua_objlen(L, idx);
+  return *n == count;
+}
+
+static void join(char *out, size_t n, const char *path, const char *key) {
+  snprintf(out, n, "%s%s%s", path, path[0] ? "." : "", key);
+}
+
+/* Optional string field key of the table at t. */
+static void opt_str(struct check *c, int t, const char *path, const char *key,
+                    char **out, int required) {
+  char p[256];
+  lua_getfield(c->L, t, key);
+  join(p, sizeof(p), path, key);
+  if (lua_type(c->L, -1) == LUA_TSTRING) {
+    if (lua_objlen(c->L, -1) == 0)
+      bad(c, p, "expected a non-empty string");
+    else
+      *out = dupstr(lua_tostring(c->L, -1));
+  } else if (!lua_isnil(c->L, -1) || required) {
+    bad(c, p, "expected string, got %s", type_of(c->L, -1));
+  }
+  lua_pop(c->L, 1);
+}
+
+/* Optional whole number in [min, max]; strings with KiB/MiB/GiB (or kB,
+ * MB, GB) are accepted when bytes is set. */
+static void opt_uint(struct check *c, int t, const char *path, const char *key,
+                     uint64_t min, uint64_t max, uint64_t *out, int bytes) {
+  char p[256];
+  double v;
+  lua_getfield(c->L, t, key);
+  join(p, sizeof(p), path, key);
+  if (lua_isnil(c->L, -1)) {
+    lua_pop(c->L, 1);
+    return;
+  }
+  if (lua_type(c->L, -1) == LUA_TNUMBER) {
+    v = lua_tonumber(c->L, -1);
+  } else if (bytes && lua_type(c->L, -1) == LUA_TSTRING) {
+    const char *s = lua_tostring(c->L, -1);
+    char *end;
+    v = strtod(s, &end);
+    while (*end == ' ')
+      end++;
+    if (end == s) {
+      bad(c, p, "expected a size like 1048576 or \"64MiB\", got \"%s\"", s);
+      lua_pop(c->L, 1);
+      return;
+    }
+    if (strcmp(end, "KiB") == 0) v *= 1024.0;
+    else if (strcmp(end, "MiB") == 0) v *= 1024.0 * 1024;
+    else if (strcmp(end, "GiB") == 0) v *= 1024.0 * 1024 * 1024;
+    else if (strcmp(end, "kB") == 0 || strcmp(end, "KB") == 0) v *= 1e3;
+    else if (strcmp(end, "MB") == 0) v *= 1e6;
+    else if (strcmp(end, "GB") == 0) v *= 1e9;
+    else if (strcmp(end, "B") != 0 && *end != '\0') {
+      bad(c, p, "unknown size unit '%s' (use B, KiB, MiB, GiB, kB, MB, GB)",
+          end);
+      lua_pop(c->L, 1);
+      return;
+    }
+  } else {
+    bad(c, p, "expected %s, got %s", bytes ? "number or size string" : "number",
+        type_of(c->L, -1));
+    lua_pop(c->L, 1);
+    return;
+  }
+  if (v != (double)(uint64_t)v || v < (double)min || v > (double)max)
+    bad(c, p, "expected a whole number from %llu to %llu, got %.17g",
+        (unsigned long long)min, (unsigned long long)max, v);
+  else
+    *out = (uint64_t)v;
+  lua_pop(c->L, 1);
+}
+
+static void opt_u32(struct check *c, int t, const char *path, const char *key,
+                    uint32_t min, uint32_t max, uint32_t *out, int bytes) {
+  uint64_t v = *out;
+  opt_uint(c, t, path, key, min, max, &v, bytes);
+  *out = (uint32_t)v;
+}
+
+static void opt_bool(struct check *c, int t, const char *path, const char *key,
+                     int *out) {
+  char p[256];
+  lua_getfield(c->L, t, key);
+  join(p, sizeof(p), path, key);
+  if (lua_type(c->L, -1) == LUA_TBOOLEAN)
+    *out = lua_toboolean(c->L, -1);
+  else if (!lua_isnil(c->L, -1))
+    bad(c, p, "expected boolean, got %s", type_of(c->L, -1));
+  lua_pop(c->L, 1);
+}
+
+/* A string or a list of strings at key; *out NULL-free array. */
+static int opt_strlist(struct check *c, int t, const char *path,
+                       const char *key, char ***out, int *nout, int required) {
+  char p[256], pi[300];
+  int n, i;
+  lua_State *L = c->L;
+
+  *out = NULL;
+  *nout = 0;
+  lua_getfield(L, t, key);
+  join(p, sizeof(p), path, key);
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    *out = calloc(1, sizeof(char *));
+    if (*out) {
+      (*out)[0] = dupstr(lua_tostring(L, -1));
+      *nout = 1;
+    }
+  } else if (lua_type(L, -1) == LUA_TTABLE) {
+    if (!is_list(L, -1, &n) || n == 0) {
+      bad(c, p, "expected a string or a non-empty list of strings");
+    } else {
+      *out = calloc((size_t)n, sizeof(char *));
+      for (i = 1; *out && i <= n; i++) {
+        lua_rawgeti(L, -1, i);
+        if (lua_type(L, -1) != LUA_TSTRING || lua_objlen(L, -1) == 0) {
+          snprintf(pi, sizeof(pi), "%s[%d]", p, i);
+          bad(c, pi, "expected a non-empty string, got %s", type_of(L, -1));
+        } else {
+          (*out)[*nout] = dupstr(lua_tostring(L, -1));
+          (*nout)++;
+        }
+        lua_pop(L, 1);
+      }
+    }
+  } else if (!lua_isnil(L, -1) || required) {
+    bad(c, p, "expected a string or a list of strings, got %s",
+        type_of(L, -1));
+  }
+  lua_pop(L, 1);
+  return *nout;
+}
+
+static void free_strlist(char **l, int n) {
+  int i;
+  for (i = 0; i < n; i++)
+    free(l[i]);
+  free(l);
+}
+
+int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
+                             int *port) {
+  const char *colon;
+  size_t hl;
+  char *end;
+  long p;
+  struct sockaddr_in6 a6;
+  struct sockaddr_in a4;
+
+  if (s[0] == '[') {
+    const char *close = strchr(s, ']');
+    if (close == NULL || close[1] != ':')
+      return SL_EINVAL;
+    hl = (size_t)(close - s - 1);
+    if (hl + 1 > hostlen)
+      return SL_EINVAL;
+    memcpy(host, s + 1, hl);
+    host[hl] = '\0';
+    colon = close + 1;
+  } else {
+    colon = strrchr(s, ':');
+    if (colon == NULL)
+      return SL_EINVAL;
+    hl = (size_t)(colon - s);
+    if (hl + 1 > hostlen || hl == 0)
+      return SL_EINVAL;
+    memcpy(host, s, hl);
+    host[hl] = '\0';
+  }
+  p = strtol(colon + 1, &end, 10);
+  if (colon[1] == '\0' || *end != '\0' || p < 1 || p > 65535)
+    return SL_EINVAL;
+  if (strcmp(host, "localhost") == 0)
+    snprintf(host, hostlen, "127.0.0.1");
+  if (uv_ip4_addr(host, (int)p, &a4) != 0 && uv_ip6_addr(host, (int)p, &a6) != 0)
+    return SL_EINVAL;
+  *port = (int)p;
+  return 0;
+}
+
+/* Can a file be created at path? The first folder that exists on the way
+ * up must be writable (missing folders are created at start). */
+static int path_writable(const char *path, char *why, size_t whylen) {
+  char buf[PATH_MAX], *dir;
+  struct stat st;
+
+  if (stat(path, &st) == 0) {
+    if (S_ISDIR(st.st_mode)) {
+      snprintf(why, whylen, "is a directory");
+      return 0;
+    }
+    if (access(path, W_OK) != 0) {
+      snprintf(why, whylen, "not writable");
+      return 0;
+    }
+    return 1;
+  }
+  snprintf(buf, sizeof(buf), "%s", path);
+  for (;;) {
+    dir = dirname(buf);
+    if (stat(dir, &st) == 0) {
+      if (!S_ISDIR(st.st_mode)) {
+        snprintf(why, whylen, "'%s' is not a directory", dir);
+        return 0;
+      }
+      if (access(dir, W_OK | X_OK) != 0) {
+        snprintf(why, whylen, "directory '%s' is not writable", dir);
+        return 0;
+      }
+      return 1;
+    }
+    if (strcmp(dir, "/") == 0 || strcmp(dir, ".") == 0)
+      return 1;
+    memmove(buf, dir, strlen(dir) + 1);
+  }
+}
+
+static int valid_name(const char *s) {
+  for (; *s; s++)
+    if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+          (*s >= '0' && *s <= '9') || *s == '_' || *s == '-' || *s == '.'))
+      return 0;
+  return 1;
+}
+
+static void check_name(struct check *c, const char *path, const char *name) {
+  char p[256];
+  join(p, sizeof(p), path, "name");
+  if (name && !valid_name(name))
+    bad(c, p, "'%s' may hold only letters, digits, '_', '-' and '.'", name);
+}
+
+static void check_address(struct check *c, const char *path, const char *key,
+                          const char *v) {
+  char p[256], host[128];
+  int port;
+  join(p, sizeof(p), path, key);
+  if (v && sl_config_parse_hostport(v, host, sizeof(host), &port) != 0)
+    bad(c, p,
+        "expected \"host:port\" with an IP address (or localhost) and a port "
+        "1-65535, got \"%s\"",
+        v);
+}
+
+static void check_socket_path(struct check *c, const char *path,
+                              const char *key, char **v) {
+  char p[256], why[256];
+  char *abs;
+  join(p, sizeof(p), path, key);
+  if (*v == NULL)
+    return;
+  abs = resolve(c, *v);
+  free(*v);
+  *v = abs;
+  if (abs && strlen(abs) >= 108)
+    bad(c, p, "socket path longer than 107 bytes: %s", abs);
+  else if (abs && !path_writable(abs, why, sizeof(why)))
+    bad(c, p, "cannot create socket at %s: %s", abs, why);
+}
+
+static void check_queue(struct check *c, int t, const char *path,
+                        struct sl_queue_config *q) {
+  static const char *const keys[] = {"max_events", "max_bytes", "when_full",
+                                     NULL};
+  char p[256], pw[300];
+  char *when = NULL;
+
+  q->max_events = 100000;
+  q->max_bytes = 64u << 20;
+  q->when_full = SL_QUEUE_BLOCK;
+  lua_getfield(c->L, t, "queue");
+  join(p, sizeof(p), path, "queue");
+  if (lua_istable(c->L, -1)) {
+    int qt = lua_gettop(c->L);
+    check_keys(c, qt, p, keys);
+    opt_u32(c, qt, p, "max_events", 1, 1u << 30, &q->max_events, 0);
+    opt_uint(c, qt, p, "max_bytes", 1024, 1ull << 40, &q->max_bytes, 1);
+    opt_str(c, qt, p, "when_full", &when, 0);
+    if (when) {
+      snprintf(pw, sizeof(pw), "%s.when_full", p);
+      if (strcmp(when, "block") == 0)
+        q->when_full = SL_QUEUE_BLOCK;
+      else if (strcmp(when, "drop_newest") == 0)
+        q->when_full = SL_QUEUE_DROP_NEWEST;
+      else if (strcmp(when, "drop_oldest") == 0)
+        q->when_full = SL_QUEUE_DROP_OLDEST;
+      else
+        bad(c, pw,
+            "expected \"block\", \"drop_newest\" or \"drop_oldest\", got "
+            "\"%s\" (\"spill\" is not available yet)",
+            when);
+      free(when);
+    }
+  } else if (!lua_isnil(c->L, -1)) {
+    bad(c, p, "expected table, got %s", type_of(c->L, -1));
+  }
+  lua_pop(c->L, 1);
+}
+
+static void check_retry(struct check *c, int t, const char *path,
+                        struct sl_retry_config *r) {
+  static const char *const keys[] = {"initial_ms", "max_ms", NULL};
+  char p[256];
+  r->initial_ms = 100;
+  r->max_ms = 10000;
+  lua_getfield(c->L, t, "retry");
+  join(p, sizeof(p), path, "retry");
+  if (lua_istable(c->L, -1)) {
+    int rt = lua_gettop(c->L);
+    check_keys(c, rt, p, keys);
+    opt_u32(c, rt, p, "initial_ms", 1, 3600000, &r->initial_ms, 0);
+    opt_u32(c, rt, p, "max_ms", 1, 3600000, &r->max_ms, 0);
+    if (r->max_ms < r->initial_ms)
+      bad(c, p, "max_ms (%u) is below initial_ms (%u)", r->max_ms,
+          r->initial_ms);
+  } else if (!lua_isnil(c->L, -1)) {
+    bad(c, p, "expected table, got %s", type_of(c->L, -1));
+  }
+  lua_pop(c->L, 1);
+}
+
+static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
+  static const char *const keys[] = {"name", "type", "listen",
+                                     "topic", "max_body_bytes",
+                                     "idle_timeout_ms", "bearer_token_file",
+                                     NULL};
+  lua_State *L = c->L;
+  char p[64];
+  int n, i, j;
+
+  lua_getfield(L, t, "inputs");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  if (!lua_istable(L, -1) || !is_list(L, -1, &n)) {
+    bad(c, "inputs", "expected a list of tables, got %s", type_of(L, -1));
+    lua_pop(L, 1);
+    return;
+  }
+  cfg->inputs = calloc((size_t)n + 1, sizeof(*cfg->inputs));
+  if (cfg->inputs == NULL)
+    goto done;
+  for (i = 1; i <= n; i++) {
+    struct sl_input_config *in = &cfg->inputs[cfg->ninputs++];
+    int it;
+    snprintf(p, sizeof(p), "inputs[%d]", i);
+    lua_rawgeti(L, -1, i);
+    it = lua_gettop(L);
+    in->max_body_bytes = 8u << 20;
+    in->idle_timeout_ms = 60000;
+    if (!lua_istable(L, it)) {
+      bad(c, p, "expected table, got %s", type_of(L, it));
+      lua_pop(L, 1);
+      continue;
+    }
+    check_keys(c, it, p, keys);
+    opt_str(c, it, p, "name", &in->name, 1);
+    check_name(c, p, in->name);
+    opt_str(c, it, p, "type", &in->type, 1);
+    opt_str(c, it, p, "listen", &in->listen, 1);
+    opt_str(c, it, p, "topic", &in->topic, 0);
+    opt_uint(c, it, p, "max_body_bytes", 1, 1u << 30, &in->max_body_bytes, 1);
+    opt_u32(c, it, p, "idle_timeout_ms", 100, 86400000, &in->idle_timeout_ms,
+            0);
+    opt_str(c, it, p, "bearer_token_file", &in->bearer_token_file, 0);
+    if (in->type) {
+      char pt[80];
+      snprintf(pt, sizeof(pt), "%s.type", p);
+      if (strcmp(in->type, "tcp") == 0 || strcmp(in->type, "http") == 0)
+        check_address(c, p, "listen", in->listen);
+      else if (strcmp(in->type, "unix") == 0)
+        check_socket_path(c, p, "listen", &in->listen);
+      else
+        bad(c, pt, "unknown input type \"%s\" (expected tcp, unix or http)",
+            in->type);
+    }
+    if (in->bearer_token_file) {
+      char *abs = resolve(c, in->bearer_token_file);
+      free(in->bearer_token_file);
+      in->bearer_token_file = abs;
+    }
+    for (j = 0; j < cfg->ninputs - 1; j++) {
+      if (in->name && cfg->inputs[j].name &&
+          strcmp(in->name, cfg->inputs[j].name) == 0) {
+        char pn[80];
+        snprintf(pn, sizeof(pn), "%s.name", p);
+        bad(c, pn, "duplicate input name \"%s\" (also inputs[%d])", in->name,
+            j + 1);
+      }
+      if (in->listen && cfg->inputs[j].listen &&
+          strcmp(in->listen, cfg->inputs[j].listen) == 0) {
+        char pl[80];
+        snprintf(pl, sizeof(pl), "%s.listen", p);
+        bad(c, pl, "\"%s\" is already used by inputs[%d]", in->listen, j + 1);
+      }
+    }
+    lua_pop(L, 1);
+  }
+done:
+  lua_pop(L, 1);
+}
+
+static void check_output(struct check *c, struct sl_config *cfg, int ot,
+                         const char *p, struct sl_output_config *o) {
+  static const char *const keys[] = {"name", "type", "path", "address",
+                                     "format", "queue", "retry",
+                                     "batch_events", NULL};
+  char pt[80], why[256];
+
+  check_keys(c, ot, p, keys);
+  opt_str(c, ot, p, "name", &o->name, 1);
+  check_name(c, p, o->name);
+  opt_str(c, ot, p, "type", &o->type, 1);
+  opt_str(c, ot, p, "path", &o->path, 0);
+  opt_str(c, ot, p, "address", &o->address, 0);
+  opt_str(c, ot, p, "format", &o->format, 0);
+  o->batch_events = 1024;
+  opt_u32(c, ot, p, "batch_events", 1, 65536, &o->batch_events, 0);
+  check_queue(c, ot, p, &o->queue);
+  check_retry(c, ot, p, &o->retry);
+  if (o->type == NULL)
+    return;
+  snprintf(pt, sizeof(pt), "%s.type", p);
+  if (strcmp(o->type, "file") == 0) {
+    char pp[80];
+    snprintf(pp, sizeof(pp), "%s.path", p);
+    if (o->path == NULL) {
+      lua_getfield(c->L, ot, "path");
+      if (lua_isnil(c->L, -1))
+        bad(c, pp, "expected string, got nil (a file output needs a path)");
+      lua_pop(c->L, 1);
+    } else {
+      char *abs = resolve(c, o->path);
+      free(o->path);
+      o->path = abs;
+      if (abs && !path_writable(abs, why, sizeof(why)))
+        bad(c, pp, "cannot write %s: %s", abs, why);
+    }
+  } else if (strcmp(o->type, "tcp") == 0) {
+    char pa[80];
+    snprintf(pa, sizeof(pa), "%s.address", p);
+    if (o->address == NULL)
+      bad(c, pa, "expected string, got nil (a tcp output needs an address)");
+    check_address(c, p, "address", o->address);
+  } else if (strcmp(o->type, "unix") == 0) {
+    char pp[80];
+    snprintf(pp, sizeof(pp), "%s.path", p);
+    if (o->path == NULL)
+      bad(c, pp, "expected string, got nil (a unix output needs a path)");
+    else if (o->path[0] != '/') {
+      char *abs = resolve(c, o->path);
+      free(o->path);
+      o->path = abs;
+    }
+  } else if (strcmp(o->type, "stdout") != 0 && strcmp(o->type, "null") != 0) {
+    bad(c, pt,
+        "unknown output type \"%s\" (expected stdout, file, null, tcp or "
+        "unix)",
+        o->type);
+  }
+  if (o->format) {
+    char pf[80];
+    snprintf(pf, sizeof(pf), "%s.format", p);
+    if (strcmp(o->format, "ndjson") != 0 && strcmp(o->format, "msgpack") != 0)
+      bad(c, pf, "expected \"ndjson\" or \"msgpack\", got \"%s\"", o->format);
+    else if (strcmp(o->type, "file") != 0 && strcmp(o->type, "stdout") != 0)
+      bad(c, pf, "only file and stdout outputs take a format");
+  }
+  (void)cfg;
+}
+
+static void check_outputs(struct check *c, struct sl_config *cfg, int t) {
+  lua_State *L = c->L;
+  char p[64];
+  int n, i, j;
+
+  lua_getfield(L, t, "outputs");
+  if (lua_isnil(L, -1)) {
+    n = 0;
+  } else if (!lua_istable(L, -1) || !is_list(L, -1, &n)) {
+    bad(c, "outputs", "expected a list of tables, got %s", type_of(L, -1));
+    lua_pop(L, 1);
+    return;
+  }
+  if (n > SL_CONFIG_MAX_OUTPUTS - 1) {
+    bad(c, "outputs", "at most %d outputs", SL_CONFIG_MAX_OUTPUTS - 1);
+    lua_pop(L, 1);
+    return;
+  }
+  /* one more slot for the implicit dead-letter output */
+  cfg->outputs = calloc((size_t)n + 2, sizeof(*cfg->outputs));
+  if (cfg->outputs == NULL)
+    goto done;
+  for (i = 1; i <= n; i++) {
+    struct sl_output_config *o = &cfg->outputs[cfg->noutputs++];
+    snprintf(p, sizeof(p), "outputs[%d]", i);
+    lua_rawgeti(L, -1, i);
+    if (!lua_istable(L, -1))
+      bad(c, p, "expected table, got %s", type_of(L, -1));
+    else
+      check_output(c, cfg, lua_gettop(L), p, o);
+    lua_pop(L, 1);
+    for (j = 0; j < cfg->noutputs - 1; j++)
+      if (o->name && cfg->outputs[j].name &&
+          strcmp(o->name, cfg->outputs[j].name) == 0) {
+        char pn[80];
+        snprintf(pn, sizeof(pn), "%s.name", p);
+        bad(c, pn, "duplicate output name \"%s\" (also outputs[%d])", o->name,
+            j + 1);
+      }
+  }
+done:
+  lua_pop(L, 1);
+}
+
+static void check_routes(struct check *c, struct sl_config *cfg, int t) {
+  static const char *const keys[] = {"topics", "to", NULL};
+  lua_State *L = c->L;
+  char p[64];
+  int n, i, j;
+
+  lua_getfield(L, t, "routes");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  if (!lua_istable(L, -1) || !is_list(L, -1, &n)) {
+    bad(c, "routes", "expected a list of tables, got %s", type_of(L, -1));
+    lua_pop(L, 1);
+    return;
+  }
+  cfg->router.routes = calloc((size_t)n + 1, sizeof(struct sl_route));
+  if (cfg->router.routes == NULL)
+    goto done;
+  for (i = 1; i <= n; i++) {
+    struct sl_route *r = &cfg->router.routes[cfg->router.nroutes++];
+    char **to = NULL;
+    int nto = 0, rt;
+    snprintf(p, sizeof(p), "routes[%d]", i);
+    lua_rawgeti(L, -1, i);
+    rt = lua_gettop(L);
+    if (!lua_istable(L, rt)) {
+      bad(c, p, "expected table, got %s", type_of(L, rt));
+      lua_pop(L, 1);
+      continue;
+    }
+    check_keys(c, rt, p, keys);
+    opt_strlist(c, rt, p, "topics", &r->topics, &r->ntopics, 1);
+    opt_strlist(c, rt, p, "to", &to, &nto, 1);
+    if (nto > SL_ROUTER_MAX_TO) {
+      bad(c, p, "at most %d outputs in 'to'", SL_ROUTER_MAX_TO);
+      nto = SL_ROUTER_MAX_TO;
+    }
+    for (j = 0; j < nto; j++) {
+      int idx = sl_config_output_index(cfg, to[j], strlen(to[j]));
+      if (idx < 0) {
+        char pt[80];
+        if (nto == 1)
+          snprintf(pt, sizeof(pt), "%s.to", p);
+        else
+          snprintf(pt, sizeof(pt), "%s.to[%d]", p, j + 1);
+        bad(c, pt, "no output named \"%s\"", to[j]);
+      } else {
+        r->to[r->nto++] = (uint16_t)idx;
+      }
+    }
+    free_strlist(to, nto);
+    lua_pop(L, 1);
+  }
+done:
+  lua_pop(L, 1);
+}
+
+static void check_rules(struct check *c, struct sl_config *cfg, int t) {
+  static const char *const keys[] = {"dir",        "watch",     "cpu_budget_ms",
+                                     "memory_mb",  "debounce_ms", NULL};
+  struct sl_rules_config *r = &cfg->rules;
+  lua_State *L = c->L;
+  struct stat st;
+
+  r->watch = 1;
+  r->cpu_budget_ms = 10;
+  r->memory_mb = 64;
+  r->debounce_ms = 50;
+  lua_getfield(L, t, "rules");
+  if (lua_istable(L, -1)) {
+    int rt = lua_gettop(L);
+    check_keys(c, rt, "rules", keys);
+    opt_str(c, rt, "rules", "dir", &r->dir, 0);
+    opt_bool(c, rt, "rules", "watch", &r->watch);
+    opt_u32(c, rt, "rules", "cpu_budget_ms", 1, 60000, &r->cpu_budget_ms, 0);
+    opt_u32(c, rt, "rules", "memory_mb", 1, 65536, &r->memory_mb, 0);
+    opt_u32(c, rt, "rules", "debounce_ms", 0, 10000, &r->debounce_ms, 0);
+    if (r->dir) {
+      char *abs = resolve(c, r->dir);
+      free(r->dir);
+      r->dir = abs;
+      if (abs && (stat(abs, &st) != 0 || !S_ISDIR(st.st_mode)))
+        bad(c, "rules.dir", "%s is not a directory", abs);
+    }
+  } else if (!lua_isnil(L, -1)) {
+    bad(c, "rules", "expected table, got %s", type_of(L, -1));
+  }
+  lua_pop(L, 1);
+}
+
+static void check_admin(struct check *c, struct sl_config *cfg, int t) {
+  static const char *const keys[] = {"listen", "bearer_token_file",
+                                     "redact_headers", NULL};
+  struct sl_admin_config *a = &cfg->admin;
+  lua_State *L = c->L;
+
+  lua_getfield(L, t, "admin");
+  if (lua_istable(L, -1)) {
+    int at = lua_gettop(L);
+    check_keys(c, at, "admin", keys);
+    opt_str(c, at, "admin", "listen", &a->listen, 0);
+    check_address(c, "admin", "listen", a->listen);
+    opt_str(c, at, "admin", "bearer_token_file", &a->bearer_token_file, 0);
+    if (a->bearer_token_file) {
+      char *abs = resolve(c, a->bearer_token_file);
+      free(a->bearer_token_file);
+      a->bearer_token_file = abs;
+    }
+    opt_strlist(c, at, "admin", "redact_headers", &a->redact_headers,
+                &a->nredact, 0);
+  } else if (!lua_isnil(L, -1)) {
+    bad(c, "admin", "expected table, got %s", type_of(L, -1));
+  }
+  lua_pop(L, 1);
+  if (a->redact_headers == NULL) {
+    a->redact_headers = calloc(2, sizeof(char *));
+    if (a->redact_headers) {
+      a->redact_headers[0] = strdup("authorization");
+      a->redact_headers[1] = strdup("cookie");
+      a->nredact = 2;
+    }
+  }
+}
+
+static void check_dead_letter(struct check *c, struct sl_config *cfg, int t) {
+  lua_State *L = c->L;
+  char why[256];
+
+  cfg->dead_letter = -1;
+  lua_getfield(L, t, "dead_letter");
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    const char *name = lua_tostring(L, -1);
+    cfg->dead_letter = sl_config_output_index(cfg, name, strlen(name));
+    if (cfg->dead_letter < 0)
+      bad(c, "dead_letter", "no output named \"%s\"", name);
+  } else if (lua_isnil(L, -1)) {
+    /* the implicit dead-letter output: a file under var/ */
+    struct sl_output_config *o;
+    if (cfg->outputs == NULL)
+      cfg->outputs = calloc(2, sizeof(*cfg->outputs));
+    if (cfg->outputs == NULL)
+      goto done;
+    if (sl_config_output_index(cfg, "dead_letter", 11) >= 0) {
+      bad(c, "dead_letter",
+          "an output is called \"dead_letter\": name it in dead_letter = "
+          "\"dead_letter\" or rename it");
+      goto done;
+    }
+    o = &cfg->outputs[cfg->noutputs];
+    memset(o, 0, sizeof(*o));
+    o->name = strdup("dead_letter");
+    o->type = strdup("file");
+    o->format = strdup("ndjson");
+    o->path = resolve(c, "var/dead-letter.ndjson");
+    o->batch_events = 1024;
+    o->queue.max_events = 100000;
+    o->queue.max_bytes = 64u << 20;
+    o->queue.when_full = SL_QUEUE_BLOCK;
+    o->retry.initial_ms = 100;
+    o->retry.max_ms = 10000;
+    cfg->dead_letter = cfg->noutputs++;
+    if (o->path && !path_writable(o->path, why, sizeof(why)))
+      bad(c, "dead_letter", "cannot write the default %s: %s", o->path, why);
+  } else {
+    bad(c, "dead_letter", "expected the name of an output, got %s",
+        type_of(L, -1));
+  }
+done:
+  lua_pop(L, 1);
+}
+
+static void check_top(struct check *c, struct sl_config *cfg, int t) {
+  static const char *const keys[] = {
+      "inputs",    "outputs",          "routes",          "rules",
+      "admin",     "dead_letter",      "pid_file",        "shutdown_timeout",
+      "log_level", "max_event_bytes",  NULL};
+  double timeout;
+  char *level = NULL, *pid = NULL;
+
+  check_keys(c, t, "", keys);
+  check_inputs(c, cfg, t);
+  check_outputs(c, cfg, t);
+  check_dead_letter(c, cfg, t);
+  check_routes(c, cfg, t);
+  check_rules(c, cfg, t);
+  check_admin(c, cfg, t);
+  cfg->max_event_bytes = 1u << 20;
+  opt_u32(c, t, "", "max_event_bytes", 64, 256u << 20, &cfg->max_event_bytes,
+          1);
+  cfg->shutdown_timeout_ms = 10000;
+  lua_getfield(c->L, t, "shutdown_timeout");
+  if (lua_type(c->L, -1) == LUA_TNUMBER) {
+    timeout = lua_tonumber(c->L, -1);
+    if (timeout < 0 || timeout > 3600)
+      bad(c, "shutdown_timeout", "expected seconds from 0 to 3600, got %g",
+          timeout);
+    else
+      cfg->shutdown_timeout_ms = (uint32_t)(timeout * 1000);
+  } else if (!lua_isnil(c->L, -1)) {
+    bad(c, "shutdown_timeout", "expected number (seconds), got %s",
+        type_of(c->L, -1));
+  }
+  lua_pop(c->L, 1);
+  cfg->log_level = -1;
+  opt_str(c, t, "", "log_level", &level, 0);
+  if (level) {
+    cfg->log_level = sl_log_level_parse(level);
+    if (cfg->log_level < 0)
+      bad(c, "log_level", "expected debug, info, warn or error, got \"%s\"",
+          level);
+    free(level);
+  }
+  opt_str(c, t, "", "pid_file", &pid, 0);
+  if (pid) {
+    char why[256];
+    cfg->pid_file = resolve(c, pid);
+    free(pid);
+    if (cfg->pid_file && !path_writable(cfg->pid_file, why, sizeof(why)))
+      bad(c, "pid_file", "cannot write %s: %s", cfg->pid_file, why);
+  }
+  if (cfg->ninputs == 0 && cfg->rules.dir == NULL)
+    bad(c, "inputs", "no inputs: nothing would ever arrive");
+}
+
+struct sl_config *sl_config_load(const char *path, struct sl_buf *err) {
+  struct sl_config *cfg = NULL;
+  struct check c;
+  lua_State *L;
+  char *copy = NULL;
+  FILE *f;
+  int first;
+
+  memset(&c, 0, sizeof(c));
+  c.err = err;
+  c.file = path;
+  f = fopen(path, "rb");
+  if (f == NULL) {
+    sl_buf_printf(err, "%s: cannot open: %s\n", path, strerror(errno));
+    return NULL;
+  }
+  first = fgetc(f);
+  fclose(f);
+  if (first == 0x1b) {
+    sl_buf_printf(err, "%s: precompiled chunks are not accepted\n", path);
+    return NULL;
+  }
+  L = luaL_newstate();
+  if (L == NULL) {
+    sl_buf_printf(err, "%s: out of memory\n", path);
+    return NULL;
+  }
+  /* only the pure libraries: a config computes, it does not do I/O */
+  lua_pushcfunction(L, luaopen_base);
+  lua_call(L, 0, 0);
+  lua_pushcfunction(L, luaopen_string);
+  lua_call(L, 0, 0);
+  lua_pushcfunction(L, luaopen_table);
+  lua_call(L, 0, 0);
+  lua_pushcfunction(L, luaopen_math);
+  lua_call(L, 0, 0);
+  {
+    static const char *const unsafe[] = {"dofile", "loadfile", "load",
+                                         "loadstring", "require", "module",
+                                         "collectgarbage", "newproxy",
+                                         "getfenv", "setfenv", NULL};
+    const char *const *u;
+    for (u = unsafe; *u; u++) {
+      lua_pushnil(L);
+      lua_setglobal(L, *u);
+    }
+  }
+  if (luaL_loadfile(L, path) != 0 || lua_pcall(L, 0, 1, 0) != 0) {
+    sl_buf_printf(err, "%s\n", lua_tostring(L, -1));
+    goto fail;
+  }
+  if (!lua_istable(L, -1)) {
+    sl_buf_printf(err, "%s: the file must return a table, it returned %s\n",
+                  path, type_of(L, -1));
+    goto fail;
+  }
+  cfg = calloc(1, sizeof(*cfg));
+  copy = strdup(path);
+  if (cfg == NULL || copy == NULL) {
+    sl_buf_printf(err, "%s: out of memory\n", path);
+    goto fail;
+  }
+  cfg->path = strdup(path);
+  {
+    /* absolute, so paths stay right whatever the cwd of later commands */
+    char *real = realpath(dirname(copy), NULL);
+    cfg->dir = real ? real : strdup(".");
+  }
+  c.L = L;
+  c.dir = cfg->dir;
+  check_top(&c, cfg, lua_gettop(L));
+  if (c.nerr > 0)
+    goto fail;
+  free(copy);
+  lua_close(L);
+  return cfg;
+
+fail:
+  free(copy);
+  sl_config_free(cfg);
+  lua_close(L);
+  return NULL;
+}
+
+void sl_config_free(struct sl_config *c) {
+  int i;
+  if (c == NULL)
+    return;
+  for (i = 0; i < c->ninputs; i++) {
+    struct sl_input_config *in = &c->inputs[i];
+    free(in->name);
+    free(in->type);
+    free(in->listen);
+    free(in->topic);
+    free(in->bearer_token_file);
+  }
+  free(c->inputs);
+  for (i = 0; i < c->noutputs; i++) {
+    struct sl_output_config *o = &c->outputs[i];
+    free(o->name);
+    free(o->type);
+    free(o->path);
+    free(o->address);
+    free(o->format);
+  }
+  free(c->outputs);
+  for (i = 0; i < c->router.nroutes; i++)
+    free_strlist(c->router.routes[i].topics, c->router.routes[i].ntopics);
+  free(c->router.routes);
+  free(c->rules.dir);
+  free(c->admin.listen);
+  free(c->admin.bearer_token_file);
+  free_strlist(c->admin.redact_headers, c->admin.nredact);
+  free(c->pid_file);
+  free(c->path);
+  free(c->dir);
+  free(c);
+}
+
+int sl_config_output_index(const struct sl_config *c, const char *name,
+                           size_t len) {
+  int i;
+  for (i = 0; i < c->noutputs; i++)
+    if (c->outputs[i].name && strlen(c->outputs[i].name) == len &&
+        memcmp(c->outputs[i].name, name, len) == 0)
+      return i;
+  return -1;
+}

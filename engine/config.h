@@ -1,0 +1,99 @@
+/* config.h - the engine's configuration: loading a Lua config file in a
+ * state without io/os, and checking every key before anything starts.
+ * An sl_config owns all its strings and arrays; sl_config_free releases
+ * them. Relative paths are resolved against the config file's folder. */
+#ifndef SL_CONFIG_H
+#define SL_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "queue.h"
+#include "router.h"
+
+#define SL_CONFIG_MAX_OUTPUTS 64
+#define SL_CONFIG_DEFAULT_PATH "sluice.conf.lua"
+
+struct sl_queue_config {
+  uint32_t max_events;           /* default 100000 */
+  uint64_t max_bytes;            /* default 64 MiB */
+  enum sl_queue_policy when_full; /* default block */
+};
+
+struct sl_retry_config {
+  uint32_t initial_ms; /* default 100 */
+  uint32_t max_ms;     /* default 10000 */
+};
+
+struct sl_input_config {
+  char *name;
+  char *type;   /* "tcp", "unix", "http" */
+  char *listen; /* tcp/http: "host:port"; unix: socket path */
+  char *topic;  /* http: default topic for bare payloads; may be NULL */
+  uint64_t max_body_bytes;  /* http; default 8 MiB */
+  uint32_t idle_timeout_ms; /* connections idle this long are closed */
+  char *bearer_token_file;  /* http auth; may be NULL */
+};
+
+struct sl_output_config {
+  char *name;
+  char *type;    /* "stdout", "file", "null", "tcp", "unix" */
+  char *path;    /* file: path; unix: socket path */
+  char *address; /* tcp: "host:port" */
+  char *format;  /* "ndjson" (default) or "msgpack" */
+  struct sl_queue_config queue;
+  struct sl_retry_config retry;
+  uint32_t batch_events; /* events per write; default 1024 */
+};
+
+struct sl_rules_config {
+  char *dir;               /* NULL: no rules */
+  int watch;               /* default 1 */
+  uint32_t cpu_budget_ms;  /* default 10 */
+  uint32_t memory_mb;      /* default 64 */
+  uint32_t debounce_ms;    /* default 50 */
+};
+
+struct sl_admin_config {
+  char *listen;            /* NULL: no admin server */
+  char *bearer_token_file; /* may be NULL */
+  char **redact_headers;   /* tap: masked header names */
+  int nredact;
+};
+
+struct sl_config {
+  char *path;       /* the file it came from */
+  char *dir;        /* its folder, for relative paths */
+  struct sl_input_config *inputs;
+  int ninputs;
+  struct sl_output_config *outputs;
+  int noutputs;
+  struct sl_router router; /* routes with output indices resolved */
+  struct sl_rules_config rules;
+  struct sl_admin_config admin;
+  int dead_letter;          /* output index; -1 none */
+  char *pid_file;           /* may be NULL */
+  uint32_t shutdown_timeout_ms; /* default 10000 */
+  uint32_t max_event_bytes;     /* default 1 MiB */
+  int log_level;                /* -1: not set in the file */
+};
+
+/* Load and check the file at path. On error NULL is returned and err holds
+ * one message per problem, each naming the file, the key path and what was
+ * expected ("sluice.conf.lua: outputs[2].path: expected string, got nil").
+ * All problems found are reported, not only the first. */
+struct sl_config *sl_config_load(const char *path, struct sl_buf *err);
+
+/* Release a config; NULL is a no-op. */
+void sl_config_free(struct sl_config *c);
+
+/* Index of the output called name, or -1. */
+int sl_config_output_index(const struct sl_config *c, const char *name,
+                           size_t len);
+
+/* Split "host:port" ("[::1]:80" for IPv6). Returns 0 or SL_EINVAL. */
+int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
+                             int *port);
+
+#endif

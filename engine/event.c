@@ -1,0 +1,294 @@
+/* event.c - building, sharing and freeing events; see event.h.
+ * Events are written once in canonical form at ingest so every later stage
+ * finds its fields at known offsets without decoding anything. */
+#include "event.h"
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+static const char hexdigits[] = "0123456789abcdef";
+
+static uint64_t xorshift(uint64_t *s) {
+  uint64_t x = *s;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  *s = x;
+  return x;
+}
+
+void sl_idgen_init(struct sl_idgen *g) {
+  uint64_t seed[2] = {0, 0};
+
+  if (getrandom(seed, sizeof(seed), 0) != (ssize_t)sizeof(seed)) {
+    seed[0] = (uint64_t)sl_now_ns() ^ (uint64_t)(uintptr_t)g;
+    seed[1] = sl_mono_ns() * 0x9e3779b97f4a7c15ull;
+  }
+  g->prefix = seed[0];
+  g->counter = 0;
+  g->rng = seed[1] | 1; /* xorshift must not start at zero */
+}
+
+static void put_hex(char *dst, uint64_t v, int digits) {
+  int i;
+  for (i = digits - 1; i >= 0; i--) {
+    dst[i] = hexdigits[v & 15];
+    v >>= 4;
+  }
+}
+
+static int is_lower_hex(const char *s, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++)
+    if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+      return 0;
+  return 1;
+}
+
+static int all_zero(const char *s, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++)
+    if (s[i] != '0')
+      return 0;
+  return 1;
+}
+
+int sl_event_traceparent_valid(const char *s, size_t n) {
+  if (n != 55 || s[0] != '0' || s[1] != '0' || s[2] != '-' || s[35] != '-' ||
+      s[52] != '-')
+    return 0;
+  if (!is_lower_hex(s + 3, 32) || !is_lower_hex(s + 36, 16) ||
+      !is_lower_hex(s + 53, 2))
+    return 0;
+  return !all_zero(s + 3, 32) && !all_zero(s + 36, 16);
+}
+
+static void new_traceparent(struct sl_idgen *g, char out[55]) {
+  memcpy(out, "00-", 3);
+  put_hex(out + 3, xorshift(&g->rng) | 1, 16); /* never all zero */
+  put_hex(out + 19, xorshift(&g->rng), 16);
+  out[35] = '-';
+  put_hex(out + 36, xorshift(&g->rng) | 1, 16);
+  memcpy(out + 52, "-01", 3);
+}
+
+/* Number of pairs in a raw map (already validated). */
+static uint32_t map_count(const uint8_t *p, size_t len) {
+  if (len >= 1 && (p[0] & 0xf0) == 0x80)
+    return p[0] & 0x0f;
+  if (len >= 3 && p[0] == 0xde)
+    return (uint32_t)p[1] << 8 | p[2];
+  if (len >= 5 && p[0] == 0xdf)
+    return (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 |
+           p[4];
+  return 0;
+}
+
+static size_t map_header_size(const uint8_t *p) {
+  return (p[0] & 0xf0) == 0x80 ? 1 : p[0] == 0xde ? 3 : 5;
+}
+
+/* Read a msgpack str at p (validated input). */
+static int read_str(const uint8_t *p, size_t len, struct sl_str *s,
+                    size_t *used) {
+  size_t h, n;
+  if (len < 1)
+    return -1;
+  if ((p[0] & 0xe0) == 0xa0) {
+    h = 1;
+    n = p[0] & 0x1f;
+  } else if (p[0] == 0xd9 && len >= 2) {
+    h = 2;
+    n = p[1];
+  } else if (p[0] == 0xda && len >= 3) {
+    h = 3;
+    n = (size_t)p[1] << 8 | p[2];
+  } else if (p[0] == 0xdb && len >= 5) {
+    h = 5;
+    n = (size_t)p[1] << 24 | (size_t)p[2] << 16 | (size_t)p[3] << 8 | p[4];
+  } else {
+    return -1;
+  }
+  if (n > len - h)
+    return -1;
+  s->p = (const char *)p + h;
+  s->len = (uint32_t)n;
+  *used = h + n;
+  return 0;
+}
+
+/* Copy a headers map into out, replacing (or adding) name=value. The
+ * replaced pair is dropped wherever it was. */
+static int rewrite_headers(struct sl_buf *out, const uint8_t *h, size_t hlen,
+                           const char *name, size_t namelen,
+                           const char *value, size_t valuelen) {
+  uint32_t n = h ? map_count(h, hlen) : 0, i, kept = 0;
+  const uint8_t *p = h ? h + map_header_size(h) : NULL;
+  const uint8_t *end = h ? h + hlen : NULL;
+  size_t start = out->len, kused, vused, body_start;
+  struct sl_str k;
+  int rc;
+
+  /* the count is unknown until we have seen every key: reserve a map32
+   * header and fix it up at the end */
+  if ((rc = sl_buf_append(out, "\xdf\0\0\0\0", 5)) != 0)
+    return rc;
+  body_start = out->len;
+  for (i = 0; i < n; i++) {
+    if (read_str(p, (size_t)(end - p), &k, &kused) != 0 ||
+        sl_codec_skip(p + kused, (size_t)(end - p) - kused, (size_t)(end - p),
+                      &vused, NULL) != 0)
+      return SL_EPROTO;
+    if (!(k.len == namelen && memcmp(k.p, name, namelen) == 0)) {
+      if ((rc = sl_buf_append(out, p, kused + vused)) != 0)
+        return rc;
+      kept++;
+    }
+    p += kused + vused;
+  }
+  if ((rc = sl_codec_put_str(out, name, namelen)) != 0 ||
+      (rc = sl_codec_put_str(out, value, valuelen)) != 0)
+    return rc;
+  kept++;
+  /* shrink the header to its smallest form */
+  if (kept < 16) {
+    out->data[start] = (uint8_t)(0x80 | kept);
+    memmove(out->data + start + 1, out->data + body_start,
+            out->len - body_start);
+    out->len -= 4;
+  } else if (kept < 65536) {
+    out->data[start] = 0xde;
+    out->data[start + 1] = (uint8_t)(kept >> 8);
+    out->data[start + 2] = (uint8_t)kept;
+    memmove(out->data + start + 3, out->data + body_start,
+            out->len - body_start);
+    out->len -= 2;
+  } else {
+    out->data[start + 1] = (uint8_t)(kept >> 24);
+    out->data[start + 2] = (uint8_t)(kept >> 16);
+    out->data[start + 3] = (uint8_t)(kept >> 8);
+    out->data[start + 4] = (uint8_t)kept;
+  }
+  return 0;
+}
+
+struct sl_event *sl_event_new(struct sl_idgen *g, struct sl_str id,
+                              struct sl_str topic, struct sl_str key,
+                              int has_time, int64_t time,
+                              const uint8_t *headers, size_t headers_len,
+                              const uint8_t *payload, size_t payload_len,
+                              int trace) {
+  char idbuf[32], tp[55];
+  const uint8_t *tpval = NULL;
+  size_t tplen = 0, bound;
+  struct sl_buf hb, out;
+  struct sl_event *ev;
+  uint32_t offs[3];
+  int rc;
+
+  sl_buf_init(&hb);
+  if (id.p == NULL) {
+    put_hex(idbuf, g->prefix, 16);
+    put_hex(idbuf + 16, ++g->counter, 16);
+    id.p = idbuf;
+    id.len = sizeof(idbuf);
+  }
+  if (!has_time)
+    time = sl_now_ns();
+  if (trace) {
+    int found = headers && sl_codec_map_find(headers, headers_len,
+                                             "traceparent", 11, &tpval,
+                                             &tplen) == 0;
+    struct sl_str v = {NULL, 0};
+    size_t used;
+    if (!found || read_str(tpval, tplen, &v, &used) != 0 ||
+        !sl_event_traceparent_valid(v.p, v.len)) {
+      new_traceparent(g, tp);
+      if (rewrite_headers(&hb, headers, headers_len, "traceparent", 11, tp,
+                          sizeof(tp)) != 0)
+        goto fail;
+      headers = hb.data;
+      headers_len = hb.len;
+    }
+  }
+
+  bound = 64 + id.len + topic.len + (key.p ? key.len : 0) + headers_len +
+          payload_len + 4 * 5;
+  ev = malloc(sizeof(*ev) + bound);
+  if (ev == NULL)
+    goto fail;
+  out.data = ev->data; /* bound is an upper bound: out never grows */
+  out.len = 0;
+  out.cap = bound;
+  rc = sl_codec_write_event(&out, id, topic, key, time, headers, headers_len,
+                            payload, payload_len, offs);
+  assert(rc == 0 && out.data == ev->data && out.len <= bound);
+  (void)rc;
+  ev->refs = 1;
+  ev->len = (uint32_t)out.len;
+  ev->topic_off = offs[0];
+  ev->topic_len = topic.len;
+  ev->key_off = key.p ? offs[1] : 0;
+  ev->key_len = key.p ? key.len : 0;
+  ev->id_off = offs[2];
+  ev->id_len = id.len;
+  ev->payload_len = payload ? (uint32_t)payload_len : 0;
+  ev->payload_off = payload ? ev->len - (uint32_t)payload_len : 0;
+  ev->headers_len = headers ? (uint32_t)headers_len : 0;
+  ev->headers_off =
+      headers ? ev->len - (uint32_t)headers_len -
+                    (payload ? (uint32_t)payload_len + 8 : 0)
+              : 0;
+  ev->headers_count = headers ? map_count(headers, headers_len) : 0;
+  ev->time = time;
+  ev->ingest_ns = sl_mono_ns();
+  sl_buf_close(&hb);
+  return ev;
+
+fail:
+  sl_buf_close(&hb);
+  return NULL;
+}
+
+struct sl_event *sl_event_from_view(struct sl_idgen *g,
+                                    const struct sl_event_view *v, int trace) {
+  return sl_event_new(g, v->id, v->topic, v->key, v->has_time, v->time,
+                      v->headers, v->headers_len, v->payload, v->payload_len,
+                      trace);
+}
+
+struct sl_event *sl_event_with_header(const struct sl_event *ev,
+                                      const char *name, const char *value,
+                                      size_t value_len) {
+  struct sl_buf hb;
+  struct sl_event *copy;
+  struct sl_str id = sl_event_id(ev), topic = sl_event_topic(ev),
+                key = sl_event_key(ev);
+  struct sl_idgen unused;
+
+  sl_buf_init(&hb);
+  if (rewrite_headers(&hb, ev->headers_len ? ev->data + ev->headers_off : NULL,
+                      ev->headers_len, name, strlen(name), value,
+                      value_len) != 0) {
+    sl_buf_close(&hb);
+    return NULL;
+  }
+  memset(&unused, 0, sizeof(unused));
+  copy = sl_event_new(&unused, id, topic, key, 1, ev->time, hb.data, hb.len,
+                      ev->payload_len ? ev->data + ev->payload_off : NULL,
+                      ev->payload_len, 0);
+  if (copy)
+    copy->ingest_ns = ev->ingest_ns;
+  sl_buf_close(&hb);
+  return copy;
+}
+
+void sl_event_unref(struct sl_event *ev) {
+  if (ev == NULL)
+    return;
+  assert(ev->refs > 0);
+  if (--ev->refs == 0)
+    free(ev);
+}

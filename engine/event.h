@@ -1,0 +1,79 @@
+/* event.h - the event as it travels: one heap block holding its canonical
+ * msgpack map (id, topic, key, time, headers, payload) and the offsets of
+ * its fields, shared by reference count between the queues that hold it.
+ * One worker owns an event at a time, so counts are not atomic. */
+#ifndef SL_EVENT_H
+#define SL_EVENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "codec.h"
+#include "common.h"
+
+struct sl_event {
+  uint32_t refs;
+  uint32_t len;                  /* bytes of the msgpack map in data */
+  uint32_t id_off, id_len;       /* string bytes of id */
+  uint32_t topic_off, topic_len; /* string bytes of topic */
+  uint32_t key_off, key_len;     /* key_off == 0: no key */
+  uint32_t headers_off, headers_len; /* raw map; headers_len == 0: none */
+  uint32_t payload_off, payload_len; /* raw value; payload_len == 0: none */
+  uint32_t headers_count;
+  int64_t time;        /* ns since the epoch */
+  uint64_t ingest_ns;  /* monotonic ns at ingest, for latency */
+  uint8_t data[];
+};
+
+/* Makes ids unique: a random prefix per generator and a counter. One per
+ * worker; not shared between threads. */
+struct sl_idgen {
+  uint64_t prefix;
+  uint64_t counter;
+  uint64_t rng; /* xorshift state for trace and span ids */
+};
+
+void sl_idgen_init(struct sl_idgen *g);
+
+/* Build an event from its parts (raw msgpack headers and payload are
+ * copied). id.p == NULL or time_missing: assigned from g and now. When
+ * trace is set and the headers lack a valid W3C traceparent, one is
+ * added (a new trace id and span id from g). Returns a new event with
+ * one reference, or NULL when out of memory. */
+struct sl_event *sl_event_new(struct sl_idgen *g, struct sl_str id,
+                              struct sl_str topic, struct sl_str key,
+                              int has_time, int64_t time,
+                              const uint8_t *headers, size_t headers_len,
+                              const uint8_t *payload, size_t payload_len,
+                              int trace);
+
+/* Build an event from a parsed wire view; see sl_event_new. */
+struct sl_event *sl_event_from_view(struct sl_idgen *g,
+                                    const struct sl_event_view *v, int trace);
+
+/* Copy of ev with one header set (added or replaced). NULL on ENOMEM. */
+struct sl_event *sl_event_with_header(const struct sl_event *ev,
+                                      const char *name, const char *value,
+                                      size_t value_len);
+
+static inline void sl_event_ref(struct sl_event *ev) { ev->refs++; }
+void sl_event_unref(struct sl_event *ev);
+
+static inline struct sl_str sl_event_topic(const struct sl_event *ev) {
+  struct sl_str s = {(const char *)ev->data + ev->topic_off, ev->topic_len};
+  return s;
+}
+static inline struct sl_str sl_event_key(const struct sl_event *ev) {
+  struct sl_str s = {ev->key_off ? (const char *)ev->data + ev->key_off : NULL,
+                     ev->key_len};
+  return s;
+}
+static inline struct sl_str sl_event_id(const struct sl_event *ev) {
+  struct sl_str s = {(const char *)ev->data + ev->id_off, ev->id_len};
+  return s;
+}
+
+/* Is s a valid W3C traceparent (version 00, non-zero ids)? */
+int sl_event_traceparent_valid(const char *s, size_t n);
+
+#endif

@@ -1,0 +1,216 @@
+/* native.c - the tcp and unix inputs: clients write msgpack event maps back
+ * to back over one connection. Each connection is a source: when an output
+ * it feeds is full and blocks, the connection stops reading until there is
+ * room. Bad bytes close only the connection that sent them, with one log
+ * line naming the peer, the input and the byte offset. Owns its listener
+ * and, through it, its connections. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker.h"
+
+struct native_in {
+  struct sl_input *in;
+  struct sl_listener listener;
+  int listener_closed;
+  int stopping;
+  uint32_t live; /* conns not yet freed (nconns drops at close start) */
+};
+
+struct native_conn {
+  struct sl_source src;
+  struct sl_conn *conn;
+};
+
+static void finish(struct native_in *ni);
+
+static void on_resume(struct sl_source *s) {
+  struct native_conn *nc = container_of(s, struct native_conn, src);
+  sl_conn_resume(nc->conn);
+  /* draining: once the buffered events are in, the conn has done its part */
+  if (nc->conn->no_read && nc->src.held == NULL)
+    sl_conn_close(nc->conn);
+}
+
+static void bad_input(struct sl_conn *c, struct sl_input *in, size_t offset,
+                      const char *why) {
+  struct sl_worker *w = in->w;
+  uint64_t suppressed = 0;
+  in->stats.bad_input++;
+  if (sl_log_allow(&w->bad_input_log, &suppressed))
+    sl_log(SL_LOG_WARN, "bad input; closing connection",
+           SL_S("input", in->cfg->name), SL_S("peer", c->peer),
+           SL_U("offset", c->offset + offset), SL_S("error", why),
+           SL_U("suppressed", suppressed), SL_END);
+  sl_conn_close(c);
+}
+
+static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
+  struct native_conn *nc = c->proto;
+  struct sl_input *in = nc->src.input;
+  struct sl_worker *w = in->w;
+  uint32_t max = w->cfg->max_event_bytes;
+  size_t pos = 0, used;
+  struct sl_codec_error err;
+  struct sl_event_view v;
+  struct sl_event *ev;
+  int rc;
+
+  while (pos < len) {
+    rc = sl_codec_skip(data + pos, len - pos, max, &used, &err);
+    if (rc == SL_EAGAIN) {
+      if (len - pos > max) {
+        bad_input(c, in, pos, "event larger than max_event_bytes");
+        return pos;
+      }
+      break;
+    }
+    if (rc == SL_E2BIG) {
+      char msg[200];
+      snprintf(msg, sizeof(msg), "event larger than max_event_bytes (%u)",
+               max);
+      bad_input(c, in, pos, msg);
+      return pos;
+    }
+    if (rc != 0) {
+      bad_input(c, in, pos + err.offset, err.msg);
+      return pos;
+    }
+    if (sl_codec_parse_event(data + pos, used, &v, &err) != 0) {
+      bad_input(c, in, pos + err.offset, err.msg);
+      return pos;
+    }
+    ev = sl_event_from_view(&w->idgen, &v, 1);
+    if (ev == NULL) {
+      bad_input(c, in, pos, "out of memory");
+      return pos;
+    }
+    pos += used;
+    in->stats.events_in++;
+    in->stats.bytes_in += used;
+    if (sl_worker_submit(&nc->src, ev) == SL_EAGAIN) {
+      sl_conn_pause(c); /* on_resume reads on */
+      break;
+    }
+  }
+  return pos;
+}
+
+static void cb_eof(struct sl_conn *c, int status) {
+  struct native_conn *nc = c->proto;
+  if (status != 0 && status != UV_ECONNRESET)
+    sl_log(SL_LOG_DEBUG, "connection error", SL_S("input", nc->src.input->cfg->name),
+           SL_S("peer", c->peer), SL_S("error", uv_strerror(status)), SL_END);
+  if (c->in.len > 0) {
+    nc->src.input->stats.bad_input++;
+    sl_log(SL_LOG_WARN, "connection closed inside an event; partial event discarded",
+           SL_S("input", nc->src.input->cfg->name), SL_S("peer", c->peer),
+           SL_U("offset", c->offset), SL_U("bytes", c->in.len), SL_END);
+  }
+}
+
+static void cb_close(struct sl_conn *c) {
+  struct native_conn *nc = c->proto;
+  struct native_in *ni = nc->src.input->data;
+  sl_source_close(&nc->src);
+  free(nc);
+  ni->live--;
+  if (ni->stopping && ni->live == 0 && ni->listener_closed)
+    finish(ni);
+}
+
+static const struct sl_conn_ops conn_ops = {
+    .cb_data = cb_data,
+    .cb_eof = cb_eof,
+    .cb_close = cb_close,
+};
+
+static void on_listener_closed(struct sl_listener *l);
+
+static int on_accept(struct sl_listener *l, struct sl_conn *c) {
+  struct native_in *ni = l->data;
+  struct native_conn *nc = calloc(1, sizeof(*nc));
+  if (nc == NULL)
+    return SL_ENOMEM;
+  sl_source_init(&nc->src, ni->in, on_resume);
+  nc->conn = c;
+  c->ops = &conn_ops;
+  c->proto = nc;
+  ni->live++;
+  ni->in->stats.connections_total++;
+  return 0;
+}
+
+static int cb_start(struct sl_input *in, char *err, size_t errlen) {
+  struct native_in *ni = calloc(1, sizeof(*ni));
+  int rc;
+  if (ni == NULL)
+    return SL_ENOMEM;
+  ni->in = in;
+  in->data = ni;
+  ni->listener.idle_ms = 0; /* a quiet producer is normal here */
+  ni->listener.max_buffered = (size_t)in->w->cfg->max_event_bytes + 65536;
+  ni->listener.on_closed = on_listener_closed;
+  rc = sl_listener_start(&ni->listener, &in->w->loop,
+                         strcmp(in->cfg->type, "unix") == 0 ? SL_CONN_UNIX
+                                                            : SL_CONN_TCP,
+                         in->cfg->listen, on_accept, ni, err, errlen);
+  return rc; /* on failure cb_stop still runs and frees ni */
+}
+
+static void finish(struct native_in *ni) {
+  struct sl_input *in = ni->in;
+  in->data = NULL;
+  free(ni);
+  sl_input_stopped(in);
+}
+
+static void on_listener_closed(struct sl_listener *l) {
+  struct native_in *ni = l->data;
+  ni->listener_closed = 1;
+  if (ni->stopping && ni->live == 0)
+    finish(ni);
+}
+
+static void cb_drain(struct sl_input *in) {
+  struct native_in *ni = in->data;
+  struct sl_conn *c, *next;
+  if (ni == NULL)
+    return;
+  ni->listener.on_closed = on_listener_closed;
+  sl_listener_stop(&ni->listener);
+  for (c = ni->listener.conns.next; c != &ni->listener.conns; c = next) {
+    struct native_conn *nc = c->proto;
+    next = c->next;
+    sl_conn_stop_reading(c);
+    if (nc->src.held == NULL)
+      sl_conn_close(c); /* what it sent is in; a partial event is not */
+  }
+}
+
+static uint32_t cb_busy(struct sl_input *in) {
+  struct native_in *ni = in->data;
+  return ni ? ni->live : 0;
+}
+
+static void cb_stop(struct sl_input *in) {
+  struct native_in *ni = in->data;
+  if (ni == NULL) {
+    sl_input_stopped(in);
+    return;
+  }
+  ni->stopping = 1;
+  ni->listener.on_closed = on_listener_closed;
+  sl_listener_stop(&ni->listener);
+  sl_listener_close_conns(&ni->listener);
+  if (ni->listener_closed && ni->live == 0)
+    finish(ni);
+}
+
+const struct sl_input_ops sl_input_native_ops = {
+    .type = "native",
+    .cb_start = cb_start,
+    .cb_drain = cb_drain,
+    .cb_busy = cb_busy,
+    .cb_stop = cb_stop,
+};

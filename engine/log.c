@@ -1,0 +1,135 @@
+/* log.c - JSON line logging on stderr; see log.h. */
+#include "log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "buf.h"
+
+static enum sl_log_level level_min = SL_LOG_INFO; /* set before threads */
+static int log_fd = 2;
+
+static const char *level_names[] = {"debug", "info", "warn", "error"};
+
+void sl_log_set_level(enum sl_log_level level) { level_min = level; }
+enum sl_log_level sl_log_get_level(void) { return level_min; }
+void sl_log_set_fd(int fd) { log_fd = fd; }
+
+int sl_log_level_parse(const char *name) {
+  int i;
+  for (i = 0; i < 4; i++)
+    if (strcmp(name, level_names[i]) == 0)
+      return i;
+  return -1;
+}
+
+static void put_json_string(struct sl_buf *b, const char *s, size_t n) {
+  size_t i;
+  sl_buf_putc(b, '"');
+  for (i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c == '"' || c == '\\') {
+      sl_buf_putc(b, '\\');
+      sl_buf_putc(b, c);
+    } else if (c == '\n') {
+      sl_buf_append(b, "\\n", 2);
+    } else if (c < 0x20 || c == 0x7f) {
+      sl_buf_printf(b, "\\u%04x", c);
+    } else {
+      sl_buf_putc(b, c);
+    }
+  }
+  sl_buf_putc(b, '"');
+}
+
+void sl_log(enum sl_log_level level, const char *msg, ...) {
+  char stamp[40];
+  struct sl_buf b;
+  struct timespec ts;
+  struct tm tm;
+  va_list ap;
+  int type;
+
+  if (level < level_min)
+    return;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  gmtime_r(&ts.tv_sec, &tm);
+  strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+  sl_buf_init(&b);
+  sl_buf_printf(&b, "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":", stamp,
+                ts.tv_nsec / 1000000, level_names[level]);
+  put_json_string(&b, msg, strlen(msg));
+  va_start(ap, msg);
+  while ((type = va_arg(ap, int)) != 0) {
+    const char *k = va_arg(ap, const char *);
+    sl_buf_putc(&b, ',');
+    put_json_string(&b, k, strlen(k));
+    sl_buf_putc(&b, ':');
+    switch (type) {
+    case 's': {
+      const char *v = va_arg(ap, const char *);
+      if (v)
+        put_json_string(&b, v, strlen(v));
+      else
+        sl_buf_append(&b, "null", 4);
+      break;
+    }
+    case 'n': {
+      const char *v = va_arg(ap, const char *);
+      int n = va_arg(ap, int);
+      put_json_string(&b, v, (size_t)n);
+      break;
+    }
+    case 'j': {
+      const char *v = va_arg(ap, const char *);
+      sl_buf_append(&b, v, strlen(v));
+      break;
+    }
+    case 'i':
+      sl_buf_printf(&b, "%lld", va_arg(ap, long long));
+      break;
+    case 'u':
+      sl_buf_printf(&b, "%llu", va_arg(ap, unsigned long long));
+      break;
+    case 'd':
+      sl_buf_printf(&b, "%.6g", va_arg(ap, double));
+      break;
+    default:
+      sl_buf_append(&b, "null", 4);
+      break;
+    }
+  }
+  va_end(ap);
+  sl_buf_append(&b, "}\n", 2);
+  if (b.data) {
+    ssize_t rc = write(log_fd, b.data, b.len);
+    (void)rc; /* nowhere to report a failed log write */
+  }
+  sl_buf_close(&b);
+}
+
+void sl_log_limiter_init(struct sl_log_limiter *l, uint32_t window_ms,
+                         uint32_t burst) {
+  memset(l, 0, sizeof(*l));
+  l->window_ms = window_ms;
+  l->burst = burst;
+}
+
+int sl_log_allow(struct sl_log_limiter *l, uint64_t *suppressed) {
+  uint64_t now = sl_mono_ns();
+  if (now - l->window_start_ns >= (uint64_t)l->window_ms * 1000000u) {
+    l->window_start_ns = now;
+    l->in_window = 0;
+  }
+  if (l->in_window >= l->burst) {
+    l->suppressed++;
+    return 0;
+  }
+  l->in_window++;
+  *suppressed = l->suppressed;
+  l->suppressed = 0;
+  return 1;
+}

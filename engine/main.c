@@ -1,0 +1,314 @@
+/* main.c - the sluice command line: run, check, route, test, reload,
+ * status. Parses arguments, loads the config and hands over to a worker;
+ * owns nothing past the call it makes. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "route.h"
+#include "rules.h"
+#include "worker.h"
+
+static const char usage[] =
+    "usage: sluice <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  run     [-c FILE]   run the engine (default config: " SL_CONFIG_DEFAULT_PATH ")\n"
+    "  check   [-c FILE]   check a config and its rules; exit 0 when valid, 1 with\n"
+    "                      the problems otherwise\n"
+    "  route   [-c FILE] [--events FILE]\n"
+    "                      dry run: read events (NDJSON or msgpack; stdin by\n"
+    "                      default), run the rules offline and print each decision\n"
+    "  test    [DIR...]    run the busted specs (*_spec.lua) of DIR (default rules/)\n"
+    "                      in the engine's own sandbox\n"
+    "  reload  [-c FILE]   ask the running engine to reload its rules (SIGHUP to\n"
+    "                      the pid in pid_file)\n"
+    "  status  [-c FILE]   print the running engine's rule status (JSON)\n"
+    "\n"
+    "options:\n"
+    "  -c, --config FILE   the config file\n"
+    "  --log-level LEVEL   debug, info, warn or error (overrides the config)\n"
+    "  --events FILE       route: the events to read\n"
+    "  -h, --help          this text\n"
+    "  --version           print the version\n";
+
+/* Where the runtime library (scripts/) is: beside the binary's folder. */
+static void find_scripts(void) {
+  char exe[PATH_MAX], dir[PATH_MAX + 16];
+  ssize_t n;
+  struct stat st;
+  if (getenv("SLUICE_SCRIPTS"))
+    return;
+  n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0)
+    return;
+  exe[n] = '\0';
+  snprintf(dir, sizeof(dir), "%s/../scripts", dirname(exe));
+  if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) {
+    char *real = realpath(dir, NULL);
+    if (real) {
+      setenv("SLUICE_SCRIPTS", real, 0);
+      free(real);
+    }
+  }
+}
+
+static struct sl_config *load(const char *path) {
+  struct sl_buf err;
+  struct sl_config *cfg;
+  sl_buf_init(&err);
+  cfg = sl_config_load(path, &err);
+  if (cfg == NULL) {
+    fprintf(stderr, "%.*s", (int)err.len, (const char *)err.data);
+    fprintf(stderr, "sluice: %s: config rejected\n", path);
+  }
+  sl_buf_close(&err);
+  return cfg;
+}
+
+static int write_pid_file(const char *path) {
+  char buf[32], dir[PATH_MAX];
+  int fd, n;
+  snprintf(dir, sizeof(dir), "%s", path);
+  mkdir(dirname(dir), 0755);
+  fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return -errno;
+  n = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+  if (write(fd, buf, (size_t)n) != n) {
+    close(fd);
+    return -EIO;
+  }
+  close(fd);
+  return 0;
+}
+
+static int cmd_run(const char *path, int level) {
+  struct sl_worker w;
+  struct sl_config *cfg;
+  char err[1024];
+  char *pid_file;
+  int rc;
+
+  cfg = load(path);
+  if (cfg == NULL)
+    return 1;
+  if (level < 0 && cfg->log_level >= 0)
+    sl_log_set_level((enum sl_log_level)cfg->log_level);
+  signal(SIGPIPE, SIG_IGN);
+  if (sl_worker_init(&w, cfg, err, sizeof(err)) != 0) {
+    sl_log(SL_LOG_ERROR, "cannot start", SL_S("config", path),
+           SL_S("error", err), SL_END);
+    sl_config_free(cfg);
+    return 1;
+  }
+  pid_file = sl_route_pid_path(cfg);
+  if (pid_file && write_pid_file(pid_file) != 0)
+    sl_log(SL_LOG_WARN, "cannot write the pid file; `sluice reload` will not "
+                        "find this process",
+           SL_S("pid_file", pid_file), SL_END);
+  {
+    char *status = sl_route_status_path(cfg);
+    if (status)
+      sl_rules_set_status_file(w.rules, status);
+    free(status);
+  }
+  sl_log(SL_LOG_INFO, "sluice started", SL_S("version", SL_VERSION),
+         SL_S("config", path), SL_I("pid", getpid()), SL_I("inputs", cfg->ninputs),
+         SL_I("outputs", cfg->noutputs), SL_END);
+  rc = sl_worker_run(&w);
+  {
+    char *status = sl_route_status_path(cfg);
+    if (status)
+      unlink(status);
+    free(status);
+  }
+  sl_worker_close(&w);
+  if (pid_file)
+    unlink(pid_file);
+  free(pid_file);
+  sl_log(SL_LOG_INFO, "sluice stopped", SL_I("exit_code", rc), SL_END);
+  sl_config_free(cfg);
+  return rc;
+}
+
+static int cmd_check(const char *path) {
+  struct sl_config *cfg = load(path);
+  struct sl_idgen g;
+  struct sl_rules *rs;
+  char err[1024];
+  if (cfg == NULL)
+    return 1;
+  sl_idgen_init(&g);
+  rs = sl_rules_new(cfg, NULL, &g, NULL, err, sizeof(err));
+  if (rs == NULL) {
+    fprintf(stderr, "%s\nsluice: %s: rules rejected\n", err, path);
+    sl_config_free(cfg);
+    return 1;
+  }
+  sl_rules_free(rs);
+  printf("%s: ok (%d inputs, %d outputs, %d routes%s%s)\n", path, cfg->ninputs,
+         cfg->noutputs, cfg->router.nroutes, cfg->rules.dir ? ", rules in " : "",
+         cfg->rules.dir ? cfg->rules.dir : "");
+  sl_config_free(cfg);
+  return 0;
+}
+
+static int cmd_reload(const char *path) {
+  struct sl_config *cfg = load(path);
+  char *pid_file, buf[32];
+  FILE *f;
+  long pid;
+  if (cfg == NULL)
+    return 1;
+  pid_file = sl_route_pid_path(cfg);
+  sl_config_free(cfg);
+  f = pid_file ? fopen(pid_file, "r") : NULL;
+  if (f == NULL || fgets(buf, sizeof(buf), f) == NULL ||
+      (pid = strtol(buf, NULL, 10)) <= 0) {
+    fprintf(stderr, "sluice: no running engine: cannot read %s\n",
+            pid_file ? pid_file : "the pid file");
+    if (f)
+      fclose(f);
+    free(pid_file);
+    return 1;
+  }
+  fclose(f);
+  if (kill((pid_t)pid, SIGHUP) != 0) {
+    fprintf(stderr, "sluice: cannot signal pid %ld (from %s): %s\n", pid,
+            pid_file, strerror(errno));
+    free(pid_file);
+    return 1;
+  }
+  printf("sent SIGHUP to sluice (pid %ld); see the log or `sluice status` "
+         "for the result\n",
+         pid);
+  free(pid_file);
+  return 0;
+}
+
+static int cmd_test(int argc, char **argv) {
+  char exe[PATH_MAX], root[PATH_MAX + 8], lpath[PATH_MAX * 2 + 64],
+      cpath[PATH_MAX + 32];
+  char **args;
+  ssize_t n;
+  int i, k = 0;
+
+  n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0) {
+    fprintf(stderr, "sluice: cannot find my own binary\n");
+    return 1;
+  }
+  exe[n] = '\0';
+  snprintf(root, sizeof(root), "%s/..", dirname(exe));
+  snprintf(lpath, sizeof(lpath), "%s/scripts/?.lua;%s/scripts/?/init.lua",
+           root, root);
+  snprintf(cpath, sizeof(cpath), "%s/build/?.so", root);
+  args = calloc((size_t)argc + 8, sizeof(char *));
+  if (args == NULL)
+    return 1;
+  args[k++] = "busted";
+  args[k++] = "--lua=luajit";
+  args[k++] = "--lpath";
+  args[k++] = lpath;
+  args[k++] = "--cpath";
+  args[k++] = cpath;
+  args[k++] = "--pattern=_spec";
+  for (i = 0; i < argc; i++)
+    args[k++] = argv[i];
+  if (argc == 0)
+    args[k++] = "rules";
+  args[k] = NULL;
+  execvp("busted", args);
+  fprintf(stderr, "sluice: cannot run busted: %s (make deps installs it)\n",
+          strerror(errno));
+  free(args);
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"config", required_argument, NULL, 'c'},
+      {"log-level", required_argument, NULL, 'l'},
+      {"events", required_argument, NULL, 'e'},
+      {"help", no_argument, NULL, 'h'},
+      {"version", no_argument, NULL, 'V'},
+      {NULL, 0, NULL, 0}};
+  const char *cmd, *config = SL_CONFIG_DEFAULT_PATH, *events = NULL;
+  int c, level = -1;
+
+  find_scripts();
+  if (argc < 2) {
+    fputs(usage, stderr);
+    return 2;
+  }
+  if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
+    printf("sluice %s\n", SL_VERSION);
+    return 0;
+  }
+  if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+      strcmp(argv[1], "help") == 0) {
+    fputs(usage, stdout);
+    return 0;
+  }
+  cmd = argv[1];
+  if (strcmp(cmd, "test") == 0)
+    return cmd_test(argc - 2, argv + 2);
+  optind = 2;
+  while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'c':
+      config = optarg;
+      break;
+    case 'l':
+      level = sl_log_level_parse(optarg);
+      if (level < 0) {
+        fprintf(stderr, "sluice: --log-level: expected debug, info, warn or "
+                        "error, got \"%s\"\n",
+                optarg);
+        return 2;
+      }
+      sl_log_set_level((enum sl_log_level)level);
+      break;
+    case 'e':
+      events = optarg;
+      break;
+    case 'h':
+      fputs(usage, stdout);
+      return 0;
+    case 'V':
+      printf("sluice %s\n", SL_VERSION);
+      return 0;
+    default:
+      fputs(usage, stderr);
+      return 2;
+    }
+  }
+  if (optind < argc) {
+    fprintf(stderr, "sluice: unexpected argument \"%s\"\n%s", argv[optind],
+            usage);
+    return 2;
+  }
+  if (strcmp(cmd, "run") == 0)
+    return cmd_run(config, level);
+  if (strcmp(cmd, "check") == 0)
+    return cmd_check(config);
+  if (strcmp(cmd, "reload") == 0)
+    return cmd_reload(config);
+  if (strcmp(cmd, "route") == 0)
+    return sl_route_main(config, events);
+  if (strcmp(cmd, "status") == 0)
+    return sl_route_status(config);
+  fprintf(stderr, "sluice: unknown command \"%s\"\n%s", cmd, usage);
+  return 2;
+}

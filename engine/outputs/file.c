@@ -1,0 +1,295 @@
+/* file.c - the file and stdout outputs: both append formatted batches
+ * (NDJSON or raw msgpack) to a descriptor through libuv's threadpool, so a
+ * slow disk or a blocked terminal never stalls the loop. A batch leaves the
+ * queue only once all its bytes are written. The file output reopens its
+ * path on SIGUSR1 for log rotation. Owns its descriptor and batch buffer. */
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "worker.h"
+
+struct file_out {
+  struct sl_output *o;
+  uv_fs_t req;
+  uv_timer_t retry;
+  struct sl_buf batch;
+  size_t written;    /* bytes of batch already written */
+  uint32_t nevents;  /* events in the batch */
+  int fd;
+  int is_stdout;
+  int msgpack;
+  int busy;          /* a write or reopen is in flight */
+  int reopen;        /* SIGUSR1 came: reopen after this write */
+  int failing;
+  uint32_t backoff_ms;
+  int closing;
+};
+
+static void write_more(struct file_out *f);
+static void cb_flush(struct sl_output *o);
+static void finish_stop(struct file_out *f);
+
+/* mkdir -p for the folder of path. */
+static int make_parent(const char *path) {
+  char buf[PATH_MAX], *p;
+  snprintf(buf, sizeof(buf), "%s", path);
+  p = dirname(buf);
+  if (strcmp(p, ".") == 0 || strcmp(p, "/") == 0)
+    return 0;
+  {
+    char *s;
+    for (s = p + 1; *s; s++) {
+      if (*s == '/') {
+        *s = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST)
+          return -errno;
+        *s = '/';
+      }
+    }
+    if (mkdir(p, 0755) != 0 && errno != EEXIST)
+      return -errno;
+  }
+  return 0;
+}
+
+static int open_path(const char *path) {
+  int fd;
+  make_parent(path);
+  fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  return fd < 0 ? -errno : fd;
+}
+
+static int start(struct sl_output *o, int is_stdout, char *err,
+                 size_t errlen) {
+  struct file_out *f = calloc(1, sizeof(*f));
+  const char *fmt = o->cfg->format;
+
+  if (f == NULL)
+    return SL_ENOMEM;
+  f->o = o;
+  f->is_stdout = is_stdout;
+  f->msgpack = fmt && strcmp(fmt, "msgpack") == 0;
+  sl_buf_init(&f->batch);
+  if (is_stdout) {
+    f->fd = 1;
+  } else {
+    f->fd = open_path(o->cfg->path);
+    if (f->fd < 0) {
+      snprintf(err, errlen, "cannot open %s: %s", o->cfg->path,
+               strerror(-f->fd));
+      free(f);
+      return SL_EIO;
+    }
+  }
+  uv_timer_init(&o->w->loop, &f->retry);
+  f->retry.data = f;
+  o->data = f;
+  return 0;
+}
+
+static int cb_start_file(struct sl_output *o, char *err, size_t errlen) {
+  return start(o, 0, err, errlen);
+}
+
+static int cb_start_stdout(struct sl_output *o, char *err, size_t errlen) {
+  return start(o, 1, err, errlen);
+}
+
+static void on_retry(uv_timer_t *t) {
+  struct file_out *f = t->data;
+  write_more(f);
+}
+
+static void on_reopened(uv_fs_t *req) {
+  struct file_out *f = req->data;
+  int fd = (int)req->result;
+  uv_fs_req_cleanup(req);
+  f->busy = 0;
+  if (f->closing) {
+    if (fd >= 0)
+      close(fd);
+    finish_stop(f);
+    return;
+  }
+  if (fd < 0) {
+    sl_log(SL_LOG_ERROR, "cannot reopen output file", SL_S("output", f->o->cfg->name),
+           SL_S("path", f->o->cfg->path), SL_S("error", uv_strerror(fd)), SL_END);
+  } else {
+    close(f->fd);
+    f->fd = fd;
+    sl_log(SL_LOG_INFO, "output file reopened", SL_S("output", f->o->cfg->name),
+           SL_S("path", f->o->cfg->path), SL_END);
+  }
+  if (f->nevents)
+    write_more(f);
+  else
+    cb_flush(f->o);
+}
+
+static void reopen_now(struct file_out *f) {
+  f->reopen = 0;
+  f->busy = 1;
+  f->req.data = f;
+  make_parent(f->o->cfg->path);
+  if (uv_fs_open(&f->o->w->loop, &f->req, f->o->cfg->path,
+                 O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644,
+                 on_reopened) != 0)
+    f->busy = 0;
+}
+
+static void on_written(uv_fs_t *req) {
+  struct file_out *f = req->data;
+  struct sl_output *o = f->o;
+  ssize_t n = req->result;
+
+  uv_fs_req_cleanup(req);
+  f->busy = 0;
+  if (f->closing) {
+    if (n > 0 && f->written + (size_t)n >= f->batch.len)
+      sl_output_delivered(o, f->nevents, f->batch.len);
+    finish_stop(f);
+    return;
+  }
+  if (n < 0) {
+    o->stats.errors++;
+    if (!f->failing)
+      sl_log(SL_LOG_ERROR, "output write failed; retrying",
+             SL_S("output", o->cfg->name), SL_S("error", uv_strerror((int)n)),
+             SL_END);
+    f->failing = 1;
+    f->backoff_ms = f->backoff_ms ? f->backoff_ms * 2 : o->cfg->retry.initial_ms;
+    if (f->backoff_ms > o->cfg->retry.max_ms)
+      f->backoff_ms = o->cfg->retry.max_ms;
+    uv_timer_start(&f->retry, on_retry, f->backoff_ms, 0);
+    return;
+  }
+  if (f->failing)
+    sl_log(SL_LOG_INFO, "output writes again", SL_S("output", o->cfg->name),
+           SL_END);
+  f->failing = 0;
+  f->backoff_ms = 0;
+  f->written += (size_t)n;
+  if (f->written < f->batch.len) {
+    write_more(f);
+    return;
+  }
+  sl_output_delivered(o, f->nevents, f->batch.len);
+  f->nevents = 0;
+  f->written = 0;
+  sl_buf_reset(&f->batch);
+  if (f->reopen && !f->is_stdout) {
+    reopen_now(f);
+    return;
+  }
+  if (o->q.count > 0)
+    cb_flush(o);
+}
+
+static void write_more(struct file_out *f) {
+  uv_buf_t b;
+  int rc;
+
+  if (f->busy)
+    return;
+  b = uv_buf_init((char *)f->batch.data + f->written,
+                  (unsigned)(f->batch.len - f->written));
+  f->req.data = f;
+  f->busy = 1;
+  rc = uv_fs_write(&f->o->w->loop, &f->req, f->fd, &b, 1, -1, on_written);
+  if (rc != 0) {
+    f->busy = 0;
+    f->o->stats.errors++;
+    uv_timer_start(&f->retry, on_retry, f->o->cfg->retry.initial_ms, 0);
+  }
+}
+
+static void cb_flush(struct sl_output *o) {
+  struct file_out *f = o->data;
+  uint32_t n, i;
+
+  if (f->busy || f->nevents || f->closing || o->q.count == 0)
+    return;
+  n = o->q.count < o->cfg->batch_events ? o->q.count : o->cfg->batch_events;
+  for (i = 0; i < n; i++) {
+    struct sl_event *ev = sl_queue_at(&o->q, i);
+    if (f->msgpack) {
+      sl_buf_append(&f->batch, ev->data, ev->len);
+    } else {
+      sl_codec_to_json(ev->data, ev->len, &f->batch);
+      sl_buf_putc(&f->batch, '\n');
+    }
+  }
+  o->q.inflight = n;
+  f->nevents = n;
+  f->written = 0;
+  write_more(f);
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+  struct file_out *f = h->data;
+  struct sl_output *o = f->o;
+  if (!f->is_stdout && f->fd >= 0)
+    close(f->fd);
+  sl_buf_close(&f->batch);
+  free(f);
+  o->data = NULL;
+  sl_output_stopped(o);
+}
+
+static void finish_stop(struct file_out *f) {
+  uv_close((uv_handle_t *)&f->retry, on_timer_closed);
+}
+
+static void cb_stop(struct sl_output *o) {
+  struct file_out *f = o->data;
+  if (f == NULL) {
+    sl_output_stopped(o);
+    return;
+  }
+  f->closing = 1;
+  if (f->busy) {
+    /* a threadpool write cannot be taken back once running: its callback
+     * finishes the stop */
+    uv_cancel((uv_req_t *)&f->req);
+    return;
+  }
+  finish_stop(f);
+}
+
+static void cb_reopen(struct sl_output *o) {
+  struct file_out *f = o->data;
+  if (f == NULL || f->is_stdout)
+    return;
+  if (f->busy || f->nevents)
+    f->reopen = 1; /* after the write in flight */
+  else
+    reopen_now(f);
+}
+
+static int cb_healthy(struct sl_output *o) {
+  struct file_out *f = o->data;
+  return f && !f->failing;
+}
+
+const struct sl_output_ops sl_output_file_ops = {
+    .type = "file",
+    .cb_start = cb_start_file,
+    .cb_flush = cb_flush,
+    .cb_stop = cb_stop,
+    .cb_reopen = cb_reopen,
+    .cb_healthy = cb_healthy,
+};
+
+const struct sl_output_ops sl_output_stdout_ops = {
+    .type = "stdout",
+    .cb_start = cb_start_stdout,
+    .cb_flush = cb_flush,
+    .cb_stop = cb_stop,
+    .cb_healthy = cb_healthy,
+};

@@ -1,0 +1,278 @@
+/* route.c - `sluice route` and `sluice status`; see route.h. The dry run
+ * drives the same rule set code as the engine, without a loop: emitted
+ * events are collected and printed with the decision that caused them. */
+#include "route.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+#include "json.h"
+#include "rules.h"
+
+struct emitted {
+  struct sl_buf json; /* ,{"output":..,"event":..} items */
+  const struct sl_config *cfg;
+};
+
+static void on_emit(void *data, int output, struct sl_event *ev) {
+  struct emitted *e = data;
+  sl_buf_printf(&e->json, "%s{\"output\":\"%s\",\"event\":",
+                e->json.len ? "," : "", e->cfg->outputs[output].name);
+  sl_codec_to_json(ev->data, ev->len, &e->json);
+  sl_buf_putc(&e->json, '}');
+  sl_event_unref(ev);
+}
+
+static void put_json_str(struct sl_buf *b, const char *s) {
+  sl_buf_putc(b, '"');
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\') {
+      sl_buf_putc(b, '\\');
+      sl_buf_putc(b, c);
+    } else if (c < 0x20) {
+      sl_buf_printf(b, "\\u%04x", c);
+    } else {
+      sl_buf_putc(b, c);
+    }
+  }
+  sl_buf_putc(b, '"');
+}
+
+static void print_error(uint64_t index, const char *msg) {
+  struct sl_buf b;
+  sl_buf_init(&b);
+  sl_buf_printf(&b, "{\"index\":%llu,\"decision\":\"invalid\",\"error\":",
+                (unsigned long long)index);
+  put_json_str(&b, msg);
+  sl_buf_append(&b, "}\n", 2);
+  fwrite(b.data, 1, b.len, stdout);
+  sl_buf_close(&b);
+}
+
+static void decide_one(struct sl_rules *rs, struct emitted *em,
+                       struct sl_idgen *g, uint64_t index, const uint8_t *p,
+                       size_t len) {
+  static const char *const outcomes[] = {"routed", "unrouted", "dropped",
+                                         "failed"};
+  struct sl_codec_error err;
+  struct sl_event_view v;
+  struct sl_rules_result r;
+  struct sl_event *ev;
+  struct sl_buf b;
+  int i;
+
+  if (sl_codec_parse_event(p, len, &v, &err) != 0) {
+    char msg[256];
+    snprintf(msg, sizeof(msg), "byte %zu: %s", err.offset, err.msg);
+    print_error(index, msg);
+    return;
+  }
+  ev = sl_event_from_view(g, &v, 1);
+  if (ev == NULL) {
+    print_error(index, "out of memory");
+    return;
+  }
+  sl_buf_reset(&em->json);
+  sl_rules_decide(rs, ev, &r);
+  sl_buf_init(&b);
+  sl_buf_printf(&b, "{\"index\":%llu,\"decision\":\"%s\",\"outputs\":[",
+                (unsigned long long)index, outcomes[r.outcome]);
+  for (i = 0; i < r.ntargets; i++) {
+    if (i)
+      sl_buf_putc(&b, ',');
+    put_json_str(&b, em->cfg->outputs[r.targets[i]].name);
+  }
+  sl_buf_append(&b, "],\"rule\":", 9);
+  if (r.rule)
+    put_json_str(&b, r.rule);
+  else
+    sl_buf_append(&b, "null", 4);
+  sl_buf_append(&b, ",\"reason\":", 10);
+  if (r.reason)
+    put_json_str(&b, r.reason);
+  else
+    sl_buf_append(&b, "null", 4);
+  sl_buf_append(&b, ",\"event\":", 9);
+  sl_codec_to_json(r.event->data, r.event->len, &b);
+  sl_buf_append(&b, ",\"emitted\":[", 12);
+  sl_buf_append(&b, em->json.data, em->json.len);
+  sl_buf_append(&b, "]}\n", 3);
+  fwrite(b.data, 1, b.len, stdout);
+  sl_buf_close(&b);
+  sl_event_unref(r.event);
+}
+
+static int read_all(FILE *f, struct sl_buf *in) {
+  char chunk[65536];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+    if (sl_buf_append(in, chunk, n) != 0)
+      return SL_ENOMEM;
+  return ferror(f) ? SL_EIO : 0;
+}
+
+int sl_route_main(const char *config, const char *path) {
+  struct sl_buf errb, in, mp;
+  struct sl_config *cfg;
+  struct sl_rules *rs;
+  struct sl_idgen g;
+  struct emitted em;
+  struct sl_rules_owner owner;
+  char err[1024];
+  FILE *f;
+  size_t pos = 0;
+  uint64_t index = 0;
+  int rc = 0;
+
+  sl_buf_init(&errb);
+  cfg = sl_config_load(config, &errb);
+  if (cfg == NULL) {
+    fprintf(stderr, "%.*s", (int)errb.len, (const char *)errb.data);
+    sl_buf_close(&errb);
+    return 1;
+  }
+  sl_buf_close(&errb);
+  sl_idgen_init(&g);
+  memset(&em, 0, sizeof(em));
+  sl_buf_init(&em.json);
+  em.cfg = cfg;
+  owner.data = &em;
+  owner.emit = on_emit;
+  rs = sl_rules_new(cfg, NULL, &g, &owner, err, sizeof(err));
+  if (rs == NULL) {
+    fprintf(stderr, "%s\n", err);
+    sl_config_free(cfg);
+    return 1;
+  }
+  f = path && strcmp(path, "-") != 0 ? fopen(path, "rb") : stdin;
+  if (f == NULL) {
+    fprintf(stderr, "sluice: cannot open %s: %s\n", path, strerror(errno));
+    rc = 1;
+    goto done;
+  }
+  sl_buf_init(&in);
+  sl_buf_init(&mp);
+  if (read_all(f, &in) != 0) {
+    fprintf(stderr, "sluice: cannot read %s\n", path ? path : "stdin");
+    rc = 1;
+  }
+  if (f != stdin)
+    fclose(f);
+  while (pos < in.len && (in.data[pos] == ' ' || in.data[pos] == '\n' ||
+                          in.data[pos] == '\r' || in.data[pos] == '\t'))
+    pos++;
+  if (pos < in.len && in.data[pos] == '{') {
+    /* NDJSON: one event per line */
+    while (pos < in.len) {
+      size_t end = pos;
+      char jerr[256];
+      while (end < in.len && in.data[end] != '\n')
+        end++;
+      if (end > pos) {
+        sl_buf_reset(&mp);
+        if (sl_json_to_msgpack((const char *)in.data + pos, end - pos, &mp,
+                               jerr, sizeof(jerr)) != 0) {
+          char msg[300];
+          snprintf(msg, sizeof(msg), "line %llu: %s",
+                   (unsigned long long)index + 1, jerr);
+          print_error(index, msg);
+        } else {
+          decide_one(rs, &em, &g, index, mp.data, mp.len);
+        }
+        index++;
+      }
+      pos = end + 1;
+    }
+  } else {
+    while (pos < in.len) {
+      struct sl_codec_error cerr;
+      size_t used;
+      int src = sl_codec_skip(in.data + pos, in.len - pos, cfg->max_event_bytes,
+                              &used, &cerr);
+      if (src != 0) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "byte %zu: %s", pos,
+                 src == SL_EAGAIN ? "truncated msgpack at the end of input"
+                                  : cerr.msg);
+        print_error(index, msg);
+        break; /* a msgpack stream cannot be resynchronised */
+      }
+      decide_one(rs, &em, &g, index++, in.data + pos, used);
+      pos += used;
+    }
+  }
+  sl_buf_close(&in);
+  sl_buf_close(&mp);
+done:
+  fflush(stdout);
+  sl_rules_free(rs);
+  sl_buf_close(&em.json);
+  sl_config_free(cfg);
+  return rc;
+}
+
+char *sl_route_pid_path(const struct sl_config *cfg) {
+  char *p;
+  size_t n;
+  if (cfg->pid_file)
+    return strdup(cfg->pid_file);
+  n = strlen(cfg->dir) + 32;
+  p = malloc(n);
+  if (p)
+    snprintf(p, n, "%s/var/sluice.pid", cfg->dir);
+  return p;
+}
+
+char *sl_route_status_path(const struct sl_config *cfg) {
+  char *pid = sl_route_pid_path(cfg), *p;
+  size_t n;
+  if (pid == NULL)
+    return NULL;
+  n = strlen(pid) + 16;
+  p = malloc(n);
+  if (p) {
+    size_t l = strlen(pid);
+    if (l > 4 && strcmp(pid + l - 4, ".pid") == 0)
+      pid[l - 4] = '\0';
+    snprintf(p, n, "%s.status.json", pid);
+  }
+  free(pid);
+  return p;
+}
+
+int sl_route_status(const char *config) {
+  struct sl_buf errb, in;
+  struct sl_config *cfg;
+  char *path;
+  FILE *f;
+  int rc = 0;
+
+  sl_buf_init(&errb);
+  cfg = sl_config_load(config, &errb);
+  if (cfg == NULL) {
+    fprintf(stderr, "%.*s", (int)errb.len, (const char *)errb.data);
+    sl_buf_close(&errb);
+    return 1;
+  }
+  sl_buf_close(&errb);
+  path = sl_route_status_path(cfg);
+  sl_config_free(cfg);
+  f = path ? fopen(path, "r") : NULL;
+  if (f == NULL) {
+    fprintf(stderr, "sluice: no status at %s: is the engine running?\n",
+            path ? path : "(none)");
+    free(path);
+    return 1;
+  }
+  sl_buf_init(&in);
+  if (read_all(f, &in) != 0)
+    rc = 1;
+  fclose(f);
+  fwrite(in.data, 1, in.len, stdout);
+  sl_buf_close(&in);
+  free(path);
+  return rc;
+}

@@ -1,0 +1,21 @@
+/* route.h - offline commands that use the rules without running the
+ * engine: `sluice route` (dry run) and `sluice status`. */
+#ifndef SL_ROUTE_H
+#define SL_ROUTE_H
+
+#include "config.h"
+
+/* Read events from path (NULL or "-": stdin), NDJSON or a msgpack stream
+ * (told apart by the first byte), decide each with the config's rules and
+ * routes, and print one JSON line per event. Returns the exit code: 0, or
+ * 1 when the config or rules are rejected (nothing is read then). */
+int sl_route_main(const char *config, const char *path);
+
+/* Print the running engine's status file. Returns the exit code. */
+int sl_route_status(const char *config);
+
+/* The status file of a config: beside its pid file. Caller frees. */
+char *sl_route_status_path(const struct sl_config *cfg);
+char *sl_route_pid_path(const struct sl_config *cfg);
+
+#endif

@@ -1,0 +1,88 @@
+/* rules.h - the live rule set of a worker, and its hot reload.
+ * The rule set is every *.lua file (not *_spec.lua) of rules.dir, each in
+ * its own sandbox, run in lexical order. A reload builds a complete new set
+ * beside the live one and swaps it in between two events only when every
+ * file loaded; otherwise the live set stays and the error is kept for the
+ * status output. Owns the sets, the directory watcher and the rule timers. */
+#ifndef SL_RULES_H
+#define SL_RULES_H
+
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "buf.h"
+#include "config.h"
+#include "event.h"
+#include "metrics.h"
+
+struct sl_rules;
+
+enum sl_rules_outcome {
+  SL_RULES_ROUTED = 0, /* by a rule or by the config's routes */
+  SL_RULES_UNROUTED,   /* no rule decided and no route matched */
+  SL_RULES_DROPPED,    /* a rule dropped it; reason says why */
+  SL_RULES_FAILED      /* a rule failed: the dead letter is the target */
+};
+
+struct sl_rules_result {
+  struct sl_event *event; /* the event to queue (the caller's reference) */
+  int ntargets;
+  uint16_t targets[SL_CONFIG_MAX_OUTPUTS];
+  enum sl_rules_outcome outcome;
+  const char *rule;   /* the deciding rule's file, or NULL (config) */
+  const char *reason; /* drop reason or error; valid until the next call */
+};
+
+/* What the rule set needs from its owner. */
+struct sl_rules_owner {
+  void *data;
+  /* sluice.emit: ev (the owner takes the reference) for output index. */
+  void (*emit)(void *data, int output, struct sl_event *ev);
+};
+
+/* Load cfg's rules dir (if any). With a loop, also watch the dir (unless
+ * rules.watch is false) and run sluice.every timers; without one (offline
+ * use: sluice route) neither. g makes ids for emitted events. On error NULL
+ * is returned and err holds "path:line: message". */
+struct sl_rules *sl_rules_new(const struct sl_config *cfg, uv_loop_t *loop,
+                              struct sl_idgen *g,
+                              const struct sl_rules_owner *owner, char *err,
+                              size_t errlen);
+
+/* Decide where ev goes: the first matching rule that routes or drops
+ * decides, else the config's routes. Takes the reference to ev; r->event
+ * gets a reference (the same event, a changed one, or a dead letter). */
+void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
+                     struct sl_rules_result *r);
+
+/* Rebuild the set from the files now (SIGHUP, admin, watcher). Returns 0
+ * when the new set is live (or nothing changed), a negative code when the
+ * old one stays. trigger names the cause in the log. */
+int sl_rules_reload(struct sl_rules *rs, const char *trigger);
+
+/* The status as JSON: the set's version, per rule file, hash, version and
+ * loaded-at time, and the last reload's result and error. */
+int sl_rules_status_json(const struct sl_rules *rs, struct sl_buf *out);
+
+/* Prometheus lines for rule calls, errors, durations, reloads and the
+ * rules' own counters. */
+int sl_rules_metrics(const struct sl_rules *rs, struct sl_buf *out);
+
+/* Write the status JSON to path now and after every reload (for
+ * `sluice status`); NULL stops it. The path is copied. */
+void sl_rules_set_status_file(struct sl_rules *rs, const char *path);
+
+/* Close the watcher and timers (part of the worker's stop). */
+void sl_rules_stop(struct sl_rules *rs);
+void sl_rules_free(struct sl_rules *rs);
+
+/* Counters for metrics and the worker's logs. */
+struct sl_rules_stats {
+  uint64_t dropped, dead_lettered, unrouted, emitted, emit_failed;
+  uint64_t reloads_ok, reloads_failed;
+  uint64_t version;
+};
+const struct sl_rules_stats *sl_rules_stats(const struct sl_rules *rs);
+
+#endif

@@ -1,0 +1,117 @@
+/* sandbox.h - one rule file in its own sandboxed LuaJIT state.
+ * A rule owns its lua_State, the state's allocator (a byte budget) and its
+ * timers, counters, rate limiters and dedup windows. It never touches the
+ * event loop: the host passes events in, reads decisions out, and drives
+ * timers through sl_rule_next_timer/sl_rule_run_timers, so the same code
+ * runs in the engine, in `sluice route` and under busted (sluice.testing).
+ * A rule is used by one thread at a time. */
+#ifndef SL_SANDBOX_H
+#define SL_SANDBOX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "event.h"
+
+#define SL_RULE_MAX_ROUTES 16
+
+struct sl_rule;
+
+struct sl_rule_limits {
+  uint32_t cpu_budget_ms;   /* per call into the rule; default 10 */
+  uint32_t memory_mb;       /* per state; default 64 */
+  const char *scripts_dir;  /* runtime library for require; may be NULL */
+  const char *lib_dir;      /* the rules dir's lib/ for require; may be NULL */
+};
+
+/* What a rule can ask of its host. Every member may be NULL. Strings passed
+ * are valid only during the call. */
+struct sl_rule_host {
+  void *data;
+  /* sluice.emit(output, event_table): ev is a complete canonical event
+   * (built with the host's idgen); the host takes the reference. */
+  void (*emit)(void *data, struct sl_rule *r, const char *output,
+               struct sl_event *ev);
+  /* sluice.log(level, msg, fields): level 0 debug .. 3 error; fields is a
+   * raw msgpack map or NULL. */
+  void (*log)(void *data, struct sl_rule *r, int level, const char *msg,
+              const uint8_t *fields, size_t fields_len);
+  struct sl_idgen *idgen; /* for ids of emitted events; NULL: rule-owned */
+};
+
+enum sl_rule_verdict {
+  SL_RULE_PASS = 0, /* no decision: the next rule or the config routes */
+  SL_RULE_ROUTE,    /* send to routes[0..nroutes-1] */
+  SL_RULE_DROP,     /* dropped, message holds the reason */
+  SL_RULE_ERROR     /* failed, see error and message */
+};
+
+enum sl_rule_error {
+  SL_RULE_ERR_NONE = 0,
+  SL_RULE_ERR_RUNTIME, /* a Lua error, or a bad return value */
+  SL_RULE_ERR_CPU,     /* over cpu_budget_ms */
+  SL_RULE_ERR_MEMORY   /* over memory_mb */
+};
+
+struct sl_rule_decision {
+  enum sl_rule_verdict verdict;
+  enum sl_rule_error error;
+  int nroutes;
+  const char *routes[SL_RULE_MAX_ROUTES]; /* owned by the rule; valid until
+                                             its next call */
+  char message[512];  /* drop reason, or "file:line: message" on error */
+  char where[256];    /* file:line of the failure, for sluice-rule */
+  struct sl_event *changed; /* non-NULL: the event after the rule changed
+                               it (topic, key, headers or payload); the
+                               caller takes the reference */
+};
+
+/* Load path into a new state: the sandboxed environment, the runtime
+ * library, the chunk with the JIT off, the contract check (a table with
+ * on_event; topics a string or list of globs) and on_start. On error NULL
+ * is returned and err holds "path:line: message". */
+struct sl_rule *sl_rule_load(const char *path,
+                             const struct sl_rule_limits *limits,
+                             const struct sl_rule_host *host, char *err,
+                             size_t errlen);
+
+/* Close the state and free everything the rule owns. NULL is a no-op. */
+void sl_rule_free(struct sl_rule *r);
+
+/* Does the rule's topics list match topic? */
+int sl_rule_matches(const struct sl_rule *r, const char *topic, size_t len);
+
+/* Run on_event for ev (not consumed). Fills d; never raises. After an error
+ * the rule is still usable (a state that is broken beyond use is rebuilt
+ * from its file by this call; sl_rule_rebuilds counts how often). */
+void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
+                 struct sl_rule_decision *d);
+
+/* Monotonic ms of the earliest timer (sluice.every), or -1 when none. */
+int64_t sl_rule_next_timer(const struct sl_rule *r);
+/* Run the timers due at now_ms; errors are logged through the host. */
+void sl_rule_run_timers(struct sl_rule *r, int64_t now_ms);
+
+/* State handover for hot reload: snapshot() of the old rule to msgpack,
+ * restore(value) into the new one. Both return 0, SL_ENOENT when the rule
+ * does not export the function, or a negative code with err filled. */
+int sl_rule_snapshot(struct sl_rule *r, struct sl_buf *out, char *err,
+                     size_t errlen);
+int sl_rule_restore(struct sl_rule *r, const uint8_t *p, size_t len,
+                    char *err, size_t errlen);
+
+/* Introspection for status and metrics. */
+const char *sl_rule_path(const struct sl_rule *r);
+const char *sl_rule_hash(const struct sl_rule *r); /* hex SHA-256 of file */
+size_t sl_rule_memory(const struct sl_rule *r);    /* bytes in the state */
+uint64_t sl_rule_rebuilds(const struct sl_rule *r);
+
+/* sluice.counter(name, labels) values, for /metrics. labels is a rendered
+ * Prometheus label list without braces ("k=\"v\",...") or "". */
+typedef void (*sl_rule_counter_cb)(void *data, const char *name,
+                                   const char *labels, double value);
+void sl_rule_counters(const struct sl_rule *r, sl_rule_counter_cb cb,
+                      void *data);
+
+#endif
