@@ -63,6 +63,11 @@ void sl_output_kick(struct sl_output *o) {
 }
 
 void sl_output_delivered(struct sl_output *o, uint32_t n, uint64_t bytes) {
+  uint64_t now = sl_mono_ns();
+  uint32_t i;
+  for (i = 0; i < n; i++)
+    sl_histogram_observe(&o->stats.latency,
+                         (double)(now - sl_queue_at(&o->q, i)->ingest_ns) / 1e9);
   o->stats.events_out += n;
   o->stats.bytes_out += bytes;
   sl_queue_pop(&o->q, n);
@@ -130,6 +135,8 @@ int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
   int i;
 
   sl_rules_decide(w->rules, ev, &r);
+  if (w->tap)
+    w->tap(w->tap_data, r.event, (int)r.outcome);
   s->ntargets = r.ntargets;
   for (i = 0; i < r.ntargets; i++)
     s->targets[i] = r.targets[i];
@@ -140,6 +147,18 @@ int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
     return 0;
   }
   return push_held(s);
+}
+
+int sl_worker_blocked(const struct sl_worker *w) {
+  int i;
+  for (i = 0; i < w->noutputs; i++) {
+    const struct sl_queue *q = &w->outputs[i].q;
+    if (q->policy == SL_QUEUE_BLOCK &&
+        (q->waiters.next != &q->waiters || q->count >= q->max_events ||
+         q->bytes >= q->max_bytes))
+      return 1;
+  }
+  return 0;
 }
 
 /* Events a rule emits cannot make its caller wait (the rule has returned

@@ -13,6 +13,7 @@
 #include "conn.h"
 #include "event.h"
 #include "log.h"
+#include "metrics.h"
 #include "queue.h"
 
 struct sl_worker;
@@ -41,8 +42,8 @@ struct sl_output_ops {
 };
 
 struct sl_output_stats {
-  uint64_t events_out, bytes_out, errors, dropped_rule_error;
-  uint64_t dead_lettered; /* events this output sent to the dead letter */
+  uint64_t events_out, bytes_out, errors;
+  struct sl_histogram latency; /* ingest to confirmed delivery */
 };
 
 struct sl_output {
@@ -139,6 +140,9 @@ struct sl_worker {
   int signals;           /* how many stop signals came */
   int exit_code;
   struct sl_rules *rules;  /* the live rules and the config routes */
+  /* called for every decided event when set (the admin tap) */
+  void (*tap)(void *data, const struct sl_event *ev, int outcome);
+  void *tap_data;
   struct sl_log_limiter bad_input_log, rule_error_log;
   struct sl_worker_stats stats;
   uint64_t started_ns;
@@ -161,6 +165,11 @@ void sl_worker_close(struct sl_worker *w);
  * full: then s holds the event and waits, and s->on_resume runs once it is
  * queued. The caller must not submit more from s until then. */
 int sl_worker_submit(struct sl_source *s, struct sl_event *ev);
+
+/* Is any blocking output queue full or waited on? Inputs that answer
+ * requests (HTTP) refuse new work while it is (503), rather than accept
+ * part of a batch. */
+int sl_worker_blocked(const struct sl_worker *w);
 
 /* Set up / tear down a source (tear down drops a held event, counted). */
 void sl_source_init(struct sl_source *s, struct sl_input *in,
