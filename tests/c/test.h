@@ -18,13 +18,13 @@ struct sl_test_case {
 static struct sl_test_case sl_tests[256];
 static int sl_ntests;
 
-#define TEST(name)                                                   \
-  static void test_##name(int *failed__);                            \
-  __attribute__((constructor)) static void register_##name(void) {   \
-    sl_tests[sl_ntests].name = #name;                                \
-    sl_tests[sl_ntests++].fn = test_##name;                          \
+#define TEST(case_)                                                  \
+  static void test_##case_(int *failed__);                           \
+  __attribute__((constructor)) static void register_##case_(void) {  \
+    sl_tests[sl_ntests].name = #case_;                               \
+    sl_tests[sl_ntests++].fn = test_##case_;                         \
   }                                                                  \
-  static void test_##name(int *failed__)
+  static void test_##case_(int *failed__)
 
 #define CHECK(cond)                                                       \
   do {                                                                    \

@@ -1,0 +1,147 @@
+/* test_config.c - config loading: defaults, and every rejection names the
+ * file, the key path and what was expected. */
+#include <stdio.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "test.h"
+
+static char dir[] = "/tmp/sluice-test-config-XXXXXX";
+
+static const char *write_conf(const char *text) {
+  static char path[256];
+  FILE *f;
+  if (dir[strlen(dir) - 1] == 'X' && mkdtemp(dir) == NULL)
+    return NULL;
+  snprintf(path, sizeof(path), "%s/c.lua", dir);
+  f = fopen(path, "w");
+  fputs(text, f);
+  fclose(f);
+  return path;
+}
+
+static struct sl_config *load(const char *text, struct sl_buf *err) {
+  sl_buf_reset(err);
+  return sl_config_load(write_conf(text), err);
+}
+
+static int has(struct sl_buf *err, const char *needle) {
+  sl_buf_putc(err, '\0');
+  err->len--;
+  return strstr((const char *)err->data, needle) != NULL;
+}
+
+TEST(config_good_file_has_defaults_and_resolved_routes) {
+  struct sl_buf err;
+  struct sl_config *c;
+  sl_buf_init(&err);
+  c = load("return { inputs = {{name='app', type='tcp', listen='127.0.0.1:7400'}},\n"
+           " outputs = {{name='a', type='null'}, {name='b', type='stdout'}},\n"
+           " routes = {{topics='orders.*', to={'b','a'}}, {topics={'x','y'}, to='a'}} }\n",
+           &err);
+  CHECK(c != NULL);
+  CHECK_EQ(c->ninputs, 1);
+  CHECK_EQ(c->noutputs, 3); /* + the implicit dead letter */
+  CHECK_STR(c->outputs[2].name, "dead_letter");
+  CHECK_EQ(c->dead_letter, 2);
+  CHECK_EQ(c->router.nroutes, 2);
+  CHECK_EQ(c->router.routes[0].nto, 2);
+  CHECK_EQ(c->router.routes[0].to[0], 1);
+  CHECK_EQ(c->router.routes[0].to[1], 0);
+  CHECK_EQ(c->router.routes[1].ntopics, 2);
+  CHECK_EQ(c->outputs[0].queue.max_events, 100000);
+  CHECK_EQ(c->outputs[0].queue.when_full, SL_QUEUE_BLOCK);
+  CHECK_EQ(c->max_event_bytes, 1 << 20);
+  CHECK_EQ(c->shutdown_timeout_ms, 10000);
+  CHECK_EQ(c->rules.cpu_budget_ms, 10);
+  CHECK_EQ(c->rules.memory_mb, 64);
+  sl_config_free(c);
+  sl_buf_close(&err);
+}
+
+TEST(config_sizes_accept_units) {
+  struct sl_buf err;
+  struct sl_config *c;
+  sl_buf_init(&err);
+  c = load("return { inputs = {{name='app', type='tcp', listen='127.0.0.1:7400'}},\n"
+           " outputs = {{name='a', type='null', queue={max_bytes='2MiB', "
+           "max_events=10, when_full='drop_oldest'}}},\n"
+           " max_event_bytes = '64KiB' }\n",
+           &err);
+  CHECK(c != NULL);
+  CHECK_EQ(c->outputs[0].queue.max_bytes, 2 << 20);
+  CHECK_EQ(c->outputs[0].queue.when_full, SL_QUEUE_DROP_OLDEST);
+  CHECK_EQ(c->max_event_bytes, 65536);
+  sl_config_free(c);
+  sl_buf_close(&err);
+}
+
+TEST(config_rejects_with_key_paths) {
+  struct sl_buf err;
+  sl_buf_init(&err);
+  CHECK(load("return { inputs = {{name='app', type='tcp', listen='127.0.0.1:7400', bogus=1}},\n"
+             " outputs = {{name='a', type='file', path=3}, {name='a', type='null'},\n"
+             "            {name='c', type='tcp', address='nohost'}},\n"
+             " routes = {{topics='x', to='missing'}},\n"
+             " wat = true }\n",
+             &err) == NULL);
+  CHECK(has(&err, "c.lua: inputs[1]: unknown key 'bogus'"));
+  CHECK(has(&err, "c.lua: outputs[1].path: expected string, got number"));
+  CHECK(has(&err, "c.lua: outputs[2].name: duplicate output name \"a\""));
+  CHECK(has(&err, "c.lua: outputs[3].address: expected \"host:port\""));
+  CHECK(has(&err, "c.lua: routes[1].to: no output named \"missing\""));
+  CHECK(has(&err, "c.lua: : unknown key 'wat'") || has(&err, "unknown key 'wat'"));
+  sl_buf_close(&err);
+}
+
+TEST(config_rejects_unwritable_path_and_bad_policy) {
+  struct sl_buf err;
+  sl_buf_init(&err);
+  CHECK(load("return { inputs = {{name='app', type='tcp', listen='127.0.0.1:7400'}},\n"
+             " outputs = {{name='a', type='file', path='/etc/passwd/x.ndjson'},\n"
+             "            {name='b', type='null', queue={when_full='explode'}}} }\n",
+             &err) == NULL);
+  CHECK(has(&err, "outputs[1].path: cannot write /etc/passwd/x.ndjson: '/etc/passwd' is not a directory"));
+  CHECK(has(&err, "outputs[2].queue.when_full: expected \"block\""));
+  sl_buf_close(&err);
+}
+
+TEST(config_reports_lua_errors_with_line) {
+  struct sl_buf err;
+  sl_buf_init(&err);
+  CHECK(load("return {\n inputs = \n", &err) == NULL);
+  CHECK(has(&err, "c.lua:"));
+  sl_buf_reset(&err);
+  CHECK(load("return 42\n", &err) == NULL);
+  CHECK(has(&err, "must return a table, it returned number"));
+  sl_buf_close(&err);
+}
+
+TEST(config_has_no_io_or_os) {
+  struct sl_buf err;
+  sl_buf_init(&err);
+  CHECK(load("io.open('/etc/passwd')\nreturn {}\n", &err) == NULL);
+  CHECK(has(&err, "io"));
+  sl_buf_reset(&err);
+  CHECK(load("os.execute('true')\nreturn {}\n", &err) == NULL);
+  CHECK(has(&err, "os"));
+  sl_buf_reset(&err);
+  CHECK(load("return dofile('/etc/passwd')\n", &err) == NULL);
+  sl_buf_close(&err);
+}
+
+TEST(config_hostport_parsing) {
+  char host[64];
+  int port;
+  CHECK_EQ(sl_config_parse_hostport("127.0.0.1:80", host, sizeof(host), &port), 0);
+  CHECK_STR(host, "127.0.0.1");
+  CHECK_EQ(port, 80);
+  CHECK_EQ(sl_config_parse_hostport("[::1]:9090", host, sizeof(host), &port), 0);
+  CHECK_STR(host, "::1");
+  CHECK_EQ(sl_config_parse_hostport("localhost:1", host, sizeof(host), &port), 0);
+  CHECK_STR(host, "127.0.0.1");
+  CHECK(sl_config_parse_hostport("127.0.0.1", host, sizeof(host), &port) != 0);
+  CHECK(sl_config_parse_hostport("127.0.0.1:0", host, sizeof(host), &port) != 0);
+  CHECK(sl_config_parse_hostport("127.0.0.1:70000", host, sizeof(host), &port) != 0);
+  CHECK(sl_config_parse_hostport("example.com:80", host, sizeof(host), &port) != 0);
+}
