@@ -1,0 +1,1334 @@
+/* codec.c - msgpack on the wire: the bounds-checked walker, event parsing,
+ * canonical event encoding, JSON rendering and the small writers.
+ * Readers never allocate and never trust a length before checking it against
+ * the bytes left; writers reserve once, then fill. Owns no state. */
+#include "codec.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ---- byte helpers ---------------------------------------------------- */
+
+static inline uint16_t be16(const uint8_t *p) {
+  return (uint16_t)((unsigned)p[0] << 8 | p[1]);
+}
+
+static inline uint32_t be32(const uint8_t *p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+         p[3];
+}
+
+static inline uint64_t be64(const uint8_t *p) {
+  return (uint64_t)be32(p) << 32 | be32(p + 4);
+}
+
+static inline uint8_t *put16(uint8_t *d, uint16_t v) {
+  d[0] = (uint8_t)(v >> 8);
+  d[1] = (uint8_t)v;
+  return d + 2;
+}
+
+static inline uint8_t *put32(uint8_t *d, uint32_t v) {
+  d[0] = (uint8_t)(v >> 24);
+  d[1] = (uint8_t)(v >> 16);
+  d[2] = (uint8_t)(v >> 8);
+  d[3] = (uint8_t)v;
+  return d + 4;
+}
+
+static inline uint8_t *put64(uint8_t *d, uint64_t v) {
+  put32(d, (uint32_t)(v >> 32));
+  return put32(d + 4, (uint32_t)v);
+}
+
+/* errors are rare; keep their formatting out of the hot loops */
+#if defined(__GNUC__)
+__attribute__((cold, noinline, format(printf, 3, 4)))
+#endif
+static void
+seterr(struct sl_codec_error *err, size_t offset, const char *fmt, ...) {
+  va_list ap;
+
+  if (err == NULL)
+    return;
+  err->offset = offset;
+  va_start(ap, fmt);
+  vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+  va_end(ap);
+}
+
+/* The family of a type byte, as a user reads it in a message. */
+static const char *type_name(uint8_t c) {
+  if (c <= 0x7f || c >= 0xe0)
+    return "integer";
+  if (c <= 0x8f)
+    return "map";
+  if (c <= 0x9f)
+    return "array";
+  if (c <= 0xbf)
+    return "string";
+  switch (c) {
+  case 0xc0:
+    return "nil";
+  case 0xc2:
+  case 0xc3:
+    return "boolean";
+  case 0xc4:
+  case 0xc5:
+  case 0xc6:
+    return "binary";
+  case 0xc7:
+  case 0xc8:
+  case 0xc9:
+  case 0xd4:
+  case 0xd5:
+  case 0xd6:
+  case 0xd7:
+  case 0xd8:
+    return "extension";
+  case 0xca:
+  case 0xcb:
+    return "float";
+  case 0xcc:
+  case 0xcd:
+  case 0xce:
+  case 0xcf:
+  case 0xd0:
+  case 0xd1:
+  case 0xd2:
+  case 0xd3:
+    return "integer";
+  case 0xd9:
+  case 0xda:
+  case 0xdb:
+    return "string";
+  case 0xdc:
+  case 0xdd:
+    return "array";
+  case 0xde:
+  case 0xdf:
+    return "map";
+  default:
+    return "invalid byte 0xc1";
+  }
+}
+
+/* ---- skip -------------------------------------------------------------- */
+
+/* One loop over type bytes, no recursion. cur counts the objects still to
+ * read at the current depth; left[] holds the counts of the containers
+ * around it (spilled on entry, so the common path touches no memory but
+ * the input). owed is the sum of all those counts. Every object takes at
+ * least one byte, so pos + owed is a lower bound on the final size:
+ * checking it against max_bytes before each step rejects a huge declared
+ * count or length at once, even when its bytes have not arrived. The
+ * invariant pos + owed <= max_bytes holds at the top of the loop. */
+int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
+                  struct sl_codec_error *err) {
+  uint64_t left[SL_CODEC_MAX_DEPTH];
+  uint64_t cur = 1, owed = 1, total, n, room;
+  size_t pos = 0, hdr, width;
+  int depth = 0, ismap;
+  uint8_t c;
+
+  if (max_bytes == 0)
+    goto too_big;
+  for (;;) {
+    if (sl_unlikely(pos >= len))
+      goto again;
+    c = p[pos];
+    room = (uint64_t)(max_bytes - pos) - (owed - 1); /* >= 1, see above */
+
+    if (c <= 0x7f || c >= 0xe0) { /* fixint: the common case */
+      total = 1;
+      goto scalar;
+    }
+    if (c >= 0xa0 && c <= 0xbf) { /* fixstr */
+      total = 1 + (uint64_t)(c & 0x1f);
+      goto scalar;
+    }
+    if (c <= 0x9f) { /* fixmap, fixarray */
+      ismap = c <= 0x8f;
+      n = c & 0x0f;
+      hdr = 1;
+      width = 0;
+      goto container;
+    }
+
+    switch (c) {
+    case 0xc0: /* nil */
+    case 0xc2: /* false */
+    case 0xc3: /* true */
+      total = 1;
+      goto scalar;
+    case 0xcc:
+    case 0xd0:
+      total = 2;
+      goto scalar;
+    case 0xcd:
+    case 0xd1:
+    case 0xd4: /* fixext 1: type byte + 1 */
+      total = 3;
+      goto scalar;
+    case 0xd5:
+      total = 4;
+      goto scalar;
+    case 0xca:
+    case 0xce:
+    case 0xd2:
+      total = 5;
+      goto scalar;
+    case 0xd6:
+      total = 6;
+      goto scalar;
+    case 0xcb:
+    case 0xcf:
+    case 0xd3:
+      total = 9;
+      goto scalar;
+    case 0xd7:
+      total = 10;
+      goto scalar;
+    case 0xd8:
+      total = 18;
+      goto scalar;
+    case 0xc4: /* bin 8 */
+    case 0xd9: /* str 8 */
+      width = 1;
+      hdr = 2;
+      goto blob;
+    case 0xc5:
+    case 0xda:
+      width = 2;
+      hdr = 3;
+      goto blob;
+    case 0xc6:
+    case 0xdb:
+      width = 4;
+      hdr = 5;
+      goto blob;
+    case 0xc7: /* ext 8: length, then the ext type */
+      width = 1;
+      hdr = 3;
+      goto blob;
+    case 0xc8:
+      width = 2;
+      hdr = 4;
+      goto blob;
+    case 0xc9:
+      width = 4;
+      hdr = 6;
+      goto blob;
+    case 0xdc:
+    case 0xde:
+      ismap = c == 0xde;
+      width = 2;
+      hdr = 3;
+      goto container;
+    case 0xdd:
+    case 0xdf:
+      ismap = c == 0xdf;
+      width = 4;
+      hdr = 5;
+      goto container;
+    default: /* 0xc1, never used */
+      seterr(err, pos, "invalid type byte 0x%02x", c);
+      return SL_EPROTO;
+    }
+
+  blob:
+    if (hdr > room)
+      goto too_big;
+    if (1 + width > len - pos) /* the length decides; the ext type can wait */
+      goto again;
+    n = width == 1 ? p[pos + 1] : width == 2 ? be16(p + pos + 1)
+                                             : be32(p + pos + 1);
+    total = hdr + n; /* now sized like any scalar */
+
+  scalar:
+    if (total > room)
+      goto too_big;
+    if (total > len - pos)
+      goto again;
+    pos += (size_t)total;
+    owed--;
+    if (--cur != 0)
+      continue;
+    goto pop;
+
+  container:
+    if (depth == SL_CODEC_MAX_DEPTH) {
+      seterr(err, pos, "nesting deeper than %d", SL_CODEC_MAX_DEPTH);
+      return SL_EPROTO;
+    }
+    if (width) {
+      if (hdr > room)
+        goto too_big;
+      if (hdr > len - pos)
+        goto again;
+      n = width == 2 ? be16(p + pos + 1) : be32(p + pos + 1);
+    }
+    if (ismap)
+      n *= 2; /* keys and values */
+    if (n > room - hdr)
+      goto too_big;
+    pos += hdr;
+    owed = owed - 1 + n;
+    cur--;
+    if (n) {
+      left[depth++] = cur;
+      cur = n;
+      continue;
+    }
+    if (cur != 0)
+      continue;
+
+  pop:
+    do {
+      if (depth == 0) {
+        *used = pos;
+        return 0;
+      }
+      cur = left[--depth];
+    } while (cur == 0);
+  }
+
+again:
+  seterr(err, len, "incomplete: more bytes needed");
+  return SL_EAGAIN;
+too_big:
+  seterr(err, pos, "object larger than %zu bytes", max_bytes);
+  return SL_E2BIG;
+}
+
+/* ---- small readers for validated-or-not bytes -------------------------- */
+
+/* Each reader looks at p[*pos], advances *pos on success and returns 0;
+ * returns 1 when the type is another one and -1 when the bytes end early.
+ * *pos < len is the caller's job. */
+
+static int read_str(const uint8_t *p, size_t len, size_t *pos,
+                    struct sl_str *s) {
+  size_t i = *pos, avail = len - i, hdr;
+  uint32_t n;
+  uint8_t c = p[i];
+
+  if (c >= 0xa0 && c <= 0xbf) {
+    hdr = 1;
+    n = c & 0x1f;
+  } else if (c == 0xd9) {
+    if (avail < 2)
+      return -1;
+    hdr = 2;
+    n = p[i + 1];
+  } else if (c == 0xda) {
+    if (avail < 3)
+      return -1;
+    hdr = 3;
+    n = be16(p + i + 1);
+  } else if (c == 0xdb) {
+    if (avail < 5)
+      return -1;
+    hdr = 5;
+    n = be32(p + i + 1);
+  } else {
+    return 1;
+  }
+  if (n > avail - hdr)
+    return -1;
+  s->p = (const char *)p + i + hdr;
+  s->len = n;
+  *pos = i + hdr + n;
+  return 0;
+}
+
+static int read_map(const uint8_t *p, size_t len, size_t *pos, uint32_t *n) {
+  size_t i = *pos;
+  uint8_t c = p[i];
+
+  if (c >= 0x80 && c <= 0x8f) {
+    *n = c & 0x0f;
+    *pos = i + 1;
+    return 0;
+  }
+  if (c == 0xde) {
+    if (len - i < 3)
+      return -1;
+    *n = be16(p + i + 1);
+    *pos = i + 3;
+    return 0;
+  }
+  if (c == 0xdf) {
+    if (len - i < 5)
+      return -1;
+    *n = be32(p + i + 1);
+    *pos = i + 5;
+    return 0;
+  }
+  return 1;
+}
+
+/* Integers as int64; 2 when a uint64 is above INT64_MAX. */
+static int read_int(const uint8_t *p, size_t len, size_t *pos, int64_t *v) {
+  size_t i = *pos, avail = len - i;
+  uint8_t c = p[i];
+  uint64_t u;
+
+  if (c <= 0x7f) {
+    *v = c;
+    *pos = i + 1;
+    return 0;
+  }
+  if (c >= 0xe0) {
+    *v = (int8_t)c;
+    *pos = i + 1;
+    return 0;
+  }
+  switch (c) {
+  case 0xcc:
+  case 0xd0:
+    if (avail < 2)
+      return -1;
+    *v = c == 0xcc ? (int64_t)p[i + 1] : (int64_t)(int8_t)p[i + 1];
+    *pos = i + 2;
+    return 0;
+  case 0xcd:
+  case 0xd1:
+    if (avail < 3)
+      return -1;
+    *v = c == 0xcd ? (int64_t)be16(p + i + 1)
+                   : (int64_t)(int16_t)be16(p + i + 1);
+    *pos = i + 3;
+    return 0;
+  case 0xce:
+  case 0xd2:
+    if (avail < 5)
+      return -1;
+    *v = c == 0xce ? (int64_t)be32(p + i + 1)
+                   : (int64_t)(int32_t)be32(p + i + 1);
+    *pos = i + 5;
+    return 0;
+  case 0xcf:
+  case 0xd3:
+    if (avail < 9)
+      return -1;
+    u = be64(p + i + 1);
+    if (c == 0xcf && u > INT64_MAX)
+      return 2;
+    *v = (int64_t)u; /* two's complement, as for every int64 target */
+    *pos = i + 9;
+    return 0;
+  default:
+    return 1;
+  }
+}
+
+/* Advance over one value of any type; strings take a short path. */
+static int skip_value(const uint8_t *p, size_t len, size_t *pos) {
+  struct sl_str s;
+  size_t used;
+  int r;
+
+  if (*pos >= len)
+    return -1;
+  r = read_str(p, len, pos, &s);
+  if (r <= 0)
+    return r;
+  if (sl_codec_skip(p + *pos, len - *pos, len - *pos, &used, NULL) != 0)
+    return -1;
+  *pos += used;
+  return 0;
+}
+
+/* ---- event parsing ----------------------------------------------------- */
+
+enum { F_ID, F_TOPIC, F_KEY, F_TIME, F_HEADERS, F_PAYLOAD };
+
+static const char *const field_names[] = {"id",   "topic",   "key",
+                                          "time", "headers", "payload"};
+
+static int field_of(struct sl_str k) {
+  switch (k.len) {
+  case 2:
+    return memcmp(k.p, "id", 2) == 0 ? F_ID : -1;
+  case 3:
+    return memcmp(k.p, "key", 3) == 0 ? F_KEY : -1;
+  case 4:
+    return memcmp(k.p, "time", 4) == 0 ? F_TIME : -1;
+  case 5:
+    return memcmp(k.p, "topic", 5) == 0 ? F_TOPIC : -1;
+  case 7:
+    if (memcmp(k.p, "headers", 7) == 0)
+      return F_HEADERS;
+    return memcmp(k.p, "payload", 7) == 0 ? F_PAYLOAD : -1;
+  default:
+    return -1;
+  }
+}
+
+/* A name from the input, made safe and short enough for a message. */
+static const char *printable(char *dst, size_t cap, struct sl_str s) {
+  static const char hex[] = "0123456789abcdef";
+  size_t i, o = 0;
+  uint8_t c;
+
+  for (i = 0; i < s.len; i++) {
+    if (o + 8 >= cap) { /* room for "\xNN" and "..." */
+      memcpy(dst + o, "...", 3);
+      o += 3;
+      break;
+    }
+    c = (uint8_t)s.p[i];
+    if (c >= 0x20 && c < 0x7f && c != '\'' && c != '\\') {
+      dst[o++] = (char)c;
+    } else {
+      dst[o++] = '\\';
+      dst[o++] = 'x';
+      dst[o++] = hex[c >> 4];
+      dst[o++] = hex[c & 15];
+    }
+  }
+  dst[o] = '\0';
+  return dst;
+}
+
+static int parse_headers(const uint8_t *p, size_t len, size_t *pos,
+                         struct sl_event_view *v, struct sl_codec_error *err) {
+  size_t start = *pos, at;
+  uint32_t n, i;
+  struct sl_str k, s;
+  char name[40];
+  int r;
+
+  r = read_map(p, len, pos, &n);
+  if (r < 0)
+    goto truncated;
+  if (r > 0) {
+    seterr(err, start, "field 'headers': expected map, got %s",
+           type_name(p[start]));
+    return SL_EPROTO;
+  }
+  for (i = 0; i < n; i++) {
+    at = *pos;
+    if (at >= len)
+      goto truncated;
+    r = read_str(p, len, pos, &k);
+    if (r < 0)
+      goto truncated;
+    if (r > 0) {
+      seterr(err, at, "headers: expected string key, got %s",
+             type_name(p[at]));
+      return SL_EPROTO;
+    }
+    at = *pos;
+    if (at >= len)
+      goto truncated;
+    r = read_str(p, len, pos, &s);
+    if (r < 0)
+      goto truncated;
+    if (r > 0) {
+      seterr(err, at, "headers['%s']: expected string value",
+             printable(name, sizeof name, k));
+      return SL_EPROTO;
+    }
+  }
+  if (*pos - start > UINT32_MAX) {
+    seterr(err, start, "field 'headers': larger than 4 GiB");
+    return SL_EPROTO;
+  }
+  v->headers = p + start;
+  v->headers_len = (uint32_t)(*pos - start);
+  v->headers_count = n;
+  return 0;
+
+truncated:
+  seterr(err, len, "truncated event");
+  return SL_EPROTO;
+}
+
+int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
+                         struct sl_codec_error *err) {
+  size_t pos = 0, at, used;
+  uint32_t n, i;
+  unsigned seen = 0;
+  struct sl_str k, *s;
+  char name[40];
+  int f, r;
+
+  memset(v, 0, sizeof *v);
+  if (len == 0)
+    goto truncated;
+  r = read_map(p, len, &pos, &n);
+  if (r < 0)
+    goto truncated;
+  if (r > 0) {
+    seterr(err, 0, "event is not a map (got %s)", type_name(p[0]));
+    return SL_EPROTO;
+  }
+
+  for (i = 0; i < n; i++) {
+    at = pos;
+    if (at >= len)
+      goto truncated;
+    r = read_str(p, len, &pos, &k);
+    if (r < 0)
+      goto truncated;
+    if (r > 0) {
+      seterr(err, at, "field name: expected string, got %s", type_name(p[at]));
+      return SL_EPROTO;
+    }
+    f = field_of(k);
+    if (f < 0) {
+      seterr(err, at, "unknown field '%s'", printable(name, sizeof name, k));
+      return SL_EPROTO;
+    }
+    if (seen & (1u << f)) {
+      seterr(err, at, "duplicate field '%s'", field_names[f]);
+      return SL_EPROTO;
+    }
+    seen |= 1u << f;
+
+    at = pos;
+    if (at >= len)
+      goto truncated;
+    switch (f) {
+    case F_ID:
+    case F_TOPIC:
+    case F_KEY:
+      s = f == F_ID ? &v->id : f == F_TOPIC ? &v->topic : &v->key;
+      r = read_str(p, len, &pos, s);
+      if (r < 0)
+        goto truncated;
+      if (r > 0) {
+        seterr(err, at, "field '%s': expected string, got %s", field_names[f],
+               type_name(p[at]));
+        return SL_EPROTO;
+      }
+      if (f == F_TOPIC && s->len == 0) {
+        seterr(err, at, "field 'topic': expected non-empty string");
+        return SL_EPROTO;
+      }
+      break;
+    case F_TIME:
+      r = read_int(p, len, &pos, &v->time);
+      if (r < 0)
+        goto truncated;
+      if (r == 2) {
+        seterr(err, at, "field 'time': integer out of int64 range");
+        return SL_EPROTO;
+      }
+      if (r > 0) {
+        seterr(err, at, "field 'time': expected integer, got %s",
+               type_name(p[at]));
+        return SL_EPROTO;
+      }
+      v->has_time = 1;
+      break;
+    case F_HEADERS:
+      r = parse_headers(p, len, &pos, v, err);
+      if (r != 0)
+        return r;
+      break;
+    default: /* F_PAYLOAD */
+      r = sl_codec_skip(p + at, len - at, len - at, &used, err);
+      if (r == SL_EAGAIN || r == SL_E2BIG) /* longer than the event */
+        goto truncated;
+      if (r != 0) {
+        if (err != NULL)
+          err->offset += at;
+        return SL_EPROTO;
+      }
+      if (used > UINT32_MAX) {
+        seterr(err, at, "field 'payload': larger than 4 GiB");
+        return SL_EPROTO;
+      }
+      v->payload = p + at;
+      v->payload_len = (uint32_t)used;
+      pos = at + used;
+      break;
+    }
+  }
+
+  if (pos != len) {
+    seterr(err, pos, "trailing bytes after event");
+    return SL_EPROTO;
+  }
+  if (!(seen & (1u << F_TOPIC))) {
+    seterr(err, 0, "missing field 'topic'");
+    return SL_EPROTO;
+  }
+  return 0;
+
+truncated:
+  seterr(err, len, "truncated event");
+  return SL_EPROTO;
+}
+
+/* Malformed bytes give SL_EPROTO rather than a wrong span. */
+int sl_codec_map_find(const uint8_t *map, size_t len, const char *key,
+                      size_t keylen, const uint8_t **val, size_t *vallen) {
+  size_t pos = 0, at;
+  uint32_t n, i;
+  struct sl_str k;
+  int r, match;
+
+  if (len == 0 || read_map(map, len, &pos, &n) != 0)
+    return SL_EPROTO;
+  for (i = 0; i < n; i++) {
+    if (pos >= len)
+      return SL_EPROTO;
+    r = read_str(map, len, &pos, &k);
+    if (r < 0)
+      return SL_EPROTO;
+    match = r == 0 && k.len == keylen &&
+            (keylen == 0 || memcmp(k.p, key, keylen) == 0);
+    if (r > 0 && skip_value(map, len, &pos) != 0)
+      return SL_EPROTO;
+    at = pos;
+    if (skip_value(map, len, &pos) != 0)
+      return SL_EPROTO;
+    if (match) {
+      *val = map + at;
+      *vallen = pos - at;
+      return 0;
+    }
+  }
+  return SL_ENOENT;
+}
+
+/* ---- writers ----------------------------------------------------------- */
+
+static inline size_t str_hdr_size(size_t n) {
+  return n < 32 ? 1 : n <= 0xff ? 2 : n <= 0xffff ? 3 : 5;
+}
+
+static uint8_t *put_str_hdr(uint8_t *d, size_t n) {
+  if (n < 32) {
+    *d++ = (uint8_t)(0xa0 | n);
+  } else if (n <= 0xff) {
+    *d++ = 0xd9;
+    *d++ = (uint8_t)n;
+  } else if (n <= 0xffff) {
+    *d++ = 0xda;
+    d = put16(d, (uint16_t)n);
+  } else {
+    *d++ = 0xdb;
+    d = put32(d, (uint32_t)n);
+  }
+  return d;
+}
+
+static inline size_t uint_size(uint64_t v) {
+  return v < 0x80 ? 1 : v <= 0xff ? 2 : v <= 0xffff ? 3 : v <= 0xffffffff ? 5
+                                                                          : 9;
+}
+
+static uint8_t *put_uint_raw(uint8_t *d, uint64_t v) {
+  if (v < 0x80) {
+    *d++ = (uint8_t)v;
+  } else if (v <= 0xff) {
+    *d++ = 0xcc;
+    *d++ = (uint8_t)v;
+  } else if (v <= 0xffff) {
+    *d++ = 0xcd;
+    d = put16(d, (uint16_t)v);
+  } else if (v <= 0xffffffff) {
+    *d++ = 0xce;
+    d = put32(d, (uint32_t)v);
+  } else {
+    *d++ = 0xcf;
+    d = put64(d, v);
+  }
+  return d;
+}
+
+static inline size_t int_size(int64_t v) {
+  if (v >= 0)
+    return uint_size((uint64_t)v);
+  return v >= -32 ? 1 : v >= INT8_MIN ? 2 : v >= INT16_MIN ? 3
+                                        : v >= INT32_MIN ? 5 : 9;
+}
+
+static uint8_t *put_int_raw(uint8_t *d, int64_t v) {
+  if (v >= 0)
+    return put_uint_raw(d, (uint64_t)v);
+  if (v >= -32) {
+    *d++ = (uint8_t)(int8_t)v;
+  } else if (v >= INT8_MIN) {
+    *d++ = 0xd0;
+    *d++ = (uint8_t)(int8_t)v;
+  } else if (v >= INT16_MIN) {
+    *d++ = 0xd1;
+    d = put16(d, (uint16_t)(int16_t)v);
+  } else if (v >= INT32_MIN) {
+    *d++ = 0xd2;
+    d = put32(d, (uint32_t)(int32_t)v);
+  } else {
+    *d++ = 0xd3;
+    d = put64(d, (uint64_t)v);
+  }
+  return d;
+}
+
+/* A writer's bytes are reserved first, so a failed call leaves b as it
+ * was. Returns 0, SL_ENOMEM. */
+#define RESERVE(b, n)                      \
+  do {                                     \
+    if (sl_buf_reserve((b), (n)) != 0)     \
+      return SL_ENOMEM;                    \
+  } while (0)
+
+int sl_codec_write_event(struct sl_buf *out, struct sl_str id,
+                         struct sl_str topic, struct sl_str key, int64_t time,
+                         const uint8_t *headers, size_t headers_len,
+                         const uint8_t *payload, size_t payload_len,
+                         uint32_t offs[3]) {
+  size_t total, base = out->len;
+  unsigned fields = 2; /* topic and time are always written */
+  uint8_t *d;
+
+  offs[0] = offs[1] = offs[2] = 0;
+  total = 1 + 6 + str_hdr_size(topic.len) + topic.len + 5 + int_size(time);
+  if (id.p != NULL) {
+    fields++;
+    total += 3 + str_hdr_size(id.len) + id.len;
+  }
+  if (key.p != NULL) {
+    fields++;
+    total += 4 + str_hdr_size(key.len) + key.len;
+  }
+  if (headers != NULL) {
+    fields++;
+    total += 8 + headers_len;
+  }
+  if (payload != NULL) {
+    fields++;
+    total += 8 + payload_len;
+  }
+  RESERVE(out, total);
+
+  d = out->data + base;
+  *d++ = (uint8_t)(0x80 | fields);
+  if (id.p != NULL) {
+    memcpy(d, "\xa2" "id", 3);
+    d = put_str_hdr(d + 3, id.len);
+    offs[2] = (uint32_t)(d - (out->data + base));
+    memcpy(d, id.p, id.len);
+    d += id.len;
+  }
+  memcpy(d, "\xa5" "topic", 6);
+  d = put_str_hdr(d + 6, topic.len);
+  offs[0] = (uint32_t)(d - (out->data + base));
+  if (topic.len)
+    memcpy(d, topic.p, topic.len);
+  d += topic.len;
+  if (key.p != NULL) {
+    memcpy(d, "\xa3" "key", 4);
+    d = put_str_hdr(d + 4, key.len);
+    offs[1] = (uint32_t)(d - (out->data + base));
+    memcpy(d, key.p, key.len);
+    d += key.len;
+  }
+  memcpy(d, "\xa4" "time", 5);
+  d = put_int_raw(d + 5, time);
+  if (headers != NULL) {
+    memcpy(d, "\xa7" "headers", 8);
+    memcpy(d + 8, headers, headers_len);
+    d += 8 + headers_len;
+  }
+  if (payload != NULL) {
+    memcpy(d, "\xa7" "payload", 8);
+    memcpy(d + 8, payload, payload_len);
+    d += 8 + payload_len;
+  }
+  out->len = (size_t)(d - out->data);
+  return 0;
+}
+
+int sl_codec_put_nil(struct sl_buf *b) { return sl_buf_putc(b, 0xc0); }
+
+int sl_codec_put_bool(struct sl_buf *b, int v) {
+  return sl_buf_putc(b, v ? 0xc3 : 0xc2);
+}
+
+int sl_codec_put_int(struct sl_buf *b, int64_t v) {
+  RESERVE(b, 9);
+  b->len = (size_t)(put_int_raw(b->data + b->len, v) - b->data);
+  return 0;
+}
+
+int sl_codec_put_uint(struct sl_buf *b, uint64_t v) {
+  RESERVE(b, 9);
+  b->len = (size_t)(put_uint_raw(b->data + b->len, v) - b->data);
+  return 0;
+}
+
+int sl_codec_put_double(struct sl_buf *b, double v) {
+  uint64_t bits;
+
+  RESERVE(b, 9);
+  memcpy(&bits, &v, sizeof bits);
+  b->data[b->len] = 0xcb;
+  put64(b->data + b->len + 1, bits);
+  b->len += 9;
+  return 0;
+}
+
+/* Longer than msgpack can say: SL_E2BIG. */
+int sl_codec_put_str(struct sl_buf *b, const char *s, size_t n) {
+  uint8_t *d;
+
+  if (n > UINT32_MAX)
+    return SL_E2BIG;
+  RESERVE(b, 5 + n);
+  d = put_str_hdr(b->data + b->len, n);
+  if (n)
+    memcpy(d, s, n);
+  b->len = (size_t)(d + n - b->data);
+  return 0;
+}
+
+int sl_codec_put_bin(struct sl_buf *b, const void *s, size_t n) {
+  uint8_t *d;
+
+  if (n > UINT32_MAX)
+    return SL_E2BIG;
+  RESERVE(b, 5 + n);
+  d = b->data + b->len;
+  if (n <= 0xff) {
+    *d++ = 0xc4;
+    *d++ = (uint8_t)n;
+  } else if (n <= 0xffff) {
+    *d++ = 0xc5;
+    d = put16(d, (uint16_t)n);
+  } else {
+    *d++ = 0xc6;
+    d = put32(d, (uint32_t)n);
+  }
+  if (n)
+    memcpy(d, s, n);
+  b->len = (size_t)(d + n - b->data);
+  return 0;
+}
+
+static int put_container(struct sl_buf *b, uint32_t n, uint8_t fix,
+                         uint8_t c16) {
+  uint8_t *d;
+
+  RESERVE(b, 5);
+  d = b->data + b->len;
+  if (n < 16) {
+    *d++ = (uint8_t)(fix | n);
+  } else if (n <= 0xffff) {
+    *d++ = c16;
+    d = put16(d, (uint16_t)n);
+  } else {
+    *d++ = (uint8_t)(c16 + 1);
+    d = put32(d, n);
+  }
+  b->len = (size_t)(d - b->data);
+  return 0;
+}
+
+int sl_codec_put_array(struct sl_buf *b, uint32_t n) {
+  return put_container(b, n, 0x90, 0xdc);
+}
+
+int sl_codec_put_map(struct sl_buf *b, uint32_t n) {
+  return put_container(b, n, 0x80, 0xde);
+}
+
+/* ---- JSON -------------------------------------------------------------- */
+
+#define APPEND(out, lit)                                      \
+  do {                                                        \
+    if (sl_buf_append((out), (lit), sizeof(lit) - 1) != 0)    \
+      return SL_ENOMEM;                                       \
+  } while (0)
+
+/* Length of the valid UTF-8 sequence at s (1-4), or 0 with *bad set to the
+ * length of its maximal ill-formed prefix, which becomes one U+FFFD. */
+static size_t utf8_seq(const uint8_t *s, size_t n, size_t *bad) {
+  uint8_t c = s[0], lo = 0x80, hi = 0xbf;
+  size_t need, i;
+
+  if (c >= 0xc2 && c <= 0xdf) {
+    need = 1;
+  } else if (c >= 0xe0 && c <= 0xef) {
+    need = 2;
+    if (c == 0xe0)
+      lo = 0xa0; /* overlong */
+    else if (c == 0xed)
+      hi = 0x9f; /* surrogates */
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    need = 3;
+    if (c == 0xf0)
+      lo = 0x90; /* overlong */
+    else if (c == 0xf4)
+      hi = 0x8f; /* above U+10FFFF */
+  } else {
+    *bad = 1; /* stray continuation, 0xc0, 0xc1, 0xf5.. */
+    return 0;
+  }
+  for (i = 1; i <= need; i++) {
+    if (i >= n || s[i] < lo || s[i] > hi) {
+      *bad = i;
+      return 0;
+    }
+    lo = 0x80;
+    hi = 0xbf;
+  }
+  return need + 1;
+}
+
+static int json_string(struct sl_buf *out, const uint8_t *s, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  size_t i = 0, run, seq, bad;
+  char esc[6];
+  uint8_t c;
+
+  RESERVE(out, n + 2);
+  out->data[out->len++] = '"';
+  while (i < n) {
+    run = i;
+    for (;;) { /* a run of bytes that go out as they are */
+      if (i >= n)
+        break;
+      c = s[i];
+      if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
+        i++;
+        continue;
+      }
+      if (c < 0x80)
+        break;
+      seq = utf8_seq(s + i, n - i, &bad);
+      if (seq == 0)
+        break;
+      i += seq;
+    }
+    if (sl_buf_append(out, s + run, i - run) != 0)
+      return SL_ENOMEM;
+    if (i >= n)
+      break;
+    c = s[i];
+    if (c == '"' || c == '\\') {
+      esc[0] = '\\';
+      esc[1] = (char)c;
+      if (sl_buf_append(out, esc, 2) != 0)
+        return SL_ENOMEM;
+      i++;
+    } else if (c < 0x20) {
+      memcpy(esc, "\\u00", 4);
+      esc[4] = hex[c >> 4];
+      esc[5] = hex[c & 15];
+      if (sl_buf_append(out, esc, 6) != 0)
+        return SL_ENOMEM;
+      i++;
+    } else {
+      utf8_seq(s + i, n - i, &bad);
+      APPEND(out, "\\ufffd");
+      i += bad;
+    }
+  }
+  return sl_buf_putc(out, '"');
+}
+
+static int json_base64(struct sl_buf *out, const uint8_t *s, size_t n) {
+  static const char b64[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  size_t i;
+  uint32_t v;
+  uint8_t *d;
+
+  RESERVE(out, (n + 2) / 3 * 4 + 2);
+  d = out->data + out->len;
+  *d++ = '"';
+  for (i = 0; i + 2 < n; i += 3) {
+    v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
+    *d++ = (uint8_t)b64[v >> 18];
+    *d++ = (uint8_t)b64[(v >> 12) & 63];
+    *d++ = (uint8_t)b64[(v >> 6) & 63];
+    *d++ = (uint8_t)b64[v & 63];
+  }
+  if (i < n) {
+    v = (uint32_t)s[i] << 16 | (i + 1 < n ? (uint32_t)s[i + 1] << 8 : 0);
+    *d++ = (uint8_t)b64[v >> 18];
+    *d++ = (uint8_t)b64[(v >> 12) & 63];
+    *d++ = i + 1 < n ? (uint8_t)b64[(v >> 6) & 63] : '=';
+    *d++ = '=';
+  }
+  *d++ = '"';
+  out->len = (size_t)(d - out->data);
+  return 0;
+}
+
+static int json_double(struct sl_buf *out, double v) {
+  char tmp[48];
+  int n, i;
+
+  if (isnan(v)) {
+    APPEND(out, "{\"$float\":\"nan\"}");
+    return 0;
+  }
+  if (isinf(v)) {
+    if (v > 0)
+      APPEND(out, "{\"$float\":\"inf\"}");
+    else
+      APPEND(out, "{\"$float\":\"-inf\"}");
+    return 0;
+  }
+  n = snprintf(tmp, sizeof tmp - 2, "%.17g", v);
+  for (i = 0; i < n; i++)
+    if (tmp[i] == ',') /* a decimal comma from some LC_NUMERIC */
+      tmp[i] = '.';
+  if (strspn(tmp, "-0123456789") == (size_t)n) { /* keep a float a float */
+    tmp[n++] = '.';
+    tmp[n++] = '0';
+  }
+  return sl_buf_append(out, tmp, (size_t)n);
+}
+
+static int json_value(const uint8_t *p, size_t len, size_t *pos,
+                      struct sl_buf *out, int depth);
+
+/* The body of a str, bin or ext whose header is hdr bytes at p[*pos]. */
+static int read_blob(const uint8_t *p, size_t len, size_t *pos, size_t hdr,
+                     uint64_t n, const uint8_t **body) {
+  if (hdr > len - *pos || n > len - *pos - hdr)
+    return SL_EPROTO;
+  *body = p + *pos + hdr;
+  *pos += hdr + (size_t)n;
+  return 0;
+}
+
+/* Keys are all strings: render as an object, else as {"$map":[[k,v],..]}. */
+static int json_map(const uint8_t *p, size_t len, size_t *pos, uint64_t n,
+                    struct sl_buf *out, int depth) {
+  size_t scan = *pos;
+  uint64_t i;
+  int plain = 1, r;
+
+  for (i = 0; i < n && plain; i++) {
+    if (scan >= len)
+      return SL_EPROTO;
+    if (!((p[scan] >= 0xa0 && p[scan] <= 0xbf) ||
+          (p[scan] >= 0xd9 && p[scan] <= 0xdb)))
+      plain = 0;
+    else if (skip_value(p, len, &scan) != 0 || skip_value(p, len, &scan) != 0)
+      return SL_EPROTO;
+  }
+
+  if (plain)
+    r = sl_buf_putc(out, '{');
+  else
+    r = sl_buf_append(out, "{\"$map\":[", 9);
+  if (r != 0)
+    return r;
+  for (i = 0; i < n; i++) {
+    if (i > 0 && sl_buf_putc(out, ',') != 0)
+      return SL_ENOMEM;
+    if (!plain && sl_buf_putc(out, '[') != 0)
+      return SL_ENOMEM;
+    r = json_value(p, len, pos, out, depth);
+    if (r != 0)
+      return r;
+    if (sl_buf_putc(out, plain ? ':' : ',') != 0)
+      return SL_ENOMEM;
+    r = json_value(p, len, pos, out, depth);
+    if (r != 0)
+      return r;
+    if (!plain && sl_buf_putc(out, ']') != 0)
+      return SL_ENOMEM;
+  }
+  if (plain)
+    return sl_buf_putc(out, '}');
+  APPEND(out, "]}");
+  return 0;
+}
+
+/* depth counts the containers around p[*pos]. */
+static int json_value(const uint8_t *p, size_t len, size_t *pos,
+                      struct sl_buf *out, int depth) {
+  const uint8_t *body;
+  uint64_t n, i;
+  size_t at = *pos, hdr;
+  int64_t iv;
+  uint32_t f32;
+  float f;
+  double d;
+  int r, ismap;
+  uint8_t c;
+
+  if (at >= len)
+    return SL_EPROTO;
+  c = p[at];
+
+  if (c <= 0x7f || c >= 0xe0 || (c >= 0xcc && c <= 0xd3)) {
+    r = read_int(p, len, pos, &iv);
+    if (r == 2) { /* above INT64_MAX */
+      *pos = at + 9;
+      return sl_buf_printf(out, "%" PRIu64, be64(p + at + 1));
+    }
+    if (r != 0)
+      return SL_EPROTO;
+    return sl_buf_printf(out, "%" PRId64, iv);
+  }
+  if (c >= 0x80 && c <= 0x9f) {
+    ismap = c <= 0x8f;
+    n = c & 0x0f;
+    hdr = 1;
+    goto container;
+  }
+  if (c >= 0xa0 && c <= 0xbf) {
+    n = c & 0x1f;
+    hdr = 1;
+    goto str;
+  }
+
+  switch (c) {
+  case 0xc0:
+    *pos = at + 1;
+    APPEND(out, "null");
+    return 0;
+  case 0xc2:
+    *pos = at + 1;
+    APPEND(out, "false");
+    return 0;
+  case 0xc3:
+    *pos = at + 1;
+    APPEND(out, "true");
+    return 0;
+  case 0xca:
+    if (len - at < 5)
+      return SL_EPROTO;
+    f32 = be32(p + at + 1);
+    memcpy(&f, &f32, sizeof f);
+    *pos = at + 5;
+    return json_double(out, (double)f);
+  case 0xcb:
+    if (len - at < 9)
+      return SL_EPROTO;
+    n = be64(p + at + 1);
+    memcpy(&d, &n, sizeof d);
+    *pos = at + 9;
+    return json_double(out, d);
+  case 0xd9:
+  case 0xc4:
+  case 0xc7:
+    if (len - at < 2)
+      return SL_EPROTO;
+    n = p[at + 1];
+    hdr = 2;
+    break;
+  case 0xda:
+  case 0xc5:
+  case 0xc8:
+    if (len - at < 3)
+      return SL_EPROTO;
+    n = be16(p + at + 1);
+    hdr = 3;
+    break;
+  case 0xdb:
+  case 0xc6:
+  case 0xc9:
+    if (len - at < 5)
+      return SL_EPROTO;
+    n = be32(p + at + 1);
+    hdr = 5;
+    break;
+  case 0xd4:
+  case 0xd5:
+  case 0xd6:
+  case 0xd7:
+  case 0xd8:
+    n = (uint64_t)1 << (c - 0xd4); /* fixext 1, 2, 4, 8, 16 */
+    hdr = 2;
+    goto ext;
+  case 0xdc:
+  case 0xde:
+    if (len - at < 3)
+      return SL_EPROTO;
+    ismap = c == 0xde;
+    n = be16(p + at + 1);
+    hdr = 3;
+    goto container;
+  case 0xdd:
+  case 0xdf:
+    if (len - at < 5)
+      return SL_EPROTO;
+    ismap = c == 0xdf;
+    n = be32(p + at + 1);
+    hdr = 5;
+    goto container;
+  default:
+    return SL_EPROTO;
+  }
+
+  if (c >= 0xd9)
+    goto str;
+  if (c >= 0xc7) {
+    hdr++; /* ext 8/16/32: the ext type follows the length */
+    goto ext;
+  }
+  if (read_blob(p, len, pos, hdr, n, &body) != 0)
+    return SL_EPROTO;
+  APPEND(out, "{\"$bin\":");
+  r = json_base64(out, body, (size_t)n);
+  if (r != 0)
+    return r;
+  return sl_buf_putc(out, '}');
+
+ext: /* the ext type is the byte just before the body */
+  if (read_blob(p, len, pos, hdr, n, &body) != 0)
+    return SL_EPROTO;
+  r = sl_buf_printf(out, "{\"$ext\":[%d,", (int)(int8_t)body[-1]);
+  if (r != 0)
+    return r;
+  r = json_base64(out, body, (size_t)n);
+  if (r != 0)
+    return r;
+  APPEND(out, "]}");
+  return 0;
+
+str:
+  if (read_blob(p, len, pos, hdr, n, &body) != 0)
+    return SL_EPROTO;
+  return json_string(out, body, (size_t)n);
+
+container:
+  if (depth >= SL_CODEC_MAX_DEPTH)
+    return SL_EPROTO;
+  /* each element takes a byte: a count the bytes cannot hold is a lie */
+  if (hdr > len - at || n > len - at - hdr)
+    return SL_EPROTO;
+  *pos = at + hdr;
+  if (ismap)
+    return json_map(p, len, pos, n, out, depth + 1);
+  if (sl_buf_putc(out, '[') != 0)
+    return SL_ENOMEM;
+  for (i = 0; i < n; i++) {
+    if (i > 0 && sl_buf_putc(out, ',') != 0)
+      return SL_ENOMEM;
+    r = json_value(p, len, pos, out, depth + 1);
+    if (r != 0)
+      return r;
+  }
+  return sl_buf_putc(out, ']');
+}
+
+/* On error out is left as it was on entry. Trailing bytes after the value
+ * are an error: len is the value's measured size. */
+int sl_codec_to_json(const uint8_t *p, size_t len, struct sl_buf *out) {
+  size_t start = out->len, pos = 0;
+  int r;
+
+  r = json_value(p, len, &pos, out, 0);
+  if (r == 0 && pos != len)
+    r = SL_EPROTO;
+  if (r != 0)
+    out->len = start;
+  return r;
+}

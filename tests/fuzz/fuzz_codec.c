@@ -1,0 +1,267 @@
+/* fuzz_codec.c - libFuzzer target for engine/codec.c. Measures the input,
+ * checks the walker's promises on its prefixes (the way a socket delivers
+ * fragments), then parses, re-encodes and renders what it measured.
+ * Build with `make fuzz`; never part of `make test`. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+
+#define LIMIT (1u << 20)
+
+#define ASSERT(c)                                                       \
+  do {                                                                  \
+    if (!(c)) {                                                         \
+      fprintf(stderr, "%s:%d: ASSERT(%s) failed\n", __FILE__, __LINE__, \
+              #c);                                                      \
+      abort();                                                          \
+    }                                                                   \
+  } while (0)
+
+/* ---- a small JSON checker for what to_json wrote ----------------------- */
+
+static const uint8_t *json_ws(const uint8_t *p, const uint8_t *end) {
+  while (p < end && (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r'))
+    p++;
+  return p;
+}
+
+static const uint8_t *json_check(const uint8_t *p, const uint8_t *end,
+                                 int depth);
+
+/* Length of the well-formed UTF-8 sequence at p, 0 if there is none. */
+static size_t utf8_len(const uint8_t *p, const uint8_t *end) {
+  size_t n, i;
+  uint32_t cp;
+
+  if (*p < 0x80)
+    return 1;
+  if (*p >= 0xc2 && *p <= 0xdf)
+    n = 2, cp = *p & 0x1f;
+  else if (*p >= 0xe0 && *p <= 0xef)
+    n = 3, cp = *p & 0x0f;
+  else if (*p >= 0xf0 && *p <= 0xf4)
+    n = 4, cp = *p & 0x07;
+  else
+    return 0;
+  if ((size_t)(end - p) < n)
+    return 0;
+  for (i = 1; i < n; i++) {
+    if ((p[i] & 0xc0) != 0x80)
+      return 0;
+    cp = cp << 6 | (p[i] & 0x3f);
+  }
+  if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
+      (cp >= 0xd800 && cp <= 0xdfff))
+    return 0;
+  return n;
+}
+
+static const uint8_t *json_check_string(const uint8_t *p, const uint8_t *end) {
+  size_t i, n;
+
+  if (p >= end || *p != '"')
+    return NULL;
+  for (p++; p < end && *p != '"'; p++) {
+    if (*p < 0x20)
+      return NULL;
+    if (*p >= 0x80) {
+      n = utf8_len(p, end);
+      if (n == 0)
+        return NULL;
+      p += n - 1;
+      continue;
+    }
+    if (*p == '\\') {
+      if (++p >= end)
+        return NULL;
+      if (*p == 'u') {
+        for (i = 0; i < 4; i++)
+          if (++p >= end || !strchr("0123456789abcdefABCDEF", *p) || !*p)
+            return NULL;
+      } else if (!strchr("\"\\/bfnrt", *p) || !*p) {
+        return NULL;
+      }
+    }
+  }
+  return p < end ? p + 1 : NULL;
+}
+
+static const uint8_t *json_check_number(const uint8_t *p, const uint8_t *end) {
+  const uint8_t *s;
+
+  if (p < end && *p == '-')
+    p++;
+  s = p;
+  while (p < end && *p >= '0' && *p <= '9')
+    p++;
+  if (p == s || (*s == '0' && p - s > 1))
+    return NULL;
+  if (p < end && *p == '.') {
+    s = ++p;
+    while (p < end && *p >= '0' && *p <= '9')
+      p++;
+    if (p == s)
+      return NULL;
+  }
+  if (p < end && (*p == 'e' || *p == 'E')) {
+    p++;
+    if (p < end && (*p == '+' || *p == '-'))
+      p++;
+    s = p;
+    while (p < end && *p >= '0' && *p <= '9')
+      p++;
+    if (p == s)
+      return NULL;
+  }
+  return p;
+}
+
+static const uint8_t *json_check(const uint8_t *p, const uint8_t *end,
+                                 int depth) {
+  int first = 1;
+
+  p = json_ws(p, end);
+  if (p >= end || depth > 200)
+    return NULL;
+  switch (*p) {
+  case '"':
+    return json_check_string(p, end);
+  case '[':
+  case '{': {
+    uint8_t close = *p == '[' ? ']' : '}';
+    for (p++;; first = 0) {
+      p = json_ws(p, end);
+      if (p < end && *p == close)
+        return p + 1;
+      if (!first) {
+        if (p >= end || *p != ',')
+          return NULL;
+        p++;
+      }
+      if (close == '}') {
+        p = json_check_string(json_ws(p, end), end);
+        if (p == NULL)
+          return NULL;
+        p = json_ws(p, end);
+        if (p >= end || *p != ':')
+          return NULL;
+        p++;
+      }
+      p = json_check(p, end, depth + 1);
+      if (p == NULL)
+        return NULL;
+    }
+  }
+  case 't':
+    return end - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
+  case 'f':
+    return end - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
+  case 'n':
+    return end - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+  default:
+    return json_check_number(p, end);
+  }
+}
+
+/* ---- the target -------------------------------------------------------- */
+
+static void check_prefixes(const uint8_t *data, size_t used) {
+  size_t k, step, u;
+
+  /* every cut of a whole object is "wait for more"; sample long ones */
+  step = used <= 512 ? 1 : used / 256;
+  for (k = 0; k < used; k += step)
+    ASSERT(sl_codec_skip(data, k, LIMIT, &u, NULL) == SL_EAGAIN);
+  ASSERT(sl_codec_skip(data, used - 1, LIMIT, &u, NULL) == SL_EAGAIN);
+  /* the limit is exact */
+  ASSERT(sl_codec_skip(data, used, used, &u, NULL) == 0 && u == used);
+  ASSERT(sl_codec_skip(data, used, used - 1, &u, NULL) == SL_E2BIG);
+}
+
+static void check_event(const uint8_t *data, size_t used) {
+  struct sl_event_view v, w;
+  struct sl_codec_error err;
+  struct sl_buf out;
+  uint32_t offs[3];
+  const uint8_t *val;
+  size_t vallen, u;
+  int r;
+
+  r = sl_codec_parse_event(data, used, &v, &err);
+  ASSERT(r == 0 || r == SL_EPROTO);
+  if (r != 0) {
+    ASSERT(err.offset <= used);
+    return;
+  }
+  ASSERT(v.topic.p != NULL && v.topic.len > 0);
+  ASSERT((const uint8_t *)v.topic.p + v.topic.len <= data + used);
+  if (v.headers != NULL) {
+    ASSERT(v.headers + v.headers_len <= data + used);
+    r = sl_codec_map_find(v.headers, v.headers_len, "a", 1, &val, &vallen);
+    ASSERT(r == 0 || r == SL_ENOENT);
+    if (r == 0)
+      ASSERT(val + vallen <= v.headers + v.headers_len);
+  }
+
+  /* what was parsed re-encodes to an event that parses the same */
+  sl_buf_init(&out);
+  ASSERT(sl_buf_append(&out, "xy", 2) == 0);
+  r = sl_codec_write_event(&out, v.id, v.topic, v.key, v.time, v.headers,
+                           v.headers_len, v.payload, v.payload_len, offs);
+  ASSERT(r == 0);
+  ASSERT(sl_codec_skip(out.data + 2, out.len - 2, out.len, &u, NULL) == 0);
+  ASSERT(u == out.len - 2);
+  ASSERT(sl_codec_parse_event(out.data + 2, u, &w, &err) == 0);
+  ASSERT(w.topic.len == v.topic.len &&
+         memcmp(w.topic.p, v.topic.p, v.topic.len) == 0);
+  ASSERT(w.topic.p == (const char *)out.data + 2 + offs[0]);
+  ASSERT((w.id.p == NULL) == (v.id.p == NULL));
+  ASSERT(w.id.p == NULL || w.id.p == (const char *)out.data + 2 + offs[2]);
+  ASSERT((w.key.p == NULL) == (v.key.p == NULL));
+  ASSERT(w.key.p == NULL || w.key.p == (const char *)out.data + 2 + offs[1]);
+  ASSERT(w.time == (v.has_time ? v.time : 0));
+  ASSERT(w.headers_count == v.headers_count);
+  ASSERT(w.payload_len == v.payload_len);
+  if (v.payload != NULL) {
+    sl_buf_reset(&out);
+    ASSERT(sl_codec_to_json(v.payload, v.payload_len, &out) == 0);
+  }
+  sl_buf_close(&out);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  struct sl_codec_error err;
+  struct sl_buf json;
+  size_t used = 0, pos, u;
+  int r;
+
+  r = sl_codec_skip(data, size, LIMIT, &used, &err);
+  ASSERT(r == 0 || r == SL_EAGAIN || r == SL_E2BIG || r == SL_EPROTO);
+  /* with the limit at the bytes in hand, nothing is left to wait for */
+  ASSERT(sl_codec_skip(data, size, size, &u, NULL) != SL_EAGAIN);
+  if (r != 0) {
+    ASSERT(err.offset <= size);
+    if (r == SL_EAGAIN)
+      ASSERT(err.offset == size);
+    return 0;
+  }
+  ASSERT(used >= 1 && used <= size);
+  check_prefixes(data, used);
+
+  /* the rest of the input as a stream of further objects */
+  for (pos = used; pos < size; pos += u)
+    if (sl_codec_skip(data + pos, size - pos, LIMIT, &u, NULL) != 0)
+      break;
+
+  check_event(data, used);
+
+  sl_buf_init(&json);
+  r = sl_codec_to_json(data, used, &json);
+  ASSERT(r == 0);
+  ASSERT(json_check(json.data, json.data + json.len, 0) ==
+         json.data + json.len);
+  sl_buf_close(&json);
+  return 0;
+}
