@@ -238,28 +238,43 @@ static int handover(struct sl_rules *rs, struct ruleset *next, char *err,
 static void arm_timers(struct sl_rules *rs);
 static void write_status(struct sl_rules *rs);
 
-/* Make next live. */
-static void swap_in(struct sl_rules *rs, struct ruleset *next) {
+/* Make next live; describe in changes what differs from the live set
+ * ("+new.lua ~changed.lua -removed.lua"). */
+static void swap_in(struct sl_rules *rs, struct ruleset *next,
+                    struct sl_buf *changes) {
   int64_t now = sl_now_ns();
-  int i, j;
+  int i;
 
   next->version = ++rs->st.version;
   for (i = 0; i < rs->nstats; i++)
-    rs->stats[i]->present = 0;
+    if (rs->stats[i]->present)
+      rs->stats[i]->present = 2; /* live before: not seen in next yet */
   for (i = 0; i < next->n; i++) {
     struct sl_rule *r = next->slots[i].rule;
     struct rule_stats *st = stats_for(rs, base_name(sl_rule_path(r)));
+    int was_live;
     next->slots[i].stats = st;
     if (st == NULL)
       continue;
+    was_live = st->present == 2;
     st->present = 1;
-    if (strcmp(st->hash, sl_rule_hash(r)) != 0) {
+    if (strcmp(st->hash, sl_rule_hash(r)) != 0 || !was_live) {
+      if (changes)
+        sl_buf_printf(changes, "%s%c%s", changes->len ? " " : "",
+                      was_live ? '~' : '+', st->file);
       snprintf(st->hash, sizeof(st->hash), "%s", sl_rule_hash(r));
       st->version++;
       st->loaded_at_ns = now;
     }
   }
-  (void)j;
+  for (i = 0; i < rs->nstats; i++)
+    if (rs->stats[i]->present == 2) {
+      rs->stats[i]->present = 0;
+      rs->stats[i]->hash[0] = '\0'; /* back later: a new load */
+      if (changes)
+        sl_buf_printf(changes, "%s-%s", changes->len ? " " : "",
+                      rs->stats[i]->file);
+    }
   set_free(rs->live); /* no event is inside it: decide is synchronous */
   rs->live = next;
   arm_timers(rs);
@@ -268,6 +283,7 @@ static void swap_in(struct sl_rules *rs, struct ruleset *next) {
 int sl_rules_reload(struct sl_rules *rs, const char *trigger) {
   char err[1024] = "";
   struct ruleset *next;
+  struct sl_buf changes;
   uint64_t t0 = sl_mono_ns(), ms;
   int changed, rc, forced = strcmp(trigger, "watch") != 0;
 
@@ -297,12 +313,16 @@ int sl_rules_reload(struct sl_rules *rs, const char *trigger) {
     write_status(rs);
     return SL_EINVAL;
   }
-  swap_in(rs, next);
+  sl_buf_init(&changes);
+  swap_in(rs, next, &changes);
+  sl_buf_putc(&changes, '\0');
   rs->st.reloads_ok++;
   snprintf(rs->last_result, sizeof(rs->last_result), "ok");
   sl_log(SL_LOG_INFO, "rules reloaded", SL_S("trigger", trigger),
          SL_U("version", rs->st.version), SL_I("rules", next->n),
+         SL_S("files_changed", changes.data ? (const char *)changes.data : ""),
          SL_U("ms", ms), SL_END);
+  sl_buf_close(&changes);
   write_status(rs);
   return 0;
 }
@@ -405,7 +425,7 @@ struct sl_rules *sl_rules_new(const struct sl_config *cfg, uv_loop_t *loop,
     uv_timer_init(loop, &rs->debounce);
     uv_timer_init(loop, &rs->timers);
   }
-  swap_in(rs, first);
+  swap_in(rs, first, NULL);
   rs->last_reload_ns = sl_now_ns();
   snprintf(rs->last_result, sizeof(rs->last_result), "ok");
   if (loop && cfg->rules.dir && cfg->rules.watch) {
@@ -501,7 +521,8 @@ static void dead_letter(struct sl_rules *rs, struct sl_event *orig,
   if (sl_log_allow(&rs->error_log, &suppressed))
     sl_log(SL_LOG_ERROR, "rule failed; event sent to the dead letter",
            SL_S("rule", d->where), SL_S("kind", kinds[d->error]),
-           SL_S("error", d->message), SL_N("event_id", orig->data + orig->id_off, orig->id_len),
+           SL_S("error", d->message), SL_S("traceback", d->traceback),
+           SL_N("event_id", orig->data + orig->id_off, orig->id_len),
            SL_U("suppressed", suppressed), SL_END);
   rs->st.dead_lettered++;
   r->outcome = SL_RULES_FAILED;
@@ -701,7 +722,7 @@ struct counter_ctx {
 static void on_counter(void *data, const char *name, const char *labels,
                        double value) {
   struct counter_ctx *c = data;
-  sl_buf_printf(c->out, "sluice_rule_counter{rule=\"%s\",name=\"%s\"%s%s} %.17g\n",
+  sl_buf_printf(c->out, "sluice_rule_value{rule=\"%s\",name=\"%s\"%s%s} %.17g\n",
                 c->rule, name, labels[0] ? "," : "", labels, value);
 }
 
@@ -758,8 +779,8 @@ int sl_rules_metrics(const struct sl_rules *rs, struct sl_buf *out) {
                 (unsigned long long)rs->st.reloads_ok,
                 (unsigned long long)rs->st.reloads_failed,
                 (unsigned long long)rs->st.version);
-  sl_buf_printf(out, "# HELP sluice_rule_counter Counters defined by rules "
-                     "with sluice.counter.\n# TYPE sluice_rule_counter gauge\n");
+  sl_buf_printf(out, "# HELP sluice_rule_value Counters defined by rules "
+                     "with sluice.counter.\n# TYPE sluice_rule_value gauge\n");
   for (i = 0; rs->live && i < rs->live->n; i++) {
     struct counter_ctx c = {out, base_name(sl_rule_path(rs->live->slots[i].rule))};
     sl_rule_counters(rs->live->slots[i].rule, on_counter, &c);
