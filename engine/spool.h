@@ -1,0 +1,218 @@
+/* spool.h - a durable FIFO of opaque records in segment files under one
+ * directory: an output's disk buffer and spill. The spool owns its
+ * directory (segments, the ack file, quarantine/) and copies every record it
+ * is given; records handed out by sl_spool_read point into its read buffer.
+ *
+ * On disk: <dir>/<16 hex digits of the first seq>.seg, each a 24-byte header
+ * ("SLSP", version, first seq, CRC32C) then records of
+ *   u32 length | u32 CRC32C(length, seq, payload) | u64 seq | payload
+ * (little endian). Sequences start at 1, are contiguous, and never go back,
+ * across segments and restarts. <dir>/ack holds the acknowledged position in
+ * two checksummed slots that are overwritten in turn.
+ *
+ * Threads: every function runs on the loop thread, except sl_spool_sync,
+ * which may run on any thread (a uv_queue_work callback) while the loop
+ * thread keeps calling the others. A small mutex guards what the two share
+ * (the write buffer, the active segment's fd, the list of segments awaiting
+ * fdatasync); sync holds it only to write out the buffer and dup an fd,
+ * never across an fsync, so appends never wait for one. sl_spool_close must
+ * not overlap a sync. Nothing here uses libuv: the engine schedules
+ * sl_spool_sync itself (fsync = "always": after each batch of appends;
+ * "interval": from a timer; "never": not at all).
+ *
+ * Memory: the write buffer, one read batch, 16 bytes per record read and not
+ * yet acknowledged, one small entry per segment. Records stay on disk.
+ * Files: one fd per rolled segment not yet synced (or acked), plus the
+ * active segment, the read cursor's segment, the ack file and the dir. */
+#ifndef SL_SPOOL_H
+#define SL_SPOOL_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "common.h"
+
+#define SL_SPOOL_SEGMENT_DEFAULT (64u << 20)
+#define SL_SPOOL_RECORD_DEFAULT (16u << 20)
+/* A length field above this is corruption, whatever the configuration. */
+#define SL_SPOOL_RECORD_MAX (256u << 20)
+#define SL_SPOOL_WRITE_BUFFER_DEFAULT (64u << 10)
+
+struct sl_spool_opts {
+  uint64_t max_bytes;     /* disk budget for segment files; required */
+  uint64_t segment_bytes; /* roll to a new segment past this; 0: 64 MiB */
+  uint32_t max_record;    /* largest payload accepted; 0: 16 MiB */
+  uint32_t write_buffer;  /* appends gather here before write(); 0: 64 KiB */
+};
+
+/* What sl_spool_init found and repaired. Nothing in it stops the spool from
+ * opening; msg holds the first problems in words, with file and offset. */
+struct sl_spool_report {
+  uint64_t records;           /* unacknowledged records ready to replay */
+  uint64_t bytes;             /* their size on disk, framing included */
+  uint32_t segments;          /* segment files kept */
+  uint64_t first_seq;         /* first unacknowledged record */
+  uint64_t next_seq;          /* what the next append gets */
+  uint32_t quarantine_files;  /* files written to or moved into quarantine/ */
+  uint64_t quarantined_bytes; /* bytes moved aside */
+  uint64_t lost_records;      /* unacked seqs missing between surviving
+                                 records: a corrupt middle or lost tail */
+  uint32_t gaps;              /* how many such holes */
+  int ack_reset;              /* ack file missing or corrupt with records on
+                                 disk: replaying from the oldest record */
+  int ack_beyond_end;         /* ack past the last record (its tail was lost):
+                                 nothing to replay, new seqs follow the ack */
+  uint32_t ignored_files;     /* names in dir that are not ours; untouched */
+  char msg[1024];
+};
+
+/* Counters for metrics, from sl_spool_stats. */
+struct sl_spool_stats {
+  uint64_t records;      /* appended and not acknowledged */
+  uint64_t bytes;        /* their size on disk, framing included */
+  uint64_t unread;       /* not yet returned by read since the last rewind */
+  uint64_t disk_bytes;   /* segment files, acked prefixes too: what max_bytes
+                            bounds */
+  uint32_t segments;
+  uint64_t next_seq;     /* seq of the next append */
+  uint64_t ack_seq;      /* records <= this are acknowledged */
+  uint64_t read_seq;     /* the next record sl_spool_read returns */
+  uint64_t durable_seq;  /* records <= this survived an sl_spool_sync */
+  uint64_t appended;     /* since init */
+  uint64_t acked;        /* records acknowledged since init */
+  uint64_t lost_records; /* found corrupt while reading since init */
+};
+
+/* One record from sl_spool_read. data stays valid until the next
+ * sl_spool_read, sl_spool_ack, sl_spool_rewind or sl_spool_close. */
+struct sl_spool_rec {
+  uint64_t seq;
+  const uint8_t *data;
+  uint32_t len;
+};
+
+struct sl_spool_seg;     /* spool.c: one segment file */
+struct sl_spool_mark;    /* spool.c: where a read, unacked record starts */
+struct sl_spool_handoff; /* spool.c: a rolled segment awaiting fdatasync */
+
+/* Lives in caller memory; fields are private, read them via sl_spool_stats. */
+struct sl_spool {
+  char *dir;
+  int dirfd;  /* holds the flock that keeps a second process out */
+  int ackfd;
+  uint64_t max_bytes, segment_bytes;
+  uint32_t max_record, write_buffer;
+
+  /* loop thread only */
+  struct sl_spool_seg *segs; /* oldest first; the active one is last */
+  uint32_t nsegs, capsegs;
+  uint64_t next_seq, ack_seq, ack_gen;
+  uint32_t aseg, rseg;      /* ack and read cursors: segment index, */
+  uint64_t aoff, roff;      /* file offset, and the seq found there */
+  uint64_t aseq, rseq;
+  struct sl_spool_mark *marks; /* read and unacked, for ack and rewind */
+  size_t mhead, mlen, mcap;
+  int rfd;                  /* the read cursor's segment, or -1 */
+  uint64_t rfd_first;
+  struct sl_buf rbuf;
+  size_t *rpos;             /* scratch: record offsets in rbuf */
+  size_t rposcap;
+  uint64_t disk_bytes, appended, acked, lost_records;
+
+  /* shared with sl_spool_sync, under lock */
+  pthread_mutex_t lock;
+  int wfd;                  /* the active segment, or -1 */
+  uint64_t woff;            /* bytes of it already written */
+  struct sl_buf wbuf;       /* appended, not yet written */
+  struct sl_spool_handoff *handoff; /* rolled segments not yet synced */
+  size_t nhandoff, caphandoff;
+  uint64_t last_seq;        /* the newest appended seq */
+  uint64_t durable_seq;
+  int dir_dirty, ack_dirty;
+  int sync_failed;          /* sticky: a failed fsync loses the promise */
+};
+
+/* Open the spool in dir (created if missing; its parent must exist) and
+ * check every segment, reading every byte once: a torn or corrupt record
+ * (short header or payload, length over SL_SPOOL_RECORD_MAX, seq out of
+ * order, bad CRC) ends its segment there, the rest of the segment is copied
+ * to dir/quarantine/<segment>.<offset>.bad and the segment truncated; a
+ * segment with a bad header is moved there whole; a hole left in the seqs
+ * is reported as lost records; segments holding only acked records are
+ * deleted. Corruption is counted in *report (may be NULL) and never stops
+ * the open. The read cursor starts at the first unacknowledged record; the
+ * first sl_spool_sync also syncs what an earlier process left unsynced.
+ * Returns 0, SL_EINVAL (bad opts), SL_EAGAIN (another process holds dir),
+ * SL_ENOMEM, or a negative errno when dir cannot be created or opened;
+ * on error s holds nothing and sl_spool_close(s) is a no-op. Loop thread. */
+int sl_spool_init(struct sl_spool *s, const char *dir,
+                  const struct sl_spool_opts *opts,
+                  struct sl_spool_report *report);
+
+/* Write out buffered appends, close every file, free memory. Does not fsync:
+ * call sl_spool_sync first when that matters. Safe on a zeroed struct, on
+ * one whose init failed, and twice. No sync may be running. */
+void sl_spool_close(struct sl_spool *s);
+
+/* Copy n bytes as the next record; *seq (may be NULL) gets its sequence.
+ * The record sits in the write buffer until the buffer fills or
+ * sl_spool_flush / sl_spool_read / sl_spool_sync writes it out.
+ * Returns 0; SL_E2BIG when the files would pass max_bytes (nothing changed:
+ * the caller's policy blocks or drops, and retries after an ack); SL_EINVAL
+ * when n > max_record (it never fits); or a negative errno from writing the
+ * earlier buffered records or creating a segment (nothing changed). */
+int sl_spool_append(struct sl_spool *s, const void *p, size_t n,
+                    uint64_t *seq);
+
+/* Hand buffered appends to the kernel, so they survive the process being
+ * killed (not a power loss: that is sl_spool_sync). Call it before telling a
+ * client that an event is accepted when fsync is off. 0 or negative errno;
+ * on error the unwritten records stay buffered and a later call retries. */
+int sl_spool_flush(struct sl_spool *s);
+
+/* Return up to max records after the read cursor, oldest first, into
+ * out[0..], advancing the cursor but not removing them. Stops before the
+ * payload total passes max_bytes, yet always returns at least one record
+ * if any is unread. Returns the count, 0 when everything was read, or a
+ * negative errno from reading. A record that fails its CRC while reading
+ * (the disk changed under us) ends its segment: it and the rest of the
+ * segment are skipped and counted in lost_records; the file is quarantined
+ * at the next init. */
+int sl_spool_read(struct sl_spool *s, struct sl_spool_rec *out, int max,
+                  size_t max_bytes);
+
+/* Every record <= seq is delivered: remember it (the ack file, made durable
+ * by the next sl_spool_sync) and delete segment files holding only acked
+ * records, except the one being appended to. seq may lie beyond the read
+ * cursor (the records in between count as read). seq <= the current ack is
+ * a no-op. Returns 0, SL_EINVAL when seq was never appended, or a negative
+ * errno when the ack file could not be written (the ack still holds in
+ * memory and is written again by the next ack). */
+int sl_spool_ack(struct sl_spool *s, uint64_t seq);
+
+/* Move the read cursor back to the first unacknowledged record, after a
+ * failed delivery. */
+void sl_spool_rewind(struct sl_spool *s);
+
+/* Make durable every record whose append returned, and every ack made,
+ * before this call started: write the buffer, fdatasync the segments written
+ * since the last sync and the ack file, and fsync the directory when files
+ * were created or removed. The only function that may run off the loop
+ * thread, concurrently with the others. *durable (may be NULL) gets the
+ * highest seq known durable. Returns 0 or a negative errno; after an fsync
+ * failure every later sync fails too (SL_EIO), since the kernel may have
+ * dropped the pages: reopen the spool to recover. */
+int sl_spool_sync(struct sl_spool *s, uint64_t *durable);
+
+/* Fill *st. Loop thread. */
+void sl_spool_stats(struct sl_spool *s, struct sl_spool_stats *st);
+
+/* CRC32C (Castagnoli), as used in the record format; crc is 0 to start or
+ * a previous result to continue. Uses SSE4.2 when the CPU has it. */
+uint32_t sl_spool_crc32c(uint32_t crc, const void *p, size_t n);
+/* The table-driven version the above falls back to; exported for tests. */
+uint32_t sl_spool_crc32c_portable(uint32_t crc, const void *p, size_t n);
+
+#endif

@@ -1,0 +1,1019 @@
+/* test_spool.c - the durable spool: order across segments, replay after
+ * reopen, limits, and recovery from torn, flipped and garbage bytes. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "spool.h"
+#include "test.h"
+
+#define SEG_HDR 24
+#define REC_HDR 16
+
+/* ---- helpers ----------------------------------------------------------- */
+
+static int rm_one(const char *path, const struct stat *st, int flag,
+                  struct FTW *ftw) {
+  (void)st;
+  (void)flag;
+  (void)ftw;
+  return remove(path);
+}
+
+static void rm_rf(const char *dir) {
+  nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* A fresh empty directory name under /tmp (the spool creates it). */
+static void tmp_dir(char *buf, size_t n, const char *tag) {
+  static int counter;
+  snprintf(buf, n, "/tmp/sl_spool_%s_%d_%d", tag, (int)getpid(), counter++);
+  rm_rf(buf);
+}
+
+static uint32_t payload_len(uint64_t seq) {
+  return 5 + (uint32_t)(seq * 37 % 90);
+}
+
+static void payload(uint64_t seq, uint8_t *p) {
+  uint32_t i, n = payload_len(seq);
+  for (i = 0; i < n; i++)
+    p[i] = (uint8_t)(seq * 131 + i * 7);
+}
+
+static int payload_ok(const struct sl_spool_rec *r) {
+  uint8_t want[128];
+  if (r->len != payload_len(r->seq))
+    return 0;
+  payload(r->seq, want);
+  return memcmp(want, r->data, r->len) == 0;
+}
+
+static uint64_t rec_size(uint64_t seq) { return REC_HDR + payload_len(seq); }
+
+static struct sl_spool_opts opts_of(uint64_t max_bytes, uint64_t segment) {
+  struct sl_spool_opts o;
+  memset(&o, 0, sizeof(o));
+  o.max_bytes = max_bytes;
+  o.segment_bytes = segment;
+  o.write_buffer = 1024;
+  return o;
+}
+
+/* Append the records first..last; 0 when each got the expected seq. */
+static int append_range(struct sl_spool *s, uint64_t first, uint64_t last) {
+  uint8_t p[128];
+  uint64_t seq, got;
+  for (seq = first; seq <= last; seq++) {
+    payload(seq, p);
+    if (sl_spool_append(s, p, payload_len(seq), &got) != 0 || got != seq)
+      return -1;
+  }
+  return 0;
+}
+
+/* Read everything unread in batches of `batch`; seqs get the order seen.
+ * Returns the count, or -1 when a payload does not match its seq. */
+static long read_all(struct sl_spool *s, uint64_t *seqs, size_t max,
+                     int batch) {
+  struct sl_spool_rec r[64];
+  long n = 0;
+  int k, i;
+  for (;;) {
+    k = sl_spool_read(s, r, batch, 1 << 20);
+    if (k < 0)
+      return -1;
+    if (k == 0)
+      return n;
+    for (i = 0; i < k; i++) {
+      if (!payload_ok(&r[i]) || (size_t)n >= max)
+        return -1;
+      seqs[n++] = r[i].seq;
+    }
+  }
+}
+
+/* seqs[0..n) == first, first+1, ... */
+static int contiguous(const uint64_t *seqs, long n, uint64_t first) {
+  long i;
+  for (i = 0; i < n; i++)
+    if (seqs[i] != first + (uint64_t)i)
+      return 0;
+  return 1;
+}
+
+static void seg_path(char *buf, size_t n, const char *dir, uint64_t first) {
+  snprintf(buf, n, "%s/%016" PRIx64 ".seg", dir, first);
+}
+
+static long file_size(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+static int count_files(const char *dir, const char *suffix) {
+  DIR *d = opendir(dir);
+  struct dirent *de;
+  size_t n = strlen(suffix), len;
+  int count = 0;
+  if (d == NULL)
+    return -1;
+  while ((de = readdir(d)) != NULL) {
+    len = strlen(de->d_name);
+    if (len >= n && strcmp(de->d_name + len - n, suffix) == 0)
+      count++;
+  }
+  closedir(d);
+  return count;
+}
+
+static uint8_t *read_file(const char *path, long *len) {
+  FILE *f = fopen(path, "rb");
+  uint8_t *b;
+  if (f == NULL)
+    return NULL;
+  fseek(f, 0, SEEK_END);
+  *len = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  b = malloc((size_t)*len + 1);
+  if (b && fread(b, 1, (size_t)*len, f) != (size_t)*len) {
+    free(b);
+    b = NULL;
+  }
+  fclose(f);
+  return b;
+}
+
+static int write_file(const char *path, const void *p, size_t n) {
+  FILE *f = fopen(path, "wb");
+  int ok;
+  if (f == NULL)
+    return -1;
+  ok = fwrite(p, 1, n, f) == n;
+  return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+static int poke(const char *path, long off, uint8_t xor_mask) {
+  int fd = open(path, O_RDWR);
+  uint8_t b;
+  int ok;
+  if (fd < 0)
+    return -1;
+  ok = pread(fd, &b, 1, off) == 1;
+  b ^= xor_mask;
+  ok = ok && pwrite(fd, &b, 1, off) == 1;
+  close(fd);
+  return ok ? 0 : -1;
+}
+
+/* Bit-by-bit CRC32C, the reference the fast versions must match. */
+static uint32_t crc_ref(const uint8_t *p, size_t n) {
+  uint32_t c = 0xFFFFFFFFu;
+  size_t i;
+  int k;
+  for (i = 0; i < n; i++) {
+    c ^= p[i];
+    for (k = 0; k < 8; k++)
+      c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
+  }
+  return ~c;
+}
+
+/* ---- CRC32C ------------------------------------------------------------ */
+
+TEST(crc32c_known_vectors) {
+  uint8_t b[32];
+  int i;
+  CHECK_EQ(sl_spool_crc32c(0, "123456789", 9), 0xE3069283u);
+  CHECK_EQ(sl_spool_crc32c_portable(0, "123456789", 9), 0xE3069283u);
+  memset(b, 0, 32); /* RFC 3720 B.4 */
+  CHECK_EQ(sl_spool_crc32c(0, b, 32), 0x8A9136AAu);
+  CHECK_EQ(sl_spool_crc32c_portable(0, b, 32), 0x8A9136AAu);
+  memset(b, 0xff, 32);
+  CHECK_EQ(sl_spool_crc32c(0, b, 32), 0x62A8AB43u);
+  CHECK_EQ(sl_spool_crc32c_portable(0, b, 32), 0x62A8AB43u);
+  for (i = 0; i < 32; i++)
+    b[i] = (uint8_t)i;
+  CHECK_EQ(sl_spool_crc32c(0, b, 32), 0x46DD794Eu);
+  CHECK_EQ(sl_spool_crc32c_portable(0, b, 32), 0x46DD794Eu);
+  for (i = 0; i < 32; i++)
+    b[i] = (uint8_t)(31 - i);
+  CHECK_EQ(sl_spool_crc32c(0, b, 32), 0x113FDB5Cu);
+  CHECK_EQ(sl_spool_crc32c(0, "", 0), 0);
+}
+
+TEST(crc32c_fast_paths_match_reference_at_every_length_and_alignment) {
+  uint8_t b[600];
+  size_t len, off, cut;
+  uint32_t want;
+  for (len = 0; len < sizeof(b); len++)
+    b[len] = (uint8_t)(len * 2654435761u >> 13);
+  for (off = 0; off < 8; off++) {
+    for (len = 0; len + off <= 300; len++) {
+      want = crc_ref(b + off, len);
+      CHECK_EQ(sl_spool_crc32c(0, b + off, len), want);
+      CHECK_EQ(sl_spool_crc32c_portable(0, b + off, len), want);
+      cut = len / 3; /* continuing from a previous result */
+      CHECK_EQ(sl_spool_crc32c(sl_spool_crc32c(0, b + off, cut), b + off + cut,
+                               len - cut),
+               want);
+    }
+  }
+}
+
+/* ---- normal operation -------------------------------------------------- */
+
+TEST(spool_append_read_ack_keep_order_across_segment_rollover) {
+  char dir[128];
+  struct sl_spool s;
+  struct sl_spool_stats st;
+  struct sl_spool_opts o = opts_of(1 << 20, 512);
+  uint64_t seqs[400];
+  struct sl_spool_rec r[8];
+  long n;
+  int k, i, j;
+
+  tmp_dir(dir, sizeof(dir), "order");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(append_range(&s, 1, 300), 0);
+  sl_spool_stats(&s, &st);
+  CHECK(st.segments > 20);
+  CHECK_EQ(st.records, 300);
+  CHECK_EQ(st.unread, 300);
+  /* read in odd batches, acking every other batch */
+  n = 1;
+  for (i = 0;; i++) {
+    k = sl_spool_read(&s, r, 7, 1 << 20);
+    CHECK(k >= 0);
+    if (k == 0)
+      break;
+    for (j = 0; j < k; j++) {
+      CHECK_EQ(r[j].seq, (uint64_t)n);
+      CHECK(payload_ok(&r[j]));
+      n++;
+    }
+    if (i % 2 == 1)
+      CHECK_EQ(sl_spool_ack(&s, r[0].seq), 0);
+  }
+  CHECK_EQ(n, 301);
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.unread, 0);
+  CHECK_EQ(sl_spool_ack(&s, 300), 0);
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.records, 0);
+  CHECK_EQ(st.bytes, 0);
+  CHECK_EQ(st.acked, 300);
+  CHECK_EQ(st.segments, 1); /* the active one stays */
+  CHECK_EQ(count_files(dir, ".seg"), 1);
+  /* appends after a full drain continue the sequence */
+  CHECK_EQ(append_range(&s, 301, 310), 0);
+  n = read_all(&s, seqs, 400, 3);
+  CHECK_EQ(n, 10);
+  CHECK(contiguous(seqs, n, 301));
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_read_returns_pointers_in_seq_order_with_byte_budget) {
+  char dir[128];
+  struct sl_spool s;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+  struct sl_spool_rec r[64];
+  int k, i;
+
+  tmp_dir(dir, sizeof(dir), "budget");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(append_range(&s, 1, 40), 0);
+  k = sl_spool_read(&s, r, 64, 200); /* payload budget of 200 bytes */
+  CHECK(k >= 1);
+  {
+    uint64_t sum = 0;
+    for (i = 0; i < k; i++) {
+      CHECK_EQ(r[i].seq, (uint64_t)i + 1);
+      CHECK(payload_ok(&r[i]));
+      sum += r[i].len;
+    }
+    CHECK(sum <= 200);
+  }
+  k = sl_spool_read(&s, r, 1, 1); /* one record even over the budget */
+  CHECK_EQ(k, 1);
+  CHECK(payload_ok(&r[0]));
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_reopen_replays_exactly_the_unacked_records) {
+  char dir[128];
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 700);
+  struct sl_spool_rec r[32];
+  uint64_t seqs[200], got;
+  uint8_t p[128];
+  long n;
+
+  tmp_dir(dir, sizeof(dir), "replay");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.records, 0);
+  CHECK_EQ(rep.next_seq, 1);
+  CHECK_EQ(append_range(&s, 1, 50), 0);
+  CHECK_EQ(sl_spool_read(&s, r, 30, 1 << 20), 30);
+  CHECK_EQ(sl_spool_ack(&s, 20), 0);
+  CHECK_EQ(sl_spool_sync(&s, &got), 0);
+  CHECK_EQ(got, 50);
+  sl_spool_close(&s);
+
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.records, 30);
+  CHECK_EQ(rep.first_seq, 21);
+  CHECK_EQ(rep.next_seq, 51);
+  CHECK_EQ(rep.quarantine_files, 0);
+  CHECK_EQ(rep.ack_reset, 0);
+  CHECK_STR(rep.msg, "");
+  n = read_all(&s, seqs, 200, 9);
+  CHECK_EQ(n, 30);
+  CHECK(contiguous(seqs, n, 21));
+  payload(51, p);
+  CHECK_EQ(sl_spool_append(&s, p, payload_len(51), &got), 0);
+  CHECK_EQ(got, 51);
+  sl_spool_close(&s); /* close writes the buffer out, no sync needed */
+
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.records, 31);
+  n = read_all(&s, seqs, 200, 64);
+  CHECK_EQ(n, 31);
+  CHECK(contiguous(seqs, n, 21));
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_reopen_after_everything_acked_keeps_the_sequence) {
+  char dir[128];
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 400);
+  uint64_t seqs[16];
+
+  tmp_dir(dir, sizeof(dir), "allacked");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(append_range(&s, 1, 30), 0);
+  CHECK_EQ(sl_spool_ack(&s, 30), 0); /* acking unread records reads them */
+  sl_spool_close(&s);
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.records, 0);
+  CHECK_EQ(rep.next_seq, 31);
+  CHECK_EQ(rep.segments, 0);
+  CHECK_EQ(count_files(dir, ".seg"), 0);
+  CHECK_EQ(append_range(&s, 31, 32), 0);
+  CHECK_EQ(read_all(&s, seqs, 16, 5), 2);
+  CHECK_EQ(seqs[0], 31);
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_rewind_reads_again_from_first_unacked) {
+  char dir[128];
+  struct sl_spool s;
+  struct sl_spool_opts o = opts_of(1 << 20, 300);
+  struct sl_spool_rec r[16];
+  uint64_t seqs[64];
+  long n;
+
+  tmp_dir(dir, sizeof(dir), "rewind");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(append_range(&s, 1, 20), 0);
+  CHECK_EQ(sl_spool_read(&s, r, 10, 1 << 20), 10);
+  CHECK_EQ(sl_spool_ack(&s, 5), 0);
+  CHECK_EQ(sl_spool_read(&s, r, 5, 1 << 20), 5);
+  CHECK_EQ(r[0].seq, 11);
+  sl_spool_rewind(&s);
+  n = read_all(&s, seqs, 64, 4);
+  CHECK_EQ(n, 15);
+  CHECK(contiguous(seqs, n, 6));
+  /* rewind with nothing acked goes back to the very first record */
+  CHECK_EQ(sl_spool_ack(&s, 12), 0);
+  sl_spool_rewind(&s);
+  sl_spool_rewind(&s);
+  n = read_all(&s, seqs, 64, 16);
+  CHECK_EQ(n, 8);
+  CHECK(contiguous(seqs, n, 13));
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_ack_past_read_cursor_skips_those_records) {
+  char dir[128];
+  struct sl_spool s;
+  struct sl_spool_stats st;
+  struct sl_spool_opts o = opts_of(1 << 20, 256);
+  uint64_t seqs[64];
+  long n;
+
+  tmp_dir(dir, sizeof(dir), "ackahead");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(append_range(&s, 1, 40), 0);
+  CHECK_EQ(sl_spool_ack(&s, 25), 0);
+  CHECK_EQ(sl_spool_ack(&s, 10), 0); /* behind: no-op */
+  CHECK_EQ(sl_spool_ack(&s, 41), SL_EINVAL); /* never appended */
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.ack_seq, 25);
+  CHECK_EQ(st.records, 15);
+  n = read_all(&s, seqs, 64, 6);
+  CHECK_EQ(n, 15);
+  CHECK(contiguous(seqs, n, 26));
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_max_bytes_returns_e2big_and_frees_after_ack) {
+  char dir[128];
+  struct sl_spool s;
+  struct sl_spool_stats st;
+  struct sl_spool_opts o = opts_of(4096, 1024);
+  uint8_t p[128];
+  uint64_t seq = 1, got;
+  int rc;
+
+  tmp_dir(dir, sizeof(dir), "full");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  for (;;) {
+    payload(seq, p);
+    rc = sl_spool_append(&s, p, payload_len(seq), &got);
+    if (rc != 0)
+      break;
+    seq++;
+  }
+  CHECK_EQ(rc, SL_E2BIG);
+  sl_spool_stats(&s, &st);
+  CHECK(st.disk_bytes <= 4096);
+  CHECK(st.disk_bytes > 4096 - 2 * (SEG_HDR + rec_size(seq)));
+  CHECK_EQ(st.records, seq - 1);
+  CHECK_EQ(sl_spool_append(&s, p, payload_len(seq), &got), SL_E2BIG);
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.next_seq, seq); /* nothing changed */
+  CHECK_EQ(sl_spool_ack(&s, seq - 1), 0);
+  CHECK_EQ(sl_spool_append(&s, p, payload_len(seq), &got), 0);
+  CHECK_EQ(got, seq);
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_one_segment_budget_does_not_deadlock_when_drained) {
+  char dir[128];
+  struct sl_spool s;
+  struct sl_spool_opts o = opts_of(512, 512);
+  uint8_t p[128];
+  uint64_t seq = 1, got, seqs[64];
+  int round;
+
+  tmp_dir(dir, sizeof(dir), "oneseg");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  for (round = 0; round < 5; round++) {
+    uint64_t start = seq;
+    for (;;) {
+      payload(seq, p);
+      if (sl_spool_append(&s, p, payload_len(seq), &got) != 0)
+        break;
+      seq++;
+    }
+    CHECK(seq > start); /* the full, acked segment made room */
+    CHECK_EQ(read_all(&s, seqs, 64, 64), (long)(seq - start));
+    CHECK_EQ(sl_spool_ack(&s, seq - 1), 0);
+  }
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_record_over_max_record_is_einval_and_big_ones_bypass_buffer) {
+  char dir[128];
+  struct sl_spool s;
+  struct sl_spool_opts o = opts_of(1 << 20, 4096);
+  struct sl_spool_rec r[4];
+  static uint8_t big[3000];
+  uint64_t got;
+  size_t i;
+
+  o.max_record = 3000;
+  o.write_buffer = 256;
+  for (i = 0; i < sizeof(big); i++)
+    big[i] = (uint8_t)(i * 7);
+  tmp_dir(dir, sizeof(dir), "big");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(sl_spool_append(&s, big, 3001, &got), SL_EINVAL);
+  CHECK_EQ(sl_spool_append(&s, "x", 1, &got), 0);
+  CHECK_EQ(sl_spool_append(&s, big, 3000, &got), 0);
+  CHECK_EQ(got, 2);
+  CHECK_EQ(sl_spool_append(&s, big, 3000, &got), 0); /* its own segment */
+  CHECK_EQ(sl_spool_append(&s, NULL, 0, &got), 0);    /* empty record */
+  CHECK_EQ(sl_spool_read(&s, r, 4, 1 << 20), 4);
+  CHECK_EQ(r[0].len, 1);
+  CHECK_EQ(r[1].len, 3000);
+  CHECK(memcmp(r[1].data, big, 3000) == 0);
+  CHECK(memcmp(r[2].data, big, 3000) == 0);
+  CHECK_EQ(r[3].len, 0);
+  CHECK_EQ(r[3].seq, 4);
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_second_open_of_same_dir_is_eagain) {
+  char dir[128];
+  struct sl_spool a, b;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+
+  tmp_dir(dir, sizeof(dir), "lock");
+  CHECK_EQ(sl_spool_init(&a, dir, &o, NULL), 0);
+  CHECK_EQ(sl_spool_init(&b, dir, &o, NULL), SL_EAGAIN);
+  sl_spool_close(&b); /* no-op after a failed init */
+  sl_spool_close(&a);
+  sl_spool_close(&a); /* twice is fine */
+  CHECK_EQ(sl_spool_init(&b, dir, &o, NULL), 0);
+  sl_spool_close(&b);
+  rm_rf(dir);
+}
+
+TEST(spool_bad_options_are_einval) {
+  struct sl_spool s;
+  struct sl_spool_opts o = opts_of(0, 0);
+
+  memset(&s, 0, sizeof(s));
+  sl_spool_close(&s); /* zeroed: no-op */
+  CHECK_EQ(sl_spool_init(&s, "/tmp/sl_spool_never", &o, NULL), SL_EINVAL);
+  o = opts_of(1 << 20, 0);
+  o.max_record = SL_SPOOL_RECORD_MAX + 1;
+  CHECK_EQ(sl_spool_init(&s, "/tmp/sl_spool_never", &o, NULL), SL_EINVAL);
+  o = opts_of(1 << 20, 0);
+  CHECK(sl_spool_init(&s, "/nonexistent/parent/spool", &o, NULL) < 0);
+}
+
+/* ---- sync -------------------------------------------------------------- */
+
+struct syncer {
+  struct sl_spool *s;
+  atomic_int stop;
+  int calls, errors;
+};
+
+static void *sync_loop(void *arg) {
+  struct syncer *y = arg;
+  uint64_t d;
+  while (!atomic_load(&y->stop)) {
+    if (sl_spool_sync(y->s, &d) != 0)
+      y->errors++;
+    y->calls++;
+  }
+  return NULL;
+}
+
+TEST(spool_sync_on_another_thread_while_appending_and_acking) {
+  char dir[128];
+  struct sl_spool s;
+  struct sl_spool_stats st;
+  struct sl_spool_opts o = opts_of(8 << 20, 16 << 10);
+  struct syncer y;
+  pthread_t t;
+  struct sl_spool_rec r[64];
+  uint64_t seq, d = 0;
+  int k;
+
+  tmp_dir(dir, sizeof(dir), "sync");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  memset(&y, 0, sizeof(y));
+  atomic_init(&y.stop, 0);
+  y.s = &s;
+  CHECK_EQ(pthread_create(&t, NULL, sync_loop, &y), 0);
+  for (seq = 1; seq <= 20000; seq += 100) {
+    CHECK_EQ(append_range(&s, seq, seq + 99), 0);
+    k = sl_spool_read(&s, r, 64, 1 << 20);
+    CHECK(k > 0);
+    CHECK(payload_ok(&r[k - 1]));
+    CHECK_EQ(sl_spool_ack(&s, r[k - 1].seq), 0);
+  }
+  atomic_store(&y.stop, 1);
+  pthread_join(t, NULL);
+  CHECK_EQ(y.errors, 0);
+  CHECK(y.calls > 0);
+  CHECK_EQ(sl_spool_sync(&s, &d), 0);
+  CHECK_EQ(d, 20000);
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.durable_seq, 20000);
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+/* ---- recovery ---------------------------------------------------------- */
+
+/* One segment with records 1..5, closed; its bytes in *img. */
+static int make_five(const char *dir, uint8_t **img, long *len) {
+  struct sl_spool s;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+  char path[256];
+  if (sl_spool_init(&s, dir, &o, NULL) != 0)
+    return -1;
+  if (append_range(&s, 1, 5) != 0)
+    return -1;
+  sl_spool_close(&s);
+  seg_path(path, sizeof(path), dir, 1);
+  *img = read_file(path, len);
+  return *img ? 0 : -1;
+}
+
+TEST(spool_torn_tail_at_every_byte_keeps_complete_records) {
+  char dir[128], path[256];
+  uint8_t *img;
+  long len, cut;
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+  uint64_t ends[6], seqs[16], got;
+  uint8_t p[128];
+  int i;
+
+  tmp_dir(dir, sizeof(dir), "torn");
+  CHECK_EQ(make_five(dir, &img, &len), 0);
+  ends[0] = SEG_HDR;
+  for (i = 1; i <= 5; i++)
+    ends[i] = ends[i - 1] + rec_size((uint64_t)i);
+  CHECK_EQ((uint64_t)len, ends[5]);
+  for (cut = 0; cut <= len; cut++) {
+    int whole = 0;
+    uint64_t lost;
+    if (cut > SEG_HDR && (uint64_t)cut < ends[3])
+      continue; /* every byte of the header and of the last two records */
+    rm_rf(dir);
+    CHECK_EQ(mkdir(dir, 0755), 0);
+    seg_path(path, sizeof(path), dir, 1);
+    CHECK_EQ(write_file(path, img, (size_t)cut), 0);
+    CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+    if (cut >= SEG_HDR)
+      for (whole = 0; whole < 5 && ends[whole + 1] <= (uint64_t)cut; whole++)
+        ;
+    lost = cut >= SEG_HDR ? (uint64_t)cut - ends[whole] : (uint64_t)cut;
+    CHECK_EQ(rep.records, whole);
+    CHECK_EQ(rep.quarantined_bytes, lost);
+    CHECK_EQ(rep.quarantine_files, lost > 0 ? 1 : 0);
+    if (lost > 0) { /* the cut bytes are kept, byte for byte */
+      char qpath[300];
+      uint8_t *q;
+      long qlen = 0;
+      uint64_t from = cut >= SEG_HDR ? ends[whole] : 0;
+      snprintf(qpath, sizeof(qpath),
+               "%s/quarantine/0000000000000001.seg.%" PRIu64 ".bad", dir,
+               from);
+      q = read_file(qpath, &qlen);
+      CHECK(q != NULL);
+      CHECK_EQ(qlen, (long)lost);
+      CHECK(memcmp(q, img + from, (size_t)lost) == 0);
+      free(q);
+    }
+    CHECK_EQ(read_all(&s, seqs, 16, 3), whole);
+    CHECK(contiguous(seqs, whole, 1));
+    /* the next append continues right after the surviving records */
+    payload((uint64_t)whole + 1, p);
+    CHECK_EQ(sl_spool_append(&s, p, payload_len((uint64_t)whole + 1), &got),
+             0);
+    CHECK_EQ(got, (uint64_t)whole + 1);
+    sl_spool_close(&s);
+    /* and a second open finds nothing wrong */
+    CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+    CHECK_EQ(rep.quarantine_files, 0);
+    CHECK_EQ(rep.records, (uint64_t)whole + 1);
+    CHECK_EQ(read_all(&s, seqs, 16, 16), whole + 1);
+    CHECK(contiguous(seqs, whole + 1, 1));
+    sl_spool_close(&s);
+  }
+  free(img);
+  rm_rf(dir);
+}
+
+TEST(spool_flipped_bit_anywhere_in_a_record_is_caught) {
+  char dir[128], path[256];
+  uint8_t *img;
+  long len, at, rec3;
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+  uint64_t seqs[16];
+
+  tmp_dir(dir, sizeof(dir), "flip");
+  CHECK_EQ(make_five(dir, &img, &len), 0);
+  rec3 = SEG_HDR + (long)(rec_size(1) + rec_size(2));
+  for (at = rec3; at < rec3 + (long)rec_size(3); at++) {
+    uint8_t save = img[at];
+    rm_rf(dir);
+    CHECK_EQ(mkdir(dir, 0755), 0);
+    img[at] ^= (uint8_t)(1u << (at % 8));
+    seg_path(path, sizeof(path), dir, 1);
+    CHECK_EQ(write_file(path, img, (size_t)len), 0);
+    img[at] = save;
+    CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+    CHECK_EQ(rep.records, 2);
+    CHECK_EQ(rep.quarantine_files, 1);
+    CHECK_EQ(rep.quarantined_bytes, (uint64_t)(len - rec3));
+    CHECK(strstr(rep.msg, "offset") != NULL);
+    CHECK_EQ(read_all(&s, seqs, 16, 16), 2);
+    CHECK(contiguous(seqs, 2, 1));
+    CHECK_EQ(rep.next_seq, 3);
+    sl_spool_close(&s);
+  }
+  free(img);
+  rm_rf(dir);
+}
+
+TEST(spool_garbage_length_is_corruption_not_an_allocation) {
+  static const uint32_t lens[] = {0xFFFFFFF0u, SL_SPOOL_RECORD_MAX + 1,
+                                  200u << 20, 1000};
+  char dir[128], path[256];
+  uint8_t *img;
+  long len, rec2;
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+  uint64_t seqs[16];
+  size_t i;
+
+  tmp_dir(dir, sizeof(dir), "len");
+  CHECK_EQ(make_five(dir, &img, &len), 0);
+  rec2 = SEG_HDR + (long)rec_size(1);
+  for (i = 0; i < SL_ARRAY_SIZE(lens); i++) {
+    uint8_t save[4];
+    memcpy(save, img + rec2, 4);
+    img[rec2] = (uint8_t)lens[i];
+    img[rec2 + 1] = (uint8_t)(lens[i] >> 8);
+    img[rec2 + 2] = (uint8_t)(lens[i] >> 16);
+    img[rec2 + 3] = (uint8_t)(lens[i] >> 24);
+    rm_rf(dir);
+    CHECK_EQ(mkdir(dir, 0755), 0);
+    seg_path(path, sizeof(path), dir, 1);
+    CHECK_EQ(write_file(path, img, (size_t)len), 0);
+    memcpy(img + rec2, save, 4);
+    CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+    CHECK_EQ(rep.records, 1);
+    CHECK_EQ(rep.quarantined_bytes, (uint64_t)(len - rec2));
+    CHECK_EQ(read_all(&s, seqs, 16, 16), 1);
+    sl_spool_close(&s);
+  }
+  free(img);
+  rm_rf(dir);
+}
+
+TEST(spool_corrupt_middle_segment_quarantines_its_rest_and_reports_gap) {
+  char dir[128], path[256];
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 400);
+  uint64_t seqs[128], first2 = 0, first3 = 0, seq, off;
+  long n, i, j;
+
+  tmp_dir(dir, sizeof(dir), "middle");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(append_range(&s, 1, 60), 0);
+  sl_spool_close(&s);
+  /* find the second and third segments by their names */
+  for (seq = 2; seq <= 60 && first3 == 0; seq++) {
+    seg_path(path, sizeof(path), dir, seq);
+    if (file_size(path) > 0) {
+      if (first2 == 0)
+        first2 = seq;
+      else
+        first3 = seq;
+    }
+  }
+  CHECK(first2 > 0 && first3 > first2 + 2);
+  /* flip a payload byte of the second record of segment 2 */
+  seg_path(path, sizeof(path), dir, first2);
+  off = SEG_HDR + rec_size(first2) + REC_HDR + 1;
+  CHECK_EQ(poke(path, (long)off, 0x40), 0);
+
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.gaps, 1);
+  CHECK_EQ(rep.lost_records, first3 - first2 - 1);
+  CHECK_EQ(rep.quarantine_files, 1);
+  CHECK_EQ(rep.records, 60 - (first3 - first2 - 1));
+  CHECK_EQ(rep.next_seq, 61);
+  CHECK(strstr(rep.msg, "lost") != NULL);
+  n = read_all(&s, seqs, 128, 10);
+  CHECK_EQ(n, (long)rep.records);
+  for (i = 0, j = 0, seq = 1; seq <= 60; seq++) {
+    if (seq > first2 && seq < first3)
+      continue;
+    CHECK_EQ(seqs[j], seq);
+    j++;
+  }
+  (void)i;
+  CHECK_EQ(file_size(path), (long)(SEG_HDR + rec_size(first2)));
+  sl_spool_close(&s);
+  /* reopening again: clean, the gap is still reported */
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.quarantine_files, 0);
+  CHECK_EQ(rep.gaps, 1);
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_garbage_files_are_quarantined_foreign_files_left_alone) {
+  char dir[128], path[256];
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+  uint8_t junk[300];
+  uint64_t seqs[32], got;
+  size_t i;
+
+  for (i = 0; i < sizeof(junk); i++)
+    junk[i] = (uint8_t)(i * 151 + 3);
+  tmp_dir(dir, sizeof(dir), "garbage");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(append_range(&s, 1, 10), 0);
+  sl_spool_close(&s);
+  seg_path(path, sizeof(path), dir, 11); /* where the next one would go */
+  CHECK_EQ(write_file(path, junk, sizeof(junk)), 0);
+  seg_path(path, sizeof(path), dir, 5); /* inside segment 1's range */
+  CHECK_EQ(write_file(path, junk, 10), 0);
+  snprintf(path, sizeof(path), "%s/notes.txt", dir);
+  CHECK_EQ(write_file(path, "hi", 2), 0);
+
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.quarantine_files, 2);
+  CHECK_EQ(rep.quarantined_bytes, sizeof(junk) + 10);
+  CHECK_EQ(rep.ignored_files, 1);
+  CHECK_EQ(rep.gaps, 0);
+  CHECK_EQ(rep.records, 10);
+  CHECK_EQ(file_size(path), 2);
+  CHECK_EQ(count_files(dir, ".seg"), 1);
+  snprintf(path, sizeof(path), "%s/quarantine/%016" PRIx64 ".seg.0.bad", dir,
+           (uint64_t)11);
+  CHECK_EQ(file_size(path), (long)sizeof(junk));
+  CHECK_EQ(read_all(&s, seqs, 32, 32), 10);
+  CHECK(contiguous(seqs, 10, 1));
+  CHECK_EQ(append_range(&s, 11, 11), 0);
+  sl_spool_close(&s);
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.quarantine_files, 0);
+  CHECK_EQ(rep.records, 11);
+  (void)got;
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_ack_file_corrupt_or_missing_replays_from_oldest) {
+  char dir[128], path[256];
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+  uint64_t seqs[32];
+  int round;
+
+  tmp_dir(dir, sizeof(dir), "ackfile");
+  for (round = 0; round < 2; round++) {
+    CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+    if (round == 0)
+      CHECK_EQ(append_range(&s, 1, 10), 0);
+    CHECK_EQ(sl_spool_ack(&s, 6), 0);
+    sl_spool_close(&s);
+    CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+    CHECK_EQ(rep.first_seq, 7);
+    CHECK_EQ(rep.records, 4);
+    sl_spool_close(&s);
+
+    snprintf(path, sizeof(path), "%s/ack", dir);
+    if (round == 0)
+      CHECK_EQ(write_file(path, "garbage garbage garbage garbage!!", 33), 0);
+    else
+      CHECK_EQ(unlink(path), 0);
+    CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+    CHECK_EQ(rep.ack_reset, 1);
+    CHECK_EQ(rep.first_seq, 1);
+    CHECK_EQ(rep.quarantine_files, round == 0 ? 1 : 0);
+    CHECK_EQ(rep.records, 10);
+    CHECK_EQ(read_all(&s, seqs, 32, 32), 10);
+    CHECK(contiguous(seqs, 10, 1));
+    sl_spool_close(&s);
+  }
+  rm_rf(dir);
+}
+
+TEST(spool_ack_file_keeps_the_older_slot_when_the_newer_is_torn) {
+  char dir[128], path[256];
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+
+  tmp_dir(dir, sizeof(dir), "ackslot");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(append_range(&s, 1, 10), 0);
+  CHECK_EQ(sl_spool_ack(&s, 3), 0); /* generation 1: slot at 512 */
+  CHECK_EQ(sl_spool_ack(&s, 7), 0); /* generation 2: slot at 0 */
+  sl_spool_close(&s);
+  snprintf(path, sizeof(path), "%s/ack", dir);
+  CHECK_EQ(poke(path, 20, 0x80), 0); /* tear slot 0 */
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.ack_reset, 0);
+  CHECK_EQ(rep.first_seq, 4);
+  CHECK_EQ(rep.records, 7);
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_ack_beyond_lost_tail_is_clamped_and_seqs_move_on) {
+  char dir[128], path[256];
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+  uint64_t seqs[8], got;
+  uint8_t p[128];
+
+  tmp_dir(dir, sizeof(dir), "ackbeyond");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(append_range(&s, 1, 10), 0);
+  CHECK_EQ(sl_spool_ack(&s, 8), 0);
+  sl_spool_close(&s);
+  seg_path(path, sizeof(path), dir, 1); /* lose records 6..10 */
+  CHECK_EQ(truncate(path, SEG_HDR + (long)(rec_size(1) + rec_size(2) +
+                                            rec_size(3) + rec_size(4) +
+                                            rec_size(5))),
+           0);
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.ack_beyond_end, 1);
+  CHECK_EQ(rep.records, 0);
+  CHECK_EQ(rep.next_seq, 9);
+  CHECK_EQ(read_all(&s, seqs, 8, 8), 0);
+  payload(9, p);
+  CHECK_EQ(sl_spool_append(&s, p, payload_len(9), &got), 0);
+  CHECK_EQ(got, 9);
+  CHECK_EQ(read_all(&s, seqs, 8, 8), 1);
+  CHECK_EQ(seqs[0], 9);
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_corruption_found_while_reading_ends_the_segment_and_counts) {
+  char dir[128], path[256];
+  struct sl_spool s;
+  struct sl_spool_stats st;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+  uint64_t seqs[32];
+  long n;
+
+  tmp_dir(dir, sizeof(dir), "runtime");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(append_range(&s, 1, 10), 0);
+  CHECK_EQ(sl_spool_flush(&s), 0);
+  seg_path(path, sizeof(path), dir, 1);
+  CHECK_EQ(poke(path, SEG_HDR + (long)(rec_size(1) + rec_size(2) + rec_size(3)) +
+                          REC_HDR,
+                0x01),
+           0); /* record 4's payload */
+  n = read_all(&s, seqs, 32, 32);
+  CHECK_EQ(n, 3);
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.lost_records, 7);
+  /* appends go on, in a new segment */
+  CHECK_EQ(append_range(&s, 11, 12), 0);
+  n = read_all(&s, seqs, 32, 32);
+  CHECK_EQ(n, 2);
+  CHECK_EQ(seqs[0], 11);
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_kill_during_rollover_leaves_empty_or_torn_next_segment) {
+  char dir[128], path[256];
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 64); /* a segment per record */
+  uint64_t seqs[32];
+  static const size_t sizes[] = {0, 1, 23, 24};
+  size_t i;
+
+  tmp_dir(dir, sizeof(dir), "rollover");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(append_range(&s, 1, 10), 0);
+  sl_spool_close(&s);
+  for (i = 0; i < SL_ARRAY_SIZE(sizes); i++) {
+    static const uint8_t hdr[24] = {'S', 'L', 'S', 'P', 1, 0, 0, 0, 11};
+    seg_path(path, sizeof(path), dir, 11 + i);
+    CHECK_EQ(write_file(path, hdr, sizes[i]), 0);
+    CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+    CHECK_EQ(rep.records, 10 + i);
+    CHECK_EQ(rep.gaps, 0);
+    CHECK_EQ(rep.quarantine_files, sizes[i] > 0 ? 1 : 0); /* 24: bad crc */
+    CHECK_EQ(rep.next_seq, 11 + i);
+    CHECK_EQ(read_all(&s, seqs, 32, 32), (long)(10 + i));
+    CHECK(contiguous(seqs, (long)(10 + i), 1));
+    CHECK_EQ(append_range(&s, 11 + i, 11 + i), 0); /* same name, new file */
+    sl_spool_close(&s);
+    CHECK(file_size(path) > 24);
+  }
+  CHECK_EQ(count_files(dir, ".seg"), 14);
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.quarantine_files, 0);
+  CHECK_EQ(rep.records, 14);
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
