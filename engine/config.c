@@ -20,6 +20,9 @@
 
 #include "log.h"
 
+/* the chunk name of the config in Lua's messages, replaced by its path */
+#define CHUNK "sluice-config"
+
 struct check {
   lua_State *L;
   struct sl_buf *err;
@@ -88,7 +91,9 @@ static void check_keys(struct check *c, int idx, const char *path,
         for (a = allowed; *a && off < sizeof(hint) - 32; a++)
           off += (size_t)snprintf(hint + off, sizeof(hint) - off, "%s%s",
                                   a == allowed ? "" : ", ", *a);
-        bad(c, path, "unknown key '%s' (expected one of: %s)", k, hint);
+        /* at the top there is no path yet: the key is the path */
+        bad(c, path[0] ? path : k, "unknown key '%s' (expected one of: %s)", k,
+            hint);
       }
     }
     lua_pop(L, 1);
@@ -294,11 +299,22 @@ int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
 
 /* Can a file be created at path? The first folder that exists on the way
  * up must be writable (missing folders are created at start). */
-static int path_writable(const char *path, char *why, size_t whylen) {
+static int usable(const char *path, int want_dir, char *why, size_t whylen) {
   char buf[PATH_MAX], *dir;
   struct stat st;
 
   if (stat(path, &st) == 0) {
+    if (want_dir) {
+      if (!S_ISDIR(st.st_mode)) {
+        snprintf(why, whylen, "not a directory");
+        return 0;
+      }
+      if (access(path, W_OK | X_OK) != 0) {
+        snprintf(why, whylen, "not writable");
+        return 0;
+      }
+      return 1;
+    }
     if (S_ISDIR(st.st_mode)) {
       snprintf(why, whylen, "is a directory");
       return 0;
@@ -327,6 +343,10 @@ static int path_writable(const char *path, char *why, size_t whylen) {
       return 1;
     memmove(buf, dir, strlen(dir) + 1);
   }
+}
+
+static int path_writable(const char *path, char *why, size_t whylen) {
+  return usable(path, 0, why, whylen);
 }
 
 static int valid_name(const char *s) {
@@ -398,10 +418,12 @@ static void check_queue(struct check *c, int t, const char *path,
         q->when_full = SL_QUEUE_DROP_NEWEST;
       else if (strcmp(when, "drop_oldest") == 0)
         q->when_full = SL_QUEUE_DROP_OLDEST;
+      else if (strcmp(when, "spill") == 0)
+        q->when_full = SL_QUEUE_SPILL;
       else
         bad(c, pw,
-            "expected \"block\", \"drop_newest\" or \"drop_oldest\", got "
-            "\"%s\" (\"spill\" is not available yet)",
+            "expected \"block\", \"drop_newest\", \"drop_oldest\" or "
+            "\"spill\", got \"%s\"",
             when);
       free(when);
     }
@@ -411,12 +433,86 @@ static void check_queue(struct check *c, int t, const char *path,
   lua_pop(c->L, 1);
 }
 
+static void check_buffer(struct check *c, int t, const char *path,
+                         struct sl_output_config *o) {
+  static const char *const keys[] = {"type", "path", "max_bytes", "fsync",
+                                     "fsync_interval_ms", NULL};
+  struct sl_output_buffer_config *b = &o->buffer;
+  char p[256], pk[300], why[256];
+  char *type = NULL, *fsync = NULL;
+
+  b->max_bytes = 1ull << 30;
+  b->fsync_interval_ms = 1000;
+  b->fsync = 1;
+  lua_getfield(c->L, t, "buffer");
+  join(p, sizeof(p), path, "buffer");
+  if (lua_istable(c->L, -1)) {
+    int bt = lua_gettop(c->L);
+    check_keys(c, bt, p, keys);
+    opt_str(c, bt, p, "type", &type, 1);
+    opt_str(c, bt, p, "path", &b->path, 0);
+    opt_uint(c, bt, p, "max_bytes", 1u << 20, 1ull << 50, &b->max_bytes, 1);
+    opt_str(c, bt, p, "fsync", &fsync, 0);
+    opt_u32(c, bt, p, "fsync_interval_ms", 1, 3600000, &b->fsync_interval_ms,
+            0);
+    snprintf(pk, sizeof(pk), "%s.type", p);
+    if (type && strcmp(type, "disk") == 0)
+      b->disk = 1;
+    else if (type)
+      bad(c, pk, "expected \"disk\", got \"%s\"", type);
+    snprintf(pk, sizeof(pk), "%s.fsync", p);
+    if (fsync == NULL || strcmp(fsync, "interval") == 0)
+      b->fsync = 1;
+    else if (strcmp(fsync, "always") == 0)
+      b->fsync = 2;
+    else if (strcmp(fsync, "never") == 0)
+      b->fsync = 0;
+    else
+      bad(c, pk, "expected \"always\", \"interval\" or \"never\", got "
+                 "\"%s\"", fsync);
+    free(type);
+    free(fsync);
+  } else if (!lua_isnil(c->L, -1)) {
+    bad(c, p, "expected table, got %s", type_of(c->L, -1));
+  }
+  lua_pop(c->L, 1);
+  if (b->disk && o->queue.when_full == SL_QUEUE_DROP_OLDEST)
+    bad(c, p, "a disk buffer keeps events in order until delivered: "
+              "queue.when_full must be \"block\" or \"drop_newest\"");
+  if (b->disk && o->queue.when_full == SL_QUEUE_SPILL)
+    bad(c, p, "a disk buffer already keeps every event on disk: "
+              "queue.when_full = \"spill\" is for memory queues");
+  if (!b->disk && o->queue.when_full != SL_QUEUE_SPILL) {
+    free(b->path);
+    b->path = NULL;
+    return;
+  }
+  if (!b->disk)
+    b->fsync = 0; /* spill is overflow, not durability */
+  if (b->path == NULL && o->name) {
+    char rel[300];
+    snprintf(rel, sizeof(rel), "var/buffer/%s", o->name);
+    b->path = resolve(c, rel);
+  } else if (b->path) {
+    char *abs = resolve(c, b->path);
+    free(b->path);
+    b->path = abs;
+  }
+  snprintf(pk, sizeof(pk), "%s.path", p);
+  if (b->path && !usable(b->path, 1, why, sizeof(why)))
+    bad(c, pk, "cannot use %s: %s", b->path, why);
+}
+
 static void check_retry(struct check *c, int t, const char *path,
-                        struct sl_retry_config *r) {
-  static const char *const keys[] = {"initial_ms", "max_ms", NULL};
-  char p[256];
+                        struct sl_output_config *o) {
+  static const char *const keys[] = {"initial_ms",     "max_ms",
+                                     "max_attempts",   "max_elapsed_ms",
+                                     "timeout_ms",     NULL};
+  struct sl_retry_config *r = &o->retry;
+  char p[256], pk[300];
   r->initial_ms = 100;
   r->max_ms = 10000;
+  r->timeout_ms = 30000;
   lua_getfield(c->L, t, "retry");
   join(p, sizeof(p), path, "retry");
   if (lua_istable(c->L, -1)) {
@@ -424,9 +520,89 @@ static void check_retry(struct check *c, int t, const char *path,
     check_keys(c, rt, p, keys);
     opt_u32(c, rt, p, "initial_ms", 1, 3600000, &r->initial_ms, 0);
     opt_u32(c, rt, p, "max_ms", 1, 3600000, &r->max_ms, 0);
+    opt_u32(c, rt, p, "max_attempts", 1, 1000000000, &r->max_attempts, 0);
+    opt_u32(c, rt, p, "max_elapsed_ms", 1, 604800000, &r->max_elapsed_ms, 0);
+    opt_u32(c, rt, p, "timeout_ms", 0, 3600000, &r->timeout_ms, 0);
     if (r->max_ms < r->initial_ms)
       bad(c, p, "max_ms (%u) is below initial_ms (%u)", r->max_ms,
           r->initial_ms);
+    lua_getfield(c->L, rt, "timeout_ms");
+    snprintf(pk, sizeof(pk), "%s.timeout_ms", p);
+    if (!lua_isnil(c->L, -1) && o->type && strcmp(o->type, "tcp") != 0 &&
+        strcmp(o->type, "unix") != 0)
+      bad(c, pk, "only tcp and unix outputs time out (a file write cannot be "
+                 "cut short)");
+    lua_pop(c->L, 1);
+  } else if (!lua_isnil(c->L, -1)) {
+    bad(c, p, "expected table, got %s", type_of(c->L, -1));
+  }
+  lua_pop(c->L, 1);
+}
+
+/* breaker = { failures, open_ms }, or false for none. Runs after
+ * check_retry: open_ms defaults to 5000, or to retry.max_ms when lower, so
+ * an output told to retry fast is not paused for longer than it asked. */
+static void check_breaker(struct check *c, int t, const char *path,
+                          struct sl_output_config *o) {
+  static const char *const keys[] = {"failures", "open_ms", NULL};
+  struct sl_breaker_config *b = &o->breaker;
+  char p[256];
+  b->failures = 5;
+  b->open_ms = o->retry.max_ms < 5000 ? o->retry.max_ms : 5000;
+  lua_getfield(c->L, t, "breaker");
+  join(p, sizeof(p), path, "breaker");
+  if (lua_istable(c->L, -1)) {
+    int bt = lua_gettop(c->L);
+    check_keys(c, bt, p, keys);
+    opt_u32(c, bt, p, "failures", 0, 1000000, &b->failures, 0);
+    opt_u32(c, bt, p, "open_ms", 1, 86400000, &b->open_ms, 0);
+  } else if (lua_type(c->L, -1) == LUA_TBOOLEAN) {
+    if (!lua_toboolean(c->L, -1))
+      b->failures = 0;
+  } else if (!lua_isnil(c->L, -1)) {
+    bad(c, p, "expected table or boolean, got %s", type_of(c->L, -1));
+  }
+  lua_pop(c->L, 1);
+}
+
+static void check_rate_limit(struct check *c, int t, const char *path,
+                             struct sl_rate_limit_config *r) {
+  static const char *const keys[] = {"events_per_second", "burst", NULL};
+  char p[256], pk[300];
+  lua_getfield(c->L, t, "rate_limit");
+  join(p, sizeof(p), path, "rate_limit");
+  if (lua_istable(c->L, -1)) {
+    int rt = lua_gettop(c->L);
+    check_keys(c, rt, p, keys);
+    opt_u32(c, rt, p, "events_per_second", 1, 1000000000,
+            &r->events_per_second, 0);
+    opt_u32(c, rt, p, "burst", 1, 1000000000, &r->burst, 0);
+    snprintf(pk, sizeof(pk), "%s.events_per_second", p);
+    if (r->events_per_second == 0)
+      bad(c, pk, "expected a number of events per second, got nil");
+    if (r->burst == 0)
+      r->burst = r->events_per_second;
+  } else if (!lua_isnil(c->L, -1)) {
+    bad(c, p, "expected table, got %s", type_of(c->L, -1));
+  }
+  lua_pop(c->L, 1);
+}
+
+static void check_dedup(struct check *c, int t, const char *path,
+                        struct sl_dedup_config *d) {
+  static const char *const keys[] = {"window_ms", "max_ids", NULL};
+  char p[256], pk[300];
+  lua_getfield(c->L, t, "dedup");
+  join(p, sizeof(p), path, "dedup");
+  if (lua_istable(c->L, -1)) {
+    int dt = lua_gettop(c->L);
+    check_keys(c, dt, p, keys);
+    d->max_ids = 100000;
+    opt_u32(c, dt, p, "window_ms", 1, 604800000, &d->window_ms, 0);
+    opt_u32(c, dt, p, "max_ids", 1, 1u << 24, &d->max_ids, 0);
+    snprintf(pk, sizeof(pk), "%s.window_ms", p);
+    if (d->window_ms == 0)
+      bad(c, pk, "expected the window in milliseconds, got nil");
   } else if (!lua_isnil(c->L, -1)) {
     bad(c, p, "expected table, got %s", type_of(c->L, -1));
   }
@@ -517,9 +693,11 @@ done:
 
 static void check_output(struct check *c, struct sl_config *cfg, int ot,
                          const char *p, struct sl_output_config *o) {
-  static const char *const keys[] = {"name", "type", "path", "address",
-                                     "format", "queue", "retry",
-                                     "batch_events", NULL};
+  static const char *const keys[] = {"name",       "type",    "path",
+                                     "address",    "format",  "queue",
+                                     "retry",      "breaker", "rate_limit",
+                                     "dedup",      "buffer",  "batch_events",
+                                     "ack",        NULL};
   char pt[80], why[256];
 
   check_keys(c, ot, p, keys);
@@ -531,8 +709,13 @@ static void check_output(struct check *c, struct sl_config *cfg, int ot,
   opt_str(c, ot, p, "format", &o->format, 0);
   o->batch_events = 1024;
   opt_u32(c, ot, p, "batch_events", 1, 65536, &o->batch_events, 0);
+  opt_bool(c, ot, p, "ack", &o->ack);
   check_queue(c, ot, p, &o->queue);
-  check_retry(c, ot, p, &o->retry);
+  check_buffer(c, ot, p, o);
+  check_retry(c, ot, p, o);
+  check_breaker(c, ot, p, o);
+  check_rate_limit(c, ot, p, &o->rate_limit);
+  check_dedup(c, ot, p, &o->dedup);
   if (o->type == NULL)
     return;
   snprintf(pt, sizeof(pt), "%s.type", p);
@@ -572,6 +755,11 @@ static void check_output(struct check *c, struct sl_config *cfg, int ot,
         "unknown output type \"%s\" (expected stdout, file, null, tcp or "
         "unix)",
         o->type);
+  }
+  if (o->ack && strcmp(o->type, "tcp") != 0 && strcmp(o->type, "unix") != 0) {
+    char pa[80];
+    snprintf(pa, sizeof(pa), "%s.ack", p);
+    bad(c, pa, "only tcp and unix outputs take acks");
   }
   if (o->format) {
     char pf[80];
@@ -789,6 +977,8 @@ static void check_dead_letter(struct check *c, struct sl_config *cfg, int t) {
     o->queue.when_full = SL_QUEUE_BLOCK;
     o->retry.initial_ms = 100;
     o->retry.max_ms = 10000;
+    o->breaker.failures = 5;
+    o->breaker.open_ms = 5000;
     cfg->dead_letter = cfg->noutputs++;
     if (o->path && !path_writable(o->path, why, sizeof(why)))
       bad(c, "dead_letter", "cannot write the default %s: %s", o->path, why);
@@ -857,9 +1047,11 @@ struct sl_config *sl_config_load(const char *path, struct sl_buf *err) {
   struct sl_config *cfg = NULL;
   struct check c;
   lua_State *L;
-  char *copy = NULL;
+  char *copy = NULL, chunk[4096];
+  struct sl_buf text;
   FILE *f;
-  int first;
+  size_t n;
+  int failed;
 
   memset(&c, 0, sizeof(c));
   c.err = err;
@@ -869,15 +1061,27 @@ struct sl_config *sl_config_load(const char *path, struct sl_buf *err) {
     sl_buf_printf(err, "%s: cannot open: %s\n", path, strerror(errno));
     return NULL;
   }
-  first = fgetc(f);
+  sl_buf_init(&text);
+  while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+    if (sl_buf_append(&text, chunk, n) != 0)
+      break;
+  failed = ferror(f) || !feof(f);
   fclose(f);
-  if (first == 0x1b) {
+  if (failed) {
+    sl_buf_printf(err, "%s: cannot read: %s\n", path,
+                  errno ? strerror(errno) : "out of memory");
+    sl_buf_close(&text);
+    return NULL;
+  }
+  if (text.len > 0 && text.data[0] == 0x1b) {
     sl_buf_printf(err, "%s: precompiled chunks are not accepted\n", path);
+    sl_buf_close(&text);
     return NULL;
   }
   L = luaL_newstate();
   if (L == NULL) {
     sl_buf_printf(err, "%s: out of memory\n", path);
+    sl_buf_close(&text);
     return NULL;
   }
   /* only the pure libraries: a config computes, it does not do I/O */
@@ -900,8 +1104,17 @@ struct sl_config *sl_config_load(const char *path, struct sl_buf *err) {
       lua_setglobal(L, *u);
     }
   }
-  if (luaL_loadfile(L, path) != 0 || lua_pcall(L, 0, 1, 0) != 0) {
-    sl_buf_printf(err, "%s\n", lua_tostring(L, -1));
+  /* a short chunk name swapped for the whole path below: Lua cuts long
+   * names to their last 60 bytes ("...of-root/x.lua:3:") */
+  if (luaL_loadbuffer(L, (const char *)text.data, text.len, "=" CHUNK) != 0 ||
+      lua_pcall(L, 0, 1, 0) != 0) {
+    const char *msg = lua_tostring(L, -1);
+    if (msg == NULL)
+      sl_buf_printf(err, "%s: error object is a %s\n", path, type_of(L, -1));
+    else if (strncmp(msg, CHUNK ":", sizeof(CHUNK)) == 0)
+      sl_buf_printf(err, "%s:%s\n", path, msg + sizeof(CHUNK));
+    else
+      sl_buf_printf(err, "%s: %s\n", path, msg);
     goto fail;
   }
   if (!lua_istable(L, -1)) {
@@ -928,12 +1141,14 @@ struct sl_config *sl_config_load(const char *path, struct sl_buf *err) {
     goto fail;
   free(copy);
   lua_close(L);
+  sl_buf_close(&text);
   return cfg;
 
 fail:
   free(copy);
   sl_config_free(cfg);
   lua_close(L);
+  sl_buf_close(&text);
   return NULL;
 }
 
@@ -957,6 +1172,7 @@ void sl_config_free(struct sl_config *c) {
     free(o->path);
     free(o->address);
     free(o->format);
+    free(o->buffer.path);
   }
   free(c->outputs);
   for (i = 0; i < c->router.nroutes; i++)

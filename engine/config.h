@@ -21,9 +21,39 @@ struct sl_queue_config {
   enum sl_queue_policy when_full; /* default block */
 };
 
+struct sl_output_buffer_config {
+  int disk;                   /* buffer.type = "disk": durable buffer */
+  char *path;                 /* default var/buffer/<output name> */
+  uint64_t max_bytes;         /* default 1 GiB */
+  int fsync;                  /* 0 never, 1 interval, 2 always */
+  uint32_t fsync_interval_ms; /* default 1000 */
+};
+
 struct sl_retry_config {
-  uint32_t initial_ms; /* default 100 */
-  uint32_t max_ms;     /* default 10000 */
+  uint32_t initial_ms;     /* default 100 */
+  uint32_t max_ms;         /* default 10000 */
+  uint32_t max_attempts;   /* failed attempts before the dead letter; 0: no limit */
+  uint32_t max_elapsed_ms; /* or time since the first failed attempt; 0: no limit */
+  uint32_t timeout_ms;     /* tcp/unix: a connect, write or ack that takes
+                              longer fails; default 30000, 0: none */
+};
+
+/* Circuit breaker: after failures consecutive failed attempts no attempt is
+ * made for open_ms, then one probe decides (see retry.h). */
+struct sl_breaker_config {
+  uint32_t failures; /* default 5; 0 (or breaker = false): no breaker */
+  uint32_t open_ms;  /* default 5000, or retry.max_ms when that is lower */
+};
+
+/* Token bucket on the delivery side (see sl_output_quota). */
+struct sl_rate_limit_config {
+  uint32_t events_per_second; /* 0: no limit */
+  uint32_t burst;             /* default events_per_second */
+};
+
+struct sl_dedup_config {
+  uint32_t window_ms; /* 0: no dedup */
+  uint32_t max_ids;   /* default 100000 */
 };
 
 struct sl_input_config {
@@ -43,8 +73,13 @@ struct sl_output_config {
   char *address; /* tcp: "host:port" */
   char *format;  /* "ndjson" (default) or "msgpack" */
   struct sl_queue_config queue;
+  struct sl_output_buffer_config buffer; /* disk buffer or spill */
   struct sl_retry_config retry;
+  struct sl_breaker_config breaker;
+  struct sl_rate_limit_config rate_limit;
+  struct sl_dedup_config dedup;
   uint32_t batch_events; /* events per write; default 1024 */
+  int ack;               /* tcp/unix: wait for the peer's acks (a sluice) */
 };
 
 struct sl_rules_config {

@@ -21,6 +21,7 @@ struct frame {
   /* marker detection: a map whose only key is "$bin" or "$float" */
   int marker;      /* 1: $bin, 2: $float, -1: not a marker */
   size_t key_start;
+  int batch;       /* the split top-level array: writes no bytes */
 };
 
 struct ctx {
@@ -29,6 +30,15 @@ struct ctx {
   int depth;
   int failed;
   char why[128];
+  /* several values (sl_json_items_to_msgpack); cb == NULL: one value */
+  sl_json_item_cb cb;
+  void *cb_data;
+  struct sl_json_error *err;
+  int cb_rc;       /* what cb returned when it stopped the parse */
+  int split;       /* a top-level array's elements are the items */
+  int item_depth;  /* 1 inside a split top-level array, else 0 */
+  size_t item_start, item_line, items;
+  size_t line;     /* 1-based line being parsed */
 };
 
 static int b64val(int c) {
@@ -45,16 +55,42 @@ static void value_added(struct ctx *c) {
     c->stack[c->depth - 1].count++;
 }
 
+/* A value starts: count it in its container and, at item level, note where
+ * the item's bytes begin. */
+static void begin_value(struct ctx *c) {
+  value_added(c);
+  if (c->cb && c->depth == c->item_depth) {
+    c->item_start = c->out->len;
+    c->item_line = c->line;
+  }
+}
+
+/* A value ended; at item level hand the item to the callback. Returns the
+ * yajl verdict (0 stops the parse). */
+static int end_value(struct ctx *c) {
+  int rc;
+  if (c->cb == NULL || c->depth != c->item_depth)
+    return 1;
+  rc = c->cb(c->cb_data, c->item_start, c->out->len - c->item_start,
+             c->items, c->item_line, c->err);
+  if (rc != 0) {
+    c->cb_rc = rc;
+    return 0;
+  }
+  c->items++;
+  return 1;
+}
+
 static int on_null(void *p) {
   struct ctx *c = p;
-  value_added(c);
-  return sl_codec_put_nil(c->out) == 0;
+  begin_value(c);
+  return sl_codec_put_nil(c->out) == 0 && end_value(c);
 }
 
 static int on_boolean(void *p, int v) {
   struct ctx *c = p;
-  value_added(c);
-  return sl_codec_put_bool(c->out, v) == 0;
+  begin_value(c);
+  return sl_codec_put_bool(c->out, v) == 0 && end_value(c);
 }
 
 static int on_number(void *p, const char *s, size_t n) {
@@ -72,18 +108,18 @@ static int on_number(void *p, const char *s, size_t n) {
   for (i = 0; i < n; i++)
     if (buf[i] == '.' || buf[i] == 'e' || buf[i] == 'E')
       integral = 0;
-  value_added(c);
+  begin_value(c);
   errno = 0;
   if (integral && buf[0] == '-') {
     long long v = strtoll(buf, &end, 10);
     if (errno == 0)
-      return sl_codec_put_int(c->out, v) == 0;
+      return sl_codec_put_int(c->out, v) == 0 && end_value(c);
   } else if (integral) {
     unsigned long long v = strtoull(buf, &end, 10);
     if (errno == 0)
-      return sl_codec_put_uint(c->out, v) == 0;
+      return sl_codec_put_uint(c->out, v) == 0 && end_value(c);
   }
-  return sl_codec_put_double(c->out, strtod(buf, &end)) == 0;
+  return sl_codec_put_double(c->out, strtod(buf, &end)) == 0 && end_value(c);
 }
 
 /* A string value inside a marker map replaces the map. */
@@ -143,8 +179,8 @@ static int on_string(void *p, const unsigned char *s, size_t n) {
     }
     c->stack[c->depth - 1].marker = -1;
   }
-  value_added(c);
-  return sl_codec_put_str(c->out, (const char *)s, n) == 0;
+  begin_value(c);
+  return sl_codec_put_str(c->out, (const char *)s, n) == 0 && end_value(c);
 }
 
 static int open_container(struct ctx *c, int is_map) {
@@ -153,13 +189,23 @@ static int open_container(struct ctx *c, int is_map) {
     snprintf(c->why, sizeof(c->why), "nesting deeper than %d", MAX_DEPTH);
     return 0;
   }
-  value_added(c);
+  if (c->split && c->depth == 0 && !is_map) {
+    /* the batch array itself: no bytes, its elements are the items */
+    f = &c->stack[c->depth++];
+    memset(f, 0, sizeof(*f));
+    f->marker = -1;
+    f->batch = 1;
+    c->item_depth = 1;
+    return 1;
+  }
+  begin_value(c);
   f = &c->stack[c->depth++];
   f->header = c->out->len;
   f->count = 0;
   f->is_map = is_map;
   f->marker = is_map ? 0 : -1;
   f->key_start = f->header;
+  f->batch = 0;
   return sl_buf_append(c->out, is_map ? "\xdf\0\0\0\0" : "\xdd\0\0\0\0", 5) ==
          0;
 }
@@ -191,14 +237,16 @@ static int on_map_key(void *p, const unsigned char *s, size_t n) {
 static int close_container(struct ctx *c) {
   struct frame *f = &c->stack[--c->depth];
   uint8_t *h;
+  if (f->batch)
+    return 1; /* the split batch array ends */
   if (f->marker == 3)
-    return 1; /* replaced by its value */
+    return end_value(c); /* replaced by its value */
   h = c->out->data + f->header;
   h[1] = (uint8_t)(f->count >> 24);
   h[2] = (uint8_t)(f->count >> 16);
   h[3] = (uint8_t)(f->count >> 8);
   h[4] = (uint8_t)f->count;
-  return 1;
+  return end_value(c);
 }
 
 static int on_end_map(void *p) { return close_container(p); }
@@ -243,6 +291,100 @@ int sl_json_to_msgpack(const char *p, size_t n, struct sl_buf *out, char *err,
     out->len = start;
     rc = SL_EPROTO;
   }
+  yajl_free(h);
+  free(c);
+  return rc;
+}
+
+/* The message of a failed parse, without yajl's trailing newline. */
+static void parse_error(yajl_handle h, const struct ctx *c, char *msg,
+                        size_t n) {
+  unsigned char *e;
+  char *nl;
+  if (c->why[0]) {
+    snprintf(msg, n, "%s", c->why);
+    return;
+  }
+  e = yajl_get_error(h, 0, NULL, 0);
+  snprintf(msg, n, "invalid JSON: %s", e ? (const char *)e : "parse error");
+  if (e)
+    yajl_free_error(h, e);
+  if ((nl = strchr(msg, '\n')) != NULL)
+    *nl = '\0';
+  if (strncmp(msg, "invalid JSON: parse error: ", 27) == 0)
+    memmove(msg + 14, msg + 27, strlen(msg + 27) + 1);
+}
+
+static int blank(const char *p, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++)
+    if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n')
+      return 0;
+  return 1;
+}
+
+int sl_json_items_to_msgpack(const char *p, size_t n, int flags,
+                             struct sl_buf *out, sl_json_item_cb cb,
+                             void *data, struct sl_json_error *err) {
+  struct ctx *c = calloc(1, sizeof(*c));
+  size_t start = out->len, pos = 0, seg;
+  const char *nl;
+  yajl_handle h;
+  yajl_status st = yajl_status_ok;
+  int rc = 0;
+
+  memset(err, 0, sizeof(*err));
+  if (c == NULL)
+    return SL_ENOMEM;
+  c->out = out;
+  c->cb = cb;
+  c->cb_data = data;
+  c->err = err;
+  c->split = (flags & SL_JSON_SPLIT_ARRAY) != 0;
+  c->line = 1;
+  h = yajl_alloc(&callbacks, NULL, c);
+  if (h == NULL) {
+    free(c);
+    return SL_ENOMEM;
+  }
+  if (flags & SL_JSON_MANY)
+    yajl_config(h, yajl_allow_multiple_values, 1);
+  /* one line per call, so every callback knows its line */
+  while (pos < n && st == yajl_status_ok) {
+    nl = memchr(p + pos, '\n', n - pos);
+    seg = nl ? (size_t)(nl - (p + pos)) + 1 : n - pos;
+    st = yajl_parse(h, (const unsigned char *)p + pos, seg);
+    if (st == yajl_status_ok) {
+      pos += seg;
+      if (nl)
+        c->line++;
+    }
+  }
+  if (st == yajl_status_ok && (flags & SL_JSON_MANY) && c->items == 0 &&
+      blank(p, n)) {
+    /* no value at all is an empty batch here; yajl calls it an error */
+  } else if (st == yajl_status_ok) {
+    if (n == 0 && !(flags & SL_JSON_MANY)) {
+      snprintf(err->msg, sizeof(err->msg), "empty body: expected a JSON value");
+      rc = SL_EPROTO;
+    } else {
+      st = yajl_complete_parse(h);
+      /* an error at the very end belongs to the last line, not after it */
+      if (st != yajl_status_ok && n > 0 && p[n - 1] == '\n' && c->line > 1)
+        c->line--;
+    }
+  }
+  if (rc == 0 && st != yajl_status_ok) {
+    rc = c->cb_rc ? c->cb_rc : SL_EPROTO;
+    if (c->cb_rc == 0) {
+      err->index = c->items;
+      err->line = c->line;
+      err->offset = pos + yajl_get_bytes_consumed(h);
+      parse_error(h, c, err->msg, sizeof(err->msg));
+    }
+  }
+  if (rc != 0)
+    out->len = start;
   yajl_free(h);
   free(c);
   return rc;

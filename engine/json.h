@@ -1,4 +1,6 @@
 /* json.h - JSON text to msgpack, streaming (yajl's SAX parser), no DOM.
+ * One value (sl_json_to_msgpack) or a batch of items: NDJSON lines, the
+ * elements of an array (sl_json_items_to_msgpack).
  * Integers stay integers (int64/uint64), other numbers become float64;
  * the markers that sl_codec_to_json writes ({"$bin":"<base64>"},
  * {"$float":"nan"}) turn back into their msgpack types, so NDJSON written by
@@ -16,5 +18,35 @@
  * unchanged on error. max_depth bounds nesting. */
 int sl_json_to_msgpack(const char *p, size_t n, struct sl_buf *out,
                        char *err, size_t errlen);
+
+/* Where a conversion of several values stopped, for a user to read. */
+struct sl_json_error {
+  size_t index;  /* 0-based item that failed */
+  size_t line;   /* 1-based line of the problem */
+  size_t offset; /* byte offset in the text (JSON syntax errors) */
+  char msg[160];
+};
+
+#define SL_JSON_SPLIT_ARRAY 1 /* a top-level array's elements are the items */
+#define SL_JSON_MANY 2        /* any number of top-level values (NDJSON) */
+
+/* One converted item: out->data[off..off+len). line is where it starts.
+ * Return 0 to go on; a negative code (with err->msg, index and line
+ * filled) stops the conversion, which then returns that code. */
+typedef int (*sl_json_item_cb)(void *data, size_t off, size_t len,
+                               size_t index, size_t line,
+                               struct sl_json_error *err);
+
+/* Convert a text of several values, appending each item's msgpack to out
+ * and calling cb for it once complete. Without SL_JSON_MANY the text must
+ * hold exactly one value (empty text is an error); with it, values are
+ * separated by white space (NDJSON; blank lines are skipped). With
+ * SL_JSON_SPLIT_ARRAY a top-level array is not an item itself: each of its
+ * elements is. Returns 0, SL_ENOMEM, SL_EPROTO with err filled (index,
+ * line and byte offset of a syntax error), or what cb returned. out is
+ * unchanged on error. */
+int sl_json_items_to_msgpack(const char *p, size_t n, int flags,
+                             struct sl_buf *out, sl_json_item_cb cb,
+                             void *data, struct sl_json_error *err);
 
 #endif

@@ -29,4 +29,11 @@ static inline void sl_histogram_observe(struct sl_histogram *h,
   h->sum += seconds;
 }
 
+struct sl_worker;
+
+/* Render every metric of w (inputs, outputs, queues, drops, rules, HTTP,
+ * tap, process) as Prometheus text exposition 0.0.4, appended to out.
+ * Returns 0 or SL_ENOMEM. Reads /proc; call from the loop thread. */
+int sl_metrics_render(const struct sl_worker *w, struct sl_buf *out);
+
 #endif

@@ -52,6 +52,13 @@ static void append(struct sl_queue *q, struct sl_event *ev) {
   sl_event_ref(ev);
 }
 
+int sl_queue_push_force(struct sl_queue *q, struct sl_event *ev) {
+  if (q->count > q->mask)
+    return SL_E2BIG; /* the ring itself is full */
+  append(q, ev);
+  return 0;
+}
+
 int sl_queue_push(struct sl_queue *q, struct sl_event *ev) {
   if (sl_likely(sl_queue_has_room(q, ev->len))) {
     append(q, ev);
@@ -59,6 +66,7 @@ int sl_queue_push(struct sl_queue *q, struct sl_event *ev) {
   }
   switch (q->policy) {
   case SL_QUEUE_BLOCK:
+  case SL_QUEUE_SPILL:
     return SL_EAGAIN;
   case SL_QUEUE_DROP_NEWEST:
     q->dropped_newest++;
@@ -99,20 +107,25 @@ void sl_queue_pop(struct sl_queue *q, uint32_t n) {
       q->inflight--;
     sl_event_unref(ev);
   }
-  if (q->waiters.next != &q->waiters && q->count <= q->low_events &&
-      q->bytes <= q->low_bytes) {
-    /* detach the whole list first: a woken producer may wait again */
-    struct sl_waiter list = q->waiters, *w;
-    list.next->prev = &list;
-    list.prev->next = &list;
-    q->waiters.next = q->waiters.prev = &q->waiters;
-    while ((w = list.next) != &list) {
-      list.next = w->next;
-      w->next->prev = &list;
-      w->next = w->prev = NULL;
-      w->waiting = 0;
-      w->on_ready(w);
-    }
+  if (q->count <= q->low_events && q->bytes <= q->low_bytes)
+    sl_queue_wake(q);
+}
+
+void sl_queue_wake(struct sl_queue *q) {
+  struct sl_waiter list, *w;
+  if (q->waiters.next == &q->waiters)
+    return;
+  /* detach the whole list first: a woken producer may wait again */
+  list = q->waiters;
+  list.next->prev = &list;
+  list.prev->next = &list;
+  q->waiters.next = q->waiters.prev = &q->waiters;
+  while ((w = list.next) != &list) {
+    list.next = w->next;
+    w->next->prev = &list;
+    w->next = w->prev = NULL;
+    w->waiting = 0;
+    w->on_ready(w);
   }
 }
 

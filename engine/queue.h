@@ -16,7 +16,9 @@
 enum sl_queue_policy {
   SL_QUEUE_BLOCK = 0,   /* producers wait: inputs stop reading */
   SL_QUEUE_DROP_NEWEST, /* the arriving event is dropped */
-  SL_QUEUE_DROP_OLDEST  /* the oldest undelivered event is dropped */
+  SL_QUEUE_DROP_OLDEST, /* the oldest undelivered event is dropped */
+  SL_QUEUE_SPILL        /* overflow to the output's disk buffer (buffer.c);
+                           the queue itself treats it as block */
 };
 
 /* Someone waiting for room. Embed it and get back with container_of. */
@@ -59,6 +61,12 @@ static inline int sl_queue_has_room(const struct sl_queue *q, uint64_t n) {
  * (or, all in flight, the new one) and returns 0 / SL_E2BIG. */
 int sl_queue_push(struct sl_queue *q, struct sl_event *ev);
 
+/* Append ev past max_bytes (taking a reference): for events already
+ * accepted elsewhere, such as records read back from a disk buffer in
+ * batches bounded by max_events. Returns 0, or SL_E2BIG when the ring
+ * (at least max_events slots) is full. */
+int sl_queue_push_force(struct sl_queue *q, struct sl_event *ev);
+
 /* The i-th queued event, 0 the oldest. */
 static inline struct sl_event *sl_queue_at(const struct sl_queue *q,
                                            uint32_t i) {
@@ -68,6 +76,9 @@ static inline struct sl_event *sl_queue_at(const struct sl_queue *q,
 /* Remove the n oldest events (delivered), dropping their references; wakes
  * waiters when below the low watermark. Clears n from inflight. */
 void sl_queue_pop(struct sl_queue *q, uint32_t n);
+
+/* Call every waiter now (room appeared elsewhere, e.g. in a disk buffer). */
+void sl_queue_wake(struct sl_queue *q);
 
 /* Register w to be called once the queue drains; no-op if already
  * waiting. sl_queue_unwait removes it (safe when not waiting). */

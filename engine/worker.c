@@ -9,6 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "admin.h"
+#include "dedup.h"
 #include "rules.h"
 
 #define DRAIN_CHECK_MS 20
@@ -28,6 +30,8 @@ static const struct sl_output_ops *output_ops(const char *type) {
 static const struct sl_input_ops *input_ops(const char *type) {
   if (strcmp(type, "tcp") == 0 || strcmp(type, "unix") == 0)
     return &sl_input_native_ops;
+  if (strcmp(type, "http") == 0)
+    return &sl_input_http_ops;
   return NULL;
 }
 
@@ -62,6 +66,13 @@ void sl_output_kick(struct sl_output *o) {
   uv_idle_start(&w->flush_idle, on_flush_idle);
 }
 
+static void succeeded(struct sl_output *o) {
+  if (sl_retry_succeed(&o->retry))
+    sl_log(SL_LOG_INFO, "output circuit breaker closed",
+           SL_S("output", o->cfg->name), SL_END);
+  o->stats.breaker_state = (int)o->retry.state;
+}
+
 void sl_output_delivered(struct sl_output *o, uint32_t n, uint64_t bytes) {
   uint64_t now = sl_mono_ns();
   uint32_t i;
@@ -70,7 +81,181 @@ void sl_output_delivered(struct sl_output *o, uint32_t n, uint64_t bytes) {
                          (double)(now - sl_queue_at(&o->q, i)->ingest_ns) / 1e9);
   o->stats.events_out += n;
   o->stats.bytes_out += bytes;
-  sl_queue_pop(&o->q, n);
+  sl_buffer_delivered(&o->buf, &o->q, n);
+  if (n > 0)
+    succeeded(o);
+  if (o->q.count > o->q.inflight)
+    sl_output_kick(o); /* read back from a disk buffer, or already queued */
+}
+
+/* ---- retries, the circuit breaker and dead letters ---------------------- */
+
+static int output_push(struct sl_output *o, struct sl_event *ev);
+
+/* Move the head events (those in flight, or one batch when none are) to
+ * the dead-letter output, each a copy with the sluice-error, sluice-output
+ * and sluice-attempts headers, and out of o's queue (a disk buffer
+ * acknowledges them). Stops early when the dead-letter output cannot take
+ * more now (a full queue that blocks) or memory runs out: the rest stay
+ * and are tried again. Returns how many left the queue. */
+static uint32_t dead_letter_head(struct sl_output *o) {
+  struct sl_worker *w = o->w;
+  const char *error = o->last_error[0] ? o->last_error : "delivery failed";
+  struct sl_output *dl;
+  uint32_t n, i, moved = 0, taken = 0;
+  uint64_t suppressed;
+  char attempts[16];
+
+  if (w->cfg->dead_letter < 0 || w->cfg->dead_letter == o->index ||
+      w->cfg->dead_letter >= w->noutputs)
+    return 0; /* the dead-letter output itself retries for ever */
+  dl = &w->outputs[w->cfg->dead_letter];
+  if (dl->stopped)
+    return 0;
+  n = o->q.inflight ? o->q.inflight : o->q.count;
+  if (n > o->cfg->batch_events)
+    n = o->cfg->batch_events;
+  snprintf(attempts, sizeof(attempts), "%u", o->retry.attempts);
+  for (i = 0; i < n; i++) {
+    struct sl_event *ev = sl_queue_at(&o->q, i), *a, *b = NULL, *c = NULL;
+    int rc;
+    a = sl_event_with_header(ev, "sluice-error", error, strlen(error));
+    if (a)
+      b = sl_event_with_header(a, "sluice-output", o->cfg->name,
+                               strlen(o->cfg->name));
+    if (b)
+      c = sl_event_with_header(b, "sluice-attempts", attempts,
+                               strlen(attempts));
+    sl_event_unref(a);
+    sl_event_unref(b);
+    if (c == NULL)
+      break;
+    rc = output_push(dl, c);
+    sl_event_unref(c);
+    if (rc == SL_EAGAIN)
+      break;
+    moved++;
+    if (rc == 0)
+      taken++; /* else dropped by the dead-letter output, counted there */
+  }
+  if (moved == 0)
+    return 0;
+  sl_buffer_delivered(&o->buf, &o->q, moved);
+  o->stats.dead_lettered += taken;
+  if (sl_log_allow(&o->dead_letter_log, &suppressed))
+    sl_log(SL_LOG_WARN, "output gave up on events; sent to the dead letter",
+           SL_S("output", o->cfg->name), SL_U("events", moved),
+           SL_U("attempts", o->retry.attempts), SL_S("error", error),
+           SL_S("dead_letter", dl->cfg->name), SL_U("suppressed", suppressed),
+           SL_END);
+  sl_retry_head_done(&o->retry);
+  if (o->q.count > o->q.inflight)
+    sl_output_kick(o);
+  return moved;
+}
+
+static void log_half_open(struct sl_output *o, int was_open) {
+  o->stats.breaker_state = (int)o->retry.state;
+  if (was_open && o->retry.state == SL_BREAKER_HALF_OPEN)
+    sl_log(SL_LOG_INFO, "output circuit breaker half-open; probing",
+           SL_S("output", o->cfg->name), SL_END);
+}
+
+uint32_t sl_output_failed(struct sl_output *o, const char *error,
+                          int may_dead_letter, uint32_t *moved) {
+  struct sl_retry_verdict v;
+  uint64_t now = sl_mono_ns();
+  uint32_t n = 0, deadline;
+  int has_head = o->q.count > 0;
+
+  snprintf(o->last_error, sizeof(o->last_error), "%s", error);
+  sl_retry_fail(&o->retry, now, has_head, &v);
+  if (v.opened) {
+    o->stats.breaker_opens++;
+    sl_log(SL_LOG_WARN, "output circuit breaker open; no attempts for open_ms",
+           SL_S("output", o->cfg->name),
+           SL_U("failures", o->retry.consecutive),
+           SL_U("open_ms", o->cfg->breaker.open_ms), SL_S("error", error),
+           SL_END);
+  }
+  if (v.exhausted && may_dead_letter)
+    n = dead_letter_head(o);
+  if (n == 0 && has_head)
+    o->stats.retries++; /* the head stays for another attempt */
+  o->stats.breaker_state = (int)o->retry.state;
+  if (moved)
+    *moved = n;
+  /* wake up in time to dead-letter a head whose max_elapsed_ms runs out */
+  deadline = sl_retry_deadline_ms(&o->retry, now);
+  return v.delay_ms < deadline ? v.delay_ms : deadline;
+}
+
+uint32_t sl_output_retry_wait(struct sl_output *o, int may_dead_letter,
+                              uint32_t *moved) {
+  uint64_t now = sl_mono_ns();
+  uint32_t n = 0, wait, deadline;
+  int was_open = o->retry.state == SL_BREAKER_OPEN;
+
+  if (may_dead_letter && o->q.count > 0 && sl_retry_exhausted(&o->retry, now))
+    n = dead_letter_head(o);
+  if (moved)
+    *moved = n;
+  if (!sl_retry_allow(&o->retry, now, &wait)) {
+    deadline = sl_retry_deadline_ms(&o->retry, now);
+    return wait < deadline ? wait : deadline;
+  }
+  log_half_open(o, was_open);
+  return 0;
+}
+
+void sl_output_reachable(struct sl_output *o) { succeeded(o); }
+
+int sl_output_may_send(struct sl_output *o) {
+  uint32_t wait;
+  int was_open = o->retry.state == SL_BREAKER_OPEN;
+  if (o->retry.state == SL_BREAKER_CLOSED)
+    return 1;
+  if (!sl_retry_allow(&o->retry, sl_mono_ns(), &wait))
+    return 0;
+  log_half_open(o, was_open);
+  return o->q.inflight == 0; /* half-open: one probe at a time */
+}
+
+/* ---- rate limit ---------------------------------------------------------- */
+
+static void on_rate_timer(uv_timer_t *t) {
+  struct sl_output *o = container_of(t, struct sl_output, rate_timer);
+  sl_output_kick(o);
+}
+
+/* The limit acts on the delivery side: events wait in the output's queue
+ * for tokens, so an input faster than the limit fills the queue and
+ * queue.when_full decides, as for any slow output (block pauses the
+ * inputs, drop_* drop counted, spill goes to disk). Limiting at the push
+ * instead would bypass spill and drop_oldest, and replays from a disk
+ * buffer would skip the limit. */
+uint32_t sl_output_quota(struct sl_output *o, uint32_t want) {
+  uint64_t now;
+  uint32_t got, waiting, before;
+
+  if (o->rate.rate == 0 || want == 0)
+    return want;
+  now = sl_mono_ns();
+  got = sl_ratelimit_take(&o->rate, want, now);
+  before = o->rate_waiting > got ? o->rate_waiting - got : 0;
+  if (got < want) {
+    waiting = o->q.count - o->q.inflight - got;
+    if (before > waiting)
+      before = waiting;
+    o->stats.rate_limited += waiting - before; /* each waiting event once */
+    o->rate_waiting = waiting;
+    if (o->rate_timer_open && !uv_is_active((uv_handle_t *)&o->rate_timer))
+      uv_timer_start(&o->rate_timer, on_rate_timer,
+                     sl_ratelimit_wait_ms(&o->rate, now), 0);
+  } else {
+    o->rate_waiting = before;
+  }
+  return got;
 }
 
 void sl_output_stopped(struct sl_output *o) { o->stopped = 1; }
@@ -79,6 +264,32 @@ void sl_input_stopped(struct sl_input *in) { in->stopped = 1; }
 
 /* ---- the pipeline ------------------------------------------------------ */
 
+/* Put ev into o (taking a reference) and kick it. Returns 0 when queued
+ * or spooled, SL_EAGAIN when the caller must wait on o's queue, SL_E2BIG
+ * when it was dropped, counted: by the queue's policy, or as a repeat of
+ * an id dedup saw inside its window. Only an event that got in is
+ * remembered by dedup, so one that waited or was dropped may come again. */
+static int output_push(struct sl_output *o, struct sl_event *ev) {
+  uint64_t hash = 0, now = 0;
+  int rc;
+
+  if (o->dedup) {
+    now = sl_mono_ns();
+    hash = sl_dedup_hash(o->dedup, ev->data + ev->id_off, ev->id_len);
+    if (sl_dedup_seen(o->dedup, hash, now)) {
+      o->stats.dropped_dedup++;
+      return SL_E2BIG;
+    }
+  }
+  rc = sl_buffer_push(&o->buf, &o->q, ev);
+  if (rc == 0) {
+    if (o->dedup)
+      sl_dedup_add(o->dedup, hash, now);
+    sl_output_kick(o);
+  }
+  return rc;
+}
+
 /* Push the held event into its remaining targets. */
 static int push_held(struct sl_source *s) {
   struct sl_worker *w = s->w;
@@ -86,7 +297,7 @@ static int push_held(struct sl_source *s) {
 
   for (i = 0; i < s->ntargets; i++) {
     struct sl_output *o = &w->outputs[s->targets[i]];
-    int rc = sl_queue_push(&o->q, s->held);
+    int rc = output_push(o, s->held);
     if (rc == SL_EAGAIN) {
       /* keep the targets not yet served; the served ones are done */
       memmove(s->targets, s->targets + i, (size_t)(s->ntargets - i) *
@@ -95,8 +306,6 @@ static int push_held(struct sl_source *s) {
       sl_queue_wait(&o->q, &s->waiter);
       return SL_EAGAIN;
     }
-    if (rc == 0)
-      sl_output_kick(o);
   }
   sl_event_unref(s->held);
   s->held = NULL;
@@ -149,6 +358,13 @@ int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
   return push_held(s);
 }
 
+void sl_worker_flush_buffers(struct sl_worker *w) {
+  int i;
+  for (i = 0; i < w->noutputs; i++)
+    if (w->outputs[i].buf.spool_open)
+      sl_spool_flush(&w->outputs[i].buf.spool);
+}
+
 int sl_worker_blocked(const struct sl_worker *w) {
   int i;
   for (i = 0; i < w->noutputs; i++) {
@@ -166,10 +382,8 @@ int sl_worker_blocked(const struct sl_worker *w) {
 static void on_emit(void *data, int output, struct sl_event *ev) {
   struct sl_worker *w = data;
   struct sl_output *o = &w->outputs[output];
-  int rc = sl_queue_push(&o->q, ev);
-  if (rc == 0)
-    sl_output_kick(o);
-  else if (rc == SL_EAGAIN) {
+  int rc = output_push(o, ev);
+  if (rc == SL_EAGAIN) {
     o->q.dropped_newest++;
     w->stats.emit_dropped++;
   }
@@ -193,7 +407,15 @@ static void finish(struct sl_worker *w) {
   for (i = 0; i < w->noutputs; i++)
     if (!w->outputs[i].stopped)
       w->outputs[i].ops->cb_stop(&w->outputs[i]);
+  for (i = 0; i < w->noutputs; i++) {
+    sl_buffer_stop(&w->outputs[i].buf);
+    if (w->outputs[i].rate_timer_open) {
+      uv_close((uv_handle_t *)&w->outputs[i].rate_timer, NULL);
+      w->outputs[i].rate_timer_open = 0;
+    }
+  }
   sl_rules_stop(w->rules);
+  sl_admin_stop(w->admin);
   uv_close((uv_handle_t *)&w->sig_term, NULL);
   uv_close((uv_handle_t *)&w->sig_int, NULL);
   uv_close((uv_handle_t *)&w->sig_hup, NULL);
@@ -202,30 +424,69 @@ static void finish(struct sl_worker *w) {
   uv_close((uv_handle_t *)&w->flush_idle, NULL);
 }
 
+/* One line per output at shutdown: where its events went. With the
+ * inputs' counts this balances the books (sent = delivered +
+ * dead-lettered + dropped + left over). */
+static void log_totals(struct sl_worker *w) {
+  int i;
+  for (i = 0; i < w->noutputs; i++) {
+    const struct sl_output *o = &w->outputs[i];
+    sl_log(SL_LOG_INFO, "output totals", SL_S("output", o->cfg->name),
+           SL_U("delivered", o->stats.events_out),
+           SL_U("dead_lettered", o->stats.dead_lettered),
+           SL_U("dropped_queue_full",
+                o->q.dropped_newest + o->q.dropped_oldest),
+           SL_U("dropped_dedup", o->stats.dropped_dedup),
+           SL_U("retries", o->stats.retries), SL_U("errors", o->stats.errors),
+           SL_U("rate_limited", o->stats.rate_limited),
+           SL_U("breaker_opens", o->stats.breaker_opens),
+           SL_U("left_queued", o->q.count + sl_buffer_backlog(
+                                                 (struct sl_buffer *)&o->buf)),
+           SL_END);
+  }
+}
+
 static void on_drain_timer(uv_timer_t *t) {
   struct sl_worker *w = container_of(t, struct sl_worker, drain_timer);
-  uint64_t queued = 0, busy = 0;
+  uint64_t queued = 0, busy = 0, on_disk = 0, memory_only = 0;
   int i;
 
   for (i = 0; i < w->ninputs; i++)
     busy += w->inputs[i].ops->cb_busy(&w->inputs[i]);
-  for (i = 0; i < w->noutputs; i++)
-    queued += w->outputs[i].q.count;
+  for (i = 0; i < w->noutputs; i++) {
+    struct sl_output *o = &w->outputs[i];
+    uint64_t backlog = sl_buffer_backlog(&o->buf);
+    queued += o->q.count + backlog;
+    if (o->buf.mode == SL_BUFFER_DISK)
+      on_disk += o->q.count + backlog;
+    else
+      memory_only += o->q.count, on_disk += backlog;
+  }
   if (busy == 0 && queued == 0) {
     sl_log(SL_LOG_INFO, "drained; exiting",
            SL_U("ms", (sl_mono_ns() - w->drain_deadline_ns +
                        (uint64_t)w->cfg->shutdown_timeout_ms * 1000000u) /
                           1000000u),
            SL_END);
+    log_totals(w);
     finish(w);
     return;
   }
   if (sl_mono_ns() >= w->drain_deadline_ns) {
-    sl_log(SL_LOG_ERROR,
-           "shutdown_timeout reached; exiting with events undelivered",
-           SL_U("queued_events", queued), SL_U("sources_holding", busy),
-           SL_END);
-    w->exit_code = 1;
+    /* what sits in a disk buffer is replayed at the next start */
+    if (memory_only || busy) {
+      sl_log(SL_LOG_ERROR,
+             "shutdown_timeout reached; exiting with events undelivered",
+             SL_U("lost_events", memory_only), SL_U("sources_holding", busy),
+             SL_U("kept_in_disk_buffers", on_disk), SL_END);
+      w->exit_code = 1;
+    } else {
+      sl_log(SL_LOG_WARN,
+             "shutdown_timeout reached; undelivered events stay in the disk "
+             "buffers for the next start",
+             SL_U("kept_in_disk_buffers", on_disk), SL_END);
+    }
+    log_totals(w);
     finish(w);
   }
 }
@@ -311,8 +572,42 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
     o->stopped = 1; /* until started */
     rc = sl_queue_init(&o->q, oc->queue.max_events, oc->queue.max_bytes,
                        oc->queue.when_full);
-    if (rc == 0)
+    if (rc == 0) {
       w->noutputs = i + 1;
+      sl_retry_init(&o->retry, &oc->retry, &oc->breaker,
+                    sl_mono_ns() ^ (uint64_t)getpid() << 32 ^ (uint64_t)i);
+      sl_log_limiter_init(&o->dead_letter_log, 10000, 20);
+      if (oc->rate_limit.events_per_second) {
+        sl_ratelimit_init(&o->rate, oc->rate_limit.events_per_second,
+                          oc->rate_limit.burst, sl_mono_ns());
+        uv_timer_init(&w->loop, &o->rate_timer);
+        o->rate_timer_open = 1;
+      }
+      if (oc->dedup.window_ms) {
+        o->dedup = sl_dedup_new(oc->dedup.window_ms, oc->dedup.max_ids,
+                                sl_mono_ns() * 0x9e3779b97f4a7c15ull ^
+                                    (uint64_t)getpid());
+        if (o->dedup == NULL) {
+          snprintf(why, sizeof(why), "out of memory for dedup.max_ids");
+          rc = SL_ENOMEM;
+        }
+      }
+    }
+    if (rc == 0) {
+      struct sl_buffer_config bc;
+      memset(&bc, 0, sizeof(bc));
+      bc.mode = oc->buffer.disk ? SL_BUFFER_DISK
+                : oc->queue.when_full == SL_QUEUE_SPILL ? SL_BUFFER_SPILL
+                                                        : SL_BUFFER_MEMORY;
+      bc.path = oc->buffer.path;
+      bc.max_bytes = oc->buffer.max_bytes;
+      bc.fsync = (enum sl_buffer_fsync)oc->buffer.fsync;
+      bc.fsync_interval_ms = oc->buffer.fsync_interval_ms;
+      bc.max_record = cfg->max_event_bytes + 256;
+      bc.when_full = oc->queue.when_full;
+      rc = sl_buffer_init(&o->buf, &w->loop, oc->name, &bc, &o->q, why,
+                          sizeof(why));
+    }
     if (rc == 0)
       rc = o->ops->cb_start(o, why, sizeof(why));
     if (rc != 0) {
@@ -321,6 +616,8 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
       goto fail;
     }
     o->stopped = 0;
+    if (o->q.count > 0)
+      sl_output_kick(o); /* replayed from its disk buffer */
   }
   {
     struct sl_rules_owner owner = {w, on_emit};
@@ -355,6 +652,16 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
     sl_log(SL_LOG_INFO, "input listening", SL_S("input", ic->name),
            SL_S("type", ic->type), SL_S("listen", ic->listen), SL_END);
   }
+  if (cfg->admin.listen) {
+    w->admin = sl_admin_new(w);
+    if (w->admin == NULL) {
+      snprintf(err, errlen, "admin: out of memory");
+      rc = SL_ENOMEM;
+      goto fail;
+    }
+    if ((rc = sl_admin_start(w->admin, err, errlen)) != 0)
+      goto fail;
+  }
   uv_signal_start(&w->sig_term, on_stop_signal, SIGTERM);
   uv_signal_start(&w->sig_int, on_stop_signal, SIGINT);
   uv_signal_start(&w->sig_hup, on_hup, SIGHUP);
@@ -382,8 +689,14 @@ void sl_worker_close(struct sl_worker *w) {
   uv_run(&w->loop, UV_RUN_DEFAULT);
   sl_rules_free(w->rules);
   w->rules = NULL;
-  for (i = 0; i < w->noutputs; i++)
+  sl_admin_free(w->admin); /* its handles closed in the run above */
+  w->admin = NULL;
+  for (i = 0; i < w->noutputs; i++) {
+    sl_buffer_close(&w->outputs[i].buf);
     sl_queue_close(&w->outputs[i].q);
+    sl_dedup_free(w->outputs[i].dedup);
+    w->outputs[i].dedup = NULL;
+  }
   free(w->outputs);
   free(w->inputs);
   w->outputs = NULL;

@@ -12,14 +12,20 @@
 #include "config.h"
 #include "conn.h"
 #include "event.h"
+#include "buffer.h"
 #include "log.h"
 #include "metrics.h"
 #include "queue.h"
+#include "ratelimit.h"
+#include "retry.h"
 
 struct sl_worker;
 struct sl_output;
 struct sl_input;
 struct sl_rules;
+struct sl_admin;
+struct sl_http_server;
+struct sl_dedup;
 
 /* ---- outputs ----------------------------------------------------------- */
 
@@ -43,6 +49,15 @@ struct sl_output_ops {
 
 struct sl_output_stats {
   uint64_t events_out, bytes_out, errors;
+  uint64_t retries;       /* failed attempts after which the events stayed */
+  uint64_t dead_lettered; /* events that used up their retries and went to
+                             the dead-letter output */
+  uint64_t dropped_dedup; /* repeats of an id inside dedup.window_ms */
+  uint64_t rate_limited;  /* events that had to wait for a rate_limit token
+                             (each counted once while it waits) */
+  uint64_t breaker_opens; /* times the circuit breaker opened */
+  int breaker_state;      /* enum sl_breaker_state: 0 closed, 1 open,
+                             2 half-open */
   struct sl_histogram latency; /* ingest to confirmed delivery */
 };
 
@@ -51,19 +66,64 @@ struct sl_output {
   const struct sl_output_config *cfg;
   struct sl_worker *w;
   int index;
-  struct sl_queue q;
+  struct sl_queue q;   /* what is ready for delivery, in order */
+  struct sl_buffer buf; /* the disk buffer or spill beside q, if any */
   struct sl_output *next_dirty;
   int dirty;
   int stopped;
   void *data; /* the plugin's state */
+  struct sl_retry retry;         /* backoff, attempts, circuit breaker */
+  struct sl_ratelimit rate;      /* rate_limit; rate 0 without one */
+  uv_timer_t rate_timer;         /* kicks the output when tokens are back */
+  int rate_timer_open;
+  uint32_t rate_waiting;         /* events counted in stats.rate_limited
+                                    that still wait */
+  struct sl_dedup *dedup;        /* NULL without dedup */
+  struct sl_log_limiter dead_letter_log;
+  char last_error[128];          /* of the last failed attempt */
   struct sl_output_stats stats;
 };
 
 /* The output's queue changed: schedule cb_flush on the loop. */
 void sl_output_kick(struct sl_output *o);
-/* n events (bytes bytes) from the front of the queue are delivered. */
+/* n events (bytes bytes) from the front of the queue are delivered. A
+ * delivery is a success for the circuit breaker and the backoff. */
 void sl_output_delivered(struct sl_output *o, uint32_t n, uint64_t bytes);
 void sl_output_stopped(struct sl_output *o);
+
+/* Delivery attempts, for plugins (an attempt: a connect, or a write of the
+ * batch at the head of the queue). All run on the loop, from callbacks.
+ *
+ * sl_output_failed: an attempt failed; error is the text for the log and
+ * the sluice-error header. Counts it and feeds the breaker; when the head
+ * events used up retry.max_attempts or retry.max_elapsed_ms and
+ * may_dead_letter is set, moves them (the in-flight events, or one batch
+ * when none are in flight) to the dead-letter output and out of the queue.
+ * Returns the ms to wait before the next attempt; *moved (may be NULL)
+ * gets the number of events moved. The dead-letter output never
+ * dead-letters into itself: it retries for ever.
+ *
+ * sl_output_retry_wait: call when a retry timer fires, before the attempt.
+ * Moves a head whose max_elapsed_ms ran out (as above) and returns the ms
+ * the breaker still forbids attempts (0: attempt now; when the breaker was
+ * open it is half-open now and this attempt is the probe).
+ *
+ * sl_output_reachable: the peer answered and nothing waits (a connect with
+ * an empty queue): a success, like a delivery.
+ *
+ * sl_output_may_send: may another write start? Not while the breaker is
+ * open, and while half-open only when nothing is in flight (the probe).
+ *
+ * sl_output_quota: how many of want events rate_limit lets out now (the
+ * tokens are taken). Below want, a timer kicks the output once a token is
+ * back. Without a rate limit, want. */
+uint32_t sl_output_failed(struct sl_output *o, const char *error,
+                          int may_dead_letter, uint32_t *moved);
+uint32_t sl_output_retry_wait(struct sl_output *o, int may_dead_letter,
+                              uint32_t *moved);
+void sl_output_reachable(struct sl_output *o);
+int sl_output_may_send(struct sl_output *o);
+uint32_t sl_output_quota(struct sl_output *o, uint32_t want);
 
 extern const struct sl_output_ops sl_output_null_ops;
 extern const struct sl_output_ops sl_output_stdout_ops;
@@ -101,6 +161,10 @@ struct sl_input_ops {
 struct sl_input_stats {
   uint64_t events_in, bytes_in, bad_input, connections_total;
   uint64_t abandoned; /* held events dropped by a forced stop */
+  uint32_t connections_open;
+  /* HTTP inputs: their server (responses by status, connections); NULL
+   * for the others. Read by metrics. */
+  const struct sl_http_server *http;
 };
 
 struct sl_input {
@@ -116,6 +180,7 @@ struct sl_input {
 void sl_input_stopped(struct sl_input *in);
 
 extern const struct sl_input_ops sl_input_native_ops; /* tcp and unix */
+extern const struct sl_input_ops sl_input_http_ops;
 
 /* ---- the worker -------------------------------------------------------- */
 
@@ -143,6 +208,7 @@ struct sl_worker {
   /* called for every decided event when set (the admin tap) */
   void (*tap)(void *data, const struct sl_event *ev, int outcome);
   void *tap_data;
+  struct sl_admin *admin; /* the admin server; NULL without admin.listen */
   struct sl_log_limiter bad_input_log, rule_error_log;
   struct sl_worker_stats stats;
   uint64_t started_ns;
@@ -170,6 +236,10 @@ int sl_worker_submit(struct sl_source *s, struct sl_event *ev);
  * requests (HTTP) refuse new work while it is (503), rather than accept
  * part of a batch. */
 int sl_worker_blocked(const struct sl_worker *w);
+
+/* Hand what disk buffers hold in memory to the kernel, so events that are
+ * acknowledged to a client survive the engine being killed. */
+void sl_worker_flush_buffers(struct sl_worker *w);
 
 /* Set up / tear down a source (tear down drops a held event, counted). */
 void sl_source_init(struct sl_source *s, struct sl_input *in,

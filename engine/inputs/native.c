@@ -20,13 +20,48 @@ struct native_in {
 struct native_conn {
   struct sl_source src;
   struct sl_conn *conn;
+  int first_seen;     /* the first object was looked at (hello or event) */
+  int ack;            /* the client asked for acks */
+  uint64_t accepted;  /* events in the pipeline (queued everywhere) */
+  uint64_t acked;     /* the count last sent back */
 };
+
+/* Ack mode: tell the client how many of its events are accepted (queued in
+ * memory, or written to a disk buffer's file). One msgpack integer, the
+ * running count since the connection opened. */
+static void send_ack(struct native_conn *nc) {
+  struct sl_buf b;
+  if (!nc->ack || nc->accepted == nc->acked || nc->conn->closing)
+    return;
+  sl_worker_flush_buffers(nc->src.w); /* a crash after this keeps them */
+  sl_buf_init(&b);
+  if (sl_codec_put_uint(&b, nc->accepted) == 0 &&
+      sl_conn_write(nc->conn, &b, NULL, NULL) == 0)
+    nc->acked = nc->accepted;
+  sl_buf_close(&b);
+}
+
+/* Is this object the ack-mode hello {"sluice": 1, "ack": true}? */
+static int is_hello(const uint8_t *p, size_t n, int *ack) {
+  const uint8_t *v;
+  size_t vlen;
+  if (n == 0 || !((p[0] & 0xf0) == 0x80 || p[0] == 0xde || p[0] == 0xdf))
+    return 0;
+  if (sl_codec_map_find(p, n, "topic", 5, &v, &vlen) == 0 ||
+      sl_codec_map_find(p, n, "sluice", 6, &v, &vlen) != 0)
+    return 0;
+  *ack = sl_codec_map_find(p, n, "ack", 3, &v, &vlen) == 0 && vlen == 1 &&
+         v[0] == 0xc3;
+  return 1;
+}
 
 static void finish(struct native_in *ni);
 
 static void on_resume(struct sl_source *s) {
   struct native_conn *nc = container_of(s, struct native_conn, src);
+  nc->accepted++; /* the held event is in */
   sl_conn_resume(nc->conn);
+  send_ack(nc);
   /* draining: once the buffered events are in, the conn has done its part */
   if (nc->conn->no_read && nc->src.held == NULL)
     sl_conn_close(nc->conn);
@@ -76,6 +111,13 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       bad_input(c, in, pos + err.offset, err.msg);
       return pos;
     }
+    if (!nc->first_seen) {
+      nc->first_seen = 1;
+      if (is_hello(data + pos, used, &nc->ack)) {
+        pos += used;
+        continue;
+      }
+    }
     if (sl_codec_parse_event(data + pos, used, &v, &err) != 0) {
       bad_input(c, in, pos + err.offset, err.msg);
       return pos;
@@ -92,7 +134,9 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       sl_conn_pause(c); /* on_resume reads on */
       break;
     }
+    nc->accepted++;
   }
+  send_ack(nc);
   return pos;
 }
 
@@ -115,6 +159,7 @@ static void cb_close(struct sl_conn *c) {
   sl_source_close(&nc->src);
   free(nc);
   ni->live--;
+  ni->in->stats.connections_open--;
   if (ni->stopping && ni->live == 0 && ni->listener_closed)
     finish(ni);
 }
@@ -138,6 +183,7 @@ static int on_accept(struct sl_listener *l, struct sl_conn *c) {
   c->proto = nc;
   ni->live++;
   ni->in->stats.connections_total++;
+  ni->in->stats.connections_open++;
   return 0;
 }
 

@@ -1,9 +1,16 @@
 /* native.c - the tcp and unix outputs: write events in the native protocol
  * (msgpack event maps back to back) to a peer, usually another sluice.
  * Reconnects with exponential backoff and full jitter while the peer is
- * away; a batch leaves the queue only after the kernel took all of it, and
- * a batch cut short by a broken connection is sent again after reconnect
- * (at-least-once). Owns its connection and reconnect timer. */
+ * away. Without acks a batch leaves the queue once the kernel took all of
+ * it; with `ack = true` (the peer is a sluice) the output opens with the
+ * hello {"sluice":1,"ack":true}, keeps writing ahead, and events leave the
+ * queue only when the peer's running count says it accepted them. Whatever
+ * was not confirmed when a connection broke is sent again after the
+ * reconnect (at-least-once). A connect, a write or an ack that takes
+ * longer than retry.timeout_ms counts as a failure, so a peer that stalls
+ * is given up on like one that refuses. Failures go through
+ * sl_output_failed (backoff, circuit breaker, dead letters). Owns its
+ * connection, reconnect timer and watchdog timer. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,63 +20,151 @@ struct native_out {
   struct sl_output *o;
   struct sl_conn *conn;   /* NULL while disconnected */
   uv_timer_t reconnect;
+  uv_timer_t watchdog;    /* retry.timeout_ms on what waits for the peer */
+  int timers_open;
   struct sl_buf batch;
   uint32_t nevents;       /* events in the write in flight */
   uint64_t nbytes;
-  uint32_t backoff_ms;
-  uint64_t rng;
   int connected;
   int closing;
   int was_down;           /* log the recovery once */
+  int down_logged;        /* the outage is logged (once, also at start) */
+  int ack;                /* ack mode */
+  uint64_t acked;         /* the peer's running count on this connection */
+  uint32_t unacked;       /* written, waiting for the peer's ack */
 };
 
 static void connect_now(struct native_out *n);
 
 static const struct sl_conn_ops conn_ops;
 
-static uint32_t jitter(struct native_out *n, uint32_t max) {
-  n->rng ^= n->rng << 13;
-  n->rng ^= n->rng >> 7;
-  n->rng ^= n->rng << 17;
-  return max ? (uint32_t)(n->rng % (max + 1)) : 0;
-}
-
 static void on_reconnect_timer(uv_timer_t *t) {
   struct native_out *n = t->data;
+  /* a head past max_elapsed_ms goes to the dead letter first; an open
+   * breaker makes us wait on */
+  uint32_t wait = sl_output_retry_wait(n->o, 1, NULL);
+  if (wait) {
+    uv_timer_start(&n->reconnect, on_reconnect_timer, wait, 0);
+    return;
+  }
   connect_now(n);
 }
 
-static void schedule_reconnect(struct native_out *n) {
-  const struct sl_retry_config *r = &n->o->cfg->retry;
+/* The attempt failed: after the backoff (or the breaker's open_ms) try
+ * again. */
+static void schedule_reconnect(struct native_out *n, const char *error) {
+  uint32_t delay = sl_output_failed(n->o, error, 1, NULL);
   if (n->closing)
     return;
-  n->backoff_ms = n->backoff_ms ? n->backoff_ms * 2 : r->initial_ms;
-  if (n->backoff_ms > r->max_ms)
-    n->backoff_ms = r->max_ms;
-  /* full jitter: many senders do not reconnect in step */
-  uv_timer_start(&n->reconnect, on_reconnect_timer, jitter(n, n->backoff_ms),
-                 0);
+  uv_timer_start(&n->reconnect, on_reconnect_timer, delay, 0);
 }
 
-static void lost(struct native_out *n, int status) {
+static void on_watchdog(uv_timer_t *t);
+
+/* Keep a deadline on what waits for the peer (a connect, a write, acks):
+ * restarted by each sign of progress, stopped when nothing waits. */
+static void watch(struct native_out *n, int progress) {
+  uint32_t ms = n->o->cfg->retry.timeout_ms;
+  int waiting = n->conn && (!n->connected || n->nevents || n->unacked);
+  if (ms == 0 || n->closing)
+    return;
+  if (!waiting)
+    uv_timer_stop(&n->watchdog);
+  else if (progress || !uv_is_active((uv_handle_t *)&n->watchdog))
+    uv_timer_start(&n->watchdog, on_watchdog, ms, 0);
+}
+
+/* error: what failed, or NULL for status's text. */
+static void lost(struct native_out *n, int status, const char *error) {
   struct sl_output *o = n->o;
-  if (n->connected || !n->was_down)
+  char why[128];
+  snprintf(why, sizeof(why), "%s",
+           error ? error : status ? uv_strerror(status) : "closed by peer");
+  if (n->connected || !n->down_logged)
     sl_log(SL_LOG_WARN, "output peer unreachable; reconnecting with backoff",
            SL_S("output", o->cfg->name), SL_S("peer", n->conn ? n->conn->peer : ""),
-           SL_S("error", status ? uv_strerror(status) : "closed by peer"), SL_END);
+           SL_S("error", why), SL_END);
   n->was_down = 1;
+  n->down_logged = 1;
   n->connected = 0;
   n->conn = NULL;
   /* what was in flight was not confirmed: it goes again */
   n->nevents = 0;
+  n->unacked = 0;
+  n->acked = 0;
   o->q.inflight = 0;
   sl_buf_reset(&n->batch);
   o->stats.errors++;
-  schedule_reconnect(n);
+  if (!n->closing)
+    uv_timer_stop(&n->watchdog);
+  schedule_reconnect(n, why);
 }
 
+static void on_watchdog(uv_timer_t *t) {
+  struct native_out *n = t->data;
+  struct sl_conn *c = n->conn;
+  char why[96];
+  if (c == NULL || n->closing)
+    return;
+  snprintf(why, sizeof(why), "no answer from the peer within %u ms (%s)",
+           n->o->cfg->retry.timeout_ms,
+           !n->connected ? "connect" : n->nevents ? "write" : "ack");
+  c->proto = NULL;
+  sl_conn_close(c);
+  lost(n, UV_ETIMEDOUT, why);
+}
+
+/* Acks: msgpack unsigned integers, each the running count of events the
+ * peer accepted on this connection. */
 static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
-  return len; /* the peer has nothing to say yet (acks come later) */
+  struct native_out *n = c->proto;
+  size_t pos = 0, used;
+  if (n == NULL || !n->ack)
+    return len; /* nothing expected from a plain peer */
+  while (pos < len) {
+    uint64_t count, k, bytes = 0, i;
+    const uint8_t *p = data + pos;
+    if (sl_codec_skip(p, len - pos, 16, &used, NULL) != 0) {
+      if (len - pos >= 16)
+        goto bad;
+      break;
+    }
+    if (p[0] <= 0x7f)
+      count = p[0];
+    else if (p[0] == 0xcc && used == 2)
+      count = p[1];
+    else if (p[0] == 0xcd && used == 3)
+      count = (uint64_t)p[1] << 8 | p[2];
+    else if (p[0] == 0xce && used == 5)
+      count = (uint64_t)p[1] << 24 | (uint64_t)p[2] << 16 |
+              (uint64_t)p[3] << 8 | p[4];
+    else if (p[0] == 0xcf && used == 9) {
+      count = 0;
+      for (i = 1; i < 9; i++)
+        count = count << 8 | p[i];
+    } else
+      goto bad;
+    pos += used;
+    if (count < n->acked || count - n->acked > n->unacked)
+      goto bad;
+    k = count - n->acked;
+    for (i = 0; i < k; i++)
+      bytes += sl_queue_at(&n->o->q, (uint32_t)i)->len;
+    n->acked = count;
+    n->unacked -= (uint32_t)k;
+    if (k) {
+      sl_output_delivered(n->o, (uint32_t)k, bytes);
+      watch(n, 1);
+    }
+  }
+  return pos;
+bad:
+  sl_log(SL_LOG_ERROR, "output peer sent a bad ack; reconnecting",
+         SL_S("output", n->o->cfg->name), SL_S("peer", c->peer), SL_END);
+  c->proto = NULL;
+  sl_conn_close(c);
+  lost(n, UV_EPROTO, "the peer sent a bad ack");
+  return len;
 }
 
 static void cb_eof(struct sl_conn *c, int status) {
@@ -77,7 +172,7 @@ static void cb_eof(struct sl_conn *c, int status) {
   if (n == NULL)
     return;
   c->proto = NULL;
-  lost(n, status);
+  lost(n, status, NULL);
 }
 
 static void cb_connect(struct sl_conn *c, int status) {
@@ -86,15 +181,37 @@ static void cb_connect(struct sl_conn *c, int status) {
     return;
   if (status != 0) {
     c->proto = NULL;
-    lost(n, status);
+    lost(n, status, NULL);
     return;
   }
   n->connected = 1;
-  n->backoff_ms = 0;
   if (n->was_down)
     sl_log(SL_LOG_INFO, "output peer connected", SL_S("output", n->o->cfg->name),
            SL_S("peer", c->peer), SL_END);
   n->was_down = 0;
+  n->down_logged = 0;
+  if (n->ack) {
+    struct sl_buf hello;
+    sl_buf_init(&hello);
+    sl_codec_put_map(&hello, 2);
+    sl_codec_put_str(&hello, "sluice", 6);
+    sl_codec_put_uint(&hello, 1);
+    sl_codec_put_str(&hello, "ack", 3);
+    sl_codec_put_bool(&hello, 1);
+    if (sl_conn_write(c, &hello, NULL, NULL) != 0) {
+      sl_buf_close(&hello);
+      c->proto = NULL;
+      sl_conn_close(c);
+      lost(n, UV_EIO, NULL);
+      return;
+    }
+    sl_buf_close(&hello);
+  }
+  /* reachable with nothing to deliver is a success; with events waiting,
+   * the first batch confirmed is (it is the breaker's probe) */
+  if (n->o->q.count == 0)
+    sl_output_reachable(n->o);
+  watch(n, 1);
   sl_output_kick(n->o);
 }
 
@@ -113,8 +230,10 @@ static void connect_now(struct native_out *n) {
                             tcp ? cfg->address : cfg->path, &conn_ops, n);
   if (n->conn == NULL) {
     n->was_down = 1;
-    schedule_reconnect(n);
+    schedule_reconnect(n, "cannot start a connection");
+    return;
   }
+  watch(n, 1);
 }
 
 static int cb_start(struct sl_output *o, char *err, size_t errlen) {
@@ -122,11 +241,14 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   if (n == NULL)
     return SL_ENOMEM;
   n->o = o;
-  n->rng = (uint64_t)sl_mono_ns() | 1;
+  n->ack = o->cfg->ack;
   n->was_down = 1; /* the first connect is logged as well */
   sl_buf_init(&n->batch);
   uv_timer_init(&o->w->loop, &n->reconnect);
+  uv_timer_init(&o->w->loop, &n->watchdog);
   n->reconnect.data = n;
+  n->watchdog.data = n;
+  n->timers_open = 2;
   o->data = n;
   connect_now(n);
   return 0;
@@ -141,26 +263,38 @@ static void on_written(struct sl_conn *c, int status, void *arg) {
   if (status != 0) {
     c->proto = NULL;
     sl_conn_close(c);
-    lost(n, status);
+    lost(n, status, NULL);
     return;
   }
-  sl_output_delivered(n->o, n->nevents, n->nbytes);
-  n->nevents = 0;
-  if (n->o->q.count > 0)
+  if (n->ack) {
+    n->unacked += n->nevents; /* they leave the queue with the peer's ack */
+    n->nevents = 0;
+  } else {
+    sl_output_delivered(n->o, n->nevents, n->nbytes);
+    n->nevents = 0;
+  }
+  watch(n, 1);
+  if (n->o->q.count > n->o->q.inflight)
     sl_output_kick(n->o);
 }
 
 static void cb_flush(struct sl_output *o) {
   struct native_out *n = o->data;
-  uint32_t count, i;
+  uint32_t count, i, start = o->q.inflight; /* written, not yet acked */
   int rc;
 
-  if (!n->connected || n->nevents || n->closing || o->q.count == 0)
+  if (!n->connected || n->nevents || n->closing || o->q.count <= start ||
+      !sl_output_may_send(o))
     return;
-  count = o->q.count < o->cfg->batch_events ? o->q.count : o->cfg->batch_events;
+  count = o->q.count - start;
+  if (count > o->cfg->batch_events)
+    count = o->cfg->batch_events;
+  count = sl_output_quota(o, count);
+  if (count == 0)
+    return; /* rate_limit: kicked again when tokens are back */
   sl_buf_reset(&n->batch);
   for (i = 0; i < count; i++) {
-    struct sl_event *ev = sl_queue_at(&o->q, i);
+    struct sl_event *ev = sl_queue_at(&o->q, start + i);
     if (sl_buf_append(&n->batch, ev->data, ev->len) != 0)
       break;
   }
@@ -172,16 +306,19 @@ static void cb_flush(struct sl_output *o) {
     struct sl_conn *c = n->conn;
     c->proto = NULL;
     sl_conn_close(c);
-    lost(n, rc);
+    lost(n, rc, NULL);
     return;
   }
   n->nevents = i;
-  o->q.inflight = i;
+  o->q.inflight = start + i;
+  watch(n, 0);
 }
 
 static void on_timer_closed(uv_handle_t *h) {
   struct native_out *n = h->data;
   struct sl_output *o = n->o;
+  if (--n->timers_open > 0)
+    return;
   sl_buf_close(&n->batch);
   free(n);
   o->data = NULL;
@@ -198,6 +335,7 @@ static void cb_stop(struct sl_output *o) {
     sl_conn_close(c);
   }
   uv_close((uv_handle_t *)&n->reconnect, on_timer_closed);
+  uv_close((uv_handle_t *)&n->watchdog, on_timer_closed);
 }
 
 static int cb_healthy(struct sl_output *o) {

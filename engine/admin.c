@@ -1,0 +1,589 @@
+/* admin.c - the admin server; see admin.h.
+ * Requests are answered on the spot from the worker's state, except the
+ * tap: a tap client is a streaming response fed from the worker's tap hook.
+ * Lines are rendered into the client's buffer inside the hook and written
+ * once per loop turn (an idle handle), so a burst of events costs one write
+ * per client, and a client whose unsent bytes reach the buffer bound loses
+ * lines instead of holding anything up. */
+#include "admin.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "http.h"
+#include "metrics.h"
+#include "router.h"
+#include "rules.h"
+#include "worker.h"
+
+#define ADMIN_MAX_BODY (64u * 1024)
+#define ADMIN_IDLE_MS 60000
+#define MAX_GLOBS 16
+
+struct tap_client {
+  struct tap_client *next, *prev;
+  struct sl_admin *a;
+  struct sl_http_request *r;
+  char *globs[MAX_GLOBS]; /* into patterns */
+  int nglobs;
+  char *patterns;
+  uint64_t limit; /* 0: no limit */
+  uint64_t sent, dropped;
+  double sample;  /* keep this share of matching events */
+  struct sl_buf out; /* lines not yet written */
+  int dirty, ended;
+  int full; /* dropping until the client read half of its buffer */
+};
+
+struct sl_admin {
+  struct sl_worker *w;
+  struct sl_http_server srv;
+  char *token;
+  size_t token_len;
+  struct tap_client clients; /* list head */
+  uv_idle_t flush;
+  int flush_init, flushing, started, stopped;
+  uint64_t rng;
+  struct sl_admin_stats stats;
+};
+
+static const char *const outcome_names[] = {"routed", "unrouted", "dropped",
+                                            "failed"};
+
+/* ---- the tap ----------------------------------------------------------- */
+
+static double rnd(struct sl_admin *a) {
+  a->rng ^= a->rng << 13;
+  a->rng ^= a->rng >> 7;
+  a->rng ^= a->rng << 17;
+  return (double)(a->rng >> 11) / 9007199254740992.0; /* [0, 1) */
+}
+
+/* The bytes of a msgpack str of n bytes at p (a header key, checked by
+ * sl_codec_parse_event). */
+static struct sl_str key_str(const uint8_t *p, size_t n) {
+  struct sl_str s = {NULL, 0};
+  size_t h = (p[0] & 0xe0) == 0xa0 ? 1 : p[0] == 0xd9 ? 2 : p[0] == 0xda ? 3
+                                                                          : 5;
+  if (n >= h) {
+    s.p = (const char *)p + h;
+    s.len = (uint32_t)(n - h);
+  }
+  return s;
+}
+
+static int redacted(const struct sl_config *cfg, struct sl_str name) {
+  int i;
+  for (i = 0; i < cfg->admin.nredact; i++) {
+    const char *r = cfg->admin.redact_headers[i];
+    if (strlen(r) == name.len && strncasecmp(r, name.p, name.len) == 0)
+      return 1;
+  }
+  return 0;
+}
+
+/* One tap line: {"outcome":..,"event":{..}} with masked header values. */
+static int render(struct sl_admin *a, struct sl_buf *b,
+                  const struct sl_event *ev, int outcome) {
+  const struct sl_config *cfg = a->w->cfg;
+  struct sl_event_view v;
+  const uint8_t *p, *end;
+  uint32_t i;
+  int rc;
+
+  if (sl_codec_parse_event(ev->data, ev->len, &v, NULL) != 0)
+    return SL_EPROTO;
+  rc = sl_buf_printf(b, "{\"outcome\":\"%s\",\"event\":{\"id\":",
+                     outcome >= 0 && outcome < 4 ? outcome_names[outcome]
+                                                 : "unknown");
+  if (rc == 0)
+    rc = sl_http_json_str(b, v.id.p, v.id.len);
+  if (rc == 0)
+    rc = sl_buf_append(b, ",\"topic\":", 9);
+  if (rc == 0)
+    rc = sl_http_json_str(b, v.topic.p, v.topic.len);
+  if (rc == 0 && v.key.p) {
+    rc = sl_buf_append(b, ",\"key\":", 7);
+    if (rc == 0)
+      rc = sl_http_json_str(b, v.key.p, v.key.len);
+  }
+  if (rc == 0 && v.has_time)
+    rc = sl_buf_printf(b, ",\"time\":%lld", (long long)v.time);
+  if (rc == 0 && v.headers) {
+    p = v.headers;
+    end = p + v.headers_len;
+    p += (p[0] & 0xf0) == 0x80 ? 1 : p[0] == 0xde ? 3 : 5;
+    rc = sl_buf_append(b, ",\"headers\":{", 12);
+    for (i = 0; i < v.headers_count && rc == 0; i++) {
+      size_t kused, vused;
+      struct sl_str name;
+      if (sl_codec_skip(p, (size_t)(end - p), (size_t)(end - p), &kused,
+                        NULL) != 0 ||
+          sl_codec_skip(p + kused, (size_t)(end - p) - kused,
+                        (size_t)(end - p), &vused, NULL) != 0)
+        return SL_EPROTO;
+      if (i)
+        rc = sl_buf_putc(b, ',');
+      if (rc == 0)
+        rc = sl_codec_to_json(p, kused, b);
+      if (rc == 0)
+        rc = sl_buf_putc(b, ':');
+      name = key_str(p, kused);
+      if (rc == 0 && redacted(cfg, name))
+        rc = sl_buf_append(b, "\"***\"", 5);
+      else if (rc == 0)
+        rc = sl_codec_to_json(p + kused, vused, b);
+      p += kused + vused;
+    }
+    if (rc == 0)
+      rc = sl_buf_putc(b, '}');
+  }
+  if (rc == 0 && v.payload) {
+    rc = sl_buf_append(b, ",\"payload\":", 11);
+    if (rc == 0)
+      rc = sl_codec_to_json(v.payload, v.payload_len, b);
+  }
+  if (rc == 0)
+    rc = sl_buf_append(b, "}}\n", 3);
+  return rc;
+}
+
+static void on_flush(uv_idle_t *h) {
+  struct sl_admin *a = container_of(h, struct sl_admin, flush);
+  struct tap_client *c, *next;
+
+  uv_idle_stop(&a->flush);
+  a->flushing = 0;
+  for (c = a->clients.next; c != &a->clients; c = next) {
+    next = c->next; /* ending a stream may close the connection later, not
+                       now: c stays valid through this turn */
+    if (!c->dirty || c->ended)
+      continue;
+    c->dirty = 0;
+    if (c->out.len && sl_http_stream_write(c->r, c->out.data, c->out.len) != 0)
+      c->ended = 1;
+    sl_buf_reset(&c->out);
+    if (!c->ended && c->limit && c->sent >= c->limit) {
+      c->ended = 1;
+      sl_http_stream_end(c->r);
+    }
+  }
+}
+
+static void on_tap(void *data, const struct sl_event *ev, int outcome) {
+  struct sl_admin *a = data;
+  struct sl_str topic = sl_event_topic(ev);
+  struct tap_client *c;
+
+  for (c = a->clients.next; c != &a->clients; c = c->next) {
+    size_t pending, before;
+    int i, match = 0;
+    if (c->ended || (c->limit && c->sent >= c->limit))
+      continue;
+    for (i = 0; i < c->nglobs && !match; i++)
+      match = sl_router_glob(c->globs[i], strlen(c->globs[i]), topic.p,
+                             topic.len);
+    if (!match || (c->sample < 1.0 && rnd(a) >= c->sample))
+      continue;
+    /* a full buffer drops the line before any work is spent on it; once
+     * full, it stays so until half of it is read, or a buffer stuck just
+     * under the bound would have every line rendered and then dropped */
+    pending = sl_http_pending(c->r) + c->out.len;
+    if (c->full && pending <= SL_ADMIN_TAP_BUFFER / 2)
+      c->full = 0;
+    if (c->full || pending >= SL_ADMIN_TAP_BUFFER) {
+      c->full = 1;
+      c->dropped++;
+      a->stats.tap_dropped++;
+      continue;
+    }
+    before = c->out.len;
+    if (render(a, &c->out, ev, outcome) != 0 ||
+        pending + (c->out.len - before) > SL_ADMIN_TAP_BUFFER) {
+      c->out.len = before;
+      c->full = 1;
+      c->dropped++;
+      a->stats.tap_dropped++;
+      continue;
+    }
+    c->sent++;
+    a->stats.tap_lines++;
+    c->dirty = 1;
+    if (!a->flushing) {
+      a->flushing = 1;
+      uv_idle_start(&a->flush, on_flush);
+    }
+  }
+}
+
+static void tap_free(struct tap_client *c) {
+  struct sl_admin *a = c->a;
+  c->prev->next = c->next;
+  c->next->prev = c->prev;
+  a->stats.tap_clients--;
+  if (a->clients.next == &a->clients && a->w->tap == on_tap) {
+    a->w->tap = NULL; /* no client: the pipeline skips the hook */
+    a->w->tap_data = NULL;
+  }
+  sl_buf_close(&c->out);
+  free(c->patterns);
+  free(c);
+}
+
+/* The value of key in a query string, decoded into out; 0 when absent. */
+static int query_get(struct sl_str q, const char *key, char *out,
+                     size_t outlen) {
+  size_t klen = strlen(key), i = 0;
+  while (i < q.len) {
+    size_t end = i, eq;
+    long n;
+    while (end < q.len && q.p[end] != '&')
+      end++;
+    eq = i;
+    while (eq < end && q.p[eq] != '=')
+      eq++;
+    if (eq - i == klen && memcmp(q.p + i, key, klen) == 0) {
+      size_t vlen = eq < end ? end - eq - 1 : 0;
+      if (vlen >= outlen)
+        return -1;
+      memcpy(out, q.p + eq + 1, vlen);
+      n = sl_http_unescape(out, vlen, 1);
+      if (n < 0)
+        return -1;
+      out[n] = '\0';
+      return 1;
+    }
+    i = end + 1;
+  }
+  return 0;
+}
+
+static void start_tap(struct sl_admin *a, struct sl_http_request *r) {
+  char topics[1024] = "*", num[64];
+  struct tap_client *c;
+  char *tok, *save = NULL;
+  int rc;
+
+  c = calloc(1, sizeof(*c));
+  if (c == NULL) {
+    sl_http_respond_error(r, 500, "out of memory");
+    return;
+  }
+  c->a = a;
+  c->r = r;
+  c->sample = 1.0;
+  sl_buf_init(&c->out);
+  if (query_get(r->query, "topics", topics, sizeof(topics)) < 0 ||
+      topics[0] == '\0') {
+    sl_http_respond_error(r, 400, "topics: expected glob[,glob...]");
+    goto fail;
+  }
+  rc = query_get(r->query, "limit", num, sizeof(num));
+  if (rc != 0) {
+    char *end;
+    unsigned long long v = strtoull(num, &end, 10);
+    if (rc < 0 || num[0] == '\0' || num[0] == '-' || *end || v == 0) {
+      sl_http_respond_error(r, 400, "limit: expected a whole number above 0");
+      goto fail;
+    }
+    c->limit = v;
+  }
+  rc = query_get(r->query, "sample", num, sizeof(num));
+  if (rc != 0) {
+    char *end;
+    double v = strtod(num, &end);
+    if (rc < 0 || num[0] == '\0' || *end || !(v > 0.0 && v <= 1.0)) {
+      sl_http_respond_error(r, 400,
+                            "sample: expected a share above 0 and up to 1");
+      goto fail;
+    }
+    c->sample = v;
+  }
+  c->patterns = strdup(topics);
+  if (c->patterns == NULL) {
+    sl_http_respond_error(r, 500, "out of memory");
+    goto fail;
+  }
+  for (tok = strtok_r(c->patterns, ",", &save); tok && c->nglobs < MAX_GLOBS;
+       tok = strtok_r(NULL, ",", &save))
+    c->globs[c->nglobs++] = tok;
+  if (c->nglobs == 0) {
+    sl_http_respond_error(r, 400, "topics: expected glob[,glob...]");
+    goto fail;
+  }
+  if (sl_http_stream_start(r, 200, "application/x-ndjson") != 0)
+    goto fail;
+  r->data = c;
+  c->next = &a->clients;
+  c->prev = a->clients.prev;
+  a->clients.prev->next = c;
+  a->clients.prev = c;
+  a->stats.tap_clients++;
+  a->stats.tap_clients_total++;
+  a->w->tap = on_tap;
+  a->w->tap_data = a;
+  return;
+
+fail:
+  free(c->patterns);
+  sl_buf_close(&c->out);
+  free(c);
+}
+
+/* ---- endpoints --------------------------------------------------------- */
+
+static int path_is(struct sl_str p, const char *lit) {
+  size_t n = strlen(lit);
+  return p.len == n && memcmp(p.p, lit, n) == 0;
+}
+
+static void readyz(struct sl_admin *a, struct sl_http_request *r) {
+  struct sl_worker *w = a->w;
+  const struct sl_config *cfg = w->cfg;
+  struct sl_buf b, reasons;
+  int i, nreasons = 0, counted = 0, healthy = 0;
+
+  sl_buf_init(&b);
+  sl_buf_init(&reasons);
+#define REASON(...)                                           \
+  do {                                                        \
+    char msg_[300];                                           \
+    snprintf(msg_, sizeof(msg_), __VA_ARGS__);                \
+    if (nreasons++)                                           \
+      sl_buf_putc(&reasons, ',');                             \
+    sl_http_json_str(&reasons, msg_, strlen(msg_));           \
+  } while (0)
+  if (w->stopping)
+    REASON("stopping: inputs no longer accept events");
+  if (w->rules == NULL ||
+      (cfg->rules.dir && sl_rules_stats(w->rules)->version == 0))
+    REASON("rules are not loaded");
+  for (i = 0; i < w->ninputs; i++)
+    if (w->inputs[i].stopped || w->inputs[i].data == NULL)
+      REASON("input %s is not listening", cfg->inputs[i].name);
+  sl_buf_append(&b, "{\"outputs\":{", 12);
+  for (i = 0; i < w->noutputs; i++) {
+    struct sl_output *o = &w->outputs[i];
+    int ok = !o->stopped && (o->ops->cb_healthy == NULL || o->ops->cb_healthy(o));
+    if (i)
+      sl_buf_putc(&b, ',');
+    sl_http_json_str(&b, o->cfg->name, strlen(o->cfg->name));
+    sl_buf_printf(&b, ":\"%s\"", ok ? "ok" : "failing");
+    /* the dead letter is a side channel: it alone does not make us ready */
+    if (i == cfg->dead_letter && w->noutputs > 1)
+      continue;
+    counted++;
+    healthy += ok;
+  }
+  if (counted > 0 && healthy == 0)
+    REASON("every output is failing");
+#undef REASON
+  sl_buf_printf(&b, "},\"ready\":%s,\"reasons\":[", nreasons ? "false" : "true");
+  sl_buf_append(&b, reasons.data, reasons.len);
+  sl_buf_append(&b, "]}", 2);
+  sl_http_respond(r, nreasons ? 503 : 200, "application/json", b.data, b.len);
+  sl_buf_close(&b);
+  sl_buf_close(&reasons);
+}
+
+/* The raw JSON value of "error" inside "last_reload" of the status. */
+static struct sl_str reload_error(const struct sl_buf *status) {
+  struct sl_str v = {"null", 4};
+  const char *s = (const char *)status->data, *end = s + status->len, *p;
+  p = memmem(s, status->len, "\"last_reload\":", 14);
+  if (p)
+    p = memmem(p, (size_t)(end - p), "\"error\":", 8);
+  if (p == NULL)
+    return v;
+  p += 8;
+  if (*p == '"') {
+    const char *q = p + 1;
+    while (q < end && *q != '"')
+      q += *q == '\\' ? 2 : 1;
+    if (q < end) {
+      v.p = p;
+      v.len = (uint32_t)(q - p + 1);
+    }
+  }
+  return v;
+}
+
+static void reload(struct sl_admin *a, struct sl_http_request *r) {
+  struct sl_buf status, b;
+  int rc = sl_rules_reload(a->w->rules, "admin");
+  sl_buf_init(&status);
+  sl_buf_init(&b);
+  sl_rules_status_json(a->w->rules, &status);
+  if (rc == 0) {
+    sl_http_respond(r, 200, "application/json", status.data, status.len);
+  } else {
+    struct sl_str e = reload_error(&status);
+    sl_buf_append(&b, "{\"error\":", 9);
+    sl_buf_append(&b, e.p, e.len);
+    sl_buf_append(&b, ",\"status\":", 10);
+    sl_buf_append(&b, status.data, status.len);
+    sl_buf_putc(&b, '}');
+    sl_http_respond(r, 422, "application/json", b.data, b.len);
+  }
+  sl_buf_close(&status);
+  sl_buf_close(&b);
+}
+
+static const struct {
+  const char *path, *method;
+} endpoints[] = {{"/healthz", "GET"}, {"/readyz", "GET"}, {"/metrics", "GET"},
+                 {"/rules", "GET"},   {"/reload", "POST"}, {"/tap", "GET"}};
+
+static void cb_headers(struct sl_http_request *r) {
+  struct sl_admin *a = r->server->data;
+  size_t i;
+  for (i = 0; i < SL_ARRAY_SIZE(endpoints); i++)
+    if (path_is(r->path, endpoints[i].path))
+      break;
+  if (i == SL_ARRAY_SIZE(endpoints)) {
+    sl_http_respond_error(r, 404,
+                          "no such endpoint: /healthz, /readyz, /metrics, "
+                          "/rules, /reload (POST) or /tap");
+    return;
+  }
+  if (strcmp(r->method, endpoints[i].method) != 0) {
+    sl_http_add_header(r, "Allow", endpoints[i].method);
+    sl_http_respond_error(r, 405, "method %s not allowed: use %s", r->method,
+                          endpoints[i].method);
+    return;
+  }
+  if (a->token && i != 0 && !sl_http_bearer_ok(r, a->token, a->token_len)) {
+    sl_http_add_header(r, "WWW-Authenticate", "Bearer realm=\"sluice-admin\"");
+    sl_http_respond_error(r, 401, "missing or wrong bearer token");
+  }
+}
+
+static void cb_request(struct sl_http_request *r) {
+  struct sl_admin *a = r->server->data;
+  struct sl_buf b;
+
+  if (path_is(r->path, "/healthz")) {
+    sl_http_respond(r, 200, "application/json", "{\"status\":\"ok\"}", 15);
+  } else if (path_is(r->path, "/readyz")) {
+    readyz(a, r);
+  } else if (path_is(r->path, "/metrics")) {
+    sl_buf_init(&b);
+    if (sl_metrics_render(a->w, &b) == 0)
+      sl_http_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8",
+                      b.data, b.len);
+    else
+      sl_http_respond_error(r, 500, "out of memory");
+    sl_buf_close(&b);
+  } else if (path_is(r->path, "/rules")) {
+    sl_buf_init(&b);
+    sl_rules_status_json(a->w->rules, &b);
+    sl_http_respond(r, 200, "application/json", b.data, b.len);
+    sl_buf_close(&b);
+  } else if (path_is(r->path, "/reload")) {
+    reload(a, r);
+  } else if (path_is(r->path, "/tap")) {
+    start_tap(a, r);
+  }
+}
+
+static void cb_done(struct sl_http_request *r) {
+  if (r->data)
+    tap_free(r->data);
+  r->data = NULL;
+}
+
+static const struct sl_http_ops admin_ops = {
+    .cb_headers = cb_headers,
+    .cb_request = cb_request,
+    .cb_done = cb_done,
+};
+
+/* ---- life -------------------------------------------------------------- */
+
+struct sl_admin *sl_admin_new(struct sl_worker *w) {
+  struct sl_admin *a = calloc(1, sizeof(*a));
+  if (a == NULL)
+    return NULL;
+  a->w = w;
+  a->clients.next = a->clients.prev = &a->clients;
+  a->rng = (uint64_t)sl_mono_ns() | 1;
+  return a;
+}
+
+/* Is address ("host:port") on a loopback interface? */
+static int loopback(const char *address) {
+  char host[128];
+  int port;
+  if (sl_config_parse_hostport(address, host, sizeof(host), &port) != 0)
+    return 0;
+  return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0;
+}
+
+int sl_admin_start(struct sl_admin *a, char *err, size_t errlen) {
+  const struct sl_admin_config *cfg = &a->w->cfg->admin;
+  char why[256] = "";
+  int rc;
+
+  if (cfg->bearer_token_file) {
+    a->token = sl_http_load_token(cfg->bearer_token_file, &a->token_len, why,
+                                  sizeof(why));
+    if (a->token == NULL) {
+      snprintf(err, errlen, "admin: %s", why);
+      return SL_EINVAL;
+    }
+  }
+  uv_idle_init(&a->w->loop, &a->flush);
+  a->flush_init = 1;
+  a->srv.name = "admin";
+  a->srv.limits.max_header_bytes = SL_HTTP_MAX_HEADER_BYTES;
+  a->srv.limits.max_body_bytes = ADMIN_MAX_BODY;
+  a->srv.limits.idle_ms = ADMIN_IDLE_MS;
+  a->srv.limits.header_ms = 10000;
+  a->started = 1;
+  rc = sl_http_start(&a->srv, &a->w->loop, cfg->listen, &admin_ops, a, why,
+                     sizeof(why));
+  if (rc != 0) {
+    snprintf(err, errlen, "admin.listen: %s", why);
+    return rc;
+  }
+  sl_log(SL_LOG_INFO, "admin listening", SL_S("listen", cfg->listen),
+         SL_S("auth", a->token ? "bearer" : "none"), SL_END);
+  if (a->token == NULL && !loopback(cfg->listen))
+    sl_log(SL_LOG_WARN,
+           "admin listens beyond loopback without a bearer token: anyone who "
+           "reaches it can tap events and reload rules; set "
+           "admin.bearer_token_file",
+           SL_S("listen", cfg->listen), SL_END);
+  return 0;
+}
+
+void sl_admin_stop(struct sl_admin *a) {
+  if (a == NULL || a->stopped)
+    return;
+  a->stopped = 1;
+  if (a->w->tap == on_tap) {
+    a->w->tap = NULL;
+    a->w->tap_data = NULL;
+  }
+  if (a->started)
+    sl_http_stop(&a->srv); /* tap clients leave through cb_done */
+  if (a->flush_init)
+    uv_close((uv_handle_t *)&a->flush, NULL);
+}
+
+void sl_admin_free(struct sl_admin *a) {
+  if (a == NULL)
+    return;
+  free(a->token);
+  free(a);
+}
+
+const struct sl_admin_stats *sl_admin_stats(const struct sl_admin *a) {
+  return &a->stats;
+}
+
+const struct sl_http_server *sl_admin_http(const struct sl_admin *a) {
+  return a->started ? &a->srv : NULL;
+}

@@ -1,0 +1,621 @@
+/* http.c - the http input: events over HTTP/1.1.
+ *   POST /v1/events          a JSON object or array of event objects,
+ *                            NDJSON (application/x-ndjson) or msgpack event
+ *                            maps back to back (application/msgpack)
+ *   POST /v1/topics/{topic}  bare payloads: the JSON value, each NDJSON
+ *                            line or each msgpack value is the payload of
+ *                            one event with that topic
+ * With the input's `topic` set, events posted to /v1/events without a topic
+ * take that one.
+ * A request is a batch. Every event is converted (JSON to msgpack with
+ * yajl, no DOM) and checked before any is submitted; one bad event refuses
+ * the whole batch with 400 naming its index and line (or byte offset). An
+ * accepted batch goes through one source per request and is answered
+ * 202 {"accepted": n} only once every event is queued; when an output is
+ * full and blocks at the time the body is complete, nothing is taken and
+ * the answer is 503 with Retry-After. Events without a valid traceparent
+ * take the request's traceparent header when it is valid.
+ * Owns its HTTP server (and through it the connections) and the per-request
+ * batches. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "http.h"
+#include "json.h"
+#include "worker.h"
+
+enum body_kind { BODY_JSON = 0, BODY_NDJSON, BODY_MSGPACK };
+
+struct http_in {
+  struct sl_input *in;
+  struct sl_http_server srv;
+  char *token; /* bearer token; NULL: no auth */
+  size_t token_len;
+  int started;
+};
+
+struct span {
+  uint32_t off, len;
+  uint32_t fixed; /* in batch.fixed (a topic was added), else in base */
+};
+
+/* One request's events, from conversion to the last submit. */
+struct batch {
+  struct sl_source src;
+  struct http_in *hi;
+  struct sl_http_request *r;
+  enum body_kind kind;
+  char *topic; /* /v1/topics/{topic}, decoded; NULL for /v1/events */
+  size_t topic_len;
+  char traceparent[56]; /* the request's, when valid */
+  int has_traceparent;
+  int source_open;
+  const uint8_t *base;  /* the items' bytes: mp, or the msgpack body */
+  struct sl_buf mp;     /* JSON converted to msgpack */
+  struct sl_buf spans;  /* struct span[] into base or fixed */
+  struct sl_buf fixed;  /* events given the input's default topic */
+  size_t n, next;
+  struct sl_buf scratch; /* headers with the traceparent added */
+};
+
+#define SPAN(b, i) (((const struct span *)(b)->spans.data)[i])
+
+static struct sl_str mp_str(const uint8_t *p, size_t len);
+
+/* ---- requests ---------------------------------------------------------- */
+
+static int path_is(struct sl_str p, const char *lit) {
+  size_t n = strlen(lit);
+  return p.len == n && memcmp(p.p, lit, n) == 0;
+}
+
+/* The media type of a Content-Type value, parameters dropped. */
+static int kind_of(struct sl_str ct, enum body_kind *kind) {
+  static const struct {
+    const char *name;
+    enum body_kind kind;
+  } types[] = {{"application/json", BODY_JSON},
+               {"application/x-ndjson", BODY_NDJSON},
+               {"application/ndjson", BODY_NDJSON},
+               {"application/msgpack", BODY_MSGPACK},
+               {"application/x-msgpack", BODY_MSGPACK},
+               {"application/vnd.msgpack", BODY_MSGPACK}};
+  size_t n = 0, i;
+  if (ct.p == NULL)
+    return 0;
+  while (n < ct.len && ct.p[n] != ';' && ct.p[n] != ' ')
+    n++;
+  for (i = 0; i < SL_ARRAY_SIZE(types); i++)
+    if (strlen(types[i].name) == n && strncasecmp(ct.p, types[i].name, n) == 0) {
+      *kind = types[i].kind;
+      return 1;
+    }
+  return 0;
+}
+
+static void batch_free(struct batch *b) {
+  if (b == NULL)
+    return;
+  if (b->source_open)
+    sl_source_close(&b->src); /* a held event of a cut request is dropped */
+  sl_buf_close(&b->mp);
+  sl_buf_close(&b->spans);
+  sl_buf_close(&b->fixed);
+  sl_buf_close(&b->scratch);
+  free(b->topic);
+  free(b);
+}
+
+static void cb_headers(struct sl_http_request *r) {
+  struct http_in *hi = r->server->data;
+  struct batch *b;
+  struct sl_str tp;
+  enum body_kind kind;
+  char *topic = NULL;
+  long topic_len = 0;
+
+  if (!path_is(r->path, "/v1/events")) {
+    static const char prefix[] = "/v1/topics/";
+    size_t n = sizeof(prefix) - 1;
+    if (r->path.len <= n || memcmp(r->path.p, prefix, n) != 0 ||
+        memchr(r->path.p + n, '/', r->path.len - n) != NULL) {
+      sl_http_respond_error(r, 404,
+                            "no such endpoint: use POST /v1/events or POST "
+                            "/v1/topics/{topic}");
+      return;
+    }
+    topic = malloc(r->path.len - n + 1);
+    if (topic == NULL) {
+      sl_http_respond_error(r, 500, "out of memory");
+      return;
+    }
+    memcpy(topic, r->path.p + n, r->path.len - n);
+    topic_len = sl_http_unescape(topic, r->path.len - n, 0);
+    if (topic_len <= 0) {
+      free(topic);
+      sl_http_respond_error(r, 400, "malformed topic in the path");
+      return;
+    }
+  }
+  if (strcmp(r->method, "POST") != 0) {
+    free(topic);
+    sl_http_add_header(r, "Allow", "POST");
+    sl_http_respond_error(r, 405, "method %s not allowed: use POST", r->method);
+    return;
+  }
+  if (hi->token && !sl_http_bearer_ok(r, hi->token, hi->token_len)) {
+    free(topic);
+    sl_http_add_header(r, "WWW-Authenticate", "Bearer realm=\"sluice\"");
+    sl_http_respond_error(r, 401, "missing or wrong bearer token");
+    return;
+  }
+  if (!kind_of(sl_http_header(r, "content-type"), &kind)) {
+    free(topic);
+    sl_http_respond_error(r, 415,
+                          "unsupported Content-Type: use application/json, "
+                          "application/x-ndjson or application/msgpack");
+    return;
+  }
+  b = calloc(1, sizeof(*b));
+  if (b == NULL) {
+    free(topic);
+    sl_http_respond_error(r, 500, "out of memory");
+    return;
+  }
+  b->hi = hi;
+  b->r = r;
+  b->kind = kind;
+  b->topic = topic;
+  b->topic_len = (size_t)topic_len;
+  sl_buf_init(&b->mp);
+  sl_buf_init(&b->spans);
+  sl_buf_init(&b->fixed);
+  sl_buf_init(&b->scratch);
+  tp = sl_http_header(r, "traceparent");
+  if (tp.p && sl_event_traceparent_valid(tp.p, tp.len)) {
+    memcpy(b->traceparent, tp.p, tp.len);
+    b->has_traceparent = 1;
+  }
+  r->data = b;
+}
+
+static void cb_done(struct sl_http_request *r) {
+  batch_free(r->data);
+  r->data = NULL;
+}
+
+/* ---- checking a batch -------------------------------------------------- */
+
+static int add_span(struct batch *b, size_t off, size_t len, int fixed) {
+  struct span s = {(uint32_t)off, (uint32_t)len, (uint32_t)fixed};
+  return sl_buf_append(&b->spans, &s, sizeof(s));
+}
+
+/* A copy of the map at p with "topic" added, in b->fixed, when the input
+ * has a default topic and the map has no topic key. Returns 1 and sets
+ * *off, 0 when the map stays as it is, or SL_ENOMEM. */
+static int add_default_topic(struct batch *b, const uint8_t *p, size_t len,
+                             size_t *off) {
+  const char *topic = b->hi->in->cfg->topic;
+  size_t h, used, pos;
+  uint32_t n, i;
+  int rc;
+
+  if (topic == NULL || len < 1)
+    return 0;
+  if ((p[0] & 0xf0) == 0x80) {
+    h = 1;
+    n = p[0] & 0x0f;
+  } else if (p[0] == 0xde && len >= 3) {
+    h = 3;
+    n = (uint32_t)p[1] << 8 | p[2];
+  } else if (p[0] == 0xdf && len >= 5) {
+    h = 5;
+    n = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
+  } else {
+    return 0; /* not a map: sl_codec_parse_event says so */
+  }
+  for (i = 0, pos = h; i < n; i++) {
+    struct sl_str k = mp_str(p + pos, len - pos);
+    if (k.p && k.len == 5 && memcmp(k.p, "topic", 5) == 0)
+      return 0;
+    if (sl_codec_skip(p + pos, len - pos, len, &used, NULL) != 0)
+      return 0;
+    pos += used;
+    if (sl_codec_skip(p + pos, len - pos, len, &used, NULL) != 0)
+      return 0;
+    pos += used;
+  }
+  *off = b->fixed.len;
+  rc = sl_codec_put_map(&b->fixed, n + 1);
+  if (rc == 0)
+    rc = sl_codec_put_str(&b->fixed, "topic", 5);
+  if (rc == 0)
+    rc = sl_codec_put_str(&b->fixed, topic, strlen(topic));
+  if (rc == 0)
+    rc = sl_buf_append(&b->fixed, p + h, len - h);
+  return rc ? rc : 1;
+}
+
+/* Check one item, an event map or (with a topic path) any payload, and
+ * note where it is. */
+static int take_item(struct batch *b, const uint8_t *p, size_t off,
+                     size_t len, char *msg, size_t msglen) {
+  uint32_t max = b->hi->in->w->cfg->max_event_bytes;
+  struct sl_event_view v;
+  struct sl_codec_error ce;
+  int fixed = 0;
+  if (len > max) {
+    snprintf(msg, msglen, "event larger than max_event_bytes (%u)", max);
+    return SL_E2BIG;
+  }
+  if (b->topic == NULL) {
+    size_t foff;
+    fixed = add_default_topic(b, p + off, len, &foff);
+    if (fixed < 0) {
+      snprintf(msg, msglen, "out of memory");
+      return fixed;
+    }
+    if (fixed) {
+      len = b->fixed.len - foff;
+      off = foff;
+      p = b->fixed.data;
+    }
+    if (sl_codec_parse_event(p + off, len, &v, &ce) != 0) {
+      snprintf(msg, msglen, "%s", ce.msg);
+      return SL_EPROTO;
+    }
+  }
+  if (add_span(b, off, len, fixed) != 0) {
+    snprintf(msg, msglen, "out of memory");
+    return SL_ENOMEM;
+  }
+  return 0;
+}
+
+static int on_json_item(void *data, size_t off, size_t len, size_t index,
+                        size_t line, struct sl_json_error *err) {
+  struct batch *b = data;
+  int rc = take_item(b, b->mp.data, off, len, err->msg, sizeof(err->msg));
+  if (rc != 0) {
+    err->index = index;
+    err->line = line;
+  }
+  return rc;
+}
+
+/* 400 naming the bad event; the batch is refused whole. */
+static void refuse(struct batch *b, const char *msg, size_t index,
+                   const char *where, size_t at) {
+  struct sl_input *in = b->hi->in;
+  struct sl_buf out;
+  in->stats.bad_input++;
+  sl_buf_init(&out);
+  sl_buf_append(&out, "{\"error\":", 9);
+  sl_http_json_str(&out, msg, strlen(msg));
+  sl_buf_printf(&out, ",\"index\":%zu,\"%s\":%zu}", index, where, at);
+  sl_http_respond(b->r, 400, "application/json", out.data, out.len);
+  sl_buf_close(&out);
+}
+
+/* Convert and check the whole body. Returns 0 or refuses the request. */
+static int check_batch(struct batch *b) {
+  const struct sl_buf *body = &b->r->body;
+  int rc;
+
+  if (b->kind != BODY_MSGPACK) {
+    struct sl_json_error err;
+    int flags = b->kind == BODY_NDJSON ? SL_JSON_MANY
+                : b->topic              ? 0
+                                        : SL_JSON_SPLIT_ARRAY;
+    rc = sl_json_items_to_msgpack((const char *)body->data, body->len, flags,
+                                  &b->mp, on_json_item, b, &err);
+    if (rc == SL_ENOMEM) {
+      sl_http_respond_error(b->r, 500, "out of memory");
+      return rc;
+    }
+    if (rc != 0) {
+      refuse(b, err.msg, err.index, "line", err.line);
+      return rc;
+    }
+    b->base = b->mp.data;
+  } else {
+    size_t pos = 0, used, index = 0;
+    uint32_t max = b->hi->in->w->cfg->max_event_bytes;
+    struct sl_codec_error ce;
+    char msg[200];
+    while (pos < body->len) {
+      rc = sl_codec_skip(body->data + pos, body->len - pos, max, &used, &ce);
+      if (rc == SL_EAGAIN) {
+        refuse(b, "truncated msgpack value at the end of the body", index,
+               "offset", pos);
+        return rc;
+      }
+      if (rc == SL_E2BIG) {
+        snprintf(msg, sizeof(msg), "event larger than max_event_bytes (%u)",
+                 max);
+        refuse(b, msg, index, "offset", pos);
+        return rc;
+      }
+      if (rc != 0) {
+        refuse(b, ce.msg, index, "offset", pos + ce.offset);
+        return rc;
+      }
+      rc = take_item(b, body->data, pos, used, msg, sizeof(msg));
+      if (rc == SL_ENOMEM) {
+        sl_http_respond_error(b->r, 500, "out of memory");
+        return rc;
+      }
+      if (rc != 0) {
+        refuse(b, msg, index, "offset", pos);
+        return rc;
+      }
+      pos += used;
+      index++;
+    }
+    b->base = body->data;
+  }
+  b->n = b->spans.len / sizeof(struct span);
+  if (b->n == 0 && body->len == 0) {
+    refuse(b, "empty body: expected at least one event", 0,
+           b->kind == BODY_MSGPACK ? "offset" : "line",
+           b->kind == BODY_MSGPACK ? 0 : 1);
+    return SL_EPROTO;
+  }
+  return 0;
+}
+
+/* ---- building and submitting ------------------------------------------- */
+
+/* The string at p (a msgpack str), or p == NULL. */
+static struct sl_str mp_str(const uint8_t *p, size_t len) {
+  struct sl_str s = {NULL, 0};
+  size_t h, n;
+  if (len < 1)
+    return s;
+  if ((p[0] & 0xe0) == 0xa0) {
+    h = 1;
+    n = p[0] & 0x1f;
+  } else if (p[0] == 0xd9 && len >= 2) {
+    h = 2;
+    n = p[1];
+  } else if (p[0] == 0xda && len >= 3) {
+    h = 3;
+    n = (size_t)p[1] << 8 | p[2];
+  } else if (p[0] == 0xdb && len >= 5) {
+    h = 5;
+    n = (size_t)p[1] << 24 | (size_t)p[2] << 16 | (size_t)p[3] << 8 | p[4];
+  } else {
+    return s;
+  }
+  if (n > len - h)
+    return s;
+  s.p = (const char *)p + h;
+  s.len = (uint32_t)n;
+  return s;
+}
+
+/* Headers of v with the request's traceparent in place of a missing or
+ * invalid one, written to b->scratch. Returns 0, 1 (keep v's headers) or
+ * SL_ENOMEM. */
+static int with_traceparent(struct batch *b, const struct sl_event_view *v) {
+  const uint8_t *p = v->headers, *end, *val;
+  size_t vlen, used, kept = 0, i, count;
+  struct sl_buf *out = &b->scratch;
+  int rc = 0;
+
+  if (p) {
+    struct sl_str cur = {NULL, 0};
+    if (sl_codec_map_find(p, v->headers_len, "traceparent", 11, &val, &vlen) ==
+        0)
+      cur = mp_str(val, vlen);
+    if (cur.p && sl_event_traceparent_valid(cur.p, cur.len))
+      return 1; /* the event's own wins */
+  }
+  sl_buf_reset(out);
+  count = v->headers_count;
+  /* the count of the new map first: the pairs kept plus ours */
+  if (p) {
+    end = p + v->headers_len;
+    p += (p[0] & 0xf0) == 0x80 ? 1 : p[0] == 0xde ? 3 : 5;
+    for (i = 0; i < count; i++) {
+      struct sl_str k = mp_str(p, (size_t)(end - p));
+      size_t kused;
+      sl_codec_skip(p, (size_t)(end - p), (size_t)(end - p), &kused, NULL);
+      sl_codec_skip(p + kused, (size_t)(end - p) - kused, (size_t)(end - p),
+                    &used, NULL);
+      if (!(k.len == 11 && memcmp(k.p, "traceparent", 11) == 0))
+        kept++;
+      p += kused + used;
+    }
+  }
+  rc = sl_codec_put_map(out, (uint32_t)kept + 1);
+  if (v->headers) {
+    p = v->headers;
+    end = p + v->headers_len;
+    p += (p[0] & 0xf0) == 0x80 ? 1 : p[0] == 0xde ? 3 : 5;
+    for (i = 0; i < count && rc == 0; i++) {
+      struct sl_str k = mp_str(p, (size_t)(end - p));
+      size_t kused;
+      sl_codec_skip(p, (size_t)(end - p), (size_t)(end - p), &kused, NULL);
+      sl_codec_skip(p + kused, (size_t)(end - p) - kused, (size_t)(end - p),
+                    &used, NULL);
+      if (!(k.len == 11 && memcmp(k.p, "traceparent", 11) == 0))
+        rc = sl_buf_append(out, p, kused + used);
+      p += kused + used;
+    }
+  }
+  if (rc == 0)
+    rc = sl_codec_put_str(out, "traceparent", 11);
+  if (rc == 0)
+    rc = sl_codec_put_str(out, b->traceparent, 55);
+  return rc;
+}
+
+static struct sl_event *build(struct batch *b, size_t i) {
+  struct sl_worker *w = b->hi->in->w;
+  const uint8_t *p = (SPAN(b, i).fixed ? b->fixed.data : b->base) +
+                     SPAN(b, i).off;
+  size_t len = SPAN(b, i).len;
+  struct sl_str none = {NULL, 0};
+  struct sl_event_view v;
+
+  if (b->topic) {
+    struct sl_str topic = {b->topic, (uint32_t)b->topic_len};
+    const uint8_t *h = NULL;
+    size_t hlen = 0;
+    if (b->has_traceparent) {
+      sl_buf_reset(&b->scratch);
+      if (sl_codec_put_map(&b->scratch, 1) != 0 ||
+          sl_codec_put_str(&b->scratch, "traceparent", 11) != 0 ||
+          sl_codec_put_str(&b->scratch, b->traceparent, 55) != 0)
+        return NULL;
+      h = b->scratch.data;
+      hlen = b->scratch.len;
+    }
+    return sl_event_new(&w->idgen, none, topic, none, 0, 0, h, hlen, p, len,
+                        1);
+  }
+  if (sl_codec_parse_event(p, len, &v, NULL) != 0)
+    return NULL; /* checked before: cannot happen */
+  if (b->has_traceparent) {
+    int rc = with_traceparent(b, &v);
+    if (rc < 0)
+      return NULL;
+    if (rc == 0) {
+      v.headers = b->scratch.data;
+      v.headers_len = (uint32_t)b->scratch.len;
+    }
+  }
+  return sl_event_from_view(&w->idgen, &v, 1);
+}
+
+/* Submit from b->next on; answer 202 once all are in. */
+static void submit_more(struct batch *b) {
+  struct sl_input *in = b->hi->in;
+  char out[64];
+  int n;
+
+  while (b->next < b->n) {
+    struct sl_event *ev = build(b, b->next);
+    if (ev == NULL) {
+      sl_http_respond_error(b->r, 500,
+                            "out of memory after %zu of %zu events were "
+                            "accepted",
+                            b->next, b->n);
+      return;
+    }
+    b->next++;
+    in->stats.events_in++;
+    if (sl_worker_submit(&b->src, ev) == SL_EAGAIN)
+      return; /* on_resume goes on once the held event is in */
+  }
+  n = snprintf(out, sizeof(out), "{\"accepted\":%zu}", b->n);
+  sl_http_respond(b->r, 202, "application/json", out, (size_t)n);
+}
+
+static void on_resume(struct sl_source *s) {
+  submit_more(container_of(s, struct batch, src));
+}
+
+static void cb_request(struct sl_http_request *r) {
+  struct batch *b = r->data;
+  struct sl_input *in = b->hi->in;
+
+  if (sl_worker_blocked(in->w)) {
+    sl_http_add_header(r, "Retry-After", "1");
+    sl_http_respond_error(r, 503,
+                          "an output is full and blocks (backpressure): "
+                          "nothing was accepted; retry later");
+    return;
+  }
+  if (check_batch(b) != 0)
+    return;
+  in->stats.bytes_in += r->body.len;
+  sl_source_init(&b->src, in, on_resume);
+  b->source_open = 1;
+  submit_more(b);
+}
+
+static const struct sl_http_ops http_ops = {
+    .cb_headers = cb_headers,
+    .cb_request = cb_request,
+    .cb_done = cb_done,
+};
+
+/* ---- the input --------------------------------------------------------- */
+
+static void finish(struct http_in *hi) {
+  struct sl_input *in = hi->in;
+  in->data = NULL;
+  in->stats.http = NULL;
+  free(hi->token);
+  free(hi);
+  sl_input_stopped(in);
+}
+
+static void on_stopped(struct sl_http_server *s) {
+  finish(container_of(s, struct http_in, srv));
+}
+
+static int cb_start(struct sl_input *in, char *err, size_t errlen) {
+  const struct sl_input_config *cfg = in->cfg;
+  struct http_in *hi = calloc(1, sizeof(*hi));
+  int rc;
+
+  if (hi == NULL)
+    return SL_ENOMEM;
+  hi->in = in;
+  in->data = hi;
+  if (cfg->bearer_token_file) {
+    hi->token = sl_http_load_token(cfg->bearer_token_file, &hi->token_len,
+                                   err, errlen);
+    if (hi->token == NULL)
+      return SL_EINVAL; /* cb_stop frees hi */
+  }
+  hi->srv.name = cfg->name;
+  hi->srv.limits.max_header_bytes = SL_HTTP_MAX_HEADER_BYTES;
+  hi->srv.limits.max_body_bytes = cfg->max_body_bytes;
+  hi->srv.limits.idle_ms = cfg->idle_timeout_ms;
+  hi->srv.limits.header_ms = cfg->idle_timeout_ms;
+  hi->srv.on_stopped = on_stopped;
+  hi->started = 1;
+  in->stats.http = &hi->srv;
+  rc = sl_http_start(&hi->srv, &in->w->loop, cfg->listen, &http_ops, hi, err,
+                     errlen);
+  return rc; /* on failure cb_stop still runs and frees hi */
+}
+
+static void cb_drain(struct sl_input *in) {
+  struct http_in *hi = in->data;
+  if (hi && hi->started)
+    sl_http_drain(&hi->srv);
+}
+
+static uint32_t cb_busy(struct sl_input *in) {
+  struct http_in *hi = in->data;
+  return hi && hi->started ? sl_http_busy(&hi->srv) : 0;
+}
+
+static void cb_stop(struct sl_input *in) {
+  struct http_in *hi = in->data;
+  if (hi == NULL) {
+    sl_input_stopped(in);
+    return;
+  }
+  if (!hi->started) {
+    finish(hi);
+    return;
+  }
+  sl_http_stop(&hi->srv); /* on_stopped finishes, maybe right away */
+}
+
+const struct sl_input_ops sl_input_http_ops = {
+    .type = "http",
+    .cb_start = cb_start,
+    .cb_drain = cb_drain,
+    .cb_busy = cb_busy,
+    .cb_stop = cb_stop,
+};
