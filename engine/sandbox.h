@@ -38,6 +38,11 @@ struct sl_rule_host {
   void (*log)(void *data, struct sl_rule *r, int level, const char *msg,
               const uint8_t *fields, size_t fields_len);
   struct sl_idgen *idgen; /* for ids of emitted events; NULL: rule-owned */
+  /* Monotonic clock in ns for sluice.every, rate_limit, seen and
+   * sluice.now (as an offset from the wall clock at load). NULL: the
+   * system clocks. sluice.testing sets it to move time by hand. The CPU
+   * budget always uses the system clock. */
+  uint64_t (*mono_ns)(void *data);
 };
 
 enum sl_rule_verdict {
@@ -62,6 +67,8 @@ struct sl_rule_decision {
                                              its next call */
   char message[512];  /* drop reason, or "file:line: message" on error */
   char where[256];    /* file:line of the failure, for sluice-rule */
+  char traceback[768]; /* "stack traceback:\n\t..." on a Lua error, a few
+                          frames; "" otherwise */
   struct sl_event *changed; /* non-NULL: the event after the rule changed
                                it (topic, key, headers or payload); the
                                caller takes the reference */
@@ -88,7 +95,10 @@ int sl_rule_matches(const struct sl_rule *r, const char *topic, size_t len);
 void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
                  struct sl_rule_decision *d);
 
-/* Monotonic ms of the earliest timer (sluice.every), or -1 when none. */
+/* Monotonic ms of the earliest timer (sluice.every), or -1 when none. The
+ * clock is sl_mono_ns() / 1e6 (CLOCK_MONOTONIC, as uv_hrtime), or the
+ * host's mono_ns when it has one. A timer that fell behind runs once and
+ * is rescheduled from now_ms; timers of a rebuilt state start anew. */
 int64_t sl_rule_next_timer(const struct sl_rule *r);
 /* Run the timers due at now_ms; errors are logged through the host. */
 void sl_rule_run_timers(struct sl_rule *r, int64_t now_ms);

@@ -1,0 +1,1752 @@
+/* luacodec.c - msgpack and JSON <-> Lua values with exact types; the
+ * mapping and its side records are described in luacodec.h. Owns no state:
+ * the marker metatables live in each state's registry. */
+#include "luacodec.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "codec.h"
+
+/* Registry keys: the addresses are unique, the values unused. */
+static const char array_key, map_key, bin_key, float_key, ext_key;
+
+#define TWO53 9007199254740992.0
+#define TWO63 9223372036854775808.0
+#define TWO64 18446744073709551616.0
+
+/* ---- shared helpers ---------------------------------------------------- */
+
+enum tkind { T_SEQ, T_ARRAY, T_MAP, T_BIN, T_FLOAT, T_EXT };
+
+struct hint {
+  char kind; /* 0, 'f', 's', 'b', 'n', 'i', 'u' */
+  uint64_t bits;
+};
+
+/* Does the plain encoder write v as an int? */
+static int would_be_int(double v) {
+  return v == floor(v) && v >= -TWO63 && v < TWO64 && !(v == 0 && signbit(v));
+}
+
+static void push_mt(lua_State *L, const char *key, const char *name) {
+  lua_pushlightuserdata(L, (void *)key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (!lua_isnil(L, -1))
+    return;
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 1);
+  lua_pushstring(L, name);
+  lua_setfield(L, -2, "__sluice");
+  lua_pushlightuserdata(L, (void *)key);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
+/* The shared marker metatables, fetched from the registry once per call
+ * into three stack slots reserved at its start. */
+enum { SH_ARRAY, SH_MAP, SH_EXT };
+
+struct shared {
+  lua_State *L;
+  int base;
+  unsigned have;
+};
+
+static void shared_open(lua_State *L, struct shared *sh) {
+  lua_pushnil(L);
+  lua_pushnil(L);
+  lua_pushnil(L);
+  sh->L = L;
+  sh->base = lua_gettop(L) - 2;
+  sh->have = 0;
+}
+
+/* The absolute index of the slot that holds shared metatable `which`. */
+static int shared_get(struct shared *sh, int which) {
+  static const char *const names[] = {"array", "map", "ext"};
+  static const char *const keys[] = {&array_key, &map_key, &ext_key};
+  if (!(sh->have & (1u << which))) {
+    push_mt(sh->L, keys[which], names[which]);
+    lua_replace(sh->L, sh->base + which);
+    sh->have |= 1u << which;
+  }
+  return sh->base + which;
+}
+
+/* The marker of the table at idx and, in *mt, the absolute index of its
+ * metatable (0 when it has none; the metatable stays pushed otherwise).
+ * With sh, the shared array and map metatables are recognised at once and
+ * *mt is returned negated: a shared metatable holds no side records. */
+static enum tkind table_kind_sh(lua_State *L, int idx, int *mt,
+                                struct shared *sh) {
+  const char *s;
+  enum tkind k = T_SEQ;
+
+  *mt = 0;
+  if (!lua_getmetatable(L, idx))
+    return T_SEQ;
+  *mt = lua_gettop(L);
+  if (sh) {
+    if (lua_rawequal(L, *mt, shared_get(sh, SH_MAP))) {
+      *mt = -*mt;
+      return T_MAP;
+    }
+    if (lua_rawequal(L, *mt, shared_get(sh, SH_ARRAY))) {
+      *mt = -*mt;
+      return T_ARRAY;
+    }
+  }
+  lua_pushliteral(L, "__sluice");
+  lua_rawget(L, *mt);
+  s = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+  if (strcmp(s, "array") == 0)
+    k = T_ARRAY;
+  else if (strcmp(s, "map") == 0)
+    k = T_MAP;
+  else if (strcmp(s, "bin") == 0)
+    k = T_BIN;
+  else if (strcmp(s, "float") == 0)
+    k = T_FLOAT;
+  else if (strcmp(s, "ext") == 0)
+    k = T_EXT;
+  lua_pop(L, 1);
+  return k;
+}
+
+static enum tkind table_kind(lua_State *L, int idx, int *mt) {
+  return table_kind_sh(L, idx, mt, NULL);
+}
+
+/* Push t[k] without metamethods (t is an absolute index): a rule may put
+ * a metatable on anything it can reach, and C must not call into it. */
+static void rawfield(lua_State *L, int t, const char *k) {
+  lua_pushstring(L, k);
+  lua_rawget(L, t);
+}
+
+/* Push mt[name] (a table or nil) for mt at absolute index mt (0: nil). */
+static void push_field(lua_State *L, int mt, const char *name) {
+  if (mt <= 0) { /* none, or a shared marker metatable */
+    lua_pushnil(L);
+    return;
+  }
+  lua_pushstring(L, name);
+  lua_rawget(L, mt);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+  }
+}
+
+/* The hint for the value at vidx stored under the key at kidx, given the
+ * hints and orig tables at hidx/oidx (absolute; nil when absent). A value
+ * hint counts only while the value is still the one decoded. */
+static struct hint hint_for(lua_State *L, int hidx, int oidx, int kidx,
+                            int vidx) {
+  struct hint h = {0, 0};
+  const char *s;
+  size_t n;
+
+  if (lua_isnil(L, hidx))
+    return h;
+  lua_pushvalue(L, kidx);
+  lua_rawget(L, hidx);
+  if (lua_type(L, -1) != LUA_TSTRING) {
+    lua_pop(L, 1);
+    return h;
+  }
+  s = lua_tolstring(L, -1, &n);
+  if (s[0] == 'n') {
+    if (lua_isnil(L, vidx))
+      h.kind = 'n';
+    lua_pop(L, 1);
+    return h;
+  }
+  if (!lua_isnil(L, oidx)) {
+    lua_pushvalue(L, kidx);
+    lua_rawget(L, oidx);
+    if (lua_rawequal(L, -1, vidx)) {
+      h.kind = s[0];
+      if ((s[0] == 'i' || s[0] == 'u') && n == 9) {
+        int i;
+        for (i = 1; i < 9; i++)
+          h.bits = (h.bits << 8) | (uint8_t)s[i];
+      }
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return h;
+}
+
+/* The kind of a key at kidx from the khints table at kh (nil: none). */
+static struct hint khint_for(lua_State *L, int kh, int kidx) {
+  struct hint h = {0, 0};
+  const char *s;
+  size_t n;
+
+  if (lua_isnil(L, kh))
+    return h;
+  lua_pushvalue(L, kidx);
+  lua_rawget(L, kh);
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    s = lua_tolstring(L, -1, &n);
+    h.kind = s[0];
+    if ((s[0] == 'i' || s[0] == 'u') && n == 9) {
+      int i;
+      for (i = 1; i < 9; i++)
+        h.bits = (h.bits << 8) | (uint8_t)s[i];
+    }
+  }
+  lua_pop(L, 1);
+  return h;
+}
+
+static void push_hint(lua_State *L, const struct hint *h) {
+  char s[9];
+  int i;
+
+  s[0] = h->kind;
+  if (h->kind == 'i' || h->kind == 'u') {
+    for (i = 0; i < 8; i++)
+      s[1 + i] = (char)(h->bits >> (56 - 8 * i));
+    lua_pushlstring(L, s, 9);
+  } else {
+    lua_pushlstring(L, s, 1);
+  }
+}
+
+/* mt[field][key] = value, creating mt[field]. key and value are absolute
+ * indices; value 0 stores the hint string of h instead. */
+static void record(lua_State *L, int mt, const char *field, int key,
+                   int value, const struct hint *h) {
+  lua_getfield(L, mt, field);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, mt, field);
+  }
+  lua_pushvalue(L, key);
+  if (value)
+    lua_pushvalue(L, value);
+  else
+    push_hint(L, h);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+/* Give the table at absolute index `table` a metatable of its own marked
+ * `kind`, inserted on the stack right above the table; returns its index.
+ * The caller sets it with lua_setmetatable once the values above are
+ * gone. */
+static int own_mt(lua_State *L, int table, const char *kind) {
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, kind);
+  lua_setfield(L, -2, "__sluice");
+  lua_insert(L, table + 1);
+  return table + 1;
+}
+
+/* ---- reading msgpack ----------------------------------------------------- */
+
+enum mtype { M_NIL, M_BOOL, M_INT, M_UINT, M_F32, M_F64, M_STR, M_BIN,
+             M_ARR, M_MAP, M_EXT, M_BAD };
+
+struct item {
+  enum mtype t;
+  int b;
+  int64_t i;
+  uint64_t u;
+  double d;
+  float f;
+  const uint8_t *s; /* body of str, bin, ext */
+  uint32_t n;       /* body length, or element count */
+  int8_t ext;
+};
+
+static uint64_t rd(const uint8_t *p, int n) {
+  uint64_t v = 0;
+  int i;
+  for (i = 0; i < n; i++)
+    v = (v << 8) | p[i];
+  return v;
+}
+
+/* Read one header (and the body of a str/bin/ext) at *pp. Returns 0 and
+ * advances, or -1 when the bytes end or are not msgpack. Container counts
+ * are checked against the bytes left (every element takes a byte). */
+static int mp_read(const uint8_t **pp, const uint8_t *end, struct item *it) {
+  const uint8_t *p = *pp;
+  size_t left = (size_t)(end - p), hdr = 1, body = 0;
+  uint8_t c;
+
+  if (left < 1)
+    return -1;
+  c = p[0];
+  it->n = 0;
+  it->s = NULL;
+  if (c <= 0x7f) {
+    it->t = M_UINT;
+    it->u = c;
+  } else if (c >= 0xe0) {
+    it->t = M_INT;
+    it->i = (int8_t)c;
+  } else if (c >= 0x80 && c <= 0x8f) {
+    it->t = M_MAP;
+    it->n = c & 0x0f;
+  } else if (c >= 0x90 && c <= 0x9f) {
+    it->t = M_ARR;
+    it->n = c & 0x0f;
+  } else if (c >= 0xa0 && c <= 0xbf) {
+    it->t = M_STR;
+    body = c & 0x1f;
+  } else {
+    static const uint8_t size[] = {
+        /* c0 */ 0, 0, 0, 0, 1, 2, 4, 1, 2, 4, 4, 8, 1, 2, 4, 8,
+        /* d0 */ 1, 2, 4, 8, 1, 1, 1, 1, 1, 1, 2, 4, 2, 4, 2, 4};
+    size_t sz = size[c - 0xc0];
+    if (left < 1 + sz)
+      return -1;
+    hdr = 1 + sz;
+    switch (c) {
+    case 0xc0: it->t = M_NIL; break;
+    case 0xc2: case 0xc3: it->t = M_BOOL; it->b = c == 0xc3; break;
+    case 0xc4: case 0xc5: case 0xc6:
+      it->t = M_BIN; body = (size_t)rd(p + 1, (int)sz); break;
+    case 0xc7: case 0xc8: case 0xc9:
+      it->t = M_EXT; body = (size_t)rd(p + 1, (int)sz); hdr++;
+      break;
+    case 0xca: {
+      uint32_t b = (uint32_t)rd(p + 1, 4);
+      it->t = M_F32;
+      memcpy(&it->f, &b, 4);
+      break;
+    }
+    case 0xcb: {
+      uint64_t b = rd(p + 1, 8);
+      it->t = M_F64;
+      memcpy(&it->d, &b, 8);
+      break;
+    }
+    case 0xcc: case 0xcd: case 0xce: case 0xcf:
+      it->t = M_UINT; it->u = rd(p + 1, (int)sz); break;
+    case 0xd0: it->t = M_INT; it->i = (int8_t)rd(p + 1, 1); break;
+    case 0xd1: it->t = M_INT; it->i = (int16_t)rd(p + 1, 2); break;
+    case 0xd2: it->t = M_INT; it->i = (int32_t)rd(p + 1, 4); break;
+    case 0xd3: it->t = M_INT; it->i = (int64_t)rd(p + 1, 8); break;
+    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+      it->t = M_EXT; body = (size_t)1 << (c - 0xd4); hdr = 2; break;
+    case 0xd9: case 0xda: case 0xdb:
+      it->t = M_STR; body = (size_t)rd(p + 1, (int)sz); break;
+    case 0xdc: case 0xdd:
+      it->t = M_ARR; it->n = (uint32_t)rd(p + 1, (int)sz); break;
+    case 0xde: case 0xdf:
+      it->t = M_MAP; it->n = (uint32_t)rd(p + 1, (int)sz); break;
+    default:
+      return -1; /* 0xc1 */
+    }
+  }
+  if (left < hdr)
+    return -1;
+  if (it->t == M_EXT) {
+    it->ext = (int8_t)p[hdr - 1];
+  }
+  if (it->t == M_STR || it->t == M_BIN || it->t == M_EXT) {
+    if (body > left - hdr)
+      return -1;
+    it->s = p + hdr;
+    it->n = (uint32_t)body;
+    *pp = p + hdr + body;
+    return 0;
+  }
+  if (it->t == M_ARR && it->n > left - hdr)
+    return -1;
+  if (it->t == M_MAP && (uint64_t)it->n * 2 > left - hdr)
+    return -1;
+  *pp = p + hdr;
+  return 0;
+}
+
+/* ---- msgpack -> Lua ---------------------------------------------------- */
+
+struct dec {
+  lua_State *L;
+  const uint8_t *p, *end, *start;
+  sl_luacodec_check check;
+  unsigned steps;
+  struct shared sh;
+};
+
+static void dec_fail(struct dec *d, const char *what) {
+  luaL_error(d->L, "msgpack: %s at byte %d", what, (int)(d->p - d->start));
+}
+
+static void push_number(lua_State *L, const struct item *it, struct hint *h) {
+  if (it->t == M_UINT) {
+    lua_pushnumber(L, (lua_Number)it->u);
+    if (it->u > (uint64_t)TWO53) {
+      h->kind = 'u';
+      h->bits = it->u;
+    }
+  } else {
+    lua_pushnumber(L, (lua_Number)it->i);
+    if (it->i > (int64_t)TWO53 || it->i < -(int64_t)TWO53) {
+      h->kind = 'i';
+      h->bits = (uint64_t)it->i;
+    }
+  }
+}
+
+static void dec_value(struct dec *d, int depth, struct hint *h) {
+  lua_State *L = d->L;
+  struct item it;
+  const uint8_t *at = d->p;
+  uint32_t i;
+
+  h->kind = 0;
+  if (d->check && (++d->steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
+    d->check(L);
+  if (mp_read(&d->p, d->end, &it) != 0) {
+    d->p = at;
+    dec_fail(d, "truncated or invalid value");
+  }
+  switch (it.t) {
+  case M_NIL: lua_pushnil(L); break;
+  case M_BOOL: lua_pushboolean(L, it.b); break;
+  case M_INT: case M_UINT: push_number(L, &it, h); break;
+  case M_F32:
+    lua_pushnumber(L, (lua_Number)it.f);
+    h->kind = 's';
+    break;
+  case M_F64:
+    lua_pushnumber(L, it.d);
+    if (would_be_int(it.d))
+      h->kind = 'f';
+    break;
+  case M_STR: lua_pushlstring(L, (const char *)it.s, it.n); break;
+  case M_BIN:
+    lua_pushlstring(L, (const char *)it.s, it.n);
+    h->kind = 'b';
+    break;
+  case M_EXT:
+    lua_createtable(L, 0, 2);
+    lua_pushinteger(L, it.ext);
+    lua_setfield(L, -2, "type");
+    lua_pushlstring(L, (const char *)it.s, it.n);
+    lua_setfield(L, -2, "data");
+    lua_pushvalue(L, shared_get(&d->sh, SH_EXT));
+    lua_setmetatable(L, -2);
+    break;
+  case M_ARR: {
+    int t, mt = 0, hasnil = 0;
+    struct hint eh;
+    if (depth >= SL_CODEC_MAX_DEPTH)
+      dec_fail(d, "nesting too deep");
+    luaL_checkstack(L, 8, "msgpack nesting");
+    lua_createtable(L, (int)it.n, 0);
+    t = lua_gettop(L);
+    for (i = 1; i <= it.n; i++) {
+      dec_value(d, depth + 1, &eh);
+      if (lua_isnil(L, -1))
+        hasnil = 1;
+      if (eh.kind) {
+        if (!mt)
+          mt = own_mt(L, t, "array");
+        lua_pushinteger(L, (lua_Integer)i);
+        record(L, mt, "hints", lua_gettop(L), 0, &eh);
+        record(L, mt, "orig", lua_gettop(L), lua_gettop(L) - 1, NULL);
+        lua_pop(L, 1);
+      }
+      lua_rawseti(L, t, (int)i);
+    }
+    if (hasnil && !mt)
+      mt = own_mt(L, t, "array");
+    if (mt) {
+      lua_pushinteger(L, (lua_Integer)it.n);
+      lua_setfield(L, mt, "n");
+      lua_setmetatable(L, t); /* pops mt, which sat right above t */
+    } else {
+      lua_pushvalue(L, shared_get(&d->sh, SH_ARRAY));
+      lua_setmetatable(L, t);
+    }
+    break;
+  }
+  case M_MAP: {
+    int t, mt = 0, k, v;
+    struct hint kh, vh;
+    if (depth >= SL_CODEC_MAX_DEPTH)
+      dec_fail(d, "nesting too deep");
+    luaL_checkstack(L, 10, "msgpack nesting");
+    lua_createtable(L, 0, (int)it.n);
+    t = lua_gettop(L);
+    for (i = 0; i < it.n; i++) {
+      const uint8_t *kat = d->p;
+      dec_value(d, depth + 1, &kh);
+      if (lua_isnil(L, -1) ||
+          (lua_type(L, -1) == LUA_TNUMBER && isnan(lua_tonumber(L, -1)))) {
+        d->p = kat;
+        dec_fail(d, "map key that Lua cannot hold (nil or NaN)");
+      }
+      if (lua_istable(L, -1)) {
+        d->p = kat;
+        dec_fail(d, "map key that is a container");
+      }
+      dec_value(d, depth + 1, &vh);
+      if (kh.kind || vh.kind || lua_isnil(L, -1)) {
+        if (!mt)
+          mt = own_mt(L, t, "map");
+        k = lua_gettop(L) - 1;
+        v = k + 1;
+        if (kh.kind)
+          record(L, mt, "khints", k, 0, &kh);
+        if (lua_isnil(L, v)) {
+          vh.kind = 'n';
+          record(L, mt, "hints", k, 0, &vh);
+        } else if (vh.kind) {
+          record(L, mt, "hints", k, 0, &vh);
+          record(L, mt, "orig", k, v, NULL);
+        }
+      }
+      lua_rawset(L, t);
+    }
+    if (mt) {
+      lua_setmetatable(L, t);
+    } else {
+      lua_pushvalue(L, shared_get(&d->sh, SH_MAP));
+      lua_setmetatable(L, t);
+    }
+    break;
+  }
+  default:
+    d->p = at;
+    dec_fail(d, "invalid byte");
+  }
+}
+
+void sl_luacodec_push(lua_State *L, const uint8_t *p, size_t len,
+                      sl_luacodec_check check) {
+  struct dec d;
+  struct hint h;
+  int base;
+
+  luaL_checkstack(L, 12, "msgpack");
+  shared_open(L, &d.sh);
+  base = d.sh.base + 2;
+  d.L = L;
+  d.p = d.start = p;
+  d.end = p + len;
+  d.check = check;
+  d.steps = 0;
+  dec_value(&d, 0, &h);
+  if (d.p != d.end)
+    dec_fail(&d, "trailing bytes");
+  lua_replace(L, base - 2);
+  lua_pop(L, 2);
+}
+
+/* ---- Lua -> msgpack ---------------------------------------------------- */
+
+struct enc {
+  lua_State *L;
+  struct sl_buf *out;
+  sl_luacodec_check check;
+  unsigned steps;
+  struct shared sh;
+};
+
+static void put(struct enc *e, int rc) {
+  if (rc != 0)
+    luaL_error(e->L, rc == SL_E2BIG ? "value too large for msgpack"
+                                    : "not enough memory");
+}
+
+static void put_number(struct enc *e, double v, const struct hint *h) {
+  if (h->kind == 'f') {
+    put(e, sl_codec_put_double(e->out, v));
+  } else if (h->kind == 's') {
+    float f = (float)v;
+    uint32_t b;
+    uint8_t raw[5];
+    memcpy(&b, &f, 4);
+    raw[0] = 0xca;
+    raw[1] = (uint8_t)(b >> 24);
+    raw[2] = (uint8_t)(b >> 16);
+    raw[3] = (uint8_t)(b >> 8);
+    raw[4] = (uint8_t)b;
+    put(e, sl_buf_append(e->out, raw, 5));
+  } else if (h->kind == 'i') {
+    put(e, sl_codec_put_int(e->out, (int64_t)h->bits));
+  } else if (h->kind == 'u') {
+    put(e, sl_codec_put_uint(e->out, h->bits));
+  } else if (would_be_int(v)) {
+    if (v < 0)
+      put(e, sl_codec_put_int(e->out, (int64_t)v));
+    else
+      put(e, sl_codec_put_uint(e->out, (uint64_t)v));
+  } else {
+    put(e, sl_codec_put_double(e->out, v));
+  }
+}
+
+static void put_ext(struct enc *e, int type, const char *s, size_t n) {
+  uint8_t h[6];
+  size_t hl;
+
+  if (n > UINT32_MAX)
+    luaL_error(e->L, "value too large for msgpack");
+  if (n == 1 || n == 2 || n == 4 || n == 8 || n == 16) {
+    h[0] = (uint8_t)(n == 1 ? 0xd4 : n == 2 ? 0xd5 : n == 4 ? 0xd6
+                                 : n == 8 ? 0xd7 : 0xd8);
+    h[1] = (uint8_t)type;
+    hl = 2;
+  } else if (n <= 0xff) {
+    h[0] = 0xc7, h[1] = (uint8_t)n, h[2] = (uint8_t)type, hl = 3;
+  } else if (n <= 0xffff) {
+    h[0] = 0xc8, h[1] = (uint8_t)(n >> 8), h[2] = (uint8_t)n;
+    h[3] = (uint8_t)type, hl = 4;
+  } else {
+    h[0] = 0xc9, h[1] = (uint8_t)(n >> 24), h[2] = (uint8_t)(n >> 16);
+    h[3] = (uint8_t)(n >> 8), h[4] = (uint8_t)n, h[5] = (uint8_t)type;
+    hl = 6;
+  }
+  put(e, sl_buf_append(e->out, h, hl));
+  put(e, sl_buf_append(e->out, s, n));
+}
+
+/* Count the entries of the table at t; *seq tells whether its keys are
+ * exactly 1..n. */
+static uint32_t count_entries(lua_State *L, int t, int *seq) {
+  uint64_t n = 0;
+  double max = 0;
+  int ints = 1;
+
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    n++;
+    if (ints) {
+      if (lua_type(L, -2) == LUA_TNUMBER) {
+        double k = lua_tonumber(L, -2);
+        if (k >= 1 && k == floor(k)) {
+          if (k > max)
+            max = k;
+        } else {
+          ints = 0;
+        }
+      } else {
+        ints = 0;
+      }
+    }
+    lua_pop(L, 1);
+  }
+  if (n > UINT32_MAX)
+    luaL_error(L, "table too large for msgpack");
+  *seq = n > 0 && ints && max == (double)n;
+  return (uint32_t)n;
+}
+
+/* Keys with a nil hint whose value is still nil: encoded as nil values. */
+static uint32_t count_nil_hints(lua_State *L, int t, int hints) {
+  uint32_t n = 0;
+
+  if (lua_isnil(L, hints))
+    return 0;
+  lua_pushnil(L);
+  while (lua_next(L, hints)) {
+    if (lua_type(L, -1) == LUA_TSTRING && lua_tostring(L, -1)[0] == 'n') {
+      lua_pushvalue(L, -2);
+      lua_rawget(L, t);
+      if (lua_isnil(L, -1))
+        n++;
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  return n;
+}
+
+static void enc_value(struct enc *e, int idx, int depth, const struct hint *h);
+
+static void enc_key(struct enc *e, int idx, const struct hint *h) {
+  lua_State *L = e->L;
+  int t = lua_type(L, idx);
+
+  if (t == LUA_TSTRING || t == LUA_TNUMBER || t == LUA_TBOOLEAN)
+    enc_value(e, idx, 0, h);
+  else
+    luaL_error(L, "cannot encode a %s as a map key", lua_typename(L, t));
+}
+
+static void enc_table(struct enc *e, int t, int depth) {
+  lua_State *L = e->L;
+  int mt, seq = 0, hints, orig, kh;
+  enum tkind k;
+  size_t n;
+
+  if (depth >= SL_CODEC_MAX_DEPTH)
+    luaL_error(L, "cannot encode: nesting deeper than %d (a cycle?)",
+               SL_CODEC_MAX_DEPTH);
+  luaL_checkstack(L, 12, "msgpack nesting");
+  k = table_kind_sh(L, t, &mt, &e->sh);
+  if (mt == 0)
+    lua_pushnil(L); /* keep the stack shape the same */
+  if (k == T_BIN || k == T_FLOAT) {
+    lua_rawgeti(L, t, 1);
+    if (k == T_BIN && lua_type(L, -1) == LUA_TSTRING) {
+      const char *s = lua_tolstring(L, -1, &n);
+      put(e, sl_codec_put_bin(e->out, s, n));
+    } else if (k == T_FLOAT && lua_type(L, -1) == LUA_TNUMBER) {
+      put(e, sl_codec_put_double(e->out, lua_tonumber(L, -1)));
+    } else {
+      luaL_error(L, "cannot encode a broken %s box",
+                 k == T_BIN ? "binary" : "float");
+    }
+    lua_pop(L, 2);
+    return;
+  }
+  if (k == T_EXT) {
+    const char *s;
+    rawfield(L, t, "type");
+    rawfield(L, t, "data");
+    if (lua_type(L, -2) != LUA_TNUMBER || lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "cannot encode an ext without a numeric type and "
+                    "string data");
+    s = lua_tolstring(L, -1, &n);
+    put_ext(e, (int)lua_tointeger(L, -2), s, n);
+    lua_pop(L, 3);
+    return;
+  }
+  push_field(L, mt, "hints");
+  hints = lua_gettop(L);
+  push_field(L, mt, "orig");
+  orig = lua_gettop(L);
+  push_field(L, mt, "khints");
+  kh = lua_gettop(L);
+  if (k == T_SEQ) {
+    count_entries(L, t, &seq);
+    k = seq ? T_ARRAY : T_MAP;
+  }
+  if (k == T_ARRAY) {
+    uint32_t i;
+    size_t len = lua_objlen(L, t);
+    if (mt > 0) {
+      rawfield(L, mt, "n");
+      if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) > (double)len &&
+          lua_tonumber(L, -1) <= (double)UINT32_MAX)
+        len = (size_t)lua_tonumber(L, -1);
+      lua_pop(L, 1);
+    }
+    if (len > UINT32_MAX)
+      luaL_error(L, "table too large for msgpack");
+    put(e, sl_codec_put_array(e->out, (uint32_t)len));
+    for (i = 1; i <= len; i++) {
+      struct hint h;
+      lua_pushinteger(L, (lua_Integer)i);
+      lua_rawgeti(L, t, (int)i);
+      h = hint_for(L, hints, orig, lua_gettop(L) - 1, lua_gettop(L));
+      enc_value(e, lua_gettop(L), depth + 1, &h);
+      lua_pop(L, 2);
+    }
+  } else {
+    uint32_t c = count_entries(L, t, &seq) + count_nil_hints(L, t, hints);
+    put(e, sl_codec_put_map(e->out, c));
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+      int ki = lua_gettop(L) - 1, vi = ki + 1;
+      struct hint khh = khint_for(L, kh, ki), vh;
+      enc_key(e, ki, &khh);
+      vh = hint_for(L, hints, orig, ki, vi);
+      enc_value(e, vi, depth + 1, &vh);
+      lua_pop(L, 1);
+    }
+    if (!lua_isnil(L, hints)) {
+      lua_pushnil(L);
+      while (lua_next(L, hints)) {
+        if (lua_type(L, -1) == LUA_TSTRING && lua_tostring(L, -1)[0] == 'n') {
+          lua_pushvalue(L, -2);
+          lua_rawget(L, t);
+          if (lua_isnil(L, -1)) {
+            struct hint khh = khint_for(L, kh, lua_gettop(L) - 2);
+            enc_key(e, lua_gettop(L) - 2, &khh);
+            put(e, sl_codec_put_nil(e->out));
+          }
+          lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+      }
+    }
+  }
+  lua_pop(L, 4); /* mt (or its nil stand-in), hints, orig, khints */
+}
+
+static void enc_value(struct enc *e, int idx, int depth, const struct hint *h) {
+  lua_State *L = e->L;
+  size_t n;
+  const char *s;
+
+  if (e->check && (++e->steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
+    e->check(L);
+  switch (lua_type(L, idx)) {
+  case LUA_TNIL:
+    put(e, sl_codec_put_nil(e->out));
+    break;
+  case LUA_TBOOLEAN:
+    put(e, sl_codec_put_bool(e->out, lua_toboolean(L, idx)));
+    break;
+  case LUA_TNUMBER:
+    put_number(e, lua_tonumber(L, idx), h);
+    break;
+  case LUA_TSTRING:
+    s = lua_tolstring(L, idx, &n);
+    if (h->kind == 'b')
+      put(e, sl_codec_put_bin(e->out, s, n));
+    else
+      put(e, sl_codec_put_str(e->out, s, n));
+    break;
+  case LUA_TTABLE:
+    enc_table(e, idx, depth);
+    break;
+  default:
+    luaL_error(L, "cannot encode a %s value",
+               lua_typename(L, lua_type(L, idx)));
+  }
+}
+
+void sl_luacodec_encode(lua_State *L, int idx, struct sl_buf *out,
+                        sl_luacodec_check check) {
+  struct enc e;
+  struct hint none = {0, 0};
+
+  if (idx < 0 && idx > LUA_REGISTRYINDEX)
+    idx = lua_gettop(L) + idx + 1;
+  luaL_checkstack(L, 12, "msgpack");
+  e.L = L;
+  e.out = out;
+  e.check = check;
+  e.steps = 0;
+  shared_open(L, &e.sh);
+  enc_value(&e, idx, 0, &none);
+  lua_pop(L, 3);
+}
+
+/* ---- comparing a Lua value with msgpack bytes -------------------------- */
+
+static int same_value(lua_State *L, int idx, const uint8_t **pp,
+                      const uint8_t *end, const struct hint *h, int lenient,
+                      int depth, struct shared *sh);
+
+/* Push the Lua value a msgpack map key decodes to; 0 when it cannot be a
+ * Lua key. */
+static int push_key(lua_State *L, const struct item *it) {
+  switch (it->t) {
+  case M_STR: case M_BIN:
+    lua_pushlstring(L, (const char *)it->s, it->n);
+    return 1;
+  case M_UINT: lua_pushnumber(L, (lua_Number)it->u); return 1;
+  case M_INT: lua_pushnumber(L, (lua_Number)it->i); return 1;
+  case M_F32: lua_pushnumber(L, (lua_Number)it->f); return 1;
+  case M_F64:
+    if (isnan(it->d))
+      return 0;
+    lua_pushnumber(L, it->d);
+    return 1;
+  case M_BOOL: lua_pushboolean(L, it->b); return 1;
+  default: return 0;
+  }
+}
+
+static int same_table(lua_State *L, int t, const struct item *it,
+                      const uint8_t **pp, const uint8_t *end, int depth,
+                      struct shared *sh) {
+  int mt, seq, hints, orig, ok = 1;
+  enum tkind k;
+  uint32_t i;
+
+  if (depth >= SL_CODEC_MAX_DEPTH || !lua_checkstack(L, 12))
+    return 0;
+  k = table_kind_sh(L, t, &mt, sh);
+  if (mt == 0)
+    lua_pushnil(L);
+  if (k == T_SEQ) {
+    count_entries(L, t, &seq);
+    k = seq ? T_ARRAY : T_MAP;
+  }
+  if ((it->t == M_ARR && k != T_ARRAY) || (it->t == M_MAP && k != T_MAP)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  push_field(L, mt, "hints");
+  hints = lua_gettop(L);
+  push_field(L, mt, "orig");
+  orig = hints + 1;
+  if (it->t == M_ARR) {
+    size_t len = lua_objlen(L, t);
+    if (mt > 0) {
+      rawfield(L, mt, "n");
+      if (lua_type(L, -1) == LUA_TNUMBER && lua_tonumber(L, -1) > (double)len)
+        len = (size_t)lua_tonumber(L, -1);
+      lua_pop(L, 1);
+    }
+    ok = len == it->n;
+    for (i = 1; ok && i <= it->n; i++) {
+      struct hint h;
+      lua_pushinteger(L, (lua_Integer)i);
+      lua_rawgeti(L, t, (int)i);
+      h = hint_for(L, hints, orig, lua_gettop(L) - 1, lua_gettop(L));
+      ok = same_value(L, lua_gettop(L), pp, end, &h, 0, depth + 1, sh);
+      lua_pop(L, 2);
+    }
+  } else {
+    int s;
+    ok = count_entries(L, t, &s) + count_nil_hints(L, t, hints) == it->n;
+    for (i = 0; ok && i < it->n; i++) {
+      struct item key;
+      struct hint h;
+      if (mp_read(pp, end, &key) != 0 || !push_key(L, &key))
+        ok = 0;
+      if (!ok)
+        break;
+      lua_pushvalue(L, -1);
+      lua_rawget(L, t);
+      h = hint_for(L, hints, orig, lua_gettop(L) - 1, lua_gettop(L));
+      ok = same_value(L, lua_gettop(L), pp, end, &h, 0, depth + 1, sh);
+      lua_pop(L, 2);
+    }
+  }
+  lua_pop(L, 3);
+  return ok;
+}
+
+static int same_value(lua_State *L, int idx, const uint8_t **pp,
+                      const uint8_t *end, const struct hint *h, int lenient,
+                      int depth, struct shared *sh) {
+  struct item it;
+  int type = lua_type(L, idx);
+  double v = type == LUA_TNUMBER ? lua_tonumber(L, idx) : 0;
+  size_t n;
+  const char *s;
+
+  if (mp_read(pp, end, &it) != 0)
+    return 0;
+  switch (it.t) {
+  case M_NIL:
+    return type == LUA_TNIL;
+  case M_BOOL:
+    return type == LUA_TBOOLEAN && lua_toboolean(L, idx) == it.b;
+  case M_INT: case M_UINT: {
+    int big = it.t == M_UINT ? it.u > (uint64_t)TWO53
+                             : (it.i > (int64_t)TWO53 || it.i < -(int64_t)TWO53);
+    double x = it.t == M_UINT ? (double)it.u : (double)it.i;
+    if (type != LUA_TNUMBER || v != x)
+      return 0;
+    if (h->kind == 'f' || h->kind == 's')
+      return 0;
+    if (!big)
+      return 1;
+    if (lenient)
+      return 1;
+    return (h->kind == 'i' || h->kind == 'u') &&
+           h->bits == (it.t == M_UINT ? it.u : (uint64_t)it.i);
+  }
+  case M_F32:
+    if (type != LUA_TNUMBER || (float)v != it.f)
+      return 0;
+    return h->kind == 's' || lenient;
+  case M_F64:
+    if (type == LUA_TTABLE) {
+      int mt, ok;
+      if (table_kind(L, idx, &mt) != T_FLOAT) {
+        if (mt)
+          lua_pop(L, 1);
+        return 0;
+      }
+      lua_rawgeti(L, idx, 1);
+      ok = lua_type(L, -1) == LUA_TNUMBER &&
+           memcmp(&(double){lua_tonumber(L, -1)}, &it.d, 8) == 0;
+      lua_pop(L, 2);
+      return ok;
+    }
+    if (type != LUA_TNUMBER)
+      return 0;
+    if (would_be_int(v))
+      return v == it.d && (h->kind == 'f' || lenient);
+    if (isnan(v) && isnan(it.d))
+      return 1;
+    return memcmp(&v, &it.d, 8) == 0 && h->kind != 's';
+  case M_STR:
+    if (type != LUA_TSTRING || h->kind == 'b')
+      return 0;
+    s = lua_tolstring(L, idx, &n);
+    return n == it.n && memcmp(s, it.s, n) == 0;
+  case M_BIN:
+    if (type == LUA_TTABLE) {
+      int mt, ok;
+      if (table_kind(L, idx, &mt) != T_BIN) {
+        if (mt)
+          lua_pop(L, 1);
+        return 0;
+      }
+      lua_rawgeti(L, idx, 1);
+      s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+      ok = s && n == it.n && memcmp(s, it.s, n) == 0;
+      lua_pop(L, 2);
+      return ok;
+    }
+    if (type != LUA_TSTRING || !(h->kind == 'b' || lenient))
+      return 0;
+    s = lua_tolstring(L, idx, &n);
+    return n == it.n && memcmp(s, it.s, n) == 0;
+  case M_EXT: {
+    int mt, ok;
+    if (type != LUA_TTABLE)
+      return 0;
+    if (table_kind(L, idx, &mt) != T_EXT) {
+      if (mt)
+        lua_pop(L, 1);
+      return 0;
+    }
+    rawfield(L, idx, "type");
+    rawfield(L, idx, "data");
+    s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+    ok = lua_type(L, -2) == LUA_TNUMBER && lua_tonumber(L, -2) == it.ext &&
+         s && n == it.n && memcmp(s, it.s, n) == 0;
+    lua_pop(L, 3);
+    return ok;
+  }
+  case M_ARR: case M_MAP:
+    if (type != LUA_TTABLE)
+      return 0;
+    return same_table(L, idx, &it, pp, end, depth, sh);
+  default:
+    return 0;
+  }
+}
+
+int sl_luacodec_same(lua_State *L, int idx, const uint8_t *p, size_t len) {
+  const uint8_t *q = p;
+  struct hint none = {0, 0};
+  struct shared sh;
+  int top = lua_gettop(L), ok;
+
+  if (idx < 0 && idx > LUA_REGISTRYINDEX)
+    idx = top + idx + 1;
+  if (!lua_checkstack(L, 16))
+    return 0;
+  shared_open(L, &sh);
+  ok = same_value(L, idx, &q, p + len, &none, 1, 0, &sh) && q == p + len;
+  lua_settop(L, top);
+  return ok;
+}
+
+/* ---- JSON -> Lua --------------------------------------------------------- */
+
+struct jdec {
+  lua_State *L;
+  const char *s, *p, *end;
+  sl_luacodec_check check;
+  unsigned steps;
+  struct shared sh;
+};
+
+static void jfail(struct jdec *d, const char *what) {
+  luaL_error(d->L, "json: %s at byte %d", what, (int)(d->p - d->s));
+}
+
+static void jspace(struct jdec *d) {
+  while (d->p < d->end &&
+         (*d->p == ' ' || *d->p == '\t' || *d->p == '\n' || *d->p == '\r'))
+    d->p++;
+}
+
+static int hexval(int c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+static long jhex4(struct jdec *d) {
+  long v = 0;
+  int i, x;
+
+  if (d->end - d->p < 4)
+    jfail(d, "short \\u escape");
+  for (i = 0; i < 4; i++) {
+    x = hexval((unsigned char)d->p[i]);
+    if (x < 0)
+      jfail(d, "bad \\u escape");
+    v = v * 16 + x;
+  }
+  d->p += 4;
+  return v;
+}
+
+static void jstring(struct jdec *d) {
+  lua_State *L = d->L;
+  const char *q = ++d->p;
+  luaL_Buffer b;
+
+  while (q < d->end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20)
+    q++;
+  if (q < d->end && *q == '"') { /* the common case: no escapes */
+    lua_pushlstring(L, d->p, (size_t)(q - d->p));
+    d->p = q + 1;
+    return;
+  }
+  luaL_buffinit(L, &b);
+  for (;;) {
+    unsigned char c;
+    if (d->p >= d->end)
+      jfail(d, "unterminated string");
+    c = (unsigned char)*d->p;
+    if (c == '"') {
+      d->p++;
+      break;
+    }
+    if (c < 0x20)
+      jfail(d, "control character in string");
+    if (c != '\\') {
+      luaL_addchar(&b, (char)c);
+      d->p++;
+      continue;
+    }
+    if (++d->p >= d->end)
+      jfail(d, "unterminated string");
+    c = (unsigned char)*d->p++;
+    switch (c) {
+    case '"': luaL_addchar(&b, '"'); break;
+    case '\\': luaL_addchar(&b, '\\'); break;
+    case '/': luaL_addchar(&b, '/'); break;
+    case 'b': luaL_addchar(&b, '\b'); break;
+    case 'f': luaL_addchar(&b, '\f'); break;
+    case 'n': luaL_addchar(&b, '\n'); break;
+    case 'r': luaL_addchar(&b, '\r'); break;
+    case 't': luaL_addchar(&b, '\t'); break;
+    case 'u': {
+      long cp = jhex4(d);
+      char u[4];
+      int n;
+      if (cp >= 0xd800 && cp <= 0xdbff && d->end - d->p >= 6 &&
+          d->p[0] == '\\' && d->p[1] == 'u') {
+        const char *save = d->p;
+        long lo;
+        d->p += 2;
+        lo = jhex4(d);
+        if (lo >= 0xdc00 && lo <= 0xdfff)
+          cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+        else
+          d->p = save;
+      }
+      if (cp >= 0xd800 && cp <= 0xdfff)
+        cp = 0xfffd; /* a lone surrogate */
+      if (cp < 0x80) {
+        u[0] = (char)cp, n = 1;
+      } else if (cp < 0x800) {
+        u[0] = (char)(0xc0 | (cp >> 6)), u[1] = (char)(0x80 | (cp & 0x3f));
+        n = 2;
+      } else if (cp < 0x10000) {
+        u[0] = (char)(0xe0 | (cp >> 12));
+        u[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        u[2] = (char)(0x80 | (cp & 0x3f));
+        n = 3;
+      } else {
+        u[0] = (char)(0xf0 | (cp >> 18));
+        u[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+        u[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        u[3] = (char)(0x80 | (cp & 0x3f));
+        n = 4;
+      }
+      luaL_addlstring(&b, u, (size_t)n);
+      break;
+    }
+    default:
+      d->p--;
+      jfail(d, "bad escape");
+    }
+  }
+  luaL_pushresult(&b);
+}
+
+static void jnumber(struct jdec *d, struct hint *h) {
+  const char *q = d->p;
+  int isfloat = 0;
+  char tmp[64];
+  size_t n;
+
+  if (q < d->end && *q == '-')
+    q++;
+  if (q >= d->end || !(*q >= '0' && *q <= '9'))
+    jfail(d, "bad number");
+  if (*q == '0' && q + 1 < d->end && q[1] >= '0' && q[1] <= '9')
+    jfail(d, "leading zero");
+  while (q < d->end && *q >= '0' && *q <= '9')
+    q++;
+  if (q < d->end && *q == '.') {
+    isfloat = 1;
+    q++;
+    if (q >= d->end || !(*q >= '0' && *q <= '9'))
+      jfail(d, "bad fraction");
+    while (q < d->end && *q >= '0' && *q <= '9')
+      q++;
+  }
+  if (q < d->end && (*q == 'e' || *q == 'E')) {
+    isfloat = 1;
+    q++;
+    if (q < d->end && (*q == '+' || *q == '-'))
+      q++;
+    if (q >= d->end || !(*q >= '0' && *q <= '9'))
+      jfail(d, "bad exponent");
+    while (q < d->end && *q >= '0' && *q <= '9')
+      q++;
+  }
+  n = (size_t)(q - d->p);
+  if (n >= sizeof(tmp))
+    isfloat = 1; /* too many digits for any int64 */
+  if (n >= sizeof(tmp)) {
+    char *big = malloc(n + 1);
+    double v;
+    if (big == NULL)
+      luaL_error(d->L, "not enough memory");
+    memcpy(big, d->p, n);
+    big[n] = 0;
+    v = strtod(big, NULL);
+    free(big);
+    lua_pushnumber(d->L, v);
+    if (would_be_int(v))
+      h->kind = 'f';
+    d->p = q;
+    return;
+  }
+  memcpy(tmp, d->p, n);
+  tmp[n] = 0;
+  d->p = q;
+  if (!isfloat) {
+    errno = 0;
+    if (tmp[0] == '-') {
+      long long v = strtoll(tmp, NULL, 10);
+      if (errno == 0) {
+        struct item it = {.t = M_INT, .i = v};
+        push_number(d->L, &it, h);
+        return;
+      }
+    } else {
+      unsigned long long v = strtoull(tmp, NULL, 10);
+      if (errno == 0) {
+        struct item it = {.t = M_UINT, .u = v};
+        push_number(d->L, &it, h);
+        return;
+      }
+    }
+  }
+  {
+    double v = strtod(tmp, NULL);
+    lua_pushnumber(d->L, v);
+    if (would_be_int(v))
+      h->kind = 'f';
+  }
+}
+
+static int b64val(int c) {
+  if (c >= 'A' && c <= 'Z')
+    return c - 'A';
+  if (c >= 'a' && c <= 'z')
+    return c - 'a' + 26;
+  if (c >= '0' && c <= '9')
+    return c - '0' + 52;
+  if (c == '+' || c == '-')
+    return 62;
+  if (c == '/' || c == '_')
+    return 63;
+  return -1;
+}
+
+/* Replace the base64 string on top with its bytes; 0 when it is not. */
+static int unbase64(lua_State *L) {
+  size_t n, i;
+  const char *s = lua_tolstring(L, -1, &n);
+  luaL_Buffer b;
+  uint32_t acc = 0;
+  int bits = 0;
+
+  while (n > 0 && s[n - 1] == '=')
+    n--;
+  for (i = 0; i < n; i++)
+    if (b64val((unsigned char)s[i]) < 0)
+      return 0;
+  luaL_buffinit(L, &b);
+  for (i = 0; i < n; i++) {
+    acc = (acc << 6) | (uint32_t)b64val((unsigned char)s[i]);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      luaL_addchar(&b, (char)((acc >> bits) & 0xff));
+    }
+  }
+  luaL_pushresult(&b);
+  lua_remove(L, -2);
+  return 1;
+}
+
+static void jvalue(struct jdec *d, int depth, struct hint *h);
+
+/* Copy the hints of element i of the pair array at pair (absolute) into
+ * the map's metatable at mt as a key or value record. */
+static struct hint pair_hint(lua_State *L, int pair, int i) {
+  struct hint h = {0, 0};
+  int mt;
+  table_kind(L, pair, &mt);
+  if (mt) {
+    int hints, orig;
+    push_field(L, mt, "hints");
+    hints = lua_gettop(L);
+    push_field(L, mt, "orig");
+    orig = hints + 1;
+    lua_pushinteger(L, i);
+    lua_rawgeti(L, pair, i);
+    h = hint_for(L, hints, orig, lua_gettop(L) - 1, lua_gettop(L));
+    lua_pop(L, 5);
+  }
+  return h;
+}
+
+/* The object just parsed (a table on top, one key) may be a marker:
+ * replace it with what it stands for. Sets *h for scalars. */
+static void junmark(struct jdec *d, struct hint *h) {
+  lua_State *L = d->L;
+  int t = lua_gettop(L), ok = 0;
+  const char *k;
+
+  lua_pushnil(L);
+  if (!lua_next(L, t))
+    return;
+  if (lua_type(L, -2) != LUA_TSTRING) {
+    lua_pop(L, 2);
+    return;
+  }
+  k = lua_tostring(L, -2);
+  if (strcmp(k, "$bin") == 0 && lua_type(L, -1) == LUA_TSTRING) {
+    if (unbase64(L)) {
+      h->kind = 'b';
+      ok = 1;
+    }
+  } else if (strcmp(k, "$float") == 0 && lua_type(L, -1) == LUA_TSTRING) {
+    const char *s = lua_tostring(L, -1);
+    double v = strcmp(s, "nan") == 0 ? NAN
+               : strcmp(s, "inf") == 0 ? INFINITY
+               : strcmp(s, "-inf") == 0 ? -INFINITY : 0;
+    if (v != 0) {
+      lua_pop(L, 1);
+      lua_pushnumber(L, v);
+      ok = 1;
+    }
+  } else if (strcmp(k, "$ext") == 0 && lua_istable(L, -1)) {
+    int a = lua_gettop(L);
+    lua_rawgeti(L, a, 1);
+    lua_rawgeti(L, a, 2);
+    if (lua_type(L, -2) == LUA_TNUMBER && lua_type(L, -1) == LUA_TSTRING &&
+        unbase64(L)) {
+      lua_createtable(L, 0, 2);
+      lua_pushvalue(L, -3);
+      lua_setfield(L, -2, "type");
+      lua_pushvalue(L, -2);
+      lua_setfield(L, -2, "data");
+      lua_pushvalue(L, shared_get(&d->sh, SH_EXT));
+      lua_setmetatable(L, -2);
+      lua_replace(L, a);
+      ok = 1;
+    }
+    lua_settop(L, a);
+  } else if (strcmp(k, "$map") == 0 && lua_istable(L, -1)) {
+    int a = lua_gettop(L), m, mt = 0;
+    size_t i, n = lua_objlen(L, a);
+    lua_createtable(L, 0, (int)n);
+    m = lua_gettop(L);
+    ok = 1;
+    for (i = 1; ok && i <= n; i++) {
+      int pair;
+      struct hint kh, vh;
+      lua_rawgeti(L, a, (int)i);
+      pair = lua_gettop(L);
+      if (!lua_istable(L, pair) || lua_objlen(L, pair) < 1) {
+        ok = 0;
+        break;
+      }
+      lua_rawgeti(L, pair, 1);
+      lua_rawgeti(L, pair, 2);
+      if (lua_isnil(L, -2) || lua_istable(L, -2) ||
+          (lua_type(L, -2) == LUA_TNUMBER && isnan(lua_tonumber(L, -2)))) {
+        ok = 0;
+        break;
+      }
+      kh = pair_hint(L, pair, 1);
+      vh = pair_hint(L, pair, 2);
+      if (kh.kind || vh.kind || lua_isnil(L, -1)) {
+        if (!mt) {
+          lua_createtable(L, 0, 4);
+          lua_pushliteral(L, "map");
+          lua_setfield(L, -2, "__sluice");
+          lua_insert(L, m + 1);
+          mt = m + 1;
+          pair++;
+        }
+        if (kh.kind)
+          record(L, mt, "khints", pair + 1, 0, &kh);
+        if (lua_isnil(L, -1)) {
+          vh.kind = 'n';
+          record(L, mt, "hints", pair + 1, 0, &vh);
+        } else if (vh.kind) {
+          record(L, mt, "hints", pair + 1, 0, &vh);
+          record(L, mt, "orig", pair + 1, pair + 2, NULL);
+        }
+      }
+      lua_rawset(L, m);
+      lua_pop(L, 1);
+    }
+    if (ok) {
+      if (mt)
+        lua_pushvalue(L, mt);
+      else
+        lua_pushvalue(L, shared_get(&d->sh, SH_MAP));
+      lua_setmetatable(L, m);
+      lua_pushvalue(L, m);
+      lua_replace(L, a);
+    }
+    lua_settop(L, a);
+  }
+  if (ok) {
+    lua_replace(L, t); /* the value stands in for the object */
+    lua_settop(L, t);
+  } else {
+    lua_settop(L, t);
+  }
+}
+
+static void jvalue(struct jdec *d, int depth, struct hint *h) {
+  lua_State *L = d->L;
+
+  h->kind = 0;
+  if (d->check && (++d->steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
+    d->check(L);
+  jspace(d);
+  if (d->p >= d->end)
+    jfail(d, "unexpected end");
+  switch (*d->p) {
+  case '"':
+    jstring(d);
+    return;
+  case '{': {
+    int t, mt = 0, n = 0;
+    if (depth >= SL_CODEC_MAX_DEPTH)
+      jfail(d, "nesting too deep");
+    luaL_checkstack(L, 10, "json nesting");
+    d->p++;
+    lua_newtable(L);
+    t = lua_gettop(L);
+    jspace(d);
+    if (d->p < d->end && *d->p == '}') {
+      d->p++;
+    } else {
+      for (;;) {
+        struct hint vh;
+        jspace(d);
+        if (d->p >= d->end || *d->p != '"')
+          jfail(d, "expected a string key");
+        jstring(d);
+        jspace(d);
+        if (d->p >= d->end || *d->p != ':')
+          jfail(d, "expected ':'");
+        d->p++;
+        jvalue(d, depth + 1, &vh);
+        n++;
+        if (vh.kind || lua_isnil(L, -1)) {
+          if (!mt)
+            mt = own_mt(L, t, "map");
+          if (lua_isnil(L, -1)) {
+            vh.kind = 'n';
+            record(L, mt, "hints", lua_gettop(L) - 1, 0, &vh);
+          } else {
+            record(L, mt, "hints", lua_gettop(L) - 1, 0, &vh);
+            record(L, mt, "orig", lua_gettop(L) - 1, lua_gettop(L), NULL);
+          }
+        }
+        lua_rawset(L, t);
+        jspace(d);
+        if (d->p < d->end && *d->p == ',') {
+          d->p++;
+          continue;
+        }
+        if (d->p < d->end && *d->p == '}') {
+          d->p++;
+          break;
+        }
+        jfail(d, "expected ',' or '}'");
+      }
+    }
+    if (mt)
+      lua_setmetatable(L, t);
+    else {
+      lua_pushvalue(L, shared_get(&d->sh, SH_MAP));
+      lua_setmetatable(L, t);
+    }
+    if (n == 1 && !mt)
+      junmark(d, h);
+    return;
+  }
+  case '[': {
+    int t, mt = 0, hasnil = 0, i = 0;
+    if (depth >= SL_CODEC_MAX_DEPTH)
+      jfail(d, "nesting too deep");
+    luaL_checkstack(L, 10, "json nesting");
+    d->p++;
+    lua_newtable(L);
+    t = lua_gettop(L);
+    jspace(d);
+    if (d->p < d->end && *d->p == ']') {
+      d->p++;
+    } else {
+      for (;;) {
+        struct hint eh;
+        jvalue(d, depth + 1, &eh);
+        i++;
+        if (lua_isnil(L, -1))
+          hasnil = 1;
+        if (eh.kind) {
+          if (!mt)
+            mt = own_mt(L, t, "array");
+          lua_pushinteger(L, i);
+          record(L, mt, "hints", lua_gettop(L), 0, &eh);
+          record(L, mt, "orig", lua_gettop(L), lua_gettop(L) - 1, NULL);
+          lua_pop(L, 1);
+        }
+        lua_rawseti(L, t, i);
+        jspace(d);
+        if (d->p < d->end && *d->p == ',') {
+          d->p++;
+          continue;
+        }
+        if (d->p < d->end && *d->p == ']') {
+          d->p++;
+          break;
+        }
+        jfail(d, "expected ',' or ']'");
+      }
+    }
+    if (hasnil && !mt)
+      mt = own_mt(L, t, "array");
+    if (mt) {
+      lua_pushinteger(L, i);
+      lua_setfield(L, mt, "n");
+      lua_setmetatable(L, t);
+    } else {
+      lua_pushvalue(L, shared_get(&d->sh, SH_ARRAY));
+      lua_setmetatable(L, t);
+    }
+    return;
+  }
+  case 't':
+    if (d->end - d->p >= 4 && memcmp(d->p, "true", 4) == 0) {
+      d->p += 4;
+      lua_pushboolean(L, 1);
+      return;
+    }
+    break;
+  case 'f':
+    if (d->end - d->p >= 5 && memcmp(d->p, "false", 5) == 0) {
+      d->p += 5;
+      lua_pushboolean(L, 0);
+      return;
+    }
+    break;
+  case 'n':
+    if (d->end - d->p >= 4 && memcmp(d->p, "null", 4) == 0) {
+      d->p += 4;
+      lua_pushnil(L);
+      return;
+    }
+    break;
+  default:
+    if (*d->p == '-' || (*d->p >= '0' && *d->p <= '9')) {
+      jnumber(d, h);
+      return;
+    }
+  }
+  jfail(d, "unexpected character");
+}
+
+void sl_luacodec_push_json(lua_State *L, const char *s, size_t len,
+                           sl_luacodec_check check) {
+  struct jdec d;
+  struct hint h;
+  int base;
+
+  luaL_checkstack(L, 12, "json");
+  shared_open(L, &d.sh);
+  base = d.sh.base + 2;
+  d.L = L;
+  d.s = d.p = s;
+  d.end = s + len;
+  d.check = check;
+  d.steps = 0;
+  jvalue(&d, 0, &h);
+  jspace(&d);
+  if (d.p != d.end)
+    jfail(&d, "trailing characters");
+  lua_replace(L, base - 2);
+  lua_pop(L, 2);
+}
+
+/* ---- constructors for rules ---------------------------------------------- */
+
+static int l_array(lua_State *L) {
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    lua_newtable(L);
+  }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (!lua_isnoneornil(L, 2)) {
+    lua_Number n = luaL_checknumber(L, 2);
+    if (n < 0 || n != floor(n) || n > UINT32_MAX)
+      luaL_argerror(L, 2, "a length 0..2^32-1 expected");
+    lua_createtable(L, 0, 2);
+    lua_pushliteral(L, "array");
+    lua_setfield(L, -2, "__sluice");
+    lua_pushnumber(L, n);
+    lua_setfield(L, -2, "n");
+  } else {
+    push_mt(L, &array_key, "array");
+  }
+  lua_setmetatable(L, 1);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int l_map(lua_State *L) {
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    lua_newtable(L);
+  }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  push_mt(L, &map_key, "map");
+  lua_setmetatable(L, 1);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int l_bin(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TSTRING);
+  lua_createtable(L, 1, 0);
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, 1);
+  push_mt(L, &bin_key, "bin");
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+static int l_float(lua_State *L) {
+  luaL_checknumber(L, 1);
+  lua_createtable(L, 1, 0);
+  lua_pushvalue(L, 1);
+  lua_rawseti(L, -2, 1);
+  push_mt(L, &float_key, "float");
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+static int l_ext(lua_State *L) {
+  lua_Number t = luaL_checknumber(L, 1);
+  luaL_checktype(L, 2, LUA_TSTRING);
+  if (t < -128 || t > 127 || t != floor(t))
+    luaL_argerror(L, 1, "an ext type -128..127 expected");
+  lua_createtable(L, 0, 2);
+  lua_pushvalue(L, 1);
+  lua_setfield(L, -2, "type");
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, "data");
+  push_mt(L, &ext_key, "ext");
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+static const char *kind_name(lua_State *L, int idx, const struct hint *h) {
+  int mt;
+
+  switch (lua_type(L, idx)) {
+  case LUA_TNIL: return "nil";
+  case LUA_TBOOLEAN: return "boolean";
+  case LUA_TNUMBER:
+    if (h->kind == 'f')
+      return "float";
+    if (h->kind == 's')
+      return "float32";
+    if (h->kind == 'i' || h->kind == 'u')
+      return "int";
+    return would_be_int(lua_tonumber(L, idx)) ? "int" : "float";
+  case LUA_TSTRING:
+    return h->kind == 'b' ? "binary" : "string";
+  case LUA_TTABLE: {
+    enum tkind k = table_kind(L, idx, &mt);
+    int seq;
+    if (mt)
+      lua_pop(L, 1);
+    if (k == T_SEQ) {
+      count_entries(L, idx, &seq);
+      k = seq ? T_ARRAY : T_MAP;
+    }
+    return k == T_ARRAY ? "array" : k == T_MAP ? "map" : k == T_BIN ? "binary"
+           : k == T_FLOAT ? "float" : "ext";
+  }
+  default:
+    return lua_typename(L, lua_type(L, idx));
+  }
+}
+
+static int l_kind(lua_State *L) {
+  struct hint h = {0, 0};
+  int mt;
+
+  if (lua_gettop(L) < 2) {
+    lua_settop(L, 1);
+    lua_pushstring(L, kind_name(L, 1, &h));
+    return 1;
+  }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_pushvalue(L, 2);
+  lua_rawget(L, 1); /* 3: value */
+  table_kind(L, 1, &mt);
+  if (mt == 0)
+    lua_pushnil(L);
+  push_field(L, mt, "hints");
+  push_field(L, mt, "orig");
+  h = hint_for(L, 5, 6, 2, 3);
+  lua_pushstring(L, kind_name(L, 3, &h));
+  return 1;
+}
+
+void sl_luacodec_register(lua_State *L, int idx) {
+  static const luaL_Reg fns[] = {{"array", l_array}, {"map", l_map},
+                                 {"bin", l_bin},     {"float", l_float},
+                                 {"ext", l_ext},     {"kind", l_kind},
+                                 {NULL, NULL}};
+  const luaL_Reg *f;
+
+  if (idx < 0 && idx > LUA_REGISTRYINDEX)
+    idx = lua_gettop(L) + idx + 1;
+  for (f = fns; f->name; f++) {
+    lua_pushcfunction(L, f->func);
+    lua_setfield(L, idx, f->name);
+  }
+  push_mt(L, &array_key, "array");
+  push_mt(L, &map_key, "map");
+  push_mt(L, &bin_key, "bin");
+  push_mt(L, &float_key, "float");
+  push_mt(L, &ext_key, "ext");
+  lua_pop(L, 5);
+}

@@ -1,0 +1,100 @@
+/* luacodec.h - msgpack and JSON <-> Lua values, keeping msgpack types exact.
+ * Used by the rule sandbox (ev.payload, ev.headers, sluice.emit/json, state
+ * handover) and by sluice.testing. Owns nothing: buffers are the caller's,
+ * Lua values live in the caller's state.
+ *
+ * How types map, and the side records that make an untouched value
+ * round-trip to the same msgpack value:
+ *
+ *   msgpack        Lua
+ *   nil            nil
+ *   bool           boolean
+ *   int, uint      number (a double). |v| <= 2^53 is exact. A larger value
+ *                  is rounded and its exact bits kept in the side record.
+ *   float64        number. Integral values (1.0) get a side record saying
+ *                  "float", else they would come back as ints.
+ *   float32        number, side record "float32".
+ *   str            string
+ *   bin            string, side record "binary"
+ *   array          table with keys 1..n and a marker metatable
+ *                  (mt.__sluice == "array"); nil elements are kept because
+ *                  the metatable then records n (mt.n)
+ *   map            table with a marker metatable (mt.__sluice == "map");
+ *                  a nil value keeps its key through a side record
+ *   ext            table {type = t, data = s} with mt.__sluice == "ext"
+ *
+ * A side record lives in the metatable of the table that holds the value:
+ * mt.hints[k] is the kind of the value at key k ("f" float64, "s" float32,
+ * "b" binary, "n" nil, "i"/"u" followed by 8 big-endian bytes: an int64 or
+ * uint64 beyond 2^53), mt.orig[k] the value as decoded, and mt.khints[k]
+ * the kind of key k itself when it was not a plain string or integer. A
+ * hint applies only while t[k] is still rawequal to mt.orig[k] (for "n":
+ * while t[k] is nil), so a value the rule replaced is encoded by the
+ * plain rules below. Containers without special values share one marker
+ * metatable per kind; only the others get a metatable of their own.
+ *
+ * Encoding a Lua value without a side record: an integral number in the
+ * int64/uint64 range (and not -0) is an int, any other number a float64;
+ * strings are str; a table with the array marker is an array of
+ * max(mt.n, #t) elements; a table with the map marker is a map; an
+ * unmarked table is an array when its keys are exactly 1..n (n > 0) and
+ * a map otherwise (so {} is an empty map). Boxes made by the constructors
+ * (sluice.bin(s), sluice.float(x), sluice.ext(type, data)) encode as bin,
+ * float64 and ext. Functions, userdata, threads, tables as keys, NaN and
+ * nil keys and nesting deeper than SL_CODEC_MAX_DEPTH (cycles) raise.
+ *
+ * JSON uses the markers of sl_codec_to_json: {"$bin":"<base64>"},
+ * {"$float":"nan"|"inf"|"-inf"}, {"$ext":[type,"<base64>"]} and
+ * {"$map":[[k,v],...]} decode back to the msgpack type they stand for; a
+ * number with a fraction or exponent is a float, others are ints.
+ *
+ * Every function that takes a lua_State may raise a Lua error (bad input,
+ * out of memory, or check()): call it from protected code only. check, when
+ * not NULL, is called every SL_LUACODEC_CHECK_STEPS values so a rule's CPU
+ * budget can stop work on big inputs. */
+#ifndef SL_LUACODEC_H
+#define SL_LUACODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+#include "buf.h"
+
+#define SL_LUACODEC_CHECK_STEPS 1024
+
+typedef void (*sl_luacodec_check)(lua_State *L);
+
+/* Add the constructors array(t [, n]), map(t), bin(s), float(x),
+ * ext(type, data) and kind(v [, key]) to the table at index idx. kind
+ * names what a value encodes as: "nil", "boolean", "int", "float",
+ * "float32", "string", "binary", "array", "map", "ext" (with key: the
+ * value t[key], using t's side record). Idempotent per state. */
+void sl_luacodec_register(lua_State *L, int idx);
+
+/* Decode the one msgpack value that fills p[0..len) and push it. Raises on
+ * malformed input, trailing bytes or nesting deeper than
+ * SL_CODEC_MAX_DEPTH. */
+void sl_luacodec_push(lua_State *L, const uint8_t *p, size_t len,
+                      sl_luacodec_check check);
+
+/* Append the msgpack encoding of the value at idx to out. On a raised
+ * error out may hold a partial value: reset it. */
+void sl_luacodec_encode(lua_State *L, int idx, struct sl_buf *out,
+                        sl_luacodec_check check);
+
+/* Would encoding the value at idx give the same msgpack value as the one
+ * that fills p[0..len)? Same means same types and values, maps compared
+ * as sets of entries, integer widths ignored; at the top level a scalar
+ * equal in value to the original counts as the original (there is no
+ * table to hold its side record). Returns 1 or 0; p must be valid. Does
+ * not allocate unless a map key from p is no longer interned. */
+int sl_luacodec_same(lua_State *L, int idx, const uint8_t *p, size_t len);
+
+/* Parse JSON (RFC 8259, one value, whitespace around it allowed) and push
+ * the value; raises "json: <what> at byte N" on bad input. */
+void sl_luacodec_push_json(lua_State *L, const char *s, size_t len,
+                           sl_luacodec_check check);
+
+#endif

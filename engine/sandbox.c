@@ -1,0 +1,2349 @@
+/* sandbox.c - one rule file in its own sandboxed LuaJIT state (sandbox.h).
+ * Owns, per rule: the state and its byte-budget allocator (a "box"), the
+ * CPU deadline hook, the safe environment, the event userdata, the sluice
+ * API, timers, counters, rate limiters and dedup windows. */
+#include "sandbox.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <luajit.h>
+#include <openssl/evp.h>
+
+#include "codec.h"
+#include "luacodec.h"
+
+#if defined(__has_include)
+#if __has_include("pattern.h")
+#include "pattern.h"
+#define HAVE_PATTERN 1
+#endif
+#endif
+
+#define HOOK_COUNT 1000      /* VM instructions between deadline checks */
+#define MAX_TIMERS 64        /* sluice.every per state */
+#define MAX_COUNTERS 1024    /* sluice.counter series per rule */
+#define MAX_LABELS 16
+#define RATE_KEYS 8192       /* sluice.rate_limit buckets, LRU-evicted */
+#define SEEN_KEYS 65536      /* sluice.seen entries, LRU-evicted */
+#define SORT_MAX (1u << 17)  /* table.sort runs in C, where no hook fires */
+#define MAX_MODULE_NAME 128
+#define MAX_C_DEPTH 100      /* C functions re-entering Lua, nested */
+#define NIL32 UINT32_MAX
+
+/* Fixed slots at the bottom of each state's main stack, so a call into
+ * the rule needs no lookup. */
+#define SLOT_HANDLER 1
+#define SLOT_ON_EVENT 2
+#define SLOT_EVENT 3
+#define SLOT_BASE 3
+
+/* What on_event did to the event; the values live in registry slots. */
+enum {
+  EV_TOPIC = 1 << 0,      /* ev.topic set */
+  EV_KEY = 1 << 1,        /* ev.key set */
+  EV_KEY_NIL = 1 << 2,    /* ... to nil */
+  EV_HEADERS = 1 << 3,    /* ev.headers decoded or set */
+  EV_PAYLOAD = 1 << 4,    /* ev.payload decoded or set */
+  EV_PAYLOAD_NIL = 1 << 5 /* ... and it is nil */
+};
+
+struct timer {
+  int64_t due_ms, every_ms;
+  int ref;
+};
+
+/* A bounded hash of 128-bit key fingerprints with an LRU list, for
+ * rate_limit and seen. Keys are not stored: two keys collide only when
+ * both 64-bit halves of their keyed hash do. */
+struct lru_node {
+  uint64_t h1, h2;
+  double a, b; /* rate: tokens, last ns; seen: expiry ns */
+  uint32_t prev, next, chain;
+};
+
+struct lru {
+  struct lru_node *nodes;
+  uint32_t *buckets;
+  uint32_t cap, n, mask, head, tail;
+};
+
+struct counter {
+  char *name, *labels;
+  double value;
+};
+
+/* One Lua state of a rule and the allocator that budgets it. A rebuild
+ * makes a new box before the old one is closed. */
+struct box {
+  struct sl_rule *rule;
+  lua_State *L;
+  size_t used, limit;
+  uint64_t deadline; /* monotonic ns; the hook raises past it */
+  int in_call;       /* a call into Lua is running */
+  int cpu_hit;       /* the hook or a check raised for the deadline */
+  int fast_hook;     /* hook count lowered to 1 after the deadline */
+  int oom;           /* the allocator refused during this call */
+  char oom_where[256];
+  int ref_handler, ref_event, ref_on_event, ref_module, ref_snapshot,
+      ref_restore, ref_topic, ref_key, ref_headers, ref_payload, ref_drop,
+      ref_tmp;
+  int last_line; /* of the file, for contract errors */
+  int ret_type;  /* what the chunk returned */
+  int cdepth;    /* nesting of C functions that call back into Lua */
+  struct sl_event *ev; /* the event of the running on_event */
+  unsigned evflags;
+  struct sl_event *changed; /* built by finish() */
+  struct timer timers[MAX_TIMERS];
+  int ntimers;
+  char **topics;
+  int ntopics;
+};
+
+struct sl_rule {
+  char *path;
+  char hash[65];
+  char *scripts_dir, *lib_dir;
+  uint32_t cpu_budget_ms, memory_mb;
+  struct sl_rule_host host;
+  struct sl_idgen idgen; /* when the host has none */
+  struct box *box;
+  uint64_t rebuilds;
+  /* filled by the error handler */
+  int err_set;
+  char err_msg[512], err_where[256], err_tb[768];
+  /* scratch, reused between calls */
+  struct sl_buf routes, buf1, buf2, file;
+  struct counter *counters;
+  int ncounters;
+  struct lru rate, seen;
+  uint64_t seed1, seed2;
+  int64_t wall0_ns;
+  uint64_t mono0_ns;
+};
+
+static const char drop_sentinel = 0; /* its address is sluice.drop's mark */
+
+/* ---- allocator, clocks, hook --------------------------------------------- */
+
+static struct box *box_of(lua_State *L) {
+  void *ud;
+  lua_getallocf(L, &ud);
+  return ud;
+}
+
+static void where_of(lua_State *L, int level, char *buf, size_t n,
+                     const char *fallback) {
+  lua_Debug ar;
+
+  for (; lua_getstack(L, level, &ar); level++) {
+    if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+      snprintf(buf, n, "%s:%d", ar.short_src, ar.currentline);
+      return;
+    }
+  }
+  snprintf(buf, n, "%s", fallback);
+}
+
+/* Every byte of a state passes here. Growth past the limit is refused
+ * (LuaJIT raises "not enough memory"); shrinking never fails. */
+static void *box_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  struct box *b = ud;
+  void *p;
+
+  if (ptr == NULL)
+    osize = 0;
+  if (nsize == 0) {
+    free(ptr);
+    b->used -= osize;
+    return NULL;
+  }
+  if (nsize > osize && b->used - osize + nsize > b->limit) {
+    if (!b->oom && b->in_call) /* remember where, for the message */
+      where_of(b->L, 0, b->oom_where, sizeof(b->oom_where), b->rule->path);
+    b->oom = 1;
+    return NULL;
+  }
+  p = realloc(ptr, nsize);
+  if (p == NULL) {
+    if (nsize > osize)
+      return NULL;
+    p = ptr; /* a shrink that failed: keep the bigger block */
+  }
+  b->used = b->used - osize + nsize;
+  return p;
+}
+
+static uint64_t rule_mono_ns(const struct sl_rule *r) {
+  return r->host.mono_ns ? r->host.mono_ns(r->host.data) : sl_mono_ns();
+}
+
+static void on_hook(lua_State *L, lua_Debug *ar);
+
+static void cpu_raise(lua_State *L, struct box *b) {
+  char where[256];
+
+  b->cpu_hit = 1;
+  if (!b->fast_hook) { /* from now on every instruction raises */
+    b->fast_hook = 1;
+    lua_sethook(L, on_hook, LUA_MASKCOUNT, 1); /* hooks are per state */
+  }
+  where_of(L, 0, where, sizeof(where), b->rule->path);
+  lua_pushfstring(L, "%s: cpu budget of %d ms exceeded", where,
+                  (int)b->rule->cpu_budget_ms);
+  lua_error(L);
+}
+
+static void on_hook(lua_State *L, lua_Debug *ar) {
+  struct box *b = box_of(L);
+  (void)ar;
+  if (b->in_call && sl_mono_ns() >= b->deadline)
+    cpu_raise(L, b);
+}
+
+/* For C code that loops (patterns, codecs): the same deadline. */
+static void check_cpu(lua_State *L) {
+  struct box *b = box_of(L);
+  if (b->in_call && sl_mono_ns() >= b->deadline)
+    cpu_raise(L, b);
+}
+
+static void set_hook(struct box *b, int count) {
+  lua_sethook(b->L, on_hook, LUA_MASKCOUNT, count);
+}
+
+/* The error handler of every call into the rule: records message, where
+ * and a short traceback in C memory (no allocation, so it works when the
+ * state is out of memory) and returns the error object as it is. It never
+ * calls __tostring: that would run rule code after the budget. */
+static int on_error(lua_State *L) {
+  struct box *b = box_of(L);
+  struct sl_rule *r = b->rule;
+  char where[256], num[64];
+  const char *msg;
+  lua_Debug ar;
+  size_t used = 0;
+  int level, frames = 0;
+
+  where_of(L, 1, where, sizeof(where), r->path);
+  if (lua_type(L, 1) == LUA_TSTRING) {
+    msg = lua_tostring(L, 1);
+  } else if (lua_type(L, 1) == LUA_TNUMBER) {
+    snprintf(num, sizeof(num), "%.14g", lua_tonumber(L, 1));
+    msg = num;
+  } else {
+    snprintf(num, sizeof(num), "(error object is a %s value)",
+             lua_typename(L, lua_type(L, 1)));
+    msg = num;
+  }
+  { /* keep "file:line: msg" as it is, else prefix where */
+    const char *c = strchr(msg, ':');
+    int positioned = c && c > msg && c[1] >= '0' && c[1] <= '9';
+    if (positioned) {
+      c++;
+      while (*c >= '0' && *c <= '9')
+        c++;
+      positioned = c[0] == ':' && c[1] == ' ';
+    }
+    if (positioned)
+      snprintf(r->err_msg, sizeof(r->err_msg), "%s", msg);
+    else
+      snprintf(r->err_msg, sizeof(r->err_msg), "%s: %s", where, msg);
+  }
+  snprintf(r->err_where, sizeof(r->err_where), "%s", where);
+  used = (size_t)snprintf(r->err_tb, sizeof(r->err_tb), "stack traceback:");
+  for (level = 1; frames < 8 && lua_getstack(L, level, &ar); level++) {
+    const char *what;
+    char line[200];
+    if (!lua_getinfo(L, "Sln", &ar))
+      break;
+    if (*ar.what == 'm')
+      what = "in main chunk";
+    else if (ar.name)
+      what = NULL;
+    else
+      what = "in function <?>";
+    if (what == NULL)
+      snprintf(line, sizeof(line), "\n\t%s:%d: in function '%s'", ar.short_src,
+               ar.currentline, ar.name);
+    else if (*ar.what == 'C')
+      snprintf(line, sizeof(line), "\n\t[C]: %s", what);
+    else if (*ar.what == 'm')
+      snprintf(line, sizeof(line), "\n\t%s:%d: %s", ar.short_src,
+               ar.currentline, what);
+    else
+      snprintf(line, sizeof(line), "\n\t%s:%d: in function <%s:%d>",
+               ar.short_src, ar.currentline, ar.short_src, ar.linedefined);
+    if (used + strlen(line) + 1 > sizeof(r->err_tb))
+      break;
+    memcpy(r->err_tb + used, line, strlen(line) + 1);
+    used += strlen(line);
+    frames++;
+  }
+  r->err_set = 1;
+  return 1;
+}
+
+/* Call the function below nargs arguments on top of the stack under the
+ * CPU budget, with on_error as handler. Returns lua_pcall's status. */
+static int box_call(struct box *b, int nargs, int nresults) {
+  struct sl_rule *r = b->rule;
+  int st;
+
+  r->err_set = 0;
+  b->cpu_hit = 0;
+  b->oom = 0;
+  b->deadline = sl_mono_ns() + (uint64_t)r->cpu_budget_ms * 1000000u;
+  b->in_call = 1;
+  st = lua_pcall(b->L, nargs, nresults, SLOT_HANDLER);
+  b->in_call = 0;
+  if (b->fast_hook) {
+    b->fast_hook = 0;
+    set_hook(b, HOOK_COUNT);
+  }
+  return st;
+}
+
+/* Like box_call for a C function run in protected mode (lua_cpcall),
+ * which has no handler; a raised message is left in err_msg. */
+static int box_cpcall(struct box *b, lua_CFunction fn, void *ud) {
+  struct sl_rule *r = b->rule;
+  int st, keep = b->in_call;
+
+  if (!keep) {
+    r->err_set = 0;
+    b->cpu_hit = 0;
+    b->oom = 0;
+    b->deadline = sl_mono_ns() + (uint64_t)r->cpu_budget_ms * 1000000u;
+    b->in_call = 1;
+  }
+  st = lua_cpcall(b->L, fn, ud);
+  b->in_call = keep;
+  if (!keep && b->fast_hook) {
+    b->fast_hook = 0;
+    set_hook(b, HOOK_COUNT);
+  }
+  if (st != 0) {
+    const char *m = lua_tostring(b->L, -1);
+    if (st == LUA_ERRMEM)
+      snprintf(r->err_msg, sizeof(r->err_msg), "%s: not enough memory "
+               "(memory_mb=%u)", b->oom ? b->oom_where : r->path,
+               (unsigned)r->memory_mb);
+    else
+      snprintf(r->err_msg, sizeof(r->err_msg), "%s", m ? m : "error");
+    snprintf(r->err_where, sizeof(r->err_where), "%s",
+             b->oom ? b->oom_where : r->path);
+    r->err_tb[0] = 0;
+    r->err_set = 1;
+    lua_pop(b->L, 1);
+  }
+  return st;
+}
+
+/* Describe a failed call: which limit, message, where and traceback. */
+static enum sl_rule_error describe(struct box *b, int st, char *msg,
+                                   size_t msglen, char *where,
+                                   size_t wherelen, char *tb, size_t tblen) {
+  struct sl_rule *r = b->rule;
+  lua_State *L = b->L;
+  enum sl_rule_error kind = SL_RULE_ERR_RUNTIME;
+  const char *top = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+
+  if (b->cpu_hit)
+    kind = SL_RULE_ERR_CPU;
+  else if (st == LUA_ERRMEM || (b->oom && strstr(top, "not enough memory")))
+    kind = SL_RULE_ERR_MEMORY;
+  if (kind == SL_RULE_ERR_MEMORY) {
+    const char *w = b->oom ? b->oom_where : r->path;
+    snprintf(msg, msglen, "%s: not enough memory (memory_mb=%u)", w,
+             (unsigned)r->memory_mb);
+    snprintf(where, wherelen, "%s", w);
+    if (tb)
+      snprintf(tb, tblen, "%s", r->err_set ? r->err_tb : "");
+  } else if (r->err_set) {
+    snprintf(msg, msglen, "%s", r->err_msg);
+    snprintf(where, wherelen, "%s", r->err_where);
+    if (tb)
+      snprintf(tb, tblen, "%s", r->err_tb);
+  } else { /* LUA_ERRERR: the handler itself failed */
+    snprintf(msg, msglen, "%s: error in error handling%s%s", r->path,
+             *top ? ": " : "", top);
+    snprintf(where, wherelen, "%s", r->path);
+    if (tb)
+      tb[0] = 0;
+  }
+  return kind;
+}
+
+/* ---- hashing and LRU tables --------------------------------------------- */
+
+static uint64_t mix64(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return x;
+}
+
+static void hash128(const struct sl_rule *r, const char *s, size_t n,
+                    uint64_t *h1, uint64_t *h2) {
+  uint64_t a = r->seed1 ^ (uint64_t)n, b = r->seed2 + (uint64_t)n * 31;
+  uint64_t w;
+  size_t i;
+
+  for (i = 0; i + 8 <= n; i += 8) {
+    memcpy(&w, s + i, 8);
+    a = mix64(a ^ w) + 0x9e3779b97f4a7c15ULL;
+    b = mix64(b + (w * 0xbf58476d1ce4e5b9ULL)) ^ a;
+  }
+  w = 0;
+  memcpy(&w, s + i, n - i);
+  a = mix64(a ^ w ^ ((uint64_t)(n - i) << 56));
+  b = mix64(b + w + a);
+  *h1 = a;
+  *h2 = b;
+}
+
+static int lru_open(struct lru *l, uint32_t cap) {
+  uint32_t nb = 1, i;
+
+  while (nb < cap)
+    nb <<= 1;
+  l->nodes = calloc(cap, sizeof(*l->nodes));
+  l->buckets = malloc(nb * sizeof(*l->buckets));
+  if (l->nodes == NULL || l->buckets == NULL) {
+    free(l->nodes);
+    free(l->buckets);
+    l->nodes = NULL;
+    l->buckets = NULL;
+    return SL_ENOMEM;
+  }
+  for (i = 0; i < nb; i++)
+    l->buckets[i] = NIL32;
+  l->cap = cap;
+  l->mask = nb - 1;
+  l->n = 0;
+  l->head = l->tail = NIL32;
+  return 0;
+}
+
+static void lru_close(struct lru *l) {
+  free(l->nodes);
+  free(l->buckets);
+  memset(l, 0, sizeof(*l));
+}
+
+static void lru_unlink(struct lru *l, uint32_t i) {
+  struct lru_node *x = &l->nodes[i];
+  if (x->prev != NIL32)
+    l->nodes[x->prev].next = x->next;
+  else
+    l->head = x->next;
+  if (x->next != NIL32)
+    l->nodes[x->next].prev = x->prev;
+  else
+    l->tail = x->prev;
+}
+
+static void lru_front(struct lru *l, uint32_t i) {
+  struct lru_node *x = &l->nodes[i];
+  x->prev = NIL32;
+  x->next = l->head;
+  if (l->head != NIL32)
+    l->nodes[l->head].prev = i;
+  l->head = i;
+  if (l->tail == NIL32)
+    l->tail = i;
+}
+
+/* Find the node for (h1, h2), moved to the front; or NIL32. */
+static uint32_t lru_find(struct lru *l, uint64_t h1, uint64_t h2) {
+  uint32_t i = l->buckets[h1 & l->mask];
+
+  while (i != NIL32 && (l->nodes[i].h1 != h1 || l->nodes[i].h2 != h2))
+    i = l->nodes[i].chain;
+  if (i != NIL32 && l->head != i) {
+    lru_unlink(l, i);
+    lru_front(l, i);
+  }
+  return i;
+}
+
+/* Add a node for (h1, h2) at the front, evicting the least recent one
+ * when full. The node's a and b are zero. */
+static uint32_t lru_add(struct lru *l, uint64_t h1, uint64_t h2) {
+  uint32_t i, *pp;
+
+  if (l->n < l->cap) {
+    i = l->n++;
+  } else {
+    i = l->tail;
+    lru_unlink(l, i);
+    for (pp = &l->buckets[l->nodes[i].h1 & l->mask]; *pp != i;
+         pp = &l->nodes[*pp].chain)
+      ;
+    *pp = l->nodes[i].chain;
+  }
+  l->nodes[i].h1 = h1;
+  l->nodes[i].h2 = h2;
+  l->nodes[i].a = l->nodes[i].b = 0;
+  l->nodes[i].chain = l->buckets[h1 & l->mask];
+  l->buckets[h1 & l->mask] = i;
+  lru_front(l, i);
+  return i;
+}
+
+/* ---- the event userdata ------------------------------------------------- */
+
+static void push_ref(lua_State *L, int ref) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+}
+
+/* Store the value at idx in a registry slot; nil is stored as false so
+ * the slot never leaves the table (a later store must not allocate). */
+static void set_ref(lua_State *L, int ref, int idx) {
+  if (lua_isnil(L, idx))
+    lua_pushboolean(L, 0);
+  else
+    lua_pushvalue(L, idx);
+  lua_rawseti(L, LUA_REGISTRYINDEX, ref);
+}
+
+static int ev_index(lua_State *L) {
+  struct box *b = box_of(L);
+  struct sl_event *ev = b->ev;
+  const char *k;
+  size_t n;
+
+  if (ev == NULL)
+    return luaL_error(L, "the event is only valid during on_event");
+  if (lua_type(L, 2) != LUA_TSTRING)
+    return luaL_error(L, "event fields are named by strings");
+  k = lua_tolstring(L, 2, &n);
+  if (n == 5 && memcmp(k, "topic", 5) == 0) {
+    if (b->evflags & EV_TOPIC)
+      push_ref(L, b->ref_topic);
+    else
+      lua_pushlstring(L, (const char *)ev->data + ev->topic_off,
+                      ev->topic_len);
+  } else if (n == 7 && memcmp(k, "payload", 7) == 0) {
+    if (!(b->evflags & EV_PAYLOAD)) {
+      if (ev->payload_len == 0) {
+        b->evflags |= EV_PAYLOAD | EV_PAYLOAD_NIL;
+        return 0;
+      }
+      sl_luacodec_push(L, ev->data + ev->payload_off, ev->payload_len,
+                       check_cpu);
+      set_ref(L, b->ref_payload, -1);
+      b->evflags |= EV_PAYLOAD | (lua_isnil(L, -1) ? EV_PAYLOAD_NIL : 0);
+      return 1;
+    }
+    if (b->evflags & EV_PAYLOAD_NIL)
+      return 0;
+    push_ref(L, b->ref_payload);
+  } else if (n == 7 && memcmp(k, "headers", 7) == 0) {
+    if (!(b->evflags & EV_HEADERS)) {
+      if (ev->headers_len)
+        sl_luacodec_push(L, ev->data + ev->headers_off, ev->headers_len,
+                         check_cpu);
+      else
+        lua_newtable(L);
+      set_ref(L, b->ref_headers, -1);
+      b->evflags |= EV_HEADERS;
+      return 1;
+    }
+    push_ref(L, b->ref_headers);
+  } else if (n == 3 && memcmp(k, "key", 3) == 0) {
+    if (b->evflags & EV_KEY) {
+      if (b->evflags & EV_KEY_NIL)
+        return 0;
+      push_ref(L, b->ref_key);
+    } else if (ev->key_off) {
+      lua_pushlstring(L, (const char *)ev->data + ev->key_off, ev->key_len);
+    } else {
+      return 0;
+    }
+  } else if (n == 2 && memcmp(k, "id", 2) == 0) {
+    lua_pushlstring(L, (const char *)ev->data + ev->id_off, ev->id_len);
+  } else if (n == 4 && memcmp(k, "time", 4) == 0) {
+    lua_pushnumber(L, (lua_Number)ev->time / 1e6);
+  } else if (n == 5 && memcmp(k, "field", 5) == 0) {
+    lua_pushvalue(L, lua_upvalueindex(1)); /* ev:field(name) */
+  } else {
+    return luaL_error(L, "event has no field '%s' (it has id, topic, key, "
+                         "time, headers, payload and field())", k);
+  }
+  return 1;
+}
+
+/* ev:field(name): one top-level payload field, read from the bytes
+ * without decoding the rest or marking the payload as touched, so the
+ * event is not compared or rebuilt afterwards. The value is a copy for
+ * reading; changes go through ev.payload. */
+static int ev_field(lua_State *L) {
+  struct box *b = box_of(L);
+  struct sl_event *ev = b->ev;
+  const uint8_t *v;
+  size_t n, vlen;
+  const char *k;
+
+  if (ev == NULL)
+    return luaL_error(L, "the event is only valid during on_event");
+  k = luaL_checklstring(L, 2, &n);
+  if (b->evflags & EV_PAYLOAD) { /* decoded already: the table is current */
+    push_ref(L, b->ref_payload);
+    if ((b->evflags & EV_PAYLOAD_NIL) || !lua_istable(L, -1)) {
+      lua_pushnil(L);
+      return 1;
+    }
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2);
+    return 1;
+  }
+  if (ev->payload_len == 0 ||
+      sl_codec_map_find(ev->data + ev->payload_off, ev->payload_len, k, n, &v,
+                        &vlen) != 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  sl_luacodec_push(L, v, vlen, check_cpu);
+  return 1;
+}
+
+static int ev_newindex(lua_State *L) {
+  struct box *b = box_of(L);
+  const char *k;
+  size_t n;
+
+  if (b->ev == NULL)
+    return luaL_error(L, "the event is only valid during on_event");
+  if (lua_type(L, 2) != LUA_TSTRING)
+    return luaL_error(L, "event fields are named by strings");
+  k = lua_tolstring(L, 2, &n);
+  if (strcmp(k, "topic") == 0) {
+    if (lua_type(L, 3) != LUA_TSTRING || lua_objlen(L, 3) == 0)
+      return luaL_error(L, "ev.topic must be a non-empty string (got %s)",
+                        luaL_typename(L, 3));
+    set_ref(L, b->ref_topic, 3);
+    b->evflags |= EV_TOPIC;
+  } else if (strcmp(k, "key") == 0) {
+    if (lua_isnil(L, 3)) {
+      b->evflags |= EV_KEY | EV_KEY_NIL;
+    } else if (lua_type(L, 3) == LUA_TSTRING) {
+      set_ref(L, b->ref_key, 3);
+      b->evflags = (b->evflags | EV_KEY) & ~(unsigned)EV_KEY_NIL;
+    } else {
+      return luaL_error(L, "ev.key must be a string or nil (got %s)",
+                        luaL_typename(L, 3));
+    }
+  } else if (strcmp(k, "headers") == 0) {
+    if (!lua_istable(L, 3))
+      return luaL_error(L, "ev.headers must be a table of strings (got %s)",
+                        luaL_typename(L, 3));
+    set_ref(L, b->ref_headers, 3);
+    b->evflags |= EV_HEADERS;
+  } else if (strcmp(k, "payload") == 0) {
+    if (lua_isnil(L, 3)) {
+      b->evflags |= EV_PAYLOAD | EV_PAYLOAD_NIL;
+    } else {
+      set_ref(L, b->ref_payload, 3);
+      b->evflags = (b->evflags | EV_PAYLOAD) & ~(unsigned)EV_PAYLOAD_NIL;
+    }
+  } else if (strcmp(k, "id") == 0 || strcmp(k, "time") == 0) {
+    return luaL_error(L, "ev.%s is read-only", k);
+  } else {
+    return luaL_error(L, "event has no field '%s' (it has id, topic, key, "
+                         "time, headers and payload)", k);
+  }
+  return 0;
+}
+
+static int ev_tostring(lua_State *L) {
+  struct box *b = box_of(L);
+
+  if (b->ev == NULL) {
+    lua_pushliteral(L, "sluice event (outside on_event)");
+    return 1;
+  }
+  lua_pushliteral(L, "sluice event ");
+  lua_pushlstring(L, (const char *)b->ev->data + b->ev->id_off, b->ev->id_len);
+  lua_concat(L, 2);
+  return 1;
+}
+
+/* Check that the headers table at idx maps strings to strings. */
+static void check_headers(lua_State *L, int idx, const char *what) {
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    if (lua_type(L, -2) != LUA_TSTRING)
+      luaL_error(L, "%s: header names must be strings (got %s)", what,
+                 luaL_typename(L, -2));
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "%s: header '%s' must be a string (got %s)", what,
+                 lua_tostring(L, -2), luaL_typename(L, -1));
+    lua_pop(L, 1);
+  }
+}
+
+/* After on_event: build the changed event, if anything changed. Run with
+ * lua_cpcall; ud is the box. */
+static int finish(lua_State *L) {
+  struct box *b = lua_touserdata(L, 1);
+  struct sl_rule *r = b->rule;
+  struct sl_event *ev = b->ev, *nev;
+  struct sl_str id = sl_event_id(ev), topic = sl_event_topic(ev),
+                key = sl_event_key(ev), s;
+  const uint8_t *hp = ev->headers_len ? ev->data + ev->headers_off : NULL;
+  const uint8_t *pp = ev->payload_len ? ev->data + ev->payload_off : NULL;
+  size_t hl = ev->headers_len, pl = ev->payload_len, n;
+  int changed = 0;
+
+  lua_settop(L, 0);
+  if (b->evflags & EV_TOPIC) {
+    push_ref(L, b->ref_topic);
+    s.p = lua_tolstring(L, -1, &n);
+    s.len = (uint32_t)n;
+    if (s.len != topic.len || memcmp(s.p, topic.p, n) != 0) {
+      topic = s;
+      changed = 1;
+    }
+  }
+  if (b->evflags & EV_KEY) {
+    if (b->evflags & EV_KEY_NIL) {
+      if (key.p) {
+        key.p = NULL;
+        key.len = 0;
+        changed = 1;
+      }
+    } else {
+      push_ref(L, b->ref_key);
+      s.p = lua_tolstring(L, -1, &n);
+      s.len = (uint32_t)n;
+      if (!key.p || s.len != key.len || memcmp(s.p, key.p, n) != 0) {
+        key = s;
+        changed = 1;
+      }
+    }
+  }
+  if (b->evflags & EV_HEADERS) {
+    int t, empty;
+    push_ref(L, b->ref_headers);
+    t = lua_gettop(L);
+    check_headers(L, t, "ev.headers");
+    lua_pushnil(L);
+    empty = !lua_next(L, t);
+    lua_settop(L, t);
+    if (hp ? !sl_luacodec_same(L, t, hp, hl) : !empty) {
+      sl_buf_reset(&r->buf1);
+      if (empty) {
+        hp = NULL; /* no headers left */
+        hl = 0;
+      } else {
+        sl_luacodec_encode(L, t, &r->buf1, check_cpu);
+        hp = r->buf1.data;
+        hl = r->buf1.len;
+      }
+      changed = 1;
+    }
+    lua_settop(L, t);
+  }
+  if (b->evflags & EV_PAYLOAD) {
+    if (b->evflags & EV_PAYLOAD_NIL) {
+      if (pp && !(pl == 1 && pp[0] == 0xc0)) { /* a nil payload stays */
+        pp = NULL;
+        pl = 0;
+        changed = 1;
+      }
+    } else {
+      push_ref(L, b->ref_payload);
+      if (!pp || !sl_luacodec_same(L, -1, pp, pl)) {
+        sl_buf_reset(&r->buf2);
+        sl_luacodec_encode(L, -1, &r->buf2, check_cpu);
+        pp = r->buf2.data;
+        pl = r->buf2.len;
+        changed = 1;
+      }
+    }
+  }
+  if (!changed)
+    return 0;
+  nev = sl_event_new(r->host.idgen ? r->host.idgen : &r->idgen, id, topic,
+                     key, 1, ev->time, hp, hl, pp, pl, 0);
+  if (nev == NULL)
+    return luaL_error(L, "not enough memory for the changed event");
+  nev->ingest_ns = ev->ingest_ns;
+  b->changed = nev;
+  return 0;
+}
+
+/* ---- the sluice API ------------------------------------------------------ */
+
+/* Push t[k] without metamethods; t is an absolute index. */
+static void rawfield(lua_State *L, int t, const char *k) {
+  lua_pushstring(L, k);
+  lua_rawget(L, t);
+}
+
+static int l_drop(lua_State *L) {
+  struct box *b = box_of(L);
+  if (!lua_isnoneornil(L, 1) && lua_type(L, 1) != LUA_TSTRING)
+    return luaL_argerror(L, 1, "a reason string expected");
+  lua_settop(L, 1);
+  if (lua_isnil(L, 1))
+    lua_pushliteral(L, "dropped by rule");
+  set_ref(L, b->ref_drop, -1);
+  lua_pushlightuserdata(L, (void *)&drop_sentinel);
+  return 1;
+}
+
+static int64_t num_to_ns(lua_State *L, int idx) {
+  double ms = lua_tonumber(L, idx);
+  if (!(ms > -9.2e12 && ms < 9.2e12))
+    luaL_error(L, "time out of range");
+  return (int64_t)llround(ms * 1e6);
+}
+
+static int l_emit(lua_State *L) {
+  struct box *b = box_of(L);
+  struct sl_rule *r = b->rule;
+  const char *output = luaL_checkstring(L, 1);
+  struct sl_str id = {NULL, 0}, topic = {NULL, 0}, key = {NULL, 0};
+  const uint8_t *hp = NULL, *pp = NULL;
+  size_t hl = 0, pl = 0, n;
+  int has_time = 0;
+  int64_t time = 0;
+  struct sl_event *ev;
+
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+    if (strcmp(k, "id") && strcmp(k, "topic") && strcmp(k, "key") &&
+        strcmp(k, "time") && strcmp(k, "headers") && strcmp(k, "payload"))
+      return luaL_error(L, "sluice.emit: unknown event field '%s' (use id, "
+                           "topic, key, time, headers, payload)",
+                        lua_type(L, -2) == LUA_TSTRING ? k
+                                                       : luaL_typename(L, -2));
+    lua_pop(L, 1);
+  }
+  rawfield(L, 2, "topic"); /* 3 */
+  if (lua_type(L, 3) != LUA_TSTRING || lua_objlen(L, 3) == 0)
+    return luaL_error(L, "sluice.emit: topic must be a non-empty string "
+                         "(got %s)", luaL_typename(L, 3));
+  topic.p = lua_tolstring(L, 3, &n);
+  topic.len = (uint32_t)n;
+  rawfield(L, 2, "id"); /* 4 */
+  if (!lua_isnil(L, 4)) {
+    if (lua_type(L, 4) != LUA_TSTRING)
+      return luaL_error(L, "sluice.emit: id must be a string");
+    id.p = lua_tolstring(L, 4, &n);
+    id.len = (uint32_t)n;
+  }
+  rawfield(L, 2, "key"); /* 5 */
+  if (!lua_isnil(L, 5)) {
+    if (lua_type(L, 5) != LUA_TSTRING)
+      return luaL_error(L, "sluice.emit: key must be a string");
+    key.p = lua_tolstring(L, 5, &n);
+    key.len = (uint32_t)n;
+  }
+  rawfield(L, 2, "time"); /* 6 */
+  if (!lua_isnil(L, 6)) {
+    if (lua_type(L, 6) != LUA_TNUMBER)
+      return luaL_error(L, "sluice.emit: time must be a number (ms since "
+                           "the epoch)");
+    time = num_to_ns(L, 6);
+    has_time = 1;
+  }
+  rawfield(L, 2, "headers"); /* 7 */
+  if (!lua_isnil(L, 7)) {
+    if (!lua_istable(L, 7))
+      return luaL_error(L, "sluice.emit: headers must be a table of "
+                           "strings");
+    check_headers(L, 7, "sluice.emit");
+    sl_buf_reset(&r->buf1);
+    lua_pushnil(L);
+    if (lua_next(L, 7)) {
+      lua_settop(L, 7);
+      sl_luacodec_encode(L, 7, &r->buf1, check_cpu);
+      hp = r->buf1.data;
+      hl = r->buf1.len;
+    }
+  }
+  lua_settop(L, 7);
+  rawfield(L, 2, "payload"); /* 8 */
+  if (!lua_isnil(L, 8)) {
+    sl_buf_reset(&r->buf2);
+    sl_luacodec_encode(L, 8, &r->buf2, check_cpu);
+    pp = r->buf2.data;
+    pl = r->buf2.len;
+  }
+  if (hl > UINT32_MAX / 2 || pl > UINT32_MAX / 2)
+    return luaL_error(L, "sluice.emit: event too large");
+  ev = sl_event_new(r->host.idgen ? r->host.idgen : &r->idgen, id, topic, key,
+                    has_time, time, hp, hl, pp, pl, 0);
+  if (ev == NULL)
+    return luaL_error(L, "not enough memory");
+  if (r->host.emit)
+    r->host.emit(r->host.data, r, output, ev);
+  else
+    sl_event_unref(ev);
+  return 0;
+}
+
+static int log_level(lua_State *L, int idx) {
+  static const char *const names[] = {"debug", "info", "warn", "error", NULL};
+  if (lua_type(L, idx) == LUA_TNUMBER) {
+    int lv = (int)lua_tointeger(L, idx);
+    if (lv < 0 || lv > 3)
+      luaL_argerror(L, idx, "a level 0..3 expected");
+    return lv;
+  }
+  return luaL_checkoption(L, idx, NULL, names);
+}
+
+static int l_log(lua_State *L) {
+  struct box *b = box_of(L);
+  struct sl_rule *r = b->rule;
+  int level = log_level(L, 1);
+  const char *msg = luaL_checkstring(L, 2);
+  const uint8_t *fp = NULL;
+  size_t fl = 0;
+
+  if (!lua_isnoneornil(L, 3)) {
+    luaL_checktype(L, 3, LUA_TTABLE);
+    sl_buf_reset(&r->buf1);
+    lua_settop(L, 3);
+    lua_pushnil(L);
+    if (lua_next(L, 3)) {
+      lua_settop(L, 3);
+      sl_luacodec_encode(L, 3, &r->buf1, check_cpu);
+      if (r->buf1.len && (r->buf1.data[0] & 0xf0) != 0x80 &&
+          r->buf1.data[0] != 0xde && r->buf1.data[0] != 0xdf)
+        return luaL_error(L, "sluice.log: fields must be a map");
+    } else {
+      sl_buf_putc(&r->buf1, 0x80);
+    }
+    fp = r->buf1.data;
+    fl = r->buf1.len;
+  }
+  if (r->host.log)
+    r->host.log(r->host.data, r, level, msg, fp, fl);
+  return 0;
+}
+
+/* print(...) is sluice.log("info", ...) with the arguments joined by tabs;
+ * tables and functions print as their type, __tostring is not called. */
+static int l_print(lua_State *L) {
+  struct box *b = box_of(L);
+  struct sl_rule *r = b->rule;
+  int i, n = lua_gettop(L);
+
+  sl_buf_reset(&r->buf1);
+  for (i = 1; i <= n; i++) {
+    size_t len;
+    const char *s;
+    char tmp[64];
+    if (i > 1 && sl_buf_putc(&r->buf1, '\t') != 0)
+      return luaL_error(L, "not enough memory");
+    switch (lua_type(L, i)) {
+    case LUA_TSTRING:
+      s = lua_tolstring(L, i, &len);
+      break;
+    case LUA_TNUMBER:
+      len = (size_t)snprintf(tmp, sizeof(tmp), "%.14g", lua_tonumber(L, i));
+      s = tmp;
+      break;
+    case LUA_TBOOLEAN:
+      s = lua_toboolean(L, i) ? "true" : "false";
+      len = strlen(s);
+      break;
+    default:
+      s = luaL_typename(L, i);
+      len = strlen(s);
+    }
+    if (sl_buf_append(&r->buf1, s, len) != 0)
+      return luaL_error(L, "not enough memory");
+  }
+  if (sl_buf_putc(&r->buf1, 0) != 0)
+    return luaL_error(L, "not enough memory");
+  if (r->host.log)
+    r->host.log(r->host.data, r, 1, (const char *)r->buf1.data, NULL, 0);
+  return 0;
+}
+
+static int l_now(lua_State *L) {
+  struct sl_rule *r = box_of(L)->rule;
+  double ms;
+  if (r->host.mono_ns)
+    ms = ((double)r->wall0_ns + (double)(rule_mono_ns(r) - r->mono0_ns)) / 1e6;
+  else
+    ms = (double)sl_now_ns() / 1e6;
+  lua_pushnumber(L, ms);
+  return 1;
+}
+
+static int l_every(lua_State *L) {
+  struct box *b = box_of(L);
+  double ms = luaL_checknumber(L, 1);
+  struct timer *t;
+
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (!(ms >= 1 && ms <= 86400000.0 * 365))
+    return luaL_argerror(L, 1, "an interval of at least 1 ms expected");
+  if (b->ntimers >= MAX_TIMERS)
+    return luaL_error(L, "sluice.every: at most %d timers per rule",
+                      MAX_TIMERS);
+  lua_settop(L, 2);
+  t = &b->timers[b->ntimers];
+  t->every_ms = (int64_t)ms;
+  t->due_ms = (int64_t)(rule_mono_ns(b->rule) / 1000000u) + t->every_ms;
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  b->ntimers++;
+  return 0;
+}
+
+static int l_json_encode(lua_State *L) {
+  struct sl_rule *r = box_of(L)->rule;
+  int rc;
+
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  sl_buf_reset(&r->buf1);
+  sl_luacodec_encode(L, 1, &r->buf1, check_cpu);
+  sl_buf_reset(&r->buf2);
+  rc = sl_codec_to_json(r->buf1.data, r->buf1.len, &r->buf2);
+  if (rc != 0)
+    return luaL_error(L, "json.encode: %s",
+                      rc == SL_ENOMEM ? "not enough memory" : "bad value");
+  lua_pushlstring(L, (const char *)r->buf2.data, r->buf2.len);
+  return 1;
+}
+
+static int l_json_decode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  lua_settop(L, 1);
+  sl_luacodec_push_json(L, s, n, check_cpu);
+  return 1;
+}
+
+/* Prometheus names: [a-zA-Z_:][a-zA-Z0-9_:]*, labels without ':'. */
+static int valid_name(const char *s, int colon) {
+  const char *p;
+  if (*s == 0 || (*s >= '0' && *s <= '9'))
+    return 0;
+  for (p = s; *p; p++)
+    if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+          (*p >= '0' && *p <= '9') || *p == '_' || (colon && *p == ':')))
+      return 0;
+  return 1;
+}
+
+struct label {
+  const char *k, *v;
+  size_t vlen;
+};
+
+static int cmp_label(const void *a, const void *b) {
+  return strcmp(((const struct label *)a)->k, ((const struct label *)b)->k);
+}
+
+static int l_counter(lua_State *L) {
+  struct sl_rule *r = box_of(L)->rule;
+  const char *name = luaL_checkstring(L, 1);
+  struct label lb[MAX_LABELS];
+  int nl = 0, i;
+  uint32_t *slot;
+
+  if (!valid_name(name, 1))
+    return luaL_argerror(L, 1, "a metric name [a-zA-Z_:][a-zA-Z0-9_:]* "
+                               "expected");
+  lua_settop(L, 2);
+  if (!lua_isnil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+      if (lua_type(L, -2) != LUA_TSTRING || !valid_name(lua_tostring(L, -2), 0))
+        return luaL_error(L, "sluice.counter: label names must match "
+                             "[a-zA-Z_][a-zA-Z0-9_]*");
+      if (lua_type(L, -1) != LUA_TSTRING)
+        return luaL_error(L, "sluice.counter: label '%s' must be a string",
+                          lua_tostring(L, -2));
+      if (nl == MAX_LABELS)
+        return luaL_error(L, "sluice.counter: at most %d labels", MAX_LABELS);
+      lb[nl].k = lua_tostring(L, -2);
+      lb[nl].v = lua_tolstring(L, -1, &lb[nl].vlen);
+      nl++;
+      lua_pop(L, 1);
+    }
+  }
+  qsort(lb, (size_t)nl, sizeof(lb[0]), cmp_label);
+  sl_buf_reset(&r->buf1);
+  for (i = 0; i < nl; i++) {
+    size_t j;
+    if (sl_buf_printf(&r->buf1, "%s%s=\"", i ? "," : "", lb[i].k) != 0)
+      return luaL_error(L, "not enough memory");
+    for (j = 0; j < lb[i].vlen; j++) {
+      char c = lb[i].v[j];
+      int rc = c == '\\' ? sl_buf_append(&r->buf1, "\\\\", 2)
+               : c == '"' ? sl_buf_append(&r->buf1, "\\\"", 2)
+               : c == '\n' ? sl_buf_append(&r->buf1, "\\n", 2)
+                           : sl_buf_putc(&r->buf1, (uint8_t)c);
+      if (rc != 0)
+        return luaL_error(L, "not enough memory");
+    }
+    if (sl_buf_putc(&r->buf1, '"') != 0)
+      return luaL_error(L, "not enough memory");
+  }
+  if (sl_buf_putc(&r->buf1, 0) != 0)
+    return luaL_error(L, "not enough memory");
+  for (i = 0; i < r->ncounters; i++)
+    if (strcmp(r->counters[i].name, name) == 0 &&
+        strcmp(r->counters[i].labels, (const char *)r->buf1.data) == 0)
+      break;
+  if (i == r->ncounters) {
+    struct counter *c;
+    if (r->ncounters == MAX_COUNTERS)
+      return luaL_error(L, "sluice.counter: at most %d series per rule",
+                        MAX_COUNTERS);
+    if (r->counters == NULL) {
+      r->counters = calloc(MAX_COUNTERS, sizeof(*r->counters));
+      if (r->counters == NULL)
+        return luaL_error(L, "not enough memory");
+    }
+    c = &r->counters[i];
+    c->name = strdup(name);
+    c->labels = strdup((const char *)r->buf1.data);
+    if (c->name == NULL || c->labels == NULL) {
+      free(c->name);
+      free(c->labels);
+      c->name = c->labels = NULL;
+      return luaL_error(L, "not enough memory");
+    }
+    c->value = 0;
+    r->ncounters++;
+  }
+  slot = lua_newuserdata(L, sizeof(*slot));
+  *slot = (uint32_t)i;
+  luaL_getmetatable(L, "sluice.counter");
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+static int counter_add(lua_State *L, double dflt) {
+  struct sl_rule *r = box_of(L)->rule;
+  uint32_t *slot = luaL_checkudata(L, 1, "sluice.counter");
+  double n = dflt >= 0 ? luaL_optnumber(L, 2, dflt) : luaL_checknumber(L, 2);
+
+  if (!(n >= 0 && n < HUGE_VAL))
+    return luaL_argerror(L, 2, "counters only go up: a finite amount >= 0 "
+                               "expected");
+  r->counters[*slot].value += n;
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int l_counter_inc(lua_State *L) { return counter_add(L, 1); }
+static int l_counter_add(lua_State *L) { return counter_add(L, -1); }
+
+static int l_rate_limit(lua_State *L) {
+  struct sl_rule *r = box_of(L)->rule;
+  size_t n;
+  const char *key = luaL_checklstring(L, 1, &n);
+  double rate = luaL_checknumber(L, 2);
+  double burst = luaL_optnumber(L, 3, rate > 1 ? rate : 1);
+  uint64_t h1, h2, now = rule_mono_ns(r);
+  uint32_t i;
+  struct lru_node *x;
+
+  if (!(rate > 0 && rate < HUGE_VAL))
+    return luaL_argerror(L, 2, "a rate > 0 per second expected");
+  if (!(burst >= 1 && burst < HUGE_VAL))
+    return luaL_argerror(L, 3, "a burst >= 1 expected");
+  if (r->rate.nodes == NULL && lru_open(&r->rate, RATE_KEYS) != 0)
+    return luaL_error(L, "not enough memory");
+  hash128(r, key, n, &h1, &h2);
+  i = lru_find(&r->rate, h1, h2);
+  if (i == NIL32) {
+    i = lru_add(&r->rate, h1, h2);
+    r->rate.nodes[i].a = burst;
+    r->rate.nodes[i].b = (double)now;
+  }
+  x = &r->rate.nodes[i];
+  x->a += ((double)now - x->b) / 1e9 * rate;
+  if (x->a > burst)
+    x->a = burst;
+  x->b = (double)now;
+  if (x->a >= 1) {
+    x->a -= 1;
+    lua_pushboolean(L, 1);
+  } else {
+    lua_pushboolean(L, 0);
+  }
+  return 1;
+}
+
+static int l_seen(lua_State *L) {
+  struct sl_rule *r = box_of(L)->rule;
+  size_t n;
+  const char *id = luaL_checklstring(L, 1, &n);
+  double ttl = luaL_checknumber(L, 2);
+  uint64_t h1, h2, now = rule_mono_ns(r);
+  uint32_t i;
+
+  if (!(ttl > 0 && ttl < HUGE_VAL))
+    return luaL_argerror(L, 2, "a ttl > 0 ms expected");
+  if (r->seen.nodes == NULL && lru_open(&r->seen, SEEN_KEYS) != 0)
+    return luaL_error(L, "not enough memory");
+  hash128(r, id, n, &h1, &h2);
+  i = lru_find(&r->seen, h1, h2);
+  if (i != NIL32 && r->seen.nodes[i].a > (double)now) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (i == NIL32)
+    i = lru_add(&r->seen, h1, h2);
+  r->seen.nodes[i].a = (double)now + ttl * 1e6;
+  lua_pushboolean(L, 0);
+  return 1;
+}
+
+/* ---- the environment ----------------------------------------------------- */
+
+static int l_collectgarbage(lua_State *L) {
+  const char *opt = luaL_optstring(L, 1, "collect");
+  if (strcmp(opt, "count") != 0)
+    return luaL_error(L, "collectgarbage(\"%s\") is not allowed in a rule "
+                         "(only \"count\")", opt);
+  lua_pushnumber(L, (lua_Number)lua_gc(L, LUA_GCCOUNT, 0) +
+                        (lua_Number)lua_gc(L, LUA_GCCOUNTB, 0) / 1024);
+  return 1;
+}
+
+/* Run the function below the n arguments on top in protected mode and
+ * rethrow its error, counting how deep C functions that call back into
+ * Lua are nested: each level takes C stack, and LuaJIT does not bound it
+ * (recursion through string.gsub or coroutine.wrap crashes the process). */
+static int guarded_call(lua_State *L, int n) {
+  struct box *b = box_of(L);
+  int st;
+
+  if (b->cdepth >= MAX_C_DEPTH)
+    return luaL_error(L, "C calls nested deeper than %d (recursion through "
+                         "string.gsub, string.format, table.sort, require or "
+                         "coroutines)", MAX_C_DEPTH);
+  b->cdepth++;
+  st = lua_pcall(L, n, LUA_MULTRET, 0);
+  b->cdepth--;
+  if (st != 0)
+    return lua_error(L); /* the error as it was, limits still marked */
+  return lua_gettop(L);
+}
+
+/* A C library function that may call back into Lua (upvalue 1), guarded. */
+static int l_guarded(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  return guarded_call(L, lua_gettop(L) - 1);
+}
+
+/* coroutine.wrap: the function it returns resumes, so guard that too. */
+static int l_co_wrap(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  if (lua_pcall(L, lua_gettop(L) - 1, 1, 0) != 0) /* it runs no Lua */
+    return lua_error(L);
+  lua_pushcclosure(L, l_guarded, 1);
+  return 1;
+}
+
+/* Replace t[name] (t absolute) by a guarded version. */
+static void guard(lua_State *L, int t, const char *name) {
+  lua_getfield(L, t, name);
+  lua_pushcclosure(L, l_guarded, 1);
+  lua_setfield(L, t, name);
+}
+
+/* table.sort sorts in C, where the count hook cannot stop it: bound n. */
+static int l_sort(lua_State *L) {
+  int n = lua_gettop(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (lua_objlen(L, 1) > SORT_MAX)
+    return luaL_error(L, "table.sort: more than %d elements in a rule",
+                      (int)SORT_MAX);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  guarded_call(L, n);
+  return 0;
+}
+
+static int valid_module(const char *s, size_t n) {
+  size_t i;
+  if (n == 0 || n > MAX_MODULE_NAME || s[0] == '.' || s[n - 1] == '.')
+    return 0;
+  for (i = 0; i < n; i++) {
+    char c = s[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+          (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.'))
+      return 0;
+    if (c == '.' && s[i + 1] == '.')
+      return 0;
+  }
+  return 1;
+}
+
+/* Is this chunk bytecode, also behind a "#!" line (which LuaJIT skips)? */
+static int is_bytecode(const uint8_t *p, size_t n) {
+  size_t i = 0;
+  if (n > 0 && p[0] == '#')
+    while (i < n && p[i] != '\n')
+      i++;
+  while (i < n && (p[i] == '\n' || p[i] == '\r'))
+    i++;
+  return (n > 0 && p[0] == 0x1b) || (i < n && p[i] == 0x1b);
+}
+
+/* Read a whole file into r->file. 0, SL_ENOENT or another negative code. */
+static int read_file(struct sl_rule *r, const char *path) {
+  FILE *f = fopen(path, "rb");
+  char chunk[16384];
+  size_t n;
+  int rc = 0;
+
+  if (f == NULL)
+    return errno == ENOENT ? SL_ENOENT : -errno;
+  sl_buf_reset(&r->file);
+  while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+    if (sl_buf_append(&r->file, chunk, n) != 0) {
+      rc = SL_ENOMEM;
+      break;
+    }
+  if (rc == 0 && ferror(f))
+    rc = SL_EIO;
+  fclose(f);
+  return rc;
+}
+
+/* require(name): pure-Lua modules from scripts_dir and lib_dir, as text,
+ * in this sandbox. Upvalue 1 is the table of loaded modules. */
+static int l_require(lua_State *L) {
+  struct sl_rule *r = box_of(L)->rule;
+  size_t n, i;
+  const char *name = luaL_checklstring(L, 1, &n);
+  const char *dirs[2] = {r->scripts_dir, r->lib_dir};
+  char rel[MAX_MODULE_NAME + 16], path[4096];
+  int d, v, rc = SL_ENOENT;
+
+  lua_settop(L, 1);
+  if (!valid_module(name, n))
+    return luaL_error(L, "require: invalid module name '%s' (letters, "
+                         "digits, '_', '-' and dots only)", name);
+  lua_pushvalue(L, 1);
+  lua_rawget(L, lua_upvalueindex(1));
+  if (lua_type(L, -1) == LUA_TLIGHTUSERDATA)
+    return luaL_error(L, "require: module '%s' requires itself", name);
+  if (!lua_isnil(L, -1))
+    return 1;
+  lua_pop(L, 1);
+  for (i = 0; i <= n; i++)
+    rel[i] = name[i] == '.' ? '/' : name[i];
+  for (d = 0; d < 2 && rc == SL_ENOENT; d++) {
+    if (dirs[d] == NULL)
+      continue;
+    for (v = 0; v < 2 && rc == SL_ENOENT; v++) {
+      snprintf(path, sizeof(path), v ? "%s/%s/init.lua" : "%s/%s.lua", dirs[d],
+               rel);
+      rc = read_file(r, path);
+    }
+  }
+  if (rc == SL_ENOENT)
+    return luaL_error(L, "module '%s' not found: a rule may require only "
+                         "pure-Lua modules from %s%s%s", name,
+                      r->scripts_dir ? r->scripts_dir : "",
+                      r->scripts_dir && r->lib_dir ? " and " : "",
+                      r->lib_dir ? r->lib_dir : "(no module dirs set)");
+  if (rc != 0)
+    return luaL_error(L, "require: cannot read %s: %s", path, strerror(-rc));
+  if (is_bytecode(r->file.data, r->file.len))
+    return luaL_error(L, "%s: bytecode is not allowed", path);
+  lua_pushfstring(L, "@%s", path);
+  if (luaL_loadbufferx(L, (const char *)r->file.data, r->file.len,
+                       lua_tostring(L, -1), "t") != 0)
+    return lua_error(L);
+  lua_pushvalue(L, 1);
+  lua_pushlightuserdata(L, (void *)&drop_sentinel); /* "loading" */
+  lua_rawset(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 1);
+  if (box_of(L)->cdepth >= MAX_C_DEPTH)
+    return luaL_error(L, "C calls nested deeper than %d (require)",
+                      MAX_C_DEPTH);
+  box_of(L)->cdepth++;
+  if (lua_pcall(L, 1, 1, 0) != 0) {
+    box_of(L)->cdepth--;
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    lua_rawset(L, lua_upvalueindex(1));
+    return lua_error(L);
+  }
+  box_of(L)->cdepth--;
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushboolean(L, 1);
+  }
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, -2);
+  lua_rawset(L, lua_upvalueindex(1));
+  return 1;
+}
+
+/* Copy the fields of the table at src into a new table, skipping `skip`
+ * (NULL-terminated names). Leaves the copy on top. */
+static void copy_table(lua_State *L, int src, const char *const *skip) {
+  lua_newtable(L);
+  lua_pushnil(L);
+  while (lua_next(L, src)) {
+    const char *const *s;
+    int skipped = 0;
+    if (lua_type(L, -2) == LUA_TSTRING)
+      for (s = skip; s && *s; s++)
+        if (strcmp(lua_tostring(L, -2), *s) == 0)
+          skipped = 1;
+    if (skipped) {
+      lua_pop(L, 1);
+      continue;
+    }
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -4);
+  }
+}
+
+static void open_lib(lua_State *L, lua_CFunction open, const char *name) {
+  lua_pushcfunction(L, open);
+  lua_pushstring(L, name);
+  if (lua_pcall(L, 1, 0, 0) != 0)
+    lua_error(L);
+}
+
+/* xpcall in Lua on top of pcall: the handler runs after the stack has
+ * unwound. LuaJIT runs an xpcall handler before unwinding, and when the
+ * error came from the count hook its hooks are still off then, so a
+ * handler that loops could never be stopped. Rules have no debug library,
+ * so the handler loses nothing it could have used. */
+static const char xpcall_src[] =
+    "local pcall, type, error = pcall, type, error\n"
+    "local function finish(handler, ok, ...)\n"
+    "  if ok then return true, ... end\n"
+    "  local hok, v = pcall(handler, (...))\n"
+    "  return false, v\n"
+    "end\n"
+    "return function(f, handler, ...)\n"
+    "  if type(handler) ~= 'function' then\n"
+    "    error(\"bad argument #2 to 'xpcall' (function expected)\", 2)\n"
+    "  end\n"
+    "  return finish(handler, pcall(f, ...))\n"
+    "end\n";
+
+static int new_ref(lua_State *L) {
+  lua_pushboolean(L, 0);
+  return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* Build the sandbox in a fresh state. Run with lua_cpcall; ud is the box. */
+static int box_setup(lua_State *L) {
+  static const char *const base_ok[] = {
+      "assert", "error", "ipairs", "next", "pairs", "pcall",
+      "select", "tonumber", "tostring", "type", "unpack", "rawequal",
+      "rawget", "rawset", "setmetatable", "getmetatable", "_VERSION", NULL};
+  static const char *const no_dump[] = {"dump", NULL};
+  static const char *const no_sort[] = {"sort", NULL};
+  static const luaL_Reg sluice_fns[] = {
+      {"drop", l_drop}, {"emit", l_emit}, {"log", l_log},
+      {"now", l_now}, {"every", l_every}, {"counter", l_counter},
+      {"rate_limit", l_rate_limit}, {"seen", l_seen}, {NULL, NULL}};
+  struct box *b = lua_touserdata(L, 1);
+  const char *const *name;
+  const luaL_Reg *f;
+  int g0, env, str;
+
+  lua_settop(L, 0);
+  open_lib(L, luaopen_base, "");
+  open_lib(L, luaopen_string, LUA_STRLIBNAME);
+  open_lib(L, luaopen_table, LUA_TABLIBNAME);
+  open_lib(L, luaopen_math, LUA_MATHLIBNAME);
+  open_lib(L, luaopen_os, LUA_OSLIBNAME);
+  open_lib(L, luaopen_bit, LUA_BITLIBNAME);
+  lua_pushvalue(L, LUA_GLOBALSINDEX);
+  g0 = lua_gettop(L);
+  lua_newtable(L);
+  env = lua_gettop(L);
+
+  for (name = base_ok; *name; name++) {
+    lua_getfield(L, g0, *name);
+    lua_setfield(L, env, *name);
+  }
+  lua_pushvalue(L, env);
+  lua_setfield(L, env, "_G");
+  lua_pushcfunction(L, l_collectgarbage);
+  lua_setfield(L, env, "collectgarbage");
+  lua_pushcfunction(L, l_print);
+  lua_setfield(L, env, "print");
+  if (luaL_loadbuffer(L, xpcall_src, sizeof(xpcall_src) - 1, "=xpcall") != 0 ||
+      lua_pcall(L, 0, 1, 0) != 0)
+    lua_error(L);
+  lua_setfield(L, env, "xpcall");
+
+  lua_getfield(L, g0, "coroutine");
+  copy_table(L, lua_gettop(L), NULL);
+  guard(L, lua_gettop(L), "resume");
+  lua_getfield(L, -1, "wrap");
+  lua_pushcclosure(L, l_co_wrap, 1);
+  lua_setfield(L, -2, "wrap");
+  lua_setfield(L, env, "coroutine");
+  lua_pop(L, 1);
+
+  /* string: one copy for rules, another behind the string metatable */
+  lua_getfield(L, g0, "string");
+  str = lua_gettop(L);
+  copy_table(L, str, no_dump);
+#ifdef HAVE_PATTERN
+  sl_pattern_install(L, -1, check_cpu);
+#endif
+  guard(L, lua_gettop(L), "gsub");
+  guard(L, lua_gettop(L), "format");
+  lua_setfield(L, env, "string");
+  lua_pushliteral(L, "");
+  lua_getmetatable(L, -1);
+  copy_table(L, str, no_dump);
+#ifdef HAVE_PATTERN
+  sl_pattern_install(L, -1, check_cpu);
+#endif
+  guard(L, lua_gettop(L), "gsub");
+  guard(L, lua_gettop(L), "format");
+  lua_setfield(L, -2, "__index");
+  lua_pushliteral(L, "protected");
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 3);
+
+  lua_getfield(L, g0, "table");
+  copy_table(L, lua_gettop(L), no_sort);
+  lua_getfield(L, -2, "sort");
+  lua_pushcclosure(L, l_sort, 1);
+  lua_setfield(L, -2, "sort");
+  lua_setfield(L, env, "table");
+  lua_pop(L, 1);
+
+  lua_getfield(L, g0, "math");
+  copy_table(L, lua_gettop(L), NULL);
+  lua_setfield(L, env, "math");
+  lua_pop(L, 1);
+
+  lua_getfield(L, g0, "bit");
+  copy_table(L, lua_gettop(L), NULL);
+  lua_setfield(L, env, "bit");
+  lua_pop(L, 1);
+
+  lua_getfield(L, g0, "os");
+  lua_createtable(L, 0, 3);
+  lua_getfield(L, -2, "time");
+  lua_setfield(L, -2, "time");
+  lua_getfield(L, -2, "clock");
+  lua_setfield(L, -2, "clock");
+  lua_getfield(L, -2, "date");
+  lua_setfield(L, -2, "date");
+  lua_setfield(L, env, "os");
+  lua_pop(L, 1);
+
+  /* require and its table of loaded modules */
+  lua_newtable(L);
+  lua_pushcclosure(L, l_require, 1);
+  lua_setfield(L, env, "require");
+
+  /* sluice */
+  lua_newtable(L);
+  for (f = sluice_fns; f->name; f++) {
+    lua_pushcfunction(L, f->func);
+    lua_setfield(L, -2, f->name);
+  }
+  sl_luacodec_register(L, -1);
+  lua_createtable(L, 0, 2);
+  lua_pushcfunction(L, l_json_encode);
+  lua_setfield(L, -2, "encode");
+  lua_pushcfunction(L, l_json_decode);
+  lua_setfield(L, -2, "decode");
+  lua_setfield(L, -2, "json");
+  lua_pushliteral(L, SL_VERSION);
+  lua_setfield(L, -2, "version");
+  lua_setfield(L, env, "sluice");
+
+  luaL_newmetatable(L, "sluice.counter");
+  lua_createtable(L, 0, 2);
+  lua_pushcfunction(L, l_counter_inc);
+  lua_setfield(L, -2, "inc");
+  lua_pushcfunction(L, l_counter_add);
+  lua_setfield(L, -2, "add");
+  lua_setfield(L, -2, "__index");
+  lua_pushliteral(L, "protected");
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+
+  /* the event: one userdata for the life of the state */
+  lua_newuserdata(L, 1);
+  lua_createtable(L, 0, 4);
+  lua_pushcfunction(L, ev_field);
+  lua_pushcclosure(L, ev_index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, ev_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushcfunction(L, ev_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushliteral(L, "protected");
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);
+  b->ref_event = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushcfunction(L, on_error);
+  b->ref_handler = luaL_ref(L, LUA_REGISTRYINDEX);
+  b->ref_on_event = new_ref(L);
+  b->ref_module = new_ref(L);
+  b->ref_snapshot = new_ref(L);
+  b->ref_restore = new_ref(L);
+  b->ref_topic = new_ref(L);
+  b->ref_key = new_ref(L);
+  b->ref_headers = new_ref(L);
+  b->ref_payload = new_ref(L);
+  b->ref_drop = new_ref(L);
+  b->ref_tmp = new_ref(L);
+
+  /* defence in depth: the old globals lose what a rule must not have,
+   * although nothing reachable from the sandbox leads to them */
+  {
+    static const char *const bad[] = {"load", "loadstring", "dofile",
+                                      "loadfile", "getfenv", "setfenv",
+                                      "newproxy", "collectgarbage", "os",
+                                      "gcinfo", "module", NULL};
+    for (name = bad; *name; name++) {
+      lua_pushnil(L);
+      lua_setfield(L, g0, *name);
+    }
+  }
+  lua_pushvalue(L, env);
+  lua_replace(L, LUA_GLOBALSINDEX);
+  lua_checkstack(L, LUA_MINSTACK + SLOT_BASE);
+  return 0;
+}
+
+/* Check the table the chunk returned (in ref_tmp) against the contract
+ * and keep its parts. Run with lua_cpcall; ud is the box. */
+static int box_contract(lua_State *L) {
+  struct box *b = lua_touserdata(L, 1);
+  struct sl_rule *r = b->rule;
+  int line = b->last_line, i, n;
+
+  lua_settop(L, 0);
+  push_ref(L, b->ref_tmp);
+  if (!lua_istable(L, 1))
+    return luaL_error(L, "%s:%d: the rule must return a table with "
+                         "on_event (got %s)", r->path, line,
+                      lua_typename(L, b->ret_type));
+  set_ref(L, b->ref_module, 1);
+  lua_pushliteral(L, "on_event");
+  lua_rawget(L, 1);
+  if (lua_type(L, -1) != LUA_TFUNCTION)
+    return luaL_error(L, "%s:%d: on_event must be a function (got %s)",
+                      r->path, line, luaL_typename(L, -1));
+  set_ref(L, b->ref_on_event, -1);
+  lua_pushliteral(L, "snapshot");
+  lua_rawget(L, 1);
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION)
+    return luaL_error(L, "%s:%d: snapshot must be a function (got %s)",
+                      r->path, line, luaL_typename(L, -1));
+  set_ref(L, b->ref_snapshot, -1);
+  lua_pushliteral(L, "restore");
+  lua_rawget(L, 1);
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION)
+    return luaL_error(L, "%s:%d: restore must be a function (got %s)",
+                      r->path, line, luaL_typename(L, -1));
+  set_ref(L, b->ref_restore, -1);
+  lua_pushliteral(L, "on_start");
+  lua_rawget(L, 1);
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION)
+    return luaL_error(L, "%s:%d: on_start must be a function (got %s)",
+                      r->path, line, luaL_typename(L, -1));
+  set_ref(L, b->ref_tmp, -1);
+
+  lua_settop(L, 1);
+  lua_pushliteral(L, "topics");
+  lua_rawget(L, 1); /* 2 */
+  if (lua_isnil(L, 2))
+    return 0;
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    lua_createtable(L, 1, 0);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, 1);
+    lua_replace(L, 2);
+  }
+  if (!lua_istable(L, 2))
+    return luaL_error(L, "%s:%d: topics must be a string or a list of "
+                         "strings (got %s)", r->path, line,
+                      luaL_typename(L, 2));
+  n = (int)lua_objlen(L, 2);
+  lua_pushnil(L);
+  i = 0;
+  while (lua_next(L, 2)) {
+    i++;
+    lua_pop(L, 1);
+  }
+  if (n == 0 || i != n)
+    return luaL_error(L, "%s:%d: topics must be a non-empty list of "
+                         "strings", r->path, line);
+  b->topics = calloc((size_t)n, sizeof(char *));
+  if (b->topics == NULL)
+    return luaL_error(L, "not enough memory");
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, 2, i);
+    if (lua_type(L, -1) != LUA_TSTRING || lua_objlen(L, -1) == 0)
+      return luaL_error(L, "%s:%d: topics[%d] must be a non-empty string "
+                           "(got %s)", r->path, line, i,
+                        luaL_typename(L, -1));
+    b->topics[i - 1] = strdup(lua_tostring(L, -1));
+    if (b->topics[i - 1] == NULL)
+      return luaL_error(L, "not enough memory");
+    b->ntopics = i;
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
+static int box_gc(lua_State *L) {
+  (void)L;
+  lua_gc(L, LUA_GCCOLLECT, 0);
+  return 0;
+}
+
+static void box_free(struct box *b) {
+  int i;
+
+  if (b == NULL)
+    return;
+  if (b->L)
+    lua_close(b->L);
+  for (i = 0; i < b->ntopics; i++)
+    free(b->topics[i]);
+  free(b->topics);
+  free(b);
+}
+
+static int on_panic(lua_State *L) {
+  fprintf(stderr, "sluice: unprotected Lua error in a rule state: %s\n",
+          lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+  abort();
+}
+
+static void sha256_hex(const uint8_t *p, size_t n, char out[65]) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0, i;
+
+  if (EVP_Digest(p, n, md, &len, EVP_sha256(), NULL) != 1)
+    len = 0;
+  for (i = 0; i < len && i < 32; i++)
+    snprintf(out + 2 * i, 3, "%02x", md[i]);
+  out[2 * i] = 0;
+}
+
+/* Build a complete box from the rule's file: state, sandbox, chunk,
+ * contract, on_start. NULL with err filled ("path:line: message"). */
+static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
+  struct box *b;
+  lua_State *L;
+  char msg[512], where[256];
+  int rc, st;
+  size_t i;
+
+  rc = read_file(r, r->path);
+  if (rc != 0) {
+    snprintf(err, errlen, "%s:0: cannot read the rule: %s", r->path,
+             strerror(-rc));
+    return NULL;
+  }
+  sha256_hex(r->file.data, r->file.len, r->hash);
+  if (is_bytecode(r->file.data, r->file.len)) {
+    snprintf(err, errlen, "%s:1: bytecode is not allowed, rules are loaded "
+             "as text", r->path);
+    return NULL;
+  }
+  b = calloc(1, sizeof(*b));
+  if (b == NULL) {
+    snprintf(err, errlen, "%s:0: not enough memory", r->path);
+    return NULL;
+  }
+  b->rule = r;
+  b->limit = (size_t)r->memory_mb << 20;
+  b->last_line = 1;
+  for (i = 0; i < r->file.len; i++)
+    if (r->file.data[i] == '\n' && i + 1 < r->file.len)
+      b->last_line++;
+  L = lua_newstate(box_alloc, b);
+  if (L == NULL) {
+    snprintf(err, errlen, "%s:0: cannot create a Lua state within "
+             "memory_mb=%u", r->path, (unsigned)r->memory_mb);
+    goto fail;
+  }
+  b->L = L;
+  lua_atpanic(L, on_panic);
+  luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+  if (box_cpcall(b, box_setup, b) != 0) {
+    snprintf(err, errlen, "%s:0: cannot set up the sandbox: %s", r->path,
+             r->err_msg);
+    goto fail;
+  }
+  /* fixed stack slots; pushing from the registry does not allocate */
+  lua_settop(L, 0);
+  push_ref(L, b->ref_handler);
+  lua_pushnil(L);
+  push_ref(L, b->ref_event);
+  set_hook(b, HOOK_COUNT);
+
+  /* the chunk, as text, under the budget */
+  lua_pushfstring(L, "@%s", r->path);
+  st = luaL_loadbufferx(L, (const char *)r->file.data, r->file.len,
+                        lua_tostring(L, -1), "t");
+  if (st != 0) {
+    snprintf(err, errlen, "%s", lua_tostring(L, -1));
+    goto fail;
+  }
+  lua_remove(L, -2);
+  st = box_call(b, 0, 1);
+  if (st != 0) {
+    describe(b, st, err, errlen, where, sizeof(where), NULL, 0);
+    goto fail;
+  }
+  b->ret_type = lua_type(L, -1);
+  set_ref(L, b->ref_tmp, -1);
+  lua_pop(L, 1);
+  if (box_cpcall(b, box_contract, b) != 0) {
+    snprintf(err, errlen, "%s", r->err_msg);
+    goto fail;
+  }
+  push_ref(L, b->ref_on_event);
+  lua_replace(L, SLOT_ON_EVENT);
+  push_ref(L, b->ref_tmp); /* on_start or false */
+  if (lua_isfunction(L, -1)) {
+    st = box_call(b, 0, 0);
+    if (st != 0) {
+      describe(b, st, msg, sizeof(msg), where, sizeof(where), NULL, 0);
+      snprintf(err, errlen, "%s", msg);
+      goto fail;
+    }
+  }
+  lua_settop(L, SLOT_BASE);
+  return b;
+
+fail:
+  box_free(b);
+  return NULL;
+}
+
+/* Replace a broken box with a new one from the file. */
+static int rule_rebuild(struct sl_rule *r) {
+  char err[512];
+  struct box *b = box_new(r, err, sizeof(err));
+
+  if (b == NULL) {
+    if (r->host.log)
+      r->host.log(r->host.data, r, 3, err, NULL, 0);
+    return SL_EINVAL;
+  }
+  box_free(r->box);
+  r->box = b;
+  r->rebuilds++;
+  return 0;
+}
+
+/* Collect fully, and say whether the state is still worth keeping (its
+ * live data leaves room for work). Used after a memory error and when a
+ * state nears its cap. */
+static int box_usable_after_oom(struct box *b) {
+  size_t limit = b->limit;
+  int st;
+
+  b->in_call = 1; /* the collection may run no rule code, but be safe */
+  b->deadline = UINT64_MAX;
+  b->limit = limit + limit / 4 + (1u << 20); /* the collector may allocate
+                                               a little (string table) */
+  st = lua_cpcall(b->L, box_gc, NULL);
+  b->limit = limit;
+  b->in_call = 0;
+  if (st != 0) {
+    lua_pop(b->L, 1);
+    return 0;
+  }
+  return b->used < b->limit / 10 * 9;
+}
+
+/* ---- the public API ------------------------------------------------------ */
+
+struct sl_rule *sl_rule_load(const char *path,
+                             const struct sl_rule_limits *limits,
+                             const struct sl_rule_host *host, char *err,
+                             size_t errlen) {
+  struct sl_rule *r;
+
+  r = calloc(1, sizeof(*r));
+  if (r == NULL)
+    goto fail_alloc;
+  r->path = strdup(path);
+  if (r->path == NULL)
+    goto fail_alloc;
+  r->cpu_budget_ms = limits && limits->cpu_budget_ms ? limits->cpu_budget_ms
+                                                     : 10;
+  r->memory_mb = limits && limits->memory_mb ? limits->memory_mb : 64;
+  if (limits && limits->scripts_dir &&
+      (r->scripts_dir = strdup(limits->scripts_dir)) == NULL)
+    goto fail_alloc;
+  if (limits && limits->lib_dir && (r->lib_dir = strdup(limits->lib_dir)) == NULL)
+    goto fail_alloc;
+  if (host)
+    r->host = *host;
+  sl_idgen_init(&r->idgen);
+  if (getrandom(&r->seed1, sizeof(r->seed1), 0) != sizeof(r->seed1) ||
+      getrandom(&r->seed2, sizeof(r->seed2), 0) != sizeof(r->seed2)) {
+    r->seed1 = sl_mono_ns() ^ (uintptr_t)r;
+    r->seed2 = mix64(r->seed1 + (uint64_t)sl_now_ns());
+  }
+  r->wall0_ns = sl_now_ns();
+  r->mono0_ns = rule_mono_ns(r);
+  sl_buf_init(&r->routes);
+  sl_buf_init(&r->buf1);
+  sl_buf_init(&r->buf2);
+  sl_buf_init(&r->file);
+  r->box = box_new(r, err, errlen);
+  if (r->box == NULL)
+    goto fail;
+  sl_buf_close(&r->file); /* only needed again for require or rebuild */
+  return r;
+
+fail_alloc:
+  snprintf(err, errlen, "%s:0: not enough memory", path);
+fail:
+  sl_rule_free(r);
+  return NULL;
+}
+
+void sl_rule_free(struct sl_rule *r) {
+  int i;
+
+  if (r == NULL)
+    return;
+  box_free(r->box);
+  for (i = 0; i < r->ncounters; i++) {
+    free(r->counters[i].name);
+    free(r->counters[i].labels);
+  }
+  free(r->counters);
+  lru_close(&r->rate);
+  lru_close(&r->seen);
+  sl_buf_close(&r->routes);
+  sl_buf_close(&r->buf1);
+  sl_buf_close(&r->buf2);
+  sl_buf_close(&r->file);
+  free(r->scripts_dir);
+  free(r->lib_dir);
+  free(r->path);
+  free(r);
+}
+
+/* Does s[0..n) match glob p, where '*' matches any run of characters? */
+static int glob_match(const char *p, const char *s, size_t n) {
+  const char *star = NULL;
+  size_t i = 0, mark = 0;
+
+  while (i < n) {
+    if (*p == '*') {
+      star = ++p;
+      mark = i;
+    } else if (*p && *p == s[i]) {
+      p++;
+      i++;
+    } else if (star) {
+      p = star;
+      i = ++mark;
+    } else {
+      return 0;
+    }
+  }
+  while (*p == '*')
+    p++;
+  return *p == 0;
+}
+
+int sl_rule_matches(const struct sl_rule *r, const char *topic, size_t len) {
+  const struct box *b = r->box;
+  int i;
+
+  if (b->ntopics == 0)
+    return 1;
+  for (i = 0; i < b->ntopics; i++)
+    if (glob_match(b->topics[i], topic, len))
+      return 1;
+  return 0;
+}
+
+static void decide_error(struct sl_rule_decision *d, enum sl_rule_error kind,
+                         const char *where, const char *fmt, ...)
+    SL_PRINTF(4, 5);
+
+static void decide_error(struct sl_rule_decision *d, enum sl_rule_error kind,
+                         const char *where, const char *fmt, ...) {
+  va_list ap;
+
+  d->verdict = SL_RULE_ERROR;
+  d->error = kind;
+  d->nroutes = 0;
+  va_start(ap, fmt);
+  vsnprintf(d->message, sizeof(d->message), fmt, ap);
+  va_end(ap);
+  snprintf(d->where, sizeof(d->where), "%s", where);
+}
+
+/* Turn on_event's return value (on top) into a decision. No allocation
+ * in the state: only reads. */
+static void take_result(struct box *b, struct sl_rule_decision *d) {
+  struct sl_rule *r = b->rule;
+  lua_State *L = b->L;
+  size_t offs[SL_RULE_MAX_ROUTES], n, i, count;
+  char where[300];
+  const char *s;
+  lua_Debug ar;
+
+  switch (lua_type(L, -1)) {
+  case LUA_TNIL:
+    return;
+  case LUA_TSTRING:
+    s = lua_tolstring(L, -1, &n);
+    if (n == 0)
+      break;
+    sl_buf_reset(&r->routes);
+    if (sl_buf_append(&r->routes, s, n + 1) != 0)
+      goto nomem;
+    d->verdict = SL_RULE_ROUTE;
+    d->nroutes = 1;
+    d->routes[0] = (const char *)r->routes.data;
+    return;
+  case LUA_TLIGHTUSERDATA:
+    if (lua_touserdata(L, -1) != &drop_sentinel)
+      break;
+    push_ref(L, b->ref_drop);
+    d->verdict = SL_RULE_DROP;
+    snprintf(d->message, sizeof(d->message), "%s",
+             lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "dropped");
+    lua_pop(L, 1);
+    return;
+  case LUA_TTABLE:
+    count = lua_objlen(L, -1);
+    if (count == 0 || count > SL_RULE_MAX_ROUTES)
+      break;
+    sl_buf_reset(&r->routes);
+    for (i = 0; i < count; i++) {
+      lua_rawgeti(L, -1, (int)i + 1);
+      if (lua_type(L, -1) != LUA_TSTRING || lua_objlen(L, -1) == 0) {
+        lua_pop(L, 1);
+        count = 0;
+        break;
+      }
+      s = lua_tolstring(L, -1, &n);
+      offs[i] = r->routes.len;
+      if (sl_buf_append(&r->routes, s, n + 1) != 0) {
+        lua_pop(L, 1);
+        goto nomem;
+      }
+      lua_pop(L, 1);
+    }
+    if (count == 0)
+      break;
+    d->verdict = SL_RULE_ROUTE;
+    d->nroutes = (int)count;
+    for (i = 0; i < count; i++)
+      d->routes[i] = (const char *)r->routes.data + offs[i];
+    return;
+  default:
+    break;
+  }
+  /* a bad value: name it, at the line where on_event is defined */
+  lua_pushvalue(L, SLOT_ON_EVENT);
+  if (lua_getinfo(L, ">S", &ar))
+    snprintf(where, sizeof(where), "%s:%d", ar.short_src, ar.linedefined);
+  else
+    snprintf(where, sizeof(where), "%s", r->path);
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    count = lua_objlen(L, -1);
+    decide_error(d, SL_RULE_ERR_RUNTIME, where,
+                 "%s: on_event returned %s (a list of 1..%d non-empty "
+                 "output names expected)", where,
+                 count > SL_RULE_MAX_ROUTES ? "too many routes"
+                 : count == 0 ? "an empty or non-list table"
+                              : "a list with a non-string or empty entry",
+                 SL_RULE_MAX_ROUTES);
+  } else {
+    decide_error(d, SL_RULE_ERR_RUNTIME, where,
+                 "%s: on_event returned %s %s (expected nil, an output name, "
+                 "a list of output names or sluice.drop(reason))", where,
+                 lua_type(L, -1) == LUA_TSTRING ? "an empty" : "a",
+                 luaL_typename(L, -1));
+  }
+  return;
+nomem:
+  decide_error(d, SL_RULE_ERR_MEMORY, r->path, "%s: not enough memory",
+               r->path);
+}
+
+static void clear_event(struct box *b) {
+  lua_State *L = b->L;
+
+  /* the slots exist, so these stores do not allocate */
+  if (b->evflags & EV_TOPIC) {
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_topic);
+  }
+  if (b->evflags & EV_KEY) {
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_key);
+  }
+  if (b->evflags & EV_HEADERS) {
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_headers);
+  }
+  if (b->evflags & EV_PAYLOAD) {
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_payload);
+  }
+  b->evflags = 0;
+  b->ev = NULL;
+}
+
+void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
+                 struct sl_rule_decision *d) {
+  struct box *b = r->box;
+  lua_State *L = b->L;
+  int st, rebuild = 0;
+
+  d->verdict = SL_RULE_PASS;
+  d->error = SL_RULE_ERR_NONE;
+  d->nroutes = 0;
+  d->message[0] = 0;
+  d->where[0] = 0;
+  d->traceback[0] = 0;
+  d->changed = NULL;
+  if (sl_unlikely(b->in_call)) {
+    decide_error(d, SL_RULE_ERR_RUNTIME, r->path,
+                 "%s: the rule was called again from inside itself", r->path);
+    return;
+  }
+  b->ev = ev;
+  b->evflags = 0;
+  lua_pushvalue(L, SLOT_ON_EVENT);
+  lua_pushvalue(L, SLOT_EVENT);
+  st = box_call(b, 1, 1);
+  if (sl_likely(st == 0 && !b->cpu_hit)) {
+    take_result(b, d);
+    if (b->evflags && d->verdict != SL_RULE_DROP &&
+        d->verdict != SL_RULE_ERROR) {
+      b->changed = NULL;
+      lua_settop(L, SLOT_BASE);
+      st = box_cpcall(b, finish, b);
+      if (st != 0) {
+        enum sl_rule_error kind = b->cpu_hit ? SL_RULE_ERR_CPU
+                                  : st == LUA_ERRMEM ? SL_RULE_ERR_MEMORY
+                                                     : SL_RULE_ERR_RUNTIME;
+        decide_error(d, kind, r->err_where, "%s", r->err_msg);
+        if (kind == SL_RULE_ERR_MEMORY && !box_usable_after_oom(b))
+          rebuild = 1;
+      } else {
+        d->changed = b->changed;
+      }
+      b->changed = NULL;
+    }
+  } else {
+    enum sl_rule_error kind =
+        describe(b, st, d->message, sizeof(d->message), d->where,
+                 sizeof(d->where), d->traceback, sizeof(d->traceback));
+    d->verdict = SL_RULE_ERROR;
+    d->error = kind;
+    d->nroutes = 0;
+    if (st == LUA_ERRERR ||
+        (kind == SL_RULE_ERR_MEMORY && !box_usable_after_oom(b)))
+      rebuild = 1;
+  }
+  lua_settop(L, SLOT_BASE);
+  clear_event(b);
+  if (rebuild)
+    rule_rebuild(r);
+  else if (sl_unlikely(b->used > b->limit / 4 * 3))
+    box_usable_after_oom(b); /* LuaJIT has no emergency GC: collect now */
+}
+
+int64_t sl_rule_next_timer(const struct sl_rule *r) {
+  const struct box *b = r->box;
+  int64_t best = -1;
+  int i;
+
+  for (i = 0; i < b->ntimers; i++)
+    if (best < 0 || b->timers[i].due_ms < best)
+      best = b->timers[i].due_ms;
+  return best;
+}
+
+void sl_rule_run_timers(struct sl_rule *r, int64_t now_ms) {
+  struct box *b = r->box;
+  int i, n = b->ntimers, st;
+
+  if (b->in_call)
+    return;
+  for (i = 0; i < n && r->box == b; i++) {
+    struct timer *t = &b->timers[i];
+    if (t->due_ms > now_ms)
+      continue;
+    t->due_ms += t->every_ms;
+    if (t->due_ms <= now_ms) /* fell behind: skip, do not burst */
+      t->due_ms = now_ms + t->every_ms;
+    push_ref(b->L, t->ref);
+    st = box_call(b, 0, 0);
+    if (st != 0) {
+      char msg[512], where[256], line[1400];
+      enum sl_rule_error kind =
+          describe(b, st, msg, sizeof(msg), where, sizeof(where), NULL, 0);
+      snprintf(line, sizeof(line), "timer: %s%s%s", msg,
+               r->err_set && kind == SL_RULE_ERR_RUNTIME ? "\n" : "",
+               r->err_set && kind == SL_RULE_ERR_RUNTIME ? r->err_tb : "");
+      lua_settop(b->L, SLOT_BASE);
+      if (r->host.log)
+        r->host.log(r->host.data, r, 3, line, NULL, 0);
+    if (st == LUA_ERRERR ||
+          (kind == SL_RULE_ERR_MEMORY && !box_usable_after_oom(b))) {
+        rule_rebuild(r);
+        break; /* b may be gone; the new state has its own timers */
+      }
+    }
+    lua_settop(b->L, SLOT_BASE);
+  }
+}
+
+struct codec_job {
+  struct box *b;
+  struct sl_buf *out;
+  const uint8_t *p;
+  size_t len;
+  int nil; /* the decoded value is nil (the slot holds false) */
+};
+
+static int encode_tmp(lua_State *L) {
+  struct codec_job *j = lua_touserdata(L, 1);
+  push_ref(L, j->b->ref_tmp);
+  sl_luacodec_encode(L, -1, j->out, check_cpu);
+  return 0;
+}
+
+static int decode_tmp(lua_State *L) {
+  struct codec_job *j = lua_touserdata(L, 1);
+  sl_luacodec_push(L, j->p, j->len, check_cpu);
+  j->nil = lua_isnil(L, -1);
+  set_ref(L, j->b->ref_tmp, -1);
+  return 0;
+}
+
+static int handover_error(struct box *b, int st, const char *what, char *err,
+                          size_t errlen) {
+  char msg[512], where[256];
+  enum sl_rule_error kind;
+
+  kind = describe(b, st, msg, sizeof(msg), where, sizeof(where), NULL, 0);
+  snprintf(err, errlen, "%s (in %s)", msg, what);
+  lua_settop(b->L, SLOT_BASE);
+  return kind == SL_RULE_ERR_CPU ? SL_ETIMEDOUT
+         : kind == SL_RULE_ERR_MEMORY ? SL_ENOMEM : SL_EINVAL;
+}
+
+int sl_rule_snapshot(struct sl_rule *r, struct sl_buf *out, char *err,
+                     size_t errlen) {
+  struct box *b = r->box;
+  struct codec_job j = {b, out, NULL, 0, 0};
+  size_t start = out->len;
+  int st;
+
+  push_ref(b->L, b->ref_snapshot);
+  if (!lua_isfunction(b->L, -1)) {
+    lua_settop(b->L, SLOT_BASE);
+    return SL_ENOENT;
+  }
+  st = box_call(b, 0, 1);
+  if (st != 0)
+    return handover_error(b, st, "snapshot", err, errlen);
+  if (lua_isnil(b->L, -1)) {
+    lua_settop(b->L, SLOT_BASE);
+    return sl_codec_put_nil(out) == 0 ? 0 : SL_ENOMEM;
+  }
+  lua_rawseti(b->L, LUA_REGISTRYINDEX, b->ref_tmp);
+  st = box_cpcall(b, encode_tmp, &j);
+  lua_pushboolean(b->L, 0);
+  lua_rawseti(b->L, LUA_REGISTRYINDEX, b->ref_tmp);
+  lua_settop(b->L, SLOT_BASE);
+  if (st != 0) {
+    out->len = start;
+    snprintf(err, errlen, "%s: snapshot() returned a value msgpack cannot "
+             "hold: %s", r->path, r->err_msg);
+    return st == LUA_ERRMEM ? SL_ENOMEM : SL_EINVAL;
+  }
+  return 0;
+}
+
+int sl_rule_restore(struct sl_rule *r, const uint8_t *p, size_t len,
+                    char *err, size_t errlen) {
+  struct box *b = r->box;
+  struct codec_job j = {b, NULL, p, len, 0};
+  int st;
+
+  push_ref(b->L, b->ref_restore);
+  if (!lua_isfunction(b->L, -1)) {
+    lua_settop(b->L, SLOT_BASE);
+    return SL_ENOENT;
+  }
+  st = box_cpcall(b, decode_tmp, &j);
+  if (st != 0) {
+    lua_settop(b->L, SLOT_BASE);
+    snprintf(err, errlen, "%s: cannot decode the snapshot: %s", r->path,
+             r->err_msg);
+    return st == LUA_ERRMEM ? SL_ENOMEM : SL_EINVAL;
+  }
+  if (j.nil)
+    lua_pushnil(b->L);
+  else
+    push_ref(b->L, b->ref_tmp);
+  st = box_call(b, 1, 0);
+  lua_pushboolean(b->L, 0);
+  lua_rawseti(b->L, LUA_REGISTRYINDEX, b->ref_tmp);
+  if (st != 0)
+    return handover_error(b, st, "restore", err, errlen);
+  lua_settop(b->L, SLOT_BASE);
+  return 0;
+}
+
+const char *sl_rule_path(const struct sl_rule *r) { return r->path; }
+const char *sl_rule_hash(const struct sl_rule *r) { return r->hash; }
+size_t sl_rule_memory(const struct sl_rule *r) { return r->box->used; }
+uint64_t sl_rule_rebuilds(const struct sl_rule *r) { return r->rebuilds; }
+
+void sl_rule_counters(const struct sl_rule *r, sl_rule_counter_cb cb,
+                      void *data) {
+  int i;
+  for (i = 0; i < r->ncounters; i++)
+    cb(data, r->counters[i].name, r->counters[i].labels,
+       r->counters[i].value);
+}
