@@ -3,16 +3,16 @@
 DEB_PKGS := build-essential pkg-config libluajit-5.1-dev luajit libuv1-dev \
             libmsgpack-dev libssl-dev libhttp-parser-dev libyajl-dev \
             lua-busted python3 python3-msgpack python3-pytest curl \
-            prometheus wrk
+            prometheus wrk clang libclang-rt-14-dev
 PKGS     := luajit libuv msgpack openssl yajl
 
 BUILD    ?= build
 CC       ?= cc
 SAN      ?=
 CFLAGS   ?= -O2 -g
-CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fPIC \
+override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fPIC \
             -Iengine $(SAN)
-LDFLAGS  += $(SAN)
+override LDFLAGS += $(SAN)
 
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lm
@@ -27,7 +27,8 @@ TOOL_BIN    := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 
 .PHONY: all deps run test test-asan bench soak clean fuzz
 
-all: $(BUILD)/sluice $(CTEST_BIN) $(TOOL_BIN) $(BUILD)/sluice_pattern_test.so
+all: $(BUILD)/sluice $(CTEST_BIN) $(TOOL_BIN) $(BUILD)/sluice_pattern_test.so \
+     $(BUILD)/sluice_core.so
 
 # Install what is missing from Debian; skip what is there.
 deps:
@@ -60,8 +61,28 @@ $(BUILD)/tools/%: tests/tools/%.c $(LIB_OBJ)
 # to libluajit and never sanitized: it must load into a plain luajit host.
 $(BUILD)/sluice_pattern_test.so: tests/lua/sluice_pattern_test.c engine/pattern.c engine/pattern.h | deps
 	@mkdir -p $(dir $@)
-	$(CC) $(filter-out -fsanitize% -fno-sanitize%,$(CFLAGS)) $(PKG_CFLAGS) -shared \
-	  -o $@ tests/lua/sluice_pattern_test.c engine/pattern.c
+	$(CC) $(filter-out -fsanitize% -fno-sanitize%,$(CFLAGS)) -Iengine -fPIC \
+	  $(PKG_CFLAGS) -shared -o $@ tests/lua/sluice_pattern_test.c engine/pattern.c
+
+# The rule sandbox as the Lua C module sluice_core, for busted through
+# scripts/sluice/testing.lua: the engine's own objects, not linked to
+# libluajit (the luajit host provides the Lua API). Sanitized objects could
+# not load into a plain luajit, so under SAN the module is built from
+# unsanitized copies in $(BUILD)/core/.
+CORE_SRC := engine/testing.c engine/sandbox.c engine/luacodec.c \
+            engine/codec.c engine/event.c engine/buf.c $(wildcard engine/pattern.c)
+ifeq ($(strip $(SAN)),)
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
+else
+CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/core/%.o)
+endif
+
+$(BUILD)/core/engine/%.o: engine/%.c $(wildcard engine/*.h) | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -fsanitize% -fno-sanitize%,$(CFLAGS)) $(PKG_CFLAGS) -c $< -o $@
+
+$(BUILD)/sluice_core.so: $(CORE_OBJ)
+	$(CC) -shared -o $@ $^ $(filter-out -lluajit%,$(PKG_LIBS))
 
 run: $(BUILD)/sluice
 	$(BUILD)/sluice run -c sluice.conf.lua
@@ -90,12 +111,37 @@ FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
                -Wall -Wextra -Iengine -fsanitize=fuzzer,address,undefined \
                -fno-sanitize-recover=undefined
 
-fuzz: $(BUILD)/fuzz/fuzz_codec
+fuzz: $(BUILD)/fuzz/fuzz_codec $(BUILD)/fuzz/fuzz_pattern $(BUILD)/fuzz/fuzz_http \
+      $(BUILD)/fuzz/fuzz_json
 
 $(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c engine/codec.c engine/buf.c \
                           engine/codec.h engine/buf.h engine/common.h
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_codec.c engine/codec.c engine/buf.c
+
+# Compares with LuaJIT's own string library, so it links libluajit.
+$(BUILD)/fuzz/fuzz_pattern: tests/fuzz/fuzz_pattern.c engine/pattern.c \
+                            engine/pattern.h engine/common.h
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags luajit) -o $@ \
+	  tests/fuzz/fuzz_pattern.c engine/pattern.c $(shell pkg-config --libs luajit)
+
+# The HTTP server over loopback connections, so the conn layer under it runs
+# too (conn.c wants config.c for addresses, config.c wants LuaJIT).
+FUZZ_HTTP_SRC := engine/http.c engine/conn.c engine/buf.c engine/log.c \
+                 engine/config.c
+$(BUILD)/fuzz/fuzz_http: tests/fuzz/fuzz_http.c $(FUZZ_HTTP_SRC) \
+                         $(wildcard engine/*.h)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) $(PKG_CFLAGS) -o $@ tests/fuzz/fuzz_http.c \
+	  $(FUZZ_HTTP_SRC) $(PKG_LIBS)
+
+$(BUILD)/fuzz/fuzz_json: tests/fuzz/fuzz_json.c engine/json.c engine/codec.c \
+                         engine/buf.c engine/json.h engine/codec.h engine/buf.h
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags yajl) -o $@ \
+	  tests/fuzz/fuzz_json.c engine/json.c engine/codec.c engine/buf.c \
+	  $(shell pkg-config --libs yajl)
 
 clean:
 	rm -rf build build-asan

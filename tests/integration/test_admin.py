@@ -1,0 +1,302 @@
+"""The admin server (issue 6) against the real binary: health and
+readiness (flipping when a tcp output's peer dies), /metrics through
+`promtool check metrics`, /rules and /reload (accepted and rejected), the
+tap (filter, limit, sample, redaction) and a tap client that never reads
+while the pipeline runs at full speed, and bearer auth.
+
+Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/test_admin.py
+"""
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from conftest import EngineExited, Sink, pack, send_events, wait_for
+from helpers_http import (RawClient, config, curl, metric, metrics, ports,
+                          request, wait_metric)
+
+
+def admin_url(port, path):
+    return "http://127.0.0.1:%d%s" % (port, path)
+
+
+def ingest(port, body, ctype="application/json"):
+    r = curl("http://127.0.0.1:%d/v1/events" % port, data=body, content_type=ctype)
+    assert r.status == 202, r
+    return r
+
+
+# ---- health, readiness, auth ----------------------------------------------
+
+def test_healthz_and_readyz_answer_when_all_is_well(sluice):
+    port, admin = ports(2)
+    sluice(config(port, admin_port=admin))
+    r = curl(admin_url(admin, "/healthz"))
+    assert r.status == 200 and r.json() == {"status": "ok"}
+    r = curl(admin_url(admin, "/readyz"))
+    assert r.status == 200
+    body = r.json()
+    assert body["ready"] is True and body["reasons"] == []
+    assert body["outputs"] == {"out": "ok", "dead_letter": "ok"}
+
+
+def test_readiness_flips_to_503_when_the_tcp_output_peer_dies(sluice):
+    port, admin, peer = ports(3)
+    sink = Sink(port=peer)
+    sluice(config(port, admin_port=admin, outputs=[{
+        "name": "downstream", "type": "tcp", "address": sink.address,
+        "retry": {"initial_ms": 50, "max_ms": 200}}],
+        routes=[{"topics": "*", "to": "downstream"}]))
+
+    def status():
+        return curl(admin_url(admin, "/readyz"))
+    wait_for(lambda: status().status == 200, 5, interval=0.05, what="ready")
+    sink.close()
+    r = wait_for(lambda: (lambda r: r if r.status == 503 else None)(status()), 5,
+                 interval=0.05, what="readyz to turn 503")
+    body = r.json()
+    assert body["ready"] is False
+    assert body["reasons"] == ["every output is failing"]
+    assert body["outputs"]["downstream"] == "failing"
+    assert curl(admin_url(admin, "/healthz")).status == 200  # alive all along
+    with Sink(port=peer):
+        wait_for(lambda: status().status == 200, 5, interval=0.05,
+                 what="ready again once the peer is back")
+
+
+def test_every_endpoint_but_healthz_wants_the_bearer_token(sluice, tmp_path):
+    port, admin = ports(2)
+    (tmp_path / "admin.token").write_text("adm1n\n")
+    cfg = config(port, admin_port=admin)
+    cfg["admin"]["bearer_token_file"] = str(tmp_path / "admin.token")
+    sluice(cfg)
+    assert curl(admin_url(admin, "/healthz")).status == 200
+    for path in ("/readyz", "/metrics", "/rules", "/tap?limit=1"):
+        r = curl(admin_url(admin, path))
+        assert r.status == 401, path
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        r = curl(admin_url(admin, path), headers=["Authorization: Bearer wrong"])
+        assert r.status == 401, path
+    assert curl(admin_url(admin, "/reload"), method="POST").status == 401
+    good = ["Authorization: Bearer adm1n"]
+    assert curl(admin_url(admin, "/readyz"), headers=good).status == 200
+    assert curl(admin_url(admin, "/rules"), headers=good).status == 200
+    assert curl(admin_url(admin, "/reload"), method="POST", headers=good).status == 200
+    text = metrics(admin, token="adm1n")
+    assert metric(text, "sluice_admin_requests_total", server="admin", code="401") == 9
+
+
+def test_admin_unknown_path_is_404_and_wrong_method_405(sluice):
+    port, admin = ports(2)
+    sluice(config(port, admin_port=admin))
+    assert curl(admin_url(admin, "/nope")).status == 404
+    r = curl(admin_url(admin, "/reload"))
+    assert r.status == 405 and r.headers["allow"] == "POST"
+    assert curl(admin_url(admin, "/metrics"), method="POST").status == 405
+
+
+def test_admin_port_in_use_fails_start_with_a_clear_error(sluice):
+    import socket
+    port, admin = ports(2)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", admin))
+    holder.listen(1)
+    try:
+        with pytest.raises(EngineExited) as e:
+            sluice(config(port, admin_port=admin))
+        assert "admin.listen" in str(e.value)
+    finally:
+        holder.close()
+
+
+# ---- metrics --------------------------------------------------------------
+
+RULE_OK = """
+return {
+  topics = "*",
+  on_event = function(ev)
+    sluice.counter("seen", { topic = ev.topic }):inc()
+    if ev.topic == "drop.me" then return sluice.drop("not wanted") end
+    return "out"
+  end,
+}
+"""
+
+
+def rules_config(port, admin, tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir(exist_ok=True)
+    (rules / "10_pass.lua").write_text(RULE_OK)
+    cfg = config(port, admin_port=admin)
+    cfg["rules"] = {"dir": str(rules), "watch": False}
+    return cfg, rules
+
+
+def test_metrics_pass_promtool_check_metrics(sluice, tmp_path):
+    port, admin = ports(2)
+    cfg, _ = rules_config(port, admin, tmp_path)
+    sluice(cfg)
+    ingest(port, json.dumps([{"topic": "a"}, {"topic": "drop.me"}, {"topic": "b"}]))
+    curl("http://127.0.0.1:%d/v1/events" % port, data='{"nope":1}',
+         content_type="application/json")
+    wait_metric(admin, "sluice_output_events_total", lambda v: v == 2, output="out")
+    text = metrics(admin)
+    r = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0, (r.stdout + r.stderr).decode() + "\n" + text
+    for name, labels, want in [
+            ("sluice_input_events_total", {"input": "web"}, 3),
+            ("sluice_input_bad_total", {"input": "web"}, 1),
+            ("sluice_output_events_total", {"output": "out"}, 2),
+            ("sluice_events_dropped_total", {"reason": "rule"}, 1),
+            ("sluice_queue_events", {"output": "out"}, 0),
+            ("sluice_queue_capacity_events", {"output": "out"}, 100000),
+            ("sluice_delivery_latency_seconds_count", {"output": "out"}, 2),
+            ("sluice_rule_calls_total", {"rule": "10_pass.lua"}, 3),
+            ("sluice_http_requests_total", {"input": "web", "code": "202"}, 1),
+            ("sluice_http_requests_total", {"input": "web", "code": "400"}, 1),
+            ("sluice_input_connections_open", {"input": "web"}, 0),
+            ("sluice_rules_version", {}, 1)]:
+        assert metric(text, name, **labels) == want, (name, labels, text)
+    assert metric(text, "sluice_rule_value", rule="10_pass.lua", name="seen",
+                  topic="a") == 1
+    assert metric(text, "process_resident_memory_bytes") > 1e6
+    assert metric(text, "process_open_fds") > 3
+    assert metric(text, "process_cpu_seconds_total") >= 0
+    assert abs(metric(text, "process_start_time_seconds") - time.time()) < 60
+    assert "# TYPE sluice_delivery_latency_seconds histogram" in text
+
+
+# ---- rules and reload -----------------------------------------------------
+
+def test_rules_status_and_reload_accepted_and_rejected(sluice, tmp_path):
+    port, admin = ports(2)
+    cfg, rules = rules_config(port, admin, tmp_path)
+    sluice(cfg)
+    st = curl(admin_url(admin, "/rules")).json()
+    assert st["version"] == 1
+    assert [r["file"].rsplit("/", 1)[-1] for r in st["rules"]] == ["10_pass.lua"]
+    assert len(st["rules"][0]["hash"]) == 64
+    (rules / "20_more.lua").write_text(RULE_OK)
+    r = curl(admin_url(admin, "/reload"), method="POST")
+    assert r.status == 200
+    st = r.json()
+    assert st["version"] == 2 and len(st["rules"]) == 2
+    assert st["last_reload"]["result"] == "ok"
+    (rules / "30_broken.lua").write_text("return {\n  topics = '*',\n  on_event = \n")
+    r = curl(admin_url(admin, "/reload"), method="POST")
+    assert r.status == 422
+    body = r.json()
+    assert "30_broken.lua" in body["error"]
+    assert body["status"]["version"] == 2  # the live set stays
+    assert body["status"]["last_reload"]["result"] == "failed"
+    ingest(port, '{"topic":"still.works"}')
+
+
+# ---- the tap --------------------------------------------------------------
+
+def tap_proc(admin, query):
+    return subprocess.Popen(["curl", "-sN", "--max-time", "20",
+                             admin_url(admin, "/tap?" + query)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_tap_streams_matching_events_redacted_until_the_limit(sluice):
+    port, admin = ports(2)
+    sluice(config(port, admin_port=admin))
+    p = tap_proc(admin, "topics=orders.*,audit&limit=3")
+    try:
+        wait_metric(admin, "sluice_tap_clients", lambda v: v == 1)
+        batch = [
+            {"topic": "other", "payload": 0},
+            {"topic": "orders.new", "payload": 1,
+             "headers": {"authorization": "Bearer xyz", "Cookie": "c=1", "x-ok": "v"}},
+            {"topic": "audit", "key": "k", "payload": {"a": [1, 2]}},
+            {"topic": "orders.old", "payload": 3},
+            {"topic": "orders.late", "payload": 4},
+        ]
+        ingest(port, json.dumps(batch))
+        out, _ = p.communicate(timeout=15)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0
+    lines = [json.loads(l) for l in out.decode().splitlines()]
+    assert len(lines) == 3
+    assert [l["event"]["topic"] for l in lines] == ["orders.new", "audit", "orders.old"]
+    assert all(l["outcome"] == "routed" for l in lines)
+    h = lines[0]["event"]["headers"]
+    assert h["authorization"] == "***" and h["Cookie"] == "***" and h["x-ok"] == "v"
+    assert h["traceparent"].startswith("00-")
+    assert lines[1]["event"]["key"] == "k" and lines[1]["event"]["payload"] == {"a": [1, 2]}
+    wait_metric(admin, "sluice_tap_clients", lambda v: v == 0)
+    text = metrics(admin)
+    assert metric(text, "sluice_tap_lines_total") == 3
+
+
+def test_tap_sample_keeps_a_share_and_bad_parameters_are_400(sluice):
+    port, admin = ports(2)
+    sluice(config(port, admin_port=admin))
+    for q in ("sample=0", "sample=1.5", "sample=x", "limit=0", "limit=-1", "topics="):
+        assert curl(admin_url(admin, "/tap?" + q)).status == 400, q
+    p = tap_proc(admin, "topics=s.*&sample=0.25")
+    try:
+        wait_metric(admin, "sluice_tap_clients", lambda v: v == 1)
+        body = "\n".join(json.dumps({"topic": "s.x", "payload": i}) for i in range(2000))
+        ingest(port, body, "application/x-ndjson")
+        wait_metric(admin, "sluice_output_events_total", lambda v: v == 2000, output="out")
+        time.sleep(0.3)
+    finally:
+        p.terminate()
+        out, _ = p.communicate(timeout=10)
+    n = len(out.decode().splitlines())
+    assert 300 < n < 700, n  # about a quarter of 2000
+
+
+def test_a_tap_client_that_never_reads_never_slows_the_pipeline(sluice):
+    """Full speed into a null output, without a tap and then with a tap
+    client that matches everything and never reads: the second is about as
+    fast (best of two runs each, to keep the noise of a shared machine out),
+    every tap line is either sent or dropped and counted, and what is sent
+    is bounded by the per-client buffer, not by the stream."""
+    tcp, admin = ports(2)
+    sluice({
+        "inputs": [{"name": "app", "type": "tcp", "listen": "127.0.0.1:%d" % tcp}],
+        "outputs": [{"name": "null", "type": "null"}],
+        "routes": [{"topics": "*", "to": "null"}],
+        "admin": {"listen": "127.0.0.1:%d" % admin},
+    })
+    n = 300000
+    data = b"".join(pack({"topic": "load.x", "key": "k%d" % (i % 10),
+                          "headers": {"authorization": "secret"},
+                          "payload": {"i": i, "s": "x" * 40}}) for i in range(n))
+
+    def run():
+        t0 = time.monotonic()
+        send_events("127.0.0.1:%d" % tcp, data, timeout=60)
+        return time.monotonic() - t0
+
+    base = min(run(), run())
+    wait_metric(admin, "sluice_output_events_total", lambda v: v == 2 * n,
+                output="null")
+    stalled = RawClient(admin, rcvbuf=4096)
+    stalled.send(request("GET", "/tap?topics=*"))
+    wait_metric(admin, "sluice_tap_clients", lambda v: v == 1)
+    tapped = min(run(), run())
+    wait_metric(admin, "sluice_output_events_total", lambda v: v == 4 * n,
+                output="null", timeout=30)
+    text = metrics(admin)
+    sent = metric(text, "sluice_tap_lines_total")
+    dropped = metric(text, "sluice_tap_lines_dropped_total")
+    print("no tap: %.2fs, stalled tap: %.2fs for %d events; tap lines sent %d, "
+          "dropped %d" % (base, tapped, n, sent, dropped))
+    assert dropped > 0
+    assert sent + dropped == 2 * n  # every matching event is accounted for
+    assert sent * 150 < 8 * (1 << 20)  # bounded by buffers, not the stream
+    assert tapped < 1.5 * base + 0.2, (base, tapped)
+    assert metric(text, "sluice_tap_clients") == 1
+    stalled.close()
+    wait_metric(admin, "sluice_tap_clients", lambda v: v == 0)

@@ -1,0 +1,157 @@
+#!/usr/bin/env bash
+# tests/run.sh - run every test suite against $BUILD (build or build-asan)
+# and end with one line "N passed, N failed" summing them all; CI reads it.
+# Suites: the C unit tests ($BUILD/tests/test_*), the busted specs (when a
+# .busted file exists) and the integration specs (tests/integration, run by
+# Debian's /usr/bin/python3 against $BUILD/sluice). Exits non-zero when a
+# test failed or a suite crashed, hung or printed no result.
+#
+# Environment: BUILD (default build); SLUICE_ASAN=1 for a sanitizer build;
+# SUITE_TIMEOUT seconds per suite (default 900); PYTEST_ARGS, BUSTED_ARGS
+# passed on (e.g. PYTEST_ARGS="-k sigterm").
+set -u
+
+cd "$(dirname "$0")/.." || exit 1
+BUILD=${BUILD:-build}
+SUITE_TIMEOUT=${SUITE_TIMEOUT:-900}
+PYTHON=/usr/bin/python3 # Debian's: it has python3-msgpack and python3-pytest
+
+if [ -n "${SLUICE_ASAN:-}" ]; then
+  case "${ASAN_OPTIONS:-}" in
+  *detect_leaks=*) ;;
+  *) export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=1" ;;
+  esac
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+fi
+
+total_pass=0
+total_fail=0
+broken=0
+logdir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-tests.XXXXXX")
+trap 'rm -rf "$logdir"' EXIT
+
+# report NAME PASSED FAILED [NOTE]: one line per suite, added to the totals.
+report() {
+  total_pass=$((total_pass + $2))
+  total_fail=$((total_fail + $3))
+  printf '%-28s %s passed, %s failed%s\n' "$1" "$2" "$3" "${4:+  ($4)}"
+}
+
+# A suite that crashed or gave no count: show the end of its output and
+# count it as one failure so the total can never look clean.
+crashed() {
+  local name=$1 rc=$2 log=$3 why
+  case $rc in
+  124) why="timed out after ${SUITE_TIMEOUT}s" ;;
+  *) why="exit code $rc, no result line" ;;
+  esac
+  broken=1
+  echo "---- $name: $why; last lines of its output:"
+  tail -n 40 "$log" | sed 's/^/    /'
+  report "$name" "${4:-0}" "$((${5:-0} + 1))" "$why"
+}
+
+# ---- C unit tests ---------------------------------------------------------
+
+shopt -s nullglob
+ctests=("$BUILD"/tests/test_*)
+if [ ${#ctests[@]} -eq 0 ]; then
+  echo "no C unit tests in $BUILD/tests (run make first)"
+  broken=1
+fi
+for t in "${ctests[@]}"; do
+  [ -x "$t" ] || continue
+  name="c/$(basename "$t")"
+  log="$logdir/$(basename "$t").log"
+  timeout "$SUITE_TIMEOUT" "$t" >"$log" 2>&1
+  rc=$?
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
+  if [ -z "$line" ]; then
+    crashed "$name" "$rc" "$log"
+    continue
+  fi
+  p=${line%% passed*}
+  f=${line#*passed, }
+  f=${f%% failed*}
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+    # all cases passed, then something went wrong (a leak report at exit)
+    crashed "$name" "$rc" "$log" "$p" "$f"
+    continue
+  fi
+  [ "$f" -gt 0 ] && grep -E '^(FAIL |  )' "$log" | sed 's/^/    /'
+  report "$name" "$p" "$f"
+done
+
+# ---- busted specs ---------------------------------------------------------
+
+if [ -f .busted ]; then
+  log="$logdir/busted.log"
+  if ! command -v busted >/dev/null 2>&1; then
+    echo "busted is not installed (make deps installs lua-busted)"
+    report "busted" 0 1 "not installed"
+    broken=1
+  else
+    # TAP counts every case even when a later spec file crashes busted
+    # shellcheck disable=SC2086
+    timeout "$SUITE_TIMEOUT" busted -o TAP --cpath="$BUILD/?.so" ${BUSTED_ARGS:-} \
+      >"$log" 2>&1
+    rc=$?
+    p=$(grep -cE '^ok [0-9]+' "$log")
+    skipped=$(grep -cE '^ok [0-9]+.*# (SKIP|TODO)' "$log")
+    p=$((p - skipped))
+    f=$(grep -cE '^not ok [0-9]+' "$log")
+    plan=$(grep -E '^1\.\.[0-9]+$' "$log" | tail -n 1)
+    if [ -z "$plan" ] || [ "$rc" -eq 124 ] || { [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; }; then
+      crashed "busted" "$rc" "$log" "$p" "$f"
+    else
+      if [ "$f" -gt 0 ]; then
+        grep -E -A 8 '^not ok [0-9]+' "$log" | sed 's/^/    /'
+      fi
+      note=""
+      [ "$skipped" -gt 0 ] && note="$skipped pending"
+      report "busted" "$p" "$f" "$note"
+    fi
+  fi
+else
+  echo "busted                       skipped (no .busted file)"
+fi
+
+# ---- integration specs ------------------------------------------------------
+
+log="$logdir/pytest.log"
+if ! "$PYTHON" -c 'import pytest, msgpack' 2>/dev/null; then
+  echo "$PYTHON lacks pytest or msgpack (make deps installs python3-pytest python3-msgpack)"
+  report "integration" 0 1 "not installed"
+  broken=1
+else
+  # shellcheck disable=SC2086
+  SLUICE_BIN="$PWD/$BUILD/sluice" timeout "$SUITE_TIMEOUT" \
+    "$PYTHON" -m pytest -q -p no:cacheprovider tests/integration ${PYTEST_ARGS:-} \
+    >"$log" 2>&1
+  rc=$?
+  summary=$(grep -E '^(=+ )?[0-9]+ (passed|failed|error|errors|skipped|deselected)|no tests ran' "$log" | tail -n 1)
+  count() { echo "$summary" | grep -oE "[0-9]+ $1" | head -n 1 | grep -oE '^[0-9]+' || echo 0; }
+  p=$(count passed)
+  f=$(count failed)
+  e=$(count 'errors?')
+  s=$(count skipped)
+  if [ "$rc" -eq 5 ]; then
+    report "integration" 0 0 "no tests"
+  elif [ -z "$summary" ] || [ "$rc" -eq 124 ] || { [ "$rc" -ne 0 ] && [ $((f + e)) -eq 0 ]; }; then
+    crashed "integration" "$rc" "$log" "$p" "$((f + e))"
+  else
+    if [ $((f + e)) -gt 0 ]; then
+      # the failure details pytest printed, then its summary
+      sed -n '/^=\+ \(FAILURES\|ERRORS\) =\+$/,$p' "$log" | tail -n 200 | sed 's/^/    /'
+    fi
+    note=""
+    [ "$s" -gt 0 ] && note="$s skipped"
+    report "integration" "$p" "$((f + e))" "$note"
+  fi
+fi
+
+echo "$total_pass passed, $total_fail failed"
+if [ "$total_fail" -gt 0 ] || [ "$broken" -ne 0 ]; then
+  exit 1
+fi
+exit 0
