@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "dlq.h"
 #include "log.h"
 #include "route.h"
 #include "rules.h"
@@ -34,6 +35,10 @@ static const char usage[] =
     "  reload  [-c FILE]   ask the running engine to reload its rules (SIGHUP to\n"
     "                      the pid in pid_file)\n"
     "  status  [-c FILE]   print the running engine's rule status (JSON)\n"
+    "  dlq replay FILE --to ADDRESS [--timeout SECONDS]\n"
+    "                      send the events of a dead-letter file (without the\n"
+    "                      sluice-* headers, ids kept) to a tcp/unix input\n"
+    "                      and wait for its acks\n"
     "\n"
     "options:\n"
     "  -c, --config FILE   the config file\n"
@@ -198,8 +203,8 @@ static int cmd_reload(const char *path) {
 }
 
 static int cmd_test(int argc, char **argv) {
-  char exe[PATH_MAX], root[PATH_MAX + 8], lpath[PATH_MAX * 2 + 64],
-      cpath[PATH_MAX + 32];
+  char exe[PATH_MAX], root[PATH_MAX + 8], lpath[PATH_MAX + 32],
+      cpath[PATH_MAX + 32], conf[PATH_MAX + 48];
   char **args;
   ssize_t n;
   int i, k = 0;
@@ -210,15 +215,20 @@ static int cmd_test(int argc, char **argv) {
     return 1;
   }
   exe[n] = '\0';
-  snprintf(root, sizeof(root), "%s/..", dirname(exe));
-  snprintf(lpath, sizeof(lpath), "%s/scripts/?.lua;%s/scripts/?/init.lua",
-           root, root);
-  snprintf(cpath, sizeof(cpath), "%s/build/?.so", root);
-  args = calloc((size_t)argc + 8, sizeof(char *));
+  dirname(exe); /* exe is now the binary's folder (build/) */
+  snprintf(root, sizeof(root), "%s/..", exe);
+  /* one pattern each: busted hands these to a shell when it re-runs
+   * itself under luajit, and a ';' would end its command */
+  snprintf(lpath, sizeof(lpath), "%s/scripts/?.lua", root);
+  snprintf(cpath, sizeof(cpath), "%s/?.so", exe);
+  snprintf(conf, sizeof(conf), "%s/scripts/sluice/busted.lua", root);
+  args = calloc((size_t)argc + 12, sizeof(char *));
   if (args == NULL)
     return 1;
   args[k++] = "busted";
   args[k++] = "--lua=luajit";
+  args[k++] = "--config-file";
+  args[k++] = conf;
   args[k++] = "--lpath";
   args[k++] = lpath;
   args[k++] = "--cpath";
@@ -264,6 +274,8 @@ int main(int argc, char **argv) {
   cmd = argv[1];
   if (strcmp(cmd, "test") == 0)
     return cmd_test(argc - 2, argv + 2);
+  if (strcmp(cmd, "dlq") == 0)
+    return sl_dlq_main(argc - 2, argv + 2);
   optind = 2;
   while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
     switch (c) {

@@ -444,7 +444,7 @@ struct sl_rules *sl_rules_new(const struct sl_config *cfg, uv_loop_t *loop,
       rs->watching_lib = 1;
     }
   }
-  if (first->n > 0)
+  if (first->n > 0 && loop)
     sl_log(SL_LOG_INFO, "rules loaded", SL_U("version", rs->st.version),
            SL_I("rules", first->n), SL_S("dir", cfg->rules.dir), SL_END);
   return rs;

@@ -1,0 +1,8 @@
+-- The central sluice the edges relay to: archives everything.
+return {
+  inputs  = { { name = "edges", type = "tcp", listen = "127.0.0.1:7500" } },
+  outputs = { { name = "archive", type = "file", path = "var/central.ndjson" } },
+  routes  = { { topics = "*", to = "archive" } },
+  admin   = { listen = "127.0.0.1:9091" },
+  pid_file = "var/central.pid",
+}

@@ -1,0 +1,296 @@
+"""Hot reload of rules (issue 4), through the real binary.
+
+Events flow continuously from a client while the rules folder is edited,
+renamed over, broken, fixed and emptied; every event must arrive exactly
+once, in order per key, handled by a version that went live (never a
+rejected one).
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import msgpack
+import pytest
+
+from conftest import connect, free_port, pack, read_ndjson, run_sluice, wait_for
+
+
+def stamp_rule(version, extra=""):
+    return """
+return {
+  on_event = function(ev)
+    ev.headers.v = "%s"
+    return "out"
+  end,
+  %s
+}
+""" % (version, extra)
+
+
+class Flow:
+    """A client thread that keeps sending events with a per-key sequence."""
+
+    def __init__(self, address, keys=4, rate=3000):
+        self.address = address
+        self.keys = keys
+        self.rate = rate
+        self.sent = 0
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.error = None
+
+    def run(self):
+        try:
+            s = connect(self.address)
+            batch = 30
+            interval = batch / float(self.rate)
+            while not self.stop_flag.is_set():
+                buf = b"".join(
+                    pack({"topic": "t", "key": "k%d" % ((self.sent + i) % self.keys),
+                          "payload": {"seq": self.sent + i}})
+                    for i in range(batch))
+                s.sendall(buf)
+                self.sent += batch
+                time.sleep(interval)
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(65536):
+                pass
+            s.close()
+        except Exception as e:  # reported by the test
+            self.error = e
+
+    def start(self):
+        self.thread.start()
+        wait_for(lambda: self.sent > 0, what="the flow to start")
+
+    def finish(self):
+        self.stop_flag.set()
+        self.thread.join(10)
+        assert self.error is None, self.error
+        return self.sent
+
+
+def config(port, rules="rules", watch=True, extra=""):
+    return """
+return {
+  inputs  = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "out", type = "file", path = "out.ndjson" },
+              { name = "tick", type = "file", path = "tick.ndjson" },
+              { name = "fallback", type = "file", path = "fallback.ndjson" } },
+  routes  = { { topics = "*", to = "fallback" } },
+  rules   = { dir = "%s", watch = %s, debounce_ms = 30 },
+  %s
+}
+""" % (port, rules, "true" if watch else "false", extra)
+
+
+def start(sluice, tmp_path, files, **kw):
+    """Write the rule files into a fresh rules folder, then start."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name, text in files.items():
+        (rules / name).write_text(text)
+    port = free_port()
+    eng = sluice(config(port, rules=str(rules), **kw))
+    return eng, rules, "127.0.0.1:%d" % port
+
+
+def write_atomic(path, text):
+    tmp = str(path) + ".tmp~"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.rename(tmp, path)
+
+
+def reload_lines(eng):
+    return [l for l in eng.logs()
+            if l.get("msg") in ("rules reloaded",
+                                "rules reload rejected; the live version stays")]
+
+
+def wait_reloads(eng, n, timeout=5):
+    return wait_for(lambda: len(reload_lines(eng)) >= n and reload_lines(eng),
+                    timeout=timeout, what="%d reload log lines" % n)
+
+
+def check_exactly_once_in_order(events, sent):
+    seqs = [e["payload"]["seq"] for e in events]
+    assert len(seqs) == sent, "sent %d, received %d" % (sent, len(seqs))
+    assert sorted(seqs) == list(range(sent)), "lost or duplicated events"
+    last = {}
+    for e in events:
+        k, s = e["key"], e["payload"]["seq"]
+        assert last.get(k, -1) < s, "key %s out of order at seq %d" % (k, s)
+        last[k] = s
+
+
+def test_reload_under_flow_bad_versions_never_handle_events(sluice, tmp_path):
+    eng, rules, addr = start(sluice, tmp_path, {"10_stamp.lua": stamp_rule("v1")})
+    flow = Flow(addr)
+    flow.start()
+    n = 0
+    steps = [
+        # (action, expect_ok)
+        (lambda: (rules / "10_stamp.lua").write_text(stamp_rule("v2")), True),  # in place
+        (lambda: write_atomic(rules / "10_stamp.lua", stamp_rule("v3")), True),  # rename over
+        (lambda: write_atomic(rules / "10_stamp.lua", "return { on_event = function(ev) ev.headers.v = 'bad1' return 'out' end"), False),
+        (lambda: write_atomic(rules / "10_stamp.lua", stamp_rule("bad2", "on_start = function() error('no start') end,")), False),
+        (lambda: write_atomic(rules / "10_stamp.lua", "return { topics = {'*'} }"), False),
+        (lambda: write_atomic(rules / "10_stamp.lua", stamp_rule("v4")), True),  # fixed
+        (lambda: (rules / "10_stamp.lua").unlink(), True),  # deleted: config routes
+        (lambda: write_atomic(rules / "20_new.lua", stamp_rule("v5")), True),  # created
+        (lambda: eng.signal(signal.SIGHUP), True),
+    ]
+    for action, ok in steps:
+        time.sleep(0.15)
+        action()
+        n += 1
+        lines = wait_reloads(eng, n)
+        last = lines[-1]
+        if ok:
+            assert last["msg"] == "rules reloaded", last
+        else:
+            assert last["msg"].startswith("rules reload rejected"), last
+            assert "10_stamp.lua:" in last["error"], last
+    time.sleep(0.15)
+    sent = flow.finish()
+    assert eng.stop() == 0
+    out = read_ndjson(eng.path("out.ndjson"))
+    fallback = read_ndjson(eng.path("fallback.ndjson"))
+    versions = [e["headers"]["v"] for e in out]
+    assert not any(v.startswith("bad") for v in versions)
+    # versions only move forward, with the stream (swap at an event boundary)
+    order = {"v1": 1, "v2": 2, "v3": 3, "v4": 4, "v5": 5}
+    ranks = [order[v] for v in versions]
+    assert ranks == sorted(ranks)
+    assert {"v1", "v2", "v3", "v4", "v5"} <= set(versions)
+    assert len(fallback) > 0  # while no rule was there
+    every = sorted(out + fallback, key=lambda e: e["time"])
+    check_exactly_once_in_order(
+        sorted(out + fallback, key=lambda e: e["payload"]["seq"]), sent)
+    # per key order holds across the two files because each key's events
+    # came over one connection in order and were decided in order
+    del every
+
+
+def test_reload_hands_state_over_with_snapshot_and_restore(sluice, tmp_path):
+    counting = """
+local count = 0
+return {
+  on_event = function(ev)
+    count = count + 1
+    ev.headers.count = tostring(count)
+    ev.headers.v = "%s"
+    return "out"
+  end,
+  snapshot = function() return { count = count } end,
+  restore = function(s) %s end,
+}
+"""
+    eng, rules, addr = start(sluice, tmp_path,
+                             {"10_count.lua": counting % ("v1", "count = s.count")})
+    from conftest import send_events
+    send_events(addr, [{"topic": "t", "payload": i} for i in range(5)])
+    write_atomic(rules / "10_count.lua", counting % ("v2", "count = s.count"))
+    wait_reloads(eng, 1)
+    send_events(addr, [{"topic": "t", "payload": i} for i in range(5, 8)])
+    # a restore that fails is a failed reload: v2 stays, state intact
+    write_atomic(rules / "10_count.lua", counting % ("v3", "error('cannot restore')"))
+    lines = wait_reloads(eng, 2)
+    assert lines[-1]["msg"].startswith("rules reload rejected")
+    assert "cannot restore" in lines[-1]["error"]
+    send_events(addr, [{"topic": "t", "payload": 8}])
+    assert eng.stop() == 0
+    out = read_ndjson(eng.path("out.ndjson"))
+    assert [e["headers"]["count"] for e in out] == [str(i) for i in range(1, 10)]
+    assert [e["headers"]["v"] for e in out] == ["v1"] * 5 + ["v2"] * 4
+
+
+def test_status_shows_rules_versions_and_last_error(sluice, tmp_path):
+    eng, rules, addr = start(sluice, tmp_path, {"10_a.lua": stamp_rule("a")})
+    st = json.loads(run_sluice("status", "-c", str(eng.config)).stdout)
+    assert st["version"] == 1
+    assert st["last_reload"]["result"] == "ok"
+    (rule,) = st["rules"]
+    assert rule["file"] == str(rules / "10_a.lua")
+    assert len(rule["hash"]) == 64 and rule["version"] == 1
+    assert rule["loaded_at"].endswith("Z")
+    write_atomic(rules / "10_a.lua", "return {")
+    wait_reloads(eng, 1)
+    st = json.loads(run_sluice("status", "-c", str(eng.config)).stdout)
+    assert st["version"] == 1
+    assert st["last_reload"]["result"] == "failed"
+    assert "10_a.lua:" in st["last_reload"]["error"]
+    assert st["reloads"] == {"ok": 0, "failed": 1}
+    write_atomic(rules / "10_a.lua", stamp_rule("b"))
+    wait_reloads(eng, 2)
+    st = json.loads(run_sluice("status", "-c", str(eng.config)).stdout)
+    assert st["version"] == 2 and st["rules"][0]["version"] == 2
+    assert st["last_reload"]["error"] is None
+
+
+def test_watch_off_ignores_edits_but_cli_reload_applies(sluice, tmp_path):
+    eng, rules, addr = start(sluice, tmp_path, {"10_a.lua": stamp_rule("a")},
+                             watch=False)
+    write_atomic(rules / "10_a.lua", stamp_rule("b"))
+    time.sleep(0.4)
+    assert reload_lines(eng) == []
+    r = run_sluice("reload", "-c", str(eng.config))
+    assert r.returncode == 0, r.stderr
+    lines = wait_reloads(eng, 1)
+    assert lines[-1]["msg"] == "rules reloaded"
+    assert lines[-1]["trigger"] == "SIGHUP"
+    assert lines[-1]["files_changed"] == "~10_a.lua"
+
+
+def test_old_version_timers_stop_new_version_timers_start(sluice, tmp_path):
+    ticking = """
+local n = 0
+return {
+  on_event = function(ev) return "out" end,
+  on_start = function()
+    sluice.every(20, function()
+      n = n + 1
+      sluice.emit("tick", { topic = "tick", payload = { v = "%s", n = n } })
+    end)
+  end,
+}
+"""
+    eng, rules, addr = start(sluice, tmp_path, {"10_tick.lua": ticking % "v1"})
+    ticks = lambda v: [e for e in read_ndjson(eng.path("tick.ndjson"))
+                       if e["payload"]["v"] == v]
+    wait_for(lambda: len(ticks("v1")) >= 3, what="v1 ticks")
+    write_atomic(rules / "10_tick.lua", ticking % "v2")
+    wait_reloads(eng, 1)
+    wait_for(lambda: len(ticks("v2")) >= 3, what="v2 ticks")
+    before = len(ticks("v1"))
+    time.sleep(0.2)
+    assert len(ticks("v1")) == before
+    assert eng.stop() == 0
+
+
+def test_reload_latency_from_write_to_live_is_short(sluice, tmp_path):
+    eng, rules, addr = start(sluice, tmp_path, {"10_a.lua": stamp_rule("a")})
+    s = connect(addr)
+    t0 = time.monotonic()
+    write_atomic(rules / "10_a.lua", stamp_rule("b"))
+    # poll: send one event at a time until one comes out stamped "b"
+    seen_b = None
+    i = 0
+    while seen_b is None and time.monotonic() - t0 < 3:
+        s.sendall(pack({"topic": "t", "payload": i}))
+        i += 1
+        time.sleep(0.005)
+        for e in read_ndjson(eng.path("out.ndjson")):
+            if e["headers"]["v"] == "b":
+                seen_b = time.monotonic() - t0
+                break
+    s.close()
+    assert seen_b is not None
+    # the aim is < 200 ms (debounce 30 ms + load); the machine is shared,
+    # so the test allows slack and the soak reports the real figure
+    assert seen_b < 1.0, seen_b
