@@ -98,6 +98,21 @@ static uint64_t out_bytes(const struct sl_output *o) {
 static uint64_t out_errors(const struct sl_output *o) {
   return o->stats.errors;
 }
+static uint64_t out_retries(const struct sl_output *o) {
+  return o->stats.retries;
+}
+static uint64_t out_dead_lettered(const struct sl_output *o) {
+  return o->stats.dead_lettered;
+}
+static uint64_t out_rate_limited(const struct sl_output *o) {
+  return o->stats.rate_limited;
+}
+static uint64_t out_breaker_state(const struct sl_output *o) {
+  return (uint64_t)o->stats.breaker_state;
+}
+static uint64_t out_breaker_opens(const struct sl_output *o) {
+  return o->stats.breaker_opens;
+}
 static uint64_t out_healthy(const struct sl_output *o) {
   struct sl_output *m = (struct sl_output *)o; /* cb_healthy only reads */
   return !o->stopped && (o->ops->cb_healthy == NULL || o->ops->cb_healthy(m));
@@ -234,6 +249,23 @@ int sl_metrics_render(const struct sl_worker *w, struct sl_buf *text) {
   per_output(out, w, "sluice_output_errors_total", "counter",
              "Delivery failures (lost connections, write errors).",
              out_errors);
+  per_output(out, w, "sluice_output_retries_total", "counter",
+             "Failed delivery attempts after which the events stayed queued "
+             "for another attempt.",
+             out_retries);
+  per_output(out, w, "sluice_output_dead_lettered_total", "counter",
+             "Events that used up their retries and went to the dead-letter "
+             "output.",
+             out_dead_lettered);
+  per_output(out, w, "sluice_output_rate_limited_total", "counter",
+             "Events that had to wait for a rate_limit token.",
+             out_rate_limited);
+  per_output(out, w, "sluice_output_breaker_state", "gauge",
+             "Circuit breaker: 0 closed, 1 open (no attempts), 2 half-open "
+             "(probing).",
+             out_breaker_state);
+  per_output(out, w, "sluice_output_breaker_opens_total", "counter",
+             "Times the circuit breaker opened.", out_breaker_opens);
   per_output(out, w, "sluice_output_healthy", "gauge",
              "1 when the output can deliver now (connected, file open).",
              out_healthy);
@@ -253,9 +285,12 @@ int sl_metrics_render(const struct sl_worker *w, struct sl_buf *text) {
                   "sluice_events_dropped_total{reason=\"queue_full_newest\","
                   "output=\"%s\"} %llu\n"
                   "sluice_events_dropped_total{reason=\"queue_full_oldest\","
+                  "output=\"%s\"} %llu\n"
+                  "sluice_events_dropped_total{reason=\"dedup\","
                   "output=\"%s\"} %llu\n",
                   o->cfg->name, U(o->q.dropped_newest), o->cfg->name,
-                  U(o->q.dropped_oldest));
+                  U(o->q.dropped_oldest), o->cfg->name,
+                  U(o->stats.dropped_dedup));
   }
   if (rs)
     put(out,

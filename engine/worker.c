@@ -67,9 +67,10 @@ void sl_output_kick(struct sl_output *o) {
 }
 
 static void succeeded(struct sl_output *o) {
+  uint32_t failures = o->retry.consecutive;
   if (sl_retry_succeed(&o->retry))
     sl_log(SL_LOG_INFO, "output circuit breaker closed",
-           SL_S("output", o->cfg->name), SL_END);
+           SL_S("output", o->cfg->name), SL_U("failures", failures), SL_END);
   o->stats.breaker_state = (int)o->retry.state;
 }
 
@@ -157,7 +158,7 @@ static uint32_t dead_letter_head(struct sl_output *o) {
 static void log_half_open(struct sl_output *o, int was_open) {
   o->stats.breaker_state = (int)o->retry.state;
   if (was_open && o->retry.state == SL_BREAKER_HALF_OPEN)
-    sl_log(SL_LOG_INFO, "output circuit breaker half-open; probing",
+    sl_log(SL_LOG_DEBUG, "output circuit breaker half-open; probing",
            SL_S("output", o->cfg->name), SL_END);
 }
 
@@ -166,13 +167,17 @@ uint32_t sl_output_failed(struct sl_output *o, const char *error,
   struct sl_retry_verdict v;
   uint64_t now = sl_mono_ns();
   uint32_t n = 0, deadline;
-  int has_head = o->q.count > 0;
+  int has_head = o->q.count > 0, probing;
 
   snprintf(o->last_error, sizeof(o->last_error), "%s", error);
+  probing = o->retry.state == SL_BREAKER_HALF_OPEN;
   sl_retry_fail(&o->retry, now, has_head, &v);
   if (v.opened) {
     o->stats.breaker_opens++;
-    sl_log(SL_LOG_WARN, "output circuit breaker open; no attempts for open_ms",
+    /* one line per outage at warn; its probes every open_ms at debug */
+    sl_log(probing ? SL_LOG_DEBUG : SL_LOG_WARN,
+           probing ? "output circuit breaker probe failed; open again"
+                   : "output circuit breaker open; no attempts for open_ms",
            SL_S("output", o->cfg->name),
            SL_U("failures", o->retry.consecutive),
            SL_U("open_ms", o->cfg->breaker.open_ms), SL_S("error", error),
@@ -236,7 +241,7 @@ static void on_rate_timer(uv_timer_t *t) {
  * buffer would skip the limit. */
 uint32_t sl_output_quota(struct sl_output *o, uint32_t want) {
   uint64_t now;
-  uint32_t got, waiting, before;
+  uint32_t got, waiting, before, need;
 
   if (o->rate.rate == 0 || want == 0)
     return want;
@@ -249,9 +254,14 @@ uint32_t sl_output_quota(struct sl_output *o, uint32_t want) {
       before = waiting;
     o->stats.rate_limited += waiting - before; /* each waiting event once */
     o->rate_waiting = waiting;
+    /* wake when the rest is there, or 10 ms worth, whichever is less:
+     * at most about a hundred wake-ups a second, whatever the rate */
+    need = want - got;
+    if (need > o->rate.rate / 100)
+      need = (uint32_t)(o->rate.rate / 100);
     if (o->rate_timer_open && !uv_is_active((uv_handle_t *)&o->rate_timer))
       uv_timer_start(&o->rate_timer, on_rate_timer,
-                     sl_ratelimit_wait_ms(&o->rate, now), 0);
+                     sl_ratelimit_wait_ms(&o->rate, need, now), 0);
   } else {
     o->rate_waiting = before;
   }

@@ -2,7 +2,9 @@
  * (NDJSON or raw msgpack) to a descriptor through libuv's threadpool, so a
  * slow disk or a blocked terminal never stalls the loop. A batch leaves the
  * queue only once all its bytes are written. The file output reopens its
- * path on SIGUSR1 for log rotation. Owns its descriptor and batch buffer. */
+ * path on SIGUSR1 for log rotation. A failed write is retried through
+ * sl_output_failed (backoff, circuit breaker, and the dead letter once the
+ * batch used up its retries). Owns its descriptor and batch buffer. */
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
@@ -27,7 +29,6 @@ struct file_out {
   int busy;          /* a write or reopen is in flight */
   int reopen;        /* SIGUSR1 came: reopen after this write */
   int failing;
-  uint32_t backoff_ms;
   int closing;
 };
 
@@ -101,9 +102,49 @@ static int cb_start_stdout(struct sl_output *o, char *err, size_t errlen) {
   return start(o, 1, err, errlen);
 }
 
+/* The batch went to the dead letter: forget it; the queue moved on. */
+static void drop_batch(struct file_out *f) {
+  f->nevents = 0;
+  f->written = 0;
+  f->o->q.inflight = 0;
+  sl_buf_reset(&f->batch);
+}
+
 static void on_retry(uv_timer_t *t) {
   struct file_out *f = t->data;
-  write_more(f);
+  uint32_t moved, wait;
+  if (f->busy || f->closing)
+    return;
+  /* a batch partly written must be finished, or the file would hold half
+   * a line: only a batch not yet begun may go to the dead letter */
+  wait = sl_output_retry_wait(f->o, f->written == 0, &moved);
+  if (moved)
+    drop_batch(f);
+  if (wait) {
+    uv_timer_start(&f->retry, on_retry, wait, 0);
+    return;
+  }
+  if (f->nevents)
+    write_more(f);
+  else
+    cb_flush(f->o);
+}
+
+/* A write failed with error: retry after the delay sl_output_failed
+ * says. */
+static void failed(struct file_out *f, int error) {
+  struct sl_output *o = f->o;
+  uint32_t delay, moved;
+  o->stats.errors++;
+  if (!f->failing)
+    sl_log(SL_LOG_ERROR, "output write failed; retrying",
+           SL_S("output", o->cfg->name), SL_S("error", uv_strerror(error)),
+           SL_END);
+  f->failing = 1;
+  delay = sl_output_failed(o, uv_strerror(error), f->written == 0, &moved);
+  if (moved)
+    drop_batch(f);
+  uv_timer_start(&f->retry, on_retry, delay, 0);
 }
 
 static void on_reopened(uv_fs_t *req) {
@@ -157,23 +198,13 @@ static void on_written(uv_fs_t *req) {
     return;
   }
   if (n < 0) {
-    o->stats.errors++;
-    if (!f->failing)
-      sl_log(SL_LOG_ERROR, "output write failed; retrying",
-             SL_S("output", o->cfg->name), SL_S("error", uv_strerror((int)n)),
-             SL_END);
-    f->failing = 1;
-    f->backoff_ms = f->backoff_ms ? f->backoff_ms * 2 : o->cfg->retry.initial_ms;
-    if (f->backoff_ms > o->cfg->retry.max_ms)
-      f->backoff_ms = o->cfg->retry.max_ms;
-    uv_timer_start(&f->retry, on_retry, f->backoff_ms, 0);
+    failed(f, (int)n);
     return;
   }
   if (f->failing)
     sl_log(SL_LOG_INFO, "output writes again", SL_S("output", o->cfg->name),
            SL_END);
   f->failing = 0;
-  f->backoff_ms = 0;
   f->written += (size_t)n;
   if (f->written < f->batch.len) {
     write_more(f);
@@ -204,8 +235,7 @@ static void write_more(struct file_out *f) {
   rc = uv_fs_write(&f->o->w->loop, &f->req, f->fd, &b, 1, -1, on_written);
   if (rc != 0) {
     f->busy = 0;
-    f->o->stats.errors++;
-    uv_timer_start(&f->retry, on_retry, f->o->cfg->retry.initial_ms, 0);
+    failed(f, rc);
   }
 }
 
@@ -213,9 +243,13 @@ static void cb_flush(struct sl_output *o) {
   struct file_out *f = o->data;
   uint32_t n, i;
 
-  if (f->busy || f->nevents || f->closing || o->q.count == 0)
+  if (f->busy || f->nevents || f->closing || o->q.count == 0 ||
+      !sl_output_may_send(o))
     return;
   n = o->q.count < o->cfg->batch_events ? o->q.count : o->cfg->batch_events;
+  n = sl_output_quota(o, n);
+  if (n == 0)
+    return; /* rate_limit: kicked again when tokens are back */
   for (i = 0; i < n; i++) {
     struct sl_event *ev = sl_queue_at(&o->q, i);
     if (f->msgpack) {

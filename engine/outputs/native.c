@@ -23,7 +23,8 @@ struct native_out {
   uv_timer_t watchdog;    /* retry.timeout_ms on what waits for the peer */
   int timers_open;
   struct sl_buf batch;
-  uint32_t nevents;       /* events in the write in flight */
+  uint32_t nevents;       /* events of the write in flight not yet acked */
+  int writing;            /* a write is in flight */
   uint64_t nbytes;
   int connected;
   int closing;
@@ -65,7 +66,7 @@ static void on_watchdog(uv_timer_t *t);
  * restarted by each sign of progress, stopped when nothing waits. */
 static void watch(struct native_out *n, int progress) {
   uint32_t ms = n->o->cfg->retry.timeout_ms;
-  int waiting = n->conn && (!n->connected || n->nevents || n->unacked);
+  int waiting = n->conn && (!n->connected || n->writing || n->unacked);
   if (ms == 0 || n->closing)
     return;
   if (!waiting)
@@ -90,6 +91,7 @@ static void lost(struct native_out *n, int status, const char *error) {
   n->conn = NULL;
   /* what was in flight was not confirmed: it goes again */
   n->nevents = 0;
+  n->writing = 0;
   n->unacked = 0;
   n->acked = 0;
   o->q.inflight = 0;
@@ -108,7 +110,7 @@ static void on_watchdog(uv_timer_t *t) {
     return;
   snprintf(why, sizeof(why), "no answer from the peer within %u ms (%s)",
            n->o->cfg->retry.timeout_ms,
-           !n->connected ? "connect" : n->nevents ? "write" : "ack");
+           !n->connected ? "connect" : n->writing ? "write" : "ack");
   c->proto = NULL;
   sl_conn_close(c);
   lost(n, UV_ETIMEDOUT, why);
@@ -145,13 +147,20 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
     } else
       goto bad;
     pos += used;
-    if (count < n->acked || count - n->acked > n->unacked)
+    /* the peer may ack part of the write in flight before libuv reports
+     * the write done (the ack is read first in the same loop turn) */
+    if (count < n->acked || count - n->acked > (uint64_t)n->unacked + n->nevents)
       goto bad;
     k = count - n->acked;
     for (i = 0; i < k; i++)
       bytes += sl_queue_at(&n->o->q, (uint32_t)i)->len;
     n->acked = count;
-    n->unacked -= (uint32_t)k;
+    if (k > n->unacked) {
+      n->nevents -= (uint32_t)(k - n->unacked);
+      n->unacked = 0;
+    } else {
+      n->unacked -= (uint32_t)k;
+    }
     if (k) {
       sl_output_delivered(n->o, (uint32_t)k, bytes);
       watch(n, 1);
@@ -266,6 +275,7 @@ static void on_written(struct sl_conn *c, int status, void *arg) {
     lost(n, status, NULL);
     return;
   }
+  n->writing = 0;
   if (n->ack) {
     n->unacked += n->nevents; /* they leave the queue with the peer's ack */
     n->nevents = 0;
@@ -283,7 +293,7 @@ static void cb_flush(struct sl_output *o) {
   uint32_t count, i, start = o->q.inflight; /* written, not yet acked */
   int rc;
 
-  if (!n->connected || n->nevents || n->closing || o->q.count <= start ||
+  if (!n->connected || n->writing || n->closing || o->q.count <= start ||
       !sl_output_may_send(o))
     return;
   count = o->q.count - start;
@@ -310,6 +320,7 @@ static void cb_flush(struct sl_output *o) {
     return;
   }
   n->nevents = i;
+  n->writing = 1;
   o->q.inflight = start + i;
   watch(n, 0);
 }

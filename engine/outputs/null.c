@@ -1,5 +1,6 @@
 /* null.c - the null output: counts events and discards them (benchmarks,
- * and routes whose events are not wanted). */
+ * and routes whose events are not wanted). A rate_limit applies, so it
+ * also stands in for a slow output in overload tests. */
 #include "worker.h"
 
 static int cb_start(struct sl_output *o, char *err, size_t errlen) {
@@ -7,8 +8,16 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
 }
 
 static void cb_flush(struct sl_output *o) {
-  uint64_t bytes = o->q.bytes;
-  sl_output_delivered(o, o->q.count, bytes);
+  uint32_t n = sl_output_quota(o, o->q.count), i;
+  uint64_t bytes = 0;
+  if (n == o->q.count) {
+    bytes = o->q.bytes;
+  } else {
+    for (i = 0; i < n; i++)
+      bytes += sl_queue_at(&o->q, i)->len;
+  }
+  if (n > 0)
+    sl_output_delivered(o, n, bytes);
 }
 
 static void cb_stop(struct sl_output *o) { sl_output_stopped(o); }

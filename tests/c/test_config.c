@@ -145,3 +145,41 @@ TEST(config_hostport_parsing) {
   CHECK(sl_config_parse_hostport("127.0.0.1:70000", host, sizeof(host), &port) != 0);
   CHECK(sl_config_parse_hostport("example.com:80", host, sizeof(host), &port) != 0);
 }
+
+TEST(config_delivery_keys_defaults_and_values) {
+  struct sl_buf err;
+  struct sl_config *c;
+  const struct sl_output_config *a, *b, *f;
+  sl_buf_init(&err);
+  c = load("return { inputs = {{name='app', type='tcp', listen='127.0.0.1:7400'}},\n"
+           " outputs = {{name='a', type='tcp', address='127.0.0.1:9'},\n"
+           "  {name='b', type='tcp', address='127.0.0.1:9',\n"
+           "   retry={initial_ms=10, max_ms=200, max_attempts=4, max_elapsed_ms=900,\n"
+           "          timeout_ms=0},\n"
+           "   rate_limit={events_per_second=50}, dedup={window_ms=1000}},\n"
+           "  {name='f', type='null', breaker=false,\n"
+           "   rate_limit={events_per_second=10, burst=2}}} }\n",
+           &err);
+  CHECK(c != NULL);
+  a = &c->outputs[0];
+  b = &c->outputs[1];
+  f = &c->outputs[2];
+  CHECK_EQ(a->retry.max_attempts, 0);
+  CHECK_EQ(a->retry.max_elapsed_ms, 0);
+  CHECK_EQ(a->retry.timeout_ms, 30000);
+  CHECK_EQ(a->breaker.failures, 5);
+  CHECK_EQ(a->breaker.open_ms, 5000);
+  CHECK_EQ(a->rate_limit.events_per_second, 0);
+  CHECK_EQ(a->dedup.window_ms, 0);
+  CHECK_EQ(b->retry.max_attempts, 4);
+  CHECK_EQ(b->retry.max_elapsed_ms, 900);
+  CHECK_EQ(b->retry.timeout_ms, 0);
+  CHECK_EQ(b->breaker.open_ms, 200); /* never longer than retry.max_ms */
+  CHECK_EQ(b->rate_limit.burst, 50);  /* one second's worth */
+  CHECK_EQ(b->dedup.max_ids, 100000);
+  CHECK_EQ(f->breaker.failures, 0);
+  CHECK_EQ(f->rate_limit.burst, 2);
+  CHECK_EQ(c->outputs[c->dead_letter].breaker.failures, 5);
+  sl_config_free(c);
+  sl_buf_close(&err);
+}
