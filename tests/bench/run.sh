@@ -123,6 +123,10 @@ rule_payload='return { on_event = function(ev)
   if ev.payload.amount > 2000000 then return sluice.drop("never") end
   return "out"
 end }'
+rule_field='return { on_event = function(ev)
+  if ev:field("amount") > 2000000 then return sluice.drop("never") end
+  return "out"
+end }'
 rule_change='return { on_event = function(ev)
   ev.headers.seen = "yes"
   return "out"
@@ -130,6 +134,7 @@ end }'
 
 run_rule_topic() { run_rule topic "$rule_topic"; }
 run_rule_payload() { run_rule payload "$rule_payload"; }
+run_rule_field() { run_rule field "$rule_field"; }
 run_rule_change() { run_rule change "$rule_change"; }
 
 # The no-rule case runs again here so that the ratios compare runs made
@@ -138,6 +143,7 @@ section_rules() {
   bench_repeat "no rule -> null" run_null
   bench_repeat "rule on ev.topic -> null" run_rule_topic
   bench_repeat "rule reads ev.payload.amount -> null" run_rule_payload
+  bench_repeat "rule reads ev:field(\"amount\") -> null" run_rule_field
   bench_repeat "rule sets a header -> null" run_rule_change
 }
 
