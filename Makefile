@@ -3,7 +3,7 @@
 DEB_PKGS := build-essential pkg-config libluajit-5.1-dev luajit libuv1-dev \
             libmsgpack-dev libssl-dev libhttp-parser-dev libyajl-dev \
             lua-busted python3 python3-msgpack python3-pytest curl \
-            prometheus wrk clang libclang-rt-14-dev
+            prometheus wrk clang libclang-rt-14-dev valgrind
 PKGS     := luajit libuv msgpack openssl yajl
 
 BUILD    ?= build
