@@ -984,7 +984,8 @@ static size_t utf8_seq(const uint8_t *s, size_t n, size_t *bad) {
   return need + 1;
 }
 
-static int json_string(struct sl_buf *out, const uint8_t *s, size_t n) {
+int sl_codec_json_str(struct sl_buf *out, const void *str, size_t n) {
+  const uint8_t *s = str;
   static const char hex[] = "0123456789abcdef";
   size_t i = 0, run, seq, bad;
   char esc[6];
@@ -1296,7 +1297,7 @@ ext: /* the ext type is the byte just before the body */
 str:
   if (read_blob(p, len, pos, hdr, n, &body) != 0)
     return SL_EPROTO;
-  return json_string(out, body, (size_t)n);
+  return sl_codec_json_str(out, body, (size_t)n);
 
 container:
   if (depth >= SL_CODEC_MAX_DEPTH)
@@ -1331,4 +1332,33 @@ int sl_codec_to_json(const uint8_t *p, size_t len, struct sl_buf *out) {
   if (r != 0)
     out->len = start;
   return r;
+}
+
+int sl_codec_read_str(const uint8_t *p, size_t len, struct sl_str *s,
+                      size_t *used) {
+  size_t h, n;
+  if (len < 1)
+    return SL_EPROTO;
+  if ((p[0] & 0xe0) == 0xa0) {
+    h = 1;
+    n = p[0] & 0x1f;
+  } else if (p[0] == 0xd9 && len >= 2) {
+    h = 2;
+    n = p[1];
+  } else if (p[0] == 0xda && len >= 3) {
+    h = 3;
+    n = (size_t)p[1] << 8 | p[2];
+  } else if (p[0] == 0xdb && len >= 5) {
+    h = 5;
+    n = (size_t)p[1] << 24 | (size_t)p[2] << 16 | (size_t)p[3] << 8 | p[4];
+  } else {
+    return SL_EPROTO;
+  }
+  if (n > len - h)
+    return SL_EPROTO;
+  s->p = (const char *)p + h;
+  s->len = (uint32_t)n;
+  if (used)
+    *used = h + n;
+  return 0;
 }

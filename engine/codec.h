@@ -73,6 +73,16 @@ int sl_codec_write_event(struct sl_buf *out, struct sl_str id,
  * (already measured by sl_codec_skip). Returns 0, SL_ENOMEM or SL_EPROTO. */
 int sl_codec_to_json(const uint8_t *p, size_t len, struct sl_buf *out);
 
+/* Append s (n bytes) as a JSON string, escaped as sl_codec_to_json does.
+ * Returns 0 or SL_ENOMEM. */
+int sl_codec_json_str(struct sl_buf *out, const void *s, size_t n);
+
+/* Read the msgpack str at p: its bytes in *s, and the bytes it takes in
+ * *used (may be NULL). Returns 0, or SL_EPROTO when p is not a complete
+ * str. */
+int sl_codec_read_str(const uint8_t *p, size_t len, struct sl_str *s,
+                      size_t *used);
+
 /* msgpack writers (smallest encoding). Return 0 or SL_ENOMEM. */
 int sl_codec_put_nil(struct sl_buf *b);
 int sl_codec_put_bool(struct sl_buf *b, int v);

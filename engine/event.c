@@ -90,35 +90,6 @@ static size_t map_header_size(const uint8_t *p) {
   return (p[0] & 0xf0) == 0x80 ? 1 : p[0] == 0xde ? 3 : 5;
 }
 
-/* Read a msgpack str at p (validated input). */
-static int read_str(const uint8_t *p, size_t len, struct sl_str *s,
-                    size_t *used) {
-  size_t h, n;
-  if (len < 1)
-    return -1;
-  if ((p[0] & 0xe0) == 0xa0) {
-    h = 1;
-    n = p[0] & 0x1f;
-  } else if (p[0] == 0xd9 && len >= 2) {
-    h = 2;
-    n = p[1];
-  } else if (p[0] == 0xda && len >= 3) {
-    h = 3;
-    n = (size_t)p[1] << 8 | p[2];
-  } else if (p[0] == 0xdb && len >= 5) {
-    h = 5;
-    n = (size_t)p[1] << 24 | (size_t)p[2] << 16 | (size_t)p[3] << 8 | p[4];
-  } else {
-    return -1;
-  }
-  if (n > len - h)
-    return -1;
-  s->p = (const char *)p + h;
-  s->len = (uint32_t)n;
-  *used = h + n;
-  return 0;
-}
-
 /* Copy a headers map into out, replacing (or adding) name=value. The
  * replaced pair is dropped wherever it was. */
 static int rewrite_headers(struct sl_buf *out, const uint8_t *h, size_t hlen,
@@ -137,7 +108,7 @@ static int rewrite_headers(struct sl_buf *out, const uint8_t *h, size_t hlen,
     return rc;
   body_start = out->len;
   for (i = 0; i < n; i++) {
-    if (read_str(p, (size_t)(end - p), &k, &kused) != 0 ||
+    if (sl_codec_read_str(p, (size_t)(end - p), &k, &kused) != 0 ||
         sl_codec_skip(p + kused, (size_t)(end - p) - kused, (size_t)(end - p),
                       &vused, NULL) != 0)
       return SL_EPROTO;
@@ -202,8 +173,7 @@ struct sl_event *sl_event_new(struct sl_idgen *g, struct sl_str id,
                                              "traceparent", 11, &tpval,
                                              &tplen) == 0;
     struct sl_str v = {NULL, 0};
-    size_t used;
-    if (!found || read_str(tpval, tplen, &v, &used) != 0 ||
+    if (!found || sl_codec_read_str(tpval, tplen, &v, NULL) != 0 ||
         !sl_event_traceparent_valid(v.p, v.len)) {
       new_traceparent(g, tp);
       if (rewrite_headers(&hb, headers, headers_len, "traceparent", 11, tp,

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "codec.h"
 
 static enum sl_log_level level_min = SL_LOG_INFO; /* set before threads */
 static int log_fd = 2;
@@ -26,25 +27,6 @@ int sl_log_level_parse(const char *name) {
   return -1;
 }
 
-static void put_json_string(struct sl_buf *b, const char *s, size_t n) {
-  size_t i;
-  sl_buf_putc(b, '"');
-  for (i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (c == '"' || c == '\\') {
-      sl_buf_putc(b, '\\');
-      sl_buf_putc(b, c);
-    } else if (c == '\n') {
-      sl_buf_append(b, "\\n", 2);
-    } else if (c < 0x20 || c == 0x7f) {
-      sl_buf_printf(b, "\\u%04x", c);
-    } else {
-      sl_buf_putc(b, c);
-    }
-  }
-  sl_buf_putc(b, '"');
-}
-
 void sl_log(enum sl_log_level level, const char *msg, ...) {
   char stamp[40];
   struct sl_buf b;
@@ -61,18 +43,18 @@ void sl_log(enum sl_log_level level, const char *msg, ...) {
   sl_buf_init(&b);
   sl_buf_printf(&b, "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":", stamp,
                 ts.tv_nsec / 1000000, level_names[level]);
-  put_json_string(&b, msg, strlen(msg));
+  sl_codec_json_str(&b, msg, strlen(msg));
   va_start(ap, msg);
   while ((type = va_arg(ap, int)) != 0) {
     const char *k = va_arg(ap, const char *);
     sl_buf_putc(&b, ',');
-    put_json_string(&b, k, strlen(k));
+    sl_codec_json_str(&b, k, strlen(k));
     sl_buf_putc(&b, ':');
     switch (type) {
     case 's': {
       const char *v = va_arg(ap, const char *);
       if (v)
-        put_json_string(&b, v, strlen(v));
+        sl_codec_json_str(&b, v, strlen(v));
       else
         sl_buf_append(&b, "null", 4);
       break;
@@ -80,7 +62,7 @@ void sl_log(enum sl_log_level level, const char *msg, ...) {
     case 'n': {
       const char *v = va_arg(ap, const char *);
       int n = va_arg(ap, int);
-      put_json_string(&b, v, (size_t)n);
+      sl_codec_json_str(&b, v, (size_t)n);
       break;
     }
     case 'j': {

@@ -25,28 +25,12 @@ static void on_emit(void *data, int output, struct sl_event *ev) {
   sl_event_unref(ev);
 }
 
-static void put_json_str(struct sl_buf *b, const char *s) {
-  sl_buf_putc(b, '"');
-  for (; *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\') {
-      sl_buf_putc(b, '\\');
-      sl_buf_putc(b, c);
-    } else if (c < 0x20) {
-      sl_buf_printf(b, "\\u%04x", c);
-    } else {
-      sl_buf_putc(b, c);
-    }
-  }
-  sl_buf_putc(b, '"');
-}
-
 static void print_error(uint64_t index, const char *msg) {
   struct sl_buf b;
   sl_buf_init(&b);
   sl_buf_printf(&b, "{\"index\":%llu,\"decision\":\"invalid\",\"error\":",
                 (unsigned long long)index);
-  put_json_str(&b, msg);
+  sl_codec_json_str(&b, msg, strlen(msg));
   sl_buf_append(&b, "}\n", 2);
   fwrite(b.data, 1, b.len, stdout);
   sl_buf_close(&b);
@@ -83,16 +67,17 @@ static void decide_one(struct sl_rules *rs, struct emitted *em,
   for (i = 0; i < r.ntargets; i++) {
     if (i)
       sl_buf_putc(&b, ',');
-    put_json_str(&b, em->cfg->outputs[r.targets[i]].name);
+    const char *name = em->cfg->outputs[r.targets[i]].name;
+    sl_codec_json_str(&b, name, strlen(name));
   }
   sl_buf_append(&b, "],\"rule\":", 9);
   if (r.rule)
-    put_json_str(&b, r.rule);
+    sl_codec_json_str(&b, r.rule, strlen(r.rule));
   else
     sl_buf_append(&b, "null", 4);
   sl_buf_append(&b, ",\"reason\":", 10);
   if (r.reason)
-    put_json_str(&b, r.reason);
+    sl_codec_json_str(&b, r.reason, strlen(r.reason));
   else
     sl_buf_append(&b, "null", 4);
   sl_buf_append(&b, ",\"event\":", 9);

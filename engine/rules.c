@@ -664,22 +664,6 @@ void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
 
 /* ---- status and metrics ------------------------------------------------ */
 
-static void json_str(struct sl_buf *b, const char *s) {
-  sl_buf_putc(b, '"');
-  for (; s && *s; s++) {
-    unsigned char c = (unsigned char)*s;
-    if (c == '"' || c == '\\') {
-      sl_buf_putc(b, '\\');
-      sl_buf_putc(b, c);
-    } else if (c < 0x20) {
-      sl_buf_printf(b, "\\u%04x", c);
-    } else {
-      sl_buf_putc(b, c);
-    }
-  }
-  sl_buf_putc(b, '"');
-}
-
 static void iso_time(char *out, size_t n, int64_t ns) {
   time_t s = (time_t)(ns / 1000000000);
   struct tm tm;
@@ -693,7 +677,7 @@ int sl_rules_status_json(const struct sl_rules *rs, struct sl_buf *out) {
   sl_buf_printf(out, "{\"version\":%llu,\"dir\":",
                 (unsigned long long)rs->st.version);
   if (rs->cfg->rules.dir)
-    json_str(out, rs->cfg->rules.dir);
+    sl_codec_json_str(out, rs->cfg->rules.dir, strlen(rs->cfg->rules.dir));
   else
     sl_buf_append(out, "null", 4);
   sl_buf_append(out, ",\"rules\":[", 10);
@@ -701,7 +685,8 @@ int sl_rules_status_json(const struct sl_rules *rs, struct sl_buf *out) {
     const struct slot *s = &rs->live->slots[i];
     iso_time(t, sizeof(t), s->stats ? s->stats->loaded_at_ns : 0);
     sl_buf_printf(out, "%s{\"file\":", i ? "," : "");
-    json_str(out, sl_rule_path(s->rule));
+    const char *path = sl_rule_path(s->rule);
+    sl_codec_json_str(out, path, strlen(path));
     sl_buf_printf(out, ",\"hash\":\"%s\",\"version\":%llu,\"loaded_at\":\"%s\","
                        "\"memory_bytes\":%zu}",
                   sl_rule_hash(s->rule),
@@ -713,7 +698,7 @@ int sl_rules_status_json(const struct sl_rules *rs, struct sl_buf *out) {
                      "\"ms\":%llu,\"error\":",
                 rs->last_result, t, (unsigned long long)rs->last_reload_ms);
   if (rs->last_error)
-    json_str(out, rs->last_error);
+    sl_codec_json_str(out, rs->last_error, strlen(rs->last_error));
   else
     sl_buf_append(out, "null", 4);
   sl_buf_printf(out, "},\"reloads\":{\"ok\":%llu,\"failed\":%llu}}",

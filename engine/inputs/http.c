@@ -372,28 +372,8 @@ static int check_batch(struct batch *b) {
 /* The string at p (a msgpack str), or p == NULL. */
 static struct sl_str mp_str(const uint8_t *p, size_t len) {
   struct sl_str s = {NULL, 0};
-  size_t h, n;
-  if (len < 1)
-    return s;
-  if ((p[0] & 0xe0) == 0xa0) {
-    h = 1;
-    n = p[0] & 0x1f;
-  } else if (p[0] == 0xd9 && len >= 2) {
-    h = 2;
-    n = p[1];
-  } else if (p[0] == 0xda && len >= 3) {
-    h = 3;
-    n = (size_t)p[1] << 8 | p[2];
-  } else if (p[0] == 0xdb && len >= 5) {
-    h = 5;
-    n = (size_t)p[1] << 24 | (size_t)p[2] << 16 | (size_t)p[3] << 8 | p[4];
-  } else {
-    return s;
-  }
-  if (n > len - h)
-    return s;
-  s.p = (const char *)p + h;
-  s.len = (uint32_t)n;
+  if (sl_codec_read_str(p, len, &s, NULL) != 0)
+    s.p = NULL;
   return s;
 }
 
