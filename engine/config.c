@@ -697,7 +697,7 @@ static void check_output(struct check *c, struct sl_config *cfg, int ot,
                                      "address",    "format",  "queue",
                                      "retry",      "breaker", "rate_limit",
                                      "dedup",      "buffer",  "batch_events",
-                                     "ack",        NULL};
+                                     "ack",        "fsync",   NULL};
   char pt[80], why[256];
 
   check_keys(c, ot, p, keys);
@@ -710,6 +710,18 @@ static void check_output(struct check *c, struct sl_config *cfg, int ot,
   o->batch_events = 1024;
   opt_u32(c, ot, p, "batch_events", 1, 65536, &o->batch_events, 0);
   opt_bool(c, ot, p, "ack", &o->ack);
+  {
+    char *fs = NULL, pf[300];
+    opt_str(c, ot, p, "fsync", &fs, 0);
+    snprintf(pf, sizeof(pf), "%s.fsync", p);
+    if (fs && strcmp(fs, "always") == 0)
+      o->fsync = 1;
+    else if (fs && strcmp(fs, "never") != 0)
+      bad(c, pf, "expected \"always\" or \"never\", got \"%s\"", fs);
+    if (o->fsync && o->type && strcmp(o->type, "file") != 0)
+      bad(c, pf, "only file outputs take fsync (disk buffers have their own)");
+    free(fs);
+  }
   check_queue(c, ot, p, &o->queue);
   check_buffer(c, ot, p, o);
   check_retry(c, ot, p, o);

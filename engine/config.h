@@ -80,6 +80,7 @@ struct sl_output_config {
   struct sl_dedup_config dedup;
   uint32_t batch_events; /* events per write; default 1024 */
   int ack;               /* tcp/unix: wait for the peer's acks (a sluice) */
+  int fsync;             /* file: fdatasync each batch before delivered */
 };
 
 struct sl_rules_config {

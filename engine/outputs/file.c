@@ -30,9 +30,11 @@ struct file_out {
   int reopen;        /* SIGUSR1 came: reopen after this write */
   int failing;
   int closing;
+  int fsync;         /* fdatasync each batch before it counts as delivered */
 };
 
 static void write_more(struct file_out *f);
+static void batch_done(struct file_out *f);
 static void cb_flush(struct sl_output *o);
 static void finish_stop(struct file_out *f);
 
@@ -76,6 +78,7 @@ static int start(struct sl_output *o, int is_stdout, char *err,
   f->o = o;
   f->is_stdout = is_stdout;
   f->msgpack = fmt && strcmp(fmt, "msgpack") == 0;
+  f->fsync = !is_stdout && o->cfg->fsync;
   sl_buf_init(&f->batch);
   if (is_stdout) {
     f->fd = 1;
@@ -184,6 +187,8 @@ static void reopen_now(struct file_out *f) {
     f->busy = 0;
 }
 
+static void on_synced(uv_fs_t *req);
+
 static void on_written(uv_fs_t *req) {
   struct file_out *f = req->data;
   struct sl_output *o = f->o;
@@ -210,6 +215,45 @@ static void on_written(uv_fs_t *req) {
     write_more(f);
     return;
   }
+  if (f->fsync) {
+    /* durable before delivered: the queue (or disk buffer) keeps the
+     * batch until the data is on disk */
+    f->busy = 1;
+    f->req.data = f;
+    if (uv_fs_fdatasync(&o->w->loop, &f->req, f->fd, on_synced) != 0) {
+      f->busy = 0;
+      f->written = 0;
+      failed(f, UV_EIO);
+    }
+    return;
+  }
+  batch_done(f);
+}
+
+static void on_synced(uv_fs_t *req) {
+  struct file_out *f = req->data;
+  ssize_t rc = req->result;
+  uv_fs_req_cleanup(req);
+  f->busy = 0;
+  if (f->closing) {
+    if (rc == 0)
+      sl_output_delivered(f->o, f->nevents, f->batch.len);
+    finish_stop(f);
+    return;
+  }
+  if (rc < 0) {
+    /* the bytes were written but may not be on disk: write them again
+     * (a duplicate after a crash beats a loss) */
+    f->written = 0;
+    failed(f, (int)rc);
+    return;
+  }
+  batch_done(f);
+}
+
+/* The whole batch is written (and synced when asked): it is delivered. */
+static void batch_done(struct file_out *f) {
+  struct sl_output *o = f->o;
   sl_output_delivered(o, f->nevents, f->batch.len);
   f->nevents = 0;
   f->written = 0;

@@ -176,3 +176,27 @@ def test_sluice_to_sluice_with_acks_survives_downstream_kill(sluice):
     assert set(got) == set(range(n))  # none lost; a resent batch may repeat
     assert up.stop() == 0
     assert down.stop() == 0
+
+
+def test_file_output_fsync_always_delivers_and_is_checked(sluice, tmp_path):
+    port = free_port()
+    eng = sluice("""return {
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "f", type = "file", path = "out.ndjson", fsync = "always" } },
+  routes = { { topics = "*", to = "f" } },
+}""" % port)
+    from conftest import send_events
+    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": i} for i in range(500)])
+    assert eng.stop() == 0
+    assert seqs(read_ndjson(eng.path("out.ndjson"))) == list(range(500))
+    bad = tmp_path / "bad.lua"
+    bad.write_text("""return {
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "n", type = "tcp", address = "127.0.0.1:1", fsync = "always" },
+              { name = "f", type = "file", path = "x", fsync = "sometimes" } },
+}""" % port)
+    from conftest import run_sluice
+    r = run_sluice("check", "-c", str(bad))
+    assert r.returncode == 1
+    assert "outputs[1].fsync: only file outputs take fsync" in r.stderr
+    assert 'outputs[2].fsync: expected "always" or "never", got "sometimes"' in r.stderr
