@@ -828,8 +828,11 @@ done:
   lua_pop(L, 1);
 }
 
+static void check_rate_limit(struct check *c, int t, const char *path,
+                             struct sl_rate_limit_config *r);
+
 static void check_routes(struct check *c, struct sl_config *cfg, int t) {
-  static const char *const keys[] = {"topics", "to", NULL};
+  static const char *const keys[] = {"topics", "to", "rate_limit", NULL};
   lua_State *L = c->L;
   char p[64];
   int n, i, j;
@@ -860,6 +863,12 @@ static void check_routes(struct check *c, struct sl_config *cfg, int t) {
       continue;
     }
     check_keys(c, rt, p, keys);
+    {
+      struct sl_rate_limit_config rl = {0, 0};
+      check_rate_limit(c, rt, p, &rl);
+      r->rate = rl.events_per_second;
+      r->burst = rl.burst;
+    }
     opt_strlist(c, rt, p, "topics", &r->topics, &r->ntopics, 1);
     opt_strlist(c, rt, p, "to", &to, &nto, 1);
     if (nto > SL_ROUTER_MAX_TO) {

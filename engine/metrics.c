@@ -260,6 +260,21 @@ int sl_metrics_render(const struct sl_worker *w, struct sl_buf *text) {
   per_output(out, w, "sluice_output_rate_limited_total", "counter",
              "Events that had to wait for a rate_limit token.",
              out_rate_limited);
+  if (w->route_limits) {
+    int i;
+    family(out, "sluice_route_rate_limited_total", "counter",
+           "Events over a route's rate_limit: waited for a token (block, "
+           "spill) or dropped (drop policies). route is the index in routes.");
+    for (i = 0; i < w->cfg->router.nroutes; i++)
+      if (w->cfg->router.routes[i].rate)
+        put(out,
+            "sluice_route_rate_limited_total{route=\"%d\",result=\"waited\"} "
+            "%llu\n"
+            "sluice_route_rate_limited_total{route=\"%d\",result=\"dropped\"} "
+            "%llu\n",
+            i + 1, U(w->route_limits[i].waited), i + 1,
+            U(w->route_limits[i].dropped));
+  }
   per_output(out, w, "sluice_output_breaker_state", "gauge",
              "Circuit breaker: 0 closed, 1 open (no attempts), 2 half-open "
              "(probing).",

@@ -19,6 +19,7 @@ struct sl_route {
   int ntopics;
   int nto;
   uint16_t to[SL_ROUTER_MAX_TO]; /* output indices */
+  uint32_t rate, burst;          /* rate_limit: events/s (0: none), burst */
 };
 
 struct sl_router {

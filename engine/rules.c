@@ -556,6 +556,7 @@ void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
 
   r->ntargets = 0;
   r->outcome = SL_RULES_ROUTED;
+  r->route = -1;
   r->rule = NULL;
   r->reason = NULL;
   sl_event_ref(orig); /* the original stays for a dead letter */
@@ -657,6 +658,7 @@ void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
     r->outcome = SL_RULES_UNROUTED;
     return;
   }
+  r->route = (int)(route - rs->cfg->router.routes);
   r->ntargets = route->nto;
   for (j = 0; j < route->nto; j++)
     r->targets[j] = route->to[j];

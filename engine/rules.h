@@ -30,6 +30,7 @@ struct sl_rules_result {
   int ntargets;
   uint16_t targets[SL_CONFIG_MAX_OUTPUTS];
   enum sl_rules_outcome outcome;
+  int route;          /* index of the deciding config route, or -1 */
   const char *rule;   /* the deciding rule's file, or NULL (config) */
   const char *reason; /* drop reason or error; valid until the next call */
 };

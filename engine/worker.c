@@ -301,9 +301,33 @@ static int output_push(struct sl_output *o, struct sl_event *ev) {
 }
 
 /* Push the held event into its remaining targets. */
+static void on_route_timer(uv_timer_t *t) {
+  struct sl_worker *w = container_of(t, struct sl_worker, route_timer);
+  sl_queue_wake(&w->route_waitq);
+}
+
+/* A held event that waits for its route's token: take one, or wait on. */
+static int route_token(struct sl_source *s) {
+  struct sl_worker *w = s->w;
+  struct sl_route_limit *l = &w->route_limits[s->route_wait];
+  uint64_t now = sl_mono_ns();
+  if (sl_ratelimit_take(&l->rl, 1, now) == 1) {
+    s->route_wait = -1;
+    return 0;
+  }
+  sl_queue_wait(&w->route_waitq, &s->waiter);
+  if (!uv_is_active((uv_handle_t *)&w->route_timer))
+    uv_timer_start(&w->route_timer, on_route_timer,
+                   sl_ratelimit_wait_ms(&l->rl, 1, now), 0);
+  return SL_EAGAIN;
+}
+
 static int push_held(struct sl_source *s) {
   struct sl_worker *w = s->w;
   int i;
+
+  if (s->route_wait >= 0 && route_token(s) == SL_EAGAIN)
+    return SL_EAGAIN;
 
   for (i = 0; i < s->ntargets; i++) {
     struct sl_output *o = &w->outputs[s->targets[i]];
@@ -332,6 +356,7 @@ static void on_room(struct sl_waiter *wt) {
 void sl_source_init(struct sl_source *s, struct sl_input *in,
                     void (*on_resume)(struct sl_source *s)) {
   memset(s, 0, sizeof(*s));
+  s->route_wait = -1;
   s->w = in->w;
   s->input = in;
   s->on_resume = on_resume;
@@ -340,6 +365,7 @@ void sl_source_init(struct sl_source *s, struct sl_input *in,
 
 void sl_source_close(struct sl_source *s) {
   sl_queue_unwait(&s->waiter);
+  s->route_wait = -1;
   if (s->held) {
     /* only at a forced stop: a graceful one waits for held events */
     s->input->stats.abandoned++;
@@ -364,6 +390,27 @@ int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
     sl_event_unref(s->held);
     s->held = NULL;
     return 0;
+  }
+  if (r.route >= 0 && w->route_limits &&
+      w->route_limits[r.route].rl.rate &&
+      sl_ratelimit_take(&w->route_limits[r.route].rl, 1, sl_mono_ns()) == 0) {
+    /* over the route's rate: the excess follows its outputs' when_full
+     * policy, block (or spill) winning over drop when they differ */
+    struct sl_route_limit *l = &w->route_limits[r.route];
+    int blocks = 0;
+    for (i = 0; i < s->ntargets; i++) {
+      enum sl_queue_policy p = w->outputs[s->targets[i]].q.policy;
+      blocks |= p == SL_QUEUE_BLOCK || p == SL_QUEUE_SPILL;
+    }
+    if (!blocks) {
+      l->dropped++;
+      sl_event_unref(s->held);
+      s->held = NULL;
+      s->ntargets = 0;
+      return 0;
+    }
+    l->waited++;
+    s->route_wait = r.route;
   }
   return push_held(s);
 }
@@ -432,6 +479,10 @@ static void finish(struct sl_worker *w) {
   uv_close((uv_handle_t *)&w->sig_usr1, NULL);
   uv_close((uv_handle_t *)&w->drain_timer, NULL);
   uv_close((uv_handle_t *)&w->flush_idle, NULL);
+  if (w->route_timer_open) {
+    uv_close((uv_handle_t *)&w->route_timer, NULL);
+    w->route_timer_open = 0;
+  }
 }
 
 /* One line per output at shutdown: where its events went. With the
@@ -562,6 +613,26 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
   uv_signal_init(&w->loop, &w->sig_int);
   uv_signal_init(&w->loop, &w->sig_hup);
   uv_signal_init(&w->loop, &w->sig_usr1);
+  uv_timer_init(&w->loop, &w->route_timer);
+  w->route_timer_open = 1;
+  if (sl_queue_init(&w->route_waitq, 1, 1, SL_QUEUE_BLOCK) != 0) {
+    snprintf(err, errlen, "out of memory");
+    rc = SL_ENOMEM;
+    goto fail;
+  }
+  if (cfg->router.nroutes > 0) {
+    w->route_limits = calloc((size_t)cfg->router.nroutes,
+                             sizeof(*w->route_limits));
+    if (w->route_limits == NULL) {
+      snprintf(err, errlen, "out of memory");
+      rc = SL_ENOMEM;
+      goto fail;
+    }
+    for (i = 0; i < cfg->router.nroutes; i++)
+      if (cfg->router.routes[i].rate)
+        sl_ratelimit_init(&w->route_limits[i].rl, cfg->router.routes[i].rate,
+                          cfg->router.routes[i].burst, sl_mono_ns());
+  }
   w->sig_term.data = w->sig_int.data = w->sig_hup.data = w->sig_usr1.data = w;
 
   w->outputs = calloc((size_t)cfg->noutputs + 1, sizeof(*w->outputs));
@@ -707,6 +778,9 @@ void sl_worker_close(struct sl_worker *w) {
     sl_dedup_free(w->outputs[i].dedup);
     w->outputs[i].dedup = NULL;
   }
+  free(w->route_limits);
+  w->route_limits = NULL;
+  sl_queue_close(&w->route_waitq);
   free(w->outputs);
   free(w->inputs);
   w->outputs = NULL;

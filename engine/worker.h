@@ -139,6 +139,7 @@ struct sl_source {
   struct sl_worker *w;
   struct sl_input *input;
   struct sl_event *held;     /* the event waiting for room */
+  int route_wait;            /* >= 0: held for a token of that route */
   uint16_t targets[SL_CONFIG_MAX_OUTPUTS]; /* outputs it still must enter */
   int ntargets;
   struct sl_waiter waiter;
@@ -156,6 +157,12 @@ struct sl_input_ops {
   /* Close everything now; call sl_input_stopped when all is closed (may be
    * right away). The input's state is freed by then. */
   void (*cb_stop)(struct sl_input *in);
+};
+
+struct sl_route_limit {
+  struct sl_ratelimit rl;
+  uint64_t waited;  /* events that waited for a token (block, spill) */
+  uint64_t dropped; /* events dropped for want of one (drop policies) */
 };
 
 struct sl_input_stats {
@@ -205,6 +212,13 @@ struct sl_worker {
   int signals;           /* how many stop signals came */
   int exit_code;
   struct sl_rules *rules;  /* the live rules and the config routes */
+  /* routes' rate_limit: a token bucket per route; sources that must wait
+   * for a token wait on route_waitq, a queue that never holds an event
+   * (only its waiter list is used), woken by route_timer */
+  struct sl_route_limit *route_limits;
+  struct sl_queue route_waitq;
+  uv_timer_t route_timer;
+  int route_timer_open;
   /* called for every decided event when set (the admin tap) */
   void (*tap)(void *data, const struct sl_event *ev, int outcome);
   void *tap_data;

@@ -38,7 +38,7 @@ TEST(glob_is_not_exponential) {
 TEST(router_first_match_wins) {
   char *t1[] = {"orders.*"}, *t2[] = {"*"}, *t3[] = {"x", "orders.eu"};
   struct sl_route routes[3] = {
-      {t1, 1, 1, {2}}, {t3, 2, 1, {5}}, {t2, 1, 1, {7}}};
+      {t1, 1, 1, {2}, 0, 0}, {t3, 2, 1, {5}, 0, 0}, {t2, 1, 1, {7}, 0, 0}};
   struct sl_router r = {routes, 3};
   const struct sl_route *m;
   m = sl_router_match(&r, "orders.eu", 9);
