@@ -181,7 +181,7 @@ static struct ruleset *set_build(struct sl_rules *rs, char *err,
       goto fail;
     s->slots[s->n++].rule = r;
     if (i >= live_n ||
-        strcmp(sl_rule_path(rs->live->slots[i].rule), path) != 0 ||
+        strcmp(sl_rule_source(rs->live->slots[i].rule), path) != 0 ||
         strcmp(sl_rule_hash(rs->live->slots[i].rule), sl_rule_hash(r)) != 0)
       *changed = 1;
   }
@@ -410,6 +410,7 @@ struct sl_rules *sl_rules_new(const struct sl_config *cfg, uv_loop_t *loop,
   sl_log_limiter_init(&rs->error_log, 10000, 20);
   rs->limits.cpu_budget_ms = cfg->rules.cpu_budget_ms;
   rs->limits.memory_mb = cfg->rules.memory_mb;
+  rs->limits.display_root = cfg->dir; /* "rules/x.lua:12: ..." */
   snprintf(rs->scripts_dir, sizeof(rs->scripts_dir), "%s",
            scripts ? scripts : "scripts");
   rs->limits.scripts_dir = rs->scripts_dir;

@@ -108,7 +108,8 @@ struct box {
 };
 
 struct sl_rule {
-  char *path;
+  char *path;   /* the name in messages (relative to display_root) */
+  char *source; /* the file, as given to sl_rule_load */
   char hash[65];
   char *scripts_dir, *lib_dir;
   uint32_t cpu_budget_ms, memory_mb;
@@ -139,13 +140,18 @@ static struct box *box_of(lua_State *L) {
   return ud;
 }
 
+/* The frame's file in full: Lua's short_src is cut to 60 bytes. */
+static const char *src_of(const lua_Debug *ar) {
+  return ar->source && ar->source[0] == '@' ? ar->source + 1 : ar->short_src;
+}
+
 static void where_of(lua_State *L, int level, char *buf, size_t n,
                      const char *fallback) {
   lua_Debug ar;
 
   for (; lua_getstack(L, level, &ar); level++) {
     if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
-      snprintf(buf, n, "%s:%d", ar.short_src, ar.currentline);
+      snprintf(buf, n, "%s:%d", src_of(&ar), ar.currentline);
       return;
     }
   }
@@ -1768,7 +1774,7 @@ static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
   int rc, st;
   size_t i;
 
-  rc = read_file(r, r->path);
+  rc = read_file(r, r->source);
   if (rc != 0) {
     snprintf(err, errlen, "%s:0: cannot read the rule: %s", r->path,
              strerror(-rc));
@@ -1900,8 +1906,15 @@ struct sl_rule *sl_rule_load(const char *path,
   r = calloc(1, sizeof(*r));
   if (r == NULL)
     goto fail_alloc;
+  r->source = strdup(path);
+  if (limits && limits->display_root) {
+    size_t n = strlen(limits->display_root);
+    if (strncmp(path, limits->display_root, n) == 0 && path[n] == '/' &&
+        path[n + 1] != '\0')
+      path += n + 1;
+  }
   r->path = strdup(path);
-  if (r->path == NULL)
+  if (r->path == NULL || r->source == NULL)
     goto fail_alloc;
   r->cpu_budget_ms = limits && limits->cpu_budget_ms ? limits->cpu_budget_ms
                                                      : 10;
@@ -1958,6 +1971,7 @@ void sl_rule_free(struct sl_rule *r) {
   free(r->scripts_dir);
   free(r->lib_dir);
   free(r->path);
+  free(r->source);
   free(r);
 }
 
@@ -2080,7 +2094,7 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
   /* a bad value: name it, at the line where on_event is defined */
   lua_pushvalue(L, SLOT_ON_EVENT);
   if (lua_getinfo(L, ">S", &ar))
-    snprintf(where, sizeof(where), "%s:%d", ar.short_src, ar.linedefined);
+    snprintf(where, sizeof(where), "%s:%d", src_of(&ar), ar.linedefined);
   else
     snprintf(where, sizeof(where), "%s", r->path);
   if (lua_type(L, -1) == LUA_TTABLE) {
@@ -2336,6 +2350,7 @@ int sl_rule_restore(struct sl_rule *r, const uint8_t *p, size_t len,
 }
 
 const char *sl_rule_path(const struct sl_rule *r) { return r->path; }
+const char *sl_rule_source(const struct sl_rule *r) { return r->source; }
 const char *sl_rule_hash(const struct sl_rule *r) { return r->hash; }
 size_t sl_rule_memory(const struct sl_rule *r) { return r->box->used; }
 uint64_t sl_rule_rebuilds(const struct sl_rule *r) { return r->rebuilds; }

@@ -23,6 +23,9 @@ struct sl_rule_limits {
   uint32_t memory_mb;       /* per state; default 64 */
   const char *scripts_dir;  /* runtime library for require; may be NULL */
   const char *lib_dir;      /* the rules dir's lib/ for require; may be NULL */
+  /* messages name the rule by its path relative to this folder (the
+   * config's), as in "rules/orders.lua:12: ..."; NULL: the path as given */
+  const char *display_root;
 };
 
 /* What a rule can ask of its host. Every member may be NULL. Strings passed
@@ -112,7 +115,8 @@ int sl_rule_restore(struct sl_rule *r, const uint8_t *p, size_t len,
                     char *err, size_t errlen);
 
 /* Introspection for status and metrics. */
-const char *sl_rule_path(const struct sl_rule *r);
+const char *sl_rule_path(const struct sl_rule *r);   /* as shown in messages */
+const char *sl_rule_source(const struct sl_rule *r); /* the file it reads */
 const char *sl_rule_hash(const struct sl_rule *r); /* hex SHA-256 of file */
 size_t sl_rule_memory(const struct sl_rule *r);    /* bytes in the state */
 uint64_t sl_rule_rebuilds(const struct sl_rule *r);
