@@ -1,7 +1,9 @@
 -- The central sluice the edges relay to: archives everything.
 return {
   inputs  = { { name = "edges", type = "tcp", listen = "127.0.0.1:7500" } },
-  outputs = { { name = "archive", type = "file", path = "var/central.ndjson" } },
+  -- acks to the edges mean "on disk here": the disk buffer makes that true
+  outputs = { { name = "archive", type = "file", path = "var/central.ndjson",
+                buffer = { type = "disk", max_bytes = "1GiB", fsync = "interval" } } },
   routes  = { { topics = "*", to = "archive" } },
   admin   = { listen = "127.0.0.1:9091" },
   pid_file = "var/central.pid",

@@ -144,9 +144,13 @@ def test_disk_buffer_full_drop_newest_counts(sluice):
 
 def test_sluice_to_sluice_with_acks_survives_downstream_kill(sluice):
     up_port, down_port = free_port(), free_port()
+    # the receiver acks what it accepted: with a disk buffer that is on
+    # disk, so killing it loses nothing (a memory queue would lose what it
+    # had acked but not yet written)
     down_cfg = """return {
   inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
-  outputs = { { name = "f", type = "file", path = "out.ndjson" } },
+  outputs = { { name = "f", type = "file", path = "out.ndjson",
+                buffer = { type = "disk", max_bytes = "64MiB", fsync = "never" } } },
   routes = { { topics = "*", to = "f" } },
 }""" % down_port
     down = sluice(down_cfg)
