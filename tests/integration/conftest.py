@@ -567,6 +567,19 @@ def scrape(address, timeout=5):
     return out
 
 
+def metrics_flat(admin_port):
+    """The admin /metrics of the engine on admin_port as {"name{labels}": value}."""
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin_port,
+                                timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
 def metric(samples, name, **labels):
     if isinstance(samples, str):
         samples = scrape(samples)

@@ -30,17 +30,7 @@ CHAOS_SINK = Path(SLUICE_BIN).resolve().parent / "tools" / "chaos_sink"
 TIMEOUT_MS = 500  # the output's retry.timeout_ms; the sink keeps clear of it
 
 
-def metrics(admin_port):
-    """The admin /metrics as {"name{labels}": value}."""
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin_port,
-                                timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
+from conftest import metrics_flat as metrics  # noqa: E402
 
 
 def dropped_by_policy(m):

@@ -12,16 +12,7 @@ from conftest import (Sink, free_port, read_ndjson, run_sluice, send_events,
                       wait_for, wait_lines)
 
 
-def metrics(admin_port):
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin_port,
-                                timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
+from conftest import metrics_flat as metrics  # noqa: E402
 
 
 def log_time(line):
