@@ -8,7 +8,6 @@
 #include <string.h>
 #include <sys/random.h>
 
-static const char hexdigits[] = "0123456789abcdef";
 
 static uint64_t xorshift(uint64_t *s) {
   uint64_t x = *s;
@@ -31,11 +30,24 @@ void sl_idgen_init(struct sl_idgen *g) {
   g->rng = seed[1] | 1; /* xorshift must not start at zero */
 }
 
+/* "000102...ff": two hex digits per byte in one lookup (ids and trace ids
+ * are written for every event) */
+static const char hexpairs[] =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+    "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+    "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+    "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+    "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+    "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+
+/* digits is even. */
 static void put_hex(char *dst, uint64_t v, int digits) {
   int i;
-  for (i = digits - 1; i >= 0; i--) {
-    dst[i] = hexdigits[v & 15];
-    v >>= 4;
+  for (i = digits - 2; i >= 0; i -= 2) {
+    memcpy(dst + i, hexpairs + 2 * (v & 0xff), 2);
+    v >>= 8;
   }
 }
 
