@@ -68,12 +68,29 @@ static void find_scripts(void) {
   }
 }
 
-static struct sl_config *load(const char *path) {
+/* Load the config; on error print every problem: as text for the
+ * commands a person runs, as JSON log lines for `run` (its stderr is the
+ * engine's log). */
+static struct sl_config *load(const char *path, int json) {
   struct sl_buf err;
   struct sl_config *cfg;
   sl_buf_init(&err);
   cfg = sl_config_load(path, &err);
-  if (cfg == NULL) {
+  if (cfg == NULL && json) {
+    char *line = (char *)err.data, *nl;
+    sl_buf_putc(&err, '\0');
+    line = (char *)err.data;
+    for (; line && *line; line = nl ? nl + 1 : NULL) {
+      nl = strchr(line, '\n');
+      if (nl)
+        *nl = '\0';
+      if (*line)
+        sl_log(SL_LOG_ERROR, "config problem", SL_S("config", path),
+               SL_S("problem", line), SL_END);
+    }
+    sl_log(SL_LOG_ERROR, "config rejected; not starting", SL_S("config", path),
+           SL_END);
+  } else if (cfg == NULL) {
     fprintf(stderr, "%.*s", (int)err.len, (const char *)err.data);
     fprintf(stderr, "sluice: %s: config rejected\n", path);
   }
@@ -105,7 +122,7 @@ static int cmd_run(const char *path, int level) {
   char *pid_file;
   int rc;
 
-  cfg = load(path);
+  cfg = load(path, 1);
   if (cfg == NULL)
     return 1;
   if (level < 0 && cfg->log_level >= 0)
@@ -148,7 +165,7 @@ static int cmd_run(const char *path, int level) {
 }
 
 static int cmd_check(const char *path) {
-  struct sl_config *cfg = load(path);
+  struct sl_config *cfg = load(path, 0);
   struct sl_idgen g;
   struct sl_rules *rs;
   char err[1024];
@@ -170,7 +187,7 @@ static int cmd_check(const char *path) {
 }
 
 static int cmd_reload(const char *path) {
-  struct sl_config *cfg = load(path);
+  struct sl_config *cfg = load(path, 0);
   char *pid_file, buf[32];
   FILE *f;
   long pid;

@@ -355,7 +355,7 @@ class Engine:
         self.stderr_path = None
         self.stdout_path = None
         self.runs = 0
-        self.started = False  # a config rejected by `run` is plain text
+        self.started = False  # stderr is checked as JSON lines once started
 
     # process
     def _start(self, wait=True, timeout=START_TIMEOUT, ports=()):

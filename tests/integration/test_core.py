@@ -240,7 +240,11 @@ def test_run_rejects_a_bad_config_before_starting(sluice):
     cfg["routes"][0]["to"] = "missing"
     with pytest.raises(Exception) as e:
         sluice(cfg)
-    assert 'routes[1].to: no output named "missing"' in str(e.value)
+    # run's stderr is its log: one JSON line per problem, then the verdict
+    lines = [json.loads(l) for l in str(e.value).splitlines() if l.startswith("{")]
+    problems = [l["problem"] for l in lines if l["msg"] == "config problem"]
+    assert any(p.endswith('routes[1].to: no output named "missing"') for p in problems)
+    assert lines[-1]["msg"] == "config rejected; not starting"
     assert "sluice started" not in str(e.value)
 
 
