@@ -1362,3 +1362,21 @@ int sl_codec_read_str(const uint8_t *p, size_t len, struct sl_str *s,
     *used = h + n;
   return 0;
 }
+
+int sl_codec_read_map(const uint8_t *p, size_t len, uint32_t *count,
+                      size_t *used) {
+  if (len >= 1 && (p[0] & 0xf0) == 0x80) {
+    *count = p[0] & 0x0f;
+    *used = 1;
+  } else if (len >= 3 && p[0] == 0xde) {
+    *count = (uint32_t)p[1] << 8 | p[2];
+    *used = 3;
+  } else if (len >= 5 && p[0] == 0xdf) {
+    *count = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 |
+             (uint32_t)p[3] << 8 | p[4];
+    *used = 5;
+  } else {
+    return SL_EPROTO;
+  }
+  return 0;
+}

@@ -88,18 +88,9 @@ static void new_traceparent(struct sl_idgen *g, char out[55]) {
 
 /* Number of pairs in a raw map (already validated). */
 static uint32_t map_count(const uint8_t *p, size_t len) {
-  if (len >= 1 && (p[0] & 0xf0) == 0x80)
-    return p[0] & 0x0f;
-  if (len >= 3 && p[0] == 0xde)
-    return (uint32_t)p[1] << 8 | p[2];
-  if (len >= 5 && p[0] == 0xdf)
-    return (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 |
-           p[4];
-  return 0;
-}
-
-static size_t map_header_size(const uint8_t *p) {
-  return (p[0] & 0xf0) == 0x80 ? 1 : p[0] == 0xde ? 3 : 5;
+  uint32_t n;
+  size_t used;
+  return sl_codec_read_map(p, len, &n, &used) == 0 ? n : 0;
 }
 
 /* Copy a headers map into out, replacing (or adding) name=value. The
@@ -107,13 +98,17 @@ static size_t map_header_size(const uint8_t *p) {
 static int rewrite_headers(struct sl_buf *out, const uint8_t *h, size_t hlen,
                            const char *name, size_t namelen,
                            const char *value, size_t valuelen) {
-  uint32_t n = h ? map_count(h, hlen) : 0, i, kept = 0;
-  const uint8_t *p = h ? h + map_header_size(h) : NULL;
+  uint32_t n = 0, i, kept = 0;
+  size_t hdr = 0;
+  const uint8_t *p;
   const uint8_t *end = h ? h + hlen : NULL;
   size_t start = out->len, kused, vused, body_start;
   struct sl_str k;
   int rc;
 
+  if (h && sl_codec_read_map(h, hlen, &n, &hdr) != 0)
+    return SL_EPROTO;
+  p = h ? h + hdr : NULL;
   /* the count is unknown until we have seen every key: reserve a map32
    * header and fix it up at the end */
   if ((rc = sl_buf_append(out, "\xdf\0\0\0\0", 5)) != 0)

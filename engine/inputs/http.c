@@ -203,20 +203,8 @@ static int add_default_topic(struct batch *b, const uint8_t *p, size_t len,
   uint32_t n, i;
   int rc;
 
-  if (topic == NULL || len < 1)
-    return 0;
-  if ((p[0] & 0xf0) == 0x80) {
-    h = 1;
-    n = p[0] & 0x0f;
-  } else if (p[0] == 0xde && len >= 3) {
-    h = 3;
-    n = (uint32_t)p[1] << 8 | p[2];
-  } else if (p[0] == 0xdf && len >= 5) {
-    h = 5;
-    n = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 | p[4];
-  } else {
+  if (topic == NULL || sl_codec_read_map(p, len, &n, &h) != 0)
     return 0; /* not a map: sl_codec_parse_event says so */
-  }
   for (i = 0, pos = h; i < n; i++) {
     struct sl_str k = mp_str(p + pos, len - pos);
     if (k.p && k.len == 5 && memcmp(k.p, "topic", 5) == 0)
