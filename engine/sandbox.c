@@ -1649,6 +1649,18 @@ static int box_setup(lua_State *L) {
 
 /* Check the table the chunk returned (in ref_tmp) against the contract
  * and keep its parts. Run with lua_cpcall; ud is the box. */
+/* t[name] of the rule table (index 1), which may be absent or a function,
+ * into the registry slot ref; raises "path:line: name must be a function". */
+static void optional_fn(lua_State *L, struct sl_rule *r, int line,
+                        const char *name, int ref) {
+  lua_pushstring(L, name);
+  lua_rawget(L, 1); /* raw: C never runs rule code (no __index) */
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION)
+    luaL_error(L, "%s:%d: %s must be a function (got %s)", r->path, line,
+               name, luaL_typename(L, -1));
+  set_ref(L, ref, -1);
+}
+
 static int box_contract(lua_State *L) {
   struct box *b = lua_touserdata(L, 1);
   struct sl_rule *r = b->rule;
@@ -1667,24 +1679,9 @@ static int box_contract(lua_State *L) {
     return luaL_error(L, "%s:%d: on_event must be a function (got %s)",
                       r->path, line, luaL_typename(L, -1));
   set_ref(L, b->ref_on_event, -1);
-  lua_pushliteral(L, "snapshot");
-  lua_rawget(L, 1);
-  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION)
-    return luaL_error(L, "%s:%d: snapshot must be a function (got %s)",
-                      r->path, line, luaL_typename(L, -1));
-  set_ref(L, b->ref_snapshot, -1);
-  lua_pushliteral(L, "restore");
-  lua_rawget(L, 1);
-  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION)
-    return luaL_error(L, "%s:%d: restore must be a function (got %s)",
-                      r->path, line, luaL_typename(L, -1));
-  set_ref(L, b->ref_restore, -1);
-  lua_pushliteral(L, "on_start");
-  lua_rawget(L, 1);
-  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TFUNCTION)
-    return luaL_error(L, "%s:%d: on_start must be a function (got %s)",
-                      r->path, line, luaL_typename(L, -1));
-  set_ref(L, b->ref_tmp, -1);
+  optional_fn(L, r, line, "snapshot", b->ref_snapshot);
+  optional_fn(L, r, line, "restore", b->ref_restore);
+  optional_fn(L, r, line, "on_start", b->ref_tmp);
 
   lua_settop(L, 1);
   lua_pushliteral(L, "topics");
