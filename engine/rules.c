@@ -58,6 +58,7 @@ struct sl_rules {
   uv_timer_t debounce, timers;
   int watching, watching_lib, stopped;
   int64_t next_timer_ms;
+  int timer_next; /* the rule whose timers go first on the next turn */
   struct sl_rule_decision d;
   char reason[600];
   char last_result[16];
@@ -347,16 +348,28 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events,
   uv_timer_start(&rs->debounce, on_debounce, rs->cfg->rules.debounce_ms, 0);
 }
 
+/* One turn of timer work is capped at the CPU budget (each rule's
+ * sl_rule_run_timers caps itself too); rules whose timers did not get a
+ * turn stay due and go first next time, after the loop polled I/O. */
 static void on_rule_timers(uv_timer_t *t) {
   struct sl_rules *rs = container_of(t, struct sl_rules, timers);
   int64_t now = (int64_t)(sl_mono_ns() / 1000000u);
-  int i;
-  if (rs->live)
-    for (i = 0; i < rs->live->n; i++) {
-      struct sl_rule *r = rs->live->slots[i].rule;
-      int64_t due = sl_rule_next_timer(r);
-      if (due >= 0 && due <= now)
-        sl_rule_run_timers(r, now);
+  uint64_t t0 = sl_mono_ns(),
+           cap = (uint64_t)rs->limits.cpu_budget_ms * 1000000u;
+  int i, k, n;
+  if (rs->live && (n = rs->live->n) > 0)
+    for (k = 0; k < n; k++) {
+      struct sl_rule *r;
+      int64_t due;
+      i = (rs->timer_next + k) % n;
+      r = rs->live->slots[i].rule;
+      due = sl_rule_next_timer(r);
+      if (due < 0 || due > now)
+        continue;
+      if (sl_mono_ns() - t0 >= cap)
+        break; /* the rest run on the next turn */
+      sl_rule_run_timers(r, now);
+      rs->timer_next = (i + 1) % n;
     }
   arm_timers(rs);
 }
@@ -377,8 +390,10 @@ static void arm_timers(struct sl_rules *rs) {
     return;
   }
   now = (int64_t)(sl_mono_ns() / 1000000u);
+  /* never 0: libuv runs a timer re-armed with 0 from its own callback
+   * again in the same pass, before polling I/O (the loop would spin) */
   uv_timer_start(&rs->timers, on_rule_timers,
-                 next > now ? (uint64_t)(next - now) : 0, 0);
+                 next > now + 1 ? (uint64_t)(next - now) : 1, 0);
 }
 
 /* ---- life -------------------------------------------------------------- */

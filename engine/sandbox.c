@@ -37,6 +37,8 @@
 #define MAX_MODULE_NAME 128
 #define MAX_C_DEPTH 100      /* C functions re-entering Lua, nested */
 #define NIL32 UINT32_MAX
+#define TIMER_LOG_BURST 20
+#define TIMER_LOG_WINDOW_NS 10000000000ull
 
 /* Fixed slots at the bottom of each state's main stack, so a call into
  * the rule needs no lookup. */
@@ -103,6 +105,7 @@ struct box {
   struct sl_event *changed; /* built by finish() */
   struct timer timers[MAX_TIMERS];
   int ntimers;
+  int timer_next; /* where the next sl_rule_run_timers starts looking */
   char **topics;
   int ntopics;
 };
@@ -128,6 +131,10 @@ struct sl_rule {
   uint64_t seed1, seed2;
   int64_t wall0_ns;
   uint64_t mono0_ns;
+  /* timer errors: at most TIMER_LOG_BURST lines per TIMER_LOG_WINDOW_NS
+   * (sluice_core.so for busted has no log.c, hence not sl_log_limiter) */
+  uint64_t timer_log_start_ns, timer_log_suppressed;
+  uint32_t timer_log_n;
 };
 
 static const char drop_sentinel = 0; /* its address is sluice.drop's mark */
@@ -2212,32 +2219,74 @@ int64_t sl_rule_next_timer(const struct sl_rule *r) {
   return best;
 }
 
+/* May a timer error be logged now? Then *suppressed says how many were
+ * not since the last one. */
+static int timer_log_allow(struct sl_rule *r, uint64_t *suppressed) {
+  uint64_t now = sl_mono_ns();
+  if (now - r->timer_log_start_ns >= TIMER_LOG_WINDOW_NS) {
+    r->timer_log_start_ns = now;
+    r->timer_log_n = 0;
+  }
+  if (r->timer_log_n >= TIMER_LOG_BURST) {
+    r->timer_log_suppressed++;
+    return 0;
+  }
+  r->timer_log_n++;
+  *suppressed = r->timer_log_suppressed;
+  r->timer_log_suppressed = 0;
+  return 1;
+}
+
+/* Timer runs are bounded three ways so a timer can never starve the loop:
+ * one call runs timers for at most cpu_budget_ms (the rest stay due for
+ * the host's next turn), a timer is next due no sooner than its interval
+ * after its run ended and never sooner than its run took (timers get at
+ * most half the time), and errors are logged at a limited rate. */
 void sl_rule_run_timers(struct sl_rule *r, int64_t now_ms) {
   struct box *b = r->box;
-  int i, n = b->ntimers, st;
+  int i, k, n = b->ntimers, st;
+  uint64_t t0 = sl_mono_ns(),
+           cap = (uint64_t)r->cpu_budget_ms * 1000000u;
 
   if (b->in_call)
     return;
-  for (i = 0; i < n && r->box == b; i++) {
-    struct timer *t = &b->timers[i];
+  for (k = 0; k < n && r->box == b; k++) {
+    struct timer *t;
+    int64_t start, end, took;
+    i = (b->timer_next + k) % n; /* start after the last one run */
+    t = &b->timers[i];
     if (t->due_ms > now_ms)
       continue;
-    t->due_ms += t->every_ms;
+    if (sl_mono_ns() - t0 >= cap)
+      break; /* enough for this turn; the rest stay due */
+    start = (int64_t)(rule_mono_ns(r) / 1000000u);
+    t->due_ms += t->every_ms; /* set before the call: it may fail */
     if (t->due_ms <= now_ms) /* fell behind: skip, do not burst */
       t->due_ms = now_ms + t->every_ms;
+    b->timer_next = (i + 1) % n;
     push_ref(b->L, t->ref);
     st = box_call(b, 0, 0);
+    end = (int64_t)(rule_mono_ns(r) / 1000000u);
+    took = end - start;
+    if (r->box == b && (t->due_ms <= end || took >= t->every_ms))
+      t->due_ms = end + (took > t->every_ms ? took : t->every_ms);
     if (st != 0) {
-      char msg[512], where[256], line[1400];
+      char msg[512], where[256], line[1500];
+      uint64_t suppressed = 0;
       enum sl_rule_error kind =
           describe(b, st, msg, sizeof(msg), where, sizeof(where), NULL, 0);
-      snprintf(line, sizeof(line), "timer: %s%s%s", msg,
-               r->err_set && kind == SL_RULE_ERR_RUNTIME ? "\n" : "",
-               r->err_set && kind == SL_RULE_ERR_RUNTIME ? r->err_tb : "");
       lua_settop(b->L, SLOT_BASE);
-      if (r->host.log)
+      if (r->host.log && timer_log_allow(r, &suppressed)) {
+        snprintf(line, sizeof(line), "timer: %s%s%s", msg,
+                 r->err_set && kind == SL_RULE_ERR_RUNTIME ? "\n" : "",
+                 r->err_set && kind == SL_RULE_ERR_RUNTIME ? r->err_tb : "");
+        if (suppressed)
+          snprintf(line + strlen(line), sizeof(line) - strlen(line),
+                   "\n(%llu more timer errors of this rule were not logged)",
+                   (unsigned long long)suppressed);
         r->host.log(r->host.data, r, 3, line, NULL, 0);
-    if (st == LUA_ERRERR ||
+      }
+      if (st == LUA_ERRERR ||
           (kind == SL_RULE_ERR_MEMORY && !box_usable_after_oom(b))) {
         rule_rebuild(r);
         break; /* b may be gone; the new state has its own timers */

@@ -399,6 +399,106 @@ TEST(sandbox_topic_only_rule_speed) {
   sl_rule_free(p);
 }
 
+/* Load with the real clock (no mono_ns) but the test's emit/log. */
+static struct sl_rule *load_realclock(const char *src, uint32_t cpu,
+                                      struct seen *seen, char *err,
+                                      size_t errlen) {
+  struct sl_rule_limits lim = {cpu, 16, NULL, NULL, NULL};
+  struct sl_rule_host host;
+
+  memset(&host, 0, sizeof(host));
+  host.data = seen;
+  host.emit = on_emit;
+  host.log = on_log;
+  return sl_rule_load(write_rule(src), &lim, &host, err, errlen);
+}
+
+static int64_t mono_ms(void) { return (int64_t)(sl_mono_ns() / 1000000u); }
+
+/* issue 9 finding 7: a 2 ms timer doing 3 ms of work was due again before
+ * its run ended, so the host re-armed at 0 and never polled I/O. */
+TEST(sandbox_timer_slower_than_its_interval_is_next_due_after_its_run) {
+  char err[512];
+  struct seen s;
+  struct sl_rule *r;
+  int64_t next, end;
+
+  memset(&s, 0, sizeof(s));
+  r = load_realclock("sluice.every(2, function()\n"
+                     "  local t0 = sluice.now()\n"
+                     "  while sluice.now() - t0 < 3 do end\n"
+                     "end)\n"
+                     "return { on_event = function() end }\n",
+                     50, &s, err, sizeof(err));
+  CHECK(r != NULL);
+  usleep(5000);
+  sl_rule_run_timers(r, mono_ms());
+  end = mono_ms();
+  next = sl_rule_next_timer(r);
+  /* due no sooner than max(interval, run time) after the run ended */
+  CHECK(next >= end + 2);
+  CHECK_EQ(s.logs, 0);
+  sl_rule_free(r);
+}
+
+TEST(sandbox_timer_work_per_call_is_capped_and_rotates) {
+  char err[512];
+  struct seen s;
+  struct sl_rule *r;
+  uint64_t t0;
+  int calls = 0, first;
+  int64_t now;
+
+  memset(&s, 0, sizeof(s));
+  /* ten timers, each 4 ms of work, all due at once; budget 10 ms */
+  r = load_realclock("for i = 1, 10 do\n"
+                     "  sluice.every(1, function()\n"
+                     "    local t0 = sluice.now()\n"
+                     "    while sluice.now() - t0 < 4 do end\n"
+                     "    sluice.log('info', 'ran ' .. i)\n"
+                     "  end)\n"
+                     "end\n"
+                     "return { on_event = function() end }\n",
+                     10, &s, err, sizeof(err));
+  CHECK(r != NULL);
+  usleep(3000);
+  t0 = sl_mono_ns();
+  now = mono_ms();
+  sl_rule_run_timers(r, now);
+  first = s.logs;
+  CHECK(first >= 1 && first <= 4); /* stopped at the cap, not all ten */
+  CHECK(sl_mono_ns() - t0 < 200000000u);
+  CHECK(sl_rule_next_timer(r) <= mono_ms()); /* the rest are still due */
+  /* the next calls start where the last stopped: every timer gets a turn */
+  while (s.logs < 10 && calls++ < 20)
+    sl_rule_run_timers(r, now); /* only the ones left behind are due */
+  CHECK_EQ(s.logs, 10);
+  sl_rule_free(r);
+}
+
+TEST(sandbox_timer_errors_are_rate_limited) {
+  char err[512];
+  struct seen s;
+  struct sl_rule *r;
+  int i;
+
+  memset(&s, 0, sizeof(s));
+  s.clock = 1000000000u;
+  r = load("for i = 1, 64 do\n"
+           "  sluice.every(1, function() error(('x'):rep(400)) end)\n"
+           "end\n"
+           "return { on_event = function() end }\n", 10, 16, &s, err,
+           sizeof(err));
+  CHECK(r != NULL);
+  for (i = 1; i <= 1000; i++) { /* 1 s of hand clock: 64000 errors */
+    s.clock += 1000000u;
+    sl_rule_run_timers(r, (int64_t)(s.clock / 1000000u));
+  }
+  CHECK(s.logs >= 1 && s.logs <= 20);
+  CHECK(strstr(s.last_log, "timer: ") != NULL);
+  sl_rule_free(r);
+}
+
 /* Last: remove the temp dir (cases run in the order they are defined). */
 TEST(sandbox_zz_cleanup) {
   char cmd[128];
