@@ -35,6 +35,7 @@
 #define SEEN_KEYS 65536      /* sluice.seen entries, LRU-evicted */
 #define SORT_MAX (1u << 17)  /* table.sort runs in C, where no hook fires */
 #define MAX_MODULE_NAME 128
+#define MAX_MODULE_LOOKUPS 256 /* require'd paths kept per rule version */
 #define MAX_C_DEPTH 100      /* C functions re-entering Lua, nested */
 #define NIL32 UINT32_MAX
 #define TIMER_LOG_BURST 20
@@ -75,6 +76,12 @@ struct lru {
   struct lru_node *nodes;
   uint32_t *buckets;
   uint32_t cap, n, mask, head, tail;
+};
+
+struct module {
+  char *path;
+  struct sl_buf text;
+  int found; /* 0: the file was not there */
 };
 
 struct counter {
@@ -124,7 +131,11 @@ struct sl_rule {
   int err_set;
   char err_msg[512], err_where[256], err_tb[768];
   /* scratch, reused between calls */
-  struct sl_buf routes, buf1, buf2, file;
+  struct sl_buf routes, buf1, buf2;
+  struct sl_buf src; /* the rule's text as loaded: rebuilds use it */
+  int src_read;
+  struct module *mods; /* require'd files as first read */
+  int nmods;
   struct counter *counters;
   int ncounters;
   struct lru rate, seen;
@@ -1325,8 +1336,8 @@ static int is_bytecode(const uint8_t *p, size_t n) {
   return (n > 0 && p[0] == 0x1b) || (i < n && p[i] == 0x1b);
 }
 
-/* Read a whole file into r->file. 0, SL_ENOENT or another negative code. */
-static int read_file(struct sl_rule *r, const char *path) {
+/* Read a whole file into out. 0, SL_ENOENT or another negative code. */
+static int read_file(struct sl_buf *out, const char *path) {
   FILE *f = fopen(path, "rb");
   char chunk[16384];
   size_t n;
@@ -1334,15 +1345,51 @@ static int read_file(struct sl_rule *r, const char *path) {
 
   if (f == NULL)
     return errno == ENOENT ? SL_ENOENT : -errno;
-  sl_buf_reset(&r->file);
+  sl_buf_reset(out);
   while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-    if (sl_buf_append(&r->file, chunk, n) != 0) {
+    if (sl_buf_append(out, chunk, n) != 0) {
       rc = SL_ENOMEM;
       break;
     }
   if (rc == 0 && ferror(f))
     rc = SL_EIO;
   fclose(f);
+  return rc;
+}
+
+/* The text of a module file as this rule version first saw it: read once,
+ * then kept, so a rebuilt state runs the same modules and an edit only
+ * goes live through a reload. Absence is kept too. 0 with *text set,
+ * SL_ENOENT, or another negative code. */
+static int module_text(struct sl_rule *r, const char *path,
+                       const struct sl_buf **text) {
+  struct module *m, *grown;
+  int i, rc;
+
+  for (i = 0; i < r->nmods; i++)
+    if (strcmp(r->mods[i].path, path) == 0) {
+      *text = &r->mods[i].text;
+      return r->mods[i].found ? 0 : SL_ENOENT;
+    }
+  if (r->nmods >= MAX_MODULE_LOOKUPS)
+    return SL_E2BIG;
+  grown = realloc(r->mods, sizeof(*grown) * (size_t)(r->nmods + 1));
+  if (grown == NULL)
+    return SL_ENOMEM;
+  r->mods = grown;
+  m = &r->mods[r->nmods];
+  memset(m, 0, sizeof(*m));
+  sl_buf_init(&m->text);
+  rc = read_file(&m->text, path);
+  if (rc == 0 && m->text.len > ((size_t)r->memory_mb << 20))
+    rc = SL_E2BIG; /* it could not load within memory_mb anyway */
+  if ((rc != 0 && rc != SL_ENOENT) || (m->path = strdup(path)) == NULL) {
+    sl_buf_close(&m->text);
+    return rc ? rc : SL_ENOMEM;
+  }
+  m->found = rc == 0;
+  r->nmods++;
+  *text = &m->text;
   return rc;
 }
 
@@ -1355,6 +1402,7 @@ static int l_require(lua_State *L) {
   const char *dirs[2] = {r->scripts_dir, r->lib_dir};
   char rel[MAX_MODULE_NAME + 16], path[4096];
   int d, v, rc = SL_ENOENT;
+  const struct sl_buf *text = NULL;
 
   lua_settop(L, 1);
   if (!valid_module(name, n))
@@ -1375,7 +1423,7 @@ static int l_require(lua_State *L) {
     for (v = 0; v < 2 && rc == SL_ENOENT; v++) {
       snprintf(path, sizeof(path), v ? "%s/%s/init.lua" : "%s/%s.lua", dirs[d],
                rel);
-      rc = read_file(r, path);
+      rc = module_text(r, path, &text);
     }
   }
   if (rc == SL_ENOENT)
@@ -1384,12 +1432,16 @@ static int l_require(lua_State *L) {
                       r->scripts_dir ? r->scripts_dir : "",
                       r->scripts_dir && r->lib_dir ? " and " : "",
                       r->lib_dir ? r->lib_dir : "(no module dirs set)");
+  if (rc == SL_E2BIG)
+    return luaL_error(L, "require: %s: over the limits (at most %d module "
+                         "paths per rule, each within memory_mb)", path,
+                      MAX_MODULE_LOOKUPS);
   if (rc != 0)
     return luaL_error(L, "require: cannot read %s: %s", path, strerror(-rc));
-  if (is_bytecode(r->file.data, r->file.len))
+  if (is_bytecode(text->data, text->len))
     return luaL_error(L, "%s: bytecode is not allowed", path);
   lua_pushfstring(L, "@%s", path);
-  if (luaL_loadbufferx(L, (const char *)r->file.data, r->file.len,
+  if (luaL_loadbufferx(L, (const char *)text->data, text->len,
                        lua_tostring(L, -1), "t") != 0)
     return lua_error(L);
   lua_pushvalue(L, 1);
@@ -1769,7 +1821,8 @@ static void sha256_hex(const uint8_t *p, size_t n, char out[65]) {
   out[2 * i] = 0;
 }
 
-/* Build a complete box from the rule's file: state, sandbox, chunk,
+/* Build a complete box from the rule's source (read once by sl_rule_load
+ * and kept: a rebuild never rereads the file): state, sandbox, chunk,
  * contract, on_start. NULL with err filled ("path:line: message"). */
 static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
   struct box *b;
@@ -1778,14 +1831,17 @@ static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
   int rc, st;
   size_t i;
 
-  rc = read_file(r, r->source);
-  if (rc != 0) {
-    snprintf(err, errlen, "%s:0: cannot read the rule: %s", r->path,
-             strerror(-rc));
-    return NULL;
+  if (!r->src_read) {
+    rc = read_file(&r->src, r->source);
+    if (rc != 0) {
+      snprintf(err, errlen, "%s:0: cannot read the rule: %s", r->path,
+               strerror(-rc));
+      return NULL;
+    }
+    r->src_read = 1;
+    sha256_hex(r->src.data, r->src.len, r->hash);
   }
-  sha256_hex(r->file.data, r->file.len, r->hash);
-  if (is_bytecode(r->file.data, r->file.len)) {
+  if (is_bytecode(r->src.data, r->src.len)) {
     snprintf(err, errlen, "%s:1: bytecode is not allowed, rules are loaded "
              "as text", r->path);
     return NULL;
@@ -1798,8 +1854,8 @@ static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
   b->rule = r;
   b->limit = (size_t)r->memory_mb << 20;
   b->last_line = 1;
-  for (i = 0; i < r->file.len; i++)
-    if (r->file.data[i] == '\n' && i + 1 < r->file.len)
+  for (i = 0; i < r->src.len; i++)
+    if (r->src.data[i] == '\n' && i + 1 < r->src.len)
       b->last_line++;
   L = lua_newstate(box_alloc, b);
   if (L == NULL) {
@@ -1824,7 +1880,7 @@ static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
 
   /* the chunk, as text, under the budget */
   lua_pushfstring(L, "@%s", r->path);
-  st = luaL_loadbufferx(L, (const char *)r->file.data, r->file.len,
+  st = luaL_loadbufferx(L, (const char *)r->src.data, r->src.len,
                         lua_tostring(L, -1), "t");
   if (st != 0) {
     snprintf(err, errlen, "%s", lua_tostring(L, -1));
@@ -1862,7 +1918,7 @@ fail:
   return NULL;
 }
 
-/* Replace a broken box with a new one from the file. */
+/* Replace a broken box with a new one from the kept source. */
 static int rule_rebuild(struct sl_rule *r) {
   char err[512];
   struct box *b = box_new(r, err, sizeof(err));
@@ -1941,11 +1997,10 @@ struct sl_rule *sl_rule_load(const char *path,
   sl_buf_init(&r->routes);
   sl_buf_init(&r->buf1);
   sl_buf_init(&r->buf2);
-  sl_buf_init(&r->file);
+  sl_buf_init(&r->src);
   r->box = box_new(r, err, errlen);
   if (r->box == NULL)
     goto fail;
-  sl_buf_close(&r->file); /* only needed again for require or rebuild */
   return r;
 
 fail_alloc:
@@ -1971,7 +2026,12 @@ void sl_rule_free(struct sl_rule *r) {
   sl_buf_close(&r->routes);
   sl_buf_close(&r->buf1);
   sl_buf_close(&r->buf2);
-  sl_buf_close(&r->file);
+  sl_buf_close(&r->src);
+  for (i = 0; i < r->nmods; i++) {
+    free(r->mods[i].path);
+    sl_buf_close(&r->mods[i].text);
+  }
+  free(r->mods);
   free(r->scripts_dir);
   free(r->lib_dir);
   free(r->path);

@@ -94,7 +94,8 @@ int sl_rule_matches(const struct sl_rule *r, const char *topic, size_t len);
 
 /* Run on_event for ev (not consumed). Fills d; never raises. After an error
  * the rule is still usable (a state that is broken beyond use is rebuilt
- * from its file by this call; sl_rule_rebuilds counts how often). */
+ * from the source vetted at load, never the file on disk again, by this
+ * call; sl_rule_rebuilds counts how often). */
 void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
                  struct sl_rule_decision *d);
 

@@ -499,6 +499,53 @@ TEST(sandbox_timer_errors_are_rate_limited) {
   sl_rule_free(r);
 }
 
+static void write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  if (f == NULL || fputs(text, f) < 0 || fclose(f) != 0) {
+    perror(path);
+    exit(1);
+  }
+}
+
+/* issue 9 finding 14: a rebuilt state used to reread the rule (and its
+ * modules) from disk, so an edit never reloaded went live silently. */
+TEST(sandbox_rebuild_uses_the_vetted_source_not_the_file_on_disk) {
+  char err[512], mod[160];
+  struct sl_rule_decision d;
+  struct sl_rule_limits lim = {1000, 16, NULL, NULL, NULL};
+  struct sl_rule *r;
+  const char *path;
+  char rule_path[128];
+
+  path = write_rule("return { on_event = function() end }\n"); /* makes dir */
+  lim.lib_dir = dir;
+  snprintf(mod, sizeof(mod), "%s/vetmod.lua", dir);
+  write_file(mod, "return 'mod-v1'\n");
+  path = write_rule("local m = require('vetmod')\n"
+                    "local keep = {}\n"
+                    "return { on_event = function(ev)\n"
+                    "  if ev.topic == 'fill' then\n"
+                    "    while true do keep[#keep + 1] = ('x'):rep(1000) .. #keep end\n"
+                    "  end\n"
+                    "  return { 'v1', m }\n"
+                    "end }\n");
+  snprintf(rule_path, sizeof(rule_path), "%s", path);
+  r = sl_rule_load(rule_path, &lim, NULL, err, sizeof(err));
+  CHECK(r != NULL);
+  /* edits on disk that no reload vetted */
+  write_file(rule_path, "return { on_event = function() return 'EDITED' end }\n");
+  write_file(mod, "return 'mod-EDITED'\n");
+  run(r, "fill", -1, &d); /* fills the state for good: it is rebuilt */
+  CHECK_EQ(d.error, SL_RULE_ERR_MEMORY);
+  CHECK_EQ(sl_rule_rebuilds(r), 1);
+  run(r, "a", -1, &d);
+  CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+  CHECK_EQ(d.nroutes, 2);
+  CHECK_STR(d.routes[0], "v1");
+  CHECK_STR(d.routes[1], "mod-v1");
+  sl_rule_free(r);
+}
+
 /* Last: remove the temp dir (cases run in the order they are defined). */
 TEST(sandbox_zz_cleanup) {
   char cmd[128];
