@@ -36,7 +36,21 @@ struct rule_stats {
 struct slot {
   struct sl_rule *rule;
   struct rule_stats *stats;
+  int borrowed; /* the live set's rule, unchanged: not ours to free */
 };
+
+/* An emit or log of a version being built, held until its reload commits
+ * (delivered then) or is rejected (dropped). */
+struct staged {
+  struct sl_rule *rule;
+  struct sl_event *ev; /* an emit when non-NULL, else a log */
+  char *output, *msg;
+  uint8_t *fields;
+  size_t fields_len;
+  int level;
+};
+
+#define SL_RULES_MAX_STAGED 10000
 
 struct ruleset {
   uint64_t version;
@@ -50,6 +64,10 @@ struct sl_rules {
   struct sl_idgen *idgen;
   struct sl_rules_owner owner;
   struct sl_rule_host host;
+  struct sl_rule_host staging; /* host of a version not yet live */
+  struct staged *staged;
+  int nstaged;
+  uint64_t staged_dropped; /* over SL_RULES_MAX_STAGED */
   struct sl_rule_limits limits;
   struct ruleset *live;
   struct rule_stats **stats; /* every file ever loaded */
@@ -105,14 +123,98 @@ static void host_log(void *data, struct sl_rule *r, int level, const char *msg,
   sl_buf_close(&json);
 }
 
+/* ---- staging: a reload has no side effects until it commits ------------ */
+
+static struct staged *stage_slot(struct sl_rules *rs) {
+  struct staged *grown;
+  if (rs->nstaged >= SL_RULES_MAX_STAGED)
+    return NULL;
+  grown = realloc(rs->staged, sizeof(*grown) * (size_t)(rs->nstaged + 1));
+  if (grown == NULL)
+    return NULL;
+  rs->staged = grown;
+  memset(&grown[rs->nstaged], 0, sizeof(*grown));
+  return &grown[rs->nstaged];
+}
+
+static void stage_emit(void *data, struct sl_rule *r, const char *output,
+                       struct sl_event *ev) {
+  struct sl_rules *rs = data;
+  struct staged *st = stage_slot(rs);
+  if (st == NULL || (st->output = strdup(output)) == NULL) {
+    rs->staged_dropped++;
+    sl_event_unref(ev);
+    return;
+  }
+  st->rule = r;
+  st->ev = ev;
+  rs->nstaged++;
+}
+
+static void stage_log(void *data, struct sl_rule *r, int level,
+                      const char *msg, const uint8_t *fields,
+                      size_t fields_len) {
+  struct sl_rules *rs = data;
+  struct staged *st = stage_slot(rs);
+  if (st == NULL || (st->msg = strdup(msg)) == NULL ||
+      (fields_len && (st->fields = malloc(fields_len)) == NULL)) {
+    if (st)
+      free(st->msg);
+    rs->staged_dropped++;
+    return;
+  }
+  if (fields_len)
+    memcpy(st->fields, fields, fields_len);
+  st->rule = r;
+  st->level = level;
+  st->fields_len = fields_len;
+  rs->nstaged++;
+}
+
+/* Deliver (commit) or drop (reject) what the build staged; counts in
+ * *emits and *logs. Rules named by staged entries must still be alive. */
+static void staged_finish(struct sl_rules *rs, int deliver, uint64_t *emits,
+                          uint64_t *logs) {
+  int i;
+  *emits = *logs = 0;
+  for (i = 0; i < rs->nstaged; i++) {
+    struct staged *st = &rs->staged[i];
+    if (st->ev) {
+      ++*emits;
+      if (deliver)
+        host_emit(rs, st->rule, st->output, st->ev);
+      else
+        sl_event_unref(st->ev);
+    } else {
+      ++*logs;
+      if (deliver)
+        host_log(rs, st->rule, st->level, st->msg, st->fields,
+                 st->fields_len);
+    }
+    free(st->output);
+    free(st->msg);
+    free(st->fields);
+  }
+  free(rs->staged);
+  rs->staged = NULL;
+  rs->nstaged = 0;
+  if (rs->staged_dropped && deliver)
+    sl_log(SL_LOG_WARN, "rules: emits and logs of on_start over the limit "
+           "were dropped", SL_U("dropped", rs->staged_dropped),
+           SL_I("limit", SL_RULES_MAX_STAGED), SL_END);
+  rs->staged_dropped = 0;
+}
+
 /* ---- sets -------------------------------------------------------------- */
 
+/* Free the set and the rules it owns (not the borrowed ones). */
 static void set_free(struct ruleset *s) {
   int i;
   if (s == NULL)
     return;
   for (i = 0; i < s->n; i++)
-    sl_rule_free(s->slots[i].rule);
+    if (!s->slots[i].borrowed)
+      sl_rule_free(s->slots[i].rule);
   free(s->slots);
   free(s);
 }
@@ -143,7 +245,10 @@ static struct rule_stats *stats_for(struct sl_rules *rs, const char *file) {
   return s;
 }
 
-/* Build the next set from the dir. On error NULL with err filled. */
+/* Build the next set from the dir: a file unchanged since the live set
+ * loaded it (content and modules) is the live rule itself, borrowed, not
+ * run again; others load with the staging host. On error NULL with err
+ * filled. */
 static struct ruleset *set_build(struct sl_rules *rs, char *err,
                                  size_t errlen, int *changed) {
   struct dirent **names = NULL;
@@ -174,12 +279,21 @@ static struct ruleset *set_build(struct sl_rules *rs, char *err,
     *changed = 1;
   for (i = 0; i < n; i++) {
     char path[4096];
-    struct sl_rule *r;
+    struct sl_rule *r = NULL;
+    int j;
     snprintf(path, sizeof(path), "%s/%s", rs->cfg->rules.dir,
              names[i]->d_name);
-    r = sl_rule_load(path, &rs->limits, &rs->host, err, errlen);
-    if (r == NULL)
-      goto fail;
+    for (j = 0; j < live_n && r == NULL; j++)
+      if (sl_rule_unchanged(rs->live->slots[j].rule, path))
+        r = rs->live->slots[j].rule;
+    if (r) {
+      s->slots[s->n].borrowed = 1;
+    } else {
+      r = sl_rule_load(path, &rs->limits, &rs->staging, err, errlen);
+      if (r == NULL)
+        goto fail;
+      *changed = 1;
+    }
     s->slots[s->n++].rule = r;
     if (i >= live_n ||
         strcmp(sl_rule_source(rs->live->slots[i].rule), path) != 0 ||
@@ -204,9 +318,14 @@ static const char *base_name(const char *path) {
   return slash ? slash + 1 : path;
 }
 
-/* Hand state from the live set's rules to the new set's, by file name. */
+/* Hand state from the live set's rules to the new set's newly loaded
+ * ones, by file name, when the new version has restore(). A snapshot()
+ * that fails costs that rule its state only: the new version starts
+ * fresh, which is logged and named in *dropped ("a.lua b.lua"); a fixed
+ * version must stay loadable. A restore() that fails rejects the reload
+ * (the new version said it cannot start from this state). */
 static int handover(struct sl_rules *rs, struct ruleset *next, char *err,
-                    size_t errlen) {
+                    size_t errlen, struct sl_buf *dropped) {
   struct sl_buf snap;
   int i, j, rc = 0;
 
@@ -214,21 +333,32 @@ static int handover(struct sl_rules *rs, struct ruleset *next, char *err,
     return 0;
   sl_buf_init(&snap);
   for (i = 0; i < next->n && rc == 0; i++) {
-    const char *name = base_name(sl_rule_path(next->slots[i].rule));
+    struct sl_rule *nr = next->slots[i].rule;
+    const char *name = base_name(sl_rule_path(nr));
+    if (next->slots[i].borrowed || !sl_rule_has_restore(nr))
+      continue; /* the same rule goes on / nothing would take the state */
     for (j = 0; j < rs->live->n; j++) {
       struct sl_rule *old = rs->live->slots[j].rule;
+      char why[1024] = "";
       if (strcmp(base_name(sl_rule_path(old)), name) != 0)
         continue;
       sl_buf_reset(&snap);
-      rc = sl_rule_snapshot(old, &snap, err, errlen);
+      sl_rule_set_host(old, &rs->staging); /* its emits count as the build's */
+      rc = sl_rule_snapshot(old, &snap, why, sizeof(why));
+      sl_rule_set_host(old, &rs->host);
       if (rc == SL_ENOENT) {
         rc = 0; /* nothing to hand over */
         break;
       }
-      if (rc != 0)
+      if (rc != 0) {
+        sl_log(SL_LOG_WARN, "rule snapshot failed; its new version starts "
+               "without the old state", SL_S("rule", sl_rule_path(nr)),
+               SL_S("error", why), SL_END);
+        sl_buf_printf(dropped, "%s%s", dropped->len ? " " : "", name);
+        rc = 0;
         break;
-      rc = sl_rule_restore(next->slots[i].rule, snap.data, snap.len, err,
-                           errlen);
+      }
+      rc = sl_rule_restore(nr, snap.data, snap.len, err, errlen);
       if (rc == SL_ENOENT)
         rc = 0; /* the new version starts fresh */
       break;
@@ -278,26 +408,44 @@ static void swap_in(struct sl_rules *rs, struct ruleset *next,
         sl_buf_printf(changes, "%s-%s", changes->len ? " " : "",
                       rs->stats[i]->file);
     }
+  for (i = 0; i < next->n; i++) {
+    struct slot *sl = &next->slots[i];
+    int j;
+    if (!sl->borrowed) {
+      sl_rule_set_host(sl->rule, &rs->host); /* live now: deliver */
+      continue;
+    }
+    for (j = 0; rs->live && j < rs->live->n; j++)
+      if (rs->live->slots[j].rule == sl->rule)
+        rs->live->slots[j].rule = NULL; /* moves to next */
+    sl->borrowed = 0;
+  }
   set_free(rs->live); /* no event is inside it: decide is synchronous */
   rs->live = next;
   arm_timers(rs);
 }
 
+/* A reload is side-effect free until it commits: files that did not
+ * change are not run again, and what the new versions emit or log while
+ * they load (chunk, on_start, restore) is staged, delivered only when the
+ * set goes live and dropped when it is rejected. */
 int sl_rules_reload(struct sl_rules *rs, const char *trigger) {
   char err[1024] = "";
   struct ruleset *next;
-  struct sl_buf changes;
-  uint64_t t0 = sl_mono_ns(), ms;
+  struct sl_buf changes, dropped;
+  uint64_t t0 = sl_mono_ns(), ms, emits, logs;
   int changed, rc, forced = strcmp(trigger, "watch") != 0;
 
+  sl_buf_init(&dropped);
   next = set_build(rs, err, sizeof(err), &changed);
   if (next && !changed && !forced) {
-    set_free(next);
+    set_free(next); /* it only borrowed the live rules */
+    staged_finish(rs, 0, &emits, &logs);
     sl_log(SL_LOG_DEBUG, "rules unchanged; reload skipped",
            SL_S("trigger", trigger), SL_END);
     return 0;
   }
-  if (next && (rc = handover(rs, next, err, sizeof(err))) != 0) {
+  if (next && (rc = handover(rs, next, err, sizeof(err), &dropped)) != 0) {
     set_free(next);
     next = NULL;
   }
@@ -307,25 +455,34 @@ int sl_rules_reload(struct sl_rules *rs, const char *trigger) {
   free(rs->last_error);
   rs->last_error = NULL;
   if (next == NULL) {
+    staged_finish(rs, 0, &emits, &logs);
     rs->st.reloads_failed++;
     snprintf(rs->last_result, sizeof(rs->last_result), "failed");
     rs->last_error = strdup(err);
     sl_log(SL_LOG_ERROR, "rules reload rejected; the live version stays",
            SL_S("trigger", trigger), SL_U("live_version", rs->st.version),
-           SL_S("error", err), SL_U("ms", ms), SL_END);
+           SL_S("error", err), SL_U("ms", ms),
+           SL_U("discarded_emits", emits), SL_U("discarded_logs", logs),
+           SL_END);
     write_status(rs);
+    sl_buf_close(&dropped);
     return SL_EINVAL;
   }
+  staged_finish(rs, 1, &emits, &logs); /* before the swap: the rules named
+                                          by staged entries are alive */
   sl_buf_init(&changes);
   swap_in(rs, next, &changes);
   sl_buf_putc(&changes, '\0');
+  sl_buf_putc(&dropped, '\0');
   rs->st.reloads_ok++;
   snprintf(rs->last_result, sizeof(rs->last_result), "ok");
   sl_log(SL_LOG_INFO, "rules reloaded", SL_S("trigger", trigger),
          SL_U("version", rs->st.version), SL_I("rules", next->n),
          SL_S("files_changed", changes.data ? (const char *)changes.data : ""),
+         SL_S("state_dropped", (const char *)dropped.data),
          SL_U("ms", ms), SL_END);
   sl_buf_close(&changes);
+  sl_buf_close(&dropped);
   write_status(rs);
   return 0;
 }
@@ -422,6 +579,9 @@ struct sl_rules *sl_rules_new(const struct sl_config *cfg, uv_loop_t *loop,
   rs->host.emit = host_emit;
   rs->host.log = host_log;
   rs->host.idgen = g;
+  rs->staging = rs->host;
+  rs->staging.emit = stage_emit;
+  rs->staging.log = stage_log;
   sl_log_limiter_init(&rs->error_log, 10000, 20);
   rs->limits.cpu_budget_ms = cfg->rules.cpu_budget_ms;
   rs->limits.memory_mb = cfg->rules.memory_mb;
@@ -436,12 +596,18 @@ struct sl_rules *sl_rules_new(const struct sl_config *cfg, uv_loop_t *loop,
   snprintf(rs->last_result, sizeof(rs->last_result), "none");
   first = set_build(rs, err, errlen, &changed);
   if (first == NULL) {
+    uint64_t emits, logs;
+    staged_finish(rs, 0, &emits, &logs);
     free(rs);
     return NULL;
   }
   if (loop) {
     uv_timer_init(loop, &rs->debounce);
     uv_timer_init(loop, &rs->timers);
+  }
+  {
+    uint64_t emits, logs;
+    staged_finish(rs, 1, &emits, &logs);
   }
   swap_in(rs, first, NULL);
   rs->last_reload_ns = sl_now_ns();

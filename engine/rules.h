@@ -3,7 +3,11 @@
  * its own sandbox, run in lexical order. A reload builds a complete new set
  * beside the live one and swaps it in between two events only when every
  * file loaded; otherwise the live set stays and the error is kept for the
- * status output. Owns the sets, the directory watcher and the rule timers. */
+ * status output. A reload has no side effects until it commits: a file
+ * whose content (and modules) did not change keeps its live rule, not run
+ * again; what new versions emit or log while loading is delivered only on
+ * commit. A failing snapshot() costs only that rule its state. Owns the
+ * sets, the directory watcher and the rule timers. */
 #ifndef SL_RULES_H
 #define SL_RULES_H
 
@@ -59,7 +63,9 @@ void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
 
 /* Rebuild the set from the files now (SIGHUP, admin, watcher). Returns 0
  * when the new set is live (or nothing changed), a negative code when the
- * old one stays. trigger names the cause in the log. */
+ * old one stays. trigger names the cause in the log; "watch" skips the
+ * reload when no file changed, other triggers make a new version even
+ * then (unchanged rules carry on as they are). */
 int sl_rules_reload(struct sl_rules *rs, const char *trigger);
 
 /* The status as JSON: the set's version, per rule file, hash, version and

@@ -2455,6 +2455,41 @@ int sl_rule_restore(struct sl_rule *r, const uint8_t *p, size_t len,
   return 0;
 }
 
+void sl_rule_set_host(struct sl_rule *r, const struct sl_rule_host *host) {
+  r->host = *host;
+}
+
+int sl_rule_has_restore(struct sl_rule *r) {
+  int yes;
+  push_ref(r->box->L, r->box->ref_restore);
+  yes = lua_isfunction(r->box->L, -1);
+  lua_pop(r->box->L, 1);
+  return yes;
+}
+
+int sl_rule_unchanged(const struct sl_rule *r, const char *path) {
+  struct sl_buf now;
+  char hash[65];
+  int i, rc, same = strcmp(path, r->source) == 0;
+
+  sl_buf_init(&now);
+  if (same) {
+    rc = read_file(&now, path);
+    sha256_hex(now.data, now.len, hash);
+    same = rc == 0 && strcmp(hash, r->hash) == 0;
+  }
+  for (i = 0; same && i < r->nmods; i++) {
+    const struct module *m = &r->mods[i];
+    rc = read_file(&now, m->path);
+    same = m->found ? rc == 0 && now.len == m->text.len &&
+                          (now.len == 0 ||
+                           memcmp(now.data, m->text.data, now.len) == 0)
+                    : rc == SL_ENOENT;
+  }
+  sl_buf_close(&now);
+  return same;
+}
+
 const char *sl_rule_path(const struct sl_rule *r) { return r->path; }
 const char *sl_rule_source(const struct sl_rule *r) { return r->source; }
 const char *sl_rule_hash(const struct sl_rule *r) { return r->hash; }

@@ -115,6 +115,18 @@ int sl_rule_snapshot(struct sl_rule *r, struct sl_buf *out, char *err,
 int sl_rule_restore(struct sl_rule *r, const uint8_t *p, size_t len,
                     char *err, size_t errlen);
 
+/* Replace the host (rules.c stages a new version's emits and logs until
+ * its reload commits). Not during a call into the rule. */
+void sl_rule_set_host(struct sl_rule *r, const struct sl_rule_host *host);
+
+/* Does the rule export restore()? */
+int sl_rule_has_restore(struct sl_rule *r);
+
+/* 1 when path is the file r was loaded from, its content is what r runs
+ * and every module file r read is as r read it (reading them again); 0
+ * when anything differs or cannot be read. */
+int sl_rule_unchanged(const struct sl_rule *r, const char *path);
+
 /* Introspection for status and metrics. */
 const char *sl_rule_path(const struct sl_rule *r);   /* as shown in messages */
 const char *sl_rule_source(const struct sl_rule *r); /* the file it reads */

@@ -294,3 +294,111 @@ def test_reload_latency_from_write_to_live_is_short(sluice, tmp_path):
     # the aim is < 200 ms (debounce 30 ms + load); the machine is shared,
     # so the test allows slack and the soak reports the real figure
     assert seen_b < 1.0, seen_b
+
+
+# ---- issue 9: reloads are side-effect free until they commit --------------
+
+STARTING = """
+return {
+  topics = { "t" },
+  on_start = function()
+    sluice.emit("tick", { topic = "started", payload = { v = "%s" } })
+    sluice.log("info", "on_start ran", { v = "%s" })
+  end,
+  on_event = function(ev) ev.headers.v = "%s" return "out" end,
+}
+"""
+
+
+def starting(v):
+    return STARTING % (v, v, v)
+
+
+def test_rejected_reload_delivers_nothing_its_on_start_emitted(sluice, tmp_path):
+    eng, rules, addr = start(sluice, tmp_path, {"10_a.lua": starting("v1")})
+    ticks = lambda: [e["payload"]["v"] for e in read_ndjson(eng.path("tick.ndjson"))]
+    wait_for(lambda: ticks() == ["v1"], what="v1's on_start emit")
+    write_atomic(rules / "20_b.lua", "return {")  # broken: every reload fails
+    wait_reloads(eng, 1)
+    write_atomic(rules / "10_a.lua", starting("v2"))
+    lines = wait_reloads(eng, 2)
+    assert lines[-1]["msg"].startswith("rules reload rejected"), lines[-1]
+    time.sleep(0.2)
+    assert ticks() == ["v1"]  # v2 never went live: nothing of it delivered
+    assert lines[-1]["discarded_emits"] == 1 and lines[-1]["discarded_logs"] == 1
+    assert [l["fields"]["v"] for l in eng.find_logs("on_start ran")] == ["v1"]
+    write_atomic(rules / "20_b.lua", "return { on_event = function() end }")
+    lines = wait_reloads(eng, 3)
+    assert lines[-1]["msg"] == "rules reloaded", lines[-1]
+    wait_for(lambda: ticks() == ["v1", "v2"], what="v2's on_start emit on commit")
+    from conftest import send_events
+    send_events(addr, [{"topic": "t", "payload": 1}])
+    assert eng.stop() == 0
+    assert [e["headers"]["v"] for e in read_ndjson(eng.path("out.ndjson"))] == ["v2"]
+
+
+def test_unchanged_rules_are_not_run_again_on_reload(sluice, tmp_path):
+    eng, rules, addr = start(sluice, tmp_path, {"10_a.lua": starting("v1"),
+                                                "20_b.lua": stamp_rule("b1")})
+    ticks = lambda: read_ndjson(eng.path("tick.ndjson"))
+    wait_for(lambda: len(ticks()) == 1, what="v1's on_start emit")
+    # the same bytes written again: the watcher fires, nothing changed
+    write_atomic(rules / "10_a.lua", starting("v1"))
+    time.sleep(0.3)
+    eng.signal(signal.SIGHUP)  # forced: a new version, but 10_a is not rerun
+    lines = wait_reloads(eng, 1)
+    assert lines[-1]["msg"] == "rules reloaded" and lines[-1]["files_changed"] == ""
+    # another file changes: 10_a is still not run again
+    write_atomic(rules / "20_b.lua", stamp_rule("b2"))
+    lines = wait_reloads(eng, 2)
+    assert lines[-1]["files_changed"] == "~20_b.lua", lines[-1]
+    time.sleep(0.2)
+    assert len(ticks()) == 1
+    assert len(eng.find_logs("on_start ran")) == 1
+    assert eng.stop() == 0
+
+
+SNAPSHOTTING = """
+local count = 0
+return {
+  on_event = function(ev)
+    count = count + 1
+    ev.headers.count = tostring(count)
+    ev.headers.v = "%s"
+    return "out"
+  end,
+  %s
+}
+"""
+
+
+def test_failing_snapshot_blocks_no_reload_and_the_fixed_version_loads(sluice, tmp_path):
+    broken = "snapshot = function() error('snapshot is broken') end,\n" \
+             "  restore = function(s) count = s.count end,"
+    eng, rules, addr = start(sluice, tmp_path, {
+        "10_count.lua": SNAPSHOTTING % ("v1", broken),
+        "20_other.lua": stamp_rule("o1")})
+    from conftest import send_events
+    send_events(addr, [{"topic": "t", "payload": i} for i in range(3)])
+    # an unrelated rule reloads although 10_count's snapshot fails
+    write_atomic(rules / "20_other.lua", stamp_rule("o2"))
+    lines = wait_reloads(eng, 1)
+    assert lines[-1]["msg"] == "rules reloaded", lines[-1]
+    # a new version of the failing rule loads; it starts without the state
+    write_atomic(rules / "10_count.lua", SNAPSHOTTING % ("v2", broken))
+    lines = wait_reloads(eng, 2)
+    assert lines[-1]["msg"] == "rules reloaded", lines[-1]
+    assert lines[-1]["state_dropped"] == "10_count.lua"
+    warn = eng.wait_log("rule snapshot failed; its new version starts without the old state")
+    assert "snapshot is broken" in warn["error"]
+    send_events(addr, [{"topic": "t", "payload": 3}])
+    # the fixed version without restore loads too
+    write_atomic(rules / "10_count.lua", SNAPSHOTTING % ("v3", ""))
+    lines = wait_reloads(eng, 3)
+    assert lines[-1]["msg"] == "rules reloaded", lines[-1]
+    assert lines[-1]["state_dropped"] == ""
+    send_events(addr, [{"topic": "t", "payload": 4}])
+    assert eng.stop() == 0
+    out = read_ndjson(eng.path("out.ndjson"))
+    assert [(e["headers"]["v"], e["headers"]["count"]) for e in out] == \
+        [("v1", "1"), ("v1", "2"), ("v1", "3"), ("v2", "1"), ("v3", "1")]
