@@ -828,6 +828,113 @@ static int l_drop(lua_State *L) {
   return 1;
 }
 
+/* ---- no addresses for rules ----------------------------------------------
+ * tostring and string.format("%s"/"%p") print the address of a table,
+ * function, userdata or thread; sluice.drop()'s mark is even an address in
+ * the engine binary. Either would hand a rule a map of the process (ASLR).
+ * Rules get a tostring that names such values "<type>: #<n>", n counted
+ * per state, a format that uses it for %s and refuses %p, and the mark
+ * prints as "sluice.drop". __tostring metamethods work as before. */
+static const char hide_src[] =
+    "local raw_tostring, raw_format, rawmt, find, type, rawget, select,\n"
+    "      unpack, setmetatable, error = ...\n"
+    "local hidden = { table = true, ['function'] = true, userdata = true,\n"
+    "                 thread = true }\n"
+    "local ids, n = setmetatable({}, { __mode = 'k' }), 0\n"
+    "local function tostring(v)\n"
+    "  local t = type(v)\n"
+    "  if hidden[t] then\n"
+    "    local mt = rawmt(v)\n"
+    "    if mt == nil or rawget(mt, '__tostring') == nil then\n"
+    "      local id = ids[v]\n"
+    "      if id == nil then n = n + 1; id = n; ids[v] = id end\n"
+    "      return t .. ': #' .. id\n"
+    "    end\n"
+    "  end\n"
+    "  return raw_tostring(v)\n"
+    "end\n"
+    "local function format(fmt, ...)\n"
+    "  if type(fmt) ~= 'string' or not find(fmt, '%', 1, true) then\n"
+    "    return raw_format(fmt, ...)\n"
+    "  end\n"
+    "  local args, i, argi = nil, 1, 0\n"
+    "  while true do\n"
+    "    local s, e, conv = find(fmt, '%%[-+ #0]*%d*%.?%d*(.)', i)\n"
+    "    if s == nil then break end\n"
+    "    i = e + 1\n"
+    "    if conv ~= '%' then\n"
+    "      argi = argi + 1\n"
+    "      if conv == 'p' then\n"
+    "        error(\"bad argument #1 to 'format' (%p is not allowed)\", 2)\n"
+    "      end\n"
+    "      if conv == 's' and hidden[type((select(argi, ...)))] then\n"
+    "        args = args or { ... }\n"
+    "        args[argi] = tostring(args[argi])\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  if args then return raw_format(fmt, unpack(args, 1, select('#', ...))) end\n"
+    "  return raw_format(fmt, ...)\n"
+    "end\n"
+    "return tostring, format\n";
+
+static int raw_metatable(lua_State *L) {
+  if (!lua_getmetatable(L, 1)) /* ignores __metatable */
+    lua_pushnil(L);
+  return 1;
+}
+
+static int drop_tostring(lua_State *L) {
+  lua_pushliteral(L, "sluice.drop");
+  return 1;
+}
+
+/* Install the above in env (at index env, absolute) and in the strings'
+ * metatable; g0 holds the original libraries. Raises on error. */
+static void hide_addresses(lua_State *L, int g0, int env) {
+  int top = lua_gettop(L);
+
+  if (luaL_loadbuffer(L, hide_src, sizeof(hide_src) - 1, "=tostring") != 0)
+    lua_error(L);
+  lua_getfield(L, env, "tostring");
+  lua_getfield(L, env, "string");
+  lua_getfield(L, -1, "format"); /* as guarded for rules */
+  lua_remove(L, -2);
+  lua_pushcfunction(L, raw_metatable);
+  lua_getfield(L, g0, "string");
+  lua_getfield(L, -1, "find");
+  lua_remove(L, -2);
+  lua_getfield(L, g0, "type");
+  lua_getfield(L, g0, "rawget");
+  lua_getfield(L, g0, "select");
+  lua_getfield(L, g0, "unpack");
+  lua_getfield(L, g0, "setmetatable");
+  lua_getfield(L, g0, "error");
+  if (lua_pcall(L, 10, 2, 0) != 0)
+    lua_error(L);
+  lua_pushvalue(L, -2);
+  lua_setfield(L, env, "tostring");
+  lua_getfield(L, env, "string");
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "format");
+  lua_pop(L, 1);
+  lua_pushliteral(L, ""); /* ("%p"):format(x) */
+  lua_getmetatable(L, -1);
+  lua_getfield(L, -1, "__index");
+  lua_pushvalue(L, -4);
+  lua_setfield(L, -2, "format");
+  /* every light userdata shares one metatable; the drop mark is the only
+   * one a rule can reach */
+  lua_pushlightuserdata(L, (void *)&drop_sentinel);
+  lua_createtable(L, 0, 2);
+  lua_pushcfunction(L, drop_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushliteral(L, "protected");
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);
+  lua_settop(L, top);
+}
+
 static int64_t num_to_ns(lua_State *L, int idx) {
   double ms = lua_tonumber(L, idx);
   if (!(ms > -9.2e12 && ms < 9.2e12))
@@ -1687,6 +1794,8 @@ static int box_setup(lua_State *L) {
   b->ref_payload = new_ref(L);
   b->ref_drop = new_ref(L);
   b->ref_tmp = new_ref(L);
+
+  hide_addresses(L, g0, env); /* after the guards: it wraps them */
 
   /* defence in depth: the old globals lose what a rule must not have,
    * although nothing reachable from the sandbox leads to them */

@@ -1,0 +1,70 @@
+-- sandbox_addresses_spec.lua - a rule never sees a memory address (issue 9,
+-- finding 16): tostring and string.format name tables, functions, userdata
+-- and threads by a per-state number, %p is refused, and sluice.drop()'s
+-- mark prints as "sluice.drop" (it was an address inside the engine binary).
+
+local s = require("support")
+
+-- Run body as on_event; its routes (the strings it returned).
+local function strings(body)
+  local r = s.on_event(body)
+  local res = r:run({ topic = "t" })
+  assert.is_nil(res.error, res.error)
+  return res.routes, r
+end
+
+local function no_address(text)
+  assert.is_nil(text:match("0x%x%x%x%x"), text)
+  assert.is_nil(text:match("builtin#"), text)
+end
+
+describe("rules see no addresses", function()
+  teardown(s.cleanup)
+
+  it("tostring(sluice.drop()) is a fixed string", function()
+    local out = strings([[return { tostring(sluice.drop()), ("%s"):format(sluice.drop("x")) }]])
+    assert.same({ "sluice.drop", "sluice.drop" }, out)
+  end)
+
+  it("tostring of functions, tables, userdata and threads shows no address", function()
+    local out = strings([[
+      local t = {}
+      return { tostring(print), tostring(sluice.emit), tostring(string.rep),
+               tostring(function() end), tostring(t), tostring(t),
+               tostring(coroutine.create(function() end)),
+               tostring(sluice.counter("c")), tostring(ev) }
+    ]])
+    for i = 1, 8 do no_address(out[i]) end
+    assert.equal(out[5], out[6]) -- the same table, the same name
+    assert.not_equal(out[4], out[5])
+    assert.truthy(out[5]:match("^table: #%d+$"), out[5])
+    assert.truthy(out[1]:match("^function: #%d+$"), out[1])
+    assert.truthy(out[9]:match("^sluice event "), out[9]) -- __tostring kept
+  end)
+
+  it("string.format %s shows no address and %p is refused", function()
+    local out = strings([[
+      return { string.format("%s|%5s|%d%%|%s", print, {}, 3, "x"),
+               ("%-3s"):format(coroutine.running() or {}),
+               string.format("%s", setmetatable({}, { __tostring = function() return "mine" end })) }
+    ]])
+    for _, v in ipairs(out) do no_address(v) end
+    assert.truthy(out[1]:match("^function: #%d+|table: #%d+|3%%|x$"), out[1])
+    assert.equal("mine", out[3])
+    for _, body in ipairs({ [[return string.format("%p", {})]],
+                            [[return ("%p"):format("x")]],
+                            [[return ("%10p"):format(print)]] }) do
+      local res = s.on_event(body):run({ topic = "t" })
+      assert.equal("error", res.verdict, body)
+      s.has(res.error, "%p is not allowed")
+    end
+  end)
+
+  it("numbers, strings and booleans format as before", function()
+    local out = strings([[
+      return { tostring(1.5), tostring(nil), tostring(true), tostring("s"),
+               string.format("%5.2f %d %x %q", 3.14159, 42, 255, "a\nb") }
+    ]])
+    assert.same({ "1.5", "nil", "true", "s", ' 3.14 42 ff "a\\\nb"' }, out)
+  end)
+end)
