@@ -24,6 +24,7 @@ const double sl_histogram_bounds[SL_HIST_BUCKETS] = {
 /* What we keep per rule file across versions. */
 struct rule_stats {
   char *file; /* name inside the rules dir */
+  char *label; /* file as a Prometheus label value (escaped, UTF-8) */
   char hash[65];
   uint64_t version; /* bumped when the file's content changes */
   int64_t loaded_at_ns;
@@ -226,6 +227,59 @@ static int rule_file(const struct dirent *d) {
   return !(n >= 9 && strcmp(d->d_name + n - 9, "_spec.lua") == 0);
 }
 
+/* Length of the well-formed UTF-8 sequence at s, 0 when it is not one. */
+static size_t utf8_seq(const uint8_t *s, size_t n) {
+  uint8_t c = s[0], lo = 0x80, hi = 0xbf;
+  size_t need, k;
+  if (c < 0x80)
+    return 1;
+  if (c >= 0xc2 && c <= 0xdf)
+    need = 1;
+  else if (c >= 0xe0 && c <= 0xef)
+    need = 2, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+  else if (c >= 0xf0 && c <= 0xf4)
+    need = 3, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+  else
+    return 0;
+  for (k = 1; k <= need; k++) {
+    if (k >= n || s[k] < lo || s[k] > hi)
+      return 0;
+    lo = 0x80, hi = 0xbf;
+  }
+  return need + 1;
+}
+
+/* s as a Prometheus label value: backslash, quote and newline escaped, a
+ * byte that is not UTF-8 as U+FFFD (file names are bytes; one bad label
+ * would make all of /metrics unparsable). NULL when out of memory. */
+static char *label_value(const char *s) {
+  const uint8_t *p = (const uint8_t *)s;
+  size_t n = strlen(s), i = 0, seq;
+  struct sl_buf b;
+  int rc = 0;
+
+  sl_buf_init(&b);
+  while (i < n && rc == 0) {
+    if (p[i] == '\\' || p[i] == '"' || p[i] == '\n') {
+      rc = sl_buf_append(&b, p[i] == '\\' ? "\\\\"
+                             : p[i] == '"' ? "\\\""
+                                           : "\\n", 2);
+      i++;
+    } else if ((seq = utf8_seq(p + i, n - i)) == 0) {
+      rc = sl_buf_append(&b, "\xef\xbf\xbd", 3);
+      i++;
+    } else {
+      rc = sl_buf_append(&b, p + i, seq);
+      i += seq;
+    }
+  }
+  if (rc != 0 || sl_buf_putc(&b, 0) != 0) {
+    sl_buf_close(&b);
+    return NULL;
+  }
+  return (char *)b.data; /* the caller frees it */
+}
+
 static struct rule_stats *stats_for(struct sl_rules *rs, const char *file) {
   struct rule_stats *s, **grown;
   int i;
@@ -234,7 +288,10 @@ static struct rule_stats *stats_for(struct sl_rules *rs, const char *file) {
       return rs->stats[i];
   s = calloc(1, sizeof(*s));
   grown = realloc(rs->stats, sizeof(*grown) * (size_t)(rs->nstats + 1));
-  if (s == NULL || grown == NULL || (s->file = strdup(file)) == NULL) {
+  if (s == NULL || grown == NULL || (s->file = strdup(file)) == NULL ||
+      (s->label = label_value(file)) == NULL) {
+    if (s)
+      free(s->file);
     free(s);
     if (grown)
       rs->stats = grown;
@@ -655,6 +712,7 @@ void sl_rules_free(struct sl_rules *rs) {
   set_free(rs->live);
   for (i = 0; i < rs->nstats; i++) {
     free(rs->stats[i]->file);
+    free(rs->stats[i]->label);
     free(rs->stats[i]);
   }
   free(rs->stats);
@@ -910,7 +968,7 @@ int sl_rules_metrics(const struct sl_rules *rs, struct sl_buf *out) {
                 "# TYPE sluice_rule_calls_total counter\n");
   for (i = 0; i < rs->nstats; i++)
     sl_buf_printf(out, "sluice_rule_calls_total{rule=\"%s\"} %llu\n",
-                  rs->stats[i]->file, (unsigned long long)rs->stats[i]->calls);
+                  rs->stats[i]->label, (unsigned long long)rs->stats[i]->calls);
   sl_buf_printf(out,
                 "# HELP sluice_rule_errors_total Rule failures by kind.\n"
                 "# TYPE sluice_rule_errors_total counter\n");
@@ -920,8 +978,8 @@ int sl_rules_metrics(const struct sl_rules *rs, struct sl_buf *out) {
                   "sluice_rule_errors_total{rule=\"%s\",kind=\"runtime\"} %llu\n"
                   "sluice_rule_errors_total{rule=\"%s\",kind=\"cpu\"} %llu\n"
                   "sluice_rule_errors_total{rule=\"%s\",kind=\"memory\"} %llu\n",
-                  s->file, (unsigned long long)s->err_runtime, s->file,
-                  (unsigned long long)s->err_cpu, s->file,
+                  s->label, (unsigned long long)s->err_runtime, s->label,
+                  (unsigned long long)s->err_cpu, s->label,
                   (unsigned long long)s->err_memory);
   }
   sl_buf_printf(out, "# HELP sluice_rule_duration_seconds Time in on_event "
@@ -935,7 +993,7 @@ int sl_rules_metrics(const struct sl_rules *rs, struct sl_buf *out) {
       sl_buf_printf(out,
                     "sluice_rule_duration_seconds_bucket{rule=\"%s\",le=\"%g\"} "
                     "%llu\n",
-                    s->file, sl_histogram_bounds[k], (unsigned long long)cum);
+                    s->label, sl_histogram_bounds[k], (unsigned long long)cum);
     }
     cum += s->duration.buckets[SL_HIST_BUCKETS];
     sl_buf_printf(out,
@@ -943,8 +1001,8 @@ int sl_rules_metrics(const struct sl_rules *rs, struct sl_buf *out) {
                   "%llu\n"
                   "sluice_rule_duration_seconds_sum{rule=\"%s\"} %.9f\n"
                   "sluice_rule_duration_seconds_count{rule=\"%s\"} %llu\n",
-                  s->file, (unsigned long long)cum, s->file, s->duration.sum,
-                  s->file, (unsigned long long)s->duration.count);
+                  s->label, (unsigned long long)cum, s->label, s->duration.sum,
+                  s->label, (unsigned long long)s->duration.count);
   }
   sl_buf_printf(out,
                 "# HELP sluice_rules_reloads_total Rule set reloads by result.\n"
@@ -960,7 +1018,8 @@ int sl_rules_metrics(const struct sl_rules *rs, struct sl_buf *out) {
   sl_buf_printf(out, "# HELP sluice_rule_value Counters defined by rules "
                      "with sluice.counter.\n# TYPE sluice_rule_value gauge\n");
   for (i = 0; rs->live && i < rs->live->n; i++) {
-    struct counter_ctx c = {out, base_name(sl_rule_path(rs->live->slots[i].rule))};
+    const struct slot *sl = &rs->live->slots[i];
+    struct counter_ctx c = {out, sl->stats ? sl->stats->label : "?"};
     sl_rule_counters(rs->live->slots[i].rule, on_counter, &c);
   }
   return 0;

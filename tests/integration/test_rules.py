@@ -252,3 +252,38 @@ def test_failing_timers_log_at_a_limited_rate(sluice, tmp_path):
     lines = [l for l in eng.logs() if l.get("msg", "").startswith("timer: ")]
     assert 1 <= len(lines) <= 25, len(lines)
     assert "10_err.lua:3:" in lines[0]["msg"]
+
+
+# ---- /metrics stays parsable (issue 9, finding 16) -------------------------
+
+COUNTING = r"""
+return {
+  topics = { "m.*" },
+  on_event = function(ev)
+    sluice.counter("good_total", { k = "ok" }):inc()
+    if ev.topic == "m.bad" then
+      sluice.counter("bad_total", { k = "\255\254" }):inc()
+    end
+    return "a"
+  end,
+}
+"""
+
+
+def test_labels_that_are_not_utf8_never_spoil_metrics(sluice, tmp_path):
+    import os
+    from conftest import scrape
+    odd = os.fsdecode(b'30_odd"\xff\n.lua')  # a quote, a bad byte, a newline
+    eng, addr, admin = start(sluice, tmp_path, {
+        "10_count.lua": COUNTING, odd: "return { topics = { 'x' }, on_event = function() end }"})
+    send_events(addr, [{"topic": "m.good"}, {"topic": "m.bad"}, {"topic": "m.good"}])
+    dead = wait_for(lambda: read_ndjson(eng.path("var/dead-letter.ndjson")),
+                    what="the bad label's event in the dead letter")
+    assert "sluice.counter: label 'k' is not valid UTF-8" in dead[0]["headers"]["sluice-error"]
+    samples = scrape(admin)  # strict UTF-8 decode, every line a sample
+    good = [v for n, l, v in samples if n == "sluice_rule_value" and
+            l.get("rule") == "10_count.lua" and l.get("name") == "good_total"]
+    assert good == [3.0], good
+    assert not [s for s in samples if s[1].get("name") == "bad_total"]
+    rules = {l["rule"] for n, l, v in samples if n == "sluice_rule_calls_total"}
+    assert '30_odd\\"\ufffd\\n.lua' in rules, rules
