@@ -448,7 +448,9 @@ static void swap_in(struct sl_rules *rs, struct ruleset *next,
       continue;
     was_live = st->present == 2;
     st->present = 1;
-    if (strcmp(st->hash, sl_rule_hash(r)) != 0 || !was_live) {
+    /* loaded anew (not borrowed): its file or one of its modules changed */
+    if (strcmp(st->hash, sl_rule_hash(r)) != 0 || !was_live ||
+        !next->slots[i].borrowed) {
       if (changes)
         sl_buf_printf(changes, "%s%c%s", changes->len ? " " : "",
                       was_live ? '~' : '+', st->file);

@@ -402,3 +402,28 @@ def test_failing_snapshot_blocks_no_reload_and_the_fixed_version_loads(sluice, t
     out = read_ndjson(eng.path("out.ndjson"))
     assert [(e["headers"]["v"], e["headers"]["count"]) for e in out] == \
         [("v1", "1"), ("v1", "2"), ("v1", "3"), ("v2", "1"), ("v3", "1")]
+
+
+def test_a_module_edit_reloads_the_rule_that_requires_it(sluice, tmp_path):
+    # unchanged rule files are not run again on reload, but a rule whose
+    # lib/ module changed is a changed rule
+    user = """
+local m = require("stamp")
+return { on_event = function(ev) ev.headers.v = m.v return "out" end }
+"""
+    rules = tmp_path / "rules"
+    (rules / "lib").mkdir(parents=True)
+    (rules / "lib" / "stamp.lua").write_text("return { v = 'm1' }")
+    (rules / "10_user.lua").write_text(user)
+    port = free_port()
+    eng = sluice(config(port, rules=str(rules)))
+    addr = "127.0.0.1:%d" % port
+    from conftest import send_events
+    send_events(addr, [{"topic": "t", "payload": 1}])
+    write_atomic(rules / "lib" / "stamp.lua", "return { v = 'm2' }")
+    lines = wait_reloads(eng, 1)
+    assert lines[-1]["msg"] == "rules reloaded", lines[-1]
+    assert lines[-1]["files_changed"] == "~10_user.lua", lines[-1]
+    send_events(addr, [{"topic": "t", "payload": 2}])
+    assert eng.stop() == 0
+    assert [e["headers"]["v"] for e in read_ndjson(eng.path("out.ndjson"))] == ["m1", "m2"]
