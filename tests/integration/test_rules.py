@@ -287,3 +287,27 @@ def test_labels_that_are_not_utf8_never_spoil_metrics(sluice, tmp_path):
     assert not [s for s in samples if s[1].get("name") == "bad_total"]
     rules = {l["rule"] for n, l, v in samples if n == "sluice_rule_calls_total"}
     assert '30_odd\\"\ufffd\\n.lua' in rules, rules
+
+
+LOOPING_TIMERS = """
+for i = 1, 8 do
+  sluice.every(1, function() while true do end end)
+end
+return { topics = { "tick.*" }, on_event = function(ev) return "a" end }
+"""
+
+
+def test_timers_over_their_budget_do_not_starve_io(sluice, tmp_path):
+    # 8 timers of 1 ms, each stopped at its 20 ms budget on every run
+    eng, addr, admin = start(sluice, tmp_path, {"10_loop.lua": LOOPING_TIMERS})
+    status, took = _get("http://%s/readyz" % admin)
+    assert status == 200 and took < 2, took
+    t0 = time.monotonic()
+    send_events(addr, [{"topic": "tick.a", "payload": i} for i in range(200)])
+    wait_for(lambda: len(read_ndjson(eng.path("a.ndjson"))) == 200, what="events past looping timers")
+    assert time.monotonic() - t0 < 5
+    errors = [l for l in eng.logs() if "cpu budget of 20 ms exceeded" in l.get("msg", "")]
+    assert errors and len(errors) <= 25
+    t0 = time.monotonic()
+    assert eng.stop(timeout=10) == 0
+    assert time.monotonic() - t0 < 5
