@@ -52,6 +52,7 @@ struct staged {
 };
 
 #define SL_RULES_MAX_STAGED 10000
+#define SL_RULES_MAX_STAGED_BYTES (64u << 20) /* held until commit */
 
 struct ruleset {
   uint64_t version;
@@ -68,7 +69,8 @@ struct sl_rules {
   struct sl_rule_host staging; /* host of a version not yet live */
   struct staged *staged;
   int nstaged;
-  uint64_t staged_dropped; /* over SL_RULES_MAX_STAGED */
+  size_t staged_bytes;
+  uint64_t staged_dropped; /* over SL_RULES_MAX_STAGED(_BYTES) */
   struct sl_rule_limits limits;
   struct ruleset *live;
   struct rule_stats **stats; /* every file ever loaded */
@@ -126,22 +128,24 @@ static void host_log(void *data, struct sl_rule *r, int level, const char *msg,
 
 /* ---- staging: a reload has no side effects until it commits ------------ */
 
-static struct staged *stage_slot(struct sl_rules *rs) {
+static struct staged *stage_slot(struct sl_rules *rs, size_t bytes) {
   struct staged *grown;
-  if (rs->nstaged >= SL_RULES_MAX_STAGED)
+  if (rs->nstaged >= SL_RULES_MAX_STAGED ||
+      bytes > SL_RULES_MAX_STAGED_BYTES - rs->staged_bytes)
     return NULL;
   grown = realloc(rs->staged, sizeof(*grown) * (size_t)(rs->nstaged + 1));
   if (grown == NULL)
     return NULL;
   rs->staged = grown;
   memset(&grown[rs->nstaged], 0, sizeof(*grown));
+  rs->staged_bytes += bytes;
   return &grown[rs->nstaged];
 }
 
 static void stage_emit(void *data, struct sl_rule *r, const char *output,
                        struct sl_event *ev) {
   struct sl_rules *rs = data;
-  struct staged *st = stage_slot(rs);
+  struct staged *st = stage_slot(rs, ev->len);
   if (st == NULL || (st->output = strdup(output)) == NULL) {
     rs->staged_dropped++;
     sl_event_unref(ev);
@@ -156,7 +160,7 @@ static void stage_log(void *data, struct sl_rule *r, int level,
                       const char *msg, const uint8_t *fields,
                       size_t fields_len) {
   struct sl_rules *rs = data;
-  struct staged *st = stage_slot(rs);
+  struct staged *st = stage_slot(rs, strlen(msg) + fields_len);
   if (st == NULL || (st->msg = strdup(msg)) == NULL ||
       (fields_len && (st->fields = malloc(fields_len)) == NULL)) {
     if (st)
@@ -199,6 +203,7 @@ static void staged_finish(struct sl_rules *rs, int deliver, uint64_t *emits,
   free(rs->staged);
   rs->staged = NULL;
   rs->nstaged = 0;
+  rs->staged_bytes = 0;
   if (rs->staged_dropped && deliver)
     sl_log(SL_LOG_WARN, "rules: emits and logs of on_start over the limit "
            "were dropped", SL_U("dropped", rs->staged_dropped),

@@ -427,3 +427,29 @@ return { on_event = function(ev) ev.headers.v = m.v return "out" end }
     send_events(addr, [{"topic": "t", "payload": 2}])
     assert eng.stop() == 0
     assert [e["headers"]["v"] for e in read_ndjson(eng.path("out.ndjson"))] == ["m1", "m2"]
+
+
+def test_what_a_loading_version_emits_is_held_within_a_bound(sluice, tmp_path):
+    flood = """
+return {
+  on_start = function()
+    for i = 1, 12000 do sluice.emit("tick", { topic = "flood", payload = i }) end
+  end,
+  on_event = function(ev) return "out" end,
+}
+"""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10_a.lua").write_text(stamp_rule("a"))
+    port = free_port()
+    eng = sluice(config(port, rules=str(rules)).replace(
+        "debounce_ms = 30", "debounce_ms = 30, cpu_budget_ms = 5000"))
+    write_atomic(rules / "10_a.lua", flood)
+    lines = wait_reloads(eng, 1)
+    assert lines[-1]["msg"] == "rules reloaded", lines[-1]
+    warn = eng.wait_log("rules: emits and logs of on_start over the limit were dropped")
+    assert warn["dropped"] == 2000 and warn["limit"] == 10000
+    from conftest import wait_lines
+    wait_lines(eng.path("tick.ndjson"), 10000)
+    assert eng.stop() == 0
+    assert [e["payload"] for e in read_ndjson(eng.path("tick.ndjson"))] == list(range(1, 10001))
