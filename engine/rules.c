@@ -30,6 +30,7 @@ struct rule_stats {
   int64_t loaded_at_ns;
   uint64_t calls, routed, dropped, passed;
   uint64_t err_runtime, err_cpu, err_memory;
+  uint64_t timer_errors; /* over all versions */
   struct sl_histogram duration;
   int present; /* in the live set */
 };
@@ -577,6 +578,7 @@ static void on_rule_timers(uv_timer_t *t) {
   int64_t now = (int64_t)(sl_mono_ns() / 1000000u);
   uint64_t t0 = sl_mono_ns(),
            cap = (uint64_t)rs->limits.cpu_budget_ms * 1000000u;
+  uint64_t errors;
   int i, k, n;
   if (rs->live && (n = rs->live->n) > 0)
     for (k = 0; k < n; k++) {
@@ -589,7 +591,11 @@ static void on_rule_timers(uv_timer_t *t) {
         continue;
       if (sl_mono_ns() - t0 >= cap)
         break; /* the rest run on the next turn */
+      errors = sl_rule_timer_errors(r);
       sl_rule_run_timers(r, now);
+      if (rs->live->slots[i].stats)
+        rs->live->slots[i].stats->timer_errors +=
+            sl_rule_timer_errors(r) - errors;
       rs->timer_next = (i + 1) % n;
     }
   arm_timers(rs);
@@ -989,6 +995,14 @@ int sl_rules_metrics(const struct sl_rules *rs, struct sl_buf *out) {
                   (unsigned long long)s->err_cpu, s->label,
                   (unsigned long long)s->err_memory);
   }
+  sl_buf_printf(out,
+                "# HELP sluice_rule_timer_errors_total Timer runs that failed "
+                "(error, cpu or memory).\n"
+                "# TYPE sluice_rule_timer_errors_total counter\n");
+  for (i = 0; i < rs->nstats; i++)
+    sl_buf_printf(out, "sluice_rule_timer_errors_total{rule=\"%s\"} %llu\n",
+                  rs->stats[i]->label,
+                  (unsigned long long)rs->stats[i]->timer_errors);
   sl_buf_printf(out, "# HELP sluice_rule_duration_seconds Time in on_event "
                      "(one call in 16 is timed).\n"
                      "# TYPE sluice_rule_duration_seconds histogram\n");

@@ -146,6 +146,7 @@ struct sl_rule {
    * (sluice_core.so for busted has no log.c, hence not sl_log_limiter) */
   uint64_t timer_log_start_ns, timer_log_suppressed;
   uint32_t timer_log_n;
+  uint64_t timer_errors;
 };
 
 static const char drop_sentinel = 0; /* its address is sluice.drop's mark */
@@ -2478,6 +2479,7 @@ void sl_rule_run_timers(struct sl_rule *r, int64_t now_ms) {
       enum sl_rule_error kind =
           describe(b, st, msg, sizeof(msg), where, sizeof(where), NULL, 0);
       lua_settop(b->L, SLOT_BASE);
+      r->timer_errors++;
       if (r->host.log && timer_log_allow(r, &suppressed)) {
         snprintf(line, sizeof(line), "timer: %s%s%s", msg,
                  r->err_set && kind == SL_RULE_ERR_RUNTIME ? "\n" : "",
@@ -2637,6 +2639,9 @@ const char *sl_rule_source(const struct sl_rule *r) { return r->source; }
 const char *sl_rule_hash(const struct sl_rule *r) { return r->hash; }
 size_t sl_rule_memory(const struct sl_rule *r) { return r->box->used; }
 uint64_t sl_rule_rebuilds(const struct sl_rule *r) { return r->rebuilds; }
+uint64_t sl_rule_timer_errors(const struct sl_rule *r) {
+  return r->timer_errors;
+}
 
 void sl_rule_counters(const struct sl_rule *r, sl_rule_counter_cb cb,
                       void *data) {

@@ -133,6 +133,8 @@ const char *sl_rule_source(const struct sl_rule *r); /* the file it reads */
 const char *sl_rule_hash(const struct sl_rule *r); /* hex SHA-256 of file */
 size_t sl_rule_memory(const struct sl_rule *r);    /* bytes in the state */
 uint64_t sl_rule_rebuilds(const struct sl_rule *r);
+uint64_t sl_rule_timer_errors(const struct sl_rule *r); /* timer runs that
+                                                           failed */
 
 /* sluice.counter(name, labels) values, for /metrics. labels is a rendered
  * Prometheus label list without braces ("k=\"v\",...") or "". */
