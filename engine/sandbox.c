@@ -136,6 +136,7 @@ struct sl_rule {
   int src_read;
   struct module *mods; /* require'd files as first read */
   int nmods;
+  size_t mods_bytes;
   struct counter *counters;
   int ncounters;
   struct lru rate, seen;
@@ -1522,13 +1523,14 @@ static int module_text(struct sl_rule *r, const char *path,
   memset(m, 0, sizeof(*m));
   sl_buf_init(&m->text);
   rc = read_file(&m->text, path);
-  if (rc == 0 && m->text.len > ((size_t)r->memory_mb << 20))
-    rc = SL_E2BIG; /* it could not load within memory_mb anyway */
+  if (rc == 0 && m->text.len > ((size_t)r->memory_mb << 20) - r->mods_bytes)
+    rc = SL_E2BIG; /* kept in C memory: all of them within memory_mb */
   if ((rc != 0 && rc != SL_ENOENT) || (m->path = strdup(path)) == NULL) {
     sl_buf_close(&m->text);
     return rc ? rc : SL_ENOMEM;
   }
   m->found = rc == 0;
+  r->mods_bytes += m->text.len;
   r->nmods++;
   *text = &m->text;
   return rc;
@@ -1976,9 +1978,11 @@ static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
 
   if (!r->src_read) {
     rc = read_file(&r->src, r->source);
+    if (rc == 0 && r->src.len > ((size_t)r->memory_mb << 20))
+      rc = SL_E2BIG; /* kept in C memory for rebuilds */
     if (rc != 0) {
       snprintf(err, errlen, "%s:0: cannot read the rule: %s", r->path,
-               strerror(-rc));
+               rc == SL_E2BIG ? "larger than memory_mb" : strerror(-rc));
       return NULL;
     }
     r->src_read = 1;

@@ -546,6 +546,45 @@ TEST(sandbox_rebuild_uses_the_vetted_source_not_the_file_on_disk) {
   sl_rule_free(r);
 }
 
+TEST(sandbox_kept_rule_and_module_text_stays_within_memory_mb) {
+  char err[512], mod[160];
+  struct sl_rule_decision d;
+  struct sl_rule_limits lim = {1000, 2, NULL, NULL, NULL};
+  struct sl_rule *r;
+  char *big = malloc(1200001);
+  char rule_path[128];
+  int i;
+
+  CHECK(big != NULL);
+  write_rule("return {}\n"); /* makes dir */
+  lim.lib_dir = dir;
+  memset(big, '-', 1200000); /* a comment line of 1.2 MB */
+  big[0] = big[1] = '-';
+  big[1200000] = 0;
+  for (i = 0; i < 2; i++) {
+    snprintf(mod, sizeof(mod), "%s/bigmod%d.lua", dir, i);
+    write_file(mod, big);
+  }
+  snprintf(rule_path, sizeof(rule_path), "%s",
+           write_rule("require('bigmod0')\n"
+                      "return { on_event = function() require('bigmod1') end }\n"));
+  r = sl_rule_load(rule_path, &lim, NULL, err, sizeof(err));
+  CHECK(r != NULL);
+  run(r, "a", -1, &d); /* 2.4 MB of module text kept: over memory_mb=2 */
+  CHECK_EQ(d.verdict, SL_RULE_ERROR);
+  CHECK(strstr(d.message, "over the limits") != NULL);
+  sl_rule_free(r);
+  /* a rule file itself larger than memory_mb */
+  big[1200000] = 0;
+  snprintf(mod, sizeof(mod), "%s/huge.lua", dir);
+  write_file(mod, big);
+  lim.memory_mb = 1;
+  r = sl_rule_load(mod, &lim, NULL, err, sizeof(err));
+  CHECK(r == NULL);
+  CHECK(strstr(err, "larger than memory_mb") != NULL);
+  free(big);
+}
+
 /* Last: remove the temp dir (cases run in the order they are defined). */
 TEST(sandbox_zz_cleanup) {
   char cmd[128];
