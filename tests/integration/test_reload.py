@@ -453,3 +453,34 @@ return {
     wait_lines(eng.path("tick.ndjson"), 10000)
     assert eng.stop() == 0
     assert [e["payload"] for e in read_ndjson(eng.path("tick.ndjson"))] == list(range(1, 10001))
+
+
+def test_a_rebuilt_state_runs_the_vetted_source_not_an_unreloaded_edit(sluice, tmp_path):
+    filling = """
+local keep = {}
+return {
+  on_event = function(ev)
+    if ev.topic == "fill" then
+      while true do keep[#keep + 1] = ("x"):rep(4096) .. #keep end
+    end
+    ev.headers.v = "%s"
+    return "out"
+  end,
+}
+"""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10_fill.lua").write_text(filling % "vetted")
+    port = free_port()
+    eng = sluice(config(port, rules=str(rules), watch=False).replace(
+        "debounce_ms = 30", "debounce_ms = 30, memory_mb = 8, cpu_budget_ms = 2000"))
+    addr = "127.0.0.1:%d" % port
+    write_atomic(rules / "10_fill.lua", filling % "EDITED")  # never reloaded
+    from conftest import send_events
+    send_events(addr, [{"topic": "fill"}, {"topic": "t"}])
+    assert eng.stop() == 0
+    assert [e["headers"]["v"] for e in read_ndjson(eng.path("out.ndjson"))] == ["vetted"]
+    dead = read_ndjson(eng.path("var/dead-letter.ndjson"))
+    assert [e["topic"] for e in dead] == ["fill"]
+    assert "not enough memory" in dead[0]["headers"]["sluice-error"]
+    assert reload_lines(eng) == []
