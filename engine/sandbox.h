@@ -101,10 +101,13 @@ void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
 
 /* Monotonic ms of the earliest timer (sluice.every), or -1 when none. The
  * clock is sl_mono_ns() / 1e6 (CLOCK_MONOTONIC, as uv_hrtime), or the
- * host's mono_ns when it has one. A timer that fell behind runs once and
- * is rescheduled from now_ms; timers of a rebuilt state start anew. */
+ * host's mono_ns when it has one. A timer that fell behind runs once; a
+ * run is next due no sooner than its interval, and no sooner than the run
+ * took, after it ended. Timers of a rebuilt state start anew. */
 int64_t sl_rule_next_timer(const struct sl_rule *r);
-/* Run the timers due at now_ms; errors are logged through the host. */
+/* Run the timers due at now_ms, for at most cpu_budget_ms in all (the
+ * rest stay due; the next call starts with them). Errors are logged
+ * through the host, at most 20 lines per 10 s, and all counted. */
 void sl_rule_run_timers(struct sl_rule *r, int64_t now_ms);
 
 /* State handover for hot reload: snapshot() of the old rule to msgpack,
