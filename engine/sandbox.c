@@ -747,7 +747,7 @@ static int finish(lua_State *L) {
     lua_pushnil(L);
     empty = !lua_next(L, t);
     lua_settop(L, t);
-    if (hp ? !sl_luacodec_same(L, t, hp, hl) : !empty) {
+    if (hp ? !sl_luacodec_same(L, t, hp, hl, check_cpu) : !empty) {
       sl_buf_reset(&r->buf1);
       if (empty) {
         hp = NULL; /* no headers left */
@@ -770,7 +770,7 @@ static int finish(lua_State *L) {
       }
     } else {
       push_ref(L, b->ref_payload);
-      if (!pp || !sl_luacodec_same(L, -1, pp, pl)) {
+      if (!pp || !sl_luacodec_same(L, -1, pp, pl, check_cpu)) {
         sl_buf_reset(&r->buf2);
         sl_luacodec_encode(L, -1, &r->buf2, check_cpu);
         pp = r->buf2.data;
