@@ -67,7 +67,7 @@ static uint64_t on_clock(void *data) { return ((struct seen *)data)->clock; }
 
 static struct sl_rule *load(const char *src, uint32_t cpu, uint32_t mb,
                             struct seen *seen, char *err, size_t errlen) {
-  struct sl_rule_limits lim = {cpu, mb, NULL, NULL, NULL};
+  struct sl_rule_limits lim = {cpu, mb, NULL, NULL, NULL, 0};
   struct sl_rule_host host;
 
   memset(&host, 0, sizeof(host));
