@@ -136,6 +136,7 @@ struct sl_rule {
   uint64_t log_deadline; /* the call log_bytes counts for */
   size_t log_bytes;
   uint64_t span_seq; /* for span ids of emitted events */
+  uint64_t event_deadline; /* on_event's, which finish() also spends */
   uint64_t seed1, seed2;
   int64_t wall0_ns;
   uint64_t mono0_ns;
@@ -844,6 +845,8 @@ static int finish(lua_State *L) {
   size_t hl = ev->headers_len, pl = ev->payload_len, n;
   int changed = 0;
 
+  /* comparing and encoding is work done for on_event: same budget */
+  b->deadline = r->event_deadline;
   lua_settop(L, 0);
   if (b->evflags & EV_TOPIC) {
     push_ref(L, b->ref_topic);
@@ -2274,6 +2277,7 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
   const char *s;
   lua_Debug ar;
 
+  r->event_deadline = b->deadline; /* for finish() */
   switch (lua_type(L, -1)) {
   case LUA_TNIL:
     return;
