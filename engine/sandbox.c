@@ -721,6 +721,14 @@ static void encode_headers(lua_State *L, int idx, struct sl_buf *out,
   uint64_t count = 0;
   int add_tp = tp != NULL, pass;
 
+  if (lua_getmetatable(L, idx)) { /* decoded with names Lua merged */
+    lua_pushliteral(L, "lost");
+    lua_rawget(L, -2);
+    if (lua_type(L, -1) == LUA_TSTRING)
+      luaL_error(L, "%s: header '%s' came more than once in the event; a "
+                    "copy would lose some", what, lua_tostring(L, -1));
+    lua_pop(L, 2);
+  }
   for (pass = 0; pass < 2; pass++) {
     if (pass == 1) {
       if (count + (uint64_t)add_tp > UINT32_MAX ||
