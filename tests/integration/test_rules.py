@@ -280,3 +280,31 @@ def test_events_a_rule_builds_over_max_event_bytes_or_with_bad_headers_dead_lett
     for e in dead:
         assert e["payload"] == bad.index(e["topic"])  # the original event
     assert recv.stop() == 0
+
+
+LOG_FLOOD = """
+local line = ("x"):rep(1048576)
+return {
+  on_event = function(ev)
+    for i = 1, 1000 do sluice.log("info", line, { i = i }) end
+    return "a"
+  end,
+}
+"""
+
+
+def test_a_rule_logging_in_a_loop_writes_at_most_64_KiB_of_log_per_event(sluice, tmp_path):
+    # before: one event wrote ~240 MB of log (1 MiB lines until the budget)
+    eng, addr, _ = start(sluice, tmp_path, {"10_flood.lua": LOG_FLOOD},
+                         extra="log_level = 'info',")
+    before = len(eng.stderr())
+    send_events(addr, [{"topic": "t", "payload": i} for i in range(3)])
+    wait_for(lambda: len(read_ndjson(eng.path("a.ndjson"))) == 3, what="the events")
+    assert eng.stop() == 0
+    text = eng.stderr()
+    assert len(text) - before < 3 * (65536 + 8192), len(text) - before
+    cut = [l for l in eng.logs() if l.get("rule", "").endswith("10_flood.lua") and
+           l["msg"].startswith("xxxx")]
+    assert cut and all(l["msg"].endswith("... [cut: 1048576 bytes, at most 8192]") for l in cut)
+    assert len(eng.find_logs("log budget of 65536 bytes for this call used up; "
+                             "its further log lines are dropped")) == 3
