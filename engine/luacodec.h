@@ -58,8 +58,10 @@
  *
  * Every function that takes a lua_State may raise a Lua error (bad input,
  * out of memory, or check()): call it from protected code only. check, when
- * not NULL, is called every SL_LUACODEC_CHECK_STEPS values so a rule's CPU
- * budget can stop work on big inputs. */
+ * not NULL, is called every SL_LUACODEC_CHECK_STEPS steps (a value, or an
+ * entry of a table or side record walked: a rule may share one huge side
+ * table among many values) and, when encoding, every 64 KiB written, so a
+ * rule's CPU budget can stop work on big or crafted inputs. */
 #ifndef SL_LUACODEC_H
 #define SL_LUACODEC_H
 
