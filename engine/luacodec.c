@@ -635,6 +635,8 @@ struct enc {
   size_t start, max;  /* out->len at the start; the most it may grow */
   size_t next_check;  /* out->len at which to check the CPU again */
   const char *what;   /* names the value in the size error */
+  size_t jmax, jsize; /* JSON mode: bound and running upper estimate */
+  int json;
   struct shared sh;
 };
 
@@ -653,6 +655,58 @@ static void room(struct enc *e, size_t n) {
     e->bud.check(e->L);
     e->next_check = e->out->len + n + ENC_CHECK_BYTES;
   }
+}
+
+/* JSON mode: count add more bytes of the text sl_codec_to_json will make
+ * (an upper bound), raising past jmax before any of it is rendered. */
+static void jcost(struct enc *e, size_t add) {
+  if (!e->json)
+    return;
+  if (add > e->jmax || e->jsize > e->jmax - add)
+    luaL_error(e->L, "%s is larger than %d bytes as JSON", e->what,
+               e->jmax > INT32_MAX ? INT32_MAX : (int)e->jmax);
+  e->jsize += add;
+}
+
+/* The longest JSON string sl_codec_json_str makes of s[0..n): control
+ * bytes become \u00XX, '"' and '\\' two bytes, each byte of an ill-formed
+ * UTF-8 sequence at most one \ufffd (6 bytes), the rest as it is. */
+static size_t json_str_len(const uint8_t *s, size_t n) {
+  size_t i = 0, len = n + 2, need, k;
+  uint8_t c, lo, hi;
+
+  while (i < n) {
+    c = s[i];
+    if (c < 0x80) {
+      if (c < 0x20)
+        len += 5;
+      else if (c == '"' || c == '\\')
+        len += 1;
+      i++;
+      continue;
+    }
+    lo = 0x80, hi = 0xbf;
+    if (c >= 0xc2 && c <= 0xdf)
+      need = 1;
+    else if (c >= 0xe0 && c <= 0xef)
+      need = 2, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+    else if (c >= 0xf0 && c <= 0xf4)
+      need = 3, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+    else
+      need = 0;
+    for (k = 1; need && k <= need; k++) {
+      if (i + k >= n || s[i + k] < lo || s[i + k] > hi)
+        need = 0;
+      lo = 0x80, hi = 0xbf;
+    }
+    if (need) {
+      i += need + 1;
+    } else {
+      len += 5; /* this byte as (part of) one U+FFFD */
+      i++;
+    }
+  }
+  return len;
 }
 
 static void put(struct enc *e, int rc) {
@@ -697,6 +751,7 @@ static void put_ext(struct enc *e, int type, const char *s, size_t n) {
   if (n > UINT32_MAX)
     luaL_error(e->L, "value too large for msgpack");
   room(e, n + 6);
+  jcost(e, n / 3 * 4 + 32); /* {"$ext":[t,"<base64>"]} */
   if (n == 1 || n == 2 || n == 4 || n == 8 || n == 16) {
     h[0] = (uint8_t)(n == 1 ? 0xd4 : n == 2 ? 0xd5 : n == 4 ? 0xd6
                                  : n == 8 ? 0xd7 : 0xd8);
@@ -829,6 +884,7 @@ static void enc_table(struct enc *e, int t, int depth) {
     if (k == T_BIN && lua_type(L, -1) == LUA_TSTRING) {
       const char *s = lua_tolstring(L, -1, &n);
       room(e, n + 5);
+      jcost(e, n / 3 * 4 + 32); /* {"$bin":"<base64>"} */
       put(e, sl_codec_put_bin(e->out, s, n));
     } else if (k == T_FLOAT && lua_type(L, -1) == LUA_TNUMBER) {
       room(e, 9);
@@ -937,6 +993,7 @@ static void enc_value(struct enc *e, int idx, int depth, const struct hint *h) {
   const char *s;
 
   tick(L, &e->bud);
+  jcost(e, 32); /* a number, a marker, separators: never longer */
   switch (lua_type(L, idx)) {
   case LUA_TNIL:
     room(e, 1);
@@ -952,10 +1009,14 @@ static void enc_value(struct enc *e, int idx, int depth, const struct hint *h) {
   case LUA_TSTRING:
     s = lua_tolstring(L, idx, &n);
     room(e, n + 5);
-    if (h->kind == 'b')
+    if (h->kind == 'b') {
+      jcost(e, n / 3 * 4 + 32);
       put(e, sl_codec_put_bin(e->out, s, n));
-    else
+    } else {
+      if (e->json)
+        jcost(e, json_str_len((const uint8_t *)s, n));
       put(e, sl_codec_put_str(e->out, s, n));
+    }
     break;
   case LUA_TTABLE:
     enc_table(e, idx, depth);
@@ -966,9 +1027,9 @@ static void enc_value(struct enc *e, int idx, int depth, const struct hint *h) {
   }
 }
 
-void sl_luacodec_encode_max(lua_State *L, int idx, struct sl_buf *out,
-                            sl_luacodec_check check, size_t max,
-                            const char *what) {
+static void encode(lua_State *L, int idx, struct sl_buf *out,
+                   sl_luacodec_check check, size_t max, const char *what,
+                   int json) {
   struct enc e;
   struct hint none = {0, 0};
 
@@ -983,14 +1044,31 @@ void sl_luacodec_encode_max(lua_State *L, int idx, struct sl_buf *out,
   e.max = max;
   e.next_check = out->len + ENC_CHECK_BYTES;
   e.what = what ? what : "the value";
+  e.json = json;
+  e.jmax = max;
+  e.jsize = 0;
+  if (json)
+    e.max = SIZE_MAX / 2; /* the JSON estimate is the larger: it bounds */
   shared_open(L, &e.sh);
   enc_value(&e, idx, 0, &none);
   lua_pop(L, 3);
 }
 
+void sl_luacodec_encode_max(lua_State *L, int idx, struct sl_buf *out,
+                            sl_luacodec_check check, size_t max,
+                            const char *what) {
+  encode(L, idx, out, check, max, what, 0);
+}
+
+void sl_luacodec_encode_json(lua_State *L, int idx, struct sl_buf *out,
+                             sl_luacodec_check check, size_t max,
+                             const char *what) {
+  encode(L, idx, out, check, max, what, 1);
+}
+
 void sl_luacodec_encode(lua_State *L, int idx, struct sl_buf *out,
                         sl_luacodec_check check) {
-  sl_luacodec_encode_max(L, idx, out, check, SIZE_MAX, NULL);
+  encode(L, idx, out, check, SIZE_MAX, NULL, 0);
 }
 
 /* ---- comparing a Lua value with msgpack bytes -------------------------- */

@@ -102,6 +102,14 @@ void sl_luacodec_encode_max(lua_State *L, int idx, struct sl_buf *out,
                             sl_luacodec_check check, size_t max,
                             const char *what);
 
+/* As sl_luacodec_encode_max, but max bounds an upper estimate of the JSON
+ * text sl_codec_to_json makes of the result (escapes, base64 and markers
+ * counted at their longest): "<what> is larger than <max> bytes as JSON"
+ * is raised before rendering, so rendering the result is cheap too. */
+void sl_luacodec_encode_json(lua_State *L, int idx, struct sl_buf *out,
+                             sl_luacodec_check check, size_t max,
+                             const char *what);
+
 /* Would encoding the value at idx give the same msgpack value as the one
  * that fills p[0..len)? Same means same types and values, maps compared
  * as sets of entries, integer widths ignored; at the top level a scalar

@@ -616,6 +616,7 @@ static int ev_field(lua_State *L) {
   if (ev == NULL)
     return luaL_error(L, "the event is only valid during on_event");
   k = luaL_checklstring(L, 2, &n);
+  check_cpu(L); /* a scan of a big payload per call, in a hot loop */
   if (b->evflags & EV_PAYLOAD) { /* decoded already: the table is current */
     push_ref(L, b->ref_payload);
     if ((b->evflags & EV_PAYLOAD_NIL) || !lua_istable(L, -1)) {
@@ -1248,9 +1249,10 @@ static int l_every(lua_State *L) {
   return 0;
 }
 
-/* The JSON text is never shorter than the msgpack it is rendered from
- * (less a few bytes), and it must fit in the state: so the msgpack may
- * take at most what is left of memory_mb. */
+/* The JSON text must fit in the state and can only leave the rule inside
+ * an event: so it may take at most what is left of memory_mb and
+ * max_event_bytes, bounded before it is rendered (rendering runs in C
+ * without deadline checks; 1 MiB of escapes takes ~10 ms). */
 static int l_json_encode(lua_State *L) {
   struct box *b = box_of(L);
   struct sl_rule *r = b->rule;
@@ -1259,10 +1261,13 @@ static int l_json_encode(lua_State *L) {
 
   luaL_checkany(L, 1);
   lua_settop(L, 1);
+  if (left > r->max_event_bytes)
+    left = r->max_event_bytes;
   sl_buf_reset(&r->buf1);
-  sl_luacodec_encode_max(L, 1, &r->buf1, check_cpu, left + 64,
-                         "json.encode: the value (what is left of "
-                         "memory_mb)");
+  sl_luacodec_encode_json(L, 1, &r->buf1, check_cpu, left,
+                          "json.encode: the value (max_event_bytes, or what "
+                          "is left of memory_mb)");
+  check_cpu(L);
   sl_buf_reset(&r->buf2);
   rc = sl_codec_to_json(r->buf1.data, r->buf1.len, &r->buf2);
   shrink(&r->buf1);

@@ -44,7 +44,7 @@ describe("C memory a rule can make the engine allocate", function()
     assert.equal(0, #res.emitted)
     res = run(r, { topic = "json" })
     assert.equal("runtime", res.error_kind)
-    s.has(res.error, "json.encode: the value (what is left of memory_mb) is larger than")
+    s.has(res.error, "json.encode: the value (max_event_bytes, or what is left of memory_mb) is larger than")
     res = run(r, { topic = "log" })
     s.has(res.error, "sluice.log: fields is larger than 8192 bytes")
     assert.equal(0, #res.logs)
@@ -175,6 +175,31 @@ describe("C work a rule can make the engine do", function()
     -- before: 6-9 s with no deadline; on_event and the comparison each
     -- have the budget, so at most twice it plus noise
     assert.is_true(res.elapsed_ms < 100, res.elapsed_ms)
+  end)
+
+  it("refuses json.encode whose text would be big before rendering it", function()
+    local r = s.rule([[
+      local ctl = ("\1"):rep(8 * 2 ^ 20) -- 48 MiB as JSON escapes
+      local euro = ("\226\130\172"):rep(300000) -- valid UTF-8: as it is
+      return { on_event = function(ev)
+        if ev.topic == "euro" then return tostring(#sluice.json.encode(euro)) end
+        return tostring(#sluice.json.encode(ctl))
+      end }]], { memory_mb = 128, cpu_budget_ms = 10 })
+    local res = run(r)
+    assert.equal("runtime", res.error_kind)
+    s.has(res.error, "json.encode: the value (max_event_bytes, or what is left of memory_mb) " ..
+      "is larger than 1048576 bytes as JSON")
+    assert.is_true(res.elapsed_ms < 50, res.elapsed_ms) -- before: 246 ms, rendered
+    assert.same({ tostring(900002) }, run(r, { topic = "euro" }).routes)
+  end)
+
+  it("charges ev:field in a hot loop over a big payload to the CPU budget", function()
+    local r = s.on_event([[for i = 1, 1e9 do ev:field("absent") end]])
+    local p = {}
+    for i = 1, 60000 do p["key" .. i] = i end
+    local res = run(r, { topic = "t", payload = p })
+    assert.equal("cpu", res.error_kind)
+    assert.is_true(res.elapsed_ms < 100, res.elapsed_ms) -- before: 354 ms
   end)
 
   it("stops nil side records that multiply the output at the size bound", function()
