@@ -13,7 +13,7 @@
 #include "codec.h"
 
 /* Registry keys: the addresses are unique, the values unused. */
-static const char array_key, map_key, bin_key, float_key, ext_key;
+static const char array_key, map_key, bin_key, float_key, ext_key, check_key;
 
 #define TWO53 9007199254740992.0
 #define TWO63 9223372036854775808.0
@@ -1961,6 +1961,17 @@ static int l_ext(lua_State *L) {
   return 1;
 }
 
+/* The check set by sl_luacodec_set_check, for the constructors. */
+static sl_luacodec_check state_check(lua_State *L) {
+  sl_luacodec_check c = NULL;
+  lua_pushlightuserdata(L, (void *)&check_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_type(L, -1) == LUA_TUSERDATA)
+    c = *(sl_luacodec_check *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return c;
+}
+
 static const char *kind_name(lua_State *L, int idx, const struct hint *h) {
   int mt;
 
@@ -1982,8 +1993,9 @@ static const char *kind_name(lua_State *L, int idx, const struct hint *h) {
     int seq;
     if (mt)
       lua_pop(L, 1);
-    if (k == T_SEQ) {
-      count_entries(L, idx, &seq, NULL);
+    if (k == T_SEQ) { /* walks the table: budgeted */
+      struct budget bud = {state_check(L), 0};
+      count_entries(L, idx, &seq, &bud);
       k = seq ? T_ARRAY : T_MAP;
     }
     return k == T_ARRAY ? "array" : k == T_MAP ? "map" : k == T_BIN ? "binary"
@@ -2015,6 +2027,14 @@ static int l_kind(lua_State *L) {
   h = hint_for(L, 5, 6, 2, 3);
   lua_pushstring(L, kind_name(L, 3, &h));
   return 1;
+}
+
+void sl_luacodec_set_check(lua_State *L, sl_luacodec_check check) {
+  sl_luacodec_check *slot = lua_newuserdata(L, sizeof(*slot));
+  *slot = check;
+  lua_pushlightuserdata(L, (void *)&check_key);
+  lua_insert(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
 }
 
 void sl_luacodec_register(lua_State *L, int idx) {

@@ -83,6 +83,10 @@ typedef void (*sl_luacodec_check)(lua_State *L);
  * value t[key], using t's side record). Idempotent per state. */
 void sl_luacodec_register(lua_State *L, int idx);
 
+/* The check kind() (from sl_luacodec_register) calls while it walks a big
+ * table. Allocates a little in the state; may raise on out of memory. */
+void sl_luacodec_set_check(lua_State *L, sl_luacodec_check check);
+
 /* Decode the one msgpack value that fills p[0..len) and push it. Raises on
  * malformed input, trailing bytes or nesting deeper than
  * SL_CODEC_MAX_DEPTH. */

@@ -980,6 +980,7 @@ static int l_emit(lua_State *L) {
   struct sl_event *ev;
   char tp[55];
 
+  check_cpu(L); /* each call scans and copies up to max_event_bytes */
   if (lua_objlen(L, 1) > ROUTE_NAME_MAX)
     return luaL_error(L, "sluice.emit: output name of %d bytes (at most %d)",
                       (int)lua_objlen(L, 1), ROUTE_NAME_MAX);
@@ -1315,6 +1316,7 @@ static int l_counter(lua_State *L) {
   int nl = 0, i;
   uint32_t *slot;
 
+  check_cpu(L); /* finding a series compares up to 1024 label sets */
   if (!valid_name(name, 1))
     return luaL_argerror(L, 1, "a metric name [a-zA-Z_:][a-zA-Z0-9_:]* "
                                "expected");
@@ -1834,6 +1836,7 @@ static int box_setup(lua_State *L) {
     lua_setfield(L, -2, f->name);
   }
   sl_luacodec_register(L, -1);
+  sl_luacodec_set_check(L, check_cpu); /* kind() walks tables */
   lua_createtable(L, 0, 2);
   lua_pushcfunction(L, l_json_encode);
   lua_setfield(L, -2, "encode");

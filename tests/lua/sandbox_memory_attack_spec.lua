@@ -202,6 +202,24 @@ describe("C work a rule can make the engine do", function()
     assert.is_true(res.elapsed_ms < 100, res.elapsed_ms) -- before: 354 ms
   end)
 
+  it("charges sluice.kind walking a big table to the CPU budget", function()
+    local r = s.rule([[
+      local T = {}
+      return { on_event = function(ev)
+        if ev.topic == "setup" then
+          local n = #T
+          for i = n + 1, n + 20000 do T[i] = i end
+          T.x = 1 -- not a sequence: kind() walks it all
+          return
+        end
+        for i = 1, 1e9 do sluice.kind(T) end
+      end }]], { cpu_budget_ms = 10 })
+    for _ = 1, 10 do assert.equal("pass", run(r, { topic = "setup" }).verdict) end
+    local res = run(r)
+    assert.equal("cpu", res.error_kind)
+    assert.is_true(res.elapsed_ms < 100, res.elapsed_ms) -- before: 1010 ms
+  end)
+
   it("stops nil side records that multiply the output at the size bound", function()
     local r = s.rule([[
       local H = {}
