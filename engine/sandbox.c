@@ -793,25 +793,23 @@ static struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
   char msg[300];
 
   if ((uint64_t)id.len + topic.len + key.len + hl + pl > r->max_event_bytes)
-    return luaL_error(L, "%s: event is larger than max_event_bytes (%d "
-                         "bytes)", what, (int)r->max_event_bytes),
-           NULL;
+    luaL_error(L, "%s: event is larger than max_event_bytes (%d bytes)", what,
+               (int)r->max_event_bytes);
   ev = sl_event_new(r->host.idgen ? r->host.idgen : &r->idgen, id, topic, key,
                     has_time, time, hp, hl, pp, pl, trace);
   if (ev == NULL)
-    return luaL_error(L, "%s: not enough memory", what), NULL;
-  if (ev->len > r->max_event_bytes) {
+    luaL_error(L, "%s: not enough memory", what);
+  msg[0] = 0;
+  if (ev->len > r->max_event_bytes)
     snprintf(msg, sizeof(msg), "%s: event of %u bytes is larger than "
              "max_event_bytes (%u bytes)", what, (unsigned)ev->len,
              (unsigned)r->max_event_bytes);
-    sl_event_unref(ev);
-    return luaL_error(L, "%s", msg), NULL;
-  }
-  if (sl_codec_parse_event(ev->data, ev->len, &v, &cerr) != 0) {
+  else if (sl_codec_parse_event(ev->data, ev->len, &v, &cerr) != 0)
     snprintf(msg, sizeof(msg), "%s: the event is not valid on the wire: %s",
              what, cerr.msg);
-    sl_event_unref(ev);
-    return luaL_error(L, "%s", msg), NULL;
+  if (msg[0]) {
+    sl_event_unref(ev); /* before raising: nothing else frees it */
+    luaL_error(L, "%s", msg);
   }
   return ev;
 }
