@@ -137,14 +137,14 @@ describe("C work a rule can make the engine do", function()
       return { on_event = function(ev)
         if ev.topic == "setup" then
           local n = #H
-          for i = n + 1, n + 20000 do H[i] = "f" end
+          for i = n + 1, n + 4000 do H[i] = "f" end
           return
         end
     ]] .. body .. "\nend }", { cpu_budget_ms = 10 })
   end
 
   local function setup(r)
-    for _ = 1, 10 do assert.equal("pass", run(r, { topic = "setup" }).verdict) end
+    for _ = 1, 50 do assert.equal("pass", run(r, { topic = "setup" }).verdict) end
   end
 
   it("stops encoding maps that share a huge side table at the CPU budget", function()
@@ -208,13 +208,13 @@ describe("C work a rule can make the engine do", function()
       return { on_event = function(ev)
         if ev.topic == "setup" then
           local n = #T
-          for i = n + 1, n + 20000 do T[i] = i end
+          for i = n + 1, n + 4000 do T[i] = i end
           T.x = 1 -- not a sequence: kind() walks it all
           return
         end
         for i = 1, 1e9 do sluice.kind(T) end
       end }]], { cpu_budget_ms = 10 })
-    for _ = 1, 10 do assert.equal("pass", run(r, { topic = "setup" }).verdict) end
+    for _ = 1, 50 do assert.equal("pass", run(r, { topic = "setup" }).verdict) end
     local res = run(r)
     assert.equal("cpu", res.error_kind)
     assert.is_true(res.elapsed_ms < 100, res.elapsed_ms) -- before: 1010 ms
@@ -226,7 +226,7 @@ describe("C work a rule can make the engine do", function()
       return { on_event = function(ev)
         if ev.topic == "setup" then
           local n = #H
-          for i = n + 1, n + 20000 do H[i] = "n" end
+          for i = n + 1, n + 4000 do H[i] = "n" end
           return
         end
         local mt = { __sluice = "map", hints = H }
