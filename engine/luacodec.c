@@ -4,6 +4,7 @@
 #include "luacodec.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,7 +13,7 @@
 #include "codec.h"
 
 /* Registry keys: the addresses are unique, the values unused. */
-static const char array_key, map_key, bin_key, float_key, ext_key;
+static const char array_key, map_key, bin_key, float_key, ext_key, check_key;
 
 #define TWO53 9007199254740992.0
 #define TWO63 9223372036854775808.0
@@ -26,6 +27,19 @@ struct hint {
   char kind; /* 0, 'f', 's', 'b', 'n', 'i', 'u' */
   uint64_t bits;
 };
+
+/* The CPU check of one call: check() runs every SL_LUACODEC_CHECK_STEPS
+ * steps, where a step is a value, a table entry walked or a side-record
+ * entry walked, so no loop in here runs unchecked. */
+struct budget {
+  sl_luacodec_check check;
+  unsigned steps;
+};
+
+static void tick(lua_State *L, struct budget *b) {
+  if (b && b->check && (++b->steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
+    b->check(L);
+}
 
 /* Does the plain encoder write v as an int? */
 static int would_be_int(double v) {
@@ -402,6 +416,59 @@ static void push_number(lua_State *L, const struct item *it, struct hint *h) {
   }
 }
 
+/* Is the key at k already in the map t being built (a value, or a nil
+ * value kept by a hint)? mt is its own metatable's index or 0. */
+static int seen_key(lua_State *L, int t, int mt, int k) {
+  int seen;
+
+  lua_pushvalue(L, k);
+  lua_rawget(L, t);
+  seen = !lua_isnil(L, -1);
+  lua_pop(L, 1);
+  if (seen || !mt)
+    return seen;
+  push_field(L, mt, "hints");
+  if (lua_istable(L, -1)) {
+    lua_pushvalue(L, k);
+    lua_rawget(L, -2);
+    seen = lua_type(L, -1) == LUA_TSTRING && lua_tostring(L, -1)[0] == 'n';
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return seen;
+}
+
+/* Record a map pair left out of the Lua table: mt.skip[offset of its key]
+ * = true, mt.nskip counts them, mt.lost is the first such key. */
+static void note_dup(lua_State *L, int mt, int k, double at) {
+  double n;
+
+  push_field(L, mt, "skip");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushliteral(L, "skip");
+    lua_pushvalue(L, -2);
+    lua_rawset(L, mt);
+  }
+  lua_pushnumber(L, at);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  lua_pushliteral(L, "nskip");
+  lua_rawget(L, mt);
+  n = lua_type(L, -1) == LUA_TNUMBER ? lua_tonumber(L, -1) : 0;
+  lua_pop(L, 1);
+  lua_pushliteral(L, "nskip");
+  lua_pushnumber(L, n + 1);
+  lua_rawset(L, mt);
+  if (n == 0) {
+    lua_pushliteral(L, "lost");
+    lua_pushvalue(L, k);
+    lua_rawset(L, mt);
+  }
+}
+
 static void dec_value(struct dec *d, int depth, struct hint *h) {
   lua_State *L = d->L;
   struct item it;
@@ -497,6 +564,16 @@ static void dec_value(struct dec *d, int depth, struct hint *h) {
         dec_fail(d, "map key that is a container");
       }
       dec_value(d, depth + 1, &vh);
+      if (seen_key(L, t, mt, lua_gettop(L) - 1)) {
+        /* a key Lua cannot tell from an earlier one (1 and 1.0, str and
+         * bin, ints past 2^53, a repeat): the first stays, this pair is
+         * listed so comparing still matches and encoding refuses */
+        if (!mt)
+          mt = own_mt(L, t, "map");
+        note_dup(L, mt, lua_gettop(L) - 1, (double)(kat - d->start));
+        lua_pop(L, 2);
+        continue;
+      }
       if (kh.kind || vh.kind || lua_isnil(L, -1)) {
         if (!mt)
           mt = own_mt(L, t, "map");
@@ -554,10 +631,83 @@ void sl_luacodec_push(lua_State *L, const uint8_t *p, size_t len,
 struct enc {
   lua_State *L;
   struct sl_buf *out;
-  sl_luacodec_check check;
-  unsigned steps;
+  struct budget bud;
+  size_t start, max;  /* out->len at the start; the most it may grow */
+  size_t next_check;  /* out->len at which to check the CPU again */
+  const char *what;   /* names the value in the size error */
+  size_t jmax, jsize; /* JSON mode: bound and running upper estimate */
+  int json;
   struct shared sh;
 };
+
+#define ENC_CHECK_BYTES 65536 /* copying big strings is work too */
+
+/* Make sure n more bytes stay within the size bound before writing them,
+ * and check the CPU budget every ENC_CHECK_BYTES written: one string
+ * shared by many slots costs a copy per slot. */
+static void room(struct enc *e, size_t n) {
+  size_t used = e->out->len - e->start;
+
+  if (n > e->max || used > e->max - n)
+    luaL_error(e->L, "%s is larger than %d bytes", e->what,
+               e->max > INT32_MAX ? INT32_MAX : (int)e->max);
+  if (e->bud.check && e->out->len + n >= e->next_check) {
+    e->bud.check(e->L);
+    e->next_check = e->out->len + n + ENC_CHECK_BYTES;
+  }
+}
+
+/* JSON mode: count add more bytes of the text sl_codec_to_json will make
+ * (an upper bound), raising past jmax before any of it is rendered. */
+static void jcost(struct enc *e, size_t add) {
+  if (!e->json)
+    return;
+  if (add > e->jmax || e->jsize > e->jmax - add)
+    luaL_error(e->L, "%s is larger than %d bytes as JSON", e->what,
+               e->jmax > INT32_MAX ? INT32_MAX : (int)e->jmax);
+  e->jsize += add;
+}
+
+/* The longest JSON string sl_codec_json_str makes of s[0..n): control
+ * bytes become \u00XX, '"' and '\\' two bytes, each byte of an ill-formed
+ * UTF-8 sequence at most one \ufffd (6 bytes), the rest as it is. */
+static size_t json_str_len(const uint8_t *s, size_t n) {
+  size_t i = 0, len = n + 2, need, k;
+  uint8_t c, lo, hi;
+
+  while (i < n) {
+    c = s[i];
+    if (c < 0x80) {
+      if (c < 0x20)
+        len += 5;
+      else if (c == '"' || c == '\\')
+        len += 1;
+      i++;
+      continue;
+    }
+    lo = 0x80, hi = 0xbf;
+    if (c >= 0xc2 && c <= 0xdf)
+      need = 1;
+    else if (c >= 0xe0 && c <= 0xef)
+      need = 2, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+    else if (c >= 0xf0 && c <= 0xf4)
+      need = 3, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+    else
+      need = 0;
+    for (k = 1; need && k <= need; k++) {
+      if (i + k >= n || s[i + k] < lo || s[i + k] > hi)
+        need = 0;
+      lo = 0x80, hi = 0xbf;
+    }
+    if (need) {
+      i += need + 1;
+    } else {
+      len += 5; /* this byte as (part of) one U+FFFD */
+      i++;
+    }
+  }
+  return len;
+}
 
 static void put(struct enc *e, int rc) {
   if (rc != 0)
@@ -566,6 +716,7 @@ static void put(struct enc *e, int rc) {
 }
 
 static void put_number(struct enc *e, double v, const struct hint *h) {
+  room(e, 9);
   if (h->kind == 'f') {
     put(e, sl_codec_put_double(e->out, v));
   } else if (h->kind == 's') {
@@ -599,6 +750,8 @@ static void put_ext(struct enc *e, int type, const char *s, size_t n) {
 
   if (n > UINT32_MAX)
     luaL_error(e->L, "value too large for msgpack");
+  room(e, n + 6);
+  jcost(e, n / 3 * 4 + 32); /* {"$ext":[t,"<base64>"]} */
   if (n == 1 || n == 2 || n == 4 || n == 8 || n == 16) {
     h[0] = (uint8_t)(n == 1 ? 0xd4 : n == 2 ? 0xd5 : n == 4 ? 0xd6
                                  : n == 8 ? 0xd7 : 0xd8);
@@ -620,13 +773,15 @@ static void put_ext(struct enc *e, int type, const char *s, size_t n) {
 
 /* Count the entries of the table at t; *seq tells whether its keys are
  * exactly 1..n. */
-static uint32_t count_entries(lua_State *L, int t, int *seq) {
+static uint32_t count_entries(lua_State *L, int t, int *seq,
+                              struct budget *bud) {
   uint64_t n = 0;
   double max = 0;
   int ints = 1;
 
   lua_pushnil(L);
   while (lua_next(L, t)) {
+    tick(L, bud);
     n++;
     if (ints) {
       if (lua_type(L, -2) == LUA_TNUMBER) {
@@ -649,14 +804,17 @@ static uint32_t count_entries(lua_State *L, int t, int *seq) {
   return (uint32_t)n;
 }
 
-/* Keys with a nil hint whose value is still nil: encoded as nil values. */
-static uint32_t count_nil_hints(lua_State *L, int t, int hints) {
+/* Keys with a nil hint whose value is still nil: encoded as nil values.
+ * The hints table is the rule's to grow, so walking it is budgeted. */
+static uint32_t count_nil_hints(lua_State *L, int t, int hints,
+                                struct budget *bud) {
   uint32_t n = 0;
 
   if (lua_isnil(L, hints))
     return 0;
   lua_pushnil(L);
   while (lua_next(L, hints)) {
+    tick(L, bud);
     if (lua_type(L, -1) == LUA_TSTRING && lua_tostring(L, -1)[0] == 'n') {
       lua_pushvalue(L, -2);
       lua_rawget(L, t);
@@ -667,6 +825,33 @@ static uint32_t count_nil_hints(lua_State *L, int t, int hints) {
     lua_pop(L, 1);
   }
   return n;
+}
+
+/* Describe the value at idx for a message: a string (cut, quoted) or a
+ * number. */
+static const char *key_text(lua_State *L, int idx, char *buf, size_t n) {
+  size_t len, i, o = 0;
+  const char *s;
+
+  if (lua_type(L, idx) == LUA_TNUMBER) {
+    snprintf(buf, n, "%.17g", lua_tonumber(L, idx));
+    return buf;
+  }
+  if (lua_type(L, idx) != LUA_TSTRING) {
+    snprintf(buf, n, "%s", lua_typename(L, lua_type(L, idx)));
+    return buf;
+  }
+  s = lua_tolstring(L, idx, &len);
+  buf[o++] = '"';
+  for (i = 0; i < len && o + 6 < n; i++)
+    buf[o++] = (s[i] >= 0x20 && s[i] < 0x7f && s[i] != '"') ? s[i] : '?';
+  if (i < len) {
+    memcpy(buf + o, "...", 3);
+    o += 3;
+  }
+  buf[o++] = '"';
+  buf[o] = 0;
+  return buf;
 }
 
 static void enc_value(struct enc *e, int idx, int depth, const struct hint *h);
@@ -698,8 +883,11 @@ static void enc_table(struct enc *e, int t, int depth) {
     lua_rawgeti(L, t, 1);
     if (k == T_BIN && lua_type(L, -1) == LUA_TSTRING) {
       const char *s = lua_tolstring(L, -1, &n);
+      room(e, n + 5);
+      jcost(e, n / 3 * 4 + 32); /* {"$bin":"<base64>"} */
       put(e, sl_codec_put_bin(e->out, s, n));
     } else if (k == T_FLOAT && lua_type(L, -1) == LUA_TNUMBER) {
+      room(e, 9);
       put(e, sl_codec_put_double(e->out, lua_tonumber(L, -1)));
     } else {
       luaL_error(L, "cannot encode a broken %s box",
@@ -720,6 +908,17 @@ static void enc_table(struct enc *e, int t, int depth) {
     lua_pop(L, 3);
     return;
   }
+  if (k == T_MAP && mt > 0) {
+    rawfield(L, mt, "lost");
+    if (!lua_isnil(L, -1)) { /* see note_dup: writing it would lose pairs */
+      char kb[80];
+      luaL_error(L, "cannot encode a map decoded with keys Lua cannot tell "
+                    "apart (key %s came more than once, e.g. as 1 and 1.0, "
+                    "or as string and binary); the original has every pair, "
+                    "a copy would lose some", key_text(L, -1, kb, sizeof(kb)));
+    }
+    lua_pop(L, 1);
+  }
   push_field(L, mt, "hints");
   hints = lua_gettop(L);
   push_field(L, mt, "orig");
@@ -727,7 +926,7 @@ static void enc_table(struct enc *e, int t, int depth) {
   push_field(L, mt, "khints");
   kh = lua_gettop(L);
   if (k == T_SEQ) {
-    count_entries(L, t, &seq);
+    count_entries(L, t, &seq, &e->bud);
     k = seq ? T_ARRAY : T_MAP;
   }
   if (k == T_ARRAY) {
@@ -742,6 +941,7 @@ static void enc_table(struct enc *e, int t, int depth) {
     }
     if (len > UINT32_MAX)
       luaL_error(L, "table too large for msgpack");
+    room(e, 5);
     put(e, sl_codec_put_array(e->out, (uint32_t)len));
     for (i = 1; i <= len; i++) {
       struct hint h;
@@ -752,7 +952,9 @@ static void enc_table(struct enc *e, int t, int depth) {
       lua_pop(L, 2);
     }
   } else {
-    uint32_t c = count_entries(L, t, &seq) + count_nil_hints(L, t, hints);
+    uint32_t c = count_entries(L, t, &seq, &e->bud) +
+                 count_nil_hints(L, t, hints, &e->bud);
+    room(e, 5);
     put(e, sl_codec_put_map(e->out, c));
     lua_pushnil(L);
     while (lua_next(L, t)) {
@@ -766,12 +968,14 @@ static void enc_table(struct enc *e, int t, int depth) {
     if (!lua_isnil(L, hints)) {
       lua_pushnil(L);
       while (lua_next(L, hints)) {
+        tick(L, &e->bud);
         if (lua_type(L, -1) == LUA_TSTRING && lua_tostring(L, -1)[0] == 'n') {
           lua_pushvalue(L, -2);
           lua_rawget(L, t);
           if (lua_isnil(L, -1)) {
             struct hint khh = khint_for(L, kh, lua_gettop(L) - 2);
             enc_key(e, lua_gettop(L) - 2, &khh);
+            room(e, 1);
             put(e, sl_codec_put_nil(e->out));
           }
           lua_pop(L, 1);
@@ -788,13 +992,15 @@ static void enc_value(struct enc *e, int idx, int depth, const struct hint *h) {
   size_t n;
   const char *s;
 
-  if (e->check && (++e->steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
-    e->check(L);
+  tick(L, &e->bud);
+  jcost(e, 32); /* a number, a marker, separators: never longer */
   switch (lua_type(L, idx)) {
   case LUA_TNIL:
+    room(e, 1);
     put(e, sl_codec_put_nil(e->out));
     break;
   case LUA_TBOOLEAN:
+    room(e, 1);
     put(e, sl_codec_put_bool(e->out, lua_toboolean(L, idx)));
     break;
   case LUA_TNUMBER:
@@ -802,10 +1008,15 @@ static void enc_value(struct enc *e, int idx, int depth, const struct hint *h) {
     break;
   case LUA_TSTRING:
     s = lua_tolstring(L, idx, &n);
-    if (h->kind == 'b')
+    room(e, n + 5);
+    if (h->kind == 'b') {
+      jcost(e, n / 3 * 4 + 32);
       put(e, sl_codec_put_bin(e->out, s, n));
-    else
+    } else {
+      if (e->json)
+        jcost(e, json_str_len((const uint8_t *)s, n));
       put(e, sl_codec_put_str(e->out, s, n));
+    }
     break;
   case LUA_TTABLE:
     enc_table(e, idx, depth);
@@ -816,8 +1027,9 @@ static void enc_value(struct enc *e, int idx, int depth, const struct hint *h) {
   }
 }
 
-void sl_luacodec_encode(lua_State *L, int idx, struct sl_buf *out,
-                        sl_luacodec_check check) {
+static void encode(lua_State *L, int idx, struct sl_buf *out,
+                   sl_luacodec_check check, size_t max, const char *what,
+                   int json) {
   struct enc e;
   struct hint none = {0, 0};
 
@@ -826,18 +1038,50 @@ void sl_luacodec_encode(lua_State *L, int idx, struct sl_buf *out,
   luaL_checkstack(L, 12, "msgpack");
   e.L = L;
   e.out = out;
-  e.check = check;
-  e.steps = 0;
+  e.bud.check = check;
+  e.bud.steps = 0;
+  e.start = out->len;
+  e.max = max;
+  e.next_check = out->len + ENC_CHECK_BYTES;
+  e.what = what ? what : "the value";
+  e.json = json;
+  e.jmax = max;
+  e.jsize = 0;
+  if (json)
+    e.max = SIZE_MAX / 2; /* the JSON estimate is the larger: it bounds */
   shared_open(L, &e.sh);
   enc_value(&e, idx, 0, &none);
   lua_pop(L, 3);
 }
 
+void sl_luacodec_encode_max(lua_State *L, int idx, struct sl_buf *out,
+                            sl_luacodec_check check, size_t max,
+                            const char *what) {
+  encode(L, idx, out, check, max, what, 0);
+}
+
+void sl_luacodec_encode_json(lua_State *L, int idx, struct sl_buf *out,
+                             sl_luacodec_check check, size_t max,
+                             const char *what) {
+  encode(L, idx, out, check, max, what, 1);
+}
+
+void sl_luacodec_encode(lua_State *L, int idx, struct sl_buf *out,
+                        sl_luacodec_check check) {
+  encode(L, idx, out, check, SIZE_MAX, NULL, 0);
+}
+
 /* ---- comparing a Lua value with msgpack bytes -------------------------- */
 
-static int same_value(lua_State *L, int idx, const uint8_t **pp,
-                      const uint8_t *end, const struct hint *h, int lenient,
-                      int depth, struct shared *sh);
+struct cmp {
+  lua_State *L;
+  const uint8_t *start, *end;
+  struct budget bud;
+  struct shared sh;
+};
+
+static int same_value(struct cmp *c, int idx, const uint8_t **pp,
+                      const struct hint *h, int lenient, int depth);
 
 /* Push the Lua value a msgpack map key decodes to; 0 when it cannot be a
  * Lua key. */
@@ -859,20 +1103,35 @@ static int push_key(lua_State *L, const struct item *it) {
   }
 }
 
-static int same_table(lua_State *L, int t, const struct item *it,
-                      const uint8_t **pp, const uint8_t *end, int depth,
-                      struct shared *sh) {
-  int mt, seq, hints, orig, ok = 1;
+/* Step over one value at *pp (a pair the decoder left out). */
+static int skip_value(struct cmp *c, const uint8_t **pp, int depth) {
+  struct item it;
+  uint32_t i, n;
+
+  tick(c->L, &c->bud);
+  if (depth >= SL_CODEC_MAX_DEPTH || mp_read(pp, c->end, &it) != 0)
+    return 0;
+  n = it.t == M_ARR ? it.n : it.t == M_MAP ? it.n * 2 : 0;
+  for (i = 0; i < n; i++)
+    if (!skip_value(c, pp, depth + 1))
+      return 0;
+  return 1;
+}
+
+static int same_table(struct cmp *c, int t, const struct item *it,
+                      const uint8_t **pp, int depth) {
+  lua_State *L = c->L;
+  int mt, seq, hints, orig, skip, ok = 1;
   enum tkind k;
   uint32_t i;
 
   if (depth >= SL_CODEC_MAX_DEPTH || !lua_checkstack(L, 12))
     return 0;
-  k = table_kind_sh(L, t, &mt, sh);
+  k = table_kind_sh(L, t, &mt, &c->sh);
   if (mt == 0)
     lua_pushnil(L);
   if (k == T_SEQ) {
-    count_entries(L, t, &seq);
+    count_entries(L, t, &seq, &c->bud);
     k = seq ? T_ARRAY : T_MAP;
   }
   if ((it->t == M_ARR && k != T_ARRAY) || (it->t == M_MAP && k != T_MAP)) {
@@ -883,6 +1142,8 @@ static int same_table(lua_State *L, int t, const struct item *it,
   hints = lua_gettop(L);
   push_field(L, mt, "orig");
   orig = hints + 1;
+  push_field(L, mt, "skip");
+  skip = hints + 2;
   if (it->t == M_ARR) {
     size_t len = lua_objlen(L, t);
     if (mt > 0) {
@@ -897,40 +1158,60 @@ static int same_table(lua_State *L, int t, const struct item *it,
       lua_pushinteger(L, (lua_Integer)i);
       lua_rawgeti(L, t, (int)i);
       h = hint_for(L, hints, orig, lua_gettop(L) - 1, lua_gettop(L));
-      ok = same_value(L, lua_gettop(L), pp, end, &h, 0, depth + 1, sh);
+      ok = same_value(c, lua_gettop(L), pp, &h, 0, depth + 1);
       lua_pop(L, 2);
     }
   } else {
     int s;
-    ok = count_entries(L, t, &s) + count_nil_hints(L, t, hints) == it->n;
+    uint32_t nskip = 0;
+    if (!lua_isnil(L, skip)) {
+      rawfield(L, mt, "nskip");
+      nskip = lua_type(L, -1) == LUA_TNUMBER ? (uint32_t)lua_tonumber(L, -1)
+                                              : 0;
+      lua_pop(L, 1);
+    }
+    ok = count_entries(L, t, &s, &c->bud) +
+             count_nil_hints(L, t, hints, &c->bud) + nskip == it->n;
     for (i = 0; ok && i < it->n; i++) {
       struct item key;
       struct hint h;
-      if (mp_read(pp, end, &key) != 0 || !push_key(L, &key))
+      const uint8_t *kat = *pp;
+      if (!lua_isnil(L, skip)) { /* a pair the decoder left out */
+        lua_pushnumber(L, (lua_Number)(kat - c->start));
+        lua_rawget(L, skip);
+        s = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (s) {
+          ok = skip_value(c, pp, depth + 1) && skip_value(c, pp, depth + 1);
+          continue;
+        }
+      }
+      if (mp_read(pp, c->end, &key) != 0 || !push_key(L, &key))
         ok = 0;
       if (!ok)
         break;
       lua_pushvalue(L, -1);
       lua_rawget(L, t);
       h = hint_for(L, hints, orig, lua_gettop(L) - 1, lua_gettop(L));
-      ok = same_value(L, lua_gettop(L), pp, end, &h, 0, depth + 1, sh);
+      ok = same_value(c, lua_gettop(L), pp, &h, 0, depth + 1);
       lua_pop(L, 2);
     }
   }
-  lua_pop(L, 3);
+  lua_pop(L, 4);
   return ok;
 }
 
-static int same_value(lua_State *L, int idx, const uint8_t **pp,
-                      const uint8_t *end, const struct hint *h, int lenient,
-                      int depth, struct shared *sh) {
+static int same_value(struct cmp *c, int idx, const uint8_t **pp,
+                      const struct hint *h, int lenient, int depth) {
+  lua_State *L = c->L;
   struct item it;
   int type = lua_type(L, idx);
   double v = type == LUA_TNUMBER ? lua_tonumber(L, idx) : 0;
   size_t n;
   const char *s;
 
-  if (mp_read(pp, end, &it) != 0)
+  tick(L, &c->bud);
+  if (mp_read(pp, c->end, &it) != 0)
     return 0;
   switch (it.t) {
   case M_NIL:
@@ -1020,24 +1301,30 @@ static int same_value(lua_State *L, int idx, const uint8_t **pp,
   case M_ARR: case M_MAP:
     if (type != LUA_TTABLE)
       return 0;
-    return same_table(L, idx, &it, pp, end, depth, sh);
+    return same_table(c, idx, &it, pp, depth);
   default:
     return 0;
   }
 }
 
-int sl_luacodec_same(lua_State *L, int idx, const uint8_t *p, size_t len) {
+int sl_luacodec_same(lua_State *L, int idx, const uint8_t *p, size_t len,
+                     sl_luacodec_check check) {
   const uint8_t *q = p;
   struct hint none = {0, 0};
-  struct shared sh;
+  struct cmp c;
   int top = lua_gettop(L), ok;
 
   if (idx < 0 && idx > LUA_REGISTRYINDEX)
     idx = top + idx + 1;
   if (!lua_checkstack(L, 16))
     return 0;
-  shared_open(L, &sh);
-  ok = same_value(L, idx, &q, p + len, &none, 1, 0, &sh) && q == p + len;
+  c.L = L;
+  c.start = p;
+  c.end = p + len;
+  c.bud.check = check;
+  c.bud.steps = 0;
+  shared_open(L, &c.sh);
+  ok = same_value(&c, idx, &q, &none, 1, 0) && q == p + len;
   lua_settop(L, top);
   return ok;
 }
@@ -1674,6 +1961,17 @@ static int l_ext(lua_State *L) {
   return 1;
 }
 
+/* The check set by sl_luacodec_set_check, for the constructors. */
+static sl_luacodec_check state_check(lua_State *L) {
+  sl_luacodec_check c = NULL;
+  lua_pushlightuserdata(L, (void *)&check_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_type(L, -1) == LUA_TUSERDATA)
+    c = *(sl_luacodec_check *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return c;
+}
+
 static const char *kind_name(lua_State *L, int idx, const struct hint *h) {
   int mt;
 
@@ -1695,8 +1993,9 @@ static const char *kind_name(lua_State *L, int idx, const struct hint *h) {
     int seq;
     if (mt)
       lua_pop(L, 1);
-    if (k == T_SEQ) {
-      count_entries(L, idx, &seq);
+    if (k == T_SEQ) { /* walks the table: budgeted */
+      struct budget bud = {state_check(L), 0};
+      count_entries(L, idx, &seq, &bud);
       k = seq ? T_ARRAY : T_MAP;
     }
     return k == T_ARRAY ? "array" : k == T_MAP ? "map" : k == T_BIN ? "binary"
@@ -1728,6 +2027,14 @@ static int l_kind(lua_State *L) {
   h = hint_for(L, 5, 6, 2, 3);
   lua_pushstring(L, kind_name(L, 3, &h));
   return 1;
+}
+
+void sl_luacodec_set_check(lua_State *L, sl_luacodec_check check) {
+  sl_luacodec_check *slot = lua_newuserdata(L, sizeof(*slot));
+  *slot = check;
+  lua_pushlightuserdata(L, (void *)&check_key);
+  lua_insert(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
 }
 
 void sl_luacodec_register(lua_State *L, int idx) {

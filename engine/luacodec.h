@@ -20,7 +20,15 @@
  *                  (mt.__sluice == "array"); nil elements are kept because
  *                  the metatable then records n (mt.n)
  *   map            table with a marker metatable (mt.__sluice == "map");
- *                  a nil value keeps its key through a side record
+ *                  a nil value keeps its key through a side record. A key
+ *                  Lua cannot tell from an earlier one of the same map
+ *                  (1 and 1.0, a str and a bin of the same bytes, ints
+ *                  past 2^53 that round alike, a repeated key) keeps the
+ *                  first pair in the table; the others are listed in
+ *                  mt.skip[byte offset of the key] (mt.nskip of them,
+ *                  mt.lost the first such key), so comparing with the
+ *                  original bytes still matches, and encoding the map
+ *                  raises rather than drop pairs
  *   ext            table {type = t, data = s} with mt.__sluice == "ext"
  *
  * A side record lives in the metatable of the table that holds the value:
@@ -50,8 +58,10 @@
  *
  * Every function that takes a lua_State may raise a Lua error (bad input,
  * out of memory, or check()): call it from protected code only. check, when
- * not NULL, is called every SL_LUACODEC_CHECK_STEPS values so a rule's CPU
- * budget can stop work on big inputs. */
+ * not NULL, is called every SL_LUACODEC_CHECK_STEPS steps (a value, or an
+ * entry of a table or side record walked: a rule may share one huge side
+ * table among many values) and, when encoding, every 64 KiB written, so a
+ * rule's CPU budget can stop work on big or crafted inputs. */
 #ifndef SL_LUACODEC_H
 #define SL_LUACODEC_H
 
@@ -73,6 +83,10 @@ typedef void (*sl_luacodec_check)(lua_State *L);
  * value t[key], using t's side record). Idempotent per state. */
 void sl_luacodec_register(lua_State *L, int idx);
 
+/* The check kind() (from sl_luacodec_register) calls while it walks a big
+ * table. Allocates a little in the state; may raise on out of memory. */
+void sl_luacodec_set_check(lua_State *L, sl_luacodec_check check);
+
 /* Decode the one msgpack value that fills p[0..len) and push it. Raises on
  * malformed input, trailing bytes or nesting deeper than
  * SL_CODEC_MAX_DEPTH. */
@@ -84,13 +98,32 @@ void sl_luacodec_push(lua_State *L, const uint8_t *p, size_t len,
 void sl_luacodec_encode(lua_State *L, int idx, struct sl_buf *out,
                         sl_luacodec_check check);
 
+/* As sl_luacodec_encode, but the encoding may add at most max bytes to
+ * out: past that it raises "<what> is larger than <max> bytes" before
+ * writing, so a value that shares one big string in many slots cannot
+ * grow C memory beyond the bound. check also runs every 64 KiB written. */
+void sl_luacodec_encode_max(lua_State *L, int idx, struct sl_buf *out,
+                            sl_luacodec_check check, size_t max,
+                            const char *what);
+
+/* As sl_luacodec_encode_max, but max bounds an upper estimate of the JSON
+ * text sl_codec_to_json makes of the result (escapes, base64 and markers
+ * counted at their longest): "<what> is larger than <max> bytes as JSON"
+ * is raised before rendering, so rendering the result is cheap too. */
+void sl_luacodec_encode_json(lua_State *L, int idx, struct sl_buf *out,
+                             sl_luacodec_check check, size_t max,
+                             const char *what);
+
 /* Would encoding the value at idx give the same msgpack value as the one
  * that fills p[0..len)? Same means same types and values, maps compared
  * as sets of entries, integer widths ignored; at the top level a scalar
  * equal in value to the original counts as the original (there is no
  * table to hold its side record). Returns 1 or 0; p must be valid. Does
- * not allocate unless a map key from p is no longer interned. */
-int sl_luacodec_same(lua_State *L, int idx, const uint8_t *p, size_t len);
+ * not allocate unless a map key from p is no longer interned. check, when
+ * not NULL, runs every SL_LUACODEC_CHECK_STEPS values or side-record
+ * entries walked (it may raise). */
+int sl_luacodec_same(lua_State *L, int idx, const uint8_t *p, size_t len,
+                     sl_luacodec_check check);
 
 /* Parse JSON (RFC 8259, one value, whitespace around it allowed) and push
  * the value; raises "json: <what> at byte N" on bad input. */

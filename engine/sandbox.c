@@ -40,6 +40,13 @@
 #define NIL32 UINT32_MAX
 #define TIMER_LOG_BURST 20
 #define TIMER_LOG_WINDOW_NS 10000000000ull
+/* C copies of what a rule hands over are bounded (issue 9, finding 10) */
+#define LABEL_MAX 128        /* bytes of a metric name, label name or value */
+#define ROUTE_NAME_MAX 256   /* bytes of an output name on_event returns */
+#define LOG_LINE_MAX 8192    /* bytes of a log message; longer is cut */
+#define LOG_FIELDS_MAX 8192  /* bytes of a log line's fields (msgpack) */
+#define LOG_CALL_MAX 65536   /* log bytes one call into the rule may write */
+#define SCRATCH_KEEP 65536   /* scratch buffers shrink back after more */
 
 /* Fixed slots at the bottom of each state's main stack, so a call into
  * the rule needs no lookup. */
@@ -140,6 +147,11 @@ struct sl_rule {
   struct counter *counters;
   int ncounters;
   struct lru rate, seen;
+  uint32_t max_event_bytes;
+  uint64_t log_deadline; /* the call log_bytes counts for */
+  size_t log_bytes;
+  uint64_t span_seq; /* for span ids of emitted events */
+  uint64_t event_deadline; /* on_event's, which finish() also spends */
   uint64_t seed1, seed2;
   int64_t wall0_ns;
   uint64_t mono0_ns;
@@ -624,6 +636,7 @@ static int ev_field(lua_State *L) {
   if (ev == NULL)
     return luaL_error(L, "the event is only valid during on_event");
   k = luaL_checklstring(L, 2, &n);
+  check_cpu(L); /* a scan of a big payload per call, in a hot loop */
   if (b->evflags & EV_PAYLOAD) { /* decoded already: the table is current */
     push_ref(L, b->ref_payload);
     if ((b->evflags & EV_PAYLOAD_NIL) || !lua_istable(L, -1)) {
@@ -705,18 +718,145 @@ static int ev_tostring(lua_State *L) {
   return 1;
 }
 
-/* Check that the headers table at idx maps strings to strings. */
-static void check_headers(lua_State *L, int idx, const char *what) {
-  lua_pushnil(L);
-  while (lua_next(L, idx)) {
-    if (lua_type(L, -2) != LUA_TSTRING)
-      luaL_error(L, "%s: header names must be strings (got %s)", what,
-                 luaL_typename(L, -2));
-    if (lua_type(L, -1) != LUA_TSTRING)
-      luaL_error(L, "%s: header '%s' must be a string (got %s)", what,
-                 lua_tostring(L, -2), luaL_typename(L, -1));
-    lua_pop(L, 1);
+/* ---- events leaving the rule --------------------------------------------- */
+
+/* Scratch buffers keep their memory between calls, but not a big one. */
+static void shrink(struct sl_buf *b) {
+  if (b->cap > SCRATCH_KEEP)
+    sl_buf_close(b);
+}
+
+static int is_traceparent(lua_State *L, int idx) {
+  size_t n;
+  return lua_type(L, idx) == LUA_TSTRING && lua_objlen(L, idx) == 11 &&
+         memcmp(lua_tolstring(L, idx, &n), "traceparent", 11) == 0;
+}
+
+/* Encode the headers table at idx into out as a msgpack map of str to
+ * str, whatever side records or markers it carries (the wire accepts
+ * nothing else), within max bytes. With tp (55 bytes), a traceparent
+ * that is missing or not valid is replaced by tp. Raises naming what. */
+static void encode_headers(lua_State *L, int idx, struct sl_buf *out,
+                           const char *what, size_t max, const char *tp) {
+  size_t total = 0;
+  uint64_t count = 0;
+  int add_tp = tp != NULL, pass;
+
+  if (lua_getmetatable(L, idx)) { /* decoded with names Lua merged */
+    lua_pushliteral(L, "lost");
+    lua_rawget(L, -2);
+    if (lua_type(L, -1) == LUA_TSTRING)
+      luaL_error(L, "%s: header '%s' came more than once in the event; a "
+                    "copy would lose some", what, lua_tostring(L, -1));
+    lua_pop(L, 2);
   }
+  for (pass = 0; pass < 2; pass++) {
+    if (pass == 1) {
+      if (count + (uint64_t)add_tp > UINT32_MAX ||
+          sl_codec_put_map(out, (uint32_t)(count + (uint64_t)add_tp)) != 0)
+        luaL_error(L, "%s: not enough memory", what);
+    }
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+      const char *k, *v;
+      size_t kl, vl;
+      if (pass == 0 && (++count & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
+        check_cpu(L);
+      if (lua_type(L, -2) != LUA_TSTRING)
+        luaL_error(L, "%s: header names must be strings (got %s)", what,
+                   luaL_typename(L, -2));
+      if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "%s: header '%s' must be a string (got %s)", what,
+                   lua_tostring(L, -2), luaL_typename(L, -1));
+      k = lua_tolstring(L, -2, &kl);
+      v = lua_tolstring(L, -1, &vl);
+      if (tp && is_traceparent(L, -2)) {
+        if (sl_event_traceparent_valid(v, vl)) {
+          add_tp = 0; /* the rule's own trace context stands */
+        } else {
+          if (pass == 0)
+            count--;
+          lua_pop(L, 1);
+          continue;
+        }
+      }
+      if (pass == 0) {
+        total += kl + vl + 10;
+        if (total > max)
+          luaL_error(L, "%s: headers are larger than max_event_bytes (%d "
+                        "bytes)", what, (int)max);
+      } else if (sl_codec_put_str(out, k, kl) != 0 ||
+                 sl_codec_put_str(out, v, vl) != 0) {
+        luaL_error(L, "%s: not enough memory", what);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  if (add_tp && (sl_codec_put_str(out, "traceparent", 11) != 0 ||
+                 sl_codec_put_str(out, tp, 55) != 0))
+    luaL_error(L, "%s: not enough memory", what);
+}
+
+/* Build an event, then prove the wire takes it: at most max_event_bytes
+ * and parseable as the native input parses (an event the receiver
+ * refuses would be resent forever and wedge a sluice -> sluice link).
+ * Raises naming what; returns the event otherwise. */
+static struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
+                                   const char *what, struct sl_str id,
+                                   struct sl_str topic, struct sl_str key,
+                                   int has_time, int64_t time,
+                                   const uint8_t *hp, size_t hl,
+                                   const uint8_t *pp, size_t pl, int trace) {
+  struct sl_codec_error cerr;
+  struct sl_event_view v;
+  struct sl_event *ev;
+  char msg[300];
+
+  if ((uint64_t)id.len + topic.len + key.len + hl + pl > r->max_event_bytes)
+    luaL_error(L, "%s: event is larger than max_event_bytes (%d bytes)", what,
+               (int)r->max_event_bytes);
+  ev = sl_event_new(r->host.idgen ? r->host.idgen : &r->idgen, id, topic, key,
+                    has_time, time, hp, hl, pp, pl, trace);
+  if (ev == NULL)
+    luaL_error(L, "%s: not enough memory", what);
+  msg[0] = 0;
+  if (ev->len > r->max_event_bytes)
+    snprintf(msg, sizeof(msg), "%s: event of %u bytes is larger than "
+             "max_event_bytes (%u bytes)", what, (unsigned)ev->len,
+             (unsigned)r->max_event_bytes);
+  else if (sl_codec_parse_event(ev->data, ev->len, &v, &cerr) != 0)
+    snprintf(msg, sizeof(msg), "%s: the event is not valid on the wire: %s",
+             what, cerr.msg);
+  if (msg[0]) {
+    sl_event_unref(ev); /* before raising: nothing else frees it */
+    luaL_error(L, "%s", msg);
+  }
+  return ev;
+}
+
+/* A traceparent for an event emitted while ev is being handled: same
+ * trace id and flags, a new span id (a child span). 0 when ev has no
+ * valid one (sl_event_new then starts a trace). */
+static int child_traceparent(struct sl_rule *r, const struct sl_event *ev,
+                             char out[55]) {
+  static const char hex[] = "0123456789abcdef";
+  const uint8_t *val;
+  size_t vlen;
+  struct sl_str s;
+  uint64_t span;
+  int i;
+
+  if (ev == NULL || ev->headers_len == 0 ||
+      sl_codec_map_find(ev->data + ev->headers_off, ev->headers_len,
+                        "traceparent", 11, &val, &vlen) != 0 ||
+      sl_codec_read_str(val, vlen, &s, NULL) != 0 ||
+      !sl_event_traceparent_valid(s.p, s.len))
+    return 0;
+  memcpy(out, s.p, 55);
+  span = mix64(r->seed2 ^ mix64(++r->span_seq + r->seed1)) | 1;
+  for (i = 0; i < 16; i++)
+    out[36 + i] = hex[(span >> (60 - 4 * i)) & 0xf];
+  return 1;
 }
 
 /* After on_event: build the changed event, if anything changed. Run with
@@ -732,11 +872,16 @@ static int finish(lua_State *L) {
   size_t hl = ev->headers_len, pl = ev->payload_len, n;
   int changed = 0;
 
+  /* comparing and encoding is work done for on_event: same budget */
+  b->deadline = r->event_deadline;
   lua_settop(L, 0);
   if (b->evflags & EV_TOPIC) {
     push_ref(L, b->ref_topic);
     s.p = lua_tolstring(L, -1, &n);
     s.len = (uint32_t)n;
+    if (n > r->max_event_bytes)
+      return luaL_error(L, "ev.topic is larger than max_event_bytes (%d "
+                           "bytes)", (int)r->max_event_bytes);
     if (s.len != topic.len || memcmp(s.p, topic.p, n) != 0) {
       topic = s;
       changed = 1;
@@ -753,6 +898,9 @@ static int finish(lua_State *L) {
       push_ref(L, b->ref_key);
       s.p = lua_tolstring(L, -1, &n);
       s.len = (uint32_t)n;
+      if (n > r->max_event_bytes)
+        return luaL_error(L, "ev.key is larger than max_event_bytes (%d "
+                             "bytes)", (int)r->max_event_bytes);
       if (!key.p || s.len != key.len || memcmp(s.p, key.p, n) != 0) {
         key = s;
         changed = 1;
@@ -763,17 +911,17 @@ static int finish(lua_State *L) {
     int t, empty;
     push_ref(L, b->ref_headers);
     t = lua_gettop(L);
-    check_headers(L, t, "ev.headers");
     lua_pushnil(L);
     empty = !lua_next(L, t);
     lua_settop(L, t);
-    if (hp ? !sl_luacodec_same(L, t, hp, hl) : !empty) {
+    if (hp ? !sl_luacodec_same(L, t, hp, hl, check_cpu) : !empty) {
       sl_buf_reset(&r->buf1);
       if (empty) {
         hp = NULL; /* no headers left */
         hl = 0;
       } else {
-        sl_luacodec_encode(L, t, &r->buf1, check_cpu);
+        encode_headers(L, t, &r->buf1, "ev.headers", r->max_event_bytes,
+                       NULL);
         hp = r->buf1.data;
         hl = r->buf1.len;
       }
@@ -790,9 +938,10 @@ static int finish(lua_State *L) {
       }
     } else {
       push_ref(L, b->ref_payload);
-      if (!pp || !sl_luacodec_same(L, -1, pp, pl)) {
+      if (!pp || !sl_luacodec_same(L, -1, pp, pl, check_cpu)) {
         sl_buf_reset(&r->buf2);
-        sl_luacodec_encode(L, -1, &r->buf2, check_cpu);
+        sl_luacodec_encode_max(L, -1, &r->buf2, check_cpu, r->max_event_bytes,
+                               "ev.payload (max_event_bytes)");
         pp = r->buf2.data;
         pl = r->buf2.len;
         changed = 1;
@@ -801,12 +950,12 @@ static int finish(lua_State *L) {
   }
   if (!changed)
     return 0;
-  nev = sl_event_new(r->host.idgen ? r->host.idgen : &r->idgen, id, topic,
-                     key, 1, ev->time, hp, hl, pp, pl, 0);
-  if (nev == NULL)
-    return luaL_error(L, "not enough memory for the changed event");
+  nev = wire_event(L, r, "the changed event", id, topic, key, 1, ev->time, hp,
+                   hl, pp, pl, 0);
   nev->ingest_ns = ev->ingest_ns;
   b->changed = nev;
+  shrink(&r->buf1);
+  shrink(&r->buf2);
   return 0;
 }
 
@@ -994,10 +1143,15 @@ static int l_emit(lua_State *L) {
   struct sl_str id = {NULL, 0}, topic = {NULL, 0}, key = {NULL, 0};
   const uint8_t *hp = NULL, *pp = NULL;
   size_t hl = 0, pl = 0, n;
-  int has_time = 0;
+  int has_time = 0, has_tp;
   int64_t time = 0;
   struct sl_event *ev;
+  char tp[55];
 
+  check_cpu(L); /* each call scans and copies up to max_event_bytes */
+  if (lua_objlen(L, 1) > ROUTE_NAME_MAX)
+    return luaL_error(L, "sluice.emit: output name of %d bytes (at most %d)",
+                      (int)lua_objlen(L, 1), ROUTE_NAME_MAX);
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   lua_pushnil(L);
@@ -1031,6 +1185,10 @@ static int l_emit(lua_State *L) {
     key.p = lua_tolstring(L, 5, &n);
     key.len = (uint32_t)n;
   }
+  if ((uint64_t)topic.len + id.len + key.len > r->max_event_bytes)
+    return luaL_error(L, "sluice.emit: topic, id and key are larger than "
+                         "max_event_bytes (%d bytes)",
+                      (int)r->max_event_bytes);
   rawfield(L, 2, "time"); /* 6 */
   if (!lua_isnil(L, 6)) {
     if (lua_type(L, 6) != LUA_TNUMBER)
@@ -1039,35 +1197,39 @@ static int l_emit(lua_State *L) {
     time = num_to_ns(L, 6);
     has_time = 1;
   }
+  has_tp = child_traceparent(r, b->ev, tp);
+  sl_buf_reset(&r->buf1);
   rawfield(L, 2, "headers"); /* 7 */
   if (!lua_isnil(L, 7)) {
     if (!lua_istable(L, 7))
       return luaL_error(L, "sluice.emit: headers must be a table of "
                            "strings");
-    check_headers(L, 7, "sluice.emit");
-    sl_buf_reset(&r->buf1);
-    lua_pushnil(L);
-    if (lua_next(L, 7)) {
-      lua_settop(L, 7);
-      sl_luacodec_encode(L, 7, &r->buf1, check_cpu);
-      hp = r->buf1.data;
-      hl = r->buf1.len;
-    }
+    encode_headers(L, 7, &r->buf1, "sluice.emit", r->max_event_bytes,
+                   has_tp ? tp : NULL);
+  } else if (has_tp) {
+    lua_newtable(L);
+    lua_replace(L, 7);
+    encode_headers(L, 7, &r->buf1, "sluice.emit", r->max_event_bytes,
+                   tp);
+  }
+  if (r->buf1.len > 1) { /* more than an empty map */
+    hp = r->buf1.data;
+    hl = r->buf1.len;
   }
   lua_settop(L, 7);
   rawfield(L, 2, "payload"); /* 8 */
   if (!lua_isnil(L, 8)) {
     sl_buf_reset(&r->buf2);
-    sl_luacodec_encode(L, 8, &r->buf2, check_cpu);
+    sl_luacodec_encode_max(L, 8, &r->buf2, check_cpu, r->max_event_bytes,
+                           "sluice.emit: payload (max_event_bytes)");
     pp = r->buf2.data;
     pl = r->buf2.len;
   }
-  if (hl > UINT32_MAX / 2 || pl > UINT32_MAX / 2)
-    return luaL_error(L, "sluice.emit: event too large");
-  ev = sl_event_new(r->host.idgen ? r->host.idgen : &r->idgen, id, topic, key,
-                    has_time, time, hp, hl, pp, pl, 0);
-  if (ev == NULL)
-    return luaL_error(L, "not enough memory");
+  /* trace: no traceparent from the rule or a parent starts a new trace */
+  ev = wire_event(L, r, "sluice.emit", id, topic, key, has_time, time, hp, hl,
+                  pp, pl, 1);
+  shrink(&r->buf1);
+  shrink(&r->buf2);
   if (r->host.emit)
     r->host.emit(r->host.data, r, output, ev);
   else
@@ -1086,11 +1248,60 @@ static int log_level(lua_State *L, int idx) {
   return luaL_checkoption(L, idx, NULL, names);
 }
 
+/* May this call into the rule log n more bytes? Each call (on_event, a
+ * timer; told apart by their deadlines) has LOG_CALL_MAX bytes; the line
+ * that runs out writes one notice, later lines of the call are dropped. */
+static int log_allow(lua_State *L, struct sl_rule *r, size_t n) {
+  struct box *b = box_of(L);
+
+  if (r->log_deadline != b->deadline) {
+    r->log_deadline = b->deadline;
+    r->log_bytes = 0;
+  }
+  if (r->log_bytes <= LOG_CALL_MAX && r->log_bytes + n > LOG_CALL_MAX) {
+    r->log_bytes = LOG_CALL_MAX + 1;
+    if (r->host.log)
+      r->host.log(r->host.data, r, 2, "log budget of 65536 bytes for this "
+                  "call used up; its further log lines are dropped",
+                  NULL, 0);
+    return 0;
+  }
+  if (r->log_bytes > LOG_CALL_MAX)
+    return 0;
+  r->log_bytes += n;
+  return 1;
+}
+
+/* The message at msg[0..n) cut to LOG_LINE_MAX bytes (at a UTF-8
+ * boundary) with a marker, NUL-terminated in out. */
+static const char *log_text(lua_State *L, struct sl_buf *out, const char *msg,
+                            size_t n) {
+  size_t cut = n;
+
+  if (n <= LOG_LINE_MAX && memchr(msg, 0, n) == NULL)
+    return msg; /* Lua strings end in NUL */
+  if (memchr(msg, 0, n))
+    cut = n = strlen(msg);
+  if (cut > LOG_LINE_MAX) {
+    cut = LOG_LINE_MAX;
+    while (cut > 0 && ((unsigned char)msg[cut] & 0xc0) == 0x80)
+      cut--;
+  }
+  sl_buf_reset(out);
+  if (sl_buf_append(out, msg, cut) != 0 ||
+      (cut < n && sl_buf_printf(out, "... [cut: %zu bytes, at most %d]", n,
+                                LOG_LINE_MAX) != 0) ||
+      sl_buf_putc(out, 0) != 0)
+    luaL_error(L, "not enough memory");
+  return (const char *)out->data;
+}
+
 static int l_log(lua_State *L) {
   struct box *b = box_of(L);
   struct sl_rule *r = b->rule;
   int level = log_level(L, 1);
-  const char *msg = luaL_checkstring(L, 2);
+  size_t ml;
+  const char *msg = luaL_checklstring(L, 2, &ml);
   const uint8_t *fp = NULL;
   size_t fl = 0;
 
@@ -1101,7 +1312,8 @@ static int l_log(lua_State *L) {
     lua_pushnil(L);
     if (lua_next(L, 3)) {
       lua_settop(L, 3);
-      sl_luacodec_encode(L, 3, &r->buf1, check_cpu);
+      sl_luacodec_encode_max(L, 3, &r->buf1, check_cpu, LOG_FIELDS_MAX,
+                             "sluice.log: fields");
       if (r->buf1.len && (r->buf1.data[0] & 0xf0) != 0x80 &&
           r->buf1.data[0] != 0xde && r->buf1.data[0] != 0xdf)
         return luaL_error(L, "sluice.log: fields must be a map");
@@ -1111,8 +1323,13 @@ static int l_log(lua_State *L) {
     fp = r->buf1.data;
     fl = r->buf1.len;
   }
-  if (r->host.log)
-    r->host.log(r->host.data, r, level, msg, fp, fl);
+  if (log_allow(L, r, (ml < LOG_LINE_MAX ? ml : LOG_LINE_MAX) + fl)) {
+    msg = log_text(L, &r->buf2, msg, ml);
+    if (r->host.log)
+      r->host.log(r->host.data, r, level, msg, fp, fl);
+  }
+  shrink(&r->buf1);
+  shrink(&r->buf2);
   return 0;
 }
 
@@ -1122,14 +1339,13 @@ static int l_print(lua_State *L) {
   struct box *b = box_of(L);
   struct sl_rule *r = b->rule;
   int i, n = lua_gettop(L);
+  size_t total = 0;
 
   sl_buf_reset(&r->buf1);
   for (i = 1; i <= n; i++) {
     size_t len;
     const char *s;
     char tmp[64];
-    if (i > 1 && sl_buf_putc(&r->buf1, '\t') != 0)
-      return luaL_error(L, "not enough memory");
     switch (lua_type(L, i)) {
     case LUA_TSTRING:
       s = lua_tolstring(L, i, &len);
@@ -1146,13 +1362,28 @@ static int l_print(lua_State *L) {
       s = luaL_typename(L, i);
       len = strlen(s);
     }
-    if (sl_buf_append(&r->buf1, s, len) != 0)
+    total += len + (i > 1);
+    if (r->buf1.len > LOG_LINE_MAX)
+      continue; /* only the length still counts, for the marker */
+    if (i > 1 && sl_buf_putc(&r->buf1, '\t') != 0)
+      return luaL_error(L, "not enough memory");
+    if (sl_buf_append(&r->buf1, s, len > LOG_LINE_MAX + 1 ? LOG_LINE_MAX + 1
+                                                          : len) != 0)
+      return luaL_error(L, "not enough memory");
+  }
+  if (r->buf1.len > LOG_LINE_MAX) {
+    r->buf1.len = LOG_LINE_MAX;
+    while (r->buf1.len > 0 && (r->buf1.data[r->buf1.len] & 0xc0) == 0x80)
+      r->buf1.len--;
+    if (sl_buf_printf(&r->buf1, "... [cut: %zu bytes, at most %d]", total,
+                      LOG_LINE_MAX) != 0)
       return luaL_error(L, "not enough memory");
   }
   if (sl_buf_putc(&r->buf1, 0) != 0)
     return luaL_error(L, "not enough memory");
-  if (r->host.log)
+  if (log_allow(L, r, r->buf1.len) && r->host.log)
     r->host.log(r->host.data, r, 1, (const char *)r->buf1.data, NULL, 0);
+  shrink(&r->buf1);
   return 0;
 }
 
@@ -1187,20 +1418,33 @@ static int l_every(lua_State *L) {
   return 0;
 }
 
+/* The JSON text must fit in the state and can only leave the rule inside
+ * an event: so it may take at most what is left of memory_mb and
+ * max_event_bytes, bounded before it is rendered (rendering runs in C
+ * without deadline checks; 1 MiB of escapes takes ~10 ms). */
 static int l_json_encode(lua_State *L) {
-  struct sl_rule *r = box_of(L)->rule;
+  struct box *b = box_of(L);
+  struct sl_rule *r = b->rule;
+  size_t left = b->used < b->limit ? b->limit - b->used : 0;
   int rc;
 
   luaL_checkany(L, 1);
   lua_settop(L, 1);
+  if (left > r->max_event_bytes)
+    left = r->max_event_bytes;
   sl_buf_reset(&r->buf1);
-  sl_luacodec_encode(L, 1, &r->buf1, check_cpu);
+  sl_luacodec_encode_json(L, 1, &r->buf1, check_cpu, left,
+                          "json.encode: the value (max_event_bytes, or what "
+                          "is left of memory_mb)");
+  check_cpu(L);
   sl_buf_reset(&r->buf2);
   rc = sl_codec_to_json(r->buf1.data, r->buf1.len, &r->buf2);
+  shrink(&r->buf1);
   if (rc != 0)
     return luaL_error(L, "json.encode: %s",
                       rc == SL_ENOMEM ? "not enough memory" : "bad value");
   lua_pushlstring(L, (const char *)r->buf2.data, r->buf2.len);
+  shrink(&r->buf2);
   return 1;
 }
 
@@ -1240,9 +1484,13 @@ static int l_counter(lua_State *L) {
   int nl = 0, i;
   uint32_t *slot;
 
+  check_cpu(L); /* finding a series compares up to 1024 label sets */
   if (!valid_name(name, 1))
     return luaL_argerror(L, 1, "a metric name [a-zA-Z_:][a-zA-Z0-9_:]* "
                                "expected");
+  if (strlen(name) > LABEL_MAX)
+    return luaL_error(L, "sluice.counter: name of %d bytes (at most %d)",
+                      (int)strlen(name), LABEL_MAX);
   lua_settop(L, 2);
   if (!lua_isnil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -1254,6 +1502,10 @@ static int l_counter(lua_State *L) {
       if (lua_type(L, -1) != LUA_TSTRING)
         return luaL_error(L, "sluice.counter: label '%s' must be a string",
                           lua_tostring(L, -2));
+      if (lua_objlen(L, -2) > LABEL_MAX || lua_objlen(L, -1) > LABEL_MAX)
+        return luaL_error(L, "sluice.counter: label '%.40s' has a name or "
+                             "value over %d bytes", lua_tostring(L, -2),
+                          LABEL_MAX);
       if (nl == MAX_LABELS)
         return luaL_error(L, "sluice.counter: at most %d labels", MAX_LABELS);
       lb[nl].k = lua_tostring(L, -2);
@@ -1311,6 +1563,7 @@ static int l_counter(lua_State *L) {
     c->value = 0;
     r->ncounters++;
   }
+  shrink(&r->buf1);
   slot = lua_newuserdata(L, sizeof(*slot));
   *slot = (uint32_t)i;
   luaL_getmetatable(L, "sluice.counter");
@@ -1796,6 +2049,7 @@ static int box_setup(lua_State *L) {
     lua_setfield(L, -2, f->name);
   }
   sl_luacodec_register(L, -1);
+  sl_luacodec_set_check(L, check_cpu); /* kind() walks tables */
   lua_createtable(L, 0, 2);
   lua_pushcfunction(L, l_json_encode);
   lua_setfield(L, -2, "encode");
@@ -2139,6 +2393,8 @@ struct sl_rule *sl_rule_load(const char *path,
   r->cpu_budget_ms = limits && limits->cpu_budget_ms ? limits->cpu_budget_ms
                                                      : 10;
   r->memory_mb = limits && limits->memory_mb ? limits->memory_mb : 64;
+  r->max_event_bytes = limits && limits->max_event_bytes
+                           ? limits->max_event_bytes : 1u << 20;
   if (limits && limits->scripts_dir &&
       (r->scripts_dir = strdup(limits->scripts_dir)) == NULL)
     goto fail_alloc;
@@ -2262,12 +2518,13 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
   const char *s;
   lua_Debug ar;
 
+  r->event_deadline = b->deadline; /* for finish() */
   switch (lua_type(L, -1)) {
   case LUA_TNIL:
     return;
   case LUA_TSTRING:
     s = lua_tolstring(L, -1, &n);
-    if (n == 0)
+    if (n == 0 || n > ROUTE_NAME_MAX)
       break;
     sl_buf_reset(&r->routes);
     if (sl_buf_append(&r->routes, s, n + 1) != 0)
@@ -2292,7 +2549,8 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     sl_buf_reset(&r->routes);
     for (i = 0; i < count; i++) {
       lua_rawgeti(L, -1, (int)i + 1);
-      if (lua_type(L, -1) != LUA_TSTRING || lua_objlen(L, -1) == 0) {
+      if (lua_type(L, -1) != LUA_TSTRING || lua_objlen(L, -1) == 0 ||
+          lua_objlen(L, -1) > ROUTE_NAME_MAX) {
         lua_pop(L, 1);
         count = 0;
         break;
@@ -2325,11 +2583,16 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     count = lua_objlen(L, -1);
     decide_error(d, SL_RULE_ERR_RUNTIME, where,
                  "%s: on_event returned %s (a list of 1..%d non-empty "
-                 "output names expected)", where,
+                 "output names expected, each at most %d bytes)", where,
                  count > SL_RULE_MAX_ROUTES ? "too many routes"
                  : count == 0 ? "an empty or non-list table"
-                              : "a list with a non-string or empty entry",
-                 SL_RULE_MAX_ROUTES);
+                              : "a list with a non-string or empty entry, or "
+                                "one too long",
+                 SL_RULE_MAX_ROUTES, ROUTE_NAME_MAX);
+  } else if (lua_type(L, -1) == LUA_TSTRING && lua_objlen(L, -1) > 0) {
+    decide_error(d, SL_RULE_ERR_RUNTIME, where,
+                 "%s: on_event returned an output name of %d bytes (at most "
+                 "%d)", where, (int)lua_objlen(L, -1), ROUTE_NAME_MAX);
   } else {
     decide_error(d, SL_RULE_ERR_RUNTIME, where,
                  "%s: on_event returned %s %s (expected nil, an output name, "

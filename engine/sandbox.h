@@ -26,6 +26,9 @@ struct sl_rule_limits {
   /* messages name the rule by its path relative to this folder (the
    * config's), as in "rules/orders.lua:12: ..."; NULL: the path as given */
   const char *display_root;
+  /* an event the rule emits or changes must encode to at most this many
+   * bytes (what the native input accepts); default 1 MiB */
+  uint32_t max_event_bytes;
 };
 
 /* What a rule can ask of its host. Every member may be NULL. Strings passed

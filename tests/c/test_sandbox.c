@@ -67,7 +67,7 @@ static uint64_t on_clock(void *data) { return ((struct seen *)data)->clock; }
 
 static struct sl_rule *load(const char *src, uint32_t cpu, uint32_t mb,
                             struct seen *seen, char *err, size_t errlen) {
-  struct sl_rule_limits lim = {cpu, mb, NULL, NULL, NULL};
+  struct sl_rule_limits lim = {cpu, mb, NULL, NULL, NULL, 0};
   struct sl_rule_host host;
 
   memset(&host, 0, sizeof(host));
@@ -403,7 +403,7 @@ TEST(sandbox_topic_only_rule_speed) {
 static struct sl_rule *load_realclock(const char *src, uint32_t cpu,
                                       struct seen *seen, char *err,
                                       size_t errlen) {
-  struct sl_rule_limits lim = {cpu, 16, NULL, NULL, NULL};
+  struct sl_rule_limits lim = {cpu, 16, NULL, NULL, NULL, 0};
   struct sl_rule_host host;
 
   memset(&host, 0, sizeof(host));
@@ -512,7 +512,7 @@ static void write_file(const char *path, const char *text) {
 TEST(sandbox_rebuild_uses_the_vetted_source_not_the_file_on_disk) {
   char err[512], mod[160];
   struct sl_rule_decision d;
-  struct sl_rule_limits lim = {1000, 16, NULL, NULL, NULL};
+  struct sl_rule_limits lim = {1000, 16, NULL, NULL, NULL, 0};
   struct sl_rule *r;
   const char *path;
   char rule_path[128];
@@ -549,7 +549,7 @@ TEST(sandbox_rebuild_uses_the_vetted_source_not_the_file_on_disk) {
 TEST(sandbox_kept_rule_and_module_text_stays_within_memory_mb) {
   char err[512], mod[160];
   struct sl_rule_decision d;
-  struct sl_rule_limits lim = {1000, 2, NULL, NULL, NULL};
+  struct sl_rule_limits lim = {1000, 2, NULL, NULL, NULL, 0};
   struct sl_rule *r;
   char *big = malloc(1200001);
   char rule_path[128];
@@ -583,6 +583,103 @@ TEST(sandbox_kept_rule_and_module_text_stays_within_memory_mb) {
   CHECK(r == NULL);
   CHECK(strstr(err, "larger than memory_mb") != NULL);
   free(big);
+}
+
+/* issue 9, finding 11: what leaves the rule must pass the native input's
+ * parser within max_event_bytes, or the call fails and nothing leaves. */
+TEST(sandbox_events_leaving_the_rule_fit_max_event_bytes) {
+  char err[512];
+  struct sl_rule_decision d;
+  struct sl_rule_limits lim = {10, 16, NULL, NULL, NULL, 256};
+  struct sl_rule_host host;
+  struct seen seen;
+  struct sl_codec_error cerr;
+  struct sl_event_view v;
+  struct sl_rule *r;
+
+  memset(&seen, 0, sizeof(seen));
+  memset(&host, 0, sizeof(host));
+  host.data = &seen;
+  host.emit = on_emit;
+  host.log = on_log;
+  r = sl_rule_load(write_rule(
+      "return { on_event = function(ev)\n"
+      "  local t = ev.topic\n"
+      "  if t == 'emit_ok' then sluice.emit('o', { topic = 'x', payload = ('a'):rep(100) }) end\n"
+      "  if t == 'emit_big' then sluice.emit('o', { topic = 'x', payload = ('a'):rep(300) }) end\n"
+      "  if t == 'emit_near' then sluice.emit('o', { topic = 'x', payload = ('a'):rep(200),\n"
+      "    headers = { h = ('b'):rep(30) } }) end\n"
+      "  if t == 'change_big' then ev.payload = ('a'):rep(300) end\n"
+      "  if t == 'header_bin' then ev.headers = setmetatable({ a = 'x' },\n"
+      "    { __sluice = 'map', hints = { a = 'b' }, orig = { a = 'x' } }) end\n"
+      "  return 'out'\n"
+      "end }\n"), &lim, &host, err, sizeof(err));
+  CHECK(r != NULL);
+  run(r, "emit_ok", -1, &d);
+  CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+  CHECK_EQ(seen.emits, 1);
+  CHECK(seen.last_emit->len <= 256);
+  CHECK(sl_codec_parse_event(seen.last_emit->data, seen.last_emit->len, &v,
+                             &cerr) == 0);
+  CHECK(v.headers != NULL); /* a new trace */
+  run(r, "emit_big", -1, &d);
+  CHECK_EQ(d.verdict, SL_RULE_ERROR);
+  CHECK(strstr(d.message, "larger than 256 bytes") != NULL);
+  run(r, "emit_near", -1, &d); /* parts fit, the whole event does not */
+  CHECK_EQ(d.verdict, SL_RULE_ERROR);
+  CHECK(strstr(d.message, "max_event_bytes (256 bytes)") != NULL);
+  CHECK_EQ(seen.emits, 1);
+  run(r, "change_big", 1, &d);
+  CHECK_EQ(d.verdict, SL_RULE_ERROR);
+  CHECK(strstr(d.message, "ev.payload (max_event_bytes)") != NULL);
+  CHECK(d.changed == NULL);
+  run(r, "header_bin", 1, &d);
+  CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+  CHECK(d.changed != NULL);
+  CHECK(sl_codec_parse_event(d.changed->data, d.changed->len, &v, &cerr) == 0);
+  sl_event_unref(d.changed);
+  sl_event_unref(seen.last_emit);
+  sl_rule_free(r);
+}
+
+/* issue 9, finding 12 for headers: names Lua merges are never dropped. */
+TEST(sandbox_repeated_header_names_are_kept_or_the_change_refused) {
+  char err[512];
+  struct sl_rule_decision d;
+  struct sl_idgen g;
+  struct sl_buf h;
+  struct sl_str id = {NULL, 0}, topic = {"read", 4}, key = {NULL, 0};
+  struct sl_event *ev;
+  struct sl_rule *r = load(
+      "return { on_event = function(ev)\n"
+      "  if ev.headers.a ~= '1' then error('first pair expected') end\n"
+      "  if ev.topic == 'write' then ev.headers.b = 'x' end\n"
+      "  return 'out'\n"
+      "end }\n", 10, 16, NULL, err, sizeof(err));
+  CHECK(r != NULL);
+  sl_idgen_init(&g);
+  sl_buf_init(&h);
+  sl_codec_put_map(&h, 2);
+  sl_codec_put_str(&h, "a", 1);
+  sl_codec_put_str(&h, "1", 1);
+  sl_codec_put_str(&h, "a", 1);
+  sl_codec_put_str(&h, "2", 1);
+  ev = sl_event_new(&g, id, topic, key, 1, 1, h.data, h.len, NULL, 0, 0);
+  CHECK(ev != NULL);
+  sl_rule_run(r, ev, &d);
+  CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+  CHECK(d.changed == NULL); /* both pairs go out as they came */
+  sl_event_unref(ev);
+  topic.p = "write";
+  topic.len = 5;
+  ev = sl_event_new(&g, id, topic, key, 1, 1, h.data, h.len, NULL, 0, 0);
+  sl_rule_run(r, ev, &d);
+  CHECK_EQ(d.verdict, SL_RULE_ERROR);
+  CHECK(strstr(d.message, "header 'a' came more than once") != NULL);
+  CHECK(d.changed == NULL);
+  sl_event_unref(ev);
+  sl_buf_close(&h);
+  sl_rule_free(r);
 }
 
 /* Last: remove the temp dir (cases run in the order they are defined). */

@@ -273,6 +273,120 @@ return {
 """
 
 
+# ---- events a rule builds must be valid on the wire (issue 9, finding 11) ----
+
+WIRE_BREAKER = """
+local big = ("x"):rep(8192)
+return {
+  topics = { "*" },
+  on_event = function(ev)
+    local t = ev.topic
+    if t == "bad.emit_big" then
+      sluice.emit("link", { topic = "made", payload = big })
+    elseif t == "bad.emit_shared" then
+      local s = ("y"):rep(1024)
+      local p = {}
+      for i = 1, 400 do p[i] = s end
+      sluice.emit("link", { topic = "made", payload = p })
+    elseif t == "bad.payload_big" then
+      ev.payload = big
+    elseif t == "bad.header_big" then
+      ev.headers.big = big
+    elseif t == "bad.emit_header_number" then
+      sluice.emit("link", { topic = "made", headers = { n = 1 } })
+    elseif t == "fix.header_bin" then
+      -- side records that would encode the header value as binary
+      ev.headers = setmetatable({ a = "x" },
+        { __sluice = "map", hints = { a = "b" }, orig = { a = "x" } })
+    elseif t == "fix.header_array" then
+      ev.headers = setmetatable({ a = "x" }, { __sluice = "array", n = 3 })
+    elseif t == "fix.header_nil" then
+      ev.headers = setmetatable({ a = "x" }, { __sluice = "map", hints = { b = "n" } })
+    elseif t == "bad.topic_big" then
+      ev.topic = big
+    elseif t == "good.emit" then
+      sluice.emit("link", { topic = "made.child", payload = { n = ev.payload } })
+    end
+    return "link"
+  end,
+}
+"""
+
+
+def test_events_a_rule_builds_over_max_event_bytes_or_with_bad_headers_dead_letter_and_the_link_keeps_flowing(sluice, tmp_path):
+    # receiver: a second engine whose native input accepts 4 KiB events
+    rport = free_port()
+    recv = sluice("""return {
+  max_event_bytes = 4096,
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "out", type = "file", path = "out.ndjson" } },
+  routes = { { topics = "*", to = "out" } },
+}""" % rport, name="receiver")
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "10_wire.lua").write_text(WIRE_BREAKER)
+    sport = free_port()
+    send = sluice("""return {
+  max_event_bytes = 4096,
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "link", type = "tcp", address = "127.0.0.1:%d", ack = true,
+                retry = { initial_ms = 10, max_ms = 50 } } },
+  routes = { { topics = "*", to = "link" } },
+  rules = { dir = "%s", cpu_budget_ms = 50 },
+}""" % (sport, rport, d), name="sender")
+    bad = ["bad.emit_big", "bad.emit_shared", "bad.payload_big", "bad.header_big",
+           "bad.emit_header_number", "bad.topic_big",
+           # side records that would write the headers as something other
+           # than a map of strings: written as one anyway
+           "fix.header_bin", "fix.header_array", "fix.header_nil"]
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    events = []
+    for i, t in enumerate(bad):
+        events.append({"id": "bad-%d" % i, "topic": t, "payload": i})
+        events.append({"id": "ok-%d" % i, "topic": "good", "payload": i})
+    events.append({"id": "parent", "topic": "good.emit", "payload": 7,
+                   "headers": {"traceparent": tp}})
+    send_events("127.0.0.1:%d" % sport, events)
+    # every good event arrives, also those sent after each bad one
+    want = {"ok-%d" % i for i in range(len(bad))} | {"parent", "bad-6", "bad-7", "bad-8"}
+    got = wait_for(lambda: (lambda evs: evs if want <= {e["id"] for e in evs} and
+                            any(e["topic"] == "made.child" for e in evs) else None)(
+        read_ndjson(recv.path("out.ndjson"))), timeout=10, what="the good events at the receiver")
+    assert not any(e["topic"].startswith("bad.") or e["topic"] == "made" for e in got)
+    for e in got:
+        if e["topic"].startswith("fix."):
+            assert e["headers"]["a"] == "x" and "b" not in e["headers"]
+    # the emitted event is a child span of the event that caused it
+    child = [e for e in got if e["topic"] == "made.child"][0]
+    ctp = child["headers"]["traceparent"]
+    assert ctp.startswith("00-0af7651916cd43dd8448eb211c80319c-") and ctp.endswith("-01")
+    assert ctp != tp
+    # the receiver never refused anything from the link
+    assert not recv.find_logs("bad input; closing connection")
+    assert send.stop() == 0
+    dead = read_ndjson(send.path("var/dead-letter.ndjson"))
+    assert sorted(e["topic"] for e in dead) == sorted(t for t in bad if t.startswith("bad."))
+    errs = {e["topic"]: e["headers"]["sluice-error"] for e in dead}
+    for t in ("bad.emit_big", "bad.emit_shared", "bad.payload_big", "bad.header_big",
+              "bad.topic_big"):
+        assert "max_event_bytes" in errs[t], errs[t]
+    assert "header 'n' must be a string" in errs["bad.emit_header_number"]
+    for e in dead:
+        assert e["payload"] == bad.index(e["topic"])  # the original event
+    assert recv.stop() == 0
+
+
+LOG_FLOOD = """
+local line = ("x"):rep(1048576)
+return {
+  on_event = function(ev)
+    for i = 1, 1000 do sluice.log("info", line, { i = i }) end
+    return "a"
+  end,
+}
+"""
+
+
 def test_labels_that_are_not_utf8_never_spoil_metrics(sluice, tmp_path):
     import os
     from conftest import scrape
@@ -314,3 +428,21 @@ def test_timers_over_their_budget_do_not_starve_io(sluice, tmp_path):
     t0 = time.monotonic()
     assert eng.stop(timeout=10) == 0
     assert time.monotonic() - t0 < 5
+
+
+
+def test_a_rule_logging_in_a_loop_writes_at_most_64_KiB_of_log_per_event(sluice, tmp_path):
+    # before: one event wrote ~240 MB of log (1 MiB lines until the budget)
+    eng, addr, _ = start(sluice, tmp_path, {"10_flood.lua": LOG_FLOOD},
+                         extra="log_level = 'info',")
+    before = len(eng.stderr())
+    send_events(addr, [{"topic": "t", "payload": i} for i in range(3)])
+    wait_for(lambda: len(read_ndjson(eng.path("a.ndjson"))) == 3, what="the events")
+    assert eng.stop() == 0
+    text = eng.stderr()
+    assert len(text) - before < 3 * (65536 + 8192), len(text) - before
+    cut = [l for l in eng.logs() if l.get("rule", "").endswith("10_flood.lua") and
+           l["msg"].startswith("xxxx")]
+    assert cut and all(l["msg"].endswith("... [cut: 1048576 bytes, at most 8192]") for l in cut)
+    assert len(eng.find_logs("log budget of 65536 bytes for this call used up; "
+                             "its further log lines are dropped")) == 3

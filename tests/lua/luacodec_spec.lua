@@ -161,6 +161,30 @@ describe("msgpack <-> Lua", function()
     s.has(e, "truncated or invalid value at byte 0")
   end)
 
+  it("keeps the first of map keys Lua cannot tell apart and refuses to encode the map", function()
+    for _, c in ipairs({
+      { "82 01a161 cb3ff0000000000000a162", "key 1 came more than once", 1, "a" },
+      { "82 a16101 c4016102", 'key "a" came more than once', "a", 1 },
+      { "82 cf0020000000000001a178 cf0020000000000000a179", "key 9007199254740992", 2 ^ 53, "x" },
+      { "83 a16101 a16102 a16103", 'key "a" came more than once', "a", 1 },
+    }) do
+      local t = T.decode(hex(c[1]))
+      local n = 0
+      for _ in pairs(t) do n = n + 1 end
+      assert.equal(1, n, c[1])
+      assert.equal(c[4], t[c[3]], c[1])
+      local ok, e = pcall(T.encode, t)
+      assert.is_false(ok, c[1])
+      s.has(e, c[2])
+      -- nested: the outer array still encodes its other elements' way
+      ok, e = pcall(T.encode, T.decode(hex("92 01" .. c[1])))
+      assert.is_false(ok, c[1])
+      s.has(e, c[2])
+    end
+    -- a map without collisions is untouched by the check
+    assert.same({ a = 1, b = 2 }, T.decode(T.encode(T.decode(hex("82 a16101 a16202")))))
+  end)
+
   it("tells kinds apart with kind()", function()
     assert.equal("int", T.kind(3))
     assert.equal("float", T.kind(3.5))
