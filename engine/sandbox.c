@@ -2791,7 +2791,10 @@ struct codec_job {
 static int encode_tmp(lua_State *L) {
   struct codec_job *j = lua_touserdata(L, 1);
   push_ref(L, j->b->ref_tmp);
-  sl_luacodec_encode(L, -1, j->out, check_cpu);
+  /* bounded like the state itself: a value sharing one big string in many
+   * slots must not grow C memory past memory_mb */
+  sl_luacodec_encode_max(L, -1, j->out, check_cpu, j->b->limit,
+                         "snapshot()'s value (memory_mb)");
   return 0;
 }
 

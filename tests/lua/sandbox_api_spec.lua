@@ -469,4 +469,15 @@ describe("state handover", function()
     assert.is_false(ok)
     s.has(e, ":3: cannot restore x (in restore)")
   end)
+
+  it("bounds snapshot()'s encoding by memory_mb, however often a string is shared", function()
+    -- one 1 MiB string in 64 slots would encode to 64 MiB of C memory
+    local r = s.rule([[local big = ("x"):rep(1048576)
+      return { on_event = function() end,
+        snapshot = function() local t = {} for i = 1, 64 do t[i] = big end return t end,
+        restore = function() end }]], { memory_mb = 16, cpu_budget_ms = 1000 })
+    local ok, e = pcall(r.snapshot, r)
+    assert.is_false(ok)
+    s.has(e, "snapshot()'s value (memory_mb) is larger than 16777216 bytes")
+  end)
 end)
