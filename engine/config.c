@@ -953,11 +953,16 @@ static void check_admin(struct check *c, struct sl_config *cfg, int t) {
   }
   lua_pop(L, 1);
   if (a->redact_headers == NULL) {
-    a->redact_headers = calloc(2, sizeof(char *));
+    /* credentials and session state that travel in headers */
+    static const char *const defaults[] = {"authorization",
+                                           "proxy-authorization", "cookie",
+                                           "set-cookie", "x-api-key"};
+    size_t k, nd = SL_ARRAY_SIZE(defaults);
+    a->redact_headers = calloc(nd, sizeof(char *));
     if (a->redact_headers) {
-      a->redact_headers[0] = strdup("authorization");
-      a->redact_headers[1] = strdup("cookie");
-      a->nredact = 2;
+      for (k = 0; k < nd; k++)
+        a->redact_headers[k] = strdup(defaults[k]);
+      a->nredact = (int)nd;
     }
   }
 }
