@@ -600,6 +600,9 @@ int sl_admin_start(struct sl_admin *a, char *err, size_t errlen) {
   a->srv.limits.max_body_bytes = ADMIN_MAX_BODY;
   a->srv.limits.idle_ms = ADMIN_IDLE_MS;
   a->srv.limits.header_ms = 10000;
+  a->srv.limits.body_ms = 10000;
+  a->srv.limits.max_conns = a->w->cfg->admin.max_connections;
+  a->srv.limits.fd_guard = 0; /* the fds inputs leave free are for us */
   a->started = 1;
   rc = sl_http_start(&a->srv, &a->w->loop, cfg->listen, &admin_ops, a, why,
                      sizeof(why));
