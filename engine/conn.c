@@ -430,14 +430,15 @@ static void refuse_log(struct sl_listener *l, const char *why) {
            SL_U("suppressed", suppressed), SL_END);
 }
 
-/* c (accepted, not on l's list) is over a limit: answer l->refusal if any,
- * drain what the client sends for a moment so the answer is not lost to a
- * reset, and close. */
-static void refuse(struct sl_listener *l, struct sl_conn *c, const char *why) {
+/* c (accepted, not on l's list) is over a limit: close it, or with answer
+ * write l->refusal if any and drain what the client sends for a moment so
+ * the answer is not lost to a reset, then close. */
+static void refuse(struct sl_listener *l, struct sl_conn *c, const char *why,
+                   int answer) {
   struct sl_buf b;
   refuse_log(l, why);
   c->refused = 1;
-  if (l->refusal == NULL || refusing >= MAX_REFUSING) {
+  if (!answer || l->refusal == NULL || refusing >= MAX_REFUSING) {
     sl_conn_close(c);
     return;
   }
@@ -508,14 +509,15 @@ static void on_connection(uv_stream_t *server, int status) {
   c->listener = NULL;
   if (l->max_conns && l->nconns >= l->max_conns) {
     l->stats.refused_limit++;
-    refuse(l, c, "max_connections reached");
+    refuse(l, c, "max_connections reached", 1);
     return;
   }
   if (l->fd_guard) {
     uv_os_fd_t fd;
     if (uv_fileno(&c->h.handle, &fd) == 0 && fds_short(fd)) {
       l->stats.refused_fds++;
-      refuse(l, c, "near the process's file descriptor limit");
+      /* no answer: a lingering conn would hold the fd we are short of */
+      refuse(l, c, "near the process's file descriptor limit", 0);
       return;
     }
   }

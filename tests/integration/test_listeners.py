@@ -7,10 +7,12 @@ Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/tes
 """
 
 import json
+import os
 import resource
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -100,3 +102,321 @@ def test_tap_masks_credential_headers_however_their_names_are_spelled(sluice):
         assert got[name] == "***", (name, got[name])
     for name, value in clear.items():
         assert got[name] == value, name
+
+
+# ---- limits, deadlines and memory (finding 17) ------------------------------
+
+def partial_event(size):
+    """The start of an event whose payload announces size bytes, with all
+    but 1 KiB of them: the engine must hold it and wait for the rest."""
+    head = b"\x82\xa5topic\xa1t\xa7payload\xdb" + size.to_bytes(4, "big")
+    return head + b"x" * (size - 1024)
+
+
+def engine(sluice, admin=True, inputs=None, **inp):
+    port, adm = free_port(), free_port()
+    base = {"name": "app", "type": "tcp", "listen": "127.0.0.1:%d" % port}
+    base.update(inp)
+    cfg = {"inputs": inputs or [base],
+           "outputs": [{"name": "out", "type": "file", "path": "out.ndjson"}],
+           "routes": [{"topics": "*", "to": "out"}]}
+    if admin:
+        cfg["admin"] = {"listen": "127.0.0.1:%d" % adm}
+    eng = sluice(cfg)
+    eng.address = "127.0.0.1:%d" % port
+    eng.admin_port = adm
+    return eng
+
+
+def listener_metric(eng, family, listener="app", **labels):
+    want = ",".join(['listener="%s"' % listener] +
+                    ['%s="%s"' % kv for kv in labels.items()])
+    for key, v in metrics(eng.admin_port).items():
+        if key.startswith(family + "{") and all(
+                part in key for part in want.split(",")):
+            return v
+    return None
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_connections_over_max_connections_are_closed_at_once(sluice, kind):
+    path = short_path("in.sock") if kind == "unix" else None
+    eng = engine(sluice, type=kind, max_connections=3,
+                 **({"listen": path} if path else {}))
+    address = path or eng.address
+    held = [connect(address) for _ in range(3)]
+    wait_for(lambda: listener_metric(
+        eng, "sluice_listener_connections_open") == 3, what="3 open")
+    extra = connect(address)
+    t0 = time.monotonic()
+    assert closed_by_engine(extra, timeout=3)
+    assert time.monotonic() - t0 < 1.0
+    assert listener_metric(eng, "sluice_listener_connections_refused_total",
+                           reason="limit") == 1
+    # the held ones still work, and a slot freed is a slot to use
+    held[0].close()
+    wait_for(lambda: listener_metric(
+        eng, "sluice_listener_connections_open") == 2, what="one closed")
+    send_events(address, [{"topic": "t", "payload": 1}])
+    wait_lines(eng.path("out.ndjson"), 1)
+    for s in held[1:] + [extra]:
+        s.close()
+
+
+def test_a_partial_event_is_cut_at_event_timeout_ms(sluice):
+    eng = engine(sluice, event_timeout_ms=500)
+    s = connect(eng.address)
+    s.sendall(partial_event(4096)[:100])
+    t0 = time.monotonic()
+    assert closed_by_engine(s, timeout=5), "the stalled event was never cut"
+    took = time.monotonic() - t0
+    assert 0.3 <= took <= 3.0, took
+    assert listener_metric(eng, "sluice_listener_connections_timed_out_total") == 1
+    eng.wait_log("event not complete within event_timeout_ms; partial event discarded")
+    s.close()
+
+
+def test_a_producer_splitting_events_across_writes_is_not_cut(sluice):
+    """The deadline runs from the first byte of the event still incomplete,
+    not from the first partial read: a steady stream whose every write ends
+    mid-event lives on past event_timeout_ms."""
+    eng = engine(sluice, event_timeout_ms=400)
+    data = b"".join(pack({"topic": "t", "payload": i}) for i in range(40))
+    s = connect(eng.address)
+    step = 7  # never on an event boundary for long
+    t0 = time.monotonic()
+    for i in range(0, len(data), step):
+        s.sendall(data[i:i + step])
+        time.sleep(0.02)
+    assert time.monotonic() - t0 > 1.0  # well past the deadline
+    s.shutdown(socket.SHUT_WR)
+    assert closed_by_engine(s, timeout=5)
+    assert len(wait_lines(eng.path("out.ndjson"), 40)) == 40
+    assert listener_metric(eng, "sluice_listener_connections_timed_out_total") == 0
+    s.close()
+
+
+def test_a_quiet_connection_is_closed_after_idle_timeout_ms_when_set(sluice):
+    eng = engine(sluice, idle_timeout_ms=300)
+    s = connect(eng.address)
+    s.sendall(pack({"topic": "t", "payload": 1}))
+    t0 = time.monotonic()
+    assert closed_by_engine(s, timeout=5)
+    assert 0.2 <= time.monotonic() - t0 <= 3.0
+    wait_lines(eng.path("out.ndjson"), 1)
+    s.close()
+
+
+def test_partial_events_over_max_pending_bytes_shed_the_stalest(sluice):
+    """40 connections each hold 900 KiB of an unfinished event against a
+    bound of 8 MiB: memory stays near the bound, and a producer with a
+    complete large event still gets through."""
+    eng = engine(sluice, max_pending_bytes="8MiB", event_timeout_ms=60000)
+    base = eng.rss_kb()
+    stalled = []
+    chunk = partial_event(900 * 1024)
+    for _ in range(40):
+        s = connect(eng.address)
+        try:
+            s.sendall(chunk)
+        except OSError:
+            pass  # shed while we wrote
+        stalled.append(s)
+        time.sleep(0.01)  # each one older than the next
+    wait_for(lambda: listener_metric(
+        eng, "sluice_listener_connections_refused_total", reason="memory") >= 25,
+        what="stale partial events shed")
+    grown_mb = (eng.rss_kb() - base) / 1024
+    # before: ~36 MiB (40 x 900 KiB); the bound is 8 MiB of buffers
+    if not ASAN:
+        assert grown_mb < 24, grown_mb
+    big = {"topic": "big", "payload": "y" * (900 * 1024)}
+    send_events(eng.address, [big])
+    lines = wait_lines(eng.path("out.ndjson"), 1)
+    assert json.loads(lines[0])["topic"] == "big"
+    assert listener_metric(eng, "sluice_listener_connections_open") <= 12
+    for s in stalled:
+        s.close()
+
+
+def test_admin_answers_while_an_input_is_flooded_to_the_fd_limit(sluice):
+    eng = engine(sluice)
+    _, hard = resource.prlimit(eng.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(eng.pid, resource.RLIMIT_NOFILE, (256, hard))
+    flood = []
+    for _ in range(600):
+        try:
+            flood.append(socket.create_connection(
+                ("127.0.0.1", int(eng.address.rsplit(":", 1)[1])), timeout=1))
+        except OSError:
+            break
+    # the input stopped short of the limit: the admin server has fds
+    t0 = time.monotonic()
+    status, body = admin_get(eng.admin_port, "/healthz", timeout=5)
+    assert status == 200 and time.monotonic() - t0 < 1.0
+    assert admin_get(eng.admin_port, "/readyz")[0] == 200
+    refused = listener_metric(eng, "sluice_listener_connections_refused_total",
+                              reason="fds")
+    assert refused >= 1
+    opened = listener_metric(eng, "sluice_listener_connections_open")
+    assert 100 <= opened <= 256 - 32, opened
+    for s in flood:
+        s.close()
+    # once the flood is gone, producers get in again
+    wait_for(lambda: listener_metric(
+        eng, "sluice_listener_connections_open") == 0, what="the flood gone")
+    send_events(eng.address, [{"topic": "t", "payload": 1}])
+    wait_lines(eng.path("out.ndjson"), 1)
+    assert eng.wait_log("connection refused", reason=
+                        "near the process's file descriptor limit")
+    # rate-limited: hundreds refused, a handful of lines
+    assert len(eng.find_logs("connection refused")) <= 12
+
+
+# ---- HTTP ingest and the admin server ----------------------------------------
+
+def http_engine(sluice, **inp):
+    port = free_port()
+    web = {"name": "web", "type": "http", "listen": "127.0.0.1:%d" % port}
+    web.update(inp)
+    eng = engine(sluice, inputs=[web])
+    eng.web_port = port
+    return eng
+
+
+def test_http_connections_over_max_connections_get_503_and_close(sluice):
+    from helpers_http import RawClient, request
+    eng = http_engine(sluice, max_connections=2)
+    held = [RawClient(eng.web_port) for _ in range(2)]
+    wait_for(lambda: listener_metric(eng, "sluice_listener_connections_open",
+                                     listener="web") == 2, what="2 open")
+    c = RawClient(eng.web_port)
+    c.send(request("POST", "/v1/events", '{"topic":"t"}', "application/json"))
+    r = c.read_response()
+    assert r.status == 503 and r.headers["retry-after"] == "1"
+    assert r.headers["connection"] == "close"
+    assert c.closed(timeout=3)
+    assert listener_metric(eng, "sluice_listener_connections_refused_total",
+                           listener="web", reason="limit") == 1
+    held[0].send(request("POST", "/v1/events", '{"topic":"t"}', "application/json"))
+    assert held[0].read_response().status == 202
+    for h in held + [c]:
+        h.close()
+
+
+def test_http_body_trickled_a_byte_at_a_time_is_cut_at_body_timeout_ms(sluice):
+    from helpers_http import RawClient
+    eng = http_engine(sluice, body_timeout_ms=1000, idle_timeout_ms=5000)
+    c = RawClient(eng.web_port)
+    c.send(b"POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json"
+           b"\r\nContent-Length: 1000\r\n\r\n")
+    t0 = time.monotonic()
+    cut = None
+    while time.monotonic() - t0 < 6:
+        try:
+            c.sock.sendall(b" ")
+        except OSError:
+            cut = time.monotonic() - t0
+            break
+        if c.closed(timeout=0.2):
+            cut = time.monotonic() - t0
+            break
+    # before: the idle limit restarted with every byte, so never
+    assert cut is not None and 0.8 <= cut <= 3.0, cut
+    assert c.buf.startswith(b"HTTP/1.1 408 ")
+    assert listener_metric(eng, "sluice_listener_connections_timed_out_total",
+                           listener="web") == 1
+    c.close()
+
+
+def test_http_bodies_over_max_pending_bytes_get_503(sluice):
+    from helpers_http import RawClient, request
+    eng = http_engine(sluice, max_pending_bytes="1MiB", max_body_bytes="1MiB")
+    # two bodies in progress hold 600 KiB each of a declared 1 MiB
+    a, b = RawClient(eng.web_port), RawClient(eng.web_port)
+    head = (b"POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/json"
+            b"\r\nContent-Length: %d\r\n\r\n" % (1 << 20))
+    a.send(head + b" " * (600 * 1024))
+    b.send(head + b" " * (600 * 1024))
+    r = b.read_response()
+    assert r.status == 503 and r.headers["retry-after"] == "1"
+    a.close()
+    b.close()
+    # the held body went with its connection: room again
+    c = RawClient(eng.web_port)
+    c.send(request("POST", "/v1/events", '{"topic":"t"}', "application/json"))
+    assert c.read_response().status == 202
+    c.close()
+
+
+def test_admin_over_max_connections_gets_503_and_recovers(sluice):
+    from helpers_http import RawClient
+    port, adm = free_port(), free_port()
+    sluice({"inputs": [{"name": "app", "type": "tcp", "listen": "127.0.0.1:%d" % port}],
+            "outputs": [{"name": "out", "type": "null"}],
+            "routes": [{"topics": "*", "to": "out"}],
+            "admin": {"listen": "127.0.0.1:%d" % adm, "max_connections": 2}})
+    held = [RawClient(adm) for _ in range(2)]
+    time.sleep(0.2)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        admin_get(adm, "/healthz")
+    assert e.value.code == 503
+    held[0].close()
+    wait_for(lambda: _healthz_ok(adm), what="/healthz once a slot is free")
+    held[1].close()
+
+
+def _healthz_ok(adm):
+    try:
+        return admin_get(adm, "/healthz")[0] == 200
+    except OSError:
+        return False
+
+
+def test_new_limit_keys_are_checked(tmp_path):
+    from conftest import lua, run_sluice
+    p = tmp_path / "bad.lua"
+    p.write_text("return " + lua({
+        "inputs": [{"name": "a", "type": "tcp", "listen": "127.0.0.1:7400",
+                    "max_connections": 0, "event_timeout_ms": 5,
+                    "max_pending_bytes": "lots"}],
+        "outputs": [{"name": "o", "type": "null"}],
+        "routes": [{"topics": "*", "to": "o"}],
+        "admin": {"listen": "127.0.0.1:7401", "max_connections": 0}}) + "\n")
+    r = run_sluice("check", "-c", p)
+    assert r.returncode == 1
+    for key in ("inputs[1].max_connections", "inputs[1].event_timeout_ms",
+                "inputs[1].max_pending_bytes", "admin.max_connections"):
+        assert key in r.stderr, (key, r.stderr)
+
+
+def _cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_accept_at_the_fd_limit_neither_spins_nor_keeps_clients_waiting(sluice):
+    """Every fd taken (the limit lowered to what is open): connections are
+    accepted and closed at once from the reserve fd, the loop does not
+    spin, and once fds are back everything answers again."""
+    eng = engine(sluice)
+    open_now = len(os.listdir("/proc/%d/fd" % eng.pid))
+    _, hard = resource.prlimit(eng.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(eng.pid, resource.RLIMIT_NOFILE, (open_now, hard))
+    cpu0 = _cpu_seconds(eng.pid)
+    clients = []
+    for _ in range(50):
+        try:
+            clients.append(connect(eng.address, timeout=2))
+        except OSError:
+            pass
+    for s in clients:
+        assert closed_by_engine(s, timeout=3), "a client left hanging"
+        s.close()
+    time.sleep(1.0)
+    assert _cpu_seconds(eng.pid) - cpu0 < 0.5
+    resource.prlimit(eng.pid, resource.RLIMIT_NOFILE, (1024, hard))
+    wait_for(lambda: _healthz_ok(eng.admin_port), what="/healthz with fds back")
+    send_events(eng.address, [{"topic": "t", "payload": 1}])
+    wait_lines(eng.path("out.ndjson"), 1)
