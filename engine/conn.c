@@ -142,7 +142,7 @@ static int shed_stalest(struct sl_listener *l, struct sl_conn *c) {
   struct sl_conn *x, *victim = NULL;
   uint64_t suppressed = 0;
   for (x = l->conns.next; x != &l->conns; x = x->next)
-    if (x != c && x->charged && !x->paused && !x->closing &&
+    if (x != c && x->charged && x->in.len && !x->paused && !x->closing &&
         (victim == NULL || x->last_read_ns < victim->last_read_ns))
       victim = x;
   if (victim == NULL)
@@ -181,11 +181,11 @@ static int may_grow(struct sl_conn *c, size_t n) {
  * empty, so a conn does not keep its largest event's memory for life. */
 static void shrink(struct sl_conn *c) {
   uint8_t *p;
-  if (c->in.cap <= SL_CONN_FREE_BUFFER || c->in.len > READ_CHUNK)
-    return;
-  if (c->in.len == 0) {
+  if (c->in.len == 0 && c->in.cap > SL_CONN_FREE_BUFFER) {
     sl_buf_close(&c->in);
   } else {
+    if (c->in.cap <= READ_CHUNK * 2 || c->in.len > READ_CHUNK)
+      return;
     p = malloc(READ_CHUNK * 2);
     if (p == NULL)
       return;

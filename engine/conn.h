@@ -79,8 +79,8 @@ struct sl_listener_stats {
 };
 
 /* Buffers up to this much per conn are not charged to max_pending: what one
- * read needs, so a producer of small events never competes for the bound. */
-#define SL_CONN_FREE_BUFFER (128u * 1024)
+ * read needs. A conn whose partial event spans reads is charged. */
+#define SL_CONN_FREE_BUFFER (64u * 1024)
 
 struct sl_listener {
   union {
@@ -100,8 +100,9 @@ struct sl_listener {
   uint32_t partial_ms; /* a conn's unconsumed bytes must be consumed within
                           this from the first of them (a partial event) */
   uint32_t max_conns;  /* over it a new conn is refused at once */
-  size_t max_pending;  /* bytes of conn buffers beyond SL_CONN_FREE_BUFFER,
-                          over all conns; raised to max_buffered */
+  size_t max_pending;  /* bytes of conn buffers larger than
+                          SL_CONN_FREE_BUFFER, over all conns; raised to
+                          twice max_buffered */
   int fd_guard;        /* refuse conns once the process is within a reserve
                           of its fd limit, keeping fds for the admin server,
                           outputs and files */
