@@ -1,7 +1,9 @@
 /* conn.h - the connection layer between libuv streams and protocols.
- * A listener accepts TCP or unix connections; a conn owns its uv handle,
- * its input buffer and an idle timer, and hands bytes to the protocol above
- * through sl_conn_ops. Protocols never see libuv reads, so TLS can slot in
+ * A listener accepts TCP or unix connections up to its limits (connection
+ * count, fds left for others, bytes of partial input over its conns); a
+ * conn owns its uv handle, its input buffer, an idle timer and a deadline
+ * for unconsumed bytes, and hands bytes to the protocol above through
+ * sl_conn_ops. Protocols never see libuv reads, so TLS can slot in
  * here later without touching a parser. Conns are heap objects freed after
  * their handle's close callback; the protocol's cb_close runs first. */
 #ifndef SL_CONN_H
