@@ -456,6 +456,37 @@ static void refuse(struct sl_listener *l, struct sl_conn *c, const char *why,
   start_reading(c);
 }
 
+/* l is full: close the conn that has been quiet longest, when that is
+ * longer than displace_ms and it holds nothing (no partial input, no event
+ * waiting on us), so idle connections cannot keep producers out for good.
+ * Returns 1 when one was closed. */
+static int displace_quiet(struct sl_listener *l) {
+  struct sl_conn *x, *victim = NULL;
+  uint64_t now = sl_mono_ns(), suppressed = 0;
+  if (l->displace_ms == 0)
+    return 0;
+  for (x = l->conns.next; x != &l->conns; x = x->next)
+    if (x->in.len == 0 && !x->paused && !x->closing && !x->no_read &&
+        x->pending_writes == 0 &&
+        now - x->last_read_ns >= l->displace_ms * 1000000ull &&
+        (victim == NULL || x->last_read_ns < victim->last_read_ns))
+      victim = x;
+  if (victim == NULL)
+    return 0;
+  l->stats.displaced++;
+  if (sl_log_allow(&l->refuse_log, &suppressed))
+    sl_log(SL_LOG_INFO, "max_connections reached; closing the connection "
+                        "quiet longest to admit a new one",
+           SL_S("listener", l->name ? l->name : l->address),
+           SL_S("peer", victim->peer),
+           SL_U("quiet_ms", (now - victim->last_read_ns) / 1000000u),
+           SL_U("suppressed", suppressed), SL_END);
+  if (victim->ops && victim->ops->cb_eof)
+    victim->ops->cb_eof(victim, 0);
+  sl_conn_close(victim);
+  return 1;
+}
+
 /* Is the process within a reserve of its fd limit? fd is the one just
  * accepted: the lowest free number, so every fd below it is open. */
 static int fds_short(int fd) {
@@ -507,7 +538,7 @@ static void on_connection(uv_stream_t *server, int status) {
   c->listener = l; /* for peer_name; a refused conn is not on l's list */
   peer_name(c);
   c->listener = NULL;
-  if (l->max_conns && l->nconns >= l->max_conns) {
+  if (l->max_conns && l->nconns >= l->max_conns && !displace_quiet(l)) {
     l->stats.refused_limit++;
     refuse(l, c, "max_connections reached", 1);
     return;
@@ -527,6 +558,7 @@ static void on_connection(uv_stream_t *server, int status) {
   c->listener = l;
   c->idle_ms = l->idle_ms;
   c->partial_ms = l->partial_ms;
+  c->last_read_ns = sl_mono_ns(); /* quiet since it came */
   c->max_buffered = l->max_buffered;
   c->next = l->conns.next;
   c->prev = &l->conns;

@@ -78,6 +78,7 @@ struct sl_listener_stats {
   uint64_t refused_fds;    /* the process is near or at its fd limit */
   uint64_t shed_memory;    /* closed to keep partial input under max_pending */
   uint64_t timed_out;      /* idle, partial or protocol deadlines */
+  uint64_t displaced;      /* quiet conns closed to admit a new one */
 };
 
 /* Buffers up to this much per conn are not charged to max_pending: what one
@@ -101,7 +102,9 @@ struct sl_listener {
   uint32_t idle_ms;
   uint32_t partial_ms; /* a conn's unconsumed bytes must be consumed within
                           this from the first of them (a partial event) */
-  uint32_t max_conns;  /* over it a new conn is refused at once */
+  uint32_t max_conns;  /* over it a new conn is refused at once, unless a
+                          conn quiet for displace_ms makes room */
+  uint32_t displace_ms;
   size_t max_pending;  /* bytes of conn buffers larger than
                           SL_CONN_FREE_BUFFER, over all conns; raised to
                           twice max_buffered */

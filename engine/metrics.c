@@ -206,7 +206,7 @@ static const struct sl_listener *input_listener(const struct sl_input *in) {
 
 static void listeners(struct out *b, const struct sl_worker *w,
                       const struct sl_http_server *admin) {
-  static const char *const reasons[] = {"limit", "fds", "memory"};
+  static const char *const reasons[] = {"limit", "fds", "memory", "idle"};
   const struct sl_listener *l;
   int i, k, pass;
   for (pass = 0; pass < 3; pass++) {
@@ -216,8 +216,9 @@ static void listeners(struct out *b, const struct sl_worker *w,
     else if (pass == 1)
       family(b, "sluice_listener_connections_refused_total", "counter",
              "Connections refused or closed early: over max_connections, "
-             "near the fd limit, or to keep partial input under "
-             "max_pending_bytes.");
+             "near the fd limit, to keep partial input under "
+             "max_pending_bytes, or quiet ones closed to admit a new one "
+             "at max_connections (idle).");
     else
       family(b, "sluice_listener_connections_timed_out_total", "counter",
              "Connections closed by a deadline: idle, a partial event or "
@@ -229,12 +230,13 @@ static void listeners(struct out *b, const struct sl_worker *w,
                 : input_listener(&w->inputs[i]);
       if (l == NULL)
         continue;
-      for (k = 0; k < (pass == 1 ? 3 : 1); k++) {
+      for (k = 0; k < (pass == 1 ? 4 : 1); k++) {
         uint64_t v = pass == 0 ? l->nconns
                    : pass == 2 ? l->stats.timed_out
                    : k == 0    ? l->stats.refused_limit
                    : k == 1    ? l->stats.refused_fds
-                               : l->stats.shed_memory;
+                   : k == 2    ? l->stats.shed_memory
+                               : l->stats.displaced;
         if (pass == 1 && k == 2 && i >= 0 && w->inputs[i].stats.http)
           v += w->inputs[i].stats.http->stats.shed_memory;
         if (pass == 1)

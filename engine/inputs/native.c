@@ -208,6 +208,8 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
                                                       producer is normal */
   ni->listener.partial_ms = in->cfg->event_timeout_ms;
   ni->listener.max_conns = in->cfg->max_connections;
+  /* at the limit, a conn quiet longer than an event may take gives way */
+  ni->listener.displace_ms = in->cfg->event_timeout_ms;
   ni->listener.max_pending = in->cfg->max_pending_bytes;
   ni->listener.fd_guard = 1;
   ni->listener.name = in->cfg->name;

@@ -163,6 +163,33 @@ def test_connections_over_max_connections_are_closed_at_once(sluice, kind):
         s.close()
 
 
+def test_at_max_connections_the_longest_quiet_connection_makes_room(sluice):
+    """Idle connections cannot keep producers out for good: at the limit, a
+    new connection displaces the one quiet longest, once it has been quiet
+    longer than event_timeout_ms; busy ones are never chosen."""
+    eng = engine(sluice, max_connections=2, event_timeout_ms=300)
+    quiet, busy = connect(eng.address), connect(eng.address)
+    busy.sendall(pack({"topic": "t", "payload": 0}))
+    # both fresh: a third is refused
+    early = connect(eng.address)
+    assert closed_by_engine(early, timeout=3)
+    early.close()
+    time.sleep(0.5)
+    busy.sendall(pack({"topic": "t", "payload": 1}))  # busy stays fresh
+    wait_lines(eng.path("out.ndjson"), 2)
+    send_events(eng.address, [{"topic": "t", "payload": 2}])
+    assert len(wait_lines(eng.path("out.ndjson"), 3)) == 3
+    assert closed_by_engine(quiet, timeout=1)
+    busy.sendall(pack({"topic": "t", "payload": 3}))
+    assert len(wait_lines(eng.path("out.ndjson"), 4)) == 4
+    assert listener_metric(eng, "sluice_listener_connections_refused_total",
+                           reason="idle") == 1
+    assert listener_metric(eng, "sluice_listener_connections_refused_total",
+                           reason="limit") == 1
+    quiet.close()
+    busy.close()
+
+
 def test_a_partial_event_is_cut_at_event_timeout_ms(sluice):
     eng = engine(sluice, event_timeout_ms=500)
     s = connect(eng.address)
