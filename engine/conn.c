@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -35,6 +36,7 @@ struct write_req {
 static void deliver(struct sl_conn *c);
 static void start_reading(struct sl_conn *c);
 static void on_idle_timeout(uv_timer_t *t);
+static void in_free(struct sl_buf *b);
 
 static int make_addr(const char *address, struct sockaddr_storage *ss) {
   char host[128];
@@ -80,7 +82,7 @@ static void on_handle_closed(uv_handle_t *h) {
     return;
   if (c->ops && c->ops->cb_close)
     c->ops->cb_close(c);
-  sl_buf_close(&c->in);
+  in_free(&c->in);
   free(c);
 }
 
@@ -103,6 +105,53 @@ void sl_conn_close(struct sl_conn *c) {
 
 /* ---- the memory bound -------------------------------------------------- */
 
+/* The capacity sl_buf_reserve(b, n) ends with. */
+static size_t grown_cap(const struct sl_buf *b, size_t n) {
+  size_t want = b->len + n, cap = b->cap ? b->cap : 256;
+  if (want <= b->cap)
+    return b->cap;
+  while (cap < want)
+    cap *= 2;
+  return cap;
+}
+
+/* Input buffers past SL_CONN_FREE_BUFFER live in mappings of their own:
+ * what a shed or finished partial event held goes back to the system at
+ * once, so the process's memory follows max_pending (the heap would keep
+ * the high-water mark of a flood). Smaller ones come from malloc. */
+static int in_reserve(struct sl_buf *b, size_t n) {
+  size_t cap = grown_cap(b, n);
+  void *p;
+  if (cap == b->cap)
+    return 0;
+  if (cap <= SL_CONN_FREE_BUFFER)
+    return sl_buf_reserve(b, n);
+  if (b->cap > SL_CONN_FREE_BUFFER) {
+    p = mremap(b->data, b->cap, cap, MREMAP_MAYMOVE);
+  } else {
+    p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+             -1, 0);
+    if (p != MAP_FAILED) {
+      if (b->len)
+        memcpy(p, b->data, b->len);
+      free(b->data);
+    }
+  }
+  if (p == MAP_FAILED)
+    return SL_ENOMEM;
+  b->data = p;
+  b->cap = cap;
+  return 0;
+}
+
+static void in_free(struct sl_buf *b) {
+  if (b->cap > SL_CONN_FREE_BUFFER)
+    munmap(b->data, b->cap);
+  else
+    free(b->data);
+  sl_buf_init(b);
+}
+
 static size_t charge_of(size_t cap) {
   return cap > SL_CONN_FREE_BUFFER ? cap : 0;
 }
@@ -114,16 +163,6 @@ static void account(struct sl_conn *c) {
     c->listener->pending -= c->charged;
   }
   c->charged = now;
-}
-
-/* The capacity sl_buf_reserve(b, n) ends with. */
-static size_t grown_cap(const struct sl_buf *b, size_t n) {
-  size_t want = b->len + n, cap = b->cap ? b->cap : 256;
-  if (want <= b->cap)
-    return b->cap;
-  while (cap < want)
-    cap *= 2;
-  return cap;
 }
 
 /* At least one conn's largest buffer (its capacity doubles past
@@ -180,18 +219,15 @@ static int may_grow(struct sl_conn *c, size_t n) {
 /* A buffer that held a large event is given back once it is (nearly)
  * empty, so a conn does not keep its largest event's memory for life. */
 static void shrink(struct sl_conn *c) {
-  uint8_t *p;
+  void *p;
   if (c->in.len == 0 && c->in.cap > SL_CONN_FREE_BUFFER) {
-    sl_buf_close(&c->in);
+    in_free(&c->in);
   } else {
     if (c->in.cap <= READ_CHUNK * 2 || c->in.len > READ_CHUNK)
       return;
-    p = malloc(READ_CHUNK * 2);
-    if (p == NULL)
+    p = mremap(c->in.data, c->in.cap, READ_CHUNK * 2, 0); /* in place */
+    if (p == MAP_FAILED)
       return;
-    memcpy(p, c->in.data, c->in.len);
-    free(c->in.data);
-    c->in.data = p;
     c->in.cap = READ_CHUNK * 2;
   }
   account(c);
@@ -208,7 +244,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     buf->len = 0;
     return;
   }
-  if (sl_buf_reserve(&c->in, READ_CHUNK) != 0) {
+  if (in_reserve(&c->in, READ_CHUNK) != 0) {
     buf->base = NULL; /* on_read gets UV_ENOBUFS and closes c */
     buf->len = 0;
     return;
