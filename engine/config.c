@@ -974,17 +974,23 @@ static void check_admin(struct check *c, struct sl_config *cfg, int t) {
     bad(c, "admin", "expected table, got %s", type_of(L, -1));
   }
   lua_pop(L, 1);
-  if (a->redact_headers == NULL) {
-    /* credentials and session state that travel in headers */
+  {
+    /* credentials and session state that travel in headers: always
+     * masked; a configured list adds to them (a list that replaced them
+     * would unmask authorization by naming one header of one's own) */
     static const char *const defaults[] = {"authorization",
                                            "proxy-authorization", "cookie",
                                            "set-cookie", "x-api-key"};
     size_t k, nd = SL_ARRAY_SIZE(defaults);
-    a->redact_headers = calloc(nd, sizeof(char *));
-    if (a->redact_headers) {
+    char **all = calloc(nd + (size_t)a->nredact, sizeof(char *));
+    if (all) {
       for (k = 0; k < nd; k++)
-        a->redact_headers[k] = strdup(defaults[k]);
-      a->nredact = (int)nd;
+        all[k] = strdup(defaults[k]);
+      for (k = 0; k < (size_t)a->nredact; k++)
+        all[nd + k] = a->redact_headers[k];
+      free(a->redact_headers);
+      a->redact_headers = all;
+      a->nredact += (int)nd;
     }
   }
 }

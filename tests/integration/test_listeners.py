@@ -465,3 +465,31 @@ def test_accept_at_the_fd_limit_neither_spins_nor_keeps_clients_waiting(sluice):
     wait_for(lambda: _healthz_ok(eng.admin_port), what="/healthz with fds back")
     send_events(eng.address, [{"topic": "t", "payload": 1}])
     wait_lines(eng.path("out.ndjson"), 1)
+
+
+def test_tap_normalises_the_configured_redact_list_too(sluice):
+    port, admin = free_port(), free_port()
+    sluice({
+        "inputs": [{"name": "app", "type": "tcp", "listen": "127.0.0.1:%d" % port}],
+        "outputs": [{"name": "out", "type": "null"}],
+        "routes": [{"topics": "*", "to": "out"}],
+        "admin": {"listen": "127.0.0.1:%d" % admin,
+                  "redact_headers": [" X_Session_Token "]}})
+    p = subprocess.Popen(["curl", "-sN", "--max-time", "20",
+                          "http://127.0.0.1:%d/tap?topics=t&limit=1" % admin],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: metrics(admin).get("sluice_tap_clients") == 1,
+                 what="the tap client")
+        send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": 1, "headers": {
+            "x-session-token": "s", "X_SESSION_TOKEN": "t", "authorization": "a"}}])
+        out, _ = p.communicate(timeout=15)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    got = json.loads(out.decode().splitlines()[0])["event"]["headers"]
+    assert got["x-session-token"] == "***" and got["X_SESSION_TOKEN"] == "***"
+    # a list of one's own adds to the defaults: naming a header of one's
+    # own does not unmask credentials
+    assert got["authorization"] == "***"
