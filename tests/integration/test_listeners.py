@@ -284,15 +284,17 @@ def test_partial_events_over_max_pending_bytes_shed_the_stalest(sluice):
         assert after_mb < 6, after_mb
 
 
-def test_admin_answers_while_an_input_is_flooded_to_the_fd_limit(sluice):
-    eng = engine(sluice)
+@pytest.mark.parametrize("kind", ["tcp", "unix", "http"])
+def test_admin_answers_while_an_input_is_flooded_to_the_fd_limit(sluice, kind):
+    port = free_port()
+    listen = short_path("flood.sock") if kind == "unix" else "127.0.0.1:%d" % port
+    eng = engine(sluice, inputs=[{"name": "app", "type": kind, "listen": listen}])
     _, hard = resource.prlimit(eng.pid, resource.RLIMIT_NOFILE)
     resource.prlimit(eng.pid, resource.RLIMIT_NOFILE, (256, hard))
     flood = []
     for _ in range(600):
         try:
-            flood.append(socket.create_connection(
-                ("127.0.0.1", int(eng.address.rsplit(":", 1)[1])), timeout=1))
+            flood.append(connect(listen, timeout=1))
         except OSError:
             break
     # the input stopped short of the limit: the admin server has fds
@@ -310,7 +312,14 @@ def test_admin_answers_while_an_input_is_flooded_to_the_fd_limit(sluice):
     # once the flood is gone, producers get in again
     wait_for(lambda: listener_metric(
         eng, "sluice_listener_connections_open") == 0, what="the flood gone")
-    send_events(eng.address, [{"topic": "t", "payload": 1}])
+    if kind == "http":
+        req = urllib.request.Request(
+            "http://%s/v1/events" % listen, method="POST",
+            data=b'{"topic":"t","payload":1}',
+            headers={"Content-Type": "application/json"})
+        assert urllib.request.urlopen(req, timeout=5).status == 202
+    else:
+        send_events(listen, [{"topic": "t", "payload": 1}])
     wait_lines(eng.path("out.ndjson"), 1)
     assert eng.wait_log("connection refused", reason=
                         "near the process's file descriptor limit")
