@@ -275,6 +275,11 @@ void sl_listener_count_timeout(struct sl_conn *c) {
     c->listener->stats.timed_out++;
 }
 
+void sl_listener_shed(struct sl_conn *c) {
+  if (c->listener)
+    c->listener->stats.shed_memory++;
+}
+
 /* Unconsumed bytes are a partial message: it must be complete within
  * partial_ms of its first byte. progress: the protocol consumed something,
  * so what is left began with the latest read. */

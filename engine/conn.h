@@ -135,6 +135,8 @@ int sl_listener_start(struct sl_listener *l, uv_loop_t *loop,
                       size_t errlen);
 /* Count a conn cut by the protocol's own deadline (HTTP) as timed out. */
 void sl_listener_count_timeout(struct sl_conn *c);
+/* Count a conn the protocol closes to stay under its memory bound. */
+void sl_listener_shed(struct sl_conn *c);
 
 /* Stop accepting (closes the listening handle; conns stay open). */
 void sl_listener_stop(struct sl_listener *l);

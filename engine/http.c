@@ -52,6 +52,7 @@ struct http_conn {
   uint64_t linger_end;  /* monotonic ns when lingering stops anyway */
   uint64_t body_end;    /* monotonic ns when the body must be in; 0: none */
   uint64_t charged;     /* body bytes counted in srv->pending */
+  uint64_t body_seen_ns; /* monotonic, when body bytes last came */
   int want_continue;    /* Expect: 100-continue */
   int body_too_big;
   int over_pending;     /* the body would pass limits.max_pending */
@@ -65,6 +66,7 @@ static const http_parser_settings settings;
 static const struct sl_conn_ops conn_ops;
 
 static void on_written(struct sl_conn *c, int status, void *arg);
+static int shed_stalest_body(struct http_conn *hc);
 static void finish_request(struct http_conn *hc);
 static int respond(struct http_conn *hc, int status, const char *ctype,
                    const void *body, size_t len, int chunked);
@@ -331,16 +333,49 @@ static int on_body(http_parser *p, const char *at, size_t n) {
     hc->body_too_big = 1;
     return 1;
   }
-  if (hc->srv->limits.max_pending &&
-      hc->srv->pending + n > hc->srv->limits.max_pending) {
-    hc->over_pending = 1; /* many bodies at once: this one must wait */
-    hc->srv->stats.shed_memory++;
-    return 1;
+  if (hc->srv->limits.max_pending) {
+    while (hc->srv->pending + n > hc->srv->limits.max_pending)
+      if (shed_stalest_body(hc) != 0) {
+        hc->over_pending = 1; /* many bodies at once: this one must wait */
+        hc->srv->stats.shed_memory++;
+        return 1;
+      }
   }
   if (sl_buf_append(&hc->req.body, at, n) != 0)
     return 1;
+  hc->body_seen_ns = sl_mono_ns();
   hc->charged += n;
   hc->srv->pending += n;
+  return 0;
+}
+
+/* Bodies over max_pending: close the connection whose body has waited
+ * longest for its next byte (a body still coming, not one the handler has),
+ * so a few stalled uploads cannot refuse everyone else. Its share is
+ * released now. Returns 0 when one was closed. */
+static int shed_stalest_body(struct http_conn *hc) {
+  struct sl_http_server *srv = hc->srv;
+  struct http_conn *victim = NULL;
+  struct sl_conn *c;
+  uint64_t suppressed = 0;
+  for (c = srv->listener.conns.next; c != &srv->listener.conns; c = c->next) {
+    struct http_conn *x = c->proto;
+    if (x != hc && x->phase == PH_BODY && x->charged && !c->closing &&
+        (victim == NULL || x->body_seen_ns < victim->body_seen_ns))
+      victim = x;
+  }
+  if (victim == NULL)
+    return -1;
+  sl_listener_shed(victim->conn);
+  if (sl_log_allow(&srv->error_log, &suppressed))
+    sl_log(SL_LOG_WARN, "request bodies over max_pending_bytes; closing the "
+                        "stalest upload",
+           SL_S("server", srv->name ? srv->name : ""),
+           SL_S("peer", victim->conn->peer), SL_U("bytes", victim->charged),
+           SL_U("suppressed", suppressed), SL_END);
+  srv->pending -= victim->charged;
+  victim->charged = 0;
+  sl_conn_close(victim->conn);
   return 0;
 }
 

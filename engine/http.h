@@ -57,7 +57,9 @@ struct sl_http_limits {
   uint32_t max_conns;        /* open at once; over it a new connection gets
                                 503 and is closed; 0: no limit */
   uint64_t max_pending;      /* body bytes held over all connections; a body
-                                that would pass it gets 503; 0: no bound */
+                                that would pass it closes the upload that
+                                waited longest for its next byte, or gets
+                                503 when there is none; 0: no bound */
   int fd_guard;              /* see sl_listener.fd_guard */
 };
 
@@ -65,7 +67,9 @@ struct sl_http_stats {
   uint64_t requests;          /* request heads read */
   uint64_t connections_total; /* accepted */
   uint64_t timeouts;          /* connections cut by a deadline */
-  uint64_t shed_memory;       /* bodies refused for max_pending */
+  uint64_t shed_memory;       /* bodies refused (503) for max_pending;
+                                 stalled uploads closed for it are counted
+                                 by the listener */
   uint64_t responses[600];    /* by status code */
 };
 

@@ -496,13 +496,14 @@ TEST(http_connection_over_max_conns_gets_503_and_is_closed) {
   stop();
 }
 
-TEST(http_bodies_over_max_pending_get_503_and_free_their_share) {
+TEST(http_bodies_over_max_pending_shed_the_stalest_upload_or_get_503) {
   static const char head[] = "POST /p HTTP/1.1\r\nContent-Length: 80\r\n\r\n";
-  char part[61];
+  static const char big[] = "POST /p HTTP/1.1\r\nContent-Length: 150\r\n\r\n";
+  char part[121];
   const char *r;
-  int a, b, c;
-  memset(part, 'x', 60);
-  part[60] = '\0';
+  int a, b, c, eof = 0;
+  memset(part, 'x', 120);
+  part[120] = '\0';
   more.max_pending = 100;
   CHECK(start(0, 0, 0, 0) == 0);
   a = client();
@@ -510,24 +511,29 @@ TEST(http_bodies_over_max_pending_get_503_and_free_their_share) {
   feed(a, head, sizeof(head) - 1, sizeof(head) - 1);
   feed(a, part, 60, 60);
   CHECK_EQ(srv.pending, 60);
+  sleep_ms(5);
   feed(b, head, sizeof(head) - 1, sizeof(head) - 1);
-  feed(b, part, 60, 60); /* 120 held would pass 100 */
-  r = got(b, NULL);
+  feed(b, part, 60, 60); /* 120 held would pass 100: a waited longest */
+  got(a, &eof);
+  CHECK(eof);
+  CHECK_EQ(srv.listener.stats.shed_memory, 1);
+  CHECK_EQ(srv.pending, 60);
+  feed(b, part, 20, 20); /* b completes within the bound */
+  CHECK(strstr(got(b, NULL), "echo:xxxx") != NULL);
+  CHECK_EQ(srv.pending, 0);
+  /* one body alone over the bound: nothing to shed, 503 */
+  c = client();
+  feed(c, big, sizeof(big) - 1, sizeof(big) - 1);
+  feed(c, part, 120, 120);
+  r = got(c, NULL);
   CHECK(strncmp(r, "HTTP/1.1 503 ", 13) == 0);
   CHECK(strstr(r, "Retry-After: 1") != NULL);
   CHECK_EQ(srv.stats.shed_memory, 1);
-  feed(a, part, 20, 20); /* a completes within the bound */
-  CHECK(strstr(got(a, NULL), "echo:xxxx") != NULL);
-  CHECK_EQ(srv.pending, 0);
-  c = client(); /* and the share is free again */
-  feed(c, head, sizeof(head) - 1, sizeof(head) - 1);
-  feed(c, part, 60, 60);
-  feed(c, part, 20, 20);
-  CHECK(strstr(got(c, NULL), "echo:xxxx") != NULL);
   close(a);
   close(b);
   close(c);
   stop();
+  CHECK_EQ(srv.pending, 0);
 }
 
 /* ---- streaming --------------------------------------------------------- */
