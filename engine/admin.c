@@ -61,12 +61,21 @@ static double rnd(struct sl_admin *a) {
   return (double)(a->rng >> 11) / 9007199254740992.0; /* [0, 1) */
 }
 
-/* The bytes of a msgpack str of n bytes at p (a header key, checked by
- * sl_codec_parse_event). */
+/* The bytes of a msgpack str or bin of n bytes at p (a header key); p/len
+ * NULL/0 for any other type. */
 static struct sl_str key_str(const uint8_t *p, size_t n) {
   struct sl_str s = {NULL, 0};
-  size_t h = (p[0] & 0xe0) == 0xa0 ? 1 : p[0] == 0xd9 ? 2 : p[0] == 0xda ? 3
-                                                                          : 5;
+  size_t h;
+  if ((p[0] & 0xe0) == 0xa0)
+    h = 1;
+  else if (p[0] == 0xd9 || p[0] == 0xc4)
+    h = 2;
+  else if (p[0] == 0xda || p[0] == 0xc5)
+    h = 3;
+  else if (p[0] == 0xdb || p[0] == 0xc6)
+    h = 5;
+  else
+    return s;
   if (n >= h) {
     s.p = (const char *)p + h;
     s.len = (uint32_t)(n - h);
@@ -74,11 +83,61 @@ static struct sl_str key_str(const uint8_t *p, size_t n) {
   return s;
 }
 
+/* A header name as the redaction list compares it: surrounding white space
+ * and control bytes dropped, ASCII lowercased, '_' read as '-' (proxies and
+ * CGI turn one into the other), and the four non-ASCII letters whose case
+ * mapping lands on ASCII (KELVIN SIGN, long s, dotted and dotless i) read
+ * as that letter, so no spelling another system folds to a listed name
+ * escapes. Returns the length written, or -1 when the name is longer than
+ * out (no listed name is that long). */
+static int norm_name(const char *p, size_t n, char *out, size_t outlen) {
+  const unsigned char *s = (const unsigned char *)p;
+  size_t i = 0, o = 0;
+  while (n && (s[n - 1] <= 0x20 || s[n - 1] == 0x7f))
+    n--;
+  while (i < n && (s[i] <= 0x20 || s[i] == 0x7f))
+    i++;
+  for (; i < n; i++) {
+    unsigned c = s[i];
+    if (o == outlen)
+      return -1;
+    if (c >= 'A' && c <= 'Z') {
+      c += 'a' - 'A';
+    } else if (c == '_') {
+      c = '-';
+    } else if (c == 0xe2 && i + 2 < n && s[i + 1] == 0x84 && s[i + 2] == 0xaa) {
+      c = 'k'; /* U+212A KELVIN SIGN */
+      i += 2;
+    } else if (c == 0xc5 && i + 1 < n && s[i + 1] == 0xbf) {
+      c = 's'; /* U+017F LATIN SMALL LETTER LONG S */
+      i++;
+    } else if (c == 0xc4 && i + 1 < n && (s[i + 1] == 0xb0 || s[i + 1] == 0xb1)) {
+      c = 'i'; /* U+0130 and U+0131, dotted capital and dotless small i */
+      i++;
+      if (i + 2 < n && s[i + 1] == 0xcc && s[i + 2] == 0x87)
+        i += 2; /* "i" + U+0307, what U+0130 lowercases to */
+    } else if (c == 'i' && i + 2 < n && s[i + 1] == 0xcc && s[i + 2] == 0x87) {
+      i += 2;
+    }
+    out[o++] = (char)c;
+  }
+  return (int)o;
+}
+
 static int redacted(const struct sl_config *cfg, struct sl_str name) {
-  int i;
+  char want[256], got[256];
+  int i, n, m;
+  if (name.p == NULL)
+    return 1; /* a key that is no string: mask rather than guess */
+  n = norm_name(name.p, name.len, got, sizeof(got));
+  if (n < 0)
+    return 0;
   for (i = 0; i < cfg->admin.nredact; i++) {
     const char *r = cfg->admin.redact_headers[i];
-    if (strlen(r) == name.len && strncasecmp(r, name.p, name.len) == 0)
+    if (r == NULL)
+      continue;
+    m = norm_name(r, strlen(r), want, sizeof(want));
+    if (m == n && memcmp(want, got, (size_t)n) == 0)
       return 1;
   }
   return 0;
@@ -541,6 +600,9 @@ int sl_admin_start(struct sl_admin *a, char *err, size_t errlen) {
   a->srv.limits.max_body_bytes = ADMIN_MAX_BODY;
   a->srv.limits.idle_ms = ADMIN_IDLE_MS;
   a->srv.limits.header_ms = 10000;
+  a->srv.limits.body_ms = 10000;
+  a->srv.limits.max_conns = a->w->cfg->admin.max_connections;
+  a->srv.limits.fd_guard = 0; /* the fds inputs leave free are for us */
   a->started = 1;
   rc = sl_http_start(&a->srv, &a->w->loop, cfg->listen, &admin_ops, a, why,
                      sizeof(why));

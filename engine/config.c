@@ -613,7 +613,9 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
   static const char *const keys[] = {"name", "type", "listen",
                                      "topic", "max_body_bytes",
                                      "idle_timeout_ms", "bearer_token_file",
-                                     NULL};
+                                     "max_connections", "event_timeout_ms",
+                                     "max_pending_bytes", "header_timeout_ms",
+                                     "body_timeout_ms", NULL};
   lua_State *L = c->L;
   char p[64];
   int n, i, j;
@@ -638,7 +640,11 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
     lua_rawgeti(L, -1, i);
     it = lua_gettop(L);
     in->max_body_bytes = 8u << 20;
-    in->idle_timeout_ms = 60000;
+    in->idle_timeout_ms = 0; /* by type, below */
+    in->max_connections = 1024;
+    in->event_timeout_ms = 30000;
+    in->max_pending_bytes = 64u << 20;
+    in->body_timeout_ms = 60000;
     if (!lua_istable(L, it)) {
       bad(c, p, "expected table, got %s", type_of(L, it));
       lua_pop(L, 1);
@@ -654,6 +660,18 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
     opt_u32(c, it, p, "idle_timeout_ms", 100, 86400000, &in->idle_timeout_ms,
             0);
     opt_str(c, it, p, "bearer_token_file", &in->bearer_token_file, 0);
+    opt_u32(c, it, p, "max_connections", 1, 1000000, &in->max_connections, 0);
+    opt_u32(c, it, p, "event_timeout_ms", 100, 86400000, &in->event_timeout_ms,
+            0);
+    opt_uint(c, it, p, "max_pending_bytes", 1, 1ull << 40,
+             &in->max_pending_bytes, 1);
+    opt_u32(c, it, p, "header_timeout_ms", 100, 86400000,
+            &in->header_timeout_ms, 0);
+    opt_u32(c, it, p, "body_timeout_ms", 100, 86400000, &in->body_timeout_ms,
+            0);
+    /* a quiet producer is normal on tcp/unix; an idle HTTP client is not */
+    if (in->idle_timeout_ms == 0 && in->type && strcmp(in->type, "http") == 0)
+      in->idle_timeout_ms = 60000;
     if (in->type) {
       char pt[80];
       snprintf(pt, sizeof(pt), "%s.type", p);
@@ -930,10 +948,12 @@ static void check_rules(struct check *c, struct sl_config *cfg, int t) {
 
 static void check_admin(struct check *c, struct sl_config *cfg, int t) {
   static const char *const keys[] = {"listen", "bearer_token_file",
-                                     "redact_headers", NULL};
+                                     "redact_headers", "max_connections",
+                                     NULL};
   struct sl_admin_config *a = &cfg->admin;
   lua_State *L = c->L;
 
+  a->max_connections = 64;
   lua_getfield(L, t, "admin");
   if (lua_istable(L, -1)) {
     int at = lua_gettop(L);
@@ -948,16 +968,29 @@ static void check_admin(struct check *c, struct sl_config *cfg, int t) {
     }
     opt_strlist(c, at, "admin", "redact_headers", &a->redact_headers,
                 &a->nredact, 0);
+    opt_u32(c, at, "admin", "max_connections", 1, 100000, &a->max_connections,
+            0);
   } else if (!lua_isnil(L, -1)) {
     bad(c, "admin", "expected table, got %s", type_of(L, -1));
   }
   lua_pop(L, 1);
-  if (a->redact_headers == NULL) {
-    a->redact_headers = calloc(2, sizeof(char *));
-    if (a->redact_headers) {
-      a->redact_headers[0] = strdup("authorization");
-      a->redact_headers[1] = strdup("cookie");
-      a->nredact = 2;
+  {
+    /* credentials and session state that travel in headers: always
+     * masked; a configured list adds to them (a list that replaced them
+     * would unmask authorization by naming one header of one's own) */
+    static const char *const defaults[] = {"authorization",
+                                           "proxy-authorization", "cookie",
+                                           "set-cookie", "x-api-key"};
+    size_t k, nd = SL_ARRAY_SIZE(defaults);
+    char **all = calloc(nd + (size_t)a->nredact, sizeof(char *));
+    if (all) {
+      for (k = 0; k < nd; k++)
+        all[k] = strdup(defaults[k]);
+      for (k = 0; k < (size_t)a->nredact; k++)
+        all[nd + k] = a->redact_headers[k];
+      free(a->redact_headers);
+      a->redact_headers = all;
+      a->nredact += (int)nd;
     }
   }
 }

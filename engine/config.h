@@ -62,8 +62,18 @@ struct sl_input_config {
   char *listen; /* tcp/http: "host:port"; unix: socket path */
   char *topic;  /* http: default topic for bare payloads; may be NULL */
   uint64_t max_body_bytes;  /* http; default 8 MiB */
-  uint32_t idle_timeout_ms; /* connections idle this long are closed */
+  uint32_t idle_timeout_ms; /* connections idle this long are closed; http
+                               default 60000, tcp/unix 0 (off) */
   char *bearer_token_file;  /* http auth; may be NULL */
+  uint32_t max_connections;   /* open at once; default 1024 */
+  uint32_t event_timeout_ms;  /* tcp/unix: a begun event must be complete
+                                 within this; default 30000 */
+  uint64_t max_pending_bytes; /* tcp/unix: partial events, http: bodies,
+                                 over all connections; default 64 MiB */
+  uint32_t header_timeout_ms; /* http: the request head from its first
+                                 byte; 0: min(10 s, idle_timeout_ms) */
+  uint32_t body_timeout_ms;   /* http: the body from the end of the head;
+                                 default 60000 */
 };
 
 struct sl_output_config {
@@ -96,6 +106,7 @@ struct sl_admin_config {
   char *bearer_token_file; /* may be NULL */
   char **redact_headers;   /* tap: masked header names */
   int nredact;
+  uint32_t max_connections; /* open at once; default 64 */
 };
 
 struct sl_config {

@@ -1,7 +1,9 @@
 /* conn.h - the connection layer between libuv streams and protocols.
- * A listener accepts TCP or unix connections; a conn owns its uv handle,
- * its input buffer and an idle timer, and hands bytes to the protocol above
- * through sl_conn_ops. Protocols never see libuv reads, so TLS can slot in
+ * A listener accepts TCP or unix connections up to its limits (connection
+ * count, fds left for others, bytes of partial input over its conns); a
+ * conn owns its uv handle, its input buffer, an idle timer and a deadline
+ * for unconsumed bytes, and hands bytes to the protocol above through
+ * sl_conn_ops. Protocols never see libuv reads, so TLS can slot in
  * here later without touching a parser. Conns are heap objects freed after
  * their handle's close callback; the protocol's cb_close runs first. */
 #ifndef SL_CONN_H
@@ -12,6 +14,7 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "log.h"
 
 struct sl_conn;
 struct sl_listener;
@@ -40,6 +43,7 @@ struct sl_conn {
     uv_pipe_t pipe;
   } h;
   uv_timer_t idle;
+  uv_timer_t partial;    /* the deadline of unconsumed bytes */
   uv_connect_t connect_req;
   const struct sl_conn_ops *ops;
   void *proto;                 /* the protocol's state */
@@ -49,6 +53,9 @@ struct sl_conn {
   size_t max_buffered;   /* stop reading when in.len reaches this */
   uint64_t offset;       /* stream bytes consumed before in.data[0] */
   uint32_t idle_ms;      /* 0: no idle limit */
+  uint32_t partial_ms;   /* 0: unconsumed bytes may wait forever */
+  size_t charged;        /* of in.cap, counted in listener->pending */
+  uint64_t last_read_ns; /* monotonic, of the last bytes read */
   uint64_t bytes_in;
   enum sl_conn_kind kind;
   int paused;            /* the protocol asked to stop reading */
@@ -57,10 +64,26 @@ struct sl_conn {
   int reading;
   int no_read;           /* sl_conn_stop_reading: never read again */
   int pending_writes;
+  int partial_running;   /* the partial timer runs */
+  int refused;           /* over a limit: lingering to close */
   char peer[160];        /* "1.2.3.4:5678" or the socket path */
 };
 
 typedef int (*sl_listener_accept_cb)(struct sl_listener *l, struct sl_conn *c);
+
+/* What a listener refused or cut, for /metrics. */
+struct sl_listener_stats {
+  uint64_t accepted;
+  uint64_t refused_limit;  /* over max_conns */
+  uint64_t refused_fds;    /* the process is near or at its fd limit */
+  uint64_t shed_memory;    /* closed to keep partial input under max_pending */
+  uint64_t timed_out;      /* idle, partial or protocol deadlines */
+  uint64_t displaced;      /* quiet conns closed to admit a new one */
+};
+
+/* Buffers up to this much per conn are not charged to max_pending: what one
+ * read needs. A conn whose partial event spans reads is charged. */
+#define SL_CONN_FREE_BUFFER (64u * 1024)
 
 struct sl_listener {
   union {
@@ -75,8 +98,28 @@ struct sl_listener {
   void *data;
   struct sl_conn conns;   /* list head of open conns */
   uint32_t nconns;
+  /* set before sl_listener_start; 0 means no limit */
   uint32_t idle_ms;
+  uint32_t partial_ms; /* a conn's unconsumed bytes must be consumed within
+                          this from the first of them (a partial event) */
+  uint32_t max_conns;  /* over it a new conn is refused at once, unless a
+                          conn quiet for displace_ms makes room */
+  uint32_t displace_ms;
+  size_t max_pending;  /* bytes of conn buffers larger than
+                          SL_CONN_FREE_BUFFER, over all conns; raised to
+                          twice max_buffered */
+  int fd_guard;        /* refuse conns once the process is within a reserve
+                          of its fd limit, keeping fds for the admin server,
+                          outputs and files */
+  const char *refusal; /* written to a refused conn before it is closed
+                          (HTTP: a 503); NULL: closed at once */
+  size_t refusal_len;
+  const char *name;    /* for logs; NULL: the address */
   size_t max_buffered;
+  /* read-only */
+  size_t pending;      /* charged buffer bytes now */
+  struct sl_listener_stats stats;
+  struct sl_log_limiter refuse_log;
   int active;
   char address[128];
   void (*on_closed)(struct sl_listener *l); /* handle closed; may be NULL */
@@ -90,6 +133,11 @@ int sl_listener_start(struct sl_listener *l, uv_loop_t *loop,
                       enum sl_conn_kind kind, const char *address,
                       sl_listener_accept_cb on_accept, void *data, char *err,
                       size_t errlen);
+/* Count a conn cut by the protocol's own deadline (HTTP) as timed out. */
+void sl_listener_count_timeout(struct sl_conn *c);
+/* Count a conn the protocol closes to stay under its memory bound. */
+void sl_listener_shed(struct sl_conn *c);
+
 /* Stop accepting (closes the listening handle; conns stay open). */
 void sl_listener_stop(struct sl_listener *l);
 /* Close every open conn of the listener. */

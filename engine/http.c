@@ -50,8 +50,12 @@ struct http_conn {
   int linger;           /* the client may still be sending */
   int lingering;        /* all written; dropping input until closed */
   uint64_t linger_end;  /* monotonic ns when lingering stops anyway */
+  uint64_t body_end;    /* monotonic ns when the body must be in; 0: none */
+  uint64_t charged;     /* body bytes counted in srv->pending */
+  uint64_t body_seen_ns; /* monotonic, when body bytes last came */
   int want_continue;    /* Expect: 100-continue */
   int body_too_big;
+  int over_pending;     /* the body would pass limits.max_pending */
   int head_too_big;
   int too_many_headers;
   int last_cb;          /* 1 after a header field piece, 2 after a value */
@@ -62,6 +66,7 @@ static const http_parser_settings settings;
 static const struct sl_conn_ops conn_ops;
 
 static void on_written(struct sl_conn *c, int status, void *arg);
+static int shed_stalest_body(struct http_conn *hc);
 static void finish_request(struct http_conn *hc);
 static int respond(struct http_conn *hc, int status, const char *ctype,
                    const void *body, size_t len, int chunked);
@@ -186,6 +191,7 @@ static void on_timer(uv_timer_t *t) {
   case PH_BODY:
     /* a trickling or stalled client: answer 408 once, then close */
     hc->srv->stats.timeouts++;
+    sl_listener_count_timeout(c);
     hc->close_after = 1;
     if (hc->responded ||
         respond(hc, 408, "application/json",
@@ -193,6 +199,9 @@ static void on_timer(uv_timer_t *t) {
       sl_conn_close(c);
     return;
   case PH_IDLE:
+    sl_listener_count_timeout(c);
+    sl_conn_close(c);
+    return;
   case PH_CLOSING:
     sl_conn_close(c);
     return;
@@ -207,6 +216,19 @@ static void start_timer(struct http_conn *hc, uint32_t ms) {
     uv_timer_start(&hc->timer, on_timer, ms, 0);
   else
     uv_timer_stop(&hc->timer);
+}
+
+/* While a body comes: the idle limit, or what is left of the body's
+ * deadline when that is sooner. */
+static void start_body_timer(struct http_conn *hc) {
+  uint32_t ms = hc->srv->limits.idle_ms;
+  if (hc->body_end) {
+    uint64_t now = sl_mono_ns();
+    uint64_t left = hc->body_end > now ? (hc->body_end - now) / 1000000u + 1 : 1;
+    if (ms == 0 || left < ms)
+      ms = (uint32_t)left;
+  }
+  start_timer(hc, ms);
 }
 
 static uint32_t header_ms(const struct sl_http_server *s) {
@@ -227,6 +249,8 @@ static int on_message_begin(http_parser *p) {
   hc->in_request = 1;
   hc->responded = hc->skip_body = hc->want_continue = 0;
   hc->body_too_big = hc->head_too_big = hc->too_many_headers = 0;
+  hc->over_pending = 0;
+  hc->body_end = 0;
   hc->last_cb = 0;
   hc->skipped = 0;
   sl_buf_reset(&r->head);
@@ -309,7 +333,50 @@ static int on_body(http_parser *p, const char *at, size_t n) {
     hc->body_too_big = 1;
     return 1;
   }
-  return sl_buf_append(&hc->req.body, at, n) == 0 ? 0 : 1;
+  if (hc->srv->limits.max_pending) {
+    while (hc->srv->pending + n > hc->srv->limits.max_pending)
+      if (shed_stalest_body(hc) != 0) {
+        hc->over_pending = 1; /* many bodies at once: this one must wait */
+        hc->srv->stats.shed_memory++;
+        return 1;
+      }
+  }
+  if (sl_buf_append(&hc->req.body, at, n) != 0)
+    return 1;
+  hc->body_seen_ns = sl_mono_ns();
+  hc->charged += n;
+  hc->srv->pending += n;
+  return 0;
+}
+
+/* Bodies over max_pending: close the connection whose body has waited
+ * longest for its next byte (a body still coming, not one the handler has),
+ * so a few stalled uploads cannot refuse everyone else. Its share is
+ * released now. Returns 0 when one was closed. */
+static int shed_stalest_body(struct http_conn *hc) {
+  struct sl_http_server *srv = hc->srv;
+  struct http_conn *victim = NULL;
+  struct sl_conn *c;
+  uint64_t suppressed = 0;
+  for (c = srv->listener.conns.next; c != &srv->listener.conns; c = c->next) {
+    struct http_conn *x = c->proto;
+    if (x != hc && x->phase == PH_BODY && x->charged && !c->closing &&
+        (victim == NULL || x->body_seen_ns < victim->body_seen_ns))
+      victim = x;
+  }
+  if (victim == NULL)
+    return -1;
+  sl_listener_shed(victim->conn);
+  if (sl_log_allow(&srv->error_log, &suppressed))
+    sl_log(SL_LOG_WARN, "request bodies over max_pending_bytes; closing the "
+                        "stalest upload",
+           SL_S("server", srv->name ? srv->name : ""),
+           SL_S("peer", victim->conn->peer), SL_U("bytes", victim->charged),
+           SL_U("suppressed", suppressed), SL_END);
+  srv->pending -= victim->charged;
+  victim->charged = 0;
+  sl_conn_close(victim->conn);
+  return 0;
 }
 
 static int on_message_complete(http_parser *p) {
@@ -396,7 +463,9 @@ static void after_head(struct http_conn *hc) {
     r->query.p = "";
     r->query.len = 0;
   }
-  start_timer(hc, srv->limits.idle_ms);
+  if (srv->limits.body_ms)
+    hc->body_end = sl_mono_ns() + srv->limits.body_ms * 1000000ull;
+  start_body_timer(hc);
   if (srv->ops->cb_headers)
     srv->ops->cb_headers(r);
   if (hc->conn == NULL || hc->conn->closing || hc->responded)
@@ -467,6 +536,8 @@ static void finish_request(struct http_conn *hc) {
   if (!hc->in_request)
     return;
   hc->in_request = 0;
+  hc->srv->pending -= hc->charged; /* the body is the handler's no more */
+  hc->charged = 0;
   if (hc->srv->ops->cb_done)
     hc->srv->ops->cb_done(r);
   r->data = NULL;
@@ -699,7 +770,13 @@ static void parse_failed(struct http_conn *hc) {
       sl_conn_close(hc->conn);
     return;
   }
-  if (hc->body_too_big) {
+  if (hc->over_pending) {
+    status = 503;
+    sl_http_add_header(&hc->req, "Retry-After", "1");
+    n = snprintf(msg, sizeof(msg),
+                 "{\"error\":\"too many request bodies in progress; "
+                 "retry\"}");
+  } else if (hc->body_too_big) {
     status = 413;
     n = snprintf(msg, sizeof(msg),
                  "{\"error\":\"body larger than max_body_bytes (%llu)\"}",
@@ -730,7 +807,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
 
   hc->in_data = 1;
   if (hc->phase == PH_BODY) {
-    start_timer(hc, srv->limits.idle_ms); /* the body moves: not idle */
+    start_body_timer(hc); /* the body moves: not idle */
   } else if (hc->lingering) {
     uint64_t now = sl_mono_ns();
     if (now >= hc->linger_end)
@@ -876,6 +953,15 @@ static int on_accept(struct sl_listener *l, struct sl_conn *c) {
 
 /* ---- the server -------------------------------------------------------- */
 
+/* Sent by the connection layer to a connection over max_conns. */
+static const char refusal_503[] =
+    "HTTP/1.1 503 Service Unavailable\r\n"
+    "Content-Type: application/json\r\n"
+    "Retry-After: 1\r\n"
+    "Connection: close\r\n"
+    "Content-Length: 32\r\n\r\n"
+    "{\"error\":\"too many connections\"}";
+
 static void on_listener_closed(struct sl_listener *l) {
   struct sl_http_server *s = l->data;
   s->listener_closed = 1;
@@ -892,7 +978,15 @@ int sl_http_start(struct sl_http_server *s, uv_loop_t *loop,
   s->draining = s->stopping = s->listener_closed = s->stopped = 0;
   memset(&s->stats, 0, sizeof(s->stats));
   sl_log_limiter_init(&s->error_log, 10000, 20);
+  s->pending = 0;
   s->listener.idle_ms = 0; /* timing is ours: see on_timer */
+  s->listener.partial_ms = 0;
+  s->listener.max_pending = 0; /* bodies are bounded here, not there */
+  s->listener.max_conns = s->limits.max_conns;
+  s->listener.fd_guard = s->limits.fd_guard;
+  s->listener.refusal = refusal_503;
+  s->listener.refusal_len = sizeof(refusal_503) - 1;
+  s->listener.name = s->name;
   s->listener.max_buffered = MAX_BUFFERED;
   s->listener.on_closed = on_listener_closed;
   return sl_listener_start(&s->listener, loop, SL_CONN_TCP, address,

@@ -5,8 +5,9 @@
  * answered, so responses leave in request order. Keep-alive, Content-Length
  * and chunked bodies, a cap on header bytes (431) and body bytes (413, and
  * nothing past the cap is buffered), a deadline for a whole request head
- * from its first byte (a client trickling header bytes is cut off there) and
- * an idle limit between requests and body reads.
+ * from its first byte (a client trickling header bytes is cut off there),
+ * one for the body, an idle limit between requests and body reads, a
+ * connection limit and a bound on body bytes held over all connections.
  * The server owns its listener, its connections and their requests. A
  * handler (sl_http_ops) owns whatever it hangs on a request's data and
  * releases it in cb_done. All calls run on the server's loop thread. */
@@ -52,12 +53,23 @@ struct sl_http_limits {
   uint32_t idle_ms;          /* quiet keep-alive connection or body; 0: off */
   uint32_t header_ms;        /* whole request head from its first byte;
                                 0: idle_ms */
+  uint32_t body_ms;          /* whole body from the end of its head; 0: off */
+  uint32_t max_conns;        /* open at once; over it a new connection gets
+                                503 and is closed; 0: no limit */
+  uint64_t max_pending;      /* body bytes held over all connections; a body
+                                that would pass it closes the upload that
+                                waited longest for its next byte, or gets
+                                503 when there is none; 0: no bound */
+  int fd_guard;              /* see sl_listener.fd_guard */
 };
 
 struct sl_http_stats {
   uint64_t requests;          /* request heads read */
   uint64_t connections_total; /* accepted */
   uint64_t timeouts;          /* connections cut by a deadline */
+  uint64_t shed_memory;       /* bodies refused (503) for max_pending;
+                                 stalled uploads closed for it are counted
+                                 by the listener */
   uint64_t responses[600];    /* by status code */
 };
 
@@ -92,6 +104,7 @@ struct sl_http_server {
   void *data;
   uv_loop_t *loop;
   uint32_t live;     /* connections not yet freed */
+  uint64_t pending;  /* body bytes held now */
   int draining, stopping, listener_closed, stopped;
   struct sl_log_limiter error_log;
   struct sl_http_stats stats;

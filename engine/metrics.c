@@ -198,6 +198,61 @@ static void process(struct out *b, const struct sl_worker *w) {
                 (double)w->started_ns / 1e9);
 }
 
+/* Every listener (inputs and the admin server): open, refused by reason,
+ * timed out. */
+static const struct sl_listener *input_listener(const struct sl_input *in) {
+  return in->stats.http ? &in->stats.http->listener : in->stats.listener;
+}
+
+static void listeners(struct out *b, const struct sl_worker *w,
+                      const struct sl_http_server *admin) {
+  static const char *const reasons[] = {"limit", "fds", "memory", "idle"};
+  const struct sl_listener *l;
+  int i, k, pass;
+  for (pass = 0; pass < 3; pass++) {
+    if (pass == 0)
+      family(b, "sluice_listener_connections_open", "gauge",
+             "Connections open now, per listener (inputs and admin).");
+    else if (pass == 1)
+      family(b, "sluice_listener_connections_refused_total", "counter",
+             "Connections refused or closed early: over max_connections, "
+             "near the fd limit, to keep partial input under "
+             "max_pending_bytes, or quiet ones closed to admit a new one "
+             "at max_connections (idle).");
+    else
+      family(b, "sluice_listener_connections_timed_out_total", "counter",
+             "Connections closed by a deadline: idle, a partial event or "
+             "an HTTP head or body not in time.");
+    for (i = -1; i < w->ninputs; i++) {
+      const char *name = i < 0 ? "admin" : w->cfg->inputs[i].name;
+      const char *type = i < 0 ? "admin" : w->cfg->inputs[i].type;
+      l = i < 0 ? (admin ? &admin->listener : NULL)
+                : input_listener(&w->inputs[i]);
+      if (l == NULL)
+        continue;
+      for (k = 0; k < (pass == 1 ? 4 : 1); k++) {
+        uint64_t v = pass == 0 ? l->nconns
+                   : pass == 2 ? l->stats.timed_out
+                   : k == 0    ? l->stats.refused_limit
+                   : k == 1    ? l->stats.refused_fds
+                   : k == 2    ? l->stats.shed_memory
+                               : l->stats.displaced;
+        if (pass == 1 && k == 2 && i >= 0 && w->inputs[i].stats.http)
+          v += w->inputs[i].stats.http->stats.shed_memory;
+        if (pass == 1)
+          put(b, "sluice_listener_connections_refused_total{listener=\"%s\","
+                 "type=\"%s\",reason=\"%s\"} %llu\n",
+              name, type, reasons[k], U(v));
+        else
+          put(b, "%s{listener=\"%s\",type=\"%s\"} %llu\n",
+              pass == 0 ? "sluice_listener_connections_open"
+                        : "sluice_listener_connections_timed_out_total",
+              name, type, U(v));
+      }
+    }
+  }
+}
+
 int sl_metrics_render(const struct sl_worker *w, struct sl_buf *text) {
   struct out o = {text, 0}, *out = &o;
   const struct sl_rules_stats *rs = w->rules ? sl_rules_stats(w->rules) : NULL;
@@ -240,6 +295,8 @@ int sl_metrics_render(const struct sl_worker *w, struct sl_buf *text) {
       put(out, "sluice_http_timeouts_total{input=\"%s\"} %llu\n",
                     w->cfg->inputs[i].name,
                     U(w->inputs[i].stats.http->stats.timeouts));
+
+  listeners(out, w, admin_http);
 
   /* outputs and queues */
   per_output(out, w, "sluice_output_events_total", "counter",

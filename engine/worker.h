@@ -172,6 +172,8 @@ struct sl_input_stats {
   /* HTTP inputs: their server (responses by status, connections); NULL
    * for the others. Read by metrics. */
   const struct sl_http_server *http;
+  /* tcp/unix inputs: their listener (limits, refusals); NULL otherwise */
+  const struct sl_listener *listener;
 };
 
 struct sl_input {

@@ -547,7 +547,15 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   hi->srv.limits.max_header_bytes = SL_HTTP_MAX_HEADER_BYTES;
   hi->srv.limits.max_body_bytes = cfg->max_body_bytes;
   hi->srv.limits.idle_ms = cfg->idle_timeout_ms;
-  hi->srv.limits.header_ms = cfg->idle_timeout_ms;
+  hi->srv.limits.header_ms =
+      cfg->header_timeout_ms ? cfg->header_timeout_ms
+      : cfg->idle_timeout_ms < 10000 ? cfg->idle_timeout_ms : 10000;
+  hi->srv.limits.body_ms = cfg->body_timeout_ms;
+  hi->srv.limits.max_conns = cfg->max_connections;
+  hi->srv.limits.max_pending = cfg->max_pending_bytes > cfg->max_body_bytes
+                                   ? cfg->max_pending_bytes
+                                   : cfg->max_body_bytes; /* one body fits */
+  hi->srv.limits.fd_guard = 1; /* leave fds for the admin server */
   hi->srv.on_stopped = on_stopped;
   hi->started = 1;
   in->stats.http = &hi->srv;

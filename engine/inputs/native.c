@@ -146,10 +146,20 @@ static void cb_eof(struct sl_conn *c, int status) {
     sl_log(SL_LOG_DEBUG, "connection error", SL_S("input", nc->src.input->cfg->name),
            SL_S("peer", c->peer), SL_S("error", uv_strerror(status)), SL_END);
   if (c->in.len > 0) {
-    nc->src.input->stats.bad_input++;
-    sl_log(SL_LOG_WARN, "connection closed inside an event; partial event discarded",
-           SL_S("input", nc->src.input->cfg->name), SL_S("peer", c->peer),
-           SL_U("offset", c->offset), SL_U("bytes", c->in.len), SL_END);
+    struct sl_input *in = nc->src.input;
+    uint64_t suppressed = 0;
+    in->stats.bad_input++;
+    /* rate-limited: a flood of stalled connections must not flood the log */
+    if (sl_log_allow(&in->w->bad_input_log, &suppressed))
+      sl_log(SL_LOG_WARN,
+             status == UV_ETIMEDOUT
+                 ? "event not complete within event_timeout_ms; partial "
+                   "event discarded"
+                 : "connection closed inside an event; partial event "
+                   "discarded",
+             SL_S("input", in->cfg->name), SL_S("peer", c->peer),
+             SL_U("offset", c->offset), SL_U("bytes", c->in.len),
+             SL_U("suppressed", suppressed), SL_END);
   }
 }
 
@@ -194,9 +204,18 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
     return SL_ENOMEM;
   ni->in = in;
   in->data = ni;
-  ni->listener.idle_ms = 0; /* a quiet producer is normal here */
+  ni->listener.idle_ms = in->cfg->idle_timeout_ms; /* default 0: a quiet
+                                                      producer is normal */
+  ni->listener.partial_ms = in->cfg->event_timeout_ms;
+  ni->listener.max_conns = in->cfg->max_connections;
+  /* at the limit, a conn quiet longer than an event may take gives way */
+  ni->listener.displace_ms = in->cfg->event_timeout_ms;
+  ni->listener.max_pending = in->cfg->max_pending_bytes;
+  ni->listener.fd_guard = 1;
+  ni->listener.name = in->cfg->name;
   ni->listener.max_buffered = (size_t)in->w->cfg->max_event_bytes + 65536;
   ni->listener.on_closed = on_listener_closed;
+  in->stats.listener = &ni->listener;
   rc = sl_listener_start(&ni->listener, &in->w->loop,
                          strcmp(in->cfg->type, "unix") == 0 ? SL_CONN_UNIX
                                                             : SL_CONN_TCP,
@@ -207,6 +226,7 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
 static void finish(struct native_in *ni) {
   struct sl_input *in = ni->in;
   in->data = NULL;
+  in->stats.listener = NULL;
   free(ni);
   sl_input_stopped(in);
 }

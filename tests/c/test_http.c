@@ -106,6 +106,8 @@ static int free_port(void) {
 }
 
 static int server_port;
+/* body_ms, max_conns and max_pending of the next start(); reset by it */
+static struct sl_http_limits more;
 
 /* Start a server with these limits (0: the defaults of the test). */
 static int start(uint32_t max_header, uint64_t max_body, uint32_t idle_ms,
@@ -122,6 +124,10 @@ static int start(uint32_t max_header, uint64_t max_body, uint32_t idle_ms,
   srv.limits.max_body_bytes = max_body ? max_body : 1 << 20;
   srv.limits.idle_ms = idle_ms ? idle_ms : 5000;
   srv.limits.header_ms = header_ms;
+  srv.limits.body_ms = more.body_ms;
+  srv.limits.max_conns = more.max_conns;
+  srv.limits.max_pending = more.max_pending;
+  memset(&more, 0, sizeof(more));
   return sl_http_start(&srv, &loop, addr, &ops, NULL, err, sizeof(err));
 }
 
@@ -428,6 +434,106 @@ TEST(http_head_deadline_does_not_move_with_trickled_bytes) {
   CHECK_EQ(seen.requests, 0);
   close(fd);
   stop();
+}
+
+TEST(http_body_deadline_does_not_move_with_trickled_bytes) {
+  static const char head[] = "POST /slow HTTP/1.1\r\nContent-Length: 50\r\n\r\n";
+  const char *r = "";
+  int fd, eof = 0, i, cut = -1;
+  /* before: each body byte restarted the idle limit, so a byte every 30 ms
+   * held the connection for good; the body deadline (150 ms) does not move */
+  more.body_ms = 150;
+  CHECK(start(0, 0, 1000, 0) == 0);
+  fd = client();
+  feed(fd, head, sizeof(head) - 1, sizeof(head) - 1);
+  for (i = 0; i < 50; i++) {
+    if (send(fd, "x", 1, MSG_NOSIGNAL) != 1) {
+      cut = i;
+      break;
+    }
+    sleep_ms(30);
+    r = got(fd, &eof);
+    if (r[0] || eof) {
+      cut = i;
+      break;
+    }
+  }
+  CHECK(cut >= 3 && cut <= 8);
+  CHECK(strncmp(r, "HTTP/1.1 408 ", 13) == 0);
+  CHECK_EQ(srv.stats.timeouts, 1);
+  CHECK_EQ(srv.listener.stats.timed_out, 1);
+  CHECK_EQ(seen.requests, 0);
+  close(fd);
+  stop();
+}
+
+TEST(http_connection_over_max_conns_gets_503_and_is_closed) {
+  static const char req[] = "POST /k HTTP/1.1\r\nContent-Length: 1\r\n\r\nx";
+  const char *r;
+  int a, b, eof = 0, i;
+  more.max_conns = 1;
+  CHECK(start(0, 0, 0, 0) == 0);
+  a = client();
+  b = client();
+  feed(b, req, sizeof(req) - 1, sizeof(req) - 1);
+  r = got(b, &eof);
+  CHECK(strncmp(r, "HTTP/1.1 503 ", 13) == 0);
+  CHECK(strstr(r, "Retry-After: 1\r\n") != NULL);
+  CHECK(strstr(r, "Connection: close\r\n") != NULL);
+  CHECK(strstr(r, "\r\n\r\n{\"error\":\"too many connections\"}") != NULL);
+  for (i = 0; i < 100 && !eof; i++) {
+    sleep_ms(20);
+    got(b, &eof);
+  }
+  CHECK(eof);
+  CHECK_EQ(srv.listener.stats.refused_limit, 1);
+  CHECK_EQ(srv.listener.nconns, 1);
+  /* the one within the limit is served */
+  feed(a, req, sizeof(req) - 1, sizeof(req) - 1);
+  CHECK(strstr(got(a, NULL), "echo:x") != NULL);
+  close(a);
+  close(b);
+  stop();
+}
+
+TEST(http_bodies_over_max_pending_shed_the_stalest_upload_or_get_503) {
+  static const char head[] = "POST /p HTTP/1.1\r\nContent-Length: 80\r\n\r\n";
+  static const char big[] = "POST /p HTTP/1.1\r\nContent-Length: 150\r\n\r\n";
+  char part[121];
+  const char *r;
+  int a, b, c, eof = 0;
+  memset(part, 'x', 120);
+  part[120] = '\0';
+  more.max_pending = 100;
+  CHECK(start(0, 0, 0, 0) == 0);
+  a = client();
+  b = client();
+  feed(a, head, sizeof(head) - 1, sizeof(head) - 1);
+  feed(a, part, 60, 60);
+  CHECK_EQ(srv.pending, 60);
+  sleep_ms(5);
+  feed(b, head, sizeof(head) - 1, sizeof(head) - 1);
+  feed(b, part, 60, 60); /* 120 held would pass 100: a waited longest */
+  got(a, &eof);
+  CHECK(eof);
+  CHECK_EQ(srv.listener.stats.shed_memory, 1);
+  CHECK_EQ(srv.pending, 60);
+  feed(b, part, 20, 20); /* b completes within the bound */
+  CHECK(strstr(got(b, NULL), "echo:xxxx") != NULL);
+  CHECK_EQ(srv.pending, 0);
+  /* one body alone over the bound: nothing to shed, 503 */
+  c = client();
+  feed(c, big, sizeof(big) - 1, sizeof(big) - 1);
+  feed(c, part, 120, 120);
+  r = got(c, NULL);
+  CHECK(strncmp(r, "HTTP/1.1 503 ", 13) == 0);
+  CHECK(strstr(r, "Retry-After: 1") != NULL);
+  CHECK_EQ(srv.stats.shed_memory, 1);
+  close(a);
+  close(b);
+  close(c);
+  stop();
+  CHECK_EQ(srv.pending, 0);
 }
 
 /* ---- streaming --------------------------------------------------------- */

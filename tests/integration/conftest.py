@@ -18,8 +18,9 @@ Fixture API (import the helpers with `from conftest import ...`)
             paths in it ("out.ndjson") land in eng.dir. `run -c` is started
             with stderr (JSON logs) in eng.stderr_path and stdout in
             eng.stdout_path; the call returns once "sluice started" is
-            logged (or the tcp/unix inputs of a dict config accept
-            connections when the log level hides it). An engine that exits
+            logged, which the engine does once every listener is bound (or,
+            when the log level hides it, once every input and the admin
+            server of a dict config accept connections). An engine that exits
             before that raises EngineExited with its stderr.
         Engine:
             .proc .pid .dir .config .stderr_path .stdout_path
@@ -379,6 +380,7 @@ class Engine:
             if self.proc.poll() is not None:
                 raise EngineExited("engine exited with %s before it started:\n%s"
                                    % (self.proc.returncode, self.stderr()))
+            # logged once every listener (inputs, admin) is bound
             if "sluice started" in self.stderr():
                 self.started = True
                 return
@@ -481,7 +483,9 @@ class _Factory:
     @staticmethod
     def ports_of(eng):
         """Addresses to probe for start-up, only when the log level hides
-        "sluice started" (a probe is a connection the engine counts)."""
+        "sluice started" (a probe is a connection the engine counts). Every
+        listener is probed, never one of several: the engine binds them one
+        after the other, so one accepting says nothing of the next."""
         cfg = eng.config_dict
         if not cfg:
             return ()
@@ -492,11 +496,14 @@ class _Factory:
             return ()
         out = []
         for i in cfg.get("inputs", []):
-            if i.get("type") == "tcp":
+            if i.get("type") in ("tcp", "http"):
                 out.append(i["listen"])
             elif i.get("type") == "unix":
                 p = i["listen"]
                 out.append(p if os.path.isabs(p) else str(eng.dir / p))
+        admin = cfg.get("admin") or {}
+        if admin.get("listen"):
+            out.append(admin["listen"])
         return tuple(out)
 
     def check(self, eng):

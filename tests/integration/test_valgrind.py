@@ -47,13 +47,17 @@ end }""")
          SLUICE_BIN, "run", "-c", str(cfg)],
         stderr=open(tmp_path / "engine.log", "w"), cwd=tmp_path)
     try:
-        def up():
+        def ready():
+            # readiness covers every listener; the tcp port accepting would
+            # not say the http input (bound after it) is listening yet
             try:
-                connect("127.0.0.1:%d" % port).close()
-                return True
+                with urllib.request.urlopen(
+                        "http://127.0.0.1:%d/readyz" % admin, timeout=5) as r:
+                    return r.status == 200
             except OSError:
                 return False
-        wait_for(up, timeout=60, what="the engine under valgrind")
+        wait_for(ready, timeout=60, interval=0.2,
+                 what="the engine under valgrind to be ready")
         s = connect("127.0.0.1:%d" % port)
         for i in range(150):
             topic = ["orders.eu", "boom", "misc"][i % 3]
