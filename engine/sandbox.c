@@ -5,6 +5,7 @@
 #include "sandbox.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +37,7 @@
 #define SORT_MAX (1u << 17)  /* table.sort runs in C, where no hook fires */
 #define MAX_MODULE_NAME 128
 #define MAX_C_DEPTH 100      /* C functions re-entering Lua, nested */
+#define C_STACK_MAX (2u << 20) /* C stack bytes those may take */
 #define NIL32 UINT32_MAX
 
 /* Fixed slots at the bottom of each state's main stack, so a call into
@@ -98,6 +100,7 @@ struct box {
   int last_line; /* of the file, for contract errors */
   int ret_type;  /* what the chunk returned */
   int cdepth;    /* nesting of C functions that call back into Lua */
+  uintptr_t cstack0; /* C stack address at the outermost guarded call */
   struct sl_event *ev; /* the event of the running on_event */
   unsigned evflags;
   struct sl_event *changed; /* built by finish() */
@@ -1235,6 +1238,48 @@ static int l_collectgarbage(lua_State *L) {
   return 1;
 }
 
+/* C stack a rule's nested C calls may take: a quarter of this thread's
+ * stack, at most C_STACK_MAX. Measured, not estimated, so it also holds
+ * where frames are big (ASan) and whatever runs between two guarded
+ * levels. */
+static size_t cstack_budget(void) {
+  static size_t budget;
+  pthread_attr_t a;
+  size_t size = 0;
+
+  if (budget)
+    return budget;
+  if (pthread_getattr_np(pthread_self(), &a) == 0) {
+    if (pthread_attr_getstacksize(&a, &size) != 0)
+      size = 0;
+    pthread_attr_destroy(&a);
+  }
+  if (size == 0)
+    size = (size_t)1 << 20; /* unknown: assume a small thread */
+  budget = size / 4 < C_STACK_MAX ? size / 4 : C_STACK_MAX;
+  return budget;
+}
+
+/* Enter one more level of C calling back into Lua, or raise. Every path
+ * that re-enters Lua from C comes here (guarded_call, require), because
+ * LuaJIT bounds C recursion per coroutine only by its Lua stack: nested
+ * coroutines multiply it past any thread's C stack. */
+static void cdepth_enter(lua_State *L, struct box *b) {
+  char here;
+  uintptr_t sp = (uintptr_t)&here;
+
+  if (b->cdepth == 0)
+    b->cstack0 = sp;
+  if (b->cdepth >= MAX_C_DEPTH)
+    luaL_error(L, "C calls nested deeper than %d (recursion through "
+                  "metamethods, string.gsub, string.format, table.sort, "
+                  "os.time, require or coroutines)", MAX_C_DEPTH);
+  if (b->cstack0 > sp && b->cstack0 - sp > cstack_budget())
+    luaL_error(L, "C calls nested too deep (%d levels used %d KiB of C "
+                  "stack)", b->cdepth, (int)((b->cstack0 - sp) >> 10));
+  b->cdepth++;
+}
+
 /* Run the function below the n arguments on top in protected mode and
  * rethrow its error, counting how deep C functions that call back into
  * Lua are nested: each level takes C stack, and LuaJIT does not bound it
@@ -1243,11 +1288,7 @@ static int guarded_call(lua_State *L, int n) {
   struct box *b = box_of(L);
   int st;
 
-  if (b->cdepth >= MAX_C_DEPTH)
-    return luaL_error(L, "C calls nested deeper than %d (recursion through "
-                         "string.gsub, string.format, table.sort, require or "
-                         "coroutines)", MAX_C_DEPTH);
-  b->cdepth++;
+  cdepth_enter(L, b);
   st = lua_pcall(L, n, LUA_MULTRET, 0);
   b->cdepth--;
   if (st != 0)
@@ -1389,10 +1430,7 @@ static int l_require(lua_State *L) {
   lua_pushlightuserdata(L, (void *)&drop_sentinel); /* "loading" */
   lua_rawset(L, lua_upvalueindex(1));
   lua_pushvalue(L, 1);
-  if (box_of(L)->cdepth >= MAX_C_DEPTH)
-    return luaL_error(L, "C calls nested deeper than %d (require)",
-                      MAX_C_DEPTH);
-  box_of(L)->cdepth++;
+  cdepth_enter(L, box_of(L));
   if (lua_pcall(L, 1, 1, 0) != 0) {
     box_of(L)->cdepth--;
     lua_pushvalue(L, 1);
@@ -1560,7 +1598,8 @@ static int box_setup(lua_State *L) {
 
   lua_getfield(L, g0, "os");
   lua_createtable(L, 0, 3);
-  lua_getfield(L, -2, "time");
+  lua_getfield(L, -2, "time"); /* reads fields: runs __index */
+  lua_pushcclosure(L, l_guarded, 1);
   lua_setfield(L, -2, "time");
   lua_getfield(L, -2, "clock");
   lua_setfield(L, -2, "clock");

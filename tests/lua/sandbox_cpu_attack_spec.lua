@@ -1,0 +1,233 @@
+-- sandbox_cpu_attack_spec.lua - rules that try to crash the engine through
+-- the C stack or stall it inside one C call. Every attack must end in a
+-- clean Lua error (or a normal result) within a bound far below what it
+-- cost before the fix, and the state must stay usable. A crash here kills
+-- busted: that is the failure these tests exist to catch.
+
+local s = require("support")
+
+local function run(rule, ev)
+  return rule:run(ev or { topic = "t" })
+end
+
+-- The error of one run of body, which must fail with kind (and text).
+local function fails(body, kind, text, opts)
+  local r = s.on_event("if ev.topic == 'attack' then\n" .. body .. "\nend\nreturn 'ok'",
+    opts or { cpu_budget_ms = 1000 })
+  local res = run(r, { topic = "attack" })
+  assert.equal("error", res.verdict, body)
+  if kind then
+    assert.equal(kind, res.error_kind, res.error)
+  end
+  if text then
+    s.has(res.error, text)
+  end
+  return res, r
+end
+
+describe("recursion through C cannot exhaust the C stack", function()
+  teardown(s.cleanup)
+
+  -- Each wraps the recursive call in a new coroutine every `every` levels:
+  -- LuaJIT bounds C recursion per coroutine only by its Lua stack.
+  local attacks = {
+    ["os.time reading fields through __index"] = [[
+      local mt = {}
+      local d = 0
+      mt.__index = function(t, k)
+        d = d + 1
+        if d % EVERY == 0 then
+          return coroutine.wrap(function() return os.time(setmetatable({}, mt)) end)()
+        end
+        return os.time(setmetatable({}, mt))
+      end
+      os.time(setmetatable({}, mt))
+    ]],
+    ["os.time as the __index metamethod itself"] = [[
+      local mt = {}
+      mt.__index = os.time
+      local t = setmetatable({}, mt)
+      os.time(t)
+    ]],
+    ["string.gsub with a function replacement"] = [[
+      local d = 0
+      local function g(x)
+        d = d + 1
+        if d % EVERY == 0 then return coroutine.wrap(function() return (("ab"):gsub(".", g)) end)() end
+        return (("ab"):gsub(".", g))
+      end
+      g("a")
+    ]],
+    ["string.gsub with a table replacement whose __index recurses"] = [[
+      local repl = setmetatable({}, {})
+      local d = 0
+      getmetatable(repl).__index = function(t, k)
+        d = d + 1
+        if d % EVERY == 0 then return coroutine.wrap(function() return (string.gsub("ab", ".", repl)) end)() end
+        return (string.gsub("ab", ".", repl))
+      end
+      string.gsub("ab", ".", repl)
+    ]],
+    ["string.format %s calling __tostring"] = [[
+      local d = 0
+      local t = setmetatable({}, { __tostring = function(x)
+        d = d + 1
+        if d % EVERY == 0 then return coroutine.wrap(function() return ("%s"):format(x) end)() end
+        return string.format("%s", x)
+      end })
+      string.format("%s", t)
+    ]],
+    ["tostring calling __tostring"] = [[
+      local d = 0
+      local t
+      t = setmetatable({}, { __tostring = function(x)
+        d = d + 1
+        if d % EVERY == 0 then return coroutine.wrap(function() return tostring(x) end)() end
+        return os.time(setmetatable({}, { __index = function() return tostring(x) end }))
+      end })
+      tostring(t)
+    ]],
+    ["table.sort comparators that sort"] = [[
+      local d = 0
+      local function c(a, b)
+        d = d + 1
+        if d % EVERY == 0 then coroutine.wrap(function() table.sort({ 3, 2, 1 }, c) end)()
+        else table.sort({ 3, 2, 1 }, c) end
+        return a < b
+      end
+      table.sort({ 3, 2, 1 }, c)
+    ]],
+    ["table.sort of values whose __lt sorts"] = [[
+      local mt = {}
+      local d = 0
+      mt.__lt = function(a, b)
+        d = d + 1
+        local t = { setmetatable({}, mt), setmetatable({}, mt), setmetatable({}, mt) }
+        if d % EVERY == 0 then coroutine.wrap(function() table.sort(t) end)() else table.sort(t) end
+        return false
+      end
+      table.sort({ setmetatable({}, mt), setmetatable({}, mt) })
+    ]],
+    ["coroutine.wrap inside coroutine.wrap"] = [[
+      local function f() return coroutine.wrap(f)() end
+      f()
+    ]],
+    ["coroutine.resume inside coroutine.resume"] = [[
+      local function f()
+        local co = coroutine.create(f)
+        local ok, err = coroutine.resume(co)
+        if not ok then error(err, 0) end
+      end
+      f()
+    ]],
+    ["pcall and xpcall handlers that recurse through C"] = [[
+      local d = 0
+      local function f()
+        d = d + 1
+        return xpcall(function() error("x") end, function(e)
+          return coroutine.wrap(function() return os.time(setmetatable({}, { __index = f })) end)()
+        end)
+      end
+      f()
+    ]],
+    ["__index on the event userdata's fields through os.time"] = [[
+      local mt = {}
+      mt.__index = function(t, k)
+        return coroutine.wrap(function() return os.time(setmetatable({ day = ev.topic }, mt)) end)()
+      end
+      os.time(setmetatable({}, mt))
+    ]],
+    ["sluice.json.encode of a table with metamethods that encode"] = [[
+      local mt = {}
+      mt.__index = function(t, k)
+        return coroutine.wrap(function() return os.time(setmetatable({}, mt)) end)()
+      end
+      mt.__tostring = function(t) return sluice.json.encode(setmetatable({}, mt)) end
+      local t = setmetatable({}, mt)
+      sluice.json.encode({ t, t })
+      os.time(t)
+    ]],
+  }
+
+  for name, src in pairs(attacks) do
+    for _, every in ipairs({ 1, 7, 150, 5000 }) do
+      it(("ends %s (a coroutine every %d levels) with a Lua error"):format(name, every), function()
+        local body = src:gsub("EVERY", tostring(every))
+        local res, r = fails(body)
+        assert.truthy(res.error:find("C calls nested", 1, true)
+          or res.error:find("stack overflow", 1, true)
+          -- handlers whose errors xpcall swallows retry until the budget
+          or (name:find("xpcall") and res.error_kind == "cpu"), res.error)
+        assert.same({ "ok" }, run(r, { topic = "fine" }).routes)
+      end)
+    end
+  end
+
+  it("reaches no C function of the environment that recurses unbounded", function()
+    -- every function a rule can reach, called with values whose every
+    -- metamethod calls the same function again in a new coroutine
+    local r = s.rule([[
+      local names = {}
+      local function collect(prefix, t, seen)
+        for k, v in pairs(t) do
+          if type(v) == "function" then
+            names[#names + 1] = prefix .. k
+          elseif type(v) == "table" and not seen[v] and k ~= "_G" then
+            seen[v] = true
+            collect(prefix .. k .. ".", v, seen)
+          end
+        end
+      end
+      collect("", _G, { [_G] = true })
+      table.sort(names)
+      local skip = { ["sluice.every"] = true, ["coroutine.yield"] = true }
+      local function lookup(name)
+        local v = _G
+        for part in name:gmatch("[^.]+") do v = v[part] end
+        return v
+      end
+      return {
+        on_event = function(ev)
+          if ev.topic == "names" then return table.concat(names, " ") end
+          local f = lookup(ev.topic)
+          local mt = {}
+          local d, cur = 0, nil
+          -- calls f again with the arguments of the attack under way
+          local function again()
+            d = d + 1
+            if d % 500 ~= 0 then return f(unpack(cur)) end
+            return coroutine.wrap(function() return f(unpack(cur)) end)()
+          end
+          for _, m in ipairs({ "__index", "__newindex", "__call", "__tostring",
+              "__lt", "__le", "__eq", "__concat", "__len", "__unm", "__add" }) do
+            mt[m] = function() return again() end
+          end
+          local v = setmetatable({}, mt)
+          local errs = {}
+          for _, args in ipairs({ { v, v, v }, { "%s", v, v }, { v, again, v },
+              { "ab", ".", v }, { "ab", ".", again }, { { v, v, v }, again },
+              { { v, v, v } } }) do
+            d, cur = 0, args
+            local ok, err = pcall(f, unpack(args))
+            errs[#errs + 1] = tostring(err)
+          end
+          return table.concat(errs, "\n")
+        end,
+      }
+    ]], { cpu_budget_ms = 3000 })
+    local names = run(r, { topic = "names" }).routes[1]
+    local n = 0
+    for name in names:gmatch("%S+") do
+      if name ~= "sluice.every" and name ~= "coroutine.yield" then
+        local res = run(r, { topic = name })
+        assert.is_not_nil(res.verdict, name)
+        if name == "os.time" or name == "string.gsub" then -- known re-entrant
+          s.has(res.routes[1], "C calls nested deeper than 100")
+        end
+        n = n + 1
+      end
+    end
+    assert.is_true(n > 60, "only " .. n .. " functions found")
+    assert.equal("route", run(r, { topic = "names" }).verdict)
+  end)
+end)
