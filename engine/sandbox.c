@@ -38,6 +38,9 @@
 #define MAX_MODULE_NAME 128
 #define MAX_C_DEPTH 100      /* C functions re-entering Lua, nested */
 #define C_STACK_MAX (2u << 20) /* C stack bytes those may take */
+#define CWORK_CHECK (1u << 20) /* C work units between clock checks */
+#define SORT_CHEAP_N 2048    /* table.sort this small may skip sort_less */
+#define SORT_CHEAP_LEN 512   /* ... when no string is longer */
 #define NIL32 UINT32_MAX
 
 /* Fixed slots at the bottom of each state's main stack, so a call into
@@ -101,6 +104,7 @@ struct box {
   int ret_type;  /* what the chunk returned */
   int cdepth;    /* nesting of C functions that call back into Lua */
   uintptr_t cstack0; /* C stack address at the outermost guarded call */
+  size_t cwork;      /* C work (bytes, elements) since the last clock check */
   struct sl_event *ev; /* the event of the running on_event */
   unsigned evflags;
   struct sl_event *changed; /* built by finish() */
@@ -1320,16 +1324,91 @@ static void guard(lua_State *L, int t, const char *name) {
   lua_setfield(L, t, name);
 }
 
-/* table.sort sorts in C, where the count hook cannot stop it: bound n. */
+/* Charge n units of C work (bytes compared or moved, elements) to the
+ * running call and look at the clock every CWORK_CHECK units: work in C
+ * runs no VM instructions, so the count hook never sees it. */
+static void charge(lua_State *L, size_t n) {
+  struct box *b = box_of(L);
+
+  b->cwork += n;
+  if (b->cwork >= CWORK_CHECK) {
+    b->cwork = 0;
+    check_cpu(L);
+  }
+}
+
+/* The comparator table.sort uses when the rule gives none: a < b as
+ * LuaJIT compares it, charged by the bytes a string comparison reads
+ * (long strings sharing a prefix made one sort take seconds). */
+static int sort_less(lua_State *L) {
+  size_t n = 0, m = 0;
+
+  if (lua_type(L, 1) == LUA_TSTRING && lua_type(L, 2) == LUA_TSTRING) {
+    lua_tolstring(L, 1, &n);
+    lua_tolstring(L, 2, &m);
+  }
+  charge(L, 64 + (n < m ? n : m));
+  lua_pushboolean(L, lua_lessthan(L, 1, 2));
+  return 1;
+}
+
+/* Is sorting the table at 1 with LuaJIT's own comparison cheap: few
+ * elements and no long strings (then it takes well under a millisecond)? */
+static int sort_cheap(lua_State *L) {
+  int i, n = (int)lua_objlen(L, 1);
+
+  if (n > SORT_CHEAP_N)
+    return 0;
+  for (i = 1; i <= n; i++) {
+    int big;
+    lua_rawgeti(L, 1, i);
+    big = lua_type(L, -1) == LUA_TSTRING && lua_objlen(L, -1) > SORT_CHEAP_LEN;
+    lua_pop(L, 1);
+    if (big)
+      return 0;
+  }
+  return 1;
+}
+
+/* table.sort sorts in C, where the count hook cannot stop it: bound n,
+ * and unless the sort is cheap, compare through sort_less when the rule
+ * gives no comparator (its own is Lua, under the hook). */
 static int l_sort(lua_State *L) {
   int n = lua_gettop(L);
   luaL_checktype(L, 1, LUA_TTABLE);
   if (lua_objlen(L, 1) > SORT_MAX)
     return luaL_error(L, "table.sort: more than %d elements in a rule",
                       (int)SORT_MAX);
+  if ((n < 2 || lua_isnil(L, 2)) && !sort_cheap(L)) {
+    lua_settop(L, 1);
+    lua_pushcfunction(L, sort_less);
+    n = 2;
+  }
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
   guarded_call(L, n);
+  return 0;
+}
+
+/* table.insert (upvalue 1), but a position below 1 is refused (LuaJIT
+ * walks from #t down to it: 2^31 steps for a negative one, 17 s in one
+ * call) and the elements it shifts are charged to the budget. */
+static int l_insert(lua_State *L) {
+  int n, nargs = lua_gettop(L);
+  lua_Number at = 0;
+
+  luaL_checktype(L, 1, LUA_TTABLE);
+  n = (int)lua_objlen(L, 1);
+  if (nargs == 3) {
+    at = luaL_checknumber(L, 2);
+    if (!(at >= 1 && at <= (lua_Number)INT32_MAX))
+      return luaL_argerror(L, 2, "position out of bounds");
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, nargs, 0); /* raw, runs no Lua */
+  if (nargs == 3 && (int)at <= n)
+    charge(L, (size_t)(n - (int)at + 1) * 16);
   return 0;
 }
 
@@ -1583,6 +1662,9 @@ static int box_setup(lua_State *L) {
   lua_getfield(L, -2, "sort");
   lua_pushcclosure(L, l_sort, 1);
   lua_setfield(L, -2, "sort");
+  lua_getfield(L, -2, "insert");
+  lua_pushcclosure(L, l_insert, 1);
+  lua_setfield(L, -2, "insert");
   lua_setfield(L, env, "table");
   lua_pop(L, 1);
 

@@ -231,3 +231,90 @@ describe("recursion through C cannot exhaust the C stack", function()
     assert.equal("route", run(r, { topic = "names" }).verdict)
   end)
 end)
+
+describe("work done inside one C call is charged to the CPU budget", function()
+  teardown(s.cleanup)
+
+  it("refuses table.insert at a huge negative position at once (was 24 s in one call)", function()
+    local res = fails("local t = { 1, 2, 3 } table.insert(t, -2^31 + 10, 0)", "runtime",
+      "bad argument #2 to 'insert' (position out of bounds)", { cpu_budget_ms = 10 })
+    assert.is_true(res.elapsed_ms < 100, res.elapsed_ms)
+    for _, pos in ipairs({ "0", "-1", "0/0", "-1/0", "1/0" }) do
+      res = fails("table.insert({}, " .. pos .. ", 1)", "runtime", "position out of bounds")
+    end
+    fails("table.insert({}, 'x', 1)", "runtime", "bad argument #2 to 'insert'")
+    fails("table.insert({}, 1, 2, 3)", "runtime", "wrong number of arguments to 'insert'")
+  end)
+
+  it("keeps table.insert's meaning for valid positions", function()
+    local r = s.on_event([[
+      local t = {}
+      table.insert(t, "b")
+      table.insert(t, 1, "a")
+      table.insert(t, 3, "d")
+      table.insert(t, 3, "c")
+      table.insert(t, "e")
+      local u = {}
+      table.insert(u, 3, "x") -- past the end: set, as Lua 5.1 does
+      return table.concat(t, ",") .. " " .. tostring(u[3]) .. " " .. #t
+    ]])
+    assert.same({ "a,b,c,d,e x 5" }, run(r).routes)
+  end)
+
+  it("stops shifting a huge table with table.insert in a loop near the budget", function()
+    local res = fails([[
+      local t = {}
+      for i = 1, 2000000 do t[i] = i end
+      sluice.log("info", "filled")
+      while true do table.insert(t, 1, 0) end
+    ]], "cpu", "cpu budget of 300 ms exceeded", { cpu_budget_ms = 300 })
+    assert.is_true(res.elapsed_ms < 600, res.elapsed_ms)
+  end)
+
+  it("stops table.sort of long strings sharing a prefix within the budget (was 4.5 s)", function()
+    local res = fails([[
+      local a = ("p"):rep(2^21) .. "a"
+      local b = ("p"):rep(2^21) .. "b"
+      local t = {}
+      for i = 1, 2000 do t[i] = (i % 2 == 0) and a or b end
+      table.sort(t)
+    ]], "cpu", "cpu budget of 20 ms exceeded", { cpu_budget_ms = 20 })
+    assert.is_true(res.elapsed_ms < 100, res.elapsed_ms)
+    -- few long strings: sort_less is used for them too
+    res = fails([[
+      local a = ("p"):rep(2^22) .. "a"
+      local t = {}
+      for i = 1, 4000 do t[i] = a end
+      table.sort(t)
+    ]], "cpu", "cpu budget of 20 ms exceeded", { cpu_budget_ms = 20 })
+    assert.is_true(res.elapsed_ms < 100, res.elapsed_ms)
+  end)
+
+  it("sorts as before, small or large, strings, numbers and __lt tables", function()
+    local r = s.on_event([[
+      local big = {}
+      for i = 1, 5000 do big[i] = (i * 7919) % 5003 end
+      table.sort(big)
+      for i = 2, #big do assert(big[i - 1] <= big[i]) end
+      local strs = {}
+      for i = 1, 3000 do strs[i] = ("k%05d"):format((i * 7919) % 3001) end
+      table.sort(strs)
+      for i = 2, #strs do assert(strs[i - 1] <= strs[i]) end
+      local long = { ("x"):rep(600) .. "b", ("x"):rep(600) .. "a", "c" }
+      table.sort(long)
+      assert(long[1] == "c" and long[2]:sub(-1) == "a" and long[3]:sub(-1) == "b")
+      local mt = { __lt = function(a, b) return a.v < b.v end }
+      local objs = {}
+      for i = 1, 3000 do objs[i] = setmetatable({ v = (i * 31) % 3001 }, mt) end
+      table.sort(objs)
+      for i = 2, #objs do assert(objs[i - 1].v <= objs[i].v) end
+      local desc = { 1, 3, 2 }
+      table.sort(desc, function(a, b) return a > b end)
+      local ok, err = pcall(table.sort, { 1, "x", 2, {} })
+      assert(not ok and err:find("attempt to compare"), err)
+      return table.concat(desc, ",")
+    ]], { cpu_budget_ms = 2000 })
+    local res = run(r)
+    assert.same({ "3,2,1" }, res.routes, res.error)
+  end)
+end)
