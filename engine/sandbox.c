@@ -4,13 +4,19 @@
  * API, timers, counters, rate limiters and dedup windows. */
 #include "sandbox.h"
 
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -39,6 +45,7 @@
 #define MAX_C_DEPTH 100      /* C functions re-entering Lua, nested */
 #define C_STACK_MAX (2u << 20) /* C stack bytes those may take */
 #define CWORK_CHECK (1u << 20) /* C work units between clock checks */
+#define WATCHDOG_SIGNAL 5    /* SIGRTMIN + this stops a rule past its deadline */
 #define SORT_CHEAP_N 2048    /* table.sort this small may skip sort_less */
 #define SORT_CHEAP_LEN 512   /* ... when no string is longer */
 #define NIL32 UINT32_MAX
@@ -232,6 +239,102 @@ static void set_hook(struct box *b, int count) {
   lua_sethook(b->L, on_hook, LUA_MASKCOUNT, count);
 }
 
+/* The watchdog: a per-thread POSIX timer whose signal, once the running
+ * call is past its deadline, sets the count hook to 1 instruction (as
+ * luajit's own SIGINT handler does with lua_sethook). The hook alone
+ * looks at the clock only every HOOK_COUNT instructions, and one VM
+ * instruction can take milliseconds (comparing or concatenating long
+ * strings): that let a loop overrun its budget 25x. The timer stays
+ * armed across calls while events keep coming, so a call costs a
+ * syscall only after an idle spell. Without a timer (creation failed)
+ * the hook still works, at its coarser granularity. */
+static _Thread_local struct {
+  struct box *volatile running; /* set during box_call/box_cpcall */
+  volatile uint64_t armed;      /* expiry of the armed timer, 0: none */
+  timer_t id;
+  int state;                    /* 0: not made, 1: made, -1: failed */
+} wd;
+
+static void wd_arm(uint64_t at) {
+  struct itimerspec its;
+
+  memset(&its, 0, sizeof(its));
+  its.it_value.tv_sec = (time_t)(at / 1000000000u);
+  its.it_value.tv_nsec = (long)(at % 1000000000u);
+  wd.armed = timer_settime(wd.id, TIMER_ABSTIME, &its, NULL) == 0 ? at : 0;
+}
+
+static void on_watchdog(int sig, siginfo_t *si, void *uc) {
+  struct box *b = wd.running;
+  int saved = errno;
+
+  (void)sig, (void)si, (void)uc;
+  wd.armed = 0;
+  if (b && b->in_call && b->deadline != UINT64_MAX) {
+    if (sl_mono_ns() < b->deadline) {
+      wd_arm(b->deadline); /* a later call than the one it was armed for */
+    } else if (!b->fast_hook) {
+      b->fast_hook = 1;
+      lua_sethook(b->L, on_hook, LUA_MASKCOUNT, 1);
+    }
+  }
+  errno = saved;
+}
+
+static void wd_install(void) {
+  struct sigaction sa;
+
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_sigaction = on_watchdog;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGRTMIN + WATCHDOG_SIGNAL, &sa, NULL);
+}
+
+/* Before a call into the rule (deadline and in_call set). */
+static void wd_start(struct box *b) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+  if (wd.state == 0) {
+    struct sigevent sev;
+    memset(&sev, 0, sizeof(sev));
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = SIGRTMIN + WATCHDOG_SIGNAL;
+    sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+    pthread_once(&once, wd_install);
+    wd.state = timer_create(CLOCK_MONOTONIC, &sev, &wd.id) == 0 ? 1 : -1;
+  }
+  if (wd.state < 0)
+    return;
+  atomic_signal_fence(memory_order_seq_cst);
+  wd.running = b;
+  atomic_signal_fence(memory_order_seq_cst);
+  if (wd.armed == 0 || wd.armed > b->deadline)
+    wd_arm(b->deadline);
+}
+
+/* When this code is unloaded (the sluice_core module for busted is
+ * dlclosed with its Lua state), its handler must not outlive it: an armed
+ * timer would jump into unmapped memory. */
+__attribute__((destructor)) static void wd_unload(void) {
+  struct sigaction sa;
+
+  if (wd.state == 1)
+    timer_delete(wd.id);
+  wd.state = 0;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = SIG_IGN;
+  sigaction(SIGRTMIN + WATCHDOG_SIGNAL, &sa, NULL);
+}
+
+/* After the call (in_call cleared); the timer stays armed and finds
+ * nothing to do. Read fast_hook only after this. */
+static void wd_stop(void) {
+  atomic_signal_fence(memory_order_seq_cst);
+  wd.running = NULL;
+  atomic_signal_fence(memory_order_seq_cst);
+}
+
 /* The error handler of every call into the rule: records message, where
  * and a short traceback in C memory (no allocation, so it works when the
  * state is out of memory) and returns the error object as it is. It never
@@ -315,8 +418,10 @@ static int box_call(struct box *b, int nargs, int nresults) {
   b->oom = 0;
   b->deadline = sl_mono_ns() + (uint64_t)r->cpu_budget_ms * 1000000u;
   b->in_call = 1;
+  wd_start(b);
   st = lua_pcall(b->L, nargs, nresults, SLOT_HANDLER);
   b->in_call = 0;
+  wd_stop();
   if (b->fast_hook) {
     b->fast_hook = 0;
     set_hook(b, HOOK_COUNT);
@@ -336,9 +441,12 @@ static int box_cpcall(struct box *b, lua_CFunction fn, void *ud) {
     b->oom = 0;
     b->deadline = sl_mono_ns() + (uint64_t)r->cpu_budget_ms * 1000000u;
     b->in_call = 1;
+    wd_start(b);
   }
   st = lua_cpcall(b->L, fn, ud);
   b->in_call = keep;
+  if (!keep)
+    wd_stop();
   if (!keep && b->fast_hook) {
     b->fast_hook = 0;
     set_hook(b, HOOK_COUNT);

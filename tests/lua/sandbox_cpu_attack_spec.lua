@@ -318,3 +318,61 @@ describe("work done inside one C call is charged to the CPU budget", function()
     assert.same({ "3,2,1" }, res.routes, res.error)
   end)
 end)
+
+describe("a loop of costly VM instructions", function()
+  teardown(s.cleanup)
+
+  -- a and b are built by earlier calls, so the attacked call is only the loop
+  local function attack(loop, budget)
+    local r = s.rule([[
+      local p, a, b
+      return { on_event = function(ev)
+        if ev.topic == "p" then p = ("p"):rep(2^24) return "built" end
+        if ev.topic == "a" then a = p .. "a" return "built" end
+        if ev.topic == "b" then b = p .. "b" return "built" end
+        ]] .. loop .. [[
+      end }
+    ]], { cpu_budget_ms = budget, memory_mb = 128 })
+    for _, step in ipairs({ "p", "a", "b" }) do
+      local res = run(r, { topic = step })
+      assert.same({ "built" }, res.routes, res.error)
+    end
+    return r
+  end
+
+  -- before the watchdog, with 16 MiB strings: compare 1.9 s, concat 2.7 s,
+  -- upper 6.5 s against a 30 ms budget
+  it("stops comparing two long strings in a loop near the budget (was 63x)", function()
+    local r = attack("local n = 0 while true do if a < b then n = n + 1 end end", 50)
+    for _ = 1, 3 do
+      local res = run(r)
+      assert.equal("cpu", res.error_kind, res.error)
+      s.has(res.error, "cpu budget of 50 ms exceeded")
+      assert.is_true(res.elapsed_ms < 300, res.elapsed_ms)
+    end
+    assert.same({ "built" }, run(r, { topic = "a" }).routes)
+  end)
+
+  it("stops concatenating long strings in a loop near the budget", function()
+    local r = attack("while true do local c = a .. 'x' end", 50)
+    local res = run(r)
+    assert.equal("cpu", res.error_kind, res.error)
+    assert.is_true(res.elapsed_ms < 300, res.elapsed_ms)
+  end)
+
+  it("stops upper-casing a long string in a loop near the budget", function()
+    local r = attack("while true do local c = a:upper() end", 50)
+    local res = run(r)
+    assert.equal("cpu", res.error_kind, res.error)
+    assert.is_true(res.elapsed_ms < 300, res.elapsed_ms)
+  end)
+
+  it("leaves cheap calls alone while the watchdog's timer is armed", function()
+    local r = s.on_event("local x = 0 for i = 1, 10000 do x = x + i end return tostring(x)",
+      { cpu_budget_ms = 50 })
+    for _ = 1, 2000 do
+      local res = run(r)
+      assert.same({ "50005000" }, res.routes, res.error)
+    end
+  end)
+end)
