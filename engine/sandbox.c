@@ -26,6 +26,7 @@
 
 #include "codec.h"
 #include "luacodec.h"
+#include "router.h"
 
 #if defined(__has_include)
 #if __has_include("pattern.h")
@@ -2201,28 +2202,10 @@ void sl_rule_free(struct sl_rule *r) {
   free(r);
 }
 
-/* Does s[0..n) match glob p, where '*' matches any run of characters? */
+/* Does s[0..n) match glob p, where '*' matches any run of characters?
+ * The router's matcher: linear in topic and glob. */
 static int glob_match(const char *p, const char *s, size_t n) {
-  const char *star = NULL;
-  size_t i = 0, mark = 0;
-
-  while (i < n) {
-    if (*p == '*') {
-      star = ++p;
-      mark = i;
-    } else if (*p && *p == s[i]) {
-      p++;
-      i++;
-    } else if (star) {
-      p = star;
-      i = ++mark;
-    } else {
-      return 0;
-    }
-  }
-  while (*p == '*')
-    p++;
-  return *p == 0;
+  return sl_router_glob(p, strlen(p), s, n);
 }
 
 int sl_rule_matches(const struct sl_rule *r, const char *topic, size_t len) {
