@@ -47,6 +47,7 @@
 #define C_STACK_MAX (2u << 20) /* C stack bytes those may take */
 #define CWORK_CHECK (1u << 20) /* C work units between clock checks */
 #define WATCHDOG_SIGNAL 5    /* SIGRTMIN + this stops a rule past its deadline */
+#define GC_STEP_KB 64        /* box_gc_slice's step between clock checks */
 #define SORT_CHEAP_N 2048    /* table.sort this small may skip sort_less */
 #define SORT_CHEAP_LEN 512   /* ... when no string is longer */
 #define NIL32 UINT32_MAX
@@ -113,6 +114,8 @@ struct box {
   int cdepth;    /* nesting of C functions that call back into Lua */
   uintptr_t cstack0; /* C stack address at the outermost guarded call */
   size_t cwork;      /* C work (bytes, elements) since the last clock check */
+  size_t gc_live;    /* bytes in use after the last full GC cycle */
+  int gc_busy;       /* box_gc_slice left a cycle half done */
   struct sl_event *ev; /* the event of the running on_event */
   unsigned evflags;
   struct sl_event *changed; /* built by finish() */
@@ -2119,7 +2122,56 @@ static int box_usable_after_oom(struct box *b) {
     lua_pop(b->L, 1);
     return 0;
   }
+  b->gc_live = b->used;
+  b->gc_busy = 0;
   return b->used < b->limit / 10 * 9;
+}
+
+struct gc_job {
+  uint64_t until;
+  int done;
+};
+
+static int box_gc_steps(lua_State *L) {
+  struct gc_job *j = lua_touserdata(L, 1);
+
+  do {
+    if (lua_gc(L, LUA_GCSTEP, GC_STEP_KB)) {
+      j->done = 1;
+      break;
+    }
+  } while (sl_mono_ns() < j->until);
+  return 0;
+}
+
+/* LuaJIT has no emergency GC: a state near its cap fails allocations its
+ * garbage could satisfy, so one left 3/4 full is collected after the
+ * call. Not fully, as it was (a full collection of a 50 MiB state took
+ * 16-300 ms per event, outside any budget), but in steps for at most a
+ * quarter of the budget; the cycle goes on after the next call. Nothing
+ * is done while the state has grown little since the last cycle ended:
+ * that would only mark the same live data again. */
+static void box_gc_slice(struct box *b) {
+  struct gc_job j = {0, 0};
+  size_t limit = b->limit;
+  int st;
+
+  if (!b->gc_busy && b->used < b->gc_live + limit / 16)
+    return;
+  j.until = sl_mono_ns() + (uint64_t)b->rule->cpu_budget_ms * 250000u;
+  b->in_call = 1; /* as in box_usable_after_oom */
+  b->deadline = UINT64_MAX;
+  b->limit = limit + limit / 4 + (1u << 20);
+  st = lua_cpcall(b->L, box_gc_steps, &j);
+  b->limit = limit;
+  b->in_call = 0;
+  if (st != 0) {
+    lua_pop(b->L, 1);
+    j.done = 1;
+  }
+  b->gc_busy = !j.done;
+  if (j.done)
+    b->gc_live = b->used;
 }
 
 /* ---- the public API ------------------------------------------------------ */
@@ -2409,8 +2461,8 @@ void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
   clear_event(b);
   if (rebuild)
     rule_rebuild(r);
-  else if (sl_unlikely(b->used > b->limit / 4 * 3))
-    box_usable_after_oom(b); /* LuaJIT has no emergency GC: collect now */
+  else if (sl_unlikely(b->used > b->limit / 4 * 3 || b->gc_busy))
+    box_gc_slice(b);
 }
 
 int64_t sl_rule_next_timer(const struct sl_rule *r) {

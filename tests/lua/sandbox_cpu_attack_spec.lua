@@ -398,3 +398,58 @@ describe("a rule's topic globs", function()
     assert.is_false(r:matches("orders.new.us"))
   end)
 end)
+
+describe("a state near its memory cap", function()
+  teardown(s.cleanup)
+
+  local src = [[
+    local keep = {}
+    return { on_event = function(ev)
+      if ev.topic == "fill" then
+        for i = 1, 120 do
+          local t = {}
+          for j = 1, 1000 do t[j] = {} end
+          keep[#keep + 1] = t
+        end
+        return tostring(collectgarbage("count"))
+      end
+      if ev.topic == "garbage" then
+        local g = {}
+        for i = 1, 100 do g[i] = ("x"):rep(50000) .. i end
+      end
+      return "ok"
+    end }
+  ]]
+
+  local function filled(budget)
+    local r = s.rule(src, { cpu_budget_ms = budget, memory_mb = 64 })
+    local kb = 0
+    while kb < 50 * 1024 do
+      local res = run(r, { topic = "fill" })
+      assert.equal("route", res.verdict, res.error)
+      kb = tonumber(res.routes[1])
+    end
+    return r
+  end
+
+  it("is not fully collected after every cheap event (was 16-300 ms each, outside the budget)", function()
+    local r = filled(5000)
+    for _ = 1, 3 do run(r) end -- a cycle left half done may finish
+    local sum = 0
+    for _ = 1, 20 do
+      local res = run(r)
+      assert.same({ "ok" }, res.routes, res.error)
+      sum = sum + res.elapsed_ms
+    end
+    assert.is_true(sum / 20 < 5, "mean " .. sum / 20 .. " ms per event")
+  end)
+
+  it("still frees its garbage in time: events that make garbage near the cap succeed", function()
+    local r = filled(5000)
+    for i = 1, 40 do
+      local res = run(r, { topic = "garbage" })
+      assert.same({ "ok" }, res.routes, i .. ": " .. tostring(res.error))
+    end
+    assert.equal(0, r:info().rebuilds)
+  end)
+end)
