@@ -115,7 +115,9 @@ struct box {
   uintptr_t cstack0; /* C stack address at the outermost guarded call */
   size_t cwork;      /* C work (bytes, elements) since the last clock check */
   size_t gc_live;    /* bytes in use after the last full GC cycle */
-  int gc_busy;       /* box_gc_slice left a cycle half done */
+  int gc_busy;       /* GC cycle ends box_gc_run still owes */
+  int gc_oom, gc_dirty; /* they were owed after a memory error; another
+                           came while they ran */
   struct sl_event *ev; /* the event of the running on_event */
   unsigned evflags;
   struct sl_event *changed; /* built by finish() */
@@ -1959,12 +1961,6 @@ static int box_contract(lua_State *L) {
   return 0;
 }
 
-static int box_gc(lua_State *L) {
-  (void)L;
-  lua_gc(L, LUA_GCCOLLECT, 0);
-  return 0;
-}
-
 static void box_free(struct box *b) {
   int i;
 
@@ -2104,74 +2100,101 @@ static int rule_rebuild(struct sl_rule *r) {
   return 0;
 }
 
-/* Collect fully, and say whether the state is still worth keeping (its
- * live data leaves room for work). Used after a memory error and when a
- * state nears its cap. */
-static int box_usable_after_oom(struct box *b) {
-  size_t limit = b->limit;
-  int st;
-
-  b->in_call = 1; /* the collection may run no rule code, but be safe */
-  b->deadline = UINT64_MAX;
-  b->limit = limit + limit / 4 + (1u << 20); /* the collector may allocate
-                                               a little (string table) */
-  st = lua_cpcall(b->L, box_gc, NULL);
-  b->limit = limit;
-  b->in_call = 0;
-  if (st != 0) {
-    lua_pop(b->L, 1);
-    return 0;
-  }
-  b->gc_live = b->used;
-  b->gc_busy = 0;
-  return b->used < b->limit / 10 * 9;
-}
-
 struct gc_job {
   uint64_t until;
-  int done;
+  int *ends; /* cycle ends still wanted */
 };
 
 static int box_gc_steps(lua_State *L) {
   struct gc_job *j = lua_touserdata(L, 1);
 
   do {
-    if (lua_gc(L, LUA_GCSTEP, GC_STEP_KB)) {
-      j->done = 1;
+    if (lua_gc(L, LUA_GCSTEP, GC_STEP_KB) && --*j->ends == 0)
       break;
-    }
   } while (sl_mono_ns() < j->until);
+  return 0;
+}
+
+/* Run the collector in steps for at most a quarter of the rule's budget,
+ * until gc_busy more cycles have ended (an earlier call may have left
+ * one half done). 1 when they have (gc_live is then what the last left
+ * live), 0 when they go on after a later call, -1 when the collector
+ * failed. */
+static int box_gc_run(struct box *b) {
+  struct gc_job j = {0, &b->gc_busy};
+  size_t limit = b->limit;
+  int st;
+
+  j.until = sl_mono_ns() + (uint64_t)b->rule->cpu_budget_ms * 250000u;
+  b->in_call = 1; /* the collection may run no rule code, but be safe */
+  b->deadline = UINT64_MAX;
+  b->limit = limit + limit / 4 + (1u << 20); /* the collector may allocate
+                                               a little (string table) */
+  st = lua_cpcall(b->L, box_gc_steps, &j);
+  b->limit = limit;
+  b->in_call = 0;
+  if (st != 0) {
+    lua_pop(b->L, 1);
+    b->gc_busy = 0;
+    return -1;
+  }
+  if (b->gc_busy > 0)
+    return 0;
+  b->gc_live = b->used;
+  return 1;
+}
+
+/* After a memory error: is the state still worth keeping (its live data
+ * leaves room for work)? A full collection here ran outside any budget
+ * on every failing call (a state kept full and asked for one huge string
+ * per event: 90 ms a call), so the collector steps as in box_gc_slice,
+ * through the cycle under way (which may keep what the failed call left)
+ * and one more; until they end the state is kept. A state is given up
+ * only on the word of cycles no other failed call overlapped; one the
+ * last cycle found roomy is kept without collecting again. */
+static int box_usable_after_oom(struct box *b) {
+  size_t limit = b->limit;
+  int st;
+
+  if (!b->gc_busy && b->gc_live && b->gc_live < limit / 10 * 9 &&
+      b->used < b->gc_live + limit / 16)
+    return 1;
+  if (b->gc_busy && b->gc_oom) {
+    b->gc_dirty = 1;
+  } else {
+    b->gc_busy = 2;
+    b->gc_oom = 1;
+    b->gc_dirty = 0;
+  }
+  st = box_gc_run(b);
+  if (st <= 0)
+    return st == 0;
+  b->gc_oom = 0;
+  if (b->used < limit / 10 * 9)
+    return 1;
+  if (b->gc_dirty) { /* ask again, of a cycle that starts now */
+    b->gc_busy = 1;
+    b->gc_oom = 1;
+    b->gc_dirty = 0;
+    return 1;
+  }
   return 0;
 }
 
 /* LuaJIT has no emergency GC: a state near its cap fails allocations its
  * garbage could satisfy, so one left 3/4 full is collected after the
  * call. Not fully, as it was (a full collection of a 50 MiB state took
- * 16-300 ms per event, outside any budget), but in steps for at most a
- * quarter of the budget; the cycle goes on after the next call. Nothing
- * is done while the state has grown little since the last cycle ended:
- * that would only mark the same live data again. */
+ * 16-300 ms per event, outside any budget), but in steps (box_gc_run);
+ * the cycle goes on after the next call. Nothing is done while the state
+ * has grown little since the last cycle ended: that would only mark the
+ * same live data again. */
 static void box_gc_slice(struct box *b) {
-  struct gc_job j = {0, 0};
-  size_t limit = b->limit;
-  int st;
-
-  if (!b->gc_busy && b->used < b->gc_live + limit / 16)
-    return;
-  j.until = sl_mono_ns() + (uint64_t)b->rule->cpu_budget_ms * 250000u;
-  b->in_call = 1; /* as in box_usable_after_oom */
-  b->deadline = UINT64_MAX;
-  b->limit = limit + limit / 4 + (1u << 20);
-  st = lua_cpcall(b->L, box_gc_steps, &j);
-  b->limit = limit;
-  b->in_call = 0;
-  if (st != 0) {
-    lua_pop(b->L, 1);
-    j.done = 1;
+  if (!b->gc_busy) {
+    if (b->used < b->gc_live + b->limit / 16)
+      return;
+    b->gc_busy = 1;
   }
-  b->gc_busy = !j.done;
-  if (j.done)
-    b->gc_live = b->used;
+  box_gc_run(b);
 }
 
 /* ---- the public API ------------------------------------------------------ */
