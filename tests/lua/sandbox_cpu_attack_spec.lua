@@ -334,7 +334,11 @@ describe("a loop of costly VM instructions", function()
       end }
     ]], { cpu_budget_ms = budget, memory_mb = 128 })
     for _, step in ipairs({ "p", "a", "b" }) do
-      local res = run(r, { topic = step })
+      local res
+      for _ = 1, 5 do -- a loaded machine may preempt one step past the budget
+        res = run(r, { topic = step })
+        if res.verdict == "route" then break end
+      end
       assert.same({ "built" }, res.routes, res.error)
     end
     return r
