@@ -271,6 +271,18 @@ describe("work done inside one C call is charged to the CPU budget", function()
     assert.is_true(res.elapsed_ms < 600, res.elapsed_ms)
   end)
 
+  it("refuses an os.date format that would take strftime seconds (was 0.5 s in one call)", function()
+    local res = fails([[os.date(("%c"):rep(1e6))]], "runtime", "os.date: format longer than 256 bytes",
+      { cpu_budget_ms = 20 })
+    assert.is_true(res.elapsed_ms < 100, res.elapsed_ms)
+    local r = s.on_event([[
+      local t = os.date("!*t", 86400)
+      return os.date("!%Y-%m-%d", 86400) .. " " .. t.year .. " " .. type(os.date()) .. " " ..
+        #os.date(("%Y"):rep(64), 0)
+    ]])
+    assert.same({ "1970-01-02 1970 string 256" }, run(r).routes)
+  end)
+
   it("stops table.sort of long strings sharing a prefix within the budget (was 4.5 s)", function()
     local res = fails([[
       local a = ("p"):rep(2^21) .. "a"
