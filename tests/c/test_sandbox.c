@@ -452,6 +452,61 @@ TEST(sandbox_c_recursion_through_coroutines_ends_in_a_lua_error) {
   }
 }
 
+/* Work done in C or by costly VM instructions is stopped near the budget:
+ * table.insert at a huge negative position (24 s before), table.sort of
+ * long strings (4.5 s), comparing long strings in a loop (63x), os.date
+ * with a long format; and the state stays usable. */
+TEST(sandbox_c_work_and_costly_instructions_are_charged) {
+  char err[512];
+  struct sl_rule_decision d;
+  struct sl_rule *r = load(
+      "local p, a, b\n"
+      "return { on_event = function(ev)\n"
+      "  local t = ev.topic\n"
+      "  if t == 'insert' then table.insert({1, 2}, -2^31 + 10, 0) end\n"
+      "  if t == 'sort' then local s = ('p'):rep(2^21) local u = {}\n"
+      "    for i = 1, 2000 do u[i] = s end table.sort(u) end\n"
+      "  if t == 'date' then return os.date(('%c'):rep(1e5)) end\n"
+      "  if t == 'p' then p = ('p'):rep(2^23) end\n"
+      "  if t == 'a' then a = p .. 'a' end\n"
+      "  if t == 'b' then b = p .. 'b' end\n"
+      "  if t == 'cmp' then local n = 0 while true do if a < b then n = n + 1 end end end\n"
+      "  return 'ok'\n"
+      "end }\n", 50, 64, NULL, err, sizeof(err));
+  const char *steps[] = {"p", "a", "b"};
+  uint64_t t0;
+  int i, k;
+
+  CHECK(r != NULL);
+  t0 = sl_mono_ns();
+  run(r, "insert", -1, &d);
+  CHECK_EQ(d.error, SL_RULE_ERR_RUNTIME);
+  CHECK(strstr(d.message, "position out of bounds"));
+  run(r, "date", -1, &d);
+  CHECK_EQ(d.error, SL_RULE_ERR_RUNTIME);
+  CHECK(strstr(d.message, "os.date: format longer than 256 bytes"));
+  CHECK(sl_mono_ns() - t0 < 500000000u);
+  t0 = sl_mono_ns();
+  run(r, "sort", -1, &d);
+  CHECK_EQ(d.error, SL_RULE_ERR_CPU);
+  CHECK(sl_mono_ns() - t0 < 500000000u);
+  for (i = 0; i < 3; i++) {
+    for (k = 0; k < 5; k++) { /* a loaded machine may preempt a step */
+      run(r, steps[i], -1, &d);
+      if (d.verdict == SL_RULE_ROUTE)
+        break;
+    }
+    CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+  }
+  t0 = sl_mono_ns();
+  run(r, "cmp", -1, &d);
+  CHECK_EQ(d.error, SL_RULE_ERR_CPU);
+  CHECK(sl_mono_ns() - t0 < 500000000u);
+  run(r, "fine", -1, &d);
+  CHECK_STR(d.routes[0], "ok");
+  sl_rule_free(r);
+}
+
 /* Last: remove the temp dir (cases run in the order they are defined). */
 TEST(sandbox_zz_cleanup) {
   char cmd[128];
