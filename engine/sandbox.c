@@ -251,7 +251,7 @@ static void set_hook(struct box *b, int count) {
  * luajit's own SIGINT handler does with lua_sethook). The hook alone
  * looks at the clock only every HOOK_COUNT instructions, and one VM
  * instruction can take milliseconds (comparing or concatenating long
- * strings): that let a loop overrun its budget 25x. The timer stays
+ * strings): comparing 16 MiB strings in a loop overran 63x. The timer stays
  * armed across calls while events keep coming, so a call costs a
  * syscall only after an idle spell. Without a timer (creation failed)
  * the hook still works, at its coarser granularity. */
