@@ -383,6 +383,32 @@ describe("a loop of costly VM instructions", function()
     assert.is_true(res.elapsed_ms < 300, res.elapsed_ms)
   end)
 
+  it("stops table.concat and table.maxn of a big table in a loop near the budget (was 110x)", function()
+    local r = s.rule([[
+      local t = {}
+      return { on_event = function(ev)
+        if ev.topic == "grow" then
+          for i = 1, 100000 do t[#t + 1] = "" end
+          return tostring(#t)
+        end
+        if ev.topic == "concat" then while true do local c = table.concat(t) end end
+        if ev.topic == "maxn" then while true do local m = table.maxn(t) end end
+      end }
+    ]], { cpu_budget_ms = 50 })
+    local n, tries = 0, 0
+    while n < 2000000 do
+      local res = run(r, { topic = "grow" })
+      if res.verdict == "route" then n = tonumber(res.routes[1]) end
+      tries = tries + 1
+      assert.is_true(tries < 100, "could not grow the table")
+    end
+    for _, topic in ipairs({ "concat", "maxn" }) do
+      local res = run(r, { topic = topic })
+      assert.equal("cpu", res.error_kind, res.error)
+      assert.is_true(res.elapsed_ms < 300, topic .. ": " .. res.elapsed_ms)
+    end
+  end)
+
   it("leaves cheap calls alone while the watchdog's timer is armed", function()
     local r = s.on_event("local x = 0 for i = 1, 10000 do x = x + i end return tostring(x)",
       { cpu_budget_ms = 50 })
