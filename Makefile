@@ -71,6 +71,7 @@ $(BUILD)/sluice_pattern_test.so: tests/lua/sluice_pattern_test.c engine/pattern.
 # unsanitized copies in $(BUILD)/core/.
 CORE_SRC := engine/testing.c engine/sandbox.c engine/luacodec.c \
             engine/codec.c engine/event.c engine/buf.c $(wildcard engine/pattern.c)
+CORE_SRC += engine/router.c
 ifeq ($(strip $(SAN)),)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
 else

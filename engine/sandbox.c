@@ -4,12 +4,19 @@
  * API, timers, counters, rate limiters and dedup windows. */
 #include "sandbox.h"
 
+#include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -19,6 +26,7 @@
 
 #include "codec.h"
 #include "luacodec.h"
+#include "router.h"
 
 #if defined(__has_include)
 #if __has_include("pattern.h")
@@ -37,6 +45,13 @@
 #define MAX_MODULE_NAME 128
 #define MAX_MODULE_LOOKUPS 256 /* require'd paths kept per rule version */
 #define MAX_C_DEPTH 100      /* C functions re-entering Lua, nested */
+#define C_STACK_MAX (2u << 20) /* C stack bytes those may take */
+#define CWORK_CHECK (1u << 20) /* C work units between clock checks */
+#define WATCHDOG_SIGNAL 5    /* SIGRTMIN + this stops a rule past its deadline */
+#define GC_STEP_KB 64        /* box_gc_slice's step between clock checks */
+#define DATE_FORMAT_MAX 256  /* os.date format bytes */
+#define SORT_CHEAP_N 2048    /* table.sort this small may skip sort_less */
+#define SORT_CHEAP_LEN 512   /* ... when no string is longer */
 #define NIL32 UINT32_MAX
 #define TIMER_LOG_BURST 20
 #define TIMER_LOG_WINDOW_NS 10000000000ull
@@ -114,6 +129,12 @@ struct box {
   int last_line; /* of the file, for contract errors */
   int ret_type;  /* what the chunk returned */
   int cdepth;    /* nesting of C functions that call back into Lua */
+  uintptr_t cstack0; /* C stack address at the outermost guarded call */
+  size_t cwork;      /* C work (bytes, elements) since the last clock check */
+  size_t gc_live;    /* bytes in use after the last full GC cycle */
+  int gc_busy;       /* GC cycle ends box_gc_run still owes */
+  int gc_oom, gc_dirty; /* they were owed after a memory error; another
+                           came while they ran */
   struct sl_event *ev; /* the event of the running on_event */
   unsigned evflags;
   struct sl_event *changed; /* built by finish() */
@@ -257,6 +278,102 @@ static void set_hook(struct box *b, int count) {
   lua_sethook(b->L, on_hook, LUA_MASKCOUNT, count);
 }
 
+/* The watchdog: a per-thread POSIX timer whose signal, once the running
+ * call is past its deadline, sets the count hook to 1 instruction (as
+ * luajit's own SIGINT handler does with lua_sethook). The hook alone
+ * looks at the clock only every HOOK_COUNT instructions, and one VM
+ * instruction can take milliseconds (comparing or concatenating long
+ * strings): comparing 16 MiB strings in a loop overran 63x. The timer stays
+ * armed across calls while events keep coming, so a call costs a
+ * syscall only after an idle spell. Without a timer (creation failed)
+ * the hook still works, at its coarser granularity. */
+static _Thread_local struct {
+  struct box *volatile running; /* set during box_call/box_cpcall */
+  volatile uint64_t armed;      /* expiry of the armed timer, 0: none */
+  timer_t id;
+  int state;                    /* 0: not made, 1: made, -1: failed */
+} wd;
+
+static void wd_arm(uint64_t at) {
+  struct itimerspec its;
+
+  memset(&its, 0, sizeof(its));
+  its.it_value.tv_sec = (time_t)(at / 1000000000u);
+  its.it_value.tv_nsec = (long)(at % 1000000000u);
+  wd.armed = timer_settime(wd.id, TIMER_ABSTIME, &its, NULL) == 0 ? at : 0;
+}
+
+static void on_watchdog(int sig, siginfo_t *si, void *uc) {
+  struct box *b = wd.running;
+  int saved = errno;
+
+  (void)sig, (void)si, (void)uc;
+  wd.armed = 0;
+  if (b && b->in_call && b->deadline != UINT64_MAX) {
+    if (sl_mono_ns() < b->deadline) {
+      wd_arm(b->deadline); /* a later call than the one it was armed for */
+    } else if (!b->fast_hook) {
+      b->fast_hook = 1;
+      lua_sethook(b->L, on_hook, LUA_MASKCOUNT, 1);
+    }
+  }
+  errno = saved;
+}
+
+static void wd_install(void) {
+  struct sigaction sa;
+
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_sigaction = on_watchdog;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGRTMIN + WATCHDOG_SIGNAL, &sa, NULL);
+}
+
+/* Before a call into the rule (deadline and in_call set). */
+static void wd_start(struct box *b) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+  if (wd.state == 0) {
+    struct sigevent sev;
+    memset(&sev, 0, sizeof(sev));
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = SIGRTMIN + WATCHDOG_SIGNAL;
+    sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+    pthread_once(&once, wd_install);
+    wd.state = timer_create(CLOCK_MONOTONIC, &sev, &wd.id) == 0 ? 1 : -1;
+  }
+  if (wd.state < 0)
+    return;
+  atomic_signal_fence(memory_order_seq_cst);
+  wd.running = b;
+  atomic_signal_fence(memory_order_seq_cst);
+  if (wd.armed == 0 || wd.armed > b->deadline)
+    wd_arm(b->deadline);
+}
+
+/* When this code is unloaded (the sluice_core module for busted is
+ * dlclosed with its Lua state), its handler must not outlive it: an armed
+ * timer would jump into unmapped memory. */
+__attribute__((destructor)) static void wd_unload(void) {
+  struct sigaction sa;
+
+  if (wd.state == 1)
+    timer_delete(wd.id);
+  wd.state = 0;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = SIG_IGN;
+  sigaction(SIGRTMIN + WATCHDOG_SIGNAL, &sa, NULL);
+}
+
+/* After the call (in_call cleared); the timer stays armed and finds
+ * nothing to do. Read fast_hook only after this. */
+static void wd_stop(void) {
+  atomic_signal_fence(memory_order_seq_cst);
+  wd.running = NULL;
+  atomic_signal_fence(memory_order_seq_cst);
+}
+
 /* The error handler of every call into the rule: records message, where
  * and a short traceback in C memory (no allocation, so it works when the
  * state is out of memory) and returns the error object as it is. It never
@@ -340,8 +457,10 @@ static int box_call(struct box *b, int nargs, int nresults) {
   b->oom = 0;
   b->deadline = sl_mono_ns() + (uint64_t)r->cpu_budget_ms * 1000000u;
   b->in_call = 1;
+  wd_start(b);
   st = lua_pcall(b->L, nargs, nresults, SLOT_HANDLER);
   b->in_call = 0;
+  wd_stop();
   if (b->fast_hook) {
     b->fast_hook = 0;
     set_hook(b, HOOK_COUNT);
@@ -361,9 +480,12 @@ static int box_cpcall(struct box *b, lua_CFunction fn, void *ud) {
     b->oom = 0;
     b->deadline = sl_mono_ns() + (uint64_t)r->cpu_budget_ms * 1000000u;
     b->in_call = 1;
+    wd_start(b);
   }
   st = lua_cpcall(b->L, fn, ud);
   b->in_call = keep;
+  if (!keep)
+    wd_stop();
   if (!keep && b->fast_hook) {
     b->fast_hook = 0;
     set_hook(b, HOOK_COUNT);
@@ -1661,6 +1783,48 @@ static int l_collectgarbage(lua_State *L) {
   return 1;
 }
 
+/* C stack a rule's nested C calls may take: a quarter of this thread's
+ * stack, at most C_STACK_MAX. Measured, not estimated, so it also holds
+ * where frames are big (ASan) and whatever runs between two guarded
+ * levels. */
+static size_t cstack_budget(void) {
+  static size_t budget;
+  pthread_attr_t a;
+  size_t size = 0;
+
+  if (budget)
+    return budget;
+  if (pthread_getattr_np(pthread_self(), &a) == 0) {
+    if (pthread_attr_getstacksize(&a, &size) != 0)
+      size = 0;
+    pthread_attr_destroy(&a);
+  }
+  if (size == 0)
+    size = (size_t)1 << 20; /* unknown: assume a small thread */
+  budget = size / 4 < C_STACK_MAX ? size / 4 : C_STACK_MAX;
+  return budget;
+}
+
+/* Enter one more level of C calling back into Lua, or raise. Every path
+ * that re-enters Lua from C comes here (guarded_call, require), because
+ * LuaJIT bounds C recursion per coroutine only by its Lua stack: nested
+ * coroutines multiply it past any thread's C stack. */
+static void cdepth_enter(lua_State *L, struct box *b) {
+  char here;
+  uintptr_t sp = (uintptr_t)&here;
+
+  if (b->cdepth == 0)
+    b->cstack0 = sp;
+  if (b->cdepth >= MAX_C_DEPTH)
+    luaL_error(L, "C calls nested deeper than %d (recursion through "
+                  "metamethods, string.gsub, string.format, table.sort, "
+                  "os.time, require or coroutines)", MAX_C_DEPTH);
+  if (b->cstack0 > sp && b->cstack0 - sp > cstack_budget())
+    luaL_error(L, "C calls nested too deep (%d levels used %d KiB of C "
+                  "stack)", b->cdepth, (int)((b->cstack0 - sp) >> 10));
+  b->cdepth++;
+}
+
 /* Run the function below the n arguments on top in protected mode and
  * rethrow its error, counting how deep C functions that call back into
  * Lua are nested: each level takes C stack, and LuaJIT does not bound it
@@ -1669,11 +1833,7 @@ static int guarded_call(lua_State *L, int n) {
   struct box *b = box_of(L);
   int st;
 
-  if (b->cdepth >= MAX_C_DEPTH)
-    return luaL_error(L, "C calls nested deeper than %d (recursion through "
-                         "string.gsub, string.format, table.sort, require or "
-                         "coroutines)", MAX_C_DEPTH);
-  b->cdepth++;
+  cdepth_enter(L, b);
   st = lua_pcall(L, n, LUA_MULTRET, 0);
   b->cdepth--;
   if (st != 0)
@@ -1705,17 +1865,106 @@ static void guard(lua_State *L, int t, const char *name) {
   lua_setfield(L, t, name);
 }
 
-/* table.sort sorts in C, where the count hook cannot stop it: bound n. */
+/* Charge n units of C work (bytes compared or moved, elements) to the
+ * running call and look at the clock every CWORK_CHECK units: work in C
+ * runs no VM instructions, so the count hook never sees it. */
+static void charge(lua_State *L, size_t n) {
+  struct box *b = box_of(L);
+
+  b->cwork += n;
+  if (b->cwork >= CWORK_CHECK) {
+    b->cwork = 0;
+    check_cpu(L);
+  }
+}
+
+/* The comparator table.sort uses when the rule gives none: a < b as
+ * LuaJIT compares it, charged by the bytes a string comparison reads
+ * (long strings sharing a prefix made one sort take seconds). */
+static int sort_less(lua_State *L) {
+  size_t n = 0, m = 0;
+
+  if (lua_type(L, 1) == LUA_TSTRING && lua_type(L, 2) == LUA_TSTRING) {
+    lua_tolstring(L, 1, &n);
+    lua_tolstring(L, 2, &m);
+  }
+  charge(L, 64 + (n < m ? n : m));
+  lua_pushboolean(L, lua_lessthan(L, 1, 2));
+  return 1;
+}
+
+/* Is sorting the table at 1 with LuaJIT's own comparison cheap: few
+ * elements and no long strings (then it takes well under a millisecond)? */
+static int sort_cheap(lua_State *L) {
+  int i, n = (int)lua_objlen(L, 1);
+
+  if (n > SORT_CHEAP_N)
+    return 0;
+  for (i = 1; i <= n; i++) {
+    int big;
+    lua_rawgeti(L, 1, i);
+    big = lua_type(L, -1) == LUA_TSTRING && lua_objlen(L, -1) > SORT_CHEAP_LEN;
+    lua_pop(L, 1);
+    if (big)
+      return 0;
+  }
+  return 1;
+}
+
+/* table.sort sorts in C, where the count hook cannot stop it: bound n,
+ * and unless the sort is cheap, compare through sort_less when the rule
+ * gives no comparator (its own is Lua, under the hook). */
 static int l_sort(lua_State *L) {
   int n = lua_gettop(L);
   luaL_checktype(L, 1, LUA_TTABLE);
   if (lua_objlen(L, 1) > SORT_MAX)
     return luaL_error(L, "table.sort: more than %d elements in a rule",
                       (int)SORT_MAX);
+  if ((n < 2 || lua_isnil(L, 2)) && !sort_cheap(L)) {
+    lua_settop(L, 1);
+    lua_pushcfunction(L, sort_less);
+    n = 2;
+  }
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
   guarded_call(L, n);
   return 0;
+}
+
+/* table.insert (upvalue 1), but a position below 1 is refused (LuaJIT
+ * walks from #t down to it: 2^31 steps for a negative one, 17 s in one
+ * call) and the elements it shifts are charged to the budget. */
+static int l_insert(lua_State *L) {
+  int n, nargs = lua_gettop(L);
+  lua_Number at = 0;
+
+  luaL_checktype(L, 1, LUA_TTABLE);
+  n = (int)lua_objlen(L, 1);
+  if (nargs == 3) {
+    at = luaL_checknumber(L, 2);
+    if (!(at >= 1 && at <= (lua_Number)INT32_MAX))
+      return luaL_argerror(L, 2, "position out of bounds");
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, nargs, 0); /* raw, runs no Lua */
+  if (nargs == 3 && (int)at <= n)
+    charge(L, (size_t)(n - (int)at + 1) * 16);
+  return 0;
+}
+
+/* os.date (upvalue 1) with a bounded format: LuaJIT calls strftime once
+ * per conversion, so a 2 MB format of "%c" took 0.5 s in one call. */
+static int l_date(lua_State *L) {
+  int n = lua_gettop(L);
+
+  if (lua_type(L, 1) == LUA_TSTRING && lua_objlen(L, 1) > DATE_FORMAT_MAX)
+    return luaL_error(L, "os.date: format longer than %d bytes",
+                      DATE_FORMAT_MAX);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, n, 1); /* runs no Lua */
+  return 1;
 }
 
 static int valid_module(const char *s, size_t n) {
@@ -1857,10 +2106,7 @@ static int l_require(lua_State *L) {
   lua_pushlightuserdata(L, (void *)&drop_sentinel); /* "loading" */
   lua_rawset(L, lua_upvalueindex(1));
   lua_pushvalue(L, 1);
-  if (box_of(L)->cdepth >= MAX_C_DEPTH)
-    return luaL_error(L, "C calls nested deeper than %d (require)",
-                      MAX_C_DEPTH);
-  box_of(L)->cdepth++;
+  cdepth_enter(L, box_of(L));
   if (lua_pcall(L, 1, 1, 0) != 0) {
     box_of(L)->cdepth--;
     lua_pushvalue(L, 1);
@@ -2013,6 +2259,9 @@ static int box_setup(lua_State *L) {
   lua_getfield(L, -2, "sort");
   lua_pushcclosure(L, l_sort, 1);
   lua_setfield(L, -2, "sort");
+  lua_getfield(L, -2, "insert");
+  lua_pushcclosure(L, l_insert, 1);
+  lua_setfield(L, -2, "insert");
   lua_setfield(L, env, "table");
   lua_pop(L, 1);
 
@@ -2028,11 +2277,13 @@ static int box_setup(lua_State *L) {
 
   lua_getfield(L, g0, "os");
   lua_createtable(L, 0, 3);
-  lua_getfield(L, -2, "time");
+  lua_getfield(L, -2, "time"); /* reads fields: runs __index */
+  lua_pushcclosure(L, l_guarded, 1);
   lua_setfield(L, -2, "time");
   lua_getfield(L, -2, "clock");
   lua_setfield(L, -2, "clock");
   lua_getfield(L, -2, "date");
+  lua_pushcclosure(L, l_date, 1);
   lua_setfield(L, -2, "date");
   lua_setfield(L, env, "os");
   lua_pop(L, 1);
@@ -2197,12 +2448,6 @@ static int box_contract(lua_State *L) {
   return 0;
 }
 
-static int box_gc(lua_State *L) {
-  (void)L;
-  lua_gc(L, LUA_GCCOLLECT, 0);
-  return 0;
-}
-
 static void box_free(struct box *b) {
   int i;
 
@@ -2348,25 +2593,101 @@ static int rule_rebuild(struct sl_rule *r) {
   return 0;
 }
 
-/* Collect fully, and say whether the state is still worth keeping (its
- * live data leaves room for work). Used after a memory error and when a
- * state nears its cap. */
-static int box_usable_after_oom(struct box *b) {
+struct gc_job {
+  uint64_t until;
+  int *ends; /* cycle ends still wanted */
+};
+
+static int box_gc_steps(lua_State *L) {
+  struct gc_job *j = lua_touserdata(L, 1);
+
+  do {
+    if (lua_gc(L, LUA_GCSTEP, GC_STEP_KB) && --*j->ends == 0)
+      break;
+  } while (sl_mono_ns() < j->until);
+  return 0;
+}
+
+/* Run the collector in steps for at most a quarter of the rule's budget,
+ * until gc_busy more cycles have ended (an earlier call may have left
+ * one half done). 1 when they have (gc_live is then what the last left
+ * live), 0 when they go on after a later call, -1 when the collector
+ * failed. */
+static int box_gc_run(struct box *b) {
+  struct gc_job j = {0, &b->gc_busy};
   size_t limit = b->limit;
   int st;
 
+  j.until = sl_mono_ns() + (uint64_t)b->rule->cpu_budget_ms * 250000u;
   b->in_call = 1; /* the collection may run no rule code, but be safe */
   b->deadline = UINT64_MAX;
   b->limit = limit + limit / 4 + (1u << 20); /* the collector may allocate
                                                a little (string table) */
-  st = lua_cpcall(b->L, box_gc, NULL);
+  st = lua_cpcall(b->L, box_gc_steps, &j);
   b->limit = limit;
   b->in_call = 0;
   if (st != 0) {
     lua_pop(b->L, 1);
-    return 0;
+    b->gc_busy = 0;
+    return -1;
   }
-  return b->used < b->limit / 10 * 9;
+  if (b->gc_busy > 0)
+    return 0;
+  b->gc_live = b->used;
+  return 1;
+}
+
+/* After a memory error: is the state still worth keeping (its live data
+ * leaves room for work)? A full collection here ran outside any budget
+ * on every failing call (a state kept full and asked for one huge string
+ * per event: 90 ms a call), so the collector steps as in box_gc_slice,
+ * through the cycle under way (which may keep what the failed call left)
+ * and one more; until they end the state is kept. A state is given up
+ * only on the word of cycles no other failed call overlapped; one the
+ * last cycle found roomy is kept without collecting again. */
+static int box_usable_after_oom(struct box *b) {
+  size_t limit = b->limit;
+  int st;
+
+  if (!b->gc_busy && b->gc_live && b->gc_live < limit / 10 * 9 &&
+      b->used < b->gc_live + limit / 16)
+    return 1;
+  if (b->gc_busy && b->gc_oom) {
+    b->gc_dirty = 1;
+  } else {
+    b->gc_busy = 2;
+    b->gc_oom = 1;
+    b->gc_dirty = 0;
+  }
+  st = box_gc_run(b);
+  if (st <= 0)
+    return st == 0;
+  b->gc_oom = 0;
+  if (b->used < limit / 10 * 9)
+    return 1;
+  if (b->gc_dirty) { /* ask again, of a cycle that starts now */
+    b->gc_busy = 1;
+    b->gc_oom = 1;
+    b->gc_dirty = 0;
+    return 1;
+  }
+  return 0;
+}
+
+/* LuaJIT has no emergency GC: a state near its cap fails allocations its
+ * garbage could satisfy, so one left 3/4 full is collected after the
+ * call. Not fully, as it was (a full collection of a 50 MiB state took
+ * 16-300 ms per event, outside any budget), but in steps (box_gc_run);
+ * the cycle goes on after the next call. Nothing is done while the state
+ * has grown little since the last cycle ended: that would only mark the
+ * same live data again. */
+static void box_gc_slice(struct box *b) {
+  if (!b->gc_busy) {
+    if (b->used < b->gc_live + b->limit / 16)
+      return;
+    b->gc_busy = 1;
+  }
+  box_gc_run(b);
 }
 
 /* ---- the public API ------------------------------------------------------ */
@@ -2455,28 +2776,10 @@ void sl_rule_free(struct sl_rule *r) {
   free(r);
 }
 
-/* Does s[0..n) match glob p, where '*' matches any run of characters? */
+/* Does s[0..n) match glob p, where '*' matches any run of characters?
+ * The router's matcher: linear in topic and glob. */
 static int glob_match(const char *p, const char *s, size_t n) {
-  const char *star = NULL;
-  size_t i = 0, mark = 0;
-
-  while (i < n) {
-    if (*p == '*') {
-      star = ++p;
-      mark = i;
-    } else if (*p && *p == s[i]) {
-      p++;
-      i++;
-    } else if (star) {
-      p = star;
-      i = ++mark;
-    } else {
-      return 0;
-    }
-  }
-  while (*p == '*')
-    p++;
-  return *p == 0;
+  return sl_router_glob(p, strlen(p), s, n);
 }
 
 int sl_rule_matches(const struct sl_rule *r, const char *topic, size_t len) {
@@ -2687,8 +2990,8 @@ void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
   clear_event(b);
   if (rebuild)
     rule_rebuild(r);
-  else if (sl_unlikely(b->used > b->limit / 4 * 3))
-    box_usable_after_oom(b); /* LuaJIT has no emergency GC: collect now */
+  else if (sl_unlikely(b->used > b->limit / 4 * 3 || b->gc_busy))
+    box_gc_slice(b);
 }
 
 int64_t sl_rule_next_timer(const struct sl_rule *r) {

@@ -51,9 +51,8 @@ return {
     local kind = ev.topic
     if kind == "bad.loop" then while true do end end
     if kind == "bad.pattern" then return (("a"):rep(5000)):find(".-.-.-.-b") end
-    if kind == "bad.memory" then
-      local t = {}
-      for i = 1, 1e6 do t[i] = ("x"):rep(1048576) .. i end
+    if kind == "bad.memory" then -- at once: filling 16 MB in steps may
+      local t = { ("x"):rep(2^30) } -- take longer than the 20 ms budget
     end
     if kind == "bad.return" then return 42 end
     error("broken on purpose")

