@@ -20,7 +20,8 @@ import time
 import msgpack
 import pytest
 
-from conftest import Sink, connect, free_port, metric, pack, wait_for
+from conftest import (ASAN, Sink, connect, free_port, metric, pack, read_lines,
+                      send_events, wait_for)
 from helpers_http import curl
 
 BIG = "x" * 1000
@@ -274,3 +275,56 @@ def test_disk_buffer_metrics_pass_promtool(sluice, tmp_path):
         wait_for(lambda: metric(a, "sluice_disk_buffer_backlog_events",
                                 output="out") == 0, 10, what="backlog 0")
     assert eng.stop() == 0
+
+
+# ---- finding 6: the file output under allocation failures -------------------
+
+FAIL_REALLOC = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+/* realloc above SHIM_MAX bytes fails: an allocation failure on demand */
+void *realloc(void *p, size_t n) {
+  static void *(*real)(void *, size_t);
+  static size_t max;
+  if (!real) {
+    const char *e = getenv("SHIM_MAX");
+    real = (void *(*)(void *, size_t))dlsym(RTLD_NEXT, "realloc");
+    max = e ? strtoull(e, 0, 10) : (size_t)-1;
+  }
+  if (n > max) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return real(p, n);
+}
+"""
+
+
+@pytest.mark.skipif(ASAN, reason="LD_PRELOAD cannot come before the ASan runtime")
+def test_file_output_never_counts_an_event_it_could_not_add_to_a_batch(sluice, tmp_path):
+    shim = tmp_path / "fail_realloc.so"
+    src = tmp_path / "fail_realloc.c"
+    src.write_text(FAIL_REALLOC)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(shim), str(src),
+                    "-ldl"], check=True)
+    port = free_port()
+    # a batch of 1024 events of 1 KB needs 1 MB: past 256 KiB it cannot grow
+    eng = sluice("""return {
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "f", type = "file", path = "out.ndjson" } },
+  routes = { { topics = "*", to = "f" } },
+}""" % port, env={"LD_PRELOAD": str(shim), "SHIM_MAX": str(256 << 10)})
+    n = 3000
+    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": [i, BIG]}
+                                         for i in range(n)])
+    assert eng.stop() == 0
+    lines = read_lines(eng.path("out.ndjson"))
+    written = [json.loads(l)["payload"][0] for l in lines if l]
+    (totals,) = eng.find_logs("output totals", output="f")
+    print("file output, realloc > 256 KiB fails: sent %d, in the file %d "
+          "(%d empty lines), counted delivered %d"
+          % (n, len(written), len(lines) - len(written), totals["delivered"]))
+    assert totals["delivered"] == len(lines) == n
+    assert written == list(range(n))
