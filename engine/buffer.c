@@ -201,13 +201,18 @@ static int write_failed(struct sl_buffer *b, int rc) {
   return SL_EAGAIN;
 }
 
+/* Rate-limited too: with a full disk an empty write buffer flushes fine
+ * and the next append fails again, so this can flip every RETRY_MS. */
 static void writes_again(struct sl_buffer *b) {
+  uint64_t suppressed;
   if (!b->failing)
     return;
   b->failing = 0;
-  sl_log(SL_LOG_INFO, "disk buffer writes again", SL_S("output", b->name),
-         SL_S("path", b->path), SL_U("write_errors", b->stats.write_errors),
-         SL_U("refused", b->stats.refused), SL_END);
+  if (sl_log_allow(&b->recover_log, &suppressed))
+    sl_log(SL_LOG_INFO, "disk buffer writes again", SL_S("output", b->name),
+           SL_S("path", b->path), SL_U("write_errors", b->stats.write_errors),
+           SL_U("refused", b->stats.refused), SL_U("suppressed", suppressed),
+           SL_END);
 }
 
 /* Everything appended so far is in the kernel: with fsync "never" and
@@ -458,6 +463,7 @@ int sl_buffer_init(struct sl_buffer *b, uv_loop_t *loop, const char *name,
   b->path = cfg->path ? cfg->path : "";
   b->q = q;
   sl_log_limiter_init(&b->error_log, 10000, 5);
+  sl_log_limiter_init(&b->recover_log, 10000, 2);
   if (b->mode == SL_BUFFER_MEMORY)
     return 0;
   memset(&opts, 0, sizeof(opts));

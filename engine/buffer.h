@@ -76,7 +76,7 @@ struct sl_buffer {
    * and retry_timer tries again until a write works. */
   int failing, last_error;
   uv_timer_t retry_timer;
-  struct sl_log_limiter error_log;
+  struct sl_log_limiter error_log, recover_log;
 };
 
 struct sl_buffer_config {
