@@ -97,7 +97,7 @@ class AckedProducer:
 
 
 def disk_config(port, sink_port, path, when_full="block", fsync="never",
-                admin=None, http=None, max_events=20):
+                admin=None, http=None, max_events=20, spill=False):
     inputs = ['{ name = "in", type = "tcp", listen = "127.0.0.1:%d" }' % port]
     if http:
         inputs.append('{ name = "web", type = "http", listen = "127.0.0.1:%d" }'
@@ -107,11 +107,13 @@ def disk_config(port, sink_port, path, when_full="block", fsync="never",
   outputs = { { name = "out", type = "tcp", address = "127.0.0.1:%d",
                 retry = { initial_ms = 20, max_ms = 100 },
                 queue = { max_events = %d, when_full = "%s" },
-                buffer = { type = "disk", path = "%s", fsync = "%s" } } },
+                buffer = { %spath = "%s", fsync = "%s" } } },
   routes = { { topics = "*", to = "out" } },
   shutdown_timeout = 2,
   %s
-}""" % (", ".join(inputs), sink_port, max_events, when_full, path, fsync,
+}""" % (", ".join(inputs), sink_port, max_events,
+        "spill" if spill else when_full, "" if spill else 'type = "disk", ',
+        path, fsync,
         'admin = { listen = "127.0.0.1:%d" },' % admin if admin else "")
 
 
@@ -129,14 +131,17 @@ def payload_ids(events):
     return [e["payload"][0] for e in events]
 
 
-def test_disk_full_block_never_acks_an_event_it_could_not_write(sluice, small_disk):
+@pytest.mark.parametrize("mode", ["disk", "disk-fsync-always", "spill"])
+def test_disk_full_block_never_acks_an_event_it_could_not_write(sluice, small_disk,
+                                                                mode):
     port, down = free_port(), free_port()
-    eng = sluice(disk_config(port, down, small_disk / "buf"))
+    eng = sluice(disk_config(port, down, small_disk / "buf", spill=mode == "spill",
+                             fsync="always" if "always" in mode else "never"))
     n = 4000  # ~4 MB: twice what the 2 MiB tmpfs holds
     p = AckedProducer("127.0.0.1:%d" % port,
                       [{"topic": "t", "payload": [i, BIG]} for i in range(n)])
     acked = p.read_acks()
-    print("disk full, block: sent %d, acked %d" % (n, acked))
+    print("disk full, block, %s: sent %d, acked %d" % (mode, n, acked))
     assert 0 < acked < n, "the 2 MiB disk cannot hold %d events" % n
     line = eng.wait_log("disk buffer cannot write; waiting (backpressure)")
     assert line["output"] == "out" and "No space left" in line["error"]
@@ -145,8 +150,8 @@ def test_disk_full_block_never_acks_an_event_it_could_not_write(sluice, small_di
         got = sink.wait(acked, timeout=20)
         delivered = set(payload_ids(got))
         missing = set(range(acked)) - delivered
-        print("disk full, block: acked %d, delivered %d, acked and lost %d"
-              % (acked, len(delivered), len(missing)))
+        print("disk full, block, %s: acked %d, delivered %d, acked and lost %d"
+              % (mode, acked, len(delivered), len(missing)))
         assert not missing, "acked, never delivered: %d events" % len(missing)
         p.close()
         stopped_clean(eng)
