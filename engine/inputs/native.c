@@ -72,9 +72,10 @@ static void on_durable(struct sl_durable *d) {
     sl_conn_close(nc->conn); /* draining: its last ack is out */
 }
 
-/* A disk buffer refused the event: the producer must not count it as
- * accepted. The count so far goes out (once durable), then the connection
- * closes: the producer resends from its last ack. */
+/* A disk buffer refused the event (or could not write events already
+ * taken): none of it may count as accepted. The connection closes without
+ * a further ack; the producer resends from its last ack. Counted by the
+ * disk buffer (sluice_disk_buffer_refused_total). */
 static void refused(struct native_conn *nc) {
   struct sl_input *in = nc->src.input;
   struct sl_worker *w = in->w;
@@ -82,7 +83,6 @@ static void refused(struct native_conn *nc) {
   uint64_t suppressed = 0;
   if (nc->conn->closing)
     return;
-  in->stats.bad_input++;
   if (sl_log_allow(&w->bad_input_log, &suppressed)) {
     sl_worker_refusal(w, nc->src.refused_output, why, sizeof(why));
     sl_log(SL_LOG_WARN, "event refused; closing connection",
