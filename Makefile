@@ -25,7 +25,7 @@ CTEST_BIN   := $(CTEST_SRC:tests/c/%.c=$(BUILD)/tests/%)
 TOOL_SRC    := $(sort $(wildcard tests/tools/*.c))
 TOOL_BIN    := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 
-.PHONY: all deps run test test-asan bench soak clean fuzz
+.PHONY: all deps run test test-asan bench soak clean fuzz chaos
 
 all: $(BUILD)/sluice $(CTEST_BIN) $(TOOL_BIN) $(BUILD)/sluice_pattern_test.so \
      $(BUILD)/sluice_core.so
@@ -105,6 +105,13 @@ bench: all
 
 soak: all
 	@BUILD=$(BUILD) tests/soak/run.sh
+
+# Slow fault tests (disk full on a small tmpfs, fd exhaustion, kill -9
+# loops; root for mount and prlimit), each printing its figures. Not part
+# of `make test`.
+chaos: all
+	@SLUICE_BIN=$(CURDIR)/$(BUILD)/sluice /usr/bin/python3 -m pytest -q -s \
+	  -p no:cacheprovider tests/chaos $(PYTEST_ARGS)
 
 # libFuzzer target for the codec, built with clang; run it by hand, e.g.
 # build/fuzz/fuzz_codec -max_total_time=60. Not part of `make test`.

@@ -17,6 +17,8 @@
 
 struct sl_buffer_run {
   uint64_t first_seq; /* 0: not from the spool */
+  uint64_t ack_to;    /* records after it that are not events: acknowledge
+                         up to here once the run is delivered (0: none) */
   uint32_t count;
 };
 
@@ -24,6 +26,28 @@ struct sl_buffer_run {
 
 static struct sl_buffer_run *run_at(struct sl_buffer *b, uint32_t i) {
   return &b->runs[(b->runs_head + i) % b->runs_cap];
+}
+
+/* Room for `more` new runs, so that run_add cannot fail afterwards: a
+ * queued event without its run would make a later delivery acknowledge
+ * the wrong spool records. */
+static int runs_reserve(struct sl_buffer *b, uint32_t more) {
+  uint32_t cap = b->runs_cap ? b->runs_cap : 16, i;
+  struct sl_buffer_run *grown;
+  if (b->runs_len + more <= b->runs_cap)
+    return 0;
+  while (cap < b->runs_len + more)
+    cap *= 2;
+  grown = malloc(sizeof(*grown) * cap);
+  if (grown == NULL)
+    return SL_ENOMEM;
+  for (i = 0; i < b->runs_len; i++)
+    grown[i] = *run_at(b, i);
+  free(b->runs);
+  b->runs = grown;
+  b->runs_cap = cap;
+  b->runs_head = 0;
+  return 0;
 }
 
 static int run_add(struct sl_buffer *b, uint64_t seq) {
@@ -34,20 +58,11 @@ static int run_add(struct sl_buffer *b, uint64_t seq) {
     last->count++;
     return 0;
   }
-  if (b->runs_len == b->runs_cap) {
-    uint32_t cap = b->runs_cap ? b->runs_cap * 2 : 16, i;
-    struct sl_buffer_run *grown = malloc(sizeof(*grown) * cap);
-    if (grown == NULL)
-      return SL_ENOMEM;
-    for (i = 0; i < b->runs_len; i++)
-      grown[i] = *run_at(b, i);
-    free(b->runs);
-    b->runs = grown;
-    b->runs_cap = cap;
-    b->runs_head = 0;
-  }
+  if (runs_reserve(b, 1) != 0)
+    return SL_ENOMEM;
   last = &b->runs[(b->runs_head + b->runs_len) % b->runs_cap];
   last->first_seq = seq;
+  last->ack_to = 0;
   last->count = 1;
   b->runs_len++;
   return 0;
@@ -60,12 +75,15 @@ static uint64_t runs_take(struct sl_buffer *b, uint32_t n) {
     struct sl_buffer_run *r = run_at(b, 0);
     uint32_t k = n < r->count ? n : r->count;
     if (r->first_seq) {
-      acked = r->first_seq + k - 1;
+      if (r->first_seq + k - 1 > acked)
+        acked = r->first_seq + k - 1;
       r->first_seq += k;
     }
     r->count -= k;
     n -= k;
     if (r->count == 0) {
+      if (r->ack_to > acked)
+        acked = r->ack_to;
       b->runs_head = (b->runs_head + 1) % b->runs_cap;
       b->runs_len--;
     }
@@ -76,6 +94,8 @@ static uint64_t runs_take(struct sl_buffer *b, uint32_t n) {
 /* ---- syncing ------------------------------------------------------------ */
 
 static void start_sync(struct sl_buffer *b);
+static void on_retry_timer(uv_timer_t *t);
+static void arm_retry(struct sl_buffer *b);
 
 static void on_sync_work(uv_work_t *req) {
   struct sl_buffer *b = container_of(req, struct sl_buffer, sync_req);
@@ -87,16 +107,25 @@ static void on_sync_done(uv_work_t *req, int status) {
   b->syncing = 0;
   b->stats.syncs++;
   if (status == 0 && b->sync_rc != 0) {
+    uint64_t suppressed;
     b->stats.sync_errors++;
-    sl_log(SL_LOG_ERROR, "disk buffer fsync failed; events since the last "
-                         "good sync may not survive a power loss",
-           SL_S("output", b->name), SL_S("error", strerror(-b->sync_rc)),
-           SL_END);
+    arm_retry(b); /* acknowledgements wait for a sync that works */
+    if (sl_log_allow(&b->error_log, &suppressed))
+      sl_log(SL_LOG_ERROR, "disk buffer fsync failed; events since the last "
+                           "good sync may not survive a power loss",
+             SL_S("output", b->name), SL_S("path", b->path),
+             SL_S("error", strerror(-b->sync_rc)),
+             SL_U("suppressed", suppressed), SL_END);
   }
   if (b->closing) {
     sl_spool_close(&b->spool);
     b->spool_open = 0;
     return;
+  }
+  if (status == 0 && b->sync_rc == 0 && b->sync_ticket > b->covered) {
+    b->covered = b->sync_ticket; /* every append stamped <= it is on disk */
+    if (b->on_durable)
+      b->on_durable(b);
   }
   if (b->sync_again) {
     b->sync_again = 0;
@@ -112,6 +141,8 @@ static void start_sync(struct sl_buffer *b) {
     return;
   }
   b->syncing = 1;
+  /* appends stamped below the current ticket all returned before now */
+  b->sync_ticket = b->ticket && *b->ticket ? *b->ticket - 1 : 0;
   if (uv_queue_work(b->loop, &b->sync_req, on_sync_work, on_sync_done) != 0)
     b->syncing = 0;
 }
@@ -128,40 +159,166 @@ static void on_sync_timer(uv_timer_t *t) {
   start_sync(b);
 }
 
+/* ---- write errors ------------------------------------------------------- */
+
+#define RETRY_MS 200 /* after a failed write: how soon to try again */
+
+static int drops(const struct sl_buffer *b) {
+  return b->when_full == SL_QUEUE_DROP_NEWEST ||
+         b->when_full == SL_QUEUE_DROP_OLDEST;
+}
+
+/* One rate-limited line an operator can act on: which output, which
+ * folder, what the system said, and what happens to the events. */
+static void log_write_error(struct sl_buffer *b, const char *msg, int rc) {
+  uint64_t suppressed;
+  if (sl_log_allow(&b->error_log, &suppressed))
+    sl_log(SL_LOG_ERROR, msg, SL_S("output", b->name), SL_S("path", b->path),
+           SL_S("error", strerror(-rc)), SL_U("write_errors",
+                                              b->stats.write_errors),
+           SL_U("refused", b->stats.refused), SL_U("suppressed", suppressed),
+           SL_END);
+}
+
+static void arm_retry(struct sl_buffer *b) {
+  if (b->timers_open && !uv_is_active((uv_handle_t *)&b->retry_timer))
+    uv_timer_start(&b->retry_timer, on_retry_timer, RETRY_MS, 0);
+}
+
+/* A write (or the allocation that goes with it) failed with rc: the event
+ * waits (blocking policies) or is refused (drop policies). */
+static int write_failed(struct sl_buffer *b, int rc) {
+  b->stats.write_errors++;
+  b->last_error = rc;
+  b->failing = 1;
+  arm_retry(b);
+  if (drops(b)) {
+    b->stats.refused++;
+    log_write_error(b, "disk buffer cannot write; event refused", rc);
+    return SL_EIO;
+  }
+  log_write_error(b, "disk buffer cannot write; waiting (backpressure)", rc);
+  return SL_EAGAIN;
+}
+
+/* Rate-limited too: with a full disk an empty write buffer flushes fine
+ * and the next append fails again, so this can flip every RETRY_MS. */
+static void writes_again(struct sl_buffer *b) {
+  uint64_t suppressed;
+  if (!b->failing)
+    return;
+  b->failing = 0;
+  if (sl_log_allow(&b->recover_log, &suppressed))
+    sl_log(SL_LOG_INFO, "disk buffer writes again", SL_S("output", b->name),
+           SL_S("path", b->path), SL_U("write_errors", b->stats.write_errors),
+           SL_U("refused", b->stats.refused), SL_U("suppressed", suppressed),
+           SL_END);
+}
+
+/* Everything appended so far is in the kernel: with fsync "never" and
+ * "interval" that is the promise. */
+static void flushed(struct sl_buffer *b) {
+  uint64_t t = b->ticket && *b->ticket ? *b->ticket - 1 : 0;
+  if (b->fsync != SL_BUFFER_FSYNC_ALWAYS && t > b->covered)
+    b->covered = t;
+}
+
+static void refill(struct sl_buffer *b, struct sl_queue *q);
+
+static void on_retry_timer(uv_timer_t *t) {
+  struct sl_buffer *b = container_of(t, struct sl_buffer, retry_timer);
+  int rc;
+  if (!b->spool_open || b->closing)
+    return;
+  rc = sl_spool_flush(&b->spool);
+  if (rc != 0) {
+    b->stats.write_errors++;
+    b->last_error = rc;
+    b->failing = 1;
+    log_write_error(b, "disk buffer cannot write; retrying", rc);
+    arm_retry(b);
+    return;
+  }
+  writes_again(b);
+  flushed(b);
+  if (b->fsync == SL_BUFFER_FSYNC_ALWAYS && b->last_stamp > b->covered)
+    start_sync(b); /* a sync that failed on a write: try it again */
+  if (b->q) {
+    refill(b, b->q);
+    sl_queue_wake(b->q); /* producers waiting for the disk try again */
+  }
+  if (b->on_durable)
+    b->on_durable(b);
+}
+
 /* ---- moving events ------------------------------------------------------ */
 
 /* Read spooled records back into q while it has room. */
 static void refill(struct sl_buffer *b, struct sl_queue *q) {
   struct sl_spool_rec recs[READ_BATCH];
   struct sl_idgen unused;
-  int n, i;
+  int n, i, want;
 
   if (!b->spool_open)
     return;
   memset(&unused, 0, sizeof(unused));
   while (q->count < q->max_events && q->bytes < q->max_bytes) {
     uint32_t room = q->max_events - q->count;
-    n = sl_spool_read(&b->spool, recs, room < READ_BATCH ? (int)room : READ_BATCH,
+    want = room < READ_BATCH ? (int)room : READ_BATCH;
+    /* each record may start a run (after a gap): room for all first, so
+     * no record read is left out of the queue */
+    if (runs_reserve(b, (uint32_t)want) != 0) {
+      arm_retry(b); /* out of memory: read them later */
+      break;
+    }
+    n = sl_spool_read(&b->spool, recs, want,
                       (size_t)(q->max_bytes - q->bytes));
-    if (n <= 0)
+    if (n < 0) {
+      log_write_error(b, "disk buffer cannot read; retrying", n);
+      arm_retry(b);
+      break;
+    }
+    if (n == 0)
       break;
     for (i = 0; i < n; i++) {
       struct sl_event_view v;
       struct sl_codec_error err;
       struct sl_event *ev;
       /* the spool's CRC vouches for the bytes, this for their meaning */
-      if (sl_codec_parse_event(recs[i].data, recs[i].len, &v, &err) != 0 ||
-          (ev = sl_event_from_view(&unused, &v, 0)) == NULL) {
-        b->stats.lost_records++;
+      if (sl_codec_parse_event(recs[i].data, recs[i].len, &v, &err) != 0) {
+        struct sl_buffer_run *last = NULL;
+        uint32_t k;
+        b->stats.not_events++;
         sl_log(SL_LOG_ERROR, "disk buffer record is not an event; skipped",
                SL_S("output", b->name), SL_U("seq", recs[i].seq),
                SL_S("error", err.msg), SL_END);
-        sl_spool_ack(&b->spool, recs[i].seq); /* never deliverable */
+        /* never deliverable: acknowledge it with the queued records
+         * before it, not before they are delivered */
+        for (k = b->runs_len; k > 0 && last == NULL; k--)
+          if (run_at(b, k - 1)->first_seq)
+            last = run_at(b, k - 1);
+        if (last)
+          last->ack_to = recs[i].seq;
+        else
+          sl_spool_ack(&b->spool, recs[i].seq);
         continue;
       }
-      sl_queue_push_force(q, ev);
+      ev = sl_event_from_view(&unused, &v, 0);
+      if (ev == NULL) {
+        /* out of memory: the rest of this batch was read but is not
+         * queued; read from the oldest unacknowledged record again (a
+         * repeat is better than a loss) */
+        sl_spool_rewind(&b->spool);
+        arm_retry(b);
+        return;
+      }
+      if (sl_queue_push_force(q, ev) != 0) {
+        sl_event_unref(ev);
+        sl_spool_rewind(&b->spool);
+        return;
+      }
       sl_event_unref(ev);
-      run_add(b, recs[i].seq);
+      run_add(b, recs[i].seq); /* cannot fail: reserved above */
       b->stats.read_back++;
     }
   }
@@ -176,32 +333,80 @@ int sl_buffer_push(struct sl_buffer *b, struct sl_queue *q,
     return sl_queue_push(q, ev);
   if (b->mode == SL_BUFFER_SPILL && sl_buffer_backlog(b) == 0 &&
       sl_queue_has_room(q, ev->len)) {
-    sl_queue_push_force(q, ev);
+    if (runs_reserve(b, 1) != 0)
+      return write_failed(b, SL_ENOMEM);
+    if (sl_queue_push_force(q, ev) != 0)
+      return write_failed(b, SL_ENOMEM);
     run_add(b, 0);
     return 0;
   }
   rc = sl_spool_append(&b->spool, ev->data, ev->len, &seq);
-  if (rc == SL_E2BIG) {
-    if (b->when_full == SL_QUEUE_DROP_NEWEST) {
+  if (rc == SL_E2BIG || rc == SL_EINVAL) {
+    if (rc == SL_EINVAL || b->when_full == SL_QUEUE_DROP_NEWEST ||
+        b->when_full == SL_QUEUE_DROP_OLDEST) {
       b->stats.dropped_full++;
       q->dropped_newest++;
-      return SL_E2BIG;
+      return SL_E2BIG; /* the policy's drop (or a record that never fits) */
     }
     b->full = 1;
     return SL_EAGAIN; /* woken once deliveries free the spool */
   }
-  if (rc != 0) {
-    b->stats.dropped_full++;
-    q->dropped_newest++;
-    sl_log(SL_LOG_ERROR, "disk buffer append failed; event dropped",
-           SL_S("output", b->name), SL_S("error", strerror(-rc)), SL_END);
-    return SL_E2BIG;
-  }
+  if (rc != 0)
+    return write_failed(b, rc);
+  writes_again(b);
+  if (b->ticket)
+    b->last_stamp = *b->ticket;
   b->stats.spilled++;
   if (b->fsync == SL_BUFFER_FSYNC_ALWAYS)
     uv_idle_start(&b->sync_idle, on_sync_idle);
   refill(b, q);
   return 0;
+}
+
+int sl_buffer_covers(const struct sl_buffer *b, uint64_t ticket) {
+  return b->mode == SL_BUFFER_MEMORY || !b->spool_open ||
+         b->covered >= ticket || b->last_stamp <= b->covered;
+}
+
+int sl_buffer_durable(struct sl_buffer *b, uint64_t ticket) {
+  int rc;
+  if (sl_buffer_covers(b, ticket))
+    return 0;
+  if (b->closing)
+    return SL_EAGAIN;
+  if (b->fsync == SL_BUFFER_FSYNC_ALWAYS) {
+    start_sync(b); /* on_sync_done moves covered */
+    return SL_EAGAIN;
+  }
+  rc = sl_spool_flush(&b->spool);
+  if (rc != 0) {
+    b->stats.write_errors++;
+    b->last_error = rc;
+    b->failing = 1;
+    arm_retry(b);
+    if (drops(b)) {
+      b->stats.refused++;
+      log_write_error(b, "disk buffer cannot write; acknowledgement refused",
+                      rc);
+      return SL_EIO;
+    }
+    log_write_error(b, "disk buffer cannot write; acknowledgements wait",
+                    rc);
+    return SL_EAGAIN;
+  }
+  flushed(b);
+  return sl_buffer_covers(b, ticket) ? 0 : SL_EAGAIN;
+}
+
+int sl_buffer_blocked(const struct sl_buffer *b, const struct sl_queue *q) {
+  int waited_on = q->waiters.next != &q->waiters;
+  if (b->mode == SL_BUFFER_MEMORY)
+    return q->policy == SL_QUEUE_BLOCK &&
+           (waited_on || q->count >= q->max_events || q->bytes >= q->max_bytes);
+  if (drops(b))
+    return 0; /* each event is dropped or refused on its own */
+  /* disk and spill: a full memory queue is normal, the spool takes more */
+  return waited_on || b->full || b->failing;
 }
 
 void sl_buffer_delivered(struct sl_buffer *b, struct sl_queue *q, uint32_t n) {
@@ -255,6 +460,10 @@ int sl_buffer_init(struct sl_buffer *b, uv_loop_t *loop, const char *name,
   b->when_full = cfg->when_full;
   b->loop = loop;
   b->name = name;
+  b->path = cfg->path ? cfg->path : "";
+  b->q = q;
+  sl_log_limiter_init(&b->error_log, 10000, 5);
+  sl_log_limiter_init(&b->recover_log, 10000, 2);
   if (b->mode == SL_BUFFER_MEMORY)
     return 0;
   memset(&opts, 0, sizeof(opts));
@@ -290,6 +499,7 @@ int sl_buffer_init(struct sl_buffer *b, uv_loop_t *loop, const char *name,
            SL_U("bytes", rep.bytes), SL_END);
   uv_idle_init(loop, &b->sync_idle);
   uv_timer_init(loop, &b->sync_timer);
+  uv_timer_init(loop, &b->retry_timer);
   b->timers_open = 1;
   if (b->fsync == SL_BUFFER_FSYNC_INTERVAL)
     uv_timer_start(&b->sync_timer, on_sync_timer, cfg->fsync_interval_ms,
@@ -305,6 +515,7 @@ void sl_buffer_stop(struct sl_buffer *b) {
   if (b->timers_open) {
     uv_close((uv_handle_t *)&b->sync_idle, NULL);
     uv_close((uv_handle_t *)&b->sync_timer, NULL);
+    uv_close((uv_handle_t *)&b->retry_timer, NULL);
     b->timers_open = 0;
   }
   /* a last sync makes acks and spilled events durable; close after it */

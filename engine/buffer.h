@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "log.h"
 #include "queue.h"
 #include "spool.h"
 
@@ -34,6 +35,11 @@ struct sl_buffer_stats {
   uint64_t dropped_full;   /* the spool was full and the policy dropped */
   uint64_t quarantined_bytes, lost_records; /* found at start */
   uint64_t syncs, sync_errors;
+  uint64_t write_errors;   /* appends and flushes that failed (disk full, no
+                              fds, I/O error) */
+  uint64_t refused;        /* events refused to the producer: a drop policy
+                              met a write error */
+  uint64_t not_events;     /* records read back that were not events */
 };
 
 struct sl_buffer {
@@ -53,7 +59,24 @@ struct sl_buffer {
   uint64_t synced_seq;
   int sync_rc;
   const char *name; /* the output's, for logs */
+  const char *path; /* the spool's folder, for logs */
   struct sl_buffer_stats stats;
+
+  /* Durability tickets (see sl_buffer_durable): *ticket is the worker's
+   * counter; an append is stamped with its value, and every append stamped
+   * <= covered is where the fsync policy promises (in the kernel, or on
+   * disk for "always"). */
+  const uint64_t *ticket;
+  uint64_t last_stamp, covered, sync_ticket;
+  void (*on_durable)(struct sl_buffer *b); /* covered moved, or writes work
+                                              again; may be NULL */
+  void *data;                              /* the caller's, for on_durable */
+  struct sl_queue *q;
+  /* A write failed: appends wait (block) or are refused (drop policies)
+   * and retry_timer tries again until a write works. */
+  int failing, last_error;
+  uv_timer_t retry_timer;
+  struct sl_log_limiter error_log, recover_log;
 };
 
 struct sl_buffer_config {
@@ -73,14 +96,36 @@ int sl_buffer_init(struct sl_buffer *b, uv_loop_t *loop, const char *name,
                    char *err, size_t errlen);
 
 /* Put ev (not consumed) into the buffer. Returns 0 when it is queued or
- * spooled, SL_EAGAIN when the caller must wait on q (full and blocking),
- * SL_E2BIG when the policy dropped it (counted). */
+ * appended to the spool (durable only once sl_buffer_durable says so),
+ * SL_EAGAIN when the caller must wait on q (full and blocking, or the disk
+ * cannot write: the retry timer wakes q), SL_E2BIG when the policy dropped
+ * it (counted), SL_EIO when the disk cannot write and the policy drops:
+ * the event is refused (counted in stats.refused) and the caller must tell
+ * its producer, never acknowledge it. */
 int sl_buffer_push(struct sl_buffer *b, struct sl_queue *q,
                    struct sl_event *ev);
 
 /* The n oldest queued events are delivered: acknowledge those that came
  * from the spool, pop them from q, and read more back from the spool. */
 void sl_buffer_delivered(struct sl_buffer *b, struct sl_queue *q, uint32_t n);
+
+/* Is every event appended before the worker's counter moved past ticket
+ * where the fsync policy promises? Returns 0 when it is (a flush of the
+ * spool's write buffer is tried here), SL_EAGAIN when it will be later: a
+ * sync is under way ("always") or the flush failed (retried from a timer);
+ * b->on_durable runs when covered moves. A failed flush with a drop policy
+ * returns SL_EIO instead (counted as a refusal): do not wait, refuse the
+ * events to the producer. Memory mode: always 0. */
+int sl_buffer_durable(struct sl_buffer *b, uint64_t ticket);
+
+/* Does ticket hold already (no flush tried)? */
+int sl_buffer_covers(const struct sl_buffer *b, uint64_t ticket);
+
+/* Would a new event have to wait? A blocking policy and a full queue
+ * (memory mode), or a full or failing spool, or producers already waiting
+ * (disk and spill: a full memory queue is normal there, the spool takes
+ * the event). */
+int sl_buffer_blocked(const struct sl_buffer *b, const struct sl_queue *q);
 
 /* Events that wait in the spool and are not in the queue. */
 uint64_t sl_buffer_backlog(struct sl_buffer *b);

@@ -449,7 +449,8 @@ static void check_buffer(struct check *c, int t, const char *path,
   if (lua_istable(c->L, -1)) {
     int bt = lua_gettop(c->L);
     check_keys(c, bt, p, keys);
-    opt_str(c, bt, p, "type", &type, 1);
+    /* spill takes buffer.path and max_bytes without a type (README) */
+    opt_str(c, bt, p, "type", &type, o->queue.when_full != SL_QUEUE_SPILL);
     opt_str(c, bt, p, "path", &b->path, 0);
     opt_uint(c, bt, p, "max_bytes", 1u << 20, 1ull << 50, &b->max_bytes, 1);
     opt_str(c, bt, p, "fsync", &fsync, 0);

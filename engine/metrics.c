@@ -126,6 +126,123 @@ static uint64_t q_max_bytes(const struct sl_output *o) {
   return o->q.max_bytes;
 }
 
+/* One family with a sample per output that has a disk buffer (disk or
+ * spill); get reads it from the buffer and its spool's stats. */
+static void per_disk_buffer(struct out *b, const struct sl_worker *w,
+                            const char *name, const char *type,
+                            const char *help,
+                            uint64_t (*get)(const struct sl_buffer *buf,
+                                            const struct sl_spool_stats *st)) {
+  int i;
+  family(b, name, type, help);
+  for (i = 0; i < w->noutputs; i++) {
+    struct sl_buffer *buf = (struct sl_buffer *)&w->outputs[i].buf;
+    struct sl_spool_stats st;
+    if (buf->mode == SL_BUFFER_MEMORY)
+      continue;
+    memset(&st, 0, sizeof(st));
+    if (buf->spool_open)
+      sl_spool_stats(&buf->spool, &st); /* only reads */
+    put(b, "%s{output=\"%s\"} %llu\n", name, w->outputs[i].cfg->name,
+        U(get(buf, &st)));
+  }
+}
+
+static uint64_t db_events(const struct sl_buffer *b,
+                          const struct sl_spool_stats *st) {
+  (void)b;
+  return st->records;
+}
+static uint64_t db_bytes(const struct sl_buffer *b,
+                         const struct sl_spool_stats *st) {
+  (void)b;
+  return st->bytes;
+}
+static uint64_t db_segments(const struct sl_buffer *b,
+                            const struct sl_spool_stats *st) {
+  (void)b;
+  return st->segments;
+}
+static uint64_t db_disk_bytes(const struct sl_buffer *b,
+                              const struct sl_spool_stats *st) {
+  (void)b;
+  return st->disk_bytes;
+}
+static uint64_t db_max_bytes(const struct sl_buffer *b,
+                             const struct sl_spool_stats *st) {
+  (void)st;
+  return b->spool.max_bytes;
+}
+static uint64_t db_quarantined_records(const struct sl_buffer *b,
+                                       const struct sl_spool_stats *st) {
+  return b->stats.lost_records + st->lost_records + b->stats.not_events;
+}
+static uint64_t db_quarantined_bytes(const struct sl_buffer *b,
+                                     const struct sl_spool_stats *st) {
+  (void)st;
+  return b->stats.quarantined_bytes;
+}
+static uint64_t db_write_errors(const struct sl_buffer *b,
+                                const struct sl_spool_stats *st) {
+  (void)st;
+  return b->stats.write_errors;
+}
+static uint64_t db_fsync_errors(const struct sl_buffer *b,
+                                const struct sl_spool_stats *st) {
+  (void)st;
+  return b->stats.sync_errors;
+}
+static uint64_t db_refused(const struct sl_buffer *b,
+                           const struct sl_spool_stats *st) {
+  (void)st;
+  return b->stats.refused;
+}
+static uint64_t db_failing(const struct sl_buffer *b,
+                           const struct sl_spool_stats *st) {
+  (void)st;
+  return (uint64_t)b->failing;
+}
+
+static void disk_buffers(struct out *b, const struct sl_worker *w) {
+  per_disk_buffer(b, w, "sluice_disk_buffer_backlog_events", "gauge",
+                  "Events in an output's disk buffer not yet delivered.",
+                  db_events);
+  per_disk_buffer(b, w, "sluice_disk_buffer_backlog_bytes", "gauge",
+                  "Bytes on disk of the events not yet delivered, framing "
+                  "included.",
+                  db_bytes);
+  per_disk_buffer(b, w, "sluice_disk_buffer_segments", "gauge",
+                  "Segment files of an output's disk buffer.", db_segments);
+  per_disk_buffer(b, w, "sluice_disk_buffer_disk_bytes", "gauge",
+                  "Bytes of an output's disk buffer segment files, delivered "
+                  "parts not yet reclaimed included.",
+                  db_disk_bytes);
+  per_disk_buffer(b, w, "sluice_disk_buffer_capacity_bytes", "gauge",
+                  "The disk buffer's max_bytes.", db_max_bytes);
+  per_disk_buffer(b, w, "sluice_disk_buffer_quarantined_records_total",
+                  "counter",
+                  "Records found corrupt or lost (at start or while "
+                  "reading) and skipped.",
+                  db_quarantined_records);
+  per_disk_buffer(b, w, "sluice_disk_buffer_quarantined_bytes_total",
+                  "counter",
+                  "Bytes moved to the disk buffer's quarantine/ folder.",
+                  db_quarantined_bytes);
+  per_disk_buffer(b, w, "sluice_disk_buffer_write_errors_total", "counter",
+                  "Writes to the disk buffer that failed (disk full, no file "
+                  "descriptors, I/O error).",
+                  db_write_errors);
+  per_disk_buffer(b, w, "sluice_disk_buffer_fsync_errors_total", "counter",
+                  "fdatasync calls on the disk buffer that failed.",
+                  db_fsync_errors);
+  per_disk_buffer(b, w, "sluice_disk_buffer_refused_total", "counter",
+                  "Events refused to the producer because the disk buffer "
+                  "could not write them (drop policies; block waits).",
+                  db_refused);
+  per_disk_buffer(b, w, "sluice_disk_buffer_failing", "gauge",
+                  "1 while the disk buffer's last write failed.", db_failing);
+}
+
 static void histogram(struct out *b, const char *name, const char *labels,
                       const struct sl_histogram *h) {
   uint64_t cum = 0;
@@ -349,6 +466,7 @@ int sl_metrics_render(const struct sl_worker *w, struct sl_buf *text) {
              "The most events an output's queue holds.", q_max_events);
   per_output(out, w, "sluice_queue_capacity_bytes", "gauge",
              "The most bytes an output's queue holds.", q_max_bytes);
+  disk_buffers(out, w);
   family(out, "sluice_events_dropped_total", "counter",
          "Events dropped, by reason (and output for full queues).");
   for (i = 0; i < w->noutputs; i++) {

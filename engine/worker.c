@@ -133,8 +133,8 @@ static uint32_t dead_letter_head(struct sl_output *o) {
       break;
     rc = output_push(dl, c);
     sl_event_unref(c);
-    if (rc == SL_EAGAIN)
-      break;
+    if (rc == SL_EAGAIN || rc == SL_EIO)
+      break; /* the dead letter cannot take it now: it stays here */
     moved++;
     if (rc == 0)
       taken++; /* else dropped by the dead-letter output, counted there */
@@ -332,6 +332,12 @@ static int push_held(struct sl_source *s) {
   for (i = 0; i < s->ntargets; i++) {
     struct sl_output *o = &w->outputs[s->targets[i]];
     int rc = output_push(o, s->held);
+    if (rc == SL_EIO && !s->refused) {
+      /* the other targets still get it: the producer resends it, a
+       * repeat there beats a loss here */
+      s->refused = 1;
+      s->refused_output = o->index;
+    }
     if (rc == SL_EAGAIN) {
       /* keep the targets not yet served; the served ones are done */
       memmove(s->targets, s->targets + i, (size_t)(s->ntargets - i) *
@@ -344,13 +350,17 @@ static int push_held(struct sl_source *s) {
   sl_event_unref(s->held);
   s->held = NULL;
   s->ntargets = 0;
-  return 0;
+  return s->refused ? SL_EIO : 0;
 }
 
 static void on_room(struct sl_waiter *wt) {
   struct sl_source *s = container_of(wt, struct sl_source, waiter);
-  if (s->held && push_held(s) == 0 && s->on_resume)
-    s->on_resume(s);
+  int rc;
+  if (s->held == NULL)
+    return;
+  rc = push_held(s);
+  if ((rc == 0 || rc == SL_EIO) && s->on_resume)
+    s->on_resume(s); /* s->refused tells a refusal */
 }
 
 void sl_source_init(struct sl_source *s, struct sl_input *in,
@@ -385,6 +395,7 @@ int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
   s->ntargets = r.ntargets;
   for (i = 0; i < r.ntargets; i++)
     s->targets[i] = r.targets[i];
+  s->refused = 0;
   s->held = r.event; /* r.event holds the reference now (maybe a new one) */
   if (s->ntargets == 0) {
     sl_event_unref(s->held);
@@ -424,14 +435,81 @@ void sl_worker_flush_buffers(struct sl_worker *w) {
 
 int sl_worker_blocked(const struct sl_worker *w) {
   int i;
-  for (i = 0; i < w->noutputs; i++) {
-    const struct sl_queue *q = &w->outputs[i].q;
-    if (q->policy == SL_QUEUE_BLOCK &&
-        (q->waiters.next != &q->waiters || q->count >= q->max_events ||
-         q->bytes >= q->max_bytes))
+  for (i = 0; i < w->noutputs; i++)
+    if (sl_buffer_blocked(&w->outputs[i].buf, &w->outputs[i].q))
       return 1;
-  }
   return 0;
+}
+
+/* ---- durability ---------------------------------------------------------- */
+
+int sl_worker_durable(struct sl_worker *w, struct sl_durable *d) {
+  uint64_t ticket;
+  int i, pending = 0;
+
+  if (d->waiting)
+    return SL_EAGAIN; /* its callback comes; it asks again after */
+  /* appends from now on are stamped later than this ticket */
+  ticket = w->durable_ticket++;
+  for (i = 0; i < w->noutputs; i++) {
+    int rc = sl_buffer_durable(&w->outputs[i].buf, ticket);
+    if (rc == SL_EIO) {
+      d->refused_output = i;
+      return SL_EIO;
+    }
+    if (rc != 0)
+      pending = 1;
+  }
+  if (!pending)
+    return 0;
+  d->ticket = ticket;
+  d->waiting = 1;
+  d->prev = w->durable_waiters.prev;
+  d->next = &w->durable_waiters;
+  d->prev->next = d;
+  w->durable_waiters.prev = d;
+  return SL_EAGAIN;
+}
+
+void sl_worker_undurable(struct sl_durable *d) {
+  if (!d->waiting)
+    return;
+  d->prev->next = d->next;
+  d->next->prev = d->prev;
+  d->next = d->prev = NULL;
+  d->waiting = 0;
+}
+
+/* A disk buffer's flush or sync moved on (or it writes again): call the
+ * waiters whose tickets every buffer covers now, oldest first. */
+static void on_buffer_durable(struct sl_buffer *b) {
+  struct sl_output *o = b->data;
+  struct sl_worker *w = o->w;
+  int i;
+
+  if (o->q.count > o->q.inflight)
+    sl_output_kick(o); /* read back from the disk after a retry */
+  while (w->durable_waiters.next != &w->durable_waiters) {
+    struct sl_durable *d = w->durable_waiters.next;
+    for (i = 0; i < w->noutputs; i++)
+      if (!sl_buffer_covers(&w->outputs[i].buf, d->ticket))
+        return; /* later tickets need at least as much */
+    sl_worker_undurable(d);
+    d->on_durable(d); /* may add or remove waiters: start again */
+  }
+}
+
+void sl_worker_refusal(const struct sl_worker *w, int output, char *buf,
+                       size_t len) {
+  const struct sl_output *o;
+  if (output < 0 || output >= w->noutputs) {
+    snprintf(buf, len, "a disk buffer cannot write");
+    return;
+  }
+  o = &w->outputs[output];
+  snprintf(buf, len, "the disk buffer of output %s cannot write: %s",
+           o->cfg->name,
+           o->buf.last_error ? strerror(-o->buf.last_error) : "I/O error");
 }
 
 /* Events a rule emits cannot make its caller wait (the rule has returned
@@ -443,6 +521,8 @@ static void on_emit(void *data, int output, struct sl_event *ev) {
   if (rc == SL_EAGAIN) {
     o->q.dropped_newest++;
     w->stats.emit_dropped++;
+  } else if (rc == SL_EIO) {
+    w->stats.emit_dropped++; /* the disk buffer counted the refusal */
   }
   sl_event_unref(ev);
 }
@@ -600,6 +680,8 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
   memset(w, 0, sizeof(*w));
   w->cfg = cfg;
   w->started_ns = (uint64_t)sl_now_ns();
+  w->durable_ticket = 1;
+  w->durable_waiters.next = w->durable_waiters.prev = &w->durable_waiters;
   sl_idgen_init(&w->idgen);
   sl_log_limiter_init(&w->bad_input_log, 10000, 20);
   sl_log_limiter_init(&w->rule_error_log, 10000, 20);
@@ -688,6 +770,9 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
       bc.when_full = oc->queue.when_full;
       rc = sl_buffer_init(&o->buf, &w->loop, oc->name, &bc, &o->q, why,
                           sizeof(why));
+      o->buf.ticket = &w->durable_ticket;
+      o->buf.on_durable = on_buffer_durable;
+      o->buf.data = o;
     }
     if (rc == 0)
       rc = o->ops->cb_start(o, why, sizeof(why));

@@ -144,6 +144,20 @@ struct sl_source {
   int ntargets;
   struct sl_waiter waiter;
   void (*on_resume)(struct sl_source *s); /* the held event went through */
+  int refused;  /* the last event was refused by a disk buffer that cannot
+                   write (see sl_worker_submit): it is not accepted */
+  int refused_output; /* which output refused it */
+};
+
+/* Someone waiting until the events it submitted are where their outputs'
+ * policies promise (sl_worker_durable). Embed it and get back with
+ * container_of; zeroed memory is a valid idle one. */
+struct sl_durable {
+  struct sl_durable *next, *prev;
+  uint64_t ticket;
+  int waiting;
+  int refused_output; /* after SL_EIO: the output whose disk refused */
+  void (*on_durable)(struct sl_durable *d);
 };
 
 struct sl_input_ops {
@@ -228,6 +242,11 @@ struct sl_worker {
   struct sl_log_limiter bad_input_log, rule_error_log;
   struct sl_worker_stats stats;
   uint64_t started_ns;
+  /* durability tickets: disk buffers stamp appends with durable_ticket;
+   * durable_waiters (oldest ticket first) wait for their stamp to be
+   * covered by a flush or a sync */
+  uint64_t durable_ticket;
+  struct sl_durable durable_waiters;
 };
 
 /* Set up inputs, outputs and rules from cfg on the worker's own loop. On
@@ -245,7 +264,11 @@ void sl_worker_close(struct sl_worker *w);
  * the caller's reference to ev. Returns 0 when it is done with the event
  * (queued, dropped or dead-lettered), or SL_EAGAIN when a blocking queue is
  * full: then s holds the event and waits, and s->on_resume runs once it is
- * queued. The caller must not submit more from s until then. */
+ * queued. The caller must not submit more from s until then. SL_EIO: a
+ * disk buffer that cannot write refused it (drop policies; s->refused and
+ * s->refused_output say so, also when on_resume runs): the event is not
+ * accepted and the producer must be told (close, 503), never acked.
+ * Queued or spooled is not yet acknowledgeable: see sl_worker_durable. */
 int sl_worker_submit(struct sl_source *s, struct sl_event *ev);
 
 /* Is any blocking output queue full or waited on? Inputs that answer
@@ -256,6 +279,23 @@ int sl_worker_blocked(const struct sl_worker *w);
 /* Hand what disk buffers hold in memory to the kernel, so events that are
  * acknowledged to a client survive the engine being killed. */
 void sl_worker_flush_buffers(struct sl_worker *w);
+
+/* May the events submitted so far be acknowledged? They are once every
+ * disk buffer holds them where its fsync policy promises (written to the
+ * kernel; on disk with fsync "always"). Returns 0 when they are now (a
+ * flush is tried here), or SL_EAGAIN: d->on_durable runs later, from the
+ * loop, once they are (a sync finished, or a failed write worked on
+ * retry). SL_EIO: a disk buffer with a drop policy cannot write them
+ * (d->refused_output says which): refuse them to the producer (close,
+ * 503); some may still be delivered. Never acknowledge before 0 or the
+ * callback. sl_worker_undurable forgets d (call
+ * it when the connection or request goes away; safe when not waiting). */
+int sl_worker_durable(struct sl_worker *w, struct sl_durable *d);
+void sl_worker_undurable(struct sl_durable *d);
+
+/* Words for a refusal: "the disk buffer of output X cannot write: why". */
+void sl_worker_refusal(const struct sl_worker *w, int output, char *buf,
+                       size_t len);
 
 /* Set up / tear down a source (tear down drops a held event, counted). */
 void sl_source_init(struct sl_source *s, struct sl_input *in,

@@ -58,6 +58,7 @@ struct batch {
   struct sl_buf fixed;  /* events given the input's default topic */
   size_t n, next;
   struct sl_buf scratch; /* headers with the traceparent added */
+  struct sl_durable wait; /* the 202 waits for the disk buffers */
 };
 
 #define SPAN(b, i) (((const struct span *)(b)->spans.data)[i])
@@ -98,6 +99,7 @@ static int kind_of(struct sl_str ct, enum body_kind *kind) {
 static void batch_free(struct batch *b) {
   if (b == NULL)
     return;
+  sl_worker_undurable(&b->wait);
   if (b->source_open)
     sl_source_close(&b->src); /* a held event of a cut request is dropped */
   sl_buf_close(&b->mp);
@@ -460,12 +462,37 @@ static struct sl_event *build(struct batch *b, size_t i) {
   return sl_event_from_view(&w->idgen, &v, 1);
 }
 
-/* Submit from b->next on; answer 202 once all are in. */
+static void answer_202(struct batch *b) {
+  char out[64];
+  int n = snprintf(out, sizeof(out), "{\"accepted\":%zu}", b->n);
+  sl_http_respond(b->r, 202, "application/json", out, (size_t)n);
+}
+
+static void on_durable(struct sl_durable *d) {
+  answer_202(container_of(d, struct batch, wait));
+}
+
+/* A disk buffer refused an event: 503, and the client sends the batch
+ * again (the events before it may arrive twice, none is lost). */
+static void answer_refused(struct batch *b) {
+  char why[256];
+  sl_worker_refusal(b->hi->in->w, b->src.refused_output, why, sizeof(why));
+  sl_http_add_header(b->r, "Retry-After", "1");
+  sl_http_respond_error(b->r, 503,
+                        "%s; the batch was not accepted: retry later", why);
+}
+
+/* Submit from b->next on; answer 202 once all are in, and in the disk
+ * buffers' files as their fsync policy promises (a kill -9 after the 202
+ * loses nothing). */
 static void submit_more(struct batch *b) {
   struct sl_input *in = b->hi->in;
-  char out[64];
-  int n;
+  int rc;
 
+  if (b->src.refused) {
+    answer_refused(b);
+    return;
+  }
   while (b->next < b->n) {
     struct sl_event *ev = build(b, b->next);
     if (ev == NULL) {
@@ -477,11 +504,22 @@ static void submit_more(struct batch *b) {
     }
     b->next++;
     in->stats.events_in++;
-    if (sl_worker_submit(&b->src, ev) == SL_EAGAIN)
+    rc = sl_worker_submit(&b->src, ev);
+    if (rc == SL_EAGAIN)
       return; /* on_resume goes on once the held event is in */
+    if (rc == SL_EIO) {
+      answer_refused(b);
+      return;
+    }
   }
-  n = snprintf(out, sizeof(out), "{\"accepted\":%zu}", b->n);
-  sl_http_respond(b->r, 202, "application/json", out, (size_t)n);
+  b->wait.on_durable = on_durable;
+  rc = sl_worker_durable(in->w, &b->wait);
+  if (rc == 0) {
+    answer_202(b);
+  } else if (rc == SL_EIO) {
+    b->src.refused_output = b->wait.refused_output;
+    answer_refused(b);
+  }
 }
 
 static void on_resume(struct sl_source *s) {

@@ -24,21 +24,75 @@ struct native_conn {
   int ack;            /* the client asked for acks */
   uint64_t accepted;  /* events in the pipeline (queued everywhere) */
   uint64_t acked;     /* the count last sent back */
+  uint64_t durable;   /* the count sl_worker_durable is asked about */
+  struct sl_durable wait; /* waiting for the disk buffers to hold them */
 };
 
 /* Ack mode: tell the client how many of its events are accepted (queued in
- * memory, or written to a disk buffer's file). One msgpack integer, the
- * running count since the connection opened. */
+ * memory, or in a disk buffer's file as its fsync policy promises). One
+ * msgpack integer, the running count since the connection opened. A count
+ * goes out only once sl_worker_durable says so: a disk that cannot write
+ * holds the ack back, it never acks what it may lose. */
+static void refused(struct native_conn *nc);
+
 static void send_ack(struct native_conn *nc) {
   struct sl_buf b;
-  if (!nc->ack || nc->accepted == nc->acked || nc->conn->closing)
+  int rc;
+  if (!nc->ack || nc->accepted == nc->acked || nc->conn->closing ||
+      nc->wait.waiting)
     return;
-  sl_worker_flush_buffers(nc->src.w); /* a crash after this keeps them */
+  nc->durable = nc->accepted;
+  rc = sl_worker_durable(nc->src.w, &nc->wait);
+  if (rc == SL_EIO) {
+    nc->src.refused_output = nc->wait.refused_output;
+    refused(nc); /* the producer resends from its last ack */
+    return;
+  }
+  if (rc != 0)
+    return; /* on_durable sends it */
   sl_buf_init(&b);
-  if (sl_codec_put_uint(&b, nc->accepted) == 0 &&
+  if (sl_codec_put_uint(&b, nc->durable) == 0 &&
       sl_conn_write(nc->conn, &b, NULL, NULL) == 0)
-    nc->acked = nc->accepted;
+    nc->acked = nc->durable;
   sl_buf_close(&b);
+}
+
+static void on_durable(struct sl_durable *d) {
+  struct native_conn *nc = container_of(d, struct native_conn, wait);
+  struct sl_buf b;
+  if (nc->conn->closing)
+    return;
+  sl_buf_init(&b);
+  if (sl_codec_put_uint(&b, nc->durable) == 0 &&
+      sl_conn_write(nc->conn, &b, NULL, NULL) == 0)
+    nc->acked = nc->durable;
+  sl_buf_close(&b);
+  send_ack(nc); /* what was accepted meanwhile */
+  if (nc->conn->no_read && nc->src.held == NULL && !nc->wait.waiting)
+    sl_conn_close(nc->conn); /* draining: its last ack is out */
+}
+
+/* A disk buffer refused the event (or could not write events already
+ * taken): none of it may count as accepted. The connection closes without
+ * a further ack; the producer resends from its last ack. Counted by the
+ * disk buffer (sluice_disk_buffer_refused_total). */
+static void refused(struct native_conn *nc) {
+  struct sl_input *in = nc->src.input;
+  struct sl_worker *w = in->w;
+  char why[256];
+  uint64_t suppressed = 0;
+  if (nc->conn->closing)
+    return;
+  if (sl_log_allow(&w->bad_input_log, &suppressed)) {
+    sl_worker_refusal(w, nc->src.refused_output, why, sizeof(why));
+    sl_log(SL_LOG_WARN, "event refused; closing connection",
+           SL_S("input", in->cfg->name), SL_S("peer", nc->conn->peer),
+           SL_U("accepted", nc->accepted), SL_S("error", why),
+           SL_U("suppressed", suppressed), SL_END);
+  }
+  /* what was acked stands; the rest the producer sends again (it may
+   * arrive twice), rather than waiting on a disk that may stay full */
+  sl_conn_close(nc->conn);
 }
 
 /* Is this object the ack-mode hello {"sluice": 1, "ack": true}? */
@@ -59,11 +113,15 @@ static void finish(struct native_in *ni);
 
 static void on_resume(struct sl_source *s) {
   struct native_conn *nc = container_of(s, struct native_conn, src);
+  if (s->refused) {
+    refused(nc);
+    return;
+  }
   nc->accepted++; /* the held event is in */
   sl_conn_resume(nc->conn);
   send_ack(nc);
   /* draining: once the buffered events are in, the conn has done its part */
-  if (nc->conn->no_read && nc->src.held == NULL)
+  if (nc->conn->no_read && nc->src.held == NULL && !nc->wait.waiting)
     sl_conn_close(nc->conn);
 }
 
@@ -130,9 +188,14 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
     pos += used;
     in->stats.events_in++;
     in->stats.bytes_in += used;
-    if (sl_worker_submit(&nc->src, ev) == SL_EAGAIN) {
+    rc = sl_worker_submit(&nc->src, ev);
+    if (rc == SL_EAGAIN) {
       sl_conn_pause(c); /* on_resume reads on */
       break;
+    }
+    if (rc == SL_EIO) {
+      refused(nc);
+      return pos;
     }
     nc->accepted++;
   }
@@ -166,6 +229,7 @@ static void cb_eof(struct sl_conn *c, int status) {
 static void cb_close(struct sl_conn *c) {
   struct native_conn *nc = c->proto;
   struct native_in *ni = nc->src.input->data;
+  sl_worker_undurable(&nc->wait);
   sl_source_close(&nc->src);
   free(nc);
   ni->live--;
@@ -188,6 +252,7 @@ static int on_accept(struct sl_listener *l, struct sl_conn *c) {
   if (nc == NULL)
     return SL_ENOMEM;
   sl_source_init(&nc->src, ni->in, on_resume);
+  nc->wait.on_durable = on_durable;
   nc->conn = c;
   c->ops = &conn_ops;
   c->proto = nc;
@@ -249,7 +314,7 @@ static void cb_drain(struct sl_input *in) {
     struct native_conn *nc = c->proto;
     next = c->next;
     sl_conn_stop_reading(c);
-    if (nc->src.held == NULL)
+    if (nc->src.held == NULL && !nc->wait.waiting)
       sl_conn_close(c); /* what it sent is in; a partial event is not */
   }
 }

@@ -286,6 +286,7 @@ static void write_more(struct file_out *f) {
 static void cb_flush(struct sl_output *o) {
   struct file_out *f = o->data;
   uint32_t n, i;
+  int rc = 0;
 
   if (f->busy || f->nevents || f->closing || o->q.count == 0 ||
       !sl_output_may_send(o))
@@ -296,13 +297,26 @@ static void cb_flush(struct sl_output *o) {
     return; /* rate_limit: kicked again when tokens are back */
   for (i = 0; i < n; i++) {
     struct sl_event *ev = sl_queue_at(&o->q, i);
+    size_t mark = f->batch.len;
     if (f->msgpack) {
-      sl_buf_append(&f->batch, ev->data, ev->len);
+      rc = sl_buf_append(&f->batch, ev->data, ev->len);
     } else {
-      sl_codec_to_json(ev->data, ev->len, &f->batch);
-      sl_buf_putc(&f->batch, '\n');
+      rc = sl_codec_to_json(ev->data, ev->len, &f->batch);
+      if (rc == 0)
+        rc = sl_buf_putc(&f->batch, '\n');
+    }
+    if (rc != 0) {
+      /* an event missing from the batch must not count as delivered: the
+       * batch ends before it, and it heads the next one */
+      f->batch.len = mark;
+      break;
     }
   }
+  if (i == 0) {
+    failed(f, rc == SL_ENOMEM ? UV_ENOMEM : UV_EINVAL);
+    return;
+  }
+  n = i;
   o->q.inflight = n;
   f->nevents = n;
   f->written = 0;
