@@ -31,6 +31,14 @@
 #define SCAN_BUF (1u << 20)
 #define READ_CHUNK (64u << 10)
 #define QUARANTINE "quarantine"
+/* Delivered space is given back by deleting segment files, so the active
+ * segment rolls early once this much of it is acknowledged (clamped
+ * segment_bytes/16), and is deleted at ack time once it is wholly acked and
+ * at least RECLAIM_IDLE long: on disk sits the backlog plus at most about
+ * one segment's acked prefix (the oldest) and RECLAIM_MAX. */
+#define RECLAIM_MIN (64u << 10)
+#define RECLAIM_MAX (1u << 20)
+#define RECLAIM_IDLE (64u << 10)
 
 struct sl_spool_seg {
   uint64_t first; /* seq of its first record, also its name */
@@ -39,8 +47,10 @@ struct sl_spool_seg {
 };
 
 struct sl_spool_mark {
-  uint64_t seq, off;
+  uint64_t seq, off; /* off may carry MARK_DROPPED */
 };
+
+#define MARK_DROPPED (1ull << 63) /* sl_spool_drop: done, yet not acked */
 
 struct sl_spool_handoff {
   int fd;
@@ -377,6 +387,10 @@ static int ack_load(struct sl_spool *s, struct sl_spool_report *r,
     return -errno;
   if (fstat(s->ackfd, &st) != 0)
     return -errno;
+  /* room for both slots now, so that acks, which free space, never need
+   * new space on a full disk; best effort */
+  if (st.st_size < ACK_SLOT1 + ACK_SLOT)
+    (void)fallocate(s->ackfd, FALLOC_FL_KEEP_SIZE, 0, ACK_SLOT1 + ACK_SLOT);
   if (st.st_size == 0)
     return 0;
   memset(b, 0, sizeof(b));
@@ -718,6 +732,103 @@ static void drop_front(struct sl_spool *s, uint32_t n) {
   s->rseg -= n;
 }
 
+/* The longest prefix of the first n bytes of the write buffer that ends at
+ * a record boundary. The buffer holds the segment header when woff is 0,
+ * then whole records. */
+static size_t whole_records(const struct sl_spool *s, size_t n,
+                            uint64_t *behind) {
+  size_t at = s->woff == 0 ? SEG_HDR : 0, end = 0, rec;
+
+  *behind = 0; /* records in the buffer past the prefix */
+  if (n < at)
+    n = 0;
+  while (at + REC_HDR <= s->wbuf.len) {
+    rec = REC_HDR + (size_t)get32(s->wbuf.data + at);
+    if (at + rec <= n)
+      end = at + rec;
+    else
+      (*behind)++;
+    at += rec;
+  }
+  return n == 0 ? 0 : end ? end : (s->woff == 0 ? SEG_HDR : 0);
+}
+
+/* Writes fail (disk full) and the active segment, the only one left, is
+ * acknowledged up to what is written: move the buffered records to a new
+ * segment and delete the old file, so the acks give space back. Without
+ * this the spool would wait for space only its own acked bytes hold.
+ * Best effort: on any failure nothing changes. */
+static void detach_buffered(struct sl_spool *s) {
+  struct sl_spool_seg *g = &s->segs[0];
+  uint64_t first = s->aseq, oldwoff;
+  char name[32], oldname[32];
+  int fd;
+
+  seg_name(name, sizeof(name), first);
+  seg_name(oldname, sizeof(oldname), g->first);
+  fd = openat(s->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return;
+  pthread_mutex_lock(&s->lock);
+  if (s->woff != s->aoff || s->wbuf.len == 0 ||
+      sl_buf_reserve(&s->wbuf, SEG_HDR) != 0) {
+    pthread_mutex_unlock(&s->lock);
+    close(fd);
+    unlinkat(s->dirfd, name, 0);
+    return;
+  }
+  memmove(s->wbuf.data + SEG_HDR, s->wbuf.data, s->wbuf.len);
+  seg_header(s->wbuf.data, first);
+  s->wbuf.len += SEG_HDR;
+  oldwoff = s->woff;
+  close(s->wfd);
+  s->wfd = fd;
+  s->woff = 0;
+  s->dir_dirty = 1;
+  pthread_mutex_unlock(&s->lock);
+  unlinkat(s->dirfd, oldname, 0);
+  if (s->rfd >= 0 && s->rfd_first == g->first) {
+    close(s->rfd);
+    s->rfd = -1;
+  }
+  s->disk_bytes -= g->end;
+  g->count -= first - g->first;
+  g->end = SEG_HDR + (g->end - oldwoff);
+  g->first = first;
+  s->disk_bytes += g->end;
+  s->aseg = s->rseg = 0;
+  s->aoff = s->roff = SEG_HDR;
+  s->aseq = s->rseq = first;
+}
+
+/* Delete the active segment, the only one left and wholly acknowledged,
+ * so its space comes back now rather than at the next roll; the next
+ * append starts a new one. Buffered bytes of it are acked: dropped. */
+static void drop_active(struct sl_spool *s) {
+  struct sl_spool_seg *g = &s->segs[0];
+  char name[32];
+
+  seg_name(name, sizeof(name), g->first);
+  pthread_mutex_lock(&s->lock);
+  sl_buf_reset(&s->wbuf);
+  close(s->wfd);
+  s->wfd = -1;
+  s->woff = 0;
+  s->flushed_seq = s->last_seq;
+  s->dir_dirty = 1;
+  pthread_mutex_unlock(&s->lock);
+  unlinkat(s->dirfd, name, 0); /* on failure the next init removes it */
+  if (s->rfd >= 0 && s->rfd_first == g->first) {
+    close(s->rfd);
+    s->rfd = -1;
+  }
+  s->disk_bytes -= g->end;
+  s->nsegs = 0;
+  s->aseg = s->rseg = 0;
+  s->aoff = s->roff = SEG_HDR;
+  s->aseq = s->rseq = s->next_seq;
+}
+
 /* Write the buffer to the active segment; the caller holds the lock. On
  * error what was written is dropped from the buffer, the rest stays. */
 static int flush_locked(struct sl_spool *s) {
@@ -730,6 +841,19 @@ static int flush_locked(struct sl_spool *s) {
   iov.iov_base = s->wbuf.data;
   iov.iov_len = s->wbuf.len;
   err = pwritev_full(s->wfd, &iov, 1, s->woff, &done);
+  if (err != 0) {
+    /* keep the file at a record boundary: the torn record's bytes are
+     * written again from woff by the retry (or cut off at the next open),
+     * and the buffer still holds whole records, which detach can move */
+    uint64_t behind;
+    done = whole_records(s, done, &behind);
+    s->flushed_seq = s->last_seq - behind;
+    s->write_errors++;
+    s->write_failed = 1;
+  } else {
+    s->flushed_seq = s->last_seq; /* the buffer held everything up to it */
+    s->write_failed = 0;
+  }
   s->woff += done;
   sl_buf_consume(&s->wbuf, done);
   return err;
@@ -762,8 +886,13 @@ static int roll(struct sl_spool *s) {
 
   seg_name(name, sizeof(name), s->next_seq);
   fd = openat(s->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0)
-    return -errno;
+  if (fd < 0) {
+    err = -errno;
+    pthread_mutex_lock(&s->lock);
+    s->write_errors++;
+    pthread_mutex_unlock(&s->lock);
+    return err;
+  }
   seg_header(h, s->next_seq);
 
   pthread_mutex_lock(&s->lock);
@@ -823,6 +952,8 @@ static void cut(struct sl_spool *s, uint32_t i, uint64_t off, uint64_t seq) {
   struct sl_spool_seg *g = &s->segs[i];
 
   s->lost_records += g->first + g->count - seq;
+  s->quarantined_records += g->first + g->count - seq;
+  s->quarantined_bytes += g->end - off;
   g->count = seq - g->first;
   s->disk_bytes -= g->end - off;
   g->end = off;
@@ -857,12 +988,23 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
   if (dir == NULL || opts == NULL || opts->max_bytes < 64)
     return SL_EINVAL;
   s->max_bytes = opts->max_bytes;
-  s->segment_bytes =
-      opts->segment_bytes ? opts->segment_bytes : SL_SPOOL_SEGMENT_DEFAULT;
+  s->segment_bytes = opts->segment_bytes;
+  if (s->segment_bytes == 0) { /* a segment is the unit of reclaim */
+    s->segment_bytes = s->max_bytes / 8;
+    if (s->segment_bytes < SL_SPOOL_SEGMENT_MIN)
+      s->segment_bytes = SL_SPOOL_SEGMENT_MIN;
+    if (s->segment_bytes > SL_SPOOL_SEGMENT_DEFAULT)
+      s->segment_bytes = SL_SPOOL_SEGMENT_DEFAULT;
+  }
   if (s->segment_bytes < 64)
     return SL_EINVAL;
   if (s->segment_bytes > s->max_bytes)
     s->segment_bytes = s->max_bytes;
+  s->reclaim_bytes = s->segment_bytes / 16;
+  if (s->reclaim_bytes < RECLAIM_MIN)
+    s->reclaim_bytes = RECLAIM_MIN;
+  if (s->reclaim_bytes > RECLAIM_MAX)
+    s->reclaim_bytes = RECLAIM_MAX;
   s->max_record = opts->max_record ? opts->max_record : SL_SPOOL_RECORD_DEFAULT;
   if (s->max_record > SL_SPOOL_RECORD_MAX)
     return SL_EINVAL;
@@ -1028,6 +1170,9 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
     f[i].fd = -1;
   }
   s->last_seq = s->next_seq - 1;
+  s->flushed_seq = s->last_seq;
+  s->quarantined_records = r->lost_records;
+  s->quarantined_bytes = r->quarantined_bytes;
   s->dir_dirty = 1;
   s->ack_dirty = 1;
   if (r->quarantine_files > 0) {
@@ -1094,19 +1239,29 @@ int sl_spool_append(struct sl_spool *s, const void *p, size_t n,
   struct sl_spool_seg *act = s->wfd >= 0 ? &s->segs[s->nsegs - 1] : NULL;
   uint64_t rec = REC_HDR + (uint64_t)n, disk;
   uint8_t h[REC_HDR];
-  int need_roll, err = 0;
+  int need_roll, early, err = 0;
 
   if (n > s->max_record)
     return SL_EINVAL;
   need_roll = act == NULL || (act->count > 0 && act->end + rec > s->segment_bytes);
-  disk = s->disk_bytes + rec;
-  if (need_roll) {
-    disk += SEG_HDR;
-    if (act != NULL && s->aseg + 1 == s->nsegs && s->aoff >= act->end)
-      disk -= act->end; /* fully acked: roll deletes it */
+  /* most of the active segment delivered: roll, so that the file can go as
+   * soon as the rest is acked */
+  early = !need_roll && s->aseg + 1 == s->nsegs &&
+          s->aoff - SEG_HDR >= s->reclaim_bytes;
+  for (;;) {
+    disk = s->disk_bytes + rec;
+    if (need_roll || early) {
+      disk += SEG_HDR;
+      if (act != NULL && s->aseg + 1 == s->nsegs && s->aoff >= act->end)
+        disk -= act->end; /* fully acked: roll deletes it */
+    }
+    if (disk <= s->max_bytes || !early)
+      break;
+    early = 0; /* no room for a new header: fill this one instead */
   }
   if (disk > s->max_bytes)
     return SL_E2BIG;
+  need_roll |= early;
   if (need_roll && (err = roll(s)) != 0)
     return err;
   act = &s->segs[s->nsegs - 1];
@@ -1122,8 +1277,16 @@ int sl_spool_append(struct sl_spool *s, const void *p, size_t n,
     struct iovec iov[2] = {{h, REC_HDR}, {(void *)p, n}};
     size_t done;
     err = pwritev_full(s->wfd, iov, 2, s->woff, &done);
-    if (err == 0)
-      s->woff += done; /* a short write is overwritten by the retry */
+    if (err == 0) {
+      s->woff += done;
+      s->flushed_seq = s->next_seq; /* the buffer was empty before it */
+    } else {
+      /* cut the half record off so no later open finds it; should that
+       * fail too, the next write overwrites it from woff */
+      s->write_errors++;
+      if (done > 0 && ftruncate(s->wfd, (off_t)s->woff) != 0)
+        s->write_errors++;
+    }
   } else if (err == 0) {
     sl_buf_append(&s->wbuf, h, REC_HDR); /* fits: reserved at init */
     sl_buf_append(&s->wbuf, p, n);
@@ -1200,8 +1363,10 @@ int sl_spool_sync(struct sl_spool *s, uint64_t *durable) {
     err = -errno;
 
   pthread_mutex_lock(&s->lock);
-  if (err != 0)
+  if (err != 0) {
     s->sync_failed = 1;
+    s->fsync_errors++;
+  }
   else if (target > s->durable_seq)
     s->durable_seq = target;
 out_locked:
@@ -1239,6 +1404,10 @@ static int window_grow(struct sl_spool *s, uint64_t *wstart, uint64_t *wlen,
   if (is_active(s, s->rseg)) { /* what we want may still be buffered */
     pthread_mutex_lock(&s->lock);
     err = s->woff < from + want ? flush_locked(s) : 0;
+    if (err != 0 && s->woff >= to) {
+      err = 0; /* what was asked for is written: deliver it, so acks can */
+      want = s->woff - from; /* free the space the flush lacks */
+    }
     pthread_mutex_unlock(&s->lock);
     if (err != 0)
       return err;
@@ -1379,7 +1548,12 @@ int sl_spool_ack(struct sl_spool *s, uint64_t seq) {
     } while (k > 0 && s->rseq <= seq);
   }
   tally(s, s->aseg, s->aoff, s->aseq, &before, &bytes);
-  while (s->mlen > 0 && s->marks[s->mhead].seq <= seq) {
+  /* dropped records right behind the ack are done too; the ack never
+   * passes a record that is neither acked nor dropped */
+  while (s->mlen > 0 && (s->marks[s->mhead].seq <= seq ||
+                         (s->marks[s->mhead].off & MARK_DROPPED))) {
+    if (s->marks[s->mhead].seq > seq)
+      seq = s->marks[s->mhead].seq;
     s->mhead++;
     s->mlen--;
   }
@@ -1391,7 +1565,7 @@ int sl_spool_ack(struct sl_spool *s, uint64_t seq) {
       if (m->seq < s->segs[i].first + s->segs[i].count)
         break;
     s->aseg = i;
-    s->aoff = m->off;
+    s->aoff = m->off & ~MARK_DROPPED;
     s->aseq = m->seq;
   } else {
     s->aseg = s->rseg;
@@ -1409,9 +1583,36 @@ int sl_spool_ack(struct sl_spool *s, uint64_t seq) {
   }
   if (s->aseg > 0)
     drop_front(s, s->aseg);
+  if (s->nsegs == 1 && is_active(s, 0) && s->aoff >= s->segs[0].end &&
+      s->segs[0].end - SEG_HDR >= RECLAIM_IDLE)
+    drop_active(s);
+  else if (s->nsegs == 1 && is_active(s, 0) && s->write_failed &&
+           s->aoff > SEG_HDR && s->aoff == s->woff && s->rseq == s->aseq)
+    detach_buffered(s);
   tally(s, s->aseg, s->aoff, s->aseq, &after, &bytes);
   s->acked += before - after;
   return err;
+}
+
+int sl_spool_drop(struct sl_spool *s, uint64_t seq) {
+  size_t lo = 0, hi = s->mlen, mid;
+  struct sl_spool_mark *m = s->marks + s->mhead;
+
+  if (seq <= s->ack_seq)
+    return 0;
+  while (lo < hi) { /* marks are in seq order */
+    mid = lo + (hi - lo) / 2;
+    if (m[mid].seq < seq)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo == s->mlen || m[lo].seq != seq)
+    return SL_EINVAL;
+  if (lo == 0)
+    return sl_spool_ack(s, seq); /* nothing undelivered before it */
+  m[lo].off |= MARK_DROPPED;
+  return 0;
 }
 
 void sl_spool_rewind(struct sl_spool *s) {
@@ -1439,7 +1640,12 @@ void sl_spool_stats(struct sl_spool *s, struct sl_spool_stats *st) {
   st->appended = s->appended;
   st->acked = s->acked;
   st->lost_records = s->lost_records;
+  st->quarantined_records = s->quarantined_records;
+  st->quarantined_bytes = s->quarantined_bytes;
   pthread_mutex_lock(&s->lock);
   st->durable_seq = s->durable_seq;
+  st->flushed_seq = s->flushed_seq;
+  st->write_errors = s->write_errors;
+  st->fsync_errors = s->fsync_errors;
   pthread_mutex_unlock(&s->lock);
 }

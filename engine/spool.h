@@ -34,7 +34,8 @@
 #include "buf.h"
 #include "common.h"
 
-#define SL_SPOOL_SEGMENT_DEFAULT (64u << 20)
+#define SL_SPOOL_SEGMENT_DEFAULT (64u << 20) /* the most segment_bytes 0 gives */
+#define SL_SPOOL_SEGMENT_MIN (1u << 20)      /* the least it gives */
 #define SL_SPOOL_RECORD_DEFAULT (16u << 20)
 /* A length field above this is corruption, whatever the configuration. */
 #define SL_SPOOL_RECORD_MAX (256u << 20)
@@ -42,7 +43,8 @@
 
 struct sl_spool_opts {
   uint64_t max_bytes;     /* disk budget for segment files; required */
-  uint64_t segment_bytes; /* roll to a new segment past this; 0: 64 MiB */
+  uint64_t segment_bytes; /* roll to a new segment past this; 0:
+                             max_bytes/8 within 1..64 MiB */
   uint32_t max_record;    /* largest payload accepted; 0: 16 MiB */
   uint32_t write_buffer;  /* appends gather here before write(); 0: 64 KiB */
 };
@@ -70,19 +72,25 @@ struct sl_spool_report {
 
 /* Counters for metrics, from sl_spool_stats. */
 struct sl_spool_stats {
-  uint64_t records;      /* appended and not acknowledged */
+  uint64_t records;      /* backlog: appended and not acknowledged */
   uint64_t bytes;        /* their size on disk, framing included */
   uint64_t unread;       /* not yet returned by read since the last rewind */
-  uint64_t disk_bytes;   /* segment files, acked prefixes too: what max_bytes
-                            bounds */
+  uint64_t disk_bytes;   /* segment files minus what is already reclaimed:
+                            what max_bytes bounds */
   uint32_t segments;
   uint64_t next_seq;     /* seq of the next append */
   uint64_t ack_seq;      /* records <= this are acknowledged */
   uint64_t read_seq;     /* the next record sl_spool_read returns */
   uint64_t durable_seq;  /* records <= this survived an sl_spool_sync */
+  uint64_t flushed_seq;  /* records <= this are in the kernel (see flush) */
   uint64_t appended;     /* since init */
-  uint64_t acked;        /* records acknowledged since init */
+  uint64_t acked;        /* records acknowledged (or dropped) since init */
   uint64_t lost_records; /* found corrupt while reading since init */
+  /* corruption found at init plus while reading, since init: */
+  uint64_t quarantined_records; /* seqs lost to it */
+  uint64_t quarantined_bytes;   /* bytes moved aside or skipped */
+  uint64_t write_errors; /* failed write()/open() of segments since init */
+  uint64_t fsync_errors; /* failed fdatasync/fsync since init */
 };
 
 /* One record from sl_spool_read. data stays valid until the next
@@ -120,6 +128,9 @@ struct sl_spool {
   size_t *rpos;             /* scratch: record offsets in rbuf */
   size_t rposcap;
   uint64_t disk_bytes, appended, acked, lost_records;
+  uint64_t quarantined_records, quarantined_bytes;
+  uint64_t reclaim_bytes;   /* roll early once this much of the active
+                               segment is acknowledged */
 
   /* shared with sl_spool_sync, under lock */
   pthread_mutex_t lock;
@@ -132,6 +143,9 @@ struct sl_spool {
   uint64_t durable_seq;
   int dir_dirty, ack_dirty;
   int sync_failed;          /* sticky: a failed fsync loses the promise */
+  uint64_t flushed_seq;     /* records <= this are in the kernel */
+  int write_failed;         /* the last write of the buffer failed */
+  uint64_t write_errors, fsync_errors;
 };
 
 /* Open the spool in dir (created if missing; its parent must exist) and
@@ -158,18 +172,29 @@ void sl_spool_close(struct sl_spool *s);
 
 /* Copy n bytes as the next record; *seq (may be NULL) gets its sequence.
  * The record sits in the write buffer until the buffer fills or
- * sl_spool_flush / sl_spool_read / sl_spool_sync writes it out.
+ * sl_spool_flush / sl_spool_read / sl_spool_sync writes it out: a return of
+ * 0 promises nothing about the disk yet (see sl_spool_flush).
  * Returns 0; SL_E2BIG when the files would pass max_bytes (nothing changed:
  * the caller's policy blocks or drops, and retries after an ack); SL_EINVAL
- * when n > max_record (it never fits); or a negative errno from writing the
- * earlier buffered records or creating a segment (nothing changed). */
+ * when n > max_record (it never fits); SL_ENOMEM; or a negative errno
+ * (ENOSPC, EIO, EMFILE, ...) from writing the earlier buffered records or
+ * creating a segment. On any error nothing changed: the record is not in
+ * the spool, gets no seq, and no partial copy of it is left that a later
+ * open could count; buffered earlier records stay buffered, and the next
+ * append (once space or fds are free) works. */
 int sl_spool_append(struct sl_spool *s, const void *p, size_t n,
                     uint64_t *seq);
 
 /* Hand buffered appends to the kernel, so they survive the process being
  * killed (not a power loss: that is sl_spool_sync). Call it before telling a
- * client that an event is accepted when fsync is off. 0 or negative errno;
- * on error the unwritten records stay buffered and a later call retries. */
+ * client that an event is accepted when fsync is off.
+ * Returns 0: every record whose sl_spool_append returned 0 before this call
+ * is in the kernel (stats.flushed_seq covers it) and survives kill -9.
+ * Returns a negative errno (ENOSPC, EIO, ...): some of those records may
+ * still be only in memory; they stay buffered, a later flush, append, read
+ * or sync retries, and the caller must not acknowledge records above
+ * stats.flushed_seq. Any bytes of a record written before the error are
+ * completed by the retry (or cut off as a torn tail at the next open). */
 int sl_spool_flush(struct sl_spool *s);
 
 /* Return up to max records after the read cursor, oldest first, into
@@ -185,12 +210,22 @@ int sl_spool_read(struct sl_spool *s, struct sl_spool_rec *out, int max,
 
 /* Every record <= seq is delivered: remember it (the ack file, made durable
  * by the next sl_spool_sync) and delete segment files holding only acked
- * records, except the one being appended to. seq may lie beyond the read
+ * records, the one being appended to as well once it is 64 KiB or more
+ * (the next append starts a new file). seq may lie beyond the read
  * cursor (the records in between count as read). seq <= the current ack is
  * a no-op. Returns 0, SL_EINVAL when seq was never appended, or a negative
  * errno when the ack file could not be written (the ack still holds in
  * memory and is written again by the next ack). */
 int sl_spool_ack(struct sl_spool *s, uint64_t seq);
+
+/* The record seq, returned by sl_spool_read, will never be delivered (it
+ * does not parse, say): count it as done WITHOUT acknowledging the records
+ * before it, which sl_spool_ack(seq) would. The ack position moves past it
+ * once every earlier record is acked. A rewind forgets drops (the record is
+ * read again). Returns 0, SL_EINVAL when seq is not a record read since the
+ * last rewind and not acked, or an error from writing the ack file as for
+ * sl_spool_ack. Loop thread. */
+int sl_spool_drop(struct sl_spool *s, uint64_t seq);
 
 /* Move the read cursor back to the first unacknowledged record, after a
  * failed delivery. */

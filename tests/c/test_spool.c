@@ -6,6 +6,8 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <errno.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -182,6 +184,85 @@ static uint32_t crc_ref(const uint8_t *p, size_t n) {
       c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1)));
   }
   return ~c;
+}
+
+/* A tmpfs of `size` ("256k") mounted on a fresh directory, for disk-full
+ * tests; 0, or -1 (the caller skips) when it cannot be mounted. */
+static int tmpfs_mount(char *buf, size_t n, const char *tag,
+                       const char *size) {
+  char opt[64];
+  tmp_dir(buf, n, tag);
+  snprintf(opt, sizeof(opt), "size=%s", size);
+  if (mkdir(buf, 0755) != 0)
+    return -1;
+  if (mount("tmpfs", buf, "tmpfs", 0, opt) != 0) {
+    fprintf(stderr, "  SKIP: cannot mount a tmpfs on %s (%s); run as root\n",
+            buf, strerror(errno));
+    rmdir(buf);
+    return -1;
+  }
+  return 0;
+}
+
+static void tmpfs_umount(const char *dir) {
+  umount2(dir, MNT_DETACH);
+  rmdir(dir);
+}
+
+/* Bytes the segment files of dir take on disk (allocated blocks). */
+static long long seg_disk_bytes(const char *dir) {
+  DIR *d = opendir(dir);
+  struct dirent *de;
+  struct stat st;
+  char path[512];
+  long long total = 0;
+  size_t len;
+  if (d == NULL)
+    return -1;
+  while ((de = readdir(d)) != NULL) {
+    len = strlen(de->d_name);
+    if (len < 4 || strcmp(de->d_name + len - 4, ".seg") != 0)
+      continue;
+    snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+    if (stat(path, &st) == 0)
+      total += (long long)st.st_blocks * 512;
+  }
+  closedir(d);
+  return total;
+}
+
+/* Payloads of any length, stamped with their seq. */
+static void big_payload(uint64_t seq, uint8_t *p, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++)
+    p[i] = (uint8_t)(seq * 29 + i * 13 + (i >> 8));
+}
+
+static int big_payload_ok(const struct sl_spool_rec *r, size_t n) {
+  size_t i;
+  if (r->len != n)
+    return 0;
+  for (i = 0; i < n; i++)
+    if (r->data[i] != (uint8_t)(r->seq * 29 + i * 13 + (i >> 8)))
+      return 0;
+  return 1;
+}
+
+/* Read what can be read; ack all but the newest `lag` of it. Returns the
+ * newest seq read (0 when none), or -1 on a bad payload. */
+static long long drain(struct sl_spool *s, size_t n, uint64_t lag) {
+  struct sl_spool_rec r[64];
+  long long last = 0;
+  int k, i;
+  while ((k = sl_spool_read(s, r, 64, 1 << 20)) > 0) {
+    for (i = 0; i < k; i++)
+      if (!big_payload_ok(&r[i], n))
+        return -1;
+    last = (long long)r[k - 1].seq;
+  }
+  if (last > (long long)lag && sl_spool_ack(s, (uint64_t)last - lag) != 0)
+    return -1;
+  return last;
 }
 
 /* ---- CRC32C ------------------------------------------------------------ */
@@ -1014,6 +1095,245 @@ TEST(spool_kill_during_rollover_leaves_empty_or_torn_next_segment) {
   CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
   CHECK_EQ(rep.quarantine_files, 0);
   CHECK_EQ(rep.records, 14);
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+/* ---- reclaiming delivered space, write errors --------------------------- */
+
+TEST(spool_delivered_space_is_reclaimed_long_before_the_segment_rolls) {
+  char dir[128];
+  struct sl_spool s;
+  struct sl_spool_stats st;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o;
+  static uint8_t p[1000];
+  long long peak = 0, d, last = 0;
+  uint64_t seq, got;
+
+  memset(&o, 0, sizeof(o));
+  o.max_bytes = 1ull << 30;       /* the default: far over what is written */
+  o.segment_bytes = 64ull << 20;  /* what the disk buffer passes for it */
+  tmp_dir(dir, sizeof(dir), "reclaim");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  /* 8 MiB through, the consumer 100 records behind: before, all 8 MiB
+   * stayed on disk until the 64 MiB segment rolled */
+  for (seq = 1; seq <= 8192; seq++) {
+    big_payload(seq, p, sizeof(p));
+    CHECK_EQ(sl_spool_append(&s, p, sizeof(p), &got), 0);
+    CHECK_EQ(got, seq);
+    if (seq % 64 == 0) {
+      CHECK_EQ(sl_spool_flush(&s), 0);
+      last = drain(&s, sizeof(p), 100);
+      CHECK_EQ(last, (long long)seq);
+      d = seg_disk_bytes(dir);
+      if (d > peak)
+        peak = d;
+    }
+  }
+  CHECK(peak > 0);
+  CHECK(peak < (2 << 20));
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.records, 100);
+  CHECK(st.disk_bytes < (2 << 20));
+  /* everything acked: the files go at once, not at the next append */
+  CHECK_EQ(sl_spool_ack(&s, 8192), 0);
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.records, 0);
+  CHECK_EQ(st.disk_bytes, 0);
+  CHECK_EQ(st.segments, 0);
+  CHECK_EQ(seg_disk_bytes(dir), 0);
+  big_payload(8193, p, sizeof(p));
+  CHECK_EQ(sl_spool_append(&s, p, sizeof(p), &got), 0);
+  CHECK_EQ(got, 8193);
+  sl_spool_close(&s);
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.records, 1);
+  CHECK_EQ(rep.first_seq, 8193);
+  CHECK_EQ(rep.quarantine_files, 0);
+  CHECK_EQ(drain(&s, sizeof(p), 0), 8193);
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_fill_ack_cycles_on_small_tmpfs_never_hit_enospc) {
+  char mnt[128], dir[192];
+  struct sl_spool s;
+  struct sl_spool_stats st;
+  struct sl_spool_opts o;
+  static uint8_t p[1000];
+  uint64_t seq = 0, got;
+  int cycle, i;
+
+  if (tmpfs_mount(mnt, sizeof(mnt), "tmpfs2m", "2m") != 0)
+    return;
+  snprintf(dir, sizeof(dir), "%s/spool", mnt);
+  memset(&o, 0, sizeof(o));
+  o.max_bytes = 64ull << 20; /* over the volume, as a default would be */
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  /* 10 MiB through a 2 MiB volume, the backlog never over ~350 KiB */
+  for (cycle = 0; cycle < 40; cycle++) {
+    for (i = 0; i < 256; i++) {
+      big_payload(seq + 1, p, sizeof(p));
+      CHECK_EQ(sl_spool_append(&s, p, sizeof(p), &got), 0);
+      CHECK_EQ(got, ++seq);
+    }
+    CHECK_EQ(sl_spool_flush(&s), 0);
+    CHECK_EQ(drain(&s, sizeof(p), 100), (long long)seq);
+  }
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.write_errors, 0);
+  CHECK_EQ(st.records, 100);
+  CHECK_EQ(sl_spool_sync(&s, NULL), 0);
+  sl_spool_close(&s);
+  tmpfs_umount(mnt);
+}
+
+TEST(spool_disk_full_is_reported_and_acks_free_room_for_the_buffered) {
+  char mnt[128], dir[192];
+  struct sl_spool s;
+  struct sl_spool_stats st;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o;
+  static uint8_t p[500];
+  uint64_t seq, got, last_ok = 0;
+  long long last_read;
+  int rc = 0;
+
+  if (tmpfs_mount(mnt, sizeof(mnt), "tmpfsfull", "256k") != 0)
+    return;
+  snprintf(dir, sizeof(dir), "%s/spool", mnt);
+  memset(&o, 0, sizeof(o));
+  o.max_bytes = 64ull << 20;
+  o.write_buffer = 4096;
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  for (seq = 1; seq < 10000; seq++) {
+    big_payload(seq, p, sizeof(p));
+    rc = sl_spool_append(&s, p, sizeof(p), &got);
+    if (rc != 0)
+      break;
+    CHECK_EQ(got, seq);
+    last_ok = seq;
+  }
+  CHECK_EQ(rc, -ENOSPC); /* reported, not swallowed */
+  CHECK(last_ok > 100);
+  CHECK_EQ(sl_spool_flush(&s), -ENOSPC);
+  CHECK_EQ(sl_spool_flush(&s), -ENOSPC); /* and again: nothing half-done */
+  sl_spool_stats(&s, &st);
+  CHECK(st.write_errors >= 3);
+  CHECK(st.flushed_seq < last_ok); /* what may not be acked to producers */
+  CHECK_EQ(st.next_seq, last_ok + 1);
+  /* the consumer still gets every written record, and its acks give the
+   * space back to the buffered ones */
+  last_read = drain(&s, sizeof(p), 0);
+  CHECK_EQ(last_read, (long long)st.flushed_seq);
+  CHECK_EQ(sl_spool_flush(&s), 0);
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.flushed_seq, last_ok);
+  CHECK_EQ(st.records, last_ok - (uint64_t)last_read);
+  for (seq = last_ok + 1; seq <= last_ok + 20; seq++) {
+    big_payload(seq, p, sizeof(p));
+    CHECK_EQ(sl_spool_append(&s, p, sizeof(p), &got), 0);
+    CHECK_EQ(got, seq);
+  }
+  CHECK_EQ(sl_spool_sync(&s, NULL), 0);
+  sl_spool_close(&s);
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.quarantine_files, 0);
+  CHECK_EQ(rep.lost_records, 0);
+  CHECK_EQ(rep.first_seq, (uint64_t)last_read + 1);
+  CHECK_EQ(rep.records, last_ok + 20 - (uint64_t)last_read);
+  CHECK_EQ(drain(&s, sizeof(p), 0), (long long)(last_ok + 20));
+  sl_spool_close(&s);
+  tmpfs_umount(mnt);
+}
+
+TEST(spool_failed_big_append_leaves_no_half_record_behind) {
+  char mnt[128], dir[192];
+  struct sl_spool s;
+  struct sl_spool_stats st;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o;
+  uint8_t *big = malloc(1 << 20);
+  static uint8_t p[100];
+  uint64_t seq, got;
+
+  CHECK(big != NULL);
+  if (tmpfs_mount(mnt, sizeof(mnt), "tmpfsbig", "256k") != 0) {
+    free(big);
+    return;
+  }
+  snprintf(dir, sizeof(dir), "%s/spool", mnt);
+  memset(&o, 0, sizeof(o));
+  o.max_bytes = 64ull << 20;
+  o.write_buffer = 1024;
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  for (seq = 1; seq <= 10; seq++) {
+    big_payload(seq, p, sizeof(p));
+    CHECK_EQ(sl_spool_append(&s, p, sizeof(p), &got), 0);
+  }
+  big_payload(11, big, 1 << 20);
+  CHECK_EQ(sl_spool_append(&s, big, 1 << 20, &got), -ENOSPC);
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.next_seq, 11);
+  CHECK_EQ(st.records, 10);
+  CHECK_EQ(st.flushed_seq, 10); /* the earlier ones went out first */
+  CHECK(st.write_errors >= 1);
+  big_payload(11, p, sizeof(p));
+  CHECK_EQ(sl_spool_append(&s, p, sizeof(p), &got), 0);
+  CHECK_EQ(got, 11);
+  sl_spool_close(&s);
+  /* no torn record for the next open to quarantine */
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.quarantine_files, 0);
+  CHECK_EQ(rep.quarantined_bytes, 0);
+  CHECK_EQ(rep.records, 11);
+  CHECK_EQ(drain(&s, sizeof(p), 0), 11);
+  sl_spool_close(&s);
+  tmpfs_umount(mnt);
+  free(big);
+}
+
+TEST(spool_drop_skips_one_record_without_acking_the_ones_before) {
+  char dir[128];
+  struct sl_spool s;
+  struct sl_spool_stats st;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+  struct sl_spool_rec r[16];
+
+  tmp_dir(dir, sizeof(dir), "drop");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(append_range(&s, 1, 10), 0);
+  CHECK_EQ(sl_spool_read(&s, r, 16, 1 << 20), 10);
+  CHECK_EQ(sl_spool_drop(&s, 4), 0); /* 1..3 are still on their way */
+  CHECK_EQ(sl_spool_drop(&s, 5), 0);
+  CHECK_EQ(sl_spool_drop(&s, 11), SL_EINVAL); /* never read */
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.ack_seq, 0);
+  CHECK_EQ(st.records, 10);
+  CHECK_EQ(sl_spool_sync(&s, NULL), 0);
+  sl_spool_close(&s);
+  /* a crash now replays 1..3 (and the dropped ones: drops are not kept) */
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.first_seq, 1);
+  CHECK_EQ(rep.records, 10);
+  CHECK_EQ(sl_spool_read(&s, r, 16, 1 << 20), 10);
+  CHECK_EQ(sl_spool_drop(&s, 4), 0);
+  CHECK_EQ(sl_spool_ack(&s, 2), 0);
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.ack_seq, 2);
+  CHECK_EQ(sl_spool_ack(&s, 3), 0); /* 3 acked: 4 dropped follows it */
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.ack_seq, 4);
+  CHECK_EQ(st.records, 6);
+  CHECK_EQ(sl_spool_drop(&s, 5), 0); /* right behind the ack: an ack */
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.ack_seq, 5);
+  sl_spool_close(&s);
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.first_seq, 6);
+  CHECK_EQ(rep.records, 5);
   sl_spool_close(&s);
   rm_rf(dir);
 }
