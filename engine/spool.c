@@ -448,6 +448,8 @@ enum { FOUND_KEPT, FOUND_GONE };
 struct found {
   uint64_t first, count, end;
   uint64_t target_off; /* offset of the record the ack cursor wants, or 0 */
+  uint64_t split;      /* intact records after a bad stretch now live in
+                          the segment file named by this seq, or 0 */
   int fd;
   int state;
 };
@@ -537,19 +539,174 @@ static uint64_t scan_records(struct scan *sc, struct found *f, uint64_t target,
   return off;
 }
 
-/* Check one segment file: quarantine a bad header (the whole file) or a bad
- * tail (truncating the file). Leaves f->fd open when the file is kept. */
+/* Is there a whole record at off with a seq in [lo, hi] and a good CRC?
+ * *seq and *next (the offset after it) describe it when so. CRC work is
+ * taken from *budget; none left: no. */
+static int rec_at(struct scan *sc, uint64_t off, uint64_t lo, uint64_t hi,
+                  uint64_t *seq, uint64_t *next, uint64_t *budget) {
+  const uint8_t *p;
+  uint8_t h[REC_HDR];
+  uint64_t at, left;
+  uint32_t len, crc;
+  size_t k;
+
+  if (off > sc->size || sc->size - off < REC_HDR ||
+      (p = scan_at(sc, off, REC_HDR)) == NULL)
+    return 0;
+  memcpy(h, p, REC_HDR);
+  len = get32(h);
+  *seq = get64(h + 8);
+  if (*seq < lo || *seq > hi || len > SL_SPOOL_RECORD_MAX ||
+      sc->size - off - REC_HDR < len || *budget < len)
+    return 0;
+  *budget -= len;
+  crc = rec_crc_start(h);
+  for (at = off + REC_HDR, left = len; left > 0; at += k, left -= k) {
+    k = left < sc->cap ? (size_t)left : sc->cap;
+    if ((p = scan_at(sc, at, k)) == NULL)
+      return 0;
+    crc = sl_spool_crc32c(crc, p, k);
+  }
+  *next = off + REC_HDR + len;
+  return crc == get32(h + 4);
+}
+
+/* A run of valid records with consecutive seqs from off, the first in
+ * [lo, hi]. */
+struct run {
+  uint64_t at, first, last, end; /* end: offset after the last record */
+  uint64_t count;
+};
+
+/* The run at off. Trusted when it holds two records or more (two CRCs and
+ * two seqs in a row: random bytes never pass) or reaches the end of file. */
+static int run_at(struct scan *sc, uint64_t off, uint64_t lo, uint64_t hi,
+                  struct run *rn, uint64_t *budget) {
+  uint64_t seq, next;
+
+  rn->at = rn->end = off;
+  rn->count = 0;
+  while (rec_at(sc, rn->end, lo, hi, &seq, &next, budget)) {
+    if (rn->count++ == 0)
+      rn->first = seq;
+    rn->last = seq;
+    rn->end = next;
+    lo = hi = seq + 1;
+  }
+  return rn->count >= 2 || (rn->count == 1 && rn->end == sc->size);
+}
+
+/* The first trusted run at or after off: a record found past k bytes of
+ * junk since bad has a seq of at most expected + k/REC_HDR, as each lost
+ * record took REC_HDR bytes at least. */
+static int run_find(struct scan *sc, uint64_t off, uint64_t bad,
+                    uint64_t expected, struct run *rn, uint64_t *budget) {
+  for (; off < sc->size && sc->size - off >= REC_HDR && *budget > 0; off++)
+    if (run_at(sc, off, expected, expected + (off - bad) / REC_HDR, rn,
+               budget))
+      return 1;
+  return 0;
+}
+
+/* The bad stretch starting at bad, where record `expected` should be: find
+ * the first intact record after it. First where the bad record's own
+ * length points (a flipped payload, CRC or seq byte costs that record
+ * only), then at every byte. A run found inside a payload (records forged
+ * in an event) ends where the real records resume, and they repeat its
+ * seqs: then the later run wins. The CRC work is bounded by a few times the
+ * bytes scanned, so crafted payloads cannot make an open slow.
+ * 1 with *at, *seq when found; 0 when nothing after bad is intact. */
+static int resync(struct scan *sc, uint64_t bad, uint64_t expected,
+                  uint64_t *at, uint64_t *seq) {
+  uint64_t budget = 4 * (sc->size - bad) + (4u << 20);
+  const uint8_t *p;
+  struct run best, next;
+  int found = 0, rounds;
+
+  if (sc->size - bad >= REC_HDR && (p = scan_at(sc, bad, REC_HDR)) != NULL &&
+      get32(p) <= SL_SPOOL_RECORD_MAX &&
+      run_at(sc, bad + REC_HDR + get32(p), expected + 1, expected + 1, &best,
+             &budget) &&
+      best.end == sc->size)
+    found = 1; /* the common case, and nothing after it to doubt */
+  if (!found && !run_find(sc, bad + 1, bad, expected, &best, &budget))
+    return 0;
+  for (rounds = 0; rounds < 8 && best.end < sc->size; rounds++) {
+    if (!run_find(sc, best.end, bad, expected, &next, &budget) ||
+        next.first > best.last)
+      break; /* what follows continues it: best is real */
+    best = next;
+  }
+  *at = best.at;
+  *seq = best.first;
+  return 1;
+}
+
+/* Copy bytes [from, size) of the scanned file, behind a fresh header, into
+ * the segment file named by first: written under a temporary name, synced,
+ * then renamed over whatever had that name (a copy an earlier, interrupted
+ * open made). 0 or a negative errno; the scan window is spent. */
+static int split_copy(struct sl_spool *s, struct scan *sc, uint64_t from,
+                      uint64_t first) {
+  char name[32], tmp[40];
+  uint8_t h[SEG_HDR];
+  struct iovec iov;
+  uint64_t at = from;
+  size_t got, done;
+  int fd, err = 0;
+
+  seg_name(name, sizeof(name), first);
+  snprintf(tmp, sizeof(tmp), "%s.tmp", name);
+  fd = openat(s->dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return -errno;
+  seg_header(h, first);
+  iov.iov_base = h;
+  iov.iov_len = SEG_HDR;
+  err = pwritev_full(fd, &iov, 1, 0, &done);
+  sc->wlen = 0;
+  while (err == 0 && at < sc->size) {
+    size_t want = sc->size - at < sc->cap ? (size_t)(sc->size - at) : sc->cap;
+    err = pread_full(sc->fd, sc->buf, want, at, &got);
+    if (err == 0 && got < want)
+      err = SL_EIO;
+    if (err != 0)
+      break;
+    iov.iov_base = sc->buf;
+    iov.iov_len = got;
+    err = pwritev_full(fd, &iov, 1, SEG_HDR + (at - from), &done);
+    at += got;
+  }
+  if (err == 0 && fsync(fd) != 0)
+    err = -errno;
+  close(fd);
+  if (err == 0 && renameat(s->dirfd, tmp, s->dirfd, name) != 0)
+    err = -errno;
+  if (err == 0 && fsync(s->dirfd) != 0) /* before the original shrinks */
+    err = -errno;
+  if (err != 0)
+    unlinkat(s->dirfd, tmp, 0);
+  return err;
+}
+
+/* Check one segment file. A bad stretch (bad record, or bad header) is
+ * copied to quarantine and cut out: the intact records after it move to a
+ * new segment file (f->split names it), the file is truncated before it
+ * (or, with a bad header, removed). Only when nothing intact follows is the
+ * whole rest quarantined. Leaves f->fd open when the file is kept. */
 static void check_segment(struct sl_spool *s, struct sl_spool_report *r,
                           struct scan *sc, struct found *f, uint64_t target) {
   char name[32];
   struct stat st;
   const char *why;
   const uint8_t *h;
-  uint64_t good;
+  uint64_t good, at, next;
+  int err;
 
   seg_name(name, sizeof(name), f->first);
   f->state = FOUND_GONE;
   f->count = 0;
+  f->split = 0;
   f->fd = openat(s->dirfd, name, O_RDWR | O_CLOEXEC);
   if (f->fd < 0) {
     note(r, "%s: cannot open (%s); left alone", name, strerror(errno));
@@ -569,15 +726,37 @@ static void check_segment(struct sl_spool *s, struct sl_spool_report *r,
   sc->wlen = 0;
   if (f->first == 0 || f->first >= SEQ_SANE || sc->size < SEG_HDR ||
       (h = scan_at(sc, 0, SEG_HDR)) == NULL || !seg_header_ok(h, f->first)) {
+    /* the name still says which seq comes first: look for the records */
     note(r, "%s: bad or torn segment header", name);
-    quarantine_file(s, r, name, sc->size);
+    if (f->first == 0 || f->first >= SEQ_SANE || sc->size < SEG_HDR ||
+        !resync(sc, SEG_HDR - 1, f->first, &at, &next) ||
+        (err = split_copy(s, sc, at, next)) != 0) {
+      quarantine_file(s, r, name, sc->size);
+      goto fail_stat;
+    }
+    note(r, "%s: records from seq %" PRIu64 " at offset %" PRIu64
+            " kept in a new file",
+         name, next, at);
+    quarantine_tail(s, r, name, f->fd, 0, at, sc->buf, sc->cap);
+    if (next != f->first)
+      unlinkat(s->dirfd, name, 0); /* else the copy took its name */
+    f->split = next;
     goto fail_stat;
   }
   good = scan_records(sc, f, target, &why);
   if (good < sc->size) {
     note(r, "%s: %s at offset %" PRIu64 " after %" PRIu64 " good records",
          name, why, good, f->count);
-    quarantine_tail(s, r, name, f->fd, good, sc->size, sc->buf, sc->cap);
+    if (resync(sc, good, f->first + f->count, &at, &next) &&
+        (err = split_copy(s, sc, at, next)) == 0) {
+      note(r, "%s: records from seq %" PRIu64 " at offset %" PRIu64
+              " kept in a new file",
+           name, next, at);
+      f->split = next;
+    } else {
+      at = sc->size;
+    }
+    quarantine_tail(s, r, name, f->fd, good, at, sc->buf, sc->cap);
     sc->wlen = 0;
     if (ftruncate(f->fd, (off_t)good) != 0)
       note(r, "%s: truncate failed (%s)", name, strerror(errno));
@@ -589,6 +768,33 @@ static void check_segment(struct sl_spool *s, struct sl_spool_report *r,
 fail_stat:
   close(f->fd);
   f->fd = -1;
+}
+
+/* Put the file f[i] split off into the sorted list after i, unless a file
+ * of that name is listed already (the copy replaced it) or is f[i]. */
+static int add_split(struct found **fp, size_t *n, size_t i) {
+  struct found *f = *fp, *nf;
+  uint64_t first = f[i].split;
+  size_t j;
+
+  if (first == f[i].first) {
+    f[i].state = FOUND_GONE;
+    f[i].fd = -1;
+    return 0;
+  }
+  for (j = i + 1; j < *n && f[j].first < first; j++)
+    ;
+  if (j < *n && f[j].first == first)
+    return 0;
+  if ((nf = realloc(f, (*n + 1) * sizeof(*f))) == NULL)
+    return SL_ENOMEM;
+  f = *fp = nf;
+  memmove(f + j + 1, f + j, (*n - j) * sizeof(*f));
+  memset(&f[j], 0, sizeof(f[j]));
+  f[j].first = first;
+  f[j].fd = -1;
+  (*n)++;
+  return 0;
 }
 
 static int cmp_found(const void *a, const void *b) {
@@ -618,6 +824,15 @@ static int list_segments(struct sl_spool *s, struct sl_spool_report *r,
     if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
         strcmp(de->d_name, "ack") == 0 || strcmp(de->d_name, QUARANTINE) == 0)
       continue;
+    if (strlen(de->d_name) == 24 && strcmp(de->d_name + 20, ".tmp") == 0) {
+      char seg[21];
+      memcpy(seg, de->d_name, 20);
+      seg[20] = '\0';
+      if (seg_parse(seg, &first)) { /* a split copy cut short: redone */
+        unlinkat(s->dirfd, de->d_name, 0);
+        continue;
+      }
+    }
     if (!seg_parse(de->d_name, &first)) {
       r->ignored_files++;
       note(r, "%s: not a spool file, left alone", de->d_name);
@@ -979,6 +1194,7 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
   struct scan sc;
   uint64_t ack = 0, chain_next = 0, prev_next = 0, target;
   int ack_state, err, have_prev = 0, any_seg;
+  size_t redo = 0;
   uint32_t k;
 
   memset(s, 0, sizeof(*s));
@@ -1061,6 +1277,13 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
   target = ack + 1;
   for (i = 0; i < nf; i++) {
     check_segment(s, r, &sc, &f[i], target);
+    if (f[i].split != 0 && (err = add_split(&f, &nf, i)) != 0)
+      goto fail;
+    if (f[i].split != 0 && f[i].split == f[i].first && redo != i + 1) {
+      redo = i + 1; /* the new file took this name: check it once more */
+      i--;
+      continue;
+    }
     if (have_prev && f[i].first < prev_next) {
       char name[32];
       seg_name(name, sizeof(name), f[i].first);
