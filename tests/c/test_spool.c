@@ -1351,3 +1351,181 @@ TEST(spool_drop_skips_one_record_without_acking_the_ones_before) {
   sl_spool_close(&s);
   rm_rf(dir);
 }
+
+/* ---- resync past corruption --------------------------------------------- */
+
+/* Write img to dir/<first>.seg in a fresh dir. */
+static int put_segment(const char *dir, uint64_t first, const uint8_t *img,
+                       size_t n) {
+  char path[256];
+  rm_rf(dir);
+  if (mkdir(dir, 0755) != 0)
+    return -1;
+  seg_path(path, sizeof(path), dir, first);
+  return write_file(path, img, n);
+}
+
+TEST(spool_bad_segment_header_keeps_every_record_behind_it) {
+  char dir[128];
+  uint8_t *img;
+  long len, at;
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+  uint64_t seqs[16];
+
+  tmp_dir(dir, sizeof(dir), "hdr");
+  CHECK_EQ(make_five(dir, &img, &len), 0);
+  for (at = 0; at < SEG_HDR; at++) {
+    img[at] ^= 0x04;
+    CHECK_EQ(put_segment(dir, 1, img, (size_t)len), 0);
+    img[at] ^= 0x04;
+    CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+    CHECK_EQ(rep.records, 5); /* before: 0, the file went to quarantine */
+    CHECK_EQ(rep.lost_records, 0);
+    CHECK_EQ(rep.quarantine_files, 1);
+    CHECK_EQ(rep.quarantined_bytes, SEG_HDR);
+    CHECK(strstr(rep.msg, "header") != NULL);
+    CHECK_EQ(read_all(&s, seqs, 16, 16), 5);
+    CHECK(contiguous(seqs, 5, 1));
+    CHECK_EQ(append_range(&s, 6, 6), 0);
+    sl_spool_close(&s);
+    CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+    CHECK_EQ(rep.quarantine_files, 0);
+    CHECK_EQ(rep.records, 6);
+    CHECK_EQ(count_files(dir, ".seg"), 1);
+    sl_spool_close(&s);
+  }
+  free(img);
+  rm_rf(dir);
+}
+
+TEST(spool_junk_spliced_between_records_costs_no_record) {
+  char dir[128];
+  uint8_t *img, *bad;
+  long len, rec3;
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+  uint64_t seqs[16];
+  size_t i, junk = 100;
+
+  tmp_dir(dir, sizeof(dir), "splice");
+  CHECK_EQ(make_five(dir, &img, &len), 0);
+  rec3 = SEG_HDR + (long)(rec_size(1) + rec_size(2));
+  bad = malloc((size_t)len + junk);
+  CHECK(bad != NULL);
+  memcpy(bad, img, (size_t)rec3);
+  for (i = 0; i < junk; i++)
+    bad[rec3 + (long)i] = (uint8_t)(i * 97 + 1);
+  memcpy(bad + rec3 + junk, img + rec3, (size_t)(len - rec3));
+  CHECK_EQ(put_segment(dir, 1, bad, (size_t)len + junk), 0);
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.records, 5);
+  CHECK_EQ(rep.lost_records, 0);
+  CHECK_EQ(rep.quarantined_bytes, junk);
+  CHECK_EQ(read_all(&s, seqs, 16, 16), 5);
+  CHECK(contiguous(seqs, 5, 1));
+  sl_spool_close(&s);
+  free(bad);
+  free(img);
+  rm_rf(dir);
+}
+
+/* A record as the spool frames it, into out; its size. */
+static size_t frame(uint8_t *out, uint64_t seq, const void *p, uint32_t n) {
+  uint32_t crc;
+  int i;
+  for (i = 0; i < 4; i++)
+    out[i] = (uint8_t)(n >> (8 * i));
+  for (i = 0; i < 8; i++)
+    out[8 + i] = (uint8_t)(seq >> (8 * i));
+  crc = sl_spool_crc32c(sl_spool_crc32c(0, out, 4), out + 8, 8);
+  crc = sl_spool_crc32c(crc, p, n);
+  for (i = 0; i < 4; i++)
+    out[4 + i] = (uint8_t)(crc >> (8 * i));
+  memcpy(out + REC_HDR, p, n);
+  return REC_HDR + n;
+}
+
+TEST(spool_records_forged_in_a_payload_do_not_replace_the_real_ones) {
+  char dir[128], path[256];
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+  uint8_t evil[200];
+  uint64_t seqs[16], got;
+  long rec3 = SEG_HDR + (long)(rec_size(1) + rec_size(2));
+  size_t n;
+  int tail_junk;
+
+  /* an event whose bytes hold "records" 4 and 5, and the payload's length
+   * field flipped, so the scan must look inside the payload */
+  for (tail_junk = 0; tail_junk < 2; tail_junk++) {
+    tmp_dir(dir, sizeof(dir), "forge");
+    CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+    CHECK_EQ(append_range(&s, 1, 2), 0);
+    memset(evil, 'x', sizeof(evil));
+    n = 7;
+    n += frame(evil + n, 4, "FAKE4", 5);
+    n += frame(evil + n, 5, "FAKE5", 5);
+    n += tail_junk ? 30 : 0;
+    CHECK_EQ(sl_spool_append(&s, evil, n, &got), 0);
+    CHECK_EQ(got, 3);
+    CHECK_EQ(append_range(&s, 4, 6), 0);
+    sl_spool_close(&s);
+    seg_path(path, sizeof(path), dir, 1);
+    CHECK_EQ(poke(path, rec3 + 1, 0x01), 0);
+    CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+    CHECK_EQ(rep.records, 5);
+    CHECK_EQ(rep.lost_records, 1);
+    /* read_all checks every payload: a fake would fail it */
+    CHECK_EQ(read_all(&s, seqs, 16, 16), 5);
+    CHECK_EQ(seqs[0], 1);
+    CHECK_EQ(seqs[1], 2);
+    CHECK(contiguous(seqs + 2, 3, 4));
+    sl_spool_close(&s);
+    rm_rf(dir);
+  }
+}
+
+TEST(spool_two_bad_stretches_in_one_segment_cost_two_records) {
+  char dir[128], path[256];
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+  uint64_t seqs[64], seq, off = SEG_HDR;
+  long n, j;
+
+  tmp_dir(dir, sizeof(dir), "two");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(append_range(&s, 1, 40), 0);
+  sl_spool_close(&s);
+  seg_path(path, sizeof(path), dir, 1);
+  for (seq = 1; seq < 10; seq++)
+    off += rec_size(seq);
+  CHECK_EQ(poke(path, (long)off + 2, 0x10), 0); /* 10's length */
+  for (; seq < 30; seq++)
+    off += rec_size(seq);
+  CHECK_EQ(poke(path, (long)off + REC_HDR, 0x10), 0); /* 30's payload */
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.records, 38);
+  CHECK_EQ(rep.lost_records, 2);
+  CHECK_EQ(rep.gaps, 2);
+  CHECK_EQ(rep.quarantine_files, 2);
+  n = read_all(&s, seqs, 64, 7);
+  CHECK_EQ(n, 38);
+  for (j = 0, seq = 1; seq <= 40; seq++) {
+    if (seq == 10 || seq == 30)
+      continue;
+    CHECK_EQ(seqs[j], seq);
+    j++;
+  }
+  CHECK_EQ(sl_spool_ack(&s, 40), 0);
+  sl_spool_close(&s);
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.records, 0);
+  CHECK_EQ(rep.quarantine_files, 0);
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
