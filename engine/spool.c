@@ -1182,6 +1182,108 @@ static void cut(struct sl_spool *s, uint32_t i, uint64_t off, uint64_t seq) {
   }
 }
 
+/* A record in segment i at off (expected seq) is bad while reading (the
+ * disk changed under us): as at open, move the intact records after the
+ * bad stretch to a new segment file and quarantine the stretch, so the
+ * corruption costs the bad records only. 0 when done; nonzero when it
+ * could not be (the caller cuts the segment instead). */
+static int repair(struct sl_spool *s, uint32_t i, uint64_t off, uint64_t seq) {
+  struct sl_spool_report scratch;
+  struct sl_spool_seg *g;
+  struct scan sc;
+  struct stat st;
+  char name[32], nname[32];
+  uint64_t at, nseq, old_end, old_last;
+  int fd = -1, nfd = -1, err = SL_EIO, active = is_active(s, i);
+
+  memset(&sc, 0, sizeof(sc));
+  memset(&scratch, 0, sizeof(scratch));
+  if (active) { /* the scan must see every record of the segment */
+    pthread_mutex_lock(&s->lock);
+    err = flush_locked(s);
+    if (err == 0 && s->wbuf.len > 0)
+      err = SL_EIO;
+    pthread_mutex_unlock(&s->lock);
+    if (err != 0)
+      return err;
+  }
+  if (s->nsegs == s->capsegs) {
+    uint32_t cap = s->capsegs * 2;
+    struct sl_spool_seg *v = realloc(s->segs, cap * sizeof(*v));
+    if (v == NULL)
+      return SL_ENOMEM;
+    s->segs = v;
+    s->capsegs = cap;
+  }
+  g = &s->segs[i];
+  seg_name(name, sizeof(name), g->first);
+  if ((fd = openat(s->dirfd, name, O_RDWR | O_CLOEXEC)) < 0 ||
+      fstat(fd, &st) != 0)
+    goto fail;
+  sc.fd = fd;
+  sc.size = (uint64_t)st.st_size < g->end ? (uint64_t)st.st_size : g->end;
+  sc.cap = READ_CHUNK;
+  err = SL_ENOMEM;
+  if ((sc.buf = malloc(sc.cap)) == NULL)
+    goto fail;
+  err = SL_EIO;
+  if (off >= sc.size || !resync(&sc, off, seq, &at, &nseq) ||
+      nseq == g->first || nseq >= g->first + g->count)
+    goto fail;
+  if ((err = split_copy(s, &sc, at, nseq)) != 0)
+    goto fail;
+  seg_name(nname, sizeof(nname), nseq);
+  if (active &&
+      (nfd = openat(s->dirfd, nname, O_RDWR | O_CLOEXEC)) < 0) {
+    err = -errno;
+    unlinkat(s->dirfd, nname, 0);
+    goto fail;
+  }
+  quarantine_tail(s, &scratch, name, fd, off, at, sc.buf, sc.cap);
+  if (ftruncate(fd, (off_t)off) != 0) {
+    /* the bad bytes stay: the next open repairs this file again, and
+     * its copy replaces the one made here */
+  }
+
+  old_end = g->end;
+  old_last = g->first + g->count;
+  memmove(s->segs + i + 2, s->segs + i + 1,
+          (s->nsegs - i - 1) * sizeof(*s->segs));
+  s->nsegs++;
+  g = &s->segs[i];
+  g[1].first = nseq;
+  g[1].count = old_last - nseq;
+  g[1].end = SEG_HDR + (old_end - at);
+  g->count = seq - g->first;
+  g->end = off;
+  s->disk_bytes = s->disk_bytes - (old_end - off) + g[1].end;
+  s->lost_records += nseq - seq;
+  s->quarantined_records += nseq - seq;
+  s->quarantined_bytes += at - off;
+  if (s->aseg > i)
+    s->aseg++;
+  if (s->rseg > i)
+    s->rseg++;
+  if (active) { /* appends continue after the copied records */
+    pthread_mutex_lock(&s->lock);
+    if (handoff_push(s, s->wfd, g->first) != 0)
+      close(s->wfd); /* its records are acked before any sync matters */
+    s->wfd = nfd;
+    s->woff = g[1].end;
+    s->dir_dirty = 1;
+    pthread_mutex_unlock(&s->lock);
+  }
+  free(sc.buf);
+  close(fd);
+  return 0;
+
+fail:
+  free(sc.buf);
+  if (fd >= 0)
+    close(fd);
+  return err != 0 ? err : SL_EIO;
+}
+
 /* ---- init and close ---------------------------------------------------- */
 
 int sl_spool_init(struct sl_spool *s, const char *dir,
@@ -1738,7 +1840,9 @@ static int read_upto(struct sl_spool *s, struct sl_spool_rec *out, int max,
   bad_or_fail:
     if (err < 0)
       break;
-    cut(s, s->rseg, s->roff, s->rseq); /* err == 1: corrupt or short */
+    /* err == 1: corrupt or short */
+    if (repair(s, s->rseg, s->roff, s->rseq) != 0)
+      cut(s, s->rseg, s->roff, s->rseq);
     err = 0;
     wseg = UINT32_MAX;
   }

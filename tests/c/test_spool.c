@@ -1047,7 +1047,7 @@ TEST(spool_ack_beyond_lost_tail_is_clamped_and_seqs_move_on) {
   rm_rf(dir);
 }
 
-TEST(spool_corruption_found_while_reading_ends_the_segment_and_counts) {
+TEST(spool_corruption_found_while_reading_costs_that_record_only) {
   char dir[128], path[256];
   struct sl_spool s;
   struct sl_spool_stats st;
@@ -1065,15 +1065,32 @@ TEST(spool_corruption_found_while_reading_ends_the_segment_and_counts) {
                 0x01),
            0); /* record 4's payload */
   n = read_all(&s, seqs, 32, 32);
-  CHECK_EQ(n, 3);
+  CHECK_EQ(n, 9); /* before: 3, and 7 lost */
+  CHECK(contiguous(seqs, 3, 1));
+  CHECK(contiguous(seqs + 3, 6, 5));
   sl_spool_stats(&s, &st);
-  CHECK_EQ(st.lost_records, 7);
-  /* appends go on, in a new segment */
+  CHECK_EQ(st.lost_records, 1);
+  CHECK_EQ(st.quarantined_records, 1);
+  CHECK_EQ(st.quarantined_bytes, rec_size(4));
+  /* appends go on */
   CHECK_EQ(append_range(&s, 11, 12), 0);
   n = read_all(&s, seqs, 32, 32);
   CHECK_EQ(n, 2);
   CHECK_EQ(seqs[0], 11);
   sl_spool_close(&s);
+  /* and the next open finds the repair done */
+  {
+    struct sl_spool_report rep;
+    CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+    CHECK_EQ(rep.quarantine_files, 0);
+    CHECK_EQ(rep.records, 11);
+    CHECK_EQ(rep.lost_records, 1);
+    n = read_all(&s, seqs, 32, 32);
+    CHECK_EQ(n, 11);
+    CHECK_EQ(seqs[3], 5);
+    CHECK_EQ(seqs[10], 12);
+    sl_spool_close(&s);
+  }
   rm_rf(dir);
 }
 
