@@ -947,6 +947,8 @@ static void drop_front(struct sl_spool *s, uint32_t n) {
   s->rseg -= n;
 }
 
+static int roll(struct sl_spool *s);
+
 /* The longest prefix of the first n bytes of the write buffer that ends at
  * a record boundary. The buffer holds the segment header when woff is 0,
  * then whole records. */
@@ -1017,15 +1019,23 @@ static void detach_buffered(struct sl_spool *s) {
 }
 
 /* Delete the active segment, the only one left and wholly acknowledged,
- * so its space comes back now rather than at the next roll; the next
- * append starts a new one. Buffered bytes of it are acked: dropped. */
+ * so its space comes back now rather than at the next roll. Buffered bytes
+ * of it are acked: dropped. A roll does it, leaving an empty segment whose
+ * name keeps next_seq on disk (the ack file is not synced yet); failing
+ * that (no fd), the file just goes and the next append starts one. */
 static void drop_active(struct sl_spool *s) {
-  struct sl_spool_seg *g = &s->segs[0];
+  struct sl_spool_seg *g;
   char name[32];
 
-  seg_name(name, sizeof(name), g->first);
   pthread_mutex_lock(&s->lock);
   sl_buf_reset(&s->wbuf);
+  s->flushed_seq = s->last_seq;
+  pthread_mutex_unlock(&s->lock);
+  if (roll(s) == 0)
+    return;
+  g = &s->segs[0];
+  seg_name(name, sizeof(name), g->first);
+  pthread_mutex_lock(&s->lock);
   close(s->wfd);
   s->wfd = -1;
   s->woff = 0;
