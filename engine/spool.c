@@ -36,6 +36,7 @@
  * segment_bytes/16), and is deleted at ack time once it is wholly acked and
  * at least RECLAIM_IDLE long: on disk sits the backlog plus at most about
  * one segment's acked prefix (the oldest) and RECLAIM_MAX. */
+#define RESYNC_SLACK 8
 #define RECLAIM_MIN (64u << 10)
 #define RECLAIM_MAX (1u << 20)
 #define RECLAIM_IDLE (64u << 10)
@@ -598,12 +599,13 @@ static int run_at(struct scan *sc, uint64_t off, uint64_t lo, uint64_t hi,
 
 /* The first trusted run at or after off: a record found past k bytes of
  * junk since bad has a seq of at most expected + k/REC_HDR, as each lost
- * record took REC_HDR bytes at least. */
+ * record took REC_HDR bytes at least, give or take RESYNC_SLACK records
+ * for damage that also lost bytes. No seq from far away is believed. */
 static int run_find(struct scan *sc, uint64_t off, uint64_t bad,
                     uint64_t expected, struct run *rn, uint64_t *budget) {
   for (; off < sc->size && sc->size - off >= REC_HDR && *budget > 0; off++)
-    if (run_at(sc, off, expected, expected + (off - bad) / REC_HDR, rn,
-               budget))
+    if (run_at(sc, off, expected,
+               expected + (off - bad) / REC_HDR + RESYNC_SLACK, rn, budget))
       return 1;
   return 0;
 }
@@ -629,7 +631,7 @@ static int resync(struct scan *sc, uint64_t bad, uint64_t expected,
              &budget) &&
       best.end == sc->size)
     found = 1; /* the common case, and nothing after it to doubt */
-  if (!found && !run_find(sc, bad + 1, bad, expected, &best, &budget))
+  if (!found && !run_find(sc, bad, bad, expected, &best, &budget))
     return 0;
   for (rounds = 0; rounds < 8 && best.end < sc->size; rounds++) {
     if (!run_find(sc, best.end, bad, expected, &next, &budget) ||
@@ -729,7 +731,7 @@ static void check_segment(struct sl_spool *s, struct sl_spool_report *r,
     /* the name still says which seq comes first: look for the records */
     note(r, "%s: bad or torn segment header", name);
     if (f->first == 0 || f->first >= SEQ_SANE || sc->size < SEG_HDR ||
-        !resync(sc, SEG_HDR - 1, f->first, &at, &next) ||
+        !resync(sc, 0, f->first, &at, &next) ||
         (err = split_copy(s, sc, at, next)) != 0) {
       quarantine_file(s, r, name, sc->size);
       goto fail_stat;
