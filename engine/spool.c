@@ -1128,11 +1128,18 @@ static int roll(struct sl_spool *s) {
     err = SL_ENOMEM;
     goto fail_handoff;
   }
+  if (s->wbuf.len != 0 || sl_buf_append(&s->wbuf, h, SEG_HDR) != 0) {
+    /* flushed above and reserved at init: neither can happen */
+    if (old != NULL && !drop)
+      s->nhandoff--;
+    pthread_mutex_unlock(&s->lock);
+    err = SL_ENOMEM;
+    goto fail_handoff;
+  }
   if (old != NULL && drop)
     close(s->wfd);
   s->wfd = fd;
   s->woff = 0;
-  sl_buf_append(&s->wbuf, h, SEG_HDR); /* cannot fail: reserved at init */
   s->dir_dirty = 1;
   pthread_mutex_unlock(&s->lock);
 
@@ -1624,9 +1631,13 @@ int sl_spool_append(struct sl_spool *s, const void *p, size_t n,
       if (done > 0 && ftruncate(s->wfd, (off_t)s->woff) != 0)
         s->write_errors++;
     }
-  } else if (err == 0) {
-    sl_buf_append(&s->wbuf, h, REC_HDR); /* fits: reserved at init */
-    sl_buf_append(&s->wbuf, p, n);
+  } else if (err == 0) { /* fits what init reserved; checked all the same */
+    if (sl_buf_append(&s->wbuf, h, REC_HDR) != 0)
+      err = SL_ENOMEM;
+    else if (sl_buf_append(&s->wbuf, p, n) != 0) {
+      s->wbuf.len -= REC_HDR;
+      err = SL_ENOMEM;
+    }
   }
   if (err == 0)
     s->last_seq = s->next_seq;
