@@ -20,6 +20,13 @@
  * sl_spool_sync itself (fsync = "always": after each batch of appends;
  * "interval": from a timer; "never": not at all).
  *
+ * Space: files are the unit of reclaim. The active segment rolls early once
+ * segment_bytes/16 (64 KiB..1 MiB) of it is acknowledged and is deleted at
+ * ack time once wholly acknowledged (64 KiB or more), so the disk holds the
+ * backlog plus about one segment's acknowledged prefix, not up to a whole
+ * segment of delivered data. On a full disk, acks of the written records
+ * move the still-buffered ones to a new file so their space comes back.
+ *
  * Memory: the write buffer, one read batch, 16 bytes per record read and not
  * yet acknowledged, one small entry per segment. Records stay on disk.
  * Files: one fd per rolled segment not yet synced (or acked), plus the
@@ -149,12 +156,18 @@ struct sl_spool {
 };
 
 /* Open the spool in dir (created if missing; its parent must exist) and
- * check every segment, reading every byte once: a torn or corrupt record
+ * check every segment, reading every byte once. A torn or corrupt stretch
  * (short header or payload, length over SL_SPOOL_RECORD_MAX, seq out of
- * order, bad CRC) ends its segment there, the rest of the segment is copied
- * to dir/quarantine/<segment>.<offset>.bad and the segment truncated; a
- * segment with a bad header is moved there whole; a hole left in the seqs
- * is reported as lost records; segments holding only acked records are
+ * order, bad CRC, bad segment header) costs only itself: the scan resyncs
+ * to the next intact run of records (valid CRCs and consecutive seqs, two
+ * in a row or ending the file, seq no further than the junk's length allows;
+ * a run that the records after it contradict is taken for one forged inside
+ * a payload and skipped), moves the records from there to a new segment
+ * file named by their first seq, copies the bad bytes to
+ * dir/quarantine/<segment>.<offset>.bad and truncates the file before them
+ * (a bad header: the file goes, its records stay). Only when nothing intact
+ * follows is the rest of the file quarantined. A hole left in the seqs is
+ * reported as lost records; segments holding only acked records are
  * deleted. Corruption is counted in *report (may be NULL) and never stops
  * the open. The read cursor starts at the first unacknowledged record; the
  * first sl_spool_sync also syncs what an earlier process left unsynced.
@@ -202,9 +215,12 @@ int sl_spool_flush(struct sl_spool *s);
  * payload total passes max_bytes, yet always returns at least one record
  * if any is unread. Returns the count, 0 when everything was read, or a
  * negative errno from reading. A record that fails its CRC while reading
- * (the disk changed under us) ends its segment: it and the rest of the
- * segment are skipped and counted in lost_records; the file is quarantined
- * at the next init. */
+ * (the disk changed under us) is repaired as init would: the bad stretch
+ * goes to quarantine, the records after it stay, the loss is counted in
+ * lost_records. Only when that repair fails (no fd, no memory) does the
+ * rest of the segment count as lost. While the write buffer cannot be
+ * written (disk full), records already on disk are still returned, so
+ * that their acks can free space. */
 int sl_spool_read(struct sl_spool *s, struct sl_spool_rec *out, int max,
                   size_t max_bytes);
 

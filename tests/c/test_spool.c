@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <errno.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1542,6 +1543,53 @@ TEST(spool_two_bad_stretches_in_one_segment_cost_two_records) {
   sl_spool_close(&s);
   CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
   CHECK_EQ(rep.records, 0);
+  CHECK_EQ(rep.quarantine_files, 0);
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
+
+TEST(spool_roll_without_a_free_fd_is_emfile_and_the_next_append_works) {
+  char dir[128];
+  struct sl_spool s;
+  struct sl_spool_stats st;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 64); /* a segment per record */
+  struct rlimit old, low;
+  static int fds[512];
+  int n = 0, fd, rc;
+  uint8_t p[128];
+  uint64_t got;
+
+  tmp_dir(dir, sizeof(dir), "emfile");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(append_range(&s, 1, 3), 0);
+  CHECK_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+  low = old;
+  low.rlim_cur = 256;
+  CHECK_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  while (n < 512 && (fd = dup(0)) >= 0)
+    fds[n++] = fd;
+  payload(4, p);
+  rc = sl_spool_append(&s, p, payload_len(4), &got);
+  sl_spool_stats(&s, &st);
+  close(fds[--n]);
+  close(fds[--n]);
+  if (rc == -EMFILE) { /* else the CHECKs below report it, fds restored */
+    rc = sl_spool_append(&s, p, payload_len(4), &got);
+  } else {
+    rc = -1000 + rc;
+  }
+  while (n > 0)
+    close(fds[--n]);
+  CHECK_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+  CHECK_EQ(rc, 0);
+  CHECK_EQ(got, 4);
+  CHECK_EQ(st.next_seq, 4); /* the failed append changed nothing */
+  CHECK(st.write_errors >= 1);
+  CHECK_EQ(sl_spool_sync(&s, NULL), 0);
+  sl_spool_close(&s);
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.records, 4);
   CHECK_EQ(rep.quarantine_files, 0);
   sl_spool_close(&s);
   rm_rf(dir);
