@@ -463,6 +463,8 @@ struct scan {
   size_t cap;
   uint64_t woff;
   size_t wlen;
+  uint64_t seq_limit; /* resync takes no run whose first seq is >= this:
+                         the next segment file's name */
 };
 
 /* Bytes [off, off+n) of the file, n <= cap; NULL on a read error. */
@@ -603,10 +605,15 @@ static int run_at(struct scan *sc, uint64_t off, uint64_t lo, uint64_t hi,
  * for damage that also lost bytes. No seq from far away is believed. */
 static int run_find(struct scan *sc, uint64_t off, uint64_t bad,
                     uint64_t expected, struct run *rn, uint64_t *budget) {
-  for (; off < sc->size && sc->size - off >= REC_HDR && *budget > 0; off++)
-    if (run_at(sc, off, expected,
-               expected + (off - bad) / REC_HDR + RESYNC_SLACK, rn, budget))
+  uint64_t hi;
+
+  for (; off < sc->size && sc->size - off >= REC_HDR && *budget > 0; off++) {
+    hi = expected + (off - bad) / REC_HDR + RESYNC_SLACK;
+    if (hi >= sc->seq_limit) /* a file of that name exists: never replaced */
+      hi = sc->seq_limit - 1;
+    if (hi >= expected && run_at(sc, off, expected, hi, rn, budget))
       return 1;
+  }
   return 0;
 }
 
@@ -626,7 +633,7 @@ static int resync(struct scan *sc, uint64_t bad, uint64_t expected,
   int found = 0, rounds;
 
   if (sc->size - bad >= REC_HDR && (p = scan_at(sc, bad, REC_HDR)) != NULL &&
-      get32(p) <= SL_SPOOL_RECORD_MAX &&
+      get32(p) <= SL_SPOOL_RECORD_MAX && expected + 1 < sc->seq_limit &&
       run_at(sc, bad + REC_HDR + get32(p), expected + 1, expected + 1, &best,
              &budget) &&
       best.end == sc->size)
@@ -697,7 +704,8 @@ static int split_copy(struct sl_spool *s, struct scan *sc, uint64_t from,
  * (or, with a bad header, removed). Only when nothing intact follows is the
  * whole rest quarantined. Leaves f->fd open when the file is kept. */
 static void check_segment(struct sl_spool *s, struct sl_spool_report *r,
-                          struct scan *sc, struct found *f, uint64_t target) {
+                          struct scan *sc, struct found *f, uint64_t target,
+                          uint64_t limit) {
   char name[32];
   struct stat st;
   const char *why;
@@ -726,6 +734,7 @@ static void check_segment(struct sl_spool *s, struct sl_spool_report *r,
   sc->fd = f->fd;
   sc->size = (uint64_t)st.st_size;
   sc->wlen = 0;
+  sc->seq_limit = limit;
   if (f->first == 0 || f->first >= SEQ_SANE || sc->size < SEG_HDR ||
       (h = scan_at(sc, 0, SEG_HDR)) == NULL || !seg_header_ok(h, f->first)) {
     /* the name still says which seq comes first: look for the records */
@@ -1242,6 +1251,7 @@ static int repair(struct sl_spool *s, uint32_t i, uint64_t off, uint64_t seq) {
   sc.fd = fd;
   sc.size = (uint64_t)st.st_size < g->end ? (uint64_t)st.st_size : g->end;
   sc.cap = READ_CHUNK;
+  sc.seq_limit = g->first + g->count; /* its own records only */
   err = SL_ENOMEM;
   if ((sc.buf = malloc(sc.cap)) == NULL)
     goto fail;
@@ -1397,7 +1407,10 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
   /* check each file; a file that overlaps the one before it is bogus */
   target = ack + 1;
   for (i = 0; i < nf; i++) {
-    check_segment(s, r, &sc, &f[i], target);
+    /* a split never takes the name of a listed file: after a crash in
+     * the middle of one, that file holds the copy already */
+    check_segment(s, r, &sc, &f[i], target,
+                  i + 1 < nf ? f[i + 1].first : UINT64_MAX);
     if (f[i].split != 0 && (err = add_split(&f, &nf, i)) != 0)
       goto fail;
     if (f[i].split != 0 && f[i].split == f[i].first && redo != i + 1) {

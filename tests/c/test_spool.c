@@ -1594,3 +1594,38 @@ TEST(spool_roll_without_a_free_fd_is_emfile_and_the_next_append_works) {
   sl_spool_close(&s);
   rm_rf(dir);
 }
+
+TEST(spool_record_forged_with_the_next_segments_seq_cannot_replace_it) {
+  char dir[128], path[256];
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 400);
+  uint8_t evil[360]; /* with its header, fills a 400-byte segment */
+  uint64_t seqs[16], got;
+  size_t n = sizeof(evil) - REC_HDR - 5;
+
+  tmp_dir(dir, sizeof(dir), "forgenext");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(append_range(&s, 1, 3), 0);
+  /* seq 4 fills a segment alone; its bytes end in a "record 5", which is
+   * the name of the segment after it */
+  memset(evil, 'x', sizeof(evil));
+  frame(evil + n, 5, "FAKE5", 5);
+  CHECK_EQ(sl_spool_append(&s, evil, sizeof(evil), &got), 0);
+  CHECK_EQ(got, 4);
+  CHECK_EQ(append_range(&s, 5, 8), 0);
+  sl_spool_close(&s);
+  seg_path(path, sizeof(path), dir, 5);
+  CHECK(file_size(path) > 0);
+  seg_path(path, sizeof(path), dir, 4);
+  CHECK_EQ(file_size(path), (long)(SEG_HDR + REC_HDR + sizeof(evil)));
+  CHECK_EQ(poke(path, SEG_HDR + 1, 0x01), 0); /* 4's length */
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.records, 7);
+  CHECK_EQ(rep.lost_records, 1);
+  CHECK_EQ(read_all(&s, seqs, 16, 16), 7); /* checks every payload */
+  CHECK(contiguous(seqs, 3, 1));
+  CHECK(contiguous(seqs + 3, 4, 5));
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
