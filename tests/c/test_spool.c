@@ -1629,3 +1629,43 @@ TEST(spool_record_forged_with_the_next_segments_seq_cannot_replace_it) {
   sl_spool_close(&s);
   rm_rf(dir);
 }
+
+TEST(spool_open_killed_in_the_middle_of_a_split_loses_nothing_more) {
+  char dir[128], path[256];
+  uint8_t *img, copy[1024];
+  long len, rec3, rec4;
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 0);
+  uint64_t seqs[16];
+  uint32_t crc;
+  int i;
+
+  tmp_dir(dir, sizeof(dir), "splitcrash");
+  CHECK_EQ(make_five(dir, &img, &len), 0);
+  rec3 = SEG_HDR + (long)(rec_size(1) + rec_size(2));
+  rec4 = rec3 + (long)rec_size(3);
+  img[rec3 + REC_HDR] ^= 0x20; /* 3 is bad */
+  CHECK_EQ(put_segment(dir, 1, img, (size_t)len), 0);
+  /* the copy of 4..5 is in place, the original not yet truncated */
+  memcpy(copy, "SLSP\1\0\0\0\4\0\0\0\0\0\0\0\0\0\0\0", 20);
+  crc = sl_spool_crc32c(0, copy, 20);
+  for (i = 0; i < 4; i++)
+    copy[20 + i] = (uint8_t)(crc >> (8 * i));
+  memcpy(copy + SEG_HDR, img + rec4, (size_t)(len - rec4));
+  seg_path(path, sizeof(path), dir, 4);
+  CHECK_EQ(write_file(path, copy, (size_t)(SEG_HDR + len - rec4)), 0);
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.records, 4);
+  CHECK_EQ(rep.lost_records, 1);
+  CHECK_EQ(read_all(&s, seqs, 16, 16), 4);
+  CHECK(contiguous(seqs, 2, 1));
+  CHECK(contiguous(seqs + 2, 2, 4));
+  sl_spool_close(&s);
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.quarantine_files, 0);
+  CHECK_EQ(rep.records, 4);
+  sl_spool_close(&s);
+  free(img);
+  rm_rf(dir);
+}
