@@ -628,17 +628,23 @@ static int run_find(struct scan *sc, uint64_t off, uint64_t bad,
 static int resync(struct scan *sc, uint64_t bad, uint64_t expected,
                   uint64_t *at, uint64_t *seq) {
   uint64_t budget = 4 * (sc->size - bad) + (4u << 20);
+  uint64_t hi = expected + RESYNC_SLACK;
   const uint8_t *p;
   struct run best, next;
   int found = 0, rounds;
 
-  if (sc->size - bad >= REC_HDR && (p = scan_at(sc, bad, REC_HDR)) != NULL &&
-      get32(p) <= SL_SPOOL_RECORD_MAX && expected + 1 < sc->seq_limit &&
-      run_at(sc, bad + REC_HDR + get32(p), expected + 1, expected + 1, &best,
-             &budget) &&
-      best.end == sc->size)
+  if (hi >= sc->seq_limit)
+    hi = sc->seq_limit - 1;
+  if (hi >= expected && run_at(sc, bad, expected, hi, &best, &budget))
+    found = 1; /* intact after all: a seq gap, or a header lost whole */
+  else if (sc->size - bad >= REC_HDR &&
+           (p = scan_at(sc, bad, REC_HDR)) != NULL &&
+           get32(p) <= SL_SPOOL_RECORD_MAX && expected + 1 < sc->seq_limit &&
+           run_at(sc, bad + REC_HDR + get32(p), expected + 1, expected + 1,
+                  &best, &budget) &&
+           best.end == sc->size)
     found = 1; /* the common case, and nothing after it to doubt */
-  if (!found && !run_find(sc, bad, bad, expected, &best, &budget))
+  if (!found && !run_find(sc, bad + 1, bad, expected, &best, &budget))
     return 0;
   for (rounds = 0; rounds < 8 && best.end < sc->size; rounds++) {
     if (!run_find(sc, best.end, bad, expected, &next, &budget) ||
