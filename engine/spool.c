@@ -37,6 +37,13 @@
  * at least RECLAIM_IDLE long: on disk sits the backlog plus at most about
  * one segment's acked prefix (the oldest) and RECLAIM_MAX. */
 #define RESYNC_SLACK 8
+/* The acked prefix of the segment holding the ack cursor is punched out
+ * (FALLOC_FL_PUNCH_HOLE) in whole blocks past the first, which keeps the
+ * header: at every ack once PUNCH_STEP more is acked, at once when a write
+ * failed. The next open skips such a stretch in place, as it holds only
+ * acknowledged records. */
+#define PUNCH_BLOCK 4096u
+#define PUNCH_STEP (256u << 10)
 #define RECLAIM_MIN (64u << 10)
 #define RECLAIM_MAX (1u << 20)
 #define RECLAIM_IDLE (64u << 10)
@@ -45,6 +52,8 @@ struct sl_spool_seg {
   uint64_t first; /* seq of its first record, also its name */
   uint64_t count; /* records in it */
   uint64_t end;   /* header + records, buffered ones included */
+  uint64_t punched; /* acked bytes below this are holes (from PUNCH_BLOCK) */
+  uint64_t holes;   /* bytes given back that way: not counted on disk */
 };
 
 struct sl_spool_mark {
@@ -482,11 +491,12 @@ static const uint8_t *scan_at(struct scan *sc, uint64_t off, size_t n) {
   return sc->buf;
 }
 
-/* Walk the records of a segment whose header is good. Sets f->count and
- * returns where the good records end; *why names what stopped it there. */
+/* Walk the records of a segment whose header is good, from off where seq
+ * should be. Sets f->count and returns where the good records end; *why
+ * names what stopped it there. */
 static uint64_t scan_records(struct scan *sc, struct found *f, uint64_t target,
-                             const char **why) {
-  uint64_t off = SEG_HDR, seq = f->first, at, left;
+                             uint64_t off, uint64_t seq, const char **why) {
+  uint64_t at, left;
   const uint8_t *p;
   uint8_t h[REC_HDR];
   uint32_t len, crc;
@@ -608,6 +618,15 @@ static int run_find(struct scan *sc, uint64_t off, uint64_t bad,
   uint64_t hi;
 
   for (; off < sc->size && sc->size - off >= REC_HDR && *budget > 0; off++) {
+    if ((off & (PUNCH_BLOCK - 1)) == 0) { /* jump over holes */
+      off_t d = lseek(sc->fd, (off_t)off, SEEK_DATA);
+      if (d < 0 && errno == ENXIO)
+        break; /* nothing but a hole to the end */
+      if (d > (off_t)off)
+        off = (uint64_t)d;
+      if (off >= sc->size || sc->size - off < REC_HDR)
+        break;
+    }
     hi = expected + (off - bad) / REC_HDR + RESYNC_SLACK;
     if (hi >= sc->seq_limit) /* a file of that name exists: never replaced */
       hi = sc->seq_limit - 1;
@@ -760,7 +779,12 @@ static void check_segment(struct sl_spool *s, struct sl_spool_report *r,
     f->split = next;
     goto fail_stat;
   }
-  good = scan_records(sc, f, target, &why);
+  good = scan_records(sc, f, target, SEG_HDR, f->first, &why);
+  /* a stretch holding only acknowledged records (punched out, or damaged
+   * where it no longer matters) is skipped in place: no reader goes there */
+  while (good < sc->size && f->first + f->count < target &&
+         resync(sc, good, f->first + f->count, &at, &next) && next <= target)
+    good = scan_records(sc, f, target, at, next, &why);
   if (good < sc->size) {
     note(r, "%s: %s at offset %" PRIu64 " after %" PRIu64 " good records",
          name, why, good, f->count);
@@ -956,7 +980,7 @@ static void drop_front(struct sl_spool *s, uint32_t n) {
       close(s->rfd);
       s->rfd = -1;
     }
-    s->disk_bytes -= g->end;
+    s->disk_bytes -= g->end - g->holes;
   }
   memmove(s->segs, s->segs + n, (s->nsegs - n) * sizeof(*s->segs));
   s->nsegs -= n;
@@ -991,8 +1015,8 @@ static size_t whole_records(const struct sl_spool *s, size_t n,
  * acknowledged up to what is written: move the buffered records to a new
  * segment and delete the old file, so the acks give space back. Without
  * this the spool would wait for space only its own acked bytes hold.
- * Best effort: on any failure nothing changes. */
-static void detach_buffered(struct sl_spool *s) {
+ * Best effort: 1 when done; 0 and nothing changed otherwise. */
+static int detach_buffered(struct sl_spool *s) {
   struct sl_spool_seg *g = &s->segs[0];
   uint64_t first = s->aseq, oldwoff;
   char name[32], oldname[32];
@@ -1002,14 +1026,14 @@ static void detach_buffered(struct sl_spool *s) {
   seg_name(oldname, sizeof(oldname), g->first);
   fd = openat(s->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0)
-    return;
+    return 0;
   pthread_mutex_lock(&s->lock);
-  if (s->woff != s->aoff || s->wbuf.len == 0 ||
+  if (!s->write_failed || s->woff != s->aoff || s->wbuf.len == 0 ||
       sl_buf_reserve(&s->wbuf, SEG_HDR) != 0) {
     pthread_mutex_unlock(&s->lock);
     close(fd);
     unlinkat(s->dirfd, name, 0);
-    return;
+    return 0;
   }
   memmove(s->wbuf.data + SEG_HDR, s->wbuf.data, s->wbuf.len);
   seg_header(s->wbuf.data, first);
@@ -1025,14 +1049,62 @@ static void detach_buffered(struct sl_spool *s) {
     close(s->rfd);
     s->rfd = -1;
   }
-  s->disk_bytes -= g->end;
+  s->disk_bytes -= g->end - g->holes;
   g->count -= first - g->first;
   g->end = SEG_HDR + (g->end - oldwoff);
   g->first = first;
+  g->punched = g->holes = 0;
   s->disk_bytes += g->end;
   s->aseg = s->rseg = 0;
   s->aoff = s->roff = SEG_HDR;
   s->aseq = s->rseq = first;
+  return 1;
+}
+
+/* Give back the acknowledged prefix of the segment holding the ack cursor:
+ * all of it when force, else once PUNCH_STEP more is acked. Best effort: a
+ * file system that cannot punch leaves the bytes (they go with the file). */
+static int punch_acked(struct sl_spool *s, int force) {
+  struct sl_spool_seg *g;
+  uint64_t from, to;
+  char name[32];
+  int fd, rc;
+
+  if (s->no_punch || s->aseg >= s->nsegs)
+    return 0;
+  g = &s->segs[s->aseg];
+  to = s->aoff & ~(uint64_t)(PUNCH_BLOCK - 1);
+  from = g->punched > PUNCH_BLOCK ? g->punched : PUNCH_BLOCK;
+  if (to <= from || (!force && to - from < PUNCH_STEP))
+    return 0;
+  if (is_active(s, s->aseg)) {
+    fd = s->wfd; /* the sync thread only dups it */
+  } else {
+    seg_name(name, sizeof(name), g->first);
+    if ((fd = openat(s->dirfd, name, O_WRONLY | O_CLOEXEC)) < 0)
+      return 0;
+  }
+  rc = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)from,
+                 (off_t)(to - from));
+  if (rc != 0 && (errno == EOPNOTSUPP || errno == ENOSYS))
+    s->no_punch = 1;
+  if (fd != s->wfd)
+    close(fd);
+  if (rc != 0)
+    return 0;
+  g->punched = to;
+  g->holes += to - from;
+  s->disk_bytes -= to - from;
+  return 1;
+}
+
+/* After a failed write: when the active segment is the only one and is
+ * acknowledged up to what was written, detach the buffered records (from
+ * an ack, or from the flush that keeps failing when the acks came first). */
+static int reclaim_stuck(struct sl_spool *s) {
+  return s->nsegs == 1 && is_active(s, 0) && s->aoff > SEG_HDR &&
+         s->rseq == s->aseq && s->aoff < s->segs[0].end &&
+         detach_buffered(s); /* checks the write state under the lock */
 }
 
 /* Delete the active segment, the only one left and wholly acknowledged,
@@ -1064,7 +1136,7 @@ static void drop_active(struct sl_spool *s) {
     close(s->rfd);
     s->rfd = -1;
   }
-  s->disk_bytes -= g->end;
+  s->disk_bytes -= g->end - g->holes;
   s->nsegs = 0;
   s->aseg = s->rseg = 0;
   s->aoff = s->roff = SEG_HDR;
@@ -1166,13 +1238,14 @@ static int roll(struct sl_spool *s) {
       close(s->rfd);
       s->rfd = -1;
     }
-    s->disk_bytes -= old->end;
+    s->disk_bytes -= old->end - old->holes;
     s->nsegs--;
   }
   g = &s->segs[s->nsegs++];
   g->first = s->next_seq;
   g->count = 0;
   g->end = SEG_HDR;
+  g->punched = g->holes = 0;
   s->disk_bytes += SEG_HDR;
   /* a cursor past every segment (or on the deleted one) now points at the
    * start of this one */
@@ -1289,6 +1362,7 @@ static int repair(struct sl_spool *s, uint32_t i, uint64_t off, uint64_t seq) {
   g[1].first = nseq;
   g[1].count = old_last - nseq;
   g[1].end = SEG_HDR + (old_end - at);
+  g[1].punched = g[1].holes = 0;
   g->count = seq - g->first;
   g->end = off;
   s->disk_bytes = s->disk_bytes - (old_end - off) + g[1].end;
@@ -1495,6 +1569,7 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
     s->segs[s->nsegs].first = f[i].first;
     s->segs[s->nsegs].count = f[i].count;
     s->segs[s->nsegs].end = f[i].end;
+    s->segs[s->nsegs].punched = s->segs[s->nsegs].holes = 0;
     s->disk_bytes += f[i].end;
     s->nsegs++;
   }
@@ -1546,6 +1621,7 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
     }
   }
 
+  (void)punch_acked(s, 1); /* holes an earlier run punched: count them */
   tally(s, s->aseg, s->aoff, s->aseq, &r->records, &r->bytes);
   r->segments = s->nsegs;
   r->first_seq = s->aseq;
@@ -1616,7 +1692,7 @@ int sl_spool_append(struct sl_spool *s, const void *p, size_t n,
     if (need_roll || early) {
       disk += SEG_HDR;
       if (act != NULL && s->aseg + 1 == s->nsegs && s->aoff >= act->end)
-        disk -= act->end; /* fully acked: roll deletes it */
+        disk -= act->end - act->holes; /* fully acked: roll deletes it */
     }
     if (disk <= s->max_bytes || !early)
       break;
@@ -1682,6 +1758,12 @@ int sl_spool_flush(struct sl_spool *s) {
   pthread_mutex_lock(&s->lock);
   err = flush_locked(s);
   pthread_mutex_unlock(&s->lock);
+  /* delivered bytes may fill the disk: give them back and try again */
+  if (err != 0 && (punch_acked(s, 1) || reclaim_stuck(s))) {
+    pthread_mutex_lock(&s->lock);
+    err = flush_locked(s);
+    pthread_mutex_unlock(&s->lock);
+  }
   return err;
 }
 
@@ -1955,9 +2037,8 @@ int sl_spool_ack(struct sl_spool *s, uint64_t seq) {
   if (s->nsegs == 1 && is_active(s, 0) && s->aoff >= s->segs[0].end &&
       s->segs[0].end - SEG_HDR >= RECLAIM_IDLE)
     drop_active(s);
-  else if (s->nsegs == 1 && is_active(s, 0) && s->write_failed &&
-           s->aoff > SEG_HDR && s->aoff == s->woff && s->rseq == s->aseq)
-    detach_buffered(s);
+  else if (!punch_acked(s, 0))
+    (void)reclaim_stuck(s);
   tally(s, s->aseg, s->aoff, s->aseq, &after, &bytes);
   s->acked += before - after;
   return err;

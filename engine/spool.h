@@ -20,12 +20,17 @@
  * sl_spool_sync itself (fsync = "always": after each batch of appends;
  * "interval": from a timer; "never": not at all).
  *
- * Space: files are the unit of reclaim. The active segment rolls early once
- * segment_bytes/16 (64 KiB..1 MiB) of it is acknowledged and is deleted at
- * ack time once wholly acknowledged (64 KiB or more), so the disk holds the
- * backlog plus about one segment's acknowledged prefix, not up to a whole
- * segment of delivered data. On a full disk, acks of the written records
- * move the still-buffered ones to a new file so their space comes back.
+ * Space: delivered records leave the disk promptly. Segment files holding
+ * only acknowledged records are deleted (the active one too, once 64 KiB or
+ * more); the active segment rolls early once segment_bytes/16 (64 KiB..1
+ * MiB) of it is acknowledged; the acknowledged prefix of the oldest segment
+ * is punched out (FALLOC_FL_PUNCH_HOLE, every 256 KiB acked, and at once
+ * when a write fails) and no longer counted in disk_bytes / max_bytes. So
+ * the disk holds the backlog plus less than 256 KiB. Where punching is not
+ * supported, a full disk whose active segment is acknowledged up to what is
+ * written moves the still-buffered records to a new file instead. The next
+ * open skips a punched (acknowledged) stretch in place. A failed flush
+ * tries the reclaim before reporting the error.
  *
  * Memory: the write buffer, one read batch, 16 bytes per record read and not
  * yet acknowledged, one small entry per segment. Records stay on disk.
@@ -138,6 +143,7 @@ struct sl_spool {
   uint64_t quarantined_records, quarantined_bytes;
   uint64_t reclaim_bytes;   /* roll early once this much of the active
                                segment is acknowledged */
+  int no_punch;             /* the file system cannot punch holes */
 
   /* shared with sl_spool_sync, under lock */
   pthread_mutex_t lock;
@@ -166,7 +172,9 @@ struct sl_spool {
  * file named by their first seq, copies the bad bytes to
  * dir/quarantine/<segment>.<offset>.bad and truncates the file before them
  * (a bad header: the file goes, its records stay). Only when nothing intact
- * follows is the rest of the file quarantined. A hole left in the seqs is
+ * follows is the rest of the file quarantined. A bad stretch holding only
+ * acknowledged records (a punched prefix) is skipped in place, unreported.
+ * A hole left in the seqs is
  * reported as lost records; segments holding only acked records are
  * deleted. Corruption is counted in *report (may be NULL) and never stops
  * the open. The read cursor starts at the first unacknowledged record; the
