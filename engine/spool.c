@@ -1267,6 +1267,17 @@ fail_handoff:
   return err;
 }
 
+/* No memory to hand fd to the next sync: sync it here and close it, so a
+ * later sync never claims its records durable unsynced. Rare; blocks the
+ * loop and appends for one fdatasync. The caller holds the lock. */
+static void sync_now_locked(struct sl_spool *s, int fd) {
+  if (fdatasync(fd) != 0) {
+    s->sync_failed = 1; /* as a failed sync: the promise is lost */
+    s->fsync_errors++;
+  }
+  close(fd);
+}
+
 /* A record in segment i at off (expected seq) is bad while reading: the
  * segment ends there for this run, and the active one stops taking
  * appends (they would land behind the bad bytes). */
@@ -1283,7 +1294,7 @@ static void cut(struct sl_spool *s, uint32_t i, uint64_t off, uint64_t seq) {
     pthread_mutex_lock(&s->lock);
     sl_buf_reset(&s->wbuf); /* all of it lies behind the cut */
     if (handoff_push(s, s->wfd, g->first) != 0)
-      close(s->wfd);
+      sync_now_locked(s, s->wfd);
     s->wfd = -1;
     pthread_mutex_unlock(&s->lock);
   }
@@ -1376,7 +1387,7 @@ static int repair(struct sl_spool *s, uint32_t i, uint64_t off, uint64_t seq) {
   if (active) { /* appends continue after the copied records */
     pthread_mutex_lock(&s->lock);
     if (handoff_push(s, s->wfd, g->first) != 0)
-      close(s->wfd); /* its records are acked before any sync matters */
+      sync_now_locked(s, s->wfd);
     s->wfd = nfd;
     s->woff = g[1].end;
     s->dir_dirty = 1;

@@ -1775,3 +1775,54 @@ TEST(spool_acked_prefix_of_a_lagging_segment_is_punched_and_reopens_clean) {
   sl_spool_close(&s);
   rm_rf(dir);
 }
+
+TEST(spool_repair_while_reading_keeps_rewind_and_acks_consistent) {
+  char dir[128], path[256];
+  struct sl_spool s;
+  struct sl_spool_stats st;
+  struct sl_spool_report rep;
+  struct sl_spool_opts o = opts_of(1 << 20, 400);
+  struct sl_spool_rec r[8];
+  uint64_t seqs[128], seqs2[128], first2 = 0, seq;
+  long n, n2, i;
+
+  tmp_dir(dir, sizeof(dir), "repairrw");
+  CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
+  CHECK_EQ(append_range(&s, 1, 60), 0);
+  CHECK_EQ(sl_spool_flush(&s), 0);
+  CHECK_EQ(sl_spool_read(&s, r, 5, 1 << 20), 5); /* 1..5 out, not acked */
+  for (seq = 2; seq <= 60 && first2 == 0; seq++) {
+    seg_path(path, sizeof(path), dir, seq);
+    if (file_size(path) > 0)
+      first2 = seq;
+  }
+  CHECK(first2 > 6);
+  /* the second segment (rolled, not active) goes bad under the reader */
+  CHECK_EQ(poke(path, SEG_HDR + (long)rec_size(first2) + REC_HDR + 2, 0x08),
+           0);
+  n = read_all(&s, seqs, 128, 7);
+  CHECK_EQ(n, 54); /* 6..60 but first2 + 1 */
+  sl_spool_rewind(&s);
+  n2 = read_all(&s, seqs2, 128, 3);
+  CHECK_EQ(n2, 59); /* from 1 again: the same records */
+  CHECK(contiguous(seqs2, 5, 1));
+  for (i = 0; i < n; i++)
+    CHECK_EQ(seqs2[i + 5], seqs[i]);
+  CHECK_EQ(sl_spool_ack(&s, first2), 0);
+  sl_spool_stats(&s, &st);
+  CHECK_EQ(st.records, 60 - first2 - 1);
+  CHECK_EQ(st.lost_records, 1);
+  sl_spool_close(&s);
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.quarantine_files, 0);
+  CHECK_EQ(rep.first_seq, first2 + 2);
+  CHECK_EQ(rep.records, 60 - first2 - 1);
+  CHECK_EQ(read_all(&s, seqs, 128, 16), (long)(60 - first2 - 1));
+  CHECK_EQ(sl_spool_ack(&s, 60), 0);
+  sl_spool_close(&s);
+  CHECK_EQ(sl_spool_init(&s, dir, &o, &rep), 0);
+  CHECK_EQ(rep.records, 0);
+  CHECK_EQ(rep.next_seq, 61);
+  sl_spool_close(&s);
+  rm_rf(dir);
+}
