@@ -211,6 +211,19 @@ static void tmpfs_umount(const char *dir) {
   rmdir(dir);
 }
 
+/* A test case run on a fresh tmpfs of size_ at mnt, unmounted whether the
+ * body passes or fails (CHECK returns from the body). */
+#define TMPFS_TEST(case_, size_)                                       \
+  static void body_##case_(int *failed__, const char *mnt);            \
+  TEST(case_) {                                                        \
+    char mnt_[160];                                                    \
+    if (tmpfs_mount(mnt_, sizeof(mnt_), #case_, size_) != 0)           \
+      return;                                                          \
+    body_##case_(failed__, mnt_);                                      \
+    tmpfs_umount(mnt_);                                                \
+  }                                                                    \
+  static void body_##case_(int *failed__, const char *mnt)
+
 /* Bytes the segment files of dir take on disk (allocated blocks). */
 static long long seg_disk_bytes(const char *dir) {
   DIR *d = opendir(dir);
@@ -1189,8 +1202,8 @@ TEST(spool_delivered_space_is_reclaimed_long_before_the_segment_rolls) {
   rm_rf(dir);
 }
 
-TEST(spool_fill_ack_cycles_on_small_tmpfs_never_hit_enospc) {
-  char mnt[128], dir[192];
+TMPFS_TEST(spool_fill_ack_cycles_on_small_tmpfs_never_hit_enospc, "2m") {
+  char dir[192];
   struct sl_spool s;
   struct sl_spool_stats st;
   struct sl_spool_opts o;
@@ -1198,8 +1211,6 @@ TEST(spool_fill_ack_cycles_on_small_tmpfs_never_hit_enospc) {
   uint64_t seq = 0, got;
   int cycle, i;
 
-  if (tmpfs_mount(mnt, sizeof(mnt), "tmpfs2m", "2m") != 0)
-    return;
   snprintf(dir, sizeof(dir), "%s/spool", mnt);
   memset(&o, 0, sizeof(o));
   o.max_bytes = 64ull << 20; /* over the volume, as a default would be */
@@ -1219,11 +1230,11 @@ TEST(spool_fill_ack_cycles_on_small_tmpfs_never_hit_enospc) {
   CHECK_EQ(st.records, 100);
   CHECK_EQ(sl_spool_sync(&s, NULL), 0);
   sl_spool_close(&s);
-  tmpfs_umount(mnt);
 }
 
-TEST(spool_disk_full_is_reported_and_acks_free_room_for_the_buffered) {
-  char mnt[128], dir[192];
+TMPFS_TEST(spool_disk_full_is_reported_and_acks_free_room_for_the_buffered,
+           "256k") {
+  char dir[192];
   struct sl_spool s;
   struct sl_spool_stats st;
   struct sl_spool_report rep;
@@ -1233,8 +1244,6 @@ TEST(spool_disk_full_is_reported_and_acks_free_room_for_the_buffered) {
   long long last_read;
   int rc = 0;
 
-  if (tmpfs_mount(mnt, sizeof(mnt), "tmpfsfull", "256k") != 0)
-    return;
   snprintf(dir, sizeof(dir), "%s/spool", mnt);
   memset(&o, 0, sizeof(o));
   o.max_bytes = 64ull << 20;
@@ -1278,11 +1287,10 @@ TEST(spool_disk_full_is_reported_and_acks_free_room_for_the_buffered) {
   CHECK_EQ(rep.records, last_ok + 20 - (uint64_t)last_read);
   CHECK_EQ(drain(&s, sizeof(p), 0), (long long)(last_ok + 20));
   sl_spool_close(&s);
-  tmpfs_umount(mnt);
 }
 
-TEST(spool_failed_big_append_leaves_no_half_record_behind) {
-  char mnt[128], dir[192];
+TMPFS_TEST(spool_failed_big_append_leaves_no_half_record_behind, "256k") {
+  char dir[192];
   struct sl_spool s;
   struct sl_spool_stats st;
   struct sl_spool_report rep;
@@ -1292,10 +1300,6 @@ TEST(spool_failed_big_append_leaves_no_half_record_behind) {
   uint64_t seq, got;
 
   CHECK(big != NULL);
-  if (tmpfs_mount(mnt, sizeof(mnt), "tmpfsbig", "256k") != 0) {
-    free(big);
-    return;
-  }
   snprintf(dir, sizeof(dir), "%s/spool", mnt);
   memset(&o, 0, sizeof(o));
   o.max_bytes = 64ull << 20;
@@ -1323,7 +1327,6 @@ TEST(spool_failed_big_append_leaves_no_half_record_behind) {
   CHECK_EQ(rep.records, 11);
   CHECK_EQ(drain(&s, sizeof(p), 0), 11);
   sl_spool_close(&s);
-  tmpfs_umount(mnt);
   free(big);
 }
 
@@ -1671,8 +1674,9 @@ TEST(spool_open_killed_in_the_middle_of_a_split_loses_nothing_more) {
   rm_rf(dir);
 }
 
-TEST(spool_flush_on_a_disk_full_of_delivered_bytes_gives_them_back) {
-  char mnt[128], dir[192], filler[256];
+TMPFS_TEST(spool_flush_on_a_disk_full_of_delivered_bytes_gives_them_back,
+           "256k") {
+  char dir[192], filler[256];
   struct sl_spool s;
   struct sl_spool_stats st;
   struct sl_spool_report rep;
@@ -1684,8 +1688,6 @@ TEST(spool_flush_on_a_disk_full_of_delivered_bytes_gives_them_back) {
   FILE *f;
   int rc = 0;
 
-  if (tmpfs_mount(mnt, sizeof(mnt), "tmpfsacked", "256k") != 0)
-    return;
   snprintf(dir, sizeof(dir), "%s/spool", mnt);
   memset(&o, 0, sizeof(o));
   o.max_bytes = 64ull << 20;
@@ -1727,7 +1729,6 @@ TEST(spool_flush_on_a_disk_full_of_delivered_bytes_gives_them_back) {
   CHECK_EQ(rep.first_seq, 101);
   CHECK_EQ(rep.records, st.next_seq - 101);
   sl_spool_close(&s);
-  tmpfs_umount(mnt);
 }
 
 TEST(spool_acked_prefix_of_a_lagging_segment_is_punched_and_reopens_clean) {
