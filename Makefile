@@ -120,7 +120,7 @@ FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
                -fno-sanitize-recover=undefined
 
 fuzz: $(BUILD)/fuzz/fuzz_codec $(BUILD)/fuzz/fuzz_pattern $(BUILD)/fuzz/fuzz_http \
-      $(BUILD)/fuzz/fuzz_json
+      $(BUILD)/fuzz/fuzz_json $(BUILD)/fuzz/fuzz_spool
 
 $(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c engine/codec.c engine/buf.c \
                           engine/codec.h engine/buf.h engine/common.h
@@ -150,6 +150,13 @@ $(BUILD)/fuzz/fuzz_json: tests/fuzz/fuzz_json.c engine/json.c engine/codec.c \
 	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags yajl) -o $@ \
 	  tests/fuzz/fuzz_json.c engine/json.c engine/codec.c engine/buf.c \
 	  $(shell pkg-config --libs yajl)
+
+# Recovery of a damaged segment file (writes under /tmp).
+$(BUILD)/fuzz/fuzz_spool: tests/fuzz/fuzz_spool.c engine/spool.c engine/buf.c \
+                          engine/spool.h engine/buf.h engine/common.h
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_spool.c engine/spool.c \
+	  engine/buf.c -lpthread
 
 clean:
 	rm -rf build build-asan

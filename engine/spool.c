@@ -31,16 +31,36 @@
 #define SCAN_BUF (1u << 20)
 #define READ_CHUNK (64u << 10)
 #define QUARANTINE "quarantine"
+/* Delivered space is given back by deleting segment files, so the active
+ * segment rolls early once this much of it is acknowledged (clamped
+ * segment_bytes/16), and is deleted at ack time once it is wholly acked and
+ * at least RECLAIM_IDLE long: on disk sits the backlog plus at most about
+ * one segment's acked prefix (the oldest) and RECLAIM_MAX. */
+#define RESYNC_SLACK 8
+/* The acked prefix of the segment holding the ack cursor is punched out
+ * (FALLOC_FL_PUNCH_HOLE) in whole blocks past the first, which keeps the
+ * header: at every ack once PUNCH_STEP more is acked, at once when a write
+ * failed. The next open skips such a stretch in place, as it holds only
+ * acknowledged records. */
+#define PUNCH_BLOCK 4096u
+#define PUNCH_STEP (256u << 10)
+#define RECLAIM_MIN (64u << 10)
+#define RECLAIM_MAX (1u << 20)
+#define RECLAIM_IDLE (64u << 10)
 
 struct sl_spool_seg {
   uint64_t first; /* seq of its first record, also its name */
   uint64_t count; /* records in it */
   uint64_t end;   /* header + records, buffered ones included */
+  uint64_t punched; /* acked bytes below this are holes (from PUNCH_BLOCK) */
+  uint64_t holes;   /* bytes given back that way: not counted on disk */
 };
 
 struct sl_spool_mark {
-  uint64_t seq, off;
+  uint64_t seq, off; /* off may carry MARK_DROPPED */
 };
+
+#define MARK_DROPPED (1ull << 63) /* sl_spool_drop: done, yet not acked */
 
 struct sl_spool_handoff {
   int fd;
@@ -377,6 +397,10 @@ static int ack_load(struct sl_spool *s, struct sl_spool_report *r,
     return -errno;
   if (fstat(s->ackfd, &st) != 0)
     return -errno;
+  /* room for both slots now, so that acks, which free space, never need
+   * new space on a full disk; best effort */
+  if (st.st_size < ACK_SLOT1 + ACK_SLOT)
+    (void)fallocate(s->ackfd, FALLOC_FL_KEEP_SIZE, 0, ACK_SLOT1 + ACK_SLOT);
   if (st.st_size == 0)
     return 0;
   memset(b, 0, sizeof(b));
@@ -434,6 +458,8 @@ enum { FOUND_KEPT, FOUND_GONE };
 struct found {
   uint64_t first, count, end;
   uint64_t target_off; /* offset of the record the ack cursor wants, or 0 */
+  uint64_t split;      /* intact records after a bad stretch now live in
+                          the segment file named by this seq, or 0 */
   int fd;
   int state;
 };
@@ -446,6 +472,8 @@ struct scan {
   size_t cap;
   uint64_t woff;
   size_t wlen;
+  uint64_t seq_limit; /* resync takes no run whose first seq is >= this:
+                         the next segment file's name */
 };
 
 /* Bytes [off, off+n) of the file, n <= cap; NULL on a read error. */
@@ -463,11 +491,12 @@ static const uint8_t *scan_at(struct scan *sc, uint64_t off, size_t n) {
   return sc->buf;
 }
 
-/* Walk the records of a segment whose header is good. Sets f->count and
- * returns where the good records end; *why names what stopped it there. */
+/* Walk the records of a segment whose header is good, from off where seq
+ * should be. Sets f->count and returns where the good records end; *why
+ * names what stopped it there. */
 static uint64_t scan_records(struct scan *sc, struct found *f, uint64_t target,
-                             const char **why) {
-  uint64_t off = SEG_HDR, seq = f->first, at, left;
+                             uint64_t off, uint64_t seq, const char **why) {
+  uint64_t at, left;
   const uint8_t *p;
   uint8_t h[REC_HDR];
   uint32_t len, crc;
@@ -523,19 +552,196 @@ static uint64_t scan_records(struct scan *sc, struct found *f, uint64_t target,
   return off;
 }
 
-/* Check one segment file: quarantine a bad header (the whole file) or a bad
- * tail (truncating the file). Leaves f->fd open when the file is kept. */
+/* Is there a whole record at off with a seq in [lo, hi] and a good CRC?
+ * *seq and *next (the offset after it) describe it when so. CRC work is
+ * taken from *budget; none left: no. */
+static int rec_at(struct scan *sc, uint64_t off, uint64_t lo, uint64_t hi,
+                  uint64_t *seq, uint64_t *next, uint64_t *budget) {
+  const uint8_t *p;
+  uint8_t h[REC_HDR];
+  uint64_t at, left;
+  uint32_t len, crc;
+  size_t k;
+
+  if (off > sc->size || sc->size - off < REC_HDR ||
+      (p = scan_at(sc, off, REC_HDR)) == NULL)
+    return 0;
+  memcpy(h, p, REC_HDR);
+  len = get32(h);
+  *seq = get64(h + 8);
+  if (*seq < lo || *seq > hi || len > SL_SPOOL_RECORD_MAX ||
+      sc->size - off - REC_HDR < len || *budget < len)
+    return 0;
+  *budget -= len;
+  crc = rec_crc_start(h);
+  for (at = off + REC_HDR, left = len; left > 0; at += k, left -= k) {
+    k = left < sc->cap ? (size_t)left : sc->cap;
+    if ((p = scan_at(sc, at, k)) == NULL)
+      return 0;
+    crc = sl_spool_crc32c(crc, p, k);
+  }
+  *next = off + REC_HDR + len;
+  return crc == get32(h + 4);
+}
+
+/* A run of valid records with consecutive seqs from off, the first in
+ * [lo, hi]. */
+struct run {
+  uint64_t at, first, last, end; /* end: offset after the last record */
+  uint64_t count;
+};
+
+/* The run at off. Trusted when it holds two records or more (two CRCs and
+ * two seqs in a row: random bytes never pass) or reaches the end of file. */
+static int run_at(struct scan *sc, uint64_t off, uint64_t lo, uint64_t hi,
+                  struct run *rn, uint64_t *budget) {
+  uint64_t seq, next;
+
+  rn->at = rn->end = off;
+  rn->count = 0;
+  while (rec_at(sc, rn->end, lo, hi, &seq, &next, budget)) {
+    if (rn->count++ == 0)
+      rn->first = seq;
+    rn->last = seq;
+    rn->end = next;
+    lo = hi = seq + 1;
+  }
+  return rn->count >= 2 || (rn->count == 1 && rn->end == sc->size);
+}
+
+/* The first trusted run at or after off: a record found past k bytes of
+ * junk since bad has a seq of at most expected + k/REC_HDR, as each lost
+ * record took REC_HDR bytes at least, give or take RESYNC_SLACK records
+ * for damage that also lost bytes. No seq from far away is believed. */
+static int run_find(struct scan *sc, uint64_t off, uint64_t bad,
+                    uint64_t expected, struct run *rn, uint64_t *budget) {
+  uint64_t hi;
+
+  for (; off < sc->size && sc->size - off >= REC_HDR && *budget > 0; off++) {
+    if ((off & (PUNCH_BLOCK - 1)) == 0) { /* jump over holes */
+      off_t d = lseek(sc->fd, (off_t)off, SEEK_DATA);
+      if (d < 0 && errno == ENXIO)
+        break; /* nothing but a hole to the end */
+      if (d > (off_t)off)
+        off = (uint64_t)d;
+      if (off >= sc->size || sc->size - off < REC_HDR)
+        break;
+    }
+    hi = expected + (off - bad) / REC_HDR + RESYNC_SLACK;
+    if (hi >= sc->seq_limit) /* a file of that name exists: never replaced */
+      hi = sc->seq_limit - 1;
+    if (hi >= expected && run_at(sc, off, expected, hi, rn, budget))
+      return 1;
+  }
+  return 0;
+}
+
+/* The bad stretch starting at bad, where record `expected` should be: find
+ * the first intact record after it. First where the bad record's own
+ * length points (a flipped payload, CRC or seq byte costs that record
+ * only), then at every byte. A run found inside a payload (records forged
+ * in an event) ends where the real records resume, and they repeat its
+ * seqs: then the later run wins. The CRC work is bounded by a few times the
+ * bytes scanned, so crafted payloads cannot make an open slow.
+ * 1 with *at, *seq when found; 0 when nothing after bad is intact. */
+static int resync(struct scan *sc, uint64_t bad, uint64_t expected,
+                  uint64_t *at, uint64_t *seq) {
+  uint64_t budget = 4 * (sc->size - bad) + (4u << 20);
+  uint64_t hi = expected + RESYNC_SLACK;
+  const uint8_t *p;
+  struct run best, next;
+  int found = 0, rounds;
+
+  if (hi >= sc->seq_limit)
+    hi = sc->seq_limit - 1;
+  if (hi >= expected && run_at(sc, bad, expected, hi, &best, &budget))
+    found = 1; /* intact after all: a seq gap, or a header lost whole */
+  else if (sc->size - bad >= REC_HDR &&
+           (p = scan_at(sc, bad, REC_HDR)) != NULL &&
+           get32(p) <= SL_SPOOL_RECORD_MAX && expected + 1 < sc->seq_limit &&
+           run_at(sc, bad + REC_HDR + get32(p), expected + 1, expected + 1,
+                  &best, &budget) &&
+           best.end == sc->size)
+    found = 1; /* the common case, and nothing after it to doubt */
+  if (!found && !run_find(sc, bad + 1, bad, expected, &best, &budget))
+    return 0;
+  for (rounds = 0; rounds < 8 && best.end < sc->size; rounds++) {
+    if (!run_find(sc, best.end, bad, expected, &next, &budget) ||
+        next.first > best.last)
+      break; /* what follows continues it: best is real */
+    best = next;
+  }
+  *at = best.at;
+  *seq = best.first;
+  return 1;
+}
+
+/* Copy bytes [from, size) of the scanned file, behind a fresh header, into
+ * the segment file named by first: written under a temporary name, synced,
+ * then renamed over whatever had that name (a copy an earlier, interrupted
+ * open made). 0 or a negative errno; the scan window is spent. */
+static int split_copy(struct sl_spool *s, struct scan *sc, uint64_t from,
+                      uint64_t first) {
+  char name[32], tmp[40];
+  uint8_t h[SEG_HDR];
+  struct iovec iov;
+  uint64_t at = from;
+  size_t got, done;
+  int fd, err = 0;
+
+  seg_name(name, sizeof(name), first);
+  snprintf(tmp, sizeof(tmp), "%s.tmp", name);
+  fd = openat(s->dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return -errno;
+  seg_header(h, first);
+  iov.iov_base = h;
+  iov.iov_len = SEG_HDR;
+  err = pwritev_full(fd, &iov, 1, 0, &done);
+  sc->wlen = 0;
+  while (err == 0 && at < sc->size) {
+    size_t want = sc->size - at < sc->cap ? (size_t)(sc->size - at) : sc->cap;
+    err = pread_full(sc->fd, sc->buf, want, at, &got);
+    if (err == 0 && got < want)
+      err = SL_EIO;
+    if (err != 0)
+      break;
+    iov.iov_base = sc->buf;
+    iov.iov_len = got;
+    err = pwritev_full(fd, &iov, 1, SEG_HDR + (at - from), &done);
+    at += got;
+  }
+  if (err == 0 && fsync(fd) != 0)
+    err = -errno;
+  close(fd);
+  if (err == 0 && renameat(s->dirfd, tmp, s->dirfd, name) != 0)
+    err = -errno;
+  if (err == 0 && fsync(s->dirfd) != 0) /* before the original shrinks */
+    err = -errno;
+  if (err != 0)
+    unlinkat(s->dirfd, tmp, 0);
+  return err;
+}
+
+/* Check one segment file. A bad stretch (bad record, or bad header) is
+ * copied to quarantine and cut out: the intact records after it move to a
+ * new segment file (f->split names it), the file is truncated before it
+ * (or, with a bad header, removed). Only when nothing intact follows is the
+ * whole rest quarantined. Leaves f->fd open when the file is kept. */
 static void check_segment(struct sl_spool *s, struct sl_spool_report *r,
-                          struct scan *sc, struct found *f, uint64_t target) {
+                          struct scan *sc, struct found *f, uint64_t target,
+                          uint64_t limit) {
   char name[32];
   struct stat st;
   const char *why;
   const uint8_t *h;
-  uint64_t good;
+  uint64_t good, at, next;
+  int err;
 
   seg_name(name, sizeof(name), f->first);
   f->state = FOUND_GONE;
   f->count = 0;
+  f->split = 0;
   f->fd = openat(s->dirfd, name, O_RDWR | O_CLOEXEC);
   if (f->fd < 0) {
     note(r, "%s: cannot open (%s); left alone", name, strerror(errno));
@@ -553,17 +759,45 @@ static void check_segment(struct sl_spool *s, struct sl_spool_report *r,
   sc->fd = f->fd;
   sc->size = (uint64_t)st.st_size;
   sc->wlen = 0;
+  sc->seq_limit = limit;
   if (f->first == 0 || f->first >= SEQ_SANE || sc->size < SEG_HDR ||
       (h = scan_at(sc, 0, SEG_HDR)) == NULL || !seg_header_ok(h, f->first)) {
+    /* the name still says which seq comes first: look for the records */
     note(r, "%s: bad or torn segment header", name);
-    quarantine_file(s, r, name, sc->size);
+    if (f->first == 0 || f->first >= SEQ_SANE || sc->size < SEG_HDR ||
+        !resync(sc, 0, f->first, &at, &next) ||
+        (err = split_copy(s, sc, at, next)) != 0) {
+      quarantine_file(s, r, name, sc->size);
+      goto fail_stat;
+    }
+    note(r, "%s: records from seq %" PRIu64 " at offset %" PRIu64
+            " kept in a new file",
+         name, next, at);
+    quarantine_tail(s, r, name, f->fd, 0, at, sc->buf, sc->cap);
+    if (next != f->first)
+      unlinkat(s->dirfd, name, 0); /* else the copy took its name */
+    f->split = next;
     goto fail_stat;
   }
-  good = scan_records(sc, f, target, &why);
+  good = scan_records(sc, f, target, SEG_HDR, f->first, &why);
+  /* a stretch holding only acknowledged records (punched out, or damaged
+   * where it no longer matters) is skipped in place: no reader goes there */
+  while (good < sc->size && f->first + f->count < target &&
+         resync(sc, good, f->first + f->count, &at, &next) && next <= target)
+    good = scan_records(sc, f, target, at, next, &why);
   if (good < sc->size) {
     note(r, "%s: %s at offset %" PRIu64 " after %" PRIu64 " good records",
          name, why, good, f->count);
-    quarantine_tail(s, r, name, f->fd, good, sc->size, sc->buf, sc->cap);
+    if (resync(sc, good, f->first + f->count, &at, &next) &&
+        (err = split_copy(s, sc, at, next)) == 0) {
+      note(r, "%s: records from seq %" PRIu64 " at offset %" PRIu64
+              " kept in a new file",
+           name, next, at);
+      f->split = next;
+    } else {
+      at = sc->size;
+    }
+    quarantine_tail(s, r, name, f->fd, good, at, sc->buf, sc->cap);
     sc->wlen = 0;
     if (ftruncate(f->fd, (off_t)good) != 0)
       note(r, "%s: truncate failed (%s)", name, strerror(errno));
@@ -575,6 +809,33 @@ static void check_segment(struct sl_spool *s, struct sl_spool_report *r,
 fail_stat:
   close(f->fd);
   f->fd = -1;
+}
+
+/* Put the file f[i] split off into the sorted list after i, unless a file
+ * of that name is listed already (the copy replaced it) or is f[i]. */
+static int add_split(struct found **fp, size_t *n, size_t i) {
+  struct found *f = *fp, *nf;
+  uint64_t first = f[i].split;
+  size_t j;
+
+  if (first == f[i].first) {
+    f[i].state = FOUND_GONE;
+    f[i].fd = -1;
+    return 0;
+  }
+  for (j = i + 1; j < *n && f[j].first < first; j++)
+    ;
+  if (j < *n && f[j].first == first)
+    return 0;
+  if ((nf = realloc(f, (*n + 1) * sizeof(*f))) == NULL)
+    return SL_ENOMEM;
+  f = *fp = nf;
+  memmove(f + j + 1, f + j, (*n - j) * sizeof(*f));
+  memset(&f[j], 0, sizeof(f[j]));
+  f[j].first = first;
+  f[j].fd = -1;
+  (*n)++;
+  return 0;
 }
 
 static int cmp_found(const void *a, const void *b) {
@@ -604,6 +865,15 @@ static int list_segments(struct sl_spool *s, struct sl_spool_report *r,
     if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
         strcmp(de->d_name, "ack") == 0 || strcmp(de->d_name, QUARANTINE) == 0)
       continue;
+    if (strlen(de->d_name) == 24 && strcmp(de->d_name + 20, ".tmp") == 0) {
+      char seg[21];
+      memcpy(seg, de->d_name, 20);
+      seg[20] = '\0';
+      if (seg_parse(seg, &first)) { /* a split copy cut short: redone */
+        unlinkat(s->dirfd, de->d_name, 0);
+        continue;
+      }
+    }
     if (!seg_parse(de->d_name, &first)) {
       r->ignored_files++;
       note(r, "%s: not a spool file, left alone", de->d_name);
@@ -710,12 +980,167 @@ static void drop_front(struct sl_spool *s, uint32_t n) {
       close(s->rfd);
       s->rfd = -1;
     }
-    s->disk_bytes -= g->end;
+    s->disk_bytes -= g->end - g->holes;
   }
   memmove(s->segs, s->segs + n, (s->nsegs - n) * sizeof(*s->segs));
   s->nsegs -= n;
   s->aseg -= n;
   s->rseg -= n;
+}
+
+static int roll(struct sl_spool *s);
+
+/* The longest prefix of the first n bytes of the write buffer that ends at
+ * a record boundary. The buffer holds the segment header when woff is 0,
+ * then whole records. */
+static size_t whole_records(const struct sl_spool *s, size_t n,
+                            uint64_t *behind) {
+  size_t at = s->woff == 0 ? SEG_HDR : 0, end = 0, rec;
+
+  *behind = 0; /* records in the buffer past the prefix */
+  if (n < at)
+    n = 0;
+  while (at + REC_HDR <= s->wbuf.len) {
+    rec = REC_HDR + (size_t)get32(s->wbuf.data + at);
+    if (at + rec <= n)
+      end = at + rec;
+    else
+      (*behind)++;
+    at += rec;
+  }
+  return n == 0 ? 0 : end ? end : (s->woff == 0 ? SEG_HDR : 0);
+}
+
+/* Writes fail (disk full) and the active segment, the only one left, is
+ * acknowledged up to what is written: move the buffered records to a new
+ * segment and delete the old file, so the acks give space back. Without
+ * this the spool would wait for space only its own acked bytes hold.
+ * Best effort: 1 when done; 0 and nothing changed otherwise. */
+static int detach_buffered(struct sl_spool *s) {
+  struct sl_spool_seg *g = &s->segs[0];
+  uint64_t first = s->aseq, oldwoff;
+  char name[32], oldname[32];
+  int fd;
+
+  seg_name(name, sizeof(name), first);
+  seg_name(oldname, sizeof(oldname), g->first);
+  fd = openat(s->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return 0;
+  pthread_mutex_lock(&s->lock);
+  if (!s->write_failed || s->woff != s->aoff || s->wbuf.len == 0 ||
+      sl_buf_reserve(&s->wbuf, SEG_HDR) != 0) {
+    pthread_mutex_unlock(&s->lock);
+    close(fd);
+    unlinkat(s->dirfd, name, 0);
+    return 0;
+  }
+  memmove(s->wbuf.data + SEG_HDR, s->wbuf.data, s->wbuf.len);
+  seg_header(s->wbuf.data, first);
+  s->wbuf.len += SEG_HDR;
+  oldwoff = s->woff;
+  close(s->wfd);
+  s->wfd = fd;
+  s->woff = 0;
+  s->dir_dirty = 1;
+  pthread_mutex_unlock(&s->lock);
+  unlinkat(s->dirfd, oldname, 0);
+  if (s->rfd >= 0 && s->rfd_first == g->first) {
+    close(s->rfd);
+    s->rfd = -1;
+  }
+  s->disk_bytes -= g->end - g->holes;
+  g->count -= first - g->first;
+  g->end = SEG_HDR + (g->end - oldwoff);
+  g->first = first;
+  g->punched = g->holes = 0;
+  s->disk_bytes += g->end;
+  s->aseg = s->rseg = 0;
+  s->aoff = s->roff = SEG_HDR;
+  s->aseq = s->rseq = first;
+  return 1;
+}
+
+/* Give back the acknowledged prefix of the segment holding the ack cursor:
+ * all of it when force, else once PUNCH_STEP more is acked. Best effort: a
+ * file system that cannot punch leaves the bytes (they go with the file). */
+static int punch_acked(struct sl_spool *s, int force) {
+  struct sl_spool_seg *g;
+  uint64_t from, to;
+  char name[32];
+  int fd, rc;
+
+  if (s->no_punch || s->aseg >= s->nsegs)
+    return 0;
+  g = &s->segs[s->aseg];
+  to = s->aoff & ~(uint64_t)(PUNCH_BLOCK - 1);
+  from = g->punched > PUNCH_BLOCK ? g->punched : PUNCH_BLOCK;
+  if (to <= from || (!force && to - from < PUNCH_STEP))
+    return 0;
+  if (is_active(s, s->aseg)) {
+    fd = s->wfd; /* the sync thread only dups it */
+  } else {
+    seg_name(name, sizeof(name), g->first);
+    if ((fd = openat(s->dirfd, name, O_WRONLY | O_CLOEXEC)) < 0)
+      return 0;
+  }
+  rc = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)from,
+                 (off_t)(to - from));
+  if (rc != 0 && (errno == EOPNOTSUPP || errno == ENOSYS))
+    s->no_punch = 1;
+  if (fd != s->wfd)
+    close(fd);
+  if (rc != 0)
+    return 0;
+  g->punched = to;
+  g->holes += to - from;
+  s->disk_bytes -= to - from;
+  return 1;
+}
+
+/* After a failed write: when the active segment is the only one and is
+ * acknowledged up to what was written, detach the buffered records (from
+ * an ack, or from the flush that keeps failing when the acks came first). */
+static int reclaim_stuck(struct sl_spool *s) {
+  return s->nsegs == 1 && is_active(s, 0) && s->aoff > SEG_HDR &&
+         s->rseq == s->aseq && s->aoff < s->segs[0].end &&
+         detach_buffered(s); /* checks the write state under the lock */
+}
+
+/* Delete the active segment, the only one left and wholly acknowledged,
+ * so its space comes back now rather than at the next roll. Buffered bytes
+ * of it are acked: dropped. A roll does it, leaving an empty segment whose
+ * name keeps next_seq on disk (the ack file is not synced yet); failing
+ * that (no fd), the file just goes and the next append starts one. */
+static void drop_active(struct sl_spool *s) {
+  struct sl_spool_seg *g;
+  char name[32];
+
+  pthread_mutex_lock(&s->lock);
+  sl_buf_reset(&s->wbuf);
+  s->flushed_seq = s->last_seq;
+  pthread_mutex_unlock(&s->lock);
+  if (roll(s) == 0)
+    return;
+  g = &s->segs[0];
+  seg_name(name, sizeof(name), g->first);
+  pthread_mutex_lock(&s->lock);
+  close(s->wfd);
+  s->wfd = -1;
+  s->woff = 0;
+  s->flushed_seq = s->last_seq;
+  s->dir_dirty = 1;
+  pthread_mutex_unlock(&s->lock);
+  unlinkat(s->dirfd, name, 0); /* on failure the next init removes it */
+  if (s->rfd >= 0 && s->rfd_first == g->first) {
+    close(s->rfd);
+    s->rfd = -1;
+  }
+  s->disk_bytes -= g->end - g->holes;
+  s->nsegs = 0;
+  s->aseg = s->rseg = 0;
+  s->aoff = s->roff = SEG_HDR;
+  s->aseq = s->rseq = s->next_seq;
 }
 
 /* Write the buffer to the active segment; the caller holds the lock. On
@@ -730,6 +1155,19 @@ static int flush_locked(struct sl_spool *s) {
   iov.iov_base = s->wbuf.data;
   iov.iov_len = s->wbuf.len;
   err = pwritev_full(s->wfd, &iov, 1, s->woff, &done);
+  if (err != 0) {
+    /* keep the file at a record boundary: the torn record's bytes are
+     * written again from woff by the retry (or cut off at the next open),
+     * and the buffer still holds whole records, which detach can move */
+    uint64_t behind;
+    done = whole_records(s, done, &behind);
+    s->flushed_seq = s->last_seq - behind;
+    s->write_errors++;
+    s->write_failed = 1;
+  } else {
+    s->flushed_seq = s->last_seq; /* the buffer held everything up to it */
+    s->write_failed = 0;
+  }
   s->woff += done;
   sl_buf_consume(&s->wbuf, done);
   return err;
@@ -762,8 +1200,13 @@ static int roll(struct sl_spool *s) {
 
   seg_name(name, sizeof(name), s->next_seq);
   fd = openat(s->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0)
-    return -errno;
+  if (fd < 0) {
+    err = -errno;
+    pthread_mutex_lock(&s->lock);
+    s->write_errors++;
+    pthread_mutex_unlock(&s->lock);
+    return err;
+  }
   seg_header(h, s->next_seq);
 
   pthread_mutex_lock(&s->lock);
@@ -772,11 +1215,18 @@ static int roll(struct sl_spool *s) {
     err = SL_ENOMEM;
     goto fail_handoff;
   }
+  if (s->wbuf.len != 0 || sl_buf_append(&s->wbuf, h, SEG_HDR) != 0) {
+    /* flushed above and reserved at init: neither can happen */
+    if (old != NULL && !drop)
+      s->nhandoff--;
+    pthread_mutex_unlock(&s->lock);
+    err = SL_ENOMEM;
+    goto fail_handoff;
+  }
   if (old != NULL && drop)
     close(s->wfd);
   s->wfd = fd;
   s->woff = 0;
-  sl_buf_append(&s->wbuf, h, SEG_HDR); /* cannot fail: reserved at init */
   s->dir_dirty = 1;
   pthread_mutex_unlock(&s->lock);
 
@@ -788,13 +1238,14 @@ static int roll(struct sl_spool *s) {
       close(s->rfd);
       s->rfd = -1;
     }
-    s->disk_bytes -= old->end;
+    s->disk_bytes -= old->end - old->holes;
     s->nsegs--;
   }
   g = &s->segs[s->nsegs++];
   g->first = s->next_seq;
   g->count = 0;
   g->end = SEG_HDR;
+  g->punched = g->holes = 0;
   s->disk_bytes += SEG_HDR;
   /* a cursor past every segment (or on the deleted one) now points at the
    * start of this one */
@@ -816,6 +1267,17 @@ fail_handoff:
   return err;
 }
 
+/* No memory to hand fd to the next sync: sync it here and close it, so a
+ * later sync never claims its records durable unsynced. Rare; blocks the
+ * loop and appends for one fdatasync. The caller holds the lock. */
+static void sync_now_locked(struct sl_spool *s, int fd) {
+  if (fdatasync(fd) != 0) {
+    s->sync_failed = 1; /* as a failed sync: the promise is lost */
+    s->fsync_errors++;
+  }
+  close(fd);
+}
+
 /* A record in segment i at off (expected seq) is bad while reading: the
  * segment ends there for this run, and the active one stops taking
  * appends (they would land behind the bad bytes). */
@@ -823,6 +1285,8 @@ static void cut(struct sl_spool *s, uint32_t i, uint64_t off, uint64_t seq) {
   struct sl_spool_seg *g = &s->segs[i];
 
   s->lost_records += g->first + g->count - seq;
+  s->quarantined_records += g->first + g->count - seq;
+  s->quarantined_bytes += g->end - off;
   g->count = seq - g->first;
   s->disk_bytes -= g->end - off;
   g->end = off;
@@ -830,10 +1294,114 @@ static void cut(struct sl_spool *s, uint32_t i, uint64_t off, uint64_t seq) {
     pthread_mutex_lock(&s->lock);
     sl_buf_reset(&s->wbuf); /* all of it lies behind the cut */
     if (handoff_push(s, s->wfd, g->first) != 0)
-      close(s->wfd);
+      sync_now_locked(s, s->wfd);
     s->wfd = -1;
     pthread_mutex_unlock(&s->lock);
   }
+}
+
+/* A record in segment i at off (expected seq) is bad while reading (the
+ * disk changed under us): as at open, move the intact records after the
+ * bad stretch to a new segment file and quarantine the stretch, so the
+ * corruption costs the bad records only. 0 when done; nonzero when it
+ * could not be (the caller cuts the segment instead). */
+static int repair(struct sl_spool *s, uint32_t i, uint64_t off, uint64_t seq) {
+  struct sl_spool_report scratch;
+  struct sl_spool_seg *g;
+  struct scan sc;
+  struct stat st;
+  char name[32], nname[32];
+  uint64_t at, nseq, old_end, old_last;
+  int fd = -1, nfd = -1, err = SL_EIO, active = is_active(s, i);
+
+  memset(&sc, 0, sizeof(sc));
+  memset(&scratch, 0, sizeof(scratch));
+  if (active) { /* the scan must see every record of the segment */
+    pthread_mutex_lock(&s->lock);
+    err = flush_locked(s);
+    if (err == 0 && s->wbuf.len > 0)
+      err = SL_EIO;
+    pthread_mutex_unlock(&s->lock);
+    if (err != 0)
+      return err;
+  }
+  if (s->nsegs == s->capsegs) {
+    uint32_t cap = s->capsegs * 2;
+    struct sl_spool_seg *v = realloc(s->segs, cap * sizeof(*v));
+    if (v == NULL)
+      return SL_ENOMEM;
+    s->segs = v;
+    s->capsegs = cap;
+  }
+  g = &s->segs[i];
+  seg_name(name, sizeof(name), g->first);
+  if ((fd = openat(s->dirfd, name, O_RDWR | O_CLOEXEC)) < 0 ||
+      fstat(fd, &st) != 0)
+    goto fail;
+  sc.fd = fd;
+  sc.size = (uint64_t)st.st_size < g->end ? (uint64_t)st.st_size : g->end;
+  sc.cap = READ_CHUNK;
+  sc.seq_limit = g->first + g->count; /* its own records only */
+  err = SL_ENOMEM;
+  if ((sc.buf = malloc(sc.cap)) == NULL)
+    goto fail;
+  err = SL_EIO;
+  if (off >= sc.size || !resync(&sc, off, seq, &at, &nseq) ||
+      nseq == g->first || nseq >= g->first + g->count)
+    goto fail;
+  if ((err = split_copy(s, &sc, at, nseq)) != 0)
+    goto fail;
+  seg_name(nname, sizeof(nname), nseq);
+  if (active &&
+      (nfd = openat(s->dirfd, nname, O_RDWR | O_CLOEXEC)) < 0) {
+    err = -errno;
+    unlinkat(s->dirfd, nname, 0);
+    goto fail;
+  }
+  quarantine_tail(s, &scratch, name, fd, off, at, sc.buf, sc.cap);
+  if (ftruncate(fd, (off_t)off) != 0) {
+    /* the bad bytes stay: the next open repairs this file again, and
+     * its copy replaces the one made here */
+  }
+
+  old_end = g->end;
+  old_last = g->first + g->count;
+  memmove(s->segs + i + 2, s->segs + i + 1,
+          (s->nsegs - i - 1) * sizeof(*s->segs));
+  s->nsegs++;
+  g = &s->segs[i];
+  g[1].first = nseq;
+  g[1].count = old_last - nseq;
+  g[1].end = SEG_HDR + (old_end - at);
+  g[1].punched = g[1].holes = 0;
+  g->count = seq - g->first;
+  g->end = off;
+  s->disk_bytes = s->disk_bytes - (old_end - off) + g[1].end;
+  s->lost_records += nseq - seq;
+  s->quarantined_records += nseq - seq;
+  s->quarantined_bytes += at - off;
+  if (s->aseg > i)
+    s->aseg++;
+  if (s->rseg > i)
+    s->rseg++;
+  if (active) { /* appends continue after the copied records */
+    pthread_mutex_lock(&s->lock);
+    if (handoff_push(s, s->wfd, g->first) != 0)
+      sync_now_locked(s, s->wfd);
+    s->wfd = nfd;
+    s->woff = g[1].end;
+    s->dir_dirty = 1;
+    pthread_mutex_unlock(&s->lock);
+  }
+  free(sc.buf);
+  close(fd);
+  return 0;
+
+fail:
+  free(sc.buf);
+  if (fd >= 0)
+    close(fd);
+  return err != 0 ? err : SL_EIO;
 }
 
 /* ---- init and close ---------------------------------------------------- */
@@ -848,6 +1416,7 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
   struct scan sc;
   uint64_t ack = 0, chain_next = 0, prev_next = 0, target;
   int ack_state, err, have_prev = 0, any_seg;
+  size_t redo = 0;
   uint32_t k;
 
   memset(s, 0, sizeof(*s));
@@ -857,12 +1426,23 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
   if (dir == NULL || opts == NULL || opts->max_bytes < 64)
     return SL_EINVAL;
   s->max_bytes = opts->max_bytes;
-  s->segment_bytes =
-      opts->segment_bytes ? opts->segment_bytes : SL_SPOOL_SEGMENT_DEFAULT;
+  s->segment_bytes = opts->segment_bytes;
+  if (s->segment_bytes == 0) { /* a segment is the unit of reclaim */
+    s->segment_bytes = s->max_bytes / 8;
+    if (s->segment_bytes < SL_SPOOL_SEGMENT_MIN)
+      s->segment_bytes = SL_SPOOL_SEGMENT_MIN;
+    if (s->segment_bytes > SL_SPOOL_SEGMENT_DEFAULT)
+      s->segment_bytes = SL_SPOOL_SEGMENT_DEFAULT;
+  }
   if (s->segment_bytes < 64)
     return SL_EINVAL;
   if (s->segment_bytes > s->max_bytes)
     s->segment_bytes = s->max_bytes;
+  s->reclaim_bytes = s->segment_bytes / 16;
+  if (s->reclaim_bytes < RECLAIM_MIN)
+    s->reclaim_bytes = RECLAIM_MIN;
+  if (s->reclaim_bytes > RECLAIM_MAX)
+    s->reclaim_bytes = RECLAIM_MAX;
   s->max_record = opts->max_record ? opts->max_record : SL_SPOOL_RECORD_DEFAULT;
   if (s->max_record > SL_SPOOL_RECORD_MAX)
     return SL_EINVAL;
@@ -918,7 +1498,17 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
   /* check each file; a file that overlaps the one before it is bogus */
   target = ack + 1;
   for (i = 0; i < nf; i++) {
-    check_segment(s, r, &sc, &f[i], target);
+    /* a split never takes the name of a listed file: after a crash in
+     * the middle of one, that file holds the copy already */
+    check_segment(s, r, &sc, &f[i], target,
+                  i + 1 < nf ? f[i + 1].first : UINT64_MAX);
+    if (f[i].split != 0 && (err = add_split(&f, &nf, i)) != 0)
+      goto fail;
+    if (f[i].split != 0 && f[i].split == f[i].first && redo != i + 1) {
+      redo = i + 1; /* the new file took this name: check it once more */
+      i--;
+      continue;
+    }
     if (have_prev && f[i].first < prev_next) {
       char name[32];
       seg_name(name, sizeof(name), f[i].first);
@@ -990,6 +1580,7 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
     s->segs[s->nsegs].first = f[i].first;
     s->segs[s->nsegs].count = f[i].count;
     s->segs[s->nsegs].end = f[i].end;
+    s->segs[s->nsegs].punched = s->segs[s->nsegs].holes = 0;
     s->disk_bytes += f[i].end;
     s->nsegs++;
   }
@@ -1028,6 +1619,9 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
     f[i].fd = -1;
   }
   s->last_seq = s->next_seq - 1;
+  s->flushed_seq = s->last_seq;
+  s->quarantined_records = r->lost_records;
+  s->quarantined_bytes = r->quarantined_bytes;
   s->dir_dirty = 1;
   s->ack_dirty = 1;
   if (r->quarantine_files > 0) {
@@ -1038,6 +1632,7 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
     }
   }
 
+  (void)punch_acked(s, 1); /* holes an earlier run punched: count them */
   tally(s, s->aseg, s->aoff, s->aseq, &r->records, &r->bytes);
   r->segments = s->nsegs;
   r->first_seq = s->aseq;
@@ -1094,19 +1689,29 @@ int sl_spool_append(struct sl_spool *s, const void *p, size_t n,
   struct sl_spool_seg *act = s->wfd >= 0 ? &s->segs[s->nsegs - 1] : NULL;
   uint64_t rec = REC_HDR + (uint64_t)n, disk;
   uint8_t h[REC_HDR];
-  int need_roll, err = 0;
+  int need_roll, early, err = 0;
 
   if (n > s->max_record)
     return SL_EINVAL;
   need_roll = act == NULL || (act->count > 0 && act->end + rec > s->segment_bytes);
-  disk = s->disk_bytes + rec;
-  if (need_roll) {
-    disk += SEG_HDR;
-    if (act != NULL && s->aseg + 1 == s->nsegs && s->aoff >= act->end)
-      disk -= act->end; /* fully acked: roll deletes it */
+  /* most of the active segment delivered: roll, so that the file can go as
+   * soon as the rest is acked */
+  early = !need_roll && s->aseg + 1 == s->nsegs &&
+          s->aoff - SEG_HDR >= s->reclaim_bytes;
+  for (;;) {
+    disk = s->disk_bytes + rec;
+    if (need_roll || early) {
+      disk += SEG_HDR;
+      if (act != NULL && s->aseg + 1 == s->nsegs && s->aoff >= act->end)
+        disk -= act->end - act->holes; /* fully acked: roll deletes it */
+    }
+    if (disk <= s->max_bytes || !early)
+      break;
+    early = 0; /* no room for a new header: fill this one instead */
   }
   if (disk > s->max_bytes)
     return SL_E2BIG;
+  need_roll |= early;
   if (need_roll && (err = roll(s)) != 0)
     return err;
   act = &s->segs[s->nsegs - 1];
@@ -1122,11 +1727,23 @@ int sl_spool_append(struct sl_spool *s, const void *p, size_t n,
     struct iovec iov[2] = {{h, REC_HDR}, {(void *)p, n}};
     size_t done;
     err = pwritev_full(s->wfd, iov, 2, s->woff, &done);
-    if (err == 0)
-      s->woff += done; /* a short write is overwritten by the retry */
-  } else if (err == 0) {
-    sl_buf_append(&s->wbuf, h, REC_HDR); /* fits: reserved at init */
-    sl_buf_append(&s->wbuf, p, n);
+    if (err == 0) {
+      s->woff += done;
+      s->flushed_seq = s->next_seq; /* the buffer was empty before it */
+    } else {
+      /* cut the half record off so no later open finds it; should that
+       * fail too, the next write overwrites it from woff */
+      s->write_errors++;
+      if (done > 0 && ftruncate(s->wfd, (off_t)s->woff) != 0)
+        s->write_errors++;
+    }
+  } else if (err == 0) { /* fits what init reserved; checked all the same */
+    if (sl_buf_append(&s->wbuf, h, REC_HDR) != 0)
+      err = SL_ENOMEM;
+    else if (sl_buf_append(&s->wbuf, p, n) != 0) {
+      s->wbuf.len -= REC_HDR;
+      err = SL_ENOMEM;
+    }
   }
   if (err == 0)
     s->last_seq = s->next_seq;
@@ -1152,6 +1769,12 @@ int sl_spool_flush(struct sl_spool *s) {
   pthread_mutex_lock(&s->lock);
   err = flush_locked(s);
   pthread_mutex_unlock(&s->lock);
+  /* delivered bytes may fill the disk: give them back and try again */
+  if (err != 0 && (punch_acked(s, 1) || reclaim_stuck(s))) {
+    pthread_mutex_lock(&s->lock);
+    err = flush_locked(s);
+    pthread_mutex_unlock(&s->lock);
+  }
   return err;
 }
 
@@ -1200,8 +1823,10 @@ int sl_spool_sync(struct sl_spool *s, uint64_t *durable) {
     err = -errno;
 
   pthread_mutex_lock(&s->lock);
-  if (err != 0)
+  if (err != 0) {
     s->sync_failed = 1;
+    s->fsync_errors++;
+  }
   else if (target > s->durable_seq)
     s->durable_seq = target;
 out_locked:
@@ -1239,6 +1864,10 @@ static int window_grow(struct sl_spool *s, uint64_t *wstart, uint64_t *wlen,
   if (is_active(s, s->rseg)) { /* what we want may still be buffered */
     pthread_mutex_lock(&s->lock);
     err = s->woff < from + want ? flush_locked(s) : 0;
+    if (err != 0 && s->woff >= to) {
+      err = 0; /* what was asked for is written: deliver it, so acks can */
+      want = s->woff - from; /* free the space the flush lacks */
+    }
     pthread_mutex_unlock(&s->lock);
     if (err != 0)
       return err;
@@ -1346,7 +1975,9 @@ static int read_upto(struct sl_spool *s, struct sl_spool_rec *out, int max,
   bad_or_fail:
     if (err < 0)
       break;
-    cut(s, s->rseg, s->roff, s->rseq); /* err == 1: corrupt or short */
+    /* err == 1: corrupt or short */
+    if (repair(s, s->rseg, s->roff, s->rseq) != 0)
+      cut(s, s->rseg, s->roff, s->rseq);
     err = 0;
     wseg = UINT32_MAX;
   }
@@ -1379,7 +2010,12 @@ int sl_spool_ack(struct sl_spool *s, uint64_t seq) {
     } while (k > 0 && s->rseq <= seq);
   }
   tally(s, s->aseg, s->aoff, s->aseq, &before, &bytes);
-  while (s->mlen > 0 && s->marks[s->mhead].seq <= seq) {
+  /* dropped records right behind the ack are done too; the ack never
+   * passes a record that is neither acked nor dropped */
+  while (s->mlen > 0 && (s->marks[s->mhead].seq <= seq ||
+                         (s->marks[s->mhead].off & MARK_DROPPED))) {
+    if (s->marks[s->mhead].seq > seq)
+      seq = s->marks[s->mhead].seq;
     s->mhead++;
     s->mlen--;
   }
@@ -1391,7 +2027,7 @@ int sl_spool_ack(struct sl_spool *s, uint64_t seq) {
       if (m->seq < s->segs[i].first + s->segs[i].count)
         break;
     s->aseg = i;
-    s->aoff = m->off;
+    s->aoff = m->off & ~MARK_DROPPED;
     s->aseq = m->seq;
   } else {
     s->aseg = s->rseg;
@@ -1409,9 +2045,35 @@ int sl_spool_ack(struct sl_spool *s, uint64_t seq) {
   }
   if (s->aseg > 0)
     drop_front(s, s->aseg);
+  if (s->nsegs == 1 && is_active(s, 0) && s->aoff >= s->segs[0].end &&
+      s->segs[0].end - SEG_HDR >= RECLAIM_IDLE)
+    drop_active(s);
+  else if (!punch_acked(s, 0))
+    (void)reclaim_stuck(s);
   tally(s, s->aseg, s->aoff, s->aseq, &after, &bytes);
   s->acked += before - after;
   return err;
+}
+
+int sl_spool_drop(struct sl_spool *s, uint64_t seq) {
+  size_t lo = 0, hi = s->mlen, mid;
+  struct sl_spool_mark *m = s->marks + s->mhead;
+
+  if (seq <= s->ack_seq)
+    return 0;
+  while (lo < hi) { /* marks are in seq order */
+    mid = lo + (hi - lo) / 2;
+    if (m[mid].seq < seq)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo == s->mlen || m[lo].seq != seq)
+    return SL_EINVAL;
+  if (lo == 0)
+    return sl_spool_ack(s, seq); /* nothing undelivered before it */
+  m[lo].off |= MARK_DROPPED;
+  return 0;
 }
 
 void sl_spool_rewind(struct sl_spool *s) {
@@ -1439,7 +2101,12 @@ void sl_spool_stats(struct sl_spool *s, struct sl_spool_stats *st) {
   st->appended = s->appended;
   st->acked = s->acked;
   st->lost_records = s->lost_records;
+  st->quarantined_records = s->quarantined_records;
+  st->quarantined_bytes = s->quarantined_bytes;
   pthread_mutex_lock(&s->lock);
   st->durable_seq = s->durable_seq;
+  st->flushed_seq = s->flushed_seq;
+  st->write_errors = s->write_errors;
+  st->fsync_errors = s->fsync_errors;
   pthread_mutex_unlock(&s->lock);
 }

@@ -7,8 +7,14 @@
  *   spool_crash DIR run [--sync-every N | --sync-ms MS] [--segment BYTES]
  *                       [--max-bytes BYTES] [--seed S]
  *   spool_crash DIR verify [--durable D] [--acked A]
+ *   spool_crash DIR flip [--segment BYTES] [--records N] [--offset OFF]
+ *
+ * "flip" measures what one flipped byte costs: it writes N records to a
+ * fresh spool, flips the byte at OFF of the second segment file, reopens
+ * and prints how many records came back.
  *
  * Exit status: 0 ok, 1 usage or spool error, 2 a check failed. */
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -154,18 +160,73 @@ static int deliver(struct driver *d, int n, unsigned *rng) {
   return k;
 }
 
+/* See the usage above; 0 when every record but the damaged one is back. */
+static int flip(const char *dir, struct sl_spool_opts *o, uint64_t n,
+                uint64_t off) {
+  struct sl_spool s;
+  struct sl_spool_report rep;
+  struct sl_spool_rec r[256];
+  char path[4096];
+  uint64_t seq, got = 0, last = 0;
+  uint8_t p[512], b;
+  int k, i, fd;
+
+  if (sl_spool_init(&s, dir, o, NULL) != 0)
+    return 1;
+  for (seq = 1; seq <= n; seq++) {
+    rec_fill(seq, p);
+    if (sl_spool_append(&s, p, rec_len(seq), NULL) != 0)
+      return 1;
+  }
+  sl_spool_close(&s);
+  for (seq = 2; seq <= n; seq++) {
+    snprintf(path, sizeof(path), "%s/%016" PRIx64 ".seg", dir, seq);
+    if (access(path, F_OK) == 0)
+      break;
+  }
+  if (seq > n || (fd = open(path, O_RDWR)) < 0) {
+    fprintf(stderr, "no second segment: write more records\n");
+    return 1;
+  }
+  if (pread(fd, &b, 1, (off_t)off) != 1 ||
+      (b ^= 0x10, pwrite(fd, &b, 1, (off_t)off)) != 1) {
+    close(fd);
+    return 1;
+  }
+  close(fd);
+  if (sl_spool_init(&s, dir, o, &rep) != 0)
+    return 1;
+  while ((k = sl_spool_read(&s, r, 256, 1u << 30)) > 0) {
+    for (i = 0; i < k; i++) {
+      if (r[i].seq <= last || !rec_ok(&r[i]))
+        return 2;
+      last = r[i].seq;
+    }
+    got += (uint64_t)k;
+  }
+  sl_spool_close(&s);
+  printf("flip at offset %" PRIu64 " of segment %s: %" PRIu64 " of %" PRIu64
+         " records back, %" PRIu64 " lost (reported lost %" PRIu64
+         ", quarantined %" PRIu64 " bytes)\n",
+         off, strrchr(path, '/') + 1, got, n, n - got, rep.lost_records,
+         rep.quarantined_bytes);
+  return got + 1 >= n ? 0 : 2;
+}
+
 int main(int argc, char **argv) {
   static struct driver d;
   struct sl_spool_opts o;
   struct sl_spool_report rep;
   uint64_t durable = 0, acked = 0, seq, dur, next;
+  uint64_t flip_records = 40000, flip_offset = 1000;
   unsigned rng = 1;
   int sync_every = 0, i, rc, verify;
   pthread_t t;
   uint8_t p[512];
 
-  if (argc < 3 || (strcmp(argv[2], "run") && strcmp(argv[2], "verify"))) {
-    fprintf(stderr, "usage: %s DIR run|verify [options]\n", argv[0]);
+  if (argc < 3 || (strcmp(argv[2], "run") && strcmp(argv[2], "verify") &&
+                   strcmp(argv[2], "flip"))) {
+    fprintf(stderr, "usage: %s DIR run|verify|flip [options]\n", argv[0]);
     return 1;
   }
   verify = strcmp(argv[2], "verify") == 0;
@@ -188,11 +249,17 @@ int main(int argc, char **argv) {
       durable = strtoull(argv[i + 1], NULL, 10);
     else if (strcmp(argv[i], "--acked") == 0)
       acked = strtoull(argv[i + 1], NULL, 10);
+    else if (strcmp(argv[i], "--records") == 0)
+      flip_records = strtoull(argv[i + 1], NULL, 10);
+    else if (strcmp(argv[i], "--offset") == 0)
+      flip_offset = strtoull(argv[i + 1], NULL, 10);
     else {
       fprintf(stderr, "unknown option %s\n", argv[i]);
       return 1;
     }
   }
+  if (strcmp(argv[2], "flip") == 0)
+    return flip(argv[1], &o, flip_records, flip_offset);
   if (!verify && sync_every <= 0 && d.sync_ms <= 0)
     sync_every = 100;
 
