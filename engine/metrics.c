@@ -104,6 +104,9 @@ static uint64_t out_retries(const struct sl_output *o) {
 static uint64_t out_dead_lettered(const struct sl_output *o) {
   return o->stats.dead_lettered;
 }
+static uint64_t out_refused(const struct sl_output *o) {
+  return o->stats.refused;
+}
 static uint64_t out_rate_limited(const struct sl_output *o) {
   return o->stats.rate_limited;
 }
@@ -431,6 +434,10 @@ int sl_metrics_render(const struct sl_worker *w, struct sl_buf *text) {
              "Events that used up their retries and went to the dead-letter "
              "output.",
              out_dead_lettered);
+  per_output(out, w, "sluice_output_refused_total", "counter",
+             "Events the output could never send (larger than "
+             "max_event_bytes) and no dead letter took: dropped.",
+             out_refused);
   per_output(out, w, "sluice_output_rate_limited_total", "counter",
              "Events that had to wait for a rate_limit token.",
              out_rate_limited);

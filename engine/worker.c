@@ -99,23 +99,39 @@ static int output_push(struct sl_output *o, struct sl_event *ev);
  * acknowledges them). Stops early when the dead-letter output cannot take
  * more now (a full queue that blocks) or memory runs out: the rest stay
  * and are tried again. Returns how many left the queue. */
+static uint32_t dead_letter_n(struct sl_output *o, uint32_t n,
+                              const char *error);
+
 static uint32_t dead_letter_head(struct sl_output *o) {
+  uint32_t n = o->q.inflight ? o->q.inflight : o->q.count;
+  if (n > o->cfg->batch_events)
+    n = o->cfg->batch_events;
+  return dead_letter_n(o, n,
+                       o->last_error[0] ? o->last_error : "delivery failed");
+}
+
+/* The dead-letter output, or NULL when o has none to send to (none is
+ * configured, o is it, or it stopped). */
+static struct sl_output *dead_letter_of(struct sl_output *o) {
   struct sl_worker *w = o->w;
-  const char *error = o->last_error[0] ? o->last_error : "delivery failed";
-  struct sl_output *dl;
-  uint32_t n, i, moved = 0, taken = 0;
+  if (w->cfg->dead_letter < 0 || w->cfg->dead_letter == o->index ||
+      w->cfg->dead_letter >= w->noutputs)
+    return NULL;
+  if (w->outputs[w->cfg->dead_letter].stopped)
+    return NULL;
+  return &w->outputs[w->cfg->dead_letter];
+}
+
+/* As dead_letter_head, for the first n events, with error as the reason. */
+static uint32_t dead_letter_n(struct sl_output *o, uint32_t n,
+                              const char *error) {
+  struct sl_output *dl = dead_letter_of(o);
+  uint32_t i, moved = 0, taken = 0;
   uint64_t suppressed;
   char attempts[16];
 
-  if (w->cfg->dead_letter < 0 || w->cfg->dead_letter == o->index ||
-      w->cfg->dead_letter >= w->noutputs)
+  if (dl == NULL)
     return 0; /* the dead-letter output itself retries for ever */
-  dl = &w->outputs[w->cfg->dead_letter];
-  if (dl->stopped)
-    return 0;
-  n = o->q.inflight ? o->q.inflight : o->q.count;
-  if (n > o->cfg->batch_events)
-    n = o->cfg->batch_events;
   snprintf(attempts, sizeof(attempts), "%u", o->retry.attempts);
   for (i = 0; i < n; i++) {
     struct sl_event *ev = sl_queue_at(&o->q, i), *a, *b = NULL, *c = NULL;
@@ -153,6 +169,26 @@ static uint32_t dead_letter_head(struct sl_output *o) {
   if (o->q.count > o->q.inflight)
     sl_output_kick(o);
   return moved;
+}
+
+uint32_t sl_output_refuse_head(struct sl_output *o, const char *why) {
+  uint64_t suppressed;
+  if (o->q.inflight || o->q.count == 0)
+    return 0;
+  if (dead_letter_n(o, 1, why) == 1)
+    return 1;
+  if (dead_letter_of(o) != NULL)
+    return 0; /* the dead letter cannot take it now: try again later */
+  /* nobody can take it, and sending it would wedge the output for good */
+  sl_buffer_delivered(&o->buf, &o->q, 1);
+  o->stats.refused++;
+  if (sl_log_allow(&o->dead_letter_log, &suppressed))
+    sl_log(SL_LOG_ERROR, "output cannot send an event and has no dead letter "
+           "to give it to; dropped", SL_S("output", o->cfg->name),
+           SL_S("error", why), SL_U("suppressed", suppressed), SL_END);
+  if (o->q.count > o->q.inflight)
+    sl_output_kick(o);
+  return 1;
 }
 
 static void log_half_open(struct sl_output *o, int was_open) {

@@ -53,6 +53,8 @@ struct sl_output_stats {
   uint64_t dead_lettered; /* events that used up their retries and went to
                              the dead-letter output */
   uint64_t dropped_dedup; /* repeats of an id inside dedup.window_ms */
+  uint64_t refused;       /* events it could never send and no dead letter
+                             took (sl_output_refuse_head) */
   uint64_t rate_limited;  /* events that had to wait for a rate_limit token
                              (each counted once while it waits) */
   uint64_t breaker_opens; /* times the circuit breaker opened */
@@ -119,6 +121,13 @@ void sl_output_stopped(struct sl_output *o);
  * back. Without a rate limit, want. */
 uint32_t sl_output_failed(struct sl_output *o, const char *error,
                           int may_dead_letter, uint32_t *moved);
+/* The event at the head of the queue can never be delivered (say, it is
+ * larger than the peer accepts): with nothing in flight, it leaves the
+ * queue now, to the dead-letter output with why as its sluice-error, or,
+ * when o has no dead letter (or is it), dropped: logged and counted in
+ * stats.refused. Returns 1 when it left, 0 when it stays (something is in
+ * flight, or the dead letter cannot take it now). Call from cb_flush. */
+uint32_t sl_output_refuse_head(struct sl_output *o, const char *why);
 uint32_t sl_output_retry_wait(struct sl_output *o, int may_dead_letter,
                               uint32_t *moved);
 void sl_output_reachable(struct sl_output *o);

@@ -185,6 +185,15 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       bad_input(c, in, pos, "out of memory");
       return pos;
     }
+    if (ev->len > max) {
+      /* what ingest adds must not make it one no sluice peer takes */
+      char msg[200];
+      snprintf(msg, sizeof(msg), "event larger than max_event_bytes (%u) "
+               "once its id, time and traceparent are added", max);
+      sl_event_unref(ev);
+      bad_input(c, in, pos, msg);
+      return pos;
+    }
     pos += used;
     in->stats.events_in++;
     in->stats.bytes_in += used;

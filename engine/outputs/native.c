@@ -291,6 +291,7 @@ static void on_written(struct sl_conn *c, int status, void *arg) {
 static void cb_flush(struct sl_output *o) {
   struct native_out *n = o->data;
   uint32_t count, i, start = o->q.inflight; /* written, not yet acked */
+  uint32_t max = o->w->cfg->max_event_bytes; /* what a sluice peer takes */
   int rc;
 
   if (!n->connected || n->writing || n->closing || o->q.count <= start ||
@@ -305,11 +306,23 @@ static void cb_flush(struct sl_output *o) {
   sl_buf_reset(&n->batch);
   for (i = 0; i < count; i++) {
     struct sl_event *ev = sl_queue_at(&o->q, start + i);
+    if (ev->len > max)
+      break; /* the peer would refuse it and we would resend it for ever */
     if (sl_buf_append(&n->batch, ev->data, ev->len) != 0)
       break;
   }
-  if (i == 0)
+  if (i == 0) {
+    struct sl_event *ev = sl_queue_at(&o->q, start);
+    char why[160];
+    if (ev->len <= max)
+      return;
+    snprintf(why, sizeof(why), "event of %u bytes is larger than "
+             "max_event_bytes (%u): the peer would refuse it", (unsigned)ev->len,
+             (unsigned)max);
+    if (sl_output_refuse_head(o, why))
+      sl_output_kick(o);
     return;
+  }
   n->nbytes = n->batch.len;
   rc = sl_conn_write(n->conn, &n->batch, on_written, n);
   if (rc != 0) {

@@ -445,3 +445,64 @@ def test_a_rule_logging_in_a_loop_writes_at_most_64_KiB_of_log_per_event(sluice,
     assert cut and all(l["msg"].endswith("... [cut: 1048576 bytes, at most 8192]") for l in cut)
     assert len(eng.find_logs("log budget of 65536 bytes for this call used up; "
                              "its further log lines are dropped")) == 3
+
+
+def test_an_event_that_grew_past_max_event_bytes_never_wedges_a_sluice_link(sluice, tmp_path):
+    # The dead letter adds sluice-error and friends to an event, so an event
+    # near max_event_bytes that a rule fails on grows past it. With the dead
+    # letter itself a sluice link, the receiver would refuse it and the
+    # sender resend it for ever (nothing after it arrived). Now the sender
+    # never sends what the peer would refuse: with no dead letter to take
+    # it, it is dropped, logged and counted; everything else flows.
+    rport = free_port()
+    recv = sluice("""return {
+  max_event_bytes = 4096,
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "out", type = "file", path = "out.ndjson" } },
+  routes = { { topics = "*", to = "out" } },
+}""" % rport, name="receiver")
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "10_fail.lua").write_text(
+        'return { topics = { "boom" }, on_event = function() error(("e"):rep(400)) end }')
+    sport, admin = free_port(), free_port()
+    send = sluice("""return {
+  max_event_bytes = 4096,
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "link", type = "tcp", address = "127.0.0.1:%d", ack = true,
+                retry = { initial_ms = 10, max_ms = 50 } } },
+  routes = { { topics = "*", to = "link" } },
+  dead_letter = "link",
+  rules = { dir = "%s" },
+  admin = { listen = "127.0.0.1:%d" },
+}""" % (sport, rport, d, admin), name="sender")
+    events = [{"id": "big", "topic": "boom", "payload": "x" * 3700}]
+    events += [{"id": "ok-%d" % i, "topic": "fine", "payload": i} for i in range(20)]
+    send_events("127.0.0.1:%d" % sport, events)
+    got = wait_for(lambda: (lambda evs: evs if len(evs) >= 20 else None)(
+        read_ndjson(recv.path("out.ndjson"))), timeout=10, what="the events after the big one")
+    assert sorted(e["id"] for e in got) == sorted("ok-%d" % i for i in range(20))
+    assert not recv.find_logs("bad input; closing connection")
+    wait_for(lambda: metric("127.0.0.1:%d" % admin, "sluice_output_refused_total",
+                            output="link") == 1, what="the refusal counted")
+    line = send.find_logs("output cannot send an event and has no dead letter to give it to; dropped")
+    assert line and "larger than max_event_bytes (4096)" in line[0]["error"]
+    assert send.stop() == 0 and recv.stop() == 0
+
+
+def test_ingest_refuses_an_event_that_its_ids_and_traceparent_would_push_past_max_event_bytes(sluice, tmp_path):
+    port = free_port()
+    eng = sluice("""return {
+  max_event_bytes = 4096,
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "out", type = "file", path = "out.ndjson" } },
+  routes = { { topics = "*", to = "out" } },
+}""" % port)
+    # 4000 bytes on the wire; the id, time and traceparent ingest adds make it ~4.1 KB
+    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": "x" * 3985}])
+    eng.wait_log("bad input; closing connection")
+    line = eng.find_logs("bad input; closing connection")[0]
+    assert "once its id, time and traceparent are added" in line["error"]
+    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": "x" * 3000}])
+    wait_for(lambda: len(read_ndjson(eng.path("out.ndjson"))) == 1, what="the event that fits")
+    assert eng.stop() == 0
