@@ -5,6 +5,13 @@
 #ifndef SL_EVENT_H
 #define SL_EVENT_H
 
+/* What sluice may add to an event a producer sent within max_event_bytes:
+ * ingest's id, time and traceparent, a dead letter's sluice-* headers. A
+ * sluice peer that announced itself (the native hello) may send events
+ * this much larger, so an event that grew on its way is never refused by
+ * the next sluice; anything beyond is never sent (the output refuses it). */
+#define SL_EVENT_HEADROOM 4096u
+
 #include <stddef.h>
 #include <stdint.h>
 

@@ -22,6 +22,7 @@ struct native_conn {
   struct sl_conn *conn;
   int first_seen;     /* the first object was looked at (hello or event) */
   int ack;            /* the client asked for acks */
+  int sluice_peer;    /* it sent the hello: SL_EVENT_HEADROOM applies */
   uint64_t accepted;  /* events in the pipeline (queued everywhere) */
   uint64_t acked;     /* the count last sent back */
   uint64_t durable;   /* the count sl_worker_durable is asked about */
@@ -142,7 +143,9 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
   struct native_conn *nc = c->proto;
   struct sl_input *in = nc->src.input;
   struct sl_worker *w = in->w;
-  uint32_t max = w->cfg->max_event_bytes;
+  /* a sluice peer may send what grew on its way (SL_EVENT_HEADROOM) */
+  uint32_t max = w->cfg->max_event_bytes +
+                 (nc->sluice_peer ? SL_EVENT_HEADROOM : 0);
   size_t pos = 0, used;
   struct sl_codec_error err;
   struct sl_event_view v;
@@ -172,6 +175,8 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
     if (!nc->first_seen) {
       nc->first_seen = 1;
       if (is_hello(data + pos, used, &nc->ack)) {
+        nc->sluice_peer = 1;
+        max += SL_EVENT_HEADROOM;
         pos += used;
         continue;
       }
@@ -185,11 +190,12 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       bad_input(c, in, pos, "out of memory");
       return pos;
     }
-    if (ev->len > max) {
-      /* what ingest adds must not make it one no sluice peer takes */
+    if (ev->len > w->cfg->max_event_bytes + SL_EVENT_HEADROOM) {
+      /* what ingest added must not make it one no sluice peer takes */
       char msg[200];
       snprintf(msg, sizeof(msg), "event larger than max_event_bytes (%u) "
-               "once its id, time and traceparent are added", max);
+               "plus headroom once its id, time and traceparent are added",
+               w->cfg->max_event_bytes);
       sl_event_unref(ev);
       bad_input(c, in, pos, msg);
       return pos;

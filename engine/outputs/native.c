@@ -291,7 +291,9 @@ static void on_written(struct sl_conn *c, int status, void *arg) {
 static void cb_flush(struct sl_output *o) {
   struct native_out *n = o->data;
   uint32_t count, i, start = o->q.inflight; /* written, not yet acked */
-  uint32_t max = o->w->cfg->max_event_bytes; /* what a sluice peer takes */
+  /* what the peer takes: a sluice peer (ack mode says hello) allows the
+   * headroom for what sluice added on the way */
+  uint32_t max = o->w->cfg->max_event_bytes + (n->ack ? SL_EVENT_HEADROOM : 0);
   int rc;
 
   if (!n->connected || n->writing || n->closing || o->q.count <= start ||
@@ -316,9 +318,10 @@ static void cb_flush(struct sl_output *o) {
     char why[160];
     if (ev->len <= max)
       return;
-    snprintf(why, sizeof(why), "event of %u bytes is larger than "
-             "max_event_bytes (%u): the peer would refuse it", (unsigned)ev->len,
-             (unsigned)max);
+    snprintf(why, sizeof(why), "event of %u bytes is larger than the "
+             "peer accepts (%u: max_event_bytes%s)", (unsigned)ev->len,
+             (unsigned)max, n->ack ? " plus headroom" : "; ack = true allows "
+             "headroom between sluices");
     if (sl_output_refuse_head(o, why))
       sl_output_kick(o);
     return;

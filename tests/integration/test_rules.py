@@ -447,20 +447,24 @@ def test_a_rule_logging_in_a_loop_writes_at_most_64_KiB_of_log_per_event(sluice,
                              "its further log lines are dropped")) == 3
 
 
-def test_an_event_that_grew_past_max_event_bytes_never_wedges_a_sluice_link(sluice, tmp_path):
-    # The dead letter adds sluice-error and friends to an event, so an event
-    # near max_event_bytes that a rule fails on grows past it. With the dead
-    # letter itself a sluice link, the receiver would refuse it and the
-    # sender resend it for ever (nothing after it arrived). Now the sender
-    # never sends what the peer would refuse: with no dead letter to take
-    # it, it is dropped, logged and counted; everything else flows.
-    rport = free_port()
-    recv = sluice("""return {
+RECEIVER_4K = """return {
   max_event_bytes = 4096,
   inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
   outputs = { { name = "out", type = "file", path = "out.ndjson" } },
   routes = { { topics = "*", to = "out" } },
-}""" % rport, name="receiver")
+}"""
+
+
+def test_an_event_that_grew_past_max_event_bytes_never_wedges_a_sluice_link(sluice, tmp_path):
+    # The dead letter adds sluice-error and friends to an event, so an event
+    # near max_event_bytes that a rule fails on grows past it. Over a link
+    # without ack (no hello: the receiver allows no headroom) the receiver
+    # refused it and the sender resent it for ever: nothing behind it
+    # arrived. Now the sender never sends what the peer would refuse: with
+    # no dead letter to take it (the link is the dead letter), it is
+    # dropped, logged and counted; everything else flows.
+    rport = free_port()
+    recv = sluice(RECEIVER_4K % rport, name="receiver")
     d = tmp_path / "rules"
     d.mkdir()
     (d / "10_fail.lua").write_text(
@@ -469,7 +473,7 @@ def test_an_event_that_grew_past_max_event_bytes_never_wedges_a_sluice_link(slui
     send = sluice("""return {
   max_event_bytes = 4096,
   inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
-  outputs = { { name = "link", type = "tcp", address = "127.0.0.1:%d", ack = true,
+  outputs = { { name = "link", type = "tcp", address = "127.0.0.1:%d",
                 retry = { initial_ms = 10, max_ms = 50 } } },
   routes = { { topics = "*", to = "link" } },
   dead_letter = "link",
@@ -486,23 +490,31 @@ def test_an_event_that_grew_past_max_event_bytes_never_wedges_a_sluice_link(slui
     wait_for(lambda: metric("127.0.0.1:%d" % admin, "sluice_output_refused_total",
                             output="link") == 1, what="the refusal counted")
     line = send.find_logs("output cannot send an event and has no dead letter to give it to; dropped")
-    assert line and "larger than max_event_bytes (4096)" in line[0]["error"]
+    assert line and "larger than the peer accepts (4096: max_event_bytes" in line[0]["error"]
     assert send.stop() == 0 and recv.stop() == 0
 
 
-def test_ingest_refuses_an_event_that_its_ids_and_traceparent_would_push_past_max_event_bytes(sluice, tmp_path):
-    port = free_port()
-    eng = sluice("""return {
+def test_an_event_of_max_event_bytes_crosses_an_acked_link_after_ingest_made_it_grow(sluice, tmp_path):
+    # ingest adds an id, a time and a traceparent: the event the sender
+    # forwards is larger than max_event_bytes, and the receiver takes it
+    # from a sluice peer (the hello) within SL_EVENT_HEADROOM
+    import msgpack
+    rport = free_port()
+    recv = sluice(RECEIVER_4K % rport, name="receiver")
+    sport = free_port()
+    send = sluice("""return {
   max_event_bytes = 4096,
   inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
-  outputs = { { name = "out", type = "file", path = "out.ndjson" } },
-  routes = { { topics = "*", to = "out" } },
-}""" % port)
-    # 4000 bytes on the wire; the id, time and traceparent ingest adds make it ~4.1 KB
-    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": "x" * 3985}])
-    eng.wait_log("bad input; closing connection")
-    line = eng.find_logs("bad input; closing connection")[0]
-    assert "once its id, time and traceparent are added" in line["error"]
-    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": "x" * 3000}])
-    wait_for(lambda: len(read_ndjson(eng.path("out.ndjson"))) == 1, what="the event that fits")
-    assert eng.stop() == 0
+  outputs = { { name = "link", type = "tcp", address = "127.0.0.1:%d", ack = true,
+                retry = { initial_ms = 10, max_ms = 50 } } },
+  routes = { { topics = "*", to = "link" } },
+}""" % (sport, rport), name="sender")
+    ev = {"topic": "t", "payload": "x" * 4076}
+    assert len(msgpack.packb(ev)) == 4096
+    send_events("127.0.0.1:%d" % sport, [ev, {"topic": "t", "payload": "after"}])
+    got = wait_for(lambda: (lambda evs: evs if len(evs) == 2 else None)(
+        read_ndjson(recv.path("out.ndjson"))), timeout=10, what="both events at the receiver")
+    assert got[0]["payload"] == "x" * 4076 and "traceparent" in got[0]["headers"]
+    assert got[1]["payload"] == "after"
+    assert not recv.find_logs("bad input; closing connection")
+    assert send.stop() == 0 and recv.stop() == 0
