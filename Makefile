@@ -10,22 +10,24 @@ BUILD    ?= build
 CC       ?= cc
 SAN      ?=
 CFLAGS   ?= -O2 -g
+LAYERS   := core codec config net lua delivery worker inputs outputs admin cli
+LAYER_INC = $(patsubst %,-Iengine/%,$(LAYERS))
 override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -fPIC \
-            -Iengine $(SAN)
+            $(LAYER_INC) $(SAN)
 override LDFLAGS += $(SAN)
 
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lm
 
-ENGINE_SRC  := $(sort $(wildcard engine/*.c engine/inputs/*.c engine/outputs/*.c))
+ENGINE_SRC  := $(sort $(wildcard engine/*/*.c))
 ENGINE_OBJ  := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
-LIB_OBJ     := $(filter-out $(BUILD)/engine/main.o,$(ENGINE_OBJ))
+LIB_OBJ     := $(filter-out $(BUILD)/engine/cli/main.o,$(ENGINE_OBJ))
 CTEST_SRC   := $(sort $(wildcard tests/c/test_*.c))
 CTEST_BIN   := $(CTEST_SRC:tests/c/%.c=$(BUILD)/tests/%)
 TOOL_SRC    := $(sort $(wildcard tests/tools/*.c))
 TOOL_BIN    := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 
-.PHONY: all deps run test test-asan bench soak clean fuzz chaos
+.PHONY: all deps run test test-asan bench soak clean fuzz chaos layers
 
 all: $(BUILD)/sluice $(CTEST_BIN) $(TOOL_BIN) $(BUILD)/sluice_pattern_test.so \
      $(BUILD)/sluice_core.so
@@ -42,7 +44,7 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null || exit 1; \
 	fi
 
-$(BUILD)/engine/%.o: engine/%.c $(wildcard engine/*.h engine/*/*.h) | deps
+$(BUILD)/engine/%.o: engine/%.c $(wildcard engine/*/*.h) | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c $< -o $@
 
@@ -57,28 +59,28 @@ $(BUILD)/tools/%: tests/tools/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< $(LIB_OBJ) $(LDFLAGS) $(PKG_LIBS)
 
-# engine/pattern.c as a Lua module for tests/lua/pattern_spec.lua. Not linked
+# engine/lua/pattern.c as a Lua module for tests/lua/pattern_spec.lua. Not linked
 # to libluajit and never sanitized: it must load into a plain luajit host.
-$(BUILD)/sluice_pattern_test.so: tests/lua/sluice_pattern_test.c engine/pattern.c engine/pattern.h | deps
+$(BUILD)/sluice_pattern_test.so: tests/lua/sluice_pattern_test.c engine/lua/pattern.c engine/lua/pattern.h | deps
 	@mkdir -p $(dir $@)
-	$(CC) $(filter-out -fsanitize% -fno-sanitize%,$(CFLAGS)) -Iengine -fPIC \
-	  $(PKG_CFLAGS) -shared -o $@ tests/lua/sluice_pattern_test.c engine/pattern.c
+	$(CC) $(filter-out -fsanitize% -fno-sanitize%,$(CFLAGS)) -fPIC \
+	  $(PKG_CFLAGS) -shared -o $@ tests/lua/sluice_pattern_test.c engine/lua/pattern.c
 
 # The rule sandbox as the Lua C module sluice_core, for busted through
 # scripts/sluice/testing.lua: the engine's own objects, not linked to
 # libluajit (the luajit host provides the Lua API). Sanitized objects could
 # not load into a plain luajit, so under SAN the module is built from
 # unsanitized copies in $(BUILD)/core/.
-CORE_SRC := engine/testing.c engine/sandbox.c engine/luacodec.c \
-            engine/codec.c engine/event.c engine/buf.c $(wildcard engine/pattern.c)
-CORE_SRC += engine/router.c
+CORE_SRC := engine/lua/testing.c engine/lua/sandbox.c engine/lua/luacodec.c \
+            engine/lua/pattern.c engine/codec/codec.c engine/codec/event.c \
+            engine/core/buf.c engine/core/router.c
 ifeq ($(strip $(SAN)),)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
 else
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/core/%.o)
 endif
 
-$(BUILD)/core/engine/%.o: engine/%.c $(wildcard engine/*.h) | deps
+$(BUILD)/core/engine/%.o: engine/%.c $(wildcard engine/*/*.h) | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(filter-out -fsanitize% -fno-sanitize%,$(CFLAGS)) $(PKG_CFLAGS) -c $< -o $@
 
@@ -87,6 +89,10 @@ $(BUILD)/sluice_core.so: $(CORE_OBJ)
 
 run: $(BUILD)/sluice
 	$(BUILD)/sluice run -c sluice.conf.lua
+
+# Folders are layers: fails when a file includes a header of a higher one.
+layers:
+	@tests/layers.sh
 
 test: all
 	@BUILD=$(BUILD) tests/run.sh
@@ -116,47 +122,47 @@ chaos: all
 # libFuzzer target for the codec, built with clang; run it by hand, e.g.
 # build/fuzz/fuzz_codec -max_total_time=60. Not part of `make test`.
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
-               -Wall -Wextra -Iengine -fsanitize=fuzzer,address,undefined \
+               -Wall -Wextra $(LAYER_INC) -fsanitize=fuzzer,address,undefined \
                -fno-sanitize-recover=undefined
 
 fuzz: $(BUILD)/fuzz/fuzz_codec $(BUILD)/fuzz/fuzz_pattern $(BUILD)/fuzz/fuzz_http \
       $(BUILD)/fuzz/fuzz_json $(BUILD)/fuzz/fuzz_spool
 
-$(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c engine/codec.c engine/buf.c \
-                          engine/codec.h engine/buf.h engine/common.h
+$(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c engine/codec/codec.c engine/core/buf.c \
+                          engine/codec/codec.h engine/core/buf.h engine/core/common.h
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_codec.c engine/codec.c engine/buf.c
+	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_codec.c engine/codec/codec.c engine/core/buf.c
 
 # Compares with LuaJIT's own string library, so it links libluajit.
-$(BUILD)/fuzz/fuzz_pattern: tests/fuzz/fuzz_pattern.c engine/pattern.c \
-                            engine/pattern.h engine/common.h
+$(BUILD)/fuzz/fuzz_pattern: tests/fuzz/fuzz_pattern.c engine/lua/pattern.c \
+                            engine/lua/pattern.h engine/core/common.h
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags luajit) -o $@ \
-	  tests/fuzz/fuzz_pattern.c engine/pattern.c $(shell pkg-config --libs luajit)
+	  tests/fuzz/fuzz_pattern.c engine/lua/pattern.c $(shell pkg-config --libs luajit)
 
 # The HTTP server over loopback connections, so the conn layer under it runs
 # too (conn.c wants config.c for addresses, config.c wants LuaJIT).
-FUZZ_HTTP_SRC := engine/http.c engine/conn.c engine/buf.c engine/log.c \
-                 engine/config.c
+FUZZ_HTTP_SRC := engine/net/http.c engine/net/conn.c engine/core/buf.c engine/codec/log.c \
+                 engine/config/config.c
 $(BUILD)/fuzz/fuzz_http: tests/fuzz/fuzz_http.c $(FUZZ_HTTP_SRC) \
-                         $(wildcard engine/*.h)
+                         $(wildcard engine/*/*.h)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) $(PKG_CFLAGS) -o $@ tests/fuzz/fuzz_http.c \
 	  $(FUZZ_HTTP_SRC) $(PKG_LIBS)
 
-$(BUILD)/fuzz/fuzz_json: tests/fuzz/fuzz_json.c engine/json.c engine/codec.c \
-                         engine/buf.c engine/json.h engine/codec.h engine/buf.h
+$(BUILD)/fuzz/fuzz_json: tests/fuzz/fuzz_json.c engine/codec/json.c engine/codec/codec.c \
+                         engine/core/buf.c engine/codec/json.h engine/codec/codec.h engine/core/buf.h
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags yajl) -o $@ \
-	  tests/fuzz/fuzz_json.c engine/json.c engine/codec.c engine/buf.c \
+	  tests/fuzz/fuzz_json.c engine/codec/json.c engine/codec/codec.c engine/core/buf.c \
 	  $(shell pkg-config --libs yajl)
 
 # Recovery of a damaged segment file (writes under /tmp).
-$(BUILD)/fuzz/fuzz_spool: tests/fuzz/fuzz_spool.c engine/spool.c engine/buf.c \
-                          engine/spool.h engine/buf.h engine/common.h
+$(BUILD)/fuzz/fuzz_spool: tests/fuzz/fuzz_spool.c engine/delivery/spool.c engine/core/buf.c \
+                          engine/delivery/spool.h engine/core/buf.h engine/core/common.h
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_spool.c engine/spool.c \
-	  engine/buf.c -lpthread
+	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_spool.c engine/delivery/spool.c \
+	  engine/core/buf.c -lpthread
 
 clean:
 	rm -rf build build-asan

@@ -82,6 +82,16 @@ for t in "${ctests[@]}"; do
   report "$name" "$p" "$f"
 done
 
+# ---- layers: no file includes a header of a higher layer -----------------
+
+log="$logdir/layers.log"
+if tests/layers.sh >"$log" 2>&1; then
+  report "layers" 1 0
+else
+  sed 's/^/    /' "$log"
+  report "layers" 0 1
+fi
+
 # ---- busted specs ---------------------------------------------------------
 
 if [ -f .busted ]; then

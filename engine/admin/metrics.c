@@ -248,19 +248,8 @@ static void disk_buffers(struct out *b, const struct sl_worker *w) {
 
 static void histogram(struct out *b, const char *name, const char *labels,
                       const struct sl_histogram *h) {
-  uint64_t cum = 0;
-  int k;
-  for (k = 0; k < SL_HIST_BUCKETS; k++) {
-    cum += h->buckets[k];
-    put(b, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels,
-                  sl_histogram_bounds[k], U(cum));
-  }
-  cum += h->buckets[SL_HIST_BUCKETS];
-  put(b,
-                "%s_bucket{%s,le=\"+Inf\"} %llu\n%s_sum{%s} %.9f\n"
-                "%s_count{%s} %llu\n",
-                name, labels, U(cum), name, labels, h->sum, name, labels,
-                U(h->count));
+  if (b->rc == 0)
+    b->rc = sl_histogram_render(b->b, name, labels, h);
 }
 
 static void http_codes(struct out *b, const char *label,

@@ -11,15 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config.h" /* enum sl_queue_policy, the config's when_full */
 #include "event.h"
-
-enum sl_queue_policy {
-  SL_QUEUE_BLOCK = 0,   /* producers wait: inputs stop reading */
-  SL_QUEUE_DROP_NEWEST, /* the arriving event is dropped */
-  SL_QUEUE_DROP_OLDEST, /* the oldest undelivered event is dropped */
-  SL_QUEUE_SPILL        /* overflow to the output's disk buffer (buffer.c);
-                           the queue itself treats it as block */
-};
 
 /* Someone waiting for room. Embed it and get back with container_of. */
 struct sl_waiter {

@@ -14,7 +14,7 @@
 #include "event.h"
 #include "buffer.h"
 #include "log.h"
-#include "metrics.h"
+#include "histogram.h"
 #include "queue.h"
 #include "ratelimit.h"
 #include "retry.h"
@@ -247,7 +247,12 @@ struct sl_worker {
   /* called for every decided event when set (the admin tap) */
   void (*tap)(void *data, const struct sl_event *ev, int outcome);
   void *tap_data;
-  struct sl_admin *admin; /* the admin server; NULL without admin.listen */
+  /* the admin server, attached from the layer above (sl_worker_attach);
+   * NULL without admin.listen. The worker stops it when it drains and
+   * frees it in sl_worker_close. */
+  struct sl_admin *admin;
+  void (*admin_stop)(struct sl_admin *a);
+  void (*admin_free)(struct sl_admin *a);
   struct sl_log_limiter bad_input_log, rule_error_log;
   struct sl_worker_stats stats;
   uint64_t started_ns;
@@ -264,6 +269,15 @@ struct sl_worker {
 int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
                    size_t errlen);
 /* Run until stopped by a signal and drained. Returns the exit code. */
+/* Attach the admin server a (a layer above the worker, which must not
+ * include it): stop is called when the worker drains, free in
+ * sl_worker_close after the loop closed a's handles. */
+void sl_worker_attach(struct sl_worker *w, struct sl_admin *a,
+                      void (*stop)(struct sl_admin *a),
+                      void (*free_fn)(struct sl_admin *a));
+/* Tear down a worker that sl_worker_init started but that will not run
+ * (something attached failed to start): stops and closes it. */
+void sl_worker_abort(struct sl_worker *w);
 int sl_worker_run(struct sl_worker *w);
 /* Begin the graceful stop (what SIGTERM does). */
 void sl_worker_stop(struct sl_worker *w);

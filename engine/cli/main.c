@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "config.h"
 #include "dlq.h"
 #include "log.h"
@@ -115,6 +116,17 @@ static int write_pid_file(const char *path) {
   return 0;
 }
 
+/* The admin server sits above the worker: made here and attached to it. */
+static int start_admin(struct sl_worker *w, char *err, size_t errlen) {
+  struct sl_admin *a = sl_admin_new(w);
+  if (a == NULL) {
+    snprintf(err, errlen, "admin: out of memory");
+    return SL_ENOMEM;
+  }
+  sl_worker_attach(w, a, sl_admin_stop, sl_admin_free);
+  return sl_admin_start(a, err, errlen);
+}
+
 static int cmd_run(const char *path, int level) {
   struct sl_worker w;
   struct sl_config *cfg;
@@ -131,6 +143,13 @@ static int cmd_run(const char *path, int level) {
   if (sl_worker_init(&w, cfg, err, sizeof(err)) != 0) {
     sl_log(SL_LOG_ERROR, "cannot start", SL_S("config", path),
            SL_S("error", err), SL_END);
+    sl_config_free(cfg);
+    return 1;
+  }
+  if (cfg->admin.listen && start_admin(&w, err, sizeof(err)) != 0) {
+    sl_log(SL_LOG_ERROR, "cannot start", SL_S("config", path),
+           SL_S("error", err), SL_END);
+    sl_worker_abort(&w);
     sl_config_free(cfg);
     return 1;
   }

@@ -18,7 +18,7 @@
 #include "buf.h"
 #include "config.h"
 #include "event.h"
-#include "metrics.h"
+#include "histogram.h"
 
 struct sl_rules;
 

@@ -17,10 +17,6 @@
 
 #define SL_RULES_TIME_EVERY 16 /* a power of two */
 
-const double sl_histogram_bounds[SL_HIST_BUCKETS] = {
-    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4,
-    2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1};
-
 /* What we keep per rule file across versions. */
 struct rule_stats {
   char *file; /* name inside the rules dir */
@@ -976,7 +972,7 @@ static void on_counter(void *data, const char *name, const char *labels,
 }
 
 int sl_rules_metrics(const struct sl_rules *rs, struct sl_buf *out) {
-  int i, k;
+  int i;
   sl_buf_printf(out,
                 "# HELP sluice_rule_calls_total Calls into a rule's on_event.\n"
                 "# TYPE sluice_rule_calls_total counter\n");
@@ -1008,23 +1004,10 @@ int sl_rules_metrics(const struct sl_rules *rs, struct sl_buf *out) {
                      "(one call in 16 is timed).\n"
                      "# TYPE sluice_rule_duration_seconds histogram\n");
   for (i = 0; i < rs->nstats; i++) {
-    const struct rule_stats *s = rs->stats[i];
-    uint64_t cum = 0;
-    for (k = 0; k < SL_HIST_BUCKETS; k++) {
-      cum += s->duration.buckets[k];
-      sl_buf_printf(out,
-                    "sluice_rule_duration_seconds_bucket{rule=\"%s\",le=\"%g\"} "
-                    "%llu\n",
-                    s->label, sl_histogram_bounds[k], (unsigned long long)cum);
-    }
-    cum += s->duration.buckets[SL_HIST_BUCKETS];
-    sl_buf_printf(out,
-                  "sluice_rule_duration_seconds_bucket{rule=\"%s\",le=\"+Inf\"} "
-                  "%llu\n"
-                  "sluice_rule_duration_seconds_sum{rule=\"%s\"} %.9f\n"
-                  "sluice_rule_duration_seconds_count{rule=\"%s\"} %llu\n",
-                  s->label, (unsigned long long)cum, s->label, s->duration.sum,
-                  s->label, (unsigned long long)s->duration.count);
+    char labels[1040]; /* a label is at most 3 bytes per file name byte */
+    snprintf(labels, sizeof(labels), "rule=\"%s\"", rs->stats[i]->label);
+    sl_histogram_render(out, "sluice_rule_duration_seconds", labels,
+                        &rs->stats[i]->duration);
   }
   sl_buf_printf(out,
                 "# HELP sluice_rules_reloads_total Rule set reloads by result.\n"

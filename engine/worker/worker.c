@@ -9,7 +9,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "admin.h"
 #include "dedup.h"
 #include "rules.h"
 
@@ -588,7 +587,8 @@ static void finish(struct sl_worker *w) {
     }
   }
   sl_rules_stop(w->rules);
-  sl_admin_stop(w->admin);
+  if (w->admin && w->admin_stop)
+    w->admin_stop(w->admin);
   uv_close((uv_handle_t *)&w->sig_term, NULL);
   uv_close((uv_handle_t *)&w->sig_int, NULL);
   uv_close((uv_handle_t *)&w->sig_hup, NULL);
@@ -854,16 +854,6 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
     sl_log(SL_LOG_INFO, "input listening", SL_S("input", ic->name),
            SL_S("type", ic->type), SL_S("listen", ic->listen), SL_END);
   }
-  if (cfg->admin.listen) {
-    w->admin = sl_admin_new(w);
-    if (w->admin == NULL) {
-      snprintf(err, errlen, "admin: out of memory");
-      rc = SL_ENOMEM;
-      goto fail;
-    }
-    if ((rc = sl_admin_start(w->admin, err, errlen)) != 0)
-      goto fail;
-  }
   uv_signal_start(&w->sig_term, on_stop_signal, SIGTERM);
   uv_signal_start(&w->sig_int, on_stop_signal, SIGINT);
   uv_signal_start(&w->sig_hup, on_hup, SIGHUP);
@@ -875,6 +865,20 @@ fail:
   uv_run(&w->loop, UV_RUN_DEFAULT);
   sl_worker_close(w);
   return rc;
+}
+
+void sl_worker_attach(struct sl_worker *w, struct sl_admin *a,
+                      void (*stop)(struct sl_admin *a),
+                      void (*free_fn)(struct sl_admin *a)) {
+  w->admin = a;
+  w->admin_stop = stop;
+  w->admin_free = free_fn;
+}
+
+void sl_worker_abort(struct sl_worker *w) {
+  finish(w);
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  sl_worker_close(w);
 }
 
 int sl_worker_run(struct sl_worker *w) {
@@ -891,7 +895,8 @@ void sl_worker_close(struct sl_worker *w) {
   uv_run(&w->loop, UV_RUN_DEFAULT);
   sl_rules_free(w->rules);
   w->rules = NULL;
-  sl_admin_free(w->admin); /* its handles closed in the run above */
+  if (w->admin && w->admin_free)
+    w->admin_free(w->admin); /* its handles closed in the run above */
   w->admin = NULL;
   for (i = 0; i < w->noutputs; i++) {
     sl_buffer_close(&w->outputs[i].buf);

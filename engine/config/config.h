@@ -9,11 +9,20 @@
 #include <stdint.h>
 
 #include "buf.h"
-#include "queue.h"
 #include "router.h"
 
 #define SL_CONFIG_MAX_OUTPUTS 64
 #define SL_CONFIG_DEFAULT_PATH "sluice.conf.lua"
+
+/* What a full queue does (queue.when_full); the queue (delivery/queue.c)
+ * carries it out. */
+enum sl_queue_policy {
+  SL_QUEUE_BLOCK = 0,   /* producers wait: inputs stop reading */
+  SL_QUEUE_DROP_NEWEST, /* the arriving event is dropped */
+  SL_QUEUE_DROP_OLDEST, /* the oldest undelivered event is dropped */
+  SL_QUEUE_SPILL        /* overflow to the output's disk buffer (buffer.c);
+                           the queue itself treats it as block */
+};
 
 struct sl_queue_config {
   uint32_t max_events;           /* default 100000 */

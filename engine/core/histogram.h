@@ -1,0 +1,40 @@
+/* histogram.h - fixed-bucket latency histograms: the one set of bucket
+ * bounds every histogram shares, observing a sample, and rendering one
+ * series as Prometheus text. Counters live in the structs of the modules
+ * that count; this leaf knows nothing of them. */
+#ifndef SL_HISTOGRAM_H
+#define SL_HISTOGRAM_H
+
+#include <stdint.h>
+
+#include "buf.h"
+
+#define SL_HIST_BUCKETS 14
+
+/* Upper bounds in seconds, shared by every histogram. */
+extern const double sl_histogram_bounds[SL_HIST_BUCKETS];
+
+struct sl_histogram {
+  uint64_t buckets[SL_HIST_BUCKETS + 1]; /* the last is +Inf */
+  uint64_t count;
+  double sum;
+};
+
+static inline void sl_histogram_observe(struct sl_histogram *h,
+                                        double seconds) {
+  int i = 0;
+  while (i < SL_HIST_BUCKETS && seconds > sl_histogram_bounds[i])
+    i++;
+  h->buckets[i]++;
+  h->count++;
+  h->sum += seconds;
+}
+
+/* Append the _bucket, _sum and _count lines of one series of histogram
+ * name, labels being the label text inside the braces without the le
+ * label (already escaped). Returns 0 or SL_ENOMEM (out may then hold part
+ * of the series). */
+int sl_histogram_render(struct sl_buf *out, const char *name,
+                        const char *labels, const struct sl_histogram *h);
+
+#endif
