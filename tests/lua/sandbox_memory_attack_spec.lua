@@ -191,7 +191,7 @@ describe("C work a rule can make the engine do", function()
       return { on_event = function(ev)
         if ev.topic == "euro" then return tostring(#sluice.json.encode(euro)) end
         return tostring(#sluice.json.encode(ctl))
-      end }]], { memory_mb = 128, cpu_budget_ms = 10 })
+      end }]], { memory_mb = 128, cpu_budget_ms = 40 }) -- the chunk's rep()s fit on a loaded machine
     local res = run(r)
     assert.equal("runtime", res.error_kind)
     s.has(res.error, "json.encode: the value (max_event_bytes, or what is left of memory_mb) " ..
