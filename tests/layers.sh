@@ -11,6 +11,11 @@ rank() { # the layer order of the engine, bottom up
   esac
 }
 bad=0
+for f in engine/*.[ch]; do
+  [ -e "$f" ] || continue
+  echo "$f: not in a layer's folder"
+  bad=$((bad + 1))
+done
 for f in engine/*/*.[ch]; do
   layer=$(basename "$(dirname "$f")")
   [ "$(rank "$layer")" = 99 ] && { echo "$f: folder $layer is not a layer"; bad=$((bad + 1)); continue; }
