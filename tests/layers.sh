@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/layers.sh - folders are layers: a file under engine/<layer>/ may
 # include headers of its own folder or of a lower layer only. Prints each
-# upward include and "layers: N upward includes"; exits 1 if any.
+# problem and "layers: N problems"; exits 1 if any.
 cd "$(dirname "$0")/.." || exit 1
 rank() { # the layer order of the engine, bottom up
   case $1 in
@@ -29,5 +29,5 @@ for f in engine/*/*.[ch]; do
     fi
   done
 done
-echo "layers: $bad upward includes"
+echo "layers: $bad problems"
 [ "$bad" -eq 0 ]
