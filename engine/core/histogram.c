@@ -2,9 +2,11 @@
  * one histogram series. */
 #include "histogram.h"
 
+/* From a microsecond (a rule call) to 10 s (delivery through a retry or a
+ * slow peer): past the top, only +Inf would say anything. */
 const double sl_histogram_bounds[SL_HIST_BUCKETS] = {
-    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4,
-    2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1};
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3,
+    5e-3, 1e-2, 5e-2, 1e-1, 2.5e-1, 5e-1, 1,    2.5,    5,    10};
 
 int sl_histogram_render(struct sl_buf *out, const char *name,
                         const char *labels, const struct sl_histogram *h) {

@@ -9,7 +9,7 @@
 
 #include "buf.h"
 
-#define SL_HIST_BUCKETS 14
+#define SL_HIST_BUCKETS 20
 
 /* Upper bounds in seconds, shared by every histogram. */
 extern const double sl_histogram_bounds[SL_HIST_BUCKETS];
