@@ -1,0 +1,99 @@
+-- sandbox_redteam_spec.lua - a red-team pass as an attacker who writes
+-- only rule files: single C calls of the string library whose work grows
+-- with a string the rule builds (up to memory_mb), each of which ran far
+-- past a 10 ms budget in one call. Each must now end within a bound that
+-- the attack exceeded several times over before its fix, and keep its
+-- meaning for ordinary inputs.
+
+local s = require("support")
+
+-- A rule with a big memory cap (so one call can do a lot of work) and a
+-- 10 ms budget: prep events build S step by step (each under the budget),
+-- then one "attack" event runs body. Returns the attack's result.
+local function attack(prep, body, opts)
+  local r = s.rule(([[
+    local S = {}
+    local function grow(k, unit, n)
+      if S[k] == nil then S[k] = unit return false end
+      if #S[k] >= n then return true end
+      local x = S[k]
+      if #x >= 4194304 then x = x:sub(1, 4194304) end
+      S[k] = S[k] .. x
+      return false
+    end
+    return { on_event = function(ev)
+      if ev.topic == "prep" then
+        if (function() %s end)() then return nil end
+        return "more"
+      end
+      %s
+      return "done"
+    end }
+  ]]):format(prep or "return true", body), opts or { cpu_budget_ms = 10, memory_mb = 1024 })
+  for _ = 1, 5000 do
+    local res = r:run({ topic = "prep" })
+    assert(res.verdict ~= "error" or res.error_kind == "cpu", res.error)
+    if res.verdict == "pass" then break end
+  end
+  return r:run({ topic = "attack" }), r
+end
+
+-- The bound for one call: about 10x what a fixed call takes when idle
+-- (the budget, 10 ms); each attack below took at least 150 ms before.
+local BOUND_MS = 100
+
+describe("string library calls on long strings stay within the budget", function()
+  teardown(s.cleanup)
+
+  it("stops string.rep with a separator within the budget (was 0.9 s in one call)", function()
+    local res = attack(nil, [[local y = string.rep("a", 150 * 1048576, "b")]])
+    assert.equal("cpu", res.error_kind, res.error)
+    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+  end)
+
+  it("stops string.rep of a long result within the budget (was 0.4 s in one call)", function()
+    local res = attack(nil, [[local y = ("ab"):rep(200 * 1048576)]])
+    assert.equal("cpu", res.error_kind, res.error)
+    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+  end)
+
+  it("refuses a string.rep over memory_mb at once, before doing the work", function()
+    local res = attack(nil, [[local y = ("ab"):rep(40 * 1048576)]], { cpu_budget_ms = 1000, memory_mb = 64 })
+    assert.equal("memory", res.error_kind, res.error)
+    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+  end)
+
+  it("keeps string.rep's meaning", function()
+    local res = attack(nil, [[
+      assert(("ab"):rep(3) == "ababab")
+      assert(("ab"):rep(3, ",") == "ab,ab,ab")
+      assert(("ab"):rep(1, ",") == "ab")
+      assert(("ab"):rep(0, ",") == "" and ("ab"):rep(-5) == "")
+      assert((""):rep(5, "-") == "----")
+      assert(("x"):rep(2.9) == "xx")
+      assert(string.rep(12, 2) == "1212")
+      assert(not pcall(string.rep))
+      assert(not pcall(string.rep, "x"))
+      local big = ("abc"):rep(1000000, "-")
+      assert(#big == 3999999 and big:sub(1, 8) == "abc-abc-" and big:sub(-4) == "-abc")
+      assert(big == string.rep("abc-", 999999) .. "abc")
+    ]], { cpu_budget_ms = 2000, memory_mb = 256 })
+    assert.equal("done", res.routes and res.routes[1], res.error)
+  end)
+
+  it("keeps string.upper, lower and reverse's meaning on long strings", function()
+    local res = attack(nil, [[
+      local bytes = {}
+      for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
+      local all = table.concat(bytes)
+      local long = all:rep(2000) -- 512000 bytes: the checked path
+      local up, low, rev = all:upper(), all:lower(), all:reverse()
+      assert(long:upper() == up:rep(2000) and long:lower() == low:rep(2000))
+      assert(long:reverse() == rev:rep(2000))
+      assert(("abc"):upper() == "ABC" and string.reverse(123) == "321")
+      assert(not pcall(string.upper))
+    ]], { cpu_budget_ms = 2000, memory_mb = 64 })
+    assert.equal("done", res.routes and res.routes[1], res.error)
+  end)
+
+end)
