@@ -96,4 +96,58 @@ describe("string library calls on long strings stay within the budget", function
     assert.equal("done", res.routes and res.routes[1], res.error)
   end)
 
+  it("stops a plain string.find in a long subject within the budget (was 0.15 s in one call)", function()
+    local res = attack([[return grow("x", "a", 32 * 1048576)]],
+      [[local y = S.x:find(("a"):rep(1048576) .. "b", 1, true)]])
+    assert.equal("cpu", res.error_kind, res.error)
+    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+  end)
+
+  it("stops a string.find without specials in a long subject within the budget", function()
+    local res = attack([[return grow("x", "a", 32 * 1048576)]],
+      [[local y = S.x:find(("a"):rep(15) .. "b")]])
+    assert.equal("cpu", res.error_kind, res.error)
+    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+  end)
+
+  it("keeps a plain string.find's meaning across its search windows", function()
+    local res = attack(nil, [[
+      local hay = ("x"):rep(3 * 1048576 + 17) .. "needle" .. ("y"):rep(1000)
+      assert(hay:find("needle", 1, true) == 3 * 1048576 + 18)
+      assert(select(2, hay:find("needle", 1, true)) == 3 * 1048576 + 23)
+      assert(hay:find("needle", 3 * 1048576 + 19, true) == nil)
+      assert(hay:find("needles", 1, true) == nil)
+      local long = ("m"):rep(200000) .. "end"
+      local hay2 = ("n"):rep(2 * 1048576) .. "end" .. long
+      assert(hay2:find(long, 1, true) == 2 * 1048576 + 4)
+      assert(hay2:find(("n"):rep(100000) .. "end", 1, true) == 2 * 1048576 - 100000 + 1)
+      assert(("abc"):find("", 2, true) == 2 and ("abc"):find("c", -1, true) == 3)
+      assert(("abc"):find("abcd", 1, true) == nil and ("abc"):find("bc") == 2)
+      local parts = {}
+      for i = 1, 110000 do parts[i] = ("%09d,"):format(i) end
+      local huge = table.concat(parts) -- over 1 MiB: found by its prefix
+      local hay3 = ("q"):rep(300000) .. huge:sub(1, 70000) .. "z" .. huge .. "q"
+      assert(hay3:find(huge, 1, true) == 370002)
+      assert(hay3:find(huge .. "qq", 1, true) == nil)
+      local edge = ("x"):rep(1048576 - 2) .. "abcd"
+      assert(edge:find("abcd", 1, true) == 1048575)
+    ]], { cpu_budget_ms = 2000, memory_mb = 256 })
+    assert.equal("done", res.routes and res.routes[1], res.error)
+  end)
+
+  it("stops string.gsub whose replacements copy many bytes within the budget (was 0.5 s in one call)", function()
+    local res = attack([[if not grow("x", "a", 16384) then return false end
+      S.r = ("r"):rep(65536) return true]],
+      [[local y = S.x:gsub("a", S.r)]])
+    assert.equal("cpu", res.error_kind, res.error)
+    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+  end)
+
+  it("stops string.gsub copying a long capture many times within the budget", function()
+    local res = attack([[return grow("x", "a", 16 * 1048576)]],
+      [[local y = S.x:gsub("^(.*)$", ("%1"):rep(40))]])
+    assert.equal("cpu", res.error_kind, res.error)
+    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+  end)
+
 end)
