@@ -150,4 +150,21 @@ describe("string library calls on long strings stay within the budget", function
     assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
   end)
 
+  it("refuses string.format %q of a string longer than 1 MiB (was 2.3 ms per MiB in one call)", function()
+    local res = attack([[return grow("x", "\n", 4 * 1048576)]],
+      [[local y = string.format("%5q", S.x)]])
+    assert.equal("error", res.verdict)
+    s.has(res.error, "%q")
+    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+  end)
+
+  it("keeps string.format %q's meaning below the limit", function()
+    local res = attack(nil, [[
+      assert(string.format("%q", "a\n\"\0" .. "1") == '"a\\\n\\"\\0001"')
+      assert(("%s %q %d"):format("x", "y", 3) == 'x "y" 3')
+      assert(#string.format("%q", ("z"):rep(1048576)) == 1048578)
+      assert(string.format("%%q %s", "x") == "%q x")
+    ]], { cpu_budget_ms = 2000, memory_mb = 64 })
+    assert.equal("done", res.routes and res.routes[1], res.error)
+  end)
 end)
