@@ -1631,7 +1631,7 @@ static int l_counter(lua_State *L) {
   uint32_t *slot;
 
   check_cpu(L); /* finding a series compares up to 1024 label sets */
-  if (!valid_name(name, 1))
+  if (!valid_name(name, 1) || strlen(name) != lua_objlen(L, 1))
     return luaL_argerror(L, 1, "a metric name [a-zA-Z_:][a-zA-Z0-9_:]* "
                                "expected");
   if (strlen(name) > LABEL_MAX)
@@ -1642,9 +1642,19 @@ static int l_counter(lua_State *L) {
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_pushnil(L);
     while (lua_next(L, 2)) {
-      if (lua_type(L, -2) != LUA_TSTRING || !valid_name(lua_tostring(L, -2), 0))
+      if (lua_type(L, -2) != LUA_TSTRING || !valid_name(lua_tostring(L, -2), 0) ||
+          strlen(lua_tostring(L, -2)) != lua_objlen(L, -2))
         return luaL_error(L, "sluice.counter: label names must match "
                              "[a-zA-Z_][a-zA-Z0-9_]*");
+      /* /metrics adds rule and name itself, and Prometheus keeps names
+       * starting "__" (__name__ is the metric's): either would make the
+       * sample a duplicate label or another metric, and break the scrape */
+      if (strcmp(lua_tostring(L, -2), "rule") == 0 ||
+          strcmp(lua_tostring(L, -2), "name") == 0 ||
+          strncmp(lua_tostring(L, -2), "__", 2) == 0)
+        return luaL_error(L, "sluice.counter: label name '%s' is reserved "
+                             "(rule, name and names starting with __)",
+                          lua_tostring(L, -2));
       if (lua_type(L, -1) != LUA_TSTRING)
         return luaL_error(L, "sluice.counter: label '%s' must be a string",
                           lua_tostring(L, -2));
@@ -1659,6 +1669,9 @@ static int l_counter(lua_State *L) {
       if (!utf8_valid(lb[nl].v, lb[nl].vlen))
         return luaL_error(L, "sluice.counter: label '%s' is not valid UTF-8",
                           lb[nl].k);
+      if (memchr(lb[nl].v, 0, lb[nl].vlen) != NULL) /* kept as C strings: */
+        return luaL_error(L, "sluice.counter: label '%s' holds a NUL byte",
+                          lb[nl].k); /* cut there, the quote was lost */
       nl++;
       lua_pop(L, 1);
     }

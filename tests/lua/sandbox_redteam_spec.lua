@@ -168,3 +168,43 @@ describe("string library calls on long strings stay within the budget", function
     assert.equal("done", res.routes and res.routes[1], res.error)
   end)
 end)
+
+describe("rule counters cannot spoil /metrics", function()
+  teardown(s.cleanup)
+
+  -- /metrics prints sluice_rule_value{rule="..",name="..",<labels>}
+  it("refuses the label names /metrics adds itself or Prometheus reserves", function()
+    for _, label in ipairs({ "rule", "name", "__name__", "__x" }) do
+      local r = s.on_event(("sluice.counter('c', { %s = 'v' }):inc() return 'ok'"):format(label))
+      local res = r:run({ topic = "t" })
+      assert.equal("error", res.verdict, label)
+      s.has(res.error, "label name '" .. label .. "' is reserved")
+      assert.same({}, r:counters())
+    end
+  end)
+
+  it("refuses a label value with a NUL byte (it was cut there, losing its closing quote)", function()
+    local r = s.on_event([[sluice.counter("c", { k = "x\0y" }):inc() return "ok"]])
+    local res = r:run({ topic = "t" })
+    assert.equal("error", res.verdict)
+    s.has(res.error, "label 'k' holds a NUL byte")
+    assert.same({}, r:counters())
+  end)
+
+  it("refuses a metric or label name with a NUL byte", function()
+    local r = s.on_event([[
+      assert(not pcall(sluice.counter, "c\0d"))
+      assert(not pcall(sluice.counter, "c", { ["k\0x"] = "v" }))
+      return "ok"]])
+    assert.same({ "ok" }, r:run({ topic = "t" }).routes)
+    assert.same({}, r:counters())
+  end)
+
+  it("keeps ordinary labels, escaped", function()
+    local r = s.on_event([[
+      sluice.counter("c_total", { kind = 'a"b\\c\nd', rule_x = "1", names = "2" }):inc()
+      return "ok"]])
+    assert.same({ "ok" }, r:run({ topic = "t" }).routes)
+    assert.same({ ['c_total{kind="a\\"b\\\\c\\nd",names="2",rule_x="1"}'] = 1 }, r:counters())
+  end)
+end)
