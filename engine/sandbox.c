@@ -64,6 +64,7 @@
 #define SCRATCH_KEEP 65536   /* scratch buffers shrink back after more */
 #define BIGSTR_MIN (256u << 10) /* string results built in checked pieces */
 #define BIGSTR_PIECE (1u << 20) /* bytes written between clock checks */
+#define CONCAT_PIECE 65536    /* table.concat elements between clock checks */
 
 /* Fixed slots at the bottom of each state's main stack, so a call into
  * the rule needs no lookup. */
@@ -2117,6 +2118,48 @@ static int l_strmap(lua_State *L) {
   return 1;
 }
 
+/* table.concat (upvalue 1) over more than CONCAT_PIECE elements: LuaJIT
+ * joins them in one C call (24 ms for 8M short strings against a 10 ms
+ * budget, and more as memory_mb allows). Here ranges of CONCAT_PIECE
+ * elements are joined by the original with a clock check after each,
+ * then the parts (a few hundred bytes of table per million elements)
+ * in one last call that copies each byte once more. */
+static int l_concat(lua_State *L) {
+  size_t lsep = 0;
+  int32_t i, j, k, nparts = 0;
+
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_optlstring(L, 2, "", &lsep);
+  i = lua_isnoneornil(L, 3) ? 1 : check_int32(L, 3);
+  j = lua_isnoneornil(L, 4) ? (int32_t)lua_objlen(L, 1) : check_int32(L, 4);
+  if ((int64_t)j - i < CONCAT_PIECE) {
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1); /* runs no Lua */
+    return 1;
+  }
+  lua_settop(L, 2);
+  lua_createtable(L, (int)(((int64_t)j - i) / CONCAT_PIECE + 1), 0); /* 3 */
+  for (k = i;; k += CONCAT_PIECE) {
+    int32_t last = (int64_t)j - k < CONCAT_PIECE ? j : k + CONCAT_PIECE - 1;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_pushinteger(L, k);
+    lua_pushinteger(L, last);
+    lua_call(L, 4, 1);
+    lua_rawseti(L, 3, ++nparts);
+    check_cpu(L);
+    if (last == j)
+      break;
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 3);
+  lua_pushvalue(L, 2);
+  lua_call(L, 2, 1);
+  return 1;
+}
+
 /* Replace string.rep, upper, lower and reverse in the table at t. */
 static void checked_strings(lua_State *L, int t) {
   static const char *const maps[] = {"upper", "lower", "reverse"};
@@ -2430,6 +2473,9 @@ static int box_setup(lua_State *L) {
   lua_getfield(L, -2, "insert");
   lua_pushcclosure(L, l_insert, 1);
   lua_setfield(L, -2, "insert");
+  lua_getfield(L, -2, "concat");
+  lua_pushcclosure(L, l_concat, 1);
+  lua_setfield(L, -2, "concat");
   lua_setfield(L, env, "table");
   lua_pop(L, 1);
 
