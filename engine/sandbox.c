@@ -1299,6 +1299,8 @@ static int l_emit(lua_State *L) {
   if (lua_objlen(L, 1) > ROUTE_NAME_MAX)
     return luaL_error(L, "sluice.emit: output name of %d bytes (at most %d)",
                       (int)lua_objlen(L, 1), ROUTE_NAME_MAX);
+  if (strlen(output) != lua_objlen(L, 1)) /* it goes on as a C string */
+    return luaL_error(L, "sluice.emit: output name with a NUL byte");
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   lua_pushnil(L);
@@ -3042,8 +3044,8 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     return;
   case LUA_TSTRING:
     s = lua_tolstring(L, -1, &n);
-    if (n == 0 || n > ROUTE_NAME_MAX)
-      break;
+    if (n == 0 || n > ROUTE_NAME_MAX || memchr(s, 0, n) != NULL)
+      break; /* names go on as C strings: "a\0x" would route to a */
     sl_buf_reset(&r->routes);
     if (sl_buf_append(&r->routes, s, n + 1) != 0)
       goto nomem;
@@ -3068,7 +3070,8 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     for (i = 0; i < count; i++) {
       lua_rawgeti(L, -1, (int)i + 1);
       if (lua_type(L, -1) != LUA_TSTRING || lua_objlen(L, -1) == 0 ||
-          lua_objlen(L, -1) > ROUTE_NAME_MAX) {
+          lua_objlen(L, -1) > ROUTE_NAME_MAX ||
+          memchr(lua_tostring(L, -1), 0, lua_objlen(L, -1)) != NULL) {
         lua_pop(L, 1);
         count = 0;
         break;
@@ -3105,8 +3108,13 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
                  count > SL_RULE_MAX_ROUTES ? "too many routes"
                  : count == 0 ? "an empty or non-list table"
                               : "a list with a non-string or empty entry, or "
-                                "one too long",
+                                "one too long or with a NUL byte",
                  SL_RULE_MAX_ROUTES, ROUTE_NAME_MAX);
+  } else if (lua_type(L, -1) == LUA_TSTRING && lua_objlen(L, -1) > 0 &&
+             lua_objlen(L, -1) <= ROUTE_NAME_MAX) {
+    decide_error(d, SL_RULE_ERR_RUNTIME, where,
+                 "%s: on_event returned an output name with a NUL byte",
+                 where);
   } else if (lua_type(L, -1) == LUA_TSTRING && lua_objlen(L, -1) > 0) {
     decide_error(d, SL_RULE_ERR_RUNTIME, where,
                  "%s: on_event returned an output name of %d bytes (at most "

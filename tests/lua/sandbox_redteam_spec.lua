@@ -240,3 +240,21 @@ describe("rule counters cannot spoil /metrics", function()
     assert.same({ ['c_total{kind="a\\"b\\\\c\\nd",names="2",rule_x="1"}'] = 1 }, r:counters())
   end)
 end)
+
+describe("output names are whole names", function()
+  teardown(s.cleanup)
+
+  -- names went on as C strings: "a\0b" routed or emitted to output "a"
+  it("refuses an output name with a NUL byte from on_event or sluice.emit", function()
+    for _, ret in ipairs({ [["a\0b"]], [[{ "b", "a\0b" }]] }) do
+      local res = s.on_event("return " .. ret):run({ topic = "t" })
+      assert.equal("error", res.verdict, ret)
+      s.has(res.error, "NUL byte")
+    end
+    local res = s.on_event([[sluice.emit("a\0b", { topic = "x" }) return "a"]]):run({ topic = "t" })
+    assert.equal("error", res.verdict)
+    s.has(res.error, "sluice.emit: output name with a NUL byte")
+    assert.same({}, res.emitted)
+    assert.same({ "a", "b" }, s.on_event([[return { "a", "b" }]]):run({ topic = "t" }).routes)
+  end)
+end)
