@@ -397,12 +397,12 @@ static int on_error(lua_State *L) {
   char where[256], num[64];
   const char *msg;
   lua_Debug ar;
-  size_t used = 0;
+  size_t used = 0, mlen;
   int level, frames = 0;
 
   where_of(L, 1, where, sizeof(where), r->path);
   if (lua_type(L, 1) == LUA_TSTRING) {
-    msg = lua_tostring(L, 1);
+    msg = lua_tolstring(L, 1, &mlen);
   } else if (lua_type(L, 1) == LUA_TNUMBER) {
     snprintf(num, sizeof(num), "%.14g", lua_tonumber(L, 1));
     msg = num;
@@ -411,19 +411,27 @@ static int on_error(lua_State *L) {
              lua_typename(L, lua_type(L, 1)));
     msg = num;
   }
-  { /* keep "file:line: msg" as it is, else prefix where */
-    const char *c = strchr(msg, ':');
-    int positioned = c && c > msg && c[1] >= '0' && c[1] <= '9';
+  if (lua_type(L, 1) != LUA_TSTRING)
+    mlen = strlen(msg);
+  /* keep "file:line: msg" as it is, else prefix where. Look only at the
+   * start and copy what fits: a message may be as long as memory_mb
+   * allows, and snprintf("%s") of a 16 MB one took 40-95 ms, unchecked */
+  {
+    size_t scan = mlen < sizeof(r->err_msg) ? mlen : sizeof(r->err_msg);
+    const char *c = memchr(msg, ':', scan), *end = msg + scan;
+    int positioned = c && c > msg && c + 1 < end && c[1] >= '0' &&
+                     c[1] <= '9';
     if (positioned) {
       c++;
-      while (*c >= '0' && *c <= '9')
+      while (c < end && *c >= '0' && *c <= '9')
         c++;
-      positioned = c[0] == ':' && c[1] == ' ';
+      positioned = c + 1 < end && c[0] == ':' && c[1] == ' ';
     }
     if (positioned)
-      snprintf(r->err_msg, sizeof(r->err_msg), "%s", msg);
+      snprintf(r->err_msg, sizeof(r->err_msg), "%.*s", (int)scan, msg);
     else
-      snprintf(r->err_msg, sizeof(r->err_msg), "%s: %s", where, msg);
+      snprintf(r->err_msg, sizeof(r->err_msg), "%s: %.*s", where, (int)scan,
+               msg);
   }
   snprintf(r->err_where, sizeof(r->err_where), "%s", where);
   used = (size_t)snprintf(r->err_tb, sizeof(r->err_tb), "stack traceback:");
@@ -507,13 +515,17 @@ static int box_cpcall(struct box *b, lua_CFunction fn, void *ud) {
     set_hook(b, HOOK_COUNT);
   }
   if (st != 0) {
-    const char *m = lua_tostring(b->L, -1);
+    size_t mlen = 0;
+    const char *m = lua_tolstring(b->L, -1, &mlen);
     if (st == LUA_ERRMEM)
       snprintf(r->err_msg, sizeof(r->err_msg), "%s: not enough memory "
                "(memory_mb=%u)", b->oom ? b->oom_where : r->path,
                (unsigned)r->memory_mb);
     else
-      snprintf(r->err_msg, sizeof(r->err_msg), "%s", m ? m : "error");
+      snprintf(r->err_msg, sizeof(r->err_msg), "%.*s",
+               m ? (int)(mlen < sizeof(r->err_msg) ? mlen : sizeof(r->err_msg))
+                 : 5,
+               m ? m : "error"); /* only what fits: see on_error */
     snprintf(r->err_where, sizeof(r->err_where), "%s",
              b->oom ? b->oom_where : r->path);
     r->err_tb[0] = 0;
@@ -693,6 +705,24 @@ static void set_ref(lua_State *L, int ref, int idx) {
   lua_rawseti(L, LUA_REGISTRYINDEX, ref);
 }
 
+/* A rule's string as error messages show it: at most 128 bytes. Pushed
+ * (it stays on the stack until the error unwinds it). lua_pushfstring
+ * has no precision, and copying a 64 MB name into a message, then again
+ * to prefix the position, cost 0.1-0.3 s after the rule's deadline. */
+static const char *msg_str(lua_State *L, int idx) {
+  size_t n;
+  const char *s = lua_tolstring(L, idx, &n);
+
+  if (s == NULL)
+    return "?";
+  if (n <= 128)
+    return s;
+  lua_pushlstring(L, s, 128);
+  lua_pushliteral(L, "...");
+  lua_concat(L, 2);
+  return lua_tostring(L, -1);
+}
+
 static int ev_index(lua_State *L) {
   struct box *b = box_of(L);
   struct sl_event *ev = b->ev;
@@ -755,7 +785,7 @@ static int ev_index(lua_State *L) {
     lua_pushvalue(L, lua_upvalueindex(1)); /* ev:field(name) */
   } else {
     return luaL_error(L, "event has no field '%s' (it has id, topic, key, "
-                         "time, headers, payload and field())", k);
+                         "time, headers, payload and field())", msg_str(L, 2));
   }
   return 1;
 }
@@ -838,7 +868,7 @@ static int ev_newindex(lua_State *L) {
     return luaL_error(L, "ev.%s is read-only", k);
   } else {
     return luaL_error(L, "event has no field '%s' (it has id, topic, key, "
-                         "time, headers and payload)", k);
+                         "time, headers and payload)", msg_str(L, 2));
   }
   return 0;
 }
@@ -903,9 +933,11 @@ static void encode_headers(lua_State *L, int idx, struct sl_buf *out,
       if (lua_type(L, -2) != LUA_TSTRING)
         luaL_error(L, "%s: header names must be strings (got %s)", what,
                    luaL_typename(L, -2));
-      if (lua_type(L, -1) != LUA_TSTRING)
+      if (lua_type(L, -1) != LUA_TSTRING) {
+        const char *got = luaL_typename(L, -1); /* before msg_str pushes */
         luaL_error(L, "%s: header '%s' must be a string (got %s)", what,
-                   lua_tostring(L, -2), luaL_typename(L, -1));
+                   msg_str(L, -2), got);
+      }
       k = lua_tolstring(L, -2, &kl);
       v = lua_tolstring(L, -1, &vl);
       if (tp && is_traceparent(L, -2)) {
@@ -1310,7 +1342,7 @@ static int l_emit(lua_State *L) {
         strcmp(k, "time") && strcmp(k, "headers") && strcmp(k, "payload"))
       return luaL_error(L, "sluice.emit: unknown event field '%s' (use id, "
                            "topic, key, time, headers, payload)",
-                        lua_type(L, -2) == LUA_TSTRING ? k
+                        lua_type(L, -2) == LUA_TSTRING ? msg_str(L, -2)
                                                        : luaL_typename(L, -2));
     lua_pop(L, 1);
   }
@@ -2276,7 +2308,7 @@ static int l_require(lua_State *L) {
   lua_settop(L, 1);
   if (!valid_module(name, n))
     return luaL_error(L, "require: invalid module name '%s' (letters, "
-                         "digits, '_', '-' and dots only)", name);
+                         "digits, '_', '-' and dots only)", msg_str(L, 1));
   lua_pushvalue(L, 1);
   lua_rawget(L, lua_upvalueindex(1));
   if (lua_type(L, -1) == LUA_TLIGHTUSERDATA)
@@ -3058,8 +3090,14 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
       break;
     push_ref(L, b->ref_drop);
     d->verdict = SL_RULE_DROP;
-    snprintf(d->message, sizeof(d->message), "%s",
-             lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "dropped");
+    if (lua_type(L, -1) == LUA_TSTRING) { /* copy only what fits */
+      size_t n = lua_objlen(L, -1);
+      snprintf(d->message, sizeof(d->message), "%.*s",
+               (int)(n < sizeof(d->message) ? n : sizeof(d->message)),
+               lua_tostring(L, -1));
+    } else {
+      snprintf(d->message, sizeof(d->message), "dropped");
+    }
     lua_pop(L, 1);
     return;
   case LUA_TTABLE:
