@@ -581,13 +581,15 @@ static uint64_t mix64(uint64_t x) {
   return x;
 }
 
-static void hash128(const struct sl_rule *r, const char *s, size_t n,
-                    uint64_t *h1, uint64_t *h2) {
+static void hash128(lua_State *L, const struct sl_rule *r, const char *s,
+                    size_t n, uint64_t *h1, uint64_t *h2) {
   uint64_t a = r->seed1 ^ (uint64_t)n, b = r->seed2 + (uint64_t)n * 31;
   uint64_t w;
   size_t i;
 
   for (i = 0; i + 8 <= n; i += 8) {
+    if ((i & ((1u << 20) - 1)) == 0 && i > 0)
+      check_cpu(L); /* a key may be as long as memory_mb: 10 ms per 16 MB */
     memcpy(&w, s + i, 8);
     a = mix64(a ^ w) + 0x9e3779b97f4a7c15ULL;
     b = mix64(b + (w * 0xbf58476d1ce4e5b9ULL)) ^ a;
@@ -1797,7 +1799,7 @@ static int l_rate_limit(lua_State *L) {
     return luaL_argerror(L, 3, "a burst >= 1 expected");
   if (r->rate.nodes == NULL && lru_open(&r->rate, RATE_KEYS) != 0)
     return luaL_error(L, "not enough memory");
-  hash128(r, key, n, &h1, &h2);
+  hash128(L, r, key, n, &h1, &h2);
   i = lru_find(&r->rate, h1, h2);
   if (i == NIL32) {
     i = lru_add(&r->rate, h1, h2);
@@ -1830,7 +1832,7 @@ static int l_seen(lua_State *L) {
     return luaL_argerror(L, 2, "a ttl > 0 ms expected");
   if (r->seen.nodes == NULL && lru_open(&r->seen, SEEN_KEYS) != 0)
     return luaL_error(L, "not enough memory");
-  hash128(r, id, n, &h1, &h2);
+  hash128(L, r, id, n, &h1, &h2);
   i = lru_find(&r->seen, h1, h2);
   if (i != NIL32 && r->seen.nodes[i].a > (double)now) {
     lua_pushboolean(L, 1);

@@ -314,3 +314,23 @@ describe("long error messages and drop reasons", function()
     s.has(r:run({ topic = "d" }).error, ": 42")
   end)
 end)
+
+describe("sluice.seen and rate_limit with long keys", function()
+  teardown(s.cleanup)
+
+  -- hashing a key ran unchecked (10 ms per 16 MB); it is now checked per MiB
+  it("tell long keys apart that differ only at the end, and stop near the budget", function()
+    local res = attack([[return grow("x", "k", 16 * 1048576)]], [[
+      local a, b = S.x .. "a", S.x .. "b"
+      assert(sluice.seen(a, 1000) == false and sluice.seen(a, 1000) == true)
+      assert(sluice.seen(b, 1000) == false)
+      assert(sluice.rate_limit(a, 1, 1) == true and sluice.rate_limit(a, 1, 1) == false)
+      assert(sluice.rate_limit(b, 1, 1) == true)
+    ]], { cpu_budget_ms = 2000, memory_mb = 256 })
+    assert.equal("done", res.routes and res.routes[1], res.error)
+    res = attack([[return grow("x", "k", 16 * 1048576)]],
+      [[while true do sluice.seen(S.x, 1000) end]], { cpu_budget_ms = 20, memory_mb = 256 })
+    assert.equal("cpu", res.error_kind, res.error)
+    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+  end)
+end)
