@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -2238,24 +2240,39 @@ static int is_bytecode(const uint8_t *p, size_t n) {
   return (n > 0 && p[0] == 0x1b) || (i < n && p[i] == 0x1b);
 }
 
-/* Read a whole file into out. 0, SL_ENOENT or another negative code. */
-static int read_file(struct sl_buf *out, const char *path) {
-  FILE *f = fopen(path, "rb");
+/* Read a whole regular file of at most max bytes into out. 0, SL_ENOENT,
+ * SL_E2BIG (longer: reading stops there), SL_EINVAL (not a regular file)
+ * or another negative code. Rules and their modules are files a rule's
+ * author writes: a FIFO named x.lua blocked the engine in open() or
+ * read() for good, and a 1 GB file was read whole into C memory before
+ * its size was refused. */
+static int read_file(struct sl_buf *out, const char *path, size_t max) {
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   char chunk[16384];
-  size_t n;
+  struct stat st;
+  ssize_t n;
   int rc = 0;
 
-  if (f == NULL)
+  if (fd < 0)
     return errno == ENOENT ? SL_ENOENT : -errno;
   sl_buf_reset(out);
-  while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-    if (sl_buf_append(out, chunk, n) != 0) {
+  if (fstat(fd, &st) != 0)
+    rc = -errno;
+  else if (!S_ISREG(st.st_mode))
+    rc = SL_EINVAL;
+  else if ((uint64_t)st.st_size > max)
+    rc = SL_E2BIG;
+  while (rc == 0 && (n = read(fd, chunk, sizeof(chunk))) != 0) {
+    if (n < 0) {
+      if (errno != EINTR)
+        rc = SL_EIO;
+    } else if ((size_t)n > max - out->len) {
+      rc = SL_E2BIG; /* it grew while we read */
+    } else if (sl_buf_append(out, chunk, (size_t)n) != 0) {
       rc = SL_ENOMEM;
-      break;
     }
-  if (rc == 0 && ferror(f))
-    rc = SL_EIO;
-  fclose(f);
+  }
+  close(fd);
   return rc;
 }
 
@@ -2282,9 +2299,8 @@ static int module_text(struct sl_rule *r, const char *path,
   m = &r->mods[r->nmods];
   memset(m, 0, sizeof(*m));
   sl_buf_init(&m->text);
-  rc = read_file(&m->text, path);
-  if (rc == 0 && m->text.len > ((size_t)r->memory_mb << 20) - r->mods_bytes)
-    rc = SL_E2BIG; /* kept in C memory: all of them within memory_mb */
+  /* kept in C memory: all of them within memory_mb */
+  rc = read_file(&m->text, path, ((size_t)r->memory_mb << 20) - r->mods_bytes);
   if ((rc != 0 && rc != SL_ENOENT) || (m->path = strdup(path)) == NULL) {
     sl_buf_close(&m->text);
     return rc ? rc : SL_ENOMEM;
@@ -2340,7 +2356,8 @@ static int l_require(lua_State *L) {
                          "paths per rule, each within memory_mb)", path,
                       MAX_MODULE_LOOKUPS);
   if (rc != 0)
-    return luaL_error(L, "require: cannot read %s: %s", path, strerror(-rc));
+    return luaL_error(L, "require: cannot read %s: %s", path,
+                      rc == SL_EINVAL ? "not a regular file" : strerror(-rc));
   if (is_bytecode(text->data, text->len))
     return luaL_error(L, "%s: bytecode is not allowed", path);
   lua_pushfstring(L, "@%s", path);
@@ -2740,12 +2757,13 @@ static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
   size_t i;
 
   if (!r->src_read) {
-    rc = read_file(&r->src, r->source);
-    if (rc == 0 && r->src.len > ((size_t)r->memory_mb << 20))
-      rc = SL_E2BIG; /* kept in C memory for rebuilds */
+    /* kept in C memory for rebuilds */
+    rc = read_file(&r->src, r->source, (size_t)r->memory_mb << 20);
     if (rc != 0) {
       snprintf(err, errlen, "%s:0: cannot read the rule: %s", r->path,
-               rc == SL_E2BIG ? "larger than memory_mb" : strerror(-rc));
+               rc == SL_E2BIG   ? "larger than memory_mb"
+               : rc == SL_EINVAL ? "not a regular file"
+                                 : strerror(-rc));
       return NULL;
     }
     r->src_read = 1;
@@ -3467,13 +3485,13 @@ int sl_rule_unchanged(const struct sl_rule *r, const char *path) {
 
   sl_buf_init(&now);
   if (same) {
-    rc = read_file(&now, path);
+    rc = read_file(&now, path, (size_t)r->memory_mb << 20);
     sha256_hex(now.data, now.len, hash);
     same = rc == 0 && strcmp(hash, r->hash) == 0;
   }
   for (i = 0; same && i < r->nmods; i++) {
     const struct module *m = &r->mods[i];
-    rc = read_file(&now, m->path);
+    rc = read_file(&now, m->path, (size_t)r->memory_mb << 20);
     same = m->found ? rc == 0 && now.len == m->text.len &&
                           (now.len == 0 ||
                            memcmp(now.data, m->text.data, now.len) == 0)
