@@ -2102,8 +2102,13 @@ static int l_rep(lua_State *L) {
     lua_call(L, lua_gettop(L) - 1, 1); /* runs no Lua */
     return 1;
   }
-  if (tlen > 0x7fffff00u) /* LuaJIT's LJ_MAX_STR */
-    return luaL_error(L, "string length overflow");
+  if (tlen > 0x7fffff00u) { /* LuaJIT's LJ_MAX_STR: a memory error there */
+    struct box *b = box_of(L);
+    if (!b->oom && b->in_call)
+      where_of(L, 0, b->oom_where, sizeof(b->oom_where), b->rule->path);
+    b->oom = 1;
+    return luaL_error(L, "not enough memory");
+  }
   buf = strbuf_get(L, (size_t)tlen);
   unit = ls + lsep;
   target = (size_t)(n - 1) * unit; /* all but the last s: whole units */

@@ -74,6 +74,9 @@ describe("string library calls on long strings stay within the budget", function
       assert(string.rep(12, 2) == "1212")
       assert(not pcall(string.rep))
       assert(not pcall(string.rep, "x"))
+      assert(#("x"):rep(2^31) == 0 and #("x"):rep(-0.5) == 0)
+      local ok, err = pcall(string.rep, "ab", 2^30 + 5) -- over LuaJIT's string limit
+      assert(not ok and err:find("not enough memory"), err)
       local big = ("abc"):rep(1000000, "-")
       assert(#big == 3999999 and big:sub(1, 8) == "abc-abc-" and big:sub(-4) == "-abc")
       assert(big == string.rep("abc-", 999999) .. "abc")
