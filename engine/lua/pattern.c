@@ -19,6 +19,10 @@
 #define SPECIALS "^$*+?.([%-" /* a find pattern without them is plain */
 #define CAP_UNFINISHED (-1)   /* '(' seen, ')' not yet */
 #define CAP_POSITION (-2)     /* "()": captures a position, not a string */
+#define PLAIN_WINDOW (256 << 10) /* subject bytes per memmem call */
+#define PLAIN_LONG (1 << 20)     /* longer needles: found by a prefix */
+#define PLAIN_PREFIX (64 << 10)  /* ... of this many bytes */
+#define COPY_PER_STEP 8          /* bytes copied that cost one step */
 
 /* The check callback, shared as upvalue 1 of every installed closure. */
 struct hook {
@@ -454,6 +458,44 @@ static int has_specials(const char *p, size_t lp) {
   return 0;
 }
 
+/* The first p[0..lp) in s[0..ls) (lp > 0), searched in windows with a
+ * step charge each: memmem is linear, but one call over a long subject
+ * ran 0.15 s (32 MB) unchecked. A window holds max(PLAIN_WINDOW, lp)
+ * starting positions, so the search stays linear and one memmem call
+ * reads at most 2 MiB. A needle over PLAIN_LONG is found by its first
+ * PLAIN_PREFIX bytes and the rest compared at each hit, charged: linear
+ * on ordinary text, but a periodic subject can make it run out of
+ * budget where memmem would have run 9 ms per MiB of needle unchecked. */
+static const char *find_plain(struct matcher *m, const char *s, size_t ls,
+                              const char *p, size_t lp) {
+  size_t pre = lp > PLAIN_LONG ? PLAIN_PREFIX : lp;
+  size_t starts = pre > PLAIN_WINDOW ? pre : PLAIN_WINDOW;
+  const char *at = s, *end = s + ls;
+
+  while ((size_t)(end - at) >= lp) {
+    size_t win = (size_t)(end - at);
+    const char *hit;
+
+    if (win > starts + pre - 1)
+      win = starts + pre - 1;
+    spend(m, win / COPY_PER_STEP + 1);
+    hit = memmem(at, win, p, pre);
+    if (hit == NULL) {
+      at += win - pre + 1;
+      continue;
+    }
+    if ((size_t)(end - hit) < lp)
+      return NULL; /* no room left for the whole needle */
+    if (lp == pre)
+      return hit;
+    spend(m, (lp - pre) / COPY_PER_STEP + 1);
+    if (memcmp(hit + pre, p + pre, lp - pre) == 0)
+      return hit;
+    at = hit + 1;
+  }
+  return NULL;
+}
+
 /* find (find set) or match: the first match at or after init. */
 static int find_or_match(lua_State *L, int find) {
   size_t ls, lp;
@@ -464,8 +506,10 @@ static int find_or_match(lua_State *L, int find) {
   int anchor;
 
   if (find && (lua_toboolean(L, 4) || !has_specials(p, lp))) {
-    const char *hit = lp == 0 ? s + init
-                              : memmem(s + init, ls - (size_t)init, p, lp);
+    const char *hit;
+    matcher_init(&m, L, s, ls, p, lp);
+    hit = lp == 0 ? s + init
+                  : find_plain(&m, s + init, ls - (size_t)init, p, lp);
     if (hit == NULL) {
       lua_pushnil(L);
       return 1;
@@ -551,6 +595,7 @@ static void add_string(struct matcher *m, luaL_Buffer *b, const char *s,
     size_t n = esc != NULL ? (size_t)(esc - r) - i : len - i;
     char c;
 
+    spend(m, n / COPY_PER_STEP + 1); /* replacements may copy MBs */
     luaL_addlstring(b, r + i, n);
     i += n;
     if (i == len)
@@ -560,9 +605,11 @@ static void add_string(struct matcher *m, luaL_Buffer *b, const char *s,
     if (c < '0' || c > '9') {
       luaL_addchar(b, c);
     } else if (c == '0') {
+      spend(m, (size_t)(e - s) / COPY_PER_STEP + 1);
       luaL_addlstring(b, s, (size_t)(e - s));
     } else {
       push_capture(m, c - '1', s, e);
+      spend(m, lua_objlen(m->L, -1) / COPY_PER_STEP + 1);
       luaL_addvalue(b);
     }
   }
@@ -594,6 +641,7 @@ static void add_value(struct matcher *m, luaL_Buffer *b, const char *s,
   } else if (!lua_isstring(L, -1)) {
     luaL_error(L, "invalid replacement value (a %s)", luaL_typename(L, -1));
   }
+  spend(m, lua_objlen(L, -1) / COPY_PER_STEP + 1);
   luaL_addvalue(b);
 }
 

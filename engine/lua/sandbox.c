@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -63,6 +65,9 @@
 #define LOG_FIELDS_MAX 8192  /* bytes of a log line's fields (msgpack) */
 #define LOG_CALL_MAX 65536   /* log bytes one call into the rule may write */
 #define SCRATCH_KEEP 65536   /* scratch buffers shrink back after more */
+#define BIGSTR_MIN (256u << 10) /* string results built in checked pieces */
+#define BIGSTR_PIECE (1u << 20) /* bytes written between clock checks */
+#define CONCAT_PIECE 65536    /* table.concat elements between clock checks */
 
 /* Fixed slots at the bottom of each state's main stack, so a call into
  * the rule needs no lookup. */
@@ -136,6 +141,8 @@ struct box {
   int gc_busy;       /* GC cycle ends box_gc_run still owes */
   int gc_oom, gc_dirty; /* they were owed after a memory error; another
                            came while they ran */
+  char *strbuf;      /* l_rep/l_strmap's scratch, charged to the cap and */
+  size_t strbuf_cap; /* ... given back when the call ends */
   struct sl_event *ev; /* the event of the running on_event */
   unsigned evflags;
   struct sl_event *changed; /* built by finish() */
@@ -239,6 +246,14 @@ static void *box_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   }
   b->used = b->used - osize + nsize;
   return p;
+}
+
+/* Give back the string scratch (see strbuf_get) at the end of a call. */
+static void strbuf_release(struct box *b) {
+  if (b->strbuf != NULL)
+    box_alloc(b, b->strbuf, b->strbuf_cap, 0);
+  b->strbuf = NULL;
+  b->strbuf_cap = 0;
 }
 
 static uint64_t rule_mono_ns(const struct sl_rule *r) {
@@ -385,12 +400,12 @@ static int on_error(lua_State *L) {
   char where[256], num[64];
   const char *msg;
   lua_Debug ar;
-  size_t used = 0;
+  size_t used = 0, mlen;
   int level, frames = 0;
 
   where_of(L, 1, where, sizeof(where), r->path);
   if (lua_type(L, 1) == LUA_TSTRING) {
-    msg = lua_tostring(L, 1);
+    msg = lua_tolstring(L, 1, &mlen);
   } else if (lua_type(L, 1) == LUA_TNUMBER) {
     snprintf(num, sizeof(num), "%.14g", lua_tonumber(L, 1));
     msg = num;
@@ -399,19 +414,27 @@ static int on_error(lua_State *L) {
              lua_typename(L, lua_type(L, 1)));
     msg = num;
   }
-  { /* keep "file:line: msg" as it is, else prefix where */
-    const char *c = strchr(msg, ':');
-    int positioned = c && c > msg && c[1] >= '0' && c[1] <= '9';
+  if (lua_type(L, 1) != LUA_TSTRING)
+    mlen = strlen(msg);
+  /* keep "file:line: msg" as it is, else prefix where. Look only at the
+   * start and copy what fits: a message may be as long as memory_mb
+   * allows, and snprintf("%s") of a 16 MB one took 40-95 ms, unchecked */
+  {
+    size_t scan = mlen < sizeof(r->err_msg) ? mlen : sizeof(r->err_msg);
+    const char *c = memchr(msg, ':', scan), *end = msg + scan;
+    int positioned = c && c > msg && c + 1 < end && c[1] >= '0' &&
+                     c[1] <= '9';
     if (positioned) {
       c++;
-      while (*c >= '0' && *c <= '9')
+      while (c < end && *c >= '0' && *c <= '9')
         c++;
-      positioned = c[0] == ':' && c[1] == ' ';
+      positioned = c + 1 < end && c[0] == ':' && c[1] == ' ';
     }
     if (positioned)
-      snprintf(r->err_msg, sizeof(r->err_msg), "%s", msg);
+      snprintf(r->err_msg, sizeof(r->err_msg), "%.*s", (int)scan, msg);
     else
-      snprintf(r->err_msg, sizeof(r->err_msg), "%s: %s", where, msg);
+      snprintf(r->err_msg, sizeof(r->err_msg), "%s: %.*s", where, (int)scan,
+               msg);
   }
   snprintf(r->err_where, sizeof(r->err_where), "%s", where);
   used = (size_t)snprintf(r->err_tb, sizeof(r->err_tb), "stack traceback:");
@@ -462,6 +485,7 @@ static int box_call(struct box *b, int nargs, int nresults) {
   st = lua_pcall(b->L, nargs, nresults, SLOT_HANDLER);
   b->in_call = 0;
   wd_stop();
+  strbuf_release(b);
   if (b->fast_hook) {
     b->fast_hook = 0;
     set_hook(b, HOOK_COUNT);
@@ -485,20 +509,26 @@ static int box_cpcall(struct box *b, lua_CFunction fn, void *ud) {
   }
   st = lua_cpcall(b->L, fn, ud);
   b->in_call = keep;
-  if (!keep)
+  if (!keep) {
     wd_stop();
+    strbuf_release(b);
+  }
   if (!keep && b->fast_hook) {
     b->fast_hook = 0;
     set_hook(b, HOOK_COUNT);
   }
   if (st != 0) {
-    const char *m = lua_tostring(b->L, -1);
+    size_t mlen = 0;
+    const char *m = lua_tolstring(b->L, -1, &mlen);
     if (st == LUA_ERRMEM)
       snprintf(r->err_msg, sizeof(r->err_msg), "%s: not enough memory "
                "(memory_mb=%u)", b->oom ? b->oom_where : r->path,
                (unsigned)r->memory_mb);
     else
-      snprintf(r->err_msg, sizeof(r->err_msg), "%s", m ? m : "error");
+      snprintf(r->err_msg, sizeof(r->err_msg), "%.*s",
+               m ? (int)(mlen < sizeof(r->err_msg) ? mlen : sizeof(r->err_msg))
+                 : 5,
+               m ? m : "error"); /* only what fits: see on_error */
     snprintf(r->err_where, sizeof(r->err_where), "%s",
              b->oom ? b->oom_where : r->path);
     r->err_tb[0] = 0;
@@ -554,13 +584,15 @@ static uint64_t mix64(uint64_t x) {
   return x;
 }
 
-static void hash128(const struct sl_rule *r, const char *s, size_t n,
-                    uint64_t *h1, uint64_t *h2) {
+static void hash128(lua_State *L, const struct sl_rule *r, const char *s,
+                    size_t n, uint64_t *h1, uint64_t *h2) {
   uint64_t a = r->seed1 ^ (uint64_t)n, b = r->seed2 + (uint64_t)n * 31;
   uint64_t w;
   size_t i;
 
   for (i = 0; i + 8 <= n; i += 8) {
+    if ((i & ((1u << 20) - 1)) == 0 && i > 0)
+      check_cpu(L); /* a key may be as long as memory_mb: 10 ms per 16 MB */
     memcpy(&w, s + i, 8);
     a = mix64(a ^ w) + 0x9e3779b97f4a7c15ULL;
     b = mix64(b + (w * 0xbf58476d1ce4e5b9ULL)) ^ a;
@@ -678,6 +710,24 @@ static void set_ref(lua_State *L, int ref, int idx) {
   lua_rawseti(L, LUA_REGISTRYINDEX, ref);
 }
 
+/* A rule's string as error messages show it: at most 128 bytes. Pushed
+ * (it stays on the stack until the error unwinds it). lua_pushfstring
+ * has no precision, and copying a 64 MB name into a message, then again
+ * to prefix the position, cost 0.1-0.3 s after the rule's deadline. */
+static const char *msg_str(lua_State *L, int idx) {
+  size_t n;
+  const char *s = lua_tolstring(L, idx, &n);
+
+  if (s == NULL)
+    return "?";
+  if (n <= 128)
+    return s;
+  lua_pushlstring(L, s, 128);
+  lua_pushliteral(L, "...");
+  lua_concat(L, 2);
+  return lua_tostring(L, -1);
+}
+
 static int ev_index(lua_State *L) {
   struct box *b = box_of(L);
   struct sl_event *ev = b->ev;
@@ -740,7 +790,7 @@ static int ev_index(lua_State *L) {
     lua_pushvalue(L, lua_upvalueindex(1)); /* ev:field(name) */
   } else {
     return luaL_error(L, "event has no field '%s' (it has id, topic, key, "
-                         "time, headers, payload and field())", k);
+                         "time, headers, payload and field())", msg_str(L, 2));
   }
   return 1;
 }
@@ -823,7 +873,7 @@ static int ev_newindex(lua_State *L) {
     return luaL_error(L, "ev.%s is read-only", k);
   } else {
     return luaL_error(L, "event has no field '%s' (it has id, topic, key, "
-                         "time, headers and payload)", k);
+                         "time, headers and payload)", msg_str(L, 2));
   }
   return 0;
 }
@@ -888,9 +938,11 @@ static void encode_headers(lua_State *L, int idx, struct sl_buf *out,
       if (lua_type(L, -2) != LUA_TSTRING)
         luaL_error(L, "%s: header names must be strings (got %s)", what,
                    luaL_typename(L, -2));
-      if (lua_type(L, -1) != LUA_TSTRING)
+      if (lua_type(L, -1) != LUA_TSTRING) {
+        const char *got = luaL_typename(L, -1); /* before msg_str pushes */
         luaL_error(L, "%s: header '%s' must be a string (got %s)", what,
-                   lua_tostring(L, -2), luaL_typename(L, -1));
+                   msg_str(L, -2), got);
+      }
       k = lua_tolstring(L, -2, &kl);
       v = lua_tolstring(L, -1, &vl);
       if (tp && is_traceparent(L, -2)) {
@@ -1108,7 +1160,9 @@ static int l_drop(lua_State *L) {
  * the engine binary. Either would hand a rule a map of the process (ASLR).
  * Rules get a tostring that names such values "<type>: #<n>", n counted
  * per state, a format that uses it for %s and refuses %p, and the mark
- * prints as "sluice.drop". __tostring metamethods work as before. */
+ * prints as "sluice.drop". __tostring metamethods work as before. The
+ * format also refuses %q of a string over 1 MiB: LuaJIT quotes it byte by
+ * byte in one C call (2.3 ms per MiB, unchecked). */
 static const char hide_src[] =
     "local raw_tostring, raw_format, rawmt, find, type, rawget, select,\n"
     "      unpack, setmetatable, error = ...\n"
@@ -1138,6 +1192,7 @@ static const char hide_src[] =
     "      argi = argi + 1\n"
     "      if conv == 'p' then pos = false break end\n"
     "      if conv == 's' then pos[#pos + 1] = argi end\n"
+    "      if conv == 'q' then pos[#pos + 1] = -argi end\n"
     "    end\n"
     "  end\n"
     "  if ncache >= 256 then cache, ncache = {}, 0 end\n"
@@ -1155,7 +1210,13 @@ static const char hide_src[] =
     "  local args\n"
     "  for k = 1, #pos do\n"
     "    local a = pos[k]\n"
-    "    if hidden[type((select(a, ...)))] then\n"
+    "    if a < 0 then\n"
+    "      local v = select(-a, ...)\n"
+    "      if type(v) == 'string' and #v > 1048576 then\n"
+    "        error('bad argument #' .. (1 - a) .. \" to 'format' (%q of a \"\n"
+    "              .. 'string over 1 MiB: it runs unchecked in C)', 2)\n"
+    "      end\n"
+    "    elseif hidden[type((select(a, ...)))] then\n"
     "      args = args or { ... }\n"
     "      args[a] = tostring(args[a])\n"
     "    end\n"
@@ -1275,6 +1336,8 @@ static int l_emit(lua_State *L) {
   if (lua_objlen(L, 1) > ROUTE_NAME_MAX)
     return luaL_error(L, "sluice.emit: output name of %d bytes (at most %d)",
                       (int)lua_objlen(L, 1), ROUTE_NAME_MAX);
+  if (strlen(output) != lua_objlen(L, 1)) /* it goes on as a C string */
+    return luaL_error(L, "sluice.emit: output name with a NUL byte");
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
   lua_pushnil(L);
@@ -1284,7 +1347,7 @@ static int l_emit(lua_State *L) {
         strcmp(k, "time") && strcmp(k, "headers") && strcmp(k, "payload"))
       return luaL_error(L, "sluice.emit: unknown event field '%s' (use id, "
                            "topic, key, time, headers, payload)",
-                        lua_type(L, -2) == LUA_TSTRING ? k
+                        lua_type(L, -2) == LUA_TSTRING ? msg_str(L, -2)
                                                        : luaL_typename(L, -2));
     lua_pop(L, 1);
   }
@@ -1608,7 +1671,7 @@ static int l_counter(lua_State *L) {
   uint32_t *slot;
 
   check_cpu(L); /* finding a series compares up to 1024 label sets */
-  if (!valid_name(name, 1))
+  if (!valid_name(name, 1) || strlen(name) != lua_objlen(L, 1))
     return luaL_argerror(L, 1, "a metric name [a-zA-Z_:][a-zA-Z0-9_:]* "
                                "expected");
   if (strlen(name) > LABEL_MAX)
@@ -1619,9 +1682,19 @@ static int l_counter(lua_State *L) {
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_pushnil(L);
     while (lua_next(L, 2)) {
-      if (lua_type(L, -2) != LUA_TSTRING || !valid_name(lua_tostring(L, -2), 0))
+      if (lua_type(L, -2) != LUA_TSTRING || !valid_name(lua_tostring(L, -2), 0) ||
+          strlen(lua_tostring(L, -2)) != lua_objlen(L, -2))
         return luaL_error(L, "sluice.counter: label names must match "
                              "[a-zA-Z_][a-zA-Z0-9_]*");
+      /* /metrics adds rule and name itself, and Prometheus keeps names
+       * starting "__" (__name__ is the metric's): either would make the
+       * sample a duplicate label or another metric, and break the scrape */
+      if (strcmp(lua_tostring(L, -2), "rule") == 0 ||
+          strcmp(lua_tostring(L, -2), "name") == 0 ||
+          strncmp(lua_tostring(L, -2), "__", 2) == 0)
+        return luaL_error(L, "sluice.counter: label name '%s' is reserved "
+                             "(rule, name and names starting with __)",
+                          lua_tostring(L, -2));
       if (lua_type(L, -1) != LUA_TSTRING)
         return luaL_error(L, "sluice.counter: label '%s' must be a string",
                           lua_tostring(L, -2));
@@ -1636,6 +1709,9 @@ static int l_counter(lua_State *L) {
       if (!utf8_valid(lb[nl].v, lb[nl].vlen))
         return luaL_error(L, "sluice.counter: label '%s' is not valid UTF-8",
                           lb[nl].k);
+      if (memchr(lb[nl].v, 0, lb[nl].vlen) != NULL) /* kept as C strings: */
+        return luaL_error(L, "sluice.counter: label '%s' holds a NUL byte",
+                          lb[nl].k); /* cut there, the quote was lost */
       nl++;
       lua_pop(L, 1);
     }
@@ -1726,7 +1802,7 @@ static int l_rate_limit(lua_State *L) {
     return luaL_argerror(L, 3, "a burst >= 1 expected");
   if (r->rate.nodes == NULL && lru_open(&r->rate, RATE_KEYS) != 0)
     return luaL_error(L, "not enough memory");
-  hash128(r, key, n, &h1, &h2);
+  hash128(L, r, key, n, &h1, &h2);
   i = lru_find(&r->rate, h1, h2);
   if (i == NIL32) {
     i = lru_add(&r->rate, h1, h2);
@@ -1759,7 +1835,7 @@ static int l_seen(lua_State *L) {
     return luaL_argerror(L, 2, "a ttl > 0 ms expected");
   if (r->seen.nodes == NULL && lru_open(&r->seen, SEEN_KEYS) != 0)
     return luaL_error(L, "not enough memory");
-  hash128(r, id, n, &h1, &h2);
+  hash128(L, r, id, n, &h1, &h2);
   i = lru_find(&r->seen, h1, h2);
   if (i != NIL32 && r->seen.nodes[i].a > (double)now) {
     lua_pushboolean(L, 1);
@@ -1968,6 +2044,182 @@ static int l_date(lua_State *L) {
   return 1;
 }
 
+/* Copy n bytes in pieces with a clock check between them: one memcpy of
+ * hundreds of MB would run unchecked for as long as it takes. */
+static void copy_checked(lua_State *L, char *dst, const char *src, size_t n) {
+  while (n > 0) {
+    size_t k = n < BIGSTR_PIECE ? n : BIGSTR_PIECE;
+    memcpy(dst, src, k);
+    dst += k, src += k, n -= k;
+    check_cpu(L);
+  }
+}
+
+/* n bytes of scratch for a string result, charged to the state's cap
+ * (refused at once past it) and kept for the rest of the call, so a loop
+ * makes no garbage beyond its results (a userdata per call ran a 128 MB
+ * state out of memory). Raises "not enough memory". */
+static char *strbuf_get(lua_State *L, size_t n) {
+  struct box *b = box_of(L);
+
+  if (n > b->strbuf_cap) {
+    strbuf_release(b);
+    b->strbuf = box_alloc(b, NULL, 0, n);
+    if (b->strbuf == NULL)
+      luaL_error(L, "not enough memory");
+    b->strbuf_cap = n;
+  }
+  return b->strbuf;
+}
+
+/* A C int from argument arg as LuaJIT's lj_lib_checkint makes it
+ * (truncation; INT32_MIN for NaN and out of range). */
+static int32_t check_int32(lua_State *L, int arg) {
+  lua_Number d = luaL_checknumber(L, arg);
+  return d >= -2147483648.0 && d < 2147483648.0 ? (int32_t)d : INT32_MIN;
+}
+
+/* string.rep (upvalue 1) for results over BIGSTR_MIN: LuaJIT builds one
+ * in a single C call (0.9 s for 150 MB with a separator, and all of it
+ * done before a result over memory_mb is refused). Here the bytes go
+ * into scratch charged to the state first (so a result over the cap
+ * fails at once), written by doubling in checked pieces. */
+static int l_rep(lua_State *L) {
+  size_t ls, lsep = 0, unit, filled, target;
+  const char *s = luaL_checklstring(L, 1, &ls);
+  int32_t n = check_int32(L, 2);
+  const char *sep = luaL_optlstring(L, 3, "", &lsep);
+  uint64_t tlen;
+  char *buf;
+
+  if (n <= 0 || (ls == 0 && lsep == 0)) {
+    lua_pushliteral(L, "");
+    return 1;
+  }
+  tlen = (uint64_t)ls * (uint64_t)n + (uint64_t)lsep * (uint64_t)(n - 1);
+  if (tlen < BIGSTR_MIN) {
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1); /* runs no Lua */
+    return 1;
+  }
+  if (tlen > 0x7fffff00u) { /* LuaJIT's LJ_MAX_STR: a memory error there */
+    struct box *b = box_of(L);
+    if (!b->oom && b->in_call)
+      where_of(L, 0, b->oom_where, sizeof(b->oom_where), b->rule->path);
+    b->oom = 1;
+    return luaL_error(L, "not enough memory");
+  }
+  buf = strbuf_get(L, (size_t)tlen);
+  unit = ls + lsep;
+  target = (size_t)(n - 1) * unit; /* all but the last s: whole units */
+  if (target > 0) {
+    copy_checked(L, buf, s, ls);
+    copy_checked(L, buf + ls, sep, lsep);
+  }
+  for (filled = target > 0 ? unit : 0; filled < target;) {
+    size_t q = filled / unit * unit; /* a whole number of periods back */
+    size_t k = target - filled < q ? target - filled : q;
+    copy_checked(L, buf + filled, buf + filled - q, k);
+    filled += k;
+  }
+  copy_checked(L, buf + target, s, ls);
+  lua_pushlstring(L, buf, (size_t)tlen);
+  return 1;
+}
+
+/* string.upper, lower and reverse (upvalue 1; upvalue 2 says which) for
+ * strings over BIGSTR_MIN, in checked pieces: one call on a 32 MB string
+ * ran 35 ms unchecked. ASCII only, as LuaJIT's. */
+static int l_strmap(lua_State *L) {
+  size_t n, i, done;
+  const char *s = luaL_checklstring(L, 1, &n);
+  int kind = (int)lua_tointeger(L, lua_upvalueindex(2));
+  char *buf;
+
+  if (n < BIGSTR_MIN) {
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1); /* runs no Lua */
+    return 1;
+  }
+  buf = strbuf_get(L, n);
+  for (done = 0; done < n;) {
+    size_t end = n - done < BIGSTR_PIECE ? n : done + BIGSTR_PIECE;
+    for (i = done; i < end; i++) {
+      unsigned char c = (unsigned char)s[i];
+      if (kind == 0)
+        buf[i] = (char)(c >= 'a' && c <= 'z' ? c - 32 : c);
+      else if (kind == 1)
+        buf[i] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+      else
+        buf[n - 1 - i] = (char)c;
+    }
+    done = end;
+    check_cpu(L);
+  }
+  lua_pushlstring(L, buf, n);
+  return 1;
+}
+
+/* table.concat (upvalue 1) over more than CONCAT_PIECE elements: LuaJIT
+ * joins them in one C call (24 ms for 8M short strings against a 10 ms
+ * budget, and more as memory_mb allows). Here ranges of CONCAT_PIECE
+ * elements are joined by the original with a clock check after each,
+ * then the parts (a few hundred bytes of table per million elements)
+ * in one last call that copies each byte once more. */
+static int l_concat(lua_State *L) {
+  size_t lsep = 0;
+  int32_t i, j, k, nparts = 0;
+
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_optlstring(L, 2, "", &lsep);
+  i = lua_isnoneornil(L, 3) ? 1 : check_int32(L, 3);
+  j = lua_isnoneornil(L, 4) ? (int32_t)lua_objlen(L, 1) : check_int32(L, 4);
+  if ((int64_t)j - i < CONCAT_PIECE) {
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1); /* runs no Lua */
+    return 1;
+  }
+  lua_settop(L, 2);
+  lua_createtable(L, (int)(((int64_t)j - i) / CONCAT_PIECE + 1), 0); /* 3 */
+  for (k = i;; k += CONCAT_PIECE) {
+    int32_t last = (int64_t)j - k < CONCAT_PIECE ? j : k + CONCAT_PIECE - 1;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_pushinteger(L, k);
+    lua_pushinteger(L, last);
+    lua_call(L, 4, 1);
+    lua_rawseti(L, 3, ++nparts);
+    check_cpu(L);
+    if (last == j)
+      break;
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 3);
+  lua_pushvalue(L, 2);
+  lua_call(L, 2, 1);
+  return 1;
+}
+
+/* Replace string.rep, upper, lower and reverse in the table at t. */
+static void checked_strings(lua_State *L, int t) {
+  static const char *const maps[] = {"upper", "lower", "reverse"};
+  int i;
+
+  lua_getfield(L, t, "rep");
+  lua_pushcclosure(L, l_rep, 1);
+  lua_setfield(L, t, "rep");
+  for (i = 0; i < 3; i++) {
+    lua_getfield(L, t, maps[i]);
+    lua_pushinteger(L, i);
+    lua_pushcclosure(L, l_strmap, 2);
+    lua_setfield(L, t, maps[i]);
+  }
+}
+
 static int valid_module(const char *s, size_t n) {
   size_t i;
   if (n == 0 || n > MAX_MODULE_NAME || s[0] == '.' || s[n - 1] == '.')
@@ -1994,24 +2246,39 @@ static int is_bytecode(const uint8_t *p, size_t n) {
   return (n > 0 && p[0] == 0x1b) || (i < n && p[i] == 0x1b);
 }
 
-/* Read a whole file into out. 0, SL_ENOENT or another negative code. */
-static int read_file(struct sl_buf *out, const char *path) {
-  FILE *f = fopen(path, "rb");
+/* Read a whole regular file of at most max bytes into out. 0, SL_ENOENT,
+ * SL_E2BIG (longer: reading stops there), SL_EINVAL (not a regular file)
+ * or another negative code. Rules and their modules are files a rule's
+ * author writes: a FIFO named x.lua blocked the engine in open() or
+ * read() for good, and a 1 GB file was read whole into C memory before
+ * its size was refused. */
+static int read_file(struct sl_buf *out, const char *path, size_t max) {
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   char chunk[16384];
-  size_t n;
+  struct stat st;
+  ssize_t n;
   int rc = 0;
 
-  if (f == NULL)
+  if (fd < 0)
     return errno == ENOENT ? SL_ENOENT : -errno;
   sl_buf_reset(out);
-  while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-    if (sl_buf_append(out, chunk, n) != 0) {
+  if (fstat(fd, &st) != 0)
+    rc = -errno;
+  else if (!S_ISREG(st.st_mode))
+    rc = SL_EINVAL;
+  else if ((uint64_t)st.st_size > max)
+    rc = SL_E2BIG;
+  while (rc == 0 && (n = read(fd, chunk, sizeof(chunk))) != 0) {
+    if (n < 0) {
+      if (errno != EINTR)
+        rc = SL_EIO;
+    } else if ((size_t)n > max - out->len) {
+      rc = SL_E2BIG; /* it grew while we read */
+    } else if (sl_buf_append(out, chunk, (size_t)n) != 0) {
       rc = SL_ENOMEM;
-      break;
     }
-  if (rc == 0 && ferror(f))
-    rc = SL_EIO;
-  fclose(f);
+  }
+  close(fd);
   return rc;
 }
 
@@ -2038,9 +2305,8 @@ static int module_text(struct sl_rule *r, const char *path,
   m = &r->mods[r->nmods];
   memset(m, 0, sizeof(*m));
   sl_buf_init(&m->text);
-  rc = read_file(&m->text, path);
-  if (rc == 0 && m->text.len > ((size_t)r->memory_mb << 20) - r->mods_bytes)
-    rc = SL_E2BIG; /* kept in C memory: all of them within memory_mb */
+  /* kept in C memory: all of them within memory_mb */
+  rc = read_file(&m->text, path, ((size_t)r->memory_mb << 20) - r->mods_bytes);
   if ((rc != 0 && rc != SL_ENOENT) || (m->path = strdup(path)) == NULL) {
     sl_buf_close(&m->text);
     return rc ? rc : SL_ENOMEM;
@@ -2066,7 +2332,7 @@ static int l_require(lua_State *L) {
   lua_settop(L, 1);
   if (!valid_module(name, n))
     return luaL_error(L, "require: invalid module name '%s' (letters, "
-                         "digits, '_', '-' and dots only)", name);
+                         "digits, '_', '-' and dots only)", msg_str(L, 1));
   lua_pushvalue(L, 1);
   lua_rawget(L, lua_upvalueindex(1));
   if (lua_type(L, -1) == LUA_TLIGHTUSERDATA)
@@ -2096,7 +2362,8 @@ static int l_require(lua_State *L) {
                          "paths per rule, each within memory_mb)", path,
                       MAX_MODULE_LOOKUPS);
   if (rc != 0)
-    return luaL_error(L, "require: cannot read %s: %s", path, strerror(-rc));
+    return luaL_error(L, "require: cannot read %s: %s", path,
+                      rc == SL_EINVAL ? "not a regular file" : strerror(-rc));
   if (is_bytecode(text->data, text->len))
     return luaL_error(L, "%s: bytecode is not allowed", path);
   lua_pushfstring(L, "@%s", path);
@@ -2241,6 +2508,7 @@ static int box_setup(lua_State *L) {
 #endif
   guard(L, lua_gettop(L), "gsub");
   guard(L, lua_gettop(L), "format");
+  checked_strings(L, lua_gettop(L));
   lua_setfield(L, env, "string");
   lua_pushliteral(L, "");
   lua_getmetatable(L, -1);
@@ -2250,6 +2518,7 @@ static int box_setup(lua_State *L) {
 #endif
   guard(L, lua_gettop(L), "gsub");
   guard(L, lua_gettop(L), "format");
+  checked_strings(L, lua_gettop(L));
   lua_setfield(L, -2, "__index");
   lua_pushliteral(L, "protected");
   lua_setfield(L, -2, "__metatable");
@@ -2263,6 +2532,9 @@ static int box_setup(lua_State *L) {
   lua_getfield(L, -2, "insert");
   lua_pushcclosure(L, l_insert, 1);
   lua_setfield(L, -2, "insert");
+  lua_getfield(L, -2, "concat");
+  lua_pushcclosure(L, l_concat, 1);
+  lua_setfield(L, -2, "concat");
   lua_setfield(L, env, "table");
   lua_pop(L, 1);
 
@@ -2454,6 +2726,7 @@ static void box_free(struct box *b) {
 
   if (b == NULL)
     return;
+  strbuf_release(b);
   if (b->L)
     lua_close(b->L);
   for (i = 0; i < b->ntopics; i++)
@@ -2490,12 +2763,13 @@ static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
   size_t i;
 
   if (!r->src_read) {
-    rc = read_file(&r->src, r->source);
-    if (rc == 0 && r->src.len > ((size_t)r->memory_mb << 20))
-      rc = SL_E2BIG; /* kept in C memory for rebuilds */
+    /* kept in C memory for rebuilds */
+    rc = read_file(&r->src, r->source, (size_t)r->memory_mb << 20);
     if (rc != 0) {
       snprintf(err, errlen, "%s:0: cannot read the rule: %s", r->path,
-               rc == SL_E2BIG ? "larger than memory_mb" : strerror(-rc));
+               rc == SL_E2BIG   ? "larger than memory_mb"
+               : rc == SL_EINVAL ? "not a regular file"
+                                 : strerror(-rc));
       return NULL;
     }
     r->src_read = 1;
@@ -2840,8 +3114,8 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     return;
   case LUA_TSTRING:
     s = lua_tolstring(L, -1, &n);
-    if (n == 0 || n > ROUTE_NAME_MAX)
-      break;
+    if (n == 0 || n > ROUTE_NAME_MAX || memchr(s, 0, n) != NULL)
+      break; /* names go on as C strings: "a\0x" would route to a */
     sl_buf_reset(&r->routes);
     if (sl_buf_append(&r->routes, s, n + 1) != 0)
       goto nomem;
@@ -2854,8 +3128,14 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
       break;
     push_ref(L, b->ref_drop);
     d->verdict = SL_RULE_DROP;
-    snprintf(d->message, sizeof(d->message), "%s",
-             lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "dropped");
+    if (lua_type(L, -1) == LUA_TSTRING) { /* copy only what fits */
+      size_t n = lua_objlen(L, -1);
+      snprintf(d->message, sizeof(d->message), "%.*s",
+               (int)(n < sizeof(d->message) ? n : sizeof(d->message)),
+               lua_tostring(L, -1));
+    } else {
+      snprintf(d->message, sizeof(d->message), "dropped");
+    }
     lua_pop(L, 1);
     return;
   case LUA_TTABLE:
@@ -2866,7 +3146,8 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     for (i = 0; i < count; i++) {
       lua_rawgeti(L, -1, (int)i + 1);
       if (lua_type(L, -1) != LUA_TSTRING || lua_objlen(L, -1) == 0 ||
-          lua_objlen(L, -1) > ROUTE_NAME_MAX) {
+          lua_objlen(L, -1) > ROUTE_NAME_MAX ||
+          memchr(lua_tostring(L, -1), 0, lua_objlen(L, -1)) != NULL) {
         lua_pop(L, 1);
         count = 0;
         break;
@@ -2903,8 +3184,13 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
                  count > SL_RULE_MAX_ROUTES ? "too many routes"
                  : count == 0 ? "an empty or non-list table"
                               : "a list with a non-string or empty entry, or "
-                                "one too long",
+                                "one too long or with a NUL byte",
                  SL_RULE_MAX_ROUTES, ROUTE_NAME_MAX);
+  } else if (lua_type(L, -1) == LUA_TSTRING && lua_objlen(L, -1) > 0 &&
+             lua_objlen(L, -1) <= ROUTE_NAME_MAX) {
+    decide_error(d, SL_RULE_ERR_RUNTIME, where,
+                 "%s: on_event returned an output name with a NUL byte",
+                 where);
   } else if (lua_type(L, -1) == LUA_TSTRING && lua_objlen(L, -1) > 0) {
     decide_error(d, SL_RULE_ERR_RUNTIME, where,
                  "%s: on_event returned an output name of %d bytes (at most "
@@ -3217,13 +3503,13 @@ int sl_rule_unchanged(const struct sl_rule *r, const char *path) {
 
   sl_buf_init(&now);
   if (same) {
-    rc = read_file(&now, path);
+    rc = read_file(&now, path, (size_t)r->memory_mb << 20);
     sha256_hex(now.data, now.len, hash);
     same = rc == 0 && strcmp(hash, r->hash) == 0;
   }
   for (i = 0; same && i < r->nmods; i++) {
     const struct module *m = &r->mods[i];
-    rc = read_file(&now, m->path);
+    rc = read_file(&now, m->path, (size_t)r->memory_mb << 20);
     same = m->found ? rc == 0 && now.len == m->text.len &&
                           (now.len == 0 ||
                            memcmp(now.data, m->text.data, now.len) == 0)

@@ -518,3 +518,49 @@ def test_an_event_of_max_event_bytes_crosses_an_acked_link_after_ingest_made_it_
     assert got[1]["payload"] == "after"
     assert not recv.find_logs("bad input; closing connection")
     assert send.stop() == 0 and recv.stop() == 0
+
+
+SPOOFING = r"""
+return {
+  topics = { "s.*" },
+  on_event = function(ev)
+    sluice.counter("honest_total", { k = "ok" }):inc()
+    local label = ev.topic:sub(3)
+    if label == "nul" then
+      sluice.counter("spoof_total", { k = "x\0\"} 1\nsluice_events_total 1e9" }):inc()
+    else
+      sluice.counter("spoof_total", { [label] = "sluice_up" }):inc()
+    end
+    return "a"
+  end,
+}
+"""
+
+
+def test_counter_labels_cannot_duplicate_or_spoof_metric_labels(sluice, tmp_path):
+    """A rule's labels named rule, name or __name__ (or a value with a NUL)
+    made a sample with duplicate labels or another metric's name, and
+    Prometheus refuses the whole scrape for one such line."""
+    import re
+    import urllib.request
+    from conftest import scrape
+    eng, addr, admin = start(sluice, tmp_path, {"10_spoof.lua": SPOOFING})
+    topics = ["s.rule", "s.name", "s.__name__", "s.nul"]
+    send_events(addr, [{"topic": t} for t in topics])
+    dead = wait_for(lambda: (lambda d: d if len(d) == 4 else None)(
+        read_ndjson(eng.path("var/dead-letter.ndjson"))), what="4 dead letters")
+    errs = {e["topic"]: e["headers"]["sluice-error"] for e in dead}
+    for t in topics[:3]:
+        assert "label name '%s' is reserved" % t[2:] in errs[t], errs[t]
+    assert "holds a NUL byte" in errs["s.nul"], errs["s.nul"]
+    with urllib.request.urlopen("http://%s/metrics" % admin, timeout=5) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith("sluice_rule_value{"):
+            names = re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="(?:[^"\\]|\\.)*"', line)
+            assert len(names) == len(set(names)), line
+            assert "__name__" not in names, line
+    samples = scrape(admin)
+    assert [v for n, l, v in samples if n == "sluice_rule_value" and
+            l.get("name") == "honest_total"] == [4.0]
+    assert not [s for s in samples if s[1].get("name") == "spoof_total"]
