@@ -14,6 +14,7 @@
 
 #include "log.h"
 #include "sandbox.h"
+#include "utf8.h"
 
 #define SL_RULES_TIME_EVERY 16 /* a power of two */
 
@@ -229,28 +230,6 @@ static int rule_file(const struct dirent *d) {
   return !(n >= 9 && strcmp(d->d_name + n - 9, "_spec.lua") == 0);
 }
 
-/* Length of the well-formed UTF-8 sequence at s, 0 when it is not one. */
-static size_t utf8_seq(const uint8_t *s, size_t n) {
-  uint8_t c = s[0], lo = 0x80, hi = 0xbf;
-  size_t need, k;
-  if (c < 0x80)
-    return 1;
-  if (c >= 0xc2 && c <= 0xdf)
-    need = 1;
-  else if (c >= 0xe0 && c <= 0xef)
-    need = 2, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
-  else if (c >= 0xf0 && c <= 0xf4)
-    need = 3, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
-  else
-    return 0;
-  for (k = 1; k <= need; k++) {
-    if (k >= n || s[k] < lo || s[k] > hi)
-      return 0;
-    lo = 0x80, hi = 0xbf;
-  }
-  return need + 1;
-}
-
 /* s as a Prometheus label value: backslash, quote and newline escaped, a
  * byte that is not UTF-8 as U+FFFD (file names are bytes; one bad label
  * would make all of /metrics unparsable). NULL when out of memory. */
@@ -267,7 +246,7 @@ static char *label_value(const char *s) {
                              : p[i] == '"' ? "\\\""
                                            : "\\n", 2);
       i++;
-    } else if ((seq = utf8_seq(p + i, n - i)) == 0) {
+    } else if ((seq = sl_utf8_seq(p + i, n - i, NULL)) == 0) {
       rc = sl_buf_append(&b, "\xef\xbf\xbd", 3);
       i++;
     } else {

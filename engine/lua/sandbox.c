@@ -29,6 +29,7 @@
 #include "codec.h"
 #include "luacodec.h"
 #include "router.h"
+#include "utf8.h"
 
 #if defined(__has_include)
 #if __has_include("pattern.h")
@@ -1237,36 +1238,6 @@ static int drop_tostring(lua_State *L) {
   return 1;
 }
 
-/* Is s[0..n) well-formed UTF-8 (no overlongs, surrogates or values past
- * U+10FFFF)? /metrics is UTF-8 text: one bad label would spoil it all. */
-static int utf8_valid(const char *str, size_t n) {
-  const uint8_t *s = (const uint8_t *)str;
-  size_t i = 0, need, k;
-
-  while (i < n) {
-    uint8_t c = s[i], lo = 0x80, hi = 0xbf;
-    if (c < 0x80) {
-      i++;
-      continue;
-    }
-    if (c >= 0xc2 && c <= 0xdf)
-      need = 1;
-    else if (c >= 0xe0 && c <= 0xef)
-      need = 2, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
-    else if (c >= 0xf0 && c <= 0xf4)
-      need = 3, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
-    else
-      return 0;
-    for (k = 1; k <= need; k++) {
-      if (i + k >= n || s[i + k] < lo || s[i + k] > hi)
-        return 0;
-      lo = 0x80, hi = 0xbf;
-    }
-    i += need + 1;
-  }
-  return 1;
-}
-
 /* Install the above in env (at index env, absolute) and in the strings'
  * metatable; g0 holds the original libraries. Raises on error. */
 static void hide_addresses(lua_State *L, int g0, int env) {
@@ -1706,7 +1677,7 @@ static int l_counter(lua_State *L) {
         return luaL_error(L, "sluice.counter: at most %d labels", MAX_LABELS);
       lb[nl].k = lua_tostring(L, -2);
       lb[nl].v = lua_tolstring(L, -1, &lb[nl].vlen);
-      if (!utf8_valid(lb[nl].v, lb[nl].vlen))
+      if (!sl_utf8_valid(lb[nl].v, lb[nl].vlen))
         return luaL_error(L, "sluice.counter: label '%s' is not valid UTF-8",
                           lb[nl].k);
       if (memchr(lb[nl].v, 0, lb[nl].vlen) != NULL) /* kept as C strings: */
