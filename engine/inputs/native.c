@@ -69,7 +69,8 @@ static void on_durable(struct sl_durable *d) {
     nc->acked = nc->durable;
   sl_buf_close(&b);
   send_ack(nc); /* what was accepted meanwhile */
-  if (sl_conn_read_stopped(nc->conn) && nc->src.held == NULL && !nc->wait.waiting)
+  if (sl_conn_read_stopped(nc->conn) && nc->src.held == NULL &&
+      !nc->wait.waiting)
     sl_conn_close(nc->conn); /* draining: its last ack is out */
 }
 
@@ -122,7 +123,8 @@ static void on_resume(struct sl_source *s) {
   sl_conn_resume(nc->conn);
   send_ack(nc);
   /* draining: once the buffered events are in, the conn has done its part */
-  if (sl_conn_read_stopped(nc->conn) && nc->src.held == NULL && !nc->wait.waiting)
+  if (sl_conn_read_stopped(nc->conn) && nc->src.held == NULL &&
+      !nc->wait.waiting)
     sl_conn_close(nc->conn);
 }
 
@@ -221,8 +223,10 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
 static void cb_eof(struct sl_conn *c, int status) {
   struct native_conn *nc = sl_conn_proto(c);
   if (status != 0 && status != UV_ECONNRESET)
-    sl_log(SL_LOG_DEBUG, "connection error", SL_S("input", nc->src.input->cfg->name),
-           SL_S("peer", sl_conn_peer(c)), SL_S("error", uv_strerror(status)), SL_END);
+    sl_log(SL_LOG_DEBUG, "connection error",
+           SL_S("input", nc->src.input->cfg->name),
+           SL_S("peer", sl_conn_peer(c)), SL_S("error", uv_strerror(status)),
+           SL_END);
   if (sl_conn_buffered(c) > 0) {
     struct sl_input *in = nc->src.input;
     uint64_t suppressed = 0;
@@ -237,8 +241,8 @@ static void cb_eof(struct sl_conn *c, int status) {
                    "discarded",
              SL_S("input", in->cfg->name), SL_S("peer", sl_conn_peer(c)),
              SL_U("offset", sl_conn_offset(c)),
-             SL_U("bytes", sl_conn_buffered(c)),
-             SL_U("suppressed", suppressed), SL_END);
+             SL_U("bytes", sl_conn_buffered(c)), SL_U("suppressed", suppressed),
+             SL_END);
   }
 }
 
@@ -297,17 +301,18 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   ni->listener.max_buffered = (size_t)in->w->cfg->max_event_bytes + 65536;
   ni->listener.on_closed = on_listener_closed;
   in->stats.listener = &ni->listener;
-  rc = sl_endpoint_init(&ep, strcmp(in->cfg->type, "unix") == 0
-                                ? SL_ENDPOINT_UNIX : SL_ENDPOINT_TCP,
-                         in->cfg->listen, NULL, 0);
+  rc = sl_endpoint_init(&ep,
+                        strcmp(in->cfg->type, "unix") == 0 ? SL_ENDPOINT_UNIX
+                                                           : SL_ENDPOINT_TCP,
+                        in->cfg->listen, NULL, 0);
   if (rc != 0) {
     snprintf(err, errlen, "cannot listen on %s: %s", in->cfg->listen,
              uv_strerror(rc));
     ni->listener_closed = 1; /* it never opened */
     return rc;
   }
-  rc = sl_listener_start(&ni->listener, &in->w->loop, &ep, on_accept, ni,
-                         err, errlen);
+  rc = sl_listener_start(&ni->listener, &in->w->loop, &ep, on_accept, ni, err,
+                         errlen);
   return rc; /* on failure cb_stop still runs and frees ni */
 }
 

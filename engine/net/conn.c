@@ -1,4 +1,6 @@
-/* conn.c - listeners and connections over libuv streams; see conn.h. */
+/* conn.c - the generic stream over a transport: listeners and connections,
+ * buffering, pause/resume, the write queue, limits and deferred close; the
+ * transports are registered here (transports[]); see conn.h, transport.h. */
 #include "conn.h"
 #include "transport.h"
 

@@ -361,7 +361,8 @@ static int shed_stalest_body(struct http_conn *hc) {
   for (c = sl_listener_next(&srv->listener, NULL); c;
        c = sl_listener_next(&srv->listener, c)) {
     struct http_conn *x = sl_conn_proto(c);
-    if (x != hc && x->phase == PH_BODY && x->charged && !sl_conn_is_closing(c) &&
+    if (x != hc && x->phase == PH_BODY && x->charged &&
+        !sl_conn_is_closing(c) &&
         (victim == NULL || x->body_seen_ns < victim->body_seen_ns))
       victim = x;
   }
@@ -369,11 +370,13 @@ static int shed_stalest_body(struct http_conn *hc) {
     return -1;
   sl_listener_shed(victim->conn);
   if (sl_log_allow(&srv->error_log, &suppressed))
-    sl_log(SL_LOG_WARN, "request bodies over max_pending_bytes; closing the "
-                        "stalest upload",
+    sl_log(SL_LOG_WARN,
+           "request bodies over max_pending_bytes; closing the "
+           "stalest upload",
            SL_S("server", srv->name ? srv->name : ""),
-           SL_S("peer", sl_conn_peer(victim->conn)), SL_U("bytes", victim->charged),
-           SL_U("suppressed", suppressed), SL_END);
+           SL_S("peer", sl_conn_peer(victim->conn)),
+           SL_U("bytes", victim->charged), SL_U("suppressed", suppressed),
+           SL_END);
   srv->pending -= victim->charged;
   victim->charged = 0;
   sl_conn_close(victim->conn);
@@ -527,7 +530,8 @@ static void end_conn(struct http_conn *hc, int linger) {
   hc->phase = PH_CLOSING;
   hc->linger = linger;
   uv_timer_stop(&hc->timer);
-  if (hc->conn && !sl_conn_is_closing(hc->conn) && sl_conn_pending_writes(hc->conn) == 0)
+  if (hc->conn && !sl_conn_is_closing(hc->conn) &&
+      sl_conn_pending_writes(hc->conn) == 0)
     closing_written(hc);
 }
 
@@ -603,7 +607,8 @@ static void log_error(struct http_conn *hc, int status, const char *ctype,
   }
   sl_log(SL_LOG_WARN, "http request refused",
          SL_S("server", srv->name ? srv->name : ""),
-         SL_S("peer", hc->conn ? sl_conn_peer(hc->conn) : ""), SL_S("method", r->method),
+         SL_S("peer", hc->conn ? sl_conn_peer(hc->conn) : ""),
+         SL_S("method", r->method),
          SL_N("path", r->path.p ? r->path.p : "", r->path.len),
          SL_I("status", status), SL_J("response", json),
          SL_U("suppressed", suppressed), SL_END);
@@ -674,7 +679,8 @@ static int respond(struct http_conn *hc, int status, const char *ctype,
   }
   if (complete) {
     finish_request(hc);
-    if (hc->phase == PH_IDLE && hc->conn && sl_conn_is_paused(hc->conn) && !hc->in_data)
+    if (hc->phase == PH_IDLE && hc->conn && sl_conn_is_paused(hc->conn) &&
+        !hc->in_data)
       sl_conn_resume(hc->conn); /* read the next request */
   } else if (hc->close_after) {
     end_conn(hc, status != 408); /* cb_done runs when it closes */
@@ -721,7 +727,8 @@ int sl_http_stream_write(struct sl_http_request *r, const void *p, size_t n) {
   struct http_conn *hc = container_of(r, struct http_conn, req);
   struct sl_buf b;
   int rc;
-  if (hc->phase != PH_STREAM || hc->conn == NULL || sl_conn_is_closing(hc->conn))
+  if (hc->phase != PH_STREAM || hc->conn == NULL ||
+      sl_conn_is_closing(hc->conn))
     return SL_EIO;
   if (n == 0)
     return 0; /* an empty chunk would end the stream */
@@ -740,7 +747,8 @@ int sl_http_stream_write(struct sl_http_request *r, const void *p, size_t n) {
 int sl_http_stream_end(struct sl_http_request *r) {
   struct http_conn *hc = container_of(r, struct http_conn, req);
   struct sl_buf b;
-  if (hc->phase != PH_STREAM || hc->conn == NULL || sl_conn_is_closing(hc->conn))
+  if (hc->phase != PH_STREAM || hc->conn == NULL ||
+      sl_conn_is_closing(hc->conn))
     return SL_EIO;
   sl_buf_init(&b);
   if (sl_buf_append(&b, "0\r\n\r\n", 5) != 0 ||
@@ -754,7 +762,9 @@ int sl_http_stream_end(struct sl_http_request *r) {
 }
 
 size_t sl_http_pending(const struct sl_http_request *r) {
-  return r->conn && !sl_conn_is_closing(r->conn) ? sl_conn_write_queue_size(r->conn) : 0;
+  return r->conn && !sl_conn_is_closing(r->conn)
+             ? sl_conn_write_queue_size(r->conn)
+             : 0;
 }
 
 /* ---- connections ------------------------------------------------------- */
@@ -887,7 +897,8 @@ static void cb_eof(struct sl_conn *c, int status) {
   if (status != 0 && status != UV_ECONNRESET && status != UV_ETIMEDOUT)
     sl_log(SL_LOG_DEBUG, "http connection error",
            SL_S("server", hc->srv->name ? hc->srv->name : ""),
-           SL_S("peer", sl_conn_peer(c)), SL_S("error", uv_strerror(status)), SL_END);
+           SL_S("peer", sl_conn_peer(c)), SL_S("error", uv_strerror(status)),
+           SL_END);
 }
 
 static void maybe_stopped(struct sl_http_server *s) {
@@ -997,8 +1008,7 @@ int sl_http_start(struct sl_http_server *s, uv_loop_t *loop,
     s->listener_closed = 1; /* it never opened */
     return rc;
   }
-  return sl_listener_start(&s->listener, loop, &ep, on_accept, s, err,
-                           errlen);
+  return sl_listener_start(&s->listener, loop, &ep, on_accept, s, err, errlen);
 }
 
 void sl_http_drain(struct sl_http_server *s) {

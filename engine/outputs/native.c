@@ -83,7 +83,8 @@ static void lost(struct native_out *n, int status, const char *error) {
            error ? error : status ? uv_strerror(status) : "closed by peer");
   if (n->connected || !n->down_logged)
     sl_log(SL_LOG_WARN, "output peer unreachable; reconnecting with backoff",
-           SL_S("output", o->cfg->name), SL_S("peer", n->conn ? sl_conn_peer(n->conn) : ""),
+           SL_S("output", o->cfg->name),
+           SL_S("peer", n->conn ? sl_conn_peer(n->conn) : ""),
            SL_S("error", why), SL_END);
   n->was_down = 1;
   n->down_logged = 1;
@@ -169,7 +170,8 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
   return pos;
 bad:
   sl_log(SL_LOG_ERROR, "output peer sent a bad ack; reconnecting",
-         SL_S("output", n->o->cfg->name), SL_S("peer", sl_conn_peer(c)), SL_END);
+         SL_S("output", n->o->cfg->name), SL_S("peer", sl_conn_peer(c)),
+         SL_END);
   sl_conn_set_proto(c, NULL);
   sl_conn_close(c);
   lost(n, UV_EPROTO, "the peer sent a bad ack");
@@ -195,8 +197,9 @@ static void cb_connect(struct sl_conn *c, int status) {
   }
   n->connected = 1;
   if (n->was_down)
-    sl_log(SL_LOG_INFO, "output peer connected", SL_S("output", n->o->cfg->name),
-           SL_S("peer", sl_conn_peer(c)), SL_END);
+    sl_log(SL_LOG_INFO, "output peer connected",
+           SL_S("output", n->o->cfg->name), SL_S("peer", sl_conn_peer(c)),
+           SL_END);
   n->was_down = 0;
   n->down_logged = 0;
   if (n->ack) {

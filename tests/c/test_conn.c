@@ -65,9 +65,7 @@ static size_t s_data(struct sl_conn *c, const uint8_t *d, size_t n) {
   return used;
 }
 
-static void s_eof(struct sl_conn *c, int status) {
-  fx.eof_cb_called++;
-}
+static void s_eof(struct sl_conn *c, int status) { fx.eof_cb_called++; }
 
 static void s_close(struct sl_conn *c) {
   fx.close_cb_called++;
@@ -88,16 +86,14 @@ static int on_accept(struct sl_listener *l, struct sl_conn *c) {
 /* ---- client side -------------------------------------------------------- */
 
 static size_t cl_data(struct sl_conn *c, const uint8_t *d, size_t n) {
-  size_t k = n < sizeof(fx.cl_got) - fx.cl_ngot ? n
-                                                : sizeof(fx.cl_got) - fx.cl_ngot;
+  size_t k =
+      n < sizeof(fx.cl_got) - fx.cl_ngot ? n : sizeof(fx.cl_got) - fx.cl_ngot;
   memcpy(fx.cl_got + fx.cl_ngot, d, k);
   fx.cl_ngot += k;
   return n;
 }
 
-static void cl_eof(struct sl_conn *c, int status) {
-  fx.cl_eof_cb_called++;
-}
+static void cl_eof(struct sl_conn *c, int status) { fx.cl_eof_cb_called++; }
 
 static void cl_close(struct sl_conn *c) {
   fx.cl_close_cb_called++;
@@ -287,8 +283,8 @@ static void big_written(struct sl_conn *c, int status, void *arg) {
   fx.write_before_close = fx.close_cb_called == 0;
 }
 
-static void write_big_then_close(struct sl_conn *c, const uint8_t *d,
-                                 size_t n, size_t *used) {
+static void write_big_then_close(struct sl_conn *c, const uint8_t *d, size_t n,
+                                 size_t *used) {
   struct sl_buf b;
   sl_buf_init(&b);
   if (sl_buf_reserve(&b, BIG) != 0)
@@ -301,8 +297,7 @@ static void write_big_then_close(struct sl_conn *c, const uint8_t *d,
   sl_conn_close(c);
 }
 
-static void close_with_write_queued(enum sl_endpoint_kind kind,
-                                    int *failed__) {
+static void close_with_write_queued(enum sl_endpoint_kind kind, int *failed__) {
   CHECK_EQ(setup(kind), 0);
   fx.on_data = write_big_then_close;
   fx.on_connect = send_twice;
@@ -357,9 +352,7 @@ static void resume_later(void) {
   }
 }
 
-static void connect_abc_def(void) {
-  send_str(fx.cl, "abc");
-}
+static void connect_abc_def(void) { send_str(fx.cl, "abc"); }
 
 static void pause_holds_bytes_until_resume(enum sl_endpoint_kind kind,
                                            int *failed__) {
@@ -376,7 +369,7 @@ static void pause_holds_bytes_until_resume(enum sl_endpoint_kind kind,
   CHECK_EQ(fx.write_before_close, 1); /* it was paused until resumed */
   CHECK_EQ(fx.ngot, 6);
   CHECK(memcmp(fx.got, "abcdef", 6) == 0);
-  CHECK_EQ(fx.state_in_cb, 3); /* offset of "def": "abc" consumed before */
+  CHECK_EQ(fx.state_in_cb, 3);   /* offset of "def": "abc" consumed before */
   CHECK_EQ(fx.eof_cb_called, 1); /* the client closed */
   CHECK_EQ(fx.close_cb_called, 1);
   CHECK_EQ(fx.cl_close_cb_called, 1);
@@ -434,9 +427,7 @@ static const struct sl_conn_ops cl_ops_three = {.cb_data = cl_data_until_three,
                                                 .cb_close = cl_close,
                                                 .cb_connect = cl_connect};
 
-static void send_go(void) {
-  send_str(fx.cl, "go");
-}
+static void send_go(void) { send_str(fx.cl, "go"); }
 
 static void write_queue_in_order(enum sl_endpoint_kind kind, int *failed__) {
   CHECK_EQ(setup(kind), 0);
@@ -448,7 +439,7 @@ static void write_queue_in_order(enum sl_endpoint_kind kind, int *failed__) {
   CHECK_EQ(fx.timed_out, 0);
   CHECK_EQ(fx.buffered_at_pause, 3);
   CHECK_EQ(fx.write_cb_called, 3);
-  CHECK_EQ(wq_status_sum, 0); /* all ok, in order, memory taken */
+  CHECK_EQ(wq_status_sum, 0);  /* all ok, in order, memory taken */
   CHECK_EQ(fx.state_in_cb, 0); /* none pending after the last callback */
   CHECK_EQ(fx.cl_ngot, 13);
   CHECK(memcmp(fx.cl_got, "one,two,three", 13) == 0);
@@ -483,8 +474,8 @@ static void connect_refused(enum sl_endpoint_kind kind, int *failed__) {
   uv_run(&fx.loop, UV_RUN_DEFAULT);
   uv_loop_close(&fx.loop);
   CHECK_EQ(fx.connect_cb_called, 1);
-  CHECK(fx.connect_status == (kind == SL_ENDPOINT_TCP ? UV_ECONNREFUSED
-                                                      : UV_ENOENT));
+  CHECK(fx.connect_status ==
+        (kind == SL_ENDPOINT_TCP ? UV_ECONNREFUSED : UV_ENOENT));
   CHECK_EQ(fx.cl_eof_cb_called, 0);
   CHECK_EQ(fx.cl_close_cb_called, 1);
 }
@@ -502,13 +493,14 @@ TEST(conn_connect_failure_reports_once_then_closes_unix) {
 TEST(endpoint_parses_once_and_refuses_bad_addresses) {
   struct sl_endpoint ep;
   char err[256], longpath[200];
-  CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "127.0.0.1:9", err,
-                            sizeof(err)), 0);
+  CHECK_EQ(
+      sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "127.0.0.1:9", err, sizeof(err)),
+      0);
   CHECK_STR(ep.address, "127.0.0.1:9");
-  CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "[::1]:9", err,
-                            sizeof(err)), 0);
-  CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "no-port", err,
-                            sizeof(err)), UV_EINVAL);
+  CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "[::1]:9", err, sizeof(err)),
+           0);
+  CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "no-port", err, sizeof(err)),
+           UV_EINVAL);
   CHECK(strstr(err, "no-port") != NULL);
   CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_UNIX, "", NULL, 0), UV_EINVAL);
   memset(longpath, 'a', sizeof(longpath) - 1);
