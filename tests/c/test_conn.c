@@ -23,6 +23,7 @@ static struct fx {
   int timed_out;
   /* server side */
   int accept_cb_called, data_cb_called, eof_cb_called, close_cb_called;
+  int eof_status;
   int write_cb_called, write_status, write_before_close;
   int state_in_cb, write_rc_in_cb, buffered_at_pause;
   char got[64];
@@ -65,7 +66,10 @@ static size_t s_data(struct sl_conn *c, const uint8_t *d, size_t n) {
   return used;
 }
 
-static void s_eof(struct sl_conn *c, int status) { fx.eof_cb_called++; }
+static void s_eof(struct sl_conn *c, int status) {
+  fx.eof_cb_called++;
+  fx.eof_status = status;
+}
 
 static void s_close(struct sl_conn *c) {
   fx.close_cb_called++;
@@ -142,6 +146,9 @@ static void send_str(struct sl_conn *c, const char *s) {
 }
 
 static char sock_path[64];
+/* listener limits for the next setup(); reset by it */
+static uint32_t opt_idle_ms, opt_max_conns;
+static const char *opt_refusal;
 
 /* Listen on kind and connect a client to it. Returns 0 or the failing rc. */
 static int setup(enum sl_endpoint_kind kind) {
@@ -160,6 +167,14 @@ static int setup(enum sl_endpoint_kind kind) {
   if ((rc = sl_endpoint_init(&fx.ep, kind, addr, err, sizeof(err))) != 0)
     return rc;
   fx.l.max_buffered = 1 << 20;
+  fx.l.idle_ms = opt_idle_ms;
+  fx.l.max_conns = opt_max_conns;
+  if (opt_refusal) {
+    fx.l.refusal = opt_refusal;
+    fx.l.refusal_len = strlen(opt_refusal);
+  }
+  opt_idle_ms = opt_max_conns = 0;
+  opt_refusal = NULL;
   rc = sl_listener_start(&fx.l, &fx.loop, &fx.ep, on_accept, &fx, err,
                          sizeof(err));
   if (rc != 0) {
@@ -520,4 +535,184 @@ TEST(listener_unix_removes_its_socket_file_at_stop) {
   run();
   CHECK_EQ(fx.close_cb_called, 1);
   CHECK(access(sock_path, F_OK) != 0);
+}
+
+/* ---- close inside a write callback is deferred -------------------------- */
+
+static void pong_written(struct sl_conn *c, int status, void *arg) {
+  fx.write_cb_called++;
+  fx.write_status = status;
+  sl_conn_close(c);
+  fx.state_in_cb = (int)sl_conn_state(c);
+  sl_conn_close(c);
+}
+
+static void answer_pong(struct sl_conn *c, const uint8_t *d, size_t n,
+                        size_t *used) {
+  struct sl_buf b;
+  sl_buf_init(&b);
+  sl_buf_append(&b, "pong", 4);
+  if (sl_conn_write(c, &b, pong_written, NULL) != 0)
+    sl_buf_close(&b);
+}
+
+static void close_in_write_callback(enum sl_endpoint_kind kind,
+                                    int *failed__) {
+  CHECK_EQ(setup(kind), 0);
+  fx.on_data = answer_pong;
+  fx.on_connect = send_go;
+  run();
+  CHECK_EQ(fx.timed_out, 0);
+  CHECK_EQ(fx.write_cb_called, 1);
+  CHECK_EQ(fx.write_status, 0);
+  CHECK_EQ(fx.state_in_cb, SL_CONN_CLOSING);
+  CHECK_EQ(fx.close_cb_called, 1);
+  CHECK_EQ(fx.cl_ngot, 4);
+  CHECK(memcmp(fx.cl_got, "pong", 4) == 0); /* written before the close */
+  CHECK_EQ(fx.cl_eof_cb_called, 1);
+  CHECK_EQ(fx.cl_close_cb_called, 1);
+}
+
+TEST(conn_close_inside_write_callback_is_deferred_tcp) {
+  close_in_write_callback(SL_ENDPOINT_TCP, failed__);
+}
+
+TEST(conn_close_inside_write_callback_is_deferred_unix) {
+  close_in_write_callback(SL_ENDPOINT_UNIX, failed__);
+}
+
+/* ---- stop reading: what is buffered is still offered, nothing more ------ */
+
+static int stop_phase;
+
+static void stop_then_offer(struct sl_conn *c, const uint8_t *d, size_t n,
+                            size_t *used) {
+  if (stop_phase == 0) {
+    stop_phase = 1;
+    *used = 0; /* "abc" stays buffered */
+    sl_conn_pause(c);
+    sl_conn_stop_reading(c);
+    send_str(fx.cl, "def"); /* must never reach the protocol */
+    after(30);
+  }
+}
+
+static void stop_timer(void) {
+  if (stop_phase == 1) {
+    stop_phase = 2;
+    sl_conn_resume(fx.s); /* offers "abc" again; reads no more */
+    fx.write_before_close = sl_conn_read_stopped(fx.s);
+    after(30);
+  } else if (stop_phase == 2) {
+    stop_phase = 3;
+    sl_conn_close(fx.cl);
+    sl_conn_close(fx.s);
+  }
+}
+
+static void stop_reading_offers_buffered(enum sl_endpoint_kind kind,
+                                         int *failed__) {
+  CHECK_EQ(setup(kind), 0);
+  stop_phase = 0;
+  fx.on_data = stop_then_offer;
+  fx.on_connect = connect_abc_def;
+  fx.on_timer = stop_timer;
+  run();
+  CHECK_EQ(fx.timed_out, 0);
+  CHECK_EQ(stop_phase, 3);
+  CHECK_EQ(fx.write_before_close, 1);
+  CHECK_EQ(fx.data_cb_called, 2); /* "abc" twice, "def" never */
+  CHECK_EQ(fx.ngot, 3);
+  CHECK(memcmp(fx.got, "abc", 3) == 0);
+  CHECK_EQ(fx.close_cb_called, 1);
+}
+
+TEST(conn_stop_reading_offers_buffered_bytes_and_reads_no_more_tcp) {
+  stop_reading_offers_buffered(SL_ENDPOINT_TCP, failed__);
+}
+
+TEST(conn_stop_reading_offers_buffered_bytes_and_reads_no_more_unix) {
+  stop_reading_offers_buffered(SL_ENDPOINT_UNIX, failed__);
+}
+
+/* ---- listener limits over each transport -------------------------------- */
+
+static struct sl_conn *cl2;
+static int cl2_close_cb_called, cl2_open_seen;
+static char cl2_got[16];
+static size_t cl2_ngot;
+
+static size_t cl2_data(struct sl_conn *c, const uint8_t *d, size_t n) {
+  if (cl2_ngot + n <= sizeof(cl2_got)) {
+    memcpy(cl2_got + cl2_ngot, d, n);
+    cl2_ngot += n;
+  }
+  cl2_open_seen = (int)sl_listener_open(&fx.l);
+  sl_conn_close(c); /* got the refusal: leave */
+  return n;
+}
+
+static void cl2_close(struct sl_conn *c) {
+  cl2_close_cb_called++;
+  if (fx.cl)
+    sl_conn_close(fx.cl); /* the end: the kept conn closes too */
+}
+
+static const struct sl_conn_ops cl2_ops = {.cb_data = cl2_data,
+                                           .cb_close = cl2_close};
+
+static void connect_second(void) {
+  cl2 = sl_conn_connect(&fx.loop, &fx.ep, &cl2_ops, NULL);
+}
+
+static void over_max_conns_gets_refusal(enum sl_endpoint_kind kind,
+                                        int *failed__) {
+  cl2 = NULL;
+  cl2_close_cb_called = cl2_open_seen = 0;
+  cl2_ngot = 0;
+  opt_max_conns = 1;
+  opt_refusal = "full\n";
+  CHECK_EQ(setup(kind), 0);
+  fx.on_connect = connect_second;
+  run();
+  CHECK_EQ(fx.timed_out, 0);
+  CHECK(cl2 != NULL);
+  CHECK_EQ(fx.accept_cb_called, 1);
+  CHECK_EQ(sl_listener_stats(&fx.l)->accepted, 1);
+  CHECK_EQ(sl_listener_stats(&fx.l)->refused_limit, 1);
+  CHECK_EQ(cl2_open_seen, 1);
+  CHECK_EQ(cl2_ngot, 5);
+  CHECK(memcmp(cl2_got, "full\n", 5) == 0);
+  CHECK_EQ(cl2_close_cb_called, 1);
+  CHECK_EQ(fx.close_cb_called, 1);
+  CHECK_EQ(sl_listener_open(&fx.l), 0);
+}
+
+TEST(listener_over_max_conns_writes_the_refusal_and_closes_tcp) {
+  over_max_conns_gets_refusal(SL_ENDPOINT_TCP, failed__);
+}
+
+TEST(listener_over_max_conns_writes_the_refusal_and_closes_unix) {
+  over_max_conns_gets_refusal(SL_ENDPOINT_UNIX, failed__);
+}
+
+static void idle_conn_times_out(enum sl_endpoint_kind kind, int *failed__) {
+  opt_idle_ms = 50;
+  CHECK_EQ(setup(kind), 0); /* the client sends nothing */
+  run();
+  CHECK_EQ(fx.timed_out, 0);
+  CHECK_EQ(fx.eof_cb_called, 1);
+  CHECK_EQ(fx.eof_status, UV_ETIMEDOUT);
+  CHECK_EQ(sl_listener_stats(&fx.l)->timed_out, 1);
+  CHECK_EQ(fx.close_cb_called, 1);
+  CHECK_EQ(fx.cl_eof_cb_called, 1);
+  CHECK_EQ(fx.cl_close_cb_called, 1);
+}
+
+TEST(listener_idle_conn_times_out_tcp) {
+  idle_conn_times_out(SL_ENDPOINT_TCP, failed__);
+}
+
+TEST(listener_idle_conn_times_out_unix) {
+  idle_conn_times_out(SL_ENDPOINT_UNIX, failed__);
 }
