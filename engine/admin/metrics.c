@@ -86,7 +86,7 @@ static uint64_t in_conns_total(const struct sl_input *in) {
                         : in->stats.connections_total;
 }
 static uint64_t in_conns_open(const struct sl_input *in) {
-  return in->stats.http ? in->stats.http->listener.nconns
+  return in->stats.http ? sl_listener_open(&in->stats.http->listener)
                         : in->stats.connections_open;
 }
 static uint64_t out_events(const struct sl_output *o) {
@@ -340,12 +340,13 @@ static void listeners(struct out *b, const struct sl_worker *w,
       if (l == NULL)
         continue;
       for (k = 0; k < (pass == 1 ? 4 : 1); k++) {
-        uint64_t v = pass == 0 ? l->nconns
-                   : pass == 2 ? l->stats.timed_out
-                   : k == 0    ? l->stats.refused_limit
-                   : k == 1    ? l->stats.refused_fds
-                   : k == 2    ? l->stats.shed_memory
-                               : l->stats.displaced;
+        const struct sl_listener_stats *ls = sl_listener_stats(l);
+        uint64_t v = pass == 0 ? sl_listener_open(l)
+                   : pass == 2 ? ls->timed_out
+                   : k == 0    ? ls->refused_limit
+                   : k == 1    ? ls->refused_fds
+                   : k == 2    ? ls->shed_memory
+                               : ls->displaced;
         if (pass == 1 && k == 2 && i >= 0 && w->inputs[i].stats.http)
           v += w->inputs[i].stats.http->stats.shed_memory;
         if (pass == 1)

@@ -39,7 +39,7 @@ static void refused(struct native_conn *nc);
 static void send_ack(struct native_conn *nc) {
   struct sl_buf b;
   int rc;
-  if (!nc->ack || nc->accepted == nc->acked || nc->conn->closing ||
+  if (!nc->ack || nc->accepted == nc->acked || sl_conn_is_closing(nc->conn) ||
       nc->wait.waiting)
     return;
   nc->durable = nc->accepted;
@@ -61,7 +61,7 @@ static void send_ack(struct native_conn *nc) {
 static void on_durable(struct sl_durable *d) {
   struct native_conn *nc = container_of(d, struct native_conn, wait);
   struct sl_buf b;
-  if (nc->conn->closing)
+  if (sl_conn_is_closing(nc->conn))
     return;
   sl_buf_init(&b);
   if (sl_codec_put_uint(&b, nc->durable) == 0 &&
@@ -69,7 +69,8 @@ static void on_durable(struct sl_durable *d) {
     nc->acked = nc->durable;
   sl_buf_close(&b);
   send_ack(nc); /* what was accepted meanwhile */
-  if (nc->conn->no_read && nc->src.held == NULL && !nc->wait.waiting)
+  if (sl_conn_read_stopped(nc->conn) && nc->src.held == NULL &&
+      !nc->wait.waiting)
     sl_conn_close(nc->conn); /* draining: its last ack is out */
 }
 
@@ -82,12 +83,12 @@ static void refused(struct native_conn *nc) {
   struct sl_worker *w = in->w;
   char why[256];
   uint64_t suppressed = 0;
-  if (nc->conn->closing)
+  if (sl_conn_is_closing(nc->conn))
     return;
   if (sl_log_allow(&w->bad_input_log, &suppressed)) {
     sl_worker_refusal(w, nc->src.refused_output, why, sizeof(why));
     sl_log(SL_LOG_WARN, "event refused; closing connection",
-           SL_S("input", in->cfg->name), SL_S("peer", nc->conn->peer),
+           SL_S("input", in->cfg->name), SL_S("peer", sl_conn_peer(nc->conn)),
            SL_U("accepted", nc->accepted), SL_S("error", why),
            SL_U("suppressed", suppressed), SL_END);
   }
@@ -122,7 +123,8 @@ static void on_resume(struct sl_source *s) {
   sl_conn_resume(nc->conn);
   send_ack(nc);
   /* draining: once the buffered events are in, the conn has done its part */
-  if (nc->conn->no_read && nc->src.held == NULL && !nc->wait.waiting)
+  if (sl_conn_read_stopped(nc->conn) && nc->src.held == NULL &&
+      !nc->wait.waiting)
     sl_conn_close(nc->conn);
 }
 
@@ -133,14 +135,14 @@ static void bad_input(struct sl_conn *c, struct sl_input *in, size_t offset,
   in->stats.bad_input++;
   if (sl_log_allow(&w->bad_input_log, &suppressed))
     sl_log(SL_LOG_WARN, "bad input; closing connection",
-           SL_S("input", in->cfg->name), SL_S("peer", c->peer),
-           SL_U("offset", c->offset + offset), SL_S("error", why),
+           SL_S("input", in->cfg->name), SL_S("peer", sl_conn_peer(c)),
+           SL_U("offset", sl_conn_offset(c) + offset), SL_S("error", why),
            SL_U("suppressed", suppressed), SL_END);
   sl_conn_close(c);
 }
 
 static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
-  struct native_conn *nc = c->proto;
+  struct native_conn *nc = sl_conn_proto(c);
   struct sl_input *in = nc->src.input;
   struct sl_worker *w = in->w;
   /* a sluice peer may send what grew on its way (SL_EVENT_HEADROOM) */
@@ -219,11 +221,13 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
 }
 
 static void cb_eof(struct sl_conn *c, int status) {
-  struct native_conn *nc = c->proto;
+  struct native_conn *nc = sl_conn_proto(c);
   if (status != 0 && status != UV_ECONNRESET)
-    sl_log(SL_LOG_DEBUG, "connection error", SL_S("input", nc->src.input->cfg->name),
-           SL_S("peer", c->peer), SL_S("error", uv_strerror(status)), SL_END);
-  if (c->in.len > 0) {
+    sl_log(SL_LOG_DEBUG, "connection error",
+           SL_S("input", nc->src.input->cfg->name),
+           SL_S("peer", sl_conn_peer(c)), SL_S("error", uv_strerror(status)),
+           SL_END);
+  if (sl_conn_buffered(c) > 0) {
     struct sl_input *in = nc->src.input;
     uint64_t suppressed = 0;
     in->stats.bad_input++;
@@ -235,14 +239,15 @@ static void cb_eof(struct sl_conn *c, int status) {
                    "event discarded"
                  : "connection closed inside an event; partial event "
                    "discarded",
-             SL_S("input", in->cfg->name), SL_S("peer", c->peer),
-             SL_U("offset", c->offset), SL_U("bytes", c->in.len),
-             SL_U("suppressed", suppressed), SL_END);
+             SL_S("input", in->cfg->name), SL_S("peer", sl_conn_peer(c)),
+             SL_U("offset", sl_conn_offset(c)),
+             SL_U("bytes", sl_conn_buffered(c)), SL_U("suppressed", suppressed),
+             SL_END);
   }
 }
 
 static void cb_close(struct sl_conn *c) {
-  struct native_conn *nc = c->proto;
+  struct native_conn *nc = sl_conn_proto(c);
   struct native_in *ni = nc->src.input->data;
   sl_worker_undurable(&nc->wait);
   sl_source_close(&nc->src);
@@ -269,8 +274,7 @@ static int on_accept(struct sl_listener *l, struct sl_conn *c) {
   sl_source_init(&nc->src, ni->in, on_resume);
   nc->wait.on_durable = on_durable;
   nc->conn = c;
-  c->ops = &conn_ops;
-  c->proto = nc;
+  sl_conn_set_ops(c, &conn_ops, nc);
   ni->live++;
   ni->in->stats.connections_total++;
   ni->in->stats.connections_open++;
@@ -279,6 +283,7 @@ static int on_accept(struct sl_listener *l, struct sl_conn *c) {
 
 static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   struct native_in *ni = calloc(1, sizeof(*ni));
+  struct sl_endpoint ep;
   int rc;
   if (ni == NULL)
     return SL_ENOMEM;
@@ -296,10 +301,18 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   ni->listener.max_buffered = (size_t)in->w->cfg->max_event_bytes + 65536;
   ni->listener.on_closed = on_listener_closed;
   in->stats.listener = &ni->listener;
-  rc = sl_listener_start(&ni->listener, &in->w->loop,
-                         strcmp(in->cfg->type, "unix") == 0 ? SL_CONN_UNIX
-                                                            : SL_CONN_TCP,
-                         in->cfg->listen, on_accept, ni, err, errlen);
+  rc = sl_endpoint_init(&ep,
+                        strcmp(in->cfg->type, "unix") == 0 ? SL_ENDPOINT_UNIX
+                                                           : SL_ENDPOINT_TCP,
+                        in->cfg->listen, NULL, 0);
+  if (rc != 0) {
+    snprintf(err, errlen, "cannot listen on %s: %s", in->cfg->listen,
+             uv_strerror(rc));
+    ni->listener_closed = 1; /* it never opened */
+    return rc;
+  }
+  rc = sl_listener_start(&ni->listener, &in->w->loop, &ep, on_accept, ni, err,
+                         errlen);
   return rc; /* on failure cb_stop still runs and frees ni */
 }
 
@@ -325,9 +338,9 @@ static void cb_drain(struct sl_input *in) {
     return;
   ni->listener.on_closed = on_listener_closed;
   sl_listener_stop(&ni->listener);
-  for (c = ni->listener.conns.next; c != &ni->listener.conns; c = next) {
-    struct native_conn *nc = c->proto;
-    next = c->next;
+  for (c = sl_listener_next(&ni->listener, NULL); c; c = next) {
+    struct native_conn *nc = sl_conn_proto(c);
+    next = sl_listener_next(&ni->listener, c);
     sl_conn_stop_reading(c);
     if (nc->src.held == NULL && !nc->wait.waiting)
       sl_conn_close(c); /* what it sent is in; a partial event is not */

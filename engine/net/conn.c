@@ -1,5 +1,8 @@
-/* conn.c - listeners and connections over libuv streams; see conn.h. */
+/* conn.c - the generic stream over a transport: listeners and connections,
+ * buffering, pause/resume, the write queue, limits and deferred close; the
+ * transports are registered here (transports[]); see conn.h, transport.h. */
 #include "conn.h"
+#include "transport.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -8,11 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
-
-#include "config.h"
 
 #define READ_CHUNK 65536
 #define REFUSE_LINGER_MS 1000 /* a refused conn reads our answer in this */
@@ -38,47 +37,36 @@ static void start_reading(struct sl_conn *c);
 static void on_idle_timeout(uv_timer_t *t);
 static void in_free(struct sl_buf *b);
 
-static int make_addr(const char *address, struct sockaddr_storage *ss) {
-  char host[128];
-  int port;
-  if (sl_config_parse_hostport(address, host, sizeof(host), &port) != 0)
-    return UV_EINVAL;
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)ss) == 0)
-    return 0;
-  return uv_ip6_addr(host, port, (struct sockaddr_in6 *)ss);
+/* ---- state and closing ------------------------------------------------ */
+
+static const struct sl_transport_ops *const transports[] = {
+    [SL_ENDPOINT_TCP] = &sl_transport_tcp,
+    [SL_ENDPOINT_UNIX] = &sl_transport_unix,
+};
+
+int sl_endpoint_init(struct sl_endpoint *ep, enum sl_endpoint_kind kind,
+                     const char *address, char *err, size_t errlen) {
+  int rc;
+  memset(ep, 0, sizeof(*ep));
+  ep->kind = kind;
+  if ((unsigned)kind >= sizeof(transports) / sizeof(transports[0]))
+    rc = UV_EINVAL;
+  else if (strlen(address) >= sizeof(ep->address))
+    rc = UV_ENAMETOOLONG;
+  else {
+    ep->tp = transports[kind];
+    snprintf(ep->address, sizeof(ep->address), "%s", address);
+    rc = ep->tp->parse(ep);
+  }
+  if (rc != 0 && err)
+    snprintf(err, errlen, "bad address %s: %s", address, uv_strerror(rc));
+  return rc;
 }
-
-static void peer_name(struct sl_conn *c) {
-  struct sockaddr_storage ss;
-  int len = sizeof(ss);
-  char ip[INET6_ADDRSTRLEN + 1];
-
-  if (c->kind == SL_CONN_UNIX) {
-    snprintf(c->peer, sizeof(c->peer), "unix:%s",
-             c->listener ? c->listener->address : "");
-    return;
-  }
-  if (uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len) != 0) {
-    snprintf(c->peer, sizeof(c->peer), "unknown");
-    return;
-  }
-  if (ss.ss_family == AF_INET6) {
-    uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
-    snprintf(c->peer, sizeof(c->peer), "[%s]:%d", ip,
-             ntohs(((struct sockaddr_in6 *)&ss)->sin6_port));
-  } else {
-    uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
-    snprintf(c->peer, sizeof(c->peer), "%s:%d", ip,
-             ntohs(((struct sockaddr_in *)&ss)->sin_port));
-  }
-}
-
-/* ---- closing ---------------------------------------------------------- */
 
 static void on_handle_closed(uv_handle_t *h) {
   struct sl_conn *c = h->data;
   /* three handles (stream, idle and partial timers): free after the last */
-  if (c->closing++ < 3)
+  if (--c->handles > 0)
     return;
   if (c->ops && c->ops->cb_close)
     c->ops->cb_close(c);
@@ -86,21 +74,107 @@ static void on_handle_closed(uv_handle_t *h) {
   free(c);
 }
 
-void sl_conn_close(struct sl_conn *c) {
-  if (c->closing)
-    return;
-  c->closing = 1;
-  if (c->listener) {
-    c->prev->next = c->next;
-    c->next->prev = c->prev;
-    c->next = c->prev = c;
-    c->listener->nconns--;
-    c->listener->pending -= c->charged; /* freed in the close callback */
-    c->charged = 0;
-  }
+static void close_handles(struct sl_conn *c) {
+  c->state = SL_CONN_CLOSED;
+  c->flags &= ~(SL_CONN_F_READING | SL_CONN_F_PARTIAL);
   uv_close((uv_handle_t *)&c->idle, on_handle_closed);
   uv_close((uv_handle_t *)&c->partial, on_handle_closed);
-  uv_close(&c->h.handle, on_handle_closed);
+  c->tp->close(c, on_handle_closed);
+}
+
+/* Around every call into the protocol for c: a close it asks for is done
+ * when the outermost such call returns (Redis's CLOSE_SCHEDULED), so the
+ * caller below may still use c and its buffer. */
+static void enter(struct sl_conn *c) {
+  c->depth++;
+}
+
+static void leave(struct sl_conn *c) {
+  if (--c->depth == 0 && c->state == SL_CONN_CLOSING)
+    close_handles(c);
+}
+
+void sl_conn_close(struct sl_conn *c) {
+  switch (c->state) {
+  case SL_CONN_CLOSING:
+  case SL_CONN_CLOSED:
+    return; /* idempotent */
+  case SL_CONN_CONNECTING:
+  case SL_CONN_OPEN:
+  case SL_CONN_PAUSED:
+    break;
+  }
+  if (c->listener) {
+    struct sl_listener *l = c->listener;
+    if (c->prev)
+      c->prev->next = c->next;
+    else
+      l->conns = c->next;
+    if (c->next)
+      c->next->prev = c->prev;
+    c->next = c->prev = NULL;
+    l->nconns--;
+    l->pending -= c->charged; /* freed in the close callback */
+    c->charged = 0;
+  }
+  c->state = SL_CONN_CLOSING;
+  if (c->depth == 0)
+    close_handles(c);
+}
+
+/* The peer, a deadline or a limit ends c: tell the protocol, then close. */
+static void eof_and_close(struct sl_conn *c, int status) {
+  enter(c);
+  if (c->ops && c->ops->cb_eof && !sl_conn_is_closing(c))
+    c->ops->cb_eof(c, status);
+  sl_conn_close(c);
+  leave(c);
+}
+
+enum sl_conn_state sl_conn_state(const struct sl_conn *c) {
+  return c->state;
+}
+
+int sl_conn_is_closing(const struct sl_conn *c) {
+  return c->state == SL_CONN_CLOSING || c->state == SL_CONN_CLOSED;
+}
+
+int sl_conn_is_paused(const struct sl_conn *c) {
+  return c->state == SL_CONN_PAUSED;
+}
+
+int sl_conn_read_stopped(const struct sl_conn *c) {
+  return (c->flags & SL_CONN_F_NO_READ) != 0;
+}
+
+const char *sl_conn_peer(const struct sl_conn *c) {
+  return c->peer;
+}
+
+uint64_t sl_conn_offset(const struct sl_conn *c) {
+  return c->offset;
+}
+
+size_t sl_conn_buffered(const struct sl_conn *c) {
+  return c->in.len;
+}
+
+int sl_conn_pending_writes(const struct sl_conn *c) {
+  return c->pending_writes;
+}
+
+void sl_conn_set_ops(struct sl_conn *c, const struct sl_conn_ops *ops,
+                     void *proto) {
+  c->ops = ops;
+  c->proto = proto;
+}
+
+void sl_conn_set_proto(struct sl_conn *c, void *proto) {
+  c->proto = proto;
+}
+
+void *sl_conn_proto(const struct sl_conn *c) {
+  return c->proto;
 }
 
 /* ---- the memory bound -------------------------------------------------- */
@@ -180,8 +254,8 @@ static size_t max_pending(const struct sl_listener *l) {
 static int shed_stalest(struct sl_listener *l, struct sl_conn *c) {
   struct sl_conn *x, *victim = NULL;
   uint64_t suppressed = 0;
-  for (x = l->conns.next; x != &l->conns; x = x->next)
-    if (x != c && x->charged && x->in.len && !x->paused && !x->closing &&
+  for (x = l->conns; x; x = x->next)
+    if (x != c && x->charged && x->in.len && x->state == SL_CONN_OPEN &&
         (victim == NULL || x->last_read_ns < victim->last_read_ns))
       victim = x;
   if (victim == NULL)
@@ -190,13 +264,11 @@ static int shed_stalest(struct sl_listener *l, struct sl_conn *c) {
   if (sl_log_allow(&l->refuse_log, &suppressed))
     sl_log(SL_LOG_WARN, "partial input over the listener's memory bound; "
                         "closing the stalest connection",
-           SL_S("listener", l->name ? l->name : l->address),
+           SL_S("listener", l->name ? l->name : l->ep.address),
            SL_S("peer", victim->peer), SL_U("bytes", victim->in.len),
            SL_U("max_pending_bytes", max_pending(l)),
            SL_U("suppressed", suppressed), SL_END);
-  if (victim->ops && victim->ops->cb_eof)
-    victim->ops->cb_eof(victim, UV_ENOBUFS);
-  sl_conn_close(victim);
+  eof_and_close(victim, UV_ENOBUFS);
   return 0;
 }
 
@@ -204,7 +276,7 @@ static int shed_stalest(struct sl_listener *l, struct sl_conn *c) {
 static int may_grow(struct sl_conn *c, size_t n) {
   struct sl_listener *l = c->listener;
   size_t more;
-  if (l == NULL || c->refused)
+  if (l == NULL || (c->flags & SL_CONN_F_REFUSED))
     return 1;
   more = charge_of(grown_cap(&c->in, n));
   if (more <= c->charged)
@@ -255,11 +327,9 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 }
 
 static void timed_out(struct sl_conn *c) {
-  if (c->listener && !c->refused)
+  if (c->listener && !(c->flags & SL_CONN_F_REFUSED))
     c->listener->stats.timed_out++;
-  if (c->ops && c->ops->cb_eof)
-    c->ops->cb_eof(c, UV_ETIMEDOUT);
-  sl_conn_close(c);
+  eof_and_close(c, UV_ETIMEDOUT);
 }
 
 static void on_idle_timeout(uv_timer_t *t) {
@@ -286,13 +356,13 @@ void sl_listener_shed(struct sl_conn *c) {
 static void watch_partial(struct sl_conn *c, int progress) {
   if (c->partial_ms == 0)
     return;
-  if (c->in.len == 0 || c->paused || c->closing) {
-    if (c->partial_running)
+  if (c->in.len == 0 || c->state != SL_CONN_OPEN) {
+    if (c->flags & SL_CONN_F_PARTIAL)
       uv_timer_stop(&c->partial);
-    c->partial_running = 0;
-  } else if (progress || !c->partial_running) {
+    c->flags &= ~SL_CONN_F_PARTIAL;
+  } else if (progress || !(c->flags & SL_CONN_F_PARTIAL)) {
     uv_timer_start(&c->partial, on_partial_timeout, c->partial_ms, 0);
-    c->partial_running = 1;
+    c->flags |= SL_CONN_F_PARTIAL;
   }
 }
 
@@ -312,37 +382,49 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   if (nread == UV_ENOBUFS) /* our buffer could not grow */
     nread = UV_ENOMEM;
-  if (c->ops && c->ops->cb_eof)
-    c->ops->cb_eof(c, nread == UV_EOF ? 0 : (int)nread);
-  sl_conn_close(c);
+  eof_and_close(c, nread == UV_EOF ? 0 : (int)nread);
 }
 
 static void start_reading(struct sl_conn *c) {
-  if (c->reading || c->closing || c->paused || c->no_read)
+  switch (c->state) {
+  case SL_CONN_OPEN:
+    break;
+  case SL_CONN_CONNECTING: /* on_connect starts it */
+  case SL_CONN_PAUSED:     /* sl_conn_resume does */
+  case SL_CONN_CLOSING:
+  case SL_CONN_CLOSED:
+    return;
+  }
+  if (c->flags & (SL_CONN_F_READING | SL_CONN_F_NO_READ))
     return;
   if (c->max_buffered && c->in.len >= c->max_buffered)
     return; /* the protocol must consume first */
-  if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
-    c->reading = 1;
+  if (c->tp->read_start(c, on_alloc, on_read) == 0)
+    c->flags |= SL_CONN_F_READING;
 }
 
 static void stop_reading(struct sl_conn *c) {
-  if (!c->reading)
+  if (!(c->flags & SL_CONN_F_READING))
     return;
-  uv_read_stop(&c->h.stream);
-  c->reading = 0;
+  c->tp->read_stop(c);
+  c->flags &= ~SL_CONN_F_READING;
 }
 
 static void deliver(struct sl_conn *c) {
   size_t used;
 
-  if (c->paused || c->closing || c->in_data || c->in.len == 0)
+  if (c->state != SL_CONN_OPEN || (c->flags & SL_CONN_F_IN_DATA) ||
+      c->in.len == 0)
     return;
-  c->in_data = 1;
+  c->flags |= SL_CONN_F_IN_DATA;
+  enter(c);
   used = c->ops->cb_data(c, c->in.data, c->in.len);
-  c->in_data = 0;
-  if (c->closing)
+  c->flags &= ~SL_CONN_F_IN_DATA;
+  if (sl_conn_is_closing(c)) {
+    leave(c); /* the close it asked for happens here */
     return;
+  }
+  leave(c);
   c->offset += used;
   sl_buf_consume(&c->in, used);
   shrink(c);
@@ -352,23 +434,42 @@ static void deliver(struct sl_conn *c) {
 }
 
 void sl_conn_stop_reading(struct sl_conn *c) {
-  c->no_read = 1;
+  if (sl_conn_is_closing(c))
+    return;
+  c->flags |= SL_CONN_F_NO_READ;
   stop_reading(c);
   uv_timer_stop(&c->idle);
 }
 
 void sl_conn_pause(struct sl_conn *c) {
-  c->paused = 1;
+  switch (c->state) {
+  case SL_CONN_OPEN:
+    break;
+  case SL_CONN_CONNECTING: /* nothing is read before it is open */
+  case SL_CONN_PAUSED:
+  case SL_CONN_CLOSING:
+  case SL_CONN_CLOSED:
+    return;
+  }
+  c->state = SL_CONN_PAUSED;
   stop_reading(c);
   uv_timer_stop(&c->idle); /* waiting on us is not idleness */
   watch_partial(c, 0);     /* nor is it a slow client */
 }
 
 void sl_conn_resume(struct sl_conn *c) {
-  if (c->closing)
+  switch (c->state) {
+  case SL_CONN_PAUSED:
+    c->state = SL_CONN_OPEN;
+    break;
+  case SL_CONN_OPEN: /* offer what is buffered again */
+    break;
+  case SL_CONN_CONNECTING:
+  case SL_CONN_CLOSING:
+  case SL_CONN_CLOSED:
     return;
-  c->paused = 0;
-  if (c->idle_ms && !c->no_read)
+  }
+  if (c->idle_ms && !(c->flags & SL_CONN_F_NO_READ))
     uv_timer_start(&c->idle, on_idle_timeout, c->idle_ms, 0);
   deliver(c);
   watch_partial(c, 0); /* deliver may not have run: restart a stopped one */
@@ -381,8 +482,11 @@ static void on_write(uv_write_t *req, int status) {
   struct write_req *w = container_of(req, struct write_req, req);
   struct sl_conn *c = w->conn;
   c->pending_writes--;
-  if (w->cb)
+  if (w->cb) {
+    enter(c);
     w->cb(c, status, w->arg);
+    leave(c);
+  }
   sl_buf_close(&w->buf);
   free(w);
 }
@@ -394,7 +498,7 @@ int sl_conn_write(struct sl_conn *c, struct sl_buf *b,
   uv_buf_t ub;
   int rc;
 
-  if (c->closing)
+  if (sl_conn_is_closing(c))
     return UV_ECANCELED;
   w = malloc(sizeof(*w));
   if (w == NULL)
@@ -404,7 +508,7 @@ int sl_conn_write(struct sl_conn *c, struct sl_buf *b,
   w->cb = cb;
   w->arg = arg;
   ub = uv_buf_init((char *)w->buf.data, (unsigned)w->buf.len);
-  rc = uv_write(&w->req, &c->h.stream, &ub, 1, on_write);
+  rc = c->tp->write(c, &w->req, &ub, on_write);
   if (rc != 0) {
     free(w);
     return rc;
@@ -415,22 +519,21 @@ int sl_conn_write(struct sl_conn *c, struct sl_buf *b,
 }
 
 size_t sl_conn_write_queue_size(const struct sl_conn *c) {
-  return c->h.stream.write_queue_size;
+  return c->tp->write_queue_size(c);
 }
 
 /* ---- conns ------------------------------------------------------------ */
 
-static struct sl_conn *conn_new(uv_loop_t *loop, enum sl_conn_kind kind) {
+static struct sl_conn *conn_new(uv_loop_t *loop,
+                                const struct sl_transport_ops *tp) {
   struct sl_conn *c = calloc(1, sizeof(*c));
-  int rc;
   if (c == NULL)
     return NULL;
-  c->kind = kind;
-  c->next = c->prev = c;
+  c->tp = tp;
+  c->state = SL_CONN_CONNECTING;
+  c->handles = 3;
   sl_buf_init(&c->in);
-  rc = kind == SL_CONN_TCP ? uv_tcp_init(loop, &c->h.tcp)
-                           : uv_pipe_init(loop, &c->h.pipe, 0);
-  if (rc != 0) {
+  if (tp->init(loop, c) != 0) {
     free(c);
     return NULL;
   }
@@ -466,7 +569,7 @@ static void refuse_log(struct sl_listener *l, const char *why) {
   uint64_t suppressed = 0;
   if (sl_log_allow(&l->refuse_log, &suppressed))
     sl_log(SL_LOG_WARN, "connection refused", SL_S("listener",
-           l->name ? l->name : l->address), SL_S("reason", why),
+           l->name ? l->name : l->ep.address), SL_S("reason", why),
            SL_U("open", l->nconns), SL_U("max_connections", l->max_conns),
            SL_U("suppressed", suppressed), SL_END);
 }
@@ -478,7 +581,7 @@ static void refuse(struct sl_listener *l, struct sl_conn *c, const char *why,
                    int answer) {
   struct sl_buf b;
   refuse_log(l, why);
-  c->refused = 1;
+  c->flags |= SL_CONN_F_REFUSED;
   if (!answer || l->refusal == NULL || refusing >= MAX_REFUSING) {
     sl_conn_close(c);
     return;
@@ -506,9 +609,9 @@ static int displace_quiet(struct sl_listener *l) {
   uint64_t now = sl_mono_ns(), suppressed = 0;
   if (l->displace_ms == 0)
     return 0;
-  for (x = l->conns.next; x != &l->conns; x = x->next)
-    if (x->in.len == 0 && !x->paused && !x->closing && !x->no_read &&
-        x->pending_writes == 0 &&
+  for (x = l->conns; x; x = x->next)
+    if (x->in.len == 0 && x->state == SL_CONN_OPEN &&
+        !(x->flags & SL_CONN_F_NO_READ) && x->pending_writes == 0 &&
         now - x->last_read_ns >= l->displace_ms * 1000000ull &&
         (victim == NULL || x->last_read_ns < victim->last_read_ns))
       victim = x;
@@ -518,13 +621,11 @@ static int displace_quiet(struct sl_listener *l) {
   if (sl_log_allow(&l->refuse_log, &suppressed))
     sl_log(SL_LOG_INFO, "max_connections reached; closing the connection "
                         "quiet longest to admit a new one",
-           SL_S("listener", l->name ? l->name : l->address),
+           SL_S("listener", l->name ? l->name : l->ep.address),
            SL_S("peer", victim->peer),
            SL_U("quiet_ms", (now - victim->last_read_ns) / 1000000u),
            SL_U("suppressed", suppressed), SL_END);
-  if (victim->ops && victim->ops->cb_eof)
-    victim->ops->cb_eof(victim, 0);
-  sl_conn_close(victim);
+  eof_and_close(victim, 0);
   return 1;
 }
 
@@ -557,6 +658,7 @@ static void shed_backlog(struct sl_listener *l) {
 static void on_connection(uv_stream_t *server, int status) {
   struct sl_listener *l = server->data;
   struct sl_conn *c;
+  int rc;
 
   if (status != 0) {
     if (status == UV_EMFILE || status == UV_ENFILE) {
@@ -566,19 +668,14 @@ static void on_connection(uv_stream_t *server, int status) {
     }
     return;
   }
-  c = conn_new(l->loop, l->kind);
+  c = conn_new(l->loop, l->ep.tp);
   if (c == NULL)
     return; /* the kernel keeps it in the backlog; we retry next time */
-  if (uv_accept(server, &c->h.stream) != 0) {
-    c->closing = 1;
-    uv_close((uv_handle_t *)&c->idle, on_handle_closed);
-    uv_close((uv_handle_t *)&c->partial, on_handle_closed);
-    uv_close(&c->h.handle, on_handle_closed);
+  if (c->tp->accept(l, c) != 0) {
+    sl_conn_close(c); /* not on l's list: nothing else to undo */
     return;
   }
-  c->listener = l; /* for peer_name; a refused conn is not on l's list */
-  peer_name(c);
-  c->listener = NULL;
+  c->state = SL_CONN_OPEN;
   if (l->max_conns && l->nconns >= l->max_conns && !displace_quiet(l)) {
     l->stats.refused_limit++;
     refuse(l, c, "max_connections reached", 1);
@@ -594,74 +691,62 @@ static void on_connection(uv_stream_t *server, int status) {
     }
   }
   l->stats.accepted++;
-  if (l->kind == SL_CONN_TCP)
-    uv_tcp_nodelay(&c->h.tcp, 1);
+  if (c->tp->opened)
+    c->tp->opened(c);
   c->listener = l;
   c->idle_ms = l->idle_ms;
   c->partial_ms = l->partial_ms;
   c->last_read_ns = sl_mono_ns(); /* quiet since it came */
   c->max_buffered = l->max_buffered;
-  c->next = l->conns.next;
-  c->prev = &l->conns;
-  l->conns.next->prev = c;
-  l->conns.next = c;
+  c->prev = NULL;
+  c->next = l->conns;
+  if (l->conns)
+    l->conns->prev = c;
+  l->conns = c;
   l->nconns++;
-  if (l->on_accept(l, c) != 0) {
+  enter(c);
+  rc = l->on_accept(l, c);
+  if (rc != 0)
     sl_conn_close(c);
+  leave(c);
+  if (rc != 0 || sl_conn_is_closing(c))
     return;
-  }
   if (c->idle_ms)
     uv_timer_start(&c->idle, on_idle_timeout, c->idle_ms, 0);
   start_reading(c);
 }
 
 int sl_listener_start(struct sl_listener *l, uv_loop_t *loop,
-                      enum sl_conn_kind kind, const char *address,
+                      const struct sl_endpoint *ep,
                       sl_listener_accept_cb on_accept, void *data, char *err,
                       size_t errlen) {
-  struct sockaddr_storage ss;
-  struct stat st;
   int rc;
 
   memset(&l->h, 0, sizeof(l->h));
   l->loop = loop;
-  l->kind = kind;
+  l->ep = *ep;
   l->on_accept = on_accept;
   l->data = data;
-  l->conns.next = l->conns.prev = &l->conns;
+  l->conns = NULL;
   l->nconns = 0;
   l->pending = 0;
+  l->bound = 0;
   memset(&l->stats, 0, sizeof(l->stats));
   sl_log_limiter_init(&l->refuse_log, 10000, 10);
   if (reserve_fd < 0)
     reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  snprintf(l->address, sizeof(l->address), "%s", address);
   /* the handle exists from here on, so every failure below ends in
    * on_closed, like a normal stop */
-  if (kind == SL_CONN_TCP)
-    uv_tcp_init(loop, &l->h.tcp);
-  else
-    uv_pipe_init(loop, &l->h.pipe, 0);
+  rc = l->ep.tp->listen(l, loop, on_connection);
   l->h.handle.data = l;
   l->active = 1;
-  if (kind == SL_CONN_TCP) {
-    rc = make_addr(address, &ss);
-    if (rc == 0)
-      rc = uv_tcp_bind(&l->h.tcp, (struct sockaddr *)&ss, 0);
-  } else {
-    /* a socket file left by a previous run would make bind fail */
-    if (stat(address, &st) == 0 && S_ISSOCK(st.st_mode))
-      unlink(address);
-    rc = uv_pipe_bind(&l->h.pipe, address);
-  }
-  if (rc == 0)
-    rc = uv_listen(&l->h.stream, 511, on_connection);
   if (rc != 0) {
-    snprintf(err, errlen, "cannot listen on %s: %s", address, uv_strerror(rc));
-    l->kind = SL_CONN_TCP; /* not ours to unlink: someone else's socket */
+    snprintf(err, errlen, "cannot listen on %s: %s", ep->address,
+             uv_strerror(rc));
     sl_listener_stop(l);
     return rc;
   }
+  l->bound = 1;
   return 0;
 }
 
@@ -676,58 +761,71 @@ void sl_listener_stop(struct sl_listener *l) {
     return;
   l->active = 0;
   uv_close(&l->h.handle, on_listener_closed);
-  if (l->kind == SL_CONN_UNIX)
-    unlink(l->address);
+  if (l->ep.tp->unlisten)
+    l->ep.tp->unlisten(l);
 }
 
 void sl_listener_close_conns(struct sl_listener *l) {
-  while (l->conns.next != &l->conns)
-    sl_conn_close(l->conns.next);
+  while (l->conns)
+    sl_conn_close(l->conns); /* unlinks it at once */
+}
+
+struct sl_conn *sl_listener_next(const struct sl_listener *l,
+                                 const struct sl_conn *c) {
+  return c ? c->next : l->conns;
+}
+
+uint32_t sl_listener_open(const struct sl_listener *l) {
+  return l->nconns;
+}
+
+const struct sl_listener_stats *sl_listener_stats(const struct sl_listener *l) {
+  return &l->stats;
 }
 
 static void on_connect(uv_connect_t *req, int status) {
   struct sl_conn *c = req->data;
-  if (c->closing)
+  switch (c->state) {
+  case SL_CONN_CONNECTING:
+    break;
+  case SL_CONN_OPEN:
+  case SL_CONN_PAUSED:
+  case SL_CONN_CLOSING:
+  case SL_CONN_CLOSED: /* closed first: the request was cancelled */
     return;
+  }
+  enter(c);
   if (status != 0) {
     if (c->ops->cb_connect)
       c->ops->cb_connect(c, status);
     sl_conn_close(c);
+    leave(c);
     return;
   }
-  if (c->kind == SL_CONN_TCP)
-    uv_tcp_nodelay(&c->h.tcp, 1);
+  c->state = SL_CONN_OPEN;
+  if (c->tp->opened)
+    c->tp->opened(c);
   start_reading(c);
   if (c->ops->cb_connect)
     c->ops->cb_connect(c, 0);
+  leave(c);
 }
 
-struct sl_conn *sl_conn_connect(uv_loop_t *loop, enum sl_conn_kind kind,
-                                const char *address,
+struct sl_conn *sl_conn_connect(uv_loop_t *loop, const struct sl_endpoint *ep,
                                 const struct sl_conn_ops *ops, void *proto) {
-  struct sockaddr_storage ss;
   struct sl_conn *c;
-  int rc;
 
-  if (kind == SL_CONN_TCP && make_addr(address, &ss) != 0)
-    return NULL;
-  c = conn_new(loop, kind);
+  c = conn_new(loop, ep->tp);
   if (c == NULL)
     return NULL;
   c->ops = ops;
   c->proto = proto;
   c->connect_req.data = c;
-  snprintf(c->peer, sizeof(c->peer), "%s", address);
-  if (kind == SL_CONN_TCP) {
-    rc = uv_tcp_connect(&c->connect_req, &c->h.tcp, (struct sockaddr *)&ss,
-                        on_connect);
-    if (rc != 0) {
-      c->ops = NULL; /* the caller learns of it from the NULL return */
-      sl_conn_close(c);
-      return NULL;
-    }
-  } else {
-    uv_pipe_connect(&c->connect_req, &c->h.pipe, address, on_connect);
+  snprintf(c->peer, sizeof(c->peer), "%s", ep->address);
+  if (c->tp->connect(c, ep, on_connect) != 0) {
+    c->ops = NULL; /* the caller learns of it from the NULL return */
+    sl_conn_close(c);
+    return NULL;
   }
   return c;
 }

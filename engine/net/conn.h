@@ -1,16 +1,19 @@
-/* conn.h - the connection layer between libuv streams and protocols.
- * A listener accepts TCP or unix connections up to its limits (connection
- * count, fds left for others, bytes of partial input over its conns); a
- * conn owns its uv handle, its input buffer, an idle timer and a deadline
- * for unconsumed bytes, and hands bytes to the protocol above through
- * sl_conn_ops. Protocols never see libuv reads, so TLS can slot in
- * here later without touching a parser. Conns are heap objects freed after
- * their handle's close callback; the protocol's cb_close runs first. */
+/* conn.h - the connection layer between transports and protocols.
+ * A listener accepts connections on an endpoint up to its limits
+ * (connection count, fds left for others, bytes of partial input over its
+ * conns); a conn owns its transport handle, its input buffer, an idle timer
+ * and a deadline for unconsumed bytes, and hands bytes to the protocol above
+ * through sl_conn_ops. Protocols never see libuv reads nor the transport
+ * (tcp, unix; TLS later, see transport.h), so a transport slots in here
+ * without touching a parser. struct sl_conn is opaque: protocols use the
+ * functions below. Conns are heap objects freed after their handles' close
+ * callbacks; the protocol's cb_close runs first. */
 #ifndef SL_CONN_H
 #define SL_CONN_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #include "buf.h"
@@ -18,6 +21,38 @@
 
 struct sl_conn;
 struct sl_listener;
+struct sl_transport_ops;
+
+/* Where to listen or connect: one description for listeners and clients,
+ * parsed once by sl_endpoint_init. Later: tls options. */
+enum sl_endpoint_kind { SL_ENDPOINT_TCP = 0, SL_ENDPOINT_UNIX };
+
+struct sl_endpoint {
+  enum sl_endpoint_kind kind;
+  char address[256];           /* "host:port" or a socket path */
+  /* private: filled by sl_endpoint_init */
+  const struct sl_transport_ops *tp;
+  struct sockaddr_storage ss;  /* tcp: the parsed address */
+};
+
+/* Parse address for kind into ep. Returns 0, or UV_EINVAL (not "host:port"
+ * with a numeric host) / UV_ENAMETOOLONG with err (may be NULL) filled. */
+int sl_endpoint_init(struct sl_endpoint *ep, enum sl_endpoint_kind kind,
+                     const char *address, char *err, size_t errlen);
+
+/* A conn's life. Only an open conn pauses; a close requested inside one of
+ * the conn's own callbacks (cb_data, cb_eof, cb_connect, a write callback,
+ * the listener's on_accept) is deferred until that callback returns: the
+ * conn is CLOSING meanwhile, so the protocol can still read its fields and
+ * no further cb_data or cb_eof reaches it. */
+enum sl_conn_state {
+  SL_CONN_CONNECTING = 0, /* client: connect in flight; accepted: not yet */
+  SL_CONN_OPEN,           /* reading (unless the buffer is full or reading
+                             was stopped) and writing */
+  SL_CONN_PAUSED,         /* the protocol asked for no more bytes for now */
+  SL_CONN_CLOSING,        /* close requested inside a callback (deferred) */
+  SL_CONN_CLOSED,         /* handles closing; cb_close, then freed */
+};
 
 struct sl_conn_ops {
   /* New bytes: data[0..len) is everything buffered and not yet consumed.
@@ -31,42 +66,6 @@ struct sl_conn_ops {
   void (*cb_close)(struct sl_conn *c);
   /* Client conns only: connected (status 0) or failed. */
   void (*cb_connect)(struct sl_conn *c, int status);
-};
-
-enum sl_conn_kind { SL_CONN_TCP = 0, SL_CONN_UNIX };
-
-struct sl_conn {
-  union {
-    uv_handle_t handle;
-    uv_stream_t stream;
-    uv_tcp_t tcp;
-    uv_pipe_t pipe;
-  } h;
-  uv_timer_t idle;
-  uv_timer_t partial;    /* the deadline of unconsumed bytes */
-  uv_connect_t connect_req;
-  const struct sl_conn_ops *ops;
-  void *proto;                 /* the protocol's state */
-  struct sl_listener *listener; /* NULL for client conns */
-  struct sl_conn *next, *prev;  /* listener's list */
-  struct sl_buf in;
-  size_t max_buffered;   /* stop reading when in.len reaches this */
-  uint64_t offset;       /* stream bytes consumed before in.data[0] */
-  uint32_t idle_ms;      /* 0: no idle limit */
-  uint32_t partial_ms;   /* 0: unconsumed bytes may wait forever */
-  size_t charged;        /* of in.cap, counted in listener->pending */
-  uint64_t last_read_ns; /* monotonic, of the last bytes read */
-  uint64_t bytes_in;
-  enum sl_conn_kind kind;
-  int paused;            /* the protocol asked to stop reading */
-  int closing;
-  int in_data;           /* inside cb_data: resume must not recurse */
-  int reading;
-  int no_read;           /* sl_conn_stop_reading: never read again */
-  int pending_writes;
-  int partial_running;   /* the partial timer runs */
-  int refused;           /* over a limit: lingering to close */
-  char peer[160];        /* "1.2.3.4:5678" or the socket path */
 };
 
 typedef int (*sl_listener_accept_cb)(struct sl_listener *l, struct sl_conn *c);
@@ -85,20 +84,11 @@ struct sl_listener_stats {
  * read needs. A conn whose partial event spans reads is charged. */
 #define SL_CONN_FREE_BUFFER (64u * 1024)
 
+/* Embedded by value in the protocol's server. Fields are marked: "public"
+ * ones are set before sl_listener_start, "read-only" ones may be read at any
+ * time, "private" ones belong to conn.c and its transports. */
 struct sl_listener {
-  union {
-    uv_handle_t handle;
-    uv_stream_t stream;
-    uv_tcp_t tcp;
-    uv_pipe_t pipe;
-  } h;
-  uv_loop_t *loop;
-  enum sl_conn_kind kind;
-  sl_listener_accept_cb on_accept; /* set ops/proto; nonzero rejects */
-  void *data;
-  struct sl_conn conns;   /* list head of open conns */
-  uint32_t nconns;
-  /* set before sl_listener_start; 0 means no limit */
+  /* public: set before sl_listener_start; 0 means no limit */
   uint32_t idle_ms;
   uint32_t partial_ms; /* a conn's unconsumed bytes must be consumed within
                           this from the first of them (a partial event) */
@@ -116,21 +106,36 @@ struct sl_listener {
   size_t refusal_len;
   const char *name;    /* for logs; NULL: the address */
   size_t max_buffered;
+  void (*on_closed)(struct sl_listener *l); /* handle closed; may be NULL */
+
   /* read-only */
+  void *data;          /* sl_listener_start's data */
+  uint32_t nconns;     /* open conns */
   size_t pending;      /* charged buffer bytes now */
   struct sl_listener_stats stats;
+
+  /* private */
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } h;
+  uv_loop_t *loop;
+  struct sl_endpoint ep;
+  sl_listener_accept_cb on_accept; /* set ops/proto; nonzero rejects */
+  struct sl_conn *conns;  /* open conns, newest first */
   struct sl_log_limiter refuse_log;
-  int active;
-  char address[128];
-  void (*on_closed)(struct sl_listener *l); /* handle closed; may be NULL */
+  int active;          /* the handle is open */
+  int bound;           /* listen succeeded: a socket file is ours */
 };
 
-/* Bind and listen on address ("host:port" for TCP, a path for unix; a
- * stale socket file is replaced). Returns 0 or a UV_E* code, with err
- * filled for the operator; on failure the handle is closing and l->on_closed
- * (set it before) runs as after sl_listener_stop. */
+/* Bind and listen on ep (a stale unix socket file is replaced). Returns 0
+ * or a UV_E* code, with err filled for the operator; on failure the handle
+ * is closing and l->on_closed (set it before) runs as after
+ * sl_listener_stop. */
 int sl_listener_start(struct sl_listener *l, uv_loop_t *loop,
-                      enum sl_conn_kind kind, const char *address,
+                      const struct sl_endpoint *ep,
                       sl_listener_accept_cb on_accept, void *data, char *err,
                       size_t errlen);
 /* Count a conn cut by the protocol's own deadline (HTTP) as timed out. */
@@ -142,14 +147,26 @@ void sl_listener_shed(struct sl_conn *c);
 void sl_listener_stop(struct sl_listener *l);
 /* Close every open conn of the listener. */
 void sl_listener_close_conns(struct sl_listener *l);
+/* The open conns: NULL gives the first; returns NULL after the last. The
+ * caller may close c once it holds the next one. */
+struct sl_conn *sl_listener_next(const struct sl_listener *l,
+                                 const struct sl_conn *c);
+uint32_t sl_listener_open(const struct sl_listener *l);
+const struct sl_listener_stats *sl_listener_stats(const struct sl_listener *l);
 
-/* Connect a client conn to address. ops->cb_connect reports the result;
- * on failure the conn is closed after it. Returns the new conn or NULL. */
-struct sl_conn *sl_conn_connect(uv_loop_t *loop, enum sl_conn_kind kind,
-                                const char *address,
+/* Connect a client conn to ep. ops->cb_connect reports the result; on
+ * failure the conn is closed after it. Returns the new conn, or NULL when
+ * the connect could not start. */
+struct sl_conn *sl_conn_connect(uv_loop_t *loop, const struct sl_endpoint *ep,
                                 const struct sl_conn_ops *ops, void *proto);
 
-/* Stop handing bytes to the protocol and stop reading. */
+/* The protocol of an accepted conn (from on_accept), or a new proto. */
+void sl_conn_set_ops(struct sl_conn *c, const struct sl_conn_ops *ops,
+                     void *proto);
+void sl_conn_set_proto(struct sl_conn *c, void *proto);
+void *sl_conn_proto(const struct sl_conn *c);
+
+/* Stop handing bytes to the protocol and stop reading (an open conn only). */
 void sl_conn_pause(struct sl_conn *c);
 /* Offer the buffered bytes again, then read again. Safe to call from a
  * callback of another conn; not re-entrant for the same conn. */
@@ -162,14 +179,31 @@ void sl_conn_stop_reading(struct sl_conn *c);
 /* Write the bytes of b. The request takes b's memory (b is left empty and
  * usable), so nothing is copied. cb (may be NULL) runs when the write
  * finished, with 0 or UV_E*; it also runs (with UV_ECANCELED) when the conn
- * closes first. Returns 0 or a UV_E* code (b is left unchanged then). */
+ * closes first. Returns 0 or a UV_E* code (b is left unchanged then;
+ * UV_ECANCELED once the conn is closing). */
 int sl_conn_write(struct sl_conn *c, struct sl_buf *b,
                   void (*cb)(struct sl_conn *c, int status, void *arg),
                   void *arg);
 
-/* Close (idempotent). cb_close runs, then the memory is freed. */
+/* Close (idempotent; deferred inside the conn's own callbacks, see
+ * enum sl_conn_state). cb_close runs, then the memory is freed. */
 void sl_conn_close(struct sl_conn *c);
 
+/* Reading a conn. */
+enum sl_conn_state sl_conn_state(const struct sl_conn *c);
+/* Closing or closed: no more bytes, writes fail. */
+int sl_conn_is_closing(const struct sl_conn *c);
+int sl_conn_is_paused(const struct sl_conn *c);
+/* sl_conn_stop_reading was called. */
+int sl_conn_read_stopped(const struct sl_conn *c);
+/* "1.2.3.4:5678", "unix:/path" (accepted) or the address (client). */
+const char *sl_conn_peer(const struct sl_conn *c);
+/* Stream bytes consumed before the first buffered one, and how many are
+ * buffered and not consumed. */
+uint64_t sl_conn_offset(const struct sl_conn *c);
+size_t sl_conn_buffered(const struct sl_conn *c);
+/* Writes whose callback has not run yet. */
+int sl_conn_pending_writes(const struct sl_conn *c);
 /* Bytes queued in the kernel-bound write queue not yet written. */
 size_t sl_conn_write_queue_size(const struct sl_conn *c);
 

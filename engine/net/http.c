@@ -358,9 +358,11 @@ static int shed_stalest_body(struct http_conn *hc) {
   struct http_conn *victim = NULL;
   struct sl_conn *c;
   uint64_t suppressed = 0;
-  for (c = srv->listener.conns.next; c != &srv->listener.conns; c = c->next) {
-    struct http_conn *x = c->proto;
-    if (x != hc && x->phase == PH_BODY && x->charged && !c->closing &&
+  for (c = sl_listener_next(&srv->listener, NULL); c;
+       c = sl_listener_next(&srv->listener, c)) {
+    struct http_conn *x = sl_conn_proto(c);
+    if (x != hc && x->phase == PH_BODY && x->charged &&
+        !sl_conn_is_closing(c) &&
         (victim == NULL || x->body_seen_ns < victim->body_seen_ns))
       victim = x;
   }
@@ -368,11 +370,13 @@ static int shed_stalest_body(struct http_conn *hc) {
     return -1;
   sl_listener_shed(victim->conn);
   if (sl_log_allow(&srv->error_log, &suppressed))
-    sl_log(SL_LOG_WARN, "request bodies over max_pending_bytes; closing the "
-                        "stalest upload",
+    sl_log(SL_LOG_WARN,
+           "request bodies over max_pending_bytes; closing the "
+           "stalest upload",
            SL_S("server", srv->name ? srv->name : ""),
-           SL_S("peer", victim->conn->peer), SL_U("bytes", victim->charged),
-           SL_U("suppressed", suppressed), SL_END);
+           SL_S("peer", sl_conn_peer(victim->conn)),
+           SL_U("bytes", victim->charged), SL_U("suppressed", suppressed),
+           SL_END);
   srv->pending -= victim->charged;
   victim->charged = 0;
   sl_conn_close(victim->conn);
@@ -468,7 +472,7 @@ static void after_head(struct http_conn *hc) {
   start_body_timer(hc);
   if (srv->ops->cb_headers)
     srv->ops->cb_headers(r);
-  if (hc->conn == NULL || hc->conn->closing || hc->responded)
+  if (hc->conn == NULL || sl_conn_is_closing(hc->conn) || hc->responded)
     return; /* refused: the body, if any, is skipped or never read */
   if ((p->flags & F_CONTENTLENGTH) &&
       p->content_length > srv->limits.max_body_bytes) {
@@ -517,7 +521,7 @@ static void closing_written(struct http_conn *hc) {
   hc->lingering = 1;
   hc->linger_end = sl_mono_ns() + LINGER_MS * 1000000ull;
   start_timer(hc, LINGER_QUIET_MS);
-  if (c->paused && !hc->in_data)
+  if (sl_conn_is_paused(c) && !hc->in_data)
     sl_conn_resume(c);
 }
 
@@ -526,7 +530,8 @@ static void end_conn(struct http_conn *hc, int linger) {
   hc->phase = PH_CLOSING;
   hc->linger = linger;
   uv_timer_stop(&hc->timer);
-  if (hc->conn && !hc->conn->closing && hc->conn->pending_writes == 0)
+  if (hc->conn && !sl_conn_is_closing(hc->conn) &&
+      sl_conn_pending_writes(hc->conn) == 0)
     closing_written(hc);
 }
 
@@ -557,15 +562,15 @@ static void finish_request(struct http_conn *hc) {
 /* ---- responses --------------------------------------------------------- */
 
 static void on_written(struct sl_conn *c, int status, void *arg) {
-  struct http_conn *hc = c->proto;
+  struct http_conn *hc = sl_conn_proto(c);
   (void)arg;
-  if (c->closing || hc == NULL)
+  if (sl_conn_is_closing(c) || hc == NULL)
     return;
   if (status != 0) {
     sl_conn_close(c); /* the client is gone */
     return;
   }
-  if (hc->phase == PH_CLOSING && c->pending_writes == 0) {
+  if (hc->phase == PH_CLOSING && sl_conn_pending_writes(c) == 0) {
     closing_written(hc);
     return;
   }
@@ -602,7 +607,8 @@ static void log_error(struct http_conn *hc, int status, const char *ctype,
   }
   sl_log(SL_LOG_WARN, "http request refused",
          SL_S("server", srv->name ? srv->name : ""),
-         SL_S("peer", hc->conn ? hc->conn->peer : ""), SL_S("method", r->method),
+         SL_S("peer", hc->conn ? sl_conn_peer(hc->conn) : ""),
+         SL_S("method", r->method),
          SL_N("path", r->path.p ? r->path.p : "", r->path.len),
          SL_I("status", status), SL_J("response", json),
          SL_U("suppressed", suppressed), SL_END);
@@ -618,7 +624,7 @@ static int respond(struct http_conn *hc, int status, const char *ctype,
 
   if (hc->responded)
     return SL_EINVAL;
-  if (c == NULL || c->closing)
+  if (c == NULL || sl_conn_is_closing(c))
     return SL_EIO;
   if (!complete && !chunked) {
     /* answered before the body is in: a small body is read and dropped;
@@ -667,13 +673,14 @@ static int respond(struct http_conn *hc, int status, const char *ctype,
   if (chunked) {
     hc->phase = PH_STREAM;
     uv_timer_stop(&hc->timer);
-    if (c->paused && !hc->in_data)
+    if (sl_conn_is_paused(c) && !hc->in_data)
       sl_conn_resume(c); /* read on, to notice the client leaving */
     return 0;
   }
   if (complete) {
     finish_request(hc);
-    if (hc->phase == PH_IDLE && hc->conn && hc->conn->paused && !hc->in_data)
+    if (hc->phase == PH_IDLE && hc->conn && sl_conn_is_paused(hc->conn) &&
+        !hc->in_data)
       sl_conn_resume(hc->conn); /* read the next request */
   } else if (hc->close_after) {
     end_conn(hc, status != 408); /* cb_done runs when it closes */
@@ -720,7 +727,8 @@ int sl_http_stream_write(struct sl_http_request *r, const void *p, size_t n) {
   struct http_conn *hc = container_of(r, struct http_conn, req);
   struct sl_buf b;
   int rc;
-  if (hc->phase != PH_STREAM || hc->conn == NULL || hc->conn->closing)
+  if (hc->phase != PH_STREAM || hc->conn == NULL ||
+      sl_conn_is_closing(hc->conn))
     return SL_EIO;
   if (n == 0)
     return 0; /* an empty chunk would end the stream */
@@ -739,7 +747,8 @@ int sl_http_stream_write(struct sl_http_request *r, const void *p, size_t n) {
 int sl_http_stream_end(struct sl_http_request *r) {
   struct http_conn *hc = container_of(r, struct http_conn, req);
   struct sl_buf b;
-  if (hc->phase != PH_STREAM || hc->conn == NULL || hc->conn->closing)
+  if (hc->phase != PH_STREAM || hc->conn == NULL ||
+      sl_conn_is_closing(hc->conn))
     return SL_EIO;
   sl_buf_init(&b);
   if (sl_buf_append(&b, "0\r\n\r\n", 5) != 0 ||
@@ -753,7 +762,9 @@ int sl_http_stream_end(struct sl_http_request *r) {
 }
 
 size_t sl_http_pending(const struct sl_http_request *r) {
-  return r->conn && !r->conn->closing ? sl_conn_write_queue_size(r->conn) : 0;
+  return r->conn && !sl_conn_is_closing(r->conn)
+             ? sl_conn_write_queue_size(r->conn)
+             : 0;
 }
 
 /* ---- connections ------------------------------------------------------- */
@@ -801,7 +812,7 @@ static void parse_failed(struct http_conn *hc) {
 }
 
 static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
-  struct http_conn *hc = c->proto;
+  struct http_conn *hc = sl_conn_proto(c);
   struct sl_http_server *srv = hc->srv;
   size_t pos = 0;
 
@@ -817,7 +828,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
     else
       start_timer(hc, LINGER_QUIET_MS);
   }
-  while (pos < len && !c->closing) {
+  while (pos < len && !sl_conn_is_closing(c)) {
     size_t feed = len - pos, n;
     int in_head = hc->phase == PH_IDLE || hc->phase == PH_HEAD;
     enum http_errno e;
@@ -872,7 +883,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       break; /* cannot happen without an error; do not spin */
   }
   hc->in_data = 0;
-  if (c->closing)
+  if (sl_conn_is_closing(c))
     return pos;
   if (hc->phase == PH_WAIT && !hc->responded)
     sl_conn_pause(c); /* the handler answers later; later requests wait */
@@ -882,11 +893,12 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
 }
 
 static void cb_eof(struct sl_conn *c, int status) {
-  struct http_conn *hc = c->proto;
+  struct http_conn *hc = sl_conn_proto(c);
   if (status != 0 && status != UV_ECONNRESET && status != UV_ETIMEDOUT)
     sl_log(SL_LOG_DEBUG, "http connection error",
            SL_S("server", hc->srv->name ? hc->srv->name : ""),
-           SL_S("peer", c->peer), SL_S("error", uv_strerror(status)), SL_END);
+           SL_S("peer", sl_conn_peer(c)), SL_S("error", uv_strerror(status)),
+           SL_END);
 }
 
 static void maybe_stopped(struct sl_http_server *s) {
@@ -909,7 +921,7 @@ static void on_timer_closed(uv_handle_t *h) {
 }
 
 static void cb_close(struct sl_conn *c) {
-  struct http_conn *hc = c->proto;
+  struct http_conn *hc = sl_conn_proto(c);
   hc->conn = NULL;
   hc->req.conn = NULL;
   finish_request(hc); /* the handler lets go of a request cut short */
@@ -943,8 +955,7 @@ static int on_accept(struct sl_listener *l, struct sl_conn *c) {
   hc->parser.data = hc;
   uv_timer_init(s->loop, &hc->timer);
   hc->timer.data = hc;
-  c->ops = &conn_ops;
-  c->proto = hc;
+  sl_conn_set_ops(c, &conn_ops, hc);
   s->live++;
   s->stats.connections_total++;
   start_timer(hc, s->limits.idle_ms);
@@ -971,6 +982,8 @@ static void on_listener_closed(struct sl_listener *l) {
 int sl_http_start(struct sl_http_server *s, uv_loop_t *loop,
                   const char *address, const struct sl_http_ops *ops,
                   void *data, char *err, size_t errlen) {
+  struct sl_endpoint ep;
+  int rc;
   s->ops = ops;
   s->data = data;
   s->loop = loop;
@@ -989,8 +1002,13 @@ int sl_http_start(struct sl_http_server *s, uv_loop_t *loop,
   s->listener.name = s->name;
   s->listener.max_buffered = MAX_BUFFERED;
   s->listener.on_closed = on_listener_closed;
-  return sl_listener_start(&s->listener, loop, SL_CONN_TCP, address,
-                           on_accept, s, err, errlen);
+  rc = sl_endpoint_init(&ep, SL_ENDPOINT_TCP, address, NULL, 0);
+  if (rc != 0) {
+    snprintf(err, errlen, "cannot listen on %s: %s", address, uv_strerror(rc));
+    s->listener_closed = 1; /* it never opened */
+    return rc;
+  }
+  return sl_listener_start(&s->listener, loop, &ep, on_accept, s, err, errlen);
 }
 
 void sl_http_drain(struct sl_http_server *s) {
@@ -999,9 +1017,9 @@ void sl_http_drain(struct sl_http_server *s) {
     return;
   s->draining = 1;
   sl_listener_stop(&s->listener);
-  for (c = s->listener.conns.next; c != &s->listener.conns; c = next) {
-    struct http_conn *hc = c->proto;
-    next = c->next;
+  for (c = sl_listener_next(&s->listener, NULL); c; c = next) {
+    struct http_conn *hc = sl_conn_proto(c);
+    next = sl_listener_next(&s->listener, c);
     /* a request that has not shown its whole head is not ours yet */
     if (hc->phase == PH_IDLE || hc->phase == PH_HEAD)
       sl_conn_close(c);
@@ -1022,8 +1040,9 @@ void sl_http_stop(struct sl_http_server *s) {
 uint32_t sl_http_busy(const struct sl_http_server *s) {
   const struct sl_conn *c;
   uint32_t n = 0;
-  for (c = s->listener.conns.next; c != &s->listener.conns; c = c->next) {
-    const struct http_conn *hc = c->proto;
+  for (c = sl_listener_next(&s->listener, NULL); c;
+       c = sl_listener_next(&s->listener, c)) {
+    const struct http_conn *hc = sl_conn_proto(c);
     if (hc->phase == PH_BODY || hc->phase == PH_WAIT)
       n++;
   }

@@ -83,7 +83,8 @@ static void lost(struct native_out *n, int status, const char *error) {
            error ? error : status ? uv_strerror(status) : "closed by peer");
   if (n->connected || !n->down_logged)
     sl_log(SL_LOG_WARN, "output peer unreachable; reconnecting with backoff",
-           SL_S("output", o->cfg->name), SL_S("peer", n->conn ? n->conn->peer : ""),
+           SL_S("output", o->cfg->name),
+           SL_S("peer", n->conn ? sl_conn_peer(n->conn) : ""),
            SL_S("error", why), SL_END);
   n->was_down = 1;
   n->down_logged = 1;
@@ -111,7 +112,7 @@ static void on_watchdog(uv_timer_t *t) {
   snprintf(why, sizeof(why), "no answer from the peer within %u ms (%s)",
            n->o->cfg->retry.timeout_ms,
            !n->connected ? "connect" : n->writing ? "write" : "ack");
-  c->proto = NULL;
+  sl_conn_set_proto(c, NULL);
   sl_conn_close(c);
   lost(n, UV_ETIMEDOUT, why);
 }
@@ -119,7 +120,7 @@ static void on_watchdog(uv_timer_t *t) {
 /* Acks: msgpack unsigned integers, each the running count of events the
  * peer accepted on this connection. */
 static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
-  struct native_out *n = c->proto;
+  struct native_out *n = sl_conn_proto(c);
   size_t pos = 0, used;
   if (n == NULL || !n->ack)
     return len; /* nothing expected from a plain peer */
@@ -169,34 +170,36 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
   return pos;
 bad:
   sl_log(SL_LOG_ERROR, "output peer sent a bad ack; reconnecting",
-         SL_S("output", n->o->cfg->name), SL_S("peer", c->peer), SL_END);
-  c->proto = NULL;
+         SL_S("output", n->o->cfg->name), SL_S("peer", sl_conn_peer(c)),
+         SL_END);
+  sl_conn_set_proto(c, NULL);
   sl_conn_close(c);
   lost(n, UV_EPROTO, "the peer sent a bad ack");
   return len;
 }
 
 static void cb_eof(struct sl_conn *c, int status) {
-  struct native_out *n = c->proto;
+  struct native_out *n = sl_conn_proto(c);
   if (n == NULL)
     return;
-  c->proto = NULL;
+  sl_conn_set_proto(c, NULL);
   lost(n, status, NULL);
 }
 
 static void cb_connect(struct sl_conn *c, int status) {
-  struct native_out *n = c->proto;
+  struct native_out *n = sl_conn_proto(c);
   if (n == NULL)
     return;
   if (status != 0) {
-    c->proto = NULL;
+    sl_conn_set_proto(c, NULL);
     lost(n, status, NULL);
     return;
   }
   n->connected = 1;
   if (n->was_down)
-    sl_log(SL_LOG_INFO, "output peer connected", SL_S("output", n->o->cfg->name),
-           SL_S("peer", c->peer), SL_END);
+    sl_log(SL_LOG_INFO, "output peer connected",
+           SL_S("output", n->o->cfg->name), SL_S("peer", sl_conn_peer(c)),
+           SL_END);
   n->was_down = 0;
   n->down_logged = 0;
   if (n->ack) {
@@ -209,7 +212,7 @@ static void cb_connect(struct sl_conn *c, int status) {
     sl_codec_put_bool(&hello, 1);
     if (sl_conn_write(c, &hello, NULL, NULL) != 0) {
       sl_buf_close(&hello);
-      c->proto = NULL;
+      sl_conn_set_proto(c, NULL);
       sl_conn_close(c);
       lost(n, UV_EIO, NULL);
       return;
@@ -233,10 +236,13 @@ static const struct sl_conn_ops conn_ops = {
 static void connect_now(struct native_out *n) {
   const struct sl_output_config *cfg = n->o->cfg;
   int tcp = strcmp(cfg->type, "tcp") == 0;
+  struct sl_endpoint ep;
   if (n->closing || n->conn)
     return;
-  n->conn = sl_conn_connect(&n->o->w->loop, tcp ? SL_CONN_TCP : SL_CONN_UNIX,
-                            tcp ? cfg->address : cfg->path, &conn_ops, n);
+  n->conn = NULL;
+  if (sl_endpoint_init(&ep, tcp ? SL_ENDPOINT_TCP : SL_ENDPOINT_UNIX,
+                       tcp ? cfg->address : cfg->path, NULL, 0) == 0)
+    n->conn = sl_conn_connect(&n->o->w->loop, &ep, &conn_ops, n);
   if (n->conn == NULL) {
     n->was_down = 1;
     schedule_reconnect(n, "cannot start a connection");
@@ -265,12 +271,12 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
 
 static void on_written(struct sl_conn *c, int status, void *arg) {
   /* a conn we let go of (stopped, or lost) has no proto: n may be gone */
-  struct native_out *n = c->proto;
+  struct native_out *n = sl_conn_proto(c);
   (void)arg;
   if (n == NULL)
     return;
   if (status != 0) {
-    c->proto = NULL;
+    sl_conn_set_proto(c, NULL);
     sl_conn_close(c);
     lost(n, status, NULL);
     return;
@@ -330,7 +336,7 @@ static void cb_flush(struct sl_output *o) {
   rc = sl_conn_write(n->conn, &n->batch, on_written, n);
   if (rc != 0) {
     struct sl_conn *c = n->conn;
-    c->proto = NULL;
+    sl_conn_set_proto(c, NULL);
     sl_conn_close(c);
     lost(n, rc, NULL);
     return;
@@ -357,7 +363,7 @@ static void cb_stop(struct sl_output *o) {
   n->closing = 1;
   if (n->conn) {
     struct sl_conn *c = n->conn;
-    c->proto = NULL;
+    sl_conn_set_proto(c, NULL);
     n->conn = NULL;
     sl_conn_close(c);
   }
