@@ -17,6 +17,7 @@
 #include "config.h"
 #include "dlq.h"
 #include "log.h"
+#include "plugins.h"
 #include "route.h"
 #include "rules.h"
 #include "worker.h"
@@ -76,7 +77,7 @@ static struct sl_config *load(const char *path, int json) {
   struct sl_buf err;
   struct sl_config *cfg;
   sl_buf_init(&err);
-  cfg = sl_config_load(path, &err);
+  cfg = sl_config_load(path, sl_plugins, &err);
   if (cfg == NULL && json) {
     char *line = (char *)err.data, *nl;
     sl_buf_putc(&err, '\0');

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "keys.h"
 #include "router.h"
 
 #define SL_CONFIG_MAX_OUTPUTS 64
@@ -135,11 +136,15 @@ struct sl_config {
   int log_level;                /* -1: not set in the file */
 };
 
-/* Load and check the file at path. On error NULL is returned and err holds
+/* Load and check the file at path; plugins (NULL-terminated, from the
+ * registry in worker/plugins.c) say which input and output types exist
+ * and which keys each takes. On error NULL is returned and err holds
  * one message per problem, each naming the file, the key path and what was
  * expected ("sluice.conf.lua: outputs[2].path: expected string, got nil").
  * All problems found are reported, not only the first. */
-struct sl_config *sl_config_load(const char *path, struct sl_buf *err);
+struct sl_config *sl_config_load(const char *path,
+                                 const struct sl_config_plugin *const *plugins,
+                                 struct sl_buf *err);
 
 /* Release a config; NULL is a no-op. */
 void sl_config_free(struct sl_config *c);

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "plugins.h"
 #include "test.h"
 
 static char dir[] = "/tmp/sluice-test-config-XXXXXX";
@@ -24,7 +25,7 @@ static const char *write_conf(const char *text) {
 
 static struct sl_config *load(const char *text, struct sl_buf *err) {
   sl_buf_reset(err);
-  return sl_config_load(write_conf(text), err);
+  return sl_config_load(write_conf(text), sl_plugins, err);
 }
 
 static int has(struct sl_buf *err, const char *needle) {
