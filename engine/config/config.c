@@ -959,8 +959,19 @@ static void check_dedup(struct check *c, int t, const char *path,
   lua_pop(c->L, 1);
 }
 
+/* The keys the core reads for every plugin of a kind: name and type first
+ * (the hint of an unknown key lists the plugin's own keys after them). */
+static const char *const input_core[] = {"name", "type", NULL};
+static const char *const output_core[] = {
+    "name",       "type",  "queue",  "retry",        "breaker",
+    "rate_limit", "dedup", "buffer", "batch_events", NULL};
+
+const char *const *sl_config_core_keys(enum sl_plugin_kind kind) {
+  return kind == SL_PLUGIN_INPUT ? input_core : output_core;
+}
+
 static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
-  static const char *const core[] = {"name", "type", NULL};
+  const char *const *core = input_core;
   lua_State *L = c->L;
   char p[64];
   int n, i, j;
@@ -1022,10 +1033,7 @@ done:
 
 static void check_output(struct check *c, struct sl_config *cfg, int ot,
                          const char *p, struct sl_output_config *o) {
-  static const char *const core[] = {"name",       "type",    "queue",
-                                     "retry",      "breaker", "rate_limit",
-                                     "dedup",      "buffer",  "batch_events",
-                                     NULL};
+  const char *const *core = output_core;
   const struct sl_config_plugin *pl;
   const struct sl_config_key *k;
 

@@ -70,6 +70,10 @@ sl_config_plugin_find(const struct sl_config_plugin *const *list,
 const struct sl_config_key *
 sl_config_plugin_key(const struct sl_config_plugin *p, const char *name);
 
+/* The keys the core reads for every plugin of that kind (name, type,
+ * and for outputs queue, retry, ...), NULL-terminated. */
+const char *const *sl_config_core_keys(enum sl_plugin_kind kind);
+
 /* Name of a key type for people ("string", "bytes", ...). */
 const char *sl_config_key_type_name(enum sl_config_key_type t);
 

@@ -383,7 +383,8 @@ static const struct sl_output_ops ops = {
    .doc = "wait for the peer's acks (the peer is a sluice)",               \
    SL_KEY_FIELD(struct sl_output_config, ack)},                            \
   {.name = "retry.timeout_ms", .type = SL_KEY_CORE, .def = "30000",         \
-   .doc = "a connect, write or ack that takes longer fails; 0: none"}
+   .doc = "a connect, write or ack that takes longer fails; 0: none",      \
+   .min = 0, .max = 3600000}
 
 static const struct sl_config_key tcp_keys[] = {
     {.name = "address", .type = SL_KEY_ADDRESS,
