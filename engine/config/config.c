@@ -546,18 +546,27 @@ static void key_default(const struct sl_config_key *k, char *field) {
   }
 }
 
-/* Read key k of the table at t into base's field. */
+/* Read key k of the table at t into its field of base, or, without one,
+ * into slot (its value in the config's values list). */
 static void read_key(struct check *c, int t, const char *path,
                      const struct sl_config_plugin *pl,
-                     const struct sl_config_key *k, void *base) {
+                     const struct sl_config_key *k, void *base,
+                     struct sl_config_value *slot) {
   char *field = k->field ? (char *)base + k->field - 1 : NULL;
   char p[256], why[256], list[256];
   char *s = NULL;
   uint64_t v = 0;
   int nil, i = -1;
 
-  if (k->type == SL_KEY_CORE || field == NULL)
+  if (k->type == SL_KEY_CORE)
     return;
+  if (field == NULL) {
+    slot->key = k;
+    field = k->type == SL_KEY_BOOL || k->type == SL_KEY_ENUM ? (char *)&slot->flag
+            : k->type == SL_KEY_UINT || k->type == SL_KEY_BYTES
+                ? (char *)&slot->num /* size 0: stored as 8 bytes */
+                : (char *)&slot->str;
+  }
   key_default(k, field);
   join(p, sizeof(p), path, k->name);
   lua_getfield(c->L, t, k->name);
@@ -634,6 +643,53 @@ static void read_key(struct check *c, int t, const char *path,
     break;
   }
   store_str(field, s);
+}
+
+/* Read every key pl declares into cfg (the input's or output's config
+ * struct) and its values list. */
+static void read_keys(struct check *c, int t, const char *path,
+                      const struct sl_config_plugin *pl, void *cfg,
+                      struct sl_config_value **values, int *nvalues) {
+  const struct sl_config_key *k;
+  int n = 0;
+  for (k = pl ? pl->keys : NULL; k && k->name; k++)
+    n += k->field == 0 && k->type != SL_KEY_CORE;
+  if (n > 0 && (*values = calloc((size_t)n, sizeof(**values))) == NULL) {
+    bad(c, path, "out of memory");
+    return;
+  }
+  n = 0;
+  for (k = pl ? pl->keys : NULL; k && k->name; k++) {
+    int own = k->field == 0 && k->type != SL_KEY_CORE;
+    read_key(c, t, path, pl, k, cfg, own ? &(*values)[n] : NULL);
+    n += own;
+  }
+  *nvalues = n;
+}
+
+static const struct sl_config_value *
+value_of(const struct sl_config_value *v, int n, const char *name) {
+  int i;
+  for (i = 0; i < n; i++)
+    if (v[i].key && strcmp(v[i].key->name, name) == 0)
+      return &v[i];
+  return NULL;
+}
+
+const char *sl_config_value_str(const struct sl_config_value *values, int n,
+                                const char *name) {
+  const struct sl_config_value *v = value_of(values, n, name);
+  return v ? v->str : NULL;
+}
+
+uint64_t sl_config_value_num(const struct sl_config_value *values, int n,
+                             const char *name) {
+  const struct sl_config_value *v = value_of(values, n, name);
+  if (v == NULL)
+    return 0;
+  if (v->key->type == SL_KEY_BOOL || v->key->type == SL_KEY_ENUM)
+    return (uint64_t)v->flag;
+  return v->num;
 }
 
 /* Is the value at the top something a plugin that does not take the key
@@ -992,7 +1048,6 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
   for (i = 1; i <= n; i++) {
     struct sl_input_config *in = &cfg->inputs[cfg->ninputs++];
     const struct sl_config_plugin *pl;
-    const struct sl_config_key *k;
     int it;
     snprintf(p, sizeof(p), "inputs[%d]", i);
     lua_rawgeti(L, -1, i);
@@ -1007,8 +1062,7 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
     opt_str(c, it, p, "type", &in->type, 1);
     pl = plugin_of(c, SL_PLUGIN_INPUT, p, in->type);
     check_plugin_keys(c, it, p, SL_PLUGIN_INPUT, pl, core);
-    for (k = pl ? pl->keys : NULL; k && k->name; k++)
-      read_key(c, it, p, pl, k, in);
+    read_keys(c, it, p, pl, in, &in->values, &in->nvalues);
     for (j = 0; j < cfg->ninputs - 1; j++) {
       if (in->name && cfg->inputs[j].name &&
           strcmp(in->name, cfg->inputs[j].name) == 0) {
@@ -1035,15 +1089,13 @@ static void check_output(struct check *c, struct sl_config *cfg, int ot,
                          const char *p, struct sl_output_config *o) {
   const char *const *core = output_core;
   const struct sl_config_plugin *pl;
-  const struct sl_config_key *k;
 
   opt_str(c, ot, p, "name", &o->name, 1);
   check_name(c, p, o->name);
   opt_str(c, ot, p, "type", &o->type, 1);
   pl = plugin_of(c, SL_PLUGIN_OUTPUT, p, o->type);
   check_plugin_keys(c, ot, p, SL_PLUGIN_OUTPUT, pl, core);
-  for (k = pl ? pl->keys : NULL; k && k->name; k++)
-    read_key(c, ot, p, pl, k, o);
+  read_keys(c, ot, p, pl, o, &o->values, &o->nvalues);
   o->batch_events = 1024;
   opt_u32(c, ot, p, "batch_events", 1, 65536, &o->batch_events, 0);
   check_queue(c, ot, p, &o->queue);
@@ -1462,6 +1514,13 @@ fail:
   return NULL;
 }
 
+static void free_values(struct sl_config_value *v, int n) {
+  int i;
+  for (i = 0; i < n; i++)
+    free(v[i].str);
+  free(v);
+}
+
 void sl_config_free(struct sl_config *c) {
   int i;
   if (c == NULL)
@@ -1473,6 +1532,7 @@ void sl_config_free(struct sl_config *c) {
     free(in->listen);
     free(in->topic);
     free(in->bearer_token_file);
+    free_values(in->values, in->nvalues);
   }
   free(c->inputs);
   for (i = 0; i < c->noutputs; i++) {
@@ -1483,6 +1543,7 @@ void sl_config_free(struct sl_config *c) {
     free(o->address);
     free(o->format);
     free(o->buffer.path);
+    free_values(o->values, o->nvalues);
   }
   free(c->outputs);
   for (i = 0; i < c->router.nroutes; i++)

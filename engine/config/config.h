@@ -84,6 +84,8 @@ struct sl_input_config {
                                  byte; 0: min(10 s, idle_timeout_ms) */
   uint32_t body_timeout_ms;   /* http: the body from the end of the head;
                                  default 60000 */
+  struct sl_config_value *values; /* its plugin's keys without a field */
+  int nvalues;
 };
 
 struct sl_output_config {
@@ -101,6 +103,8 @@ struct sl_output_config {
   uint32_t batch_events; /* events per write; default 1024 */
   int ack;               /* tcp/unix: wait for the peer's acks (a sluice) */
   int fsync;             /* file: fdatasync each batch before delivered */
+  struct sl_config_value *values; /* its plugin's keys without a field */
+  int nvalues;
 };
 
 struct sl_rules_config {

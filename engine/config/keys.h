@@ -29,6 +29,18 @@ enum sl_config_key_type {
  * carry it: a key a plugin does not declare is then an error. */
 #define SL_KEY_TOLERATED 2u
 
+struct sl_config_key;
+
+/* The value of a plugin key declared without a field (.field 0): a new
+ * plugin keeps its keys here instead of in the shared config structs, and
+ * reads them with sl_config_value_str / _num. Owned by the config. */
+struct sl_config_value {
+  const struct sl_config_key *key;
+  char *str;    /* string, path, address keys (resolved); NULL when unset */
+  uint64_t num; /* number and size keys */
+  int flag;     /* bool keys, and the stored value of enum keys */
+};
+
 struct sl_config_key {
   const char *name;
   enum sl_config_key_type type;
@@ -37,7 +49,8 @@ struct sl_config_key {
   const char *doc;  /* one line, for `sluice plugins` and the README */
   unsigned flags;
   size_t field;     /* SL_KEY_FIELD: where the value lands in the kind's
-                       config struct (sl_input_config, sl_output_config) */
+                       config struct (sl_input_config, sl_output_config);
+                       0: in its values list (struct sl_config_value) */
   size_t size;      /* of that field: numbers are 4 or 8 bytes */
   uint64_t min, max;                /* UINT, BYTES */
   const char *const *choices;       /* ENUM (and STRING): NULL-terminated */
@@ -73,6 +86,14 @@ sl_config_plugin_key(const struct sl_config_plugin *p, const char *name);
 /* The keys the core reads for every plugin of that kind (name, type,
  * and for outputs queue, retry, ...), NULL-terminated. */
 const char *const *sl_config_core_keys(enum sl_plugin_kind kind);
+
+/* The value of key name in values[0, n) (the values field of an input or
+ * output config): its string (NULL when unset without a default), or its
+ * number (bool and enum keys: their flag; 0 when absent). */
+const char *sl_config_value_str(const struct sl_config_value *values, int n,
+                                const char *name);
+uint64_t sl_config_value_num(const struct sl_config_value *values, int n,
+                             const char *name);
 
 /* Name of a key type for people ("string", "bytes", ...). */
 const char *sl_config_key_type_name(enum sl_config_key_type t);
