@@ -17,6 +17,7 @@
 #include "config.h"
 #include "dlq.h"
 #include "log.h"
+#include "plugins.h"
 #include "route.h"
 #include "rules.h"
 #include "worker.h"
@@ -36,6 +37,8 @@ static const char usage[] =
     "  reload  [-c FILE]   ask the running engine to reload its rules (SIGHUP to\n"
     "                      the pid in pid_file)\n"
     "  status  [-c FILE]   print the running engine's rule status (JSON)\n"
+    "  plugins             list the input and output types with their keys\n"
+    "                      (type, default, what it does)\n"
     "  dlq replay FILE --to ADDRESS [--timeout SECONDS]\n"
     "                      send the events of a dead-letter file (without the\n"
     "                      sluice-* headers, ids kept) to a tcp/unix input\n"
@@ -76,7 +79,7 @@ static struct sl_config *load(const char *path, int json) {
   struct sl_buf err;
   struct sl_config *cfg;
   sl_buf_init(&err);
-  cfg = sl_config_load(path, &err);
+  cfg = sl_config_load(path, sl_plugins, &err);
   if (cfg == NULL && json) {
     char *line = (char *)err.data, *nl;
     sl_buf_putc(&err, '\0');
@@ -282,6 +285,47 @@ static int cmd_test(int argc, char **argv) {
   return 1;
 }
 
+/* `sluice plugins`: every plugin in the registry with its keys, one per
+ * line: name, type, default ("required" when it has to be set), doc. */
+static int cmd_plugins(void) {
+  const struct sl_config_plugin *const *p;
+  const struct sl_config_key *k;
+  const char *const *a;
+  char type[96], def[32];
+  int kind;
+
+  for (p = sl_plugins; *p; p++) {
+    printf("%s %s: %s\n", sl_config_kind_name((*p)->kind), (*p)->type,
+           (*p)->doc);
+    for (k = (*p)->keys; k->name; k++) {
+      /* a core key a plugin honours is a number of the core's table */
+      size_t off = (size_t)snprintf(type, sizeof(type), "%s",
+                                    k->type == SL_KEY_CORE && k->max
+                                        ? "number"
+                                        : sl_config_key_type_name(k->type));
+      if (k->max)
+        snprintf(type + off, sizeof(type) - off, " %llu..%llu",
+                 (unsigned long long)k->min, (unsigned long long)k->max);
+      for (a = k->choices; a && *a && off < sizeof(type); a++)
+        off += (size_t)snprintf(type + off, sizeof(type) - off, "%s%s",
+                                a == k->choices ? " " : "|", *a);
+      snprintf(def, sizeof(def), "%s",
+               k->flags & SL_KEY_REQUIRED ? "required"
+               : k->def                   ? k->def
+                                          : "-");
+      printf("  %-20s %-22s %-9s %s\n", k->name, type, def, k->doc);
+    }
+  }
+  for (kind = SL_PLUGIN_INPUT; kind <= SL_PLUGIN_OUTPUT; kind++) {
+    printf("every %s takes:", sl_config_kind_name((enum sl_plugin_kind)kind));
+    for (a = sl_config_core_keys((enum sl_plugin_kind)kind); *a; a++)
+      printf("%s %s", a == sl_config_core_keys((enum sl_plugin_kind)kind)
+                          ? "" : ",", *a);
+    printf(" (see the README)\n");
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   static const struct option opts[] = {
       {"config", required_argument, NULL, 'c'},
@@ -357,6 +401,8 @@ int main(int argc, char **argv) {
     return sl_route_main(config, events);
   if (strcmp(cmd, "status") == 0)
     return sl_route_status(config);
+  if (strcmp(cmd, "plugins") == 0)
+    return cmd_plugins();
   fprintf(stderr, "sluice: unknown command \"%s\"\n%s", cmd, usage);
   return 2;
 }

@@ -9,6 +9,7 @@
 
 #include "codec.h"
 #include "json.h"
+#include "plugins.h"
 #include "rules.h"
 
 struct emitted {
@@ -113,7 +114,7 @@ int sl_route_main(const char *config, const char *path) {
   int rc = 0;
 
   sl_buf_init(&errb);
-  cfg = sl_config_load(config, &errb);
+  cfg = sl_config_load(config, sl_plugins, &errb);
   if (cfg == NULL) {
     fprintf(stderr, "%.*s", (int)errb.len, (const char *)errb.data);
     sl_buf_close(&errb);
@@ -236,7 +237,7 @@ int sl_route_status(const char *config) {
   int rc = 0;
 
   sl_buf_init(&errb);
-  cfg = sl_config_load(config, &errb);
+  cfg = sl_config_load(config, sl_plugins, &errb);
   if (cfg == NULL) {
     fprintf(stderr, "%.*s", (int)errb.len, (const char *)errb.data);
     sl_buf_close(&errb);

@@ -28,6 +28,7 @@ struct check {
   struct sl_buf *err;
   const char *file;
   const char *dir;
+  const struct sl_config_plugin *const *plugins; /* the registry's list */
   int nerr;
 };
 
@@ -138,11 +139,38 @@ static void opt_str(struct check *c, int t, const char *path, const char *key,
   lua_pop(c->L, 1);
 }
 
+/* Parse a size string ("64MiB", "1 GB", "1048576"): 0, or -1 with why
+ * filled. */
+static int parse_size(const char *s, double *out, char *why, size_t whylen) {
+  char *end;
+  double v = strtod(s, &end);
+  while (*end == ' ')
+    end++;
+  if (end == s) {
+    snprintf(why, whylen,
+             "expected a size like 1048576 or \"64MiB\", got \"%s\"", s);
+    return -1;
+  }
+  if (strcmp(end, "KiB") == 0) v *= 1024.0;
+  else if (strcmp(end, "MiB") == 0) v *= 1024.0 * 1024;
+  else if (strcmp(end, "GiB") == 0) v *= 1024.0 * 1024 * 1024;
+  else if (strcmp(end, "kB") == 0 || strcmp(end, "KB") == 0) v *= 1e3;
+  else if (strcmp(end, "MB") == 0) v *= 1e6;
+  else if (strcmp(end, "GB") == 0) v *= 1e9;
+  else if (strcmp(end, "B") != 0 && *end != '\0') {
+    snprintf(why, whylen,
+             "unknown size unit '%s' (use B, KiB, MiB, GiB, kB, MB, GB)", end);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
 /* Optional whole number in [min, max]; strings with KiB/MiB/GiB (or kB,
  * MB, GB) are accepted when bytes is set. */
 static void opt_uint(struct check *c, int t, const char *path, const char *key,
                      uint64_t min, uint64_t max, uint64_t *out, int bytes) {
-  char p[256];
+  char p[256], why[256];
   double v;
   lua_getfield(c->L, t, key);
   join(p, sizeof(p), path, key);
@@ -153,25 +181,8 @@ static void opt_uint(struct check *c, int t, const char *path, const char *key,
   if (lua_type(c->L, -1) == LUA_TNUMBER) {
     v = lua_tonumber(c->L, -1);
   } else if (bytes && lua_type(c->L, -1) == LUA_TSTRING) {
-    const char *s = lua_tostring(c->L, -1);
-    char *end;
-    v = strtod(s, &end);
-    while (*end == ' ')
-      end++;
-    if (end == s) {
-      bad(c, p, "expected a size like 1048576 or \"64MiB\", got \"%s\"", s);
-      lua_pop(c->L, 1);
-      return;
-    }
-    if (strcmp(end, "KiB") == 0) v *= 1024.0;
-    else if (strcmp(end, "MiB") == 0) v *= 1024.0 * 1024;
-    else if (strcmp(end, "GiB") == 0) v *= 1024.0 * 1024 * 1024;
-    else if (strcmp(end, "kB") == 0 || strcmp(end, "KB") == 0) v *= 1e3;
-    else if (strcmp(end, "MB") == 0) v *= 1e6;
-    else if (strcmp(end, "GB") == 0) v *= 1e9;
-    else if (strcmp(end, "B") != 0 && *end != '\0') {
-      bad(c, p, "unknown size unit '%s' (use B, KiB, MiB, GiB, kB, MB, GB)",
-          end);
+    if (parse_size(lua_tostring(c->L, -1), &v, why, sizeof(why)) != 0) {
+      bad(c, p, "%s", why);
       lua_pop(c->L, 1);
       return;
     }
@@ -392,6 +403,396 @@ static void check_socket_path(struct check *c, const char *path,
     bad(c, p, "cannot create socket at %s: %s", abs, why);
 }
 
+/* ---- plugin keys: checked against the table each plugin declares ------- */
+
+const char *sl_config_kind_name(enum sl_plugin_kind kind) {
+  return kind == SL_PLUGIN_INPUT ? "input" : "output";
+}
+
+const struct sl_config_plugin *
+sl_config_plugin_find(const struct sl_config_plugin *const *list,
+                      enum sl_plugin_kind kind, const char *type) {
+  for (; list && type && *list; list++)
+    if ((*list)->kind == kind && strcmp((*list)->type, type) == 0)
+      return *list;
+  return NULL;
+}
+
+const struct sl_config_key *
+sl_config_plugin_key(const struct sl_config_plugin *p, const char *name) {
+  const struct sl_config_key *k;
+  for (k = p ? p->keys : NULL; k && k->name; k++)
+    if (strcmp(k->name, name) == 0)
+      return k;
+  return NULL;
+}
+
+const char *sl_config_key_type_name(enum sl_config_key_type t) {
+  switch (t) {
+  case SL_KEY_STRING: return "string";
+  case SL_KEY_BOOL: return "boolean";
+  case SL_KEY_UINT: return "number";
+  case SL_KEY_BYTES: return "size";
+  case SL_KEY_ENUM: return "choice";
+  case SL_KEY_ADDRESS: return "host:port";
+  case SL_KEY_PATH: return "path";
+  case SL_KEY_FILE: return "file path";
+  case SL_KEY_SOCKET: return "socket path";
+  case SL_KEY_CORE: return "core key";
+  }
+  return "?";
+}
+
+/* "a, b or c": the types of a kind (list NULL) or the plugins of that
+ * kind declaring key, in registry order. Returns how many. */
+static int type_list(struct check *c, enum sl_plugin_kind kind,
+                     const char *key, const char *quote, char *out,
+                     size_t len) {
+  const struct sl_config_plugin *const *p;
+  const char *names[32];
+  int n = 0, i;
+  size_t off = 0;
+  for (p = c->plugins; p && *p && n < 32; p++)
+    if ((*p)->kind == kind &&
+        (key == NULL || sl_config_plugin_key(*p, key) != NULL))
+      names[n++] = (*p)->type;
+  out[0] = '\0';
+  for (i = 0; i < n && off < len; i++)
+    off += (size_t)snprintf(out + off, len - off, "%s%s%s%s",
+                            i == 0 ? "" : i == n - 1 ? " or " : ", ", quote,
+                            names[i], quote);
+  return n;
+}
+
+/* "tcp and unix": the plugins of that kind that declare key. */
+static int owners(struct check *c, enum sl_plugin_kind kind, const char *key,
+                  char *out, size_t len) {
+  char *or;
+  int n = type_list(c, kind, key, "", out, len);
+  if ((or = strstr(out, " or ")) != NULL) {
+    memmove(or + 5, or + 4, strlen(or + 4) + 1);
+    memcpy(or, " and ", 5);
+  }
+  return n;
+}
+
+/* A choice of k: its index, or -1. */
+static int choice(const struct sl_config_key *k, const char *s) {
+  int i;
+  for (i = 0; k->choices && k->choices[i]; i++)
+    if (strcmp(k->choices[i], s) == 0)
+      return i;
+  return -1;
+}
+
+static void choice_list(const struct sl_config_key *k, char *out, size_t len) {
+  size_t off = 0;
+  int i, n = 0;
+  while (k->choices[n])
+    n++;
+  out[0] = '\0';
+  for (i = 0; i < n && off < len; i++)
+    off += (size_t)snprintf(out + off, len - off, "%s\"%s\"",
+                            i == 0 ? "" : i == n - 1 ? " or " : ", ",
+                            k->choices[i]);
+}
+
+static void store_uint(const struct sl_config_key *k, char *field,
+                       uint64_t v) {
+  if (k->size == sizeof(uint32_t)) {
+    uint32_t u = (uint32_t)v;
+    memcpy(field, &u, sizeof(u));
+  } else {
+    memcpy(field, &v, sizeof(v));
+  }
+}
+
+static void store_str(char *field, char *s) {
+  char *old;
+  memcpy(&old, field, sizeof(old));
+  free(old);
+  memcpy(field, &s, sizeof(s));
+}
+
+/* The declared default into the field (tables are the engine's own, so a
+ * default that does not parse is left out rather than reported). */
+static void key_default(const struct sl_config_key *k, char *field) {
+  char why[128];
+  double v;
+  int i;
+  if (k->def == NULL || field == NULL)
+    return;
+  switch (k->type) {
+  case SL_KEY_BOOL:
+    i = strcmp(k->def, "true") == 0;
+    memcpy(field, &i, sizeof(i));
+    break;
+  case SL_KEY_UINT:
+  case SL_KEY_BYTES:
+    if (parse_size(k->def, &v, why, sizeof(why)) == 0)
+      store_uint(k, field, (uint64_t)v);
+    break;
+  case SL_KEY_ENUM:
+    if ((i = choice(k, k->def)) >= 0) {
+      int val = k->values ? k->values[i] : i;
+      memcpy(field, &val, sizeof(val));
+    }
+    break;
+  case SL_KEY_CORE:
+    break;
+  default:
+    store_str(field, strdup(k->def));
+    break;
+  }
+}
+
+/* Read key k of the table at t into its field of base, or, without one,
+ * into slot (its value in the config's values list). */
+static void read_key(struct check *c, int t, const char *path,
+                     const struct sl_config_plugin *pl,
+                     const struct sl_config_key *k, void *base,
+                     struct sl_config_value *slot) {
+  char *field = k->field ? (char *)base + k->field - 1 : NULL;
+  char p[256], why[256], list[256];
+  char *s = NULL;
+  uint64_t v = 0;
+  int nil, i = -1;
+
+  if (k->type == SL_KEY_CORE)
+    return;
+  if (field == NULL) {
+    slot->key = k;
+    field = k->type == SL_KEY_BOOL || k->type == SL_KEY_ENUM ? (char *)&slot->flag
+            : k->type == SL_KEY_UINT || k->type == SL_KEY_BYTES
+                ? (char *)&slot->num /* size 0: stored as 8 bytes */
+                : (char *)&slot->str;
+  }
+  key_default(k, field);
+  join(p, sizeof(p), path, k->name);
+  lua_getfield(c->L, t, k->name);
+  nil = lua_isnil(c->L, -1);
+  lua_pop(c->L, 1);
+  if (nil) {
+    if (k->flags & SL_KEY_REQUIRED)
+      bad(c, p, "expected %s, got nil (a %s %s needs %s)",
+          k->type == SL_KEY_BOOL ? "boolean"
+          : k->type == SL_KEY_UINT || k->type == SL_KEY_BYTES ? "number"
+                                                              : "string",
+          pl->type, sl_config_kind_name(pl->kind), k->name);
+    return;
+  }
+  switch (k->type) {
+  case SL_KEY_BOOL:
+    opt_bool(c, t, path, k->name, (int *)(void *)field);
+    return;
+  case SL_KEY_UINT:
+  case SL_KEY_BYTES:
+    if (k->size == sizeof(uint32_t)) {
+      uint32_t u;
+      memcpy(&u, field, sizeof(u));
+      v = u;
+    } else {
+      memcpy(&v, field, sizeof(v));
+    }
+    opt_uint(c, t, path, k->name, k->min, k->max, &v,
+             k->type == SL_KEY_BYTES);
+    store_uint(k, field, v);
+    return;
+  case SL_KEY_CORE:
+    return;
+  default:
+    break;
+  }
+  opt_str(c, t, path, k->name, &s, 0);
+  if (s == NULL)
+    return;
+  if (k->choices && (i = choice(k, s)) < 0) {
+    choice_list(k, list, sizeof(list));
+    bad(c, p, "expected %s, got \"%s\"", list, s);
+    free(s);
+    return;
+  }
+  switch (k->type) {
+  case SL_KEY_ENUM: {
+    int val = k->values ? k->values[i] : i;
+    memcpy(field, &val, sizeof(val));
+    free(s);
+    return;
+  }
+  case SL_KEY_ADDRESS:
+    check_address(c, path, k->name, s);
+    break;
+  case SL_KEY_PATH: {
+    char *abs = resolve(c, s);
+    free(s);
+    s = abs;
+    break;
+  }
+  case SL_KEY_FILE: {
+    char *abs = resolve(c, s);
+    free(s);
+    s = abs;
+    if (s && !path_writable(s, why, sizeof(why)))
+      bad(c, p, "cannot write %s: %s", s, why);
+    break;
+  }
+  case SL_KEY_SOCKET:
+    check_socket_path(c, path, k->name, &s);
+    break;
+  default:
+    break;
+  }
+  store_str(field, s);
+}
+
+/* Read every key pl declares into cfg (the input's or output's config
+ * struct) and its values list. */
+static void read_keys(struct check *c, int t, const char *path,
+                      const struct sl_config_plugin *pl, void *cfg,
+                      struct sl_config_value **values, int *nvalues) {
+  const struct sl_config_key *k;
+  int n = 0;
+  for (k = pl ? pl->keys : NULL; k && k->name; k++)
+    n += k->field == 0 && k->type != SL_KEY_CORE;
+  if (n > 0 && (*values = calloc((size_t)n, sizeof(**values))) == NULL) {
+    bad(c, path, "out of memory");
+    return;
+  }
+  n = 0;
+  for (k = pl ? pl->keys : NULL; k && k->name; k++) {
+    int own = k->field == 0 && k->type != SL_KEY_CORE;
+    read_key(c, t, path, pl, k, cfg, own ? &(*values)[n] : NULL);
+    n += own;
+  }
+  *nvalues = n;
+}
+
+static const struct sl_config_value *
+value_of(const struct sl_config_value *v, int n, const char *name) {
+  int i;
+  for (i = 0; i < n; i++)
+    if (v[i].key && strcmp(v[i].key->name, name) == 0)
+      return &v[i];
+  return NULL;
+}
+
+const char *sl_config_value_str(const struct sl_config_value *values, int n,
+                                const char *name) {
+  const struct sl_config_value *v = value_of(values, n, name);
+  return v ? v->str : NULL;
+}
+
+uint64_t sl_config_value_num(const struct sl_config_value *values, int n,
+                             const char *name) {
+  const struct sl_config_value *v = value_of(values, n, name);
+  if (v == NULL)
+    return 0;
+  if (v->key->type == SL_KEY_BOOL || v->key->type == SL_KEY_ENUM)
+    return (uint64_t)v->flag;
+  return v->num;
+}
+
+/* Is the value at the top something a plugin that does not take the key
+ * may still be given? false, or an enum's choice that stores 0 ("never"):
+ * it asks for nothing, and configs have said so. */
+static int asks_nothing(struct check *c, const struct sl_config_key *k) {
+  int i;
+  if (k->type == SL_KEY_BOOL)
+    return lua_type(c->L, -1) == LUA_TBOOLEAN && !lua_toboolean(c->L, -1);
+  if (k->type == SL_KEY_ENUM && lua_type(c->L, -1) == LUA_TSTRING &&
+      (i = choice(k, lua_tostring(c->L, -1))) >= 0)
+    return (k->values ? k->values[i] : i) == 0;
+  return 0;
+}
+
+/* Every key of the plugin table at t must be a core key of its kind (core:
+ * NULL-terminated, name and type first) or a key pl declares. A key only
+ * other plugins declare is refused naming them, unless they tolerate it;
+ * with no plugin (type missing or unknown, already reported) a key some
+ * plugin declares passes. */
+static void check_plugin_keys(struct check *c, int t, const char *path,
+                              enum sl_plugin_kind kind,
+                              const struct sl_config_plugin *pl,
+                              const char *const *core) {
+  const struct sl_config_plugin *const *o;
+  const struct sl_config_key *k, *other;
+  lua_State *L = c->L;
+  const char *const *a;
+  char hint[640], who[256], p[256];
+  size_t off;
+  int tolerated;
+
+  t = absidx(L, t);
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    const char *name;
+    if (lua_type(L, -2) != LUA_TSTRING) {
+      bad(c, path, "keys must be names, found a %s key", type_of(L, -2));
+      lua_pop(L, 1);
+      continue;
+    }
+    name = lua_tostring(L, -2);
+    for (a = core; *a; a++)
+      if (strcmp(*a, name) == 0)
+        break;
+    k = sl_config_plugin_key(pl, name);
+    if (*a || (k && k->type != SL_KEY_CORE)) {
+      lua_pop(L, 1);
+      continue;
+    }
+    other = NULL;
+    tolerated = 0;
+    for (o = c->plugins; o && *o; o++)
+      if ((*o)->kind == kind && *o != pl &&
+          (k = sl_config_plugin_key(*o, name)) && k->type != SL_KEY_CORE) {
+        other = k;
+        tolerated |= (k->flags & SL_KEY_TOLERATED) != 0;
+      }
+    join(p, sizeof(p), path, name);
+    if (other && (pl == NULL || tolerated || asks_nothing(c, other))) {
+      /* accepted, ignored */
+    } else if (other) {
+      owners(c, kind, name, who, sizeof(who));
+      bad(c, p, "only %s %ss take %s", who, sl_config_kind_name(kind), name);
+    } else {
+      /* name and type, the plugin's own keys, then the rest of the core */
+      off = (size_t)snprintf(hint, sizeof(hint), "%s, %s", core[0], core[1]);
+      for (k = pl ? pl->keys : NULL; k && k->name; k++)
+        if (k->type != SL_KEY_CORE && off < sizeof(hint))
+          off += (size_t)snprintf(hint + off, sizeof(hint) - off, ", %s",
+                                  k->name);
+      for (a = core + 2; *a && off < sizeof(hint); a++)
+        off += (size_t)snprintf(hint + off, sizeof(hint) - off, ", %s", *a);
+      if (pl)
+        bad(c, path, "unknown key '%s' (expected one of: %s for type %s)",
+            name, hint, pl->type);
+      else
+        bad(c, path, "unknown key '%s' (expected one of: %s)", name, hint);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* The plugin named by the type field already read into type (NULL: the
+ * type is missing, reported). An unknown type is reported here. */
+static const struct sl_config_plugin *plugin_of(struct check *c,
+                                                enum sl_plugin_kind kind,
+                                                const char *path,
+                                                const char *type) {
+  const struct sl_config_plugin *pl;
+  char p[256], list[256];
+  if (type == NULL)
+    return NULL;
+  pl = sl_config_plugin_find(c->plugins, kind, type);
+  if (pl == NULL) {
+    join(p, sizeof(p), path, "type");
+    type_list(c, kind, NULL, "", list, sizeof(list));
+    bad(c, p, "unknown %s type \"%s\" (expected %s)", sl_config_kind_name(kind),
+        type, list);
+  }
+  return pl;
+}
+
 static void check_queue(struct check *c, int t, const char *path,
                         struct sl_queue_config *q) {
   static const char *const keys[] = {"max_events", "max_bytes", "when_full",
@@ -505,7 +906,8 @@ static void check_buffer(struct check *c, int t, const char *path,
 }
 
 static void check_retry(struct check *c, int t, const char *path,
-                        struct sl_output_config *o) {
+                        struct sl_output_config *o,
+                        const struct sl_config_plugin *pl) {
   static const char *const keys[] = {"initial_ms",     "max_ms",
                                      "max_attempts",   "max_elapsed_ms",
                                      "timeout_ms",     NULL};
@@ -529,10 +931,13 @@ static void check_retry(struct check *c, int t, const char *path,
           r->initial_ms);
     lua_getfield(c->L, rt, "timeout_ms");
     snprintf(pk, sizeof(pk), "%s.timeout_ms", p);
-    if (!lua_isnil(c->L, -1) && o->type && strcmp(o->type, "tcp") != 0 &&
-        strcmp(o->type, "unix") != 0)
-      bad(c, pk, "only tcp and unix outputs time out (a file write cannot be "
-                 "cut short)");
+    if (!lua_isnil(c->L, -1) && pl &&
+        !sl_config_plugin_key(pl, "retry.timeout_ms")) {
+      char who[256];
+      owners(c, SL_PLUGIN_OUTPUT, "retry.timeout_ms", who, sizeof(who));
+      bad(c, pk, "only %s outputs time out (a file write cannot be cut "
+                 "short)", who);
+    }
     lua_pop(c->L, 1);
   } else if (!lua_isnil(c->L, -1)) {
     bad(c, p, "expected table, got %s", type_of(c->L, -1));
@@ -610,13 +1015,19 @@ static void check_dedup(struct check *c, int t, const char *path,
   lua_pop(c->L, 1);
 }
 
+/* The keys the core reads for every plugin of a kind: name and type first
+ * (the hint of an unknown key lists the plugin's own keys after them). */
+static const char *const input_core[] = {"name", "type", NULL};
+static const char *const output_core[] = {
+    "name",       "type",  "queue",  "retry",        "breaker",
+    "rate_limit", "dedup", "buffer", "batch_events", NULL};
+
+const char *const *sl_config_core_keys(enum sl_plugin_kind kind) {
+  return kind == SL_PLUGIN_INPUT ? input_core : output_core;
+}
+
 static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
-  static const char *const keys[] = {"name", "type", "listen",
-                                     "topic", "max_body_bytes",
-                                     "idle_timeout_ms", "bearer_token_file",
-                                     "max_connections", "event_timeout_ms",
-                                     "max_pending_bytes", "header_timeout_ms",
-                                     "body_timeout_ms", NULL};
+  const char *const *core = input_core;
   lua_State *L = c->L;
   char p[64];
   int n, i, j;
@@ -636,59 +1047,22 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
     goto done;
   for (i = 1; i <= n; i++) {
     struct sl_input_config *in = &cfg->inputs[cfg->ninputs++];
+    const struct sl_config_plugin *pl;
     int it;
     snprintf(p, sizeof(p), "inputs[%d]", i);
     lua_rawgeti(L, -1, i);
     it = lua_gettop(L);
-    in->max_body_bytes = 8u << 20;
-    in->idle_timeout_ms = 0; /* by type, below */
-    in->max_connections = 1024;
-    in->event_timeout_ms = 30000;
-    in->max_pending_bytes = 64u << 20;
-    in->body_timeout_ms = 60000;
     if (!lua_istable(L, it)) {
       bad(c, p, "expected table, got %s", type_of(L, it));
       lua_pop(L, 1);
       continue;
     }
-    check_keys(c, it, p, keys);
     opt_str(c, it, p, "name", &in->name, 1);
     check_name(c, p, in->name);
     opt_str(c, it, p, "type", &in->type, 1);
-    opt_str(c, it, p, "listen", &in->listen, 1);
-    opt_str(c, it, p, "topic", &in->topic, 0);
-    opt_uint(c, it, p, "max_body_bytes", 1, 1u << 30, &in->max_body_bytes, 1);
-    opt_u32(c, it, p, "idle_timeout_ms", 100, 86400000, &in->idle_timeout_ms,
-            0);
-    opt_str(c, it, p, "bearer_token_file", &in->bearer_token_file, 0);
-    opt_u32(c, it, p, "max_connections", 1, 1000000, &in->max_connections, 0);
-    opt_u32(c, it, p, "event_timeout_ms", 100, 86400000, &in->event_timeout_ms,
-            0);
-    opt_uint(c, it, p, "max_pending_bytes", 1, 1ull << 40,
-             &in->max_pending_bytes, 1);
-    opt_u32(c, it, p, "header_timeout_ms", 100, 86400000,
-            &in->header_timeout_ms, 0);
-    opt_u32(c, it, p, "body_timeout_ms", 100, 86400000, &in->body_timeout_ms,
-            0);
-    /* a quiet producer is normal on tcp/unix; an idle HTTP client is not */
-    if (in->idle_timeout_ms == 0 && in->type && strcmp(in->type, "http") == 0)
-      in->idle_timeout_ms = 60000;
-    if (in->type) {
-      char pt[80];
-      snprintf(pt, sizeof(pt), "%s.type", p);
-      if (strcmp(in->type, "tcp") == 0 || strcmp(in->type, "http") == 0)
-        check_address(c, p, "listen", in->listen);
-      else if (strcmp(in->type, "unix") == 0)
-        check_socket_path(c, p, "listen", &in->listen);
-      else
-        bad(c, pt, "unknown input type \"%s\" (expected tcp, unix or http)",
-            in->type);
-    }
-    if (in->bearer_token_file) {
-      char *abs = resolve(c, in->bearer_token_file);
-      free(in->bearer_token_file);
-      in->bearer_token_file = abs;
-    }
+    pl = plugin_of(c, SL_PLUGIN_INPUT, p, in->type);
+    check_plugin_keys(c, it, p, SL_PLUGIN_INPUT, pl, core);
+    read_keys(c, it, p, pl, in, &in->values, &in->nvalues);
     for (j = 0; j < cfg->ninputs - 1; j++) {
       if (in->name && cfg->inputs[j].name &&
           strcmp(in->name, cfg->inputs[j].name) == 0) {
@@ -699,9 +1073,10 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
       }
       if (in->listen && cfg->inputs[j].listen &&
           strcmp(in->listen, cfg->inputs[j].listen) == 0) {
-        char pl[80];
-        snprintf(pl, sizeof(pl), "%s.listen", p);
-        bad(c, pl, "\"%s\" is already used by inputs[%d]", in->listen, j + 1);
+        char pl2[80];
+        snprintf(pl2, sizeof(pl2), "%s.listen", p);
+        bad(c, pl2, "\"%s\" is already used by inputs[%d]", in->listen,
+            j + 1);
       }
     }
     lua_pop(L, 1);
@@ -712,94 +1087,23 @@ done:
 
 static void check_output(struct check *c, struct sl_config *cfg, int ot,
                          const char *p, struct sl_output_config *o) {
-  static const char *const keys[] = {"name",       "type",    "path",
-                                     "address",    "format",  "queue",
-                                     "retry",      "breaker", "rate_limit",
-                                     "dedup",      "buffer",  "batch_events",
-                                     "ack",        "fsync",   NULL};
-  char pt[80], why[256];
+  const char *const *core = output_core;
+  const struct sl_config_plugin *pl;
 
-  check_keys(c, ot, p, keys);
   opt_str(c, ot, p, "name", &o->name, 1);
   check_name(c, p, o->name);
   opt_str(c, ot, p, "type", &o->type, 1);
-  opt_str(c, ot, p, "path", &o->path, 0);
-  opt_str(c, ot, p, "address", &o->address, 0);
-  opt_str(c, ot, p, "format", &o->format, 0);
+  pl = plugin_of(c, SL_PLUGIN_OUTPUT, p, o->type);
+  check_plugin_keys(c, ot, p, SL_PLUGIN_OUTPUT, pl, core);
+  read_keys(c, ot, p, pl, o, &o->values, &o->nvalues);
   o->batch_events = 1024;
   opt_u32(c, ot, p, "batch_events", 1, 65536, &o->batch_events, 0);
-  opt_bool(c, ot, p, "ack", &o->ack);
-  {
-    char *fs = NULL, pf[300];
-    opt_str(c, ot, p, "fsync", &fs, 0);
-    snprintf(pf, sizeof(pf), "%s.fsync", p);
-    if (fs && strcmp(fs, "always") == 0)
-      o->fsync = 1;
-    else if (fs && strcmp(fs, "never") != 0)
-      bad(c, pf, "expected \"always\" or \"never\", got \"%s\"", fs);
-    if (o->fsync && o->type && strcmp(o->type, "file") != 0)
-      bad(c, pf, "only file outputs take fsync (disk buffers have their own)");
-    free(fs);
-  }
   check_queue(c, ot, p, &o->queue);
   check_buffer(c, ot, p, o);
-  check_retry(c, ot, p, o);
+  check_retry(c, ot, p, o, pl);
   check_breaker(c, ot, p, o);
   check_rate_limit(c, ot, p, &o->rate_limit);
   check_dedup(c, ot, p, &o->dedup);
-  if (o->type == NULL)
-    return;
-  snprintf(pt, sizeof(pt), "%s.type", p);
-  if (strcmp(o->type, "file") == 0) {
-    char pp[80];
-    snprintf(pp, sizeof(pp), "%s.path", p);
-    if (o->path == NULL) {
-      lua_getfield(c->L, ot, "path");
-      if (lua_isnil(c->L, -1))
-        bad(c, pp, "expected string, got nil (a file output needs a path)");
-      lua_pop(c->L, 1);
-    } else {
-      char *abs = resolve(c, o->path);
-      free(o->path);
-      o->path = abs;
-      if (abs && !path_writable(abs, why, sizeof(why)))
-        bad(c, pp, "cannot write %s: %s", abs, why);
-    }
-  } else if (strcmp(o->type, "tcp") == 0) {
-    char pa[80];
-    snprintf(pa, sizeof(pa), "%s.address", p);
-    if (o->address == NULL)
-      bad(c, pa, "expected string, got nil (a tcp output needs an address)");
-    check_address(c, p, "address", o->address);
-  } else if (strcmp(o->type, "unix") == 0) {
-    char pp[80];
-    snprintf(pp, sizeof(pp), "%s.path", p);
-    if (o->path == NULL)
-      bad(c, pp, "expected string, got nil (a unix output needs a path)");
-    else if (o->path[0] != '/') {
-      char *abs = resolve(c, o->path);
-      free(o->path);
-      o->path = abs;
-    }
-  } else if (strcmp(o->type, "stdout") != 0 && strcmp(o->type, "null") != 0) {
-    bad(c, pt,
-        "unknown output type \"%s\" (expected stdout, file, null, tcp or "
-        "unix)",
-        o->type);
-  }
-  if (o->ack && strcmp(o->type, "tcp") != 0 && strcmp(o->type, "unix") != 0) {
-    char pa[80];
-    snprintf(pa, sizeof(pa), "%s.ack", p);
-    bad(c, pa, "only tcp and unix outputs take acks");
-  }
-  if (o->format) {
-    char pf[80];
-    snprintf(pf, sizeof(pf), "%s.format", p);
-    if (strcmp(o->format, "ndjson") != 0 && strcmp(o->format, "msgpack") != 0)
-      bad(c, pf, "expected \"ndjson\" or \"msgpack\", got \"%s\"", o->format);
-    else if (strcmp(o->type, "file") != 0 && strcmp(o->type, "stdout") != 0)
-      bad(c, pf, "only file and stdout outputs take a format");
-  }
   (void)cfg;
 }
 
@@ -1098,7 +1402,9 @@ static void check_top(struct check *c, struct sl_config *cfg, int t) {
     bad(c, "inputs", "no inputs: nothing would ever arrive");
 }
 
-struct sl_config *sl_config_load(const char *path, struct sl_buf *err) {
+struct sl_config *sl_config_load(const char *path,
+                                 const struct sl_config_plugin *const *plugins,
+                                 struct sl_buf *err) {
   struct sl_config *cfg = NULL;
   struct check c;
   lua_State *L;
@@ -1111,6 +1417,7 @@ struct sl_config *sl_config_load(const char *path, struct sl_buf *err) {
   memset(&c, 0, sizeof(c));
   c.err = err;
   c.file = path;
+  c.plugins = plugins;
   f = fopen(path, "rb");
   if (f == NULL) {
     sl_buf_printf(err, "%s: cannot open: %s\n", path, strerror(errno));
@@ -1207,6 +1514,13 @@ fail:
   return NULL;
 }
 
+static void free_values(struct sl_config_value *v, int n) {
+  int i;
+  for (i = 0; i < n; i++)
+    free(v[i].str);
+  free(v);
+}
+
 void sl_config_free(struct sl_config *c) {
   int i;
   if (c == NULL)
@@ -1218,6 +1532,7 @@ void sl_config_free(struct sl_config *c) {
     free(in->listen);
     free(in->topic);
     free(in->bearer_token_file);
+    free_values(in->values, in->nvalues);
   }
   free(c->inputs);
   for (i = 0; i < c->noutputs; i++) {
@@ -1228,6 +1543,7 @@ void sl_config_free(struct sl_config *c) {
     free(o->address);
     free(o->format);
     free(o->buffer.path);
+    free_values(o->values, o->nvalues);
   }
   free(c->outputs);
   for (i = 0; i < c->router.nroutes; i++)

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "keys.h"
 #include "router.h"
 
 #define SL_CONFIG_MAX_OUTPUTS 64
@@ -83,6 +84,8 @@ struct sl_input_config {
                                  byte; 0: min(10 s, idle_timeout_ms) */
   uint32_t body_timeout_ms;   /* http: the body from the end of the head;
                                  default 60000 */
+  struct sl_config_value *values; /* its plugin's keys without a field */
+  int nvalues;
 };
 
 struct sl_output_config {
@@ -100,6 +103,8 @@ struct sl_output_config {
   uint32_t batch_events; /* events per write; default 1024 */
   int ack;               /* tcp/unix: wait for the peer's acks (a sluice) */
   int fsync;             /* file: fdatasync each batch before delivered */
+  struct sl_config_value *values; /* its plugin's keys without a field */
+  int nvalues;
 };
 
 struct sl_rules_config {
@@ -135,11 +140,15 @@ struct sl_config {
   int log_level;                /* -1: not set in the file */
 };
 
-/* Load and check the file at path. On error NULL is returned and err holds
+/* Load and check the file at path; plugins (NULL-terminated, from the
+ * registry in worker/plugins.c) say which input and output types exist
+ * and which keys each takes. On error NULL is returned and err holds
  * one message per problem, each naming the file, the key path and what was
  * expected ("sluice.conf.lua: outputs[2].path: expected string, got nil").
  * All problems found are reported, not only the first. */
-struct sl_config *sl_config_load(const char *path, struct sl_buf *err);
+struct sl_config *sl_config_load(const char *path,
+                                 const struct sl_config_plugin *const *plugins,
+                                 struct sl_buf *err);
 
 /* Release a config; NULL is a no-op. */
 void sl_config_free(struct sl_config *c);

@@ -25,6 +25,7 @@
 #include "http.h"
 #include "json.h"
 #include "worker.h"
+#include "plugins.h"
 
 enum body_kind { BODY_JSON = 0, BODY_NDJSON, BODY_MSGPACK };
 
@@ -626,10 +627,49 @@ static void cb_stop(struct sl_input *in) {
   sl_http_stop(&hi->srv); /* on_stopped finishes, maybe right away */
 }
 
-const struct sl_input_ops sl_input_http_ops = {
-    .type = "http",
+static const struct sl_input_ops ops = {
     .cb_start = cb_start,
     .cb_drain = cb_drain,
     .cb_busy = cb_busy,
     .cb_stop = cb_stop,
+};
+
+#define IN struct sl_input_config
+static const struct sl_config_key keys[] = {
+    {.name = "listen", .type = SL_KEY_ADDRESS,
+     .doc = "\"host:port\" to serve POST /events on",
+     .flags = SL_KEY_REQUIRED, SL_KEY_FIELD(IN, listen)},
+    {.name = "topic", .type = SL_KEY_STRING,
+     .doc = "the topic of bare payloads (bodies that are not events)",
+     .flags = SL_KEY_TOLERATED, SL_KEY_FIELD(IN, topic)},
+    {.name = "max_body_bytes", .type = SL_KEY_BYTES, .def = "8MiB",
+     .doc = "a larger request body is refused (413)",
+     .flags = SL_KEY_TOLERATED, .min = 1, .max = 1u << 30,
+     SL_KEY_FIELD(IN, max_body_bytes)},
+    {.name = "idle_timeout_ms", .type = SL_KEY_UINT, .def = "60000",
+     .doc = "close a connection idle this long", .min = 100, .max = 86400000,
+     SL_KEY_FIELD(IN, idle_timeout_ms)},
+    {.name = "bearer_token_file", .type = SL_KEY_PATH,
+     .doc = "requests must carry this token (Authorization: Bearer)",
+     .flags = SL_KEY_TOLERATED, SL_KEY_FIELD(IN, bearer_token_file)},
+    {.name = "max_connections", .type = SL_KEY_UINT, .def = "1024",
+     .doc = "connections open at once", .min = 1, .max = 1000000,
+     SL_KEY_FIELD(IN, max_connections)},
+    {.name = "max_pending_bytes", .type = SL_KEY_BYTES, .def = "64MiB",
+     .doc = "request bodies held over all connections", .min = 1,
+     .max = 1ull << 40, SL_KEY_FIELD(IN, max_pending_bytes)},
+    {.name = "header_timeout_ms", .type = SL_KEY_UINT,
+     .doc = "the request head from its first byte; unset: min(10 s, "
+            "idle_timeout_ms)",
+     .flags = SL_KEY_TOLERATED, .min = 100, .max = 86400000,
+     SL_KEY_FIELD(IN, header_timeout_ms)},
+    {.name = "body_timeout_ms", .type = SL_KEY_UINT, .def = "60000",
+     .doc = "the body from the end of the head", .flags = SL_KEY_TOLERATED,
+     .min = 100, .max = 86400000, SL_KEY_FIELD(IN, body_timeout_ms)},
+    {NULL}};
+
+const struct sl_plugin sl_input_http = {
+    .config = {SL_PLUGIN_INPUT, "http", "JSON or msgpack events over HTTP",
+               keys},
+    .input = &ops,
 };

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "worker.h"
+#include "plugins.h"
 
 struct native_in {
   struct sl_input *in;
@@ -366,10 +367,52 @@ static void cb_stop(struct sl_input *in) {
     finish(ni);
 }
 
-const struct sl_input_ops sl_input_native_ops = {
-    .type = "native",
+static const struct sl_input_ops ops = {
     .cb_start = cb_start,
     .cb_drain = cb_drain,
     .cb_busy = cb_busy,
     .cb_stop = cb_stop,
+};
+
+#define IN struct sl_input_config
+/* what tcp and unix share; http declares its own (its defaults differ) */
+#define NATIVE_KEYS                                                         \
+  {.name = "idle_timeout_ms", .type = SL_KEY_UINT, .def = "0",              \
+   .doc = "close a connection idle this long; 0: never (a quiet producer " \
+          "is normal)",                                                     \
+   .min = 100, .max = 86400000, SL_KEY_FIELD(IN, idle_timeout_ms)},        \
+  {.name = "max_connections", .type = SL_KEY_UINT, .def = "1024",           \
+   .doc = "connections open at once", .min = 1, .max = 1000000,            \
+   SL_KEY_FIELD(IN, max_connections)},                                     \
+  {.name = "event_timeout_ms", .type = SL_KEY_UINT, .def = "30000",         \
+   .doc = "a begun event must be complete within this",                    \
+   .flags = SL_KEY_TOLERATED, .min = 100, .max = 86400000,                 \
+   SL_KEY_FIELD(IN, event_timeout_ms)},                                    \
+  {.name = "max_pending_bytes", .type = SL_KEY_BYTES, .def = "64MiB",       \
+   .doc = "partial events held over all connections", .min = 1,           \
+   .max = 1ull << 40, SL_KEY_FIELD(IN, max_pending_bytes)}
+
+static const struct sl_config_key tcp_keys[] = {
+    {.name = "listen", .type = SL_KEY_ADDRESS,
+     .doc = "\"host:port\" to accept msgpack event streams on",
+     .flags = SL_KEY_REQUIRED, SL_KEY_FIELD(IN, listen)},
+    NATIVE_KEYS,
+    {NULL}};
+
+static const struct sl_config_key unix_keys[] = {
+    {.name = "listen", .type = SL_KEY_SOCKET,
+     .doc = "the socket path to accept msgpack event streams on",
+     .flags = SL_KEY_REQUIRED, SL_KEY_FIELD(IN, listen)},
+    NATIVE_KEYS,
+    {NULL}};
+
+const struct sl_plugin sl_input_tcp = {
+    .config = {SL_PLUGIN_INPUT, "tcp", "msgpack events over TCP", tcp_keys},
+    .input = &ops,
+};
+
+const struct sl_plugin sl_input_unix = {
+    .config = {SL_PLUGIN_INPUT, "unix", "msgpack events over a unix socket",
+               unix_keys},
+    .input = &ops,
 };

@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "worker.h"
+#include "plugins.h"
 
 struct file_out {
   struct sl_output *o;
@@ -369,8 +369,7 @@ static int cb_healthy(struct sl_output *o) {
   return f && !f->failing;
 }
 
-const struct sl_output_ops sl_output_file_ops = {
-    .type = "file",
+static const struct sl_output_ops file_ops = {
     .cb_start = cb_start_file,
     .cb_flush = cb_flush,
     .cb_stop = cb_stop,
@@ -378,10 +377,44 @@ const struct sl_output_ops sl_output_file_ops = {
     .cb_healthy = cb_healthy,
 };
 
-const struct sl_output_ops sl_output_stdout_ops = {
-    .type = "stdout",
+static const struct sl_output_ops stdout_ops = {
     .cb_start = cb_start_stdout,
     .cb_flush = cb_flush,
     .cb_stop = cb_stop,
     .cb_healthy = cb_healthy,
+};
+
+static const char *const formats[] = {"ndjson", "msgpack", NULL};
+static const char *const fsyncs[] = {"always", "never", NULL};
+static const int fsync_values[] = {1, 0};
+
+#define FORMAT                                                              \
+  {.name = "format", .type = SL_KEY_STRING, .def = "ndjson",                \
+   .doc = "one event per line as JSON, or msgpack events back to back",    \
+   .choices = formats, SL_KEY_FIELD(struct sl_output_config, format)}
+
+static const struct sl_config_key file_keys[] = {
+    {.name = "path", .type = SL_KEY_FILE,
+     .doc = "the file appended to (reopened on SIGUSR1)",
+     .flags = SL_KEY_REQUIRED | SL_KEY_TOLERATED,
+     SL_KEY_FIELD(struct sl_output_config, path)},
+    FORMAT,
+    {.name = "fsync", .type = SL_KEY_ENUM, .def = "never",
+     .doc = "\"always\": fdatasync each batch before it counts as delivered",
+     .choices = fsyncs, .values = fsync_values,
+     SL_KEY_FIELD(struct sl_output_config, fsync)},
+    {NULL}};
+
+static const struct sl_config_key stdout_keys[] = {FORMAT, {NULL}};
+
+const struct sl_plugin sl_output_file = {
+    .config = {SL_PLUGIN_OUTPUT, "file", "appends events to a file",
+               file_keys},
+    .output = &file_ops,
+};
+
+const struct sl_plugin sl_output_stdout = {
+    .config = {SL_PLUGIN_OUTPUT, "stdout", "writes events to standard output",
+               stdout_keys},
+    .output = &stdout_ops,
 };

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "worker.h"
+#include "plugins.h"
 
 struct native_out {
   struct sl_output *o;
@@ -376,10 +377,45 @@ static int cb_healthy(struct sl_output *o) {
   return n && n->connected;
 }
 
-const struct sl_output_ops sl_output_native_ops = {
-    .type = "native",
+static const struct sl_output_ops ops = {
     .cb_start = cb_start,
     .cb_flush = cb_flush,
     .cb_stop = cb_stop,
     .cb_healthy = cb_healthy,
+};
+
+#define NATIVE_KEYS                                                         \
+  {.name = "ack", .type = SL_KEY_BOOL, .def = "false",                      \
+   .doc = "wait for the peer's acks (the peer is a sluice)",               \
+   SL_KEY_FIELD(struct sl_output_config, ack)},                            \
+  {.name = "retry.timeout_ms", .type = SL_KEY_CORE, .def = "30000",         \
+   .doc = "a connect, write or ack that takes longer fails; 0: none",      \
+   .min = 0, .max = 3600000}
+
+static const struct sl_config_key tcp_keys[] = {
+    {.name = "address", .type = SL_KEY_ADDRESS,
+     .doc = "the peer, \"host:port\"",
+     .flags = SL_KEY_REQUIRED | SL_KEY_TOLERATED,
+     SL_KEY_FIELD(struct sl_output_config, address)},
+    NATIVE_KEYS,
+    {NULL}};
+
+static const struct sl_config_key unix_keys[] = {
+    {.name = "path", .type = SL_KEY_PATH, .doc = "the peer's socket",
+     .flags = SL_KEY_REQUIRED | SL_KEY_TOLERATED,
+     SL_KEY_FIELD(struct sl_output_config, path)},
+    NATIVE_KEYS,
+    {NULL}};
+
+const struct sl_plugin sl_output_tcp = {
+    .config = {SL_PLUGIN_OUTPUT, "tcp",
+               "sends msgpack events to a sluice (or any peer) over TCP",
+               tcp_keys},
+    .output = &ops,
+};
+
+const struct sl_plugin sl_output_unix = {
+    .config = {SL_PLUGIN_OUTPUT, "unix",
+               "sends msgpack events over a unix socket", unix_keys},
+    .output = &ops,
 };

@@ -1,7 +1,7 @@
 /* null.c - the null output: counts events and discards them (benchmarks,
  * and routes whose events are not wanted). A rate_limit applies, so it
  * also stands in for a slow output in overload tests. */
-#include "worker.h"
+#include "plugins.h"
 
 static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   return 0;
@@ -22,9 +22,16 @@ static void cb_flush(struct sl_output *o) {
 
 static void cb_stop(struct sl_output *o) { sl_output_stopped(o); }
 
-const struct sl_output_ops sl_output_null_ops = {
-    .type = "null",
+static const struct sl_output_ops ops = {
     .cb_start = cb_start,
     .cb_flush = cb_flush,
     .cb_stop = cb_stop,
+};
+
+static const struct sl_config_key keys[] = {{NULL}};
+
+const struct sl_plugin sl_output_null = {
+    .config = {SL_PLUGIN_OUTPUT, "null", "counts events and discards them",
+               keys},
+    .output = &ops,
 };

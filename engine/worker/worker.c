@@ -10,28 +10,19 @@
 #include <unistd.h>
 
 #include "dedup.h"
+#include "plugins.h"
 #include "rules.h"
 
 #define DRAIN_CHECK_MS 20
 
 static const struct sl_output_ops *output_ops(const char *type) {
-  if (strcmp(type, "null") == 0)
-    return &sl_output_null_ops;
-  if (strcmp(type, "stdout") == 0)
-    return &sl_output_stdout_ops;
-  if (strcmp(type, "file") == 0)
-    return &sl_output_file_ops;
-  if (strcmp(type, "tcp") == 0 || strcmp(type, "unix") == 0)
-    return &sl_output_native_ops;
-  return NULL;
+  const struct sl_plugin *p = sl_plugin_find(SL_PLUGIN_OUTPUT, type);
+  return p ? p->output : NULL;
 }
 
 static const struct sl_input_ops *input_ops(const char *type) {
-  if (strcmp(type, "tcp") == 0 || strcmp(type, "unix") == 0)
-    return &sl_input_native_ops;
-  if (strcmp(type, "http") == 0)
-    return &sl_input_http_ops;
-  return NULL;
+  const struct sl_plugin *p = sl_plugin_find(SL_PLUGIN_INPUT, type);
+  return p ? p->input : NULL;
 }
 
 /* ---- outputs ----------------------------------------------------------- */
@@ -769,6 +760,12 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
     o->w = w;
     o->index = i;
     o->stopped = 1; /* until started */
+    if (o->ops == NULL) {
+      snprintf(err, errlen, "outputs[%d] (%s): type %s is not built in",
+               i + 1, oc->name, oc->type);
+      rc = SL_EINVAL;
+      goto fail;
+    }
     rc = sl_queue_init(&o->q, oc->queue.max_events, oc->queue.max_bytes,
                        oc->queue.when_full);
     if (rc == 0) {

@@ -31,7 +31,6 @@ struct sl_dedup;
 
 /* An output plugin, filled in by field name. */
 struct sl_output_ops {
-  const char *type;
   /* Open files or start connecting. 0 or a negative code, err filled. */
   int (*cb_start)(struct sl_output *o, char *err, size_t errlen);
   /* The queue has events that are not in flight: deliver some, and call
@@ -134,10 +133,7 @@ void sl_output_reachable(struct sl_output *o);
 int sl_output_may_send(struct sl_output *o);
 uint32_t sl_output_quota(struct sl_output *o, uint32_t want);
 
-extern const struct sl_output_ops sl_output_null_ops;
-extern const struct sl_output_ops sl_output_stdout_ops;
-extern const struct sl_output_ops sl_output_file_ops;
-extern const struct sl_output_ops sl_output_native_ops; /* tcp and unix */
+/* Plugins declare themselves (ops, type, keys) in worker/plugins.h. */
 
 /* ---- inputs ------------------------------------------------------------ */
 
@@ -170,7 +166,6 @@ struct sl_durable {
 };
 
 struct sl_input_ops {
-  const char *type;
   int (*cb_start)(struct sl_input *in, char *err, size_t errlen);
   /* Graceful stop: accept nothing new and read no more, finish what was
    * already read, then close connections as they become idle. */
@@ -210,9 +205,6 @@ struct sl_input {
 };
 
 void sl_input_stopped(struct sl_input *in);
-
-extern const struct sl_input_ops sl_input_native_ops; /* tcp and unix */
-extern const struct sl_input_ops sl_input_http_ops;
 
 /* ---- the worker -------------------------------------------------------- */
 

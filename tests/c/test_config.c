@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "plugins.h"
 #include "test.h"
 
 static char dir[] = "/tmp/sluice-test-config-XXXXXX";
@@ -24,7 +25,7 @@ static const char *write_conf(const char *text) {
 
 static struct sl_config *load(const char *text, struct sl_buf *err) {
   sl_buf_reset(err);
-  return sl_config_load(write_conf(text), err);
+  return sl_config_load(write_conf(text), sl_plugins, err);
 }
 
 static int has(struct sl_buf *err, const char *needle) {
@@ -183,5 +184,84 @@ TEST(config_delivery_keys_defaults_and_values) {
   CHECK_EQ(f->rate_limit.burst, 2);
   CHECK_EQ(c->outputs[c->dead_letter].breaker.failures, 5);
   sl_config_free(c);
+  sl_buf_close(&err);
+}
+
+/* A plugin the engine does not have, declared the way a new one would be:
+ * a key table without fields in the shared structs. The checker needs
+ * nothing else to check, default and store its keys. */
+static const char *const modes[] = {"at_most_once", "at_least_once", NULL};
+static const struct sl_config_key nats_keys[] = {
+    {.name = "servers", .type = SL_KEY_ADDRESS, .doc = "a server",
+     .flags = SL_KEY_REQUIRED},
+    {.name = "subject", .type = SL_KEY_STRING, .def = "events",
+     .doc = "where to publish"},
+    {.name = "max_inflight", .type = SL_KEY_UINT, .def = "8", .min = 1,
+     .max = 64, .doc = "unacked publishes"},
+    {.name = "max_payload", .type = SL_KEY_BYTES, .def = "1MiB", .min = 1,
+     .max = 64u << 20, .doc = "largest message"},
+    {.name = "echo", .type = SL_KEY_BOOL, .def = "false", .doc = "echo"},
+    {.name = "mode", .type = SL_KEY_ENUM, .def = "at_least_once",
+     .choices = modes, .doc = "delivery"},
+    {.name = "creds", .type = SL_KEY_PATH, .doc = "credentials file"},
+    {NULL}};
+static const struct sl_config_plugin nats = {SL_PLUGIN_OUTPUT, "nats",
+                                             "publishes to NATS", nats_keys};
+
+static struct sl_config *load_with(const char *text,
+                                   const struct sl_config_plugin *const *pl,
+                                   struct sl_buf *err) {
+  sl_buf_reset(err);
+  return sl_config_load(write_conf(text), pl, err);
+}
+
+TEST(config_plugin_table_alone_checks_defaults_and_stores_a_new_plugins_keys) {
+  const struct sl_config_plugin *const list[] = {sl_plugins[0], &nats, NULL};
+  const struct sl_output_config *o;
+  struct sl_buf err;
+  struct sl_config *c;
+  sl_buf_init(&err);
+  c = load_with("return { inputs = {{name='app', type='tcp', listen='127.0.0.1:7400'}},\n"
+                " outputs = {{name='n', type='nats', servers='127.0.0.1:4222',\n"
+                "  max_inflight=16, echo=true, creds='nats.creds'},\n"
+                "  {name='m', type='nats', servers='127.0.0.1:4223', mode='at_most_once',\n"
+                "   max_payload='2MiB', subject='s'}},\n"
+                " dead_letter = 'm' }\n",
+                list, &err);
+  CHECK(c != NULL);
+  o = &c->outputs[0];
+  CHECK_STR(sl_config_value_str(o->values, o->nvalues, "servers"), "127.0.0.1:4222");
+  CHECK_STR(sl_config_value_str(o->values, o->nvalues, "subject"), "events");
+  CHECK_EQ(sl_config_value_num(o->values, o->nvalues, "max_inflight"), 16);
+  CHECK_EQ(sl_config_value_num(o->values, o->nvalues, "max_payload"), 1 << 20);
+  CHECK_EQ(sl_config_value_num(o->values, o->nvalues, "echo"), 1);
+  CHECK_EQ(sl_config_value_num(o->values, o->nvalues, "mode"), 1);
+  CHECK(sl_config_value_str(o->values, o->nvalues, "creds")[0] == '/');
+  CHECK(sl_config_value_str(o->values, o->nvalues, "nosuch") == NULL);
+  o = &c->outputs[1];
+  CHECK_STR(sl_config_value_str(o->values, o->nvalues, "subject"), "s");
+  CHECK_EQ(sl_config_value_num(o->values, o->nvalues, "max_inflight"), 8);
+  CHECK_EQ(sl_config_value_num(o->values, o->nvalues, "max_payload"), 2 << 20);
+  CHECK_EQ(sl_config_value_num(o->values, o->nvalues, "echo"), 0);
+  CHECK_EQ(sl_config_value_num(o->values, o->nvalues, "mode"), 0);
+  CHECK(sl_config_value_str(o->values, o->nvalues, "creds") == NULL);
+  sl_config_free(c);
+
+  CHECK(load_with("return { inputs = {{name='app', type='tcp', listen='127.0.0.1:7400'}},\n"
+                  " outputs = {{name='n', type='nats', max_inflight=65, mode='x',\n"
+                  "  subjct='s', echo='yes'},\n"
+                  "  {name='f', type='file', path='x'}} }\n",
+                  list, &err) == NULL);
+  CHECK(has(&err, "c.lua: outputs[1]: unknown key 'subjct' (expected one of: name, "
+                  "type, servers, subject, max_inflight, max_payload, echo, mode, "
+                  "creds, queue,"));
+  CHECK(has(&err, "for type nats)\n"));
+  CHECK(has(&err, "c.lua: outputs[1].servers: expected string, got nil (a nats "
+                  "output needs servers)"));
+  CHECK(has(&err, "c.lua: outputs[1].max_inflight: expected a whole number from 1 to 64, got 65"));
+  CHECK(has(&err, "c.lua: outputs[1].mode: expected \"at_most_once\" or \"at_least_once\", got \"x\""));
+  CHECK(has(&err, "c.lua: outputs[1].echo: expected boolean, got string"));
+  /* file is not in this registry: the checker knows only what it is given */
+  CHECK(has(&err, "c.lua: outputs[2].type: unknown output type \"file\" (expected nats)"));
   sl_buf_close(&err);
 }

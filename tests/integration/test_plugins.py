@@ -1,0 +1,125 @@
+"""`sluice plugins` and the registry behind it: every plugin is listed with
+its keys, and the config checker takes the same tables (a key a plugin
+lists is accepted for that type; any other is refused naming the type)."""
+import re
+
+from conftest import lua, run_sluice
+
+HEADER = re.compile(r"^(input|output) ([a-z]+): \S.*$")
+KEY = re.compile(r"^  ([a-z_.]+) +(\S.*?) {2,}(\S+) +(\S.*)$")
+
+# a key each plugin must list (kind, type) -> key
+KNOWN = {
+    ("input", "tcp"): "listen", ("input", "unix"): "listen",
+    ("input", "http"): "max_body_bytes", ("output", "stdout"): "format",
+    ("output", "file"): "fsync", ("output", "tcp"): "address",
+    ("output", "unix"): "ack",
+}
+
+
+def listing():
+    r = run_sluice("plugins")
+    assert r.returncode == 0, r.stderr
+    plugins, cur = {}, None
+    for line in r.stdout.splitlines():
+        m = HEADER.match(line)
+        if m:
+            cur = plugins.setdefault((m.group(1), m.group(2)), {})
+            continue
+        m = KEY.match(line)
+        if m:
+            assert cur is not None, line
+            cur[m.group(1)] = (m.group(2), m.group(3), m.group(4))
+    return plugins, r.stdout
+
+
+def test_plugins_lists_every_type_with_its_keys_types_defaults_and_docs():
+    plugins, out = listing()
+    assert set(plugins) == set(KNOWN) | {("output", "null")}, out
+    for (kind, typ), key in KNOWN.items():
+        assert key in plugins[(kind, typ)], (kind, typ, out)
+    assert plugins[("output", "null")] == {}
+    assert plugins[("output", "file")]["fsync"] == (
+        "choice always|never", "never",
+        '"always": fdatasync each batch before it counts as delivered')
+    assert plugins[("output", "tcp")]["address"][:2] == ("host:port", "required")
+    assert plugins[("input", "http")]["max_body_bytes"][:2] == (
+        "size 1..1073741824", "8MiB")
+    assert plugins[("input", "tcp")]["idle_timeout_ms"][1] == "0"
+    assert plugins[("input", "http")]["idle_timeout_ms"][1] == "60000"
+    assert re.search(r"^every output takes: name, type, queue, retry, .*$",
+                     out, re.M), out
+
+
+def base_config(tmp_path):
+    return {"inputs": [{"name": "in", "type": "tcp", "listen": "127.0.0.1:7490"}],
+            "outputs": [{"name": "f", "type": "file",
+                         "path": str(tmp_path / "o.ndjson")}]}
+
+
+def check(tmp_path, cfg):
+    p = tmp_path / "c.lua"
+    p.write_text("return " + lua(cfg) + "\n")
+    r = run_sluice("check", "-c", p)
+    return r.returncode, [line[len(str(p)) + 2:] for line in r.stderr.splitlines()
+                          if line.startswith("%s: " % p)]
+
+
+def test_checker_refuses_an_unknown_key_naming_the_plugin_type_and_its_keys(tmp_path):
+    plugins, _ = listing()
+    for (kind, typ), keys in sorted(plugins.items()):
+        cfg = base_config(tmp_path)
+        item = {"name": "x", "type": typ, "nosuchkey": 1}
+        for k, (_, default, _) in keys.items():
+            if default == "required":
+                item[k] = {"listen": "127.0.0.1:7491", "address": "127.0.0.1:7492",
+                           "path": str(tmp_path / ("p-" + typ))}[k]
+        cfg[kind + "s"].append(item)
+        rc, lines = check(tmp_path, cfg)
+        assert rc == 1, (typ, lines)
+        assert len(lines) == 1, (typ, lines)
+        m = re.fullmatch(r"%ss\[2\]: unknown key 'nosuchkey' \(expected one of: "
+                         r"name, type, (.*) for type %s\)" % (kind, typ), lines[0])
+        assert m, lines
+        # the hint lists the plugin's own keys, as `sluice plugins` does
+        listed = [k for k in keys if "." not in k]
+        assert m.group(1).split(", ")[:len(listed)] == listed, (typ, m.group(1))
+
+
+def test_checker_refuses_a_key_only_other_types_take_naming_them(tmp_path):
+    cfg = base_config(tmp_path)
+    cfg["outputs"][0]["ack"] = True
+    cfg["outputs"].append({"name": "t", "type": "tcp", "address": "127.0.0.1:7493",
+                           "format": "msgpack"})
+    rc, lines = check(tmp_path, cfg)
+    assert rc == 1
+    assert lines == ["outputs[1].ack: only tcp and unix outputs take ack",
+                     "outputs[2].format: only stdout and file outputs take format"]
+
+
+def test_checker_names_every_registered_type_for_an_unknown_one(tmp_path):
+    plugins, _ = listing()
+    cfg = base_config(tmp_path)
+    cfg["outputs"].append({"name": "n", "type": "nats"})
+    cfg["inputs"].append({"name": "k", "type": "kafka"})
+    rc, lines = check(tmp_path, cfg)
+    assert rc == 1
+    outs = [t for (k, t) in plugins if k == "output"]
+    ins = [t for (k, t) in plugins if k == "input"]
+    assert lines == [
+        'inputs[2].type: unknown input type "kafka" (expected %s or %s)'
+        % (", ".join(ins[:-1]), ins[-1]),
+        'outputs[2].type: unknown output type "nats" (expected %s or %s)'
+        % (", ".join(outs[:-1]), outs[-1])]
+
+
+def test_checker_still_accepts_keys_of_other_types_that_configs_always_set(tmp_path):
+    # before each plugin had its own table these were silently ignored;
+    # a config that worked keeps working
+    cfg = base_config(tmp_path)
+    cfg["inputs"][0]["topic"] = "t"
+    cfg["outputs"][0].update({"address": "127.0.0.1:1", "ack": False})
+    cfg["outputs"].append({"name": "t", "type": "tcp", "address": "127.0.0.1:7494",
+                           "fsync": "never", "path": "p"})
+    rc, lines = check(tmp_path, cfg)
+    assert (rc, lines) == (0, [])
