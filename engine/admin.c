@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "codec.h"
 #include "http.h"
 #include "metrics.h"
 #include "router.h"
@@ -158,15 +159,15 @@ static int render(struct sl_admin *a, struct sl_buf *b,
                      outcome >= 0 && outcome < 4 ? outcome_names[outcome]
                                                  : "unknown");
   if (rc == 0)
-    rc = sl_http_json_str(b, v.id.p, v.id.len);
+    rc = sl_codec_json_str(b, v.id.p, v.id.len);
   if (rc == 0)
     rc = sl_buf_append(b, ",\"topic\":", 9);
   if (rc == 0)
-    rc = sl_http_json_str(b, v.topic.p, v.topic.len);
+    rc = sl_codec_json_str(b, v.topic.p, v.topic.len);
   if (rc == 0 && v.key.p) {
     rc = sl_buf_append(b, ",\"key\":", 7);
     if (rc == 0)
-      rc = sl_http_json_str(b, v.key.p, v.key.len);
+      rc = sl_codec_json_str(b, v.key.p, v.key.len);
   }
   if (rc == 0 && v.has_time)
     rc = sl_buf_printf(b, ",\"time\":%lld", (long long)v.time);
@@ -412,7 +413,7 @@ static void readyz(struct sl_admin *a, struct sl_http_request *r) {
     snprintf(msg_, sizeof(msg_), __VA_ARGS__);                \
     if (nreasons++)                                           \
       sl_buf_putc(&reasons, ',');                             \
-    sl_http_json_str(&reasons, msg_, strlen(msg_));           \
+    sl_codec_json_str(&reasons, msg_, strlen(msg_));          \
   } while (0)
   if (w->stopping)
     REASON("stopping: inputs no longer accept events");
@@ -428,7 +429,7 @@ static void readyz(struct sl_admin *a, struct sl_http_request *r) {
     int ok = !o->stopped && (o->ops->cb_healthy == NULL || o->ops->cb_healthy(o));
     if (i)
       sl_buf_putc(&b, ',');
-    sl_http_json_str(&b, o->cfg->name, strlen(o->cfg->name));
+    sl_codec_json_str(&b, o->cfg->name, strlen(o->cfg->name));
     sl_buf_printf(&b, ":\"%s\"", ok ? "ok" : "failing");
     /* the dead letter is a side channel: it alone does not make us ready */
     if (i == cfg->dead_letter && w->noutputs > 1)

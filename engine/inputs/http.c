@@ -22,6 +22,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "codec.h"
 #include "http.h"
 #include "json.h"
 #include "worker.h"
@@ -284,7 +285,7 @@ static void refuse(struct batch *b, const char *msg, size_t index,
   in->stats.bad_input++;
   sl_buf_init(&out);
   sl_buf_append(&out, "{\"error\":", 9);
-  sl_http_json_str(&out, msg, strlen(msg));
+  sl_codec_json_str(&out, msg, strlen(msg));
   sl_buf_printf(&out, ",\"index\":%zu,\"%s\":%zu}", index, where, at);
   sl_http_respond(b->r, 400, "application/json", out.data, out.len);
   sl_buf_close(&out);
