@@ -1,10 +1,16 @@
 /* json.h - JSON text to msgpack, streaming (yajl's SAX parser), no DOM.
  * One value (sl_json_to_msgpack) or a batch of items: NDJSON lines, the
  * elements of an array (sl_json_items_to_msgpack).
- * Integers stay integers (int64/uint64), other numbers become float64;
- * the markers that sl_codec_to_json writes ({"$bin":"<base64>"},
- * {"$float":"nan"}) turn back into their msgpack types, so NDJSON written by
- * sluice reads back exactly. No state between calls. */
+ * The reader is RFC 8259 strict (form feed and vertical tab are not white
+ * space). A number of any length is read: an integer stays exact as int64
+ * or uint64 and is refused beyond them, any other number becomes the
+ * nearest float64 and is refused beyond its range; each refusal names the
+ * reason. Every marker sl_codec_to_json writes ({"$bin":..}, {"$float":..},
+ * {"$float32":..}, {"$ext":[t,..]}, {"$map":[[k,v],..]}) turns back into its
+ * msgpack type, and containers get their smallest header, so msgpack in its
+ * smallest encoding survives msgpack -> JSON -> msgpack byte for byte
+ * (except invalid UTF-8 in a str, which JSON carries as U+FFFD, and NaN
+ * payloads). No state between calls. */
 #ifndef SL_JSON_H
 #define SL_JSON_H
 
