@@ -66,21 +66,8 @@ static double rnd(struct sl_admin *a) {
  * NULL/0 for any other type. */
 static struct sl_str key_str(const uint8_t *p, size_t n) {
   struct sl_str s = {NULL, 0};
-  size_t h;
-  if ((p[0] & 0xe0) == 0xa0)
-    h = 1;
-  else if (p[0] == 0xd9 || p[0] == 0xc4)
-    h = 2;
-  else if (p[0] == 0xda || p[0] == 0xc5)
-    h = 3;
-  else if (p[0] == 0xdb || p[0] == 0xc6)
-    h = 5;
-  else
-    return s;
-  if (n >= h) {
-    s.p = (const char *)p + h;
-    s.len = (uint32_t)(n - h);
-  }
+  if (sl_codec_read_strbin(p, n, &s, NULL) != 0)
+    s.p = NULL, s.len = 0;
   return s;
 }
 
@@ -172,9 +159,13 @@ static int render(struct sl_admin *a, struct sl_buf *b,
   if (rc == 0 && v.has_time)
     rc = sl_buf_printf(b, ",\"time\":%lld", (long long)v.time);
   if (rc == 0 && v.headers) {
+    uint32_t count;
+    size_t hdr;
     p = v.headers;
     end = p + v.headers_len;
-    p += (p[0] & 0xf0) == 0x80 ? 1 : p[0] == 0xde ? 3 : 5;
+    if (sl_codec_read_map(p, v.headers_len, &count, &hdr) != 0)
+      return SL_EPROTO;
+    p += hdr;
     rc = sl_buf_append(b, ",\"headers\":{", 12);
     for (i = 0; i < v.headers_count && rc == 0; i++) {
       size_t kused, vused;

@@ -1523,3 +1523,22 @@ int sl_codec_read_number(const uint8_t *p, size_t len, double *v,
   *used = pos;
   return 0;
 }
+
+int sl_codec_read_strbin(const uint8_t *p, size_t len, struct sl_str *s,
+                         size_t *used) {
+  size_t h, n;
+  if (len >= 1 && p[0] >= 0xc4 && p[0] <= 0xc6) {
+    h = p[0] == 0xc4 ? 2 : p[0] == 0xc5 ? 3 : 5;
+    if (len < h)
+      return SL_EPROTO;
+    n = h == 2 ? p[1] : h == 3 ? be16(p + 1) : be32(p + 1);
+    if (n > len - h)
+      return SL_EPROTO;
+    s->p = (const char *)p + h;
+    s->len = (uint32_t)n;
+    if (used)
+      *used = h + n;
+    return 0;
+  }
+  return sl_codec_read_str(p, len, s, used);
+}

@@ -91,6 +91,10 @@ int sl_codec_json_str(struct sl_buf *out, const void *s, size_t n);
 int sl_codec_read_str(const uint8_t *p, size_t len, struct sl_str *s,
                       size_t *used);
 
+/* The same for a str or a bin. */
+int sl_codec_read_strbin(const uint8_t *p, size_t len, struct sl_str *s,
+                         size_t *used);
+
 /* Read the header of the msgpack map at p: its pair count and the header's
  * size. Returns 0, or SL_EPROTO when p does not start a map. */
 int sl_codec_read_map(const uint8_t *p, size_t len, uint32_t *count,

@@ -1436,8 +1436,8 @@ static int l_log(lua_State *L) {
       lua_settop(L, 3);
       sl_luacodec_encode_max(L, 3, &r->buf1, check_cpu, LOG_FIELDS_MAX,
                              "sluice.log: fields");
-      if (r->buf1.len && (r->buf1.data[0] & 0xf0) != 0x80 &&
-          r->buf1.data[0] != 0xde && r->buf1.data[0] != 0xdf)
+      if (r->buf1.len && sl_codec_read_map(r->buf1.data, r->buf1.len,
+                                           &(uint32_t){0}, &(size_t){0}) != 0)
         return luaL_error(L, "sluice.log: fields must be a map");
     } else {
       sl_buf_putc(&r->buf1, 0x80);
