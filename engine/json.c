@@ -435,48 +435,170 @@ static size_t not_space(const char *p, size_t n) {
 
 #define NOT_SPACE_MSG "form feed or vertical tab outside a string"
 
+/* ---- surrogates -----------------------------------------------------------
+ * yajl decodes a \uD800-\uDFFF escape that is not half of a pair into "?"
+ * and drops the character after it, or into bytes that are not UTF-8.
+ * Before yajl sees the text, such escapes are rewritten: a pair into the
+ * UTF-8 of its code point, a lone half into U+FFFD, both as raw bytes
+ * (valid inside a JSON string). Only a text with such an escape is copied;
+ * byte offsets in errors after one then count the rewritten text. */
+
+static long hex4(const char *p) {
+  long v = 0;
+  int i, c;
+  for (i = 0; i < 4; i++) {
+    c = (unsigned char)p[i];
+    if (c >= '0' && c <= '9') c -= '0';
+    else if (c >= 'a' && c <= 'f') c -= 'a' - 10;
+    else if (c >= 'A' && c <= 'F') c -= 'A' - 10;
+    else return -1;
+    v = v << 4 | c;
+  }
+  return v;
+}
+
+/* The surrogate escape at p[i] ("\uXXXX", in range), or -1. */
+static long surrogate_at(const char *p, size_t n, size_t i) {
+  long v;
+  if (n - i < 6 || p[i] != '\\' || p[i + 1] != 'u')
+    return -1;
+  v = hex4(p + i + 2);
+  return v >= 0xd800 && v <= 0xdfff ? v : -1;
+}
+
+/* Sets *copy (to free) when p has a surrogate escape; 0 or SL_ENOMEM. */
+static int unsurrogate(const char *p, size_t n, char **copy, size_t *cn) {
+  const char *q;
+  size_t i = 0, from = 0, o = 0, at;
+  long hi, lo, cp;
+  char *d = NULL;
+
+  *copy = NULL;
+  while ((q = memchr(p + i, '\\', n - i)) != NULL) {
+    at = (size_t)(q - p);
+    if ((hi = surrogate_at(p, n, at)) < 0) {
+      i = at + 2 > n ? n : at + 2; /* an escape pair: its 2nd byte is taken */
+      continue;
+    }
+    if (d == NULL && (d = malloc(n)) == NULL) /* 6 bytes become <= 4 */
+      return SL_ENOMEM;
+    memcpy(d + o, p + from, at - from);
+    o += at - from;
+    lo = hi <= 0xdbff ? surrogate_at(p, n, at + 6) : -1;
+    if (lo >= 0xdc00) {
+      cp = 0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00);
+      d[o++] = (char)(0xf0 | (cp >> 18));
+      d[o++] = (char)(0x80 | ((cp >> 12) & 0x3f));
+      d[o++] = (char)(0x80 | ((cp >> 6) & 0x3f));
+      d[o++] = (char)(0x80 | (cp & 0x3f));
+      i = from = at + 12;
+    } else {
+      memcpy(d + o, "\xef\xbf\xbd", 3);
+      o += 3;
+      i = from = at + 6;
+    }
+  }
+  if (d != NULL) {
+    memcpy(d + o, p + from, n - from);
+    *copy = d;
+    *cn = o + n - from;
+  }
+  return 0;
+}
+
+/* ---- one value, in steps -------------------------------------------------- */
+
+struct sl_json_reader {
+  struct ctx c;
+  yajl_handle h;
+  char *copy; /* the text with its surrogate escapes rewritten */
+};
+
+struct sl_json_reader *sl_json_reader_new(void) {
+  struct sl_json_reader *r = calloc(1, sizeof(*r));
+  if (r == NULL)
+    return NULL;
+  r->h = yajl_alloc(&callbacks, NULL, &r->c);
+  if (r->h == NULL) {
+    free(r);
+    return NULL;
+  }
+  return r;
+}
+
+void sl_json_reader_free(struct sl_json_reader *r) {
+  if (r == NULL)
+    return;
+  yajl_free(r->h);
+  free(r->copy);
+  free(r);
+}
+
+/* yajl's message, first line only. */
+static void yajl_message(struct sl_json_reader *r, char *msg, size_t n) {
+  unsigned char *e = yajl_get_error(r->h, 0, NULL, 0);
+  char *nl;
+  snprintf(msg, n, "%s", e ? (const char *)e : "parse error");
+  if (e)
+    yajl_free_error(r->h, e);
+  if ((nl = strchr(msg, '\n')) != NULL)
+    *nl = '\0';
+}
+
+int sl_json_reader_run(struct sl_json_reader *r, const char *p, size_t n,
+                       struct sl_buf *out, void (*step)(void *), void *data,
+                       struct sl_json_error *err) {
+  size_t start = out->len, pos = 0, seg, bad;
+  yajl_status st = yajl_status_ok;
+  int rc;
+
+  memset(err, 0, sizeof(*err));
+  r->c.out = out;
+  if ((rc = unsurrogate(p, n, &r->copy, &n)) != 0)
+    return rc;
+  if (r->copy)
+    p = r->copy;
+  while (pos < n) {
+    seg = n - pos < SL_JSON_STEP ? n - pos : SL_JSON_STEP;
+    bad = not_space(p + pos, seg);
+    st = yajl_parse(r->h, (const unsigned char *)p + pos, bad);
+    if (st != yajl_status_ok)
+      break;
+    if (bad < seg) {
+      err->offset = pos + bad;
+      snprintf(err->msg, sizeof(err->msg), NOT_SPACE_MSG);
+      goto fail;
+    }
+    pos += seg;
+    if (step && pos < n)
+      step(data); /* may not return; sl_json_reader_free cleans up */
+  }
+  if (st == yajl_status_ok)
+    st = yajl_complete_parse(r->h);
+  if (st == yajl_status_ok)
+    return 0;
+  err->offset = pos + yajl_get_bytes_consumed(r->h);
+  if (r->c.why[0])
+    snprintf(err->msg, sizeof(err->msg), "%s", r->c.why);
+  else
+    yajl_message(r, err->msg, sizeof(err->msg));
+fail:
+  out->len = start;
+  return strcmp(err->msg, "out of memory") == 0 ? SL_ENOMEM : SL_EPROTO;
+}
+
 int sl_json_to_msgpack(const char *p, size_t n, struct sl_buf *out, char *err,
                        size_t errlen) {
-  struct ctx *c = calloc(1, sizeof(*c));
-  size_t start = out->len, bad;
-  yajl_handle h;
-  yajl_status st;
-  int rc = 0;
+  struct sl_json_reader *r = sl_json_reader_new();
+  struct sl_json_error e;
+  int rc;
 
-  if (c == NULL)
+  if (r == NULL)
     return SL_ENOMEM;
-  c->out = out;
-  h = yajl_alloc(&callbacks, NULL, c);
-  if (h == NULL) {
-    free(c);
-    return SL_ENOMEM;
-  }
-  bad = not_space(p, n);
-  st = yajl_parse(h, (const unsigned char *)p, bad);
-  if (st == yajl_status_ok && bad < n) {
-    snprintf(err, errlen, "byte %zu: " NOT_SPACE_MSG, bad);
-    out->len = start;
-    rc = SL_EPROTO;
-  } else if (st == yajl_status_ok) {
-    st = yajl_complete_parse(h);
-  }
-  if (rc == 0 && st != yajl_status_ok) {
-    size_t at = yajl_get_bytes_consumed(h);
-    if (c->why[0]) {
-      snprintf(err, errlen, "byte %zu: %s", at, c->why);
-    } else {
-      unsigned char *e = yajl_get_error(h, 0, (const unsigned char *)p, n);
-      char *nl;
-      snprintf(err, errlen, "byte %zu: %s", at, (const char *)e);
-      if ((nl = strchr(err, '\n')) != NULL)
-        *nl = '\0';
-      yajl_free_error(h, e);
-    }
-    out->len = start;
-    rc = SL_EPROTO;
-  }
-  yajl_free(h);
-  free(c);
+  rc = sl_json_reader_run(r, p, n, out, NULL, NULL, &e);
+  if (rc == SL_EPROTO)
+    snprintf(err, errlen, "byte %zu: %s", e.offset, e.msg);
+  sl_json_reader_free(r);
   return rc;
 }
 
@@ -512,6 +634,7 @@ int sl_json_items_to_msgpack(const char *p, size_t n, int flags,
                              void *data, struct sl_json_error *err) {
   struct ctx *c = calloc(1, sizeof(*c));
   size_t start = out->len, pos = 0, seg, bad;
+  char *copy = NULL;
   const char *nl;
   yajl_handle h;
   yajl_status st = yajl_status_ok;
@@ -520,6 +643,12 @@ int sl_json_items_to_msgpack(const char *p, size_t n, int flags,
   memset(err, 0, sizeof(*err));
   if (c == NULL)
     return SL_ENOMEM;
+  if (unsurrogate(p, n, &copy, &n) != 0) {
+    free(c);
+    return SL_ENOMEM;
+  }
+  if (copy)
+    p = copy;
   c->out = out;
   c->cb = cb;
   c->cb_data = data;
@@ -528,6 +657,7 @@ int sl_json_items_to_msgpack(const char *p, size_t n, int flags,
   c->line = 1;
   h = yajl_alloc(&callbacks, NULL, c);
   if (h == NULL) {
+    free(copy);
     free(c);
     return SL_ENOMEM;
   }
@@ -584,6 +714,7 @@ int sl_json_items_to_msgpack(const char *p, size_t n, int flags,
   if (rc != 0)
     out->len = start;
   yajl_free(h);
+  free(copy);
   free(c);
   return rc;
 }

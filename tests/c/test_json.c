@@ -485,3 +485,35 @@ TEST(json_nesting_limit_counts_msgpack_levels) {
   CHECK(strstr(err, "nesting deeper than 64") != NULL);
   sl_buf_close(&out);
 }
+
+/* yajl alone turns a lone surrogate into "?" and drops the next character,
+ * or into bytes that are not UTF-8. */
+TEST(json_surrogate_escapes_give_utf8_and_lone_halves_u_fffd) {
+  static const struct {
+    const char *json, *want;
+  } cases[] = {
+      {"\"\\ud83d\\ude00\"", "\xf0\x9f\x98\x80"},
+      {"\"\\uD83D\\uDE00!\"", "\xf0\x9f\x98\x80!"},
+      {"\"\\ud800abc\"", "\xef\xbf\xbd" "abc"},
+      {"\"x\\udc00y\"", "x\xef\xbf\xbdy"},
+      {"\"\\ud800\\u0041\"", "\xef\xbf\xbd" "A"},
+      {"\"\\ud800\\ud800\\udc00\"", "\xef\xbf\xbd\xf0\x90\x80\x80"},
+      {"\"\\\\ud800\"", "\\ud800"}, /* an escaped backslash: plain text */
+      {"\"\\u00e9\"", "\xc3\xa9"},
+  };
+  struct sl_buf out;
+  struct sl_str s;
+  char err[160];
+  size_t i;
+  sl_buf_init(&out);
+  for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    CHECK_EQ(one(cases[i].json, &out, err, sizeof err), 0);
+    CHECK_EQ(sl_codec_read_str(out.data, out.len, &s, NULL), 0);
+    CHECK_EQ(s.len, strlen(cases[i].want));
+    CHECK(memcmp(s.p, cases[i].want, s.len) == 0);
+  }
+  /* as map keys and in NDJSON batches too */
+  CHECK_EQ(one("{\"\\ud800\":1}", &out, err, sizeof err), 0);
+  CHECK(out.len == 6 && memcmp(out.data + 1, "\xa3\xef\xbf\xbd", 4) == 0);
+  sl_buf_close(&out);
+}
