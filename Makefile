@@ -72,7 +72,7 @@ $(BUILD)/sluice_pattern_test.so: tests/lua/sluice_pattern_test.c engine/pattern.
 CORE_SRC := engine/testing.c engine/sandbox.c engine/luacodec.c \
             engine/codec.c engine/event.c engine/buf.c $(wildcard engine/pattern.c)
 CORE_SRC += engine/router.c
-CORE_SRC += engine/ratelimit.c
+CORE_SRC += engine/ratelimit.c engine/json.c
 ifeq ($(strip $(SAN)),)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
 else

@@ -50,8 +50,8 @@ static int b64val(int c) {
   if (c >= 'A' && c <= 'Z') return c - 'A';
   if (c >= 'a' && c <= 'z') return c - 'a' + 26;
   if (c >= '0' && c <= '9') return c - '0' + 52;
-  if (c == '+') return 62;
-  if (c == '/') return 63;
+  if (c == '+' || c == '-') return 62; /* and base64url */
+  if (c == '/' || c == '_') return 63;
   return -1;
 }
 
@@ -573,11 +573,14 @@ int sl_json_reader_run(struct sl_json_reader *r, const char *p, size_t n,
     if (step && pos < n)
       step(data); /* may not return; sl_json_reader_free cleans up */
   }
-  if (st == yajl_status_ok)
+  if (st == yajl_status_ok) {
     st = yajl_complete_parse(r->h);
-  if (st == yajl_status_ok)
-    return 0;
-  err->offset = pos + yajl_get_bytes_consumed(r->h);
+    if (st == yajl_status_ok)
+      return 0;
+    err->offset = n; /* the text ended too soon */
+  } else {
+    err->offset = pos + yajl_get_bytes_consumed(r->h);
+  }
   if (r->c.why[0])
     snprintf(err->msg, sizeof(err->msg), "%s", r->c.why);
   else
