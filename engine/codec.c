@@ -1022,6 +1022,21 @@ static size_t utf8_seq(const uint8_t *s, size_t n, size_t *bad) {
   return need + 1;
 }
 
+size_t sl_codec_utf8_valid(const void *str, size_t n) {
+  const uint8_t *s = str;
+  size_t i = 0, seq, bad;
+  while (i < n) {
+    if (s[i] < 0x80) {
+      i++;
+      continue;
+    }
+    if ((seq = utf8_seq(s + i, n - i, &bad)) == 0)
+      return i;
+    i += seq;
+  }
+  return n;
+}
+
 int sl_codec_json_str(struct sl_buf *out, const void *str, size_t n) {
   const uint8_t *s = str;
   static const char hex[] = "0123456789abcdef";

@@ -140,7 +140,7 @@ static int unmark_one(const uint8_t *p, size_t len, size_t k, size_t *pos,
       return 1;
     at = v + used;
     if (sl_codec_read_number(p + at, len - at, &t, &used) != 0 ||
-        t != (double)(int)t || t < -128 || t > 127)
+        !(t >= -128 && t <= 127) || t != (double)(int)t)
       return 1;
     at += used;
     if (sl_codec_read_str(p + at, len - at, &str, &used) != 0)
@@ -337,8 +337,19 @@ static int on_number(void *p, const char *s, size_t n) {
   return rc;
 }
 
+/* yajl's own check lets overlong forms and surrogates through: strings
+ * are checked here instead (yajl_dont_validate_strings), strictly. */
+static int utf8_ok(struct ctx *c, const unsigned char *s, size_t n) {
+  if (sl_codec_utf8_valid(s, n) == n)
+    return 1;
+  snprintf(c->why, sizeof(c->why), "invalid UTF-8 in a string");
+  return 0;
+}
+
 static int on_string(void *p, const unsigned char *s, size_t n) {
   struct ctx *c = p;
+  if (!utf8_ok(c, s, n))
+    return 0;
   begin_value(c);
   return sl_codec_put_str(c->out, (const char *)s, n) == 0 && end_value(c);
 }
@@ -375,6 +386,8 @@ static int on_start_array(void *p) { return open_container(p, 0); }
 static int on_map_key(void *p, const unsigned char *s, size_t n) {
   struct ctx *c = p;
   struct frame *f = &c->stack[c->depth - 1];
+  if (!utf8_ok(c, s, n))
+    return 0;
   if (f->count == 0 && n > 0 && s[0] == '$' &&
       sl_codec_json_marker((const char *)s, n))
     c->marked = 1;
@@ -523,6 +536,7 @@ struct sl_json_reader *sl_json_reader_new(void) {
     free(r);
     return NULL;
   }
+  yajl_config(r->h, yajl_dont_validate_strings, 1);
   return r;
 }
 
@@ -664,6 +678,7 @@ int sl_json_items_to_msgpack(const char *p, size_t n, int flags,
     free(c);
     return SL_ENOMEM;
   }
+  yajl_config(h, yajl_dont_validate_strings, 1);
   if (flags & SL_JSON_MANY)
     yajl_config(h, yajl_allow_multiple_values, 1);
   /* one line per call, so every callback knows its line */

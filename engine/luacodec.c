@@ -1364,7 +1364,7 @@ static const char *json_words(const char *msg) {
       {"I expect ',' or '}'", "expected ',' or '}'"},
       {"separated by a colon", "expected ':'"},
       {"invalid object key", "expected a string key"},
-      {"invalid bytes in UTF8", "invalid UTF-8 in string"},
+      {"invalid UTF-8 in a string", "invalid UTF-8 in string"},
       {"invalid character inside string", "control character in string"},
       {"malformed number", "bad number"},
       {"unallowed token", "unexpected character"},

@@ -517,3 +517,22 @@ TEST(json_surrogate_escapes_give_utf8_and_lone_halves_u_fffd) {
   CHECK(out.len == 6 && memcmp(out.data + 1, "\xa3\xef\xbf\xbd", 4) == 0);
   sl_buf_close(&out);
 }
+
+/* yajl's own UTF-8 check passes overlong forms, encoded surrogates and
+ * code points past U+10FFFF; RFC 8259 text is UTF-8, so they are refused. */
+TEST(json_strings_and_keys_must_be_well_formed_utf8) {
+  static const char *bad[] = {"\"\xc1\x84\"", "\"\xe0\x80\xaf\"",
+                              "\"\xed\xa0\x80\"", "\"\xf4\x90\x80\x80\"",
+                              "\"\xff\"", "{\"\xc0\xaf\":1}", "[\"a\xe2\x82\"]"};
+  struct sl_buf out;
+  char err[160];
+  size_t i;
+  sl_buf_init(&out);
+  for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    CHECK_EQ(one(bad[i], &out, err, sizeof err), SL_EPROTO);
+    CHECK(strstr(err, "invalid UTF-8 in a string") != NULL);
+    CHECK_EQ(out.len, 0);
+  }
+  CHECK_EQ(one("\"\xf4\x8f\xbf\xbf \xc3\xa9\"", &out, err, sizeof err), 0);
+  sl_buf_close(&out);
+}
