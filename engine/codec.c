@@ -1557,3 +1557,21 @@ int sl_codec_read_strbin(const uint8_t *p, size_t len, struct sl_str *s,
   }
   return sl_codec_read_str(p, len, s, used);
 }
+
+int sl_codec_read_uint(const uint8_t *p, size_t len, uint64_t *v,
+                       size_t *used) {
+  size_t w;
+  if (len >= 1 && p[0] <= 0x7f) {
+    *v = p[0];
+    *used = 1;
+    return 0;
+  }
+  if (len < 1 || p[0] < 0xcc || p[0] > 0xcf)
+    return SL_EPROTO;
+  w = (size_t)1 << (p[0] - 0xcc); /* 1, 2, 4, 8 bytes */
+  if (len < 1 + w)
+    return SL_EPROTO;
+  *v = w == 1 ? p[1] : w == 2 ? be16(p + 1) : w == 4 ? be32(p + 1) : be64(p + 1);
+  *used = 1 + w;
+  return 0;
+}

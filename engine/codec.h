@@ -104,6 +104,11 @@ int sl_codec_read_strbin(const uint8_t *p, size_t len, struct sl_str *s,
  * size. Returns 0, or SL_EPROTO when p does not start a map. */
 int sl_codec_read_map(const uint8_t *p, size_t len, uint32_t *count,
                       size_t *used);
+/* Read the msgpack unsigned integer at p (positive fixint, uint 8..64).
+ * Returns 0, or SL_EPROTO for any other type or a short buffer. */
+int sl_codec_read_uint(const uint8_t *p, size_t len, uint64_t *v,
+                       size_t *used);
+
 /* Read any msgpack int or float at p as a double. Returns 0, or SL_EPROTO
  * when p does not start a complete number. */
 int sl_codec_read_number(const uint8_t *p, size_t len, double *v,

@@ -242,22 +242,11 @@ static int read_acks(struct replay *r) {
   while (pos < r->in.len) {
     const uint8_t *p = r->in.data + pos;
     uint64_t count = 0;
-    size_t i, width;
     int rc = sl_codec_skip(p, r->in.len - pos, 16, &used, NULL);
     if (rc == SL_EAGAIN)
       break;
-    if (rc != 0)
+    if (rc != 0 || sl_codec_read_uint(p, used, &count, &used) != 0)
       return SL_EPROTO;
-    if (p[0] <= 0x7f) {
-      count = p[0];
-    } else {
-      width = p[0] == 0xcc ? 1 : p[0] == 0xcd ? 2 : p[0] == 0xce ? 4
-              : p[0] == 0xcf ? 8 : 0;
-      if (width == 0 || used != width + 1)
-        return SL_EPROTO;
-      for (i = 1; i <= width; i++)
-        count = count << 8 | p[i];
-    }
     if (count < r->acked || count > r->total)
       return SL_EPROTO;
     r->acked = count;

@@ -864,6 +864,23 @@ TEST(read_headers_take_every_width_and_refuse_the_rest) {
   CHECK_EQ(sl_codec_read_array(b, n, &count, &used), SL_EPROTO);
   CHECK_EQ(sl_codec_read_map(b, n, &count, &used), 0);
 
+  {
+    uint64_t u;
+    n = unhex("7f", b);
+    CHECK_EQ(sl_codec_read_uint(b, n, &u, &used), 0);
+    CHECK(u == 127 && used == 1);
+    n = unhex("cd 01 02", b);
+    CHECK_EQ(sl_codec_read_uint(b, n, &u, &used), 0);
+    CHECK(u == 258 && used == 3);
+    n = unhex("cf 80 00 00 00 00 00 00 01", b);
+    CHECK_EQ(sl_codec_read_uint(b, n, &u, &used), 0);
+    CHECK(u == 0x8000000000000001ull && used == 9);
+    CHECK_EQ(sl_codec_read_uint(b, n - 1, &u, &used), SL_EPROTO);
+    n = unhex("ff", b); /* -1: not an unsigned encoding */
+    CHECK_EQ(sl_codec_read_uint(b, n, &u, &used), SL_EPROTO);
+    n = unhex("d0 01", b);
+    CHECK_EQ(sl_codec_read_uint(b, n, &u, &used), SL_EPROTO);
+  }
   n = unhex("ca 3f c0 00 00", b);
   CHECK_EQ(sl_codec_read_number(b, n, &d, &used), 0);
   CHECK(d == 1.5 && used == 5);
