@@ -1,7 +1,7 @@
 -- tests/bench/json_decode.lua - how long json.decode takes for a typical
 -- 1 KB object (the path rules' sluice.json.decode takes). Prints timings,
--- asserts nothing. Run: luajit tests/bench/json_decode.lua (after make all)
-package.cpath = "build/?.so;" .. package.cpath
+-- asserts nothing. Part of `make bench`; alone: luajit tests/bench/json_decode.lua
+package.cpath = (os.getenv("BUILD") or "build") .. "/?.so;" .. package.cpath
 local core = require("sluice_core")
 
 local parts = {}
