@@ -439,11 +439,12 @@ static const yajl_callbacks callbacks = {
  * not, and inside a string they must be escaped. Returns the offset of the
  * first such byte in p[0..n), or n. */
 static size_t not_space(const char *p, size_t n) {
-  size_t i;
-  for (i = 0; i < n; i++)
-    if (sl_unlikely(p[i] == '\f' || p[i] == '\v'))
-      return i;
-  return n;
+  const char *f = memchr(p, '\f', n), *v = memchr(p, '\v', n);
+  if (f == NULL && v == NULL)
+    return n;
+  if (f == NULL || (v != NULL && v < f))
+    f = v;
+  return (size_t)(f - p);
 }
 
 #define NOT_SPACE_MSG "form feed or vertical tab outside a string"
