@@ -73,7 +73,8 @@ $(BUILD)/sluice_pattern_test.so: tests/lua/sluice_pattern_test.c engine/lua/patt
 # unsanitized copies in $(BUILD)/core/.
 CORE_SRC := engine/lua/testing.c engine/lua/sandbox.c engine/lua/luacodec.c \
             engine/lua/pattern.c engine/codec/codec.c engine/codec/event.c \
-            engine/core/buf.c engine/core/router.c engine/core/utf8.c
+            engine/codec/json.c engine/core/buf.c engine/core/router.c \
+            engine/core/utf8.c engine/core/ratelimit.c
 ifeq ($(strip $(SAN)),)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
 else

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "codec.h"
 #include "http.h"
 #include "metrics.h"
 #include "router.h"
@@ -65,21 +66,8 @@ static double rnd(struct sl_admin *a) {
  * NULL/0 for any other type. */
 static struct sl_str key_str(const uint8_t *p, size_t n) {
   struct sl_str s = {NULL, 0};
-  size_t h;
-  if ((p[0] & 0xe0) == 0xa0)
-    h = 1;
-  else if (p[0] == 0xd9 || p[0] == 0xc4)
-    h = 2;
-  else if (p[0] == 0xda || p[0] == 0xc5)
-    h = 3;
-  else if (p[0] == 0xdb || p[0] == 0xc6)
-    h = 5;
-  else
-    return s;
-  if (n >= h) {
-    s.p = (const char *)p + h;
-    s.len = (uint32_t)(n - h);
-  }
+  if (sl_codec_read_strbin(p, n, &s, NULL) != 0)
+    s.p = NULL, s.len = 0;
   return s;
 }
 
@@ -158,22 +146,26 @@ static int render(struct sl_admin *a, struct sl_buf *b,
                      outcome >= 0 && outcome < 4 ? outcome_names[outcome]
                                                  : "unknown");
   if (rc == 0)
-    rc = sl_http_json_str(b, v.id.p, v.id.len);
+    rc = sl_codec_json_str(b, v.id.p, v.id.len);
   if (rc == 0)
     rc = sl_buf_append(b, ",\"topic\":", 9);
   if (rc == 0)
-    rc = sl_http_json_str(b, v.topic.p, v.topic.len);
+    rc = sl_codec_json_str(b, v.topic.p, v.topic.len);
   if (rc == 0 && v.key.p) {
     rc = sl_buf_append(b, ",\"key\":", 7);
     if (rc == 0)
-      rc = sl_http_json_str(b, v.key.p, v.key.len);
+      rc = sl_codec_json_str(b, v.key.p, v.key.len);
   }
   if (rc == 0 && v.has_time)
     rc = sl_buf_printf(b, ",\"time\":%lld", (long long)v.time);
   if (rc == 0 && v.headers) {
+    uint32_t count;
+    size_t hdr;
     p = v.headers;
     end = p + v.headers_len;
-    p += (p[0] & 0xf0) == 0x80 ? 1 : p[0] == 0xde ? 3 : 5;
+    if (sl_codec_read_map(p, v.headers_len, &count, &hdr) != 0)
+      return SL_EPROTO;
+    p += hdr;
     rc = sl_buf_append(b, ",\"headers\":{", 12);
     for (i = 0; i < v.headers_count && rc == 0; i++) {
       size_t kused, vused;
@@ -412,7 +404,7 @@ static void readyz(struct sl_admin *a, struct sl_http_request *r) {
     snprintf(msg_, sizeof(msg_), __VA_ARGS__);                \
     if (nreasons++)                                           \
       sl_buf_putc(&reasons, ',');                             \
-    sl_http_json_str(&reasons, msg_, strlen(msg_));           \
+    sl_codec_json_str(&reasons, msg_, strlen(msg_));          \
   } while (0)
   if (w->stopping)
     REASON("stopping: inputs no longer accept events");
@@ -428,7 +420,7 @@ static void readyz(struct sl_admin *a, struct sl_http_request *r) {
     int ok = !o->stopped && (o->ops->cb_healthy == NULL || o->ops->cb_healthy(o));
     if (i)
       sl_buf_putc(&b, ',');
-    sl_http_json_str(&b, o->cfg->name, strlen(o->cfg->name));
+    sl_codec_json_str(&b, o->cfg->name, strlen(o->cfg->name));
     sl_buf_printf(&b, ":\"%s\"", ok ? "ok" : "failing");
     /* the dead letter is a side channel: it alone does not make us ready */
     if (i == cfg->dead_letter && w->noutputs > 1)

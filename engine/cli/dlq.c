@@ -57,26 +57,7 @@ struct replay {
 
 /* ---- converting --------------------------------------------------------- */
 
-/* The string at p (a msgpack str, validated by the caller's parse). */
-static int str_at(const uint8_t *p, size_t len, const uint8_t **s,
-                  uint32_t *n) {
-  if (len >= 1 && (p[0] & 0xe0) == 0xa0) {
-    *n = p[0] & 0x1f, *s = p + 1;
-  } else if (len >= 2 && p[0] == 0xd9) {
-    *n = p[1], *s = p + 2;
-  } else if (len >= 3 && p[0] == 0xda) {
-    *n = (uint32_t)p[1] << 8 | p[2], *s = p + 3;
-  } else if (len >= 5 && p[0] == 0xdb) {
-    *n = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 8 |
-         p[4];
-    *s = p + 5;
-  } else {
-    return SL_EPROTO;
-  }
-  return (size_t)(*s - p) + *n <= len ? 0 : SL_EPROTO;
-}
-
-static int is_added(const uint8_t *s, uint32_t n) {
+static int is_added(const char *s, uint32_t n) {
   size_t i;
   for (i = 0; i < SL_ARRAY_SIZE(added); i++)
     if (strlen(added[i]) == n && memcmp(added[i], s, n) == 0)
@@ -90,18 +71,18 @@ static int strip_headers(const uint8_t *h, size_t len, uint32_t count,
                          struct sl_buf *out) {
   struct sl_buf pairs;
   size_t pos, used;
-  uint32_t kept = 0, i;
+  uint32_t kept = 0, declared, i;
   int rc = 0;
 
   if (len == 0)
     return 0;
-  pos = (h[0] & 0xf0) == 0x80 ? 1 : h[0] == 0xde ? 3 : 5;
+  if (sl_codec_read_map(h, len, &declared, &pos) != 0)
+    return SL_EPROTO;
   sl_buf_init(&pairs);
   for (i = 0; i < count && rc == 0; i++) {
-    const uint8_t *k;
-    uint32_t kn;
+    struct sl_str k;
     size_t start = pos;
-    if (str_at(h + pos, len - pos, &k, &kn) != 0 ||
+    if (sl_codec_read_str(h + pos, len - pos, &k, NULL) != 0 ||
         sl_codec_skip(h + pos, len - pos, len, &used, NULL) != 0) {
       rc = SL_EPROTO;
       break;
@@ -112,7 +93,7 @@ static int strip_headers(const uint8_t *h, size_t len, uint32_t count,
       break;
     }
     pos += used;
-    if (!is_added(k, kn)) {
+    if (!is_added(k.p, k.len)) {
       rc = sl_buf_append(&pairs, h + start, pos - start);
       kept++;
     }
@@ -261,22 +242,11 @@ static int read_acks(struct replay *r) {
   while (pos < r->in.len) {
     const uint8_t *p = r->in.data + pos;
     uint64_t count = 0;
-    size_t i, width;
     int rc = sl_codec_skip(p, r->in.len - pos, 16, &used, NULL);
     if (rc == SL_EAGAIN)
       break;
-    if (rc != 0)
+    if (rc != 0 || sl_codec_read_uint(p, used, &count, &used) != 0)
       return SL_EPROTO;
-    if (p[0] <= 0x7f) {
-      count = p[0];
-    } else {
-      width = p[0] == 0xcc ? 1 : p[0] == 0xcd ? 2 : p[0] == 0xce ? 4
-              : p[0] == 0xcf ? 8 : 0;
-      if (width == 0 || used != width + 1)
-        return SL_EPROTO;
-      for (i = 1; i <= width; i++)
-        count = count << 8 | p[i];
-    }
     if (count < r->acked || count > r->total)
       return SL_EPROTO;
     r->acked = count;

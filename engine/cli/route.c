@@ -19,8 +19,12 @@ struct emitted {
 
 static void on_emit(void *data, int output, struct sl_event *ev) {
   struct emitted *e = data;
-  sl_buf_printf(&e->json, "%s{\"output\":\"%s\",\"event\":",
-                e->json.len ? "," : "", e->cfg->outputs[output].name);
+  const char *name = e->cfg->outputs[output].name;
+  if (e->json.len)
+    sl_buf_putc(&e->json, ',');
+  sl_buf_append(&e->json, "{\"output\":", 10);
+  sl_codec_json_str(&e->json, name, strlen(name)); /* names are not checked */
+  sl_buf_append(&e->json, ",\"event\":", 9);
   sl_codec_to_json(ev->data, ev->len, &e->json);
   sl_buf_putc(&e->json, '}');
   sl_event_unref(ev);

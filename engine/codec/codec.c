@@ -914,6 +914,44 @@ int sl_codec_put_bin(struct sl_buf *b, const void *s, size_t n) {
   return 0;
 }
 
+int sl_codec_put_float(struct sl_buf *b, float v) {
+  uint32_t bits;
+
+  RESERVE(b, 5);
+  memcpy(&bits, &v, sizeof bits);
+  b->data[b->len] = 0xca;
+  put32(b->data + b->len + 1, bits);
+  b->len += 5;
+  return 0;
+}
+
+/* fixext for 1, 2, 4, 8 and 16 bytes, else ext 8/16/32. */
+int sl_codec_put_ext(struct sl_buf *b, int8_t type, const void *s, size_t n) {
+  uint8_t *d;
+
+  if (n > UINT32_MAX)
+    return SL_E2BIG;
+  RESERVE(b, 6 + n);
+  d = b->data + b->len;
+  if (n == 1 || n == 2 || n == 4 || n == 8 || n == 16) {
+    *d++ = (uint8_t)(0xd4 + (n == 1 ? 0 : n == 2 ? 1 : n == 4 ? 2 : n == 8 ? 3 : 4));
+  } else if (n <= 0xff) {
+    *d++ = 0xc7;
+    *d++ = (uint8_t)n;
+  } else if (n <= 0xffff) {
+    *d++ = 0xc8;
+    d = put16(d, (uint16_t)n);
+  } else {
+    *d++ = 0xc9;
+    d = put32(d, (uint32_t)n);
+  }
+  *d++ = (uint8_t)type;
+  if (n)
+    memcpy(d, s, n);
+  b->len = (size_t)(d + n - b->data);
+  return 0;
+}
+
 static int put_container(struct sl_buf *b, uint32_t n, uint8_t fix,
                          uint8_t c16) {
   uint8_t *d;
@@ -982,6 +1020,21 @@ static size_t utf8_seq(const uint8_t *s, size_t n, size_t *bad) {
     hi = 0xbf;
   }
   return need + 1;
+}
+
+size_t sl_codec_utf8_valid(const void *str, size_t n) {
+  const uint8_t *s = str;
+  size_t i = 0, seq, bad;
+  while (i < n) {
+    if (s[i] < 0x80) {
+      i++;
+      continue;
+    }
+    if ((seq = utf8_seq(s + i, n - i, &bad)) == 0)
+      return i;
+    i += seq;
+  }
+  return n;
 }
 
 int sl_codec_json_str(struct sl_buf *out, const void *str, size_t n) {
@@ -1092,6 +1145,37 @@ static int json_double(struct sl_buf *out, double v) {
   return sl_buf_append(out, tmp, (size_t)n);
 }
 
+/* A float32 keeps its width through JSON: {"$float32":1.5}. Nine digits
+ * are enough for strtod and a cast back to float to give the same bits. */
+static int json_float32(struct sl_buf *out, float v) {
+  char tmp[48];
+  int n, i;
+
+  if (isnan(v)) {
+    APPEND(out, "{\"$float32\":\"nan\"}");
+    return 0;
+  }
+  if (isinf(v)) {
+    if (v > 0)
+      APPEND(out, "{\"$float32\":\"inf\"}");
+    else
+      APPEND(out, "{\"$float32\":\"-inf\"}");
+    return 0;
+  }
+  n = snprintf(tmp, sizeof tmp - 2, "%.9g", (double)v);
+  for (i = 0; i < n; i++)
+    if (tmp[i] == ',') /* a decimal comma from some LC_NUMERIC */
+      tmp[i] = '.';
+  if (strspn(tmp, "-0123456789") == (size_t)n) {
+    tmp[n++] = '.';
+    tmp[n++] = '0';
+  }
+  APPEND(out, "{\"$float32\":");
+  if (sl_buf_append(out, tmp, (size_t)n) != 0)
+    return SL_ENOMEM;
+  return sl_buf_putc(out, '}');
+}
+
 static int json_value(const uint8_t *p, size_t len, size_t *pos,
                       struct sl_buf *out, int depth);
 
@@ -1105,13 +1189,29 @@ static int read_blob(const uint8_t *p, size_t len, size_t *pos, size_t hdr,
   return 0;
 }
 
-/* Keys are all strings: render as an object, else as {"$map":[[k,v],..]}. */
+int sl_codec_json_marker(const char *s, size_t n) {
+  return n >= 4 && s[0] == '$' &&
+         ((n == 4 && (memcmp(s, "$bin", 4) == 0 || memcmp(s, "$ext", 4) == 0 ||
+                      memcmp(s, "$map", 4) == 0)) ||
+          (n == 6 && memcmp(s, "$float", 6) == 0) ||
+          (n == 8 && memcmp(s, "$float32", 8) == 0));
+}
+
+/* Keys are all strings: render as an object, else as {"$map":[[k,v],..]}.
+ * A one-key map whose key is a marker name goes the $map way too, so the
+ * reader does not take the user's data for a marker. */
 static int json_map(const uint8_t *p, size_t len, size_t *pos, uint64_t n,
                     struct sl_buf *out, int depth) {
   size_t scan = *pos;
   uint64_t i;
   int plain = 1, r;
 
+  if (n == 1) {
+    struct sl_str k;
+    if (sl_codec_read_str(p + scan, len - scan, &k, NULL) == 0 &&
+        sl_codec_json_marker(k.p, k.len))
+      plain = 0;
+  }
   for (i = 0; i < n && plain; i++) {
     if (scan >= len)
       return SL_EPROTO;
@@ -1208,7 +1308,7 @@ static int json_value(const uint8_t *p, size_t len, size_t *pos,
     f32 = be32(p + at + 1);
     memcpy(&f, &f32, sizeof f);
     *pos = at + 5;
-    return json_double(out, (double)f);
+    return json_float32(out, f);
   case 0xcb:
     if (len - at < 9)
       return SL_EPROTO;
@@ -1378,5 +1478,100 @@ int sl_codec_read_map(const uint8_t *p, size_t len, uint32_t *count,
   } else {
     return SL_EPROTO;
   }
+  return 0;
+}
+
+int sl_codec_read_array(const uint8_t *p, size_t len, uint32_t *count,
+                        size_t *used) {
+  if (len >= 1 && (p[0] & 0xf0) == 0x90) {
+    *count = p[0] & 0x0f;
+    *used = 1;
+  } else if (len >= 3 && p[0] == 0xdc) {
+    *count = be16(p + 1);
+    *used = 3;
+  } else if (len >= 5 && p[0] == 0xdd) {
+    *count = be32(p + 1);
+    *used = 5;
+  } else {
+    return SL_EPROTO;
+  }
+  return 0;
+}
+
+int sl_codec_read_number(const uint8_t *p, size_t len, double *v,
+                         size_t *used) {
+  size_t pos = 0;
+  int64_t iv;
+  uint64_t bits;
+  uint32_t b32;
+  float f;
+  int r;
+
+  if (len < 1)
+    return SL_EPROTO;
+  if (p[0] == 0xcb || p[0] == 0xca) {
+    if (len < (p[0] == 0xcb ? 9u : 5u))
+      return SL_EPROTO;
+    if (p[0] == 0xcb) {
+      bits = be64(p + 1);
+      memcpy(v, &bits, sizeof *v);
+      *used = 9;
+    } else {
+      b32 = be32(p + 1);
+      memcpy(&f, &b32, sizeof f);
+      *v = f;
+      *used = 5;
+    }
+    return 0;
+  }
+  if (!(p[0] <= 0x7f || p[0] >= 0xe0 || (p[0] >= 0xcc && p[0] <= 0xd3)))
+    return SL_EPROTO;
+  r = read_int(p, len, &pos, &iv);
+  if (r == 2) {
+    *v = (double)be64(p + 1);
+    *used = 9;
+    return 0;
+  }
+  if (r != 0)
+    return SL_EPROTO;
+  *v = (double)iv;
+  *used = pos;
+  return 0;
+}
+
+int sl_codec_read_strbin(const uint8_t *p, size_t len, struct sl_str *s,
+                         size_t *used) {
+  size_t h, n;
+  if (len >= 1 && p[0] >= 0xc4 && p[0] <= 0xc6) {
+    h = p[0] == 0xc4 ? 2 : p[0] == 0xc5 ? 3 : 5;
+    if (len < h)
+      return SL_EPROTO;
+    n = h == 2 ? p[1] : h == 3 ? be16(p + 1) : be32(p + 1);
+    if (n > len - h)
+      return SL_EPROTO;
+    s->p = (const char *)p + h;
+    s->len = (uint32_t)n;
+    if (used)
+      *used = h + n;
+    return 0;
+  }
+  return sl_codec_read_str(p, len, s, used);
+}
+
+int sl_codec_read_uint(const uint8_t *p, size_t len, uint64_t *v,
+                       size_t *used) {
+  size_t w;
+  if (len >= 1 && p[0] <= 0x7f) {
+    *v = p[0];
+    *used = 1;
+    return 0;
+  }
+  if (len < 1 || p[0] < 0xcc || p[0] > 0xcf)
+    return SL_EPROTO;
+  w = (size_t)1 << (p[0] - 0xcc); /* 1, 2, 4, 8 bytes */
+  if (len < 1 + w)
+    return SL_EPROTO;
+  *v = w == 1 ? p[1] : w == 2 ? be16(p + 1) : w == 4 ? be32(p + 1) : be64(p + 1);
+  *used = 1 + w;
   return 0;
 }

@@ -66,12 +66,25 @@ int sl_codec_write_event(struct sl_buf *out, struct sl_str id,
                          uint32_t offs[3]);
 
 /* Render one msgpack value as JSON. Strings are escaped (invalid UTF-8
- * as \ufffd); integers print exactly; floats with 17 digits; NaN and
- * infinities as {"$float":"nan"|"inf"|"-inf"}; binary as
+ * as \ufffd); integers print exactly; float64 with 17 digits; NaN and
+ * infinities as {"$float":"nan"|"inf"|"-inf"}; float32 as
+ * {"$float32":<9 digits>} (or "nan"|"inf"|"-inf"); binary as
  * {"$bin":"<base64>"}; ext as {"$ext":[type,"<base64>"]}; a map with a
- * key that is not a string as {"$map":[[k,v],...]}. Input must be valid
- * (already measured by sl_codec_skip). Returns 0, SL_ENOMEM or SL_EPROTO. */
+ * key that is not a string, or a single key that is a marker name, as
+ * {"$map":[[k,v],...]}. Input must be valid
+ * (already measured by sl_codec_skip). Returns 0, SL_ENOMEM or SL_EPROTO.
+ * sl_json_to_msgpack reads every one of these markers back, so smallest-
+ * encoded msgpack survives msgpack -> JSON -> msgpack byte for byte. */
 int sl_codec_to_json(const uint8_t *p, size_t len, struct sl_buf *out);
+
+/* 1 when s is the key of a JSON type marker ($bin, $float, $float32, $ext,
+ * $map): the one list the writer above and sl_json_to_msgpack share. */
+int sl_codec_json_marker(const char *s, size_t n);
+
+/* The length of the longest prefix of s[0..n) that is well-formed UTF-8
+ * (n when all of it is): no overlongs, surrogates or code points above
+ * U+10FFFF. */
+size_t sl_codec_utf8_valid(const void *s, size_t n);
 
 /* Append s (n bytes) as a JSON string, escaped as sl_codec_to_json does.
  * Returns 0 or SL_ENOMEM. */
@@ -83,10 +96,27 @@ int sl_codec_json_str(struct sl_buf *out, const void *s, size_t n);
 int sl_codec_read_str(const uint8_t *p, size_t len, struct sl_str *s,
                       size_t *used);
 
+/* The same for a str or a bin. */
+int sl_codec_read_strbin(const uint8_t *p, size_t len, struct sl_str *s,
+                         size_t *used);
+
 /* Read the header of the msgpack map at p: its pair count and the header's
  * size. Returns 0, or SL_EPROTO when p does not start a map. */
 int sl_codec_read_map(const uint8_t *p, size_t len, uint32_t *count,
                       size_t *used);
+/* Read the msgpack unsigned integer at p (positive fixint, uint 8..64).
+ * Returns 0, or SL_EPROTO for any other type or a short buffer. */
+int sl_codec_read_uint(const uint8_t *p, size_t len, uint64_t *v,
+                       size_t *used);
+
+/* Read any msgpack int or float at p as a double. Returns 0, or SL_EPROTO
+ * when p does not start a complete number. */
+int sl_codec_read_number(const uint8_t *p, size_t len, double *v,
+                         size_t *used);
+
+/* The same as sl_codec_read_map for an array header. */
+int sl_codec_read_array(const uint8_t *p, size_t len, uint32_t *count,
+                        size_t *used);
 
 /* msgpack writers (smallest encoding). Return 0 or SL_ENOMEM. */
 int sl_codec_put_nil(struct sl_buf *b);
@@ -94,8 +124,10 @@ int sl_codec_put_bool(struct sl_buf *b, int v);
 int sl_codec_put_int(struct sl_buf *b, int64_t v);
 int sl_codec_put_uint(struct sl_buf *b, uint64_t v);
 int sl_codec_put_double(struct sl_buf *b, double v);
+int sl_codec_put_float(struct sl_buf *b, float v); /* float32 */
 int sl_codec_put_str(struct sl_buf *b, const char *s, size_t n);
 int sl_codec_put_bin(struct sl_buf *b, const void *s, size_t n);
+int sl_codec_put_ext(struct sl_buf *b, int8_t type, const void *s, size_t n);
 int sl_codec_put_array(struct sl_buf *b, uint32_t n);
 int sl_codec_put_map(struct sl_buf *b, uint32_t n);
 

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "codec.h"
 #include "http.h"
 #include "json.h"
 #include "worker.h"
@@ -285,7 +286,7 @@ static void refuse(struct batch *b, const char *msg, size_t index,
   in->stats.bad_input++;
   sl_buf_init(&out);
   sl_buf_append(&out, "{\"error\":", 9);
-  sl_http_json_str(&out, msg, strlen(msg));
+  sl_codec_json_str(&out, msg, strlen(msg));
   sl_buf_printf(&out, ",\"index\":%zu,\"%s\":%zu}", index, where, at);
   sl_http_respond(b->r, 400, "application/json", out.data, out.len);
   sl_buf_close(&out);
@@ -368,6 +369,14 @@ static struct sl_str mp_str(const uint8_t *p, size_t len) {
   return s;
 }
 
+/* The size of the header of the map at p (headers a parse has validated). */
+static size_t map_header(const uint8_t *p, size_t len) {
+  uint32_t count;
+  size_t used = 0;
+  sl_codec_read_map(p, len, &count, &used);
+  return used;
+}
+
 /* Headers of v with the request's traceparent in place of a missing or
  * invalid one, written to b->scratch. Returns 0, 1 (keep v's headers) or
  * SL_ENOMEM. */
@@ -390,7 +399,7 @@ static int with_traceparent(struct batch *b, const struct sl_event_view *v) {
   /* the count of the new map first: the pairs kept plus ours */
   if (p) {
     end = p + v->headers_len;
-    p += (p[0] & 0xf0) == 0x80 ? 1 : p[0] == 0xde ? 3 : 5;
+    p += map_header(p, v->headers_len);
     for (i = 0; i < count; i++) {
       struct sl_str k = mp_str(p, (size_t)(end - p));
       size_t kused;
@@ -406,7 +415,7 @@ static int with_traceparent(struct batch *b, const struct sl_event_view *v) {
   if (v->headers) {
     p = v->headers;
     end = p + v->headers_len;
-    p += (p[0] & 0xf0) == 0x80 ? 1 : p[0] == 0xde ? 3 : 5;
+    p += map_header(p, v->headers_len);
     for (i = 0; i < count && rc == 0; i++) {
       struct sl_str k = mp_str(p, (size_t)(end - p));
       size_t kused;

@@ -101,8 +101,9 @@ static void refused(struct native_conn *nc) {
 /* Is this object the ack-mode hello {"sluice": 1, "ack": true}? */
 static int is_hello(const uint8_t *p, size_t n, int *ack) {
   const uint8_t *v;
-  size_t vlen;
-  if (n == 0 || !((p[0] & 0xf0) == 0x80 || p[0] == 0xde || p[0] == 0xdf))
+  size_t vlen, used;
+  uint32_t count;
+  if (sl_codec_read_map(p, n, &count, &used) != 0)
     return 0;
   if (sl_codec_map_find(p, n, "topic", 5, &v, &vlen) == 0 ||
       sl_codec_map_find(p, n, "sluice", 6, &v, &vlen) != 0)

@@ -11,6 +11,7 @@
 #include <lauxlib.h>
 
 #include "codec.h"
+#include "json.h"
 
 /* Registry keys: the addresses are unique, the values unused. */
 static const char array_key, map_key, bin_key, float_key, ext_key, check_key;
@@ -1331,562 +1332,107 @@ int sl_luacodec_same(lua_State *L, int idx, const uint8_t *p, size_t len,
 
 /* ---- JSON -> Lua --------------------------------------------------------- */
 
-struct jdec {
-  lua_State *L;
-  const char *s, *p, *end;
-  sl_luacodec_check check;
-  unsigned steps;
-  struct shared sh;
+/* JSON goes through the engine's one reader (json.c) to msgpack, then the
+ * msgpack decoder above pushes it: the same types, markers and limits as
+ * an event ingested as JSON. The reader and its output are owned by a
+ * userdata, so a raise from check() between steps frees them. */
+
+struct jread {
+  struct sl_json_reader *r;
+  struct sl_buf out;
 };
 
-static void jfail(struct jdec *d, const char *what) {
-  luaL_error(d->L, "json: %s at byte %d", what, (int)(d->p - d->s));
+static int jread_gc(lua_State *L) {
+  struct jread *j = lua_touserdata(L, 1);
+  sl_json_reader_free(j->r);
+  j->r = NULL;
+  sl_buf_close(&j->out);
+  return 0;
 }
 
-static void jspace(struct jdec *d) {
-  while (d->p < d->end &&
-         (*d->p == ' ' || *d->p == '\t' || *d->p == '\n' || *d->p == '\r'))
-    d->p++;
+/* yajl's messages in the words json.decode has always used. */
+static const char *json_words(const char *msg) {
+  static const struct {
+    const char *has, *say;
+  } words[] = {
+      {"premature EOF", "unexpected end"},
+      {"trailing garbage", "trailing characters"},
+      {"invalid escape", "bad escape"},
+      {"before a character which it may not", "bad escape"},
+      {"invalid (non-hex) character", "bad \\u escape"},
+      {"I expect ',' or ']'", "expected ',' or ']'"},
+      {"I expect ',' or '}'", "expected ',' or '}'"},
+      {"separated by a colon", "expected ':'"},
+      {"invalid object key", "expected a string key"},
+      {"invalid UTF-8 in a string", "invalid UTF-8 in string"},
+      {"invalid character inside string", "control character in string"},
+      {"malformed number", "bad number"},
+      {"unallowed token", "unexpected character"},
+      {"invalid char in json text", "unexpected character"},
+      {"invalid string in json text", "unexpected character"},
+      {"probable comment found", "unexpected character"},
+      {"nesting deeper than", "nesting too deep"},
+  };
+  size_t i;
+  for (i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+    if (strstr(msg, words[i].has) != NULL)
+      return words[i].say;
+  return msg; /* the reader's own reasons (numbers) say it already */
 }
 
-static int hexval(int c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
-  return -1;
-}
+struct jstep {
+  lua_State *L;
+  sl_luacodec_check check;
+};
 
-static long jhex4(struct jdec *d) {
-  long v = 0;
-  int i, x;
-
-  if (d->end - d->p < 4)
-    jfail(d, "short \\u escape");
-  for (i = 0; i < 4; i++) {
-    x = hexval((unsigned char)d->p[i]);
-    if (x < 0)
-      jfail(d, "bad \\u escape");
-    v = v * 16 + x;
-  }
-  d->p += 4;
-  return v;
-}
-
-static void jstring(struct jdec *d) {
-  lua_State *L = d->L;
-  const char *q = ++d->p;
-  luaL_Buffer b;
-
-  while (q < d->end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20)
-    q++;
-  if (q < d->end && *q == '"') { /* the common case: no escapes */
-    lua_pushlstring(L, d->p, (size_t)(q - d->p));
-    d->p = q + 1;
-    return;
-  }
-  luaL_buffinit(L, &b);
-  for (;;) {
-    unsigned char c;
-    if (d->p >= d->end)
-      jfail(d, "unterminated string");
-    c = (unsigned char)*d->p;
-    if (c == '"') {
-      d->p++;
-      break;
-    }
-    if (c < 0x20)
-      jfail(d, "control character in string");
-    if (c != '\\') {
-      luaL_addchar(&b, (char)c);
-      d->p++;
-      continue;
-    }
-    if (++d->p >= d->end)
-      jfail(d, "unterminated string");
-    c = (unsigned char)*d->p++;
-    switch (c) {
-    case '"': luaL_addchar(&b, '"'); break;
-    case '\\': luaL_addchar(&b, '\\'); break;
-    case '/': luaL_addchar(&b, '/'); break;
-    case 'b': luaL_addchar(&b, '\b'); break;
-    case 'f': luaL_addchar(&b, '\f'); break;
-    case 'n': luaL_addchar(&b, '\n'); break;
-    case 'r': luaL_addchar(&b, '\r'); break;
-    case 't': luaL_addchar(&b, '\t'); break;
-    case 'u': {
-      long cp = jhex4(d);
-      char u[4];
-      int n;
-      if (cp >= 0xd800 && cp <= 0xdbff && d->end - d->p >= 6 &&
-          d->p[0] == '\\' && d->p[1] == 'u') {
-        const char *save = d->p;
-        long lo;
-        d->p += 2;
-        lo = jhex4(d);
-        if (lo >= 0xdc00 && lo <= 0xdfff)
-          cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-        else
-          d->p = save;
-      }
-      if (cp >= 0xd800 && cp <= 0xdfff)
-        cp = 0xfffd; /* a lone surrogate */
-      if (cp < 0x80) {
-        u[0] = (char)cp, n = 1;
-      } else if (cp < 0x800) {
-        u[0] = (char)(0xc0 | (cp >> 6)), u[1] = (char)(0x80 | (cp & 0x3f));
-        n = 2;
-      } else if (cp < 0x10000) {
-        u[0] = (char)(0xe0 | (cp >> 12));
-        u[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        u[2] = (char)(0x80 | (cp & 0x3f));
-        n = 3;
-      } else {
-        u[0] = (char)(0xf0 | (cp >> 18));
-        u[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-        u[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        u[3] = (char)(0x80 | (cp & 0x3f));
-        n = 4;
-      }
-      luaL_addlstring(&b, u, (size_t)n);
-      break;
-    }
-    default:
-      d->p--;
-      jfail(d, "bad escape");
-    }
-  }
-  luaL_pushresult(&b);
-}
-
-static void jnumber(struct jdec *d, struct hint *h) {
-  const char *q = d->p;
-  int isfloat = 0;
-  char tmp[64];
-  size_t n;
-
-  if (q < d->end && *q == '-')
-    q++;
-  if (q >= d->end || !(*q >= '0' && *q <= '9'))
-    jfail(d, "bad number");
-  if (*q == '0' && q + 1 < d->end && q[1] >= '0' && q[1] <= '9')
-    jfail(d, "leading zero");
-  while (q < d->end && *q >= '0' && *q <= '9')
-    q++;
-  if (q < d->end && *q == '.') {
-    isfloat = 1;
-    q++;
-    if (q >= d->end || !(*q >= '0' && *q <= '9'))
-      jfail(d, "bad fraction");
-    while (q < d->end && *q >= '0' && *q <= '9')
-      q++;
-  }
-  if (q < d->end && (*q == 'e' || *q == 'E')) {
-    isfloat = 1;
-    q++;
-    if (q < d->end && (*q == '+' || *q == '-'))
-      q++;
-    if (q >= d->end || !(*q >= '0' && *q <= '9'))
-      jfail(d, "bad exponent");
-    while (q < d->end && *q >= '0' && *q <= '9')
-      q++;
-  }
-  n = (size_t)(q - d->p);
-  if (n >= sizeof(tmp))
-    isfloat = 1; /* too many digits for any int64 */
-  if (n >= sizeof(tmp)) {
-    char *big = malloc(n + 1);
-    double v;
-    if (big == NULL)
-      luaL_error(d->L, "not enough memory");
-    memcpy(big, d->p, n);
-    big[n] = 0;
-    v = strtod(big, NULL);
-    free(big);
-    lua_pushnumber(d->L, v);
-    if (would_be_int(v))
-      h->kind = 'f';
-    d->p = q;
-    return;
-  }
-  memcpy(tmp, d->p, n);
-  tmp[n] = 0;
-  d->p = q;
-  if (!isfloat) {
-    errno = 0;
-    if (tmp[0] == '-') {
-      long long v = strtoll(tmp, NULL, 10);
-      if (errno == 0) {
-        struct item it = {.t = M_INT, .i = v};
-        push_number(d->L, &it, h);
-        return;
-      }
-    } else {
-      unsigned long long v = strtoull(tmp, NULL, 10);
-      if (errno == 0) {
-        struct item it = {.t = M_UINT, .u = v};
-        push_number(d->L, &it, h);
-        return;
-      }
-    }
-  }
-  {
-    double v = strtod(tmp, NULL);
-    lua_pushnumber(d->L, v);
-    if (would_be_int(v))
-      h->kind = 'f';
-  }
-}
-
-static int b64val(int c) {
-  if (c >= 'A' && c <= 'Z')
-    return c - 'A';
-  if (c >= 'a' && c <= 'z')
-    return c - 'a' + 26;
-  if (c >= '0' && c <= '9')
-    return c - '0' + 52;
-  if (c == '+' || c == '-')
-    return 62;
-  if (c == '/' || c == '_')
-    return 63;
-  return -1;
-}
-
-/* Replace the base64 string on top with its bytes; 0 when it is not. */
-static int unbase64(lua_State *L) {
-  size_t n, i;
-  const char *s = lua_tolstring(L, -1, &n);
-  luaL_Buffer b;
-  uint32_t acc = 0;
-  int bits = 0;
-
-  while (n > 0 && s[n - 1] == '=')
-    n--;
-  for (i = 0; i < n; i++)
-    if (b64val((unsigned char)s[i]) < 0)
-      return 0;
-  luaL_buffinit(L, &b);
-  for (i = 0; i < n; i++) {
-    acc = (acc << 6) | (uint32_t)b64val((unsigned char)s[i]);
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      luaL_addchar(&b, (char)((acc >> bits) & 0xff));
-    }
-  }
-  luaL_pushresult(&b);
-  lua_remove(L, -2);
-  return 1;
-}
-
-static void jvalue(struct jdec *d, int depth, struct hint *h);
-
-/* Copy the hints of element i of the pair array at pair (absolute) into
- * the map's metatable at mt as a key or value record. */
-static struct hint pair_hint(lua_State *L, int pair, int i) {
-  struct hint h = {0, 0};
-  int mt;
-  table_kind(L, pair, &mt);
-  if (mt) {
-    int hints, orig;
-    push_field(L, mt, "hints");
-    hints = lua_gettop(L);
-    push_field(L, mt, "orig");
-    orig = hints + 1;
-    lua_pushinteger(L, i);
-    lua_rawgeti(L, pair, i);
-    h = hint_for(L, hints, orig, lua_gettop(L) - 1, lua_gettop(L));
-    lua_pop(L, 5);
-  }
-  return h;
-}
-
-/* The object just parsed (a table on top, one key) may be a marker:
- * replace it with what it stands for. Sets *h for scalars. */
-static void junmark(struct jdec *d, struct hint *h) {
-  lua_State *L = d->L;
-  int t = lua_gettop(L), ok = 0;
-  const char *k;
-
-  lua_pushnil(L);
-  if (!lua_next(L, t))
-    return;
-  if (lua_type(L, -2) != LUA_TSTRING) {
-    lua_pop(L, 2);
-    return;
-  }
-  k = lua_tostring(L, -2);
-  if (strcmp(k, "$bin") == 0 && lua_type(L, -1) == LUA_TSTRING) {
-    if (unbase64(L)) {
-      h->kind = 'b';
-      ok = 1;
-    }
-  } else if (strcmp(k, "$float") == 0 && lua_type(L, -1) == LUA_TSTRING) {
-    const char *s = lua_tostring(L, -1);
-    double v = strcmp(s, "nan") == 0 ? NAN
-               : strcmp(s, "inf") == 0 ? INFINITY
-               : strcmp(s, "-inf") == 0 ? -INFINITY : 0;
-    if (v != 0) {
-      lua_pop(L, 1);
-      lua_pushnumber(L, v);
-      ok = 1;
-    }
-  } else if (strcmp(k, "$ext") == 0 && lua_istable(L, -1)) {
-    int a = lua_gettop(L);
-    lua_rawgeti(L, a, 1);
-    lua_rawgeti(L, a, 2);
-    if (lua_type(L, -2) == LUA_TNUMBER && lua_type(L, -1) == LUA_TSTRING &&
-        unbase64(L)) {
-      lua_createtable(L, 0, 2);
-      lua_pushvalue(L, -3);
-      lua_setfield(L, -2, "type");
-      lua_pushvalue(L, -2);
-      lua_setfield(L, -2, "data");
-      lua_pushvalue(L, shared_get(&d->sh, SH_EXT));
-      lua_setmetatable(L, -2);
-      lua_replace(L, a);
-      ok = 1;
-    }
-    lua_settop(L, a);
-  } else if (strcmp(k, "$map") == 0 && lua_istable(L, -1)) {
-    int a = lua_gettop(L), m, mt = 0;
-    size_t i, n = lua_objlen(L, a);
-    lua_createtable(L, 0, (int)n);
-    m = lua_gettop(L);
-    ok = 1;
-    for (i = 1; ok && i <= n; i++) {
-      int pair;
-      struct hint kh, vh;
-      lua_rawgeti(L, a, (int)i);
-      pair = lua_gettop(L);
-      if (!lua_istable(L, pair) || lua_objlen(L, pair) < 1) {
-        ok = 0;
-        break;
-      }
-      lua_rawgeti(L, pair, 1);
-      lua_rawgeti(L, pair, 2);
-      if (lua_isnil(L, -2) || lua_istable(L, -2) ||
-          (lua_type(L, -2) == LUA_TNUMBER && isnan(lua_tonumber(L, -2)))) {
-        ok = 0;
-        break;
-      }
-      kh = pair_hint(L, pair, 1);
-      vh = pair_hint(L, pair, 2);
-      if (kh.kind || vh.kind || lua_isnil(L, -1)) {
-        if (!mt) {
-          lua_createtable(L, 0, 4);
-          lua_pushliteral(L, "map");
-          lua_setfield(L, -2, "__sluice");
-          lua_insert(L, m + 1);
-          mt = m + 1;
-          pair++;
-        }
-        if (kh.kind)
-          record(L, mt, "khints", pair + 1, 0, &kh);
-        if (lua_isnil(L, -1)) {
-          vh.kind = 'n';
-          record(L, mt, "hints", pair + 1, 0, &vh);
-        } else if (vh.kind) {
-          record(L, mt, "hints", pair + 1, 0, &vh);
-          record(L, mt, "orig", pair + 1, pair + 2, NULL);
-        }
-      }
-      lua_rawset(L, m);
-      lua_pop(L, 1);
-    }
-    if (ok) {
-      if (mt)
-        lua_pushvalue(L, mt);
-      else
-        lua_pushvalue(L, shared_get(&d->sh, SH_MAP));
-      lua_setmetatable(L, m);
-      lua_pushvalue(L, m);
-      lua_replace(L, a);
-    }
-    lua_settop(L, a);
-  }
-  if (ok) {
-    lua_replace(L, t); /* the value stands in for the object */
-    lua_settop(L, t);
-  } else {
-    lua_settop(L, t);
-  }
-}
-
-static void jvalue(struct jdec *d, int depth, struct hint *h) {
-  lua_State *L = d->L;
-
-  h->kind = 0;
-  if (d->check && (++d->steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
-    d->check(L);
-  jspace(d);
-  if (d->p >= d->end)
-    jfail(d, "unexpected end");
-  switch (*d->p) {
-  case '"':
-    jstring(d);
-    return;
-  case '{': {
-    int t, mt = 0, n = 0;
-    if (depth >= SL_CODEC_MAX_DEPTH)
-      jfail(d, "nesting too deep");
-    luaL_checkstack(L, 10, "json nesting");
-    d->p++;
-    lua_newtable(L);
-    t = lua_gettop(L);
-    jspace(d);
-    if (d->p < d->end && *d->p == '}') {
-      d->p++;
-    } else {
-      for (;;) {
-        struct hint vh;
-        jspace(d);
-        if (d->p >= d->end || *d->p != '"')
-          jfail(d, "expected a string key");
-        jstring(d);
-        jspace(d);
-        if (d->p >= d->end || *d->p != ':')
-          jfail(d, "expected ':'");
-        d->p++;
-        jvalue(d, depth + 1, &vh);
-        n++;
-        if (vh.kind || lua_isnil(L, -1)) {
-          if (!mt)
-            mt = own_mt(L, t, "map");
-          if (lua_isnil(L, -1)) {
-            vh.kind = 'n';
-            record(L, mt, "hints", lua_gettop(L) - 1, 0, &vh);
-          } else {
-            record(L, mt, "hints", lua_gettop(L) - 1, 0, &vh);
-            record(L, mt, "orig", lua_gettop(L) - 1, lua_gettop(L), NULL);
-          }
-        }
-        lua_rawset(L, t);
-        jspace(d);
-        if (d->p < d->end && *d->p == ',') {
-          d->p++;
-          continue;
-        }
-        if (d->p < d->end && *d->p == '}') {
-          d->p++;
-          break;
-        }
-        jfail(d, "expected ',' or '}'");
-      }
-    }
-    if (mt)
-      lua_setmetatable(L, t);
-    else {
-      lua_pushvalue(L, shared_get(&d->sh, SH_MAP));
-      lua_setmetatable(L, t);
-    }
-    if (n == 1 && !mt)
-      junmark(d, h);
-    return;
-  }
-  case '[': {
-    int t, mt = 0, hasnil = 0, i = 0;
-    if (depth >= SL_CODEC_MAX_DEPTH)
-      jfail(d, "nesting too deep");
-    luaL_checkstack(L, 10, "json nesting");
-    d->p++;
-    lua_newtable(L);
-    t = lua_gettop(L);
-    jspace(d);
-    if (d->p < d->end && *d->p == ']') {
-      d->p++;
-    } else {
-      for (;;) {
-        struct hint eh;
-        jvalue(d, depth + 1, &eh);
-        i++;
-        if (lua_isnil(L, -1))
-          hasnil = 1;
-        if (eh.kind) {
-          if (!mt)
-            mt = own_mt(L, t, "array");
-          lua_pushinteger(L, i);
-          record(L, mt, "hints", lua_gettop(L), 0, &eh);
-          record(L, mt, "orig", lua_gettop(L), lua_gettop(L) - 1, NULL);
-          lua_pop(L, 1);
-        }
-        lua_rawseti(L, t, i);
-        jspace(d);
-        if (d->p < d->end && *d->p == ',') {
-          d->p++;
-          continue;
-        }
-        if (d->p < d->end && *d->p == ']') {
-          d->p++;
-          break;
-        }
-        jfail(d, "expected ',' or ']'");
-      }
-    }
-    if (hasnil && !mt)
-      mt = own_mt(L, t, "array");
-    if (mt) {
-      lua_pushinteger(L, i);
-      lua_setfield(L, mt, "n");
-      lua_setmetatable(L, t);
-    } else {
-      lua_pushvalue(L, shared_get(&d->sh, SH_ARRAY));
-      lua_setmetatable(L, t);
-    }
-    return;
-  }
-  case 't':
-    if (d->end - d->p >= 4 && memcmp(d->p, "true", 4) == 0) {
-      d->p += 4;
-      lua_pushboolean(L, 1);
-      return;
-    }
-    break;
-  case 'f':
-    if (d->end - d->p >= 5 && memcmp(d->p, "false", 5) == 0) {
-      d->p += 5;
-      lua_pushboolean(L, 0);
-      return;
-    }
-    break;
-  case 'n':
-    if (d->end - d->p >= 4 && memcmp(d->p, "null", 4) == 0) {
-      d->p += 4;
-      lua_pushnil(L);
-      return;
-    }
-    break;
-  default:
-    if (*d->p == '-' || (*d->p >= '0' && *d->p <= '9')) {
-      jnumber(d, h);
-      return;
-    }
-  }
-  jfail(d, "unexpected character");
+static void on_jstep(void *data) {
+  struct jstep *st = data;
+  st->check(st->L);
 }
 
 void sl_luacodec_push_json(lua_State *L, const char *s, size_t len,
                            sl_luacodec_check check) {
-  struct jdec d;
-  struct hint h;
-  int base;
+  struct sl_json_error err;
+  struct jstep st = {L, check};
+  struct jread *j;
+  char msg[sizeof(err.msg)];
+  int rc;
 
-  luaL_checkstack(L, 12, "json");
-  shared_open(L, &d.sh);
-  base = d.sh.base + 2;
-  d.L = L;
-  d.s = d.p = s;
-  d.end = s + len;
-  d.check = check;
-  d.steps = 0;
-  jvalue(&d, 0, &h);
-  jspace(&d);
-  if (d.p != d.end)
-    jfail(&d, "trailing characters");
-  lua_replace(L, base - 2);
-  lua_pop(L, 2);
+  luaL_checkstack(L, 4, "json");
+  j = lua_newuserdata(L, sizeof(*j));
+  j->r = NULL;
+  sl_buf_init(&j->out);
+  if (luaL_newmetatable(L, "sluice.json_reader")) {
+    lua_pushcfunction(L, jread_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  if ((j->r = sl_json_reader_new()) == NULL)
+    luaL_error(L, "not enough memory");
+  rc = sl_json_reader_run(j->r, s, len, &j->out, check ? on_jstep : NULL, &st,
+                          &err);
+  if (rc == SL_ENOMEM)
+    luaL_error(L, "not enough memory");
+  if (rc != 0) {
+    size_t at = err.offset;
+    snprintf(msg, sizeof(msg), "%s", json_words(err.msg));
+    if (strncmp(err.msg, "parse error", 11) == 0 && at > 0 && at <= len &&
+        strstr(err.msg, "premature EOF") == NULL) {
+      at--; /* yajl counts the token it refused in; point at its end */
+      if (at >= 1 && s[at] >= '0' && s[at] <= '9' && s[at - 1] == '0' &&
+          (at < 2 || strchr("0123456789.eE+", s[at - 2]) == NULL)) {
+        at--; /* "01": yajl read 0, then 1 after it */
+        snprintf(msg, sizeof(msg), "leading zero");
+      }
+    }
+    luaL_error(L, "json: %s at byte %d", msg,
+               at > INT32_MAX ? INT32_MAX : (int)at);
+  }
+  sl_json_reader_free(j->r);
+  j->r = NULL;
+  sl_luacodec_push(L, j->out.data, j->out.len, check);
+  sl_buf_close(&j->out);
+  lua_remove(L, -2); /* the userdata */
 }
 
 /* ---- constructors for rules ---------------------------------------------- */

@@ -51,10 +51,12 @@
  * float64 and ext. Functions, userdata, threads, tables as keys, NaN and
  * nil keys and nesting deeper than SL_CODEC_MAX_DEPTH (cycles) raise.
  *
- * JSON uses the markers of sl_codec_to_json: {"$bin":"<base64>"},
- * {"$float":"nan"|"inf"|"-inf"}, {"$ext":[type,"<base64>"]} and
- * {"$map":[[k,v],...]} decode back to the msgpack type they stand for; a
- * number with a fraction or exponent is a float, others are ints.
+ * JSON is read by the engine's one reader (json.c) into msgpack and then
+ * decoded as above, so it knows every marker sl_codec_to_json writes
+ * ({"$bin":..}, {"$float":..}, {"$float32":..}, {"$ext":[t,..]},
+ * {"$map":[[k,v],...]}) and behaves as JSON ingest does: a number with a
+ * fraction or exponent is a float, others are ints (refused beyond
+ * uint64/int64); a repeated key keeps the first value, as in a payload.
  *
  * Every function that takes a lua_State may raise a Lua error (bad input,
  * out of memory, or check()): call it from protected code only. check, when
@@ -126,7 +128,9 @@ int sl_luacodec_same(lua_State *L, int idx, const uint8_t *p, size_t len,
                      sl_luacodec_check check);
 
 /* Parse JSON (RFC 8259, one value, whitespace around it allowed) and push
- * the value; raises "json: <what> at byte N" on bad input. */
+ * the value; raises "json: <what> at byte N" on bad input. check runs
+ * between 64 KiB steps of the parse and while pushing; the parser's C
+ * memory (about the msgpack size of the value) is freed on any raise. */
 void sl_luacodec_push_json(lua_State *L, const char *s, size_t len,
                            sl_luacodec_check check);
 

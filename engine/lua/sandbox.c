@@ -34,6 +34,7 @@
 #if defined(__has_include)
 #if __has_include("pattern.h")
 #include "pattern.h"
+#include "ratelimit.h"
 #define HAVE_PATTERN 1
 #endif
 #endif
@@ -97,7 +98,14 @@ struct timer {
  * both 64-bit halves of their keyed hash do. */
 struct lru_node {
   uint64_t h1, h2;
-  double a, b; /* rate: tokens, last ns; seen: expiry ns */
+  union {
+    struct {
+      double a, b; /* seen: expiry ns */
+    };
+    struct {
+      uint64_t tokens, last_ns; /* rate_limit: the sl_ratelimit state */
+    } rate;
+  };
   uint32_t prev, next, chain;
 };
 
@@ -1471,8 +1479,8 @@ static int l_log(lua_State *L) {
       lua_settop(L, 3);
       sl_luacodec_encode_max(L, 3, &r->buf1, check_cpu, LOG_FIELDS_MAX,
                              "sluice.log: fields");
-      if (r->buf1.len && (r->buf1.data[0] & 0xf0) != 0x80 &&
-          r->buf1.data[0] != 0xde && r->buf1.data[0] != 0xdf)
+      if (r->buf1.len && sl_codec_read_map(r->buf1.data, r->buf1.len,
+                                           &(uint32_t){0}, &(size_t){0}) != 0)
         return luaL_error(L, "sluice.log: fields must be a map");
     } else {
       sl_buf_putc(&r->buf1, 0x80);
@@ -1766,6 +1774,7 @@ static int l_rate_limit(lua_State *L) {
   uint64_t h1, h2, now = rule_mono_ns(r);
   uint32_t i;
   struct lru_node *x;
+  struct sl_ratelimit rl;
 
   if (!(rate > 0 && rate < HUGE_VAL))
     return luaL_argerror(L, 2, "a rate > 0 per second expected");
@@ -1774,23 +1783,19 @@ static int l_rate_limit(lua_State *L) {
   if (r->rate.nodes == NULL && lru_open(&r->rate, RATE_KEYS) != 0)
     return luaL_error(L, "not enough memory");
   hash128(L, r, key, n, &h1, &h2);
+  sl_ratelimit_init_fraction(&rl, rate, burst, now); /* a new key: full */
   i = lru_find(&r->rate, h1, h2);
   if (i == NIL32) {
     i = lru_add(&r->rate, h1, h2);
-    r->rate.nodes[i].a = burst;
-    r->rate.nodes[i].b = (double)now;
+  } else { /* this call's rate and burst, the key's tokens */
+    x = &r->rate.nodes[i];
+    rl.tokens = x->rate.tokens < rl.cap ? x->rate.tokens : rl.cap;
+    rl.last_ns = x->rate.last_ns;
   }
+  lua_pushboolean(L, sl_ratelimit_take(&rl, 1, now) == 1);
   x = &r->rate.nodes[i];
-  x->a += ((double)now - x->b) / 1e9 * rate;
-  if (x->a > burst)
-    x->a = burst;
-  x->b = (double)now;
-  if (x->a >= 1) {
-    x->a -= 1;
-    lua_pushboolean(L, 1);
-  } else {
-    lua_pushboolean(L, 0);
-  }
+  x->rate.tokens = rl.tokens;
+  x->rate.last_ns = rl.last_ns;
   return 1;
 }
 

@@ -16,6 +16,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include "codec.h"
+
 #define LINGER_MS 2000       /* after a refusal, read and drop at most this */
 #define LINGER_QUIET_MS 250  /* ... or until the client is quiet this long */
 #define MAX_BUFFERED (256u * 1024) /* unparsed input held while answering */
@@ -76,27 +78,6 @@ static int respond(struct http_conn *hc, int status, const char *ctype,
 const char *sl_http_status_text(int status) {
   const char *s = http_status_str((enum http_status)status);
   return s && s[0] != '<' ? s : "";
-}
-
-int sl_http_json_str(struct sl_buf *b, const char *s, size_t n) {
-  static const char hex[] = "0123456789abcdef";
-  size_t i;
-  int rc = sl_buf_putc(b, '"');
-  for (i = 0; i < n && rc == 0; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (c == '"' || c == '\\') {
-      char esc[2] = {'\\', (char)c};
-      rc = sl_buf_append(b, esc, 2);
-    } else if (c == '\n') {
-      rc = sl_buf_append(b, "\\n", 2);
-    } else if (c < 0x20 || c == 0x7f) {
-      char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-      rc = sl_buf_append(b, esc, 6);
-    } else {
-      rc = sl_buf_putc(b, c);
-    }
-  }
-  return rc ? rc : sl_buf_putc(b, '"');
 }
 
 char *sl_http_load_token(const char *path, size_t *len, char *err,
@@ -706,7 +687,7 @@ int sl_http_respond_error(struct sl_http_request *r, int status,
   sl_buf_init(&b);
   rc = sl_buf_append(&b, "{\"error\":", 9);
   if (rc == 0)
-    rc = sl_http_json_str(&b, msg, strlen(msg));
+    rc = sl_codec_json_str(&b, msg, strlen(msg));
   if (rc == 0)
     rc = sl_buf_putc(&b, '}');
   if (rc == 0)

@@ -174,8 +174,6 @@ char *sl_http_load_token(const char *path, size_t *len, char *err,
 int sl_http_bearer_ok(const struct sl_http_request *r, const char *token,
                       size_t len);
 
-/* Append s as a JSON string (quoted and escaped). Returns 0 or SL_ENOMEM. */
-int sl_http_json_str(struct sl_buf *b, const char *s, size_t n);
 /* Decode %XX and (in queries) '+' in place; returns the new length, or -1
  * for a malformed escape. */
 long sl_http_unescape(char *s, size_t n, int plus_is_space);

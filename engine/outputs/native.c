@@ -133,20 +133,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
         goto bad;
       break;
     }
-    if (p[0] <= 0x7f)
-      count = p[0];
-    else if (p[0] == 0xcc && used == 2)
-      count = p[1];
-    else if (p[0] == 0xcd && used == 3)
-      count = (uint64_t)p[1] << 8 | p[2];
-    else if (p[0] == 0xce && used == 5)
-      count = (uint64_t)p[1] << 24 | (uint64_t)p[2] << 16 |
-              (uint64_t)p[3] << 8 | p[4];
-    else if (p[0] == 0xcf && used == 9) {
-      count = 0;
-      for (i = 1; i < 9; i++)
-        count = count << 8 | p[i];
-    } else
+    if (sl_codec_read_uint(p, used, &count, &used) != 0)
       goto bad;
     pos += used;
     /* the peer may ack part of the write in flight before libuv reports

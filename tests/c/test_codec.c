@@ -531,11 +531,11 @@ TEST(to_json_renders_every_type) {
       {"cb ff f8 00 00 00 00 00 00", "{\"$float\":\"nan\"}"},
       {"cb 7f f0 00 00 00 00 00 00", "{\"$float\":\"inf\"}"},
       {"cb ff f0 00 00 00 00 00 00", "{\"$float\":\"-inf\"}"},
-      {"ca 3f c0 00 00", "1.5"},
-      {"ca c2 c8 00 00", "-100.0"},
-      {"ca 3d cc cc cd", "0.10000000149011612"},
-      {"ca 7f c0 00 00", "{\"$float\":\"nan\"}"},
-      {"ca ff 80 00 00", "{\"$float\":\"-inf\"}"},
+      {"ca 3f c0 00 00", "{\"$float32\":1.5}"},
+      {"ca c2 c8 00 00", "{\"$float32\":-100.0}"},
+      {"ca 3d cc cc cd", "{\"$float32\":0.100000001}"},
+      {"ca 7f c0 00 00", "{\"$float32\":\"nan\"}"},
+      {"ca ff 80 00 00", "{\"$float32\":\"-inf\"}"},
       {"a0", "\"\""},
       {"a3 'abc'", "\"abc\""},
       {"d9 01 'a'", "\"a\""},
@@ -827,4 +827,70 @@ TEST(put_scalars_encode_exactly) {
   CHECK_EQ(sl_codec_put_double(&b, -HUGE_VAL), 0);
   CHECK_STR(hexof(b.data, b.len), "cb ff f0 00 00 00 00 00 00");
   sl_buf_close(&b);
+}
+
+/* The header readers that other modules use instead of their own. */
+TEST(read_headers_take_every_width_and_refuse_the_rest) {
+  uint8_t b[64];
+  struct sl_str s;
+  uint32_t count;
+  size_t used, n;
+  double d;
+
+  n = unhex("c4 02 'ab'", b);
+  CHECK_EQ(sl_codec_read_strbin(b, n, &s, &used), 0);
+  CHECK(s.len == 2 && memcmp(s.p, "ab", 2) == 0 && used == 4);
+  CHECK_EQ(sl_codec_read_str(b, n, &s, &used), SL_EPROTO); /* bin: no str */
+  n = unhex("c5 00 01 'a'", b);
+  CHECK_EQ(sl_codec_read_strbin(b, n, &s, &used), 0);
+  CHECK_EQ(used, 4);
+  CHECK_EQ(sl_codec_read_strbin(b, n - 1, &s, &used), SL_EPROTO); /* short */
+  n = unhex("a1 'x'", b);
+  CHECK_EQ(sl_codec_read_strbin(b, n, &s, &used), 0);
+  n = unhex("c0", b);
+  CHECK_EQ(sl_codec_read_strbin(b, n, &s, &used), SL_EPROTO);
+
+  n = unhex("9f", b);
+  CHECK_EQ(sl_codec_read_array(b, n, &count, &used), 0);
+  CHECK(count == 15 && used == 1);
+  n = unhex("dc 01 00", b);
+  CHECK_EQ(sl_codec_read_array(b, n, &count, &used), 0);
+  CHECK(count == 256 && used == 3);
+  n = unhex("dd 00 01 00 00", b);
+  CHECK_EQ(sl_codec_read_array(b, n, &count, &used), 0);
+  CHECK(count == 65536 && used == 5);
+  CHECK_EQ(sl_codec_read_array(b, 4, &count, &used), SL_EPROTO);
+  n = unhex("80", b);
+  CHECK_EQ(sl_codec_read_array(b, n, &count, &used), SL_EPROTO);
+  CHECK_EQ(sl_codec_read_map(b, n, &count, &used), 0);
+
+  {
+    uint64_t u;
+    n = unhex("7f", b);
+    CHECK_EQ(sl_codec_read_uint(b, n, &u, &used), 0);
+    CHECK(u == 127 && used == 1);
+    n = unhex("cd 01 02", b);
+    CHECK_EQ(sl_codec_read_uint(b, n, &u, &used), 0);
+    CHECK(u == 258 && used == 3);
+    n = unhex("cf 80 00 00 00 00 00 00 01", b);
+    CHECK_EQ(sl_codec_read_uint(b, n, &u, &used), 0);
+    CHECK(u == 0x8000000000000001ull && used == 9);
+    CHECK_EQ(sl_codec_read_uint(b, n - 1, &u, &used), SL_EPROTO);
+    n = unhex("ff", b); /* -1: not an unsigned encoding */
+    CHECK_EQ(sl_codec_read_uint(b, n, &u, &used), SL_EPROTO);
+    n = unhex("d0 01", b);
+    CHECK_EQ(sl_codec_read_uint(b, n, &u, &used), SL_EPROTO);
+  }
+  n = unhex("ca 3f c0 00 00", b);
+  CHECK_EQ(sl_codec_read_number(b, n, &d, &used), 0);
+  CHECK(d == 1.5 && used == 5);
+  n = unhex("cf ff ff ff ff ff ff ff ff", b);
+  CHECK_EQ(sl_codec_read_number(b, n, &d, &used), 0);
+  CHECK(d == 18446744073709551615.0 && used == 9);
+  n = unhex("d0 80", b);
+  CHECK_EQ(sl_codec_read_number(b, n, &d, &used), 0);
+  CHECK(d == -128 && used == 2);
+  CHECK_EQ(sl_codec_read_number(b, 1, &d, &used), SL_EPROTO);
+  n = unhex("a1 '1'", b);
+  CHECK_EQ(sl_codec_read_number(b, n, &d, &used), SL_EPROTO);
 }

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "codec.h"
 #include "http.h"
 #include "test.h"
 
@@ -569,12 +570,15 @@ TEST(http_unescape_decodes_and_refuses_broken_escapes) {
   CHECK_EQ(sl_http_unescape(s, 6, 0), -1);
 }
 
-TEST(http_json_str_escapes_quotes_and_controls) {
+/* The tap and error bodies use the one escaper: bytes that are not UTF-8
+ * must not reach a JSON reader as they are. */
+TEST(json_str_escapes_controls_and_replaces_invalid_utf8) {
   struct sl_buf b;
   sl_buf_init(&b);
-  CHECK(sl_http_json_str(&b, "a\"b\\c\n\x01", 7) == 0);
+  CHECK(sl_codec_json_str(&b, "a\"b\\c\n\x01\xff\xc3\xa9", 10) == 0);
   CHECK(sl_buf_putc(&b, '\0') == 0);
-  CHECK_STR((const char *)b.data, "\"a\\\"b\\\\c\\n\\u0001\"");
+  CHECK_STR((const char *)b.data,
+            "\"a\\\"b\\\\c\\u000a\\u0001\\ufffd\xc3\xa9\"");
   sl_buf_close(&b);
 }
 

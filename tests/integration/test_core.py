@@ -404,7 +404,7 @@ def test_ndjson_keeps_types_honest(sluice):
     assert line == (
         '{"id":"x1","topic":"types","time":7,"headers":{"traceparent":"%s"},'
         '"payload":{"bin":{"$bin":"AAEC/w=="},"u64":18446744073709551615,'
-        '"i64":-9223372036854775808,"one":1.0,"half":2.5,'
+        '"i64":-9223372036854775808,"one":1.0,"half":{"$float32":2.5},'
         '"tenth":0.10000000000000001,"negzero":-0.0,"huge":1.0000000000000001e+300,'
         '"nan":{"$float":"nan"},"nested":[1,[null,[],{}],true,false],'
         '"text":"\u00e9\\u0009\\"\\\\\\u0001/","badutf8":"a\\ufffdb",'

@@ -454,3 +454,45 @@ def test_http_requests_are_counted_by_status_and_errors_logged(sluice):
     assert metric(text, "sluice_input_events_total", input="web") == 1
     line = eng.wait_log("http request refused", status=400)
     assert line["response"]["index"] == 0 and line["server"] == "web"
+
+
+
+def test_ndjson_that_sluice_wrote_ingests_back_to_the_same_msgpack(sluice):
+    """Every JSON type marker sluice writes ($bin, $float, $float32, $ext,
+    $map for non-string keys) turns back into its msgpack type on ingest:
+    an event written as NDJSON and posted back is the same event, byte for
+    byte, in the msgpack file of a second engine."""
+    def both(port):
+        return config(port, outputs=[
+            {"name": "json", "type": "file", "path": "out.ndjson"},
+            {"name": "mp", "type": "file", "path": "out.msgpack",
+             "format": "msgpack"}],
+            routes=[{"topics": "*", "to": ["json", "mp"]}])
+    p1, p2 = ports(2)
+    first, second = sluice(both(p1)), sluice(both(p2))
+    f32 = b"\xca" + msgpack.packb(0.25, use_single_float=True)[1:]
+    payload = (b"\x83" + msgpack.packb("p") + msgpack.packb({
+        "bin": b"\x00\xff", "nan": float("nan"), "inf": float("-inf"),
+        "ext": msgpack.ExtType(3, b"\x01\x02\x03\x04"),
+        "ext8": msgpack.ExtType(7, b"abc"),
+        "intkeys": {1: "a", None: [True], b"k": 2.5},
+        "user": {"$ext": [1, "AA=="]},  # the user's data, shaped like a marker
+        "n": [0, -1, 2**64 - 1, -2**63, 0.1, "\u00e9"],
+    }, use_bin_type=True) + msgpack.packb("f") + f32
+        + msgpack.packb("big") + msgpack.packb(list(range(70000))))
+    body = (b"\x82" + msgpack.packb("topic") + msgpack.packb("t")
+            + msgpack.packb("payload") + payload)
+    r = curl(url(p1), data=body, content_type="application/msgpack")
+    assert r.status == 202
+    line = wait_lines(first.path("out.ndjson"), 1)[0]
+    assert '"$ext":[3,"AQIDBA=="]' in line and '"$float32":0.25' in line
+    r = curl(url(p2), data=line, content_type="application/x-ndjson")
+    assert r.status == 202, r.body
+    wait_for(lambda: first.path("out.msgpack").stat().st_size > len(payload),
+             what="the first engine's msgpack file")
+    want = first.path("out.msgpack").read_bytes()
+    wait_for(lambda: second.path("out.msgpack").stat().st_size >= len(want),
+             what="the second engine's msgpack file")
+    assert payload in want
+    assert second.path("out.msgpack").read_bytes() == want
+    assert wait_lines(second.path("out.ndjson"), 1)[0] == line

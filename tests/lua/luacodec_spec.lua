@@ -239,14 +239,41 @@ describe("sluice.json", function()
     assert.same({ "floatintbinary" }, r2:run({ topic = "t" }).routes)
   end)
 
+  it("reads every marker sluice writes, $float32 too, and surrogates", function()
+    local r2 = s.on_event([[
+      local v = sluice.json.decode(
+        '{"f":{"$float32":1.5},"e":{"$ext":[3,"AQ=="]},"s":"\\ud83d\\ude00\\ud800x"}')
+      return sluice.kind(v, "f") .. sluice.kind(v, "e") .. "|" .. v.s .. "|" ..
+             sluice.json.encode(v.f and { v.f } or {})
+    ]])
+    local res = r2:run({ topic = "t" })
+    assert.same({ "float32ext|\240\159\152\128\239\191\189x|[1.5]" }, res.routes, res.error)
+  end)
+
+  it("stops a huge document at the CPU budget", function()
+    local r2 = s.on_event([[
+      local t = sluice.json.decode(ev.payload)
+      return "decoded"
+    ]], { cpu_budget_ms = 5 })
+    local doc = "[" .. string.rep('{"a":[1,2,3],"b":"xyz"},', 400000) .. "1]"
+    local res = r2:run({ topic = "t", payload = doc })
+    assert.equal("cpu", res.error_kind, res.error)
+    s.has(res.error, ":2: cpu budget") -- the json.decode line
+  end)
+
   it("reports bad JSON with the byte offset", function()
     for j, want in pairs({
       ['{"a":}'] = "json: unexpected character at byte 5",
-      ['[1,2'] = "json: expected ',' or ']' at byte 4",
+      ['[1,2'] = "json: unexpected end at byte 4",
       ['[1,'] = "json: unexpected end at byte 3",
       ['{"a":1} x'] = "json: trailing characters at byte 8",
       ['"\\x"'] = "json: bad escape at byte 2",
       ['01'] = "json: leading zero at byte 0",
+      -- the engine's reader is RFC 8259 strict, as for ingest
+      ['\f1'] = "json: form feed or vertical tab outside a string at byte 0",
+      ['"\255"'] = "json: invalid UTF-8 in string",
+      ['18446744073709551616'] = "json: integer above 18446744073709551615 (uint64)",
+      ['[1e400]'] = "json: number beyond the range of float64",
     }) do
       local res = r:run({ topic = "t", payload = j })
       assert.equal("runtime", res.error_kind, j)

@@ -310,6 +310,21 @@ describe("the sluice API", function()
     assert.equal("no", go("a"))
   end)
 
+  it("rate_limit takes fractions of a token per second", function()
+    local r = s.on_event([[
+      return sluice.rate_limit("k", 0.5, 1.5) and "yes" or "no"
+    ]])
+    assert.equal("yes", run(r).routes[1])
+    assert.equal("no", run(r).routes[1])
+    r:advance(1000) -- half a token back: with the half left, one token
+    assert.equal("yes", run(r).routes[1])
+    assert.equal("no", run(r).routes[1])
+    r:advance(1999)
+    assert.equal("no", run(r).routes[1])
+    r:advance(1)
+    assert.equal("yes", run(r).routes[1])
+  end)
+
   it("rate_limit keeps a bounded number of keys", function()
     local r = s.on_event([[
       for i = 1, 10000 do sluice.rate_limit("k" .. i, 1, 1) end
