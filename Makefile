@@ -132,7 +132,8 @@ fuzz: $(BUILD)/fuzz/fuzz_codec $(BUILD)/fuzz/fuzz_pattern $(BUILD)/fuzz/fuzz_htt
 $(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c engine/codec/codec.c engine/core/buf.c \
                           engine/codec/codec.h engine/core/buf.h engine/core/common.h
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_codec.c engine/codec/codec.c engine/core/buf.c
+	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_codec.c engine/codec/codec.c engine/core/buf.c \
+	  engine/core/utf8.c
 
 # Compares with LuaJIT's own string library, so it links libluajit.
 $(BUILD)/fuzz/fuzz_pattern: tests/fuzz/fuzz_pattern.c engine/lua/pattern.c \
@@ -143,8 +144,8 @@ $(BUILD)/fuzz/fuzz_pattern: tests/fuzz/fuzz_pattern.c engine/lua/pattern.c \
 
 # The HTTP server over loopback connections, so the conn layer under it runs
 # too (conn.c wants config.c for addresses, config.c wants LuaJIT).
-FUZZ_HTTP_SRC := engine/net/http.c engine/net/conn.c engine/core/buf.c engine/codec/log.c \
-                 engine/config/config.c
+FUZZ_HTTP_SRC := $(wildcard engine/net/*.c) engine/core/buf.c engine/core/utf8.c \
+                 engine/codec/log.c engine/codec/codec.c engine/config/config.c
 $(BUILD)/fuzz/fuzz_http: tests/fuzz/fuzz_http.c $(FUZZ_HTTP_SRC) \
                          $(wildcard engine/*/*.h)
 	@mkdir -p $(dir $@)
@@ -156,6 +157,7 @@ $(BUILD)/fuzz/fuzz_json: tests/fuzz/fuzz_json.c engine/codec/json.c engine/codec
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags yajl) -o $@ \
 	  tests/fuzz/fuzz_json.c engine/codec/json.c engine/codec/codec.c engine/core/buf.c \
+	  engine/core/utf8.c \
 	  $(shell pkg-config --libs yajl)
 
 # Recovery of a damaged segment file (writes under /tmp).

@@ -3,6 +3,7 @@
  * Readers never allocate and never trust a length before checking it against
  * the bytes left; writers reserve once, then fill. Owns no state. */
 #include "codec.h"
+#include "utf8.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -987,56 +988,6 @@ int sl_codec_put_map(struct sl_buf *b, uint32_t n) {
       return SL_ENOMEM;                                       \
   } while (0)
 
-/* Length of the valid UTF-8 sequence at s (1-4), or 0 with *bad set to the
- * length of its maximal ill-formed prefix, which becomes one U+FFFD. */
-static size_t utf8_seq(const uint8_t *s, size_t n, size_t *bad) {
-  uint8_t c = s[0], lo = 0x80, hi = 0xbf;
-  size_t need, i;
-
-  if (c >= 0xc2 && c <= 0xdf) {
-    need = 1;
-  } else if (c >= 0xe0 && c <= 0xef) {
-    need = 2;
-    if (c == 0xe0)
-      lo = 0xa0; /* overlong */
-    else if (c == 0xed)
-      hi = 0x9f; /* surrogates */
-  } else if (c >= 0xf0 && c <= 0xf4) {
-    need = 3;
-    if (c == 0xf0)
-      lo = 0x90; /* overlong */
-    else if (c == 0xf4)
-      hi = 0x8f; /* above U+10FFFF */
-  } else {
-    *bad = 1; /* stray continuation, 0xc0, 0xc1, 0xf5.. */
-    return 0;
-  }
-  for (i = 1; i <= need; i++) {
-    if (i >= n || s[i] < lo || s[i] > hi) {
-      *bad = i;
-      return 0;
-    }
-    lo = 0x80;
-    hi = 0xbf;
-  }
-  return need + 1;
-}
-
-size_t sl_codec_utf8_valid(const void *str, size_t n) {
-  const uint8_t *s = str;
-  size_t i = 0, seq, bad;
-  while (i < n) {
-    if (s[i] < 0x80) {
-      i++;
-      continue;
-    }
-    if ((seq = utf8_seq(s + i, n - i, &bad)) == 0)
-      return i;
-    i += seq;
-  }
-  return n;
-}
-
 int sl_codec_json_str(struct sl_buf *out, const void *str, size_t n) {
   const uint8_t *s = str;
   static const char hex[] = "0123456789abcdef";
@@ -1058,7 +1009,7 @@ int sl_codec_json_str(struct sl_buf *out, const void *str, size_t n) {
       }
       if (c < 0x80)
         break;
-      seq = utf8_seq(s + i, n - i, &bad);
+      seq = sl_utf8_seq(s + i, n - i, &bad);
       if (seq == 0)
         break;
       i += seq;
@@ -1082,7 +1033,7 @@ int sl_codec_json_str(struct sl_buf *out, const void *str, size_t n) {
         return SL_ENOMEM;
       i++;
     } else {
-      utf8_seq(s + i, n - i, &bad);
+      sl_utf8_seq(s + i, n - i, &bad);
       APPEND(out, "\\ufffd");
       i += bad;
     }

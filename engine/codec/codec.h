@@ -81,11 +81,6 @@ int sl_codec_to_json(const uint8_t *p, size_t len, struct sl_buf *out);
  * $map): the one list the writer above and sl_json_to_msgpack share. */
 int sl_codec_json_marker(const char *s, size_t n);
 
-/* The length of the longest prefix of s[0..n) that is well-formed UTF-8
- * (n when all of it is): no overlongs, surrogates or code points above
- * U+10FFFF. */
-size_t sl_codec_utf8_valid(const void *s, size_t n);
-
 /* Append s (n bytes) as a JSON string, escaped as sl_codec_to_json does.
  * Returns 0 or SL_ENOMEM. */
 int sl_codec_json_str(struct sl_buf *out, const void *s, size_t n);

@@ -14,6 +14,7 @@
 #include <yajl/yajl_parse.h>
 
 #include "codec.h"
+#include "utf8.h"
 
 #define MAX_DEPTH SL_CODEC_MAX_DEPTH
 /* A msgpack map with a key that is not a string is three JSON levels,
@@ -340,7 +341,7 @@ static int on_number(void *p, const char *s, size_t n) {
 /* yajl's own check lets overlong forms and surrogates through: strings
  * are checked here instead (yajl_dont_validate_strings), strictly. */
 static int utf8_ok(struct ctx *c, const unsigned char *s, size_t n) {
-  if (sl_codec_utf8_valid(s, n) == n)
+  if (sl_utf8_prefix(s, n) == n)
     return 1;
   snprintf(c->why, sizeof(c->why), "invalid UTF-8 in a string");
   return 0;

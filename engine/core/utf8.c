@@ -38,7 +38,7 @@ size_t sl_utf8_seq(const uint8_t *s, size_t n, size_t *bad) {
   return need + 1;
 }
 
-int sl_utf8_valid(const void *str, size_t n) {
+size_t sl_utf8_prefix(const void *str, size_t n) {
   const uint8_t *s = str;
   size_t i = 0, seq;
   while (i < n) {
@@ -47,8 +47,10 @@ int sl_utf8_valid(const void *str, size_t n) {
       continue;
     }
     if ((seq = sl_utf8_seq(s + i, n - i, NULL)) == 0)
-      return 0;
+      return i;
     i += seq;
   }
-  return 1;
+  return n;
 }
+
+int sl_utf8_valid(const void *s, size_t n) { return sl_utf8_prefix(s, n) == n; }

@@ -12,6 +12,10 @@
  * ill-formed prefix, which a renderer replaces by one U+FFFD. */
 size_t sl_utf8_seq(const uint8_t *s, size_t n, size_t *bad);
 
+/* The length of the longest prefix of s[0..n) that is well-formed UTF-8
+ * (n when all of it is). */
+size_t sl_utf8_prefix(const void *s, size_t n);
+
 /* Is s[0..n) well-formed UTF-8 throughout? */
 int sl_utf8_valid(const void *s, size_t n);
 
