@@ -11,6 +11,7 @@
 #include <lauxlib.h>
 
 #include "codec.h"
+#include "utf8.h"
 #include "json.h"
 
 /* Registry keys: the addresses are unique, the values unused. */
@@ -673,35 +674,18 @@ static void jcost(struct enc *e, size_t add) {
  * bytes become \u00XX, '"' and '\\' two bytes, each byte of an ill-formed
  * UTF-8 sequence at most one \ufffd (6 bytes), the rest as it is. */
 static size_t json_str_len(const uint8_t *s, size_t n) {
-  size_t i = 0, len = n + 2, need, k;
-  uint8_t c, lo, hi;
+  size_t i = 0, len = n + 2, seq;
 
   while (i < n) {
-    c = s[i];
+    uint8_t c = s[i];
     if (c < 0x80) {
       if (c < 0x20)
         len += 5;
       else if (c == '"' || c == '\\')
         len += 1;
       i++;
-      continue;
-    }
-    lo = 0x80, hi = 0xbf;
-    if (c >= 0xc2 && c <= 0xdf)
-      need = 1;
-    else if (c >= 0xe0 && c <= 0xef)
-      need = 2, lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
-    else if (c >= 0xf0 && c <= 0xf4)
-      need = 3, lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
-    else
-      need = 0;
-    for (k = 1; need && k <= need; k++) {
-      if (i + k >= n || s[i + k] < lo || s[i + k] > hi)
-        need = 0;
-      lo = 0x80, hi = 0xbf;
-    }
-    if (need) {
-      i += need + 1;
+    } else if ((seq = sl_utf8_seq(s + i, n - i, NULL)) != 0) {
+      i += seq;
     } else {
       len += 5; /* this byte as (part of) one U+FFFD */
       i++;
