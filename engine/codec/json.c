@@ -569,6 +569,8 @@ int sl_json_reader_run(struct sl_json_reader *r, const char *p, size_t n,
   int rc;
 
   memset(err, 0, sizeof(*err));
+  if (p == NULL)
+    p = ""; /* an empty body: keep pointer arithmetic defined */
   r->c.out = out;
   if ((rc = unsurrogate(p, n, &r->copy, &n)) != 0)
     return rc;
@@ -662,6 +664,8 @@ int sl_json_items_to_msgpack(const char *p, size_t n, int flags,
   memset(err, 0, sizeof(*err));
   if (c == NULL)
     return SL_ENOMEM;
+  if (p == NULL)
+    p = ""; /* an empty body: keep pointer arithmetic defined */
   if (unsurrogate(p, n, &copy, &n) != 0) {
     free(c);
     return SL_ENOMEM;

@@ -536,3 +536,21 @@ TEST(json_strings_and_keys_must_be_well_formed_utf8) {
   CHECK_EQ(one("\"\xf4\x8f\xbf\xbf \xc3\xa9\"", &out, err, sizeof err), 0);
   sl_buf_close(&out);
 }
+
+/* An empty HTTP body reaches the reader as (NULL, 0): refused as empty,
+ * with no pointer arithmetic on NULL (UBSan caught p + 0). */
+TEST(json_empty_input_as_a_null_pointer_is_refused_cleanly) {
+  struct sl_buf out;
+  struct sl_json_error err;
+  struct items it;
+  char msg[200];
+  sl_buf_init(&out);
+  memset(&it, 0, sizeof(it));
+  it.out = &out;
+  it.refuse_at = -1;
+  CHECK(sl_json_items_to_msgpack(NULL, 0, SL_JSON_SPLIT_ARRAY, &out, on_item,
+                                 &it, &err) != 0 || it.n == 0);
+  CHECK_EQ(it.n, 0);
+  CHECK(sl_json_to_msgpack(NULL, 0, &out, msg, sizeof(msg)) != 0);
+  sl_buf_close(&out);
+}
