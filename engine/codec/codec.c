@@ -882,6 +882,23 @@ int sl_codec_put_map(struct sl_buf *b, uint32_t n) {
   PACK(b, 5, msgpack_pack_map(&pk, n));
 }
 
+void sl_codec_patch_header(struct sl_buf *b, size_t at, int is_map,
+                           uint32_t n) {
+  struct fill f = {b->data + at};
+  msgpack_packer pk = {&f, on_fill};
+  size_t hl, body = b->len - at - 5;
+
+  if (is_map)
+    msgpack_pack_map(&pk, n);
+  else
+    msgpack_pack_array(&pk, n);
+  hl = (size_t)(f.d - (b->data + at)); /* 1, 3 or 5 */
+  if (hl < 5) {
+    memmove(f.d, b->data + at + 5, body);
+    b->len -= 5 - hl;
+  }
+}
+
 /* ---- JSON -------------------------------------------------------------- */
 
 #define APPEND(out, lit)                                      \

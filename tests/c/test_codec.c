@@ -1108,3 +1108,37 @@ TEST(write_event_matches_a_reference_encoder_at_every_width_edge) {
   }
   sl_buf_close(&out);
 }
+
+TEST(patch_header_writes_the_smallest_header_and_moves_the_body_down) {
+  static const struct {
+    uint32_t n;
+    const char *map, *arr;
+  } cases[] = {
+      {0, "80", "90"},
+      {15, "8f", "9f"},
+      {16, "de 00 10", "dc 00 10"},
+      {65535, "de ff ff", "dc ff ff"},
+      {65536, "df 00 01 00 00", "dd 00 01 00 00"},
+      {UINT32_MAX, "df ff ff ff ff", "dd ff ff ff ff"},
+  };
+  struct sl_buf b;
+  size_t i, hl;
+  int is_map;
+
+  sl_buf_init(&b);
+  for (i = 0; i < SL_ARRAY_SIZE(cases); i++) {
+    for (is_map = 0; is_map < 2; is_map++) {
+      const char *want = is_map ? cases[i].map : cases[i].arr;
+
+      sl_buf_reset(&b);
+      CHECK_EQ(sl_buf_append(&b, "pre", 3), 0);
+      CHECK_EQ(sl_buf_append(&b, "\xdf\0\0\0\0" "body", 9), 0);
+      sl_codec_patch_header(&b, 3, is_map, cases[i].n);
+      hl = b.len - 3 - 4;
+      CHECK_STR(hexof(b.data + 3, hl), want);
+      CHECK(memcmp(b.data, "pre", 3) == 0);
+      CHECK(memcmp(b.data + 3 + hl, "body", 4) == 0);
+    }
+  }
+  sl_buf_close(&b);
+}
