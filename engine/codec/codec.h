@@ -126,4 +126,12 @@ int sl_codec_put_ext(struct sl_buf *b, int8_t type, const void *s, size_t n);
 int sl_codec_put_array(struct sl_buf *b, uint32_t n);
 int sl_codec_put_map(struct sl_buf *b, uint32_t n);
 
+/* For a writer that learns a container's count only at its end: the
+ * container was opened with 5 placeholder bytes at b->data[at], and
+ * everything after them up to b->len is its body. Writes the smallest map
+ * (is_map) or array header for n there and moves the body down over the
+ * bytes the header does not need. Cannot fail. */
+void sl_codec_patch_header(struct sl_buf *b, size_t at, int is_map,
+                           uint32_t n);
+
 #endif

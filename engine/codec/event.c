@@ -102,7 +102,7 @@ static int rewrite_headers(struct sl_buf *out, const uint8_t *h, size_t hlen,
   size_t hdr = 0;
   const uint8_t *p;
   const uint8_t *end = h ? h + hlen : NULL;
-  size_t start = out->len, kused, vused, body_start;
+  size_t start = out->len, kused, vused;
   struct sl_str k;
   int rc;
 
@@ -113,7 +113,6 @@ static int rewrite_headers(struct sl_buf *out, const uint8_t *h, size_t hlen,
    * header and fix it up at the end */
   if ((rc = sl_buf_append(out, "\xdf\0\0\0\0", 5)) != 0)
     return rc;
-  body_start = out->len;
   for (i = 0; i < n; i++) {
     if (sl_codec_read_str(p, (size_t)(end - p), &k, &kused) != 0 ||
         sl_codec_skip(p + kused, (size_t)(end - p) - kused, (size_t)(end - p),
@@ -130,25 +129,7 @@ static int rewrite_headers(struct sl_buf *out, const uint8_t *h, size_t hlen,
       (rc = sl_codec_put_str(out, value, valuelen)) != 0)
     return rc;
   kept++;
-  /* shrink the header to its smallest form */
-  if (kept < 16) {
-    out->data[start] = (uint8_t)(0x80 | kept);
-    memmove(out->data + start + 1, out->data + body_start,
-            out->len - body_start);
-    out->len -= 4;
-  } else if (kept < 65536) {
-    out->data[start] = 0xde;
-    out->data[start + 1] = (uint8_t)(kept >> 8);
-    out->data[start + 2] = (uint8_t)kept;
-    memmove(out->data + start + 3, out->data + body_start,
-            out->len - body_start);
-    out->len -= 2;
-  } else {
-    out->data[start + 1] = (uint8_t)(kept >> 24);
-    out->data[start + 2] = (uint8_t)(kept >> 16);
-    out->data[start + 3] = (uint8_t)(kept >> 8);
-    out->data[start + 4] = (uint8_t)kept;
-  }
+  sl_codec_patch_header(out, start, 1, kept);
   return 0;
 }
 

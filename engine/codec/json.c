@@ -400,31 +400,9 @@ static int on_map_key(void *p, const unsigned char *s, size_t n) {
  * elements down over the bytes the 5-byte placeholder no longer needs. */
 static int close_container(struct ctx *c) {
   struct frame *f = &c->stack[--c->depth];
-  uint8_t *h;
-  size_t hl, body;
   if (f->batch)
     return 1; /* the split batch array ends */
-  h = c->out->data + f->header;
-  body = c->out->len - f->header - 5;
-  if (f->count < 16) {
-    h[0] = (uint8_t)((f->is_map ? 0x80 : 0x90) | f->count);
-    hl = 1;
-  } else if (f->count <= 0xffff) {
-    h[0] = f->is_map ? 0xde : 0xdc;
-    h[1] = (uint8_t)(f->count >> 8);
-    h[2] = (uint8_t)f->count;
-    hl = 3;
-  } else {
-    h[1] = (uint8_t)(f->count >> 24);
-    h[2] = (uint8_t)(f->count >> 16);
-    h[3] = (uint8_t)(f->count >> 8);
-    h[4] = (uint8_t)f->count;
-    hl = 5;
-  }
-  if (hl < 5) {
-    memmove(h + hl, h + 5, body);
-    c->out->len -= 5 - hl;
-  }
+  sl_codec_patch_header(c->out, f->header, f->is_map, f->count);
   return end_value(c);
 }
 

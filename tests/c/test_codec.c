@@ -894,3 +894,251 @@ TEST(read_headers_take_every_width_and_refuse_the_rest) {
   n = unhex("a1 '1'", b);
   CHECK_EQ(sl_codec_read_number(b, n, &d, &used), SL_EPROTO);
 }
+
+/* ---- writers: every width edge, byte for byte ----------------------------
+ * The writers pack through msgpack-c; these pin its choices to the smallest
+ * encodings the hand-written writers made (and the JSON round trip and the
+ * canonical event encoding need). The expected bytes come from the
+ * msgpack spec, not from msgpack-c. */
+
+TEST(put_ext_uses_fixext_then_the_smallest_ext_header) {
+  static const struct {
+    size_t n;
+    const char *hdr;
+  } cases[] = {
+      {0, "c7 00 05"},        {1, "d4 05"},           {2, "d5 05"},
+      {3, "c7 03 05"},        {4, "d6 05"},           {5, "c7 05 05"},
+      {7, "c7 07 05"},        {8, "d7 05"},           {9, "c7 09 05"},
+      {15, "c7 0f 05"},       {16, "d8 05"},          {17, "c7 11 05"},
+      {255, "c7 ff 05"},      {256, "c8 01 00 05"},   {65535, "c8 ff ff 05"},
+      {65536, "c9 00 01 00 00 05"},
+  };
+  static char data[70000];
+  struct sl_buf b;
+  size_t i, n, hl, used;
+
+  memset(data, 'e', sizeof data);
+  sl_buf_init(&b);
+  for (i = 0; i < SL_ARRAY_SIZE(cases); i++) {
+    n = cases[i].n;
+    sl_buf_reset(&b);
+    CHECK_EQ(sl_buf_append(&b, "pre", 3), 0); /* appends, never overwrites */
+    CHECK_EQ(sl_codec_put_ext(&b, 5, data, n), 0);
+    CHECK(memcmp(b.data, "pre", 3) == 0);
+    hl = b.len - 3 - n;
+    CHECK_STR(hexof(b.data + 3, hl), cases[i].hdr);
+    CHECK(n == 0 || (b.data[3 + hl] == 'e' && b.data[b.len - 1] == 'e'));
+    CHECK_EQ(sl_codec_skip(b.data + 3, b.len - 3, MIB, &used, NULL), 0);
+    CHECK_EQ(used, b.len - 3);
+  }
+  sl_buf_reset(&b); /* the type byte is signed */
+  CHECK_EQ(sl_codec_put_ext(&b, -1, "\x01", 1), 0);
+  CHECK_EQ(sl_codec_put_ext(&b, -128, "abc", 3), 0);
+  CHECK_STR(hexof(b.data, b.len), "d4 ff 01 c7 03 80 61 62 63");
+  sl_buf_close(&b);
+}
+
+TEST(put_uint_float32_bool_and_map_encode_at_every_width_edge) {
+  static const struct {
+    uint64_t v;
+    const char *hex;
+  } uints[] = {
+      {0, "00"},
+      {0x7f, "7f"},
+      {0x80, "cc 80"},
+      {0xff, "cc ff"},
+      {0x100, "cd 01 00"},
+      {0xffff, "cd ff ff"},
+      {0x10000, "ce 00 01 00 00"},
+      {0xffffffffu, "ce ff ff ff ff"},
+      {0x100000000u, "cf 00 00 00 01 00 00 00 00"},
+      {(uint64_t)INT64_MAX + 1, "cf 80 00 00 00 00 00 00 00"},
+  };
+  struct sl_buf b;
+  size_t i;
+
+  for (i = 0; i < SL_ARRAY_SIZE(uints); i++)
+    CHECK_STR(put_uint_hex(uints[i].v), uints[i].hex);
+  sl_buf_init(&b);
+  CHECK_EQ(sl_codec_put_float(&b, 1.5f), 0);
+  CHECK_EQ(sl_codec_put_float(&b, -0.0f), 0);
+  CHECK_EQ(sl_codec_put_float(&b, (float)HUGE_VAL), 0);
+  CHECK_EQ(sl_codec_put_double(&b, -0.0), 0);
+  CHECK_STR(hexof(b.data, b.len), "ca 3f c0 00 00 ca 80 00 00 00 "
+                                  "ca 7f 80 00 00 cb 80 00 00 00 00 00 00 00");
+  sl_buf_reset(&b);
+  CHECK_EQ(sl_codec_put_bool(&b, 2), 0); /* any non-zero is true */
+  CHECK_EQ(sl_codec_put_map(&b, UINT32_MAX), 0);
+  CHECK_EQ(sl_codec_put_nil(&b), 0);
+  CHECK_STR(hexof(b.data, b.len), "c3 df ff ff ff ff c0");
+  sl_buf_close(&b);
+}
+
+/* msgpack-c would write only the low 32 bits of such a length. */
+TEST(put_longer_than_uint32_is_refused_and_leaves_the_buffer_as_it_was) {
+  struct sl_buf b;
+  size_t big = (size_t)UINT32_MAX + 1;
+
+  sl_buf_init(&b);
+  CHECK_EQ(sl_buf_append(&b, "ab", 2), 0);
+  /* NULL data: the refusal must come before any byte is read */
+  CHECK_EQ(sl_codec_put_str(&b, NULL, big), SL_E2BIG);
+  CHECK_EQ(sl_codec_put_bin(&b, NULL, big), SL_E2BIG);
+  CHECK_EQ(sl_codec_put_ext(&b, 1, NULL, big), SL_E2BIG);
+  CHECK_EQ(b.len, 2);
+  CHECK(memcmp(b.data, "ab", 2) == 0);
+  sl_buf_close(&b);
+}
+
+/* An independent encoder for the test below, written from the spec. */
+static size_t ref_str(uint8_t *d, const char *s, size_t n) {
+  size_t h;
+
+  if (n < 32) {
+    d[0] = (uint8_t)(0xa0 | n), h = 1;
+  } else if (n < 256) {
+    d[0] = 0xd9, d[1] = (uint8_t)n, h = 2;
+  } else if (n < 65536) {
+    d[0] = 0xda, d[1] = (uint8_t)(n >> 8), d[2] = (uint8_t)n, h = 3;
+  } else {
+    d[0] = 0xdb, d[1] = (uint8_t)(n >> 24), d[2] = (uint8_t)(n >> 16);
+    d[3] = (uint8_t)(n >> 8), d[4] = (uint8_t)n, h = 5;
+  }
+  memcpy(d + h, s, n);
+  return h + n;
+}
+
+static size_t ref_be(uint8_t *d, uint8_t type, uint64_t v, int bytes) {
+  int i;
+
+  d[0] = type;
+  for (i = 0; i < bytes; i++)
+    d[1 + i] = (uint8_t)(v >> (8 * (bytes - 1 - i)));
+  return 1 + (size_t)bytes;
+}
+
+static size_t ref_int(uint8_t *d, int64_t v) {
+  uint64_t u = (uint64_t)v;
+
+  if (v >= 0 && v < 128)
+    return d[0] = (uint8_t)v, 1;
+  if (v < 0 && v >= -32)
+    return d[0] = (uint8_t)v, 1;
+  if (v >= 0)
+    return v < 256 ? ref_be(d, 0xcc, u, 1)
+           : v < 65536 ? ref_be(d, 0xcd, u, 2)
+           : v <= 0xffffffffLL ? ref_be(d, 0xce, u, 4)
+                               : ref_be(d, 0xcf, u, 8);
+  return v >= -128 ? ref_be(d, 0xd0, u, 1)
+         : v >= -32768 ? ref_be(d, 0xd1, u, 2)
+         : v >= INT32_MIN ? ref_be(d, 0xd2, u, 4)
+                          : ref_be(d, 0xd3, u, 8);
+}
+
+TEST(write_event_matches_a_reference_encoder_at_every_width_edge) {
+  static const size_t lens[] = {0, 1, 31, 32, 255, 256, 65535, 65536};
+  static const int64_t times[] = {0,          127,       128,       255,
+                                  256,        65535,     65536,     -1,
+                                  -32,        -33,       -128,      -129,
+                                  -32768,     -32769,    INT32_MIN, INT64_MIN,
+                                  4294967295LL, 4294967296LL, INT64_MAX};
+  static const uint8_t headers[] = "\x81\xa1" "a\xa1" "b";
+  static const uint8_t payload[] = "\x92\x01\xc0";
+  static char text[65536];
+  static uint8_t want[4 * 65536 + 256];
+  struct sl_buf out;
+  struct sl_str s, none = {NULL, 0};
+  uint32_t offs[3], woffs[3];
+  size_t i, j, w;
+  int with;
+
+  memset(text, 'x', sizeof text);
+  sl_buf_init(&out);
+  for (i = 0; i < SL_ARRAY_SIZE(lens); i++) {
+    for (j = 0; j < SL_ARRAY_SIZE(times); j++) {
+      for (with = 0; with < 2; with++) { /* all fields, or topic and time */
+        s.p = text;
+        s.len = lens[i];
+        w = 0;
+        want[w++] = with ? 0x86 : 0x82;
+        woffs[0] = woffs[1] = woffs[2] = 0;
+        if (with) {
+          w += ref_str(want + w, "id", 2);
+          woffs[2] = (uint32_t)(w + ref_str(want + w, text, lens[i]) - lens[i]);
+          w = woffs[2] + lens[i];
+        }
+        w += ref_str(want + w, "topic", 5);
+        woffs[0] = (uint32_t)(w + ref_str(want + w, text, lens[i]) - lens[i]);
+        w = woffs[0] + lens[i];
+        if (with) {
+          w += ref_str(want + w, "key", 3);
+          woffs[1] =
+              (uint32_t)(w + ref_str(want + w, text, lens[i]) - lens[i]);
+          w = woffs[1] + lens[i];
+        }
+        w += ref_str(want + w, "time", 4);
+        w += ref_int(want + w, times[j]);
+        if (with) {
+          w += ref_str(want + w, "headers", 7);
+          memcpy(want + w, headers, sizeof headers - 1);
+          w += sizeof headers - 1;
+          w += ref_str(want + w, "payload", 7);
+          memcpy(want + w, payload, sizeof payload - 1);
+          w += sizeof payload - 1;
+        }
+
+        sl_buf_reset(&out);
+        CHECK_EQ(sl_buf_append(&out, "x", 1), 0); /* offsets per event */
+        CHECK_EQ(sl_codec_write_event(
+                     &out, with ? s : none, s, with ? s : none, times[j],
+                     with ? headers : NULL, with ? sizeof headers - 1 : 0,
+                     with ? payload : NULL, with ? sizeof payload - 1 : 0,
+                     offs),
+                 0);
+        if (out.len - 1 != w || memcmp(out.data + 1, want, w) != 0) {
+          fprintf(stderr, "  len %zu time %lld with %d: %zu bytes, want %zu\n",
+                  lens[i], (long long)times[j], with, out.len - 1, w);
+          CHECK(0);
+        }
+        CHECK_EQ(offs[0], woffs[0]);
+        CHECK_EQ(offs[1], woffs[1]);
+        CHECK_EQ(offs[2], woffs[2]);
+      }
+    }
+  }
+  sl_buf_close(&out);
+}
+
+TEST(patch_header_writes_the_smallest_header_and_moves_the_body_down) {
+  static const struct {
+    uint32_t n;
+    const char *map, *arr;
+  } cases[] = {
+      {0, "80", "90"},
+      {15, "8f", "9f"},
+      {16, "de 00 10", "dc 00 10"},
+      {65535, "de ff ff", "dc ff ff"},
+      {65536, "df 00 01 00 00", "dd 00 01 00 00"},
+      {UINT32_MAX, "df ff ff ff ff", "dd ff ff ff ff"},
+  };
+  struct sl_buf b;
+  size_t i, hl;
+  int is_map;
+
+  sl_buf_init(&b);
+  for (i = 0; i < SL_ARRAY_SIZE(cases); i++) {
+    for (is_map = 0; is_map < 2; is_map++) {
+      const char *want = is_map ? cases[i].map : cases[i].arr;
+
+      sl_buf_reset(&b);
+      CHECK_EQ(sl_buf_append(&b, "pre", 3), 0);
+      CHECK_EQ(sl_buf_append(&b, "\xdf\0\0\0\0" "body", 9), 0);
+      sl_codec_patch_header(&b, 3, is_map, cases[i].n);
+      hl = b.len - 3 - 4;
+      CHECK_STR(hexof(b.data + 3, hl), want);
+      CHECK(memcmp(b.data, "pre", 3) == 0);
+      CHECK(memcmp(b.data + 3 + hl, "body", 4) == 0);
+    }
+  }
+  sl_buf_close(&b);
+}
