@@ -705,16 +705,7 @@ static void put_number(struct enc *e, double v, const struct hint *h) {
   if (h->kind == 'f') {
     put(e, sl_codec_put_double(e->out, v));
   } else if (h->kind == 's') {
-    float f = (float)v;
-    uint32_t b;
-    uint8_t raw[5];
-    memcpy(&b, &f, 4);
-    raw[0] = 0xca;
-    raw[1] = (uint8_t)(b >> 24);
-    raw[2] = (uint8_t)(b >> 16);
-    raw[3] = (uint8_t)(b >> 8);
-    raw[4] = (uint8_t)b;
-    put(e, sl_buf_append(e->out, raw, 5));
+    put(e, sl_codec_put_float(e->out, (float)v));
   } else if (h->kind == 'i') {
     put(e, sl_codec_put_int(e->out, (int64_t)h->bits));
   } else if (h->kind == 'u') {
@@ -730,30 +721,11 @@ static void put_number(struct enc *e, double v, const struct hint *h) {
 }
 
 static void put_ext(struct enc *e, int type, const char *s, size_t n) {
-  uint8_t h[6];
-  size_t hl;
-
   if (n > UINT32_MAX)
     luaL_error(e->L, "value too large for msgpack");
   room(e, n + 6);
   jcost(e, n / 3 * 4 + 32); /* {"$ext":[t,"<base64>"]} */
-  if (n == 1 || n == 2 || n == 4 || n == 8 || n == 16) {
-    h[0] = (uint8_t)(n == 1 ? 0xd4 : n == 2 ? 0xd5 : n == 4 ? 0xd6
-                                 : n == 8 ? 0xd7 : 0xd8);
-    h[1] = (uint8_t)type;
-    hl = 2;
-  } else if (n <= 0xff) {
-    h[0] = 0xc7, h[1] = (uint8_t)n, h[2] = (uint8_t)type, hl = 3;
-  } else if (n <= 0xffff) {
-    h[0] = 0xc8, h[1] = (uint8_t)(n >> 8), h[2] = (uint8_t)n;
-    h[3] = (uint8_t)type, hl = 4;
-  } else {
-    h[0] = 0xc9, h[1] = (uint8_t)(n >> 24), h[2] = (uint8_t)(n >> 16);
-    h[3] = (uint8_t)(n >> 8), h[4] = (uint8_t)n, h[5] = (uint8_t)type;
-    hl = 6;
-  }
-  put(e, sl_buf_append(e->out, h, hl));
-  put(e, sl_buf_append(e->out, s, n));
+  put(e, sl_codec_put_ext(e->out, (int8_t)type, s, n));
 }
 
 /* Count the entries of the table at t; *seq tells whether its keys are
