@@ -1,0 +1,192 @@
+/* output.h - an output: its queue and buffer, its plugin's ops, and the
+ * runtime every plugin shares (confirmed deliveries, retries with backoff,
+ * the circuit breaker, the dead letter, rate limits, dedup). Runs on its
+ * worker's loop. */
+#ifndef SL_OUTPUT_H
+#define SL_OUTPUT_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "event.h"
+#include "buffer.h"
+#include "log.h"
+#include "histogram.h"
+#include "queue.h"
+#include "ratelimit.h"
+#include "retry.h"
+
+struct sl_worker;
+struct sl_output;
+struct sl_dedup;
+
+/* ---- outputs ----------------------------------------------------------- */
+
+/* An output plugin, filled in by field name. */
+/* A write the core hands a plugin: events [first, first + n) of o->q, in
+ * order, bytes their size. The core picked them: at most batch_events,
+ * what rate_limit and the breaker let out. */
+struct sl_batch {
+  uint32_t first;
+  uint32_t n;
+  uint64_t bytes;
+  int again; /* the same events as the last write, which reported
+                SL_WRITE_AGAIN: finish it */
+};
+
+/* A write's outcome, reported once with sl_output_done. */
+enum sl_write_status {
+  SL_WRITE_OK,    /* n_ok events delivered; the rest go in a later write */
+  SL_WRITE_RETRY, /* n_ok delivered, the rest failed: retry them after the
+                     backoff (the dead letter once they used up theirs) */
+  SL_WRITE_AGAIN, /* as RETRY, but part of the rest is already out (half a
+                     line in a file): the same events are written again,
+                     never dead-lettered or re-batched */
+  SL_WRITE_FATAL  /* n_ok delivered; the next event can never be
+                     delivered: it goes to the dead letter (or is dropped,
+                     counted in stats.refused), the rest go later */
+};
+
+/* An output plugin, filled in by field name. A plugin sets cb_write (the
+ * core owns batching, in-flight accounting, retries, the breaker, rate
+ * limits and the dead letter) or, the older form, cb_flush (it does all
+ * that itself with the sl_output_* calls below). */
+struct sl_output_ops {
+  /* Open files or start connecting. 0 or a negative code, err filled. */
+  int (*cb_start)(struct sl_output *o, char *err, size_t errlen);
+  /* Deliver batch b; report once with sl_output_done (may be from here).
+   * The core calls it again only after that report. b is valid for the
+   * call only; its events stay in o->q until reported. */
+  void (*cb_write)(struct sl_output *o, const struct sl_batch *b);
+  /* The queue has events that are not in flight: deliver some, and call
+   * sl_output_delivered once they are confirmed. */
+  void (*cb_flush)(struct sl_output *o);
+  /* Close everything; call sl_output_stopped(o) when the last handle is
+   * closed (may be right away). */
+  void (*cb_stop)(struct sl_output *o);
+  /* SIGUSR1: reopen files (log rotation). May be NULL. */
+  void (*cb_reopen)(struct sl_output *o);
+  /* Is the output able to deliver now (connected, file open)? May be
+   * NULL: always healthy. */
+  int (*cb_healthy)(struct sl_output *o);
+};
+
+struct sl_output_stats {
+  uint64_t events_out, bytes_out, errors;
+  uint64_t retries;       /* failed attempts after which the events stayed */
+  uint64_t dead_lettered; /* events that used up their retries and went to
+                             the dead-letter output */
+  uint64_t dropped_dedup; /* repeats of an id inside dedup.window_ms */
+  uint64_t refused;       /* events it could never send and no dead letter
+                             took (sl_output_refuse_head) */
+  uint64_t rate_limited;  /* events that had to wait for a rate_limit token
+                             (each counted once while it waits) */
+  uint64_t breaker_opens; /* times the circuit breaker opened */
+  int breaker_state;      /* enum sl_breaker_state: 0 closed, 1 open,
+                             2 half-open */
+  struct sl_histogram latency; /* ingest to confirmed delivery */
+};
+
+struct sl_output {
+  const struct sl_output_ops *ops;
+  const struct sl_output_config *cfg;
+  struct sl_worker *w;
+  int index;
+  struct sl_queue q;   /* what is ready for delivery, in order */
+  struct sl_buffer buf; /* the disk buffer or spill beside q, if any */
+  struct sl_output *next_dirty;
+  int dirty;
+  int stopped;
+  void *data; /* the plugin's state */
+  struct sl_retry retry;         /* backoff, attempts, circuit breaker */
+  struct sl_ratelimit rate;      /* rate_limit; rate 0 without one */
+  uv_timer_t rate_timer;         /* kicks the output when tokens are back */
+  int rate_timer_open;
+  uint32_t rate_waiting;         /* events counted in stats.rate_limited
+                                    that still wait */
+  struct sl_dedup *dedup;        /* NULL without dedup */
+  struct sl_log_limiter dead_letter_log;
+  char last_error[128];          /* of the last failed attempt */
+  struct sl_output_stats stats;
+  /* the core's write state (cb_write plugins) */
+  uint32_t writing;              /* events of the write in flight; 0: none */
+  uint32_t again;                /* events the next write repeats; 0: none */
+  uv_timer_t retry_timer;        /* the backoff after a failed write */
+  int retry_timer_open;
+  int closing;                   /* stopping: no new writes or retries */
+};
+
+/* The write in flight (cb_write) is over: n_ok events from the front of
+ * the queue are delivered, and st says what happens to the rest of the
+ * batch; why is the failure's text (log, sluice-error header), or NULL.
+ * Call once per cb_write, from any loop callback. */
+void sl_output_done(struct sl_output *o, uint32_t n_ok,
+                    enum sl_write_status st, const char *why);
+
+/* The output's queue changed: schedule cb_flush on the loop. */
+void sl_output_kick(struct sl_output *o);
+/* n events (bytes bytes) from the front of the queue are delivered. A
+ * delivery is a success for the circuit breaker and the backoff. */
+void sl_output_delivered(struct sl_output *o, uint32_t n, uint64_t bytes);
+void sl_output_stopped(struct sl_output *o);
+
+/* Delivery attempts, for plugins (an attempt: a connect, or a write of the
+ * batch at the head of the queue). All run on the loop, from callbacks.
+ *
+ * sl_output_failed: an attempt failed; error is the text for the log and
+ * the sluice-error header. Counts it and feeds the breaker; when the head
+ * events used up retry.max_attempts or retry.max_elapsed_ms and
+ * may_dead_letter is set, moves them (the in-flight events, or one batch
+ * when none are in flight) to the dead-letter output and out of the queue.
+ * Returns the ms to wait before the next attempt; *moved (may be NULL)
+ * gets the number of events moved. The dead-letter output never
+ * dead-letters into itself: it retries for ever.
+ *
+ * sl_output_retry_wait: call when a retry timer fires, before the attempt.
+ * Moves a head whose max_elapsed_ms ran out (as above) and returns the ms
+ * the breaker still forbids attempts (0: attempt now; when the breaker was
+ * open it is half-open now and this attempt is the probe).
+ *
+ * sl_output_reachable: the peer answered and nothing waits (a connect with
+ * an empty queue): a success, like a delivery.
+ *
+ * sl_output_may_send: may another write start? Not while the breaker is
+ * open, and while half-open only when nothing is in flight (the probe).
+ *
+ * sl_output_quota: how many of want events rate_limit lets out now (the
+ * tokens are taken). Below want, a timer kicks the output once a token is
+ * back. Without a rate limit, want. */
+uint32_t sl_output_failed(struct sl_output *o, const char *error,
+                          int may_dead_letter, uint32_t *moved);
+/* The event at the head of the queue can never be delivered (say, it is
+ * larger than the peer accepts): with nothing in flight, it leaves the
+ * queue now, to the dead-letter output with why as its sluice-error, or,
+ * when o has no dead letter (or is it), dropped: logged and counted in
+ * stats.refused. Returns 1 when it left, 0 when it stays (something is in
+ * flight, or the dead letter cannot take it now). Call from cb_flush. */
+uint32_t sl_output_refuse_head(struct sl_output *o, const char *why);
+uint32_t sl_output_retry_wait(struct sl_output *o, int may_dead_letter,
+                              uint32_t *moved);
+void sl_output_reachable(struct sl_output *o);
+int sl_output_may_send(struct sl_output *o);
+uint32_t sl_output_quota(struct sl_output *o, uint32_t want);
+
+/* Put ev into o (taking a reference) and kick it. Returns 0 when queued
+ * or spooled, SL_EAGAIN when the caller must wait on o's queue, SL_E2BIG
+ * when it was dropped, counted: by the queue's policy, or as a repeat of
+ * an id dedup saw inside its window. */
+int sl_output_push(struct sl_output *o, struct sl_event *ev);
+
+/* Set up output index of w (its config is w->cfg->outputs[index]) with
+ * plugin ops: queue, buffer, retry, rate limit, dedup; does not start the
+ * plugin (o->stopped stays set). 0 or a negative code, why filled. Tear
+ * down with sl_output_stop (plugin), sl_output_close_handles (timers,
+ * buffer) and, once the loop closed them, sl_output_close. */
+int sl_output_init(struct sl_output *o, struct sl_worker *w, int index,
+                   const struct sl_output_ops *ops, char *why, size_t whylen);
+void sl_output_stop(struct sl_output *o);
+void sl_output_close_handles(struct sl_output *o);
+void sl_output_close(struct sl_output *o);
+
+#endif
