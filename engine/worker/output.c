@@ -382,23 +382,49 @@ static void on_retry_timer(uv_timer_t *t) {
   write_next(o);
 }
 
+void sl_output_written(struct sl_output *o) {
+  if (!o->acks || o->writing == 0)
+    return;
+  o->unconfirmed += o->writing; /* they leave with done() */
+  o->writing = 0;
+  if (!o->closing && o->q.count > o->q.inflight)
+    sl_output_kick(o);
+}
+
 void sl_output_done(struct sl_output *o, uint32_t n_ok,
                     enum sl_write_status st, const char *why) {
-  uint32_t n = o->writing, delay, moved = 0;
+  uint32_t delay, moved = 0;
 
-  if (n == 0)
+  if (!o->acks && o->writing == 0)
     return; /* no write in flight: a second report */
-  if (n_ok > n)
-    n_ok = n;
-  o->writing = 0;
-  if (n_ok)
+  /* n_ok: the oldest events in flight, those written and awaiting
+   * confirmation first (acks), then the write in flight */
+  if (n_ok > o->q.inflight)
+    n_ok = o->q.inflight;
+  if (n_ok) {
     sl_output_delivered(o, n_ok, bytes_of(o, 0, n_ok)); /* pops them */
-  if (o->closing || st == SL_WRITE_OK || n_ok == n) {
-    o->q.inflight = 0; /* what was not written goes in a later write */
-    if (!o->closing && o->q.count > 0)
+    if (n_ok > o->unconfirmed) {
+      uint32_t k = n_ok - o->unconfirmed;
+      o->writing -= k < o->writing ? k : o->writing;
+      o->unconfirmed = 0;
+    } else {
+      o->unconfirmed -= n_ok;
+    }
+  }
+  if (!o->acks)
+    o->writing = 0; /* the report ends the write */
+  if (o->closing || st == SL_WRITE_OK ||
+      (!o->acks && o->q.inflight == 0)) {
+    if (!o->acks)
+      o->q.inflight = 0; /* what was not written goes in a later write */
+    if (!o->closing && o->q.count > o->q.inflight)
       sl_output_kick(o);
     return;
   }
+  /* a failure ends everything in flight: what was not confirmed goes
+   * again (at-least-once) */
+  o->writing = 0;
+  o->unconfirmed = 0;
   if (st == SL_WRITE_FATAL) {
     o->q.inflight = 0;
     if (sl_output_refuse_head(o, why ? why : "cannot be delivered"))
@@ -410,10 +436,12 @@ void sl_output_done(struct sl_output *o, uint32_t n_ok,
     return;
   }
   o->stats.errors++;
+  /* the failed events stay in flight during the backoff, so a head that
+   * runs out of attempts leaves as the batch that was tried */
   delay = sl_output_failed(o, why ? why : "write failed",
                            st == SL_WRITE_RETRY, &moved);
   if (st == SL_WRITE_AGAIN)
-    o->again = n - n_ok;
+    o->again = o->q.inflight;
   else if (moved)
     o->q.inflight = 0; /* the batch left for the dead letter */
   uv_timer_start(&o->retry_timer, on_retry_timer, delay, 0);

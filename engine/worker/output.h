@@ -115,14 +115,30 @@ struct sl_output {
   uv_timer_t retry_timer;        /* the backoff after a failed write */
   int retry_timer_open;
   int closing;                   /* stopping: no new writes or retries */
+  int acks;                      /* set by the plugin at cb_start: events
+                                    leave when the peer confirms them, after
+                                    their write (sl_output_written) */
+  uint32_t unconfirmed;          /* acks: written, awaiting confirmation;
+                                    the oldest in flight */
 };
 
 /* The write in flight (cb_write) is over: n_ok events from the front of
  * the queue are delivered, and st says what happens to the rest of the
  * batch; why is the failure's text (log, sluice-error header), or NULL.
- * Call once per cb_write, from any loop callback. */
+ * Call once per cb_write, from any loop callback.
+ *
+ * With o->acks (a peer that confirms what it took, by count) a write is
+ * two steps: sl_output_written when its bytes went out (its events now
+ * await confirmation, and the core may hand out the next batch), then
+ * sl_output_done(o, k, SL_WRITE_OK, NULL) each time the peer confirms the
+ * k oldest events in flight, which may cover part of a write not yet
+ * reported written. A failure (RETRY: the connection broke) ends all in
+ * flight: whatever was not confirmed is written again after the backoff.
+ * FATAL is for the oldest event not confirmed: report it with nothing
+ * else in flight. */
 void sl_output_done(struct sl_output *o, uint32_t n_ok,
                     enum sl_write_status st, const char *why);
+void sl_output_written(struct sl_output *o);
 
 /* The output's queue changed: schedule cb_flush on the loop. */
 void sl_output_kick(struct sl_output *o);

@@ -374,3 +374,63 @@ TEST(output_dead_letter_output_retries_for_ever) {
   CHECK(run_until(&r, &r.dl->stats.events_out, 1));
   rig_close(&r);
 }
+
+/* ---- acks: written, then confirmed by the peer's count ------------------ */
+
+TEST(output_acks_write_ahead_and_leave_only_when_confirmed) {
+  struct rig r;
+  const struct sl_event *ev[10];
+  int i;
+  rig_init(&r, 0);
+  CHECK(rig_start(&r) == 0);
+  r.o->acks = 1;
+  fakes[0].mode = HOLD;
+  for (i = 0; i < 10; i++)
+    ev[i] = push(&r, i);
+  CHECK(run_calls(&r, 0, 1));
+  CHECK_EQ(fakes[0].last.n, 4u);
+  /* the bytes went out: the next batch may go while 4 await the ack */
+  sl_output_written(r.o);
+  CHECK(run_calls(&r, 0, 2));
+  CHECK_EQ(fakes[0].last.first, 4u);
+  CHECK(fakes[0].first == ev[4]);
+  CHECK_EQ(r.o->q.inflight, 8u);
+  CHECK_EQ(r.o->stats.events_out, 0u); /* written is not delivered */
+  /* the peer confirms 3: they leave; the 4th still waits */
+  sl_output_done(r.o, 3, SL_WRITE_OK, NULL);
+  CHECK_EQ(r.o->stats.events_out, 3u);
+  CHECK_EQ(r.o->q.count, 7u);
+  CHECK_EQ(r.o->q.inflight, 5u);
+  CHECK(fakes[0].calls == 2);
+  /* an ack may cover part of the write in flight before it is reported
+   * written: events 3..5 leave, 6 and 7 are still being written */
+  sl_output_done(r.o, 3, SL_WRITE_OK, NULL);
+  CHECK_EQ(r.o->stats.events_out, 6u);
+  CHECK_EQ(r.o->q.inflight, 2u);
+  run_ms(&r, 10);
+  CHECK_EQ(fakes[0].calls, 2); /* one write at a time */
+  sl_output_written(r.o);
+  CHECK(run_calls(&r, 0, 3));
+  CHECK_EQ(fakes[0].last.first, 2u);
+  CHECK_EQ(fakes[0].last.n, 2u);
+  CHECK(fakes[0].first == ev[8]);
+  sl_output_written(r.o);
+  /* the connection breaks: nothing unconfirmed is lost, it all goes
+   * again, oldest first, after the backoff */
+  sl_output_done(r.o, 0, SL_WRITE_RETRY, "closed by peer");
+  CHECK_EQ(r.o->stats.errors, 1u);
+  CHECK_EQ(r.o->q.count, 4u);
+  CHECK(run_calls(&r, 0, 4));
+  CHECK_EQ(fakes[0].last.first, 0u);
+  CHECK_EQ(fakes[0].last.n, 4u);
+  CHECK(fakes[0].first == ev[6]);
+  sl_output_written(r.o);
+  sl_output_done(r.o, 4, SL_WRITE_OK, NULL);
+  CHECK_EQ(r.o->stats.events_out, 10u);
+  CHECK_EQ(r.o->q.count, 0u);
+  CHECK_EQ(r.o->q.inflight, 0u);
+  /* a confirmation beyond what is in flight is capped, not a crash */
+  sl_output_done(r.o, 5, SL_WRITE_OK, NULL);
+  CHECK_EQ(r.o->stats.events_out, 10u);
+  rig_close(&r);
+}
