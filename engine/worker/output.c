@@ -324,6 +324,30 @@ static uint64_t bytes_of(struct sl_output *o, uint32_t first, uint32_t n) {
   return bytes;
 }
 
+/* How many of the n events from first fit the plugin's max_event_bytes:
+ * the batch ends before one it could never send. */
+static uint32_t fitting(struct sl_output *o, uint32_t first, uint32_t n) {
+  uint32_t i;
+  if (o->max_event_bytes == 0)
+    return n;
+  for (i = 0; i < n; i++)
+    if (sl_queue_at(&o->q, first + i)->len > o->max_event_bytes)
+      break;
+  return i;
+}
+
+/* The head is larger than the plugin can send (sending it would wedge the
+ * output for good): it leaves, to the dead letter or dropped, counted.
+ * Returns 1 when it left. */
+static int refuse_large(struct sl_output *o) {
+  char why[200];
+  snprintf(why, sizeof(why), "event of %u bytes is larger than the peer "
+           "accepts (%u: max_event_bytes%s)",
+           (unsigned)sl_queue_at(&o->q, 0)->len, (unsigned)o->max_event_bytes,
+           o->max_event_note ? o->max_event_note : "");
+  return (int)sl_output_refuse_head(o, why);
+}
+
 /* Hand out batches while none is in flight: a plugin that reports at once
  * (null) drains the queue in one go, the others get one write at a time.
  * A failed write's events stay in flight during its backoff, so a head
@@ -341,11 +365,19 @@ static void write_next(struct sl_output *o) {
       n = o->again <= o->q.count - b.first ? o->again : o->q.count - b.first;
       b.again = 1;
     } else {
+      if (o->ops->cb_retry && o->ops->cb_healthy && !o->ops->cb_healthy(o))
+        return; /* not connected: the plugin kicks us once it is */
       if (!sl_output_may_send(o))
         return; /* the breaker is open: its timer or a kick brings us back */
       n = o->q.count - b.first;
       if (n > o->cfg->batch_events)
         n = o->cfg->batch_events;
+      n = fitting(o, b.first, n);
+      if (n == 0) {
+        if (o->q.inflight || !refuse_large(o))
+          return; /* after what is in flight, or the dead letter has room */
+        continue;
+      }
       n = sl_output_quota(o, n);
       if (n == 0)
         return; /* rate_limit: kicked again when tokens are back */
@@ -379,6 +411,8 @@ static void on_retry_timer(uv_timer_t *t) {
     return;
   }
   o->q.inflight = 0; /* the failed events are offered again */
+  if (o->ops->cb_retry)
+    o->ops->cb_retry(o); /* reconnect; it kicks us once connected */
   write_next(o);
 }
 
@@ -395,8 +429,10 @@ void sl_output_done(struct sl_output *o, uint32_t n_ok,
                     enum sl_write_status st, const char *why) {
   uint32_t delay, moved = 0;
 
-  if (!o->acks && o->writing == 0)
+  if (!o->acks && o->writing == 0 && st == SL_WRITE_OK)
     return; /* no write in flight: a second report */
+  if (o->closing && n_ok == 0)
+    return;
   /* n_ok: the oldest events in flight, those written and awaiting
    * confirmation first (acks), then the write in flight */
   if (n_ok > o->q.inflight)
@@ -413,8 +449,7 @@ void sl_output_done(struct sl_output *o, uint32_t n_ok,
   }
   if (!o->acks)
     o->writing = 0; /* the report ends the write */
-  if (o->closing || st == SL_WRITE_OK ||
-      (!o->acks && o->q.inflight == 0)) {
+  if (o->closing || st == SL_WRITE_OK) {
     if (!o->acks)
       o->q.inflight = 0; /* what was not written goes in a later write */
     if (!o->closing && o->q.count > o->q.inflight)

@@ -59,6 +59,12 @@ struct sl_output_ops {
    * The core calls it again only after that report. b is valid for the
    * call only; its events stay in o->q until reported. */
   void (*cb_write)(struct sl_output *o, const struct sl_batch *b);
+  /* The core's backoff after a failed attempt ran out: reconnect (a
+   * connection-oriented plugin; its failed connects are reported with
+   * sl_output_done(o, 0, SL_WRITE_RETRY, why), like failed writes). May be
+   * NULL. When set, cb_write comes only while cb_healthy says yes: call
+   * sl_output_kick once connected. */
+  void (*cb_retry)(struct sl_output *o);
   /* The queue has events that are not in flight: deliver some, and call
    * sl_output_delivered once they are confirmed. */
   void (*cb_flush)(struct sl_output *o);
@@ -120,6 +126,10 @@ struct sl_output {
                                     their write (sl_output_written) */
   uint32_t unconfirmed;          /* acks: written, awaiting confirmation;
                                     the oldest in flight */
+  uint32_t max_event_bytes;      /* set by the plugin: larger events can
+                                    never be sent; the core refuses them
+                                    (dead letter). 0: no limit */
+  const char *max_event_note;    /* added to that refusal's reason */
 };
 
 /* The write in flight (cb_write) is over: n_ok events from the front of

@@ -43,6 +43,27 @@ static const struct sl_output_ops fake_ops = {
     .cb_stop = fake_stop,
 };
 
+/* A connection-oriented fake: writes only while connected; the core's
+ * backoff calls cb_retry, which "connects" and kicks. */
+static int connected, reconnects;
+
+static int fake_healthy(struct sl_output *o) { return connected; }
+
+static void fake_retry(struct sl_output *o) {
+  reconnects++;
+  connected = 1;
+  sl_output_kick(o);
+}
+
+static const struct sl_output_ops fake_conn_ops = {
+    .cb_write = fake_write,
+    .cb_retry = fake_retry,
+    .cb_stop = fake_stop,
+    .cb_healthy = fake_healthy,
+};
+
+static const struct sl_output_ops *rig_ops = &fake_ops;
+
 struct rig {
   struct sl_worker w;
   struct sl_config cfg;
@@ -61,6 +82,8 @@ static void rig_init(struct rig *r, int dead_letter) {
   int i;
   memset(r, 0, sizeof(*r));
   memset(fakes, 0, sizeof(fakes));
+  rig_ops = &fake_ops;
+  connected = reconnects = 0;
   fakes[1].mode = OK;
   r->cfg.outputs = r->oc;
   r->cfg.noutputs = dead_letter ? 2 : 1;
@@ -89,7 +112,7 @@ static int rig_start(struct rig *r) {
   r->w.outputs = calloc(2, sizeof(*r->w.outputs));
   r->w.noutputs = r->cfg.noutputs;
   for (i = 0; i < r->cfg.noutputs; i++) {
-    if (sl_output_init(&r->w.outputs[i], &r->w, i, &fake_ops, why,
+    if (sl_output_init(&r->w.outputs[i], &r->w, i, i ? &fake_ops : rig_ops, why,
                        sizeof(why)) != 0)
       return -1;
     r->w.outputs[i].stopped = 0;
@@ -432,5 +455,53 @@ TEST(output_acks_write_ahead_and_leave_only_when_confirmed) {
   /* a confirmation beyond what is in flight is capped, not a crash */
   sl_output_done(r.o, 5, SL_WRITE_OK, NULL);
   CHECK_EQ(r.o->stats.events_out, 10u);
+  rig_close(&r);
+}
+
+/* ---- connection-oriented plugins ---------------------------------------- */
+
+TEST(output_reconnects_after_backoff_and_writes_only_when_connected) {
+  struct rig r;
+  rig_init(&r, 0);
+  rig_ops = &fake_conn_ops;
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = OK;
+  push(&r, 0);
+  push(&r, 1);
+  run_ms(&r, 20);
+  CHECK_EQ(fakes[0].calls, 0); /* not connected: no write */
+  /* the connect failed: a failed attempt, with nothing in flight */
+  sl_output_done(r.o, 0, SL_WRITE_RETRY, "connection refused");
+  CHECK_EQ(r.o->stats.errors, 1u);
+  CHECK(uv_is_active((uv_handle_t *)&r.o->retry_timer));
+  CHECK_EQ(reconnects, 0);
+  /* after the backoff the core asks for a reconnect; once connected the
+   * events go */
+  CHECK(run_until(&r, &r.o->stats.events_out, 2));
+  CHECK_EQ(reconnects, 1);
+  CHECK_EQ(fakes[0].calls, 1);
+  rig_close(&r);
+}
+
+TEST(output_refuses_an_event_larger_than_the_plugin_takes) {
+  struct rig r;
+  struct sl_event *dead;
+  rig_init(&r, 1);
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = OK;
+  fakes[1].mode = HOLD;
+  push(&r, 0);
+  push(&r, 40);
+  push(&r, 1);
+  r.o->max_event_bytes = sl_queue_at(&r.o->q, 2)->len; /* event 1 fits */
+  r.o->max_event_note = " (test)";
+  CHECK(run_until(&r, &r.o->stats.events_out, 2));
+  /* event 40 left for the dead letter, between two writes */
+  CHECK_EQ(fakes[0].calls, 2);
+  CHECK_EQ(r.o->stats.dead_lettered, 1u);
+  CHECK(run_calls(&r, 1, 1));
+  dead = sl_queue_at(&r.dl->q, 0);
+  CHECK(memmem(dead->data, dead->len, "larger than the peer accepts", 28));
+  CHECK(memmem(dead->data, dead->len, "(test)", 6));
   rig_close(&r);
 }
