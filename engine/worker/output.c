@@ -52,7 +52,8 @@ static void succeeded(struct sl_output *o) {
   o->stats.breaker_state = (int)o->retry.state;
 }
 
-void sl_output_delivered(struct sl_output *o, uint32_t n, uint64_t bytes) {
+static void sl_output_delivered(struct sl_output *o, uint32_t n,
+                                uint64_t bytes) {
   uint64_t now = sl_mono_ns();
   uint32_t i;
   for (i = 0; i < n; i++)
@@ -69,6 +70,37 @@ void sl_output_delivered(struct sl_output *o, uint32_t n, uint64_t bytes) {
 
 /* ---- retries, the circuit breaker and dead letters ---------------------- */
 
+/* Delivery attempts, inside the core (an attempt: a connect, or a write
+ * of the batch at the head of the queue). All run on the loop, from
+ * callbacks.
+ *
+ * sl_output_failed: an attempt failed; error is the text for the log and
+ * the sluice-error header. Counts it and feeds the breaker; when the head
+ * events used up retry.max_attempts or retry.max_elapsed_ms and
+ * may_dead_letter is set, moves them (the in-flight events, or one batch
+ * when none are in flight) to the dead-letter output and out of the queue.
+ * Returns the ms to wait before the next attempt; *moved (may be NULL)
+ * gets the number of events moved. The dead-letter output never
+ * dead-letters into itself: it retries for ever.
+ *
+ * sl_output_retry_wait: call when a retry timer fires, before the attempt.
+ * Moves a head whose max_elapsed_ms ran out (as above) and returns the ms
+ * the breaker still forbids attempts (0: attempt now; when the breaker was
+ * open it is half-open now and this attempt is the probe).
+ *
+ * sl_output_may_send: may another write start? Not while the breaker is
+ * open, and while half-open only when nothing is in flight (the probe).
+ *
+ * sl_output_quota: how many of want events rate_limit lets out now (the
+ * tokens are taken). Below want, a timer kicks the output once a token is
+ * back. Without a rate limit, want.
+ *
+ * sl_output_refuse_head: the event at the head of the queue can never be
+ * delivered (say, it is larger than the peer accepts): with nothing in
+ * flight, it leaves the queue now, to the dead-letter output with why as
+ * its sluice-error, or, when o has no dead letter (or is it), dropped:
+ * logged and counted in stats.refused. Returns 1 when it left, 0 when it
+ * stays (something is in flight, or the dead letter cannot take it now). */
 
 /* Move the head events (those in flight, or one batch when none are) to
  * the dead-letter output, each a copy with the sluice-error, sluice-output
@@ -148,7 +180,7 @@ static uint32_t dead_letter_n(struct sl_output *o, uint32_t n,
   return moved;
 }
 
-uint32_t sl_output_refuse_head(struct sl_output *o, const char *why) {
+static uint32_t sl_output_refuse_head(struct sl_output *o, const char *why) {
   uint64_t suppressed;
   if (o->q.inflight || o->q.count == 0)
     return 0;
@@ -175,8 +207,8 @@ static void log_half_open(struct sl_output *o, int was_open) {
            SL_S("output", o->cfg->name), SL_END);
 }
 
-uint32_t sl_output_failed(struct sl_output *o, const char *error,
-                          int may_dead_letter, uint32_t *moved) {
+static uint32_t sl_output_failed(struct sl_output *o, const char *error,
+                                 int may_dead_letter, uint32_t *moved) {
   struct sl_retry_verdict v;
   uint64_t now = sl_mono_ns();
   uint32_t n = 0, deadline;
@@ -208,8 +240,8 @@ uint32_t sl_output_failed(struct sl_output *o, const char *error,
   return v.delay_ms < deadline ? v.delay_ms : deadline;
 }
 
-uint32_t sl_output_retry_wait(struct sl_output *o, int may_dead_letter,
-                              uint32_t *moved) {
+static uint32_t sl_output_retry_wait(struct sl_output *o,
+                                     int may_dead_letter, uint32_t *moved) {
   uint64_t now = sl_mono_ns();
   uint32_t n = 0, wait, deadline;
   int was_open = o->retry.state == SL_BREAKER_OPEN;
@@ -228,7 +260,7 @@ uint32_t sl_output_retry_wait(struct sl_output *o, int may_dead_letter,
 
 void sl_output_reachable(struct sl_output *o) { succeeded(o); }
 
-int sl_output_may_send(struct sl_output *o) {
+static int sl_output_may_send(struct sl_output *o) {
   uint32_t wait;
   int was_open = o->retry.state == SL_BREAKER_OPEN;
   if (o->retry.state == SL_BREAKER_CLOSED)
@@ -252,7 +284,7 @@ static void on_rate_timer(uv_timer_t *t) {
  * inputs, drop_* drop counted, spill goes to disk). Limiting at the push
  * instead would bypass spill and drop_oldest, and replays from a disk
  * buffer would skip the limit. */
-uint32_t sl_output_quota(struct sl_output *o, uint32_t want) {
+static uint32_t sl_output_quota(struct sl_output *o, uint32_t want) {
   uint64_t now;
   uint32_t got, waiting, before, need;
 
@@ -312,7 +344,7 @@ int sl_output_push(struct sl_output *o, struct sl_event *ev) {
 }
 
 
-/* ---- writes: the core's side of cb_write ---------------------------------- */
+/* ---- writes: the core's side of cb_write ------------------------------- */
 
 static uint64_t bytes_of(struct sl_output *o, uint32_t first, uint32_t n) {
   uint64_t bytes = 0;
@@ -391,12 +423,7 @@ static void write_next(struct sl_output *o) {
   }
 }
 
-static void flush(struct sl_output *o) {
-  if (o->ops->cb_write)
-    write_next(o);
-  else
-    o->ops->cb_flush(o);
-}
+static void flush(struct sl_output *o) { write_next(o); }
 
 static void on_retry_timer(uv_timer_t *t) {
   struct sl_output *o = container_of(t, struct sl_output, retry_timer);

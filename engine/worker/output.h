@@ -48,10 +48,10 @@ enum sl_write_status {
                      counted in stats.refused), the rest go later */
 };
 
-/* An output plugin, filled in by field name. A plugin sets cb_write (the
- * core owns batching, in-flight accounting, retries, the breaker, rate
- * limits and the dead letter) or, the older form, cb_flush (it does all
- * that itself with the sl_output_* calls below). */
+/* An output plugin, filled in by field name: start, write(batch), stop,
+ * and optionally retry (reconnect), reopen and healthy. The core owns
+ * batching, in-flight accounting, retries with backoff, the breaker, rate
+ * limits, dedup, acks and the dead letter. */
 struct sl_output_ops {
   /* Open files or start connecting. 0 or a negative code, err filled. */
   int (*cb_start)(struct sl_output *o, char *err, size_t errlen);
@@ -65,9 +65,6 @@ struct sl_output_ops {
    * NULL. When set, cb_write comes only while cb_healthy says yes: call
    * sl_output_kick once connected. */
   void (*cb_retry)(struct sl_output *o);
-  /* The queue has events that are not in flight: deliver some, and call
-   * sl_output_delivered once they are confirmed. */
-  void (*cb_flush)(struct sl_output *o);
   /* Close everything; call sl_output_stopped(o) when the last handle is
    * closed (may be right away). */
   void (*cb_stop)(struct sl_output *o);
@@ -150,53 +147,14 @@ void sl_output_done(struct sl_output *o, uint32_t n_ok,
                     enum sl_write_status st, const char *why);
 void sl_output_written(struct sl_output *o);
 
-/* The output's queue changed: schedule cb_flush on the loop. */
+/* The output's queue changed (or it connected): hand out writes on the
+ * loop. */
 void sl_output_kick(struct sl_output *o);
-/* n events (bytes bytes) from the front of the queue are delivered. A
- * delivery is a success for the circuit breaker and the backoff. */
-void sl_output_delivered(struct sl_output *o, uint32_t n, uint64_t bytes);
 void sl_output_stopped(struct sl_output *o);
 
-/* Delivery attempts, for plugins (an attempt: a connect, or a write of the
- * batch at the head of the queue). All run on the loop, from callbacks.
- *
- * sl_output_failed: an attempt failed; error is the text for the log and
- * the sluice-error header. Counts it and feeds the breaker; when the head
- * events used up retry.max_attempts or retry.max_elapsed_ms and
- * may_dead_letter is set, moves them (the in-flight events, or one batch
- * when none are in flight) to the dead-letter output and out of the queue.
- * Returns the ms to wait before the next attempt; *moved (may be NULL)
- * gets the number of events moved. The dead-letter output never
- * dead-letters into itself: it retries for ever.
- *
- * sl_output_retry_wait: call when a retry timer fires, before the attempt.
- * Moves a head whose max_elapsed_ms ran out (as above) and returns the ms
- * the breaker still forbids attempts (0: attempt now; when the breaker was
- * open it is half-open now and this attempt is the probe).
- *
- * sl_output_reachable: the peer answered and nothing waits (a connect with
- * an empty queue): a success, like a delivery.
- *
- * sl_output_may_send: may another write start? Not while the breaker is
- * open, and while half-open only when nothing is in flight (the probe).
- *
- * sl_output_quota: how many of want events rate_limit lets out now (the
- * tokens are taken). Below want, a timer kicks the output once a token is
- * back. Without a rate limit, want. */
-uint32_t sl_output_failed(struct sl_output *o, const char *error,
-                          int may_dead_letter, uint32_t *moved);
-/* The event at the head of the queue can never be delivered (say, it is
- * larger than the peer accepts): with nothing in flight, it leaves the
- * queue now, to the dead-letter output with why as its sluice-error, or,
- * when o has no dead letter (or is it), dropped: logged and counted in
- * stats.refused. Returns 1 when it left, 0 when it stays (something is in
- * flight, or the dead letter cannot take it now). Call from cb_flush. */
-uint32_t sl_output_refuse_head(struct sl_output *o, const char *why);
-uint32_t sl_output_retry_wait(struct sl_output *o, int may_dead_letter,
-                              uint32_t *moved);
+/* The peer answered and nothing waits (a connect with an empty queue): a
+ * success for the breaker and the backoff, like a delivery. */
 void sl_output_reachable(struct sl_output *o);
-int sl_output_may_send(struct sl_output *o);
-uint32_t sl_output_quota(struct sl_output *o, uint32_t want);
 
 /* Put ev into o (taking a reference) and kick it. Returns 0 when queued
  * or spooled, SL_EAGAIN when the caller must wait on o's queue, SL_E2BIG
