@@ -55,7 +55,7 @@ struct sl_breaker_config {
   uint32_t open_ms;  /* default 5000, or retry.max_ms when that is lower */
 };
 
-/* Token bucket on the delivery side (see sl_output_quota). */
+/* Token bucket on the delivery side (see worker/output.c). */
 struct sl_rate_limit_config {
   uint32_t events_per_second; /* 0: no limit */
   uint32_t burst;             /* default events_per_second */

@@ -2,9 +2,9 @@
  * (NDJSON or raw msgpack) to a descriptor through libuv's threadpool, so a
  * slow disk or a blocked terminal never stalls the loop. A batch leaves the
  * queue only once all its bytes are written. The file output reopens its
- * path on SIGUSR1 for log rotation. A failed write is retried through
- * sl_output_failed (backoff, circuit breaker, and the dead letter once the
- * batch used up its retries). Owns its descriptor and batch buffer. */
+ * path on SIGUSR1 for log rotation. Reports each write to the core
+ * (sl_output_done), which owns batching, retries with backoff, the circuit
+ * breaker and the dead letter. Owns its descriptor and batch buffer. */
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
@@ -19,14 +19,13 @@
 struct file_out {
   struct sl_output *o;
   uv_fs_t req;
-  uv_timer_t retry;
   struct sl_buf batch;
   size_t written;    /* bytes of batch already written */
-  uint32_t nevents;  /* events in the batch */
+  uint32_t nevents;  /* events in the batch; 0: none being written */
   int fd;
   int is_stdout;
   int msgpack;
-  int busy;          /* a write or reopen is in flight */
+  int busy;          /* a write, sync or reopen is in flight */
   int reopen;        /* SIGUSR1 came: reopen after this write */
   int failing;
   int closing;
@@ -35,7 +34,6 @@ struct file_out {
 
 static void write_more(struct file_out *f);
 static void batch_done(struct file_out *f);
-static void cb_flush(struct sl_output *o);
 static void finish_stop(struct file_out *f);
 
 /* mkdir -p for the folder of path. */
@@ -91,8 +89,6 @@ static int start(struct sl_output *o, int is_stdout, char *err,
       return SL_EIO;
     }
   }
-  uv_timer_init(&o->w->loop, &f->retry);
-  f->retry.data = f;
   o->data = f;
   return 0;
 }
@@ -105,49 +101,24 @@ static int cb_start_stdout(struct sl_output *o, char *err, size_t errlen) {
   return start(o, 1, err, errlen);
 }
 
-/* The batch went to the dead letter: forget it; the queue moved on. */
-static void drop_batch(struct file_out *f) {
-  f->nevents = 0;
-  f->written = 0;
-  f->o->q.inflight = 0;
-  sl_buf_reset(&f->batch);
-}
-
-static void on_retry(uv_timer_t *t) {
-  struct file_out *f = t->data;
-  uint32_t moved, wait;
-  if (f->busy || f->closing)
-    return;
-  /* a batch partly written must be finished, or the file would hold half
-   * a line: only a batch not yet begun may go to the dead letter */
-  wait = sl_output_retry_wait(f->o, f->written == 0, &moved);
-  if (moved)
-    drop_batch(f);
-  if (wait) {
-    uv_timer_start(&f->retry, on_retry, wait, 0);
-    return;
-  }
-  if (f->nevents)
-    write_more(f);
-  else
-    cb_flush(f->o);
-}
-
-/* A write failed with error: retry after the delay sl_output_failed
- * says. */
+/* A write failed with error: the core retries after its backoff. A batch
+ * partly written must be finished (or the file would hold half a line):
+ * it is kept and written again as it is (SL_WRITE_AGAIN); one not begun
+ * is dropped here and the core hands out the events again, or gives them
+ * to the dead letter once they used up their retries. */
 static void failed(struct file_out *f, int error) {
   struct sl_output *o = f->o;
-  uint32_t delay, moved;
-  o->stats.errors++;
+  enum sl_write_status st = f->written ? SL_WRITE_AGAIN : SL_WRITE_RETRY;
   if (!f->failing)
     sl_log(SL_LOG_ERROR, "output write failed; retrying",
            SL_S("output", o->cfg->name), SL_S("error", uv_strerror(error)),
            SL_END);
   f->failing = 1;
-  delay = sl_output_failed(o, uv_strerror(error), f->written == 0, &moved);
-  if (moved)
-    drop_batch(f);
-  uv_timer_start(&f->retry, on_retry, delay, 0);
+  if (st == SL_WRITE_RETRY) {
+    f->nevents = 0;
+    sl_buf_reset(&f->batch);
+  }
+  sl_output_done(o, 0, st, uv_strerror(error));
 }
 
 static void on_reopened(uv_fs_t *req) {
@@ -171,9 +142,9 @@ static void on_reopened(uv_fs_t *req) {
            SL_S("path", f->o->cfg->path), SL_END);
   }
   if (f->nevents)
-    write_more(f);
+    write_more(f); /* a batch came during the reopen */
   else
-    cb_flush(f->o);
+    sl_output_kick(f->o);
 }
 
 static void reopen_now(struct file_out *f) {
@@ -197,8 +168,9 @@ static void on_written(uv_fs_t *req) {
   uv_fs_req_cleanup(req);
   f->busy = 0;
   if (f->closing) {
-    if (n > 0 && f->written + (size_t)n >= f->batch.len)
-      sl_output_delivered(o, f->nevents, f->batch.len);
+    /* the core only counts what is delivered while stopping */
+    sl_output_done(o, n > 0 && f->written + (size_t)n >= f->batch.len
+                          ? f->nevents : 0, SL_WRITE_OK, NULL);
     finish_stop(f);
     return;
   }
@@ -236,8 +208,7 @@ static void on_synced(uv_fs_t *req) {
   uv_fs_req_cleanup(req);
   f->busy = 0;
   if (f->closing) {
-    if (rc == 0)
-      sl_output_delivered(f->o, f->nevents, f->batch.len);
+    sl_output_done(f->o, rc == 0 ? f->nevents : 0, SL_WRITE_OK, NULL);
     finish_stop(f);
     return;
   }
@@ -253,17 +224,13 @@ static void on_synced(uv_fs_t *req) {
 
 /* The whole batch is written (and synced when asked): it is delivered. */
 static void batch_done(struct file_out *f) {
-  struct sl_output *o = f->o;
-  sl_output_delivered(o, f->nevents, f->batch.len);
+  uint32_t n = f->nevents;
   f->nevents = 0;
   f->written = 0;
   sl_buf_reset(&f->batch);
-  if (f->reopen && !f->is_stdout) {
+  sl_output_done(f->o, n, SL_WRITE_OK, NULL); /* the next batch comes later */
+  if (f->reopen && !f->is_stdout && !f->busy)
     reopen_now(f);
-    return;
-  }
-  if (o->q.count > 0)
-    cb_flush(o);
 }
 
 static void write_more(struct file_out *f) {
@@ -283,20 +250,19 @@ static void write_more(struct file_out *f) {
   }
 }
 
-static void cb_flush(struct sl_output *o) {
+static void cb_write(struct sl_output *o, const struct sl_batch *b) {
   struct file_out *f = o->data;
-  uint32_t n, i;
+  uint32_t i;
   int rc = 0;
 
-  if (f->busy || f->nevents || f->closing || o->q.count == 0 ||
-      !sl_output_may_send(o))
+  if (b->again && f->nevents == b->n) {
+    write_more(f); /* finish the batch begun before the failure */
     return;
-  n = o->q.count < o->cfg->batch_events ? o->q.count : o->cfg->batch_events;
-  n = sl_output_quota(o, n);
-  if (n == 0)
-    return; /* rate_limit: kicked again when tokens are back */
-  for (i = 0; i < n; i++) {
-    struct sl_event *ev = sl_queue_at(&o->q, i);
+  }
+  sl_buf_reset(&f->batch);
+  f->written = 0;
+  for (i = 0; i < b->n; i++) {
+    struct sl_event *ev = sl_queue_at(&o->q, b->first + i);
     size_t mark = f->batch.len;
     if (f->msgpack) {
       rc = sl_buf_append(&f->batch, ev->data, ev->len);
@@ -307,7 +273,7 @@ static void cb_flush(struct sl_output *o) {
     }
     if (rc != 0) {
       /* an event missing from the batch must not count as delivered: the
-       * batch ends before it, and it heads the next one */
+       * batch ends before it (the core offers it again later) */
       f->batch.len = mark;
       break;
     }
@@ -316,15 +282,12 @@ static void cb_flush(struct sl_output *o) {
     failed(f, rc == SL_ENOMEM ? UV_ENOMEM : UV_EINVAL);
     return;
   }
-  n = i;
-  o->q.inflight = n;
-  f->nevents = n;
-  f->written = 0;
-  write_more(f);
+  f->nevents = i;
+  if (!f->busy) /* else a reopen runs: it writes the batch when done */
+    write_more(f);
 }
 
-static void on_timer_closed(uv_handle_t *h) {
-  struct file_out *f = h->data;
+static void finish_stop(struct file_out *f) {
   struct sl_output *o = f->o;
   if (!f->is_stdout && f->fd >= 0)
     close(f->fd);
@@ -332,10 +295,6 @@ static void on_timer_closed(uv_handle_t *h) {
   free(f);
   o->data = NULL;
   sl_output_stopped(o);
-}
-
-static void finish_stop(struct file_out *f) {
-  uv_close((uv_handle_t *)&f->retry, on_timer_closed);
 }
 
 static void cb_stop(struct sl_output *o) {
@@ -371,7 +330,7 @@ static int cb_healthy(struct sl_output *o) {
 
 static const struct sl_output_ops file_ops = {
     .cb_start = cb_start_file,
-    .cb_flush = cb_flush,
+    .cb_write = cb_write,
     .cb_stop = cb_stop,
     .cb_reopen = cb_reopen,
     .cb_healthy = cb_healthy,
@@ -379,7 +338,7 @@ static const struct sl_output_ops file_ops = {
 
 static const struct sl_output_ops stdout_ops = {
     .cb_start = cb_start_stdout,
-    .cb_flush = cb_flush,
+    .cb_write = cb_write,
     .cb_stop = cb_stop,
     .cb_healthy = cb_healthy,
 };

@@ -8,9 +8,10 @@
  * was not confirmed when a connection broke is sent again after the
  * reconnect (at-least-once). A connect, a write or an ack that takes
  * longer than retry.timeout_ms counts as a failure, so a peer that stalls
- * is given up on like one that refuses. Failures go through
- * sl_output_failed (backoff, circuit breaker, dead letters). Owns its
- * connection, reconnect timer and watchdog timer. */
+ * is given up on like one that refuses. Writes, acks and failures are
+ * reported to the core (sl_output_written, sl_output_done), which owns
+ * batching, the backoff before each reconnect, the circuit breaker and
+ * the dead letter. Owns its connection and watchdog timer. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,46 +21,19 @@
 struct native_out {
   struct sl_output *o;
   struct sl_conn *conn;   /* NULL while disconnected */
-  uv_timer_t reconnect;
   uv_timer_t watchdog;    /* retry.timeout_ms on what waits for the peer */
-  int timers_open;
   struct sl_buf batch;
-  uint32_t nevents;       /* events of the write in flight not yet acked */
+  uint32_t nevents;       /* events of the write in flight */
   int writing;            /* a write is in flight */
-  uint64_t nbytes;
   int connected;
   int closing;
   int was_down;           /* log the recovery once */
   int down_logged;        /* the outage is logged (once, also at start) */
   int ack;                /* ack mode */
   uint64_t acked;         /* the peer's running count on this connection */
-  uint32_t unacked;       /* written, waiting for the peer's ack */
 };
 
-static void connect_now(struct native_out *n);
-
 static const struct sl_conn_ops conn_ops;
-
-static void on_reconnect_timer(uv_timer_t *t) {
-  struct native_out *n = t->data;
-  /* a head past max_elapsed_ms goes to the dead letter first; an open
-   * breaker makes us wait on */
-  uint32_t wait = sl_output_retry_wait(n->o, 1, NULL);
-  if (wait) {
-    uv_timer_start(&n->reconnect, on_reconnect_timer, wait, 0);
-    return;
-  }
-  connect_now(n);
-}
-
-/* The attempt failed: after the backoff (or the breaker's open_ms) try
- * again. */
-static void schedule_reconnect(struct native_out *n, const char *error) {
-  uint32_t delay = sl_output_failed(n->o, error, 1, NULL);
-  if (n->closing)
-    return;
-  uv_timer_start(&n->reconnect, on_reconnect_timer, delay, 0);
-}
 
 static void on_watchdog(uv_timer_t *t);
 
@@ -67,7 +41,7 @@ static void on_watchdog(uv_timer_t *t);
  * restarted by each sign of progress, stopped when nothing waits. */
 static void watch(struct native_out *n, int progress) {
   uint32_t ms = n->o->cfg->retry.timeout_ms;
-  int waiting = n->conn && (!n->connected || n->writing || n->unacked);
+  int waiting = n->conn && (!n->connected || n->writing || n->o->q.inflight);
   if (ms == 0 || n->closing)
     return;
   if (!waiting)
@@ -91,17 +65,15 @@ static void lost(struct native_out *n, int status, const char *error) {
   n->down_logged = 1;
   n->connected = 0;
   n->conn = NULL;
-  /* what was in flight was not confirmed: it goes again */
   n->nevents = 0;
   n->writing = 0;
-  n->unacked = 0;
   n->acked = 0;
-  o->q.inflight = 0;
   sl_buf_reset(&n->batch);
-  o->stats.errors++;
   if (!n->closing)
     uv_timer_stop(&n->watchdog);
-  schedule_reconnect(n, why);
+  /* a failed attempt: what was in flight was not confirmed and goes
+   * again; the core calls cb_retry after its backoff */
+  sl_output_done(o, 0, SL_WRITE_RETRY, why);
 }
 
 static void on_watchdog(uv_timer_t *t) {
@@ -126,7 +98,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
   if (n == NULL || !n->ack)
     return len; /* nothing expected from a plain peer */
   while (pos < len) {
-    uint64_t count, k, bytes = 0, i;
+    uint64_t count, k;
     const uint8_t *p = data + pos;
     if (sl_codec_skip(p, len - pos, 16, &used, NULL) != 0) {
       if (len - pos >= 16)
@@ -138,20 +110,12 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
     pos += used;
     /* the peer may ack part of the write in flight before libuv reports
      * the write done (the ack is read first in the same loop turn) */
-    if (count < n->acked || count - n->acked > (uint64_t)n->unacked + n->nevents)
+    if (count < n->acked || count - n->acked > n->o->q.inflight)
       goto bad;
     k = count - n->acked;
-    for (i = 0; i < k; i++)
-      bytes += sl_queue_at(&n->o->q, (uint32_t)i)->len;
     n->acked = count;
-    if (k > n->unacked) {
-      n->nevents -= (uint32_t)(k - n->unacked);
-      n->unacked = 0;
-    } else {
-      n->unacked -= (uint32_t)k;
-    }
     if (k) {
-      sl_output_delivered(n->o, (uint32_t)k, bytes);
+      sl_output_done(n->o, (uint32_t)k, SL_WRITE_OK, NULL);
       watch(n, 1);
     }
   }
@@ -227,16 +191,21 @@ static void connect_now(struct native_out *n) {
   struct sl_endpoint ep;
   if (n->closing || n->conn)
     return;
-  n->conn = NULL;
   if (sl_endpoint_init(&ep, tcp ? SL_ENDPOINT_TCP : SL_ENDPOINT_UNIX,
                        tcp ? cfg->address : cfg->path, NULL, 0) == 0)
     n->conn = sl_conn_connect(&n->o->w->loop, &ep, &conn_ops, n);
   if (n->conn == NULL) {
     n->was_down = 1;
-    schedule_reconnect(n, "cannot start a connection");
+    sl_output_done(n->o, 0, SL_WRITE_RETRY, "cannot start a connection");
     return;
   }
   watch(n, 1);
+}
+
+static void cb_retry(struct sl_output *o) {
+  struct native_out *n = o->data;
+  if (n)
+    connect_now(n);
 }
 
 static int cb_start(struct sl_output *o, char *err, size_t errlen) {
@@ -247,12 +216,16 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   n->ack = o->cfg->ack;
   n->was_down = 1; /* the first connect is logged as well */
   sl_buf_init(&n->batch);
-  uv_timer_init(&o->w->loop, &n->reconnect);
   uv_timer_init(&o->w->loop, &n->watchdog);
-  n->reconnect.data = n;
   n->watchdog.data = n;
-  n->timers_open = 2;
   o->data = n;
+  o->acks = n->ack;
+  /* what the peer takes: a sluice peer (ack mode says hello) allows the
+   * headroom for what sluice added on the way */
+  o->max_event_bytes =
+      o->w->cfg->max_event_bytes + (n->ack ? SL_EVENT_HEADROOM : 0);
+  o->max_event_note = n->ack ? " plus headroom"
+                             : "; ack = true allows headroom between sluices";
   connect_now(n);
   return 0;
 }
@@ -270,57 +243,29 @@ static void on_written(struct sl_conn *c, int status, void *arg) {
     return;
   }
   n->writing = 0;
-  if (n->ack) {
-    n->unacked += n->nevents; /* they leave the queue with the peer's ack */
-    n->nevents = 0;
-  } else {
-    sl_output_delivered(n->o, n->nevents, n->nbytes);
-    n->nevents = 0;
-  }
+  if (n->ack)
+    sl_output_written(n->o); /* they leave with the peer's ack */
+  else
+    sl_output_done(n->o, n->nevents, SL_WRITE_OK, NULL);
+  n->nevents = 0;
   watch(n, 1);
-  if (n->o->q.count > n->o->q.inflight)
-    sl_output_kick(n->o);
 }
 
-static void cb_flush(struct sl_output *o) {
+static void cb_write(struct sl_output *o, const struct sl_batch *b) {
   struct native_out *n = o->data;
-  uint32_t count, i, start = o->q.inflight; /* written, not yet acked */
-  /* what the peer takes: a sluice peer (ack mode says hello) allows the
-   * headroom for what sluice added on the way */
-  uint32_t max = o->w->cfg->max_event_bytes + (n->ack ? SL_EVENT_HEADROOM : 0);
+  uint32_t i;
   int rc;
 
-  if (!n->connected || n->writing || n->closing || o->q.count <= start ||
-      !sl_output_may_send(o))
-    return;
-  count = o->q.count - start;
-  if (count > o->cfg->batch_events)
-    count = o->cfg->batch_events;
-  count = sl_output_quota(o, count);
-  if (count == 0)
-    return; /* rate_limit: kicked again when tokens are back */
   sl_buf_reset(&n->batch);
-  for (i = 0; i < count; i++) {
-    struct sl_event *ev = sl_queue_at(&o->q, start + i);
-    if (ev->len > max)
-      break; /* the peer would refuse it and we would resend it for ever */
-    if (sl_buf_append(&n->batch, ev->data, ev->len) != 0)
-      break;
-  }
-  if (i == 0) {
-    struct sl_event *ev = sl_queue_at(&o->q, start);
-    char why[160];
-    if (ev->len <= max)
+  for (i = 0; i < b->n; i++) {
+    struct sl_event *ev = sl_queue_at(&o->q, b->first + i);
+    if (sl_buf_append(&n->batch, ev->data, ev->len) != 0) {
+      sl_output_done(o, 0, SL_WRITE_RETRY, "out of memory");
       return;
-    snprintf(why, sizeof(why), "event of %u bytes is larger than the "
-             "peer accepts (%u: max_event_bytes%s)", (unsigned)ev->len,
-             (unsigned)max, n->ack ? " plus headroom" : "; ack = true allows "
-             "headroom between sluices");
-    if (sl_output_refuse_head(o, why))
-      sl_output_kick(o);
-    return;
+    }
   }
-  n->nbytes = n->batch.len;
+  n->nevents = b->n;
+  n->writing = 1;
   rc = sl_conn_write(n->conn, &n->batch, on_written, n);
   if (rc != 0) {
     struct sl_conn *c = n->conn;
@@ -329,17 +274,12 @@ static void cb_flush(struct sl_output *o) {
     lost(n, rc, NULL);
     return;
   }
-  n->nevents = i;
-  n->writing = 1;
-  o->q.inflight = start + i;
   watch(n, 0);
 }
 
 static void on_timer_closed(uv_handle_t *h) {
   struct native_out *n = h->data;
   struct sl_output *o = n->o;
-  if (--n->timers_open > 0)
-    return;
   sl_buf_close(&n->batch);
   free(n);
   o->data = NULL;
@@ -355,18 +295,18 @@ static void cb_stop(struct sl_output *o) {
     n->conn = NULL;
     sl_conn_close(c);
   }
-  uv_close((uv_handle_t *)&n->reconnect, on_timer_closed);
   uv_close((uv_handle_t *)&n->watchdog, on_timer_closed);
 }
 
 static int cb_healthy(struct sl_output *o) {
   struct native_out *n = o->data;
-  return n && n->connected;
+  return n && n->connected && !n->closing;
 }
 
 static const struct sl_output_ops ops = {
     .cb_start = cb_start,
-    .cb_flush = cb_flush,
+    .cb_write = cb_write,
+    .cb_retry = cb_retry,
     .cb_stop = cb_stop,
     .cb_healthy = cb_healthy,
 };

@@ -7,24 +7,15 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   return 0;
 }
 
-static void cb_flush(struct sl_output *o) {
-  uint32_t n = sl_output_quota(o, o->q.count), i;
-  uint64_t bytes = 0;
-  if (n == o->q.count) {
-    bytes = o->q.bytes;
-  } else {
-    for (i = 0; i < n; i++)
-      bytes += sl_queue_at(&o->q, i)->len;
-  }
-  if (n > 0)
-    sl_output_delivered(o, n, bytes);
+static void cb_write(struct sl_output *o, const struct sl_batch *b) {
+  sl_output_done(o, b->n, SL_WRITE_OK, NULL);
 }
 
 static void cb_stop(struct sl_output *o) { sl_output_stopped(o); }
 
 static const struct sl_output_ops ops = {
     .cb_start = cb_start,
-    .cb_flush = cb_flush,
+    .cb_write = cb_write,
     .cb_stop = cb_stop,
 };
 

@@ -25,306 +25,10 @@ static const struct sl_input_ops *input_ops(const char *type) {
   return p ? p->input : NULL;
 }
 
-/* ---- outputs ----------------------------------------------------------- */
-
-static void on_flush_idle(uv_idle_t *h) {
-  struct sl_worker *w = container_of(h, struct sl_worker, flush_idle);
-  struct sl_output *o;
-
-  /* flushing may kick outputs again: take the list first */
-  o = w->dirty;
-  w->dirty = NULL;
-  while (o) {
-    struct sl_output *next = o->next_dirty;
-    o->next_dirty = NULL;
-    o->dirty = 0;
-    if (!o->stopped && o->q.count > o->q.inflight)
-      o->ops->cb_flush(o);
-    o = next;
-  }
-  if (w->dirty == NULL)
-    uv_idle_stop(&w->flush_idle);
-}
-
-void sl_output_kick(struct sl_output *o) {
-  struct sl_worker *w = o->w;
-  if (o->dirty || o->stopped)
-    return;
-  o->dirty = 1;
-  o->next_dirty = w->dirty;
-  w->dirty = o;
-  uv_idle_start(&w->flush_idle, on_flush_idle);
-}
-
-static void succeeded(struct sl_output *o) {
-  uint32_t failures = o->retry.consecutive;
-  if (sl_retry_succeed(&o->retry))
-    sl_log(SL_LOG_INFO, "output circuit breaker closed",
-           SL_S("output", o->cfg->name), SL_U("failures", failures), SL_END);
-  o->stats.breaker_state = (int)o->retry.state;
-}
-
-void sl_output_delivered(struct sl_output *o, uint32_t n, uint64_t bytes) {
-  uint64_t now = sl_mono_ns();
-  uint32_t i;
-  for (i = 0; i < n; i++)
-    sl_histogram_observe(&o->stats.latency,
-                         (double)(now - sl_queue_at(&o->q, i)->ingest_ns) / 1e9);
-  o->stats.events_out += n;
-  o->stats.bytes_out += bytes;
-  sl_buffer_delivered(&o->buf, &o->q, n);
-  if (n > 0)
-    succeeded(o);
-  if (o->q.count > o->q.inflight)
-    sl_output_kick(o); /* read back from a disk buffer, or already queued */
-}
-
-/* ---- retries, the circuit breaker and dead letters ---------------------- */
-
-static int output_push(struct sl_output *o, struct sl_event *ev);
-
-/* Move the head events (those in flight, or one batch when none are) to
- * the dead-letter output, each a copy with the sluice-error, sluice-output
- * and sluice-attempts headers, and out of o's queue (a disk buffer
- * acknowledges them). Stops early when the dead-letter output cannot take
- * more now (a full queue that blocks) or memory runs out: the rest stay
- * and are tried again. Returns how many left the queue. */
-static uint32_t dead_letter_n(struct sl_output *o, uint32_t n,
-                              const char *error);
-
-static uint32_t dead_letter_head(struct sl_output *o) {
-  uint32_t n = o->q.inflight ? o->q.inflight : o->q.count;
-  if (n > o->cfg->batch_events)
-    n = o->cfg->batch_events;
-  return dead_letter_n(o, n,
-                       o->last_error[0] ? o->last_error : "delivery failed");
-}
-
-/* The dead-letter output, or NULL when o has none to send to (none is
- * configured, o is it, or it stopped). */
-static struct sl_output *dead_letter_of(struct sl_output *o) {
-  struct sl_worker *w = o->w;
-  if (w->cfg->dead_letter < 0 || w->cfg->dead_letter == o->index ||
-      w->cfg->dead_letter >= w->noutputs)
-    return NULL;
-  if (w->outputs[w->cfg->dead_letter].stopped)
-    return NULL;
-  return &w->outputs[w->cfg->dead_letter];
-}
-
-/* As dead_letter_head, for the first n events, with error as the reason. */
-static uint32_t dead_letter_n(struct sl_output *o, uint32_t n,
-                              const char *error) {
-  struct sl_output *dl = dead_letter_of(o);
-  uint32_t i, moved = 0, taken = 0;
-  uint64_t suppressed;
-  char attempts[16];
-
-  if (dl == NULL)
-    return 0; /* the dead-letter output itself retries for ever */
-  snprintf(attempts, sizeof(attempts), "%u", o->retry.attempts);
-  for (i = 0; i < n; i++) {
-    struct sl_event *ev = sl_queue_at(&o->q, i), *a, *b = NULL, *c = NULL;
-    int rc;
-    a = sl_event_with_header(ev, "sluice-error", error, strlen(error));
-    if (a)
-      b = sl_event_with_header(a, "sluice-output", o->cfg->name,
-                               strlen(o->cfg->name));
-    if (b)
-      c = sl_event_with_header(b, "sluice-attempts", attempts,
-                               strlen(attempts));
-    sl_event_unref(a);
-    sl_event_unref(b);
-    if (c == NULL)
-      break;
-    rc = output_push(dl, c);
-    sl_event_unref(c);
-    if (rc == SL_EAGAIN || rc == SL_EIO)
-      break; /* the dead letter cannot take it now: it stays here */
-    moved++;
-    if (rc == 0)
-      taken++; /* else dropped by the dead-letter output, counted there */
-  }
-  if (moved == 0)
-    return 0;
-  sl_buffer_delivered(&o->buf, &o->q, moved);
-  o->stats.dead_lettered += taken;
-  if (sl_log_allow(&o->dead_letter_log, &suppressed))
-    sl_log(SL_LOG_WARN, "output gave up on events; sent to the dead letter",
-           SL_S("output", o->cfg->name), SL_U("events", moved),
-           SL_U("attempts", o->retry.attempts), SL_S("error", error),
-           SL_S("dead_letter", dl->cfg->name), SL_U("suppressed", suppressed),
-           SL_END);
-  sl_retry_head_done(&o->retry);
-  if (o->q.count > o->q.inflight)
-    sl_output_kick(o);
-  return moved;
-}
-
-uint32_t sl_output_refuse_head(struct sl_output *o, const char *why) {
-  uint64_t suppressed;
-  if (o->q.inflight || o->q.count == 0)
-    return 0;
-  if (dead_letter_n(o, 1, why) == 1)
-    return 1;
-  if (dead_letter_of(o) != NULL)
-    return 0; /* the dead letter cannot take it now: try again later */
-  /* nobody can take it, and sending it would wedge the output for good */
-  sl_buffer_delivered(&o->buf, &o->q, 1);
-  o->stats.refused++;
-  if (sl_log_allow(&o->dead_letter_log, &suppressed))
-    sl_log(SL_LOG_ERROR, "output cannot send an event and has no dead letter "
-           "to give it to; dropped", SL_S("output", o->cfg->name),
-           SL_S("error", why), SL_U("suppressed", suppressed), SL_END);
-  if (o->q.count > o->q.inflight)
-    sl_output_kick(o);
-  return 1;
-}
-
-static void log_half_open(struct sl_output *o, int was_open) {
-  o->stats.breaker_state = (int)o->retry.state;
-  if (was_open && o->retry.state == SL_BREAKER_HALF_OPEN)
-    sl_log(SL_LOG_DEBUG, "output circuit breaker half-open; probing",
-           SL_S("output", o->cfg->name), SL_END);
-}
-
-uint32_t sl_output_failed(struct sl_output *o, const char *error,
-                          int may_dead_letter, uint32_t *moved) {
-  struct sl_retry_verdict v;
-  uint64_t now = sl_mono_ns();
-  uint32_t n = 0, deadline;
-  int has_head = o->q.count > 0, probing;
-
-  snprintf(o->last_error, sizeof(o->last_error), "%s", error);
-  probing = o->retry.state == SL_BREAKER_HALF_OPEN;
-  sl_retry_fail(&o->retry, now, has_head, &v);
-  if (v.opened) {
-    o->stats.breaker_opens++;
-    /* one line per outage at warn; its probes every open_ms at debug */
-    sl_log(probing ? SL_LOG_DEBUG : SL_LOG_WARN,
-           probing ? "output circuit breaker probe failed; open again"
-                   : "output circuit breaker open; no attempts for open_ms",
-           SL_S("output", o->cfg->name),
-           SL_U("failures", o->retry.consecutive),
-           SL_U("open_ms", o->cfg->breaker.open_ms), SL_S("error", error),
-           SL_END);
-  }
-  if (v.exhausted && may_dead_letter)
-    n = dead_letter_head(o);
-  if (n == 0 && has_head)
-    o->stats.retries++; /* the head stays for another attempt */
-  o->stats.breaker_state = (int)o->retry.state;
-  if (moved)
-    *moved = n;
-  /* wake up in time to dead-letter a head whose max_elapsed_ms runs out */
-  deadline = sl_retry_deadline_ms(&o->retry, now);
-  return v.delay_ms < deadline ? v.delay_ms : deadline;
-}
-
-uint32_t sl_output_retry_wait(struct sl_output *o, int may_dead_letter,
-                              uint32_t *moved) {
-  uint64_t now = sl_mono_ns();
-  uint32_t n = 0, wait, deadline;
-  int was_open = o->retry.state == SL_BREAKER_OPEN;
-
-  if (may_dead_letter && o->q.count > 0 && sl_retry_exhausted(&o->retry, now))
-    n = dead_letter_head(o);
-  if (moved)
-    *moved = n;
-  if (!sl_retry_allow(&o->retry, now, &wait)) {
-    deadline = sl_retry_deadline_ms(&o->retry, now);
-    return wait < deadline ? wait : deadline;
-  }
-  log_half_open(o, was_open);
-  return 0;
-}
-
-void sl_output_reachable(struct sl_output *o) { succeeded(o); }
-
-int sl_output_may_send(struct sl_output *o) {
-  uint32_t wait;
-  int was_open = o->retry.state == SL_BREAKER_OPEN;
-  if (o->retry.state == SL_BREAKER_CLOSED)
-    return 1;
-  if (!sl_retry_allow(&o->retry, sl_mono_ns(), &wait))
-    return 0;
-  log_half_open(o, was_open);
-  return o->q.inflight == 0; /* half-open: one probe at a time */
-}
-
-/* ---- rate limit ---------------------------------------------------------- */
-
-static void on_rate_timer(uv_timer_t *t) {
-  struct sl_output *o = container_of(t, struct sl_output, rate_timer);
-  sl_output_kick(o);
-}
-
-/* The limit acts on the delivery side: events wait in the output's queue
- * for tokens, so an input faster than the limit fills the queue and
- * queue.when_full decides, as for any slow output (block pauses the
- * inputs, drop_* drop counted, spill goes to disk). Limiting at the push
- * instead would bypass spill and drop_oldest, and replays from a disk
- * buffer would skip the limit. */
-uint32_t sl_output_quota(struct sl_output *o, uint32_t want) {
-  uint64_t now;
-  uint32_t got, waiting, before, need;
-
-  if (o->rate.rate == 0 || want == 0)
-    return want;
-  now = sl_mono_ns();
-  got = sl_ratelimit_take(&o->rate, want, now);
-  before = o->rate_waiting > got ? o->rate_waiting - got : 0;
-  if (got < want) {
-    waiting = o->q.count - o->q.inflight - got;
-    if (before > waiting)
-      before = waiting;
-    o->stats.rate_limited += waiting - before; /* each waiting event once */
-    o->rate_waiting = waiting;
-    /* wake when the rest is there, or 10 ms worth, whichever is less:
-     * at most about a hundred wake-ups a second, whatever the rate */
-    need = want - got;
-    if (need > o->rate.rate / 100)
-      need = (uint32_t)(o->rate.rate / 100);
-    if (o->rate_timer_open && !uv_is_active((uv_handle_t *)&o->rate_timer))
-      uv_timer_start(&o->rate_timer, on_rate_timer,
-                     sl_ratelimit_wait_ms(&o->rate, need, now), 0);
-  } else {
-    o->rate_waiting = before;
-  }
-  return got;
-}
-
-void sl_output_stopped(struct sl_output *o) { o->stopped = 1; }
 
 void sl_input_stopped(struct sl_input *in) { in->stopped = 1; }
 
 /* ---- the pipeline ------------------------------------------------------ */
-
-/* Put ev into o (taking a reference) and kick it. Returns 0 when queued
- * or spooled, SL_EAGAIN when the caller must wait on o's queue, SL_E2BIG
- * when it was dropped, counted: by the queue's policy, or as a repeat of
- * an id dedup saw inside its window. Only an event that got in is
- * remembered by dedup, so one that waited or was dropped may come again. */
-static int output_push(struct sl_output *o, struct sl_event *ev) {
-  uint64_t hash = 0, now = 0;
-  int rc;
-
-  if (o->dedup) {
-    now = sl_mono_ns();
-    hash = sl_dedup_hash(o->dedup, ev->data + ev->id_off, ev->id_len);
-    if (sl_dedup_seen(o->dedup, hash, now)) {
-      o->stats.dropped_dedup++;
-      return SL_E2BIG;
-    }
-  }
-  rc = sl_buffer_push(&o->buf, &o->q, ev);
-  if (rc == 0) {
-    if (o->dedup)
-      sl_dedup_add(o->dedup, hash, now);
-    sl_output_kick(o);
-  }
-  return rc;
-}
 
 /* Push the held event into its remaining targets. */
 static void on_route_timer(uv_timer_t *t) {
@@ -357,7 +61,7 @@ static int push_held(struct sl_source *s) {
 
   for (i = 0; i < s->ntargets; i++) {
     struct sl_output *o = &w->outputs[s->targets[i]];
-    int rc = output_push(o, s->held);
+    int rc = sl_output_push(o, s->held);
     if (rc == SL_EIO && !s->refused) {
       /* the other targets still get it: the producer resends it, a
        * repeat there beats a loss here */
@@ -543,7 +247,7 @@ void sl_worker_refusal(const struct sl_worker *w, int output, char *buf,
 static void on_emit(void *data, int output, struct sl_event *ev) {
   struct sl_worker *w = data;
   struct sl_output *o = &w->outputs[output];
-  int rc = output_push(o, ev);
+  int rc = sl_output_push(o, ev);
   if (rc == SL_EAGAIN) {
     o->q.dropped_newest++;
     w->stats.emit_dropped++;
@@ -568,15 +272,9 @@ static void finish(struct sl_worker *w) {
     if (!w->inputs[i].stopped)
       w->inputs[i].ops->cb_stop(&w->inputs[i]);
   for (i = 0; i < w->noutputs; i++)
-    if (!w->outputs[i].stopped)
-      w->outputs[i].ops->cb_stop(&w->outputs[i]);
-  for (i = 0; i < w->noutputs; i++) {
-    sl_buffer_stop(&w->outputs[i].buf);
-    if (w->outputs[i].rate_timer_open) {
-      uv_close((uv_handle_t *)&w->outputs[i].rate_timer, NULL);
-      w->outputs[i].rate_timer_open = 0;
-    }
-  }
+    sl_output_stop(&w->outputs[i]);
+  for (i = 0; i < w->noutputs; i++)
+    sl_output_close_handles(&w->outputs[i]);
   sl_rules_stop(w->rules);
   if (w->admin && w->admin_stop)
     w->admin_stop(w->admin);
@@ -755,54 +453,17 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
     const struct sl_output_config *oc = &cfg->outputs[i];
     struct sl_output *o = &w->outputs[i];
     char why[256] = "";
-    o->ops = output_ops(oc->type);
     o->cfg = oc;
-    o->w = w;
-    o->index = i;
     o->stopped = 1; /* until started */
-    if (o->ops == NULL) {
+    if (output_ops(oc->type) == NULL) {
       snprintf(err, errlen, "outputs[%d] (%s): type %s is not built in",
                i + 1, oc->name, oc->type);
       rc = SL_EINVAL;
       goto fail;
     }
-    rc = sl_queue_init(&o->q, oc->queue.max_events, oc->queue.max_bytes,
-                       oc->queue.when_full);
+    w->noutputs = i + 1;
+    rc = sl_output_init(o, w, i, output_ops(oc->type), why, sizeof(why));
     if (rc == 0) {
-      w->noutputs = i + 1;
-      sl_retry_init(&o->retry, &oc->retry, &oc->breaker,
-                    sl_mono_ns() ^ (uint64_t)getpid() << 32 ^ (uint64_t)i);
-      sl_log_limiter_init(&o->dead_letter_log, 10000, 20);
-      if (oc->rate_limit.events_per_second) {
-        sl_ratelimit_init(&o->rate, oc->rate_limit.events_per_second,
-                          oc->rate_limit.burst, sl_mono_ns());
-        uv_timer_init(&w->loop, &o->rate_timer);
-        o->rate_timer_open = 1;
-      }
-      if (oc->dedup.window_ms) {
-        o->dedup = sl_dedup_new(oc->dedup.window_ms, oc->dedup.max_ids,
-                                sl_mono_ns() * 0x9e3779b97f4a7c15ull ^
-                                    (uint64_t)getpid());
-        if (o->dedup == NULL) {
-          snprintf(why, sizeof(why), "out of memory for dedup.max_ids");
-          rc = SL_ENOMEM;
-        }
-      }
-    }
-    if (rc == 0) {
-      struct sl_buffer_config bc;
-      memset(&bc, 0, sizeof(bc));
-      bc.mode = oc->buffer.disk ? SL_BUFFER_DISK
-                : oc->queue.when_full == SL_QUEUE_SPILL ? SL_BUFFER_SPILL
-                                                        : SL_BUFFER_MEMORY;
-      bc.path = oc->buffer.path;
-      bc.max_bytes = oc->buffer.max_bytes;
-      bc.fsync = (enum sl_buffer_fsync)oc->buffer.fsync;
-      bc.fsync_interval_ms = oc->buffer.fsync_interval_ms;
-      bc.max_record = cfg->max_event_bytes + 256;
-      bc.when_full = oc->queue.when_full;
-      rc = sl_buffer_init(&o->buf, &w->loop, oc->name, &bc, &o->q, why,
-                          sizeof(why));
       o->buf.ticket = &w->durable_ticket;
       o->buf.on_durable = on_buffer_durable;
       o->buf.data = o;
@@ -895,12 +556,8 @@ void sl_worker_close(struct sl_worker *w) {
   if (w->admin && w->admin_free)
     w->admin_free(w->admin); /* its handles closed in the run above */
   w->admin = NULL;
-  for (i = 0; i < w->noutputs; i++) {
-    sl_buffer_close(&w->outputs[i].buf);
-    sl_queue_close(&w->outputs[i].q);
-    sl_dedup_free(w->outputs[i].dedup);
-    w->outputs[i].dedup = NULL;
-  }
+  for (i = 0; i < w->noutputs; i++)
+    sl_output_close(&w->outputs[i]);
   free(w->route_limits);
   w->route_limits = NULL;
   sl_queue_close(&w->route_waitq);

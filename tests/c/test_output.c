@@ -1,0 +1,507 @@
+/* test_output.c - the output core (worker/output.c) with a fake plugin on
+ * a real libuv loop: the core picks batches of batch_events, keeps the
+ * in-flight count, retries with backoff, opens and probes the breaker,
+ * hands exhausted or refused events to the dead letter, and never
+ * dead-letters or re-batches a half-written write (SL_WRITE_AGAIN). */
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "output.h"
+#include "worker.h"
+#include "test.h"
+
+/* What the fake plugin does with a write, per output. */
+enum mode { HOLD, OK, FAIL, AGAIN };
+
+struct fake {
+  enum mode mode;
+  int calls;
+  struct sl_batch last;
+  const struct sl_event *first; /* the first event of the last batch */
+};
+
+static struct fake fakes[2];
+
+static void fake_write(struct sl_output *o, const struct sl_batch *b) {
+  struct fake *f = &fakes[o->index];
+  f->calls++;
+  f->last = *b;
+  f->first = sl_queue_at(&o->q, b->first);
+  if (f->mode == OK)
+    sl_output_done(o, b->n, SL_WRITE_OK, NULL);
+  else if (f->mode == FAIL)
+    sl_output_done(o, 0, SL_WRITE_RETRY, "disk on fire");
+  else if (f->mode == AGAIN)
+    sl_output_done(o, 0, SL_WRITE_AGAIN, "half a line out");
+}
+
+static void fake_stop(struct sl_output *o) { sl_output_stopped(o); }
+
+static const struct sl_output_ops fake_ops = {
+    .cb_write = fake_write,
+    .cb_stop = fake_stop,
+};
+
+/* A connection-oriented fake: writes only while connected; the core's
+ * backoff calls cb_retry, which "connects" and kicks. */
+static int connected, reconnects;
+
+static int fake_healthy(struct sl_output *o) { return connected; }
+
+static void fake_retry(struct sl_output *o) {
+  reconnects++;
+  connected = 1;
+  sl_output_kick(o);
+}
+
+static const struct sl_output_ops fake_conn_ops = {
+    .cb_write = fake_write,
+    .cb_retry = fake_retry,
+    .cb_stop = fake_stop,
+    .cb_healthy = fake_healthy,
+};
+
+static const struct sl_output_ops *rig_ops = &fake_ops;
+
+struct rig {
+  struct sl_worker w;
+  struct sl_config cfg;
+  struct sl_output_config oc[2];
+  struct sl_output *o, *dl;
+};
+
+__attribute__((constructor)) static void quiet(void) {
+  sl_log_set_fd(open("/dev/null", O_WRONLY)); /* the warnings are expected */
+}
+
+/* Output 0 ("main", batch_events 4) and, with dead_letter, output 1
+ * ("dlq", always OK). No breaker, no attempt limit unless a test sets
+ * them before rig_start. */
+static void rig_init(struct rig *r, int dead_letter) {
+  int i;
+  memset(r, 0, sizeof(*r));
+  memset(fakes, 0, sizeof(fakes));
+  rig_ops = &fake_ops;
+  connected = reconnects = 0;
+  fakes[1].mode = OK;
+  r->cfg.outputs = r->oc;
+  r->cfg.noutputs = dead_letter ? 2 : 1;
+  r->cfg.dead_letter = dead_letter ? 1 : -1;
+  r->cfg.max_event_bytes = 1 << 20;
+  for (i = 0; i < 2; i++) {
+    struct sl_output_config *oc = &r->oc[i];
+    oc->name = i ? "dlq" : "main";
+    oc->type = "fake";
+    oc->queue.max_events = 64;
+    oc->queue.max_bytes = 1 << 20;
+    oc->queue.when_full = SL_QUEUE_BLOCK;
+    oc->batch_events = 4;
+    oc->retry.initial_ms = 2;
+    oc->retry.max_ms = 8;
+  }
+}
+
+static int rig_start(struct rig *r) {
+  char why[256];
+  int i;
+  if (uv_loop_init(&r->w.loop) != 0)
+    return -1;
+  uv_idle_init(&r->w.loop, &r->w.flush_idle);
+  r->w.cfg = &r->cfg;
+  r->w.outputs = calloc(2, sizeof(*r->w.outputs));
+  r->w.noutputs = r->cfg.noutputs;
+  for (i = 0; i < r->cfg.noutputs; i++) {
+    if (sl_output_init(&r->w.outputs[i], &r->w, i, i ? &fake_ops : rig_ops, why,
+                       sizeof(why)) != 0)
+      return -1;
+    r->w.outputs[i].stopped = 0;
+  }
+  r->o = &r->w.outputs[0];
+  r->dl = r->cfg.noutputs > 1 ? &r->w.outputs[1] : NULL;
+  return 0;
+}
+
+static void rig_close(struct rig *r) {
+  int i;
+  for (i = 0; i < r->w.noutputs; i++)
+    sl_output_stop(&r->w.outputs[i]);
+  for (i = 0; i < r->w.noutputs; i++)
+    sl_output_close_handles(&r->w.outputs[i]);
+  uv_close((uv_handle_t *)&r->w.flush_idle, NULL);
+  uv_run(&r->w.loop, UV_RUN_DEFAULT);
+  for (i = 0; i < r->w.noutputs; i++)
+    sl_output_close(&r->w.outputs[i]);
+  uv_loop_close(&r->w.loop);
+  free(r->w.outputs);
+}
+
+/* Event i into o: a str payload of i + 1 bytes. Returns it (o's queue
+ * holds the reference). */
+static const struct sl_event *push_to(struct sl_output *o, int i) {
+  static struct sl_idgen g;
+  static int ready;
+  uint8_t payload[64];
+  struct sl_str none = {NULL, 0}, topic = {"t", 1};
+  struct sl_event *ev;
+  if (!ready) {
+    sl_idgen_init(&g);
+    ready = 1;
+  }
+  payload[0] = (uint8_t)(0xa0 | (i + 1)); /* fixstr */
+  memset(payload + 1, 'a', (size_t)i + 1);
+  ev = sl_event_new(&g, none, topic, none, 0, 0, NULL, 0, payload,
+                    (size_t)i + 2, 0);
+  sl_output_push(o, ev);
+  sl_event_unref(ev);
+  return ev;
+}
+
+#define push(r, i) push_to((r)->o, (i))
+
+/* Turn the loop until *counter reaches want (or 5 s, far above the few ms
+ * it takes). */
+static int run_until(struct rig *r, const uint64_t *counter, uint64_t want) {
+  uint64_t end = sl_mono_ns() + 5000000000ull;
+  while (*counter < want && sl_mono_ns() < end)
+    uv_run(&r->w.loop, UV_RUN_ONCE);
+  return *counter >= want;
+}
+
+static void run_ms(struct rig *r, uint32_t ms) {
+  uint64_t end = sl_mono_ns() + (uint64_t)ms * 1000000u;
+  while (sl_mono_ns() < end)
+    uv_run(&r->w.loop, UV_RUN_NOWAIT), usleep(1000);
+}
+
+/* Turn the loop until output idx's fake saw want writes (or 5 s). */
+static int run_calls(struct rig *r, int idx, int want) {
+  uint64_t end = sl_mono_ns() + 5000000000ull;
+  while (fakes[idx].calls < want && sl_mono_ns() < end)
+    uv_run(&r->w.loop, UV_RUN_ONCE);
+  return fakes[idx].calls >= want;
+}
+
+TEST(output_batches_hold_in_flight_until_reported) {
+  struct rig r;
+  int i;
+  rig_init(&r, 0);
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = HOLD;
+  for (i = 0; i < 10; i++)
+    push(&r, i);
+  run_ms(&r, 20);
+  /* one write of batch_events, in flight; no second one until reported */
+  CHECK_EQ(fakes[0].calls, 1);
+  CHECK_EQ(fakes[0].last.first, 0u);
+  CHECK_EQ(fakes[0].last.n, 4u);
+  CHECK_EQ(r.o->q.inflight, 4u);
+  {
+    uint64_t sum = 0;
+    for (i = 0; i < 4; i++)
+      sum += sl_queue_at(&r.o->q, (uint32_t)i)->len;
+    CHECK_EQ(fakes[0].last.bytes, sum);
+  }
+  /* half of it went: 2 delivered, the other 2 head the next write */
+  sl_output_done(r.o, 2, SL_WRITE_OK, NULL);
+  CHECK_EQ(r.o->stats.events_out, 2u);
+  CHECK_EQ(r.o->q.count, 8u);
+  CHECK_EQ(r.o->q.inflight, 0u);
+  /* a second report of the same write is ignored */
+  sl_output_done(r.o, 4, SL_WRITE_OK, NULL);
+  CHECK_EQ(r.o->stats.events_out, 2u);
+  fakes[0].mode = OK;
+  run_ms(&r, 20);
+  CHECK_EQ(fakes[0].calls, 1 + 2); /* 8 left: two more batches of 4 */
+  CHECK_EQ(r.o->stats.events_out, 10u);
+  CHECK_EQ(r.o->q.count, 0u);
+  rig_close(&r);
+}
+
+TEST(output_retry_backs_off_then_delivers_the_same_events) {
+  struct rig r;
+  const struct sl_event *first;
+  rig_init(&r, 0);
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = FAIL;
+  first = push(&r, 7);
+  push(&r, 8);
+  CHECK(run_calls(&r, 0, 3));
+  /* failed writes are counted, the events stay queued, and a retry
+   * timer (not a kick) brings the next attempt */
+  CHECK(r.o->stats.errors >= 3);
+  CHECK(r.o->stats.retries >= 3);
+  CHECK_EQ(r.o->q.count, 2u);
+  CHECK_EQ(r.o->stats.events_out, 0u);
+  CHECK(uv_is_active((uv_handle_t *)&r.o->retry_timer) || r.o->writing);
+  CHECK(strcmp(r.o->last_error, "disk on fire") == 0);
+  fakes[0].mode = OK;
+  {
+    const uint64_t *out = &r.o->stats.events_out;
+    CHECK(run_until(&r, out, 2));
+  }
+  CHECK_EQ(fakes[0].last.n, 2u);
+  CHECK(fakes[0].first == first);
+  CHECK_EQ(r.o->retry.attempts, 0u);     /* a success resets the head */
+  rig_close(&r);
+}
+
+TEST(output_dead_letters_the_tried_batch_after_max_attempts) {
+  struct rig r;
+  int i;
+  rig_init(&r, 1);
+  r.oc[0].retry.max_attempts = 2;
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = FAIL;
+  for (i = 0; i < 6; i++)
+    push(&r, i);
+  CHECK(run_until(&r, &r.o->stats.dead_lettered, 6));
+  /* batches of 4 and 2 left for the dead letter, nothing was delivered */
+  CHECK_EQ(r.o->q.count, 0u);
+  CHECK_EQ(r.o->stats.events_out, 0u);
+  CHECK(run_until(&r, &r.dl->stats.events_out, 6));
+  CHECK_EQ(fakes[0].calls, 4); /* two attempts per batch */
+  rig_close(&r);
+}
+
+TEST(output_dead_letter_copies_carry_the_error) {
+  struct rig r;
+  struct sl_event *ev;
+  rig_init(&r, 1);
+  r.oc[0].retry.max_attempts = 1;
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = FAIL;
+  fakes[1].mode = HOLD;
+  push(&r, 3);
+  CHECK(run_until(&r, &r.o->stats.dead_lettered, 1));
+  CHECK(run_calls(&r, 1, 1));
+  CHECK_EQ(r.dl->q.count, 1u);
+  ev = sl_queue_at(&r.dl->q, 0);
+  CHECK(memmem(ev->data, ev->len, "disk on fire", 12) != NULL);
+  CHECK(memmem(ev->data, ev->len, "sluice-output", 13) != NULL);
+  rig_close(&r);
+}
+
+TEST(output_half_written_batch_is_repeated_never_dead_lettered) {
+  struct rig r;
+  int i;
+  rig_init(&r, 1);
+  r.oc[0].retry.max_attempts = 1;
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = AGAIN;
+  for (i = 0; i < 3; i++)
+    push(&r, i);
+  {
+    uint64_t end = sl_mono_ns() + 5000000000ull;
+    while (fakes[0].calls < 4 && sl_mono_ns() < end)
+      uv_run(&r.w.loop, UV_RUN_ONCE);
+  }
+  CHECK(fakes[0].calls >= 4);
+  /* max_attempts is long used up, yet the half-written batch stays, and
+   * each attempt is the same events, marked again */
+  CHECK_EQ(r.o->stats.dead_lettered, 0u);
+  CHECK_EQ(r.o->q.count, 3u);
+  CHECK_EQ(fakes[0].last.again, 1);
+  CHECK_EQ(fakes[0].last.n, 3u);
+  /* new events do not join the repeated write */
+  push(&r, 10);
+  fakes[0].mode = OK;
+  CHECK(run_until(&r, &r.o->stats.events_out, 4));
+  CHECK_EQ(r.o->stats.dead_lettered, 0u);
+  rig_close(&r);
+}
+
+TEST(output_breaker_opens_waits_then_one_probe_closes_it) {
+  struct rig r;
+  int calls;
+  rig_init(&r, 0);
+  r.oc[0].breaker.failures = 2;
+  r.oc[0].breaker.open_ms = 300;
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = FAIL;
+  push(&r, 0);
+  CHECK(run_until(&r, &r.o->stats.breaker_opens, 1));
+  CHECK_EQ(r.o->stats.breaker_state, (int)SL_BREAKER_OPEN);
+  calls = fakes[0].calls;
+  CHECK_EQ(calls, 2);
+  /* open: no attempt for open_ms, even when kicked by new events */
+  push(&r, 1);
+  run_ms(&r, 50);
+  CHECK_EQ(fakes[0].calls, calls);
+  /* then one probe; it succeeds and closes the breaker */
+  fakes[0].mode = OK;
+  CHECK(run_until(&r, &r.o->stats.events_out, 2));
+  CHECK_EQ(r.o->stats.breaker_state, (int)SL_BREAKER_CLOSED);
+  CHECK_EQ(r.o->stats.breaker_opens, 1u);
+  rig_close(&r);
+}
+
+TEST(output_fatal_refuses_one_event_to_the_dead_letter) {
+  struct rig r;
+  const struct sl_event *ev[4];
+  int i;
+  rig_init(&r, 1);
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = HOLD;
+  for (i = 0; i < 4; i++)
+    ev[i] = push(&r, i);
+  run_ms(&r, 10);
+  CHECK_EQ(fakes[0].calls, 1);
+  /* event 0 went, event 1 can never go: it leaves; 2 and 3 are offered
+   * again */
+  sl_output_done(r.o, 1, SL_WRITE_FATAL, "too large");
+  CHECK_EQ(r.o->stats.events_out, 1u);
+  CHECK_EQ(r.o->stats.dead_lettered, 1u);
+  CHECK_EQ(r.o->q.count, 2u);
+  run_ms(&r, 10);
+  CHECK_EQ(fakes[0].calls, 2);
+  CHECK_EQ(fakes[0].last.n, 2u);
+  CHECK(fakes[0].first == ev[2]);
+  CHECK_EQ(r.o->stats.errors, 0u);       /* a refusal is not a failure */
+  rig_close(&r);
+}
+
+TEST(output_fatal_without_dead_letter_drops_counted) {
+  struct rig r;
+  rig_init(&r, 0);
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = HOLD;
+  push(&r, 0);
+  push(&r, 1);
+  run_ms(&r, 10);
+  sl_output_done(r.o, 0, SL_WRITE_FATAL, "too large");
+  CHECK_EQ(r.o->stats.refused, 1u);
+  CHECK_EQ(r.o->q.count, 1u);
+  fakes[0].mode = OK;
+  CHECK(run_until(&r, &r.o->stats.events_out, 1));
+  rig_close(&r);
+}
+
+TEST(output_dead_letter_output_retries_for_ever) {
+  struct rig r;
+  rig_init(&r, 1);
+  r.oc[1].retry.max_attempts = 1;
+  CHECK(rig_start(&r) == 0);
+  fakes[1].mode = FAIL;
+  push_to(r.dl, 0);
+  {
+    uint64_t end = sl_mono_ns() + 5000000000ull;
+    while (fakes[1].calls < 3 && sl_mono_ns() < end)
+      uv_run(&r.w.loop, UV_RUN_ONCE);
+  }
+  /* it is the dead letter: past max_attempts its events stay */
+  CHECK(fakes[1].calls >= 3);
+  CHECK_EQ(r.dl->q.count, 1u);
+  CHECK_EQ(r.dl->stats.dead_lettered, 0u);
+  fakes[1].mode = OK;
+  CHECK(run_until(&r, &r.dl->stats.events_out, 1));
+  rig_close(&r);
+}
+
+/* ---- acks: written, then confirmed by the peer's count ------------------ */
+
+TEST(output_acks_write_ahead_and_leave_only_when_confirmed) {
+  struct rig r;
+  const struct sl_event *ev[10];
+  int i;
+  rig_init(&r, 0);
+  CHECK(rig_start(&r) == 0);
+  r.o->acks = 1;
+  fakes[0].mode = HOLD;
+  for (i = 0; i < 10; i++)
+    ev[i] = push(&r, i);
+  CHECK(run_calls(&r, 0, 1));
+  CHECK_EQ(fakes[0].last.n, 4u);
+  /* the bytes went out: the next batch may go while 4 await the ack */
+  sl_output_written(r.o);
+  CHECK(run_calls(&r, 0, 2));
+  CHECK_EQ(fakes[0].last.first, 4u);
+  CHECK(fakes[0].first == ev[4]);
+  CHECK_EQ(r.o->q.inflight, 8u);
+  CHECK_EQ(r.o->stats.events_out, 0u); /* written is not delivered */
+  /* the peer confirms 3: they leave; the 4th still waits */
+  sl_output_done(r.o, 3, SL_WRITE_OK, NULL);
+  CHECK_EQ(r.o->stats.events_out, 3u);
+  CHECK_EQ(r.o->q.count, 7u);
+  CHECK_EQ(r.o->q.inflight, 5u);
+  CHECK(fakes[0].calls == 2);
+  /* an ack may cover part of the write in flight before it is reported
+   * written: events 3..5 leave, 6 and 7 are still being written */
+  sl_output_done(r.o, 3, SL_WRITE_OK, NULL);
+  CHECK_EQ(r.o->stats.events_out, 6u);
+  CHECK_EQ(r.o->q.inflight, 2u);
+  run_ms(&r, 10);
+  CHECK_EQ(fakes[0].calls, 2); /* one write at a time */
+  sl_output_written(r.o);
+  CHECK(run_calls(&r, 0, 3));
+  CHECK_EQ(fakes[0].last.first, 2u);
+  CHECK_EQ(fakes[0].last.n, 2u);
+  CHECK(fakes[0].first == ev[8]);
+  sl_output_written(r.o);
+  /* the connection breaks: nothing unconfirmed is lost, it all goes
+   * again, oldest first, after the backoff */
+  sl_output_done(r.o, 0, SL_WRITE_RETRY, "closed by peer");
+  CHECK_EQ(r.o->stats.errors, 1u);
+  CHECK_EQ(r.o->q.count, 4u);
+  CHECK(run_calls(&r, 0, 4));
+  CHECK_EQ(fakes[0].last.first, 0u);
+  CHECK_EQ(fakes[0].last.n, 4u);
+  CHECK(fakes[0].first == ev[6]);
+  sl_output_written(r.o);
+  sl_output_done(r.o, 4, SL_WRITE_OK, NULL);
+  CHECK_EQ(r.o->stats.events_out, 10u);
+  CHECK_EQ(r.o->q.count, 0u);
+  CHECK_EQ(r.o->q.inflight, 0u);
+  /* a confirmation beyond what is in flight is capped, not a crash */
+  sl_output_done(r.o, 5, SL_WRITE_OK, NULL);
+  CHECK_EQ(r.o->stats.events_out, 10u);
+  rig_close(&r);
+}
+
+/* ---- connection-oriented plugins ---------------------------------------- */
+
+TEST(output_reconnects_after_backoff_and_writes_only_when_connected) {
+  struct rig r;
+  rig_init(&r, 0);
+  rig_ops = &fake_conn_ops;
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = OK;
+  push(&r, 0);
+  push(&r, 1);
+  run_ms(&r, 20);
+  CHECK_EQ(fakes[0].calls, 0); /* not connected: no write */
+  /* the connect failed: a failed attempt, with nothing in flight */
+  sl_output_done(r.o, 0, SL_WRITE_RETRY, "connection refused");
+  CHECK_EQ(r.o->stats.errors, 1u);
+  CHECK(uv_is_active((uv_handle_t *)&r.o->retry_timer));
+  CHECK_EQ(reconnects, 0);
+  /* after the backoff the core asks for a reconnect; once connected the
+   * events go */
+  CHECK(run_until(&r, &r.o->stats.events_out, 2));
+  CHECK_EQ(reconnects, 1);
+  CHECK_EQ(fakes[0].calls, 1);
+  rig_close(&r);
+}
+
+TEST(output_refuses_an_event_larger_than_the_plugin_takes) {
+  struct rig r;
+  struct sl_event *dead;
+  rig_init(&r, 1);
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = OK;
+  fakes[1].mode = HOLD;
+  push(&r, 0);
+  push(&r, 40);
+  push(&r, 1);
+  r.o->max_event_bytes = sl_queue_at(&r.o->q, 2)->len; /* event 1 fits */
+  r.o->max_event_note = " (test)";
+  CHECK(run_until(&r, &r.o->stats.events_out, 2));
+  /* event 40 left for the dead letter, between two writes */
+  CHECK_EQ(fakes[0].calls, 2);
+  CHECK_EQ(r.o->stats.dead_lettered, 1u);
+  CHECK(run_calls(&r, 1, 1));
+  dead = sl_queue_at(&r.dl->q, 0);
+  CHECK(memmem(dead->data, dead->len, "larger than the peer accepts", 28));
+  CHECK(memmem(dead->data, dead->len, "(test)", 6));
+  rig_close(&r);
+}
