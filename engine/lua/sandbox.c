@@ -900,6 +900,23 @@ static int ev_tostring(lua_State *L) {
   return 1;
 }
 
+/* The event: one userdata for the life of the state, in b->ref_event. */
+static void open_event(lua_State *L, struct box *b) {
+  lua_newuserdata(L, 1);
+  lua_createtable(L, 0, 4);
+  lua_pushcfunction(L, ev_field);
+  lua_pushcclosure(L, ev_index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, ev_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushcfunction(L, ev_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushliteral(L, "protected");
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);
+  b->ref_event = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
 /* ---- events leaving the rule --------------------------------------------- */
 
 /* Scratch buffers keep their memory between calls, but not a big one. */
@@ -1824,6 +1841,43 @@ static int l_seen(lua_State *L) {
   return 1;
 }
 
+/* The sluice table in env (absolute) and the counters' metatable. */
+static void open_sluice(lua_State *L, int env) {
+  static const luaL_Reg sluice_fns[] = {
+      {"drop", l_drop}, {"emit", l_emit}, {"log", l_log},
+      {"now", l_now}, {"every", l_every}, {"counter", l_counter},
+      {"rate_limit", l_rate_limit}, {"seen", l_seen}, {NULL, NULL}};
+  const luaL_Reg *f;
+
+  lua_newtable(L);
+  for (f = sluice_fns; f->name; f++) {
+    lua_pushcfunction(L, f->func);
+    lua_setfield(L, -2, f->name);
+  }
+  sl_luacodec_register(L, -1);
+  sl_luacodec_set_check(L, check_cpu); /* kind() walks tables */
+  lua_createtable(L, 0, 2);
+  lua_pushcfunction(L, l_json_encode);
+  lua_setfield(L, -2, "encode");
+  lua_pushcfunction(L, l_json_decode);
+  lua_setfield(L, -2, "decode");
+  lua_setfield(L, -2, "json");
+  lua_pushliteral(L, SL_VERSION);
+  lua_setfield(L, -2, "version");
+  lua_setfield(L, env, "sluice");
+
+  luaL_newmetatable(L, "sluice.counter");
+  lua_createtable(L, 0, 2);
+  lua_pushcfunction(L, l_counter_inc);
+  lua_setfield(L, -2, "inc");
+  lua_pushcfunction(L, l_counter_add);
+  lua_setfield(L, -2, "add");
+  lua_setfield(L, -2, "__index");
+  lua_pushliteral(L, "protected");
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 1);
+}
+
 /* ---- the environment ----------------------------------------------------- */
 
 static int l_collectgarbage(lua_State *L) {
@@ -2430,13 +2484,8 @@ static int box_setup(lua_State *L) {
       "rawget", "rawset", "setmetatable", "getmetatable", "_VERSION", NULL};
   static const char *const no_dump[] = {"dump", NULL};
   static const char *const no_sort[] = {"sort", NULL};
-  static const luaL_Reg sluice_fns[] = {
-      {"drop", l_drop}, {"emit", l_emit}, {"log", l_log},
-      {"now", l_now}, {"every", l_every}, {"counter", l_counter},
-      {"rate_limit", l_rate_limit}, {"seen", l_seen}, {NULL, NULL}};
   struct box *b = lua_touserdata(L, 1);
   const char *const *name;
-  const luaL_Reg *f;
   int g0, env, str;
 
   lua_settop(L, 0);
@@ -2542,49 +2591,8 @@ static int box_setup(lua_State *L) {
   lua_pushcclosure(L, l_require, 1);
   lua_setfield(L, env, "require");
 
-  /* sluice */
-  lua_newtable(L);
-  for (f = sluice_fns; f->name; f++) {
-    lua_pushcfunction(L, f->func);
-    lua_setfield(L, -2, f->name);
-  }
-  sl_luacodec_register(L, -1);
-  sl_luacodec_set_check(L, check_cpu); /* kind() walks tables */
-  lua_createtable(L, 0, 2);
-  lua_pushcfunction(L, l_json_encode);
-  lua_setfield(L, -2, "encode");
-  lua_pushcfunction(L, l_json_decode);
-  lua_setfield(L, -2, "decode");
-  lua_setfield(L, -2, "json");
-  lua_pushliteral(L, SL_VERSION);
-  lua_setfield(L, -2, "version");
-  lua_setfield(L, env, "sluice");
-
-  luaL_newmetatable(L, "sluice.counter");
-  lua_createtable(L, 0, 2);
-  lua_pushcfunction(L, l_counter_inc);
-  lua_setfield(L, -2, "inc");
-  lua_pushcfunction(L, l_counter_add);
-  lua_setfield(L, -2, "add");
-  lua_setfield(L, -2, "__index");
-  lua_pushliteral(L, "protected");
-  lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 1);
-
-  /* the event: one userdata for the life of the state */
-  lua_newuserdata(L, 1);
-  lua_createtable(L, 0, 4);
-  lua_pushcfunction(L, ev_field);
-  lua_pushcclosure(L, ev_index, 1);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, ev_newindex);
-  lua_setfield(L, -2, "__newindex");
-  lua_pushcfunction(L, ev_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushliteral(L, "protected");
-  lua_setfield(L, -2, "__metatable");
-  lua_setmetatable(L, -2);
-  b->ref_event = luaL_ref(L, LUA_REGISTRYINDEX);
+  open_sluice(L, env);
+  open_event(L, b);
   lua_pushcfunction(L, on_error);
   b->ref_handler = luaL_ref(L, LUA_REGISTRYINDEX);
   b->ref_on_event = new_ref(L);
