@@ -1,4 +1,4 @@
-/* sandbox.c - one rule file in its own sandboxed LuaJIT state (sandbox.h).
+/* rule.c - one rule file in its own sandboxed LuaJIT state (sandbox.h).
  * Owns, per rule: the state and its byte-budget allocator (a "box"), the
  * CPU deadline hook, the safe environment, the event userdata, the sluice
  * API, timers, counters, rate limiters and dedup windows. */
