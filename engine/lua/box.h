@@ -1,7 +1,7 @@
 /* box.h - INTERNAL to engine/lua: the struct box (one Lua state of a rule
  * and its budget) and struct sl_rule that the files of the sandbox (rule.c,
- * state.c) share, with the functions they call in one another. Only those
- * include it; the public API is sandbox.h. */
+ * state.c, ev.c) share, with the functions they call in one another. Only
+ * those include it; the public API is sandbox.h. */
 #ifndef SL_BOX_H
 #define SL_BOX_H
 
@@ -203,8 +203,23 @@ char *strbuf_get(lua_State *L, size_t n);
 int box_usable_after_oom(struct box *b);
 void box_gc_slice(struct box *b);
 
-/* rule.c */
+/* ev.c */
+void open_event(lua_State *L, struct box *b);
 void shrink(struct sl_buf *b);
+void encode_headers(lua_State *L, int idx, struct sl_buf *out,
+                    const char *what, size_t max, const char *tp);
+struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
+                            const char *what, struct sl_str id,
+                            struct sl_str topic, struct sl_str key,
+                            int has_time, int64_t time,
+                            const uint8_t *hp, size_t hl,
+                            const uint8_t *pp, size_t pl, int trace);
+int child_traceparent(struct sl_rule *r, const struct sl_event *ev,
+                      char out[55]);
+int finish(lua_State *L);
+
+/* rule.c */
+uint64_t mix64(uint64_t x);
 
 #pragma GCC visibility pop
 
