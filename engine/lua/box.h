@@ -1,7 +1,7 @@
 /* box.h - INTERNAL to engine/lua: the struct box (one Lua state of a rule
  * and its budget) and struct sl_rule that the files of the sandbox (rule.c,
- * state.c, ev.c) share, with the functions they call in one another. Only
- * those include it; the public API is sandbox.h. */
+ * state.c, api.c, ev.c) share, with the functions they call in one another.
+ * Only those include it; the public API is sandbox.h. */
 #ifndef SL_BOX_H
 #define SL_BOX_H
 
@@ -203,6 +203,12 @@ char *strbuf_get(lua_State *L, size_t n);
 int box_usable_after_oom(struct box *b);
 void box_gc_slice(struct box *b);
 
+/* api.c */
+uint64_t mix64(uint64_t x);
+void lru_close(struct lru *l);
+int l_print(lua_State *L);
+void open_sluice(lua_State *L, int env);
+
 /* ev.c */
 void open_event(lua_State *L, struct box *b);
 void shrink(struct sl_buf *b);
@@ -217,9 +223,6 @@ struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
 int child_traceparent(struct sl_rule *r, const struct sl_event *ev,
                       char out[55]);
 int finish(lua_State *L);
-
-/* rule.c */
-uint64_t mix64(uint64_t x);
 
 #pragma GCC visibility pop
 
