@@ -1,7 +1,7 @@
 /* box.h - INTERNAL to engine/lua: the struct box (one Lua state of a rule
  * and its budget) and struct sl_rule that the files of the sandbox (rule.c,
- * state.c, api.c, ev.c) share, with the functions they call in one another.
- * Only those include it; the public API is sandbox.h. */
+ * state.c, env.c, api.c, ev.c) share, with the functions they call in one
+ * another. Only those include it; the public API is sandbox.h. */
 #ifndef SL_BOX_H
 #define SL_BOX_H
 
@@ -202,6 +202,11 @@ void charge(lua_State *L, size_t n);
 char *strbuf_get(lua_State *L, size_t n);
 int box_usable_after_oom(struct box *b);
 void box_gc_slice(struct box *b);
+
+/* env.c */
+int is_bytecode(const uint8_t *p, size_t n);
+int read_file(struct sl_buf *out, const char *path, size_t max);
+int box_setup(lua_State *L);
 
 /* api.c */
 uint64_t mix64(uint64_t x);
