@@ -663,17 +663,96 @@ static int new_ref(lua_State *L) {
   return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
+/* A guarded copy of the string library at str (absolute), pushed. */
+static void string_copy(lua_State *L, int str) {
+  static const char *const no_dump[] = {"dump", NULL};
+
+  copy_table(L, str, no_dump);
+#ifdef HAVE_PATTERN
+  sl_pattern_install(L, -1, check_cpu);
+#endif
+  guard(L, lua_gettop(L), "gsub");
+  guard(L, lua_gettop(L), "format");
+  checked_strings(L, lua_gettop(L));
+}
+
+/* string: one copy for rules in env, another behind the string
+ * metatable (g0 and env absolute). */
+static void open_string(lua_State *L, int g0, int env) {
+  int str;
+
+  lua_getfield(L, g0, "string");
+  str = lua_gettop(L);
+  string_copy(L, str);
+  lua_setfield(L, env, "string");
+  lua_pushliteral(L, "");
+  lua_getmetatable(L, -1);
+  string_copy(L, str);
+  lua_setfield(L, -2, "__index");
+  lua_pushliteral(L, "protected");
+  lua_setfield(L, -2, "__metatable");
+  lua_pop(L, 3);
+}
+
+/* table, with sort, insert and concat that charge their C work. */
+static void open_table(lua_State *L, int g0, int env) {
+  static const char *const no_sort[] = {"sort", NULL};
+
+  lua_getfield(L, g0, "table");
+  copy_table(L, lua_gettop(L), no_sort);
+  lua_getfield(L, -2, "sort");
+  lua_pushcclosure(L, l_sort, 1);
+  lua_setfield(L, -2, "sort");
+  lua_getfield(L, -2, "insert");
+  lua_pushcclosure(L, l_insert, 1);
+  lua_setfield(L, -2, "insert");
+  lua_getfield(L, -2, "concat");
+  lua_pushcclosure(L, l_concat, 1);
+  lua_setfield(L, -2, "concat");
+  lua_setfield(L, env, "table");
+  lua_pop(L, 1);
+}
+
+/* The registry slots of a box: the error handler and the values a call
+ * fills in. */
+static void make_refs(lua_State *L, struct box *b) {
+  lua_pushcfunction(L, on_error);
+  b->ref_handler = luaL_ref(L, LUA_REGISTRYINDEX);
+  b->ref_on_event = new_ref(L);
+  b->ref_module = new_ref(L);
+  b->ref_snapshot = new_ref(L);
+  b->ref_restore = new_ref(L);
+  b->ref_topic = new_ref(L);
+  b->ref_key = new_ref(L);
+  b->ref_headers = new_ref(L);
+  b->ref_payload = new_ref(L);
+  b->ref_drop = new_ref(L);
+  b->ref_tmp = new_ref(L);
+}
+
+/* Take from the original globals (g0, absolute) what a rule must not have. */
+static void strip_globals(lua_State *L, int g0) {
+  static const char *const bad[] = {"load", "loadstring", "dofile",
+                                    "loadfile", "getfenv", "setfenv",
+                                    "newproxy", "collectgarbage", "os",
+                                    "gcinfo", "module", NULL};
+  const char *const *name;
+
+  for (name = bad; *name; name++) {
+    lua_pushnil(L);
+    lua_setfield(L, g0, *name);
+  }
+}
+
 /* Build the sandbox in a fresh state. Run with lua_cpcall; ud is the box. */
 int box_setup(lua_State *L) {
   static const char *const base_ok[] = {
       "assert", "error", "ipairs", "next", "pairs", "pcall",
       "select", "tonumber", "tostring", "type", "unpack", "rawequal",
       "rawget", "rawset", "setmetatable", "getmetatable", "_VERSION", NULL};
-  static const char *const no_dump[] = {"dump", NULL};
-  static const char *const no_sort[] = {"sort", NULL};
   struct box *b = lua_touserdata(L, 1);
   const char *const *name;
-  int g0, env, str;
+  int g0, env;
 
   lua_settop(L, 0);
   open_lib(L, luaopen_base, "");
@@ -711,44 +790,8 @@ int box_setup(lua_State *L) {
   lua_setfield(L, env, "coroutine");
   lua_pop(L, 1);
 
-  /* string: one copy for rules, another behind the string metatable */
-  lua_getfield(L, g0, "string");
-  str = lua_gettop(L);
-  copy_table(L, str, no_dump);
-#ifdef HAVE_PATTERN
-  sl_pattern_install(L, -1, check_cpu);
-#endif
-  guard(L, lua_gettop(L), "gsub");
-  guard(L, lua_gettop(L), "format");
-  checked_strings(L, lua_gettop(L));
-  lua_setfield(L, env, "string");
-  lua_pushliteral(L, "");
-  lua_getmetatable(L, -1);
-  copy_table(L, str, no_dump);
-#ifdef HAVE_PATTERN
-  sl_pattern_install(L, -1, check_cpu);
-#endif
-  guard(L, lua_gettop(L), "gsub");
-  guard(L, lua_gettop(L), "format");
-  checked_strings(L, lua_gettop(L));
-  lua_setfield(L, -2, "__index");
-  lua_pushliteral(L, "protected");
-  lua_setfield(L, -2, "__metatable");
-  lua_pop(L, 3);
-
-  lua_getfield(L, g0, "table");
-  copy_table(L, lua_gettop(L), no_sort);
-  lua_getfield(L, -2, "sort");
-  lua_pushcclosure(L, l_sort, 1);
-  lua_setfield(L, -2, "sort");
-  lua_getfield(L, -2, "insert");
-  lua_pushcclosure(L, l_insert, 1);
-  lua_setfield(L, -2, "insert");
-  lua_getfield(L, -2, "concat");
-  lua_pushcclosure(L, l_concat, 1);
-  lua_setfield(L, -2, "concat");
-  lua_setfield(L, env, "table");
-  lua_pop(L, 1);
+  open_string(L, g0, env);
+  open_table(L, g0, env);
 
   lua_getfield(L, g0, "math");
   copy_table(L, lua_gettop(L), NULL);
@@ -780,33 +823,13 @@ int box_setup(lua_State *L) {
 
   open_sluice(L, env);
   open_event(L, b);
-  lua_pushcfunction(L, on_error);
-  b->ref_handler = luaL_ref(L, LUA_REGISTRYINDEX);
-  b->ref_on_event = new_ref(L);
-  b->ref_module = new_ref(L);
-  b->ref_snapshot = new_ref(L);
-  b->ref_restore = new_ref(L);
-  b->ref_topic = new_ref(L);
-  b->ref_key = new_ref(L);
-  b->ref_headers = new_ref(L);
-  b->ref_payload = new_ref(L);
-  b->ref_drop = new_ref(L);
-  b->ref_tmp = new_ref(L);
+  make_refs(L, b);
 
   hide_addresses(L, g0, env); /* after the guards: it wraps them */
 
   /* defence in depth: the old globals lose what a rule must not have,
    * although nothing reachable from the sandbox leads to them */
-  {
-    static const char *const bad[] = {"load", "loadstring", "dofile",
-                                      "loadfile", "getfenv", "setfenv",
-                                      "newproxy", "collectgarbage", "os",
-                                      "gcinfo", "module", NULL};
-    for (name = bad; *name; name++) {
-      lua_pushnil(L);
-      lua_setfield(L, g0, *name);
-    }
-  }
+  strip_globals(L, g0);
   lua_pushvalue(L, env);
   lua_replace(L, LUA_GLOBALSINDEX);
   lua_checkstack(L, LUA_MINSTACK + SLOT_BASE);
