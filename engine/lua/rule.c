@@ -129,15 +129,10 @@ static void sha256_hex(const uint8_t *p, size_t n, char out[65]) {
   out[2 * i] = 0;
 }
 
-/* Build a complete box from the rule's source (read once by sl_rule_load
- * and kept: a rebuild never rereads the file): state, sandbox, chunk,
- * contract, on_start. NULL with err filled ("path:line: message"). */
-static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
-  struct box *b;
-  lua_State *L;
-  char msg[512], where[256];
-  int rc, st;
-  size_t i;
+/* The rule's text, read once and kept in C memory for rebuilds; refused
+ * when it is bytecode. 0, or a negative SL_E* code with err filled. */
+static int read_source(struct sl_rule *r, char *err, size_t errlen) {
+  int rc;
 
   if (!r->src_read) {
     /* kept in C memory for rebuilds */
@@ -147,7 +142,7 @@ static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
                rc == SL_E2BIG   ? "larger than memory_mb"
                : rc == SL_EINVAL ? "not a regular file"
                                  : strerror(-rc));
-      return NULL;
+      return rc;
     }
     r->src_read = 1;
     sha256_hex(r->src.data, r->src.len, r->hash);
@@ -155,8 +150,23 @@ static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
   if (is_bytecode(r->src.data, r->src.len)) {
     snprintf(err, errlen, "%s:1: bytecode is not allowed, rules are loaded "
              "as text", r->path);
-    return NULL;
+    return SL_EINVAL;
   }
+  return 0;
+}
+
+/* Build a complete box from the rule's source (read once by sl_rule_load
+ * and kept: a rebuild never rereads the file): state, sandbox, chunk,
+ * contract, on_start. NULL with err filled ("path:line: message"). */
+static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
+  struct box *b;
+  lua_State *L;
+  char msg[512], where[256];
+  int st;
+  size_t i;
+
+  if (read_source(r, err, errlen) != 0)
+    return NULL;
   b = calloc(1, sizeof(*b));
   if (b == NULL) {
     snprintf(err, errlen, "%s:0: not enough memory", r->path);
@@ -378,15 +388,55 @@ static void decide_error(struct sl_rule_decision *d, enum sl_rule_error kind,
   snprintf(d->where, sizeof(d->where), "%s", where);
 }
 
+/* on_event returned a value (on top) that is no decision: say what is
+ * wrong with it, at the line where on_event is defined. */
+static void bad_result(struct box *b, struct sl_rule_decision *d) {
+  struct sl_rule *r = b->rule;
+  lua_State *L = b->L;
+  char where[300];
+  size_t count;
+  lua_Debug ar;
+
+  lua_pushvalue(L, SLOT_ON_EVENT);
+  if (lua_getinfo(L, ">S", &ar))
+    snprintf(where, sizeof(where), "%s:%d", src_of(&ar), ar.linedefined);
+  else
+    snprintf(where, sizeof(where), "%s", r->path);
+  if (lua_type(L, -1) == LUA_TTABLE) {
+    count = lua_objlen(L, -1);
+    decide_error(d, SL_RULE_ERR_RUNTIME, where,
+                 "%s: on_event returned %s (a list of 1..%d non-empty "
+                 "output names expected, each at most %d bytes)", where,
+                 count > SL_RULE_MAX_ROUTES ? "too many routes"
+                 : count == 0 ? "an empty or non-list table"
+                              : "a list with a non-string or empty entry, or "
+                                "one too long or with a NUL byte",
+                 SL_RULE_MAX_ROUTES, ROUTE_NAME_MAX);
+  } else if (lua_type(L, -1) == LUA_TSTRING && lua_objlen(L, -1) > 0 &&
+             lua_objlen(L, -1) <= ROUTE_NAME_MAX) {
+    decide_error(d, SL_RULE_ERR_RUNTIME, where,
+                 "%s: on_event returned an output name with a NUL byte",
+                 where);
+  } else if (lua_type(L, -1) == LUA_TSTRING && lua_objlen(L, -1) > 0) {
+    decide_error(d, SL_RULE_ERR_RUNTIME, where,
+                 "%s: on_event returned an output name of %d bytes (at most "
+                 "%d)", where, (int)lua_objlen(L, -1), ROUTE_NAME_MAX);
+  } else {
+    decide_error(d, SL_RULE_ERR_RUNTIME, where,
+                 "%s: on_event returned %s %s (expected nil, an output name, "
+                 "a list of output names or sluice.drop(reason))", where,
+                 lua_type(L, -1) == LUA_TSTRING ? "an empty" : "a",
+                 luaL_typename(L, -1));
+  }
+}
+
 /* Turn on_event's return value (on top) into a decision. No allocation
  * in the state: only reads. */
 static void take_result(struct box *b, struct sl_rule_decision *d) {
   struct sl_rule *r = b->rule;
   lua_State *L = b->L;
   size_t offs[SL_RULE_MAX_ROUTES], n, i, count;
-  char where[300];
   const char *s;
-  lua_Debug ar;
 
   r->event_deadline = b->deadline; /* for finish() */
   switch (lua_type(L, -1)) {
@@ -450,38 +500,7 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
   default:
     break;
   }
-  /* a bad value: name it, at the line where on_event is defined */
-  lua_pushvalue(L, SLOT_ON_EVENT);
-  if (lua_getinfo(L, ">S", &ar))
-    snprintf(where, sizeof(where), "%s:%d", src_of(&ar), ar.linedefined);
-  else
-    snprintf(where, sizeof(where), "%s", r->path);
-  if (lua_type(L, -1) == LUA_TTABLE) {
-    count = lua_objlen(L, -1);
-    decide_error(d, SL_RULE_ERR_RUNTIME, where,
-                 "%s: on_event returned %s (a list of 1..%d non-empty "
-                 "output names expected, each at most %d bytes)", where,
-                 count > SL_RULE_MAX_ROUTES ? "too many routes"
-                 : count == 0 ? "an empty or non-list table"
-                              : "a list with a non-string or empty entry, or "
-                                "one too long or with a NUL byte",
-                 SL_RULE_MAX_ROUTES, ROUTE_NAME_MAX);
-  } else if (lua_type(L, -1) == LUA_TSTRING && lua_objlen(L, -1) > 0 &&
-             lua_objlen(L, -1) <= ROUTE_NAME_MAX) {
-    decide_error(d, SL_RULE_ERR_RUNTIME, where,
-                 "%s: on_event returned an output name with a NUL byte",
-                 where);
-  } else if (lua_type(L, -1) == LUA_TSTRING && lua_objlen(L, -1) > 0) {
-    decide_error(d, SL_RULE_ERR_RUNTIME, where,
-                 "%s: on_event returned an output name of %d bytes (at most "
-                 "%d)", where, (int)lua_objlen(L, -1), ROUTE_NAME_MAX);
-  } else {
-    decide_error(d, SL_RULE_ERR_RUNTIME, where,
-                 "%s: on_event returned %s %s (expected nil, an output name, "
-                 "a list of output names or sluice.drop(reason))", where,
-                 lua_type(L, -1) == LUA_TSTRING ? "an empty" : "a",
-                 luaL_typename(L, -1));
-  }
+  bad_result(b, d);
   return;
 nomem:
   decide_error(d, SL_RULE_ERR_MEMORY, r->path, "%s: not enough memory",
