@@ -508,20 +508,11 @@ static int cmp_label(const void *a, const void *b) {
   return strcmp(((const struct label *)a)->k, ((const struct label *)b)->k);
 }
 
-static int l_counter(lua_State *L) {
-  struct sl_rule *r = box_of(L)->rule;
-  const char *name = luaL_checkstring(L, 1);
-  struct label lb[MAX_LABELS];
-  int nl = 0, i;
-  uint32_t *slot;
+/* The labels table at index 2 (nil: none) into lb[0..MAX_LABELS),
+ * checked; returns how many. Raises on a bad name or value. */
+static int read_labels(lua_State *L, struct label *lb) {
+  int nl = 0;
 
-  check_cpu(L); /* finding a series compares up to 1024 label sets */
-  if (!valid_name(name, 1) || strlen(name) != lua_objlen(L, 1))
-    return luaL_argerror(L, 1, "a metric name [a-zA-Z_:][a-zA-Z0-9_:]* "
-                               "expected");
-  if (strlen(name) > LABEL_MAX)
-    return luaL_error(L, "sluice.counter: name of %d bytes (at most %d)",
-                      (int)strlen(name), LABEL_MAX);
   lua_settop(L, 2);
   if (!lua_isnil(L, 2)) {
     luaL_checktype(L, 2, LUA_TTABLE);
@@ -561,26 +552,53 @@ static int l_counter(lua_State *L) {
       lua_pop(L, 1);
     }
   }
-  qsort(lb, (size_t)nl, sizeof(lb[0]), cmp_label);
-  sl_buf_reset(&r->buf1);
+  return nl;
+}
+
+/* lb[0..nl) as a Prometheus label list without braces, NUL-terminated,
+ * into out. Raises "not enough memory". */
+static void render_labels(lua_State *L, struct sl_buf *out,
+                          const struct label *lb, int nl) {
+  int i;
+
+  sl_buf_reset(out);
   for (i = 0; i < nl; i++) {
     size_t j;
-    if (sl_buf_printf(&r->buf1, "%s%s=\"", i ? "," : "", lb[i].k) != 0)
-      return luaL_error(L, "not enough memory");
+    if (sl_buf_printf(out, "%s%s=\"", i ? "," : "", lb[i].k) != 0)
+      luaL_error(L, "not enough memory");
     for (j = 0; j < lb[i].vlen; j++) {
       char c = lb[i].v[j];
-      int rc = c == '\\' ? sl_buf_append(&r->buf1, "\\\\", 2)
-               : c == '"' ? sl_buf_append(&r->buf1, "\\\"", 2)
-               : c == '\n' ? sl_buf_append(&r->buf1, "\\n", 2)
-                           : sl_buf_putc(&r->buf1, (uint8_t)c);
+      int rc = c == '\\' ? sl_buf_append(out, "\\\\", 2)
+               : c == '"' ? sl_buf_append(out, "\\\"", 2)
+               : c == '\n' ? sl_buf_append(out, "\\n", 2)
+                           : sl_buf_putc(out, (uint8_t)c);
       if (rc != 0)
-        return luaL_error(L, "not enough memory");
+        luaL_error(L, "not enough memory");
     }
-    if (sl_buf_putc(&r->buf1, '"') != 0)
-      return luaL_error(L, "not enough memory");
+    if (sl_buf_putc(out, '"') != 0)
+      luaL_error(L, "not enough memory");
   }
-  if (sl_buf_putc(&r->buf1, 0) != 0)
-    return luaL_error(L, "not enough memory");
+  if (sl_buf_putc(out, 0) != 0)
+    luaL_error(L, "not enough memory");
+}
+
+static int l_counter(lua_State *L) {
+  struct sl_rule *r = box_of(L)->rule;
+  const char *name = luaL_checkstring(L, 1);
+  struct label lb[MAX_LABELS];
+  int nl, i;
+  uint32_t *slot;
+
+  check_cpu(L); /* finding a series compares up to 1024 label sets */
+  if (!valid_name(name, 1) || strlen(name) != lua_objlen(L, 1))
+    return luaL_argerror(L, 1, "a metric name [a-zA-Z_:][a-zA-Z0-9_:]* "
+                               "expected");
+  if (strlen(name) > LABEL_MAX)
+    return luaL_error(L, "sluice.counter: name of %d bytes (at most %d)",
+                      (int)strlen(name), LABEL_MAX);
+  nl = read_labels(L, lb);
+  qsort(lb, (size_t)nl, sizeof(lb[0]), cmp_label);
+  render_labels(L, &r->buf1, lb, nl);
   for (i = 0; i < r->ncounters; i++)
     if (strcmp(r->counters[i].name, name) == 0 &&
         strcmp(r->counters[i].labels, (const char *)r->buf1.data) == 0)
