@@ -19,6 +19,8 @@
 #include "luacodec.h"
 #include "router.h"
 
+/* ---- building a box ------------------------------------------------------ */
+
 /* Check the table the chunk returned (in ref_tmp) against the contract
  * and keep its parts. Run with lua_cpcall; ud is the box. */
 /* t[name] of the rule table (index 1), which may be absent or a function,
@@ -388,6 +390,8 @@ static void decide_error(struct sl_rule_decision *d, enum sl_rule_error kind,
   snprintf(d->where, sizeof(d->where), "%s", where);
 }
 
+/* ---- on_event ------------------------------------------------------------ */
+
 /* on_event returned a value (on top) that is no decision: say what is
  * wrong with it, at the line where on_event is defined. */
 static void bad_result(struct box *b, struct sl_rule_decision *d) {
@@ -592,6 +596,8 @@ void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
     box_gc_slice(b);
 }
 
+/* ---- timers -------------------------------------------------------------- */
+
 int64_t sl_rule_next_timer(const struct sl_rule *r) {
   const struct box *b = r->box;
   int64_t best = -1;
@@ -680,6 +686,8 @@ void sl_rule_run_timers(struct sl_rule *r, int64_t now_ms) {
     lua_settop(b->L, SLOT_BASE);
   }
 }
+
+/* ---- state handover ------------------------------------------------------ */
 
 struct codec_job {
   struct box *b;

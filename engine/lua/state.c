@@ -215,6 +215,8 @@ static void wd_stop(void) {
   atomic_signal_fence(memory_order_seq_cst);
 }
 
+/* ---- calls into the rule ------------------------------------------------- */
+
 /* The error handler of every call into the rule: records message, where
  * and a short traceback in C memory (no allocation, so it works when the
  * state is out of memory) and returns the error object as it is. It never
@@ -398,6 +400,8 @@ enum sl_rule_error describe(struct box *b, int st, char *msg,
   return kind;
 }
 
+/* ---- registry slots and messages ----------------------------------------- */
+
 void push_ref(lua_State *L, int ref) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
 }
@@ -429,6 +433,8 @@ const char *msg_str(lua_State *L, int idx) {
   lua_concat(L, 2);
   return lua_tostring(L, -1);
 }
+
+/* ---- C code calling back into Lua, C work -------------------------------- */
 
 /* C stack a rule's nested C calls may take: a quarter of this thread's
  * stack, at most C_STACK_MAX. Measured, not estimated, so it also holds
@@ -517,6 +523,8 @@ char *strbuf_get(lua_State *L, size_t n) {
   }
   return b->strbuf;
 }
+
+/* ---- the collector ------------------------------------------------------- */
 
 struct gc_job {
   uint64_t until;
