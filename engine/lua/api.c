@@ -165,6 +165,23 @@ static int64_t num_to_ns(lua_State *L, int idx) {
   return (int64_t)llround(ms * 1e6);
 }
 
+/* Raise unless every field of the event table at 2 is one sluice.emit
+ * knows; the stack is cut to 2. */
+static void emit_fields_known(lua_State *L) {
+  lua_settop(L, 2);
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+    if (strcmp(k, "id") && strcmp(k, "topic") && strcmp(k, "key") &&
+        strcmp(k, "time") && strcmp(k, "headers") && strcmp(k, "payload"))
+      luaL_error(L, "sluice.emit: unknown event field '%s' (use id, "
+                    "topic, key, time, headers, payload)",
+                 lua_type(L, -2) == LUA_TSTRING ? msg_str(L, -2)
+                                                : luaL_typename(L, -2));
+    lua_pop(L, 1);
+  }
+}
+
 static int l_emit(lua_State *L) {
   struct box *b = box_of(L);
   struct sl_rule *r = b->rule;
@@ -184,18 +201,7 @@ static int l_emit(lua_State *L) {
   if (strlen(output) != lua_objlen(L, 1)) /* it goes on as a C string */
     return luaL_error(L, "sluice.emit: output name with a NUL byte");
   luaL_checktype(L, 2, LUA_TTABLE);
-  lua_settop(L, 2);
-  lua_pushnil(L);
-  while (lua_next(L, 2)) {
-    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-    if (strcmp(k, "id") && strcmp(k, "topic") && strcmp(k, "key") &&
-        strcmp(k, "time") && strcmp(k, "headers") && strcmp(k, "payload"))
-      return luaL_error(L, "sluice.emit: unknown event field '%s' (use id, "
-                           "topic, key, time, headers, payload)",
-                        lua_type(L, -2) == LUA_TSTRING ? msg_str(L, -2)
-                                                       : luaL_typename(L, -2));
-    lua_pop(L, 1);
-  }
+  emit_fields_known(L);
   rawfield(L, 2, "topic"); /* 3 */
   if (lua_type(L, 3) != LUA_TSTRING || lua_objlen(L, 3) == 0)
     return luaL_error(L, "sluice.emit: topic must be a non-empty string "
