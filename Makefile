@@ -71,7 +71,8 @@ $(BUILD)/sluice_pattern_test.so: tests/lua/sluice_pattern_test.c engine/lua/patt
 # libluajit (the luajit host provides the Lua API). Sanitized objects could
 # not load into a plain luajit, so under SAN the module is built from
 # unsanitized copies in $(BUILD)/core/.
-CORE_SRC := engine/lua/testing.c engine/lua/sandbox.c engine/lua/luacodec.c \
+CORE_SRC := engine/lua/testing.c engine/lua/rule.c engine/lua/luacodec.c \
+            engine/lua/state.c engine/lua/env.c engine/lua/api.c engine/lua/ev.c \
             engine/lua/pattern.c engine/codec/codec.c engine/codec/event.c \
             engine/codec/json.c engine/core/buf.c engine/core/router.c \
             engine/core/utf8.c engine/core/ratelimit.c

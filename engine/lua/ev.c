@@ -1,0 +1,438 @@
+/* ev.c - the event userdata a rule's on_event sees (ev.topic, ev.key,
+ * ev.headers, ev.payload, ...) and the events leaving the rule: finish()
+ * builds a changed event, wire_event() proves the wire takes it.
+ * Internal to engine/lua (box.h). */
+#include <stdio.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "box.h"
+#include "codec.h"
+#include "luacodec.h"
+
+/* ---- the event userdata ------------------------------------------------- */
+
+static int ev_index(lua_State *L) {
+  struct box *b = box_of(L);
+  struct sl_event *ev = b->ev;
+  const char *k;
+  size_t n;
+
+  if (ev == NULL)
+    return luaL_error(L, "the event is only valid during on_event");
+  if (lua_type(L, 2) != LUA_TSTRING)
+    return luaL_error(L, "event fields are named by strings");
+  k = lua_tolstring(L, 2, &n);
+  if (n == 5 && memcmp(k, "topic", 5) == 0) {
+    if (b->evflags & EV_TOPIC)
+      push_ref(L, b->ref_topic);
+    else
+      lua_pushlstring(L, (const char *)ev->data + ev->topic_off,
+                      ev->topic_len);
+  } else if (n == 7 && memcmp(k, "payload", 7) == 0) {
+    if (!(b->evflags & EV_PAYLOAD)) {
+      if (ev->payload_len == 0) {
+        b->evflags |= EV_PAYLOAD | EV_PAYLOAD_NIL;
+        return 0;
+      }
+      sl_luacodec_push(L, ev->data + ev->payload_off, ev->payload_len,
+                       check_cpu);
+      set_ref(L, b->ref_payload, -1);
+      b->evflags |= EV_PAYLOAD | (lua_isnil(L, -1) ? EV_PAYLOAD_NIL : 0);
+      return 1;
+    }
+    if (b->evflags & EV_PAYLOAD_NIL)
+      return 0;
+    push_ref(L, b->ref_payload);
+  } else if (n == 7 && memcmp(k, "headers", 7) == 0) {
+    if (!(b->evflags & EV_HEADERS)) {
+      if (ev->headers_len)
+        sl_luacodec_push(L, ev->data + ev->headers_off, ev->headers_len,
+                         check_cpu);
+      else
+        lua_newtable(L);
+      set_ref(L, b->ref_headers, -1);
+      b->evflags |= EV_HEADERS;
+      return 1;
+    }
+    push_ref(L, b->ref_headers);
+  } else if (n == 3 && memcmp(k, "key", 3) == 0) {
+    if (b->evflags & EV_KEY) {
+      if (b->evflags & EV_KEY_NIL)
+        return 0;
+      push_ref(L, b->ref_key);
+    } else if (ev->key_off) {
+      lua_pushlstring(L, (const char *)ev->data + ev->key_off, ev->key_len);
+    } else {
+      return 0;
+    }
+  } else if (n == 2 && memcmp(k, "id", 2) == 0) {
+    lua_pushlstring(L, (const char *)ev->data + ev->id_off, ev->id_len);
+  } else if (n == 4 && memcmp(k, "time", 4) == 0) {
+    lua_pushnumber(L, (lua_Number)ev->time / 1e6);
+  } else if (n == 5 && memcmp(k, "field", 5) == 0) {
+    lua_pushvalue(L, lua_upvalueindex(1)); /* ev:field(name) */
+  } else {
+    return luaL_error(L, "event has no field '%s' (it has id, topic, key, "
+                         "time, headers, payload and field())", msg_str(L, 2));
+  }
+  return 1;
+}
+
+/* ev:field(name): one top-level payload field, read from the bytes
+ * without decoding the rest or marking the payload as touched, so the
+ * event is not compared or rebuilt afterwards. The value is a copy for
+ * reading; changes go through ev.payload. */
+static int ev_field(lua_State *L) {
+  struct box *b = box_of(L);
+  struct sl_event *ev = b->ev;
+  const uint8_t *v;
+  size_t n, vlen;
+  const char *k;
+
+  if (ev == NULL)
+    return luaL_error(L, "the event is only valid during on_event");
+  k = luaL_checklstring(L, 2, &n);
+  check_cpu(L); /* a scan of a big payload per call, in a hot loop */
+  if (b->evflags & EV_PAYLOAD) { /* decoded already: the table is current */
+    push_ref(L, b->ref_payload);
+    if ((b->evflags & EV_PAYLOAD_NIL) || !lua_istable(L, -1)) {
+      lua_pushnil(L);
+      return 1;
+    }
+    lua_pushvalue(L, 2);
+    lua_rawget(L, -2);
+    return 1;
+  }
+  if (ev->payload_len == 0 ||
+      sl_codec_map_find(ev->data + ev->payload_off, ev->payload_len, k, n, &v,
+                        &vlen) != 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  sl_luacodec_push(L, v, vlen, check_cpu);
+  return 1;
+}
+
+static int ev_newindex(lua_State *L) {
+  struct box *b = box_of(L);
+  const char *k;
+  size_t n;
+
+  if (b->ev == NULL)
+    return luaL_error(L, "the event is only valid during on_event");
+  if (lua_type(L, 2) != LUA_TSTRING)
+    return luaL_error(L, "event fields are named by strings");
+  k = lua_tolstring(L, 2, &n);
+  if (strcmp(k, "topic") == 0) {
+    if (lua_type(L, 3) != LUA_TSTRING || lua_objlen(L, 3) == 0)
+      return luaL_error(L, "ev.topic must be a non-empty string (got %s)",
+                        luaL_typename(L, 3));
+    set_ref(L, b->ref_topic, 3);
+    b->evflags |= EV_TOPIC;
+  } else if (strcmp(k, "key") == 0) {
+    if (lua_isnil(L, 3)) {
+      b->evflags |= EV_KEY | EV_KEY_NIL;
+    } else if (lua_type(L, 3) == LUA_TSTRING) {
+      set_ref(L, b->ref_key, 3);
+      b->evflags = (b->evflags | EV_KEY) & ~(unsigned)EV_KEY_NIL;
+    } else {
+      return luaL_error(L, "ev.key must be a string or nil (got %s)",
+                        luaL_typename(L, 3));
+    }
+  } else if (strcmp(k, "headers") == 0) {
+    if (!lua_istable(L, 3))
+      return luaL_error(L, "ev.headers must be a table of strings (got %s)",
+                        luaL_typename(L, 3));
+    set_ref(L, b->ref_headers, 3);
+    b->evflags |= EV_HEADERS;
+  } else if (strcmp(k, "payload") == 0) {
+    if (lua_isnil(L, 3)) {
+      b->evflags |= EV_PAYLOAD | EV_PAYLOAD_NIL;
+    } else {
+      set_ref(L, b->ref_payload, 3);
+      b->evflags = (b->evflags | EV_PAYLOAD) & ~(unsigned)EV_PAYLOAD_NIL;
+    }
+  } else if (strcmp(k, "id") == 0 || strcmp(k, "time") == 0) {
+    return luaL_error(L, "ev.%s is read-only", k);
+  } else {
+    return luaL_error(L, "event has no field '%s' (it has id, topic, key, "
+                         "time, headers and payload)", msg_str(L, 2));
+  }
+  return 0;
+}
+
+static int ev_tostring(lua_State *L) {
+  struct box *b = box_of(L);
+
+  if (b->ev == NULL) {
+    lua_pushliteral(L, "sluice event (outside on_event)");
+    return 1;
+  }
+  lua_pushliteral(L, "sluice event ");
+  lua_pushlstring(L, (const char *)b->ev->data + b->ev->id_off, b->ev->id_len);
+  lua_concat(L, 2);
+  return 1;
+}
+
+/* The event: one userdata for the life of the state, in b->ref_event. */
+void open_event(lua_State *L, struct box *b) {
+  lua_newuserdata(L, 1);
+  lua_createtable(L, 0, 4);
+  lua_pushcfunction(L, ev_field);
+  lua_pushcclosure(L, ev_index, 1);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, ev_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushcfunction(L, ev_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushliteral(L, "protected");
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);
+  b->ref_event = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* ---- events leaving the rule --------------------------------------------- */
+
+/* Scratch buffers keep their memory between calls, but not a big one. */
+void shrink(struct sl_buf *b) {
+  if (b->cap > SCRATCH_KEEP)
+    sl_buf_close(b);
+}
+
+static int is_traceparent(lua_State *L, int idx) {
+  size_t n;
+  return lua_type(L, idx) == LUA_TSTRING && lua_objlen(L, idx) == 11 &&
+         memcmp(lua_tolstring(L, idx, &n), "traceparent", 11) == 0;
+}
+
+/* Encode the headers table at idx into out as a msgpack map of str to
+ * str, whatever side records or markers it carries (the wire accepts
+ * nothing else), within max bytes. With tp (55 bytes), a traceparent
+ * that is missing or not valid is replaced by tp. Raises naming what. */
+void encode_headers(lua_State *L, int idx, struct sl_buf *out,
+                    const char *what, size_t max, const char *tp) {
+  size_t total = 0;
+  uint64_t count = 0;
+  int add_tp = tp != NULL, pass;
+
+  if (lua_getmetatable(L, idx)) { /* decoded with names Lua merged */
+    lua_pushliteral(L, "lost");
+    lua_rawget(L, -2);
+    if (lua_type(L, -1) == LUA_TSTRING)
+      luaL_error(L, "%s: header '%s' came more than once in the event; a "
+                    "copy would lose some", what, lua_tostring(L, -1));
+    lua_pop(L, 2);
+  }
+  for (pass = 0; pass < 2; pass++) {
+    if (pass == 1) {
+      if (count + (uint64_t)add_tp > UINT32_MAX ||
+          sl_codec_put_map(out, (uint32_t)(count + (uint64_t)add_tp)) != 0)
+        luaL_error(L, "%s: not enough memory", what);
+    }
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+      const char *k, *v;
+      size_t kl, vl;
+      if (pass == 0 && (++count & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
+        check_cpu(L);
+      if (lua_type(L, -2) != LUA_TSTRING)
+        luaL_error(L, "%s: header names must be strings (got %s)", what,
+                   luaL_typename(L, -2));
+      if (lua_type(L, -1) != LUA_TSTRING) {
+        const char *got = luaL_typename(L, -1); /* before msg_str pushes */
+        luaL_error(L, "%s: header '%s' must be a string (got %s)", what,
+                   msg_str(L, -2), got);
+      }
+      k = lua_tolstring(L, -2, &kl);
+      v = lua_tolstring(L, -1, &vl);
+      if (tp && is_traceparent(L, -2)) {
+        if (sl_event_traceparent_valid(v, vl)) {
+          add_tp = 0; /* the rule's own trace context stands */
+        } else {
+          if (pass == 0)
+            count--;
+          lua_pop(L, 1);
+          continue;
+        }
+      }
+      if (pass == 0) {
+        total += kl + vl + 10;
+        if (total > max)
+          luaL_error(L, "%s: headers are larger than max_event_bytes (%d "
+                        "bytes)", what, (int)max);
+      } else if (sl_codec_put_str(out, k, kl) != 0 ||
+                 sl_codec_put_str(out, v, vl) != 0) {
+        luaL_error(L, "%s: not enough memory", what);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  if (add_tp && (sl_codec_put_str(out, "traceparent", 11) != 0 ||
+                 sl_codec_put_str(out, tp, 55) != 0))
+    luaL_error(L, "%s: not enough memory", what);
+}
+
+/* Build an event, then prove the wire takes it: at most max_event_bytes
+ * and parseable as the native input parses (an event the receiver
+ * refuses would be resent forever and wedge a sluice -> sluice link).
+ * Raises naming what; returns the event otherwise. */
+struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
+                            const char *what, struct sl_str id,
+                            struct sl_str topic, struct sl_str key,
+                            int has_time, int64_t time,
+                            const uint8_t *hp, size_t hl,
+                            const uint8_t *pp, size_t pl, int trace) {
+  struct sl_codec_error cerr;
+  struct sl_event_view v;
+  struct sl_event *ev;
+  char msg[300];
+
+  if ((uint64_t)id.len + topic.len + key.len + hl + pl > r->max_event_bytes)
+    luaL_error(L, "%s: event is larger than max_event_bytes (%d bytes)", what,
+               (int)r->max_event_bytes);
+  ev = sl_event_new(r->host.idgen ? r->host.idgen : &r->idgen, id, topic, key,
+                    has_time, time, hp, hl, pp, pl, trace);
+  if (ev == NULL)
+    luaL_error(L, "%s: not enough memory", what);
+  msg[0] = 0;
+  if (ev->len > r->max_event_bytes)
+    snprintf(msg, sizeof(msg), "%s: event of %u bytes is larger than "
+             "max_event_bytes (%u bytes)", what, (unsigned)ev->len,
+             (unsigned)r->max_event_bytes);
+  else if (sl_codec_parse_event(ev->data, ev->len, &v, &cerr) != 0)
+    snprintf(msg, sizeof(msg), "%s: the event is not valid on the wire: %s",
+             what, cerr.msg);
+  if (msg[0]) {
+    sl_event_unref(ev); /* before raising: nothing else frees it */
+    luaL_error(L, "%s", msg);
+  }
+  return ev;
+}
+
+/* A traceparent for an event emitted while ev is being handled: same
+ * trace id and flags, a new span id (a child span). 0 when ev has no
+ * valid one (sl_event_new then starts a trace). */
+int child_traceparent(struct sl_rule *r, const struct sl_event *ev,
+                      char out[55]) {
+  static const char hex[] = "0123456789abcdef";
+  const uint8_t *val;
+  size_t vlen;
+  struct sl_str s;
+  uint64_t span;
+  int i;
+
+  if (ev == NULL || ev->headers_len == 0 ||
+      sl_codec_map_find(ev->data + ev->headers_off, ev->headers_len,
+                        "traceparent", 11, &val, &vlen) != 0 ||
+      sl_codec_read_str(val, vlen, &s, NULL) != 0 ||
+      !sl_event_traceparent_valid(s.p, s.len))
+    return 0;
+  memcpy(out, s.p, 55);
+  span = mix64(r->seed2 ^ mix64(++r->span_seq + r->seed1)) | 1;
+  for (i = 0; i < 16; i++)
+    out[36 + i] = hex[(span >> (60 - 4 * i)) & 0xf];
+  return 1;
+}
+
+/* After on_event: build the changed event, if anything changed. Run with
+ * lua_cpcall; ud is the box. */
+int finish(lua_State *L) {
+  struct box *b = lua_touserdata(L, 1);
+  struct sl_rule *r = b->rule;
+  struct sl_event *ev = b->ev, *nev;
+  struct sl_str id = sl_event_id(ev), topic = sl_event_topic(ev),
+                key = sl_event_key(ev), s;
+  const uint8_t *hp = ev->headers_len ? ev->data + ev->headers_off : NULL;
+  const uint8_t *pp = ev->payload_len ? ev->data + ev->payload_off : NULL;
+  size_t hl = ev->headers_len, pl = ev->payload_len, n;
+  int changed = 0;
+
+  /* comparing and encoding is work done for on_event: same budget */
+  b->deadline = r->event_deadline;
+  lua_settop(L, 0);
+  if (b->evflags & EV_TOPIC) {
+    push_ref(L, b->ref_topic);
+    s.p = lua_tolstring(L, -1, &n);
+    s.len = (uint32_t)n;
+    if (n > r->max_event_bytes)
+      return luaL_error(L, "ev.topic is larger than max_event_bytes (%d "
+                           "bytes)", (int)r->max_event_bytes);
+    if (s.len != topic.len || memcmp(s.p, topic.p, n) != 0) {
+      topic = s;
+      changed = 1;
+    }
+  }
+  if (b->evflags & EV_KEY) {
+    if (b->evflags & EV_KEY_NIL) {
+      if (key.p) {
+        key.p = NULL;
+        key.len = 0;
+        changed = 1;
+      }
+    } else {
+      push_ref(L, b->ref_key);
+      s.p = lua_tolstring(L, -1, &n);
+      s.len = (uint32_t)n;
+      if (n > r->max_event_bytes)
+        return luaL_error(L, "ev.key is larger than max_event_bytes (%d "
+                             "bytes)", (int)r->max_event_bytes);
+      if (!key.p || s.len != key.len || memcmp(s.p, key.p, n) != 0) {
+        key = s;
+        changed = 1;
+      }
+    }
+  }
+  if (b->evflags & EV_HEADERS) {
+    int t, empty;
+    push_ref(L, b->ref_headers);
+    t = lua_gettop(L);
+    lua_pushnil(L);
+    empty = !lua_next(L, t);
+    lua_settop(L, t);
+    if (hp ? !sl_luacodec_same(L, t, hp, hl, check_cpu) : !empty) {
+      sl_buf_reset(&r->buf1);
+      if (empty) {
+        hp = NULL; /* no headers left */
+        hl = 0;
+      } else {
+        encode_headers(L, t, &r->buf1, "ev.headers", r->max_event_bytes,
+                       NULL);
+        hp = r->buf1.data;
+        hl = r->buf1.len;
+      }
+      changed = 1;
+    }
+    lua_settop(L, t);
+  }
+  if (b->evflags & EV_PAYLOAD) {
+    if (b->evflags & EV_PAYLOAD_NIL) {
+      if (pp && !(pl == 1 && pp[0] == 0xc0)) { /* a nil payload stays */
+        pp = NULL;
+        pl = 0;
+        changed = 1;
+      }
+    } else {
+      push_ref(L, b->ref_payload);
+      if (!pp || !sl_luacodec_same(L, -1, pp, pl, check_cpu)) {
+        sl_buf_reset(&r->buf2);
+        sl_luacodec_encode_max(L, -1, &r->buf2, check_cpu, r->max_event_bytes,
+                               "ev.payload (max_event_bytes)");
+        pp = r->buf2.data;
+        pl = r->buf2.len;
+        changed = 1;
+      }
+    }
+  }
+  if (!changed)
+    return 0;
+  nev = wire_event(L, r, "the changed event", id, topic, key, 1, ev->time, hp,
+                   hl, pp, pl, 0);
+  nev->ingest_ns = ev->ingest_ns;
+  b->changed = nev;
+  shrink(&r->buf1);
+  shrink(&r->buf2);
+  return 0;
+}

@@ -1,0 +1,624 @@
+/* state.c - the Lua state of a rule's box: the allocator that budgets
+ * every byte, the CPU deadline (count hook and watchdog timer), calls into
+ * the rule under a traceback handler, the C-depth guard and the stepped GC.
+ * Internal to engine/lua (box.h). */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "box.h"
+
+/* ---- allocator, clocks, hook --------------------------------------------- */
+
+struct box *box_of(lua_State *L) {
+  void *ud;
+  lua_getallocf(L, &ud);
+  return ud;
+}
+
+/* The frame's file in full: Lua's short_src is cut to 60 bytes. */
+const char *src_of(const lua_Debug *ar) {
+  return ar->source && ar->source[0] == '@' ? ar->source + 1 : ar->short_src;
+}
+
+void where_of(lua_State *L, int level, char *buf, size_t n,
+              const char *fallback) {
+  lua_Debug ar;
+
+  for (; lua_getstack(L, level, &ar); level++) {
+    if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+      snprintf(buf, n, "%s:%d", src_of(&ar), ar.currentline);
+      return;
+    }
+  }
+  snprintf(buf, n, "%s", fallback);
+}
+
+/* Every byte of a state passes here. Growth past the limit is refused
+ * (LuaJIT raises "not enough memory"); shrinking never fails. */
+void *box_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  struct box *b = ud;
+  void *p;
+
+  if (ptr == NULL)
+    osize = 0;
+  if (nsize == 0) {
+    free(ptr);
+    b->used -= osize;
+    return NULL;
+  }
+  if (nsize > osize && b->used - osize + nsize > b->limit) {
+    if (!b->oom && b->in_call) /* remember where, for the message */
+      where_of(b->L, 0, b->oom_where, sizeof(b->oom_where), b->rule->path);
+    b->oom = 1;
+    return NULL;
+  }
+  p = realloc(ptr, nsize);
+  if (p == NULL) {
+    if (nsize > osize)
+      return NULL;
+    p = ptr; /* a shrink that failed: keep the bigger block */
+  }
+  b->used = b->used - osize + nsize;
+  return p;
+}
+
+/* Give back the string scratch (see strbuf_get) at the end of a call. */
+void strbuf_release(struct box *b) {
+  if (b->strbuf != NULL)
+    box_alloc(b, b->strbuf, b->strbuf_cap, 0);
+  b->strbuf = NULL;
+  b->strbuf_cap = 0;
+}
+
+uint64_t rule_mono_ns(const struct sl_rule *r) {
+  return r->host.mono_ns ? r->host.mono_ns(r->host.data) : sl_mono_ns();
+}
+
+static void on_hook(lua_State *L, lua_Debug *ar);
+
+static void cpu_raise(lua_State *L, struct box *b) {
+  char where[256];
+
+  b->cpu_hit = 1;
+  if (!b->fast_hook) { /* from now on every instruction raises */
+    b->fast_hook = 1;
+    lua_sethook(L, on_hook, LUA_MASKCOUNT, 1); /* hooks are per state */
+  }
+  where_of(L, 0, where, sizeof(where), b->rule->path);
+  lua_pushfstring(L, "%s: cpu budget of %d ms exceeded", where,
+                  (int)b->rule->cpu_budget_ms);
+  lua_error(L);
+}
+
+static void on_hook(lua_State *L, lua_Debug *ar) {
+  struct box *b = box_of(L);
+  (void)ar;
+  if (b->in_call && sl_mono_ns() >= b->deadline)
+    cpu_raise(L, b);
+}
+
+/* For C code that loops (patterns, codecs): the same deadline. */
+void check_cpu(lua_State *L) {
+  struct box *b = box_of(L);
+  if (b->in_call && sl_mono_ns() >= b->deadline)
+    cpu_raise(L, b);
+}
+
+void set_hook(struct box *b, int count) {
+  lua_sethook(b->L, on_hook, LUA_MASKCOUNT, count);
+}
+
+/* The watchdog: a per-thread POSIX timer whose signal, once the running
+ * call is past its deadline, sets the count hook to 1 instruction (as
+ * luajit's own SIGINT handler does with lua_sethook). The hook alone
+ * looks at the clock only every HOOK_COUNT instructions, and one VM
+ * instruction can take milliseconds (comparing or concatenating long
+ * strings): comparing 16 MiB strings in a loop overran 63x. The timer stays
+ * armed across calls while events keep coming, so a call costs a
+ * syscall only after an idle spell. Without a timer (creation failed)
+ * the hook still works, at its coarser granularity. */
+static _Thread_local struct {
+  struct box *volatile running; /* set during box_call/box_cpcall */
+  volatile uint64_t armed;      /* expiry of the armed timer, 0: none */
+  timer_t id;
+  int state;                    /* 0: not made, 1: made, -1: failed */
+} wd;
+
+static void wd_arm(uint64_t at) {
+  struct itimerspec its;
+
+  memset(&its, 0, sizeof(its));
+  its.it_value.tv_sec = (time_t)(at / 1000000000u);
+  its.it_value.tv_nsec = (long)(at % 1000000000u);
+  wd.armed = timer_settime(wd.id, TIMER_ABSTIME, &its, NULL) == 0 ? at : 0;
+}
+
+static void on_watchdog(int sig, siginfo_t *si, void *uc) {
+  struct box *b = wd.running;
+  int saved = errno;
+
+  (void)sig, (void)si, (void)uc;
+  wd.armed = 0;
+  if (b && b->in_call && b->deadline != UINT64_MAX) {
+    if (sl_mono_ns() < b->deadline) {
+      wd_arm(b->deadline); /* a later call than the one it was armed for */
+    } else if (!b->fast_hook) {
+      b->fast_hook = 1;
+      lua_sethook(b->L, on_hook, LUA_MASKCOUNT, 1);
+    }
+  }
+  errno = saved;
+}
+
+static void wd_install(void) {
+  struct sigaction sa;
+
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_sigaction = on_watchdog;
+  sa.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGRTMIN + WATCHDOG_SIGNAL, &sa, NULL);
+}
+
+/* Before a call into the rule (deadline and in_call set). */
+static void wd_start(struct box *b) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+  if (wd.state == 0) {
+    struct sigevent sev;
+    memset(&sev, 0, sizeof(sev));
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = SIGRTMIN + WATCHDOG_SIGNAL;
+    sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+    pthread_once(&once, wd_install);
+    wd.state = timer_create(CLOCK_MONOTONIC, &sev, &wd.id) == 0 ? 1 : -1;
+  }
+  if (wd.state < 0)
+    return;
+  atomic_signal_fence(memory_order_seq_cst);
+  wd.running = b;
+  atomic_signal_fence(memory_order_seq_cst);
+  if (wd.armed == 0 || wd.armed > b->deadline)
+    wd_arm(b->deadline);
+}
+
+/* When this code is unloaded (the sluice_core module for busted is
+ * dlclosed with its Lua state), its handler must not outlive it: an armed
+ * timer would jump into unmapped memory. */
+__attribute__((destructor)) static void wd_unload(void) {
+  struct sigaction sa;
+
+  if (wd.state == 1)
+    timer_delete(wd.id);
+  wd.state = 0;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = SIG_IGN;
+  sigaction(SIGRTMIN + WATCHDOG_SIGNAL, &sa, NULL);
+}
+
+/* After the call (in_call cleared); the timer stays armed and finds
+ * nothing to do. Read fast_hook only after this. */
+static void wd_stop(void) {
+  atomic_signal_fence(memory_order_seq_cst);
+  wd.running = NULL;
+  atomic_signal_fence(memory_order_seq_cst);
+}
+
+/* ---- calls into the rule ------------------------------------------------- */
+
+/* The error handler of every call into the rule: records message, where
+ * and a short traceback in C memory (no allocation, so it works when the
+ * state is out of memory) and returns the error object as it is. It never
+ * calls __tostring: that would run rule code after the budget. */
+int on_error(lua_State *L) {
+  struct box *b = box_of(L);
+  struct sl_rule *r = b->rule;
+  char where[256], num[64];
+  const char *msg;
+  lua_Debug ar;
+  size_t used = 0, mlen;
+  int level, frames = 0;
+
+  where_of(L, 1, where, sizeof(where), r->path);
+  if (lua_type(L, 1) == LUA_TSTRING) {
+    msg = lua_tolstring(L, 1, &mlen);
+  } else if (lua_type(L, 1) == LUA_TNUMBER) {
+    snprintf(num, sizeof(num), "%.14g", lua_tonumber(L, 1));
+    msg = num;
+  } else {
+    snprintf(num, sizeof(num), "(error object is a %s value)",
+             lua_typename(L, lua_type(L, 1)));
+    msg = num;
+  }
+  if (lua_type(L, 1) != LUA_TSTRING)
+    mlen = strlen(msg);
+  /* keep "file:line: msg" as it is, else prefix where. Look only at the
+   * start and copy what fits: a message may be as long as memory_mb
+   * allows, and snprintf("%s") of a 16 MB one took 40-95 ms, unchecked */
+  {
+    size_t scan = mlen < sizeof(r->err_msg) ? mlen : sizeof(r->err_msg);
+    const char *c = memchr(msg, ':', scan), *end = msg + scan;
+    int positioned = c && c > msg && c + 1 < end && c[1] >= '0' &&
+                     c[1] <= '9';
+    if (positioned) {
+      c++;
+      while (c < end && *c >= '0' && *c <= '9')
+        c++;
+      positioned = c + 1 < end && c[0] == ':' && c[1] == ' ';
+    }
+    if (positioned)
+      snprintf(r->err_msg, sizeof(r->err_msg), "%.*s", (int)scan, msg);
+    else
+      snprintf(r->err_msg, sizeof(r->err_msg), "%s: %.*s", where, (int)scan,
+               msg);
+  }
+  snprintf(r->err_where, sizeof(r->err_where), "%s", where);
+  used = (size_t)snprintf(r->err_tb, sizeof(r->err_tb), "stack traceback:");
+  for (level = 1; frames < 8 && lua_getstack(L, level, &ar); level++) {
+    const char *what;
+    char line[200];
+    if (!lua_getinfo(L, "Sln", &ar))
+      break;
+    if (*ar.what == 'm')
+      what = "in main chunk";
+    else if (ar.name)
+      what = NULL;
+    else
+      what = "in function <?>";
+    if (what == NULL)
+      snprintf(line, sizeof(line), "\n\t%s:%d: in function '%s'", ar.short_src,
+               ar.currentline, ar.name);
+    else if (*ar.what == 'C')
+      snprintf(line, sizeof(line), "\n\t[C]: %s", what);
+    else if (*ar.what == 'm')
+      snprintf(line, sizeof(line), "\n\t%s:%d: %s", ar.short_src,
+               ar.currentline, what);
+    else
+      snprintf(line, sizeof(line), "\n\t%s:%d: in function <%s:%d>",
+               ar.short_src, ar.currentline, ar.short_src, ar.linedefined);
+    if (used + strlen(line) + 1 > sizeof(r->err_tb))
+      break;
+    memcpy(r->err_tb + used, line, strlen(line) + 1);
+    used += strlen(line);
+    frames++;
+  }
+  r->err_set = 1;
+  return 1;
+}
+
+/* Call the function below nargs arguments on top of the stack under the
+ * CPU budget, with on_error as handler. Returns lua_pcall's status. */
+int box_call(struct box *b, int nargs, int nresults) {
+  struct sl_rule *r = b->rule;
+  int st;
+
+  r->err_set = 0;
+  b->cpu_hit = 0;
+  b->oom = 0;
+  b->deadline = sl_mono_ns() + (uint64_t)r->cpu_budget_ms * 1000000u;
+  b->in_call = 1;
+  wd_start(b);
+  st = lua_pcall(b->L, nargs, nresults, SLOT_HANDLER);
+  b->in_call = 0;
+  wd_stop();
+  strbuf_release(b);
+  if (b->fast_hook) {
+    b->fast_hook = 0;
+    set_hook(b, HOOK_COUNT);
+  }
+  return st;
+}
+
+/* Like box_call for a C function run in protected mode (lua_cpcall),
+ * which has no handler; a raised message is left in err_msg. */
+int box_cpcall(struct box *b, lua_CFunction fn, void *ud) {
+  struct sl_rule *r = b->rule;
+  int st, keep = b->in_call;
+
+  if (!keep) {
+    r->err_set = 0;
+    b->cpu_hit = 0;
+    b->oom = 0;
+    b->deadline = sl_mono_ns() + (uint64_t)r->cpu_budget_ms * 1000000u;
+    b->in_call = 1;
+    wd_start(b);
+  }
+  st = lua_cpcall(b->L, fn, ud);
+  b->in_call = keep;
+  if (!keep) {
+    wd_stop();
+    strbuf_release(b);
+  }
+  if (!keep && b->fast_hook) {
+    b->fast_hook = 0;
+    set_hook(b, HOOK_COUNT);
+  }
+  if (st != 0) {
+    size_t mlen = 0;
+    const char *m = lua_tolstring(b->L, -1, &mlen);
+    if (st == LUA_ERRMEM)
+      snprintf(r->err_msg, sizeof(r->err_msg), "%s: not enough memory "
+               "(memory_mb=%u)", b->oom ? b->oom_where : r->path,
+               (unsigned)r->memory_mb);
+    else
+      snprintf(r->err_msg, sizeof(r->err_msg), "%.*s",
+               m ? (int)(mlen < sizeof(r->err_msg) ? mlen : sizeof(r->err_msg))
+                 : 5,
+               m ? m : "error"); /* only what fits: see on_error */
+    snprintf(r->err_where, sizeof(r->err_where), "%s",
+             b->oom ? b->oom_where : r->path);
+    r->err_tb[0] = 0;
+    r->err_set = 1;
+    lua_pop(b->L, 1);
+  }
+  return st;
+}
+
+/* Describe a failed call: which limit, message, where and traceback. */
+enum sl_rule_error describe(struct box *b, int st, char *msg,
+                            size_t msglen, char *where,
+                            size_t wherelen, char *tb, size_t tblen) {
+  struct sl_rule *r = b->rule;
+  lua_State *L = b->L;
+  enum sl_rule_error kind = SL_RULE_ERR_RUNTIME;
+  const char *top = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+
+  if (b->cpu_hit)
+    kind = SL_RULE_ERR_CPU;
+  else if (st == LUA_ERRMEM || (b->oom && strstr(top, "not enough memory")))
+    kind = SL_RULE_ERR_MEMORY;
+  if (kind == SL_RULE_ERR_MEMORY) {
+    const char *w = b->oom ? b->oom_where : r->path;
+    snprintf(msg, msglen, "%s: not enough memory (memory_mb=%u)", w,
+             (unsigned)r->memory_mb);
+    snprintf(where, wherelen, "%s", w);
+    if (tb)
+      snprintf(tb, tblen, "%s", r->err_set ? r->err_tb : "");
+  } else if (r->err_set) {
+    snprintf(msg, msglen, "%s", r->err_msg);
+    snprintf(where, wherelen, "%s", r->err_where);
+    if (tb)
+      snprintf(tb, tblen, "%s", r->err_tb);
+  } else { /* LUA_ERRERR: the handler itself failed */
+    snprintf(msg, msglen, "%s: error in error handling%s%s", r->path,
+             *top ? ": " : "", top);
+    snprintf(where, wherelen, "%s", r->path);
+    if (tb)
+      tb[0] = 0;
+  }
+  return kind;
+}
+
+/* ---- registry slots and messages ----------------------------------------- */
+
+void push_ref(lua_State *L, int ref) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+}
+
+/* Store the value at idx in a registry slot; nil is stored as false so
+ * the slot never leaves the table (a later store must not allocate). */
+void set_ref(lua_State *L, int ref, int idx) {
+  if (lua_isnil(L, idx))
+    lua_pushboolean(L, 0);
+  else
+    lua_pushvalue(L, idx);
+  lua_rawseti(L, LUA_REGISTRYINDEX, ref);
+}
+
+/* A rule's string as error messages show it: at most 128 bytes. Pushed
+ * (it stays on the stack until the error unwinds it). lua_pushfstring
+ * has no precision, and copying a 64 MB name into a message, then again
+ * to prefix the position, cost 0.1-0.3 s after the rule's deadline. */
+const char *msg_str(lua_State *L, int idx) {
+  size_t n;
+  const char *s = lua_tolstring(L, idx, &n);
+
+  if (s == NULL)
+    return "?";
+  if (n <= 128)
+    return s;
+  lua_pushlstring(L, s, 128);
+  lua_pushliteral(L, "...");
+  lua_concat(L, 2);
+  return lua_tostring(L, -1);
+}
+
+/* ---- C code calling back into Lua, C work -------------------------------- */
+
+/* C stack a rule's nested C calls may take: a quarter of this thread's
+ * stack, at most C_STACK_MAX. Measured, not estimated, so it also holds
+ * where frames are big (ASan) and whatever runs between two guarded
+ * levels. */
+static size_t cstack_budget(void) {
+  static size_t budget;
+  pthread_attr_t a;
+  size_t size = 0;
+
+  if (budget)
+    return budget;
+  if (pthread_getattr_np(pthread_self(), &a) == 0) {
+    if (pthread_attr_getstacksize(&a, &size) != 0)
+      size = 0;
+    pthread_attr_destroy(&a);
+  }
+  if (size == 0)
+    size = (size_t)1 << 20; /* unknown: assume a small thread */
+  budget = size / 4 < C_STACK_MAX ? size / 4 : C_STACK_MAX;
+  return budget;
+}
+
+/* Enter one more level of C calling back into Lua, or raise. Every path
+ * that re-enters Lua from C comes here (guarded_call, require), because
+ * LuaJIT bounds C recursion per coroutine only by its Lua stack: nested
+ * coroutines multiply it past any thread's C stack. */
+void cdepth_enter(lua_State *L, struct box *b) {
+  char here;
+  uintptr_t sp = (uintptr_t)&here;
+
+  if (b->cdepth == 0)
+    b->cstack0 = sp;
+  if (b->cdepth >= MAX_C_DEPTH)
+    luaL_error(L, "C calls nested deeper than %d (recursion through "
+                  "metamethods, string.gsub, string.format, table.sort, "
+                  "os.time, require or coroutines)", MAX_C_DEPTH);
+  if (b->cstack0 > sp && b->cstack0 - sp > cstack_budget())
+    luaL_error(L, "C calls nested too deep (%d levels used %d KiB of C "
+                  "stack)", b->cdepth, (int)((b->cstack0 - sp) >> 10));
+  b->cdepth++;
+}
+
+/* Run the function below the n arguments on top in protected mode and
+ * rethrow its error, counting how deep C functions that call back into
+ * Lua are nested: each level takes C stack, and LuaJIT does not bound it
+ * (recursion through string.gsub or coroutine.wrap crashes the process). */
+int guarded_call(lua_State *L, int n) {
+  struct box *b = box_of(L);
+  int st;
+
+  cdepth_enter(L, b);
+  st = lua_pcall(L, n, LUA_MULTRET, 0);
+  b->cdepth--;
+  if (st != 0)
+    return lua_error(L); /* the error as it was, limits still marked */
+  return lua_gettop(L);
+}
+
+/* Charge n units of C work (bytes compared or moved, elements) to the
+ * running call and look at the clock every CWORK_CHECK units: work in C
+ * runs no VM instructions, so the count hook never sees it. */
+void charge(lua_State *L, size_t n) {
+  struct box *b = box_of(L);
+
+  b->cwork += n;
+  if (b->cwork >= CWORK_CHECK) {
+    b->cwork = 0;
+    check_cpu(L);
+  }
+}
+
+/* n bytes of scratch for a string result, charged to the state's cap
+ * (refused at once past it) and kept for the rest of the call, so a loop
+ * makes no garbage beyond its results (a userdata per call ran a 128 MB
+ * state out of memory). Raises "not enough memory". */
+char *strbuf_get(lua_State *L, size_t n) {
+  struct box *b = box_of(L);
+
+  if (n > b->strbuf_cap) {
+    strbuf_release(b);
+    b->strbuf = box_alloc(b, NULL, 0, n);
+    if (b->strbuf == NULL)
+      luaL_error(L, "not enough memory");
+    b->strbuf_cap = n;
+  }
+  return b->strbuf;
+}
+
+/* ---- the collector ------------------------------------------------------- */
+
+struct gc_job {
+  uint64_t until;
+  int *ends; /* cycle ends still wanted */
+};
+
+static int box_gc_steps(lua_State *L) {
+  struct gc_job *j = lua_touserdata(L, 1);
+
+  do {
+    if (lua_gc(L, LUA_GCSTEP, GC_STEP_KB) && --*j->ends == 0)
+      break;
+  } while (sl_mono_ns() < j->until);
+  return 0;
+}
+
+/* Run the collector in steps for at most a quarter of the rule's budget,
+ * until gc_busy more cycles have ended (an earlier call may have left
+ * one half done). 1 when they have (gc_live is then what the last left
+ * live), 0 when they go on after a later call, -1 when the collector
+ * failed. */
+static int box_gc_run(struct box *b) {
+  struct gc_job j = {0, &b->gc_busy};
+  size_t limit = b->limit;
+  int st;
+
+  j.until = sl_mono_ns() + (uint64_t)b->rule->cpu_budget_ms * 250000u;
+  b->in_call = 1; /* the collection may run no rule code, but be safe */
+  b->deadline = UINT64_MAX;
+  b->limit = limit + limit / 4 + (1u << 20); /* the collector may allocate
+                                               a little (string table) */
+  st = lua_cpcall(b->L, box_gc_steps, &j);
+  b->limit = limit;
+  b->in_call = 0;
+  if (st != 0) {
+    lua_pop(b->L, 1);
+    b->gc_busy = 0;
+    return -1;
+  }
+  if (b->gc_busy > 0)
+    return 0;
+  b->gc_live = b->used;
+  return 1;
+}
+
+/* After a memory error: is the state still worth keeping (its live data
+ * leaves room for work)? A full collection here ran outside any budget
+ * on every failing call (a state kept full and asked for one huge string
+ * per event: 90 ms a call), so the collector steps as in box_gc_slice,
+ * through the cycle under way (which may keep what the failed call left)
+ * and one more; until they end the state is kept. A state is given up
+ * only on the word of cycles no other failed call overlapped; one the
+ * last cycle found roomy is kept without collecting again. */
+int box_usable_after_oom(struct box *b) {
+  size_t limit = b->limit;
+  int st;
+
+  if (!b->gc_busy && b->gc_live && b->gc_live < limit / 10 * 9 &&
+      b->used < b->gc_live + limit / 16)
+    return 1;
+  if (b->gc_busy && b->gc_oom) {
+    b->gc_dirty = 1;
+  } else {
+    b->gc_busy = 2;
+    b->gc_oom = 1;
+    b->gc_dirty = 0;
+  }
+  st = box_gc_run(b);
+  if (st <= 0)
+    return st == 0;
+  b->gc_oom = 0;
+  if (b->used < limit / 10 * 9)
+    return 1;
+  if (b->gc_dirty) { /* ask again, of a cycle that starts now */
+    b->gc_busy = 1;
+    b->gc_oom = 1;
+    b->gc_dirty = 0;
+    return 1;
+  }
+  return 0;
+}
+
+/* LuaJIT has no emergency GC: a state near its cap fails allocations its
+ * garbage could satisfy, so one left 3/4 full is collected after the
+ * call. Not fully, as it was (a full collection of a 50 MiB state took
+ * 16-300 ms per event, outside any budget), but in steps (box_gc_run);
+ * the cycle goes on after the next call. Nothing is done while the state
+ * has grown little since the last cycle ended: that would only mark the
+ * same live data again. */
+void box_gc_slice(struct box *b) {
+  if (!b->gc_busy) {
+    if (b->used < b->gc_live + b->limit / 16)
+      return;
+    b->gc_busy = 1;
+  }
+  box_gc_run(b);
+}
