@@ -1,7 +1,7 @@
-/* test_sandbox.c - engine/sandbox.c from C, so ASan and UBSan see the
- * sandbox: rules written to a temp dir, loaded, run against events built
- * with sl_event_new; limits, changed events, host callbacks, timers,
- * handover, rebuilds. Also prints ns/event for a topic-only rule. */
+/* test_sandbox.c - the rule sandbox (engine/lua/rule.c and its pieces)
+ * from C, so ASan and UBSan see it: rules written to a temp dir, loaded,
+ * run against events built with sl_event_new; limits, changed events, host
+ * callbacks, timers, handover, rebuilds. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
