@@ -73,6 +73,10 @@ class AckedProducer:
         self.sock.settimeout(quiet)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            # the first ack may be slow on a loaded machine (a sync in the
+            # threadpool); after it, `quiet` seconds without one end the wait
+            self.sock.settimeout(quiet if self.acked else
+                                 max(0.1, deadline - time.monotonic()))
             try:
                 d = self.sock.recv(4096)
             except socket.timeout:
