@@ -156,13 +156,6 @@ int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
   return push_held(s);
 }
 
-void sl_worker_flush_buffers(struct sl_worker *w) {
-  int i;
-  for (i = 0; i < w->noutputs; i++)
-    if (w->outputs[i].buf.spool_open)
-      sl_spool_flush(&w->outputs[i].buf.spool);
-}
-
 int sl_worker_blocked(const struct sl_worker *w) {
   int i;
   for (i = 0; i < w->noutputs; i++)

@@ -187,10 +187,6 @@ int sl_worker_submit(struct sl_source *s, struct sl_event *ev);
  * part of a batch. */
 int sl_worker_blocked(const struct sl_worker *w);
 
-/* Hand what disk buffers hold in memory to the kernel, so events that are
- * acknowledged to a client survive the engine being killed. */
-void sl_worker_flush_buffers(struct sl_worker *w);
-
 /* May the events submitted so far be acknowledged? They are once every
  * disk buffer holds them where its fsync policy promises (written to the
  * kernel; on disk with fsync "always"). Returns 0 when they are now (a

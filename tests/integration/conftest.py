@@ -146,10 +146,21 @@ def sanitizer_report(text):
 
 # ---- small helpers ------------------------------------------------------
 
+_GIVEN_PORTS = set()
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, and never one this process was given
+    before: the kernel may hand the same ephemeral port to two calls in a
+    row (seen: one config got it for two listeners and was refused)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
+    raise RuntimeError("no fresh free port in 100 tries")
 
 
 _LUA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
