@@ -989,22 +989,22 @@ static int json_base64(struct sl_buf *out, const uint8_t *s, size_t n) {
   return 0;
 }
 
-static int json_double(struct sl_buf *out, double v) {
+/* A number as JSON. A float64 is plain ("%.17g"); a float32 keeps its
+ * width as {"$float32":1.5} (nine digits are enough for strtod and a cast
+ * back to float to give the same bits). NaN and infinities, which JSON has
+ * no words for, go in the marker as strings. */
+static int json_float(struct sl_buf *out, double v, int is32) {
+  const char *marker = is32 ? "{\"$float32\":" : "{\"$float\":";
   char tmp[48];
-  int n, i;
+  int n, i, rc;
 
-  if (isnan(v)) {
-    APPEND(out, "{\"$float\":\"nan\"}");
-    return 0;
+  if (isnan(v) || isinf(v)) {
+    const char *word = isnan(v) ? "\"nan\"}" : v > 0 ? "\"inf\"}" : "\"-inf\"}";
+    if (sl_buf_append(out, marker, strlen(marker)) != 0)
+      return SL_ENOMEM;
+    return sl_buf_append(out, word, strlen(word));
   }
-  if (isinf(v)) {
-    if (v > 0)
-      APPEND(out, "{\"$float\":\"inf\"}");
-    else
-      APPEND(out, "{\"$float\":\"-inf\"}");
-    return 0;
-  }
-  n = snprintf(tmp, sizeof tmp - 2, "%.17g", v);
+  n = snprintf(tmp, sizeof tmp - 2, is32 ? "%.9g" : "%.17g", v);
   for (i = 0; i < n; i++)
     if (tmp[i] == ',') /* a decimal comma from some LC_NUMERIC */
       tmp[i] = '.';
@@ -1012,37 +1012,10 @@ static int json_double(struct sl_buf *out, double v) {
     tmp[n++] = '.';
     tmp[n++] = '0';
   }
-  return sl_buf_append(out, tmp, (size_t)n);
-}
-
-/* A float32 keeps its width through JSON: {"$float32":1.5}. Nine digits
- * are enough for strtod and a cast back to float to give the same bits. */
-static int json_float32(struct sl_buf *out, float v) {
-  char tmp[48];
-  int n, i;
-
-  if (isnan(v)) {
-    APPEND(out, "{\"$float32\":\"nan\"}");
-    return 0;
-  }
-  if (isinf(v)) {
-    if (v > 0)
-      APPEND(out, "{\"$float32\":\"inf\"}");
-    else
-      APPEND(out, "{\"$float32\":\"-inf\"}");
-    return 0;
-  }
-  n = snprintf(tmp, sizeof tmp - 2, "%.9g", (double)v);
-  for (i = 0; i < n; i++)
-    if (tmp[i] == ',') /* a decimal comma from some LC_NUMERIC */
-      tmp[i] = '.';
-  if (strspn(tmp, "-0123456789") == (size_t)n) {
-    tmp[n++] = '.';
-    tmp[n++] = '0';
-  }
-  APPEND(out, "{\"$float32\":");
-  if (sl_buf_append(out, tmp, (size_t)n) != 0)
+  if (is32 && sl_buf_append(out, marker, strlen(marker)) != 0)
     return SL_ENOMEM;
+  if ((rc = sl_buf_append(out, tmp, (size_t)n)) != 0 || !is32)
+    return rc;
   return sl_buf_putc(out, '}');
 }
 
@@ -1178,14 +1151,14 @@ static int json_value(const uint8_t *p, size_t len, size_t *pos,
     f32 = be32(p + at + 1);
     memcpy(&f, &f32, sizeof f);
     *pos = at + 5;
-    return json_float32(out, f);
+    return json_float(out, (double)f, 1);
   case 0xcb:
     if (len - at < 9)
       return SL_EPROTO;
     n = be64(p + at + 1);
     memcpy(&d, &n, sizeof d);
     *pos = at + 9;
-    return json_double(out, d);
+    return json_float(out, d, 0);
   case 0xd9:
   case 0xc4:
   case 0xc7:
