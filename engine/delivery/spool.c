@@ -1406,25 +1406,8 @@ fail:
 
 /* ---- init and close ---------------------------------------------------- */
 
-int sl_spool_init(struct sl_spool *s, const char *dir,
-                  const struct sl_spool_opts *opts,
-                  struct sl_spool_report *report) {
-  struct sl_spool_report local;
-  struct sl_spool_report *r = report ? report : &local;
-  struct found *f = NULL;
-  size_t nf = 0, i;
-  struct scan sc;
-  uint64_t ack = 0, chain_next = 0, prev_next = 0, target;
-  int ack_state, err, have_prev = 0, any_seg;
-  size_t redo = 0;
-  uint32_t k;
-
-  memset(s, 0, sizeof(*s));
-  s->dirfd = s->ackfd = s->wfd = s->rfd = -1;
-  memset(r, 0, sizeof(*r));
-  memset(&sc, 0, sizeof(sc));
-  if (dir == NULL || opts == NULL || opts->max_bytes < 64)
-    return SL_EINVAL;
+/* Sizes from opts, with their defaults and bounds. */
+static int spool_size(struct sl_spool *s, const struct sl_spool_opts *opts) {
   s->max_bytes = opts->max_bytes;
   s->segment_bytes = opts->segment_bytes;
   if (s->segment_bytes == 0) { /* a segment is the unit of reclaim */
@@ -1452,58 +1435,50 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
       opts->write_buffer ? opts->write_buffer : SL_SPOOL_WRITE_BUFFER_DEFAULT;
   if (s->write_buffer < SEG_HDR)
     s->write_buffer = SEG_HDR;
-  if ((err = pthread_mutex_init(&s->lock, NULL)) != 0)
-    return -err;
-  sl_buf_init(&s->wbuf);
-  sl_buf_init(&s->rbuf);
-  if ((s->dir = strdup(dir)) == NULL) {
-    pthread_mutex_destroy(&s->lock);
-    return SL_ENOMEM;
-  }
-  /* from here on sl_spool_close undoes whatever was done */
+  return 0;
+}
 
+/* Create and open the folder and lock it for this spool alone. */
+static int spool_open_dir(struct sl_spool *s, const char *dir,
+                          struct sl_spool_report *r) {
   if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-    err = -errno;
     note(r, "%s: cannot create (%s)", dir, strerror(errno));
-    goto fail;
+    return -errno;
   }
   s->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (s->dirfd < 0) {
-    err = -errno;
+    int err = -errno;
     note(r, "%s: cannot open (%s)", dir, strerror(errno));
-    goto fail;
+    return err;
   }
   if (flock(s->dirfd, LOCK_EX | LOCK_NB) != 0) {
-    err = errno == EWOULDBLOCK ? SL_EAGAIN : -errno;
+    int err = errno == EWOULDBLOCK ? SL_EAGAIN : -errno;
     note(r, "%s: in use by another spool", dir);
-    goto fail;
+    return err;
   }
-  if (sl_buf_reserve(&s->wbuf, s->write_buffer) != 0) {
-    err = SL_ENOMEM;
-    goto fail;
-  }
-  sc.cap = SCAN_BUF;
-  if ((sc.buf = malloc(sc.cap)) == NULL) {
-    err = SL_ENOMEM;
-    goto fail;
-  }
-  if ((err = ack_load(s, r, &ack, &ack_state, sc.buf, sc.cap)) != 0) {
-    note(r, "ack: cannot open (%s)", strerror(-err));
-    goto fail;
-  }
-  if ((err = list_segments(s, r, &f, &nf)) != 0)
-    goto fail;
-  any_seg = nf > 0;
+  return 0;
+}
 
-  /* check each file; a file that overlaps the one before it is bogus */
-  target = ack + 1;
-  for (i = 0; i < nf; i++) {
+/* Check each listed file in order; a file that overlaps the one before
+ * it is bogus, a hole between surviving seqs is records lost to
+ * corruption. Returns 0 or SL_ENOMEM; *chain_next is the seq after the
+ * last chained record (0: none). */
+static int spool_chain(struct sl_spool *s, struct sl_spool_report *r,
+                       struct scan *sc, struct found **fp, size_t *nfp,
+                       uint64_t ack, uint64_t *chain_next) {
+  uint64_t prev_next = 0, target = ack + 1;
+  int have_prev = 0, err;
+  size_t i, redo = 0;
+
+  for (i = 0; i < *nfp; i++) {
+    struct found *f = *fp;
     /* a split never takes the name of a listed file: after a crash in
      * the middle of one, that file holds the copy already */
-    check_segment(s, r, &sc, &f[i], target,
-                  i + 1 < nf ? f[i + 1].first : UINT64_MAX);
-    if (f[i].split != 0 && (err = add_split(&f, &nf, i)) != 0)
-      goto fail;
+    check_segment(s, r, sc, &f[i], target,
+                  i + 1 < *nfp ? f[i + 1].first : UINT64_MAX);
+    if (f[i].split != 0 && (err = add_split(fp, nfp, i)) != 0)
+      return err;
+    f = *fp;
     if (f[i].split != 0 && f[i].split == f[i].first && redo != i + 1) {
       redo = i + 1; /* the new file took this name: check it once more */
       i--;
@@ -1524,7 +1499,6 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
     }
     if (f[i].first == 0 || f[i].first >= SEQ_SANE)
       continue;
-    /* a hole between surviving seqs: records lost to corruption */
     if (have_prev && f[i].first > prev_next) {
       uint64_t from = prev_next > ack + 1 ? prev_next : ack + 1;
       if (f[i].first > from) {
@@ -1537,24 +1511,15 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
     prev_next = f[i].first + f[i].count;
     have_prev = 1;
   }
-  chain_next = have_prev ? prev_next : 0;
-  s->next_seq = 1;
-  if (chain_next > s->next_seq)
-    s->next_seq = chain_next;
-  if (ack_state == 1 && have_prev && ack >= chain_next) {
-    r->ack_beyond_end = 1;
-    note(r, "ack: %" PRIu64 " is past the last record %" PRIu64
-            "; nothing to replay",
-         ack, chain_next - 1);
-  }
-  if (ack + 1 > s->next_seq)
-    s->next_seq = ack + 1; /* never hand out a seq again */
-  if (ack_state == -1 && any_seg) {
-    r->ack_reset = 1;
-    note(r, "ack: missing or corrupt; replaying from the oldest record");
-  }
+  *chain_next = have_prev ? prev_next : 0;
+  return 0;
+}
 
-  /* keep the segments holding unacknowledged records, in order */
+/* Keep the segments holding unacknowledged records, in order; remove the
+ * fully acknowledged ones. */
+static int spool_keep(struct sl_spool *s, struct found *f, size_t nf,
+                      uint64_t ack) {
+  size_t i;
   for (i = 0; i < nf; i++) {
     char name[32];
     if (f[i].state != FOUND_KEPT)
@@ -1570,10 +1535,8 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
     if (s->nsegs == s->capsegs) {
       uint32_t cap = s->capsegs ? s->capsegs * 2 : 8;
       struct sl_spool_seg *g = realloc(s->segs, cap * sizeof(*g));
-      if (g == NULL) {
-        err = SL_ENOMEM;
-        goto fail;
-      }
+      if (g == NULL)
+        return SL_ENOMEM;
       s->segs = g;
       s->capsegs = cap;
     }
@@ -1584,8 +1547,17 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
     s->disk_bytes += f[i].end;
     s->nsegs++;
   }
+  return 0;
+}
 
-  /* the ack cursor: the first record after the ack */
+/* The ack and read cursors at the first record after the ack; the last
+ * segment keeps taking appends if it continues the sequence, the others
+ * wait for the first sync (a killed process may have left their pages
+ * unwritten). */
+static int spool_place(struct sl_spool *s, struct found *f, size_t nf,
+                       uint64_t ack) {
+  size_t i;
+  uint32_t k;
   s->aseg = 0;
   s->aoff = SEG_HDR;
   s->aseq = s->nsegs ? s->segs[0].first : s->next_seq;
@@ -1600,10 +1572,6 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
   s->rseg = s->aseg;
   s->roff = s->aoff;
   s->rseq = s->aseq;
-
-  /* the last segment keeps taking appends if it continues the sequence;
-   * the others wait for the first sync: a killed process may have left
-   * their pages unwritten */
   for (i = 0, k = 0; i < nf; i++) {
     if (f[i].state != FOUND_KEPT || f[i].fd < 0)
       continue;
@@ -1613,11 +1581,80 @@ int sl_spool_init(struct sl_spool *s, const char *dir,
       s->wfd = f[i].fd;
       s->woff = f[i].end;
     } else if (handoff_push(s, f[i].fd, f[i].first) != 0) {
-      err = SL_ENOMEM;
-      goto fail;
+      return SL_ENOMEM;
     }
     f[i].fd = -1;
   }
+  return 0;
+}
+
+int sl_spool_init(struct sl_spool *s, const char *dir,
+                  const struct sl_spool_opts *opts,
+                  struct sl_spool_report *report) {
+  struct sl_spool_report local;
+  struct sl_spool_report *r = report ? report : &local;
+  struct found *f = NULL;
+  size_t nf = 0, i;
+  struct scan sc;
+  uint64_t ack = 0, chain_next = 0;
+  int ack_state, err, any_seg;
+
+  memset(s, 0, sizeof(*s));
+  s->dirfd = s->ackfd = s->wfd = s->rfd = -1;
+  memset(r, 0, sizeof(*r));
+  memset(&sc, 0, sizeof(sc));
+  if (dir == NULL || opts == NULL || opts->max_bytes < 64)
+    return SL_EINVAL;
+  if ((err = spool_size(s, opts)) != 0)
+    return err;
+  if ((err = pthread_mutex_init(&s->lock, NULL)) != 0)
+    return -err;
+  sl_buf_init(&s->wbuf);
+  sl_buf_init(&s->rbuf);
+  if ((s->dir = strdup(dir)) == NULL) {
+    pthread_mutex_destroy(&s->lock);
+    return SL_ENOMEM;
+  }
+  /* from here on sl_spool_close undoes whatever was done */
+
+  if ((err = spool_open_dir(s, dir, r)) != 0)
+    goto fail;
+  if (sl_buf_reserve(&s->wbuf, s->write_buffer) != 0) {
+    err = SL_ENOMEM;
+    goto fail;
+  }
+  sc.cap = SCAN_BUF;
+  if ((sc.buf = malloc(sc.cap)) == NULL) {
+    err = SL_ENOMEM;
+    goto fail;
+  }
+  if ((err = ack_load(s, r, &ack, &ack_state, sc.buf, sc.cap)) != 0) {
+    note(r, "ack: cannot open (%s)", strerror(-err));
+    goto fail;
+  }
+  if ((err = list_segments(s, r, &f, &nf)) != 0)
+    goto fail;
+  any_seg = nf > 0;
+  if ((err = spool_chain(s, r, &sc, &f, &nf, ack, &chain_next)) != 0)
+    goto fail;
+  s->next_seq = 1;
+  if (chain_next > s->next_seq)
+    s->next_seq = chain_next;
+  if (ack_state == 1 && chain_next != 0 && ack >= chain_next) {
+    r->ack_beyond_end = 1;
+    note(r, "ack: %" PRIu64 " is past the last record %" PRIu64
+            "; nothing to replay",
+         ack, chain_next - 1);
+  }
+  if (ack + 1 > s->next_seq)
+    s->next_seq = ack + 1; /* never hand out a seq again */
+  if (ack_state == -1 && any_seg) {
+    r->ack_reset = 1;
+    note(r, "ack: missing or corrupt; replaying from the oldest record");
+  }
+  if ((err = spool_keep(s, f, nf, ack)) != 0 ||
+      (err = spool_place(s, f, nf, ack)) != 0)
+    goto fail;
   s->last_seq = s->next_seq - 1;
   s->flushed_seq = s->last_seq;
   s->quarantined_records = r->lost_records;
