@@ -543,12 +543,75 @@ truncated:
   return SL_EPROTO;
 }
 
+/* The value of field f at *pos into v. Returns 0, SL_EPROTO (err set) or
+ * SL_EAGAIN when the bytes end inside it. */
+static int parse_field(const uint8_t *p, size_t len, size_t *pos, int f,
+                       struct sl_event_view *v, struct sl_codec_error *err) {
+  size_t at = *pos, used;
+  struct sl_str *s;
+  int r;
+
+  switch (f) {
+  case F_ID:
+  case F_TOPIC:
+  case F_KEY:
+    s = f == F_ID ? &v->id : f == F_TOPIC ? &v->topic : &v->key;
+    r = read_str(p, len, pos, s);
+    if (r < 0)
+      return SL_EAGAIN;
+    if (r > 0) {
+      seterr(err, at, "field '%s': expected string, got %s", field_names[f],
+             type_name(p[at]));
+      return SL_EPROTO;
+    }
+    if (f == F_TOPIC && s->len == 0) {
+      seterr(err, at, "field 'topic': expected non-empty string");
+      return SL_EPROTO;
+    }
+    return 0;
+  case F_TIME:
+    r = read_int(p, len, pos, &v->time);
+    if (r < 0)
+      return SL_EAGAIN;
+    if (r == 2) {
+      seterr(err, at, "field 'time': integer out of int64 range");
+      return SL_EPROTO;
+    }
+    if (r > 0) {
+      seterr(err, at, "field 'time': expected integer, got %s",
+             type_name(p[at]));
+      return SL_EPROTO;
+    }
+    v->has_time = 1;
+    return 0;
+  case F_HEADERS:
+    return parse_headers(p, len, pos, v, err);
+  default: /* F_PAYLOAD */
+    r = sl_codec_skip(p + at, len - at, len - at, &used, err);
+    if (r == SL_EAGAIN || r == SL_E2BIG) /* longer than the event */
+      return SL_EAGAIN;
+    if (r != 0) {
+      if (err != NULL)
+        err->offset += at;
+      return SL_EPROTO;
+    }
+    if (used > UINT32_MAX) {
+      seterr(err, at, "field 'payload': larger than 4 GiB");
+      return SL_EPROTO;
+    }
+    v->payload = p + at;
+    v->payload_len = (uint32_t)used;
+    *pos = at + used;
+    return 0;
+  }
+}
+
 int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
                          struct sl_codec_error *err) {
-  size_t pos = 0, at, used;
+  size_t pos = 0, at;
   uint32_t n, i;
   unsigned seen = 0;
-  struct sl_str k, *s;
+  struct sl_str k;
   char name[40];
   int f, r;
 
@@ -584,66 +647,13 @@ int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
       return SL_EPROTO;
     }
     seen |= 1u << f;
-
-    at = pos;
-    if (at >= len)
+    if (pos >= len)
       goto truncated;
-    switch (f) {
-    case F_ID:
-    case F_TOPIC:
-    case F_KEY:
-      s = f == F_ID ? &v->id : f == F_TOPIC ? &v->topic : &v->key;
-      r = read_str(p, len, &pos, s);
-      if (r < 0)
-        goto truncated;
-      if (r > 0) {
-        seterr(err, at, "field '%s': expected string, got %s", field_names[f],
-               type_name(p[at]));
-        return SL_EPROTO;
-      }
-      if (f == F_TOPIC && s->len == 0) {
-        seterr(err, at, "field 'topic': expected non-empty string");
-        return SL_EPROTO;
-      }
-      break;
-    case F_TIME:
-      r = read_int(p, len, &pos, &v->time);
-      if (r < 0)
-        goto truncated;
-      if (r == 2) {
-        seterr(err, at, "field 'time': integer out of int64 range");
-        return SL_EPROTO;
-      }
-      if (r > 0) {
-        seterr(err, at, "field 'time': expected integer, got %s",
-               type_name(p[at]));
-        return SL_EPROTO;
-      }
-      v->has_time = 1;
-      break;
-    case F_HEADERS:
-      r = parse_headers(p, len, &pos, v, err);
-      if (r != 0)
-        return r;
-      break;
-    default: /* F_PAYLOAD */
-      r = sl_codec_skip(p + at, len - at, len - at, &used, err);
-      if (r == SL_EAGAIN || r == SL_E2BIG) /* longer than the event */
-        goto truncated;
-      if (r != 0) {
-        if (err != NULL)
-          err->offset += at;
-        return SL_EPROTO;
-      }
-      if (used > UINT32_MAX) {
-        seterr(err, at, "field 'payload': larger than 4 GiB");
-        return SL_EPROTO;
-      }
-      v->payload = p + at;
-      v->payload_len = (uint32_t)used;
-      pos = at + used;
-      break;
-    }
+    r = parse_field(p, len, &pos, f, v, err);
+    if (r == SL_EAGAIN)
+      goto truncated;
+    if (r != 0)
+      return r;
   }
 
   if (pos != len) {
