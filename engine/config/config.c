@@ -268,14 +268,35 @@ static void free_strlist(char **l, int n) {
   free(l);
 }
 
-int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
+/* A host name as DNS spells it: labels of letters, digits, '-' and '_'
+ * joined by dots, 253 bytes at most. */
+static int valid_hostname(const char *h) {
+  size_t n = strlen(h), label = 0;
+  if (n == 0 || n > 253)
+    return 0;
+  for (; *h; h++) {
+    if (*h == '.') {
+      if (label == 0)
+        return 0;
+      label = 0;
+    } else if ((*h >= 'a' && *h <= 'z') || (*h >= 'A' && *h <= 'Z') ||
+               (*h >= '0' && *h <= '9') || *h == '-' || *h == '_') {
+      if (++label > 63)
+        return 0;
+    } else {
+      return 0;
+    }
+  }
+  return 1;
+}
+
+int sl_config_split_hostport(const char *s, char *host, size_t hostlen,
                              int *port) {
   const char *colon;
   size_t hl;
   char *end;
   long p;
   struct sockaddr_in6 a6;
-  struct sockaddr_in a4;
 
   if (s[0] == '[') {
     const char *close = strchr(s, ']');
@@ -287,6 +308,8 @@ int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
     memcpy(host, s + 1, hl);
     host[hl] = '\0';
     colon = close + 1;
+    if (uv_ip6_addr(host, 1, &a6) != 0) /* brackets hold IPv6 only */
+      return SL_EINVAL;
   } else {
     colon = strrchr(s, ':');
     if (colon == NULL)
@@ -296,15 +319,29 @@ int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
       return SL_EINVAL;
     memcpy(host, s, hl);
     host[hl] = '\0';
+    if (!valid_hostname(host) && uv_ip6_addr(host, 1, &a6) != 0)
+      return SL_EINVAL;
   }
   p = strtol(colon + 1, &end, 10);
   if (colon[1] == '\0' || *end != '\0' || p < 1 || p > 65535)
     return SL_EINVAL;
+  *port = (int)p;
+  return 0;
+}
+
+int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
+                             int *port) {
+  struct sockaddr_in6 a6;
+  struct sockaddr_in a4;
+  int p;
+
+  if (sl_config_split_hostport(s, host, hostlen, &p) != 0)
+    return SL_EINVAL;
   if (strcmp(host, "localhost") == 0)
     snprintf(host, hostlen, "127.0.0.1");
-  if (uv_ip4_addr(host, (int)p, &a4) != 0 && uv_ip6_addr(host, (int)p, &a6) != 0)
+  if (uv_ip4_addr(host, p, &a4) != 0 && uv_ip6_addr(host, p, &a6) != 0)
     return SL_EINVAL;
-  *port = (int)p;
+  *port = p;
   return 0;
 }
 
@@ -383,7 +420,20 @@ static void check_address(struct check *c, const char *path, const char *key,
   if (v && sl_config_parse_hostport(v, host, sizeof(host), &port) != 0)
     bad(c, p,
         "expected \"host:port\" with an IP address (or localhost) and a port "
-        "1-65535, got \"%s\"",
+        "1-65535 (a listener is not given host names), got \"%s\"",
+        v);
+}
+
+/* A peer to connect to: the host may be a name, resolved on each connect. */
+static void check_peer(struct check *c, const char *path, const char *key,
+                       const char *v) {
+  char p[256], host[256];
+  int port;
+  join(p, sizeof(p), path, key);
+  if (v && sl_config_split_hostport(v, host, sizeof(host), &port) != 0)
+    bad(c, p,
+        "expected \"host:port\" with a host name or IP address ([::1] for "
+        "IPv6) and a port 1-65535, got \"%s\"",
         v);
 }
 
@@ -435,6 +485,7 @@ const char *sl_config_key_type_name(enum sl_config_key_type t) {
   case SL_KEY_BYTES: return "size";
   case SL_KEY_ENUM: return "choice";
   case SL_KEY_ADDRESS: return "host:port";
+  case SL_KEY_PEER: return "host:port";
   case SL_KEY_PATH: return "path";
   case SL_KEY_FILE: return "file path";
   case SL_KEY_SOCKET: return "socket path";
@@ -621,6 +672,9 @@ static void read_key(struct check *c, int t, const char *path,
   }
   case SL_KEY_ADDRESS:
     check_address(c, path, k->name, s);
+    break;
+  case SL_KEY_PEER:
+    check_peer(c, path, k->name, s);
     break;
   case SL_KEY_PATH: {
     char *abs = resolve(c, s);

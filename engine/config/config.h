@@ -157,8 +157,14 @@ void sl_config_free(struct sl_config *c);
 int sl_config_output_index(const struct sl_config *c, const char *name,
                            size_t len);
 
-/* Split "host:port" ("[::1]:80" for IPv6). Returns 0 or SL_EINVAL. */
+/* Split "host:port" ("[::1]:80" for IPv6) where host is an IP address or
+ * localhost (given as 127.0.0.1). Returns 0 or SL_EINVAL. */
 int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
+                             int *port);
+
+/* Split "host:port" where host may also be a host name (checked for
+ * syntax only, not resolved): what clients accept. Returns 0 or SL_EINVAL. */
+int sl_config_split_hostport(const char *s, char *host, size_t hostlen,
                              int *port);
 
 #endif
