@@ -420,7 +420,7 @@ static void check_address(struct check *c, const char *path, const char *key,
   if (v && sl_config_parse_hostport(v, host, sizeof(host), &port) != 0)
     bad(c, p,
         "expected \"host:port\" with an IP address (or localhost) and a port "
-        "1-65535 (a listener is not given host names), got \"%s\"",
+        "1-65535, got \"%s\"",
         v);
 }
 
