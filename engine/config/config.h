@@ -167,4 +167,17 @@ int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
 int sl_config_split_hostport(const char *s, char *host, size_t hostlen,
                              int *port);
 
+/* The longest string value the environment may make (bytes). */
+#define SL_CONFIG_MAX_EXPANDED (64u * 1024)
+
+/* Put the environment into s[0..len) (what sl_config_load does to every
+ * string value of the config): ${NAME} is the variable's value (unset: an
+ * error naming it), ${NAME:-default} the value or, when unset or empty, the
+ * default (itself expanded; its braces must pair up, $} is a lone '}'),
+ * $$ is a '$'; any other '$' stays. out is reset and gets the result.
+ * Returns 0, SL_EINVAL (why: what is wrong and where), SL_E2BIG (longer
+ * than SL_CONFIG_MAX_EXPANDED) or SL_ENOMEM. */
+int sl_config_expand(const char *s, size_t len, struct sl_buf *out, char *why,
+                     size_t whylen);
+
 #endif
