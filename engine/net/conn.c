@@ -895,9 +895,9 @@ static void on_resolved(uv_getaddrinfo_t *req, int status,
     n++;
   if (res)
     uv_ip_name(res->ai_addr, first, sizeof(first));
-  sl_log(SL_LOG_DEBUG, "host name resolved", SL_S("address", d->ep.address),
-         SL_I("status", status), SL_U("addresses", n), SL_S("first", first),
-         SL_END);
+  sl_log(SL_LOG_DEBUG, "host name looked up", SL_S("address", d->ep.address),
+         SL_I("status", status), SL_S("error", status ? uv_strerror(status) : ""),
+         SL_U("addresses", n), SL_S("first", first), SL_END);
   if (status == 0 && res == NULL)
     status = UV_EAI_NONAME;
   if (status == 0)

@@ -122,7 +122,7 @@ def test_tcp_output_reaches_a_peer_named_localhost(sluice):
     send_events(s.address, events(0, 20))
     wait_lines(p.path("got.ndjson"), 20)
     assert ids(p) == ["e%d" % i for i in range(20)]
-    line = s.wait_log("host name resolved", address="localhost:%d" % port)
+    line = s.wait_log("host name looked up", address="localhost:%d" % port)
     assert line["status"] == 0 and line["addresses"] >= 1
 
 
@@ -143,7 +143,7 @@ def test_tcp_output_reaches_a_peer_named_ip6_localhost(sluice, request):
     send_events(s.address, events(0, 10))
     wait_lines(p.path("got.ndjson"), 10)
     assert ids(p) == ["e%d" % i for i in range(10)]
-    line = s.wait_log("host name resolved", address="ip6-localhost:%d" % port)
+    line = s.wait_log("host name looked up", address="ip6-localhost:%d" % port)
     assert line["first"] == "::1"
 
 
@@ -159,7 +159,7 @@ def test_a_name_whose_first_address_refuses_is_reached_on_a_later_one(sluice, ho
     send_events(s.address, events(0, 10))
     wait_lines(p.path("got.ndjson"), 10)
     assert ids(p) == ["e%d" % i for i in range(10)]
-    line = s.wait_log("host name resolved", address="sluice-peer:%d" % port)
+    line = s.wait_log("host name looked up", address="sluice-peer:%d" % port)
     assert line["first"] == "::1" and line["addresses"] == 2
     assert not s.find_logs("output peer unreachable; reconnecting with backoff")
 
@@ -174,7 +174,7 @@ def test_a_name_is_resolved_again_on_every_reconnect_and_a_moved_peer_followed(
     s = sender(sluice, "sluice-peer:%d" % port)
     send_events(s.address, events(0, 5))
     wait_lines(first.path("got.ndjson"), 5)
-    assert s.find_logs("host name resolved")[-1]["first"] == "127.0.0.1"
+    assert s.find_logs("host name looked up")[-1]["first"] == "127.0.0.1"
     # the service moves: the old address goes away, the name now says ::1
     assert first.stop() == 0
     hosts.write_text("::1 sluice-peer\n")
@@ -182,7 +182,7 @@ def test_a_name_is_resolved_again_on_every_reconnect_and_a_moved_peer_followed(
     send_events(s.address, events(5, 5))
     wait_lines(moved.path("got.ndjson"), 5, timeout=15)
     assert ids(moved) == ["e%d" % i for i in range(5, 10)]
-    lookups = s.find_logs("host name resolved")
+    lookups = s.find_logs("host name looked up")
     assert len(lookups) >= 2
     assert lookups[-1]["first"] == "::1" and lookups[-1]["addresses"] == 1
 
