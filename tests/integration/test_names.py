@@ -117,7 +117,7 @@ def ids(eng):
 
 def test_tcp_output_reaches_a_peer_named_localhost(sluice):
     port = free_port()
-    p = peer(sluice, "127.0.0.1:%d" % port)
+    p = peer(sluice, "localhost:%d" % port)  # a listener takes localhost too
     s = sender(sluice, "localhost:%d" % port)
     send_events(s.address, events(0, 20))
     wait_lines(p.path("got.ndjson"), 20)
@@ -145,6 +145,17 @@ def test_tcp_output_reaches_a_peer_named_ip6_localhost(sluice, request):
     assert ids(p) == ["e%d" % i for i in range(10)]
     line = s.wait_log("host name looked up", address="ip6-localhost:%d" % port)
     assert line["first"] == "::1"
+
+
+@needs_ipv6
+def test_tcp_output_reaches_an_ipv6_literal_in_brackets(sluice):
+    port = free_port()
+    p = peer(sluice, "[::1]:%d" % port)
+    s = sender(sluice, "[::1]:%d" % port)
+    send_events(s.address, events(0, 3))
+    wait_lines(p.path("got.ndjson"), 3)
+    assert ids(p) == ["e0", "e1", "e2"]
+    assert not s.find_logs("host name looked up")  # a literal: no lookup
 
 
 @needs_unshare
