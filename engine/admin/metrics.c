@@ -101,6 +101,9 @@ static uint64_t out_errors(const struct sl_output *o) {
 static uint64_t out_retries(const struct sl_output *o) {
   return o->stats.retries;
 }
+static uint64_t out_resolve_failures(const struct sl_output *o) {
+  return o->stats.resolve_failures;
+}
 static uint64_t out_dead_lettered(const struct sl_output *o) {
   return o->stats.dead_lettered;
 }
@@ -420,6 +423,9 @@ int sl_metrics_render(const struct sl_worker *w, struct sl_buf *text) {
              "Failed delivery attempts after which the events stayed queued "
              "for another attempt.",
              out_retries);
+  per_output(out, w, "sluice_output_resolve_failures_total", "counter",
+             "Connects whose peer host name did not resolve.",
+             out_resolve_failures);
   per_output(out, w, "sluice_output_dead_lettered_total", "counter",
              "Events that used up their retries and went to the dead-letter "
              "output.",

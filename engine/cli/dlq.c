@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -36,7 +37,8 @@ static const char usage[] =
     "  dedup drops repeats if a replay is run twice. Uses the input's ack\n"
     "  mode and returns once the engine acknowledged every event.\n"
     "\n"
-    "  --to ADDRESS       host:port of a tcp input, or the path of a unix one\n"
+    "  --to ADDRESS       host:port of a tcp input (host: a name or an IP\n"
+    "                     address, [::1] for IPv6), or the path of a unix one\n"
     "  --timeout SECONDS  give up when the engine makes no progress for this\n"
     "                     long (default 60)\n";
 
@@ -194,42 +196,70 @@ static int check_file(struct replay *r) {
 
 /* ---- talking to the engine ---------------------------------------------- */
 
-static int dial(struct replay *r) {
-  char host[128];
-  int port, fd;
-  union {
-    struct sockaddr sa;
-    struct sockaddr_in in4;
-    struct sockaddr_in6 in6;
-    struct sockaddr_un un;
-  } addr;
-  socklen_t alen;
+/* Connect to each address host:port resolves to, in turn (a blocking
+ * lookup: this command has no loop to keep). Returns the fd, or -1 with
+ * why filled. */
+static int dial_host(const char *host, int port, char *why, size_t whylen) {
+  struct addrinfo hints, *res, *ai;
+  char service[8];
+  int rc, fd = -1, err = ECONNREFUSED;
 
-  memset(&addr, 0, sizeof(addr));
-  if (sl_config_parse_hostport(r->address, host, sizeof(host), &port) == 0) {
-    if (uv_ip4_addr(host, port, &addr.in4) == 0)
-      alen = sizeof(addr.in4);
-    else if (uv_ip6_addr(host, port, &addr.in6) == 0)
-      alen = sizeof(addr.in6);
-    else
-      return SL_EINVAL;
-  } else if (strchr(r->address, '/') != NULL) {
-    if (strlen(r->address) >= sizeof(addr.un.sun_path))
-      return SL_EINVAL;
-    addr.un.sun_family = AF_UNIX;
-    memcpy(addr.un.sun_path, r->address, strlen(r->address) + 1);
-    alen = sizeof(addr.un);
-  } else {
-    return SL_EINVAL;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  snprintf(service, sizeof(service), "%d", port);
+  rc = getaddrinfo(host, service, &hints, &res);
+  if (rc != 0) {
+    snprintf(why, whylen, "cannot resolve %s: %s", host, gai_strerror(rc));
+    return -1;
   }
-  fd = socket(addr.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  for (ai = res; ai && fd < 0; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+      err = errno;
+      close(fd);
+      fd = -1;
+    } else if (fd < 0) {
+      err = errno;
+    }
+  }
+  freeaddrinfo(res);
   if (fd < 0)
-    return -errno;
-  if (connect(fd, &addr.sa, alen) != 0) {
-    int e = -errno;
-    close(fd);
-    return e;
+    snprintf(why, whylen, "%s", strerror(err));
+  return fd;
+}
+
+/* Returns 0 (r->fd open) or 1 with why filled. */
+static int dial(struct replay *r, char *why, size_t whylen) {
+  char host[256];
+  int port, fd;
+  struct sockaddr_un un;
+
+  if (strchr(r->address, '/') == NULL &&
+      sl_config_split_hostport(r->address, host, sizeof(host), &port) == 0) {
+    fd = dial_host(host, port, why, whylen);
+  } else if (strchr(r->address, '/') != NULL) {
+    if (strlen(r->address) >= sizeof(un.sun_path)) {
+      snprintf(why, whylen, "socket path too long");
+      return 1;
+    }
+    memset(&un, 0, sizeof(un));
+    un.sun_family = AF_UNIX;
+    memcpy(un.sun_path, r->address, strlen(r->address) + 1);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&un, sizeof(un)) != 0) {
+      snprintf(why, whylen, "%s", strerror(errno));
+      close(fd);
+      fd = -1;
+    } else if (fd < 0) {
+      snprintf(why, whylen, "%s", strerror(errno));
+    }
+  } else {
+    snprintf(why, whylen, "expected host:port or the path of a unix socket");
+    return 1;
   }
+  if (fd < 0)
+    return 1;
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   r->fd = fd;
   return 0;
@@ -383,6 +413,7 @@ static int send_file(struct replay *r) {
 
 int sl_dlq_main(int argc, char **argv) {
   struct replay r;
+  char why[320];
   int i, rc;
 
   memset(&r, 0, sizeof(r));
@@ -434,10 +465,9 @@ int sl_dlq_main(int argc, char **argv) {
     printf("replayed 0 events from %s: the file holds none\n", r.file);
     return 0;
   }
-  if ((rc = dial(&r)) != 0) {
+  if (dial(&r, why, sizeof(why)) != 0) {
     fprintf(stderr, "sluice dlq replay: cannot connect to %s: %s\n", r.address,
-            rc == SL_EINVAL ? "expected host:port or the path of a unix socket"
-                            : strerror(-rc));
+            why);
     return 1;
   }
   signal(SIGPIPE, SIG_IGN);

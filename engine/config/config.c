@@ -122,6 +122,177 @@ static void join(char *out, size_t n, const char *path, const char *key) {
   snprintf(out, n, "%s%s%s", path, path[0] ? "." : "", key);
 }
 
+/* ---- environment: ${VAR}, ${VAR:-default}, $$ in every string value ---- */
+
+#define EXPAND_MAX_DEPTH 8   /* defaults nested in defaults */
+#define EXPAND_MAX_TABLES 64 /* tables nested in the config */
+
+struct expand {
+  const char *s;
+  size_t n, pos;
+  struct sl_buf *out;
+  char *why;
+  size_t whylen;
+};
+
+static int expand_put(struct expand *x, const char *p, size_t len, int emit) {
+  if (!emit)
+    return 0;
+  if (x->out->len + len > SL_CONFIG_MAX_EXPANDED) {
+    snprintf(x->why, x->whylen,
+             "longer than %u bytes once the environment is put in",
+             (unsigned)SL_CONFIG_MAX_EXPANDED);
+    return SL_E2BIG;
+  }
+  return sl_buf_append(x->out, p, len) == 0 ? 0 : SL_ENOMEM;
+}
+
+static int expand_text(struct expand *x, int in_default, int emit, int depth);
+
+/* x->pos is at "${": expand the reference and step past it. */
+static int expand_var(struct expand *x, int emit, int depth) {
+  size_t start = x->pos + 2, p = start;
+  char name[128];
+  const char *value;
+  int rc, use;
+
+  while (p < x->n && (x->s[p] == '_' || (x->s[p] >= 'a' && x->s[p] <= 'z') ||
+                      (x->s[p] >= 'A' && x->s[p] <= 'Z') ||
+                      (x->s[p] >= '0' && x->s[p] <= '9')))
+    p++;
+  if (p == x->n) {
+    snprintf(x->why, x->whylen, "unterminated \"${\" at byte %zu",
+             x->pos + 1);
+    return SL_EINVAL;
+  }
+  if (p == start || (x->s[start] >= '0' && x->s[start] <= '9') ||
+      p - start >= sizeof(name) ||
+      (x->s[p] != '}' && !(x->s[p] == ':' && p + 1 < x->n &&
+                           x->s[p + 1] == '-'))) {
+    snprintf(x->why, x->whylen,
+             "bad variable reference at byte %zu: expected ${NAME} or "
+             "${NAME:-default}, NAME of letters, digits and '_' ($$ is a $)",
+             x->pos + 1);
+    return SL_EINVAL;
+  }
+  memcpy(name, x->s + start, p - start);
+  name[p - start] = '\0';
+  value = getenv(name);
+  if (x->s[p] == '}') {
+    x->pos = p + 1;
+    if (value == NULL && emit) {
+      snprintf(x->why, x->whylen,
+               "environment variable %s is not set (${%s:-default} gives "
+               "a default)", name, name);
+      return SL_EINVAL;
+    }
+    return value ? expand_put(x, value, strlen(value), emit) : 0;
+  }
+  if (depth >= EXPAND_MAX_DEPTH) {
+    snprintf(x->why, x->whylen, "defaults nested deeper than %d",
+             EXPAND_MAX_DEPTH);
+    return SL_EINVAL;
+  }
+  use = value && value[0]; /* as the shell: unset or empty takes the default */
+  if (use && (rc = expand_put(x, value, strlen(value), emit)) != 0)
+    return rc;
+  x->pos = p + 2;
+  return expand_text(x, 1, emit && !use, depth + 1);
+}
+
+/* Copy from x->pos to the end or, in a default, to its closing '}' (braces
+ * inside it must pair up; $} is a lone '}'). Only emit writes to out: a
+ * default not taken is still checked. */
+static int expand_text(struct expand *x, int in_default, int emit, int depth) {
+  size_t open = x->pos;
+  int braces = 0, rc = 0;
+
+  while (rc == 0 && x->pos < x->n) {
+    char ch = x->s[x->pos];
+    char next = x->pos + 1 < x->n ? x->s[x->pos + 1] : '\0';
+    if (ch == '$' && next == '{') {
+      rc = expand_var(x, emit, depth);
+      continue;
+    }
+    if (ch == '$' && (next == '$' || next == '}')) {
+      rc = expand_put(x, &next, 1, emit);
+      x->pos += 2;
+      continue;
+    }
+    if (in_default && ch == '{')
+      braces++;
+    if (in_default && ch == '}' && braces-- == 0) {
+      x->pos++;
+      return 0;
+    }
+    rc = expand_put(x, &ch, 1, emit); /* a lone $ stays as it is */
+    x->pos++;
+  }
+  if (rc == 0 && in_default) {
+    snprintf(x->why, x->whylen, "unterminated \"${\": the default from byte "
+             "%zu has no closing '}'", open + 1);
+    return SL_EINVAL;
+  }
+  return rc;
+}
+
+int sl_config_expand(const char *s, size_t len, struct sl_buf *out,
+                     char *why, size_t whylen) {
+  struct expand x = {s, len, 0, out, why, whylen};
+  sl_buf_reset(out);
+  return expand_text(&x, 0, 1, 0);
+}
+
+/* Expand the environment in every string value of the table at t and the
+ * tables in it (each once: visited is a set at index v), naming path in
+ * errors. */
+static void expand_table(struct check *c, int t, int v, const char *path,
+                         int depth) {
+  lua_State *L = c->L;
+  struct sl_buf out;
+  char p[256], why[256];
+
+  if (depth > EXPAND_MAX_TABLES)
+    return; /* the checker refuses what is nested this deep anyway */
+  lua_pushvalue(L, t);
+  lua_rawget(L, v);
+  if (lua_toboolean(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, t);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, v);
+  sl_buf_init(&out);
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (lua_type(L, -2) == LUA_TNUMBER)
+      snprintf(p, sizeof(p), "%s[%g]", path, lua_tonumber(L, -2));
+    else if (lua_type(L, -2) == LUA_TSTRING)
+      join(p, sizeof(p), path, lua_tostring(L, -2));
+    else
+      snprintf(p, sizeof(p), "%s", path);
+    if (lua_type(L, -1) == LUA_TTABLE) {
+      expand_table(c, lua_gettop(L), v, p, depth + 1);
+    } else if (lua_type(L, -1) == LUA_TSTRING) {
+      size_t n;
+      const char *s = lua_tolstring(L, -1, &n);
+      if (memchr(s, '$', n) != NULL) {
+        if (sl_config_expand(s, n, &out, why, sizeof(why)) != 0) {
+          bad(c, p[0] ? p : "(top)", "%s", why);
+        } else {
+          lua_pushvalue(L, -2); /* an existing field: lua_next allows it */
+          lua_pushlstring(L, (const char *)out.data, out.len);
+          lua_rawset(L, t);
+        }
+      }
+    }
+    lua_pop(L, 1);
+  }
+  sl_buf_close(&out);
+}
+
 /* Optional string field key of the table at t. */
 static void opt_str(struct check *c, int t, const char *path, const char *key,
                     char **out, int required) {
@@ -268,14 +439,35 @@ static void free_strlist(char **l, int n) {
   free(l);
 }
 
-int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
+/* A host name as DNS spells it: labels of letters, digits, '-' and '_'
+ * joined by dots, 253 bytes at most. */
+static int valid_hostname(const char *h) {
+  size_t n = strlen(h), label = 0;
+  if (n == 0 || n > 253)
+    return 0;
+  for (; *h; h++) {
+    if (*h == '.') {
+      if (label == 0)
+        return 0;
+      label = 0;
+    } else if ((*h >= 'a' && *h <= 'z') || (*h >= 'A' && *h <= 'Z') ||
+               (*h >= '0' && *h <= '9') || *h == '-' || *h == '_') {
+      if (++label > 63)
+        return 0;
+    } else {
+      return 0;
+    }
+  }
+  return 1;
+}
+
+int sl_config_split_hostport(const char *s, char *host, size_t hostlen,
                              int *port) {
   const char *colon;
   size_t hl;
   char *end;
   long p;
   struct sockaddr_in6 a6;
-  struct sockaddr_in a4;
 
   if (s[0] == '[') {
     const char *close = strchr(s, ']');
@@ -287,6 +479,8 @@ int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
     memcpy(host, s + 1, hl);
     host[hl] = '\0';
     colon = close + 1;
+    if (uv_ip6_addr(host, 1, &a6) != 0) /* brackets hold IPv6 only */
+      return SL_EINVAL;
   } else {
     colon = strrchr(s, ':');
     if (colon == NULL)
@@ -296,15 +490,29 @@ int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
       return SL_EINVAL;
     memcpy(host, s, hl);
     host[hl] = '\0';
+    if (!valid_hostname(host) && uv_ip6_addr(host, 1, &a6) != 0)
+      return SL_EINVAL;
   }
   p = strtol(colon + 1, &end, 10);
   if (colon[1] == '\0' || *end != '\0' || p < 1 || p > 65535)
     return SL_EINVAL;
+  *port = (int)p;
+  return 0;
+}
+
+int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
+                             int *port) {
+  struct sockaddr_in6 a6;
+  struct sockaddr_in a4;
+  int p;
+
+  if (sl_config_split_hostport(s, host, hostlen, &p) != 0)
+    return SL_EINVAL;
   if (strcmp(host, "localhost") == 0)
     snprintf(host, hostlen, "127.0.0.1");
-  if (uv_ip4_addr(host, (int)p, &a4) != 0 && uv_ip6_addr(host, (int)p, &a6) != 0)
+  if (uv_ip4_addr(host, p, &a4) != 0 && uv_ip6_addr(host, p, &a6) != 0)
     return SL_EINVAL;
-  *port = (int)p;
+  *port = p;
   return 0;
 }
 
@@ -387,6 +595,19 @@ static void check_address(struct check *c, const char *path, const char *key,
         v);
 }
 
+/* A peer to connect to: the host may be a name, resolved on each connect. */
+static void check_peer(struct check *c, const char *path, const char *key,
+                       const char *v) {
+  char p[256], host[256];
+  int port;
+  join(p, sizeof(p), path, key);
+  if (v && sl_config_split_hostport(v, host, sizeof(host), &port) != 0)
+    bad(c, p,
+        "expected \"host:port\" with a host name or IP address ([::1] for "
+        "IPv6) and a port 1-65535, got \"%s\"",
+        v);
+}
+
 static void check_socket_path(struct check *c, const char *path,
                               const char *key, char **v) {
   char p[256], why[256];
@@ -435,6 +656,7 @@ const char *sl_config_key_type_name(enum sl_config_key_type t) {
   case SL_KEY_BYTES: return "size";
   case SL_KEY_ENUM: return "choice";
   case SL_KEY_ADDRESS: return "host:port";
+  case SL_KEY_PEER: return "host:port";
   case SL_KEY_PATH: return "path";
   case SL_KEY_FILE: return "file path";
   case SL_KEY_SOCKET: return "socket path";
@@ -621,6 +843,9 @@ static void read_key(struct check *c, int t, const char *path,
   }
   case SL_KEY_ADDRESS:
     check_address(c, path, k->name, s);
+    break;
+  case SL_KEY_PEER:
+    check_peer(c, path, k->name, s);
     break;
   case SL_KEY_PATH: {
     char *abs = resolve(c, s);
@@ -1498,7 +1723,11 @@ struct sl_config *sl_config_load(const char *path,
   }
   c.L = L;
   c.dir = cfg->dir;
-  check_top(&c, cfg, lua_gettop(L));
+  lua_newtable(L); /* the tables expand_table visited */
+  expand_table(&c, lua_gettop(L) - 1, lua_gettop(L), "", 0);
+  lua_pop(L, 1);
+  if (c.nerr == 0)
+    check_top(&c, cfg, lua_gettop(L));
   if (c.nerr > 0)
     goto fail;
   free(copy);

@@ -157,8 +157,27 @@ void sl_config_free(struct sl_config *c);
 int sl_config_output_index(const struct sl_config *c, const char *name,
                            size_t len);
 
-/* Split "host:port" ("[::1]:80" for IPv6). Returns 0 or SL_EINVAL. */
+/* Split "host:port" ("[::1]:80" for IPv6) where host is an IP address or
+ * localhost (given as 127.0.0.1). Returns 0 or SL_EINVAL. */
 int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
                              int *port);
+
+/* Split "host:port" where host may also be a host name (checked for
+ * syntax only, not resolved): what clients accept. Returns 0 or SL_EINVAL. */
+int sl_config_split_hostport(const char *s, char *host, size_t hostlen,
+                             int *port);
+
+/* The longest string value the environment may make (bytes). */
+#define SL_CONFIG_MAX_EXPANDED (64u * 1024)
+
+/* Put the environment into s[0..len) (what sl_config_load does to every
+ * string value of the config): ${NAME} is the variable's value (unset: an
+ * error naming it), ${NAME:-default} the value or, when unset or empty, the
+ * default (itself expanded; its braces must pair up, $} is a lone '}'),
+ * $$ is a '$'; any other '$' stays. out is reset and gets the result.
+ * Returns 0, SL_EINVAL (why: what is wrong and where), SL_E2BIG (longer
+ * than SL_CONFIG_MAX_EXPANDED) or SL_ENOMEM. */
+int sl_config_expand(const char *s, size_t len, struct sl_buf *out, char *why,
+                     size_t whylen);
 
 #endif

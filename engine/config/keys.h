@@ -14,7 +14,8 @@ enum sl_config_key_type {
   SL_KEY_UINT,     /* a whole number from min to max */
   SL_KEY_BYTES,    /* the same, or a size string ("64MiB") */
   SL_KEY_ENUM,     /* one of choices; the field gets values[i] (an int) */
-  SL_KEY_ADDRESS,  /* "host:port" */
+  SL_KEY_ADDRESS,  /* "host:port" to listen on: an IP address or localhost */
+  SL_KEY_PEER,     /* "host:port" to connect to: the host may be a name */
   SL_KEY_PATH,     /* a path, resolved against the config's folder */
   SL_KEY_FILE,     /* a path to a file the engine must be able to write */
   SL_KEY_SOCKET,   /* a unix socket path to listen on (resolved, checked) */

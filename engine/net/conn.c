@@ -36,6 +36,19 @@ static void deliver(struct sl_conn *c);
 static void start_reading(struct sl_conn *c);
 static void on_idle_timeout(uv_timer_t *t);
 static void in_free(struct sl_buf *b);
+static void dial_free(struct sl_dial *d);
+static int redial(struct sl_conn *c, int status);
+
+/* A client conn's way to a host name: the lookup, then each address in
+ * turn, each on a fresh handle (a socket whose connect failed cannot be
+ * used again). Freed with the conn. */
+struct sl_dial {
+  uv_getaddrinfo_t req;
+  struct sl_endpoint ep;   /* the caller's, with ss the address tried */
+  struct addrinfo *list;   /* what the lookup gave */
+  struct addrinfo *next;   /* the address to try after this one */
+  int resolving;           /* the lookup is in flight (counts as a handle) */
+};
 
 /* ---- state and closing ------------------------------------------------ */
 
@@ -63,15 +76,21 @@ int sl_endpoint_init(struct sl_endpoint *ep, enum sl_endpoint_kind kind,
   return rc;
 }
 
-static void on_handle_closed(uv_handle_t *h) {
-  struct sl_conn *c = h->data;
-  /* three handles (stream, idle and partial timers): free after the last */
+/* One of c's handles (or its name lookup) is done: free after the last. */
+static void release(struct sl_conn *c) {
+  /* three handles (stream, idle and partial timers), plus a name lookup in
+   * flight: free after the last */
   if (--c->handles > 0)
     return;
   if (c->ops && c->ops->cb_close)
     c->ops->cb_close(c);
   in_free(&c->in);
+  dial_free(c->dial);
   free(c);
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  release(h->data);
 }
 
 static void close_handles(struct sl_conn *c) {
@@ -79,7 +98,10 @@ static void close_handles(struct sl_conn *c) {
   c->flags &= ~(SL_CONN_F_READING | SL_CONN_F_PARTIAL);
   uv_close((uv_handle_t *)&c->idle, on_handle_closed);
   uv_close((uv_handle_t *)&c->partial, on_handle_closed);
-  c->tp->close(c, on_handle_closed);
+  if (c->dial && c->dial->resolving)
+    uv_cancel((uv_req_t *)&c->dial->req); /* on_resolved still runs */
+  if (!(c->flags & SL_CONN_F_REDIAL)) /* else on_redial_closed releases */
+    c->tp->close(c, on_handle_closed);
 }
 
 /* Around every call into the protocol for c: a close it asks for is done
@@ -783,6 +805,133 @@ const struct sl_listener_stats *sl_listener_stats(const struct sl_listener *l) {
   return &l->stats;
 }
 
+/* ---- dialing a host name ----------------------------------------------- */
+
+int sl_conn_resolve_error(int status) {
+  return status <= UV_EAI_ADDRFAMILY && status >= UV_EAI_PROTOCOL;
+}
+
+static void dial_free(struct sl_dial *d) {
+  if (d == NULL)
+    return;
+  if (d->list)
+    uv_freeaddrinfo(d->list);
+  free(d);
+}
+
+static void on_connect(uv_connect_t *req, int status);
+
+/* The connect failed with status or an address is tried first: start on
+ * the next address. Returns 0 when an attempt is under way, or status
+ * when no address is left. */
+static int try_next(struct sl_conn *c, int status) {
+  struct sl_dial *d = c->dial;
+  while (d && d->next) {
+    struct addrinfo *ai = d->next;
+    d->next = ai->ai_next;
+    if (ai->ai_addrlen > sizeof(d->ep.ss))
+      continue;
+    memset(&d->ep.ss, 0, sizeof(d->ep.ss));
+    memcpy(&d->ep.ss, ai->ai_addr, ai->ai_addrlen);
+    status = c->tp->connect(c, &d->ep, on_connect);
+    if (status == 0)
+      return 0;
+    return redial(c, status); /* the handle may hold a socket: renew it */
+  }
+  return status;
+}
+
+static void on_redial_closed(uv_handle_t *h) {
+  struct sl_conn *c = h->data;
+  int rc;
+  if (c->state != SL_CONN_CONNECTING) { /* closed meanwhile */
+    release(c);
+    return;
+  }
+  rc = c->tp->init(h->loop, c);
+  if (rc == 0) {
+    c->flags &= ~SL_CONN_F_REDIAL;
+    c->h.handle.data = c;
+    rc = try_next(c, UV_ECONNREFUSED);
+    if (rc == 0)
+      return;
+  } else {
+    c->handles--;        /* no stream handle left: close_handles skips it */
+    c->dial->next = NULL; /* and no redial */
+  }
+  on_connect(&c->connect_req, rc);
+}
+
+/* The attempt failed with status: when another address is left, close the
+ * handle and try it on a fresh one (on_redial_closed). Returns 0 then, or
+ * status. */
+static int redial(struct sl_conn *c, int status) {
+  if (c->dial == NULL || c->dial->next == NULL ||
+      c->state != SL_CONN_CONNECTING)
+    return status;
+  c->flags |= SL_CONN_F_REDIAL;
+  c->tp->close(c, on_redial_closed);
+  return 0;
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status,
+                        struct addrinfo *res) {
+  struct sl_conn *c = req->data;
+  struct sl_dial *d = c->dial;
+  struct addrinfo *ai;
+  char first[INET6_ADDRSTRLEN + 1] = "";
+  unsigned n = 0;
+
+  d->resolving = 0;
+  if (c->state != SL_CONN_CONNECTING) { /* closed meanwhile */
+    if (res)
+      uv_freeaddrinfo(res);
+    release(c);
+    return;
+  }
+  c->handles--; /* the stream and timers are still open */
+  d->list = d->next = res;
+  for (ai = res; ai; ai = ai->ai_next)
+    n++;
+  if (res)
+    uv_ip_name(res->ai_addr, first, sizeof(first));
+  sl_log(SL_LOG_DEBUG, "host name looked up", SL_S("address", d->ep.address),
+         SL_I("status", status), SL_S("error", status ? uv_strerror(status) : ""),
+         SL_U("addresses", n), SL_S("first", first), SL_END);
+  if (status == 0 && res == NULL)
+    status = UV_EAI_NONAME;
+  if (status == 0)
+    status = try_next(c, UV_EAI_NONAME);
+  if (status != 0)
+    on_connect(&c->connect_req, status);
+}
+
+/* Start looking up ep's host for c (on_resolved goes on). Returns 0 or
+ * UV_E*. */
+static int resolve(uv_loop_t *loop, struct sl_conn *c,
+                   const struct sl_endpoint *ep) {
+  struct addrinfo hints;
+  int rc;
+
+  c->dial = calloc(1, sizeof(*c->dial));
+  if (c->dial == NULL)
+    return UV_ENOMEM;
+  c->dial->ep = *ep;
+  c->dial->req.data = c;
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_family = AF_UNSPEC; /* not AI_ADDRCONFIG: it hides ::1 when only
+                                  loopback has IPv6 */
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_protocol = IPPROTO_TCP;
+  rc = uv_getaddrinfo(loop, &c->dial->req, on_resolved, ep->host, ep->port,
+                      &hints);
+  if (rc != 0)
+    return rc;
+  c->dial->resolving = 1;
+  c->handles++;
+  return 0;
+}
+
 static void on_connect(uv_connect_t *req, int status) {
   struct sl_conn *c = req->data;
   switch (c->state) {
@@ -794,6 +943,8 @@ static void on_connect(uv_connect_t *req, int status) {
   case SL_CONN_CLOSED: /* closed first: the request was cancelled */
     return;
   }
+  if (status != 0 && redial(c, status) == 0)
+    return; /* the next address is being tried */
   enter(c);
   if (status != 0) {
     if (c->ops->cb_connect)
@@ -822,7 +973,8 @@ struct sl_conn *sl_conn_connect(uv_loop_t *loop, const struct sl_endpoint *ep,
   c->proto = proto;
   c->connect_req.data = c;
   snprintf(c->peer, sizeof(c->peer), "%s", ep->address);
-  if (c->tp->connect(c, ep, on_connect) != 0) {
+  if ((ep->resolve ? resolve(loop, c, ep) : c->tp->connect(c, ep, on_connect))
+      != 0) {
     c->ops = NULL; /* the caller learns of it from the NULL return */
     sl_conn_close(c);
     return NULL;

@@ -32,11 +32,19 @@ struct sl_endpoint {
   char address[256];           /* "host:port" or a socket path */
   /* private: filled by sl_endpoint_init */
   const struct sl_transport_ops *tp;
-  struct sockaddr_storage ss;  /* tcp: the parsed address */
+  struct sockaddr_storage ss;  /* tcp: the parsed address; unset (family 0)
+                                  for a host name other than localhost */
+  int resolve;                 /* tcp: the host is a name, resolved again on
+                                  every connect (localhost too: it may be
+                                  ::1 and 127.0.0.1) */
+  char host[256], port[8];     /* tcp: address split */
 };
 
-/* Parse address for kind into ep. Returns 0, or UV_EINVAL (not "host:port"
- * with a numeric host) / UV_ENAMETOOLONG with err (may be NULL) filled. */
+/* Parse address for kind into ep. A tcp host may be an IP address or a
+ * host name: a client resolves a name on each connect (sl_conn_connect); a
+ * listener takes an IP address or localhost (127.0.0.1) only, and fails to
+ * start on another name. Returns 0, or UV_EINVAL (not "host:port") /
+ * UV_ENAMETOOLONG with err (may be NULL) filled. */
 int sl_endpoint_init(struct sl_endpoint *ep, enum sl_endpoint_kind kind,
                      const char *address, char *err, size_t errlen);
 
@@ -154,11 +162,17 @@ struct sl_conn *sl_listener_next(const struct sl_listener *l,
 uint32_t sl_listener_open(const struct sl_listener *l);
 const struct sl_listener_stats *sl_listener_stats(const struct sl_listener *l);
 
-/* Connect a client conn to ep. ops->cb_connect reports the result; on
- * failure the conn is closed after it. Returns the new conn, or NULL when
- * the connect could not start. */
+/* Connect a client conn to ep. A host name is resolved first (libuv's
+ * threadpool: the loop never waits), then each address it gave is tried
+ * in turn. ops->cb_connect reports the result: the last address's error,
+ * or the resolver's (sl_conn_resolve_error tells); on failure the conn is
+ * closed after it. Returns the new conn, or NULL when the connect could
+ * not start. */
 struct sl_conn *sl_conn_connect(uv_loop_t *loop, const struct sl_endpoint *ep,
                                 const struct sl_conn_ops *ops, void *proto);
+
+/* status (from cb_connect) says the host name did not resolve. */
+int sl_conn_resolve_error(int status);
 
 /* The protocol of an accepted conn (from on_accept), or a new proto. */
 void sl_conn_set_ops(struct sl_conn *c, const struct sl_conn_ops *ops,

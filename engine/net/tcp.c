@@ -2,24 +2,33 @@
  * connect, TCP_NODELAY and peer names; the stream itself is stream.c's.
  * See transport.h. */
 #include <stdio.h>
+#include <string.h>
 
 #include "config.h"
 #include "transport.h"
 
 static int tcp_parse(struct sl_endpoint *ep) {
-  char host[128];
   int port;
-  if (sl_config_parse_hostport(ep->address, host, sizeof(host), &port) != 0)
+  if (sl_config_split_hostport(ep->address, ep->host, sizeof(ep->host),
+                               &port) != 0)
     return UV_EINVAL;
-  if (uv_ip4_addr(host, port, (struct sockaddr_in *)&ep->ss) == 0)
+  snprintf(ep->port, sizeof(ep->port), "%d", port);
+  if (uv_ip4_addr(ep->host, port, (struct sockaddr_in *)&ep->ss) == 0 ||
+      uv_ip6_addr(ep->host, port, (struct sockaddr_in6 *)&ep->ss) == 0)
     return 0;
-  return uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ep->ss);
+  memset(&ep->ss, 0, sizeof(ep->ss)); /* the failed parses wrote to it */
+  ep->resolve = 1; /* a name: sl_conn_connect resolves it */
+  if (strcmp(ep->host, "localhost") == 0) /* what listeners bind */
+    uv_ip4_addr("127.0.0.1", port, (struct sockaddr_in *)&ep->ss);
+  return 0;
 }
 
 static int tcp_listen(struct sl_listener *l, uv_loop_t *loop,
                       uv_connection_cb cb) {
   int rc;
   uv_tcp_init(loop, &l->h.tcp);
+  if (l->ep.ss.ss_family == AF_UNSPEC)
+    return UV_EADDRNOTAVAIL; /* a host name: listeners take addresses */
   rc = uv_tcp_bind(&l->h.tcp, (const struct sockaddr *)&l->ep.ss, 0);
   if (rc == 0)
     rc = uv_listen(&l->h.stream, 511, cb);

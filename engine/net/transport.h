@@ -57,6 +57,8 @@ void sl_stream_close(struct sl_conn *c, uv_close_cb cb);
 #define SL_CONN_F_IN_DATA 0x04  /* inside cb_data: resume must not recurse */
 #define SL_CONN_F_PARTIAL 0x08  /* the partial timer runs */
 #define SL_CONN_F_REFUSED 0x10  /* over a listener limit: lingering to close */
+#define SL_CONN_F_REDIAL 0x20   /* the handle is closing to try the next
+                                   address: close_handles leaves it be */
 
 struct sl_conn {
   union {                /* the transport's handle */
@@ -69,6 +71,7 @@ struct sl_conn {
   uv_timer_t idle;
   uv_timer_t partial;    /* the deadline of unconsumed bytes */
   uv_connect_t connect_req;
+  struct sl_dial *dial;  /* client to a host name: resolution, addresses */
   const struct sl_conn_ops *ops;
   void *proto;                  /* the protocol's state */
   struct sl_listener *listener; /* NULL for client conns and refused ones */

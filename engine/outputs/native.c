@@ -29,6 +29,7 @@ struct native_out {
   int closing;
   int was_down;           /* log the recovery once */
   int down_logged;        /* the outage is logged (once, also at start) */
+  int down_resolve;       /* what was logged: the name did not resolve */
   int ack;                /* ack mode */
   uint64_t acked;         /* the peer's running count on this connection */
 };
@@ -53,16 +54,29 @@ static void watch(struct native_out *n, int progress) {
 /* error: what failed, or NULL for status's text. */
 static void lost(struct native_out *n, int status, const char *error) {
   struct sl_output *o = n->o;
-  char why[128];
-  snprintf(why, sizeof(why), "%s",
-           error ? error : status ? uv_strerror(status) : "closed by peer");
-  if (n->connected || !n->down_logged)
-    sl_log(SL_LOG_WARN, "output peer unreachable; reconnecting with backoff",
+  char why[320];
+  int resolve = !n->connected && sl_conn_resolve_error(status);
+  if (resolve) {
+    o->stats.resolve_failures++;
+    snprintf(why, sizeof(why), "cannot resolve %s: %s", o->cfg->address,
+             uv_strerror(status));
+  } else {
+    snprintf(why, sizeof(why), "%s",
+             error ? error : status ? uv_strerror(status) : "closed by peer");
+  }
+  /* once per outage, and again when its cause turns from the name to the
+   * peer or back: at most once per backoff, never a line per attempt */
+  if (n->connected || !n->down_logged || resolve != n->down_resolve)
+    sl_log(SL_LOG_WARN,
+           resolve ? "output peer's host name does not resolve; retrying "
+                     "with backoff"
+                   : "output peer unreachable; reconnecting with backoff",
            SL_S("output", o->cfg->name),
            SL_S("peer", n->conn ? sl_conn_peer(n->conn) : ""),
            SL_S("error", why), SL_END);
   n->was_down = 1;
   n->down_logged = 1;
+  n->down_resolve = resolve;
   n->connected = 0;
   n->conn = NULL;
   n->nevents = 0;
@@ -154,6 +168,7 @@ static void cb_connect(struct sl_conn *c, int status) {
            SL_END);
   n->was_down = 0;
   n->down_logged = 0;
+  n->down_resolve = 0;
   if (n->ack) {
     struct sl_buf hello;
     sl_buf_init(&hello);
@@ -320,8 +335,9 @@ static const struct sl_output_ops ops = {
    .min = 0, .max = 3600000}
 
 static const struct sl_config_key tcp_keys[] = {
-    {.name = "address", .type = SL_KEY_ADDRESS,
-     .doc = "the peer, \"host:port\"",
+    {.name = "address", .type = SL_KEY_PEER,
+     .doc = "the peer, \"host:port\"; a host name is resolved again on "
+            "each connect and each of its addresses is tried",
      .flags = SL_KEY_REQUIRED | SL_KEY_TOLERATED,
      SL_KEY_FIELD(struct sl_output_config, address)},
     NATIVE_KEYS,

@@ -86,6 +86,7 @@ struct sl_output_stats {
   uint64_t rate_limited;  /* events that had to wait for a rate_limit token
                              (each counted once while it waits) */
   uint64_t breaker_opens; /* times the circuit breaker opened */
+  uint64_t resolve_failures; /* connects whose host name did not resolve */
   int breaker_state;      /* enum sl_breaker_state: 0 closed, 1 open,
                              2 half-open */
   struct sl_histogram latency; /* ingest to confirmed delivery */

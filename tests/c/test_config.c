@@ -265,3 +265,121 @@ TEST(config_plugin_table_alone_checks_defaults_and_stores_a_new_plugins_keys) {
   CHECK(has(&err, "c.lua: outputs[2].type: unknown output type \"file\" (expected nats)"));
   sl_buf_close(&err);
 }
+
+/* ---- environment ---------------------------------------------------------- */
+
+/* The expansion of s, or "ERR:" and the reason. */
+static const char *expand(const char *s) {
+  static char res[512];
+  struct sl_buf out;
+  char why[256];
+  int rc;
+  sl_buf_init(&out);
+  rc = sl_config_expand(s, strlen(s), &out, why, sizeof(why));
+  if (rc != 0)
+    snprintf(res, sizeof(res), "ERR:%s", why);
+  else
+    snprintf(res, sizeof(res), "%.*s", (int)out.len, (const char *)out.data);
+  sl_buf_close(&out);
+  return res;
+}
+
+TEST(config_expand_puts_in_variables_defaults_and_dollars) {
+  setenv("SL_T_HOST", "central.svc", 1);
+  setenv("SL_T_EMPTY", "", 1);
+  unsetenv("SL_T_UNSET");
+  CHECK_STR(expand("${SL_T_HOST}:7400"), "central.svc:7400");
+  CHECK_STR(expand("a${SL_T_HOST}b${SL_T_HOST}"), "acentral.svcbcentral.svc");
+  CHECK_STR(expand("${SL_T_UNSET:-localhost}:1"), "localhost:1");
+  CHECK_STR(expand("${SL_T_EMPTY:-fallback}"), "fallback"); /* as the shell */
+  CHECK_STR(expand("${SL_T_EMPTY}x"), "x");
+  CHECK_STR(expand("${SL_T_HOST:-unused}"), "central.svc");
+  CHECK_STR(expand("${SL_T_UNSET:-}"), "");
+  /* defaults are expanded; one not taken may name unset variables */
+  CHECK_STR(expand("${SL_T_UNSET:-${SL_T_HOST}}"), "central.svc");
+  CHECK_STR(expand("${SL_T_HOST:-${SL_T_UNSET}}"), "central.svc");
+  /* braces in a default pair up; $} is a lone one */
+  CHECK_STR(expand("${SL_T_UNSET:-{\"a\":{\"b\":1}}}"), "{\"a\":{\"b\":1}}");
+  CHECK_STR(expand("${SL_T_UNSET:-x$}y}z"), "x}yz");
+  CHECK_STR(expand("$${SL_T_HOST} costs $$5"), "${SL_T_HOST} costs $5");
+  CHECK_STR(expand("^orders$ and $x"), "^orders$ and $x"); /* lone $ stays */
+  CHECK_STR(expand("end$"), "end$");
+  /* a value is put in as it is, never expanded again */
+  setenv("SL_T_DOLLAR", "${SL_T_HOST}$$", 1);
+  CHECK_STR(expand("${SL_T_DOLLAR}"), "${SL_T_HOST}$$");
+}
+
+TEST(config_expand_refuses_bad_references_naming_them) {
+  unsetenv("SL_T_UNSET");
+  CHECK_STR(expand("${SL_T_UNSET}"),
+            "ERR:environment variable SL_T_UNSET is not set "
+            "(${SL_T_UNSET:-default} gives a default)");
+  CHECK(strncmp(expand("x${SL_T_HOST"), "ERR:unterminated \"${\" at byte 2",
+                31) == 0);
+  CHECK(strncmp(expand("${"), "ERR:unterminated", 16) == 0);
+  CHECK(strncmp(expand("${SL_T_UNSET:-abc"), "ERR:unterminated \"${\": the default",
+                34) == 0);
+  CHECK(strncmp(expand("${SL_T_UNSET:-{x}"), "ERR:unterminated", 16) == 0);
+  CHECK(strncmp(expand("${}"), "ERR:bad variable reference at byte 1", 36) == 0);
+  CHECK(strncmp(expand("${:-x}"), "ERR:bad variable reference", 26) == 0);
+  CHECK(strncmp(expand("${1X}"), "ERR:bad variable reference", 26) == 0);
+  CHECK(strncmp(expand("${A B}"), "ERR:bad variable reference", 26) == 0);
+  CHECK(strncmp(expand("${A:x}"), "ERR:bad variable reference", 26) == 0);
+  CHECK(strncmp(expand("${A:-${B:-${C:-${D:-${E:-${F:-${G:-${H:-${I:-x}}}}}}}}}"),
+                "ERR:defaults nested deeper than 8", 33) == 0);
+}
+
+TEST(config_expand_bounds_the_result) {
+  size_t big = SL_CONFIG_MAX_EXPANDED / 2 + 1;
+  char *v = malloc(big + 1);
+  struct sl_buf out;
+  char why[256];
+  memset(v, 'v', big);
+  v[big] = '\0';
+  setenv("SL_T_BIG", v, 1);
+  sl_buf_init(&out);
+  CHECK_EQ(sl_config_expand("${SL_T_BIG}", 11, &out, why, sizeof(why)), 0);
+  CHECK_EQ(out.len, big);
+  CHECK_EQ(sl_config_expand("${SL_T_BIG}${SL_T_BIG}", 22, &out, why,
+                            sizeof(why)), SL_E2BIG);
+  CHECK(strstr(why, "longer than 65536 bytes") != NULL);
+  /* a default not taken costs nothing */
+  CHECK_EQ(sl_config_expand("${SL_T_BIG:-${SL_T_BIG}${SL_T_BIG}}", 35, &out,
+                            why, sizeof(why)), 0);
+  CHECK_EQ(out.len, big);
+  sl_buf_close(&out);
+  unsetenv("SL_T_BIG");
+  free(v);
+}
+
+TEST(config_env_reaches_nested_strings_and_errors_name_the_key_path) {
+  struct sl_buf err;
+  struct sl_config *c;
+  sl_buf_init(&err);
+  setenv("SL_T_PORT", "7401", 1);
+  setenv("SL_T_TOPIC", "orders", 1);
+  unsetenv("SL_T_UNSET");
+  c = load("return { inputs = {{name='app', type='tcp', "
+           "listen='127.0.0.1:${SL_T_PORT}'}},\n"
+           " outputs = {{name='a', type='null', queue={max_bytes='${SL_T_UNSET:-2MiB}'}}},\n"
+           " routes = {{topics={'x', '${SL_T_TOPIC}.*'}, to='a'}} }\n",
+           &err);
+  CHECK(c != NULL);
+  if (c) {
+    CHECK_STR(c->inputs[0].listen, "127.0.0.1:7401");
+    CHECK_EQ(c->outputs[0].queue.max_bytes, 2 << 20);
+  }
+  sl_config_free(c);
+  CHECK(load("local shared = { max_bytes = '${SL_T_UNSET}' }\n"
+             "return { inputs = {{name='app', type='tcp', "
+             "listen='${SL_T_UNSET}:1'}},\n"
+             " outputs = {{name='a', type='null', queue=shared}},\n"
+             " routes = {{topics={'x', 'y${SL_T_UNSET}'}, to='a'}} }\n",
+             &err) == NULL);
+  CHECK(has(&err, "c.lua: inputs[1].listen: environment variable SL_T_UNSET "
+                  "is not set"));
+  CHECK(has(&err, "c.lua: outputs[1].queue.max_bytes: environment variable "
+                  "SL_T_UNSET is not set"));
+  CHECK(has(&err, "c.lua: routes[1].topics[2]: environment variable"));
+  sl_buf_close(&err);
+}

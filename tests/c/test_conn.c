@@ -149,6 +149,7 @@ static char sock_path[64];
 /* listener limits for the next setup(); reset by it */
 static uint32_t opt_idle_ms, opt_max_conns;
 static const char *opt_refusal;
+static const char *opt_client_host; /* the client dials host:port instead */
 
 /* Listen on kind and connect a client to it. Returns 0 or the failing rc. */
 static int setup(enum sl_endpoint_kind kind) {
@@ -186,7 +187,17 @@ static int setup(enum sl_endpoint_kind kind) {
   uv_unref((uv_handle_t *)&fx.guard); /* the loop ends without it */
   uv_timer_init(&fx.loop, &fx.timer);
   uv_unref((uv_handle_t *)&fx.timer);
-  fx.cl = sl_conn_connect(&fx.loop, &fx.ep, &cl_ops, &fx);
+  if (opt_client_host) {
+    struct sl_endpoint ep;
+    snprintf(addr, sizeof(addr), "%s:%s", opt_client_host,
+             strrchr(fx.ep.address, ':') + 1);
+    opt_client_host = NULL;
+    if ((rc = sl_endpoint_init(&ep, kind, addr, err, sizeof(err))) != 0)
+      return rc;
+    fx.cl = sl_conn_connect(&fx.loop, &ep, &cl_ops, &fx);
+  } else {
+    fx.cl = sl_conn_connect(&fx.loop, &fx.ep, &cl_ops, &fx);
+  }
   return fx.cl ? 0 : -1;
 }
 
@@ -503,6 +514,86 @@ TEST(conn_connect_failure_reports_once_then_closes_unix) {
   connect_refused(SL_ENDPOINT_UNIX, failed__);
 }
 
+/* ---- host names ----------------------------------------------------------- */
+
+static void send_hello(void) {
+  send_str(fx.cl, "hello");
+}
+
+static void close_server_on_data(struct sl_conn *c, const uint8_t *d, size_t n,
+                                 size_t *used) {
+  sl_conn_close(c);
+  if (fx.cl)
+    sl_conn_close(fx.cl);
+}
+
+/* localhost is looked up (not taken as 127.0.0.1) and reached. */
+TEST(conn_connect_resolves_a_host_name_and_reaches_the_listener) {
+  opt_client_host = "localhost";
+  CHECK_EQ(setup(SL_ENDPOINT_TCP), 0);
+  CHECK_EQ(sl_conn_state(fx.cl), SL_CONN_CONNECTING);
+  CHECK(strncmp(sl_conn_peer(fx.cl), "localhost:", 10) == 0);
+  fx.on_connect = send_hello;
+  fx.on_data = close_server_on_data;
+  run();
+  CHECK_EQ(fx.timed_out, 0);
+  CHECK_EQ(fx.connect_cb_called, 1);
+  CHECK_EQ(fx.connect_status, 0);
+  CHECK_EQ(fx.accept_cb_called, 1);
+  CHECK(fx.ngot >= 5 && memcmp(fx.got, "hello", 5) == 0);
+  CHECK_EQ(fx.cl_close_cb_called, 1);
+}
+
+/* A name that does not resolve is one cb_connect with a resolver error. */
+TEST(conn_connect_to_a_name_that_does_not_resolve_reports_a_resolve_error) {
+  struct sl_endpoint ep;
+  memset(&fx, 0, sizeof(fx));
+  uv_loop_init(&fx.loop);
+  CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "no-such-host.invalid:1",
+                            NULL, 0), 0);
+  fx.cl = sl_conn_connect(&fx.loop, &ep, &cl_ops, &fx);
+  CHECK(fx.cl != NULL);
+  uv_run(&fx.loop, UV_RUN_DEFAULT);
+  CHECK_EQ(uv_loop_close(&fx.loop), 0);
+  CHECK_EQ(fx.connect_cb_called, 1);
+  CHECK(sl_conn_resolve_error(fx.connect_status));
+  CHECK(!sl_conn_resolve_error(UV_ECONNREFUSED));
+  CHECK_EQ(fx.cl_close_cb_called, 1);
+}
+
+/* Closed while its lookup runs: no cb_connect, freed once the lookup is
+ * back (the loop ends with nothing left open). */
+TEST(conn_close_during_the_lookup_frees_the_conn_after_it) {
+  struct sl_endpoint ep;
+  memset(&fx, 0, sizeof(fx));
+  uv_loop_init(&fx.loop);
+  CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "localhost:9", NULL, 0), 0);
+  fx.cl = sl_conn_connect(&fx.loop, &ep, &cl_ops, &fx);
+  CHECK(fx.cl != NULL);
+  sl_conn_close(fx.cl);
+  uv_run(&fx.loop, UV_RUN_DEFAULT);
+  CHECK_EQ(uv_loop_close(&fx.loop), 0);
+  CHECK_EQ(fx.connect_cb_called, 0);
+  CHECK_EQ(fx.cl_close_cb_called, 1);
+}
+
+/* Listeners take addresses and localhost (127.0.0.1), not other names. */
+TEST(listener_refuses_a_host_name_other_than_localhost) {
+  struct sl_endpoint ep;
+  char err[256];
+  uv_loop_t loop;
+  struct sl_listener l;
+  uv_loop_init(&loop);
+  memset(&l, 0, sizeof(l));
+  CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "peer.example:9", NULL, 0),
+           0);
+  CHECK(sl_listener_start(&l, &loop, &ep, on_accept, NULL, err,
+                          sizeof(err)) != 0);
+  CHECK(strstr(err, "peer.example:9") != NULL);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  CHECK_EQ(uv_loop_close(&loop), 0);
+}
+
 /* ---- endpoints ----------------------------------------------------------- */
 
 TEST(endpoint_parses_once_and_refuses_bad_addresses) {
@@ -514,6 +605,12 @@ TEST(endpoint_parses_once_and_refuses_bad_addresses) {
   CHECK_STR(ep.address, "127.0.0.1:9");
   CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "[::1]:9", err, sizeof(err)),
            0);
+  CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "central.logging.svc:7400",
+                            err, sizeof(err)), 0); /* a name: for clients */
+  CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "bad_host!:9", err,
+                            sizeof(err)), UV_EINVAL);
+  CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "[name]:9", err,
+                            sizeof(err)), UV_EINVAL);
   CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "no-port", err, sizeof(err)),
            UV_EINVAL);
   CHECK(strstr(err, "no-port") != NULL);

@@ -192,14 +192,15 @@ def test_check_rejects_unparsable_addresses(tmp_path):
     cfg = simple_config(7400)
     cfg["inputs"][0]["listen"] = "nohost"
     cfg["inputs"].append({"name": "b", "type": "tcp", "listen": "127.0.0.1:70000"})
-    cfg["outputs"].append({"name": "fwd", "type": "tcp", "address": "example.com:80"})
+    cfg["outputs"].append({"name": "fwd", "type": "tcp", "address": "example.com"})
     expect = ('expected "host:port" with an IP address (or localhost) and a port '
               '1-65535, got "%s"')
     check_rejects(
         tmp_path, cfg,
         "inputs[1].listen: " + expect % "nohost",
         "inputs[2].listen: " + expect % "127.0.0.1:70000",
-        "outputs[2].address: " + expect % "example.com:80")
+        'outputs[2].address: expected "host:port" with a host name or IP address '
+        '([::1] for IPv6) and a port 1-65535, got "example.com"')
 
 
 def test_check_rejects_unwritable_paths(tmp_path):
