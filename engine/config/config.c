@@ -1254,7 +1254,7 @@ static void check_rules(struct check *c, struct sl_config *cfg, int t) {
 static void check_admin(struct check *c, struct sl_config *cfg, int t) {
   static const char *const keys[] = {"listen", "bearer_token_file",
                                      "redact_headers", "max_connections",
-                                     NULL};
+                                     "ready_requires_outputs", NULL};
   struct sl_admin_config *a = &cfg->admin;
   lua_State *L = c->L;
 
@@ -1275,6 +1275,8 @@ static void check_admin(struct check *c, struct sl_config *cfg, int t) {
                 &a->nredact, 0);
     opt_u32(c, at, "admin", "max_connections", 1, 100000, &a->max_connections,
             0);
+    opt_bool(c, at, "admin", "ready_requires_outputs",
+             &a->ready_requires_outputs);
   } else if (!lua_isnil(L, -1)) {
     bad(c, "admin", "expected table, got %s", type_of(L, -1));
   }

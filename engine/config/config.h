@@ -121,6 +121,7 @@ struct sl_admin_config {
   char **redact_headers;   /* tap: masked header names */
   int nredact;
   uint32_t max_connections; /* open at once; default 64 */
+  int ready_requires_outputs; /* /readyz fails when every output does; 0 */
 };
 
 struct sl_config {
