@@ -28,6 +28,7 @@ struct check {
   struct sl_buf *err;
   const char *file;
   const char *dir;
+  const char *state_dir; /* for the default paths of engine-written files */
   const struct sl_config_plugin *const *plugins; /* the registry's list */
   int nerr;
 };
@@ -64,6 +65,20 @@ static char *resolve(struct check *c, const char *p) {
   out = malloc(n);
   if (out)
     snprintf(out, n, "%s/%s", c->dir, p);
+  return out;
+}
+
+/* rel inside the state folder (defaults of files the engine writes on
+ * its own); caller frees. */
+static char *in_state(struct check *c, const char *rel) {
+  char *out;
+  size_t n;
+  if (c->state_dir == NULL)
+    return NULL;
+  n = strlen(c->state_dir) + strlen(rel) + 2;
+  out = malloc(n);
+  if (out)
+    snprintf(out, n, "%s/%s", c->state_dir, rel);
   return out;
 }
 
@@ -893,8 +908,8 @@ static void check_buffer(struct check *c, int t, const char *path,
     b->fsync = 0; /* spill is overflow, not durability */
   if (b->path == NULL && o->name) {
     char rel[300];
-    snprintf(rel, sizeof(rel), "var/buffer/%s", o->name);
-    b->path = resolve(c, rel);
+    snprintf(rel, sizeof(rel), "buffer/%s", o->name);
+    b->path = in_state(c, rel);
   } else if (b->path) {
     char *abs = resolve(c, b->path);
     free(b->path);
@@ -1314,7 +1329,7 @@ static void check_dead_letter(struct check *c, struct sl_config *cfg, int t) {
     if (cfg->dead_letter < 0)
       bad(c, "dead_letter", "no output named \"%s\"", name);
   } else if (lua_isnil(L, -1)) {
-    /* the implicit dead-letter output: a file under var/ */
+    /* the implicit dead-letter output: a file in the state folder */
     struct sl_output_config *o;
     if (cfg->outputs == NULL)
       cfg->outputs = calloc(2, sizeof(*cfg->outputs));
@@ -1331,7 +1346,7 @@ static void check_dead_letter(struct check *c, struct sl_config *cfg, int t) {
     o->name = strdup("dead_letter");
     o->type = strdup("file");
     o->format = strdup("ndjson");
-    o->path = resolve(c, "var/dead-letter.ndjson");
+    o->path = in_state(c, "dead-letter.ndjson");
     o->batch_events = 1024;
     o->queue.max_events = 100000;
     o->queue.max_bytes = 64u << 20;
@@ -1351,15 +1366,36 @@ done:
   lua_pop(L, 1);
 }
 
+/* state_dir: resolved against the config's folder (default var/); it
+ * need not exist yet, but it or the nearest folder above must be
+ * writable. The config's own folder may be read-only. */
+static void check_state_dir(struct check *c, struct sl_config *cfg, int t) {
+  char *dir = NULL, why[256];
+  opt_str(c, t, "", "state_dir", &dir, 0);
+  cfg->state_dir = resolve(c, dir ? dir : "var");
+  free(dir);
+  if (cfg->state_dir == NULL)
+    return;
+  {
+    size_t n = strlen(cfg->state_dir);
+    while (n > 1 && cfg->state_dir[n - 1] == '/')
+      cfg->state_dir[--n] = '\0';
+  }
+  c->state_dir = cfg->state_dir;
+  if (!usable(cfg->state_dir, 1, why, sizeof(why)))
+    bad(c, "state_dir", "cannot use %s: %s", cfg->state_dir, why);
+}
+
 static void check_top(struct check *c, struct sl_config *cfg, int t) {
   static const char *const keys[] = {
       "inputs",    "outputs",          "routes",          "rules",
       "admin",     "dead_letter",      "pid_file",        "shutdown_timeout",
-      "log_level", "max_event_bytes",  NULL};
+      "log_level", "max_event_bytes",  "state_dir",       NULL};
   double timeout;
   char *level = NULL, *pid = NULL;
 
   check_keys(c, t, "", keys);
+  check_state_dir(c, cfg, t); /* first: other defaults live in it */
   check_inputs(c, cfg, t);
   check_outputs(c, cfg, t);
   check_dead_letter(c, cfg, t);
@@ -1556,6 +1592,7 @@ void sl_config_free(struct sl_config *c) {
   free(c->admin.bearer_token_file);
   free_strlist(c->admin.redact_headers, c->admin.nredact);
   free(c->pid_file);
+  free(c->state_dir);
   free(c->path);
   free(c->dir);
   free(c);

@@ -136,6 +136,9 @@ struct sl_config {
   struct sl_admin_config admin;
   int dead_letter;          /* output index; -1 none */
   char *pid_file;           /* may be NULL */
+  char *state_dir;          /* absolute; what the engine writes on its own
+                               (pid, status, lock, dead letter, buffers);
+                               default var/ beside the config */
   uint32_t shutdown_timeout_ms; /* default 10000 */
   uint32_t max_event_bytes;     /* default 1 MiB */
   int log_level;                /* -1: not set in the file */
