@@ -17,6 +17,7 @@
 #include "config.h"
 #include "dlq.h"
 #include "log.h"
+#include "notify.h"
 #include "plugins.h"
 #include "route.h"
 #include "rules.h"
@@ -54,25 +55,60 @@ static const char usage[] =
     "  -h, --help          this text\n"
     "  --version           print the version\n";
 
-/* Where the runtime library (scripts/) is: beside the binary's folder. */
-static void find_scripts(void) {
-  char exe[PATH_MAX], dir[PATH_MAX + 16];
-  ssize_t n;
+/* The Lua runtime (scripts/) and the sandbox module (sluice_core.so),
+ * found relative to the binary's own path (/proc/self/exe), so the source
+ * tree, `make install` and an install under DESTDIR or a moved prefix all
+ * work without a compiled-in prefix. */
+struct runtime {
+  char scripts[PATH_MAX]; /* holds sluice/testing.lua */
+  char core[PATH_MAX];    /* holds sluice_core.so */
+};
+
+/* Fill rt from the first layout that has both parts: the source tree
+ * (build/sluice beside build/sluice_core.so, scripts/ one up) or an
+ * install (PREFIX/bin/sluice, PREFIX/share/sluice/scripts,
+ * PREFIX/lib/sluice/sluice_core.so). Returns 0 or SL_ENOENT. */
+static int find_runtime(struct runtime *rt) {
+  static const char *const layouts[][2] = {
+      {"%s/../scripts", "%s"},
+      {"%s/../share/sluice/scripts", "%s/../lib/sluice"}};
+  char exe[PATH_MAX], probe[PATH_MAX + 64], *dir, *real_s, *real_c;
   struct stat st;
-  if (getenv("SLUICE_SCRIPTS"))
-    return;
+  ssize_t n;
+  size_t i;
+
   n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
   if (n <= 0)
-    return;
+    return SL_ENOENT;
   exe[n] = '\0';
-  snprintf(dir, sizeof(dir), "%s/../scripts", dirname(exe));
-  if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) {
-    char *real = realpath(dir, NULL);
-    if (real) {
-      setenv("SLUICE_SCRIPTS", real, 0);
-      free(real);
+  dir = dirname(exe);
+  for (i = 0; i < SL_ARRAY_SIZE(layouts); i++) {
+    snprintf(rt->scripts, sizeof(rt->scripts), layouts[i][0], dir);
+    snprintf(rt->core, sizeof(rt->core), layouts[i][1], dir);
+    snprintf(probe, sizeof(probe), "%s/sluice/testing.lua", rt->scripts);
+    if (stat(probe, &st) != 0 || !S_ISREG(st.st_mode))
+      continue;
+    snprintf(probe, sizeof(probe), "%s/sluice_core.so", rt->core);
+    if (stat(probe, &st) != 0 || !S_ISREG(st.st_mode))
+      continue;
+    real_s = realpath(rt->scripts, NULL);
+    real_c = realpath(rt->core, NULL);
+    if (real_s && real_c) {
+      snprintf(rt->scripts, sizeof(rt->scripts), "%s", real_s);
+      snprintf(rt->core, sizeof(rt->core), "%s", real_c);
     }
+    free(real_s);
+    free(real_c);
+    return 0;
   }
+  return SL_ENOENT;
+}
+
+/* The engine's rule sandbox reads SLUICE_SCRIPTS; an explicit one wins. */
+static void find_scripts(void) {
+  struct runtime rt;
+  if (getenv("SLUICE_SCRIPTS") == NULL && find_runtime(&rt) == 0)
+    setenv("SLUICE_SCRIPTS", rt.scripts, 0);
 }
 
 /* Load the config; on error print every problem: as text for the
@@ -212,7 +248,18 @@ static int cmd_run(const char *path, int level) {
          SL_S("config", path), SL_I("pid", getpid()),
          SL_S("state_dir", cfg->state_dir), SL_I("inputs", cfg->ninputs),
          SL_I("outputs", cfg->noutputs), SL_END);
+  {
+    /* Type=notify: every listener is bound and the rules are loaded */
+    char ready[64];
+    snprintf(ready, sizeof(ready), "READY=1\nMAINPID=%ld", (long)getpid());
+    int nrc = sl_notify_send(ready);
+    if (nrc < 0)
+      sl_log(SL_LOG_WARN, "cannot tell the service manager we are ready",
+             SL_S("notify_socket", getenv("NOTIFY_SOCKET")),
+             SL_S("error", strerror(-nrc)), SL_END);
+  }
   rc = sl_worker_run(&w);
+  sl_notify_send("STOPPING=1");
   {
     char *status = sl_route_status_path(cfg);
     if (status)
@@ -277,25 +324,23 @@ static int cmd_reload(const char *path) {
 }
 
 static int cmd_test(int argc, char **argv) {
-  char exe[PATH_MAX], root[PATH_MAX + 8], lpath[PATH_MAX + 32],
-      cpath[PATH_MAX + 32], conf[PATH_MAX + 48];
+  char lpath[PATH_MAX + 32], cpath[PATH_MAX + 32], conf[PATH_MAX + 48];
+  struct runtime rt;
   char **args;
-  ssize_t n;
   int i, k = 0;
 
-  n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  if (n <= 0) {
-    fprintf(stderr, "sluice: cannot find my own binary\n");
+  if (find_runtime(&rt) != 0) {
+    fprintf(stderr, "sluice: cannot find the Lua runtime beside this binary "
+                    "(../scripts and sluice_core.so in its folder, or "
+                    "../share/sluice/scripts and ../lib/sluice/sluice_core.so; "
+                    "`make install` puts them there)\n");
     return 1;
   }
-  exe[n] = '\0';
-  dirname(exe); /* exe is now the binary's folder (build/) */
-  snprintf(root, sizeof(root), "%s/..", exe);
   /* one pattern each: busted hands these to a shell when it re-runs
    * itself under luajit, and a ';' would end its command */
-  snprintf(lpath, sizeof(lpath), "%s/scripts/?.lua", root);
-  snprintf(cpath, sizeof(cpath), "%s/?.so", exe);
-  snprintf(conf, sizeof(conf), "%s/scripts/sluice/busted.lua", root);
+  snprintf(lpath, sizeof(lpath), "%s/?.lua", rt.scripts);
+  snprintf(cpath, sizeof(cpath), "%s/?.so", rt.core);
+  snprintf(conf, sizeof(conf), "%s/sluice/busted.lua", rt.scripts);
   args = calloc((size_t)argc + 12, sizeof(char *));
   if (args == NULL)
     return 1;
