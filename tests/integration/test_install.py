@@ -96,6 +96,19 @@ def test_installed_sluice_test_fails_when_the_spec_fails(installed, tmp_path):
     assert "0 successes / 1 failure / 0 errors" in r.stdout, r.stdout
 
 
+def test_install_with_a_prefix_and_destdir_runs_from_the_staged_tree(tmp_path):
+    dest = tmp_path / "stage"
+    r = make("install", "PREFIX=/opt/sluice", "DESTDIR=%s" % dest)
+    assert r.returncode == 0, r.stdout + r.stderr
+    binary = dest / "opt/sluice/bin/sluice"
+    assert (dest / "opt/sluice/lib/sluice/sluice_core.so").exists()
+    folder = spec_folder(tmp_path, TAG_RULE, "seen")
+    r = subprocess.run([str(binary), "test", str(folder)], cwd="/",
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "1 success / 0 failures" in r.stdout, \
+        r.stdout + r.stderr
+
+
 def test_source_tree_sluice_test_resolves_rules_against_the_spec(tmp_path):
     r = run_sluice("test", os.path.join(ROOT, "rules"),
                    os.path.join(ROOT, "examples"), cwd=str(tmp_path), timeout=120)
