@@ -23,9 +23,12 @@ UNIT_CONFIG = os.path.join(ROOT, "examples", "systemd", "sluice.conf.lua")
 
 def make(*args):
     """make in the repository against the build the suite runs (BUILD from
-    SLUICE_BIN: build or build-asan), already up to date."""
+    SLUICE_BIN: build or build-asan). -o: installs what is built as it is,
+    never rebuilds it (a sanitized build would be relinked without its
+    flags)."""
     build = os.path.relpath(os.path.dirname(SLUICE_BIN), ROOT)
-    return subprocess.run(["make", "-s", "--no-print-directory", "BUILD=" + build]
+    return subprocess.run(["make", "-s", "--no-print-directory", "BUILD=" + build,
+                           "-o", build + "/sluice", "-o", build + "/sluice_core.so"]
                           + list(args), cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
 
