@@ -37,7 +37,7 @@ static pid_t holder_child(struct sl_config *cfg) {
 
 TEST(state_lock_names_the_holder_and_goes_with_a_killed_one) {
   struct sl_config cfg;
-  char dir[256], why[256];
+  char dir[256], why[512];
   long holder = -1;
   pid_t child;
   int fd, status;
