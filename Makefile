@@ -27,7 +27,8 @@ CTEST_BIN   := $(CTEST_SRC:tests/c/%.c=$(BUILD)/tests/%)
 TOOL_SRC    := $(sort $(wildcard tests/tools/*.c))
 TOOL_BIN    := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 
-.PHONY: all deps run test test-asan bench soak clean fuzz chaos layers
+.PHONY: all deps run test test-asan bench soak clean fuzz chaos layers \
+        install uninstall
 
 all: $(BUILD)/sluice $(CTEST_BIN) $(TOOL_BIN) $(BUILD)/sluice_pattern_test.so \
      $(BUILD)/sluice_core.so
@@ -91,6 +92,27 @@ $(BUILD)/sluice_core.so: $(CORE_OBJ)
 
 run: $(BUILD)/sluice
 	$(BUILD)/sluice run -c sluice.conf.lua
+
+# The binary, the Lua runtime and the sandbox module. The binary finds the
+# other two relative to its own path (../share/sluice/scripts and
+# ../lib/sluice), so a DESTDIR staging tree or a moved prefix works too.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+SL_BINDIR  = $(DESTDIR)$(PREFIX)/bin
+SL_LIBDIR  = $(DESTDIR)$(PREFIX)/lib/sluice
+SL_DATADIR = $(DESTDIR)$(PREFIX)/share/sluice
+
+install: $(BUILD)/sluice $(BUILD)/sluice_core.so
+	install -d $(SL_BINDIR) $(SL_LIBDIR) $(SL_DATADIR)/scripts
+	install -m 0755 $(BUILD)/sluice $(SL_BINDIR)/sluice
+	install -m 0644 $(BUILD)/sluice_core.so $(SL_LIBDIR)/sluice_core.so
+	cd scripts && find . -name '*.lua' | while read -r f; do \
+	  install -D -m 0644 "$$f" "$(SL_DATADIR)/scripts/$$f" || exit 1; done
+
+uninstall:
+	rm -f $(SL_BINDIR)/sluice $(SL_LIBDIR)/sluice_core.so
+	rm -rf $(SL_DATADIR)/scripts
+	-rmdir $(SL_LIBDIR) $(SL_DATADIR) 2>/dev/null
 
 # Folders are layers: fails when a file includes a header of a higher one.
 layers:

@@ -2,7 +2,7 @@
 local testing = require("sluice.testing")
 
 describe("rules/10_orders.lua", function()
-  local rule = testing.load("rules/10_orders.lua")
+  local rule = testing.load("10_orders.lua")
 
   it("archives an ordinary order untouched", function()
     local r = rule:run({ topic = "orders.eu", payload = { amount = 20, sku = "A1" } })

@@ -390,6 +390,44 @@ static int path_is(struct sl_str p, const char *lit) {
   return p.len == n && memcmp(p.p, lit, n) == 0;
 }
 
+/* "outputs":{name:"ok"|"failing",...} into b; counts the outputs that
+ * readiness weighs (not a dead letter beside others) and the healthy ones. */
+static void outputs_json(struct sl_worker *w, struct sl_buf *b, int *counted,
+                         int *healthy) {
+  const struct sl_config *cfg = w->cfg;
+  int i;
+  sl_buf_append(b, "\"outputs\":{", 11);
+  for (i = 0; i < w->noutputs; i++) {
+    struct sl_output *o = &w->outputs[i];
+    int ok = !o->stopped && (o->ops->cb_healthy == NULL || o->ops->cb_healthy(o));
+    if (i)
+      sl_buf_putc(b, ',');
+    sl_codec_json_str(b, o->cfg->name, strlen(o->cfg->name));
+    sl_buf_printf(b, ":\"%s\"", ok ? "ok" : "failing");
+    /* the dead letter is a side channel: it alone does not make us ready */
+    if (i == cfg->dead_letter && w->noutputs > 1)
+      continue;
+    (*counted)++;
+    *healthy += ok;
+  }
+  sl_buf_putc(b, '}');
+}
+
+/* Alive: the loop answers. Output health is a detail, never a failure. */
+static void healthz(struct sl_admin *a, struct sl_http_request *r) {
+  struct sl_buf b;
+  int counted = 0, healthy = 0;
+  sl_buf_init(&b);
+  sl_buf_append(&b, "{\"status\":\"ok\",", 15);
+  outputs_json(a->w, &b, &counted, &healthy);
+  sl_buf_putc(&b, '}');
+  sl_http_respond(r, 200, "application/json", b.data, b.len);
+  sl_buf_close(&b);
+}
+
+/* Ready: listening with rules loaded. Failing outputs count only with
+ * admin.ready_requires_outputs: a sidecar's probe must not take its
+ * application out of service because an aggregator is down. */
 static void readyz(struct sl_admin *a, struct sl_http_request *r) {
   struct sl_worker *w = a->w;
   const struct sl_config *cfg = w->cfg;
@@ -414,24 +452,12 @@ static void readyz(struct sl_admin *a, struct sl_http_request *r) {
   for (i = 0; i < w->ninputs; i++)
     if (w->inputs[i].stopped || w->inputs[i].data == NULL)
       REASON("input %s is not listening", cfg->inputs[i].name);
-  sl_buf_append(&b, "{\"outputs\":{", 12);
-  for (i = 0; i < w->noutputs; i++) {
-    struct sl_output *o = &w->outputs[i];
-    int ok = !o->stopped && (o->ops->cb_healthy == NULL || o->ops->cb_healthy(o));
-    if (i)
-      sl_buf_putc(&b, ',');
-    sl_codec_json_str(&b, o->cfg->name, strlen(o->cfg->name));
-    sl_buf_printf(&b, ":\"%s\"", ok ? "ok" : "failing");
-    /* the dead letter is a side channel: it alone does not make us ready */
-    if (i == cfg->dead_letter && w->noutputs > 1)
-      continue;
-    counted++;
-    healthy += ok;
-  }
-  if (counted > 0 && healthy == 0)
+  sl_buf_putc(&b, '{');
+  outputs_json(w, &b, &counted, &healthy);
+  if (cfg->admin.ready_requires_outputs && counted > 0 && healthy == 0)
     REASON("every output is failing");
 #undef REASON
-  sl_buf_printf(&b, "},\"ready\":%s,\"reasons\":[", nreasons ? "false" : "true");
+  sl_buf_printf(&b, ",\"ready\":%s,\"reasons\":[", nreasons ? "false" : "true");
   sl_buf_append(&b, reasons.data, reasons.len);
   sl_buf_append(&b, "]}", 2);
   sl_http_respond(r, nreasons ? 503 : 200, "application/json", b.data, b.len);
@@ -493,6 +519,7 @@ static void cb_headers(struct sl_http_request *r) {
   for (i = 0; i < SL_ARRAY_SIZE(endpoints); i++)
     if (path_is(r->path, endpoints[i].path))
       break;
+  r->quiet = i < 2; /* probes run every few seconds: no log lines */
   if (i == SL_ARRAY_SIZE(endpoints)) {
     sl_http_respond_error(r, 404,
                           "no such endpoint: /healthz, /readyz, /metrics, "
@@ -505,7 +532,8 @@ static void cb_headers(struct sl_http_request *r) {
                           endpoints[i].method);
     return;
   }
-  if (a->token && i != 0 && !sl_http_bearer_ok(r, a->token, a->token_len)) {
+  /* probes need no token: a kubelet's httpGet probe carries no secret */
+  if (a->token && i > 1 && !sl_http_bearer_ok(r, a->token, a->token_len)) {
     sl_http_add_header(r, "WWW-Authenticate", "Bearer realm=\"sluice-admin\"");
     sl_http_respond_error(r, 401, "missing or wrong bearer token");
   }
@@ -516,7 +544,7 @@ static void cb_request(struct sl_http_request *r) {
   struct sl_buf b;
 
   if (path_is(r->path, "/healthz")) {
-    sl_http_respond(r, 200, "application/json", "{\"status\":\"ok\"}", 15);
+    healthz(a, r);
   } else if (path_is(r->path, "/readyz")) {
     readyz(a, r);
   } else if (path_is(r->path, "/metrics")) {

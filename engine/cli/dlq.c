@@ -23,12 +23,14 @@
 #include "codec.h"
 #include "config.h"
 #include "json.h"
+#include "plugins.h"
 
 #define CHUNK_BYTES (256u << 10) /* converted events sent at a time */
 #define DEFAULT_TIMEOUT_S 60
 
 static const char usage[] =
     "usage: sluice dlq replay FILE --to ADDRESS [--timeout SECONDS]\n"
+    "       sluice dlq replay -c CONFIG --to ADDRESS [--timeout SECONDS]\n"
     "\n"
     "  Send the events of a dead-letter file (NDJSON, as the file output\n"
     "  writes it) to a sluice tcp or unix input, without the headers sluice\n"
@@ -37,6 +39,8 @@ static const char usage[] =
     "  dedup drops repeats if a replay is run twice. Uses the input's ack\n"
     "  mode and returns once the engine acknowledged every event.\n"
     "\n"
+    "  -c CONFIG          replay the config's dead-letter file (the implicit\n"
+    "                     one is dead-letter.ndjson in its state_dir)\n"
     "  --to ADDRESS       host:port of a tcp input (host: a name or an IP\n"
     "                     address, [::1] for IPv6), or the path of a unix one\n"
     "  --timeout SECONDS  give up when the engine makes no progress for this\n"
@@ -411,9 +415,37 @@ static int send_file(struct replay *r) {
   return rc;
 }
 
+/* The path of the config's dead-letter file output; caller frees. NULL
+ * after printing why when there is none. */
+static char *dead_letter_of(const char *config) {
+  struct sl_buf err;
+  struct sl_config *cfg;
+  char *path = NULL;
+  sl_buf_init(&err);
+  cfg = sl_config_load(config, sl_plugins, &err);
+  if (cfg == NULL) {
+    fprintf(stderr, "%.*s", (int)err.len, (const char *)err.data);
+  } else if (cfg->dead_letter < 0 ||
+             strcmp(cfg->outputs[cfg->dead_letter].type, "file") != 0 ||
+             cfg->outputs[cfg->dead_letter].path == NULL) {
+    fprintf(stderr, "sluice dlq replay: %s: the dead letter is not a file "
+                    "output; name the FILE\n",
+            config);
+  } else {
+    path = strdup(cfg->outputs[cfg->dead_letter].path);
+  }
+  sl_buf_close(&err);
+  sl_config_free(cfg);
+  return path;
+}
+
+static int replay(struct replay *rp);
+
 int sl_dlq_main(int argc, char **argv) {
   struct replay r;
   char why[320];
+  const char *config = NULL;
+  char *from_config = NULL;
   int i, rc;
 
   memset(&r, 0, sizeof(r));
@@ -433,6 +465,9 @@ int sl_dlq_main(int argc, char **argv) {
       r.address = argv[++i];
     } else if (strncmp(argv[i], "--to=", 5) == 0) {
       r.address = argv[i] + 5;
+    } else if ((strcmp(argv[i], "-c") == 0 ||
+                strcmp(argv[i], "--config") == 0) && i + 1 < argc) {
+      config = argv[++i];
     } else if (strcmp(argv[i], "--timeout") == 0 && i + 1 < argc) {
       char *end;
       long t = strtol(argv[++i], &end, 10);
@@ -454,11 +489,31 @@ int sl_dlq_main(int argc, char **argv) {
       return 2;
     }
   }
-  if (r.file == NULL || r.address == NULL) {
-    fprintf(stderr, "sluice dlq replay: %s\n%s",
-            r.file ? "--to ADDRESS is required" : "FILE is required", usage);
+  if (config && r.file) {
+    fprintf(stderr, "sluice dlq replay: give FILE or -c CONFIG, not both\n");
     return 2;
   }
+  if (config && r.address) {
+    from_config = dead_letter_of(config);
+    if (from_config == NULL)
+      return 1;
+    r.file = from_config;
+  }
+  if (r.file == NULL || r.address == NULL) {
+    fprintf(stderr, "sluice dlq replay: %s\n%s",
+            r.file || config ? "--to ADDRESS is required" : "FILE is required",
+            usage);
+    return 2;
+  }
+  rc = replay(&r);
+  free(from_config);
+  return rc;
+}
+
+/* Check the file, then send it and wait for the acks. The exit code. */
+static int replay(struct replay *rp) {
+  struct replay r = *rp;
+  int rc;
   if ((rc = check_file(&r)) != 0)
     return rc;
   if (r.total == 0) {

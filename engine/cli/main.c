@@ -17,9 +17,11 @@
 #include "config.h"
 #include "dlq.h"
 #include "log.h"
+#include "notify.h"
 #include "plugins.h"
 #include "route.h"
 #include "rules.h"
+#include "state.h"
 #include "worker.h"
 
 static const char usage[] =
@@ -35,11 +37,13 @@ static const char usage[] =
     "  test    [DIR...]    run the busted specs (*_spec.lua) of DIR (default rules/)\n"
     "                      in the engine's own sandbox\n"
     "  reload  [-c FILE]   ask the running engine to reload its rules (SIGHUP to\n"
-    "                      the pid in pid_file)\n"
-    "  status  [-c FILE]   print the running engine's rule status (JSON)\n"
+    "                      the pid in pid_file, checked against the holder of\n"
+    "                      the lock on the config's state_dir)\n"
+    "  status  [-c FILE]   print the running engine's rule status (JSON, from\n"
+    "                      the config's state_dir)\n"
     "  plugins             list the input and output types with their keys\n"
     "                      (type, default, what it does)\n"
-    "  dlq replay FILE --to ADDRESS [--timeout SECONDS]\n"
+    "  dlq replay FILE|-c FILE --to ADDRESS [--timeout SECONDS]\n"
     "                      send the events of a dead-letter file (without the\n"
     "                      sluice-* headers, ids kept) to a tcp/unix input\n"
     "                      and wait for its acks\n"
@@ -51,25 +55,60 @@ static const char usage[] =
     "  -h, --help          this text\n"
     "  --version           print the version\n";
 
-/* Where the runtime library (scripts/) is: beside the binary's folder. */
-static void find_scripts(void) {
-  char exe[PATH_MAX], dir[PATH_MAX + 16];
-  ssize_t n;
+/* The Lua runtime (scripts/) and the sandbox module (sluice_core.so),
+ * found relative to the binary's own path (/proc/self/exe), so the source
+ * tree, `make install` and an install under DESTDIR or a moved prefix all
+ * work without a compiled-in prefix. */
+struct runtime {
+  char scripts[PATH_MAX]; /* holds sluice/testing.lua */
+  char core[PATH_MAX];    /* holds sluice_core.so */
+};
+
+/* Fill rt from the first layout that has both parts: the source tree
+ * (build/sluice beside build/sluice_core.so, scripts/ one up) or an
+ * install (PREFIX/bin/sluice, PREFIX/share/sluice/scripts,
+ * PREFIX/lib/sluice/sluice_core.so). Returns 0 or SL_ENOENT. */
+static int find_runtime(struct runtime *rt) {
+  static const char *const layouts[][2] = {
+      {"%s/../scripts", "%s"},
+      {"%s/../share/sluice/scripts", "%s/../lib/sluice"}};
+  char exe[PATH_MAX], probe[PATH_MAX + 64], *dir, *real_s, *real_c;
   struct stat st;
-  if (getenv("SLUICE_SCRIPTS"))
-    return;
+  ssize_t n;
+  size_t i;
+
   n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
   if (n <= 0)
-    return;
+    return SL_ENOENT;
   exe[n] = '\0';
-  snprintf(dir, sizeof(dir), "%s/../scripts", dirname(exe));
-  if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) {
-    char *real = realpath(dir, NULL);
-    if (real) {
-      setenv("SLUICE_SCRIPTS", real, 0);
-      free(real);
+  dir = dirname(exe);
+  for (i = 0; i < SL_ARRAY_SIZE(layouts); i++) {
+    snprintf(rt->scripts, sizeof(rt->scripts), layouts[i][0], dir);
+    snprintf(rt->core, sizeof(rt->core), layouts[i][1], dir);
+    snprintf(probe, sizeof(probe), "%s/sluice/testing.lua", rt->scripts);
+    if (stat(probe, &st) != 0 || !S_ISREG(st.st_mode))
+      continue;
+    snprintf(probe, sizeof(probe), "%s/sluice_core.so", rt->core);
+    if (stat(probe, &st) != 0 || !S_ISREG(st.st_mode))
+      continue;
+    real_s = realpath(rt->scripts, NULL);
+    real_c = realpath(rt->core, NULL);
+    if (real_s && real_c) {
+      snprintf(rt->scripts, sizeof(rt->scripts), "%s", real_s);
+      snprintf(rt->core, sizeof(rt->core), "%s", real_c);
     }
+    free(real_s);
+    free(real_c);
+    return 0;
   }
+  return SL_ENOENT;
+}
+
+/* The engine's rule sandbox reads SLUICE_SCRIPTS; an explicit one wins. */
+static void find_scripts(void) {
+  struct runtime rt;
+  if (getenv("SLUICE_SCRIPTS") == NULL && find_runtime(&rt) == 0)
+    setenv("SLUICE_SCRIPTS", rt.scripts, 0);
 }
 
 /* Load the config; on error print every problem: as text for the
@@ -119,6 +158,37 @@ static int write_pid_file(const char *path) {
   return 0;
 }
 
+/* Remove the pid file only while it still names this process: a file
+ * another instance wrote (an explicit pid_file two configs share) stays. */
+static void remove_pid_file(const char *path) {
+  char buf[32];
+  FILE *f = fopen(path, "r");
+  int ours = f && fgets(buf, sizeof(buf), f) && strtol(buf, NULL, 10) == getpid();
+  if (f)
+    fclose(f);
+  if (ours)
+    unlink(path);
+}
+
+/* Own the state folder before anything is written in it. Returns the
+ * lock's fd, or -1 after logging why not. */
+static int lock_state(const struct sl_config *cfg, const char *path) {
+  char why[512];
+  long holder;
+  int fd = sl_state_lock(cfg, &holder, why, sizeof(why));
+  if (fd == SL_EAGAIN)
+    sl_log(SL_LOG_ERROR,
+           "another sluice holds the state folder; not starting (give "
+           "each instance its own state_dir)",
+           SL_S("config", path), SL_S("state_dir", cfg->state_dir),
+           SL_I("holder_pid", holder), SL_END);
+  else if (fd < 0)
+    sl_log(SL_LOG_ERROR, "cannot use the state folder; not starting",
+           SL_S("config", path), SL_S("state_dir", cfg->state_dir),
+           SL_S("error", why), SL_END);
+  return fd < 0 ? -1 : fd;
+}
+
 /* The admin server sits above the worker: made here and attached to it. */
 static int start_admin(struct sl_worker *w, char *err, size_t errlen) {
   struct sl_admin *a = sl_admin_new(w);
@@ -135,18 +205,24 @@ static int cmd_run(const char *path, int level) {
   struct sl_config *cfg;
   char err[1024];
   char *pid_file;
-  int rc;
+  int rc, lock_fd;
 
   cfg = load(path, 1);
   if (cfg == NULL)
     return 1;
   if (level < 0 && cfg->log_level >= 0)
     sl_log_set_level((enum sl_log_level)cfg->log_level);
+  lock_fd = lock_state(cfg, path);
+  if (lock_fd < 0) {
+    sl_config_free(cfg);
+    return 1;
+  }
   signal(SIGPIPE, SIG_IGN);
   if (sl_worker_init(&w, cfg, err, sizeof(err)) != 0) {
     sl_log(SL_LOG_ERROR, "cannot start", SL_S("config", path),
            SL_S("error", err), SL_END);
     sl_config_free(cfg);
+    close(lock_fd);
     return 1;
   }
   if (cfg->admin.listen && start_admin(&w, err, sizeof(err)) != 0) {
@@ -154,6 +230,7 @@ static int cmd_run(const char *path, int level) {
            SL_S("error", err), SL_END);
     sl_worker_abort(&w);
     sl_config_free(cfg);
+    close(lock_fd);
     return 1;
   }
   pid_file = sl_route_pid_path(cfg);
@@ -168,9 +245,21 @@ static int cmd_run(const char *path, int level) {
     free(status);
   }
   sl_log(SL_LOG_INFO, "sluice started", SL_S("version", SL_VERSION),
-         SL_S("config", path), SL_I("pid", getpid()), SL_I("inputs", cfg->ninputs),
+         SL_S("config", path), SL_I("pid", getpid()),
+         SL_S("state_dir", cfg->state_dir), SL_I("inputs", cfg->ninputs),
          SL_I("outputs", cfg->noutputs), SL_END);
+  {
+    /* Type=notify: every listener is bound and the rules are loaded */
+    char ready[64];
+    snprintf(ready, sizeof(ready), "READY=1\nMAINPID=%ld", (long)getpid());
+    int nrc = sl_notify_send(ready);
+    if (nrc < 0)
+      sl_log(SL_LOG_WARN, "cannot tell the service manager we are ready",
+             SL_S("notify_socket", getenv("NOTIFY_SOCKET")),
+             SL_S("error", strerror(-nrc)), SL_END);
+  }
   rc = sl_worker_run(&w);
+  sl_notify_send("STOPPING=1");
   {
     char *status = sl_route_status_path(cfg);
     if (status)
@@ -179,10 +268,11 @@ static int cmd_run(const char *path, int level) {
   }
   sl_worker_close(&w);
   if (pid_file)
-    unlink(pid_file);
+    remove_pid_file(pid_file);
   free(pid_file);
   sl_log(SL_LOG_INFO, "sluice stopped", SL_I("exit_code", rc), SL_END);
   sl_config_free(cfg);
+  close(lock_fd); /* last: the folder is ours until every file is closed */
   return rc;
 }
 
@@ -208,59 +298,49 @@ static int cmd_check(const char *path) {
   return 0;
 }
 
+/* SIGHUP to the engine that holds the config's state folder: the pid file
+ * there, checked against the lock's holder, never a guess. */
 static int cmd_reload(const char *path) {
   struct sl_config *cfg = load(path, 0);
-  char *pid_file, buf[32];
-  FILE *f;
+  char why[1024];
   long pid;
   if (cfg == NULL)
     return 1;
-  pid_file = sl_route_pid_path(cfg);
+  pid = sl_state_running_pid(cfg, why, sizeof(why));
   sl_config_free(cfg);
-  f = pid_file ? fopen(pid_file, "r") : NULL;
-  if (f == NULL || fgets(buf, sizeof(buf), f) == NULL ||
-      (pid = strtol(buf, NULL, 10)) <= 0) {
-    fprintf(stderr, "sluice: no running engine: cannot read %s\n",
-            pid_file ? pid_file : "the pid file");
-    if (f)
-      fclose(f);
-    free(pid_file);
+  if (pid <= 0) {
+    fprintf(stderr, "sluice: no running engine: %s\n", why);
     return 1;
   }
-  fclose(f);
   if (kill((pid_t)pid, SIGHUP) != 0) {
-    fprintf(stderr, "sluice: cannot signal pid %ld (from %s): %s\n", pid,
-            pid_file, strerror(errno));
-    free(pid_file);
+    fprintf(stderr, "sluice: cannot signal pid %ld: %s\n", pid,
+            strerror(errno));
     return 1;
   }
   printf("sent SIGHUP to sluice (pid %ld); see the log or `sluice status` "
          "for the result\n",
          pid);
-  free(pid_file);
   return 0;
 }
 
 static int cmd_test(int argc, char **argv) {
-  char exe[PATH_MAX], root[PATH_MAX + 8], lpath[PATH_MAX + 32],
-      cpath[PATH_MAX + 32], conf[PATH_MAX + 48];
+  char lpath[PATH_MAX + 32], cpath[PATH_MAX + 32], conf[PATH_MAX + 48];
+  struct runtime rt;
   char **args;
-  ssize_t n;
   int i, k = 0;
 
-  n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-  if (n <= 0) {
-    fprintf(stderr, "sluice: cannot find my own binary\n");
+  if (find_runtime(&rt) != 0) {
+    fprintf(stderr, "sluice: cannot find the Lua runtime beside this binary "
+                    "(../scripts and sluice_core.so in its folder, or "
+                    "../share/sluice/scripts and ../lib/sluice/sluice_core.so; "
+                    "`make install` puts them there)\n");
     return 1;
   }
-  exe[n] = '\0';
-  dirname(exe); /* exe is now the binary's folder (build/) */
-  snprintf(root, sizeof(root), "%s/..", exe);
   /* one pattern each: busted hands these to a shell when it re-runs
    * itself under luajit, and a ';' would end its command */
-  snprintf(lpath, sizeof(lpath), "%s/scripts/?.lua", root);
-  snprintf(cpath, sizeof(cpath), "%s/?.so", exe);
-  snprintf(conf, sizeof(conf), "%s/scripts/sluice/busted.lua", root);
+  snprintf(lpath, sizeof(lpath), "%s/?.lua", rt.scripts);
+  snprintf(cpath, sizeof(cpath), "%s/?.so", rt.core);
+  snprintf(conf, sizeof(conf), "%s/sluice/busted.lua", rt.scripts);
   args = calloc((size_t)argc + 12, sizeof(char *));
   if (args == NULL)
     return 1;

@@ -11,6 +11,7 @@
 #include "json.h"
 #include "plugins.h"
 #include "rules.h"
+#include "state.h"
 
 struct emitted {
   struct sl_buf json; /* ,{"output":..,"event":..} items */
@@ -205,32 +206,13 @@ done:
 }
 
 char *sl_route_pid_path(const struct sl_config *cfg) {
-  char *p;
-  size_t n;
   if (cfg->pid_file)
     return strdup(cfg->pid_file);
-  n = strlen(cfg->dir) + 32;
-  p = malloc(n);
-  if (p)
-    snprintf(p, n, "%s/var/sluice.pid", cfg->dir);
-  return p;
+  return sl_state_path(cfg, "sluice.pid");
 }
 
 char *sl_route_status_path(const struct sl_config *cfg) {
-  char *pid = sl_route_pid_path(cfg), *p;
-  size_t n;
-  if (pid == NULL)
-    return NULL;
-  n = strlen(pid) + 16;
-  p = malloc(n);
-  if (p) {
-    size_t l = strlen(pid);
-    if (l > 4 && strcmp(pid + l - 4, ".pid") == 0)
-      pid[l - 4] = '\0';
-    snprintf(p, n, "%s.status.json", pid);
-  }
-  free(pid);
-  return p;
+  return sl_state_path(cfg, "sluice.status.json");
 }
 
 int sl_route_status(const char *config) {
@@ -249,6 +231,14 @@ int sl_route_status(const char *config) {
   }
   sl_buf_close(&errb);
   path = sl_route_status_path(cfg);
+  if (sl_state_holder(cfg) == 0) {
+    /* a status file nobody holds the folder for is a dead engine's */
+    fprintf(stderr, "sluice: no running engine: no process holds the lock "
+                    "of %s\n", cfg->state_dir);
+    sl_config_free(cfg);
+    free(path);
+    return 1;
+  }
   sl_config_free(cfg);
   f = path ? fopen(path, "r") : NULL;
   if (f == NULL) {

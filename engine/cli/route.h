@@ -14,7 +14,8 @@ int sl_route_main(const char *config, const char *path);
 /* Print the running engine's status file. Returns the exit code. */
 int sl_route_status(const char *config);
 
-/* The status file of a config: beside its pid file. Caller frees. */
+/* The status file of a config (<state_dir>/sluice.status.json) and its
+ * pid file (pid_file, default <state_dir>/sluice.pid). Caller frees. */
 char *sl_route_status_path(const struct sl_config *cfg);
 char *sl_route_pid_path(const struct sl_config *cfg);
 

@@ -28,6 +28,7 @@ struct check {
   struct sl_buf *err;
   const char *file;
   const char *dir;
+  const char *state_dir; /* for the default paths of engine-written files */
   const struct sl_config_plugin *const *plugins; /* the registry's list */
   int nerr;
 };
@@ -64,6 +65,20 @@ static char *resolve(struct check *c, const char *p) {
   out = malloc(n);
   if (out)
     snprintf(out, n, "%s/%s", c->dir, p);
+  return out;
+}
+
+/* rel inside the state folder (defaults of files the engine writes on
+ * its own); caller frees. */
+static char *in_state(struct check *c, const char *rel) {
+  char *out;
+  size_t n;
+  if (c->state_dir == NULL)
+    return NULL;
+  n = strlen(c->state_dir) + strlen(rel) + 2;
+  out = malloc(n);
+  if (out)
+    snprintf(out, n, "%s/%s", c->state_dir, rel);
   return out;
 }
 
@@ -1118,8 +1133,8 @@ static void check_buffer(struct check *c, int t, const char *path,
     b->fsync = 0; /* spill is overflow, not durability */
   if (b->path == NULL && o->name) {
     char rel[300];
-    snprintf(rel, sizeof(rel), "var/buffer/%s", o->name);
-    b->path = resolve(c, rel);
+    snprintf(rel, sizeof(rel), "buffer/%s", o->name);
+    b->path = in_state(c, rel);
   } else if (b->path) {
     char *abs = resolve(c, b->path);
     free(b->path);
@@ -1479,7 +1494,7 @@ static void check_rules(struct check *c, struct sl_config *cfg, int t) {
 static void check_admin(struct check *c, struct sl_config *cfg, int t) {
   static const char *const keys[] = {"listen", "bearer_token_file",
                                      "redact_headers", "max_connections",
-                                     NULL};
+                                     "ready_requires_outputs", NULL};
   struct sl_admin_config *a = &cfg->admin;
   lua_State *L = c->L;
 
@@ -1500,6 +1515,8 @@ static void check_admin(struct check *c, struct sl_config *cfg, int t) {
                 &a->nredact, 0);
     opt_u32(c, at, "admin", "max_connections", 1, 100000, &a->max_connections,
             0);
+    opt_bool(c, at, "admin", "ready_requires_outputs",
+             &a->ready_requires_outputs);
   } else if (!lua_isnil(L, -1)) {
     bad(c, "admin", "expected table, got %s", type_of(L, -1));
   }
@@ -1537,7 +1554,7 @@ static void check_dead_letter(struct check *c, struct sl_config *cfg, int t) {
     if (cfg->dead_letter < 0)
       bad(c, "dead_letter", "no output named \"%s\"", name);
   } else if (lua_isnil(L, -1)) {
-    /* the implicit dead-letter output: a file under var/ */
+    /* the implicit dead-letter output: a file in the state folder */
     struct sl_output_config *o;
     if (cfg->outputs == NULL)
       cfg->outputs = calloc(2, sizeof(*cfg->outputs));
@@ -1554,7 +1571,7 @@ static void check_dead_letter(struct check *c, struct sl_config *cfg, int t) {
     o->name = strdup("dead_letter");
     o->type = strdup("file");
     o->format = strdup("ndjson");
-    o->path = resolve(c, "var/dead-letter.ndjson");
+    o->path = in_state(c, "dead-letter.ndjson");
     o->batch_events = 1024;
     o->queue.max_events = 100000;
     o->queue.max_bytes = 64u << 20;
@@ -1574,15 +1591,36 @@ done:
   lua_pop(L, 1);
 }
 
+/* state_dir: resolved against the config's folder (default var/); it
+ * need not exist yet, but it or the nearest folder above must be
+ * writable. The config's own folder may be read-only. */
+static void check_state_dir(struct check *c, struct sl_config *cfg, int t) {
+  char *dir = NULL, why[256];
+  opt_str(c, t, "", "state_dir", &dir, 0);
+  cfg->state_dir = resolve(c, dir ? dir : "var");
+  free(dir);
+  if (cfg->state_dir == NULL)
+    return;
+  {
+    size_t n = strlen(cfg->state_dir);
+    while (n > 1 && cfg->state_dir[n - 1] == '/')
+      cfg->state_dir[--n] = '\0';
+  }
+  c->state_dir = cfg->state_dir;
+  if (!usable(cfg->state_dir, 1, why, sizeof(why)))
+    bad(c, "state_dir", "cannot use %s: %s", cfg->state_dir, why);
+}
+
 static void check_top(struct check *c, struct sl_config *cfg, int t) {
   static const char *const keys[] = {
       "inputs",    "outputs",          "routes",          "rules",
       "admin",     "dead_letter",      "pid_file",        "shutdown_timeout",
-      "log_level", "max_event_bytes",  NULL};
+      "log_level", "max_event_bytes",  "state_dir",       NULL};
   double timeout;
   char *level = NULL, *pid = NULL;
 
   check_keys(c, t, "", keys);
+  check_state_dir(c, cfg, t); /* first: other defaults live in it */
   check_inputs(c, cfg, t);
   check_outputs(c, cfg, t);
   check_dead_letter(c, cfg, t);
@@ -1783,6 +1821,7 @@ void sl_config_free(struct sl_config *c) {
   free(c->admin.bearer_token_file);
   free_strlist(c->admin.redact_headers, c->admin.nredact);
   free(c->pid_file);
+  free(c->state_dir);
   free(c->path);
   free(c->dir);
   free(c);

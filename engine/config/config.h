@@ -121,6 +121,7 @@ struct sl_admin_config {
   char **redact_headers;   /* tap: masked header names */
   int nredact;
   uint32_t max_connections; /* open at once; default 64 */
+  int ready_requires_outputs; /* /readyz fails when every output does; 0 */
 };
 
 struct sl_config {
@@ -135,6 +136,9 @@ struct sl_config {
   struct sl_admin_config admin;
   int dead_letter;          /* output index; -1 none */
   char *pid_file;           /* may be NULL */
+  char *state_dir;          /* absolute; what the engine writes on its own
+                               (pid, status, lock, dead letter, buffers);
+                               default var/ beside the config */
   uint32_t shutdown_timeout_ms; /* default 10000 */
   uint32_t max_event_bytes;     /* default 1 MiB */
   int log_level;                /* -1: not set in the file */

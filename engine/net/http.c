@@ -240,6 +240,7 @@ static int on_message_begin(http_parser *p) {
   r->url_len = 0;
   r->nheaders = 0;
   r->data = NULL;
+  r->quiet = 0;
   r->method = "";
   r->path.p = r->query.p = NULL;
   r->path.len = r->query.len = 0;
@@ -649,7 +650,7 @@ static int respond(struct http_conn *hc, int status, const char *ctype,
   hc->responded = 1;
   if (status >= 100 && status < 600)
     srv->stats.responses[status]++;
-  if (status >= 400)
+  if (status >= 400 && !hc->req.quiet)
     log_error(hc, status, ctype, body, len);
   if (chunked) {
     hc->phase = PH_STREAM;

@@ -83,6 +83,7 @@ struct sl_http_request {
   struct sl_buf body;      /* complete when cb_request runs */
   int http_minor;          /* 1.0 or 1.1 */
   void *data;              /* the handler's; released in cb_done */
+  int quiet;               /* handler: no log line for an error status */
   /* private to http.c */
   struct sl_buf head;      /* URL and header bytes */
   uint32_t url_len;

@@ -1,14 +1,16 @@
 -- sluice.testing - run a rule file in the engine's own sandbox from busted.
 --
 --   local testing = require("sluice.testing")
---   local rule = testing.load("rules/orders.lua", { cpu_budget_ms = 10 })
+--   local rule = testing.load("orders.lua", { cpu_budget_ms = 10 })
 --   local res = rule:run({ topic = "orders.new", payload = { amount = 5 } })
 --
 -- The sandbox is the C code the engine runs (build/sluice_core.so, built by
 -- `make build/sluice_core.so`), not a Lua imitation of it. Run specs with
 -- `busted` from the repository root (.busted selects luajit and the paths).
 --
--- load(path [, opts]) -> rule. opts: cpu_budget_ms (default 10), memory_mb
+-- load(path [, opts]) -> rule. A relative path is taken from the folder of
+-- the spec calling load (not the current folder), so `sluice test` runs a
+-- spec from anywhere. opts: cpu_budget_ms (default 10), memory_mb
 -- (default 64), scripts_dir (default: the scripts/ folder holding this
 -- file), lib_dir (default: lib/ beside the rule). A rule that fails to
 -- load raises "path:line: message".
@@ -67,8 +69,38 @@ local function dirname(path)
   return path:match("^(.*)/[^/]*$") or "."
 end
 
+local SELF = debug.getinfo(1, "S").source
+
+-- The folder of the spec that called load: the first *_spec.lua on the
+-- stack, else the calling file; nil when neither is a file.
+local function spec_dir()
+  local caller
+  for level = 3, 30 do
+    local info = debug.getinfo(level, "S")
+    if info == nil then
+      break
+    end
+    local src = info.source
+    if src:sub(1, 1) == "@" and src ~= SELF then
+      caller = caller or src:sub(2)
+      if src:match("_spec%.lua$") then
+        return dirname(src:sub(2))
+      end
+    end
+  end
+  return caller and dirname(caller)
+end
+
 function M.load(path, opts)
   assert(type(path) == "string", "testing.load: a rule path expected")
+  if path:sub(1, 1) ~= "/" then
+    -- against the spec, not the current folder: `sluice test` runs from
+    -- anywhere, and a spec travels with its rule
+    local dir = spec_dir()
+    if dir then
+      path = dir .. "/" .. path
+    end
+  end
   opts = opts or {}
   local o = {
     cpu_budget_ms = opts.cpu_budget_ms,

@@ -79,6 +79,44 @@ TEST(config_sizes_accept_units) {
   sl_buf_close(&err);
 }
 
+TEST(config_state_dir_holds_the_default_engine_files) {
+  struct sl_buf err;
+  struct sl_config *c;
+  char want[512];
+  sl_buf_init(&err);
+  c = load("return { inputs = {{name='app', type='tcp', listen='127.0.0.1:7400'}},\n"
+           " outputs = {{name='a', type='null', buffer={type='disk'}},\n"
+           "            {name='b', type='null', buffer={type='disk', path='mine'}}} }\n",
+           &err);
+  CHECK(c != NULL);
+  snprintf(want, sizeof(want), "%s/var", c->dir); /* the default, as before */
+  CHECK_STR(c->state_dir, want);
+  CHECK(c->pid_file == NULL);
+  sl_config_free(c);
+  c = load("return { state_dir = 'run/st/', admin = { ready_requires_outputs = true },\n"
+           " inputs = {{name='app', type='tcp', listen='127.0.0.1:7400'}},\n"
+           " outputs = {{name='a', type='null', buffer={type='disk'}},\n"
+           "            {name='b', type='null', buffer={type='disk', path='mine'}}} }\n",
+           &err);
+  CHECK(c != NULL);
+  snprintf(want, sizeof(want), "%s/run/st", c->dir); /* relative: the config's */
+  CHECK_STR(c->state_dir, want);
+  snprintf(want, sizeof(want), "%s/run/st/buffer/a", c->dir);
+  CHECK_STR(c->outputs[0].buffer.path, want);
+  snprintf(want, sizeof(want), "%s/mine", c->dir); /* a path you set stays */
+  CHECK_STR(c->outputs[1].buffer.path, want);
+  snprintf(want, sizeof(want), "%s/run/st/dead-letter.ndjson", c->dir);
+  CHECK_STR(c->outputs[c->dead_letter].path, want);
+  CHECK_EQ(c->admin.ready_requires_outputs, 1);
+  sl_config_free(c);
+  CHECK(load("return { state_dir = 7, inputs = {{name='app', type='tcp', "
+             "listen='127.0.0.1:7400'}}, admin = { ready_requires_outputs = 'yes' } }\n",
+             &err) == NULL);
+  CHECK(has(&err, "c.lua: state_dir: expected string, got number"));
+  CHECK(has(&err, "c.lua: admin.ready_requires_outputs: expected boolean, got string"));
+  sl_buf_close(&err);
+}
+
 TEST(config_rejects_with_key_paths) {
   struct sl_buf err;
   sl_buf_init(&err);

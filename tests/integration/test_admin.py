@@ -34,7 +34,8 @@ def test_healthz_and_readyz_answer_when_all_is_well(sluice):
     port, admin = ports(2)
     sluice(config(port, admin_port=admin))
     r = curl(admin_url(admin, "/healthz"))
-    assert r.status == 200 and r.json() == {"status": "ok"}
+    assert r.status == 200 and r.json() == {
+        "status": "ok", "outputs": {"out": "ok", "dead_letter": "ok"}}
     r = curl(admin_url(admin, "/readyz"))
     assert r.status == 200
     body = r.json()
@@ -42,13 +43,27 @@ def test_healthz_and_readyz_answer_when_all_is_well(sluice):
     assert body["outputs"] == {"out": "ok", "dead_letter": "ok"}
 
 
-def test_readiness_flips_to_503_when_the_tcp_output_peer_dies(sluice):
+def _down_output_engine(sluice, **admin_extra):
     port, admin, peer = ports(3)
     sink = Sink(port=peer)
-    sluice(config(port, admin_port=admin, outputs=[{
+    cfg = config(port, admin_port=admin, outputs=[{
         "name": "downstream", "type": "tcp", "address": sink.address,
         "retry": {"initial_ms": 50, "max_ms": 200}}],
-        routes=[{"topics": "*", "to": "downstream"}]))
+        routes=[{"topics": "*", "to": "downstream"}])
+    cfg["admin"].update(admin_extra)
+    eng = sluice(cfg)
+    return eng, admin, peer, sink
+
+
+def _probe_log_lines(eng):
+    return [l for l in eng.logs()
+            if "/healthz" in json.dumps(l) or "/readyz" in json.dumps(l)]
+
+
+def test_with_ready_requires_outputs_readiness_flips_to_503_when_the_peer_dies(
+        sluice):
+    eng, admin, peer, sink = _down_output_engine(sluice,
+                                                 ready_requires_outputs=True)
 
     def status():
         return curl(admin_url(admin, "/readyz"))
@@ -60,20 +75,66 @@ def test_readiness_flips_to_503_when_the_tcp_output_peer_dies(sluice):
     assert body["ready"] is False
     assert body["reasons"] == ["every output is failing"]
     assert body["outputs"]["downstream"] == "failing"
-    assert curl(admin_url(admin, "/healthz")).status == 200  # alive all along
+    h = curl(admin_url(admin, "/healthz"))  # alive all along
+    assert h.status == 200 and h.json()["outputs"]["downstream"] == "failing"
+    for _ in range(5):
+        assert status().status == 503
+    # a 503 probe is not a refused request: no log line, however many
+    assert _probe_log_lines(eng) == [], _probe_log_lines(eng)
     with Sink(port=peer):
         wait_for(lambda: status().status == 200, 5, interval=0.05,
                  what="ready again once the peer is back")
 
 
-def test_every_endpoint_but_healthz_wants_the_bearer_token(sluice, tmp_path):
+def test_by_default_a_down_output_keeps_readyz_200_and_shows_on_healthz_and_metrics(
+        sluice):
+    eng, admin, peer, sink = _down_output_engine(sluice)
+    wait_for(lambda: metric(metrics(admin), "sluice_output_healthy",
+                            output="downstream") == 1, 5, interval=0.05,
+             what="downstream healthy")
+    sink.close()
+    wait_for(lambda: metric(metrics(admin), "sluice_output_healthy",
+                            output="downstream") == 0, 5, interval=0.05,
+             what="sluice_output_healthy to turn 0")
+    h = curl(admin_url(admin, "/healthz"))
+    assert h.status == 200
+    assert h.json() == {"status": "ok",
+                        "outputs": {"downstream": "failing", "dead_letter": "ok"}}
+    for _ in range(5):
+        r = curl(admin_url(admin, "/readyz"))
+        assert r.status == 200, r
+        body = r.json()
+        assert body["ready"] is True and body["reasons"] == []
+        assert body["outputs"]["downstream"] == "failing"
+    assert _probe_log_lines(eng) == [], _probe_log_lines(eng)
+
+
+def test_probes_need_no_token_and_write_no_log_lines(sluice, tmp_path):
+    port, admin = ports(2)
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    cfg = config(port, admin_port=admin)
+    cfg["admin"]["bearer_token_file"] = str(token)
+    eng = sluice(cfg)
+    assert curl(admin_url(admin, "/readyz")).status == 200
+    assert curl(admin_url(admin, "/healthz")).status == 200
+    assert curl(admin_url(admin, "/readyz"),
+                headers=["Authorization: Bearer wrong"]).status == 200
+    # other endpoints still log a refusal: the quiet flag is for probes only
+    assert curl(admin_url(admin, "/metrics")).status == 401
+    eng.wait_log("http request refused", status=401)
+    assert _probe_log_lines(eng) == [], _probe_log_lines(eng)
+
+
+def test_every_endpoint_but_the_probes_wants_the_bearer_token(sluice, tmp_path):
     port, admin = ports(2)
     (tmp_path / "admin.token").write_text("adm1n\n")
     cfg = config(port, admin_port=admin)
     cfg["admin"]["bearer_token_file"] = str(tmp_path / "admin.token")
     sluice(cfg)
     assert curl(admin_url(admin, "/healthz")).status == 200
-    for path in ("/readyz", "/metrics", "/rules", "/tap?limit=1"):
+    assert curl(admin_url(admin, "/readyz")).status == 200
+    for path in ("/metrics", "/rules", "/tap?limit=1"):
         r = curl(admin_url(admin, path))
         assert r.status == 401, path
         assert r.headers["www-authenticate"].startswith("Bearer")
@@ -85,7 +146,8 @@ def test_every_endpoint_but_healthz_wants_the_bearer_token(sluice, tmp_path):
     assert curl(admin_url(admin, "/rules"), headers=good).status == 200
     assert curl(admin_url(admin, "/reload"), method="POST", headers=good).status == 200
     text = metrics(admin, token="adm1n")
-    assert metric(text, "sluice_admin_requests_total", server="admin", code="401") == 9
+    # 3 endpoints x (no token, wrong token) + POST /reload
+    assert metric(text, "sluice_admin_requests_total", server="admin", code="401") == 7
 
 
 def test_admin_unknown_path_is_404_and_wrong_method_405(sluice):

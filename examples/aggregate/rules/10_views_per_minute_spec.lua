@@ -1,7 +1,7 @@
 local testing = require("sluice.testing")
 
 describe("examples/aggregate: views per minute", function()
-  local path = "examples/aggregate/rules/10_views_per_minute.lua"
+  local path = "10_views_per_minute.lua"
 
   it("makes no decision: the raw event goes where the routes say", function()
     local rule = testing.load(path)

@@ -1,7 +1,7 @@
 local testing = require("sluice.testing")
 
 describe("examples/dedup: rate limit per service", function()
-  local path = "examples/dedup/rules/20_rate_limit.lua"
+  local path = "20_rate_limit.lua"
 
   it("allows the burst, then drops and counts", function()
     local rule = testing.load(path)

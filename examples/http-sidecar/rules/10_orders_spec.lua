@@ -1,7 +1,7 @@
 local testing = require("sluice.testing")
 
 describe("examples/http-sidecar: orders", function()
-  local rule = testing.load("examples/http-sidecar/rules/10_orders.lua")
+  local rule = testing.load("10_orders.lua")
 
   it("routes an order to its file, keyed by customer", function()
     local r = rule:run({ topic = "orders.created", payload = { customer = "c-7", amount = 12 } })
