@@ -742,13 +742,104 @@ static void dead_letter(struct sl_rules *rs, struct sl_event *orig,
   r->targets[0] = (uint16_t)rs->cfg->dead_letter;
 }
 
+/* Run slot sl on *ev when its topics match (0 when they do not): time one
+ * call in SL_RULES_TIME_EVERY, arm the timers it added, and take the event
+ * it changed unless it failed. The decision is in rs->d. */
+static int run_slot(struct sl_rules *rs, struct slot *sl,
+                    struct sl_event **ev) {
+  struct sl_rule_decision *d = &rs->d;
+  struct sl_str topic = sl_event_topic(*ev);
+  uint64_t t0 = 0;
+  int64_t next;
+  int timed;
+  if (!sl_rule_matches(sl->rule, topic.p, topic.len))
+    return 0;
+  /* two clock reads cost as much as a small rule: time one call in
+   * SL_RULES_TIME_EVERY (the histogram is a sample; calls_total exact) */
+  timed = sl->stats && (sl->stats->calls & (SL_RULES_TIME_EVERY - 1)) == 0;
+  if (timed)
+    t0 = sl_mono_ns();
+  sl_rule_run(sl->rule, *ev, d);
+  if (sl->stats) {
+    sl->stats->calls++;
+    if (timed)
+      sl_histogram_observe(&sl->stats->duration,
+                           (double)(sl_mono_ns() - t0) / 1e9);
+  }
+  if (rs->loop && (next = sl_rule_next_timer(sl->rule)) >= 0 &&
+      (rs->next_timer_ms < 0 || next < rs->next_timer_ms))
+    arm_timers(rs);
+  if (d->changed && d->verdict != SL_RULE_ERROR) {
+    sl_event_unref(*ev);
+    *ev = d->changed;
+  } else if (d->changed) {
+    sl_event_unref(d->changed);
+  }
+  d->changed = NULL;
+  return 1;
+}
+
+/* The outputs a routing decision names into r; an unknown one makes the
+ * decision the rule's runtime error (r->ntargets back to 0). */
+static void resolve_routes(struct sl_rules *rs, const struct slot *sl,
+                           struct sl_rule_decision *d,
+                           struct sl_rules_result *r) {
+  int j;
+  for (j = 0; j < d->nroutes; j++) {
+    int idx = sl_config_output_index(rs->cfg, d->routes[j],
+                                     strlen(d->routes[j]));
+    if (idx < 0) {
+      d->verdict = SL_RULE_ERROR;
+      d->error = SL_RULE_ERR_RUNTIME;
+      snprintf(d->message, sizeof(d->message),
+               "%s: on_event returned unknown output \"%s\"",
+               sl_rule_path(sl->rule), d->routes[j]);
+      snprintf(d->where, sizeof(d->where), "%s", sl_rule_path(sl->rule));
+      r->ntargets = 0;
+      return;
+    }
+    r->targets[r->ntargets++] = (uint16_t)idx;
+  }
+}
+
+static void count_error(struct rule_stats *st,
+                        const struct sl_rule_decision *d) {
+  if (st == NULL)
+    return;
+  if (d->error == SL_RULE_ERR_CPU)
+    st->err_cpu++;
+  else if (d->error == SL_RULE_ERR_MEMORY)
+    st->err_memory++;
+  else
+    st->err_runtime++;
+}
+
+/* No rule decided: the config's routes do, or nothing. Takes ev. */
+static void config_route(struct sl_rules *rs, struct sl_event *ev,
+                         struct sl_rules_result *r) {
+  struct sl_str topic = sl_event_topic(ev);
+  const struct sl_route *route;
+  int j;
+  r->rule = NULL;
+  r->event = ev;
+  route = sl_router_match(&rs->cfg->router, topic.p, topic.len);
+  if (route == NULL) {
+    rs->st.unrouted++;
+    r->outcome = SL_RULES_UNROUTED;
+    return;
+  }
+  r->route = (int)(route - rs->cfg->router.routes);
+  r->ntargets = route->nto;
+  for (j = 0; j < route->nto; j++)
+    r->targets[j] = route->to[j];
+}
+
 void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
                      struct sl_rules_result *r) {
   struct ruleset *set = rs->live;
+  struct sl_rule_decision *d = &rs->d;
   struct sl_event *orig = ev;
-  struct sl_str topic;
-  const struct sl_route *route;
-  int i, j;
+  int i;
 
   r->ntargets = 0;
   r->outcome = SL_RULES_ROUTED;
@@ -758,37 +849,11 @@ void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
   sl_event_ref(orig); /* the original stays for a dead letter */
   for (i = 0; set && i < set->n; i++) {
     struct slot *sl = &set->slots[i];
-    struct sl_rule_decision *d = &rs->d;
-    uint64_t t0 = 0;
-    int64_t next;
-    int timed;
-    topic = sl_event_topic(ev);
-    if (!sl_rule_matches(sl->rule, topic.p, topic.len))
+    if (!run_slot(rs, sl, &ev))
       continue;
-    /* two clock reads cost as much as a small rule: time one call in
-     * SL_RULES_TIME_EVERY (the histogram is a sample; calls_total exact) */
-    timed = sl->stats && (sl->stats->calls & (SL_RULES_TIME_EVERY - 1)) == 0;
-    if (timed)
-      t0 = sl_mono_ns();
-    sl_rule_run(sl->rule, ev, d);
-    if (sl->stats) {
-      sl->stats->calls++;
-      if (timed)
-        sl_histogram_observe(&sl->stats->duration,
-                             (double)(sl_mono_ns() - t0) / 1e9);
-    }
-    if (rs->loop && (next = sl_rule_next_timer(sl->rule)) >= 0 &&
-        (rs->next_timer_ms < 0 || next < rs->next_timer_ms))
-      arm_timers(rs);
-    if (d->changed && d->verdict != SL_RULE_ERROR) {
-      sl_event_unref(ev);
-      ev = d->changed;
-      d->changed = NULL;
-    } else if (d->changed) {
-      sl_event_unref(d->changed);
-      d->changed = NULL;
-    }
     r->rule = sl_rule_path(sl->rule);
+    if (d->verdict == SL_RULE_ROUTE)
+      resolve_routes(rs, sl, d, r); /* may turn it into an error */
     switch (d->verdict) {
     case SL_RULE_PASS:
       if (sl->stats)
@@ -805,39 +870,13 @@ void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
       sl_event_unref(orig);
       return;
     case SL_RULE_ROUTE:
-      for (j = 0; j < d->nroutes; j++) {
-        int idx = sl_config_output_index(rs->cfg, d->routes[j],
-                                         strlen(d->routes[j]));
-        if (idx < 0) {
-          d->verdict = SL_RULE_ERROR;
-          d->error = SL_RULE_ERR_RUNTIME;
-          snprintf(d->message, sizeof(d->message),
-                   "%s: on_event returned unknown output \"%s\"",
-                   sl_rule_path(sl->rule), d->routes[j]);
-          snprintf(d->where, sizeof(d->where), "%s", sl_rule_path(sl->rule));
-          break;
-        }
-        r->targets[r->ntargets++] = (uint16_t)idx;
-      }
-      if (d->verdict == SL_RULE_ROUTE) {
-        if (sl->stats)
-          sl->stats->routed++;
-        r->event = ev;
-        sl_event_unref(orig);
-        return;
-      }
-      r->ntargets = 0;
-      /* fall through: an unknown output is the rule's error */
-      /* FALLTHRU */
+      if (sl->stats)
+        sl->stats->routed++;
+      r->event = ev;
+      sl_event_unref(orig);
+      return;
     case SL_RULE_ERROR:
-      if (sl->stats) {
-        if (d->error == SL_RULE_ERR_CPU)
-          sl->stats->err_cpu++;
-        else if (d->error == SL_RULE_ERR_MEMORY)
-          sl->stats->err_memory++;
-        else
-          sl->stats->err_runtime++;
-      }
+      count_error(sl->stats, d);
       sl_event_unref(ev);
       dead_letter(rs, orig, d, r);
       sl_event_unref(orig);
@@ -845,19 +884,7 @@ void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
     }
   }
   sl_event_unref(orig);
-  r->rule = NULL;
-  r->event = ev;
-  topic = sl_event_topic(ev);
-  route = sl_router_match(&rs->cfg->router, topic.p, topic.len);
-  if (route == NULL) {
-    rs->st.unrouted++;
-    r->outcome = SL_RULES_UNROUTED;
-    return;
-  }
-  r->route = (int)(route - rs->cfg->router.routes);
-  r->ntargets = route->nto;
-  for (j = 0; j < route->nto; j++)
-    r->targets[j] = route->to[j];
+  config_route(rs, ev, r);
 }
 
 /* ---- status and metrics ------------------------------------------------ */
