@@ -1,8 +1,10 @@
 /* test_output.c - the output core (worker/output.c) with a fake plugin on
  * a real libuv loop: the core picks batches of batch_events, keeps the
  * in-flight count, retries with backoff, opens and probes the breaker,
- * hands exhausted or refused events to the dead letter, and never
- * dead-letters or re-batches a half-written write (SL_WRITE_AGAIN). */
+ * hands exhausted or refused events to the dead letter, never
+ * dead-letters or re-batches a half-written write (SL_WRITE_AGAIN), holds
+ * events for rate_limit tokens, drops dedup repeats, and registers its
+ * metrics (removed when the output goes). */
 #include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
@@ -554,5 +556,51 @@ TEST(output_registers_its_metrics_and_removes_them_when_closed) {
   CHECK(strstr(t, "output=\"dlq\"") == NULL);
   CHECK(strstr(t, "sluice_output_events_total{output=\"main\"} 0\n"));
   sl_buf_close(&b);
+  rig_close(&r);
+}
+
+TEST(output_rate_limit_lets_a_burst_out_then_the_rest_as_tokens_return) {
+  struct rig r;
+  int i;
+  rig_init(&r, 0);
+  r.oc[0].rate_limit.events_per_second = 10; /* a token every 100 ms */
+  r.oc[0].rate_limit.burst = 2;
+  r.oc[0].batch_events = 64;
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = OK;
+  for (i = 0; i < 6; i++)
+    push(&r, i);
+  CHECK(run_calls(&r, 0, 1));
+  /* the first write holds the burst only; the others waited, counted */
+  CHECK_EQ(fakes[0].last.n, 2u);
+  CHECK(r.o->stats.rate_limited >= 4);
+  CHECK(run_until(&r, &r.o->stats.events_out, 6));
+  CHECK(fakes[0].calls >= 3); /* the rest came out as tokens came back */
+  CHECK_EQ(r.o->stats.rate_limited, 4u); /* each waiting event once */
+  rig_close(&r);
+}
+
+TEST(output_dedup_drops_a_repeated_id_inside_its_window_counted) {
+  struct rig r;
+  struct sl_idgen g;
+  struct sl_str id = {"same-id", 7}, none = {NULL, 0}, topic = {"t", 1};
+  struct sl_event *a, *b;
+  rig_init(&r, 0);
+  r.oc[0].dedup.window_ms = 60000;
+  r.oc[0].dedup.max_ids = 16;
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = HOLD;
+  sl_idgen_init(&g);
+  a = sl_event_new(&g, id, topic, none, 0, 0, NULL, 0, NULL, 0, 0);
+  b = sl_event_new(&g, id, topic, none, 0, 0, NULL, 0, NULL, 0, 0);
+  CHECK(a != NULL && b != NULL);
+  CHECK_EQ(sl_output_push(r.o, a), 0);
+  CHECK_EQ(sl_output_push(r.o, b), SL_E2BIG);
+  sl_event_unref(a);
+  sl_event_unref(b);
+  CHECK_EQ(r.o->q.count, 1u);
+  CHECK_EQ(r.o->stats.dropped_dedup, 1u);
+  push(&r, 1); /* another id passes */
+  CHECK_EQ(r.o->q.count, 2u);
   rig_close(&r);
 }
