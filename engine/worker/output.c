@@ -510,8 +510,6 @@ void sl_output_done(struct sl_output *o, uint32_t n_ok,
   uv_timer_start(&o->retry_timer, on_retry_timer, delay, 0);
 }
 
-/* ---- lifecycle ----------------------------------------------------------- */
-
 /* ---- metrics ----------------------------------------------------------- */
 
 /* A family read from a uint64_t of struct sl_output, one series each. */
@@ -627,6 +625,8 @@ static int add_metrics(struct sl_output *o) {
     rc = sl_metric_add_hist(r, &m_latency, v, &o->stats.latency, o);
   return rc;
 }
+
+/* ---- lifecycle ----------------------------------------------------------- */
 
 int sl_output_init(struct sl_output *o, struct sl_worker *w, int index,
                    const struct sl_output_ops *ops, char *why, size_t whylen) {
