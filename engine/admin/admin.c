@@ -48,6 +48,7 @@ struct sl_admin {
   int flush_init, flushing, started, stopped;
   uint64_t rng;
   struct sl_admin_stats stats;
+  struct sl_metrics_admin metrics; /* what our metrics read */
 };
 
 static const char *const outcome_names[] = {"routed", "unrouted", "dropped",
@@ -549,7 +550,7 @@ static void cb_request(struct sl_http_request *r) {
     readyz(a, r);
   } else if (path_is(r->path, "/metrics")) {
     sl_buf_init(&b);
-    if (sl_metrics_render(a->w, &b) == 0)
+    if (sl_metric_render(a->w->metrics, &b) == 0)
       sl_http_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8",
                       b.data, b.len);
     else
@@ -630,6 +631,13 @@ int sl_admin_start(struct sl_admin *a, char *err, size_t errlen) {
     snprintf(err, errlen, "admin.listen: %s", why);
     return rc;
   }
+  a->metrics.stats = &a->stats;
+  a->metrics.srv = &a->srv;
+  a->metrics.started_ns = a->w->started_ns;
+  if (sl_metrics_register(a->w->metrics, &a->metrics) != 0) {
+    snprintf(err, errlen, "admin: out of memory");
+    return SL_ENOMEM;
+  }
   sl_log(SL_LOG_INFO, "admin listening", SL_S("listen", cfg->listen),
          SL_S("auth", a->token ? "bearer" : "none"), SL_END);
   if (a->token == NULL && !loopback(cfg->listen))
@@ -658,14 +666,7 @@ void sl_admin_stop(struct sl_admin *a) {
 void sl_admin_free(struct sl_admin *a) {
   if (a == NULL)
     return;
+  sl_metric_remove(a->w->metrics, &a->metrics);
   free(a->token);
   free(a);
-}
-
-const struct sl_admin_stats *sl_admin_stats(const struct sl_admin *a) {
-  return &a->stats;
-}
-
-const struct sl_http_server *sl_admin_http(const struct sl_admin *a) {
-  return a->started ? &a->srv : NULL;
 }

@@ -28,7 +28,6 @@
 
 struct sl_admin;
 struct sl_worker;
-struct sl_http_server;
 
 struct sl_admin_stats {
   uint64_t tap_lines;         /* written to tap clients */
@@ -50,9 +49,5 @@ void sl_admin_stop(struct sl_admin *a);
 /* Free after sl_admin_stop once the loop has run the close callbacks.
  * NULL is a no-op. */
 void sl_admin_free(struct sl_admin *a);
-
-const struct sl_admin_stats *sl_admin_stats(const struct sl_admin *a);
-/* The admin's HTTP server (requests by status, for metrics). */
-const struct sl_http_server *sl_admin_http(const struct sl_admin *a);
 
 #endif

@@ -1,19 +1,30 @@
-/* metrics.h - the Prometheus text rendering of a worker's counters.
- * Counters live in the structs of the modules that count (no registry, no
- * locks); this module only reads them. Histograms are core/histogram.h. */
+/* metrics.h - the admin server's and the process's own metrics, added to
+ * the worker's registry (core/metric.h) when the admin server starts.
+ * /metrics itself renders the registry alone (sl_metric_render). */
 #ifndef SL_METRICS_H
 #define SL_METRICS_H
 
 #include <stdint.h>
 
-#include "buf.h"
-#include "histogram.h"
+#include "admin.h"
+#include "metric.h"
 
-struct sl_worker;
+struct sl_http_server;
 
-/* Render every metric of w (inputs, outputs, queues, drops, rules, HTTP,
- * tap, process) as Prometheus text exposition 0.0.4, appended to out.
- * Returns 0 or SL_ENOMEM. Reads /proc; call from the loop thread. */
-int sl_metrics_render(const struct sl_worker *w, struct sl_buf *out);
+/* What the admin's and the process's metrics read. Lives in the admin
+ * server; its address is the data of every source added for it, so
+ * sl_metric_remove(r, that address) takes them away. */
+struct sl_metrics_admin {
+  const struct sl_admin_stats *stats; /* the tap */
+  const struct sl_http_server *srv;   /* requests by code, its listener */
+  uint64_t started_ns;                /* the process's start, epoch */
+};
+
+/* Add to r: sluice_build_info; the admin server's requests by code, its
+ * listener's connections (beside the inputs' in the sluice_listener_*
+ * families) and the tap; the process's RSS, CPU, fds and start time.
+ * 0 or SL_ENOMEM. */
+int sl_metrics_register(struct sl_metric_registry *r,
+                        struct sl_metrics_admin *a);
 
 #endif

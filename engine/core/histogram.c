@@ -11,18 +11,21 @@ const double sl_histogram_bounds[SL_HIST_BUCKETS] = {
 int sl_histogram_render(struct sl_buf *out, const char *name,
                         const char *labels, const struct sl_histogram *h) {
   unsigned long long cum = 0;
+  const char *sep = labels[0] ? "," : ""; /* no labels: le alone */
   int k, rc = 0;
   for (k = 0; k < SL_HIST_BUCKETS && rc == 0; k++) {
     cum += h->buckets[k];
-    rc = sl_buf_printf(out, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels,
-                       sl_histogram_bounds[k], cum);
+    rc = sl_buf_printf(out, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels,
+                       sep, sl_histogram_bounds[k], cum);
   }
   cum += h->buckets[SL_HIST_BUCKETS];
   if (rc == 0)
-    rc = sl_buf_printf(out,
-                       "%s_bucket{%s,le=\"+Inf\"} %llu\n%s_sum{%s} %.9f\n"
-                       "%s_count{%s} %llu\n",
-                       name, labels, cum, name, labels, h->sum, name, labels,
+    rc = sl_buf_printf(out, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels,
+                       sep, cum);
+  if (rc == 0)
+    rc = sl_buf_printf(out, labels[0] ? "%s_sum{%s} %.9f\n%s_count{%s} %llu\n"
+                                      : "%s_sum%s %.9f\n%s_count%s %llu\n",
+                       name, labels, h->sum, name, labels,
                        (unsigned long long)h->count);
   return rc;
 }

@@ -1,7 +1,7 @@
 /* histogram.h - fixed-bucket latency histograms: the one set of bucket
  * bounds every histogram shares, observing a sample, and rendering one
- * series as Prometheus text. Counters live in the structs of the modules
- * that count; this leaf knows nothing of them. */
+ * series as Prometheus text. A histogram lives in the struct of the
+ * module that observes; the registry (metric.h) renders it. */
 #ifndef SL_HISTOGRAM_H
 #define SL_HISTOGRAM_H
 
@@ -32,8 +32,8 @@ static inline void sl_histogram_observe(struct sl_histogram *h,
 
 /* Append the _bucket, _sum and _count lines of one series of histogram
  * name, labels being the label text inside the braces without the le
- * label (already escaped). Returns 0 or SL_ENOMEM (out may then hold part
- * of the series). */
+ * label (already escaped; "" for none). Returns 0 or SL_ENOMEM (out may
+ * then hold part of the series). */
 int sl_histogram_render(struct sl_buf *out, const char *name,
                         const char *labels, const struct sl_histogram *h);
 

@@ -528,7 +528,124 @@ void sl_buffer_stop(struct sl_buffer *b) {
   }
 }
 
+/* ---- metrics ------------------------------------------------------------ */
+
+/* A disk buffer family and how to read it from the buffer and its spool's
+ * stats. */
+struct buffer_metric {
+  struct sl_metric m; /* first: the registry hands back &m */
+  uint64_t (*get)(const struct sl_buffer *b, const struct sl_spool_stats *st);
+};
+
+static uint64_t db_events(const struct sl_buffer *b,
+                          const struct sl_spool_stats *st) {
+  return st->records;
+}
+static uint64_t db_bytes(const struct sl_buffer *b,
+                         const struct sl_spool_stats *st) {
+  return st->bytes;
+}
+static uint64_t db_segments(const struct sl_buffer *b,
+                            const struct sl_spool_stats *st) {
+  return st->segments;
+}
+static uint64_t db_disk_bytes(const struct sl_buffer *b,
+                              const struct sl_spool_stats *st) {
+  return st->disk_bytes;
+}
+static uint64_t db_max_bytes(const struct sl_buffer *b,
+                             const struct sl_spool_stats *st) {
+  return b->spool.max_bytes;
+}
+static uint64_t db_quarantined_records(const struct sl_buffer *b,
+                                       const struct sl_spool_stats *st) {
+  return b->stats.lost_records + st->lost_records + b->stats.not_events;
+}
+static uint64_t db_quarantined_bytes(const struct sl_buffer *b,
+                                     const struct sl_spool_stats *st) {
+  return b->stats.quarantined_bytes;
+}
+static uint64_t db_write_errors(const struct sl_buffer *b,
+                                const struct sl_spool_stats *st) {
+  return b->stats.write_errors;
+}
+static uint64_t db_fsync_errors(const struct sl_buffer *b,
+                                const struct sl_spool_stats *st) {
+  return b->stats.sync_errors;
+}
+static uint64_t db_refused(const struct sl_buffer *b,
+                           const struct sl_spool_stats *st) {
+  return b->stats.refused;
+}
+static uint64_t db_failing(const struct sl_buffer *b,
+                           const struct sl_spool_stats *st) {
+  return (uint64_t)b->failing;
+}
+
+#define C SL_METRIC_COUNTER
+#define G SL_METRIC_GAUGE
+#define OUT {"output", NULL}
+static const struct buffer_metric buffer_metrics[] = {
+    {{"sluice_disk_buffer_backlog_events",
+      "Events in an output's disk buffer not yet delivered.", G, OUT},
+     db_events},
+    {{"sluice_disk_buffer_backlog_bytes",
+      "Bytes on disk of the events not yet delivered, framing included.", G,
+      OUT}, db_bytes},
+    {{"sluice_disk_buffer_segments",
+      "Segment files of an output's disk buffer.", G, OUT}, db_segments},
+    {{"sluice_disk_buffer_disk_bytes",
+      "Bytes of an output's disk buffer segment files, delivered parts not "
+      "yet reclaimed included.", G, OUT}, db_disk_bytes},
+    {{"sluice_disk_buffer_capacity_bytes", "The disk buffer's max_bytes.", G,
+      OUT}, db_max_bytes},
+    {{"sluice_disk_buffer_quarantined_records_total",
+      "Records found corrupt or lost (at start or while reading) and "
+      "skipped.", C, OUT}, db_quarantined_records},
+    {{"sluice_disk_buffer_quarantined_bytes_total",
+      "Bytes moved to the disk buffer's quarantine/ folder.", C, OUT},
+     db_quarantined_bytes},
+    {{"sluice_disk_buffer_write_errors_total",
+      "Writes to the disk buffer that failed (disk full, no file "
+      "descriptors, I/O error).", C, OUT}, db_write_errors},
+    {{"sluice_disk_buffer_fsync_errors_total",
+      "fdatasync calls on the disk buffer that failed.", C, OUT},
+     db_fsync_errors},
+    {{"sluice_disk_buffer_refused_total",
+      "Events refused to the producer because the disk buffer could not "
+      "write them (drop policies; block waits).", C, OUT}, db_refused},
+    {{"sluice_disk_buffer_failing",
+      "1 while the disk buffer's last write failed.", G, OUT}, db_failing},
+};
+#undef C
+#undef G
+#undef OUT
+
+static void collect(struct sl_metric_out *out, const struct sl_metric *m,
+                    void *data) {
+  const struct buffer_metric *bm = (const struct buffer_metric *)m;
+  struct sl_buffer *b = data;
+  struct sl_spool_stats st;
+  const char *v[] = {b->name};
+  memset(&st, 0, sizeof(st));
+  if (b->spool_open)
+    sl_spool_stats(&b->spool, &st); /* only reads */
+  sl_metric_put_u64(out, v, bm->get(b, &st));
+}
+
+int sl_buffer_metrics(struct sl_buffer *b, struct sl_metric_registry *r) {
+  size_t i;
+  int rc = 0;
+  b->metrics = r;
+  for (i = 0; rc == 0 && i < sizeof(buffer_metrics) / sizeof(*buffer_metrics);
+       i++)
+    rc = sl_metric_add(r, &buffer_metrics[i].m, collect, b);
+  return rc;
+}
+
 void sl_buffer_close(struct sl_buffer *b) {
+  sl_metric_remove(b->metrics, b);
+  b->metrics = NULL;
   if (b->spool_open && !b->syncing) {
     sl_spool_close(&b->spool);
     b->spool_open = 0;

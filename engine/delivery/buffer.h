@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "log.h"
+#include "metric.h"
 #include "queue.h"
 #include "spool.h"
 
@@ -61,6 +62,7 @@ struct sl_buffer {
   const char *name; /* the output's, for logs */
   const char *path; /* the spool's folder, for logs */
   struct sl_buffer_stats stats;
+  struct sl_metric_registry *metrics; /* where sl_buffer_metrics added */
 
   /* Durability tickets (see sl_buffer_durable): *ticket is the worker's
    * counter; an append is stamped with its value, and every append stamped
@@ -129,6 +131,12 @@ int sl_buffer_blocked(const struct sl_buffer *b, const struct sl_queue *q);
 
 /* Events that wait in the spool and are not in the queue. */
 uint64_t sl_buffer_backlog(struct sl_buffer *b);
+
+/* Add the disk buffer's metrics (backlog, segments, bytes on disk,
+ * capacity, quarantine, write and fsync errors, refusals, failing),
+ * labelled output=<name>, to r; sl_buffer_close removes them. 0, or
+ * SL_ENOMEM. */
+int sl_buffer_metrics(struct sl_buffer *b, struct sl_metric_registry *r);
 
 /* Close the spool after a last sync (waits for a sync in flight by running
  * the loop's close machinery: call from the worker's stop, then let the

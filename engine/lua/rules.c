@@ -14,14 +14,12 @@
 
 #include "log.h"
 #include "sandbox.h"
-#include "utf8.h"
 
 #define SL_RULES_TIME_EVERY 16 /* a power of two */
 
 /* What we keep per rule file across versions. */
 struct rule_stats {
   char *file; /* name inside the rules dir */
-  char *label; /* file as a Prometheus label value (escaped, UTF-8) */
   char hash[65];
   uint64_t version; /* bumped when the file's content changes */
   int64_t loaded_at_ns;
@@ -88,6 +86,7 @@ struct sl_rules {
   char *status_file;
   struct sl_log_limiter error_log;
   struct sl_rules_stats st;
+  struct sl_metric_registry *metrics; /* where sl_rules_metrics added */
 };
 
 /* ---- the rule host ----------------------------------------------------- */
@@ -230,37 +229,6 @@ static int rule_file(const struct dirent *d) {
   return !(n >= 9 && strcmp(d->d_name + n - 9, "_spec.lua") == 0);
 }
 
-/* s as a Prometheus label value: backslash, quote and newline escaped, a
- * byte that is not UTF-8 as U+FFFD (file names are bytes; one bad label
- * would make all of /metrics unparsable). NULL when out of memory. */
-static char *label_value(const char *s) {
-  const uint8_t *p = (const uint8_t *)s;
-  size_t n = strlen(s), i = 0, seq;
-  struct sl_buf b;
-  int rc = 0;
-
-  sl_buf_init(&b);
-  while (i < n && rc == 0) {
-    if (p[i] == '\\' || p[i] == '"' || p[i] == '\n') {
-      rc = sl_buf_append(&b, p[i] == '\\' ? "\\\\"
-                             : p[i] == '"' ? "\\\""
-                                           : "\\n", 2);
-      i++;
-    } else if ((seq = sl_utf8_seq(p + i, n - i, NULL)) == 0) {
-      rc = sl_buf_append(&b, "\xef\xbf\xbd", 3);
-      i++;
-    } else {
-      rc = sl_buf_append(&b, p + i, seq);
-      i += seq;
-    }
-  }
-  if (rc != 0 || sl_buf_putc(&b, 0) != 0) {
-    sl_buf_close(&b);
-    return NULL;
-  }
-  return (char *)b.data; /* the caller frees it */
-}
-
 static struct rule_stats *stats_for(struct sl_rules *rs, const char *file) {
   struct rule_stats *s, **grown;
   int i;
@@ -269,8 +237,7 @@ static struct rule_stats *stats_for(struct sl_rules *rs, const char *file) {
       return rs->stats[i];
   s = calloc(1, sizeof(*s));
   grown = realloc(rs->stats, sizeof(*grown) * (size_t)(rs->nstats + 1));
-  if (s == NULL || grown == NULL || (s->file = strdup(file)) == NULL ||
-      (s->label = label_value(file)) == NULL) {
+  if (s == NULL || grown == NULL || (s->file = strdup(file)) == NULL) {
     if (s)
       free(s->file);
     free(s);
@@ -698,10 +665,10 @@ void sl_rules_free(struct sl_rules *rs) {
   int i;
   if (rs == NULL)
     return;
+  sl_metric_remove(rs->metrics, rs);
   set_free(rs->live);
   for (i = 0; i < rs->nstats; i++) {
     free(rs->stats[i]->file);
-    free(rs->stats[i]->label);
     free(rs->stats[i]);
   }
   free(rs->stats);
@@ -775,13 +742,104 @@ static void dead_letter(struct sl_rules *rs, struct sl_event *orig,
   r->targets[0] = (uint16_t)rs->cfg->dead_letter;
 }
 
+/* Run slot sl on *ev when its topics match (0 when they do not): time one
+ * call in SL_RULES_TIME_EVERY, arm the timers it added, and take the event
+ * it changed unless it failed. The decision is in rs->d. */
+static int run_slot(struct sl_rules *rs, struct slot *sl,
+                    struct sl_event **ev) {
+  struct sl_rule_decision *d = &rs->d;
+  struct sl_str topic = sl_event_topic(*ev);
+  uint64_t t0 = 0;
+  int64_t next;
+  int timed;
+  if (!sl_rule_matches(sl->rule, topic.p, topic.len))
+    return 0;
+  /* two clock reads cost as much as a small rule: time one call in
+   * SL_RULES_TIME_EVERY (the histogram is a sample; calls_total exact) */
+  timed = sl->stats && (sl->stats->calls & (SL_RULES_TIME_EVERY - 1)) == 0;
+  if (timed)
+    t0 = sl_mono_ns();
+  sl_rule_run(sl->rule, *ev, d);
+  if (sl->stats) {
+    sl->stats->calls++;
+    if (timed)
+      sl_histogram_observe(&sl->stats->duration,
+                           (double)(sl_mono_ns() - t0) / 1e9);
+  }
+  if (rs->loop && (next = sl_rule_next_timer(sl->rule)) >= 0 &&
+      (rs->next_timer_ms < 0 || next < rs->next_timer_ms))
+    arm_timers(rs);
+  if (d->changed && d->verdict != SL_RULE_ERROR) {
+    sl_event_unref(*ev);
+    *ev = d->changed;
+  } else if (d->changed) {
+    sl_event_unref(d->changed);
+  }
+  d->changed = NULL;
+  return 1;
+}
+
+/* The outputs a routing decision names into r; an unknown one makes the
+ * decision the rule's runtime error (r->ntargets back to 0). */
+static void resolve_routes(struct sl_rules *rs, const struct slot *sl,
+                           struct sl_rule_decision *d,
+                           struct sl_rules_result *r) {
+  int j;
+  for (j = 0; j < d->nroutes; j++) {
+    int idx = sl_config_output_index(rs->cfg, d->routes[j],
+                                     strlen(d->routes[j]));
+    if (idx < 0) {
+      d->verdict = SL_RULE_ERROR;
+      d->error = SL_RULE_ERR_RUNTIME;
+      snprintf(d->message, sizeof(d->message),
+               "%s: on_event returned unknown output \"%s\"",
+               sl_rule_path(sl->rule), d->routes[j]);
+      snprintf(d->where, sizeof(d->where), "%s", sl_rule_path(sl->rule));
+      r->ntargets = 0;
+      return;
+    }
+    r->targets[r->ntargets++] = (uint16_t)idx;
+  }
+}
+
+static void count_error(struct rule_stats *st,
+                        const struct sl_rule_decision *d) {
+  if (st == NULL)
+    return;
+  if (d->error == SL_RULE_ERR_CPU)
+    st->err_cpu++;
+  else if (d->error == SL_RULE_ERR_MEMORY)
+    st->err_memory++;
+  else
+    st->err_runtime++;
+}
+
+/* No rule decided: the config's routes do, or nothing. Takes ev. */
+static void config_route(struct sl_rules *rs, struct sl_event *ev,
+                         struct sl_rules_result *r) {
+  struct sl_str topic = sl_event_topic(ev);
+  const struct sl_route *route;
+  int j;
+  r->rule = NULL;
+  r->event = ev;
+  route = sl_router_match(&rs->cfg->router, topic.p, topic.len);
+  if (route == NULL) {
+    rs->st.unrouted++;
+    r->outcome = SL_RULES_UNROUTED;
+    return;
+  }
+  r->route = (int)(route - rs->cfg->router.routes);
+  r->ntargets = route->nto;
+  for (j = 0; j < route->nto; j++)
+    r->targets[j] = route->to[j];
+}
+
 void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
                      struct sl_rules_result *r) {
   struct ruleset *set = rs->live;
+  struct sl_rule_decision *d = &rs->d;
   struct sl_event *orig = ev;
-  struct sl_str topic;
-  const struct sl_route *route;
-  int i, j;
+  int i;
 
   r->ntargets = 0;
   r->outcome = SL_RULES_ROUTED;
@@ -791,37 +849,11 @@ void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
   sl_event_ref(orig); /* the original stays for a dead letter */
   for (i = 0; set && i < set->n; i++) {
     struct slot *sl = &set->slots[i];
-    struct sl_rule_decision *d = &rs->d;
-    uint64_t t0 = 0;
-    int64_t next;
-    int timed;
-    topic = sl_event_topic(ev);
-    if (!sl_rule_matches(sl->rule, topic.p, topic.len))
+    if (!run_slot(rs, sl, &ev))
       continue;
-    /* two clock reads cost as much as a small rule: time one call in
-     * SL_RULES_TIME_EVERY (the histogram is a sample; calls_total exact) */
-    timed = sl->stats && (sl->stats->calls & (SL_RULES_TIME_EVERY - 1)) == 0;
-    if (timed)
-      t0 = sl_mono_ns();
-    sl_rule_run(sl->rule, ev, d);
-    if (sl->stats) {
-      sl->stats->calls++;
-      if (timed)
-        sl_histogram_observe(&sl->stats->duration,
-                             (double)(sl_mono_ns() - t0) / 1e9);
-    }
-    if (rs->loop && (next = sl_rule_next_timer(sl->rule)) >= 0 &&
-        (rs->next_timer_ms < 0 || next < rs->next_timer_ms))
-      arm_timers(rs);
-    if (d->changed && d->verdict != SL_RULE_ERROR) {
-      sl_event_unref(ev);
-      ev = d->changed;
-      d->changed = NULL;
-    } else if (d->changed) {
-      sl_event_unref(d->changed);
-      d->changed = NULL;
-    }
     r->rule = sl_rule_path(sl->rule);
+    if (d->verdict == SL_RULE_ROUTE)
+      resolve_routes(rs, sl, d, r); /* may turn it into an error */
     switch (d->verdict) {
     case SL_RULE_PASS:
       if (sl->stats)
@@ -838,39 +870,13 @@ void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
       sl_event_unref(orig);
       return;
     case SL_RULE_ROUTE:
-      for (j = 0; j < d->nroutes; j++) {
-        int idx = sl_config_output_index(rs->cfg, d->routes[j],
-                                         strlen(d->routes[j]));
-        if (idx < 0) {
-          d->verdict = SL_RULE_ERROR;
-          d->error = SL_RULE_ERR_RUNTIME;
-          snprintf(d->message, sizeof(d->message),
-                   "%s: on_event returned unknown output \"%s\"",
-                   sl_rule_path(sl->rule), d->routes[j]);
-          snprintf(d->where, sizeof(d->where), "%s", sl_rule_path(sl->rule));
-          break;
-        }
-        r->targets[r->ntargets++] = (uint16_t)idx;
-      }
-      if (d->verdict == SL_RULE_ROUTE) {
-        if (sl->stats)
-          sl->stats->routed++;
-        r->event = ev;
-        sl_event_unref(orig);
-        return;
-      }
-      r->ntargets = 0;
-      /* fall through: an unknown output is the rule's error */
-      /* FALLTHRU */
+      if (sl->stats)
+        sl->stats->routed++;
+      r->event = ev;
+      sl_event_unref(orig);
+      return;
     case SL_RULE_ERROR:
-      if (sl->stats) {
-        if (d->error == SL_RULE_ERR_CPU)
-          sl->stats->err_cpu++;
-        else if (d->error == SL_RULE_ERR_MEMORY)
-          sl->stats->err_memory++;
-        else
-          sl->stats->err_runtime++;
-      }
+      count_error(sl->stats, d);
       sl_event_unref(ev);
       dead_letter(rs, orig, d, r);
       sl_event_unref(orig);
@@ -878,19 +884,7 @@ void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
     }
   }
   sl_event_unref(orig);
-  r->rule = NULL;
-  r->event = ev;
-  topic = sl_event_topic(ev);
-  route = sl_router_match(&rs->cfg->router, topic.p, topic.len);
-  if (route == NULL) {
-    rs->st.unrouted++;
-    r->outcome = SL_RULES_UNROUTED;
-    return;
-  }
-  r->route = (int)(route - rs->cfg->router.routes);
-  r->ntargets = route->nto;
-  for (j = 0; j < route->nto; j++)
-    r->targets[j] = route->to[j];
+  config_route(rs, ev, r);
 }
 
 /* ---- status and metrics ------------------------------------------------ */
@@ -938,73 +932,123 @@ int sl_rules_status_json(const struct sl_rules *rs, struct sl_buf *out) {
   return 0;
 }
 
+/* The rule set's families; every source is added with rs as its data. */
+static const struct sl_metric m_calls = {
+    "sluice_rule_calls_total", "Calls into a rule's on_event.",
+    SL_METRIC_COUNTER, {"rule", NULL}};
+static const struct sl_metric m_errors = {
+    "sluice_rule_errors_total", "Rule failures by kind.", SL_METRIC_COUNTER,
+    {"rule", "kind", NULL}};
+static const struct sl_metric m_timer_errors = {
+    "sluice_rule_timer_errors_total",
+    "Timer runs that failed (error, cpu or memory).", SL_METRIC_COUNTER,
+    {"rule", NULL}};
+static const struct sl_metric m_duration = {
+    "sluice_rule_duration_seconds",
+    "Time in on_event (one call in 16 is timed).", SL_METRIC_HISTOGRAM,
+    {"rule", NULL}};
+static const struct sl_metric m_reloads = {
+    "sluice_rules_reloads_total", "Rule set reloads by result.",
+    SL_METRIC_COUNTER, {"result", NULL}};
+static const struct sl_metric m_version = {
+    "sluice_rules_version", "The live rule set's version.", SL_METRIC_GAUGE,
+    {NULL}};
+static const struct sl_metric m_value = {
+    "sluice_rule_value_total", "Counters defined by rules with sluice.counter.",
+    SL_METRIC_COUNTER, {"rule", "name", NULL}};
+static const struct sl_metric m_dropped = {
+    "sluice_events_dropped_total",
+    "Events dropped, by reason (and output for full queues).",
+    SL_METRIC_COUNTER, {"reason", NULL}};
+static const struct sl_metric m_emitted = {
+    "sluice_events_emitted_total", "Events rules emitted with sluice.emit.",
+    SL_METRIC_COUNTER, {NULL}};
+static const struct sl_metric m_dead_lettered = {
+    "sluice_events_dead_lettered_total",
+    "Events a failing rule sent to the dead letter output.",
+    SL_METRIC_COUNTER, {NULL}};
+
+/* Per rule file ever loaded (its counters outlive its versions). */
+static void collect_files(struct sl_metric_out *out, const struct sl_metric *m,
+                          void *data) {
+  static const char *const kinds[] = {"runtime", "cpu", "memory"};
+  const struct sl_rules *rs = data;
+  int i, k;
+  for (i = 0; i < rs->nstats; i++) {
+    const struct rule_stats *s = rs->stats[i];
+    const char *v[] = {s->file, NULL};
+    const uint64_t errs[] = {s->err_runtime, s->err_cpu, s->err_memory};
+    if (m == &m_calls)
+      sl_metric_put_u64(out, v, s->calls);
+    else if (m == &m_timer_errors)
+      sl_metric_put_u64(out, v, s->timer_errors);
+    else if (m == &m_duration)
+      sl_metric_put_hist(out, v, &s->duration);
+    else
+      for (k = 0; k < 3; k++) {
+        v[1] = kinds[k];
+        sl_metric_put_u64(out, v, errs[k]);
+      }
+  }
+}
+
 struct counter_ctx {
-  struct sl_buf *out;
+  struct sl_metric_out *out;
   const char *rule;
 };
 
 static void on_counter(void *data, const char *name, const char *labels,
                        double value) {
   struct counter_ctx *c = data;
-  sl_buf_printf(c->out, "sluice_rule_value{rule=\"%s\",name=\"%s\"%s%s} %.17g\n",
-                c->rule, name, labels[0] ? "," : "", labels, value);
+  const char *v[] = {c->rule, name};
+  sl_metric_put_extra(c->out, v, labels, value);
 }
 
-int sl_rules_metrics(const struct sl_rules *rs, struct sl_buf *out) {
+/* The live rules' sluice.counter series. */
+static void collect_values(struct sl_metric_out *out,
+                           const struct sl_metric *m, void *data) {
+  const struct sl_rules *rs = data;
   int i;
-  sl_buf_printf(out,
-                "# HELP sluice_rule_calls_total Calls into a rule's on_event.\n"
-                "# TYPE sluice_rule_calls_total counter\n");
-  for (i = 0; i < rs->nstats; i++)
-    sl_buf_printf(out, "sluice_rule_calls_total{rule=\"%s\"} %llu\n",
-                  rs->stats[i]->label, (unsigned long long)rs->stats[i]->calls);
-  sl_buf_printf(out,
-                "# HELP sluice_rule_errors_total Rule failures by kind.\n"
-                "# TYPE sluice_rule_errors_total counter\n");
-  for (i = 0; i < rs->nstats; i++) {
-    const struct rule_stats *s = rs->stats[i];
-    sl_buf_printf(out,
-                  "sluice_rule_errors_total{rule=\"%s\",kind=\"runtime\"} %llu\n"
-                  "sluice_rule_errors_total{rule=\"%s\",kind=\"cpu\"} %llu\n"
-                  "sluice_rule_errors_total{rule=\"%s\",kind=\"memory\"} %llu\n",
-                  s->label, (unsigned long long)s->err_runtime, s->label,
-                  (unsigned long long)s->err_cpu, s->label,
-                  (unsigned long long)s->err_memory);
-  }
-  sl_buf_printf(out,
-                "# HELP sluice_rule_timer_errors_total Timer runs that failed "
-                "(error, cpu or memory).\n"
-                "# TYPE sluice_rule_timer_errors_total counter\n");
-  for (i = 0; i < rs->nstats; i++)
-    sl_buf_printf(out, "sluice_rule_timer_errors_total{rule=\"%s\"} %llu\n",
-                  rs->stats[i]->label,
-                  (unsigned long long)rs->stats[i]->timer_errors);
-  sl_buf_printf(out, "# HELP sluice_rule_duration_seconds Time in on_event "
-                     "(one call in 16 is timed).\n"
-                     "# TYPE sluice_rule_duration_seconds histogram\n");
-  for (i = 0; i < rs->nstats; i++) {
-    char labels[1040]; /* a label is at most 3 bytes per file name byte */
-    snprintf(labels, sizeof(labels), "rule=\"%s\"", rs->stats[i]->label);
-    sl_histogram_render(out, "sluice_rule_duration_seconds", labels,
-                        &rs->stats[i]->duration);
-  }
-  sl_buf_printf(out,
-                "# HELP sluice_rules_reloads_total Rule set reloads by result.\n"
-                "# TYPE sluice_rules_reloads_total counter\n"
-                "sluice_rules_reloads_total{result=\"ok\"} %llu\n"
-                "sluice_rules_reloads_total{result=\"failed\"} %llu\n"
-                "# HELP sluice_rules_version The live rule set's version.\n"
-                "# TYPE sluice_rules_version gauge\n"
-                "sluice_rules_version %llu\n",
-                (unsigned long long)rs->st.reloads_ok,
-                (unsigned long long)rs->st.reloads_failed,
-                (unsigned long long)rs->st.version);
-  sl_buf_printf(out, "# HELP sluice_rule_value Counters defined by rules "
-                     "with sluice.counter.\n# TYPE sluice_rule_value gauge\n");
   for (i = 0; rs->live && i < rs->live->n; i++) {
     const struct slot *sl = &rs->live->slots[i];
-    struct counter_ctx c = {out, sl->stats ? sl->stats->label : "?"};
-    sl_rule_counters(rs->live->slots[i].rule, on_counter, &c);
+    struct counter_ctx c = {out, sl->stats ? sl->stats->file : "?"};
+    sl_rule_counters(sl->rule, on_counter, &c);
   }
-  return 0;
+}
+
+int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r) {
+  static const char *const ok[] = {"ok"}, *const failed[] = {"failed"},
+                           *const rule[] = {"rule"},
+                           *const unrouted[] = {"unrouted"},
+                           *const unknown[] = {"emit_unknown_output"};
+  int rc;
+  sl_metric_remove(rs->metrics, rs); /* added once, wherever */
+  rs->metrics = r;
+  rc = sl_metric_add(r, &m_calls, collect_files, rs);
+  if (rc == 0)
+    rc = sl_metric_add(r, &m_errors, collect_files, rs);
+  if (rc == 0)
+    rc = sl_metric_add(r, &m_timer_errors, collect_files, rs);
+  if (rc == 0)
+    rc = sl_metric_add(r, &m_duration, collect_files, rs);
+  if (rc == 0)
+    rc = sl_metric_add_u64(r, &m_reloads, ok, &rs->st.reloads_ok, rs);
+  if (rc == 0)
+    rc = sl_metric_add_u64(r, &m_reloads, failed, &rs->st.reloads_failed, rs);
+  if (rc == 0)
+    rc = sl_metric_add_u64(r, &m_version, NULL, &rs->st.version, rs);
+  if (rc == 0)
+    rc = sl_metric_add(r, &m_value, collect_values, rs);
+  if (rc == 0)
+    rc = sl_metric_add_u64(r, &m_dropped, rule, &rs->st.dropped, rs);
+  if (rc == 0)
+    rc = sl_metric_add_u64(r, &m_dropped, unrouted, &rs->st.unrouted, rs);
+  if (rc == 0)
+    rc = sl_metric_add_u64(r, &m_dropped, unknown, &rs->st.emit_failed, rs);
+  if (rc == 0)
+    rc = sl_metric_add_u64(r, &m_emitted, NULL, &rs->st.emitted, rs);
+  if (rc == 0)
+    rc = sl_metric_add_u64(r, &m_dead_lettered, NULL, &rs->st.dead_lettered,
+                           rs);
+  return rc;
 }

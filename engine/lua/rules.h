@@ -19,6 +19,7 @@
 #include "config.h"
 #include "event.h"
 #include "histogram.h"
+#include "metric.h"
 
 struct sl_rules;
 
@@ -72,9 +73,11 @@ int sl_rules_reload(struct sl_rules *rs, const char *trigger);
  * loaded-at time, and the last reload's result and error. */
 int sl_rules_status_json(const struct sl_rules *rs, struct sl_buf *out);
 
-/* Prometheus lines for rule calls, errors, durations, reloads and the
- * rules' own counters. */
-int sl_rules_metrics(const struct sl_rules *rs, struct sl_buf *out);
+/* Add the rule set's metrics to r (calls, errors, durations, timer
+ * errors per rule file; reloads, version; drops, emits and dead letters;
+ * the rules' own sluice.counter series as sluice_rule_value_total);
+ * sl_rules_free removes them. 0 or SL_ENOMEM. */
+int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r);
 
 /* Write the status JSON to path now and after every reload (for
  * `sluice status`); NULL stops it. The path is copied. */

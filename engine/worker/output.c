@@ -3,6 +3,7 @@
  * dead letter, rate limits and dedup; see output.h. */
 #include "output.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -509,6 +510,122 @@ void sl_output_done(struct sl_output *o, uint32_t n_ok,
   uv_timer_start(&o->retry_timer, on_retry_timer, delay, 0);
 }
 
+/* ---- metrics ----------------------------------------------------------- */
+
+/* A family read from a uint64_t of struct sl_output, one series each. */
+struct field_metric {
+  struct sl_metric m;
+  size_t off;
+};
+
+#define C SL_METRIC_COUNTER
+#define G SL_METRIC_GAUGE
+#define OUT {"output", NULL}
+#define AT(f) offsetof(struct sl_output, f)
+static const struct field_metric field_metrics[] = {
+    {{"sluice_output_events_total",
+      "Events delivered and confirmed by an output.", C, OUT},
+     AT(stats.events_out)},
+    {{"sluice_output_bytes_total", "Bytes of events delivered by an output.",
+      C, OUT}, AT(stats.bytes_out)},
+    {{"sluice_output_errors_total",
+      "Delivery failures (lost connections, write errors).", C, OUT},
+     AT(stats.errors)},
+    {{"sluice_output_retries_total",
+      "Failed delivery attempts after which the events stayed queued for "
+      "another attempt.", C, OUT}, AT(stats.retries)},
+    {{"sluice_output_dead_lettered_total",
+      "Events that used up their retries and went to the dead-letter "
+      "output.", C, OUT}, AT(stats.dead_lettered)},
+    {{"sluice_output_refused_total",
+      "Events the output could never send (larger than max_event_bytes) and "
+      "no dead letter took: dropped.", C, OUT}, AT(stats.refused)},
+    {{"sluice_output_rate_limited_total",
+      "Events that had to wait for a rate_limit token.", C, OUT},
+     AT(stats.rate_limited)},
+    {{"sluice_output_breaker_opens_total",
+      "Times the circuit breaker opened.", C, OUT}, AT(stats.breaker_opens)},
+    {{"sluice_queue_bytes", "Bytes of the events in an output's queue.", G,
+      OUT}, AT(q.bytes)},
+    {{"sluice_queue_capacity_bytes", "The most bytes an output's queue holds.",
+      G, OUT}, AT(q.max_bytes)},
+};
+
+static const struct sl_metric m_breaker_state = {
+    "sluice_output_breaker_state",
+    "Circuit breaker: 0 closed, 1 open (no attempts), 2 half-open "
+    "(probing).", G, OUT};
+static const struct sl_metric m_healthy = {
+    "sluice_output_healthy",
+    "1 when the output can deliver now (connected, file open).", G, OUT};
+static const struct sl_metric m_queue_events = {
+    "sluice_queue_events", "Events in an output's queue, in flight included.",
+    G, OUT};
+static const struct sl_metric m_queue_capacity = {
+    "sluice_queue_capacity_events", "The most events an output's queue holds.",
+    G, OUT};
+static const struct sl_metric m_dropped = {
+    "sluice_events_dropped_total",
+    "Events dropped, by reason (and output for full queues).", C,
+    {"reason", "output", NULL}};
+static const struct sl_metric m_latency = {
+    "sluice_delivery_latency_seconds",
+    "Time from ingest to confirmed delivery.", SL_METRIC_HISTOGRAM, OUT};
+#undef C
+#undef G
+#undef OUT
+#undef AT
+
+/* The gauges that are not a uint64_t of their own. */
+static void collect(struct sl_metric_out *out, const struct sl_metric *m,
+                    void *data) {
+  struct sl_output *o = data;
+  const char *v[] = {o->cfg->name};
+  uint64_t n;
+  if (m == &m_breaker_state)
+    n = (uint64_t)o->stats.breaker_state;
+  else if (m == &m_healthy)
+    n = !o->stopped && (o->ops->cb_healthy == NULL || o->ops->cb_healthy(o));
+  else if (m == &m_queue_events)
+    n = o->q.count;
+  else
+    n = o->q.max_events;
+  sl_metric_put_u64(out, v, n);
+}
+
+/* o's series in its worker's registry, removed by sl_output_close. */
+static int add_metrics(struct sl_output *o) {
+  struct sl_metric_registry *r = o->w->metrics;
+  const char *name = o->cfg->name;
+  const char *v[] = {name};
+  const char *newest[] = {"queue_full_newest", name},
+             *oldest[] = {"queue_full_oldest", name}, *dedup[] = {"dedup", name};
+  size_t i;
+  int rc = 0;
+  for (i = 0; rc == 0 && i < sizeof(field_metrics) / sizeof(*field_metrics);
+       i++)
+    rc = sl_metric_add_u64(r, &field_metrics[i].m, v,
+                           (const uint64_t *)((const char *)o +
+                                              field_metrics[i].off), o);
+  if (rc == 0)
+    rc = sl_metric_add(r, &m_breaker_state, collect, o);
+  if (rc == 0)
+    rc = sl_metric_add(r, &m_healthy, collect, o);
+  if (rc == 0)
+    rc = sl_metric_add(r, &m_queue_events, collect, o);
+  if (rc == 0)
+    rc = sl_metric_add(r, &m_queue_capacity, collect, o);
+  if (rc == 0)
+    rc = sl_metric_add_u64(r, &m_dropped, newest, &o->q.dropped_newest, o);
+  if (rc == 0)
+    rc = sl_metric_add_u64(r, &m_dropped, oldest, &o->q.dropped_oldest, o);
+  if (rc == 0)
+    rc = sl_metric_add_u64(r, &m_dropped, dedup, &o->stats.dropped_dedup, o);
+  if (rc == 0)
+    rc = sl_metric_add_hist(r, &m_latency, v, &o->stats.latency, o);
+  return rc;
+}
+
 /* ---- lifecycle ----------------------------------------------------------- */
 
 int sl_output_init(struct sl_output *o, struct sl_worker *w, int index,
@@ -556,7 +673,14 @@ int sl_output_init(struct sl_output *o, struct sl_worker *w, int index,
   bc.fsync_interval_ms = oc->buffer.fsync_interval_ms;
   bc.max_record = w->cfg->max_event_bytes + 256;
   bc.when_full = oc->queue.when_full;
-  return sl_buffer_init(&o->buf, &w->loop, oc->name, &bc, &o->q, why, whylen);
+  rc = sl_buffer_init(&o->buf, &w->loop, oc->name, &bc, &o->q, why, whylen);
+  if (rc == 0)
+    rc = add_metrics(o);
+  if (rc == 0 && o->buf.mode != SL_BUFFER_MEMORY)
+    rc = sl_buffer_metrics(&o->buf, w->metrics);
+  if (rc == SL_ENOMEM)
+    snprintf(why, whylen, "out of memory");
+  return rc;
 }
 
 void sl_output_stop(struct sl_output *o) {
@@ -580,6 +704,8 @@ void sl_output_close_handles(struct sl_output *o) {
 }
 
 void sl_output_close(struct sl_output *o) {
+  if (o->w)
+    sl_metric_remove(o->w->metrics, o);
   sl_buffer_close(&o->buf);
   sl_queue_close(&o->q);
   sl_dedup_free(o->dedup);

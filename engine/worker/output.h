@@ -164,10 +164,12 @@ void sl_output_reachable(struct sl_output *o);
 int sl_output_push(struct sl_output *o, struct sl_event *ev);
 
 /* Set up output index of w (its config is w->cfg->outputs[index]) with
- * plugin ops: queue, buffer, retry, rate limit, dedup; does not start the
- * plugin (o->stopped stays set). 0 or a negative code, why filled. Tear
- * down with sl_output_stop (plugin), sl_output_close_handles (timers,
- * buffer) and, once the loop closed them, sl_output_close. */
+ * plugin ops: queue, buffer, retry, rate limit, dedup, and its metrics in
+ * w->metrics (by o's address: o must not move until sl_output_close, which
+ * removes them); does not start the plugin (o->stopped stays set). 0 or
+ * a negative code, why filled. Tear down with sl_output_stop (plugin),
+ * sl_output_close_handles (timers, buffer) and, once the loop closed them,
+ * sl_output_close. */
 int sl_output_init(struct sl_output *o, struct sl_worker *w, int index,
                    const struct sl_output_ops *ops, char *why, size_t whylen);
 void sl_output_stop(struct sl_output *o);

@@ -442,6 +442,12 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
     rc = SL_ENOMEM;
     goto fail;
   }
+  w->metrics = sl_metric_registry_new();
+  if (w->metrics == NULL || sl_worker_metrics(w) != 0) {
+    snprintf(err, errlen, "out of memory");
+    rc = SL_ENOMEM;
+    goto fail;
+  }
   for (i = 0; i < cfg->noutputs; i++) {
     const struct sl_output_config *oc = &cfg->outputs[i];
     struct sl_output *o = &w->outputs[i];
@@ -477,6 +483,10 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
     w->rules = sl_rules_new(cfg, &w->loop, &w->idgen, &owner, err, errlen);
     if (w->rules == NULL) {
       rc = SL_EINVAL;
+      goto fail;
+    }
+    if ((rc = sl_rules_metrics(w->rules, w->metrics)) != 0) {
+      snprintf(err, errlen, "out of memory");
       goto fail;
     }
   }
@@ -558,5 +568,7 @@ void sl_worker_close(struct sl_worker *w) {
   free(w->inputs);
   w->outputs = NULL;
   w->inputs = NULL;
+  sl_metric_registry_free(w->metrics); /* after every module removed its */
+  w->metrics = NULL;
   uv_loop_close(&w->loop);
 }

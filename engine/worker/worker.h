@@ -15,6 +15,7 @@
 #include "buffer.h"
 #include "log.h"
 #include "histogram.h"
+#include "metric.h"
 #include "queue.h"
 #include "ratelimit.h"
 #include "retry.h"
@@ -143,6 +144,9 @@ struct sl_worker {
   void (*admin_free)(struct sl_admin *a);
   struct sl_log_limiter bad_input_log, rule_error_log;
   struct sl_worker_stats stats;
+  /* what /metrics renders: every module of the worker registers its
+   * metrics here (core/metric.h) and removes them when it goes */
+  struct sl_metric_registry *metrics;
   uint64_t started_ns;
   /* durability tickets: disk buffers stamp appends with durable_ticket;
    * durable_waiters (oldest ticket first) wait for their stamp to be
@@ -203,6 +207,16 @@ void sl_worker_undurable(struct sl_durable *d);
 /* Words for a refusal: "the disk buffer of output X cannot write: why". */
 void sl_worker_refusal(const struct sl_worker *w, int output, char *buf,
                        size_t len);
+
+/* Register the worker's own metrics in w->metrics: inputs (iterating the
+ * live list at each scrape), their listeners and HTTP servers, route rate
+ * limits, sluice.emit drops. 0 or SL_ENOMEM. In worker_metrics.c. */
+int sl_worker_metrics(struct sl_worker *w);
+/* The per-listener families (labels listener, type; refused adds reason),
+ * for listeners outside the inputs (the admin server's) to join. */
+extern const struct sl_metric sl_worker_listener_open;
+extern const struct sl_metric sl_worker_listener_refused;
+extern const struct sl_metric sl_worker_listener_timed_out;
 
 /* Set up / tear down a source (tear down drops a held event, counted). */
 void sl_source_init(struct sl_source *s, struct sl_input *in,

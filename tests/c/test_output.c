@@ -1,8 +1,10 @@
 /* test_output.c - the output core (worker/output.c) with a fake plugin on
  * a real libuv loop: the core picks batches of batch_events, keeps the
  * in-flight count, retries with backoff, opens and probes the breaker,
- * hands exhausted or refused events to the dead letter, and never
- * dead-letters or re-batches a half-written write (SL_WRITE_AGAIN). */
+ * hands exhausted or refused events to the dead letter, never
+ * dead-letters or re-batches a half-written write (SL_WRITE_AGAIN), holds
+ * events for rate_limit tokens, drops dedup repeats, and registers its
+ * metrics (removed when the output goes). */
 #include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
@@ -109,6 +111,7 @@ static int rig_start(struct rig *r) {
     return -1;
   uv_idle_init(&r->w.loop, &r->w.flush_idle);
   r->w.cfg = &r->cfg;
+  r->w.metrics = sl_metric_registry_new();
   r->w.outputs = calloc(2, sizeof(*r->w.outputs));
   r->w.noutputs = r->cfg.noutputs;
   for (i = 0; i < r->cfg.noutputs; i++) {
@@ -134,6 +137,7 @@ static void rig_close(struct rig *r) {
     sl_output_close(&r->w.outputs[i]);
   uv_loop_close(&r->w.loop);
   free(r->w.outputs);
+  sl_metric_registry_free(r->w.metrics);
 }
 
 /* Event i into o: a str payload of i + 1 bytes. Returns it (o's queue
@@ -503,5 +507,100 @@ TEST(output_refuses_an_event_larger_than_the_plugin_takes) {
   dead = sl_queue_at(&r.dl->q, 0);
   CHECK(memmem(dead->data, dead->len, "larger than the peer accepts", 28));
   CHECK(memmem(dead->data, dead->len, "(test)", 6));
+  rig_close(&r);
+}
+
+/* The registry's text as a C string in b (the caller closes b). */
+static const char *render_metrics(struct rig *r, struct sl_buf *b) {
+  sl_buf_init(b);
+  if (sl_metric_render(r->w.metrics, b) != 0 || sl_buf_putc(b, 0) != 0)
+    return NULL;
+  return (const char *)b->data;
+}
+
+TEST(output_registers_its_metrics_and_removes_them_when_closed) {
+  struct rig r;
+  struct sl_buf b;
+  const char *t;
+  int i;
+  rig_init(&r, 1);
+  r.oc[0].retry.max_attempts = 1;
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = FAIL;
+  for (i = 0; i < 3; i++)
+    push(&r, i);
+  CHECK(run_until(&r, &r.dl->stats.events_out, 3));
+  t = render_metrics(&r, &b);
+  CHECK(t != NULL);
+  CHECK(strstr(t, "sluice_output_dead_lettered_total{output=\"main\"} 3\n"));
+  CHECK(strstr(t, "sluice_output_events_total{output=\"main\"} 0\n"));
+  CHECK(strstr(t, "sluice_output_events_total{output=\"dlq\"} 3\n"));
+  CHECK(strstr(t, "sluice_delivery_latency_seconds_count{output=\"dlq\"} 3\n"));
+  CHECK(strstr(t, "sluice_queue_capacity_events{output=\"main\"} 64\n"));
+  CHECK(strstr(t, "sluice_output_healthy{output=\"main\"} 1\n"));
+  CHECK(strstr(t, "sluice_events_dropped_total{reason=\"dedup\","
+                  "output=\"main\"} 0\n"));
+  /* a memory queue has no disk buffer families */
+  CHECK(strstr(t, "sluice_disk_buffer") == NULL);
+  /* one family per name over both outputs */
+  CHECK(strstr(strstr(t, "# TYPE sluice_output_events_total counter\n") + 1,
+               "# TYPE sluice_output_events_total") == NULL);
+  sl_buf_close(&b);
+  /* an output that goes (a reload) takes its series with it */
+  sl_output_stop(r.dl);
+  sl_output_close_handles(r.dl);
+  uv_run(&r.w.loop, UV_RUN_NOWAIT);
+  sl_output_close(r.dl);
+  r.w.noutputs = 1;
+  t = render_metrics(&r, &b);
+  CHECK(strstr(t, "output=\"dlq\"") == NULL);
+  CHECK(strstr(t, "sluice_output_events_total{output=\"main\"} 0\n"));
+  sl_buf_close(&b);
+  rig_close(&r);
+}
+
+TEST(output_rate_limit_lets_a_burst_out_then_the_rest_as_tokens_return) {
+  struct rig r;
+  int i;
+  rig_init(&r, 0);
+  r.oc[0].rate_limit.events_per_second = 10; /* a token every 100 ms */
+  r.oc[0].rate_limit.burst = 2;
+  r.oc[0].batch_events = 64;
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = OK;
+  for (i = 0; i < 6; i++)
+    push(&r, i);
+  CHECK(run_calls(&r, 0, 1));
+  /* the first write holds the burst only; the others waited, counted */
+  CHECK_EQ(fakes[0].last.n, 2u);
+  CHECK(r.o->stats.rate_limited >= 4);
+  CHECK(run_until(&r, &r.o->stats.events_out, 6));
+  CHECK(fakes[0].calls >= 3); /* the rest came out as tokens came back */
+  CHECK_EQ(r.o->stats.rate_limited, 4u); /* each waiting event once */
+  rig_close(&r);
+}
+
+TEST(output_dedup_drops_a_repeated_id_inside_its_window_counted) {
+  struct rig r;
+  struct sl_idgen g;
+  struct sl_str id = {"same-id", 7}, none = {NULL, 0}, topic = {"t", 1};
+  struct sl_event *a, *b;
+  rig_init(&r, 0);
+  r.oc[0].dedup.window_ms = 60000;
+  r.oc[0].dedup.max_ids = 16;
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = HOLD;
+  sl_idgen_init(&g);
+  a = sl_event_new(&g, id, topic, none, 0, 0, NULL, 0, NULL, 0, 0);
+  b = sl_event_new(&g, id, topic, none, 0, 0, NULL, 0, NULL, 0, 0);
+  CHECK(a != NULL && b != NULL);
+  CHECK_EQ(sl_output_push(r.o, a), 0);
+  CHECK_EQ(sl_output_push(r.o, b), SL_E2BIG);
+  sl_event_unref(a);
+  sl_event_unref(b);
+  CHECK_EQ(r.o->q.count, 1u);
+  CHECK_EQ(r.o->stats.dropped_dedup, 1u);
+  push(&r, 1); /* another id passes */
+  CHECK_EQ(r.o->q.count, 2u);
   rig_close(&r);
 }

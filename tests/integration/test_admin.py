@@ -222,7 +222,7 @@ def test_metrics_pass_promtool_check_metrics(sluice, tmp_path):
             ("sluice_input_connections_open", {"input": "web"}, 0),
             ("sluice_rules_version", {}, 1)]:
         assert metric(text, name, **labels) == want, (name, labels, text)
-    assert metric(text, "sluice_rule_value", rule="10_pass.lua", name="seen",
+    assert metric(text, "sluice_rule_value_total", rule="10_pass.lua", name="seen",
                   topic="a") == 1
     assert metric(text, "process_resident_memory_bytes") > 1e6
     assert metric(text, "process_open_fds") > 3

@@ -406,7 +406,7 @@ def test_labels_that_are_not_utf8_never_spoil_metrics(sluice, tmp_path):
                     what="the bad label's event in the dead letter")
     assert "sluice.counter: label 'k' is not valid UTF-8" in dead[0]["headers"]["sluice-error"]
     samples = scrape(admin)  # strict UTF-8 decode, every line a sample
-    good = [v for n, l, v in samples if n == "sluice_rule_value" and
+    good = [v for n, l, v in samples if n == "sluice_rule_value_total" and
             l.get("rule") == "10_count.lua" and l.get("name") == "good_total"]
     assert good == [3.0], good
     assert not [s for s in samples if s[1].get("name") == "bad_total"]
@@ -565,11 +565,11 @@ def test_counter_labels_cannot_duplicate_or_spoof_metric_labels(sluice, tmp_path
     with urllib.request.urlopen("http://%s/metrics" % admin, timeout=5) as r:
         text = r.read().decode()
     for line in text.splitlines():
-        if line.startswith("sluice_rule_value{"):
+        if line.startswith("sluice_rule_value_total{"):
             names = re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="(?:[^"\\]|\\.)*"', line)
             assert len(names) == len(set(names)), line
             assert "__name__" not in names, line
     samples = scrape(admin)
-    assert [v for n, l, v in samples if n == "sluice_rule_value" and
+    assert [v for n, l, v in samples if n == "sluice_rule_value_total" and
             l.get("name") == "honest_total"] == [4.0]
     assert not [s for s in samples if s[1].get("name") == "spoof_total"]

@@ -210,7 +210,7 @@ end)
 describe("rule counters cannot spoil /metrics", function()
   teardown(s.cleanup)
 
-  -- /metrics prints sluice_rule_value{rule="..",name="..",<labels>}
+  -- /metrics prints sluice_rule_value_total{rule="..",name="..",<labels>}
   it("refuses the label names /metrics adds itself or Prometheus reserves", function()
     for _, label in ipairs({ "rule", "name", "__name__", "__x" }) do
       local r = s.on_event(("sluice.counter('c', { %s = 'v' }):inc() return 'ok'"):format(label))
