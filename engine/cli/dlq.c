@@ -443,7 +443,6 @@ static int replay(struct replay *rp);
 
 int sl_dlq_main(int argc, char **argv) {
   struct replay r;
-  char why[320];
   const char *config = NULL;
   char *from_config = NULL;
   int i, rc;
@@ -513,6 +512,7 @@ int sl_dlq_main(int argc, char **argv) {
 /* Check the file, then send it and wait for the acks. The exit code. */
 static int replay(struct replay *rp) {
   struct replay r = *rp;
+  char why[320];
   int rc;
   if ((rc = check_file(&r)) != 0)
     return rc;
