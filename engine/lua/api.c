@@ -286,13 +286,13 @@ static int log_level(lua_State *L, int idx) {
 }
 
 /* May this call into the rule log n more bytes? Each call (on_event, a
- * timer; told apart by their deadlines) has LOG_CALL_MAX bytes; the line
+ * timer; told apart by their call numbers) has LOG_CALL_MAX bytes; the line
  * that runs out writes one notice, later lines of the call are dropped. */
 static int log_allow(lua_State *L, struct sl_rule *r, size_t n) {
   struct box *b = box_of(L);
 
-  if (r->log_deadline != b->deadline) {
-    r->log_deadline = b->deadline;
+  if (r->log_call != b->call_no) {
+    r->log_call = b->call_no;
     r->log_bytes = 0;
   }
   if (r->log_bytes <= LOG_CALL_MAX && r->log_bytes + n > LOG_CALL_MAX) {

@@ -105,7 +105,9 @@ struct box {
   struct sl_rule *rule;
   lua_State *L;
   size_t used, limit;
-  uint64_t deadline; /* monotonic ns; the hook raises past it */
+  uint64_t deadline; /* monotonic ns; past it, the CPU clock decides */
+  uint64_t cpu_ref;  /* the thread's CPU clock shortly before the call */
+  uint64_t call_no;  /* counts calls: tells one from the next */
   int in_call;       /* a call into Lua is running */
   int cpu_hit;       /* the hook or a check raised for the deadline */
   int fast_hook;     /* hook count lowered to 1 after the deadline */
@@ -159,10 +161,11 @@ struct sl_rule {
   int ncounters;
   struct lru rate, seen;
   uint32_t max_event_bytes;
-  uint64_t log_deadline; /* the call log_bytes counts for */
+  uint64_t log_call; /* the call (box call_no) log_bytes counts for */
   size_t log_bytes;
   uint64_t span_seq; /* for span ids of emitted events */
   uint64_t event_deadline; /* on_event's, which finish() also spends */
+  uint64_t event_cpu_ref;  /* and its CPU reference */
   uint64_t seed1, seed2;
   int64_t wall0_ns;
   uint64_t mono0_ns;

@@ -352,6 +352,7 @@ int finish(lua_State *L) {
 
   /* comparing and encoding is work done for on_event: same budget */
   b->deadline = r->event_deadline;
+  b->cpu_ref = r->event_cpu_ref;
   lua_settop(L, 0);
   if (b->evflags & EV_TOPIC) {
     push_ref(L, b->ref_topic);

@@ -443,6 +443,7 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
   const char *s;
 
   r->event_deadline = b->deadline; /* for finish() */
+  r->event_cpu_ref = b->cpu_ref;
   switch (lua_type(L, -1)) {
   case LUA_TNIL:
     return;

@@ -573,3 +573,59 @@ def test_counter_labels_cannot_duplicate_or_spoof_metric_labels(sluice, tmp_path
     assert [v for n, l, v in samples if n == "sluice_rule_value_total" and
             l.get("name") == "honest_total"] == [4.0]
     assert not [s for s in samples if s[1].get("name") == "spoof_total"]
+
+
+BUSY = """
+return {
+  topics = { "busy.*" },
+  on_event = function(ev)
+    if ev.topic == "busy.loop" then while true do end end
+    local n = 0
+    for i = 1, ev.payload.spin do n = n + i end
+    return "a"
+  end,
+}
+"""
+
+
+def test_the_cpu_budget_counts_cpu_time_not_time_the_engine_was_preempted(sluice, tmp_path):
+    """A busy node (a noisy neighbour, a container's CPU quota) stops the
+    engine for longer than a rule's budget while a rule runs: that time is
+    not the rule's. SIGSTOP for 60 ms every 20 ms, budget 20 ms, each event a
+    few ms of CPU: none may be stopped for its budget, but an endless loop
+    still is."""
+    import os
+    import signal
+    import threading
+    eng, addr, admin = start(sluice, tmp_path, {"10_busy.lua": BUSY})
+    stop = threading.Event()
+    stops = [0]
+
+    def preempt():
+        while not stop.is_set():
+            os.kill(eng.pid, signal.SIGSTOP)
+            time.sleep(0.06)
+            os.kill(eng.pid, signal.SIGCONT)
+            stops[0] += 1
+            time.sleep(0.02)
+
+    t = threading.Thread(target=preempt)
+    t.start()
+    try:
+        n = 150
+        send_events(addr, [{"topic": "busy.work", "payload": {"spin": 300000}}
+                           for _ in range(n)] + [{"topic": "busy.loop"}], timeout=60)
+        wait_for(lambda: len(read_ndjson(eng.path("a.ndjson"))) == n, timeout=30,
+                 what="every busy event delivered")
+    finally:
+        stop.set()
+        t.join()
+        os.kill(eng.pid, signal.SIGCONT)
+    from conftest import scrape
+    samples = scrape(admin)
+    assert stops[0] >= 3, stops  # the engine was preempted while it worked
+    assert metric(samples, "sluice_rule_errors_total", rule="10_busy.lua", kind="cpu") == 1
+    assert eng.stop() == 0
+    dead = read_ndjson(eng.path("var/dead-letter.ndjson"))
+    assert [e["topic"] for e in dead] == ["busy.loop"]
+    assert "cpu budget" in dead[0]["headers"]["sluice-error"]
