@@ -534,6 +534,9 @@ static const struct field_metric field_metrics[] = {
     {{"sluice_output_retries_total",
       "Failed delivery attempts after which the events stayed queued for "
       "another attempt.", C, OUT}, AT(stats.retries)},
+    {{"sluice_output_resolve_failures_total",
+      "Connects whose peer host name did not resolve.", C, OUT},
+     AT(stats.resolve_failures)},
     {{"sluice_output_dead_lettered_total",
       "Events that used up their retries and went to the dead-letter "
       "output.", C, OUT}, AT(stats.dead_lettered)},
