@@ -22,9 +22,11 @@
 struct sl_conn;
 struct sl_listener;
 struct sl_transport_ops;
+struct sl_tls;
 
 /* Where to listen or connect: one description for listeners and clients,
- * parsed once by sl_endpoint_init. Later: tls options. */
+ * parsed once by sl_endpoint_init; sl_endpoint_set_tls (tls.h) puts TLS
+ * under a tcp endpoint. */
 enum sl_endpoint_kind { SL_ENDPOINT_TCP = 0, SL_ENDPOINT_UNIX };
 
 struct sl_endpoint {
@@ -33,6 +35,7 @@ struct sl_endpoint {
   /* private: filled by sl_endpoint_init */
   const struct sl_transport_ops *tp;
   struct sockaddr_storage ss;  /* tcp: the parsed address */
+  struct sl_tls *tls;          /* borrowed; NULL: plain */
 };
 
 /* Parse address for kind into ep. Returns 0, or UV_EINVAL (not "host:port"
