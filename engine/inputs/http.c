@@ -435,6 +435,19 @@ static int with_traceparent(struct batch *b, const struct sl_event_view *v) {
   return rc;
 }
 
+/* On a TLS conn whose peer showed a certificate, the event carries the
+ * peer's identity in the sluice-peer header for rules (replacing one the
+ * producer may have set). Takes ev; NULL when out of memory. */
+static struct sl_event *with_peer(struct sl_event *ev, struct sl_conn *c) {
+  const char *peer = ev ? sl_conn_peer_identity(c) : NULL;
+  struct sl_event *out;
+  if (peer == NULL)
+    return ev;
+  out = sl_event_with_header(ev, "sluice-peer", peer, strlen(peer));
+  sl_event_unref(ev);
+  return out;
+}
+
 static struct sl_event *build(struct batch *b, size_t i) {
   struct sl_worker *w = b->hi->in->w;
   const uint8_t *p = (SPAN(b, i).fixed ? b->fixed.data : b->base) +
@@ -505,7 +518,7 @@ static void submit_more(struct batch *b) {
     return;
   }
   while (b->next < b->n) {
-    struct sl_event *ev = build(b, b->next);
+    struct sl_event *ev = with_peer(build(b, b->next), b->r->conn);
     if (ev == NULL) {
       sl_http_respond_error(b->r, 500,
                             "out of memory after %zu of %zu events were "

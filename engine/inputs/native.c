@@ -117,6 +117,19 @@ static int is_hello(const uint8_t *p, size_t n, int *ack) {
 
 static void finish(struct native_in *ni);
 
+/* On a TLS conn whose peer showed a certificate, the event carries the
+ * peer's identity in the sluice-peer header for rules (replacing one the
+ * producer may have set). Takes ev; NULL when out of memory. */
+static struct sl_event *with_peer(struct sl_event *ev, struct sl_conn *c) {
+  const char *peer = ev ? sl_conn_peer_identity(c) : NULL;
+  struct sl_event *out;
+  if (peer == NULL)
+    return ev;
+  out = sl_event_with_header(ev, "sluice-peer", peer, strlen(peer));
+  sl_event_unref(ev);
+  return out;
+}
+
 static void on_resume(struct sl_source *s) {
   struct native_conn *nc = container_of(s, struct native_conn, src);
   if (s->refused) {
@@ -191,7 +204,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       bad_input(c, in, pos + err.offset, err.msg);
       return pos;
     }
-    ev = sl_event_from_view(&w->idgen, &v, 1);
+    ev = with_peer(sl_event_from_view(&w->idgen, &v, 1), c);
     if (ev == NULL) {
       bad_input(c, in, pos, "out of memory");
       return pos;
