@@ -315,7 +315,8 @@ static const struct sl_listener *input_listener(const struct sl_input *in) {
 
 static void listeners(struct out *b, const struct sl_worker *w,
                       const struct sl_http_server *admin) {
-  static const char *const reasons[] = {"limit", "fds", "memory", "idle"};
+  static const char *const reasons[] = {"limit", "fds", "memory", "idle",
+                                        "tls"};
   const struct sl_listener *l;
   int i, k, pass;
   for (pass = 0; pass < 3; pass++) {
@@ -327,7 +328,7 @@ static void listeners(struct out *b, const struct sl_worker *w,
              "Connections refused or closed early: over max_connections, "
              "near the fd limit, to keep partial input under "
              "max_pending_bytes, or quiet ones closed to admit a new one "
-             "at max_connections (idle).");
+             "at max_connections (idle), or a failed TLS handshake (tls).");
     else
       family(b, "sluice_listener_connections_timed_out_total", "counter",
              "Connections closed by a deadline: idle, a partial event or "
@@ -339,14 +340,15 @@ static void listeners(struct out *b, const struct sl_worker *w,
                 : input_listener(&w->inputs[i]);
       if (l == NULL)
         continue;
-      for (k = 0; k < (pass == 1 ? 4 : 1); k++) {
+      for (k = 0; k < (pass == 1 ? 5 : 1); k++) {
         const struct sl_listener_stats *ls = sl_listener_stats(l);
         uint64_t v = pass == 0 ? sl_listener_open(l)
                    : pass == 2 ? ls->timed_out
                    : k == 0    ? ls->refused_limit
                    : k == 1    ? ls->refused_fds
                    : k == 2    ? ls->shed_memory
-                               : ls->displaced;
+                   : k == 3    ? ls->displaced
+                               : ls->refused_tls;
         if (pass == 1 && k == 2 && i >= 0 && w->inputs[i].stats.http)
           v += w->inputs[i].stats.http->stats.shed_memory;
         if (pass == 1)

@@ -81,6 +81,7 @@ struct sl_listener_stats {
   uint64_t shed_memory;    /* closed to keep partial input under max_pending */
   uint64_t timed_out;      /* idle, partial or protocol deadlines */
   uint64_t displaced;      /* quiet conns closed to admit a new one */
+  uint64_t refused_tls;    /* TLS handshake failed (timeouts: timed_out) */
 };
 
 /* Buffers up to this much per conn are not charged to max_pending: what one

@@ -378,6 +378,8 @@ static void fail(struct tls_conn *t, int status, const char *why) {
   uv_timer_stop(&t->timer);
   t->phase = TLS_FAILED;
   t->fail_status = status;
+  if (t->c->listener && status != UV_ETIMEDOUT)
+    t->c->listener->stats.refused_tls++; /* timeouts count as timed out */
   tcp_reading(t);
   if (sl_log_allow(&t->tls->log, &suppressed))
     sl_log(SL_LOG_WARN, t->tls->server ? "TLS handshake refused"

@@ -20,8 +20,8 @@ import time
 import msgpack
 import pytest
 
-from conftest import (connect, free_port, pack, read_ndjson, run_sluice,
-                      wait_for, wait_lines)
+from conftest import (connect, free_port, metric, pack, read_ndjson,
+                      run_sluice, wait_for, wait_lines)
 
 
 def got_lines(path, n, timeout=10):
@@ -196,9 +196,11 @@ def test_handshake_timeout_closes_a_client_that_stalls_mid_handshake(sluice, cer
 
 
 def test_mtls_listener_admits_only_allowed_client_certificates(sluice, certs):
+    admin = free_port()
     eng = listener(sluice, certs, server_tls(
         certs, client_ca_file=certs.__getattr__("ca.pem"),
-        allow_subjects=["edge-1", "edge-2.example"]))
+        allow_subjects=["edge-1", "edge-2.example"]),
+        admin={"listen": "127.0.0.1:%d" % admin})
     ca = certs.__getattr__("ca.pem")
 
     def send(payload, *args):
@@ -229,6 +231,8 @@ def test_mtls_listener_admits_only_allowed_client_certificates(sluice, certs):
     assert got[0]["headers"]["sluice-peer"] == "edge-1"  # for rules
     time.sleep(0.3)  # nothing else arrives late
     assert [l["payload"] for l in read_ndjson(eng.out)] == ["edge"]
+    assert metric("127.0.0.1:%d" % admin, "sluice_listener_connections_refused_total",
+                  listener="in", reason="tls") == 3
 
 
 def test_sluice_peer_header_cannot_be_forged_over_mtls(sluice, certs):
