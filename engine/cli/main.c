@@ -318,7 +318,7 @@ static int cmd_plugins(void) {
   }
   printf("every tls table (tcp and http inputs, tcp output, admin) takes:\n");
   for (k = sl_config_tls_keys; k->name; k++)
-    printf("  tls.%-16s %-22s %-9s %s\n", k->name,
+    printf("  tls.%-20s %-18s %-9s %s\n", k->name,
            strcmp(k->name, "allow_subjects") == 0
                ? "string list"
                : sl_config_key_type_name(k->type),

@@ -545,7 +545,7 @@ const struct sl_config_key sl_config_tls_keys[] = {
 
 /* A readable file path at key of the tls table tt, resolved. */
 static void tls_file(struct check *c, int tt, const char *path,
-                     const char *key, char **out) {
+                     const char *who, const char *key, char **out) {
   char p[256];
   char *s = NULL, *abs;
   opt_str(c, tt, path, key, &s, 0);
@@ -555,7 +555,7 @@ static void tls_file(struct check *c, int tt, const char *path,
   free(s);
   join(p, sizeof(p), path, key);
   if (abs && access(abs, R_OK) != 0)
-    bad(c, p, "cannot read %s: %s", abs, strerror(errno));
+    bad(c, p, "cannot read %s: %s (%s)", abs, strerror(errno), who);
   *out = abs;
 }
 
@@ -588,10 +588,10 @@ static void read_tls(struct check *c, int t, const char *path,
   tc->verify_peer = !server;
   tc->min_version = 0x0303;
   tc->handshake_timeout_ms = 10000;
-  tls_file(c, tt, p, "cert_file", &tc->cert_file);
-  tls_file(c, tt, p, "key_file", &tc->key_file);
-  tls_file(c, tt, p, "ca_file", &tc->ca_file);
-  tls_file(c, tt, p, "client_ca_file", &tc->client_ca_file);
+  tls_file(c, tt, p, who, "cert_file", &tc->cert_file);
+  tls_file(c, tt, p, who, "key_file", &tc->key_file);
+  tls_file(c, tt, p, who, "ca_file", &tc->ca_file);
+  tls_file(c, tt, p, who, "client_ca_file", &tc->client_ca_file);
   opt_bool(c, tt, p, "verify_peer", &tc->verify_peer);
   opt_str(c, tt, p, "server_name", &tc->server_name, 0);
   opt_str(c, tt, p, "ciphers", &tc->ciphers, 0);
@@ -609,7 +609,7 @@ static void read_tls(struct check *c, int t, const char *path,
   if (server && tc->client_ca_file)
     tc->verify_peer = 1;
   if (server && (tc->cert_file == NULL || tc->key_file == NULL))
-    bad(c, p, "a %s with tls needs cert_file and key_file", who);
+    bad(c, p, "a listener's tls needs cert_file and key_file (%s)", who);
   else if (!server && (tc->cert_file == NULL) != (tc->key_file == NULL))
     bad(c, p, "cert_file and key_file go together (%s)", who);
   if (server && tc->verify_peer && !tc->client_ca_file && !tc->ca_file)

@@ -583,12 +583,17 @@ def test_admin_over_tls_with_curl(sluice, certs):
 
 
 @pytest.mark.parametrize("tls,message", [
-    ({}, "inputs[1].tls: a tcp input with tls needs cert_file and key_file"),
+    ({}, "inputs[1].tls: a listener's tls needs cert_file and key_file (tcp input)"),
     ({"cert_file": "CERT", "key_file": "KEY", "min_version": "1.1"},
      'min_version: expected "1.2" or "1.3", got "1.1" (tcp input'),
     ({"cert_file": "CERT", "key_file": "KEY", "certfile": "x"}, "unknown key 'certfile'"),
     ({"cert_file": "/nonexistent/cert.pem", "key_file": "KEY"},
-     "tls.cert_file: cannot read /nonexistent/cert.pem"),
+     "inputs[1].tls.cert_file: cannot read /nonexistent/cert.pem: No such file or "
+     "directory (tcp input)"),
+    ({"cert_file": "CERT", "key_file": "KEY", "server_name": "x"},
+     "server_name is for clients, not a tcp input"),
+    ({"cert_file": "CERT", "key_file": "KEY", "allow_subjects": ["a"]},
+     "allow_subjects needs a listener with verify_peer (tcp input)"),
     ({"cert_file": "CERT", "key_file": "KEY", "verify_peer": True},
      "verify_peer needs client_ca_file or ca_file (tcp input)"),
 ])
@@ -605,6 +610,23 @@ def test_tls_config_errors_name_the_key_and_the_plugin(certs, tmp_path, tls, mes
     r = run_sluice("check", "-c", p)
     assert r.returncode != 0
     assert message in r.stderr, r.stderr
+
+
+def test_tls_is_refused_where_it_does_not_apply_and_checked_on_outputs(certs, tmp_path):
+    from conftest import lua
+    p = tmp_path / "c.lua"
+    p.write_text("return " + lua({
+        "inputs": [{"name": "u", "type": "unix", "listen": str(tmp_path / "s.sock"),
+                    "tls": server_tls(certs)}],
+        "outputs": [{"name": "o", "type": "tcp", "address": "127.0.0.1:1",
+                     "tls": {"cert_file": certs.__getattr__("client.pem")}},
+                    {"name": "f", "type": "file", "path": "x", "tls": {}}],
+        "routes": [{"topics": "*", "to": "o"}]}))
+    r = run_sluice("check", "-c", p)
+    assert r.returncode != 0
+    assert "inputs[1].tls: only tcp and http inputs take tls" in r.stderr
+    assert "outputs[1].tls: cert_file and key_file go together (tcp output)" in r.stderr
+    assert "outputs[2].tls: only tcp outputs take tls" in r.stderr
 
 
 def test_a_bad_key_at_start_is_an_error_naming_the_file(sluice, certs, tmp_path):
