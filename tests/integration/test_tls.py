@@ -192,6 +192,39 @@ def test_handshake_timeout_closes_a_client_that_stalls_mid_handshake(sluice, cer
     assert line["reason"] == "handshake timed out"
 
 
+def test_backpressure_over_tls_pauses_and_resumes_without_loss(sluice, certs):
+    """A full output stops the TLS connection's reads (plaintext the SSL
+    already decrypted waits in it); once the output drains, every event
+    arrives, in order."""
+    from conftest import Sink
+    import ssl
+    sink = Sink(reading=False, rcvbuf=4096)
+    try:
+        port = free_port()
+        sluice({"inputs": [{"name": "in", "type": "tcp", "listen": "127.0.0.1:%d" % port,
+                            "tls": server_tls(certs)}],
+                "outputs": [{"name": "o", "type": "tcp", "address": sink.address,
+                             "queue": {"max_events": 100, "when_full": "block"}}],
+                "routes": [{"topics": "*", "to": "o"}]})
+        ctx = ssl.create_default_context(cafile=certs.__getattr__("ca.pem"))
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)),
+                            server_hostname="localhost")
+        n = 60000  # 24 MB: more than the socket buffers on the way hold
+        data = b"".join(pack({"topic": "t", "payload": [i, "x" * 380]})
+                        for i in range(n))
+        writer = threading.Thread(target=s.sendall, args=(data,), daemon=True)
+        writer.start()
+        time.sleep(1)
+        assert writer.is_alive(), "the engine kept reading with its output full"
+        sink.start_reading()
+        got = sink.wait(n, timeout=60)
+        assert [e["payload"][0] for e in got] == list(range(n))
+        writer.join(10)
+        s.close()
+    finally:
+        sink.close()
+
+
 # ---- mTLS ----------------------------------------------------------------
 
 
@@ -557,6 +590,25 @@ def test_http_input_over_mtls_with_curl(sluice, certs):
     assert r.returncode != 0
     time.sleep(0.3)
     assert len(read_ndjson(eng.path("out.ndjson"))) == 1
+
+
+def test_http_input_takes_a_large_ndjson_body_over_tls(sluice, certs, tmp_path):
+    port = free_port()
+    eng = sluice({"inputs": [{"name": "web", "type": "http",
+                              "listen": "127.0.0.1:%d" % port, "tls": server_tls(certs)}],
+                  "outputs": [{"name": "f", "type": "file", "path": "out.ndjson"}],
+                  "routes": [{"topics": "*", "to": "f"}]})
+    n = 20000  # ~3 MB: many TLS records, many reads
+    body = tmp_path / "body.ndjson"
+    body.write_text("".join('{"topic":"t","payload":[%d,"%s"]}\n' % (i, "y" * 120)
+                            for i in range(n)))
+    r = curl("--cacert", certs.__getattr__("ca.pem"), "-w", " %{http_code}",
+             "-H", "Content-Type: application/x-ndjson", "--data-binary",
+             "@%s" % body, "https://localhost:%d/v1/events" % port)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode() == '{"accepted":%d} 202' % n
+    got = got_lines(eng.path("out.ndjson"), n, timeout=30)
+    assert [l["payload"][0] for l in got] == list(range(n))
 
 
 def test_admin_over_tls_with_curl(sluice, certs):
