@@ -89,6 +89,23 @@ fail:
   return NULL;
 }
 
+/* A certificate outside its validity makes every peer refuse it: say so
+ * when it is loaded (it is used anyway: the clock may be what is wrong). */
+static void warn_validity(const struct sl_tls *t) {
+  X509 *x = SSL_CTX_get0_certificate(t->ctx);
+  const char *why = NULL;
+  if (x == NULL)
+    return;
+  if (X509_cmp_current_time(X509_get0_notAfter(x)) < 0)
+    why = "expired";
+  else if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0)
+    why = "not valid yet";
+  if (why)
+    sl_log(SL_LOG_WARN, "TLS certificate outside its validity; peers will "
+                        "refuse it", SL_S("endpoint", t->name),
+           SL_S("cert_file", t->cert_file), SL_S("problem", why), SL_END);
+}
+
 static char *dup_or_null(const char *s) {
   return s ? strdup(s) : NULL;
 }
@@ -162,6 +179,7 @@ struct sl_tls *sl_tls_new(const struct sl_tls_config *cfg, int server,
                   uv_inet_pton(AF_INET6, t->host, ip) == 0;
   if ((t->ctx = build_ctx(t, err, errlen)) == NULL)
     goto fail;
+  warn_validity(t);
   t->next = contexts;
   if (contexts)
     contexts->prev = t;
@@ -188,6 +206,7 @@ int sl_tls_reload(struct sl_tls *t, char *err, size_t errlen) {
     return SL_EINVAL;
   SSL_CTX_free(t->ctx); /* conns made with it keep a reference */
   t->ctx = ctx;
+  warn_validity(t);
   return 0;
 }
 

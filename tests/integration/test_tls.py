@@ -225,6 +225,16 @@ def test_backpressure_over_tls_pauses_and_resumes_without_loss(sluice, certs):
         sink.close()
 
 
+def test_an_expired_certificate_is_served_with_a_warning_and_refused_by_clients(
+        sluice, certs):
+    eng = listener(sluice, certs, server_tls(certs, "expired"))
+    line = eng.wait_log("TLS certificate outside its validity; peers will refuse it")
+    assert line["problem"] == "expired" and line["endpoint"] == "in"
+    r = s_client(eng.port, data=events_bytes(1), ca=certs.__getattr__("ca.pem"))
+    assert r.returncode != 0
+    assert b"certificate has expired" in r.stderr
+
+
 # ---- mTLS ----------------------------------------------------------------
 
 
