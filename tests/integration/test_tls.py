@@ -278,6 +278,31 @@ def test_mtls_listener_admits_only_allowed_client_certificates(sluice, certs):
                   listener="in", reason="tls") == 3
 
 
+def test_rules_route_on_the_peer_identity(sluice, certs, tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10_peer.lua").write_text(
+        'return { on_event = function(ev)\n'
+        '  if ev.headers["sluice-peer"] == "edge-1" then return "trusted" end\n'
+        '  return "untrusted"\n'
+        'end }\n')
+    port = free_port()
+    eng = sluice({"inputs": [{"name": "in", "type": "tcp", "listen": "127.0.0.1:%d" % port,
+                              "tls": server_tls(certs, client_ca_file=certs.__getattr__("ca.pem"))}],
+                  "outputs": [{"name": "trusted", "type": "file", "path": "trusted.ndjson"},
+                              {"name": "untrusted", "type": "file", "path": "untrusted.ndjson"}],
+                  "routes": [{"topics": "*", "to": "untrusted"}],
+                  "rules": {"dir": str(rules)}})
+    ca = certs.__getattr__("ca.pem")
+    for name, payload in (("client", "from edge-1"), ("intruder", "from intruder")):
+        r = s_client(port, "-cert", getattr(certs, name + ".pem"), "-key",
+                     getattr(certs, name + ".key"), data=events_bytes(payload), ca=ca)
+        assert r.returncode == 0, r.stderr.decode()
+    assert [l["payload"] for l in got_lines(eng.path("trusted.ndjson"), 1)] == ["from edge-1"]
+    assert [l["payload"] for l in got_lines(eng.path("untrusted.ndjson"), 1)] == \
+        ["from intruder"]
+
+
 def test_sluice_peer_header_cannot_be_forged_over_mtls(sluice, certs):
     eng = listener(sluice, certs, server_tls(
         certs, client_ca_file=certs.__getattr__("ca.pem")))
