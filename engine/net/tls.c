@@ -151,12 +151,31 @@ static int copy_config(struct sl_tls *t, const struct sl_tls_config *cfg) {
   return 0;
 }
 
+/* The host of "host:port" or "[v6]:port", as written (a name stays a
+ * name: it is what the certificate must show). Returns 0 or -1. */
+static int host_of(const char *address, char *out, size_t len) {
+  const char *colon = address ? strrchr(address, ':') : NULL;
+  const char *start = address;
+  size_t n;
+  if (colon == NULL)
+    return -1;
+  n = (size_t)(colon - address);
+  if (n >= 2 && address[0] == '[' && address[n - 1] == ']') {
+    start++;
+    n -= 2;
+  }
+  if (n == 0 || n >= len)
+    return -1;
+  memcpy(out, start, n);
+  out[n] = '\0';
+  return 0;
+}
+
 struct sl_tls *sl_tls_new(const struct sl_tls_config *cfg, int server,
                           const char *address, const char *name, char *err,
                           size_t errlen) {
   struct sl_tls *t = calloc(1, sizeof(*t));
   unsigned char ip[16];
-  int port;
 
   if (t == NULL) {
     snprintf(err, errlen, "out of memory");
@@ -172,9 +191,14 @@ struct sl_tls *sl_tls_new(const struct sl_tls_config *cfg, int server,
   }
   if (cfg->server_name)
     snprintf(t->host, sizeof(t->host), "%s", cfg->server_name);
-  else if (address && sl_config_parse_hostport(address, t->host,
-                                               sizeof(t->host), &port) != 0)
+  else if (!server && host_of(address, t->host, sizeof(t->host)) != 0)
     t->host[0] = '\0';
+  if (!server && t->verify_peer && t->host[0] == '\0') {
+    /* never verify a chain without the name it must be for */
+    snprintf(err, errlen, "no host name to check in \"%s\"; set server_name",
+             address ? address : "");
+    goto fail;
+  }
   t->host_is_ip = uv_inet_pton(AF_INET, t->host, ip) == 0 ||
                   uv_inet_pton(AF_INET6, t->host, ip) == 0;
   if ((t->ctx = build_ctx(t, err, errlen)) == NULL)

@@ -386,7 +386,8 @@ def test_tcp_output_sends_over_mtls_to_openssl_s_server(sluice, certs):
                   "-Verify", "1", "-verify_return_error",
                   "-CAfile", certs.__getattr__("ca.pem"))
     try:
-        e = edge(sluice, "127.0.0.1:%d" % srv.port, client_tls(certs, "client"))
+        # a host name: checked against the certificate's DNS names
+        e = edge(sluice, "localhost:%d" % srv.port, client_tls(certs, "client"))
         send_plain(e.address, 10, 11)
         wait_for(lambda: len(_unpack(bytes(srv.data))) >= 2, 10,
                  what="events at s_server")
@@ -402,15 +403,18 @@ def test_tcp_output_sends_over_mtls_to_openssl_s_server(sluice, certs):
      "certificate: certificate has expired"),
     ("not for the address", "elsewhere", {"ca_file": "ca.pem"},
      "certificate: IP address mismatch"),
-    ("wrong host name", "server",
+    ("wrong host name", "elsewhere", {"ca_file": "ca.pem"},
+     "certificate: hostname mismatch"),  # dialled as localhost
+    ("wrong server_name", "server",
      {"ca_file": "ca.pem", "server_name": "central.example"},
      "certificate: hostname mismatch"),
 ])
 def test_tcp_output_refuses_a_server_it_cannot_verify(sluice, certs, case, cert, tls, reason):
     srv = SServer(getattr(certs, cert + ".pem"), getattr(certs, cert + ".key"))
     tls = dict(tls, ca_file=getattr(certs, tls["ca_file"]))
+    host = "localhost" if case == "wrong host name" else "127.0.0.1"
     try:
-        e = edge(sluice, "127.0.0.1:%d" % srv.port, tls)
+        e = edge(sluice, "%s:%d" % (host, srv.port), tls)
         send_plain(e.address, 1)
         line = e.wait_log("TLS handshake with the peer failed", timeout=10)
         assert line["reason"] == reason, case
