@@ -697,6 +697,8 @@ static int tls_connect(struct sl_conn *c, const struct sl_endpoint *ep,
 static int tls_read_start(struct sl_conn *c, uv_alloc_cb alloc,
                           uv_read_cb cb) {
   struct tls_conn *t = c->tls;
+  if (t == NULL) /* not connected yet (a name being looked up) */
+    return UV_ENOTCONN;
   t->alloc = alloc;
   t->read = cb;
   t->reading = 1;
@@ -710,6 +712,8 @@ static int tls_read_start(struct sl_conn *c, uv_alloc_cb alloc,
 
 static void tls_read_stop(struct sl_conn *c) {
   struct tls_conn *t = c->tls;
+  if (t == NULL)
+    return;
   t->reading = 0;
   if (t->phase == TLS_ESTABLISHED)
     uv_timer_stop(&t->timer);
@@ -720,6 +724,8 @@ static int tls_write(struct sl_conn *c, uv_write_t *req, const uv_buf_t *b,
                      uv_write_cb cb) {
   struct tls_conn *t = c->tls;
   struct queued *q;
+  if (t == NULL)
+    return UV_ENOTCONN;
   switch (t->phase) {
   case TLS_ESTABLISHED:
     return seal(t, req, b, cb);
