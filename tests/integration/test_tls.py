@@ -175,6 +175,27 @@ def test_min_version_13_refuses_a_tls_12_client(sluice, certs):
     assert [l["payload"] for l in got_lines(eng.out, 1)] == [2]
 
 
+def test_ciphers_limits_the_tls_12_suites(sluice, certs):
+    eng = listener(sluice, certs, server_tls(
+        certs, ciphers="ECDHE-ECDSA-AES128-GCM-SHA256"))
+    ca = certs.__getattr__("ca.pem")
+    r = s_client(eng.port, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384",
+                 data=events_bytes("refused"), ca=ca)
+    assert r.returncode != 0
+    assert eng.wait_log("TLS handshake refused")["reason"] == "no shared cipher"
+    r = s_client(eng.port, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256",
+                 data=events_bytes("taken"), ca=ca)
+    assert r.returncode == 0, r.stderr.decode()
+    assert [l["payload"] for l in got_lines(eng.out, 1)] == ["taken"]
+
+
+def test_a_cipher_list_that_matches_nothing_stops_the_start(sluice, certs):
+    from conftest import EngineExited
+    with pytest.raises(EngineExited) as ex:
+        listener(sluice, certs, server_tls(certs, ciphers="NOT-A-CIPHER"))
+    assert "ciphers: no cipher match" in str(ex.value)
+
+
 def test_handshake_timeout_closes_a_client_that_stalls_mid_handshake(sluice, certs):
     eng = listener(sluice, certs, server_tls(certs, handshake_timeout_ms=300))
     s = connect("127.0.0.1:%d" % eng.port)
