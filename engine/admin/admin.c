@@ -17,6 +17,7 @@
 #include "metrics.h"
 #include "router.h"
 #include "rules.h"
+#include "tls.h"
 #include "worker.h"
 
 #define ADMIN_MAX_BODY (64u * 1024)
@@ -490,7 +491,9 @@ static struct sl_str reload_error(const struct sl_buf *status) {
 
 static void reload(struct sl_admin *a, struct sl_http_request *r) {
   struct sl_buf status, b;
-  int rc = sl_rules_reload(a->w->rules, "admin");
+  int rc;
+  sl_tls_reload_all(); /* rotated certificates; a bad one keeps the old */
+  rc = sl_rules_reload(a->w->rules, "admin");
   sl_buf_init(&status);
   sl_buf_init(&b);
   sl_rules_status_json(a->w->rules, &status);
@@ -624,6 +627,12 @@ int sl_admin_start(struct sl_admin *a, char *err, size_t errlen) {
   a->srv.limits.body_ms = 10000;
   a->srv.limits.max_conns = a->w->cfg->admin.max_connections;
   a->srv.limits.fd_guard = 0; /* the fds inputs leave free are for us */
+  if (cfg->tls.enabled &&
+      (a->srv.tls = sl_tls_new(&cfg->tls, 1, cfg->listen, "admin", why,
+                               sizeof(why))) == NULL) {
+    snprintf(err, errlen, "admin.tls: %s", why);
+    return SL_EINVAL;
+  }
   a->started = 1;
   rc = sl_http_start(&a->srv, &a->w->loop, cfg->listen, &admin_ops, a, why,
                      sizeof(why));
@@ -668,5 +677,6 @@ void sl_admin_free(struct sl_admin *a) {
     return;
   sl_metric_remove(a->w->metrics, &a->metrics);
   free(a->token);
+  sl_tls_free(a->srv.tls);
   free(a);
 }

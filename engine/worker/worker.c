@@ -12,6 +12,7 @@
 #include "dedup.h"
 #include "plugins.h"
 #include "rules.h"
+#include "tls.h"
 
 #define DRAIN_CHECK_MS 20
 
@@ -388,6 +389,7 @@ static void on_usr1(uv_signal_t *h, int signum) {
 static void on_hup(uv_signal_t *h, int signum) {
   struct sl_worker *w = h->data;
   (void)signum;
+  sl_tls_reload_all(); /* rotated certificates; a bad one keeps the old */
   sl_rules_reload(w->rules, "SIGHUP");
 }
 
