@@ -432,6 +432,7 @@ int finish(lua_State *L) {
   nev = wire_event(L, r, "the changed event", id, topic, key, 1, ev->time, hp,
                    hl, pp, pl, 0);
   nev->ingest_ns = ev->ingest_ns;
+  sl_event_share_track(ev, nev);
   b->changed = nev;
   shrink(&r->buf1);
   shrink(&r->buf2);

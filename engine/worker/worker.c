@@ -63,6 +63,8 @@ static int push_held(struct sl_source *s) {
   for (i = 0; i < s->ntargets; i++) {
     struct sl_output *o = &w->outputs[s->targets[i]];
     int rc = sl_output_push(o, s->held);
+    if (rc == SL_EIO)
+      sl_event_fail_track(s->held); /* not accepted there */
     if (rc == SL_EIO && !s->refused) {
       /* the other targets still get it: the producer resends it, a
        * repeat there beats a loss here */
@@ -110,6 +112,7 @@ void sl_source_close(struct sl_source *s) {
   if (s->held) {
     /* only at a forced stop: a graceful one waits for held events */
     s->input->stats.abandoned++;
+    sl_event_fail_track(s->held);
     sl_event_unref(s->held);
     s->held = NULL;
   }
