@@ -263,7 +263,7 @@ void sl_event_unref(struct sl_event *ev) {
     return;
   assert(ev->refs > 0);
   if (--ev->refs == 0) {
-    if (ev->track)
+    if (sl_unlikely(ev->track != NULL))
       track_release(ev->track);
     free(ev);
   }

@@ -291,8 +291,9 @@ static int log_level(lua_State *L, int idx) {
 static int log_allow(lua_State *L, struct sl_rule *r, size_t n) {
   struct box *b = box_of(L);
 
-  if (r->log_call != b->call_no) {
+  if (r->log_call != b->call_no || r->log_box != b) {
     r->log_call = b->call_no;
+    r->log_box = b;
     r->log_bytes = 0;
   }
   if (r->log_bytes <= LOG_CALL_MAX && r->log_bytes + n > LOG_CALL_MAX) {

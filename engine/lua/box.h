@@ -107,6 +107,7 @@ struct box {
   size_t used, limit;
   uint64_t deadline; /* monotonic ns; past it, the CPU clock decides */
   uint64_t cpu_ref;  /* the thread's CPU clock shortly before the call */
+  uint64_t sample_mono, sample_cpu; /* both clocks, sampled now and then */
   uint64_t call_no;  /* counts calls: tells one from the next */
   int in_call;       /* a call into Lua is running */
   int cpu_hit;       /* the hook or a check raised for the deadline */
@@ -162,6 +163,7 @@ struct sl_rule {
   struct lru rate, seen;
   uint32_t max_event_bytes;
   uint64_t log_call; /* the call (box call_no) log_bytes counts for */
+  const void *log_box; /* and its box */
   size_t log_bytes;
   uint64_t span_seq; /* for span ids of emitted events */
   uint64_t event_deadline; /* on_event's, which finish() also spends */
