@@ -394,7 +394,7 @@ static void readyz(struct sl_admin *a, struct sl_http_request *r) {
   struct sl_worker *w = a->w;
   const struct sl_config *cfg = w->cfg;
   struct sl_buf b, reasons;
-  int i, nreasons = 0, counted = 0, healthy = 0;
+  int i, nreasons = 0, counted = 0, healthy = 0, listed = 0;
 
   sl_buf_init(&b);
   sl_buf_init(&reasons);
@@ -412,13 +412,17 @@ static void readyz(struct sl_admin *a, struct sl_http_request *r) {
       (cfg->rules.dir && sl_rules_stats(w->rules)->version == 0))
     REASON("rules are not loaded");
   for (i = 0; i < w->ninputs; i++)
-    if (w->inputs[i].stopped || w->inputs[i].data == NULL)
+    if (!w->inputs[i].retiring && !w->inputs[i].gone && /* reload removed */
+        (w->inputs[i].stopped || w->inputs[i].data == NULL))
       REASON("input %s is not listening", cfg->inputs[i].name);
   sl_buf_append(&b, "{\"outputs\":{", 12);
   for (i = 0; i < w->noutputs; i++) {
     struct sl_output *o = &w->outputs[i];
-    int ok = !o->stopped && (o->ops->cb_healthy == NULL || o->ops->cb_healthy(o));
-    if (i)
+    int ok;
+    if (o->retiring || o->gone)
+      continue; /* a reload removed it */
+    ok = !o->stopped && (o->ops->cb_healthy == NULL || o->ops->cb_healthy(o));
+    if (listed++)
       sl_buf_putc(&b, ',');
     sl_codec_json_str(&b, o->cfg->name, strlen(o->cfg->name));
     sl_buf_printf(&b, ":\"%s\"", ok ? "ok" : "failing");
@@ -463,7 +467,8 @@ static struct sl_str reload_error(const struct sl_buf *status) {
 
 static void reload(struct sl_admin *a, struct sl_http_request *r) {
   struct sl_buf status, b;
-  int rc = sl_rules_reload(a->w->rules, "admin");
+  char err[1024];
+  int rc = sl_worker_reload(a->w, "admin", err, sizeof(err));
   sl_buf_init(&status);
   sl_buf_init(&b);
   sl_rules_status_json(a->w->rules, &status);

@@ -86,6 +86,8 @@ struct sl_input_config {
                                  default 60000 */
   struct sl_config_value *values; /* its plugin's keys without a field */
   int nvalues;
+  int retired; /* a reload's placeholder for an input that is gone or
+                  going (worker/reload.c): name and type only */
 };
 
 struct sl_output_config {
@@ -105,6 +107,8 @@ struct sl_output_config {
   int fsync;             /* file: fdatasync each batch before delivered */
   struct sl_config_value *values; /* its plugin's keys without a field */
   int nvalues;
+  int retired; /* a reload's placeholder for an output that is gone or
+                  draining: name and type only, never found by name */
 };
 
 struct sl_rules_config {
@@ -156,6 +160,24 @@ void sl_config_free(struct sl_config *c);
 /* Index of the output called name, or -1. */
 int sl_config_output_index(const struct sl_config *c, const char *name,
                            size_t len);
+
+/* ---- comparing two configs (diff.c), for a whole-config reload ---------- */
+
+/* Is every key of a the same as in b (resolved values, plugin keys)? */
+int sl_config_input_same(const struct sl_input_config *a,
+                         const struct sl_input_config *b);
+int sl_config_output_same(const struct sl_output_config *a,
+                          const struct sl_output_config *b);
+
+/* Do the routes (topics, target names, rate limits) and the dead letter
+ * (by name) of a and b read the same? */
+int sl_config_routes_same(const struct sl_config *a, const struct sl_config *b);
+
+/* The settings a running engine cannot take without a restart that differ
+ * between a and b, appended to out as "admin.listen, rules.dir"; returns
+ * how many. */
+int sl_config_restart_diff(const struct sl_config *a, const struct sl_config *b,
+                           struct sl_buf *out);
 
 /* Split "host:port" ("[::1]:80" for IPv6). Returns 0 or SL_EINVAL. */
 int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,

@@ -513,7 +513,8 @@ void sl_output_done(struct sl_output *o, uint32_t n_ok,
 
 int sl_output_init(struct sl_output *o, struct sl_worker *w, int index,
                    const struct sl_output_ops *ops, char *why, size_t whylen) {
-  const struct sl_output_config *oc = &w->cfg->outputs[index];
+  /* a reload sets o->cfg first: its config is not w->cfg yet */
+  const struct sl_output_config *oc = o->cfg ? o->cfg : &w->cfg->outputs[index];
   struct sl_buffer_config bc;
   int rc;
 

@@ -127,6 +127,11 @@ struct sl_output {
                                     never be sent; the core refuses them
                                     (dead letter). 0: no limit */
   const char *max_event_note;    /* added to that refusal's reason */
+  /* whole-config reload (reload.c): a removed or replaced output takes no
+   * new events and drains (retiring) until retire_by_ns, then closes; its
+   * slot is free again once gone */
+  int retiring, gone;
+  uint64_t retire_by_ns;
 };
 
 /* The write in flight (cb_write) is over: n_ok events from the front of
@@ -162,7 +167,8 @@ void sl_output_reachable(struct sl_output *o);
  * an id dedup saw inside its window. */
 int sl_output_push(struct sl_output *o, struct sl_event *ev);
 
-/* Set up output index of w (its config is w->cfg->outputs[index]) with
+/* Set up output index of w (its config is o->cfg when set, else
+ * w->cfg->outputs[index]) with
  * plugin ops: queue, buffer, retry, rate limit, dedup; does not start the
  * plugin (o->stopped stays set). 0 or a negative code, why filled. Tear
  * down with sl_output_stop (plugin), sl_output_close_handles (timers,

@@ -42,7 +42,13 @@ static int push_held(struct sl_source *s) {
 
   for (i = 0; i < s->ntargets; i++) {
     struct sl_output *o = &w->outputs[s->targets[i]];
-    int rc = sl_output_push(o, s->held);
+    int rc;
+    if (o->gone) {
+      /* a reload retired it and its drain timed out while we waited */
+      o->q.dropped_newest++;
+      continue;
+    }
+    rc = sl_output_push(o, s->held);
     if (rc == SL_EIO && !s->refused) {
       /* the other targets still get it: the producer resends it, a
        * repeat there beats a loss here */
@@ -64,12 +70,32 @@ static int push_held(struct sl_source *s) {
   return s->refused ? SL_EIO : 0;
 }
 
+/* A source that holds an event is counted, by reload generation: outputs
+ * a reload retires wait until no event decided before it is held. */
+static void hold_begin(struct sl_source *s) {
+  s->holding = 1;
+  s->hold_gen = s->w->gen;
+  s->w->holding_now++;
+}
+
+static void hold_end(struct sl_source *s) {
+  if (!s->holding)
+    return;
+  s->holding = 0;
+  if (s->hold_gen == s->w->gen)
+    s->w->holding_now--;
+  else
+    s->w->holding_old--;
+}
+
 static void on_room(struct sl_waiter *wt) {
   struct sl_source *s = container_of(wt, struct sl_source, waiter);
   int rc;
   if (s->held == NULL)
     return;
   rc = push_held(s);
+  if (rc == 0 || rc == SL_EIO)
+    hold_end(s);
   if ((rc == 0 || rc == SL_EIO) && s->on_resume)
     s->on_resume(s); /* s->refused tells a refusal */
 }
@@ -86,6 +112,7 @@ void sl_source_init(struct sl_source *s, struct sl_input *in,
 
 void sl_source_close(struct sl_source *s) {
   sl_queue_unwait(&s->waiter);
+  hold_end(s);
   s->route_wait = -1;
   if (s->held) {
     /* only at a forced stop: a graceful one waits for held events */
@@ -98,7 +125,7 @@ void sl_source_close(struct sl_source *s) {
 int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
   struct sl_worker *w = s->w;
   struct sl_rules_result r;
-  int i;
+  int i, rc;
 
   sl_rules_decide(w->rules, ev, &r);
   if (w->tap)
@@ -134,13 +161,17 @@ int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
     l->waited++;
     s->route_wait = r.route;
   }
-  return push_held(s);
+  rc = push_held(s);
+  if (rc == SL_EAGAIN)
+    hold_begin(s);
+  return rc;
 }
 
 int sl_worker_blocked(const struct sl_worker *w) {
   int i;
   for (i = 0; i < w->noutputs; i++)
-    if (sl_buffer_blocked(&w->outputs[i].buf, &w->outputs[i].q))
+    if (!w->outputs[i].gone &&
+        sl_buffer_blocked(&w->outputs[i].buf, &w->outputs[i].q))
       return 1;
   return 0;
 }

@@ -59,9 +59,11 @@ static void finish(struct sl_worker *w) {
     if (!w->inputs[i].stopped)
       w->inputs[i].ops->cb_stop(&w->inputs[i]);
   for (i = 0; i < w->noutputs; i++)
-    sl_output_stop(&w->outputs[i]);
+    if (!w->outputs[i].gone)
+      sl_output_stop(&w->outputs[i]);
   for (i = 0; i < w->noutputs; i++)
-    sl_output_close_handles(&w->outputs[i]);
+    if (!w->outputs[i].gone)
+      sl_output_close_handles(&w->outputs[i]);
   sl_rules_stop(w->rules);
   if (w->admin && w->admin_stop)
     w->admin_stop(w->admin);
@@ -75,6 +77,10 @@ static void finish(struct sl_worker *w) {
     uv_close((uv_handle_t *)&w->route_timer, NULL);
     w->route_timer_open = 0;
   }
+  if (w->retire_timer_open) {
+    uv_close((uv_handle_t *)&w->retire_timer, NULL);
+    w->retire_timer_open = 0;
+  }
 }
 
 /* One line per output at shutdown: where its events went. With the
@@ -84,6 +90,8 @@ static void log_totals(struct sl_worker *w) {
   int i;
   for (i = 0; i < w->noutputs; i++) {
     const struct sl_output *o = &w->outputs[i];
+    if (o->gone)
+      continue; /* its totals were logged when it retired */
     sl_log(SL_LOG_INFO, "output totals", SL_S("output", o->cfg->name),
            SL_U("delivered", o->stats.events_out),
            SL_U("dead_lettered", o->stats.dead_lettered),
@@ -105,10 +113,14 @@ static void on_drain_timer(uv_timer_t *t) {
   int i;
 
   for (i = 0; i < w->ninputs; i++)
-    busy += w->inputs[i].ops->cb_busy(&w->inputs[i]);
+    if (!w->inputs[i].gone)
+      busy += w->inputs[i].ops->cb_busy(&w->inputs[i]);
   for (i = 0; i < w->noutputs; i++) {
     struct sl_output *o = &w->outputs[i];
-    uint64_t backlog = sl_buffer_backlog(&o->buf);
+    uint64_t backlog;
+    if (o->gone)
+      continue;
+    backlog = sl_buffer_backlog(&o->buf);
     queued += o->q.count + backlog;
     if (o->buf.mode == SL_BUFFER_DISK)
       on_disk += o->q.count + backlog;
@@ -152,7 +164,8 @@ void sl_worker_stop(struct sl_worker *w) {
   sl_log(SL_LOG_INFO, "stopping: no new input; draining queues",
          SL_U("shutdown_timeout_ms", w->cfg->shutdown_timeout_ms), SL_END);
   for (i = 0; i < w->ninputs; i++)
-    w->inputs[i].ops->cb_drain(&w->inputs[i]);
+    if (!w->inputs[i].gone && !w->inputs[i].retiring)
+      w->inputs[i].ops->cb_drain(&w->inputs[i]);
   w->drain_deadline_ns =
       sl_mono_ns() + (uint64_t)w->cfg->shutdown_timeout_ms * 1000000u;
   uv_timer_start(&w->drain_timer, on_drain_timer, 0, DRAIN_CHECK_MS);
@@ -175,14 +188,15 @@ static void on_usr1(uv_signal_t *h, int signum) {
   int i;
   (void)signum;
   for (i = 0; i < w->noutputs; i++)
-    if (w->outputs[i].ops->cb_reopen)
+    if (!w->outputs[i].gone && w->outputs[i].ops->cb_reopen)
       w->outputs[i].ops->cb_reopen(&w->outputs[i]);
 }
 
 static void on_hup(uv_signal_t *h, int signum) {
   struct sl_worker *w = h->data;
+  char err[1024];
   (void)signum;
-  sl_rules_reload(w->rules, "SIGHUP");
+  sl_worker_reload(w, "SIGHUP", err, sizeof(err));
 }
 
 /* The loop and the worker's own handles and route limits. */
@@ -201,6 +215,8 @@ static int init_loop(struct sl_worker *w, const struct sl_config *cfg,
   uv_signal_init(&w->loop, &w->sig_usr1);
   uv_timer_init(&w->loop, &w->route_timer);
   w->route_timer_open = 1;
+  uv_timer_init(&w->loop, &w->retire_timer);
+  w->retire_timer_open = 1;
   w->sig_term.data = w->sig_int.data = w->sig_hup.data = w->sig_usr1.data = w;
   if (sl_queue_init(&w->route_waitq, 1, 1, SL_QUEUE_BLOCK) != 0)
     goto fail_oom;
@@ -214,8 +230,13 @@ static int init_loop(struct sl_worker *w, const struct sl_config *cfg,
         sl_ratelimit_init(&w->route_limits[i].rl, cfg->router.routes[i].rate,
                           cfg->router.routes[i].burst, sl_mono_ns());
   }
-  w->outputs = calloc((size_t)cfg->noutputs + 1, sizeof(*w->outputs));
-  w->inputs = calloc((size_t)cfg->ninputs + 1, sizeof(*w->inputs));
+  /* slots for a reload's new inputs and outputs beside draining ones */
+  w->output_slots = 2 * SL_CONFIG_MAX_OUTPUTS + 2;
+  if (w->output_slots < cfg->noutputs + 1)
+    w->output_slots = cfg->noutputs + 1;
+  w->input_slots = 2 * (cfg->ninputs > 32 ? cfg->ninputs : 32);
+  w->outputs = calloc((size_t)w->output_slots, sizeof(*w->outputs));
+  w->inputs = calloc((size_t)w->input_slots, sizeof(*w->inputs));
   if (w->outputs == NULL || w->inputs == NULL)
     goto fail_oom;
   return 0;
@@ -226,8 +247,8 @@ fail_oom:
 }
 
 /* Set up and start output i of cfg. */
-static int start_output(struct sl_worker *w, const struct sl_config *cfg,
-                        int i, char *err, size_t errlen) {
+int sl_worker_start_output(struct sl_worker *w, const struct sl_config *cfg,
+                           int i, char *err, size_t errlen) {
   const struct sl_output_config *oc = &cfg->outputs[i];
   struct sl_output *o = &w->outputs[i];
   char why[256] = "";
@@ -261,8 +282,8 @@ static int start_output(struct sl_worker *w, const struct sl_config *cfg,
 }
 
 /* Set up and start input i of cfg: it listens. */
-static int start_input(struct sl_worker *w, const struct sl_config *cfg,
-                       int i, char *err, size_t errlen) {
+int sl_worker_start_input(struct sl_worker *w, const struct sl_config *cfg,
+                          int i, char *err, size_t errlen) {
   const struct sl_input_config *ic = &cfg->inputs[i];
   struct sl_input *in = &w->inputs[i];
   char why[256] = "";
@@ -309,7 +330,7 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
     goto fail;
   }
   for (i = 0; i < cfg->noutputs; i++)
-    if ((rc = start_output(w, cfg, i, err, errlen)) != 0)
+    if ((rc = sl_worker_start_output(w, cfg, i, err, errlen)) != 0)
       goto fail;
   w->rules = sl_rules_new(cfg, &w->loop, &w->idgen, &owner, err, errlen);
   if (w->rules == NULL) {
@@ -317,7 +338,7 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
     goto fail;
   }
   for (i = 0; i < cfg->ninputs; i++)
-    if ((rc = start_input(w, cfg, i, err, errlen)) != 0)
+    if ((rc = sl_worker_start_input(w, cfg, i, err, errlen)) != 0)
       goto fail;
   uv_signal_start(&w->sig_term, on_stop_signal, SIGTERM);
   uv_signal_start(&w->sig_int, on_stop_signal, SIGINT);
@@ -364,12 +385,21 @@ void sl_worker_close(struct sl_worker *w) {
     w->admin_free(w->admin); /* its handles closed in the run above */
   w->admin = NULL;
   for (i = 0; i < w->noutputs; i++)
-    sl_output_close(&w->outputs[i]);
+    if (!w->outputs[i].gone)
+      sl_output_close(&w->outputs[i]);
   free(w->route_limits);
   w->route_limits = NULL;
   sl_queue_close(&w->route_waitq);
   free(w->outputs);
   free(w->inputs);
+  for (i = 0; i < w->nold_cfgs; i++)
+    sl_config_free(w->old_cfgs[i]);
+  free(w->old_cfgs);
+  w->old_cfgs = NULL;
+  w->nold_cfgs = 0;
+  if (w->owns_cfg)
+    sl_config_free((struct sl_config *)w->cfg);
+  w->owns_cfg = 0;
   w->outputs = NULL;
   w->inputs = NULL;
   uv_loop_close(&w->loop);

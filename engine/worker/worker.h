@@ -48,6 +48,9 @@ struct sl_source {
   int refused;  /* the last event was refused by a disk buffer that cannot
                    write (see sl_worker_submit): it is not accepted */
   int refused_output; /* which output refused it */
+  int holding;        /* counted in the worker's holding (a reload waits
+                         for events decided before it) */
+  uint64_t hold_gen;  /* the reload generation it was counted in */
 };
 
 /* Someone waiting until the events it submitted are where their outputs'
@@ -98,6 +101,10 @@ struct sl_input {
   void *data;
   int stopped;
   struct sl_input_stats stats;
+  /* whole-config reload: removed or replaced, it drains like at shutdown
+   * (retiring) until retire_by_ns, then stops; gone once stopped */
+  int retiring, gone, stop_sent;
+  uint64_t retire_by_ns;
 };
 
 void sl_input_stopped(struct sl_input *in);
@@ -149,6 +156,23 @@ struct sl_worker {
    * covered by a flush or a sync */
   uint64_t durable_ticket;
   struct sl_durable durable_waiters;
+  /* whole-config reload (reload.c). inputs and outputs are slot arrays
+   * that never move (handles live inside them): a reloaded config is laid
+   * out so that its i-th input/output is slot i, with retired placeholders
+   * for slots that drain or are free. Configs it replaced stay until
+   * sl_worker_close (running plugins point into them). */
+  int input_slots, output_slots;
+  struct sl_config **old_cfgs;
+  int nold_cfgs;
+  int owns_cfg;            /* w->cfg was loaded by a reload */
+  uint64_t gen;            /* reloads committed */
+  uint32_t holding_now;    /* sources holding an event decided since the
+                              last reload */
+  uint32_t holding_old;    /* ... decided before it: retiring outputs
+                              wait for them */
+  uv_timer_t retire_timer;
+  int retire_timer_open;
+  int retiring;            /* inputs and outputs still retiring */
 };
 
 /* Set up inputs, outputs and rules from cfg on the worker's own loop. On
@@ -203,6 +227,14 @@ void sl_worker_undurable(struct sl_durable *d);
 /* Words for a refusal: "the disk buffer of output X cannot write: why". */
 void sl_worker_refusal(const struct sl_worker *w, int output, char *buf,
                        size_t len);
+
+/* Reload the config file as a whole (SIGHUP, POST /reload): all or
+ * nothing, see reload.c and README "Hot reload". trigger names the cause
+ * in the log. Returns 0 when the new config is live; otherwise the running
+ * one stays, and err (also in the rules' status, last_reload.error) says
+ * why. */
+int sl_worker_reload(struct sl_worker *w, const char *trigger, char *err,
+                     size_t errlen);
 
 /* Set up / tear down a source (tear down drops a held event, counted). */
 void sl_source_init(struct sl_source *s, struct sl_input *in,

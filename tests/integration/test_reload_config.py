@@ -1,0 +1,354 @@
+"""Whole-config reload (issue 11 item 5), through the real binary.
+
+A producer on the native ack path keeps sending over one connection while
+the config file changes under it: inputs and outputs added, removed and
+changed, routes changed, a broken file, a setting only a restart can change.
+Every test keeps an exact ledger: every event sent is acknowledged, and
+arrives exactly once over the sinks that can take it; the producer's
+connection (on an input the reload leaves alone) is never closed.
+"""
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import msgpack
+
+from conftest import (Sink, connect, free_port, pack, run_sluice, send_events,
+                      wait_for)
+
+
+class AckedFlow:
+    """One native connection in ack mode: a writer thread sends events with
+    a running seq at a steady rate, a reader thread follows the engine's
+    running count of accepted events."""
+
+    def __init__(self, address, topic="t", rate=2000, batch=20):
+        self.sock = connect(address)
+        self.sock.sendall(msgpack.packb({"sluice": 1, "ack": True}))
+        self.topic = topic
+        self.rate = rate
+        self.batch = batch
+        self.sent = 0
+        self.acked = 0
+        self.eof = False
+        self.error = None
+        self.stop_flag = threading.Event()
+        self.writer = threading.Thread(target=self._write, daemon=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        self.writer.start()
+        wait_for(lambda: self.acked > 0, timeout=10, what="the first ack")
+
+    def _write(self):
+        try:
+            while not self.stop_flag.is_set():
+                self.sock.sendall(b"".join(
+                    pack({"topic": self.topic, "payload": {"seq": self.sent + i}})
+                    for i in range(self.batch)))
+                self.sent += self.batch
+                time.sleep(self.batch / float(self.rate))
+        except OSError as e:
+            self.error = e
+
+    def _read(self):
+        up = msgpack.Unpacker()
+        while True:
+            try:
+                d = self.sock.recv(4096)
+            except OSError:
+                return
+            if not d:
+                self.eof = True
+                return
+            up.feed(d)
+            for n in up:
+                assert isinstance(n, int) and n >= self.acked
+                self.acked = n
+
+    def wait_sent(self, more):
+        n = self.sent + more
+        wait_for(lambda: self.sent >= n, timeout=10, what="%d more sent" % more)
+
+    def finish(self):
+        """Stop sending; every event sent must be acknowledged, on a
+        connection that is still open."""
+        self.stop_flag.set()
+        self.writer.join(10)
+        assert self.error is None, self.error
+        wait_for(lambda: self.acked == self.sent, timeout=15,
+                 what="acks for all %d events (have %d)" % (self.sent, self.acked))
+        assert not self.eof, "the engine closed the producer's connection"
+        self.sock.close()
+        return self.sent
+
+
+def seqs(sink, topic="t"):
+    return [e["payload"]["seq"] for e in sink.events if e["topic"] == topic]
+
+
+def exactly_once(sent, *sinks):
+    got = sorted(s for sink in sinks for s in seqs(sink))
+    assert len(got) == len(set(got)), "duplicated events"
+    assert got == list(range(sent)), "lost events: sent %d, delivered %d" % (
+        sent, len(got))
+
+
+def lua_out(name, address, extra=""):
+    return '{ name = "%s", type = "tcp", address = "%s", %s }' % (name, address, extra)
+
+
+def lua_in(name, port, extra=""):
+    return '{ name = "%s", type = "tcp", listen = "127.0.0.1:%d", %s }' % (
+        name, port, extra)
+
+
+def conf(inputs, outputs, routes, admin=None, extra=""):
+    return """return {
+  inputs = { %s },
+  outputs = { %s },
+  routes = { %s },
+  shutdown_timeout = 5,
+  %s
+  %s
+}
+""" % (", ".join(inputs), ", ".join(outputs), ", ".join(routes),
+       'admin = { listen = "127.0.0.1:%d" },' % admin if admin else "", extra)
+
+
+def route(topics, *to):
+    return '{ topics = "%s", to = { %s } }' % (
+        topics, ", ".join('"%s"' % t for t in to))
+
+
+def reload_via_sighup(eng, text, n):
+    """Write the file, SIGHUP, and wait for the n-th reload's line."""
+    eng.config.write_text(text)
+    eng.signal(1)
+    return wait_reload(eng, n)
+
+
+def reload_lines(eng):
+    return [l for l in eng.logs() if l.get("msg") in (
+        "config reloaded", "config reload rejected; the running config stays")]
+
+
+def wait_reload(eng, n):
+    return wait_for(lambda: len(reload_lines(eng)) >= n and reload_lines(eng)[n - 1],
+                    timeout=10, what="reload line %d:\n%s" % (n, eng.stderr()[-3000:]))
+
+
+def refuses(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except OSError:
+        return True
+
+
+def post_reload(admin):
+    req = urllib.request.Request("http://127.0.0.1:%d/reload" % admin, data=b"",
+                                 method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_an_added_output_and_route_take_events_without_touching_the_flow(sluice):
+    port = free_port()
+    with Sink() as a, Sink() as b:
+        ins = [lua_in("in", port)]
+        eng = sluice(conf(ins, [lua_out("a", a.address)], [route("t", "a")]))
+        flow = AckedFlow("127.0.0.1:%d" % port)
+        flow.wait_sent(200)
+        line = reload_via_sighup(eng, conf(
+            ins, [lua_out("a", a.address), lua_out("b", b.address)],
+            [route("t", "a", "b")]), 1)
+        assert line["msg"] == "config reloaded", line
+        assert line["trigger"] == "SIGHUP"
+        assert line["changes"].startswith(
+            "inputs unchanged; outputs +b; routes changed; rules version "), line
+        flow.wait_sent(400)
+        sent = flow.finish()
+        wait_for(lambda: len(seqs(a)) >= sent, timeout=10, what="a has all")
+        exactly_once(sent, a)
+        # b gets every event decided after the switch: one run to the end
+        tail = sorted(seqs(b))
+        assert len(tail) >= 200 and len(set(tail)) == len(tail)
+        assert tail == list(range(tail[0], sent)), "b missed events"
+        assert a.connections == 1, "the unchanged output reconnected"
+
+
+def test_a_removed_output_drains_its_queue_before_it_closes(sluice):
+    port = free_port()
+    with Sink() as a, Sink(reading=False) as b:
+        ins = [lua_in("in", port)]
+        eng = sluice(conf(ins, [lua_out("a", a.address), lua_out("b", b.address)],
+                          [route("t", "b")]))
+        flow = AckedFlow("127.0.0.1:%d" % port)
+        flow.wait_sent(3000)  # b does not read: its queue fills
+        line = reload_via_sighup(eng, conf(ins, [lua_out("a", a.address)],
+                                           [route("t", "a")]), 1)
+        assert "outputs -b; routes changed" in line["changes"], line
+        flow.wait_sent(300)
+        b.start_reading()
+        sent = flow.finish()
+        eng.wait_log("removed output drained and closed", output="b", timeout=10)
+        wait_for(lambda: len(seqs(a)) + len(seqs(b)) >= sent, timeout=10,
+                 what="every event at a or b")
+        exactly_once(sent, a, b)
+        assert len(seqs(a)) > 0 and len(seqs(b)) > 0
+        wait_for(lambda: b.ended == 1, what="b's connection closed")
+
+
+def test_a_changed_output_swaps_without_loss_or_duplicates(sluice):
+    port = free_port()
+    with Sink() as old, Sink() as new:
+        ins = [lua_in("in", port)]
+        eng = sluice(conf(ins, [lua_out("out", old.address)], [route("t", "out")]))
+        flow = AckedFlow("127.0.0.1:%d" % port)
+        flow.wait_sent(300)
+        line = reload_via_sighup(eng, conf(ins, [lua_out("out", new.address)],
+                                           [route("t", "out")]), 1)
+        assert "outputs ~out; routes unchanged" in line["changes"], line
+        flow.wait_sent(300)
+        sent = flow.finish()
+        wait_for(lambda: len(seqs(old)) + len(seqs(new)) >= sent, timeout=10,
+                 what="every event at old or new")
+        exactly_once(sent, old, new)
+        assert len(seqs(new)) >= 300
+        eng.wait_log("removed output drained and closed", output="out")
+        wait_for(lambda: old.ended == 1, what="the old connection closed")
+
+
+def test_a_changed_route_moves_events_between_outputs(sluice):
+    port = free_port()
+    with Sink() as a, Sink() as b:
+        ins = [lua_in("in", port)]
+        outs = [lua_out("a", a.address), lua_out("b", b.address)]
+        eng = sluice(conf(ins, outs, [route("t", "a")]))
+        flow = AckedFlow("127.0.0.1:%d" % port)
+        flow.wait_sent(300)
+        line = reload_via_sighup(eng, conf(ins, outs, [route("t", "b")]), 1)
+        assert line["changes"].startswith(
+            "inputs unchanged; outputs unchanged; routes changed"), line
+        flow.wait_sent(300)
+        sent = flow.finish()
+        wait_for(lambda: len(seqs(a)) + len(seqs(b)) >= sent, timeout=10,
+                 what="every event at a or b")
+        exactly_once(sent, a, b)
+        # one switch point: a has a head, b the rest
+        assert sorted(seqs(a)) == list(range(len(seqs(a))))
+        assert a.connections == 1 and b.connections == 1
+
+
+def test_inputs_are_added_changed_and_removed_while_the_flow_keeps_its_connection(sluice):
+    port, p2, p3 = free_port(), free_port(), free_port()
+    with Sink() as a:
+        outs = [lua_out("a", a.address)]
+        routes = [route("*", "a")]
+        eng = sluice(conf([lua_in("in", port)], outs, routes))
+        flow = AckedFlow("127.0.0.1:%d" % port)
+        assert refuses(p2)
+        line = reload_via_sighup(eng, conf(
+            [lua_in("in", port), lua_in("in2", p2)], outs, routes), 1)
+        assert line["changes"].startswith("inputs +in2; outputs unchanged"), line
+        send_events("127.0.0.1:%d" % p2, [{"topic": "x", "payload": i} for i in range(50)])
+        # a producer that stays connected to in2 across its change
+        idle = AckedFlow("127.0.0.1:%d" % p2, topic="y")
+        idle.wait_sent(100)
+        idle.stop_flag.set()
+        idle.writer.join(10)
+        wait_for(lambda: idle.acked == idle.sent, what="idle producer acked")
+        # same address, another setting: the old listener closes first
+        line = reload_via_sighup(eng, conf(
+            [lua_in("in", port), lua_in("in2", p2, "max_connections = 10")],
+            outs, routes), 2)
+        assert line["changes"].startswith("inputs ~in2;"), line
+        assert line["inputs_not_started"] == "", line
+        wait_for(lambda: idle.eof, what="the replaced input closed its idle connection")
+        send_events("127.0.0.1:%d" % p2, [{"topic": "x", "payload": i} for i in range(50, 60)])
+        # moved to another port, then removed
+        line = reload_via_sighup(eng, conf(
+            [lua_in("in", port), lua_in("in2", p3)], outs, routes), 3)
+        assert line["changes"].startswith("inputs ~in2;"), line
+        wait_for(lambda: refuses(p2), what="the old port closed")
+        send_events("127.0.0.1:%d" % p3, [{"topic": "x", "payload": i} for i in range(60, 70)])
+        line = reload_via_sighup(eng, conf([lua_in("in", port)], outs, routes), 4)
+        assert line["changes"].startswith("inputs -in2;"), line
+        wait_for(lambda: refuses(p3), what="the removed input stopped listening")
+        eng.wait_log("removed input closed", input="in2")
+        flow.wait_sent(200)
+        sent = flow.finish()
+        wait_for(lambda: len(seqs(a)) >= sent and
+                 sum(e["topic"] == "x" for e in a.events) >= 70,
+                 timeout=10, what="everything at a")
+        exactly_once(sent, a)
+        assert sorted(seqs(a, "y")) == list(range(idle.sent))
+        assert sorted(e["payload"] for e in a.events if e["topic"] == "x") == list(range(70))
+
+
+def test_a_bad_config_keeps_the_running_one_and_says_why(sluice):
+    port, admin = free_port(), free_port()
+    with Sink() as a, Sink() as b:
+        ins = [lua_in("in", port)]
+        good = conf(ins, [lua_out("a", a.address)], [route("t", "a")], admin=admin)
+        eng = sluice(good)
+        flow = AckedFlow("127.0.0.1:%d" % port)
+        flow.wait_sent(200)
+        # a route to an output that does not exist: nothing switches
+        bad = conf(ins, [lua_out("b", b.address)], [route("t", "a")], admin=admin)
+        line = reload_via_sighup(eng, bad, 1)
+        assert line["msg"] == "config reload rejected; the running config stays"
+        assert 'no output named "a"' in line["error"], line
+        status = json.loads(eng.path("var/sluice.status.json").read_text())
+        assert status["last_reload"]["result"] == "failed"
+        assert 'no output named "a"' in status["last_reload"]["error"]
+        with urllib.request.urlopen("http://127.0.0.1:%d/rules" % admin, timeout=5) as r:
+            assert 'no output named "a"' in json.loads(r.read())["last_reload"]["error"]
+        # POST /reload answers with the reason; a syntax error likewise
+        eng.config.write_text("return {")
+        code, body = post_reload(admin)
+        assert code == 422, body
+        assert "sluice.conf.lua" in body["error"], body
+        assert b.connections == 0, "the rejected config started an output"
+        # and the good file reloads (nothing changed)
+        eng.config.write_text(good)
+        code, body = post_reload(admin)
+        assert code == 200 and body["last_reload"]["error"] is None, body
+        flow.wait_sent(200)
+        sent = flow.finish()
+        wait_for(lambda: len(seqs(a)) >= sent, timeout=10, what="a has all")
+        exactly_once(sent, a)
+
+
+def test_a_setting_that_needs_a_restart_is_named_and_refused(sluice):
+    port, admin, admin2 = free_port(), free_port(), free_port()
+    with Sink() as a, Sink() as b:
+        ins = [lua_in("in", port)]
+        eng = sluice(conf(ins, [lua_out("a", a.address)], [route("t", "a")],
+                          admin=admin))
+        flow = AckedFlow("127.0.0.1:%d" % port)
+        flow.wait_sent(200)
+        # also adds an output: the refusal is whole, b never starts
+        line = reload_via_sighup(eng, conf(
+            ins, [lua_out("a", a.address), lua_out("b", b.address)],
+            [route("t", "a", "b")], admin=admin2,
+            extra="max_event_bytes = 2048,"), 1)
+        assert line["msg"] == "config reload rejected; the running config stays"
+        assert line["error"] == ("reload refused: these settings need a restart: "
+                                 "admin.listen, max_event_bytes"), line
+        st = json.loads(run_sluice("status", "-c", str(eng.config)).stdout)
+        assert st["last_reload"]["error"] == line["error"]
+        with urllib.request.urlopen("http://127.0.0.1:%d/rules" % admin, timeout=5) as r:
+            assert json.loads(r.read())["last_reload"]["error"] == line["error"]
+        assert refuses(admin2)
+        flow.wait_sent(200)
+        sent = flow.finish()
+        wait_for(lambda: len(seqs(a)) >= sent, timeout=10, what="a has all")
+        exactly_once(sent, a)
+        assert b.connections == 0 and seqs(b) == []
