@@ -44,6 +44,7 @@ struct plan {
   int nout, nin; /* slots the laid-out config spans */
   int old_ninputs;
   struct sl_buf ins, outs; /* " +web ~in -old" for the log */
+  uint64_t number;          /* this reload's, once committed (w->gen) */
   char *err;
   size_t errlen;
 };
@@ -62,15 +63,21 @@ static int find_output(const struct sl_worker *w, const char *name) {
   return -1;
 }
 
-static int free_output_slot(const struct plan *p) {
+/* The lowest free slot; first the one an output of that name left, so
+ * that its counters carry on under one name. */
+static int free_output_slot(const struct plan *p, const char *name) {
   const struct sl_worker *w = p->w;
-  int s;
+  int s, first = -1;
   for (s = 0; s < w->output_slots; s++) {
     const struct sl_output *o = &w->outputs[s];
-    if (!p->out_taken[s] && (o->cfg == NULL || (o->gone && !o->dirty)))
+    if (p->out_taken[s] || !(o->cfg == NULL || (o->gone && !o->dirty)))
+      continue;
+    if (o->cfg && strcmp(o->cfg->name, name) == 0)
       return s;
+    if (first < 0)
+      first = s;
   }
-  return -1;
+  return first;
 }
 
 /* Does the new config oc keep its disk buffer (or spill) where o, running,
@@ -126,7 +133,7 @@ static int plan_outputs(struct plan *p) {
     sl_buf_printf(&p->outs, " %c%s", live >= 0 ? '~' : '+', oc->name);
     if (live >= 0)
       p->out_retire[live] = 1;
-    if ((s = free_output_slot(p)) < 0) {
+    if ((s = free_output_slot(p, oc->name)) < 0) {
       snprintf(p->err, p->errlen, "reload refused: no room for output %s "
                "beside the outputs still draining; reload again later",
                oc->name);
@@ -151,15 +158,19 @@ static int input_live(const struct sl_input *in) {
   return in->ops && !in->retiring && !in->gone;
 }
 
-static int free_input_slot(const struct plan *p) {
+static int free_input_slot(const struct plan *p, const char *name) {
   const struct sl_worker *w = p->w;
-  int s;
+  int s, first = -1;
   for (s = 0; s < w->input_slots; s++) {
     const struct sl_input *in = &w->inputs[s];
-    if (!p->in_taken[s] && ((in->ops == NULL && !in->retiring) || in->gone))
+    if (p->in_taken[s] || !((in->ops == NULL && !in->retiring) || in->gone))
+      continue;
+    if (in->cfg && strcmp(in->cfg->name, name) == 0)
       return s;
+    if (first < 0)
+      first = s;
   }
-  return -1;
+  return first;
 }
 
 static int plan_inputs(struct plan *p) {
@@ -181,7 +192,7 @@ static int plan_inputs(struct plan *p) {
     sl_buf_printf(&p->ins, " %c%s", live >= 0 ? '~' : '+', ic->name);
     if (live >= 0)
       p->in_retire[live] = 1;
-    if ((s = free_input_slot(p)) < 0) {
+    if ((s = free_input_slot(p, ic->name)) < 0) {
       snprintf(p->err, p->errlen, "reload refused: no room for input %s "
                "beside the inputs still draining; reload again later",
                ic->name);
@@ -214,6 +225,56 @@ static int plan_inputs(struct plan *p) {
 
 static char *dup_or_empty(const char *s) { return strdup(s ? s : ""); }
 
+/* The name a retired slot goes by: its own, or, when c has a live one of
+ * that name (it replaced it), "name (before reload N)", so that metrics
+ * never show two series with one name. c's inputs (outputs when outputs
+ * is set) are searched, skipping retired placeholders. */
+static char *old_name(const struct plan *p, const char *name,
+                      const struct sl_config *c, int outputs) {
+  char buf[512];
+  int j, n = outputs ? c->noutputs : c->ninputs;
+  if (name == NULL)
+    return strdup("");
+  for (j = 0; j < n; j++) {
+    const char *live = outputs ? c->outputs[j].name : c->inputs[j].name;
+    int retired = outputs ? c->outputs[j].retired : c->inputs[j].retired;
+    if (!retired && live && strcmp(live, name) == 0) {
+      snprintf(buf, sizeof(buf), "%s (before reload %llu)", name,
+               (unsigned long long)p->number);
+      return strdup(buf);
+    }
+  }
+  return strdup(name);
+}
+
+/* A draining or gone output whose name the new config gives a live one
+ * goes by "name (before reload N)" from now on (metrics, logs): o->cfg
+ * becomes a copy under that name, kept until sl_worker_close. */
+static void rename_output(struct plan *p, struct sl_output *o,
+                          const struct sl_config *c) {
+  struct sl_worker *w = p->w;
+  struct sl_output_config *copy;
+  char *name = old_name(p, o->cfg->name, c, 1);
+  void **grown;
+  if (name == NULL || strcmp(name, o->cfg->name) == 0 ||
+      (copy = malloc(sizeof(*copy))) == NULL) {
+    free(name);
+    return;
+  }
+  grown = realloc(w->scraps, (size_t)(w->nscraps + 2) * sizeof(*grown));
+  if (grown == NULL) {
+    free(copy);
+    free(name);
+    return;
+  }
+  *copy = *o->cfg; /* its strings stay the old config's */
+  copy->name = name;
+  w->scraps = grown;
+  w->scraps[w->nscraps++] = copy;
+  w->scraps[w->nscraps++] = name;
+  o->cfg = copy;
+}
+
 static int layout_outputs(struct plan *p) {
   struct sl_config *c = p->next;
   struct sl_output_config *a = calloc((size_t)p->nout + 1, sizeof(*a));
@@ -224,9 +285,9 @@ static int layout_outputs(struct plan *p) {
     a[p->out_slot[j]] = c->outputs[j]; /* the strings move with it */
   for (s = 0; s < p->nout; s++)
     if (!p->out_taken[s]) {
-      const struct sl_output_config *old = p->w->outputs[s].cfg;
-      a[s].name = dup_or_empty(old ? old->name : NULL);
-      a[s].type = dup_or_empty(old ? old->type : NULL);
+      struct sl_output *o = &p->w->outputs[s];
+      a[s].name = dup_or_empty(o->cfg ? o->cfg->name : NULL);
+      a[s].type = dup_or_empty(o->cfg ? o->cfg->type : NULL);
       a[s].retired = 1;
     }
   for (j = 0; j < c->router.nroutes; j++)
@@ -254,8 +315,13 @@ static int layout_inputs(struct plan *p) {
     a[p->in_slot[j]] = c->inputs[j];
   for (s = 0; s < p->nin; s++)
     if (!p->in_taken[s]) {
+      const struct sl_config *live = p->w->cfg;
       const struct sl_input_config *old = p->w->inputs[s].cfg;
-      a[s].name = dup_or_empty(old ? old->name : NULL);
+      /* the name it went by so far (a placeholder's, if it was one) */
+      const char *name = s < live->ninputs ? live->inputs[s].name
+                         : old             ? old->name
+                                           : NULL;
+      a[s].name = old_name(p, name, c, 0);
       a[s].type = dup_or_empty(old ? old->type : NULL);
       a[s].retired = 1;
     }
@@ -366,16 +432,16 @@ static void undo(struct plan *p) {
 static void log_output_retired(const struct sl_output *o, uint64_t left,
                                int timed_out) {
   if (left && o->buf.mode != SL_BUFFER_DISK)
-    sl_log(SL_LOG_ERROR, "removed output closed at shutdown_timeout with "
+    sl_log(SL_LOG_ERROR, "retired output closed at shutdown_timeout with "
                          "events undelivered",
            SL_S("output", o->cfg->name), SL_U("lost_events", o->q.count),
            SL_U("kept_in_disk_buffer", sl_buffer_backlog((struct sl_buffer *)&o->buf)),
            SL_END);
   else
     sl_log(SL_LOG_INFO, timed_out && left
-                            ? "removed output closed; its disk buffer keeps "
+                            ? "retired output closed; its disk buffer keeps "
                               "the rest for an output of the same name"
-                            : "removed output drained and closed",
+                            : "retired output drained and closed",
            SL_S("output", o->cfg->name), SL_U("delivered", o->stats.events_out),
            SL_U("dead_lettered", o->stats.dead_lettered),
            SL_U("left_on_disk", left), SL_END);
@@ -414,7 +480,7 @@ static int retire_input_step(struct sl_input *in, uint64_t now) {
   if (!in->stop_sent || !in->stopped)
     return 0;
   if (in->retire_by_ns)
-    sl_log(SL_LOG_INFO, "removed input closed", SL_S("input", in->cfg->name),
+    sl_log(SL_LOG_INFO, "retired input closed", SL_S("input", in->cfg->name),
            SL_U("events_in", in->stats.events_in), SL_END);
   in->gone = 1;
   in->retiring = 0;
@@ -494,9 +560,12 @@ static void commit(void *data) {
   free(w->route_limits);
   w->route_limits = p->limits;
   p->limits = NULL;
-  for (s = 0; s < w->noutputs; s++)
+  for (s = 0; s < w->noutputs; s++) {
     if (p->out_retire[s])
       retire_output(w, &w->outputs[s], by);
+    if (!p->out_taken[s] && w->outputs[s].cfg)
+      rename_output(p, &w->outputs[s], p->next);
+  }
   for (s = 0; s < w->ninputs; s++)
     if (p->in_retire[s])
       retire_input(w, &w->inputs[s], by);
@@ -600,6 +669,7 @@ int sl_worker_reload(struct sl_worker *w, const char *trigger, char *err,
   memset(&p, 0, sizeof(p));
   p.w = w;
   p.trigger = trigger;
+  p.number = w->gen + 1;
   p.err = err;
   p.errlen = errlen;
   err[0] = '\0';

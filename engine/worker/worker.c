@@ -396,6 +396,11 @@ void sl_worker_close(struct sl_worker *w) {
     sl_config_free(w->old_cfgs[i]);
   free(w->old_cfgs);
   w->old_cfgs = NULL;
+  for (i = 0; i < w->nscraps; i++)
+    free(w->scraps[i]);
+  free(w->scraps);
+  w->scraps = NULL;
+  w->nscraps = 0;
   w->nold_cfgs = 0;
   if (w->owns_cfg)
     sl_config_free((struct sl_config *)w->cfg);

@@ -164,6 +164,8 @@ struct sl_worker {
   int input_slots, output_slots;
   struct sl_config **old_cfgs;
   int nold_cfgs;
+  void **scraps;           /* renamed copies of retired outputs' configs */
+  int nscraps;
   int owns_cfg;            /* w->cfg was loaded by a reload */
   uint64_t gen;            /* reloads committed */
   uint32_t holding_now;    /* sources holding an event decided since the

@@ -8,6 +8,7 @@ arrives exactly once over the sinks that can take it; the producer's
 connection (on an input the reload leaves alone) is never closed.
 """
 import json
+import subprocess
 import socket
 import threading
 import time
@@ -197,7 +198,7 @@ def test_a_removed_output_drains_its_queue_before_it_closes(sluice):
         flow.wait_sent(300)
         b.start_reading()
         sent = flow.finish()
-        eng.wait_log("removed output drained and closed", output="b", timeout=10)
+        eng.wait_log("retired output drained and closed", output="b", timeout=10)
         wait_for(lambda: len(seqs(a)) + len(seqs(b)) >= sent, timeout=10,
                  what="every event at a or b")
         exactly_once(sent, a, b)
@@ -221,7 +222,7 @@ def test_a_changed_output_swaps_without_loss_or_duplicates(sluice):
                  what="every event at old or new")
         exactly_once(sent, old, new)
         assert len(seqs(new)) >= 300
-        eng.wait_log("removed output drained and closed", output="out")
+        eng.wait_log("retired output drained and closed", output="out (before reload 1)")
         wait_for(lambda: old.ended == 1, what="the old connection closed")
 
 
@@ -281,7 +282,7 @@ def test_inputs_are_added_changed_and_removed_while_the_flow_keeps_its_connectio
         line = reload_via_sighup(eng, conf([lua_in("in", port)], outs, routes), 4)
         assert line["changes"].startswith("inputs -in2;"), line
         wait_for(lambda: refuses(p3), what="the removed input stopped listening")
-        eng.wait_log("removed input closed", input="in2")
+        eng.wait_log("retired input closed", input="in2")
         flow.wait_sent(200)
         sent = flow.finish()
         wait_for(lambda: len(seqs(a)) >= sent and
@@ -352,3 +353,43 @@ def test_a_setting_that_needs_a_restart_is_named_and_refused(sluice):
         wait_for(lambda: len(seqs(a)) >= sent, timeout=10, what="a has all")
         exactly_once(sent, a)
         assert b.connections == 0 and seqs(b) == []
+
+
+def test_metrics_stay_valid_as_outputs_and_inputs_come_and_go(sluice):
+    port, p2, p3, admin = free_port(), free_port(), free_port(), free_port()
+    with Sink() as old, Sink() as new, Sink() as extra:
+        outs = [lua_out("out", old.address)]
+        eng = sluice(conf([lua_in("in", port), lua_in("in2", p2)], outs,
+                          [route("*", "out")], admin=admin))
+        send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": {"seq": i}}
+                                           for i in range(10)])
+        old.wait(10)
+        # change out and in2, add and then remove an output
+        reload_via_sighup(eng, conf(
+            [lua_in("in", port), lua_in("in2", p3)],
+            [lua_out("out", new.address), lua_out("extra", extra.address)],
+            [route("*", "out")], admin=admin), 1)
+        eng.wait_log("retired output drained and closed", output="out (before reload 1)")
+        eng.wait_log("retired input closed", input="in2")
+        send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": {"seq": i}}
+                                           for i in range(10, 15)])
+        new.wait(5)
+        reload_via_sighup(eng, conf(
+            [lua_in("in", port), lua_in("in2", p3)], [lua_out("out", new.address)],
+            [route("*", "out")], admin=admin), 2)
+        eng.wait_log("retired output drained and closed", output="extra")
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin, timeout=5) as r:
+            text = r.read().decode()
+        series = [l.rpartition(" ")[0] for l in text.splitlines()
+                  if l and not l.startswith("#")]
+        dups = sorted(set(s for s in series if series.count(s) > 1))
+        assert dups == [], dups
+        r = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                           capture_output=True, timeout=30)
+        assert r.returncode == 0, (r.stdout + r.stderr).decode() + "\n" + text
+        # the replaced output's counters stay under a name of their own
+        assert 'sluice_output_events_total{output="out (before reload 1)"} 10' in text
+        assert 'sluice_output_events_total{output="out"} 5' in text
+        assert 'sluice_input_events_total{input="in"} 15' in text
+        with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % admin, timeout=5) as r:
+            assert json.loads(r.read())["ready"] is True
