@@ -393,3 +393,59 @@ def test_metrics_stay_valid_as_outputs_and_inputs_come_and_go(sluice):
         assert 'sluice_input_events_total{input="in"} 15' in text
         with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % admin, timeout=5) as r:
             assert json.loads(r.read())["ready"] is True
+
+
+def test_sluice_reload_applies_a_good_file_and_signals_nothing_for_a_broken_one(sluice):
+    port = free_port()
+    with Sink() as a, Sink() as b:
+        ins = [lua_in("in", port)]
+        eng = sluice(conf(ins, [lua_out("a", a.address)], [route("t", "a")]))
+        flow = AckedFlow("127.0.0.1:%d" % port)
+        eng.config.write_text(conf(ins, [lua_out("a", a.address), lua_out("b", b.address)],
+                                   [route("t", "b")]))
+        r = run_sluice("reload", "-c", str(eng.config))
+        assert r.returncode == 0, r.stderr
+        line = wait_reload(eng, 1)
+        assert line["msg"] == "config reloaded" and line["trigger"] == "SIGHUP"
+        assert "outputs +b; routes changed" in line["changes"], line
+        flow.wait_sent(200)
+        eng.config.write_text("return { inputs = 1 }")
+        r = run_sluice("reload", "-c", str(eng.config))
+        assert r.returncode == 1
+        assert "inputs" in r.stderr, r.stderr
+        time.sleep(0.3)  # a signal would have been handled by now
+        assert len(reload_lines(eng)) == 1
+        sent = flow.finish()
+        wait_for(lambda: len(seqs(a)) + len(seqs(b)) >= sent, timeout=10,
+                 what="every event at a or b")
+        exactly_once(sent, a, b)
+
+
+def test_a_disk_buffered_output_changes_only_with_a_buffer_of_its_own(sluice):
+    port = free_port()
+    with Sink() as old, Sink() as new:
+        ins = [lua_in("in", port)]
+
+        def out(address, path):
+            return lua_out("out", address, 'buffer = { type = "disk", path = "%s" },'
+                           % path)
+        eng = sluice(conf(ins, [out(old.address, "buf1")], [route("t", "out")]))
+        flow = AckedFlow("127.0.0.1:%d" % port)
+        flow.wait_sent(200)
+        line = reload_via_sighup(eng, conf(ins, [out(new.address, "buf1")],
+                                           [route("t", "out")]), 1)
+        assert line["msg"] == "config reload rejected; the running config stays"
+        assert line["error"] == ("reload refused (restart to apply it): output out "
+                                 "keeps its disk buffer at the same path, which "
+                                 "the running one owns"), line
+        assert new.connections == 0
+        line = reload_via_sighup(eng, conf(ins, [out(new.address, "buf2")],
+                                           [route("t", "out")]), 2)
+        assert line["msg"] == "config reloaded", line
+        flow.wait_sent(200)
+        sent = flow.finish()
+        wait_for(lambda: len(seqs(old)) + len(seqs(new)) >= sent, timeout=10,
+                 what="every event at old or new")
+        exactly_once(sent, old, new)
+        eng.wait_log("retired output drained and closed",
+                     output="out (before reload 1)")
