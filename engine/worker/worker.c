@@ -55,8 +55,9 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
 static void finish(struct sl_worker *w) {
   int i;
   uv_timer_stop(&w->drain_timer);
-  for (i = 0; i < w->ninputs; i++)
-    if (!w->inputs[i].stopped)
+  /* every slot: an input a failed reload started may sit past ninputs */
+  for (i = 0; i < w->input_slots; i++)
+    if (w->inputs[i].ops && !w->inputs[i].stopped)
       w->inputs[i].ops->cb_stop(&w->inputs[i]);
   for (i = 0; i < w->noutputs; i++)
     if (!w->outputs[i].gone)

@@ -449,3 +449,72 @@ def test_a_disk_buffered_output_changes_only_with_a_buffer_of_its_own(sluice):
         exactly_once(sent, old, new)
         eng.wait_log("retired output drained and closed",
                      output="out (before reload 1)")
+
+
+def test_an_input_that_cannot_listen_undoes_the_whole_reload(sluice):
+    port, busy_port = free_port(), free_port()
+    busy = socket.socket()
+    busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    busy.bind(("127.0.0.1", busy_port))
+    busy.listen(1)
+    with Sink() as a, Sink() as b:
+        ins = [lua_in("in", port)]
+        eng = sluice(conf(ins, [lua_out("a", a.address)], [route("t", "a")]))
+        flow = AckedFlow("127.0.0.1:%d" % port)
+        flow.wait_sent(200)
+        wanted = conf(ins + [lua_in("in2", busy_port)],
+                      [lua_out("a", a.address), lua_out("b", b.address)],
+                      [route("t", "b")])
+        line = reload_via_sighup(eng, wanted, 1)
+        assert line["msg"] == "config reload rejected; the running config stays"
+        assert line["error"].startswith("inputs[2] (in2): "), line
+        flow.wait_sent(200)  # still routed to a: the route change was undone
+        busy.close()
+        line = reload_via_sighup(eng, wanted, 2)
+        assert line["msg"] == "config reloaded", line
+        assert line["changes"].startswith("inputs +in2; outputs +b; routes changed")
+        send_events("127.0.0.1:%d" % busy_port, [{"topic": "t", "payload": {"seq": -1}}])
+        flow.wait_sent(200)
+        sent = flow.finish()
+        wait_for(lambda: len(seqs(a)) + len(seqs(b)) >= sent + 1, timeout=10,
+                 what="every event at a or b")
+        assert -1 in seqs(b)
+        a_seqs, b_seqs = seqs(a), [s for s in seqs(b) if s >= 0]
+        got = sorted(a_seqs + b_seqs)
+        assert got == list(range(sent)), "lost or duplicated events"
+        # the switch happened at the second reload: a has one head
+        assert sorted(a_seqs) == list(range(len(a_seqs)))
+        assert len(a_seqs) >= 400
+
+
+def test_rules_that_do_not_load_undo_the_config_reload(sluice, tmp_path):
+    port = free_port()
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10_pass.lua").write_text("return { on_event = function(ev) end }\n")
+    extra = 'rules = { dir = "%s", watch = false },' % rules
+    with Sink() as a, Sink() as b:
+        ins = [lua_in("in", port)]
+        eng = sluice(conf(ins, [lua_out("a", a.address)], [route("t", "a")],
+                          extra=extra))
+        flow = AckedFlow("127.0.0.1:%d" % port)
+        flow.wait_sent(200)
+        # the rule now routes to b, which the same reload adds; but it is broken
+        (rules / "10_pass.lua").write_text('return { on_event = function(ev) return "b" end')
+        wanted = conf(ins, [lua_out("a", a.address), lua_out("b", b.address)],
+                      [route("t", "a")], extra=extra)
+        line = reload_via_sighup(eng, wanted, 1)
+        assert line["msg"] == "config reload rejected; the running config stays"
+        eng.wait_log("rules reload rejected; the live version stays")
+        st = json.loads(run_sluice("status", "-c", str(eng.config)).stdout)
+        assert "10_pass.lua:" in st["last_reload"]["error"], st
+        flow.wait_sent(200)
+        (rules / "10_pass.lua").write_text('return { on_event = function(ev) return "b" end }\n')
+        line = reload_via_sighup(eng, wanted, 2)
+        assert line["msg"] == "config reloaded", line
+        flow.wait_sent(200)
+        sent = flow.finish()
+        wait_for(lambda: len(seqs(a)) + len(seqs(b)) >= sent, timeout=10,
+                 what="every event at a or b")
+        exactly_once(sent, a, b)
+        assert len(seqs(a)) >= 400 and len(seqs(b)) >= 200
