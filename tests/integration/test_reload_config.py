@@ -18,7 +18,7 @@ import urllib.request
 import msgpack
 
 from conftest import (Sink, connect, free_port, pack, run_sluice, send_events,
-                      wait_for)
+                      short_path, wait_for)
 
 
 class AckedFlow:
@@ -518,3 +518,22 @@ def test_rules_that_do_not_load_undo_the_config_reload(sluice, tmp_path):
                  what="every event at a or b")
         exactly_once(sent, a, b)
         assert len(seqs(a)) >= 400 and len(seqs(b)) >= 200
+
+
+def test_a_changed_unix_input_rebinds_its_socket_path(sluice):
+    port, path = free_port(), short_path("rl.sock")
+    with Sink() as a:
+        outs, routes = [lua_out("a", a.address)], [route("*", "a")]
+
+        def unix_in(extra=""):
+            return '{ name = "u", type = "unix", listen = "%s", %s }' % (path, extra)
+        eng = sluice(conf([lua_in("in", port), unix_in()], outs, routes))
+        send_events(path, [{"topic": "u", "payload": 0}])
+        line = reload_via_sighup(eng, conf([lua_in("in", port),
+                                            unix_in("max_connections = 3")],
+                                           outs, routes), 1)
+        assert line["changes"].startswith("inputs ~u;"), line
+        assert line["inputs_not_started"] == "", line
+        send_events(path, [{"topic": "u", "payload": 1}])
+        wait_for(lambda: sorted(e["payload"] for e in a.events) == [0, 1],
+                 what="both events through the unix input")
