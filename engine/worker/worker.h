@@ -2,7 +2,8 @@
  * rule states, and the pipeline that moves an event from an input through
  * the rules to the output queues. Nothing in a worker is shared with
  * another thread. The worker owns its inputs, outputs and rule set; the
- * config it was built from must outlive it. */
+ * config it was built from must outlive it (configs a reload loads are the
+ * worker's, freed by sl_worker_close). */
 #ifndef SL_WORKER_H
 #define SL_WORKER_H
 
