@@ -45,6 +45,7 @@ struct plan {
   int old_ninputs;
   struct sl_buf ins, outs; /* " +web ~in -old" for the log */
   uint64_t number;          /* this reload's, once committed (w->gen) */
+  int routes_same;
   char *err;
   size_t errlen;
 };
@@ -551,15 +552,18 @@ static void commit(void *data) {
   w->holding_old += w->holding_now;
   w->holding_now = 0;
   w->gen++;
-  /* a held event waiting for an old route's token goes on without one */
-  for (wt = w->route_waitq.waiters.next; wt != &w->route_waitq.waiters;
-       wt = wt->next)
-    container_of(wt, struct sl_source, waiter)->route_wait = -1;
-  if (w->route_waitq.waiters.next != &w->route_waitq.waiters)
-    uv_timer_start(&w->route_timer, on_wake_routes, 0, 0);
-  free(w->route_limits);
-  w->route_limits = p->limits;
-  p->limits = NULL;
+  if (!p->routes_same) {
+    /* a held event waiting for an old route's token goes on without one;
+     * the same routes keep their token buckets */
+    for (wt = w->route_waitq.waiters.next; wt != &w->route_waitq.waiters;
+         wt = wt->next)
+      container_of(wt, struct sl_source, waiter)->route_wait = -1;
+    if (w->route_waitq.waiters.next != &w->route_waitq.waiters)
+      uv_timer_start(&w->route_timer, on_wake_routes, 0, 0);
+    free(w->route_limits);
+    w->route_limits = p->limits;
+    p->limits = NULL;
+  }
   for (s = 0; s < w->noutputs; s++) {
     if (p->out_retire[s])
       retire_output(w, &w->outputs[s], by);
@@ -664,7 +668,7 @@ int sl_worker_reload(struct sl_worker *w, const char *trigger, char *err,
   struct plan p;
   struct sl_buf failed;
   uint64_t t0 = sl_mono_ns();
-  int rc, routes_same;
+  int rc;
 
   memset(&p, 0, sizeof(p));
   p.w = w;
@@ -684,7 +688,7 @@ int sl_worker_reload(struct sl_worker *w, const char *trigger, char *err,
     sl_rules_reload_failed(w->rules, err);
     goto fail;
   }
-  routes_same = sl_config_routes_same(w->cfg, p.next);
+  p.routes_same = sl_config_routes_same(w->cfg, p.next);
   rc = sl_rules_reload_with(w->rules, p.next, trigger, commit, &p);
   if (rc != 0) { /* the rules logged and recorded why */
     snprintf(err, errlen, "the rules did not load: see last_reload.error");
@@ -702,7 +706,7 @@ int sl_worker_reload(struct sl_worker *w, const char *trigger, char *err,
              "inputs%s; outputs%s; routes %s; rules version %llu",
              p.ins.len > 1 ? (const char *)p.ins.data : " unchanged",
              p.outs.len > 1 ? (const char *)p.outs.data : " unchanged",
-             routes_same ? "unchanged" : "changed",
+             p.routes_same ? "unchanged" : "changed",
              (unsigned long long)sl_rules_stats(w->rules)->version);
     sl_log(failed.len > 1 ? SL_LOG_WARN : SL_LOG_INFO, "config reloaded",
            SL_S("trigger", trigger), SL_S("changes", changes),
