@@ -106,16 +106,16 @@ def lua_in(name, port, extra=""):
         name, port, extra)
 
 
-def conf(inputs, outputs, routes, admin=None, extra=""):
+def conf(inputs, outputs, routes, admin=None, extra="", shutdown=5):
     return """return {
   inputs = { %s },
   outputs = { %s },
   routes = { %s },
-  shutdown_timeout = 5,
+  shutdown_timeout = %s,
   %s
   %s
 }
-""" % (", ".join(inputs), ", ".join(outputs), ", ".join(routes),
+""" % (", ".join(inputs), ", ".join(outputs), ", ".join(routes), shutdown,
        'admin = { listen = "127.0.0.1:%d" },' % admin if admin else "", extra)
 
 
@@ -537,3 +537,32 @@ def test_a_changed_unix_input_rebinds_its_socket_path(sluice):
         send_events(path, [{"topic": "u", "payload": 1}])
         wait_for(lambda: sorted(e["payload"] for e in a.events) == [0, 1],
                  what="both events through the unix input")
+
+
+def test_a_removed_output_that_cannot_deliver_keeps_its_disk_buffer_for_a_later_one(sluice):
+    port, down = free_port(), free_port()
+    with Sink() as a:
+        ins = [lua_in("in", port)]
+        d = lua_out("d", "127.0.0.1:%d" % down,
+                    'retry = { initial_ms = 20, max_ms = 100 }, '
+                    'buffer = { type = "disk", path = "dbuf" },')
+        eng = sluice(conf(ins, [lua_out("a", a.address), d], [route("t", "d")],
+                          shutdown=1))
+        flow = AckedFlow("127.0.0.1:%d" % port)
+        flow.wait_sent(300)
+        line = reload_via_sighup(eng, conf(ins, [lua_out("a", a.address)],
+                                           [route("t", "a")], shutdown=1), 1)
+        assert "outputs -d; routes changed" in line["changes"], line
+        left = eng.wait_log("retired output closed; its disk buffer keeps the "
+                            "rest for an output of the same name", output="d")
+        assert left["left_on_disk"] >= 300, left
+        flow.wait_sent(100)
+        with Sink(port=down) as later:
+            line = reload_via_sighup(eng, conf(ins, [lua_out("a", a.address), d],
+                                               [route("t", "a")], shutdown=1), 2)
+            assert "outputs +d;" in line["changes"], line
+            sent = flow.finish()
+            wait_for(lambda: len(seqs(a)) + len(seqs(later)) >= sent, timeout=10,
+                     what="every event at a or the re-added d")
+            exactly_once(sent, a, later)
+            assert len(seqs(later)) == left["left_on_disk"]
