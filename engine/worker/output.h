@@ -132,6 +132,9 @@ struct sl_output {
    * slot is free again once gone */
   int retiring, gone;
   uint64_t retire_by_ns;
+  const struct sl_output_config *cfg_base; /* the entry it started from */
+  struct sl_output_config *cfg_copy; /* o->cfg when renamed or gone: owns
+                                        name and type only */
 };
 
 /* The write in flight (cb_write) is over: n_ok events from the front of

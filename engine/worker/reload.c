@@ -21,6 +21,7 @@
  * finish what they sent and close. */
 #include "worker.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,32 +249,115 @@ static char *old_name(const struct plan *p, const char *name,
   return strdup(name);
 }
 
+/* Copies of config entries that an output or input goes by once renamed
+ * or gone: they own name and type; every other string is the original's
+ * (a gone one has none). */
+static void free_copy(char *name, char *type, void *copy) {
+  free(name);
+  free(type);
+  free(copy);
+}
+
+void sl_worker_free_copies(struct sl_worker *w) {
+  int s;
+  for (s = 0; s < w->output_slots; s++) {
+    struct sl_output_config *c = w->outputs[s].cfg_copy;
+    if (c)
+      free_copy(c->name, c->type, c);
+    w->outputs[s].cfg_copy = NULL;
+  }
+  for (s = 0; s < w->input_slots; s++) {
+    struct sl_input_config *c = w->inputs[s].cfg_copy;
+    if (c)
+      free_copy(c->name, c->type, c);
+    w->inputs[s].cfg_copy = NULL;
+  }
+}
+
+/* o goes by a copy of its config named name (taken); gone: a copy with
+ * nothing but name and type, so that its config can be freed. */
+static void output_goes_by(struct sl_output *o, char *name, int gone) {
+  struct sl_output_config *copy = calloc(1, sizeof(*copy));
+  char *type = o->cfg->type ? strdup(o->cfg->type) : NULL;
+  if (name == NULL || copy == NULL || type == NULL) {
+    free_copy(name, type, copy); /* keep the old one: a leak beats a crash */
+    return;
+  }
+  if (!gone)
+    *copy = *o->cfg;
+  copy->name = name;
+  copy->type = type;
+  copy->retired = gone;
+  if (o->cfg_copy)
+    free_copy(o->cfg_copy->name, o->cfg_copy->type, o->cfg_copy);
+  o->cfg_copy = copy;
+  o->cfg = copy;
+  if (gone)
+    o->cfg_base = NULL;
+}
+
+static void input_gone(struct sl_input *in) {
+  struct sl_input_config *copy = calloc(1, sizeof(*copy));
+  char *name = in->cfg && in->cfg->name ? strdup(in->cfg->name) : NULL;
+  char *type = in->cfg && in->cfg->type ? strdup(in->cfg->type) : NULL;
+  if (copy == NULL || name == NULL || type == NULL) {
+    free_copy(name, type, copy);
+    return;
+  }
+  copy->name = name;
+  copy->type = type;
+  copy->retired = 1;
+  in->cfg = copy;
+  in->cfg_copy = copy;
+}
+
+/* Zero a free slot for a new start, dropping the copy a gone one had. */
+static void clear_output_slot(struct sl_output *o) {
+  if (o->cfg_copy)
+    free_copy(o->cfg_copy->name, o->cfg_copy->type, o->cfg_copy);
+  memset(o, 0, sizeof(*o));
+}
+
+static void clear_input_slot(struct sl_input *in) {
+  if (in->cfg_copy)
+    free_copy(in->cfg_copy->name, in->cfg_copy->type, in->cfg_copy);
+  memset(in, 0, sizeof(*in));
+}
+
 /* A draining or gone output whose name the new config gives a live one
- * goes by "name (before reload N)" from now on (metrics, logs): o->cfg
- * becomes a copy under that name, kept until sl_worker_close. */
+ * goes by "name (before reload N)" from now on (metrics, logs). */
 static void rename_output(struct plan *p, struct sl_output *o,
                           const struct sl_config *c) {
-  struct sl_worker *w = p->w;
-  struct sl_output_config *copy;
   char *name = old_name(p, o->cfg->name, c, 1);
-  void **grown;
-  if (name == NULL || strcmp(name, o->cfg->name) == 0 ||
-      (copy = malloc(sizeof(*copy))) == NULL) {
+  if (name && strcmp(name, o->cfg->name) == 0) {
     free(name);
     return;
   }
-  grown = realloc(w->scraps, (size_t)(w->nscraps + 2) * sizeof(*grown));
-  if (grown == NULL) {
-    free(copy);
-    free(name);
-    return;
+  output_goes_by(o, name, o->gone);
+}
+
+/* Free the configs no running input or output started from. */
+static int uses(const void *p, const void *base, int n, size_t size) {
+  uintptr_t a = (uintptr_t)p, b = (uintptr_t)base;
+  return p && a >= b && a < b + (size_t)n * size;
+}
+
+static void free_unused_configs(struct sl_worker *w) {
+  int i, s, n = 0;
+  for (i = 0; i < w->nold_cfgs; i++) {
+    struct sl_config *c = w->old_cfgs[i];
+    int used = 0;
+    for (s = 0; s < w->output_slots && !used; s++)
+      used = uses(w->outputs[s].cfg_base, c->outputs, c->noutputs,
+                  sizeof(*c->outputs));
+    for (s = 0; s < w->input_slots && !used; s++)
+      used = uses(w->inputs[s].cfg, c->inputs, c->ninputs, sizeof(*c->inputs));
+    if (used)
+      w->old_cfgs[n++] = c;
+    else
+      sl_config_free(c);
   }
-  *copy = *o->cfg; /* its strings stay the old config's */
-  copy->name = name;
-  w->scraps = grown;
-  w->scraps[w->nscraps++] = copy;
-  w->scraps[w->nscraps++] = name;
-  o->cfg = copy;
+  w->nold_cfgs = n;
 }
 
 static int layout_outputs(struct plan *p) {
@@ -383,7 +467,7 @@ static int start_new(struct plan *p) {
     struct sl_output *o = &w->outputs[j];
     if (!p->out_taken[j] || output_live(o))
       continue; /* kept, or not in the new config */
-    memset(o, 0, sizeof(*o));
+    clear_output_slot(o);
     rc = sl_worker_start_output(w, p->next, j, p->err, p->errlen);
     if (rc != 0) {
       retire_output(w, o, 0);
@@ -394,7 +478,7 @@ static int start_new(struct plan *p) {
     struct sl_input *in = &w->inputs[j];
     if (!p->in_taken[j] || input_live(in) || p->in_late[j])
       continue;
-    memset(in, 0, sizeof(*in));
+    clear_input_slot(in);
     rc = sl_worker_start_input(w, p->next, j, p->err, p->errlen);
     if (rc != 0) {
       in->retiring = in->stop_sent = 1; /* as sl_worker_init's failure */
@@ -468,6 +552,7 @@ static int retire_output_step(struct sl_worker *w, struct sl_output *o,
   sl_output_close(o);
   o->gone = 1;
   o->retiring = 0;
+  output_goes_by(o, strdup(o->cfg->name), 1); /* lets its config go */
   return 1;
 }
 
@@ -485,25 +570,28 @@ static int retire_input_step(struct sl_input *in, uint64_t now) {
            SL_U("events_in", in->stats.events_in), SL_END);
   in->gone = 1;
   in->retiring = 0;
+  input_gone(in);
   return 1;
 }
 
 static void on_retire_timer(uv_timer_t *t) {
   struct sl_worker *w = container_of(t, struct sl_worker, retire_timer);
   uint64_t now = sl_mono_ns();
-  int s;
+  int s, gone = 0;
   if (w->stopping)
     return; /* the shutdown drains and closes everything */
   for (s = 0; s < w->input_slots; s++) {
     struct sl_input *in = &w->inputs[s];
     if (in->retiring && !in->gone && retire_input_step(in, now))
-      w->retiring--;
+      w->retiring--, gone++;
   }
   for (s = 0; s < w->output_slots; s++) {
     struct sl_output *o = &w->outputs[s];
     if (o->retiring && !o->gone && retire_output_step(w, o, now))
-      w->retiring--;
+      w->retiring--, gone++;
   }
+  if (gone)
+    free_unused_configs(w);
   if (w->retiring == 0)
     uv_timer_stop(t);
 }
@@ -525,7 +613,7 @@ static void start_late_inputs(struct plan *p, struct sl_buf *failed) {
     struct sl_input *in = &w->inputs[s];
     if (!p->in_late[s])
       continue;
-    memset(in, 0, sizeof(*in));
+    clear_input_slot(in);
     if (sl_worker_start_input(w, p->next, s, why, sizeof(why)) == 0)
       continue;
     sl_log(SL_LOG_ERROR, "reloaded input cannot start", SL_S("error", why),
@@ -697,6 +785,7 @@ int sl_worker_reload(struct sl_worker *w, const char *trigger, char *err,
   }
   start_late_inputs(&p, &failed);
   p.next = NULL; /* the worker's now */
+  free_unused_configs(w);
   sl_buf_putc(&p.ins, '\0');
   sl_buf_putc(&p.outs, '\0');
   sl_buf_putc(&failed, '\0');
@@ -711,6 +800,8 @@ int sl_worker_reload(struct sl_worker *w, const char *trigger, char *err,
     sl_log(failed.len > 1 ? SL_LOG_WARN : SL_LOG_INFO, "config reloaded",
            SL_S("trigger", trigger), SL_S("changes", changes),
            SL_S("inputs_not_started", (const char *)failed.data),
+           /* replaced configs that something still runs from */
+           SL_I("configs_held", w->nold_cfgs),
            SL_U("ms", (sl_mono_ns() - t0) / 1000000u), SL_END);
   }
   sl_buf_close(&failed);

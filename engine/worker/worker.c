@@ -255,6 +255,7 @@ int sl_worker_start_output(struct sl_worker *w, const struct sl_config *cfg,
   char why[256] = "";
   int rc;
   o->cfg = oc;
+  o->cfg_base = oc;
   o->stopped = 1; /* until started */
   if (output_ops(oc->type) == NULL) {
     snprintf(err, errlen, "outputs[%d] (%s): type %s is not built in", i + 1,
@@ -391,17 +392,13 @@ void sl_worker_close(struct sl_worker *w) {
   free(w->route_limits);
   w->route_limits = NULL;
   sl_queue_close(&w->route_waitq);
+  sl_worker_free_copies(w);
   free(w->outputs);
   free(w->inputs);
   for (i = 0; i < w->nold_cfgs; i++)
     sl_config_free(w->old_cfgs[i]);
   free(w->old_cfgs);
   w->old_cfgs = NULL;
-  for (i = 0; i < w->nscraps; i++)
-    free(w->scraps[i]);
-  free(w->scraps);
-  w->scraps = NULL;
-  w->nscraps = 0;
   w->nold_cfgs = 0;
   if (w->owns_cfg)
     sl_config_free((struct sl_config *)w->cfg);

@@ -106,6 +106,7 @@ struct sl_input {
    * (retiring) until retire_by_ns, then stops; gone once stopped */
   int retiring, gone, stop_sent;
   uint64_t retire_by_ns;
+  struct sl_input_config *cfg_copy; /* in->cfg once gone (name, type) */
 };
 
 void sl_input_stopped(struct sl_input *in);
@@ -160,13 +161,11 @@ struct sl_worker {
   /* whole-config reload (reload.c). inputs and outputs are slot arrays
    * that never move (handles live inside them): a reloaded config is laid
    * out so that its i-th input/output is slot i, with retired placeholders
-   * for slots that drain or are free. Configs it replaced stay until
-   * sl_worker_close (running plugins point into them). */
+   * for slots that drain or are free. A config it replaced is freed once
+   * no input or output started from it runs. */
   int input_slots, output_slots;
   struct sl_config **old_cfgs;
   int nold_cfgs;
-  void **scraps;           /* renamed copies of retired outputs' configs */
-  int nscraps;
   int owns_cfg;            /* w->cfg was loaded by a reload */
   uint64_t gen;            /* reloads committed */
   uint32_t holding_now;    /* sources holding an event decided since the

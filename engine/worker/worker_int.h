@@ -21,4 +21,7 @@ int sl_worker_start_input(struct sl_worker *w, const struct sl_config *cfg,
  * durability waiters it covers now (the buffers' on_durable). */
 void sl_worker_buffer_durable(struct sl_buffer *b);
 
+/* Free the renamed and gone inputs' and outputs' config copies (close). */
+void sl_worker_free_copies(struct sl_worker *w);
+
 #endif

@@ -566,3 +566,23 @@ def test_a_removed_output_that_cannot_deliver_keeps_its_disk_buffer_for_a_later_
                      what="every event at a or the re-added d")
             exactly_once(sent, a, later)
             assert len(seqs(later)) == left["left_on_disk"]
+
+
+def test_replaced_configs_are_freed_once_nothing_runs_from_them(sluice):
+    port = free_port()
+    with Sink() as a, Sink() as b:
+        ins = [lua_in("in", port)]
+        eng = sluice(conf(ins, [lua_out("out", a.address)], [route("t", "out")]))
+        for n in range(1, 31):
+            # every reload replaces the output (and so the config it runs from)
+            line = reload_via_sighup(eng, conf(
+                ins, [lua_out("out", (b if n % 2 else a).address)],
+                [route("t", "out")]), n)
+            assert line["msg"] == "config reloaded", line
+            # the input still runs from the first config, which main owns;
+            # a replaced one is held only while its output drains and closes
+            # (the last one or two), never all 30
+            assert line["configs_held"] <= 2, line
+            eng.wait_log("retired output drained and closed", count=n)
+        send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": {"seq": 0}}])
+        wait_for(lambda: seqs(a) == [0], what="the event at the last output")
