@@ -19,6 +19,7 @@ import msgpack
 
 from conftest import (Sink, connect, free_port, pack, run_sluice, send_events,
                       short_path, wait_for)
+from helpers_http import curl
 
 
 class AckedFlow:
@@ -586,3 +587,45 @@ def test_replaced_configs_are_freed_once_nothing_runs_from_them(sluice):
             eng.wait_log("retired output drained and closed", count=n)
         send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": {"seq": 0}}])
         wait_for(lambda: seqs(a) == [0], what="the event at the last output")
+
+
+def test_a_changed_http_input_takes_its_new_limit_on_the_same_address(sluice):
+    port, web = free_port(), free_port()
+    with Sink() as a:
+        outs, routes = [lua_out("a", a.address)], [route("*", "a")]
+
+        def http_in(limit):
+            return ('{ name = "web", type = "http", listen = "127.0.0.1:%d", '
+                    'max_body_bytes = %d }' % (web, limit))
+        eng = sluice(conf([lua_in("in", port), http_in(4096)], outs, routes))
+        body = json.dumps([{"topic": "h", "payload": "x" * 2000}])
+        url = "http://127.0.0.1:%d/v1/events" % web
+        assert curl(url, data=body, content_type="application/json").status == 202
+        line = reload_via_sighup(eng, conf([lua_in("in", port), http_in(1024)],
+                                           outs, routes), 1)
+        assert line["changes"].startswith("inputs ~web;"), line
+        assert line["inputs_not_started"] == "", line
+        assert curl(url, data=body, content_type="application/json").status == 413
+        small = json.dumps([{"topic": "h", "payload": "y"}])
+        assert curl(url, data=small, content_type="application/json").status == 202
+        wait_for(lambda: [e["payload"] for e in a.events] == ["x" * 2000, "y"],
+                 what="both accepted events at a")
+
+
+def test_sigterm_right_after_a_reload_drains_old_and_new_outputs(sluice):
+    port = free_port()
+    with Sink() as old, Sink() as new:
+        ins = [lua_in("in", port)]
+        eng = sluice(conf(ins, [lua_out("out", old.address)], [route("t", "out")]))
+        flow = AckedFlow("127.0.0.1:%d" % port)
+        flow.wait_sent(300)
+        reload_via_sighup(eng, conf(ins, [lua_out("out", new.address)],
+                                    [route("t", "out")]), 1)
+        flow.stop_flag.set()
+        flow.writer.join(10)
+        wait_for(lambda: flow.acked == flow.sent, what="all acked")
+        assert eng.stop() == 0
+        wait_for(lambda: len(seqs(old)) + len(seqs(new)) >= flow.sent,
+                 what="every event at old or new")
+        exactly_once(flow.sent, old, new)
+        eng.wait_log("drained; exiting")
