@@ -512,6 +512,7 @@ static void undo(struct plan *p) {
   keep_config(w, p->next);
   p->next = NULL;
   arm_retire(w);
+  free_unused_configs(w); /* at once when nothing started */
 }
 
 static void log_output_retired(const struct sl_output *o, uint64_t left,

@@ -44,8 +44,13 @@ static int push_held(struct sl_source *s) {
     struct sl_output *o = &w->outputs[s->targets[i]];
     int rc;
     if (o->gone) {
-      /* a reload retired it and its drain timed out while we waited */
+      /* a reload retired it and its drain timed out while we waited: not
+       * accepted there, so the producer must not get an ack for it */
       o->q.dropped_newest++;
+      if (!s->refused) {
+        s->refused = 1;
+        s->refused_output = o->index;
+      }
       continue;
     }
     rc = sl_output_push(o, s->held);
@@ -242,6 +247,11 @@ void sl_worker_refusal(const struct sl_worker *w, int output, char *buf,
     return;
   }
   o = &w->outputs[output];
+  if (o->gone) {
+    snprintf(buf, len, "output %s was removed by a reload before it took "
+                       "the event", o->cfg->name);
+    return;
+  }
   snprintf(buf, len, "the disk buffer of output %s cannot write: %s",
            o->cfg->name,
            o->buf.last_error ? strerror(-o->buf.last_error) : "I/O error");
