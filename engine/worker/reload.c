@@ -550,9 +550,12 @@ static int retire_output_step(struct sl_worker *w, struct sl_output *o,
   }
   if (!o->stopped || o->buf.syncing)
     return 0;
-  sl_output_close(o);
   o->gone = 1;
   o->retiring = 0;
+  /* producers still waiting for room in it (out of time) go on without
+   * it: their event is refused to them, never acked (source.c) */
+  sl_queue_wake(&o->q);
+  sl_output_close(o);
   output_goes_by(o, strdup(o->cfg->name), 1); /* lets its config go */
   return 1;
 }

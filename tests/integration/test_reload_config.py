@@ -629,3 +629,58 @@ def test_sigterm_right_after_a_reload_drains_old_and_new_outputs(sluice):
                  what="every event at old or new")
         exactly_once(flow.sent, old, new)
         eng.wait_log("drained; exiting")
+
+
+def test_a_producer_held_by_a_removed_output_past_its_deadline_is_refused_not_acked(sluice):
+    port = free_port()
+    with Sink() as a, Sink(reading=False, rcvbuf=4096) as b:
+        ins = [lua_in("in", port)]
+        outs = [lua_out("a", a.address),
+                lua_out("b", b.address, "queue = { max_events = 2 },")]
+        eng = sluice(conf(ins, outs, [route("t", "b")], shutdown=1))
+        s = connect("127.0.0.1:%d" % port)
+        s.sendall(msgpack.packb({"sluice": 1, "ack": True}))
+        blob = "x" * 65536
+        stop = threading.Event()
+        progress = {"n": 0, "at": time.monotonic()}
+
+        def write():
+            try:
+                while not stop.is_set():
+                    s.sendall(pack({"topic": "t",
+                                    "payload": {"seq": progress["n"], "blob": blob}}))
+                    progress["n"] += 1
+                    progress["at"] = time.monotonic()
+            except OSError:
+                pass
+        threading.Thread(target=write, daemon=True).start()
+        # b does not read: its socket, then its queue fill, then the engine
+        # holds the producer's event and stops reading: our writes stall
+        wait_for(lambda: progress["n"] > 3 and time.monotonic() - progress["at"] > 0.5,
+                 timeout=20, what="the producer held by b")
+        line = reload_via_sighup(eng, conf(ins, [lua_out("a", a.address)],
+                                           [route("t", "a")], shutdown=1), 1)
+        assert "outputs -b" in line["changes"], line
+        refused = eng.wait_log("event refused; closing connection", timeout=10)
+        assert "output b was removed by a reload" in refused["error"], refused
+        lost = eng.wait_log("retired output closed at shutdown_timeout with "
+                            "events undelivered", output="b")
+        assert lost["lost_events"] > 0
+        stop.set()
+        s.settimeout(5)
+        up, acked = msgpack.Unpacker(), 0
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                up.feed(d)
+                for n in up:
+                    acked = n
+        except OSError:
+            pass
+        s.close()
+        # the event that waited for b was never acked
+        assert acked == refused["accepted"], (acked, refused)
+        send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": {"seq": -1}}])
+        wait_for(lambda: -1 in seqs(a), what="the engine still routes to a")
