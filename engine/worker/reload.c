@@ -296,19 +296,25 @@ static void output_goes_by(struct sl_output *o, char *name, int gone) {
     o->cfg_base = NULL;
 }
 
-static void input_gone(struct sl_input *in) {
+/* The same for an input (its slot in w->inputs, read by metrics). */
+static void input_goes_by(struct sl_input *in, char *name, int gone) {
   struct sl_input_config *copy = calloc(1, sizeof(*copy));
-  char *name = in->cfg && in->cfg->name ? strdup(in->cfg->name) : NULL;
-  char *type = in->cfg && in->cfg->type ? strdup(in->cfg->type) : NULL;
-  if (copy == NULL || name == NULL || type == NULL) {
+  char *type = in->cfg->type ? strdup(in->cfg->type) : NULL;
+  if (name == NULL || copy == NULL || type == NULL) {
     free_copy(name, type, copy);
     return;
   }
+  if (!gone)
+    *copy = *in->cfg;
   copy->name = name;
   copy->type = type;
-  copy->retired = 1;
-  in->cfg = copy;
+  copy->retired = gone;
+  if (in->cfg_copy)
+    free_copy(in->cfg_copy->name, in->cfg_copy->type, in->cfg_copy);
   in->cfg_copy = copy;
+  in->cfg = copy;
+  if (gone)
+    in->cfg_base = NULL;
 }
 
 /* Zero a free slot for a new start, dropping the copy a gone one had. */
@@ -336,6 +342,16 @@ static void rename_output(struct plan *p, struct sl_output *o,
   output_goes_by(o, name, o->gone);
 }
 
+static void rename_input(struct plan *p, struct sl_input *in,
+                         const struct sl_config *c) {
+  char *name = old_name(p, in->cfg->name, c, 0);
+  if (name && strcmp(name, in->cfg->name) == 0) {
+    free(name);
+    return;
+  }
+  input_goes_by(in, name, in->gone);
+}
+
 /* Free the configs no running input or output started from. */
 static int uses(const void *p, const void *base, int n, size_t size) {
   uintptr_t a = (uintptr_t)p, b = (uintptr_t)base;
@@ -351,7 +367,8 @@ static void free_unused_configs(struct sl_worker *w) {
       used = uses(w->outputs[s].cfg_base, c->outputs, c->noutputs,
                   sizeof(*c->outputs));
     for (s = 0; s < w->input_slots && !used; s++)
-      used = uses(w->inputs[s].cfg, c->inputs, c->ninputs, sizeof(*c->inputs));
+      used = uses(w->inputs[s].cfg_base, c->inputs, c->ninputs,
+                  sizeof(*c->inputs));
     if (used)
       w->old_cfgs[n++] = c;
     else
@@ -574,7 +591,7 @@ static int retire_input_step(struct sl_input *in, uint64_t now) {
            SL_U("events_in", in->stats.events_in), SL_END);
   in->gone = 1;
   in->retiring = 0;
-  input_gone(in);
+  input_goes_by(in, strdup(in->cfg->name), 1); /* lets its config go */
   return 1;
 }
 
@@ -665,6 +682,9 @@ static void commit(void *data) {
   for (s = 0; s < w->ninputs; s++)
     if (p->in_retire[s])
       retire_input(w, &w->inputs[s], by);
+  for (s = 0; s < p->nin; s++)
+    if (!p->in_taken[s] && w->inputs[s].cfg)
+      rename_input(p, &w->inputs[s], p->next);
   if (w->owns_cfg)
     keep_config(w, (struct sl_config *)w->cfg);
   w->cfg = p->next;

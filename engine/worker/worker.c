@@ -292,6 +292,7 @@ int sl_worker_start_input(struct sl_worker *w, const struct sl_config *cfg,
   int rc;
   in->ops = input_ops(ic->type);
   in->cfg = ic;
+  in->cfg_base = ic;
   in->w = w;
   in->index = i;
   if (w->ninputs < i + 1)

@@ -106,7 +106,9 @@ struct sl_input {
    * (retiring) until retire_by_ns, then stops; gone once stopped */
   int retiring, gone, stop_sent;
   uint64_t retire_by_ns;
-  struct sl_input_config *cfg_copy; /* in->cfg once gone (name, type) */
+  const struct sl_input_config *cfg_base; /* the entry it started from */
+  struct sl_input_config *cfg_copy; /* in->cfg when renamed or gone: owns
+                                       name and type only */
 };
 
 void sl_input_stopped(struct sl_input *in);

@@ -371,7 +371,7 @@ def test_metrics_stay_valid_as_outputs_and_inputs_come_and_go(sluice):
             [lua_out("out", new.address), lua_out("extra", extra.address)],
             [route("*", "out")], admin=admin), 1)
         eng.wait_log("retired output drained and closed", output="out (before reload 1)")
-        eng.wait_log("retired input closed", input="in2")
+        eng.wait_log("retired input closed", input="in2 (before reload 1)")
         send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": {"seq": i}}
                                            for i in range(10, 15)])
         new.wait(5)
@@ -392,6 +392,8 @@ def test_metrics_stay_valid_as_outputs_and_inputs_come_and_go(sluice):
         assert 'sluice_output_events_total{output="out (before reload 1)"} 10' in text
         assert 'sluice_output_events_total{output="out"} 5' in text
         assert 'sluice_input_events_total{input="in"} 15' in text
+        assert 'sluice_input_events_total{input="in2 (before reload 1)"} 0' in text
+        assert 'sluice_input_events_total{input="in2"} 0' in text
         with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % admin, timeout=5) as r:
             assert json.loads(r.read())["ready"] is True
 
