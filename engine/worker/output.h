@@ -170,14 +170,14 @@ void sl_output_reachable(struct sl_output *o);
  * an id dedup saw inside its window. */
 int sl_output_push(struct sl_output *o, struct sl_event *ev);
 
-/* Set up output index of w (its config is o->cfg when set, else
- * w->cfg->outputs[index]) with
+/* Set up output index of w (its config is w->cfg->outputs[index]) with
  * plugin ops: queue, buffer, retry, rate limit, dedup; does not start the
  * plugin (o->stopped stays set). 0 or a negative code, why filled. Tear
  * down with sl_output_stop (plugin), sl_output_close_handles (timers,
  * buffer) and, once the loop closed them, sl_output_close. */
 int sl_output_init(struct sl_output *o, struct sl_worker *w, int index,
                    const struct sl_output_ops *ops, char *why, size_t whylen);
+/* (A reload sets o->cfg before: then that is its config, not yet w->cfg's.) */
 void sl_output_stop(struct sl_output *o);
 void sl_output_close_handles(struct sl_output *o);
 void sl_output_close(struct sl_output *o);

@@ -197,6 +197,13 @@ void sl_worker_abort(struct sl_worker *w);
 int sl_worker_run(struct sl_worker *w);
 /* Begin the graceful stop (what SIGTERM does). */
 void sl_worker_stop(struct sl_worker *w);
+/* Reload the config file as a whole (SIGHUP, POST /reload): all or
+ * nothing, see reload.c and README "Hot reload". trigger names the cause
+ * in the log. Returns 0 when the new config is live; otherwise the running
+ * one stays, and err (also in the rules' status, last_reload.error) says
+ * why. */
+int sl_worker_reload(struct sl_worker *w, const char *trigger, char *err,
+                     size_t errlen);
 void sl_worker_close(struct sl_worker *w);
 
 /* Run the event through rules and routes into the output queues. Takes
@@ -231,14 +238,6 @@ void sl_worker_undurable(struct sl_durable *d);
 /* Words for a refusal: "the disk buffer of output X cannot write: why". */
 void sl_worker_refusal(const struct sl_worker *w, int output, char *buf,
                        size_t len);
-
-/* Reload the config file as a whole (SIGHUP, POST /reload): all or
- * nothing, see reload.c and README "Hot reload". trigger names the cause
- * in the log. Returns 0 when the new config is live; otherwise the running
- * one stays, and err (also in the rules' status, last_reload.error) says
- * why. */
-int sl_worker_reload(struct sl_worker *w, const char *trigger, char *err,
-                     size_t errlen);
 
 /* Set up / tear down a source (tear down drops a held event, counted). */
 void sl_source_init(struct sl_source *s, struct sl_input *in,
