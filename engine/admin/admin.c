@@ -394,7 +394,7 @@ static void readyz(struct sl_admin *a, struct sl_http_request *r) {
   struct sl_worker *w = a->w;
   const struct sl_config *cfg = w->cfg;
   struct sl_buf b, reasons;
-  int i, nreasons = 0, counted = 0, healthy = 0, listed = 0;
+  int i, nreasons = 0, counted = 0, healthy = 0;
 
   sl_buf_init(&b);
   sl_buf_init(&reasons);
@@ -418,11 +418,8 @@ static void readyz(struct sl_admin *a, struct sl_http_request *r) {
   sl_buf_append(&b, "{\"outputs\":{", 12);
   for (i = 0; i < w->noutputs; i++) {
     struct sl_output *o = &w->outputs[i];
-    int ok;
-    if (o->retiring || o->gone)
-      continue; /* a reload removed it */
-    ok = !o->stopped && (o->ops->cb_healthy == NULL || o->ops->cb_healthy(o));
-    if (listed++)
+    int ok = !o->stopped && (o->ops->cb_healthy == NULL || o->ops->cb_healthy(o));
+    if (i)
       sl_buf_putc(&b, ',');
     sl_codec_json_str(&b, o->cfg->name, strlen(o->cfg->name));
     sl_buf_printf(&b, ":\"%s\"", ok ? "ok" : "failing");

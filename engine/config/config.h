@@ -161,10 +161,6 @@ void sl_config_free(struct sl_config *c);
 int sl_config_output_index(const struct sl_config *c, const char *name,
                            size_t len);
 
-/* Split "host:port" ("[::1]:80" for IPv6). Returns 0 or SL_EINVAL. */
-int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
-                             int *port);
-
 /* ---- comparing two configs (diff.c), for a whole-config reload ---------- */
 
 /* Is every key of a the same as in b (resolved values, plugin keys)? */
@@ -182,5 +178,9 @@ int sl_config_routes_same(const struct sl_config *a, const struct sl_config *b);
  * how many. */
 int sl_config_restart_diff(const struct sl_config *a, const struct sl_config *b,
                            struct sl_buf *out);
+
+/* Split "host:port" ("[::1]:80" for IPv6). Returns 0 or SL_EINVAL. */
+int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
+                             int *port);
 
 #endif
