@@ -154,13 +154,6 @@ struct sl_config *sl_config_load(const char *path,
                                  const struct sl_config_plugin *const *plugins,
                                  struct sl_buf *err);
 
-/* Release a config; NULL is a no-op. */
-void sl_config_free(struct sl_config *c);
-
-/* Index of the output called name, or -1. */
-int sl_config_output_index(const struct sl_config *c, const char *name,
-                           size_t len);
-
 /* ---- comparing two configs (diff.c), for a whole-config reload ---------- */
 
 /* Is every key of a the same as in b (resolved values, plugin keys)? */
@@ -178,6 +171,13 @@ int sl_config_routes_same(const struct sl_config *a, const struct sl_config *b);
  * how many. */
 int sl_config_restart_diff(const struct sl_config *a, const struct sl_config *b,
                            struct sl_buf *out);
+
+/* Release a config; NULL is a no-op. */
+void sl_config_free(struct sl_config *c);
+
+/* Index of the output called name, or -1. */
+int sl_config_output_index(const struct sl_config *c, const char *name,
+                           size_t len);
 
 /* Split "host:port" ("[::1]:80" for IPv6). Returns 0 or SL_EINVAL. */
 int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
