@@ -560,6 +560,12 @@ int sl_output_init(struct sl_output *o, struct sl_worker *w, int index,
   return sl_buffer_init(&o->buf, &w->loop, oc->name, &bc, &o->q, why, whylen);
 }
 
+void sl_output_renamed(struct sl_output *o) {
+  /* nothing reads o->cfg->name ahead of time here; where metrics copy
+   * their label values at registration, register o's again */
+  (void)o;
+}
+
 void sl_output_stop(struct sl_output *o) {
   o->closing = 1; /* no new writes or retries from the core */
   if (o->retry_timer_open)

@@ -178,6 +178,9 @@ int sl_output_push(struct sl_output *o, struct sl_event *ev);
 int sl_output_init(struct sl_output *o, struct sl_worker *w, int index,
                    const struct sl_output_ops *ops, char *why, size_t whylen);
 /* (A reload sets o->cfg before: then that is its config, not yet w->cfg's.) */
+/* A reload renamed o (o->cfg now goes by "name (before reload N)"):
+ * whatever copied its name must take the new one. */
+void sl_output_renamed(struct sl_output *o);
 void sl_output_stop(struct sl_output *o);
 void sl_output_close_handles(struct sl_output *o);
 void sl_output_close(struct sl_output *o);

@@ -340,6 +340,8 @@ static void rename_output(struct plan *p, struct sl_output *o,
     return;
   }
   output_goes_by(o, name, o->gone);
+  if (!o->gone)
+    sl_output_renamed(o);
 }
 
 static void rename_input(struct plan *p, struct sl_input *in,
