@@ -561,9 +561,7 @@ int sl_output_init(struct sl_output *o, struct sl_worker *w, int index,
 }
 
 void sl_output_renamed(struct sl_output *o) {
-  /* nothing reads o->cfg->name ahead of time here; where metrics copy
-   * their label values at registration, register o's again */
-  (void)o;
+  o->buf.name = o->cfg->name; /* its log lines (and series) follow */
 }
 
 void sl_output_stop(struct sl_output *o) {

@@ -88,7 +88,7 @@ class AckedFlow:
 
 
 def seqs(sink, topic="t"):
-    return [e["payload"]["seq"] for e in sink.events if e["topic"] == topic]
+    return [e["payload"]["seq"] for e in sink.events if e.get("topic") == topic]
 
 
 def exactly_once(sent, *sinks):
@@ -690,3 +690,31 @@ def test_a_producer_held_by_a_removed_output_past_its_deadline_is_refused_not_ac
         assert acked == refused["accepted"], (acked, refused)
         send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": {"seq": -1}}])
         wait_for(lambda: -1 in seqs(a), what="the engine still routes to a")
+
+
+def test_metrics_name_a_draining_replaced_output_apart_from_its_successor(sluice):
+    port, admin = free_port(), free_port()
+    with Sink() as old, Sink() as new:
+        ins = [lua_in("in", port)]
+        # old waits for acks this sink never sends: it keeps draining
+        eng = sluice(conf(ins, [lua_out("out", old.address, "ack = true,")],
+                          [route("t", "out")], admin=admin, shutdown=2))
+        flow = AckedFlow("127.0.0.1:%d" % port)
+        flow.wait_sent(200)
+        reload_via_sighup(eng, conf(ins, [lua_out("out", new.address)],
+                                    [route("t", "out")], admin=admin, shutdown=2), 1)
+        flow.wait_sent(200)
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin, timeout=5) as r:
+            text = r.read().decode()
+        series = [l.rpartition(" ")[0] for l in text.splitlines()
+                  if l and not l.startswith("#")]
+        dups = sorted(set(s for s in series if series.count(s) > 1))
+        assert dups == [], dups
+        assert 'sluice_queue_events{output="out (before reload 1)"}' in series
+        assert 'sluice_queue_events{output="out"}' in series
+        sent = flow.finish()
+        wait_for(lambda: len(seqs(old)) + len(seqs(new)) >= sent, timeout=10,
+                 what="every event at old or new")
+        exactly_once(sent, old, new)
+        eng.wait_log("retired output closed at shutdown_timeout with events "
+                     "undelivered", output="out (before reload 1)")
