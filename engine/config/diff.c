@@ -13,6 +13,16 @@ static int str_same(const char *a, const char *b) {
   return strcmp(a, b) == 0;
 }
 
+static int strlist_same(char **a, int na, char **b, int nb) {
+  int i;
+  if (na != nb)
+    return 0;
+  for (i = 0; i < na; i++)
+    if (!str_same(a[i], b[i]))
+      return 0;
+  return 1;
+}
+
 /* A plugin's keys without a field. Both lists come from the same plugin's
  * key table (same type) in table order. */
 static int values_same(const struct sl_config_value *a, int na,
@@ -100,16 +110,6 @@ int sl_config_routes_same(const struct sl_config *a, const struct sl_config *b) 
       if (!str_same(output_name(a, x->to[j]), output_name(b, y->to[j])))
         return 0;
   }
-  return 1;
-}
-
-static int strlist_same(char **a, int na, char **b, int nb) {
-  int i;
-  if (na != nb)
-    return 0;
-  for (i = 0; i < na; i++)
-    if (!str_same(a[i], b[i]))
-      return 0;
   return 1;
 }
 
