@@ -1960,7 +1960,8 @@ int sl_config_output_index(const struct sl_config *c, const char *name,
                            size_t len) {
   int i;
   for (i = 0; i < c->noutputs; i++)
-    if (c->outputs[i].name && strlen(c->outputs[i].name) == len &&
+    if (c->outputs[i].name && !c->outputs[i].retired &&
+        strlen(c->outputs[i].name) == len &&
         memcmp(c->outputs[i].name, name, len) == 0)
       return i;
   return -1;

@@ -108,6 +108,8 @@ struct sl_input_config {
   struct sl_tls_config tls;   /* tcp, http */
   struct sl_config_value *values; /* its plugin's keys without a field */
   int nvalues;
+  int retired; /* a reload's placeholder for an input that is gone or
+                  going (worker/reload.c): name and type only */
 };
 
 struct sl_output_config {
@@ -128,6 +130,8 @@ struct sl_output_config {
   struct sl_tls_config tls; /* tcp */
   struct sl_config_value *values; /* its plugin's keys without a field */
   int nvalues;
+  int retired; /* a reload's placeholder for an output that is gone or
+                  draining: name and type only, never found by name */
 };
 
 struct sl_rules_config {
@@ -177,6 +181,24 @@ struct sl_config {
 struct sl_config *sl_config_load(const char *path,
                                  const struct sl_config_plugin *const *plugins,
                                  struct sl_buf *err);
+
+/* ---- comparing two configs (diff.c), for a whole-config reload ---------- */
+
+/* Is every key of a the same as in b (resolved values, plugin keys)? */
+int sl_config_input_same(const struct sl_input_config *a,
+                         const struct sl_input_config *b);
+int sl_config_output_same(const struct sl_output_config *a,
+                          const struct sl_output_config *b);
+
+/* Do the routes (topics, target names, rate limits) and the dead letter
+ * (by name) of a and b read the same? */
+int sl_config_routes_same(const struct sl_config *a, const struct sl_config *b);
+
+/* The settings a running engine cannot take without a restart that differ
+ * between a and b, appended to out as "admin.listen, rules.dir"; returns
+ * how many. */
+int sl_config_restart_diff(const struct sl_config *a, const struct sl_config *b,
+                           struct sl_buf *out);
 
 /* Release a config; NULL is a no-op. */
 void sl_config_free(struct sl_config *c);
