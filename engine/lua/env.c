@@ -16,6 +16,7 @@
 #include <lualib.h>
 
 #include "box.h"
+#include "proxy.h"
 
 #if defined(__has_include)
 #if __has_include("pattern.h")
@@ -728,6 +729,7 @@ static void make_refs(lua_State *L, struct box *b) {
   b->ref_payload = new_ref(L);
   b->ref_drop = new_ref(L);
   b->ref_tmp = new_ref(L);
+  b->ref_proot = new_ref(L);
 }
 
 /* Take from the original globals (g0, absolute) what a rule must not have. */
@@ -770,6 +772,7 @@ int box_setup(lua_State *L) {
     lua_getfield(L, g0, *name);
     lua_setfield(L, env, *name);
   }
+  sl_proxy_open(L, env); /* pairs, ipairs, next, type know ev.payload */
   lua_pushvalue(L, env);
   lua_setfield(L, env, "_G");
   lua_pushcfunction(L, l_collectgarbage);

@@ -13,6 +13,7 @@
 #include "codec.h"
 #include "utf8.h"
 #include "json.h"
+#include "proxy.h"
 
 /* Registry keys: the addresses are unique, the values unused. */
 static const char array_key, map_key, bin_key, float_key, ext_key, check_key;
@@ -270,21 +271,6 @@ static int own_mt(lua_State *L, int table, const char *kind) {
 
 /* ---- reading msgpack ----------------------------------------------------- */
 
-enum mtype { M_NIL, M_BOOL, M_INT, M_UINT, M_F32, M_F64, M_STR, M_BIN,
-             M_ARR, M_MAP, M_EXT, M_BAD };
-
-struct item {
-  enum mtype t;
-  int b;
-  int64_t i;
-  uint64_t u;
-  double d;
-  float f;
-  const uint8_t *s; /* body of str, bin, ext */
-  uint32_t n;       /* body length, or element count */
-  int8_t ext;
-};
-
 static uint64_t rd(const uint8_t *p, int n) {
   uint64_t v = 0;
   int i;
@@ -296,7 +282,7 @@ static uint64_t rd(const uint8_t *p, int n) {
 /* Read one header (and the body of a str/bin/ext) at *pp. Returns 0 and
  * advances, or -1 when the bytes end or are not msgpack. Container counts
  * are checked against the bytes left (every element takes a byte). */
-static int mp_read(const uint8_t **pp, const uint8_t *end, struct item *it) {
+int sl_mp_read(const uint8_t **pp, const uint8_t *end, struct sl_mp_item *it) {
   const uint8_t *p = *pp;
   size_t left = (size_t)(end - p), hdr = 1, body = 0;
   uint8_t c;
@@ -402,7 +388,7 @@ static void dec_fail(struct dec *d, const char *what) {
   luaL_error(d->L, "msgpack: %s at byte %d", what, (int)(d->p - d->start));
 }
 
-static void push_number(lua_State *L, const struct item *it, struct hint *h) {
+static void push_number(lua_State *L, const struct sl_mp_item *it, struct hint *h) {
   if (it->t == M_UINT) {
     lua_pushnumber(L, (lua_Number)it->u);
     if (it->u > (uint64_t)TWO53) {
@@ -473,14 +459,14 @@ static void note_dup(lua_State *L, int mt, int k, double at) {
 
 static void dec_value(struct dec *d, int depth, struct hint *h) {
   lua_State *L = d->L;
-  struct item it;
+  struct sl_mp_item it;
   const uint8_t *at = d->p;
   uint32_t i;
 
   h->kind = 0;
   if (d->check && (++d->steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
     d->check(L);
-  if (mp_read(&d->p, d->end, &it) != 0) {
+  if (sl_mp_read(&d->p, d->end, &it) != 0) {
     d->p = at;
     dec_fail(d, "truncated or invalid value");
   }
@@ -978,6 +964,15 @@ static void enc_value(struct enc *e, int idx, int depth, const struct hint *h) {
   case LUA_TTABLE:
     enc_table(e, idx, depth);
     break;
+  case LUA_TUSERDATA:
+    if (sl_proxy_is(L, idx)) { /* a part of ev.payload: its bytes */
+      size_t at = e->out->len;
+      sl_proxy_write(L, idx, e->out, depth, e->max - (at - e->start),
+                     e->what);
+      jcost(e, (e->out->len - at) * 10); /* no byte renders longer */
+      break;
+    }
+    /* fall through */
   default:
     luaL_error(L, "cannot encode a %s value",
                lua_typename(L, lua_type(L, idx)));
@@ -986,7 +981,7 @@ static void enc_value(struct enc *e, int idx, int depth, const struct hint *h) {
 
 static void encode(lua_State *L, int idx, struct sl_buf *out,
                    sl_luacodec_check check, size_t max, const char *what,
-                   int json) {
+                   int json, int depth) {
   struct enc e;
   struct hint none = {0, 0};
 
@@ -1007,25 +1002,31 @@ static void encode(lua_State *L, int idx, struct sl_buf *out,
   if (json)
     e.max = SIZE_MAX / 2; /* the JSON estimate is the larger: it bounds */
   shared_open(L, &e.sh);
-  enc_value(&e, idx, 0, &none);
+  enc_value(&e, idx, depth, &none);
   lua_pop(L, 3);
 }
 
 void sl_luacodec_encode_max(lua_State *L, int idx, struct sl_buf *out,
                             sl_luacodec_check check, size_t max,
                             const char *what) {
-  encode(L, idx, out, check, max, what, 0);
+  encode(L, idx, out, check, max, what, 0, 0);
+}
+
+void sl_luacodec_encode_at(lua_State *L, int idx, struct sl_buf *out,
+                           sl_luacodec_check check, size_t max,
+                           const char *what, int depth) {
+  encode(L, idx, out, check, max, what, 0, depth);
 }
 
 void sl_luacodec_encode_json(lua_State *L, int idx, struct sl_buf *out,
                              sl_luacodec_check check, size_t max,
                              const char *what) {
-  encode(L, idx, out, check, max, what, 1);
+  encode(L, idx, out, check, max, what, 1, 0);
 }
 
 void sl_luacodec_encode(lua_State *L, int idx, struct sl_buf *out,
                         sl_luacodec_check check) {
-  encode(L, idx, out, check, SIZE_MAX, NULL, 0);
+  encode(L, idx, out, check, SIZE_MAX, NULL, 0, 0);
 }
 
 /* ---- comparing a Lua value with msgpack bytes -------------------------- */
@@ -1042,7 +1043,7 @@ static int same_value(struct cmp *c, int idx, const uint8_t **pp,
 
 /* Push the Lua value a msgpack map key decodes to; 0 when it cannot be a
  * Lua key. */
-static int push_key(lua_State *L, const struct item *it) {
+static int push_key(lua_State *L, const struct sl_mp_item *it) {
   switch (it->t) {
   case M_STR: case M_BIN:
     lua_pushlstring(L, (const char *)it->s, it->n);
@@ -1062,11 +1063,11 @@ static int push_key(lua_State *L, const struct item *it) {
 
 /* Step over one value at *pp (a pair the decoder left out). */
 static int skip_value(struct cmp *c, const uint8_t **pp, int depth) {
-  struct item it;
+  struct sl_mp_item it;
   uint32_t i, n;
 
   tick(c->L, &c->bud);
-  if (depth >= SL_CODEC_MAX_DEPTH || mp_read(pp, c->end, &it) != 0)
+  if (depth >= SL_CODEC_MAX_DEPTH || sl_mp_read(pp, c->end, &it) != 0)
     return 0;
   n = it.t == M_ARR ? it.n : it.t == M_MAP ? it.n * 2 : 0;
   for (i = 0; i < n; i++)
@@ -1075,7 +1076,7 @@ static int skip_value(struct cmp *c, const uint8_t **pp, int depth) {
   return 1;
 }
 
-static int same_table(struct cmp *c, int t, const struct item *it,
+static int same_table(struct cmp *c, int t, const struct sl_mp_item *it,
                       const uint8_t **pp, int depth) {
   lua_State *L = c->L;
   int mt, seq, hints, orig, skip, ok = 1;
@@ -1130,7 +1131,7 @@ static int same_table(struct cmp *c, int t, const struct item *it,
     ok = count_entries(L, t, &s, &c->bud) +
              count_nil_hints(L, t, hints, &c->bud) + nskip == it->n;
     for (i = 0; ok && i < it->n; i++) {
-      struct item key;
+      struct sl_mp_item key;
       struct hint h;
       const uint8_t *kat = *pp;
       if (!lua_isnil(L, skip)) { /* a pair the decoder left out */
@@ -1143,7 +1144,7 @@ static int same_table(struct cmp *c, int t, const struct item *it,
           continue;
         }
       }
-      if (mp_read(pp, c->end, &key) != 0 || !push_key(L, &key))
+      if (sl_mp_read(pp, c->end, &key) != 0 || !push_key(L, &key))
         ok = 0;
       if (!ok)
         break;
@@ -1161,14 +1162,14 @@ static int same_table(struct cmp *c, int t, const struct item *it,
 static int same_value(struct cmp *c, int idx, const uint8_t **pp,
                       const struct hint *h, int lenient, int depth) {
   lua_State *L = c->L;
-  struct item it;
+  struct sl_mp_item it;
   int type = lua_type(L, idx);
   double v = type == LUA_TNUMBER ? lua_tonumber(L, idx) : 0;
   size_t n;
   const char *s;
 
   tick(L, &c->bud);
-  if (mp_read(pp, c->end, &it) != 0)
+  if (sl_mp_read(pp, c->end, &it) != 0)
     return 0;
   switch (it.t) {
   case M_NIL:
@@ -1512,6 +1513,14 @@ static int l_kind(lua_State *L) {
   struct hint h = {0, 0};
   int mt;
 
+  if (sl_proxy_is(L, 1)) { /* a part of ev.payload: from its bytes */
+    const char *k = sl_proxy_kind(L, 1, lua_gettop(L) >= 2 ? 2 : 0);
+    if (k == NULL) /* a value the rule wrote: the plain rules */
+      k = sl_proxy_is(L, -1) ? sl_proxy_kind(L, lua_gettop(L), 0)
+                             : kind_name(L, lua_gettop(L), &h);
+    lua_pushstring(L, k);
+    return 1;
+  }
   if (lua_gettop(L) < 2) {
     lua_settop(L, 1);
     lua_pushstring(L, kind_name(L, 1, &h));
