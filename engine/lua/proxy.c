@@ -90,6 +90,19 @@ static void skip(struct walk *w, const uint8_t **pp, int depth) {
     skip(w, pp, depth + 1);
 }
 
+/* Read a map key at *pp and step past all of it: a container key (which
+ * Lua cannot hold) has elements after its header. */
+static void rd_key(struct walk *w, const uint8_t **pp, struct sl_mp_item *it,
+                   int depth) {
+  const uint8_t *p = *pp;
+  rd(w, &p, it);
+  if (it->t == M_ARR || it->t == M_MAP) {
+    p = *pp;
+    skip(w, &p, depth);
+  }
+  *pp = p;
+}
+
 /* Push the Lua key a map key decodes to (as the decoder's table holds
  * it); 0, nothing pushed, for keys Lua cannot hold. */
 static int push_lkey(lua_State *L, const struct sl_mp_item *it) {
@@ -218,7 +231,7 @@ static void build_index(struct walk *w, int idx, struct pnode *nd) {
       lua_pushnumber(L, (lua_Number)(p - w->base));
       lua_rawseti(L, t, (int)i + 1);
     } else {
-      rd(w, &p, &key);
+      rd_key(w, &p, &key, nd->depth + 1);
       if (push_lkey(L, &key)) {
         lua_pushvalue(L, -1);
         lua_rawget(L, t);
@@ -275,7 +288,7 @@ static uint32_t find(struct walk *w, int idx, struct pnode *nd, int k) {
   lkey_of(L, k, &lk);
   for (i = 0; i < nd->n; i++) {
     tick(w);
-    rd(w, &p, &key);
+    rd_key(w, &p, &key, nd->depth + 1);
     if (lkey_is(&lk, &key))
       return (uint32_t)(p - w->base);
     skip(w, &p, nd->depth + 1);
@@ -514,7 +527,7 @@ static int step(struct walk *w, int idx, struct pnode *nd, struct iter *it,
       lua_pop(L, 2);
       continue;
     }
-    rd(w, &p, &key);
+    rd_key(w, &p, &key, nd->depth + 1);
     vo = (uint32_t)(p - w->base);
     skip(w, &p, nd->depth + 1);
     it->pos = (uint32_t)(p - w->base);
@@ -845,7 +858,7 @@ static uint32_t write_map(struct sctx *s, int idx, struct pnode *nd,
   for (i = 0; i < nd->n; i++) {
     const uint8_t *k0 = p, *v0;
     struct sl_mp_item key;
-    rd(&s->w, &p, &key);
+    rd_key(&s->w, &p, &key, depth + 1);
     v0 = p;
     skip(&s->w, &p, depth + 1);
     switch (decide(s, idx, nd, &pl, &key, (uint32_t)(v0 - s->w.base), &vi)) {
