@@ -182,7 +182,7 @@ describe("writing ev.payload", function()
   it("writes nested fields in place", function()
     local res = change("ev.payload.a.b.c = true", "82 a161 81 a162 81 a163 c2 a17a 93 01 02 03")
     assert.equal(tohex(hex("82 a161 81 a162 81 a163 c3 a17a 93 01 02 03")), tohex(res.event.payload_raw))
-    res = change("ev.payload.l[2] = 'x' ev.payload.l[4] = 4", "81 a16c 93 01 02 03")
+    res = change("ev.payload.l[2] = 'x' ev.payload.l[#ev.payload.l + 1] = 4", "81 a16c 93 01 02 03")
     assert.equal(tohex(hex("81 a16c 94 01 a178 03 04")), tohex(res.event.payload_raw))
   end)
 
