@@ -472,26 +472,31 @@ static int p_newindex(lua_State *L) {
   return 0;
 }
 
-/* #p: an array's length; for a map, a border as Lua's # gives one. */
-static int p_len(lua_State *L) {
-  struct walk w = {0};
-  struct pnode *nd = node_at(L, 1, &w);
+/* #p of the proxy at idx (absolute): an array's length; for a map, a
+ * border as Lua's # gives one. */
+static double length(struct walk *w, int idx, struct pnode *nd) {
+  lua_State *L = w->L;
   double j = 0;
 
-  if (!nd->is_map) {
-    lua_pushnumber(L, (lua_Number)nd->len);
-    return 1;
-  }
+  if (!nd->is_map)
+    return nd->len;
   for (;;) {
-    tick(&w);
+    tick(w);
     lua_pushnumber(L, j + 1);
-    get(&w, 1, nd, lua_gettop(L));
+    get(w, idx, nd, lua_gettop(L));
     if (lua_isnil(L, -1))
       break;
     lua_pop(L, 2);
     j++;
   }
-  lua_pushnumber(L, j);
+  lua_pop(L, 2);
+  return j;
+}
+
+static int p_len(lua_State *L) {
+  struct walk w = {0};
+  struct pnode *nd = node_at(L, 1, &w);
+  lua_pushnumber(L, length(&w, 1, nd));
   return 1;
 }
 
@@ -1053,6 +1058,7 @@ const char *sl_proxy_kind(lua_State *L, int idx, int kidx) {
 /* The function the sandbox replaced (upvalue 1), for values that are not
  * proxies. */
 static int call_orig(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE); /* here, so the error names the caller */
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_insert(L, 1);
   lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
@@ -1154,4 +1160,129 @@ void sl_proxy_open(lua_State *L, int env) {
   }
   lua_pushcfunction(L, l_type);
   lua_setfield(L, env, "type");
+}
+
+/* ---- the table library on proxies -----------------------------------------
+ * table.insert and table.remove move elements through the proxy; concat,
+ * unpack and sort work on a plain copy of p[1..#p] (sort then writes the
+ * order back), so the library's own bounds apply. */
+
+void sl_proxy_plain_at_1(lua_State *L) {
+  struct walk w = {0};
+  struct pnode *nd = node_at(L, 1, &w);
+  double i, n = length(&w, 1, nd);
+  int t;
+
+  lua_createtable(L, n < 65536 ? (int)n : 0, 0);
+  t = lua_gettop(L);
+  for (i = 1; i <= n; i++) {
+    tick(&w);
+    lua_pushnumber(L, i);
+    get(&w, 1, nd, t + 1);
+    lua_rawseti(L, t, (int)i);
+    lua_pop(L, 1);
+  }
+  lua_replace(L, 1);
+}
+
+/* unpack and table.remove: upvalue 1 is the function for plain tables. */
+static int t_plain(lua_State *L) {
+  if (sl_proxy_is(L, 1))
+    sl_proxy_plain_at_1(L);
+  return call_orig(L);
+}
+
+int sl_proxy_sort(lua_State *L) {
+  int i, n;
+
+  lua_settop(L, 3);
+  lua_pushvalue(L, 1); /* 4: the proxy */
+  sl_proxy_plain_at_1(L);
+  lua_pushvalue(L, 3);
+  lua_pushvalue(L, 1);
+  if (lua_isnil(L, 2)) {
+    lua_call(L, 1, 0);
+  } else {
+    lua_pushvalue(L, 2);
+    lua_call(L, 2, 0);
+  }
+  n = (int)lua_objlen(L, 1);
+  for (i = 1; i <= n; i++) {
+    if ((i & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
+      check_cpu(L);
+    lua_pushnumber(L, i);
+    lua_rawgeti(L, 1, i);
+    lua_settable(L, 4);
+  }
+  return 0;
+}
+
+/* p[to] = p[from] through the proxy at 1. */
+static void move(lua_State *L, double from, double to, unsigned *steps) {
+  if ((++*steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
+    check_cpu(L);
+  lua_pushnumber(L, to);
+  lua_pushnumber(L, from);
+  lua_gettable(L, 1);
+  lua_settable(L, 1);
+}
+
+int sl_proxy_insert(lua_State *L) {
+  struct walk w = {0};
+  unsigned steps = 0;
+  double n, pos, i;
+
+  n = length(&w, 1, node_at(L, 1, &w));
+  if (lua_gettop(L) == 2) {
+    lua_pushnumber(L, n + 1);
+    lua_pushvalue(L, 2);
+    lua_settable(L, 1);
+    return 0;
+  }
+  if (lua_gettop(L) != 3)
+    return luaL_error(L, "wrong number of arguments to 'insert'");
+  pos = luaL_checknumber(L, 2);
+  if (pos < 1 || pos > n + 1 || pos != floor(pos))
+    return luaL_argerror(L, 2, "position out of bounds");
+  for (i = n; i >= pos; i--)
+    move(L, i, i + 1, &steps);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 3);
+  lua_settable(L, 1);
+  return 0;
+}
+
+static int t_remove(lua_State *L) {
+  struct walk w = {0};
+  unsigned steps = 0;
+  double n, pos, i;
+
+  if (!sl_proxy_is(L, 1))
+    return call_orig(L);
+  n = length(&w, 1, node_at(L, 1, &w));
+  pos = luaL_optnumber(L, 2, n);
+  if (n == 0 && lua_isnoneornil(L, 2))
+    return 0;
+  if (pos < 1 || pos > n || pos != floor(pos))
+    return luaL_argerror(L, 2, "position out of bounds");
+  lua_settop(L, 1);
+  lua_pushnumber(L, pos);
+  lua_gettable(L, 1); /* 2: the value removed */
+  for (i = pos; i < n; i++)
+    move(L, i + 1, i, &steps);
+  lua_pushnumber(L, n);
+  lua_pushnil(L);
+  lua_settable(L, 1);
+  return 1;
+}
+
+void sl_proxy_open_table(lua_State *L, int env) {
+  lua_getfield(L, env, "table");
+  lua_getfield(L, -1, "remove");
+  lua_pushcclosure(L, t_remove, 1);
+  lua_setfield(L, -2, "remove");
+  lua_pop(L, 1);
+  lua_getfield(L, env, "unpack");
+  lua_pushcclosure(L, t_plain, 1);
+  lua_setfield(L, env, "unpack");
 }

@@ -72,6 +72,18 @@ const char *sl_proxy_kind(lua_State *L, int idx, int kidx);
  * userdata). type(proxy) is "table". */
 void sl_proxy_open(lua_State *L, int env);
 
+/* Let table.remove and unpack in the table at env take proxies too. After
+ * the sandbox's own table library is in place. */
+void sl_proxy_open_table(lua_State *L, int env);
+
+/* For the sandbox's table.insert, concat and sort when argument 1 is a
+ * proxy: insert through it; replace it by a plain table of p[1..#p]; sort
+ * (1 the proxy, 2 the comparator or nil, 3 the sort for plain tables) such
+ * a table and write the order back. */
+int sl_proxy_insert(lua_State *L);
+void sl_proxy_plain_at_1(lua_State *L);
+int sl_proxy_sort(lua_State *L);
+
 /* sluice.copy(v): v (a proxy or any value) as plain Lua values with exact
  * types, as the decoder makes them, within max_event_bytes. */
 int sl_proxy_copy(lua_State *L);

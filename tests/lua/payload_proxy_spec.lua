@@ -229,6 +229,29 @@ describe("writing ev.payload", function()
     assert.is_false(res.changed)
   end)
 
+  it("takes table.insert, remove, concat, sort and unpack", function()
+    local r = s.on_event([[
+      local l = ev.payload.l
+      table.insert(l, "d")
+      table.insert(l, 1, "z")
+      local removed = table.remove(l, 2)
+      table.sort(l)
+      local a, b = unpack(l)
+      return table.concat(l, ",") .. " " .. removed .. " " .. a .. b .. " " .. #l
+    ]])
+    local res = run(r, { topic = "t", payload_raw = hex("81 a16c 93 a161 a163 a162") })
+    assert.same({ "b,c,d,z a bc 4" }, res.routes, res.error)
+    assert.equal(tohex(hex("81 a16c 94 a162 a163 a164 a17a")), tohex(res.event.payload_raw))
+    res = run(s.on_event([[table.insert(ev.payload.l, 5, "x")]]),
+      { topic = "t", payload_raw = hex("81 a16c 91 01") })
+    s.has(res.error, "bad argument #2 to 'insert' (position out of bounds)")
+    -- plain values still get the library's own errors, named
+    for _, body in ipairs({ "pairs(nil)", "ipairs(1)", "next(nil)", "unpack(nil)", "table.remove(nil)" }) do
+      res = run(s.on_event(body), { topic = "t" })
+      s.has(res.error, "bad argument #1 to '" .. body:match("([%w]+)%(") .. "' (table expected")
+    end
+  end)
+
   it("refuses what an array or map cannot take, and cycles", function()
     local function err(body, raw)
       local res = run(s.on_event(body), { topic = "t", payload_raw = hex(raw or "82 a161 80 a16c 91 01") })
