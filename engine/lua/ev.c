@@ -355,6 +355,42 @@ int read_only(struct box *b) {
   return ro;
 }
 
+/* The payload after on_event: *pp and *pl become the new bytes when it
+ * changed (then 1 is returned). A proxy is spliced (proxy.h) and counts as
+ * changed only when the bytes differ; another value is compared with the
+ * original and encoded when it differs. */
+static int finish_payload(lua_State *L, struct box *b, const uint8_t **pp,
+                          size_t *pl) {
+  struct sl_rule *r = b->rule;
+
+  if (b->evflags & EV_PAYLOAD_NIL) {
+    if (*pp && !(*pl == 1 && (*pp)[0] == 0xc0)) { /* a nil payload stays */
+      *pp = NULL;
+      *pl = 0;
+      return 1;
+    }
+    return 0;
+  }
+  push_ref(L, b->ref_payload);
+  if (sl_proxy_untouched(L, -1))
+    return 0; /* read only: the bytes as they came */
+  sl_buf_reset(&r->buf2);
+  if (sl_proxy_is(L, -1)) {
+    sl_proxy_write(L, -1, &r->buf2, 0, r->max_event_bytes,
+                   "ev.payload (max_event_bytes)");
+    if (*pp && *pl == r->buf2.len && memcmp(*pp, r->buf2.data, *pl) == 0)
+      return 0;
+  } else if (*pp && sl_luacodec_same(L, -1, *pp, *pl, check_cpu)) {
+    return 0;
+  } else {
+    sl_luacodec_encode_max(L, -1, &r->buf2, check_cpu, r->max_event_bytes,
+                           "ev.payload (max_event_bytes)");
+  }
+  *pp = r->buf2.data;
+  *pl = r->buf2.len;
+  return 1;
+}
+
 /* After on_event: build the changed event, if anything changed. Run with
  * lua_cpcall; ud is the box. */
 int finish(lua_State *L) {
@@ -425,36 +461,8 @@ int finish(lua_State *L) {
     }
     lua_settop(L, t);
   }
-  if (b->evflags & EV_PAYLOAD) {
-    if (b->evflags & EV_PAYLOAD_NIL) {
-      if (pp && !(pl == 1 && pp[0] == 0xc0)) { /* a nil payload stays */
-        pp = NULL;
-        pl = 0;
-        changed = 1;
-      }
-    } else {
-      push_ref(L, b->ref_payload);
-      if (sl_proxy_untouched(L, -1)) {
-        /* read only: the bytes as they came */
-      } else if (sl_proxy_is(L, -1)) {
-        sl_buf_reset(&r->buf2);
-        sl_proxy_write(L, -1, &r->buf2, 0, r->max_event_bytes,
-                       "ev.payload (max_event_bytes)");
-        if (!pp || pl != r->buf2.len || memcmp(pp, r->buf2.data, pl) != 0) {
-          pp = r->buf2.data;
-          pl = r->buf2.len;
-          changed = 1;
-        }
-      } else if (!pp || !sl_luacodec_same(L, -1, pp, pl, check_cpu)) {
-        sl_buf_reset(&r->buf2);
-        sl_luacodec_encode_max(L, -1, &r->buf2, check_cpu, r->max_event_bytes,
-                               "ev.payload (max_event_bytes)");
-        pp = r->buf2.data;
-        pl = r->buf2.len;
-        changed = 1;
-      }
-    }
-  }
+  if (b->evflags & EV_PAYLOAD)
+    changed |= finish_payload(L, b, &pp, &pl);
   if (!changed)
     return 0;
   nev = wire_event(L, r, "the changed event", id, topic, key, 1, ev->time, hp,

@@ -723,7 +723,8 @@ static int dirty_child(lua_State *L, int ct, int k, uint32_t vo) {
 struct plan {
   int n, at[FEW];         /* written keys: stack index (value above) */
   struct lkey key[FEW];   /* ... read once */
-  uint32_t first[FEW];    /* offset of the value of their first pair */
+  uint32_t first[FEW];    /* offset of the value of their first pair, as
+                             met; 0 until then (after all: an added key) */
   int nc, child[FEW];     /* changed child proxies: stack index */
   uint32_t coff[FEW];     /* ... and offset */
 };
@@ -753,7 +754,7 @@ static void gather(struct sctx *s, int idx, struct pnode *nd,
     }
     pl->at[pl->n] = lua_gettop(L) - 1;
     lkey_of(L, lua_gettop(L) - 1, &pl->key[pl->n]);
-    pl->first[pl->n++] = find(&s->w, idx, nd, lua_gettop(L) - 1);
+    pl->first[pl->n++] = 0;
     lua_pushvalue(L, -2);
   }
   push_slot(L, idx, nd, E_CACHE, 0);
@@ -782,7 +783,7 @@ enum { KEEP, WRITE, DROP, CHILD };
  * *vi is the stack index of what to write for WRITE and CHILD. May push
  * (the caller resets the stack). */
 static int decide(struct sctx *s, int idx, struct pnode *nd,
-                  const struct plan *pl, const struct sl_mp_item *key,
+                  struct plan *pl, const struct sl_mp_item *key,
                   uint32_t vo, int *vi) {
   lua_State *L = s->w.L;
   int j, k = 0;
@@ -794,8 +795,10 @@ static int decide(struct sctx *s, int idx, struct pnode *nd,
   }
   if (pl->n >= 0) {
     for (j = 0; j < pl->n; j++)
-      if (lkey_is(&pl->key[j], key)) {
+      if (lkey_is(&pl->key[j], key)) { /* pairs come in order */
         *vi = pl->at[j] + 1;
+        if (pl->first[j] == 0)
+          pl->first[j] = vo;
         return pl->first[j] != vo || is_deleted(L, *vi) ? DROP : WRITE;
       }
   } else if (written(L, idx, nd, k)) {
@@ -1001,9 +1004,8 @@ int sl_proxy_is(lua_State *L, int idx) {
 
   if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
     return 0;
-  lua_pushlightuserdata(L, (void *)&mt_key);
-  lua_rawget(L, LUA_REGISTRYINDEX);
-  is = lua_rawequal(L, -1, -2);
+  lua_rawgeti(L, -1, 1); /* the metatable's mark: only C sets a userdata's */
+  is = lua_touserdata(L, -1) == (void *)&mt_key;
   lua_pop(L, 2);
   return is;
 }
@@ -1138,7 +1140,9 @@ void sl_proxy_open(lua_State *L, int env) {
   const luaL_Reg *f;
 
   lua_pushlightuserdata(L, (void *)&mt_key);
-  lua_createtable(L, 0, 4);
+  lua_createtable(L, 1, 4);
+  lua_pushlightuserdata(L, (void *)&mt_key);
+  lua_rawseti(L, -2, 1);
   lua_pushcfunction(L, p_index);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, p_newindex);
