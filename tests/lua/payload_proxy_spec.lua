@@ -47,7 +47,7 @@ local ADVERSARIAL = {
     "a166cb3ff0000000000000 a167ca3f800000 a173a3616263 a178c403010203" ..
     "a165c70307616263 a161 93c001c0 a16d 81a16bc2 a17a 90 a17980 a177cb7ff8000000000000" },
   { "non-minimal headers", "de0002 a161 dc0001 01 a162 d90161" },
-  { "nesting at the limit", nested(63, "01") },
+  { "nesting at the limit", nested(64, "01") },
   { "a huge array", big_array(100000, "01") },
   { "a map of maps", "83 a161 81a162 81a163c0 a164 80 a165 9190" },
 }
@@ -263,6 +263,17 @@ describe("writing ev.payload", function()
     s.has(err("ev.payload[{}] = 1"), "a map key must be a string, number or boolean (got table)")
     s.has(err("ev.payload.a.self = ev.payload"), "nesting deeper than 64 (a cycle?)")
     s.has(err("ev.payload.f = print"), "cannot encode a function value")
+  end)
+
+  it("writes at the deepest level, and refuses a table that would nest past the limit", function()
+    local descend = "local p = ev.payload while type(p[1]) == 'table' do p = p[1] end "
+    local raw = hex(nested(64, "01"))
+    local res = run(s.on_event(descend .. "p[2] = 5 return 'out'"), { topic = "t", payload_raw = raw })
+    assert.equal("route", res.verdict, res.error)
+    assert.equal(tohex(hex(nested(63, "920105"))), tohex(res.event.payload_raw))
+    res = run(s.on_event(descend .. "p[2] = {} return 'out'"), { topic = "t", payload_raw = raw })
+    assert.equal("runtime", res.error_kind)
+    s.has(res.error, "nesting deeper than 64")
   end)
 
   it("bounds the changed payload by max_event_bytes", function()
