@@ -58,7 +58,8 @@ enum {
   EV_KEY_NIL = 1 << 2,    /* ... to nil */
   EV_HEADERS = 1 << 3,    /* ev.headers decoded or set */
   EV_PAYLOAD = 1 << 4,    /* ev.payload decoded or set */
-  EV_PAYLOAD_NIL = 1 << 5 /* ... and it is nil */
+  EV_PAYLOAD_NIL = 1 << 5, /* ... and it is nil */
+  EV_PAYLOAD_SET = 1 << 6  /* ev.payload was assigned */
 };
 
 struct timer {
@@ -116,6 +117,7 @@ struct box {
       ref_tmp, ref_proot;
   uint32_t pgen; /* counts on_event calls: payload proxies of older ones
                     are stale (proxy.c) */
+  void *proot;   /* the payload's root proxy in this call, or NULL */
   int last_line; /* of the file, for contract errors */
   int ret_type;  /* what the chunk returned */
   int cdepth;    /* nesting of C functions that call back into Lua */

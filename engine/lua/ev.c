@@ -154,6 +154,7 @@ static int ev_newindex(lua_State *L) {
     set_ref(L, b->ref_headers, 3);
     b->evflags |= EV_HEADERS;
   } else if (strcmp(k, "payload") == 0) {
+    b->evflags |= EV_PAYLOAD_SET;
     if (lua_isnil(L, 3)) {
       b->evflags |= EV_PAYLOAD | EV_PAYLOAD_NIL;
     } else {
@@ -345,14 +346,8 @@ int child_traceparent(struct sl_rule *r, const struct sl_event *ev,
 /* Did on_event only read the event (ev.payload's proxy untouched, nothing
  * else set)? Then finish has nothing to do. Neither raises nor allocates. */
 int read_only(struct box *b) {
-  int ro;
-
-  if (b->evflags != EV_PAYLOAD)
-    return 0;
-  push_ref(b->L, b->ref_payload);
-  ro = sl_proxy_untouched(b->L, -1);
-  lua_pop(b->L, 1);
-  return ro;
+  return b->evflags == EV_PAYLOAD && b->proot != NULL &&
+         sl_proxy_clean(b->proot);
 }
 
 /* The payload after on_event: *pp and *pl become the new bytes when it

@@ -1019,6 +1019,10 @@ int sl_proxy_untouched(lua_State *L, int idx) {
   return nd->parent == NULL && !nd->dirty && nd->gen == box_of(L)->pgen;
 }
 
+int sl_proxy_clean(const void *p) {
+  return !((const struct pnode *)p)->dirty;
+}
+
 void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
   struct box *b = box_of(L);
   const uint8_t *q = p;
@@ -1026,7 +1030,7 @@ void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
 
   if (sl_mp_read(&q, p + len, &it) != 0 || (it.t != M_MAP && it.t != M_ARR))
     luaL_error(L, "ev.payload: not a map or array");
-  new_node(L, 0, (uint32_t)(q - p), &it, NULL);
+  b->proot = new_node(L, 0, (uint32_t)(q - p), &it, NULL);
   lua_pushvalue(L, -1); /* the root keeps its tree alive for the event */
   lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);
 }

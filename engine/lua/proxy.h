@@ -54,6 +54,10 @@ int sl_proxy_is(lua_State *L, int idx);
  * under it? Then the payload is the original bytes. */
 int sl_proxy_untouched(lua_State *L, int idx);
 
+/* Is the root proxy p (the box's proot) without any change recorded
+ * under it? */
+int sl_proxy_clean(const void *p);
+
 /* Append the current value of the proxy at idx to out: the original bytes
  * with changed entries re-encoded. depth is the nesting it starts at; at
  * most max bytes are added, else "<what> is larger than <max> bytes" is

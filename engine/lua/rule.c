@@ -532,6 +532,7 @@ static void clear_event(struct box *b) {
     lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_payload);
     lua_pushboolean(L, 0);
     lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);
+    b->proot = NULL;
   }
   b->evflags = 0;
   b->ev = NULL;
