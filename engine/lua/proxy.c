@@ -3,12 +3,13 @@
  * changed payload is the original bytes with only the changed entries
  * re-encoded (proxy.h says what a rule sees). Internal to engine/lua.
  *
- * A proxy is a userdata (struct pnode) whose environment table holds, made
- * on first need: [1] the child proxies read so far (one per container, so
- * p.a == p.a and writes through p.a stay), [2] the writes (key -> value,
- * the deleted mark for nil) and [3] an index of the entries (Lua key or
- * array position -> byte offset of the value), built once for nodes of
- * more than SMALL entries so lookups in a big map are not a scan each.
+ * A proxy is a userdata (struct pnode) whose environment table, made on
+ * first need, is its writes (key -> value, the deleted mark for nil) and
+ * holds, under light userdata keys no rule can make: the child proxies
+ * read so far (one per container, so p.a == p.a and writes through p.a
+ * stay) and an index of the entries (Lua key or array position -> byte
+ * offset of the value), built once for nodes of more than SMALL entries so
+ * lookups in a big map are not a scan each.
  * Every table lives in the rule's state: charged to memory_mb; every walk
  * over the bytes ticks check_cpu: charged to the CPU budget. */
 #include "proxy.h"
@@ -23,7 +24,8 @@
 
 #define SMALL 16 /* entries a lookup scans before an index is built */
 
-/* Registry key of the metatable; the mark of a deleted entry. */
+/* Registry keys of the metatables of proxies and of sluice.copy's buffer;
+ * the mark of a deleted entry. */
 static const char mt_key, deleted_key, buf_key;
 
 enum { E_CACHE = 1, E_WRITES = 2, E_INDEX = 3 };
@@ -597,6 +599,13 @@ static int p_next(lua_State *L) {
     it.j = nd->n + 1; /* an added key: the rest follow it */
     return step(&w, 1, nd, &it, 2) ? 2 : 0;
   }
+  if (!nd->is_map) { /* an array goes on from the position */
+    lua_Number d = lua_type(L, 2) == LUA_TNUMBER ? lua_tonumber(L, 2) : 0;
+    if (!(d >= 1 && d <= nd->len && d == floor(d)))
+      return luaL_error(L, "invalid key to 'next'");
+    it.j = (uint32_t)d;
+    return step(&w, 1, nd, &it, 0) ? 2 : 0;
+  }
   while (step(&w, 1, nd, &it, 0)) {
     int was = lua_rawequal(L, top + 1, 2);
     lua_settop(L, top);
@@ -866,9 +875,9 @@ static uint32_t write_map(struct sctx *s, int idx, struct pnode *nd,
   for (i = 0; i < nd->n; i++) {
     const uint8_t *k0 = p, *v0;
     struct sl_mp_item key;
-    rd_key(&s->w, &p, &key, depth + 1);
+    rd_key(&s->w, &p, &key, nd->depth + 1);
     v0 = p;
-    skip(&s->w, &p, depth + 1);
+    skip(&s->w, &p, nd->depth + 1);
     switch (decide(s, idx, nd, &pl, &key, (uint32_t)(v0 - s->w.base), &vi)) {
     case KEEP:
       keep(s, k0, p);
@@ -906,7 +915,7 @@ static uint32_t write_array(struct sctx *s, int idx, struct pnode *nd,
   for (i = 1; i <= nd->len; i++) {
     const uint8_t *v0 = p;
     if (i <= nd->n)
-      skip(&s->w, &p, depth + 1);
+      skip(&s->w, &p, nd->depth + 1);
     else
       tick(&s->w);
     lua_pushnumber(L, i);

@@ -126,11 +126,13 @@ describe("reading ev.payload", function()
       out[#out + 1] = "next " .. k .. " " .. type(v)
       k = next(p, "l")
       out[#out + 1] = "after l " .. tostring(k)
+      k, v = next(p.l, 2)
+      out[#out + 1] = "after 2 " .. k .. "=" .. v
       out[#out + 1] = "#map " .. #p.m
       return table.concat(out, " ")
     ]])
     local raw = hex("82 a16c 94 01 02 c0 04 a16d 82 01 a178 02 a179")
-    assert.same({ "1:1 2:2 #4 1=1 2=2 4=4 next l table after l m #map 2" },
+    assert.same({ "1:1 2:2 #4 1=1 2=2 4=4 next l table after l m after 2 4=4 #map 2" },
       run(r, { topic = "t", payload_raw = raw }).routes)
   end)
 
