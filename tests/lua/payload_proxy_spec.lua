@@ -346,3 +346,95 @@ describe("walking a big payload", function()
     assert.is_true(res.elapsed_ms < 200, res.elapsed_ms)
   end)
 end)
+
+describe("ev.payload against plain tables", function()
+  teardown(s.cleanup)
+
+  -- The same random writes go to ev.payload and to sluice.copy(ev.payload);
+  -- the spliced event must decode to what the copy encodes to, kinds too.
+  local r = s.rule([[
+    local function lcg(seed)
+      local st = seed
+      return function(n) st = (st * 1103515245 + 12345) % 2147483648 return st % n + 1 end
+    end
+    local KEYS = { "a", "b", "c", "d", "new", 1, 2 }
+    return { on_event = function(ev)
+      local rnd = lcg(tonumber(ev.headers.seed))
+      local VALS = {
+        function() return nil end,
+        function() return rnd(100) end,
+        function() return rnd(100) + 0.5 end,
+        function() return "s" .. rnd(9) end,
+        function() return { x = rnd(5) } end,
+        function() return sluice.array({ rnd(3), rnd(3) }) end,
+        function() return sluice.bin("b" .. rnd(3)) end,
+        function() return true end,
+      }
+      local p, c = ev.payload, sluice.copy(ev.payload)
+      for _ = 1, rnd(6) do
+        local k, v = KEYS[rnd(#KEYS)], VALS[rnd(#VALS)]()
+        if sluice.kind(p[k]) == "map" and rnd(2) == 1 then
+          local k2 = KEYS[rnd(#KEYS)]
+          p[k][k2] = v
+          c[k][k2] = v
+        elseif sluice.kind(p[k]) == "array" and rnd(2) == 1 then
+          local i = rnd(#p[k] + 1)
+          if v == nil then i = #p[k] end
+          if i > 0 then p[k][i] = v c[k][i] = v end
+        else
+          p[k] = v
+          c[k] = v
+        end
+      end
+      sluice.emit("model", { topic = "m", payload = c })
+      return "out"
+    end }]])
+
+  local function lcg(seed)
+    local st = seed
+    return function(n) st = (st * 1103515245 + 12345) % 2147483648 return st % n + 1 end
+  end
+
+  local function random_value(rnd, depth)
+    local pick = rnd(depth > 2 and 6 or 8)
+    if pick == 1 then return rnd(1000) end
+    if pick == 2 then return T.float(rnd(9)) end
+    if pick == 3 then return "v" .. rnd(50) end
+    if pick == 4 then return T.bin("x" .. rnd(9)) end
+    if pick == 5 then return rnd(2) == 1 end
+    if pick == 6 then return 2 ^ 60 + rnd(9) end
+    if pick == 7 then
+      local t = {}
+      for i = 1, rnd(4) do t[i] = random_value(rnd, depth + 1) end
+      return T.array(t)
+    end
+    local t = T.map({})
+    for _, k in ipairs({ "a", "b", "c", "d", 1, 2 }) do
+      if rnd(2) == 1 then t[k] = random_value(rnd, depth + 1) end
+    end
+    return t
+  end
+
+  it("gives what plain tables give, for 1000 random payloads and writes", function()
+    for seed = 1, 1000 do
+      local rnd = lcg(seed * 7919)
+      local raw = T.encode(random_value(rnd, 99) and (function()
+        local t = T.map({})
+        for _, k in ipairs({ "a", "b", "c", "d", 1, 2 }) do
+          if rnd(3) > 1 then t[k] = random_value(rnd, 0) end
+        end
+        return t
+      end)())
+      local res = r:run({ topic = "t", headers = { seed = tostring(seed) }, payload_raw = raw })
+      assert.equal("route", res.verdict, "seed " .. seed .. ": " .. tostring(res.error))
+      local model = res.emitted[1].event
+      assert.same(model.payload, res.event.payload, "seed " .. seed)
+      for k in pairs(model.payload) do
+        assert.equal(T.kind(model.payload, k), T.kind(res.event.payload, k), "seed " .. seed .. " key " .. tostring(k))
+      end
+      if not res.changed then
+        assert.equal(tohex(raw), tohex(res.event.payload_raw), "seed " .. seed)
+      end
+    end
+  end)
+end)
