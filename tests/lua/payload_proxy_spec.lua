@@ -370,7 +370,16 @@ describe("ev.payload against plain tables", function()
         function() return sluice.bin("b" .. rnd(3)) end,
         function() return true end,
       }
+      local function dump(t)
+        local out = {}
+        for k, v in pairs(t) do
+          out[#out + 1] = tostring(k) .. "=" .. (type(v) == "table" and sluice.kind(v) .. #v or tostring(v))
+        end
+        table.sort(out)
+        return table.concat(out, ",")
+      end
       local p, c = ev.payload, sluice.copy(ev.payload)
+      assert(dump(p) == dump(c), "pairs differ before: " .. dump(p) .. " / " .. dump(c))
       for _ = 1, rnd(6) do
         local k, v = KEYS[rnd(#KEYS)], VALS[rnd(#VALS)]()
         if sluice.kind(p[k]) == "map" and rnd(2) == 1 then
@@ -386,6 +395,7 @@ describe("ev.payload against plain tables", function()
           c[k] = v
         end
       end
+      assert(dump(p) == dump(c), "pairs differ after: " .. dump(p) .. " / " .. dump(c))
       sluice.emit("model", { topic = "m", payload = c })
       return "out"
     end }]])
