@@ -411,41 +411,37 @@ static int p_index(lua_State *L) {
   return 1;
 }
 
-/* An array takes positions 1..len+1 (len+1 appends); nil at len shrinks it,
- * and then past any position deleted before. Returns 0 when a nil goes
- * past the end: nothing to record. */
-static int array_pos(lua_State *L, int idx, struct pnode *nd) {
+/* An array takes positions 1..len+1 (len+1 appends). Returns 0 when the
+ * write is a nil past the end: nothing to record. */
+static int array_check(lua_State *L, struct pnode *nd) {
   double d = lua_type(L, 2) == LUA_TNUMBER ? lua_tonumber(L, 2) : 0;
-  uint32_t i;
 
   if (!(d >= 1 && d == floor(d) && d <= (double)nd->len + 1))
     return luaL_error(L, "ev.payload: an array takes indexes 1 to its "
                          "length + 1 (%d); got %s", (int)nd->len + 1,
                       msg_str(L, 2));
-  i = (uint32_t)d;
+  return !(lua_isnil(L, 3) && d > nd->len);
+}
+
+/* After a write at position i was recorded in the writes at wt: an append
+ * grows the array; nil at its end shrinks it, and then past positions
+ * deleted before. Cannot raise, so length and writes always agree. */
+static void array_len(lua_State *L, int wt, struct pnode *nd, uint32_t i) {
   if (!lua_isnil(L, 3)) {
     if (i == nd->len + 1)
       nd->len++;
-    return 1;
+    return;
   }
-  if (i > nd->len)
-    return 0;
-  if (i == nd->len) {
-    nd->len--;
-    if (push_slot(L, idx, nd, E_WRITES, 0)) {
-      int wt = lua_gettop(L);
-      for (; nd->len > 0; nd->len--) {
-        lua_rawgeti(L, wt, (int)nd->len);
-        if (!is_deleted(L, -1)) {
-          lua_pop(L, 1);
-          break;
-        }
-        lua_pop(L, 1);
-      }
+  if (i != nd->len)
+    return;
+  for (nd->len--; nd->len > 0; nd->len--) {
+    lua_rawgeti(L, wt, (int)nd->len);
+    if (!is_deleted(L, -1)) {
+      lua_pop(L, 1);
+      break;
     }
     lua_pop(L, 1);
   }
-  return 1;
 }
 
 static int p_newindex(lua_State *L) {
@@ -459,7 +455,7 @@ static int p_newindex(lua_State *L) {
                            "or boolean (got %s)", luaL_typename(L, 2));
     if (t == LUA_TNUMBER && isnan(lua_tonumber(L, 2)))
       return luaL_error(L, "ev.payload: a map key cannot be NaN");
-  } else if (!array_pos(L, 1, nd)) {
+  } else if (!array_check(L, nd)) {
     return 0;
   }
   push_slot(L, 1, nd, E_WRITES, 1);
@@ -469,6 +465,8 @@ static int p_newindex(lua_State *L) {
   else
     lua_pushvalue(L, 3);
   lua_rawset(L, -3);
+  if (!nd->is_map)
+    array_len(L, lua_gettop(L), nd, (uint32_t)lua_tonumber(L, 2));
   for (q = nd; q && !q->dirty; q = q->parent)
     q->dirty = 1;
   return 0;
