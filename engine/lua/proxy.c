@@ -8,8 +8,8 @@
  * holds, under light userdata keys no rule can make: the child proxies
  * read so far (one per container, so p.a == p.a and writes through p.a
  * stay) and an index of the entries (Lua key or array position -> byte
- * offset of the value), built once for nodes of more than SMALL entries so
- * lookups in a big map are not a scan each.
+ * offset of the value), built once for nodes of more than SMALL entries
+ * after SCANS lookups, so lookups in a big map are not a scan each.
  * Every table lives in the rule's state: charged to memory_mb; every walk
  * over the bytes ticks check_cpu: charged to the CPU budget. */
 #include "proxy.h"
@@ -22,7 +22,9 @@
 #include "box.h"
 #include "codec.h"
 
-#define SMALL 16 /* entries a lookup scans before an index is built */
+#define SMALL 16 /* nodes this small are scanned, never indexed */
+#define SCANS 2  /* lookups in a bigger node that scan: one read of a big
+                    payload needs no index, a loop of them gets one */
 
 /* Registry keys of the metatables of proxies and of sluice.copy's buffer;
  * the mark of a deleted entry. */
@@ -38,6 +40,7 @@ struct pnode {
   uint32_t n;    /* entries (pairs of a map) in the bytes */
   uint32_t len;  /* an array's length now */
   uint8_t is_map, dirty, has_env, depth;
+  uint8_t scans, indexed; /* lookups that scanned; the index is built */
   /* dirty marks reach the root through here; the root keeps every node
    * of its tree alive until the event ends (b->ref_proot) */
   struct pnode *parent;
@@ -260,7 +263,7 @@ static uint32_t find(struct walk *w, int idx, struct pnode *nd, int k) {
   struct sl_mp_item key;
   struct lkey lk;
   uint32_t i, off = 0;
-  double d;
+  double d = 0;
 
   if (!nd->is_map) {
     if (lua_type(L, k) != LUA_TNUMBER)
@@ -269,12 +272,12 @@ static uint32_t find(struct walk *w, int idx, struct pnode *nd, int k) {
     if (!(d >= 1 && d <= (double)nd->n && d == floor(d)))
       return 0;
   }
-  if (nd->n > SMALL) {
-    if (!push_slot(L, idx, nd, E_INDEX, 0)) {
-      lua_pop(L, 1);
+  if (nd->n > SMALL && (nd->indexed || ++nd->scans > SCANS)) {
+    if (!nd->indexed) {
       build_index(w, idx, nd);
-      push_slot(L, idx, nd, E_INDEX, 0);
+      nd->indexed = 1;
     }
+    push_slot(L, idx, nd, E_INDEX, 0);
     lua_pushvalue(L, k);
     lua_rawget(L, -2);
     if (lua_type(L, -1) == LUA_TNUMBER)
@@ -311,6 +314,7 @@ static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
   nd->is_map = it->t == M_MAP;
   nd->dirty = 0;
   nd->has_env = 0;
+  nd->scans = nd->indexed = 0;
   nd->depth = parent ? (uint8_t)(parent->depth + 1) : 0;
   nd->parent = parent;
   lua_pushlightuserdata(L, (void *)&mt_key);

@@ -329,11 +329,15 @@ describe("walking a big payload", function()
     assert.same({ tostring(50000 * 50001 / 2) }, res.routes, res.error)
   end)
 
-  it("charges the index of a big map to memory_mb", function()
-    local r = s.on_event([[return tostring(ev.payload.key1)]], { memory_mb = 2, cpu_budget_ms = 1000 })
+  it("charges the index of a big map to memory_mb, and builds none for one or two reads", function()
+    local one = s.on_event([[return tostring(ev.payload.key1 + ev.payload.key2)]],
+      { memory_mb = 2, cpu_budget_ms = 1000 })
+    assert.same({ "3" }, run(one, { topic = "t", payload = big_map(60000) }).routes)
+    local r = s.on_event([[return tostring(ev.payload.key1 + ev.payload.key2 + ev.payload.key3)]],
+      { memory_mb = 2, cpu_budget_ms = 1000 })
     local res = run(r, { topic = "t", payload = big_map(60000) })
     assert.equal("memory", res.error_kind, res.error)
-    assert.same({ "1" }, run(r, { topic = "t", payload = big_map(10) }).routes)
+    assert.same({ "6" }, run(r, { topic = "t", payload = big_map(10) }).routes)
   end)
 
   it("stops a walk of a huge array at the CPU budget", function()
