@@ -457,11 +457,112 @@ static void note_dup(lua_State *L, int mt, int k, double at) {
   }
 }
 
+static void dec_value(struct dec *d, int depth, struct hint *h);
+
+/* An array: a table with the array marker, side records for its
+ * elements' kinds (and nils) in a metatable of its own when needed. */
+static void dec_array(struct dec *d, const struct sl_mp_item *it, int depth) {
+  lua_State *L = d->L;
+  int t, mt = 0, hasnil = 0;
+  struct hint eh;
+  uint32_t i;
+
+  if (depth >= SL_CODEC_MAX_DEPTH)
+    dec_fail(d, "nesting too deep");
+  luaL_checkstack(L, 8, "msgpack nesting");
+  lua_createtable(L, (int)it->n, 0);
+  t = lua_gettop(L);
+  for (i = 1; i <= it->n; i++) {
+    dec_value(d, depth + 1, &eh);
+    if (lua_isnil(L, -1))
+      hasnil = 1;
+    if (eh.kind) {
+      if (!mt)
+        mt = own_mt(L, t, "array");
+      lua_pushinteger(L, (lua_Integer)i);
+      record(L, mt, "hints", lua_gettop(L), 0, &eh);
+      record(L, mt, "orig", lua_gettop(L), lua_gettop(L) - 1, NULL);
+      lua_pop(L, 1);
+    }
+    lua_rawseti(L, t, (int)i);
+  }
+  if (hasnil && !mt)
+    mt = own_mt(L, t, "array");
+  if (mt) {
+    lua_pushinteger(L, (lua_Integer)it->n);
+    lua_setfield(L, mt, "n");
+    lua_setmetatable(L, t); /* pops mt, which sat right above t */
+  } else {
+    lua_pushvalue(L, shared_get(&d->sh, SH_ARRAY));
+    lua_setmetatable(L, t);
+  }
+}
+
+/* A map: a table with the map marker; side records for kinds, nil
+ * values and keys Lua cannot tell apart (note_dup) when needed. */
+static void dec_map(struct dec *d, const struct sl_mp_item *it, int depth) {
+  lua_State *L = d->L;
+  int t, mt = 0, k, v;
+  struct hint kh, vh;
+  uint32_t i;
+
+  if (depth >= SL_CODEC_MAX_DEPTH)
+    dec_fail(d, "nesting too deep");
+  luaL_checkstack(L, 10, "msgpack nesting");
+  lua_createtable(L, 0, (int)it->n);
+  t = lua_gettop(L);
+  for (i = 0; i < it->n; i++) {
+    const uint8_t *kat = d->p;
+    dec_value(d, depth + 1, &kh);
+    if (lua_isnil(L, -1) ||
+        (lua_type(L, -1) == LUA_TNUMBER && isnan(lua_tonumber(L, -1)))) {
+      d->p = kat;
+      dec_fail(d, "map key that Lua cannot hold (nil or NaN)");
+    }
+    if (lua_istable(L, -1)) {
+      d->p = kat;
+      dec_fail(d, "map key that is a container");
+    }
+    dec_value(d, depth + 1, &vh);
+    if (seen_key(L, t, mt, lua_gettop(L) - 1)) {
+      /* a key Lua cannot tell from an earlier one (1 and 1.0, str and
+       * bin, ints past 2^53, a repeat): the first stays, this pair is
+       * listed so comparing still matches and encoding refuses */
+      if (!mt)
+        mt = own_mt(L, t, "map");
+      note_dup(L, mt, lua_gettop(L) - 1, (double)(kat - d->start));
+      lua_pop(L, 2);
+      continue;
+    }
+    if (kh.kind || vh.kind || lua_isnil(L, -1)) {
+      if (!mt)
+        mt = own_mt(L, t, "map");
+      k = lua_gettop(L) - 1;
+      v = k + 1;
+      if (kh.kind)
+        record(L, mt, "khints", k, 0, &kh);
+      if (lua_isnil(L, v)) {
+        vh.kind = 'n';
+        record(L, mt, "hints", k, 0, &vh);
+      } else if (vh.kind) {
+        record(L, mt, "hints", k, 0, &vh);
+        record(L, mt, "orig", k, v, NULL);
+      }
+    }
+    lua_rawset(L, t);
+  }
+  if (mt) {
+    lua_setmetatable(L, t);
+  } else {
+    lua_pushvalue(L, shared_get(&d->sh, SH_MAP));
+    lua_setmetatable(L, t);
+  }
+}
+
 static void dec_value(struct dec *d, int depth, struct hint *h) {
   lua_State *L = d->L;
   struct sl_mp_item it;
   const uint8_t *at = d->p;
-  uint32_t i;
 
   h->kind = 0;
   if (d->check && (++d->steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
@@ -497,96 +598,8 @@ static void dec_value(struct dec *d, int depth, struct hint *h) {
     lua_pushvalue(L, shared_get(&d->sh, SH_EXT));
     lua_setmetatable(L, -2);
     break;
-  case M_ARR: {
-    int t, mt = 0, hasnil = 0;
-    struct hint eh;
-    if (depth >= SL_CODEC_MAX_DEPTH)
-      dec_fail(d, "nesting too deep");
-    luaL_checkstack(L, 8, "msgpack nesting");
-    lua_createtable(L, (int)it.n, 0);
-    t = lua_gettop(L);
-    for (i = 1; i <= it.n; i++) {
-      dec_value(d, depth + 1, &eh);
-      if (lua_isnil(L, -1))
-        hasnil = 1;
-      if (eh.kind) {
-        if (!mt)
-          mt = own_mt(L, t, "array");
-        lua_pushinteger(L, (lua_Integer)i);
-        record(L, mt, "hints", lua_gettop(L), 0, &eh);
-        record(L, mt, "orig", lua_gettop(L), lua_gettop(L) - 1, NULL);
-        lua_pop(L, 1);
-      }
-      lua_rawseti(L, t, (int)i);
-    }
-    if (hasnil && !mt)
-      mt = own_mt(L, t, "array");
-    if (mt) {
-      lua_pushinteger(L, (lua_Integer)it.n);
-      lua_setfield(L, mt, "n");
-      lua_setmetatable(L, t); /* pops mt, which sat right above t */
-    } else {
-      lua_pushvalue(L, shared_get(&d->sh, SH_ARRAY));
-      lua_setmetatable(L, t);
-    }
-    break;
-  }
-  case M_MAP: {
-    int t, mt = 0, k, v;
-    struct hint kh, vh;
-    if (depth >= SL_CODEC_MAX_DEPTH)
-      dec_fail(d, "nesting too deep");
-    luaL_checkstack(L, 10, "msgpack nesting");
-    lua_createtable(L, 0, (int)it.n);
-    t = lua_gettop(L);
-    for (i = 0; i < it.n; i++) {
-      const uint8_t *kat = d->p;
-      dec_value(d, depth + 1, &kh);
-      if (lua_isnil(L, -1) ||
-          (lua_type(L, -1) == LUA_TNUMBER && isnan(lua_tonumber(L, -1)))) {
-        d->p = kat;
-        dec_fail(d, "map key that Lua cannot hold (nil or NaN)");
-      }
-      if (lua_istable(L, -1)) {
-        d->p = kat;
-        dec_fail(d, "map key that is a container");
-      }
-      dec_value(d, depth + 1, &vh);
-      if (seen_key(L, t, mt, lua_gettop(L) - 1)) {
-        /* a key Lua cannot tell from an earlier one (1 and 1.0, str and
-         * bin, ints past 2^53, a repeat): the first stays, this pair is
-         * listed so comparing still matches and encoding refuses */
-        if (!mt)
-          mt = own_mt(L, t, "map");
-        note_dup(L, mt, lua_gettop(L) - 1, (double)(kat - d->start));
-        lua_pop(L, 2);
-        continue;
-      }
-      if (kh.kind || vh.kind || lua_isnil(L, -1)) {
-        if (!mt)
-          mt = own_mt(L, t, "map");
-        k = lua_gettop(L) - 1;
-        v = k + 1;
-        if (kh.kind)
-          record(L, mt, "khints", k, 0, &kh);
-        if (lua_isnil(L, v)) {
-          vh.kind = 'n';
-          record(L, mt, "hints", k, 0, &vh);
-        } else if (vh.kind) {
-          record(L, mt, "hints", k, 0, &vh);
-          record(L, mt, "orig", k, v, NULL);
-        }
-      }
-      lua_rawset(L, t);
-    }
-    if (mt) {
-      lua_setmetatable(L, t);
-    } else {
-      lua_pushvalue(L, shared_get(&d->sh, SH_MAP));
-      lua_setmetatable(L, t);
-    }
-    break;
-  }
+  case M_ARR: dec_array(d, &it, depth); break;
+  case M_MAP: dec_map(d, &it, depth); break;
   default:
     d->p = at;
     dec_fail(d, "invalid byte");
@@ -809,23 +822,17 @@ static void enc_key(struct enc *e, int idx, const struct hint *h) {
     luaL_error(L, "cannot encode a %s as a map key", lua_typename(L, t));
 }
 
-static void enc_table(struct enc *e, int t, int depth) {
+/* The boxes sluice.bin, sluice.float and sluice.ext make (kind k), table
+ * at t; pops the metatable (or its nil stand-in) on top of the stack. */
+static void enc_box(struct enc *e, int t, enum tkind k) {
   lua_State *L = e->L;
-  int mt, seq = 0, hints, orig, kh;
-  enum tkind k;
+  const char *s;
   size_t n;
 
-  if (depth >= SL_CODEC_MAX_DEPTH)
-    luaL_error(L, "cannot encode: nesting deeper than %d (a cycle?)",
-               SL_CODEC_MAX_DEPTH);
-  luaL_checkstack(L, 12, "msgpack nesting");
-  k = table_kind_sh(L, t, &mt, &e->sh);
-  if (mt == 0)
-    lua_pushnil(L); /* keep the stack shape the same */
   if (k == T_BIN || k == T_FLOAT) {
     lua_rawgeti(L, t, 1);
     if (k == T_BIN && lua_type(L, -1) == LUA_TSTRING) {
-      const char *s = lua_tolstring(L, -1, &n);
+      s = lua_tolstring(L, -1, &n);
       room(e, n + 5);
       jcost(e, n / 3 * 4 + 32); /* {"$bin":"<base64>"} */
       put(e, sl_codec_put_bin(e->out, s, n));
@@ -839,16 +846,30 @@ static void enc_table(struct enc *e, int t, int depth) {
     lua_pop(L, 2);
     return;
   }
-  if (k == T_EXT) {
-    const char *s;
-    rawfield(L, t, "type");
-    rawfield(L, t, "data");
-    if (lua_type(L, -2) != LUA_TNUMBER || lua_type(L, -1) != LUA_TSTRING)
-      luaL_error(L, "cannot encode an ext without a numeric type and "
-                    "string data");
-    s = lua_tolstring(L, -1, &n);
-    put_ext(e, (int)lua_tointeger(L, -2), s, n);
-    lua_pop(L, 3);
+  rawfield(L, t, "type"); /* T_EXT */
+  rawfield(L, t, "data");
+  if (lua_type(L, -2) != LUA_TNUMBER || lua_type(L, -1) != LUA_TSTRING)
+    luaL_error(L, "cannot encode an ext without a numeric type and string "
+                  "data");
+  s = lua_tolstring(L, -1, &n);
+  put_ext(e, (int)lua_tointeger(L, -2), s, n);
+  lua_pop(L, 3);
+}
+
+static void enc_table(struct enc *e, int t, int depth) {
+  lua_State *L = e->L;
+  int mt, seq = 0, hints, orig, kh;
+  enum tkind k;
+
+  if (depth >= SL_CODEC_MAX_DEPTH)
+    luaL_error(L, "cannot encode: nesting deeper than %d (a cycle?)",
+               SL_CODEC_MAX_DEPTH);
+  luaL_checkstack(L, 12, "msgpack nesting");
+  k = table_kind_sh(L, t, &mt, &e->sh);
+  if (mt == 0)
+    lua_pushnil(L); /* keep the stack shape the same */
+  if (k == T_BIN || k == T_FLOAT || k == T_EXT) {
+    enc_box(e, t, k);
     return;
   }
   if (k == T_MAP && mt > 0) {
@@ -1159,6 +1180,42 @@ static int same_table(struct cmp *c, int t, const struct sl_mp_item *it,
   return ok;
 }
 
+/* Is the box at idx (what sluice.float, bin or ext make: kind want) the
+ * msgpack value it? */
+static int same_box(lua_State *L, int idx, const struct sl_mp_item *it,
+                    enum tkind want) {
+  const char *s;
+  size_t n;
+  int mt, ok;
+
+  if (table_kind(L, idx, &mt) != want) {
+    if (mt)
+      lua_pop(L, 1);
+    return 0;
+  }
+  if (want == T_FLOAT) {
+    lua_rawgeti(L, idx, 1);
+    ok = lua_type(L, -1) == LUA_TNUMBER &&
+         memcmp(&(double){lua_tonumber(L, -1)}, &it->d, 8) == 0;
+    lua_pop(L, 2);
+    return ok;
+  }
+  if (want == T_BIN) {
+    lua_rawgeti(L, idx, 1);
+    s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+    ok = s && n == it->n && memcmp(s, it->s, n) == 0;
+    lua_pop(L, 2);
+    return ok;
+  }
+  rawfield(L, idx, "type");
+  rawfield(L, idx, "data");
+  s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+  ok = lua_type(L, -2) == LUA_TNUMBER && lua_tonumber(L, -2) == it->ext &&
+       s && n == it->n && memcmp(s, it->s, n) == 0;
+  lua_pop(L, 3);
+  return ok;
+}
+
 static int same_value(struct cmp *c, int idx, const uint8_t **pp,
                       const struct hint *h, int lenient, int depth) {
   lua_State *L = c->L;
@@ -1196,19 +1253,8 @@ static int same_value(struct cmp *c, int idx, const uint8_t **pp,
       return 0;
     return h->kind == 's' || lenient;
   case M_F64:
-    if (type == LUA_TTABLE) {
-      int mt, ok;
-      if (table_kind(L, idx, &mt) != T_FLOAT) {
-        if (mt)
-          lua_pop(L, 1);
-        return 0;
-      }
-      lua_rawgeti(L, idx, 1);
-      ok = lua_type(L, -1) == LUA_TNUMBER &&
-           memcmp(&(double){lua_tonumber(L, -1)}, &it.d, 8) == 0;
-      lua_pop(L, 2);
-      return ok;
-    }
+    if (type == LUA_TTABLE)
+      return same_box(L, idx, &it, T_FLOAT);
     if (type != LUA_TNUMBER)
       return 0;
     if (would_be_int(v))
@@ -1222,40 +1268,14 @@ static int same_value(struct cmp *c, int idx, const uint8_t **pp,
     s = lua_tolstring(L, idx, &n);
     return n == it.n && memcmp(s, it.s, n) == 0;
   case M_BIN:
-    if (type == LUA_TTABLE) {
-      int mt, ok;
-      if (table_kind(L, idx, &mt) != T_BIN) {
-        if (mt)
-          lua_pop(L, 1);
-        return 0;
-      }
-      lua_rawgeti(L, idx, 1);
-      s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
-      ok = s && n == it.n && memcmp(s, it.s, n) == 0;
-      lua_pop(L, 2);
-      return ok;
-    }
+    if (type == LUA_TTABLE)
+      return same_box(L, idx, &it, T_BIN);
     if (type != LUA_TSTRING || !(h->kind == 'b' || lenient))
       return 0;
     s = lua_tolstring(L, idx, &n);
     return n == it.n && memcmp(s, it.s, n) == 0;
-  case M_EXT: {
-    int mt, ok;
-    if (type != LUA_TTABLE)
-      return 0;
-    if (table_kind(L, idx, &mt) != T_EXT) {
-      if (mt)
-        lua_pop(L, 1);
-      return 0;
-    }
-    rawfield(L, idx, "type");
-    rawfield(L, idx, "data");
-    s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
-    ok = lua_type(L, -2) == LUA_TNUMBER && lua_tonumber(L, -2) == it.ext &&
-         s && n == it.n && memcmp(s, it.s, n) == 0;
-    lua_pop(L, 3);
-    return ok;
-  }
+  case M_EXT:
+    return type == LUA_TTABLE && same_box(L, idx, &it, T_EXT);
   case M_ARR: case M_MAP:
     if (type != LUA_TTABLE)
       return 0;
