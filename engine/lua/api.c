@@ -10,6 +10,7 @@
 #include <lua.h>
 
 #include "box.h"
+#include "proxy.h"
 #include "codec.h"
 #include "luacodec.h"
 #include "ratelimit.h"
@@ -729,6 +730,8 @@ void open_sluice(lua_State *L, int env) {
     lua_setfield(L, -2, f->name);
   }
   sl_luacodec_register(L, -1);
+  lua_pushcfunction(L, sl_proxy_copy);
+  lua_setfield(L, -2, "copy");
   sl_luacodec_set_check(L, check_cpu); /* kind() walks tables */
   lua_createtable(L, 0, 2);
   lua_pushcfunction(L, l_json_encode);
