@@ -74,6 +74,7 @@ $(BUILD)/sluice_pattern_test.so: tests/lua/sluice_pattern_test.c engine/lua/patt
 # unsanitized copies in $(BUILD)/core/.
 CORE_SRC := engine/lua/testing.c engine/lua/rule.c engine/lua/luacodec.c \
             engine/lua/state.c engine/lua/env.c engine/lua/api.c engine/lua/ev.c \
+            engine/lua/proxy.c \
             engine/lua/pattern.c engine/codec/codec.c engine/codec/event.c \
             engine/codec/json.c engine/core/buf.c engine/core/router.c \
             engine/core/utf8.c engine/core/ratelimit.c

@@ -17,6 +17,7 @@
 #include "metrics.h"
 #include "router.h"
 #include "rules.h"
+#include "tls.h"
 #include "worker.h"
 
 #define ADMIN_MAX_BODY (64u * 1024)
@@ -396,12 +397,15 @@ static int path_is(struct sl_str p, const char *lit) {
 static void outputs_json(struct sl_worker *w, struct sl_buf *b, int *counted,
                          int *healthy) {
   const struct sl_config *cfg = w->cfg;
-  int i;
+  int i, n = 0;
   sl_buf_append(b, "\"outputs\":{", 11);
   for (i = 0; i < w->noutputs; i++) {
     struct sl_output *o = &w->outputs[i];
-    int ok = !o->stopped && (o->ops->cb_healthy == NULL || o->ops->cb_healthy(o));
-    if (i)
+    int ok;
+    if (o->retiring || o->gone)
+      continue; /* a reload removed or replaced it; it drains */
+    ok = !o->stopped && (o->ops->cb_healthy == NULL || o->ops->cb_healthy(o));
+    if (n++)
       sl_buf_putc(b, ',');
     sl_codec_json_str(b, o->cfg->name, strlen(o->cfg->name));
     sl_buf_printf(b, ":\"%s\"", ok ? "ok" : "failing");
@@ -451,7 +455,8 @@ static void readyz(struct sl_admin *a, struct sl_http_request *r) {
       (cfg->rules.dir && sl_rules_stats(w->rules)->version == 0))
     REASON("rules are not loaded");
   for (i = 0; i < w->ninputs; i++)
-    if (w->inputs[i].stopped || w->inputs[i].data == NULL)
+    if (!w->inputs[i].retiring && !w->inputs[i].gone && /* reload removed */
+        (w->inputs[i].stopped || w->inputs[i].data == NULL))
       REASON("input %s is not listening", cfg->inputs[i].name);
   sl_buf_putc(&b, '{');
   outputs_json(w, &b, &counted, &healthy);
@@ -490,7 +495,10 @@ static struct sl_str reload_error(const struct sl_buf *status) {
 
 static void reload(struct sl_admin *a, struct sl_http_request *r) {
   struct sl_buf status, b;
-  int rc = sl_rules_reload(a->w->rules, "admin");
+  char err[1024];
+  int rc;
+  sl_tls_reload_all(); /* rotated certificates; a bad one keeps the old */
+  rc = sl_worker_reload(a->w, "admin", err, sizeof(err));
   sl_buf_init(&status);
   sl_buf_init(&b);
   sl_rules_status_json(a->w->rules, &status);
@@ -624,6 +632,12 @@ int sl_admin_start(struct sl_admin *a, char *err, size_t errlen) {
   a->srv.limits.body_ms = 10000;
   a->srv.limits.max_conns = a->w->cfg->admin.max_connections;
   a->srv.limits.fd_guard = 0; /* the fds inputs leave free are for us */
+  if (cfg->tls.enabled &&
+      (a->srv.tls = sl_tls_new(&cfg->tls, 1, cfg->listen, "admin", why,
+                               sizeof(why))) == NULL) {
+    snprintf(err, errlen, "admin.tls: %s", why);
+    return SL_EINVAL;
+  }
   a->started = 1;
   rc = sl_http_start(&a->srv, &a->w->loop, cfg->listen, &admin_ops, a, why,
                      sizeof(why));
@@ -668,5 +682,6 @@ void sl_admin_free(struct sl_admin *a) {
     return;
   sl_metric_remove(a->w->metrics, &a->metrics);
   free(a->token);
+  sl_tls_free(a->srv.tls);
   free(a);
 }

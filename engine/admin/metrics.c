@@ -43,11 +43,13 @@ static const struct sl_metric m_start = {
 
 static void collect_admin(struct sl_metric_out *out, const struct sl_metric *m,
                           void *data) {
-  static const char *const reasons[] = {"limit", "fds", "memory", "idle"};
+  static const char *const reasons[] = {"limit", "fds", "memory", "idle",
+                                        "tls"};
   const struct sl_metrics_admin *a = data;
   const struct sl_listener_stats *ls = sl_listener_stats(&a->srv->listener);
   const uint64_t refused[] = {ls->refused_limit, ls->refused_fds,
-                              ls->shed_memory, ls->displaced};
+                              ls->shed_memory, ls->displaced,
+                              ls->refused_tls};
   const char *v[] = {"admin", "admin", NULL};
   char num[8];
   int k;
@@ -61,7 +63,7 @@ static void collect_admin(struct sl_metric_out *out, const struct sl_metric *m,
   } else if (m == &sl_worker_listener_timed_out) {
     sl_metric_put_u64(out, v, ls->timed_out);
   } else if (m == &sl_worker_listener_refused) {
-    for (k = 0; k < 4; k++) {
+    for (k = 0; k < 5; k++) {
       v[2] = reasons[k];
       sl_metric_put_u64(out, v, refused[k]);
     }

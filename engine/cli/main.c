@@ -396,6 +396,13 @@ static int cmd_plugins(void) {
       printf("  %-20s %-22s %-9s %s\n", k->name, type, def, k->doc);
     }
   }
+  printf("every tls table (tcp and http inputs, tcp output, admin) takes:\n");
+  for (k = sl_config_tls_keys; k->name; k++)
+    printf("  tls.%-20s %-18s %-9s %s\n", k->name,
+           strcmp(k->name, "allow_subjects") == 0
+               ? "string list"
+               : sl_config_key_type_name(k->type),
+           k->def ? k->def : "-", k->doc);
   for (kind = SL_PLUGIN_INPUT; kind <= SL_PLUGIN_OUTPUT; kind++) {
     printf("every %s takes:", sl_config_kind_name((enum sl_plugin_kind)kind));
     for (a = sl_config_core_keys((enum sl_plugin_kind)kind); *a; a++)

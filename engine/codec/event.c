@@ -202,6 +202,7 @@ struct sl_event *sl_event_new(struct sl_idgen *g, struct sl_str id,
   ev->headers_count = headers ? map_count(headers, headers_len) : 0;
   ev->time = time;
   ev->ingest_ns = sl_mono_ns();
+  ev->track = NULL;
   sl_buf_close(&hb);
   return ev;
 
@@ -237,16 +238,77 @@ struct sl_event *sl_event_with_header(const struct sl_event *ev,
   copy = sl_event_new(&unused, id, topic, key, 1, ev->time, hb.data, hb.len,
                       ev->payload_len ? ev->data + ev->payload_off : NULL,
                       ev->payload_len, 0);
-  if (copy)
+  if (copy) {
     copy->ingest_ns = ev->ingest_ns;
+    sl_event_share_track(ev, copy);
+  }
   sl_buf_close(&hb);
   return copy;
+}
+
+static void track_release(struct sl_track *tr) {
+  struct sl_tracker *t = tr->t;
+  if (--tr->holders > 0)
+    return;
+  t->live--;
+  if (!t->closed)
+    t->done(t, tr->token, !tr->failed);
+  else if (t->live == 0)
+    free(t);
+  free(tr);
 }
 
 void sl_event_unref(struct sl_event *ev) {
   if (ev == NULL)
     return;
   assert(ev->refs > 0);
-  if (--ev->refs == 0)
+  if (--ev->refs == 0) {
+    if (sl_unlikely(ev->track != NULL))
+      track_release(ev->track);
     free(ev);
+  }
+}
+
+struct sl_tracker *sl_tracker_new(sl_tracker_done_cb done, void *data) {
+  struct sl_tracker *t = calloc(1, sizeof(*t));
+  if (t) {
+    t->done = done;
+    t->data = data;
+  }
+  return t;
+}
+
+void sl_tracker_close(struct sl_tracker *t) {
+  if (t == NULL)
+    return;
+  t->closed = 1;
+  if (t->live == 0)
+    free(t);
+}
+
+int sl_event_track(struct sl_event *ev, struct sl_tracker *t, uint64_t token) {
+  struct sl_track *tr = malloc(sizeof(*tr));
+  assert(ev->track == NULL && !t->closed);
+  if (tr == NULL)
+    return SL_ENOMEM;
+  tr->t = t;
+  tr->token = token;
+  tr->holders = 1;
+  tr->failed = 0;
+  t->live++;
+  ev->track = tr;
+  return 0;
+}
+
+void sl_event_share_track(const struct sl_event *from, struct sl_event *to) {
+  if (from->track == NULL || to->track == from->track)
+    return;
+  assert(to->track == NULL);
+  to->track = from->track;
+  to->track->holders++;
+}
+
+void sl_event_fail_track(struct sl_event *ev) {
+  if (ev && ev->track)
+    ev->track->failed = 1;
 }

@@ -18,6 +18,8 @@
 #include "codec.h"
 #include "common.h"
 
+struct sl_track;
+
 struct sl_event {
   uint32_t refs;
   uint32_t len;                  /* bytes of the msgpack map in data */
@@ -29,6 +31,7 @@ struct sl_event {
   uint32_t headers_count;
   int64_t time;        /* ns since the epoch */
   uint64_t ingest_ns;  /* monotonic ns at ingest, for latency */
+  struct sl_track *track; /* NULL unless its input tracks it to its end */
   uint8_t data[];
 };
 
@@ -65,6 +68,53 @@ struct sl_event *sl_event_with_header(const struct sl_event *ev,
 
 static inline void sl_event_ref(struct sl_event *ev) { ev->refs++; }
 void sl_event_unref(struct sl_event *ev);
+
+/* ---- tracking an event to its end ---------------------------------------
+ * An input that may only let go of what it read once the engine is done
+ * with it (a broker input commits an offset, acks a message) tracks each
+ * event it submits. The engine is done with an event once every event
+ * object carrying its track is freed: delivered by every output it was
+ * routed to, written to their disk buffers, or dropped or dead-lettered on
+ * purpose (a rule's drop, unrouted, a full queue's drop policy). Events
+ * derived from it (sl_event_with_header: dead letters; a rule's change,
+ * sl_event_share_track) share the track, so it ends when the last piece
+ * does. A piece given up without that (a queue closed with events in it,
+ * a held event at a forced stop, a disk buffer that refused it) fails the
+ * track: done then runs with ok = 0 and the input must not let go of the
+ * event (a broker redelivers it). ok = 1 covers disk buffers only up to
+ * their write: call sl_worker_durable before letting go of events that may
+ * have been spilled. Not thread-safe: one worker owns events and tracker. */
+struct sl_tracker;
+typedef void (*sl_tracker_done_cb)(struct sl_tracker *t, uint64_t token,
+                                   int ok);
+
+struct sl_tracker {
+  sl_tracker_done_cb done;
+  void *data;      /* the input's */
+  uint64_t live;   /* tracks not ended yet */
+  int closed;      /* the input went: no more callbacks */
+};
+
+struct sl_track {
+  struct sl_tracker *t;
+  uint64_t token;    /* the input's name for the event (an offset) */
+  uint32_t holders;  /* event objects carrying it */
+  int failed;
+};
+
+/* A tracker for an input; NULL on ENOMEM. */
+struct sl_tracker *sl_tracker_new(sl_tracker_done_cb done, void *data);
+/* The input goes: no callback runs after this; the tracker is freed once
+ * the last of its tracks ends (events may outlive their input). */
+void sl_tracker_close(struct sl_tracker *t);
+
+/* Track ev (untracked, as the input built it) under token. 0 or
+ * SL_ENOMEM. */
+int sl_event_track(struct sl_event *ev, struct sl_tracker *t, uint64_t token);
+/* to (a new event built from from's content) carries from's track too. */
+void sl_event_share_track(const struct sl_event *from, struct sl_event *to);
+/* The holder gives ev up without the engine being done with it. */
+void sl_event_fail_track(struct sl_event *ev);
 
 static inline struct sl_str sl_event_topic(const struct sl_event *ev) {
   struct sl_str s = {(const char *)ev->data + ev->topic_off, ev->topic_len};

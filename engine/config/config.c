@@ -5,6 +5,7 @@
  * the problem is. The Lua state is closed before sl_config_load returns. */
 #include "config.h"
 
+#include <errno.h>
 #include <lauxlib.h>
 #include <libgen.h>
 #include <limits.h>
@@ -675,6 +676,7 @@ const char *sl_config_key_type_name(enum sl_config_key_type t) {
   case SL_KEY_PATH: return "path";
   case SL_KEY_FILE: return "file path";
   case SL_KEY_SOCKET: return "socket path";
+  case SL_KEY_TLS: return "tls table";
   case SL_KEY_CORE: return "core key";
   }
   return "?";
@@ -749,6 +751,121 @@ static void store_str(char *field, char *s) {
   memcpy(&old, field, sizeof(old));
   free(old);
   memcpy(field, &s, sizeof(s));
+}
+
+/* ---- tls = {...} -------------------------------------------------------- */
+
+const struct sl_config_key sl_config_tls_keys[] = {
+    {.name = "cert_file", .type = SL_KEY_PATH,
+     .doc = "PEM certificate chain (listeners: required; clients: for mTLS)"},
+    {.name = "key_file", .type = SL_KEY_PATH,
+     .doc = "PEM private key of cert_file"},
+    {.name = "ca_file", .type = SL_KEY_PATH,
+     .doc = "PEM CAs to trust (clients: default the system's)"},
+    {.name = "client_ca_file", .type = SL_KEY_PATH,
+     .doc = "listeners: client certificates must chain to these (mTLS)"},
+    {.name = "verify_peer", .type = SL_KEY_BOOL,
+     .doc = "clients: check the server (default true); listeners: demand "
+            "a client certificate (default false)"},
+    {.name = "server_name", .type = SL_KEY_STRING,
+     .doc = "clients: SNI and the name checked (default the address's host)"},
+    {.name = "min_version", .type = SL_KEY_STRING, .def = "1.2",
+     .doc = "lowest TLS version: \"1.2\" or \"1.3\""},
+    {.name = "ciphers", .type = SL_KEY_STRING,
+     .doc = "OpenSSL cipher list for TLS 1.2 (default OpenSSL's)"},
+    {.name = "allow_subjects", .type = SL_KEY_STRING,
+     .doc = "listeners: client certificate CNs / SANs let in (list)"},
+    {.name = "handshake_timeout_ms", .type = SL_KEY_UINT, .def = "10000",
+     .min = 100, .max = 600000, .doc = "a handshake must finish within this"},
+    {.name = NULL},
+};
+
+/* A readable file path at key of the tls table tt, resolved. */
+static void tls_file(struct check *c, int tt, const char *path,
+                     const char *who, const char *key, char **out) {
+  char p[256];
+  char *s = NULL, *abs;
+  opt_str(c, tt, path, key, &s, 0);
+  if (s == NULL)
+    return;
+  abs = resolve(c, s);
+  free(s);
+  join(p, sizeof(p), path, key);
+  if (abs && access(abs, R_OK) != 0)
+    bad(c, p, "cannot read %s: %s (%s)", abs, strerror(errno), who);
+  *out = abs;
+}
+
+/* The tls table at key "tls" of the table at t into tc; who names the
+ * plugin in messages ("tcp input"); server: a listener's block. */
+static void read_tls(struct check *c, int t, const char *path,
+                     const char *who, int server, struct sl_tls_config *tc) {
+  static const char *const keys[] = {
+      "cert_file",   "key_file", "ca_file",        "client_ca_file",
+      "verify_peer", "server_name", "min_version", "ciphers",
+      "allow_subjects", "handshake_timeout_ms", NULL};
+  lua_State *L = c->L;
+  char p[256], *v = NULL;
+  int tt;
+
+  join(p, sizeof(p), path, "tls");
+  lua_getfield(L, t, "tls");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  if (!lua_istable(L, -1)) {
+    bad(c, p, "expected table, got %s (%s)", type_of(L, -1), who);
+    lua_pop(L, 1);
+    return;
+  }
+  tt = lua_gettop(L);
+  check_keys(c, tt, p, keys);
+  tc->enabled = 1;
+  tc->verify_peer = !server;
+  tc->min_version = 0x0303;
+  tc->handshake_timeout_ms = 10000;
+  tls_file(c, tt, p, who, "cert_file", &tc->cert_file);
+  tls_file(c, tt, p, who, "key_file", &tc->key_file);
+  tls_file(c, tt, p, who, "ca_file", &tc->ca_file);
+  tls_file(c, tt, p, who, "client_ca_file", &tc->client_ca_file);
+  opt_bool(c, tt, p, "verify_peer", &tc->verify_peer);
+  opt_str(c, tt, p, "server_name", &tc->server_name, 0);
+  opt_str(c, tt, p, "ciphers", &tc->ciphers, 0);
+  opt_strlist(c, tt, p, "allow_subjects", &tc->allow_subjects, &tc->nallow,
+              0);
+  opt_u32(c, tt, p, "handshake_timeout_ms", 100, 600000,
+          &tc->handshake_timeout_ms, 0);
+  opt_str(c, tt, p, "min_version", &v, 0);
+  if (v && strcmp(v, "1.3") == 0)
+    tc->min_version = 0x0304;
+  else if (v && strcmp(v, "1.2") != 0)
+    bad(c, p, "min_version: expected \"1.2\" or \"1.3\", got \"%s\" (%s; "
+              "TLS 1.0 and 1.1 are not offered)", v, who);
+  free(v);
+  if (server && tc->client_ca_file)
+    tc->verify_peer = 1;
+  if (server && (tc->cert_file == NULL || tc->key_file == NULL))
+    bad(c, p, "a listener's tls needs cert_file and key_file (%s)", who);
+  else if (!server && (tc->cert_file == NULL) != (tc->key_file == NULL))
+    bad(c, p, "cert_file and key_file go together (%s)", who);
+  if (server && tc->verify_peer && !tc->client_ca_file && !tc->ca_file)
+    bad(c, p, "verify_peer needs client_ca_file or ca_file (%s)", who);
+  if (server && tc->server_name)
+    bad(c, p, "server_name is for clients, not a %s", who);
+  if (tc->nallow && !(server && tc->verify_peer))
+    bad(c, p, "allow_subjects needs a listener with verify_peer (%s)", who);
+  lua_pop(L, 1);
+}
+
+static void free_tls(struct sl_tls_config *tc) {
+  free(tc->cert_file);
+  free(tc->key_file);
+  free(tc->ca_file);
+  free(tc->client_ca_file);
+  free(tc->server_name);
+  free(tc->ciphers);
+  free_strlist(tc->allow_subjects, tc->nallow);
 }
 
 /* The declared default into the field (tables are the engine's own, so a
@@ -835,6 +952,13 @@ static void read_key(struct check *c, int t, const char *path,
              k->type == SL_KEY_BYTES);
     store_uint(k, field, v);
     return;
+  case SL_KEY_TLS: {
+    char who[96];
+    snprintf(who, sizeof(who), "%s %s", pl->type, sl_config_kind_name(pl->kind));
+    read_tls(c, t, path, who, pl->kind == SL_PLUGIN_INPUT,
+             (struct sl_tls_config *)(void *)field);
+    return;
+  }
   case SL_KEY_CORE:
     return;
   default:
@@ -1494,7 +1618,8 @@ static void check_rules(struct check *c, struct sl_config *cfg, int t) {
 static void check_admin(struct check *c, struct sl_config *cfg, int t) {
   static const char *const keys[] = {"listen", "bearer_token_file",
                                      "redact_headers", "max_connections",
-                                     "ready_requires_outputs", NULL};
+                                     "ready_requires_outputs", "tls",
+                                     NULL};
   struct sl_admin_config *a = &cfg->admin;
   lua_State *L = c->L;
 
@@ -1517,6 +1642,7 @@ static void check_admin(struct check *c, struct sl_config *cfg, int t) {
             0);
     opt_bool(c, at, "admin", "ready_requires_outputs",
              &a->ready_requires_outputs);
+    read_tls(c, at, "admin", "admin server", 1, &a->tls);
   } else if (!lua_isnil(L, -1)) {
     bad(c, "admin", "expected table, got %s", type_of(L, -1));
   }
@@ -1799,6 +1925,7 @@ void sl_config_free(struct sl_config *c) {
     free(in->listen);
     free(in->topic);
     free(in->bearer_token_file);
+    free_tls(&in->tls);
     free_values(in->values, in->nvalues);
   }
   free(c->inputs);
@@ -1810,6 +1937,7 @@ void sl_config_free(struct sl_config *c) {
     free(o->address);
     free(o->format);
     free(o->buffer.path);
+    free_tls(&o->tls);
     free_values(o->values, o->nvalues);
   }
   free(c->outputs);
@@ -1820,6 +1948,7 @@ void sl_config_free(struct sl_config *c) {
   free(c->admin.listen);
   free(c->admin.bearer_token_file);
   free_strlist(c->admin.redact_headers, c->admin.nredact);
+  free_tls(&c->admin.tls);
   free(c->pid_file);
   free(c->state_dir);
   free(c->path);
@@ -1831,7 +1960,8 @@ int sl_config_output_index(const struct sl_config *c, const char *name,
                            size_t len) {
   int i;
   for (i = 0; i < c->noutputs; i++)
-    if (c->outputs[i].name && strlen(c->outputs[i].name) == len &&
+    if (c->outputs[i].name && !c->outputs[i].retired &&
+        strlen(c->outputs[i].name) == len &&
         memcmp(c->outputs[i].name, name, len) == 0)
       return i;
   return -1;

@@ -66,6 +66,27 @@ struct sl_dedup_config {
   uint32_t max_ids;   /* default 100000 */
 };
 
+/* A tls = {...} block (SL_KEY_TLS): the same keys on every network
+ * endpoint. Listeners need cert_file and key_file; clients verify the
+ * server's certificate and name unless verify_peer = false. */
+struct sl_tls_config {
+  int enabled;            /* a tls table was given */
+  char *cert_file;        /* PEM chain; resolved path; may be NULL (client) */
+  char *key_file;
+  char *ca_file;          /* clients: CAs to trust (NULL: the system's) */
+  char *client_ca_file;   /* listeners: CAs client certificates must chain
+                             to (default ca_file); implies verify_peer */
+  char *server_name;      /* clients: SNI and the name checked (default the
+                             address's host) */
+  char *ciphers;          /* OpenSSL cipher list (TLS 1.2); NULL: default */
+  int verify_peer;        /* clients default 1; listeners default 0 */
+  int min_version;        /* 0x0303 (TLS 1.2, default) or 0x0304 */
+  uint32_t handshake_timeout_ms; /* default 10000 */
+  char **allow_subjects;  /* listeners: accepted client CNs / SANs; NULL:
+                             any the CA signed */
+  int nallow;
+};
+
 struct sl_input_config {
   char *name;
   char *type;   /* "tcp", "unix", "http" */
@@ -84,8 +105,11 @@ struct sl_input_config {
                                  byte; 0: min(10 s, idle_timeout_ms) */
   uint32_t body_timeout_ms;   /* http: the body from the end of the head;
                                  default 60000 */
+  struct sl_tls_config tls;   /* tcp, http */
   struct sl_config_value *values; /* its plugin's keys without a field */
   int nvalues;
+  int retired; /* a reload's placeholder for an input that is gone or
+                  going (worker/reload.c): name and type only */
 };
 
 struct sl_output_config {
@@ -103,8 +127,11 @@ struct sl_output_config {
   uint32_t batch_events; /* events per write; default 1024 */
   int ack;               /* tcp/unix: wait for the peer's acks (a sluice) */
   int fsync;             /* file: fdatasync each batch before delivered */
+  struct sl_tls_config tls; /* tcp */
   struct sl_config_value *values; /* its plugin's keys without a field */
   int nvalues;
+  int retired; /* a reload's placeholder for an output that is gone or
+                  draining: name and type only, never found by name */
 };
 
 struct sl_rules_config {
@@ -122,6 +149,7 @@ struct sl_admin_config {
   int nredact;
   uint32_t max_connections; /* open at once; default 64 */
   int ready_requires_outputs; /* /readyz fails when every output does; 0 */
+  struct sl_tls_config tls;
 };
 
 struct sl_config {
@@ -153,6 +181,24 @@ struct sl_config {
 struct sl_config *sl_config_load(const char *path,
                                  const struct sl_config_plugin *const *plugins,
                                  struct sl_buf *err);
+
+/* ---- comparing two configs (diff.c), for a whole-config reload ---------- */
+
+/* Is every key of a the same as in b (resolved values, plugin keys)? */
+int sl_config_input_same(const struct sl_input_config *a,
+                         const struct sl_input_config *b);
+int sl_config_output_same(const struct sl_output_config *a,
+                          const struct sl_output_config *b);
+
+/* Do the routes (topics, target names, rate limits) and the dead letter
+ * (by name) of a and b read the same? */
+int sl_config_routes_same(const struct sl_config *a, const struct sl_config *b);
+
+/* The settings a running engine cannot take without a restart that differ
+ * between a and b, appended to out as "admin.listen, rules.dir"; returns
+ * how many. */
+int sl_config_restart_diff(const struct sl_config *a, const struct sl_config *b,
+                           struct sl_buf *out);
 
 /* Release a config; NULL is a no-op. */
 void sl_config_free(struct sl_config *c);

@@ -19,6 +19,9 @@ enum sl_config_key_type {
   SL_KEY_PATH,     /* a path, resolved against the config's folder */
   SL_KEY_FILE,     /* a path to a file the engine must be able to write */
   SL_KEY_SOCKET,   /* a unix socket path to listen on (resolved, checked) */
+  SL_KEY_TLS,      /* a tls = {...} table (struct sl_tls_config field):
+                      the same keys on every network endpoint, see
+                      sl_config_tls_keys */
   SL_KEY_CORE      /* a key of the core's own tables that this plugin
                       honours (name "retry.timeout_ms"): listed, and other
                       plugins are refused it; the core reads it */
@@ -95,6 +98,10 @@ const char *sl_config_value_str(const struct sl_config_value *values, int n,
                                 const char *name);
 uint64_t sl_config_value_num(const struct sl_config_value *values, int n,
                              const char *name);
+
+/* The keys of a tls = {...} table, for `sluice plugins` and the README;
+ * ends with an entry without a name. */
+extern const struct sl_config_key sl_config_tls_keys[];
 
 /* Name of a key type for people ("string", "bytes", ...). */
 const char *sl_config_key_type_name(enum sl_config_key_type t);

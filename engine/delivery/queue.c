@@ -30,6 +30,7 @@ void sl_queue_close(struct sl_queue *q) {
   struct sl_waiter *w, *next;
 
   while (q->count > 0) {
+    sl_event_fail_track(sl_queue_at(q, 0)); /* closed undelivered */
     sl_event_unref(sl_queue_at(q, 0));
     q->head = (q->head + 1) & q->mask;
     q->count--;

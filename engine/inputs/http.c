@@ -27,6 +27,7 @@
 #include "json.h"
 #include "worker.h"
 #include "plugins.h"
+#include "tls.h"
 
 enum body_kind { BODY_JSON = 0, BODY_NDJSON, BODY_MSGPACK };
 
@@ -434,6 +435,19 @@ static int with_traceparent(struct batch *b, const struct sl_event_view *v) {
   return rc;
 }
 
+/* On a TLS conn whose peer showed a certificate, the event carries the
+ * peer's identity in the sluice-peer header for rules (replacing one the
+ * producer may have set). Takes ev; NULL when out of memory. */
+static struct sl_event *with_peer(struct sl_event *ev, struct sl_conn *c) {
+  const char *peer = ev ? sl_conn_peer_identity(c) : NULL;
+  struct sl_event *out;
+  if (peer == NULL)
+    return ev;
+  out = sl_event_with_header(ev, "sluice-peer", peer, strlen(peer));
+  sl_event_unref(ev);
+  return out;
+}
+
 static struct sl_event *build(struct batch *b, size_t i) {
   struct sl_worker *w = b->hi->in->w;
   const uint8_t *p = (SPAN(b, i).fixed ? b->fixed.data : b->base) +
@@ -504,7 +518,7 @@ static void submit_more(struct batch *b) {
     return;
   }
   while (b->next < b->n) {
-    struct sl_event *ev = build(b, b->next);
+    struct sl_event *ev = with_peer(build(b, b->next), b->r->conn);
     if (ev == NULL) {
       sl_http_respond_error(b->r, 500,
                             "out of memory after %zu of %zu events were "
@@ -568,6 +582,7 @@ static void finish(struct http_in *hi) {
   in->data = NULL;
   in->stats.http = NULL;
   free(hi->token);
+  sl_tls_free(hi->srv.tls);
   free(hi);
   sl_input_stopped(in);
 }
@@ -605,6 +620,10 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
                                    : cfg->max_body_bytes; /* one body fits */
   hi->srv.limits.fd_guard = 1; /* leave fds for the admin server */
   hi->srv.on_stopped = on_stopped;
+  if (cfg->tls.enabled &&
+      (hi->srv.tls = sl_tls_new(&cfg->tls, 1, cfg->listen, cfg->name, err,
+                                errlen)) == NULL)
+    return SL_EINVAL; /* cb_stop frees hi */
   hi->started = 1;
   in->stats.http = &hi->srv;
   rc = sl_http_start(&hi->srv, &in->w->loop, cfg->listen, &http_ops, hi, err,
@@ -675,6 +694,9 @@ static const struct sl_config_key keys[] = {
     {.name = "body_timeout_ms", .type = SL_KEY_UINT, .def = "60000",
      .doc = "the body from the end of the head", .flags = SL_KEY_TOLERATED,
      .min = 100, .max = 86400000, SL_KEY_FIELD(IN, body_timeout_ms)},
+    {.name = "tls", .type = SL_KEY_TLS,
+     .doc = "serve HTTPS (mTLS with verify_peer); see the tls keys",
+     SL_KEY_FIELD(IN, tls)},
     {NULL}};
 
 const struct sl_plugin sl_input_http = {

@@ -9,10 +9,12 @@
 
 #include "worker.h"
 #include "plugins.h"
+#include "tls.h"
 
 struct native_in {
   struct sl_input *in;
   struct sl_listener listener;
+  struct sl_tls *tls;   /* tls = {...}: its context; NULL: plain */
   int listener_closed;
   int stopping;
   uint32_t live; /* conns not yet freed (nconns drops at close start) */
@@ -115,6 +117,19 @@ static int is_hello(const uint8_t *p, size_t n, int *ack) {
 
 static void finish(struct native_in *ni);
 
+/* On a TLS conn whose peer showed a certificate, the event carries the
+ * peer's identity in the sluice-peer header for rules (replacing one the
+ * producer may have set). Takes ev; NULL when out of memory. */
+static struct sl_event *with_peer(struct sl_event *ev, struct sl_conn *c) {
+  const char *peer = ev ? sl_conn_peer_identity(c) : NULL;
+  struct sl_event *out;
+  if (peer == NULL)
+    return ev;
+  out = sl_event_with_header(ev, "sluice-peer", peer, strlen(peer));
+  sl_event_unref(ev);
+  return out;
+}
+
 static void on_resume(struct sl_source *s) {
   struct native_conn *nc = container_of(s, struct native_conn, src);
   if (s->refused) {
@@ -189,7 +204,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       bad_input(c, in, pos + err.offset, err.msg);
       return pos;
     }
-    ev = sl_event_from_view(&w->idgen, &v, 1);
+    ev = with_peer(sl_event_from_view(&w->idgen, &v, 1), c);
     if (ev == NULL) {
       bad_input(c, in, pos, "out of memory");
       return pos;
@@ -303,10 +318,18 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   ni->listener.max_buffered = (size_t)in->w->cfg->max_event_bytes + 65536;
   ni->listener.on_closed = on_listener_closed;
   in->stats.listener = &ni->listener;
+  if (in->cfg->tls.enabled &&
+      (ni->tls = sl_tls_new(&in->cfg->tls, 1, in->cfg->listen, in->cfg->name,
+                            err, errlen)) == NULL) {
+    ni->listener_closed = 1; /* it never opened */
+    return SL_EINVAL;
+  }
   rc = sl_endpoint_init(&ep,
                         strcmp(in->cfg->type, "unix") == 0 ? SL_ENDPOINT_UNIX
                                                            : SL_ENDPOINT_TCP,
                         in->cfg->listen, NULL, 0);
+  if (rc == 0)
+    rc = sl_endpoint_set_tls(&ep, ni->tls);
   if (rc != 0) {
     snprintf(err, errlen, "cannot listen on %s: %s", in->cfg->listen,
              uv_strerror(rc));
@@ -322,6 +345,7 @@ static void finish(struct native_in *ni) {
   struct sl_input *in = ni->in;
   in->data = NULL;
   in->stats.listener = NULL;
+  sl_tls_free(ni->tls); /* conns still open keep their own reference */
   free(ni);
   sl_input_stopped(in);
 }
@@ -398,6 +422,9 @@ static const struct sl_config_key tcp_keys[] = {
      .doc = "\"host:port\" to accept msgpack event streams on",
      .flags = SL_KEY_REQUIRED, SL_KEY_FIELD(IN, listen)},
     NATIVE_KEYS,
+    {.name = "tls", .type = SL_KEY_TLS,
+     .doc = "serve TLS (mTLS with verify_peer); see the tls keys",
+     SL_KEY_FIELD(IN, tls)},
     {NULL}};
 
 static const struct sl_config_key unix_keys[] = {

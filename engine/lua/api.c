@@ -10,6 +10,7 @@
 #include <lua.h>
 
 #include "box.h"
+#include "proxy.h"
 #include "codec.h"
 #include "luacodec.h"
 #include "ratelimit.h"
@@ -291,8 +292,9 @@ static int log_level(lua_State *L, int idx) {
 static int log_allow(lua_State *L, struct sl_rule *r, size_t n) {
   struct box *b = box_of(L);
 
-  if (r->log_call != b->call_no) {
+  if (r->log_call != b->call_no || r->log_box != b) {
     r->log_call = b->call_no;
+    r->log_box = b;
     r->log_bytes = 0;
   }
   if (r->log_bytes <= LOG_CALL_MAX && r->log_bytes + n > LOG_CALL_MAX) {
@@ -728,6 +730,8 @@ void open_sluice(lua_State *L, int env) {
     lua_setfield(L, -2, f->name);
   }
   sl_luacodec_register(L, -1);
+  lua_pushcfunction(L, sl_proxy_copy);
+  lua_setfield(L, -2, "copy");
   sl_luacodec_set_check(L, check_cpu); /* kind() walks tables */
   lua_createtable(L, 0, 2);
   lua_pushcfunction(L, l_json_encode);

@@ -58,7 +58,8 @@ enum {
   EV_KEY_NIL = 1 << 2,    /* ... to nil */
   EV_HEADERS = 1 << 3,    /* ev.headers decoded or set */
   EV_PAYLOAD = 1 << 4,    /* ev.payload decoded or set */
-  EV_PAYLOAD_NIL = 1 << 5 /* ... and it is nil */
+  EV_PAYLOAD_NIL = 1 << 5, /* ... and it is nil */
+  EV_PAYLOAD_SET = 1 << 6  /* ev.payload was assigned */
 };
 
 struct timer {
@@ -107,6 +108,7 @@ struct box {
   size_t used, limit;
   uint64_t deadline; /* monotonic ns; past it, the CPU clock decides */
   uint64_t cpu_ref;  /* the thread's CPU clock shortly before the call */
+  uint64_t sample_mono, sample_cpu; /* both clocks, sampled now and then */
   uint64_t call_no;  /* counts calls: tells one from the next */
   int in_call;       /* a call into Lua is running */
   int cpu_hit;       /* the hook or a check raised for the deadline */
@@ -115,7 +117,10 @@ struct box {
   char oom_where[256];
   int ref_handler, ref_event, ref_on_event, ref_module, ref_snapshot,
       ref_restore, ref_topic, ref_key, ref_headers, ref_payload, ref_drop,
-      ref_tmp;
+      ref_tmp, ref_proot;
+  uint32_t pgen; /* counts on_event calls: payload proxies of older ones
+                    are stale (proxy.c) */
+  void *proot;   /* the payload's root proxy in this call, or NULL */
   int last_line; /* of the file, for contract errors */
   int ret_type;  /* what the chunk returned */
   int cdepth;    /* nesting of C functions that call back into Lua */
@@ -162,6 +167,7 @@ struct sl_rule {
   struct lru rate, seen;
   uint32_t max_event_bytes;
   uint64_t log_call; /* the call (box call_no) log_bytes counts for */
+  const void *log_box; /* and its box */
   size_t log_bytes;
   uint64_t span_seq; /* for span ids of emitted events */
   uint64_t event_deadline; /* on_event's, which finish() also spends */
@@ -231,6 +237,7 @@ struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
 int child_traceparent(struct sl_rule *r, const struct sl_event *ev,
                       char out[55]);
 int finish(lua_State *L);
+int read_only(struct box *b);
 
 #pragma GCC visibility pop
 

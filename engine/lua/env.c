@@ -16,6 +16,7 @@
 #include <lualib.h>
 
 #include "box.h"
+#include "proxy.h"
 
 #if defined(__has_include)
 #if __has_include("pattern.h")
@@ -227,6 +228,12 @@ static int sort_cheap(lua_State *L) {
  * gives no comparator (its own is Lua, under the hook). */
 static int l_sort(lua_State *L) {
   int n = lua_gettop(L);
+  if (sl_proxy_is(L, 1)) { /* a part of ev.payload: sorted as a copy */
+    lua_settop(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushcclosure(L, l_sort, 1);
+    return sl_proxy_sort(L);
+  }
   luaL_checktype(L, 1, LUA_TTABLE);
   if (lua_objlen(L, 1) > SORT_MAX)
     return luaL_error(L, "table.sort: more than %d elements in a rule",
@@ -249,6 +256,8 @@ static int l_insert(lua_State *L) {
   int n, nargs = lua_gettop(L);
   lua_Number at = 0;
 
+  if (sl_proxy_is(L, 1))
+    return sl_proxy_insert(L);
   luaL_checktype(L, 1, LUA_TTABLE);
   n = (int)lua_objlen(L, 1);
   if (nargs == 3) {
@@ -389,6 +398,8 @@ static int l_concat(lua_State *L) {
   size_t lsep = 0;
   int32_t i, j, k, nparts = 0;
 
+  if (sl_proxy_is(L, 1))
+    sl_proxy_plain_at_1(L);
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_optlstring(L, 2, "", &lsep);
   i = lua_isnoneornil(L, 3) ? 1 : check_int32(L, 3);
@@ -728,6 +739,7 @@ static void make_refs(lua_State *L, struct box *b) {
   b->ref_payload = new_ref(L);
   b->ref_drop = new_ref(L);
   b->ref_tmp = new_ref(L);
+  b->ref_proot = new_ref(L);
 }
 
 /* Take from the original globals (g0, absolute) what a rule must not have. */
@@ -770,6 +782,7 @@ int box_setup(lua_State *L) {
     lua_getfield(L, g0, *name);
     lua_setfield(L, env, *name);
   }
+  sl_proxy_open(L, env); /* pairs, ipairs, next, type know ev.payload */
   lua_pushvalue(L, env);
   lua_setfield(L, env, "_G");
   lua_pushcfunction(L, l_collectgarbage);
@@ -792,6 +805,7 @@ int box_setup(lua_State *L) {
 
   open_string(L, g0, env);
   open_table(L, g0, env);
+  sl_proxy_open_table(L, env);
 
   lua_getfield(L, g0, "math");
   copy_table(L, lua_gettop(L), NULL);

@@ -9,10 +9,38 @@
 #include <lua.h>
 
 #include "box.h"
+#include "proxy.h"
 #include "codec.h"
 #include "luacodec.h"
 
 /* ---- the event userdata ------------------------------------------------- */
+
+/* Push ev.payload: a map or array is a proxy over the bytes (proxy.h),
+ * read lazily and written back by splicing; a scalar is decoded. Returns
+ * the number of values pushed (0 for nil). */
+static int push_payload(lua_State *L, struct box *b) {
+  struct sl_event *ev = b->ev;
+  const uint8_t *p = ev->data + ev->payload_off;
+  uint8_t c = ev->payload_len ? p[0] : 0xc0;
+
+  if (b->evflags & EV_PAYLOAD) {
+    if (b->evflags & EV_PAYLOAD_NIL)
+      return 0;
+    push_ref(L, b->ref_payload);
+    return 1;
+  }
+  if (ev->payload_len == 0) {
+    b->evflags |= EV_PAYLOAD | EV_PAYLOAD_NIL;
+    return 0;
+  }
+  if ((c >= 0x80 && c <= 0x9f) || (c >= 0xdc && c <= 0xdf))
+    sl_proxy_push_root(L, p, ev->payload_len);
+  else
+    sl_luacodec_push(L, p, ev->payload_len, check_cpu);
+  set_ref(L, b->ref_payload, -1);
+  b->evflags |= EV_PAYLOAD | (lua_isnil(L, -1) ? EV_PAYLOAD_NIL : 0);
+  return lua_isnil(L, -1) ? 0 : 1;
+}
 
 static int ev_index(lua_State *L) {
   struct box *b = box_of(L);
@@ -32,20 +60,7 @@ static int ev_index(lua_State *L) {
       lua_pushlstring(L, (const char *)ev->data + ev->topic_off,
                       ev->topic_len);
   } else if (n == 7 && memcmp(k, "payload", 7) == 0) {
-    if (!(b->evflags & EV_PAYLOAD)) {
-      if (ev->payload_len == 0) {
-        b->evflags |= EV_PAYLOAD | EV_PAYLOAD_NIL;
-        return 0;
-      }
-      sl_luacodec_push(L, ev->data + ev->payload_off, ev->payload_len,
-                       check_cpu);
-      set_ref(L, b->ref_payload, -1);
-      b->evflags |= EV_PAYLOAD | (lua_isnil(L, -1) ? EV_PAYLOAD_NIL : 0);
-      return 1;
-    }
-    if (b->evflags & EV_PAYLOAD_NIL)
-      return 0;
-    push_ref(L, b->ref_payload);
+    return push_payload(L, b);
   } else if (n == 7 && memcmp(k, "headers", 7) == 0) {
     if (!(b->evflags & EV_HEADERS)) {
       if (ev->headers_len)
@@ -81,38 +96,28 @@ static int ev_index(lua_State *L) {
   return 1;
 }
 
-/* ev:field(name): one top-level payload field, read from the bytes
- * without decoding the rest or marking the payload as touched, so the
- * event is not compared or rebuilt afterwards. The value is a copy for
- * reading; changes go through ev.payload. */
+/* ev:field(name): ev.payload[name], kept for rules written when reading
+ * ev.payload decoded all of it. nil when the payload is not a map. */
 static int ev_field(lua_State *L) {
   struct box *b = box_of(L);
-  struct sl_event *ev = b->ev;
-  const uint8_t *v;
-  size_t n, vlen;
-  const char *k;
 
-  if (ev == NULL)
+  if (b->ev == NULL)
     return luaL_error(L, "the event is only valid during on_event");
-  k = luaL_checklstring(L, 2, &n);
-  check_cpu(L); /* a scan of a big payload per call, in a hot loop */
-  if (b->evflags & EV_PAYLOAD) { /* decoded already: the table is current */
-    push_ref(L, b->ref_payload);
-    if ((b->evflags & EV_PAYLOAD_NIL) || !lua_istable(L, -1)) {
-      lua_pushnil(L);
-      return 1;
-    }
-    lua_pushvalue(L, 2);
-    lua_rawget(L, -2);
-    return 1;
-  }
-  if (ev->payload_len == 0 ||
-      sl_codec_map_find(ev->data + ev->payload_off, ev->payload_len, k, n, &v,
-                        &vlen) != 0) {
+  luaL_checklstring(L, 2, NULL);
+  lua_settop(L, 2);
+  if (push_payload(L, b) == 0) {
     lua_pushnil(L);
     return 1;
   }
-  sl_luacodec_push(L, v, vlen, check_cpu);
+  if (sl_proxy_is(L, 3)) {
+    lua_pushvalue(L, 2);
+    lua_gettable(L, 3);
+  } else if (lua_istable(L, 3)) {
+    lua_pushvalue(L, 2);
+    lua_rawget(L, 3);
+  } else {
+    lua_pushnil(L);
+  }
   return 1;
 }
 
@@ -149,6 +154,7 @@ static int ev_newindex(lua_State *L) {
     set_ref(L, b->ref_headers, 3);
     b->evflags |= EV_HEADERS;
   } else if (strcmp(k, "payload") == 0) {
+    b->evflags |= EV_PAYLOAD_SET;
     if (lua_isnil(L, 3)) {
       b->evflags |= EV_PAYLOAD | EV_PAYLOAD_NIL;
     } else {
@@ -337,6 +343,49 @@ int child_traceparent(struct sl_rule *r, const struct sl_event *ev,
   return 1;
 }
 
+/* Did on_event only read the event (ev.payload's proxy untouched, nothing
+ * else set)? Then finish has nothing to do. Neither raises nor allocates. */
+int read_only(struct box *b) {
+  return b->evflags == EV_PAYLOAD && b->proot != NULL &&
+         sl_proxy_clean(b->proot);
+}
+
+/* The payload after on_event: *pp and *pl become the new bytes when it
+ * changed (then 1 is returned). A proxy is spliced (proxy.h) and counts as
+ * changed only when the bytes differ; another value is compared with the
+ * original and encoded when it differs. */
+static int finish_payload(lua_State *L, struct box *b, const uint8_t **pp,
+                          size_t *pl) {
+  struct sl_rule *r = b->rule;
+
+  if (b->evflags & EV_PAYLOAD_NIL) {
+    if (*pp && !(*pl == 1 && (*pp)[0] == 0xc0)) { /* a nil payload stays */
+      *pp = NULL;
+      *pl = 0;
+      return 1;
+    }
+    return 0;
+  }
+  push_ref(L, b->ref_payload);
+  if (sl_proxy_untouched(L, -1))
+    return 0; /* read only: the bytes as they came */
+  sl_buf_reset(&r->buf2);
+  if (sl_proxy_is(L, -1)) {
+    sl_proxy_write(L, -1, &r->buf2, 0, r->max_event_bytes,
+                   "ev.payload (max_event_bytes)");
+    if (*pp && *pl == r->buf2.len && memcmp(*pp, r->buf2.data, *pl) == 0)
+      return 0;
+  } else if (*pp && sl_luacodec_same(L, -1, *pp, *pl, check_cpu)) {
+    return 0;
+  } else {
+    sl_luacodec_encode_max(L, -1, &r->buf2, check_cpu, r->max_event_bytes,
+                           "ev.payload (max_event_bytes)");
+  }
+  *pp = r->buf2.data;
+  *pl = r->buf2.len;
+  return 1;
+}
+
 /* After on_event: build the changed event, if anything changed. Run with
  * lua_cpcall; ud is the box. */
 int finish(lua_State *L) {
@@ -408,30 +457,14 @@ int finish(lua_State *L) {
     }
     lua_settop(L, t);
   }
-  if (b->evflags & EV_PAYLOAD) {
-    if (b->evflags & EV_PAYLOAD_NIL) {
-      if (pp && !(pl == 1 && pp[0] == 0xc0)) { /* a nil payload stays */
-        pp = NULL;
-        pl = 0;
-        changed = 1;
-      }
-    } else {
-      push_ref(L, b->ref_payload);
-      if (!pp || !sl_luacodec_same(L, -1, pp, pl, check_cpu)) {
-        sl_buf_reset(&r->buf2);
-        sl_luacodec_encode_max(L, -1, &r->buf2, check_cpu, r->max_event_bytes,
-                               "ev.payload (max_event_bytes)");
-        pp = r->buf2.data;
-        pl = r->buf2.len;
-        changed = 1;
-      }
-    }
-  }
+  if (b->evflags & EV_PAYLOAD)
+    changed |= finish_payload(L, b, &pp, &pl);
   if (!changed)
     return 0;
   nev = wire_event(L, r, "the changed event", id, topic, key, 1, ev->time, hp,
                    hl, pp, pl, 0);
   nev->ingest_ns = ev->ingest_ns;
+  sl_event_share_track(ev, nev);
   b->changed = nev;
   shrink(&r->buf1);
   shrink(&r->buf2);

@@ -13,6 +13,7 @@
 #include "codec.h"
 #include "utf8.h"
 #include "json.h"
+#include "proxy.h"
 
 /* Registry keys: the addresses are unique, the values unused. */
 static const char array_key, map_key, bin_key, float_key, ext_key, check_key;
@@ -270,21 +271,6 @@ static int own_mt(lua_State *L, int table, const char *kind) {
 
 /* ---- reading msgpack ----------------------------------------------------- */
 
-enum mtype { M_NIL, M_BOOL, M_INT, M_UINT, M_F32, M_F64, M_STR, M_BIN,
-             M_ARR, M_MAP, M_EXT, M_BAD };
-
-struct item {
-  enum mtype t;
-  int b;
-  int64_t i;
-  uint64_t u;
-  double d;
-  float f;
-  const uint8_t *s; /* body of str, bin, ext */
-  uint32_t n;       /* body length, or element count */
-  int8_t ext;
-};
-
 static uint64_t rd(const uint8_t *p, int n) {
   uint64_t v = 0;
   int i;
@@ -296,7 +282,7 @@ static uint64_t rd(const uint8_t *p, int n) {
 /* Read one header (and the body of a str/bin/ext) at *pp. Returns 0 and
  * advances, or -1 when the bytes end or are not msgpack. Container counts
  * are checked against the bytes left (every element takes a byte). */
-static int mp_read(const uint8_t **pp, const uint8_t *end, struct item *it) {
+int sl_mp_read(const uint8_t **pp, const uint8_t *end, struct sl_mp_item *it) {
   const uint8_t *p = *pp;
   size_t left = (size_t)(end - p), hdr = 1, body = 0;
   uint8_t c;
@@ -402,7 +388,7 @@ static void dec_fail(struct dec *d, const char *what) {
   luaL_error(d->L, "msgpack: %s at byte %d", what, (int)(d->p - d->start));
 }
 
-static void push_number(lua_State *L, const struct item *it, struct hint *h) {
+static void push_number(lua_State *L, const struct sl_mp_item *it, struct hint *h) {
   if (it->t == M_UINT) {
     lua_pushnumber(L, (lua_Number)it->u);
     if (it->u > (uint64_t)TWO53) {
@@ -471,16 +457,117 @@ static void note_dup(lua_State *L, int mt, int k, double at) {
   }
 }
 
+static void dec_value(struct dec *d, int depth, struct hint *h);
+
+/* An array: a table with the array marker, side records for its
+ * elements' kinds (and nils) in a metatable of its own when needed. */
+static void dec_array(struct dec *d, const struct sl_mp_item *it, int depth) {
+  lua_State *L = d->L;
+  int t, mt = 0, hasnil = 0;
+  struct hint eh;
+  uint32_t i;
+
+  if (depth >= SL_CODEC_MAX_DEPTH)
+    dec_fail(d, "nesting too deep");
+  luaL_checkstack(L, 8, "msgpack nesting");
+  lua_createtable(L, (int)it->n, 0);
+  t = lua_gettop(L);
+  for (i = 1; i <= it->n; i++) {
+    dec_value(d, depth + 1, &eh);
+    if (lua_isnil(L, -1))
+      hasnil = 1;
+    if (eh.kind) {
+      if (!mt)
+        mt = own_mt(L, t, "array");
+      lua_pushinteger(L, (lua_Integer)i);
+      record(L, mt, "hints", lua_gettop(L), 0, &eh);
+      record(L, mt, "orig", lua_gettop(L), lua_gettop(L) - 1, NULL);
+      lua_pop(L, 1);
+    }
+    lua_rawseti(L, t, (int)i);
+  }
+  if (hasnil && !mt)
+    mt = own_mt(L, t, "array");
+  if (mt) {
+    lua_pushinteger(L, (lua_Integer)it->n);
+    lua_setfield(L, mt, "n");
+    lua_setmetatable(L, t); /* pops mt, which sat right above t */
+  } else {
+    lua_pushvalue(L, shared_get(&d->sh, SH_ARRAY));
+    lua_setmetatable(L, t);
+  }
+}
+
+/* A map: a table with the map marker; side records for kinds, nil
+ * values and keys Lua cannot tell apart (note_dup) when needed. */
+static void dec_map(struct dec *d, const struct sl_mp_item *it, int depth) {
+  lua_State *L = d->L;
+  int t, mt = 0, k, v;
+  struct hint kh, vh;
+  uint32_t i;
+
+  if (depth >= SL_CODEC_MAX_DEPTH)
+    dec_fail(d, "nesting too deep");
+  luaL_checkstack(L, 10, "msgpack nesting");
+  lua_createtable(L, 0, (int)it->n);
+  t = lua_gettop(L);
+  for (i = 0; i < it->n; i++) {
+    const uint8_t *kat = d->p;
+    dec_value(d, depth + 1, &kh);
+    if (lua_isnil(L, -1) ||
+        (lua_type(L, -1) == LUA_TNUMBER && isnan(lua_tonumber(L, -1)))) {
+      d->p = kat;
+      dec_fail(d, "map key that Lua cannot hold (nil or NaN)");
+    }
+    if (lua_istable(L, -1)) {
+      d->p = kat;
+      dec_fail(d, "map key that is a container");
+    }
+    dec_value(d, depth + 1, &vh);
+    if (seen_key(L, t, mt, lua_gettop(L) - 1)) {
+      /* a key Lua cannot tell from an earlier one (1 and 1.0, str and
+       * bin, ints past 2^53, a repeat): the first stays, this pair is
+       * listed so comparing still matches and encoding refuses */
+      if (!mt)
+        mt = own_mt(L, t, "map");
+      note_dup(L, mt, lua_gettop(L) - 1, (double)(kat - d->start));
+      lua_pop(L, 2);
+      continue;
+    }
+    if (kh.kind || vh.kind || lua_isnil(L, -1)) {
+      if (!mt)
+        mt = own_mt(L, t, "map");
+      k = lua_gettop(L) - 1;
+      v = k + 1;
+      if (kh.kind)
+        record(L, mt, "khints", k, 0, &kh);
+      if (lua_isnil(L, v)) {
+        vh.kind = 'n';
+        record(L, mt, "hints", k, 0, &vh);
+      } else if (vh.kind) {
+        record(L, mt, "hints", k, 0, &vh);
+        record(L, mt, "orig", k, v, NULL);
+      }
+    }
+    lua_rawset(L, t);
+  }
+  if (mt) {
+    lua_setmetatable(L, t);
+  } else {
+    lua_pushvalue(L, shared_get(&d->sh, SH_MAP));
+    lua_setmetatable(L, t);
+  }
+}
+
 static void dec_value(struct dec *d, int depth, struct hint *h) {
   lua_State *L = d->L;
-  struct item it;
+  struct sl_mp_item it;
   const uint8_t *at = d->p;
-  uint32_t i;
 
   h->kind = 0;
   if (d->check && (++d->steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
     d->check(L);
-  if (mp_read(&d->p, d->end, &it) != 0) {
+  if (sl_mp_read(&d->p, d->end, &it) != 0) {
     d->p = at;
     dec_fail(d, "truncated or invalid value");
   }
@@ -511,96 +598,8 @@ static void dec_value(struct dec *d, int depth, struct hint *h) {
     lua_pushvalue(L, shared_get(&d->sh, SH_EXT));
     lua_setmetatable(L, -2);
     break;
-  case M_ARR: {
-    int t, mt = 0, hasnil = 0;
-    struct hint eh;
-    if (depth >= SL_CODEC_MAX_DEPTH)
-      dec_fail(d, "nesting too deep");
-    luaL_checkstack(L, 8, "msgpack nesting");
-    lua_createtable(L, (int)it.n, 0);
-    t = lua_gettop(L);
-    for (i = 1; i <= it.n; i++) {
-      dec_value(d, depth + 1, &eh);
-      if (lua_isnil(L, -1))
-        hasnil = 1;
-      if (eh.kind) {
-        if (!mt)
-          mt = own_mt(L, t, "array");
-        lua_pushinteger(L, (lua_Integer)i);
-        record(L, mt, "hints", lua_gettop(L), 0, &eh);
-        record(L, mt, "orig", lua_gettop(L), lua_gettop(L) - 1, NULL);
-        lua_pop(L, 1);
-      }
-      lua_rawseti(L, t, (int)i);
-    }
-    if (hasnil && !mt)
-      mt = own_mt(L, t, "array");
-    if (mt) {
-      lua_pushinteger(L, (lua_Integer)it.n);
-      lua_setfield(L, mt, "n");
-      lua_setmetatable(L, t); /* pops mt, which sat right above t */
-    } else {
-      lua_pushvalue(L, shared_get(&d->sh, SH_ARRAY));
-      lua_setmetatable(L, t);
-    }
-    break;
-  }
-  case M_MAP: {
-    int t, mt = 0, k, v;
-    struct hint kh, vh;
-    if (depth >= SL_CODEC_MAX_DEPTH)
-      dec_fail(d, "nesting too deep");
-    luaL_checkstack(L, 10, "msgpack nesting");
-    lua_createtable(L, 0, (int)it.n);
-    t = lua_gettop(L);
-    for (i = 0; i < it.n; i++) {
-      const uint8_t *kat = d->p;
-      dec_value(d, depth + 1, &kh);
-      if (lua_isnil(L, -1) ||
-          (lua_type(L, -1) == LUA_TNUMBER && isnan(lua_tonumber(L, -1)))) {
-        d->p = kat;
-        dec_fail(d, "map key that Lua cannot hold (nil or NaN)");
-      }
-      if (lua_istable(L, -1)) {
-        d->p = kat;
-        dec_fail(d, "map key that is a container");
-      }
-      dec_value(d, depth + 1, &vh);
-      if (seen_key(L, t, mt, lua_gettop(L) - 1)) {
-        /* a key Lua cannot tell from an earlier one (1 and 1.0, str and
-         * bin, ints past 2^53, a repeat): the first stays, this pair is
-         * listed so comparing still matches and encoding refuses */
-        if (!mt)
-          mt = own_mt(L, t, "map");
-        note_dup(L, mt, lua_gettop(L) - 1, (double)(kat - d->start));
-        lua_pop(L, 2);
-        continue;
-      }
-      if (kh.kind || vh.kind || lua_isnil(L, -1)) {
-        if (!mt)
-          mt = own_mt(L, t, "map");
-        k = lua_gettop(L) - 1;
-        v = k + 1;
-        if (kh.kind)
-          record(L, mt, "khints", k, 0, &kh);
-        if (lua_isnil(L, v)) {
-          vh.kind = 'n';
-          record(L, mt, "hints", k, 0, &vh);
-        } else if (vh.kind) {
-          record(L, mt, "hints", k, 0, &vh);
-          record(L, mt, "orig", k, v, NULL);
-        }
-      }
-      lua_rawset(L, t);
-    }
-    if (mt) {
-      lua_setmetatable(L, t);
-    } else {
-      lua_pushvalue(L, shared_get(&d->sh, SH_MAP));
-      lua_setmetatable(L, t);
-    }
-    break;
-  }
+  case M_ARR: dec_array(d, &it, depth); break;
+  case M_MAP: dec_map(d, &it, depth); break;
   default:
     d->p = at;
     dec_fail(d, "invalid byte");
@@ -823,23 +822,17 @@ static void enc_key(struct enc *e, int idx, const struct hint *h) {
     luaL_error(L, "cannot encode a %s as a map key", lua_typename(L, t));
 }
 
-static void enc_table(struct enc *e, int t, int depth) {
+/* The boxes sluice.bin, sluice.float and sluice.ext make (kind k), table
+ * at t; pops the metatable (or its nil stand-in) on top of the stack. */
+static void enc_box(struct enc *e, int t, enum tkind k) {
   lua_State *L = e->L;
-  int mt, seq = 0, hints, orig, kh;
-  enum tkind k;
+  const char *s;
   size_t n;
 
-  if (depth >= SL_CODEC_MAX_DEPTH)
-    luaL_error(L, "cannot encode: nesting deeper than %d (a cycle?)",
-               SL_CODEC_MAX_DEPTH);
-  luaL_checkstack(L, 12, "msgpack nesting");
-  k = table_kind_sh(L, t, &mt, &e->sh);
-  if (mt == 0)
-    lua_pushnil(L); /* keep the stack shape the same */
   if (k == T_BIN || k == T_FLOAT) {
     lua_rawgeti(L, t, 1);
     if (k == T_BIN && lua_type(L, -1) == LUA_TSTRING) {
-      const char *s = lua_tolstring(L, -1, &n);
+      s = lua_tolstring(L, -1, &n);
       room(e, n + 5);
       jcost(e, n / 3 * 4 + 32); /* {"$bin":"<base64>"} */
       put(e, sl_codec_put_bin(e->out, s, n));
@@ -853,16 +846,30 @@ static void enc_table(struct enc *e, int t, int depth) {
     lua_pop(L, 2);
     return;
   }
-  if (k == T_EXT) {
-    const char *s;
-    rawfield(L, t, "type");
-    rawfield(L, t, "data");
-    if (lua_type(L, -2) != LUA_TNUMBER || lua_type(L, -1) != LUA_TSTRING)
-      luaL_error(L, "cannot encode an ext without a numeric type and "
-                    "string data");
-    s = lua_tolstring(L, -1, &n);
-    put_ext(e, (int)lua_tointeger(L, -2), s, n);
-    lua_pop(L, 3);
+  rawfield(L, t, "type"); /* T_EXT */
+  rawfield(L, t, "data");
+  if (lua_type(L, -2) != LUA_TNUMBER || lua_type(L, -1) != LUA_TSTRING)
+    luaL_error(L, "cannot encode an ext without a numeric type and string "
+                  "data");
+  s = lua_tolstring(L, -1, &n);
+  put_ext(e, (int)lua_tointeger(L, -2), s, n);
+  lua_pop(L, 3);
+}
+
+static void enc_table(struct enc *e, int t, int depth) {
+  lua_State *L = e->L;
+  int mt, seq = 0, hints, orig, kh;
+  enum tkind k;
+
+  if (depth >= SL_CODEC_MAX_DEPTH)
+    luaL_error(L, "cannot encode: nesting deeper than %d (a cycle?)",
+               SL_CODEC_MAX_DEPTH);
+  luaL_checkstack(L, 12, "msgpack nesting");
+  k = table_kind_sh(L, t, &mt, &e->sh);
+  if (mt == 0)
+    lua_pushnil(L); /* keep the stack shape the same */
+  if (k == T_BIN || k == T_FLOAT || k == T_EXT) {
+    enc_box(e, t, k);
     return;
   }
   if (k == T_MAP && mt > 0) {
@@ -978,6 +985,15 @@ static void enc_value(struct enc *e, int idx, int depth, const struct hint *h) {
   case LUA_TTABLE:
     enc_table(e, idx, depth);
     break;
+  case LUA_TUSERDATA:
+    if (sl_proxy_is(L, idx)) { /* a part of ev.payload: its bytes */
+      size_t at = e->out->len;
+      sl_proxy_write(L, idx, e->out, depth, e->max - (at - e->start),
+                     e->what);
+      jcost(e, (e->out->len - at) * 10); /* no byte renders longer */
+      break;
+    }
+    /* fall through */
   default:
     luaL_error(L, "cannot encode a %s value",
                lua_typename(L, lua_type(L, idx)));
@@ -986,7 +1002,7 @@ static void enc_value(struct enc *e, int idx, int depth, const struct hint *h) {
 
 static void encode(lua_State *L, int idx, struct sl_buf *out,
                    sl_luacodec_check check, size_t max, const char *what,
-                   int json) {
+                   int json, int depth) {
   struct enc e;
   struct hint none = {0, 0};
 
@@ -1007,25 +1023,31 @@ static void encode(lua_State *L, int idx, struct sl_buf *out,
   if (json)
     e.max = SIZE_MAX / 2; /* the JSON estimate is the larger: it bounds */
   shared_open(L, &e.sh);
-  enc_value(&e, idx, 0, &none);
+  enc_value(&e, idx, depth, &none);
   lua_pop(L, 3);
 }
 
 void sl_luacodec_encode_max(lua_State *L, int idx, struct sl_buf *out,
                             sl_luacodec_check check, size_t max,
                             const char *what) {
-  encode(L, idx, out, check, max, what, 0);
+  encode(L, idx, out, check, max, what, 0, 0);
+}
+
+void sl_luacodec_encode_at(lua_State *L, int idx, struct sl_buf *out,
+                           sl_luacodec_check check, size_t max,
+                           const char *what, int depth) {
+  encode(L, idx, out, check, max, what, 0, depth);
 }
 
 void sl_luacodec_encode_json(lua_State *L, int idx, struct sl_buf *out,
                              sl_luacodec_check check, size_t max,
                              const char *what) {
-  encode(L, idx, out, check, max, what, 1);
+  encode(L, idx, out, check, max, what, 1, 0);
 }
 
 void sl_luacodec_encode(lua_State *L, int idx, struct sl_buf *out,
                         sl_luacodec_check check) {
-  encode(L, idx, out, check, SIZE_MAX, NULL, 0);
+  encode(L, idx, out, check, SIZE_MAX, NULL, 0, 0);
 }
 
 /* ---- comparing a Lua value with msgpack bytes -------------------------- */
@@ -1042,7 +1064,7 @@ static int same_value(struct cmp *c, int idx, const uint8_t **pp,
 
 /* Push the Lua value a msgpack map key decodes to; 0 when it cannot be a
  * Lua key. */
-static int push_key(lua_State *L, const struct item *it) {
+static int push_key(lua_State *L, const struct sl_mp_item *it) {
   switch (it->t) {
   case M_STR: case M_BIN:
     lua_pushlstring(L, (const char *)it->s, it->n);
@@ -1062,11 +1084,11 @@ static int push_key(lua_State *L, const struct item *it) {
 
 /* Step over one value at *pp (a pair the decoder left out). */
 static int skip_value(struct cmp *c, const uint8_t **pp, int depth) {
-  struct item it;
+  struct sl_mp_item it;
   uint32_t i, n;
 
   tick(c->L, &c->bud);
-  if (depth >= SL_CODEC_MAX_DEPTH || mp_read(pp, c->end, &it) != 0)
+  if (depth >= SL_CODEC_MAX_DEPTH || sl_mp_read(pp, c->end, &it) != 0)
     return 0;
   n = it.t == M_ARR ? it.n : it.t == M_MAP ? it.n * 2 : 0;
   for (i = 0; i < n; i++)
@@ -1075,7 +1097,7 @@ static int skip_value(struct cmp *c, const uint8_t **pp, int depth) {
   return 1;
 }
 
-static int same_table(struct cmp *c, int t, const struct item *it,
+static int same_table(struct cmp *c, int t, const struct sl_mp_item *it,
                       const uint8_t **pp, int depth) {
   lua_State *L = c->L;
   int mt, seq, hints, orig, skip, ok = 1;
@@ -1130,7 +1152,7 @@ static int same_table(struct cmp *c, int t, const struct item *it,
     ok = count_entries(L, t, &s, &c->bud) +
              count_nil_hints(L, t, hints, &c->bud) + nskip == it->n;
     for (i = 0; ok && i < it->n; i++) {
-      struct item key;
+      struct sl_mp_item key;
       struct hint h;
       const uint8_t *kat = *pp;
       if (!lua_isnil(L, skip)) { /* a pair the decoder left out */
@@ -1143,7 +1165,7 @@ static int same_table(struct cmp *c, int t, const struct item *it,
           continue;
         }
       }
-      if (mp_read(pp, c->end, &key) != 0 || !push_key(L, &key))
+      if (sl_mp_read(pp, c->end, &key) != 0 || !push_key(L, &key))
         ok = 0;
       if (!ok)
         break;
@@ -1158,17 +1180,53 @@ static int same_table(struct cmp *c, int t, const struct item *it,
   return ok;
 }
 
+/* Is the box at idx (what sluice.float, bin or ext make: kind want) the
+ * msgpack value it? */
+static int same_box(lua_State *L, int idx, const struct sl_mp_item *it,
+                    enum tkind want) {
+  const char *s;
+  size_t n;
+  int mt, ok;
+
+  if (table_kind(L, idx, &mt) != want) {
+    if (mt)
+      lua_pop(L, 1);
+    return 0;
+  }
+  if (want == T_FLOAT) {
+    lua_rawgeti(L, idx, 1);
+    ok = lua_type(L, -1) == LUA_TNUMBER &&
+         memcmp(&(double){lua_tonumber(L, -1)}, &it->d, 8) == 0;
+    lua_pop(L, 2);
+    return ok;
+  }
+  if (want == T_BIN) {
+    lua_rawgeti(L, idx, 1);
+    s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+    ok = s && n == it->n && memcmp(s, it->s, n) == 0;
+    lua_pop(L, 2);
+    return ok;
+  }
+  rawfield(L, idx, "type");
+  rawfield(L, idx, "data");
+  s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+  ok = lua_type(L, -2) == LUA_TNUMBER && lua_tonumber(L, -2) == it->ext &&
+       s && n == it->n && memcmp(s, it->s, n) == 0;
+  lua_pop(L, 3);
+  return ok;
+}
+
 static int same_value(struct cmp *c, int idx, const uint8_t **pp,
                       const struct hint *h, int lenient, int depth) {
   lua_State *L = c->L;
-  struct item it;
+  struct sl_mp_item it;
   int type = lua_type(L, idx);
   double v = type == LUA_TNUMBER ? lua_tonumber(L, idx) : 0;
   size_t n;
   const char *s;
 
   tick(L, &c->bud);
-  if (mp_read(pp, c->end, &it) != 0)
+  if (sl_mp_read(pp, c->end, &it) != 0)
     return 0;
   switch (it.t) {
   case M_NIL:
@@ -1195,19 +1253,8 @@ static int same_value(struct cmp *c, int idx, const uint8_t **pp,
       return 0;
     return h->kind == 's' || lenient;
   case M_F64:
-    if (type == LUA_TTABLE) {
-      int mt, ok;
-      if (table_kind(L, idx, &mt) != T_FLOAT) {
-        if (mt)
-          lua_pop(L, 1);
-        return 0;
-      }
-      lua_rawgeti(L, idx, 1);
-      ok = lua_type(L, -1) == LUA_TNUMBER &&
-           memcmp(&(double){lua_tonumber(L, -1)}, &it.d, 8) == 0;
-      lua_pop(L, 2);
-      return ok;
-    }
+    if (type == LUA_TTABLE)
+      return same_box(L, idx, &it, T_FLOAT);
     if (type != LUA_TNUMBER)
       return 0;
     if (would_be_int(v))
@@ -1221,40 +1268,14 @@ static int same_value(struct cmp *c, int idx, const uint8_t **pp,
     s = lua_tolstring(L, idx, &n);
     return n == it.n && memcmp(s, it.s, n) == 0;
   case M_BIN:
-    if (type == LUA_TTABLE) {
-      int mt, ok;
-      if (table_kind(L, idx, &mt) != T_BIN) {
-        if (mt)
-          lua_pop(L, 1);
-        return 0;
-      }
-      lua_rawgeti(L, idx, 1);
-      s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
-      ok = s && n == it.n && memcmp(s, it.s, n) == 0;
-      lua_pop(L, 2);
-      return ok;
-    }
+    if (type == LUA_TTABLE)
+      return same_box(L, idx, &it, T_BIN);
     if (type != LUA_TSTRING || !(h->kind == 'b' || lenient))
       return 0;
     s = lua_tolstring(L, idx, &n);
     return n == it.n && memcmp(s, it.s, n) == 0;
-  case M_EXT: {
-    int mt, ok;
-    if (type != LUA_TTABLE)
-      return 0;
-    if (table_kind(L, idx, &mt) != T_EXT) {
-      if (mt)
-        lua_pop(L, 1);
-      return 0;
-    }
-    rawfield(L, idx, "type");
-    rawfield(L, idx, "data");
-    s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
-    ok = lua_type(L, -2) == LUA_TNUMBER && lua_tonumber(L, -2) == it.ext &&
-         s && n == it.n && memcmp(s, it.s, n) == 0;
-    lua_pop(L, 3);
-    return ok;
-  }
+  case M_EXT:
+    return type == LUA_TTABLE && same_box(L, idx, &it, T_EXT);
   case M_ARR: case M_MAP:
     if (type != LUA_TTABLE)
       return 0;
@@ -1512,6 +1533,14 @@ static int l_kind(lua_State *L) {
   struct hint h = {0, 0};
   int mt;
 
+  if (sl_proxy_is(L, 1)) { /* a part of ev.payload: from its bytes */
+    const char *k = sl_proxy_kind(L, 1, lua_gettop(L) >= 2 ? 2 : 0);
+    if (k == NULL) /* a value the rule wrote: the plain rules */
+      k = sl_proxy_is(L, -1) ? sl_proxy_kind(L, lua_gettop(L), 0)
+                             : kind_name(L, lua_gettop(L), &h);
+    lua_pushstring(L, k);
+    return 1;
+  }
   if (lua_gettop(L) < 2) {
     lua_settop(L, 1);
     lua_pushstring(L, kind_name(L, 1, &h));

@@ -48,8 +48,9 @@
  * unmarked table is an array when its keys are exactly 1..n (n > 0) and
  * a map otherwise (so {} is an empty map). Boxes made by the constructors
  * (sluice.bin(s), sluice.float(x), sluice.ext(type, data)) encode as bin,
- * float64 and ext. Functions, userdata, threads, tables as keys, NaN and
- * nil keys and nesting deeper than SL_CODEC_MAX_DEPTH (cycles) raise.
+ * float64 and ext. A part of ev.payload (a proxy, proxy.h) encodes as its
+ * current bytes. Functions, other userdata, threads, tables as keys, NaN
+ * and nil keys and nesting deeper than SL_CODEC_MAX_DEPTH (cycles) raise.
  *
  * JSON is read by the engine's one reader (json.c) into msgpack and then
  * decoded as above, so it knows every marker sl_codec_to_json writes

@@ -531,6 +531,9 @@ static void clear_event(struct box *b) {
   if (b->evflags & EV_PAYLOAD) {
     lua_pushboolean(L, 0);
     lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_payload);
+    lua_pushboolean(L, 0);
+    lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);
+    b->proot = NULL;
   }
   b->evflags = 0;
   b->ev = NULL;
@@ -556,13 +559,14 @@ void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
   }
   b->ev = ev;
   b->evflags = 0;
+  b->pgen++;
   lua_pushvalue(L, SLOT_ON_EVENT);
   lua_pushvalue(L, SLOT_EVENT);
   st = box_call(b, 1, 1);
   if (sl_likely(st == 0 && !b->cpu_hit)) {
     take_result(b, d);
     if (b->evflags && d->verdict != SL_RULE_DROP &&
-        d->verdict != SL_RULE_ERROR) {
+        d->verdict != SL_RULE_ERROR && !read_only(b)) {
       b->changed = NULL;
       lua_settop(L, SLOT_BASE);
       st = box_cpcall(b, finish, b);

@@ -437,13 +437,32 @@ static void swap_in(struct sl_rules *rs, struct ruleset *next,
  * they load (chunk, on_start, restore) is staged, delivered only when the
  * set goes live and dropped when it is rejected. */
 int sl_rules_reload(struct sl_rules *rs, const char *trigger) {
+  return sl_rules_reload_with(rs, NULL, trigger, NULL, NULL);
+}
+
+void sl_rules_reload_failed(struct sl_rules *rs, const char *error) {
+  rs->last_reload_ns = sl_now_ns();
+  rs->last_reload_ms = 0;
+  rs->st.reloads_failed++;
+  snprintf(rs->last_result, sizeof(rs->last_result), "failed");
+  free(rs->last_error);
+  rs->last_error = strdup(error);
+  write_status(rs);
+}
+
+int sl_rules_reload_with(struct sl_rules *rs, const struct sl_config *cfg,
+                         const char *trigger, void (*commit)(void *data),
+                         void *data) {
   char err[1024] = "";
   struct ruleset *next;
   struct sl_buf changes, dropped;
   uint64_t t0 = sl_mono_ns(), ms, emits, logs;
+  const struct sl_config *live_cfg = rs->cfg;
   int changed, rc, forced = strcmp(trigger, "watch") != 0;
 
   sl_buf_init(&dropped);
+  if (cfg)
+    rs->cfg = cfg; /* the next set is built against it */
   next = set_build(rs, err, sizeof(err), &changed);
   if (next && !changed && !forced) {
     set_free(next); /* it only borrowed the live rules */
@@ -462,6 +481,7 @@ int sl_rules_reload(struct sl_rules *rs, const char *trigger) {
   free(rs->last_error);
   rs->last_error = NULL;
   if (next == NULL) {
+    rs->cfg = live_cfg;
     staged_finish(rs, 0, &emits, &logs);
     rs->st.reloads_failed++;
     snprintf(rs->last_result, sizeof(rs->last_result), "failed");
@@ -475,6 +495,8 @@ int sl_rules_reload(struct sl_rules *rs, const char *trigger) {
     sl_buf_close(&dropped);
     return SL_EINVAL;
   }
+  if (commit)
+    commit(data); /* the owner switches to cfg: emits below resolve in it */
   staged_finish(rs, 1, &emits, &logs); /* before the swap: the rules named
                                           by staged entries are alive */
   sl_buf_init(&changes);

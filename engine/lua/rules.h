@@ -69,6 +69,19 @@ void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
  * then (unchanged rules carry on as they are). */
 int sl_rules_reload(struct sl_rules *rs, const char *trigger);
 
+/* The same as part of a whole-config reload: the next set is built against
+ * cfg (which must outlive the set; NULL: the live config) and, when it
+ * loads, commit(data) runs just before it goes live, after which the set
+ * decides with cfg. When it does not load, the live set and config stay
+ * and commit is not called. */
+int sl_rules_reload_with(struct sl_rules *rs, const struct sl_config *cfg,
+                         const char *trigger, void (*commit)(void *data),
+                         void *data);
+
+/* Record a reload that failed before the rules were built (a bad config):
+ * the status's last_reload says failed with error. */
+void sl_rules_reload_failed(struct sl_rules *rs, const char *error);
+
 /* The status as JSON: the set's version, per rule file, hash, version and
  * loaded-at time, and the last reload's result and error. */
 int sl_rules_status_json(const struct sl_rules *rs, struct sl_buf *out);

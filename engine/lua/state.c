@@ -112,11 +112,6 @@ static void cpu_raise(lua_State *L, struct box *b) {
  * budget since that sample (so after at least 15/16 of it in the call,
  * at most all of it); otherwise the deadline moves out by the CPU time
  * left. */
-static _Thread_local struct {
-  uint64_t mono, cpu; /* a sample of both clocks */
-  uint64_t calls;     /* calls started on this thread */
-} cpu_sample;
-
 static uint64_t thread_cpu_ns(void) {
   struct timespec ts;
   if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
@@ -124,17 +119,19 @@ static uint64_t thread_cpu_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Set b's deadline and CPU reference for a call starting now. */
+/* Set b's deadline and CPU reference for a call starting now. The sample
+ * is the box's own (a box runs on one thread; thread-local storage costs
+ * more per call in the shared module than the box's field). */
 static void budget_start(struct box *b) {
   uint64_t now = sl_mono_ns(), budget = (uint64_t)b->rule->cpu_budget_ms *
                                         1000000u;
-  if (now - cpu_sample.mono > budget / 16 || cpu_sample.mono == 0) {
-    cpu_sample.cpu = thread_cpu_ns();
-    cpu_sample.mono = now;
+  if (sl_unlikely(now - b->sample_mono > budget / 16 || b->sample_mono == 0)) {
+    b->sample_cpu = thread_cpu_ns();
+    b->sample_mono = now;
   }
-  b->cpu_ref = cpu_sample.cpu;
+  b->cpu_ref = b->sample_cpu;
   b->deadline = now + budget;
-  b->call_no = ++cpu_sample.calls;
+  b->call_no++;
 }
 
 static void wd_arm(uint64_t at);

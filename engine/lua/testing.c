@@ -126,6 +126,12 @@ static struct trule *check_rule(lua_State *L) {
 /* ---- events as tables ---------------------------------------------------- */
 
 /* Push the table form of ev: id, topic, key, time (ms), headers, payload. */
+static int push_payload(lua_State *L) {
+  const struct sl_event *ev = lua_touserdata(L, 1);
+  sl_luacodec_push(L, ev->data + ev->payload_off, ev->payload_len, NULL);
+  return 1;
+}
+
 static void push_event(lua_State *L, const struct sl_event *ev) {
   lua_createtable(L, 0, 6);
   lua_pushlstring(L, (const char *)ev->data + ev->id_off, ev->id_len);
@@ -144,8 +150,14 @@ static void push_event(lua_State *L, const struct sl_event *ev) {
     lua_newtable(L);
   lua_setfield(L, -2, "headers");
   if (ev->payload_len) {
-    sl_luacodec_push(L, ev->data + ev->payload_off, ev->payload_len, NULL);
-    lua_setfield(L, -2, "payload");
+    /* payload stays nil when it has keys no Lua table can hold (nil,
+     * containers, ext, NaN): payload_raw has every byte */
+    lua_pushcfunction(L, push_payload);
+    lua_pushlightuserdata(L, (void *)ev);
+    if (lua_pcall(L, 1, 1, 0) == 0)
+      lua_setfield(L, -2, "payload");
+    else
+      lua_pop(L, 1);
     lua_pushlstring(L, (const char *)ev->data + ev->payload_off,
                     ev->payload_len);
     lua_setfield(L, -2, "payload_raw");

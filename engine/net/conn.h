@@ -22,9 +22,11 @@
 struct sl_conn;
 struct sl_listener;
 struct sl_transport_ops;
+struct sl_tls;
 
 /* Where to listen or connect: one description for listeners and clients,
- * parsed once by sl_endpoint_init. Later: tls options. */
+ * parsed once by sl_endpoint_init; sl_endpoint_set_tls (tls.h) puts TLS
+ * under a tcp endpoint. */
 enum sl_endpoint_kind { SL_ENDPOINT_TCP = 0, SL_ENDPOINT_UNIX };
 
 struct sl_endpoint {
@@ -38,6 +40,7 @@ struct sl_endpoint {
                                   every connect (localhost too: it may be
                                   ::1 and 127.0.0.1) */
   char host[256], port[8];     /* tcp: address split */
+  struct sl_tls *tls;          /* borrowed; NULL: plain */
 };
 
 /* Parse address for kind into ep. A tcp host may be an IP address or a
@@ -86,6 +89,7 @@ struct sl_listener_stats {
   uint64_t shed_memory;    /* closed to keep partial input under max_pending */
   uint64_t timed_out;      /* idle, partial or protocol deadlines */
   uint64_t displaced;      /* quiet conns closed to admit a new one */
+  uint64_t refused_tls;    /* TLS handshake failed (timeouts: timed_out) */
 };
 
 /* Buffers up to this much per conn are not charged to max_pending: what one

@@ -6,6 +6,7 @@
  * meaning follows its phase (idle between requests, a fixed deadline for a
  * request head, idle between body reads, a short linger before closing). */
 #include "http.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <http_parser.h>
@@ -985,6 +986,8 @@ int sl_http_start(struct sl_http_server *s, uv_loop_t *loop,
   s->listener.max_buffered = MAX_BUFFERED;
   s->listener.on_closed = on_listener_closed;
   rc = sl_endpoint_init(&ep, SL_ENDPOINT_TCP, address, NULL, 0);
+  if (rc == 0)
+    rc = sl_endpoint_set_tls(&ep, s->tls);
   if (rc != 0) {
     snprintf(err, errlen, "cannot listen on %s: %s", address, uv_strerror(rc));
     s->listener_closed = 1; /* it never opened */

@@ -99,6 +99,7 @@ struct sl_http_server {
   const char *name;            /* for logs and metrics: an input's name */
   struct sl_http_limits limits;
   void (*on_stopped)(struct sl_http_server *s); /* all closed; may be NULL */
+  struct sl_tls *tls;          /* serve HTTPS with it (borrowed); NULL: no */
   /* read-only */
   struct sl_listener listener;
   const struct sl_http_ops *ops;

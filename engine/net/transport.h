@@ -1,5 +1,5 @@
 /* transport.h - inside engine/net only: the transport seam under conn.c.
- * A transport (tcp.c, unix.c; tls.c later) owns how a handle is made,
+ * A transport (tcp.c, unix.c, tls.c) owns how a handle is made,
  * bound, accepted, connected, read, written and closed; conn.c owns the
  * stream on top (buffering, pause/resume, the write queue, limits, deferred
  * close) and reaches the transport only through sl_transport_ops. Transports
@@ -42,6 +42,7 @@ struct sl_transport_ops {
 
 extern const struct sl_transport_ops sl_transport_tcp;
 extern const struct sl_transport_ops sl_transport_unix;
+extern const struct sl_transport_ops sl_transport_tls;
 
 /* The plain libuv stream half that tcp and unix share (stream.c). */
 int sl_stream_read_start(struct sl_conn *c, uv_alloc_cb alloc, uv_read_cb cb);
@@ -89,6 +90,7 @@ struct sl_conn {
   int depth;             /* protocol callbacks of this conn running now */
   int handles;           /* handles not closed yet (stream and two timers) */
   int pending_writes;
+  void *tls;             /* the tls transport's state (tls.c); else NULL */
   char peer[264];        /* "1.2.3.4:5678", "unix:path" or the address */
 };
 

@@ -17,10 +17,12 @@
 
 #include "worker.h"
 #include "plugins.h"
+#include "tls.h"
 
 struct native_out {
   struct sl_output *o;
   struct sl_conn *conn;   /* NULL while disconnected */
+  struct sl_tls *tls;     /* tls = {...}: its context; NULL: plain */
   uv_timer_t watchdog;    /* retry.timeout_ms on what waits for the peer */
   struct sl_buf batch;
   uint32_t nevents;       /* events of the write in flight */
@@ -207,7 +209,8 @@ static void connect_now(struct native_out *n) {
   if (n->closing || n->conn)
     return;
   if (sl_endpoint_init(&ep, tcp ? SL_ENDPOINT_TCP : SL_ENDPOINT_UNIX,
-                       tcp ? cfg->address : cfg->path, NULL, 0) == 0)
+                       tcp ? cfg->address : cfg->path, NULL, 0) == 0 &&
+      sl_endpoint_set_tls(&ep, n->tls) == 0)
     n->conn = sl_conn_connect(&n->o->w->loop, &ep, &conn_ops, n);
   if (n->conn == NULL) {
     n->was_down = 1;
@@ -241,6 +244,10 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
       o->w->cfg->max_event_bytes + (n->ack ? SL_EVENT_HEADROOM : 0);
   o->max_event_note = n->ack ? " plus headroom"
                              : "; ack = true allows headroom between sluices";
+  if (o->cfg->tls.enabled &&
+      (n->tls = sl_tls_new(&o->cfg->tls, 0, o->cfg->address, o->cfg->name,
+                           err, errlen)) == NULL)
+    return SL_EINVAL; /* cb_stop frees n */
   connect_now(n);
   return 0;
 }
@@ -296,6 +303,7 @@ static void on_timer_closed(uv_handle_t *h) {
   struct native_out *n = h->data;
   struct sl_output *o = n->o;
   sl_buf_close(&n->batch);
+  sl_tls_free(n->tls);
   free(n);
   o->data = NULL;
   sl_output_stopped(o);
@@ -341,6 +349,9 @@ static const struct sl_config_key tcp_keys[] = {
      .flags = SL_KEY_REQUIRED | SL_KEY_TOLERATED,
      SL_KEY_FIELD(struct sl_output_config, address)},
     NATIVE_KEYS,
+    {.name = "tls", .type = SL_KEY_TLS,
+     .doc = "connect over TLS (verifies the server); see the tls keys",
+     SL_KEY_FIELD(struct sl_output_config, tls)},
     {NULL}};
 
 static const struct sl_config_key unix_keys[] = {

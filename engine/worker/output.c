@@ -534,6 +534,9 @@ static const struct field_metric field_metrics[] = {
     {{"sluice_output_retries_total",
       "Failed delivery attempts after which the events stayed queued for "
       "another attempt.", C, OUT}, AT(stats.retries)},
+    {{"sluice_output_resolve_failures_total",
+      "Connects whose peer host name did not resolve.", C, OUT},
+     AT(stats.resolve_failures)},
     {{"sluice_output_dead_lettered_total",
       "Events that used up their retries and went to the dead-letter "
       "output.", C, OUT}, AT(stats.dead_lettered)},
@@ -630,7 +633,8 @@ static int add_metrics(struct sl_output *o) {
 
 int sl_output_init(struct sl_output *o, struct sl_worker *w, int index,
                    const struct sl_output_ops *ops, char *why, size_t whylen) {
-  const struct sl_output_config *oc = &w->cfg->outputs[index];
+  /* a reload sets o->cfg first: its config is not w->cfg yet */
+  const struct sl_output_config *oc = o->cfg ? o->cfg : &w->cfg->outputs[index];
   struct sl_buffer_config bc;
   int rc;
 
@@ -681,6 +685,15 @@ int sl_output_init(struct sl_output *o, struct sl_worker *w, int index,
   if (rc == SL_ENOMEM)
     snprintf(why, whylen, "out of memory");
   return rc;
+}
+
+void sl_output_renamed(struct sl_output *o) {
+  o->buf.name = o->cfg->name; /* its log lines (and series) follow */
+  /* label values are copied when registered: register o's series again */
+  sl_metric_remove(o->w->metrics, o);
+  if (add_metrics(o) != 0)
+    sl_log(SL_LOG_WARN, "out of memory renaming an output's metrics",
+           SL_S("output", o->cfg->name), SL_END);
 }
 
 void sl_output_stop(struct sl_output *o) {

@@ -128,6 +128,14 @@ struct sl_output {
                                     never be sent; the core refuses them
                                     (dead letter). 0: no limit */
   const char *max_event_note;    /* added to that refusal's reason */
+  /* whole-config reload (reload.c): a removed or replaced output takes no
+   * new events and drains (retiring) until retire_by_ns, then closes; its
+   * slot is free again once gone */
+  int retiring, gone;
+  uint64_t retire_by_ns;
+  const struct sl_output_config *cfg_base; /* the entry it started from */
+  struct sl_output_config *cfg_copy; /* o->cfg when renamed or gone: owns
+                                        name and type only */
 };
 
 /* The write in flight (cb_write) is over: n_ok events from the front of
@@ -172,6 +180,10 @@ int sl_output_push(struct sl_output *o, struct sl_event *ev);
  * sl_output_close. */
 int sl_output_init(struct sl_output *o, struct sl_worker *w, int index,
                    const struct sl_output_ops *ops, char *why, size_t whylen);
+/* (A reload sets o->cfg before: then that is its config, not yet w->cfg's.) */
+/* A reload renamed o (o->cfg now goes by "name (before reload N)"):
+ * whatever copied its name must take the new one. */
+void sl_output_renamed(struct sl_output *o);
 void sl_output_stop(struct sl_output *o);
 void sl_output_close_handles(struct sl_output *o);
 void sl_output_close(struct sl_output *o);

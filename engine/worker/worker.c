@@ -1,7 +1,7 @@
-/* worker.c - one loop, its inputs and outputs, and the pipeline between
- * them; see worker.h. An event is routed once (rules, then the config's
- * routes) and pushed into each target queue; a full blocking queue makes
- * its source hold the event and stop reading until there is room. */
+/* worker.c - a worker's loop: set up its inputs, outputs and rules, the
+ * signals, the run and the graceful shutdown; see worker.h. The source side
+ * (submit, held events, durability) is source.c, the output runtime
+ * output.c. */
 #include "worker.h"
 
 #include <stdio.h>
@@ -12,6 +12,8 @@
 #include "dedup.h"
 #include "plugins.h"
 #include "rules.h"
+#include "tls.h"
+#include "worker_int.h"
 
 #define DRAIN_CHECK_MS 20
 
@@ -27,213 +29,6 @@ static const struct sl_input_ops *input_ops(const char *type) {
 
 
 void sl_input_stopped(struct sl_input *in) { in->stopped = 1; }
-
-/* ---- the pipeline ------------------------------------------------------ */
-
-/* Push the held event into its remaining targets. */
-static void on_route_timer(uv_timer_t *t) {
-  struct sl_worker *w = container_of(t, struct sl_worker, route_timer);
-  sl_queue_wake(&w->route_waitq);
-}
-
-/* A held event that waits for its route's token: take one, or wait on. */
-static int route_token(struct sl_source *s) {
-  struct sl_worker *w = s->w;
-  struct sl_route_limit *l = &w->route_limits[s->route_wait];
-  uint64_t now = sl_mono_ns();
-  if (sl_ratelimit_take(&l->rl, 1, now) == 1) {
-    s->route_wait = -1;
-    return 0;
-  }
-  sl_queue_wait(&w->route_waitq, &s->waiter);
-  if (!uv_is_active((uv_handle_t *)&w->route_timer))
-    uv_timer_start(&w->route_timer, on_route_timer,
-                   sl_ratelimit_wait_ms(&l->rl, 1, now), 0);
-  return SL_EAGAIN;
-}
-
-static int push_held(struct sl_source *s) {
-  struct sl_worker *w = s->w;
-  int i;
-
-  if (s->route_wait >= 0 && route_token(s) == SL_EAGAIN)
-    return SL_EAGAIN;
-
-  for (i = 0; i < s->ntargets; i++) {
-    struct sl_output *o = &w->outputs[s->targets[i]];
-    int rc = sl_output_push(o, s->held);
-    if (rc == SL_EIO && !s->refused) {
-      /* the other targets still get it: the producer resends it, a
-       * repeat there beats a loss here */
-      s->refused = 1;
-      s->refused_output = o->index;
-    }
-    if (rc == SL_EAGAIN) {
-      /* keep the targets not yet served; the served ones are done */
-      memmove(s->targets, s->targets + i, (size_t)(s->ntargets - i) *
-                                              sizeof(s->targets[0]));
-      s->ntargets -= i;
-      sl_queue_wait(&o->q, &s->waiter);
-      return SL_EAGAIN;
-    }
-  }
-  sl_event_unref(s->held);
-  s->held = NULL;
-  s->ntargets = 0;
-  return s->refused ? SL_EIO : 0;
-}
-
-static void on_room(struct sl_waiter *wt) {
-  struct sl_source *s = container_of(wt, struct sl_source, waiter);
-  int rc;
-  if (s->held == NULL)
-    return;
-  rc = push_held(s);
-  if ((rc == 0 || rc == SL_EIO) && s->on_resume)
-    s->on_resume(s); /* s->refused tells a refusal */
-}
-
-void sl_source_init(struct sl_source *s, struct sl_input *in,
-                    void (*on_resume)(struct sl_source *s)) {
-  memset(s, 0, sizeof(*s));
-  s->route_wait = -1;
-  s->w = in->w;
-  s->input = in;
-  s->on_resume = on_resume;
-  s->waiter.on_ready = on_room;
-}
-
-void sl_source_close(struct sl_source *s) {
-  sl_queue_unwait(&s->waiter);
-  s->route_wait = -1;
-  if (s->held) {
-    /* only at a forced stop: a graceful one waits for held events */
-    s->input->stats.abandoned++;
-    sl_event_unref(s->held);
-    s->held = NULL;
-  }
-}
-
-int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
-  struct sl_worker *w = s->w;
-  struct sl_rules_result r;
-  int i;
-
-  sl_rules_decide(w->rules, ev, &r);
-  if (w->tap)
-    w->tap(w->tap_data, r.event, (int)r.outcome);
-  s->ntargets = r.ntargets;
-  for (i = 0; i < r.ntargets; i++)
-    s->targets[i] = r.targets[i];
-  s->refused = 0;
-  s->held = r.event; /* r.event holds the reference now (maybe a new one) */
-  if (s->ntargets == 0) {
-    sl_event_unref(s->held);
-    s->held = NULL;
-    return 0;
-  }
-  if (r.route >= 0 && w->route_limits &&
-      w->route_limits[r.route].rl.rate &&
-      sl_ratelimit_take(&w->route_limits[r.route].rl, 1, sl_mono_ns()) == 0) {
-    /* over the route's rate: the excess follows its outputs' when_full
-     * policy, block (or spill) winning over drop when they differ */
-    struct sl_route_limit *l = &w->route_limits[r.route];
-    int blocks = 0;
-    for (i = 0; i < s->ntargets; i++) {
-      enum sl_queue_policy p = w->outputs[s->targets[i]].q.policy;
-      blocks |= p == SL_QUEUE_BLOCK || p == SL_QUEUE_SPILL;
-    }
-    if (!blocks) {
-      l->dropped++;
-      sl_event_unref(s->held);
-      s->held = NULL;
-      s->ntargets = 0;
-      return 0;
-    }
-    l->waited++;
-    s->route_wait = r.route;
-  }
-  return push_held(s);
-}
-
-int sl_worker_blocked(const struct sl_worker *w) {
-  int i;
-  for (i = 0; i < w->noutputs; i++)
-    if (sl_buffer_blocked(&w->outputs[i].buf, &w->outputs[i].q))
-      return 1;
-  return 0;
-}
-
-/* ---- durability ---------------------------------------------------------- */
-
-int sl_worker_durable(struct sl_worker *w, struct sl_durable *d) {
-  uint64_t ticket;
-  int i, pending = 0;
-
-  if (d->waiting)
-    return SL_EAGAIN; /* its callback comes; it asks again after */
-  /* appends from now on are stamped later than this ticket */
-  ticket = w->durable_ticket++;
-  for (i = 0; i < w->noutputs; i++) {
-    int rc = sl_buffer_durable(&w->outputs[i].buf, ticket);
-    if (rc == SL_EIO) {
-      d->refused_output = i;
-      return SL_EIO;
-    }
-    if (rc != 0)
-      pending = 1;
-  }
-  if (!pending)
-    return 0;
-  d->ticket = ticket;
-  d->waiting = 1;
-  d->prev = w->durable_waiters.prev;
-  d->next = &w->durable_waiters;
-  d->prev->next = d;
-  w->durable_waiters.prev = d;
-  return SL_EAGAIN;
-}
-
-void sl_worker_undurable(struct sl_durable *d) {
-  if (!d->waiting)
-    return;
-  d->prev->next = d->next;
-  d->next->prev = d->prev;
-  d->next = d->prev = NULL;
-  d->waiting = 0;
-}
-
-/* A disk buffer's flush or sync moved on (or it writes again): call the
- * waiters whose tickets every buffer covers now, oldest first. */
-static void on_buffer_durable(struct sl_buffer *b) {
-  struct sl_output *o = b->data;
-  struct sl_worker *w = o->w;
-  int i;
-
-  if (o->q.count > o->q.inflight)
-    sl_output_kick(o); /* read back from the disk after a retry */
-  while (w->durable_waiters.next != &w->durable_waiters) {
-    struct sl_durable *d = w->durable_waiters.next;
-    for (i = 0; i < w->noutputs; i++)
-      if (!sl_buffer_covers(&w->outputs[i].buf, d->ticket))
-        return; /* later tickets need at least as much */
-    sl_worker_undurable(d);
-    d->on_durable(d); /* may add or remove waiters: start again */
-  }
-}
-
-void sl_worker_refusal(const struct sl_worker *w, int output, char *buf,
-                       size_t len) {
-  const struct sl_output *o;
-  if (output < 0 || output >= w->noutputs) {
-    snprintf(buf, len, "a disk buffer cannot write");
-    return;
-  }
-  o = &w->outputs[output];
-  snprintf(buf, len, "the disk buffer of output %s cannot write: %s",
-           o->cfg->name,
-           o->buf.last_error ? strerror(-o->buf.last_error) : "I/O error");
-}
 
 /* Events a rule emits cannot make its caller wait (the rule has returned
  * long before there is room), so a full queue drops them, counted. */
@@ -261,13 +56,16 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
 static void finish(struct sl_worker *w) {
   int i;
   uv_timer_stop(&w->drain_timer);
-  for (i = 0; i < w->ninputs; i++)
-    if (!w->inputs[i].stopped)
+  /* every slot: an input a failed reload started may sit past ninputs */
+  for (i = 0; i < w->input_slots; i++)
+    if (w->inputs[i].ops && !w->inputs[i].stopped)
       w->inputs[i].ops->cb_stop(&w->inputs[i]);
   for (i = 0; i < w->noutputs; i++)
-    sl_output_stop(&w->outputs[i]);
+    if (!w->outputs[i].gone)
+      sl_output_stop(&w->outputs[i]);
   for (i = 0; i < w->noutputs; i++)
-    sl_output_close_handles(&w->outputs[i]);
+    if (!w->outputs[i].gone)
+      sl_output_close_handles(&w->outputs[i]);
   sl_rules_stop(w->rules);
   if (w->admin && w->admin_stop)
     w->admin_stop(w->admin);
@@ -281,6 +79,10 @@ static void finish(struct sl_worker *w) {
     uv_close((uv_handle_t *)&w->route_timer, NULL);
     w->route_timer_open = 0;
   }
+  if (w->retire_timer_open) {
+    uv_close((uv_handle_t *)&w->retire_timer, NULL);
+    w->retire_timer_open = 0;
+  }
 }
 
 /* One line per output at shutdown: where its events went. With the
@@ -290,6 +92,8 @@ static void log_totals(struct sl_worker *w) {
   int i;
   for (i = 0; i < w->noutputs; i++) {
     const struct sl_output *o = &w->outputs[i];
+    if (o->gone)
+      continue; /* its totals were logged when it retired */
     sl_log(SL_LOG_INFO, "output totals", SL_S("output", o->cfg->name),
            SL_U("delivered", o->stats.events_out),
            SL_U("dead_lettered", o->stats.dead_lettered),
@@ -311,10 +115,14 @@ static void on_drain_timer(uv_timer_t *t) {
   int i;
 
   for (i = 0; i < w->ninputs; i++)
-    busy += w->inputs[i].ops->cb_busy(&w->inputs[i]);
+    if (!w->inputs[i].gone)
+      busy += w->inputs[i].ops->cb_busy(&w->inputs[i]);
   for (i = 0; i < w->noutputs; i++) {
     struct sl_output *o = &w->outputs[i];
-    uint64_t backlog = sl_buffer_backlog(&o->buf);
+    uint64_t backlog;
+    if (o->gone)
+      continue;
+    backlog = sl_buffer_backlog(&o->buf);
     queued += o->q.count + backlog;
     if (o->buf.mode == SL_BUFFER_DISK)
       on_disk += o->q.count + backlog;
@@ -358,7 +166,8 @@ void sl_worker_stop(struct sl_worker *w) {
   sl_log(SL_LOG_INFO, "stopping: no new input; draining queues",
          SL_U("shutdown_timeout_ms", w->cfg->shutdown_timeout_ms), SL_END);
   for (i = 0; i < w->ninputs; i++)
-    w->inputs[i].ops->cb_drain(&w->inputs[i]);
+    if (!w->inputs[i].gone && !w->inputs[i].retiring)
+      w->inputs[i].ops->cb_drain(&w->inputs[i]);
   w->drain_deadline_ns =
       sl_mono_ns() + (uint64_t)w->cfg->shutdown_timeout_ms * 1000000u;
   uv_timer_start(&w->drain_timer, on_drain_timer, 0, DRAIN_CHECK_MS);
@@ -381,28 +190,22 @@ static void on_usr1(uv_signal_t *h, int signum) {
   int i;
   (void)signum;
   for (i = 0; i < w->noutputs; i++)
-    if (w->outputs[i].ops->cb_reopen)
+    if (!w->outputs[i].gone && w->outputs[i].ops->cb_reopen)
       w->outputs[i].ops->cb_reopen(&w->outputs[i]);
 }
 
 static void on_hup(uv_signal_t *h, int signum) {
   struct sl_worker *w = h->data;
+  char err[1024];
   (void)signum;
-  sl_rules_reload(w->rules, "SIGHUP");
+  sl_tls_reload_all(); /* rotated certificates; a bad one keeps the old */
+  sl_worker_reload(w, "SIGHUP", err, sizeof(err));
 }
 
-int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
-                   size_t errlen) {
+/* The loop and the worker's own handles and route limits. */
+static int init_loop(struct sl_worker *w, const struct sl_config *cfg,
+                     char *err, size_t errlen) {
   int i, rc;
-
-  memset(w, 0, sizeof(*w));
-  w->cfg = cfg;
-  w->started_ns = (uint64_t)sl_now_ns();
-  w->durable_ticket = 1;
-  w->durable_waiters.next = w->durable_waiters.prev = &w->durable_waiters;
-  sl_idgen_init(&w->idgen);
-  sl_log_limiter_init(&w->bad_input_log, 10000, 20);
-  sl_log_limiter_init(&w->rule_error_log, 10000, 20);
   if ((rc = uv_loop_init(&w->loop)) != 0) {
     snprintf(err, errlen, "cannot create the event loop: %s", uv_strerror(rc));
     return rc;
@@ -415,31 +218,120 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
   uv_signal_init(&w->loop, &w->sig_usr1);
   uv_timer_init(&w->loop, &w->route_timer);
   w->route_timer_open = 1;
-  if (sl_queue_init(&w->route_waitq, 1, 1, SL_QUEUE_BLOCK) != 0) {
-    snprintf(err, errlen, "out of memory");
-    rc = SL_ENOMEM;
-    goto fail;
-  }
+  uv_timer_init(&w->loop, &w->retire_timer);
+  w->retire_timer_open = 1;
+  w->sig_term.data = w->sig_int.data = w->sig_hup.data = w->sig_usr1.data = w;
+  if (sl_queue_init(&w->route_waitq, 1, 1, SL_QUEUE_BLOCK) != 0)
+    goto fail_oom;
   if (cfg->router.nroutes > 0) {
     w->route_limits = calloc((size_t)cfg->router.nroutes,
                              sizeof(*w->route_limits));
-    if (w->route_limits == NULL) {
-      snprintf(err, errlen, "out of memory");
-      rc = SL_ENOMEM;
-      goto fail;
-    }
+    if (w->route_limits == NULL)
+      goto fail_oom;
     for (i = 0; i < cfg->router.nroutes; i++)
       if (cfg->router.routes[i].rate)
         sl_ratelimit_init(&w->route_limits[i].rl, cfg->router.routes[i].rate,
                           cfg->router.routes[i].burst, sl_mono_ns());
   }
-  w->sig_term.data = w->sig_int.data = w->sig_hup.data = w->sig_usr1.data = w;
+  /* slots for a reload's new inputs and outputs beside draining ones */
+  w->output_slots = 2 * SL_CONFIG_MAX_OUTPUTS + 2;
+  if (w->output_slots < cfg->noutputs + 1)
+    w->output_slots = cfg->noutputs + 1;
+  w->input_slots = 2 * (cfg->ninputs > 32 ? cfg->ninputs : 32);
+  w->outputs = calloc((size_t)w->output_slots, sizeof(*w->outputs));
+  w->inputs = calloc((size_t)w->input_slots, sizeof(*w->inputs));
+  if (w->outputs == NULL || w->inputs == NULL)
+    goto fail_oom;
+  return 0;
 
-  w->outputs = calloc((size_t)cfg->noutputs + 1, sizeof(*w->outputs));
-  w->inputs = calloc((size_t)cfg->ninputs + 1, sizeof(*w->inputs));
-  if (w->outputs == NULL || w->inputs == NULL) {
-    snprintf(err, errlen, "out of memory");
-    rc = SL_ENOMEM;
+fail_oom:
+  snprintf(err, errlen, "out of memory");
+  return SL_ENOMEM;
+}
+
+/* Set up and start output i of cfg. */
+int sl_worker_start_output(struct sl_worker *w, const struct sl_config *cfg,
+                           int i, char *err, size_t errlen) {
+  const struct sl_output_config *oc = &cfg->outputs[i];
+  struct sl_output *o = &w->outputs[i];
+  char why[256] = "";
+  int rc;
+  o->cfg = oc;
+  o->cfg_base = oc;
+  o->stopped = 1; /* until started */
+  if (output_ops(oc->type) == NULL) {
+    snprintf(err, errlen, "outputs[%d] (%s): type %s is not built in", i + 1,
+             oc->name, oc->type);
+    return SL_EINVAL;
+  }
+  if (w->noutputs < i + 1)
+    w->noutputs = i + 1;
+  rc = sl_output_init(o, w, i, output_ops(oc->type), why, sizeof(why));
+  if (rc == 0) {
+    o->buf.ticket = &w->durable_ticket;
+    o->buf.on_durable = sl_worker_buffer_durable;
+    o->buf.data = o;
+  }
+  if (rc == 0)
+    rc = o->ops->cb_start(o, why, sizeof(why));
+  if (rc != 0) {
+    snprintf(err, errlen, "outputs[%d] (%s): %s", i + 1, oc->name,
+             why[0] ? why : "cannot start");
+    return rc;
+  }
+  o->stopped = 0;
+  if (o->q.count > 0)
+    sl_output_kick(o); /* replayed from its disk buffer */
+  return 0;
+}
+
+/* Set up and start input i of cfg: it listens. */
+int sl_worker_start_input(struct sl_worker *w, const struct sl_config *cfg,
+                          int i, char *err, size_t errlen) {
+  const struct sl_input_config *ic = &cfg->inputs[i];
+  struct sl_input *in = &w->inputs[i];
+  char why[256] = "";
+  int rc;
+  in->ops = input_ops(ic->type);
+  in->cfg = ic;
+  in->cfg_base = ic;
+  in->w = w;
+  in->index = i;
+  if (w->ninputs < i + 1)
+    w->ninputs = i + 1;
+  if (in->ops == NULL) {
+    snprintf(err, errlen, "inputs[%d] (%s): type %s is not built in", i + 1,
+             ic->name, ic->type);
+    in->stopped = 1;
+    return SL_EINVAL;
+  }
+  rc = in->ops->cb_start(in, why, sizeof(why));
+  if (rc != 0) {
+    snprintf(err, errlen, "inputs[%d] (%s): %s", i + 1, ic->name,
+             why[0] ? why : "cannot start");
+    return rc;
+  }
+  sl_log(SL_LOG_INFO, "input listening", SL_S("input", ic->name),
+         SL_S("type", ic->type), SL_S("listen", ic->listen), SL_END);
+  return 0;
+}
+
+int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
+                   size_t errlen) {
+  struct sl_rules_owner owner = {w, on_emit};
+  int i, rc;
+
+  memset(w, 0, sizeof(*w));
+  w->cfg = cfg;
+  w->started_ns = (uint64_t)sl_now_ns();
+  w->durable_ticket = 1;
+  w->durable_waiters.next = w->durable_waiters.prev = &w->durable_waiters;
+  sl_idgen_init(&w->idgen);
+  sl_log_limiter_init(&w->bad_input_log, 10000, 20);
+  sl_log_limiter_init(&w->rule_error_log, 10000, 20);
+  if ((rc = init_loop(w, cfg, err, errlen)) != 0) {
+    if (!w->route_timer_open)
+      return rc; /* no loop to close */
     goto fail;
   }
   w->metrics = sl_metric_registry_new();
@@ -448,73 +340,21 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
     rc = SL_ENOMEM;
     goto fail;
   }
-  for (i = 0; i < cfg->noutputs; i++) {
-    const struct sl_output_config *oc = &cfg->outputs[i];
-    struct sl_output *o = &w->outputs[i];
-    char why[256] = "";
-    o->cfg = oc;
-    o->stopped = 1; /* until started */
-    if (output_ops(oc->type) == NULL) {
-      snprintf(err, errlen, "outputs[%d] (%s): type %s is not built in",
-               i + 1, oc->name, oc->type);
-      rc = SL_EINVAL;
+  for (i = 0; i < cfg->noutputs; i++)
+    if ((rc = sl_worker_start_output(w, cfg, i, err, errlen)) != 0)
       goto fail;
-    }
-    w->noutputs = i + 1;
-    rc = sl_output_init(o, w, i, output_ops(oc->type), why, sizeof(why));
-    if (rc == 0) {
-      o->buf.ticket = &w->durable_ticket;
-      o->buf.on_durable = on_buffer_durable;
-      o->buf.data = o;
-    }
-    if (rc == 0)
-      rc = o->ops->cb_start(o, why, sizeof(why));
-    if (rc != 0) {
-      snprintf(err, errlen, "outputs[%d] (%s): %s", i + 1, oc->name,
-               why[0] ? why : "cannot start");
-      goto fail;
-    }
-    o->stopped = 0;
-    if (o->q.count > 0)
-      sl_output_kick(o); /* replayed from its disk buffer */
+  w->rules = sl_rules_new(cfg, &w->loop, &w->idgen, &owner, err, errlen);
+  if (w->rules == NULL) {
+    rc = SL_EINVAL;
+    goto fail;
   }
-  {
-    struct sl_rules_owner owner = {w, on_emit};
-    w->rules = sl_rules_new(cfg, &w->loop, &w->idgen, &owner, err, errlen);
-    if (w->rules == NULL) {
-      rc = SL_EINVAL;
-      goto fail;
-    }
-    if ((rc = sl_rules_metrics(w->rules, w->metrics)) != 0) {
-      snprintf(err, errlen, "out of memory");
-      goto fail;
-    }
+  if ((rc = sl_rules_metrics(w->rules, w->metrics)) != 0) {
+    snprintf(err, errlen, "out of memory");
+    goto fail;
   }
-  for (i = 0; i < cfg->ninputs; i++) {
-    const struct sl_input_config *ic = &cfg->inputs[i];
-    struct sl_input *in = &w->inputs[i];
-    char why[256] = "";
-    in->ops = input_ops(ic->type);
-    in->cfg = ic;
-    in->w = w;
-    in->index = i;
-    w->ninputs = i + 1;
-    if (in->ops == NULL) {
-      snprintf(err, errlen, "inputs[%d] (%s): type %s is not built in", i + 1,
-               ic->name, ic->type);
-      in->stopped = 1;
-      rc = SL_EINVAL;
+  for (i = 0; i < cfg->ninputs; i++)
+    if ((rc = sl_worker_start_input(w, cfg, i, err, errlen)) != 0)
       goto fail;
-    }
-    rc = in->ops->cb_start(in, why, sizeof(why));
-    if (rc != 0) {
-      snprintf(err, errlen, "inputs[%d] (%s): %s", i + 1, ic->name,
-               why[0] ? why : "cannot start");
-      goto fail;
-    }
-    sl_log(SL_LOG_INFO, "input listening", SL_S("input", ic->name),
-           SL_S("type", ic->type), SL_S("listen", ic->listen), SL_END);
-  }
   uv_signal_start(&w->sig_term, on_stop_signal, SIGTERM);
   uv_signal_start(&w->sig_int, on_stop_signal, SIGINT);
   uv_signal_start(&w->sig_hup, on_hup, SIGHUP);
@@ -560,12 +400,22 @@ void sl_worker_close(struct sl_worker *w) {
     w->admin_free(w->admin); /* its handles closed in the run above */
   w->admin = NULL;
   for (i = 0; i < w->noutputs; i++)
-    sl_output_close(&w->outputs[i]);
+    if (!w->outputs[i].gone)
+      sl_output_close(&w->outputs[i]);
   free(w->route_limits);
   w->route_limits = NULL;
   sl_queue_close(&w->route_waitq);
+  sl_worker_free_copies(w);
   free(w->outputs);
   free(w->inputs);
+  for (i = 0; i < w->nold_cfgs; i++)
+    sl_config_free(w->old_cfgs[i]);
+  free(w->old_cfgs);
+  w->old_cfgs = NULL;
+  w->nold_cfgs = 0;
+  if (w->owns_cfg)
+    sl_config_free((struct sl_config *)w->cfg);
+  w->owns_cfg = 0;
   w->outputs = NULL;
   w->inputs = NULL;
   sl_metric_registry_free(w->metrics); /* after every module removed its */

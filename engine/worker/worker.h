@@ -2,7 +2,8 @@
  * rule states, and the pipeline that moves an event from an input through
  * the rules to the output queues. Nothing in a worker is shared with
  * another thread. The worker owns its inputs, outputs and rule set; the
- * config it was built from must outlive it. */
+ * config it was built from must outlive it (configs a reload loads are the
+ * worker's, freed by sl_worker_close). */
 #ifndef SL_WORKER_H
 #define SL_WORKER_H
 
@@ -49,6 +50,9 @@ struct sl_source {
   int refused;  /* the last event was refused by a disk buffer that cannot
                    write (see sl_worker_submit): it is not accepted */
   int refused_output; /* which output refused it */
+  int holding;        /* counted in the worker's holding (a reload waits
+                         for events decided before it) */
+  uint64_t hold_gen;  /* the reload generation it was counted in */
 };
 
 /* Someone waiting until the events it submitted are where their outputs'
@@ -99,6 +103,13 @@ struct sl_input {
   void *data;
   int stopped;
   struct sl_input_stats stats;
+  /* whole-config reload: removed or replaced, it drains like at shutdown
+   * (retiring) until retire_by_ns, then stops; gone once stopped */
+  int retiring, gone, stop_sent;
+  uint64_t retire_by_ns;
+  const struct sl_input_config *cfg_base; /* the entry it started from */
+  struct sl_input_config *cfg_copy; /* in->cfg when renamed or gone: owns
+                                       name and type only */
 };
 
 void sl_input_stopped(struct sl_input *in);
@@ -153,6 +164,23 @@ struct sl_worker {
    * covered by a flush or a sync */
   uint64_t durable_ticket;
   struct sl_durable durable_waiters;
+  /* whole-config reload (reload.c). inputs and outputs are slot arrays
+   * that never move (handles live inside them): a reloaded config is laid
+   * out so that its i-th input/output is slot i, with retired placeholders
+   * for slots that drain or are free. A config it replaced is freed once
+   * no input or output started from it runs. */
+  int input_slots, output_slots;
+  struct sl_config **old_cfgs;
+  int nold_cfgs;
+  int owns_cfg;            /* w->cfg was loaded by a reload */
+  uint64_t gen;            /* reloads committed */
+  uint32_t holding_now;    /* sources holding an event decided since the
+                              last reload */
+  uint32_t holding_old;    /* ... decided before it: retiring outputs
+                              wait for them */
+  uv_timer_t retire_timer;
+  int retire_timer_open;
+  int retiring;            /* inputs and outputs still retiring */
 };
 
 /* Set up inputs, outputs and rules from cfg on the worker's own loop. On
@@ -173,6 +201,13 @@ void sl_worker_abort(struct sl_worker *w);
 int sl_worker_run(struct sl_worker *w);
 /* Begin the graceful stop (what SIGTERM does). */
 void sl_worker_stop(struct sl_worker *w);
+/* Reload the config file as a whole (SIGHUP, POST /reload): all or
+ * nothing, see reload.c and README "Hot reload". trigger names the cause
+ * in the log. Returns 0 when the new config is live; otherwise the running
+ * one stays, and err (also in the rules' status, last_reload.error) says
+ * why. */
+int sl_worker_reload(struct sl_worker *w, const char *trigger, char *err,
+                     size_t errlen);
 void sl_worker_close(struct sl_worker *w);
 
 /* Run the event through rules and routes into the output queues. Takes

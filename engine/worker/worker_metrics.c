@@ -69,7 +69,8 @@ const struct sl_metric sl_worker_listener_refused = {
     "sluice_listener_connections_refused_total",
     "Connections refused or closed early: over max_connections, near the fd "
     "limit, to keep partial input under max_pending_bytes, or quiet ones "
-    "closed to admit a new one at max_connections (idle).", C,
+    "closed to admit a new one at max_connections (idle), or a failed TLS "
+    "handshake (tls).", C,
     {"listener", "type", "reason", NULL}};
 const struct sl_metric sl_worker_listener_timed_out = {
     "sluice_listener_connections_timed_out_total",
@@ -125,7 +126,8 @@ static const struct sl_listener *input_listener(const struct sl_input *in) {
 
 static void collect_listeners(struct sl_metric_out *out,
                               const struct sl_metric *m, void *data) {
-  static const char *const reasons[] = {"limit", "fds", "memory", "idle"};
+  static const char *const reasons[] = {"limit", "fds", "memory", "idle",
+                                        "tls"};
   const struct sl_worker *w = data;
   int i;
   for (i = 0; i < w->ninputs; i++) {
@@ -133,7 +135,7 @@ static void collect_listeners(struct sl_metric_out *out,
     const struct sl_listener *l = input_listener(in);
     const struct sl_listener_stats *ls;
     const char *v[] = {in->cfg->name, in->cfg->type, NULL};
-    uint64_t refused[4];
+    uint64_t refused[5];
     int k;
     if (l == NULL)
       continue;
@@ -148,7 +150,8 @@ static void collect_listeners(struct sl_metric_out *out,
       refused[2] = ls->shed_memory +
                    (in->stats.http ? in->stats.http->stats.shed_memory : 0);
       refused[3] = ls->displaced;
-      for (k = 0; k < 4; k++) {
+      refused[4] = ls->refused_tls;
+      for (k = 0; k < 5; k++) {
         v[2] = reasons[k];
         sl_metric_put_u64(out, v, refused[k]);
       }

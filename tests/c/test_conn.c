@@ -2,7 +2,8 @@
  * client conn over loopback tcp and over a unix socket, each case run on
  * both transports. Close paths (deferred inside a callback, double close,
  * close with a write queued), pause/resume and the write queue; counters
- * named *_cb_called are asserted after uv_run. */
+ * named *_cb_called are asserted after uv_run. The main cases run over TLS
+ * as well (certificates made with the openssl CLI). */
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 
 #include "conn.h"
 #include "test.h"
+#include "tls.h"
 
 /* One fixture: a listener, the server side of one accepted conn (s) and a
  * client conn (cl). Every callback counts itself. */
@@ -150,6 +152,9 @@ static char sock_path[64];
 static uint32_t opt_idle_ms, opt_max_conns;
 static const char *opt_refusal;
 static const char *opt_client_host; /* the client dials host:port instead */
+static int opt_tls; /* the tcp endpoint runs over TLS (see tls_setup) */
+static int tls_setup(void);
+static struct sl_endpoint cl_ep; /* with TLS, the client's side */
 
 /* Listen on kind and connect a client to it. Returns 0 or the failing rc. */
 static int setup(enum sl_endpoint_kind kind) {
@@ -167,6 +172,10 @@ static int setup(enum sl_endpoint_kind kind) {
   }
   if ((rc = sl_endpoint_init(&fx.ep, kind, addr, err, sizeof(err))) != 0)
     return rc;
+  cl_ep = fx.ep;
+  if (opt_tls && (rc = tls_setup()) != 0)
+    return rc;
+  opt_tls = 0;
   fx.l.max_buffered = 1 << 20;
   fx.l.idle_ms = opt_idle_ms;
   fx.l.max_conns = opt_max_conns;
@@ -194,9 +203,10 @@ static int setup(enum sl_endpoint_kind kind) {
     opt_client_host = NULL;
     if ((rc = sl_endpoint_init(&ep, kind, addr, err, sizeof(err))) != 0)
       return rc;
+    sl_endpoint_set_tls(&ep, cl_ep.tls);
     fx.cl = sl_conn_connect(&fx.loop, &ep, &cl_ops, &fx);
   } else {
-    fx.cl = sl_conn_connect(&fx.loop, &fx.ep, &cl_ops, &fx);
+    fx.cl = sl_conn_connect(&fx.loop, &cl_ep, &cl_ops, &fx);
   }
   return fx.cl ? 0 : -1;
 }
@@ -812,4 +822,117 @@ TEST(listener_idle_conn_times_out_tcp) {
 
 TEST(listener_idle_conn_times_out_unix) {
   idle_conn_times_out(SL_ENDPOINT_UNIX, failed__);
+}
+
+/* ---- the same cases over TLS ------------------------------------------- */
+
+static char tls_dir[64];
+static struct sl_tls *srv_tls, *cl_tls;
+static const char *opt_server_name; /* the client checks this name */
+
+/* A CA and a certificate for 127.0.0.1, made once with the openssl CLI. */
+static int make_certs(void) {
+  char cmd[1024];
+  if (tls_dir[0])
+    return 0;
+  snprintf(tls_dir, sizeof(tls_dir), "/tmp/sl_test_conn_tls.%d", (int)getpid());
+  snprintf(cmd, sizeof(cmd),
+           "(set -e; mkdir -p %s; cd %s; k='-newkey ec -pkeyopt "
+           "ec_paramgen_curve:P-256 -nodes';"
+           "openssl req -x509 $k -keyout ca.key -out ca.pem -days 2 -subj /CN=ca;"
+           "openssl req $k -keyout s.key -out s.csr -subj /CN=server;"
+           "echo subjectAltName=IP:127.0.0.1 > s.ext;"
+           "openssl x509 -req -in s.csr -CA ca.pem -CAkey ca.key -set_serial 7"
+           " -days 2 -extfile s.ext -out s.pem) >/dev/null 2>&1",
+           tls_dir, tls_dir);
+  return system(cmd) == 0 ? 0 : -1;
+}
+
+__attribute__((destructor)) static void remove_certs(void) {
+  char cmd[128];
+  if (tls_dir[0]) {
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", tls_dir);
+    if (system(cmd) != 0)
+      fprintf(stderr, "cannot remove %s\n", tls_dir);
+  }
+}
+
+static char *in_dir(char *buf, size_t n, const char *file) {
+  snprintf(buf, n, "%s/%s", tls_dir, file);
+  return buf;
+}
+
+static int tls_setup(void) {
+  struct sl_tls_config sc = {0}, cc = {0};
+  char cert[128], key[128], ca[128], err[256];
+  if (make_certs() != 0)
+    return -1;
+  sc.enabled = cc.enabled = 1;
+  sc.cert_file = in_dir(cert, sizeof(cert), "s.pem");
+  sc.key_file = in_dir(key, sizeof(key), "s.key");
+  cc.ca_file = in_dir(ca, sizeof(ca), "ca.pem");
+  cc.verify_peer = 1;
+  cc.server_name = (char *)opt_server_name;
+  opt_server_name = NULL;
+  srv_tls = sl_tls_new(&sc, 1, fx.ep.address, "test", err, sizeof(err));
+  cl_tls = sl_tls_new(&cc, 0, fx.ep.address, "test", err, sizeof(err));
+  if (srv_tls == NULL || cl_tls == NULL) {
+    fprintf(stderr, "  %s\n", err);
+    return -1;
+  }
+  if (sl_endpoint_set_tls(&fx.ep, srv_tls) != 0 ||
+      sl_endpoint_set_tls(&cl_ep, cl_tls) != 0)
+    return -1;
+  return 0;
+}
+
+/* Run case over TLS, then drop the contexts (conns are gone by then). */
+#define OVER_TLS(case_)                       \
+  do {                                        \
+    opt_tls = 1;                              \
+    case_(SL_ENDPOINT_TCP, failed__);         \
+    sl_tls_free(srv_tls);                     \
+    sl_tls_free(cl_tls);                      \
+    srv_tls = cl_tls = NULL;                  \
+  } while (0)
+
+TEST(conn_close_inside_read_callback_is_deferred_tls) {
+  OVER_TLS(close_in_read_callback_is_deferred);
+}
+
+TEST(conn_close_with_a_write_queued_cancels_it_before_cb_close_tls) {
+  OVER_TLS(close_with_write_queued);
+}
+
+TEST(conn_pause_holds_bytes_until_resume_tls) {
+  OVER_TLS(pause_holds_bytes_until_resume);
+}
+
+TEST(conn_write_queue_sends_in_order_and_calls_back_each_tls) {
+  OVER_TLS(write_queue_in_order);
+}
+
+TEST(conn_stop_reading_offers_buffered_bytes_and_reads_no_more_tls) {
+  OVER_TLS(stop_reading_offers_buffered);
+}
+
+/* The client checks the server's name: a wrong one fails the connect once
+ * (no plaintext reaches the server) and the conns close. */
+static void tls_wrong_name_fails_connect(enum sl_endpoint_kind kind,
+                                         int *failed__) {
+  opt_server_name = "not-the-server.example";
+  CHECK_EQ(setup(kind), 0);
+  fx.on_connect = send_twice; /* must not run */
+  run();
+  CHECK_EQ(fx.timed_out, 0);
+  CHECK_EQ(fx.connect_cb_called, 1);
+  CHECK(fx.connect_status != 0);
+  CHECK_EQ(fx.cl_close_cb_called, 1);
+  CHECK_EQ(fx.data_cb_called, 0);
+  CHECK_EQ(fx.close_cb_called, 1); /* the server side closed too */
+  CHECK_EQ(fx.eof_cb_called, 1);
+}
+
+TEST(conn_tls_client_refuses_a_server_with_another_name) {
+  OVER_TLS(tls_wrong_name_fails_connect);
 }

@@ -171,3 +171,34 @@ TEST(queue_init_rejects_zero_limits) {
   CHECK_EQ(sl_queue_init(&q, 0, 100, SL_QUEUE_BLOCK), SL_EINVAL);
   CHECK_EQ(sl_queue_init(&q, 10, 0, SL_QUEUE_BLOCK), SL_EINVAL);
 }
+
+static int track_ends, track_ok;
+static void on_track_end(struct sl_tracker *t, uint64_t token, int ok) {
+  (void)t, (void)token;
+  track_ends++;
+  track_ok = ok;
+}
+
+TEST(queue_delivered_event_ends_its_track_ok_a_closed_queue_fails_it) {
+  struct sl_queue q;
+  struct sl_idgen g;
+  struct sl_tracker *t = sl_tracker_new(on_track_end, NULL);
+  struct sl_event *a, *b;
+  sl_idgen_init(&g);
+  CHECK_EQ(sl_queue_init(&q, 8, 1 << 20, SL_QUEUE_BLOCK), 0);
+  a = mk(&g, "t", 10);
+  b = mk(&g, "t", 10);
+  CHECK_EQ(sl_event_track(a, t, 1), 0);
+  CHECK_EQ(sl_event_track(b, t, 2), 0);
+  CHECK_EQ(sl_queue_push(&q, a), 0);
+  CHECK_EQ(sl_queue_push(&q, b), 0);
+  sl_event_unref(a);
+  sl_event_unref(b);
+  sl_queue_pop(&q, 1); /* a delivered */
+  CHECK_EQ(track_ends, 1);
+  CHECK_EQ(track_ok, 1);
+  sl_queue_close(&q); /* b never was: a broker must redeliver it */
+  CHECK_EQ(track_ends, 2);
+  CHECK_EQ(track_ok, 0);
+  sl_tracker_close(t);
+}

@@ -107,7 +107,7 @@ def test_the_sidecar_runs_reloads_its_configmap_rules_and_stays_ready(
     # the pod's addresses and folders, moved to this machine's
     conf = (conf.replace("127.0.0.1:8088", "127.0.0.1:%d" % http)
                 .replace("0.0.0.0:9090", "127.0.0.1:%d" % admin)
-                .replace("10.96.0.40:7400", sink.address)
+                .replace("central.logging.svc:7400", sink.address)
                 .replace('"/var/lib/sluice"', json.dumps(str(tmp_path / "state"))))
     config, rulesdir = materialize(tmp_path, conf, rules)
     eng = Engine(sluice, "sidecar", tmp_path, config, (), None)

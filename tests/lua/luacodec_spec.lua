@@ -102,7 +102,7 @@ describe("msgpack <-> Lua", function()
       local p = ev.payload
       local parts = {
         tostring(p.i), tostring(p.f), tostring(p.s), tostring(#p.b),
-        tostring(getmetatable(p.a).n), tostring(p.a[2]), tostring(p.m.k), tostring(p.t),
+        tostring(#p.a), tostring(p.a[2]), tostring(p.m.k), tostring(p.t),
         tostring(p.e.type), p.e.data, tostring(p.big),
       }
       return table.concat(parts, " ")

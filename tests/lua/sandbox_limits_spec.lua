@@ -173,11 +173,11 @@ describe("the memory cap", function()
   it("reports a memory error raised while decoding the payload", function()
     local r = s.on_event([[
       local t = {}
-      for i = 1, 50 do t[i] = ev.payload end
+      for i = 1, 50 do t[i] = sluice.copy(ev.payload) end
       return "ok"
     ]], { memory_mb = 2, cpu_budget_ms = 1000 }) -- decoding is not what is tested
     local big = {}
-    for i = 1, 60000 do big[i] = "value number " .. i end
+    for i = 1, 40000 do big[i] = "value number " .. i end -- within max_event_bytes
     local res = run(r, { topic = "t", payload = big })
     assert.equal("memory", res.error_kind)
     assert.same({ "ok" }, run(r, { topic = "t", payload = 1 }).routes)

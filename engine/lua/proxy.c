@@ -1,0 +1,1307 @@
+/* proxy.c - ev.payload as proxies over the payload's msgpack bytes: reads
+ * find entries in the bytes, writes are recorded beside them, and the
+ * changed payload is the original bytes with only the changed entries
+ * re-encoded (proxy.h says what a rule sees). Internal to engine/lua.
+ *
+ * A proxy is a userdata (struct pnode) whose environment table, made on
+ * first need, is its writes (key -> value, the deleted mark for nil) and
+ * holds, under light userdata keys no rule can make: the child proxies
+ * read so far (one per container, so p.a == p.a and writes through p.a
+ * stay) and an index of the entries (Lua key or array position -> byte
+ * offset of the value), built once for nodes of more than SMALL entries
+ * after SCANS lookups, so lookups in a big map are not a scan each.
+ * Every table lives in the rule's state: charged to memory_mb; every walk
+ * over the bytes ticks check_cpu: charged to the CPU budget. */
+#include "proxy.h"
+
+#include <math.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "box.h"
+#include "codec.h"
+
+#define SMALL 16 /* nodes this small are scanned, never indexed */
+#define SCANS 2  /* lookups in a bigger node that scan: one read of a big
+                    payload needs no index, a loop of them gets one */
+
+/* Registry keys of the metatables of proxies and of sluice.copy's buffer;
+ * the mark of a deleted entry. */
+static const char mt_key, deleted_key, buf_key;
+
+enum { E_CACHE = 1, E_WRITES = 2, E_INDEX = 3 };
+static const char slot_keys[4]; /* their addresses: keys in the env */
+
+struct pnode {
+  uint32_t gen;  /* the box's pgen when made: stale past its event */
+  uint32_t off;  /* its header, from the payload's start */
+  uint32_t body; /* its first entry */
+  uint32_t n;    /* entries (pairs of a map) in the bytes */
+  uint32_t len;  /* an array's length now */
+  uint8_t is_map, dirty, has_env, depth;
+  uint8_t scans, indexed; /* lookups that scanned; the index is built */
+  /* dirty marks reach the root through here; the root keeps every node
+   * of its tree alive until the event ends (b->ref_proot) */
+  struct pnode *parent;
+};
+
+struct walk {
+  lua_State *L;
+  const uint8_t *base, *end;
+  unsigned steps;
+};
+
+static void tick(struct walk *w) {
+  if ((++w->steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
+    check_cpu(w->L);
+}
+
+/* The node at idx, checked to be of the running event; sets w's bytes. */
+static struct pnode *node_at(lua_State *L, int idx, struct walk *w) {
+  struct pnode *nd = lua_touserdata(L, idx);
+  struct box *b = box_of(L);
+
+  if (b->ev == NULL || nd->gen != b->pgen)
+    luaL_error(L, "a part of ev.payload is only valid during the on_event "
+                  "call that read it (keep a copy with sluice.copy(v))");
+  w->L = L;
+  w->base = b->ev->data + b->ev->payload_off;
+  w->end = w->base + b->ev->payload_len;
+  return nd;
+}
+
+static void bad(struct walk *w, const uint8_t *p) {
+  luaL_error(w->L, "ev.payload: not valid msgpack at byte %d",
+             (int)(p - w->base));
+}
+
+static void rd(struct walk *w, const uint8_t **pp, struct sl_mp_item *it) {
+  if (sl_mp_read(pp, w->end, it) != 0)
+    bad(w, *pp);
+}
+
+/* Step over one value, every element of it ticking the budget. */
+static void skip(struct walk *w, const uint8_t **pp, int depth) {
+  struct sl_mp_item it;
+  uint64_t i, n;
+
+  tick(w);
+  if (depth > SL_CODEC_MAX_DEPTH)
+    bad(w, *pp);
+  rd(w, pp, &it);
+  n = it.t == M_ARR ? it.n : it.t == M_MAP ? 2 * (uint64_t)it.n : 0;
+  for (i = 0; i < n; i++)
+    skip(w, pp, depth + 1);
+}
+
+/* Read a map key at *pp and step past all of it: a container key (which
+ * Lua cannot hold) has elements after its header. */
+static void rd_key(struct walk *w, const uint8_t **pp, struct sl_mp_item *it,
+                   int depth) {
+  const uint8_t *p = *pp;
+  rd(w, &p, it);
+  if (it->t == M_ARR || it->t == M_MAP) {
+    p = *pp;
+    skip(w, &p, depth);
+  }
+  *pp = p;
+}
+
+/* Push the Lua key a map key decodes to (as the decoder's table holds
+ * it); 0, nothing pushed, for keys Lua cannot hold. */
+static int push_lkey(lua_State *L, const struct sl_mp_item *it) {
+  switch (it->t) {
+  case M_STR: case M_BIN:
+    lua_pushlstring(L, (const char *)it->s, it->n);
+    return 1;
+  case M_UINT: lua_pushnumber(L, (lua_Number)it->u); return 1;
+  case M_INT: lua_pushnumber(L, (lua_Number)it->i); return 1;
+  case M_F32:
+    if (isnan(it->f))
+      return 0;
+    lua_pushnumber(L, it->f);
+    return 1;
+  case M_F64:
+    if (isnan(it->d))
+      return 0;
+    lua_pushnumber(L, it->d);
+    return 1;
+  case M_BOOL: lua_pushboolean(L, it->b); return 1;
+  default: return 0; /* nil, containers, ext */
+  }
+}
+
+/* A Lua key read once, to compare with many map keys. */
+struct lkey {
+  int t; /* its Lua type */
+  const char *s;
+  size_t n;
+  double d;
+};
+
+static void lkey_of(lua_State *L, int k, struct lkey *lk) {
+  lk->t = lua_type(L, k);
+  lk->s = lk->t == LUA_TSTRING ? lua_tolstring(L, k, &lk->n) : NULL;
+  lk->d = lk->t == LUA_TNUMBER    ? lua_tonumber(L, k)
+          : lk->t == LUA_TBOOLEAN ? lua_toboolean(L, k)
+                                  : 0;
+}
+
+/* Does the map key it stand for the Lua key lk? */
+static int lkey_is(const struct lkey *lk, const struct sl_mp_item *it) {
+  switch (lk->t) {
+  case LUA_TSTRING:
+    return (it->t == M_STR || it->t == M_BIN) && it->n == lk->n &&
+           memcmp(it->s, lk->s, lk->n) == 0;
+  case LUA_TNUMBER:
+    return (it->t == M_UINT && (double)it->u == lk->d) ||
+           (it->t == M_INT && (double)it->i == lk->d) ||
+           (it->t == M_F32 && (double)it->f == lk->d) ||
+           (it->t == M_F64 && it->d == lk->d);
+  case LUA_TBOOLEAN:
+    return it->t == M_BOOL && it->b == (int)lk->d;
+  default:
+    return 0;
+  }
+}
+
+static int key_is(lua_State *L, int k, const struct sl_mp_item *it) {
+  struct lkey lk;
+  lkey_of(L, k, &lk);
+  return lkey_is(&lk, it);
+}
+
+/* Push the env table of the node at idx (absolute), made when missing. */
+static void push_env(lua_State *L, int idx, struct pnode *nd) {
+  if (!nd->has_env) {
+    lua_createtable(L, 0, 2);
+    lua_pushvalue(L, -1);
+    lua_setfenv(L, idx);
+    nd->has_env = 1;
+  } else {
+    lua_getfenv(L, idx);
+  }
+}
+
+/* Push a table of the node at idx (absolute): E_WRITES is the env table
+ * itself, the others hang in it under light userdata keys (no rule can
+ * make one). Made when make is set, else nil when missing. Returns
+ * whether a table was pushed. */
+static int push_slot(lua_State *L, int idx, struct pnode *nd, int slot,
+                     int make) {
+  if (!nd->has_env && !make) {
+    lua_pushnil(L);
+    return 0;
+  }
+  push_env(L, idx, nd);
+  if (slot == E_WRITES)
+    return 1;
+  lua_pushlightuserdata(L, (void *)&slot_keys[slot]);
+  lua_rawget(L, -2);
+  if (lua_isnil(L, -1) && make) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushlightuserdata(L, (void *)&slot_keys[slot]);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_remove(L, -2);
+  return lua_istable(L, -1);
+}
+
+/* The slot's table = the value at v, for the node at idx (absolute). */
+static void set_slot(lua_State *L, int idx, struct pnode *nd, int slot,
+                     int v) {
+  push_env(L, idx, nd);
+  lua_pushlightuserdata(L, (void *)&slot_keys[slot]);
+  lua_pushvalue(L, v);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+/* Build the index of a node of more than SMALL entries, once. */
+static void build_index(struct walk *w, int idx, struct pnode *nd) {
+  lua_State *L = w->L;
+  const uint8_t *p = w->base + nd->body;
+  struct sl_mp_item key;
+  uint32_t i;
+  int t;
+
+  lua_createtable(L, nd->is_map ? 0 : (int)nd->n, nd->is_map ? (int)nd->n : 0);
+  t = lua_gettop(L);
+  for (i = 0; i < nd->n; i++) {
+    tick(w);
+    if (!nd->is_map) {
+      lua_pushnumber(L, (lua_Number)(p - w->base));
+      lua_rawseti(L, t, (int)i + 1);
+    } else {
+      rd_key(w, &p, &key, nd->depth + 1);
+      if (push_lkey(L, &key)) {
+        lua_pushvalue(L, -1);
+        lua_rawget(L, t);
+        if (lua_isnil(L, -1)) { /* the first of keys Lua cannot tell apart */
+          lua_pop(L, 1);
+          lua_pushnumber(L, (lua_Number)(p - w->base));
+          lua_rawset(L, t);
+        } else {
+          lua_pop(L, 2);
+        }
+      }
+    }
+    skip(w, &p, nd->depth + 1);
+  }
+  set_slot(L, idx, nd, E_INDEX, t);
+  lua_pop(L, 1);
+}
+
+/* The offset of the value the node holds in its bytes under the Lua key
+ * at k (absolute), or 0 when none (0 is the root's header, no value). */
+static uint32_t find(struct walk *w, int idx, struct pnode *nd, int k) {
+  lua_State *L = w->L;
+  const uint8_t *p = w->base + nd->body;
+  struct sl_mp_item key;
+  struct lkey lk;
+  uint32_t i, off = 0;
+  double d = 0;
+
+  if (!nd->is_map) {
+    if (lua_type(L, k) != LUA_TNUMBER)
+      return 0;
+    d = lua_tonumber(L, k);
+    if (!(d >= 1 && d <= (double)nd->n && d == floor(d)))
+      return 0;
+  }
+  if (nd->n > SMALL && (nd->indexed || ++nd->scans > SCANS)) {
+    if (!nd->indexed) {
+      build_index(w, idx, nd);
+      nd->indexed = 1;
+    }
+    push_slot(L, idx, nd, E_INDEX, 0);
+    lua_pushvalue(L, k);
+    lua_rawget(L, -2);
+    if (lua_type(L, -1) == LUA_TNUMBER)
+      off = (uint32_t)lua_tonumber(L, -1);
+    lua_pop(L, 2);
+    return off;
+  }
+  if (!nd->is_map) {
+    for (i = 1; i < (uint32_t)d; i++)
+      skip(w, &p, nd->depth + 1);
+    return (uint32_t)(p - w->base);
+  }
+  lkey_of(L, k, &lk);
+  for (i = 0; i < nd->n; i++) {
+    tick(w);
+    rd_key(w, &p, &key, nd->depth + 1);
+    if (lkey_is(&lk, &key))
+      return (uint32_t)(p - w->base);
+    skip(w, &p, nd->depth + 1);
+  }
+  return 0;
+}
+
+/* Push a new proxy for the container whose header it was read at off. */
+static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
+                              const struct sl_mp_item *it,
+                              struct pnode *parent) {
+  struct pnode *nd = lua_newuserdata(L, sizeof(*nd));
+
+  nd->gen = box_of(L)->pgen;
+  nd->off = off;
+  nd->body = body;
+  nd->n = nd->len = it->n;
+  nd->is_map = it->t == M_MAP;
+  nd->dirty = 0;
+  nd->has_env = 0;
+  nd->scans = nd->indexed = 0;
+  nd->depth = parent ? (uint8_t)(parent->depth + 1) : 0;
+  nd->parent = parent;
+  lua_pushlightuserdata(L, (void *)&mt_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  lua_setmetatable(L, -2);
+  return nd;
+}
+
+/* Push the value at offset vo of the node at idx, which holds it under the
+ * Lua key at k: scalars as the decoder makes them, containers as proxies
+ * (one per container and event, cached). */
+static void push_at(struct walk *w, int idx, struct pnode *nd, uint32_t vo,
+                    int k) {
+  lua_State *L = w->L;
+  const uint8_t *p = w->base + vo, *q = p;
+  struct sl_mp_item it;
+
+  rd(w, &q, &it);
+  switch (it.t) {
+  case M_NIL: lua_pushnil(L); return;
+  case M_BOOL: lua_pushboolean(L, it.b); return;
+  case M_UINT: lua_pushnumber(L, (lua_Number)it.u); return;
+  case M_INT: lua_pushnumber(L, (lua_Number)it.i); return;
+  case M_F32: lua_pushnumber(L, it.f); return;
+  case M_F64: lua_pushnumber(L, it.d); return;
+  case M_STR: case M_BIN:
+    lua_pushlstring(L, (const char *)it.s, it.n);
+    return;
+  case M_EXT: /* a fresh {type, data}: assign it back to change it */
+    sl_luacodec_push(L, p, (size_t)(q - p), NULL);
+    return;
+  case M_ARR: case M_MAP:
+    break;
+  default:
+    bad(w, p);
+  }
+  if (push_slot(L, idx, nd, E_CACHE, 0)) {
+    lua_pushvalue(L, k);
+    lua_rawget(L, -2);
+    if (!lua_isnil(L, -1)) {
+      lua_remove(L, -2);
+      return;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  luaL_checkstack(L, 4, "ev.payload");
+  new_node(L, vo, (uint32_t)(q - w->base), &it, nd);
+  push_slot(L, idx, nd, E_CACHE, 1);
+  lua_pushvalue(L, k);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+static int is_deleted(lua_State *L, int idx) {
+  return lua_touserdata(L, idx) == (void *)&deleted_key;
+}
+
+/* If the rule wrote the key at k, push what it wrote (nil when it deleted
+ * it) and return 1. */
+static int written(lua_State *L, int idx, struct pnode *nd, int k) {
+  if (!push_slot(L, idx, nd, E_WRITES, 0)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_pushvalue(L, k);
+  lua_rawget(L, -2);
+  lua_remove(L, -2);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  if (is_deleted(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+  }
+  return 1;
+}
+
+/* Push p[k] for the node at idx and the key at k (both absolute). */
+static void get(struct walk *w, int idx, struct pnode *nd, int k) {
+  uint32_t vo;
+
+  if (nd->has_env && written(w->L, idx, nd, k))
+    return;
+  vo = find(w, idx, nd, k);
+  if (vo == 0)
+    lua_pushnil(w->L);
+  else
+    push_at(w, idx, nd, vo, k);
+}
+
+static int p_index(lua_State *L) {
+  struct walk w = {0};
+  struct pnode *nd = node_at(L, 1, &w);
+  get(&w, 1, nd, 2);
+  return 1;
+}
+
+/* An array takes positions 1..len+1 (len+1 appends). Returns 0 when the
+ * write is a nil past the end: nothing to record. */
+static int array_check(lua_State *L, struct pnode *nd) {
+  double d = lua_type(L, 2) == LUA_TNUMBER ? lua_tonumber(L, 2) : 0;
+
+  if (!(d >= 1 && d == floor(d) && d <= (double)nd->len + 1))
+    return luaL_error(L, "ev.payload: an array takes indexes 1 to its "
+                         "length + 1 (%d); got %s", (int)nd->len + 1,
+                      msg_str(L, 2));
+  return !(lua_isnil(L, 3) && d > nd->len);
+}
+
+/* After a write at position i was recorded in the writes at wt: an append
+ * grows the array; nil at its end shrinks it, and then past positions
+ * deleted before. Cannot raise, so length and writes always agree. */
+static void array_len(lua_State *L, int wt, struct pnode *nd, uint32_t i) {
+  if (!lua_isnil(L, 3)) {
+    if (i == nd->len + 1)
+      nd->len++;
+    return;
+  }
+  if (i != nd->len)
+    return;
+  for (nd->len--; nd->len > 0; nd->len--) {
+    lua_rawgeti(L, wt, (int)nd->len);
+    if (!is_deleted(L, -1)) {
+      lua_pop(L, 1);
+      break;
+    }
+    lua_pop(L, 1);
+  }
+}
+
+static int p_newindex(lua_State *L) {
+  struct walk w = {0};
+  struct pnode *nd = node_at(L, 1, &w), *q;
+  int t = lua_type(L, 2);
+
+  if (nd->is_map) {
+    if (t != LUA_TSTRING && t != LUA_TNUMBER && t != LUA_TBOOLEAN)
+      return luaL_error(L, "ev.payload: a map key must be a string, number "
+                           "or boolean (got %s)", luaL_typename(L, 2));
+    if (t == LUA_TNUMBER && isnan(lua_tonumber(L, 2)))
+      return luaL_error(L, "ev.payload: a map key cannot be NaN");
+  } else if (!array_check(L, nd)) {
+    return 0;
+  }
+  push_slot(L, 1, nd, E_WRITES, 1);
+  lua_pushvalue(L, 2);
+  if (lua_isnil(L, 3))
+    lua_pushlightuserdata(L, (void *)&deleted_key);
+  else
+    lua_pushvalue(L, 3);
+  lua_rawset(L, -3);
+  if (!nd->is_map)
+    array_len(L, lua_gettop(L), nd, (uint32_t)lua_tonumber(L, 2));
+  for (q = nd; q && !q->dirty; q = q->parent)
+    q->dirty = 1;
+  return 0;
+}
+
+/* #p of the proxy at idx (absolute): an array's length; for a map, a
+ * border as Lua's # gives one. */
+static double length(struct walk *w, int idx, struct pnode *nd) {
+  lua_State *L = w->L;
+  double j = 0;
+
+  if (!nd->is_map)
+    return nd->len;
+  for (;;) {
+    tick(w);
+    lua_pushnumber(L, j + 1);
+    get(w, idx, nd, lua_gettop(L));
+    if (lua_isnil(L, -1))
+      break;
+    lua_pop(L, 2);
+    j++;
+  }
+  lua_pop(L, 2);
+  return j;
+}
+
+static int p_len(lua_State *L) {
+  struct walk w = {0};
+  struct pnode *nd = node_at(L, 1, &w);
+  lua_pushnumber(L, length(&w, 1, nd));
+  return 1;
+}
+
+/* ---- iteration -------------------------------------------------------------
+ * pairs(p) walks a map's pairs in the order of the bytes (the first of keys
+ * Lua cannot tell apart; keys Lua cannot hold are left out; written values
+ * in place of the originals, deleted ones skipped), then the keys the rule
+ * added. An array yields its positions 1..#p that are not nil. */
+
+struct iter {
+  uint32_t pos; /* byte offset of the next pair */
+  uint32_t j;   /* pairs (or array positions) done */
+};
+
+/* Push the next key and value after the state it; 0 at the end. prev is
+ * the key yielded last (absolute; 0 for none): the added keys follow it. */
+static int step(struct walk *w, int idx, struct pnode *nd, struct iter *it,
+                int prev) {
+  lua_State *L = w->L;
+  struct sl_mp_item key;
+  int wt;
+
+  while (it->j < (nd->is_map ? nd->n : nd->len)) {
+    const uint8_t *p = w->base + it->pos;
+    uint32_t vo;
+    it->j++;
+    tick(w);
+    if (!nd->is_map) {
+      lua_pushnumber(L, it->j);
+      get(w, idx, nd, lua_gettop(L));
+      if (!lua_isnil(L, -1))
+        return 1;
+      lua_pop(L, 2);
+      continue;
+    }
+    rd_key(w, &p, &key, nd->depth + 1);
+    vo = (uint32_t)(p - w->base);
+    skip(w, &p, nd->depth + 1);
+    it->pos = (uint32_t)(p - w->base);
+    if (!push_lkey(L, &key))
+      continue;
+    if (find(w, idx, nd, lua_gettop(L)) != vo) { /* a later duplicate */
+      lua_pop(L, 1);
+      continue;
+    }
+    get(w, idx, nd, lua_gettop(L));
+    if (!lua_isnil(L, -1))
+      return 1;
+    lua_pop(L, 2);
+  }
+  if (!nd->is_map)
+    return 0;
+  if (!push_slot(L, idx, nd, E_WRITES, 0)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  wt = lua_gettop(L);
+  if (prev && it->j == nd->n + 1) /* prev was an added key */
+    lua_pushvalue(L, prev);
+  else
+    lua_pushnil(L);
+  it->j = nd->n + 1;
+  while (lua_next(L, wt)) {
+    tick(w);
+    if (lua_type(L, -2) != LUA_TLIGHTUSERDATA && !is_deleted(L, -1) &&
+        find(w, idx, nd, lua_gettop(L) - 1) == 0) {
+      lua_remove(L, wt);
+      return 1;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* The iterator pairs(p) returns: upvalue 1 is its struct iter. */
+static int p_pairs_next(lua_State *L) {
+  struct walk w = {0};
+  struct pnode *nd = node_at(L, 1, &w);
+  struct iter *it = lua_touserdata(L, lua_upvalueindex(1));
+
+  lua_settop(L, 2);
+  return step(&w, 1, nd, it, 2) ? 2 : 0;
+}
+
+/* next(p, k): from the start each time (use pairs for a long walk). */
+static int p_next(lua_State *L) {
+  struct walk w = {0};
+  struct pnode *nd = node_at(L, 1, &w);
+  struct iter it = {nd->body, 0};
+  int top;
+
+  lua_settop(L, 2);
+  top = 2;
+  if (lua_isnil(L, 2))
+    return step(&w, 1, nd, &it, 0) ? 2 : 0;
+  if (nd->is_map && nd->has_env && find(&w, 1, nd, 2) == 0) {
+    it.j = nd->n + 1; /* an added key: the rest follow it */
+    return step(&w, 1, nd, &it, 2) ? 2 : 0;
+  }
+  if (!nd->is_map) { /* an array goes on from the position */
+    lua_Number d = lua_type(L, 2) == LUA_TNUMBER ? lua_tonumber(L, 2) : 0;
+    if (!(d >= 1 && d <= nd->len && d == floor(d)))
+      return luaL_error(L, "invalid key to 'next'");
+    it.j = (uint32_t)d;
+    return step(&w, 1, nd, &it, 0) ? 2 : 0;
+  }
+  while (step(&w, 1, nd, &it, 0)) {
+    int was = lua_rawequal(L, top + 1, 2);
+    lua_settop(L, top);
+    if (was)
+      return step(&w, 1, nd, &it, 2) ? 2 : 0;
+  }
+  return luaL_error(L, "invalid key to 'next'");
+}
+
+static int p_ipairs_next(lua_State *L) {
+  struct walk w = {0};
+  struct pnode *nd = node_at(L, 1, &w);
+  lua_Number i = luaL_checknumber(L, 2) + 1;
+
+  lua_settop(L, 1);
+  lua_pushnumber(L, i);
+  get(&w, 1, nd, 2);
+  return lua_isnil(L, -1) ? 0 : 2;
+}
+
+/* ---- writing out: the original bytes, changed entries re-encoded ---------- */
+
+struct sctx {
+  struct walk w;
+  struct sl_buf *out;
+  size_t start, max;
+  const char *what;
+  const uint8_t *run, *run_end; /* original bytes still to copy */
+};
+
+/* Raise unless n more bytes keep the output within max. */
+static void room(struct sctx *s, size_t n) {
+  if (n > s->max || s->out->len - s->start > s->max - n)
+    luaL_error(s->w.L, "%s is larger than %d bytes", s->what,
+               s->max > INT32_MAX ? INT32_MAX : (int)s->max);
+}
+
+static void put(struct sctx *s, const void *p, size_t n) {
+  room(s, n);
+  if (sl_buf_append(s->out, p, n) != 0)
+    luaL_error(s->w.L, "not enough memory");
+}
+
+static void flush(struct sctx *s) {
+  if (s->run != NULL)
+    put(s, s->run, (size_t)(s->run_end - s->run));
+  s->run = s->run_end = NULL;
+}
+
+/* Copy the original bytes [p, q): runs of them in one append. */
+static void keep(struct sctx *s, const uint8_t *p, const uint8_t *q) {
+  if (s->run_end != p) {
+    flush(s);
+    s->run = p;
+  }
+  s->run_end = q;
+}
+
+static void write_node(struct sctx *s, int idx, int depth);
+
+/* Is the Lua value at v the one the original scalar at p decodes to (as
+ * the decoder's side records said: then its type stays)? */
+static int same_scalar(lua_State *L, int v, const uint8_t *p,
+                       const uint8_t *end) {
+  struct sl_mp_item it;
+
+  if (sl_mp_read(&p, end, &it) != 0)
+    return 0;
+  return key_is(L, v, &it); /* the same comparison as for keys */
+}
+
+/* Write the value at v (absolute) the rule put where the original [p, q)
+ * was (p NULL: a new entry). */
+static void write_val(struct sctx *s, int v, const uint8_t *p,
+                      const uint8_t *q, int depth) {
+  lua_State *L = s->w.L;
+
+  if (p && same_scalar(L, v, p, q)) {
+    keep(s, p, q);
+    return;
+  }
+  flush(s);
+  if (lua_type(L, v) == LUA_TSTRING) { /* the common cases, directly */
+    size_t n;
+    const char *str = lua_tolstring(L, v, &n);
+    room(s, n + 5);
+    if (sl_codec_put_str(s->out, str, n) != 0)
+      luaL_error(L, "not enough memory");
+    return;
+  }
+  if (lua_type(L, v) == LUA_TBOOLEAN) {
+    put(s, lua_toboolean(L, v) ? "\xc3" : "\xc2", 1);
+    return;
+  }
+  if (sl_proxy_is(L, v)) {
+    write_node(s, v, depth);
+    return;
+  }
+  sl_luacodec_encode_at(L, v, s->out, check_cpu,
+                        s->max - (s->out->len - s->start), s->what, depth);
+}
+
+/* If the cache at ct holds a changed child proxy under the key at k for
+ * the value at offset vo, push it and return 1. */
+static int dirty_child(lua_State *L, int ct, int k, uint32_t vo) {
+  struct pnode *c;
+
+  if (lua_isnil(L, ct))
+    return 0;
+  lua_pushvalue(L, k);
+  lua_rawget(L, ct);
+  c = sl_proxy_is(L, -1) ? lua_touserdata(L, -1) : NULL;
+  if (c && c->dirty && c->off == vo)
+    return 1;
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* A changed map's writes and changed children, gathered onto the stack
+ * when there are few: each pair is then matched by comparing bytes, with
+ * no Lua key made for it. n or nc is -1 when there are more. */
+#define FEW 8
+
+struct plan {
+  int n, at[FEW];         /* written keys: stack index (value above) */
+  struct lkey key[FEW];   /* ... read once */
+  uint32_t first[FEW];    /* offset of the value of their first pair, as
+                             met; 0 until then (after all: an added key) */
+  int nc, child[FEW];     /* changed child proxies: stack index */
+  uint32_t coff[FEW];     /* ... and offset */
+};
+
+static void gather(struct sctx *s, int idx, struct pnode *nd,
+                   struct plan *pl) {
+  lua_State *L = s->w.L;
+  struct pnode *c;
+  int t;
+
+  pl->n = pl->nc = 0;
+  if (!nd->has_env)
+    return;
+  luaL_checkstack(L, 4 * FEW + 8, "ev.payload");
+  push_env(L, idx, nd);
+  t = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, t)) { /* keeps each key and value, goes on from a copy */
+    if (lua_type(L, -2) == LUA_TLIGHTUSERDATA) {
+      lua_pop(L, 1);
+      continue;
+    }
+    if (pl->n == FEW) {
+      pl->n = -1;
+      lua_pop(L, 2);
+      break;
+    }
+    pl->at[pl->n] = lua_gettop(L) - 1;
+    lkey_of(L, lua_gettop(L) - 1, &pl->key[pl->n]);
+    pl->first[pl->n++] = 0;
+    lua_pushvalue(L, -2);
+  }
+  push_slot(L, idx, nd, E_CACHE, 0);
+  t = lua_gettop(L);
+  lua_pushnil(L);
+  while (!lua_isnil(L, t) && lua_next(L, t)) {
+    c = sl_proxy_is(L, -1) ? lua_touserdata(L, -1) : NULL;
+    if (c == NULL || !c->dirty) {
+      lua_pop(L, 1);
+      continue;
+    }
+    if (pl->nc == FEW) {
+      pl->nc = -1;
+      lua_pop(L, 2);
+      break;
+    }
+    pl->child[pl->nc] = lua_gettop(L);
+    pl->coff[pl->nc++] = c->off;
+    lua_pushvalue(L, -2);
+  }
+}
+
+enum { KEEP, WRITE, DROP, CHILD };
+
+/* What becomes of the pair whose key is key and whose value is at vo:
+ * *vi is the stack index of what to write for WRITE and CHILD. May push
+ * (the caller resets the stack). */
+static int decide(struct sctx *s, int idx, struct pnode *nd,
+                  struct plan *pl, const struct sl_mp_item *key,
+                  uint32_t vo, int *vi) {
+  lua_State *L = s->w.L;
+  int j, k = 0;
+
+  if (pl->n < 0 || pl->nc < 0) {
+    if (!push_lkey(L, key))
+      return KEEP;
+    k = lua_gettop(L);
+  }
+  if (pl->n >= 0) {
+    for (j = 0; j < pl->n; j++)
+      if (lkey_is(&pl->key[j], key)) { /* pairs come in order */
+        *vi = pl->at[j] + 1;
+        if (pl->first[j] == 0)
+          pl->first[j] = vo;
+        return pl->first[j] != vo || is_deleted(L, *vi) ? DROP : WRITE;
+      }
+  } else if (written(L, idx, nd, k)) {
+    *vi = lua_gettop(L);
+    return find(&s->w, idx, nd, k) != vo || lua_isnil(L, *vi) ? DROP : WRITE;
+  }
+  if (pl->nc >= 0) {
+    for (j = 0; j < pl->nc; j++)
+      if (pl->coff[j] == vo) {
+        *vi = pl->child[j];
+        return CHILD;
+      }
+    return KEEP;
+  }
+  push_slot(L, idx, nd, E_CACHE, 0);
+  if (!dirty_child(L, lua_gettop(L), k, vo))
+    return KEEP;
+  *vi = lua_gettop(L);
+  return CHILD;
+}
+
+/* The keys the rule added to a map (after its pairs); returns how many. */
+static uint32_t write_added(struct sctx *s, int idx, struct pnode *nd,
+                            const struct plan *pl, int depth) {
+  lua_State *L = s->w.L;
+  uint32_t count = 0;
+  int j, k;
+
+  for (j = 0; j < pl->n; j++)
+    if (pl->first[j] == 0 && !is_deleted(L, pl->at[j] + 1)) {
+      write_val(s, pl->at[j], NULL, NULL, 0);
+      write_val(s, pl->at[j] + 1, NULL, NULL, depth + 1);
+      count++;
+    }
+  if (pl->n >= 0)
+    return count;
+  push_env(L, idx, nd);
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    k = lua_gettop(L) - 1;
+    tick(&s->w);
+    if (lua_type(L, k) != LUA_TLIGHTUSERDATA && !is_deleted(L, k + 1) &&
+        find(&s->w, idx, nd, k) == 0) {
+      write_val(s, k, NULL, NULL, 0);
+      write_val(s, k + 1, NULL, NULL, depth + 1);
+      count++;
+    }
+    lua_settop(L, k);
+  }
+  lua_pop(L, 1);
+  return count;
+}
+
+/* Pairs of a changed map; returns how many were written. */
+static uint32_t write_map(struct sctx *s, int idx, struct pnode *nd,
+                          int depth) {
+  lua_State *L = s->w.L;
+  const uint8_t *p = s->w.base + nd->body;
+  int top = lua_gettop(L), base, vi;
+  struct plan pl;
+  uint32_t i, count = 0;
+
+  gather(s, idx, nd, &pl);
+  base = lua_gettop(L);
+  for (i = 0; i < nd->n; i++) {
+    const uint8_t *k0 = p, *v0;
+    struct sl_mp_item key;
+    rd_key(&s->w, &p, &key, nd->depth + 1);
+    v0 = p;
+    skip(&s->w, &p, nd->depth + 1);
+    switch (decide(s, idx, nd, &pl, &key, (uint32_t)(v0 - s->w.base), &vi)) {
+    case KEEP:
+      keep(s, k0, p);
+      break;
+    case WRITE:
+      keep(s, k0, v0);
+      write_val(s, vi, v0, p, depth + 1);
+      break;
+    case CHILD:
+      keep(s, k0, v0);
+      flush(s);
+      write_node(s, vi, depth + 1);
+      break;
+    default: /* DROP: deleted, or a later pair of a key written once */
+      count--;
+    }
+    count++;
+    lua_settop(L, base);
+  }
+  count += write_added(s, idx, nd, &pl, depth);
+  lua_settop(L, top);
+  return count;
+}
+
+/* Elements of a changed array; returns how many were written. */
+static uint32_t write_array(struct sctx *s, int idx, struct pnode *nd,
+                            int depth) {
+  lua_State *L = s->w.L;
+  const uint8_t *p = s->w.base + nd->body;
+  int top = lua_gettop(L), wt = top + 1, ct = top + 2;
+  uint32_t i;
+
+  push_slot(L, idx, nd, E_WRITES, 0);
+  push_slot(L, idx, nd, E_CACHE, 0);
+  for (i = 1; i <= nd->len; i++) {
+    const uint8_t *v0 = p;
+    if (i <= nd->n)
+      skip(&s->w, &p, nd->depth + 1);
+    else
+      tick(&s->w);
+    lua_pushnumber(L, i);
+    if (!lua_isnil(L, wt)) {
+      lua_pushvalue(L, -1);
+      lua_rawget(L, wt);
+      if (!lua_isnil(L, -1)) {
+        if (is_deleted(L, -1)) {
+          flush(s);
+          put(s, "\xc0", 1);
+        } else {
+          write_val(s, lua_gettop(L), i <= nd->n ? v0 : NULL, p, depth + 1);
+        }
+        lua_settop(L, ct);
+        continue;
+      }
+      lua_pop(L, 1);
+    }
+    if (i > nd->n) { /* a position past the bytes, never written: nil */
+      flush(s);
+      put(s, "\xc0", 1);
+    } else if (dirty_child(L, ct, lua_gettop(L), (uint32_t)(v0 - s->w.base))) {
+      flush(s);
+      write_node(s, lua_gettop(L), depth + 1);
+    } else {
+      keep(s, v0, p);
+    }
+    lua_settop(L, ct);
+  }
+  lua_settop(L, top);
+  return nd->len;
+}
+
+/* The header of a written container: the original one when the count is
+ * the same (the bytes stay as they came), else the smallest. */
+static void write_header(struct sctx *s, size_t at, struct pnode *nd,
+                         uint32_t count) {
+  struct sl_buf *b = s->out;
+  size_t hl = nd->body - nd->off;
+
+  if (count != nd->n) {
+    sl_codec_patch_header(b, at, nd->is_map, count);
+    return;
+  }
+  memmove(b->data + at + hl, b->data + at + 5, b->len - at - 5);
+  memcpy(b->data + at, s->w.base + nd->off, hl);
+  b->len -= 5 - hl;
+}
+
+static void write_node(struct sctx *s, int idx, int depth) {
+  lua_State *L = s->w.L;
+  struct pnode *nd = node_at(L, idx, &s->w);
+  const uint8_t *p = s->w.base + nd->off;
+  uint32_t count;
+  size_t at;
+
+  if (depth >= SL_CODEC_MAX_DEPTH)
+    luaL_error(L, "cannot encode: nesting deeper than %d (a cycle?)",
+               SL_CODEC_MAX_DEPTH);
+  if (!nd->dirty) {
+    skip(&s->w, &p, nd->depth);
+    keep(s, s->w.base + nd->off, p);
+    return;
+  }
+  luaL_checkstack(L, 12, "ev.payload");
+  flush(s);
+  at = s->out->len;
+  put(s, "\0\0\0\0\0", 5);
+  count = nd->is_map ? write_map(s, idx, nd, depth)
+                     : write_array(s, idx, nd, depth);
+  flush(s);
+  write_header(s, at, nd, count);
+}
+
+void sl_proxy_write(lua_State *L, int idx, struct sl_buf *out, int depth,
+                    size_t max, const char *what) {
+  struct sctx s;
+
+  if (idx < 0 && idx > LUA_REGISTRYINDEX)
+    idx = lua_gettop(L) + idx + 1;
+  memset(&s, 0, sizeof(s));
+  s.w.L = L;
+  s.out = out;
+  s.start = out->len;
+  s.max = max;
+  s.what = what ? what : "the value";
+  write_node(&s, idx, depth);
+  flush(&s);
+}
+
+/* ---- the rest of the interface -------------------------------------------- */
+
+int sl_proxy_is(lua_State *L, int idx) {
+  int is;
+
+  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
+    return 0;
+  lua_rawgeti(L, -1, 1); /* the metatable's mark: only C sets a userdata's */
+  is = lua_touserdata(L, -1) == (void *)&mt_key;
+  lua_pop(L, 2);
+  return is;
+}
+
+int sl_proxy_untouched(lua_State *L, int idx) {
+  struct pnode *nd;
+
+  if (!sl_proxy_is(L, idx))
+    return 0;
+  nd = lua_touserdata(L, idx);
+  return nd->parent == NULL && !nd->dirty && nd->gen == box_of(L)->pgen;
+}
+
+int sl_proxy_clean(const void *p) {
+  return !((const struct pnode *)p)->dirty;
+}
+
+void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
+  struct box *b = box_of(L);
+  const uint8_t *q = p;
+  struct sl_mp_item it;
+
+  if (sl_mp_read(&q, p + len, &it) != 0 || (it.t != M_MAP && it.t != M_ARR))
+    luaL_error(L, "ev.payload: not a map or array");
+  b->proot = new_node(L, 0, (uint32_t)(q - p), &it, NULL);
+  lua_pushvalue(L, -1); /* the root keeps its tree alive for the event */
+  lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);
+}
+
+const char *sl_proxy_kind(lua_State *L, int idx, int kidx) {
+  static const char *const names[] = {
+      "nil", "boolean", "int", "int", "float32", "float", "string", "binary",
+      "array", "map", "ext", "nil"};
+  struct walk w = {0};
+  struct pnode *nd = node_at(L, idx, &w);
+  const uint8_t *p;
+  struct sl_mp_item it;
+  uint32_t vo;
+
+  if (kidx == 0)
+    return nd->is_map ? "map" : "array";
+  vo = find(&w, idx, nd, kidx);
+  if (nd->has_env && written(L, idx, nd, kidx)) {
+    if (vo == 0 || lua_isnil(L, -1) ||
+        !same_scalar(L, lua_gettop(L), w.base + vo, w.end))
+      return NULL; /* the value stays pushed: plain rules name it */
+    lua_pop(L, 1);
+  }
+  if (vo == 0)
+    return "nil";
+  p = w.base + vo;
+  rd(&w, &p, &it);
+  return names[it.t];
+}
+
+/* The function the sandbox replaced (upvalue 1), for values that are not
+ * proxies. */
+static int call_orig(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE); /* here, so the error names the caller */
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  return lua_gettop(L);
+}
+
+static int l_pairs(lua_State *L) {
+  struct walk w = {0};
+  struct pnode *nd;
+  struct iter *it;
+
+  if (!sl_proxy_is(L, 1))
+    return call_orig(L);
+  nd = node_at(L, 1, &w);
+  it = lua_newuserdata(L, sizeof(*it));
+  it->pos = nd->body;
+  it->j = 0;
+  lua_pushcclosure(L, p_pairs_next, 1);
+  lua_pushvalue(L, 1);
+  lua_pushnil(L);
+  return 3;
+}
+
+static int l_ipairs(lua_State *L) {
+  if (!sl_proxy_is(L, 1))
+    return call_orig(L);
+  lua_pushcfunction(L, p_ipairs_next);
+  lua_pushvalue(L, 1);
+  lua_pushnumber(L, 0);
+  return 3;
+}
+
+static int l_next(lua_State *L) {
+  if (!sl_proxy_is(L, 1))
+    return call_orig(L);
+  return p_next(L);
+}
+
+/* type(p) is "table": code written for decoded payloads keeps working. */
+static int l_type(lua_State *L) {
+  luaL_checkany(L, 1);
+  if (lua_type(L, 1) == LUA_TUSERDATA && sl_proxy_is(L, 1))
+    lua_pushliteral(L, "table");
+  else
+    lua_pushstring(L, luaL_typename(L, 1));
+  return 1;
+}
+
+static int buf_gc(lua_State *L) {
+  sl_buf_close(lua_touserdata(L, 1));
+  return 0;
+}
+
+/* sluice.copy(v): v as plain Lua values with exact types (what decoding
+ * gave before proxies), to keep past on_event or hand to table.sort. */
+int sl_proxy_copy(lua_State *L) {
+  struct box *b = box_of(L);
+  struct sl_buf *buf;
+
+  luaL_checkany(L, 1);
+  lua_settop(L, 1);
+  buf = lua_newuserdata(L, sizeof(*buf)); /* freed by __gc on a raise */
+  sl_buf_init(buf);
+  lua_pushlightuserdata(L, (void *)&buf_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  lua_setmetatable(L, -2);
+  sl_luacodec_encode_max(L, 1, buf, check_cpu, b->rule->max_event_bytes,
+                         "sluice.copy: the value (max_event_bytes)");
+  sl_luacodec_push(L, buf->data, buf->len, check_cpu);
+  sl_buf_close(buf);
+  return 1;
+}
+
+void sl_proxy_open(lua_State *L, int env) {
+  static const luaL_Reg wrap[] = {{"pairs", l_pairs}, {"ipairs", l_ipairs},
+                                  {"next", l_next}, {NULL, NULL}};
+  const luaL_Reg *f;
+
+  lua_pushlightuserdata(L, (void *)&mt_key);
+  lua_createtable(L, 1, 4);
+  lua_pushlightuserdata(L, (void *)&mt_key);
+  lua_rawseti(L, -2, 1);
+  lua_pushcfunction(L, p_index);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, p_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushcfunction(L, p_len);
+  lua_setfield(L, -2, "__len");
+  lua_pushliteral(L, "protected");
+  lua_setfield(L, -2, "__metatable");
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  lua_pushlightuserdata(L, (void *)&buf_key);
+  lua_createtable(L, 0, 1);
+  lua_pushcfunction(L, buf_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  for (f = wrap; f->name; f++) {
+    lua_getfield(L, env, f->name);
+    lua_pushcclosure(L, f->func, 1);
+    lua_setfield(L, env, f->name);
+  }
+  lua_pushcfunction(L, l_type);
+  lua_setfield(L, env, "type");
+}
+
+/* ---- the table library on proxies -----------------------------------------
+ * table.insert and table.remove move elements through the proxy; concat,
+ * unpack and sort work on a plain copy of p[1..#p] (sort then writes the
+ * order back), so the library's own bounds apply. */
+
+void sl_proxy_plain_at_1(lua_State *L) {
+  struct walk w = {0};
+  struct pnode *nd = node_at(L, 1, &w);
+  double i, n = length(&w, 1, nd);
+  int t;
+
+  lua_createtable(L, n < 65536 ? (int)n : 0, 0);
+  t = lua_gettop(L);
+  for (i = 1; i <= n; i++) {
+    tick(&w);
+    lua_pushnumber(L, i);
+    get(&w, 1, nd, t + 1);
+    lua_rawseti(L, t, (int)i);
+    lua_pop(L, 1);
+  }
+  lua_replace(L, 1);
+}
+
+/* unpack and table.remove: upvalue 1 is the function for plain tables. */
+static int t_plain(lua_State *L) {
+  if (sl_proxy_is(L, 1))
+    sl_proxy_plain_at_1(L);
+  return call_orig(L);
+}
+
+int sl_proxy_sort(lua_State *L) {
+  int i, n;
+
+  lua_settop(L, 3);
+  lua_pushvalue(L, 1); /* 4: the proxy */
+  sl_proxy_plain_at_1(L);
+  lua_pushvalue(L, 3);
+  lua_pushvalue(L, 1);
+  if (lua_isnil(L, 2)) {
+    lua_call(L, 1, 0);
+  } else {
+    lua_pushvalue(L, 2);
+    lua_call(L, 2, 0);
+  }
+  n = (int)lua_objlen(L, 1);
+  for (i = 1; i <= n; i++) {
+    if ((i & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
+      check_cpu(L);
+    lua_pushnumber(L, i);
+    lua_rawgeti(L, 1, i);
+    lua_settable(L, 4);
+  }
+  return 0;
+}
+
+/* p[to] = p[from] through the proxy at 1. */
+static void move(lua_State *L, double from, double to, unsigned *steps) {
+  if ((++*steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
+    check_cpu(L);
+  lua_pushnumber(L, to);
+  lua_pushnumber(L, from);
+  lua_gettable(L, 1);
+  lua_settable(L, 1);
+}
+
+int sl_proxy_insert(lua_State *L) {
+  struct walk w = {0};
+  unsigned steps = 0;
+  double n, pos, i;
+
+  n = length(&w, 1, node_at(L, 1, &w));
+  if (lua_gettop(L) == 2) {
+    lua_pushnumber(L, n + 1);
+    lua_pushvalue(L, 2);
+    lua_settable(L, 1);
+    return 0;
+  }
+  if (lua_gettop(L) != 3)
+    return luaL_error(L, "wrong number of arguments to 'insert'");
+  pos = luaL_checknumber(L, 2);
+  if (pos < 1 || pos > n + 1 || pos != floor(pos))
+    return luaL_argerror(L, 2, "position out of bounds");
+  for (i = n; i >= pos; i--)
+    move(L, i, i + 1, &steps);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 3);
+  lua_settable(L, 1);
+  return 0;
+}
+
+static int t_remove(lua_State *L) {
+  struct walk w = {0};
+  unsigned steps = 0;
+  double n, pos, i;
+
+  if (!sl_proxy_is(L, 1))
+    return call_orig(L);
+  n = length(&w, 1, node_at(L, 1, &w));
+  pos = luaL_optnumber(L, 2, n);
+  if (n == 0 && lua_isnoneornil(L, 2))
+    return 0;
+  if (pos < 1 || pos > n || pos != floor(pos))
+    return luaL_argerror(L, 2, "position out of bounds");
+  lua_settop(L, 1);
+  lua_pushnumber(L, pos);
+  lua_gettable(L, 1); /* 2: the value removed */
+  for (i = pos; i < n; i++)
+    move(L, i + 1, i, &steps);
+  lua_pushnumber(L, n);
+  lua_pushnil(L);
+  lua_settable(L, 1);
+  return 1;
+}
+
+void sl_proxy_open_table(lua_State *L, int env) {
+  lua_getfield(L, env, "table");
+  lua_getfield(L, -1, "remove");
+  lua_pushcclosure(L, t_remove, 1);
+  lua_setfield(L, -2, "remove");
+  lua_pop(L, 1);
+  lua_getfield(L, env, "unpack");
+  lua_pushcclosure(L, t_plain, 1);
+  lua_setfield(L, env, "unpack");
+}
