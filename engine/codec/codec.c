@@ -1428,3 +1428,118 @@ int sl_codec_read_uint(const uint8_t *p, size_t len, uint64_t *v,
   *used = 1 + w;
   return 0;
 }
+
+/* ---- one item ------------------------------------------------------------ */
+
+static uint64_t item_rd(const uint8_t *p, int n) {
+  uint64_t v = 0;
+  int i;
+  for (i = 0; i < n; i++)
+    v = (v << 8) | p[i];
+  return v;
+}
+
+/* Read one header (and the body of a str/bin/ext) at *pp. Returns 0 and
+ * advances, or -1 when the bytes end or are not msgpack. Container counts
+ * are checked against the bytes left (every element takes a byte). */
+int sl_codec_read_item(const uint8_t **pp, const uint8_t *end,
+                       struct sl_codec_item *it) {
+  const uint8_t *p = *pp;
+  size_t left = (size_t)(end - p), hdr = 1, body = 0;
+  uint8_t c;
+
+  if (left < 1)
+    return -1;
+  c = p[0];
+  it->n = 0;
+  it->s = NULL;
+  if (c <= 0x7f) {
+    it->t = SL_MP_UINT;
+    it->u = c;
+  } else if (c >= 0xe0) {
+    it->t = SL_MP_INT;
+    it->i = (int8_t)c;
+  } else if (c >= 0x80 && c <= 0x8f) {
+    it->t = SL_MP_MAP;
+    it->n = c & 0x0f;
+  } else if (c >= 0x90 && c <= 0x9f) {
+    it->t = SL_MP_ARR;
+    it->n = c & 0x0f;
+  } else if (c >= 0xa0 && c <= 0xbf) {
+    it->t = SL_MP_STR;
+    body = c & 0x1f;
+  } else {
+    static const uint8_t size[] = {
+        /* c0 */ 0, 0, 0, 0, 1, 2, 4, 1, 2, 4, 4, 8, 1, 2, 4, 8,
+        /* d0 */ 1, 2, 4, 8, 1, 1, 1, 1, 1, 1, 2, 4, 2, 4, 2, 4};
+    size_t sz = size[c - 0xc0];
+    if (left < 1 + sz)
+      return -1;
+    hdr = 1 + sz;
+    switch (c) {
+    case 0xc0: it->t = SL_MP_NIL; break;
+    case 0xc2: case 0xc3: it->t = SL_MP_BOOL; it->b = c == 0xc3; break;
+    case 0xc4: case 0xc5: case 0xc6:
+      it->t = SL_MP_BIN; body = (size_t)item_rd(p + 1, (int)sz); break;
+    case 0xc7: case 0xc8: case 0xc9:
+      it->t = SL_MP_EXT; body = (size_t)item_rd(p + 1, (int)sz); hdr++;
+      break;
+    case 0xca: {
+      uint32_t b = (uint32_t)item_rd(p + 1, 4);
+      it->t = SL_MP_F32;
+      memcpy(&it->f, &b, 4);
+      break;
+    }
+    case 0xcb: {
+      uint64_t b = item_rd(p + 1, 8);
+      it->t = SL_MP_F64;
+      memcpy(&it->d, &b, 8);
+      break;
+    }
+    case 0xcc: case 0xcd: case 0xce: case 0xcf:
+      it->t = SL_MP_UINT; it->u = item_rd(p + 1, (int)sz); break;
+    case 0xd0: it->t = SL_MP_INT; it->i = (int8_t)item_rd(p + 1, 1); break;
+    case 0xd1: it->t = SL_MP_INT; it->i = (int16_t)item_rd(p + 1, 2); break;
+    case 0xd2: it->t = SL_MP_INT; it->i = (int32_t)item_rd(p + 1, 4); break;
+    case 0xd3: it->t = SL_MP_INT; it->i = (int64_t)item_rd(p + 1, 8); break;
+    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+      it->t = SL_MP_EXT; body = (size_t)1 << (c - 0xd4); hdr = 2; break;
+    case 0xd9: case 0xda: case 0xdb:
+      it->t = SL_MP_STR; body = (size_t)item_rd(p + 1, (int)sz); break;
+    case 0xdc: case 0xdd:
+      it->t = SL_MP_ARR; it->n = (uint32_t)item_rd(p + 1, (int)sz); break;
+    case 0xde: case 0xdf:
+      it->t = SL_MP_MAP; it->n = (uint32_t)item_rd(p + 1, (int)sz); break;
+    default:
+      return -1; /* 0xc1 */
+    }
+  }
+  if (left < hdr)
+    return -1;
+  if (it->t == SL_MP_EXT) {
+    it->ext = (int8_t)p[hdr - 1];
+  }
+  if (it->t == SL_MP_STR || it->t == SL_MP_BIN || it->t == SL_MP_EXT) {
+    if (body > left - hdr)
+      return -1;
+    it->s = p + hdr;
+    it->n = (uint32_t)body;
+    *pp = p + hdr + body;
+    return 0;
+  }
+  if (it->t == SL_MP_ARR && it->n > left - hdr)
+    return -1;
+  if (it->t == SL_MP_MAP && (uint64_t)it->n * 2 > left - hdr)
+    return -1;
+  *pp = p + hdr;
+  return 0;
+}
+
+int sl_codec_is_container(const uint8_t *p, size_t len) {
+  return len > 0 && ((p[0] >= 0x80 && p[0] <= 0x9f) ||
+                     (p[0] >= 0xdc && p[0] <= 0xdf));
+}
+
+int sl_codec_is_true(const uint8_t *p, size_t len) {
+  return len == 1 && p[0] == 0xc3;
+}

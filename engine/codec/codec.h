@@ -134,4 +134,33 @@ int sl_codec_put_map(struct sl_buf *b, uint32_t n);
 void sl_codec_patch_header(struct sl_buf *b, size_t at, int is_map,
                            uint32_t n);
 
+/* Is the value at p (len bytes) a map or an array? The msgpack true? */
+int sl_codec_is_container(const uint8_t *p, size_t len);
+int sl_codec_is_true(const uint8_t *p, size_t len);
+
+/* One msgpack item, read by sl_codec_read_item: what the Lua side (the
+ * payload proxies, Lua <-> msgpack) walks values with. */
+enum sl_mp_type {
+  SL_MP_NIL, SL_MP_BOOL, SL_MP_INT, SL_MP_UINT, SL_MP_F32, SL_MP_F64,
+  SL_MP_STR, SL_MP_BIN, SL_MP_ARR, SL_MP_MAP, SL_MP_EXT, SL_MP_BAD
+};
+
+struct sl_codec_item {
+  enum sl_mp_type t;
+  int b;
+  int64_t i;
+  uint64_t u;
+  double d;
+  float f;
+  const uint8_t *s; /* body of str, bin, ext */
+  uint32_t n;       /* body length, or element count */
+  int8_t ext;
+};
+
+/* Read one header (and the body of a str/bin/ext) at *pp. Returns 0 and
+ * advances, or -1 when the bytes end or are not msgpack. Container counts
+ * are checked against the bytes left (every element takes a byte). */
+int sl_codec_read_item(const uint8_t **pp, const uint8_t *end,
+                       struct sl_codec_item *it);
+
 #endif

@@ -110,8 +110,8 @@ static int is_hello(const uint8_t *p, size_t n, int *ack) {
   if (sl_codec_map_find(p, n, "topic", 5, &v, &vlen) == 0 ||
       sl_codec_map_find(p, n, "sluice", 6, &v, &vlen) != 0)
     return 0;
-  *ack = sl_codec_map_find(p, n, "ack", 3, &v, &vlen) == 0 && vlen == 1 &&
-         v[0] == 0xc3;
+  *ack = sl_codec_map_find(p, n, "ack", 3, &v, &vlen) == 0 &&
+         sl_codec_is_true(v, vlen);
   return 1;
 }
 

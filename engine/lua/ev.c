@@ -21,7 +21,6 @@
 static int push_payload(lua_State *L, struct box *b) {
   struct sl_event *ev = b->ev;
   const uint8_t *p = ev->data + ev->payload_off;
-  uint8_t c = ev->payload_len ? p[0] : 0xc0;
 
   if (b->evflags & EV_PAYLOAD) {
     if (b->evflags & EV_PAYLOAD_NIL)
@@ -33,7 +32,7 @@ static int push_payload(lua_State *L, struct box *b) {
     b->evflags |= EV_PAYLOAD | EV_PAYLOAD_NIL;
     return 0;
   }
-  if ((c >= 0x80 && c <= 0x9f) || (c >= 0xdc && c <= 0xdf))
+  if (sl_codec_is_container(p, ev->payload_len))
     sl_proxy_push_root(L, p, ev->payload_len);
   else
     sl_luacodec_push(L, p, ev->payload_len, check_cpu);

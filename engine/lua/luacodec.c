@@ -271,109 +271,6 @@ static int own_mt(lua_State *L, int table, const char *kind) {
 
 /* ---- reading msgpack ----------------------------------------------------- */
 
-static uint64_t rd(const uint8_t *p, int n) {
-  uint64_t v = 0;
-  int i;
-  for (i = 0; i < n; i++)
-    v = (v << 8) | p[i];
-  return v;
-}
-
-/* Read one header (and the body of a str/bin/ext) at *pp. Returns 0 and
- * advances, or -1 when the bytes end or are not msgpack. Container counts
- * are checked against the bytes left (every element takes a byte). */
-int sl_mp_read(const uint8_t **pp, const uint8_t *end, struct sl_mp_item *it) {
-  const uint8_t *p = *pp;
-  size_t left = (size_t)(end - p), hdr = 1, body = 0;
-  uint8_t c;
-
-  if (left < 1)
-    return -1;
-  c = p[0];
-  it->n = 0;
-  it->s = NULL;
-  if (c <= 0x7f) {
-    it->t = M_UINT;
-    it->u = c;
-  } else if (c >= 0xe0) {
-    it->t = M_INT;
-    it->i = (int8_t)c;
-  } else if (c >= 0x80 && c <= 0x8f) {
-    it->t = M_MAP;
-    it->n = c & 0x0f;
-  } else if (c >= 0x90 && c <= 0x9f) {
-    it->t = M_ARR;
-    it->n = c & 0x0f;
-  } else if (c >= 0xa0 && c <= 0xbf) {
-    it->t = M_STR;
-    body = c & 0x1f;
-  } else {
-    static const uint8_t size[] = {
-        /* c0 */ 0, 0, 0, 0, 1, 2, 4, 1, 2, 4, 4, 8, 1, 2, 4, 8,
-        /* d0 */ 1, 2, 4, 8, 1, 1, 1, 1, 1, 1, 2, 4, 2, 4, 2, 4};
-    size_t sz = size[c - 0xc0];
-    if (left < 1 + sz)
-      return -1;
-    hdr = 1 + sz;
-    switch (c) {
-    case 0xc0: it->t = M_NIL; break;
-    case 0xc2: case 0xc3: it->t = M_BOOL; it->b = c == 0xc3; break;
-    case 0xc4: case 0xc5: case 0xc6:
-      it->t = M_BIN; body = (size_t)rd(p + 1, (int)sz); break;
-    case 0xc7: case 0xc8: case 0xc9:
-      it->t = M_EXT; body = (size_t)rd(p + 1, (int)sz); hdr++;
-      break;
-    case 0xca: {
-      uint32_t b = (uint32_t)rd(p + 1, 4);
-      it->t = M_F32;
-      memcpy(&it->f, &b, 4);
-      break;
-    }
-    case 0xcb: {
-      uint64_t b = rd(p + 1, 8);
-      it->t = M_F64;
-      memcpy(&it->d, &b, 8);
-      break;
-    }
-    case 0xcc: case 0xcd: case 0xce: case 0xcf:
-      it->t = M_UINT; it->u = rd(p + 1, (int)sz); break;
-    case 0xd0: it->t = M_INT; it->i = (int8_t)rd(p + 1, 1); break;
-    case 0xd1: it->t = M_INT; it->i = (int16_t)rd(p + 1, 2); break;
-    case 0xd2: it->t = M_INT; it->i = (int32_t)rd(p + 1, 4); break;
-    case 0xd3: it->t = M_INT; it->i = (int64_t)rd(p + 1, 8); break;
-    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
-      it->t = M_EXT; body = (size_t)1 << (c - 0xd4); hdr = 2; break;
-    case 0xd9: case 0xda: case 0xdb:
-      it->t = M_STR; body = (size_t)rd(p + 1, (int)sz); break;
-    case 0xdc: case 0xdd:
-      it->t = M_ARR; it->n = (uint32_t)rd(p + 1, (int)sz); break;
-    case 0xde: case 0xdf:
-      it->t = M_MAP; it->n = (uint32_t)rd(p + 1, (int)sz); break;
-    default:
-      return -1; /* 0xc1 */
-    }
-  }
-  if (left < hdr)
-    return -1;
-  if (it->t == M_EXT) {
-    it->ext = (int8_t)p[hdr - 1];
-  }
-  if (it->t == M_STR || it->t == M_BIN || it->t == M_EXT) {
-    if (body > left - hdr)
-      return -1;
-    it->s = p + hdr;
-    it->n = (uint32_t)body;
-    *pp = p + hdr + body;
-    return 0;
-  }
-  if (it->t == M_ARR && it->n > left - hdr)
-    return -1;
-  if (it->t == M_MAP && (uint64_t)it->n * 2 > left - hdr)
-    return -1;
-  *pp = p + hdr;
-  return 0;
-}
-
 /* ---- msgpack -> Lua ---------------------------------------------------- */
 
 struct dec {
@@ -388,8 +285,8 @@ static void dec_fail(struct dec *d, const char *what) {
   luaL_error(d->L, "msgpack: %s at byte %d", what, (int)(d->p - d->start));
 }
 
-static void push_number(lua_State *L, const struct sl_mp_item *it, struct hint *h) {
-  if (it->t == M_UINT) {
+static void push_number(lua_State *L, const struct sl_codec_item *it, struct hint *h) {
+  if (it->t == SL_MP_UINT) {
     lua_pushnumber(L, (lua_Number)it->u);
     if (it->u > (uint64_t)TWO53) {
       h->kind = 'u';
@@ -461,7 +358,7 @@ static void dec_value(struct dec *d, int depth, struct hint *h);
 
 /* An array: a table with the array marker, side records for its
  * elements' kinds (and nils) in a metatable of its own when needed. */
-static void dec_array(struct dec *d, const struct sl_mp_item *it, int depth) {
+static void dec_array(struct dec *d, const struct sl_codec_item *it, int depth) {
   lua_State *L = d->L;
   int t, mt = 0, hasnil = 0;
   struct hint eh;
@@ -500,7 +397,7 @@ static void dec_array(struct dec *d, const struct sl_mp_item *it, int depth) {
 
 /* A map: a table with the map marker; side records for kinds, nil
  * values and keys Lua cannot tell apart (note_dup) when needed. */
-static void dec_map(struct dec *d, const struct sl_mp_item *it, int depth) {
+static void dec_map(struct dec *d, const struct sl_codec_item *it, int depth) {
   lua_State *L = d->L;
   int t, mt = 0, k, v;
   struct hint kh, vh;
@@ -561,35 +458,35 @@ static void dec_map(struct dec *d, const struct sl_mp_item *it, int depth) {
 
 static void dec_value(struct dec *d, int depth, struct hint *h) {
   lua_State *L = d->L;
-  struct sl_mp_item it;
+  struct sl_codec_item it;
   const uint8_t *at = d->p;
 
   h->kind = 0;
   if (d->check && (++d->steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
     d->check(L);
-  if (sl_mp_read(&d->p, d->end, &it) != 0) {
+  if (sl_codec_read_item(&d->p, d->end, &it) != 0) {
     d->p = at;
     dec_fail(d, "truncated or invalid value");
   }
   switch (it.t) {
-  case M_NIL: lua_pushnil(L); break;
-  case M_BOOL: lua_pushboolean(L, it.b); break;
-  case M_INT: case M_UINT: push_number(L, &it, h); break;
-  case M_F32:
+  case SL_MP_NIL: lua_pushnil(L); break;
+  case SL_MP_BOOL: lua_pushboolean(L, it.b); break;
+  case SL_MP_INT: case SL_MP_UINT: push_number(L, &it, h); break;
+  case SL_MP_F32:
     lua_pushnumber(L, (lua_Number)it.f);
     h->kind = 's';
     break;
-  case M_F64:
+  case SL_MP_F64:
     lua_pushnumber(L, it.d);
     if (would_be_int(it.d))
       h->kind = 'f';
     break;
-  case M_STR: lua_pushlstring(L, (const char *)it.s, it.n); break;
-  case M_BIN:
+  case SL_MP_STR: lua_pushlstring(L, (const char *)it.s, it.n); break;
+  case SL_MP_BIN:
     lua_pushlstring(L, (const char *)it.s, it.n);
     h->kind = 'b';
     break;
-  case M_EXT:
+  case SL_MP_EXT:
     lua_createtable(L, 0, 2);
     lua_pushinteger(L, it.ext);
     lua_setfield(L, -2, "type");
@@ -598,8 +495,8 @@ static void dec_value(struct dec *d, int depth, struct hint *h) {
     lua_pushvalue(L, shared_get(&d->sh, SH_EXT));
     lua_setmetatable(L, -2);
     break;
-  case M_ARR: dec_array(d, &it, depth); break;
-  case M_MAP: dec_map(d, &it, depth); break;
+  case SL_MP_ARR: dec_array(d, &it, depth); break;
+  case SL_MP_MAP: dec_map(d, &it, depth); break;
   default:
     d->p = at;
     dec_fail(d, "invalid byte");
@@ -1064,40 +961,40 @@ static int same_value(struct cmp *c, int idx, const uint8_t **pp,
 
 /* Push the Lua value a msgpack map key decodes to; 0 when it cannot be a
  * Lua key. */
-static int push_key(lua_State *L, const struct sl_mp_item *it) {
+static int push_key(lua_State *L, const struct sl_codec_item *it) {
   switch (it->t) {
-  case M_STR: case M_BIN:
+  case SL_MP_STR: case SL_MP_BIN:
     lua_pushlstring(L, (const char *)it->s, it->n);
     return 1;
-  case M_UINT: lua_pushnumber(L, (lua_Number)it->u); return 1;
-  case M_INT: lua_pushnumber(L, (lua_Number)it->i); return 1;
-  case M_F32: lua_pushnumber(L, (lua_Number)it->f); return 1;
-  case M_F64:
+  case SL_MP_UINT: lua_pushnumber(L, (lua_Number)it->u); return 1;
+  case SL_MP_INT: lua_pushnumber(L, (lua_Number)it->i); return 1;
+  case SL_MP_F32: lua_pushnumber(L, (lua_Number)it->f); return 1;
+  case SL_MP_F64:
     if (isnan(it->d))
       return 0;
     lua_pushnumber(L, it->d);
     return 1;
-  case M_BOOL: lua_pushboolean(L, it->b); return 1;
+  case SL_MP_BOOL: lua_pushboolean(L, it->b); return 1;
   default: return 0;
   }
 }
 
 /* Step over one value at *pp (a pair the decoder left out). */
 static int skip_value(struct cmp *c, const uint8_t **pp, int depth) {
-  struct sl_mp_item it;
+  struct sl_codec_item it;
   uint32_t i, n;
 
   tick(c->L, &c->bud);
-  if (depth >= SL_CODEC_MAX_DEPTH || sl_mp_read(pp, c->end, &it) != 0)
+  if (depth >= SL_CODEC_MAX_DEPTH || sl_codec_read_item(pp, c->end, &it) != 0)
     return 0;
-  n = it.t == M_ARR ? it.n : it.t == M_MAP ? it.n * 2 : 0;
+  n = it.t == SL_MP_ARR ? it.n : it.t == SL_MP_MAP ? it.n * 2 : 0;
   for (i = 0; i < n; i++)
     if (!skip_value(c, pp, depth + 1))
       return 0;
   return 1;
 }
 
-static int same_table(struct cmp *c, int t, const struct sl_mp_item *it,
+static int same_table(struct cmp *c, int t, const struct sl_codec_item *it,
                       const uint8_t **pp, int depth) {
   lua_State *L = c->L;
   int mt, seq, hints, orig, skip, ok = 1;
@@ -1113,7 +1010,7 @@ static int same_table(struct cmp *c, int t, const struct sl_mp_item *it,
     count_entries(L, t, &seq, &c->bud);
     k = seq ? T_ARRAY : T_MAP;
   }
-  if ((it->t == M_ARR && k != T_ARRAY) || (it->t == M_MAP && k != T_MAP)) {
+  if ((it->t == SL_MP_ARR && k != T_ARRAY) || (it->t == SL_MP_MAP && k != T_MAP)) {
     lua_pop(L, 1);
     return 0;
   }
@@ -1123,7 +1020,7 @@ static int same_table(struct cmp *c, int t, const struct sl_mp_item *it,
   orig = hints + 1;
   push_field(L, mt, "skip");
   skip = hints + 2;
-  if (it->t == M_ARR) {
+  if (it->t == SL_MP_ARR) {
     size_t len = lua_objlen(L, t);
     if (mt > 0) {
       rawfield(L, mt, "n");
@@ -1152,7 +1049,7 @@ static int same_table(struct cmp *c, int t, const struct sl_mp_item *it,
     ok = count_entries(L, t, &s, &c->bud) +
              count_nil_hints(L, t, hints, &c->bud) + nskip == it->n;
     for (i = 0; ok && i < it->n; i++) {
-      struct sl_mp_item key;
+      struct sl_codec_item key;
       struct hint h;
       const uint8_t *kat = *pp;
       if (!lua_isnil(L, skip)) { /* a pair the decoder left out */
@@ -1165,7 +1062,7 @@ static int same_table(struct cmp *c, int t, const struct sl_mp_item *it,
           continue;
         }
       }
-      if (sl_mp_read(pp, c->end, &key) != 0 || !push_key(L, &key))
+      if (sl_codec_read_item(pp, c->end, &key) != 0 || !push_key(L, &key))
         ok = 0;
       if (!ok)
         break;
@@ -1182,7 +1079,7 @@ static int same_table(struct cmp *c, int t, const struct sl_mp_item *it,
 
 /* Is the box at idx (what sluice.float, bin or ext make: kind want) the
  * msgpack value it? */
-static int same_box(lua_State *L, int idx, const struct sl_mp_item *it,
+static int same_box(lua_State *L, int idx, const struct sl_codec_item *it,
                     enum tkind want) {
   const char *s;
   size_t n;
@@ -1219,24 +1116,24 @@ static int same_box(lua_State *L, int idx, const struct sl_mp_item *it,
 static int same_value(struct cmp *c, int idx, const uint8_t **pp,
                       const struct hint *h, int lenient, int depth) {
   lua_State *L = c->L;
-  struct sl_mp_item it;
+  struct sl_codec_item it;
   int type = lua_type(L, idx);
   double v = type == LUA_TNUMBER ? lua_tonumber(L, idx) : 0;
   size_t n;
   const char *s;
 
   tick(L, &c->bud);
-  if (sl_mp_read(pp, c->end, &it) != 0)
+  if (sl_codec_read_item(pp, c->end, &it) != 0)
     return 0;
   switch (it.t) {
-  case M_NIL:
+  case SL_MP_NIL:
     return type == LUA_TNIL;
-  case M_BOOL:
+  case SL_MP_BOOL:
     return type == LUA_TBOOLEAN && lua_toboolean(L, idx) == it.b;
-  case M_INT: case M_UINT: {
-    int big = it.t == M_UINT ? it.u > (uint64_t)TWO53
+  case SL_MP_INT: case SL_MP_UINT: {
+    int big = it.t == SL_MP_UINT ? it.u > (uint64_t)TWO53
                              : (it.i > (int64_t)TWO53 || it.i < -(int64_t)TWO53);
-    double x = it.t == M_UINT ? (double)it.u : (double)it.i;
+    double x = it.t == SL_MP_UINT ? (double)it.u : (double)it.i;
     if (type != LUA_TNUMBER || v != x)
       return 0;
     if (h->kind == 'f' || h->kind == 's')
@@ -1246,13 +1143,13 @@ static int same_value(struct cmp *c, int idx, const uint8_t **pp,
     if (lenient)
       return 1;
     return (h->kind == 'i' || h->kind == 'u') &&
-           h->bits == (it.t == M_UINT ? it.u : (uint64_t)it.i);
+           h->bits == (it.t == SL_MP_UINT ? it.u : (uint64_t)it.i);
   }
-  case M_F32:
+  case SL_MP_F32:
     if (type != LUA_TNUMBER || (float)v != it.f)
       return 0;
     return h->kind == 's' || lenient;
-  case M_F64:
+  case SL_MP_F64:
     if (type == LUA_TTABLE)
       return same_box(L, idx, &it, T_FLOAT);
     if (type != LUA_TNUMBER)
@@ -1262,21 +1159,21 @@ static int same_value(struct cmp *c, int idx, const uint8_t **pp,
     if (isnan(v) && isnan(it.d))
       return 1;
     return memcmp(&v, &it.d, 8) == 0 && h->kind != 's';
-  case M_STR:
+  case SL_MP_STR:
     if (type != LUA_TSTRING || h->kind == 'b')
       return 0;
     s = lua_tolstring(L, idx, &n);
     return n == it.n && memcmp(s, it.s, n) == 0;
-  case M_BIN:
+  case SL_MP_BIN:
     if (type == LUA_TTABLE)
       return same_box(L, idx, &it, T_BIN);
     if (type != LUA_TSTRING || !(h->kind == 'b' || lenient))
       return 0;
     s = lua_tolstring(L, idx, &n);
     return n == it.n && memcmp(s, it.s, n) == 0;
-  case M_EXT:
+  case SL_MP_EXT:
     return type == LUA_TTABLE && same_box(L, idx, &it, T_EXT);
-  case M_ARR: case M_MAP:
+  case SL_MP_ARR: case SL_MP_MAP:
     if (type != LUA_TTABLE)
       return 0;
     return same_table(c, idx, &it, pp, depth);

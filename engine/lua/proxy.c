@@ -76,32 +76,32 @@ static void bad(struct walk *w, const uint8_t *p) {
              (int)(p - w->base));
 }
 
-static void rd(struct walk *w, const uint8_t **pp, struct sl_mp_item *it) {
-  if (sl_mp_read(pp, w->end, it) != 0)
+static void rd(struct walk *w, const uint8_t **pp, struct sl_codec_item *it) {
+  if (sl_codec_read_item(pp, w->end, it) != 0)
     bad(w, *pp);
 }
 
 /* Step over one value, every element of it ticking the budget. */
 static void skip(struct walk *w, const uint8_t **pp, int depth) {
-  struct sl_mp_item it;
+  struct sl_codec_item it;
   uint64_t i, n;
 
   tick(w);
   if (depth > SL_CODEC_MAX_DEPTH)
     bad(w, *pp);
   rd(w, pp, &it);
-  n = it.t == M_ARR ? it.n : it.t == M_MAP ? 2 * (uint64_t)it.n : 0;
+  n = it.t == SL_MP_ARR ? it.n : it.t == SL_MP_MAP ? 2 * (uint64_t)it.n : 0;
   for (i = 0; i < n; i++)
     skip(w, pp, depth + 1);
 }
 
 /* Read a map key at *pp and step past all of it: a container key (which
  * Lua cannot hold) has elements after its header. */
-static void rd_key(struct walk *w, const uint8_t **pp, struct sl_mp_item *it,
+static void rd_key(struct walk *w, const uint8_t **pp, struct sl_codec_item *it,
                    int depth) {
   const uint8_t *p = *pp;
   rd(w, &p, it);
-  if (it->t == M_ARR || it->t == M_MAP) {
+  if (it->t == SL_MP_ARR || it->t == SL_MP_MAP) {
     p = *pp;
     skip(w, &p, depth);
   }
@@ -110,24 +110,24 @@ static void rd_key(struct walk *w, const uint8_t **pp, struct sl_mp_item *it,
 
 /* Push the Lua key a map key decodes to (as the decoder's table holds
  * it); 0, nothing pushed, for keys Lua cannot hold. */
-static int push_lkey(lua_State *L, const struct sl_mp_item *it) {
+static int push_lkey(lua_State *L, const struct sl_codec_item *it) {
   switch (it->t) {
-  case M_STR: case M_BIN:
+  case SL_MP_STR: case SL_MP_BIN:
     lua_pushlstring(L, (const char *)it->s, it->n);
     return 1;
-  case M_UINT: lua_pushnumber(L, (lua_Number)it->u); return 1;
-  case M_INT: lua_pushnumber(L, (lua_Number)it->i); return 1;
-  case M_F32:
+  case SL_MP_UINT: lua_pushnumber(L, (lua_Number)it->u); return 1;
+  case SL_MP_INT: lua_pushnumber(L, (lua_Number)it->i); return 1;
+  case SL_MP_F32:
     if (isnan(it->f))
       return 0;
     lua_pushnumber(L, it->f);
     return 1;
-  case M_F64:
+  case SL_MP_F64:
     if (isnan(it->d))
       return 0;
     lua_pushnumber(L, it->d);
     return 1;
-  case M_BOOL: lua_pushboolean(L, it->b); return 1;
+  case SL_MP_BOOL: lua_pushboolean(L, it->b); return 1;
   default: return 0; /* nil, containers, ext */
   }
 }
@@ -149,24 +149,24 @@ static void lkey_of(lua_State *L, int k, struct lkey *lk) {
 }
 
 /* Does the map key it stand for the Lua key lk? */
-static int lkey_is(const struct lkey *lk, const struct sl_mp_item *it) {
+static int lkey_is(const struct lkey *lk, const struct sl_codec_item *it) {
   switch (lk->t) {
   case LUA_TSTRING:
-    return (it->t == M_STR || it->t == M_BIN) && it->n == lk->n &&
+    return (it->t == SL_MP_STR || it->t == SL_MP_BIN) && it->n == lk->n &&
            memcmp(it->s, lk->s, lk->n) == 0;
   case LUA_TNUMBER:
-    return (it->t == M_UINT && (double)it->u == lk->d) ||
-           (it->t == M_INT && (double)it->i == lk->d) ||
-           (it->t == M_F32 && (double)it->f == lk->d) ||
-           (it->t == M_F64 && it->d == lk->d);
+    return (it->t == SL_MP_UINT && (double)it->u == lk->d) ||
+           (it->t == SL_MP_INT && (double)it->i == lk->d) ||
+           (it->t == SL_MP_F32 && (double)it->f == lk->d) ||
+           (it->t == SL_MP_F64 && it->d == lk->d);
   case LUA_TBOOLEAN:
-    return it->t == M_BOOL && it->b == (int)lk->d;
+    return it->t == SL_MP_BOOL && it->b == (int)lk->d;
   default:
     return 0;
   }
 }
 
-static int key_is(lua_State *L, int k, const struct sl_mp_item *it) {
+static int key_is(lua_State *L, int k, const struct sl_codec_item *it) {
   struct lkey lk;
   lkey_of(L, k, &lk);
   return lkey_is(&lk, it);
@@ -224,7 +224,7 @@ static void set_slot(lua_State *L, int idx, struct pnode *nd, int slot,
 static void build_index(struct walk *w, int idx, struct pnode *nd) {
   lua_State *L = w->L;
   const uint8_t *p = w->base + nd->body;
-  struct sl_mp_item key;
+  struct sl_codec_item key;
   uint32_t i;
   int t;
 
@@ -260,7 +260,7 @@ static void build_index(struct walk *w, int idx, struct pnode *nd) {
 static uint32_t find(struct walk *w, int idx, struct pnode *nd, int k) {
   lua_State *L = w->L;
   const uint8_t *p = w->base + nd->body;
-  struct sl_mp_item key;
+  struct sl_codec_item key;
   struct lkey lk;
   uint32_t i, off = 0;
   double d = 0;
@@ -303,7 +303,7 @@ static uint32_t find(struct walk *w, int idx, struct pnode *nd, int k) {
 
 /* Push a new proxy for the container whose header it was read at off. */
 static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
-                              const struct sl_mp_item *it,
+                              const struct sl_codec_item *it,
                               struct pnode *parent) {
   struct pnode *nd = lua_newuserdata(L, sizeof(*nd));
 
@@ -311,7 +311,7 @@ static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
   nd->off = off;
   nd->body = body;
   nd->n = nd->len = it->n;
-  nd->is_map = it->t == M_MAP;
+  nd->is_map = it->t == SL_MP_MAP;
   nd->dirty = 0;
   nd->has_env = 0;
   nd->scans = nd->indexed = 0;
@@ -330,23 +330,23 @@ static void push_at(struct walk *w, int idx, struct pnode *nd, uint32_t vo,
                     int k) {
   lua_State *L = w->L;
   const uint8_t *p = w->base + vo, *q = p;
-  struct sl_mp_item it;
+  struct sl_codec_item it;
 
   rd(w, &q, &it);
   switch (it.t) {
-  case M_NIL: lua_pushnil(L); return;
-  case M_BOOL: lua_pushboolean(L, it.b); return;
-  case M_UINT: lua_pushnumber(L, (lua_Number)it.u); return;
-  case M_INT: lua_pushnumber(L, (lua_Number)it.i); return;
-  case M_F32: lua_pushnumber(L, it.f); return;
-  case M_F64: lua_pushnumber(L, it.d); return;
-  case M_STR: case M_BIN:
+  case SL_MP_NIL: lua_pushnil(L); return;
+  case SL_MP_BOOL: lua_pushboolean(L, it.b); return;
+  case SL_MP_UINT: lua_pushnumber(L, (lua_Number)it.u); return;
+  case SL_MP_INT: lua_pushnumber(L, (lua_Number)it.i); return;
+  case SL_MP_F32: lua_pushnumber(L, it.f); return;
+  case SL_MP_F64: lua_pushnumber(L, it.d); return;
+  case SL_MP_STR: case SL_MP_BIN:
     lua_pushlstring(L, (const char *)it.s, it.n);
     return;
-  case M_EXT: /* a fresh {type, data}: assign it back to change it */
+  case SL_MP_EXT: /* a fresh {type, data}: assign it back to change it */
     sl_luacodec_push(L, p, (size_t)(q - p), NULL);
     return;
-  case M_ARR: case M_MAP:
+  case SL_MP_ARR: case SL_MP_MAP:
     break;
   default:
     bad(w, p);
@@ -520,7 +520,7 @@ struct iter {
 static int step(struct walk *w, int idx, struct pnode *nd, struct iter *it,
                 int prev) {
   lua_State *L = w->L;
-  struct sl_mp_item key;
+  struct sl_codec_item key;
   int wt;
 
   while (it->j < (nd->is_map ? nd->n : nd->len)) {
@@ -672,9 +672,9 @@ static void write_node(struct sctx *s, int idx, int depth);
  * the decoder's side records said: then its type stays)? */
 static int same_scalar(lua_State *L, int v, const uint8_t *p,
                        const uint8_t *end) {
-  struct sl_mp_item it;
+  struct sl_codec_item it;
 
-  if (sl_mp_read(&p, end, &it) != 0)
+  if (sl_codec_read_item(&p, end, &it) != 0)
     return 0;
   return key_is(L, v, &it); /* the same comparison as for keys */
 }
@@ -794,7 +794,7 @@ enum { KEEP, WRITE, DROP, CHILD };
  * *vi is the stack index of what to write for WRITE and CHILD. May push
  * (the caller resets the stack). */
 static int decide(struct sctx *s, int idx, struct pnode *nd,
-                  struct plan *pl, const struct sl_mp_item *key,
+                  struct plan *pl, const struct sl_codec_item *key,
                   uint32_t vo, int *vi) {
   lua_State *L = s->w.L;
   int j, k = 0;
@@ -876,7 +876,7 @@ static uint32_t write_map(struct sctx *s, int idx, struct pnode *nd,
   base = lua_gettop(L);
   for (i = 0; i < nd->n; i++) {
     const uint8_t *k0 = p, *v0;
-    struct sl_mp_item key;
+    struct sl_codec_item key;
     rd_key(&s->w, &p, &key, nd->depth + 1);
     v0 = p;
     skip(&s->w, &p, nd->depth + 1);
@@ -1037,9 +1037,9 @@ int sl_proxy_clean(const void *p) {
 void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
   struct box *b = box_of(L);
   const uint8_t *q = p;
-  struct sl_mp_item it;
+  struct sl_codec_item it;
 
-  if (sl_mp_read(&q, p + len, &it) != 0 || (it.t != M_MAP && it.t != M_ARR))
+  if (sl_codec_read_item(&q, p + len, &it) != 0 || (it.t != SL_MP_MAP && it.t != SL_MP_ARR))
     luaL_error(L, "ev.payload: not a map or array");
   b->proot = new_node(L, 0, (uint32_t)(q - p), &it, NULL);
   lua_pushvalue(L, -1); /* the root keeps its tree alive for the event */
@@ -1053,7 +1053,7 @@ const char *sl_proxy_kind(lua_State *L, int idx, int kidx) {
   struct walk w = {0};
   struct pnode *nd = node_at(L, idx, &w);
   const uint8_t *p;
-  struct sl_mp_item it;
+  struct sl_codec_item it;
   uint32_t vo;
 
   if (kidx == 0)

@@ -1,6 +1,5 @@
 /* proxy.h - INTERNAL to engine/lua: ev.payload as proxies over the
- * payload's msgpack bytes (proxy.c), and the msgpack item reader that
- * proxy.c and luacodec.c share.
+ * payload's msgpack bytes (proxy.c).
  *
  * A map or array in the payload is a userdata that reads its entries from
  * the bytes when asked, builds no table for what the rule does not touch,
@@ -21,27 +20,9 @@
 #include "buf.h"
 #include "luacodec.h"
 
-enum sl_mtype { M_NIL, M_BOOL, M_INT, M_UINT, M_F32, M_F64, M_STR, M_BIN,
-                M_ARR, M_MAP, M_EXT, M_BAD };
-
-struct sl_mp_item {
-  enum sl_mtype t;
-  int b;
-  int64_t i;
-  uint64_t u;
-  double d;
-  float f;
-  const uint8_t *s; /* body of str, bin, ext */
-  uint32_t n;       /* body length, or element count */
-  int8_t ext;
-};
 
 #pragma GCC visibility push(hidden)
 
-/* Read one header (and the body of a str/bin/ext) at *pp. Returns 0 and
- * advances, or -1 when the bytes end or are not msgpack. Container counts
- * are checked against the bytes left (every element takes a byte). */
-int sl_mp_read(const uint8_t **pp, const uint8_t *end, struct sl_mp_item *it);
 
 /* Push the proxy of the payload (a map or array) that fills p[0..len):
  * p must stay valid while the box's event does. */
