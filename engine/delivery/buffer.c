@@ -102,6 +102,65 @@ static void on_sync_work(uv_work_t *req) {
   b->sync_rc = sl_spool_sync(&b->spool, &b->synced_seq);
 }
 
+/* ---- partial coverage (see marks in buffer.h) ---------------------------- */
+
+static void mark_append(struct sl_buffer *b, uint64_t ticket, uint64_t seq) {
+  struct sl_buffer_mark *last =
+      b->nmarks ? &b->marks[(b->marks_head + b->nmarks - 1) % SL_BUFFER_MARKS]
+                : NULL;
+  if (last && (last->ticket == ticket || b->nmarks == SL_BUFFER_MARKS)) {
+    last->ticket = ticket; /* a full ring: the newest mark takes it too */
+    last->seq = seq;
+    return;
+  }
+  b->marks[(b->marks_head + b->nmarks) % SL_BUFFER_MARKS] =
+      (struct sl_buffer_mark){ticket, seq};
+  b->nmarks++;
+}
+
+/* Records <= seq are where the policy promises: cover the stamps whose
+ * appends are all among them. Returns 1 when covered moved. */
+static int cover_seq(struct sl_buffer *b, uint64_t seq) {
+  uint64_t t = 0;
+  while (b->nmarks > 0 && b->marks[b->marks_head].seq <= seq) {
+    t = b->marks[b->marks_head].ticket;
+    b->marks_head = (b->marks_head + 1) % SL_BUFFER_MARKS;
+    b->nmarks--;
+  }
+  /* appends under a stamp can still come while it is the worker's current
+   * one, and may already have (the first mark left): only stamps below
+   * both are whole */
+  if (b->nmarks > 0 && b->marks[b->marks_head].ticket <= t)
+    t = b->marks[b->marks_head].ticket - 1;
+  if (b->ticket && *b->ticket && t >= *b->ticket)
+    t = *b->ticket - 1;
+  if (t > b->covered) {
+    b->covered = t;
+    return 1;
+  }
+  return 0;
+}
+
+/* Covered moved to t (every append stamped <= t): drop the marks it
+ * passed. */
+static void cover_ticket(struct sl_buffer *b, uint64_t t) {
+  if (t > b->covered)
+    b->covered = t;
+  while (b->nmarks > 0 && b->marks[b->marks_head].ticket <= b->covered) {
+    b->marks_head = (b->marks_head + 1) % SL_BUFFER_MARKS;
+    b->nmarks--;
+  }
+}
+
+/* A write failed part way: what did reach the kernel? */
+static int cover_flushed(struct sl_buffer *b) {
+  struct sl_spool_stats st;
+  if (b->fsync == SL_BUFFER_FSYNC_ALWAYS)
+    return 0; /* only a sync covers */
+  sl_spool_stats(&b->spool, &st);
+  return cover_seq(b, st.flushed_seq);
+}
+
 static void on_sync_done(uv_work_t *req, int status) {
   struct sl_buffer *b = container_of(req, struct sl_buffer, sync_req);
   b->syncing = 0;
@@ -122,8 +181,11 @@ static void on_sync_done(uv_work_t *req, int status) {
     b->spool_open = 0;
     return;
   }
+  if (status == 0 && b->sync_rc != 0 && cover_seq(b, b->synced_seq) &&
+      b->on_durable)
+    b->on_durable(b); /* the write failed part way; the rest is on disk */
   if (status == 0 && b->sync_rc == 0 && b->sync_ticket > b->covered) {
-    b->covered = b->sync_ticket; /* every append stamped <= it is on disk */
+    cover_ticket(b, b->sync_ticket); /* every append stamped <= it is on disk */
     if (b->on_durable)
       b->on_durable(b);
   }
@@ -220,7 +282,7 @@ static void writes_again(struct sl_buffer *b) {
 static void flushed(struct sl_buffer *b) {
   uint64_t t = b->ticket && *b->ticket ? *b->ticket - 1 : 0;
   if (b->fsync != SL_BUFFER_FSYNC_ALWAYS && t > b->covered)
-    b->covered = t;
+    cover_ticket(b, t);
 }
 
 static void refill(struct sl_buffer *b, struct sl_queue *q);
@@ -237,6 +299,8 @@ static void on_retry_timer(uv_timer_t *t) {
     b->failing = 1;
     log_write_error(b, "disk buffer cannot write; retrying", rc);
     arm_retry(b);
+    if (cover_flushed(b) && b->on_durable)
+      b->on_durable(b); /* what did get written before the error */
     return;
   }
   writes_again(b);
@@ -354,8 +418,10 @@ int sl_buffer_push(struct sl_buffer *b, struct sl_queue *q,
   if (rc != 0)
     return write_failed(b, rc);
   writes_again(b);
-  if (b->ticket)
+  if (b->ticket) {
     b->last_stamp = *b->ticket;
+    mark_append(b, b->last_stamp, seq);
+  }
   b->stats.spilled++;
   if (b->fsync == SL_BUFFER_FSYNC_ALWAYS)
     uv_idle_start(&b->sync_idle, on_sync_idle);
@@ -384,6 +450,9 @@ int sl_buffer_durable(struct sl_buffer *b, uint64_t ticket) {
     b->last_error = rc;
     b->failing = 1;
     arm_retry(b);
+    cover_flushed(b); /* the appends before the error are in */
+    if (sl_buffer_covers(b, ticket))
+      return 0;
     if (drops(b)) {
       b->stats.refused++;
       log_write_error(b, "disk buffer cannot write; acknowledgement refused",

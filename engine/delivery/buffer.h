@@ -43,6 +43,8 @@ struct sl_buffer_stats {
   uint64_t not_events;     /* records read back that were not events */
 };
 
+#define SL_BUFFER_MARKS 64
+
 struct sl_buffer {
   enum sl_buffer_mode mode;
   enum sl_buffer_fsync fsync;
@@ -70,6 +72,15 @@ struct sl_buffer {
    * disk for "always"). */
   const uint64_t *ticket;
   uint64_t last_stamp, covered, sync_ticket;
+  /* The last seq appended under each recent stamp, oldest first: when a
+   * write or sync gets only part of the appends to disk (the disk filled),
+   * the stamps whose appends all made it are covered. A ring; when full,
+   * the newest mark takes the next stamp too (later coverage, never
+   * early). */
+  struct sl_buffer_mark {
+    uint64_t ticket, seq;
+  } marks[SL_BUFFER_MARKS];
+  uint32_t marks_head, nmarks;
   void (*on_durable)(struct sl_buffer *b); /* covered moved, or writes work
                                               again; may be NULL */
   void *data;                              /* the caller's, for on_durable */

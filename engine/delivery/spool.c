@@ -1818,7 +1818,7 @@ int sl_spool_flush(struct sl_spool *s) {
 int sl_spool_sync(struct sl_spool *s, uint64_t *durable) {
   struct sl_spool_handoff *h = NULL;
   size_t nh = 0, i;
-  int fd = -1, dir, ack, err = 0;
+  int fd = -1, dir, ack, err = 0, werr = 0;
   uint64_t target;
 
   pthread_mutex_lock(&s->lock);
@@ -1826,8 +1826,10 @@ int sl_spool_sync(struct sl_spool *s, uint64_t *durable) {
     err = SL_EIO;
     goto out_locked;
   }
-  if (s->wfd >= 0 && (err = flush_locked(s)) != 0)
-    goto out_locked;
+  /* a write that fails part way (the disk filled) still syncs what it
+   * wrote: those records become durable, the write error is returned */
+  if (s->wfd >= 0)
+    werr = flush_locked(s);
   if (s->wfd >= 0 && (fd = dup(s->wfd)) < 0) {
     err = -errno;
     goto out_locked;
@@ -1839,7 +1841,7 @@ int sl_spool_sync(struct sl_spool *s, uint64_t *durable) {
   dir = s->dir_dirty;
   ack = s->ack_dirty;
   s->dir_dirty = s->ack_dirty = 0;
-  target = s->last_seq;
+  target = werr ? s->flushed_seq : s->last_seq;
   pthread_mutex_unlock(&s->lock);
 
   /* the slow part, outside the lock: appends go on meanwhile */
@@ -1870,7 +1872,7 @@ out_locked:
   if (durable != NULL)
     *durable = s->durable_seq;
   pthread_mutex_unlock(&s->lock);
-  return err;
+  return err ? err : werr;
 }
 
 /* ---- read, ack, rewind ------------------------------------------------- */

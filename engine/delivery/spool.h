@@ -260,7 +260,9 @@ void sl_spool_rewind(struct sl_spool *s);
  * since the last sync and the ack file, and fsync the directory when files
  * were created or removed. The only function that may run off the loop
  * thread, concurrently with the others. *durable (may be NULL) gets the
- * highest seq known durable. Returns 0 or a negative errno; after an fsync
+ * highest seq known durable. When writing the buffer fails part way (the
+ * disk filled), what was written is still synced (*durable covers it) and
+ * the write's error is returned. Returns 0 or a negative errno; after an fsync
  * failure every later sync fails too (SL_EIO), since the kernel may have
  * dropped the pages: reopen the spool to recover. */
 int sl_spool_sync(struct sl_spool *s, uint64_t *durable);

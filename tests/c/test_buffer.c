@@ -148,6 +148,62 @@ TEST(buffer_write_error_with_block_is_backpressure_and_holds_the_ticket) {
   rig_close(&r);
 }
 
+/* Each event under its own stamp (as producers' batches are), until the
+ * file limit stops the writes part way: the stamps whose events all
+ * reached the file are covered, the later ones are not. Returns the stamp
+ * of the first event pushed. */
+static uint64_t push_stamped(struct rig *r, int n) {
+  uint64_t first = r->ticket;
+  int i;
+  for (i = 0; i < n; i++) {
+    struct sl_event *ev = event(i, 1000);
+    if (sl_buffer_push(&r->b, &r->q, ev) != 0)
+      first = 0; /* a write failed already: the test fails on it */
+    sl_event_unref(ev);
+    r->ticket++;
+  }
+  return first;
+}
+
+TEST(buffer_write_that_fails_part_way_covers_what_it_wrote) {
+  struct rig r;
+  uint64_t first, last;
+  CHECK(rig_open(&r, "partial", SL_QUEUE_BLOCK, SL_BUFFER_FSYNC_NEVER) == 0);
+  /* 100 events of ~1 KiB stay in the 256 KiB write buffer, then one
+   * write of all of them meets a 50 KiB file limit */
+  first = push_stamped(&r, 100);
+  last = r.ticket - 1;
+  CHECK(first != 0);
+  file_limit(50 << 10);
+  CHECK_EQ(sl_buffer_durable(&r.b, first), 0); /* written before the error */
+  CHECK(r.b.failing);
+  CHECK_EQ(sl_buffer_durable(&r.b, last), SL_EAGAIN); /* never written */
+  CHECK(!sl_buffer_covers(&r.b, last));
+  file_limit(RLIM_INFINITY);
+  while (!sl_buffer_covers(&r.b, last))
+    uv_run(&r.loop, UV_RUN_ONCE);
+  rig_close(&r);
+}
+
+TEST(buffer_sync_that_fails_part_way_covers_what_it_wrote_and_synced) {
+  struct rig r;
+  uint64_t first, last;
+  CHECK(rig_open(&r, "partsync", SL_QUEUE_BLOCK, SL_BUFFER_FSYNC_ALWAYS) == 0);
+  first = push_stamped(&r, 100);
+  last = r.ticket - 1;
+  CHECK(first != 0);
+  file_limit(50 << 10);
+  CHECK_EQ(sl_buffer_durable(&r.b, last), SL_EAGAIN); /* starts a sync */
+  while (r.b.syncing || r.b.stats.syncs == 0)
+    uv_run(&r.loop, UV_RUN_ONCE);
+  CHECK(sl_buffer_covers(&r.b, first)); /* on disk before the error */
+  CHECK(!sl_buffer_covers(&r.b, last));
+  file_limit(RLIM_INFINITY);
+  while (!sl_buffer_covers(&r.b, last))
+    uv_run(&r.loop, UV_RUN_ONCE);
+  rig_close(&r);
+}
+
 TEST(buffer_write_error_with_drop_newest_is_a_counted_refusal) {
   struct rig r;
   int pushed, rc;
