@@ -902,15 +902,63 @@ static void key_default(const struct sl_config_key *k, char *field) {
 
 /* Read key k of the table at t into its field of base, or, without one,
  * into slot (its value in the config's values list). */
+/* A string key's value s (owned; NULL once taken): checked and resolved
+ * by its type, stored at field. */
+static void read_str_key(struct check *c, const char *path, const char *p,
+                         const struct sl_config_key *k, char *field, char *s) {
+  char why[256], list[256];
+  int i = -1;
+  if (k->choices && (i = choice(k, s)) < 0) {
+    choice_list(k, list, sizeof(list));
+    bad(c, p, "expected %s, got \"%s\"", list, s);
+    free(s);
+    return;
+  }
+  switch (k->type) {
+  case SL_KEY_ENUM: {
+    int val = k->values ? k->values[i] : i;
+    memcpy(field, &val, sizeof(val));
+    free(s);
+    return;
+  }
+  case SL_KEY_ADDRESS:
+    check_address(c, path, k->name, s);
+    break;
+  case SL_KEY_PEER:
+    check_peer(c, path, k->name, s);
+    break;
+  case SL_KEY_PATH: {
+    char *abs = resolve(c, s);
+    free(s);
+    s = abs;
+    break;
+  }
+  case SL_KEY_FILE: {
+    char *abs = resolve(c, s);
+    free(s);
+    s = abs;
+    if (s && !path_writable(s, why, sizeof(why)))
+      bad(c, p, "cannot write %s: %s", s, why);
+    break;
+  }
+  case SL_KEY_SOCKET:
+    check_socket_path(c, path, k->name, &s);
+    break;
+  default:
+    break;
+  }
+  store_str(field, s);
+}
+
 static void read_key(struct check *c, int t, const char *path,
                      const struct sl_config_plugin *pl,
                      const struct sl_config_key *k, void *base,
                      struct sl_config_value *slot) {
   char *field = k->field ? (char *)base + k->field - 1 : NULL;
-  char p[256], why[256], list[256];
+  char p[256];
   char *s = NULL;
   uint64_t v = 0;
-  int nil, i = -1;
+  int nil;
 
   if (k->type == SL_KEY_CORE)
     return;
@@ -959,54 +1007,12 @@ static void read_key(struct check *c, int t, const char *path,
              (struct sl_tls_config *)(void *)field);
     return;
   }
-  case SL_KEY_CORE:
-    return;
   default:
     break;
   }
   opt_str(c, t, path, k->name, &s, 0);
-  if (s == NULL)
-    return;
-  if (k->choices && (i = choice(k, s)) < 0) {
-    choice_list(k, list, sizeof(list));
-    bad(c, p, "expected %s, got \"%s\"", list, s);
-    free(s);
-    return;
-  }
-  switch (k->type) {
-  case SL_KEY_ENUM: {
-    int val = k->values ? k->values[i] : i;
-    memcpy(field, &val, sizeof(val));
-    free(s);
-    return;
-  }
-  case SL_KEY_ADDRESS:
-    check_address(c, path, k->name, s);
-    break;
-  case SL_KEY_PEER:
-    check_peer(c, path, k->name, s);
-    break;
-  case SL_KEY_PATH: {
-    char *abs = resolve(c, s);
-    free(s);
-    s = abs;
-    break;
-  }
-  case SL_KEY_FILE: {
-    char *abs = resolve(c, s);
-    free(s);
-    s = abs;
-    if (s && !path_writable(s, why, sizeof(why)))
-      bad(c, p, "cannot write %s: %s", s, why);
-    break;
-  }
-  case SL_KEY_SOCKET:
-    check_socket_path(c, path, k->name, &s);
-    break;
-  default:
-    break;
-  }
-  store_str(field, s);
+  if (s != NULL)
+    read_str_key(c, path, p, k, field, s);
 }
 
 /* Read every key pl declares into cfg (the input's or output's config
@@ -1791,51 +1797,45 @@ static void check_top(struct check *c, struct sl_config *cfg, int t) {
     bad(c, "inputs", "no inputs: nothing would ever arrive");
 }
 
-struct sl_config *sl_config_load(const char *path,
-                                 const struct sl_config_plugin *const *plugins,
-                                 struct sl_buf *err) {
-  struct sl_config *cfg = NULL;
-  struct check c;
-  lua_State *L;
-  char *copy = NULL, chunk[4096];
-  struct sl_buf text;
-  FILE *f;
+/* The config file's bytes into text. 0, or -1 with err filled. */
+static int read_config_file(const char *path, struct sl_buf *text,
+                            struct sl_buf *err) {
+  char chunk[4096];
   size_t n;
   int failed;
-
-  memset(&c, 0, sizeof(c));
-  c.err = err;
-  c.file = path;
-  c.plugins = plugins;
-  f = fopen(path, "rb");
+  FILE *f = fopen(path, "rb");
   if (f == NULL) {
     sl_buf_printf(err, "%s: cannot open: %s\n", path, strerror(errno));
-    return NULL;
+    return -1;
   }
-  sl_buf_init(&text);
   while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-    if (sl_buf_append(&text, chunk, n) != 0)
+    if (sl_buf_append(text, chunk, n) != 0)
       break;
   failed = ferror(f) || !feof(f);
   fclose(f);
   if (failed) {
     sl_buf_printf(err, "%s: cannot read: %s\n", path,
                   errno ? strerror(errno) : "out of memory");
-    sl_buf_close(&text);
-    return NULL;
+    return -1;
   }
-  if (text.len > 0 && text.data[0] == 0x1b) {
+  if (text->len > 0 && text->data[0] == 0x1b) {
     sl_buf_printf(err, "%s: precompiled chunks are not accepted\n", path);
-    sl_buf_close(&text);
-    return NULL;
+    return -1;
   }
-  L = luaL_newstate();
-  if (L == NULL) {
-    sl_buf_printf(err, "%s: out of memory\n", path);
-    sl_buf_close(&text);
+  return 0;
+}
+
+/* A state with only the pure libraries: a config computes, it does not do
+ * I/O. NULL when out of memory. */
+static lua_State *config_state(void) {
+  static const char *const unsafe[] = {"dofile", "loadfile", "load",
+                                       "loadstring", "require", "module",
+                                       "collectgarbage", "newproxy",
+                                       "getfenv", "setfenv", NULL};
+  const char *const *u;
+  lua_State *L = luaL_newstate();
+  if (L == NULL)
     return NULL;
-  }
-  /* only the pure libraries: a config computes, it does not do I/O */
   lua_pushcfunction(L, luaopen_base);
   lua_call(L, 0, 0);
   lua_pushcfunction(L, luaopen_string);
@@ -1844,20 +1844,19 @@ struct sl_config *sl_config_load(const char *path,
   lua_call(L, 0, 0);
   lua_pushcfunction(L, luaopen_math);
   lua_call(L, 0, 0);
-  {
-    static const char *const unsafe[] = {"dofile", "loadfile", "load",
-                                         "loadstring", "require", "module",
-                                         "collectgarbage", "newproxy",
-                                         "getfenv", "setfenv", NULL};
-    const char *const *u;
-    for (u = unsafe; *u; u++) {
-      lua_pushnil(L);
-      lua_setglobal(L, *u);
-    }
+  for (u = unsafe; *u; u++) {
+    lua_pushnil(L);
+    lua_setglobal(L, *u);
   }
+  return L;
+}
+
+/* Run the file's chunk; its table is left on top. 0, or -1 with err. */
+static int run_config_chunk(lua_State *L, const char *path,
+                            const struct sl_buf *text, struct sl_buf *err) {
   /* a short chunk name swapped for the whole path below: Lua cuts long
    * names to their last 60 bytes ("...of-root/x.lua:3:") */
-  if (luaL_loadbuffer(L, (const char *)text.data, text.len, "=" CHUNK) != 0 ||
+  if (luaL_loadbuffer(L, (const char *)text->data, text->len, "=" CHUNK) != 0 ||
       lua_pcall(L, 0, 1, 0) != 0) {
     const char *msg = lua_tostring(L, -1);
     if (msg == NULL)
@@ -1866,13 +1865,38 @@ struct sl_config *sl_config_load(const char *path,
       sl_buf_printf(err, "%s:%s\n", path, msg + sizeof(CHUNK));
     else
       sl_buf_printf(err, "%s: %s\n", path, msg);
-    goto fail;
+    return -1;
   }
   if (!lua_istable(L, -1)) {
     sl_buf_printf(err, "%s: the file must return a table, it returned %s\n",
                   path, type_of(L, -1));
+    return -1;
+  }
+  return 0;
+}
+
+struct sl_config *sl_config_load(const char *path,
+                                 const struct sl_config_plugin *const *plugins,
+                                 struct sl_buf *err) {
+  struct sl_config *cfg = NULL;
+  struct check c;
+  lua_State *L = NULL;
+  char *copy = NULL;
+  struct sl_buf text;
+
+  memset(&c, 0, sizeof(c));
+  c.err = err;
+  c.file = path;
+  c.plugins = plugins;
+  sl_buf_init(&text);
+  if (read_config_file(path, &text, err) != 0)
+    goto fail;
+  if ((L = config_state()) == NULL) {
+    sl_buf_printf(err, "%s: out of memory\n", path);
     goto fail;
   }
+  if (run_config_chunk(L, path, &text, err) != 0)
+    goto fail;
   cfg = calloc(1, sizeof(*cfg));
   copy = strdup(path);
   if (cfg == NULL || copy == NULL) {
@@ -1902,7 +1926,8 @@ struct sl_config *sl_config_load(const char *path,
 fail:
   free(copy);
   sl_config_free(cfg);
-  lua_close(L);
+  if (L)
+    lua_close(L);
   sl_buf_close(&text);
   return NULL;
 }
