@@ -31,7 +31,8 @@
 --   changed     true when the rule changed topic, key, headers or payload
 --   emitted     list of { output = name, event = table } from sluice.emit
 --   logs        list of { level = "info", msg = ..., fields = table|nil }
---   elapsed_ms  time spent in the sandbox
+--   elapsed_ms  time spent in the sandbox (wall clock)
+--   cpu_ms      CPU time spent in the sandbox: what cpu_budget_ms counts
 -- rule:advance(ms) -> { emitted = ..., logs = ... }: moves the rule's clock
 --   (sluice.now, sluice.every, rate_limit, seen) and fires due timers.
 -- rule:snapshot() -> msgpack bytes or nil; rule:restore(bytes) -> boolean

@@ -244,7 +244,7 @@ describe("work done inside one C call is charged to the CPU budget", function()
   it("refuses table.insert at a huge negative position at once (was 24 s in one call)", function()
     local res = fails("local t = { 1, 2, 3 } table.insert(t, -2^31 + 10, 0)", "runtime",
       "bad argument #2 to 'insert' (position out of bounds)", { cpu_budget_ms = 10 })
-    assert.is_true(res.elapsed_ms < 100, res.elapsed_ms)
+    assert.is_true(res.cpu_ms < 100, res.cpu_ms)
     for _, pos in ipairs({ "0", "-1", "0/0", "-1/0", "1/0" }) do
       res = fails("table.insert({}, " .. pos .. ", 1)", "runtime", "position out of bounds")
     end
@@ -274,13 +274,13 @@ describe("work done inside one C call is charged to the CPU budget", function()
       sluice.log("info", "filled")
       while true do table.insert(t, 1, 0) end
     ]], "cpu", "cpu budget of 300 ms exceeded", { cpu_budget_ms = 300 })
-    assert.is_true(res.elapsed_ms < 600, res.elapsed_ms)
+    assert.is_true(res.cpu_ms < 600, res.cpu_ms)
   end)
 
   it("refuses an os.date format that would take strftime seconds (was 0.5 s in one call)", function()
     local res = fails([[os.date(("%c"):rep(1e6))]], "runtime", "os.date: format longer than 256 bytes",
       { cpu_budget_ms = 20 })
-    assert.is_true(res.elapsed_ms < 100, res.elapsed_ms)
+    assert.is_true(res.cpu_ms < 100, res.cpu_ms)
     local r = s.on_event([[
       local t = os.date("!*t", 86400)
       return os.date("!%Y-%m-%d", 86400) .. " " .. t.year .. " " .. type(os.date()) .. " " ..
@@ -297,7 +297,7 @@ describe("work done inside one C call is charged to the CPU budget", function()
       for i = 1, 2000 do t[i] = (i % 2 == 0) and a or b end
       table.sort(t)
     ]], "cpu", "cpu budget of 20 ms exceeded", { cpu_budget_ms = 20 })
-    assert.is_true(res.elapsed_ms < 100, res.elapsed_ms)
+    assert.is_true(res.cpu_ms < 100, res.cpu_ms)
     -- few long strings: sort_less is used for them too
     res = fails([[
       local a = ("p"):rep(2^22) .. "a"
@@ -305,7 +305,7 @@ describe("work done inside one C call is charged to the CPU budget", function()
       for i = 1, 4000 do t[i] = a end
       table.sort(t)
     ]], "cpu", "cpu budget of 20 ms exceeded", { cpu_budget_ms = 20 })
-    assert.is_true(res.elapsed_ms < 100, res.elapsed_ms)
+    assert.is_true(res.cpu_ms < 100, res.cpu_ms)
   end)
 
   it("sorts as before, small or large, strings, numbers and __lt tables", function()
@@ -370,7 +370,7 @@ describe("a loop of costly VM instructions", function()
       local res = run(r)
       assert.equal("cpu", res.error_kind, res.error)
       s.has(res.error, "cpu budget of 50 ms exceeded")
-      assert.is_true(res.elapsed_ms < 300, res.elapsed_ms)
+      assert.is_true(res.cpu_ms < 300, res.cpu_ms)
     end
     assert.same({ "built" }, run(r, { topic = "a" }).routes)
   end)
@@ -379,14 +379,14 @@ describe("a loop of costly VM instructions", function()
     local r = attack("while true do local c = a .. 'x' end", 50)
     local res = run(r)
     assert.equal("cpu", res.error_kind, res.error)
-    assert.is_true(res.elapsed_ms < 300, res.elapsed_ms)
+    assert.is_true(res.cpu_ms < 300, res.cpu_ms)
   end)
 
   it("stops upper-casing a long string in a loop near the budget", function()
     local r = attack("while true do local c = a:upper() end", 50)
     local res = run(r)
     assert.equal("cpu", res.error_kind, res.error)
-    assert.is_true(res.elapsed_ms < 300, res.elapsed_ms)
+    assert.is_true(res.cpu_ms < 300, res.cpu_ms)
   end)
 
   it("stops table.concat and table.maxn of a big table in a loop near the budget (was 110x)", function()
@@ -411,7 +411,7 @@ describe("a loop of costly VM instructions", function()
     for _, topic in ipairs({ "concat", "maxn" }) do
       local res = run(r, { topic = topic })
       assert.equal("cpu", res.error_kind, res.error)
-      assert.is_true(res.elapsed_ms < 300, topic .. ": " .. res.elapsed_ms)
+      assert.is_true(res.cpu_ms < 300, topic .. ": " .. res.cpu_ms)
     end
   end)
 
@@ -487,7 +487,7 @@ describe("a state near its memory cap", function()
     for _ = 1, 20 do
       local res = run(r)
       assert.same({ "ok" }, res.routes, res.error)
-      sum = sum + res.elapsed_ms
+      sum = sum + res.cpu_ms
     end
     assert.is_true(sum / 20 < 5, "mean " .. sum / 20 .. " ms per event")
   end)
@@ -528,7 +528,7 @@ describe("a state near its memory cap", function()
     for _ = 1, 80 do
       local res = run(r, { topic = "huge" })
       assert.equal("memory", res.error_kind, res.error)
-      sum = sum + res.elapsed_ms
+      sum = sum + res.cpu_ms
     end
     assert.is_true(sum / 80 < 20, "mean " .. sum / 80 .. " ms per event")
     assert.equal(0, r:info().rebuilds)

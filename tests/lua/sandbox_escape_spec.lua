@@ -157,7 +157,7 @@ describe("the sandbox refuses", function()
     for _ = 1, 5 do
       local res = r:run({ topic = "t" })
       assert.same({ "ok" }, res.routes)
-      assert.is_true(res.elapsed_ms < 100)
+      assert.is_true(res.cpu_ms < 100)
     end
   end)
 
@@ -166,7 +166,7 @@ describe("the sandbox refuses", function()
       error(setmetatable({}, { __tostring = function() while true do end end }))
     ]], "(error object is a table value)", { cpu_budget_ms = 5 })
     assert.equal("runtime", res.error_kind)
-    assert.is_true(res.elapsed_ms < 50)
+    assert.is_true(res.cpu_ms < 50)
     res = refused([[
       local e = setmetatable({}, { __tostring = function() while true do end end })
       print(e)
@@ -184,7 +184,7 @@ describe("the sandbox refuses", function()
     }) do
       local res = refused(body, "cpu budget of 5 ms exceeded", { cpu_budget_ms = 5 })
       assert.equal("cpu", res.error_kind)
-      assert.is_true(res.elapsed_ms < 30, body)
+      assert.is_true(res.cpu_ms < 30, body)
     end
   end)
 

@@ -18,8 +18,8 @@ describe("the CPU budget", function()
     assert.equal("cpu", res.error_kind)
     assert.equal(path .. ":2: cpu budget of 10 ms exceeded", res.error)
     assert.equal(path .. ":2", res.where)
-    assert.is_true(res.elapsed_ms >= 9.5, res.elapsed_ms)
-    assert.is_true(res.elapsed_ms < 50, res.elapsed_ms) -- budget + preemption on a loaded box
+    assert.is_true(res.cpu_ms >= 9, res.cpu_ms) -- at least 15/16 of it
+    assert.is_true(res.cpu_ms < 50, res.cpu_ms)
   end)
 
   it("stops a loop after the same loop has run hot many times", function()
@@ -38,7 +38,7 @@ describe("the CPU budget", function()
     end
     local res = run(r)
     assert.equal("cpu", res.error_kind)
-    assert.is_true(res.elapsed_ms < 60, res.elapsed_ms)
+    assert.is_true(res.cpu_ms < 60, res.cpu_ms)
     assert.equal("route", run(r, { topic = "warm" }).verdict)
   end)
 
@@ -49,7 +49,7 @@ describe("the CPU budget", function()
     ]], { cpu_budget_ms = 5 })
     local res = run(r)
     assert.equal("cpu", res.error_kind)
-    assert.is_true(res.elapsed_ms < 45, res.elapsed_ms)
+    assert.is_true(res.cpu_ms < 45, res.cpu_ms)
   end)
 
   it("is not swallowed by pcall, xpcall or coroutine.resume", function()
@@ -62,7 +62,7 @@ describe("the CPU budget", function()
       local r = s.on_event(body, { cpu_budget_ms = 5 })
       local res = run(r)
       assert.equal("cpu", res.error_kind, body)
-      assert.is_true(res.elapsed_ms < 45, body .. ": " .. res.elapsed_ms)
+      assert.is_true(res.cpu_ms < 45, body .. ": " .. res.cpu_ms)
     end
   end)
 
@@ -79,7 +79,7 @@ describe("the CPU budget", function()
       local res = run(r, { topic = topic })
       assert.equal("cpu", res.error_kind, topic)
       s.has(res.error, "cpu budget of 10 ms exceeded")
-      assert.is_true(res.elapsed_ms < 50, topic .. ": " .. res.elapsed_ms)
+      assert.is_true(res.cpu_ms < 50, topic .. ": " .. res.cpu_ms)
     end
     -- ordinary patterns still work
     local ok = s.on_event([[return (ev.topic:match("^(%a+)%.") or "none")]])

@@ -48,19 +48,19 @@ describe("string library calls on long strings stay within the budget", function
   it("stops string.rep with a separator within the budget (was 0.9 s in one call)", function()
     local res = attack(nil, [[local y = string.rep("a", 150 * 1048576, "b")]])
     assert.equal("cpu", res.error_kind, res.error)
-    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+    assert.is_true(res.cpu_ms < BOUND_MS, ("took %.1f ms"):format(res.cpu_ms))
   end)
 
   it("stops string.rep of a long result within the budget (was 0.4 s in one call)", function()
     local res = attack(nil, [[local y = ("ab"):rep(200 * 1048576)]])
     assert.equal("cpu", res.error_kind, res.error)
-    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+    assert.is_true(res.cpu_ms < BOUND_MS, ("took %.1f ms"):format(res.cpu_ms))
   end)
 
   it("refuses a string.rep over memory_mb at once, before doing the work", function()
     local res = attack(nil, [[local y = ("ab"):rep(40 * 1048576)]], { cpu_budget_ms = 1000, memory_mb = 64 })
     assert.equal("memory", res.error_kind, res.error)
-    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+    assert.is_true(res.cpu_ms < BOUND_MS, ("took %.1f ms"):format(res.cpu_ms))
   end)
 
   it("keeps string.rep's meaning", function()
@@ -103,14 +103,14 @@ describe("string library calls on long strings stay within the budget", function
     local res = attack([[return grow("x", "a", 32 * 1048576)]],
       [[local y = S.x:find(("a"):rep(1048576) .. "b", 1, true)]])
     assert.equal("cpu", res.error_kind, res.error)
-    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+    assert.is_true(res.cpu_ms < BOUND_MS, ("took %.1f ms"):format(res.cpu_ms))
   end)
 
   it("stops a string.find without specials in a long subject within the budget", function()
     local res = attack([[return grow("x", "a", 32 * 1048576)]],
       [[local y = S.x:find(("a"):rep(15) .. "b")]])
     assert.equal("cpu", res.error_kind, res.error)
-    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+    assert.is_true(res.cpu_ms < BOUND_MS, ("took %.1f ms"):format(res.cpu_ms))
   end)
 
   it("keeps a plain string.find's meaning across its search windows", function()
@@ -143,14 +143,14 @@ describe("string library calls on long strings stay within the budget", function
       S.r = ("r"):rep(65536) return true]],
       [[local y = S.x:gsub("a", S.r)]])
     assert.equal("cpu", res.error_kind, res.error)
-    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+    assert.is_true(res.cpu_ms < BOUND_MS, ("took %.1f ms"):format(res.cpu_ms))
   end)
 
   it("stops string.gsub copying a long capture many times within the budget", function()
     local res = attack([[return grow("x", "a", 16 * 1048576)]],
       [[local y = S.x:gsub("^(.*)$", ("%1"):rep(40))]])
     assert.equal("cpu", res.error_kind, res.error)
-    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+    assert.is_true(res.cpu_ms < BOUND_MS, ("took %.1f ms"):format(res.cpu_ms))
   end)
 
   it("refuses string.format %q of a string longer than 1 MiB (was 2.3 ms per MiB in one call)", function()
@@ -158,7 +158,7 @@ describe("string library calls on long strings stay within the budget", function
       [[local y = string.format("%5q", S.x)]])
     assert.equal("error", res.verdict)
     s.has(res.error, "%q")
-    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+    assert.is_true(res.cpu_ms < BOUND_MS, ("took %.1f ms"):format(res.cpu_ms))
   end)
 
   it("keeps string.format %q's meaning below the limit", function()
@@ -184,7 +184,7 @@ describe("table.concat of a big table stays within the budget", function()
     -- table at once (LuaJIT does not split one table): about 30 ms here
     res = r:run({ topic = "attack" })
     assert.equal("cpu", res.error_kind, res.error)
-    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+    assert.is_true(res.cpu_ms < BOUND_MS, ("took %.1f ms"):format(res.cpu_ms))
   end)
 
   it("keeps table.concat's meaning over many pieces", function()
@@ -295,7 +295,7 @@ describe("long error messages and drop reasons", function()
         assert.is_true(#res.dropped < 8192 and res.dropped:sub(1, 8) == "yyyyyyyy")
       end
       if not case.untimed then
-        assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+        assert.is_true(res.cpu_ms < BOUND_MS, ("took %.1f ms"):format(res.cpu_ms))
       end
     end)
   end
@@ -341,7 +341,7 @@ describe("sluice.seen and rate_limit with long keys", function()
     res = attack([[return grow("x", "k", 16 * 1048576)]],
       [[while true do sluice.seen(S.x, 1000) end]], { cpu_budget_ms = 20, memory_mb = 256 })
     assert.equal("cpu", res.error_kind, res.error)
-    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+    assert.is_true(res.cpu_ms < BOUND_MS, ("took %.1f ms"):format(res.cpu_ms))
   end)
 end)
 
@@ -355,7 +355,7 @@ describe("files a rule's author can write", function()
       { cpu_budget_ms = 5000, memory_mb = 16 })
     local res = r:run({ topic = "t" })
     s.has(res.routes[1], "false")
-    assert.is_true(res.elapsed_ms < BOUND_MS, ("took %.1f ms"):format(res.elapsed_ms))
+    assert.is_true(res.cpu_ms < BOUND_MS, ("took %.1f ms"):format(res.cpu_ms))
     local err = s.load_error(([[local m = require("huge_mod") return { on_event = function() end }]]),
       { memory_mb = 16 })
     s.has(err, "over the limits")
