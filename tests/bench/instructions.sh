@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# tests/bench/instructions.sh - `make bench` section: the whole engine's
+# instructions per event (native tcp in -> rules -> null), counted by
+# callgrind: unlike events/s, the count does not move with the machine's
+# load, so two builds compare fairly on a busy box. Each case runs the
+# engine twice (INSTR_SMALL and INSTR_LARGE events) and divides the
+# difference, so startup does not count. SLUICE may name another build.
+set -euo pipefail
+. tests/bench/lib.sh
+SMALL=${INSTR_SMALL:-20000}
+LARGE=${INSTR_LARGE:-80000}
+command -v valgrind >/dev/null || { echo "instructions: valgrind missing, skipped"; exit 0; }
+dir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-instr.XXXXXX")
+trap 'rm -rf "$dir"' EXIT
+
+rule_of() {
+  case $1 in
+  none) ;;
+  topic) echo 'return { on_event = function(ev)
+  if ev.topic == "audit.login" then return sluice.drop("never") end
+  return "out" end }' ;;
+  payload_read) echo 'return { on_event = function(ev)
+  if ev.payload.amount > 2000000 then return sluice.drop("never") end
+  return "out" end }' ;;
+  payload_write) echo 'return { on_event = function(ev)
+  if ev.payload.amount > 1000 then ev.payload.priority = "high" end
+  return "out" end }' ;;
+  header) echo 'return { on_event = function(ev)
+  ev.headers.seen = "yes"
+  return "out" end }' ;;
+  esac
+}
+
+# Instructions of one engine run over n events.
+run_one() {
+  local c=$1 n=$2 d="$dir/$1.$2" port admin rules="" pid i
+  mkdir -p "$d/rules"
+  port=$(bench_free_port)
+  admin=$(bench_free_port)
+  if [ "$c" != none ]; then
+    rule_of "$c" >"$d/rules/10_bench.lua"
+    rules="rules = { dir = \"$d/rules\", cpu_budget_ms = 1000 },"
+  fi
+  cat >"$d/conf.lua" <<EOC
+return {
+  inputs = { { name = "bench", type = "tcp", listen = "127.0.0.1:$port" } },
+  outputs = { { name = "out", type = "null" } },
+  routes = { { topics = "*", to = "out" } },
+  $rules
+  admin = { listen = "127.0.0.1:$admin" },
+}
+EOC
+  valgrind --tool=callgrind --callgrind-out-file="$d/cg.out" \
+    "$SLUICE" run -c "$d/conf.lua" >"$d/out" 2>"$d/err" &
+  pid=$!
+  for i in $(seq 600); do
+    curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null 2>&1 && break
+    kill -0 "$pid" 2>/dev/null || { cat "$d/err" >&2; return 1; }
+    sleep 0.2
+  done
+  "$LOADGEN" --to "127.0.0.1:$port" --events "$n" --metrics "127.0.0.1:$admin" \
+    --output out --timeout 600 >/dev/null
+  # valgrind's pid is the engine's: SIGTERM drains and exits
+  kill -TERM "$pid"
+  wait "$pid" || true
+  sed -n 's/^summary: //p' "$d/cg.out"
+}
+
+printf '%-14s %14s\n' case "instr/event"
+for c in none topic payload_read payload_write header; do
+  a=$(run_one "$c" "$SMALL")
+  b=$(run_one "$c" "$LARGE")
+  awk -v c="$c" -v a="$a" -v b="$b" -v n=$((LARGE - SMALL)) \
+    'BEGIN { printf "%-14s %14.0f\n", c, (b - a) / n }'
+done
