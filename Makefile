@@ -1,10 +1,10 @@
 # sluice - build, test and run. `make run` and `make test` are all a newcomer needs.
 
 DEB_PKGS := build-essential pkg-config libluajit-5.1-dev luajit libuv1-dev \
-            libmsgpack-dev libssl-dev libhttp-parser-dev libyajl-dev \
+            libmsgpack-dev libssl-dev libhttp-parser-dev libyajl-dev zlib1g-dev \
             lua-busted python3 python3-msgpack python3-pytest curl \
             prometheus wrk clang libclang-rt-14-dev valgrind
-PKGS     := luajit libuv msgpack openssl yajl
+PKGS     := luajit libuv msgpack openssl yajl zlib
 
 BUILD    ?= build
 CC       ?= cc

@@ -1,0 +1,264 @@
+"""The Fluent forward protocol in and out (issue 13 item 2), through the real
+binary: the npm package fluent-logger as a real client of the forward
+input, sluice -> sluice over forward with acks and kill -9 of the receiver,
+CompressedPackedForward, the shared-key handshake, TLS and bad input.
+Frames the real client cannot send (compressed bombs, malformed frames) are
+built here with python3-msgpack.
+
+Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/test_forward.py
+fluent-logger is installed once into $SLUICE_NODE_DIR (default
+/tmp/sluice-node) with `npm install --prefix DIR fluent-logger`.
+"""
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import msgpack
+import pytest
+
+from conftest import (ROOT, connect, free_port, read_ndjson, wait_for,
+                      wait_lines)
+
+NODE_DIR = os.environ.get("SLUICE_NODE_DIR", "/tmp/sluice-node")
+CLIENT = str(ROOT / "tests" / "integration" / "forward_client.js")
+
+
+@pytest.fixture(scope="module")
+def fluent_logger():
+    """The directory whose node_modules holds fluent-logger."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed")
+    mod = os.path.join(NODE_DIR, "node_modules", "fluent-logger")
+    if not os.path.isdir(mod):
+        os.makedirs(NODE_DIR, exist_ok=True)
+        r = subprocess.run(["npm", "install", "--prefix", NODE_DIR,
+                            "--no-audit", "--no-fund", "fluent-logger"],
+                           capture_output=True, text=True, timeout=180)
+        if r.returncode != 0 or not os.path.isdir(mod):
+            pytest.skip("npm registry unreachable; cannot install "
+                        "fluent-logger: %s" % r.stderr[-500:])
+    return os.path.join(NODE_DIR, "node_modules")
+
+
+def node_client(modules, timeout=60, **opts):
+    env = dict(os.environ, NODE_PATH=modules)
+    r = subprocess.run(["node", CLIENT, json.dumps(opts)], capture_output=True,
+                       text=True, timeout=timeout, env=env)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def forward_engine(sluice, extra_in=None, outputs=None, **top):
+    port = free_port()
+    inp = {"name": "fwd", "type": "forward", "listen": "127.0.0.1:%d" % port}
+    inp.update(extra_in or {})
+    cfg = {"inputs": [inp],
+           "outputs": outputs or [{"name": "out", "type": "file",
+                                   "path": "out.ndjson"}],
+           "routes": [{"topics": "*", "to": "out"}]}
+    cfg.update(top)
+    eng = sluice(cfg)
+    eng.port = port
+    eng.address = "127.0.0.1:%d" % port
+    return eng
+
+
+# ---- frames built by hand (what no real client sends) ---------------------
+
+def packb(obj):
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def event_time(sec, nsec):
+    return msgpack.ExtType(0, sec.to_bytes(4, "big") + nsec.to_bytes(4, "big"))
+
+
+def entries(records, t=1700000000):
+    return b"".join(packb([t, r]) for r in records)
+
+
+def read_answers(sock, n, timeout=10):
+    """n msgpack objects the engine wrote back."""
+    up = msgpack.Unpacker(raw=False)
+    out = []
+    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    while len(out) < n and time.monotonic() < deadline:
+        data = sock.recv(65536)
+        if not data:
+            break
+        up.feed(data)
+        out.extend(up)
+    return out
+
+
+def closed_by_peer(sock, timeout=10):
+    sock.settimeout(timeout)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+# ---- the input with a real client ------------------------------------------
+
+@pytest.mark.parametrize("mode", ["Message", "PackedForward",
+                                  "CompressedPackedForward"])
+def test_fluent_logger_events_arrive_acked_with_tag_record_and_time(
+        sluice, fluent_logger, mode):
+    eng = forward_engine(sluice)
+    n = 40
+    got = node_client(fluent_logger, port=eng.port, n=n, mode=mode, ack=True,
+                      eventTime=True, tag="app")
+    assert got == {"ok": n, "errors": []}, got
+    wait_lines(eng.path("out.ndjson"), n)
+    evs = read_ndjson(eng.path("out.ndjson"))
+    assert sorted(e["payload"]["i"] for e in evs) == list(range(n))
+    for e in evs:
+        i = e["payload"]["i"]
+        assert e["topic"] == "app.ev"
+        assert e["payload"] == {"i": i, "msg": "event %d" % i,
+                                "nested": {"list": [1, "two", None]}}
+        # EventTime(1700000000, i ms) -> ns
+        assert e["time"] == 1700000000 * 10**9 + i * 10**6, e
+    assert eng.stop() == 0
+
+
+def test_fluent_logger_integer_time_and_tag_prefix_make_time_and_topic(
+        sluice, fluent_logger):
+    eng = forward_engine(sluice, {"tag_prefix": "fluent."})
+    before = int(time.time())
+    got = node_client(fluent_logger, port=eng.port, n=5, ack=True, tag="web",
+                      label="access")
+    assert got["ok"] == 5, got
+    evs = read_ndjson(wait_lines(eng.path("out.ndjson"), 5) and
+                      eng.path("out.ndjson"))
+    for e in evs:
+        assert e["topic"] == "fluent.web.access"
+        assert e["time"] % 10**9 == 0  # whole seconds, as sent
+        assert before - 1 <= e["time"] // 10**9 <= int(time.time()) + 1
+
+
+def test_raw_frames_of_every_mode_are_answered_with_their_chunk(sluice):
+    eng = forward_engine(sluice)
+    with connect(eng.address) as s:
+        s.sendall(packb(["m", event_time(1, 5), {"k": "message"},
+                         {"chunk": "c1"}]))
+        s.sendall(packb(["f", [[2, {"k": "forward1"}], [3, {"k": "forward2"}]],
+                         {"chunk": "c2"}]))
+        s.sendall(packb(["p", entries([{"k": "packed"}], t=4),
+                         {"chunk": "c3", "size": 1}]))
+        s.sendall(packb(["z", gzip.compress(entries([{"k": "gz1"}], t=5)) +
+                         gzip.compress(entries([{"k": "gz2"}], t=6)),
+                         {"chunk": "c4", "compressed": "gzip"}]))
+        s.sendall(packb(["noack", 7.5, {"k": "float time"}]))
+        s.sendall(packb(["last", 8, {"k": "last"}, {"chunk": "c5"}]))
+        answers = read_answers(s, 5)
+    assert answers == [{"ack": "c%d" % i} for i in range(1, 6)]
+    evs = read_ndjson(wait_lines(eng.path("out.ndjson"), 8) and
+                      eng.path("out.ndjson"))
+    assert [(e["topic"], e["payload"]["k"], e["time"]) for e in evs] == [
+        ("m", "message", 10**9 + 5), ("f", "forward1", 2 * 10**9),
+        ("f", "forward2", 3 * 10**9), ("p", "packed", 4 * 10**9),
+        ("z", "gz1", 5 * 10**9), ("z", "gz2", 6 * 10**9),
+        ("noack", "float time", 7500000000), ("last", "last", 8 * 10**9)]
+
+
+# ---- bad input -------------------------------------------------------------
+
+BOMB = gzip.compress(b"\x00" * (64 << 20))  # 64 MiB of zeros, ~64 KiB sent
+
+BAD = [
+    ("not an array", packb({"tag": "x"}), "frame is not an array"),
+    ("tag not a string", packb([1, 2, {"a": 1}]), "tag is not a string"),
+    ("record not a map", packb(["t", 1, [1, 2]]), "record is not a map"),
+    ("time a string", packb(["t", [["noon", {"a": 1}]]]), "time is not"),
+    ("str entries", packb(["t", "noon", {"a": 1}]),
+     "entry is not a [time, record] array"),
+    ("bad event time", packb(["t", msgpack.ExtType(0, b"\x00" * 4),
+                              {"a": 1}]), "time is not"),
+    ("forward count wrong", packb(["t", [[1, {"a": 1}], 5]]), "entry 1"),
+    ("packed garbage", packb(["t", b"\x93\x01", {"chunk": "x"}]), "entry 0"),
+    ("not gzip", packb(["t", b"plain", {"compressed": "gzip"}]),
+     "not valid gzip"),
+    ("gzip bomb", packb(["t", BOMB, {"compressed": "gzip", "chunk": "b"}]),
+     "inflate beyond max_chunk_bytes"),
+    ("oversized", packb(["t", b"x" * (2 << 20)]),
+     "frame larger than max_chunk_bytes"),
+    ("bad option", packb(["t", 1, {"a": 1}, {"chunk": 5}]),
+     "option chunk is not"),
+    ("not msgpack", b"\xc1", "0xc1"),
+]
+
+
+@pytest.mark.parametrize("name,frame,why", BAD, ids=[b[0] for b in BAD])
+def test_bad_frames_close_only_their_connection_with_a_log_line(
+        sluice, name, frame, why):
+    eng = forward_engine(sluice, {"max_chunk_bytes": "1MiB"})
+    good = connect(eng.address)  # another sender, open all along
+    with connect(eng.address) as s:
+        s.sendall(frame)
+        assert closed_by_peer(s), "the engine kept the connection open"
+        assert read_answers_nonblocking(s) == []  # no ack for a bad chunk
+    line = eng.wait_log("bad forward input; closing connection")
+    assert why in line["error"], line
+    assert line["input"] == "fwd" and line["peer"].startswith("127.0.0.1:")
+    good.sendall(packb(["ok", 1, {"still": "served"}, {"chunk": "g"}]))
+    assert read_answers(good, 1) == [{"ack": "g"}]
+    good.close()
+    evs = read_ndjson(wait_lines(eng.path("out.ndjson"), 1) and
+                      eng.path("out.ndjson"))
+    assert [e["topic"] for e in evs] == ["ok"]  # nothing of the bad frame
+    assert eng.stop() == 0
+
+
+def read_answers_nonblocking(sock):
+    sock.setblocking(False)
+    try:
+        data = sock.recv(65536)
+    except (BlockingIOError, OSError):
+        data = b""
+    return list(msgpack.Unpacker(raw=False)) if not data else \
+        [x for x in _unpack(data)]
+
+
+def _unpack(data):
+    up = msgpack.Unpacker(raw=False)
+    up.feed(data)
+    return list(up)
+
+
+def test_truncated_frame_at_close_is_logged_and_nothing_is_taken(sluice):
+    eng = forward_engine(sluice)
+    frame = packb(["t", [[1, {"a": 1}], [2, {"b": 2}]], {"chunk": "x"}])
+    with connect(eng.address) as s:
+        s.sendall(frame[:-3])
+    line = eng.wait_log("connection closed inside a forward frame; partial "
+                        "frame discarded")
+    assert line["bytes"] == len(frame) - 3
+    assert not os.path.exists(eng.path("out.ndjson")) or \
+        read_ndjson(eng.path("out.ndjson")) == []
+
+
+def test_slow_sender_is_cut_after_event_timeout_ms_and_others_go_on(sluice):
+    eng = forward_engine(sluice, {"event_timeout_ms": 300})
+    frame = packb(["t", 1, {"a": 1}, {"chunk": "x"}])
+    slow = connect(eng.address)
+    slow.sendall(frame[:5])  # and never the rest
+    with connect(eng.address) as s:
+        s.sendall(packb(["t", 1, {"fast": 1}, {"chunk": "f"}]))
+        assert read_answers(s, 1) == [{"ack": "f"}]
+    assert closed_by_peer(slow, timeout=10)
+    eng.wait_log("forward frame not complete within event_timeout_ms; "
+                 "partial frame discarded")
+    slow.close()
