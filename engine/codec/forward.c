@@ -273,3 +273,11 @@ int sl_forward_random(uint8_t out[16]) {
 int sl_forward_digest_equal(const char *a, const char *b, size_t n) {
   return CRYPTO_memcmp(a, b, n) == 0;
 }
+
+int sl_forward_chunk_id(char out[25]) {
+  uint8_t raw[16];
+  if (sl_forward_random(raw) != 0)
+    return SL_EIO;
+  EVP_EncodeBlock((unsigned char *)out, raw, sizeof(raw)); /* 24 + NUL */
+  return 0;
+}

@@ -75,6 +75,10 @@ int sl_forward_digest(char out[129], const struct sl_str *parts, int n);
 /* 16 random bytes (a nonce or a salt) from OpenSSL. 0 or SL_EIO. */
 int sl_forward_random(uint8_t out[16]);
 
+/* A fresh chunk id: 16 random bytes in base64 (24 characters and the
+ * NUL). 0 or SL_EIO. */
+int sl_forward_chunk_id(char out[25]);
+
 /* Equal in constant time (digests). */
 int sl_forward_digest_equal(const char *a, const char *b, size_t n);
 

@@ -262,3 +262,128 @@ def test_slow_sender_is_cut_after_event_timeout_ms_and_others_go_on(sluice):
     eng.wait_log("forward frame not complete within event_timeout_ms; "
                  "partial frame discarded")
     slow.close()
+
+
+# ---- sluice -> sluice over forward -------------------------------------------
+
+def receiver(sluice, tmp_path, port=None, extra_in=None, disk=True):
+    """A: forward input -> file output, behind a disk buffer (an ack then
+    means the events are in its file, as its fsync policy promises)."""
+    port = port or free_port()
+    out = {"name": "out", "type": "file", "path": "out.ndjson"}
+    if disk:
+        out["buffer"] = {"type": "disk", "path": str(tmp_path / "a-buf")}
+    inp = {"name": "fwd", "type": "forward", "listen": "127.0.0.1:%d" % port}
+    inp.update(extra_in or {})
+    eng = sluice({"inputs": [inp], "outputs": [out],
+                  "routes": [{"topics": "*", "to": "out"}]})
+    eng.port = port
+    return eng
+
+
+def sender(sluice, tmp_path, peer_port, extra_out=None, disk=True):
+    """B: native tcp input -> forward output to A."""
+    port = free_port()
+    out = {"name": "out", "type": "forward",
+           "address": "127.0.0.1:%d" % peer_port,
+           "retry": {"initial_ms": 20, "max_ms": 200, "timeout_ms": 3000},
+           "breaker": False}
+    if disk:
+        out["buffer"] = {"type": "disk", "path": str(tmp_path / "b-buf")}
+    out.update(extra_out or {})
+    eng = sluice({"inputs": [{"name": "in", "type": "tcp",
+                              "listen": "127.0.0.1:%d" % port}],
+                  "outputs": [out],
+                  "routes": [{"topics": "*", "to": "out"}]})
+    eng.address = "127.0.0.1:%d" % port
+    return eng
+
+
+def native(i, topic="t"):
+    return {"topic": topic, "payload": {"n": i}, "time": 1700000000 * 10**9 + i}
+
+
+def got_ns(eng):
+    path = eng.path("out.ndjson")
+    if not os.path.exists(path):
+        return []
+    return [e["payload"]["n"] for e in read_ndjson(path)]
+
+
+def test_sluice_to_sluice_keeps_topic_record_and_time(sluice, tmp_path):
+    from conftest import send_events
+    a = receiver(sluice, tmp_path, disk=False)
+    b = sender(sluice, tmp_path, a.port, disk=False)
+    evs = [native(i, topic="t%d" % (i % 3)) for i in range(30)]
+    evs.append({"topic": "scalar", "payload": "not a map", "time": 5})
+    send_events(b.address, evs)
+    wait_lines(a.path("out.ndjson"), 31)
+    got = read_ndjson(a.path("out.ndjson"))
+    assert [(e["topic"], e["payload"], e["time"]) for e in got[:30]] == [
+        (e["topic"], e["payload"], e["time"]) for e in evs[:30]]
+    assert got[30]["payload"] == {"payload": "not a map"}
+    assert got[30]["topic"] == "scalar" and got[30]["time"] == 5
+    assert b.stop() == 0 and a.stop() == 0
+    (totals,) = b.find_logs("output totals", output="out")
+    assert totals["delivered"] == 31
+
+
+def test_kill9_of_the_receiver_loses_nothing_it_acknowledged(sluice, tmp_path):
+    import threading
+    from conftest import send_events
+    a = receiver(sluice, tmp_path)
+    b = sender(sluice, tmp_path, a.port, {"batch_events": 200})
+    n, step = 6000, 100
+    sent = []
+
+    def produce():
+        for k in range(0, n, step):
+            send_events(b.address, [native(i) for i in range(k, k + step)])
+            sent.append(k)
+
+    t = threading.Thread(target=produce)
+    t.start()
+    wait_for(lambda: len(got_ns(a)) >= 300, 20, what="A took some events")
+    a.kill()  # while B is still writing frames and waiting for acks
+    before = got_ns(a)
+    wait_for(lambda: len(sent) * step >= len(before) + 1000, 20,
+             what="more events sent while A is down")
+    a = a.restart()
+    t.join(60)
+    try:
+        wait_for(lambda: set(got_ns(a)) >= set(range(n)), 60,
+                 what="every event at A after its kill -9")
+    finally:
+        got = got_ns(a)
+        print("forward kill -9: %d events, %d at A at the kill, %d lines "
+              "after, %d duplicates, %d missing"
+              % (n, len(before), len(got), len(got) - len(set(got)),
+                 len(set(range(n)) - set(got))))
+    assert len(before) < n, "the kill came after everything was delivered"
+    assert b.stop() == 0
+    (totals,) = b.find_logs("output totals", output="out")
+    assert totals["delivered"] >= n
+
+
+def test_acked_chunks_survive_kill9_of_the_input_with_a_disk_buffer(
+        sluice, tmp_path):
+    from conftest import Sink
+    down = free_port()  # the output's peer is away: events stay in the disk
+    eng = forward_engine(sluice, outputs=[{
+        "name": "out", "type": "tcp", "address": "127.0.0.1:%d" % down,
+        "retry": {"initial_ms": 20, "max_ms": 100},
+        "queue": {"max_events": 5, "when_full": "drop_newest"},
+        "buffer": {"type": "disk", "path": str(tmp_path / "buf")}}])
+    acked = []
+    with connect(eng.address) as s:
+        for c in range(30):
+            recs = [{"n": c * 10 + k} for k in range(10)]
+            s.sendall(packb(["t", entries(recs), {"chunk": "c%d" % c}]))
+            assert read_answers(s, 1) == [{"ack": "c%d" % c}]
+            acked.extend(r["n"] for r in recs)
+    eng.kill()  # right after the last ack
+    with Sink(port=down) as sink:
+        eng = eng.restart()
+        wait_for(lambda: set(acked) <= {e["payload"]["n"] for e in sink.events},
+                 20, what="every acked event at the sink after kill -9")
+        assert eng.stop() == 0
