@@ -387,3 +387,142 @@ def test_acked_chunks_survive_kill9_of_the_input_with_a_disk_buffer(
         wait_for(lambda: set(acked) <= {e["payload"]["n"] for e in sink.events},
                  20, what="every acked event at the sink after kill -9")
         assert eng.stop() == 0
+
+
+# ---- gzip, shared key ---------------------------------------------------------
+
+def test_compressed_frames_with_a_shared_key_from_the_environment(
+        sluice, tmp_path):
+    from conftest import send_events
+    port = free_port()
+    inp = {"name": "fwd", "type": "forward", "listen": "127.0.0.1:%d" % port,
+           "shared_key": "${FWD_KEY}", "self_hostname": "receiver-a"}
+    a = sluice({"inputs": [inp], "outputs": [{"name": "out", "type": "file",
+                                              "path": "out.ndjson"}],
+                "routes": [{"topics": "*", "to": "out"}]},
+               env={"FWD_KEY": "s3cret"})
+    a.port = port
+    b = sender(sluice, tmp_path, port, {"compress": "gzip",
+                                        "shared_key": "s3cret"}, disk=False)
+    send_events(b.address, [native(i) for i in range(500)])
+    wait_lines(a.path("out.ndjson"), 500)
+    assert sorted(got_ns(a)) == list(range(500))
+    assert b.stop() == 0 and a.stop() == 0
+
+
+def test_a_wrong_shared_key_is_refused_and_both_sides_say_why(sluice, tmp_path):
+    from conftest import send_events
+    a = receiver(sluice, tmp_path, extra_in={"shared_key": "right"},
+                 disk=False)
+    b = sender(sluice, tmp_path, a.port, {"shared_key": "wrong"}, disk=False)
+    send_events(b.address, [native(i) for i in range(5)])
+    line = a.wait_log("bad forward input; closing connection")
+    assert "shared key handshake failed" in line["error"]
+    line = b.wait_log("forward peer misbehaves; reconnecting")
+    assert "refused the shared key handshake: shared_key mismatch" in \
+        line["error"], line
+    assert got_ns(a) == []
+
+
+def test_fluent_logger_shared_key_handshake_good_and_bad(
+        sluice, fluent_logger):
+    eng = forward_engine(sluice, {"shared_key": "k3y"})
+    got = node_client(fluent_logger, port=eng.port, n=10, ack=True,
+                      sharedKey="k3y", hostname="app-host")
+    assert got == {"ok": 10, "errors": []}, got
+    wait_lines(eng.path("out.ndjson"), 10)
+    got = node_client(fluent_logger, port=eng.port, n=3, ack=True,
+                      sharedKey="nope", wait_ms=2000)
+    assert got["ok"] == 0 and got["errors"], got
+    line = eng.wait_log("bad forward input; closing connection")
+    assert "shared key handshake failed" in line["error"]
+    time.sleep(0.2)
+    assert len(read_ndjson(eng.path("out.ndjson"))) == 10
+
+
+def test_a_sender_without_the_handshake_is_refused(sluice):
+    eng = forward_engine(sluice, {"shared_key": "k3y"})
+    with connect(eng.address) as s:
+        helo = read_answers(s, 1)
+        assert helo[0][0] == "HELO" and len(helo[0][1]["nonce"]) == 16
+        s.sendall(packb(["t", 1, {"a": 1}, {"chunk": "x"}]))
+        assert closed_by_peer(s)
+    line = eng.wait_log("bad forward input; closing connection")
+    assert "PING" in line["error"]
+
+
+def test_the_handshake_digests_follow_the_spec(sluice):
+    """PING and PONG digests computed here from the spec's formulas."""
+    eng = forward_engine(sluice, {"shared_key": "k3y",
+                                  "self_hostname": "srv"})
+    with connect(eng.address) as s:
+        (helo,) = read_answers(s, 1)
+        nonce = helo[1]["nonce"]
+        salt = b"0123456789abcdef"
+        digest = hashlib.sha512(salt + b"cli" + nonce + b"k3y").hexdigest()
+        s.sendall(packb(["PING", "cli", salt, digest, "", ""]))
+        (pong,) = read_answers(s, 1)
+        assert pong[:4] == ["PONG", True, "", "srv"]
+        assert pong[4] == hashlib.sha512(salt + b"srv" + nonce +
+                                         b"k3y").hexdigest()
+        s.sendall(packb(["t", 1, {"a": 1}, {"chunk": "x"}]))
+        assert read_answers(s, 1) == [{"ack": "x"}]
+
+
+# ---- acks that do not come -----------------------------------------------------
+
+def test_an_ack_that_never_comes_is_retried_after_timeout_ms(sluice, tmp_path):
+    """A Python receiver that reads the first connection's frames without
+    answering, then acks on the next: the events are sent again (at least
+    once; the first copies count as lost acks)."""
+    import threading
+    from conftest import send_events
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    frames = []  # (connection number, tag, records)
+
+    def serve():
+        for conn_no in range(2):
+            c, _ = srv.accept()
+            up = msgpack.Unpacker(raw=False)
+            c.settimeout(10)
+            try:
+                while True:
+                    data = c.recv(65536)
+                    if not data:
+                        break
+                    up.feed(data)
+                    for f in up:
+                        recs = [r for _, r in msgpack.Unpacker(
+                            __import__("io").BytesIO(f[1]), raw=False,
+                            ext_hook=lambda code, b: (code, b))]
+                        frames.append((conn_no, f[0], recs, f[2]))
+                        if conn_no == 1:
+                            c.sendall(packb({"ack": f[2]["chunk"]}))
+            except socket.timeout:
+                pass
+            if conn_no == 1:
+                time.sleep(1)
+            c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    b = sender(sluice, tmp_path, port, {"retry": {
+        "initial_ms": 20, "max_ms": 100, "timeout_ms": 500}}, disk=False)
+    send_events(b.address, [native(i) for i in range(3)])
+    line = b.wait_log("forward peer unreachable; reconnecting with backoff")
+    assert "no answer from the peer within 500 ms (ack)" in line["error"]
+    wait_for(lambda: any(f[0] == 1 for f in frames), 10,
+             what="the frame again on the second connection")
+    firsts = [f for f in frames if f[0] == 0]
+    again = [f for f in frames if f[0] == 1]
+    assert [r["n"] for f in firsts for r in f[2]] == [0, 1, 2]
+    assert [r["n"] for f in again for r in f[2]] == [0, 1, 2]
+    assert firsts[0][3]["size"] == 3 and firsts[0][3]["compressed"] == "text"
+    assert b.stop() == 0
+    (totals,) = b.find_logs("output totals", output="out")
+    assert totals["delivered"] == 3
+    srv.close()
