@@ -281,7 +281,7 @@ def receiver(sluice, tmp_path, port=None, extra_in=None, disk=True):
     return eng
 
 
-def sender(sluice, tmp_path, peer_port, extra_out=None, disk=True):
+def sender(sluice, tmp_path, peer_port, extra_out=None, disk=True, **top):
     """B: native tcp input -> forward output to A."""
     port = free_port()
     out = {"name": "out", "type": "forward",
@@ -291,10 +291,11 @@ def sender(sluice, tmp_path, peer_port, extra_out=None, disk=True):
     if disk:
         out["buffer"] = {"type": "disk", "path": str(tmp_path / "b-buf")}
     out.update(extra_out or {})
-    eng = sluice({"inputs": [{"name": "in", "type": "tcp",
-                              "listen": "127.0.0.1:%d" % port}],
-                  "outputs": [out],
-                  "routes": [{"topics": "*", "to": "out"}]})
+    cfg = {"inputs": [{"name": "in", "type": "tcp",
+                       "listen": "127.0.0.1:%d" % port}],
+           "outputs": [out], "routes": [{"topics": "*", "to": "out"}]}
+    cfg.update(top)
+    eng = sluice(cfg)
     eng.address = "127.0.0.1:%d" % port
     return eng
 
@@ -414,7 +415,8 @@ def test_a_wrong_shared_key_is_refused_and_both_sides_say_why(sluice, tmp_path):
     from conftest import send_events
     a = receiver(sluice, tmp_path, extra_in={"shared_key": "right"},
                  disk=False)
-    b = sender(sluice, tmp_path, a.port, {"shared_key": "wrong"}, disk=False)
+    b = sender(sluice, tmp_path, a.port, {"shared_key": "wrong"}, disk=False,
+               shutdown_timeout=1)
     send_events(b.address, [native(i) for i in range(5)])
     line = a.wait_log("bad forward input; closing connection")
     assert "shared key handshake failed" in line["error"]
@@ -526,3 +528,45 @@ def test_an_ack_that_never_comes_is_retried_after_timeout_ms(sluice, tmp_path):
     (totals,) = b.find_logs("output totals", output="out")
     assert totals["delivered"] == 3
     srv.close()
+
+
+# ---- TLS -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fwd_certs(tmp_path_factory):
+    from test_tls import Certs
+    c = Certs(tmp_path_factory.mktemp("fwd-certs"))
+    c.ca("ca", "forward test CA")
+    c.leaf("server", "receiver", "DNS:localhost,IP:127.0.0.1")
+    return c
+
+
+def test_fluent_logger_over_tls(sluice, fluent_logger, fwd_certs):
+    eng = forward_engine(sluice, {"tls": {
+        "cert_file": fwd_certs.__getattr__("server.pem"),
+        "key_file": fwd_certs.__getattr__("server.key")}})
+    got = node_client(fluent_logger, port=eng.port, n=20, ack=True,
+                      mode="PackedForward", ca=fwd_certs.__getattr__("ca.pem"))
+    assert got == {"ok": 20, "errors": []}, got
+    wait_lines(eng.path("out.ndjson"), 20)
+    # plaintext on the TLS port is refused by the handshake, not parsed
+    with connect(eng.address) as s:
+        s.sendall(packb(["t", 1, {"a": 1}, {"chunk": "x"}]))
+        assert closed_by_peer(s)
+    assert len(read_ndjson(eng.path("out.ndjson"))) == 20
+
+
+def test_sluice_to_sluice_over_tls_with_a_shared_key(sluice, tmp_path,
+                                                     fwd_certs):
+    from conftest import send_events
+    a = receiver(sluice, tmp_path, disk=False, extra_in={
+        "shared_key": "k", "tls": {
+            "cert_file": fwd_certs.__getattr__("server.pem"),
+            "key_file": fwd_certs.__getattr__("server.key")}})
+    b = sender(sluice, tmp_path, a.port, {
+        "shared_key": "k", "compress": "gzip",
+        "tls": {"ca_file": fwd_certs.__getattr__("ca.pem")}}, disk=False)
+    send_events(b.address, [native(i) for i in range(100)])
+    wait_lines(a.path("out.ndjson"), 100)
+    assert sorted(got_ns(a)) == list(range(100))
+    assert b.stop() == 0 and a.stop() == 0
