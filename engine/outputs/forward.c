@@ -1,7 +1,7 @@
 /* forward.c - the forward output: events to a Fluent forward v1 peer
  * (Fluentd, Fluent Bit, another sluice) as PackedForward frames, one per
  * run of events with the same topic (the tag), each with a chunk id. With
- * `ack = true` (the default) events leave the queue only when the peer
+ * `require_ack = true` (the default) events leave the queue only when the peer
  * answers {"ack": chunk}; a connection that breaks, or an ack that does
  * not come within retry.timeout_ms, sends every unconfirmed frame again
  * after the reconnect (at least once: a lost ack means duplicates). Entry
@@ -490,7 +490,7 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   if (n == NULL)
     return SL_ENOMEM;
   n->o = o;
-  n->ack = cfg->ack;
+  n->ack = sl_config_value_num(cfg->values, cfg->nvalues, "require_ack") == 1;
   n->gzip = sl_config_value_num(cfg->values, cfg->nvalues, "compress") == 1;
   n->shared_key = sl_config_value_str(cfg->values, cfg->nvalues,
                                       "shared_key");
@@ -565,10 +565,9 @@ static const struct sl_config_key keys[] = {
      .doc = "the forward peer, \"host:port\" (Fluentd, Fluent Bit, a "
             "sluice forward input)",
      .flags = SL_KEY_REQUIRED, SL_KEY_FIELD(struct sl_output_config, address)},
-    {.name = "ack", .type = SL_KEY_BOOL, .def = "true",
+    {.name = "require_ack", .type = SL_KEY_BOOL, .def = "true",
      .doc = "send each frame with a chunk id; events are delivered when the "
-            "peer acks it",
-     SL_KEY_FIELD(struct sl_output_config, ack)},
+            "peer acks it (false: once written)"},
     {.name = "compress", .type = SL_KEY_ENUM, .def = "none",
      .doc = "gzip: CompressedPackedForward", .choices = compress_choices,
      .values = compress_values},

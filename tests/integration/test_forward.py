@@ -311,10 +311,13 @@ def got_ns(eng):
     return [e["payload"]["n"] for e in read_ndjson(path)]
 
 
-def test_sluice_to_sluice_keeps_topic_record_and_time(sluice, tmp_path):
+@pytest.mark.parametrize("require_ack", [True, False])
+def test_sluice_to_sluice_keeps_topic_record_and_time(sluice, tmp_path,
+                                                      require_ack):
     from conftest import send_events
     a = receiver(sluice, tmp_path, disk=False)
-    b = sender(sluice, tmp_path, a.port, disk=False)
+    b = sender(sluice, tmp_path, a.port, {"require_ack": require_ack},
+               disk=False)
     evs = [native(i, topic="t%d" % (i % 3)) for i in range(30)]
     evs.append({"topic": "scalar", "payload": "not a map", "time": 5})
     send_events(b.address, evs)
@@ -570,3 +573,33 @@ def test_sluice_to_sluice_over_tls_with_a_shared_key(sluice, tmp_path,
     wait_lines(a.path("out.ndjson"), 100)
     assert sorted(got_ns(a)) == list(range(100))
     assert b.stop() == 0 and a.stop() == 0
+
+
+# ---- the example -----------------------------------------------------------------
+
+def test_the_forward_example_runs_app_shipper_and_receiver(sluice, fluent_logger):
+    from conftest import send_events
+    ex = ROOT / "examples" / "forward"
+    fport, sport = free_port(), free_port()
+    env = {"FORWARD_KEY": "example-key",
+           "FORWARD_LISTEN": "127.0.0.1:%d" % fport,
+           "FORWARD_PEER": "127.0.0.1:%d" % fport,
+           "SHIPPER_LISTEN": "127.0.0.1:%d" % sport}
+    recv = sluice((ex / "receiver.conf.lua").read_text(), env=env)
+    ship = sluice((ex / "shipper.conf.lua").read_text(), env=env)
+    r = subprocess.run(["node", str(ex / "app.js")], capture_output=True,
+                       text=True, timeout=60,
+                       env=dict(os.environ, NODE_PATH=fluent_logger,
+                                FORWARD_PORT=str(fport),
+                                FORWARD_KEY="example-key"))
+    assert r.returncode == 0, r
+    assert r.stdout.splitlines()[-1] == "3 events acked", r.stdout
+    send_events("127.0.0.1:%d" % sport, [{"topic": "orders",
+                                          "payload": {"id": 7}}])
+    wait_lines(recv.path("var/fluent.ndjson"), 4)
+    got = read_ndjson(recv.path("var/fluent.ndjson"))
+    assert sorted(e["topic"] for e in got) == ["fluent.app.login"] * 3 + [
+        "fluent.orders"]
+    assert {e["payload"].get("user") for e in got} == {"ana", "bo", "cy",
+                                                       None}
+    assert ship.stop() == 0 and recv.stop() == 0
