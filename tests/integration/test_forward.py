@@ -207,7 +207,10 @@ def test_bad_frames_close_only_their_connection_with_a_log_line(
     eng = forward_engine(sluice, {"max_chunk_bytes": "1MiB"})
     good = connect(eng.address)  # another sender, open all along
     with connect(eng.address) as s:
-        s.sendall(frame)
+        try:
+            s.sendall(frame)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed while a large frame was still on its way
         assert closed_by_peer(s), "the engine kept the connection open"
         assert read_answers_nonblocking(s) == []  # no ack for a bad chunk
     line = eng.wait_log("bad forward input; closing connection")
@@ -226,13 +229,8 @@ def read_answers_nonblocking(sock):
     sock.setblocking(False)
     try:
         data = sock.recv(65536)
-    except (BlockingIOError, OSError):
+    except OSError:
         data = b""
-    return list(msgpack.Unpacker(raw=False)) if not data else \
-        [x for x in _unpack(data)]
-
-
-def _unpack(data):
     up = msgpack.Unpacker(raw=False)
     up.feed(data)
     return list(up)
