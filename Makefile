@@ -150,7 +150,7 @@ FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
                -fno-sanitize-recover=undefined
 
 fuzz: $(BUILD)/fuzz/fuzz_codec $(BUILD)/fuzz/fuzz_pattern $(BUILD)/fuzz/fuzz_http \
-      $(BUILD)/fuzz/fuzz_json $(BUILD)/fuzz/fuzz_spool
+      $(BUILD)/fuzz/fuzz_json $(BUILD)/fuzz/fuzz_spool $(BUILD)/fuzz/fuzz_forward
 
 $(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c engine/codec/codec.c engine/core/buf.c \
                           engine/codec/codec.h engine/core/buf.h engine/core/common.h
@@ -189,6 +189,15 @@ $(BUILD)/fuzz/fuzz_spool: tests/fuzz/fuzz_spool.c engine/delivery/spool.c engine
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_spool.c engine/delivery/spool.c \
 	  engine/core/buf.c -lpthread
+
+# The forward input's frame parser (zlib inflates, OpenSSL digests).
+$(BUILD)/fuzz/fuzz_forward: tests/fuzz/fuzz_forward.c engine/codec/forward.c \
+                            engine/codec/codec.c engine/core/buf.c \
+                            engine/codec/forward.h engine/codec/codec.h
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_forward.c engine/codec/forward.c \
+	  engine/codec/codec.c engine/core/buf.c engine/core/utf8.c \
+	  $(shell pkg-config --libs zlib libcrypto)
 
 clean:
 	rm -rf build build-asan
