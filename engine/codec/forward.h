@@ -57,8 +57,9 @@ int sl_forward_next_entry(const uint8_t *entries, size_t len, size_t *pos,
                           struct sl_codec_error *err);
 
 /* Inflate gzip data (one or more members back to back) into out (reset
- * first). More than max bytes of output is refused as SL_E2BIG before
- * more memory than max + 64 KiB is taken (a gzip bomb costs nothing).
+ * first). More than max bytes of output is refused as SL_E2BIG once
+ * max + 64 KiB came out: out never grows past twice that (a gzip bomb
+ * costs a bounded buffer, not what it claims).
  * Returns 0, SL_E2BIG, SL_EPROTO (not gzip, corrupt, truncated) or
  * SL_ENOMEM. */
 int sl_forward_gunzip(const uint8_t *in, size_t n, size_t max,
