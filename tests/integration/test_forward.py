@@ -601,3 +601,29 @@ def test_the_forward_example_runs_app_shipper_and_receiver(sluice, fluent_logger
     assert {e["payload"].get("user") for e in got} == {"ana", "bo", "cy",
                                                        None}
     assert ship.stop() == 0 and recv.stop() == 0
+
+
+# ---- backpressure inside a frame ---------------------------------------------------
+
+def test_a_full_queue_pauses_inside_a_frame_and_acks_only_when_all_are_in(
+        sluice):
+    from conftest import Sink
+    down = free_port()  # the output's peer comes later: its queue fills
+    eng = forward_engine(sluice, outputs=[{
+        "name": "out", "type": "tcp", "address": "127.0.0.1:%d" % down,
+        "retry": {"initial_ms": 20, "max_ms": 100}, "breaker": False,
+        "queue": {"max_events": 8, "when_full": "block"}}])
+    n = 500
+    recs = [{"n": i} for i in range(n)]
+    with connect(eng.address) as s:
+        s.sendall(packb(["t", entries(recs), {"chunk": "big"}]) +
+                  packb(["t", 1, {"n": n}, {"chunk": "next"}]))
+        s.settimeout(1.0)
+        with pytest.raises(socket.timeout):
+            s.recv(100)  # the queue is full: the frame is not all in
+        with Sink(port=down) as sink:
+            assert read_answers(s, 2, timeout=20) == [{"ack": "big"},
+                                                     {"ack": "next"}]
+            got = sink.wait(n + 1, timeout=20)
+            assert [e["payload"]["n"] for e in got] == list(range(n + 1))
+            assert eng.stop() == 0
