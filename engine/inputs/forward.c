@@ -36,6 +36,8 @@ struct fwd_conn {
   struct fwd_in *fi;
   int authed;               /* the handshake passed (or none is asked) */
   uint8_t nonce[16];        /* sent in HELO */
+  uv_timer_t ping_timer;    /* PING must come within event_timeout_ms */
+  int timer_open;
   size_t frame_len;         /* the frame being submitted; 0: none */
   size_t entry_pos;         /* its next entry's offset in its entries */
   struct sl_buf inflated;   /* its entries, when it came compressed */
@@ -205,6 +207,7 @@ static void on_ping(struct fwd_conn *nc, const uint8_t *p, size_t len) {
   if (sl_forward_digest(want, part, 4) != 0)
     goto bad;
   nc->authed = 1;
+  uv_timer_stop(&nc->ping_timer);
   send_pong(nc, 1, "", want);
   return;
 bad:
@@ -410,19 +413,42 @@ static void cb_eof(struct sl_conn *c, int status) {
            SL_END);
 }
 
+static void conn_free(struct fwd_conn *nc) {
+  struct fwd_in *fi = nc->fi;
+  free(nc);
+  fi->live--;
+  if (fi->stopping && fi->live == 0 && fi->listener_closed)
+    finish(fi);
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+  conn_free(h->data);
+}
+
 static void cb_close(struct sl_conn *c) {
   struct fwd_conn *nc = sl_conn_proto(c);
-  struct fwd_in *fi = nc->fi;
   sl_worker_undurable(&nc->wait);
   sl_source_close(&nc->src);
   sl_buf_close(&nc->inflated);
   sl_buf_close(&nc->topic);
   sl_buf_close(&nc->pending);
-  free(nc);
-  fi->live--;
-  fi->in->stats.connections_open--;
-  if (fi->stopping && fi->live == 0 && fi->listener_closed)
-    finish(fi);
+  nc->fi->in->stats.connections_open--;
+  if (nc->timer_open)
+    uv_close((uv_handle_t *)&nc->ping_timer, on_timer_closed);
+  else
+    conn_free(nc);
+}
+
+/* A sender that never answers HELO would hold its connection forever. */
+static void on_ping_timeout(uv_timer_t *t) {
+  struct fwd_conn *nc = t->data;
+  char msg[120];
+  if (nc->authed || sl_conn_is_closing(nc->conn))
+    return;
+  snprintf(msg, sizeof(msg), "no PING within event_timeout_ms (%u ms) of "
+           "HELO", nc->fi->in->cfg->event_timeout_ms);
+  sl_listener_count_timeout(nc->conn);
+  bad_input(nc, 0, msg);
 }
 
 static const struct sl_conn_ops conn_ops = {
@@ -448,8 +474,14 @@ static int on_accept(struct sl_listener *l, struct sl_conn *c) {
   fi->live++;
   fi->in->stats.connections_total++;
   fi->in->stats.connections_open++;
-  if (!nc->authed)
+  if (!nc->authed) {
+    uv_timer_init(&fi->in->w->loop, &nc->ping_timer);
+    nc->ping_timer.data = nc;
+    nc->timer_open = 1;
+    uv_timer_start(&nc->ping_timer, on_ping_timeout,
+                   fi->in->cfg->event_timeout_ms, 0);
     send_helo(nc);
+  }
   return 0;
 }
 
@@ -589,7 +621,9 @@ static const struct sl_config_key keys[] = {
      .doc = "connections open at once", .min = 1, .max = 1000000,
      SL_KEY_FIELD(IN, max_connections)},
     {.name = "event_timeout_ms", .type = SL_KEY_UINT, .def = "30000",
-     .doc = "a begun frame must be complete within this", .min = 100,
+     .doc = "a begun frame must be complete within this, and with "
+            "shared_key the PING must come within it of HELO",
+     .min = 100,
      .max = 86400000, SL_KEY_FIELD(IN, event_timeout_ms)},
     {.name = "max_pending_bytes", .type = SL_KEY_BYTES, .def = "64MiB",
      .doc = "partial frames held over all connections", .min = 1,

@@ -627,3 +627,13 @@ def test_a_full_queue_pauses_inside_a_frame_and_acks_only_when_all_are_in(
             got = sink.wait(n + 1, timeout=20)
             assert [e["payload"]["n"] for e in got] == list(range(n + 1))
             assert eng.stop() == 0
+
+
+def test_a_sender_silent_after_helo_is_cut_at_event_timeout_ms(sluice):
+    eng = forward_engine(sluice, {"shared_key": "k", "event_timeout_ms": 300})
+    with connect(eng.address) as s:
+        assert read_answers(s, 1)[0][0] == "HELO"
+        assert closed_by_peer(s, timeout=10)
+    line = eng.wait_log("bad forward input; closing connection")
+    assert line["error"] == "no PING within event_timeout_ms (300 ms) of HELO"
+    assert eng.stop() == 0
