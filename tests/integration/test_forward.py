@@ -637,3 +637,20 @@ def test_a_sender_silent_after_helo_is_cut_at_event_timeout_ms(sluice):
     line = eng.wait_log("bad forward input; closing connection")
     assert line["error"] == "no PING within event_timeout_ms (300 ms) of HELO"
     assert eng.stop() == 0
+
+
+def test_bad_input_and_events_are_counted_in_the_input_metrics(sluice):
+    from conftest import metrics_flat
+    admin = free_port()
+    eng = forward_engine(sluice, admin={"listen": "127.0.0.1:%d" % admin})
+    for frame in (packb({"not": "a frame"}), packb(["t", 1, [1]])):
+        with connect(eng.address) as s:
+            s.sendall(frame)
+            assert closed_by_peer(s)
+    with connect(eng.address) as s:
+        s.sendall(packb(["t", [[1, {"a": 1}], [2, {"b": 2}]], {"chunk": "c"}]))
+        assert read_answers(s, 1) == [{"ack": "c"}]
+    m = metrics_flat(admin)
+    assert m['sluice_input_bad_total{input="fwd"}'] == 2
+    assert m['sluice_input_events_total{input="fwd"}'] == 2
+    assert m['sluice_input_connections_total{input="fwd"}'] == 3
