@@ -377,6 +377,10 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
     }
     pos += nc->frame_len;
     nc->frame_len = 0;
+    if (nc->inflated.cap > SL_CONN_FREE_BUFFER) {
+      sl_buf_close(&nc->inflated); /* an idle conn holds no large buffer */
+      sl_buf_init(&nc->inflated);
+    }
   }
   send_acks(nc);
   return pos;
