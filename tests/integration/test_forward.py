@@ -654,3 +654,58 @@ def test_bad_input_and_events_are_counted_in_the_input_metrics(sluice):
     assert m['sluice_input_bad_total{input="fwd"}'] == 2
     assert m['sluice_input_events_total{input="fwd"}'] == 2
     assert m['sluice_input_connections_total{input="fwd"}'] == 3
+
+
+class AckingReceiver:
+    """A forward receiver in Python (no Fluentd or Fluent Bit is on the
+    machine): records every frame as (tag, entries, option) and acks it."""
+
+    def __init__(self):
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.frames = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import io
+        c, _ = self.sock.accept()
+        up = msgpack.Unpacker(raw=False)
+        while True:
+            data = c.recv(65536)
+            if not data:
+                return
+            up.feed(data)
+            for f in up:
+                ents = list(msgpack.Unpacker(io.BytesIO(f[1]), raw=False))
+                self.frames.append((f[0], ents, f[2], len(f[1])))
+                c.sendall(packb({"ack": f[2]["chunk"]}))
+
+
+def test_frames_split_by_topic_and_max_chunk_bytes(sluice, tmp_path):
+    from conftest import send_events
+    r = AckingReceiver()
+    b = sender(sluice, tmp_path, r.port, {"max_chunk_bytes": "1KiB"},
+               disk=False)
+    topics = ["a"] * 20 + ["b"] * 3 + ["a"] * 2
+    evs = [{"topic": t, "payload": {"n": i, "pad": "p" * 80}, "time": i}
+           for i, t in enumerate(topics)]
+    send_events(b.address, evs)
+    wait_for(lambda: sum(len(f[1]) for f in r.frames) == len(evs), 10,
+             what="every event in a frame")
+    assert b.stop() == 0
+    tags = [f[0] for f in r.frames]
+    assert tags[0] == "a" and "b" in tags and tags[-1] == "a"
+    assert [e[1]["n"] for f in r.frames for e in f[1]] == list(range(25))
+    for tag, ents, opt, nbytes in r.frames:
+        assert opt["size"] == len(ents) and opt["compressed"] == "text"
+        assert len({e[1]["n"] for e in ents}) == len(ents)
+        assert nbytes <= 1024 + 200, nbytes  # one event may pass the mark
+        assert all(topics[e[1]["n"]] == tag for e in ents)
+        # EventTime: time i ns is second 0, nanosecond i
+        assert all(e[0] == event_time(0, e[1]["n"]) for e in ents)
+    assert len([t for t in tags if t == "a"]) >= 3  # 20 a's do not fit 1 KiB
+    ids = [f[2]["chunk"] for f in r.frames]
+    assert len(set(ids)) == len(ids) and all(len(i) == 24 for i in ids)
