@@ -709,3 +709,18 @@ def test_frames_split_by_topic_and_max_chunk_bytes(sluice, tmp_path):
     assert len([t for t in tags if t == "a"]) >= 3  # 20 a's do not fit 1 KiB
     ids = [f[2]["chunk"] for f in r.frames]
     assert len(set(ids)) == len(ids) and all(len(i) == 24 for i in ids)
+
+
+def test_a_frame_sent_a_byte_at_a_time_is_taken_whole(sluice):
+    eng = forward_engine(sluice)
+    frame = packb(["t", gzip.compress(entries([{"n": 1}, {"n": 2}])),
+                   {"chunk": "slow", "compressed": "gzip"}])
+    with connect(eng.address) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(frame)):
+            s.send(frame[i:i + 1])
+            time.sleep(0.001)
+        assert read_answers(s, 1) == [{"ack": "slow"}]
+    evs = read_ndjson(wait_lines(eng.path("out.ndjson"), 2) and
+                      eng.path("out.ndjson"))
+    assert [e["payload"]["n"] for e in evs] == [1, 2]
