@@ -428,6 +428,21 @@ int sl_codec_read_int(const uint8_t *p, size_t len, int64_t *v, size_t *used) {
   return 0;
 }
 
+int sl_codec_read_bool(const uint8_t *p, size_t len, int *v, size_t *used) {
+  if (len < 1 || (p[0] != 0xc2 && p[0] != 0xc3))
+    return SL_EPROTO;
+  *v = p[0] == 0xc3;
+  *used = 1;
+  return 0;
+}
+
+int sl_codec_read_nil(const uint8_t *p, size_t len, size_t *used) {
+  if (len < 1 || p[0] != 0xc0)
+    return SL_EPROTO;
+  *used = 1;
+  return 0;
+}
+
 int sl_codec_read_ext(const uint8_t *p, size_t len, int8_t *type,
                       struct sl_str *s, size_t *used) {
   size_t h, n;

@@ -28,7 +28,7 @@ static int parse_option(const uint8_t *p, size_t len,
   size_t vlen, used;
   uint32_t n;
   struct sl_str s;
-  if (len == 1 && p[0] == 0xc0)
+  if (sl_codec_read_nil(p, len, &used) == 0)
     return 0; /* nil: no options */
   if (sl_codec_read_map(p, len, &n, &used) != 0)
     return fail(err, base, "option is not a map");

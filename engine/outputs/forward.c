@@ -200,6 +200,7 @@ static int on_pong(struct fwd_out *n, const uint8_t *p, size_t len,
   struct sl_str word, reason, host, digest, part[4];
   size_t pos, used;
   uint32_t count;
+  int ok;
   char want[129];
   snprintf(why, whylen, "the peer's PONG is malformed");
   if (sl_codec_read_array(p, len, &count, &pos) != 0 || count != 5 ||
@@ -207,9 +208,10 @@ static int on_pong(struct fwd_out *n, const uint8_t *p, size_t len,
       word.len != 4 || memcmp(word.p, "PONG", 4) != 0)
     return SL_EPROTO;
   pos += used;
-  if (pos >= len || (p[pos] != 0xc3 && p[pos] != 0xc2))
+  if (sl_codec_read_bool(p + pos, len - pos, &ok, &used) != 0)
     return SL_EPROTO;
-  if (p[pos++] == 0xc2) {
+  pos += used;
+  if (!ok) {
     if (sl_codec_read_str(p + pos, len - pos, &reason, &used) != 0)
       reason.p = "", reason.len = 0;
     snprintf(why, whylen, "the peer refused the shared key handshake: %.*s",
