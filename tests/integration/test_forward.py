@@ -724,3 +724,58 @@ def test_a_frame_sent_a_byte_at_a_time_is_taken_whole(sluice):
     evs = read_ndjson(wait_lines(eng.path("out.ndjson"), 2) and
                       eng.path("out.ndjson"))
     assert [e["payload"]["n"] for e in evs] == [1, 2]
+
+
+# ---- valgrind --------------------------------------------------------------------
+
+@pytest.mark.skipif(bool(os.environ.get("SLUICE_ASAN")) or
+                    shutil.which("valgrind") is None,
+                    reason="valgrind does not run sanitizer builds")
+def test_forward_in_and_out_are_valgrind_clean(tmp_path):
+    """One engine sends to itself: native in -> forward out (gzip, shared
+    key, acks) -> forward in -> file; plus bad frames and a failed
+    handshake, then a graceful stop, with no memory error and no leak."""
+    from conftest import SLUICE_BIN, send_events
+    import signal
+    port, fport = free_port(), free_port()
+    cfg = tmp_path / "c.lua"
+    cfg.write_text("""return {
+  inputs = { { name = "app", type = "tcp", listen = "127.0.0.1:%d" },
+             { name = "fwd", type = "forward", listen = "127.0.0.1:%d",
+               tag_prefix = "back.", shared_key = "k" } },
+  outputs = { { name = "out", type = "forward", address = "127.0.0.1:%d",
+                shared_key = "k", compress = "gzip" },
+              { name = "file", type = "file", path = "back.ndjson" } },
+  routes = { { topics = "back.*", to = "file" }, { topics = "*", to = "out" } },
+}""" % (port, fport, fport))
+    log = tmp_path / "valgrind.log"
+    proc = subprocess.Popen(
+        ["valgrind", "--leak-check=full", "--error-exitcode=99",
+         "--errors-for-leak-kinds=definite,indirect", "--log-file=%s" % log,
+         SLUICE_BIN, "run", "-c", str(cfg)],
+        stderr=open(tmp_path / "engine.log", "w"), cwd=tmp_path)
+    out = tmp_path / "back.ndjson"
+    try:
+        wait_for(lambda: b"sluice started" in
+                 (tmp_path / "engine.log").read_bytes(), timeout=60,
+                 interval=0.2, what="the engine under valgrind to start")
+        send_events("127.0.0.1:%d" % port,
+                    [{"topic": "t%d" % (i % 2), "payload": {"n": i}}
+                     for i in range(60)], timeout=60)
+        for frame in (b"\xc1", packb(["PING", "h", "s", "0" * 128, "", ""])):
+            with connect("127.0.0.1:%d" % fport, timeout=30) as s:
+                read_answers(s, 1, timeout=30)  # HELO
+                s.sendall(frame)
+                assert closed_by_peer(s, timeout=30)
+        wait_for(lambda: out.exists() and
+                 len(out.read_text().splitlines()) == 60, timeout=60,
+                 interval=0.2, what="the events back through forward")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(120)
+    report = log.read_text()
+    assert rc == 0, report[-3000:]
+    assert "ERROR SUMMARY: 0 errors" in report, report[-3000:]
+    assert sorted(e["payload"]["n"] for e in read_ndjson(out)) == \
+        list(range(60))
+    assert {e["topic"] for e in read_ndjson(out)} == {"back.t0", "back.t1"}
