@@ -1,10 +1,10 @@
 # sluice - build, test and run. `make run` and `make test` are all a newcomer needs.
 
 DEB_PKGS := build-essential pkg-config libluajit-5.1-dev luajit libuv1-dev \
-            libmsgpack-dev libssl-dev libhttp-parser-dev libyajl-dev \
+            libmsgpack-dev libssl-dev libhttp-parser-dev libyajl-dev zlib1g-dev \
             lua-busted python3 python3-msgpack python3-pytest curl \
             prometheus wrk clang libclang-rt-14-dev valgrind
-PKGS     := luajit libuv msgpack openssl yajl
+PKGS     := luajit libuv msgpack openssl yajl zlib
 
 BUILD    ?= build
 CC       ?= cc
@@ -151,7 +151,7 @@ FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
                -fno-sanitize-recover=undefined
 
 fuzz: $(BUILD)/fuzz/fuzz_codec $(BUILD)/fuzz/fuzz_pattern $(BUILD)/fuzz/fuzz_http \
-      $(BUILD)/fuzz/fuzz_json $(BUILD)/fuzz/fuzz_spool
+      $(BUILD)/fuzz/fuzz_json $(BUILD)/fuzz/fuzz_spool $(BUILD)/fuzz/fuzz_forward
 
 $(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c engine/codec/codec.c engine/core/buf.c \
                           engine/codec/codec.h engine/core/buf.h engine/core/common.h
@@ -190,6 +190,15 @@ $(BUILD)/fuzz/fuzz_spool: tests/fuzz/fuzz_spool.c engine/delivery/spool.c engine
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_spool.c engine/delivery/spool.c \
 	  engine/core/buf.c -lpthread
+
+# The forward input's frame parser (zlib inflates, OpenSSL digests).
+$(BUILD)/fuzz/fuzz_forward: tests/fuzz/fuzz_forward.c engine/codec/forward.c \
+                            engine/codec/codec.c engine/core/buf.c \
+                            engine/codec/forward.h engine/codec/codec.h
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_forward.c engine/codec/forward.c \
+	  engine/codec/codec.c engine/core/buf.c engine/core/utf8.c \
+	  $(shell pkg-config --libs zlib libcrypto)
 
 clean:
 	rm -rf build build-asan

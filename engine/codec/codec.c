@@ -420,6 +420,55 @@ static int read_int(const uint8_t *p, size_t len, size_t *pos, int64_t *v) {
   }
 }
 
+int sl_codec_read_int(const uint8_t *p, size_t len, int64_t *v, size_t *used) {
+  size_t pos = 0;
+  if (len < 1 || read_int(p, len, &pos, v) != 0)
+    return SL_EPROTO;
+  *used = pos;
+  return 0;
+}
+
+int sl_codec_read_bool(const uint8_t *p, size_t len, int *v, size_t *used) {
+  if (len < 1 || (p[0] != 0xc2 && p[0] != 0xc3))
+    return SL_EPROTO;
+  *v = p[0] == 0xc3;
+  *used = 1;
+  return 0;
+}
+
+int sl_codec_read_nil(const uint8_t *p, size_t len, size_t *used) {
+  if (len < 1 || p[0] != 0xc0)
+    return SL_EPROTO;
+  *used = 1;
+  return 0;
+}
+
+int sl_codec_read_ext(const uint8_t *p, size_t len, int8_t *type,
+                      struct sl_str *s, size_t *used) {
+  size_t h, n;
+  if (len < 2)
+    return SL_EPROTO;
+  if (p[0] >= 0xd4 && p[0] <= 0xd8) { /* fixext 1, 2, 4, 8, 16 */
+    h = 2;
+    n = (size_t)1 << (p[0] - 0xd4);
+  } else if (p[0] >= 0xc7 && p[0] <= 0xc9) { /* ext 8, 16, 32 */
+    h = p[0] == 0xc7 ? 3 : p[0] == 0xc8 ? 4 : 6;
+    if (len < h)
+      return SL_EPROTO;
+    n = h == 3 ? p[1] : h == 4 ? be16(p + 1) : be32(p + 1);
+  } else {
+    return SL_EPROTO;
+  }
+  if (n > len - h)
+    return SL_EPROTO;
+  *type = (int8_t)p[h - 1];
+  s->p = (const char *)p + h;
+  s->len = (uint32_t)n;
+  if (used)
+    *used = h + n;
+  return 0;
+}
+
 /* Advance over one value of any type; strings take a short path. */
 static int skip_value(const uint8_t *p, size_t len, size_t *pos) {
   struct sl_str s;

@@ -109,6 +109,20 @@ int sl_codec_read_uint(const uint8_t *p, size_t len, uint64_t *v,
 int sl_codec_read_number(const uint8_t *p, size_t len, double *v,
                          size_t *used);
 
+/* Read the msgpack integer at p (any int format) as an int64. Returns 0, or
+ * SL_EPROTO for another type, a short buffer or a uint64 over INT64_MAX. */
+int sl_codec_read_int(const uint8_t *p, size_t len, int64_t *v, size_t *used);
+
+/* Read the msgpack bool (true, false) or nil at p. Returns 0, or
+ * SL_EPROTO for another type or a short buffer. */
+int sl_codec_read_bool(const uint8_t *p, size_t len, int *v, size_t *used);
+int sl_codec_read_nil(const uint8_t *p, size_t len, size_t *used);
+
+/* Read the msgpack ext at p (fixext 1..16, ext 8/16/32): its type, and its
+ * data's bytes in *s. Returns 0, or SL_EPROTO when p is not a complete ext. */
+int sl_codec_read_ext(const uint8_t *p, size_t len, int8_t *type,
+                      struct sl_str *s, size_t *used);
+
 /* The same as sl_codec_read_map for an array header. */
 int sl_codec_read_array(const uint8_t *p, size_t len, uint32_t *count,
                         size_t *used);

@@ -507,7 +507,7 @@ class _Factory:
             return ()
         out = []
         for i in cfg.get("inputs", []):
-            if i.get("type") in ("tcp", "http"):
+            if i.get("type") in ("tcp", "http", "forward"):
                 out.append(i["listen"])
             elif i.get("type") == "unix":
                 p = i["listen"]

@@ -14,6 +14,7 @@ KNOWN = {
     ("input", "http"): "max_body_bytes", ("output", "stdout"): "format",
     ("output", "file"): "fsync", ("output", "tcp"): "address",
     ("output", "unix"): "ack",
+    ("input", "forward"): "shared_key", ("output", "forward"): "require_ack",
 }
 
 
