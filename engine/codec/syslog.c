@@ -72,7 +72,8 @@ static int64_t to_ns(int64_t y, int mo, int d, int h, int mi, int s) {
 static int rfc3339(struct cur *c, int64_t *ns) {
   int y, mo, d, h, mi, s, zone = 0, sign;
   int64_t frac = 0, scale = 1000000000LL;
-  if ((y = digits(c, 4)) < 0 || expect(c, '-') || (mo = digits(c, 2)) < 1 ||
+  /* ns since the epoch in an int64: 1970 to 2261 */
+  if ((y = digits(c, 4)) < 1970 || y > 2261 || expect(c, '-') || (mo = digits(c, 2)) < 1 ||
       mo > 12 || expect(c, '-') || (d = digits(c, 2)) < 1 || d > 31 ||
       expect(c, 'T') || (h = digits(c, 2)) < 0 || h > 23 || expect(c, ':') ||
       (mi = digits(c, 2)) < 0 || mi > 59 || expect(c, ':') ||
