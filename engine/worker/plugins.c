@@ -13,6 +13,7 @@
   X(sl_input_unix)    /* inputs/native.c */  \
   X(sl_input_http)    /* inputs/http.c */    \
   X(sl_input_syslog)  /* inputs/syslog.c */  \
+  X(sl_input_stdin)   /* inputs/stdin.c */   \
   X(sl_output_stdout) /* outputs/file.c */   \
   X(sl_output_file)   /* outputs/file.c */   \
   X(sl_output_null)   /* outputs/null.c */   \
