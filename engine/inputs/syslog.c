@@ -485,6 +485,8 @@ static int start_udp(struct syslog_in *si, char *err, size_t errlen) {
   if ((rc = uv_udp_bind(&si->udp, (const struct sockaddr *)&ep.ss, 0)) != 0 ||
       (rc = uv_udp_recv_start(&si->udp, on_alloc, on_recv)) != 0)
     goto fail;
+  sl_log(SL_LOG_INFO, "input receiving datagrams", SL_S("input", in->cfg->name),
+         SL_S("udp", si->udp_address), SL_END);
   return 0;
 fail:
   snprintf(err, errlen, "cannot receive on udp %s: %s", si->udp_address,
