@@ -7,10 +7,10 @@
  * buffers loses that. Writes are our own non-blocking write(2) calls
  * woken by a uv_poll, so every byte written is counted. A command that
  * exits is logged with its status and started again after the output's
- * backoff (cb_retry). Its stderr goes to our log, line by line, lines cut
- * at 1 KiB, rate-limited; its stdout is ours. On stop its stdin is closed
- * and it is given stop_timeout_ms to exit before SIGKILL. Owns the child,
- * its pipes and the batch buffer. */
+ * backoff (cb_retry). It runs in the config's folder; its stderr goes to
+ * our log, line by line, lines cut at 1 KiB, rate-limited; its stdout is
+ * ours. On stop its stdin is closed and it is given stop_timeout_ms to
+ * exit before SIGKILL. Owns the child, its pipes and the batch buffer. */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -279,6 +279,7 @@ static int spawn(struct exec_out *e, char *err, size_t errlen) {
   opt.file = e->argv[0];
   opt.args = e->argv;
   opt.exit_cb = on_child_exit;
+  opt.cwd = e->o->w->cfg->dir; /* relative paths as in the config */
   opt.stdio_count = 3;
   opt.stdio = stdio;
   stdio[0].flags = UV_INHERIT_FD;

@@ -416,3 +416,36 @@ ruleset(name="fwd") {
 def send_tcp_nowait(port, data):
     with connect("127.0.0.1:%d" % port) as s:
         s.sendall(data)
+
+
+# ---- examples/syslog -----------------------------------------------------
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples",
+                       "syslog")
+
+
+def test_example_syslog_runs_as_its_comment_shows(sluice, tmp_path):
+    """examples/syslog, on a free port instead of 5514: the logger command
+    of its comment, a UDP message and a stray line; err goes to the alerts
+    command as well as the file."""
+    port = free_port()
+    text = open(os.path.join(EXAMPLE, "sluice.conf.lua")).read()
+    cmd = [l[len("--   "):] for l in text.splitlines()
+           if l.startswith("--   logger ")][0]
+    rules = os.path.abspath(os.path.join(EXAMPLE, "rules"))
+    eng = sluice(text.replace("5514", str(port)).replace(
+        'dir = "rules"', 'dir = "%s"' % rules))
+    subprocess.run(cmd.replace("5514", str(port)), shell=True, check=True,
+                   timeout=20)
+    logger(port, "--rfc3164", "--udp", "-t", "cron", "-p", "cron.info",
+           msg="nightly job done")
+    send_tcp(port, b"a stray line\n")
+    evs = events(eng.path("var/syslog.ndjson"), 3)
+    assert [e["topic"] for e in evs] == [
+        "syslog.user.billing", "syslog.cron.cron", "syslog.unknown.unknown"]
+    assert evs[0]["key"] == socket.gethostname()
+    assert evs[2]["payload"]["malformed"] is True
+    [alert] = events(eng.path("var/alerts.ndjson"), 1)
+    assert alert["payload"]["message"] == "payment failed"
+    assert alert["payload"]["severity_name"] == "err"
+    assert eng.stop() == 0
