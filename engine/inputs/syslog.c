@@ -455,7 +455,10 @@ static void on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
 }
 
 static void on_udp_resume(struct sl_source *s) {
-  /* the held datagram went in; new ones are taken again */
+  /* the held datagram went in (or a disk buffer refused it: lost, as a
+   * datagram sender cannot be told); new ones are taken again */
+  if (s->refused)
+    s->input->stats.dropped++;
 }
 
 static void on_udp_closed(uv_handle_t *h) {

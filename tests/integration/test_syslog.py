@@ -171,11 +171,16 @@ def test_topic_template_uses_names_and_sanitizes_values(sluice):
     assert b["topic"] == "logs.user.notice.unknown.unknown"
 
 
-def test_a_bad_topic_template_stops_the_start(sluice, tmp_path):
+def test_a_bad_topic_template_or_no_address_stops_the_start(sluice):
     from conftest import EngineExited
     with pytest.raises(EngineExited) as e:
         engine(sluice, {"topic": "syslog.{bogus}"})
     assert "unknown placeholder" in str(e.value)
+    with pytest.raises(EngineExited) as e:
+        sluice({"inputs": [{"name": "s", "type": "syslog"}],
+                "outputs": [{"name": "f", "type": "file", "path": "o"}],
+                "routes": [{"topics": "*", "to": "f"}]})
+    assert "set listen (tcp) or udp, or both" in str(e.value)
 
 
 # ---- an exact ledger over TCP, both framings, through backpressure ------
