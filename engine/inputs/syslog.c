@@ -298,8 +298,9 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
     if (len - pos - start < n)
       break; /* the rest of an octet-counted frame */
     pos += start + n;
-    if (start == 0 && (n == 1 || (n == 2 && data[pos - 2] == '\r')))
-      continue; /* an empty line */
+    if (n == 0 ||
+        (start == 0 && (n == 1 || (n == 2 && data[pos - 2] == '\r'))))
+      continue; /* an empty frame or line */
     rc = deliver(in->data, &sc->src, sl_conn_peer(c),
                  (const char *)data + pos - n, n);
     if (rc == SL_EAGAIN) {

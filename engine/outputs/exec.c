@@ -242,6 +242,8 @@ static void on_child_exit(uv_process_t *p, int64_t status, int signo) {
   close_stdin(e);
   close_handle(e, (uv_handle_t *)&e->proc);
   if (e->closing) {
+    /* a process it left behind may hold its stderr open: we stop here */
+    close_handle(e, (uv_handle_t *)&e->err);
     sl_log(SL_LOG_INFO, "exec command ended", SL_S("output", e->o->cfg->name),
            SL_S("status", why), SL_END);
     if (e->nevents)

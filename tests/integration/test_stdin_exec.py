@@ -39,9 +39,12 @@ def stdin_conf(tmp_path, output, fmt=None, top=None):
 
 def run(conf, data, timeout=60):
     """sluice run -c conf with data on its stdin; (exit code, log lines)."""
+    # stdout not captured: a process an exec command leaves behind may
+    # hold it (the command's stdout is sluice's)
     r = subprocess.run([SLUICE_BIN, "run", "-c", str(conf)], input=data,
-                       capture_output=True, timeout=timeout,
-                       env=_engine_env(), cwd=str(conf.parent))
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       timeout=timeout, env=_engine_env(),
+                       cwd=str(conf.parent))
     err = r.stderr.decode()
     assert sanitizer_report(err) is None, err
     return r.returncode, [json.loads(l) for l in err.splitlines() if l]
@@ -255,6 +258,23 @@ def test_exec_shutdown_closes_stdin_and_waits_for_the_command(tmp_path):
     assert lines[-1] == "finished" and len(lines) == 11
     assert any(l["msg"] == "exec command ended" and
                l["status"] == "command exited with status 0" for l in logs)
+
+
+def test_exec_shutdown_does_not_wait_for_what_the_command_left_behind(tmp_path):
+    """A background process the command started keeps its stderr open;
+    the command's own exit is what the shutdown waits for."""
+    conf = stdin_conf(tmp_path, exec_out(
+        ["sh", "-c", "sleep 60 & echo $! > bg.pid; cat >> out.ndjson"]))
+    start = time.monotonic()
+    try:
+        code, _ = run(conf, ndjson(5).encode(), timeout=30)
+    finally:
+        pid = (tmp_path / "bg.pid").read_text().strip()
+        if pid:
+            os.kill(int(pid), signal.SIGKILL)
+    assert code == 0
+    assert time.monotonic() - start < 20
+    assert len(read_lines(tmp_path / "out.ndjson")) == 5
 
 
 def test_exec_a_missing_program_stops_the_start(tmp_path):
