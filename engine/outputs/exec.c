@@ -40,6 +40,7 @@ struct exec_out {
   int restart;       /* spawn once the last child's handles closed */
   int closing;
   int timers;        /* check and kill_timer not yet closed */
+  int start_failed;  /* freed without sl_output_stopped */
   struct sl_buf batch;
   uint32_t *ends;    /* ends[i]: batch offset after event i */
   uint32_t nevents;  /* in the batch; 0: no write in flight */
@@ -50,6 +51,7 @@ struct exec_out {
 };
 
 static void finish_stop(struct exec_out *e);
+static void maybe_free(struct exec_out *e);
 static int spawn(struct exec_out *e, char *err, size_t errlen);
 
 /* ---- the command's stderr ------------------------------------------------ */
@@ -73,6 +75,7 @@ static void on_handle_closed(uv_handle_t *h) {
     return;
   if (e->closing) {
     finish_stop(e);
+    maybe_free(e); /* when the timers closed first */
   } else if (e->restart) {
     char why[256];
     e->restart = 0;
@@ -359,24 +362,41 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   e->check.data = e->kill_timer.data = e;
   o->data = e;
   rc = spawn(e, err, errlen);
-  return rc; /* on failure cb_stop frees e */
+  if (rc != 0) {
+    /* the core never stops an output that did not start: e goes once its
+     * handles closed */
+    e->closing = e->start_failed = 1;
+    o->data = NULL;
+    finish_stop(e);
+  }
+  return rc;
 }
 
-static void on_timer_closed(uv_handle_t *h) {
-  struct exec_out *e = h->data;
+/* Free e once its child's handles and its timers are all closed. */
+static void maybe_free(struct exec_out *e) {
   struct sl_output *o = e->o;
-  if (--e->timers > 0)
+  int started = !e->start_failed;
+  if (e->handles > 0 || e->timers > 0)
     return;
   sl_buf_close(&e->batch);
   free(e->ends);
   free(e);
-  o->data = NULL;
-  sl_output_stopped(o);
+  if (started) {
+    o->data = NULL;
+    sl_output_stopped(o);
+  }
 }
 
-/* The child and its pipes are gone: close the timers, then free. */
+static void on_timer_closed(uv_handle_t *h) {
+  struct exec_out *e = h->data;
+  e->timers--;
+  maybe_free(e);
+}
+
+/* Stopping: close the timers; e is freed once they and the child's
+ * handles are closed. */
 static void finish_stop(struct exec_out *e) {
-  if (e->timers == 2 && !uv_is_closing((uv_handle_t *)&e->check)) {
+  if (!uv_is_closing((uv_handle_t *)&e->check)) {
     uv_close((uv_handle_t *)&e->check, on_timer_closed);
     uv_close((uv_handle_t *)&e->kill_timer, on_timer_closed);
   }
@@ -405,7 +425,7 @@ static void cb_stop(struct sl_output *o) {
   if (e->running)
     uv_timer_start(&e->kill_timer, on_kill_timer, e->stop_ms, 0);
   if (e->handles == 0)
-    finish_stop(e);
+    finish_stop(e); /* else once the child's handles closed */
 }
 
 static const struct sl_output_ops ops = {
