@@ -364,6 +364,28 @@ fail:
   return SL_EPROTO;
 }
 
+int sl_syslog_frame(const uint8_t *d, size_t n, uint32_t max, size_t *start,
+                    uint64_t *len) {
+  const uint8_t *lf;
+  size_t i = 0;
+  uint64_t v = 0;
+  while (i < n && i < 11 && d[i] >= '0' && d[i] <= '9')
+    v = v * 10 + (uint64_t)(d[i++] - '0');
+  if (i > 0 && i == n && i < 11)
+    return 0; /* "12" so far: a count or a line, more will tell */
+  if (i > 0 && i < 11 && d[i] == ' ') {
+    *start = i + 1;
+    *len = v;
+    return 1;
+  }
+  lf = memchr(d, '\n', n);
+  if (lf == NULL)
+    return n > max ? -1 : 0;
+  *start = 0;
+  *len = (uint64_t)(lf - d) + 1;
+  return 1;
+}
+
 /* ---- the payload map ---------------------------------------------------- */
 
 static int put_opt(struct sl_buf *b, struct sl_str s) {

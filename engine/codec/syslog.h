@@ -43,6 +43,16 @@ int sl_syslog_parse(const char *p, size_t n, enum sl_syslog_format format,
  * Absent fields are nil. Returns 0 or SL_ENOMEM. */
 int sl_syslog_put_payload(struct sl_buf *b, const struct sl_syslog_msg *m);
 
+/* The next frame of a syslog TCP stream d[0..n) (RFC 6587), told apart
+ * per frame: octet counting ("LEN SP MSG", LEN 1 to 10 digits) when the
+ * bytes start with digits and a space, else a line up to and with its LF
+ * (RFC 5424's parser drops the LF). Returns 1 with the message at
+ * d[*start] and *len bytes long (*len may exceed max, and n - *start:
+ * the caller skips or waits), 0 when more bytes are needed (n >= 1), -1
+ * for a line without an LF already over max bytes. */
+int sl_syslog_frame(const uint8_t *d, size_t n, uint32_t max, size_t *start,
+                    uint64_t *len);
+
 /* Names of a facility (0..23) and a severity (0..7): "daemon", "err". */
 const char *sl_syslog_facility_name(int facility);
 const char *sl_syslog_severity_name(int severity);

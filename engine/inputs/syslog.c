@@ -229,33 +229,6 @@ static void oversized(struct sl_input *in, struct sl_conn *c) {
   log_bad(in, sl_conn_peer(c), "syslog message refused; skipped", why);
 }
 
-/* Where the next frame's message starts and how long it is: octet
- * counting ("LEN SP MSG") when the frame starts with a digit run and a
- * space, else up to the next LF. Returns 1 with *start and *len (*len may
- * exceed max: the caller skips), 0 when more bytes are needed, -1 for an
- * LF-less line already over max. */
-static int frame(const uint8_t *d, size_t n, uint32_t max, size_t *start,
-                 uint64_t *len) {
-  const uint8_t *lf;
-  size_t i = 0;
-  uint64_t v = 0;
-  while (i < n && i < 11 && d[i] >= '0' && d[i] <= '9')
-    v = v * 10 + (d[i++] - '0');
-  if (i > 0 && i == n && i < 11)
-    return 0; /* "12" so far: a count or a line, more will tell */
-  if (i > 0 && i < 11 && d[i] == ' ') {
-    *start = i + 1;
-    *len = v;
-    return 1;
-  }
-  lf = memchr(d, '\n', n);
-  if (lf == NULL)
-    return n > max ? -1 : 0;
-  *start = 0;
-  *len = (uint64_t)(lf - d) + 1; /* the LF goes too; rest() strips it */
-  return 1;
-}
-
 static void refused(struct syslog_conn *sc) {
   char why[256];
   sl_worker_refusal(sc->src.w, sc->src.refused_output, why, sizeof(why));
@@ -285,7 +258,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       sc->skip_line = lf == NULL;
       continue;
     }
-    rc = frame(data + pos, len - pos, max, &start, &n);
+    rc = sl_syslog_frame(data + pos, len - pos, max, &start, &n);
     if (rc == 0)
       break;
     if (rc < 0 || n > max) {

@@ -109,3 +109,30 @@ TEST(syslog_names) {
   CHECK_STR(sl_syslog_severity_name(4), "warning");
   CHECK_STR(sl_syslog_severity_name(9), "unknown");
 }
+
+TEST(syslog_frame_octet_counted_lf_and_waiting) {
+  size_t start;
+  uint64_t len;
+  const uint8_t *oc = (const uint8_t *)"11 <13>1 - - x";
+  CHECK_EQ(sl_syslog_frame(oc, 14, 100, &start, &len), 1);
+  CHECK_EQ(start, 3);
+  CHECK_EQ(len, 11);
+  CHECK_EQ(sl_syslog_frame((const uint8_t *)"12", 2, 100, &start, &len), 0);
+  CHECK_EQ(sl_syslog_frame((const uint8_t *)"<13>a\nb", 7, 100, &start, &len),
+           1);
+  CHECK_EQ(start, 0);
+  CHECK_EQ(len, 6); /* with its LF */
+  CHECK_EQ(sl_syslog_frame((const uint8_t *)"<13>abc", 7, 100, &start, &len),
+           0);
+  CHECK_EQ(sl_syslog_frame((const uint8_t *)"<13>abc", 7, 5, &start, &len),
+           -1);
+  /* digits not followed by a space: a line that starts with a number */
+  CHECK_EQ(sl_syslog_frame((const uint8_t *)"123x\n", 5, 100, &start, &len),
+           1);
+  CHECK_EQ(start, 0);
+  CHECK_EQ(len, 5);
+  /* 11 digits are no count */
+  CHECK_EQ(sl_syslog_frame((const uint8_t *)"12345678901 x\n", 14, 100,
+                           &start, &len), 1);
+  CHECK_EQ(start, 0);
+}

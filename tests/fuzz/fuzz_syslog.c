@@ -57,8 +57,33 @@ static void one(const char *p, size_t n, enum sl_syslog_format f) {
   sl_buf_close(&j);
 }
 
+/* Split the bytes into frames as the TCP input does (max 64 bytes, so
+ * oversized frames happen): every step moves forward, spans stay inside,
+ * and every whole frame goes through the parser. */
+static void frames(const uint8_t *d, size_t n) {
+  size_t pos = 0, start;
+  uint64_t len;
+  int rc;
+  while (pos < n) {
+    rc = sl_syslog_frame(d + pos, n - pos, 64, &start, &len);
+    if (rc == 0)
+      break;
+    if (rc < 0) {
+      ASSERT(n - pos > 64);
+      break;
+    }
+    ASSERT(start <= 11 && start < n - pos + 1);
+    if (len > n - pos - start)
+      break; /* waits for more (or is skipped when over max) */
+    one((const char *)d + pos + start, (size_t)len, SL_SYSLOG_AUTO);
+    ASSERT(start + len > 0);
+    pos += start + (size_t)len;
+  }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const char *p = (const char *)data;
+  frames(data, size);
   one(p, size, SL_SYSLOG_AUTO);
   one(p, size, SL_SYSLOG_5424);
   one(p, size, SL_SYSLOG_3164);
