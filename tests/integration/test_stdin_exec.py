@@ -86,6 +86,23 @@ def test_stdin_ndjson_ledger_is_exact_through_a_small_queue(tmp_path):
                for l in logs)
 
 
+def test_stdin_redirected_from_a_file_is_read_to_its_end(tmp_path):
+    """sluice run -c conf < events.ndjson: a regular file is read through
+    the threadpool, not as a stream."""
+    conf = stdin_conf(tmp_path, {"name": "f", "type": "file",
+                                 "path": "out.ndjson",
+                                 "queue": {"max_events": 10}})
+    src = tmp_path / "events.ndjson"
+    src.write_text(ndjson(3000))
+    with open(src, "rb") as f:
+        r = subprocess.run([SLUICE_BIN, "run", "-c", str(conf)], stdin=f,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           timeout=60, env=_engine_env(), cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert sanitizer_report(r.stderr.decode()) is None
+    assert seqs(tmp_path / "out.ndjson") == list(range(3000))
+
+
 def test_stdin_msgpack_format_and_a_last_line_without_newline(tmp_path):
     conf = stdin_conf(tmp_path, {"name": "f", "type": "file",
                                  "path": "out.ndjson"}, fmt="msgpack")
