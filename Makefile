@@ -151,7 +151,8 @@ FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
                -fno-sanitize-recover=undefined
 
 fuzz: $(BUILD)/fuzz/fuzz_codec $(BUILD)/fuzz/fuzz_pattern $(BUILD)/fuzz/fuzz_http \
-      $(BUILD)/fuzz/fuzz_json $(BUILD)/fuzz/fuzz_spool $(BUILD)/fuzz/fuzz_forward
+      $(BUILD)/fuzz/fuzz_json $(BUILD)/fuzz/fuzz_spool $(BUILD)/fuzz/fuzz_forward \
+      $(BUILD)/fuzz/fuzz_syslog
 
 $(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c engine/codec/codec.c engine/core/buf.c \
                           engine/codec/codec.h engine/core/buf.h engine/core/common.h
@@ -183,6 +184,13 @@ $(BUILD)/fuzz/fuzz_json: tests/fuzz/fuzz_json.c engine/codec/json.c engine/codec
 	  tests/fuzz/fuzz_json.c engine/codec/json.c engine/codec/codec.c engine/core/buf.c \
 	  engine/core/utf8.c \
 	  $(shell pkg-config --libs yajl)
+
+# The syslog parser and the payload it writes.
+$(BUILD)/fuzz/fuzz_syslog: tests/fuzz/fuzz_syslog.c engine/codec/syslog.c engine/codec/codec.c \
+                           engine/core/buf.c engine/codec/syslog.h engine/codec/codec.h
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_syslog.c engine/codec/syslog.c \
+	  engine/codec/codec.c engine/core/buf.c engine/core/utf8.c
 
 # Recovery of a damaged segment file (writes under /tmp).
 $(BUILD)/fuzz/fuzz_spool: tests/fuzz/fuzz_spool.c engine/delivery/spool.c engine/core/buf.c \

@@ -396,7 +396,7 @@ static int cmd_plugins(void) {
       printf("  %-20s %-22s %-9s %s\n", k->name, type, def, k->doc);
     }
   }
-  printf("every tls table (tcp and http inputs, tcp output, admin) takes:\n");
+  printf("every tls table (tcp, http and syslog inputs, tcp output, admin) takes:\n");
   for (k = sl_config_tls_keys; k->name; k++)
     printf("  tls.%-20s %-18s %-9s %s\n", k->name,
            strcmp(k->name, "allow_subjects") == 0

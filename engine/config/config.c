@@ -326,6 +326,53 @@ static void opt_str(struct check *c, int t, const char *path, const char *key,
   lua_pop(c->L, 1);
 }
 
+/* The list of strings at key of the table at t as an SL_KEY_ARGV value
+ * ("a\0b\0\0") in *out; p names the key for errors. */
+static void opt_argv(struct check *c, int t, const char *p, const char *key,
+                     char **out) {
+  struct sl_buf b;
+  int i, n;
+  lua_getfield(c->L, t, key);
+  n = lua_istable(c->L, -1) ? (int)lua_objlen(c->L, -1) : 0;
+  if (n < 1 || n > 64) {
+    bad(c, p, "expected a list of 1 to 64 strings (the program and its "
+        "arguments), got %s", lua_istable(c->L, -1) ? "an empty table"
+                                                     : type_of(c->L, -1));
+    lua_pop(c->L, 1);
+    return;
+  }
+  sl_buf_init(&b);
+  for (i = 1; i <= n; i++) {
+    size_t len;
+    const char *s;
+    lua_rawgeti(c->L, -1, i);
+    s = lua_type(c->L, -1) == LUA_TSTRING ? lua_tolstring(c->L, -1, &len)
+                                          : NULL;
+    if (s == NULL || len == 0 || memchr(s, 0, len)) {
+      bad(c, p, "item %d: expected a non-empty string, got %s", i,
+          s ? "an empty or NUL-holding one" : type_of(c->L, -1));
+      lua_pop(c->L, 2);
+      sl_buf_close(&b);
+      return;
+    }
+    if (sl_buf_append(&b, s, len + 1) != 0) {
+      lua_pop(c->L, 2);
+      sl_buf_close(&b);
+      bad(c, p, "out of memory");
+      return;
+    }
+    lua_pop(c->L, 1);
+  }
+  lua_pop(c->L, 1);
+  if (sl_buf_putc(&b, 0) != 0) {
+    sl_buf_close(&b);
+    bad(c, p, "out of memory");
+    return;
+  }
+  free(*out);
+  *out = (char *)b.data; /* the config frees it as a string */
+}
+
 /* Parse a size string ("64MiB", "1 GB", "1048576"): 0, or -1 with why
  * filled. */
 static int parse_size(const char *s, double *out, char *why, size_t whylen) {
@@ -677,6 +724,7 @@ const char *sl_config_key_type_name(enum sl_config_key_type t) {
   case SL_KEY_FILE: return "file path";
   case SL_KEY_SOCKET: return "socket path";
   case SL_KEY_TLS: return "tls table";
+  case SL_KEY_ARGV: return "list of strings";
   case SL_KEY_CORE: return "core key";
   }
   return "?";
@@ -1007,6 +1055,9 @@ static void read_key(struct check *c, int t, const char *path,
              (struct sl_tls_config *)(void *)field);
     return;
   }
+  case SL_KEY_ARGV:
+    opt_argv(c, t, p, k->name, (char **)(void *)field);
+    return;
   default:
     break;
   }

@@ -37,15 +37,35 @@ static int tls_same(const struct sl_tls_config *a,
 
 /* A plugin's keys without a field. Both lists come from the same plugin's
  * key table (same type) in table order. */
+/* An SL_KEY_ARGV value: strings one after another, ended by an empty one
+ * (a double NUL). */
+static int argv_same(const char *a, const char *b) {
+  if (a == NULL || b == NULL)
+    return a == b;
+  for (;;) {
+    size_t n = strlen(a);
+    if (strcmp(a, b) != 0)
+      return 0;
+    if (n == 0)
+      return 1;
+    a += n + 1;
+    b += n + 1;
+  }
+}
+
 static int values_same(const struct sl_config_value *a, int na,
                        const struct sl_config_value *b, int nb) {
   int i;
   if (na != nb)
     return 0;
-  for (i = 0; i < na; i++)
-    if (a[i].key != b[i].key || !str_same(a[i].str, b[i].str) ||
-        a[i].num != b[i].num || a[i].flag != b[i].flag)
+  for (i = 0; i < na; i++) {
+    int str = a[i].key && a[i].key->type == SL_KEY_ARGV
+                  ? argv_same(a[i].str, b[i].str)
+                  : str_same(a[i].str, b[i].str);
+    if (a[i].key != b[i].key || !str || a[i].num != b[i].num ||
+        a[i].flag != b[i].flag)
       return 0;
+  }
   return 1;
 }
 

@@ -13,12 +13,15 @@
   X(sl_input_unix)    /* inputs/native.c */  \
   X(sl_input_http)    /* inputs/http.c */    \
   X(sl_input_forward) /* inputs/forward.c */ \
+  X(sl_input_syslog)  /* inputs/syslog.c */  \
+  X(sl_input_stdin)   /* inputs/stdin.c */   \
   X(sl_output_stdout) /* outputs/file.c */   \
   X(sl_output_file)   /* outputs/file.c */   \
   X(sl_output_null)   /* outputs/null.c */   \
   X(sl_output_tcp)    /* outputs/native.c */ \
   X(sl_output_unix)   /* outputs/native.c */ \
-  X(sl_output_forward) /* outputs/forward.c */
+  X(sl_output_forward) /* outputs/forward.c */ \
+  X(sl_output_exec)   /* outputs/exec.c */
 
 #define DECLARE(p) extern const struct sl_plugin p;
 #define LIST(p) &p.config,

@@ -87,6 +87,10 @@ struct sl_route_limit {
 struct sl_input_stats {
   uint64_t events_in, bytes_in, bad_input, connections_total;
   uint64_t abandoned; /* held events dropped by a forced stop */
+  uint64_t malformed; /* messages that did not parse (kept raw or
+                         dead-lettered): syslog */
+  uint64_t dropped;   /* lost by an input that cannot make its sender
+                         wait: udp datagrams while blocked */
   uint32_t connections_open;
   /* HTTP inputs: their server (responses by status, connections); NULL
    * for the others. Read by metrics. */

@@ -26,6 +26,12 @@ static uint64_t in_bad(const struct sl_input *in) {
 static uint64_t in_abandoned(const struct sl_input *in) {
   return in->stats.abandoned;
 }
+static uint64_t in_malformed(const struct sl_input *in) {
+  return in->stats.malformed;
+}
+static uint64_t in_dropped(const struct sl_input *in) {
+  return in->stats.dropped;
+}
 static uint64_t in_conns_total(const struct sl_input *in) {
   return in->stats.http ? in->stats.http->stats.connections_total
                         : in->stats.connections_total;
@@ -47,6 +53,12 @@ static const struct input_metric input_metrics[] = {
       {"input", NULL}}, in_bad},
     {{"sluice_input_abandoned_total", "Held events dropped by a forced stop.",
       C, {"input", NULL}}, in_abandoned},
+    {{"sluice_input_malformed_total",
+      "Messages that did not parse, kept raw or dead-lettered (syslog).", C,
+      {"input", NULL}}, in_malformed},
+    {{"sluice_input_dropped_total",
+      "Events an input lost because its sender cannot wait (udp datagrams "
+      "while an output blocks).", C, {"input", NULL}}, in_dropped},
     {{"sluice_input_connections_total", "Connections accepted.", C,
       {"input", NULL}}, in_conns_total},
     {{"sluice_input_connections_open", "Connections open now.", G,

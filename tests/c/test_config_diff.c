@@ -159,3 +159,21 @@ TEST(diff_names_every_setting_that_needs_a_restart) {
   sl_config_free(x);
   sl_config_free(y);
 }
+
+TEST(diff_an_exec_command_differing_past_its_first_word_is_a_change) {
+  struct sl_config *x = load("return { " IN
+                             " outputs = {{name='e', type='exec', "
+                             "command={'sh', '-c', 'cat >> a'}}} }\n"),
+                   *y = load("return { " IN
+                             " outputs = {{name='e', type='exec', "
+                             "command={'sh', '-c', 'cat >> b'}}} }\n"),
+                   *z = load("return { " IN
+                             " outputs = {{name='e', type='exec', "
+                             "command={'sh', '-c', 'cat >> a'}}} }\n");
+  CHECK(x && y && z);
+  CHECK(!sl_config_output_same(&x->outputs[0], &y->outputs[0]));
+  CHECK(sl_config_output_same(&x->outputs[0], &z->outputs[0]));
+  sl_config_free(x);
+  sl_config_free(y);
+  sl_config_free(z);
+}

@@ -1,0 +1,640 @@
+/* syslog.c - the syslog input: RFC 5424 and RFC 3164 messages over TCP
+ * (LF-framed or octet-counted, RFC 6587, told apart per frame), TLS (RFC
+ * 5425, the conn layer's) or UDP (RFC 5426, one message per datagram).
+ * Each message becomes an event: topic from a template, the parsed fields
+ * as the payload map (codec/syslog.c). A TCP connection is a source that
+ * pauses when an output blocks; a UDP socket cannot make its senders wait,
+ * so datagrams that arrive while its event is held are dropped and
+ * counted. A malformed message is kept raw or dead-lettered, an oversized
+ * one skipped; neither closes the connection. Owns its listener or socket
+ * and, through the listener, its connections. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "plugins.h"
+#include "syslog.h"
+#include "tls.h"
+#include "worker.h"
+
+enum { ON_MALFORMED_RAW = 0, ON_MALFORMED_DEAD_LETTER = 1 };
+
+#define TOPIC_MAX 512       /* a rendered topic */
+#define TOPIC_FIELD_MAX 64  /* one placeholder's value in it */
+#define UDP_MAX 65536       /* the largest datagram there is */
+
+struct syslog_in {
+  struct sl_input *in;
+  struct sl_listener listener; /* tcp */
+  struct sl_tls *tls;          /* tls = {...}: its context; NULL: plain */
+  uv_udp_t udp;
+  struct sl_source udp_src;    /* the socket: holds one event at a time */
+  char *rbuf;                  /* udp receive buffer, rcap bytes */
+  size_t rcap;
+  const char *udp_address;     /* udp = "host:port"; NULL: none */
+  int udp_open, udp_closed;
+  enum sl_syslog_format format;
+  int on_malformed;
+  const char *topic;           /* the template */
+  int listener_closed;         /* or never opened */
+  int stopping;
+  uint32_t live; /* conns not yet freed */
+};
+
+/* Everything closed: the input can go. */
+static int closed(const struct syslog_in *si) {
+  return si->listener_closed && si->udp_closed && si->live == 0;
+}
+
+struct syslog_conn {
+  struct sl_source src;
+  struct sl_conn *conn;
+  uint64_t skip;  /* bytes of an oversized octet-counted frame to drop */
+  int skip_line;  /* dropping an oversized line up to its LF */
+};
+
+/* ---- events ------------------------------------------------------------- */
+
+/* Append s to the topic, as letters, digits, '-' and '_' (anything else
+ * becomes '_', so a value never adds a topic level); an absent value is
+ * "unknown". */
+static void topic_put(char *out, size_t *len, const char *s, size_t n) {
+  size_t i;
+  if (s == NULL || n == 0)
+    s = "unknown", n = 7;
+  if (n > TOPIC_FIELD_MAX)
+    n = TOPIC_FIELD_MAX;
+  for (i = 0; i < n && *len < TOPIC_MAX - 1; i++) {
+    char ch = s[i];
+    int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+             (ch >= '0' && ch <= '9') || ch == '-' || ch == '_';
+    out[(*len)++] = ok ? ch : '_';
+  }
+}
+
+/* The placeholder at t ("{app}"...): its length, or 0 when t is none. */
+static size_t placeholder(const char *t, const struct sl_syslog_msg *m,
+                          struct sl_str *v) {
+  static const char *const names[] = {"{facility}", "{severity}", "{host}",
+                                      "{app}"};
+  size_t i, n;
+  for (i = 0; i < 4; i++) {
+    n = strlen(names[i]);
+    if (strncmp(t, names[i], n) != 0)
+      continue;
+    v->p = NULL, v->len = 0;
+    if (m && i == 0)
+      v->p = sl_syslog_facility_name(m->facility);
+    else if (m && i == 1)
+      v->p = sl_syslog_severity_name(m->severity);
+    else if (m)
+      *v = i == 2 ? m->hostname : m->app;
+    if (v->p && i < 2)
+      v->len = (uint32_t)strlen(v->p);
+    return n;
+  }
+  return 0;
+}
+
+/* Render the template for m (NULL: a malformed message, every placeholder
+ * "unknown") into out[TOPIC_MAX]. Returns its length. */
+static size_t render_topic(const char *t, const struct sl_syslog_msg *m,
+                           char *out) {
+  size_t len = 0, n;
+  struct sl_str v;
+  while (*t && len < TOPIC_MAX - 1) {
+    if (*t == '{' && (n = placeholder(t, m, &v)) > 0) {
+      topic_put(out, &len, v.p, v.len);
+      t += n;
+    } else {
+      out[len++] = *t++;
+    }
+  }
+  out[len] = '\0';
+  return len;
+}
+
+/* The raw payload of a malformed message, and the headers a dead letter
+ * carries. */
+static int put_raw(struct sl_buf *b, const char *p, size_t n,
+                   const char *why) {
+  while (n > 0 && (p[n - 1] == '\n' || p[n - 1] == '\r' || p[n - 1] == '\0'))
+    n--;
+  return sl_codec_put_map(b, 3) || sl_codec_put_str(b, "message", 7) ||
+         sl_codec_put_str(b, p, n) || sl_codec_put_str(b, "malformed", 9) ||
+         sl_codec_put_bool(b, 1) || sl_codec_put_str(b, "error", 5) ||
+         sl_codec_put_str(b, why, strlen(why));
+}
+
+static int put_dead_headers(struct sl_buf *b, const char *input,
+                            const char *why) {
+  return sl_codec_put_map(b, 2) || sl_codec_put_str(b, "sluice-error", 12) ||
+         sl_codec_put_str(b, why, strlen(why)) ||
+         sl_codec_put_str(b, "sluice-input", 12) ||
+         sl_codec_put_str(b, input, strlen(input));
+}
+
+/* A malformed message for the dead letter: straight into its queue (the
+ * rules never see it). Dropped, counted, when there is none or it is
+ * full. Takes ev. */
+static void dead_letter(struct sl_input *in, struct sl_event *ev) {
+  struct sl_worker *w = in->w;
+  int rc = SL_ENOENT;
+  uint64_t suppressed = 0;
+  if (w->cfg->dead_letter >= 0 && w->cfg->dead_letter < w->noutputs &&
+      !w->outputs[w->cfg->dead_letter].stopped)
+    rc = sl_output_push(&w->outputs[w->cfg->dead_letter], ev);
+  sl_event_unref(ev);
+  if (rc == 0)
+    return;
+  in->stats.dropped++;
+  if (sl_log_allow(&w->bad_input_log, &suppressed))
+    sl_log(SL_LOG_WARN,
+           rc == SL_ENOENT ? "malformed syslog message dropped: no dead_letter "
+                             "output"
+                           : "malformed syslog message dropped: the "
+                             "dead_letter output cannot take it now",
+           SL_S("input", in->cfg->name), SL_U("suppressed", suppressed),
+           SL_END);
+}
+
+static void log_bad(struct sl_input *in, const char *peer, const char *msg,
+                    const char *why) {
+  uint64_t suppressed = 0;
+  if (sl_log_allow(&in->w->bad_input_log, &suppressed))
+    sl_log(SL_LOG_WARN, msg, SL_S("input", in->cfg->name), SL_S("peer", peer),
+           SL_S("error", why), SL_U("suppressed", suppressed), SL_END);
+}
+
+/* One message p[0..n) from src: parsed, turned into an event and
+ * submitted. Returns what sl_worker_submit does (0, SL_EAGAIN: src holds
+ * it, SL_EIO: refused), or 0 when it went elsewhere or was dropped
+ * (counted). */
+static int deliver(struct syslog_in *si, struct sl_source *src,
+                   const char *peer, const char *p, size_t n) {
+  struct sl_input *in = si->in;
+  struct sl_worker *w = in->w;
+  struct sl_syslog_msg m;
+  struct sl_buf pay, hdr;
+  struct sl_event *ev;
+  char topic[TOPIC_MAX];
+  struct sl_str t, none = {NULL, 0};
+  const char *why = NULL;
+  int bad, rc = 0;
+
+  sl_buf_init(&pay);
+  sl_buf_init(&hdr);
+  bad = sl_syslog_parse(p, n, si->format, sl_now_ns() / 1000000000LL, &m,
+                        &why) != 0;
+  t.p = topic;
+  t.len = (uint32_t)render_topic(si->topic, bad ? NULL : &m, topic);
+  if (bad) {
+    in->stats.malformed++;
+    log_bad(in, peer, "malformed syslog message", why);
+    if (put_raw(&pay, p, n, why) != 0 ||
+        (si->on_malformed == ON_MALFORMED_DEAD_LETTER &&
+         put_dead_headers(&hdr, in->cfg->name, why) != 0))
+      goto fail_mem;
+  } else if (sl_syslog_put_payload(&pay, &m) != 0) {
+    goto fail_mem;
+  }
+  ev = sl_event_new(&w->idgen, none, t, none, !bad && m.has_time,
+                    bad ? 0 : m.time, hdr.len ? hdr.data : NULL, hdr.len,
+                    pay.data, pay.len, 1);
+  if (ev == NULL)
+    goto fail_mem;
+  in->stats.events_in++;
+  in->stats.bytes_in += n;
+  if (bad && si->on_malformed == ON_MALFORMED_DEAD_LETTER)
+    dead_letter(in, ev);
+  else
+    rc = sl_worker_submit(src, ev);
+  sl_buf_close(&pay);
+  sl_buf_close(&hdr);
+  return rc;
+fail_mem:
+  in->stats.dropped++;
+  log_bad(in, peer, "syslog message dropped", "out of memory");
+  sl_buf_close(&pay);
+  sl_buf_close(&hdr);
+  return 0;
+}
+
+/* ---- tcp and tls ---------------------------------------------------------- */
+
+static void oversized(struct sl_input *in, struct sl_conn *c) {
+  char why[96];
+  in->stats.bad_input++;
+  snprintf(why, sizeof(why), "message larger than max_event_bytes (%u)",
+           in->w->cfg->max_event_bytes);
+  log_bad(in, sl_conn_peer(c), "syslog message refused; skipped", why);
+}
+
+static void refused(struct syslog_conn *sc) {
+  char why[256];
+  sl_worker_refusal(sc->src.w, sc->src.refused_output, why, sizeof(why));
+  log_bad(sc->src.input, sl_conn_peer(sc->conn),
+          "syslog message refused; closing connection", why);
+  sl_conn_close(sc->conn);
+}
+
+static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
+  struct syslog_conn *sc = sl_conn_proto(c);
+  struct sl_input *in = sc->src.input;
+  uint32_t max = in->w->cfg->max_event_bytes;
+  size_t pos = 0, start;
+  uint64_t n;
+  int rc;
+
+  while (pos < len) {
+    if (sc->skip > 0) {
+      n = sc->skip < len - pos ? sc->skip : len - pos;
+      sc->skip -= n;
+      pos += n;
+      continue;
+    }
+    if (sc->skip_line) {
+      const uint8_t *lf = memchr(data + pos, '\n', len - pos);
+      pos = lf ? (size_t)(lf - data) + 1 : len;
+      sc->skip_line = lf == NULL;
+      continue;
+    }
+    rc = sl_syslog_frame(data + pos, len - pos, max, &start, &n);
+    if (rc == 0)
+      break;
+    if (rc < 0 || n > max) {
+      oversized(in, c);
+      sc->skip_line = rc < 0;
+      sc->skip = rc < 0 ? 0 : n;
+      pos += rc < 0 ? len - pos : start;
+      continue;
+    }
+    if (len - pos - start < n)
+      break; /* the rest of an octet-counted frame */
+    pos += start + n;
+    if (n == 0 ||
+        (start == 0 && (n == 1 || (n == 2 && data[pos - 2] == '\r'))))
+      continue; /* an empty frame or line */
+    rc = deliver(in->data, &sc->src, sl_conn_peer(c),
+                 (const char *)data + pos - n, n);
+    if (rc == SL_EAGAIN) {
+      sl_conn_pause(c); /* on_resume reads on */
+      break;
+    }
+    if (rc == SL_EIO) {
+      refused(sc);
+      break;
+    }
+  }
+  return pos;
+}
+
+static void on_resume(struct sl_source *s) {
+  struct syslog_conn *sc = container_of(s, struct syslog_conn, src);
+  if (s->refused) {
+    refused(sc);
+    return;
+  }
+  sl_conn_resume(sc->conn);
+  if (sl_conn_read_stopped(sc->conn) && sc->src.held == NULL)
+    sl_conn_close(sc->conn); /* draining: its messages are in */
+}
+
+static void cb_eof(struct sl_conn *c, int status) {
+  struct syslog_conn *sc = sl_conn_proto(c);
+  size_t n = sl_conn_buffered(c);
+  if (n > 0 && !sc->skip_line && sc->skip == 0)
+    log_bad(sc->src.input, sl_conn_peer(c),
+            "connection closed inside a syslog frame; partial message "
+            "discarded",
+            status == UV_ETIMEDOUT ? "not complete within event_timeout_ms"
+                                   : "closed");
+  if (n > 0)
+    sc->src.input->stats.bad_input++;
+}
+
+static void finish(struct syslog_in *si);
+
+static void cb_close(struct sl_conn *c) {
+  struct syslog_conn *sc = sl_conn_proto(c);
+  struct syslog_in *si = sc->src.input->data;
+  sl_source_close(&sc->src);
+  free(sc);
+  si->live--;
+  si->in->stats.connections_open--;
+  if (si->stopping && closed(si))
+    finish(si);
+}
+
+static const struct sl_conn_ops conn_ops = {
+    .cb_data = cb_data,
+    .cb_eof = cb_eof,
+    .cb_close = cb_close,
+};
+
+static int on_accept(struct sl_listener *l, struct sl_conn *c) {
+  struct syslog_in *si = l->data;
+  struct syslog_conn *sc = calloc(1, sizeof(*sc));
+  if (sc == NULL)
+    return SL_ENOMEM;
+  sl_source_init(&sc->src, si->in, on_resume);
+  sc->conn = c;
+  sl_conn_set_ops(c, &conn_ops, sc);
+  si->live++;
+  si->in->stats.connections_total++;
+  si->in->stats.connections_open++;
+  return 0;
+}
+
+static void on_listener_closed(struct sl_listener *l) {
+  struct syslog_in *si = l->data;
+  si->listener_closed = 1;
+  if (si->stopping && closed(si))
+    finish(si);
+}
+
+static int start_tcp(struct syslog_in *si, char *err, size_t errlen) {
+  struct sl_input *in = si->in;
+  struct sl_endpoint ep;
+  int rc;
+  si->listener.idle_ms = in->cfg->idle_timeout_ms;
+  si->listener.partial_ms = in->cfg->event_timeout_ms;
+  si->listener.max_conns = in->cfg->max_connections;
+  si->listener.displace_ms = in->cfg->event_timeout_ms;
+  si->listener.max_pending = in->cfg->max_pending_bytes;
+  si->listener.fd_guard = 1;
+  si->listener.name = in->cfg->name;
+  /* a whole frame fits: its count, the message and one read beyond */
+  si->listener.max_buffered = (size_t)in->w->cfg->max_event_bytes + 65536;
+  si->listener.on_closed = on_listener_closed;
+  in->stats.listener = &si->listener;
+  if (in->cfg->tls.enabled &&
+      (si->tls = sl_tls_new(&in->cfg->tls, 1, in->cfg->listen, in->cfg->name,
+                            err, errlen)) == NULL) {
+    si->listener_closed = 1;
+    return SL_EINVAL;
+  }
+  rc = sl_endpoint_init(&ep, SL_ENDPOINT_TCP, in->cfg->listen, NULL, 0);
+  if (rc == 0)
+    rc = sl_endpoint_set_tls(&ep, si->tls);
+  if (rc != 0) {
+    snprintf(err, errlen, "cannot listen on %s: %s", in->cfg->listen,
+             uv_strerror(rc));
+    si->listener_closed = 1;
+    return rc;
+  }
+  return sl_listener_start(&si->listener, &in->w->loop, &ep, on_accept, si,
+                           err, errlen);
+}
+
+/* ---- udp ---------------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  struct syslog_in *si = container_of((uv_udp_t *)h, struct syslog_in, udp);
+  *buf = uv_buf_init(si->rbuf, (unsigned)si->rcap);
+}
+
+static void on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
+                    const struct sockaddr *addr, unsigned flags) {
+  struct syslog_in *si = container_of(h, struct syslog_in, udp);
+  struct sl_input *in = si->in;
+  char peer[64] = "udp";
+  if (nread < 0) {
+    sl_log(SL_LOG_WARN, "udp receive failed", SL_S("input", in->cfg->name),
+           SL_S("error", uv_strerror((int)nread)), SL_END);
+    return;
+  }
+  if (addr == NULL || nread == 0)
+    return;
+  if (addr->sa_family == AF_INET) {
+    const struct sockaddr_in *a = (const void *)addr;
+    char ip[INET_ADDRSTRLEN];
+    uv_ip4_name(a, ip, sizeof(ip));
+    snprintf(peer, sizeof(peer), "%s:%u", ip, ntohs(a->sin_port));
+  }
+  if (si->udp_src.held != NULL) {
+    in->stats.dropped++; /* blocked: a datagram sender cannot wait */
+    return;
+  }
+  if ((flags & UV_UDP_PARTIAL) ||
+      (size_t)nread > in->w->cfg->max_event_bytes) {
+    in->stats.bad_input++;
+    log_bad(in, peer, "syslog datagram refused",
+            "larger than max_event_bytes");
+    return;
+  }
+  if (deliver(si, &si->udp_src, peer, buf->base, (size_t)nread) == SL_EIO) {
+    in->stats.dropped++;
+    log_bad(in, peer, "syslog datagram refused", "a disk buffer cannot write");
+  }
+}
+
+static void on_udp_resume(struct sl_source *s) {
+  /* the held datagram went in (or a disk buffer refused it: lost, as a
+   * datagram sender cannot be told); new ones are taken again */
+  if (s->refused)
+    s->input->stats.dropped++;
+}
+
+static void on_udp_closed(uv_handle_t *h) {
+  struct syslog_in *si = container_of((uv_udp_t *)h, struct syslog_in, udp);
+  si->udp_closed = 1;
+  if (si->stopping && closed(si))
+    finish(si);
+}
+
+static int start_udp(struct syslog_in *si, char *err, size_t errlen) {
+  struct sl_input *in = si->in;
+  struct sl_endpoint ep;
+  int rc;
+  si->rcap = (size_t)in->w->cfg->max_event_bytes + 1; /* one over: refused */
+  if (si->rcap > UDP_MAX)
+    si->rcap = UDP_MAX;
+  if ((si->rbuf = malloc(si->rcap)) == NULL)
+    return SL_ENOMEM;
+  sl_source_init(&si->udp_src, in, on_udp_resume);
+  rc = sl_endpoint_init(&ep, SL_ENDPOINT_TCP, si->udp_address, err, errlen);
+  if (rc != 0)
+    return rc;
+  if ((rc = uv_udp_init(&in->w->loop, &si->udp)) != 0)
+    goto fail;
+  si->udp_open = 1;
+  si->udp_closed = 0;
+  if ((rc = uv_udp_bind(&si->udp, (const struct sockaddr *)&ep.ss, 0)) != 0 ||
+      (rc = uv_udp_recv_start(&si->udp, on_alloc, on_recv)) != 0)
+    goto fail;
+  sl_log(SL_LOG_INFO, "input receiving datagrams", SL_S("input", in->cfg->name),
+         SL_S("udp", si->udp_address), SL_END);
+  return 0;
+fail:
+  snprintf(err, errlen, "cannot receive on udp %s: %s", si->udp_address,
+           uv_strerror(rc));
+  return rc;
+}
+
+/* ---- the plugin --------------------------------------------------------- */
+
+static int check_topic(const char *t, char *err, size_t errlen) {
+  const char *brace;
+  struct sl_str v;
+  for (brace = strchr(t, '{'); brace; brace = strchr(brace + 1, '{'))
+    if (placeholder(brace, NULL, &v) == 0) {
+      snprintf(err, errlen,
+               "topic template %s: unknown placeholder at \"%.20s\" (expected "
+               "{facility}, {severity}, {host} or {app})",
+               t, brace);
+      return SL_EINVAL;
+    }
+  return 0;
+}
+
+static int cb_start(struct sl_input *in, char *err, size_t errlen) {
+  const struct sl_config_value *v = in->cfg->values;
+  int nv = in->cfg->nvalues;
+  struct syslog_in *si = calloc(1, sizeof(*si));
+  int rc;
+  if (si == NULL)
+    return SL_ENOMEM;
+  si->in = in;
+  in->data = si;
+  si->listener_closed = si->udp_closed = 1; /* until something opens */
+  si->udp_address = sl_config_value_str(v, nv, "udp");
+  si->format = (enum sl_syslog_format)sl_config_value_num(v, nv, "format");
+  si->on_malformed = (int)sl_config_value_num(v, nv, "on_malformed");
+  si->topic = sl_config_value_str(v, nv, "topic");
+  if (si->topic == NULL)
+    si->topic = "syslog.{app}";
+  if (check_topic(si->topic, err, errlen) != 0)
+    return SL_EINVAL;
+  if (in->cfg->listen == NULL && si->udp_address == NULL) {
+    snprintf(err, errlen, "set listen (tcp) or udp, or both");
+    return SL_EINVAL;
+  }
+  if (in->cfg->listen) {
+    si->listener_closed = 0;
+    if ((rc = start_tcp(si, err, errlen)) != 0)
+      return rc;
+  }
+  return si->udp_address ? start_udp(si, err, errlen) : 0;
+}
+
+static void finish(struct syslog_in *si) {
+  struct sl_input *in = si->in;
+  in->data = NULL;
+  in->stats.listener = NULL;
+  if (si->rbuf)
+    sl_source_close(&si->udp_src);
+  sl_tls_free(si->tls);
+  free(si->rbuf);
+  free(si);
+  sl_input_stopped(in);
+}
+
+static void close_udp(struct syslog_in *si) {
+  if (!si->udp_open) {
+    si->udp_closed = 1;
+    return;
+  }
+  si->udp_open = 0;
+  uv_close((uv_handle_t *)&si->udp, on_udp_closed);
+}
+
+static void cb_drain(struct sl_input *in) {
+  struct syslog_in *si = in->data;
+  struct sl_conn *c, *next;
+  if (si == NULL)
+    return;
+  if (si->udp_open)
+    uv_udp_recv_stop(&si->udp); /* the held event still goes in */
+  if (in->cfg->listen == NULL)
+    return;
+  sl_listener_stop(&si->listener);
+  for (c = sl_listener_next(&si->listener, NULL); c; c = next) {
+    struct syslog_conn *sc = sl_conn_proto(c);
+    next = sl_listener_next(&si->listener, c);
+    sl_conn_stop_reading(c);
+    if (sc->src.held == NULL)
+      sl_conn_close(c);
+  }
+}
+
+static uint32_t cb_busy(struct sl_input *in) {
+  struct syslog_in *si = in->data;
+  if (si == NULL)
+    return 0;
+  return si->live + (si->udp_src.held != NULL);
+}
+
+static void cb_stop(struct sl_input *in) {
+  struct syslog_in *si = in->data;
+  if (si == NULL) {
+    sl_input_stopped(in);
+    return;
+  }
+  si->stopping = 1;
+  close_udp(si);
+  if (!si->listener_closed || si->live > 0) {
+    sl_listener_stop(&si->listener);
+    sl_listener_close_conns(&si->listener);
+  }
+  if (closed(si))
+    finish(si);
+}
+
+static const struct sl_input_ops ops = {
+    .cb_start = cb_start,
+    .cb_drain = cb_drain,
+    .cb_busy = cb_busy,
+    .cb_stop = cb_stop,
+};
+
+#define IN struct sl_input_config
+static const char *const formats[] = {"auto", "rfc5424", "rfc3164", NULL};
+static const int format_values[] = {SL_SYSLOG_AUTO, SL_SYSLOG_5424,
+                                    SL_SYSLOG_3164};
+static const char *const malformed[] = {"raw", "dead_letter", NULL};
+static const int malformed_values[] = {ON_MALFORMED_RAW,
+                                       ON_MALFORMED_DEAD_LETTER};
+
+static const struct sl_config_key syslog_keys[] = {
+    {.name = "listen", .type = SL_KEY_ADDRESS,
+     .doc = "\"host:port\" to accept syslog over TCP on (LF-framed or "
+            "octet-counted, per frame; TLS with tls)",
+     SL_KEY_FIELD(IN, listen)},
+    {.name = "udp", .type = SL_KEY_ADDRESS,
+     .doc = "\"host:port\" to receive syslog datagrams on (one message "
+            "each); may be listen's"},
+    {.name = "format", .type = SL_KEY_ENUM, .def = "auto",
+     .doc = "\"auto\" (RFC 5424 when the PRI is followed by version 1, else "
+            "RFC 3164), \"rfc5424\" or \"rfc3164\"",
+     .choices = formats, .values = format_values},
+    {.name = "topic", .type = SL_KEY_STRING, .def = "syslog.{app}",
+     .doc = "topic template: {facility}, {severity}, {host}, {app} (values "
+            "as [A-Za-z0-9_-], others '_', absent: unknown)"},
+    {.name = "on_malformed", .type = SL_KEY_ENUM, .def = "raw",
+     .doc = "a message that does not parse: \"raw\" (payload {message, "
+            "malformed = true}) or \"dead_letter\"",
+     .choices = malformed, .values = malformed_values},
+    {.name = "idle_timeout_ms", .type = SL_KEY_UINT, .def = "0",
+     .doc = "tcp: close a connection idle this long; 0: never", .min = 100,
+     .max = 86400000, SL_KEY_FIELD(IN, idle_timeout_ms)},
+    {.name = "max_connections", .type = SL_KEY_UINT, .def = "1024",
+     .doc = "tcp: connections open at once", .min = 1, .max = 1000000,
+     SL_KEY_FIELD(IN, max_connections)},
+    {.name = "event_timeout_ms", .type = SL_KEY_UINT, .def = "30000",
+     .doc = "tcp: a begun frame must be complete within this",
+     .flags = SL_KEY_TOLERATED, .min = 100, .max = 86400000,
+     SL_KEY_FIELD(IN, event_timeout_ms)},
+    {.name = "max_pending_bytes", .type = SL_KEY_BYTES, .def = "64MiB",
+     .doc = "tcp: partial frames held over all connections", .min = 1,
+     .max = 1ull << 40, SL_KEY_FIELD(IN, max_pending_bytes)},
+    {.name = "tls", .type = SL_KEY_TLS,
+     .doc = "tcp: serve TLS (RFC 5425); see the tls keys",
+     SL_KEY_FIELD(IN, tls)},
+    {NULL}};
+
+const struct sl_plugin sl_input_syslog = {
+    .config = {SL_PLUGIN_INPUT, "syslog",
+               "RFC 5424 and RFC 3164 syslog over TCP, TLS or UDP",
+               syslog_keys},
+    .input = &ops,
+};

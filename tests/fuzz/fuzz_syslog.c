@@ -1,0 +1,91 @@
+/* fuzz_syslog.c - libFuzzer target for engine/codec/syslog.c: a message is
+ * parsed as auto, RFC 5424 and RFC 3164. Every span must lie inside the
+ * input, facility and severity in range, and a parsed message must write
+ * exactly one well-formed msgpack map that renders as JSON. Build with
+ * `make fuzz`; never part of `make test`. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+#include "syslog.h"
+
+#define ASSERT(c)                                                       \
+  do {                                                                  \
+    if (!(c)) {                                                         \
+      fprintf(stderr, "%s:%d: ASSERT(%s) failed\n", __FILE__, __LINE__, \
+              #c);                                                      \
+      abort();                                                          \
+    }                                                                   \
+  } while (0)
+
+static void inside(struct sl_str s, const char *p, size_t n) {
+  if (s.p == NULL)
+    return;
+  ASSERT(s.p >= p && s.p + s.len <= p + n);
+}
+
+static void one(const char *p, size_t n, enum sl_syslog_format f) {
+  struct sl_syslog_msg m;
+  struct sl_buf b, j;
+  const char *why = NULL;
+  size_t used;
+  uint32_t count;
+  if (sl_syslog_parse(p, n, f, 1796545577, &m, &why) != 0) {
+    ASSERT(why != NULL);
+    return;
+  }
+  ASSERT(m.facility >= 0 && m.facility < 24);
+  ASSERT(m.severity >= 0 && m.severity < 8);
+  ASSERT(f == SL_SYSLOG_AUTO || m.format == f);
+  inside(m.timestamp, p, n);
+  inside(m.hostname, p, n);
+  inside(m.app, p, n);
+  inside(m.procid, p, n);
+  inside(m.msgid, p, n);
+  inside(m.sd, p, n);
+  inside(m.message, p, n);
+  ASSERT(m.has_time == (m.timestamp.p != NULL));
+  sl_buf_init(&b);
+  sl_buf_init(&j);
+  ASSERT(sl_syslog_put_payload(&b, &m) == 0);
+  ASSERT(sl_codec_skip(b.data, b.len, b.len, &used, NULL) == 0);
+  ASSERT(used == b.len);
+  ASSERT(sl_codec_read_map(b.data, b.len, &count, &used) == 0 && count == 12);
+  ASSERT(sl_codec_to_json(b.data, b.len, &j) == 0);
+  sl_buf_close(&b);
+  sl_buf_close(&j);
+}
+
+/* Split the bytes into frames as the TCP input does (max 64 bytes, so
+ * oversized frames happen): every step moves forward, spans stay inside,
+ * and every whole frame goes through the parser. */
+static void frames(const uint8_t *d, size_t n) {
+  size_t pos = 0, start;
+  uint64_t len;
+  int rc;
+  while (pos < n) {
+    rc = sl_syslog_frame(d + pos, n - pos, 64, &start, &len);
+    if (rc == 0)
+      break;
+    if (rc < 0) {
+      ASSERT(n - pos > 64);
+      break;
+    }
+    ASSERT(start <= 11 && start < n - pos + 1);
+    if (len > n - pos - start)
+      break; /* waits for more (or is skipped when over max) */
+    one((const char *)d + pos + start, (size_t)len, SL_SYSLOG_AUTO);
+    ASSERT(start + len > 0);
+    pos += start + (size_t)len;
+  }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  const char *p = (const char *)data;
+  frames(data, size);
+  one(p, size, SL_SYSLOG_AUTO);
+  one(p, size, SL_SYSLOG_5424);
+  one(p, size, SL_SYSLOG_3164);
+  return 0;
+}
