@@ -22,6 +22,9 @@ enum sl_config_key_type {
   SL_KEY_TLS,      /* a tls = {...} table (struct sl_tls_config field):
                       the same keys on every network endpoint, see
                       sl_config_tls_keys */
+  SL_KEY_HEADERS,  /* a table of header name = "value" (strings): stored
+                      as "Name: value\n" lines; names are HTTP tokens,
+                      values hold no CR or LF */
   SL_KEY_CORE      /* a key of the core's own tables that this plugin
                       honours (name "retry.timeout_ms"): listed, and other
                       plugins are refused it; the core reads it */

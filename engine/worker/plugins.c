@@ -16,7 +16,8 @@
   X(sl_output_file)   /* outputs/file.c */   \
   X(sl_output_null)   /* outputs/null.c */   \
   X(sl_output_tcp)    /* outputs/native.c */ \
-  X(sl_output_unix)   /* outputs/native.c */
+  X(sl_output_unix)   /* outputs/native.c */ \
+  X(sl_output_http)   /* outputs/http.c */
 
 #define DECLARE(p) extern const struct sl_plugin p;
 #define LIST(p) &p.config,

@@ -13,7 +13,7 @@ KNOWN = {
     ("input", "tcp"): "listen", ("input", "unix"): "listen",
     ("input", "http"): "max_body_bytes", ("output", "stdout"): "format",
     ("output", "file"): "fsync", ("output", "tcp"): "address",
-    ("output", "unix"): "ack",
+    ("output", "unix"): "ack", ("output", "http"): "url",
 }
 
 
@@ -73,7 +73,8 @@ def test_checker_refuses_an_unknown_key_naming_the_plugin_type_and_its_keys(tmp_
         for k, (_, default, _) in keys.items():
             if default == "required":
                 item[k] = {"listen": "127.0.0.1:7491", "address": "127.0.0.1:7492",
-                           "path": str(tmp_path / ("p-" + typ))}[k]
+                           "path": str(tmp_path / ("p-" + typ)),
+                           "url": "http://127.0.0.1:7495/"}[k]
         cfg[kind + "s"].append(item)
         rc, lines = check(tmp_path, cfg)
         assert rc == 1, (typ, lines)
@@ -94,7 +95,7 @@ def test_checker_refuses_a_key_only_other_types_take_naming_them(tmp_path):
     rc, lines = check(tmp_path, cfg)
     assert rc == 1
     assert lines == ["outputs[1].ack: only tcp and unix outputs take ack",
-                     "outputs[2].format: only stdout and file outputs take format"]
+                     "outputs[2].format: only stdout, file and http outputs take format"]
 
 
 def test_checker_names_every_registered_type_for_an_unknown_one(tmp_path):
