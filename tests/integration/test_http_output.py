@@ -477,3 +477,65 @@ def test_healthy_metric_follows_the_last_request(sluice):
         hook.answer = lambda req: (200, {}, b"")
         wait_for(lambda: metric(addr, "sluice_output_healthy", output="hook") == 1, timeout=10)
         assert eng.stop() == 0
+
+
+# ---- the example ------------------------------------------------------------
+
+
+def test_http_webhook_example_runs_end_to_end(sluice, tmp_path):
+    """examples/http-webhook: the commands its config shows, with free ports."""
+    import os
+    import subprocess
+    from pathlib import Path
+    ex = Path(__file__).resolve().parents[2] / "examples" / "http-webhook"
+    hook_port, listen = free_port(), free_port()
+    out = tmp_path / "received.ndjson"
+    env = dict(os.environ, HOOK_TOKEN="t0ken")
+    recv = subprocess.Popen(["python3", str(ex / "receiver.py"),
+                             "127.0.0.1:%d" % hook_port, str(out)], env=env)
+    try:
+        eng = sluice((ex / "webhook.conf.lua").read_text(), env={
+            "LISTEN": "127.0.0.1:%d" % listen, "HOOK_TOKEN": "t0ken",
+            "HOOK_URL": "http://127.0.0.1:%d/hooks/{topic}" % hook_port})
+        for body in ('{"topic":"orders.created","payload":{"amount":12}}',
+                     '{"topic":"users.new","payload":{"name":"ada"}}'):
+            r = subprocess.run(["curl", "-sS", "-H", "Content-Type: application/json",
+                                "-d", body, "http://127.0.0.1:%d/v1/events" % listen],
+                               capture_output=True, timeout=10)
+            assert r.returncode == 0, r.stderr
+        got = wait_lines(out, 2, timeout=15)
+        got = sorted((json.loads(l) for l in got), key=lambda x: x["path"])
+        assert [(g["path"], g["event"]["payload"]) for g in got] == [
+            ("/hooks/orders.created", {"amount": 12}),
+            ("/hooks/users.new", {"name": "ada"})]
+        assert got[0]["event"]["headers"] is not None
+        assert eng.stop() == 0
+    finally:
+        recv.kill()
+        recv.wait()
+
+
+def test_http_webhook_example_with_the_wrong_token_dead_letters(sluice, tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+    ex = Path(__file__).resolve().parents[2] / "examples" / "http-webhook"
+    hook_port, listen = free_port(), free_port()
+    env = dict(os.environ, HOOK_TOKEN="right")
+    recv = subprocess.Popen(["python3", str(ex / "receiver.py"),
+                             "127.0.0.1:%d" % hook_port, str(tmp_path / "r.ndjson")], env=env)
+    try:
+        eng = sluice((ex / "webhook.conf.lua").read_text(), env={
+            "LISTEN": "127.0.0.1:%d" % listen, "HOOK_TOKEN": "wrong",
+            "HOOK_URL": "http://127.0.0.1:%d/hooks/{topic}" % hook_port})
+        subprocess.run(["curl", "-sS", "-H", "Content-Type: application/json", "-d",
+                        '{"topic":"a","payload":1}', "http://127.0.0.1:%d/v1/events" % listen],
+                       check=True, capture_output=True, timeout=10)
+        wait_lines(eng.path("var/dead-letter.ndjson"), 1, timeout=15)
+        (e,) = read_ndjson(eng.path("var/dead-letter.ndjson"))
+        assert e["headers"]["sluice-http-status"] == "401"
+        assert e["headers"]["sluice-http-body"] == "bad token"
+        assert eng.stop() == 0
+    finally:
+        recv.kill()
+        recv.wait()
