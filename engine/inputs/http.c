@@ -18,12 +18,15 @@
  * full and blocks at the time the body is complete, nothing is taken and
  * the answer is 503 with Retry-After. Events without a valid traceparent
  * take the request's traceparent header when it is valid.
+ * A body with Content-Encoding: gzip is inflated first (at most
+ * max_body_bytes once inflated).
  * Owns its HTTP server (and through it the connections) and the per-request
  * batches. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <zlib.h>
 
 #include "codec.h"
 #include "http.h"
@@ -637,6 +640,66 @@ static void on_resume(struct sl_source *s) {
   submit_more(container_of(s, struct batch, src));
 }
 
+/* Content-Encoding: gzip (OTLP exporters send it): r->body inflated in
+ * place, at most max_body_bytes once inflated. Returns 0, or answers (415,
+ * 413, 400) and returns nonzero. */
+static int inflate_body(struct batch *b) {
+  struct sl_http_request *r = b->r;
+  struct sl_str ce = sl_http_header(r, "content-encoding");
+  uint64_t max = b->hi->in->cfg->max_body_bytes;
+  struct sl_buf out;
+  z_stream z;
+  int rc = Z_OK;
+
+  if (ce.p == NULL || (ce.len == 8 && strncasecmp(ce.p, "identity", 8) == 0))
+    return 0;
+  if (!(ce.len == 4 && strncasecmp(ce.p, "gzip", 4) == 0)) {
+    sl_http_respond_error(r, 415, "unsupported Content-Encoding: use gzip "
+                          "or none");
+    return -1;
+  }
+  memset(&z, 0, sizeof(z));
+  if (inflateInit2(&z, 15 + 16) != Z_OK) {
+    sl_http_respond_error(r, 500, "out of memory");
+    return -1;
+  }
+  sl_buf_init(&out);
+  z.next_in = r->body.data;
+  z.avail_in = (uInt)r->body.len;
+  while (rc == Z_OK) {
+    if (out.len >= max) {
+      rc = Z_MEM_ERROR + 100; /* over the limit */
+      break;
+    }
+    if (sl_buf_reserve(&out, 65536) != 0) {
+      rc = Z_MEM_ERROR;
+      break;
+    }
+    z.next_out = out.data + out.len;
+    z.avail_out = (uInt)(out.cap - out.len);
+    rc = inflate(&z, Z_NO_FLUSH);
+    out.len = (size_t)((uint8_t *)z.next_out - out.data);
+    if (rc == Z_BUF_ERROR && z.avail_in == 0)
+      break; /* the stream ends early */
+  }
+  inflateEnd(&z);
+  if (rc != Z_STREAM_END || out.len > max) {
+    sl_buf_close(&out);
+    b->hi->in->stats.bad_input++;
+    if (rc == Z_MEM_ERROR)
+      sl_http_respond_error(r, 500, "out of memory");
+    else if (rc == Z_MEM_ERROR + 100 || out.len > max)
+      sl_http_respond_error(r, 413, "the body inflates past max_body_bytes "
+                            "(%llu)", (unsigned long long)max);
+    else
+      sl_http_respond_error(r, 400, "the body is not valid gzip");
+    return -1;
+  }
+  sl_buf_close(&r->body);
+  r->body = out;
+  return 0;
+}
+
 static void cb_request(struct sl_http_request *r) {
   struct batch *b = r->data;
   struct sl_input *in = b->hi->in;
@@ -648,7 +711,7 @@ static void cb_request(struct sl_http_request *r) {
                           "nothing was accepted; retry later");
     return;
   }
-  if (check_batch(b) != 0)
+  if (inflate_body(b) != 0 || check_batch(b) != 0)
     return;
   in->stats.bytes_in += r->body.len;
   sl_source_init(&b->src, in, on_resume);

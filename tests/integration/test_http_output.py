@@ -539,3 +539,28 @@ def test_http_webhook_example_with_the_wrong_token_dead_letters(sluice, tmp_path
     finally:
         recv.kill()
         recv.wait()
+
+
+# ---- sluice -> sluice over HTTP ----------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_http_output_into_a_sluice_http_input_keeps_every_event_intact(sluice, gz):
+    sink_port = free_port()
+    sink = sluice({"inputs": [{"name": "web", "type": "http",
+                               "listen": "127.0.0.1:%d" % sink_port}],
+                   "outputs": [{"name": "f", "type": "file", "path": "got.ndjson"}],
+                   "routes": [{"topics": "*", "to": "f"}]}, name="sink")
+    eng = engine(sluice, "http://127.0.0.1:%d/v1/events" % sink_port, gzip=gz)
+    sent = [{"topic": "t.%d" % (i % 3), "key": "k%d" % i, "payload": {"n": i, "b": b"\x00\xff"},
+             "headers": {"h": str(i)}} for i in range(2000)]
+    send_events(eng.address, sent)
+    wait_lines(sink.path("got.ndjson"), 2000, timeout=20)
+    got = read_ndjson(sink.path("got.ndjson"))
+    assert len(got) == 2000
+    assert [(e["topic"], e["key"], e["payload"]["n"], e["headers"]["h"]) for e in got] == \
+        [(s["topic"], s["key"], s["payload"]["n"], s["headers"]["h"]) for s in sent]
+    assert got[0]["payload"]["b"] == {"$bin": "AP8="}  # binary survived
+    assert len({e["id"] for e in got}) == 2000  # ids kept end to end
+    assert eng.stop() == 0
+    assert sink.stop() == 0

@@ -199,3 +199,28 @@ def test_backpressure_is_503_with_retry_after(sluice):
     r = post(port, SPEC_EXAMPLE)
     assert r.status == 503 and r.headers["retry-after"] == "1"
     eng.kill()
+
+
+def test_a_gzip_body_is_inflated_and_a_bad_one_refused(sluice, tmp_path):
+    import gzip
+    import subprocess
+    eng, port = start(sluice, max_body_bytes="64KiB")
+    gz = tmp_path / "req.json.gz"
+    gz.write_bytes(gzip.compress(json.dumps(SPEC_EXAMPLE).encode()))
+    r = subprocess.run(["curl", "-sS", "-H", "Content-Type: application/json",
+                        "-H", "Content-Encoding: gzip", "--data-binary", "@%s" % gz,
+                        url(port)], capture_output=True, timeout=10)
+    assert r.returncode == 0 and json.loads(r.stdout) == {}, r
+    wait_lines(eng.path("out.ndjson"), 1)
+    assert read_ndjson(eng.path("out.ndjson"))[0]["payload"] == "Example log record"
+    r = curl(url(port), data=b"not gzip", content_type="application/json",
+             headers=["Content-Encoding: gzip"])
+    assert r.status == 400 and "gzip" in r.json()["error"]
+    bomb = gzip.compress(b" " * (1 << 20))  # 1 MiB of spaces: past 64 KiB inflated
+    r = curl(url(port), data=bomb, content_type="application/json",
+             headers=["Content-Encoding: gzip"])
+    assert r.status == 413 and "max_body_bytes" in r.json()["error"]
+    r = curl(url(port), data=b"{}", content_type="application/json",
+             headers=["Content-Encoding: br"])
+    assert r.status == 415
+    assert eng.stop() == 0
