@@ -224,3 +224,44 @@ def test_a_gzip_body_is_inflated_and_a_bad_one_refused(sluice, tmp_path):
              headers=["Content-Encoding: br"])
     assert r.status == 415
     assert eng.stop() == 0
+
+
+# ---- a real client: the OpenTelemetry JS SDK ----------------------------------
+
+OTEL_JS = __import__("pathlib").Path(__file__).resolve().parent / "otel-js"
+
+
+def otel_js():
+    """tests/integration/otel-js with its packages (npm install on first
+    use: the npm registry is reachable where the tests run)."""
+    import shutil
+    import subprocess
+    import pytest
+    if not shutil.which("node") or not shutil.which("npm"):
+        pytest.skip("node and npm are needed for the OpenTelemetry JS SDK")
+    if not (OTEL_JS / "node_modules" / "@opentelemetry" / "sdk-logs").exists():
+        r = subprocess.run(["npm", "install", "--no-audit", "--no-fund",
+                            "--no-package-lock"], cwd=OTEL_JS,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    return OTEL_JS
+
+
+def test_the_opentelemetry_js_sdk_exporter_delivers_its_logs(sluice):
+    import subprocess
+    d = otel_js()
+    eng, port = start(sluice, otlp_topic="logs.{service.name}")
+    r = subprocess.run(["node", str(d / "emit.js"), url(port), "5"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    wait_lines(eng.path("out.ndjson"), 5)
+    got = read_ndjson(eng.path("out.ndjson"))
+    assert [e["payload"] for e in got] == [{"seq": i, "msg": "order %d" % i} for i in range(5)]
+    e = got[2]
+    assert e["topic"] == "logs.checkout"
+    assert e["time"] == 1700000000 * 10 ** 9 + 2
+    h = e["headers"]
+    assert h["otel.severity_number"] == "13" and h["otel.severity_text"] == "WARN"
+    assert h["otel.attr.order.id"] == "2" and h["otel.attr.ok"] == "true"
+    assert h["otel.scope.name"] == "sluice-test" and h["otel.scope.version"] == "2.0.0"
+    assert eng.stop() == 0
