@@ -151,7 +151,7 @@ FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
                -fno-sanitize-recover=undefined
 
 fuzz: $(BUILD)/fuzz/fuzz_codec $(BUILD)/fuzz/fuzz_pattern $(BUILD)/fuzz/fuzz_http \
-      $(BUILD)/fuzz/fuzz_json $(BUILD)/fuzz/fuzz_spool
+      $(BUILD)/fuzz/fuzz_json $(BUILD)/fuzz/fuzz_spool $(BUILD)/fuzz/fuzz_otlp
 
 $(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c engine/codec/codec.c engine/core/buf.c \
                           engine/codec/codec.h engine/core/buf.h engine/core/common.h
@@ -183,6 +183,16 @@ $(BUILD)/fuzz/fuzz_json: tests/fuzz/fuzz_json.c engine/codec/json.c engine/codec
 	  tests/fuzz/fuzz_json.c engine/codec/json.c engine/codec/codec.c engine/core/buf.c \
 	  engine/core/utf8.c \
 	  $(shell pkg-config --libs yajl)
+
+# OTLP logs JSON through the JSON reader and the OTLP walk.
+$(BUILD)/fuzz/fuzz_otlp: tests/fuzz/fuzz_otlp.c engine/codec/otlp.c engine/codec/json.c \
+                         engine/codec/codec.c engine/codec/event.c engine/core/buf.c \
+                         engine/codec/otlp.h engine/codec/json.h engine/codec/codec.h
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags yajl) -o $@ \
+	  tests/fuzz/fuzz_otlp.c engine/codec/otlp.c engine/codec/json.c \
+	  engine/codec/codec.c engine/codec/event.c engine/core/buf.c \
+	  engine/core/utf8.c $(shell pkg-config --libs yajl)
 
 # Recovery of a damaged segment file (writes under /tmp).
 $(BUILD)/fuzz/fuzz_spool: tests/fuzz/fuzz_spool.c engine/delivery/spool.c engine/core/buf.c \
