@@ -265,3 +265,22 @@ def test_the_opentelemetry_js_sdk_exporter_delivers_its_logs(sluice):
     assert h["otel.attr.order.id"] == "2" and h["otel.attr.ok"] == "true"
     assert h["otel.scope.name"] == "sluice-test" and h["otel.scope.version"] == "2.0.0"
     assert eng.stop() == 0
+
+
+def test_an_oversized_body_is_413_and_an_oversized_record_a_partial_success(sluice):
+    (port,) = ports(1)
+    eng = sluice(config(port, inputs=[http_input(port, max_body_bytes="4KiB")],
+                        max_event_bytes=1024))
+    big = with_record(body={"stringValue": "x" * 5000})
+    r = post(port, big)
+    assert r.status == 413
+    req = copy.deepcopy(SPEC_EXAMPLE)
+    req["resourceLogs"][0]["scopeLogs"][0]["logRecords"] = [
+        {"body": {"stringValue": "y" * 1500}}, {"body": {"stringValue": "fits"}}]
+    r = post(port, req)
+    assert r.status == 200
+    ps = r.json()["partialSuccess"]
+    assert ps["rejectedLogRecords"] == "1" and "max_event_bytes" in ps["errorMessage"]
+    wait_lines(eng.path("out.ndjson"), 1)
+    assert [e["payload"] for e in read_ndjson(eng.path("out.ndjson"))] == ["fits"]
+    assert eng.stop() == 0
