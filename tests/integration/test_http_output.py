@@ -333,6 +333,22 @@ def test_a_refused_batch_is_resent_one_event_per_request_so_only_the_bad_one_is_
         assert eng.stop() == 0
 
 
+def test_a_huge_answer_is_cut_off_and_its_status_stands(sluice):
+    big = b"z" * (5 << 20)  # past the 1 MiB read
+    with Hook() as hook:
+        hook.answer = lambda req: ((400, {}, big) if req["events"][0]["payload"] == 0
+                                   else (200, {}, big))
+        eng = engine(sluice, hook.url + "/in", format="json")
+        send_events(eng.address, events(3))
+        wait_lines(eng.path("var/dead-letter.ndjson"), 1, timeout=10)
+        (e,) = read_ndjson(eng.path("var/dead-letter.ndjson"))
+        assert e["payload"] == 0
+        assert e["headers"]["sluice-http-body"] == "z" * 256
+        got = hook.wait_delivered(2)
+        assert sorted(set(got)) == [1, 2]
+        assert eng.stop() == 0
+
+
 def test_exhausted_retries_on_5xx_dead_letter_with_the_last_status(sluice):
     with Hook() as hook:
         hook.answer = lambda req: (502, {}, b"gateway down")
