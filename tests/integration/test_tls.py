@@ -738,7 +738,7 @@ def test_tls_is_refused_where_it_does_not_apply_and_checked_on_outputs(certs, tm
     assert r.returncode != 0
     assert "inputs[1].tls: only tcp and http inputs take tls" in r.stderr
     assert "outputs[1].tls: cert_file and key_file go together (tcp output)" in r.stderr
-    assert "outputs[2].tls: only tcp outputs take tls" in r.stderr
+    assert "outputs[2].tls: only tcp and http outputs take tls" in r.stderr
 
 
 def test_a_bad_key_at_start_is_an_error_naming_the_file(sluice, certs, tmp_path):
