@@ -725,6 +725,7 @@ const char *sl_config_key_type_name(enum sl_config_key_type t) {
   case SL_KEY_SOCKET: return "socket path";
   case SL_KEY_TLS: return "tls table";
   case SL_KEY_ARGV: return "list of strings";
+  case SL_KEY_HEADERS: return "table of headers";
   case SL_KEY_CORE: return "core key";
   }
   return "?";
@@ -948,6 +949,54 @@ static void key_default(const struct sl_config_key *k, char *field) {
   }
 }
 
+/* An HTTP token character (RFC 9110 tchar). */
+static int is_tchar(int ch) {
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+         (ch >= '0' && ch <= '9') || (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+/* A headers table (name = "value") at key of the table at t, as
+ * "Name: value\n" lines into field (a char *); p names it in errors. */
+static void read_headers(struct check *c, int t, const char *p,
+                         const char *key, char *field) {
+  lua_State *L = c->L;
+  struct sl_buf out;
+  sl_buf_init(&out);
+  lua_getfield(L, t, key);
+  if (!lua_istable(L, -1)) {
+    bad(c, p, "expected a table of header = \"value\", got %s",
+        type_of(L, -1));
+    goto done;
+  }
+  lua_pushnil(L);
+  while (lua_next(L, -2)) {
+    const char *name, *val, *q;
+    size_t n;
+    if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING) {
+      bad(c, p, "expected header names and string values, found a %s = %s",
+          type_of(L, -2), type_of(L, -1));
+      lua_pop(L, 2);
+      break;
+    }
+    name = lua_tostring(L, -2);
+    val = lua_tolstring(L, -1, &n);
+    for (q = name; *q && is_tchar((unsigned char)*q); q++)
+      ;
+    if (*q || q == name)
+      bad(c, p, "header name \"%s\" is not an HTTP token", name);
+    else if (strlen(val) != n || strpbrk(val, "\r\n"))
+      bad(c, p, "header %s: the value holds a CR, LF or NUL", name);
+    else if (sl_buf_printf(&out, "%s: %s\n", name, val) != 0)
+      bad(c, p, "out of memory");
+    lua_pop(L, 1);
+  }
+  if (out.len)
+    store_str(field, strndup((const char *)out.data, out.len));
+done:
+  lua_pop(L, 1);
+  sl_buf_close(&out);
+}
+
 /* Read key k of the table at t into its field of base, or, without one,
  * into slot (its value in the config's values list). */
 /* A string key's value s (owned; NULL once taken): checked and resolved
@@ -1057,6 +1106,9 @@ static void read_key(struct check *c, int t, const char *path,
   }
   case SL_KEY_ARGV:
     opt_argv(c, t, p, k->name, (char **)(void *)field);
+    return;
+  case SL_KEY_HEADERS:
+    read_headers(c, t, p, k->name, field);
     return;
   default:
     break;

@@ -25,6 +25,9 @@ enum sl_config_key_type {
   SL_KEY_ARGV,     /* a list of 1..64 non-empty strings (a command's
                       argv): stored as the strings back to back, each
                       NUL-terminated, an empty one after the last */
+  SL_KEY_HEADERS,  /* a table of header name = "value" (strings): stored
+                      as "Name: value\n" lines; names are HTTP tokens,
+                      values hold no CR or LF */
   SL_KEY_CORE      /* a key of the core's own tables that this plugin
                       honours (name "retry.timeout_ms"): listed, and other
                       plugins are refused it; the core reads it */

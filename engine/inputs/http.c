@@ -5,6 +5,9 @@
  *   POST /v1/topics/{topic}  bare payloads: the JSON value, each NDJSON
  *                            line or each msgpack value is the payload of
  *                            one event with that topic
+ *   POST /v1/logs            OpenTelemetry logs (OTLP/HTTP, JSON encoding):
+ *                            each log record is one event (codec/otlp.c),
+ *                            answered 200 {} or with a partialSuccess
  * With the input's `topic` set, events posted to /v1/events without a topic
  * take that one.
  * A request is a batch. Every event is converted (JSON to msgpack with
@@ -15,16 +18,20 @@
  * full and blocks at the time the body is complete, nothing is taken and
  * the answer is 503 with Retry-After. Events without a valid traceparent
  * take the request's traceparent header when it is valid.
+ * A body with Content-Encoding: gzip is inflated first (at most
+ * max_body_bytes once inflated).
  * Owns its HTTP server (and through it the connections) and the per-request
  * batches. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <zlib.h>
 
 #include "codec.h"
 #include "http.h"
 #include "json.h"
+#include "otlp.h"
 #include "worker.h"
 #include "plugins.h"
 #include "tls.h"
@@ -62,6 +69,8 @@ struct batch {
   size_t n, next;
   struct sl_buf scratch; /* headers with the traceparent added */
   struct sl_durable wait; /* the 202 waits for the disk buffers */
+  int otlp;               /* POST /v1/logs */
+  struct sl_otlp_result otlp_res;
 };
 
 #define SPAN(b, i) (((const struct span *)(b)->spans.data)[i])
@@ -120,15 +129,16 @@ static void cb_headers(struct sl_http_request *r) {
   enum body_kind kind;
   char *topic = NULL;
   long topic_len = 0;
+  int otlp = path_is(r->path, "/v1/logs");
 
-  if (!path_is(r->path, "/v1/events")) {
+  if (!otlp && !path_is(r->path, "/v1/events")) {
     static const char prefix[] = "/v1/topics/";
     size_t n = sizeof(prefix) - 1;
     if (r->path.len <= n || memcmp(r->path.p, prefix, n) != 0 ||
         memchr(r->path.p + n, '/', r->path.len - n) != NULL) {
       sl_http_respond_error(r, 404,
-                            "no such endpoint: use POST /v1/events or POST "
-                            "/v1/topics/{topic}");
+                            "no such endpoint: use POST /v1/events, POST "
+                            "/v1/topics/{topic} or POST /v1/logs (OTLP)");
       return;
     }
     topic = malloc(r->path.len - n + 1);
@@ -156,6 +166,17 @@ static void cb_headers(struct sl_http_request *r) {
     sl_http_respond_error(r, 401, "missing or wrong bearer token");
     return;
   }
+  if (otlp && (!kind_of(sl_http_header(r, "content-type"), &kind) ||
+               kind != BODY_JSON)) {
+    struct sl_str ct = sl_http_header(r, "content-type");
+    int proto = ct.p && ct.len >= 22 &&
+                strncasecmp(ct.p, "application/x-protobuf", 22) == 0;
+    sl_http_respond_error(r, 415, proto
+        ? "OTLP/HTTP protobuf is not supported: send the OTLP JSON encoding "
+          "(Content-Type: application/json)"
+        : "/v1/logs takes OTLP JSON: use Content-Type: application/json");
+    return;
+  }
   if (!kind_of(sl_http_header(r, "content-type"), &kind)) {
     free(topic);
     sl_http_respond_error(r, 415,
@@ -172,6 +193,7 @@ static void cb_headers(struct sl_http_request *r) {
   b->hi = hi;
   b->r = r;
   b->kind = kind;
+  b->otlp = otlp;
   b->topic = topic;
   b->topic_len = (size_t)topic_len;
   sl_buf_init(&b->mp);
@@ -293,11 +315,59 @@ static void refuse(struct batch *b, const char *msg, size_t index,
   sl_buf_close(&out);
 }
 
+static int on_otlp_event(void *data, size_t off, size_t len) {
+  return add_span(data, off, len, 1);
+}
+
+/* 400 for an OTLP request that does not decode, with a Status body. */
+static void refuse_otlp(struct batch *b, const char *msg) {
+  struct sl_buf out;
+  b->hi->in->stats.bad_input++;
+  sl_buf_init(&out);
+  sl_buf_append(&out, "{\"code\":3,\"message\":", 20);
+  sl_codec_json_str(&out, msg, strlen(msg));
+  sl_buf_putc(&out, '}');
+  sl_http_respond(b->r, 400, "application/json", out.data, out.len);
+  sl_buf_close(&out);
+}
+
+/* POST /v1/logs: the JSON into b->mp, each valid log record an event in
+ * b->fixed. Returns 0 or refuses the request. */
+static int check_otlp(struct batch *b) {
+  const struct sl_input_config *cfg = b->hi->in->cfg;
+  const struct sl_buf *body = &b->r->body;
+  const char *topic =
+      sl_config_value_str(cfg->values, cfg->nvalues, "otlp_topic");
+  char err[200];
+  int rc = sl_json_to_msgpack((const char *)body->data, body->len, &b->mp,
+                              err, sizeof(err));
+  if (rc == 0)
+    rc = sl_otlp_logs(b->mp.data, b->mp.len, topic ? topic : "otel.logs",
+                      b->hi->in->w->cfg->max_event_bytes, &b->fixed,
+                      on_otlp_event, b, &b->otlp_res);
+  else if (rc == SL_EPROTO)
+    snprintf(b->otlp_res.error, sizeof(b->otlp_res.error), "%s", err);
+  if (rc == SL_ENOMEM) {
+    sl_http_respond_error(b->r, 500, "out of memory");
+    return rc;
+  }
+  if (rc != 0) {
+    refuse_otlp(b, b->otlp_res.error);
+    return rc;
+  }
+  b->hi->in->stats.bad_input += b->otlp_res.rejected;
+  b->base = b->fixed.data;
+  b->n = b->spans.len / sizeof(struct span);
+  return 0;
+}
+
 /* Convert and check the whole body. Returns 0 or refuses the request. */
 static int check_batch(struct batch *b) {
   const struct sl_buf *body = &b->r->body;
   int rc;
 
+  if (b->otlp)
+    return check_otlp(b);
   if (b->kind != BODY_MSGPACK) {
     struct sl_json_error err;
     int flags = b->kind == BODY_NDJSON ? SL_JSON_MANY
@@ -486,8 +556,28 @@ static struct sl_event *build(struct batch *b, size_t i) {
   return sl_event_from_view(&w->idgen, &v, 1);
 }
 
+/* OTLP/HTTP: 200 with {} or the partial success. */
+static void answer_otlp(struct batch *b) {
+  struct sl_buf out;
+  sl_buf_init(&out);
+  if (b->otlp_res.rejected) {
+    sl_buf_printf(&out, "{\"partialSuccess\":{\"rejectedLogRecords\":\"%zu\","
+                  "\"errorMessage\":", b->otlp_res.rejected);
+    sl_codec_json_str(&out, b->otlp_res.error, strlen(b->otlp_res.error));
+    sl_buf_append(&out, "}}", 2);
+  } else {
+    sl_buf_append(&out, "{}", 2);
+  }
+  sl_http_respond(b->r, 200, "application/json", out.data, out.len);
+  sl_buf_close(&out);
+}
+
 static void answer_202(struct batch *b) {
   char out[64];
+  if (b->otlp) {
+    answer_otlp(b);
+    return;
+  }
   int n = snprintf(out, sizeof(out), "{\"accepted\":%zu}", b->n);
   sl_http_respond(b->r, 202, "application/json", out, (size_t)n);
 }
@@ -550,6 +640,66 @@ static void on_resume(struct sl_source *s) {
   submit_more(container_of(s, struct batch, src));
 }
 
+/* Content-Encoding: gzip (OTLP exporters send it): r->body inflated in
+ * place, at most max_body_bytes once inflated. Returns 0, or answers (415,
+ * 413, 400) and returns nonzero. */
+static int inflate_body(struct batch *b) {
+  struct sl_http_request *r = b->r;
+  struct sl_str ce = sl_http_header(r, "content-encoding");
+  uint64_t max = b->hi->in->cfg->max_body_bytes;
+  struct sl_buf out;
+  z_stream z;
+  int rc = Z_OK;
+
+  if (ce.p == NULL || (ce.len == 8 && strncasecmp(ce.p, "identity", 8) == 0))
+    return 0;
+  if (!(ce.len == 4 && strncasecmp(ce.p, "gzip", 4) == 0)) {
+    sl_http_respond_error(r, 415, "unsupported Content-Encoding: use gzip "
+                          "or none");
+    return -1;
+  }
+  memset(&z, 0, sizeof(z));
+  if (inflateInit2(&z, 15 + 16) != Z_OK) {
+    sl_http_respond_error(r, 500, "out of memory");
+    return -1;
+  }
+  sl_buf_init(&out);
+  z.next_in = r->body.data;
+  z.avail_in = (uInt)r->body.len;
+  while (rc == Z_OK) {
+    if (out.len >= max) {
+      rc = Z_MEM_ERROR + 100; /* over the limit */
+      break;
+    }
+    if (sl_buf_reserve(&out, 65536) != 0) {
+      rc = Z_MEM_ERROR;
+      break;
+    }
+    z.next_out = out.data + out.len;
+    z.avail_out = (uInt)(out.cap - out.len);
+    rc = inflate(&z, Z_NO_FLUSH);
+    out.len = (size_t)((uint8_t *)z.next_out - out.data);
+    if (rc == Z_BUF_ERROR && z.avail_in == 0)
+      break; /* the stream ends early */
+  }
+  inflateEnd(&z);
+  if (rc != Z_STREAM_END || out.len > max) {
+    sl_buf_close(&out);
+    b->hi->in->stats.bad_input++;
+    if (rc == Z_MEM_ERROR)
+      sl_http_respond_error(r, 500, "out of memory");
+    else if (rc == Z_MEM_ERROR + 100 || out.len > max)
+      sl_http_respond_error(r, 413, "the body inflates past max_body_bytes "
+                            "(%llu)", (unsigned long long)max);
+    else
+      sl_http_respond_error(r, 400, "the body is not valid gzip");
+    return -1;
+  }
+  sl_buf_close(&r->body);
+  r->body = out;
+  return 0;
+}
+
 static void cb_request(struct sl_http_request *r) {
   struct batch *b = r->data;
   struct sl_input *in = b->hi->in;
@@ -561,7 +711,7 @@ static void cb_request(struct sl_http_request *r) {
                           "nothing was accepted; retry later");
     return;
   }
-  if (check_batch(b) != 0)
+  if (inflate_body(b) != 0 || check_batch(b) != 0)
     return;
   in->stats.bytes_in += r->body.len;
   sl_source_init(&b->src, in, on_resume);
@@ -594,6 +744,7 @@ static void on_stopped(struct sl_http_server *s) {
 static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   const struct sl_input_config *cfg = in->cfg;
   struct http_in *hi = calloc(1, sizeof(*hi));
+  const char *otlp_topic;
   int rc;
 
   if (hi == NULL)
@@ -624,6 +775,11 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
       (hi->srv.tls = sl_tls_new(&cfg->tls, 1, cfg->listen, cfg->name, err,
                                 errlen)) == NULL)
     return SL_EINVAL; /* cb_stop frees hi */
+  otlp_topic = sl_config_value_str(cfg->values, cfg->nvalues, "otlp_topic");
+  if (otlp_topic && sl_otlp_topic_check(otlp_topic) != 0) {
+    snprintf(err, errlen, "otlp_topic: a {field} does not close");
+    return SL_EINVAL; /* cb_stop frees hi */
+  }
   hi->started = 1;
   in->stats.http = &hi->srv;
   rc = sl_http_start(&hi->srv, &in->w->loop, cfg->listen, &http_ops, hi, err,
@@ -697,6 +853,9 @@ static const struct sl_config_key keys[] = {
     {.name = "tls", .type = SL_KEY_TLS,
      .doc = "serve HTTPS (mTLS with verify_peer); see the tls keys",
      SL_KEY_FIELD(IN, tls)},
+    {.name = "otlp_topic", .type = SL_KEY_STRING, .def = "otel.logs",
+     .doc = "topic of OTLP log records (POST /v1/logs); {NAME} is the "
+            "resource attribute NAME, e.g. \"logs.{service.name}\""},
     {NULL}};
 
 const struct sl_plugin sl_input_http = {

@@ -132,6 +132,37 @@ static struct sl_output *dead_letter_of(struct sl_output *o) {
   return &w->outputs[w->cfg->dead_letter];
 }
 
+/* ev (its reference taken) with o's notes as headers, or NULL when out of
+ * memory. */
+static struct sl_event *with_notes(struct sl_output *o, struct sl_event *ev) {
+  int i;
+  for (i = 0; ev && i < o->nnotes; i++) {
+    struct sl_event *n = sl_event_with_header(ev, o->notes[i].name,
+                                              o->notes[i].value,
+                                              o->notes[i].len);
+    sl_event_unref(ev);
+    ev = n;
+  }
+  return ev;
+}
+
+void sl_output_note(struct sl_output *o, const char *name, const char *value,
+                    size_t value_len) {
+  struct sl_output_note *n;
+  if (o->nnotes >= (int)(sizeof(o->notes) / sizeof(*o->notes)))
+    return;
+  n = &o->notes[o->nnotes++];
+  snprintf(n->name, sizeof(n->name), "%s", name);
+  if (value_len > sizeof(n->value))
+    value_len = sizeof(n->value);
+  memcpy(n->value, value, value_len);
+  n->len = value_len;
+}
+
+void sl_output_retry_after(struct sl_output *o, uint32_t ms) {
+  o->retry_after_ms = ms ? ms : 1;
+}
+
 /* As dead_letter_head, for the first n events, with error as the reason. */
 static uint32_t dead_letter_n(struct sl_output *o, uint32_t n,
                               const char *error) {
@@ -155,6 +186,7 @@ static uint32_t dead_letter_n(struct sl_output *o, uint32_t n,
                                strlen(attempts));
     sl_event_unref(a);
     sl_event_unref(b);
+    c = with_notes(o, c);
     if (c == NULL)
       break;
     rc = sl_output_push(dl, c);
@@ -489,8 +521,11 @@ void sl_output_done(struct sl_output *o, uint32_t n_ok,
   o->writing = 0;
   o->unconfirmed = 0;
   if (st == SL_WRITE_FATAL) {
+    uint32_t left;
     o->q.inflight = 0;
-    if (sl_output_refuse_head(o, why ? why : "cannot be delivered"))
+    left = sl_output_refuse_head(o, why ? why : "cannot be delivered");
+    o->nnotes = 0;
+    if (left)
       return; /* it kicked us */
     /* the dead letter cannot take it now: look again after a while */
     uv_timer_start(&o->retry_timer, on_retry_timer,
@@ -503,6 +538,13 @@ void sl_output_done(struct sl_output *o, uint32_t n_ok,
    * runs out of attempts leaves as the batch that was tried */
   delay = sl_output_failed(o, why ? why : "write failed",
                            st == SL_WRITE_RETRY, &moved);
+  if (o->retry_after_ms && !moved) {
+    /* the peer's wish, within the head's max_elapsed_ms */
+    uint32_t deadline = sl_retry_deadline_ms(&o->retry, sl_mono_ns());
+    delay = o->retry_after_ms < deadline ? o->retry_after_ms : deadline;
+  }
+  o->retry_after_ms = 0;
+  o->nnotes = 0;
   if (st == SL_WRITE_AGAIN)
     o->again = o->q.inflight;
   else if (moved)

@@ -136,6 +136,15 @@ struct sl_output {
   const struct sl_output_config *cfg_base; /* the entry it started from */
   struct sl_output_config *cfg_copy; /* o->cfg when renamed or gone: owns
                                         name and type only */
+  uint32_t retry_after_ms;       /* sl_output_retry_after: the next
+                                    backoff; 0: the policy's */
+  struct sl_output_note {        /* sl_output_note: headers for the next
+                                    refusal's dead-letter copy */
+    char name[32];
+    char value[320];
+    size_t len;
+  } notes[2];
+  int nnotes;
 };
 
 /* The write in flight (cb_write) is over: n_ok events from the front of
@@ -155,6 +164,20 @@ struct sl_output {
 void sl_output_done(struct sl_output *o, uint32_t n_ok,
                     enum sl_write_status st, const char *why);
 void sl_output_written(struct sl_output *o);
+
+/* The peer asked to be left alone for ms (HTTP Retry-After): call before
+ * sl_output_done(.., SL_WRITE_RETRY, ..), whose backoff becomes ms (never
+ * past the head's retry.max_elapsed_ms). The attempt still counts. */
+void sl_output_retry_after(struct sl_output *o, uint32_t ms);
+
+/* A header (name = value, value_len bytes; both truncated to fit) that
+ * dead-letter copies made by the next failure report carry beside
+ * sluice-error: what the peer said (an HTTP status, the start of its
+ * answer). That report is sl_output_done with SL_WRITE_FATAL (the refused
+ * event), or SL_WRITE_RETRY when the head used up its retries. At most
+ * two; that report clears them. */
+void sl_output_note(struct sl_output *o, const char *name, const char *value,
+                    size_t value_len);
 
 /* The output's queue changed (or it connected): hand out writes on the
  * loop. */

@@ -21,7 +21,8 @@
   X(sl_output_tcp)    /* outputs/native.c */ \
   X(sl_output_unix)   /* outputs/native.c */ \
   X(sl_output_forward) /* outputs/forward.c */ \
-  X(sl_output_exec)   /* outputs/exec.c */
+  X(sl_output_exec)   /* outputs/exec.c */ \
+  X(sl_output_http)   /* outputs/http.c */
 
 #define DECLARE(p) extern const struct sl_plugin p;
 #define LIST(p) &p.config,

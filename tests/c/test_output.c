@@ -604,3 +604,49 @@ TEST(output_dedup_drops_a_repeated_id_inside_its_window_counted) {
   CHECK_EQ(r.o->q.count, 2u);
   rig_close(&r);
 }
+
+TEST(output_retry_after_replaces_the_backoff_once) {
+  struct rig r;
+  uint64_t due;
+  rig_init(&r, 0);
+  r.oc[0].retry.initial_ms = 1;
+  r.oc[0].retry.max_ms = 2;
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = HOLD;
+  push(&r, 0);
+  run_ms(&r, 5);
+  CHECK_EQ(fakes[0].calls, 1);
+  sl_output_retry_after(r.o, 300);
+  sl_output_done(r.o, 0, SL_WRITE_RETRY, "HTTP 429");
+  /* the peer's 300 ms, not the 1-2 ms backoff */
+  due = uv_timer_get_due_in(&r.o->retry_timer);
+  CHECK(due > 200 && due <= 300);
+  CHECK_EQ(r.o->retry_after_ms, 0u);     /* once: the next failure backs off */
+  CHECK_EQ(r.o->stats.retries, 1u);      /* the attempt still counts */
+  fakes[0].mode = OK;
+  CHECK(run_until(&r, &r.o->stats.events_out, 1));
+  rig_close(&r);
+}
+
+TEST(output_notes_ride_on_the_refused_event_and_are_cleared) {
+  struct rig r;
+  struct sl_event *ev;
+  rig_init(&r, 1);
+  CHECK(rig_start(&r) == 0);
+  fakes[0].mode = HOLD;
+  fakes[1].mode = HOLD;
+  push(&r, 0);
+  push(&r, 1);
+  run_ms(&r, 5);
+  sl_output_note(r.o, "sluice-http-status", "400", 3);
+  sl_output_note(r.o, "sluice-http-body", "bad field", 9);
+  sl_output_note(r.o, "third", "dropped: two at most", 20);
+  sl_output_done(r.o, 0, SL_WRITE_FATAL, "HTTP 400");
+  CHECK_EQ(r.o->nnotes, 0);
+  CHECK(run_calls(&r, 1, 1));
+  ev = sl_queue_at(&r.dl->q, 0);
+  CHECK(memmem(ev->data, ev->len, "sluice-http-status", 18) != NULL);
+  CHECK(memmem(ev->data, ev->len, "bad field", 9) != NULL);
+  CHECK(memmem(ev->data, ev->len, "third", 5) == NULL);
+  rig_close(&r);
+}

@@ -17,6 +17,7 @@ KNOWN = {
     ("input", "forward"): "shared_key", ("output", "forward"): "require_ack",
     ("input", "syslog"): "on_malformed", ("input", "stdin"): "exit_on_eof",
     ("output", "exec"): "command",
+    ("output", "http"): "url",
 }
 
 
@@ -77,7 +78,8 @@ def test_checker_refuses_an_unknown_key_naming_the_plugin_type_and_its_keys(tmp_
             if default == "required":
                 item[k] = {"listen": "127.0.0.1:7491", "address": "127.0.0.1:7492",
                            "path": str(tmp_path / ("p-" + typ)),
-                           "command": ["true"]}[k]
+                           "command": ["true"],
+                           "url": "http://127.0.0.1:7495/"}[k]
         cfg[kind + "s"].append(item)
         rc, lines = check(tmp_path, cfg)
         assert rc == 1, (typ, lines)
@@ -98,7 +100,7 @@ def test_checker_refuses_a_key_only_other_types_take_naming_them(tmp_path):
     rc, lines = check(tmp_path, cfg)
     assert rc == 1
     assert lines == ["outputs[1].ack: only tcp and unix outputs take ack",
-                     "outputs[2].format: only stdout, file and exec outputs take format"]
+                     "outputs[2].format: only stdout, file, exec and http outputs take format"]
 
 
 def test_checker_names_every_registered_type_for_an_unknown_one(tmp_path):
