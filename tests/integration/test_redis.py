@@ -1,0 +1,311 @@
+"""Redis Streams in and out (issue 12 item 3) against a real redis-server
+(7.0, started here on a free port), with redis-cli as the independent
+client: XADD in -> sluice (a rule) -> XADD out -> XRANGE, exact ledgers;
+kill -9 and restart; a second consumer claiming a dead one's entries;
+redis restarts; bad entries to the dead letter.
+"""
+import json
+import os
+import signal
+
+import pytest
+
+from conftest import free_port, lua, metric, read_ndjson, wait_for
+from redis_helpers import RedisServer, redis_input, redis_output
+
+
+@pytest.fixture
+def redis(tmp_path):
+    servers = []
+
+    def start():
+        folder = tmp_path / ("redis%d" % len(servers))
+        folder.mkdir()
+        s = RedisServer(folder)
+        servers.append(s)
+        return s
+    yield start
+    for s in servers:
+        s.stop()
+
+
+def config(inputs, outputs, routes=None, admin_port=None, rules_dir=None,
+           extra=""):
+    d = {"inputs": inputs, "outputs": outputs + [
+        {"name": "dlq", "type": "file", "path": "dlq.ndjson"}],
+        "routes": routes or [{"topics": "*", "to": outputs[0]["name"]}],
+        "dead_letter": "dlq"}
+    if admin_port:
+        d["admin"] = {"listen": "127.0.0.1:%d" % admin_port}
+    if rules_dir:
+        d["rules"] = {"dir": str(rules_dir)}
+    return "return " + lua(d)
+
+
+def ns(entries):
+    return [json.loads(f["payload"])["n"] for _, f in entries]
+
+
+RULE = """
+return {
+  topics = { "*" },
+  on_event = function(ev)
+    if ev.payload.n % 7 == 0 then return sluice.drop("sevens") end
+    ev.headers.via = "rule"
+  end,
+}
+"""
+
+
+def test_round_trip_through_a_rule_keeps_an_exact_ledger_and_acks_all(
+        sluice, redis, tmp_path):
+    srv = redis()
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10_sevens.lua").write_text(RULE)
+    admin = free_port()
+    n = 2000
+    srv.xadd_many("in", [{"payload": json.dumps({"n": i}), "topic": "orders",
+                          "key": "k%d" % i, "h:tenant": "acme"}
+                         for i in range(n)])
+    eng = sluice(config([redis_input(srv.address)],
+                        [redis_output(srv.address, stream="out-{topic}")],
+                        admin_port=admin, rules_dir=rules))
+    want = [i for i in range(n) if i % 7 != 0]
+    srv.wait_xlen("out-orders", len(want))
+    out = srv.xrange("out-orders")
+    assert ns(out) == want  # in order, each once, the dropped ones absent
+    first = out[0][1]
+    assert first["topic"] == "orders" and first["key"] == "k1"
+    assert first["h:tenant"] == "acme" and first["h:via"] == "rule"
+    assert first["h:redis-stream"] == "in"
+    src = dict(srv.xrange("in"))
+    assert first["h:redis-id"] in src
+    # every entry acked, the dropped ones too (dropped on purpose)
+    wait_for(lambda: srv.pending("in", "g") == 0, timeout=10,
+             what="XPENDING 0")
+    a = "127.0.0.1:%d" % admin
+    wait_for(lambda: metric(a, "sluice_redis_input_acked_total",
+                            input="rin") == n, timeout=10, what="acked == n")
+    assert metric(a, "sluice_redis_input_inflight", input="rin") == 0
+    assert metric(a, "sluice_redis_output_replies_total", output="rout",
+                  outcome="ok") == len(want)
+    assert eng.stop() == 0
+
+
+def test_event_format_carries_the_event_between_two_sluices(sluice, redis):
+    srv = redis()
+    srv.xadd_many("in", [{"payload": json.dumps({"n": i, "s": "é"}),
+                          "h:tenant": "acme"} for i in range(50)])
+    # A: json entries -> events -> one msgpack event per entry on "mid"
+    a = sluice(config([redis_input(srv.address, topic="orders")],
+                      [redis_output(srv.address, stream="mid",
+                                    format="event")]), name="a")
+    # B: events from "mid" -> json entries on "final"
+    b = sluice(config([redis_input(srv.address, stream="mid", group="g2",
+                                   format="event")],
+                      [redis_output(srv.address, stream="final")]), name="b")
+    srv.wait_xlen("final", 50)
+    assert {k for _, f in srv.xrange("mid") for k in f} == {"event"}
+    final = srv.xrange("final")
+    assert [json.loads(f["payload"]) for _, f in final] == \
+        [{"n": i, "s": "é"} for i in range(50)]
+    f0 = final[0][1]
+    assert f0["topic"] == "orders"  # the event's own, from A's topic key
+    assert f0["h:tenant"] == "acme"
+    assert f0["h:redis-stream"] == "mid"  # the last hop's entry
+    a.stop()
+    b.stop()
+
+
+def test_bad_entries_go_to_the_dead_letter_without_stalling_the_stream(
+        sluice, redis):
+    srv = redis()
+    big = "x" * 5000
+    srv.xadd_many("in", [
+        {"payload": '{"n": 1}'},
+        {"payload": "not json"},            # JSON that does not parse
+        {"other": "no payload field"},
+        {"payload": json.dumps({"big": big})},  # over max_event_bytes
+        {"payload": '{"n": 2}', "time": "yesterday"},
+        {"payload": '{"n": 3}'},
+    ])
+    eng = sluice(config([redis_input(srv.address)],
+                        [redis_output(srv.address)]).replace(
+        "return {", "return { max_event_bytes = 4096,", 1))
+    srv.wait_xlen("out", 2)
+    dl = wait_for(lambda: (lambda r: r if len(r) >= 4 else None)(
+        read_ndjson(eng.path("dlq.ndjson"))), timeout=10, what="4 dead letters")
+    assert [json.loads(f["payload"])["n"] for _, f in srv.xrange("out")] == [1, 3]
+    errors = [d["headers"]["sluice-error"] for d in dl]
+    assert "lexical error" in errors[0]
+    assert errors[1] == "no payload field"
+    assert "larger than max_event_bytes" in errors[2]
+    assert "time" in errors[3]
+    assert all(d["headers"]["sluice-input"] == "rin" for d in dl)
+    assert dl[0]["payload"] == {"payload": "not json"}
+    assert "payload" not in dl[2]  # too big to carry
+    ids = [e for e, _ in srv.xrange("in")]
+    assert [d["headers"]["redis-id"] for d in dl] == [ids[1], ids[2], ids[3], ids[4]]
+    wait_for(lambda: srv.pending("in", "g") == 0, timeout=10, what="all acked")
+    eng.stop()
+
+
+def test_kill9_and_restart_with_the_same_consumer_loses_nothing(
+        sluice, redis):
+    srv = redis()
+    n = 3000
+    srv.xadd_many("in", [{"payload": json.dumps({"n": i})} for i in range(n)])
+    out = redis_output(srv.address, batch_events=100,
+                       rate_limit={"events_per_second": 3000, "burst": 100})
+    eng = sluice(config([redis_input(srv.address, consumer="c1",
+                                     max_inflight=300)], [out]))
+    srv.wait_xlen("out", 600)
+    eng.kill()
+    mid = srv.xlen("out")
+    assert mid < n, "finished before the kill; slow it down"
+    eng.restart()
+    wait_for(lambda: set(ns(srv.xrange("out"))) == set(range(n)), timeout=30,
+             what="every entry delivered after the restart")
+    wait_for(lambda: srv.pending("in", "g") == 0, timeout=10, what="all acked")
+    got = ns(srv.xrange("out"))
+    dups = len(got) - n
+    print("redis kill -9: delivered %d before the kill, %d duplicates" %
+          (mid, dups))
+    # only what was read and not acked goes twice
+    assert 0 <= dups <= 2 * 300
+    eng.stop()
+
+
+def test_restart_rereads_its_own_pending_entries_first(sluice, redis):
+    srv = redis()
+    dead = "127.0.0.1:%d" % free_port()  # nothing listens: nothing delivered
+    srv.xadd_many("in", [{"payload": json.dumps({"n": i})} for i in range(80)])
+    eng = sluice(config([redis_input(srv.address, consumer="c1",
+                                     max_inflight=50, claim_idle_ms=0)],
+                        [redis_output(dead)]))
+    wait_for(lambda: srv.pending("in", "g") == 50, timeout=10,
+             what="50 entries read and held")
+    eng.kill()
+    # same consumer, claims off: only XREADGROUP ... 0 can bring them back
+    eng2 = sluice(config([redis_input(srv.address, consumer="c1",
+                                      claim_idle_ms=0)],
+                         [redis_output(srv.address)]))
+    srv.wait_xlen("out", 80)
+    assert ns(srv.xrange("out")) == list(range(80))
+    wait_for(lambda: srv.pending("in", "g") == 0, timeout=10, what="all acked")
+    eng2.stop()
+
+
+def test_another_consumer_claims_a_dead_ones_pending_entries(sluice, redis):
+    srv = redis()
+    dead = "127.0.0.1:%d" % free_port()
+    srv.xadd_many("in", [{"payload": json.dumps({"n": i})} for i in range(50)])
+    a = sluice(config([redis_input(srv.address, consumer="a",
+                                   max_inflight=50)],
+                      [redis_output(dead)]))
+    wait_for(lambda: srv.pending("in", "g") == 50, timeout=10,
+             what="a holds 50")
+    a.kill()
+    srv.xadd_many("in", [{"payload": json.dumps({"n": i})}
+                         for i in range(50, 100)])
+    admin = free_port()
+    b = sluice(config([redis_input(srv.address, consumer="b",
+                                   claim_idle_ms=300)],
+                      [redis_output(srv.address)], admin_port=admin))
+    srv.wait_xlen("out", 100)
+    assert sorted(ns(srv.xrange("out"))) == list(range(100))  # each once
+    wait_for(lambda: srv.pending("in", "g") == 0, timeout=10, what="all acked")
+    assert metric("127.0.0.1:%d" % admin, "sluice_redis_input_claimed_total",
+                  input="rin") == 50
+    consumers = {c["name"]: c for c in _consumers(srv)}
+    assert consumers["a"]["pending"] == 0
+    b.stop()
+
+
+def _consumers(srv):
+    rows = srv.json("XINFO", "CONSUMERS", "in", "g")
+    return [dict(zip(r[0::2], r[1::2])) if isinstance(r, list) else r
+            for r in rows]
+
+
+def test_three_instances_in_one_group_take_each_entry_once(sluice, redis):
+    srv = redis()
+    n = 3000
+    admins = [free_port() for _ in range(3)]
+    engines = [sluice(config([redis_input(srv.address, consumer="s%d" % i,
+                                          count=20)],
+                             [redis_output(srv.address)], admin_port=admins[i]),
+                      name="s%d" % i) for i in range(3)]
+    srv.xadd_many("in", [{"payload": json.dumps({"n": i})} for i in range(n)])
+    srv.wait_xlen("out", n, timeout=30)
+    got = ns(srv.xrange("out"))
+    assert sorted(got) == list(range(n))  # exactly once across the group
+    shares = [metric("127.0.0.1:%d" % p, "sluice_redis_input_acked_total",
+                     input="rin") for p in admins]
+    print("redis scale-out shares:", shares)
+    wait_for(lambda: sum(metric("127.0.0.1:%d" % p,
+                                "sluice_redis_input_acked_total", input="rin")
+                         for p in admins) == n, timeout=10, what="all acked")
+    for e in engines:
+        assert e.stop() == 0
+
+
+def test_output_retries_through_a_redis_restart_and_input_resumes(
+        sluice, redis):
+    src, dst = redis(), redis()
+    admin = free_port()
+    eng = sluice(config([redis_input(src.address)],
+                        [redis_output(dst.address)], admin_port=admin))
+    src.xadd_many("in", [{"payload": json.dumps({"n": i})} for i in range(100)])
+    dst.wait_xlen("out", 100)
+    dst.stop()
+    src.xadd_many("in", [{"payload": json.dumps({"n": i})}
+                         for i in range(100, 200)])
+    eng.wait_log("redis output disconnected; reconnecting with backoff")
+    dst.start()  # empty: --save ''
+    dst.wait_xlen("out", 100)
+    assert sorted(ns(dst.xrange("out"))) == list(range(100, 200))
+    # the source restarts empty: the group is made again and reading goes on
+    src.stop()
+    src.start()
+    eng.wait_log("redis input connected", count=2, timeout=15)
+    src.xadd_many("in", [{"payload": json.dumps({"n": i})}
+                         for i in range(200, 250)])
+    wait_for(lambda: sorted(ns(dst.xrange("out"))) == list(range(100, 250)),
+             timeout=20, what="entries after the source's restart")
+    a = "127.0.0.1:%d" % admin
+    assert metric(a, "sluice_redis_input_reconnects_total", input="rin") >= 1
+    assert metric(a, "sluice_redis_output_reconnects_total", output="rout") >= 1
+    eng.stop()
+
+
+def test_maxlen_trims_and_a_wrong_type_goes_to_the_dead_letter(sluice, redis):
+    srv = redis()
+    srv.cli("SET", "out-bad", "a string")
+    eng = sluice(config([redis_input(srv.address)],
+                        [redis_output(srv.address, stream="out-{topic}",
+                                      maxlen=10)]))
+    srv.xadd_many("in", [{"payload": json.dumps({"n": i}), "topic": "ok"}
+                         for i in range(1000)] +
+                  [{"payload": '{"n": -1}', "topic": "bad"}])
+    dl = wait_for(lambda: read_ndjson(eng.path("dlq.ndjson")), timeout=15,
+                  what="the WRONGTYPE event in the dead letter")
+    assert "WRONGTYPE" in dl[0]["headers"]["sluice-error"]
+    assert dl[0]["payload"] == {"n": -1}
+    wait_for(lambda: srv.pending("in", "g") == 0, timeout=10, what="all acked")
+    # MAXLEN ~ trims whole nodes: fewer than sent, at least the 10 asked for
+    length = srv.xlen("out-ok")
+    assert 10 <= length < 1000
+    last = srv.xrange("out-ok")[-1][1]
+    assert json.loads(last["payload"]) == {"n": 999}
+    eng.stop()
+
+
+def test_config_needs_address_stream_and_group(sluice, tmp_path):
+    from conftest import EngineExited
+    with pytest.raises(EngineExited) as e:
+        sluice(config([{"name": "rin", "type": "redis",
+                        "address": "127.0.0.1:1", "stream": "in"}],
+                      [{"name": "o", "type": "null"}]))
+    assert "group" in str(e.value)
