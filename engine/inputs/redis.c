@@ -49,16 +49,30 @@ struct rin_slot {
   int used;
 };
 
+struct redis_in;
+
+/* A connection: reads (XREADGROUP may block it for block_ms) and acks
+ * (XACK, XPENDING) each have one, so an ack never waits behind a blocked
+ * read. */
+struct rin_conn {
+  struct redis_in *ri;
+  const char *role;         /* "read" or "ack", for the log */
+  struct sl_redis_dial dial;
+  redisAsyncContext *ac;    /* NULL while down */
+  uv_timer_t timer;         /* the reconnect backoff */
+  uint32_t backoff_ms;
+  int connected, was_down, down_logged;
+};
+
 struct redis_in {
   struct sl_input *in;
   struct sl_worker *w;
   struct sl_source src;
   struct sl_tracker *tracker;
   struct sl_durable durable;
-  struct sl_redis_dial dial;
-  redisAsyncContext *ac;    /* NULL while down */
+  struct rin_conn rd, ak;
   uv_timer_t tick;          /* claims and the XPENDING summary */
-  uv_timer_t later;         /* reconnect backoff; a read after an error */
+  uv_timer_t later;         /* a read after an error */
   uv_idle_t flush;          /* acks of one loop turn go together */
   int handles;              /* open handles (closing counts down) */
   const char *address, *group, *topic, *start_id;
@@ -70,12 +84,10 @@ struct redis_in {
   char (*claim)[48];        /* per stream: XAUTOCLAIM's cursor */
   uint32_t count, block_ms, claim_idle_ms, claim_interval_ms, max_inflight;
   int format, create_group;
-  int connected, reading, paused, draining, stopping;
+  int reading, paused, draining, stopping;
   int claim_due, claim_stream;
   int need_group;           /* XGROUP CREATE before the next read */
   uint64_t *pending_of;     /* per stream: XPENDING's count */
-  int was_down, down_logged;
-  uint32_t backoff_ms;
   /* events read and not submitted yet, in order */
   struct sl_event **batch;
   uint32_t batch_n, batch_i, batch_cap;
@@ -193,7 +205,7 @@ static void send_acks(struct redis_in *ri) {
   char ids[ACK_MAX][48];
   size_t i, j, k;
   int s;
-  if (ri->ac == NULL || !ri->connected) {
+  if (!ri->ak.connected) {
     /* down: kept for the next connect */
     for (i = 0; i < ri->durable_ids.n; i++)
       ids_push(&ri->ready, &ri->durable_ids.v[i]);
@@ -219,7 +231,7 @@ static void send_acks(struct redis_in *ri) {
       }
       if (j == 0)
         break;
-      if (redisAsyncCommandArgv(ri->ac, on_xack, (void *)(uintptr_t)j,
+      if (redisAsyncCommandArgv(ri->ak.ac, on_xack, (void *)(uintptr_t)j,
                                 (int)(3 + j), argv, lens) == REDIS_OK)
         ri->acks_sent += j;
     }
@@ -272,7 +284,6 @@ static void on_durable(struct sl_durable *d) {
 static void on_done(struct sl_tracker *t, uint64_t token, int ok) {
   struct redis_in *ri = t->data;
   struct rin_slot *s = &ri->slots[token];
-  int was_full = ri->inflight >= ri->max_inflight;
   if (ok) {
     if (ids_push(&ri->ready, &s->id) == 0)
       uv_idle_start(&ri->flush, on_flush);
@@ -282,8 +293,7 @@ static void on_done(struct sl_tracker *t, uint64_t token, int ok) {
   s->used = 0;
   ri->free_slots[ri->nfree++] = (uint32_t)token;
   ri->inflight--;
-  if (was_full)
-    read_next(ri);
+  read_next(ri); /* max_inflight may have held it back */
 }
 
 /* ---- entries to events ------------------------------------------------- */
@@ -760,7 +770,7 @@ static void create_groups(struct redis_in *ri) {
   int s;
   ri->need_group = 0;
   for (s = 0; s < ri->nstreams; s++)
-    redisAsyncCommand(ri->ac, on_group, NULL, "XGROUP CREATE %s %s %s MKSTREAM",
+    redisAsyncCommand(ri->rd.ac, on_group, NULL, "XGROUP CREATE %s %s %s MKSTREAM",
                       ri->streams[s], ri->group, ri->start_id);
 }
 
@@ -769,7 +779,7 @@ static void send_claim(struct redis_in *ri, uint32_t count) {
   char idle[24], n[24];
   snprintf(idle, sizeof(idle), "%u", ri->claim_idle_ms);
   snprintf(n, sizeof(n), "%u", count);
-  if (redisAsyncCommand(ri->ac, on_claim, (void *)(uintptr_t)s,
+  if (redisAsyncCommand(ri->rd.ac, on_claim, (void *)(uintptr_t)s,
                         "XAUTOCLAIM %s %s %s %s %s COUNT %s", ri->streams[s],
                         ri->group, ri->consumer, idle, ri->claim[s],
                         n) == REDIS_OK)
@@ -784,7 +794,7 @@ static void read_next(struct redis_in *ri) {
   char count[24], block[24];
   uint32_t room, n;
   int argc = 0, s, blocking = 1;
-  if (!ri->connected || ri->reading || ri->paused || ri->draining ||
+  if (!ri->rd.connected || ri->reading || ri->paused || ri->draining ||
       ri->stopping || ri->batch_i < ri->batch_n ||
       uv_is_active((uv_handle_t *)&ri->later))
     return;
@@ -819,7 +829,7 @@ static void read_next(struct redis_in *ri) {
     argv[argc++] = ri->streams[s];
   for (s = 0; s < ri->nstreams; s++)
     argv[argc++] = ri->cursor[s];
-  if (redisAsyncCommandArgv(ri->ac, on_read, NULL, argc, argv, NULL) ==
+  if (redisAsyncCommandArgv(ri->rd.ac, on_read, NULL, argc, argv, NULL) ==
       REDIS_OK)
     ri->reading = 1;
 }
@@ -845,97 +855,113 @@ static void on_resume(struct sl_source *src) {
   pump(ri);
 }
 
-/* ---- the connection ---------------------------------------------------- */
+/* ---- the connections --------------------------------------------------- */
 
-static void connect_now(struct redis_in *ri);
+static void connect_now(struct rin_conn *c);
 
 static void on_reconnect(uv_timer_t *t) {
   connect_now(t->data);
 }
 
-static void down(struct redis_in *ri, const char *why) {
-  ri->ac = NULL;
-  ri->connected = 0;
-  ri->reading = 0;
-  ri->acks_sent = 0; /* not answered: pending, claimed again */
+static void down(struct rin_conn *c, const char *why) {
+  struct redis_in *ri = c->ri;
+  c->ac = NULL;
+  c->connected = 0;
+  if (c == &ri->rd)
+    ri->reading = 0; /* what it read and never got is pending: re-read */
+  else
+    ri->acks_sent = 0; /* not answered: pending, claimed again */
   ri->reconnects++;
-  if (!ri->down_logged)
+  if (!c->down_logged)
     sl_log(SL_LOG_WARN, "redis input disconnected; reconnecting with backoff",
-           SL_S("input", ri->in->cfg->name), SL_S("address", ri->address),
-           SL_S("error", why), SL_END);
-  ri->down_logged = ri->was_down = 1;
+           SL_S("input", ri->in->cfg->name), SL_S("connection", c->role),
+           SL_S("address", ri->address), SL_S("error", why), SL_END);
+  c->down_logged = c->was_down = 1;
   if (ri->stopping)
     return;
   /* 100 ms doubling to 5 s, with jitter: many instances do not come back
    * all at once */
-  ri->backoff_ms = ri->backoff_ms ? ri->backoff_ms * 2 : 100;
-  if (ri->backoff_ms > 5000)
-    ri->backoff_ms = 5000;
-  uv_timer_start(&ri->later, on_reconnect,
-                 ri->backoff_ms / 2 + (uint64_t)rand() % (ri->backoff_ms / 2 + 1),
+  c->backoff_ms = c->backoff_ms ? c->backoff_ms * 2 : 100;
+  if (c->backoff_ms > 5000)
+    c->backoff_ms = 5000;
+  uv_timer_start(&c->timer, on_reconnect,
+                 c->backoff_ms / 2 + (uint64_t)rand() % (c->backoff_ms / 2 + 1),
                  0);
 }
 
+static struct rin_conn *conn_of(struct redis_in *ri,
+                                const redisAsyncContext *ac) {
+  if (ri == NULL || ri->stopping)
+    return NULL;
+  return ri->rd.ac == ac ? &ri->rd : ri->ak.ac == ac ? &ri->ak : NULL;
+}
+
 static void on_disconnect(const redisAsyncContext *ac, int status) {
-  struct redis_in *ri = ac->data;
-  if (ri == NULL || ri->stopping || ri->ac != ac)
-    return;
-  down(ri, status == REDIS_OK ? "closed" : sl_redis_error(ac, NULL));
+  struct rin_conn *c = conn_of(ac->data, ac);
+  if (c)
+    down(c, status == REDIS_OK ? "closed" : sl_redis_error(ac, NULL));
 }
 
 static void on_connect(const redisAsyncContext *ac, int status) {
-  struct redis_in *ri = ac->data;
+  struct rin_conn *c = conn_of(ac->data, ac);
+  struct redis_in *ri;
   int s;
-  if (ri == NULL || ri->stopping || ri->ac != ac)
+  if (c == NULL)
     return;
   if (status != REDIS_OK) {
-    down(ri, sl_redis_error(ac, NULL));
+    down(c, sl_redis_error(ac, NULL)); /* hiredis frees ac */
     return;
   }
-  ri->connected = 1;
-  ri->backoff_ms = 0;
-  if (ri->was_down)
+  ri = c->ri;
+  c->connected = 1;
+  c->backoff_ms = 0;
+  if (c->was_down)
     sl_log(SL_LOG_INFO, "redis input connected",
-           SL_S("input", ri->in->cfg->name), SL_S("address", ri->address),
-           SL_S("group", ri->group), SL_S("consumer", ri->consumer), SL_END);
-  ri->was_down = ri->down_logged = 0;
+           SL_S("input", ri->in->cfg->name), SL_S("connection", c->role),
+           SL_S("address", ri->address), SL_S("group", ri->group),
+           SL_S("consumer", ri->consumer), SL_END);
+  c->was_down = c->down_logged = 0;
+  if (c == &ri->ak) {
+    if (ri->ready.n)
+      uv_idle_start(&ri->flush, on_flush); /* acks kept while down */
+    return;
+  }
   ri->need_group = ri->create_group;
   for (s = 0; s < ri->nstreams; s++) {
     strcpy(ri->cursor[s], "0-0"); /* its own pending entries first */
     strcpy(ri->claim[s], "0-0");
   }
-  if (ri->ready.n)
-    uv_idle_start(&ri->flush, on_flush); /* acks kept while down */
   read_next(ri);
 }
 
 static void on_dialed(struct sl_redis_dial *d, redisAsyncContext *ac,
                       const char *why) {
-  struct redis_in *ri = container_of(d, struct redis_in, dial);
+  struct rin_conn *c = container_of(d, struct rin_conn, dial);
   if (ac == NULL) {
-    if (!ri->stopping)
-      down(ri, why);
+    if (!c->ri->stopping)
+      down(c, why);
     return;
   }
-  if (ri->stopping) {
+  if (c->ri->stopping) {
     redisAsyncFree(ac);
     return;
   }
-  ri->ac = ac;
+  c->ac = ac;
 }
 
-static void connect_now(struct redis_in *ri) {
-  if (ri->stopping || ri->ac || ri->dial.resolving)
+static void connect_now(struct rin_conn *c) {
+  struct redis_in *ri = c->ri;
+  if (ri->stopping || c->ac || c->dial.resolving)
     return;
-  ri->dial.data = ri;
-  ri->dial.on_connect = on_connect;
-  ri->dial.on_disconnect = on_disconnect;
+  c->dial.data = ri;
+  c->dial.on_connect = on_connect;
+  c->dial.on_disconnect = on_disconnect;
   /* an entry is at most max_event_bytes (larger ones are refused by the
    * dead letter, but they must be read to be refused); arrays: fields of
    * an entry, entries of a reply, consumers of an XPENDING summary */
-  ri->dial.limits.max_bulk = (size_t)ri->w->cfg->max_event_bytes * 4 + 65536;
-  ri->dial.limits.max_elements = 1u << 20;
-  sl_redis_dial(&ri->dial, &ri->w->loop, ri->address, on_dialed);
+  c->dial.limits.max_bulk = (size_t)ri->w->cfg->max_event_bytes * 4 + 65536;
+  c->dial.limits.max_elements = 1u << 20;
+  sl_redis_dial(&c->dial, &ri->w->loop, ri->address, on_dialed);
 }
 
 static void on_xpending(redisAsyncContext *ac, void *reply, void *priv) {
@@ -957,10 +983,10 @@ static void on_xpending(redisAsyncContext *ac, void *reply, void *priv) {
 static void on_tick(uv_timer_t *t) {
   struct redis_in *ri = t->data;
   int s;
-  if (!ri->connected || ri->draining)
+  if (ri->draining)
     return;
-  for (s = 0; s < ri->nstreams; s++)
-    redisAsyncCommand(ri->ac, on_xpending, (void *)(uintptr_t)s,
+  for (s = 0; s < ri->nstreams && ri->ak.connected; s++)
+    redisAsyncCommand(ri->ak.ac, on_xpending, (void *)(uintptr_t)s,
                       "XPENDING %s %s", ri->streams[s], ri->group);
   if (ri->claim_idle_ms && !ri->claim_due) {
     ri->claim_due = 1;
@@ -1053,7 +1079,15 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   uv_timer_init(&in->w->loop, &ri->later);
   uv_idle_init(&in->w->loop, &ri->flush);
   ri->tick.data = ri->later.data = ri->flush.data = ri;
-  ri->handles = 3;
+  ri->rd.ri = ri->ak.ri = ri;
+  ri->rd.role = "read";
+  ri->ak.role = "ack";
+  uv_timer_init(&in->w->loop, &ri->rd.timer);
+  uv_timer_init(&in->w->loop, &ri->ak.timer);
+  ri->rd.timer.data = &ri->rd;
+  ri->ak.timer.data = &ri->ak;
+  ri->rd.was_down = ri->ak.was_down = 1; /* the first connects are logged */
+  ri->handles = 5;
   sl_source_init(&ri->src, in, on_resume);
   ri->durable.on_durable = on_durable;
   sl_log_limiter_init(&ri->log, 10000, 5);
@@ -1076,13 +1110,13 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   }
   for (i = 0; i < ri->max_inflight; i++)
     ri->free_slots[ri->nfree++] = ri->max_inflight - 1 - i;
-  ri->was_down = 1; /* the first connect is logged */
   sl_log(SL_LOG_INFO, "redis input joining its consumer group",
          SL_S("input", in->cfg->name), SL_S("group", ri->group),
          SL_S("consumer", ri->consumer), SL_END);
   uv_timer_start(&ri->tick, on_tick, ri->claim_interval_ms,
                    ri->claim_interval_ms);
-  connect_now(ri);
+  connect_now(&ri->rd);
+  connect_now(&ri->ak);
   return 0;
 }
 
@@ -1100,7 +1134,7 @@ static uint32_t cb_busy(struct sl_input *in) {
   if (ri == NULL)
     return 0;
   n = (ri->batch_n - ri->batch_i) + (ri->src.held != NULL);
-  if (ri->connected)
+  if (ri->ak.connected)
     n += ri->ready.n + ri->durable_ids.n + ri->acks_sent;
   return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
 }
@@ -1133,21 +1167,21 @@ static void on_closed(uv_handle_t *h) {
 /* A name being resolved holds the dial: close once its callback ran. */
 static void on_stop_wait(uv_timer_t *t) {
   struct redis_in *ri = t->data;
-  if (!ri->dial.resolving)
+  if (!ri->rd.dial.resolving && !ri->ak.dial.resolving)
     uv_close((uv_handle_t *)t, on_closed);
 }
 
 static void cb_stop(struct sl_input *in) {
   struct redis_in *ri = in->data;
-  redisAsyncContext *ac;
+  struct rin_conn *cs[2];
+  int i;
   if (ri == NULL) {
     sl_input_stopped(in);
     return;
   }
-  ac = ri->ac;
+  cs[0] = &ri->rd;
+  cs[1] = &ri->ak;
   ri->stopping = 1;
-  ri->ac = NULL;
-  ri->connected = 0;
   sl_metric_remove(ri->w->metrics, ri);
   /* not submitted: left pending (the tracker goes first: no callbacks) */
   if (ri->tracker)
@@ -1158,12 +1192,18 @@ static void cb_stop(struct sl_input *in) {
   }
   sl_worker_undurable(&ri->durable);
   sl_source_close(&ri->src);
-  sl_redis_dial_cancel(&ri->dial);
-  if (ac)
-    redisAsyncFree(ac); /* its callbacks see stopping */
+  for (i = 0; i < 2; i++) {
+    redisAsyncContext *ac = cs[i]->ac;
+    cs[i]->ac = NULL;
+    cs[i]->connected = 0;
+    sl_redis_dial_cancel(&cs[i]->dial);
+    if (ac)
+      redisAsyncFree(ac); /* its callbacks see stopping */
+    uv_close((uv_handle_t *)&cs[i]->timer, on_closed);
+  }
   uv_close((uv_handle_t *)&ri->tick, on_closed);
   uv_close((uv_handle_t *)&ri->flush, on_closed);
-  if (ri->dial.resolving)
+  if (ri->rd.dial.resolving || ri->ak.dial.resolving)
     uv_timer_start(&ri->later, on_stop_wait, 10, 10);
   else
     uv_close((uv_handle_t *)&ri->later, on_closed);

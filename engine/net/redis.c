@@ -25,15 +25,22 @@ static void *guard_array(const redisReadTask *t, int n) {
   return d->orig->createArray(t, n);
 }
 
-/* The adapter's poll callback, then a look at the unread bytes: a string
- * is only handed to the hooks once all of it arrived, so a server sending
- * a huge one is stopped here, before the buffer holds all of it. */
+/* The adapter's poll callback, fixed, then a look at the unread bytes.
+ * 0.14's adapter ignores a poll error: a refused connect (EPOLLERR) then
+ * stops the handle and hiredis never learns, so the connection hangs for
+ * ever; here hiredis handles what it waited for and finds the error. A
+ * string is only handed to the hooks once all of it arrived, so a server
+ * sending a huge one is stopped here, before the buffer holds all of it. */
 static void guarded_poll(uv_poll_t *h, int status, int events) {
   redisLibuvEvents *p = h->data;
   redisAsyncContext *ac = p->context;
   redisReader *r;
   const struct sl_redis_dial *d;
-  redisLibuvPoll(h, status, events);
+  int ev = status ? p->events : events;
+  if (p->context && (ev & UV_READABLE))
+    redisAsyncHandleRead(p->context);
+  if (p->context && (ev & UV_WRITABLE))
+    redisAsyncHandleWrite(p->context);
   if (p->context != ac || ac == NULL || (r = ac->c.reader) == NULL)
     return; /* freed inside */
   d = r->privdata;

@@ -269,7 +269,8 @@ def test_output_retries_through_a_redis_restart_and_input_resumes(
     # the source restarts empty: the group is made again and reading goes on
     src.stop()
     src.start()
-    eng.wait_log("redis input connected", count=2, timeout=15)
+    eng.wait_log("redis input connected", connection="read", count=2,
+                 timeout=15)
     src.xadd_many("in", [{"payload": json.dumps({"n": i})}
                          for i in range(200, 250)])
     wait_for(lambda: sorted(ns(dst.xrange("out"))) == list(range(100, 250)),
@@ -309,3 +310,28 @@ def test_config_needs_address_stream_and_group(sluice, tmp_path):
                         "address": "127.0.0.1:1", "stream": "in"}],
                       [{"name": "o", "type": "null"}]))
     assert "group" in str(e.value)
+
+
+def test_output_waits_for_a_redis_that_is_not_up_yet(sluice, redis, tmp_path):
+    src = redis()
+    port = free_port()
+    admin = free_port()
+    eng = sluice(config([redis_input(src.address)],
+                        [redis_output("127.0.0.1:%d" % port)],
+                        admin_port=admin))
+    src.xadd_many("in", [{"payload": json.dumps({"n": i})} for i in range(20)])
+    a = "127.0.0.1:%d" % admin
+    # refused connects, more than one: each is seen and retried
+    wait_for(lambda: metric(a, "sluice_redis_output_reconnects_total",
+                            output="rout") >= 3, timeout=10,
+             what="refused connects retried")
+    folder = tmp_path / "late"
+    folder.mkdir()
+    dst = RedisServer(folder, port=port)
+    try:
+        dst.wait_xlen("out", 20)
+        assert ns(dst.xrange("out")) == list(range(20))
+        eng.wait_log("redis output connected")
+    finally:
+        dst.stop()
+    eng.stop()
