@@ -335,3 +335,38 @@ def test_output_waits_for_a_redis_that_is_not_up_yet(sluice, redis, tmp_path):
     finally:
         dst.stop()
     eng.stop()
+
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples",
+                       "redis")
+
+
+def test_example_routes_orders_as_its_header_says(sluice, redis):
+    import shlex
+    srv = redis()
+    admin = free_port()
+    conf_path = os.path.join(EXAMPLE, "sluice.conf.lua")
+    text = open(conf_path).read()
+    rules = os.path.abspath(os.path.join(EXAMPLE, "rules"))
+    eng = sluice(text.replace('dir = "rules"', "dir = %s" % lua(rules)),
+                 env={"REDIS": srv.address, "CONSUMER": "router-1",
+                      "ADMIN": "127.0.0.1:%d" % admin})
+    eng.wait_log("redis input connected", connection="read")
+    # the commands its header shows, against this server
+    cmds = [shlex.split(l.split("--", 1)[1]) for l in text.splitlines()
+            if l.startswith("--   redis-cli")]
+    assert len(cmds) == 2
+    xadd, xrange_ = cmds
+    srv.cli(*xadd[1:])
+    srv.cli("XADD", "orders", "*", "payload", '{"order":2,"test":true}')
+    srv.cli("XADD", "orders", "*", "payload", '{"order":3,"amount":5}')
+    srv.wait_xlen("orders.accepted", 2)
+    out = srv.xrange(xrange_[2])
+    assert [json.loads(f["payload"])["order"] for _, f in out] == [1, 3]
+    assert out[0][1]["h:priority"] == "high"
+    assert "h:priority" not in out[1][1]
+    raw = srv.cli(*xrange_[1:])  # the shown XRANGE, as redis-cli prints it
+    assert '{"order":1,"amount":1500}' in raw and "priority" in raw
+    wait_for(lambda: srv.pending("orders", "router") == 0, timeout=10,
+             what="all acked")
+    assert eng.stop() == 0
