@@ -14,6 +14,7 @@ KNOWN = {
     ("input", "http"): "max_body_bytes", ("output", "stdout"): "format",
     ("output", "file"): "fsync", ("output", "tcp"): "address",
     ("output", "unix"): "ack",
+    ("input", "redis"): "group", ("output", "redis"): "maxlen",
 }
 
 
@@ -73,7 +74,8 @@ def test_checker_refuses_an_unknown_key_naming_the_plugin_type_and_its_keys(tmp_
         for k, (_, default, _) in keys.items():
             if default == "required":
                 item[k] = {"listen": "127.0.0.1:7491", "address": "127.0.0.1:7492",
-                           "path": str(tmp_path / ("p-" + typ))}[k]
+                           "path": str(tmp_path / ("p-" + typ)),
+                           "stream": "s", "group": "g"}[k]
         cfg[kind + "s"].append(item)
         rc, lines = check(tmp_path, cfg)
         assert rc == 1, (typ, lines)
@@ -89,12 +91,13 @@ def test_checker_refuses_an_unknown_key_naming_the_plugin_type_and_its_keys(tmp_
 def test_checker_refuses_a_key_only_other_types_take_naming_them(tmp_path):
     cfg = base_config(tmp_path)
     cfg["outputs"][0]["ack"] = True
+    # (fsync: format is taken by the broker outputs too, a list that grows)
     cfg["outputs"].append({"name": "t", "type": "tcp", "address": "127.0.0.1:7493",
-                           "format": "msgpack"})
+                           "fsync": "always"})
     rc, lines = check(tmp_path, cfg)
     assert rc == 1
     assert lines == ["outputs[1].ack: only tcp and unix outputs take ack",
-                     "outputs[2].format: only stdout and file outputs take format"]
+                     "outputs[2].fsync: only file outputs take fsync"]
 
 
 def test_checker_names_every_registered_type_for_an_unknown_one(tmp_path):

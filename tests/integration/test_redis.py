@@ -6,11 +6,11 @@ redis restarts; bad entries to the dead letter.
 """
 import json
 import os
-import signal
+import re
 
 import pytest
 
-from conftest import free_port, lua, metric, read_ndjson, wait_for
+from conftest import free_port, lua, metric, read_ndjson, scrape, wait_for
 from redis_helpers import RedisServer, redis_input, redis_output
 
 
@@ -90,6 +90,12 @@ def test_round_trip_through_a_rule_keeps_an_exact_ledger_and_acks_all(
     assert metric(a, "sluice_redis_input_inflight", input="rin") == 0
     assert metric(a, "sluice_redis_output_replies_total", output="rout",
                   outcome="ok") == len(want)
+    # every redis metric the README lists is on /metrics
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..",
+                               "README.md")).read()
+    listed = set(re.findall(r"^(sluice_redis_[a-z_]+) ", readme, re.M))
+    assert len(listed) == 10
+    assert listed <= {n for n, _, _ in scrape(a)}
     assert eng.stop() == 0
 
 
