@@ -899,7 +899,8 @@ static struct rin_conn *conn_of(struct redis_in *ri,
 static void on_disconnect(const redisAsyncContext *ac, int status) {
   struct rin_conn *c = conn_of(ac->data, ac);
   if (c)
-    down(c, status == REDIS_OK ? "closed" : sl_redis_error(ac, NULL));
+    down(c, status == REDIS_OK && !ac->err ? "closed"
+                                                : sl_redis_error(ac, NULL));
 }
 
 static void on_connect(const redisAsyncContext *ac, int status) {

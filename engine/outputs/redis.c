@@ -285,7 +285,8 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
   struct redis_out *r = ac->data;
   if (r == NULL || r->closing || r->ac != ac)
     return;
-  down(r, status == REDIS_OK ? "closed" : sl_redis_error(ac, NULL));
+  down(r, status == REDIS_OK && !ac->err ? "closed"
+                                                : sl_redis_error(ac, NULL));
 }
 
 static void on_connect(const redisAsyncContext *ac, int status) {

@@ -376,3 +376,111 @@ def test_example_routes_orders_as_its_header_says(sluice, redis):
     wait_for(lambda: srv.pending("orders", "router") == 0, timeout=10,
              what="all acked")
     assert eng.stop() == 0
+
+
+def test_backpressure_stops_reading_until_the_queue_has_room(sluice, redis):
+    srv = redis()
+    dead = "127.0.0.1:%d" % free_port()
+    srv.xadd_many("in", [{"payload": json.dumps({"n": i})} for i in range(300)])
+    out = redis_output(dead, queue={"max_events": 10, "when_full": "block"})
+    eng = sluice(config([redis_input(srv.address, count=30)], [out]))
+    wait_for(lambda: srv.pending("in", "g") == 30, timeout=10,
+             what="one read of 30")
+    # the queue is full and blocks: no further XREADGROUP, the rest waits
+    # in redis (delivered to nobody), not in sluice
+    import time
+    time.sleep(1.0)
+    assert srv.pending("in", "g") == 30
+    info = srv.json("XINFO", "GROUPS", "in")[0]
+    info = dict(zip(info[0::2], info[1::2])) if isinstance(info, list) else info
+    assert info["pending"] == 30
+    eng.kill()
+
+
+def test_sigterm_acks_what_it_delivered_and_a_restart_sends_no_duplicate(
+        sluice, redis):
+    srv = redis()
+    n = 2000
+    srv.xadd_many("in", [{"payload": json.dumps({"n": i})} for i in range(n)])
+    out = redis_output(srv.address, batch_events=50,
+                       rate_limit={"events_per_second": 2000, "burst": 50})
+    eng = sluice(config([redis_input(srv.address, consumer="c1",
+                                     max_inflight=200)], [out]))
+    srv.wait_xlen("out", 300)
+    assert eng.stop() == 0  # drains: what was read is delivered and acked
+    delivered = srv.xlen("out")
+    assert delivered < n
+    # nothing delivered is still pending: a restart sends no duplicate
+    eng.restart()
+    wait_for(lambda: srv.xlen("out") >= n, timeout=30, what="the rest")
+    wait_for(lambda: srv.pending("in", "g") == 0, timeout=10, what="all acked")
+    got = ns(srv.xrange("out"))
+    assert sorted(got) == list(range(n))
+    eng.stop()
+
+
+class HostileRedis:
+    """Answers every command with what no honest server sends: a string of
+    200 MB (big) or an array of 2^30 elements announced (wide)."""
+
+    def __init__(self, kind):
+        import socket
+        import threading
+        self.kind = kind
+        self.sent = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.address = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        import threading
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.conn, args=(c,), daemon=True).start()
+
+    def conn(self, c):
+        n = 0
+        try:
+            c.recv(65536)
+            if self.kind == "wide":
+                c.sendall(b"*1073741824\r\n")
+                c.recv(1)  # until sluice closes
+                return
+            c.sendall(b"$200000000\r\n")
+            chunk = b"x" * 65536
+            while n < 200000000:
+                c.sendall(chunk)
+                n += len(chunk)
+        except OSError:
+            pass
+        finally:
+            self.sent.append(n)
+            c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("kind", ["big", "wide"])
+def test_a_reply_beyond_the_bounds_drops_the_connection(sluice, kind):
+    h = HostileRedis(kind)
+    try:
+        eng = sluice(config([redis_input(h.address)],
+                            [{"name": "o", "type": "null"}]).replace(
+            "return {", "return { max_event_bytes = 4096,", 1))
+        line = eng.wait_log("redis input disconnected; reconnecting with "
+                            "backoff", timeout=10)
+        if kind == "big":
+            assert line["error"].startswith("reply larger than")
+            wait_for(lambda: h.sent, timeout=10, what="the server to give up")
+            # dropped after about 4 x 4096 + 128 KiB, plus socket buffers
+            assert min(h.sent) < 20000000
+        assert eng.rss_kb() < 200000
+        assert eng.running()
+    finally:
+        h.close()
