@@ -99,7 +99,8 @@ struct redis_in {
   uint64_t acks_sent;       /* ids in XACKs not answered */
   /* metrics */
   uint64_t inflight, acked, claimed, pending, reconnects, dead_lettered,
-      failed, deleted;
+      failed, deleted, redelivered, lag;
+  uint64_t *lag_of;         /* per stream: XINFO GROUPS' lag */
   struct sl_log_limiter log;
 };
 
@@ -130,6 +131,15 @@ static const struct sl_metric m_failed = {
     "sluice_redis_input_failed_total",
     "Events the engine gave up on; their entries stay pending.",
     SL_METRIC_COUNTER, {"input", NULL}};
+
+static const struct sl_metric m_redelivered = {
+    "sluice_redis_input_redelivered_total",
+    "Entries read again: its own pending ones at a connect, and claimed.",
+    SL_METRIC_COUNTER, {"input", NULL}};
+static const struct sl_metric m_lag = {
+    "sluice_redis_input_lag",
+    "Entries in the streams the group has not read yet (XINFO GROUPS).",
+    SL_METRIC_GAUGE, {"input", NULL}};
 
 static void read_next(struct redis_in *ri);
 static void pump(struct redis_in *ri);
@@ -387,7 +397,9 @@ static const char *put_payload(struct redis_in *ri, struct sl_buf *b,
     return NULL;
   }
   if ((p = field(f, "payload")) == NULL)
-    return "no payload field";
+    /* sluice writes an id always, and no payload field for an event
+     * without one; anyone else's entry without payload is a mistake */
+    return field(f, "id") ? NULL : "no payload field";
   if (ri->format == FMT_RAW)
     return sl_codec_put_str(b, p->str, p->len) ? "out of memory" : NULL;
   if (sl_json_to_msgpack(p->str, p->len, b, err, errlen) != 0)
@@ -439,7 +451,7 @@ static struct sl_event *entry_event(struct redis_in *ri, int s,
   if ((*why = put_payload(ri, &p, f, err, errlen)) != NULL)
     goto out;
   ev = sl_event_new(&ri->w->idgen, eid, topic, key, has_time, time, h.data,
-                    h.len, p.data, p.len, 1);
+                    h.len, p.len ? p.data : NULL, p.len, 1);
   if (ev == NULL)
     *why = "out of memory";
 out:
@@ -600,6 +612,7 @@ static void take_entry(struct redis_in *ri, int s, const redisReply *e,
   rid.stream = (uint32_t)s;
   if (history && in_flight(ri, &rid))
     return;
+  ri->redelivered += history;
   if (f->type != REDIS_REPLY_ARRAY) {
     ri->deleted++; /* gone from the stream: nothing to deliver */
     ids_push(&ri->ready, &rid);
@@ -979,16 +992,53 @@ static void on_xpending(redisAsyncContext *ac, void *reply, void *priv) {
     ri->pending += ri->pending_of[i];
 }
 
-/* Every claim_interval_ms: the XPENDING summary (one small reply per
- * stream), and a round of XAUTOCLAIM over the streams. */
+/* XINFO GROUPS: a map (RESP2: a flat array) per group of the stream;
+ * ours has the lag (redis 7; nil while redis cannot tell). */
+static void on_xinfo(redisAsyncContext *ac, void *reply, void *priv) {
+  struct redis_in *ri = ac->data;
+  redisReply *r = reply;
+  int s = (int)(uintptr_t)priv, i;
+  size_t g, k;
+  if (ri == NULL || ri->stopping || r == NULL || r->type != REDIS_REPLY_ARRAY)
+    return;
+  for (g = 0; g < r->elements; g++) {
+    const redisReply *m = r->element[g], *name = NULL, *lag = NULL;
+    if (m->type != REDIS_REPLY_ARRAY)
+      continue;
+    for (k = 0; k + 1 < m->elements; k += 2) {
+      const redisReply *key = m->element[k];
+      if (key->type != REDIS_REPLY_STRING)
+        continue;
+      if (strcmp(key->str, "name") == 0)
+        name = m->element[k + 1];
+      else if (strcmp(key->str, "lag") == 0)
+        lag = m->element[k + 1];
+    }
+    if (name && name->type == REDIS_REPLY_STRING &&
+        strcmp(name->str, ri->group) == 0 && lag &&
+        lag->type == REDIS_REPLY_INTEGER && lag->integer >= 0)
+      ri->lag_of[s] = (uint64_t)lag->integer;
+  }
+  ri->lag = 0;
+  for (i = 0; i < ri->nstreams; i++)
+    ri->lag += ri->lag_of[i];
+}
+
+/* Every claim_interval_ms: the XPENDING summary and XINFO GROUPS (small
+ * replies, one each per stream), and a round of XAUTOCLAIM over the
+ * streams. */
 static void on_tick(uv_timer_t *t) {
   struct redis_in *ri = t->data;
   int s;
   if (ri->draining)
     return;
   for (s = 0; s < ri->nstreams && ri->ak.connected; s++)
+  {
     redisAsyncCommand(ri->ak.ac, on_xpending, (void *)(uintptr_t)s,
                       "XPENDING %s %s", ri->streams[s], ri->group);
+    redisAsyncCommand(ri->ak.ac, on_xinfo, (void *)(uintptr_t)s,
+                      "XINFO GROUPS %s", ri->streams[s]);
+  }
   if (ri->claim_idle_ms && !ri->claim_due) {
     ri->claim_due = 1;
     ri->claim_stream = 0;
@@ -1029,6 +1079,8 @@ static int add_metrics(struct redis_in *ri) {
   rc |= sl_metric_add_u64(reg, &m_reconnects, v, &ri->reconnects, ri);
   rc |= sl_metric_add_u64(reg, &m_dead, v, &ri->dead_lettered, ri);
   rc |= sl_metric_add_u64(reg, &m_failed, v, &ri->failed, ri);
+  rc |= sl_metric_add_u64(reg, &m_redelivered, v, &ri->redelivered, ri);
+  rc |= sl_metric_add_u64(reg, &m_lag, v, &ri->lag, ri);
   return rc ? SL_ENOMEM : 0;
 }
 
@@ -1101,10 +1153,11 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   ri->cursor = calloc((size_t)ri->nstreams, sizeof(*ri->cursor));
   ri->claim = calloc((size_t)ri->nstreams, sizeof(*ri->claim));
   ri->pending_of = calloc((size_t)ri->nstreams, sizeof(*ri->pending_of));
+  ri->lag_of = calloc((size_t)ri->nstreams, sizeof(*ri->lag_of));
   ri->slots = calloc(ri->max_inflight, sizeof(*ri->slots));
   ri->free_slots = calloc(ri->max_inflight, sizeof(*ri->free_slots));
   ri->tracker = sl_tracker_new(on_done, ri);
-  if (!ri->cursor || !ri->claim || !ri->pending_of || !ri->slots ||
+  if (!ri->cursor || !ri->claim || !ri->pending_of || !ri->lag_of || !ri->slots ||
       !ri->free_slots || !ri->tracker || add_metrics(ri) != 0) {
     snprintf(err, errlen, "out of memory");
     return SL_ENOMEM;
@@ -1149,6 +1202,7 @@ static void finish(struct redis_in *ri) {
   free(ri->cursor);
   free(ri->claim);
   free(ri->pending_of);
+  free(ri->lag_of);
   free(ri->slots);
   free(ri->free_slots);
   free(ri->batch);

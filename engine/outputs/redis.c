@@ -35,7 +35,8 @@ struct redis_out {
   /* the write in flight */
   uint64_t gen;          /* tells its replies from a gone write's */
   uint32_t sent, got, n_ok;
-  int failed, fatal;     /* a reply failed; it is not worth retrying */
+  uint32_t fail_at;      /* the first event that failed; UINT32_MAX: none */
+  int fatal;             /* it is not worth retrying */
   char why[160];
   /* metrics */
   uint64_t inflight, reconnects, replies_ok, replies_err;
@@ -228,31 +229,33 @@ static void finish_write(struct redis_out *r, int lost) {
   r->inflight = 0;
   r->sent = r->got = 0;
   uv_timer_stop(&r->watchdog);
-  if (lost || (r->failed && !r->fatal))
+  if (lost || (r->fail_at != UINT32_MAX && !r->fatal))
     st = SL_WRITE_RETRY;
-  else if (r->failed)
+  else if (r->fail_at != UINT32_MAX)
     st = SL_WRITE_FATAL;
   r->n_ok = 0;
-  r->failed = r->fatal = 0;
+  r->fail_at = UINT32_MAX;
+  r->fatal = 0;
   sl_output_done(r->o, n_ok, st, st == SL_WRITE_OK ? NULL : r->why);
 }
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *priv) {
   struct redis_out *r = ac->data;
   redisReply *rep = reply;
+  uint32_t idx;
   if (r == NULL || r->closing || (uint64_t)(uintptr_t)priv != r->gen ||
       rep == NULL)
     return; /* a gone write, or the connection is lost (on_disconnect) */
-  r->got++;
+  idx = r->got++;
   r->inflight--;
   if (rep->type == REDIS_REPLY_STRING) {
     r->replies_ok++;
-    if (!r->failed)
+    if (idx < r->fail_at)
       r->n_ok++; /* after a failure it is sent again with the rest */
   } else {
     r->replies_err++;
-    if (!r->failed) {
-      r->failed = 1;
+    if (idx < r->fail_at) {
+      r->fail_at = idx;
       r->fatal = !sl_redis_transient(rep);
       snprintf(r->why, sizeof(r->why), "XADD: %s", sl_redis_error(ac, rep));
     }
@@ -356,7 +359,8 @@ static void cb_write(struct sl_output *o, const struct sl_batch *b) {
   uint32_t i;
   void *priv = (void *)(uintptr_t)r->gen;
   r->sent = r->got = r->n_ok = 0;
-  r->failed = r->fatal = 0;
+  r->fail_at = UINT32_MAX;
+  r->fatal = 0;
   for (i = 0; i < b->n; i++) {
     struct sl_event *ev = sl_queue_at(&o->q, b->first + i);
     int rc = build_xadd(r, ev);
@@ -365,7 +369,7 @@ static void cb_write(struct sl_output *o, const struct sl_batch *b) {
                               r->len) != REDIS_OK)
       rc = SL_EIO;
     if (rc != 0) {
-      r->failed = 1;
+      r->fail_at = r->sent; /* after every reply of those sent */
       r->fatal = rc == SL_EPROTO;
       snprintf(r->why, sizeof(r->why), "cannot build the XADD: %s",
                rc == SL_EPROTO ? "bad headers" : "out of memory");
@@ -404,6 +408,7 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
     return SL_ENOMEM;
   r->o = o;
   o->data = r;
+  r->fail_at = UINT32_MAX;
   sl_buf_init(&r->args);
   uv_timer_init(&o->w->loop, &r->watchdog);
   r->watchdog.data = r;

@@ -94,7 +94,7 @@ def test_round_trip_through_a_rule_keeps_an_exact_ledger_and_acks_all(
     readme = open(os.path.join(os.path.dirname(__file__), "..", "..",
                                "README.md")).read()
     listed = set(re.findall(r"^(sluice_redis_[a-z_]+) ", readme, re.M))
-    assert len(listed) == 10
+    assert len(listed) == 12
     assert listed <= {n for n, _, _ in scrape(a)}
     assert eng.stop() == 0
 
@@ -383,7 +383,9 @@ def test_backpressure_stops_reading_until_the_queue_has_room(sluice, redis):
     dead = "127.0.0.1:%d" % free_port()
     srv.xadd_many("in", [{"payload": json.dumps({"n": i})} for i in range(300)])
     out = redis_output(dead, queue={"max_events": 10, "when_full": "block"})
-    eng = sluice(config([redis_input(srv.address, count=30)], [out]))
+    admin = free_port()
+    eng = sluice(config([redis_input(srv.address, count=30)], [out],
+                        admin_port=admin))
     wait_for(lambda: srv.pending("in", "g") == 30, timeout=10,
              what="one read of 30")
     # the queue is full and blocks: no further XREADGROUP, the rest waits
@@ -394,6 +396,10 @@ def test_backpressure_stops_reading_until_the_queue_has_room(sluice, redis):
     info = srv.json("XINFO", "GROUPS", "in")[0]
     info = dict(zip(info[0::2], info[1::2])) if isinstance(info, list) else info
     assert info["pending"] == 30
+    a = "127.0.0.1:%d" % admin
+    wait_for(lambda: metric(a, "sluice_redis_input_lag", input="rin") == 270,
+             timeout=10, what="lag 270 (XINFO GROUPS)")
+    assert metric(a, "sluice_redis_input_pending", input="rin") == 30
     eng.kill()
 
 
@@ -484,3 +490,25 @@ def test_a_reply_beyond_the_bounds_drops_the_connection(sluice, kind):
         assert eng.running()
     finally:
         h.close()
+
+
+def test_an_event_without_payload_survives_the_trip_through_a_stream(
+        sluice, redis):
+    from conftest import send_events
+    srv = redis()
+    port = free_port()
+    a = sluice(config([{"name": "tcp", "type": "tcp",
+                        "listen": "127.0.0.1:%d" % port}],
+                      [redis_output(srv.address, stream="mid")]), name="a")
+    b = sluice(config([redis_input(srv.address, stream="mid")],
+                      [{"name": "f", "type": "file", "path": "got.ndjson"}]),
+               name="b")
+    send_events("127.0.0.1:%d" % port,
+                [{"topic": "t", "key": "k"}, {"topic": "t", "payload": 1}])
+    got = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
+        read_ndjson(b.path("got.ndjson"))), timeout=10, what="both events")
+    assert "payload" not in got[0] and got[0]["key"] == "k"
+    assert got[1]["payload"] == 1
+    assert read_ndjson(b.path("dlq.ndjson")) == []
+    a.stop()
+    b.stop()
