@@ -59,7 +59,8 @@ struct rin_conn {
   const char *role;         /* "read" or "ack", for the log */
   struct sl_redis_dial dial;
   redisAsyncContext *ac;    /* NULL while down */
-  uv_timer_t timer;         /* the reconnect backoff */
+  uv_timer_t timer;         /* the reconnect backoff; the connect's and
+                               (read) the reply's deadline */
   uint32_t backoff_ms;
   int connected, was_down, down_logged;
 };
@@ -83,6 +84,7 @@ struct redis_in {
                                pending entries, ">" after */
   char (*claim)[48];        /* per stream: XAUTOCLAIM's cursor */
   uint32_t count, block_ms, claim_idle_ms, claim_interval_ms, max_inflight;
+  uint32_t timeout_ms;      /* a connect, or a reply beyond block_ms */
   int format, create_group;
   int reading, paused, draining, stopping;
   int claim_due, claim_stream;
@@ -664,6 +666,21 @@ static int stream_index(const struct redis_in *ri, const redisReply *name) {
   return -1;
 }
 
+static void on_conn_timeout(uv_timer_t *t);
+
+/* A read is in flight: its reply is due within block_ms + timeout_ms, or
+ * the server is taken for gone. */
+static void reading(struct redis_in *ri) {
+  ri->reading = 1;
+  uv_timer_start(&ri->rd.timer, on_conn_timeout,
+                 (uint64_t)ri->block_ms + ri->timeout_ms, 0);
+}
+
+static void read_done(struct redis_in *ri) {
+  ri->reading = 0;
+  uv_timer_stop(&ri->rd.timer);
+}
+
 /* Wait a second, then read again (an error reply). */
 static void on_later_read(uv_timer_t *t) {
   read_next(t->data);
@@ -690,7 +707,7 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv) {
   (void)priv;
   if (ri == NULL || ri->stopping || r == NULL)
     return; /* down: on_disconnect */
-  ri->reading = 0;
+  read_done(ri);
   if (r->type == REDIS_REPLY_ERROR) {
     read_failed(ri, ac, r, "XREADGROUP");
     return;
@@ -742,7 +759,7 @@ static void on_claim(redisAsyncContext *ac, void *reply, void *priv) {
   uint64_t before;
   if (ri == NULL || ri->stopping || r == NULL)
     return;
-  ri->reading = 0;
+  read_done(ri);
   if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 ||
       r->element[0]->type != REDIS_REPLY_STRING ||
       r->element[1]->type != REDIS_REPLY_ARRAY) {
@@ -796,7 +813,7 @@ static void send_claim(struct redis_in *ri, uint32_t count) {
                         "XAUTOCLAIM %s %s %s %s %s COUNT %s", ri->streams[s],
                         ri->group, ri->consumer, idle, ri->claim[s],
                         n) == REDIS_OK)
-    ri->reading = 1;
+    reading(ri);
 }
 
 /* The next XREADGROUP (or XAUTOCLAIM when due), unless something holds
@@ -844,7 +861,7 @@ static void read_next(struct redis_in *ri) {
     argv[argc++] = ri->cursor[s];
   if (redisAsyncCommandArgv(ri->rd.ac, on_read, NULL, argc, argv, NULL) ==
       REDIS_OK)
-    ri->reading = 1;
+    reading(ri);
 }
 
 /* Submit the batch in order; stop where the pipeline pushes back. */
@@ -902,6 +919,31 @@ static void down(struct rin_conn *c, const char *why) {
                  0);
 }
 
+/* A connect that hangs (no SYN-ACK), or a read not answered in time:
+ * drop the connection; it is made again with the backoff. */
+static void on_conn_timeout(uv_timer_t *t) {
+  struct rin_conn *c = t->data;
+  redisAsyncContext *ac = c->ac;
+  char why[64];
+  if (ac == NULL || c->ri->stopping)
+    return;
+  if (!c->connected) {
+    /* hiredis calls neither callback for a connect it did not finish */
+    c->ac = NULL;
+    redisAsyncFree(ac);
+    snprintf(why, sizeof(why), "connect timed out after %u ms",
+             c->ri->timeout_ms);
+    down(c, why);
+    return;
+  }
+  ac->c.err = REDIS_ERR_OTHER;
+  snprintf(ac->c.errstr, sizeof(ac->c.errstr), "no reply within %u ms",
+           c->ri->block_ms + c->ri->timeout_ms);
+  ac->err = ac->c.err;
+  ac->errstr = ac->c.errstr;
+  redisAsyncFree(ac); /* on_disconnect: down */
+}
+
 static struct rin_conn *conn_of(struct redis_in *ri,
                                 const redisAsyncContext *ac) {
   if (ri == NULL || ri->stopping)
@@ -929,6 +971,7 @@ static void on_connect(const redisAsyncContext *ac, int status) {
   ri = c->ri;
   c->connected = 1;
   c->backoff_ms = 0;
+  uv_timer_stop(&c->timer);
   if (c->was_down)
     sl_log(SL_LOG_INFO, "redis input connected",
            SL_S("input", ri->in->cfg->name), SL_S("connection", c->role),
@@ -961,6 +1004,7 @@ static void on_dialed(struct sl_redis_dial *d, redisAsyncContext *ac,
     return;
   }
   c->ac = ac;
+  uv_timer_start(&c->timer, on_conn_timeout, c->ri->timeout_ms, 0);
 }
 
 static void connect_now(struct rin_conn *c) {
@@ -1103,6 +1147,8 @@ static void read_config(struct redis_in *ri) {
       c->values, c->nvalues, "claim_interval_ms");
   ri->max_inflight =
       (uint32_t)sl_config_value_num(c->values, c->nvalues, "max_inflight");
+  ri->timeout_ms =
+      (uint32_t)sl_config_value_num(c->values, c->nvalues, "timeout_ms");
   fmt = sl_config_value_str(c->values, c->nvalues, "format");
   ri->format = strcmp(fmt, "event") == 0    ? FMT_EVENT
                : strcmp(fmt, "raw") == 0    ? FMT_RAW
@@ -1149,6 +1195,12 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
                                             "stream")) != 0) {
     snprintf(err, errlen, "stream: expected 1 to 64 names, comma-separated");
     return SL_EINVAL; /* cb_stop frees ri */
+  }
+  if (ri->max_inflight < (uint32_t)ri->nstreams) {
+    /* an XREADGROUP takes at least one entry per stream */
+    snprintf(err, errlen, "max_inflight (%u) is below the number of streams "
+             "(%d)", ri->max_inflight, ri->nstreams);
+    return SL_EINVAL;
   }
   ri->cursor = calloc((size_t)ri->nstreams, sizeof(*ri->cursor));
   ri->claim = calloc((size_t)ri->nstreams, sizeof(*ri->claim));
@@ -1311,6 +1363,10 @@ static const struct sl_config_key keys[] = {
      .doc = "take over entries pending this long (XAUTOCLAIM); 0: never. "
             "Keep it above the time an event may take to be delivered",
      .min = 0, .max = 86400000},
+    {.name = "timeout_ms", .type = SL_KEY_UINT, .def = "10000",
+     .doc = "a connect, or a reply later than block_ms by this, drops the "
+            "connection",
+     .min = 100, .max = 600000},
     {.name = "claim_interval_ms", .type = SL_KEY_UINT, .def = "5000",
      .doc = "how often to claim and to look at XPENDING", .min = 100,
      .max = 3600000},

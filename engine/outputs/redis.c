@@ -221,6 +221,8 @@ static int build_xadd(struct redis_out *r, const struct sl_event *ev) {
 
 /* ---- the connection ---------------------------------------------------- */
 
+static void on_watchdog(uv_timer_t *t);
+
 /* The write in flight is over: report it once. */
 static void finish_write(struct redis_out *r, int lost) {
   uint32_t n_ok = r->n_ok;
@@ -301,6 +303,7 @@ static void on_connect(const redisAsyncContext *ac, int status) {
     return;
   }
   r->connected = 1;
+  uv_timer_stop(&r->watchdog);
   if (r->was_down)
     sl_log(SL_LOG_INFO, "redis output connected",
            SL_S("output", r->o->cfg->name), SL_S("address", r->address),
@@ -324,6 +327,8 @@ static void on_dialed(struct sl_redis_dial *d, redisAsyncContext *ac,
     return;
   }
   r->ac = ac;
+  if (r->o->cfg->retry.timeout_ms) /* a connect that hangs (no SYN-ACK) */
+    uv_timer_start(&r->watchdog, on_watchdog, r->o->cfg->retry.timeout_ms, 0);
 }
 
 static void connect_now(struct redis_out *r) {
@@ -338,12 +343,23 @@ static void connect_now(struct redis_out *r) {
 }
 
 /* No answer within retry.timeout_ms: drop the connection (its pending
- * replies fail; on_disconnect reports the write). */
+ * replies fail; on_disconnect reports the write); a connect not done by
+ * then is given up. */
 static void on_watchdog(uv_timer_t *t) {
   struct redis_out *r = t->data;
   redisAsyncContext *ac = r->ac;
+  char why[64];
   if (ac == NULL || r->closing)
     return;
+  if (!r->connected) {
+    /* hiredis calls neither callback for a connect it did not finish */
+    r->ac = NULL;
+    redisAsyncFree(ac);
+    snprintf(why, sizeof(why), "connect timed out after %u ms",
+             r->o->cfg->retry.timeout_ms);
+    down(r, why);
+    return;
+  }
   ac->c.err = REDIS_ERR_OTHER;
   snprintf(ac->c.errstr, sizeof(ac->c.errstr), "no reply within %u ms",
            r->o->cfg->retry.timeout_ms);

@@ -31,8 +31,9 @@ def _resp(args):
 
 
 class RedisServer:
-    def __init__(self, folder, port=None):
+    def __init__(self, folder, port=None, unixsocket=None):
         self.folder = folder
+        self.unixsocket = unixsocket
         self.port = port or free_port()
         self.address = "127.0.0.1:%d" % self.port
         self.proc = None
@@ -42,7 +43,8 @@ class RedisServer:
         log = open(os.path.join(str(self.folder), "redis-%d.log" % self.port), "ab")
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
+             "--save", "", "--appendonly", "no", "--dir", str(self.folder)] +
+            (["--unixsocket", self.unixsocket] if self.unixsocket else []),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         wait_for(self._pong, timeout=10, interval=0.02, what="redis-server PING")

@@ -512,3 +512,64 @@ def test_an_event_without_payload_survives_the_trip_through_a_stream(
     assert read_ndjson(b.path("dlq.ndjson")) == []
     a.stop()
     b.stop()
+
+
+def test_unix_socket_addresses_work_both_ways(sluice, tmp_path):
+    from conftest import short_path
+    sock = short_path("redis.sock")
+    srv = RedisServer(tmp_path, unixsocket=sock)
+    try:
+        srv.xadd_many("in", [{"payload": json.dumps({"n": i})}
+                             for i in range(50)])
+        eng = sluice(config([redis_input(sock)], [redis_output(sock)]))
+        srv.wait_xlen("out", 50)
+        assert ns(srv.xrange("out")) == list(range(50))
+        eng.stop()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("item,why", [
+    ({"stream": "a,b,c", "max_inflight": 2},
+     "max_inflight (2) is below the number of streams (3)"),
+    ({"stream": " , "}, "stream: expected 1 to 64 names"),
+    ({"format": "xml"}, "format"),
+])
+def test_config_errors_name_the_problem(sluice, item, why):
+    from conftest import EngineExited
+    with pytest.raises(EngineExited) as e:
+        sluice(config([redis_input("127.0.0.1:1", **item)],
+                      [{"name": "o", "type": "null"}]))
+    assert why in str(e.value)
+
+
+def test_a_connect_that_hangs_is_given_up_and_tried_again(sluice):
+    """A listener whose backlog is full drops new SYNs: connects hang.
+    Both plugins give them up after their timeout and try again."""
+    import socket
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(0)
+    address = "127.0.0.1:%d" % ls.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # fill the accept queue; later SYNs are dropped
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(ls.getsockname())
+        fillers.append(f)
+    try:
+        eng = sluice(config(
+            [redis_input(address, timeout_ms=300)],
+            [redis_output(address, retry={"initial_ms": 50, "max_ms": 200,
+                                          "timeout_ms": 300})]))
+        line = eng.wait_log("redis input disconnected; reconnecting with "
+                            "backoff", timeout=10)
+        assert line["error"] == "connect timed out after 300 ms"
+        line = eng.wait_log("redis output disconnected; reconnecting with "
+                            "backoff", timeout=10)
+        assert line["error"] == "connect timed out after 300 ms"
+        assert eng.stop() == 0
+    finally:
+        for f in fillers:
+            f.close()
+        ls.close()
