@@ -1271,6 +1271,12 @@ static void on_closed(uv_handle_t *h) {
     finish(ri);
 }
 
+static void on_conn_closed(uv_handle_t *h) {
+  struct rin_conn *c = h->data; /* a connection's timer */
+  if (--c->ri->handles == 0)
+    finish(c->ri);
+}
+
 /* A name being resolved holds the dial: close once its callback ran. */
 static void on_stop_wait(uv_timer_t *t) {
   struct redis_in *ri = t->data;
@@ -1306,7 +1312,7 @@ static void cb_stop(struct sl_input *in) {
     sl_redis_dial_cancel(&cs[i]->dial);
     if (ac)
       redisAsyncFree(ac); /* its callbacks see stopping */
-    uv_close((uv_handle_t *)&cs[i]->timer, on_closed);
+    uv_close((uv_handle_t *)&cs[i]->timer, on_conn_closed);
   }
   uv_close((uv_handle_t *)&ri->tick, on_closed);
   uv_close((uv_handle_t *)&ri->flush, on_closed);
