@@ -104,6 +104,8 @@ struct redis_in {
       failed, deleted, redelivered, lag;
   uint64_t *lag_of;         /* per stream: XINFO GROUPS' lag */
   struct sl_log_limiter log;
+  struct sl_log_limiter conn_log; /* connects and outages: a flapping
+                                     server must not flood the log */
 };
 
 static const struct sl_metric m_inflight = {
@@ -200,6 +202,7 @@ static void on_xack(redisAsyncContext *ac, void *reply, void *priv) {
   ri->acks_sent -= n < ri->acks_sent ? n : ri->acks_sent;
   if (r && r->type == REDIS_REPLY_INTEGER) {
     ri->acked += (uint64_t)r->integer;
+    ri->ak.backoff_ms = 0; /* it answered */
     return;
   }
   /* not acked: they stay pending, and are claimed again (duplicates) */
@@ -678,6 +681,7 @@ static void reading(struct redis_in *ri) {
 
 static void read_done(struct redis_in *ri) {
   ri->reading = 0;
+  ri->rd.backoff_ms = 0; /* it answered */
   uv_timer_stop(&ri->rd.timer);
 }
 
@@ -895,6 +899,7 @@ static void on_reconnect(uv_timer_t *t) {
 
 static void down(struct rin_conn *c, const char *why) {
   struct redis_in *ri = c->ri;
+  uint64_t suppressed = 0;
   c->ac = NULL;
   c->connected = 0;
   if (c == &ri->rd)
@@ -902,10 +907,11 @@ static void down(struct rin_conn *c, const char *why) {
   else
     ri->acks_sent = 0; /* not answered: pending, claimed again */
   ri->reconnects++;
-  if (!c->down_logged)
+  if (!c->down_logged && sl_log_allow(&ri->conn_log, &suppressed))
     sl_log(SL_LOG_WARN, "redis input disconnected; reconnecting with backoff",
            SL_S("input", ri->in->cfg->name), SL_S("connection", c->role),
-           SL_S("address", ri->address), SL_S("error", why), SL_END);
+           SL_S("address", ri->address), SL_S("error", why),
+           SL_U("suppressed", suppressed), SL_END);
   c->down_logged = c->was_down = 1;
   if (ri->stopping)
     return;
@@ -961,6 +967,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
 static void on_connect(const redisAsyncContext *ac, int status) {
   struct rin_conn *c = conn_of(ac->data, ac);
   struct redis_in *ri;
+  uint64_t suppressed = 0;
   int s;
   if (c == NULL)
     return;
@@ -970,13 +977,15 @@ static void on_connect(const redisAsyncContext *ac, int status) {
   }
   ri = c->ri;
   c->connected = 1;
-  c->backoff_ms = 0;
   uv_timer_stop(&c->timer);
-  if (c->was_down)
+  /* the backoff starts over once the server answered (good_reply), not
+   * here: a server that accepts and then fails must not be hammered */
+  if (c->was_down && sl_log_allow(&ri->conn_log, &suppressed))
     sl_log(SL_LOG_INFO, "redis input connected",
            SL_S("input", ri->in->cfg->name), SL_S("connection", c->role),
            SL_S("address", ri->address), SL_S("group", ri->group),
-           SL_S("consumer", ri->consumer), SL_END);
+           SL_S("consumer", ri->consumer), SL_U("suppressed", suppressed),
+           SL_END);
   c->was_down = c->down_logged = 0;
   if (c == &ri->ak) {
     if (ri->ready.n)
@@ -1031,6 +1040,7 @@ static void on_xpending(redisAsyncContext *ac, void *reply, void *priv) {
       r->element[0]->type != REDIS_REPLY_INTEGER)
     return;
   ri->pending_of[s] = (uint64_t)r->element[0]->integer;
+  ri->ak.backoff_ms = 0; /* it answered */
   ri->pending = 0;
   for (i = 0; i < ri->nstreams; i++)
     ri->pending += ri->pending_of[i];
@@ -1190,6 +1200,7 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   sl_source_init(&ri->src, in, on_resume);
   ri->durable.on_durable = on_durable;
   sl_log_limiter_init(&ri->log, 10000, 5);
+  sl_log_limiter_init(&ri->conn_log, 10000, 6);
   read_config(ri);
   if (split_streams(ri, sl_config_value_str(in->cfg->values, in->cfg->nvalues,
                                             "stream")) != 0) {

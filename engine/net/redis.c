@@ -12,16 +12,22 @@
 /* ---- bounded replies --------------------------------------------------- */
 
 static void *guard_string(const redisReadTask *t, char *s, size_t n) {
-  const struct sl_redis_dial *d = t->privdata;
-  if (d && n > d->limits.max_bulk)
+  struct sl_redis_dial *d = t->privdata;
+  if (n > d->limits.max_bulk) {
+    snprintf(d->refused, sizeof(d->refused), "reply larger than %zu bytes",
+             d->limits.max_bulk);
     return NULL; /* the reader fails: the connection drops */
+  }
   return d->orig->createString(t, s, n);
 }
 
 static void *guard_array(const redisReadTask *t, int n) {
-  const struct sl_redis_dial *d = t->privdata;
-  if (d && (n < 0 || (size_t)n > d->limits.max_elements))
+  struct sl_redis_dial *d = t->privdata;
+  if (n < 0 || (size_t)n > d->limits.max_elements) {
+    snprintf(d->refused, sizeof(d->refused),
+             "reply array of more than %zu elements", d->limits.max_elements);
     return NULL;
+  }
   return d->orig->createArray(t, n);
 }
 
@@ -111,6 +117,7 @@ static void open_ctx(struct sl_redis_dial *d, const char *ip, int port,
   ac->ev.delRead = del_read;
   ac->ev.addWrite = add_write;
   ac->ev.delWrite = del_write;
+  d->refused[0] = '\0';
   d->orig = ac->c.reader->fn;
   d->fn = *d->orig;
   d->fn.createString = guard_string;
@@ -202,10 +209,14 @@ void sl_redis_dial_cancel(struct sl_redis_dial *d) {
 }
 
 const char *sl_redis_error(const redisAsyncContext *ac, const redisReply *r) {
+  const struct sl_redis_dial *d;
   if (r && r->type == REDIS_REPLY_ERROR && r->str)
     return r->str;
   if (r)
     return "unexpected reply";
+  d = ac && ac->c.reader ? ac->c.reader->privdata : NULL;
+  if (d && d->refused[0])
+    return d->refused; /* hiredis says "Out of memory" */
   if (ac && ac->errstr && ac->errstr[0])
     return ac->errstr;
   return "connection lost";

@@ -40,6 +40,7 @@ struct sl_redis_dial {
   redisDisconnectCallback *on_disconnect;
   void *data;      /* set as ac->data */
   struct sl_redis_limits limits;
+  char refused[64];  /* what a guard refused, for the error's text */
   redisReplyObjectFunctions fn; /* the guarded reply hooks */
   const redisReplyObjectFunctions *orig;
 };

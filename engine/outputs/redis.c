@@ -32,6 +32,7 @@ struct redis_out {
   int connected;
   int closing;
   int was_down, down_logged;
+  struct sl_log_limiter conn_log; /* a flapping server: not a line each */
   /* the write in flight */
   uint64_t gen;          /* tells its replies from a gone write's */
   uint32_t sent, got, n_ok;
@@ -270,13 +271,14 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv) {
 
 static void down(struct redis_out *r, const char *why) {
   struct sl_output *o = r->o;
+  uint64_t suppressed = 0;
   r->ac = NULL;
   r->connected = 0;
   r->reconnects++;
-  if (!r->down_logged)
+  if (!r->down_logged && sl_log_allow(&r->conn_log, &suppressed))
     sl_log(SL_LOG_WARN, "redis output disconnected; reconnecting with backoff",
            SL_S("output", o->cfg->name), SL_S("address", r->address),
-           SL_S("error", why), SL_END);
+           SL_S("error", why), SL_U("suppressed", suppressed), SL_END);
   r->down_logged = 1;
   r->was_down = 1;
   snprintf(r->why, sizeof(r->why), "%s", why);
@@ -296,6 +298,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
 
 static void on_connect(const redisAsyncContext *ac, int status) {
   struct redis_out *r = ac->data;
+  uint64_t suppressed = 0;
   if (r == NULL || r->closing || r->ac != ac)
     return;
   if (status != REDIS_OK) {
@@ -304,10 +307,10 @@ static void on_connect(const redisAsyncContext *ac, int status) {
   }
   r->connected = 1;
   uv_timer_stop(&r->watchdog);
-  if (r->was_down)
+  if (r->was_down && sl_log_allow(&r->conn_log, &suppressed))
     sl_log(SL_LOG_INFO, "redis output connected",
            SL_S("output", r->o->cfg->name), SL_S("address", r->address),
-           SL_END);
+           SL_U("suppressed", suppressed), SL_END);
   r->was_down = r->down_logged = 0;
   if (r->o->q.count == 0)
     sl_output_reachable(r->o);
@@ -425,6 +428,7 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   r->o = o;
   o->data = r;
   r->fail_at = UINT32_MAX;
+  sl_log_limiter_init(&r->conn_log, 10000, 6);
   sl_buf_init(&r->args);
   uv_timer_init(&o->w->loop, &r->watchdog);
   r->watchdog.data = r;

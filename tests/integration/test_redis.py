@@ -482,10 +482,18 @@ def test_a_reply_beyond_the_bounds_drops_the_connection(sluice, kind):
         line = eng.wait_log("redis input disconnected; reconnecting with "
                             "backoff", timeout=10)
         if kind == "big":
-            assert line["error"].startswith("reply larger than")
+            assert line["error"] == "reply larger than 81920 bytes"
             wait_for(lambda: h.sent, timeout=10, what="the server to give up")
             # dropped after about 4 x 4096 + 128 KiB, plus socket buffers
             assert min(h.sent) < 20000000
+        else:
+            assert line["error"] == \
+                "reply array of more than 1048576 elements"
+        # it keeps trying with a growing backoff, and does not flood the log
+        import time
+        time.sleep(2)
+        assert len(eng.find_logs("redis input disconnected; reconnecting "
+                                 "with backoff")) <= 6
         assert eng.rss_kb() < 200000
         assert eng.running()
     finally:
