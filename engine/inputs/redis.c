@@ -39,8 +39,8 @@ struct rin_id {
   uint32_t stream;
 };
 
-struct rin_ids {
-  struct rin_id *v;
+struct rin_list {
+  uint32_t *v; /* slots */
   size_t n, cap;
 };
 
@@ -93,11 +93,12 @@ struct redis_in {
   /* events read and not submitted yet, in order */
   struct sl_event **batch;
   uint32_t batch_n, batch_i, batch_cap;
-  /* entries whose events are in the engine: token = index */
+  /* entries held from their read until their XACK is answered: token =
+   * index */
   struct rin_slot *slots;
   uint32_t *free_slots, nfree;
-  struct rin_ids ready;     /* done with ok: to ack once durable */
-  struct rin_ids durable_ids; /* waiting for sl_worker_durable */
+  struct rin_list ready;    /* done with ok: to ack once durable */
+  struct rin_list durable_ids; /* waiting for sl_worker_durable */
   uint64_t acks_sent;       /* ids in XACKs not answered */
   /* metrics */
   uint64_t inflight, acked, claimed, pending, reconnects, dead_lettered,
@@ -110,7 +111,7 @@ struct redis_in {
 
 static const struct sl_metric m_inflight = {
     "sluice_redis_input_inflight",
-    "Entries read whose events the engine is not done with.",
+    "Entries read and not acknowledged yet.",
     SL_METRIC_GAUGE, {"input", NULL}};
 static const struct sl_metric m_acked = {
     "sluice_redis_input_acked_total", "Entries acknowledged with XACK.",
@@ -163,21 +164,21 @@ static int parse_id(const char *s, size_t n, struct rin_id *id) {
   return *end ? -1 : 0;
 }
 
-static int ids_push(struct rin_ids *a, const struct rin_id *id) {
+static int list_push(struct rin_list *a, uint32_t slot) {
   if (a->n == a->cap) {
     size_t cap = a->cap ? a->cap * 2 : 256;
-    struct rin_id *v = realloc(a->v, cap * sizeof(*v));
+    uint32_t *v = realloc(a->v, cap * sizeof(*v));
     if (v == NULL)
       return SL_ENOMEM;
     a->v = v;
     a->cap = cap;
   }
-  a->v[a->n++] = *id;
+  a->v[a->n++] = slot;
   return 0;
 }
 
-/* Is the entry's event still in the engine here? (Re-reading pending
- * entries and claiming must not deliver it twice.) */
+/* Is the entry held here (its event in the engine, or its ack on the
+ * way)? Re-reading pending entries and claiming must not take it twice. */
 static int in_flight(const struct redis_in *ri, const struct rin_id *id) {
   uint32_t i;
   if (ri->inflight == 0)
@@ -191,73 +192,124 @@ static int in_flight(const struct redis_in *ri, const struct rin_id *id) {
   return 0;
 }
 
+/* Hold an entry from its read until its XACK is answered (or given up):
+ * a slot, or -1 when max_inflight are held. */
+static int64_t hold(struct redis_in *ri, const struct rin_id *id) {
+  uint32_t slot;
+  if (ri->nfree == 0)
+    return -1;
+  slot = ri->free_slots[--ri->nfree];
+  ri->slots[slot].id = *id;
+  ri->slots[slot].used = 1;
+  ri->inflight++;
+  return slot;
+}
+
+static void release(struct redis_in *ri, uint32_t slot) {
+  ri->slots[slot].used = 0;
+  ri->free_slots[ri->nfree++] = slot;
+  ri->inflight--;
+}
+
 /* ---- acks ------------------------------------------------------------ */
+
+/* The slots one XACK covers (its privdata). */
+struct rin_xack {
+  uint32_t n;
+  uint32_t slots[ACK_MAX];
+};
 
 static void on_xack(redisAsyncContext *ac, void *reply, void *priv) {
   struct redis_in *ri = ac->data;
+  struct rin_xack *x = priv;
   redisReply *r = reply;
-  uint64_t n = (uint64_t)(uintptr_t)priv, suppressed;
-  if (ri == NULL || ri->stopping)
+  uint64_t suppressed;
+  uint32_t i;
+  if (ri == NULL || ri->stopping) {
+    free(x);
     return;
-  ri->acks_sent -= n < ri->acks_sent ? n : ri->acks_sent;
+  }
+  ri->acks_sent -= x->n < ri->acks_sent ? x->n : ri->acks_sent;
+  for (i = 0; i < x->n; i++)
+    release(ri, x->slots[i]);
   if (r && r->type == REDIS_REPLY_INTEGER) {
     ri->acked += (uint64_t)r->integer;
     ri->ak.backoff_ms = 0; /* it answered */
-    return;
-  }
-  /* not acked: they stay pending, and are claimed again (duplicates) */
-  if (sl_log_allow(&ri->log, &suppressed))
+  } else if (sl_log_allow(&ri->log, &suppressed)) {
+    /* not acked: they stay pending, read again (duplicates) */
     sl_log(SL_LOG_WARN, "redis input: XACK failed; entries stay pending",
-           SL_S("input", ri->in->cfg->name), SL_U("entries", n),
+           SL_S("input", ri->in->cfg->name), SL_U("entries", x->n),
            SL_S("error", sl_redis_error(ac, r)),
            SL_U("suppressed", suppressed), SL_END);
+  }
+  free(x);
+  read_next(ri); /* max_inflight may have held it back */
 }
 
-/* XACK the durable ids, per stream, up to ACK_MAX a command. */
-static void send_acks(struct redis_in *ri) {
+/* One XACK for the durable slots of stream s from *i on, up to ACK_MAX. */
+static void send_xack(struct redis_in *ri, int s, size_t *i) {
   const char *argv[3 + ACK_MAX];
   size_t lens[3 + ACK_MAX];
   char ids[ACK_MAX][48];
-  size_t i, j, k;
+  struct rin_xack *x = malloc(sizeof(*x));
+  uint32_t j = 0, k;
+  argv[0] = "XACK";
+  argv[1] = ri->streams[s];
+  argv[2] = ri->group;
+  for (k = 0; k < 3; k++)
+    lens[k] = strlen(argv[k]);
+  for (; *i < ri->durable_ids.n && j < ACK_MAX; (*i)++) {
+    uint32_t slot = ri->durable_ids.v[*i];
+    const struct rin_id *id = &ri->slots[slot].id;
+    if (id->stream != (uint32_t)s)
+      continue;
+    lens[3 + j] = (size_t)snprintf(ids[j], sizeof(ids[j]), "%llu-%llu",
+                                   (unsigned long long)id->ms,
+                                   (unsigned long long)id->seq);
+    argv[3 + j] = ids[j];
+    if (x)
+      x->slots[j] = slot;
+    else
+      release(ri, slot); /* no memory: left pending */
+    j++;
+  }
+  if (x == NULL || j == 0) {
+    free(x);
+    return;
+  }
+  x->n = j;
+  if (redisAsyncCommandArgv(ri->ak.ac, on_xack, x, (int)(3 + j), argv,
+                            lens) == REDIS_OK) {
+    ri->acks_sent += j;
+    return;
+  }
+  for (k = 0; k < j; k++)
+    release(ri, x->slots[k]);
+  free(x);
+}
+
+/* XACK the durable slots, per stream, up to ACK_MAX ids a command. */
+static void send_acks(struct redis_in *ri) {
+  size_t i;
   int s;
   if (!ri->ak.connected) {
     /* down: kept for the next connect */
     for (i = 0; i < ri->durable_ids.n; i++)
-      ids_push(&ri->ready, &ri->durable_ids.v[i]);
+      list_push(&ri->ready, ri->durable_ids.v[i]);
     ri->durable_ids.n = 0;
     return;
   }
-  for (s = 0; s < ri->nstreams; s++) {
-    for (i = 0; i < ri->durable_ids.n;) {
-      argv[0] = "XACK";
-      argv[1] = ri->streams[s];
-      argv[2] = ri->group;
-      for (k = 0; k < 3; k++)
-        lens[k] = strlen(argv[k]);
-      for (j = 0; i < ri->durable_ids.n && j < ACK_MAX; i++) {
-        const struct rin_id *id = &ri->durable_ids.v[i];
-        if (id->stream != (uint32_t)s)
-          continue;
-        lens[3 + j] = (size_t)snprintf(ids[j], sizeof(ids[j]), "%llu-%llu",
-                                       (unsigned long long)id->ms,
-                                       (unsigned long long)id->seq);
-        argv[3 + j] = ids[j];
-        j++;
-      }
-      if (j == 0)
-        break;
-      if (redisAsyncCommandArgv(ri->ak.ac, on_xack, (void *)(uintptr_t)j,
-                                (int)(3 + j), argv, lens) == REDIS_OK)
-        ri->acks_sent += j;
-    }
-  }
+  for (s = 0; s < ri->nstreams; s++)
+    for (i = 0; i < ri->durable_ids.n;)
+      send_xack(ri, s, &i);
   ri->durable_ids.n = 0;
 }
 
 /* The ids ready now wait for the disk buffers to hold every event
  * submitted so far (which covers theirs), then go out. */
 static void flush_acks(struct redis_in *ri) {
-  struct rin_ids t;
+  struct rin_list t;
+  size_t i;
   int rc;
   uint64_t suppressed;
   if (ri->durable.waiting || ri->ready.n == 0 || ri->stopping)
@@ -276,7 +328,10 @@ static void flush_acks(struct redis_in *ri) {
              "entries stay pending", SL_S("input", ri->in->cfg->name),
              SL_U("entries", ri->durable_ids.n),
              SL_U("suppressed", suppressed), SL_END);
+    for (i = 0; i < ri->durable_ids.n; i++)
+      release(ri, ri->durable_ids.v[i]);
     ri->durable_ids.n = 0;
+    read_next(ri);
   } /* SL_EAGAIN: on_durable */
 }
 
@@ -295,19 +350,29 @@ static void on_durable(struct sl_durable *d) {
     uv_idle_start(&ri->flush, on_flush);
 }
 
+/* An entry to ack without an event (deleted from the stream, or dropped
+ * without a dead letter); not held: it stays pending. */
+static void ack_only(struct redis_in *ri, const struct rin_id *id) {
+  int64_t slot = hold(ri, id);
+  if (slot < 0)
+    return;
+  if (list_push(&ri->ready, (uint32_t)slot) != 0) {
+    release(ri, (uint32_t)slot);
+    return;
+  }
+  uv_idle_start(&ri->flush, on_flush);
+}
+
 /* The tracker: the engine is done with the event of slot token. */
 static void on_done(struct sl_tracker *t, uint64_t token, int ok) {
   struct redis_in *ri = t->data;
-  struct rin_slot *s = &ri->slots[token];
-  if (ok) {
-    if (ids_push(&ri->ready, &s->id) == 0)
-      uv_idle_start(&ri->flush, on_flush);
-  } else {
-    ri->failed++; /* stays pending: XAUTOCLAIM brings it back */
+  if (ok && list_push(&ri->ready, (uint32_t)token) == 0) {
+    uv_idle_start(&ri->flush, on_flush); /* held until its XACK's reply */
+    return;
   }
-  s->used = 0;
-  ri->free_slots[ri->nfree++] = (uint32_t)token;
-  ri->inflight--;
+  if (!ok)
+    ri->failed++; /* stays pending: read again or claimed */
+  release(ri, (uint32_t)token);
   read_next(ri); /* max_inflight may have held it back */
 }
 
@@ -315,14 +380,13 @@ static void on_done(struct sl_tracker *t, uint64_t token, int ok) {
 
 static int track(struct redis_in *ri, struct sl_event *ev,
                  const struct rin_id *id) {
-  uint32_t slot;
-  if (ri->nfree == 0 || sl_event_track(ev, ri->tracker,
-                                       ri->free_slots[ri->nfree - 1]) != 0)
+  int64_t slot = hold(ri, id);
+  if (slot < 0)
     return SL_ENOMEM;
-  slot = ri->free_slots[--ri->nfree];
-  ri->slots[slot].id = *id;
-  ri->slots[slot].used = 1;
-  ri->inflight++;
+  if (sl_event_track(ev, ri->tracker, (uint64_t)slot) != 0) {
+    release(ri, (uint32_t)slot);
+    return SL_ENOMEM;
+  }
   return 0;
 }
 
@@ -538,8 +602,7 @@ static void dead_letter(struct redis_in *ri, int s, const redisReply *id,
       !w->outputs[w->cfg->dead_letter].stopped)
     dl = &w->outputs[w->cfg->dead_letter];
   if (dl == NULL) {
-    ids_push(&ri->ready, &rid); /* dropped on purpose */
-    uv_idle_start(&ri->flush, on_flush);
+    ack_only(ri, &rid); /* dropped on purpose */
     return;
   }
   topic.len = (uint32_t)strlen(topic.p);
@@ -620,8 +683,7 @@ static void take_entry(struct redis_in *ri, int s, const redisReply *e,
   ri->redelivered += history;
   if (f->type != REDIS_REPLY_ARRAY) {
     ri->deleted++; /* gone from the stream: nothing to deliver */
-    ids_push(&ri->ready, &rid);
-    uv_idle_start(&ri->flush, on_flush);
+    ack_only(ri, &rid);
     return;
   }
   for (i = 0; i < f->elements; i++) {
@@ -961,7 +1023,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
   struct rin_conn *c = conn_of(ac->data, ac);
   if (c)
     down(c, status == REDIS_OK && !ac->err ? "closed"
-                                                : sl_redis_error(ac, NULL));
+                                        : sl_redis_error(ac, NULL));
 }
 
 static void on_connect(const redisAsyncContext *ac, int status) {

@@ -293,7 +293,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
   if (r == NULL || r->closing || r->ac != ac)
     return;
   down(r, status == REDIS_OK && !ac->err ? "closed"
-                                                : sl_redis_error(ac, NULL));
+                                        : sl_redis_error(ac, NULL));
 }
 
 static void on_connect(const redisAsyncContext *ac, int status) {
