@@ -18,6 +18,7 @@ KNOWN = {
     ("input", "syslog"): "on_malformed", ("input", "stdin"): "exit_on_eof",
     ("output", "exec"): "command",
     ("output", "http"): "url",
+    ("input", "redis"): "group", ("output", "redis"): "maxlen",
 }
 
 
@@ -79,7 +80,8 @@ def test_checker_refuses_an_unknown_key_naming_the_plugin_type_and_its_keys(tmp_
                 item[k] = {"listen": "127.0.0.1:7491", "address": "127.0.0.1:7492",
                            "path": str(tmp_path / ("p-" + typ)),
                            "command": ["true"],
-                           "url": "http://127.0.0.1:7495/"}[k]
+                           "url": "http://127.0.0.1:7495/",
+                           "stream": "s", "group": "g"}[k]
         cfg[kind + "s"].append(item)
         rc, lines = check(tmp_path, cfg)
         assert rc == 1, (typ, lines)
@@ -95,12 +97,13 @@ def test_checker_refuses_an_unknown_key_naming_the_plugin_type_and_its_keys(tmp_
 def test_checker_refuses_a_key_only_other_types_take_naming_them(tmp_path):
     cfg = base_config(tmp_path)
     cfg["outputs"][0]["ack"] = True
+    # (fsync: format is taken by the broker outputs too, a list that grows)
     cfg["outputs"].append({"name": "t", "type": "tcp", "address": "127.0.0.1:7493",
-                           "format": "msgpack"})
+                           "fsync": "always"})
     rc, lines = check(tmp_path, cfg)
     assert rc == 1
     assert lines == ["outputs[1].ack: only tcp and unix outputs take ack",
-                     "outputs[2].format: only stdout, file, exec and http outputs take format"]
+                     "outputs[2].fsync: only file outputs take fsync"]
 
 
 def test_checker_names_every_registered_type_for_an_unknown_one(tmp_path):

@@ -5,6 +5,7 @@ Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/tes
 """
 
 import datetime
+import re
 import time
 import urllib.request
 
