@@ -218,13 +218,14 @@ static void hand_over(struct nats_in *ni, natsMsg **msgs, int n) {
 static void poll_pending(struct nats_in *ni, uint64_t *last) {
   jsConsumerInfo *ci = NULL;
   uint64_t now = sl_mono_ns();
-  if (now - *last < 5000000000ull)
+  if (now - *last < 2000000000ull)
     return;
   *last = now;
   if (js_GetConsumerInfo(&ci, ni->js, ni->stream, ni->durable, NULL, NULL) ==
       NATS_OK) {
     atomic_store(&ni->a_pending, ci->NumPending);
     jsConsumerInfo_Destroy(ci);
+    uv_async_send(&ni->async);
   }
 }
 
@@ -715,7 +716,7 @@ static const struct sl_metric m_reconnects = {
     "output's connection.", SL_METRIC_COUNTER, {"name", NULL}};
 static const struct sl_metric m_pending = {
     "sluice_nats_consumer_pending", "Messages in the stream not yet "
-    "delivered to the durable consumer (consumer info, every 5 s).",
+    "delivered to the durable consumer (consumer info, every 2 s).",
     SL_METRIC_GAUGE, {"input", NULL}};
 static const struct sl_metric m_bad = {
     "sluice_nats_bad_messages_total", "Messages that were no event (sent "
