@@ -54,8 +54,8 @@ struct nats_in {
   int quit;
   char error[200]; /* the thread's last problem, for the loop to log */
   int error_new;
-  _Atomic uint64_t a_reconnects, a_disconnects, a_pending;
-  _Atomic int a_connected;
+  _Atomic uint64_t a_reconnects, a_disconnects, a_pending, a_ack_pending;
+  _Atomic int a_connected, a_info;
   /* the loop's */
   uv_async_t async;
   int async_open;
@@ -66,12 +66,12 @@ struct nats_in {
   natsMsg **to_ack, **acking;   /* done ok; acking waits for durable */
   size_t nto_ack, cto_ack, nacking, cacking;
   struct sl_durable dur;
-  int draining, stopping, was_connected;
+  int draining, stopping, was_connected, info_seen;
   struct sl_log_limiter conn_log;
   uv_work_t close_req;
   /* metrics */
-  uint64_t acked, naked, redeliveries, reconnects, pending, bad, termed,
-      in_flight;
+  uint64_t acked, naked, redeliveries, reconnects, pending, ack_pending, bad,
+      termed, in_flight;
 };
 
 static void log_thread_error(struct nats_in *ni, const char *what,
@@ -224,6 +224,8 @@ static void poll_pending(struct nats_in *ni, uint64_t *last) {
   if (js_GetConsumerInfo(&ci, ni->js, ni->stream, ni->durable, NULL, NULL) ==
       NATS_OK) {
     atomic_store(&ni->a_pending, ci->NumPending);
+    atomic_store(&ni->a_ack_pending, (uint64_t)ci->NumAckPending);
+    atomic_store(&ni->a_info, 1);
     jsConsumerInfo_Destroy(ci);
     uv_async_send(&ni->async);
   }
@@ -450,6 +452,38 @@ fail_:
   return ev;
 }
 
+/* ---- metrics ---------------------------------------------------------- */
+
+static const struct sl_metric m_in_flight = {
+    "sluice_nats_in_flight", "JetStream messages handed to the pipeline and "
+    "not yet acked or naked.", SL_METRIC_GAUGE, {"input", NULL}};
+static const struct sl_metric m_acked = {
+    "sluice_nats_acked_total", "JetStream messages acked once their events "
+    "were delivered, buffered or dropped on purpose.", SL_METRIC_COUNTER,
+    {"input", NULL}};
+static const struct sl_metric m_naked = {
+    "sluice_nats_naked_total", "JetStream messages naked for redelivery "
+    "(their events were given up, or the input drained).", SL_METRIC_COUNTER,
+    {"input", NULL}};
+static const struct sl_metric m_redelivered = {
+    "sluice_nats_redeliveries_total", "JetStream messages received with a "
+    "delivery count above 1.", SL_METRIC_COUNTER, {"input", NULL}};
+static const struct sl_metric m_reconnects = {
+    "sluice_nats_reconnects_total", "Reconnects of a nats input's or "
+    "output's connection.", SL_METRIC_COUNTER, {"name", NULL}};
+static const struct sl_metric m_pending = {
+    "sluice_nats_consumer_pending", "Messages in the stream not yet "
+    "delivered to the durable consumer (consumer info, every 2 s).",
+    SL_METRIC_GAUGE, {"input", NULL}};
+static const struct sl_metric m_ack_pending = {
+    "sluice_nats_consumer_ack_pending", "Messages delivered to the durable "
+    "consumer (any instance) and not acked yet (consumer info, every 2 s).",
+    SL_METRIC_GAUGE, {"input", NULL}};
+static const struct sl_metric m_bad = {
+    "sluice_nats_bad_messages_total", "Messages that were no event (sent "
+    "to the dead letter, or terminated without one).", SL_METRIC_COUNTER,
+    {"input", NULL}};
+
 /* ---- acks (loop) --------------------------------------------------------- */
 
 static int push_msg(natsMsg ***v, size_t *n, size_t *cap, natsMsg *m) {
@@ -626,6 +660,17 @@ static void log_conn(struct nats_in *ni) {
   uint64_t r = atomic_load(&ni->a_reconnects), suppressed = 0;
   int connected = atomic_load(&ni->a_connected);
   ni->pending = atomic_load(&ni->a_pending);
+  ni->ack_pending = atomic_load(&ni->a_ack_pending);
+  if (!ni->info_seen && atomic_load(&ni->a_info)) {
+    /* the consumer's counts appear once known: never a made-up 0 */
+    const char *v[] = {ni->in->cfg->name};
+    ni->info_seen = 1;
+    if (ni->w->metrics) {
+      sl_metric_add_u64(ni->w->metrics, &m_pending, v, &ni->pending, ni);
+      sl_metric_add_u64(ni->w->metrics, &m_ack_pending, v, &ni->ack_pending,
+                        ni);
+    }
+  }
   if (connected != ni->was_connected &&
       sl_log_allow(&ni->conn_log, &suppressed))
     sl_log(connected ? SL_LOG_INFO : SL_LOG_WARN,
@@ -697,32 +742,6 @@ static void on_resume(struct sl_source *s) {
 
 /* ---- lifecycle ----------------------------------------------------------- */
 
-static const struct sl_metric m_in_flight = {
-    "sluice_nats_in_flight", "JetStream messages handed to the pipeline and "
-    "not yet acked or naked.", SL_METRIC_GAUGE, {"input", NULL}};
-static const struct sl_metric m_acked = {
-    "sluice_nats_acked_total", "JetStream messages acked once their events "
-    "were delivered, buffered or dropped on purpose.", SL_METRIC_COUNTER,
-    {"input", NULL}};
-static const struct sl_metric m_naked = {
-    "sluice_nats_naked_total", "JetStream messages naked for redelivery "
-    "(their events were given up, or the input drained).", SL_METRIC_COUNTER,
-    {"input", NULL}};
-static const struct sl_metric m_redelivered = {
-    "sluice_nats_redeliveries_total", "JetStream messages received with a "
-    "delivery count above 1.", SL_METRIC_COUNTER, {"input", NULL}};
-static const struct sl_metric m_reconnects = {
-    "sluice_nats_reconnects_total", "Reconnects of a nats input's or "
-    "output's connection.", SL_METRIC_COUNTER, {"name", NULL}};
-static const struct sl_metric m_pending = {
-    "sluice_nats_consumer_pending", "Messages in the stream not yet "
-    "delivered to the durable consumer (consumer info, every 2 s).",
-    SL_METRIC_GAUGE, {"input", NULL}};
-static const struct sl_metric m_bad = {
-    "sluice_nats_bad_messages_total", "Messages that were no event (sent "
-    "to the dead letter, or terminated without one).", SL_METRIC_COUNTER,
-    {"input", NULL}};
-
 static int add_metrics(struct nats_in *ni) {
   struct sl_metric_registry *r = ni->w->metrics;
   const char *v[] = {ni->in->cfg->name};
@@ -737,7 +756,6 @@ static int add_metrics(struct nats_in *ni) {
   rc |= sl_metric_add_u64(r, &m_acked, v, &ni->acked, ni);
   rc |= sl_metric_add_u64(r, &m_naked, v, &ni->naked, ni);
   rc |= sl_metric_add_u64(r, &m_redelivered, v, &ni->redeliveries, ni);
-  rc |= sl_metric_add_u64(r, &m_pending, v, &ni->pending, ni);
   return rc;
 }
 

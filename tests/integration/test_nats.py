@@ -144,6 +144,13 @@ def ledger(events):
     return seen
 
 
+def drained(m):
+    """Nothing left for the consumer: none undelivered, none unacked."""
+    return (m.get('sluice_nats_consumer_pending{input="nats-in"}', -1) == 0
+            and m.get('sluice_nats_consumer_ack_pending{input="nats-in"}', -1) == 0
+            and m['sluice_nats_in_flight{input="nats-in"}'] == 0)
+
+
 def acked(admin, name="nats-in"):
     return metrics_flat(admin).get('sluice_nats_acked_total{input="%s"}' % name, 0)
 
@@ -192,10 +199,8 @@ def test_kill9_mid_stream_loses_nothing_and_redelivers_only_in_flight(
     before = acked(admin)
     eng.kill()
     eng.restart()
-    wait_for(lambda: metrics_flat(admin).get(
-        'sluice_nats_consumer_pending{input="nats-in"}', -1) == 0
-        and metrics_flat(admin)['sluice_nats_in_flight{input="nats-in"}'] == 0
-        and acked(admin) > 0, 60, what="the rest acked after the restart")
+    wait_for(lambda: drained(metrics_flat(admin)), 60,
+             what="the rest acked after the restart")
     redelivered = metrics_flat(admin)['sluice_nats_redeliveries_total{input="nats-in"}']
     events = consume_events(nats, "OUT", "check", 2 * n)
     seen = ledger(events)
@@ -219,10 +224,8 @@ def test_nats_server_restart_mid_stream_loses_nothing(sluice, tmp_path, nats):
     nats.stop()
     nats.start()  # same port, same store folder
     eng.wait_log("nats reconnected", timeout=20)
-    wait_for(lambda: metrics_flat(admin).get(
-        'sluice_nats_consumer_pending{input="nats-in"}', -1) == 0
-        and metrics_flat(admin)['sluice_nats_in_flight{input="nats-in"}'] == 0,
-        60, what="the rest acked after the server restart")
+    wait_for(lambda: drained(metrics_flat(admin)), 60,
+             what="the rest acked after the server restart")
     events = consume_events(nats, "OUT", "check", 2 * n)
     seen = ledger(events)
     missing = set(range(n)) - set(seen)
@@ -285,3 +288,61 @@ def test_core_queue_subscription_to_core_publish(sluice, tmp_path, nats):
     assert msgs[0][0] == "fwd.app.clicks"
     assert msgs[0][1]["traceparent"] == TRACEPARENT
     assert "Nats-Msg-Id" not in msgs[0][1]  # core publish: no JetStream
+
+
+def scale_out(sluice, tmp_path, nats, instances, n, kill_one):
+    """instances sluices on one durable pull consumer (each its own admin);
+    with kill_one, kill -9 the first once it acked a part. Returns the
+    counts it prints."""
+    nats.tool("stream", "IN", "in.>")
+    nats.tool("stream", "OUT", "out.>")
+    engines = []
+    for i in range(instances):
+        admin = free_port()
+        eng = sluice(config(nats, admin, None, name="nats-in",
+                            extra_out=", rate_limit = { events_per_second = 800, burst = 20 }"),
+                     name="sluice%d" % i)
+        engines.append((eng, admin))
+    nats.tool("pub", "in.orders", n, "--js")
+    victim, vadmin = engines[0]
+    survivors = engines[1:] if kill_one else engines
+    killed_acked = 0
+    if kill_one:
+        wait_for(lambda: acked(vadmin) >= n // (4 * instances), 30,
+                 what="the victim acked its share")
+        killed_acked = acked(vadmin)
+        victim.kill()
+
+    def settled():
+        ms = [metrics_flat(a) for _, a in survivors]
+        return all(drained(m) for m in ms)
+    wait_for(settled, 90, what="the survivors drained the consumer")
+    per = [acked(a) for _, a in survivors]
+    redelivered = sum(metrics_flat(a)['sluice_nats_redeliveries_total{input="nats-in"}']
+                      for _, a in survivors)
+    events = consume_events(nats, "OUT", "check", 2 * n)
+    seen = ledger(events)
+    missing = set(range(n)) - set(seen)
+    dups = sum(c - 1 for c in seen.values())
+    print("\nscale-out: %d instances, %d messages, acked per survivor %s, "
+          "killed one acked >= %d; %d redelivered to survivors (processed "
+          "twice: the killed one's in-flight window), %d duplicates left in "
+          "the output stream, %d lost"
+          % (instances, n, per, killed_acked, redelivered, dups, len(missing)))
+    assert not missing
+    assert all(p > 0 for p in per), "every instance takes a share"
+    if not kill_one:
+        assert sum(per) == n and redelivered == 0  # exactly once
+    else:
+        assert sum(per) >= n - killed_acked
+        assert redelivered <= 256  # the victim's max_ack_pending window
+    assert dups == 0  # repeats carry the same Nats-Msg-Id: dropped
+    return per, redelivered
+
+
+def test_scale_out_two_instances_share_one_durable_consumer_exactly_once(sluice, tmp_path, nats):
+    scale_out(sluice, tmp_path, nats, 2, 2000, kill_one=False)
+
+
+def test_scale_out_two_instances_kill9_one_loses_nothing(sluice, tmp_path, nats):
+    scale_out(sluice, tmp_path, nats, 2, 2000, kill_one=True)
