@@ -346,3 +346,22 @@ def test_scale_out_two_instances_share_one_durable_consumer_exactly_once(sluice,
 
 def test_scale_out_two_instances_kill9_one_loses_nothing(sluice, tmp_path, nats):
     scale_out(sluice, tmp_path, nats, 2, 2000, kill_one=True)
+
+
+def test_example_nats_routes_orders_between_streams(sluice, tmp_path, nats):
+    root = Path(__file__).resolve().parents[2] / "examples" / "nats"
+    text = (root / "sluice.conf.lua").read_text()
+    assert "${NATS_URL:-nats://127.0.0.1:4222}" in text
+    text = text.replace('dir = "rules"', 'dir = "%s"' % (root / "rules"))
+    eng = sluice(text, env={"NATS_URL": nats.url})
+
+    def published():  # the streams exist once sluice created them
+        r = subprocess.run([str(NATS_TOOL), "pub", nats.url, "orders.eu", "20", "--js",
+                            "--start", "95", "--body", "{\"amount\":%d}"], capture_output=True)
+        return r.returncode == 0
+    wait_for(published, 15, what="ORDERS created by the example")
+    wait_for(lambda: eng.find_logs("nats connected", output="routed"), 10)
+    msgs = consume_events(nats, "ROUTED", "check", 20, idle_ms=10000)
+    got = sorted((e["payload"]["amount"], h["priority"]) for _, h, e in msgs)
+    assert got == [(a, "high" if a > 100 else "normal") for a in range(95, 115)]
+    assert all(s == "routed.orders.eu" for s, _, _ in msgs)
