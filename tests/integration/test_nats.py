@@ -365,3 +365,23 @@ def test_example_nats_routes_orders_between_streams(sluice, tmp_path, nats):
     got = sorted((e["payload"]["amount"], h["priority"]) for _, h, e in msgs)
     assert got == [(a, "high" if a > 100 else "normal") for a in range(95, 115)]
     assert all(s == "routed.orders.eu" for s, _, _ in msgs)
+
+
+def test_every_nats_metric_the_readme_names_is_on_metrics(sluice, tmp_path, nats):
+    import re
+    import urllib.request
+    eng, admin = start(sluice, tmp_path, nats)
+    nats.tool("pub", "in.orders", 10, "--js")
+    wait_for(lambda: acked(admin) == 10 and drained(metrics_flat(admin)), 20,
+             what="10 acked and the consumer info known")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    names = set(re.findall(r"\bsluice_nats_[a-z_]+[a-z]", readme))
+    assert len(names) >= 10, names
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin, timeout=5) as r:
+        text = r.read().decode()
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    assert not names - set(types), "in the README, not on /metrics"
+    assert all((types[n] == "counter") == n.endswith("_total") for n in names)
+    res = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+                         capture_output=True, timeout=30)
+    assert res.returncode == 0, (res.stdout + res.stderr).decode()
