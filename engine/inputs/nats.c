@@ -52,6 +52,7 @@ struct nats_in {
   uint32_t cap, head, count;
   int paused;     /* the loop waits on the pipeline: fetch no more */
   int quit;
+  int dead;       /* stopped: libnats' late callbacks touch nothing */
   char error[200]; /* the thread's last problem, for the loop to log */
   int error_new;
   _Atomic uint64_t a_reconnects, a_disconnects, a_pending, a_ack_pending;
@@ -86,18 +87,26 @@ static void log_thread_error(struct nats_in *ni, const char *what,
 
 /* ---- connection events (libnats threads) -------------------------------- */
 
+/* libnats may call these after the input stopped: dead says so */
+static void wake(struct nats_in *ni) {
+  uv_mutex_lock(&ni->mu);
+  if (!ni->dead)
+    uv_async_send(&ni->async);
+  uv_mutex_unlock(&ni->mu);
+}
+
 static void on_disconnected(natsConnection *nc, void *closure) {
   struct nats_in *ni = closure;
   atomic_fetch_add(&ni->a_disconnects, 1);
   atomic_store(&ni->a_connected, 0);
-  uv_async_send(&ni->async);
+  wake(ni);
 }
 
 static void on_reconnected(natsConnection *nc, void *closure) {
   struct nats_in *ni = closure;
   atomic_fetch_add(&ni->a_reconnects, 1);
   atomic_store(&ni->a_connected, 1);
-  uv_async_send(&ni->async);
+  wake(ni);
 }
 
 /* ---- the fetch thread ---------------------------------------------------- */
@@ -661,7 +670,7 @@ static void log_conn(struct nats_in *ni) {
   int connected = atomic_load(&ni->a_connected);
   ni->pending = atomic_load(&ni->a_pending);
   ni->ack_pending = atomic_load(&ni->a_ack_pending);
-  if (!ni->info_seen && atomic_load(&ni->a_info)) {
+  if (!ni->info_seen && !ni->stopping && atomic_load(&ni->a_info)) {
     /* the consumer's counts appear once known: never a made-up 0 */
     const char *v[] = {ni->in->cfg->name};
     ni->info_seen = 1;
@@ -879,10 +888,15 @@ static void free_in(struct nats_in *ni) {
   free(ni->ring);
   free(ni->to_ack);
   free(ni->acking);
-  uv_mutex_destroy(&ni->mu);
-  uv_cond_destroy(&ni->cond);
-  free(ni);
   in->data = NULL;
+  uv_mutex_lock(&ni->mu);
+  ni->dead = 1;
+  uv_mutex_unlock(&ni->mu);
+  if (ni->nc == NULL) {
+    uv_mutex_destroy(&ni->mu);
+    uv_cond_destroy(&ni->cond);
+    free(ni);
+  } /* else libnats may still call us: the struct stays (once per run) */
   sl_input_stopped(in);
 }
 

@@ -216,6 +216,25 @@ def test_kill9_mid_stream_loses_nothing_and_redelivers_only_in_flight(
     assert dups == 0
 
 
+def test_sigterm_mid_stream_drains_acks_and_loses_nothing(sluice, tmp_path, nats):
+    eng, admin = start(sluice, tmp_path, nats, extra_out=", " + SLOW)
+    n = 3000
+    nats.tool("pub", "in.orders", n, "--js")
+    wait_for(lambda: acked(admin) >= 600, 30, what="part of the stream acked")
+    assert eng.stop() == 0  # drains: what it took is delivered and acked
+    eng.wait_log("drained; exiting")
+    eng.restart()
+    wait_for(lambda: drained(metrics_flat(admin)), 60, what="the rest acked")
+    redelivered = metrics_flat(admin)['sluice_nats_redeliveries_total{input="nats-in"}']
+    events = consume_events(nats, "OUT", "check", 2 * n)
+    seen = ledger(events)
+    print("SIGTERM mid-stream: %d redelivered (fetched, naked at the drain)"
+          % redelivered)
+    assert sorted(seen) == list(range(n))
+    assert all(c == 1 for c in seen.values())
+    assert redelivered <= 2 * 32  # at most the hand-off ring (2 x batch)
+
+
 def test_nats_server_restart_mid_stream_loses_nothing(sluice, tmp_path, nats):
     eng, admin = start(sluice, tmp_path, nats, extra_out=", " + SLOW)
     n = 3000
