@@ -404,3 +404,51 @@ def test_every_nats_metric_the_readme_names_is_on_metrics(sluice, tmp_path, nats
     res = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
                          capture_output=True, timeout=30)
     assert res.returncode == 0, (res.stdout + res.stderr).decode()
+
+
+def test_blocking_queue_pauses_fetching_and_disk_buffer_acks_after_sync(
+        sluice, tmp_path, nats):
+    # a 10-event queue that blocks: sl_worker_submit says wait, the input
+    # stops fetching until on_resume; the disk buffer (fsync always) makes
+    # acks wait for sl_worker_durable
+    eng, admin = start(sluice, tmp_path, nats, extra_out=""",
+        queue = { max_events = 10, when_full = "block" },
+        buffer = { type = "disk", fsync = "always" },
+        rate_limit = { events_per_second = 2000, burst = 20 }""")
+    n = 1000
+    nats.tool("pub", "in.orders", n, "--js")
+    wait_for(lambda: acked(admin) == n and drained(metrics_flat(admin)), 30,
+             what="every message acked")
+    seen = ledger(consume_events(nats, "OUT", "check", 2 * n))
+    assert sorted(seen) == list(range(n)) and all(c == 1 for c in seen.values())
+    m = metrics_flat(admin)
+    assert m['sluice_nats_naked_total{input="nats-in"}'] == 0
+    assert m['sluice_nats_redeliveries_total{input="nats-in"}'] == 0
+
+
+def test_refused_publishes_go_to_the_dead_letter_and_their_input_is_acked(
+        sluice, tmp_path, nats):
+    # no stream takes "nowhere.>": every publish is refused (no responders);
+    # after its retries the event is dead-lettered, which is done: acked
+    admin = free_port()
+    nats.tool("stream", "IN", "in.>")
+    eng = sluice("""return {
+  inputs = { { name = "nats-in", type = "nats", url = "%s", stream = "IN",
+               subject = "in.>", ack_wait_ms = 60000 } },
+  outputs = { { name = "out", type = "nats", url = "%s", stream = "NONE",
+                subject = "nowhere.{topic}", ack_timeout_ms = 1000,
+                retry = { initial_ms = 20, max_ms = 50, max_attempts = 2 } } },
+  routes = { { topics = "*", to = "out" } },
+  admin = { listen = "127.0.0.1:%d" },
+}""" % (nats.url, nats.url, admin))
+    nats.tool("pub", "in.orders", 5, "--js")
+    wait_for(lambda: acked(admin) == 5, 30, what="5 dead-lettered and acked")
+    import json
+    dl = eng.path("var/dead-letter.ndjson")
+    dead = [json.loads(l) for l in dl.read_text().splitlines()]
+    assert sorted(d["payload"]["n"] for d in dead) == list(range(5))
+    assert all(d["headers"]["sluice-output"] == "out" for d in dead)
+    assert all("publish" in d["headers"]["sluice-error"] for d in dead), dead[0]
+    m = metrics_flat(admin)
+    assert m['sluice_nats_publish_failed_total{output="out"}'] >= 5
+    assert m['sluice_nats_redeliveries_total{input="nats-in"}'] == 0
