@@ -452,3 +452,30 @@ def test_refused_publishes_go_to_the_dead_letter_and_their_input_is_acked(
     m = metrics_flat(admin)
     assert m['sluice_nats_publish_failed_total{output="out"}'] >= 5
     assert m['sluice_nats_redeliveries_total{input="nats-in"}'] == 0
+
+
+def test_missing_stream_is_logged_and_retried_until_it_exists(sluice, tmp_path, nats):
+    admin = free_port()
+    eng = sluice(config(nats, admin))  # neither IN nor OUT exists yet
+    line = eng.wait_log("nats input problem", timeout=10)
+    assert "cannot subscribe; retrying" in line["error"]
+    assert len(eng.find_logs("nats input problem")) == 1  # once per outage
+    nats.tool("stream", "IN", "in.>")
+    nats.tool("stream", "OUT", "out.>")
+    nats.tool("pub", "in.orders", 50, "--js")
+    wait_for(lambda: acked(admin) == 50, 20, what="consuming once the stream exists")
+    assert sorted(ledger(consume_events(nats, "OUT", "check", 50))) == list(range(50))
+
+
+def test_server_down_at_start_does_not_stop_the_start(sluice, tmp_path, nats):
+    nats.stop()
+    admin = free_port()
+    eng = sluice(config(nats, admin))  # starts: connecting is retried
+    eng.wait_log("nats input problem", timeout=10)
+    eng.wait_log("nats connect failed; retrying", output="out", timeout=10)
+    nats.start()
+    nats.tool("stream", "IN", "in.>")
+    nats.tool("stream", "OUT", "out.>")
+    nats.tool("pub", "in.orders", 20, "--js")
+    wait_for(lambda: acked(admin) == 20, 30, what="consuming once the server is up")
+    assert eng.find_logs("nats connected", output="out")
