@@ -53,8 +53,10 @@ struct nats_in {
   int paused;     /* the loop waits on the pipeline: fetch no more */
   int quit;
   int dead;       /* stopped: libnats' late callbacks touch nothing */
+  int closed_seen; /* libnats' closed callback ran: no more will come */
   char error[200]; /* the thread's last problem, for the loop to log */
   int error_new;
+  int subscribed_new; /* the thread subscribed: the loop logs it */
   _Atomic uint64_t a_reconnects, a_disconnects, a_pending, a_ack_pending;
   _Atomic int a_connected, a_info;
   /* the loop's */
@@ -109,6 +111,16 @@ static void on_reconnected(natsConnection *nc, void *closure) {
   wake(ni);
 }
 
+/* The last callback libnats makes for a connection: after it the struct
+ * may go. */
+static void on_closed(natsConnection *nc, void *closure) {
+  struct nats_in *ni = closure;
+  uv_mutex_lock(&ni->mu);
+  ni->closed_seen = 1;
+  uv_mutex_unlock(&ni->mu);
+  uv_cond_broadcast(&ni->cond);
+}
+
 /* ---- the fetch thread ---------------------------------------------------- */
 
 static int should_quit(struct nats_in *ni) {
@@ -132,6 +144,7 @@ static natsStatus connect_nats(struct nats_in *ni) {
     s = natsOptions_SetDisconnectedCB(opts, on_disconnected, ni);
   if (s == NATS_OK)
     s = natsOptions_SetReconnectedCB(opts, on_reconnected, ni);
+  if (s == NATS_OK) s = natsOptions_SetClosedCB(opts, on_closed, ni);
   if (s == NATS_OK) s = natsConnection_Connect(&nc, opts);
   natsOptions_Destroy(opts);
   if (s != NATS_OK)
@@ -256,6 +269,12 @@ static void fetch_thread(void *arg) {
         continue;
       }
       failing = 0;
+      /* the server has the subscription once a round trip is back */
+      natsConnection_FlushTimeout(ni->nc, 2000);
+      uv_mutex_lock(&ni->mu);
+      ni->subscribed_new = 1;
+      uv_mutex_unlock(&ni->mu);
+      uv_async_send(&ni->async);
     }
     if (ni->js_mode) {
       natsMsgList list = {0};
@@ -724,11 +743,13 @@ static void drain_ring(struct nats_in *ni) {
 static void on_async(uv_async_t *a) {
   struct nats_in *ni = a->data;
   char err[sizeof(ni->error)];
-  int has_err;
+  int has_err, subscribed;
   uint64_t suppressed = 0;
   uv_mutex_lock(&ni->mu);
   has_err = ni->error_new;
   ni->error_new = 0;
+  subscribed = ni->subscribed_new;
+  ni->subscribed_new = 0;
   memcpy(err, ni->error, sizeof(err));
   uv_mutex_unlock(&ni->mu);
   if (has_err && sl_log_allow(&ni->conn_log, &suppressed))
@@ -736,6 +757,12 @@ static void on_async(uv_async_t *a) {
            SL_S("url", ni->url), SL_S("error", err),
            SL_U("suppressed", suppressed), SL_END);
   log_conn(ni);
+  if (subscribed)
+    sl_log(SL_LOG_INFO, "nats input subscribed",
+           SL_S("input", ni->in->cfg->name), SL_S("subject", ni->subject),
+           SL_S("stream", ni->stream ? ni->stream : ""),
+           SL_S("durable", ni->js_mode ? ni->durable : ""),
+           SL_S("queue", ni->queue ? ni->queue : ""), SL_END);
   if (!ni->stopping)
     drain_ring(ni);
 }
@@ -872,6 +899,11 @@ static void close_work(uv_work_t *req) {
   if (nc) {
     natsConnection_FlushTimeout(nc, 2000);
     natsConnection_Close(nc);
+    uv_mutex_lock(&ni->mu);
+    while (!ni->closed_seen &&
+           uv_cond_timedwait(&ni->cond, &ni->mu, 2000000000ull) == 0)
+      ;
+    uv_mutex_unlock(&ni->mu);
   }
   if (ni->thread_started)
     uv_thread_join(&ni->thread);
@@ -892,11 +924,11 @@ static void free_in(struct nats_in *ni) {
   uv_mutex_lock(&ni->mu);
   ni->dead = 1;
   uv_mutex_unlock(&ni->mu);
-  if (ni->nc == NULL) {
+  if (ni->nc == NULL || ni->closed_seen) {
     uv_mutex_destroy(&ni->mu);
     uv_cond_destroy(&ni->cond);
     free(ni);
-  } /* else libnats may still call us: the struct stays (once per run) */
+  } /* else libnats may still call us: the struct stays */
   sl_input_stopped(in);
 }
 

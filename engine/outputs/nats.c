@@ -52,7 +52,10 @@ struct nats_out {
   int handles;
   int closing;
   int dead;           /* under mu: stopped, callbacks touch nothing */
-  int ever_connected; /* libnats may hold our closure: never free it */
+  int ever_connected; /* libnats may hold our closure */
+  int closed_seen;    /* under mu: its closed callback ran, none follow */
+  uv_cond_t cond;
+  uv_work_t close_req;
   /* acks from libnats' thread */
   uv_mutex_t mu;
   struct puback *acks;
@@ -122,6 +125,16 @@ static void on_reconnected(natsConnection *nc, void *closure) {
   wake(no);
 }
 
+/* The last callback libnats makes for a connection: after it the struct
+ * may go. */
+static void on_conn_closed(natsConnection *nc, void *closure) {
+  struct nats_out *no = closure;
+  uv_mutex_lock(&no->mu);
+  no->closed_seen = 1;
+  uv_mutex_unlock(&no->mu);
+  uv_cond_broadcast(&no->cond);
+}
+
 /* ---- connecting (threadpool) --------------------------------------------- */
 
 /* The stream's subject for create_stream: the template with {topic} at
@@ -158,6 +171,7 @@ static void connect_work(uv_work_t *req) {
     s = natsOptions_SetDisconnectedCB(opts, on_disconnected, no);
   if (s == NATS_OK)
     s = natsOptions_SetReconnectedCB(opts, on_reconnected, no);
+  if (s == NATS_OK) s = natsOptions_SetClosedCB(opts, on_conn_closed, no);
   if (s == NATS_OK) s = natsConnection_Connect(&nc, opts);
   natsOptions_Destroy(opts);
   if (s == NATS_OK && no->js_mode) {
@@ -532,6 +546,7 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   no->o = o;
   o->data = no;
   uv_mutex_init(&no->mu);
+  uv_cond_init(&no->cond);
   sl_buf_init(&no->body);
   no->url = VAL("url");
   no->subject = VAL("subject");
@@ -578,11 +593,34 @@ static void on_closed(uv_handle_t *h) {
   free(no->ring);
   sl_buf_close(&no->body);
   o->data = NULL;
-  if (!no->ever_connected) {
+  if (!no->ever_connected || no->closed_seen) {
     uv_mutex_destroy(&no->mu);
+    uv_cond_destroy(&no->cond);
     free(no);
-  } /* else libnats may still call us: the struct stays (once per run) */
+  } /* else libnats may still call us: the struct stays */
   sl_output_stopped(o);
+}
+
+/* Off the loop: flush core publishes, close, wait for the closed
+ * callback (the last one libnats makes). */
+static void close_work(uv_work_t *req) {
+  struct nats_out *no = container_of(req, struct nats_out, close_req);
+  natsConnection_FlushTimeout(no->nc, 1000);
+  natsConnection_Close(no->nc);
+  uv_mutex_lock(&no->mu);
+  while (!no->closed_seen &&
+         uv_cond_timedwait(&no->cond, &no->mu, 2000000000ull) == 0)
+    ;
+  uv_mutex_unlock(&no->mu);
+  jsCtx_Destroy(no->js);
+  natsConnection_Destroy(no->nc);
+  no->nc = NULL;
+}
+
+static void after_close_work(uv_work_t *req, int status) {
+  struct nats_out *no = container_of(req, struct nats_out, close_req);
+  uv_close((uv_handle_t *)&no->timer, on_closed);
+  uv_close((uv_handle_t *)&no->async, on_closed);
 }
 
 static void finish_stop(struct nats_out *no) {
@@ -596,16 +634,14 @@ static void finish_stop(struct nats_out *no) {
   for (i = 0; i < n; i++)
     natsMsg_Destroy(a[i].msg);
   free(a);
-  if (no->nc) {
-    natsConnection_FlushTimeout(no->nc, 1000); /* core publishes */
-    natsConnection_Close(no->nc);
-    jsCtx_Destroy(no->js);
-    natsConnection_Destroy(no->nc);
-    no->nc = NULL;
-  }
   sl_metric_remove(no->o->w->metrics, no);
-  uv_close((uv_handle_t *)&no->timer, on_closed);
-  uv_close((uv_handle_t *)&no->async, on_closed);
+  if (no->nc == NULL ||
+      uv_queue_work(&no->o->w->loop, &no->close_req, close_work,
+                    after_close_work) != 0) {
+    if (no->nc)
+      close_work(&no->close_req);
+    after_close_work(&no->close_req, 0);
+  }
 }
 
 static void cb_stop(struct sl_output *o) {
@@ -619,6 +655,7 @@ static void cb_stop(struct sl_output *o) {
     free(no->ring);
     sl_buf_close(&no->body);
     uv_mutex_destroy(&no->mu);
+    uv_cond_destroy(&no->cond);
     free(no);
     o->data = NULL;
     sl_output_stopped(o);
@@ -630,13 +667,13 @@ static void cb_stop(struct sl_output *o) {
 
 static void cb_retry(struct sl_output *o) {
   struct nats_out *no = o->data;
-  if (no->nc == NULL)
+  if (no->nc == NULL && !no->closing)
     start_connect(no);
 }
 
 static int cb_healthy(struct sl_output *o) {
   struct nats_out *no = o->data;
-  return no && no->nc && atomic_load(&no->a_connected);
+  return no && !no->closing && no->nc && atomic_load(&no->a_connected);
 }
 
 static const struct sl_output_ops ops = {
