@@ -3,7 +3,8 @@ sluice instances on one durable pull consumer, every message processed
 exactly once in the normal case; kill -9 one mid-stream: the others take
 its share, nothing is lost, and the messages processed twice (the killed
 one's in-flight window, at most max_ack_pending) are printed. The quick
-two-instance versions run in `make test` (tests/integration/test_nats.py).
+two-instance version without a kill runs in `make test`
+(tests/integration/test_nats.py).
 
 Run: make chaos   (or /usr/bin/python3 -m pytest -q -s tests/chaos/test_nats_scaleout.py)
 """
@@ -17,3 +18,7 @@ def test_three_instances_share_one_durable_consumer_exactly_once(sluice, tmp_pat
 
 def test_three_instances_kill9_one_mid_stream_loses_nothing(sluice, tmp_path, nats):
     scale_out(sluice, tmp_path, nats, 3, 6000, kill_one=True)
+
+
+def test_two_instances_kill9_one_loses_nothing(sluice, tmp_path, nats):
+    scale_out(sluice, tmp_path, nats, 2, 2000, kill_one=True)

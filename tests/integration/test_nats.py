@@ -85,7 +85,7 @@ def parse(out):
     return msgs
 
 
-def consume_events(nats, stream, durable, expect, idle_ms=3000):
+def consume_events(nats, stream, durable, expect, idle_ms=1000):
     """Every message of stream as (subject, NATS headers, decoded event)."""
     msgs = parse(nats.tool("consume", stream, durable, expect, idle_ms))
     return [(s, h, msgpack.unpackb(b, raw=False)) for s, h, b in msgs]
@@ -358,10 +358,6 @@ def scale_out(sluice, tmp_path, nats, instances, n, kill_one):
 
 def test_scale_out_two_instances_share_one_durable_consumer_exactly_once(sluice, tmp_path, nats):
     scale_out(sluice, tmp_path, nats, 2, 2000, kill_one=False)
-
-
-def test_scale_out_two_instances_kill9_one_loses_nothing(sluice, tmp_path, nats):
-    scale_out(sluice, tmp_path, nats, 2, 2000, kill_one=True)
 
 
 def test_example_nats_routes_orders_between_streams(sluice, tmp_path, nats):
