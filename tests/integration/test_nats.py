@@ -472,3 +472,28 @@ def test_server_down_at_start_does_not_stop_the_start(sluice, tmp_path, nats):
     nats.tool("pub", "in.orders", 20, "--js")
     wait_for(lambda: acked(admin) == 20, 30, what="consuming once the server is up")
     assert eng.find_logs("nats connected", output="out")
+
+
+def test_sluice_to_sluice_through_jetstream_keeps_the_event(sluice, tmp_path, nats):
+    # A publishes msgpack events (format event); B reads them back (format
+    # auto): id, topic, payload and headers survive, nats-* are B's own
+    eng, admin = start(sluice, tmp_path, nats, rules=False)
+    nats.tool("pub", "in.orders", 20, "--js", "-H", "traceparent:" + TRACEPARENT)
+    b_admin = free_port()
+    b = sluice("""return {
+  inputs = { { name = "relay", type = "nats", url = "%s", stream = "OUT",
+               subject = "out.>", durable = "b" } },
+  outputs = { { name = "archive", type = "file", path = "archive.ndjson" } },
+  routes = { { topics = "*", to = "archive" } },
+  admin = { listen = "127.0.0.1:%d" },
+}""" % (nats.url, b_admin), name="b")
+    wait_for(lambda: acked(b_admin, "relay") == 20, 20, what="B took all 20")
+    import json
+    got = [json.loads(l) for l in b.path("archive.ndjson").read_text().splitlines()]
+    assert sorted(e["payload"]["n"] for e in got) == list(range(20))
+    e = got[0]
+    assert e["topic"] == "in.orders"  # the event's own, not the subject
+    assert e["id"] == "IN-%s" % (e["payload"]["n"] + 1)  # A's id: stream-seq
+    assert e["headers"]["traceparent"] == TRACEPARENT
+    assert e["headers"]["nats-stream"] == "OUT"  # B's metadata replaced A's
+    assert e["headers"]["nats-subject"] == "out.in.orders"
