@@ -497,3 +497,15 @@ def test_sluice_to_sluice_through_jetstream_keeps_the_event(sluice, tmp_path, na
     assert e["headers"]["traceparent"] == TRACEPARENT
     assert e["headers"]["nats-stream"] == "OUT"  # B's metadata replaced A's
     assert e["headers"]["nats-subject"] == "out.in.orders"
+
+
+def test_a_queue_group_on_a_jetstream_input_is_refused_at_start(sluice, tmp_path, nats):
+    from conftest import EngineExited
+    with pytest.raises(EngineExited) as e:
+        sluice("""return {
+  inputs = { { name = "js", type = "nats", url = "%s", stream = "IN",
+               subject = "in.>", queue = "q" } },
+  outputs = { { name = "out", type = "null" } },
+  routes = { { topics = "*", to = "out" } },
+}""" % nats.url)
+    assert "inputs.js: queue is for core subscriptions" in str(e.value)
