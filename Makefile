@@ -4,8 +4,9 @@ DEB_PKGS := build-essential pkg-config libluajit-5.1-dev luajit libuv1-dev \
             libmsgpack-dev libssl-dev libhttp-parser-dev libyajl-dev zlib1g-dev \
             lua-busted python3 python3-msgpack python3-pytest curl \
             prometheus wrk clang libclang-rt-14-dev valgrind \
-            libcurl4-openssl-dev rsyslog libhiredis-dev redis-server redis-tools
-PKGS     := luajit libuv msgpack openssl yajl libcurl zlib hiredis
+            libcurl4-openssl-dev rsyslog libhiredis-dev redis-server redis-tools \
+            libnats-dev nats-server
+PKGS     := luajit libuv msgpack openssl yajl libcurl zlib hiredis libnats
 
 BUILD    ?= build
 CC       ?= cc

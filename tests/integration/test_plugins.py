@@ -19,6 +19,7 @@ KNOWN = {
     ("output", "exec"): "command",
     ("output", "http"): "url",
     ("input", "redis"): "group", ("output", "redis"): "maxlen",
+    ("input", "nats"): "subject", ("output", "nats"): "stream",
 }
 
 
@@ -81,7 +82,7 @@ def test_checker_refuses_an_unknown_key_naming_the_plugin_type_and_its_keys(tmp_
                            "path": str(tmp_path / ("p-" + typ)),
                            "command": ["true"],
                            "url": "http://127.0.0.1:7495/",
-                           "stream": "s", "group": "g"}[k]
+                           "stream": "s", "group": "g", "subject": "a.b"}[k]
         cfg[kind + "s"].append(item)
         rc, lines = check(tmp_path, cfg)
         assert rc == 1, (typ, lines)
@@ -109,16 +110,16 @@ def test_checker_refuses_a_key_only_other_types_take_naming_them(tmp_path):
 def test_checker_names_every_registered_type_for_an_unknown_one(tmp_path):
     plugins, _ = listing()
     cfg = base_config(tmp_path)
-    cfg["outputs"].append({"name": "n", "type": "nats"})
-    cfg["inputs"].append({"name": "k", "type": "kafka"})
+    cfg["outputs"].append({"name": "n", "type": "pigeon"})
+    cfg["inputs"].append({"name": "k", "type": "smoke"})
     rc, lines = check(tmp_path, cfg)
     assert rc == 1
     outs = [t for (k, t) in plugins if k == "output"]
     ins = [t for (k, t) in plugins if k == "input"]
     assert lines == [
-        'inputs[2].type: unknown input type "kafka" (expected %s or %s)'
+        'inputs[2].type: unknown input type "smoke" (expected %s or %s)'
         % (", ".join(ins[:-1]), ins[-1]),
-        'outputs[2].type: unknown output type "nats" (expected %s or %s)'
+        'outputs[2].type: unknown output type "pigeon" (expected %s or %s)'
         % (", ".join(outs[:-1]), outs[-1])]
 
 
