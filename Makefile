@@ -3,8 +3,9 @@
 DEB_PKGS := build-essential pkg-config libluajit-5.1-dev luajit libuv1-dev \
             libmsgpack-dev libssl-dev libhttp-parser-dev libyajl-dev \
             lua-busted python3 python3-msgpack python3-pytest curl \
-            prometheus wrk clang libclang-rt-14-dev valgrind
-PKGS     := luajit libuv msgpack openssl yajl
+            prometheus wrk clang libclang-rt-14-dev valgrind \
+            librdkafka-dev kcat
+PKGS     := luajit libuv msgpack openssl yajl rdkafka
 
 BUILD    ?= build
 CC       ?= cc

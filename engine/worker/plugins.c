@@ -12,11 +12,13 @@
   X(sl_input_tcp)     /* inputs/native.c */  \
   X(sl_input_unix)    /* inputs/native.c */  \
   X(sl_input_http)    /* inputs/http.c */    \
+  X(sl_input_kafka)   /* inputs/kafka.c */   \
   X(sl_output_stdout) /* outputs/file.c */   \
   X(sl_output_file)   /* outputs/file.c */   \
   X(sl_output_null)   /* outputs/null.c */   \
   X(sl_output_tcp)    /* outputs/native.c */ \
-  X(sl_output_unix)   /* outputs/native.c */
+  X(sl_output_unix)   /* outputs/native.c */ \
+  X(sl_output_kafka)  /* outputs/kafka.c */
 
 #define DECLARE(p) extern const struct sl_plugin p;
 #define LIST(p) &p.config,
