@@ -203,7 +203,10 @@ def test_brokers_down_at_start_then_everything_flows(sluice, mocks):
     send_events("127.0.0.1:%d" % port,
                 [{"topic": "tcp", "payload": {"n": i}} for i in range(10)])
     eng.wait_log("kafka broker error; the client retries", timeout=20)
+    time.sleep(1)
+    assert consume(m.bootstrap, "out", timeout=10) == []  # still down
     m.up()
+    eng.wait_log("kafka partitions assigned", timeout=30)
     produce(m.bootstrap, "in", ['k:{"n":%d}' % i for i in range(10, 20)])
     got = wait_consumed(m.bootstrap, "out", 20, timeout=60)
     assert sorted(e["payload"]["n"] for e in got) == list(range(20))
