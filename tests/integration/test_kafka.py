@@ -255,3 +255,37 @@ def test_two_instances_share_partitions_and_take_over_a_killed_one(
     print("2 instances, one killed mid-stream: %d duplicates of %d" %
           (dups, n + 1000))
     assert dups <= 600
+
+
+def test_example_router_runs_against_the_mock(tmp_path, mocks):
+    """examples/kafka/router.conf.lua as its header says to run it, with
+    KAFKA_BROKERS naming the mock; kcat feeds orders and reads routed.*."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    from conftest import ROOT, SLUICE_BIN, _engine_env
+    m = mocks("orders:2", "orders.eu:2", "routed.orders:2",
+              "routed.orders.eu:2")
+    folder = tmp_path / "kafka"
+    shutil.copytree(ROOT / "examples" / "kafka", folder)
+    env = _engine_env({"KAFKA_BROKERS": m.bootstrap})
+    err = open(tmp_path / "stderr.log", "wb")
+    p = subprocess.Popen([SLUICE_BIN, "run", "-c", "router.conf.lua"],
+                         cwd=str(folder), env=env, stdout=subprocess.DEVNULL,
+                         stderr=err)
+    try:
+        wait_for(lambda: b"kafka partitions assigned" in
+                 (tmp_path / "stderr.log").read_bytes(), timeout=30,
+                 what="the example's consumer joined its group")
+        produce(m.bootstrap, "orders", ['c1:{"amount":20}', 'c2:{"sku":"x"}'])
+        produce(m.bootstrap, "orders.eu", ['c3:{"amount":5000}'])
+        got = wait_consumed(m.bootstrap, "routed.orders", 1)
+        assert [e["payload"] for e in got] == [{"amount": 20}]
+        eu = wait_consumed(m.bootstrap, "routed.orders.eu", 1)
+        assert eu[0]["headers"]["priority"] == "high"
+        assert eu[0]["key"] == "c3"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=20) == 0
+        err.close()
