@@ -115,6 +115,14 @@ def test_kcat_round_trip_through_a_rule_with_exact_ledger(sluice, mocks,
     assert metric(text, "sluice_kafka_input_in_flight") == 0
     assert metric(text, "sluice_kafka_consumer_lag") == 0
     assert eng.find_logs("kafka partitions assigned")
+    # every kafka metric the README names is there, with a sample
+    import re
+    from conftest import ROOT
+    names = set(re.findall(r"sluice_kafka_[a-z_]+",
+                           (ROOT / "README.md").read_text()))
+    assert len(names) >= 10
+    for name in names:
+        assert re.search(r"^%s(\{| )" % name, text, re.M), name
 
 
 def test_kafka_event_format_round_trips_the_event(sluice, mocks):

@@ -14,6 +14,7 @@ KNOWN = {
     ("input", "http"): "max_body_bytes", ("output", "stdout"): "format",
     ("output", "file"): "fsync", ("output", "tcp"): "address",
     ("output", "unix"): "ack",
+    ("input", "kafka"): "group", ("output", "kafka"): "brokers",
 }
 
 
@@ -73,7 +74,9 @@ def test_checker_refuses_an_unknown_key_naming_the_plugin_type_and_its_keys(tmp_
         for k, (_, default, _) in keys.items():
             if default == "required":
                 item[k] = {"listen": "127.0.0.1:7491", "address": "127.0.0.1:7492",
-                           "path": str(tmp_path / ("p-" + typ))}[k]
+                           "path": str(tmp_path / ("p-" + typ)),
+                           "brokers": "127.0.0.1:9092", "group": "g",
+                           "topics": "t"}[k]
         cfg[kind + "s"].append(item)
         rc, lines = check(tmp_path, cfg)
         assert rc == 1, (typ, lines)
@@ -93,21 +96,24 @@ def test_checker_refuses_a_key_only_other_types_take_naming_them(tmp_path):
                            "format": "msgpack"})
     rc, lines = check(tmp_path, cfg)
     assert rc == 1
-    assert lines == ["outputs[1].ack: only tcp and unix outputs take ack",
-                     "outputs[2].format: only stdout and file outputs take format"]
+    assert lines[0] == "outputs[1].ack: only tcp and unix outputs take ack"
+    # the broker outputs take a format of their own too
+    assert re.fullmatch(r"outputs\[2\]\.format: only stdout, file(, \w+)* and "
+                        r"\w+ outputs take format", lines[1]), lines
+    assert len(lines) == 2
 
 
 def test_checker_names_every_registered_type_for_an_unknown_one(tmp_path):
     plugins, _ = listing()
     cfg = base_config(tmp_path)
     cfg["outputs"].append({"name": "n", "type": "nats"})
-    cfg["inputs"].append({"name": "k", "type": "kafka"})
+    cfg["inputs"].append({"name": "k", "type": "pulsar"})
     rc, lines = check(tmp_path, cfg)
     assert rc == 1
     outs = [t for (k, t) in plugins if k == "output"]
     ins = [t for (k, t) in plugins if k == "input"]
     assert lines == [
-        'inputs[2].type: unknown input type "kafka" (expected %s or %s)'
+        'inputs[2].type: unknown input type "pulsar" (expected %s or %s)'
         % (", ".join(ins[:-1]), ins[-1]),
         'outputs[2].type: unknown output type "nats" (expected %s or %s)'
         % (", ".join(outs[:-1]), outs[-1])]
