@@ -353,6 +353,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
   int i, assign = err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS;
   char text[400];
   k->rebalances++;
+  if (assign)
+    sl_kafka_bridge_up(&k->bridge);
   list_text(l, text, sizeof(text));
   sl_log(SL_LOG_INFO, assign ? "kafka partitions assigned"
                              : "kafka partitions revoked",
@@ -611,6 +613,7 @@ static void handle(struct kafka_in *k, rd_kafka_message_t *m) {
     return;
   }
   p->next = m->offset + 1;
+  sl_kafka_bridge_up(&k->bridge);
   in->stats.events_in++;
   in->stats.bytes_in += m->len;
   rc = why ? dead_letter(k, ev) : sl_worker_submit(&k->src, ev);

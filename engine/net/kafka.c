@@ -32,12 +32,20 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
   uint64_t suppressed = 0;
   (void)rk;
   b->errors++;
-  b->down = err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN;
+  b->down = 1;
   if (sl_log_allow(&b->log, &suppressed))
     sl_log(SL_LOG_WARN, "kafka broker error; the client retries",
            SL_S(b->kind, b->name),
            SL_S("error", rd_kafka_err2name((rd_kafka_resp_err_t)err)),
            SL_S("detail", reason), SL_U("suppressed", suppressed), SL_END);
+}
+
+void sl_kafka_bridge_up(struct sl_kafka_bridge *b) {
+  if (!b->down)
+    return;
+  b->down = 0;
+  sl_log(SL_LOG_INFO, "kafka brokers reachable again", SL_S(b->kind, b->name),
+         SL_END);
 }
 
 static int set(rd_kafka_conf_t *c, const char *k, const char *v, char *err,

@@ -9,7 +9,15 @@
  * latency. The byte comes only on empty -> non-empty, so whoever polls
  * must drain the queue (or come back from an idle handle) before sleeping.
  * Logs and errors are served on the loop too (log.queue) and go to the
- * engine's log, rate-limited. */
+ * engine's log, rate-limited.
+ *
+ * Why this and not the alternatives: a uv_timer calling rd_kafka_poll
+ * every N ms adds up to N ms to every delivery report and message and
+ * wakes an idle engine 1000/N times a second; a thread of ours blocking in
+ * rd_kafka_consumer_poll would need a second bounded queue and a uv_async
+ * to hand over what librdkafka already queues. The pipe costs one write
+ * and one read per empty -> non-empty transition (none per message while
+ * the queue stays busy) and nothing while idle. */
 #ifndef SL_NET_KAFKA_H
 #define SL_NET_KAFKA_H
 
@@ -29,7 +37,7 @@ struct sl_kafka_bridge {
   const char *name;           /* the plugin's config name */
   struct sl_log_limiter log;  /* client logs and errors */
   uint64_t errors;            /* error_cb calls (broker down, ...) */
-  int down;                   /* the last error was all brokers down */
+  int down;                   /* an error was logged; not reachable since */
   int open;
 };
 
@@ -41,6 +49,10 @@ struct sl_kafka_bridge {
 rd_kafka_conf_t *sl_kafka_conf(struct sl_kafka_bridge *b, const char *brokers,
                                const char *const *defaults,
                                const char *options, char *err, size_t errlen);
+
+/* Something went through (a delivery, a message, an assignment): after
+ * errors, log once that the brokers are reachable again. */
+void sl_kafka_bridge_up(struct sl_kafka_bridge *b);
 
 /* Watch q (an rd_kafka_queue_t the caller keeps) on loop: on_ready runs
  * on the loop when it has events. 0 or a negative code. */

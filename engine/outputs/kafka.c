@@ -111,6 +111,8 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
   (void)rk;
   if (m->err)
     k->delivery_errors++;
+  else
+    sl_kafka_bridge_up(&k->bridge);
   if (!k->writing || gen != k->gen || i >= k->n)
     return; /* a report from a write already given up (stop) */
   k->results[i] = m->err;

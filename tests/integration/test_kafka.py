@@ -225,6 +225,7 @@ def test_brokers_down_at_start_then_everything_flows(sluice, mocks):
     produce(m.bootstrap, "in", ['k:{"n":%d}' % i for i in range(10, 20)])
     got = wait_consumed(m.bootstrap, "out", 20, timeout=60)
     assert sorted(e["payload"]["n"] for e in got) == list(range(20))
+    eng.wait_log("kafka brokers reachable again", timeout=10)
 
 
 def assigned(eng):
