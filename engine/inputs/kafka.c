@@ -762,20 +762,21 @@ static int subscribe(struct kafka_in *k, const char *topics, char *err,
   rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
   char *copy = strdup(topics), *t, *save = NULL;
   rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR_NO_ERROR;
+  int n;
   if (copy == NULL) {
     rd_kafka_topic_partition_list_destroy(l);
     return SL_ENOMEM;
   }
   for (t = strtok_r(copy, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
     rd_kafka_topic_partition_list_add(l, t, RD_KAFKA_PARTITION_UA);
-  if (l->cnt == 0)
+  if ((n = l->cnt) == 0)
     snprintf(err, errlen, "topics: no topic named");
   else if ((e = rd_kafka_subscribe(k->rk, l)) != RD_KAFKA_RESP_ERR_NO_ERROR)
     snprintf(err, errlen, "cannot subscribe to %s: %s", topics,
              rd_kafka_err2str(e));
   free(copy);
   rd_kafka_topic_partition_list_destroy(l);
-  return l->cnt == 0 || e ? SL_EINVAL : 0;
+  return n == 0 || e ? SL_EINVAL : 0;
 }
 
 static int cb_start(struct sl_input *in, char *err, size_t errlen) {
