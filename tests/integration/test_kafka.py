@@ -298,3 +298,41 @@ def test_example_router_runs_against_the_mock(tmp_path, mocks):
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=20) == 0
         err.close()
+
+
+def test_output_sends_an_event_kafka_cannot_take_to_the_dead_letter(
+        sluice, mocks):
+    """Larger than the producer's message.max.bytes (less 1 KiB for key
+    and headers): to the dead letter before a try; the next ones flow."""
+    m = mocks("out:1")
+    port = free_port()
+    eng = sluice({
+        "inputs": [{"name": "app", "type": "tcp",
+                    "listen": "127.0.0.1:%d" % port}],
+        "outputs": [{"name": "kout", "type": "kafka", "brokers": m.bootstrap,
+                     "topic": "out", "format": "json",
+                     "options": "message.max.bytes=5000"}],
+        "routes": [{"topics": "*", "to": "kout"}]})
+    send_events("127.0.0.1:%d" % port, [
+        {"topic": "t", "payload": {"n": 1}},
+        {"topic": "t", "payload": {"n": 2, "pad": "x" * 6000}},
+        {"topic": "t", "payload": {"n": 3}}])
+    got = wait_consumed(m.bootstrap, "out", 2)
+    assert [e["payload"]["n"] for e in got] == [1, 3]
+    dl = eng.path("var/dead-letter.ndjson")
+    wait_for(lambda: dl.exists() and dl.read_text().strip(), timeout=10,
+             what="the large event in the dead letter")
+    bad = json.loads(dl.read_text().splitlines()[0])
+    assert bad["payload"]["n"] == 2
+    assert "message.max.bytes" in bad["headers"]["sluice-error"]
+    assert bad["headers"]["sluice-output"] == "kout"
+
+
+def test_an_unknown_librdkafka_option_stops_the_start_naming_it(tmp_path):
+    from conftest import lua, run_sluice
+    cfg = config("127.0.0.1:1", input={"options": "no.such.property=1"})
+    p = tmp_path / "c.lua"
+    p.write_text("return " + lua(cfg) + "\n")
+    r = run_sluice("run", "-c", p, cwd=tmp_path, timeout=20)
+    assert r.returncode != 0
+    assert "kafka property no.such.property" in r.stderr, r.stderr
