@@ -8,7 +8,8 @@
  * them. A failed or pending event holds its partition's offset back; a
  * kill -9 loses nothing and the group redelivers what was in flight.
  * Commits are asynchronous, batched on a timer (commit_interval_ms) and
- * done again on revoke and at stop.
+ * done again on revoke and at stop. The same timer polls once, so an idle
+ * consumer still counts as alive (max.poll.interval.ms).
  *
  * Rebalances: on assign a partition gets a fresh tracking state (a new id
  * in the tokens); on revoke what is done is committed and the state goes,
@@ -87,6 +88,7 @@ struct kafka_in {
   uint32_t bl_head, bl_count, bl_cap;
   int blocked, draining, closing, finished;
   uint64_t close_deadline; /* monotonic ns: give up leaving the group */
+  uint64_t commit_interval_ns, next_commit_ns;
   int format;
   const char *topic;  /* ev.topic instead of the Kafka topic; NULL */
   struct sl_buf scratch;
@@ -291,8 +293,19 @@ static void commit(struct kafka_in *k) {
            SL_U("suppressed", suppressed), SL_END);
 }
 
+static void pump(struct kafka_in *k);
+
+/* Also a poll: librdkafka takes a consumer that has not polled for
+ * max.poll.interval.ms (5 min) for stuck and leaves the group, and an
+ * idle topic gives the pipe no byte. One empty poll a second is cheap. */
 static void on_commit_timer(uv_timer_t *t) {
-  commit(container_of(t, struct kafka_in, commit_timer));
+  struct kafka_in *k = container_of(t, struct kafka_in, commit_timer);
+  uint64_t now = sl_mono_ns();
+  pump(k);
+  if (k->finished || now < k->next_commit_ns)
+    return;
+  k->next_commit_ns = now + k->commit_interval_ns;
+  commit(k);
 }
 
 static void offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -369,8 +382,12 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
       rd_kafka_incremental_assign(rk, l);
     else
       rd_kafka_assign(rk, l);
+    /* a partition paused here before a revoke may keep librdkafka's
+     * pause flag when it comes back: say which state it is to be in */
     if (k->blocked || k->draining)
       rd_kafka_pause_partitions(rk, l);
+    else
+      rd_kafka_resume_partitions(rk, l);
     return;
   }
   /* revoked (or lost): commit what is done, then stop tracking */
@@ -841,6 +858,10 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
     return SL_ENOMEM;
   interval = sl_config_value_num(cfg->values, cfg->nvalues,
                                  "commit_interval_ms");
+  k->commit_interval_ns = interval * 1000000;
+  /* at least once a second: the timer polls too */
+  if (interval > 1000)
+    interval = 1000;
   uv_timer_start(&k->commit_timer, on_commit_timer, interval, interval);
   pump(k);
   return 0;
