@@ -118,3 +118,22 @@ def metric(text, name, **labels):
         if all('%s="%s"' % (k, v) in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def wait_all(bootstrap, topic, want, timeout=120):
+    """Poll with kcat until every payload n in want is on topic (duplicates
+    do not count towards it); return the Counter of n."""
+    from collections import Counter
+    got = Counter()
+
+    def covered():
+        got.clear()
+        got.update(e["payload"]["n"] for e in consume_json(bootstrap, topic))
+        return set(want) <= set(got)
+    try:
+        wait_for(covered, timeout=timeout, interval=0.5,
+                 what="all %d events on %s" % (len(want), topic))
+    except AssertionError:
+        raise AssertionError("lost %d, e.g. %s" % (
+            len(set(want) - set(got)), sorted(set(want) - set(got))[:10]))
+    return got
