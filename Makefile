@@ -5,8 +5,8 @@ DEB_PKGS := build-essential pkg-config libluajit-5.1-dev luajit libuv1-dev \
             lua-busted python3 python3-msgpack python3-pytest curl \
             prometheus wrk clang libclang-rt-14-dev valgrind \
             libcurl4-openssl-dev rsyslog libhiredis-dev redis-server redis-tools \
-            libnats-dev nats-server
-PKGS     := luajit libuv msgpack openssl yajl libcurl zlib hiredis libnats
+            libnats-dev nats-server librdkafka-dev kcat
+PKGS     := luajit libuv msgpack openssl yajl libcurl zlib hiredis libnats rdkafka
 
 BUILD    ?= build
 CC       ?= cc

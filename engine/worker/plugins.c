@@ -17,6 +17,7 @@
   X(sl_input_stdin)   /* inputs/stdin.c */   \
   X(sl_input_redis)   /* inputs/redis.c */   \
   X(sl_input_nats)    /* inputs/nats.c */    \
+  X(sl_input_kafka)   /* inputs/kafka.c */   \
   X(sl_output_stdout) /* outputs/file.c */   \
   X(sl_output_file)   /* outputs/file.c */   \
   X(sl_output_null)   /* outputs/null.c */   \
@@ -26,7 +27,8 @@
   X(sl_output_exec)   /* outputs/exec.c */ \
   X(sl_output_http)   /* outputs/http.c */ \
   X(sl_output_redis)  /* outputs/redis.c */ \
-  X(sl_output_nats)   /* outputs/nats.c */
+  X(sl_output_nats)   /* outputs/nats.c */ \
+  X(sl_output_kafka)  /* outputs/kafka.c */
 
 #define DECLARE(p) extern const struct sl_plugin p;
 #define LIST(p) &p.config,

@@ -20,6 +20,7 @@ KNOWN = {
     ("output", "http"): "url",
     ("input", "redis"): "group", ("output", "redis"): "maxlen",
     ("input", "nats"): "subject", ("output", "nats"): "stream",
+    ("input", "kafka"): "group", ("output", "kafka"): "brokers",
 }
 
 
@@ -82,7 +83,8 @@ def test_checker_refuses_an_unknown_key_naming_the_plugin_type_and_its_keys(tmp_
                            "path": str(tmp_path / ("p-" + typ)),
                            "command": ["true"],
                            "url": "http://127.0.0.1:7495/",
-                           "stream": "s", "group": "g", "subject": "a.b"}[k]
+                           "stream": "s", "group": "g", "subject": "a.b",
+                           "brokers": "127.0.0.1:9092", "topics": "t"}[k]
         cfg[kind + "s"].append(item)
         rc, lines = check(tmp_path, cfg)
         assert rc == 1, (typ, lines)

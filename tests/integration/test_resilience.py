@@ -4,6 +4,7 @@
 Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/test_resilience.py
 """
 
+import re
 import datetime
 import re
 import time
