@@ -717,6 +717,8 @@ static int setup_headers(struct http_out *h, char *err, size_t errlen) {
   return 0;
 }
 
+static void cb_stop(struct sl_output *o);
+
 static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   const struct sl_output_config *c = o->cfg;
   struct http_out *h;
@@ -765,10 +767,14 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   sl_buf_close(&check);
   if (rc == 0)
     rc = setup_headers(h, err, errlen);
-  if (rc != 0)
-    return rc; /* cb_stop frees h */
-  if ((h->multi = curl_multi_init()) == NULL)
-    return SL_ENOMEM;
+  if (rc == 0 && (h->multi = curl_multi_init()) == NULL)
+    rc = SL_ENOMEM;
+  if (rc != 0) {
+    /* the core never stops an output whose start failed: free h once
+     * its timer has closed */
+    cb_stop(o);
+    return rc;
+  }
   curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
   curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
   curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
