@@ -323,6 +323,31 @@ static int cmd_reload(const char *path) {
   return 0;
 }
 
+/* In the source tree (build/sluice with ../scripts) a missing
+ * sluice_core.so means a `make` that built only the binary: say the
+ * command that builds it. Returns 1 when it printed that. */
+static int missing_core_hint(void) {
+  char exe[PATH_MAX], probe[PATH_MAX + 64], *dir, *root;
+  struct stat st;
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0)
+    return 0;
+  exe[n] = '\0';
+  dir = dirname(exe);
+  snprintf(probe, sizeof(probe), "%s/../scripts/sluice/testing.lua", dir);
+  if (stat(probe, &st) != 0)
+    return 0;
+  root = realpath(probe, NULL);
+  if (root)
+    root[strlen(root) - strlen("/scripts/sluice/testing.lua")] = '\0';
+  fprintf(stderr, "sluice: module 'sluice_core' not found: %s/sluice_core.so "
+                  "(the rule sandbox `sluice test` loads) is not built; run "
+                  "`make -C %s all` and try again\n",
+          dir, root ? root : "..");
+  free(root);
+  return 1;
+}
+
 static int cmd_test(int argc, char **argv) {
   char lpath[PATH_MAX + 32], cpath[PATH_MAX + 32], conf[PATH_MAX + 48];
   struct runtime rt;
@@ -330,6 +355,8 @@ static int cmd_test(int argc, char **argv) {
   int i, k = 0;
 
   if (find_runtime(&rt) != 0) {
+    if (missing_core_hint())
+      return 1;
     fprintf(stderr, "sluice: cannot find the Lua runtime beside this binary "
                     "(../scripts and sluice_core.so in its folder, or "
                     "../share/sluice/scripts and ../lib/sluice/sluice_core.so; "

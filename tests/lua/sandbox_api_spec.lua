@@ -496,3 +496,30 @@ describe("state handover", function()
     s.has(e, "snapshot()'s value (memory_mb) is larger than 16777216 bytes")
   end)
 end)
+
+describe("rule:run's result contract (as sluice/testing.lua documents it)", function()
+  teardown(s.cleanup)
+
+  it("routes is always a table, {} unless the verdict is route; timings are numbers", function()
+    local r = s.on_event([[
+      if ev.topic == "r" then return "a" end
+      if ev.topic == "d" then return sluice.drop("x") end
+      if ev.topic == "e" then error("boom") end
+    ]])
+    for topic, verdict in pairs({ p = "pass", r = "route", d = "drop", e = "error" }) do
+      local res = run(r, { topic = topic })
+      assert.equal(verdict, res.verdict)
+      assert.equal("table", type(res.routes))
+      if verdict ~= "route" then assert.same({}, res.routes) end
+      assert.equal(verdict == "drop", res.dropped ~= nil)
+      assert.equal(verdict == "error", res.error ~= nil)
+      assert.equal(verdict == "error", res.error_kind ~= nil)
+      assert.equal("number", type(res.elapsed_ms))
+      assert.equal("number", type(res.cpu_ms))
+      assert.is_true(res.elapsed_ms >= 0 and res.cpu_ms >= 0)
+      assert.equal("boolean", type(res.changed))
+      assert.equal("table", type(res.emitted))
+      assert.equal("table", type(res.logs))
+    end
+  end)
+end)
