@@ -140,6 +140,7 @@ struct box {
   int timer_next; /* where the next sl_rule_run_timers starts looking */
   char **topics;
   int ntopics;
+  int on_error; /* enum sl_rule_on_error, from the rule table */
 };
 
 struct sl_rule {

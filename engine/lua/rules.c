@@ -26,6 +26,8 @@ struct rule_stats {
   uint64_t calls, routed, dropped, passed;
   uint64_t err_runtime, err_cpu, err_memory;
   uint64_t timer_errors; /* over all versions */
+  uint64_t on_error[3];  /* failures handled by policy: dead_letter, drop,
+                            pass (enum sl_rule_on_error - 1) */
   struct sl_histogram duration;
   int present; /* in the live set */
 };
@@ -764,6 +766,30 @@ static void dead_letter(struct sl_rules *rs, struct sl_event *orig,
   r->targets[0] = (uint16_t)rs->cfg->dead_letter;
 }
 
+/* The failure policy of sl: its own on_error, else rules.on_error, else
+ * the dead letter. */
+static enum sl_rule_on_error policy_of(const struct sl_rules *rs,
+                                       const struct slot *sl) {
+  enum sl_rule_on_error p = sl_rule_on_error(sl->rule);
+  if (p == SL_RULE_ON_ERROR_UNSET && rs->cfg->rules.on_error)
+    p = sl_rule_on_error_parse(rs->cfg->rules.on_error);
+  return p == SL_RULE_ON_ERROR_UNSET ? SL_RULE_ON_ERROR_DEAD_LETTER : p;
+}
+
+/* A failure under on_error "drop" or "pass": logged as dead letters are
+ * (rate-limited), with what became of the event. */
+static void log_failure(struct sl_rules *rs, const struct sl_event *orig,
+                        const struct sl_rule_decision *d, const char *msg) {
+  static const char *const kinds[] = {"none", "runtime", "cpu", "memory"};
+  uint64_t suppressed;
+  if (sl_log_allow(&rs->error_log, &suppressed))
+    sl_log(SL_LOG_ERROR, msg, SL_S("rule", d->where),
+           SL_S("kind", kinds[d->error]), SL_S("error", d->message),
+           SL_S("traceback", d->traceback),
+           SL_N("event_id", orig->data + orig->id_off, orig->id_len),
+           SL_U("suppressed", suppressed), SL_END);
+}
+
 /* Run slot sl on *ev when its topics match (0 when they do not): time one
  * call in SL_RULES_TIME_EVERY, arm the timers it added, and take the event
  * it changed unless it failed. The decision is in rs->d. */
@@ -897,12 +923,34 @@ void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
       r->event = ev;
       sl_event_unref(orig);
       return;
-    case SL_RULE_ERROR:
+    case SL_RULE_ERROR: {
+      enum sl_rule_on_error p = policy_of(rs, sl);
       count_error(sl->stats, d);
+      if (sl->stats)
+        sl->stats->on_error[p - 1]++;
+      if (p == SL_RULE_ON_ERROR_PASS) { /* ev is as it came to this rule */
+        log_failure(rs, orig, d, "rule failed; event passed on unchanged "
+                                 "(on_error = \"pass\")");
+        r->rule = NULL;
+        continue;
+      }
+      if (p == SL_RULE_ON_ERROR_DROP) {
+        log_failure(rs, orig, d, "rule failed; event dropped (on_error = "
+                                 "\"drop\")");
+        rs->st.error_dropped++;
+        r->outcome = SL_RULES_DROPPED;
+        snprintf(rs->reason, sizeof(rs->reason), "on_error drop: %s",
+                 d->message);
+        r->reason = rs->reason;
+        r->event = ev;
+        sl_event_unref(orig);
+        return;
+      }
       sl_event_unref(ev);
       dead_letter(rs, orig, d, r);
       sl_event_unref(orig);
       return;
+    }
     }
   }
   sl_event_unref(orig);
@@ -985,6 +1033,10 @@ static const struct sl_metric m_dropped = {
 static const struct sl_metric m_emitted = {
     "sluice_events_emitted_total", "Events rules emitted with sluice.emit.",
     SL_METRIC_COUNTER, {NULL}};
+static const struct sl_metric m_on_error = {
+    "sluice_rule_on_error_total",
+    "Rule failures by the on_error policy that handled them.",
+    SL_METRIC_COUNTER, {"rule", "policy", NULL}};
 static const struct sl_metric m_dead_lettered = {
     "sluice_events_dead_lettered_total",
     "Events a failing rule sent to the dead letter output.",
@@ -1006,6 +1058,12 @@ static void collect_files(struct sl_metric_out *out, const struct sl_metric *m,
       sl_metric_put_u64(out, v, s->timer_errors);
     else if (m == &m_duration)
       sl_metric_put_hist(out, v, &s->duration);
+    else if (m == &m_on_error)
+      for (k = 0; k < 3; k++) {
+        static const char *const policies[] = {"dead_letter", "drop", "pass"};
+        v[1] = policies[k];
+        sl_metric_put_u64(out, v, s->on_error[k]);
+      }
     else
       for (k = 0; k < 3; k++) {
         v[1] = kinds[k];
@@ -1042,7 +1100,8 @@ int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r) {
   static const char *const ok[] = {"ok"}, *const failed[] = {"failed"},
                            *const rule[] = {"rule"},
                            *const unrouted[] = {"unrouted"},
-                           *const unknown[] = {"emit_unknown_output"};
+                           *const unknown[] = {"emit_unknown_output"},
+                           *const rule_error[] = {"rule_error"};
   int rc;
   sl_metric_remove(rs->metrics, rs); /* added once, wherever */
   rs->metrics = r;
@@ -1053,6 +1112,11 @@ int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r) {
     rc = sl_metric_add(r, &m_timer_errors, collect_files, rs);
   if (rc == 0)
     rc = sl_metric_add(r, &m_duration, collect_files, rs);
+  if (rc == 0)
+    rc = sl_metric_add(r, &m_on_error, collect_files, rs);
+  if (rc == 0)
+    rc = sl_metric_add_u64(r, &m_dropped, rule_error, &rs->st.error_dropped,
+                           rs);
   if (rc == 0)
     rc = sl_metric_add_u64(r, &m_reloads, ok, &rs->st.reloads_ok, rs);
   if (rc == 0)

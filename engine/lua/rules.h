@@ -105,6 +105,7 @@ struct sl_rules_stats {
   uint64_t dropped, dead_lettered, unrouted, emitted, emit_failed;
   uint64_t reloads_ok, reloads_failed;
   uint64_t version;
+  uint64_t error_dropped; /* failures dropped by on_error = "drop" */
 };
 const struct sl_rules_stats *sl_rules_stats(const struct sl_rules *rs);
 
