@@ -16,7 +16,8 @@
 -- load raises "path:line: message".
 --
 -- Events are tables shaped like the wire event: topic (required), id, key,
--- time (ms since the epoch, a float), headers (table of strings), payload
+-- time (ms since the epoch, a float) or time_ns (exact ns, a decimal
+-- string), headers (table of strings), payload
 -- (any value; testing.array/map/bin/float/ext make exact types), or
 -- payload_raw (msgpack bytes, sent as they are).
 --

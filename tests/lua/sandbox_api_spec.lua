@@ -523,3 +523,35 @@ describe("rule:run's result contract (as sluice/testing.lua documents it)", func
     end
   end)
 end)
+
+describe("ev.time and ev.time_ns", function()
+  teardown(s.cleanup)
+
+  it("time is float ms, time_ns the exact integer as a decimal string", function()
+    local r = s.on_event([[
+      ev.headers.ms = string.format("%.3f", ev.time)
+      ev.headers.ns = ev.time_ns
+      ev.headers.kind = type(ev.time_ns)
+    ]])
+    -- 2^53 + 1 ns: a double cannot hold it, the string does
+    local res = run(r, { topic = "t", time_ns = "1700000000000000123" })
+    assert.equal("1700000000000000123", res.event.headers.ns)
+    assert.equal("string", res.event.headers.kind)
+    assert.equal("1700000000000.000", res.event.headers.ms)
+    assert.equal("1700000000000000123", res.event.time_ns)
+  end)
+
+  it("time_ns is read-only, and sluice.emit takes it back exactly", function()
+    local r = s.on_event([[
+      if ev.topic == "w" then ev.time_ns = "1" end
+      if ev.topic == "both" then sluice.emit("o", { topic = "x", time = 1, time_ns = "1" }) end
+      if ev.topic == "bad" then sluice.emit("o", { topic = "x", time_ns = "12ms" }) end
+      sluice.emit("o", { topic = "copy", time_ns = ev.time_ns })
+    ]])
+    assert.truthy(run(r, { topic = "w" }).error:find("ev.time_ns is read-only", 1, true))
+    assert.truthy(run(r, { topic = "both" }).error:find("give time or time_ns, not both", 1, true))
+    assert.truthy(run(r, { topic = "bad" }).error:find("time_ns must be a string of decimal digits", 1, true))
+    local res = run(r, { topic = "t", time_ns = "1700000000000000123" })
+    assert.equal("1700000000000000123", res.emitted[1].event.time_ns)
+  end)
+end)
