@@ -244,6 +244,17 @@ static int cmd_run(const char *path, int level) {
       sl_rules_set_status_file(w.rules, status);
     free(status);
   }
+  if (cfg->rules.persist && cfg->rules.dir) {
+    /* before the loop runs: restored state is there for the first event */
+    char *dir = sl_state_path(cfg, "rule-state");
+    int prc = dir ? sl_rules_persist(w.rules, dir, cfg->rules.persist_interval_s)
+                  : SL_ENOMEM;
+    if (prc != 0)
+      sl_log(SL_LOG_WARN, "cannot use the rule state folder; rules.persist is "
+                          "off", SL_S("dir", dir), SL_S("error", strerror(-prc)),
+             SL_END);
+    free(dir);
+  }
   sl_log(SL_LOG_INFO, "sluice started", SL_S("version", SL_VERSION),
          SL_S("config", path), SL_I("pid", getpid()),
          SL_S("state_dir", cfg->state_dir), SL_I("inputs", cfg->ninputs),

@@ -55,6 +55,7 @@ static int box_contract(lua_State *L) {
   set_ref(L, b->ref_on_event, -1);
   optional_fn(L, r, line, "snapshot", b->ref_snapshot);
   optional_fn(L, r, line, "restore", b->ref_restore);
+  optional_fn(L, r, line, "on_stop", b->ref_on_stop);
   optional_fn(L, r, line, "on_start", b->ref_tmp);
 
   lua_settop(L, 1);
@@ -788,6 +789,21 @@ int sl_rule_snapshot(struct sl_rule *r, struct sl_buf *out, char *err,
              "hold: %s", r->path, r->err_msg);
     return st == LUA_ERRMEM ? SL_ENOMEM : SL_EINVAL;
   }
+  return 0;
+}
+
+int sl_rule_stop(struct sl_rule *r, char *err, size_t errlen) {
+  struct box *b = r->box;
+  int st;
+  push_ref(b->L, b->ref_on_stop);
+  if (!lua_isfunction(b->L, -1)) {
+    lua_settop(b->L, SLOT_BASE);
+    return SL_ENOENT;
+  }
+  st = box_call(b, 0, 0);
+  if (st != 0)
+    return handover_error(b, st, "on_stop", err, errlen);
+  lua_settop(b->L, SLOT_BASE);
   return 0;
 }
 

@@ -7,6 +7,7 @@
 #include "rules.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 
 #include "log.h"
 #include "sandbox.h"
+#include "statefile.h"
 
 #define SL_RULES_TIME_EVERY 16 /* a power of two */
 
@@ -89,6 +91,9 @@ struct sl_rules {
   struct sl_log_limiter error_log;
   struct sl_rules_stats st;
   struct sl_metric_registry *metrics; /* where sl_rules_metrics added */
+  char *persist_dir;         /* rules.persist: <state_dir>/rule-state */
+  uv_timer_t persist_timer;  /* every rules.persist_interval_s */
+  int persist_timer_open, shut; /* shut: on_stop ran, state written */
 };
 
 /* ---- the rule host ----------------------------------------------------- */
@@ -377,6 +382,7 @@ static int handover(struct sl_rules *rs, struct ruleset *next, char *err,
 
 static void arm_timers(struct sl_rules *rs);
 static void write_status(struct sl_rules *rs);
+static void persist_all(struct sl_rules *rs);
 
 /* Make next live; describe in changes what differs from the live set
  * ("+new.lua ~changed.lua -removed.lua"). */
@@ -674,7 +680,14 @@ struct sl_rules *sl_rules_new(const struct sl_config *cfg, uv_loop_t *loop,
 void sl_rules_stop(struct sl_rules *rs) {
   if (rs == NULL || rs->stopped)
     return;
+  if (!rs->shut) { /* no on_stop now: the outputs are gone; state still */
+    rs->owner.emit = NULL;
+    rs->shut = 1;
+    persist_all(rs);
+  }
   rs->stopped = 1;
+  if (rs->persist_timer_open)
+    uv_close((uv_handle_t *)&rs->persist_timer, NULL);
   if (rs->loop == NULL)
     return;
   uv_close((uv_handle_t *)&rs->debounce, NULL);
@@ -698,6 +711,7 @@ void sl_rules_free(struct sl_rules *rs) {
   free(rs->stats);
   free(rs->last_error);
   free(rs->status_file);
+  free(rs->persist_dir);
   free(rs);
 }
 
@@ -1137,4 +1151,132 @@ int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r) {
     rc = sl_metric_add_u64(r, &m_dead_lettered, NULL, &rs->st.dead_lettered,
                            rs);
   return rc;
+}
+
+/* ---- state across restarts (rules.persist) ----------------------------- */
+
+#define SL_RULES_MAX_STATE_BYTES (64u << 20)
+
+/* <persist_dir>/<rule file>.state; caller frees. */
+static char *state_path(const struct sl_rules *rs, const struct sl_rule *r) {
+  const char *name = base_name(sl_rule_path(r));
+  size_t n = strlen(rs->persist_dir) + strlen(name) + 8;
+  char *p = malloc(n);
+  if (p)
+    snprintf(p, n, "%s/%s.state", rs->persist_dir, name);
+  return p;
+}
+
+/* Each live rule's snapshot() to its state file. A rule without snapshot
+ * keeps no file; a failing one keeps its last good file. */
+static void persist_all(struct sl_rules *rs) {
+  struct sl_buf snap;
+  char why[1024];
+  int i, rc;
+  if (rs->persist_dir == NULL || rs->live == NULL)
+    return;
+  sl_buf_init(&snap);
+  for (i = 0; i < rs->live->n; i++) {
+    struct sl_rule *r = rs->live->slots[i].rule;
+    char *path;
+    sl_buf_reset(&snap);
+    rc = sl_rule_snapshot(r, &snap, why, sizeof(why));
+    if (rc == SL_ENOENT)
+      continue;
+    if (rc != 0) {
+      sl_log(SL_LOG_WARN, "rule snapshot failed; its state file stays as it "
+             "was", SL_S("rule", sl_rule_path(r)), SL_S("error", why), SL_END);
+      continue;
+    }
+    path = state_path(rs, r);
+    if (path && sl_statefile_write(path, snap.data, snap.len, why,
+                                   sizeof(why)) != 0)
+      sl_log(SL_LOG_WARN, "cannot write the rule's state file",
+             SL_S("rule", sl_rule_path(r)), SL_S("error", why), SL_END);
+    free(path);
+  }
+  sl_buf_close(&snap);
+}
+
+/* One live rule's state file handed to its restore(); a file that is not
+ * whole or not ours is logged, moved aside (.corrupt) and skipped. */
+static void restore_one(struct sl_rules *rs, struct sl_rule *r,
+                        struct sl_buf *data) {
+  char why[1024], aside[4200];
+  int64_t saved = 0;
+  char *path = state_path(rs, r);
+  int rc;
+  if (path == NULL)
+    return;
+  rc = sl_statefile_read(path, data, SL_RULES_MAX_STATE_BYTES, &saved, why,
+                         sizeof(why));
+  if (rc == SL_EPROTO) {
+    snprintf(aside, sizeof(aside), "%s.corrupt", path);
+    rename(path, aside);
+    sl_log(SL_LOG_WARN, "rule state file is corrupt; skipped (the rule "
+           "starts fresh)", SL_S("rule", sl_rule_path(r)), SL_S("file", path),
+           SL_S("error", why), SL_S("moved_to", aside), SL_END);
+  } else if (rc != 0 && rc != SL_ENOENT) {
+    sl_log(SL_LOG_WARN, "cannot read the rule's state file; skipped",
+           SL_S("rule", sl_rule_path(r)), SL_S("file", path),
+           SL_S("error", why), SL_END);
+  } else if (rc == 0 &&
+             (rc = sl_rule_restore(r, data->data, data->len, why,
+                                   sizeof(why))) != 0) {
+    sl_log(SL_LOG_WARN, "rule restore() failed on its saved state; the rule "
+           "starts fresh", SL_S("rule", sl_rule_path(r)), SL_S("file", path),
+           SL_S("error", why), SL_END);
+  } else if (rc == 0) {
+    sl_log(SL_LOG_INFO, "rule state restored", SL_S("rule", sl_rule_path(r)),
+           SL_S("file", path), SL_U("bytes", data->len),
+           SL_I("saved_at_ns", saved), SL_END);
+  }
+  free(path);
+}
+
+static void on_persist_timer(uv_timer_t *t) {
+  persist_all(container_of(t, struct sl_rules, persist_timer));
+}
+
+int sl_rules_persist(struct sl_rules *rs, const char *dir,
+                     uint32_t interval_s) {
+  struct sl_buf data;
+  int i;
+  if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+    return -errno;
+  free(rs->persist_dir);
+  rs->persist_dir = strdup(dir);
+  if (rs->persist_dir == NULL)
+    return SL_ENOMEM;
+  sl_buf_init(&data);
+  for (i = 0; rs->live && i < rs->live->n; i++)
+    if (sl_rule_has_restore(rs->live->slots[i].rule))
+      restore_one(rs, rs->live->slots[i].rule, &data);
+  sl_buf_close(&data);
+  if (rs->loop && !rs->persist_timer_open && interval_s > 0) {
+    uv_timer_init(rs->loop, &rs->persist_timer);
+    uv_timer_start(&rs->persist_timer, on_persist_timer,
+                   (uint64_t)interval_s * 1000, (uint64_t)interval_s * 1000);
+    uv_unref((uv_handle_t *)&rs->persist_timer);
+    rs->persist_timer_open = 1;
+  }
+  return 0;
+}
+
+void sl_rules_shutdown(struct sl_rules *rs) {
+  char why[1024];
+  int i;
+  if (rs == NULL || rs->shut)
+    return;
+  rs->shut = 1;
+  if (rs->persist_timer_open)
+    uv_timer_stop(&rs->persist_timer);
+  for (i = 0; rs->live && i < rs->live->n; i++) {
+    struct sl_rule *r = rs->live->slots[i].rule;
+    int rc = sl_rule_stop(r, why, sizeof(why));
+    if (rc != 0 && rc != SL_ENOENT)
+      sl_log(SL_LOG_WARN, "rule on_stop failed", SL_S("rule", sl_rule_path(r)),
+             SL_S("error", why), SL_END);
+  }
+  persist_all(rs);
 }

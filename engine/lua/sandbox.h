@@ -133,6 +133,11 @@ int sl_rule_snapshot(struct sl_rule *r, struct sl_buf *out, char *err,
 int sl_rule_restore(struct sl_rule *r, const uint8_t *p, size_t len,
                     char *err, size_t errlen);
 
+/* Run on_stop() (the engine is shutting down), under the CPU budget;
+ * what it emits goes out through the host as usual. Returns 0, SL_ENOENT
+ * when the rule has none, or a negative code with err filled. */
+int sl_rule_stop(struct sl_rule *r, char *err, size_t errlen);
+
 /* Replace the host (rules.c stages a new version's emits and logs until
  * its reload commits). Not during a call into the rule. */
 void sl_rule_set_host(struct sl_rule *r, const struct sl_rule_host *host);

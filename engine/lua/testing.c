@@ -393,6 +393,28 @@ static int l_advance(lua_State *L) {
   return 1;
 }
 
+/* rule:stop() -> {emitted=, logs=} (nil when the rule has no on_stop):
+ * on_stop() as at the engine's shutdown; raises its error. */
+static int l_stop(lua_State *L) {
+  struct trule *t = check_rule(L);
+  char err[512];
+  int rc;
+
+  clear_collected(t);
+  rc = sl_rule_stop(t->r, err, sizeof(err));
+  if (rc == SL_ENOENT)
+    return 0;
+  if (rc != 0) {
+    lua_pushstring(L, err);
+    return lua_error(L);
+  }
+  lua_settop(L, 1);
+  lua_newtable(L);
+  push_collected(L, t);
+  clear_collected(t);
+  return 1;
+}
+
 static int l_snapshot(lua_State *L) {
   struct trule *t = check_rule(L);
   char err[512];
@@ -584,7 +606,7 @@ static int l_decode_json(lua_State *L) {
 int luaopen_sluice_core(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"run", l_run},           {"advance", l_advance},
-      {"snapshot", l_snapshot}, {"restore", l_restore},
+      {"snapshot", l_snapshot}, {"restore", l_restore}, {"stop", l_stop},
       {"counters", l_counters}, {"matches", l_matches},
       {"info", l_info},         {"close", l_close},
       {NULL, NULL}};

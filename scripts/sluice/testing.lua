@@ -44,6 +44,8 @@
 -- rule:advance(ms) -> { emitted = ..., logs = ... }: moves the rule's clock
 --   (sluice.now, sluice.every, rate_limit, seen) and fires due timers.
 -- rule:snapshot() -> msgpack bytes or nil; rule:restore(bytes) -> boolean
+-- rule:stop() -> { emitted = ..., logs = ... }, or nil without on_stop:
+--   runs on_stop() as the engine does at shutdown
 -- rule:counters() -> { ["name{labels}"] = value }
 -- rule:matches(topic) -> boolean; rule:info() -> path, hash, memory,
 --   rebuilds; rule:close()

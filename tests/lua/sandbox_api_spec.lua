@@ -555,3 +555,33 @@ describe("ev.time and ev.time_ns", function()
     assert.equal("1700000000000000123", res.emitted[1].event.time_ns)
   end)
 end)
+
+describe("on_stop", function()
+  teardown(s.cleanup)
+
+  it("rule:stop() runs on_stop and collects what it emits; nil without one", function()
+    local r = s.rule([[
+      local n = 0
+      return {
+        on_event = function(ev) n = n + 1 end,
+        on_stop = function() sluice.emit("o", { topic = "summary", payload = { n = n } }) end,
+      }
+    ]])
+    r:run({ topic = "t" })
+    r:run({ topic = "t" })
+    local out = r:stop()
+    assert.equal("summary", out.emitted[1].event.topic)
+    assert.same({ n = 2 }, out.emitted[1].event.payload)
+    assert.is_nil(s.on_event("return nil"):stop())
+  end)
+
+  it("an on_stop that is not a function fails the load; one that fails raises", function()
+    local ok, err = pcall(s.rule, "return { on_event = function() end, on_stop = 1 }")
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("on_stop must be a function (got number)", 1, true))
+    local r = s.rule("return { on_event = function() end, on_stop = function() error('late') end }")
+    local ok2, err2 = pcall(r.stop, r)
+    assert.is_false(ok2)
+    assert.truthy(tostring(err2):find("late", 1, true))
+  end)
+end)
