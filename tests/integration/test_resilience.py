@@ -5,12 +5,11 @@ Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/tes
 """
 
 import datetime
-import json
 import time
 import urllib.request
 
-from conftest import (Sink, free_port, read_lines, read_ndjson, run_sluice,
-                      send_events, wait_for, wait_lines)
+from conftest import (Sink, free_port, read_ndjson, run_sluice, send_events,
+                      wait_for, wait_lines)
 
 
 from conftest import metrics_flat as metrics  # noqa: E402
@@ -370,6 +369,7 @@ def http_target(sluice, token=None):
 
 
 def test_dlq_replay_to_an_http_input_posts_batches_keeping_ids(sluice, tmp_path):
+    import json
     path = tmp_path / "dl.ndjson"
     pad = "x" * 2000  # 300 events: about 600 KiB, so several 256 KiB batches
     with open(path, "w") as f:
@@ -397,6 +397,7 @@ def test_dlq_replay_to_an_http_input_posts_batches_keeping_ids(sluice, tmp_path)
 
 
 def test_dlq_replay_to_http_fails_clearly(sluice, tmp_path):
+    from conftest import read_lines
     _, path = dead_letters(sluice, 2)
     target, port = http_target(sluice)
     # an answer other than 202 is shown with its body, and nothing is claimed
