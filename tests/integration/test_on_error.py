@@ -144,3 +144,24 @@ def test_a_bad_on_error_fails_check_with_file_and_line(tmp_path):
     r = run_sluice("check", "-c", cfg)
     assert r.returncode == 1
     assert 'rules.on_error: expected "dead_letter", "drop" or "pass", got "skip"' in r.stderr
+
+
+def test_the_dry_run_shows_each_policy(tmp_path):
+    import json
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "10_drop.lua").write_text(failing("drop").replace('"t.*"', '"d.*"'))
+    (d / "20_pass.lua").write_text(failing("pass").replace('"t.*"', '"p.*"'))
+    cfg = tmp_path / "c.lua"
+    cfg.write_text('return { inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },'
+                   ' outputs = { { name = "a", type = "null" } },'
+                   ' routes = { { topics = "*", to = "a" } }, rules = { dir = "rules" } }'
+                   % free_port())
+    events = "".join(json.dumps({"topic": t, "payload": {"fail": True}}) + "\n"
+                     for t in ("d.x", "p.x"))
+    r = run_sluice("route", "-c", cfg, input=events)
+    assert r.returncode == 0, r.stderr
+    dropped, passed = [json.loads(l) for l in r.stdout.splitlines()]
+    assert dropped["decision"] == "dropped"
+    assert dropped["reason"].startswith("on_error drop: ") and "broken on purpose" in dropped["reason"]
+    assert passed["decision"] == "routed" and passed["outputs"] == ["a"]
