@@ -93,7 +93,8 @@ $(BUILD)/core/engine/%.o: engine/%.c $(wildcard engine/*/*.h) | deps
 $(BUILD)/sluice_core.so: $(CORE_OBJ)
 	$(CC) -shared -o $@ $^ $(filter-out -lluajit%,$(PKG_LIBS))
 
-run: $(BUILD)/sluice
+# sluice_core.so too: `sluice test` needs it beside the binary.
+run: $(BUILD)/sluice $(BUILD)/sluice_core.so
 	$(BUILD)/sluice run -c sluice.conf.lua
 
 # The binary, the Lua runtime and the sandbox module. The binary finds the

@@ -3,6 +3,7 @@
  * send, so memory stays bounded by one chunk of events whatever the file's
  * size. Owns its file, socket and buffers for the length of the call. */
 #include "dlq.h"
+#include "httpc.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -31,6 +33,7 @@
 static const char usage[] =
     "usage: sluice dlq replay FILE --to ADDRESS [--timeout SECONDS]\n"
     "       sluice dlq replay -c CONFIG --to ADDRESS [--timeout SECONDS]\n"
+    "       sluice dlq replay FILE --to http://HOST:PORT[/PATH] [--token T]\n"
     "\n"
     "  Send the events of a dead-letter file (NDJSON, as the file output\n"
     "  writes it) to a sluice tcp or unix input, without the headers sluice\n"
@@ -42,7 +45,12 @@ static const char usage[] =
     "  -c CONFIG          replay the config's dead-letter file (the implicit\n"
     "                     one is dead-letter.ndjson in its state_dir)\n"
     "  --to ADDRESS       host:port of a tcp input (host: a name or an IP\n"
-    "                     address, [::1] for IPv6), or the path of a unix one\n"
+    "                     address, [::1] for IPv6), or the path of a unix one,\n"
+    "                     or http://host:port[/path] of an http input (path\n"
+    "                     default /v1/events): msgpack batches of 256 KiB,\n"
+    "                     each POSTed once the one before was answered 202\n"
+    "                     (a 503 is retried); plain HTTP only\n"
+    "  --token TOKEN      the http input's bearer token\n"
     "  --timeout SECONDS  give up when the engine makes no progress for this\n"
     "                     long (default 60)\n";
 
@@ -57,8 +65,12 @@ struct replay {
   uint64_t acked;    /* the engine's running count */
   struct sl_buf out; /* converted bytes not yet written */
   size_t out_pos;    /* of out, already written */
-  struct sl_buf in;  /* ack bytes not yet parsed */
+  struct sl_buf in;  /* ack bytes not yet parsed; the HTTP answer */
   int timeout_ms;
+  int http;                /* --to http://...: POSTs, not the native protocol */
+  struct sl_httpc_url url; /* of http */
+  const char *token;       /* bearer token for http */
+  uint64_t batch;          /* events in out not yet POSTed */
 };
 
 /* ---- converting --------------------------------------------------------- */
@@ -363,6 +375,49 @@ static int pump(struct replay *r, int until_acked) {
   return 0;
 }
 
+/* POST the events in r->out as one application/msgpack batch, on a
+ * connection of its own; a 503 (an output full) is tried again each
+ * second until the timeout. Returns 0 (r->acked counts them) or 1
+ * (message printed). */
+static int post_batch(struct replay *r) {
+  uint64_t start = sl_mono_ns();
+  char why[256];
+  for (;;) {
+    int status = 0, rc, fd = dial_host(r->url.host, r->url.port, why,
+                                       sizeof(why));
+    if (fd >= 0) {
+      rc = sl_httpc_post(fd, &r->url, r->token, "application/msgpack",
+                         r->out.data, r->out.len, r->timeout_ms, &status,
+                         &r->in, why, sizeof(why));
+      close(fd);
+    } else {
+      rc = SL_EIO;
+    }
+    if (rc == 0 && status == 202) {
+      r->acked += r->batch;
+      r->batch = 0;
+      sl_buf_reset(&r->out);
+      return 0;
+    }
+    if (rc == 0 && status == 503 &&
+        sl_mono_ns() - start < (uint64_t)r->timeout_ms * 1000000u) {
+      poll(NULL, 0, 1000);
+      continue;
+    }
+    if (rc == 0)
+      fprintf(stderr, "sluice dlq replay: %s answered %d: %.*s\n",
+              r->address, status, (int)(r->in.len > 512 ? 512 : r->in.len),
+              (const char *)r->in.data);
+    else
+      fprintf(stderr, "sluice dlq replay: %s: %s\n", r->address, why);
+    fprintf(stderr, "sluice dlq replay: %llu of %llu events accepted; "
+                    "replaying again may repeat those (an output's dedup "
+                    "drops repeats by id)\n",
+            (unsigned long long)r->acked, (unsigned long long)r->total);
+    return 1;
+  }
+}
+
 /* Convert and send every event, then wait for the last ack. */
 static int send_file(struct replay *r) {
   FILE *f = fopen(r->file, "r");
@@ -378,11 +433,11 @@ static int send_file(struct replay *r) {
     return 1;
   }
   /* the ack-mode hello: {"sluice": 1, "ack": true} */
-  if (sl_codec_put_map(&r->out, 2) != 0 ||
+  if (!r->http && (sl_codec_put_map(&r->out, 2) != 0 ||
       sl_codec_put_str(&r->out, "sluice", 6) != 0 ||
       sl_codec_put_uint(&r->out, 1) != 0 ||
       sl_codec_put_str(&r->out, "ack", 3) != 0 ||
-      sl_codec_put_bool(&r->out, 1) != 0) {
+      sl_codec_put_bool(&r->out, 1) != 0)) {
     fprintf(stderr, "sluice dlq replay: out of memory\n");
     fclose(f);
     return 1;
@@ -400,8 +455,9 @@ static int send_file(struct replay *r) {
       break;
     }
     sent++;
+    r->batch++;
     if (r->out.len - r->out_pos >= CHUNK_BYTES)
-      rc = pump(r, 0);
+      rc = r->http ? post_batch(r) : pump(r, 0);
   }
   if (rc == 0 && sent < r->total) {
     fprintf(stderr, "sluice dlq replay: %s got shorter while it was sent\n",
@@ -409,7 +465,7 @@ static int send_file(struct replay *r) {
     r->total = sent;
   }
   if (rc == 0)
-    rc = pump(r, 1);
+    rc = r->http ? (r->batch ? post_batch(r) : 0) : pump(r, 1);
   free(line);
   fclose(f);
   return rc;
@@ -464,6 +520,8 @@ int sl_dlq_main(int argc, char **argv) {
       r.address = argv[++i];
     } else if (strncmp(argv[i], "--to=", 5) == 0) {
       r.address = argv[i] + 5;
+    } else if (strcmp(argv[i], "--token") == 0 && i + 1 < argc) {
+      r.token = argv[++i];
     } else if ((strcmp(argv[i], "-c") == 0 ||
                 strcmp(argv[i], "--config") == 0) && i + 1 < argc) {
       config = argv[++i];
@@ -520,7 +578,13 @@ static int replay(struct replay *rp) {
     printf("replayed 0 events from %s: the file holds none\n", r.file);
     return 0;
   }
-  if (dial(&r, why, sizeof(why)) != 0) {
+  if (strncasecmp(r.address, "http", 4) == 0 && strstr(r.address, "://")) {
+    if (sl_httpc_parse_url(r.address, &r.url, why, sizeof(why)) != 0) {
+      fprintf(stderr, "sluice dlq replay: --to %s: %s\n", r.address, why);
+      return 2;
+    }
+    r.http = 1;
+  } else if (dial(&r, why, sizeof(why)) != 0) {
     fprintf(stderr, "sluice dlq replay: cannot connect to %s: %s\n", r.address,
             why);
     return 1;
@@ -529,7 +593,8 @@ static int replay(struct replay *rp) {
   sl_buf_init(&r.out);
   sl_buf_init(&r.in);
   rc = send_file(&r);
-  close(r.fd);
+  if (r.fd >= 0)
+    close(r.fd);
   sl_buf_close(&r.out);
   sl_buf_close(&r.in);
   if (rc == 0)

@@ -244,6 +244,17 @@ static int cmd_run(const char *path, int level) {
       sl_rules_set_status_file(w.rules, status);
     free(status);
   }
+  if (cfg->rules.persist && cfg->rules.dir) {
+    /* before the loop runs: restored state is there for the first event */
+    char *dir = sl_state_path(cfg, "rule-state");
+    int prc = dir ? sl_rules_persist(w.rules, dir, cfg->rules.persist_interval_s)
+                  : SL_ENOMEM;
+    if (prc != 0)
+      sl_log(SL_LOG_WARN, "cannot use the rule state folder; rules.persist is "
+                          "off", SL_S("dir", dir), SL_S("error", strerror(-prc)),
+             SL_END);
+    free(dir);
+  }
   sl_log(SL_LOG_INFO, "sluice started", SL_S("version", SL_VERSION),
          SL_S("config", path), SL_I("pid", getpid()),
          SL_S("state_dir", cfg->state_dir), SL_I("inputs", cfg->ninputs),
@@ -323,6 +334,31 @@ static int cmd_reload(const char *path) {
   return 0;
 }
 
+/* In the source tree (build/sluice with ../scripts) a missing
+ * sluice_core.so means a `make` that built only the binary: say the
+ * command that builds it. Returns 1 when it printed that. */
+static int missing_core_hint(void) {
+  char exe[PATH_MAX], probe[PATH_MAX + 64], *dir, *root;
+  struct stat st;
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n <= 0)
+    return 0;
+  exe[n] = '\0';
+  dir = dirname(exe);
+  snprintf(probe, sizeof(probe), "%s/../scripts/sluice/testing.lua", dir);
+  if (stat(probe, &st) != 0)
+    return 0;
+  root = realpath(probe, NULL);
+  if (root)
+    root[strlen(root) - strlen("/scripts/sluice/testing.lua")] = '\0';
+  fprintf(stderr, "sluice: module 'sluice_core' not found: %s/sluice_core.so "
+                  "(the rule sandbox `sluice test` loads) is not built; run "
+                  "`make -C %s all` and try again\n",
+          dir, root ? root : "..");
+  free(root);
+  return 1;
+}
+
 static int cmd_test(int argc, char **argv) {
   char lpath[PATH_MAX + 32], cpath[PATH_MAX + 32], conf[PATH_MAX + 48];
   struct runtime rt;
@@ -330,6 +366,8 @@ static int cmd_test(int argc, char **argv) {
   int i, k = 0;
 
   if (find_runtime(&rt) != 0) {
+    if (missing_core_hint())
+      return 1;
     fprintf(stderr, "sluice: cannot find the Lua runtime beside this binary "
                     "(../scripts and sluice_core.so in its folder, or "
                     "../share/sluice/scripts and ../lib/sluice/sluice_core.so; "

@@ -1693,7 +1693,9 @@ done:
 
 static void check_rules(struct check *c, struct sl_config *cfg, int t) {
   static const char *const keys[] = {"dir",        "watch",     "cpu_budget_ms",
-                                     "memory_mb",  "debounce_ms", NULL};
+                                     "memory_mb",  "debounce_ms",
+                                     "on_error", "persist",
+                                     "persist_interval_s", NULL};
   struct sl_rules_config *r = &cfg->rules;
   lua_State *L = c->L;
   struct stat st;
@@ -1702,6 +1704,7 @@ static void check_rules(struct check *c, struct sl_config *cfg, int t) {
   r->cpu_budget_ms = 10;
   r->memory_mb = 64;
   r->debounce_ms = 50;
+  r->persist_interval_s = 60;
   lua_getfield(L, t, "rules");
   if (lua_istable(L, -1)) {
     int rt = lua_gettop(L);
@@ -1711,6 +1714,14 @@ static void check_rules(struct check *c, struct sl_config *cfg, int t) {
     opt_u32(c, rt, "rules", "cpu_budget_ms", 1, 60000, &r->cpu_budget_ms, 0);
     opt_u32(c, rt, "rules", "memory_mb", 1, 65536, &r->memory_mb, 0);
     opt_u32(c, rt, "rules", "debounce_ms", 0, 10000, &r->debounce_ms, 0);
+    opt_str(c, rt, "rules", "on_error", &r->on_error, 0);
+    if (r->on_error && strcmp(r->on_error, "dead_letter") != 0 &&
+        strcmp(r->on_error, "drop") != 0 && strcmp(r->on_error, "pass") != 0)
+      bad(c, "rules.on_error", "expected \"dead_letter\", \"drop\" or "
+          "\"pass\", got \"%s\"", r->on_error);
+    opt_bool(c, rt, "rules", "persist", &r->persist);
+    opt_u32(c, rt, "rules", "persist_interval_s", 1, 86400,
+            &r->persist_interval_s, 0);
     if (r->dir) {
       char *abs = resolve(c, r->dir);
       free(r->dir);
@@ -2073,6 +2084,7 @@ void sl_config_free(struct sl_config *c) {
     free_strlist(c->router.routes[i].topics, c->router.routes[i].ntopics);
   free(c->router.routes);
   free(c->rules.dir);
+  free(c->rules.on_error);
   free(c->admin.listen);
   free(c->admin.bearer_token_file);
   free_strlist(c->admin.redact_headers, c->admin.nredact);

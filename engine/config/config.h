@@ -140,6 +140,10 @@ struct sl_rules_config {
   uint32_t cpu_budget_ms;  /* default 10 */
   uint32_t memory_mb;      /* default 64 */
   uint32_t debounce_ms;    /* default 50 */
+  char *on_error;          /* a rule's default error policy: "dead_letter"
+                              (NULL means it), "drop" or "pass" */
+  int persist;             /* snapshot() to the state folder; default 0 */
+  uint32_t persist_interval_s; /* and every this often; default 60 */
 };
 
 struct sl_admin_config {

@@ -34,6 +34,7 @@
 #include "otlp.h"
 #include "worker.h"
 #include "plugins.h"
+#include "rfc3339.h"
 #include "tls.h"
 
 enum body_kind { BODY_JSON = 0, BODY_NDJSON, BODY_MSGPACK };
@@ -220,37 +221,87 @@ static int add_span(struct batch *b, size_t off, size_t len, int fixed) {
   return sl_buf_append(&b->spans, &s, sizeof(s));
 }
 
-/* A copy of the map at p with "topic" added, in b->fixed, when the input
- * has a default topic and the map has no topic key. Returns 1 and sets
- * *off, 0 when the map stays as it is, or SL_ENOMEM. */
-static int add_default_topic(struct batch *b, const uint8_t *p, size_t len,
-                             size_t *off) {
-  const char *topic = b->hi->in->cfg->topic;
-  size_t h, used, pos;
-  uint32_t n, i;
-  int rc;
+/* Integer times below this are refused: as nanoseconds they would be
+ * 1970-01-02, so they are milliseconds (Date.now()) or seconds. */
+#define MIN_TIME_NS 100000000000000LL /* 1e14 */
 
-  if (topic == NULL || sl_codec_read_map(p, len, &n, &h) != 0)
+/* "time" of the map at p: an RFC 3339 string becomes integer ns in *ns
+ * (returns 1); an integer that looks like ms or s is refused (SL_EPROTO,
+ * msg filled); anything else is left to sl_codec_parse_event (0). */
+static int check_time(const uint8_t *p, size_t len, int64_t *ns, char *msg,
+                      size_t msglen) {
+  struct sl_str s;
+  char why[128];
+  int64_t v;
+  size_t used;
+  if (sl_codec_read_int(p, len, &v, &used) == 0) {
+    if (v >= MIN_TIME_NS)
+      return 0;
+    snprintf(msg, msglen, "field 'time': %lld looks like milliseconds; send "
+             "nanoseconds or an RFC 3339 string", (long long)v);
+    return SL_EPROTO;
+  }
+  if (sl_codec_read_str(p, len, &s, NULL) != 0)
+    return 0;
+  if (sl_rfc3339_parse(s.p, s.len, ns, why, sizeof(why)) != 0) {
+    snprintf(msg, msglen, "field 'time': %s", why);
+    return SL_EPROTO;
+  }
+  return 1;
+}
+
+/* A copy of the map at p in b->fixed when it needs one: "topic" added
+ * (the input has a default topic and the map has none) or an RFC 3339
+ * "time" made integer nanoseconds. Returns 1 and sets *off, 0 when the
+ * map stays as it is, SL_EPROTO (msg filled) or SL_ENOMEM. */
+static int fix_map(struct batch *b, const uint8_t *p, size_t len, size_t *off,
+                   char *msg, size_t msglen) {
+  const char *topic = b->hi->in->cfg->topic;
+  size_t h, used, pos, time_at = 0, time_len = 0;
+  int64_t ns = 0;
+  uint32_t n, i;
+  int rc, add_topic = topic != NULL, new_time = 0;
+
+  if (sl_codec_read_map(p, len, &n, &h) != 0)
     return 0; /* not a map: sl_codec_parse_event says so */
   for (i = 0, pos = h; i < n; i++) {
     struct sl_str k = mp_str(p + pos, len - pos);
     if (k.p && k.len == 5 && memcmp(k.p, "topic", 5) == 0)
-      return 0;
+      add_topic = 0;
     if (sl_codec_skip(p + pos, len - pos, len, &used, NULL) != 0)
       return 0;
     pos += used;
     if (sl_codec_skip(p + pos, len - pos, len, &used, NULL) != 0)
       return 0;
+    if (k.p && k.len == 4 && memcmp(k.p, "time", 4) == 0) {
+      rc = check_time(p + pos, used, &ns, msg, msglen);
+      if (rc < 0)
+        return rc;
+      new_time = rc;
+      time_at = pos;
+      time_len = used;
+    }
     pos += used;
   }
+  if (!add_topic && !new_time)
+    return 0;
   *off = b->fixed.len;
-  rc = sl_codec_put_map(&b->fixed, n + 1);
-  if (rc == 0)
+  rc = sl_codec_put_map(&b->fixed, n + (uint32_t)add_topic);
+  if (rc == 0 && add_topic)
     rc = sl_codec_put_str(&b->fixed, "topic", 5);
-  if (rc == 0)
+  if (rc == 0 && add_topic)
     rc = sl_codec_put_str(&b->fixed, topic, strlen(topic));
-  if (rc == 0)
+  if (new_time) { /* the pairs before the time value, it, the rest */
+    if (rc == 0)
+      rc = sl_buf_append(&b->fixed, p + h, time_at - h);
+    if (rc == 0)
+      rc = sl_codec_put_int(&b->fixed, ns);
+    if (rc == 0)
+      rc = sl_buf_append(&b->fixed, p + time_at + time_len,
+                         len - time_at - time_len);
+  } else if (rc == 0) {
     rc = sl_buf_append(&b->fixed, p + h, len - h);
+  }
   return rc ? rc : 1;
 }
 
@@ -268,11 +319,11 @@ static int take_item(struct batch *b, const uint8_t *p, size_t off,
   }
   if (b->topic == NULL) {
     size_t foff;
-    fixed = add_default_topic(b, p + off, len, &foff);
-    if (fixed < 0) {
+    fixed = fix_map(b, p + off, len, &foff, msg, msglen);
+    if (fixed == SL_ENOMEM)
       snprintf(msg, msglen, "out of memory");
+    if (fixed < 0)
       return fixed;
-    }
     if (fixed) {
       len = b->fixed.len - foff;
       off = foff;

@@ -1,6 +1,7 @@
 /* api.c - the sluice.* API a rule calls: drop, emit, log/print, now,
  * every, json, counter, rate_limit and seen (with their bounded LRU tables).
  * Internal to engine/lua (box.h). */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -166,6 +167,22 @@ static int64_t num_to_ns(lua_State *L, int idx) {
   return (int64_t)llround(ms * 1e6);
 }
 
+/* The decimal string at idx (ev.time_ns's form) as int64 ns; raises when
+ * it is not one. */
+static int64_t ns_of_string(lua_State *L, int idx) {
+  const char *s = lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx) : "";
+  char *end;
+  long long v;
+  errno = 0;
+  v = strtoll(s, &end, 10);
+  if (!((s[0] >= '0' && s[0] <= '9') ||
+        (s[0] == '-' && s[1] >= '0' && s[1] <= '9')) ||
+      *end != '\0' || errno != 0)
+    luaL_error(L, "sluice.emit: time_ns must be a string of decimal digits "
+                  "(nanoseconds since the epoch, as ev.time_ns)");
+  return (int64_t)v;
+}
+
 /* Raise unless every field of the event table at 2 is one sluice.emit
  * knows; the stack is cut to 2. */
 static void emit_fields_known(lua_State *L) {
@@ -174,9 +191,10 @@ static void emit_fields_known(lua_State *L) {
   while (lua_next(L, 2)) {
     const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
     if (strcmp(k, "id") && strcmp(k, "topic") && strcmp(k, "key") &&
-        strcmp(k, "time") && strcmp(k, "headers") && strcmp(k, "payload"))
+        strcmp(k, "time") && strcmp(k, "time_ns") && strcmp(k, "headers") &&
+        strcmp(k, "payload"))
       luaL_error(L, "sluice.emit: unknown event field '%s' (use id, "
-                    "topic, key, time, headers, payload)",
+                    "topic, key, time, time_ns, headers, payload)",
                  lua_type(L, -2) == LUA_TSTRING ? msg_str(L, -2)
                                                 : luaL_typename(L, -2));
     lua_pop(L, 1);
@@ -235,6 +253,14 @@ static int l_emit(lua_State *L) {
     time = num_to_ns(L, 6);
     has_time = 1;
   }
+  rawfield(L, 2, "time_ns"); /* 7, for now */
+  if (!lua_isnil(L, 7)) {
+    if (has_time)
+      return luaL_error(L, "sluice.emit: give time or time_ns, not both");
+    time = ns_of_string(L, 7);
+    has_time = 1;
+  }
+  lua_settop(L, 6);
   has_tp = child_traceparent(r, b->ev, tp);
   sl_buf_reset(&r->buf1);
   rawfield(L, 2, "headers"); /* 7 */

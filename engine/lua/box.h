@@ -117,7 +117,7 @@ struct box {
   char oom_where[256];
   int ref_handler, ref_event, ref_on_event, ref_module, ref_snapshot,
       ref_restore, ref_topic, ref_key, ref_headers, ref_payload, ref_drop,
-      ref_tmp, ref_proot;
+      ref_tmp, ref_proot, ref_on_stop;
   uint32_t pgen; /* counts on_event calls: payload proxies of older ones
                     are stale (proxy.c) */
   void *proot;   /* the payload's root proxy in this call, or NULL */
@@ -140,6 +140,7 @@ struct box {
   int timer_next; /* where the next sl_rule_run_timers starts looking */
   char **topics;
   int ntopics;
+  int on_error; /* enum sl_rule_on_error, from the rule table */
 };
 
 struct sl_rule {

@@ -740,6 +740,7 @@ static void make_refs(lua_State *L, struct box *b) {
   b->ref_drop = new_ref(L);
   b->ref_tmp = new_ref(L);
   b->ref_proot = new_ref(L);
+  b->ref_on_stop = new_ref(L);
 }
 
 /* Take from the original globals (g0, absolute) what a rule must not have. */

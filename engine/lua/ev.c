@@ -86,11 +86,18 @@ static int ev_index(lua_State *L) {
     lua_pushlstring(L, (const char *)ev->data + ev->id_off, ev->id_len);
   } else if (n == 4 && memcmp(k, "time", 4) == 0) {
     lua_pushnumber(L, (lua_Number)ev->time / 1e6);
+  } else if (n == 7 && memcmp(k, "time_ns", 7) == 0) {
+    /* exact: a double holds ns since 1970 only to about 256 ns, and the
+     * sandbox has no ffi for an int64 cdata, so a decimal string */
+    char ns[24];
+    snprintf(ns, sizeof(ns), "%lld", (long long)ev->time);
+    lua_pushstring(L, ns);
   } else if (n == 5 && memcmp(k, "field", 5) == 0) {
     lua_pushvalue(L, lua_upvalueindex(1)); /* ev:field(name) */
   } else {
     return luaL_error(L, "event has no field '%s' (it has id, topic, key, "
-                         "time, headers, payload and field())", msg_str(L, 2));
+                         "time, time_ns, headers, payload and field())",
+                      msg_str(L, 2));
   }
   return 1;
 }
@@ -160,7 +167,8 @@ static int ev_newindex(lua_State *L) {
       set_ref(L, b->ref_payload, 3);
       b->evflags = (b->evflags | EV_PAYLOAD) & ~(unsigned)EV_PAYLOAD_NIL;
     }
-  } else if (strcmp(k, "id") == 0 || strcmp(k, "time") == 0) {
+  } else if (strcmp(k, "id") == 0 || strcmp(k, "time") == 0 ||
+             strcmp(k, "time_ns") == 0) {
     return luaL_error(L, "ev.%s is read-only", k);
   } else {
     return luaL_error(L, "event has no field '%s' (it has id, topic, key, "

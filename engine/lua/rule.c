@@ -55,8 +55,20 @@ static int box_contract(lua_State *L) {
   set_ref(L, b->ref_on_event, -1);
   optional_fn(L, r, line, "snapshot", b->ref_snapshot);
   optional_fn(L, r, line, "restore", b->ref_restore);
+  optional_fn(L, r, line, "on_stop", b->ref_on_stop);
   optional_fn(L, r, line, "on_start", b->ref_tmp);
 
+  lua_settop(L, 1);
+  lua_pushliteral(L, "on_error");
+  lua_rawget(L, 1);
+  if (!lua_isnil(L, 2)) {
+    b->on_error = lua_type(L, 2) == LUA_TSTRING
+                      ? (int)sl_rule_on_error_parse(lua_tostring(L, 2))
+                      : SL_RULE_ON_ERROR_UNSET;
+    if (b->on_error == SL_RULE_ON_ERROR_UNSET)
+      return luaL_error(L, "%s:%d: on_error must be \"dead_letter\", "
+                           "\"drop\" or \"pass\"", r->path, line);
+  }
   lua_settop(L, 1);
   lua_pushliteral(L, "topics");
   lua_rawget(L, 1); /* 2 */
@@ -98,6 +110,21 @@ static int box_contract(lua_State *L) {
     lua_pop(L, 1);
   }
   return 0;
+}
+
+enum sl_rule_on_error sl_rule_on_error_parse(const char *s) {
+  if (strcmp(s, "dead_letter") == 0)
+    return SL_RULE_ON_ERROR_DEAD_LETTER;
+  if (strcmp(s, "drop") == 0)
+    return SL_RULE_ON_ERROR_DROP;
+  if (strcmp(s, "pass") == 0)
+    return SL_RULE_ON_ERROR_PASS;
+  return SL_RULE_ON_ERROR_UNSET;
+}
+
+enum sl_rule_on_error sl_rule_on_error(const struct sl_rule *r) {
+  return r->box ? (enum sl_rule_on_error)r->box->on_error
+                : SL_RULE_ON_ERROR_UNSET;
 }
 
 static void box_free(struct box *b) {
@@ -762,6 +789,21 @@ int sl_rule_snapshot(struct sl_rule *r, struct sl_buf *out, char *err,
              "hold: %s", r->path, r->err_msg);
     return st == LUA_ERRMEM ? SL_ENOMEM : SL_EINVAL;
   }
+  return 0;
+}
+
+int sl_rule_stop(struct sl_rule *r, char *err, size_t errlen) {
+  struct box *b = r->box;
+  int st;
+  push_ref(b->L, b->ref_on_stop);
+  if (!lua_isfunction(b->L, -1)) {
+    lua_settop(b->L, SLOT_BASE);
+    return SL_ENOENT;
+  }
+  st = box_call(b, 0, 0);
+  if (st != 0)
+    return handover_error(b, st, "on_stop", err, errlen);
+  lua_settop(b->L, SLOT_BASE);
   return 0;
 }
 

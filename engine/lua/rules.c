@@ -7,6 +7,7 @@
 #include "rules.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 
 #include "log.h"
 #include "sandbox.h"
+#include "statefile.h"
 
 #define SL_RULES_TIME_EVERY 16 /* a power of two */
 
@@ -26,6 +28,8 @@ struct rule_stats {
   uint64_t calls, routed, dropped, passed;
   uint64_t err_runtime, err_cpu, err_memory;
   uint64_t timer_errors; /* over all versions */
+  uint64_t on_error[3];  /* failures handled by policy: dead_letter, drop,
+                            pass (enum sl_rule_on_error - 1) */
   struct sl_histogram duration;
   int present; /* in the live set */
 };
@@ -87,6 +91,9 @@ struct sl_rules {
   struct sl_log_limiter error_log;
   struct sl_rules_stats st;
   struct sl_metric_registry *metrics; /* where sl_rules_metrics added */
+  char *persist_dir;         /* rules.persist: <state_dir>/rule-state */
+  uv_timer_t persist_timer;  /* every rules.persist_interval_s */
+  int persist_timer_open, shut; /* shut: on_stop ran, state written */
 };
 
 /* ---- the rule host ----------------------------------------------------- */
@@ -375,6 +382,7 @@ static int handover(struct sl_rules *rs, struct ruleset *next, char *err,
 
 static void arm_timers(struct sl_rules *rs);
 static void write_status(struct sl_rules *rs);
+static void persist_all(struct sl_rules *rs);
 
 /* Make next live; describe in changes what differs from the live set
  * ("+new.lua ~changed.lua -removed.lua"). */
@@ -672,7 +680,14 @@ struct sl_rules *sl_rules_new(const struct sl_config *cfg, uv_loop_t *loop,
 void sl_rules_stop(struct sl_rules *rs) {
   if (rs == NULL || rs->stopped)
     return;
+  if (!rs->shut) { /* no on_stop now: the outputs are gone; state still */
+    rs->owner.emit = NULL;
+    rs->shut = 1;
+    persist_all(rs);
+  }
   rs->stopped = 1;
+  if (rs->persist_timer_open)
+    uv_close((uv_handle_t *)&rs->persist_timer, NULL);
   if (rs->loop == NULL)
     return;
   uv_close((uv_handle_t *)&rs->debounce, NULL);
@@ -696,6 +711,7 @@ void sl_rules_free(struct sl_rules *rs) {
   free(rs->stats);
   free(rs->last_error);
   free(rs->status_file);
+  free(rs->persist_dir);
   free(rs);
 }
 
@@ -762,6 +778,30 @@ static void dead_letter(struct sl_rules *rs, struct sl_event *orig,
   r->event = b;
   r->ntargets = 1;
   r->targets[0] = (uint16_t)rs->cfg->dead_letter;
+}
+
+/* The failure policy of sl: its own on_error, else rules.on_error, else
+ * the dead letter. */
+static enum sl_rule_on_error policy_of(const struct sl_rules *rs,
+                                       const struct slot *sl) {
+  enum sl_rule_on_error p = sl_rule_on_error(sl->rule);
+  if (p == SL_RULE_ON_ERROR_UNSET && rs->cfg->rules.on_error)
+    p = sl_rule_on_error_parse(rs->cfg->rules.on_error);
+  return p == SL_RULE_ON_ERROR_UNSET ? SL_RULE_ON_ERROR_DEAD_LETTER : p;
+}
+
+/* A failure under on_error "drop" or "pass": logged as dead letters are
+ * (rate-limited), with what became of the event. */
+static void log_failure(struct sl_rules *rs, const struct sl_event *orig,
+                        const struct sl_rule_decision *d, const char *msg) {
+  static const char *const kinds[] = {"none", "runtime", "cpu", "memory"};
+  uint64_t suppressed;
+  if (sl_log_allow(&rs->error_log, &suppressed))
+    sl_log(SL_LOG_ERROR, msg, SL_S("rule", d->where),
+           SL_S("kind", kinds[d->error]), SL_S("error", d->message),
+           SL_S("traceback", d->traceback),
+           SL_N("event_id", orig->data + orig->id_off, orig->id_len),
+           SL_U("suppressed", suppressed), SL_END);
 }
 
 /* Run slot sl on *ev when its topics match (0 when they do not): time one
@@ -897,12 +937,34 @@ void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
       r->event = ev;
       sl_event_unref(orig);
       return;
-    case SL_RULE_ERROR:
+    case SL_RULE_ERROR: {
+      enum sl_rule_on_error p = policy_of(rs, sl);
       count_error(sl->stats, d);
+      if (sl->stats)
+        sl->stats->on_error[p - 1]++;
+      if (p == SL_RULE_ON_ERROR_PASS) { /* ev is as it came to this rule */
+        log_failure(rs, orig, d, "rule failed; event passed on unchanged "
+                                 "(on_error = \"pass\")");
+        r->rule = NULL;
+        continue;
+      }
+      if (p == SL_RULE_ON_ERROR_DROP) {
+        log_failure(rs, orig, d, "rule failed; event dropped (on_error = "
+                                 "\"drop\")");
+        rs->st.error_dropped++;
+        r->outcome = SL_RULES_DROPPED;
+        snprintf(rs->reason, sizeof(rs->reason), "on_error drop: %s",
+                 d->message);
+        r->reason = rs->reason;
+        r->event = ev;
+        sl_event_unref(orig);
+        return;
+      }
       sl_event_unref(ev);
       dead_letter(rs, orig, d, r);
       sl_event_unref(orig);
       return;
+    }
     }
   }
   sl_event_unref(orig);
@@ -985,6 +1047,10 @@ static const struct sl_metric m_dropped = {
 static const struct sl_metric m_emitted = {
     "sluice_events_emitted_total", "Events rules emitted with sluice.emit.",
     SL_METRIC_COUNTER, {NULL}};
+static const struct sl_metric m_on_error = {
+    "sluice_rule_on_error_total",
+    "Rule failures by the on_error policy that handled them.",
+    SL_METRIC_COUNTER, {"rule", "policy", NULL}};
 static const struct sl_metric m_dead_lettered = {
     "sluice_events_dead_lettered_total",
     "Events a failing rule sent to the dead letter output.",
@@ -1006,6 +1072,12 @@ static void collect_files(struct sl_metric_out *out, const struct sl_metric *m,
       sl_metric_put_u64(out, v, s->timer_errors);
     else if (m == &m_duration)
       sl_metric_put_hist(out, v, &s->duration);
+    else if (m == &m_on_error)
+      for (k = 0; k < 3; k++) {
+        static const char *const policies[] = {"dead_letter", "drop", "pass"};
+        v[1] = policies[k];
+        sl_metric_put_u64(out, v, s->on_error[k]);
+      }
     else
       for (k = 0; k < 3; k++) {
         v[1] = kinds[k];
@@ -1042,7 +1114,8 @@ int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r) {
   static const char *const ok[] = {"ok"}, *const failed[] = {"failed"},
                            *const rule[] = {"rule"},
                            *const unrouted[] = {"unrouted"},
-                           *const unknown[] = {"emit_unknown_output"};
+                           *const unknown[] = {"emit_unknown_output"},
+                           *const rule_error[] = {"rule_error"};
   int rc;
   sl_metric_remove(rs->metrics, rs); /* added once, wherever */
   rs->metrics = r;
@@ -1053,6 +1126,11 @@ int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r) {
     rc = sl_metric_add(r, &m_timer_errors, collect_files, rs);
   if (rc == 0)
     rc = sl_metric_add(r, &m_duration, collect_files, rs);
+  if (rc == 0)
+    rc = sl_metric_add(r, &m_on_error, collect_files, rs);
+  if (rc == 0)
+    rc = sl_metric_add_u64(r, &m_dropped, rule_error, &rs->st.error_dropped,
+                           rs);
   if (rc == 0)
     rc = sl_metric_add_u64(r, &m_reloads, ok, &rs->st.reloads_ok, rs);
   if (rc == 0)
@@ -1073,4 +1151,132 @@ int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r) {
     rc = sl_metric_add_u64(r, &m_dead_lettered, NULL, &rs->st.dead_lettered,
                            rs);
   return rc;
+}
+
+/* ---- state across restarts (rules.persist) ----------------------------- */
+
+#define SL_RULES_MAX_STATE_BYTES (64u << 20)
+
+/* <persist_dir>/<rule file>.state; caller frees. */
+static char *state_path(const struct sl_rules *rs, const struct sl_rule *r) {
+  const char *name = base_name(sl_rule_path(r));
+  size_t n = strlen(rs->persist_dir) + strlen(name) + 8;
+  char *p = malloc(n);
+  if (p)
+    snprintf(p, n, "%s/%s.state", rs->persist_dir, name);
+  return p;
+}
+
+/* Each live rule's snapshot() to its state file. A rule without snapshot
+ * keeps no file; a failing one keeps its last good file. */
+static void persist_all(struct sl_rules *rs) {
+  struct sl_buf snap;
+  char why[1024];
+  int i, rc;
+  if (rs->persist_dir == NULL || rs->live == NULL)
+    return;
+  sl_buf_init(&snap);
+  for (i = 0; i < rs->live->n; i++) {
+    struct sl_rule *r = rs->live->slots[i].rule;
+    char *path;
+    sl_buf_reset(&snap);
+    rc = sl_rule_snapshot(r, &snap, why, sizeof(why));
+    if (rc == SL_ENOENT)
+      continue;
+    if (rc != 0) {
+      sl_log(SL_LOG_WARN, "rule snapshot failed; its state file stays as it "
+             "was", SL_S("rule", sl_rule_path(r)), SL_S("error", why), SL_END);
+      continue;
+    }
+    path = state_path(rs, r);
+    if (path && sl_statefile_write(path, snap.data, snap.len, why,
+                                   sizeof(why)) != 0)
+      sl_log(SL_LOG_WARN, "cannot write the rule's state file",
+             SL_S("rule", sl_rule_path(r)), SL_S("error", why), SL_END);
+    free(path);
+  }
+  sl_buf_close(&snap);
+}
+
+/* One live rule's state file handed to its restore(); a file that is not
+ * whole or not ours is logged, moved aside (.corrupt) and skipped. */
+static void restore_one(struct sl_rules *rs, struct sl_rule *r,
+                        struct sl_buf *data) {
+  char why[1024], aside[4200];
+  int64_t saved = 0;
+  char *path = state_path(rs, r);
+  int rc;
+  if (path == NULL)
+    return;
+  rc = sl_statefile_read(path, data, SL_RULES_MAX_STATE_BYTES, &saved, why,
+                         sizeof(why));
+  if (rc == SL_EPROTO) {
+    snprintf(aside, sizeof(aside), "%s.corrupt", path);
+    rename(path, aside);
+    sl_log(SL_LOG_WARN, "rule state file is corrupt; skipped (the rule "
+           "starts fresh)", SL_S("rule", sl_rule_path(r)), SL_S("file", path),
+           SL_S("error", why), SL_S("moved_to", aside), SL_END);
+  } else if (rc != 0 && rc != SL_ENOENT) {
+    sl_log(SL_LOG_WARN, "cannot read the rule's state file; skipped",
+           SL_S("rule", sl_rule_path(r)), SL_S("file", path),
+           SL_S("error", why), SL_END);
+  } else if (rc == 0 &&
+             (rc = sl_rule_restore(r, data->data, data->len, why,
+                                   sizeof(why))) != 0) {
+    sl_log(SL_LOG_WARN, "rule restore() failed on its saved state; the rule "
+           "starts fresh", SL_S("rule", sl_rule_path(r)), SL_S("file", path),
+           SL_S("error", why), SL_END);
+  } else if (rc == 0) {
+    sl_log(SL_LOG_INFO, "rule state restored", SL_S("rule", sl_rule_path(r)),
+           SL_S("file", path), SL_U("bytes", data->len),
+           SL_I("saved_at_ns", saved), SL_END);
+  }
+  free(path);
+}
+
+static void on_persist_timer(uv_timer_t *t) {
+  persist_all(container_of(t, struct sl_rules, persist_timer));
+}
+
+int sl_rules_persist(struct sl_rules *rs, const char *dir,
+                     uint32_t interval_s) {
+  struct sl_buf data;
+  int i;
+  if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+    return -errno;
+  free(rs->persist_dir);
+  rs->persist_dir = strdup(dir);
+  if (rs->persist_dir == NULL)
+    return SL_ENOMEM;
+  sl_buf_init(&data);
+  for (i = 0; rs->live && i < rs->live->n; i++)
+    if (sl_rule_has_restore(rs->live->slots[i].rule))
+      restore_one(rs, rs->live->slots[i].rule, &data);
+  sl_buf_close(&data);
+  if (rs->loop && !rs->persist_timer_open && interval_s > 0) {
+    uv_timer_init(rs->loop, &rs->persist_timer);
+    uv_timer_start(&rs->persist_timer, on_persist_timer,
+                   (uint64_t)interval_s * 1000, (uint64_t)interval_s * 1000);
+    uv_unref((uv_handle_t *)&rs->persist_timer);
+    rs->persist_timer_open = 1;
+  }
+  return 0;
+}
+
+void sl_rules_shutdown(struct sl_rules *rs) {
+  char why[1024];
+  int i;
+  if (rs == NULL || rs->shut)
+    return;
+  rs->shut = 1;
+  if (rs->persist_timer_open)
+    uv_timer_stop(&rs->persist_timer);
+  for (i = 0; rs->live && i < rs->live->n; i++) {
+    struct sl_rule *r = rs->live->slots[i].rule;
+    int rc = sl_rule_stop(r, why, sizeof(why));
+    if (rc != 0 && rc != SL_ENOENT)
+      sl_log(SL_LOG_WARN, "rule on_stop failed", SL_S("rule", sl_rule_path(r)),
+             SL_S("error", why), SL_END);
+  }
+  persist_all(rs);
 }

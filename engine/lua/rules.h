@@ -96,6 +96,20 @@ int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r);
  * `sluice status`); NULL stops it. The path is copied. */
 void sl_rules_set_status_file(struct sl_rules *rs, const char *path);
 
+/* rules.persist: give each live rule with restore() the state its
+ * snapshot() left in dir (<rule file>.state; a corrupt file is logged,
+ * moved aside and skipped), then write every rule's snapshot() there every
+ * interval_s and at shutdown. dir is made when missing. 0 or a negative
+ * errno. */
+int sl_rules_persist(struct sl_rules *rs, const char *dir,
+                     uint32_t interval_s);
+
+/* The engine is stopping and no more events come: run each live rule's
+ * on_stop() (its emits still reach the outputs), then write the states
+ * (rules.persist). Once; sl_rules_stop does the state part if this never
+ * ran. */
+void sl_rules_shutdown(struct sl_rules *rs);
+
 /* Close the watcher and timers (part of the worker's stop). */
 void sl_rules_stop(struct sl_rules *rs);
 void sl_rules_free(struct sl_rules *rs);
@@ -105,6 +119,7 @@ struct sl_rules_stats {
   uint64_t dropped, dead_lettered, unrouted, emitted, emit_failed;
   uint64_t reloads_ok, reloads_failed;
   uint64_t version;
+  uint64_t error_dropped; /* failures dropped by on_error = "drop" */
 };
 const struct sl_rules_stats *sl_rules_stats(const struct sl_rules *rs);
 

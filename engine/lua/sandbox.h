@@ -65,6 +65,18 @@ enum sl_rule_error {
   SL_RULE_ERR_MEMORY   /* over memory_mb */
 };
 
+/* What the host does with the event when on_event fails: the rule
+ * table's on_error, or UNSET for the host's default (rules.on_error). */
+enum sl_rule_on_error {
+  SL_RULE_ON_ERROR_UNSET = 0,
+  SL_RULE_ON_ERROR_DEAD_LETTER, /* "dead_letter": to the dead letter output */
+  SL_RULE_ON_ERROR_DROP,        /* "drop": counted, logged, gone */
+  SL_RULE_ON_ERROR_PASS         /* "pass": unchanged, to the next rule */
+};
+
+/* The policy named s ("dead_letter", "drop", "pass"), or UNSET. */
+enum sl_rule_on_error sl_rule_on_error_parse(const char *s);
+
 struct sl_rule_decision {
   enum sl_rule_verdict verdict;
   enum sl_rule_error error;
@@ -121,9 +133,17 @@ int sl_rule_snapshot(struct sl_rule *r, struct sl_buf *out, char *err,
 int sl_rule_restore(struct sl_rule *r, const uint8_t *p, size_t len,
                     char *err, size_t errlen);
 
+/* Run on_stop() (the engine is shutting down), under the CPU budget;
+ * what it emits goes out through the host as usual. Returns 0, SL_ENOENT
+ * when the rule has none, or a negative code with err filled. */
+int sl_rule_stop(struct sl_rule *r, char *err, size_t errlen);
+
 /* Replace the host (rules.c stages a new version's emits and logs until
  * its reload commits). Not during a call into the rule. */
 void sl_rule_set_host(struct sl_rule *r, const struct sl_rule_host *host);
+
+/* The rule table's on_error (UNSET when it has none). */
+enum sl_rule_on_error sl_rule_on_error(const struct sl_rule *r);
 
 /* Does the rule export restore()? */
 int sl_rule_has_restore(struct sl_rule *r);

@@ -145,6 +145,12 @@ static void push_event(lua_State *L, const struct sl_event *ev) {
   }
   lua_pushnumber(L, (lua_Number)ev->time / 1e6);
   lua_setfield(L, -2, "time");
+  {
+    char ns[24];
+    snprintf(ns, sizeof(ns), "%lld", (long long)ev->time);
+    lua_pushstring(L, ns);
+    lua_setfield(L, -2, "time_ns");
+  }
   if (ev->headers_len)
     sl_luacodec_push(L, ev->data + ev->headers_off, ev->headers_len, NULL);
   else
@@ -202,6 +208,16 @@ static struct sl_event *event_from_table(lua_State *L, struct trule *t,
   lua_getfield(L, idx, "time");
   if (!lua_isnil(L, -1)) {
     time = (int64_t)llround(luaL_checknumber(L, -1) * 1e6);
+    has_time = 1;
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, idx, "time_ns"); /* exact: a decimal string */
+  if (!lua_isnil(L, -1)) {
+    const char *s = luaL_checkstring(L, -1);
+    char *end;
+    time = (int64_t)strtoll(s, &end, 10);
+    if (*s == '\0' || *end != '\0')
+      luaL_error(L, "event.time_ns must be a string of decimal digits");
     has_time = 1;
   }
   lua_pop(L, 1);
@@ -370,6 +386,28 @@ static int l_advance(lua_State *L) {
     sl_rule_run_timers(t->r, next);
   }
   t->now_ns = target;
+  lua_settop(L, 1);
+  lua_newtable(L);
+  push_collected(L, t);
+  clear_collected(t);
+  return 1;
+}
+
+/* rule:stop() -> {emitted=, logs=} (nil when the rule has no on_stop):
+ * on_stop() as at the engine's shutdown; raises its error. */
+static int l_stop(lua_State *L) {
+  struct trule *t = check_rule(L);
+  char err[512];
+  int rc;
+
+  clear_collected(t);
+  rc = sl_rule_stop(t->r, err, sizeof(err));
+  if (rc == SL_ENOENT)
+    return 0;
+  if (rc != 0) {
+    lua_pushstring(L, err);
+    return lua_error(L);
+  }
   lua_settop(L, 1);
   lua_newtable(L);
   push_collected(L, t);
@@ -568,7 +606,7 @@ static int l_decode_json(lua_State *L) {
 int luaopen_sluice_core(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"run", l_run},           {"advance", l_advance},
-      {"snapshot", l_snapshot}, {"restore", l_restore},
+      {"snapshot", l_snapshot}, {"restore", l_restore}, {"stop", l_stop},
       {"counters", l_counters}, {"matches", l_matches},
       {"info", l_info},         {"close", l_close},
       {NULL, NULL}};

@@ -117,6 +117,8 @@ static void on_drain_timer(uv_timer_t *t) {
   for (i = 0; i < w->ninputs; i++)
     if (!w->inputs[i].gone)
       busy += w->inputs[i].ops->cb_busy(&w->inputs[i]);
+  if (busy == 0) /* no more events: on_stop (its emits drain too), state */
+    sl_rules_shutdown(w->rules);
   for (i = 0; i < w->noutputs; i++) {
     struct sl_output *o = &w->outputs[i];
     uint64_t backlog;

@@ -1,6 +1,6 @@
 -- A sidecar the application reaches over local HTTP:
 --   curl -H 'Content-Type: application/json' \
---        -d '{"topic":"orders.created","payload":{"amount":12}}' \
+--        -d '{"topic":"orders.created","payload":{"customer":"c-7","amount":12}}' \
 --        http://127.0.0.1:8080/v1/events
 -- with health, readiness, metrics, rule status and a tap on 127.0.0.1:9090.
 return {

@@ -5,7 +5,7 @@
 --   local res = rule:run({ topic = "orders.new", payload = { amount = 5 } })
 --
 -- The sandbox is the C code the engine runs (build/sluice_core.so, built by
--- `make build/sluice_core.so`), not a Lua imitation of it. Run specs with
+-- `make all`), not a Lua imitation of it. Run specs with
 -- `busted` from the repository root (.busted selects luajit and the paths).
 --
 -- load(path [, opts]) -> rule. A relative path is taken from the folder of
@@ -16,26 +16,36 @@
 -- load raises "path:line: message".
 --
 -- Events are tables shaped like the wire event: topic (required), id, key,
--- time (ms since the epoch, a float), headers (table of strings), payload
+-- time (ms since the epoch, a float) or time_ns (exact ns, a decimal
+-- string), headers (table of strings), payload
 -- (any value; testing.array/map/bin/float/ext make exact types), or
 -- payload_raw (msgpack bytes, sent as they are).
 --
--- rule:run(event) -> result:
---   verdict     "pass" | "route" | "drop" | "error"
---   routes      list of output names ({} unless verdict is "route")
---   dropped     the drop reason, or nil
---   error       "path:line: message", or nil
---   error_kind  "runtime" | "cpu" | "memory", or nil
---   where, traceback   for errors
+-- rule:run(event) -> result, a table with exactly these fields:
+--   verdict     what on_event decided, always set:
+--               "pass"  returned nil: no decision, the routes decide
+--               "route" returned output name(s): see routes
+--               "drop"  returned sluice.drop(reason): see dropped
+--               "error" raised, or ran out of CPU or memory: see error
+--   routes      list of output names, in the order returned; always a
+--               table: {} (empty, never nil) unless verdict is "route"
+--   dropped     the drop reason (a string) when verdict is "drop", else nil
+--   error       "path:line: message" when verdict is "error", else nil
+--   error_kind  "runtime" | "cpu" | "memory" when verdict is "error"
+--   where, traceback   for errors: the rule's file:line and the Lua trace
 --   event       the event after the rule (table form, plus payload_raw)
 --   changed     true when the rule changed topic, key, headers or payload
 --   emitted     list of { output = name, event = table } from sluice.emit
 --   logs        list of { level = "info", msg = ..., fields = table|nil }
---   elapsed_ms  time spent in the sandbox (wall clock)
---   cpu_ms      CPU time spent in the sandbox: what cpu_budget_ms counts
+--   elapsed_ms  wall-clock time of the call into the sandbox, ms (float)
+--   cpu_ms      CPU time of that call, ms (float): what cpu_budget_ms counts
+-- (the on_error policy of the rule applies in the engine, not here: a
+-- failing rule shows verdict "error" whatever its on_error says)
 -- rule:advance(ms) -> { emitted = ..., logs = ... }: moves the rule's clock
 --   (sluice.now, sluice.every, rate_limit, seen) and fires due timers.
 -- rule:snapshot() -> msgpack bytes or nil; rule:restore(bytes) -> boolean
+-- rule:stop() -> { emitted = ..., logs = ... }, or nil without on_stop:
+--   runs on_stop() as the engine does at shutdown
 -- rule:counters() -> { ["name{labels}"] = value }
 -- rule:matches(topic) -> boolean; rule:info() -> path, hash, memory,
 --   rebuilds; rule:close()
@@ -43,7 +53,12 @@
 -- encode(v) / decode(bytes) / decode_json(s) convert with the engine's
 -- codec; kind(v [, key]) names the msgpack type a value encodes as.
 
-local core = require("sluice_core")
+local ok, core = pcall(require, "sluice_core")
+if not ok then
+  error("module 'sluice_core' not found: build it with `make all` (it is "
+    .. "build/sluice_core.so) and run the specs with `sluice test DIR` or "
+    .. "`busted` from the repository root\n" .. tostring(core), 0)
+end
 
 local M = {
   array = core.array,

@@ -1,11 +1,13 @@
 """The repo's own default config and every example pass `sluice check`, and
 their rule specs pass through `sluice test` (busted in the real sandbox)."""
 import glob
+import json
 import os
+import subprocess
 
 import pytest
 
-from conftest import run_sluice
+from conftest import SLUICE_BIN, free_port, read_ndjson, run_sluice, wait_for
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CONFIGS = [os.path.join(ROOT, "sluice.conf.lua")] + sorted(
@@ -33,3 +35,108 @@ def test_sluice_test_runs_the_specs_in_the_sandbox():
     r = run_sluice("test", "rules", "examples", cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert " 0 failures / 0 errors" in r.stdout
+
+
+def test_sluice_test_names_the_make_command_when_sluice_core_is_missing(tmp_path):
+    # a source-tree layout (build/sluice, scripts/) without build/sluice_core.so
+    import shutil
+    (tmp_path / "build").mkdir()
+    shutil.copy(SLUICE_BIN, tmp_path / "build" / "sluice")
+    shutil.copytree(os.path.join(ROOT, "scripts"), tmp_path / "scripts")
+    r = subprocess.run([str(tmp_path / "build" / "sluice"), "test", "rules"],
+                       capture_output=True, text=True, timeout=10, cwd=str(tmp_path))
+    assert r.returncode == 1
+    assert "module 'sluice_core' not found" in r.stderr
+    assert "make -C %s all" % tmp_path in r.stderr
+
+
+def test_make_run_builds_sluice_core_for_sluice_test(tmp_path):
+    r = subprocess.run(["make", "-n", "run", "BUILD=%s" % tmp_path],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "-shared -o %s/sluice_core.so" % tmp_path in r.stdout
+
+
+def _comment_command(config_text, first_word):
+    """The shell command the config's leading comment shows, starting with
+    first_word, its continuation lines joined."""
+    lines = [l[2:].strip() for l in config_text.splitlines() if l.startswith("--")]
+    for i, l in enumerate(lines):
+        if l.startswith(first_word):
+            cmd = l
+            while cmd.endswith("\\"):
+                i += 1
+                cmd = cmd[:-1] + " " + lines[i]
+            return cmd
+    raise AssertionError("no %r command in the comment" % first_word)
+
+
+def test_http_sidecar_example_curl_command_lands_an_order(sluice):
+    import shlex
+    ex = os.path.join(ROOT, "examples", "http-sidecar")
+    text = open(os.path.join(ex, "sluice.conf.lua")).read()
+    web, admin = free_port(), free_port()
+    cmd = _comment_command(text, "curl")
+    assert "127.0.0.1:8080" in cmd and "127.0.0.1:8080" in text
+    text = text.replace("127.0.0.1:8080", "127.0.0.1:%d" % web)
+    text = text.replace("127.0.0.1:9090", "127.0.0.1:%d" % admin)
+    text = text.replace('dir = "rules"', 'dir = %r' % os.path.join(ex, "rules"))
+    eng = sluice(text)
+    argv = shlex.split(cmd.replace("127.0.0.1:8080", "127.0.0.1:%d" % web))
+    r = subprocess.run(argv + ["-sS"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"accepted": 1}
+    got = wait_for(lambda: read_ndjson(eng.path("var/orders.ndjson")), timeout=10,
+                   what="the order in var/orders.ndjson")
+    sent = json.loads(argv[argv.index("-d") + 1])
+    assert got[0]["topic"] == sent["topic"]
+    assert got[0]["payload"] == sent["payload"]
+
+
+def test_cookbook_readme_command_runs_every_recipe_spec():
+    readme = open(os.path.join(ROOT, "examples", "cookbook", "README.md")).read()
+    assert "build/sluice test examples/cookbook" in readme
+    r = run_sluice("test", "examples/cookbook", cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert " 0 failures / 0 errors" in r.stdout
+    recipes = [p for p in glob.glob(os.path.join(ROOT, "examples", "cookbook", "rules", "*.lua"))
+               if not p.endswith("_spec.lua")]
+    assert len(recipes) >= 10
+
+
+def test_cookbook_rules_run_together_in_the_engine(sluice):
+    from conftest import send_events
+    ex = os.path.join(ROOT, "examples", "cookbook")
+    port = free_port()
+    text = open(os.path.join(ex, "sluice.conf.lua")).read()
+    text = text.replace("127.0.0.1:7400", "127.0.0.1:%d" % port)
+    text = text.replace('dir = "rules"', 'dir = %r' % os.path.join(ex, "rules"))
+    eng = sluice(text)
+    send_events("127.0.0.1:%d" % port, [
+        {"topic": "orders.new", "payload": {"region": "eu", "n": 1}},
+        {"topic": "logs.app", "payload": {"level": "debug"}},
+        {"topic": "users.signup", "payload": {"name": "Ada", "password": "x"}},
+        {"topic": "payments.card", "payload": {"country": "FR"}},
+        {"topic": "pageviews.web", "payload": {"path": "/a"}},
+        {"topic": "webhooks.x", "payload": {"delivery_id": "d1"}},
+        {"topic": "webhooks.x", "payload": {"delivery_id": "d1"}},
+        {"topic": "audit.login", "payload": {"action": "login", "ok": True, "user": "ada"}},
+        {"topic": "legacy.user", "payload": {"uid": 7, "uname": "ada"}},
+    ])
+    assert eng.stop() == 0
+    eu = read_ndjson(eng.path("var/orders-eu.ndjson"))
+    assert [e["payload"]["n"] for e in eu] == [1]
+    allout = {e["topic"]: e for e in read_ndjson(eng.path("var/all.ndjson"))}
+    assert "logs.app" not in allout  # dropped
+    assert allout["users.signup"]["payload"]["password"] == "[redacted]"
+    assert allout["payments.card"]["payload"]["country_name"] == "France"
+    hooks = [e for e in read_ndjson(eng.path("var/all.ndjson")) if e["topic"] == "webhooks.x"]
+    assert len(hooks) == 1  # the repeat dropped
+    assert allout["v2.user"]["payload"] == {"user": {"id": 7, "name": "ada"}}
+    assert [e["topic"] for e in read_ndjson(eng.path("var/siem.ndjson"))] == ["audit.login"]
+    assert [e["payload"] for e in read_ndjson(eng.path("var/analytics.ndjson"))] == [
+        {"action": "login", "ok": True}]
+    # on_stop flushed the partial minute; rules.persist kept the state
+    summaries = read_ndjson(eng.path("var/summaries.ndjson"))
+    assert [s["payload"]["by_path"] for s in summaries] == [{"/a": 1}]
+    assert eng.path("var/rule-state/60_count_per_minute.lua.state").exists()

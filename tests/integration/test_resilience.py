@@ -359,6 +359,73 @@ def test_dlq_replay_fails_clearly(sluice, tmp_path):
     assert r.returncode == 2 and "--to ADDRESS is required" in r.stderr
 
 
+def http_target(sluice, token=None):
+    port = free_port()
+    inp = {"name": "web", "type": "http", "listen": "127.0.0.1:%d" % port}
+    cfg = {"inputs": [inp],
+           "outputs": [{"name": "out", "type": "file", "path": "r.ndjson"}],
+           "routes": [{"topics": "*", "to": "out"}]}
+    if token:
+        inp["bearer_token_file"] = str(token)
+    return sluice(cfg), port
+
+
+def test_dlq_replay_to_an_http_input_posts_batches_keeping_ids(sluice, tmp_path):
+    import json
+    path = tmp_path / "dl.ndjson"
+    pad = "x" * 2000  # 300 events: about 600 KiB, so several 256 KiB batches
+    with open(path, "w") as f:
+        for i in range(300):
+            f.write(json.dumps({"id": "dl-%04d" % i, "topic": "t", "time": 1700000000000000000 + i,
+                                "headers": {"origin": "a", "sluice-error": "x", "sluice-output": "o"},
+                                "payload": {"n": i, "pad": pad}}) + "\n")
+    target, port = http_target(sluice)
+    url = "http://127.0.0.1:%d/v1/events" % port
+    r = run_sluice("dlq", "replay", path, "--to", url, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "replayed 300 events from %s to %s" % (path, url)
+    got = wait_for(lambda: (lambda l: l if len(l) == 300 else None)(
+        read_ndjson(target.path("r.ndjson"))), timeout=10, what="300 replayed")
+    assert [e["id"] for e in got] == ["dl-%04d" % i for i in range(300)]
+    # sluice-* taken off (the engine adds a traceparent to events without one)
+    assert all({k: v for k, v in e["headers"].items() if k != "traceparent"}
+               == {"origin": "a"} for e in got)
+    assert [e["time"] for e in got] == [1700000000000000000 + i for i in range(300)]
+    assert [e["payload"]["n"] for e in got] == list(range(300))
+    # the path defaults to /v1/events
+    r = run_sluice("dlq", "replay", path, "--to", "http://127.0.0.1:%d" % port, timeout=30)
+    assert r.returncode == 0, r.stderr
+    wait_lines(target.path("r.ndjson"), 600, timeout=10)
+
+
+def test_dlq_replay_to_http_fails_clearly(sluice, tmp_path):
+    from conftest import read_lines
+    _, path = dead_letters(sluice, 2)
+    target, port = http_target(sluice)
+    # an answer other than 202 is shown with its body, and nothing is claimed
+    r = run_sluice("dlq", "replay", path, "--to", "http://127.0.0.1:%d/v1/nowhere" % port)
+    assert r.returncode == 1
+    assert "answered 404" in r.stderr and "0 of 2 events accepted" in r.stderr
+    closed = "http://127.0.0.1:%d/" % free_port()
+    r = run_sluice("dlq", "replay", path, "--to", closed)
+    assert r.returncode == 1 and "Connection refused" in r.stderr
+    r = run_sluice("dlq", "replay", path, "--to", "https://127.0.0.1:%d/" % port)
+    assert r.returncode == 2 and "https is not supported" in r.stderr
+    assert read_lines(target.path("r.ndjson")) == []
+
+
+def test_dlq_replay_to_http_sends_the_bearer_token(sluice, tmp_path):
+    _, path = dead_letters(sluice, 2)
+    (tmp_path / "token").write_text("s3cret\n")
+    target, port = http_target(sluice, token=tmp_path / "token")
+    url = "http://127.0.0.1:%d/v1/events" % port
+    r = run_sluice("dlq", "replay", path, "--to", url)
+    assert r.returncode == 1 and "answered 401" in r.stderr
+    r = run_sluice("dlq", "replay", path, "--to", url, "--token", "s3cret")
+    assert r.returncode == 0, r.stderr
+    assert len(wait_lines(target.path("r.ndjson"), 2)) == 2
+
+
 # ---- config ----------------------------------------------------------------------
 
 def test_config_checks_the_new_keys(tmp_path):

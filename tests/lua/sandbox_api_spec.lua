@@ -496,3 +496,92 @@ describe("state handover", function()
     s.has(e, "snapshot()'s value (memory_mb) is larger than 16777216 bytes")
   end)
 end)
+
+describe("rule:run's result contract (as sluice/testing.lua documents it)", function()
+  teardown(s.cleanup)
+
+  it("routes is always a table, {} unless the verdict is route; timings are numbers", function()
+    local r = s.on_event([[
+      if ev.topic == "r" then return "a" end
+      if ev.topic == "d" then return sluice.drop("x") end
+      if ev.topic == "e" then error("boom") end
+    ]])
+    for topic, verdict in pairs({ p = "pass", r = "route", d = "drop", e = "error" }) do
+      local res = run(r, { topic = topic })
+      assert.equal(verdict, res.verdict)
+      assert.equal("table", type(res.routes))
+      if verdict ~= "route" then assert.same({}, res.routes) end
+      assert.equal(verdict == "drop", res.dropped ~= nil)
+      assert.equal(verdict == "error", res.error ~= nil)
+      assert.equal(verdict == "error", res.error_kind ~= nil)
+      assert.equal("number", type(res.elapsed_ms))
+      assert.equal("number", type(res.cpu_ms))
+      assert.is_true(res.elapsed_ms >= 0 and res.cpu_ms >= 0)
+      assert.equal("boolean", type(res.changed))
+      assert.equal("table", type(res.emitted))
+      assert.equal("table", type(res.logs))
+    end
+  end)
+end)
+
+describe("ev.time and ev.time_ns", function()
+  teardown(s.cleanup)
+
+  it("time is float ms, time_ns the exact integer as a decimal string", function()
+    local r = s.on_event([[
+      ev.headers.ms = string.format("%.3f", ev.time)
+      ev.headers.ns = ev.time_ns
+      ev.headers.kind = type(ev.time_ns)
+    ]])
+    -- 2^53 + 1 ns: a double cannot hold it, the string does
+    local res = run(r, { topic = "t", time_ns = "1700000000000000123" })
+    assert.equal("1700000000000000123", res.event.headers.ns)
+    assert.equal("string", res.event.headers.kind)
+    assert.equal("1700000000000.000", res.event.headers.ms)
+    assert.equal("1700000000000000123", res.event.time_ns)
+  end)
+
+  it("time_ns is read-only, and sluice.emit takes it back exactly", function()
+    local r = s.on_event([[
+      if ev.topic == "w" then ev.time_ns = "1" end
+      if ev.topic == "both" then sluice.emit("o", { topic = "x", time = 1, time_ns = "1" }) end
+      if ev.topic == "bad" then sluice.emit("o", { topic = "x", time_ns = "12ms" }) end
+      sluice.emit("o", { topic = "copy", time_ns = ev.time_ns })
+    ]])
+    assert.truthy(run(r, { topic = "w" }).error:find("ev.time_ns is read-only", 1, true))
+    assert.truthy(run(r, { topic = "both" }).error:find("give time or time_ns, not both", 1, true))
+    assert.truthy(run(r, { topic = "bad" }).error:find("time_ns must be a string of decimal digits", 1, true))
+    local res = run(r, { topic = "t", time_ns = "1700000000000000123" })
+    assert.equal("1700000000000000123", res.emitted[1].event.time_ns)
+  end)
+end)
+
+describe("on_stop", function()
+  teardown(s.cleanup)
+
+  it("rule:stop() runs on_stop and collects what it emits; nil without one", function()
+    local r = s.rule([[
+      local n = 0
+      return {
+        on_event = function(ev) n = n + 1 end,
+        on_stop = function() sluice.emit("o", { topic = "summary", payload = { n = n } }) end,
+      }
+    ]])
+    r:run({ topic = "t" })
+    r:run({ topic = "t" })
+    local out = r:stop()
+    assert.equal("summary", out.emitted[1].event.topic)
+    assert.same({ n = 2 }, out.emitted[1].event.payload)
+    assert.is_nil(s.on_event("return nil"):stop())
+  end)
+
+  it("an on_stop that is not a function fails the load; one that fails raises", function()
+    local ok, err = pcall(s.rule, "return { on_event = function() end, on_stop = 1 }")
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find("on_stop must be a function (got number)", 1, true))
+    local r = s.rule("return { on_event = function() end, on_stop = function() error('late') end }")
+    local ok2, err2 = pcall(r.stop, r)
+    assert.is_false(ok2)
+    assert.truthy(tostring(err2):find("late", 1, true))
+  end)
+end)
