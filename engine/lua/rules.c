@@ -848,6 +848,10 @@ static void config_route(struct sl_rules *rs, struct sl_event *ev,
   if (route == NULL) {
     rs->st.unrouted++;
     r->outcome = SL_RULES_UNROUTED;
+    if (rs->cfg->unrouted > 0) { /* unrouted = "<output>" */
+      r->ntargets = 1;
+      r->targets[0] = (uint16_t)(rs->cfg->unrouted - 1);
+    }
     return;
   }
   r->route = (int)(route - rs->cfg->router.routes);
