@@ -37,6 +37,7 @@ struct tap_client {
   char rule[256];   /* glob on the deciding rule's file or base name; "" any */
   char output[128]; /* an output the event went to; "" any */
   unsigned outcomes; /* bit per enum sl_rules_outcome to show; 0 all */
+  int text;          /* format=text: one line for people (sluice tap) */
   struct sl_buf out; /* lines not yet written */
   int dirty, ended;
   int full; /* dropping until the client read half of its buffer */
@@ -243,6 +244,57 @@ static int render(struct sl_admin *a, struct sl_buf *b,
   return rc;
 }
 
+#define TAP_TEXT_PAYLOAD 160 /* payload bytes a text line shows at most */
+
+/* One text line: outcome, topic, "-> outputs", rule or route, reason, a
+ * cut payload: what a person scans for (`sluice tap` prints these). */
+static int render_text(struct sl_admin *a, struct sl_buf *b,
+                       const struct sl_event *ev,
+                       const struct sl_rules_result *d) {
+  struct sl_str topic = sl_event_topic(ev);
+  struct sl_event_view v;
+  int i, rc, outcome = (int)d->outcome;
+  size_t start;
+
+  if (sl_codec_parse_event(ev->data, ev->len, &v, NULL) != 0)
+    return SL_EPROTO;
+  rc = sl_buf_printf(b, "%-8s %.*s ->",
+                     outcome >= 0 && outcome < 4 ? outcome_names[outcome]
+                                                 : "unknown",
+                     (int)topic.len, topic.p);
+  for (i = 0; rc == 0 && i < d->ntargets; i++)
+    rc = sl_buf_printf(b, "%s%s", i ? "," : " ",
+                       a->w->outputs[d->targets[i]].cfg->name);
+  if (rc == 0 && d->ntargets == 0)
+    rc = sl_buf_append(b, " (none)", 7);
+  if (rc == 0 && d->rule)
+    rc = sl_buf_printf(b, " rule=%s", d->rule);
+  if (rc == 0 && d->route >= 0)
+    rc = sl_buf_printf(b, " route=%d", d->route + 1);
+  if (rc == 0 && d->reason) {
+    rc = sl_buf_append(b, " reason=", 8);
+    if (rc == 0)
+      rc = sl_codec_json_str(b, d->reason, strlen(d->reason));
+  }
+  if (rc == 0)
+    rc = sl_buf_printf(b, " id=%.*s", (int)v.id.len, v.id.p);
+  if (rc == 0 && v.payload) {
+    rc = sl_buf_append(b, " payload=", 9);
+    start = b->len;
+    if (rc == 0)
+      rc = sl_codec_to_json(v.payload, v.payload_len, b);
+    if (rc == 0 && b->len - start > TAP_TEXT_PAYLOAD) {
+      b->len = start + TAP_TEXT_PAYLOAD;
+      while (b->len > start && (b->data[b->len] & 0xc0) == 0x80)
+        b->len--; /* not inside a UTF-8 sequence */
+      rc = sl_buf_append(b, "...", 3);
+    }
+  }
+  if (rc == 0)
+    rc = sl_buf_putc(b, '\n');
+  return rc;
+}
+
 static void on_flush(uv_idle_t *h) {
   struct sl_admin *a = container_of(h, struct sl_admin, flush);
   struct tap_client *c, *next;
@@ -320,7 +372,8 @@ static void on_tap(void *data, const struct sl_event *ev,
       continue;
     }
     before = c->out.len;
-    if (render(a, &c->out, ev, d) != 0 ||
+    if ((c->text ? render_text(a, &c->out, ev, d)
+                 : render(a, &c->out, ev, d)) != 0 ||
         pending + (c->out.len - before) > SL_ADMIN_TAP_BUFFER) {
       c->out.len = before;
       c->full = 1;
@@ -399,6 +452,13 @@ static int tap_filters(struct tap_client *c, struct sl_http_request *r) {
                           c->output);
     return -1;
   }
+  rc = query_get(r->query, "format", list, sizeof(list));
+  if (rc < 0 || (rc > 0 && strcmp(list, "text") != 0 &&
+                 strcmp(list, "json") != 0)) {
+    sl_http_respond_error(r, 400, "format: expected json or text");
+    return -1;
+  }
+  c->text = rc > 0 && strcmp(list, "text") == 0;
   rc = query_get(r->query, "outcome", list, sizeof(list));
   for (tok = rc > 0 ? strtok_r(list, ",", &save) : NULL; tok;
        tok = strtok_r(NULL, ",", &save)) {
@@ -471,7 +531,8 @@ static void start_tap(struct sl_admin *a, struct sl_http_request *r) {
     sl_http_respond_error(r, 400, "topics: expected glob[,glob...]");
     goto fail;
   }
-  if (sl_http_stream_start(r, 200, "application/x-ndjson") != 0)
+  if (sl_http_stream_start(r, 200, c->text ? "text/plain; charset=utf-8"
+                                           : "application/x-ndjson") != 0)
     goto fail;
   r->data = c;
   c->next = &a->clients;

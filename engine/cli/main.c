@@ -22,6 +22,7 @@
 #include "route.h"
 #include "rules.h"
 #include "state.h"
+#include "tap.h"
 #include "worker.h"
 
 static const char usage[] =
@@ -41,6 +42,10 @@ static const char usage[] =
     "                      the lock on the config's state_dir)\n"
     "  status  [-c FILE]   print the running engine's rule status (JSON, from\n"
     "                      the config's state_dir)\n"
+    "  tap     [-c FILE] [--topics GLOB] [--rule GLOB] [--output NAME]\n"
+    "          [--outcome LIST] [--sample SHARE] [--limit N] [--json]\n"
+    "                      live events of the running engine with their\n"
+    "                      decision (rule, outputs, reason), via the admin API\n"
     "  plugins             list the input and output types with their keys\n"
     "                      (type, default, what it does)\n"
     "  dlq replay FILE|-c FILE --to ADDRESS [--timeout SECONDS]\n"
@@ -443,6 +448,8 @@ int main(int argc, char **argv) {
     return cmd_test(argc - 2, argv + 2);
   if (strcmp(cmd, "dlq") == 0)
     return sl_dlq_main(argc - 2, argv + 2);
+  if (strcmp(cmd, "tap") == 0)
+    return sl_tap_main(argc - 1, argv + 1);
   optind = 2;
   while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
     switch (c) {

@@ -62,6 +62,9 @@ MIX = [{"topic": "orders.eu", "payload": {"amount": 5}},
        {"topic": "nowhere.else", "payload": 4}]
 
 
+TCP_IN = '{ name = "i", type = "tcp", listen = "127.0.0.1:1" }'
+
+
 # ---- unrouted ----------------------------------------------------------------
 
 def test_unrouted_events_are_dropped_counted_by_input_and_version_and_the_202_says_so(
@@ -90,10 +93,177 @@ def test_unrouted_to_an_output_sends_them_there_and_still_counts_them(sluice, tm
 
 
 def test_unrouted_naming_no_output_or_not_a_string_fails_the_config_check(tmp_path):
+    for value in ('"o"', '"drop"'):
+        p = tmp_path / "ok.lua"
+        p.write_text('return { inputs = { %s }, outputs = { { name = "o", type = '
+                     '"null" } }, unrouted = %s }' % (TCP_IN, value))
+        r = run_sluice("check", "-c", p)
+        assert r.returncode == 0, r.stderr
     for value, want in (('"nope"', 'no output named "nope"'),
                         ("1", "got number")):
         p = tmp_path / "c.lua"
-        p.write_text('return { inputs = {}, outputs = { { name = "o", type = '
-                     '"null" } }, unrouted = %s }' % value)
+        p.write_text('return { inputs = { %s }, outputs = { { name = "o", type = '
+                     '"null" } }, unrouted = %s }' % (TCP_IN, value))
         r = run_sluice("check", "-c", p)
         assert r.returncode != 0 and "unrouted" in r.stderr and want in r.stderr, r.stderr
+
+
+# ---- tap --------------------------------------------------------------------
+
+def tap(eng, *args, out=None):
+    """`sluice tap -c CONFIG ARGS` in the background, its stdout in a file."""
+    out = out or (eng.dir / ("tap%d.out" % time.monotonic_ns()))
+    f = open(str(out), "wb")
+    p = subprocess.Popen([SLUICE_BIN, "tap", "-c", str(eng.config)] + list(args),
+                         stdout=f, stderr=subprocess.PIPE)
+    f.close()
+    return p, out
+
+
+def finish(p, out, timeout=20):
+    try:
+        _, err = p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, out.read_text(), err.decode()
+
+
+def test_sluice_tap_json_lines_carry_each_decision_under_load(sluice, tmp_path):
+    eng, port, admin = engine(sluice, tmp_path)
+    n = 40 * len(MIX)
+    p, out = tap(eng, "--json", "--limit", str(n))
+    wait_metric(admin, "sluice_tap_clients", lambda v: v == 1)
+    for _ in range(40):
+        ingest(port, MIX)
+    rc, text, err = finish(p, out)
+    assert rc == 0, err
+    lines = [json.loads(l) for l in text.splitlines()]
+    assert len(lines) == n
+    by = {}
+    for l in lines:
+        key = (l["event"]["topic"], json.dumps(l["event"].get("payload"), sort_keys=True))
+        by.setdefault(key, []).append(l)
+    assert len(by) == len(MIX) and all(len(v) == 40 for v in by.values())
+
+    def one(i):
+        e = MIX[i]
+        got = by[(e["topic"], json.dumps(e["payload"], sort_keys=True))]
+        assert all({k: v for k, v in g.items() if k != "event"} ==
+                   {k: v for k, v in got[0].items() if k != "event"} for g in got)
+        return {k: v for k, v in got[0].items() if k != "event"}
+
+    rule = str(tmp_path / "rules" / "10_orders.lua")
+    assert one(0) == {"outcome": "routed", "rule": rule, "outputs": ["archive"]}
+    assert one(1) == {"outcome": "routed", "rule": rule, "outputs": ["archive", "console"]}
+    assert one(2) == {"outcome": "dropped", "rule": rule, "outputs": [],
+                      "reason": "order without a numeric amount"}
+    failed = one(3)
+    assert failed["outcome"] == "failed" and failed["outputs"] == ["dead_letter"]
+    assert failed["rule"] == rule and "10_orders.lua:5:" in failed["reason"] \
+        and "boom" in failed["reason"]
+    assert one(4) == {"outcome": "routed", "route": 1, "outputs": ["other"]}
+    assert one(5) == {"outcome": "unrouted", "outputs": []}
+
+
+def test_sluice_tap_filters_by_outcome_rule_output_and_topic(sluice, tmp_path):
+    eng, port, admin = engine(sluice, tmp_path, unrouted="other")
+    runs = {
+        "outcome": tap(eng, "--json", "--outcome", "dropped,failed", "--limit", "2"),
+        "rule": tap(eng, "--json", "--rule", "10_*.lua", "--limit", "4"),
+        "output": tap(eng, "--json", "--output", "other", "--limit", "3"),
+        "topic": tap(eng, "--json", "--topics", "nowhere*", "--limit", "2"),
+    }
+    wait_metric(admin, "sluice_tap_clients", lambda v: v == 4)
+    ingest(port, MIX)
+    got = {}
+    for k, (p, out) in runs.items():
+        rc, text, err = finish(p, out)
+        assert rc == 0, (k, err)
+        got[k] = [json.loads(l) for l in text.splitlines()]
+    assert [l["outcome"] for l in got["outcome"]] == ["dropped", "failed"]
+    assert [l["event"]["topic"] for l in got["rule"]] == [
+        "orders.eu", "orders.us", "orders.eu", "bad.boom"]
+    assert [(l["event"]["topic"], l["outcome"]) for l in got["output"]] == [
+        ("logs.app", "routed"), ("nowhere", "unrouted"), ("nowhere.else", "unrouted")]
+    assert [l["event"]["topic"] for l in got["topic"]] == ["nowhere", "nowhere.else"]
+
+
+def test_sluice_tap_prints_one_readable_line_per_event(sluice, tmp_path):
+    eng, port, admin = engine(sluice, tmp_path)
+    p, out = tap(eng, "--topics", "orders.*,nowhere", "--limit", "4")
+    wait_metric(admin, "sluice_tap_clients", lambda v: v == 1)
+    ingest(port, MIX)
+    rc, text, err = finish(p, out)
+    assert rc == 0, err
+    lines = text.splitlines()
+    rule = str(tmp_path / "rules" / "10_orders.lua")
+    assert len(lines) == 4
+    assert lines[0].startswith("routed   orders.eu -> archive rule=%s id=" % rule)
+    assert lines[0].endswith('payload={"amount":5}')
+    assert lines[1].startswith("routed   orders.us -> archive,console rule=")
+    assert lines[2].startswith('dropped  orders.eu -> (none) rule=%s reason='
+                               '"order without a numeric amount" id=' % rule)
+    assert lines[3].startswith("unrouted nowhere -> (none) id=")
+
+
+def test_sluice_tap_errors_exit_1_with_the_reason(sluice, tmp_path):
+    eng, port, admin = engine(sluice, tmp_path)
+    r = run_sluice("tap", "-c", eng.config, "--outcome", "maybe")
+    assert r.returncode == 1 and "400" in r.stderr and "outcome" in r.stderr, r.stderr
+    r = run_sluice("tap", "-c", eng.config, "--output", "nope")
+    assert r.returncode == 1 and 'no output named \\"nope\\"' in r.stderr, r.stderr
+    r = run_sluice("tap", "-c", eng.config, "--bogus")
+    assert r.returncode == 2
+    noadmin = tmp_path / "noadmin.lua"
+    noadmin.write_text('return { inputs = { %s }, outputs = { { name = "o", type = '
+                       '"null" } } }' % TCP_IN)
+    r = run_sluice("tap", "-c", noadmin)
+    assert r.returncode == 1 and "admin.listen" in r.stderr, r.stderr
+
+
+def test_sluice_tap_sends_the_bearer_token_of_the_config(sluice, tmp_path):
+    port, admin = ports(2)
+    tok = tmp_path / "token"
+    tok.write_text("s3cret\n")
+    cfg = config(port, admin_port=admin)
+    cfg["admin"]["bearer_token_file"] = str(tok)
+    eng = sluice(cfg)
+    p, out = tap(eng, "--json", "--limit", "1")
+    wait_for(lambda: metric(metrics(admin, token="s3cret"), "sluice_tap_clients") == 1,
+             10, interval=0.05, what="tap client")
+    ingest(port, [{"topic": "t", "payload": 1}])
+    rc, text, err = finish(p, out)
+    assert rc == 0 and json.loads(text)["outputs"] == ["out"], err
+    tok.write_text("wrong\n")  # the engine read its token at start
+    r = run_sluice("tap", "-c", eng.config, "--limit", "1")
+    assert r.returncode == 1 and "401" in r.stderr, r.stderr
+
+
+def test_a_tap_client_that_reads_nothing_never_holds_the_pipeline(sluice, tmp_path):
+    """Every event reaches its output while a tap client matching all of
+    them reads nothing (its receive buffer made tiny), and the tap lines it
+    could not take are dropped and counted: sent + dropped = events."""
+    import socket
+    eng, port, admin = engine(sluice, tmp_path)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", admin))
+    s.sendall(b"GET /tap?topics=logs.* HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        wait_metric(admin, "sluice_tap_clients", lambda v: v == 1)
+        pad = "x" * 400
+        n = 0
+        for b in range(20):
+            ingest(port, [{"topic": "logs.app", "payload": {"i": i, "pad": pad}}
+                          for i in range(1000)])
+            n += 1000
+        wait_metric(admin, "sluice_output_events_total", lambda v: v == n,
+                    timeout=60, output="other")
+        text = metrics(admin)
+        sent = metric(text, "sluice_tap_lines_total")
+        dropped = metric(text, "sluice_tap_lines_dropped_total")
+        assert dropped > 0 and sent + dropped == n, (sent, dropped)
+    finally:
+        s.close()
