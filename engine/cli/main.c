@@ -16,6 +16,7 @@
 #include "admin.h"
 #include "config.h"
 #include "dlq.h"
+#include "lint.h"
 #include "log.h"
 #include "notify.h"
 #include "plugins.h"
@@ -30,8 +31,12 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  run     [-c FILE]   run the engine (default config: " SL_CONFIG_DEFAULT_PATH ")\n"
-    "  check   [-c FILE]   check a config and its rules; exit 0 when valid, 1 with\n"
-    "                      the problems otherwise\n"
+    "  check   [-c FILE] [--strict] [--events FILE]\n"
+    "                      check a config and its rules; exit 0 when valid, 1 with\n"
+    "                      the problems otherwise; warns of output names in rule\n"
+    "                      literals that name no output (--strict: exit 1);\n"
+    "                      --events: dry-run them, exit 1 on any failed,\n"
+    "                      unrouted or invalid event (a pre-deploy gate)\n"
     "  route   [-c FILE] [--events FILE]\n"
     "                      dry run: read events (NDJSON or msgpack; stdin by\n"
     "                      default), run the rules offline and print each decision\n"
@@ -281,11 +286,12 @@ static int cmd_run(const char *path, int level) {
   return rc;
 }
 
-static int cmd_check(const char *path) {
+static int cmd_check(const char *path, const char *events, int strict) {
   struct sl_config *cfg = load(path, 0);
   struct sl_idgen g;
   struct sl_rules *rs;
   char err[1024];
+  int warnings;
   if (cfg == NULL)
     return 1;
   sl_idgen_init(&g);
@@ -296,11 +302,16 @@ static int cmd_check(const char *path) {
     return 1;
   }
   sl_rules_free(rs);
-  printf("%s: ok (%d inputs, %d outputs, %d routes%s%s)\n", path, cfg->ninputs,
-         cfg->noutputs, cfg->router.nroutes, cfg->rules.dir ? ", rules in " : "",
-         cfg->rules.dir ? cfg->rules.dir : "");
+  warnings = sl_lint_rules(cfg);
+  printf("%s: ok (%d inputs, %d outputs, %d routes%s%s%s)\n", path,
+         cfg->ninputs, cfg->noutputs, cfg->router.nroutes,
+         cfg->rules.dir ? ", rules in " : "",
+         cfg->rules.dir ? cfg->rules.dir : "",
+         warnings ? "; with warnings" : "");
   sl_config_free(cfg);
-  return 0;
+  if (warnings && strict)
+    return 1;
+  return events ? sl_route_gate(path, events) : 0;
 }
 
 /* SIGHUP to the engine that holds the config's state folder: the pid file
@@ -423,11 +434,12 @@ int main(int argc, char **argv) {
       {"config", required_argument, NULL, 'c'},
       {"log-level", required_argument, NULL, 'l'},
       {"events", required_argument, NULL, 'e'},
+      {"strict", no_argument, NULL, 's'},
       {"help", no_argument, NULL, 'h'},
       {"version", no_argument, NULL, 'V'},
       {NULL, 0, NULL, 0}};
   const char *cmd, *config = SL_CONFIG_DEFAULT_PATH, *events = NULL;
-  int c, level = -1;
+  int c, level = -1, strict = 0;
 
   find_scripts();
   if (argc < 2) {
@@ -469,6 +481,9 @@ int main(int argc, char **argv) {
     case 'e':
       events = optarg;
       break;
+    case 's':
+      strict = 1;
+      break;
     case 'h':
       fputs(usage, stdout);
       return 0;
@@ -488,7 +503,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "run") == 0)
     return cmd_run(config, level);
   if (strcmp(cmd, "check") == 0)
-    return cmd_check(config);
+    return cmd_check(config, events, strict);
   if (strcmp(cmd, "reload") == 0)
     return cmd_reload(config);
   if (strcmp(cmd, "route") == 0)

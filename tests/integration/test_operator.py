@@ -267,3 +267,101 @@ def test_a_tap_client_that_reads_nothing_never_holds_the_pipeline(sluice, tmp_pa
         assert dropped > 0 and sent + dropped == n, (sent, dropped)
     finally:
         s.close()
+
+
+# ---- check ------------------------------------------------------------------
+
+LINTED = """
+-- returns "nowhere" in a comment is not a finding
+local function label(x) return "not-an-output-either" end
+return {
+  topics = "*",
+  on_event = function(ev)
+    if ev.topic == "a" then return "archive" end
+    if ev.topic == "b" then return { "archive", "achive" } end
+    if ev.topic == "c" then sluice.emit("consol", ev) end
+    if ev.topic == "d" then return 'other' end
+    return ev.topic == "e" and "archive" or "ghost"
+  end,
+}
+"""
+
+
+def check_config(tmp_path, rule=LINTED, **top):
+    d = tmp_path / "rules"
+    d.mkdir(exist_ok=True)
+    (d / "20_lint.lua").write_text(rule)
+    cfg = config(9, outputs=[
+        {"name": "archive", "type": "file", "path": "archive.ndjson"},
+        {"name": "console", "type": "file", "path": "console.ndjson"},
+        {"name": "other", "type": "file", "path": "other.ndjson"}],
+        routes=[{"topics": "logs.*", "to": "other"}], rules={"dir": str(d)}, **top)
+    from conftest import lua
+    p = tmp_path / "sluice.conf.lua"
+    p.write_text("return " + lua(cfg) + "\n")
+    return p, d / "20_lint.lua"
+
+
+def test_check_warns_of_literal_output_names_that_name_no_output(tmp_path):
+    conf, rule = check_config(tmp_path)
+    r = run_sluice("check", "-c", conf)
+    assert r.returncode == 0, r.stderr
+    assert "with warnings" in r.stdout
+    assert r.stderr.splitlines() == [
+        '%s:3: warning: returns "not-an-output-either", which names no output' % rule,
+        '%s:8: warning: returns "achive", which names no output' % rule,
+        '%s:9: warning: emits to "consol", which names no output' % rule,
+    ]  # line 11's and/or is an expression: not read, not guessed
+    r = run_sluice("check", "--strict", "-c", conf)
+    assert r.returncode == 1 and "achive" in r.stderr
+
+
+def test_check_without_findings_is_quiet_and_strict_passes(tmp_path):
+    conf, _ = check_config(tmp_path, rule='return { topics = "*", on_event = '
+                           'function(ev) return { "archive", "console" } end }')
+    r = run_sluice("check", "--strict", "-c", conf)
+    assert r.returncode == 0 and r.stderr == "" and "with warnings" not in r.stdout
+
+
+EVENTS_RULE = """
+return {
+  topics = "orders.*",
+  on_event = function(ev)
+    if ev.payload.amount == nil then error("no amount") end
+    if ev.payload.amount < 0 then return sluice.drop("negative") end
+    return "archive"
+  end,
+}
+"""
+
+
+def test_check_events_is_a_gate_that_fails_on_failed_unrouted_or_invalid_events(tmp_path):
+    conf, rule = check_config(tmp_path, rule=EVENTS_RULE)
+    good = tmp_path / "good.ndjson"
+    good.write_text('{"topic":"orders.eu","payload":{"amount":5}}\n'
+                    '{"topic":"orders.eu","payload":{"amount":-1}}\n'
+                    '{"topic":"logs.app","payload":1}\n')
+    r = run_sluice("check", "-c", conf, "--events", good)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == ("%s: 3 events: 2 routed, 1 dropped, 0 unrouted, "
+                                         "0 failed, 0 invalid" % good)
+    bad = tmp_path / "bad.ndjson"
+    bad.write_text('{"topic":"orders.eu","payload":{"amount":5}}\n'
+                   '{"topic":"orders.eu","payload":{}}\n'
+                   '{"topic":"nowhere","payload":1}\n'
+                   '{"topic":1}\n')
+    r = run_sluice("check", "-c", conf, "--events", bad)
+    assert r.returncode == 1
+    out = r.stdout.splitlines()
+    assert out[1].startswith("event 2: failed topic=orders.eu: ") and \
+        "20_lint.lua:5: no amount" in out[1], out
+    assert out[2] == "event 3: unrouted topic=nowhere: no rule or route decided it"
+    assert out[3].startswith("event 4: invalid: ")
+    assert out[4] == ("%s: 4 events: 1 routed, 0 dropped, 1 unrouted, 1 failed, "
+                      "1 invalid" % bad)
+    # unrouted = "<output>" still reports them: the gate is about intent
+    conf2, _ = check_config(tmp_path, rule=EVENTS_RULE, unrouted="other")
+    r = run_sluice("check", "-c", conf2, "--events", bad)
+    assert r.returncode == 1 and "event 3: unrouted" in r.stdout
+    r = run_sluice("check", "-c", conf, "--events", tmp_path / "missing.ndjson")
+    assert r.returncode == 1 and "cannot open" in r.stderr
