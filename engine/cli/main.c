@@ -51,6 +51,9 @@ static const char usage[] =
     "          [--outcome LIST] [--sample SHARE] [--limit N] [--json]\n"
     "                      live events of the running engine with their\n"
     "                      decision (rule, outputs, reason), via the admin API\n"
+    "  top     [-c FILE] [--once]\n"
+    "                      a live view of the running engine, each second:\n"
+    "                      events/s per input, rule and output, p99, queues\n"
     "  plugins             list the input and output types with their keys\n"
     "                      (type, default, what it does)\n"
     "  dlq replay FILE|-c FILE --to ADDRESS [--timeout SECONDS]\n"
@@ -462,6 +465,8 @@ int main(int argc, char **argv) {
     return sl_dlq_main(argc - 2, argv + 2);
   if (strcmp(cmd, "tap") == 0)
     return sl_tap_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "top") == 0)
+    return sl_top_main(argc - 1, argv + 1);
   optind = 2;
   while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
     switch (c) {

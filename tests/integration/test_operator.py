@@ -365,3 +365,57 @@ def test_check_events_is_a_gate_that_fails_on_failed_unrouted_or_invalid_events(
     assert r.returncode == 1 and "event 3: unrouted" in r.stdout
     r = run_sluice("check", "-c", conf, "--events", tmp_path / "missing.ndjson")
     assert r.returncode == 1 and "cannot open" in r.stderr
+
+
+# ---- top --------------------------------------------------------------------
+
+def test_sluice_top_once_shows_rates_per_input_rule_and_output(sluice, tmp_path):
+    eng, port, admin = engine(sluice, tmp_path)
+    # steady known traffic while top takes its two scrapes a second apart
+    stop = []
+    import threading
+
+    def feed():
+        while not stop:
+            ingest(port, MIX * 20)
+            time.sleep(0.05)
+    t = threading.Thread(target=feed)
+    t.start()
+    try:
+        wait_metric(admin, "sluice_input_events_total", lambda v: v > 0, input="web")
+        r = run_sluice("top", "-c", eng.config, "--once", timeout=30)
+    finally:
+        stop.append(1)
+        t.join()
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("sluice top - 127.0.0.1:%d - rules version 1 - over " % admin)
+
+    def row(name):
+        got = [l.split() for l in lines if l.split()[:1] == [name]]
+        assert len(got) == 1, (name, r.stdout)
+        return got[0]
+    web = row("web")
+    events, unrouted = float(web[1]), float(web[2])
+    assert events > 0 and abs(unrouted - events * 2 / 7) <= events * 0.1 + 1, r.stdout
+    rule = row("10_orders.lua")
+    calls, routed, dropped, passed, errors = map(float, rule[1:6])
+    assert calls > 0 and passed == 0
+    # of the 4 events the rule sees in MIX: 2 routed, 1 dropped, 1 failed
+    assert abs(routed - calls / 2) <= calls * 0.15 + 1, r.stdout
+    assert abs(dropped - calls / 4) <= calls * 0.15 + 1 and abs(errors - calls / 4) <= calls * 0.15 + 1
+    assert rule[6].endswith("ms")
+    archive = row("archive")
+    assert float(archive[1]) > 0 and archive[2].endswith("%") and archive[4] == "closed"
+    assert float(row("dead_letter")[1]) > 0  # bad.boom went there
+    assert float(row("console")[1]) > 0
+
+
+def test_sluice_top_without_a_running_engine_exits_1(tmp_path):
+    conf, _ = check_config(tmp_path, rule='return { topics = "*", on_event = '
+                           'function(ev) return "archive" end }')
+    text = conf.read_text().replace("return {", 'return { admin = { listen = '
+                                    '"127.0.0.1:1" },', 1)
+    conf.write_text(text)
+    r = run_sluice("top", "-c", conf, "--once")
+    assert r.returncode == 1 and "cannot connect to the admin API" in r.stderr, r.stderr
