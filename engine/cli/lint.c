@@ -3,6 +3,8 @@
  * warnings for that reason. */
 #include "lint.h"
 
+#include "router.h"
+
 #include <ctype.h>
 #include <dirent.h>
 #include <stdio.h>
@@ -127,5 +129,39 @@ int sl_lint_rules(const struct sl_config *cfg) {
     free(names[i]);
   }
   free(names);
+  return found;
+}
+
+/* Does glob e match every topic glob g matches? Sound, not complete: g's
+ * text, its '*' read as a character, must match e; e's literals then meet
+ * only g's literals, and each '*' of g lies inside a run a '*' of e takes,
+ * which takes whatever that '*' of g stands for too. */
+static int covers(const char *e, const char *g) {
+  return sl_router_glob(e, strlen(e), g, strlen(g));
+}
+
+int sl_lint_routes(const struct sl_config *cfg, const char *path) {
+  const struct sl_router *r = &cfg->router;
+  int i, j, k, m, found = 0;
+  for (i = 1; i < r->nroutes; i++) {
+    const struct sl_route *x = &r->routes[i];
+    int by = -1, all = x->ntopics > 0;
+    for (k = 0; k < x->ntopics && all; k++) {
+      int hit = 0;
+      for (j = 0; j < i && !hit; j++)
+        for (m = 0; m < r->routes[j].ntopics && !hit; m++)
+          if (covers(r->routes[j].topics[m], x->topics[k])) {
+            hit = 1;
+            by = j;
+          }
+      all = hit;
+    }
+    if (!all)
+      continue;
+    fprintf(stderr, "%s: routes[%d]: warning: never decides: every topic "
+            "it matches is taken first by an earlier route (routes[%d])\n",
+            path, i + 1, by + 1);
+    found++;
+  }
   return found;
 }

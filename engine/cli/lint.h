@@ -13,4 +13,8 @@
  * built at run time is not seen. */
 int sl_lint_rules(const struct sl_config *cfg);
 
+/* Warn of routes that can never decide: each of their globs is covered by
+ * a glob of an earlier route (first match wins). Returns how many. */
+int sl_lint_routes(const struct sl_config *cfg, const char *path);
+
 #endif

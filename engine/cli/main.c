@@ -305,7 +305,7 @@ static int cmd_check(const char *path, const char *events, int strict) {
     return 1;
   }
   sl_rules_free(rs);
-  warnings = sl_lint_rules(cfg);
+  warnings = sl_lint_rules(cfg) + sl_lint_routes(cfg, path);
   printf("%s: ok (%d inputs, %d outputs, %d routes%s%s%s)\n", path,
          cfg->ninputs, cfg->noutputs, cfg->router.nroutes,
          cfg->rules.dir ? ", rules in " : "",

@@ -287,7 +287,7 @@ return {
 """
 
 
-def check_config(tmp_path, rule=LINTED, **top):
+def check_config(tmp_path, rule=LINTED, routes=None, **top):
     d = tmp_path / "rules"
     d.mkdir(exist_ok=True)
     (d / "20_lint.lua").write_text(rule)
@@ -295,7 +295,8 @@ def check_config(tmp_path, rule=LINTED, **top):
         {"name": "archive", "type": "file", "path": "archive.ndjson"},
         {"name": "console", "type": "file", "path": "console.ndjson"},
         {"name": "other", "type": "file", "path": "other.ndjson"}],
-        routes=[{"topics": "logs.*", "to": "other"}], rules={"dir": str(d)}, **top)
+        routes=routes or [{"topics": "logs.*", "to": "other"}],
+        rules={"dir": str(d)}, **top)
     from conftest import lua
     p = tmp_path / "sluice.conf.lua"
     p.write_text("return " + lua(cfg) + "\n")
@@ -419,3 +420,22 @@ def test_sluice_top_without_a_running_engine_exits_1(tmp_path):
     conf.write_text(text)
     r = run_sluice("top", "-c", conf, "--once")
     assert r.returncode == 1 and "cannot connect to the admin API" in r.stderr, r.stderr
+
+
+def test_check_warns_of_routes_an_earlier_route_shadows(tmp_path):
+    conf, _ = check_config(tmp_path, rule='return { topics = "*", on_event = '
+                           'function(ev) return "archive" end }',
+                           routes=[{"topics": "orders.*", "to": "archive"},
+                                   {"topics": ["orders.eu.*", "orders.*.x"], "to": "console"},
+                                   {"topics": ["orders.eu", "logs.*"], "to": "other"},
+                                   {"topics": "*", "to": "other"},
+                                   {"topics": "late", "to": "console"}])
+    r = run_sluice("check", "-c", conf)
+    assert r.returncode == 0 and "with warnings" in r.stdout, r.stderr
+    assert r.stderr.splitlines() == [
+        "%s: routes[2]: warning: never decides: every topic it matches is taken "
+        "first by an earlier route (routes[1])" % conf,
+        "%s: routes[5]: warning: never decides: every topic it matches is taken "
+        "first by an earlier route (routes[4])" % conf]  # routes[3]'s logs.* is reachable
+    r = run_sluice("check", "--strict", "-c", conf)
+    assert r.returncode == 1
