@@ -439,3 +439,21 @@ def test_check_warns_of_routes_an_earlier_route_shadows(tmp_path):
         "first by an earlier route (routes[4])" % conf]  # routes[3]'s logs.* is reachable
     r = run_sluice("check", "--strict", "-c", conf)
     assert r.returncode == 1
+
+
+def test_a_reload_that_changes_unrouted_applies_it_as_a_route_change(sluice, tmp_path):
+    from conftest import lua
+    eng, port, admin = engine(sluice, tmp_path)
+    assert ingest(port, [{"topic": "nowhere", "payload": 1}]) == {
+        "accepted": 1, "unrouted": 1}
+    cfg = dict(eng.config_dict, unrouted="console")
+    eng.config.write_text("return " + lua(cfg) + "\n")
+    eng.signal(1)
+    line = wait_for(lambda: [l for l in eng.logs() if l.get("msg") == "config reloaded"],
+                    10, what="config reloaded")[0]
+    assert "routes changed" in line["changes"], line
+    assert ingest(port, [{"topic": "nowhere", "payload": 2}]) == {
+        "accepted": 1, "unrouted": 1}
+    out = eng.dir / "console.ndjson"
+    wait_for(lambda: out.exists() and out.read_text().strip(), 10, what="console.ndjson")
+    assert [json.loads(l)["payload"] for l in out.read_text().splitlines()] == [2]
