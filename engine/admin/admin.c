@@ -34,6 +34,10 @@ struct tap_client {
   uint64_t limit; /* 0: no limit */
   uint64_t sent, dropped;
   double sample;  /* keep this share of matching events */
+  char rule[256];   /* glob on the deciding rule's file or base name; "" any */
+  char output[128]; /* an output the event went to; "" any */
+  unsigned outcomes; /* bit per enum sl_rules_outcome to show; 0 all */
+  int text;          /* format=text: one line for people (sluice tap) */
   struct sl_buf out; /* lines not yet written */
   int dirty, ended;
   int full; /* dropping until the client read half of its buffer */
@@ -133,9 +137,42 @@ static int redacted(const struct sl_config *cfg, struct sl_str name) {
   return 0;
 }
 
-/* One tap line: {"outcome":..,"event":{..}} with masked header values. */
+/* The decision's fields after "outcome": the deciding rule's file, the
+ * config route (1-based), the outputs by name, the drop reason or error. */
+static int render_decision(struct sl_admin *a, struct sl_buf *b,
+                           const struct sl_rules_result *d) {
+  int i, rc = 0;
+  if (d->rule) {
+    rc = sl_buf_append(b, ",\"rule\":", 8);
+    if (rc == 0)
+      rc = sl_codec_json_str(b, d->rule, strlen(d->rule));
+  }
+  if (rc == 0 && d->route >= 0)
+    rc = sl_buf_printf(b, ",\"route\":%d", d->route + 1);
+  if (rc == 0)
+    rc = sl_buf_append(b, ",\"outputs\":[", 12);
+  for (i = 0; rc == 0 && i < d->ntargets; i++) {
+    const char *name = a->w->outputs[d->targets[i]].cfg->name;
+    if (i)
+      rc = sl_buf_putc(b, ',');
+    if (rc == 0)
+      rc = sl_codec_json_str(b, name, strlen(name));
+  }
+  if (rc == 0)
+    rc = sl_buf_putc(b, ']');
+  if (rc == 0 && d->reason) {
+    rc = sl_buf_append(b, ",\"reason\":", 10);
+    if (rc == 0)
+      rc = sl_codec_json_str(b, d->reason, strlen(d->reason));
+  }
+  return rc;
+}
+
+/* One tap line: {"outcome":..,<decision>,"event":{..}} with masked header
+ * values. */
 static int render(struct sl_admin *a, struct sl_buf *b,
-                  const struct sl_event *ev, int outcome) {
+                  const struct sl_event *ev, const struct sl_rules_result *d) {
+  int outcome = (int)d->outcome;
   const struct sl_config *cfg = a->w->cfg;
   struct sl_event_view v;
   const uint8_t *p, *end;
@@ -144,9 +181,13 @@ static int render(struct sl_admin *a, struct sl_buf *b,
 
   if (sl_codec_parse_event(ev->data, ev->len, &v, NULL) != 0)
     return SL_EPROTO;
-  rc = sl_buf_printf(b, "{\"outcome\":\"%s\",\"event\":{\"id\":",
+  rc = sl_buf_printf(b, "{\"outcome\":\"%s\"",
                      outcome >= 0 && outcome < 4 ? outcome_names[outcome]
                                                  : "unknown");
+  if (rc == 0)
+    rc = render_decision(a, b, d);
+  if (rc == 0)
+    rc = sl_buf_append(b, ",\"event\":{\"id\":", 15);
   if (rc == 0)
     rc = sl_codec_json_str(b, v.id.p, v.id.len);
   if (rc == 0)
@@ -203,6 +244,57 @@ static int render(struct sl_admin *a, struct sl_buf *b,
   return rc;
 }
 
+#define TAP_TEXT_PAYLOAD 160 /* payload bytes a text line shows at most */
+
+/* One text line: outcome, topic, "-> outputs", rule or route, reason, a
+ * cut payload: what a person scans for (`sluice tap` prints these). */
+static int render_text(struct sl_admin *a, struct sl_buf *b,
+                       const struct sl_event *ev,
+                       const struct sl_rules_result *d) {
+  struct sl_str topic = sl_event_topic(ev);
+  struct sl_event_view v;
+  int i, rc, outcome = (int)d->outcome;
+  size_t start;
+
+  if (sl_codec_parse_event(ev->data, ev->len, &v, NULL) != 0)
+    return SL_EPROTO;
+  rc = sl_buf_printf(b, "%-8s %.*s ->",
+                     outcome >= 0 && outcome < 4 ? outcome_names[outcome]
+                                                 : "unknown",
+                     (int)topic.len, topic.p);
+  for (i = 0; rc == 0 && i < d->ntargets; i++)
+    rc = sl_buf_printf(b, "%s%s", i ? "," : " ",
+                       a->w->outputs[d->targets[i]].cfg->name);
+  if (rc == 0 && d->ntargets == 0)
+    rc = sl_buf_append(b, " (none)", 7);
+  if (rc == 0 && d->rule)
+    rc = sl_buf_printf(b, " rule=%s", d->rule);
+  if (rc == 0 && d->route >= 0)
+    rc = sl_buf_printf(b, " route=%d", d->route + 1);
+  if (rc == 0 && d->reason) {
+    rc = sl_buf_append(b, " reason=", 8);
+    if (rc == 0)
+      rc = sl_codec_json_str(b, d->reason, strlen(d->reason));
+  }
+  if (rc == 0)
+    rc = sl_buf_printf(b, " id=%.*s", (int)v.id.len, v.id.p);
+  if (rc == 0 && v.payload) {
+    rc = sl_buf_append(b, " payload=", 9);
+    start = b->len;
+    if (rc == 0)
+      rc = sl_codec_to_json(v.payload, v.payload_len, b);
+    if (rc == 0 && b->len - start > TAP_TEXT_PAYLOAD) {
+      b->len = start + TAP_TEXT_PAYLOAD;
+      while (b->len > start && (b->data[b->len] & 0xc0) == 0x80)
+        b->len--; /* not inside a UTF-8 sequence */
+      rc = sl_buf_append(b, "...", 3);
+    }
+  }
+  if (rc == 0)
+    rc = sl_buf_putc(b, '\n');
+  return rc;
+}
+
 static void on_flush(uv_idle_t *h) {
   struct sl_admin *a = container_of(h, struct sl_admin, flush);
   struct tap_client *c, *next;
@@ -225,7 +317,33 @@ static void on_flush(uv_idle_t *h) {
   }
 }
 
-static void on_tap(void *data, const struct sl_event *ev, int outcome) {
+/* Does the decision pass c's rule, output and outcome filters? */
+static int decision_matches(const struct tap_client *c,
+                            const struct sl_rules_result *d) {
+  int i;
+  if (c->outcomes && !(c->outcomes & (1u << d->outcome)))
+    return 0;
+  if (c->rule[0]) {
+    const char *base;
+    if (d->rule == NULL)
+      return 0;
+    base = strrchr(d->rule, '/');
+    base = base ? base + 1 : d->rule;
+    if (!sl_router_glob(c->rule, strlen(c->rule), d->rule, strlen(d->rule)) &&
+        !sl_router_glob(c->rule, strlen(c->rule), base, strlen(base)))
+      return 0;
+  }
+  if (c->output[0]) {
+    for (i = 0; i < d->ntargets; i++)
+      if (strcmp(c->a->w->outputs[d->targets[i]].cfg->name, c->output) == 0)
+        return 1;
+    return 0;
+  }
+  return 1;
+}
+
+static void on_tap(void *data, const struct sl_event *ev,
+                   const struct sl_rules_result *d) {
   struct sl_admin *a = data;
   struct sl_str topic = sl_event_topic(ev);
   struct tap_client *c;
@@ -238,7 +356,8 @@ static void on_tap(void *data, const struct sl_event *ev, int outcome) {
     for (i = 0; i < c->nglobs && !match; i++)
       match = sl_router_glob(c->globs[i], strlen(c->globs[i]), topic.p,
                              topic.len);
-    if (!match || (c->sample < 1.0 && rnd(a) >= c->sample))
+    if (!match || !decision_matches(c, d) ||
+        (c->sample < 1.0 && rnd(a) >= c->sample))
       continue;
     /* a full buffer drops the line before any work is spent on it; once
      * full, it stays so until half of it is read, or a buffer stuck just
@@ -253,7 +372,8 @@ static void on_tap(void *data, const struct sl_event *ev, int outcome) {
       continue;
     }
     before = c->out.len;
-    if (render(a, &c->out, ev, outcome) != 0 ||
+    if ((c->text ? render_text(a, &c->out, ev, d)
+                 : render(a, &c->out, ev, d)) != 0 ||
         pending + (c->out.len - before) > SL_ADMIN_TAP_BUFFER) {
       c->out.len = before;
       c->full = 1;
@@ -313,6 +433,49 @@ static int query_get(struct sl_str q, const char *key, char *out,
   return 0;
 }
 
+/* rule=GLOB, output=NAME, outcome=routed,dropped,... into c; on a bad one
+ * the 400 is sent and -1 returned. */
+static int tap_filters(struct tap_client *c, struct sl_http_request *r) {
+  char list[128], *tok, *save = NULL;
+  int rc, k;
+  if (query_get(r->query, "rule", c->rule, sizeof(c->rule)) < 0) {
+    sl_http_respond_error(r, 400, "rule: expected a glob on a rule file");
+    return -1;
+  }
+  if (query_get(r->query, "output", c->output, sizeof(c->output)) < 0) {
+    sl_http_respond_error(r, 400, "output: expected an output name");
+    return -1;
+  }
+  if (c->output[0] && sl_config_output_index(c->a->w->cfg, c->output,
+                                             strlen(c->output)) < 0) {
+    sl_http_respond_error(r, 400, "output: no output named \"%s\"",
+                          c->output);
+    return -1;
+  }
+  rc = query_get(r->query, "format", list, sizeof(list));
+  if (rc < 0 || (rc > 0 && strcmp(list, "text") != 0 &&
+                 strcmp(list, "json") != 0)) {
+    sl_http_respond_error(r, 400, "format: expected json or text");
+    return -1;
+  }
+  c->text = rc > 0 && strcmp(list, "text") == 0;
+  rc = query_get(r->query, "outcome", list, sizeof(list));
+  for (tok = rc > 0 ? strtok_r(list, ",", &save) : NULL; tok;
+       tok = strtok_r(NULL, ",", &save)) {
+    for (k = 0; k < 4 && strcmp(tok, outcome_names[k]) != 0; k++)
+      ;
+    if (k == 4)
+      break;
+    c->outcomes |= 1u << k;
+  }
+  if (rc < 0 || (rc > 0 && (tok || c->outcomes == 0))) {
+    sl_http_respond_error(r, 400, "outcome: expected routed, unrouted, "
+                                  "dropped or failed (comma separated)");
+    return -1;
+  }
+  return 0;
+}
+
 static void start_tap(struct sl_admin *a, struct sl_http_request *r) {
   char topics[1024] = "*", num[64];
   struct tap_client *c;
@@ -354,6 +517,8 @@ static void start_tap(struct sl_admin *a, struct sl_http_request *r) {
     }
     c->sample = v;
   }
+  if (tap_filters(c, r) != 0)
+    goto fail;
   c->patterns = strdup(topics);
   if (c->patterns == NULL) {
     sl_http_respond_error(r, 500, "out of memory");
@@ -366,7 +531,8 @@ static void start_tap(struct sl_admin *a, struct sl_http_request *r) {
     sl_http_respond_error(r, 400, "topics: expected glob[,glob...]");
     goto fail;
   }
-  if (sl_http_stream_start(r, 200, "application/x-ndjson") != 0)
+  if (sl_http_stream_start(r, 200, c->text ? "text/plain; charset=utf-8"
+                                           : "application/x-ndjson") != 0)
     goto fail;
   r->data = c;
   c->next = &a->clients;

@@ -16,12 +16,14 @@
 #include "admin.h"
 #include "config.h"
 #include "dlq.h"
+#include "lint.h"
 #include "log.h"
 #include "notify.h"
 #include "plugins.h"
 #include "route.h"
 #include "rules.h"
 #include "state.h"
+#include "tap.h"
 #include "worker.h"
 
 static const char usage[] =
@@ -29,8 +31,12 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  run     [-c FILE]   run the engine (default config: " SL_CONFIG_DEFAULT_PATH ")\n"
-    "  check   [-c FILE]   check a config and its rules; exit 0 when valid, 1 with\n"
-    "                      the problems otherwise\n"
+    "  check   [-c FILE] [--strict] [--events FILE]\n"
+    "                      check a config and its rules; exit 0 when valid, 1 with\n"
+    "                      the problems otherwise; warns of output names in rule\n"
+    "                      literals that name no output (--strict: exit 1);\n"
+    "                      --events: dry-run them, exit 1 on any failed,\n"
+    "                      unrouted or invalid event (a pre-deploy gate)\n"
     "  route   [-c FILE] [--events FILE]\n"
     "                      dry run: read events (NDJSON or msgpack; stdin by\n"
     "                      default), run the rules offline and print each decision\n"
@@ -41,6 +47,13 @@ static const char usage[] =
     "                      the lock on the config's state_dir)\n"
     "  status  [-c FILE]   print the running engine's rule status (JSON, from\n"
     "                      the config's state_dir)\n"
+    "  tap     [-c FILE] [--topics GLOB] [--rule GLOB] [--output NAME]\n"
+    "          [--outcome LIST] [--sample SHARE] [--limit N] [--json]\n"
+    "                      live events of the running engine with their\n"
+    "                      decision (rule, outputs, reason), via the admin API\n"
+    "  top     [-c FILE] [--once]\n"
+    "                      a live view of the running engine, each second:\n"
+    "                      events/s per input, rule and output, p99, queues\n"
     "  plugins             list the input and output types with their keys\n"
     "                      (type, default, what it does)\n"
     "  dlq replay FILE|-c FILE --to ADDRESS [--timeout SECONDS]\n"
@@ -287,11 +300,12 @@ static int cmd_run(const char *path, int level) {
   return rc;
 }
 
-static int cmd_check(const char *path) {
+static int cmd_check(const char *path, const char *events, int strict) {
   struct sl_config *cfg = load(path, 0);
   struct sl_idgen g;
   struct sl_rules *rs;
   char err[1024];
+  int warnings;
   if (cfg == NULL)
     return 1;
   sl_idgen_init(&g);
@@ -302,11 +316,16 @@ static int cmd_check(const char *path) {
     return 1;
   }
   sl_rules_free(rs);
-  printf("%s: ok (%d inputs, %d outputs, %d routes%s%s)\n", path, cfg->ninputs,
-         cfg->noutputs, cfg->router.nroutes, cfg->rules.dir ? ", rules in " : "",
-         cfg->rules.dir ? cfg->rules.dir : "");
+  warnings = sl_lint_rules(cfg) + sl_lint_routes(cfg, path);
+  printf("%s: ok (%d inputs, %d outputs, %d routes%s%s%s)\n", path,
+         cfg->ninputs, cfg->noutputs, cfg->router.nroutes,
+         cfg->rules.dir ? ", rules in " : "",
+         cfg->rules.dir ? cfg->rules.dir : "",
+         warnings ? "; with warnings" : "");
   sl_config_free(cfg);
-  return 0;
+  if (warnings && strict)
+    return 1;
+  return events ? sl_route_gate(path, events) : 0;
 }
 
 /* SIGHUP to the engine that holds the config's state folder: the pid file
@@ -456,11 +475,12 @@ int main(int argc, char **argv) {
       {"config", required_argument, NULL, 'c'},
       {"log-level", required_argument, NULL, 'l'},
       {"events", required_argument, NULL, 'e'},
+      {"strict", no_argument, NULL, 's'},
       {"help", no_argument, NULL, 'h'},
       {"version", no_argument, NULL, 'V'},
       {NULL, 0, NULL, 0}};
   const char *cmd, *config = SL_CONFIG_DEFAULT_PATH, *events = NULL;
-  int c, level = -1;
+  int c, level = -1, strict = 0;
 
   find_scripts();
   if (argc < 2) {
@@ -481,6 +501,10 @@ int main(int argc, char **argv) {
     return cmd_test(argc - 2, argv + 2);
   if (strcmp(cmd, "dlq") == 0)
     return sl_dlq_main(argc - 2, argv + 2);
+  if (strcmp(cmd, "tap") == 0)
+    return sl_tap_main(argc - 1, argv + 1);
+  if (strcmp(cmd, "top") == 0)
+    return sl_top_main(argc - 1, argv + 1);
   optind = 2;
   while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
     switch (c) {
@@ -499,6 +523,9 @@ int main(int argc, char **argv) {
       break;
     case 'e':
       events = optarg;
+      break;
+    case 's':
+      strict = 1;
       break;
     case 'h':
       fputs(usage, stdout);
@@ -519,7 +546,7 @@ int main(int argc, char **argv) {
   if (strcmp(cmd, "run") == 0)
     return cmd_run(config, level);
   if (strcmp(cmd, "check") == 0)
-    return cmd_check(config);
+    return cmd_check(config, events, strict);
   if (strcmp(cmd, "reload") == 0)
     return cmd_reload(config);
   if (strcmp(cmd, "route") == 0)

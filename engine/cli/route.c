@@ -31,8 +31,26 @@ static void on_emit(void *data, int output, struct sl_event *ev) {
   sl_event_unref(ev);
 }
 
+/* `sluice check --events`: print only what fails the gate, count all */
+static struct {
+  int on;
+  uint64_t counts[5]; /* by outcome; [4]: invalid */
+} gate;
+
+static void gate_line(uint64_t index, const char *what, const char *topic,
+                      const char *reason) {
+  printf("event %llu: %s%s%s%s%s\n", (unsigned long long)index + 1, what,
+         topic ? " topic=" : "", topic ? topic : "", reason ? ": " : "",
+         reason ? reason : "");
+}
+
 static void print_error(uint64_t index, const char *msg) {
   struct sl_buf b;
+  if (gate.on) {
+    gate.counts[4]++;
+    gate_line(index, "invalid", NULL, msg);
+    return;
+  }
   sl_buf_init(&b);
   sl_buf_printf(&b, "{\"index\":%llu,\"decision\":\"invalid\",\"error\":",
                 (unsigned long long)index);
@@ -67,6 +85,18 @@ static void decide_one(struct sl_rules *rs, struct emitted *em,
   }
   sl_buf_reset(&em->json);
   sl_rules_decide(rs, ev, &r);
+  if (gate.on) {
+    struct sl_str t = sl_event_topic(r.event);
+    char topic[256];
+    snprintf(topic, sizeof(topic), "%.*s", (int)t.len, t.p);
+    gate.counts[r.outcome]++;
+    if (r.outcome == SL_RULES_FAILED || r.outcome == SL_RULES_UNROUTED)
+      gate_line(index, outcomes[r.outcome], topic,
+                r.outcome == SL_RULES_FAILED ? r.reason
+                                             : "no rule or route decided it");
+    sl_event_unref(r.event);
+    return;
+  }
   sl_buf_init(&b);
   sl_buf_printf(&b, "{\"index\":%llu,\"decision\":\"%s\",\"outputs\":[",
                 (unsigned long long)index, outcomes[r.outcome]);
@@ -203,6 +233,25 @@ done:
   sl_buf_close(&em.json);
   sl_config_free(cfg);
   return rc;
+}
+
+int sl_route_gate(const char *config, const char *path) {
+  uint64_t *n = gate.counts, bad;
+  int rc;
+  gate.on = 1;
+  rc = sl_route_main(config, path);
+  gate.on = 0;
+  if (rc != 0)
+    return rc;
+  bad = n[SL_RULES_FAILED] + n[SL_RULES_UNROUTED] + n[4];
+  printf("%s: %llu events: %llu routed, %llu dropped, %llu unrouted, %llu "
+         "failed, %llu invalid\n", path ? path : "stdin",
+         (unsigned long long)(n[0] + n[1] + n[2] + n[3] + n[4]),
+         (unsigned long long)n[SL_RULES_ROUTED],
+         (unsigned long long)n[SL_RULES_DROPPED],
+         (unsigned long long)n[SL_RULES_UNROUTED],
+         (unsigned long long)n[SL_RULES_FAILED], (unsigned long long)n[4]);
+  return bad ? 1 : 0;
 }
 
 char *sl_route_pid_path(const struct sl_config *cfg) {

@@ -11,6 +11,12 @@
  * 1 when the config or rules are rejected (nothing is read then). */
 int sl_route_main(const char *config, const char *path);
 
+/* `sluice check --events`: the same dry run, printing only the events
+ * that failed, were unrouted or did not parse (with the reason) and a
+ * count by outcome. Returns 1 when there was any such event (or the
+ * config or rules are rejected), else 0: a pre-deploy gate. */
+int sl_route_gate(const char *config, const char *path);
+
 /* Print the running engine's status file. Returns the exit code. */
 int sl_route_status(const char *config);
 

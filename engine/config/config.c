@@ -1837,6 +1837,27 @@ done:
   lua_pop(L, 1);
 }
 
+/* unrouted = "drop" (the default) or the name of an output that takes
+ * the events no rule and no route decided. */
+static void check_unrouted(struct check *c, struct sl_config *cfg, int t) {
+  lua_State *L = c->L;
+  cfg->unrouted = 0;
+  lua_getfield(L, t, "unrouted");
+  if (lua_type(L, -1) == LUA_TSTRING) {
+    const char *name = lua_tostring(L, -1);
+    if (strcmp(name, "drop") != 0) {
+      cfg->unrouted = 1 + sl_config_output_index(cfg, name, strlen(name));
+      if (cfg->unrouted == 0)
+        bad(c, "unrouted", "expected \"drop\" or the name of an output, "
+                           "no output named \"%s\"", name);
+    }
+  } else if (!lua_isnil(L, -1)) {
+    bad(c, "unrouted", "expected \"drop\" or the name of an output, got %s",
+        type_of(L, -1));
+  }
+  lua_pop(L, 1);
+}
+
 /* state_dir: resolved against the config's folder (default var/); it
  * need not exist yet, but it or the nearest folder above must be
  * writable. The config's own folder may be read-only. */
@@ -1861,7 +1882,8 @@ static void check_top(struct check *c, struct sl_config *cfg, int t) {
   static const char *const keys[] = {
       "inputs",    "outputs",          "routes",          "rules",
       "admin",     "dead_letter",      "pid_file",        "shutdown_timeout",
-      "log_level", "max_event_bytes",  "state_dir",       NULL};
+      "log_level", "max_event_bytes",  "state_dir",       "unrouted",
+      NULL};
   double timeout;
   char *level = NULL, *pid = NULL;
 
@@ -1870,6 +1892,7 @@ static void check_top(struct check *c, struct sl_config *cfg, int t) {
   check_inputs(c, cfg, t);
   check_outputs(c, cfg, t);
   check_dead_letter(c, cfg, t);
+  check_unrouted(c, cfg, t);
   check_routes(c, cfg, t);
   check_rules(c, cfg, t);
   check_admin(c, cfg, t);

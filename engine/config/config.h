@@ -167,6 +167,8 @@ struct sl_config {
   struct sl_rules_config rules;
   struct sl_admin_config admin;
   int dead_letter;          /* output index; -1 none */
+  int unrouted; /* 1 + the index of the output for events nothing decided;
+                   0: drop them (zeroed memory drops) */
   char *pid_file;           /* may be NULL */
   char *state_dir;          /* absolute; what the engine writes on its own
                                (pid, status, lock, dead letter, buffers);

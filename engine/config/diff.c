@@ -129,7 +129,9 @@ static const char *output_name(const struct sl_config *c, int i) {
 int sl_config_routes_same(const struct sl_config *a, const struct sl_config *b) {
   int i, j;
   if (a->router.nroutes != b->router.nroutes ||
-      !str_same(output_name(a, a->dead_letter), output_name(b, b->dead_letter)))
+      !str_same(output_name(a, a->dead_letter), output_name(b, b->dead_letter)) ||
+      !str_same(output_name(a, a->unrouted - 1),
+                output_name(b, b->unrouted - 1)))
     return 0;
   for (i = 0; i < a->router.nroutes; i++) {
     const struct sl_route *x = &a->router.routes[i], *y = &b->router.routes[i];

@@ -624,12 +624,17 @@ static void answer_otlp(struct batch *b) {
 }
 
 static void answer_202(struct batch *b) {
-  char out[64];
+  char out[96];
+  int n;
   if (b->otlp) {
     answer_otlp(b);
     return;
   }
-  int n = snprintf(out, sizeof(out), "{\"accepted\":%zu}", b->n);
+  if (b->src.unrouted) /* no rule or route decided them: say so */
+    n = snprintf(out, sizeof(out), "{\"accepted\":%zu,\"unrouted\":%llu}",
+                 b->n, (unsigned long long)b->src.unrouted);
+  else
+    n = snprintf(out, sizeof(out), "{\"accepted\":%zu}", b->n);
   sl_http_respond(b->r, 202, "application/json", out, (size_t)n);
 }
 

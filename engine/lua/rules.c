@@ -888,6 +888,10 @@ static void config_route(struct sl_rules *rs, struct sl_event *ev,
   if (route == NULL) {
     rs->st.unrouted++;
     r->outcome = SL_RULES_UNROUTED;
+    if (rs->cfg->unrouted > 0) { /* unrouted = "<output>" */
+      r->ntargets = 1;
+      r->targets[0] = (uint16_t)(rs->cfg->unrouted - 1);
+    }
     return;
   }
   r->route = (int)(route - rs->cfg->router.routes);
@@ -1031,6 +1035,11 @@ static const struct sl_metric m_duration = {
     "sluice_rule_duration_seconds",
     "Time in on_event (one call in 16 is timed).", SL_METRIC_HISTOGRAM,
     {"rule", NULL}};
+static const struct sl_metric m_decisions = {
+    "sluice_rule_decisions_total",
+    "What a rule's on_event decided: routed, dropped or passed (errors "
+    "are in sluice_rule_errors_total).", SL_METRIC_COUNTER,
+    {"rule", "decision", NULL}};
 static const struct sl_metric m_reloads = {
     "sluice_rules_reloads_total", "Rule set reloads by result.",
     SL_METRIC_COUNTER, {"result", NULL}};
@@ -1056,6 +1065,16 @@ static const struct sl_metric m_dead_lettered = {
     "Events a failing rule sent to the dead letter output.",
     SL_METRIC_COUNTER, {NULL}};
 
+static void put_decisions(struct sl_metric_out *out,
+                          const struct rule_stats *s) {
+  const char *v[] = {s->file, "routed"};
+  sl_metric_put_u64(out, v, s->routed);
+  v[1] = "dropped";
+  sl_metric_put_u64(out, v, s->dropped);
+  v[1] = "passed";
+  sl_metric_put_u64(out, v, s->passed);
+}
+
 /* Per rule file ever loaded (its counters outlive its versions). */
 static void collect_files(struct sl_metric_out *out, const struct sl_metric *m,
                           void *data) {
@@ -1078,6 +1097,8 @@ static void collect_files(struct sl_metric_out *out, const struct sl_metric *m,
         v[1] = policies[k];
         sl_metric_put_u64(out, v, s->on_error[k]);
       }
+    else if (m == &m_decisions)
+      put_decisions(out, s);
     else
       for (k = 0; k < 3; k++) {
         v[1] = kinds[k];
@@ -1131,6 +1152,8 @@ int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r) {
   if (rc == 0)
     rc = sl_metric_add_u64(r, &m_dropped, rule_error, &rs->st.error_dropped,
                            rs);
+  if (rc == 0)
+    rc = sl_metric_add(r, &m_decisions, collect_files, rs);
   if (rc == 0)
     rc = sl_metric_add_u64(r, &m_reloads, ok, &rs->st.reloads_ok, rs);
   if (rc == 0)

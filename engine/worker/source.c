@@ -131,14 +131,28 @@ void sl_source_close(struct sl_source *s) {
   }
 }
 
+static void count_unrouted(struct sl_source *s) {
+  struct sl_input_stats *st = &s->input->stats;
+  uint64_t v = sl_rules_stats(s->w->rules)->version;
+  int slot = (int)(v % SL_UNROUTED_VERSIONS);
+  if (st->unrouted_version[slot] != v) {
+    st->unrouted_version[slot] = v; /* a version 4 reloads ago leaves */
+    st->unrouted[slot] = 0;
+  }
+  st->unrouted[slot]++;
+  s->unrouted++;
+}
+
 int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
   struct sl_worker *w = s->w;
   struct sl_rules_result r;
   int i, rc;
 
   sl_rules_decide(w->rules, ev, &r);
+  if (r.outcome == SL_RULES_UNROUTED)
+    count_unrouted(s);
   if (w->tap)
-    w->tap(w->tap_data, r.event, (int)r.outcome);
+    w->tap(w->tap_data, r.event, &r);
   s->ntargets = r.ntargets;
   for (i = 0; i < r.ntargets; i++)
     s->targets[i] = r.targets[i];

@@ -38,6 +38,8 @@ struct sl_dedup;
 /* Something that produces events and can be paused: one connection, one
  * HTTP request. When the pipeline cannot take an event now, the source
  * holds it here and waits; on_resume runs once it went through. */
+struct sl_rules_result;
+
 struct sl_source {
   struct sl_worker *w;
   struct sl_input *input;
@@ -53,6 +55,8 @@ struct sl_source {
   int holding;        /* counted in the worker's holding (a reload waits
                          for events decided before it) */
   uint64_t hold_gen;  /* the reload generation it was counted in */
+  uint64_t unrouted;  /* its events no rule or route decided (an HTTP
+                         batch's 202 says how many) */
 };
 
 /* Someone waiting until the events it submitted are where their outputs'
@@ -92,6 +96,11 @@ struct sl_input_stats {
   uint64_t dropped;   /* lost by an input that cannot make its sender
                          wait: udp datagrams while blocked */
   uint32_t connections_open;
+  /* events no rule or route decided, by rule set version: the last
+   * SL_UNROUTED_VERSIONS versions seen, slot version % that */
+#define SL_UNROUTED_VERSIONS 4
+  uint64_t unrouted_version[SL_UNROUTED_VERSIONS];
+  uint64_t unrouted[SL_UNROUTED_VERSIONS];
   /* HTTP inputs: their server (responses by status, connections); NULL
    * for the others. Read by metrics. */
   const struct sl_http_server *http;
@@ -148,8 +157,10 @@ struct sl_worker {
   struct sl_queue route_waitq;
   uv_timer_t route_timer;
   int route_timer_open;
-  /* called for every decided event when set (the admin tap) */
-  void (*tap)(void *data, const struct sl_event *ev, int outcome);
+  /* called for every decided event when set (the admin tap), with the
+   * decision (struct sl_rules_result, rules.h) */
+  void (*tap)(void *data, const struct sl_event *ev,
+              const struct sl_rules_result *r);
   void *tap_data;
   /* the admin server, attached from the layer above (sl_worker_attach);
    * NULL without admin.listen. The worker stops it when it drains and

@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 #include "http.h"
+#include "rules.h"
 #include "worker.h"
 
 /* A per-input family and how to read it. */
@@ -93,6 +94,11 @@ static const struct sl_metric m_route_limited = {
     "Events over a route's rate_limit: waited for a token (block, spill) or "
     "dropped (drop policies). route is the index in routes.", C,
     {"route", "result", NULL}};
+static const struct sl_metric m_unrouted = {
+    "sluice_events_unrouted_total",
+    "Events no rule and no route decided (dropped, or sent to the unrouted "
+    "output), by input and rule set version (the last 4 versions).", C,
+    {"input", "version", NULL}};
 static const struct sl_metric m_emit_dropped = {
     "sluice_emit_dropped_total",
     "Emitted events dropped because the target queue was full.", C, {NULL}};
@@ -107,6 +113,29 @@ static void collect_input(struct sl_metric_out *out, const struct sl_metric *m,
   for (i = 0; i < w->ninputs; i++) {
     const char *v[] = {w->inputs[i].cfg->name};
     sl_metric_put_u64(out, v, im->get(&w->inputs[i]));
+  }
+}
+
+static void collect_unrouted(struct sl_metric_out *out,
+                             const struct sl_metric *m, void *data) {
+  const struct sl_worker *w = data;
+  uint64_t version = w->rules ? sl_rules_stats(w->rules)->version : 0;
+  int i, k;
+  (void)m;
+  for (i = 0; i < w->ninputs; i++) {
+    const struct sl_input_stats *st = &w->inputs[i].stats;
+    char num[24];
+    const char *v[] = {w->inputs[i].cfg->name, num};
+    int cur = (int)(version % SL_UNROUTED_VERSIONS);
+    for (k = 0; k < SL_UNROUTED_VERSIONS; k++)
+      if (st->unrouted[k] || k == cur) { /* the live version's, even 0 */
+        uint64_t n = st->unrouted_version[k] == version || k != cur
+                         ? st->unrouted[k] : 0;
+        snprintf(num, sizeof(num), "%llu",
+                 (unsigned long long)(k == cur ? version
+                                               : st->unrouted_version[k]));
+        sl_metric_put_u64(out, v, n);
+      }
   }
 }
 
@@ -209,5 +238,7 @@ int sl_worker_metrics(struct sl_worker *w) {
   if (rc == 0)
     rc = sl_metric_add_u64(r, &m_emit_dropped, NULL, &w->stats.emit_dropped,
                            w);
+  if (rc == 0)
+    rc = sl_metric_add(r, &m_unrouted, collect_unrouted, w);
   return rc;
 }

@@ -1,0 +1,210 @@
+/* adminget.c - see adminget.h. The request says Connection: close, so a
+ * body without chunked framing ends when the server closes. */
+#include "adminget.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "http.h"
+
+static int dial(const char *listen, char *err, size_t errlen) {
+  char host[256], port[16];
+  const char *colon = strrchr(listen, ':');
+  struct addrinfo hints, *res = NULL, *ai;
+  size_t hl;
+  int fd = -1, rc;
+
+  if (colon == NULL || strlen(colon + 1) >= sizeof(port) ||
+      (hl = (size_t)(colon - listen)) >= sizeof(host)) {
+    snprintf(err, errlen, "admin.listen \"%s\": expected host:port", listen);
+    return -1;
+  }
+  memcpy(host, listen, hl);
+  host[hl] = '\0';
+  if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+    memmove(host, host + 1, hl - 2);
+    host[hl - 2] = '\0';
+  }
+  snprintf(port, sizeof(port), "%s", colon + 1);
+  memset(&hints, 0, sizeof(hints));
+  hints.ai_socktype = SOCK_STREAM;
+  rc = getaddrinfo(host, port, &hints, &res);
+  if (rc != 0) {
+    snprintf(err, errlen, "admin.listen %s: %s", listen, gai_strerror(rc));
+    return -1;
+  }
+  for (ai = res; ai && fd < 0; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+      rc = errno;
+      close(fd);
+      fd = -1;
+      errno = rc;
+    }
+  }
+  freeaddrinfo(res);
+  if (fd < 0)
+    snprintf(err, errlen, "cannot connect to the admin API at %s: %s "
+             "(is sluice running with this config?)", listen, strerror(errno));
+  return fd;
+}
+
+static int fill(struct sl_admin_get *g) {
+  uint8_t tmp[16384];
+  ssize_t n;
+  do
+    n = read(g->fd, tmp, sizeof(tmp));
+  while (n < 0 && errno == EINTR);
+  if (n <= 0)
+    return (int)n;
+  return sl_buf_append(&g->in, tmp, (size_t)n) == 0 ? (int)n : -1;
+}
+
+static void consume(struct sl_buf *b, size_t n) {
+  memmove(b->data, b->data + n, b->len - n);
+  b->len -= n;
+}
+
+static const char *find(const struct sl_buf *b, const char *s) {
+  size_t n = strlen(s), i;
+  for (i = 0; i + n <= b->len; i++)
+    if (memcmp(b->data + i, s, n) == 0)
+      return (const char *)b->data + i;
+  return NULL;
+}
+
+/* Status line and the one header we need, then the head is dropped. */
+static int read_head(struct sl_admin_get *g, char *err, size_t errlen) {
+  const char *end;
+  char *head, *line, *save = NULL;
+  while ((end = find(&g->in, "\r\n\r\n")) == NULL)
+    if (g->in.len > 65536 || fill(g) <= 0) {
+      snprintf(err, errlen, "the admin API closed without an HTTP answer");
+      return -1;
+    }
+  head = strndup((const char *)g->in.data, (size_t)(end - (char *)g->in.data));
+  if (head == NULL)
+    return -1;
+  consume(&g->in, (size_t)(end - (char *)g->in.data) + 4);
+  if (sscanf(head, "HTTP/1.%*d %d", &g->status) != 1) {
+    snprintf(err, errlen, "the admin API answered no HTTP");
+    free(head);
+    return -1;
+  }
+  for (line = strtok_r(head, "\r\n", &save); line;
+       line = strtok_r(NULL, "\r\n", &save))
+    if (strncasecmp(line, "transfer-encoding:", 18) == 0 &&
+        strstr(line + 18, "chunked"))
+      g->chunked = 1;
+  free(head);
+  return 0;
+}
+
+int sl_admin_get_open(struct sl_admin_get *g, const struct sl_config *cfg,
+                      const char *target, char *err, size_t errlen) {
+  struct sl_buf req;
+  char *token = NULL;
+  size_t tlen = 0;
+  int rc = -1;
+
+  memset(g, 0, sizeof(*g));
+  g->fd = -1;
+  sl_buf_init(&g->in);
+  if (cfg->admin.listen == NULL) {
+    snprintf(err, errlen, "the config has no admin.listen: add admin = { "
+                          "listen = \"127.0.0.1:9090\" } and restart sluice");
+    return -1;
+  }
+  if (cfg->admin.tls.enabled) {
+    snprintf(err, errlen, "the admin API uses TLS, which this command does "
+                          "not support yet: use curl with the admin's CA");
+    return -1;
+  }
+  if (cfg->admin.bearer_token_file &&
+      (token = sl_http_load_token(cfg->admin.bearer_token_file, &tlen, err,
+                                  errlen)) == NULL)
+    return -1;
+  g->fd = dial(cfg->admin.listen, err, errlen);
+  sl_buf_init(&req);
+  if (g->fd >= 0 &&
+      sl_buf_printf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close"
+                    "\r\n", target, cfg->admin.listen) == 0 &&
+      (token == NULL ||
+       sl_buf_printf(&req, "Authorization: Bearer %s\r\n", token) == 0) &&
+      sl_buf_append(&req, "\r\n", 2) == 0) {
+    size_t off = 0;
+    while (off < req.len) {
+      ssize_t n = write(g->fd, req.data + off, req.len - off);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        break;
+      off += (size_t)n;
+    }
+    if (off == req.len)
+      rc = read_head(g, err, errlen);
+    else
+      snprintf(err, errlen, "cannot send to the admin API: %s",
+               strerror(errno));
+  }
+  sl_buf_close(&req);
+  if (token) {
+    memset(token, 0, tlen);
+    free(token);
+  }
+  if (rc != 0)
+    sl_admin_get_close(g);
+  return rc;
+}
+
+int sl_admin_get_read(struct sl_admin_get *g, struct sl_buf *out) {
+  const char *crlf;
+  unsigned long size;
+  char *end;
+  if (!g->chunked) {
+    int n = g->in.len ? (int)g->in.len : fill(g);
+    if (n > 0) {
+      n = (int)g->in.len;
+      if (sl_buf_append(out, g->in.data, g->in.len) != 0)
+        return -1;
+      g->in.len = 0;
+    }
+    return n;
+  }
+  while ((crlf = find(&g->in, "\r\n")) == NULL)
+    if (g->in.len > 64 || fill(g) <= 0)
+      return -1;
+  size = strtoul((const char *)g->in.data, &end, 16);
+  if (end == (const char *)g->in.data)
+    return -1;
+  consume(&g->in, (size_t)(crlf - (char *)g->in.data) + 2);
+  while (g->in.len < size + 2)
+    if (fill(g) <= 0)
+      return -1;
+  if (size == 0)
+    return 0;
+  if (sl_buf_append(out, g->in.data, size) != 0)
+    return -1;
+  consume(&g->in, size + 2);
+  return (int)size;
+}
+
+int sl_admin_get_body(struct sl_admin_get *g, struct sl_buf *out) {
+  int n;
+  while ((n = sl_admin_get_read(g, out)) > 0)
+    ;
+  return n;
+}
+
+void sl_admin_get_close(struct sl_admin_get *g) {
+  if (g->fd >= 0)
+    close(g->fd);
+  g->fd = -1;
+  sl_buf_close(&g->in);
+}

@@ -1,0 +1,35 @@
+/* adminget.h - a blocking HTTP/1.1 GET to the admin API of a config, for
+ * the commands that read a running engine (sluice tap, sluice top): plain
+ * sockets, the config's bearer token; admin TLS is not supported yet (the
+ * call says so). */
+#ifndef SL_ADMINGET_H
+#define SL_ADMINGET_H
+
+#include <stddef.h>
+
+#include "buf.h"
+#include "config.h"
+
+struct sl_admin_get {
+  int fd;
+  int status;        /* the response's status code */
+  int chunked;       /* Transfer-Encoding: chunked (the tap) */
+  struct sl_buf in;  /* bytes read past the head, not yet handed out */
+};
+
+/* Connect to cfg's admin.listen and send GET target (path and query).
+ * Reads the head. 0, or -1 with err filled (no admin, TLS, connect,
+ * token, a response that is no HTTP). */
+int sl_admin_get_open(struct sl_admin_get *g, const struct sl_config *cfg,
+                      const char *target, char *err, size_t errlen);
+
+/* The next piece of the body into out (appended): > 0 bytes, 0 at its
+ * end, -1 on a read error or broken chunk framing. Blocks. */
+int sl_admin_get_read(struct sl_admin_get *g, struct sl_buf *out);
+
+/* The whole body into out (a non-streaming answer, like /metrics). */
+int sl_admin_get_body(struct sl_admin_get *g, struct sl_buf *out);
+
+void sl_admin_get_close(struct sl_admin_get *g);
+
+#endif

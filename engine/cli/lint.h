@@ -1,0 +1,20 @@
+/* lint.h - what `sluice check` finds in rule sources beyond loading them:
+ * output names in string literals that name no output. */
+#ifndef SL_LINT_H
+#define SL_LINT_H
+
+#include "config.h"
+
+/* Scan every rule file (*.lua but *_spec.lua) of cfg's rules dir for
+ * `return "name"`, `return { "a", "b" }` (one line, literals only) and
+ * `sluice.emit("name"` whose name is no output of cfg; print each as
+ * "file:line: warning: ..." to stderr. Returns how many. A heuristic on
+ * the text: a helper function returning a string is a false alarm, a name
+ * built at run time is not seen. */
+int sl_lint_rules(const struct sl_config *cfg);
+
+/* Warn of routes that can never decide: each of their globs is covered by
+ * a glob of an earlier route (first match wins). Returns how many. */
+int sl_lint_routes(const struct sl_config *cfg, const char *path);
+
+#endif
