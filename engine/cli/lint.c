@@ -42,9 +42,22 @@ static int ends(const char *p) {
          strncmp(p, "else", 4) == 0;
 }
 
+/* Could name be an output's (letters, digits, '_', '-', '.', as the
+ * config allows)? A helper's "[card]" or "n/a" cannot: no warning. */
+static int could_be_output(const char *name) {
+  const char *c;
+  if (*name == '\0')
+    return 0;
+  for (c = name; *c; c++)
+    if (!isalnum((unsigned char)*c) && *c != '_' && *c != '-' && *c != '.')
+      return 0;
+  return 1;
+}
+
 static int check_name(const struct sl_config *cfg, const char *file, int line,
                       const char *what, const char *name) {
-  if (sl_config_output_index(cfg, name, strlen(name)) >= 0)
+  if (!could_be_output(name) ||
+      sl_config_output_index(cfg, name, strlen(name)) >= 0)
     return 0;
   fprintf(stderr, "%s:%d: warning: %s \"%s\", which names no output\n", file,
           line, what, name);
