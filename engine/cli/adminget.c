@@ -11,6 +11,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
 #include "http.h"
 
 static int dial(const char *listen, char *err, size_t errlen) {
@@ -55,12 +58,83 @@ static int dial(const char *listen, char *err, size_t errlen) {
   return fd;
 }
 
+/* TLS to the admin at listen: its certificate is trusted as it is (the
+ * command reads the same config), and so is its ca_file; the host or IP
+ * of listen is checked unless it is a wildcard. 0, or -1 with err. */
+static int tls_open(struct sl_admin_get *g, const struct sl_config *cfg,
+                    char *err, size_t errlen) {
+  const struct sl_tls_config *t = &cfg->admin.tls;
+  const char *listen = cfg->admin.listen, *colon = strrchr(listen, ':');
+  char host[256];
+  size_t hl = colon ? (size_t)(colon - listen) : 0;
+  X509_VERIFY_PARAM *vp;
+
+  if (t->verify_peer || t->client_ca_file) {
+    snprintf(err, errlen, "the admin API demands client certificates, which "
+                          "this command does not send: use curl --cert");
+    return -1;
+  }
+  if (hl >= sizeof(host))
+    hl = 0;
+  memcpy(host, listen, hl);
+  host[hl] = '\0';
+  if (hl >= 2 && host[0] == '[') {
+    memmove(host, host + 1, hl - 2);
+    host[hl - 2] = '\0';
+  }
+  if ((g->ctx = SSL_CTX_new(TLS_client_method())) == NULL)
+    goto fail;
+  SSL_CTX_set_min_proto_version(g->ctx, TLS1_2_VERSION);
+  SSL_CTX_set_verify(g->ctx, SSL_VERIFY_PEER, NULL);
+  if (SSL_CTX_load_verify_locations(g->ctx, t->cert_file, NULL) != 1 ||
+      (t->ca_file &&
+       SSL_CTX_load_verify_locations(g->ctx, t->ca_file, NULL) != 1))
+    goto fail;
+  vp = SSL_CTX_get0_param(g->ctx);
+  X509_VERIFY_PARAM_set_flags(vp, X509_V_FLAG_PARTIAL_CHAIN);
+  if ((g->ssl = SSL_new(g->ctx)) == NULL || SSL_set_fd(g->ssl, g->fd) != 1)
+    goto fail;
+  if (hl && strcmp(host, "0.0.0.0") != 0 && strcmp(host, "::") != 0) {
+    vp = SSL_get0_param(g->ssl);
+    if (X509_VERIFY_PARAM_set1_ip_asc(vp, host) != 1) {
+      X509_VERIFY_PARAM_set1_host(vp, host, 0);
+      SSL_set_tlsext_host_name(g->ssl, host);
+    }
+  }
+  if (SSL_connect(g->ssl) == 1)
+    return 0;
+fail:
+  snprintf(err, errlen, "TLS to the admin API at %s failed: %s", listen,
+           ERR_reason_error_string(ERR_get_error()) ?: "handshake refused");
+  return -1;
+}
+
+static ssize_t io_read(struct sl_admin_get *g, void *buf, size_t n) {
+  ssize_t r;
+  if (g->ssl) {
+    r = SSL_read(g->ssl, buf, (int)n);
+    return r > 0 ? r : (SSL_get_error(g->ssl, (int)r) == SSL_ERROR_ZERO_RETURN
+                            ? 0 : -1);
+  }
+  do
+    r = read(g->fd, buf, n);
+  while (r < 0 && errno == EINTR);
+  return r;
+}
+
+static ssize_t io_write(struct sl_admin_get *g, const void *buf, size_t n) {
+  ssize_t r;
+  if (g->ssl)
+    return (r = SSL_write(g->ssl, buf, (int)n)) > 0 ? r : -1;
+  do
+    r = write(g->fd, buf, n);
+  while (r < 0 && errno == EINTR);
+  return r;
+}
+
 static int fill(struct sl_admin_get *g) {
   uint8_t tmp[16384];
-  ssize_t n;
-  do
-    n = read(g->fd, tmp, sizeof(tmp));
-  while (n < 0 && errno == EINTR);
+  ssize_t n = io_read(g, tmp, sizeof(tmp));
   if (n <= 0)
     return (int)n;
   return sl_buf_append(&g->in, tmp, (size_t)n) == 0 ? (int)n : -1;
@@ -121,17 +195,14 @@ int sl_admin_get_open(struct sl_admin_get *g, const struct sl_config *cfg,
                           "listen = \"127.0.0.1:9090\" } and restart sluice");
     return -1;
   }
-  if (cfg->admin.tls.enabled) {
-    snprintf(err, errlen, "the admin API uses TLS, which this command does "
-                          "not support yet: use curl with the admin's CA");
-    return -1;
-  }
   if (cfg->admin.bearer_token_file &&
       (token = sl_http_load_token(cfg->admin.bearer_token_file, &tlen, err,
                                   errlen)) == NULL)
     return -1;
   g->fd = dial(cfg->admin.listen, err, errlen);
   sl_buf_init(&req);
+  if (g->fd >= 0 && cfg->admin.tls.enabled && tls_open(g, cfg, err, errlen))
+    goto done;
   if (g->fd >= 0 &&
       sl_buf_printf(&req, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close"
                     "\r\n", target, cfg->admin.listen) == 0 &&
@@ -140,9 +211,7 @@ int sl_admin_get_open(struct sl_admin_get *g, const struct sl_config *cfg,
       sl_buf_append(&req, "\r\n", 2) == 0) {
     size_t off = 0;
     while (off < req.len) {
-      ssize_t n = write(g->fd, req.data + off, req.len - off);
-      if (n < 0 && errno == EINTR)
-        continue;
+      ssize_t n = io_write(g, req.data + off, req.len - off);
       if (n <= 0)
         break;
       off += (size_t)n;
@@ -153,6 +222,7 @@ int sl_admin_get_open(struct sl_admin_get *g, const struct sl_config *cfg,
       snprintf(err, errlen, "cannot send to the admin API: %s",
                strerror(errno));
   }
+done:
   sl_buf_close(&req);
   if (token) {
     memset(token, 0, tlen);
@@ -203,6 +273,12 @@ int sl_admin_get_body(struct sl_admin_get *g, struct sl_buf *out) {
 }
 
 void sl_admin_get_close(struct sl_admin_get *g) {
+  if (g->ssl)
+    SSL_free(g->ssl);
+  if (g->ctx)
+    SSL_CTX_free(g->ctx);
+  g->ssl = NULL;
+  g->ctx = NULL;
   if (g->fd >= 0)
     close(g->fd);
   g->fd = -1;

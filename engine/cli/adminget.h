@@ -1,17 +1,23 @@
 /* adminget.h - a blocking HTTP/1.1 GET to the admin API of a config, for
  * the commands that read a running engine (sluice tap, sluice top): plain
- * sockets, the config's bearer token; admin TLS is not supported yet (the
- * call says so). */
+ * sockets, or TLS when the admin has a tls block (the admin's own
+ * certificate file is trusted as it is, beside its ca_file: the command
+ * runs where the config is), and the config's bearer token. An admin that
+ * demands client certificates is not supported (the call says so). */
 #ifndef SL_ADMINGET_H
 #define SL_ADMINGET_H
 
 #include <stddef.h>
+
+#include <openssl/ssl.h>
 
 #include "buf.h"
 #include "config.h"
 
 struct sl_admin_get {
   int fd;
+  SSL_CTX *ctx;      /* TLS: both NULL for a plain admin */
+  SSL *ssl;
   int status;        /* the response's status code */
   int chunked;       /* Transfer-Encoding: chunked (the tap) */
   struct sl_buf in;  /* bytes read past the head, not yet handed out */

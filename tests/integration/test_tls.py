@@ -20,7 +20,7 @@ import time
 import msgpack
 import pytest
 
-from conftest import (connect, free_port, metric, pack, read_ndjson,
+from conftest import (connect, free_port, lua, metric, pack, read_ndjson,
                       run_sluice, wait_for, wait_lines)
 
 
@@ -689,6 +689,49 @@ def test_admin_over_tls_with_curl(sluice, certs):
     # a client that does not trust the CA stops at verification
     r = curl("https://localhost:%d/healthz" % aport)
     assert r.returncode == 60  # peer certificate cannot be authenticated
+
+
+def test_sluice_top_and_tap_read_an_admin_over_tls(sluice, certs):
+    """The commands that read a running engine speak TLS to a TLS admin:
+    they trust the admin's own certificate file from the config; an admin
+    whose certificate is not that one is refused."""
+    port, aport = free_port(), free_port()
+    eng = sluice({"inputs": [{"name": "in", "type": "tcp", "listen": "127.0.0.1:%d" % port}],
+                  "outputs": [{"name": "n", "type": "null"}],
+                  "routes": [{"topics": "*", "to": "n"}],
+                  "admin": {"listen": "127.0.0.1:%d" % aport,
+                            "tls": server_tls(certs)}})
+    r = run_sluice("top", "-c", eng.config, "--once", timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("sluice top - 127.0.0.1:%d" % aport), r.stdout
+    assert any(l.split()[:1] == ["n"] for l in r.stdout.splitlines()), r.stdout
+    # the tap streams over the same TLS: one line, then it ends (--limit 1)
+    from conftest import SLUICE_BIN, send_events
+    p = subprocess.Popen([SLUICE_BIN, "tap", "-c", str(eng.config), "--json",
+                          "--limit", "1"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while p.poll() is None and time.monotonic() < deadline:
+            send_events("127.0.0.1:%d" % port, [{"topic": "tls.tap", "payload": 1}])
+            time.sleep(0.2)
+        out, err = p.communicate(timeout=5)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0, err
+    assert b'"tls.tap"' in out, out
+    # a config naming another certificate than the one the admin serves
+    other = dict(eng.config_dict)
+    other["admin"] = {"listen": "127.0.0.1:%d" % aport,
+                      "tls": server_tls(certs, "elsewhere")}
+    path = eng.path("other.conf.lua")
+    with open(path, "w") as f:
+        f.write("return " + lua(other) + "\n")
+    r = run_sluice("top", "-c", path, "--once", timeout=30)
+    assert r.returncode == 1
+    assert "TLS to the admin API at 127.0.0.1:%d failed" % aport in r.stderr, r.stderr
 
 
 # ---- config ----------------------------------------------------------------
