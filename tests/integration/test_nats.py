@@ -15,7 +15,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from conftest import SLUICE_BIN, free_port, metrics_flat, wait_for
+from conftest import SLUICE_BIN, free_port, lua, metrics_flat, run_sluice, wait_for
 
 NATS_TOOL = Path(SLUICE_BIN).resolve().parent / "tools" / "nats_tool"
 NATS_SERVER = "/usr/sbin/nats-server"
@@ -625,3 +625,26 @@ def test_tls_server_cert_from_another_ca_is_refused_and_retried(
         assert consume_events(srv, "OUT", "check", 0) == []
     finally:
         srv.stop()
+
+
+def test_sluice_check_takes_client_tls_on_nats_and_refuses_bad_blocks(tmp_path):
+    def check(tls_in, tls_out):
+        cfg = {"inputs": [{"name": "nin", "type": "nats", "subject": "a.>",
+                           "tls": tls_in}],
+               "outputs": [{"name": "nout", "type": "nats", "tls": tls_out}],
+               "routes": [{"topics": "*", "to": "nout"}]}
+        p = tmp_path / "tls.lua"
+        p.write_text("return " + lua(cfg) + "\n")
+        return run_sluice("check", "-c", p)
+    for f in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / f).write_text("")
+    # the input is a client: ca_file and server_name, no cert_file needed
+    r = check({"ca_file": "ca.pem", "server_name": "nats.example"},
+              {"ca_file": "ca.pem", "cert_file": "client.pem",
+               "key_file": "client.key"})
+    assert r.returncode == 0, r.stderr
+    r = check({"ca_file": "ca.pem", "min_version": "1.1"},
+              {"key_file": "client.key"})
+    assert r.returncode == 1
+    assert 'inputs[1].tls: min_version: expected "1.2" or "1.3"' in r.stderr
+    assert "outputs[1].tls: cert_file and key_file go together (nats output)" in r.stderr
