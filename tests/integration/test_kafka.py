@@ -416,3 +416,24 @@ def test_sluice_check_refuses_a_bad_tls_block_on_kafka(tmp_path):
     assert "inputs[1].tls: cert_file and key_file go together (kafka input)" in err
     assert "outputs[1].tls: unknown key 'verify'" in err
     assert "outputs[1].tls.ca_file: cannot read" in err and "(kafka output)" in err
+
+
+def test_tls_client_to_the_plaintext_mock_fails_the_handshake_and_retries(
+        sluice, mocks, tmp_path):
+    """The block reaches librdkafka: a TLS client against the mock (plaintext
+    only) logs the failed handshake, keeps retrying, consumes nothing."""
+    from test_tls import Certs
+    certs = Certs(tmp_path)
+    certs.ca("ca", "sluice test CA")
+    m = mocks("in:1", "out:1")
+    produce(m.bootstrap, "in", ['k:{"n":%d}' % i for i in range(5)])
+    tls = {"ca_file": str(tmp_path / "ca.pem")}
+    eng = sluice(config(m.bootstrap, input={"tls": tls}, output={"tls": tls}))
+    line = eng.wait_log("kafka broker error; the client retries", input="kin",
+                        timeout=20)
+    out = eng.wait_log("kafka broker error; the client retries", output="kout",
+                       timeout=20)
+    for l in (line, out):  # ssl:// : security.protocol=ssl reached the client
+        assert "ssl://" in l["detail"] and "SSL handshake failed" in l["detail"], l
+    assert not eng.find_logs("kafka partitions assigned")
+    assert consume(m.bootstrap, "out") == []
