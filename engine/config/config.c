@@ -1100,7 +1100,8 @@ static void read_key(struct check *c, int t, const char *path,
   case SL_KEY_TLS: {
     char who[96];
     snprintf(who, sizeof(who), "%s %s", pl->type, sl_config_kind_name(pl->kind));
-    read_tls(c, t, path, who, pl->kind == SL_PLUGIN_INPUT,
+    read_tls(c, t, path, who,
+             pl->kind == SL_PLUGIN_INPUT && !(k->flags & SL_KEY_TLS_CLIENT),
              (struct sl_tls_config *)(void *)field);
     return;
   }

@@ -831,7 +831,7 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
     return SL_ENOMEM;
   conf = sl_kafka_conf(&k->bridge,
                        sl_config_value_str(cfg->values, cfg->nvalues, "brokers"),
-                       defaults,
+                       defaults, &cfg->tls,
                        sl_config_value_str(cfg->values, cfg->nvalues, "options"),
                        err, errlen);
   if (conf == NULL)
@@ -1008,6 +1008,10 @@ static const struct sl_config_key keys[] = {
             "stop)", .min = 10, .max = 3600000},
     {.name = "options", .type = SL_KEY_STRING,
      .doc = "librdkafka properties \"k=v,k=v\", set last"},
+    {.name = "tls", .type = SL_KEY_TLS, .flags = SL_KEY_TLS_CLIENT,
+     .doc = "TLS to the brokers (security.protocol=ssl): ca_file, "
+            "cert_file/key_file (mTLS), verify_peer, ciphers",
+     SL_KEY_FIELD(struct sl_input_config, tls)},
     {NULL}};
 
 const struct sl_plugin sl_input_kafka = {

@@ -28,6 +28,7 @@
 #include <nats/nats.h>
 
 #include "json.h"
+#include "natstls.h"
 #include "plugins.h"
 #include "utf8.h"
 
@@ -140,6 +141,7 @@ static natsStatus connect_nats(struct nats_in *ni) {
   if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 1000);
   if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
   if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
+  if (s == NATS_OK) s = sl_natstls_apply(opts, &ni->in->cfg->tls);
   if (s == NATS_OK)
     s = natsOptions_SetDisconnectedCB(opts, on_disconnected, ni);
   if (s == NATS_OK)
@@ -1016,6 +1018,10 @@ static const struct sl_config_key nats_keys[] = {
      .choices = formats, .values = format_values},
     {.name = "create_stream", .type = SL_KEY_BOOL, .def = "false",
      .doc = "create the stream (file storage, subject) when missing"},
+    {.name = "tls", .type = SL_KEY_TLS, .flags = SL_KEY_TLS_CLIENT,
+     .doc = "TLS to the server: ca_file, cert_file/key_file (mTLS), "
+            "verify_peer, server_name, ciphers",
+     SL_KEY_FIELD(struct sl_input_config, tls)},
     {NULL}};
 
 const struct sl_plugin sl_input_nats = {

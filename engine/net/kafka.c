@@ -90,8 +90,34 @@ static int set_options(rd_kafka_conf_t *c, const char *options, char *err,
   return rc;
 }
 
+int sl_kafka_conf_tls(rd_kafka_conf_t *c, const struct sl_tls_config *t,
+                      char *err, size_t errlen) {
+  int verify = t->verify_peer;
+  if (!t->enabled)
+    return 0;
+  if (t->server_name) {
+    /* librdkafka checks each broker's advertised name; no override */
+    snprintf(err, errlen, "tls.server_name: kafka checks each broker's "
+                          "advertised host name; leave it out");
+    return SL_EINVAL;
+  }
+  if (set(c, "security.protocol", "ssl", err, errlen) != 0 ||
+      (t->ca_file && set(c, "ssl.ca.location", t->ca_file, err, errlen)) ||
+      (t->cert_file &&
+       set(c, "ssl.certificate.location", t->cert_file, err, errlen)) ||
+      (t->key_file && set(c, "ssl.key.location", t->key_file, err, errlen)) ||
+      set(c, "enable.ssl.certificate.verification", verify ? "true" : "false",
+          err, errlen) != 0 ||
+      set(c, "ssl.endpoint.identification.algorithm", verify ? "https" : "none",
+          err, errlen) != 0 ||
+      (t->ciphers && set(c, "ssl.cipher.suites", t->ciphers, err, errlen)))
+    return SL_EINVAL;
+  return 0;
+}
+
 rd_kafka_conf_t *sl_kafka_conf(struct sl_kafka_bridge *b, const char *brokers,
                                const char *const *defaults,
+                               const struct sl_tls_config *tls,
                                const char *options, char *err, size_t errlen) {
   rd_kafka_conf_t *c = rd_kafka_conf_new();
   int i;
@@ -110,7 +136,9 @@ rd_kafka_conf_t *sl_kafka_conf(struct sl_kafka_bridge *b, const char *brokers,
   for (i = 0; defaults && defaults[i]; i += 2)
     if (set(c, defaults[i], defaults[i + 1], err, errlen) != 0)
       goto fail_;
-  if (set_options(c, options, err, errlen) != 0)
+  if (tls && sl_kafka_conf_tls(c, tls, err, errlen) != 0)
+    goto fail_;
+  if (set_options(c, options, err, errlen) != 0) /* the user's win */
     goto fail_;
   return c;
 fail_:

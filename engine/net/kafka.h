@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "config.h"
 #include "log.h"
 
 struct sl_kafka_bridge {
@@ -43,12 +44,23 @@ struct sl_kafka_bridge {
 
 /* A client config: bootstrap.servers = brokers, the bridge as opaque,
  * logs and errors routed to the engine's log, the plugin's defaults
- * (key, value, ..., NULL), then options ("k=v,k=v", librdkafka's own
- * properties; may be NULL) over them. NULL with err filled on an unknown
- * property or a bad value. */
+ * (key, value, ..., NULL), the tls block (may be NULL), then options
+ * ("k=v,k=v", librdkafka's own properties; may be NULL) over them. NULL
+ * with err filled on an unknown property or a bad value. */
 rd_kafka_conf_t *sl_kafka_conf(struct sl_kafka_bridge *b, const char *brokers,
                                const char *const *defaults,
+                               const struct sl_tls_config *tls,
                                const char *options, char *err, size_t errlen);
+
+/* A tls block onto c (nothing when not enabled): security.protocol=ssl,
+ * ssl.ca.location, ssl.certificate.location, ssl.key.location,
+ * enable.ssl.certificate.verification and
+ * ssl.endpoint.identification.algorithm (https; none when verify_peer is
+ * off), ssl.cipher.suites. server_name is refused (librdkafka has no
+ * override); min_version is not applied (OpenSSL's default, TLS 1.2). 0
+ * or SL_EINVAL with err filled. */
+int sl_kafka_conf_tls(rd_kafka_conf_t *c, const struct sl_tls_config *t,
+                      char *err, size_t errlen);
 
 /* Something went through (a delivery, a message, an assignment): after
  * errors, log once that the brokers are reachable again. */

@@ -299,7 +299,8 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
            cfg->retry.timeout_ms ? cfg->retry.timeout_ms : 300000);
   conf = sl_kafka_conf(
       &k->bridge, sl_config_value_str(cfg->values, cfg->nvalues, "brokers"),
-      defaults, sl_config_value_str(cfg->values, cfg->nvalues, "options"), err,
+      defaults, &cfg->tls,
+      sl_config_value_str(cfg->values, cfg->nvalues, "options"), err,
       errlen);
   if (conf == NULL)
     return SL_EINVAL;
@@ -398,6 +399,10 @@ static const struct sl_config_key keys[] = {
     {.name = "retry.timeout_ms", .type = SL_KEY_CORE, .def = "30000",
      .doc = "message.timeout.ms: a delivery not reported by then fails",
      .min = 0, .max = 3600000},
+    {.name = "tls", .type = SL_KEY_TLS,
+     .doc = "TLS to the brokers (security.protocol=ssl): ca_file, "
+            "cert_file/key_file (mTLS), verify_peer, ciphers",
+     SL_KEY_FIELD(struct sl_output_config, tls)},
     {NULL}};
 
 const struct sl_plugin sl_output_kafka = {

@@ -22,6 +22,7 @@
 
 #include <nats/nats.h>
 
+#include "natstls.h"
 #include "plugins.h"
 
 enum { OUT_EVENT, OUT_JSON, OUT_PAYLOAD };
@@ -167,6 +168,7 @@ static void connect_work(uv_work_t *req) {
   if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 1000);
   if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
   if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
+  if (s == NATS_OK) s = sl_natstls_apply(opts, &no->o->cfg->tls);
   if (s == NATS_OK)
     s = natsOptions_SetDisconnectedCB(opts, on_disconnected, no);
   if (s == NATS_OK)
@@ -709,6 +711,10 @@ static const struct sl_config_key nats_keys[] = {
     {.name = "create_stream", .type = SL_KEY_BOOL, .def = "false",
      .doc = "create the stream (file storage, the subject template with "
             "{topic} as >) when missing"},
+    {.name = "tls", .type = SL_KEY_TLS,
+     .doc = "TLS to the server: ca_file, cert_file/key_file (mTLS), "
+            "verify_peer, server_name, ciphers",
+     SL_KEY_FIELD(struct sl_output_config, tls)},
     {NULL}};
 
 const struct sl_plugin sl_output_nats = {

@@ -18,7 +18,7 @@ from collections import Counter
 import msgpack
 import pytest
 
-from conftest import free_port, send_events, wait_for
+from conftest import free_port, lua, run_sluice, send_events, wait_for
 from helpers_kafka import (Mock, consume, consume_json, metric, produce,
                            produce_raw, wait_all, wait_consumed)
 
@@ -385,3 +385,57 @@ def test_an_unknown_librdkafka_option_stops_the_start_naming_it(tmp_path):
     r = run_sluice("run", "-c", p, cwd=tmp_path, timeout=20)
     assert r.returncode != 0
     assert "kafka property no.such.property" in r.stderr, r.stderr
+
+
+# ---- tls: configuration only (the mock cluster speaks plaintext) -----------
+
+def check_tls(tmp_path, tls_in, tls_out):
+    for f in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / f).write_text("")  # check reads paths, not PEM
+    cfg = config("127.0.0.1:9", input={"tls": tls_in}, output={"tls": tls_out})
+    p = tmp_path / "tls.lua"
+    p.write_text("return " + lua(cfg) + "\n")
+    return run_sluice("check", "-c", p), p
+
+
+def test_sluice_check_accepts_a_client_tls_block_on_kafka(tmp_path):
+    # an input dials the brokers: client rules, no cert_file needed
+    r, p = check_tls(tmp_path, {"ca_file": "ca.pem"},
+                     {"ca_file": "ca.pem", "cert_file": "client.pem",
+                      "key_file": "client.key", "verify_peer": False,
+                      "ciphers": "ECDHE-ECDSA-AES128-GCM-SHA256"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("%s: ok" % p)
+
+
+def test_sluice_check_refuses_a_bad_tls_block_on_kafka(tmp_path):
+    r, p = check_tls(tmp_path, {"cert_file": "client.pem"},
+                     {"ca_file": "missing.pem", "verify": False})
+    assert r.returncode == 1
+    err = r.stderr
+    assert "inputs[1].tls: cert_file and key_file go together (kafka input)" in err
+    assert "outputs[1].tls: unknown key 'verify'" in err
+    assert "outputs[1].tls.ca_file: cannot read" in err and "(kafka output)" in err
+
+
+def test_tls_client_to_the_plaintext_mock_fails_the_handshake_and_retries(
+        sluice, mocks, tmp_path):
+    """The block reaches librdkafka: a TLS client against the mock (plaintext
+    only) logs the failed handshake, keeps retrying, consumes nothing."""
+    from test_tls import Certs
+    certs = Certs(tmp_path)
+    certs.ca("ca", "sluice test CA")
+    m = mocks("in:1", "out:1")
+    produce(m.bootstrap, "in", ['k:{"n":%d}' % i for i in range(5)])
+    tls = {"ca_file": str(tmp_path / "ca.pem")}
+    eng = sluice(config(m.bootstrap, input={"tls": tls}, output={"tls": tls}))
+    line = eng.wait_log("kafka broker error; the client retries", input="kin",
+                        timeout=20)
+    out = eng.wait_log("kafka broker error; the client retries", output="kout",
+                       timeout=20)
+    # ssl://: security.protocol=ssl reached the client; the handshake is
+    # where it fails (librdkafka words the reason in more than one way)
+    for l in (line, out):
+        assert "ssl://" in l["detail"] and "SSL_HANDSHAKE" in l["detail"], l
+    assert not eng.find_logs("kafka partitions assigned")
+    assert consume(m.bootstrap, "out") == []

@@ -15,7 +15,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from conftest import SLUICE_BIN, free_port, metrics_flat, wait_for
+from conftest import SLUICE_BIN, free_port, lua, metrics_flat, run_sluice, wait_for
 
 NATS_TOOL = Path(SLUICE_BIN).resolve().parent / "tools" / "nats_tool"
 NATS_SERVER = "/usr/sbin/nats-server"
@@ -29,8 +29,10 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 class NatsServer:
     """nats-server -js on a free port; its store survives restarts."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, tls=None, tool_env=None):
         self.folder = folder
+        self.tls = tls            # the server's tls { ... } block, or None
+        self.tool_env = tool_env  # NATS_TOOL_CA, ... for nats_tool
         self.port = free_port()
         self.url = "nats://127.0.0.1:%d" % self.port
         self.store = folder / "nats-store"
@@ -42,9 +44,13 @@ class NatsServer:
         self.runs += 1
         self.log = self.folder / ("nats-server.%d.log" % self.runs)
         self._err = open(self.log, "wb")
+        conf = []
+        if self.tls:
+            (self.folder / "nats.conf").write_text("tls {\n%s\n}\n" % self.tls)
+            conf = ["-c", str(self.folder / "nats.conf")]
         self.proc = subprocess.Popen(
             [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port),
-             "-sd", str(self.store)],
+             "-sd", str(self.store)] + conf,
             stdout=self._err, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_for(lambda: "Server is ready" in self.log.read_text(errors="replace"),
                  10, what="nats-server to be ready")
@@ -57,7 +63,8 @@ class NatsServer:
 
     def tool(self, *args, timeout=60):
         r = subprocess.run([str(NATS_TOOL), args[0], self.url] + [str(a) for a in args[1:]],
-                           capture_output=True, timeout=timeout)
+                           capture_output=True, timeout=timeout,
+                           env=dict(os.environ, **(self.tool_env or {})))
         assert r.returncode == 0, r.stderr.decode(errors="replace")
         return r.stdout.decode()
 
@@ -509,3 +516,135 @@ def test_a_queue_group_on_a_jetstream_input_is_refused_at_start(sluice, tmp_path
   routes = { { topics = "*", to = "out" } },
 }""" % nats.url)
     assert "inputs.js: queue is for core subscriptions" in str(e.value)
+
+
+# ---- TLS: the common tls block on the nats input and output ------------------
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    from test_tls import Certs
+    c = Certs(tmp_path_factory.mktemp("nats-certs"))
+    c.ca("ca", "sluice test CA")
+    c.ca("rogue_ca", "another CA")
+    local = "DNS:localhost,IP:127.0.0.1"
+    c.leaf("server", "nats", local)
+    c.leaf("rogue_server", "nats", local, ca="rogue_ca")
+    c.leaf("client", "edge-1", "DNS:edge-1.example")
+    c.leaf("tool", "tool", "DNS:tool.example")
+    return c
+
+
+def tls_server(tmp_path, certs, server="server", ca="ca", verify=False):
+    block = 'cert_file: "%s"\nkey_file: "%s"\nca_file: "%s"\nverify: %s' % (
+        str(certs.d / (server + ".pem")), str(certs.d / (server + ".key")),
+        str(certs.d / (ca + ".pem")), "true" if verify else "false")
+    env = {"NATS_TOOL_CA": str(certs.d / (ca + ".pem")),
+           "NATS_TOOL_CERT": str(certs.d / "tool.pem"),
+           "NATS_TOOL_KEY": str(certs.d / "tool.key")}
+    return NatsServer(tmp_path, tls=block, tool_env=env)
+
+
+def tls_block(certs, client=False):
+    b = 'tls = { ca_file = "%s"' % str(certs.d / "ca.pem")
+    if client:
+        b += ', cert_file = "%s", key_file = "%s"' % (
+            str(certs.d / "client.pem"), str(certs.d / "client.key"))
+    return ", " + b + " }"
+
+
+def tls_round_trip(sluice, tmp_path, srv, certs, client):
+    try:
+        blk = tls_block(certs, client)
+        eng, admin = start(sluice, tmp_path, srv, rules=False, extra_in=blk,
+                           extra_out=blk)
+        n = 200
+        srv.tool("pub", "in.orders", n, "--js")
+        wait_for(lambda: acked(admin) == n, 30, what="every message acked")
+        seen = ledger(consume_events(srv, "OUT", "check", n))
+        assert sorted(seen) == list(range(n)), "lost: %s" % (set(range(n)) - set(seen))
+        assert all(c == 1 for c in seen.values()), "duplicates"
+        assert eng.find_logs("nats connected", output="out")
+    finally:
+        srv.stop()
+    return eng
+
+
+def test_tls_jetstream_round_trip_exact_ledger(sluice, tmp_path, certs):
+    srv = tls_server(tmp_path, certs)
+    tls_round_trip(sluice, tmp_path, srv, certs, client=False)
+    # the server only speaks TLS: a plain client is turned away
+    r = subprocess.run([str(NATS_TOOL), "stream", srv.url, "X", "x.>"],
+                       capture_output=True, timeout=60)
+    assert r.returncode != 0
+
+
+def test_mtls_with_a_client_certificate_round_trips(sluice, tmp_path, certs):
+    srv = tls_server(tmp_path, certs, verify=True)
+    tls_round_trip(sluice, tmp_path, srv, certs, client=True)
+
+
+def test_mtls_server_refuses_sluice_without_a_client_certificate(
+        sluice, tmp_path, certs):
+    srv = tls_server(tmp_path, certs, verify=True)
+    try:
+        blk = tls_block(certs, client=False)
+        eng, admin = start(sluice, tmp_path, srv, rules=False, extra_in=blk,
+                           extra_out=blk)
+        srv.tool("pub", "in.orders", 20, "--js")
+        line = eng.wait_log("nats input problem", timeout=15)
+        out = eng.wait_log("nats connect failed; retrying", output="out",
+                           timeout=15)
+        assert line["error"] and out["error"]
+        assert "client didn't provide a certificate" in srv.log.read_text(
+            errors="replace")
+        assert acked(admin) == 0
+        assert not eng.find_logs("nats connected")
+        assert consume_events(srv, "OUT", "check", 0) == []
+    finally:
+        srv.stop()
+
+
+def test_tls_server_cert_from_another_ca_is_refused_and_retried(
+        sluice, tmp_path, certs):
+    srv = tls_server(tmp_path, certs, server="rogue_server", ca="rogue_ca")
+    try:
+        blk = tls_block(certs)  # trusts ca, not rogue_ca
+        eng, admin = start(sluice, tmp_path, srv, rules=False, extra_in=blk,
+                           extra_out=blk)
+        srv.tool("pub", "in.orders", 20, "--js")
+        line = eng.wait_log("nats input problem", timeout=15)
+        out = eng.wait_log("nats connect failed; retrying", output="out",
+                           timeout=15)
+        for e in (line["error"], out["error"]):
+            assert "SSL handshake error" in e and "another CA" in e, e
+        # both keep trying: the server sees handshake after handshake fail
+        wait_for(lambda: srv.log.read_text(errors="replace").count(
+            "TLS handshake error") >= 4, 15, what="retried handshakes")
+        assert acked(admin) == 0
+        assert not eng.find_logs("nats connected")
+        assert consume_events(srv, "OUT", "check", 0) == []
+    finally:
+        srv.stop()
+
+
+def test_sluice_check_takes_client_tls_on_nats_and_refuses_bad_blocks(tmp_path):
+    def check(tls_in, tls_out):
+        cfg = {"inputs": [{"name": "nin", "type": "nats", "subject": "a.>",
+                           "tls": tls_in}],
+               "outputs": [{"name": "nout", "type": "nats", "tls": tls_out}],
+               "routes": [{"topics": "*", "to": "nout"}]}
+        p = tmp_path / "tls.lua"
+        p.write_text("return " + lua(cfg) + "\n")
+        return run_sluice("check", "-c", p)
+    for f in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / f).write_text("")
+    # the input is a client: ca_file and server_name, no cert_file needed
+    r = check({"ca_file": "ca.pem", "server_name": "nats.example"},
+              {"ca_file": "ca.pem", "cert_file": "client.pem",
+               "key_file": "client.key"})
+    assert r.returncode == 0, r.stderr
+    r = check({"ca_file": "ca.pem", "min_version": "1.1"},
+              {"key_file": "client.key"})
+    assert r.returncode == 1
+    assert 'inputs[1].tls: min_version: expected "1.2" or "1.3"' in r.stderr
+    assert "outputs[1].tls: cert_file and key_file go together (nats output)" in r.stderr

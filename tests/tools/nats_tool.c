@@ -21,9 +21,20 @@ static void die(const char *what, natsStatus s) {
   exit(1);
 }
 
+/* NATS_TOOL_CA (and NATS_TOOL_CERT/NATS_TOOL_KEY for mTLS) in the
+ * environment: connect over TLS, for a server with a tls block. */
 static natsConnection *connect_to(const char *url) {
   natsConnection *nc = NULL;
-  natsStatus s = natsConnection_ConnectTo(&nc, url);
+  natsOptions *o = NULL;
+  const char *ca = getenv("NATS_TOOL_CA"), *cert = getenv("NATS_TOOL_CERT");
+  natsStatus s = natsOptions_Create(&o);
+  if (s == NATS_OK) s = natsOptions_SetURL(o, url);
+  if (s == NATS_OK && ca) s = natsOptions_SetSecure(o, true);
+  if (s == NATS_OK && ca) s = natsOptions_LoadCATrustedCertificates(o, ca);
+  if (s == NATS_OK && cert)
+    s = natsOptions_LoadCertificatesChain(o, cert, getenv("NATS_TOOL_KEY"));
+  if (s == NATS_OK) s = natsConnection_Connect(&nc, o);
+  natsOptions_Destroy(o);
   if (s != NATS_OK)
     die("connect", s);
   return nc;
