@@ -15,6 +15,9 @@
 #                                 prints the medians as a table row
 #   bench_row CASE EVENTS EPS MBPS RSS_MB   print a table row ("row|..."),
 #                                 which run.sh collects into its table
+#   bench_runs CASE FN [ARGS]     run FN RUNS times, each line shown on
+#                                 stderr and kept in $WORK/runs
+#   bench_median KEY              the median of KEY=value over $WORK/runs
 
 SLUICE=${SLUICE:-$PWD/$BUILD/sluice}
 LOADGEN=${LOADGEN:-$PWD/$BUILD/tools/loadgen}
@@ -78,18 +81,25 @@ bench_row() {
   printf 'row|%s|%s|%s|%s|%s\n' "$@"
 }
 
-bench_repeat() {
-  local case=$1 fn=$2 r line events=0
+bench_runs() {
+  local case=$1 fn=$2 r line
   shift 2
   : >"$WORK/runs"
   for r in $(seq 1 "$RUNS"); do
     line=$("$fn" "$@") || { echo "bench: $case: run $r failed" >&2; return 1; }
     printf '  %-34s run %d: %s\n' "$case" "$r" "$line" >&2
     printf '%s\n' "$line" >>"$WORK/runs"
-    events=$(kv events "$line")
   done
-  bench_row "$case" "$events" \
-    "$(while read -r l; do kv events_per_s "$l"; done <"$WORK/runs" | median)" \
-    "$(while read -r l; do kv mb_per_s "$l"; done <"$WORK/runs" | median)" \
-    "$(while read -r l; do kv rss_mb "$l"; done <"$WORK/runs" | median)"
+}
+
+bench_median() {
+  while read -r l; do kv "$1" "$l"; done <"$WORK/runs" | median
+}
+
+bench_repeat() {
+  local case=$1
+  bench_runs "$@" || return 1
+  bench_row "$case" "$(kv events "$(tail -n 1 "$WORK/runs")")" \
+    "$(bench_median events_per_s)" "$(bench_median mb_per_s)" \
+    "$(bench_median rss_mb)"
 }

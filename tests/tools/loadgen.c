@@ -1,13 +1,18 @@
-/* loadgen.c - the benchmark load generator. Pre-encodes N native-protocol
- * events (~120 bytes: a few topics, a key, a small payload map), writes
- * them over one or more TCP connections as fast as the engine takes them,
+/* loadgen.c - the benchmark load generator. Pre-encodes a batch of native-
+ * protocol events (~114 bytes: a few topics, a key, a small payload map),
+ * writes it, repeated as often as needed, over one or more TCP connections
+ * in large writes, as fast as the engine takes them or paced at a rate,
  * and waits until the engine has delivered them all: by polling its admin
- * /metrics for an output's event count, or by counting them in a sink of
- * its own that the engine's tcp output writes to. Prints one line of
- * key=value results. Owns everything it allocates; exits when done.
+ * /metrics for outputs' event counts, or by counting them in a sink of its
+ * own that the engine's tcp output writes to. With --stamp every event
+ * carries its send time (the event's time field, set just before the write)
+ * and the sink reports the end-to-end latency percentiles. With --pid it
+ * reports the engine's CPU over the run, and always its own, per event.
+ * Prints one line of key=value results. Owns everything it allocates.
  *
- *   loadgen --to HOST:PORT [--events N] [--conns C] [--topics K]
- *           (--metrics HOST:PORT --output NAME | --sink-port PORT)
+ *   loadgen --to HOST:PORT [--events N] [--conns C] [--topics K] [--batch B]
+ *           (--metrics HOST:PORT --output NAME[,NAME...] | --sink-port PORT)
+ *           [--rate EVENTS_PER_S] [--stamp] [--pid PID | --pid-file FILE]
  *           [--timeout SECONDS]
  *   loadgen --free-port      print a free TCP port on 127.0.0.1
  *
@@ -25,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -33,13 +39,32 @@
 
 #define SINK_READ (1u << 20)
 #define MAX_CONNS 64
+#define MAX_OUTPUTS 8
+#define WRITE_MAX (4u << 20)     /* bytes per write() when unpaced */
+#define PACED_MAX 8192           /* events per write() when paced */
+#define STAMP_AT 7               /* map header, "time", 0xcf: then 8 bytes */
+#define LAT_US 1000000           /* 1 µs buckets up to 1 s, */
+#define LAT_MS 100000            /* then 1 ms buckets up to 101 s */
+
+/* The pre-encoded events, sent over and over: event j of the batch is
+ * data[offs[j], offs[j + 1]). */
+struct batch {
+  struct sl_buf data;
+  size_t *offs;
+  uint64_t n;
+};
 
 struct sender {
   pthread_t thread;
   int fd;
-  const uint8_t *data;
-  size_t len;
-  int error; /* errno of a failed write, 0 when all went out */
+  const struct batch *batch;
+  uint64_t first, count; /* events [first, first + count) of the run, the
+                            batch's event (first + i) % n for event i */
+  double rate;           /* events/s; 0: as fast as the engine takes them */
+  double t0;             /* the run's start (now_s) */
+  int stamp;             /* set each event's time to the write's time */
+  uint64_t bytes;        /* sent so far */
+  int error;             /* errno of a failed write, 0 when all went out */
 };
 
 struct sink {
@@ -50,12 +75,34 @@ struct sink {
   uint64_t bytes;
   uint32_t accepted; /* connections so far */
   int error;
+  /* latency of stamped events (--stamp): LAT_US + LAT_MS buckets */
+  uint32_t *hist;
+  uint64_t lat_n, lat_over, lat_max_ns;
+};
+
+struct opts {
+  const char *to, *metrics;
+  const char *outputs[MAX_OUTPUTS];
+  int noutputs;
+  uint64_t nevents, batch;
+  int conns, ntopics, sink_port, stamp;
+  double rate, timeout;
+  pid_t pid;
+  const char *pid_file; /* read when the clock starts: the engine may
+                           start after us (--sink-port) */
 };
 
 static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Event times are ns since the epoch (the wire's unit). */
+static int64_t realtime_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 static void die(int code, const char *fmt, const char *arg) {
@@ -97,6 +144,43 @@ static int connect_to(const struct sockaddr_in *sa, double deadline) {
   }
 }
 
+/* ---- CPU time ---------------------------------------------------------- */
+
+/* CPU time (user + system, all threads) of process pid in ns, or -1. The
+ * kernel's per-process CPU clock is the same sum as utime + stime in
+ * /proc/PID/stat, in ns instead of clock ticks (10 ms, too coarse for a
+ * short run); the ticks are the fallback. */
+static int64_t proc_cpu_ns(pid_t pid) {
+  clockid_t id;
+  struct timespec ts;
+  char path[64], line[1024], *p;
+  unsigned long ut, st;
+  FILE *f;
+  size_t n;
+
+  if (clock_getcpuclockid(pid, &id) == 0 && clock_gettime(id, &ts) == 0)
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+  snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+  if ((f = fopen(path, "r")) == NULL)
+    return -1;
+  n = fread(line, 1, sizeof(line) - 1, f);
+  fclose(f);
+  line[n] = '\0';
+  /* fields 14 and 15; the name (field 2) may hold spaces, so count
+   * from the last ')' */
+  if ((p = strrchr(line, ')')) == NULL ||
+      sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
+             &ut, &st) != 2)
+    return -1;
+  return (int64_t)(ut + st) * (1000000000 / sysconf(_SC_CLK_TCK));
+}
+
+static int64_t self_cpu_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 /* ---- the events ---------------------------------------------------------- */
 
 static const char *const topic_names[] = {"orders.created", "orders.paid",
@@ -108,13 +192,20 @@ static int put_cstr(struct sl_buf *b, const char *s) {
   return sl_codec_put_str(b, s, strlen(s));
 }
 
-/* Event i: {topic, key, payload = {order, amount, currency, sku, source}}. */
-static int encode_event(struct sl_buf *b, uint64_t i, int ntopics) {
+/* Event i: {topic, key, payload = {order, amount, currency, sku, source}},
+ * with stamp {time, ...} first, its value always 0xcf and 8 bytes at
+ * STAMP_AT (set when sent). Currency alternates EUR, USD (same size), so
+ * a rule can route half and half on a payload field. */
+static int encode_event(struct sl_buf *b, uint64_t i, int ntopics, int stamp) {
+  static const uint8_t time_key[] = {0xa4, 't', 'i', 'm', 'e', 0xcf,
+                                     0, 0, 0, 0, 0, 0, 0, 0};
   char key[32], sku[32];
   int rc = 0;
   snprintf(key, sizeof(key), "cust-%05u", (unsigned)(i % 50000));
   snprintf(sku, sizeof(sku), "SKU-%05u", (unsigned)((i * 7919) % 100000));
-  rc |= sl_codec_put_map(b, 3);
+  rc |= sl_codec_put_map(b, stamp ? 4 : 3);
+  if (stamp)
+    rc |= sl_buf_append(b, time_key, sizeof(time_key));
   rc |= put_cstr(b, "topic");
   rc |= put_cstr(b, topic_names[i % (uint64_t)ntopics]);
   rc |= put_cstr(b, "key");
@@ -126,7 +217,7 @@ static int encode_event(struct sl_buf *b, uint64_t i, int ntopics) {
   rc |= put_cstr(b, "amount");
   rc |= sl_codec_put_uint(b, (i * 7919) % 1000000);
   rc |= put_cstr(b, "currency");
-  rc |= put_cstr(b, "EUR");
+  rc |= put_cstr(b, i % 2 ? "USD" : "EUR");
   rc |= put_cstr(b, "sku");
   rc |= put_cstr(b, sku);
   rc |= put_cstr(b, "source");
@@ -134,33 +225,186 @@ static int encode_event(struct sl_buf *b, uint64_t i, int ntopics) {
   return rc;
 }
 
+/* Encode n events. Returns 0 or SL_ENOMEM. */
+static int batch_build(struct batch *b, uint64_t n, int ntopics, int stamp) {
+  uint64_t i;
+  sl_buf_init(&b->data);
+  b->n = n;
+  b->offs = malloc(sizeof(*b->offs) * (size_t)(n + 1));
+  if (b->offs == NULL || sl_buf_reserve(&b->data, (size_t)n * 128) != 0)
+    return SL_ENOMEM;
+  for (i = 0; i < n; i++) {
+    b->offs[i] = b->data.len;
+    if (encode_event(&b->data, i, ntopics, stamp) != 0)
+      return SL_ENOMEM;
+  }
+  b->offs[n] = b->data.len;
+  return 0;
+}
+
+static void batch_close(struct batch *b) {
+  free(b->offs);
+  sl_buf_close(&b->data);
+}
+
 /* ---- sending ------------------------------------------------------------- */
 
-static void *send_all(void *arg) {
-  struct sender *s = arg;
-  size_t off = 0;
-  while (off < s->len) {
-    size_t n = s->len - off < (4u << 20) ? s->len - off : (4u << 20);
-    ssize_t w = write(s->fd, s->data + off, n);
+/* Write all n bytes. Returns 0 or an errno. */
+static int write_all(int fd, const uint8_t *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n < WRITE_MAX ? n : WRITE_MAX);
     if (w < 0) {
       if (errno == EINTR)
         continue;
-      s->error = errno;
-      return NULL;
+      return errno;
     }
-    off += (size_t)w;
+    p += w;
+    n -= (size_t)w;
   }
+  return 0;
+}
+
+/* As fast as the engine reads: the batch's bytes as they are, in runs up
+ * to the batch's end. */
+static void *send_all(void *arg) {
+  struct sender *s = arg;
+  const struct batch *b = s->batch;
+  uint64_t left = s->count, pos = s->first % b->n;
+  while (left > 0) {
+    uint64_t end = pos + left < b->n ? pos + left : b->n;
+    size_t len = b->offs[end] - b->offs[pos];
+    if ((s->error = write_all(s->fd, b->data.data + b->offs[pos], len)) != 0)
+      return NULL;
+    s->bytes += len;
+    left -= end - pos;
+    pos = end % b->n;
+  }
+  shutdown(s->fd, SHUT_WR);
+  return NULL;
+}
+
+static void put_be64(uint8_t *p, uint64_t v) {
+  int i;
+  for (i = 7; i >= 0; i--, v >>= 8)
+    p[i] = (uint8_t)v;
+}
+
+/* Paced (rate events/s from t0) and/or stamped: every turn copies the
+ * events now due (at most PACED_MAX, up to the batch's end) to a scratch
+ * buffer, sets their time to now when stamping, and writes them at once;
+ * then sleeps until the next is due (at least 50 µs, so each write
+ * carries a few events at high rates). */
+static void *send_paced(void *arg) {
+  struct sender *s = arg;
+  const struct batch *b = s->batch;
+  uint64_t sent = 0, pos = s->first % b->n, due, n, j;
+  struct sl_buf out;
+
+  sl_buf_init(&out);
+  while (sent < s->count) {
+    double t = now_s(), wait;
+    due = s->rate > 0 ? (uint64_t)((t - s->t0) * s->rate) + 1 : s->count;
+    if (due > s->count)
+      due = s->count;
+    if (due <= sent) {
+      struct timespec ts;
+      wait = s->t0 + (double)sent / s->rate - t;
+      wait = wait < 50e-6 ? 50e-6 : wait > 0.01 ? 0.01 : wait;
+      ts.tv_sec = 0;
+      ts.tv_nsec = (long)(wait * 1e9);
+      nanosleep(&ts, NULL);
+      continue;
+    }
+    n = due - sent;
+    n = n > PACED_MAX ? PACED_MAX : n;
+    n = n > b->n - pos ? b->n - pos : n;
+    sl_buf_reset(&out);
+    if (sl_buf_append(&out, b->data.data + b->offs[pos],
+                      b->offs[pos + n] - b->offs[pos]) != 0) {
+      s->error = ENOMEM;
+      break;
+    }
+    if (s->stamp) {
+      uint64_t ns = (uint64_t)realtime_ns();
+      for (j = 0; j < n; j++)
+        put_be64(out.data + (b->offs[pos + j] - b->offs[pos]) + STAMP_AT, ns);
+    }
+    if ((s->error = write_all(s->fd, out.data, out.len)) != 0)
+      break;
+    s->bytes += out.len;
+    sent += n;
+    pos = (pos + n) % b->n;
+  }
+  sl_buf_close(&out);
   shutdown(s->fd, SHUT_WR);
   return NULL;
 }
 
 /* ---- the sink: counts the events a tcp output writes -------------------- */
 
+/* The latency of one stamped event that arrived at now_ns. */
+static void sink_stamp(struct sink *k, const uint8_t *p, size_t len,
+                       int64_t now_ns) {
+  struct sl_event_view v;
+  uint64_t lat;
+  if (sl_codec_parse_event(p, len, &v, NULL) != 0 || !v.has_time)
+    return;
+  lat = now_ns > v.time ? (uint64_t)(now_ns - v.time) : 0;
+  if (lat / 1000 < LAT_US)
+    k->hist[lat / 1000]++;
+  else if (lat / 1000000 - 1000 < LAT_MS)
+    k->hist[LAT_US + lat / 1000000 - 1000]++;
+  else
+    k->lat_over++;
+  if (lat > k->lat_max_ns)
+    k->lat_max_ns = lat;
+  k->lat_n++;
+}
+
+/* Read once from fd and count the whole events; a cut one waits in p.
+ * Returns 0, 1 when the connection ended, or SL_ENOMEM. */
+static int sink_read(struct sink *k, int fd, struct sl_buf *p, uint8_t *chunk) {
+  const uint8_t *d;
+  size_t len, pos = 0, used;
+  uint64_t count = 0;
+  int64_t now_ns;
+  ssize_t r = read(fd, chunk, SINK_READ);
+
+  if (r <= 0)
+    return 1;
+  now_ns = k->hist ? realtime_ns() : 0;
+  __atomic_add_fetch(&k->bytes, (uint64_t)r, __ATOMIC_RELAXED);
+  if (p->len > 0) {
+    if (sl_buf_append(p, chunk, (size_t)r) != 0)
+      return SL_ENOMEM;
+    d = p->data;
+    len = p->len;
+  } else {
+    d = chunk;
+    len = (size_t)r;
+  }
+  while (pos < len &&
+         sl_codec_skip(d + pos, len - pos, 64u << 20, &used, NULL) == 0) {
+    if (k->hist)
+      sink_stamp(k, d + pos, used, now_ns);
+    pos += used;
+    count++;
+  }
+  if (d == chunk) {
+    if (pos < len && sl_buf_append(p, d + pos, len - pos) != 0)
+      return SL_ENOMEM;
+  } else {
+    sl_buf_consume(p, pos);
+  }
+  __atomic_add_fetch(&k->events, count, __ATOMIC_RELEASE);
+  return 0;
+}
+
 static void *sink_run(void *arg) {
   struct sink *k = arg;
   struct pollfd fds[1 + MAX_CONNS];
   struct sl_buf pending[1 + MAX_CONNS];
-  int nfds = 1, i;
+  int nfds = 1, i, rc;
   uint8_t *chunk = malloc(SINK_READ);
 
   if (chunk == NULL) {
@@ -184,50 +428,21 @@ static void *sink_run(void *arg) {
       }
     }
     for (i = 1; i < nfds; i++) {
-      struct sl_buf *p = &pending[i];
-      const uint8_t *d;
-      size_t len, pos = 0, used;
-      uint64_t count = 0;
-      ssize_t r;
       if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR)))
         continue;
-      r = read(fds[i].fd, chunk, SINK_READ);
-      if (r <= 0) {
+      rc = sink_read(k, fds[i].fd, &pending[i], chunk);
+      if (rc < 0) {
+        k->error = ENOMEM;
+        goto done;
+      }
+      if (rc == 1) {
         close(fds[i].fd);
-        sl_buf_close(p);
+        sl_buf_close(&pending[i]);
         fds[i] = fds[nfds - 1];
         pending[i] = pending[nfds - 1];
         nfds--;
         i--;
-        continue;
       }
-      __atomic_add_fetch(&k->bytes, (uint64_t)r, __ATOMIC_RELAXED);
-      /* walk whole events; keep a cut one for the next read */
-      if (p->len > 0) {
-        if (sl_buf_append(p, chunk, (size_t)r) != 0) {
-          k->error = ENOMEM;
-          goto done;
-        }
-        d = p->data;
-        len = p->len;
-      } else {
-        d = chunk;
-        len = (size_t)r;
-      }
-      while (pos < len &&
-             sl_codec_skip(d + pos, len - pos, 64u << 20, &used, NULL) == 0) {
-        pos += used;
-        count++;
-      }
-      if (d == chunk) {
-        if (pos < len && sl_buf_append(p, d + pos, len - pos) != 0) {
-          k->error = ENOMEM;
-          goto done;
-        }
-      } else {
-        sl_buf_consume(p, pos);
-      }
-      __atomic_add_fetch(&k->events, count, __ATOMIC_RELEASE);
     }
   }
 done:
@@ -237,6 +452,21 @@ done:
   }
   free(chunk);
   return NULL;
+}
+
+/* The latency at quantile q in µs (a bucket's upper edge; the slowest
+ * seen when q falls past the buckets). */
+static double sink_quantile(const struct sink *k, double q) {
+  uint64_t want = (uint64_t)(q * (double)k->lat_n), seen = 0;
+  uint32_t i;
+  if (want < 1)
+    want = 1;
+  for (i = 0; i < LAT_US + LAT_MS; i++) {
+    seen += k->hist[i];
+    if (seen >= want)
+      return i < LAT_US ? (double)(i + 1) : (double)(i - LAT_US + 1001) * 1000;
+  }
+  return (double)k->lat_max_ns / 1000.0;
 }
 
 static int listen_on(int port) {
@@ -260,15 +490,17 @@ static int listen_on(int port) {
 
 /* ---- the engine's /metrics ------------------------------------------------ */
 
-/* The value of sluice_output_events_total{output="name"}, or -1 when the
- * scrape failed. */
-static int64_t scrape(const struct sockaddr_in *sa, const char *output) {
+/* The sum of sluice_output_events_total{output="name"} over the outputs,
+ * or -1 when the scrape failed or one is missing. */
+static int64_t scrape(const struct sockaddr_in *sa, const char *const *outputs,
+                      int noutputs) {
   static char resp[1 << 20];
   char req[128], needle[160];
   size_t got = 0;
   ssize_t r;
   const char *p;
-  int fd = connect_to(sa, 0);
+  int64_t sum = 0;
+  int fd = connect_to(sa, 0), i;
 
   if (fd < 0)
     return -1;
@@ -283,114 +515,234 @@ static int64_t scrape(const struct sockaddr_in *sa, const char *output) {
     got += (size_t)r;
   close(fd);
   resp[got] = '\0';
-  snprintf(needle, sizeof(needle), "\nsluice_output_events_total{output=\"%s\"} ",
-           output);
-  p = strstr(resp, needle);
-  if (p == NULL)
-    return -1;
-  return strtoll(p + strlen(needle), NULL, 10);
+  for (i = 0; i < noutputs; i++) {
+    snprintf(needle, sizeof(needle),
+             "\nsluice_output_events_total{output=\"%s\"} ", outputs[i]);
+    if ((p = strstr(resp, needle)) == NULL)
+      return -1;
+    sum += strtoll(p + strlen(needle), NULL, 10);
+  }
+  return sum;
 }
 
 /* ---- main --------------------------------------------------------------------- */
 
 static void usage(void) {
   fputs("usage: loadgen --to HOST:PORT [--events N] [--conns C] [--topics K]\n"
-        "               (--metrics HOST:PORT --output NAME | --sink-port PORT)\n"
-        "               [--timeout SECONDS]\n"
+        "               [--batch B] (--metrics HOST:PORT --output NAME[,NAME...]\n"
+        "               | --sink-port PORT) [--rate EVENTS_PER_S] [--stamp]\n"
+        "               [--pid PID | --pid-file FILE] [--timeout SECONDS]\n"
         "       loadgen --free-port\n",
         stderr);
   exit(2);
 }
 
-int main(int argc, char **argv) {
+static void free_port(void) {
+  struct sockaddr_in sa;
+  socklen_t len = sizeof(sa);
+  int fd = listen_on(0);
+  if (fd < 0 || getsockname(fd, (struct sockaddr *)&sa, &len) != 0)
+    die(1, "cannot find a free port%s", "");
+  printf("%d\n", ntohs(sa.sin_port));
+  exit(0);
+}
+
+/* Split "a,b" into o->outputs (the string is argv's, kept). */
+static void split_outputs(struct opts *o, char *list) {
+  char *save = NULL, *name;
+  for (name = strtok_r(list, ",", &save); name != NULL;
+       name = strtok_r(NULL, ",", &save)) {
+    if (o->noutputs == MAX_OUTPUTS)
+      die(2, "--output: at most 8 outputs%s", "");
+    o->outputs[o->noutputs++] = name;
+  }
+}
+
+static void parse_opts(struct opts *o, int argc, char **argv) {
   static const struct option opts[] = {
       {"to", required_argument, NULL, 't'},
       {"events", required_argument, NULL, 'n'},
       {"conns", required_argument, NULL, 'c'},
       {"topics", required_argument, NULL, 'k'},
+      {"batch", required_argument, NULL, 'b'},
       {"metrics", required_argument, NULL, 'm'},
       {"output", required_argument, NULL, 'o'},
       {"sink-port", required_argument, NULL, 's'},
+      {"rate", required_argument, NULL, 'r'},
+      {"stamp", no_argument, NULL, 'S'},
+      {"pid", required_argument, NULL, 'p'},
+      {"pid-file", required_argument, NULL, 'P'},
       {"timeout", required_argument, NULL, 'T'},
       {"free-port", no_argument, NULL, 'F'},
       {NULL, 0, NULL, 0}};
-  const char *to = NULL, *metrics = NULL, *output = NULL;
-  uint64_t nevents = 2000000, i;
-  int conns = 1, ntopics = 4, sink_port = -1, c, k, failed = 0;
-  double timeout = 300, t0, t_done = 0;
-  struct sockaddr_in to_sa, metrics_sa;
-  struct sender senders[MAX_CONNS];
-  struct sink sink;
-  struct sl_buf data;
-  size_t *ends;
-  int64_t seen = 0;
+  int c;
 
+  memset(o, 0, sizeof(*o));
+  o->nevents = 2000000;
+  o->batch = 262144;
+  o->conns = 1;
+  o->ntopics = 4;
+  o->sink_port = -1;
+  o->timeout = 300;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (c) {
-    case 't': to = optarg; break;
-    case 'n': nevents = strtoull(optarg, NULL, 10); break;
-    case 'c': conns = atoi(optarg); break;
-    case 'k': ntopics = atoi(optarg); break;
-    case 'm': metrics = optarg; break;
-    case 'o': output = optarg; break;
-    case 's': sink_port = atoi(optarg); break;
-    case 'T': timeout = atof(optarg); break;
-    case 'F': {
-      struct sockaddr_in sa;
-      socklen_t len = sizeof(sa);
-      int fd = listen_on(0);
-      if (fd < 0 || getsockname(fd, (struct sockaddr *)&sa, &len) != 0)
-        die(1, "cannot find a free port%s", "");
-      printf("%d\n", ntohs(sa.sin_port));
-      return 0;
-    }
+    case 't': o->to = optarg; break;
+    case 'n': o->nevents = strtoull(optarg, NULL, 10); break;
+    case 'c': o->conns = atoi(optarg); break;
+    case 'k': o->ntopics = atoi(optarg); break;
+    case 'b': o->batch = strtoull(optarg, NULL, 10); break;
+    case 'm': o->metrics = optarg; break;
+    case 'o': split_outputs(o, optarg); break;
+    case 's': o->sink_port = atoi(optarg); break;
+    case 'r': o->rate = atof(optarg); break;
+    case 'S': o->stamp = 1; break;
+    case 'p': o->pid = (pid_t)atoi(optarg); break;
+    case 'P': o->pid_file = optarg; break;
+    case 'T': o->timeout = atof(optarg); break;
+    case 'F': free_port(); break;
     default: usage();
     }
   }
-  if (to == NULL || nevents == 0 || conns < 1 || conns > MAX_CONNS ||
-      ntopics < 1 || ntopics > (int)SL_ARRAY_SIZE(topic_names) ||
-      (metrics == NULL) == (sink_port < 0) || (metrics && output == NULL))
+  if (o->to == NULL || o->nevents == 0 || o->batch == 0 || o->conns < 1 ||
+      o->conns > MAX_CONNS || o->ntopics < 1 ||
+      o->ntopics > (int)SL_ARRAY_SIZE(topic_names) || o->rate < 0 ||
+      (o->metrics == NULL) == (o->sink_port < 0) ||
+      (o->metrics && o->noutputs == 0) || (o->stamp && o->sink_port < 0))
     usage();
-  if (parse_addr(to, &to_sa) != 0)
-    die(2, "--to: expected IPv4 host:port, got %s", to);
-  if (metrics && parse_addr(metrics, &metrics_sa) != 0)
-    die(2, "--metrics: expected IPv4 host:port, got %s", metrics);
+  if (o->batch > o->nevents)
+    o->batch = o->nevents;
+}
 
-  /* listen first: the engine's output may connect while we encode */
-  memset(&sink, 0, sizeof(sink));
-  if (sink_port >= 0) {
-    sink.listen_fd = listen_on(sink_port);
-    if (sink.listen_fd < 0)
-      die(1, "cannot listen on the sink port: %s", strerror(errno));
-    if (pthread_create(&sink.thread, NULL, sink_run, &sink) != 0)
-      die(1, "cannot start the sink thread%s", "");
-    fprintf(stderr, "loadgen: sink listening\n");
+/* Wait until the engine delivered every event (or the timeout). Returns
+ * the time it did, or 0 after printing how far it got. A scrape costs the
+ * engine ~0.4 ms of CPU, so /metrics is polled at half the time the rate
+ * so far says is left (2 to 100 ms): a few dozen scrapes a run, and the
+ * end is seen within 2 ms. The sink's count is only a load: every 1 ms. */
+static double wait_delivered(const struct opts *o, struct sink *sink,
+                             const struct sockaddr_in *metrics_sa, double t0) {
+  int64_t seen = 0;
+  double wait;
+  for (;;) {
+    double t = now_s();
+    if (o->sink_port >= 0) {
+      seen = (int64_t)__atomic_load_n(&sink->events, __ATOMIC_ACQUIRE);
+    } else {
+      int64_t v = scrape(metrics_sa, o->outputs, o->noutputs);
+      if (v >= 0)
+        seen = v;
+    }
+    if ((uint64_t)seen >= o->nevents)
+      return t;
+    if (t - t0 > o->timeout) {
+      fprintf(stderr, "loadgen: timed out: %lld of %llu events delivered\n",
+              (long long)seen, (unsigned long long)o->nevents);
+      return 0;
+    }
+    wait = 0.001;
+    if (o->sink_port < 0) {
+      wait = seen > 0 ? (double)(o->nevents - (uint64_t)seen) * (t - t0) /
+                            (double)seen / 2
+                      : 0.005;
+      wait = wait < 0.002 ? 0.002 : wait > 0.1 ? 0.1 : wait;
+    }
+    usleep((useconds_t)(wait * 1e6));
   }
-  /* encode everything first: the run measures the engine, not us */
-  sl_buf_init(&data);
-  ends = malloc(sizeof(*ends) * (size_t)(conns + 1));
-  if (ends == NULL || sl_buf_reserve(&data, (size_t)nevents * 128) != 0)
+}
+
+/* Listen (before encoding: the engine's output may connect meanwhile). */
+static void sink_start(const struct opts *o, struct sink *sink) {
+  memset(sink, 0, sizeof(*sink));
+  if (o->sink_port < 0)
+    return;
+  if (o->stamp && (sink->hist = calloc(LAT_US + LAT_MS, sizeof(*sink->hist))) == NULL)
     die(1, "out of memory%s", "");
-  ends[0] = 0;
-  for (i = 0, k = 1; i < nevents; i++) {
-    if (encode_event(&data, i, ntopics) != 0)
-      die(1, "out of memory%s", "");
-    /* connection k-1 sends a contiguous slice (empty when conns > N) */
-    while (k <= conns && i + 1 >= nevents * (uint64_t)k / (uint64_t)conns)
-      ends[k++] = data.len;
-  }
+  sink->listen_fd = listen_on(o->sink_port);
+  if (sink->listen_fd < 0)
+    die(1, "cannot listen on the sink port: %s", strerror(errno));
+  if (pthread_create(&sink->thread, NULL, sink_run, sink) != 0)
+    die(1, "cannot start the sink thread%s", "");
+  fprintf(stderr, "loadgen: sink listening\n");
+}
 
-  for (k = 0; k < conns; k++) {
-    int one = 1;
-    senders[k].fd = connect_to(&to_sa, now_s() + 20);
-    if (senders[k].fd < 0)
-      die(1, "cannot connect to %s", to);
-    setsockopt(senders[k].fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    senders[k].data = data.data + ends[k];
-    senders[k].len = ends[k + 1] - ends[k];
-    senders[k].error = 0;
+/* Connect every sender and give it its share of the events. */
+static void senders_connect(const struct opts *o, struct sender *senders,
+                            const struct batch *b) {
+  struct sockaddr_in to_sa;
+  int k, one = 1;
+  if (parse_addr(o->to, &to_sa) != 0)
+    die(2, "--to: expected IPv4 host:port, got %s", o->to);
+  for (k = 0; k < o->conns; k++) {
+    struct sender *s = &senders[k];
+    memset(s, 0, sizeof(*s));
+    s->fd = connect_to(&to_sa, now_s() + 20);
+    if (s->fd < 0)
+      die(1, "cannot connect to %s", o->to);
+    setsockopt(s->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    s->batch = b;
+    s->first = o->nevents * (uint64_t)k / (uint64_t)o->conns;
+    s->count = o->nevents * (uint64_t)(k + 1) / (uint64_t)o->conns - s->first;
+    s->rate = o->rate / o->conns;
+    s->stamp = o->stamp;
   }
-  if (sink_port >= 0) {
+}
+
+/* The pid in file, waiting until deadline for it to be written. */
+static pid_t read_pid_file(const char *file, double deadline) {
+  for (;;) {
+    FILE *f = fopen(file, "r");
+    int pid = 0;
+    if (f != NULL) {
+      if (fscanf(f, "%d", &pid) != 1)
+        pid = 0;
+      fclose(f);
+    }
+    if (pid > 0)
+      return (pid_t)pid;
+    if (now_s() > deadline)
+      die(1, "no pid in %s", file);
+    usleep(1000);
+  }
+}
+
+static void report(const struct opts *o, const struct sink *sink,
+                   uint64_t bytes, double secs, int64_t gen_ns, int64_t eng_ns) {
+  double n = (double)o->nevents;
+  printf("events=%llu bytes=%llu avg_event_bytes=%.1f seconds=%.4f "
+         "events_per_s=%.0f mb_per_s=%.1f gen_cpu_us_per_event=%.3f",
+         (unsigned long long)o->nevents, (unsigned long long)bytes,
+         (double)bytes / n, secs, n / secs, (double)bytes / secs / 1e6,
+         (double)gen_ns / 1e3 / n);
+  if (o->pid > 0)
+    printf(" engine_cpu_us_per_event=%.3f", (double)eng_ns / 1e3 / n);
+  if (o->stamp)
+    printf(" lat_events=%llu lat_p50_us=%.0f lat_p99_us=%.0f lat_p999_us=%.0f "
+           "lat_max_us=%.0f",
+           (unsigned long long)sink->lat_n, sink_quantile(sink, 0.5),
+           sink_quantile(sink, 0.99), sink_quantile(sink, 0.999),
+           (double)sink->lat_max_ns / 1000.0);
+  printf("\n");
+}
+
+int main(int argc, char **argv) {
+  struct opts o;
+  struct sockaddr_in metrics_sa;
+  struct sender senders[MAX_CONNS];
+  struct sink sink;
+  struct batch batch;
+  uint64_t bytes = 0;
+  int64_t gen0, eng0 = 0, gen_ns, eng_ns = 0;
+  double t0, t_done;
+  int k, failed = 0;
+
+  parse_opts(&o, argc, argv);
+  if (o.metrics && parse_addr(o.metrics, &metrics_sa) != 0)
+    die(2, "--metrics: expected IPv4 host:port, got %s", o.metrics);
+  sink_start(&o, &sink);
+  /* encode first: the run measures the engine, not us */
+  if (batch_build(&batch, o.batch, o.ntopics, o.stamp) != 0)
+    die(1, "out of memory%s", "");
+  senders_connect(&o, senders, &batch);
+  if (o.sink_port >= 0) {
     /* the engine's output must be connected before the clock starts */
     double deadline = now_s() + 20;
     while (__atomic_load_n(&sink.accepted, __ATOMIC_ACQUIRE) == 0) {
@@ -400,54 +752,45 @@ int main(int argc, char **argv) {
     }
   }
 
+  if (o.pid_file)
+    o.pid = read_pid_file(o.pid_file, now_s() + 20);
+  if (o.pid > 0 && proc_cpu_ns(o.pid) < 0)
+    die(2, "--pid: cannot read the CPU time of process %s", "(gone?)");
+  gen0 = self_cpu_ns();
+  if (o.pid > 0)
+    eng0 = proc_cpu_ns(o.pid);
   t0 = now_s();
-  for (k = 0; k < conns; k++)
-    if (pthread_create(&senders[k].thread, NULL, send_all, &senders[k]) != 0)
+  for (k = 0; k < o.conns; k++) {
+    senders[k].t0 = t0;
+    if (pthread_create(&senders[k].thread, NULL,
+                       o.rate > 0 || o.stamp ? send_paced : send_all,
+                       &senders[k]) != 0)
       die(1, "cannot start a sender thread%s", "");
-  for (;;) {
-    double t = now_s();
-    if (sink_port >= 0) {
-      seen = (int64_t)__atomic_load_n(&sink.events, __ATOMIC_ACQUIRE);
-    } else {
-      int64_t v = scrape(&metrics_sa, output);
-      if (v >= 0)
-        seen = v;
-    }
-    if ((uint64_t)seen >= nevents) {
-      t_done = t;
-      break;
-    }
-    if (t - t0 > timeout) {
-      fprintf(stderr, "loadgen: timed out: %lld of %llu events delivered\n",
-              (long long)seen, (unsigned long long)nevents);
-      failed = 3;
-      break;
-    }
-    usleep(sink_port >= 0 ? 1000 : 5000);
   }
-  for (k = 0; k < conns; k++) {
+  t_done = wait_delivered(&o, &sink, &metrics_sa, t0);
+  gen_ns = self_cpu_ns() - gen0;
+  if (o.pid > 0)
+    eng_ns = proc_cpu_ns(o.pid) - eng0;
+  if (t_done == 0)
+    failed = 3;
+  for (k = 0; k < o.conns; k++) {
     pthread_join(senders[k].thread, NULL);
     if (senders[k].error) {
       fprintf(stderr, "loadgen: connection %d: write: %s\n", k,
               strerror(senders[k].error));
       failed = 1;
     }
+    bytes += senders[k].bytes;
     close(senders[k].fd);
   }
-  if (sink_port >= 0) {
+  if (o.sink_port >= 0) {
     sink.stop = 1;
     pthread_join(sink.thread, NULL);
     close(sink.listen_fd);
   }
-  if (!failed) {
-    double secs = t_done - t0;
-    printf("events=%llu bytes=%zu avg_event_bytes=%.1f seconds=%.4f "
-           "events_per_s=%.0f mb_per_s=%.1f\n",
-           (unsigned long long)nevents, data.len,
-           (double)data.len / (double)nevents, secs,
-           (double)nevents / secs, (double)data.len / secs / 1e6);
-  }
-  free(ends);
-  sl_buf_close(&data);
+  if (!failed)
+    report(&o, &sink, bytes, t_done - t0, gen_ns, eng_ns);
+  free(sink.hist);
+  batch_close(&batch);
   return failed;
 }
