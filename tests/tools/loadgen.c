@@ -737,6 +737,8 @@ int main(int argc, char **argv) {
   parse_opts(&o, argc, argv);
   if (o.metrics && parse_addr(o.metrics, &metrics_sa) != 0)
     die(2, "--metrics: expected IPv4 host:port, got %s", o.metrics);
+  if (o.pid > 0 && proc_cpu_ns(o.pid) < 0)
+    die(2, "--pid: cannot read the CPU time of process %s", "(gone?)");
   sink_start(&o, &sink);
   /* encode first: the run measures the engine, not us */
   if (batch_build(&batch, o.batch, o.ntopics, o.stamp) != 0)
