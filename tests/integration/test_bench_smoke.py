@@ -81,6 +81,10 @@ def test_linerate_prints_each_case_beside_its_target_with_positive_numbers(quick
             want = float(target.split()[1].rstrip("M")) * 1e6
             assert (met == "met") == (float(eps) >= want), (case, eps, want, met)
     assert rows["no rule -> null"][3] == "100"
+    m = re.search(r"the loadgen spends at most %s us of CPU per event: alone it could "
+                  r"send ~%sM events/s per core" % (NUM, NUM), quick_run)
+    assert m, quick_run
+    assert float(m.group(1)) == max(float(r[2]) for r in rows.values())
     assert "one worker, median of 1 runs of 20000 events" in quick_run
 
 

@@ -616,8 +616,9 @@ static void parse_opts(struct opts *o, int argc, char **argv) {
 /* Wait until the engine delivered every event (or the timeout). Returns
  * the time it did, or 0 after printing how far it got. A scrape costs the
  * engine ~0.4 ms of CPU, so /metrics is polled at half the time the rate
- * so far says is left (2 to 100 ms): a few dozen scrapes a run, and the
- * end is seen within 2 ms. The sink's count is only a load: every 1 ms. */
+ * so far says is left (2 to 50 ms): a few dozen scrapes a run, and the
+ * end is seen within 2 ms while the rate holds. The sink's count is only a
+ * load: every 1 ms. */
 static double wait_delivered(const struct opts *o, struct sink *sink,
                              const struct sockaddr_in *metrics_sa, double t0) {
   int64_t seen = 0;
@@ -643,7 +644,7 @@ static double wait_delivered(const struct opts *o, struct sink *sink,
       wait = seen > 0 ? (double)(o->nevents - (uint64_t)seen) * (t - t0) /
                             (double)seen / 2
                       : 0.005;
-      wait = wait < 0.002 ? 0.002 : wait > 0.1 ? 0.1 : wait;
+      wait = wait < 0.002 ? 0.002 : wait > 0.05 ? 0.05 : wait;
     }
     usleep((useconds_t)(wait * 1e6));
   }
