@@ -39,6 +39,12 @@ RATE_CASES = [("no rule -> null", ">= 3.5M events/s"),
               ("issue rule -> 2 outputs by currency", ">= 1.4M events/s")]
 
 
+def test_readme_shows_the_quick_command_this_module_runs():
+    readme = (ROOT / "README.md").read_text()
+    cmd = " ".join("%s=%s" % kv for kv in QUICK.items()) + " make bench"
+    assert "\n" + cmd + "\n" in readme, cmd
+
+
 def has_workers_setting(tmp_path):
     """Whether this sluice's config takes `workers` (the section asks the
     same judge)."""
