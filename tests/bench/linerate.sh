@@ -152,11 +152,11 @@ line_case() {
 
 field() { printf '%s\n' "$1" | cut -d'|' -f"$2"; }
 
-# print_line RECORD BASE_EPS [TARGET]: one table row, with the ratio to
-# BASE_EPS; TARGET is "eps:N" (at least N events/s) or "ratio:P" (at least
-# P% of BASE_EPS), none when absent.
+# print_line RECORD BASE_EPS [TARGET [BASE_NAME]]: one table row, with the
+# ratio to BASE_EPS; TARGET is "eps:N" (at least N events/s) or "ratio:P"
+# (at least P% of BASE_EPS, named BASE_NAME: "no rule"), none when absent.
 print_line() {
-  local rec=$1 base=$2 target=${3:-none:} eps eng gen pct kind want text met
+  local rec=$1 base=$2 target=${3:-none:} base_name=${4:-no rule} eps eng gen pct kind want text met
   eps=$(field "$rec" 3)
   eng=$(field "$rec" 4)
   gen=$(field "$rec" 5)
@@ -168,7 +168,7 @@ print_line() {
     text=">= $(awk -v w="$want" 'BEGIN { printf "%.1fM", w / 1e6 }') events/s"
     met=$(awk -v a="$eps" -v w="$want" 'BEGIN { print ((a >= w) ? "met" : "not met") }')
   elif [ "$kind" = ratio ]; then
-    text=">= $want% of no rule"
+    text=">= $want% of $base_name"
     met=$(awk -v a="$pct" -v w="$want" 'BEGIN { print ((a >= w) ? "met" : "not met") }')
   fi
   printf '%-44s %10.0f %9.3f %9.3f %6s%%   %-20s %s\n' "$(field "$rec" 2)" \
@@ -260,10 +260,14 @@ section_workers() {
       rec="line|workers=1 (the issue rule row)|$(field "$ISSUE_REC" 3-)"
     else
       rec=$(line_case "workers=$w" "$rule_issue" out "$w") || return 1
-      line_row "$rec"
+      line_row "line|issue rule -> null, workers=$w|$(field "$rec" 3-)"
     fi
     [ -n "$one" ] || one=$(field "$rec" 3)
-    print_line "$rec" "$one"
+    if [ "$w" = 2 ]; then
+      print_line "$rec" "$one" ratio:170 "1 worker"
+    else
+      print_line "$rec" "$one"
+    fi
   done
 }
 
