@@ -81,6 +81,10 @@ def test_linerate_prints_each_case_beside_its_target_with_positive_numbers(quick
         eps, engine_us, loadgen_us, pct, text, met = rows[case]
         assert float(eps) > 0 and float(engine_us) > 0 and float(loadgen_us) > 0
         assert int(pct) > 0 and text == target
+        # the engine's CPU over the run fits in the run's wall time on this
+        # machine's cores: a clock stopped too early would not
+        assert float(eps) * float(engine_us) / 1e6 <= (os.cpu_count() or 1) * 1.05, \
+            (case, eps, engine_us)
         if "%" in target:
             assert (met == "met") == (int(pct) >= 85), (case, pct, met)
         else:

@@ -624,7 +624,7 @@ static double wait_delivered(const struct opts *o, struct sink *sink,
   int64_t seen = 0;
   double wait;
   for (;;) {
-    double t = now_s();
+    double t;
     if (o->sink_port >= 0) {
       seen = (int64_t)__atomic_load_n(&sink->events, __ATOMIC_ACQUIRE);
     } else {
@@ -632,6 +632,9 @@ static double wait_delivered(const struct opts *o, struct sink *sink,
       if (v >= 0)
         seen = v;
     }
+    /* after the scrape: the engine may answer it only once it has read
+     * everything (one loop serves both), so the time before is too early */
+    t = now_s();
     if ((uint64_t)seen >= o->nevents)
       return t;
     if (t - t0 > o->timeout) {
