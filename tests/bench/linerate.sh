@@ -53,13 +53,10 @@ end }'
 # every topic routes to output ROUTE unless RULE decides. RULE is Lua
 # (written to a fresh rules folder) or empty; WORKERS empty: no `workers`
 # key (the engine's default).
-_rules_seq=0
 line_conf() {
   local port=$1 outputs=$2 route=$3 rule=$4 workers=$5 admin=${6:-} dir rules=''
   if [ -n "$rule" ]; then
-    _rules_seq=$((_rules_seq + 1))
-    dir=$WORK/line-rules.$_rules_seq
-    mkdir -p "$dir"
+    dir=$(mktemp -d "$WORK/line-rules.XXXXXX")
     printf '%s\n' "$rule" >"$dir/10_bench.lua"
     rules="rules = { dir = \"$dir\" },"
   fi
@@ -140,14 +137,15 @@ run_sink() {
 }
 
 # line_case CASE RULE OUTPUTS [WORKERS]: the medians of RUNS runs, as a
-# "line|case|events/s|engine us/event|loadgen us/event|mb/s|rss" record.
+# "line|case|events/s|engine us/event|loadgen us/event|mb/s|rss|bytes/event"
+# record.
 line_case() {
   local case=$1
   bench_runs "$case" run_null "${@:2}" || return 1
-  printf 'line|%s|%s|%s|%s|%s|%s\n' "$case" "$(bench_median events_per_s)" \
+  printf 'line|%s|%s|%s|%s|%s|%s|%s\n' "$case" "$(bench_median events_per_s)" \
     "$(bench_median engine_cpu_us_per_event)" \
     "$(bench_median gen_cpu_us_per_event)" "$(bench_median mb_per_s)" \
-    "$(bench_median rss_mb)"
+    "$(bench_median rss_mb)" "$(bench_median avg_event_bytes)"
 }
 
 field() { printf '%s\n' "$1" | cut -d'|' -f"$2"; }
@@ -200,7 +198,7 @@ section_rate() {
   BASE_EPS=$(field "$none" 3)
   ISSUE_REC=$issue
   echo "line rate: one worker, median of $RUNS runs of $EVENTS events," \
-    "$LINE_CONNS connections"
+    "$LINE_CONNS connections, $(field "$none" 8) bytes per event"
   line_header "case" "vs none"
   print_line "$none" "$BASE_EPS" eps:3500000
   print_line "$topic" "$BASE_EPS" ratio:85
