@@ -7,6 +7,8 @@
 #   BENCH_EVENTS=500000 BENCH_RUNS=1 make bench  quicker
 #   BENCH_SECTIONS="core" make bench             only some sections
 #   BENCH_CONNS=2 make bench                     client connections
+#   BENCH_SECTIONS="linerate" make bench         issue 14's targets, latency
+#                                                and workers (linerate.sh)
 #
 # A section is a function section_NAME below, or an executable script
 # tests/bench/NAME.sh run with BUILD, WORK, RUNS, EVENTS, SLUICE and
