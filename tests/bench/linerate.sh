@@ -239,6 +239,8 @@ section_latency() {
     "$p99" "$(kv lat_p999_us "$lat")" "$(kv lat_max_us "$lat")"
   printf '  aim p99 <= 1000 us: %s; engine %s us/event, loadgen %s us/event\n' \
     "$met" "$(kv engine_cpu_us_per_event "$lat")" "$(kv gen_cpu_us_per_event "$lat")"
+  awk -v a="$(kv events_per_s "$lat")" -v r="$rate" 'BEGIN { if (a < 0.95 * r)
+    print "  (below the paced rate: the engine fell behind, so these include queueing)" }'
 }
 
 # ---- scaling -----------------------------------------------------------------
