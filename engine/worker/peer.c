@@ -237,6 +237,10 @@ static void on_timer_closed(uv_handle_t *h) {
 
 void sl_peer_stop(struct sl_output *o) {
   struct sl_peer *p = o->data;
+  if (p == NULL) { /* cb_start ran out of memory */
+    sl_output_stopped(o);
+    return;
+  }
   p->closing = 1;
   if (p->conn) {
     struct sl_conn *c = p->conn;

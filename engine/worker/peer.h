@@ -91,7 +91,8 @@ void sl_peer_progress(struct sl_peer *p);
  * error: what failed, or NULL for status's text. */
 void sl_peer_drop(struct sl_peer *p, int status, const char *error);
 
-/* The plugin's cb_retry, cb_stop and cb_healthy (o->data is the peer). */
+/* The plugin's cb_retry, cb_stop and cb_healthy (o->data is the peer;
+ * NULL: cb_start ran out of memory before it). */
 void sl_peer_retry(struct sl_output *o);
 void sl_peer_stop(struct sl_output *o);
 int sl_peer_healthy(struct sl_output *o);
