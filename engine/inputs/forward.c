@@ -7,27 +7,22 @@
  * (sl_worker_durable), never before. With shared_key, a connection must
  * pass the HELO/PING/PONG handshake first. Bad bytes close only the
  * connection that sent them, with one rate-limited log line naming the
- * peer and what was wrong. Owns its listener and, through it, its
- * connections. */
+ * peer and what was wrong. The listener, the connection count and the
+ * stop are worker/framed.c's. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "forward.h"
+#include "framed.h"
 #include "plugins.h"
 #include "tls.h"
-#include "worker.h"
 
 struct fwd_in {
-  struct sl_input *in;
-  struct sl_listener listener;
-  struct sl_tls *tls;       /* tls = {...}: its context; NULL: plain */
+  struct sl_framed f;       /* the listener, its conns, the stop */
   const char *tag_prefix;   /* "" when unset */
   const char *shared_key;   /* NULL: no handshake */
   char hostname[256];       /* self_hostname: what PONG names */
   size_t max_chunk;         /* a frame, and its entries once inflated */
-  int listener_closed;
-  int stopping;
-  uint32_t live;            /* conns not yet freed */
 };
 
 struct fwd_conn {
@@ -47,8 +42,6 @@ struct fwd_conn {
   size_t covered;           /* pending bytes the durable wait covers */
   struct sl_durable wait;
 };
-
-static void finish(struct fwd_in *fi);
 
 /* One rate-limited line per bad connection, counted; the conn closes. */
 static void bad_input(struct fwd_conn *nc, size_t offset, const char *why) {
@@ -111,10 +104,13 @@ static void send_acks(struct fwd_conn *nc) {
 }
 
 /* Draining: once what it sent is in and answered, the conn is done. */
+static int is_drained(struct sl_conn *c) {
+  struct fwd_conn *nc = sl_conn_proto(c);
+  return nc->src.held == NULL && !nc->wait.waiting && nc->frame_len == 0;
+}
+
 static void close_if_drained(struct fwd_conn *nc) {
-  if (sl_conn_read_stopped(nc->conn) && nc->src.held == NULL &&
-      !nc->wait.waiting && nc->frame_len == 0)
-    sl_conn_close(nc->conn);
+  sl_framed_close_if_drained(&nc->fi->f, nc->conn);
 }
 
 static void on_durable(struct sl_durable *d) {
@@ -399,48 +395,31 @@ static void on_resume(struct sl_source *s) {
 
 static void cb_eof(struct sl_conn *c, int status) {
   struct fwd_conn *nc = sl_conn_proto(c);
-  struct sl_input *in = nc->src.input;
-  uint64_t suppressed = 0;
-  if (sl_conn_buffered(c) == 0 || nc->frame_len != 0)
+  if (nc->frame_len != 0)
     return;
-  in->stats.bad_input++;
-  if (sl_log_allow(&in->w->bad_input_log, &suppressed))
-    sl_log(SL_LOG_WARN,
-           status == UV_ETIMEDOUT
-               ? "forward frame not complete within event_timeout_ms; "
-                 "partial frame discarded"
-               : "connection closed inside a forward frame; partial frame "
-                 "discarded",
-           SL_S("input", in->cfg->name), SL_S("peer", sl_conn_peer(c)),
-           SL_U("offset", sl_conn_offset(c)),
-           SL_U("bytes", sl_conn_buffered(c)), SL_U("suppressed", suppressed),
-           SL_END);
-}
-
-static void conn_free(struct fwd_conn *nc) {
-  struct fwd_in *fi = nc->fi;
-  free(nc);
-  fi->live--;
-  if (fi->stopping && fi->live == 0 && fi->listener_closed)
-    finish(fi);
+  sl_framed_partial(nc->src.input, c, status,
+                    "forward frame not complete within event_timeout_ms; "
+                    "partial frame discarded",
+                    "connection closed inside a forward frame; partial frame "
+                    "discarded");
 }
 
 static void on_timer_closed(uv_handle_t *h) {
-  conn_free(h->data);
+  struct fwd_conn *nc = h->data;
+  sl_framed_free(&nc->fi->f, nc);
 }
 
 static void cb_close(struct sl_conn *c) {
   struct fwd_conn *nc = sl_conn_proto(c);
   sl_worker_undurable(&nc->wait);
-  sl_source_close(&nc->src);
+  sl_framed_closing(&nc->fi->f, &nc->src);
   sl_buf_close(&nc->inflated);
   sl_buf_close(&nc->topic);
   sl_buf_close(&nc->pending);
-  nc->fi->in->stats.connections_open--;
   if (nc->timer_open)
     uv_close((uv_handle_t *)&nc->ping_timer, on_timer_closed);
   else
-    conn_free(nc);
+    sl_framed_free(&nc->fi->f, nc);
 }
 
 /* A sender that never answers HELO would hold its connection forever. */
@@ -450,7 +429,7 @@ static void on_ping_timeout(uv_timer_t *t) {
   if (nc->authed || sl_conn_is_closing(nc->conn))
     return;
   snprintf(msg, sizeof(msg), "no PING within event_timeout_ms (%u ms) of "
-           "HELO", nc->fi->in->cfg->event_timeout_ms);
+           "HELO", nc->fi->f.in->cfg->event_timeout_ms);
   sl_listener_count_timeout(nc->conn);
   bad_input(nc, 0, msg);
 }
@@ -461,12 +440,12 @@ static const struct sl_conn_ops conn_ops = {
     .cb_close = cb_close,
 };
 
-static int on_accept(struct sl_listener *l, struct sl_conn *c) {
-  struct fwd_in *fi = l->data;
+static int on_accept(struct sl_framed *f, struct sl_conn *c) {
+  struct fwd_in *fi = container_of(f, struct fwd_in, f);
   struct fwd_conn *nc = calloc(1, sizeof(*nc));
   if (nc == NULL)
     return SL_ENOMEM;
-  sl_source_init(&nc->src, fi->in, on_resume);
+  sl_source_init(&nc->src, f->in, on_resume);
   nc->wait.on_durable = on_durable;
   nc->conn = c;
   nc->fi = fi;
@@ -475,15 +454,12 @@ static int on_accept(struct sl_listener *l, struct sl_conn *c) {
   sl_buf_init(&nc->topic);
   sl_buf_init(&nc->pending);
   sl_conn_set_ops(c, &conn_ops, nc);
-  fi->live++;
-  fi->in->stats.connections_total++;
-  fi->in->stats.connections_open++;
   if (!nc->authed) {
-    uv_timer_init(&fi->in->w->loop, &nc->ping_timer);
+    uv_timer_init(&f->in->w->loop, &nc->ping_timer);
     nc->ping_timer.data = nc;
     nc->timer_open = 1;
     uv_timer_start(&nc->ping_timer, on_ping_timeout,
-                   fi->in->cfg->event_timeout_ms, 0);
+                   f->in->cfg->event_timeout_ms, 0);
     send_helo(nc);
   }
   return 0;
@@ -491,15 +467,8 @@ static int on_accept(struct sl_listener *l, struct sl_conn *c) {
 
 /* ---- the input ------------------------------------------------------- */
 
-static void on_listener_closed(struct sl_listener *l) {
-  struct fwd_in *fi = l->data;
-  fi->listener_closed = 1;
-  if (fi->stopping && fi->live == 0)
-    finish(fi);
-}
-
 static void settings(struct fwd_in *fi) {
-  const struct sl_input_config *cfg = fi->in->cfg;
+  const struct sl_input_config *cfg = fi->f.in->cfg;
   const char *s;
   size_t n = sizeof(fi->hostname);
   fi->tag_prefix = sl_config_value_str(cfg->values, cfg->nvalues,
@@ -517,89 +486,31 @@ static void settings(struct fwd_in *fi) {
     snprintf(fi->hostname, sizeof(fi->hostname), "sluice");
 }
 
+static void on_free(struct sl_framed *f) {
+  free(container_of(f, struct fwd_in, f));
+}
+
+static const struct sl_framed_ops framed_ops = {
+    .cb_accept = on_accept,
+    .cb_drained = is_drained,
+    .cb_free = on_free,
+};
+
 static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   struct fwd_in *fi = calloc(1, sizeof(*fi));
-  struct sl_endpoint ep;
-  int rc;
   if (fi == NULL)
     return SL_ENOMEM;
-  fi->in = in;
-  in->data = fi;
+  sl_framed_init(&fi->f, in, &framed_ops);
   settings(fi);
-  fi->listener.idle_ms = in->cfg->idle_timeout_ms;
-  fi->listener.partial_ms = in->cfg->event_timeout_ms;
-  fi->listener.max_conns = in->cfg->max_connections;
-  fi->listener.displace_ms = in->cfg->event_timeout_ms;
-  fi->listener.max_pending = in->cfg->max_pending_bytes;
-  fi->listener.fd_guard = 1;
-  fi->listener.name = in->cfg->name;
-  fi->listener.max_buffered = fi->max_chunk + 65536;
-  fi->listener.on_closed = on_listener_closed;
-  in->stats.listener = &fi->listener;
-  if (in->cfg->tls.enabled &&
-      (fi->tls = sl_tls_new(&in->cfg->tls, 1, in->cfg->listen, in->cfg->name,
-                            err, errlen)) == NULL) {
-    fi->listener_closed = 1;
-    return SL_EINVAL;
-  }
-  rc = sl_endpoint_init(&ep, SL_ENDPOINT_TCP, in->cfg->listen, NULL, 0);
-  if (rc == 0)
-    rc = sl_endpoint_set_tls(&ep, fi->tls);
-  if (rc != 0) {
-    snprintf(err, errlen, "cannot listen on %s: %s", in->cfg->listen,
-             uv_strerror(rc));
-    fi->listener_closed = 1;
-    return rc;
-  }
-  return sl_listener_start(&fi->listener, &in->w->loop, &ep, on_accept, fi,
-                           err, errlen);
-}
-
-static void finish(struct fwd_in *fi) {
-  struct sl_input *in = fi->in;
-  in->data = NULL;
-  in->stats.listener = NULL;
-  sl_tls_free(fi->tls);
-  free(fi);
-  sl_input_stopped(in);
-}
-
-static void cb_drain(struct sl_input *in) {
-  struct fwd_in *fi = in->data;
-  struct sl_conn *c, *next;
-  if (fi == NULL)
-    return;
-  sl_listener_stop(&fi->listener);
-  for (c = sl_listener_next(&fi->listener, NULL); c; c = next) {
-    next = sl_listener_next(&fi->listener, c);
-    sl_conn_stop_reading(c);
-    close_if_drained(sl_conn_proto(c));
-  }
-}
-
-static uint32_t cb_busy(struct sl_input *in) {
-  struct fwd_in *fi = in->data;
-  return fi ? fi->live : 0;
-}
-
-static void cb_stop(struct sl_input *in) {
-  struct fwd_in *fi = in->data;
-  if (fi == NULL) {
-    sl_input_stopped(in);
-    return;
-  }
-  fi->stopping = 1;
-  sl_listener_stop(&fi->listener);
-  sl_listener_close_conns(&fi->listener);
-  if (fi->listener_closed && fi->live == 0)
-    finish(fi);
+  return sl_framed_listen(&fi->f, SL_ENDPOINT_TCP, fi->max_chunk + 65536, err,
+                          errlen);
 }
 
 static const struct sl_input_ops ops = {
     .cb_start = cb_start,
-    .cb_drain = cb_drain,
-    .cb_busy = cb_busy,
-    .cb_stop = cb_stop,
+    .cb_drain = sl_framed_drain,
+    .cb_busy = sl_framed_busy,
+    .cb_stop = sl_framed_stop,
 };
 
 #define IN struct sl_input_config

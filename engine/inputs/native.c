@@ -2,23 +2,14 @@
  * to back over one connection. Each connection is a source: when an output
  * it feeds is full and blocks, the connection stops reading until there is
  * room. Bad bytes close only the connection that sent them, with one log
- * line naming the peer, the input and the byte offset. Owns its listener
- * and, through it, its connections. */
+ * line naming the peer, the input and the byte offset. The listener, the
+ * connection count and the stop are worker/framed.c's. */
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker.h"
+#include "framed.h"
 #include "plugins.h"
 #include "tls.h"
-
-struct native_in {
-  struct sl_input *in;
-  struct sl_listener listener;
-  struct sl_tls *tls;   /* tls = {...}: its context; NULL: plain */
-  int listener_closed;
-  int stopping;
-  uint32_t live; /* conns not yet freed (nconns drops at close start) */
-};
 
 struct native_conn {
   struct sl_source src;
@@ -72,9 +63,8 @@ static void on_durable(struct sl_durable *d) {
     nc->acked = nc->durable;
   sl_buf_close(&b);
   send_ack(nc); /* what was accepted meanwhile */
-  if (sl_conn_read_stopped(nc->conn) && nc->src.held == NULL &&
-      !nc->wait.waiting)
-    sl_conn_close(nc->conn); /* draining: its last ack is out */
+  /* draining: its last ack is out */
+  sl_framed_close_if_drained(nc->src.input->data, nc->conn);
 }
 
 /* A disk buffer refused the event (or could not write events already
@@ -115,8 +105,6 @@ static int is_hello(const uint8_t *p, size_t n, int *ack) {
   return 1;
 }
 
-static void finish(struct native_in *ni);
-
 /* On a TLS conn whose peer showed a certificate, the event carries the
  * peer's identity in the sluice-peer header for rules (replacing one the
  * producer may have set). Takes ev; NULL when out of memory. */
@@ -140,9 +128,7 @@ static void on_resume(struct sl_source *s) {
   sl_conn_resume(nc->conn);
   send_ack(nc);
   /* draining: once the buffered events are in, the conn has done its part */
-  if (sl_conn_read_stopped(nc->conn) && nc->src.held == NULL &&
-      !nc->wait.waiting)
-    sl_conn_close(nc->conn);
+  sl_framed_close_if_drained(s->input->data, nc->conn);
 }
 
 static void bad_input(struct sl_conn *c, struct sl_input *in, size_t offset,
@@ -244,35 +230,19 @@ static void cb_eof(struct sl_conn *c, int status) {
            SL_S("input", nc->src.input->cfg->name),
            SL_S("peer", sl_conn_peer(c)), SL_S("error", uv_strerror(status)),
            SL_END);
-  if (sl_conn_buffered(c) > 0) {
-    struct sl_input *in = nc->src.input;
-    uint64_t suppressed = 0;
-    in->stats.bad_input++;
-    /* rate-limited: a flood of stalled connections must not flood the log */
-    if (sl_log_allow(&in->w->bad_input_log, &suppressed))
-      sl_log(SL_LOG_WARN,
-             status == UV_ETIMEDOUT
-                 ? "event not complete within event_timeout_ms; partial "
-                   "event discarded"
-                 : "connection closed inside an event; partial event "
-                   "discarded",
-             SL_S("input", in->cfg->name), SL_S("peer", sl_conn_peer(c)),
-             SL_U("offset", sl_conn_offset(c)),
-             SL_U("bytes", sl_conn_buffered(c)), SL_U("suppressed", suppressed),
-             SL_END);
-  }
+  sl_framed_partial(nc->src.input, c, status,
+                    "event not complete within event_timeout_ms; partial "
+                    "event discarded",
+                    "connection closed inside an event; partial event "
+                    "discarded");
 }
 
 static void cb_close(struct sl_conn *c) {
   struct native_conn *nc = sl_conn_proto(c);
-  struct native_in *ni = nc->src.input->data;
+  struct sl_framed *f = nc->src.input->data;
   sl_worker_undurable(&nc->wait);
-  sl_source_close(&nc->src);
-  free(nc);
-  ni->live--;
-  ni->in->stats.connections_open--;
-  if (ni->stopping && ni->live == 0 && ni->listener_closed)
-    finish(ni);
+  sl_framed_closing(f, &nc->src);
+  sl_framed_free(f, nc);
 }
 
 static const struct sl_conn_ops conn_ops = {
@@ -281,122 +251,48 @@ static const struct sl_conn_ops conn_ops = {
     .cb_close = cb_close,
 };
 
-static void on_listener_closed(struct sl_listener *l);
-
-static int on_accept(struct sl_listener *l, struct sl_conn *c) {
-  struct native_in *ni = l->data;
+static int on_accept(struct sl_framed *f, struct sl_conn *c) {
   struct native_conn *nc = calloc(1, sizeof(*nc));
   if (nc == NULL)
     return SL_ENOMEM;
-  sl_source_init(&nc->src, ni->in, on_resume);
+  sl_source_init(&nc->src, f->in, on_resume);
   nc->wait.on_durable = on_durable;
   nc->conn = c;
   sl_conn_set_ops(c, &conn_ops, nc);
-  ni->live++;
-  ni->in->stats.connections_total++;
-  ni->in->stats.connections_open++;
   return 0;
 }
 
+static int is_drained(struct sl_conn *c) {
+  struct native_conn *nc = sl_conn_proto(c);
+  return nc->src.held == NULL && !nc->wait.waiting;
+}
+
+static void on_free(struct sl_framed *f) { free(f); }
+
+static const struct sl_framed_ops framed_ops = {
+    .cb_accept = on_accept,
+    .cb_drained = is_drained,
+    .cb_free = on_free,
+};
+
 static int cb_start(struct sl_input *in, char *err, size_t errlen) {
-  struct native_in *ni = calloc(1, sizeof(*ni));
-  struct sl_endpoint ep;
-  int rc;
-  if (ni == NULL)
+  struct sl_framed *f = calloc(1, sizeof(*f));
+  if (f == NULL)
     return SL_ENOMEM;
-  ni->in = in;
-  in->data = ni;
-  ni->listener.idle_ms = in->cfg->idle_timeout_ms; /* default 0: a quiet
-                                                      producer is normal */
-  ni->listener.partial_ms = in->cfg->event_timeout_ms;
-  ni->listener.max_conns = in->cfg->max_connections;
-  /* at the limit, a conn quiet longer than an event may take gives way */
-  ni->listener.displace_ms = in->cfg->event_timeout_ms;
-  ni->listener.max_pending = in->cfg->max_pending_bytes;
-  ni->listener.fd_guard = 1;
-  ni->listener.name = in->cfg->name;
-  ni->listener.max_buffered = (size_t)in->w->cfg->max_event_bytes + 65536;
-  ni->listener.on_closed = on_listener_closed;
-  in->stats.listener = &ni->listener;
-  if (in->cfg->tls.enabled &&
-      (ni->tls = sl_tls_new(&in->cfg->tls, 1, in->cfg->listen, in->cfg->name,
-                            err, errlen)) == NULL) {
-    ni->listener_closed = 1; /* it never opened */
-    return SL_EINVAL;
-  }
-  rc = sl_endpoint_init(&ep,
-                        strcmp(in->cfg->type, "unix") == 0 ? SL_ENDPOINT_UNIX
-                                                           : SL_ENDPOINT_TCP,
-                        in->cfg->listen, NULL, 0);
-  if (rc == 0)
-    rc = sl_endpoint_set_tls(&ep, ni->tls);
-  if (rc != 0) {
-    snprintf(err, errlen, "cannot listen on %s: %s", in->cfg->listen,
-             uv_strerror(rc));
-    ni->listener_closed = 1; /* it never opened */
-    return rc;
-  }
-  rc = sl_listener_start(&ni->listener, &in->w->loop, &ep, on_accept, ni, err,
-                         errlen);
-  return rc; /* on failure cb_stop still runs and frees ni */
-}
-
-static void finish(struct native_in *ni) {
-  struct sl_input *in = ni->in;
-  in->data = NULL;
-  in->stats.listener = NULL;
-  sl_tls_free(ni->tls); /* conns still open keep their own reference */
-  free(ni);
-  sl_input_stopped(in);
-}
-
-static void on_listener_closed(struct sl_listener *l) {
-  struct native_in *ni = l->data;
-  ni->listener_closed = 1;
-  if (ni->stopping && ni->live == 0)
-    finish(ni);
-}
-
-static void cb_drain(struct sl_input *in) {
-  struct native_in *ni = in->data;
-  struct sl_conn *c, *next;
-  if (ni == NULL)
-    return;
-  ni->listener.on_closed = on_listener_closed;
-  sl_listener_stop(&ni->listener);
-  for (c = sl_listener_next(&ni->listener, NULL); c; c = next) {
-    struct native_conn *nc = sl_conn_proto(c);
-    next = sl_listener_next(&ni->listener, c);
-    sl_conn_stop_reading(c);
-    if (nc->src.held == NULL && !nc->wait.waiting)
-      sl_conn_close(c); /* what it sent is in; a partial event is not */
-  }
-}
-
-static uint32_t cb_busy(struct sl_input *in) {
-  struct native_in *ni = in->data;
-  return ni ? ni->live : 0;
-}
-
-static void cb_stop(struct sl_input *in) {
-  struct native_in *ni = in->data;
-  if (ni == NULL) {
-    sl_input_stopped(in);
-    return;
-  }
-  ni->stopping = 1;
-  ni->listener.on_closed = on_listener_closed;
-  sl_listener_stop(&ni->listener);
-  sl_listener_close_conns(&ni->listener);
-  if (ni->listener_closed && ni->live == 0)
-    finish(ni);
+  sl_framed_init(f, in, &framed_ops);
+  /* on failure cb_stop still runs and frees f */
+  return sl_framed_listen(f,
+                          strcmp(in->cfg->type, "unix") == 0 ? SL_ENDPOINT_UNIX
+                                                             : SL_ENDPOINT_TCP,
+                          (size_t)in->w->cfg->max_event_bytes + 65536, err,
+                          errlen);
 }
 
 static const struct sl_input_ops ops = {
     .cb_start = cb_start,
-    .cb_drain = cb_drain,
-    .cb_busy = cb_busy,
-    .cb_stop = cb_stop,
+    .cb_drain = sl_framed_drain,
+    .cb_busy = sl_framed_busy,
+    .cb_stop = sl_framed_stop,
 };
 
 #define IN struct sl_input_config

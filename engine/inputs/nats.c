@@ -23,12 +23,11 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <nats/nats.h>
 
 #include "json.h"
-#include "natstls.h"
+#include "nats.h"
 #include "plugins.h"
 #include "utf8.h"
 
@@ -47,19 +46,16 @@ struct nats_in {
   natsSubscription *sub;
   uv_thread_t thread;
   int thread_started;
-  uv_mutex_t mu;
-  uv_cond_t cond;
+  struct sl_nats nats; /* its mu and cond also guard the ring and quit */
   natsMsg **ring; /* hand-off: cap slots */
   uint32_t cap, head, count;
   int paused;     /* the loop waits on the pipeline: fetch no more */
   int quit;
-  int dead;       /* stopped: libnats' late callbacks touch nothing */
-  int closed_seen; /* libnats' closed callback ran: no more will come */
   char error[200]; /* the thread's last problem, for the loop to log */
   int error_new;
   int subscribed_new; /* the thread subscribed: the loop logs it */
-  _Atomic uint64_t a_reconnects, a_disconnects, a_pending, a_ack_pending;
-  _Atomic int a_connected, a_info;
+  _Atomic uint64_t a_pending, a_ack_pending;
+  _Atomic int a_info;
   /* the loop's */
   uv_async_t async;
   int async_open;
@@ -70,91 +66,43 @@ struct nats_in {
   natsMsg **to_ack, **acking;   /* done ok; acking waits for durable */
   size_t nto_ack, cto_ack, nacking, cacking;
   struct sl_durable dur;
-  int draining, stopping, was_connected, info_seen;
-  struct sl_log_limiter conn_log;
+  int draining, stopping, info_seen;
   uv_work_t close_req;
   /* metrics */
-  uint64_t acked, naked, redeliveries, reconnects, pending, ack_pending, bad,
+  uint64_t acked, naked, redeliveries, pending, ack_pending, bad,
       termed, in_flight;
 };
 
 static void log_thread_error(struct nats_in *ni, const char *what,
                              natsStatus s) {
-  uv_mutex_lock(&ni->mu);
+  uv_mutex_lock(&ni->nats.mu);
   snprintf(ni->error, sizeof(ni->error), "%s: %s (%s)", what,
            natsStatus_GetText(s), nats_GetLastError(NULL) ? nats_GetLastError(NULL) : "");
   ni->error_new = 1;
-  uv_mutex_unlock(&ni->mu);
+  uv_mutex_unlock(&ni->nats.mu);
   uv_async_send(&ni->async);
-}
-
-/* ---- connection events (libnats threads) -------------------------------- */
-
-/* libnats may call these after the input stopped: dead says so */
-static void wake(struct nats_in *ni) {
-  uv_mutex_lock(&ni->mu);
-  if (!ni->dead)
-    uv_async_send(&ni->async);
-  uv_mutex_unlock(&ni->mu);
-}
-
-static void on_disconnected(natsConnection *nc, void *closure) {
-  struct nats_in *ni = closure;
-  atomic_fetch_add(&ni->a_disconnects, 1);
-  atomic_store(&ni->a_connected, 0);
-  wake(ni);
-}
-
-static void on_reconnected(natsConnection *nc, void *closure) {
-  struct nats_in *ni = closure;
-  atomic_fetch_add(&ni->a_reconnects, 1);
-  atomic_store(&ni->a_connected, 1);
-  wake(ni);
-}
-
-/* The last callback libnats makes for a connection: after it the struct
- * may go. */
-static void on_closed(natsConnection *nc, void *closure) {
-  struct nats_in *ni = closure;
-  uv_mutex_lock(&ni->mu);
-  ni->closed_seen = 1;
-  uv_mutex_unlock(&ni->mu);
-  uv_cond_broadcast(&ni->cond);
 }
 
 /* ---- the fetch thread ---------------------------------------------------- */
 
 static int should_quit(struct nats_in *ni) {
   int q;
-  uv_mutex_lock(&ni->mu);
+  uv_mutex_lock(&ni->nats.mu);
   q = ni->quit;
-  uv_mutex_unlock(&ni->mu);
+  uv_mutex_unlock(&ni->nats.mu);
   return q;
 }
 
 static natsStatus connect_nats(struct nats_in *ni) {
-  natsOptions *opts = NULL;
   natsConnection *nc = NULL;
-  natsStatus s = natsOptions_Create(&opts);
-  if (s == NATS_OK) s = natsOptions_SetURL(opts, ni->url);
-  if (s == NATS_OK) s = natsOptions_SetName(opts, ni->in->cfg->name);
-  if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 1000);
-  if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
-  if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
-  if (s == NATS_OK) s = sl_natstls_apply(opts, &ni->in->cfg->tls);
-  if (s == NATS_OK)
-    s = natsOptions_SetDisconnectedCB(opts, on_disconnected, ni);
-  if (s == NATS_OK)
-    s = natsOptions_SetReconnectedCB(opts, on_reconnected, ni);
-  if (s == NATS_OK) s = natsOptions_SetClosedCB(opts, on_closed, ni);
-  if (s == NATS_OK) s = natsConnection_Connect(&nc, opts);
-  natsOptions_Destroy(opts);
+  natsStatus s = sl_nats_connect(&ni->nats, ni->url, ni->in->cfg->name,
+                                 &ni->in->cfg->tls, &nc);
   if (s != NATS_OK)
     return s;
-  uv_mutex_lock(&ni->mu);
+  uv_mutex_lock(&ni->nats.mu);
   ni->nc = nc;
-  uv_mutex_unlock(&ni->mu);
-  atomic_store(&ni->a_connected, 1);
+  uv_mutex_unlock(&ni->nats.mu);
+  atomic_store(&ni->nats.a_connected, 1);
   uv_async_send(&ni->async);
   return NATS_OK;
 }
@@ -217,23 +165,23 @@ static natsStatus setup(struct nats_in *ni) {
 /* Wait until the loop has room for want more messages; 0 when quitting. */
 static int wait_room(struct nats_in *ni, uint32_t want) {
   int ok;
-  uv_mutex_lock(&ni->mu);
+  uv_mutex_lock(&ni->nats.mu);
   while (!ni->quit && (ni->paused || ni->count + want > ni->cap))
-    uv_cond_wait(&ni->cond, &ni->mu);
+    uv_cond_wait(&ni->nats.cond, &ni->nats.mu);
   ok = !ni->quit;
-  uv_mutex_unlock(&ni->mu);
+  uv_mutex_unlock(&ni->nats.mu);
   return ok;
 }
 
 static void hand_over(struct nats_in *ni, natsMsg **msgs, int n) {
   int i;
-  uv_mutex_lock(&ni->mu);
+  uv_mutex_lock(&ni->nats.mu);
   for (i = 0; i < n; i++) {
     ni->ring[(ni->head + ni->count) % ni->cap] = msgs[i];
     ni->count++;
     msgs[i] = NULL;
   }
-  uv_mutex_unlock(&ni->mu);
+  uv_mutex_unlock(&ni->nats.mu);
   uv_async_send(&ni->async);
 }
 
@@ -273,9 +221,9 @@ static void fetch_thread(void *arg) {
       failing = 0;
       /* the server has the subscription once a round trip is back */
       natsConnection_FlushTimeout(ni->nc, 2000);
-      uv_mutex_lock(&ni->mu);
+      uv_mutex_lock(&ni->nats.mu);
       ni->subscribed_new = 1;
-      uv_mutex_unlock(&ni->mu);
+      uv_mutex_unlock(&ni->nats.mu);
       uv_async_send(&ni->async);
     }
     if (ni->js_mode) {
@@ -311,18 +259,6 @@ static void fetch_thread(void *arg) {
 
 /* ---- messages to events (loop) ------------------------------------------ */
 
-/* Headers the input sets itself (a NATS header of the same name is
- * dropped, and the output does not publish them). */
-static int is_meta(const char *k, size_t n) {
-  static const char *const names[] = {"nats-subject", "nats-stream",
-                                      "nats-seq", "nats-delivered", NULL};
-  int i;
-  for (i = 0; names[i]; i++)
-    if (strlen(names[i]) == n && strncasecmp(names[i], k, n) == 0)
-      return 1;
-  return 0;
-}
-
 static int put_pair(struct sl_buf *b, const char *k, const char *v,
                     uint32_t *n) {
   (*n)++;
@@ -353,7 +289,7 @@ static int build_headers(struct sl_buf *b, natsMsg *m, jsMsgMetaData *md,
       size_t ku, vu;
       sl_codec_read_str(p, end - p, &k, &ku);
       sl_codec_skip(p + ku, end - p - ku, end - p, &vu, NULL);
-      if (!is_meta(k.p, k.len)) {
+      if (!sl_nats_header_is_meta(k.p, k.len)) {
         if ((rc = sl_buf_append(b, p, ku + vu)))
           return rc;
         n++;
@@ -366,7 +302,7 @@ static int build_headers(struct sl_buf *b, natsMsg *m, jsMsgMetaData *md,
     if (natsMsgHeader_Keys(m, &keys, &count) == NATS_OK) {
       for (j = 0; j < count && rc == 0; j++) {
         const char *val = NULL;
-        if (is_meta(keys[j], strlen(keys[j])) ||
+        if (sl_nats_header_is_meta(keys[j], strlen(keys[j])) ||
             natsMsgHeader_Get(m, keys[j], &val) != NATS_OK || val == NULL)
           continue;
         rc = put_pair(b, keys[j], val, &n);
@@ -498,9 +434,6 @@ static const struct sl_metric m_naked = {
 static const struct sl_metric m_redelivered = {
     "sluice_nats_redeliveries_total", "JetStream messages received with a "
     "delivery count above 1.", SL_METRIC_COUNTER, {"input", NULL}};
-static const struct sl_metric m_reconnects = {
-    "sluice_nats_reconnects_total", "Reconnects of a nats input's or "
-    "output's connection.", SL_METRIC_COUNTER, {"name", NULL}};
 static const struct sl_metric m_pending = {
     "sluice_nats_consumer_pending", "Messages in the stream not yet "
     "delivered to the durable consumer (consumer info, every 2 s).",
@@ -687,8 +620,6 @@ static int submit(struct nats_in *ni, natsMsg *m) {
 }
 
 static void log_conn(struct nats_in *ni) {
-  uint64_t r = atomic_load(&ni->a_reconnects), suppressed = 0;
-  int connected = atomic_load(&ni->a_connected);
   ni->pending = atomic_load(&ni->a_pending);
   ni->ack_pending = atomic_load(&ni->a_ack_pending);
   if (!ni->info_seen && !ni->stopping && atomic_load(&ni->a_info)) {
@@ -701,15 +632,7 @@ static void log_conn(struct nats_in *ni) {
                         ni);
     }
   }
-  if (connected != ni->was_connected &&
-      sl_log_allow(&ni->conn_log, &suppressed))
-    sl_log(connected ? SL_LOG_INFO : SL_LOG_WARN,
-           connected ? (r ? "nats reconnected" : "nats connected")
-                     : "nats disconnected; libnats reconnects",
-           SL_S("input", ni->in->cfg->name), SL_S("url", ni->url),
-           SL_U("suppressed", suppressed), SL_END);
-  ni->was_connected = connected;
-  ni->reconnects = r;
+  sl_nats_changed(&ni->nats, "input", ni->in->cfg->name, ni->url);
 }
 
 /* Take messages from the ring until it is empty or the pipeline is full. */
@@ -717,29 +640,29 @@ static void drain_ring(struct nats_in *ni) {
   natsMsg *m;
   int woke = 0;
   for (;;) {
-    uv_mutex_lock(&ni->mu);
+    uv_mutex_lock(&ni->nats.mu);
     if (ni->paused || ni->count == 0) {
-      uv_mutex_unlock(&ni->mu);
+      uv_mutex_unlock(&ni->nats.mu);
       break;
     }
     m = ni->ring[ni->head];
     ni->head = (ni->head + 1) % ni->cap;
     ni->count--;
-    uv_mutex_unlock(&ni->mu);
+    uv_mutex_unlock(&ni->nats.mu);
     woke = 1;
     if (ni->draining) {
       nak(ni, m); /* another consumer takes it now */
       continue;
     }
     if (submit(ni, m) == SL_EAGAIN) {
-      uv_mutex_lock(&ni->mu);
+      uv_mutex_lock(&ni->nats.mu);
       ni->paused = 1; /* on_resume goes on */
-      uv_mutex_unlock(&ni->mu);
+      uv_mutex_unlock(&ni->nats.mu);
       break;
     }
   }
   if (woke)
-    uv_cond_signal(&ni->cond);
+    uv_cond_signal(&ni->nats.cond);
 }
 
 static void on_async(uv_async_t *a) {
@@ -747,14 +670,14 @@ static void on_async(uv_async_t *a) {
   char err[sizeof(ni->error)];
   int has_err, subscribed;
   uint64_t suppressed = 0;
-  uv_mutex_lock(&ni->mu);
+  uv_mutex_lock(&ni->nats.mu);
   has_err = ni->error_new;
   ni->error_new = 0;
   subscribed = ni->subscribed_new;
   ni->subscribed_new = 0;
   memcpy(err, ni->error, sizeof(err));
-  uv_mutex_unlock(&ni->mu);
-  if (has_err && sl_log_allow(&ni->conn_log, &suppressed))
+  uv_mutex_unlock(&ni->nats.mu);
+  if (has_err && sl_log_allow(&ni->nats.log, &suppressed))
     sl_log(SL_LOG_WARN, "nats input problem", SL_S("input", ni->in->cfg->name),
            SL_S("url", ni->url), SL_S("error", err),
            SL_U("suppressed", suppressed), SL_END);
@@ -771,10 +694,10 @@ static void on_async(uv_async_t *a) {
 
 static void on_resume(struct sl_source *s) {
   struct nats_in *ni = container_of(s, struct nats_in, src);
-  uv_mutex_lock(&ni->mu);
+  uv_mutex_lock(&ni->nats.mu);
   ni->paused = 0;
-  uv_mutex_unlock(&ni->mu);
-  uv_cond_signal(&ni->cond);
+  uv_mutex_unlock(&ni->nats.mu);
+  uv_cond_signal(&ni->nats.cond);
   drain_ring(ni);
 }
 
@@ -787,7 +710,7 @@ static int add_metrics(struct nats_in *ni) {
   if (r == NULL)
     return 0;
   rc |= sl_metric_add_u64(r, &m_bad, v, &ni->bad, ni);
-  rc |= sl_metric_add_u64(r, &m_reconnects, v, &ni->reconnects, ni);
+  rc |= sl_nats_add_metrics(&ni->nats, r, ni->in->cfg->name, ni);
   if (!ni->js_mode)
     return rc;
   rc |= sl_metric_add_u64(r, &m_in_flight, v, &ni->in_flight, ni);
@@ -810,8 +733,7 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   ni->in = in;
   ni->w = in->w;
   in->data = ni;
-  uv_mutex_init(&ni->mu);
-  uv_cond_init(&ni->cond);
+  sl_nats_init(&ni->nats, &ni->async);
   ni->url = VAL("url");
   ni->subject = VAL("subject");
   ni->stream = VAL("stream");
@@ -840,7 +762,6 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   if ((ni->ring = calloc(ni->cap, sizeof(*ni->ring))) == NULL ||
       (ni->tracker = sl_tracker_new(on_done, ni)) == NULL)
     return SL_ENOMEM;
-  sl_log_limiter_init(&ni->conn_log, 10000, 5);
   sl_source_init(&ni->src, in, on_resume);
   ni->dur.on_durable = on_durable;
   uv_async_init(&in->w->loop, &ni->async, on_async);
@@ -867,14 +788,14 @@ static void cb_drain(struct sl_input *in) {
   if (ni == NULL)
     return;
   ni->draining = 1;
-  uv_mutex_lock(&ni->mu);
+  uv_mutex_lock(&ni->nats.mu);
   ni->quit = 1; /* fetch no more; what it hands over yet is naked */
-  uv_mutex_unlock(&ni->mu);
-  uv_cond_signal(&ni->cond);
+  uv_mutex_unlock(&ni->nats.mu);
+  uv_cond_signal(&ni->nats.cond);
   if (ni->src.held == NULL) {
-    uv_mutex_lock(&ni->mu);
+    uv_mutex_lock(&ni->nats.mu);
     ni->paused = 0;
-    uv_mutex_unlock(&ni->mu);
+    uv_mutex_unlock(&ni->nats.mu);
     drain_ring(ni);
   }
 }
@@ -893,20 +814,12 @@ static uint32_t cb_busy(struct sl_input *in) {
 static void close_work(uv_work_t *req) {
   struct nats_in *ni = container_of(req, struct nats_in, close_req);
   natsConnection *nc;
-  uv_mutex_lock(&ni->mu);
+  uv_mutex_lock(&ni->nats.mu);
   ni->quit = 1;
   nc = ni->nc;
-  uv_mutex_unlock(&ni->mu);
-  uv_cond_signal(&ni->cond);
-  if (nc) {
-    natsConnection_FlushTimeout(nc, 2000);
-    natsConnection_Close(nc);
-    uv_mutex_lock(&ni->mu);
-    while (!ni->closed_seen &&
-           uv_cond_timedwait(&ni->cond, &ni->mu, 2000000000ull) == 0)
-      ;
-    uv_mutex_unlock(&ni->mu);
-  }
+  uv_mutex_unlock(&ni->nats.mu);
+  uv_cond_signal(&ni->nats.cond);
+  sl_nats_close(&ni->nats, nc, 2000);
   if (ni->thread_started)
     uv_thread_join(&ni->thread);
   natsSubscription_Destroy(ni->sub);
@@ -923,14 +836,8 @@ static void free_in(struct nats_in *ni) {
   free(ni->to_ack);
   free(ni->acking);
   in->data = NULL;
-  uv_mutex_lock(&ni->mu);
-  ni->dead = 1;
-  uv_mutex_unlock(&ni->mu);
-  if (ni->nc == NULL || ni->closed_seen) {
-    uv_mutex_destroy(&ni->mu);
-    uv_cond_destroy(&ni->cond);
+  if (sl_nats_release(&ni->nats, ni->nc != NULL))
     free(ni);
-  } /* else libnats may still call us: the struct stays */
   sl_input_stopped(in);
 }
 
@@ -969,11 +876,11 @@ static void cb_stop(struct sl_input *in) {
     ni->nto_ack = 0;
     sl_tracker_close(ni->tracker);
   }
-  uv_mutex_lock(&ni->mu);
+  uv_mutex_lock(&ni->nats.mu);
   for (i = 0; i < ni->count; i++)
     nak(ni, ni->ring[(ni->head + i) % ni->cap]);
   ni->count = 0;
-  uv_mutex_unlock(&ni->mu);
+  uv_mutex_unlock(&ni->nats.mu);
   if (!ni->async_open) {
     free_in(ni);
     return;

@@ -6,15 +6,14 @@
  * pauses when an output blocks; a UDP socket cannot make its senders wait,
  * so datagrams that arrive while its event is held are dropped and
  * counted. A malformed message is kept raw or dead-lettered, an oversized
- * one skipped; neither closes the connection. Owns its listener or socket
- * and, through the listener, its connections. */
+ * one skipped; neither closes the connection. Owns its socket; the
+ * listener, the connection count and the stop are worker/framed.c's. */
 #include <stdlib.h>
 #include <string.h>
 
+#include "framed.h"
 #include "plugins.h"
 #include "syslog.h"
-#include "tls.h"
-#include "worker.h"
 
 enum { ON_MALFORMED_RAW = 0, ON_MALFORMED_DEAD_LETTER = 1 };
 
@@ -23,9 +22,7 @@ enum { ON_MALFORMED_RAW = 0, ON_MALFORMED_DEAD_LETTER = 1 };
 #define UDP_MAX 65536       /* the largest datagram there is */
 
 struct syslog_in {
-  struct sl_input *in;
-  struct sl_listener listener; /* tcp */
-  struct sl_tls *tls;          /* tls = {...}: its context; NULL: plain */
+  struct sl_framed f;          /* tcp: the listener, its conns, the stop */
   uv_udp_t udp;
   struct sl_source udp_src;    /* the socket: holds one event at a time */
   char *rbuf;                  /* udp receive buffer, rcap bytes */
@@ -35,14 +32,10 @@ struct syslog_in {
   enum sl_syslog_format format;
   int on_malformed;
   const char *topic;           /* the template */
-  int listener_closed;         /* or never opened */
-  int stopping;
-  uint32_t live; /* conns not yet freed */
 };
 
-/* Everything closed: the input can go. */
-static int closed(const struct syslog_in *si) {
-  return si->listener_closed && si->udp_closed && si->live == 0;
+static struct syslog_in *syslog_in(struct sl_input *in) {
+  return container_of((struct sl_framed *)in->data, struct syslog_in, f);
 }
 
 struct syslog_conn {
@@ -171,7 +164,7 @@ static void log_bad(struct sl_input *in, const char *peer, const char *msg,
  * (counted). */
 static int deliver(struct syslog_in *si, struct sl_source *src,
                    const char *peer, const char *p, size_t n) {
-  struct sl_input *in = si->in;
+  struct sl_input *in = si->f.in;
   struct sl_worker *w = in->w;
   struct sl_syslog_msg m;
   struct sl_buf pay, hdr;
@@ -274,7 +267,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
     if (n == 0 ||
         (start == 0 && (n == 1 || (n == 2 && data[pos - 2] == '\r'))))
       continue; /* an empty frame or line */
-    rc = deliver(in->data, &sc->src, sl_conn_peer(c),
+    rc = deliver(syslog_in(in), &sc->src, sl_conn_peer(c),
                  (const char *)data + pos - n, n);
     if (rc == SL_EAGAIN) {
       sl_conn_pause(c); /* on_resume reads on */
@@ -295,8 +288,8 @@ static void on_resume(struct sl_source *s) {
     return;
   }
   sl_conn_resume(sc->conn);
-  if (sl_conn_read_stopped(sc->conn) && sc->src.held == NULL)
-    sl_conn_close(sc->conn); /* draining: its messages are in */
+  /* draining: its messages are in */
+  sl_framed_close_if_drained(s->input->data, sc->conn);
 }
 
 static void cb_eof(struct sl_conn *c, int status) {
@@ -312,17 +305,11 @@ static void cb_eof(struct sl_conn *c, int status) {
     sc->src.input->stats.bad_input++;
 }
 
-static void finish(struct syslog_in *si);
-
 static void cb_close(struct sl_conn *c) {
   struct syslog_conn *sc = sl_conn_proto(c);
-  struct syslog_in *si = sc->src.input->data;
-  sl_source_close(&sc->src);
-  free(sc);
-  si->live--;
-  si->in->stats.connections_open--;
-  if (si->stopping && closed(si))
-    finish(si);
+  struct sl_framed *f = sc->src.input->data;
+  sl_framed_closing(f, &sc->src);
+  sl_framed_free(f, sc);
 }
 
 static const struct sl_conn_ops conn_ops = {
@@ -331,59 +318,19 @@ static const struct sl_conn_ops conn_ops = {
     .cb_close = cb_close,
 };
 
-static int on_accept(struct sl_listener *l, struct sl_conn *c) {
-  struct syslog_in *si = l->data;
+static int on_accept(struct sl_framed *f, struct sl_conn *c) {
   struct syslog_conn *sc = calloc(1, sizeof(*sc));
   if (sc == NULL)
     return SL_ENOMEM;
-  sl_source_init(&sc->src, si->in, on_resume);
+  sl_source_init(&sc->src, f->in, on_resume);
   sc->conn = c;
   sl_conn_set_ops(c, &conn_ops, sc);
-  si->live++;
-  si->in->stats.connections_total++;
-  si->in->stats.connections_open++;
   return 0;
 }
 
-static void on_listener_closed(struct sl_listener *l) {
-  struct syslog_in *si = l->data;
-  si->listener_closed = 1;
-  if (si->stopping && closed(si))
-    finish(si);
-}
-
-static int start_tcp(struct syslog_in *si, char *err, size_t errlen) {
-  struct sl_input *in = si->in;
-  struct sl_endpoint ep;
-  int rc;
-  si->listener.idle_ms = in->cfg->idle_timeout_ms;
-  si->listener.partial_ms = in->cfg->event_timeout_ms;
-  si->listener.max_conns = in->cfg->max_connections;
-  si->listener.displace_ms = in->cfg->event_timeout_ms;
-  si->listener.max_pending = in->cfg->max_pending_bytes;
-  si->listener.fd_guard = 1;
-  si->listener.name = in->cfg->name;
-  /* a whole frame fits: its count, the message and one read beyond */
-  si->listener.max_buffered = (size_t)in->w->cfg->max_event_bytes + 65536;
-  si->listener.on_closed = on_listener_closed;
-  in->stats.listener = &si->listener;
-  if (in->cfg->tls.enabled &&
-      (si->tls = sl_tls_new(&in->cfg->tls, 1, in->cfg->listen, in->cfg->name,
-                            err, errlen)) == NULL) {
-    si->listener_closed = 1;
-    return SL_EINVAL;
-  }
-  rc = sl_endpoint_init(&ep, SL_ENDPOINT_TCP, in->cfg->listen, NULL, 0);
-  if (rc == 0)
-    rc = sl_endpoint_set_tls(&ep, si->tls);
-  if (rc != 0) {
-    snprintf(err, errlen, "cannot listen on %s: %s", in->cfg->listen,
-             uv_strerror(rc));
-    si->listener_closed = 1;
-    return rc;
-  }
-  return sl_listener_start(&si->listener, &in->w->loop, &ep, on_accept, si,
-                           err, errlen);
+static int is_drained(struct sl_conn *c) {
+  struct syslog_conn *sc = sl_conn_proto(c);
+  return sc->src.held == NULL;
 }
 
 /* ---- udp ---------------------------------------------------------------- */
@@ -396,7 +343,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 static void on_recv(uv_udp_t *h, ssize_t nread, const uv_buf_t *buf,
                     const struct sockaddr *addr, unsigned flags) {
   struct syslog_in *si = container_of(h, struct syslog_in, udp);
-  struct sl_input *in = si->in;
+  struct sl_input *in = si->f.in;
   char peer[64] = "udp";
   if (nread < 0) {
     sl_log(SL_LOG_WARN, "udp receive failed", SL_S("input", in->cfg->name),
@@ -438,12 +385,11 @@ static void on_udp_resume(struct sl_source *s) {
 static void on_udp_closed(uv_handle_t *h) {
   struct syslog_in *si = container_of((uv_udp_t *)h, struct syslog_in, udp);
   si->udp_closed = 1;
-  if (si->stopping && closed(si))
-    finish(si);
+  sl_framed_check(&si->f);
 }
 
 static int start_udp(struct syslog_in *si, char *err, size_t errlen) {
-  struct sl_input *in = si->in;
+  struct sl_input *in = si->f.in;
   struct sl_endpoint ep;
   int rc;
   si->rcap = (size_t)in->w->cfg->max_event_bytes + 1; /* one over: refused */
@@ -487,6 +433,25 @@ static int check_topic(const char *t, char *err, size_t errlen) {
   return 0;
 }
 
+static int udp_open(const struct sl_framed *f) {
+  return !container_of(f, struct syslog_in, f)->udp_closed;
+}
+
+static void on_free(struct sl_framed *f) {
+  struct syslog_in *si = container_of(f, struct syslog_in, f);
+  if (si->rbuf)
+    sl_source_close(&si->udp_src);
+  free(si->rbuf);
+  free(si);
+}
+
+static const struct sl_framed_ops framed_ops = {
+    .cb_accept = on_accept,
+    .cb_drained = is_drained,
+    .cb_open = udp_open,
+    .cb_free = on_free,
+};
+
 static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   const struct sl_config_value *v = in->cfg->values;
   int nv = in->cfg->nvalues;
@@ -494,9 +459,8 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   int rc;
   if (si == NULL)
     return SL_ENOMEM;
-  si->in = in;
-  in->data = si;
-  si->listener_closed = si->udp_closed = 1; /* until something opens */
+  sl_framed_init(&si->f, in, &framed_ops);
+  si->udp_closed = 1; /* until it opens */
   si->udp_address = sl_config_value_str(v, nv, "udp");
   si->format = (enum sl_syslog_format)sl_config_value_num(v, nv, "format");
   si->on_malformed = (int)sl_config_value_num(v, nv, "on_malformed");
@@ -509,24 +473,13 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
     snprintf(err, errlen, "set listen (tcp) or udp, or both");
     return SL_EINVAL;
   }
-  if (in->cfg->listen) {
-    si->listener_closed = 0;
-    if ((rc = start_tcp(si, err, errlen)) != 0)
-      return rc;
-  }
+  /* a whole frame fits: its count, the message and one read beyond */
+  if (in->cfg->listen &&
+      (rc = sl_framed_listen(&si->f, SL_ENDPOINT_TCP,
+                             (size_t)in->w->cfg->max_event_bytes + 65536, err,
+                             errlen)) != 0)
+    return rc;
   return si->udp_address ? start_udp(si, err, errlen) : 0;
-}
-
-static void finish(struct syslog_in *si) {
-  struct sl_input *in = si->in;
-  in->data = NULL;
-  in->stats.listener = NULL;
-  if (si->rbuf)
-    sl_source_close(&si->udp_src);
-  sl_tls_free(si->tls);
-  free(si->rbuf);
-  free(si);
-  sl_input_stopped(in);
 }
 
 static void close_udp(struct syslog_in *si) {
@@ -539,45 +492,26 @@ static void close_udp(struct syslog_in *si) {
 }
 
 static void cb_drain(struct sl_input *in) {
-  struct syslog_in *si = in->data;
-  struct sl_conn *c, *next;
+  struct syslog_in *si = in->data ? syslog_in(in) : NULL;
   if (si == NULL)
     return;
   if (si->udp_open)
     uv_udp_recv_stop(&si->udp); /* the held event still goes in */
-  if (in->cfg->listen == NULL)
-    return;
-  sl_listener_stop(&si->listener);
-  for (c = sl_listener_next(&si->listener, NULL); c; c = next) {
-    struct syslog_conn *sc = sl_conn_proto(c);
-    next = sl_listener_next(&si->listener, c);
-    sl_conn_stop_reading(c);
-    if (sc->src.held == NULL)
-      sl_conn_close(c);
-  }
+  if (in->cfg->listen)
+    sl_framed_drain(in);
 }
 
 static uint32_t cb_busy(struct sl_input *in) {
-  struct syslog_in *si = in->data;
+  struct syslog_in *si = in->data ? syslog_in(in) : NULL;
   if (si == NULL)
     return 0;
-  return si->live + (si->udp_src.held != NULL);
+  return si->f.live + (si->udp_src.held != NULL);
 }
 
 static void cb_stop(struct sl_input *in) {
-  struct syslog_in *si = in->data;
-  if (si == NULL) {
-    sl_input_stopped(in);
-    return;
-  }
-  si->stopping = 1;
-  close_udp(si);
-  if (!si->listener_closed || si->live > 0) {
-    sl_listener_stop(&si->listener);
-    sl_listener_close_conns(&si->listener);
-  }
-  if (closed(si))
-    finish(si);
+  if (in->data)
+    close_udp(syslog_in(in));
+  sl_framed_stop(in);
 }
 
 static const struct sl_input_ops ops = {

@@ -9,14 +9,14 @@
  * else {"payload": value}. Optional gzip (CompressedPackedForward), the
  * shared-key handshake as client, and TLS. Reports to the output core
  * (sl_output_written, sl_output_done), which owns batching and backoff.
- * Owns its connection and watchdog timer. */
+ * The connection, its watchdog and the write in flight are worker/peer.c's;
+ * this file frames events, answers the handshake and reads acks. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "forward.h"
+#include "peer.h"
 #include "plugins.h"
-#include "tls.h"
-#include "worker.h"
 
 /* A frame written and not yet acked. */
 struct fwd_chunk {
@@ -28,25 +28,18 @@ enum fwd_state {
   FS_DOWN = 0,   /* no conn, or connecting */
   FS_HELO,       /* connected; waiting for HELO (shared_key) */
   FS_PONG,       /* PING sent; waiting for PONG */
-  FS_READY       /* writes go */
+  FS_READY       /* writes go (peer.ready) */
 };
 
 struct fwd_out {
-  struct sl_output *o;
-  struct sl_conn *conn;   /* NULL while disconnected */
-  struct sl_tls *tls;
-  uv_timer_t watchdog;    /* retry.timeout_ms on what waits for the peer */
-  struct sl_buf batch;    /* the frames of the write in flight */
+  struct sl_peer peer;    /* the conn, its watchdog, the write in flight
+                             (peer.batch: its frames) */
   struct sl_buf entries;  /* one frame's entries, before gzip */
   struct sl_buf zipped;
   struct fwd_chunk *chunks; /* unacked frames, oldest first */
   uint32_t nchunks, capchunks;
-  uint32_t nevents;       /* events of the write in flight */
   enum fwd_state state;
-  int writing;
-  int closing;
-  int was_down, down_logged;
-  int ack, gzip;
+  int gzip;
   const char *shared_key; /* NULL: no handshake */
   char hostname[256];     /* self_hostname, sent in PING */
   char salt[33];          /* this connection's PING salt (hex) */
@@ -55,87 +48,8 @@ struct fwd_out {
   size_t max_chunk;       /* entries per frame, before gzip */
 };
 
-static void on_watchdog(uv_timer_t *t);
-
-static void watch(struct fwd_out *n, int progress) {
-  uint32_t ms = n->o->cfg->retry.timeout_ms;
-  int waiting = n->conn && (n->state != FS_READY || n->writing ||
-                            n->nchunks > 0);
-  if (ms == 0 || n->closing)
-    return;
-  if (!waiting)
-    uv_timer_stop(&n->watchdog);
-  else if (progress || !uv_is_active((uv_handle_t *)&n->watchdog))
-    uv_timer_start(&n->watchdog, on_watchdog, ms, 0);
-}
-
-/* The conn is gone (or given up): everything unconfirmed goes again after
- * the core's backoff. error: what failed, or NULL for status's text. */
-static void lost(struct fwd_out *n, int status, const char *error) {
-  struct sl_output *o = n->o;
-  char why[320];
-  int resolve = n->state == FS_DOWN && sl_conn_resolve_error(status);
-  if (resolve)
-    o->stats.resolve_failures++;
-  if (resolve)
-    snprintf(why, sizeof(why), "cannot resolve %s: %s", o->cfg->address,
-             uv_strerror(status));
-  else
-    snprintf(why, sizeof(why), "%s",
-             error ? error : status ? uv_strerror(status) : "closed by peer");
-  if (n->state == FS_READY || !n->down_logged)
-    sl_log(SL_LOG_WARN, "forward peer unreachable; reconnecting with backoff",
-           SL_S("output", o->cfg->name),
-           SL_S("peer", n->conn ? sl_conn_peer(n->conn) : o->cfg->address),
-           SL_S("error", why), SL_END);
-  n->was_down = 1;
-  n->down_logged = 1;
-  n->state = FS_DOWN;
-  n->conn = NULL;
-  n->nevents = 0;
-  n->writing = 0;
-  n->nchunks = 0;
-  sl_buf_reset(&n->batch);
-  if (!n->closing)
-    uv_timer_stop(&n->watchdog);
-  sl_output_done(o, 0, SL_WRITE_RETRY, why);
-}
-
-/* Let go of the conn (its callbacks no longer reach n) and report. */
-static void drop(struct fwd_out *n, int status, const char *error) {
-  struct sl_conn *c = n->conn;
-  if (c) {
-    sl_conn_set_proto(c, NULL);
-    sl_conn_close(c);
-  }
-  lost(n, status, error);
-}
-
-static void on_watchdog(uv_timer_t *t) {
-  struct fwd_out *n = t->data;
-  char why[96];
-  if (n->conn == NULL || n->closing)
-    return;
-  snprintf(why, sizeof(why), "no answer from the peer within %u ms (%s)",
-           n->o->cfg->retry.timeout_ms,
-           n->state != FS_READY ? "connect or handshake"
-           : n->writing         ? "write"
-                                : "ack");
-  drop(n, UV_ETIMEDOUT, why);
-}
-
-static void ready(struct fwd_out *n) {
-  n->state = FS_READY;
-  if (n->was_down)
-    sl_log(SL_LOG_INFO, "forward peer connected",
-           SL_S("output", n->o->cfg->name),
-           SL_S("peer", sl_conn_peer(n->conn)), SL_END);
-  n->was_down = 0;
-  n->down_logged = 0;
-  if (n->o->q.count == 0)
-    sl_output_reachable(n->o);
-  watch(n, 1);
-  sl_output_kick(n->o);
+static struct fwd_out *fwd(struct sl_peer *p) {
+  return container_of(p, struct fwd_out, peer);
 }
 
 /* ---- the handshake as client ------------------------------------------ */
@@ -186,7 +100,7 @@ static int on_helo(struct fwd_out *n, const uint8_t *p, size_t len) {
        sl_codec_put_str(&b, digest, 128) || sl_codec_put_str(&b, "", 0) ||
        sl_codec_put_str(&b, "", 0)
            ? SL_ENOMEM
-           : sl_conn_write(n->conn, &b, NULL, NULL);
+           : sl_conn_write(n->peer.conn, &b, NULL, NULL);
   sl_buf_close(&b);
   if (rc == 0)
     n->state = FS_PONG;
@@ -258,24 +172,23 @@ static int on_ack(struct fwd_out *n, const uint8_t *p, size_t len) {
   k = n->chunks[0].events;
   memmove(n->chunks, n->chunks + 1, (n->nchunks - 1) * sizeof(*n->chunks));
   n->nchunks--;
-  sl_output_done(n->o, k, SL_WRITE_OK, NULL);
-  watch(n, 1);
+  sl_output_done(n->peer.o, k, SL_WRITE_OK, NULL);
+  sl_peer_progress(&n->peer);
   return 0;
 }
 
-static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
-  struct fwd_out *n = sl_conn_proto(c);
+static size_t on_data(struct sl_peer *p, struct sl_conn *c,
+                      const uint8_t *data, size_t len) {
+  struct fwd_out *n = fwd(p);
   size_t pos = 0, used;
   char why[300];
   int rc;
-  if (n == NULL)
-    return len;
-  while (pos < len && n->conn == c) {
+  while (pos < len && p->conn == c) {
     rc = sl_codec_skip(data + pos, len - pos, 4096, &used, NULL);
     if (rc == SL_EAGAIN && len - pos < 4096)
       break;
     snprintf(why, sizeof(why), "the peer sent a bad %s",
-             n->state == FS_READY ? "ack" : "handshake message");
+             p->ready ? "ack" : "handshake message");
     if (rc == 0) {
       if (n->state == FS_HELO) {
         rc = on_helo(n, data + pos, used);
@@ -284,17 +197,19 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
                    "authentication, which is not supported");
       } else if (n->state == FS_PONG) {
         rc = on_pong(n, data + pos, used, why, sizeof(why));
-        if (rc == 0)
-          ready(n);
-      } else if (n->ack) {
+        if (rc == 0) {
+          n->state = FS_READY;
+          sl_peer_ready(p);
+        }
+      } else if (p->ack) {
         rc = on_ack(n, data + pos, used);
       }
     }
     if (rc != 0) {
       sl_log(SL_LOG_ERROR, "forward peer misbehaves; reconnecting",
-             SL_S("output", n->o->cfg->name), SL_S("peer", sl_conn_peer(c)),
+             SL_S("output", p->o->cfg->name), SL_S("peer", sl_conn_peer(c)),
              SL_S("error", why), SL_END);
-      drop(n, UV_EPROTO, why);
+      sl_peer_drop(p, UV_EPROTO, why);
       return len;
     }
     pos += used;
@@ -302,58 +217,35 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
   return pos;
 }
 
-static void cb_eof(struct sl_conn *c, int status) {
-  struct fwd_out *n = sl_conn_proto(c);
-  if (n == NULL)
-    return;
-  sl_conn_set_proto(c, NULL);
-  lost(n, status, NULL);
+/* With a shared_key the peer speaks first (HELO). */
+static int on_connected(struct sl_peer *p) {
+  struct fwd_out *n = fwd(p);
+  n->state = n->shared_key ? FS_HELO : FS_READY;
+  return n->state == FS_HELO;
 }
 
-static void cb_connect(struct sl_conn *c, int status) {
-  struct fwd_out *n = sl_conn_proto(c);
-  if (n == NULL)
-    return;
-  if (status != 0) {
-    sl_conn_set_proto(c, NULL);
-    lost(n, status, NULL);
-    return;
-  }
-  if (n->shared_key) {
-    n->state = FS_HELO; /* the peer speaks first */
-    watch(n, 1);
-    return;
-  }
-  ready(n);
+static void on_lost(struct sl_peer *p) {
+  fwd(p)->state = FS_DOWN;
+  fwd(p)->nchunks = 0;
 }
 
-static const struct sl_conn_ops conn_ops = {
-    .cb_data = cb_data,
-    .cb_eof = cb_eof,
-    .cb_connect = cb_connect,
+static void on_free(struct sl_peer *p) {
+  struct fwd_out *n = fwd(p);
+  sl_buf_close(&n->entries);
+  sl_buf_close(&n->zipped);
+  free(n->chunks);
+  free(n);
+}
+
+static const struct sl_peer_ops peer_ops = {
+    .up = "forward peer connected",
+    .down = "forward peer unreachable; reconnecting with backoff",
+    .handshake = "connect or handshake",
+    .cb_connected = on_connected,
+    .cb_data = on_data,
+    .cb_lost = on_lost,
+    .cb_free = on_free,
 };
-
-static void connect_now(struct fwd_out *n) {
-  struct sl_endpoint ep;
-  if (n->closing || n->conn)
-    return;
-  if (sl_endpoint_init(&ep, SL_ENDPOINT_TCP, n->o->cfg->address, NULL, 0) ==
-          0 &&
-      sl_endpoint_set_tls(&ep, n->tls) == 0)
-    n->conn = sl_conn_connect(&n->o->w->loop, &ep, &conn_ops, n);
-  if (n->conn == NULL) {
-    n->was_down = 1;
-    sl_output_done(n->o, 0, SL_WRITE_RETRY, "cannot start a connection");
-    return;
-  }
-  watch(n, 1);
-}
-
-static void cb_retry(struct sl_output *o) {
-  struct fwd_out *n = o->data;
-  if (n)
-    connect_now(n);
-}
 
 /* ---- writes -------------------------------------------------------------- */
 
@@ -386,14 +278,16 @@ static int put_entry(struct sl_buf *b, const struct sl_event *ev) {
 /* Append one frame of events [from, to) of the batch (same topic). */
 static int put_frame(struct fwd_out *n, const struct sl_batch *b,
                      uint32_t from, uint32_t to) {
-  struct sl_event *first = sl_queue_at(&n->o->q, b->first + from);
+  struct sl_output *o = n->peer.o;
+  struct sl_buf *out = &n->peer.batch;
+  struct sl_event *first = sl_queue_at(&o->q, b->first + from);
   struct sl_str tag = sl_event_topic(first);
   struct sl_buf *body = &n->entries;
   struct fwd_chunk *ch;
   uint32_t i;
   sl_buf_reset(&n->entries);
   for (i = from; i < to; i++)
-    if (put_entry(&n->entries, sl_queue_at(&n->o->q, b->first + i)) != 0)
+    if (put_entry(&n->entries, sl_queue_at(&o->q, b->first + i)) != 0)
       return SL_ENOMEM;
   if (n->gzip) {
     sl_buf_reset(&n->zipped);
@@ -413,47 +307,27 @@ static int put_frame(struct fwd_out *n, const struct sl_batch *b,
   if (sl_forward_chunk_id(ch->id) != 0)
     return SL_EIO;
   ch->events = to - from;
-  if (sl_codec_put_array(&n->batch, 3) ||
-      sl_codec_put_str(&n->batch, tag.p, tag.len) ||
-      sl_codec_put_bin(&n->batch, body->data, body->len) ||
-      sl_codec_put_map(&n->batch, 2 + (n->ack ? 1 : 0)) ||
-      sl_codec_put_str(&n->batch, "size", 4) ||
-      sl_codec_put_uint(&n->batch, to - from) ||
-      sl_codec_put_str(&n->batch, "compressed", 10) ||
-      sl_codec_put_str(&n->batch, n->gzip ? "gzip" : "text", 4))
+  if (sl_codec_put_array(out, 3) || sl_codec_put_str(out, tag.p, tag.len) ||
+      sl_codec_put_bin(out, body->data, body->len) ||
+      sl_codec_put_map(out, 2 + (n->peer.ack ? 1 : 0)) ||
+      sl_codec_put_str(out, "size", 4) ||
+      sl_codec_put_uint(out, to - from) ||
+      sl_codec_put_str(out, "compressed", 10) ||
+      sl_codec_put_str(out, n->gzip ? "gzip" : "text", 4))
     return SL_ENOMEM;
-  if (n->ack && (sl_codec_put_str(&n->batch, "chunk", 5) ||
-                 sl_codec_put_str(&n->batch, ch->id, strlen(ch->id))))
+  if (n->peer.ack && (sl_codec_put_str(out, "chunk", 5) ||
+                      sl_codec_put_str(out, ch->id, strlen(ch->id))))
     return SL_ENOMEM;
-  if (n->ack)
+  if (n->peer.ack)
     n->nchunks++;
   return 0;
 }
 
-static void on_written(struct sl_conn *c, int status, void *arg) {
-  struct fwd_out *n = sl_conn_proto(c);
-  (void)arg;
-  if (n == NULL)
-    return;
-  if (status != 0) {
-    drop(n, status, NULL);
-    return;
-  }
-  n->writing = 0;
-  if (n->ack)
-    sl_output_written(n->o); /* they leave with the peer's acks */
-  else
-    sl_output_done(n->o, n->nevents, SL_WRITE_OK, NULL);
-  n->nevents = 0;
-  watch(n, 1);
-}
-
 static void cb_write(struct sl_output *o, const struct sl_batch *b) {
-  struct fwd_out *n = o->data;
+  struct fwd_out *n = fwd(o->data);
   uint32_t i, from = 0;
   size_t bytes = 0;
-  int rc;
-  sl_buf_reset(&n->batch);
+  sl_buf_reset(&n->peer.batch);
   for (i = 0; i < b->n; i++) {
     struct sl_event *ev = sl_queue_at(&o->q, b->first + i);
     struct sl_event *prev = i ? sl_queue_at(&o->q, b->first + i - 1) : ev;
@@ -469,17 +343,10 @@ static void cb_write(struct sl_output *o, const struct sl_batch *b) {
   }
   if (put_frame(n, b, from, b->n) != 0)
     goto nomem;
-  n->nevents = b->n;
-  n->writing = 1;
-  rc = sl_conn_write(n->conn, &n->batch, on_written, n);
-  if (rc != 0) {
-    drop(n, rc, NULL);
-    return;
-  }
-  watch(n, 0);
+  sl_peer_write(&n->peer, b->n);
   return;
 nomem:
-  drop(n, UV_ENOMEM, "out of memory building a frame");
+  sl_peer_drop(&n->peer, UV_ENOMEM, "out of memory building a frame");
 }
 
 /* ---- the output ------------------------------------------------------- */
@@ -491,8 +358,9 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   size_t len = sizeof(n->hostname);
   if (n == NULL)
     return SL_ENOMEM;
-  n->o = o;
-  n->ack = sl_config_value_num(cfg->values, cfg->nvalues, "require_ack") == 1;
+  sl_peer_init(&n->peer, o, &peer_ops, SL_ENDPOINT_TCP, cfg->address,
+               sl_config_value_num(cfg->values, cfg->nvalues,
+                                   "require_ack") == 1);
   n->gzip = sl_config_value_num(cfg->values, cfg->nvalues, "compress") == 1;
   n->shared_key = sl_config_value_str(cfg->values, cfg->nvalues,
                                       "shared_key");
@@ -503,60 +371,19 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
     snprintf(n->hostname, sizeof(n->hostname), "%s", s);
   else if (uv_os_gethostname(n->hostname, &len) != 0)
     snprintf(n->hostname, sizeof(n->hostname), "sluice");
-  n->was_down = 1;
-  sl_buf_init(&n->batch);
   sl_buf_init(&n->entries);
   sl_buf_init(&n->zipped);
-  uv_timer_init(&o->w->loop, &n->watchdog);
-  n->watchdog.data = n;
-  o->data = n;
-  o->acks = n->ack;
   o->max_event_bytes = o->w->cfg->max_event_bytes;
   o->max_event_note = " (the record a forward peer takes)";
-  if (cfg->tls.enabled &&
-      (n->tls = sl_tls_new(&cfg->tls, 0, cfg->address, cfg->name, err,
-                           errlen)) == NULL)
-    return SL_EINVAL; /* cb_stop frees n */
-  connect_now(n);
-  return 0;
-}
-
-static void on_timer_closed(uv_handle_t *h) {
-  struct fwd_out *n = h->data;
-  struct sl_output *o = n->o;
-  sl_buf_close(&n->batch);
-  sl_buf_close(&n->entries);
-  sl_buf_close(&n->zipped);
-  free(n->chunks);
-  sl_tls_free(n->tls);
-  free(n);
-  o->data = NULL;
-  sl_output_stopped(o);
-}
-
-static void cb_stop(struct sl_output *o) {
-  struct fwd_out *n = o->data;
-  n->closing = 1;
-  if (n->conn) {
-    struct sl_conn *c = n->conn;
-    sl_conn_set_proto(c, NULL);
-    n->conn = NULL;
-    sl_conn_close(c);
-  }
-  uv_close((uv_handle_t *)&n->watchdog, on_timer_closed);
-}
-
-static int cb_healthy(struct sl_output *o) {
-  struct fwd_out *n = o->data;
-  return n && n->state == FS_READY && !n->closing;
+  return sl_peer_start(&n->peer, err, errlen);
 }
 
 static const struct sl_output_ops ops = {
     .cb_start = cb_start,
     .cb_write = cb_write,
-    .cb_retry = cb_retry,
-    .cb_stop = cb_stop,
-    .cb_healthy = cb_healthy,
+    .cb_retry = sl_peer_retry,
+    .cb_stop = sl_peer_stop,
+    .cb_healthy = sl_peer_healthy,
 };
 
 static const char *const compress_choices[] = {"none", "gzip", NULL};

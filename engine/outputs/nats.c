@@ -18,11 +18,10 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <nats/nats.h>
 
-#include "natstls.h"
+#include "nats.h"
 #include "plugins.h"
 
 enum { OUT_EVENT, OUT_JSON, OUT_PAYLOAD };
@@ -52,34 +51,27 @@ struct nats_out {
   uv_async_t async;
   int handles;
   int closing;
-  int dead;           /* under mu: stopped, callbacks touch nothing */
   int ever_connected; /* libnats may hold our closure */
-  int closed_seen;    /* under mu: its closed callback ran, none follow */
-  uv_cond_t cond;
   uv_work_t close_req;
+  struct sl_nats nats; /* its mu also guards the acks below */
   /* acks from libnats' thread */
-  uv_mutex_t mu;
   struct puback *acks;
   size_t nacks, cacks;
   char ack_err[160];
-  _Atomic int a_connected;
-  _Atomic uint64_t a_reconnects;
   /* the loop's */
   struct slot *ring;
   uint32_t cap, head, count;
   int written_pending; /* a write not yet reported written (ring full) */
-  int was_connected;
-  struct sl_log_limiter conn_log;
   struct sl_buf body;
-  uint64_t reconnects, in_flight, nacked;
+  uint64_t in_flight, nacked;
 };
 
 static void on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
                       void *closure) {
   struct nats_out *no = closure;
-  uv_mutex_lock(&no->mu);
-  if (no->dead) {
-    uv_mutex_unlock(&no->mu);
+  uv_mutex_lock(&no->nats.mu);
+  if (no->nats.dead) {
+    uv_mutex_unlock(&no->nats.mu);
     natsMsg_Destroy(msg);
     return;
   }
@@ -87,7 +79,7 @@ static void on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
     size_t nc = no->cacks ? no->cacks * 2 : 256;
     struct puback *p = realloc(no->acks, nc * sizeof(*p));
     if (p == NULL) { /* the ack timeout fails it */
-      uv_mutex_unlock(&no->mu);
+      uv_mutex_unlock(&no->nats.mu);
       natsMsg_Destroy(msg);
       return;
     }
@@ -102,38 +94,7 @@ static void on_puback(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
              pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err),
              (int)pae->ErrCode);
   uv_async_send(&no->async);
-  uv_mutex_unlock(&no->mu);
-}
-
-/* libnats may call these after the output stopped: dead says so */
-static void wake(struct nats_out *no) {
-  uv_mutex_lock(&no->mu);
-  if (!no->dead)
-    uv_async_send(&no->async);
-  uv_mutex_unlock(&no->mu);
-}
-
-static void on_disconnected(natsConnection *nc, void *closure) {
-  struct nats_out *no = closure;
-  atomic_store(&no->a_connected, 0);
-  wake(no);
-}
-
-static void on_reconnected(natsConnection *nc, void *closure) {
-  struct nats_out *no = closure;
-  atomic_fetch_add(&no->a_reconnects, 1);
-  atomic_store(&no->a_connected, 1);
-  wake(no);
-}
-
-/* The last callback libnats makes for a connection: after it the struct
- * may go. */
-static void on_conn_closed(natsConnection *nc, void *closure) {
-  struct nats_out *no = closure;
-  uv_mutex_lock(&no->mu);
-  no->closed_seen = 1;
-  uv_mutex_unlock(&no->mu);
-  uv_cond_broadcast(&no->cond);
+  uv_mutex_unlock(&no->nats.mu);
 }
 
 /* ---- connecting (threadpool) --------------------------------------------- */
@@ -158,24 +119,11 @@ static void stream_subject(const char *tpl, char *out, size_t len) {
 
 static void connect_work(uv_work_t *req) {
   struct nats_out *no = container_of(req, struct nats_out, conn_req);
-  natsOptions *opts = NULL;
   natsConnection *nc = NULL;
   jsCtx *js = NULL;
   jsOptions jo;
-  natsStatus s = natsOptions_Create(&opts);
-  if (s == NATS_OK) s = natsOptions_SetURL(opts, no->url);
-  if (s == NATS_OK) s = natsOptions_SetName(opts, no->o->cfg->name);
-  if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 1000);
-  if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
-  if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
-  if (s == NATS_OK) s = sl_natstls_apply(opts, &no->o->cfg->tls);
-  if (s == NATS_OK)
-    s = natsOptions_SetDisconnectedCB(opts, on_disconnected, no);
-  if (s == NATS_OK)
-    s = natsOptions_SetReconnectedCB(opts, on_reconnected, no);
-  if (s == NATS_OK) s = natsOptions_SetClosedCB(opts, on_conn_closed, no);
-  if (s == NATS_OK) s = natsConnection_Connect(&nc, opts);
-  natsOptions_Destroy(opts);
+  natsStatus s = sl_nats_connect(&no->nats, no->url, no->o->cfg->name,
+                                 &no->o->cfg->tls, &nc);
   if (s == NATS_OK && no->js_mode) {
     jsOptions_Init(&jo);
     jo.PublishAsync.AckHandler = on_puback;
@@ -214,7 +162,7 @@ static void connect_work(uv_work_t *req) {
   no->ever_connected = 1;
   no->nc = nc;
   no->js = js;
-  atomic_store(&no->a_connected, 1);
+  atomic_store(&no->nats.a_connected, 1);
 }
 
 static void start_connect(struct nats_out *no);
@@ -232,7 +180,7 @@ static void after_connect(uv_work_t *req, int status) {
     return;
   }
   if (no->nc == NULL) {
-    if (sl_log_allow(&no->conn_log, &suppressed))
+    if (sl_log_allow(&no->nats.log, &suppressed))
       sl_log(SL_LOG_WARN, "nats connect failed; retrying",
              SL_S("output", o->cfg->name), SL_S("url", no->url),
              SL_S("error", no->conn_err), SL_U("suppressed", suppressed),
@@ -246,7 +194,7 @@ static void after_connect(uv_work_t *req, int status) {
   o->max_event_note = " (the server's max_payload less 4 KiB for headers)";
   sl_log(SL_LOG_INFO, "nats connected", SL_S("output", o->cfg->name),
          SL_S("url", no->url), SL_END);
-  no->was_connected = 1;
+  no->nats.was_connected = 1;
   if (no->js_mode)
     uv_timer_start(&no->timer, on_timer, 100, 100);
   sl_output_reachable(o);
@@ -311,12 +259,12 @@ static void take_acks(struct nats_out *no) {
   size_t n, i, ca;
   char err[sizeof(no->ack_err)];
   uint32_t j;
-  uv_mutex_lock(&no->mu);
+  uv_mutex_lock(&no->nats.mu);
   a = no->acks, n = no->nacks, ca = no->cacks;
   no->acks = NULL, no->nacks = no->cacks = 0;
   memcpy(err, no->ack_err, sizeof(err));
   no->ack_err[0] = '\0';
-  uv_mutex_unlock(&no->mu);
+  uv_mutex_unlock(&no->nats.mu);
   for (i = 0; i < n; i++) {
     /* mostly in order: the slot is near the head */
     for (j = 0; j < no->count; j++) {
@@ -337,22 +285,11 @@ static void take_acks(struct nats_out *no) {
 
 static void on_async(uv_async_t *h) {
   struct nats_out *no = h->data;
-  int connected = atomic_load(&no->a_connected);
-  uint64_t suppressed = 0;
   if (no->closing)
     return;
-  no->reconnects = atomic_load(&no->a_reconnects);
-  if (no->nc && connected != no->was_connected) {
-    if (sl_log_allow(&no->conn_log, &suppressed))
-      sl_log(connected ? SL_LOG_INFO : SL_LOG_WARN,
-             connected ? "nats reconnected"
-                       : "nats disconnected; libnats reconnects",
-             SL_S("output", no->o->cfg->name), SL_S("url", no->url),
-             SL_U("suppressed", suppressed), SL_END);
-    no->was_connected = connected;
-    if (connected)
-      sl_output_kick(no->o);
-  }
+  if (no->nc &&
+      sl_nats_changed(&no->nats, "output", no->o->cfg->name, no->url))
+    sl_output_kick(no->o);
   take_acks(no);
 }
 
@@ -398,16 +335,6 @@ static void make_subject(const char *tpl, const struct sl_event *ev,
   out[o] = '\0';
 }
 
-static int is_meta(const char *k, size_t n) {
-  static const char *const names[] = {"nats-subject", "nats-stream",
-                                      "nats-seq", "nats-delivered", NULL};
-  int i;
-  for (i = 0; names[i]; i++)
-    if (strlen(names[i]) == n && strncasecmp(names[i], k, n) == 0)
-      return 1;
-  return 0;
-}
-
 /* ev's string headers as NATS headers (not the input's nats-* ones). */
 static natsStatus put_headers(natsMsg *m, const struct sl_event *ev) {
   const uint8_t *p = ev->data + ev->headers_off, *end = p + ev->headers_len;
@@ -424,7 +351,8 @@ static natsStatus put_headers(natsMsg *m, const struct sl_event *ev) {
       break;
     if (sl_codec_read_str(p + ku, end - p - ku, &vs, &vu) == 0 &&
         ks.len < sizeof(k) && vs.len < sizeof(v) && ks.len > 0 &&
-        !is_meta(ks.p, ks.len) && memchr(vs.p, '\n', vs.len) == NULL &&
+        !sl_nats_header_is_meta(ks.p, ks.len) &&
+        memchr(vs.p, '\n', vs.len) == NULL &&
         memchr(ks.p, ':', ks.len) == NULL) {
       natsStatus s;
       memcpy(k, ks.p, ks.len), k[ks.len] = '\0';
@@ -533,9 +461,6 @@ static const struct sl_metric m_failed = {
     "sluice_nats_publish_failed_total", "JetStream publishes failed with "
     "their write (a refusal, an ack timeout, a lost connection): written "
     "again.", SL_METRIC_COUNTER, {"output", NULL}};
-static const struct sl_metric m_reconnects = {
-    "sluice_nats_reconnects_total", "Reconnects of a nats input's or "
-    "output's connection.", SL_METRIC_COUNTER, {"name", NULL}};
 
 #define VAL(name) sl_config_value_str(o->cfg->values, o->cfg->nvalues, name)
 #define NUM(name) sl_config_value_num(o->cfg->values, o->cfg->nvalues, name)
@@ -547,8 +472,7 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
     return SL_ENOMEM;
   no->o = o;
   o->data = no;
-  uv_mutex_init(&no->mu);
-  uv_cond_init(&no->cond);
+  sl_nats_init(&no->nats, &no->async);
   sl_buf_init(&no->body);
   no->url = VAL("url");
   no->subject = VAL("subject");
@@ -560,7 +484,6 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   no->js_mode = no->stream != NULL;
   no->cap = no->max_in_flight + o->cfg->batch_events + 1;
   o->acks = no->js_mode;
-  sl_log_limiter_init(&no->conn_log, 10000, 5);
   if ((no->ring = calloc(no->cap, sizeof(*no->ring))) == NULL)
     return SL_ENOMEM;
   uv_timer_init(&o->w->loop, &no->timer);
@@ -569,8 +492,7 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   no->async.data = no;
   no->handles = 2;
   if (o->w->metrics &&
-      (sl_metric_add_u64(o->w->metrics, &m_reconnects, v, &no->reconnects,
-                         no) ||
+      (sl_nats_add_metrics(&no->nats, o->w->metrics, o->cfg->name, no) ||
        (no->js_mode &&
         (sl_metric_add_u64(o->w->metrics, &m_in_flight, v, &no->in_flight,
                            no) ||
@@ -595,11 +517,8 @@ static void on_closed(uv_handle_t *h) {
   free(no->ring);
   sl_buf_close(&no->body);
   o->data = NULL;
-  if (!no->ever_connected || no->closed_seen) {
-    uv_mutex_destroy(&no->mu);
-    uv_cond_destroy(&no->cond);
+  if (sl_nats_release(&no->nats, no->ever_connected))
     free(no);
-  } /* else libnats may still call us: the struct stays */
   sl_output_stopped(o);
 }
 
@@ -607,13 +526,7 @@ static void on_closed(uv_handle_t *h) {
  * callback (the last one libnats makes). */
 static void close_work(uv_work_t *req) {
   struct nats_out *no = container_of(req, struct nats_out, close_req);
-  natsConnection_FlushTimeout(no->nc, 1000);
-  natsConnection_Close(no->nc);
-  uv_mutex_lock(&no->mu);
-  while (!no->closed_seen &&
-         uv_cond_timedwait(&no->cond, &no->mu, 2000000000ull) == 0)
-    ;
-  uv_mutex_unlock(&no->mu);
+  sl_nats_close(&no->nats, no->nc, 1000);
   jsCtx_Destroy(no->js);
   natsConnection_Destroy(no->nc);
   no->nc = NULL;
@@ -628,11 +541,11 @@ static void after_close_work(uv_work_t *req, int status) {
 static void finish_stop(struct nats_out *no) {
   struct puback *a;
   size_t n, i;
-  uv_mutex_lock(&no->mu);
-  no->dead = 1;
+  uv_mutex_lock(&no->nats.mu);
+  no->nats.dead = 1;
   a = no->acks, n = no->nacks;
   no->acks = NULL, no->nacks = no->cacks = 0;
-  uv_mutex_unlock(&no->mu);
+  uv_mutex_unlock(&no->nats.mu);
   for (i = 0; i < n; i++)
     natsMsg_Destroy(a[i].msg);
   free(a);
@@ -656,8 +569,7 @@ static void cb_stop(struct sl_output *o) {
   if (no->handles == 0) { /* cb_start failed before its handles */
     free(no->ring);
     sl_buf_close(&no->body);
-    uv_mutex_destroy(&no->mu);
-    uv_cond_destroy(&no->cond);
+    sl_nats_release(&no->nats, 0);
     free(no);
     o->data = NULL;
     sl_output_stopped(o);
@@ -675,7 +587,8 @@ static void cb_retry(struct sl_output *o) {
 
 static int cb_healthy(struct sl_output *o) {
   struct nats_out *no = o->data;
-  return no && !no->closing && no->nc && atomic_load(&no->a_connected);
+  return no && !no->closing && no->nc &&
+         atomic_load(&no->nats.a_connected);
 }
 
 static const struct sl_output_ops ops = {

@@ -221,6 +221,23 @@ static void run(void) {
   uv_loop_close(&fx.loop);
 }
 
+/* The tests name_tcp and name_unix: case run over each transport. */
+#define ON_TCP_AND_UNIX(name, case_)                                         \
+  TEST(name##_tcp) { case_(SL_ENDPOINT_TCP, failed__); }                     \
+  TEST(name##_unix) { case_(SL_ENDPOINT_UNIX, failed__); }
+
+/* A case's start: setup on kind, its hooks (each may be NULL), run, and
+ * the guard never fired. Returns from the case when any of it failed. */
+#define PLAY(kind, data, connect, timer)                                     \
+  do {                                                                       \
+    CHECK_EQ(setup(kind), 0);                                                \
+    fx.on_data = (data);                                                     \
+    fx.on_connect = (connect);                                               \
+    fx.on_timer = (timer);                                                   \
+    run();                                                                   \
+    CHECK_EQ(fx.timed_out, 0);                                               \
+  } while (0)
+
 /* ---- close inside a read callback is deferred --------------------------- */
 
 static void close_twice_in_data(struct sl_conn *c, const uint8_t *d, size_t n,
@@ -245,11 +262,7 @@ static void send_twice(void) {
 
 static void close_in_read_callback_is_deferred(enum sl_endpoint_kind kind,
                                                int *failed__) {
-  CHECK_EQ(setup(kind), 0);
-  fx.on_data = close_twice_in_data;
-  fx.on_connect = send_twice;
-  run();
-  CHECK_EQ(fx.timed_out, 0);
+  PLAY(kind, close_twice_in_data, send_twice, NULL);
   CHECK_EQ(fx.accept_cb_called, 1);
   CHECK_EQ(fx.state_in_cb, SL_CONN_CLOSING); /* deferred, not yet closed */
   CHECK_EQ(fx.write_rc_in_cb, UV_ECANCELED);
@@ -262,13 +275,8 @@ static void close_in_read_callback_is_deferred(enum sl_endpoint_kind kind,
   CHECK_EQ(sl_listener_open(&fx.l), 0);
 }
 
-TEST(conn_close_inside_read_callback_is_deferred_tcp) {
-  close_in_read_callback_is_deferred(SL_ENDPOINT_TCP, failed__);
-}
-
-TEST(conn_close_inside_read_callback_is_deferred_unix) {
-  close_in_read_callback_is_deferred(SL_ENDPOINT_UNIX, failed__);
-}
+ON_TCP_AND_UNIX(conn_close_inside_read_callback_is_deferred,
+                close_in_read_callback_is_deferred)
 
 /* ---- double close outside a callback ------------------------------------ */
 
@@ -288,12 +296,7 @@ static void close_twice_now(void) {
 }
 
 static void double_close_is_safe(enum sl_endpoint_kind kind, int *failed__) {
-  CHECK_EQ(setup(kind), 0);
-  fx.on_data = pause_in_data;
-  fx.on_connect = send_twice;
-  fx.on_timer = close_twice_now;
-  run();
-  CHECK_EQ(fx.timed_out, 0);
+  PLAY(kind, pause_in_data, send_twice, close_twice_now);
   CHECK_EQ(fx.state_in_cb, SL_CONN_CLOSED);
   CHECK_EQ(fx.close_cb_called, 1);
   CHECK_EQ(fx.cl_close_cb_called, 1);
@@ -301,13 +304,8 @@ static void double_close_is_safe(enum sl_endpoint_kind kind, int *failed__) {
   CHECK_EQ(fx.cl_eof_cb_called, 0);
 }
 
-TEST(conn_double_close_runs_close_callback_once_tcp) {
-  double_close_is_safe(SL_ENDPOINT_TCP, failed__);
-}
-
-TEST(conn_double_close_runs_close_callback_once_unix) {
-  double_close_is_safe(SL_ENDPOINT_UNIX, failed__);
-}
+ON_TCP_AND_UNIX(conn_double_close_runs_close_callback_once,
+                double_close_is_safe)
 
 /* ---- close while a write is queued -------------------------------------- */
 
@@ -334,11 +332,7 @@ static void write_big_then_close(struct sl_conn *c, const uint8_t *d, size_t n,
 }
 
 static void close_with_write_queued(enum sl_endpoint_kind kind, int *failed__) {
-  CHECK_EQ(setup(kind), 0);
-  fx.on_data = write_big_then_close;
-  fx.on_connect = send_twice;
-  run();
-  CHECK_EQ(fx.timed_out, 0);
+  PLAY(kind, write_big_then_close, send_twice, NULL);
   CHECK_EQ(fx.write_rc_in_cb, 0);
   CHECK_EQ(fx.buffered_at_pause, 1);
   CHECK_EQ(fx.state_in_cb, 1); /* bytes were still queued at the close */
@@ -349,13 +343,8 @@ static void close_with_write_queued(enum sl_endpoint_kind kind, int *failed__) {
   CHECK_EQ(fx.cl_close_cb_called, 1);
 }
 
-TEST(conn_close_with_a_write_queued_cancels_it_before_cb_close_tcp) {
-  close_with_write_queued(SL_ENDPOINT_TCP, failed__);
-}
-
-TEST(conn_close_with_a_write_queued_cancels_it_before_cb_close_unix) {
-  close_with_write_queued(SL_ENDPOINT_UNIX, failed__);
-}
+ON_TCP_AND_UNIX(conn_close_with_a_write_queued_cancels_it_before_cb_close,
+                close_with_write_queued)
 
 /* ---- pause and resume --------------------------------------------------- */
 
@@ -392,13 +381,8 @@ static void connect_abc_def(void) { send_str(fx.cl, "abc"); }
 
 static void pause_holds_bytes_until_resume(enum sl_endpoint_kind kind,
                                            int *failed__) {
-  CHECK_EQ(setup(kind), 0);
   pause_phase = 0;
-  fx.on_data = pause_first;
-  fx.on_connect = connect_abc_def;
-  fx.on_timer = resume_later;
-  run();
-  CHECK_EQ(fx.timed_out, 0);
+  PLAY(kind, pause_first, connect_abc_def, resume_later);
   CHECK_EQ(pause_phase, 2);
   CHECK_EQ(fx.buffered_at_pause, 3);
   CHECK_EQ(fx.write_status, 1);       /* data callbacks while paused: none */
@@ -411,13 +395,8 @@ static void pause_holds_bytes_until_resume(enum sl_endpoint_kind kind,
   CHECK_EQ(fx.cl_close_cb_called, 1);
 }
 
-TEST(conn_pause_holds_bytes_until_resume_tcp) {
-  pause_holds_bytes_until_resume(SL_ENDPOINT_TCP, failed__);
-}
-
-TEST(conn_pause_holds_bytes_until_resume_unix) {
-  pause_holds_bytes_until_resume(SL_ENDPOINT_UNIX, failed__);
-}
+ON_TCP_AND_UNIX(conn_pause_holds_bytes_until_resume,
+                pause_holds_bytes_until_resume)
 
 /* ---- the write queue ---------------------------------------------------- */
 
@@ -484,13 +463,8 @@ static void write_queue_in_order(enum sl_endpoint_kind kind, int *failed__) {
   CHECK_EQ(fx.cl_close_cb_called, 1);
 }
 
-TEST(conn_write_queue_sends_in_order_and_calls_back_each_tcp) {
-  write_queue_in_order(SL_ENDPOINT_TCP, failed__);
-}
-
-TEST(conn_write_queue_sends_in_order_and_calls_back_each_unix) {
-  write_queue_in_order(SL_ENDPOINT_UNIX, failed__);
-}
+ON_TCP_AND_UNIX(conn_write_queue_sends_in_order_and_calls_back_each,
+                write_queue_in_order)
 
 /* ---- connect failure ---------------------------------------------------- */
 
@@ -516,13 +490,7 @@ static void connect_refused(enum sl_endpoint_kind kind, int *failed__) {
   CHECK_EQ(fx.cl_close_cb_called, 1);
 }
 
-TEST(conn_connect_failure_reports_once_then_closes_tcp) {
-  connect_refused(SL_ENDPOINT_TCP, failed__);
-}
-
-TEST(conn_connect_failure_reports_once_then_closes_unix) {
-  connect_refused(SL_ENDPOINT_UNIX, failed__);
-}
+ON_TCP_AND_UNIX(conn_connect_failure_reports_once_then_closes, connect_refused)
 
 /* ---- host names ----------------------------------------------------------- */
 
@@ -665,11 +633,7 @@ static void answer_pong(struct sl_conn *c, const uint8_t *d, size_t n,
 
 static void close_in_write_callback(enum sl_endpoint_kind kind,
                                     int *failed__) {
-  CHECK_EQ(setup(kind), 0);
-  fx.on_data = answer_pong;
-  fx.on_connect = send_go;
-  run();
-  CHECK_EQ(fx.timed_out, 0);
+  PLAY(kind, answer_pong, send_go, NULL);
   CHECK_EQ(fx.write_cb_called, 1);
   CHECK_EQ(fx.write_status, 0);
   CHECK_EQ(fx.state_in_cb, SL_CONN_CLOSING);
@@ -680,13 +644,8 @@ static void close_in_write_callback(enum sl_endpoint_kind kind,
   CHECK_EQ(fx.cl_close_cb_called, 1);
 }
 
-TEST(conn_close_inside_write_callback_is_deferred_tcp) {
-  close_in_write_callback(SL_ENDPOINT_TCP, failed__);
-}
-
-TEST(conn_close_inside_write_callback_is_deferred_unix) {
-  close_in_write_callback(SL_ENDPOINT_UNIX, failed__);
-}
+ON_TCP_AND_UNIX(conn_close_inside_write_callback_is_deferred,
+                close_in_write_callback)
 
 /* ---- stop reading: what is buffered is still offered, nothing more ------ */
 
@@ -719,13 +678,8 @@ static void stop_timer(void) {
 
 static void stop_reading_offers_buffered(enum sl_endpoint_kind kind,
                                          int *failed__) {
-  CHECK_EQ(setup(kind), 0);
   stop_phase = 0;
-  fx.on_data = stop_then_offer;
-  fx.on_connect = connect_abc_def;
-  fx.on_timer = stop_timer;
-  run();
-  CHECK_EQ(fx.timed_out, 0);
+  PLAY(kind, stop_then_offer, connect_abc_def, stop_timer);
   CHECK_EQ(stop_phase, 3);
   CHECK_EQ(fx.write_before_close, 1);
   CHECK_EQ(fx.data_cb_called, 2); /* "abc" twice, "def" never */
@@ -734,13 +688,8 @@ static void stop_reading_offers_buffered(enum sl_endpoint_kind kind,
   CHECK_EQ(fx.close_cb_called, 1);
 }
 
-TEST(conn_stop_reading_offers_buffered_bytes_and_reads_no_more_tcp) {
-  stop_reading_offers_buffered(SL_ENDPOINT_TCP, failed__);
-}
-
-TEST(conn_stop_reading_offers_buffered_bytes_and_reads_no_more_unix) {
-  stop_reading_offers_buffered(SL_ENDPOINT_UNIX, failed__);
-}
+ON_TCP_AND_UNIX(conn_stop_reading_offers_buffered_bytes_and_reads_no_more,
+                stop_reading_offers_buffered)
 
 /* ---- listener limits over each transport -------------------------------- */
 
@@ -779,10 +728,7 @@ static void over_max_conns_gets_refusal(enum sl_endpoint_kind kind,
   cl2_ngot = 0;
   opt_max_conns = 1;
   opt_refusal = "full\n";
-  CHECK_EQ(setup(kind), 0);
-  fx.on_connect = connect_second;
-  run();
-  CHECK_EQ(fx.timed_out, 0);
+  PLAY(kind, NULL, connect_second, NULL);
   CHECK(cl2 != NULL);
   CHECK_EQ(fx.accept_cb_called, 1);
   CHECK_EQ(sl_listener_stats(&fx.l)->accepted, 1);
@@ -795,19 +741,12 @@ static void over_max_conns_gets_refusal(enum sl_endpoint_kind kind,
   CHECK_EQ(sl_listener_open(&fx.l), 0);
 }
 
-TEST(listener_over_max_conns_writes_the_refusal_and_closes_tcp) {
-  over_max_conns_gets_refusal(SL_ENDPOINT_TCP, failed__);
-}
-
-TEST(listener_over_max_conns_writes_the_refusal_and_closes_unix) {
-  over_max_conns_gets_refusal(SL_ENDPOINT_UNIX, failed__);
-}
+ON_TCP_AND_UNIX(listener_over_max_conns_writes_the_refusal_and_closes,
+                over_max_conns_gets_refusal)
 
 static void idle_conn_times_out(enum sl_endpoint_kind kind, int *failed__) {
   opt_idle_ms = 50;
-  CHECK_EQ(setup(kind), 0); /* the client sends nothing */
-  run();
-  CHECK_EQ(fx.timed_out, 0);
+  PLAY(kind, NULL, NULL, NULL);
   CHECK_EQ(fx.eof_cb_called, 1);
   CHECK_EQ(fx.eof_status, UV_ETIMEDOUT);
   CHECK_EQ(sl_listener_stats(&fx.l)->timed_out, 1);
@@ -816,13 +755,7 @@ static void idle_conn_times_out(enum sl_endpoint_kind kind, int *failed__) {
   CHECK_EQ(fx.cl_close_cb_called, 1);
 }
 
-TEST(listener_idle_conn_times_out_tcp) {
-  idle_conn_times_out(SL_ENDPOINT_TCP, failed__);
-}
-
-TEST(listener_idle_conn_times_out_unix) {
-  idle_conn_times_out(SL_ENDPOINT_UNIX, failed__);
-}
+ON_TCP_AND_UNIX(listener_idle_conn_times_out, idle_conn_times_out)
 
 /* ---- the same cases over TLS ------------------------------------------- */
 
@@ -921,10 +854,7 @@ TEST(conn_stop_reading_offers_buffered_bytes_and_reads_no_more_tls) {
 static void tls_wrong_name_fails_connect(enum sl_endpoint_kind kind,
                                          int *failed__) {
   opt_server_name = "not-the-server.example";
-  CHECK_EQ(setup(kind), 0);
-  fx.on_connect = send_twice; /* must not run */
-  run();
-  CHECK_EQ(fx.timed_out, 0);
+  PLAY(kind, NULL, send_twice, NULL);
   CHECK_EQ(fx.connect_cb_called, 1);
   CHECK(fx.connect_status != 0);
   CHECK_EQ(fx.cl_close_cb_called, 1);

@@ -163,6 +163,23 @@ static const struct sl_event *push_to(struct sl_output *o, int i) {
 
 #define push(r, i) push_to((r)->o, (i))
 
+/* The start most cases share: rig_start (after rig_init and the case's
+ * config), main's fake in mode, events 0..n-1 pushed into main (ev, when
+ * given, gets them). 0, or -1 when the rig did not start. */
+static int rig_go(struct rig *r, enum mode mode, int n,
+                  const struct sl_event **ev) {
+  int i;
+  if (rig_start(r) != 0)
+    return -1;
+  fakes[0].mode = mode;
+  for (i = 0; i < n; i++) {
+    const struct sl_event *e = push(r, i);
+    if (ev)
+      ev[i] = e;
+  }
+  return 0;
+}
+
 /* Turn the loop until *counter reaches want (or 5 s, far above the few ms
  * it takes). */
 static int run_until(struct rig *r, const uint64_t *counter, uint64_t want) {
@@ -190,10 +207,7 @@ TEST(output_batches_hold_in_flight_until_reported) {
   struct rig r;
   int i;
   rig_init(&r, 0);
-  CHECK(rig_start(&r) == 0);
-  fakes[0].mode = HOLD;
-  for (i = 0; i < 10; i++)
-    push(&r, i);
+  CHECK(rig_go(&r, HOLD, 10, NULL) == 0);
   run_ms(&r, 20);
   /* one write of batch_events, in flight; no second one until reported */
   CHECK_EQ(fakes[0].calls, 1);
@@ -252,13 +266,9 @@ TEST(output_retry_backs_off_then_delivers_the_same_events) {
 
 TEST(output_dead_letters_the_tried_batch_after_max_attempts) {
   struct rig r;
-  int i;
   rig_init(&r, 1);
   r.oc[0].retry.max_attempts = 2;
-  CHECK(rig_start(&r) == 0);
-  fakes[0].mode = FAIL;
-  for (i = 0; i < 6; i++)
-    push(&r, i);
+  CHECK(rig_go(&r, FAIL, 6, NULL) == 0);
   CHECK(run_until(&r, &r.o->stats.dead_lettered, 6));
   /* batches of 4 and 2 left for the dead letter, nothing was delivered */
   CHECK_EQ(r.o->q.count, 0u);
@@ -288,13 +298,9 @@ TEST(output_dead_letter_copies_carry_the_error) {
 
 TEST(output_half_written_batch_is_repeated_never_dead_lettered) {
   struct rig r;
-  int i;
   rig_init(&r, 1);
   r.oc[0].retry.max_attempts = 1;
-  CHECK(rig_start(&r) == 0);
-  fakes[0].mode = AGAIN;
-  for (i = 0; i < 3; i++)
-    push(&r, i);
+  CHECK(rig_go(&r, AGAIN, 3, NULL) == 0);
   {
     uint64_t end = sl_mono_ns() + 5000000000ull;
     while (fakes[0].calls < 4 && sl_mono_ns() < end)
@@ -321,9 +327,7 @@ TEST(output_breaker_opens_waits_then_one_probe_closes_it) {
   rig_init(&r, 0);
   r.oc[0].breaker.failures = 2;
   r.oc[0].breaker.open_ms = 300;
-  CHECK(rig_start(&r) == 0);
-  fakes[0].mode = FAIL;
-  push(&r, 0);
+  CHECK(rig_go(&r, FAIL, 1, NULL) == 0);
   CHECK(run_until(&r, &r.o->stats.breaker_opens, 1));
   CHECK_EQ(r.o->stats.breaker_state, (int)SL_BREAKER_OPEN);
   calls = fakes[0].calls;
@@ -343,12 +347,8 @@ TEST(output_breaker_opens_waits_then_one_probe_closes_it) {
 TEST(output_fatal_refuses_one_event_to_the_dead_letter) {
   struct rig r;
   const struct sl_event *ev[4];
-  int i;
   rig_init(&r, 1);
-  CHECK(rig_start(&r) == 0);
-  fakes[0].mode = HOLD;
-  for (i = 0; i < 4; i++)
-    ev[i] = push(&r, i);
+  CHECK(rig_go(&r, HOLD, 4, ev) == 0);
   run_ms(&r, 10);
   CHECK_EQ(fakes[0].calls, 1);
   /* event 0 went, event 1 can never go: it leaves; 2 and 3 are offered
@@ -368,10 +368,7 @@ TEST(output_fatal_refuses_one_event_to_the_dead_letter) {
 TEST(output_fatal_without_dead_letter_drops_counted) {
   struct rig r;
   rig_init(&r, 0);
-  CHECK(rig_start(&r) == 0);
-  fakes[0].mode = HOLD;
-  push(&r, 0);
-  push(&r, 1);
+  CHECK(rig_go(&r, HOLD, 2, NULL) == 0);
   run_ms(&r, 10);
   sl_output_done(r.o, 0, SL_WRITE_FATAL, "too large");
   CHECK_EQ(r.o->stats.refused, 1u);
@@ -407,13 +404,9 @@ TEST(output_dead_letter_output_retries_for_ever) {
 TEST(output_acks_write_ahead_and_leave_only_when_confirmed) {
   struct rig r;
   const struct sl_event *ev[10];
-  int i;
   rig_init(&r, 0);
-  CHECK(rig_start(&r) == 0);
-  r.o->acks = 1;
-  fakes[0].mode = HOLD;
-  for (i = 0; i < 10; i++)
-    ev[i] = push(&r, i);
+  CHECK(rig_go(&r, HOLD, 10, ev) == 0);
+  r.o->acks = 1; /* before the loop turns: the first write is acked */
   CHECK(run_calls(&r, 0, 1));
   CHECK_EQ(fakes[0].last.n, 4u);
   /* the bytes went out: the next batch may go while 4 await the ack */
@@ -468,10 +461,7 @@ TEST(output_reconnects_after_backoff_and_writes_only_when_connected) {
   struct rig r;
   rig_init(&r, 0);
   rig_ops = &fake_conn_ops;
-  CHECK(rig_start(&r) == 0);
-  fakes[0].mode = OK;
-  push(&r, 0);
-  push(&r, 1);
+  CHECK(rig_go(&r, OK, 2, NULL) == 0);
   run_ms(&r, 20);
   CHECK_EQ(fakes[0].calls, 0); /* not connected: no write */
   /* the connect failed: a failed attempt, with nothing in flight */
@@ -522,13 +512,9 @@ TEST(output_registers_its_metrics_and_removes_them_when_closed) {
   struct rig r;
   struct sl_buf b;
   const char *t;
-  int i;
   rig_init(&r, 1);
   r.oc[0].retry.max_attempts = 1;
-  CHECK(rig_start(&r) == 0);
-  fakes[0].mode = FAIL;
-  for (i = 0; i < 3; i++)
-    push(&r, i);
+  CHECK(rig_go(&r, FAIL, 3, NULL) == 0);
   CHECK(run_until(&r, &r.dl->stats.events_out, 3));
   t = render_metrics(&r, &b);
   CHECK(t != NULL);
@@ -561,15 +547,11 @@ TEST(output_registers_its_metrics_and_removes_them_when_closed) {
 
 TEST(output_rate_limit_lets_a_burst_out_then_the_rest_as_tokens_return) {
   struct rig r;
-  int i;
   rig_init(&r, 0);
   r.oc[0].rate_limit.events_per_second = 10; /* a token every 100 ms */
   r.oc[0].rate_limit.burst = 2;
   r.oc[0].batch_events = 64;
-  CHECK(rig_start(&r) == 0);
-  fakes[0].mode = OK;
-  for (i = 0; i < 6; i++)
-    push(&r, i);
+  CHECK(rig_go(&r, OK, 6, NULL) == 0);
   CHECK(run_calls(&r, 0, 1));
   /* the first write holds the burst only; the others waited, counted */
   CHECK_EQ(fakes[0].last.n, 2u);
@@ -588,8 +570,7 @@ TEST(output_dedup_drops_a_repeated_id_inside_its_window_counted) {
   rig_init(&r, 0);
   r.oc[0].dedup.window_ms = 60000;
   r.oc[0].dedup.max_ids = 16;
-  CHECK(rig_start(&r) == 0);
-  fakes[0].mode = HOLD;
+  CHECK(rig_go(&r, HOLD, 0, NULL) == 0);
   sl_idgen_init(&g);
   a = sl_event_new(&g, id, topic, none, 0, 0, NULL, 0, NULL, 0, 0);
   b = sl_event_new(&g, id, topic, none, 0, 0, NULL, 0, NULL, 0, 0);
@@ -611,9 +592,7 @@ TEST(output_retry_after_replaces_the_backoff_once) {
   rig_init(&r, 0);
   r.oc[0].retry.initial_ms = 1;
   r.oc[0].retry.max_ms = 2;
-  CHECK(rig_start(&r) == 0);
-  fakes[0].mode = HOLD;
-  push(&r, 0);
+  CHECK(rig_go(&r, HOLD, 1, NULL) == 0);
   run_ms(&r, 5);
   CHECK_EQ(fakes[0].calls, 1);
   sl_output_retry_after(r.o, 300);
@@ -632,11 +611,8 @@ TEST(output_notes_ride_on_the_refused_event_and_are_cleared) {
   struct rig r;
   struct sl_event *ev;
   rig_init(&r, 1);
-  CHECK(rig_start(&r) == 0);
-  fakes[0].mode = HOLD;
+  CHECK(rig_go(&r, HOLD, 2, NULL) == 0);
   fakes[1].mode = HOLD;
-  push(&r, 0);
-  push(&r, 1);
   run_ms(&r, 5);
   sl_output_note(r.o, "sluice-http-status", "400", 3);
   sl_output_note(r.o, "sluice-http-body", "bad field", 9);

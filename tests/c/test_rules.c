@@ -271,34 +271,59 @@ TEST(rules_reload_is_all_or_nothing) {
   set_close(&s);
 }
 
-TEST(rules_reload_hands_state_to_the_new_version) {
+/* One version of 10_count.lua: counting(tag, handover), or src when set. */
+struct version {
+  const char *tag;
+  int handover;
+  const char *src;
+};
+
+/* A reload over 10_count.lua: the old version decides `before` events
+ * (the last one's drop reason is before_reason, when set), the new one is
+ * loaded (reload_ok: it goes live; else it is rejected), and the next
+ * event's reason tells whose code and whose count decided it. */
+struct handover {
+  struct version old, new;
+  int before;
+  const char *before_reason;
+  int reload_ok;
+  const char *reason;
+};
+
+static void write_version(struct set *s, const struct version *v) {
+  write_file(s->rules, "10_count.lua",
+             v->src ? v->src : counting(v->tag, v->handover));
+}
+
+static void reload_case(const struct handover *h, int *failed__) {
   struct set s;
   struct sl_rules_result r;
+  int i;
   CHECK_EQ(set_init(&s, 0), 0);
-  write_file(s.rules, "10_count.lua", counting("v1", 1));
+  write_version(&s, &h->old);
   CHECK_EQ(set_start(&s), 0);
+  for (i = 0; i < h->before; i++)
+    decide(&s, "x.1", &r, NULL, NULL, 0);
+  if (h->before_reason)
+    CHECK_STR(r.reason, h->before_reason);
+  write_version(&s, &h->new);
+  CHECK_EQ(sl_rules_reload(s.rs, "test") == 0, h->reload_ok);
   decide(&s, "x.1", &r, NULL, NULL, 0);
-  decide(&s, "x.1", &r, NULL, NULL, 0);
-  CHECK_STR(r.reason, "v12");
-  write_file(s.rules, "10_count.lua", counting("v2", 1));
-  CHECK_EQ(sl_rules_reload(s.rs, "test"), 0);
-  decide(&s, "x.1", &r, NULL, NULL, 0);
-  CHECK_STR(r.reason, "v23"); /* the new code, the old count */
+  CHECK_STR(r.reason, h->reason);
   set_close(&s);
 }
 
+TEST(rules_reload_hands_state_to_the_new_version) {
+  /* the new code, the old count */
+  static const struct handover h = {{"v1", 1, NULL}, {"v2", 1, NULL}, 2,
+                                    "v12", 1, "v23"};
+  reload_case(&h, failed__);
+}
+
 TEST(rules_reload_without_restore_starts_the_new_version_fresh) {
-  struct set s;
-  struct sl_rules_result r;
-  CHECK_EQ(set_init(&s, 0), 0);
-  write_file(s.rules, "10_count.lua", counting("v1", 1));
-  CHECK_EQ(set_start(&s), 0);
-  decide(&s, "x.1", &r, NULL, NULL, 0);
-  write_file(s.rules, "10_count.lua", counting("v2", 0));
-  CHECK_EQ(sl_rules_reload(s.rs, "test"), 0);
-  decide(&s, "x.1", &r, NULL, NULL, 0);
-  CHECK_STR(r.reason, "v21");
-  set_close(&s);
+  static const struct handover h = {{"v1", 1, NULL}, {"v2", 0, NULL}, 1,
+                                    NULL, 1, "v21"};
+  reload_case(&h, failed__);
 }
 
 TEST(rules_an_unchanged_rule_carries_on_with_its_state_not_run_again) {
@@ -321,37 +346,25 @@ TEST(rules_an_unchanged_rule_carries_on_with_its_state_not_run_again) {
 }
 
 TEST(rules_failing_snapshot_costs_that_rule_its_state_only) {
-  struct set s;
-  struct sl_rules_result r;
-  CHECK_EQ(set_init(&s, 0), 0);
-  write_file(s.rules, "10_count.lua",
-             "local n = 0\n"
-             "return { topics = 'x.*', on_event = function(ev) n = n + 1\n"
-             "  return sluice.drop('v1' .. n) end,\n"
-             "  snapshot = function() error('cannot') end }\n");
-  CHECK_EQ(set_start(&s), 0);
-  decide(&s, "x.1", &r, NULL, NULL, 0);
-  write_file(s.rules, "10_count.lua", counting("v2", 1));
-  CHECK_EQ(sl_rules_reload(s.rs, "test"), 0);
-  decide(&s, "x.1", &r, NULL, NULL, 0);
-  CHECK_STR(r.reason, "v21");
-  set_close(&s);
+  static const struct handover h = {
+      {NULL, 0,
+       "local n = 0\n"
+       "return { topics = 'x.*', on_event = function(ev) n = n + 1\n"
+       "  return sluice.drop('v1' .. n) end,\n"
+       "  snapshot = function() error('cannot') end }\n"},
+      {"v2", 1, NULL}, 1, NULL, 1, "v21"};
+  reload_case(&h, failed__);
 }
 
 TEST(rules_failing_restore_rejects_the_reload) {
-  struct set s;
-  struct sl_rules_result r;
-  CHECK_EQ(set_init(&s, 0), 0);
-  write_file(s.rules, "10_count.lua", counting("v1", 1));
-  CHECK_EQ(set_start(&s), 0);
-  decide(&s, "x.1", &r, NULL, NULL, 0);
-  write_file(s.rules, "10_count.lua",
-             "return { topics = 'x.*', on_event = function(ev) end,\n"
-             "  restore = function(v) error('not this state') end }\n");
-  CHECK(sl_rules_reload(s.rs, "test") < 0);
-  decide(&s, "x.1", &r, NULL, NULL, 0);
-  CHECK_STR(r.reason, "v12"); /* the old version, its state intact */
-  set_close(&s);
+  /* the old version goes on, its state intact */
+  static const struct handover h = {
+      {"v1", 1, NULL},
+      {NULL, 0,
+       "return { topics = 'x.*', on_event = function(ev) end,\n"
+       "  restore = function(v) error('not this state') end }\n"},
+      1, NULL, 0, "v12"};
+  reload_case(&h, failed__);
 }
 
 TEST(rules_emits_of_a_rejected_reload_are_dropped_of_a_committed_delivered) {
