@@ -220,3 +220,43 @@ def test_top_gives_up_on_a_tls_admin_that_never_shakes_hands(hostile, tmp_path):
     assert r.returncode == 1, r.stderr
     assert "no handshake within 1000 ms" in r.stderr, r.stderr
     assert took < 10
+
+
+def slowloris_202(c, stop):
+    read_request(c)
+    c.sendall(b"HTTP/1.1 202 Accepted\r\n")
+    while not stop.wait(0.1):
+        c.sendall(b"X")
+
+
+def cut_short_202(c, stop):
+    read_request(c)
+    c.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 100\r\n\r\n{}")
+    c.close()
+
+
+def dead_letter_file(tmp_path):
+    path = tmp_path / "dead-letter.ndjson"
+    path.write_text('{"id":"e1","topic":"t","payload":1}\n')
+    return path
+
+
+def test_dlq_replay_gives_up_on_an_http_answer_trickled_a_byte_at_a_time(
+        hostile, tmp_path):
+    """--timeout bounds the whole answer, not only the gap between bytes."""
+    h = hostile(slowloris_202)
+    r, took = timed("dlq", "replay", dead_letter_file(tmp_path), "--to",
+                    "http://127.0.0.1:%d/v1/events" % h.port, "--timeout", "1")
+    assert r.returncode == 1, r.stdout
+    assert "no complete answer within 1000 ms" in r.stderr, r.stderr
+    assert "0 of 1 events accepted" in r.stderr, r.stderr
+    assert took < 10
+
+
+def test_dlq_replay_counts_no_ack_from_an_answer_cut_short(hostile, tmp_path):
+    h = hostile(cut_short_202)
+    r, _ = timed("dlq", "replay", dead_letter_file(tmp_path), "--to",
+                 "http://127.0.0.1:%d/v1/events" % h.port, "--timeout", "2")
+    assert r.returncode == 1, r.stdout
+    assert "the answer was cut short (2 of 100 bytes of body)" in r.stderr, r.stderr
+    assert "0 of 1 events accepted" in r.stderr, r.stderr
