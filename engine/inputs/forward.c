@@ -54,6 +54,12 @@ struct fwd_conn {
  * stops reading; it goes on once half are written. */
 #define ACK_BACKLOG (1u << 20)
 
+/* A frame's tag is the topic of each of its entries' events: a long one
+ * over many tiny entries would multiply the frame's bytes (an 8 MiB frame
+ * of a 4 MiB tag and a million 4-byte entries: 4 TB of events). Fluent
+ * tags are dotted names; this is generous. */
+#define MAX_TAG 1024
+
 static void finish(struct fwd_in *fi);
 
 /* One rate-limited line per bad connection, counted; the conn closes. */
@@ -254,6 +260,11 @@ static int start_frame(struct fwd_conn *nc, const uint8_t *p, size_t len) {
   if (sl_forward_parse_frame(p, len, &f, &err) != 0) {
     bad_input(nc, err.offset, err.msg);
     return SL_EPROTO;
+  }
+  if (f.tag.len > MAX_TAG) { /* every entry's event repeats it */
+    snprintf(msg, sizeof(msg), "tag longer than %d bytes", MAX_TAG);
+    bad_input(nc, 0, msg);
+    return SL_E2BIG;
   }
   entries = f.entries;
   elen = f.entries_len;

@@ -58,3 +58,21 @@ def test_a_sender_that_never_reads_its_acks_is_paused_not_buffered(sluice):
     with connect(eng.address) as other:
         other.sendall(packb(["t", 1, {"n": 1}, {"chunk": "x"}]))
         assert read_answers(other, 1) == [{"ack": "x"}]
+
+
+def test_a_tag_longer_than_1024_bytes_is_refused_before_any_entry(sluice):
+    """The tag is every entry's topic: a long one over many tiny entries
+    would multiply the frame (a 4 MiB tag and 1M entries: 4 TB of events)."""
+    eng = forward_engine(sluice)
+    entries = b"".join(packb([1, {}]) for _ in range(100000))
+    with connect(eng.address) as s:
+        s.sendall(packb(["t" * 1025, entries, {"chunk": "long"}]))
+        assert closed_by_peer(s)
+    line = eng.wait_log("bad forward input; closing connection")
+    assert line["error"] == "tag longer than 1024 bytes", line
+    with connect(eng.address) as s:
+        s.sendall(packb(["t" * 1024, packb([1, {"k": 1}]), {"chunk": "ok"}]))
+        assert read_answers(s, 1) == [{"ack": "ok"}]
+    wait_for(lambda: eng.path("out.ndjson").exists() and
+             eng.path("out.ndjson").read_text().count("\n") == 1, timeout=10,
+             what="the one event of the 1024-byte tag")
