@@ -9,14 +9,37 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include "common.h"
 #include "http.h"
 
-static int dial(const char *listen, char *err, size_t errlen) {
+/* Socket timeouts for what is left of the step's deadline (none: block),
+ * so a read, write, connect or handshake step cannot outlast it. 0, or -1
+ * when the deadline has passed. */
+static int arm(int fd, uint64_t deadline) {
+  struct timeval tv = {0, 0};
+  if (deadline) {
+    uint64_t now = sl_mono_ns(), left;
+    if (now >= deadline)
+      return -1;
+    left = (deadline - now) / 1000;
+    tv.tv_sec = (time_t)(left / 1000000);
+    tv.tv_usec = (suseconds_t)(left % 1000000);
+    if (tv.tv_sec == 0 && tv.tv_usec == 0)
+      tv.tv_usec = 1;
+  }
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  return 0;
+}
+
+static int dial(const char *listen, uint64_t deadline, char *err,
+                size_t errlen) {
   char host[256], port[16];
   const char *colon = strrchr(listen, ':');
   struct addrinfo hints, *res = NULL, *ai;
@@ -44,7 +67,8 @@ static int dial(const char *listen, char *err, size_t errlen) {
   }
   for (ai = res; ai && fd < 0; ai = ai->ai_next) {
     fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
-    if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+    if (fd >= 0 && (arm(fd, deadline) != 0 ||
+                    connect(fd, ai->ai_addr, ai->ai_addrlen) != 0)) {
       rc = errno;
       close(fd);
       fd = -1;
@@ -101,8 +125,13 @@ static int tls_open(struct sl_admin_get *g, const struct sl_config *cfg,
       SSL_set_tlsext_host_name(g->ssl, host);
     }
   }
-  if (SSL_connect(g->ssl) == 1)
+  if (arm(g->fd, g->deadline) == 0 && SSL_connect(g->ssl) == 1)
     return 0;
+  if (g->deadline && sl_mono_ns() >= g->deadline - 1000000) {
+    snprintf(err, errlen, "TLS to the admin API at %s: no handshake within "
+             "%d ms", listen, g->timeout_ms);
+    return -1;
+  }
 fail:
   snprintf(err, errlen, "TLS to the admin API at %s failed: %s", listen,
            ERR_reason_error_string(ERR_get_error()) ?: "handshake refused");
@@ -132,9 +161,22 @@ static ssize_t io_write(struct sl_admin_get *g, const void *buf, size_t n) {
   return r;
 }
 
+/* Read more into g->in: > 0 bytes, 0 at the server's close, -1 (g->err
+ * says why when it is the deadline or a size bound). */
 static int fill(struct sl_admin_get *g) {
   uint8_t tmp[16384];
-  ssize_t n = io_read(g, tmp, sizeof(tmp));
+  ssize_t n;
+  if (g->in.len > SL_ADMIN_GET_MAX) {
+    snprintf(g->err, sizeof(g->err), "the admin API's answer is larger "
+             "than %u MiB", SL_ADMIN_GET_MAX >> 20);
+    return -1;
+  }
+  n = arm(g->fd, g->deadline) == 0 ? io_read(g, tmp, sizeof(tmp)) : -1;
+  if (n < 0 && g->deadline && sl_mono_ns() >= g->deadline - 1000000) {
+    snprintf(g->err, sizeof(g->err), "the admin API sent no complete "
+             "answer within %d ms", g->timeout_ms);
+    return -1;
+  }
   if (n <= 0)
     return (int)n;
   return sl_buf_append(&g->in, tmp, (size_t)n) == 0 ? (int)n : -1;
@@ -157,11 +199,18 @@ static const char *find(const struct sl_buf *b, const char *s) {
 static int read_head(struct sl_admin_get *g, char *err, size_t errlen) {
   const char *end;
   char *head, *line, *save = NULL;
-  while ((end = find(&g->in, "\r\n\r\n")) == NULL)
-    if (g->in.len > 65536 || fill(g) <= 0) {
-      snprintf(err, errlen, "the admin API closed without an HTTP answer");
+  while ((end = find(&g->in, "\r\n\r\n")) == NULL) {
+    if (g->in.len > 65536) {
+      snprintf(err, errlen, "the admin API's answer has a head larger than "
+               "64 KiB");
       return -1;
     }
+    if (fill(g) <= 0) {
+      snprintf(err, errlen, "%s", g->err[0] ? g->err : "the admin API closed "
+               "without an HTTP answer");
+      return -1;
+    }
+  }
   head = strndup((const char *)g->in.data, (size_t)(end - (char *)g->in.data));
   if (head == NULL)
     return -1;
@@ -181,7 +230,8 @@ static int read_head(struct sl_admin_get *g, char *err, size_t errlen) {
 }
 
 int sl_admin_get_open(struct sl_admin_get *g, const struct sl_config *cfg,
-                      const char *target, char *err, size_t errlen) {
+                      const char *target, int timeout_ms, char *err,
+                      size_t errlen) {
   struct sl_buf req;
   char *token = NULL;
   size_t tlen = 0;
@@ -189,6 +239,8 @@ int sl_admin_get_open(struct sl_admin_get *g, const struct sl_config *cfg,
 
   memset(g, 0, sizeof(*g));
   g->fd = -1;
+  g->timeout_ms = timeout_ms > 0 ? timeout_ms : 10000;
+  g->deadline = sl_mono_ns() + (uint64_t)g->timeout_ms * 1000000u;
   sl_buf_init(&g->in);
   if (cfg->admin.listen == NULL) {
     snprintf(err, errlen, "the config has no admin.listen: add admin = { "
@@ -199,7 +251,7 @@ int sl_admin_get_open(struct sl_admin_get *g, const struct sl_config *cfg,
       (token = sl_http_load_token(cfg->admin.bearer_token_file, &tlen, err,
                                   errlen)) == NULL)
     return -1;
-  g->fd = dial(cfg->admin.listen, err, errlen);
+  g->fd = dial(cfg->admin.listen, g->deadline, err, errlen);
   sl_buf_init(&req);
   if (g->fd >= 0 && cfg->admin.tls.enabled && tls_open(g, cfg, err, errlen))
     goto done;
@@ -210,7 +262,7 @@ int sl_admin_get_open(struct sl_admin_get *g, const struct sl_config *cfg,
        sl_buf_printf(&req, "Authorization: Bearer %s\r\n", token) == 0) &&
       sl_buf_append(&req, "\r\n", 2) == 0) {
     size_t off = 0;
-    while (off < req.len) {
+    while (off < req.len && arm(g->fd, g->deadline) == 0) {
       ssize_t n = io_write(g, req.data + off, req.len - off);
       if (n <= 0)
         break;
@@ -220,7 +272,7 @@ int sl_admin_get_open(struct sl_admin_get *g, const struct sl_config *cfg,
       rc = read_head(g, err, errlen);
     else
       snprintf(err, errlen, "cannot send to the admin API: %s",
-               strerror(errno));
+               errno == EAGAIN ? "it takes nothing" : strerror(errno));
   }
 done:
   sl_buf_close(&req);
@@ -233,26 +285,29 @@ done:
   return rc;
 }
 
-int sl_admin_get_read(struct sl_admin_get *g, struct sl_buf *out) {
+/* The next chunk of a chunked body: its size line (bounded), then its
+ * bytes, which must come within the timeout once the line began. */
+static int read_chunk(struct sl_admin_get *g, struct sl_buf *out) {
   const char *crlf;
   unsigned long size;
   char *end;
-  if (!g->chunked) {
-    int n = g->in.len ? (int)g->in.len : fill(g);
-    if (n > 0) {
-      n = (int)g->in.len;
-      if (sl_buf_append(out, g->in.data, g->in.len) != 0)
-        return -1;
-      g->in.len = 0;
-    }
-    return n;
+  if (g->idle_ok && g->in.len == 0) {
+    g->deadline = 0; /* between chunks a stream may be quiet */
+    if (fill(g) <= 0)
+      return -1;
   }
+  if (g->idle_ok)
+    g->deadline = sl_mono_ns() + (uint64_t)g->timeout_ms * 1000000u;
   while ((crlf = find(&g->in, "\r\n")) == NULL)
     if (g->in.len > 64 || fill(g) <= 0)
       return -1;
   size = strtoul((const char *)g->in.data, &end, 16);
-  if (end == (const char *)g->in.data)
+  if (end == (const char *)g->in.data || (*end != '\r' && *end != ';') ||
+      g->in.data[0] == '-' || g->in.data[0] == '+' || size > SL_ADMIN_GET_MAX) {
+    snprintf(g->err, sizeof(g->err), "the admin API sent a bad or too "
+             "large chunk size (at most %u MiB)", SL_ADMIN_GET_MAX >> 20);
     return -1;
+  }
   consume(&g->in, (size_t)(crlf - (char *)g->in.data) + 2);
   while (g->in.len < size + 2)
     if (fill(g) <= 0)
@@ -265,10 +320,33 @@ int sl_admin_get_read(struct sl_admin_get *g, struct sl_buf *out) {
   return (int)size;
 }
 
+int sl_admin_get_read(struct sl_admin_get *g, struct sl_buf *out) {
+  if (!g->chunked) {
+    int n = g->in.len ? (int)g->in.len : fill(g);
+    if (n > 0) {
+      n = (int)g->in.len;
+      if (out->len + g->in.len > SL_ADMIN_GET_MAX) {
+        snprintf(g->err, sizeof(g->err), "the admin API's answer is larger "
+                 "than %u MiB", SL_ADMIN_GET_MAX >> 20);
+        return -1;
+      }
+      if (sl_buf_append(out, g->in.data, g->in.len) != 0)
+        return -1;
+      g->in.len = 0;
+    }
+    return n;
+  }
+  return read_chunk(g, out);
+}
+
 int sl_admin_get_body(struct sl_admin_get *g, struct sl_buf *out) {
   int n;
   while ((n = sl_admin_get_read(g, out)) > 0)
-    ;
+    if (out->len > SL_ADMIN_GET_MAX) {
+      snprintf(g->err, sizeof(g->err), "the admin API's answer is larger "
+               "than %u MiB", SL_ADMIN_GET_MAX >> 20);
+      return -1;
+    }
   return n;
 }
 

@@ -99,12 +99,13 @@ static int write_all(int fd, const void *p, size_t len, int timeout_ms,
 }
 
 /* The answer is complete when its headers and Content-Length bytes of
- * body are in. Returns 1 (complete), 0 (read on) or SL_EPROTO. */
-static int complete(const struct sl_buf *in, size_t *body_off, int *status) {
+ * body are in. Returns 1 (complete), 0 (read on) or SL_EPROTO; *len is
+ * the Content-Length, -1 when none came (yet). */
+static int complete(const struct sl_buf *in, size_t *body_off, int *status,
+                    long *len) {
   const char *p = (const char *)in->data, *end, *cl;
   char head[8192];
   size_t hlen;
-  long len = -1;
 
   end = memmem(p, in->len, "\r\n\r\n", 4);
   if (end == NULL)
@@ -115,9 +116,9 @@ static int complete(const struct sl_buf *in, size_t *body_off, int *status) {
   memcpy(head, p, hlen);
   head[hlen] = '\0';
   for (cl = head; (cl = strcasestr(cl, "\ncontent-length:")) != NULL; cl++)
-    len = strtol(cl + 16, NULL, 10);
+    *len = strtol(cl + 16, NULL, 10);
   *body_off = hlen + 4;
-  return len >= 0 && in->len - *body_off >= (size_t)len;
+  return *len >= 0 && in->len - *body_off >= (size_t)*len;
 }
 
 int sl_httpc_post(int fd, const struct sl_httpc_url *u, const char *token,
@@ -126,6 +127,8 @@ int sl_httpc_post(int fd, const struct sl_httpc_url *u, const char *token,
                   size_t whylen) {
   struct sl_buf head;
   size_t body_off = 0;
+  long clen = -1;
+  uint64_t deadline;
   int rc, done = 0;
 
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
@@ -150,27 +153,42 @@ int sl_httpc_post(int fd, const struct sl_httpc_url *u, const char *token,
   if (rc != 0)
     return rc;
   sl_buf_reset(resp);
+  /* the whole answer within the timeout: a server trickling a byte at a
+   * time must not keep us forever */
+  deadline = sl_mono_ns() + (uint64_t)timeout_ms * 1000000u;
   while (!done) {
     char buf[4096];
     ssize_t got = read(fd, buf, sizeof(buf));
+    uint64_t now = sl_mono_ns();
     if (got > 0) {
       if (resp->len + (size_t)got > MAX_ANSWER ||
           sl_buf_append(resp, buf, (size_t)got) != 0) {
         snprintf(why, whylen, "answer too large");
         return SL_EPROTO;
       }
-      done = complete(resp, &body_off, status);
+      done = complete(resp, &body_off, status, &clen);
     } else if (got == 0) {
-      done = complete(resp, &body_off, status);
-      if (done == 0 && body_off > 0) /* no Content-Length: ends at close */
+      done = complete(resp, &body_off, status, &clen);
+      if (done == 0 && body_off > 0 && clen < 0) /* ends at close */
         done = 1;
+      if (done == 0 && body_off > 0) {
+        snprintf(why, whylen, "the answer was cut short (%zu of %ld bytes "
+                 "of body)", resp->len - body_off, clen);
+        return SL_EPROTO;
+      }
       if (done == 0)
         done = SL_EPROTO;
     } else if (errno != EAGAIN && errno != EINTR) {
       snprintf(why, whylen, "reading: %s", strerror(errno));
       return SL_EIO;
-    } else if (wait_fd(fd, POLLIN, timeout_ms) != 0) {
-      snprintf(why, whylen, "no answer for %d ms", timeout_ms);
+    } else if (now >= deadline ||
+               wait_fd(fd, POLLIN, (int)((deadline - now) / 1000000) + 1) !=
+                   0) {
+      snprintf(why, whylen, "no complete answer within %d ms", timeout_ms);
+      return SL_ETIMEDOUT;
+    }
+    if (done == 0 && sl_mono_ns() >= deadline) {
+      snprintf(why, whylen, "no complete answer within %d ms", timeout_ms);
       return SL_ETIMEDOUT;
     }
   }

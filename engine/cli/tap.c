@@ -16,7 +16,10 @@ static const char tap_usage[] =
     "usage: sluice tap [-c FILE] [--topics GLOB[,GLOB...]] [--rule GLOB]\n"
     "                  [--output NAME] [--outcome routed|unrouted|dropped|"
     "failed[,...]]\n"
-    "                  [--sample SHARE] [--limit N] [--json]\n";
+    "                  [--sample SHARE] [--limit N] [--json]"
+    " [--timeout SECONDS]\n"
+    "  --timeout: the most the admin API may take to answer, and to send\n"
+    "  a line once it began (default 10); between lines the tap waits\n";
 
 /* Append key=value to q, percent-encoding what a query must not hold. */
 static int add_param(struct sl_buf *q, const char *key, const char *value) {
@@ -44,13 +47,23 @@ struct sl_config *sl_tap_load(const char *path) {
   return cfg;
 }
 
-static int stream(const struct sl_config *cfg, const char *target) {
+int sl_tap_timeout(const char *arg) {
+  char *end;
+  double s = strtod(arg, &end);
+  if (end == arg || *end || !(s >= 0.1 && s <= 3600))
+    return -1;
+  return (int)(s * 1000);
+}
+
+static int stream(const struct sl_config *cfg, const char *target,
+                  int timeout_ms) {
   struct sl_admin_get g;
   struct sl_buf chunk;
   char err[512];
   int n;
 
-  if (sl_admin_get_open(&g, cfg, target, err, sizeof(err)) != 0) {
+  if (sl_admin_get_open(&g, cfg, target, timeout_ms, err, sizeof(err)) !=
+      0) {
     fprintf(stderr, "sluice tap: %s\n", err);
     return 1;
   }
@@ -61,6 +74,7 @@ static int stream(const struct sl_config *cfg, const char *target) {
             g.status, (int)chunk.len, (const char *)chunk.data);
     n = -1;
   } else {
+    g.idle_ok = 1; /* a quiet tap is no stalled server */
     while ((n = sl_admin_get_read(&g, &chunk)) > 0) {
       if (fwrite(chunk.data, 1, chunk.len, stdout) != chunk.len ||
           fflush(stdout) != 0) {
@@ -70,7 +84,8 @@ static int stream(const struct sl_config *cfg, const char *target) {
       sl_buf_reset(&chunk);
     }
     if (n < 0)
-      fprintf(stderr, "sluice tap: the admin API closed the stream\n");
+      fprintf(stderr, "sluice tap: %s\n",
+              g.err[0] ? g.err : "the admin API closed the stream");
   }
   sl_buf_close(&chunk);
   sl_admin_get_close(&g);
@@ -87,6 +102,7 @@ int sl_tap_main(int argc, char **argv) {
       {"sample", required_argument, NULL, 's'},
       {"limit", required_argument, NULL, 'n'},
       {"json", no_argument, NULL, 'j'},
+      {"timeout", required_argument, NULL, 'T'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   static const char *const keys[] = {
@@ -95,7 +111,7 @@ int sl_tap_main(int argc, char **argv) {
   const char *path = SL_CONFIG_DEFAULT_PATH;
   struct sl_config *cfg;
   struct sl_buf q, target;
-  int c, json = 0, rc = 0;
+  int c, json = 0, rc = 0, timeout_ms = 10000;
 
   sl_buf_init(&q);
   optind = 1;
@@ -104,6 +120,13 @@ int sl_tap_main(int argc, char **argv) {
       path = optarg;
     } else if (c == 'j') {
       json = 1;
+    } else if (c == 'T' && (timeout_ms = sl_tap_timeout(optarg)) < 0) {
+      fprintf(stderr, "sluice tap: --timeout: expected seconds from 0.1 to "
+              "3600, got \"%s\"\n", optarg);
+      sl_buf_close(&q);
+      return 2;
+    } else if (c == 'T') {
+      continue;
     } else if (c == 'h') {
       fputs(tap_usage, stdout);
       sl_buf_close(&q);
@@ -133,7 +156,7 @@ int sl_tap_main(int argc, char **argv) {
   rc = sl_buf_printf(&target, "/tap%.*s", (int)q.len, (const char *)q.data);
   if (rc == 0)
     rc = sl_buf_putc(&target, '\0');
-  rc = rc == 0 ? stream(cfg, (const char *)target.data) : 1;
+  rc = rc == 0 ? stream(cfg, (const char *)target.data, timeout_ms) : 1;
   sl_buf_close(&target);
   sl_buf_close(&q);
   sl_config_free(cfg);

@@ -12,4 +12,7 @@ int sl_top_main(int argc, char **argv);
 /* Load the config at path, printing its problems; NULL when rejected. */
 struct sl_config *sl_tap_load(const char *path);
 
+/* --timeout SECONDS (0.1 to 3600) in ms; -1 when it is not that. */
+int sl_tap_timeout(const char *arg);
+
 #endif

@@ -69,17 +69,20 @@ static int add_line(struct scrape *sc, char *line) {
   return 0;
 }
 
-static int fetch(const struct sl_config *cfg, struct scrape *sc, char *err,
-                 size_t errlen) {
+static int fetch(const struct sl_config *cfg, struct scrape *sc,
+                 int timeout_ms, char *err, size_t errlen) {
   struct sl_admin_get g;
   struct sl_buf body;
   char *line, *save = NULL;
   int rc;
   memset(sc, 0, sizeof(*sc));
-  if (sl_admin_get_open(&g, cfg, "/metrics", err, errlen) != 0)
+  if (sl_admin_get_open(&g, cfg, "/metrics", timeout_ms, err, errlen) != 0)
     return -1;
   sl_buf_init(&body);
   rc = sl_admin_get_body(&g, &body) == 0 ? 0 : -1;
+  if (rc != 0)
+    snprintf(err, errlen, "%s", g.err[0] ? g.err : "the admin API closed "
+             "inside its answer to /metrics");
   if (rc == 0 && g.status != 200) {
     snprintf(err, errlen, "the admin API answered %d to /metrics: %.*s",
              g.status, (int)(body.len > 200 ? 200 : body.len),
@@ -271,6 +274,7 @@ int sl_top_main(int argc, char **argv) {
   static const struct option opts[] = {
       {"config", required_argument, NULL, 'c'},
       {"once", no_argument, NULL, 'o'},
+      {"timeout", required_argument, NULL, 'T'},
       {"help", no_argument, NULL, 'h'},
       {NULL, 0, NULL, 0}};
   const char *path = SL_CONFIG_DEFAULT_PATH;
@@ -278,7 +282,7 @@ int sl_top_main(int argc, char **argv) {
   struct scrape a, b;
   struct timespec second = {1, 0};
   char err[512];
-  int c, once = 0, rc = 0;
+  int c, once = 0, rc = 0, timeout_ms = 10000;
 
   optind = 1;
   while ((c = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
@@ -286,8 +290,11 @@ int sl_top_main(int argc, char **argv) {
       path = optarg;
     else if (c == 'o')
       once = 1;
+    else if (c == 'T' && (timeout_ms = sl_tap_timeout(optarg)) > 0)
+      continue;
     else {
-      fputs("usage: sluice top [-c FILE] [--once]\n", c == 'h' ? stdout : stderr);
+      fputs("usage: sluice top [-c FILE] [--once] [--timeout SECONDS]\n",
+            c == 'h' ? stdout : stderr);
       return c == 'h' ? 0 : 2;
     }
   }
@@ -298,7 +305,7 @@ int sl_top_main(int argc, char **argv) {
   cfg = sl_tap_load(path);
   if (cfg == NULL)
     return 1;
-  if (fetch(cfg, &a, err, sizeof(err)) != 0) {
+  if (fetch(cfg, &a, timeout_ms, err, sizeof(err)) != 0) {
     fprintf(stderr, "sluice top: %s\n", err);
     sl_config_free(cfg);
     scrape_free(&a);
@@ -306,7 +313,7 @@ int sl_top_main(int argc, char **argv) {
   }
   for (;;) {
     nanosleep(&second, NULL);
-    if (fetch(cfg, &b, err, sizeof(err)) != 0) {
+    if (fetch(cfg, &b, timeout_ms, err, sizeof(err)) != 0) {
       fprintf(stderr, "sluice top: %s\n", err);
       scrape_free(&b);
       rc = 1;

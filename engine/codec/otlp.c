@@ -44,6 +44,7 @@ struct walk {
   uint32_t nrec;
   struct sl_buf payload;
   struct sl_buf text;     /* a value as JSON text */
+  size_t total;           /* bytes of the events made so far */
   char why[160];          /* why the current record is refused */
 };
 
@@ -477,6 +478,21 @@ static int take_record(struct walk *w, struct span rec) {
   sl_buf_reset(&w->payload);
   if ((rc = put_any(w, field(rec, "body"), &w->payload, 0)) != 0)
     return rc;
+  /* sized before anything is copied: the resource's headers come again in
+   * every record, and a large copy per small record must not happen */
+  used = w->topic.len + w->common.len + w->rec.len + w->payload.len;
+  if (used > w->max) {
+    snprintf(w->why, sizeof(w->why), "the event is larger than "
+             "max_event_bytes (%u)", (unsigned)w->max);
+    return SL_EPROTO;
+  }
+  if (w->total + used > SL_OTLP_MAX_EVENTS) {
+    snprintf(w->res->error, sizeof(w->res->error), "the events of this "
+             "request would be larger than %u MiB (each repeats its "
+             "resource and scope attributes): send fewer records per "
+             "request", SL_OTLP_MAX_EVENTS >> 20);
+    return SL_E2BIG;
+  }
   rc = sl_codec_put_map(w->out, 3u + (uint32_t)has_time);
   if (rc == 0 && (rc = sl_codec_put_str(w->out, "topic", 5)) == 0)
     rc = sl_codec_put_str(w->out, (const char *)w->topic.data, w->topic.len);
@@ -500,6 +516,7 @@ static int take_record(struct walk *w, struct span rec) {
              "max_event_bytes (%u)", (unsigned)w->max);
     return SL_EPROTO;
   }
+  w->total += w->out->len - mark;
   return w->cb(w->data, mark, w->out->len - mark);
 }
 

@@ -29,8 +29,13 @@ typedef int (*sl_otlp_event_cb)(void *data, size_t off, size_t len);
  * NAME ("unknown" when it is missing or not a string). Records that are not
  * valid, or whose event would exceed max_event_bytes, are counted in
  * res->rejected (the first one's reason in res->error) and skipped.
+ * Every event repeats its resource's and scope's headers, so a request of
+ * small records under large resource attributes would make far more bytes
+ * than it has: the events of one request are at most SL_OTLP_MAX_EVENTS
+ * bytes, else the whole request is refused (SL_E2BIG, res->error says so).
  * Returns 0, SL_EPROTO when the request itself is malformed (res->error
- * says where: answer 400), SL_ENOMEM, or what cb returned. */
+ * says where: answer 400), SL_E2BIG, SL_ENOMEM, or what cb returned. */
+#define SL_OTLP_MAX_EVENTS (64u << 20)
 int sl_otlp_logs(const uint8_t *p, size_t len, const char *topic,
                  uint32_t max_event_bytes, struct sl_buf *out,
                  sl_otlp_event_cb cb, void *data, struct sl_otlp_result *res);

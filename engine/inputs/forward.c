@@ -41,7 +41,20 @@ struct fwd_conn {
                                oldest first, waiting for durability */
   size_t covered;           /* pending bytes the durable wait covers */
   struct sl_durable wait;
+  int ack_full;             /* paused: too many acks not yet written */
 };
+
+/* Acks are the sender's chunk ids echoed: one that never reads them would
+ * have us queue them without bound. Past this many unsent bytes the conn
+ * stops reading; it goes on once half are written. */
+#define ACK_BACKLOG (1u << 20)
+
+/* A frame's tag is the topic of each of its entries' events: a long one
+ * over many tiny entries would multiply the frame's bytes (an 8 MiB frame
+ * of a 4 MiB tag and a million 4-byte entries: 4 TB of events). Fluent
+ * tags are dotted names; this is generous. */
+#define MAX_TAG 1024
+
 
 /* One rate-limited line per bad connection, counted; the conn closes. */
 static void bad_input(struct fwd_conn *nc, size_t offset, const char *why) {
@@ -75,11 +88,28 @@ static void refused(struct fwd_conn *nc) {
 
 /* ---- acks ----------------------------------------------------------- */
 
+static size_t ack_backlog(struct fwd_conn *nc) {
+  return sl_conn_write_queue_size(nc->conn) + nc->pending.len;
+}
+
+static void on_acks_written(struct sl_conn *c, int status, void *arg) {
+  struct fwd_conn *nc;
+  (void)arg;
+  if (status == UV_ECANCELED || sl_conn_is_closing(c))
+    return;
+  nc = sl_conn_proto(c);
+  if (nc->ack_full && ack_backlog(nc) <= ACK_BACKLOG / 2) {
+    nc->ack_full = 0;
+    if (nc->src.held == NULL) /* else on_resume resumes it */
+      sl_conn_resume(c);
+  }
+}
+
 static void write_acks(struct fwd_conn *nc) {
   struct sl_buf b;
   sl_buf_init(&b);
   if (sl_buf_append(&b, nc->pending.data, nc->covered) == 0 &&
-      sl_conn_write(nc->conn, &b, NULL, NULL) == 0)
+      sl_conn_write(nc->conn, &b, on_acks_written, NULL) == 0)
     sl_buf_consume(&nc->pending, nc->covered);
   nc->covered = 0;
   sl_buf_close(&b);
@@ -228,6 +258,11 @@ static int start_frame(struct fwd_conn *nc, const uint8_t *p, size_t len) {
     bad_input(nc, err.offset, err.msg);
     return SL_EPROTO;
   }
+  if (f.tag.len > MAX_TAG) { /* every entry's event repeats it */
+    snprintf(msg, sizeof(msg), "tag longer than %d bytes", MAX_TAG);
+    bad_input(nc, 0, msg);
+    return SL_E2BIG;
+  }
   entries = f.entries;
   elen = f.entries_len;
   if (f.gzip) {
@@ -340,6 +375,11 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
   char msg[160];
   int rc;
   while (pos < len && !sl_conn_is_closing(c)) {
+    if (nc->frame_len == 0 && ack_backlog(nc) > ACK_BACKLOG) {
+      nc->ack_full = 1; /* on_acks_written resumes */
+      sl_conn_pause(c);
+      break;
+    }
     if (nc->frame_len == 0) {
       rc = sl_codec_skip(data + pos, len - pos, max, &used, &err);
       if (rc == SL_EAGAIN && len - pos <= max)

@@ -22,6 +22,16 @@
  * only to serve rebalances, logs and commit results; a message that
  * arrives meanwhile waits in a backlog, submitted first on on_resume.
  *
+ * A partition tracks at most max_uncommitted messages past its commit
+ * point: a failed message (a disk buffer refused it) holds the point back
+ * for good in this assignment, and each later message would add an entry
+ * without bound. At the bound the partition alone is paused and sought
+ * back to the message it could not take. The commit timer resumes it
+ * (seeking there again) once half the entries are done; when a failed one
+ * holds the front, it rewinds instead: the partition's tracking starts
+ * over (a new id) from the failed offset, so the failed message and those
+ * after it are read and tried again (duplicates, never a loss).
+ *
  * Mapping: the message value is the event (format "event": a msgpack
  * event map; "json": a JSON value, the payload; "raw": the bytes, a binary
  * payload; "auto", the default: event, else JSON); Kafka key -> ev.key,
@@ -68,6 +78,8 @@ struct kpart {
   int64_t snap;       /* done when durability was asked for */
   int64_t committed;  /* the last commit sent; -1 none */
   int64_t next;       /* the offset after the last one submitted */
+  int capped;         /* paused at max_uncommitted; resumes at resume_at */
+  int64_t resume_at;
 };
 
 struct kafka_in {
@@ -94,6 +106,8 @@ struct kafka_in {
   struct sl_buf scratch;
   struct sl_log_limiter log;
   uint64_t rebalances, commits, commit_errors, bad_messages, refused;
+  uint32_t max_uncommitted;
+  uint64_t caps, rewinds;
 };
 
 static const struct sl_metric m_lag = {
@@ -122,6 +136,14 @@ static const struct sl_metric m_commit_errors = {
 static const struct sl_metric m_bad = {
     "sluice_kafka_bad_messages_total",
     "Messages that did not parse or were too large (to the dead letter).",
+    SL_METRIC_COUNTER, {"input", NULL}};
+static const struct sl_metric m_caps = {
+    "sluice_kafka_partition_pauses_total",
+    "Times a partition was paused with max_uncommitted messages past its "
+    "commit point.", SL_METRIC_COUNTER, {"input", NULL}};
+static const struct sl_metric m_rewinds = {
+    "sluice_kafka_partition_rewinds_total",
+    "Times a paused partition was read again from a failed message.",
     SL_METRIC_COUNTER, {"input", NULL}};
 static const struct sl_metric m_client_errors = {
     "sluice_kafka_client_errors_total",
@@ -294,6 +316,7 @@ static void commit(struct kafka_in *k) {
 }
 
 static void pump(struct kafka_in *k);
+static void parts_uncap(struct kafka_in *k);
 
 /* Also a poll: librdkafka takes a consumer that has not polled for
  * max.poll.interval.ms (5 min) for stuck and leaves the group, and an
@@ -301,6 +324,8 @@ static void pump(struct kafka_in *k);
 static void on_commit_timer(uv_timer_t *t) {
   struct kafka_in *k = container_of(t, struct kafka_in, commit_timer);
   uint64_t now = sl_mono_ns();
+  if (!k->finished && !k->closing && !k->draining && k->rk)
+    parts_uncap(k);
   pump(k);
   if (k->finished || now < k->next_commit_ns)
     return;
@@ -336,6 +361,11 @@ static void offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 static void pause_all(struct kafka_in *k, int pause) {
   rd_kafka_topic_partition_list_t *l = NULL;
   if (rd_kafka_assignment(k->rk, &l) == RD_KAFKA_RESP_ERR_NO_ERROR && l) {
+    int i;
+    for (i = 0; !pause && i < k->nparts; i++)
+      if (k->parts[i]->capped) /* stays paused: the commit timer decides */
+        rd_kafka_topic_partition_list_del(l, k->parts[i]->topic,
+                                          k->parts[i]->partition);
     if (pause)
       rd_kafka_pause_partitions(k->rk, l);
     else
@@ -584,6 +614,68 @@ static void block(struct kafka_in *k) {
   pause_all(k, 1);
 }
 
+/* Pause p alone (pause 1) or resume it and seek it to resume_at. */
+static void part_pause(struct kafka_in *k, struct kpart *p, int pause) {
+  rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+  rd_kafka_error_t *e;
+  if (l == NULL)
+    return;
+  rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset =
+      p->resume_at;
+  if (pause) {
+    rd_kafka_pause_partitions(k->rk, l);
+  } else {
+    if (!k->blocked && !k->draining)
+      rd_kafka_resume_partitions(k->rk, l);
+    /* after the resume: the fetch starts where we say, whatever the
+     * client kept as the position of the messages it handed out */
+    if ((e = rd_kafka_seek_partitions(k->rk, l, 0)) != NULL)
+      rd_kafka_error_destroy(e);
+  }
+  rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* p has max_uncommitted entries: pause it; the message at off and those
+ * after it are read again once it resumes. */
+static void part_cap(struct kafka_in *k, struct kpart *p, int64_t off) {
+  uint64_t suppressed = 0;
+  p->capped = 1;
+  p->resume_at = off;
+  k->caps++;
+  part_pause(k, p, 1);
+  if (sl_log_allow(&k->log, &suppressed))
+    sl_log(SL_LOG_WARN, "kafka partition paused: max_uncommitted messages "
+           "past its commit point (a failed or slow one holds it)",
+           SL_S("input", k->in->cfg->name), SL_S("topic", p->topic),
+           SL_I("partition", p->partition), SL_I("offset", off),
+           SL_U("max_uncommitted", k->max_uncommitted),
+           SL_I("committable", p->done), SL_U("suppressed", suppressed),
+           SL_END);
+}
+
+/* The commit timer: resume capped partitions that have room again, rewind
+ * those a failed message holds. */
+static void parts_uncap(struct kafka_in *k) {
+  int i;
+  for (i = 0; i < k->nparts; i++) {
+    struct kpart *p = k->parts[i];
+    if (!p->capped)
+      continue;
+    if (p->count && p->ring[p->head].st == E_FAILED) {
+      p->resume_at = p->ring[p->head].off;
+      p->id = ++k->next_id & 0xffffff; /* its events in flight: not ours */
+      p->head = p->count = 0;
+      p->head_seq = 0;
+      k->rewinds++;
+    } else if (p->count > k->max_uncommitted / 2) {
+      continue;
+    }
+    p->capped = 0;
+    p->next = p->resume_at;
+    part_pause(k, p, 0);
+  }
+}
+
 /* Submit one message; it is freed here. */
 static void handle(struct kafka_in *k, rd_kafka_message_t *m) {
   struct sl_input *in = k->in;
@@ -605,6 +697,12 @@ static void handle(struct kafka_in *k, rd_kafka_message_t *m) {
   p = m->rkt ? part_of(k, rd_kafka_topic_name(m->rkt), m->partition) : NULL;
   if (p == NULL || k->draining) {
     rd_kafka_message_destroy(m); /* not ours (any more): uncommitted */
+    return;
+  }
+  if (!p->capped && p->count >= k->max_uncommitted)
+    part_cap(k, p, m->offset);
+  if (p->capped) {
+    rd_kafka_message_destroy(m); /* read again from resume_at */
     return;
   }
   ev = build(k, m, &why);
@@ -766,6 +864,8 @@ static int add_metrics(struct kafka_in *k) {
       sl_metric_add_u64(r, &m_commits, v, &k->commits, k) ||
       sl_metric_add_u64(r, &m_commit_errors, v, &k->commit_errors, k) ||
       sl_metric_add_u64(r, &m_bad, v, &k->bad_messages, k) ||
+      sl_metric_add_u64(r, &m_caps, v, &k->caps, k) ||
+      sl_metric_add_u64(r, &m_rewinds, v, &k->rewinds, k) ||
       sl_metric_add_u64(r, &m_client_errors, v, &k->bridge.errors, k))
     return SL_ENOMEM;
   return 0;
@@ -820,6 +920,8 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   k->dur.on_durable = on_durable;
   k->format = (int)sl_config_value_num(cfg->values, cfg->nvalues, "format");
   k->topic = sl_config_value_str(cfg->values, cfg->nvalues, "topic");
+  k->max_uncommitted = (uint32_t)sl_config_value_num(cfg->values, cfg->nvalues,
+                                                     "max_uncommitted");
   k->bridge.kind = "input";
   k->bridge.name = cfg->name;
   k->bridge.on_ready = on_ready;
@@ -1006,6 +1108,10 @@ static const struct sl_config_key keys[] = {
     {.name = "commit_interval_ms", .type = SL_KEY_UINT, .def = "1000",
      .doc = "how often done offsets are committed (also on revoke and at "
             "stop)", .min = 10, .max = 3600000},
+    {.name = "max_uncommitted", .type = SL_KEY_UINT, .def = "1000000",
+     .doc = "messages a partition may have past its commit point (in "
+            "flight, or behind a failed one) before it is paused",
+     .min = 2, .max = 10000000},
     {.name = "options", .type = SL_KEY_STRING,
      .doc = "librdkafka properties \"k=v,k=v\", set last"},
     {.name = "tls", .type = SL_KEY_TLS, .flags = SL_KEY_TLS_CLIENT,

@@ -576,11 +576,16 @@ static int step(struct walk *w, int idx, struct pnode *nd, struct iter *it,
   return 0;
 }
 
-/* The iterator pairs(p) returns: upvalue 1 is its struct iter. */
+/* The iterator pairs(p) returns: upvalue 1 is its struct iter, upvalue 2
+ * p. A rule can call it by hand with anything: its state fits p only. */
 static int p_pairs_next(lua_State *L) {
   struct walk w = {0};
-  struct pnode *nd = node_at(L, 1, &w);
+  struct pnode *nd;
   struct iter *it = lua_touserdata(L, lua_upvalueindex(1));
+
+  if (!lua_rawequal(L, 1, lua_upvalueindex(2)))
+    return luaL_error(L, "the iterator of pairs(p) walks p only");
+  nd = node_at(L, 1, &w);
 
   lua_settop(L, 2);
   return step(&w, 1, nd, it, 2) ? 2 : 0;
@@ -619,7 +624,11 @@ static int p_next(lua_State *L) {
 
 static int p_ipairs_next(lua_State *L) {
   struct walk w = {0};
-  struct pnode *nd = node_at(L, 1, &w);
+  struct pnode *nd;
+
+  if (!sl_proxy_is(L, 1)) /* called by hand with something else */
+    return luaL_argerror(L, 1, "expected a part of ev.payload");
+  nd = node_at(L, 1, &w);
   lua_Number i = luaL_checknumber(L, 2) + 1;
 
   lua_settop(L, 1);
@@ -1093,7 +1102,8 @@ static int l_pairs(lua_State *L) {
   it = lua_newuserdata(L, sizeof(*it));
   it->pos = nd->body;
   it->j = 0;
-  lua_pushcclosure(L, p_pairs_next, 1);
+  lua_pushvalue(L, 1);
+  lua_pushcclosure(L, p_pairs_next, 2);
   lua_pushvalue(L, 1);
   lua_pushnil(L);
   return 3;

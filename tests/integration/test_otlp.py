@@ -285,3 +285,42 @@ def test_an_oversized_body_is_413_and_an_oversized_record_a_partial_success(slui
     wait_lines(eng.path("out.ndjson"), 1)
     assert [e["payload"] for e in read_ndjson(eng.path("out.ndjson"))] == ["fits"]
     assert eng.stop() == 0
+
+
+def _rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+
+def test_small_records_under_huge_resource_attributes_cannot_blow_up_memory(sluice):
+    """Each record's event repeats its resource's attributes: 100 KB of them
+    over 2000 empty records (a 112 KB request) would be 200 MB of events.
+    The events of one request are bounded (64 MiB): the request is refused
+    whole, at once, and the engine does not grow; a record whose event
+    alone is over max_event_bytes is rejected before anything is copied."""
+    eng, port = start(sluice)
+    base = _rss_kib(eng.proc.pid)
+    attrs = [{"key": "a%d" % i, "value": {"stringValue": "x" * 1000}}
+             for i in range(100)]
+    req = {"resourceLogs": [{"resource": {"attributes": attrs},
+                             "scopeLogs": [{"logRecords": [{}] * 2000}]}]}
+    r = post(port, req)
+    assert r.status == 400, r
+    assert "larger than 64 MiB (each repeats its resource" in r.json()["message"]
+    assert _rss_kib(eng.proc.pid) - base < 96 * 1024
+    # 1.1 MB of attributes (over max_event_bytes, 1 MiB) over 200000 empty
+    # records: each is rejected without copying the attributes
+    attrs = [{"key": "a%d" % i, "value": {"stringValue": "x" * 1000}}
+             for i in range(1100)]
+    req = {"resourceLogs": [{"resource": {"attributes": attrs},
+                             "scopeLogs": [{"logRecords": [{}] * 200000}]}]}
+    r = curl(url(port), data=json.dumps(req), content_type="application/json",
+             timeout=20)
+    assert r.status == 200, r
+    ps = r.json()["partialSuccess"]
+    assert ps["rejectedLogRecords"] == "200000"
+    assert "max_event_bytes" in ps["errorMessage"]
+    # a normal request goes on
+    assert post(port, SPEC_EXAMPLE).status == 200
+    wait_lines(eng.path("out.ndjson"), 1)
+    assert eng.stop() == 0

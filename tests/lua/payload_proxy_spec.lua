@@ -267,6 +267,27 @@ describe("writing ev.payload", function()
     s.has(err("ev.payload.f = print"), "cannot encode a function value")
   end)
 
+  it("refuses the iterators of pairs and ipairs called on anything but their proxy", function()
+    local function err(body)
+      local res = run(s.on_event(body), { topic = "t", payload_raw = hex("82 a161 80 a16c 91 01") })
+      assert.equal("runtime", res.error_kind, body)
+      return res.error
+    end
+    for _, arg in ipairs({ '"x"', "5", "{}", "nil", "ev.payload.l", "ev.payload.a" }) do
+      s.has(err("local f = pairs(ev.payload) f(" .. arg .. ", nil) return 'o'"),
+        "the iterator of pairs(p) walks p only")
+      s.has(err("local f = pairs(ev.payload.l) f(" .. arg:gsub("%.l$", "") .. ", nil) return 'o'"),
+        "the iterator of pairs(p) walks p only")
+    end
+    for _, arg in ipairs({ '"x"', "5", "{}", "nil" }) do
+      s.has(err("local f = ipairs(ev.payload.l) f(" .. arg .. ", 0) return 'o'"),
+        "bad argument #1")
+    end
+    -- the right proxy still walks
+    local r = s.on_event("local f, p = pairs(ev.payload.l) local k, v = f(p, nil) return tostring(v)")
+    assert.same({ "1" }, run(r, { topic = "t", payload_raw = hex("82 a161 80 a16c 91 01") }).routes)
+  end)
+
   it("writes at the deepest level, and refuses a table that would nest past the limit", function()
     local descend = "local p = ev.payload while type(p[1]) == 'table' do p = p[1] end "
     local raw = hex(nested(64, "01"))
