@@ -55,7 +55,6 @@ struct fwd_conn {
  * tags are dotted names; this is generous. */
 #define MAX_TAG 1024
 
-
 /* One rate-limited line per bad connection, counted; the conn closes. */
 static void bad_input(struct fwd_conn *nc, size_t offset, const char *why) {
   struct sl_input *in = nc->src.input;
