@@ -865,6 +865,30 @@ int sl_codec_write_event(struct sl_buf *out, struct sl_str id,
   return 0;
 }
 
+FLAT
+size_t sl_codec_pack_int(uint8_t *d, int64_t v) {
+  struct fill f = {d};
+  msgpack_packer pk = {&f, on_fill};
+  msgpack_pack_int64(&pk, v);
+  return (size_t)(f.d - d);
+}
+
+FLAT
+size_t sl_codec_pack_strhdr(uint8_t *d, size_t n) {
+  struct fill f = {d};
+  msgpack_packer pk = {&f, on_fill};
+  msgpack_pack_str(&pk, n);
+  return (size_t)(f.d - d);
+}
+
+FLAT
+size_t sl_codec_pack_maphdr(uint8_t *d, uint32_t n) {
+  struct fill f = {d};
+  msgpack_packer pk = {&f, on_fill};
+  msgpack_pack_map(&pk, n);
+  return (size_t)(f.d - d);
+}
+
 /* Each writer below: room for the value at its largest, then the packer
  * over that room, then the buffer's length set past what it wrote. */
 #define PACK(b, max, call)                          \

@@ -127,6 +127,13 @@ int sl_codec_read_ext(const uint8_t *p, size_t len, int8_t *type,
 int sl_codec_read_array(const uint8_t *p, size_t len, uint32_t *count,
                         size_t *used);
 
+/* Raw writers for a caller that sized its room already (the event
+ * builder): the bytes msgpack-c's packer writes, at d. Return the bytes
+ * written: an integer takes at most 9, a str or map header at most 5. */
+size_t sl_codec_pack_int(uint8_t *d, int64_t v);
+size_t sl_codec_pack_strhdr(uint8_t *d, size_t n);
+size_t sl_codec_pack_maphdr(uint8_t *d, uint32_t n);
+
 /* msgpack writers (smallest encoding). Return 0 or SL_ENOMEM. */
 int sl_codec_put_nil(struct sl_buf *b);
 int sl_codec_put_bool(struct sl_buf *b, int v);

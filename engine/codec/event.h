@@ -61,6 +61,12 @@ struct sl_event *sl_event_new(struct sl_idgen *g, struct sl_str id,
 struct sl_event *sl_event_from_view(struct sl_idgen *g,
                                     const struct sl_event_view *v, int trace);
 
+/* The same with the clocks given: now (sl_now_ns) for a missing time, mono
+ * (sl_mono_ns) for ingest_ns. An input reads them once per batch. */
+struct sl_event *sl_event_from_view_at(struct sl_idgen *g,
+                                       const struct sl_event_view *v,
+                                       int trace, int64_t now, uint64_t mono);
+
 /* Copy of ev with one header set (added or replaced). NULL on ENOMEM. */
 struct sl_event *sl_event_with_header(const struct sl_event *ev,
                                       const char *name, const char *value,
