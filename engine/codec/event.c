@@ -4,6 +4,7 @@
 #include "event.h"
 
 #include <assert.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -139,6 +140,100 @@ static int rewrite_headers(struct sl_buf *out, const uint8_t *h, size_t hlen,
   return 0;
 }
 
+/* ---- event blocks -------------------------------------------------------
+ * Events come and go by the million, in batches (a read builds hundreds,
+ * an output frees them together): too many for malloc's per-thread cache,
+ * so each thread keeps its own free lists of two block sizes. A block goes
+ * back to the list of the thread that frees it (any thread: an event may
+ * move between workers), up to pool_max per size; the rest to free(). A
+ * thread's lists are freed when it ends. Under AddressSanitizer every
+ * event is its own malloc, so a use after free is still caught. */
+
+#if defined(__SANITIZE_ADDRESS__)
+#define SL_EVENT_POOL 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SL_EVENT_POOL 0
+#endif
+#endif
+#ifndef SL_EVENT_POOL
+#define SL_EVENT_POOL 1
+#endif
+
+/* A read may bring ~20000 events before the output frees any (libuv reads
+ * up to 2 MiB at once): the lists must hold a burst. At most 16 MiB a
+ * thread stay with them, as malloc's heap would keep them. */
+static const size_t pool_size[2] = {512, 2048}; /* header included */
+static const uint32_t pool_max[2] = {24576, 2048}; /* 12 + 4 MiB */
+
+struct free_block {
+  struct free_block *next;
+};
+
+struct ev_pool {
+  struct free_block *head[2];
+  uint32_t n[2];
+  int keyed; /* its thread frees it at exit */
+};
+
+static _Thread_local struct ev_pool pool;
+static pthread_key_t pool_key;
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+static void pool_drain(void *arg) {
+  struct ev_pool *p = arg;
+  int c;
+  for (c = 0; c < 2; c++)
+    while (p->head[c]) {
+      struct free_block *b = p->head[c];
+      p->head[c] = b->next;
+      free(b);
+    }
+  p->n[0] = p->n[1] = 0;
+}
+
+static void pool_key_make(void) {
+  (void)pthread_key_create(&pool_key, pool_drain);
+}
+
+static struct sl_event *ev_alloc(size_t room) {
+  size_t need = sizeof(struct sl_event) + room;
+  int c = !SL_EVENT_POOL ? -1 : need <= pool_size[0] ? 0
+                              : need <= pool_size[1] ? 1
+                                                     : -1;
+  struct sl_event *ev;
+  if (c >= 0 && pool.head[c]) {
+    struct free_block *b = pool.head[c];
+    pool.head[c] = b->next;
+    pool.n[c]--;
+    ev = (struct sl_event *)(void *)b;
+  } else {
+    ev = malloc(c >= 0 ? pool_size[c] : need);
+    if (ev == NULL)
+      return NULL;
+  }
+  ev->block = (uint32_t)(c + 1);
+  return ev;
+}
+
+static void ev_free(struct sl_event *ev) {
+  int c = (int)ev->block - 1;
+  struct free_block *b;
+  if (c < 0 || pool.n[c] >= pool_max[c]) {
+    free(ev);
+    return;
+  }
+  if (sl_unlikely(!pool.keyed)) {
+    pool.keyed = 1;
+    if (pthread_once(&pool_once, pool_key_make) == 0)
+      (void)pthread_setspecific(pool_key, &pool);
+  }
+  b = (struct free_block *)(void *)ev;
+  b->next = pool.head[c];
+  pool.head[c] = b;
+  pool.n[c]++;
+}
+
 /* Copy n bytes at d; returns the end. */
 static inline uint8_t *put(uint8_t *d, const void *p, size_t n) {
   if (n) /* p may be NULL when n is 0 */
@@ -232,7 +327,7 @@ static struct sl_event *build(struct sl_idgen *g, struct sl_str id,
     bound += 8 + 5 + headers_len + 14 + 55, fields++;
   if (payload)
     bound += 8 + payload_len, fields++;
-  ev = malloc(sizeof(*ev) + bound);
+  ev = ev_alloc(bound);
   if (ev == NULL)
     goto fail;
   d = ev->data;
@@ -352,7 +447,7 @@ void sl_event_unref(struct sl_event *ev) {
   if (--ev->refs == 0) {
     if (sl_unlikely(ev->track != NULL))
       track_release(ev->track);
-    free(ev);
+    ev_free(ev);
   }
 }
 
