@@ -595,7 +595,8 @@ truncated:
 /* The value of field f at *pos into v. Returns 0, SL_EPROTO (err set) or
  * SL_EAGAIN when the bytes end inside it. */
 static int parse_field(const uint8_t *p, size_t len, size_t *pos, int f,
-                       struct sl_event_view *v, struct sl_codec_error *err) {
+                       int last, struct sl_event_view *v,
+                       struct sl_codec_error *err) {
   size_t at = *pos, used;
   struct sl_str *s;
   int r;
@@ -636,7 +637,14 @@ static int parse_field(const uint8_t *p, size_t len, size_t *pos, int f,
   case F_HEADERS:
     return parse_headers(p, len, pos, v, err);
   default: /* F_PAYLOAD */
-    r = sl_codec_skip(p + at, len - at, len - at, &used, err);
+    if (last) {
+      /* the map's last value, in bytes sl_codec_skip measured: it ends
+       * where they end, no need to walk it again */
+      used = len - at;
+      r = 0;
+    } else {
+      r = sl_codec_skip(p + at, len - at, len - at, &used, err);
+    }
     if (r == SL_EAGAIN || r == SL_E2BIG) /* longer than the event */
       return SL_EAGAIN;
     if (r != 0) {
@@ -655,8 +663,9 @@ static int parse_field(const uint8_t *p, size_t len, size_t *pos, int f,
   }
 }
 
-int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
-                         struct sl_codec_error *err) {
+/* measured: p[0..len) is one object sl_codec_skip accepted. */
+static int parse_event(const uint8_t *p, size_t len, int measured,
+                       struct sl_event_view *v, struct sl_codec_error *err) {
   size_t pos = 0, at;
   uint32_t n, i;
   unsigned seen = 0;
@@ -698,7 +707,7 @@ int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
     seen |= 1u << f;
     if (pos >= len)
       goto truncated;
-    r = parse_field(p, len, &pos, f, v, err);
+    r = parse_field(p, len, &pos, f, measured && i + 1 == n, v, err);
     if (r == SL_EAGAIN)
       goto truncated;
     if (r != 0)
@@ -718,6 +727,17 @@ int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
 truncated:
   seterr(err, len, "truncated event");
   return SL_EPROTO;
+}
+
+int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
+                         struct sl_codec_error *err) {
+  return parse_event(p, len, 0, v, err);
+}
+
+int sl_codec_parse_measured(const uint8_t *p, size_t len,
+                            struct sl_event_view *v,
+                            struct sl_codec_error *err) {
+  return parse_event(p, len, 1, v, err);
 }
 
 /* Malformed bytes give SL_EPROTO rather than a wrong span. */

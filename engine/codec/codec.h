@@ -49,6 +49,12 @@ struct sl_event_view {
 int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
                          struct sl_codec_error *err);
 
+/* The same for bytes that are exactly one object sl_codec_skip accepted
+ * (its *used): a payload that is the last field is not walked again. */
+int sl_codec_parse_measured(const uint8_t *p, size_t len,
+                            struct sl_event_view *v,
+                            struct sl_codec_error *err);
+
 /* Find a string key in a raw msgpack map (as validated above). Sets the
  * value span and returns 0, or SL_ENOENT. */
 int sl_codec_map_find(const uint8_t *map, size_t len, const char *key,

@@ -203,7 +203,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
         continue;
       }
     }
-    if (sl_codec_parse_event(data + pos, used, &v, &err) != 0) {
+    if (sl_codec_parse_measured(data + pos, used, &v, &err) != 0) {
       bad_input(c, in, pos + err.offset, err.msg);
       return pos;
     }

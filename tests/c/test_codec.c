@@ -338,6 +338,33 @@ TEST(parse_event_reads_every_field) {
   CHECK_STR(hexof(v.payload, v.payload_len), "92 01 a1 78");
 }
 
+TEST(parse_measured_reads_what_parse_event_reads) {
+  const char *events[] = {
+      /* payload last: its span is the rest of the bytes */
+      "83 a5 'topic' a1 't' a3 'key' a1 'k' a7 'payload' 82 a1 'a' 01 a1 'b' "
+      "92 c0 a1 'x'",
+      /* payload first: walked as before */
+      "83 a7 'payload' 92 01 a1 'x' a5 'topic' a1 't' a4 'time' 05",
+      "82 a5 'topic' a1 't' a7 'headers' 81 a1 'a' a1 'b'",
+  };
+  uint8_t b[256];
+  struct sl_event_view v, m;
+  size_t i, n, used;
+  for (i = 0; i < SL_ARRAY_SIZE(events); i++) {
+    n = unhex(events[i], b);
+    CHECK_EQ(sl_codec_skip(b, n, MIB, &used, NULL), 0);
+    CHECK_EQ(used, n);
+    CHECK_EQ(sl_codec_parse_event(b, n, &v, NULL), 0);
+    CHECK_EQ(sl_codec_parse_measured(b, n, &m, NULL), 0);
+    CHECK(memcmp(&v, &m, sizeof(v)) == 0);
+  }
+  /* the errors stay: a wrong type before the payload, an unknown field */
+  n = unhex("82 a5 'topic' 01 a7 'payload' 01", b);
+  CHECK_EQ(sl_codec_parse_measured(b, n, &m, NULL), SL_EPROTO);
+  n = unhex("82 a5 'topic' a1 't' a3 'bad' 01", b);
+  CHECK_EQ(sl_codec_parse_measured(b, n, &m, NULL), SL_EPROTO);
+}
+
 TEST(parse_event_topic_alone_is_enough) {
   uint8_t b[64];
   struct sl_event_view v;
