@@ -16,6 +16,8 @@ static size_t next_star(const char *pat, size_t plen, size_t from) {
 int sl_router_glob(const char *pat, size_t plen, const char *s, size_t slen) {
   size_t head, tail, p, i, end;
 
+  if (plen == 1 && pat[0] == '*')
+    return 1; /* the catch-all route, checked for every event */
   /* the literal before the first '*' is a prefix; no '*': all of it */
   head = next_star(pat, plen, 0);
   if (head == plen)
