@@ -131,6 +131,30 @@ int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
   if (max_bytes == 0)
     goto too_big;
   for (;;) {
+    /* far from the end of the bytes and from max_bytes, a fixint or a
+     * fixstr (most of an event) fits both: only its type is looked at.
+     * Below lim, len - pos > 32 and room > 32 >= its size (owed only
+     * falls on this path, so lim, taken once, stays on the safe side). */
+    {
+      size_t m = max_bytes - (size_t)owed; /* >= pos: the invariant */
+      size_t lim = len > 32 ? len - 32 : 0;
+      if (m < 31)
+        lim = 0;
+      else if (m - 31 < lim)
+        lim = m - 31;
+      while (pos < lim) {
+        c = p[pos];
+        if (c <= 0x7f || c >= 0xe0)
+          pos++;
+        else if ((c & 0xe0) == 0xa0)
+          pos += 1 + (size_t)(c & 0x1f);
+        else
+          break;
+        owed--;
+        if (--cur == 0)
+          goto pop;
+      }
+    }
     if (sl_unlikely(pos >= len))
       goto again;
     c = p[pos];

@@ -173,6 +173,35 @@ TEST(skip_every_prefix_is_eagain) {
   CHECK_STR(err.msg, "incomplete: more bytes needed");
 }
 
+/* Long runs of fixstrs and fixints take a short path far from the ends:
+ * its answers must be the checked path's at every length and limit. */
+TEST(skip_fast_path_keeps_every_prefix_and_limit_exact) {
+  uint8_t b[2048];
+  size_t i, n = 0, k, used;
+  struct sl_codec_error err;
+  b[n++] = 0x94;
+  for (i = 0; i < 3; i++) {
+    n += unhex("85 a5 'topic' ae 'orders.created' a3 'key' aa 'cust-00042' "
+               "a6 'amount' 7f a3 'neg' e0 a4 'list' 93 01 a0 "
+               "bf '0123456789012345678901234567890'", b + n);
+  }
+  n += unhex("dc 00 03 cc ff a1 'z' 81 a1 'k' c0", b + n);
+  CHECK_EQ(sl_codec_skip(b, n, MIB, &used, NULL), 0);
+  CHECK_EQ(used, n);
+  for (k = 0; k < n; k++) {
+    CHECK_EQ(sl_codec_skip(b, k, MIB, &used, &err), SL_EAGAIN);
+    CHECK_EQ(err.offset, k);
+  }
+  for (k = 1; k < n; k++)
+    CHECK_EQ(sl_codec_skip(b, n, k, &used, NULL), SL_E2BIG);
+  CHECK_EQ(sl_codec_skip(b, n, n, &used, NULL), 0);
+  CHECK_EQ(used, n);
+  /* and one more object after it is not part of it */
+  b[n] = 0x01;
+  CHECK_EQ(sl_codec_skip(b, n + 1, MIB, &used, NULL), 0);
+  CHECK_EQ(used, n);
+}
+
 TEST(skip_map32_bomb_is_e2big_at_once) {
   struct sl_codec_error err;
   size_t used;
