@@ -315,7 +315,12 @@ int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
   }
 
 again:
-  seterr(err, len, "incomplete: more bytes needed");
+  /* every read that ends inside an event comes here: no formatting */
+  if (err != NULL) {
+    static const char msg[] = "incomplete: more bytes needed";
+    err->offset = len;
+    memcpy(err->msg, msg, sizeof(msg));
+  }
   return SL_EAGAIN;
 too_big:
   seterr(err, pos, "object larger than %zu bytes", max_bytes);
@@ -361,6 +366,24 @@ static int read_str(const uint8_t *p, size_t len, size_t *pos,
   s->len = n;
   *pos = i + hdr + n;
   return 0;
+}
+
+/* read_str with a fixstr (an event's names, topics, keys, headers) read
+ * in place: the event parser calls it for every field. */
+static inline int read_str_hot(const uint8_t *p, size_t len, size_t *pos,
+                               struct sl_str *s) {
+  size_t i = *pos;
+  uint8_t c = p[i];
+  if (sl_likely((c & 0xe0) == 0xa0)) {
+    uint32_t n = c & 0x1f;
+    if (n > len - i - 1)
+      return -1;
+    s->p = (const char *)p + i + 1;
+    s->len = n;
+    *pos = i + 1 + n;
+    return 0;
+  }
+  return read_str(p, len, pos, s);
 }
 
 static int read_map(const uint8_t *p, size_t len, size_t *pos, uint32_t *n) {
@@ -582,7 +605,7 @@ static int parse_headers(const uint8_t *p, size_t len, size_t *pos,
     at = *pos;
     if (at >= len)
       goto truncated;
-    r = read_str(p, len, pos, &k);
+    r = read_str_hot(p, len, pos, &k);
     if (r < 0)
       goto truncated;
     if (r > 0) {
@@ -593,7 +616,7 @@ static int parse_headers(const uint8_t *p, size_t len, size_t *pos,
     at = *pos;
     if (at >= len)
       goto truncated;
-    r = read_str(p, len, pos, &s);
+    r = read_str_hot(p, len, pos, &s);
     if (r < 0)
       goto truncated;
     if (r > 0) {
@@ -630,7 +653,7 @@ static int parse_field(const uint8_t *p, size_t len, size_t *pos, int f,
   case F_TOPIC:
   case F_KEY:
     s = f == F_ID ? &v->id : f == F_TOPIC ? &v->topic : &v->key;
-    r = read_str(p, len, pos, s);
+    r = read_str_hot(p, len, pos, s);
     if (r < 0)
       return SL_EAGAIN;
     if (r > 0) {
@@ -712,7 +735,7 @@ static int parse_event(const uint8_t *p, size_t len, int measured,
     at = pos;
     if (at >= len)
       goto truncated;
-    r = read_str(p, len, &pos, &k);
+    r = read_str_hot(p, len, &pos, &k);
     if (r < 0)
       goto truncated;
     if (r > 0) {
