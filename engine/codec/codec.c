@@ -120,6 +120,27 @@ static const char *type_name(uint8_t c) {
  * checking it against max_bytes before each step rejects a huge declared
  * count or length at once, even when its bytes have not arrived. The
  * invariant pos + owed <= max_bytes holds at the top of the loop. */
+/* The whole size of each type byte's value when the byte alone says it
+ * (at most 32: a fixstr of 31), else 0. */
+#define R8(x) x, x, x, x, x, x, x, x
+#define R32(x) R8(x), R8(x), R8(x), R8(x)
+static const uint8_t fixed_size[256] = {
+    R32(1), R32(1), R32(1), R32(1),         /* 0x00-0x7f positive fixint */
+    R32(0),                                 /* 0x80-0x9f fixmap, fixarray */
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, /* fixstr */
+    17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32,
+    1, 0, 1, 1,                             /* nil, (c1), false, true */
+    0, 0, 0, 0, 0, 0,                       /* bin 8-32, ext 8-32 */
+    5, 9,                                   /* float 32, 64 */
+    2, 3, 5, 9,                             /* uint 8-64 */
+    2, 3, 5, 9,                             /* int 8-64 */
+    3, 4, 6, 10, 18,                        /* fixext 1-16 */
+    0, 0, 0, 0, 0, 0, 0,                    /* str 8-32, array/map 16-32 */
+    R32(1),                                 /* 0xe0-0xff negative fixint */
+};
+#undef R32
+#undef R8
+
 int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
                   struct sl_codec_error *err) {
   uint64_t left[SL_CODEC_MAX_DEPTH];
@@ -131,8 +152,9 @@ int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
   if (max_bytes == 0)
     goto too_big;
   for (;;) {
-    /* far from the end of the bytes and from max_bytes, a fixint or a
-     * fixstr (most of an event) fits both: only its type is looked at.
+    /* far from the end of the bytes and from max_bytes, a value whose
+     * type byte gives its size (most of an event) fits both: only that
+     * byte is looked at.
      * Below lim, len - pos > 32 and room > 32 >= its size (owed only
      * falls on this path, so lim, taken once, stays on the safe side). */
     {
@@ -143,13 +165,10 @@ int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
       else if (m - 31 < lim)
         lim = m - 31;
       while (pos < lim) {
-        c = p[pos];
-        if (c <= 0x7f || c >= 0xe0)
-          pos++;
-        else if ((c & 0xe0) == 0xa0)
-          pos += 1 + (size_t)(c & 0x1f);
-        else
-          break;
+        uint8_t size = fixed_size[p[pos]];
+        if (size == 0)
+          break; /* a container, a blob or 0xc1: the checked path */
+        pos += size;
         owed--;
         if (--cur == 0)
           goto pop;

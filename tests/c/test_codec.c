@@ -181,9 +181,13 @@ TEST(skip_fast_path_keeps_every_prefix_and_limit_exact) {
   struct sl_codec_error err;
   b[n++] = 0x94;
   for (i = 0; i < 3; i++) {
-    n += unhex("85 a5 'topic' ae 'orders.created' a3 'key' aa 'cust-00042' "
+    n += unhex("86 a5 'topic' ae 'orders.created' a3 'key' aa 'cust-00042' "
                "a6 'amount' 7f a3 'neg' e0 a4 'list' 93 01 a0 "
-               "bf '0123456789012345678901234567890'", b + n);
+               "bf '0123456789012345678901234567890' "
+               "a4 'nums' 99 cc ff cd 01 02 d2 00 00 00 01 "
+               "d3 00 00 00 00 00 00 00 01 cb 3f f0 00 00 00 00 00 00 "
+               "c0 c3 d4 01 02 d8 05 00 00 00 00 00 00 00 00 00 00 00 00 00 "
+               "00 00 00", b + n);
   }
   n += unhex("dc 00 03 cc ff a1 'z' 81 a1 'k' c0", b + n);
   CHECK_EQ(sl_codec_skip(b, n, MIB, &used, NULL), 0);
