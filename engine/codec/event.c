@@ -277,7 +277,7 @@ static struct sl_event *build(struct sl_idgen *g, struct sl_str id,
                               const uint8_t *headers, size_t headers_len,
                               const uint8_t *payload, size_t payload_len,
                               int trace, int64_t now, uint64_t mono) {
-  char idbuf[32], tp[55];
+  char tp[55];
   const uint8_t *tpval = NULL;
   size_t tplen = 0, bound, hhdr = 0;
   uint32_t hcount = 0, fields = 3;
@@ -287,12 +287,8 @@ static struct sl_event *build(struct sl_idgen *g, struct sl_str id,
   int add_tp = 0;
 
   sl_buf_init(&hb);
-  if (id.p == NULL) {
-    put_hex16(idbuf, g->prefix);
-    put_hex16(idbuf + 16, ++g->counter);
-    id.p = idbuf;
-    id.len = sizeof(idbuf);
-  }
+  if (id.p == NULL)
+    id.len = 32; /* written in place below */
   if (!has_time)
     time = now;
   if (headers && sl_codec_read_map(headers, headers_len, &hcount, &hhdr) != 0)
@@ -332,13 +328,32 @@ static struct sl_event *build(struct sl_idgen *g, struct sl_str id,
     goto fail;
   d = ev->data;
   *d++ = (uint8_t)(0x80 | fields); /* a fixmap: at most 6 fields */
-  d = put_field(d, ev->data, "\xa2" "id", 3, id, &ev->id_off);
+  if (id.p) {
+    d = put_field(d, ev->data, "\xa2" "id", 3, id, &ev->id_off);
+  } else {
+    /* a new id: the generator's prefix and count, 32 hex digits */
+    d = put(d, "\xa2" "id" "\xd9\x20", 5); /* str 8 of 32 */
+    ev->id_off = (uint32_t)(d - ev->data);
+    put_hex16((char *)d, g->prefix);
+    put_hex16((char *)d + 16, ++g->counter);
+    d += 32;
+  }
   d = put_field(d, ev->data, "\xa5" "topic", 6, topic, &ev->topic_off);
   ev->key_off = 0;
   if (key.p)
     d = put_field(d, ev->data, "\xa3" "key", 4, key, &ev->key_off);
   d = put(d, "\xa4" "time", 5);
-  d += sl_codec_pack_int(d, time);
+  if (time >= (int64_t)1 << 32) { /* any time since 1970 + 4 s: a uint 64 */
+    uint64_t be = (uint64_t)time;
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_BIG_ENDIAN__
+    be = __builtin_bswap64(be);
+#endif
+    *d = 0xcf;
+    memcpy(d + 1, &be, 8);
+    d += 9;
+  } else {
+    d += sl_codec_pack_int(d, time);
+  }
   ev->headers_off = ev->headers_len = ev->headers_count = 0;
   if (headers || add_tp) {
     d = put(d, "\xa7" "headers", 8);
@@ -366,7 +381,8 @@ static struct sl_event *build(struct sl_idgen *g, struct sl_str id,
   ev->time = time;
   ev->ingest_ns = mono;
   ev->track = NULL;
-  sl_buf_close(&hb);
+  if (hb.data)
+    sl_buf_close(&hb);
   return ev;
 
 fail:
