@@ -456,15 +456,10 @@ static void track_release(struct sl_track *tr) {
   free(tr);
 }
 
-void sl_event_unref(struct sl_event *ev) {
-  if (ev == NULL)
-    return;
-  assert(ev->refs > 0);
-  if (--ev->refs == 0) {
-    if (sl_unlikely(ev->track != NULL))
-      track_release(ev->track);
-    ev_free(ev);
-  }
+void sl_event_free(struct sl_event *ev) {
+  if (sl_unlikely(ev->track != NULL))
+    track_release(ev->track);
+  ev_free(ev);
 }
 
 struct sl_tracker *sl_tracker_new(sl_tracker_done_cb done, void *data) {

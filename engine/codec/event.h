@@ -74,7 +74,13 @@ struct sl_event *sl_event_with_header(const struct sl_event *ev,
                                       size_t value_len);
 
 static inline void sl_event_ref(struct sl_event *ev) { ev->refs++; }
-void sl_event_unref(struct sl_event *ev);
+/* Frees ev, its last reference gone (ends its track's piece). */
+void sl_event_free(struct sl_event *ev);
+/* Inline: every event is let go of two or three times on its way. */
+static inline void sl_event_unref(struct sl_event *ev) {
+  if (ev != NULL && --ev->refs == 0)
+    sl_event_free(ev);
+}
 
 /* ---- tracking an event to its end ---------------------------------------
  * An input that may only let go of what it read once the engine is done
