@@ -120,6 +120,27 @@ static const char *type_name(uint8_t c) {
  * checking it against max_bytes before each step rejects a huge declared
  * count or length at once, even when its bytes have not arrived. The
  * invariant pos + owed <= max_bytes holds at the top of the loop. */
+/* The whole size of each type byte's value when the byte alone says it
+ * (at most 32: a fixstr of 31), else 0. */
+#define R8(x) x, x, x, x, x, x, x, x
+#define R32(x) R8(x), R8(x), R8(x), R8(x)
+static const uint8_t fixed_size[256] = {
+    R32(1), R32(1), R32(1), R32(1),         /* 0x00-0x7f positive fixint */
+    R32(0),                                 /* 0x80-0x9f fixmap, fixarray */
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, /* fixstr */
+    17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32,
+    1, 0, 1, 1,                             /* nil, (c1), false, true */
+    0, 0, 0, 0, 0, 0,                       /* bin 8-32, ext 8-32 */
+    5, 9,                                   /* float 32, 64 */
+    2, 3, 5, 9,                             /* uint 8-64 */
+    2, 3, 5, 9,                             /* int 8-64 */
+    3, 4, 6, 10, 18,                        /* fixext 1-16 */
+    0, 0, 0, 0, 0, 0, 0,                    /* str 8-32, array/map 16-32 */
+    R32(1),                                 /* 0xe0-0xff negative fixint */
+};
+#undef R32
+#undef R8
+
 int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
                   struct sl_codec_error *err) {
   uint64_t left[SL_CODEC_MAX_DEPTH];
@@ -131,6 +152,28 @@ int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
   if (max_bytes == 0)
     goto too_big;
   for (;;) {
+    /* far from the end of the bytes and from max_bytes, a value whose
+     * type byte gives its size (most of an event) fits both: only that
+     * byte is looked at.
+     * Below lim, len - pos > 32 and room > 32 >= its size (owed only
+     * falls on this path, so lim, taken once, stays on the safe side). */
+    {
+      size_t m = max_bytes - (size_t)owed; /* >= pos: the invariant */
+      size_t lim = len > 32 ? len - 32 : 0;
+      if (m < 31)
+        lim = 0;
+      else if (m - 31 < lim)
+        lim = m - 31;
+      while (pos < lim) {
+        uint8_t size = fixed_size[p[pos]];
+        if (size == 0)
+          break; /* a container, a blob or 0xc1: the checked path */
+        pos += size;
+        owed--;
+        if (--cur == 0)
+          goto pop;
+      }
+    }
     if (sl_unlikely(pos >= len))
       goto again;
     c = p[pos];
@@ -291,7 +334,12 @@ int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
   }
 
 again:
-  seterr(err, len, "incomplete: more bytes needed");
+  /* every read that ends inside an event comes here: no formatting */
+  if (err != NULL) {
+    static const char msg[] = "incomplete: more bytes needed";
+    err->offset = len;
+    memcpy(err->msg, msg, sizeof(msg));
+  }
   return SL_EAGAIN;
 too_big:
   seterr(err, pos, "object larger than %zu bytes", max_bytes);
@@ -337,6 +385,24 @@ static int read_str(const uint8_t *p, size_t len, size_t *pos,
   s->len = n;
   *pos = i + hdr + n;
   return 0;
+}
+
+/* read_str with a fixstr (an event's names, topics, keys, headers) read
+ * in place: the event parser calls it for every field. */
+static inline int read_str_hot(const uint8_t *p, size_t len, size_t *pos,
+                               struct sl_str *s) {
+  size_t i = *pos;
+  uint8_t c = p[i];
+  if (sl_likely((c & 0xe0) == 0xa0)) {
+    uint32_t n = c & 0x1f;
+    if (n > len - i - 1)
+      return -1;
+    s->p = (const char *)p + i + 1;
+    s->len = n;
+    *pos = i + 1 + n;
+    return 0;
+  }
+  return read_str(p, len, pos, s);
 }
 
 static int read_map(const uint8_t *p, size_t len, size_t *pos, uint32_t *n) {
@@ -558,7 +624,7 @@ static int parse_headers(const uint8_t *p, size_t len, size_t *pos,
     at = *pos;
     if (at >= len)
       goto truncated;
-    r = read_str(p, len, pos, &k);
+    r = read_str_hot(p, len, pos, &k);
     if (r < 0)
       goto truncated;
     if (r > 0) {
@@ -569,7 +635,7 @@ static int parse_headers(const uint8_t *p, size_t len, size_t *pos,
     at = *pos;
     if (at >= len)
       goto truncated;
-    r = read_str(p, len, pos, &s);
+    r = read_str_hot(p, len, pos, &s);
     if (r < 0)
       goto truncated;
     if (r > 0) {
@@ -595,7 +661,8 @@ truncated:
 /* The value of field f at *pos into v. Returns 0, SL_EPROTO (err set) or
  * SL_EAGAIN when the bytes end inside it. */
 static int parse_field(const uint8_t *p, size_t len, size_t *pos, int f,
-                       struct sl_event_view *v, struct sl_codec_error *err) {
+                       int last, struct sl_event_view *v,
+                       struct sl_codec_error *err) {
   size_t at = *pos, used;
   struct sl_str *s;
   int r;
@@ -605,7 +672,7 @@ static int parse_field(const uint8_t *p, size_t len, size_t *pos, int f,
   case F_TOPIC:
   case F_KEY:
     s = f == F_ID ? &v->id : f == F_TOPIC ? &v->topic : &v->key;
-    r = read_str(p, len, pos, s);
+    r = read_str_hot(p, len, pos, s);
     if (r < 0)
       return SL_EAGAIN;
     if (r > 0) {
@@ -636,7 +703,14 @@ static int parse_field(const uint8_t *p, size_t len, size_t *pos, int f,
   case F_HEADERS:
     return parse_headers(p, len, pos, v, err);
   default: /* F_PAYLOAD */
-    r = sl_codec_skip(p + at, len - at, len - at, &used, err);
+    if (last) {
+      /* the map's last value, in bytes sl_codec_skip measured: it ends
+       * where they end, no need to walk it again */
+      used = len - at;
+      r = 0;
+    } else {
+      r = sl_codec_skip(p + at, len - at, len - at, &used, err);
+    }
     if (r == SL_EAGAIN || r == SL_E2BIG) /* longer than the event */
       return SL_EAGAIN;
     if (r != 0) {
@@ -655,8 +729,9 @@ static int parse_field(const uint8_t *p, size_t len, size_t *pos, int f,
   }
 }
 
-int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
-                         struct sl_codec_error *err) {
+/* measured: p[0..len) is one object sl_codec_skip accepted. */
+static int parse_event(const uint8_t *p, size_t len, int measured,
+                       struct sl_event_view *v, struct sl_codec_error *err) {
   size_t pos = 0, at;
   uint32_t n, i;
   unsigned seen = 0;
@@ -679,7 +754,7 @@ int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
     at = pos;
     if (at >= len)
       goto truncated;
-    r = read_str(p, len, &pos, &k);
+    r = read_str_hot(p, len, &pos, &k);
     if (r < 0)
       goto truncated;
     if (r > 0) {
@@ -698,7 +773,7 @@ int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
     seen |= 1u << f;
     if (pos >= len)
       goto truncated;
-    r = parse_field(p, len, &pos, f, v, err);
+    r = parse_field(p, len, &pos, f, measured && i + 1 == n, v, err);
     if (r == SL_EAGAIN)
       goto truncated;
     if (r != 0)
@@ -718,6 +793,17 @@ int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
 truncated:
   seterr(err, len, "truncated event");
   return SL_EPROTO;
+}
+
+int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
+                         struct sl_codec_error *err) {
+  return parse_event(p, len, 0, v, err);
+}
+
+int sl_codec_parse_measured(const uint8_t *p, size_t len,
+                            struct sl_event_view *v,
+                            struct sl_codec_error *err) {
+  return parse_event(p, len, 1, v, err);
 }
 
 /* Malformed bytes give SL_EPROTO rather than a wrong span. */
@@ -863,6 +949,30 @@ int sl_codec_write_event(struct sl_buf *out, struct sl_str id,
   }
   out->len = (size_t)(f.d - out->data);
   return 0;
+}
+
+FLAT
+size_t sl_codec_pack_int(uint8_t *d, int64_t v) {
+  struct fill f = {d};
+  msgpack_packer pk = {&f, on_fill};
+  msgpack_pack_int64(&pk, v);
+  return (size_t)(f.d - d);
+}
+
+FLAT
+size_t sl_codec_pack_strhdr(uint8_t *d, size_t n) {
+  struct fill f = {d};
+  msgpack_packer pk = {&f, on_fill};
+  msgpack_pack_str(&pk, n);
+  return (size_t)(f.d - d);
+}
+
+FLAT
+size_t sl_codec_pack_maphdr(uint8_t *d, uint32_t n) {
+  struct fill f = {d};
+  msgpack_packer pk = {&f, on_fill};
+  msgpack_pack_map(&pk, n);
+  return (size_t)(f.d - d);
 }
 
 /* Each writer below: room for the value at its largest, then the packer

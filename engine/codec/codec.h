@@ -49,6 +49,12 @@ struct sl_event_view {
 int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
                          struct sl_codec_error *err);
 
+/* The same for bytes that are exactly one object sl_codec_skip accepted
+ * (its *used): a payload that is the last field is not walked again. */
+int sl_codec_parse_measured(const uint8_t *p, size_t len,
+                            struct sl_event_view *v,
+                            struct sl_codec_error *err);
+
 /* Find a string key in a raw msgpack map (as validated above). Sets the
  * value span and returns 0, or SL_ENOENT. */
 int sl_codec_map_find(const uint8_t *map, size_t len, const char *key,
@@ -126,6 +132,13 @@ int sl_codec_read_ext(const uint8_t *p, size_t len, int8_t *type,
 /* The same as sl_codec_read_map for an array header. */
 int sl_codec_read_array(const uint8_t *p, size_t len, uint32_t *count,
                         size_t *used);
+
+/* Raw writers for a caller that sized its room already (the event
+ * builder): the bytes msgpack-c's packer writes, at d. Return the bytes
+ * written: an integer takes at most 9, a str or map header at most 5. */
+size_t sl_codec_pack_int(uint8_t *d, int64_t v);
+size_t sl_codec_pack_strhdr(uint8_t *d, size_t n);
+size_t sl_codec_pack_maphdr(uint8_t *d, uint32_t n);
 
 /* msgpack writers (smallest encoding). Return 0 or SL_ENOMEM. */
 int sl_codec_put_nil(struct sl_buf *b);

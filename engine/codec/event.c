@@ -4,9 +4,13 @@
 #include "event.h"
 
 #include <assert.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 
 static uint64_t xorshift(uint64_t *s) {
@@ -30,26 +34,29 @@ void sl_idgen_init(struct sl_idgen *g) {
   g->rng = seed[1] | 1; /* xorshift must not start at zero */
 }
 
-/* "000102...ff": two hex digits per byte in one lookup (ids and trace ids
- * are written for every event) */
-static const char hexpairs[] =
-    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
-    "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
-    "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
-    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
-    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
-    "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
-    "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
-    "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
-
-/* digits is even. */
-static void put_hex(char *dst, uint64_t v, int digits) {
-  int i;
-  for (i = digits - 2; i >= 0; i -= 2) {
-    memcpy(dst + i, hexpairs + 2 * (v & 0xff), 2);
-    v >>= 8;
-  }
+/* The 16 lowercase hex digits of v, most significant first, at dst.
+ * Ids and trace ids are written for every event: with SSE2 (every x86-64)
+ * 16 digits take a dozen instructions, without a table or a loop. */
+#if defined(__SSE2__)
+static inline void put_hex16(char *dst, uint64_t v) {
+  /* bytes most significant first; each gives its high nibble then its low */
+  __m128i b = _mm_cvtsi64_si128((long long)__builtin_bswap64(v));
+  __m128i f = _mm_set1_epi8(0x0f);
+  __m128i n = _mm_unpacklo_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), f),
+                                _mm_and_si128(b, f));
+  __m128i letter = _mm_cmpgt_epi8(n, _mm_set1_epi8(9));
+  __m128i d = _mm_add_epi8(_mm_add_epi8(n, _mm_set1_epi8('0')),
+                           _mm_and_si128(letter, _mm_set1_epi8('a' - '0' - 10)));
+  _mm_storeu_si128((__m128i *)(void *)dst, d);
 }
+#else
+static void put_hex16(char *dst, uint64_t v) {
+  static const char hex[] = "0123456789abcdef";
+  int i;
+  for (i = 15; i >= 0; i--, v >>= 4)
+    dst[i] = hex[v & 15];
+}
+#endif
 
 static int is_lower_hex(const char *s, size_t n) {
   size_t i;
@@ -79,10 +86,10 @@ int sl_event_traceparent_valid(const char *s, size_t n) {
 
 static void new_traceparent(struct sl_idgen *g, char out[55]) {
   memcpy(out, "00-", 3);
-  put_hex(out + 3, xorshift(&g->rng) | 1, 16); /* never all zero */
-  put_hex(out + 19, xorshift(&g->rng), 16);
+  put_hex16(out + 3, xorshift(&g->rng) | 1); /* never all zero */
+  put_hex16(out + 19, xorshift(&g->rng));
   out[35] = '-';
-  put_hex(out + 36, xorshift(&g->rng) | 1, 16);
+  put_hex16(out + 36, xorshift(&g->rng) | 1);
   memcpy(out + 52, "-01", 3);
 }
 
@@ -133,29 +140,159 @@ static int rewrite_headers(struct sl_buf *out, const uint8_t *h, size_t hlen,
   return 0;
 }
 
-struct sl_event *sl_event_new(struct sl_idgen *g, struct sl_str id,
+/* ---- event blocks -------------------------------------------------------
+ * Events come and go by the million, in batches (a read builds hundreds,
+ * an output frees them together): too many for malloc's per-thread cache,
+ * so each thread keeps its own free lists of two block sizes. A block goes
+ * back to the list of the thread that frees it (any thread: an event may
+ * move between workers), up to pool_max per size; the rest to free(). A
+ * thread's lists are freed when it ends. Under AddressSanitizer every
+ * event is its own malloc, so a use after free is still caught. */
+
+#if defined(__SANITIZE_ADDRESS__)
+#define SL_EVENT_POOL 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SL_EVENT_POOL 0
+#endif
+#endif
+#ifndef SL_EVENT_POOL
+#define SL_EVENT_POOL 1
+#endif
+
+/* A read may bring ~20000 events before the output frees any (libuv reads
+ * up to 2 MiB at once): the lists must hold a burst. At most 16 MiB a
+ * thread stay with them, as malloc's heap would keep them. */
+static const size_t pool_size[2] = {512, 2048}; /* header included */
+static const uint32_t pool_max[2] = {24576, 2048}; /* 12 + 4 MiB */
+
+struct free_block {
+  struct free_block *next;
+};
+
+struct ev_pool {
+  struct free_block *head[2];
+  uint32_t n[2];
+  int keyed; /* its thread frees it at exit */
+};
+
+static _Thread_local struct ev_pool pool;
+static pthread_key_t pool_key;
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+static void pool_drain(void *arg) {
+  struct ev_pool *p = arg;
+  int c;
+  for (c = 0; c < 2; c++)
+    while (p->head[c]) {
+      struct free_block *b = p->head[c];
+      p->head[c] = b->next;
+      free(b);
+    }
+  p->n[0] = p->n[1] = 0;
+}
+
+static void pool_key_make(void) {
+  (void)pthread_key_create(&pool_key, pool_drain);
+}
+
+static struct sl_event *ev_alloc(size_t room) {
+  size_t need = sizeof(struct sl_event) + room;
+  int c = !SL_EVENT_POOL ? -1 : need <= pool_size[0] ? 0
+                              : need <= pool_size[1] ? 1
+                                                     : -1;
+  struct sl_event *ev;
+  if (c >= 0 && pool.head[c]) {
+    struct free_block *b = pool.head[c];
+    pool.head[c] = b->next;
+    pool.n[c]--;
+    ev = (struct sl_event *)(void *)b;
+  } else {
+    ev = malloc(c >= 0 ? pool_size[c] : need);
+    if (ev == NULL)
+      return NULL;
+  }
+  ev->block = (uint32_t)(c + 1);
+  return ev;
+}
+
+static void ev_free(struct sl_event *ev) {
+  int c = (int)ev->block - 1;
+  struct free_block *b;
+  if (c < 0 || pool.n[c] >= pool_max[c]) {
+    free(ev);
+    return;
+  }
+  if (sl_unlikely(!pool.keyed)) {
+    pool.keyed = 1;
+    if (pthread_once(&pool_once, pool_key_make) == 0)
+      (void)pthread_setspecific(pool_key, &pool);
+  }
+  b = (struct free_block *)(void *)ev;
+  b->next = pool.head[c];
+  pool.head[c] = b;
+  pool.n[c]++;
+}
+
+/* Copy n bytes at d; returns the end. */
+static inline uint8_t *put(uint8_t *d, const void *p, size_t n) {
+  if (n) /* p may be NULL when n is 0 */
+    memcpy(d, p, n);
+  return d + n;
+}
+
+/* A str field: its name (a fixstr, given whole) then the string; *off
+ * gets where the string's bytes start. */
+static inline uint8_t *put_field(uint8_t *d, const uint8_t *data,
+                                 const char *name, size_t namelen,
+                                 struct sl_str s, uint32_t *off) {
+  d = put(d, name, namelen);
+  if (s.len < 32)
+    *d++ = (uint8_t)(0xa0 | s.len); /* a fixstr, as the packer writes it */
+  else
+    d += sl_codec_pack_strhdr(d, s.len);
+  *off = (uint32_t)(d - data);
+  return put(d, s.p, s.len);
+}
+
+/* The headers map a traceparent is added to: with the pairs of h (hcount
+ * of them after a header of hhdr bytes; h may be NULL) and the new one
+ * last, as rewrite_headers would write it. */
+static uint8_t *put_headers_tp(uint8_t *d, const uint8_t *h, size_t hlen,
+                               size_t hhdr, uint32_t hcount,
+                               const char tp[55]) {
+  d += sl_codec_pack_maphdr(d, hcount + 1);
+  if (h)
+    d = put(d, h + hhdr, hlen - hhdr);
+  d = put(d, "\xab" "traceparent" "\xd9\x37", 14); /* str 8 of 55 */
+  return put(d, tp, 55);
+}
+
+/* The canonical event, written once into its block: id, topic, key, time,
+ * headers, payload (sl_codec_write_event's bytes). now and mono are the
+ * clocks to use for what is missing. */
+static struct sl_event *build(struct sl_idgen *g, struct sl_str id,
                               struct sl_str topic, struct sl_str key,
                               int has_time, int64_t time,
                               const uint8_t *headers, size_t headers_len,
                               const uint8_t *payload, size_t payload_len,
-                              int trace) {
-  char idbuf[32], tp[55];
+                              int trace, int64_t now, uint64_t mono) {
+  char tp[55];
   const uint8_t *tpval = NULL;
-  size_t tplen = 0, bound;
-  struct sl_buf hb, out;
+  size_t tplen = 0, bound, hhdr = 0;
+  uint32_t hcount = 0, fields = 3;
+  struct sl_buf hb;
   struct sl_event *ev;
-  uint32_t offs[3];
-  int rc;
+  uint8_t *d;
+  int add_tp = 0;
 
   sl_buf_init(&hb);
-  if (id.p == NULL) {
-    put_hex(idbuf, g->prefix, 16);
-    put_hex(idbuf + 16, ++g->counter, 16);
-    id.p = idbuf;
-    id.len = sizeof(idbuf);
-  }
+  if (id.p == NULL)
+    id.len = 32; /* written in place below */
   if (!has_time)
-    time = sl_now_ns();
+    time = now;
+  if (headers && sl_codec_read_map(headers, headers_len, &hcount, &hhdr) != 0)
+    hcount = 0, hhdr = 0; /* not a map: copied as it is (not ours to judge) */
   if (trace) {
     int found = headers && sl_codec_map_find(headers, headers_len,
                                              "traceparent", 11, &tpval,
@@ -164,46 +301,88 @@ struct sl_event *sl_event_new(struct sl_idgen *g, struct sl_str id,
     if (!found || sl_codec_read_str(tpval, tplen, &v, NULL) != 0 ||
         !sl_event_traceparent_valid(v.p, v.len)) {
       new_traceparent(g, tp);
-      if (rewrite_headers(&hb, headers, headers_len, "traceparent", 11, tp,
-                          sizeof(tp)) != 0)
-        goto fail;
-      headers = hb.data;
-      headers_len = hb.len;
+      if (found) { /* rare: an invalid one is replaced where it was */
+        if (rewrite_headers(&hb, headers, headers_len, "traceparent", 11, tp,
+                            sizeof(tp)) != 0)
+          goto fail;
+        headers = hb.data;
+        headers_len = hb.len;
+        hcount = map_count(headers, headers_len);
+      } else if (headers && hhdr == 0) {
+        goto fail; /* not a map: no pair can be added */
+      } else {
+        add_tp = 1;
+      }
     }
   }
 
-  bound = 64 + id.len + topic.len + (key.p ? key.len : 0) + headers_len +
-          payload_len + 4 * 5;
-  ev = malloc(sizeof(*ev) + bound);
+  bound = 1 + 3 + 5 + id.len + 6 + 5 + topic.len + 5 + 9;
+  if (key.p)
+    bound += 4 + 5 + key.len, fields++;
+  if (headers || add_tp)
+    bound += 8 + 5 + headers_len + 14 + 55, fields++;
+  if (payload)
+    bound += 8 + payload_len, fields++;
+  ev = ev_alloc(bound);
   if (ev == NULL)
     goto fail;
-  out.data = ev->data; /* bound is an upper bound: out never grows */
-  out.len = 0;
-  out.cap = bound;
-  rc = sl_codec_write_event(&out, id, topic, key, time, headers, headers_len,
-                            payload, payload_len, offs);
-  assert(rc == 0 && out.data == ev->data && out.len <= bound);
-  (void)rc;
+  d = ev->data;
+  *d++ = (uint8_t)(0x80 | fields); /* a fixmap: at most 6 fields */
+  if (id.p) {
+    d = put_field(d, ev->data, "\xa2" "id", 3, id, &ev->id_off);
+  } else {
+    /* a new id: the generator's prefix and count, 32 hex digits */
+    d = put(d, "\xa2" "id" "\xd9\x20", 5); /* str 8 of 32 */
+    ev->id_off = (uint32_t)(d - ev->data);
+    put_hex16((char *)d, g->prefix);
+    put_hex16((char *)d + 16, ++g->counter);
+    d += 32;
+  }
+  d = put_field(d, ev->data, "\xa5" "topic", 6, topic, &ev->topic_off);
+  ev->key_off = 0;
+  if (key.p)
+    d = put_field(d, ev->data, "\xa3" "key", 4, key, &ev->key_off);
+  d = put(d, "\xa4" "time", 5);
+  if (time >= (int64_t)1 << 32) { /* any time since 1970 + 4 s: a uint 64 */
+    uint64_t be = (uint64_t)time;
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_BIG_ENDIAN__
+    be = __builtin_bswap64(be);
+#endif
+    *d = 0xcf;
+    memcpy(d + 1, &be, 8);
+    d += 9;
+  } else {
+    d += sl_codec_pack_int(d, time);
+  }
+  ev->headers_off = ev->headers_len = ev->headers_count = 0;
+  if (headers || add_tp) {
+    d = put(d, "\xa7" "headers", 8);
+    ev->headers_off = (uint32_t)(d - ev->data);
+    if (add_tp)
+      d = put_headers_tp(d, headers, headers_len, hhdr, hcount, tp);
+    else
+      d = put(d, headers, headers_len);
+    ev->headers_len = (uint32_t)(d - ev->data) - ev->headers_off;
+    ev->headers_count = hcount + (uint32_t)add_tp;
+  }
+  ev->payload_off = ev->payload_len = 0;
+  if (payload) {
+    d = put(d, "\xa7" "payload", 8);
+    ev->payload_off = (uint32_t)(d - ev->data);
+    ev->payload_len = (uint32_t)payload_len;
+    d = put(d, payload, payload_len);
+  }
+  ev->len = (uint32_t)(d - ev->data);
+  assert(ev->len <= bound);
   ev->refs = 1;
-  ev->len = (uint32_t)out.len;
-  ev->topic_off = offs[0];
   ev->topic_len = topic.len;
-  ev->key_off = key.p ? offs[1] : 0;
   ev->key_len = key.p ? key.len : 0;
-  ev->id_off = offs[2];
   ev->id_len = id.len;
-  ev->payload_len = payload ? (uint32_t)payload_len : 0;
-  ev->payload_off = payload ? ev->len - (uint32_t)payload_len : 0;
-  ev->headers_len = headers ? (uint32_t)headers_len : 0;
-  ev->headers_off =
-      headers ? ev->len - (uint32_t)headers_len -
-                    (payload ? (uint32_t)payload_len + 8 : 0)
-              : 0;
-  ev->headers_count = headers ? map_count(headers, headers_len) : 0;
   ev->time = time;
-  ev->ingest_ns = sl_mono_ns();
+  ev->ingest_ns = mono;
   ev->track = NULL;
-  sl_buf_close(&hb);
+  if (hb.data)
+    sl_buf_close(&hb);
   return ev;
 
 fail:
@@ -211,11 +390,30 @@ fail:
   return NULL;
 }
 
+struct sl_event *sl_event_new(struct sl_idgen *g, struct sl_str id,
+                              struct sl_str topic, struct sl_str key,
+                              int has_time, int64_t time,
+                              const uint8_t *headers, size_t headers_len,
+                              const uint8_t *payload, size_t payload_len,
+                              int trace) {
+  return build(g, id, topic, key, has_time, time, headers, headers_len,
+               payload, payload_len, trace, has_time ? 0 : sl_now_ns(),
+               sl_mono_ns());
+}
+
 struct sl_event *sl_event_from_view(struct sl_idgen *g,
                                     const struct sl_event_view *v, int trace) {
   return sl_event_new(g, v->id, v->topic, v->key, v->has_time, v->time,
                       v->headers, v->headers_len, v->payload, v->payload_len,
                       trace);
+}
+
+struct sl_event *sl_event_from_view_at(struct sl_idgen *g,
+                                       const struct sl_event_view *v,
+                                       int trace, int64_t now,
+                                       uint64_t mono) {
+  return build(g, v->id, v->topic, v->key, v->has_time, v->time, v->headers,
+               v->headers_len, v->payload, v->payload_len, trace, now, mono);
 }
 
 struct sl_event *sl_event_with_header(const struct sl_event *ev,
@@ -258,15 +456,10 @@ static void track_release(struct sl_track *tr) {
   free(tr);
 }
 
-void sl_event_unref(struct sl_event *ev) {
-  if (ev == NULL)
-    return;
-  assert(ev->refs > 0);
-  if (--ev->refs == 0) {
-    if (sl_unlikely(ev->track != NULL))
-      track_release(ev->track);
-    free(ev);
-  }
+void sl_event_free(struct sl_event *ev) {
+  if (sl_unlikely(ev->track != NULL))
+    track_release(ev->track);
+  ev_free(ev);
 }
 
 struct sl_tracker *sl_tracker_new(sl_tracker_done_cb done, void *data) {

@@ -29,6 +29,7 @@ struct sl_event {
   uint32_t headers_off, headers_len; /* raw map; headers_len == 0: none */
   uint32_t payload_off, payload_len; /* raw value; payload_len == 0: none */
   uint32_t headers_count;
+  uint32_t block;      /* allocation: 0 malloc, else a pool size class + 1 */
   int64_t time;        /* ns since the epoch */
   uint64_t ingest_ns;  /* monotonic ns at ingest, for latency */
   struct sl_track *track; /* NULL unless its input tracks it to its end */
@@ -61,13 +62,25 @@ struct sl_event *sl_event_new(struct sl_idgen *g, struct sl_str id,
 struct sl_event *sl_event_from_view(struct sl_idgen *g,
                                     const struct sl_event_view *v, int trace);
 
+/* The same with the clocks given: now (sl_now_ns) for a missing time, mono
+ * (sl_mono_ns) for ingest_ns. An input reads them once per batch. */
+struct sl_event *sl_event_from_view_at(struct sl_idgen *g,
+                                       const struct sl_event_view *v,
+                                       int trace, int64_t now, uint64_t mono);
+
 /* Copy of ev with one header set (added or replaced). NULL on ENOMEM. */
 struct sl_event *sl_event_with_header(const struct sl_event *ev,
                                       const char *name, const char *value,
                                       size_t value_len);
 
 static inline void sl_event_ref(struct sl_event *ev) { ev->refs++; }
-void sl_event_unref(struct sl_event *ev);
+/* Frees ev, its last reference gone (ends its track's piece). */
+void sl_event_free(struct sl_event *ev);
+/* Inline: every event is let go of two or three times on its way. */
+static inline void sl_event_unref(struct sl_event *ev) {
+  if (ev != NULL && --ev->refs == 0)
+    sl_event_free(ev);
+}
 
 /* ---- tracking an event to its end ---------------------------------------
  * An input that may only let go of what it read once the engine is done

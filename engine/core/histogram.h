@@ -22,10 +22,17 @@ struct sl_histogram {
 
 static inline void sl_histogram_observe(struct sl_histogram *h,
                                         double seconds) {
-  int i = 0;
-  while (i < SL_HIST_BUCKETS && seconds > sl_histogram_bounds[i])
-    i++;
-  h->buckets[i]++;
+  /* the first bound not below the sample (past the last: +Inf), by
+   * halves: an output observes every event it delivers */
+  int lo = 0, hi = SL_HIST_BUCKETS;
+  while (lo < hi) {
+    int mid = (lo + hi) >> 1;
+    if (seconds > sl_histogram_bounds[mid])
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  h->buckets[lo]++;
   h->count++;
   h->sum += seconds;
 }

@@ -16,6 +16,8 @@ static size_t next_star(const char *pat, size_t plen, size_t from) {
 int sl_router_glob(const char *pat, size_t plen, const char *s, size_t slen) {
   size_t head, tail, p, i, end;
 
+  if (plen == 1 && pat[0] == '*')
+    return 1; /* the catch-all route, checked for every event */
   /* the literal before the first '*' is a prefix; no '*': all of it */
   head = next_star(pat, plen, 0);
   if (head == plen)
@@ -53,9 +55,12 @@ const struct sl_route *sl_router_match(const struct sl_router *r,
   int i, j;
   for (i = 0; i < r->nroutes; i++) {
     const struct sl_route *rt = &r->routes[i];
-    for (j = 0; j < rt->ntopics; j++)
-      if (sl_router_glob(rt->topics[j], strlen(rt->topics[j]), topic, len))
-        return rt;
+    for (j = 0; j < rt->ntopics; j++) {
+      const char *t = rt->topics[j];
+      if ((t[0] == '*' && t[1] == '\0') ||
+          sl_router_glob(t, strlen(t), topic, len))
+        return rt; /* "*" (the catch-all) without a call */
+    }
   }
   return NULL;
 }

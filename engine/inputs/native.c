@@ -155,6 +155,9 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
   struct sl_codec_error err;
   struct sl_event_view v;
   struct sl_event *ev;
+  /* one clock reading per read: events of one batch share their time */
+  int64_t now = sl_now_ns();
+  uint64_t mono = sl_mono_ns();
   int rc;
 
   while (pos < len) {
@@ -186,11 +189,12 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
         continue;
       }
     }
-    if (sl_codec_parse_event(data + pos, used, &v, &err) != 0) {
+    if (sl_codec_parse_measured(data + pos, used, &v, &err) != 0) {
       bad_input(c, in, pos + err.offset, err.msg);
       return pos;
     }
-    ev = with_peer(sl_event_from_view(&w->idgen, &v, 1), c);
+    ev = with_peer(sl_event_from_view_at(&w->idgen, &v, 1, now, mono),
+                   c);
     if (ev == NULL) {
       bad_input(c, in, pos, "out of memory");
       return pos;

@@ -173,6 +173,39 @@ TEST(skip_every_prefix_is_eagain) {
   CHECK_STR(err.msg, "incomplete: more bytes needed");
 }
 
+/* Long runs of fixstrs and fixints take a short path far from the ends:
+ * its answers must be the checked path's at every length and limit. */
+TEST(skip_fast_path_keeps_every_prefix_and_limit_exact) {
+  uint8_t b[2048];
+  size_t i, n = 0, k, used;
+  struct sl_codec_error err;
+  b[n++] = 0x94;
+  for (i = 0; i < 3; i++) {
+    n += unhex("86 a5 'topic' ae 'orders.created' a3 'key' aa 'cust-00042' "
+               "a6 'amount' 7f a3 'neg' e0 a4 'list' 93 01 a0 "
+               "bf '0123456789012345678901234567890' "
+               "a4 'nums' 99 cc ff cd 01 02 d2 00 00 00 01 "
+               "d3 00 00 00 00 00 00 00 01 cb 3f f0 00 00 00 00 00 00 "
+               "c0 c3 d4 01 02 d8 05 00 00 00 00 00 00 00 00 00 00 00 00 00 "
+               "00 00 00", b + n);
+  }
+  n += unhex("dc 00 03 cc ff a1 'z' 81 a1 'k' c0", b + n);
+  CHECK_EQ(sl_codec_skip(b, n, MIB, &used, NULL), 0);
+  CHECK_EQ(used, n);
+  for (k = 0; k < n; k++) {
+    CHECK_EQ(sl_codec_skip(b, k, MIB, &used, &err), SL_EAGAIN);
+    CHECK_EQ(err.offset, k);
+  }
+  for (k = 1; k < n; k++)
+    CHECK_EQ(sl_codec_skip(b, n, k, &used, NULL), SL_E2BIG);
+  CHECK_EQ(sl_codec_skip(b, n, n, &used, NULL), 0);
+  CHECK_EQ(used, n);
+  /* and one more object after it is not part of it */
+  b[n] = 0x01;
+  CHECK_EQ(sl_codec_skip(b, n + 1, MIB, &used, NULL), 0);
+  CHECK_EQ(used, n);
+}
+
 TEST(skip_map32_bomb_is_e2big_at_once) {
   struct sl_codec_error err;
   size_t used;
@@ -336,6 +369,33 @@ TEST(parse_event_reads_every_field) {
   CHECK_EQ(v.headers_len, 8);
   CHECK_EQ(v.headers_count, 2);
   CHECK_STR(hexof(v.payload, v.payload_len), "92 01 a1 78");
+}
+
+TEST(parse_measured_reads_what_parse_event_reads) {
+  const char *events[] = {
+      /* payload last: its span is the rest of the bytes */
+      "83 a5 'topic' a1 't' a3 'key' a1 'k' a7 'payload' 82 a1 'a' 01 a1 'b' "
+      "92 c0 a1 'x'",
+      /* payload first: walked as before */
+      "83 a7 'payload' 92 01 a1 'x' a5 'topic' a1 't' a4 'time' 05",
+      "82 a5 'topic' a1 't' a7 'headers' 81 a1 'a' a1 'b'",
+  };
+  uint8_t b[256];
+  struct sl_event_view v, m;
+  size_t i, n, used;
+  for (i = 0; i < SL_ARRAY_SIZE(events); i++) {
+    n = unhex(events[i], b);
+    CHECK_EQ(sl_codec_skip(b, n, MIB, &used, NULL), 0);
+    CHECK_EQ(used, n);
+    CHECK_EQ(sl_codec_parse_event(b, n, &v, NULL), 0);
+    CHECK_EQ(sl_codec_parse_measured(b, n, &m, NULL), 0);
+    CHECK(memcmp(&v, &m, sizeof(v)) == 0);
+  }
+  /* the errors stay: a wrong type before the payload, an unknown field */
+  n = unhex("82 a5 'topic' 01 a7 'payload' 01", b);
+  CHECK_EQ(sl_codec_parse_measured(b, n, &m, NULL), SL_EPROTO);
+  n = unhex("82 a5 'topic' a1 't' a3 'bad' 01", b);
+  CHECK_EQ(sl_codec_parse_measured(b, n, &m, NULL), SL_EPROTO);
 }
 
 TEST(parse_event_topic_alone_is_enough) {

@@ -119,6 +119,115 @@ TEST(event_with_header_adds_and_replaces) {
   sl_event_unref(e3);
 }
 
+/* The bytes sl_codec_write_event writes for e's fields, with headers h
+ * (NULL: none); e's traceparent, when it has one, appended to h. */
+static int same_as_writer(const struct sl_event *e, const struct sl_buf *h,
+                          int with_tp, const uint8_t *payload, size_t plen) {
+  struct sl_buf want, hdr;
+  uint32_t offs[3], n = 0;
+  size_t used = 0;
+  const uint8_t *val;
+  size_t vlen;
+  int same;
+  sl_buf_init(&want);
+  sl_buf_init(&hdr);
+  if (h && sl_codec_read_map(h->data, h->len, &n, &used) != 0)
+    return 0;
+  if (with_tp) {
+    if (sl_codec_map_find(e->data + e->headers_off, e->headers_len,
+                          "traceparent", 11, &val, &vlen) != 0)
+      return 0;
+    sl_codec_put_map(&hdr, n + 1);
+    if (h)
+      sl_buf_append(&hdr, h->data + used, h->len - used);
+    sl_codec_put_str(&hdr, "traceparent", 11);
+    sl_buf_append(&hdr, val, vlen);
+    h = &hdr;
+  }
+  sl_codec_write_event(&want, sl_event_id(e), sl_event_topic(e),
+                       sl_event_key(e), e->time, h ? h->data : NULL,
+                       h ? h->len : 0, payload, plen, offs);
+  same = want.len == e->len && memcmp(want.data, e->data, e->len) == 0 &&
+         offs[0] == e->topic_off && offs[2] == e->id_off &&
+         (e->key_off == 0 || offs[1] == e->key_off);
+  if (h)
+    same = same && e->headers_len == h->len &&
+           memcmp(e->data + e->headers_off, h->data, h->len) == 0 &&
+           e->headers_count == n + (uint32_t)with_tp;
+  sl_buf_close(&want);
+  sl_buf_close(&hdr);
+  return same;
+}
+
+TEST(event_builder_writes_the_canonical_writers_bytes) {
+  struct sl_idgen g;
+  struct sl_event *e;
+  struct sl_buf h;
+  const uint8_t payload[] = {0x82, 0xa1, 'a', 0x01, 0xa1, 'b', 0xc0};
+  int64_t times[] = {0, -1, -33, 127, 128, 65535, 1LL << 32, -(1LL << 40),
+                     1765000000123456789LL};
+  char name[8];
+  size_t i;
+  sl_idgen_init(&g);
+  for (i = 0; i < SL_ARRAY_SIZE(times); i++) {
+    e = sl_event_new(&g, S("an-id"), S("orders.eu"), S(i % 2 ? "k" : NULL), 1,
+                     times[i], NULL, 0, i % 3 ? payload : NULL,
+                     i % 3 ? sizeof(payload) : 0, 0);
+    CHECK(e && same_as_writer(e, NULL, 0, i % 3 ? payload : NULL,
+                              i % 3 ? sizeof(payload) : 0));
+    CHECK_EQ(e->time, times[i]);
+    sl_event_unref(e);
+  }
+  /* a traceparent added: to no headers, to one pair, to 15 (a map 16 then) */
+  e = sl_event_new(&g, S(NULL), S("t"), S("k"), 0, 0, NULL, 0, payload,
+                   sizeof(payload), 1);
+  CHECK(e && same_as_writer(e, NULL, 1, payload, sizeof(payload)));
+  CHECK_EQ(e->headers_count, 1);
+  sl_event_unref(e);
+  sl_buf_init(&h);
+  for (i = 1; i <= 15; i += 14) {
+    size_t j;
+    sl_buf_reset(&h);
+    sl_codec_put_map(&h, (uint32_t)i);
+    for (j = 0; j < i; j++) {
+      snprintf(name, sizeof(name), "h%zu", j);
+      sl_codec_put_str(&h, name, strlen(name));
+      sl_codec_put_str(&h, "v", 1);
+    }
+    e = sl_event_new(&g, S(NULL), S("t"), S(NULL), 1, 5, h.data, h.len, NULL,
+                     0, 1);
+    CHECK(e && same_as_writer(e, &h, 1, NULL, 0));
+    CHECK_EQ(e->headers_count, i + 1); /* 2 and 16 */
+    sl_event_unref(e);
+    /* without trace: copied as they are */
+    e = sl_event_new(&g, S(NULL), S("t"), S(NULL), 1, 5, h.data, h.len, NULL,
+                     0, 0);
+    CHECK(e && same_as_writer(e, &h, 0, NULL, 0));
+    CHECK_EQ(e->headers_count, i);
+    sl_event_unref(e);
+  }
+  sl_buf_close(&h);
+}
+
+TEST(event_ids_are_the_prefix_and_counter_in_hex) {
+  struct sl_idgen g;
+  struct sl_event *e;
+  char want[40];
+  uint64_t prefixes[] = {0, 0x0123456789abcdefull, ~0ull, 0xa0b1c2d3e4f50617ull};
+  size_t i;
+  sl_idgen_init(&g);
+  for (i = 0; i < SL_ARRAY_SIZE(prefixes); i++) {
+    g.prefix = prefixes[i];
+    g.counter = prefixes[SL_ARRAY_SIZE(prefixes) - 1 - i] - 1;
+    e = sl_event_new(&g, S(NULL), S("t"), S(NULL), 1, 0, NULL, 0, NULL, 0, 0);
+    snprintf(want, sizeof(want), "%016llx%016llx",
+             (unsigned long long)prefixes[i],
+             (unsigned long long)prefixes[SL_ARRAY_SIZE(prefixes) - 1 - i]);
+    CHECK(e && e->id_len == 32 && memcmp(e->data + e->id_off, want, 32) == 0);
+    sl_event_unref(e);
+  }
+}
+
 TEST(traceparent_validation) {
   CHECK(sl_event_traceparent_valid(
       "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", 55));

@@ -24,6 +24,28 @@ TEST(histogram_observe_puts_a_sample_in_the_first_bucket_that_holds_it) {
   CHECK(h.sum > 62.9 && h.sum < 63.1);
 }
 
+TEST(histogram_observe_agrees_with_a_linear_scan_on_and_around_every_bound) {
+  struct sl_histogram h;
+  double samples[3 * SL_HIST_BUCKETS + 2];
+  int i, j, n = 0, want;
+  for (i = 0; i < SL_HIST_BUCKETS; i++) {
+    samples[n++] = sl_histogram_bounds[i];
+    samples[n++] = sl_histogram_bounds[i] * 0.999;
+    samples[n++] = sl_histogram_bounds[i] * 1.001;
+  }
+  samples[n++] = 0;
+  samples[n++] = -1;
+  for (j = 0; j < n; j++) {
+    memset(&h, 0, sizeof(h));
+    sl_histogram_observe(&h, samples[j]);
+    for (want = 0; want < SL_HIST_BUCKETS &&
+                   samples[j] > sl_histogram_bounds[want];
+         want++)
+      ;
+    CHECK_EQ(h.buckets[want], 1);
+  }
+}
+
 TEST(histogram_render_is_cumulative_and_ends_with_inf_sum_and_count) {
   struct sl_histogram h;
   struct sl_buf out;
