@@ -30,7 +30,7 @@ int sl_regex_compile(const char *pat, size_t n, struct sl_regex **out,
                      char *err, size_t errlen);
 
 /* 1 when the pattern matches somewhere in s[0..n), else 0. Time is
- * O(n * program size); no allocation (about 9 KiB of stack). Invalid
+ * O(n * program size); no allocation (about 13 KiB of stack). Invalid
  * UTF-8 bytes are read as one code point each (U+FFFD). */
 int sl_regex_search(const struct sl_regex *re, const uint8_t *s, size_t n);
 

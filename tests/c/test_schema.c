@@ -5,6 +5,7 @@
 
 #include "codec.h"
 #include "json.h"
+#include "regex.h"
 #include "schema.h"
 #include "test.h"
 
@@ -414,4 +415,131 @@ TEST(schema_any_of_over_recursion_stays_bounded) {
   CHECK_EQ(chk(s, doc, &e), SL_EINVAL);
   CHECK(strstr(e.msg, "bounded time") != NULL);
   sl_schema_free(s);
+}
+
+/* 1 match, 0 no match, -1 compile error */
+static int re_search(const char *pat, const char *text) {
+  struct sl_regex *re;
+  char err[160];
+  int m;
+  if (sl_regex_compile(pat, strlen(pat), &re, err, sizeof(err)) != 0)
+    return -1;
+  m = sl_regex_search(re, (const uint8_t *)text, strlen(text));
+  sl_regex_free(re);
+  return m;
+}
+
+static int re_error(const char *pat, const char *want) {
+  struct sl_regex *re = NULL;
+  char err[160];
+  if (sl_regex_compile(pat, strlen(pat), &re, err, sizeof(err)) == 0) {
+    sl_regex_free(re);
+    fprintf(stderr, "  compiled: %s\n", pat);
+    return 0;
+  }
+  if (strstr(err, want) == NULL) {
+    fprintf(stderr, "  %s: error %s does not name %s\n", pat, err, want);
+    return 0;
+  }
+  return 1;
+}
+
+TEST(regex_searches_unanchored_with_anchors_where_given) {
+  CHECK_EQ(re_search("abc", "xxabcxx"), 1);
+  CHECK_EQ(re_search("^abc", "xxabc"), 0);
+  CHECK_EQ(re_search("^abc$", "abc"), 1);
+  CHECK_EQ(re_search("abc$", "abcx"), 0);
+  CHECK_EQ(re_search("", "anything"), 1);
+  CHECK_EQ(re_search("^$", ""), 1);
+  CHECK_EQ(re_search("^$", "\n"), 0); /* $ is the end only */
+  CHECK_EQ(re_search("a|^b", "cb"), 0);
+  CHECK_EQ(re_search("x|^b", "bc"), 1);
+}
+
+TEST(regex_classes_escapes_and_dot) {
+  CHECK_EQ(re_search("^\\d+$", "0123"), 1);
+  CHECK_EQ(re_search("^\\d+$", "01a3"), 0);
+  CHECK_EQ(re_search("^\\w\\W\\s\\S$", "a- x"), 1);
+  CHECK_EQ(re_search("^\\D$", "5"), 0);
+  CHECK_EQ(re_search("^[a-c_\\d]+$", "ab_9c"), 1);
+  CHECK_EQ(re_search("^[^a-c]$", "d"), 1);
+  CHECK_EQ(re_search("^[^a-c]$", "b"), 0);
+  CHECK_EQ(re_search("^[\\D]$", "x"), 1);
+  CHECK_EQ(re_search("^[\\S]$", " "), 0);
+  CHECK_EQ(re_search("^[-a]+$", "-a-"), 1);
+  CHECK_EQ(re_search("^[a-]+$", "-a-"), 1);
+  CHECK_EQ(re_search("^\\.\\*\\\\$", ".*\\"), 1);
+  CHECK_EQ(re_search("^\\x41\\u00e9$", "A\xc3\xa9"), 1);
+  CHECK_EQ(re_search("^\\t\\n$", "\t\n"), 1);
+  CHECK_EQ(re_search("^.$", "\xc3\xa9"), 1);      /* one code point */
+  CHECK_EQ(re_search("^..$", "\xc3\xa9"), 0);
+  CHECK_EQ(re_search("^.$", "\n"), 0);
+  CHECK_EQ(re_search("^[\xc3\xa0-\xc3\xbf]$", "\xc3\xa9"), 1);
+  CHECK_EQ(re_search("^\\}]$", "}]"), 1);
+}
+
+TEST(regex_groups_alternation_and_quantifiers) {
+  CHECK_EQ(re_search("^(ab|cd)+$", "abcdab"), 1);
+  CHECK_EQ(re_search("^(ab|cd)+$", "abc"), 0);
+  CHECK_EQ(re_search("^(?:a|b|)c$", "c"), 1);
+  CHECK_EQ(re_search("^a{3}$", "aaa"), 1);
+  CHECK_EQ(re_search("^a{3}$", "aa"), 0);
+  CHECK_EQ(re_search("^a{2,}$", "aaaaa"), 1);
+  CHECK_EQ(re_search("^a{2,}$", "a"), 0);
+  CHECK_EQ(re_search("^a{1,3}$", "aaa"), 1);
+  CHECK_EQ(re_search("^a{1,3}$", "aaaa"), 0);
+  CHECK_EQ(re_search("^a{0,0}b$", "b"), 1);
+  CHECK_EQ(re_search("^a?b*?c+$", "bbc"), 1);
+  CHECK_EQ(re_search("^(a*)*$", "aaaa"), 1);
+  CHECK_EQ(re_search("^(a|ab)(c|bcd)(d*)$", "abcd"), 1);
+  CHECK_EQ(re_search("^\\d{1000}$", "1"), 0);
+}
+
+TEST(regex_time_stays_linear_on_backtracking_killers) {
+  char text[4096];
+  memset(text, 'a', sizeof(text) - 2);
+  text[sizeof(text) - 2] = 'b';
+  text[sizeof(text) - 1] = '\0';
+  /* a backtracking engine takes 2^n steps on these */
+  CHECK_EQ(re_search("^(a+)+$", text), 0);
+  CHECK_EQ(re_search("^(a|a)*c", text), 0);
+  CHECK_EQ(re_search("(a*)*c", text), 0);
+}
+
+TEST(regex_unsupported_constructs_are_named) {
+  CHECK(re_error("(a)\\1", "backreference"));
+  CHECK(re_error("a(?=b)", "lookahead"));
+  CHECK(re_error("a(?!b)", "lookahead"));
+  CHECK(re_error("(?<=a)b", "lookbehind"));
+  CHECK(re_error("(?<n>a)", "named groups"));
+  CHECK(re_error("\\bword", "word boundary"));
+  CHECK(re_error("\\p{L}", "Unicode property"));
+  CHECK(re_error("a{1001}", "over 1000"));
+  CHECK(re_error("a{3,2}", "out of order"));
+  CHECK(re_error("a{x}", "quantifier"));
+  CHECK(re_error("*a", "nothing to repeat"));
+  CHECK(re_error("a**", "nothing to repeat"));
+  CHECK(re_error("^*", "nothing to repeat"));
+  CHECK(re_error("(a", "not closed"));
+  CHECK(re_error("a)", "unmatched"));
+  CHECK(re_error("[a", "not closed"));
+  CHECK(re_error("[z-a]", "out of order"));
+  CHECK(re_error("\\q", "unknown escape"));
+  CHECK(re_error("a\\", "backslash"));
+  CHECK(re_error("(a{1000}){3}", "instructions"));
+}
+
+TEST(schema_pattern_checks_strings_only) {
+  struct sl_schema *s = comp("{\"properties\":{\"sku\":{\"pattern\":"
+                             "\"^[A-Z]{2}-\\\\d+$\"}}}");
+  struct sl_schema_error e;
+  CHECK(s != NULL);
+  OK(s, "{\"sku\":\"AB-12\"}");
+  OK(s, "{\"sku\":12}");
+  CHECK_EQ(chk(s, "{\"sku\":\"ab-12\"}", &e), SL_EINVAL);
+  CHECK_STR(e.path, "/sku");
+  CHECK_STR(e.msg, "a string matching \"^[A-Z]{2}-\\d+$\"");
+  sl_schema_free(s);
+  CHECK(compile_fails("{\"pattern\":\"(?=x)\"}", "pattern at the root: "));
+  CHECK(compile_fails("{\"pattern\":\"(?=x)\"}", "lookahead"));
 }
