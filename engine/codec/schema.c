@@ -429,7 +429,7 @@ static int compile_branches(struct cc *c, const uint8_t **pp,
   return 0;
 }
 
-static int32_t find_def(struct sl_schema *s, const uint8_t *name, size_t n) {
+static int32_t find_def(const struct sl_schema *s, const uint8_t *name, size_t n) {
   uint32_t i;
   for (i = 0; i < s->ndefs; i++)
     if (s->defs[i].len == n && memcmp(s->defs[i].name, name, n) == 0)
@@ -1542,11 +1542,295 @@ int sl_schema_check(const struct sl_schema *s, const uint8_t *p, size_t n,
   return check(&c, 0, &q, p + n) ? SL_EINVAL : 0;
 }
 
+/* ---- comparing versions ----------------------------------------------- */
+
+struct cmp {
+  const struct sl_schema *a, *b; /* older, newer */
+  void (*report)(void *data, int breaking, const char *path,
+                 const char *what);
+  void *data;
+  int breaking, depth;
+  char path[512];
+  size_t plen;
+};
+
+static void say(struct cmp *c, int breaking, const char *fmt, ...)
+    SL_PRINTF(3, 4);
+static void say(struct cmp *c, int breaking, const char *fmt, ...) {
+  char what[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof(what), fmt, ap);
+  va_end(ap);
+  c->breaking += breaking;
+  if (c->report)
+    c->report(c->data, breaking, c->path, what);
+}
+
+static void types_text(char *b, size_t cap, unsigned t) {
+  static const char *const names[] = {"null",   "boolean", "integer",
+                                      "number", "string",  "array",
+                                      "object", "binary"};
+  size_t len = 0;
+  unsigned i;
+  b[0] = '\0';
+  if (t == 0 || t == T_ALL) {
+    snprintf(b, cap, "any");
+    return;
+  }
+  if ((t & (T_INT | T_FRAC)) == (T_INT | T_FRAC))
+    t &= ~(unsigned)T_INT;
+  else if (t & T_FRAC)
+    t = (t & ~(unsigned)T_FRAC) | T_INT; /* cannot be named alone */
+  for (i = 0; i < 8 && len < cap; i++)
+    if (t & (1u << i))
+      len += (size_t)snprintf(b + len, cap - len, "%s%s", len ? "/" : "",
+                              names[i]);
+}
+
+static void value_text(char *b, size_t cap, const struct span *v) {
+  struct sl_buf j;
+  sl_buf_init(&j);
+  if (sl_codec_to_json(v->p, v->n, &j) == 0)
+    snprintf(b, cap, "%.*s", (int)(j.len > 200 ? 200 : j.len),
+             (const char *)j.data);
+  else
+    snprintf(b, cap, "?");
+  sl_buf_close(&j);
+}
+
+/* A bound: has/value in the older and newer. up_breaks: raising it
+ * narrows (a minimum); otherwise lowering it does (a maximum). */
+static void cmp_bound(struct cmp *c, const char *kw, int ha, double va, int hb,
+                      double vb, int up_breaks) {
+  if (!ha && !hb)
+    return;
+  if (!ha)
+    say(c, 1, "%s %.15g added", kw, vb);
+  else if (!hb)
+    say(c, 0, "%s %.15g removed", kw, va);
+  else if (va != vb)
+    say(c, (vb > va) == up_breaks, "%s %s from %.15g to %.15g", kw,
+        vb > va ? "raised" : "lowered", va, vb);
+}
+
+static void cmp_node(struct cmp *c, uint32_t oa, uint32_t ob);
+
+static void cmp_sub(struct cmp *c, uint32_t oa, uint32_t ob, const char *k1,
+                    const void *k2, size_t k2len, int64_t index) {
+  size_t saved = c->plen;
+  c->plen = path_key(c->path, c->plen, sizeof(c->path), k1, strlen(k1));
+  if (k2)
+    c->plen = path_key(c->path, c->plen, sizeof(c->path), k2, k2len);
+  else if (index >= 0)
+    c->plen = path_index(c->path, c->plen, sizeof(c->path), (uint64_t)index);
+  cmp_node(c, oa, ob);
+  c->plen = saved;
+  c->path[saved] = '\0';
+}
+
+static const struct prop *prop_named(const struct sl_schema *s,
+                                     const struct node *n, const uint8_t *k,
+                                     uint32_t len) {
+  uint32_t i;
+  for (i = 0; i < n->nprop; i++)
+    if (s->props[n->prop0 + i].len == len &&
+        memcmp(s->props[n->prop0 + i].key, k, len) == 0)
+      return &s->props[n->prop0 + i];
+  return NULL;
+}
+
+static void cmp_props(struct cmp *c, const struct node *a,
+                      const struct node *b) {
+  uint32_t i;
+  for (i = 0; i < a->nprop; i++) {
+    const struct prop *pa = &c->a->props[a->prop0 + i];
+    const struct prop *pb = prop_named(c->b, b, pa->key, pa->len);
+    int na = pa->node >= 0, nb = pb && pb->node >= 0;
+    int ra = pa->req >= 0, rb = pb && pb->req >= 0;
+    const char *k = (const char *)pa->key;
+    int kl = (int)pa->len;
+    if (na && !nb)
+      say(c, 1, "field \"%.*s\" removed", kl, k);
+    else if (na && nb)
+      cmp_sub(c, (uint32_t)pa->node, (uint32_t)pb->node, "properties",
+              pa->key, pa->len, -1);
+    else if (nb)
+      say(c, rb && !ra, "%s field \"%.*s\" added",
+          rb ? "required" : "optional", kl, k);
+    if (!ra && rb && !(nb && !na))
+      say(c, 1, "field \"%.*s\" made required", kl, k);
+    else if (ra && !rb)
+      say(c, 0, "field \"%.*s\" made optional", kl, k);
+  }
+  for (i = 0; i < b->nprop; i++) {
+    const struct prop *pb = &c->b->props[b->prop0 + i];
+    if (prop_named(c->a, a, pb->key, pb->len) != NULL)
+      continue;
+    if (pb->node >= 0)
+      say(c, pb->req >= 0, "%s field \"%.*s\" added",
+          pb->req >= 0 ? "required" : "optional", (int)pb->len,
+          (const char *)pb->key);
+    else if (pb->req >= 0)
+      say(c, 1, "field \"%.*s\" made required", (int)pb->len,
+          (const char *)pb->key);
+  }
+}
+
+static void cmp_addl(struct cmp *c, const struct node *a,
+                     const struct node *b) {
+  static const char *const names[] = {"true", "false", "a schema"};
+  int sa = a->flags & F_ADDL_FALSE ? 1 : a->addl >= 0 ? 2 : 0;
+  int sb = b->flags & F_ADDL_FALSE ? 1 : b->addl >= 0 ? 2 : 0;
+  if (sa == 2 && sb == 2)
+    cmp_sub(c, (uint32_t)a->addl, (uint32_t)b->addl, "additionalProperties",
+            NULL, 0, -1);
+  else if (sa != sb) /* true < a schema < false, by what they allow */
+    say(c, (sb == 1) || (sa == 0 && sb == 2),
+        "additionalProperties changed from %s to %s", names[sa], names[sb]);
+}
+
+static int in_vals(const struct sl_schema *s, uint32_t v0, uint32_t nv,
+                   const struct span *v) {
+  uint32_t i;
+  for (i = 0; i < nv; i++)
+    if (equal(v->p, v->p + v->n, &s->vals[v0 + i]))
+      return 1;
+  return 0;
+}
+
+static void cmp_values(struct cmp *c, const struct node *a,
+                       const struct node *b) {
+  char t[256], u[256];
+  uint32_t i;
+  if ((a->flags & F_ENUM) && (b->flags & F_ENUM)) {
+    for (i = 0; i < a->nenum; i++)
+      if (!in_vals(c->b, b->enum0, b->nenum, &c->a->vals[a->enum0 + i])) {
+        value_text(t, sizeof(t), &c->a->vals[a->enum0 + i]);
+        say(c, 1, "enum value %s removed", t);
+      }
+    for (i = 0; i < b->nenum; i++)
+      if (!in_vals(c->a, a->enum0, a->nenum, &c->b->vals[b->enum0 + i])) {
+        value_text(t, sizeof(t), &c->b->vals[b->enum0 + i]);
+        say(c, 0, "enum value %s added", t);
+      }
+  } else if (b->flags & F_ENUM) {
+    say(c, 1, "enum added");
+  } else if (a->flags & F_ENUM) {
+    say(c, 0, "enum removed");
+  }
+  if ((a->flags & F_CONST) && (b->flags & F_CONST)) {
+    const struct span *va = &c->a->vals[a->konst], *vb = &c->b->vals[b->konst];
+    if (!equal(va->p, va->p + va->n, vb)) {
+      value_text(t, sizeof(t), va);
+      value_text(u, sizeof(u), vb);
+      say(c, 1, "const changed from %s to %s", t, u);
+    }
+  } else if (b->flags & F_CONST) {
+    say(c, 1, "const added");
+  } else if (a->flags & F_CONST) {
+    say(c, 0, "const removed");
+  }
+}
+
+static void cmp_branches(struct cmp *c, const char *kw, uint32_t a0,
+                         uint32_t na, uint32_t b0, uint32_t nb) {
+  uint32_t i;
+  for (i = 0; i < na && i < nb; i++)
+    cmp_sub(c, c->a->kids[a0 + i], c->b->kids[b0 + i], kw, NULL, 0, i);
+  for (; i < na; i++) /* dropping the keyword altogether widens */
+    say(c, nb > 0, "%s branch %u removed", kw, i);
+  for (; i < nb; i++)
+    say(c, nb > 0 && na == 0, "%s branch %u added", kw, i);
+}
+
+static void cmp_refs(struct cmp *c, const struct node *a,
+                     const struct node *b) {
+  const char *ra = (const char *)c->a->strs.data + a->refname;
+  const char *rb = (const char *)c->b->strs.data + b->refname;
+  if (a->ref >= 0 && b->ref >= 0 && strcmp(ra, rb) != 0)
+    say(c, 1, "$ref changed from \"%s\" to \"%s\"", ra, rb);
+  else if (a->ref < 0 && b->ref >= 0)
+    say(c, 1, "$ref \"%s\" added", rb);
+  else if (a->ref >= 0 && b->ref < 0)
+    say(c, 0, "$ref \"%s\" removed", ra);
+}
+
+static void cmp_node(struct cmp *c, uint32_t oa, uint32_t ob) {
+  const struct node *a = &c->a->nodes[oa], *b = &c->b->nodes[ob];
+  unsigned ta = a->types ? a->types : T_ALL, tb = b->types ? b->types : T_ALL;
+  char x[128], y[128];
+  if (++c->depth > 2 * SL_SCHEMA_MAX_DEPTH)
+    goto done;
+  if ((a->flags & F_FALSE) != (b->flags & F_FALSE))
+    say(c, !!(b->flags & F_FALSE), "schema %s", b->flags & F_FALSE
+        ? "changed to false (no value fits)" : "changed from false");
+  if (ta != tb) {
+    types_text(x, sizeof(x), ta);
+    types_text(y, sizeof(y), tb);
+    say(c, (ta & ~tb) != 0, "type %s from %s to %s",
+        (ta & ~tb) ? "narrowed" : "widened", x, y);
+  }
+  cmp_bound(c, "minimum", !!(a->flags & F_MIN), a->min, !!(b->flags & F_MIN),
+            b->min, 1);
+  cmp_bound(c, "maximum", !!(a->flags & F_MAX), a->max, !!(b->flags & F_MAX),
+            b->max, 0);
+  cmp_bound(c, "minLength", !!(a->flags & F_MINLEN), a->minlen,
+            !!(b->flags & F_MINLEN), b->minlen, 1);
+  cmp_bound(c, "maxLength", !!(a->flags & F_MAXLEN), a->maxlen,
+            !!(b->flags & F_MAXLEN), b->maxlen, 0);
+  cmp_bound(c, "minItems", !!(a->flags & F_MINITEMS), a->minitems,
+            !!(b->flags & F_MINITEMS), b->minitems, 1);
+  cmp_bound(c, "maxItems", !!(a->flags & F_MAXITEMS), a->maxitems,
+            !!(b->flags & F_MAXITEMS), b->maxitems, 0);
+  if (b->re >= 0 && (a->re < 0 || strcmp((const char *)c->a->strs.data + a->pat,
+                                         (const char *)c->b->strs.data + b->pat)))
+    say(c, 1, "pattern \"%s\" %s", (const char *)c->b->strs.data + b->pat,
+        a->re < 0 ? "added" : "replaces the old one");
+  else if (a->re >= 0 && b->re < 0)
+    say(c, 0, "pattern removed");
+  cmp_values(c, a, b);
+  cmp_props(c, a, b);
+  cmp_addl(c, a, b);
+  if (a->items >= 0 && b->items >= 0)
+    cmp_sub(c, (uint32_t)a->items, (uint32_t)b->items, "items", NULL, 0, -1);
+  else if (a->items != b->items)
+    say(c, b->items >= 0, "items schema %s", b->items >= 0 ? "added"
+                                                           : "removed");
+  cmp_branches(c, "anyOf", a->any0, a->nany, b->any0, b->nany);
+  cmp_branches(c, "oneOf", a->one0, a->none, b->one0, b->none);
+  cmp_refs(c, a, b);
+done:
+  c->depth--;
+}
+
 int sl_schema_compare(const struct sl_schema *older,
                       const struct sl_schema *newer,
                       void (*report)(void *data, int breaking,
                                      const char *path, const char *what),
                       void *data) {
-  (void)older; (void)newer; (void)report; (void)data;
-  return 0;
+  struct cmp c;
+  uint32_t i;
+  int32_t d;
+  memset(&c, 0, sizeof(c));
+  c.a = older;
+  c.b = newer;
+  c.report = report;
+  c.data = data;
+  cmp_node(&c, 0, 0);
+  for (i = 0; i < older->ndefs; i++) {
+    const struct def *da = &older->defs[i];
+    d = find_def(newer, da->name, da->len);
+    if (d >= 0 && da->node >= 0 && newer->defs[d].node >= 0) {
+      cmp_sub(&c, (uint32_t)da->node, (uint32_t)newer->defs[d].node, "$defs",
+              da->name, da->len, -1);
+    } else if (d < 0) {
+      c.plen = path_key(c.path, 0, sizeof(c.path), "$defs", 5);
+      c.plen = path_key(c.path, c.plen, sizeof(c.path), da->name, da->len);
+      say(&c, 0, "definition removed");
+      c.plen = 0;
+      c.path[0] = '\0';
+    }
+  }
+  return c.breaking;
 }

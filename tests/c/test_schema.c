@@ -543,3 +543,125 @@ TEST(schema_pattern_checks_strings_only) {
   CHECK(compile_fails("{\"pattern\":\"(?=x)\"}", "pattern at the root: "));
   CHECK(compile_fails("{\"pattern\":\"(?=x)\"}", "lookahead"));
 }
+
+/* Compare two schemas; collect "B path: what" / "C path: what" lines. */
+struct changes {
+  char text[4096];
+  size_t len;
+};
+
+static void on_change(void *data, int breaking, const char *path,
+                      const char *what) {
+  struct changes *ch = data;
+  ch->len += (size_t)snprintf(ch->text + ch->len, sizeof(ch->text) - ch->len,
+                              "%c %s: %s\n", breaking ? 'B' : 'C', path, what);
+}
+
+static int compare(const char *older, const char *newer, struct changes *ch) {
+  struct sl_schema *a = comp(older), *b = comp(newer);
+  int n;
+  ch->len = 0;
+  ch->text[0] = '\0';
+  if (a == NULL || b == NULL) {
+    fprintf(stderr, "  compile: %s\n", cerr);
+    abort();
+  }
+  n = sl_schema_compare(a, b, on_change, ch);
+  sl_schema_free(a);
+  sl_schema_free(b);
+  return n;
+}
+
+#define CHANGE(older, newer, nbreaking, line)                              \
+  do {                                                                     \
+    struct changes ch_;                                                    \
+    int n_ = compare(older, newer, &ch_);                                  \
+    if (n_ != (nbreaking) || strstr(ch_.text, line) == NULL) {             \
+      fprintf(stderr, "  got %d breaking:\n%s  want %d and: %s\n", n_,    \
+              ch_.text, (nbreaking), line);                                \
+      CHECK(0);                                                            \
+    }                                                                      \
+  } while (0)
+
+#define P(x) "{\"type\":\"object\",\"properties\":{" x "}}"
+#define PR(x, r) "{\"type\":\"object\",\"required\":[" r "],\"properties\":{" x "}}"
+
+TEST(compare_same_schema_reports_nothing) {
+  struct changes ch;
+  CHECK_EQ(compare(order, order, &ch), 0);
+  CHECK_EQ(ch.len, 0);
+}
+
+TEST(compare_field_removed_or_made_required_breaks) {
+  CHANGE(P("\"a\":{},\"b\":{}"), P("\"a\":{}"), 1,
+         "B : field \"b\" removed");
+  CHANGE(P("\"a\":{}"), PR("\"a\":{}", "\"a\""), 1,
+         "B : field \"a\" made required");
+  CHANGE(P("\"a\":{}"), PR("\"a\":{},\"b\":{}", "\"b\""), 1,
+         "B : required field \"b\" added");
+  CHANGE(PR("\"a\":{}", "\"a\""), P("\"a\":{}"), 0,
+         "C : field \"a\" made optional");
+}
+
+TEST(compare_optional_field_added_is_compatible) {
+  CHANGE(P("\"a\":{}"), P("\"a\":{},\"note\":{\"type\":\"string\"}"), 0,
+         "C : optional field \"note\" added");
+}
+
+TEST(compare_type_narrowed_breaks_and_widened_does_not) {
+  CHANGE(P("\"n\":{\"type\":\"number\"}"), P("\"n\":{\"type\":\"integer\"}"),
+         1, "B /properties/n: type narrowed from number to integer");
+  CHANGE(P("\"n\":{\"type\":\"integer\"}"), P("\"n\":{\"type\":\"number\"}"),
+         0, "C /properties/n: type widened from integer to number");
+  CHANGE("{\"type\":[\"string\",\"null\"]}", "{\"type\":\"string\"}", 1,
+         "type narrowed from null/string to string");
+  CHANGE("{}", "{\"type\":\"string\"}", 1, "type narrowed from any");
+}
+
+TEST(compare_enum_and_const) {
+  CHANGE("{\"enum\":[\"a\",\"b\"]}", "{\"enum\":[\"a\"]}", 1,
+         "B : enum value \"b\" removed");
+  CHANGE("{\"enum\":[\"a\"]}", "{\"enum\":[\"a\",\"c\"]}", 0,
+         "C : enum value \"c\" added");
+  CHANGE("{\"enum\":[1]}", "{\"enum\":[1.0]}", 0, "");
+  CHANGE("{}", "{\"enum\":[1]}", 1, "enum added");
+  CHANGE("{\"const\":1}", "{\"const\":2}", 1, "const changed from 1 to 2");
+  CHANGE("{\"const\":1}", "{}", 0, "const removed");
+}
+
+TEST(compare_bounds_raised_or_lowered) {
+  CHANGE("{\"minimum\":0}", "{\"minimum\":1}", 1, "minimum raised from 0 to 1");
+  CHANGE("{\"minimum\":1}", "{\"minimum\":0}", 0, "minimum lowered");
+  CHANGE("{\"maximum\":9}", "{\"maximum\":8}", 1, "maximum lowered");
+  CHANGE("{\"maximum\":9}", "{}", 0, "maximum 9 removed");
+  CHANGE("{}", "{\"maximum\":9}", 1, "maximum 9 added");
+  CHANGE("{\"maxLength\":9}", "{\"maxLength\":3}", 1, "maxLength lowered");
+  CHANGE("{\"minLength\":1}", "{\"minLength\":3}", 1, "minLength raised");
+  CHANGE("{\"maxItems\":9}", "{\"maxItems\":10}", 0, "maxItems raised");
+  CHANGE("{\"minItems\":2}", "{\"minItems\":3}", 1, "minItems raised");
+}
+
+TEST(compare_additional_properties_and_pattern) {
+  CHANGE("{}", "{\"additionalProperties\":false}", 1,
+         "additionalProperties changed from true to false");
+  CHANGE("{\"additionalProperties\":false}", "{}", 0,
+         "additionalProperties changed from false to true");
+  CHANGE("{\"additionalProperties\":{\"type\":\"number\"}}",
+         "{\"additionalProperties\":{\"type\":\"integer\"}}", 1,
+         "B /additionalProperties: type narrowed");
+  CHANGE("{}", "{\"pattern\":\"^a\"}", 1, "pattern \"^a\" added");
+  CHANGE("{\"pattern\":\"^a\"}", "{\"pattern\":\"^b\"}", 1, "pattern \"^b\"");
+  CHANGE("{\"pattern\":\"^a\"}", "{}", 0, "pattern removed");
+}
+
+TEST(compare_recurses_into_items_and_defs) {
+  CHANGE("{\"items\":" P("\"q\":{\"type\":\"number\"}") "}",
+         "{\"items\":" P("\"q\":{\"type\":\"integer\"}") "}", 1,
+         "B /items/properties/q: type narrowed");
+  CHANGE("{\"$defs\":{\"d\":{\"enum\":[1,2]}},\"$ref\":\"#/$defs/d\"}",
+         "{\"$defs\":{\"d\":{\"enum\":[1]}},\"$ref\":\"#/$defs/d\"}", 1,
+         "B /$defs/d: enum value 2 removed");
+  CHANGE("{\"anyOf\":[{\"type\":\"string\"}]}",
+         "{\"anyOf\":[{\"type\":\"string\"},{\"type\":\"null\"}]}", 0,
+         "anyOf branch 1 added");
+}
