@@ -20,23 +20,27 @@
 /* type bits; "number" is INT|FRAC */
 enum {
   T_NULL = 1, T_BOOL = 2, T_INT = 4, T_FRAC = 8, T_STR = 16, T_ARR = 32,
-  T_OBJ = 64, T_BIN = 128, T_ALL = 255
+  T_OBJ = 64, T_BIN = 128, T_ALL = 255, T_EXT = 256 /* no type names it */
 };
 
 enum {
   F_FALSE = 1 << 0, F_MIN = 1 << 1, F_MAX = 1 << 2, F_MINLEN = 1 << 3,
   F_MAXLEN = 1 << 4, F_MINITEMS = 1 << 5, F_MAXITEMS = 1 << 6,
   F_ENUM = 1 << 7, F_CONST = 1 << 8, F_ADDL_FALSE = 1 << 9,
-  F_MIN_INT = 1 << 10, F_MAX_INT = 1 << 11, F_OBJ = 1 << 12
+  F_MIN_INT = 1 << 10, F_MAX_INT = 1 << 11, F_OBJ = 1 << 12,
+  F_SCALAR = 1 << 13, /* no keyword that descends or re-checks: inline */
+  F_MORE = 1 << 14    /* $ref, anyOf or oneOf */
 };
+
+#define HOT static inline __attribute__((always_inline))
 
 #define MAX_REQUIRED 512 /* required names per object (a bitset on stack) */
 #define MAX_SEGS 128     /* data nesting an error path can name */
-#define MAX_CALLS 512    /* nested checks of one value (recursion guard) */
 
 struct node {
   uint32_t flags;
   uint16_t types; /* 0: any */
+  uint16_t tmask; /* the type bits that pass (T_EXT too when types is 0) */
   uint16_t nreq;
   uint32_t minlen, maxlen, minitems, maxitems;
   double min, max;
@@ -49,10 +53,13 @@ struct node {
   uint32_t emsg, cmsg; /* offsets in strs: enum and const expectations */
   uint32_t pat;   /* offset in strs: the pattern's text */
   uint32_t refname; /* offset in strs: the $ref text */
+  uint32_t tmsg, minmsg, maxmsg; /* offsets in strs: type and bound texts */
 };
 
 struct prop {
+  const struct node *child; /* nodes + node, set once compiled; or NULL */
   const uint8_t *key;
+  uint64_t head; /* the key's first 8 bytes, zero-padded */
   uint32_t len;
   int32_t node; /* -1: any value (only named by required) */
   int32_t req;  /* bit index among required, -1 */
@@ -61,6 +68,8 @@ struct prop {
 struct span {
   const uint8_t *p;
   uint32_t n;
+  const uint8_t *str; /* a str value's bytes (strn of them), else NULL */
+  uint32_t strn;
 };
 
 struct def {
@@ -212,7 +221,7 @@ static int read_item(const uint8_t **pp, const uint8_t *end,
   return sl_codec_read_item(pp, end, it);
 }
 
-/* Skip n values at p (trusted, measured bytes; still bounds-checked). */
+/* Skip n values at p (bounds-checked), for compiling. */
 static int skip_n(const uint8_t **pp, const uint8_t *end, uint64_t n) {
   struct sl_codec_item it;
   while (n > 0) {
@@ -357,6 +366,15 @@ static int add_val(struct sl_schema *s, const uint8_t *p, const uint8_t *q) {
     return SL_ENOMEM;
   s->vals[s->nvals].p = p;
   s->vals[s->nvals].n = (uint32_t)(q - p);
+  s->vals[s->nvals].str = NULL;
+  {
+    struct sl_str str;
+    size_t used;
+    if (sl_codec_read_str(p, (size_t)(q - p), &str, &used) == 0) {
+      s->vals[s->nvals].str = (const uint8_t *)str.p;
+      s->vals[s->nvals].strn = (uint32_t)str.len;
+    }
+  }
   s->nvals++;
   return 0;
 }
@@ -523,6 +541,13 @@ static int compile_pattern(struct cc *c, const uint8_t **pp,
   return 0;
 }
 
+static void set_key(struct prop *pr, const uint8_t *k, uint32_t n) {
+  pr->key = k;
+  pr->len = n;
+  pr->head = 0;
+  memcpy(&pr->head, k, n < 8 ? n : 8);
+}
+
 /* properties and required of node idx: its props are one contiguous run,
  * reserved before the subschemas (which add their own runs after it). */
 static int compile_object(struct cc *c, int32_t idx, const uint8_t *props,
@@ -551,8 +576,7 @@ static int compile_object(struct cc *c, int32_t idx, const uint8_t *props,
     kid = compile_sub(c, &props, end, (const char *)key.s, key.n, -1);
     if (kid < 0)
       return SL_EINVAL;
-    s->props[p0 + used].key = key.s;
-    s->props[p0 + used].len = key.n;
+    set_key(&s->props[p0 + used], key.s, key.n);
     s->props[p0 + used].node = kid;
     s->props[p0 + used].req = -1;
     used++;
@@ -567,8 +591,7 @@ static int compile_object(struct cc *c, int32_t idx, const uint8_t *props,
           memcmp(s->props[p0 + j].key, key.s, key.n) == 0)
         break;
     if (j == used) {
-      s->props[p0 + used].key = key.s;
-      s->props[p0 + used].len = key.n;
+      set_key(&s->props[p0 + used], key.s, key.n);
       s->props[p0 + used].node = -1;
       s->props[p0 + used].req = -1;
       used++;
@@ -851,11 +874,54 @@ static int sort_props(struct sl_schema *s) {
   return 0;
 }
 
+static void type_text(char *b, size_t cap, unsigned t, const char *sep);
+
+/* What the checker says on failure, made once here so that rejecting a
+ * value costs no printf. */
+static int node_texts(struct sl_schema *s, uint32_t i) {
+  struct node *n = &s->nodes[i];
+  char b[160];
+  int len;
+  type_text(b, sizeof(b), n->types, " or ");
+  if (add_str(&s->strs, b, strlen(b), &s->nodes[i].tmsg))
+    return SL_ENOMEM;
+  n = &s->nodes[i];
+  if (n->flags & F_MIN_INT)
+    len = snprintf(b, sizeof(b), "a number >= %lld", (long long)n->imin);
+  else
+    len = snprintf(b, sizeof(b), "a number >= %.17g", n->min);
+  if (add_str(&s->strs, b, (size_t)len, &s->nodes[i].minmsg))
+    return SL_ENOMEM;
+  n = &s->nodes[i];
+  if (n->flags & F_MAX_INT)
+    len = snprintf(b, sizeof(b), "a number <= %lld", (long long)n->imax);
+  else
+    len = snprintf(b, sizeof(b), "a number <= %.17g", n->max);
+  if (add_str(&s->strs, b, (size_t)len, &s->nodes[i].maxmsg))
+    return SL_ENOMEM;
+  n = &s->nodes[i];
+  n->tmask = n->types ? n->types : T_ALL | T_EXT;
+  if (n->ref >= 0 || n->nany || n->none)
+    n->flags |= F_MORE;
+  if (!(n->flags & (F_FALSE | F_MINITEMS | F_MAXITEMS | F_ADDL_FALSE | F_OBJ |
+                    F_MORE)) && n->items < 0 && n->addl < 0)
+    n->flags |= F_SCALAR;
+  return 0;
+}
+
 static int finish(struct cc *c) {
   struct sl_schema *s = c->s;
   uint8_t *color = calloc(s->nnodes, 2);
   uint32_t n;
   int rc = 0;
+  for (n = 0; n < s->nprops; n++) /* the nodes array moves no more */
+    s->props[n].child = s->props[n].node >= 0 ? &s->nodes[s->props[n].node]
+                                              : NULL;
+  for (n = 0; n < s->nnodes; n++)
+    if (node_texts(s, n) != 0) {
+      free(color);
+      return cfail(c, "out of memory");
+    }
   if (color == NULL)
     return cfail(c, "out of memory");
   for (n = 0; n < s->nnodes && rc == 0; n++)
@@ -983,15 +1049,10 @@ struct ck {
   struct seg seg[MAX_SEGS];
 };
 
-static int fail(struct ck *c, const char *fmt, ...) SL_PRINTF(2, 3);
-static int fail(struct ck *c, const char *fmt, ...) {
+static void fail_path(struct ck *c) {
   struct sl_schema_error *e = c->e;
   size_t len = 0;
-  va_list ap;
   int i;
-  c->type_failed = 0;
-  if (e == NULL)
-    return 1;
   e->path[0] = '\0';
   for (i = 0; i < c->nseg; i++) {
     if (c->seg[i].key != NULL)
@@ -1000,75 +1061,202 @@ static int fail(struct ck *c, const char *fmt, ...) {
     else
       len = path_index(e->path, len, sizeof(e->path), c->seg[i].index);
   }
+}
+
+static int fail(struct ck *c, const char *fmt, ...) SL_PRINTF(2, 3);
+static int fail(struct ck *c, const char *fmt, ...) {
+  va_list ap;
+  c->type_failed = 0;
+  if (c->e == NULL)
+    return 1;
+  fail_path(c);
   va_start(ap, fmt);
-  vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+  vsnprintf(c->e->msg, sizeof(c->e->msg), fmt, ap);
   va_end(ap);
   return 1;
 }
 
-/* One item; the common one-byte headers inline. */
-static inline int rd(const uint8_t **pp, const uint8_t *end,
-                     struct sl_codec_item *it) {
-  const uint8_t *p = *pp;
-  if (sl_likely(p < end)) {
-    uint8_t b = *p;
-    if (b <= 0x7f) {
-      it->t = SL_MP_UINT;
-      it->u = b;
-      *pp = p + 1;
-      return 0;
-    }
-    if ((b & 0xe0) == 0xa0) {
-      uint32_t n = b & 0x1f;
-      if ((size_t)(end - p) <= n)
-        return -1;
-      it->t = SL_MP_STR;
-      it->s = p + 1;
-      it->n = n;
-      *pp = p + 1 + n;
-      return 0;
-    }
+/* The failure text a, then b[0..bn), then z (each may be NULL): no printf,
+ * so that rejecting costs about what accepting does. */
+static int fail_text(struct ck *c, const char *a, const void *b, size_t bn,
+                     const char *z) {
+  char *m;
+  size_t len = 0, n, cap;
+  c->type_failed = 0;
+  if (c->e == NULL)
+    return 1;
+  fail_path(c);
+  m = c->e->msg;
+  cap = sizeof(c->e->msg) - 1;
+  if (a) {
+    n = strlen(a);
+    n = n < cap ? n : cap;
+    memcpy(m, a, n);
+    len = n;
   }
-  return sl_codec_read_item(pp, end, it);
+  if (b) {
+    n = bn < cap - len ? bn : cap - len;
+    memcpy(m + len, b, n);
+    len += n;
+  }
+  if (z) {
+    n = strlen(z);
+    n = n < cap - len ? n : cap - len;
+    memcpy(m + len, z, n);
+    len += n;
+  }
+  m[len] = '\0';
+  return 1;
+}
+
+static int fail_count(struct ck *c, const char *a, uint32_t v,
+                      const char *z) {
+  char b[12];
+  int i = 12;
+  do {
+    b[--i] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  return fail_text(c, a, b + i, (size_t)(12 - i), z);
+}
+
+static inline uint64_t load_be(const uint8_t *p, int n) {
+  uint64_t v;
+  uint32_t w;
+  uint16_t h;
+  switch (n) {
+  case 1: return p[0];
+  case 2: memcpy(&h, p, 2); return __builtin_bswap16(h);
+  case 4: memcpy(&w, p, 4); return __builtin_bswap32(w);
+  default: memcpy(&v, p, 8); return __builtin_bswap64(v);
+  }
+}
+
+/* One item; the common headers inline, the rest by the codec. */
+HOT int rd(const uint8_t **pp, const uint8_t *end,
+           struct sl_codec_item *it) {
+  const uint8_t *p = *pp;
+  size_t left = (size_t)(end - p);
+  uint8_t b;
+  if (sl_unlikely(left == 0))
+    return -1;
+  b = *p;
+  if (b <= 0x7f) {
+    it->t = SL_MP_UINT;
+    it->u = b;
+    *pp = p + 1;
+    return 0;
+  }
+  if ((b & 0xe0) == 0xa0) {
+    uint32_t n = b & 0x1f;
+    if (left <= n)
+      return -1;
+    it->t = SL_MP_STR;
+    it->s = p + 1;
+    it->n = n;
+    *pp = p + 1 + n;
+    return 0;
+  }
+  if ((b & 0xe0) == 0x80) { /* fixmap, fixarray */
+    it->t = b < 0x90 ? SL_MP_MAP : SL_MP_ARR;
+    it->n = b & 0x0f;
+    if (left - 1 < it->n)
+      return -1;
+    *pp = p + 1;
+    return 0;
+  }
+  switch (b) {
+  case 0xc0: it->t = SL_MP_NIL; *pp = p + 1; return 0;
+  case 0xc2: case 0xc3:
+    it->t = SL_MP_BOOL;
+    it->b = b == 0xc3;
+    *pp = p + 1;
+    return 0;
+  case 0xcb:
+    if (left < 9)
+      return -1;
+    {
+      uint64_t v = load_be(p + 1, 8);
+      it->t = SL_MP_F64;
+      memcpy(&it->d, &v, 8);
+    }
+    *pp = p + 9;
+    return 0;
+  case 0xcc: case 0xcd: case 0xce: case 0xcf: {
+    int n = 1 << (b - 0xcc);
+    if (left < (size_t)n + 1)
+      return -1;
+    it->t = SL_MP_UINT;
+    it->u = load_be(p + 1, n);
+    *pp = p + 1 + n;
+    return 0;
+  }
+  default:
+    return sl_codec_read_item(pp, end, it);
+  }
+}
+
+/* Skip n values (bounds-checked) with the inline reader: the checker's
+ * cost for a part of a value no keyword looks into. */
+static int skip_fast(const uint8_t **pp, const uint8_t *end, uint64_t n) {
+  struct sl_codec_item it;
+  while (n > 0) {
+    n--;
+    if (rd(pp, end, &it) != 0)
+      return -1;
+    if (it.t == SL_MP_ARR)
+      n += it.n;
+    else if (it.t == SL_MP_MAP)
+      n += 2 * (uint64_t)it.n;
+  }
+  return 0;
 }
 
 static inline int integral(double d) {
-  return d == floor(d) && !isinf(d);
+  if (d > -9007199254740992.0 && d < 9007199254740992.0)
+    return d == (double)(int64_t)d;
+  return !isinf(d) && !isnan(d); /* from 2^53 on, every double is whole */
 }
 
-static unsigned type_of(const struct sl_codec_item *it) {
-  static const uint8_t bits[] = {T_NULL, T_BOOL, T_INT, T_INT, T_FRAC, T_FRAC,
-                                 T_STR,  T_BIN,  T_ARR, T_OBJ, 0,      0};
+HOT unsigned type_of(const struct sl_codec_item *it) {
+  static const uint16_t bits[] = {T_NULL, T_BOOL, T_INT, T_INT,
+                                  T_FRAC, T_FRAC, T_STR, T_BIN,
+                                  T_ARR,  T_OBJ,  T_EXT, 0};
   unsigned b = bits[it->t];
   if (b == T_FRAC && integral(item_double(it)))
     b = T_INT;
   return b;
 }
 
-static int fail_type(struct ck *c, const struct node *n) {
+static void type_text(char *b, size_t cap, unsigned t, const char *sep) {
   static const char *const names[] = {"null",   "boolean", "integer",
                                       "number", "string",  "array",
                                       "object", "binary"};
-  char b[128];
   size_t len = 0;
-  unsigned t = n->types, i;
+  unsigned i;
+  b[0] = '\0';
+  if (t == 0 || t == T_ALL) {
+    snprintf(b, cap, "any");
+    return;
+  }
   if ((t & (T_INT | T_FRAC)) == (T_INT | T_FRAC))
     t &= ~(unsigned)T_INT; /* "number" says it */
-  for (i = 0; i < 8; i++) {
-    if (!(t & (1u << i)))
-      continue;
-    len += (size_t)snprintf(b + len, sizeof(b) - len, "%s%s",
-                            len ? " or " : "", names[i]);
-    if (len >= sizeof(b))
-      break;
-  }
-  fail(c, "%s", b);
+  else if (t & T_FRAC)
+    t = (t & ~(unsigned)T_FRAC) | T_INT; /* cannot be named alone */
+  for (i = 0; i < 8 && len < cap; i++)
+    if (t & (1u << i))
+      len += (size_t)snprintf(b + len, cap - len, "%s%s", len ? sep : "",
+                              names[i]);
+}
+
+static int fail_type(struct ck *c, const struct node *n) {
+  fail_text(c, (const char *)c->s->strs.data + n->tmsg, NULL, 0, NULL);
   c->type_failed = 1;
   return 1;
 }
 
 /* -1, 0, 1 as the number compares with a bound; 2 for NaN (fails all). */
-static int num_cmp(const struct sl_codec_item *it, double d, int64_t i,
+HOT int num_cmp(const struct sl_codec_item *it, double d, int64_t i,
                    int exact) {
   double x;
   if (it->t == SL_MP_INT || (it->t == SL_MP_UINT && it->u <= INT64_MAX)) {
@@ -1088,35 +1276,24 @@ static int num_cmp(const struct sl_codec_item *it, double d, int64_t i,
   return x < d ? -1 : x > d;
 }
 
-static void bound_text(char *b, size_t cap, double d, int64_t i, int exact) {
-  if (exact)
-    snprintf(b, cap, "%lld", (long long)i);
-  else
-    snprintf(b, cap, "%.17g", d);
-}
-
-static int check_num(struct ck *c, const struct node *n,
+HOT int check_num(struct ck *c, const struct node *n,
                      const struct sl_codec_item *it) {
-  char b[32];
+  const char *t = (const char *)c->s->strs.data;
   int r;
   if (n->flags & F_MIN) {
     r = num_cmp(it, n->min, n->imin, !!(n->flags & F_MIN_INT));
-    if (r < 0 || r == 2) {
-      bound_text(b, sizeof(b), n->min, n->imin, !!(n->flags & F_MIN_INT));
-      return fail(c, "a number >= %s", b);
-    }
+    if (r < 0 || r == 2)
+      return fail_text(c, t + n->minmsg, NULL, 0, NULL);
   }
   if (n->flags & F_MAX) {
     r = num_cmp(it, n->max, n->imax, !!(n->flags & F_MAX_INT));
-    if (r > 0) {
-      bound_text(b, sizeof(b), n->max, n->imax, !!(n->flags & F_MAX_INT));
-      return fail(c, "a number <= %s", b);
-    }
+    if (r > 0)
+      return fail_text(c, t + n->maxmsg, NULL, 0, NULL);
   }
   return 0;
 }
 
-static int check_str(struct ck *c, const struct node *n, const uint8_t *s,
+HOT int check_str(struct ck *c, const struct node *n, const uint8_t *s,
                      uint32_t len) {
   if (n->flags & (F_MINLEN | F_MAXLEN)) {
     uint32_t cps = len, i;
@@ -1128,29 +1305,64 @@ static int check_str(struct ck *c, const struct node *n, const uint8_t *s,
       for (i = 0; i < len; i++)
         cps -= (s[i] & 0xc0) == 0x80;
     if ((n->flags & F_MINLEN) && cps < n->minlen)
-      return fail(c, "at least %u characters", n->minlen);
+      return fail_count(c, "at least ", n->minlen, " characters");
     if ((n->flags & F_MAXLEN) && cps > n->maxlen)
-      return fail(c, "at most %u characters", n->maxlen);
+      return fail_count(c, "at most ", n->maxlen, " characters");
   }
   if (n->re >= 0 && !sl_regex_search(c->s->res[n->re], s, len))
-    return fail(c, "a string matching \"%s\"",
-                (const char *)c->s->strs.data + n->pat);
+    return fail_text(c, "a string matching \"",
+                     (const char *)c->s->strs.data + n->pat,
+                     strlen((const char *)c->s->strs.data + n->pat), "\"");
   return 0;
 }
 
 static int check(struct ck *c, uint32_t ni, const uint8_t **pp,
                  const uint8_t *end);
+static int check_enum(struct ck *c, const struct node *n, const uint8_t *v,
+                      const uint8_t *ve, const struct sl_codec_item *it);
+
+/* A value against a node with no keyword that descends into it or checks
+ * it again (F_SCALAR): no recursion, inlined into the object walk. */
+HOT int check_scalar(struct ck *c, const struct node *n,
+                               const uint8_t **pp, const uint8_t *end) {
+  const uint8_t *start = *pp;
+  struct sl_codec_item it;
+  if (rd(pp, end, &it) != 0)
+    return fail_text(c, "valid msgpack", NULL, 0, NULL);
+  if (!(n->tmask & type_of(&it)))
+    return fail_type(c, n);
+  switch (it.t) {
+  case SL_MP_STR:
+    if ((n->flags & (F_MINLEN | F_MAXLEN) || n->re >= 0) &&
+        check_str(c, n, it.s, it.n))
+      return 1;
+    break;
+  case SL_MP_ARR: case SL_MP_MAP:
+    if (skip_fast(pp, end, it.t == SL_MP_MAP ? 2 * (uint64_t)it.n : it.n))
+      return fail_text(c, "valid msgpack", NULL, 0, NULL);
+    break;
+  case SL_MP_INT: case SL_MP_UINT: case SL_MP_F32: case SL_MP_F64:
+    if ((n->flags & (F_MIN | F_MAX)) && check_num(c, n, &it))
+      return 1;
+    break;
+  default:
+    break;
+  }
+  if (n->flags & (F_ENUM | F_CONST))
+    return check_enum(c, n, start, *pp, &it);
+  return 0;
+}
 
 static int check_array(struct ck *c, const struct node *n, uint32_t count,
                        const uint8_t **pp, const uint8_t *end) {
   struct seg *sg;
   uint32_t i;
   if ((n->flags & F_MINITEMS) && count < n->minitems)
-    return fail(c, "at least %u items", n->minitems);
+    return fail_count(c, "at least ", n->minitems, " items");
   if ((n->flags & F_MAXITEMS) && count > n->maxitems)
-    return fail(c, "at most %u items", n->maxitems);
+    return fail_count(c, "at most ", n->maxitems, " items");
   if (n->items < 0)
-    return skip_n(pp, end, count) ? fail(c, "valid msgpack") : 0;
+    return skip_fast(pp, end, count) ? fail_text(c, "valid msgpack", NULL, 0, NULL) : 0;
   if (c->nseg == MAX_SEGS)
     return fail(c, "a value nested at most %d deep", MAX_SEGS);
   sg = &c->seg[c->nseg++];
@@ -1183,20 +1395,43 @@ static inline int same(const uint8_t *a, const uint8_t *b, uint32_t n) {
   return 1;
 }
 
+/* The first 8 bytes of key k (kl bytes, zero-padded); end bounds the
+ * read. */
+HOT uint64_t key_head(const uint8_t *k, uint32_t kl,
+                                const uint8_t *end) {
+  uint64_t x = 0;
+  if (sl_likely(end - k >= 8)) {
+    memcpy(&x, k, 8);
+    if (kl < 8)
+      x &= ((uint64_t)1 << (8 * kl)) - 1;
+  } else {
+    memcpy(&x, k, kl < 8 ? kl : 8);
+  }
+  return x;
+}
+
+HOT int key_is(const struct prop *pr, const uint8_t *k,
+                         uint32_t kl, uint64_t head) {
+  return pr->head == head && pr->len == kl &&
+         (kl <= 8 || same(pr->key + 8, k + 8, kl - 8));
+}
+
 /* The index among n's props of key k, or -1. Events usually list fields in
  * the schema's order, so the one after the last match is tried first. */
-static int32_t find_prop(const struct sl_schema *s, const struct node *n,
-                         const uint8_t *k, uint32_t kl, uint32_t *hint) {
+HOT int32_t find_prop(const struct sl_schema *s, const struct node *n,
+                         const uint8_t *k, uint32_t kl, const uint8_t *end,
+                         uint32_t *hint) {
   const struct prop *pr = s->props + n->prop0;
   const uint32_t *o = s->sorted + n->prop0;
   uint32_t np = n->nprop, h = *hint, i, lo = 0, hi = np;
-  if (h < np && pr[h].len == kl && same(pr[h].key, k, kl)) {
+  uint64_t head = key_head(k, kl, end);
+  if (h < np && key_is(&pr[h], k, kl, head)) {
     *hint = h + 1;
     return (int32_t)h;
   }
-  if (np <= 8) {
+  if (np <= 16) {
     for (i = 0; i < np; i++) {
-      if (pr[i].len == kl && same(pr[i].key, k, kl)) {
+      if (key_is(&pr[i], k, kl, head)) {
         *hint = i + 1;
         return (int32_t)i;
       }
@@ -1226,59 +1461,79 @@ static int missing_required(struct ck *c, const struct node *n,
   for (i = 0; i < n->nprop; i++) {
     int32_t r = pr[i].req;
     if (r >= 0 && !(seen[r >> 6] & ((uint64_t)1 << (r & 63))))
-      return fail(c, "required property \"%.*s\"", (int)pr[i].len,
-                  (const char *)pr[i].key);
+      return fail_text(c, "required property \"", pr[i].key, pr[i].len,
+                       "\"");
   }
   return 0;
 }
 
 static int check_object(struct ck *c, const struct node *n, uint32_t count,
                         const uint8_t **pp, const uint8_t *end) {
-  uint64_t seen[MAX_REQUIRED / 64];
+  uint64_t seen[MAX_REQUIRED / 64], seen0 = 0; /* seen[0] kept in seen0 */
+  const struct prop *props = c->s->props + n->prop0;
   uint32_t hint = 0, i, w, nw = (n->nreq + 63u) / 64u;
   struct sl_codec_item k;
   struct seg *sg;
   if (!(n->flags & (F_OBJ | F_ADDL_FALSE)) && n->addl < 0)
-    return skip_n(pp, end, 2 * (uint64_t)count) ? fail(c, "valid msgpack")
+    return skip_fast(pp, end, 2 * (uint64_t)count) ? fail_text(c, "valid msgpack", NULL, 0, NULL)
                                                 : 0;
-  for (w = 0; w < nw; w++)
+  for (w = 1; w < nw; w++)
     seen[w] = 0;
   if (c->nseg == MAX_SEGS)
     return fail(c, "a value nested at most %d deep", MAX_SEGS);
   sg = &c->seg[c->nseg++];
   for (i = 0; i < count; i++) {
-    int32_t j = -1, child;
-    if (rd(pp, end, &k) != 0)
-      return fail(c, "valid msgpack");
+    const struct node *cn;
+    const uint8_t *p = *pp;
+    int32_t j = -1;
+    if (sl_likely(p < end && (*p & 0xe0) == 0xa0 &&
+                  (size_t)(end - p) > (size_t)(*p & 0x1f))) {
+      k.t = SL_MP_STR; /* a fixstr key, read here: the common case */
+      k.s = p + 1;
+      k.n = *p & 0x1f;
+      *pp = p + 1 + k.n;
+    } else if (rd(pp, end, &k) != 0) {
+      return fail_text(c, "valid msgpack", NULL, 0, NULL);
+    }
     if (sl_likely(k.t == SL_MP_STR)) {
       sg->key = k.s;
       sg->len = k.n;
-      j = find_prop(c->s, n, k.s, k.n, &hint);
+      j = find_prop(c->s, n, k.s, k.n, end, &hint);
     } else {
       sg->key = (const uint8_t *)"?"; /* a key JSON cannot name */
       sg->len = 1;
       if ((k.t == SL_MP_ARR || k.t == SL_MP_MAP) &&
-          skip_n(pp, end, k.t == SL_MP_MAP ? 2 * (uint64_t)k.n : k.n))
-        return fail(c, "valid msgpack");
+          skip_fast(pp, end, k.t == SL_MP_MAP ? 2 * (uint64_t)k.n : k.n))
+        return fail_text(c, "valid msgpack", NULL, 0, NULL);
     }
     if (j >= 0) {
-      const struct prop *pr = &c->s->props[n->prop0 + (uint32_t)j];
-      child = pr->node;
-      if (pr->req >= 0)
-        seen[pr->req >> 6] |= (uint64_t)1 << (pr->req & 63);
+      const struct prop *pr = props + j;
+      cn = pr->child;
+      if (pr->req >= 0) {
+        if (pr->req < 64)
+          seen0 |= (uint64_t)1 << pr->req;
+        else
+          seen[pr->req >> 6] |= (uint64_t)1 << (pr->req & 63);
+      }
     } else if (n->flags & F_ADDL_FALSE) {
-      return fail(c, "no such property (additionalProperties is false)");
+      return fail_text(c, "no such property (additionalProperties is false)",
+                       NULL, 0, NULL);
     } else {
-      child = n->addl;
+      cn = n->addl >= 0 ? &c->s->nodes[n->addl] : NULL;
     }
-    if (child >= 0) {
-      if (check(c, (uint32_t)child, pp, end))
+    if (cn != NULL) {
+      if (cn->flags & F_SCALAR) {
+        if (check_scalar(c, cn, pp, end))
+          return 1;
+      } else if (check(c, (uint32_t)(cn - c->s->nodes), pp, end)) {
         return 1;
-    } else if (skip_n(pp, end, 1)) {
-      return fail(c, "valid msgpack");
+      }
+    } else if (skip_fast(pp, end, 1)) {
+      return fail_text(c, "valid msgpack", NULL, 0, NULL);
     }
   }
   c->nseg--;
+  seen[0] = seen0;
   if (n->nreq) {
     for (w = 0; w + 1 < nw; w++)
       if (seen[w] != UINT64_MAX)
@@ -1391,18 +1646,29 @@ static int equal(const uint8_t *a, const uint8_t *ae, const struct span *v) {
 }
 
 static int check_enum(struct ck *c, const struct node *n, const uint8_t *v,
-                      const uint8_t *ve) {
+                      const uint8_t *ve, const struct sl_codec_item *it) {
   const struct sl_schema *s = c->s;
   uint32_t i;
+  if (it->t == SL_MP_STR && !(n->flags & F_CONST)) {
+    for (i = 0; i < n->nenum; i++) { /* strings: bytes, no decoding */
+      const struct span *e = &s->vals[n->enum0 + i];
+      if (e->str && e->strn == it->n && same(e->str, it->s, it->n))
+        return 0;
+    }
+    return fail_text(c, (const char *)s->strs.data + n->emsg, NULL, 0,
+                     NULL);
+  }
   if (n->flags & F_CONST) {
     if (!equal(v, ve, &s->vals[n->konst]))
-      return fail(c, "%s", (const char *)s->strs.data + n->cmsg);
+      return fail_text(c, (const char *)s->strs.data + n->cmsg, NULL, 0,
+                       NULL);
   }
   if (n->flags & F_ENUM) {
     for (i = 0; i < n->nenum; i++)
       if (equal(v, ve, &s->vals[n->enum0 + i]))
         return 0;
-    return fail(c, "%s", (const char *)s->strs.data + n->emsg);
+    return fail_text(c, (const char *)s->strs.data + n->emsg, NULL, 0,
+                     NULL);
   }
   return 0;
 }
@@ -1493,11 +1759,13 @@ static int check(struct ck *c, uint32_t ni, const uint8_t **pp,
   struct sl_codec_item it;
   if (sl_unlikely(--c->budget < 0))
     return fail(c, "a value this schema can check in bounded time");
+  if (n->flags & F_SCALAR)
+    return check_scalar(c, n, pp, end);
   if (sl_unlikely(n->flags & F_FALSE))
     return fail(c, "nothing (the schema is false)");
   if (rd(pp, end, &it) != 0)
-    return fail(c, "valid msgpack");
-  if (n->types && !(n->types & type_of(&it)))
+    return fail_text(c, "valid msgpack", NULL, 0, NULL);
+  if (!(n->tmask & type_of(&it)))
     return fail_type(c, n);
   switch (it.t) {
   case SL_MP_STR:
@@ -1520,9 +1788,9 @@ static int check(struct ck *c, uint32_t ni, const uint8_t **pp,
     break;
   }
   if (sl_unlikely(n->flags & (F_ENUM | F_CONST)) &&
-      check_enum(c, n, start, *pp))
+      check_enum(c, n, start, *pp, &it))
     return 1;
-  if (sl_unlikely(n->ref >= 0 || n->nany || n->none))
+  if (sl_unlikely(n->flags & F_MORE))
     return check_more(c, n, start, end);
   return 0;
 }
@@ -1565,27 +1833,6 @@ static void say(struct cmp *c, int breaking, const char *fmt, ...) {
   c->breaking += breaking;
   if (c->report)
     c->report(c->data, breaking, c->path, what);
-}
-
-static void types_text(char *b, size_t cap, unsigned t) {
-  static const char *const names[] = {"null",   "boolean", "integer",
-                                      "number", "string",  "array",
-                                      "object", "binary"};
-  size_t len = 0;
-  unsigned i;
-  b[0] = '\0';
-  if (t == 0 || t == T_ALL) {
-    snprintf(b, cap, "any");
-    return;
-  }
-  if ((t & (T_INT | T_FRAC)) == (T_INT | T_FRAC))
-    t &= ~(unsigned)T_INT;
-  else if (t & T_FRAC)
-    t = (t & ~(unsigned)T_FRAC) | T_INT; /* cannot be named alone */
-  for (i = 0; i < 8 && len < cap; i++)
-    if (t & (1u << i))
-      len += (size_t)snprintf(b + len, cap - len, "%s%s", len ? "/" : "",
-                              names[i]);
 }
 
 static void value_text(char *b, size_t cap, const struct span *v) {
@@ -1766,8 +2013,8 @@ static void cmp_node(struct cmp *c, uint32_t oa, uint32_t ob) {
     say(c, !!(b->flags & F_FALSE), "schema %s", b->flags & F_FALSE
         ? "changed to false (no value fits)" : "changed from false");
   if (ta != tb) {
-    types_text(x, sizeof(x), ta);
-    types_text(y, sizeof(y), tb);
+    type_text(x, sizeof(x), ta, "/");
+    type_text(y, sizeof(y), tb, "/");
     say(c, (ta & ~tb) != 0, "type %s from %s to %s",
         (ta & ~tb) ? "narrowed" : "widened", x, y);
   }
