@@ -1555,10 +1555,11 @@ check_object(struct ck *c, const struct node *n, uint32_t count,
         else
           seen[pr->req >> 6] |= (uint64_t)1 << (pr->req & 63);
       }
-      if (cn == NULL) {
+      if (cn == NULL) { /* only named by required: still additional */
         const uint8_t *q = p;
-        if (skip_fast(&q, end, 1))
-          return fail_text(c, "valid msgpack", NULL, 0, NULL);
+        k.t = SL_MP_STR;
+        if (check_other_key(c, n, &k, &q, end))
+          return 1;
         p = q;
       } else if (cn->flags & F_SCALAR) {
         if (check_scalar(c, cn, &p, end))
