@@ -1539,6 +1539,7 @@ check_object(struct ck *c, const struct node *n, uint32_t count,
       if (k.t != SL_MP_STR)
         goto other;
     }
+    k.t = SL_MP_STR;
     {
       int32_t j = find_prop(c->s, n, ks, kn, end, &hint);
       if (j >= 0)
@@ -1557,7 +1558,6 @@ check_object(struct ck *c, const struct node *n, uint32_t count,
       }
       if (cn == NULL) { /* only named by required: still additional */
         const uint8_t *q = p;
-        k.t = SL_MP_STR;
         if (check_other_key(c, n, &k, &q, end))
           return 1;
         p = q;
@@ -1571,9 +1571,6 @@ check_object(struct ck *c, const struct node *n, uint32_t count,
         p = q;
       }
     } else {
-      if (pr == NULL && ks != (const uint8_t *)"?") {
-        k.t = SL_MP_STR;
-      }
       const uint8_t *q = p;
       if (check_other_key(c, n, &k, &q, end))
         return 1;
