@@ -1324,12 +1324,69 @@ static int check_enum(struct ck *c, const struct node *n, const uint8_t *v,
                       const uint8_t *ve, int is_str, const uint8_t *str,
                       uint32_t strn);
 
+static inline int same(const uint8_t *a, const uint8_t *b, uint32_t n) {
+  uint64_t x, y;
+  while (n >= 8) {
+    memcpy(&x, a, 8);
+    memcpy(&y, b, 8);
+    if (x != y)
+      return 0;
+    a += 8;
+    b += 8;
+    n -= 8;
+  }
+  while (n > 0) {
+    if (*a++ != *b++)
+      return 0;
+    n--;
+  }
+  return 1;
+}
+
+/* enum of a string: bytes compared, no decoding. */
+HOT int enum_str(struct ck *c, const struct node *n, const uint8_t *str,
+                 uint32_t len) {
+  const struct span *v = c->s->vals + n->enum0;
+  uint32_t i;
+  for (i = 0; i < n->nenum; i++)
+    if (v[i].str && v[i].strn == len && same(v[i].str, str, len))
+      return 0;
+  return fail_text(c, (const char *)c->s->strs.data + n->emsg, NULL, 0,
+                   NULL);
+}
+
 /* A value against a node with no keyword that descends into it or checks
  * it again (F_SCALAR): no recursion, inlined into the object walk. */
 HOT int check_scalar(struct ck *c, const struct node *n,
                                const uint8_t **pp, const uint8_t *end) {
   const uint8_t *start = *pp;
   struct sl_codec_item it;
+  if (sl_likely(start < end)) { /* one-byte values and short strings */
+    uint8_t b = *start;
+    uint32_t f = n->flags;
+    if ((b & 0xe0) == 0xa0 && (size_t)(end - start) > (size_t)(b & 0x1f)) {
+      const uint8_t *str = start + 1;
+      uint32_t len = b & 0x1f;
+      if (!(n->tmask & T_STR))
+        return fail_type(c, n);
+      *pp = str + len;
+      if ((f & (F_MINLEN | F_MAXLEN)) || n->re >= 0)
+        if (check_str(c, n, str, len))
+          return 1;
+      if (f & F_ENUM && !(f & F_CONST))
+        return enum_str(c, n, str, len);
+      if (f & F_CONST)
+        return check_enum(c, n, start, *pp, 1, str, len);
+      return 0;
+    }
+    if ((b <= 0x7f || b == 0xc0 || b == 0xc2 || b == 0xc3) &&
+        !(f & (F_MIN | F_MAX | F_ENUM | F_CONST))) {
+      if (!(n->tmask & (b <= 0x7f ? T_INT : b == 0xc0 ? T_NULL : T_BOOL)))
+        return fail_type(c, n);
+      *pp = start + 1;
+      return 0;
+    }
+  }
   if (rd(pp, end, &it) != 0)
     return fail_text(c, "valid msgpack", NULL, 0, NULL);
   if (!(n->tmask & type_of(&it)))
@@ -1375,24 +1432,6 @@ static int check_array(struct ck *c, const struct node *n, uint32_t count,
   return 0;
 }
 
-static inline int same(const uint8_t *a, const uint8_t *b, uint32_t n) {
-  uint64_t x, y;
-  while (n >= 8) {
-    memcpy(&x, a, 8);
-    memcpy(&y, b, 8);
-    if (x != y)
-      return 0;
-    a += 8;
-    b += 8;
-    n -= 8;
-  }
-  while (n > 0) {
-    if (*a++ != *b++)
-      return 0;
-    n--;
-  }
-  return 1;
-}
 
 /* The first 8 bytes of key k (kl bytes, zero-padded); end bounds the
  * read. */
@@ -1522,6 +1561,7 @@ check_object(struct ck *c, const struct node *n, uint32_t count,
     const struct prop *pr = NULL;
     const uint8_t *ks;
     uint32_t kn;
+    int str_key = 1;
     if (sl_likely(p < end && (*p & 0xe0) == 0xa0 &&
                   (size_t)(end - p) > (size_t)(*p & 0x1f))) {
       ks = p + 1; /* a fixstr key, read here: the common case */
@@ -1534,10 +1574,11 @@ check_object(struct ck *c, const struct node *n, uint32_t count,
       p = q;
       ks = k.t == SL_MP_STR ? k.s : (const uint8_t *)"?";
       kn = k.t == SL_MP_STR ? k.n : 1; /* "?": a key JSON cannot name */
-      if (k.t != SL_MP_STR)
+      if (k.t != SL_MP_STR) {
+        str_key = 0;
         goto other;
+      }
     }
-    k.t = SL_MP_STR;
     {
       int32_t j = find_prop(props, order, n->prop0, np, ks, kn, end, &hint);
       if (j >= 0)
@@ -1554,6 +1595,7 @@ check_object(struct ck *c, const struct node *n, uint32_t count,
       }
       if (cn == NULL) { /* only named by required: still additional */
         const uint8_t *q = p;
+        k.t = SL_MP_STR;
         if (check_other_key(c, n, &k, &q, end))
           return up(c, ks, kn, 0);
         p = q;
@@ -1568,6 +1610,8 @@ check_object(struct ck *c, const struct node *n, uint32_t count,
       }
     } else {
       const uint8_t *q = p;
+      if (str_key)
+        k.t = SL_MP_STR;
       if (check_other_key(c, n, &k, &q, end))
         return up(c, ks, kn, 0);
       p = q;
