@@ -60,6 +60,8 @@ struct prop {
   const struct node *child; /* nodes + node, set once compiled; or NULL */
   const uint8_t *key;
   uint64_t head; /* the key's first 8 bytes, zero-padded */
+  uint64_t enc, encmask; /* its fixstr encoding's first 8 bytes, and which
+                            of them count (0 when it is no fixstr) */
   uint32_t len;
   int32_t node; /* -1: any value (only named by required) */
   int32_t req;  /* bit index among required, -1 */
@@ -542,10 +544,18 @@ static int compile_pattern(struct cc *c, const uint8_t **pp,
 }
 
 static void set_key(struct prop *pr, const uint8_t *k, uint32_t n) {
+  uint8_t e[8] = {0};
   pr->key = k;
   pr->len = n;
   pr->head = 0;
   memcpy(&pr->head, k, n < 8 ? n : 8);
+  pr->enc = pr->encmask = 0;
+  if (n <= 31) {
+    e[0] = (uint8_t)(0xa0 | n);
+    memcpy(e + 1, k, n < 7 ? n : 7);
+    memcpy(&pr->enc, e, 8);
+    pr->encmask = n >= 7 ? UINT64_MAX : ((uint64_t)1 << (8 * (n + 1))) - 1;
+  }
 }
 
 /* properties and required of node idx: its props are one contiguous run,
@@ -1562,6 +1572,22 @@ check_object(struct ck *c, const struct node *n, uint32_t count,
     const uint8_t *ks;
     uint32_t kn;
     int str_key = 1;
+    if (sl_likely(hint < np && end - p >= 8)) {
+      /* the expected next field: its encoded name against 8 bytes */
+      const struct prop *h = props + hint;
+      uint64_t w;
+      memcpy(&w, p, 8);
+      if ((w & h->encmask) == h->enc && h->encmask &&
+          (size_t)(end - p) > h->len &&
+          (h->len <= 7 || same(h->key + 7, p + 8, h->len - 7))) {
+        ks = p + 1;
+        kn = h->len;
+        p += 1 + kn;
+        pr = h;
+        hint++;
+        goto found;
+      }
+    }
     if (sl_likely(p < end && (*p & 0xe0) == 0xa0 &&
                   (size_t)(end - p) > (size_t)(*p & 0x1f))) {
       ks = p + 1; /* a fixstr key, read here: the common case */
@@ -1585,6 +1611,7 @@ check_object(struct ck *c, const struct node *n, uint32_t count,
         pr = props + j;
     }
   other:
+  found:
     if (sl_likely(pr != NULL)) {
       const struct node *cn = pr->child;
       if (pr->req >= 0) {
