@@ -1552,7 +1552,7 @@ static __attribute__((noinline)) int
 check_object(struct ck *c, const struct node *n, uint32_t count,
              const uint8_t **pp, const uint8_t *end) {
   uint64_t seen[MAX_REQUIRED / 64], seen0 = 0; /* seen[0] kept in seen0 */
-  const struct prop *props = c->s->props + n->prop0;
+  const struct prop *props = n->nprop ? c->s->props + n->prop0 : NULL;
   uint32_t hint = 0, i, w, nw = (n->nreq + 63u) / 64u;
   const uint8_t *p = *pp;
   const struct node *nodes = c->s->nodes;
