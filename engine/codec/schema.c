@@ -1353,6 +1353,18 @@ static inline int same(const uint8_t *a, const uint8_t *b, uint32_t n) {
   return 1;
 }
 
+/* minimum/maximum of an integer read inline. */
+HOT int int_bounds(struct ck *c, const struct node *n, int64_t v) {
+  const char *t = (const char *)c->s->strs.data;
+  if ((n->flags & F_MIN) &&
+      ((n->flags & F_MIN_INT) ? v < n->imin : (double)v < n->min))
+    return fail_text(c, t + n->minmsg, NULL, 0, NULL);
+  if ((n->flags & F_MAX) &&
+      ((n->flags & F_MAX_INT) ? v > n->imax : (double)v > n->max))
+    return fail_text(c, t + n->maxmsg, NULL, 0, NULL);
+  return 0;
+}
+
 /* enum of a string: bytes compared, no decoding. */
 HOT int enum_str(struct ck *c, const struct node *n, const uint8_t *str,
                  uint32_t len) {
@@ -1396,7 +1408,27 @@ HOT int check_scalar(struct ck *c, const struct node *n,
       *pp = start + 1;
       return 0;
     }
+    if (!(f & (F_ENUM | F_CONST))) { /* integers up to 32 bits */
+      int64_t v;
+      size_t len;
+      if (b <= 0x7f || b >= 0xe0) {
+        v = b <= 0x7f ? (int64_t)b : (int64_t)(int8_t)b;
+        len = 1;
+      } else if (b >= 0xcc && b <= 0xce) {
+        len = 1 + ((size_t)1 << (b - 0xcc));
+        if ((size_t)(end - start) < len)
+          return fail_text(c, "valid msgpack", NULL, 0, NULL);
+        v = (int64_t)load_be(start + 1, (int)len - 1);
+      } else {
+        goto general;
+      }
+      if (!(n->tmask & T_INT))
+        return fail_type(c, n);
+      *pp = start + len;
+      return (f & (F_MIN | F_MAX)) ? int_bounds(c, n, v) : 0;
+    }
   }
+general:
   if (rd(pp, end, &it) != 0)
     return fail_text(c, "valid msgpack", NULL, 0, NULL);
   if (!(n->tmask & type_of(&it)))

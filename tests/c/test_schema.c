@@ -706,3 +706,19 @@ TEST(schema_property_names_of_every_length_are_found_in_and_out_of_order) {
   CHECK_STR(e.path, "/abcdefgh");
   sl_schema_free(s);
 }
+
+TEST(schema_bounds_hold_for_every_integer_encoding) {
+  struct sl_schema *s = comp("{\"type\":\"integer\",\"minimum\":-3,"
+                             "\"maximum\":300.5}");
+  CHECK(s != NULL);
+  OK(s, "-3");    /* negative fixint */
+  BAD(s, "-4");
+  OK(s, "300");   /* uint16 */
+  BAD(s, "301");
+  BAD(s, "70000"); /* uint32 */
+  BAD(s, "-200"); /* int16 */
+  OK(s, "200");   /* uint8 */
+  OK(s, "2.0");   /* float64, integral */
+  BAD(s, "2.5");
+  sl_schema_free(s);
+}
