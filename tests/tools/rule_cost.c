@@ -59,7 +59,7 @@ __attribute__((noinline)) int run_events(struct sl_rule *r,
 }
 
 int main(int argc, char **argv) {
-  struct sl_rule_limits lim = {1000, 64, NULL, NULL, NULL, 0};
+  struct sl_rule_limits lim = {1000, 64, NULL, NULL, NULL, 0, 0};
   /* 1 s CPU budget, 64 MB: the measured rule never nears them */
   struct sl_rule_host host;
   struct sl_idgen g;
