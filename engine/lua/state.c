@@ -383,6 +383,11 @@ __attribute__((destructor)) static void wd_unload(void) {
   if (wd.state == 1)
     timer_delete(wd.id);
   wd.state = 0;
+  if (jit_ok == 1) { /* nor the profiler's callback and park */
+    luaJIT_profile_stop(jit_park);
+    lua_close(jit_park);
+    jit_ok = -1;
+  }
   memset(&sa, 0, sizeof(sa));
   sa.sa_handler = SIG_IGN;
   sigaction(SIGRTMIN + WATCHDOG_SIGNAL, &sa, NULL);
