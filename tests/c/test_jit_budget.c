@@ -16,9 +16,11 @@
  *              to 1 when the budget is spent, and the hook raises.
  * The findings the cases pin down: the hook cannot stop a compiled loop;
  * the profiler can, but only for the one VM it is attached to (it is a
- * process-wide singleton: a second VM's start is silently ignored) and
- * stopping it flushes every trace of that VM. sluice runs one VM per rule
- * (and per worker), so rules keep the JIT off; see sandbox.h. */
+ * process-wide singleton: a second VM's start is silently ignored, though
+ * it does set that VM's line mode) and stopping it flushes every trace of
+ * that VM. sluice runs one VM per rule (and per worker), so rules.jit
+ * (engine/lua/state.c) parks the profiler on an idle VM and hands it to a
+ * state only once its call is past the deadline. */
 #include <errno.h>
 #include <lauxlib.h>
 #include <lua.h>
