@@ -267,6 +267,13 @@ static void jit_give_back(struct box *b) {
   atomic_store(&jit_busy, 0);
 }
 
+/* Back to the interpreter for good (this thread has no watchdog). */
+static void jit_off(struct box *b) {
+  luaJIT_setmode(b->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+  luaJIT_setmode(b->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_FLUSH);
+  b->jit = 0;
+}
+
 int box_jit_on(struct box *b) {
   struct sigaction sa;
 
@@ -317,7 +324,13 @@ static void wd_arm(uint64_t at) {
   memset(&its, 0, sizeof(its));
   its.it_value.tv_sec = (time_t)(at / 1000000000u);
   its.it_value.tv_nsec = (long)(at % 1000000000u);
-  wd.armed = timer_settime(wd.id, TIMER_ABSTIME, &its, NULL) == 0 ? at : 0;
+  /* armed before the syscall: a time already past fires at once, and its
+   * handler's "armed = 0" must not be overwritten by a stale "at", which
+   * would keep wd_start from ever arming again. The hook covered that up;
+   * compiled code (rules.jit) hung on it. */
+  wd.armed = at;
+  if (timer_settime(wd.id, TIMER_ABSTIME, &its, NULL) != 0)
+    wd.armed = 0;
 }
 
 static void on_watchdog(int sig, siginfo_t *si, void *uc) {
@@ -365,12 +378,17 @@ static void wd_start(struct box *b) {
     pthread_once(&once, wd_install);
     wd.state = timer_create(CLOCK_MONOTONIC, &sev, &wd.id) == 0 ? 1 : -1;
   }
-  if (wd.state < 0)
+  if (wd.state < 0) {
+    if (b->jit) /* no watchdog, no interrupt: compiled code is unstoppable */
+      jit_off(b);
     return;
+  }
   atomic_signal_fence(memory_order_seq_cst);
   wd.running = b;
   atomic_signal_fence(memory_order_seq_cst);
-  if (wd.armed == 0 || wd.armed > b->deadline)
+  /* armed for before this call started: it fired or is about to */
+  if (wd.armed == 0 || wd.armed > b->deadline ||
+      wd.armed + (uint64_t)b->rule->cpu_budget_ms * 1000000u <= b->deadline)
     wd_arm(b->deadline);
 }
 
