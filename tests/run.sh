@@ -126,6 +126,23 @@ else
   echo "busted                       skipped (no .busted file)"
 fi
 
+# ---- the sandbox specs again, with rules.jit on (tests/lua/support.lua) ------
+
+if [ -f .busted ] && command -v busted >/dev/null 2>&1; then
+  log="$logdir/busted-jit.log"
+  SLUICE_SPEC_JIT=1 timeout "$SUITE_TIMEOUT" busted -o TAP --cpath="$BUILD/?.so" \
+    tests/lua/sandbox_*_spec.lua >"$log" 2>&1
+  rc=$?
+  p=$(grep -cE '^ok [0-9]+' "$log")
+  f=$(grep -cE '^not ok [0-9]+' "$log")
+  if ! grep -qE '^1\.\.[0-9]+$' "$log" || [ "$rc" -eq 124 ] || { [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; }; then
+    crashed "busted sandbox, jit on" "$rc" "$log" "$p" "$f"
+  else
+    [ "$f" -gt 0 ] && grep -E -A 8 '^not ok [0-9]+' "$log" | sed 's/^/    /'
+    report "busted sandbox, jit on" "$p" "$f"
+  fi
+fi
+
 # ---- integration specs ------------------------------------------------------
 
 log="$logdir/pytest.log"

@@ -1696,7 +1696,7 @@ static void check_rules(struct check *c, struct sl_config *cfg, int t) {
   static const char *const keys[] = {"dir",        "watch",     "cpu_budget_ms",
                                      "memory_mb",  "debounce_ms",
                                      "on_error", "persist",
-                                     "persist_interval_s", NULL};
+                                     "persist_interval_s", "jit", NULL};
   struct sl_rules_config *r = &cfg->rules;
   lua_State *L = c->L;
   struct stat st;
@@ -1714,6 +1714,7 @@ static void check_rules(struct check *c, struct sl_config *cfg, int t) {
     opt_bool(c, rt, "rules", "watch", &r->watch);
     opt_u32(c, rt, "rules", "cpu_budget_ms", 1, 60000, &r->cpu_budget_ms, 0);
     opt_u32(c, rt, "rules", "memory_mb", 1, 65536, &r->memory_mb, 0);
+    opt_bool(c, rt, "rules", "jit", &r->jit);
     opt_u32(c, rt, "rules", "debounce_ms", 0, 10000, &r->debounce_ms, 0);
     opt_str(c, rt, "rules", "on_error", &r->on_error, 0);
     if (r->on_error && strcmp(r->on_error, "dead_letter") != 0 &&

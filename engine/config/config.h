@@ -144,6 +144,7 @@ struct sl_rules_config {
                               (NULL means it), "drop" or "pass" */
   int persist;             /* snapshot() to the state folder; default 0 */
   uint32_t persist_interval_s; /* and every this often; default 60 */
+  int jit;                 /* rules run compiled; default 0 (sandbox.h) */
 };
 
 struct sl_admin_config {

@@ -178,6 +178,7 @@ int sl_config_restart_diff(const struct sl_config *a, const struct sl_config *b,
   DIFF(a->rules.watch == b->rules.watch, "rules.watch");
   DIFF(a->rules.cpu_budget_ms == b->rules.cpu_budget_ms, "rules.cpu_budget_ms");
   DIFF(a->rules.memory_mb == b->rules.memory_mb, "rules.memory_mb");
+  DIFF(a->rules.jit == b->rules.jit, "rules.jit");
   DIFF(a->rules.persist == b->rules.persist, "rules.persist");
   DIFF(a->rules.persist_interval_s == b->rules.persist_interval_s,
        "rules.persist_interval_s");

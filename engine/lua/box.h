@@ -141,6 +141,8 @@ struct box {
   char **topics;
   int ntopics;
   int on_error; /* enum sl_rule_on_error, from the rule table */
+  int jit;      /* runs compiled, with the profiler interrupt (state.c) */
+  volatile int jit_held; /* this state holds the profiler interrupt */
 };
 
 struct sl_rule {
@@ -149,6 +151,7 @@ struct sl_rule {
   char hash[65];
   char *scripts_dir, *lib_dir;
   uint32_t cpu_budget_ms, memory_mb;
+  int jit; /* limits->jit */
   struct sl_rule_host host;
   struct sl_idgen idgen; /* when the host has none */
   struct box *box;
@@ -197,6 +200,10 @@ void strbuf_release(struct box *b);
 uint64_t rule_mono_ns(const struct sl_rule *r);
 void check_cpu(lua_State *L);
 void set_hook(struct box *b, int count);
+/* Let b's state run compiled (rules.jit): the JIT on, with the profiler
+ * interrupt that stops compiled code past the deadline. 0, or -1 when the
+ * interrupt cannot be had (the state then stays interpreted). */
+int box_jit_on(struct box *b);
 int on_error(lua_State *L);
 int box_call(struct box *b, int nargs, int nresults);
 int box_cpcall(struct box *b, lua_CFunction fn, void *ud);

@@ -13,6 +13,7 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <luajit.h>
 #include <lualib.h>
 
 #include "box.h"
@@ -748,7 +749,7 @@ static void strip_globals(lua_State *L, int g0) {
   static const char *const bad[] = {"load", "loadstring", "dofile",
                                     "loadfile", "getfenv", "setfenv",
                                     "newproxy", "collectgarbage", "os",
-                                    "gcinfo", "module", NULL};
+                                    "gcinfo", "module", "jit", NULL};
   const char *const *name;
 
   for (name = bad; *name; name++) {
@@ -774,6 +775,10 @@ int box_setup(lua_State *L) {
   open_lib(L, luaopen_math, LUA_MATHLIBNAME);
   open_lib(L, luaopen_os, LUA_OSLIBNAME);
   open_lib(L, luaopen_bit, LUA_BITLIBNAME);
+  /* the JIT's parameters and CPU features are set only here; the engine
+   * stays off until box_jit_on (rules.jit), and rules never see jit */
+  open_lib(L, luaopen_jit, LUA_JITLIBNAME);
+  luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
   lua_pushvalue(L, LUA_GLOBALSINDEX);
   g0 = lua_gettop(L);
   lua_newtable(L);

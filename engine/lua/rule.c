@@ -233,6 +233,8 @@ static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
       goto fail;
     }
   }
+  if (r->jit)
+    box_jit_on(b); /* when the interrupt cannot be had: interpreted */
   /* fixed stack slots; pushing from the registry does not allocate */
   lua_settop(L, 0);
   push_ref(L, b->ref_handler);
@@ -320,6 +322,7 @@ struct sl_rule *sl_rule_load(const char *path,
   r->cpu_budget_ms = limits && limits->cpu_budget_ms ? limits->cpu_budget_ms
                                                      : 10;
   r->memory_mb = limits && limits->memory_mb ? limits->memory_mb : 64;
+  r->jit = limits && limits->jit;
   r->max_event_bytes = limits && limits->max_event_bytes
                            ? limits->max_event_bytes : 1u << 20;
   if (limits && limits->scripts_dir &&

@@ -627,6 +627,7 @@ struct sl_rules *sl_rules_new(const struct sl_config *cfg, uv_loop_t *loop,
   sl_log_limiter_init(&rs->error_log, 10000, 20);
   rs->limits.cpu_budget_ms = cfg->rules.cpu_budget_ms;
   rs->limits.memory_mb = cfg->rules.memory_mb;
+  rs->limits.jit = cfg->rules.jit;
   rs->limits.max_event_bytes = cfg->max_event_bytes; /* emitted events */
   rs->limits.display_root = cfg->dir; /* "rules/x.lua:12: ..." */
   snprintf(rs->scripts_dir, sizeof(rs->scripts_dir), "%s",

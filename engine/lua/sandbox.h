@@ -29,6 +29,9 @@ struct sl_rule_limits {
   /* an event the rule emits or changes must encode to at most this many
    * bytes (what the native input accepts); default 1 MiB */
   uint32_t max_event_bytes;
+  /* run the rule compiled by LuaJIT's JIT (rules.jit); the CPU budget
+   * holds either way (state.c: the profiler interrupt). Default 0. */
+  int jit;
 };
 
 /* What a rule can ask of its host. Every member may be NULL. Strings passed
@@ -93,9 +96,9 @@ struct sl_rule_decision {
 };
 
 /* Load path into a new state: the sandboxed environment, the runtime
- * library, the chunk with the JIT off, the contract check (a table with
- * on_event; topics a string or list of globs) and on_start. On error NULL
- * is returned and err holds "path:line: message". */
+ * library, the chunk (the JIT off unless limits->jit), the contract check
+ * (a table with on_event; topics a string or list of globs) and on_start.
+ * On error NULL is returned and err holds "path:line: message". */
 struct sl_rule *sl_rule_load(const char *path,
                              const struct sl_rule_limits *limits,
                              const struct sl_rule_host *host, char *err,

@@ -15,6 +15,7 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <luajit.h>
 
 #include "box.h"
 
@@ -181,6 +182,123 @@ void set_hook(struct box *b, int count) {
   lua_sethook(b->L, on_hook, LUA_MASKCOUNT, count);
 }
 
+/* ---- the JIT's interrupt (rules.jit) --------------------------------------
+ * A count hook never fires inside compiled code (tests/c/test_jit_budget.c
+ * measures it): a compiled loop would run past any budget. The one check
+ * LuaJIT puts into machine code is its profiler's: in line mode ("l") each
+ * trace tests its VM's profile-hook bit at every new source line and at its
+ * start (so in every loop), and exits to the interpreter when the bit is
+ * set; the profiler's SIGPROF timer sets it. The profiler serves one VM per
+ * process, and stopping it flushes that VM's compiled code. So:
+ * - a VM that never runs code (park) owns the profiler between overruns,
+ *   with a timer that in effect never fires; a JIT state gets line mode
+ *   from a start that the owned profiler otherwise ignores;
+ * - past a call's deadline the watchdog hands the profiler to the running
+ *   state, with a 1 ms timer: within about a ms of CPU the compiled code
+ *   exits, on_profile lowers the count hook to 1 and the hook decides as
+ *   with the JIT off;
+ * - after that call the state gives it back (its compiled code is flushed:
+ *   a price paid only after an overrun) and gets line mode again.
+ * One state holds the interrupt at a time; another overrunning call waits
+ * for it (the watchdog retries every ms), so its overrun grows by the time
+ * the first takes to stop. */
+#define JIT_PARK_MODE "i1000000" /* ms of process CPU between samples */
+#define JIT_HELD_MODE "i1"
+
+static lua_State *jit_park;
+static atomic_int jit_busy; /* 1: the interrupt is moving or held */
+static int jit_ok = -1;     /* the park VM: -1 not made, 0 failed, 1 made */
+
+static void *park_alloc(void *ud, void *p, size_t osize, size_t nsize) {
+  (void)ud, (void)osize;
+  if (nsize == 0) {
+    if (p) /* never in a signal handler: the park's buffer stays NULL */
+      free(p);
+    return NULL;
+  }
+  return realloc(p, nsize);
+}
+
+static void on_park(void *data, lua_State *L, int samples, int vmstate) {
+  (void)data, (void)L, (void)samples, (void)vmstate; /* never runs code */
+}
+
+/* In the interpreter, the compiled code having exited on the profiler's
+ * bit: the count hook now decides at the next instruction. */
+static void on_profile(void *data, lua_State *L, int samples, int vmstate) {
+  struct box *b = data;
+  (void)samples, (void)vmstate;
+  if (b->in_call) {
+    b->fast_hook = 1;
+    lua_sethook(L, on_hook, LUA_MASKCOUNT, 1);
+  }
+}
+
+static void jit_lock(void) {
+  int z = 0;
+  while (!atomic_compare_exchange_weak(&jit_busy, &z, 1)) {
+    struct timespec ts = {0, 100000};
+    z = 0;
+    nanosleep(&ts, NULL);
+  }
+}
+
+/* The watchdog (a signal handler on b's thread, b running): give the
+ * interrupt to b. What runs is signal-safe: the park never ran code, so
+ * stopping it only resets its fields, stops a timer and restores SIGPROF's
+ * action; starting b sets fields, the timer and the action. 0 when another
+ * state holds it. */
+static int jit_take(struct box *b) {
+  int z = 0;
+  if (!atomic_compare_exchange_strong(&jit_busy, &z, 1))
+    return 0;
+  luaJIT_profile_stop(jit_park);
+  luaJIT_profile_start(b->L, JIT_HELD_MODE, on_profile, b);
+  b->jit_held = 1;
+  return 1;
+}
+
+/* After the call that took it (the watchdog no longer looks at b). */
+static void jit_give_back(struct box *b) {
+  luaJIT_profile_stop(b->L); /* flushes b's traces, clears its line mode */
+  luaJIT_profile_start(jit_park, JIT_PARK_MODE, on_park, NULL);
+  luaJIT_profile_start(b->L, "l", on_profile, b); /* ignored but the mode */
+  b->jit_held = 0;
+  atomic_store(&jit_busy, 0);
+}
+
+/* Back to the interpreter for good (this thread has no watchdog). */
+static void jit_off(struct box *b) {
+  luaJIT_setmode(b->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+  luaJIT_setmode(b->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_FLUSH);
+  b->jit = 0;
+}
+
+int box_jit_on(struct box *b) {
+  struct sigaction sa;
+
+  jit_lock();
+  if (jit_ok < 0) {
+    /* a SIGPROF in flight as the profiler moves meets this, not death */
+    if (sigaction(SIGPROF, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL) {
+      memset(&sa, 0, sizeof(sa));
+      sa.sa_handler = SIG_IGN;
+      sigaction(SIGPROF, &sa, NULL);
+    }
+    jit_park = lua_newstate(park_alloc, NULL);
+    jit_ok = jit_park != NULL;
+    if (jit_ok)
+      luaJIT_profile_start(jit_park, JIT_PARK_MODE, on_park, NULL);
+  }
+  if (jit_ok) {
+    luaJIT_profile_start(b->L, "l", on_profile, b);
+    luaJIT_setmode(b->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_ON);
+    b->jit = 1;
+  }
+  atomic_store(&jit_busy, 0);
+  return jit_ok ? 0 : -1;
+}
+
 /* The watchdog: a per-thread POSIX timer whose signal, once the running
  * call is past its deadline, sets the count hook to 1 instruction (as
  * luajit's own SIGINT handler does with lua_sethook). The hook alone
@@ -206,7 +324,13 @@ static void wd_arm(uint64_t at) {
   memset(&its, 0, sizeof(its));
   its.it_value.tv_sec = (time_t)(at / 1000000000u);
   its.it_value.tv_nsec = (long)(at % 1000000000u);
-  wd.armed = timer_settime(wd.id, TIMER_ABSTIME, &its, NULL) == 0 ? at : 0;
+  /* armed before the syscall: a time already past fires at once, and its
+   * handler's "armed = 0" must not be overwritten by a stale "at", which
+   * would keep wd_start from ever arming again. The hook covered that up;
+   * compiled code (rules.jit) hung on it. */
+  wd.armed = at;
+  if (timer_settime(wd.id, TIMER_ABSTIME, &its, NULL) != 0)
+    wd.armed = 0;
 }
 
 static void on_watchdog(int sig, siginfo_t *si, void *uc) {
@@ -218,9 +342,14 @@ static void on_watchdog(int sig, siginfo_t *si, void *uc) {
   if (b && b->in_call && b->deadline != UINT64_MAX) {
     if (sl_mono_ns() < b->deadline) {
       wd_arm(b->deadline); /* a later call than the one it was armed for */
-    } else if (!b->fast_hook) {
-      b->fast_hook = 1;
-      lua_sethook(b->L, on_hook, LUA_MASKCOUNT, 1);
+    } else {
+      if (!b->fast_hook) {
+        b->fast_hook = 1;
+        lua_sethook(b->L, on_hook, LUA_MASKCOUNT, 1);
+      }
+      /* compiled code may be running, which the hook never sees */
+      if (b->jit && !b->jit_held && !jit_take(b))
+        wd_arm(sl_mono_ns() + 1000000); /* held elsewhere: retry */
     }
   }
   errno = saved;
@@ -249,12 +378,17 @@ static void wd_start(struct box *b) {
     pthread_once(&once, wd_install);
     wd.state = timer_create(CLOCK_MONOTONIC, &sev, &wd.id) == 0 ? 1 : -1;
   }
-  if (wd.state < 0)
+  if (wd.state < 0) {
+    if (b->jit) /* no watchdog, no interrupt: compiled code is unstoppable */
+      jit_off(b);
     return;
+  }
   atomic_signal_fence(memory_order_seq_cst);
   wd.running = b;
   atomic_signal_fence(memory_order_seq_cst);
-  if (wd.armed == 0 || wd.armed > b->deadline)
+  /* armed for before this call started: it fired or is about to */
+  if (wd.armed == 0 || wd.armed > b->deadline ||
+      wd.armed + (uint64_t)b->rule->cpu_budget_ms * 1000000u <= b->deadline)
     wd_arm(b->deadline);
 }
 
@@ -267,6 +401,11 @@ __attribute__((destructor)) static void wd_unload(void) {
   if (wd.state == 1)
     timer_delete(wd.id);
   wd.state = 0;
+  if (jit_ok == 1) { /* nor the profiler's callback and park */
+    luaJIT_profile_stop(jit_park);
+    lua_close(jit_park);
+    jit_ok = -1;
+  }
   memset(&sa, 0, sizeof(sa));
   sa.sa_handler = SIG_IGN;
   sigaction(SIGRTMIN + WATCHDOG_SIGNAL, &sa, NULL);
@@ -377,6 +516,8 @@ int box_call(struct box *b, int nargs, int nresults) {
   st = lua_pcall(b->L, nargs, nresults, SLOT_HANDLER);
   b->in_call = 0;
   wd_stop();
+  if (sl_unlikely(b->jit_held))
+    jit_give_back(b);
   strbuf_release(b);
   if (b->fast_hook) {
     b->fast_hook = 0;
@@ -403,6 +544,8 @@ int box_cpcall(struct box *b, lua_CFunction fn, void *ud) {
   b->in_call = keep;
   if (!keep) {
     wd_stop();
+    if (sl_unlikely(b->jit_held))
+      jit_give_back(b);
     strbuf_release(b);
   }
   if (!keep && b->fast_hook) {

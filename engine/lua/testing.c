@@ -542,6 +542,9 @@ static int l_load(lua_State *L) {
   memset(&lim, 0, sizeof(lim));
   lim.cpu_budget_ms = opt_u32(L, 2, "cpu_budget_ms");
   lim.memory_mb = opt_u32(L, 2, "memory_mb");
+  lua_getfield(L, 2, "jit");
+  lim.jit = lua_toboolean(L, -1); /* rules.jit */
+  lua_pop(L, 1);
   lim.scripts_dir = opt_str(L, 2, "scripts_dir");
   lim.lib_dir = opt_str(L, 2, "lib_dir");
   t = lua_newuserdata(L, sizeof(*t));

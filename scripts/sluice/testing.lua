@@ -12,8 +12,8 @@
 -- the spec calling load (not the current folder), so `sluice test` runs a
 -- spec from anywhere. opts: cpu_budget_ms (default 10), memory_mb
 -- (default 64), scripts_dir (default: the scripts/ folder holding this
--- file), lib_dir (default: lib/ beside the rule). A rule that fails to
--- load raises "path:line: message".
+-- file), lib_dir (default: lib/ beside the rule), jit (rules.jit; default
+-- false). A rule that fails to load raises "path:line: message".
 --
 -- Events are tables shaped like the wire event: topic (required), id, key,
 -- time (ms since the epoch, a float) or time_ns (exact ns, a decimal
@@ -121,6 +121,7 @@ function M.load(path, opts)
   local o = {
     cpu_budget_ms = opts.cpu_budget_ms,
     memory_mb = opts.memory_mb,
+    jit = opts.jit,
     scripts_dir = opts.scripts_dir or here(),
     lib_dir = opts.lib_dir or (dirname(path) .. "/lib"),
   }

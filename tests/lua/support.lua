@@ -33,11 +33,21 @@ function M.write(name, src)
   return path
 end
 
+-- SLUICE_SPEC_JIT=1 loads every rule with rules.jit on (make test runs
+-- the sandbox specs both ways); an explicit opts.jit wins.
+local function with_jit(opts)
+  if os.getenv("SLUICE_SPEC_JIT") ~= "1" then return opts end
+  local o = { jit = true }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return o
+end
+M.with_jit = with_jit
+
 -- Load src as a new rule file; returns the rule and its path.
 function M.rule(src, opts)
   count = count + 1
   local path = M.write(("r%d.lua"):format(count), src)
-  return testing.load(path, opts), path
+  return testing.load(path, with_jit(opts)), path
 end
 
 -- A rule whose on_event(ev) body is body; returns the rule and its path.
@@ -49,7 +59,7 @@ end
 function M.load_error(src, opts)
   count = count + 1
   local path = M.write(("r%d.lua"):format(count), src)
-  local ok, err = pcall(testing.load, path, opts)
+  local ok, err = pcall(testing.load, path, with_jit(opts))
   assert(not ok, "the rule loaded, but should not have")
   return err, path
 end

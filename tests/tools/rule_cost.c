@@ -1,6 +1,6 @@
 /* rule_cost.c - run one rule file over N copies of a ~114-byte event, for
  * callgrind instruction counts per event (not wall time: the machine is
- * shared). Usage: rule_cost RULE.lua N
+ * shared). Usage: rule_cost RULE.lua N [jit]  (jit: with rules.jit on)
  *   valgrind --tool=callgrind --toggle-collect=run_events rule_cost r.lua 2000
  * Prints the verdict and whether the event changed, so a run proves the
  * rule did what it was measured for. */
@@ -59,7 +59,7 @@ __attribute__((noinline)) int run_events(struct sl_rule *r,
 }
 
 int main(int argc, char **argv) {
-  struct sl_rule_limits lim = {1000, 64, NULL, NULL, NULL, 0};
+  struct sl_rule_limits lim = {1000, 64, NULL, NULL, NULL, 0, 0};
   /* 1 s CPU budget, 64 MB: the measured rule never nears them */
   struct sl_rule_host host;
   struct sl_idgen g;
@@ -67,10 +67,11 @@ int main(int argc, char **argv) {
   struct sl_rule *r;
   char err[512];
 
-  if (argc != 3) {
-    fprintf(stderr, "usage: rule_cost RULE.lua N\n");
+  if (argc != 3 && !(argc == 4 && strcmp(argv[3], "jit") == 0)) {
+    fprintf(stderr, "usage: rule_cost RULE.lua N [jit]\n");
     return 2;
   }
+  lim.jit = argc == 4;
   memset(&host, 0, sizeof(host));
   sl_idgen_init(&g);
   r = sl_rule_load(argv[1], &lim, &host, err, sizeof(err));
