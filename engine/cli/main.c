@@ -316,9 +316,15 @@ static int cmd_check(const char *path, const char *events, int strict) {
     return 1;
   }
   sl_rules_free(rs);
+  if (sl_lint_schemas(cfg) > 0) {
+    fprintf(stderr, "sluice: %s: schemas rejected\n", path);
+    sl_config_free(cfg);
+    return 1;
+  }
   warnings = sl_lint_rules(cfg) + sl_lint_routes(cfg, path);
-  printf("%s: ok (%d inputs, %d outputs, %d routes%s%s%s)\n", path,
+  printf("%s: ok (%d inputs, %d outputs, %d routes%s%s%s%s)\n", path,
          cfg->ninputs, cfg->noutputs, cfg->router.nroutes,
+         cfg->nschemas ? ", schemas checked" : "",
          cfg->rules.dir ? ", rules in " : "",
          cfg->rules.dir ? cfg->rules.dir : "",
          warnings ? "; with warnings" : "");

@@ -203,6 +203,7 @@ struct sl_event *sl_event_new(struct sl_idgen *g, struct sl_str id,
   ev->time = time;
   ev->ingest_ns = sl_mono_ns();
   ev->track = NULL;
+  ev->schema_version = 0;
   sl_buf_close(&hb);
   return ev;
 

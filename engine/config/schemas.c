@@ -1,0 +1,387 @@
+/* schemas.c - the config's schemas list: payload contracts per topic glob,
+ * each with one or more versions of a schema file, compiled at load (all
+ * or nothing: one bad file fails the load, and so a reload). Entries with
+ * the same topics are the versions of one contract; the contract's own
+ * keys (mode, default_version, version_header, version_field) may sit on
+ * any of its entries but must agree. The worker enforces them
+ * (worker/schemas.c). */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "config.h"
+#include "schema.h"
+
+struct sctx {
+  lua_State *L;
+  const char *file, *dir;
+  struct sl_buf *err;
+  int nerr;
+};
+
+static void sbad(struct sctx *c, const char *path, const char *fmt, ...)
+    SL_PRINTF(3, 4);
+
+static void sbad(struct sctx *c, const char *path, const char *fmt, ...) {
+  char msg[600];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  sl_buf_printf(c->err, "%s: %s: %s\n", c->file, path, msg);
+  c->nerr++;
+}
+
+int sl_config_version_parse(const char *s, size_t n, uint32_t *code) {
+  uint32_t major = 0, minor = 0, written = 0;
+  size_t i = 0, digits = 0;
+  for (; i < n && isdigit((unsigned char)s[i]); i++, digits++)
+    if ((major = major * 10 + (uint32_t)(s[i] - '0')) > 0x7fff)
+      return SL_EINVAL;
+  if (digits == 0)
+    return SL_EINVAL;
+  if (i < n && s[i] == '.') {
+    written = 1;
+    for (i++, digits = 0; i < n && isdigit((unsigned char)s[i]);
+         i++, digits++)
+      if ((minor = minor * 10 + (uint32_t)(s[i] - '0')) > 0x7fff)
+        return SL_EINVAL;
+    if (digits == 0)
+      return SL_EINVAL;
+  }
+  if (i != n)
+    return SL_EINVAL;
+  *code = 0x80000000u | major << 16 | written << 15 | minor;
+  return 0;
+}
+
+/* The version in a file name: ".vN." or ".vN.M." (order.v2.json). */
+static int version_of_name(const char *path, uint32_t *code) {
+  const char *base = strrchr(path, '/'), *p;
+  base = base ? base + 1 : path;
+  for (p = strstr(base, ".v"); p; p = strstr(p + 1, ".v")) {
+    const char *q = p + 2, *end = NULL;
+    if (!isdigit((unsigned char)*q))
+      continue;
+    while (isdigit((unsigned char)*q))
+      q++;
+    if (*q == '.' && isdigit((unsigned char)q[1])) {
+      const char *r = q + 1;
+      while (isdigit((unsigned char)*r))
+        r++;
+      if (*r == '.')
+        end = r; /* .vN.M. */
+    }
+    if (end == NULL && *q == '.')
+      end = q;
+    if (end && sl_config_version_parse(p + 2, (size_t)(end - p - 2), code) == 0)
+      return 0;
+  }
+  return SL_EINVAL;
+}
+
+/* A version value (string, or a number as Lua prints it) at the top of
+ * the stack into *code; 1 when absent, 0 when read, -1 when bad. */
+static int read_version(struct sctx *c, const char *path, uint32_t *code) {
+  lua_State *L = c->L;
+  size_t n;
+  const char *s;
+  if (lua_isnil(L, -1))
+    return 1;
+  if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER) {
+    sbad(c, path, "expected a version string (\"2\" or \"2.1\"), got %s",
+         lua_typename(L, lua_type(L, -1)));
+    return -1;
+  }
+  lua_pushvalue(L, -1);
+  s = lua_tolstring(L, -1, &n);
+  if (sl_config_version_parse(s, n, code) != 0) {
+    sbad(c, path, "expected a version \"MAJOR\" or \"MAJOR.MINOR\" "
+         "(numbers up to 32767), got \"%s\"", s);
+    lua_pop(L, 1);
+    return -1;
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* Optional non-empty string field; 1 absent, 0 read (*out owned), -1. */
+static int read_str(struct sctx *c, int t, const char *path, const char *key,
+                    char **out) {
+  lua_State *L = c->L;
+  char p[96];
+  int rc = 1;
+  snprintf(p, sizeof(p), "%s.%s", path, key);
+  lua_getfield(L, t, key);
+  if (lua_type(L, -1) == LUA_TSTRING && lua_objlen(L, -1) > 0) {
+    *out = strdup(lua_tostring(L, -1));
+    rc = *out ? 0 : -1;
+  } else if (!lua_isnil(L, -1)) {
+    sbad(c, p, "expected a non-empty string, got %s",
+         lua_type(L, -1) == LUA_TSTRING ? "\"\""
+                                        : lua_typename(L, lua_type(L, -1)));
+    rc = -1;
+  }
+  lua_pop(L, 1);
+  return rc;
+}
+
+/* A contract-level string key: set once, the same on every entry. */
+static void contract_str(struct sctx *c, int t, const char *path,
+                         const char *key, char **slot, const char *topics) {
+  char *v = NULL, p[96];
+  if (read_str(c, t, path, key, &v) != 0)
+    return;
+  snprintf(p, sizeof(p), "%s.%s", path, key);
+  if (*slot && strcmp(*slot, v) != 0)
+    sbad(c, p, "\"%s\" differs from \"%s\" set on another entry of the "
+         "contract %s", v, *slot, topics);
+  if (*slot == NULL)
+    *slot = v;
+  else
+    free(v);
+}
+
+static struct sl_schema_contract *contract_for(struct sl_config *cfg,
+                                               const char *topics) {
+  struct sl_schema_contract *k;
+  int i;
+  for (i = 0; i < cfg->nschemas; i++)
+    if (strcmp(cfg->schemas[i].topics, topics) == 0)
+      return &cfg->schemas[i];
+  k = &cfg->schemas[cfg->nschemas++];
+  memset(k, 0, sizeof(*k));
+  k->topics = strdup(topics);
+  k->default_version = -1;
+  return k->topics ? k : NULL;
+}
+
+static char *resolve_path(const char *dir, const char *p) {
+  size_t n;
+  char *out;
+  if (p[0] == '/' || dir == NULL)
+    return strdup(p);
+  n = strlen(dir) + strlen(p) + 2;
+  if ((out = malloc(n)) != NULL)
+    snprintf(out, n, "%s/%s", dir, p);
+  return out;
+}
+
+/* The version of entry t: version = .., else the file name's. */
+static int entry_version(struct sctx *c, int t, const char *path,
+                         const char *file, uint32_t *code) {
+  char p[96];
+  int rc;
+  snprintf(p, sizeof(p), "%s.version", path);
+  lua_getfield(c->L, t, "version");
+  rc = read_version(c, p, code);
+  lua_pop(c->L, 1);
+  if (rc == 1 && file && version_of_name(file, code) != 0) {
+    sbad(c, p, "no version: set version = \"2\" or name the file with it "
+         "(order.v2.json, order.v2.1.json)");
+    return -1;
+  }
+  return rc == 1 ? (file ? 0 : -1) : rc;
+}
+
+/* The entry at t: its version added to its contract, compiled. */
+static void read_entry(struct sctx *c, struct sl_config *cfg, int t,
+                       const char *path, uint32_t *defaults) {
+  static const char *const keys[] = {"topics", "file", "version",
+                                     "default_version", "mode",
+                                     "version_header", "version_field", NULL};
+  lua_State *L = c->L;
+  struct sl_schema_contract *k;
+  struct sl_schema_version *v;
+  char *topics = NULL, *file = NULL, *mode = NULL, p[96], why[512];
+  uint32_t code = 0;
+  int i;
+
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    const char *const *a = keys;
+    if (lua_type(L, -2) == LUA_TSTRING)
+      for (; *a && strcmp(*a, lua_tostring(L, -2)) != 0; a++)
+        ;
+    if (lua_type(L, -2) != LUA_TSTRING || *a == NULL)
+      sbad(c, path, "unknown key '%s' (expected one of: topics, file, "
+           "version, default_version, mode, version_header, version_field)",
+           lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
+    lua_pop(L, 1);
+  }
+  snprintf(p, sizeof(p), "%s.topics", path);
+  if (read_str(c, t, path, "topics", &topics) == 1)
+    sbad(c, p, "expected a topic glob (\"orders.*\"), got nil");
+  snprintf(p, sizeof(p), "%s.file", path);
+  if (read_str(c, t, path, "file", &file) == 1)
+    sbad(c, p, "expected the path of a JSON Schema file, got nil");
+  if (topics == NULL || file == NULL)
+    goto done;
+  if (entry_version(c, t, path, file, &code) != 0)
+    goto done;
+  if ((k = contract_for(cfg, topics)) == NULL)
+    goto done;
+  if (k->versions == NULL &&
+      (k->versions = calloc(64, sizeof(*k->versions))) == NULL)
+    goto done;
+  for (i = 0; i < k->nversions; i++)
+    if (sl_config_version_order(k->versions[i].code) ==
+        sl_config_version_order(code)) {
+      snprintf(p, sizeof(p), "%s.version", path);
+      sbad(c, p, "version %s of %s is given twice", k->versions[i].version,
+           topics);
+      goto done;
+    }
+  if (k->nversions == 64) {
+    sbad(c, path, "at most 64 versions per contract");
+    goto done;
+  }
+  v = &k->versions[k->nversions++];
+  v->code = code;
+  v->version = malloc(16);
+  if (v->version)
+    sl_config_version_format(code, v->version, 16);
+  v->file = resolve_path(c->dir, file);
+  snprintf(p, sizeof(p), "%s.file", path);
+  if (v->file &&
+      sl_schema_load_file(v->file, &v->schema, why, sizeof(why)) != 0)
+    sbad(c, p, "%s", why);
+  contract_str(c, t, path, "version_header", &k->version_header, topics);
+  contract_str(c, t, path, "version_field", &k->version_field, topics);
+  contract_str(c, t, path, "mode", &mode, topics);
+  if (mode) {
+    snprintf(p, sizeof(p), "%s.mode", path);
+    if (strcmp(mode, "warn") != 0 && strcmp(mode, "enforce") != 0)
+      sbad(c, p, "expected \"enforce\" or \"warn\", got \"%s\"", mode);
+    else if (strcmp(mode, "warn") == 0)
+      k->mode = SL_SCHEMA_WARN;
+    free(mode);
+  }
+  snprintf(p, sizeof(p), "%s.default_version", path);
+  lua_getfield(L, t, "default_version");
+  if (read_version(c, p, &code) == 0) {
+    uint32_t *d = &defaults[k - cfg->schemas];
+    if (*d && sl_config_version_order(*d) != sl_config_version_order(code))
+      sbad(c, p, "differs from the default_version set on another entry "
+           "of the contract %s", topics);
+    *d = code;
+  }
+  lua_pop(L, 1);
+done:
+  free(topics);
+  free(file);
+}
+
+static int by_version(const void *a, const void *b) {
+  uint32_t x = sl_config_version_order(((const struct sl_schema_version *)a)->code);
+  uint32_t y = sl_config_version_order(((const struct sl_schema_version *)b)->code);
+  return x < y ? -1 : x > y;
+}
+
+/* Sort each contract's versions and find its default version. */
+static void finish(struct sctx *c, struct sl_config *cfg,
+                   const uint32_t *defaults) {
+  int i, j;
+  for (i = 0; i < cfg->nschemas; i++) {
+    struct sl_schema_contract *k = &cfg->schemas[i];
+    char known[256] = "", d[16];
+    size_t off = 0;
+    qsort(k->versions, (size_t)k->nversions, sizeof(*k->versions),
+          by_version);
+    if (k->version_header && k->version_field)
+      sbad(c, "schemas", "contract %s: version_header and version_field "
+           "both set: the version comes from one place", k->topics);
+    if (k->version_header == NULL && k->version_field == NULL)
+      k->version_header = strdup("schema-version");
+    if (defaults[i] == 0)
+      continue;
+    for (j = 0; j < k->nversions; j++) {
+      if (sl_config_version_order(k->versions[j].code) ==
+          sl_config_version_order(defaults[i]))
+        k->default_version = j;
+      if (off < sizeof(known) - 20)
+        off += (size_t)snprintf(known + off, sizeof(known) - off, "%s%s",
+                                j ? ", " : "", k->versions[j].version);
+    }
+    if (k->default_version < 0) {
+      sl_config_version_format(defaults[i], d, sizeof(d));
+      sbad(c, "schemas", "contract %s: default_version %s is none of its "
+           "versions (%s)", k->topics, d, known);
+    }
+  }
+}
+
+int sl_config_schemas(void *Lv, int t, const char *file, const char *dir,
+                      struct sl_config *cfg, struct sl_buf *err) {
+  struct sctx c = {(lua_State *)Lv, file, dir, err, 0};
+  lua_State *L = c.L;
+  uint32_t *defaults = NULL;
+  char p[64];
+  int i, n;
+
+  lua_getfield(L, t, "schemas");
+  if (lua_isnil(L, -1))
+    goto done;
+  n = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : -1;
+  if (n >= 0) { /* a list: keys 1..n and nothing else */
+    int count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      lua_pop(L, 1);
+      count++;
+    }
+    if (count != n)
+      n = -1;
+  }
+  if (n < 0) {
+    sbad(&c, "schemas", "expected a list of tables, got %s",
+         lua_typename(L, lua_type(L, -1)));
+    goto done;
+  }
+  cfg->schemas = calloc((size_t)n + 1, sizeof(*cfg->schemas));
+  defaults = calloc((size_t)n + 1, sizeof(*defaults));
+  if (cfg->schemas == NULL || defaults == NULL) {
+    sbad(&c, "schemas", "out of memory");
+    goto done;
+  }
+  for (i = 1; i <= n; i++) {
+    snprintf(p, sizeof(p), "schemas[%d]", i);
+    lua_rawgeti(L, -1, i);
+    if (!lua_istable(L, -1))
+      sbad(&c, p, "expected a table { topics = \"orders.*\", file = "
+           "\"schemas/order.v2.json\" }, got %s",
+           lua_typename(L, lua_type(L, -1)));
+    else
+      read_entry(&c, cfg, lua_gettop(L), p, defaults);
+    lua_pop(L, 1);
+  }
+  finish(&c, cfg, defaults);
+done:
+  free(defaults);
+  lua_pop(L, 1);
+  return c.nerr;
+}
+
+void sl_config_schemas_free(struct sl_config *cfg) {
+  int i, j;
+  for (i = 0; i < cfg->nschemas; i++) {
+    struct sl_schema_contract *k = &cfg->schemas[i];
+    for (j = 0; j < k->nversions; j++) {
+      free(k->versions[j].version);
+      free(k->versions[j].file);
+      sl_schema_free(k->versions[j].schema);
+    }
+    free(k->versions);
+    free(k->topics);
+    free(k->version_header);
+    free(k->version_field);
+  }
+  free(cfg->schemas);
+  cfg->schemas = NULL;
+  cfg->nschemas = 0;
+}
