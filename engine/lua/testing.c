@@ -17,6 +17,7 @@
 #include "event.h"
 #include "luacodec.h"
 #include "sandbox.h"
+#include "schema.h"
 
 #define RULE_MT "sluice_core.rule"
 
@@ -603,6 +604,39 @@ static int l_decode_json(lua_State *L) {
   return 1;
 }
 
+/* validate(schema_path, msgpack) -> true | false, path, expected. A
+ * schema that does not compile raises its error. Compiled per call: specs
+ * check a handful of values. */
+static int l_validate(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  size_t n;
+  const char *mp = luaL_checklstring(L, 2, &n);
+  struct sl_schema *s;
+  struct sl_schema_error e;
+  char err[512];
+  int rc;
+  size_t used;
+  if (sl_schema_load_file(path, &s, err, sizeof(err)) != 0) {
+    lua_pushstring(L, err);
+    return lua_error(L);
+  }
+  if (sl_codec_skip((const uint8_t *)mp, n, n, &used, NULL) != 0 ||
+      used != n) {
+    sl_schema_free(s);
+    return luaL_error(L, "validate: not one complete msgpack value");
+  }
+  rc = sl_schema_check(s, (const uint8_t *)mp, n, &e);
+  sl_schema_free(s);
+  if (rc == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushboolean(L, 0);
+  lua_pushstring(L, e.path);
+  lua_pushstring(L, e.msg);
+  return 3;
+}
+
 int luaopen_sluice_core(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"run", l_run},           {"advance", l_advance},
@@ -614,6 +648,7 @@ int luaopen_sluice_core(lua_State *L) {
                                  {"encode", l_encode},
                                  {"decode", l_decode},
                                  {"decode_json", l_decode_json},
+                                 {"validate", l_validate},
                                  {NULL, NULL}};
   const luaL_Reg *f;
 
