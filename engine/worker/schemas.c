@@ -101,6 +101,10 @@ static int build(struct sl_schemas *s) {
   const struct sl_config *cfg = s->w->cfg;
   int i, j;
   free_idx(s);
+  for (i = 0; i < cfg->noutputs; i++) /* their series show from the start */
+    if (cfg->outputs[i].schema &&
+        counter_of(&s->outputs, cfg->outputs[i].name, "") == NULL)
+      return SL_ENOMEM;
   if (cfg->nschemas == 0) {
     s->built = cfg;
     return 0;
