@@ -400,3 +400,73 @@ def test_config_errors_name_the_key_path(tmp_path):
     assert "c.lua: schemas[11].version: version 1 of h is given twice" in e
     r = check(tmp_path, '{ topics = "x", file = "y" }', name="d.lua")
     assert r.returncode == 1 and "d.lua: schemas: expected a list of tables" in r.stderr
+
+
+# ---- the example and the README's commands -------------------------------------
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "schemas"
+
+
+def comment_commands(text):
+    """The curl commands of the config's leading comment, continuations joined."""
+    lines = [l[2:].strip() for l in text.splitlines() if l.startswith("--")]
+    cmds, i = [], 0
+    while i < len(lines):
+        if lines[i].startswith("curl"):
+            cmd = lines[i]
+            while cmd.endswith("\\"):
+                i += 1
+                cmd = cmd[:-1] + " " + lines[i]
+            cmds.append(cmd)
+        i += 1
+    return cmds
+
+
+def test_readme_check_output_is_what_sluice_check_prints_for_the_example():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("$ build/sluice check -c examples/schemas/sluice.conf.lua\n")[1]
+    shown = block.split("```")[0].splitlines()
+    r = run_sluice("check", "-c", "examples/schemas/sluice.conf.lua", cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    got = r.stdout.splitlines()
+    assert got[0] == shown[0]
+    assert got[1].startswith(shown[1].split("...")[0])
+    assert got[1].endswith("/examples/schemas/rules)")
+
+
+def test_example_curl_commands_are_accepted_and_refused_as_the_readme_says(sluice):
+    import shlex
+    text = (EXAMPLE / "sluice.conf.lua").read_text()
+    web, tcp, admin = free_port(), free_port(), free_port()
+    cmds = comment_commands(text)
+    assert len(cmds) == 2 and all("127.0.0.1:8081" in c for c in cmds)
+    run = (text.replace("127.0.0.1:8081", "127.0.0.1:%d" % web)
+           .replace("127.0.0.1:7401", "127.0.0.1:%d" % tcp)
+           .replace("127.0.0.1:9091", "127.0.0.1:%d" % admin)
+           .replace('dir = "rules"', 'dir = %r' % str(EXAMPLE / "rules"))
+           .replace('"schemas/', '"%s/schemas/' % EXAMPLE))
+    eng = sluice(run)
+    results = []
+    for cmd in cmds:
+        argv = shlex.split(cmd.replace("127.0.0.1:8081", "127.0.0.1:%d" % web))
+        r = subprocess.run(argv + ["-sS"], capture_output=True, text=True, timeout=10)
+        assert r.returncode == 0, r.stderr
+        results.append(json.loads(r.stdout))
+    assert results[0] == {"accepted": 1}
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split("names the event's index in the batch")[1]
+    shown = json.loads(shown.split("`")[1])
+    assert results[1] == shown
+    got = wait_for(lambda: read_ndjson(eng.path("var/orders.ndjson")), timeout=10,
+                   what="the accepted order")
+    assert got[0]["headers"]["order-version"] == "2"
+    assert counts(admin) == {"valid": 1, "invalid": 1, "warned": 0}
+
+
+def test_example_specs_pass_through_sluice_test():
+    readme = (ROOT / "README.md").read_text()
+    assert "`build/sluice test examples/schemas`" in readme
+    r = run_sluice("test", "examples/schemas", cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert " 0 failures / 0 errors" in r.stdout
