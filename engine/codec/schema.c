@@ -1,0 +1,2083 @@
+/* schema.c - JSON Schema subset: the schema's JSON becomes msgpack, which is
+ * compiled into a flat array of nodes (indices, no pointers between them);
+ * the checker walks an event's msgpack against them with no allocation,
+ * stopping at the first violation. The compiled schema owns the schema's
+ * msgpack: property names and enum values point into it. */
+#include "schema.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codec.h"
+#include "common.h"
+#include "json.h"
+#include "regex.h"
+
+/* type bits; "number" is INT|FRAC */
+enum {
+  T_NULL = 1, T_BOOL = 2, T_INT = 4, T_FRAC = 8, T_STR = 16, T_ARR = 32,
+  T_OBJ = 64, T_BIN = 128, T_ALL = 255, T_EXT = 256 /* no type names it */
+};
+
+enum {
+  F_FALSE = 1 << 0, F_MIN = 1 << 1, F_MAX = 1 << 2, F_MINLEN = 1 << 3,
+  F_MAXLEN = 1 << 4, F_MINITEMS = 1 << 5, F_MAXITEMS = 1 << 6,
+  F_ENUM = 1 << 7, F_CONST = 1 << 8, F_ADDL_FALSE = 1 << 9,
+  F_MIN_INT = 1 << 10, F_MAX_INT = 1 << 11, F_OBJ = 1 << 12,
+  F_SCALAR = 1 << 13, /* no keyword that descends or re-checks: inline */
+  F_MORE = 1 << 14    /* $ref, anyOf or oneOf */
+};
+
+#define HOT static inline __attribute__((always_inline))
+
+#define MAX_REQUIRED 512 /* required names per object (a bitset on stack) */
+#define MAX_SEGS 128     /* data nesting an error path can name */
+
+struct node {
+  uint32_t flags;
+  uint16_t types; /* 0: any */
+  uint16_t tmask; /* the type bits that pass (T_EXT too when types is 0) */
+  uint16_t nreq;
+  uint32_t minlen, maxlen, minitems, maxitems;
+  double min, max;
+  int64_t imin, imax; /* exact bounds when F_MIN_INT / F_MAX_INT */
+  uint32_t prop0, nprop; /* props[prop0 .. +nprop), sorted[] likewise */
+  int32_t addl, items, ref, re, konst;
+  uint32_t enum0, nenum; /* vals[] */
+  uint32_t any0, nany, one0, none; /* kids[] */
+  uint32_t path;  /* offset in strs: this node's path in the schema */
+  uint32_t emsg, cmsg; /* offsets in strs: enum and const expectations */
+  uint32_t pat;   /* offset in strs: the pattern's text */
+  uint32_t refname; /* offset in strs: the $ref text */
+  uint32_t tmsg, minmsg, maxmsg; /* offsets in strs: type and bound texts */
+};
+
+struct prop {
+  const struct node *child; /* nodes + node, set once compiled; or NULL */
+  const uint8_t *key;
+  uint64_t head; /* the key's first 8 bytes, zero-padded */
+  uint32_t len;
+  int32_t node; /* -1: any value (only named by required) */
+  int32_t req;  /* bit index among required, -1 */
+};
+
+struct span {
+  const uint8_t *p;
+  uint32_t n;
+  const uint8_t *str; /* a str value's bytes (strn of them), else NULL */
+  uint32_t strn;
+};
+
+struct def {
+  const uint8_t *name, *p, *end;
+  uint32_t len;
+  int32_t node; /* -1 until compiled */
+};
+
+struct sl_schema {
+  struct sl_buf mp; /* the schema as msgpack */
+  struct node *nodes;
+  uint32_t nnodes, capnodes;
+  struct prop *props;
+  uint32_t nprops, capprops;
+  uint32_t *sorted; /* per object, its props' indices by (len, bytes) */
+  struct span *vals;
+  uint32_t nvals, capvals;
+  uint32_t *kids;
+  uint32_t nkids, capkids;
+  struct sl_regex **res;
+  uint32_t nres, capres;
+  struct sl_buf strs; /* NUL-terminated texts */
+  struct def *defs;
+  uint32_t ndefs;
+};
+
+/* ---- growing arrays --------------------------------------------------- */
+
+static int grow(void **arr, uint32_t *cap, uint32_t need, size_t elem) {
+  uint32_t c = *cap ? *cap : 8;
+  void *n;
+  if (need <= *cap)
+    return 0;
+  while (c < need)
+    c *= 2;
+  n = realloc(*arr, (size_t)c * elem);
+  if (n == NULL)
+    return SL_ENOMEM;
+  *arr = n;
+  *cap = c;
+  return 0;
+}
+
+static int32_t new_node(struct sl_schema *s) {
+  struct node *n;
+  if (grow((void **)&s->nodes, &s->capnodes, s->nnodes + 1, sizeof(*n)))
+    return -1;
+  n = &s->nodes[s->nnodes];
+  memset(n, 0, sizeof(*n));
+  n->addl = n->items = n->ref = n->re = n->konst = -1;
+  return (int32_t)s->nnodes++;
+}
+
+static int add_str(struct sl_buf *b, const void *p, size_t n, uint32_t *off) {
+  *off = (uint32_t)b->len;
+  if (sl_buf_append(b, p, n) || sl_buf_putc(b, 0))
+    return SL_ENOMEM;
+  return 0;
+}
+
+/* ---- JSON pointer paths ----------------------------------------------- */
+
+/* Append "/" and key, escaped per RFC 6901, to path (cap bytes, always
+ * NUL-terminated, cut when full). */
+static size_t path_key(char *path, size_t len, size_t cap, const void *key,
+                       size_t n) {
+  const char *k = key;
+  size_t i;
+  if (len + 1 < cap)
+    path[len++] = '/';
+  for (i = 0; i < n && len + 2 < cap; i++) {
+    if (k[i] == '~' || k[i] == '/') {
+      path[len++] = '~';
+      path[len++] = k[i] == '~' ? '0' : '1';
+    } else {
+      path[len++] = k[i];
+    }
+  }
+  path[len < cap ? len : cap - 1] = '\0';
+  return len < cap ? len : cap - 1;
+}
+
+static size_t path_index(char *path, size_t len, size_t cap, uint64_t i) {
+  char b[24];
+  int n = snprintf(b, sizeof(b), "%llu", (unsigned long long)i);
+  return path_key(path, len, cap, b, (size_t)n);
+}
+
+/* ---- compiling -------------------------------------------------------- */
+
+struct cc {
+  struct sl_schema *s;
+  const char *name;
+  char *err;
+  size_t errlen;
+  char path[512];
+  size_t plen;
+  int depth;
+  int failed;
+};
+
+static int cfail(struct cc *c, const char *fmt, ...) SL_PRINTF(2, 3);
+static int cfail(struct cc *c, const char *fmt, ...) {
+  va_list ap;
+  int n;
+  if (c->failed++)
+    return SL_EINVAL;
+  if (c->err == NULL || c->errlen == 0)
+    return SL_EINVAL;
+  n = snprintf(c->err, c->errlen, "%s: ", c->name ? c->name : "schema");
+  if (n < 0 || (size_t)n >= c->errlen)
+    return SL_EINVAL;
+  va_start(ap, fmt);
+  vsnprintf(c->err + n, c->errlen - (size_t)n, fmt, ap);
+  va_end(ap);
+  return SL_EINVAL;
+}
+
+static const char *here(const struct cc *c) {
+  return c->plen ? c->path : "the root";
+}
+
+static int compile_node(struct cc *c, const uint8_t **pp, const uint8_t *end,
+                        int32_t idx);
+
+/* Compile the subschema at *pp under path key (an extra path segment);
+ * returns its node index or -1. */
+static int32_t compile_sub(struct cc *c, const uint8_t **pp, const uint8_t *end,
+                           const char *key, size_t klen, int64_t index) {
+  size_t saved = c->plen;
+  int32_t idx;
+  c->plen = index >= 0 ? path_index(c->path, c->plen, sizeof(c->path),
+                                    (uint64_t)index)
+                       : path_key(c->path, c->plen, sizeof(c->path), key, klen);
+  idx = new_node(c->s);
+  if (idx < 0) {
+    cfail(c, "out of memory");
+    return -1;
+  }
+  if (compile_node(c, pp, end, idx) != 0)
+    idx = -1;
+  c->plen = saved;
+  c->path[saved] = '\0';
+  return idx;
+}
+
+static int read_item(const uint8_t **pp, const uint8_t *end,
+                     struct sl_codec_item *it) {
+  return sl_codec_read_item(pp, end, it);
+}
+
+/* Skip n values at p (bounds-checked), for compiling. */
+static int skip_n(const uint8_t **pp, const uint8_t *end, uint64_t n) {
+  struct sl_codec_item it;
+  while (n > 0) {
+    n--;
+    if (sl_codec_read_item(pp, end, &it) != 0)
+      return -1;
+    if (it.t == SL_MP_ARR)
+      n += it.n;
+    else if (it.t == SL_MP_MAP)
+      n += 2 * (uint64_t)it.n;
+  }
+  return 0;
+}
+
+static int is_number(const struct sl_codec_item *it) {
+  return it->t == SL_MP_INT || it->t == SL_MP_UINT || it->t == SL_MP_F32 ||
+         it->t == SL_MP_F64;
+}
+
+static double item_double(const struct sl_codec_item *it) {
+  switch (it->t) {
+  case SL_MP_INT: return (double)it->i;
+  case SL_MP_UINT: return (double)it->u;
+  case SL_MP_F32: return (double)it->f;
+  default: return it->d;
+  }
+}
+
+/* A non-negative integer keyword value (minLength...). */
+static int read_count(struct cc *c, const uint8_t **pp, const uint8_t *end,
+                      const char *kw, uint32_t *out) {
+  struct sl_codec_item it;
+  double d;
+  if (read_item(pp, end, &it) != 0 || !is_number(&it))
+    return cfail(c, "%s at %s must be a non-negative integer", kw, here(c));
+  d = item_double(&it);
+  if (it.t == SL_MP_UINT)
+    d = it.u > UINT32_MAX ? (double)UINT32_MAX : (double)it.u;
+  if (!(d >= 0) || d != floor(d))
+    return cfail(c, "%s at %s must be a non-negative integer", kw, here(c));
+  *out = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+  return 0;
+}
+
+/* minimum/maximum: the bound as a double, and exactly when integral. */
+static int read_bound(struct cc *c, const uint8_t **pp, const uint8_t *end,
+                      const char *kw, double *d, int64_t *i, int *is_int) {
+  struct sl_codec_item it;
+  if (read_item(pp, end, &it) != 0 || !is_number(&it))
+    return cfail(c, "%s at %s must be a number", kw, here(c));
+  *d = item_double(&it);
+  *is_int = 0;
+  if (it.t == SL_MP_INT) {
+    *i = it.i;
+    *is_int = 1;
+  } else if (it.t == SL_MP_UINT && it.u <= INT64_MAX) {
+    *i = (int64_t)it.u;
+    *is_int = 1;
+  } else if (*d == floor(*d) && *d >= -9.2e18 && *d <= 9.2e18) {
+    *i = (int64_t)*d;
+    *is_int = 1;
+  }
+  if (isnan(*d))
+    return cfail(c, "%s at %s must be a number", kw, here(c));
+  return 0;
+}
+
+static int type_bit(const char *s, size_t n) {
+  static const struct { const char *name; int bit; } names[] = {
+      {"null", T_NULL},     {"boolean", T_BOOL}, {"integer", T_INT},
+      {"number", T_INT | T_FRAC}, {"string", T_STR}, {"array", T_ARR},
+      {"object", T_OBJ},    {"binary", T_BIN}};
+  size_t i;
+  for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+    if (strlen(names[i].name) == n && memcmp(names[i].name, s, n) == 0)
+      return names[i].bit;
+  return 0;
+}
+
+static int compile_type(struct cc *c, const uint8_t **pp, const uint8_t *end,
+                        struct node *n) {
+  struct sl_codec_item it;
+  uint32_t count = 1, i;
+  int bit;
+  if (read_item(pp, end, &it) != 0)
+    return cfail(c, "bad type at %s", here(c));
+  if (it.t == SL_MP_ARR) {
+    count = it.n;
+    if (count == 0)
+      return cfail(c, "type at %s is an empty list", here(c));
+    if (read_item(pp, end, &it) != 0)
+      return cfail(c, "bad type at %s", here(c));
+  }
+  for (i = 0; i < count; i++) {
+    if (i > 0 && read_item(pp, end, &it) != 0)
+      return cfail(c, "bad type at %s", here(c));
+    if (it.t != SL_MP_STR)
+      return cfail(c, "type at %s must be a type name or a list of them",
+                   here(c));
+    bit = type_bit((const char *)it.s, it.n);
+    if (bit == 0)
+      return cfail(c, "unknown type \"%.*s\" at %s", (int)it.n, it.s, here(c));
+    n->types |= (uint16_t)bit;
+  }
+  return 0;
+}
+
+/* Render the values of vals[v0..v0+nv) as JSON into strs for messages. */
+static int values_text(struct sl_schema *s, uint32_t v0, uint32_t nv,
+                       const char *prefix, uint32_t *off) {
+  struct sl_buf b;
+  uint32_t i;
+  int rc = SL_ENOMEM;
+  sl_buf_init(&b);
+  if (sl_buf_append(&b, prefix, strlen(prefix)))
+    goto fail_buf;
+  for (i = 0; i < nv; i++) {
+    if (i > 0 && sl_buf_putc(&b, ','))
+      goto fail_buf;
+    if (sl_codec_to_json(s->vals[v0 + i].p, s->vals[v0 + i].n, &b))
+      goto fail_buf;
+    if (b.len > 160)
+      break;
+  }
+  if (b.len > 160) {
+    b.len = 156;
+    while (b.len > 0 && (b.data[b.len] & 0xc0) == 0x80)
+      b.len--; /* do not cut a UTF-8 sequence */
+    if (sl_buf_append(&b, "...", 3))
+      goto fail_buf;
+  }
+  if (prefix[0] == 'o' && sl_buf_putc(&b, ']'))
+    goto fail_buf;
+  rc = add_str(&s->strs, b.data, b.len, off);
+fail_buf:
+  sl_buf_close(&b);
+  return rc;
+}
+
+static int add_val(struct sl_schema *s, const uint8_t *p, const uint8_t *q) {
+  if (grow((void **)&s->vals, &s->capvals, s->nvals + 1, sizeof(*s->vals)))
+    return SL_ENOMEM;
+  s->vals[s->nvals].p = p;
+  s->vals[s->nvals].n = (uint32_t)(q - p);
+  s->vals[s->nvals].str = NULL;
+  {
+    struct sl_str str;
+    size_t used;
+    if (sl_codec_read_str(p, (size_t)(q - p), &str, &used) == 0) {
+      s->vals[s->nvals].str = (const uint8_t *)str.p;
+      s->vals[s->nvals].strn = (uint32_t)str.len;
+    }
+  }
+  s->nvals++;
+  return 0;
+}
+
+static int compile_enum(struct cc *c, const uint8_t **pp, const uint8_t *end,
+                        int32_t idx, int is_const) {
+  struct sl_schema *s = c->s;
+  struct sl_codec_item it;
+  const uint8_t *q = *pp;
+  uint32_t count = 1, i, v0 = s->nvals;
+  if (!is_const) {
+    if (read_item(pp, end, &it) != 0 || it.t != SL_MP_ARR)
+      return cfail(c, "enum at %s must be a list", here(c));
+    count = it.n;
+  }
+  for (i = 0; i < count; i++) {
+    q = *pp;
+    if (skip_n(pp, end, 1) != 0 || add_val(s, q, *pp) != 0)
+      return cfail(c, "out of memory");
+  }
+  if (is_const) {
+    s->nodes[idx].flags |= F_CONST;
+    s->nodes[idx].konst = (int32_t)v0;
+  } else {
+    s->nodes[idx].flags |= F_ENUM;
+    s->nodes[idx].enum0 = v0;
+    s->nodes[idx].nenum = count;
+  }
+  if (values_text(s, v0, count, is_const ? "the value " : "one of [",
+                  is_const ? &s->nodes[idx].cmsg : &s->nodes[idx].emsg))
+    return cfail(c, "out of memory");
+  return 0;
+}
+
+static int compile_branches(struct cc *c, const uint8_t **pp,
+                            const uint8_t *end, int32_t idx, const char *kw) {
+  struct sl_schema *s = c->s;
+  struct sl_codec_item it;
+  uint32_t i, k0;
+  int32_t kid;
+  if (read_item(pp, end, &it) != 0 || it.t != SL_MP_ARR || it.n == 0)
+    return cfail(c, "%s at %s must be a non-empty list of schemas", kw,
+                 here(c));
+  if (it.n > SL_SCHEMA_MAX_BRANCHES)
+    return cfail(c, "%s at %s has %u branches, at most %d are allowed", kw,
+                 here(c), it.n, SL_SCHEMA_MAX_BRANCHES);
+  k0 = s->nkids;
+  if (grow((void **)&s->kids, &s->capkids, k0 + it.n, sizeof(*s->kids)))
+    return cfail(c, "out of memory");
+  s->nkids += it.n; /* reserved: nested branches go after these */
+  {
+    size_t saved = c->plen;
+    c->plen = path_key(c->path, c->plen, sizeof(c->path), kw, strlen(kw));
+    for (i = 0; i < it.n; i++) {
+      kid = compile_sub(c, pp, end, NULL, 0, i);
+      if (kid < 0)
+        return SL_EINVAL;
+      s->kids[k0 + i] = (uint32_t)kid;
+    }
+    c->plen = saved;
+    c->path[saved] = '\0';
+  }
+  if (kw[0] == 'a') {
+    s->nodes[idx].any0 = k0;
+    s->nodes[idx].nany = it.n;
+  } else {
+    s->nodes[idx].one0 = k0;
+    s->nodes[idx].none = it.n;
+  }
+  return 0;
+}
+
+static int32_t find_def(const struct sl_schema *s, const uint8_t *name, size_t n) {
+  uint32_t i;
+  for (i = 0; i < s->ndefs; i++)
+    if (s->defs[i].len == n && memcmp(s->defs[i].name, name, n) == 0)
+      return (int32_t)i;
+  return -1;
+}
+
+/* The node of $defs entry d, compiled on first use (a node is allocated
+ * before its body is compiled, so recursion finds it). */
+static int32_t def_node(struct cc *c, int32_t d) {
+  struct sl_schema *s = c->s;
+  char saved[sizeof(c->path)];
+  size_t plen = c->plen;
+  const uint8_t *p;
+  int32_t idx;
+  int rc;
+  if (s->defs[d].node >= 0)
+    return s->defs[d].node;
+  idx = new_node(s);
+  if (idx < 0) {
+    cfail(c, "out of memory");
+    return -1;
+  }
+  s->defs[d].node = idx;
+  memcpy(saved, c->path, plen + 1);
+  c->plen = path_key(c->path, 0, sizeof(c->path), "$defs", 5);
+  c->plen = path_key(c->path, c->plen, sizeof(c->path), s->defs[d].name,
+                     s->defs[d].len);
+  p = s->defs[d].p;
+  rc = compile_node(c, &p, s->defs[d].end, idx);
+  memcpy(c->path, saved, plen + 1);
+  c->plen = plen;
+  return rc == 0 ? idx : -1;
+}
+
+static int compile_ref(struct cc *c, const uint8_t **pp, const uint8_t *end,
+                       int32_t idx) {
+  struct sl_schema *s = c->s;
+  struct sl_codec_item it;
+  int32_t d, target;
+  if (read_item(pp, end, &it) != 0 || it.t != SL_MP_STR)
+    return cfail(c, "$ref at %s must be a string", here(c));
+  if (add_str(&s->strs, it.s, it.n, &s->nodes[idx].refname))
+    return cfail(c, "out of memory");
+  if (it.n == 1 && it.s[0] == '#') {
+    s->nodes[idx].ref = 0;
+    return 0;
+  }
+  if (it.n > 8 && memcmp(it.s, "#/$defs/", 8) == 0) {
+    /* the name as a JSON pointer token; ~ and / escapes are not decoded */
+    if (memchr(it.s + 8, '~', it.n - 8) || memchr(it.s + 8, '/', it.n - 8))
+      return cfail(c, "$ref \"%.*s\" at %s: only \"#\" and "
+                   "\"#/$defs/<name>\" are supported", (int)it.n, it.s,
+                   here(c));
+    d = find_def(s, it.s + 8, it.n - 8);
+    if (d < 0)
+      return cfail(c, "$ref \"%.*s\" at %s names no entry of the root's $defs",
+                   (int)it.n, it.s, here(c));
+    target = def_node(c, d);
+    if (target < 0)
+      return SL_EINVAL;
+    s->nodes[idx].ref = target;
+    return 0;
+  }
+  return cfail(c, "$ref \"%.*s\" at %s: only \"#\" and \"#/$defs/<name>\" "
+               "are supported", (int)it.n, it.s, here(c));
+}
+
+static int compile_pattern(struct cc *c, const uint8_t **pp,
+                           const uint8_t *end, int32_t idx) {
+  struct sl_schema *s = c->s;
+  struct sl_codec_item it;
+  struct sl_regex *re;
+  char msg[160];
+  int rc;
+  if (read_item(pp, end, &it) != 0 || it.t != SL_MP_STR)
+    return cfail(c, "pattern at %s must be a string", here(c));
+  rc = sl_regex_compile((const char *)it.s, it.n, &re, msg, sizeof(msg));
+  if (rc == SL_ENOMEM)
+    return cfail(c, "out of memory");
+  if (rc != 0)
+    return cfail(c, "pattern at %s: %s", here(c), msg);
+  if (grow((void **)&s->res, &s->capres, s->nres + 1, sizeof(*s->res))) {
+    sl_regex_free(re);
+    return cfail(c, "out of memory");
+  }
+  s->res[s->nres] = re;
+  s->nodes[idx].re = (int32_t)s->nres++;
+  if (add_str(&s->strs, it.s, it.n, &s->nodes[idx].pat))
+    return cfail(c, "out of memory");
+  return 0;
+}
+
+static void set_key(struct prop *pr, const uint8_t *k, uint32_t n) {
+  pr->key = k;
+  pr->len = n;
+  pr->head = 0;
+  memcpy(&pr->head, k, n < 8 ? n : 8);
+}
+
+/* properties and required of node idx: its props are one contiguous run,
+ * reserved before the subschemas (which add their own runs after it). */
+static int compile_object(struct cc *c, int32_t idx, const uint8_t *props,
+                          const uint8_t *reqs, const uint8_t *end) {
+  struct sl_schema *s = c->s;
+  struct sl_codec_item it, key;
+  uint32_t np = 0, nr = 0, p0 = s->nprops, used = 0, i, j, nreq = 0;
+  size_t saved = c->plen;
+  if (props && read_item(&props, end, &it) == 0)
+    np = it.n;
+  if (reqs && read_item(&reqs, end, &it) == 0)
+    nr = it.n;
+  if (grow((void **)&s->props, &s->capprops, p0 + np + nr, sizeof(*s->props)))
+    return cfail(c, "out of memory");
+  s->nprops += np + nr;
+  c->plen = path_key(c->path, c->plen, sizeof(c->path), "properties", 10);
+  for (i = 0; i < np; i++) {
+    int32_t kid;
+    if (read_item(&props, end, &key) != 0 || key.t != SL_MP_STR)
+      return cfail(c, "a property name at %s is not a string", here(c));
+    for (j = 0; j < used; j++)
+      if (s->props[p0 + j].len == key.n &&
+          memcmp(s->props[p0 + j].key, key.s, key.n) == 0)
+        return cfail(c, "property \"%.*s\" appears twice at %s", (int)key.n,
+                     key.s, here(c));
+    kid = compile_sub(c, &props, end, (const char *)key.s, key.n, -1);
+    if (kid < 0)
+      return SL_EINVAL;
+    set_key(&s->props[p0 + used], key.s, key.n);
+    s->props[p0 + used].node = kid;
+    s->props[p0 + used].req = -1;
+    used++;
+  }
+  c->plen = saved;
+  c->path[saved] = '\0';
+  for (i = 0; i < nr; i++) {
+    if (read_item(&reqs, end, &key) != 0 || key.t != SL_MP_STR)
+      return cfail(c, "required at %s must list property names", here(c));
+    for (j = 0; j < used; j++)
+      if (s->props[p0 + j].len == key.n &&
+          memcmp(s->props[p0 + j].key, key.s, key.n) == 0)
+        break;
+    if (j == used) {
+      set_key(&s->props[p0 + used], key.s, key.n);
+      s->props[p0 + used].node = -1;
+      s->props[p0 + used].req = -1;
+      used++;
+    }
+    if (s->props[p0 + j].req < 0) {
+      if (nreq == MAX_REQUIRED)
+        return cfail(c, "required at %s names more than %d properties",
+                     here(c), MAX_REQUIRED);
+      s->props[p0 + j].req = (int32_t)nreq++;
+    }
+  }
+  s->nodes[idx].flags |= F_OBJ;
+  s->nodes[idx].prop0 = p0;
+  s->nodes[idx].nprop = used;
+  s->nodes[idx].nreq = (uint16_t)nreq;
+  return 0;
+}
+
+/* $defs below the root: nothing can refer to them, but they must still be
+ * valid schemas. */
+static int compile_inner_defs(struct cc *c, const uint8_t **pp,
+                              const uint8_t *end) {
+  struct sl_codec_item it, key;
+  size_t saved = c->plen;
+  uint32_t i;
+  if (read_item(pp, end, &it) != 0 || it.t != SL_MP_MAP)
+    return cfail(c, "$defs at %s must be an object", here(c));
+  c->plen = path_key(c->path, c->plen, sizeof(c->path), "$defs", 5);
+  for (i = 0; i < it.n; i++) {
+    if (read_item(pp, end, &key) != 0 || key.t != SL_MP_STR)
+      return cfail(c, "bad $defs at %s", here(c));
+    if (compile_sub(c, pp, end, (const char *)key.s, key.n, -1) < 0)
+      return SL_EINVAL;
+  }
+  c->plen = saved;
+  c->path[saved] = '\0';
+  return 0;
+}
+
+static int is_kw(const struct sl_codec_item *k, const char *name) {
+  return strlen(name) == k->n && memcmp(k->s, name, k->n) == 0;
+}
+
+static int compile_keyword(struct cc *c, const struct sl_codec_item *k,
+                           const uint8_t **pp, const uint8_t *end,
+                           int32_t idx, const uint8_t **props,
+                           const uint8_t **reqs) {
+  static const char *const annotations[] = {
+      "$schema", "$id", "title", "description", "$comment", "default",
+      "examples"};
+  static const struct { const char *kw; uint32_t flag; } counts[] = {
+      {"minLength", F_MINLEN}, {"maxLength", F_MAXLEN},
+      {"minItems", F_MINITEMS}, {"maxItems", F_MAXITEMS}};
+  struct sl_schema *s = c->s;
+  struct node *n = &s->nodes[idx];
+  struct sl_codec_item it;
+  const uint8_t *q = *pp;
+  int32_t kid;
+  size_t i;
+  int is_int;
+  if (is_kw(k, "type"))
+    return compile_type(c, pp, end, n);
+  for (i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
+    if (is_kw(k, counts[i].kw)) {
+      uint32_t *dst = i == 0 ? &n->minlen : i == 1 ? &n->maxlen
+                      : i == 2 ? &n->minitems : &n->maxitems;
+      n->flags |= counts[i].flag;
+      return read_count(c, pp, end, counts[i].kw, dst);
+    }
+  }
+  if (is_kw(k, "minimum")) {
+    n->flags |= F_MIN;
+    if (read_bound(c, pp, end, "minimum", &n->min, &n->imin, &is_int))
+      return SL_EINVAL;
+    n->flags |= is_int ? F_MIN_INT : 0;
+    return 0;
+  }
+  if (is_kw(k, "maximum")) {
+    n->flags |= F_MAX;
+    if (read_bound(c, pp, end, "maximum", &n->max, &n->imax, &is_int))
+      return SL_EINVAL;
+    n->flags |= is_int ? F_MAX_INT : 0;
+    return 0;
+  }
+  if (is_kw(k, "properties") || is_kw(k, "required")) {
+    int props_kw = k->s[0] == 'p';
+    if (read_item(&q, end, &it) != 0 ||
+        it.t != (props_kw ? SL_MP_MAP : SL_MP_ARR))
+      return cfail(c, "%.*s at %s must be %s", (int)k->n, k->s, here(c),
+                   props_kw ? "an object" : "a list");
+    *(props_kw ? props : reqs) = *pp;
+    return skip_n(pp, end, 1) ? cfail(c, "bad %.*s", (int)k->n, k->s) : 0;
+  }
+  if (is_kw(k, "additionalProperties") || is_kw(k, "items")) {
+    int addl = k->s[0] == 'a';
+    if (read_item(&q, end, &it) == 0 && it.t == SL_MP_BOOL) {
+      if (addl) {
+        *pp = q;
+        n->flags |= it.b ? 0 : F_ADDL_FALSE;
+        return 0;
+      }
+    } else if (!addl && it.t == SL_MP_ARR) {
+      return cfail(c, "items at %s must be a schema (prefixItems, the list "
+                   "form, is not supported)", here(c));
+    }
+    kid = compile_sub(c, pp, end, (const char *)k->s, k->n, -1);
+    if (kid < 0)
+      return SL_EINVAL;
+    *(addl ? &s->nodes[idx].addl : &s->nodes[idx].items) = kid;
+    return 0;
+  }
+  if (is_kw(k, "enum") || is_kw(k, "const"))
+    return compile_enum(c, pp, end, idx, k->s[0] == 'c');
+  if (is_kw(k, "pattern"))
+    return compile_pattern(c, pp, end, idx);
+  if (is_kw(k, "$ref"))
+    return compile_ref(c, pp, end, idx);
+  if (is_kw(k, "anyOf") || is_kw(k, "oneOf"))
+    return compile_branches(c, pp, end, idx, k->s[0] == 'a' ? "anyOf"
+                                                             : "oneOf");
+  if (is_kw(k, "$defs")) {
+    if (idx != 0)
+      return compile_inner_defs(c, pp, end);
+    for (i = 0; i < s->ndefs; i++) /* collected before the root */
+      if (def_node(c, (int32_t)i) < 0)
+        return SL_EINVAL;
+    return skip_n(pp, end, 1) ? cfail(c, "bad $defs") : 0;
+  }
+  for (i = 0; i < sizeof(annotations) / sizeof(annotations[0]); i++)
+    if (is_kw(k, annotations[i]))
+      return skip_n(pp, end, 1) ? cfail(c, "bad %s", annotations[i]) : 0;
+  return cfail(c, "unsupported keyword \"%.*s\" at %s", (int)k->n, k->s,
+               here(c));
+}
+
+static int compile_node(struct cc *c, const uint8_t **pp, const uint8_t *end,
+                        int32_t idx) {
+  struct sl_schema *s = c->s;
+  struct sl_codec_item it, key;
+  const uint8_t *props = NULL, *reqs = NULL;
+  uint32_t i;
+  if (add_str(&s->strs, c->path, c->plen, &s->nodes[idx].path))
+    return cfail(c, "out of memory");
+  if (read_item(pp, end, &it) != 0)
+    return cfail(c, "bad schema at %s", here(c));
+  if (it.t == SL_MP_BOOL) {
+    s->nodes[idx].flags |= it.b ? 0 : F_FALSE;
+    return 0;
+  }
+  if (it.t != SL_MP_MAP)
+    return cfail(c, "the schema at %s must be an object or a boolean",
+                 here(c));
+  if (++c->depth > SL_SCHEMA_MAX_DEPTH)
+    return cfail(c, "schema nested deeper than %d at %s",
+                 SL_SCHEMA_MAX_DEPTH, here(c));
+  for (i = 0; i < it.n; i++) {
+    if (read_item(pp, end, &key) != 0 || key.t != SL_MP_STR)
+      return cfail(c, "a keyword at %s is not a string", here(c));
+    if (compile_keyword(c, &key, pp, end, idx, &props, &reqs) != 0)
+      return SL_EINVAL;
+  }
+  if ((props || reqs) && compile_object(c, idx, props, reqs, end) != 0)
+    return SL_EINVAL;
+  c->depth--;
+  return 0;
+}
+
+/* Record the root's $defs entries so that $ref can compile them on first
+ * use, wherever it appears. */
+static int collect_defs(struct cc *c, const uint8_t *p, const uint8_t *end) {
+  struct sl_schema *s = c->s;
+  struct sl_codec_item it, key, d;
+  uint32_t i, j;
+  if (read_item(&p, end, &it) != 0 || it.t != SL_MP_MAP)
+    return 0;
+  for (i = 0; i < it.n; i++) {
+    if (read_item(&p, end, &key) != 0 || key.t != SL_MP_STR)
+      return 0; /* compile_node says so */
+    if (!is_kw(&key, "$defs")) {
+      if (skip_n(&p, end, 1) != 0)
+        return 0;
+      continue;
+    }
+    if (read_item(&p, end, &d) != 0 || d.t != SL_MP_MAP)
+      return cfail(c, "$defs at the root must be an object");
+    s->defs = calloc(d.n ? d.n : 1, sizeof(*s->defs));
+    if (s->defs == NULL)
+      return cfail(c, "out of memory");
+    for (j = 0; j < d.n; j++) {
+      struct def *df = &s->defs[j];
+      if (read_item(&p, end, &key) != 0 || key.t != SL_MP_STR)
+        return cfail(c, "a name in $defs is not a string");
+      if (find_def(s, key.s, key.n) >= 0)
+        return cfail(c, "$defs names \"%.*s\" twice", (int)key.n, key.s);
+      df->name = key.s;
+      df->len = key.n;
+      df->p = p;
+      df->node = -1;
+      if (skip_n(&p, end, 1) != 0)
+        return cfail(c, "bad $defs");
+      df->end = p;
+      s->ndefs++;
+    }
+    return 0;
+  }
+  return 0;
+}
+
+static const char *node_path(const struct sl_schema *s, uint32_t n) {
+  const char *p = (const char *)s->strs.data + s->nodes[n].path;
+  return p[0] ? p : "the root";
+}
+
+/* Same-value edges ($ref, anyOf, oneOf branches) must not cycle: such a
+ * cycle would check one value forever. Returns the longest chain below n,
+ * or -1 after cfail. color: 0 new, 1 on the stack, 2 done. */
+static int chain(struct cc *c, uint32_t n, uint8_t *color, uint8_t *longest) {
+  const struct sl_schema *s = c->s;
+  const struct node *nd = &s->nodes[n];
+  uint32_t targets[2 * SL_SCHEMA_MAX_BRANCHES + 1], nt = 0, i;
+  int best = 0, l;
+  if (color[n] == 2)
+    return longest[n];
+  color[n] = 1;
+  if (nd->ref >= 0)
+    targets[nt++] = (uint32_t)nd->ref;
+  for (i = 0; i < nd->nany; i++)
+    targets[nt++] = s->kids[nd->any0 + i];
+  for (i = 0; i < nd->none; i++)
+    targets[nt++] = s->kids[nd->one0 + i];
+  for (i = 0; i < nt; i++) {
+    if (color[targets[i]] == 1) {
+      cfail(c, "$ref at %s makes a cycle that never descends into the "
+            "data", node_path(s, n));
+      return -1;
+    }
+    l = chain(c, targets[i], color, longest);
+    if (l < 0)
+      return -1;
+    if (l + 1 > best)
+      best = l + 1;
+  }
+  if (best > SL_SCHEMA_MAX_DEPTH) {
+    cfail(c, "$ref and anyOf/oneOf chain at %s is longer than %d",
+          node_path(s, n), SL_SCHEMA_MAX_DEPTH);
+    return -1;
+  }
+  color[n] = 2;
+  longest[n] = (uint8_t)best;
+  return best;
+}
+
+static int by_key(const struct prop *a, const struct prop *b) {
+  if (a->len != b->len)
+    return a->len < b->len ? -1 : 1;
+  return memcmp(a->key, b->key, a->len);
+}
+
+/* Each object's props, by (length, bytes), for binary search. */
+static int sort_props(struct sl_schema *s) {
+  uint32_t n, i, j, t;
+  s->sorted = malloc((s->nprops ? s->nprops : 1) * sizeof(*s->sorted));
+  if (s->sorted == NULL)
+    return SL_ENOMEM;
+  for (n = 0; n < s->nnodes; n++) {
+    const struct node *nd = &s->nodes[n];
+    uint32_t *o = s->sorted + nd->prop0;
+    if (!(nd->flags & F_OBJ))
+      continue;
+    for (i = 0; i < nd->nprop; i++) {
+      o[i] = nd->prop0 + i;
+      for (j = i; j > 0 && by_key(&s->props[o[j]], &s->props[o[j - 1]]) < 0;
+           j--) {
+        t = o[j];
+        o[j] = o[j - 1];
+        o[j - 1] = t;
+      }
+    }
+  }
+  return 0;
+}
+
+static void type_text(char *b, size_t cap, unsigned t, const char *sep);
+
+/* What the checker says on failure, made once here so that rejecting a
+ * value costs no printf. */
+static int node_texts(struct sl_schema *s, uint32_t i) {
+  struct node *n = &s->nodes[i];
+  char b[160];
+  int len;
+  type_text(b, sizeof(b), n->types, " or ");
+  if (add_str(&s->strs, b, strlen(b), &s->nodes[i].tmsg))
+    return SL_ENOMEM;
+  n = &s->nodes[i];
+  if (n->flags & F_MIN_INT)
+    len = snprintf(b, sizeof(b), "a number >= %lld", (long long)n->imin);
+  else
+    len = snprintf(b, sizeof(b), "a number >= %.17g", n->min);
+  if (add_str(&s->strs, b, (size_t)len, &s->nodes[i].minmsg))
+    return SL_ENOMEM;
+  n = &s->nodes[i];
+  if (n->flags & F_MAX_INT)
+    len = snprintf(b, sizeof(b), "a number <= %lld", (long long)n->imax);
+  else
+    len = snprintf(b, sizeof(b), "a number <= %.17g", n->max);
+  if (add_str(&s->strs, b, (size_t)len, &s->nodes[i].maxmsg))
+    return SL_ENOMEM;
+  n = &s->nodes[i];
+  n->tmask = n->types ? n->types : T_ALL | T_EXT;
+  if (n->ref >= 0 || n->nany || n->none)
+    n->flags |= F_MORE;
+  if (!(n->flags & (F_FALSE | F_MINITEMS | F_MAXITEMS | F_ADDL_FALSE | F_OBJ |
+                    F_MORE)) && n->items < 0 && n->addl < 0)
+    n->flags |= F_SCALAR;
+  return 0;
+}
+
+static int finish(struct cc *c) {
+  struct sl_schema *s = c->s;
+  uint8_t *color = calloc(s->nnodes, 2);
+  uint32_t n;
+  int rc = 0;
+  for (n = 0; n < s->nprops; n++) /* the nodes array moves no more */
+    s->props[n].child = s->props[n].node >= 0 ? &s->nodes[s->props[n].node]
+                                              : NULL;
+  for (n = 0; n < s->nnodes; n++)
+    if (node_texts(s, n) != 0) {
+      free(color);
+      return cfail(c, "out of memory");
+    }
+  if (color == NULL)
+    return cfail(c, "out of memory");
+  for (n = 0; n < s->nnodes && rc == 0; n++)
+    if (chain(c, n, color, color + s->nnodes) < 0)
+      rc = SL_EINVAL;
+  free(color);
+  if (rc == 0 && sort_props(s) != 0)
+    rc = cfail(c, "out of memory");
+  return rc;
+}
+
+int sl_schema_compile(const char *json, size_t n, const char *name,
+                      struct sl_schema **out, char *err, size_t errlen) {
+  struct cc c;
+  struct sl_schema *s;
+  const uint8_t *p, *end;
+  char msg[160];
+  int rc;
+  memset(&c, 0, sizeof(c));
+  c.name = name;
+  c.err = err;
+  c.errlen = errlen;
+  if (err && errlen)
+    err[0] = '\0';
+  *out = NULL;
+  s = calloc(1, sizeof(*s));
+  if (s == NULL)
+    return SL_ENOMEM;
+  c.s = s;
+  sl_buf_init(&s->mp);
+  sl_buf_init(&s->strs);
+  rc = sl_json_to_msgpack(json, n, &s->mp, msg, sizeof(msg));
+  if (rc != 0) {
+    if (rc != SL_ENOMEM)
+      rc = cfail(&c, "not JSON: %s", msg);
+    goto fail_schema;
+  }
+  p = s->mp.data;
+  end = p + s->mp.len;
+  rc = SL_EINVAL;
+  if (collect_defs(&c, p, end) != 0 || new_node(s) != 0)
+    goto fail_schema;
+  if (compile_node(&c, &p, end, 0) != 0 || finish(&c) != 0)
+    goto fail_schema;
+  *out = s;
+  return 0;
+fail_schema:
+  if (rc == SL_EINVAL && err && errlen && err[0] == '\0')
+    snprintf(err, errlen, "%s: out of memory", name ? name : "schema");
+  sl_schema_free(s);
+  return rc;
+}
+
+int sl_schema_load_file(const char *path, struct sl_schema **out, char *err,
+                        size_t errlen) {
+  FILE *f = fopen(path, "rb");
+  struct sl_buf b;
+  char chunk[65536];
+  size_t got;
+  int rc;
+  *out = NULL;
+  if (f == NULL) {
+    snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    return SL_EINVAL;
+  }
+  sl_buf_init(&b);
+  while ((got = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+    if (b.len + got > (size_t)4 << 20) {
+      snprintf(err, errlen, "%s: larger than 4 MiB", path);
+      fclose(f);
+      sl_buf_close(&b);
+      return SL_EINVAL;
+    }
+    if (sl_buf_append(&b, chunk, got) != 0) {
+      fclose(f);
+      sl_buf_close(&b);
+      return SL_ENOMEM;
+    }
+  }
+  if (ferror(f)) {
+    snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+    fclose(f);
+    sl_buf_close(&b);
+    return SL_EINVAL;
+  }
+  fclose(f);
+  rc = sl_schema_compile(b.data ? (const char *)b.data : "", b.len, path, out,
+                         err, errlen);
+  sl_buf_close(&b);
+  return rc;
+}
+
+void sl_schema_free(struct sl_schema *s) {
+  uint32_t i;
+  if (s == NULL)
+    return;
+  for (i = 0; i < s->nres; i++)
+    sl_regex_free(s->res[i]);
+  free(s->res);
+  free(s->nodes);
+  free(s->props);
+  free(s->sorted);
+  free(s->vals);
+  free(s->kids);
+  free(s->defs);
+  sl_buf_close(&s->strs);
+  sl_buf_close(&s->mp);
+  free(s);
+}
+
+/* ---- checking --------------------------------------------------------- */
+
+struct seg {
+  const uint8_t *key; /* NULL: an array index */
+  uint32_t len;
+  uint32_t index;
+};
+
+struct ck {
+  const struct sl_schema *s;
+  struct sl_schema_error *e;
+  int64_t budget; /* check() calls left: anyOf over recursion stays linear */
+  int nseg;
+  int type_failed; /* the last failure was a type mismatch */
+  struct seg seg[MAX_SEGS];
+};
+
+static void fail_path(struct ck *c) {
+  struct sl_schema_error *e = c->e;
+  size_t len = 0;
+  int i;
+  e->path[0] = '\0';
+  for (i = 0; i < c->nseg; i++) {
+    if (c->seg[i].key != NULL)
+      len = path_key(e->path, len, sizeof(e->path), c->seg[i].key,
+                     c->seg[i].len);
+    else
+      len = path_index(e->path, len, sizeof(e->path), c->seg[i].index);
+  }
+}
+
+static int fail(struct ck *c, const char *fmt, ...) SL_PRINTF(2, 3);
+static int fail(struct ck *c, const char *fmt, ...) {
+  va_list ap;
+  c->type_failed = 0;
+  if (c->e == NULL)
+    return 1;
+  fail_path(c);
+  va_start(ap, fmt);
+  vsnprintf(c->e->msg, sizeof(c->e->msg), fmt, ap);
+  va_end(ap);
+  return 1;
+}
+
+/* The failure text a, then b[0..bn), then z (each may be NULL): no printf,
+ * so that rejecting costs about what accepting does. */
+static int fail_text(struct ck *c, const char *a, const void *b, size_t bn,
+                     const char *z) {
+  char *m;
+  size_t len = 0, n, cap;
+  c->type_failed = 0;
+  if (c->e == NULL)
+    return 1;
+  fail_path(c);
+  m = c->e->msg;
+  cap = sizeof(c->e->msg) - 1;
+  if (a) {
+    n = strlen(a);
+    n = n < cap ? n : cap;
+    memcpy(m, a, n);
+    len = n;
+  }
+  if (b) {
+    n = bn < cap - len ? bn : cap - len;
+    memcpy(m + len, b, n);
+    len += n;
+  }
+  if (z) {
+    n = strlen(z);
+    n = n < cap - len ? n : cap - len;
+    memcpy(m + len, z, n);
+    len += n;
+  }
+  m[len] = '\0';
+  return 1;
+}
+
+static int fail_count(struct ck *c, const char *a, uint32_t v,
+                      const char *z) {
+  char b[12];
+  int i = 12;
+  do {
+    b[--i] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  return fail_text(c, a, b + i, (size_t)(12 - i), z);
+}
+
+static inline uint64_t load_be(const uint8_t *p, int n) {
+  uint64_t v;
+  uint32_t w;
+  uint16_t h;
+  switch (n) {
+  case 1: return p[0];
+  case 2: memcpy(&h, p, 2); return __builtin_bswap16(h);
+  case 4: memcpy(&w, p, 4); return __builtin_bswap32(w);
+  default: memcpy(&v, p, 8); return __builtin_bswap64(v);
+  }
+}
+
+/* One item; the common headers inline, the rest by the codec. */
+HOT int rd(const uint8_t **pp, const uint8_t *end,
+           struct sl_codec_item *it) {
+  const uint8_t *p = *pp;
+  size_t left = (size_t)(end - p);
+  uint8_t b;
+  if (sl_unlikely(left == 0))
+    return -1;
+  b = *p;
+  if (b <= 0x7f) {
+    it->t = SL_MP_UINT;
+    it->u = b;
+    *pp = p + 1;
+    return 0;
+  }
+  if ((b & 0xe0) == 0xa0) {
+    uint32_t n = b & 0x1f;
+    if (left <= n)
+      return -1;
+    it->t = SL_MP_STR;
+    it->s = p + 1;
+    it->n = n;
+    *pp = p + 1 + n;
+    return 0;
+  }
+  if ((b & 0xe0) == 0x80) { /* fixmap, fixarray */
+    it->t = b < 0x90 ? SL_MP_MAP : SL_MP_ARR;
+    it->n = b & 0x0f;
+    if (left - 1 < it->n)
+      return -1;
+    *pp = p + 1;
+    return 0;
+  }
+  switch (b) {
+  case 0xc0: it->t = SL_MP_NIL; *pp = p + 1; return 0;
+  case 0xc2: case 0xc3:
+    it->t = SL_MP_BOOL;
+    it->b = b == 0xc3;
+    *pp = p + 1;
+    return 0;
+  case 0xcb:
+    if (left < 9)
+      return -1;
+    {
+      uint64_t v = load_be(p + 1, 8);
+      it->t = SL_MP_F64;
+      memcpy(&it->d, &v, 8);
+    }
+    *pp = p + 9;
+    return 0;
+  case 0xcc: case 0xcd: case 0xce: case 0xcf: {
+    int n = 1 << (b - 0xcc);
+    if (left < (size_t)n + 1)
+      return -1;
+    it->t = SL_MP_UINT;
+    it->u = load_be(p + 1, n);
+    *pp = p + 1 + n;
+    return 0;
+  }
+  default:
+    return sl_codec_read_item(pp, end, it);
+  }
+}
+
+/* Skip n values (bounds-checked) with the inline reader: the checker's
+ * cost for a part of a value no keyword looks into. */
+static int skip_fast(const uint8_t **pp, const uint8_t *end, uint64_t n) {
+  struct sl_codec_item it;
+  while (n > 0) {
+    n--;
+    if (rd(pp, end, &it) != 0)
+      return -1;
+    if (it.t == SL_MP_ARR)
+      n += it.n;
+    else if (it.t == SL_MP_MAP)
+      n += 2 * (uint64_t)it.n;
+  }
+  return 0;
+}
+
+static inline int integral(double d) {
+  if (d > -9007199254740992.0 && d < 9007199254740992.0)
+    return d == (double)(int64_t)d;
+  return !isinf(d) && !isnan(d); /* from 2^53 on, every double is whole */
+}
+
+HOT unsigned type_of(const struct sl_codec_item *it) {
+  static const uint16_t bits[] = {T_NULL, T_BOOL, T_INT, T_INT,
+                                  T_FRAC, T_FRAC, T_STR, T_BIN,
+                                  T_ARR,  T_OBJ,  T_EXT, 0};
+  unsigned b = bits[it->t];
+  if (b == T_FRAC && integral(item_double(it)))
+    b = T_INT;
+  return b;
+}
+
+static void type_text(char *b, size_t cap, unsigned t, const char *sep) {
+  static const char *const names[] = {"null",   "boolean", "integer",
+                                      "number", "string",  "array",
+                                      "object", "binary"};
+  size_t len = 0;
+  unsigned i;
+  b[0] = '\0';
+  if (t == 0 || t == T_ALL) {
+    snprintf(b, cap, "any");
+    return;
+  }
+  if ((t & (T_INT | T_FRAC)) == (T_INT | T_FRAC))
+    t &= ~(unsigned)T_INT; /* "number" says it */
+  else if (t & T_FRAC)
+    t = (t & ~(unsigned)T_FRAC) | T_INT; /* cannot be named alone */
+  for (i = 0; i < 8 && len < cap; i++)
+    if (t & (1u << i))
+      len += (size_t)snprintf(b + len, cap - len, "%s%s", len ? sep : "",
+                              names[i]);
+}
+
+static int fail_type(struct ck *c, const struct node *n) {
+  fail_text(c, (const char *)c->s->strs.data + n->tmsg, NULL, 0, NULL);
+  c->type_failed = 1;
+  return 1;
+}
+
+/* -1, 0, 1 as the number compares with a bound; 2 for NaN (fails all). */
+HOT int num_cmp(const struct sl_codec_item *it, double d, int64_t i,
+                   int exact) {
+  double x;
+  if (it->t == SL_MP_INT || (it->t == SL_MP_UINT && it->u <= INT64_MAX)) {
+    int64_t v = it->t == SL_MP_INT ? it->i : (int64_t)it->u;
+    if (exact)
+      return v < i ? -1 : v > i;
+    x = (double)v;
+  } else if (it->t == SL_MP_UINT) {
+    if (exact)
+      return 1;
+    x = (double)it->u;
+  } else {
+    x = item_double(it);
+    if (isnan(x))
+      return 2;
+  }
+  return x < d ? -1 : x > d;
+}
+
+HOT int check_num(struct ck *c, const struct node *n,
+                     const struct sl_codec_item *it) {
+  const char *t = (const char *)c->s->strs.data;
+  int r;
+  if (n->flags & F_MIN) {
+    r = num_cmp(it, n->min, n->imin, !!(n->flags & F_MIN_INT));
+    if (r < 0 || r == 2)
+      return fail_text(c, t + n->minmsg, NULL, 0, NULL);
+  }
+  if (n->flags & F_MAX) {
+    r = num_cmp(it, n->max, n->imax, !!(n->flags & F_MAX_INT));
+    if (r > 0)
+      return fail_text(c, t + n->maxmsg, NULL, 0, NULL);
+  }
+  return 0;
+}
+
+HOT int check_str(struct ck *c, const struct node *n, const uint8_t *s,
+                     uint32_t len) {
+  if (n->flags & (F_MINLEN | F_MAXLEN)) {
+    uint32_t cps = len, i;
+    /* code points <= bytes <= 4 * code points: count only when needed */
+    int need = ((n->flags & F_MAXLEN) && len > n->maxlen) ||
+               ((n->flags & F_MINLEN) && len >= n->minlen &&
+                (uint64_t)n->minlen * 4 > len);
+    if (need)
+      for (i = 0; i < len; i++)
+        cps -= (s[i] & 0xc0) == 0x80;
+    if ((n->flags & F_MINLEN) && cps < n->minlen)
+      return fail_count(c, "at least ", n->minlen, " characters");
+    if ((n->flags & F_MAXLEN) && cps > n->maxlen)
+      return fail_count(c, "at most ", n->maxlen, " characters");
+  }
+  if (n->re >= 0 && !sl_regex_search(c->s->res[n->re], s, len))
+    return fail_text(c, "a string matching \"",
+                     (const char *)c->s->strs.data + n->pat,
+                     strlen((const char *)c->s->strs.data + n->pat), "\"");
+  return 0;
+}
+
+static int check(struct ck *c, uint32_t ni, const uint8_t **pp,
+                 const uint8_t *end);
+static int check_enum(struct ck *c, const struct node *n, const uint8_t *v,
+                      const uint8_t *ve, const struct sl_codec_item *it);
+
+/* A value against a node with no keyword that descends into it or checks
+ * it again (F_SCALAR): no recursion, inlined into the object walk. */
+HOT int check_scalar(struct ck *c, const struct node *n,
+                               const uint8_t **pp, const uint8_t *end) {
+  const uint8_t *start = *pp;
+  struct sl_codec_item it;
+  if (rd(pp, end, &it) != 0)
+    return fail_text(c, "valid msgpack", NULL, 0, NULL);
+  if (!(n->tmask & type_of(&it)))
+    return fail_type(c, n);
+  switch (it.t) {
+  case SL_MP_STR:
+    if ((n->flags & (F_MINLEN | F_MAXLEN) || n->re >= 0) &&
+        check_str(c, n, it.s, it.n))
+      return 1;
+    break;
+  case SL_MP_ARR: case SL_MP_MAP:
+    if (skip_fast(pp, end, it.t == SL_MP_MAP ? 2 * (uint64_t)it.n : it.n))
+      return fail_text(c, "valid msgpack", NULL, 0, NULL);
+    break;
+  case SL_MP_INT: case SL_MP_UINT: case SL_MP_F32: case SL_MP_F64:
+    if ((n->flags & (F_MIN | F_MAX)) && check_num(c, n, &it))
+      return 1;
+    break;
+  default:
+    break;
+  }
+  if (n->flags & (F_ENUM | F_CONST))
+    return check_enum(c, n, start, *pp, &it);
+  return 0;
+}
+
+static int check_array(struct ck *c, const struct node *n, uint32_t count,
+                       const uint8_t **pp, const uint8_t *end) {
+  struct seg *sg;
+  uint32_t i;
+  if ((n->flags & F_MINITEMS) && count < n->minitems)
+    return fail_count(c, "at least ", n->minitems, " items");
+  if ((n->flags & F_MAXITEMS) && count > n->maxitems)
+    return fail_count(c, "at most ", n->maxitems, " items");
+  if (n->items < 0)
+    return skip_fast(pp, end, count) ? fail_text(c, "valid msgpack", NULL, 0, NULL) : 0;
+  if (c->nseg == MAX_SEGS)
+    return fail(c, "a value nested at most %d deep", MAX_SEGS);
+  sg = &c->seg[c->nseg++];
+  sg->key = NULL;
+  for (i = 0; i < count; i++) {
+    sg->index = i;
+    if (check(c, (uint32_t)n->items, pp, end))
+      return 1;
+  }
+  c->nseg--;
+  return 0;
+}
+
+static inline int same(const uint8_t *a, const uint8_t *b, uint32_t n) {
+  uint64_t x, y;
+  while (n >= 8) {
+    memcpy(&x, a, 8);
+    memcpy(&y, b, 8);
+    if (x != y)
+      return 0;
+    a += 8;
+    b += 8;
+    n -= 8;
+  }
+  while (n > 0) {
+    if (*a++ != *b++)
+      return 0;
+    n--;
+  }
+  return 1;
+}
+
+/* The first 8 bytes of key k (kl bytes, zero-padded); end bounds the
+ * read. */
+HOT uint64_t key_head(const uint8_t *k, uint32_t kl,
+                                const uint8_t *end) {
+  uint64_t x = 0;
+  if (sl_likely(end - k >= 8)) {
+    memcpy(&x, k, 8);
+    if (kl < 8)
+      x &= ((uint64_t)1 << (8 * kl)) - 1;
+  } else {
+    memcpy(&x, k, kl < 8 ? kl : 8);
+  }
+  return x;
+}
+
+HOT int key_is(const struct prop *pr, const uint8_t *k,
+                         uint32_t kl, uint64_t head) {
+  return pr->head == head && pr->len == kl &&
+         (kl <= 8 || same(pr->key + 8, k + 8, kl - 8));
+}
+
+/* The index among n's props of key k, or -1. Events usually list fields in
+ * the schema's order, so the one after the last match is tried first. */
+HOT int32_t find_prop(const struct sl_schema *s, const struct node *n,
+                         const uint8_t *k, uint32_t kl, const uint8_t *end,
+                         uint32_t *hint) {
+  const struct prop *pr = s->props + n->prop0;
+  const uint32_t *o = s->sorted + n->prop0;
+  uint32_t np = n->nprop, h = *hint, i, lo = 0, hi = np;
+  uint64_t head = key_head(k, kl, end);
+  if (h < np && key_is(&pr[h], k, kl, head)) {
+    *hint = h + 1;
+    return (int32_t)h;
+  }
+  if (np <= 16) {
+    for (i = 0; i < np; i++) {
+      if (key_is(&pr[i], k, kl, head)) {
+        *hint = i + 1;
+        return (int32_t)i;
+      }
+    }
+    return -1;
+  }
+  while (lo < hi) {
+    uint32_t mid = (lo + hi) / 2;
+    const struct prop *m = &s->props[o[mid]];
+    int r = m->len != kl ? (m->len < kl ? -1 : 1) : memcmp(m->key, k, kl);
+    if (r == 0) {
+      *hint = o[mid] - n->prop0 + 1;
+      return (int32_t)(o[mid] - n->prop0);
+    }
+    if (r < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return -1;
+}
+
+static int missing_required(struct ck *c, const struct node *n,
+                            const uint64_t *seen) {
+  const struct prop *pr = c->s->props + n->prop0;
+  uint32_t i;
+  for (i = 0; i < n->nprop; i++) {
+    int32_t r = pr[i].req;
+    if (r >= 0 && !(seen[r >> 6] & ((uint64_t)1 << (r & 63))))
+      return fail_text(c, "required property \"", pr[i].key, pr[i].len,
+                       "\"");
+  }
+  return 0;
+}
+
+static int check_object(struct ck *c, const struct node *n, uint32_t count,
+                        const uint8_t **pp, const uint8_t *end) {
+  uint64_t seen[MAX_REQUIRED / 64], seen0 = 0; /* seen[0] kept in seen0 */
+  const struct prop *props = c->s->props + n->prop0;
+  uint32_t hint = 0, i, w, nw = (n->nreq + 63u) / 64u;
+  struct sl_codec_item k;
+  struct seg *sg;
+  if (!(n->flags & (F_OBJ | F_ADDL_FALSE)) && n->addl < 0)
+    return skip_fast(pp, end, 2 * (uint64_t)count) ? fail_text(c, "valid msgpack", NULL, 0, NULL)
+                                                : 0;
+  for (w = 1; w < nw; w++)
+    seen[w] = 0;
+  if (c->nseg == MAX_SEGS)
+    return fail(c, "a value nested at most %d deep", MAX_SEGS);
+  sg = &c->seg[c->nseg++];
+  for (i = 0; i < count; i++) {
+    const struct node *cn;
+    const uint8_t *p = *pp;
+    int32_t j = -1;
+    if (sl_likely(p < end && (*p & 0xe0) == 0xa0 &&
+                  (size_t)(end - p) > (size_t)(*p & 0x1f))) {
+      k.t = SL_MP_STR; /* a fixstr key, read here: the common case */
+      k.s = p + 1;
+      k.n = *p & 0x1f;
+      *pp = p + 1 + k.n;
+    } else if (rd(pp, end, &k) != 0) {
+      return fail_text(c, "valid msgpack", NULL, 0, NULL);
+    }
+    if (sl_likely(k.t == SL_MP_STR)) {
+      sg->key = k.s;
+      sg->len = k.n;
+      j = find_prop(c->s, n, k.s, k.n, end, &hint);
+    } else {
+      sg->key = (const uint8_t *)"?"; /* a key JSON cannot name */
+      sg->len = 1;
+      if ((k.t == SL_MP_ARR || k.t == SL_MP_MAP) &&
+          skip_fast(pp, end, k.t == SL_MP_MAP ? 2 * (uint64_t)k.n : k.n))
+        return fail_text(c, "valid msgpack", NULL, 0, NULL);
+    }
+    if (j >= 0) {
+      const struct prop *pr = props + j;
+      cn = pr->child;
+      if (pr->req >= 0) {
+        if (pr->req < 64)
+          seen0 |= (uint64_t)1 << pr->req;
+        else
+          seen[pr->req >> 6] |= (uint64_t)1 << (pr->req & 63);
+      }
+    } else if (n->flags & F_ADDL_FALSE) {
+      return fail_text(c, "no such property (additionalProperties is false)",
+                       NULL, 0, NULL);
+    } else {
+      cn = n->addl >= 0 ? &c->s->nodes[n->addl] : NULL;
+    }
+    if (cn != NULL) {
+      if (cn->flags & F_SCALAR) {
+        if (check_scalar(c, cn, pp, end))
+          return 1;
+      } else if (check(c, (uint32_t)(cn - c->s->nodes), pp, end)) {
+        return 1;
+      }
+    } else if (skip_fast(pp, end, 1)) {
+      return fail_text(c, "valid msgpack", NULL, 0, NULL);
+    }
+  }
+  c->nseg--;
+  seen[0] = seen0;
+  if (n->nreq) {
+    for (w = 0; w + 1 < nw; w++)
+      if (seen[w] != UINT64_MAX)
+        return missing_required(c, n, seen);
+    if (seen[nw - 1] != (n->nreq % 64 ? ((uint64_t)1 << (n->nreq % 64)) - 1
+                                       : UINT64_MAX))
+      return missing_required(c, n, seen);
+  }
+  return 0;
+}
+
+/* ---- equality for enum and const -------------------------------------- */
+
+static uint64_t as_u64(const struct sl_codec_item *it) {
+  return it->t == SL_MP_INT ? (uint64_t)it->i : it->u;
+}
+
+/* Numbers are equal by value: 1 == 1.0, exactly for 64-bit integers. */
+static int num_eq(const struct sl_codec_item *x, const struct sl_codec_item *y) {
+  int xi = x->t == SL_MP_INT || x->t == SL_MP_UINT;
+  int yi = y->t == SL_MP_INT || y->t == SL_MP_UINT;
+  const struct sl_codec_item *in, *fl;
+  double d;
+  if (xi && yi) {
+    int xneg = x->t == SL_MP_INT && x->i < 0;
+    int yneg = y->t == SL_MP_INT && y->i < 0;
+    return xneg == yneg && as_u64(x) == as_u64(y);
+  }
+  if (!xi && !yi)
+    return item_double(x) == item_double(y);
+  in = xi ? x : y;
+  fl = xi ? y : x;
+  d = item_double(fl);
+  if (!integral(d))
+    return 0;
+  if (in->t == SL_MP_INT && in->i < 0)
+    return d >= -9223372036854775808.0 && (int64_t)d == in->i;
+  return d >= 0 && d < 18446744073709551616.0 && (uint64_t)d == as_u64(in);
+}
+
+/* Is the value at *a equal to the one at *b? Advances both past their
+ * values when it is. Maps compare as sets of pairs. */
+static int eq_value(const uint8_t **a, const uint8_t *ae, const uint8_t **b,
+                    const uint8_t *be, int depth) {
+  struct sl_codec_item x, y;
+  uint32_t i, j;
+  if (depth > SL_CODEC_MAX_DEPTH || rd(a, ae, &x) || rd(b, be, &y))
+    return 0;
+  if (is_number(&x) && is_number(&y))
+    return num_eq(&x, &y);
+  if (x.t != y.t)
+    return 0;
+  switch (x.t) {
+  case SL_MP_NIL: return 1;
+  case SL_MP_BOOL: return x.b == y.b;
+  case SL_MP_EXT:
+    if (x.ext != y.ext)
+      return 0;
+    /* fall through */
+  case SL_MP_STR: case SL_MP_BIN:
+    return x.n == y.n && memcmp(x.s, y.s, x.n) == 0;
+  case SL_MP_ARR:
+    if (x.n != y.n)
+      return 0;
+    for (i = 0; i < x.n; i++)
+      if (!eq_value(a, ae, b, be, depth + 1))
+        return 0;
+    return 1;
+  case SL_MP_MAP: {
+    const uint8_t *b0 = *b;
+    if (x.n != y.n || skip_n(b, be, 2 * (uint64_t)y.n))
+      return 0;
+    for (i = 0; i < x.n; i++) {
+      const uint8_t *ka = *a, *va, *q = b0, *kb, *vb, *t1, *t2;
+      int found = 0;
+      if (skip_n(a, ae, 1))
+        return 0;
+      va = *a;
+      if (skip_n(a, ae, 1))
+        return 0;
+      for (j = 0; j < y.n && !found; j++) {
+        kb = q;
+        if (skip_n(&q, be, 1))
+          return 0;
+        vb = q;
+        if (skip_n(&q, be, 1))
+          return 0;
+        t1 = ka;
+        t2 = kb;
+        if (!eq_value(&t1, ae, &t2, be, depth + 1))
+          continue;
+        t1 = va;
+        t2 = vb;
+        if (!eq_value(&t1, ae, &t2, be, depth + 1))
+          return 0;
+        found = 1;
+      }
+      if (!found)
+        return 0;
+    }
+    return 1;
+  }
+  default: return 0;
+  }
+}
+
+static int equal(const uint8_t *a, const uint8_t *ae, const struct span *v) {
+  const uint8_t *b = v->p;
+  return eq_value(&a, ae, &b, v->p + v->n, 0);
+}
+
+static int check_enum(struct ck *c, const struct node *n, const uint8_t *v,
+                      const uint8_t *ve, const struct sl_codec_item *it) {
+  const struct sl_schema *s = c->s;
+  uint32_t i;
+  if (it->t == SL_MP_STR && !(n->flags & F_CONST)) {
+    for (i = 0; i < n->nenum; i++) { /* strings: bytes, no decoding */
+      const struct span *e = &s->vals[n->enum0 + i];
+      if (e->str && e->strn == it->n && same(e->str, it->s, it->n))
+        return 0;
+    }
+    return fail_text(c, (const char *)s->strs.data + n->emsg, NULL, 0,
+                     NULL);
+  }
+  if (n->flags & F_CONST) {
+    if (!equal(v, ve, &s->vals[n->konst]))
+      return fail_text(c, (const char *)s->strs.data + n->cmsg, NULL, 0,
+                       NULL);
+  }
+  if (n->flags & F_ENUM) {
+    for (i = 0; i < n->nenum; i++)
+      if (equal(v, ve, &s->vals[n->enum0 + i]))
+        return 0;
+    return fail_text(c, (const char *)s->strs.data + n->emsg, NULL, 0,
+                     NULL);
+  }
+  return 0;
+}
+
+/* ---- $ref, anyOf, oneOf ----------------------------------------------- */
+
+/* No branch matched: run them again for errors and report the one that
+ * got deepest into the value. */
+static int branch_fail(struct ck *c, uint32_t k0, uint32_t nk,
+                       const uint8_t *start, const uint8_t *end,
+                       const char *kw) {
+  struct sl_schema_error *e = c->e, tmp;
+  int nseg = c->nseg;
+  size_t best = 0, score;
+  uint32_t i, besti = 0;
+  if (e == NULL)
+    return 1;
+  for (i = 0; i < nk; i++) {
+    const uint8_t *q = start;
+    c->e = &tmp;
+    c->nseg = nseg;
+    if (check(c, c->s->kids[k0 + i], &q, end) == 0)
+      continue; /* only when the budget ran out the first time */
+    /* deepest first; at one depth, not a mere type mismatch */
+    score = 2 * strlen(tmp.path) + !c->type_failed;
+    if (i == 0 || score > best) {
+      best = score;
+      besti = i;
+      *e = tmp;
+    }
+  }
+  c->e = e;
+  c->nseg = nseg;
+  {
+    char msg[sizeof(e->msg)];
+    snprintf(msg, sizeof(msg), "%.160s (%s branch %u)", e->msg, kw, besti);
+    memcpy(e->msg, msg, sizeof(msg));
+  }
+  return 1;
+}
+
+static int check_more(struct ck *c, const struct node *n, const uint8_t *start,
+                      const uint8_t *end) {
+  struct sl_schema_error *e = c->e;
+  const uint8_t *q;
+  int nseg = c->nseg, matched = -1, ok = 0;
+  uint32_t i;
+  if (n->ref >= 0) {
+    q = start;
+    if (check(c, (uint32_t)n->ref, &q, end))
+      return 1;
+  }
+  c->e = NULL; /* a failing branch is no error yet */
+  for (i = 0; i < n->nany && !ok; i++) {
+    q = start;
+    c->nseg = nseg;
+    ok = check(c, c->s->kids[n->any0 + i], &q, end) == 0;
+  }
+  c->e = e;
+  c->nseg = nseg;
+  if (n->nany && !ok)
+    return branch_fail(c, n->any0, n->nany, start, end, "anyOf");
+  c->e = NULL;
+  for (i = 0; i < n->none; i++) {
+    q = start;
+    c->nseg = nseg;
+    if (check(c, c->s->kids[n->one0 + i], &q, end) != 0)
+      continue;
+    if (matched >= 0) {
+      c->e = e;
+      c->nseg = nseg;
+      return fail(c, "exactly one oneOf branch (%d and %u both match)",
+                  matched, i);
+    }
+    matched = (int)i;
+  }
+  c->e = e;
+  c->nseg = nseg;
+  if (n->none && matched < 0)
+    return branch_fail(c, n->one0, n->none, start, end, "oneOf");
+  return 0;
+}
+
+static int check(struct ck *c, uint32_t ni, const uint8_t **pp,
+                 const uint8_t *end) {
+  const struct node *n = &c->s->nodes[ni];
+  const uint8_t *start = *pp;
+  struct sl_codec_item it;
+  if (sl_unlikely(--c->budget < 0))
+    return fail(c, "a value this schema can check in bounded time");
+  if (n->flags & F_SCALAR)
+    return check_scalar(c, n, pp, end);
+  if (sl_unlikely(n->flags & F_FALSE))
+    return fail(c, "nothing (the schema is false)");
+  if (rd(pp, end, &it) != 0)
+    return fail_text(c, "valid msgpack", NULL, 0, NULL);
+  if (!(n->tmask & type_of(&it)))
+    return fail_type(c, n);
+  switch (it.t) {
+  case SL_MP_STR:
+    if (check_str(c, n, it.s, it.n))
+      return 1;
+    break;
+  case SL_MP_ARR:
+    if (check_array(c, n, it.n, pp, end))
+      return 1;
+    break;
+  case SL_MP_MAP:
+    if (check_object(c, n, it.n, pp, end))
+      return 1;
+    break;
+  case SL_MP_INT: case SL_MP_UINT: case SL_MP_F32: case SL_MP_F64:
+    if ((n->flags & (F_MIN | F_MAX)) && check_num(c, n, &it))
+      return 1;
+    break;
+  default:
+    break;
+  }
+  if (sl_unlikely(n->flags & (F_ENUM | F_CONST)) &&
+      check_enum(c, n, start, *pp, &it))
+    return 1;
+  if (sl_unlikely(n->flags & F_MORE))
+    return check_more(c, n, start, end);
+  return 0;
+}
+
+int sl_schema_check(const struct sl_schema *s, const uint8_t *p, size_t n,
+                    struct sl_schema_error *e) {
+  struct ck c;
+  const uint8_t *q = p;
+  c.s = s;
+  c.e = e;
+  c.nseg = 0;
+  c.budget = ((int64_t)n + 64) * (int64_t)s->nnodes * 8;
+  if (e) {
+    e->path[0] = '\0';
+    e->msg[0] = '\0';
+  }
+  return check(&c, 0, &q, p + n) ? SL_EINVAL : 0;
+}
+
+/* ---- comparing versions ----------------------------------------------- */
+
+struct cmp {
+  const struct sl_schema *a, *b; /* older, newer */
+  void (*report)(void *data, int breaking, const char *path,
+                 const char *what);
+  void *data;
+  int breaking, depth;
+  char path[512];
+  size_t plen;
+};
+
+static void say(struct cmp *c, int breaking, const char *fmt, ...)
+    SL_PRINTF(3, 4);
+static void say(struct cmp *c, int breaking, const char *fmt, ...) {
+  char what[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(what, sizeof(what), fmt, ap);
+  va_end(ap);
+  c->breaking += breaking;
+  if (c->report)
+    c->report(c->data, breaking, c->path, what);
+}
+
+static void value_text(char *b, size_t cap, const struct span *v) {
+  struct sl_buf j;
+  sl_buf_init(&j);
+  if (sl_codec_to_json(v->p, v->n, &j) == 0)
+    snprintf(b, cap, "%.*s", (int)(j.len > 200 ? 200 : j.len),
+             (const char *)j.data);
+  else
+    snprintf(b, cap, "?");
+  sl_buf_close(&j);
+}
+
+/* A bound: has/value in the older and newer. up_breaks: raising it
+ * narrows (a minimum); otherwise lowering it does (a maximum). */
+static void cmp_bound(struct cmp *c, const char *kw, int ha, double va, int hb,
+                      double vb, int up_breaks) {
+  if (!ha && !hb)
+    return;
+  if (!ha)
+    say(c, 1, "%s %.15g added", kw, vb);
+  else if (!hb)
+    say(c, 0, "%s %.15g removed", kw, va);
+  else if (va != vb)
+    say(c, (vb > va) == up_breaks, "%s %s from %.15g to %.15g", kw,
+        vb > va ? "raised" : "lowered", va, vb);
+}
+
+static void cmp_node(struct cmp *c, uint32_t oa, uint32_t ob);
+
+static void cmp_sub(struct cmp *c, uint32_t oa, uint32_t ob, const char *k1,
+                    const void *k2, size_t k2len, int64_t index) {
+  size_t saved = c->plen;
+  c->plen = path_key(c->path, c->plen, sizeof(c->path), k1, strlen(k1));
+  if (k2)
+    c->plen = path_key(c->path, c->plen, sizeof(c->path), k2, k2len);
+  else if (index >= 0)
+    c->plen = path_index(c->path, c->plen, sizeof(c->path), (uint64_t)index);
+  cmp_node(c, oa, ob);
+  c->plen = saved;
+  c->path[saved] = '\0';
+}
+
+static const struct prop *prop_named(const struct sl_schema *s,
+                                     const struct node *n, const uint8_t *k,
+                                     uint32_t len) {
+  uint32_t i;
+  for (i = 0; i < n->nprop; i++)
+    if (s->props[n->prop0 + i].len == len &&
+        memcmp(s->props[n->prop0 + i].key, k, len) == 0)
+      return &s->props[n->prop0 + i];
+  return NULL;
+}
+
+static void cmp_props(struct cmp *c, const struct node *a,
+                      const struct node *b) {
+  uint32_t i;
+  for (i = 0; i < a->nprop; i++) {
+    const struct prop *pa = &c->a->props[a->prop0 + i];
+    const struct prop *pb = prop_named(c->b, b, pa->key, pa->len);
+    int na = pa->node >= 0, nb = pb && pb->node >= 0;
+    int ra = pa->req >= 0, rb = pb && pb->req >= 0;
+    const char *k = (const char *)pa->key;
+    int kl = (int)pa->len;
+    if (na && !nb)
+      say(c, 1, "field \"%.*s\" removed", kl, k);
+    else if (na && nb)
+      cmp_sub(c, (uint32_t)pa->node, (uint32_t)pb->node, "properties",
+              pa->key, pa->len, -1);
+    else if (nb)
+      say(c, rb && !ra, "%s field \"%.*s\" added",
+          rb ? "required" : "optional", kl, k);
+    if (!ra && rb && !(nb && !na))
+      say(c, 1, "field \"%.*s\" made required", kl, k);
+    else if (ra && !rb)
+      say(c, 0, "field \"%.*s\" made optional", kl, k);
+  }
+  for (i = 0; i < b->nprop; i++) {
+    const struct prop *pb = &c->b->props[b->prop0 + i];
+    if (prop_named(c->a, a, pb->key, pb->len) != NULL)
+      continue;
+    if (pb->node >= 0)
+      say(c, pb->req >= 0, "%s field \"%.*s\" added",
+          pb->req >= 0 ? "required" : "optional", (int)pb->len,
+          (const char *)pb->key);
+    else if (pb->req >= 0)
+      say(c, 1, "field \"%.*s\" made required", (int)pb->len,
+          (const char *)pb->key);
+  }
+}
+
+static void cmp_addl(struct cmp *c, const struct node *a,
+                     const struct node *b) {
+  static const char *const names[] = {"true", "false", "a schema"};
+  int sa = a->flags & F_ADDL_FALSE ? 1 : a->addl >= 0 ? 2 : 0;
+  int sb = b->flags & F_ADDL_FALSE ? 1 : b->addl >= 0 ? 2 : 0;
+  if (sa == 2 && sb == 2)
+    cmp_sub(c, (uint32_t)a->addl, (uint32_t)b->addl, "additionalProperties",
+            NULL, 0, -1);
+  else if (sa != sb) /* true < a schema < false, by what they allow */
+    say(c, (sb == 1) || (sa == 0 && sb == 2),
+        "additionalProperties changed from %s to %s", names[sa], names[sb]);
+}
+
+static int in_vals(const struct sl_schema *s, uint32_t v0, uint32_t nv,
+                   const struct span *v) {
+  uint32_t i;
+  for (i = 0; i < nv; i++)
+    if (equal(v->p, v->p + v->n, &s->vals[v0 + i]))
+      return 1;
+  return 0;
+}
+
+static void cmp_values(struct cmp *c, const struct node *a,
+                       const struct node *b) {
+  char t[256], u[256];
+  uint32_t i;
+  if ((a->flags & F_ENUM) && (b->flags & F_ENUM)) {
+    for (i = 0; i < a->nenum; i++)
+      if (!in_vals(c->b, b->enum0, b->nenum, &c->a->vals[a->enum0 + i])) {
+        value_text(t, sizeof(t), &c->a->vals[a->enum0 + i]);
+        say(c, 1, "enum value %s removed", t);
+      }
+    for (i = 0; i < b->nenum; i++)
+      if (!in_vals(c->a, a->enum0, a->nenum, &c->b->vals[b->enum0 + i])) {
+        value_text(t, sizeof(t), &c->b->vals[b->enum0 + i]);
+        say(c, 0, "enum value %s added", t);
+      }
+  } else if (b->flags & F_ENUM) {
+    say(c, 1, "enum added");
+  } else if (a->flags & F_ENUM) {
+    say(c, 0, "enum removed");
+  }
+  if ((a->flags & F_CONST) && (b->flags & F_CONST)) {
+    const struct span *va = &c->a->vals[a->konst], *vb = &c->b->vals[b->konst];
+    if (!equal(va->p, va->p + va->n, vb)) {
+      value_text(t, sizeof(t), va);
+      value_text(u, sizeof(u), vb);
+      say(c, 1, "const changed from %s to %s", t, u);
+    }
+  } else if (b->flags & F_CONST) {
+    say(c, 1, "const added");
+  } else if (a->flags & F_CONST) {
+    say(c, 0, "const removed");
+  }
+}
+
+static void cmp_branches(struct cmp *c, const char *kw, uint32_t a0,
+                         uint32_t na, uint32_t b0, uint32_t nb) {
+  uint32_t i;
+  for (i = 0; i < na && i < nb; i++)
+    cmp_sub(c, c->a->kids[a0 + i], c->b->kids[b0 + i], kw, NULL, 0, i);
+  for (; i < na; i++) /* dropping the keyword altogether widens */
+    say(c, nb > 0, "%s branch %u removed", kw, i);
+  for (; i < nb; i++)
+    say(c, nb > 0 && na == 0, "%s branch %u added", kw, i);
+}
+
+static void cmp_refs(struct cmp *c, const struct node *a,
+                     const struct node *b) {
+  const char *ra = (const char *)c->a->strs.data + a->refname;
+  const char *rb = (const char *)c->b->strs.data + b->refname;
+  if (a->ref >= 0 && b->ref >= 0 && strcmp(ra, rb) != 0)
+    say(c, 1, "$ref changed from \"%s\" to \"%s\"", ra, rb);
+  else if (a->ref < 0 && b->ref >= 0)
+    say(c, 1, "$ref \"%s\" added", rb);
+  else if (a->ref >= 0 && b->ref < 0)
+    say(c, 0, "$ref \"%s\" removed", ra);
+}
+
+static void cmp_node(struct cmp *c, uint32_t oa, uint32_t ob) {
+  const struct node *a = &c->a->nodes[oa], *b = &c->b->nodes[ob];
+  unsigned ta = a->types ? a->types : T_ALL, tb = b->types ? b->types : T_ALL;
+  char x[128], y[128];
+  if (++c->depth > 2 * SL_SCHEMA_MAX_DEPTH)
+    goto done;
+  if ((a->flags & F_FALSE) != (b->flags & F_FALSE))
+    say(c, !!(b->flags & F_FALSE), "schema %s", b->flags & F_FALSE
+        ? "changed to false (no value fits)" : "changed from false");
+  if (ta != tb) {
+    type_text(x, sizeof(x), ta, "/");
+    type_text(y, sizeof(y), tb, "/");
+    say(c, (ta & ~tb) != 0, "type %s from %s to %s",
+        (ta & ~tb) ? "narrowed" : "widened", x, y);
+  }
+  cmp_bound(c, "minimum", !!(a->flags & F_MIN), a->min, !!(b->flags & F_MIN),
+            b->min, 1);
+  cmp_bound(c, "maximum", !!(a->flags & F_MAX), a->max, !!(b->flags & F_MAX),
+            b->max, 0);
+  cmp_bound(c, "minLength", !!(a->flags & F_MINLEN), a->minlen,
+            !!(b->flags & F_MINLEN), b->minlen, 1);
+  cmp_bound(c, "maxLength", !!(a->flags & F_MAXLEN), a->maxlen,
+            !!(b->flags & F_MAXLEN), b->maxlen, 0);
+  cmp_bound(c, "minItems", !!(a->flags & F_MINITEMS), a->minitems,
+            !!(b->flags & F_MINITEMS), b->minitems, 1);
+  cmp_bound(c, "maxItems", !!(a->flags & F_MAXITEMS), a->maxitems,
+            !!(b->flags & F_MAXITEMS), b->maxitems, 0);
+  if (b->re >= 0 && (a->re < 0 || strcmp((const char *)c->a->strs.data + a->pat,
+                                         (const char *)c->b->strs.data + b->pat)))
+    say(c, 1, "pattern \"%s\" %s", (const char *)c->b->strs.data + b->pat,
+        a->re < 0 ? "added" : "replaces the old one");
+  else if (a->re >= 0 && b->re < 0)
+    say(c, 0, "pattern removed");
+  cmp_values(c, a, b);
+  cmp_props(c, a, b);
+  cmp_addl(c, a, b);
+  if (a->items >= 0 && b->items >= 0)
+    cmp_sub(c, (uint32_t)a->items, (uint32_t)b->items, "items", NULL, 0, -1);
+  else if (a->items != b->items)
+    say(c, b->items >= 0, "items schema %s", b->items >= 0 ? "added"
+                                                           : "removed");
+  cmp_branches(c, "anyOf", a->any0, a->nany, b->any0, b->nany);
+  cmp_branches(c, "oneOf", a->one0, a->none, b->one0, b->none);
+  cmp_refs(c, a, b);
+done:
+  c->depth--;
+}
+
+int sl_schema_compare(const struct sl_schema *older,
+                      const struct sl_schema *newer,
+                      void (*report)(void *data, int breaking,
+                                     const char *path, const char *what),
+                      void *data) {
+  struct cmp c;
+  uint32_t i;
+  int32_t d;
+  memset(&c, 0, sizeof(c));
+  c.a = older;
+  c.b = newer;
+  c.report = report;
+  c.data = data;
+  cmp_node(&c, 0, 0);
+  for (i = 0; i < older->ndefs; i++) {
+    const struct def *da = &older->defs[i];
+    d = find_def(newer, da->name, da->len);
+    if (d >= 0 && da->node >= 0 && newer->defs[d].node >= 0) {
+      cmp_sub(&c, (uint32_t)da->node, (uint32_t)newer->defs[d].node, "$defs",
+              da->name, da->len, -1);
+    } else if (d < 0) {
+      c.plen = path_key(c.path, 0, sizeof(c.path), "$defs", 5);
+      c.plen = path_key(c.path, c.plen, sizeof(c.path), da->name, da->len);
+      say(&c, 0, "definition removed");
+      c.plen = 0;
+      c.path[0] = '\0';
+    }
+  }
+  return c.breaking;
+}
