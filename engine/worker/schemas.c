@@ -175,6 +175,7 @@ static int named_version(const struct sl_schema_contract *k,
   size_t mlen = k->version_field ? plen : hlen, vlen;
   struct sl_str str;
   uint64_t u;
+  size_t used;
   if (map == NULL || mlen == 0 ||
       ((*map & 0xf0) != 0x80 && *map != 0xde && *map != 0xdf))
     return 0;
@@ -184,7 +185,7 @@ static int named_version(const struct sl_schema_contract *k,
     snprintf(raw, rawlen, "%.*s", (int)(str.len < 40 ? str.len : 40), str.p);
     return sl_config_version_parse(str.p, str.len, code) == 0 ? 1 : -1;
   }
-  if (sl_codec_read_uint(val, vlen, &u, NULL) == 0) {
+  if (sl_codec_read_uint(val, vlen, &u, &used) == 0) {
     snprintf(raw, rawlen, "%llu", (unsigned long long)u);
     return sl_config_version_parse(raw, strlen(raw), code) == 0 ? 1 : -1;
   }

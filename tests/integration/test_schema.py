@@ -314,7 +314,7 @@ def test_reload_of_schemas_all_or_nothing_and_no_breaking_change_in_place(
     assert counts(admin, version="3")["valid"] == 1
     # bad: one broken file refuses the whole reload; v3 stays the newest
     (d / "broken.v4.json").write_text('{"type": "object", "properties": ')
-    bad = three[:-4] + ',\n    { topics = "orders.*", file = "%s/broken.v4.json" },\n  }' % d
+    bad = three[:-4] + '\n    { topics = "orders.*", file = "%s/broken.v4.json" },\n  }' % d
     line = reload(eng, config(port, admin, bad), 2)
     assert line["msg"] == "config reload rejected; the running config stays"
     assert "schemas[4].file" in line["error"]
@@ -455,8 +455,9 @@ def test_example_curl_commands_are_accepted_and_refused_as_the_readme_says(sluic
         results.append(json.loads(r.stdout))
     assert results[0] == {"accepted": 1}
     readme = (ROOT / "README.md").read_text()
-    shown = readme.split("names the event's index in the batch")[1]
-    shown = json.loads(shown.split("`")[1])
+    shown = readme.split('`{"error":"contract orders.* version 2: /qty')[1]
+    shown = json.loads('{"error":"contract orders.* version 2: /qty' +
+                       shown.split("`")[0])
     assert results[1] == shown
     got = wait_for(lambda: read_ndjson(eng.path("var/orders.ndjson")), timeout=10,
                    what="the accepted order")
