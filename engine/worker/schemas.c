@@ -31,6 +31,7 @@ struct sl_schemas {
   struct counter ***idx; /* [contract][version], [nversions]: unknown */
   int nidx;
   struct counter *all, *outputs;
+  int any_output; /* an output of built has a schema */
   struct sl_log_limiter log;
   char why[640]; /* the last misfit, for the tap (r->reason, r->schema) */
 };
@@ -101,10 +102,13 @@ static int build(struct sl_schemas *s) {
   const struct sl_config *cfg = s->w->cfg;
   int i, j;
   free_idx(s);
+  s->any_output = 0;
   for (i = 0; i < cfg->noutputs; i++) /* their series show from the start */
-    if (cfg->outputs[i].schema &&
-        counter_of(&s->outputs, cfg->outputs[i].name, "") == NULL)
-      return SL_ENOMEM;
+    if (cfg->outputs[i].schema) {
+      s->any_output = 1;
+      if (counter_of(&s->outputs, cfg->outputs[i].name, "") == NULL)
+        return SL_ENOMEM;
+    }
   if (cfg->nschemas == 0) {
     s->built = cfg;
     return 0;
@@ -438,7 +442,7 @@ void sl_schemas_outputs(struct sl_worker *w, struct sl_rules_result *r) {
   const char *name = NULL;
   int i, kept = 0, dead = cfg->dead_letter;
 
-  if (s == NULL)
+  if (s == NULL || (s->built != cfg && build(s) != 0) || !s->any_output)
     return;
   for (i = 0; i < r->ntargets; i++) {
     int t = r->targets[i];

@@ -153,7 +153,7 @@ int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
     const char *mark = r.schema;
     sl_rules_decide(w->rules, ev, &r);
     r.schema = mark;
-    if (w->cfg->noutputs && r.ntargets)
+    if (r.ntargets)
       sl_schemas_outputs(w, &r);
   }
   if (r.outcome == SL_RULES_UNROUTED)
