@@ -200,7 +200,7 @@ static void on_change(void *data, int breaking, const char *path,
     *off = sizeof(c->breaking) - 1;
 }
 
-int sl_lint_schemas(const struct sl_config *cfg) {
+int sl_lint_schemas(const struct sl_config *cfg, int info) {
   int i, j, errors = 0;
   for (i = 0; i < cfg->nschemas; i++) {
     const struct sl_schema_contract *k = &cfg->schemas[i];
@@ -212,15 +212,24 @@ int sl_lint_schemas(const struct sl_config *cfg) {
       memset(&ch, 0, sizeof(ch));
       nb = sl_schema_compare(a->schema, b->schema, on_change, &ch);
       if (nb > 0 && (a->code >> 16) == (b->code >> 16)) {
+        errors++;
+        if (info)
+          continue;
         fprintf(stderr, "%s: error: %s %s breaks readers of %s: %s; a "
                 "breaking change needs a new major version\n", b->file,
                 k->topics, b->version, a->version, ch.breaking);
-        errors++;
-      } else if (nb > 0) {
+        continue;
+      }
+      if (!info)
+        continue;
+      if (nb > 0) {
         printf("info: %s %s breaks readers of %s (a new major version): "
                "%s\n", k->topics, b->version, a->version, ch.breaking);
       }
-      if (ch.nc)
+      if (ch.nc && nb > 0)
+        printf("info: %s %s also changes compatibly from %s: %s\n",
+               k->topics, b->version, a->version, ch.compatible);
+      else if (ch.nc)
         printf("info: %s %s is compatible with %s: %s\n", k->topics,
                b->version, a->version, ch.compatible);
       else if (nb == 0)

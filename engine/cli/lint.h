@@ -19,8 +19,9 @@ int sl_lint_routes(const struct sl_config *cfg, const char *path);
 
 /* Compare each contract's consecutive versions (oldest first): a change
  * that breaks readers of the older one within the same MAJOR is an error
- * (stderr), across a major bump it is reported (stdout), as are the
- * compatible changes. Returns the number of errors. */
-int sl_lint_schemas(const struct sl_config *cfg);
+ * (printed to stderr unless info); across a major bump it is reported,
+ * as are the compatible changes (printed to stdout when info). Returns
+ * the number of errors. */
+int sl_lint_schemas(const struct sl_config *cfg, int info);
 
 #endif

@@ -317,7 +317,7 @@ static int cmd_check(const char *path, const char *events, int strict) {
     return 1;
   }
   sl_rules_free(rs);
-  if (sl_lint_schemas(cfg) > 0) {
+  if (sl_lint_schemas(cfg, 0) > 0) {
     fprintf(stderr, "sluice: %s: schemas rejected\n", path);
     sl_config_free(cfg);
     return 1;
@@ -329,6 +329,7 @@ static int cmd_check(const char *path, const char *events, int strict) {
          cfg->rules.dir ? ", rules in " : "",
          cfg->rules.dir ? cfg->rules.dir : "",
          warnings ? "; with warnings" : "");
+  sl_lint_schemas(cfg, 1); /* what changed between versions, after ok */
   sl_config_free(cfg);
   if (warnings && strict)
     return 1;
