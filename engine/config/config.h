@@ -154,6 +154,7 @@ struct sl_schema_version {
 /* The entries of schemas with the same topics glob: one contract. */
 struct sl_schema_contract {
   char *topics;
+  size_t topics_len;
   enum sl_schema_mode mode;       /* default enforce */
   char *version_header;           /* default "schema-version" */
   char *version_field;            /* a payload field instead; NULL: none */

@@ -157,6 +157,7 @@ static struct sl_schema_contract *contract_for(struct sl_config *cfg,
   k = &cfg->schemas[cfg->nschemas++];
   memset(k, 0, sizeof(*k));
   k->topics = strdup(topics);
+  k->topics_len = strlen(topics);
   k->default_version = -1;
   return k->topics ? k : NULL;
 }

@@ -240,12 +240,14 @@ enum sl_schema_result sl_schemas_check(struct sl_worker *w, struct sl_str topic,
   v->result = SL_SCHEMA_NONE;
   v->contract = NULL;
   v->version = -1;
-  for (i = 0; i < cfg->nschemas; i++)
-    if (sl_router_glob(cfg->schemas[i].topics, strlen(cfg->schemas[i].topics),
-                       topic.p, topic.len)) {
-      k = &cfg->schemas[i];
+  for (i = 0; i < cfg->nschemas; i++) {
+    const struct sl_schema_contract *c = &cfg->schemas[i];
+    if ((c->topics_len == 1 && c->topics[0] == '*') ||
+        sl_router_glob(c->topics, c->topics_len, topic.p, topic.len)) {
+      k = c;
       break;
     }
+  }
   if (k == NULL)
     return SL_SCHEMA_NONE;
   v->contract = k;
