@@ -7,8 +7,8 @@ compatible and breaking pairs. Counts on /metrics are exact."""
 import json
 import subprocess
 
-from conftest import (free_port, metric, read_ndjson, run_sluice, scrape,
-                      send_events, wait_for, wait_lines)
+from conftest import (SLUICE_BIN, free_port, metric, read_ndjson, run_sluice,
+                      scrape, send_events, wait_for, wait_lines)
 from helpers_http import curl
 
 ORDER_V1 = {"type": "object", "required": ["sku"],
@@ -148,17 +148,26 @@ def test_warn_mode_passes_the_event_on_counts_it_and_marks_it_on_the_tap(
     tap = subprocess.Popen(["curl", "-sN", "--max-time", "20",
                             "http://127.0.0.1:%d/tap?topics=orders.*&limit=2" % admin],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # and `sluice tap`, the command people run, in its text form
+    cli = subprocess.Popen([SLUICE_BIN, "tap", "-c", str(eng.config), "--limit", "2"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: metric("127.0.0.1:%d" % admin, "sluice_tap_clients") == 1,
-                 what="the tap client")
+        wait_for(lambda: metric("127.0.0.1:%d" % admin, "sluice_tap_clients") == 2,
+                 what="the tap clients")
         send_events("127.0.0.1:%d" % port, [
             {"id": "w1", "topic": "orders.new", "payload": {"qty": 3}},
             {"id": "w2", "topic": "orders.new", "payload": {"sku": "fine"}}])
         lines, _ = tap.communicate(timeout=15)
+        text, _ = cli.communicate(timeout=15)
     finally:
-        if tap.poll() is None:
-            tap.kill()
-            tap.wait()
+        for p in (tap, cli):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    text = text.decode().splitlines()
+    assert len(text) == 2
+    assert " schema=\"contract orders.* version 2: " in text[0] and "id=w1" in text[0]
+    assert "schema=" not in text[1]
     out = [json.loads(l) for l in wait_lines(eng.path("out.ndjson"), 2)]
     assert [e["id"] for e in out] == ["w1", "w2"]
     assert "sluice-error" not in (out[0].get("headers") or {})
