@@ -261,6 +261,23 @@ int sl_config_schemas(void *L, int t, const char *file, const char *dir,
                       struct sl_config *cfg, struct sl_buf *err);
 void sl_config_schemas_free(struct sl_config *cfg);
 
+struct sl_schema_error;
+
+/* The first contract of cfg whose topics glob matches the topic (and its
+ * index in *index when not NULL), or NULL. */
+const struct sl_schema_contract *
+sl_config_schema_find(const struct sl_config *cfg, const char *topic,
+                      size_t len, int *index);
+
+/* The index in k->versions of the version an event falls under: the one
+ * it names (k's header in headers, or its payload field), else
+ * default_version, else the newest. -1 when it names a version k lacks
+ * or one that is no version: e says so. */
+int sl_config_schema_version(const struct sl_schema_contract *k,
+                             const uint8_t *headers, size_t hlen,
+                             const uint8_t *payload, size_t plen,
+                             struct sl_schema_error *e);
+
 /* Release a config; NULL is a no-op. */
 void sl_config_free(struct sl_config *c);
 

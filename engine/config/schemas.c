@@ -14,7 +14,9 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "codec.h"
 #include "config.h"
+#include "router.h"
 #include "schema.h"
 
 struct sctx {
@@ -366,6 +368,80 @@ done:
   free(defaults);
   lua_pop(L, 1);
   return c.nerr;
+}
+
+/* The version the event names: a str (or a non-negative int) at the
+ * contract's header or payload field. 1 found (*code), 0 none, -1 one
+ * that is not a version (raw gets its text). */
+static int named_version(const struct sl_schema_contract *k,
+                         const uint8_t *headers, size_t hlen,
+                         const uint8_t *payload, size_t plen, uint32_t *code,
+                         char *raw, size_t rawlen) {
+  const char *name = k->version_field ? k->version_field : k->version_header;
+  const uint8_t *map = k->version_field ? payload : headers, *val;
+  size_t mlen = k->version_field ? plen : hlen, vlen;
+  struct sl_str str;
+  uint64_t u;
+  size_t used;
+  if (map == NULL || mlen == 0 ||
+      ((*map & 0xf0) != 0x80 && *map != 0xde && *map != 0xdf))
+    return 0;
+  if (sl_codec_map_find(map, mlen, name, strlen(name), &val, &vlen) != 0)
+    return 0;
+  if (sl_codec_read_str(val, vlen, &str, NULL) == 0) {
+    snprintf(raw, rawlen, "%.*s", (int)(str.len < 40 ? str.len : 40), str.p);
+    return sl_config_version_parse(str.p, str.len, code) == 0 ? 1 : -1;
+  }
+  if (sl_codec_read_uint(val, vlen, &u, &used) == 0) {
+    snprintf(raw, rawlen, "%llu", (unsigned long long)u);
+    return sl_config_version_parse(raw, strlen(raw), code) == 0 ? 1 : -1;
+  }
+  snprintf(raw, rawlen, "(not a string)");
+  return -1;
+}
+
+int sl_config_schema_version(const struct sl_schema_contract *k,
+                             const uint8_t *headers, size_t hlen,
+                             const uint8_t *payload, size_t plen,
+                             struct sl_schema_error *e) {
+  char raw[48], known[100];
+  size_t off = 0;
+  uint32_t code = 0;
+  int i, rc = named_version(k, headers, hlen, payload, plen, &code, raw,
+                            sizeof(raw));
+  if (rc == 0)
+    return k->default_version >= 0 ? k->default_version : k->nversions - 1;
+  for (i = 0; rc == 1 && i < k->nversions; i++)
+    if (sl_config_version_order(k->versions[i].code) ==
+        sl_config_version_order(code))
+      return i;
+  for (i = 0; i < k->nversions && off < sizeof(known) - 20; i++)
+    off += (size_t)snprintf(known + off, sizeof(known) - off, "%s%s",
+                            i ? ", " : "", k->versions[i].version);
+  snprintf(e->path, sizeof(e->path), "%s%s",
+           k->version_field ? "/" : "",
+           k->version_field ? k->version_field : "");
+  snprintf(e->msg, sizeof(e->msg),
+           "a known schema version (%s) in %s %s, got \"%s\"", known,
+           k->version_field ? "payload field" : "header",
+           k->version_field ? k->version_field : k->version_header, raw);
+  return -1;
+}
+
+const struct sl_schema_contract *
+sl_config_schema_find(const struct sl_config *cfg, const char *topic,
+                      size_t len, int *index) {
+  int i;
+  for (i = 0; i < cfg->nschemas; i++) {
+    const struct sl_schema_contract *c = &cfg->schemas[i];
+    if ((c->topics_len == 1 && c->topics[0] == '*') ||
+        sl_router_glob(c->topics, c->topics_len, topic, len)) {
+      if (index)
+        *index = i;
+      return c;
+    }
+  }
+  return NULL;
 }
 
 void sl_config_schemas_free(struct sl_config *cfg) {

@@ -14,7 +14,6 @@
 
 #include "codec.h"
 #include "log.h"
-#include "router.h"
 #include "rules.h"
 #include "worker.h"
 
@@ -167,66 +166,6 @@ void sl_schemas_free(struct sl_worker *w) {
   w->schemas = NULL;
 }
 
-/* The version the event names: a str (or a non-negative int) at the
- * contract's header or payload field. 1 found (*code), 0 none, -1 one
- * that is not a version (raw gets its text). */
-static int named_version(const struct sl_schema_contract *k,
-                         const uint8_t *headers, size_t hlen,
-                         const uint8_t *payload, size_t plen, uint32_t *code,
-                         char *raw, size_t rawlen) {
-  const char *name = k->version_field ? k->version_field : k->version_header;
-  const uint8_t *map = k->version_field ? payload : headers, *val;
-  size_t mlen = k->version_field ? plen : hlen, vlen;
-  struct sl_str str;
-  uint64_t u;
-  size_t used;
-  if (map == NULL || mlen == 0 ||
-      ((*map & 0xf0) != 0x80 && *map != 0xde && *map != 0xdf))
-    return 0;
-  if (sl_codec_map_find(map, mlen, name, strlen(name), &val, &vlen) != 0)
-    return 0;
-  if (sl_codec_read_str(val, vlen, &str, NULL) == 0) {
-    snprintf(raw, rawlen, "%.*s", (int)(str.len < 40 ? str.len : 40), str.p);
-    return sl_config_version_parse(str.p, str.len, code) == 0 ? 1 : -1;
-  }
-  if (sl_codec_read_uint(val, vlen, &u, &used) == 0) {
-    snprintf(raw, rawlen, "%llu", (unsigned long long)u);
-    return sl_config_version_parse(raw, strlen(raw), code) == 0 ? 1 : -1;
-  }
-  snprintf(raw, rawlen, "(not a string)");
-  return -1;
-}
-
-/* The index of the version an event falls under, or -1 with v->e says
- * why (an unknown version). */
-static int pick_version(const struct sl_schema_contract *k,
-                        const uint8_t *headers, size_t hlen,
-                        const uint8_t *payload, size_t plen,
-                        struct sl_schema_verdict *v) {
-  char raw[48], known[100];
-  size_t off = 0;
-  uint32_t code = 0;
-  int i, rc = named_version(k, headers, hlen, payload, plen, &code, raw,
-                            sizeof(raw));
-  if (rc == 0)
-    return k->default_version >= 0 ? k->default_version : k->nversions - 1;
-  for (i = 0; rc == 1 && i < k->nversions; i++)
-    if (sl_config_version_order(k->versions[i].code) ==
-        sl_config_version_order(code))
-      return i;
-  for (i = 0; i < k->nversions && off < sizeof(known) - 20; i++)
-    off += (size_t)snprintf(known + off, sizeof(known) - off, "%s%s",
-                            i ? ", " : "", k->versions[i].version);
-  snprintf(v->e.path, sizeof(v->e.path), "%s%s",
-           k->version_field ? "/" : "",
-           k->version_field ? k->version_field : "");
-  snprintf(v->e.msg, sizeof(v->e.msg),
-           "a known schema version (%s) in %s %s, got \"%s\"", known,
-           k->version_field ? "payload field" : "header",
-           k->version_field ? k->version_field : k->version_header, raw);
-  return -1;
-}
-
 enum sl_schema_result sl_schemas_check(struct sl_worker *w, struct sl_str topic,
                                        const uint8_t *headers, size_t hlen,
                                        const uint8_t *payload, size_t plen,
@@ -234,20 +173,13 @@ enum sl_schema_result sl_schemas_check(struct sl_worker *w, struct sl_str topic,
   static const uint8_t nil = 0xc0;
   const struct sl_config *cfg = w->cfg;
   struct sl_schemas *s = w->schemas;
-  const struct sl_schema_contract *k = NULL;
+  const struct sl_schema_contract *k;
   int i;
 
   v->result = SL_SCHEMA_NONE;
   v->contract = NULL;
   v->version = -1;
-  for (i = 0; i < cfg->nschemas; i++) {
-    const struct sl_schema_contract *c = &cfg->schemas[i];
-    if ((c->topics_len == 1 && c->topics[0] == '*') ||
-        sl_router_glob(c->topics, c->topics_len, topic.p, topic.len)) {
-      k = c;
-      break;
-    }
-  }
+  k = sl_config_schema_find(cfg, topic.p, topic.len, &i);
   if (k == NULL)
     return SL_SCHEMA_NONE;
   v->contract = k;
@@ -255,7 +187,8 @@ enum sl_schema_result sl_schemas_check(struct sl_worker *w, struct sl_str topic,
     payload = &nil; /* no payload: checked as null */
     plen = 1;
   }
-  v->version = pick_version(k, headers, hlen, payload, plen, v);
+  v->version = sl_config_schema_version(k, headers, hlen, payload, plen,
+                                       &v->e);
   if (v->version >= 0 &&
       sl_schema_check(k->versions[v->version].schema, payload, plen, &v->e) ==
           0)
