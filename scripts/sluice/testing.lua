@@ -55,6 +55,9 @@
 -- validate(schema_path, payload) / validate_event(schema_path, event) ->
 --   true, or false, path, expected: the engine's payload-contract check
 --   (the schemas config key) on a value or an event's payload.
+-- contracts(config_path) -> c; c:check(event) -> nil (no contract), or
+--   ok, contract, version[, path, expected]: the config's contracts, as
+--   ingest applies them (version header or field, default, newest).
 
 local ok, core = pcall(require, "sluice_core")
 if not ok then
@@ -138,6 +141,33 @@ function M.validate_event(path, event)
   assert(type(event) == "table", "testing.validate_event: an event expected")
   local raw = event.payload_raw or core.encode(event.payload)
   return core.validate(from_spec(path), raw)
+end
+
+-- contracts(config_path) -> c: the schemas of a config file, compiled as
+-- the engine compiles them (the rest of the config is not checked). A
+-- config whose schemas are wrong raises the config's errors.
+-- c:check(event) -> the engine's verdict at ingest on an event table:
+--   nil when no contract covers its topic; else ok, contract (the topics
+--   glob), version (as written; nil when the event names one the contract
+--   lacks) and, when not ok, path and expected.
+local Contracts = {}
+Contracts.__index = Contracts
+
+function Contracts:check(event)
+  assert(type(event) == "table" and type(event.topic) == "string",
+    "contracts:check: an event with a topic expected")
+  local headers = event.headers and next(event.headers) ~= nil
+    and core.encode(core.map(event.headers)) or nil
+  local payload = event.payload_raw
+  if payload == nil and event.payload ~= nil then
+    payload = core.encode(event.payload)
+  end
+  return self.c:check(event.topic, headers, payload)
+end
+
+function M.contracts(path)
+  assert(type(path) == "string", "testing.contracts: a config path expected")
+  return setmetatable({ c = core.contracts(from_spec(path)) }, Contracts)
 end
 
 function M.load(path, opts)

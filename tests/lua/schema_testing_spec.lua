@@ -47,3 +47,26 @@ describe("testing.validate_event", function()
     rule:close()
   end)
 end)
+
+describe("testing.contracts", function()
+  it("applies a config's contracts to events, version from the file name", function()
+    local c = testing.contracts("schema/good.conf.lua")
+    local ok, contract, version = c:check({ topic = "orders.x",
+      payload = { sku = "a", qty = 1 } })
+    assert.is_true(ok)
+    assert.are.same({ "orders.*", "1" }, { contract, version })
+    local path, expected
+    ok, contract, version, path, expected = c:check({ topic = "orders.x",
+      payload_raw = testing.encode({ sku = "a" }) })
+    assert.is_false(ok)
+    assert.are.equal("", path)
+    assert.truthy(expected:find("qty", 1, true))
+    assert.is_nil(c:check({ topic = "other", payload = {} }))
+  end)
+
+  it("raises the config's errors, naming the key", function()
+    local ok, err = pcall(testing.contracts, "schema/bad.conf.lua")
+    assert.is_false(ok)
+    assert.truthy(tostring(err):find('schemas[1].mode: expected "enforce" or "warn"', 1, true))
+  end)
+end)

@@ -32,3 +32,32 @@ describe("10_orders", function()
     assert.is_true(testing.validate_event("../schemas/order.v1.json", res.event))
   end)
 end)
+
+describe("the config's contracts", function()
+  local contracts = testing.contracts("../sluice.conf.lua")
+
+  it("checks an order against the version it names, else the newest", function()
+    local ok, contract, version = contracts:check({ topic = "orders.created",
+      payload = { sku = "ABC-1", qty = 2, customer = "c-7", note = "gift" } })
+    assert.is_true(ok)
+    assert.are.equal("orders.*", contract)
+    assert.are.equal("2", version)
+    local path
+    ok, contract, version, path = contracts:check({ topic = "orders.created",
+      headers = { ["schema-version"] = "1" },
+      payload = { sku = "ABC-1", qty = "two", customer = "c-7" } })
+    assert.is_false(ok)
+    assert.are.equal("1", version)
+    assert.are.equal("/qty", path)
+  end)
+
+  it("refuses a version the contract does not have, and leaves other topics alone", function()
+    local ok, _, version, _, expected = contracts:check({ topic = "orders.created",
+      headers = { ["schema-version"] = "3" },
+      payload = { sku = "ABC-1", qty = 2, customer = "c-7" } })
+    assert.is_false(ok)
+    assert.is_nil(version)
+    assert.truthy(expected:find("(1, 2)", 1, true))
+    assert.is_nil(contracts:check({ topic = "audit.login", payload = 1 }))
+  end)
+end)
