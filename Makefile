@@ -2,7 +2,7 @@
 
 DEB_PKGS := build-essential pkg-config libluajit-5.1-dev luajit libuv1-dev \
             libmsgpack-dev libssl-dev libhttp-parser-dev libyajl-dev zlib1g-dev \
-            lua-busted python3 python3-msgpack python3-pytest curl \
+            lua-busted python3 python3-msgpack python3-pytest python3-jsonschema curl \
             prometheus wrk clang libclang-rt-14-dev valgrind \
             libcurl4-openssl-dev rsyslog libhiredis-dev redis-server redis-tools \
             libnats-dev nats-server librdkafka-dev kcat
@@ -156,7 +156,7 @@ FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
 
 fuzz: $(BUILD)/fuzz/fuzz_codec $(BUILD)/fuzz/fuzz_pattern $(BUILD)/fuzz/fuzz_http \
       $(BUILD)/fuzz/fuzz_json $(BUILD)/fuzz/fuzz_spool $(BUILD)/fuzz/fuzz_forward \
-      $(BUILD)/fuzz/fuzz_syslog $(BUILD)/fuzz/fuzz_otlp
+      $(BUILD)/fuzz/fuzz_syslog $(BUILD)/fuzz/fuzz_otlp $(BUILD)/fuzz/fuzz_schema
 
 $(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c engine/codec/codec.c engine/core/buf.c \
                           engine/codec/codec.h engine/core/buf.h engine/core/common.h
@@ -204,6 +204,16 @@ $(BUILD)/fuzz/fuzz_otlp: tests/fuzz/fuzz_otlp.c engine/codec/otlp.c engine/codec
 	  tests/fuzz/fuzz_otlp.c engine/codec/otlp.c engine/codec/json.c \
 	  engine/codec/codec.c engine/codec/event.c engine/core/buf.c \
 	  engine/core/utf8.c $(shell pkg-config --libs yajl)
+
+# The schema compiler and checker, and the pattern NFA under them.
+$(BUILD)/fuzz/fuzz_schema: tests/fuzz/fuzz_schema.c engine/codec/schema.c engine/core/regex.c \
+                           engine/codec/json.c engine/codec/codec.c engine/core/buf.c \
+                           engine/codec/schema.h engine/core/regex.h engine/codec/codec.h
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags yajl) -o $@ \
+	  tests/fuzz/fuzz_schema.c engine/codec/schema.c engine/core/regex.c \
+	  engine/codec/json.c engine/codec/codec.c engine/core/buf.c \
+	  engine/core/utf8.c $(shell pkg-config --libs yajl) -lm
 
 # Recovery of a damaged segment file (writes under /tmp).
 $(BUILD)/fuzz/fuzz_spool: tests/fuzz/fuzz_spool.c engine/delivery/spool.c engine/core/buf.c \

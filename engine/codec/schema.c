@@ -1319,7 +1319,8 @@ HOT int check_str(struct ck *c, const struct node *n, const uint8_t *s,
 static int check(struct ck *c, uint32_t ni, const uint8_t **pp,
                  const uint8_t *end);
 static int check_enum(struct ck *c, const struct node *n, const uint8_t *v,
-                      const uint8_t *ve, const struct sl_codec_item *it);
+                      const uint8_t *ve, int is_str, const uint8_t *str,
+                      uint32_t strn);
 
 /* A value against a node with no keyword that descends into it or checks
  * it again (F_SCALAR): no recursion, inlined into the object walk. */
@@ -1349,7 +1350,7 @@ HOT int check_scalar(struct ck *c, const struct node *n,
     break;
   }
   if (n->flags & (F_ENUM | F_CONST))
-    return check_enum(c, n, start, *pp, &it);
+    return check_enum(c, n, start, *pp, it.t == SL_MP_STR, it.s, it.n);
   return 0;
 }
 
@@ -1399,14 +1400,17 @@ static inline int same(const uint8_t *a, const uint8_t *b, uint32_t n) {
  * read. */
 HOT uint64_t key_head(const uint8_t *k, uint32_t kl,
                                 const uint8_t *end) {
-  uint64_t x = 0;
+  uint64_t x;
+  uint32_t i;
   if (sl_likely(end - k >= 8)) {
     memcpy(&x, k, 8);
     if (kl < 8)
       x &= ((uint64_t)1 << (8 * kl)) - 1;
-  } else {
-    memcpy(&x, k, kl < 8 ? kl : 8);
+    return x;
   }
+  x = 0; /* near the end of the bytes: no 8-byte load */
+  for (i = 0; i < kl && i < 8; i++)
+    x |= (uint64_t)k[i] << (8 * i);
   return x;
 }
 
@@ -1467,81 +1471,116 @@ static int missing_required(struct ck *c, const struct node *n,
   return 0;
 }
 
-static int check_object(struct ck *c, const struct node *n, uint32_t count,
-                        const uint8_t **pp, const uint8_t *end) {
+/* The part of the object walk past a key that names no property. */
+static int check_other_key(struct ck *c, const struct node *n,
+                           const struct sl_codec_item *k, const uint8_t **pp,
+                           const uint8_t *end) {
+  if (k->t != SL_MP_STR &&
+      (k->t == SL_MP_ARR || k->t == SL_MP_MAP) &&
+      skip_fast(pp, end, k->t == SL_MP_MAP ? 2 * (uint64_t)k->n : k->n))
+    return fail_text(c, "valid msgpack", NULL, 0, NULL);
+  if (n->flags & F_ADDL_FALSE)
+    return fail_text(c, "no such property (additionalProperties is false)",
+                     NULL, 0, NULL);
+  if (n->addl >= 0)
+    return check(c, (uint32_t)n->addl, pp, end);
+  return skip_fast(pp, end, 1) ? fail_text(c, "valid msgpack", NULL, 0, NULL)
+                               : 0;
+}
+
+static int check_required(struct ck *c, const struct node *n, uint64_t seen0,
+                          uint64_t *seen) {
+  uint32_t w, nw = (n->nreq + 63u) / 64u;
+  seen[0] = seen0;
+  for (w = 0; w + 1 < nw; w++)
+    if (seen[w] != UINT64_MAX)
+      return missing_required(c, n, seen);
+  if (seen[nw - 1] != (n->nreq % 64 ? ((uint64_t)1 << (n->nreq % 64)) - 1
+                                     : UINT64_MAX))
+    return missing_required(c, n, seen);
+  return 0;
+}
+
+/* The walk of a map: the cursor p is local (written back at the end) so
+ * that the loop keeps it in a register. */
+static __attribute__((noinline)) int
+check_object(struct ck *c, const struct node *n, uint32_t count,
+             const uint8_t **pp, const uint8_t *end) {
   uint64_t seen[MAX_REQUIRED / 64], seen0 = 0; /* seen[0] kept in seen0 */
   const struct prop *props = c->s->props + n->prop0;
   uint32_t hint = 0, i, w, nw = (n->nreq + 63u) / 64u;
+  const uint8_t *p = *pp;
   struct sl_codec_item k;
   struct seg *sg;
   if (!(n->flags & (F_OBJ | F_ADDL_FALSE)) && n->addl < 0)
-    return skip_fast(pp, end, 2 * (uint64_t)count) ? fail_text(c, "valid msgpack", NULL, 0, NULL)
-                                                : 0;
+    return skip_fast(pp, end, 2 * (uint64_t)count)
+               ? fail_text(c, "valid msgpack", NULL, 0, NULL) : 0;
   for (w = 1; w < nw; w++)
     seen[w] = 0;
   if (c->nseg == MAX_SEGS)
     return fail(c, "a value nested at most %d deep", MAX_SEGS);
   sg = &c->seg[c->nseg++];
   for (i = 0; i < count; i++) {
-    const struct node *cn;
-    const uint8_t *p = *pp;
-    int32_t j = -1;
+    const struct prop *pr = NULL;
+    const uint8_t *ks;
+    uint32_t kn;
     if (sl_likely(p < end && (*p & 0xe0) == 0xa0 &&
                   (size_t)(end - p) > (size_t)(*p & 0x1f))) {
-      k.t = SL_MP_STR; /* a fixstr key, read here: the common case */
-      k.s = p + 1;
-      k.n = *p & 0x1f;
-      *pp = p + 1 + k.n;
-    } else if (rd(pp, end, &k) != 0) {
-      return fail_text(c, "valid msgpack", NULL, 0, NULL);
-    }
-    if (sl_likely(k.t == SL_MP_STR)) {
-      sg->key = k.s;
-      sg->len = k.n;
-      j = find_prop(c->s, n, k.s, k.n, end, &hint);
+      ks = p + 1; /* a fixstr key, read here: the common case */
+      kn = *p & 0x1f;
+      p += 1 + kn;
     } else {
-      sg->key = (const uint8_t *)"?"; /* a key JSON cannot name */
-      sg->len = 1;
-      if ((k.t == SL_MP_ARR || k.t == SL_MP_MAP) &&
-          skip_fast(pp, end, k.t == SL_MP_MAP ? 2 * (uint64_t)k.n : k.n))
+      const uint8_t *q = p;
+      if (rd(&q, end, &k) != 0)
         return fail_text(c, "valid msgpack", NULL, 0, NULL);
+      p = q;
+      ks = k.t == SL_MP_STR ? k.s : (const uint8_t *)"?";
+      kn = k.t == SL_MP_STR ? k.n : 1; /* "?": a key JSON cannot name */
+      if (k.t != SL_MP_STR)
+        goto other;
     }
-    if (j >= 0) {
-      const struct prop *pr = props + j;
-      cn = pr->child;
+    k.t = SL_MP_STR;
+    {
+      int32_t j = find_prop(c->s, n, ks, kn, end, &hint);
+      if (j >= 0)
+        pr = props + j;
+    }
+  other:
+    sg->key = ks;
+    sg->len = kn;
+    if (sl_likely(pr != NULL)) {
+      const struct node *cn = pr->child;
       if (pr->req >= 0) {
         if (pr->req < 64)
           seen0 |= (uint64_t)1 << pr->req;
         else
           seen[pr->req >> 6] |= (uint64_t)1 << (pr->req & 63);
       }
-    } else if (n->flags & F_ADDL_FALSE) {
-      return fail_text(c, "no such property (additionalProperties is false)",
-                       NULL, 0, NULL);
-    } else {
-      cn = n->addl >= 0 ? &c->s->nodes[n->addl] : NULL;
-    }
-    if (cn != NULL) {
-      if (cn->flags & F_SCALAR) {
-        if (check_scalar(c, cn, pp, end))
+      if (cn == NULL) { /* only named by required: still additional */
+        const uint8_t *q = p;
+        if (check_other_key(c, n, &k, &q, end))
           return 1;
-      } else if (check(c, (uint32_t)(cn - c->s->nodes), pp, end)) {
-        return 1;
+        p = q;
+      } else if (cn->flags & F_SCALAR) {
+        if (check_scalar(c, cn, &p, end))
+          return 1;
+      } else {
+        const uint8_t *q = p; /* p itself stays in a register */
+        if (check(c, (uint32_t)(cn - c->s->nodes), &q, end))
+          return 1;
+        p = q;
       }
-    } else if (skip_fast(pp, end, 1)) {
-      return fail_text(c, "valid msgpack", NULL, 0, NULL);
+    } else {
+      const uint8_t *q = p;
+      if (check_other_key(c, n, &k, &q, end))
+        return 1;
+      p = q;
     }
   }
   c->nseg--;
-  seen[0] = seen0;
-  if (n->nreq) {
-    for (w = 0; w + 1 < nw; w++)
-      if (seen[w] != UINT64_MAX)
-        return missing_required(c, n, seen);
-    if (seen[nw - 1] != (n->nreq % 64 ? ((uint64_t)1 << (n->nreq % 64)) - 1
-                                       : UINT64_MAX))
-      return missing_required(c, n, seen);
-  }
+  *pp = p;
+  if (n->nreq)
+    return check_required(c, n, seen0, seen);
   return 0;
 }
 
@@ -1646,13 +1685,14 @@ static int equal(const uint8_t *a, const uint8_t *ae, const struct span *v) {
 }
 
 static int check_enum(struct ck *c, const struct node *n, const uint8_t *v,
-                      const uint8_t *ve, const struct sl_codec_item *it) {
+                      const uint8_t *ve, int is_str, const uint8_t *str,
+                      uint32_t strn) {
   const struct sl_schema *s = c->s;
   uint32_t i;
-  if (it->t == SL_MP_STR && !(n->flags & F_CONST)) {
+  if (is_str && !(n->flags & F_CONST)) {
     for (i = 0; i < n->nenum; i++) { /* strings: bytes, no decoding */
       const struct span *e = &s->vals[n->enum0 + i];
-      if (e->str && e->strn == it->n && same(e->str, it->s, it->n))
+      if (e->str && e->strn == strn && same(e->str, str, strn))
         return 0;
     }
     return fail_text(c, (const char *)s->strs.data + n->emsg, NULL, 0,
@@ -1788,7 +1828,7 @@ static int check(struct ck *c, uint32_t ni, const uint8_t **pp,
     break;
   }
   if (sl_unlikely(n->flags & (F_ENUM | F_CONST)) &&
-      check_enum(c, n, start, *pp, &it))
+      check_enum(c, n, start, *pp, it.t == SL_MP_STR, it.s, it.n))
     return 1;
   if (sl_unlikely(n->flags & F_MORE))
     return check_more(c, n, start, end);

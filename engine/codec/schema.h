@@ -12,7 +12,19 @@
  * SL_SCHEMA_MAX_BRANCHES branches each), and the annotations $schema, $id,
  * $defs, title, description, $comment, default, examples. Any other keyword
  * is a compile error naming it and where it is.
- * A compiled schema is read-only: one may be shared by threads. */
+ * A compiled schema is read-only: one may be shared by threads.
+ *
+ * Semantics are draft 2020-12's (a float with zero fraction is an integer;
+ * enum/const compare numbers by value, strings by bytes, containers
+ * deeply; an msgpack ext matches no type). Deviations and limits, all in
+ * docs/schema.md ("Keywords"): pattern is ECMA-262 syntax with \d \w ASCII,
+ * $ only at the end, no backreferences or lookaround (sl_regex, regex.h);
+ * minLength/maxLength apply to strings only; NaN fails minimum and maximum;
+ * "items" must be a schema (no prefixItems); at most 512 required names per
+ * object; $ref reaches "#" and the root's $defs only; a $ref/anyOf/oneOf
+ * cycle that does not descend into the data is a compile error; a check
+ * whose anyOf/oneOf over recursion would exceed 8 * (bytes + 64) * nodes
+ * steps fails ("a value this schema can check in bounded time"). */
 #ifndef SL_SCHEMA_H
 #define SL_SCHEMA_H
 

@@ -155,6 +155,12 @@ TEST(schema_required_and_additional_properties) {
   CHECK_STR(e.path, "/b");
   OK(s, "[]"); /* object keywords ignore other types */
   sl_schema_free(s);
+  /* a name only in required is no property: additionalProperties applies */
+  s = comp("{\"required\":[\"a\"],\"additionalProperties\":false}");
+  CHECK(s != NULL);
+  BAD(s, "{\"a\":1}");
+  BAD(s, "{}");
+  sl_schema_free(s);
 }
 
 TEST(schema_required_beyond_64_names_each_counted) {
