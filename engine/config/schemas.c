@@ -192,19 +192,64 @@ static int entry_version(struct sctx *c, int t, const char *path,
   return rc == 1 ? (file ? 0 : -1) : rc;
 }
 
-/* The entry at t: its version added to its contract, compiled. */
-static void read_entry(struct sctx *c, struct sl_config *cfg, int t,
-                       const char *path, uint32_t *defaults) {
+/* The contract-level keys of entry t (checked before: mode 0 unset, 1
+ * enforce, 2 warn; dcode 0 or the default_version) onto k: the same on
+ * every entry of the contract. */
+static void contract_keys(struct sctx *c, struct sl_config *cfg,
+                          struct sl_schema_contract *k, int t,
+                          const char *path, int mode, uint32_t dcode,
+                          uint32_t *defaults, int *modes) {
+  char p[96];
+  int i = (int)(k - cfg->schemas);
+  contract_str(c, t, path, "version_header", &k->version_header, k->topics);
+  contract_str(c, t, path, "version_field", &k->version_field, k->topics);
+  if (mode) {
+    snprintf(p, sizeof(p), "%s.mode", path);
+    if (modes[i] && modes[i] != mode)
+      sbad(c, p, "differs from the mode set on another entry of the "
+           "contract %s", k->topics);
+    modes[i] = mode;
+    k->mode = mode == 2 ? SL_SCHEMA_WARN : SL_SCHEMA_ENFORCE;
+  }
+  if (dcode) {
+    snprintf(p, sizeof(p), "%s.default_version", path);
+    if (defaults[i] && sl_config_version_order(defaults[i]) !=
+                           sl_config_version_order(dcode))
+      sbad(c, p, "differs from the default_version set on another entry "
+           "of the contract %s", k->topics);
+    defaults[i] = dcode;
+  }
+}
+
+/* mode and default_version of entry t, checked: *mode 0 (unset), 1, 2. */
+static void entry_mode(struct sctx *c, int t, const char *path, int *mode,
+                       uint32_t *dcode) {
+  char *m = NULL, p[96];
+  *mode = 0;
+  *dcode = 0;
+  if (read_str(c, t, path, "mode", &m) == 0) {
+    snprintf(p, sizeof(p), "%s.mode", path);
+    if (strcmp(m, "warn") == 0)
+      *mode = 2;
+    else if (strcmp(m, "enforce") == 0)
+      *mode = 1;
+    else
+      sbad(c, p, "expected \"enforce\" or \"warn\", got \"%s\"", m);
+    free(m);
+  }
+  snprintf(p, sizeof(p), "%s.default_version", path);
+  lua_getfield(c->L, t, "default_version");
+  if (read_version(c, p, dcode) != 0)
+    *dcode = 0;
+  lua_pop(c->L, 1);
+}
+
+/* Every key of entry t is one of ours. */
+static void entry_keys(struct sctx *c, int t, const char *path) {
   static const char *const keys[] = {"topics", "file", "version",
                                      "default_version", "mode",
                                      "version_header", "version_field", NULL};
   lua_State *L = c->L;
-  struct sl_schema_contract *k;
-  struct sl_schema_version *v;
-  char *topics = NULL, *file = NULL, *mode = NULL, p[96], why[512];
-  uint32_t code = 0;
-  int i;
-
   lua_pushnil(L);
   while (lua_next(L, t)) {
     const char *const *a = keys;
@@ -217,17 +262,28 @@ static void read_entry(struct sctx *c, struct sl_config *cfg, int t,
            lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
     lua_pop(L, 1);
   }
+}
+
+/* The entry at t: its version added to its contract, compiled. */
+static void read_entry(struct sctx *c, struct sl_config *cfg, int t,
+                       const char *path, uint32_t *defaults, int *modes) {
+  struct sl_schema_contract *k;
+  struct sl_schema_version *v;
+  char *topics = NULL, *file = NULL, p[96], why[512];
+  uint32_t code = 0, dcode;
+  int i, mode;
+
+  entry_keys(c, t, path);
   snprintf(p, sizeof(p), "%s.topics", path);
   if (read_str(c, t, path, "topics", &topics) == 1)
     sbad(c, p, "expected a topic glob (\"orders.*\"), got nil");
   snprintf(p, sizeof(p), "%s.file", path);
   if (read_str(c, t, path, "file", &file) == 1)
     sbad(c, p, "expected the path of a JSON Schema file, got nil");
-  if (topics == NULL || file == NULL)
-    goto done;
-  if (entry_version(c, t, path, file, &code) != 0)
-    goto done;
-  if ((k = contract_for(cfg, topics)) == NULL)
+  entry_mode(c, t, path, &mode, &dcode);
+  if (topics == NULL || file == NULL ||
+      entry_version(c, t, path, file, &code) != 0 ||
+      (k = contract_for(cfg, topics)) == NULL)
     goto done;
   if (k->versions == NULL &&
       (k->versions = calloc(64, sizeof(*k->versions))) == NULL)
@@ -246,35 +302,14 @@ static void read_entry(struct sctx *c, struct sl_config *cfg, int t,
   }
   v = &k->versions[k->nversions++];
   v->code = code;
-  v->version = malloc(16);
-  if (v->version)
+  if ((v->version = malloc(16)) != NULL)
     sl_config_version_format(code, v->version, 16);
   v->file = resolve_path(c->dir, file);
   snprintf(p, sizeof(p), "%s.file", path);
   if (v->file &&
       sl_schema_load_file(v->file, &v->schema, why, sizeof(why)) != 0)
     sbad(c, p, "%s", why);
-  contract_str(c, t, path, "version_header", &k->version_header, topics);
-  contract_str(c, t, path, "version_field", &k->version_field, topics);
-  contract_str(c, t, path, "mode", &mode, topics);
-  if (mode) {
-    snprintf(p, sizeof(p), "%s.mode", path);
-    if (strcmp(mode, "warn") != 0 && strcmp(mode, "enforce") != 0)
-      sbad(c, p, "expected \"enforce\" or \"warn\", got \"%s\"", mode);
-    else if (strcmp(mode, "warn") == 0)
-      k->mode = SL_SCHEMA_WARN;
-    free(mode);
-  }
-  snprintf(p, sizeof(p), "%s.default_version", path);
-  lua_getfield(L, t, "default_version");
-  if (read_version(c, p, &code) == 0) {
-    uint32_t *d = &defaults[k - cfg->schemas];
-    if (*d && sl_config_version_order(*d) != sl_config_version_order(code))
-      sbad(c, p, "differs from the default_version set on another entry "
-           "of the contract %s", topics);
-    *d = code;
-  }
-  lua_pop(L, 1);
+  contract_keys(c, cfg, k, t, path, mode, dcode, defaults, modes);
 done:
   free(topics);
   free(file);
@@ -324,6 +359,7 @@ int sl_config_schemas(void *Lv, int t, const char *file, const char *dir,
   struct sctx c = {(lua_State *)Lv, file, dir, err, 0};
   lua_State *L = c.L;
   uint32_t *defaults = NULL;
+  int *modes = NULL;
   char p[64];
   int i, n;
 
@@ -348,7 +384,8 @@ int sl_config_schemas(void *Lv, int t, const char *file, const char *dir,
   }
   cfg->schemas = calloc((size_t)n + 1, sizeof(*cfg->schemas));
   defaults = calloc((size_t)n + 1, sizeof(*defaults));
-  if (cfg->schemas == NULL || defaults == NULL) {
+  modes = calloc((size_t)n + 1, sizeof(*modes));
+  if (cfg->schemas == NULL || defaults == NULL || modes == NULL) {
     sbad(&c, "schemas", "out of memory");
     goto done;
   }
@@ -360,12 +397,13 @@ int sl_config_schemas(void *Lv, int t, const char *file, const char *dir,
            "\"schemas/order.v2.json\" }, got %s",
            lua_typename(L, lua_type(L, -1)));
     else
-      read_entry(&c, cfg, lua_gettop(L), p, defaults);
+      read_entry(&c, cfg, lua_gettop(L), p, defaults, modes);
     lua_pop(L, 1);
   }
   finish(&c, cfg, defaults);
 done:
   free(defaults);
+  free(modes);
   lua_pop(L, 1);
   return c.nerr;
 }

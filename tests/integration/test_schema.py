@@ -394,7 +394,10 @@ def test_config_errors_name_the_key_path(tmp_path):
     { topics = "g", file = "schemas/order.v1.json", version_field = "v",
       version_header = "h" },
     { topics = "h", file = "schemas/order.v1.json" },
-    { topics = "h", file = "schemas/order.v1.json", version = "1.0" } }""")
+    { topics = "h", file = "schemas/order.v1.json", version = "1.0" },
+    { topics = "m", file = "schemas/order.v1.json", mode = "warn" },
+    { topics = "m", file = "schemas/order.v1.json", version = 2, mode = "enforce" },
+    { topics = "n", file = "schemas/order.v1.json", version = "v9", mode = "quiet" } }""")
     assert r.returncode == 1
     e = r.stderr
     assert "c.lua: schemas[1].version: no version" in e
@@ -407,6 +410,10 @@ def test_config_errors_name_the_key_path(tmp_path):
     assert "c.lua: schemas[8].topics: expected a topic glob" in e
     assert "contract g: version_header and version_field both set" in e
     assert "c.lua: schemas[11].version: version 1 of h is given twice" in e
+    assert "c.lua: schemas[13].mode: differs from the mode set on another entry" in e
+    # a bad version does not hide the entry's other problems
+    assert 'c.lua: schemas[14].version: expected a version "MAJOR"' in e
+    assert 'c.lua: schemas[14].mode: expected "enforce" or "warn", got "quiet"' in e
     r = check(tmp_path, '{ topics = "x", file = "y" }', name="d.lua")
     assert r.returncode == 1 and "d.lua: schemas: expected a list of tables" in r.stderr
 
