@@ -488,3 +488,16 @@ def test_example_specs_pass_through_sluice_test():
     r = run_sluice("test", "examples/schemas", cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert " 0 failures / 0 errors" in r.stdout
+
+
+def test_the_bench_section_runs_tiny_and_every_event_is_checked(tmp_path):
+    import os
+    env = dict(os.environ, BUILD="build", RUNS="1", EVENTS="2000",
+               WORK=str(tmp_path), SLUICE=SLUICE_BIN,
+               LOADGEN=os.path.join(os.path.dirname(SLUICE_BIN), "tools", "loadgen"))
+    r = subprocess.run(["tests/bench/schema.sh"], cwd=str(ROOT), env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr  # it checks the valid count
+    rows = r.stdout.splitlines()
+    assert rows[0].split() == ["case", "events/s", "cpu", "us/event"]
+    assert rows[1].startswith("tcp, no contract") and rows[2].startswith("tcp + contract")
