@@ -241,6 +241,7 @@ struct sl_event *sl_event_with_header(const struct sl_event *ev,
                       ev->payload_len, 0);
   if (copy) {
     copy->ingest_ns = ev->ingest_ns;
+    copy->schema_version = ev->schema_version;
     sl_event_share_track(ev, copy);
   }
   sl_buf_close(&hb);

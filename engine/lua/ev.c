@@ -480,6 +480,7 @@ int finish(lua_State *L) {
   nev = wire_event(L, r, "the changed event", id, topic, key, 1, ev->time, hp,
                    hl, pp, pl, 0);
   nev->ingest_ns = ev->ingest_ns;
+  nev->schema_version = ev->schema_version; /* the next rule reads it too */
   sl_event_share_track(ev, nev);
   b->changed = nev;
   shrink(&r->buf1);

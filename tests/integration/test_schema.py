@@ -185,6 +185,12 @@ def test_warn_mode_passes_the_event_on_counts_it_and_marks_it_on_the_tap(
 def version_rule(folder):
     rules = folder / "rules"
     rules.mkdir()
+    # an earlier rule changes the event: the version stays with it
+    (rules / "05_touch.lua").write_text("""return {
+  topics = { "*" },
+  on_event = function(ev) ev.headers.touched = "yes" end,
+}
+""")
     (rules / "10_version.lua").write_text("""return {
   topics = { "*" },
   on_event = function(ev)
