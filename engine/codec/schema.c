@@ -35,7 +35,7 @@ enum {
 #define HOT static inline __attribute__((always_inline))
 
 #define MAX_REQUIRED 512 /* required names per object (a bitset on stack) */
-#define MAX_SEGS 128     /* data nesting an error path can name */
+#define MAX_NEST 128     /* data nesting the checker descends into */
 
 struct node {
   uint32_t flags;
@@ -1034,33 +1034,35 @@ void sl_schema_free(struct sl_schema *s) {
 
 /* ---- checking --------------------------------------------------------- */
 
-struct seg {
-  const uint8_t *key; /* NULL: an array index */
-  uint32_t len;
-  uint32_t index;
-};
-
+/* An error's path is built on the way back up from the failure: each
+ * container prepends its key or index, so an accepted value pays nothing
+ * for paths. */
 struct ck {
   const struct sl_schema *s;
   struct sl_schema_error *e;
   int64_t budget; /* check() calls left: anyOf over recursion stays linear */
-  int nseg;
+  int nest;       /* containers entered */
   int type_failed; /* the last failure was a type mismatch */
-  struct seg seg[MAX_SEGS];
 };
 
-static void fail_path(struct ck *c) {
-  struct sl_schema_error *e = c->e;
-  size_t len = 0;
-  int i;
-  e->path[0] = '\0';
-  for (i = 0; i < c->nseg; i++) {
-    if (c->seg[i].key != NULL)
-      len = path_key(e->path, len, sizeof(e->path), c->seg[i].key,
-                     c->seg[i].len);
-    else
-      len = path_index(e->path, len, sizeof(e->path), c->seg[i].index);
-  }
+static void fail_path(struct ck *c) { c->e->path[0] = '\0'; }
+
+/* Put "/key" (or "/index" when key is NULL) in front of the error's path;
+ * returns 1 (the failure goes on up). */
+static int up(struct ck *c, const uint8_t *key, uint32_t len, uint32_t index) {
+  char seg[sizeof(c->e->path)];
+  size_t n, old;
+  if (c->e == NULL)
+    return 1;
+  n = key ? path_key(seg, 0, sizeof(seg), key, len)
+          : path_index(seg, 0, sizeof(seg), index);
+  old = strlen(c->e->path);
+  if (n + old >= sizeof(c->e->path))
+    old = sizeof(c->e->path) - 1 - n; /* keep the outer part */
+  memmove(c->e->path + n, c->e->path, old);
+  memcpy(c->e->path, seg, n);
+  c->e->path[n + old] = '\0';
+  return 1;
 }
 
 static int fail(struct ck *c, const char *fmt, ...) SL_PRINTF(2, 3);
@@ -1322,12 +1324,69 @@ static int check_enum(struct ck *c, const struct node *n, const uint8_t *v,
                       const uint8_t *ve, int is_str, const uint8_t *str,
                       uint32_t strn);
 
+static inline int same(const uint8_t *a, const uint8_t *b, uint32_t n) {
+  uint64_t x, y;
+  while (n >= 8) {
+    memcpy(&x, a, 8);
+    memcpy(&y, b, 8);
+    if (x != y)
+      return 0;
+    a += 8;
+    b += 8;
+    n -= 8;
+  }
+  while (n > 0) {
+    if (*a++ != *b++)
+      return 0;
+    n--;
+  }
+  return 1;
+}
+
+/* enum of a string: bytes compared, no decoding. */
+HOT int enum_str(struct ck *c, const struct node *n, const uint8_t *str,
+                 uint32_t len) {
+  const struct span *v = c->s->vals + n->enum0;
+  uint32_t i;
+  for (i = 0; i < n->nenum; i++)
+    if (v[i].str && v[i].strn == len && same(v[i].str, str, len))
+      return 0;
+  return fail_text(c, (const char *)c->s->strs.data + n->emsg, NULL, 0,
+                   NULL);
+}
+
 /* A value against a node with no keyword that descends into it or checks
  * it again (F_SCALAR): no recursion, inlined into the object walk. */
 HOT int check_scalar(struct ck *c, const struct node *n,
                                const uint8_t **pp, const uint8_t *end) {
   const uint8_t *start = *pp;
   struct sl_codec_item it;
+  if (sl_likely(start < end)) { /* one-byte values and short strings */
+    uint8_t b = *start;
+    uint32_t f = n->flags;
+    if ((b & 0xe0) == 0xa0 && (size_t)(end - start) > (size_t)(b & 0x1f)) {
+      const uint8_t *str = start + 1;
+      uint32_t len = b & 0x1f;
+      if (!(n->tmask & T_STR))
+        return fail_type(c, n);
+      *pp = str + len;
+      if ((f & (F_MINLEN | F_MAXLEN)) || n->re >= 0)
+        if (check_str(c, n, str, len))
+          return 1;
+      if (f & F_ENUM && !(f & F_CONST))
+        return enum_str(c, n, str, len);
+      if (f & F_CONST)
+        return check_enum(c, n, start, *pp, 1, str, len);
+      return 0;
+    }
+    if ((b <= 0x7f || b == 0xc0 || b == 0xc2 || b == 0xc3) &&
+        !(f & (F_MIN | F_MAX | F_ENUM | F_CONST))) {
+      if (!(n->tmask & (b <= 0x7f ? T_INT : b == 0xc0 ? T_NULL : T_BOOL)))
+        return fail_type(c, n);
+      *pp = start + 1;
+      return 0;
+    }
+  }
   if (rd(pp, end, &it) != 0)
     return fail_text(c, "valid msgpack", NULL, 0, NULL);
   if (!(n->tmask & type_of(&it)))
@@ -1356,7 +1415,6 @@ HOT int check_scalar(struct ck *c, const struct node *n,
 
 static int check_array(struct ck *c, const struct node *n, uint32_t count,
                        const uint8_t **pp, const uint8_t *end) {
-  struct seg *sg;
   uint32_t i;
   if ((n->flags & F_MINITEMS) && count < n->minitems)
     return fail_count(c, "at least ", n->minitems, " items");
@@ -1364,37 +1422,16 @@ static int check_array(struct ck *c, const struct node *n, uint32_t count,
     return fail_count(c, "at most ", n->maxitems, " items");
   if (n->items < 0)
     return skip_fast(pp, end, count) ? fail_text(c, "valid msgpack", NULL, 0, NULL) : 0;
-  if (c->nseg == MAX_SEGS)
-    return fail(c, "a value nested at most %d deep", MAX_SEGS);
-  sg = &c->seg[c->nseg++];
-  sg->key = NULL;
-  for (i = 0; i < count; i++) {
-    sg->index = i;
+  if (c->nest == MAX_NEST)
+    return fail(c, "a value nested at most %d deep", MAX_NEST);
+  c->nest++;
+  for (i = 0; i < count; i++)
     if (check(c, (uint32_t)n->items, pp, end))
-      return 1;
-  }
-  c->nseg--;
+      return up(c, NULL, 0, i);
+  c->nest--;
   return 0;
 }
 
-static inline int same(const uint8_t *a, const uint8_t *b, uint32_t n) {
-  uint64_t x, y;
-  while (n >= 8) {
-    memcpy(&x, a, 8);
-    memcpy(&y, b, 8);
-    if (x != y)
-      return 0;
-    a += 8;
-    b += 8;
-    n -= 8;
-  }
-  while (n > 0) {
-    if (*a++ != *b++)
-      return 0;
-    n--;
-  }
-  return 1;
-}
 
 /* The first 8 bytes of key k (kl bytes, zero-padded); end bounds the
  * read. */
@@ -1422,12 +1459,10 @@ HOT int key_is(const struct prop *pr, const uint8_t *k,
 
 /* The index among n's props of key k, or -1. Events usually list fields in
  * the schema's order, so the one after the last match is tried first. */
-HOT int32_t find_prop(const struct sl_schema *s, const struct node *n,
-                         const uint8_t *k, uint32_t kl, const uint8_t *end,
-                         uint32_t *hint) {
-  const struct prop *pr = s->props + n->prop0;
-  const uint32_t *o = s->sorted + n->prop0;
-  uint32_t np = n->nprop, h = *hint, i, lo = 0, hi = np;
+HOT int32_t find_prop(const struct prop *pr, const uint32_t *o,
+                      uint32_t prop0, uint32_t np, const uint8_t *k,
+                      uint32_t kl, const uint8_t *end, uint32_t *hint) {
+  uint32_t h = *hint, i, lo = 0, hi = np;
   uint64_t head = key_head(k, kl, end);
   if (h < np && key_is(&pr[h], k, kl, head)) {
     *hint = h + 1;
@@ -1444,11 +1479,11 @@ HOT int32_t find_prop(const struct sl_schema *s, const struct node *n,
   }
   while (lo < hi) {
     uint32_t mid = (lo + hi) / 2;
-    const struct prop *m = &s->props[o[mid]];
+    const struct prop *m = &pr[o[mid] - prop0];
     int r = m->len != kl ? (m->len < kl ? -1 : 1) : memcmp(m->key, k, kl);
     if (r == 0) {
-      *hint = o[mid] - n->prop0 + 1;
-      return (int32_t)(o[mid] - n->prop0);
+      *hint = o[mid] - prop0 + 1;
+      return (int32_t)(o[mid] - prop0);
     }
     if (r < 0)
       lo = mid + 1;
@@ -1510,20 +1545,23 @@ check_object(struct ck *c, const struct node *n, uint32_t count,
   const struct prop *props = c->s->props + n->prop0;
   uint32_t hint = 0, i, w, nw = (n->nreq + 63u) / 64u;
   const uint8_t *p = *pp;
+  const struct node *nodes = c->s->nodes;
+  const uint32_t *order = c->s->sorted + n->prop0;
+  const uint32_t np = n->nprop;
   struct sl_codec_item k;
-  struct seg *sg;
   if (!(n->flags & (F_OBJ | F_ADDL_FALSE)) && n->addl < 0)
     return skip_fast(pp, end, 2 * (uint64_t)count)
                ? fail_text(c, "valid msgpack", NULL, 0, NULL) : 0;
   for (w = 1; w < nw; w++)
     seen[w] = 0;
-  if (c->nseg == MAX_SEGS)
-    return fail(c, "a value nested at most %d deep", MAX_SEGS);
-  sg = &c->seg[c->nseg++];
+  if (c->nest == MAX_NEST)
+    return fail(c, "a value nested at most %d deep", MAX_NEST);
+  c->nest++;
   for (i = 0; i < count; i++) {
     const struct prop *pr = NULL;
     const uint8_t *ks;
     uint32_t kn;
+    int str_key = 1;
     if (sl_likely(p < end && (*p & 0xe0) == 0xa0 &&
                   (size_t)(end - p) > (size_t)(*p & 0x1f))) {
       ks = p + 1; /* a fixstr key, read here: the common case */
@@ -1536,18 +1574,17 @@ check_object(struct ck *c, const struct node *n, uint32_t count,
       p = q;
       ks = k.t == SL_MP_STR ? k.s : (const uint8_t *)"?";
       kn = k.t == SL_MP_STR ? k.n : 1; /* "?": a key JSON cannot name */
-      if (k.t != SL_MP_STR)
+      if (k.t != SL_MP_STR) {
+        str_key = 0;
         goto other;
+      }
     }
-    k.t = SL_MP_STR;
     {
-      int32_t j = find_prop(c->s, n, ks, kn, end, &hint);
+      int32_t j = find_prop(props, order, n->prop0, np, ks, kn, end, &hint);
       if (j >= 0)
         pr = props + j;
     }
   other:
-    sg->key = ks;
-    sg->len = kn;
     if (sl_likely(pr != NULL)) {
       const struct node *cn = pr->child;
       if (pr->req >= 0) {
@@ -1558,26 +1595,29 @@ check_object(struct ck *c, const struct node *n, uint32_t count,
       }
       if (cn == NULL) { /* only named by required: still additional */
         const uint8_t *q = p;
+        k.t = SL_MP_STR;
         if (check_other_key(c, n, &k, &q, end))
-          return 1;
+          return up(c, ks, kn, 0);
         p = q;
       } else if (cn->flags & F_SCALAR) {
         if (check_scalar(c, cn, &p, end))
-          return 1;
+          return up(c, ks, kn, 0);
       } else {
         const uint8_t *q = p; /* p itself stays in a register */
-        if (check(c, (uint32_t)(cn - c->s->nodes), &q, end))
-          return 1;
+        if (check(c, (uint32_t)(cn - nodes), &q, end))
+          return up(c, ks, kn, 0);
         p = q;
       }
     } else {
       const uint8_t *q = p;
+      if (str_key)
+        k.t = SL_MP_STR;
       if (check_other_key(c, n, &k, &q, end))
-        return 1;
+        return up(c, ks, kn, 0);
       p = q;
     }
   }
-  c->nseg--;
+  c->nest--;
   *pp = p;
   if (n->nreq)
     return check_required(c, n, seen0, seen);
@@ -1721,7 +1761,7 @@ static int branch_fail(struct ck *c, uint32_t k0, uint32_t nk,
                        const uint8_t *start, const uint8_t *end,
                        const char *kw) {
   struct sl_schema_error *e = c->e, tmp;
-  int nseg = c->nseg;
+  int nest = c->nest;
   size_t best = 0, score;
   uint32_t i, besti = 0;
   if (e == NULL)
@@ -1729,7 +1769,7 @@ static int branch_fail(struct ck *c, uint32_t k0, uint32_t nk,
   for (i = 0; i < nk; i++) {
     const uint8_t *q = start;
     c->e = &tmp;
-    c->nseg = nseg;
+    c->nest = nest;
     if (check(c, c->s->kids[k0 + i], &q, end) == 0)
       continue; /* only when the budget ran out the first time */
     /* deepest first; at one depth, not a mere type mismatch */
@@ -1741,7 +1781,7 @@ static int branch_fail(struct ck *c, uint32_t k0, uint32_t nk,
     }
   }
   c->e = e;
-  c->nseg = nseg;
+  c->nest = nest;
   {
     char msg[sizeof(e->msg)];
     snprintf(msg, sizeof(msg), "%.160s (%s branch %u)", e->msg, kw, besti);
@@ -1754,7 +1794,7 @@ static int check_more(struct ck *c, const struct node *n, const uint8_t *start,
                       const uint8_t *end) {
   struct sl_schema_error *e = c->e;
   const uint8_t *q;
-  int nseg = c->nseg, matched = -1, ok = 0;
+  int nest = c->nest, matched = -1, ok = 0;
   uint32_t i;
   if (n->ref >= 0) {
     q = start;
@@ -1764,29 +1804,29 @@ static int check_more(struct ck *c, const struct node *n, const uint8_t *start,
   c->e = NULL; /* a failing branch is no error yet */
   for (i = 0; i < n->nany && !ok; i++) {
     q = start;
-    c->nseg = nseg;
+    c->nest = nest;
     ok = check(c, c->s->kids[n->any0 + i], &q, end) == 0;
   }
   c->e = e;
-  c->nseg = nseg;
+  c->nest = nest;
   if (n->nany && !ok)
     return branch_fail(c, n->any0, n->nany, start, end, "anyOf");
   c->e = NULL;
   for (i = 0; i < n->none; i++) {
     q = start;
-    c->nseg = nseg;
+    c->nest = nest;
     if (check(c, c->s->kids[n->one0 + i], &q, end) != 0)
       continue;
     if (matched >= 0) {
       c->e = e;
-      c->nseg = nseg;
+      c->nest = nest;
       return fail(c, "exactly one oneOf branch (%d and %u both match)",
                   matched, i);
     }
     matched = (int)i;
   }
   c->e = e;
-  c->nseg = nseg;
+  c->nest = nest;
   if (n->none && matched < 0)
     return branch_fail(c, n->one0, n->none, start, end, "oneOf");
   return 0;
@@ -1841,7 +1881,7 @@ int sl_schema_check(const struct sl_schema *s, const uint8_t *p, size_t n,
   const uint8_t *q = p;
   c.s = s;
   c.e = e;
-  c.nseg = 0;
+  c.nest = 0;
   c.budget = ((int64_t)n + 64) * (int64_t)s->nnodes * 8;
   if (e) {
     e->path[0] = '\0';
