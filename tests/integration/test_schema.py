@@ -507,3 +507,50 @@ def test_the_bench_section_runs_tiny_and_every_event_is_checked(tmp_path):
     rows = r.stdout.splitlines()
     assert rows[0].split() == ["case", "events/s", "cpu", "us/event"]
     assert rows[1].startswith("tcp, no contract") and rows[2].startswith("tcp + contract")
+
+
+def test_http_msgpack_batch_names_the_index_and_warn_mode_batches_pass(sluice, tmp_path):
+    import msgpack
+    d = write_schemas(tmp_path, order_v1_json=ORDER_V1, order_v2_json=ORDER_V2)
+    port, admin, http = free_port(), free_port(), free_port()
+    eng = sluice(config(port, admin, """{
+    { topics = "orders.*", file = "%s/order.v1.json" },
+    { topics = "orders.*", file = "%s/order.v2.json" },
+    { topics = "soft.*", file = "%s/order.v1.json", mode = "warn" } }""" % (d, d, d),
+                        http=http))
+    body = b"".join(msgpack.packb(e) for e in [
+        {"topic": "orders.a", "payload": {"sku": "a"}},
+        {"topic": "orders.a", "payload": {"sku": "b"}},
+        {"topic": "orders.a", "payload": {"sku": "c", "note": 5}}])
+    r = curl("http://127.0.0.1:%d/v1/events" % http, data=body,
+             content_type="application/msgpack")
+    assert r.status == 400, r
+    assert (r.json()["index"], r.json()["path"]) == (2, "/note")
+    r = post(http, [{"topic": "soft.a", "payload": {"qty": 1}},
+                    {"topic": "soft.a", "payload": {"sku": "x"}}])
+    assert r.status == 202 and r.json() == {"accepted": 2}
+    assert [json.loads(l)["topic"] for l in wait_lines(eng.path("out.ndjson"), 2)] == \
+        ["soft.a", "soft.a"]
+    assert counts(admin, contract="soft.*", version="1") == \
+        {"valid": 1, "invalid": 0, "warned": 1}
+    assert counts(admin)["invalid"] == 1
+
+
+def test_an_output_schema_misfit_leaves_the_other_targets_their_copy(sluice, tmp_path):
+    d = write_schemas(tmp_path, order_v1_json=ORDER_V1, order_v2_json=ORDER_V2)
+    port, admin = free_port(), free_port()
+    text = config(port, admin, "{}", out_schema="%s/order.v1.json" % d,
+                  outputs_extra=',\n              { name = "all", type = "file", '
+                                'path = "all.ndjson" }')
+    text = text.replace('to = "out"', 'to = { "out", "all" }')
+    eng = sluice(text)
+    send_events("127.0.0.1:%d" % port, [
+        {"id": "fits", "topic": "t", "payload": {"sku": "s"}},
+        {"id": "misfit", "topic": "t", "payload": {"qty": 1}}])
+    assert [json.loads(l)["id"] for l in wait_lines(eng.path("all.ndjson"), 2)] == \
+        ["fits", "misfit"]
+    assert [json.loads(l)["id"] for l in wait_lines(eng.path("out.ndjson"), 1)] == ["fits"]
+    dead = [json.loads(l) for l in wait_lines(eng.path("dead.ndjson"), 1)]
+    assert dead[0]["id"] == "misfit" and dead[0]["headers"]["sluice-output"] == "out"
+    assert metric("127.0.0.1:%d" % admin, "sluice_schema_output_rejected_total",
+                  output="out") == 1
