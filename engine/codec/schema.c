@@ -60,6 +60,8 @@ struct prop {
   const struct node *child; /* nodes + node, set once compiled; or NULL */
   const uint8_t *key;
   uint64_t head; /* the key's first 8 bytes, zero-padded */
+  uint64_t enc, encmask; /* its fixstr encoding's first 8 bytes, and which
+                            of them count (0 when it is no fixstr) */
   uint32_t len;
   int32_t node; /* -1: any value (only named by required) */
   int32_t req;  /* bit index among required, -1 */
@@ -542,10 +544,18 @@ static int compile_pattern(struct cc *c, const uint8_t **pp,
 }
 
 static void set_key(struct prop *pr, const uint8_t *k, uint32_t n) {
+  uint8_t e[8] = {0};
   pr->key = k;
   pr->len = n;
   pr->head = 0;
   memcpy(&pr->head, k, n < 8 ? n : 8);
+  pr->enc = pr->encmask = 0;
+  if (n <= 31) {
+    e[0] = (uint8_t)(0xa0 | n);
+    memcpy(e + 1, k, n < 7 ? n : 7);
+    memcpy(&pr->enc, e, 8);
+    pr->encmask = n >= 7 ? UINT64_MAX : ((uint64_t)1 << (8 * (n + 1))) - 1;
+  }
 }
 
 /* properties and required of node idx: its props are one contiguous run,
@@ -1343,6 +1353,18 @@ static inline int same(const uint8_t *a, const uint8_t *b, uint32_t n) {
   return 1;
 }
 
+/* minimum/maximum of an integer read inline. */
+HOT int int_bounds(struct ck *c, const struct node *n, int64_t v) {
+  const char *t = (const char *)c->s->strs.data;
+  if ((n->flags & F_MIN) &&
+      ((n->flags & F_MIN_INT) ? v < n->imin : (double)v < n->min))
+    return fail_text(c, t + n->minmsg, NULL, 0, NULL);
+  if ((n->flags & F_MAX) &&
+      ((n->flags & F_MAX_INT) ? v > n->imax : (double)v > n->max))
+    return fail_text(c, t + n->maxmsg, NULL, 0, NULL);
+  return 0;
+}
+
 /* enum of a string: bytes compared, no decoding. */
 HOT int enum_str(struct ck *c, const struct node *n, const uint8_t *str,
                  uint32_t len) {
@@ -1386,7 +1408,27 @@ HOT int check_scalar(struct ck *c, const struct node *n,
       *pp = start + 1;
       return 0;
     }
+    if (!(f & (F_ENUM | F_CONST))) { /* integers up to 32 bits */
+      int64_t v;
+      size_t len;
+      if (b <= 0x7f || b >= 0xe0) {
+        v = b <= 0x7f ? (int64_t)b : (int64_t)(int8_t)b;
+        len = 1;
+      } else if (b >= 0xcc && b <= 0xce) {
+        len = 1 + ((size_t)1 << (b - 0xcc));
+        if ((size_t)(end - start) < len)
+          return fail_text(c, "valid msgpack", NULL, 0, NULL);
+        v = (int64_t)load_be(start + 1, (int)len - 1);
+      } else {
+        goto general;
+      }
+      if (!(n->tmask & T_INT))
+        return fail_type(c, n);
+      *pp = start + len;
+      return (f & (F_MIN | F_MAX)) ? int_bounds(c, n, v) : 0;
+    }
   }
+general:
   if (rd(pp, end, &it) != 0)
     return fail_text(c, "valid msgpack", NULL, 0, NULL);
   if (!(n->tmask & type_of(&it)))
@@ -1542,7 +1584,7 @@ static __attribute__((noinline)) int
 check_object(struct ck *c, const struct node *n, uint32_t count,
              const uint8_t **pp, const uint8_t *end) {
   uint64_t seen[MAX_REQUIRED / 64], seen0 = 0; /* seen[0] kept in seen0 */
-  const struct prop *props = c->s->props + n->prop0;
+  const struct prop *props = n->nprop ? c->s->props + n->prop0 : NULL;
   uint32_t hint = 0, i, w, nw = (n->nreq + 63u) / 64u;
   const uint8_t *p = *pp;
   const struct node *nodes = c->s->nodes;
@@ -1562,6 +1604,22 @@ check_object(struct ck *c, const struct node *n, uint32_t count,
     const uint8_t *ks;
     uint32_t kn;
     int str_key = 1;
+    if (sl_likely(hint < np && end - p >= 8)) {
+      /* the expected next field: its encoded name against 8 bytes */
+      const struct prop *h = props + hint;
+      uint64_t w;
+      memcpy(&w, p, 8);
+      if ((w & h->encmask) == h->enc && h->encmask &&
+          (size_t)(end - p) > h->len &&
+          (h->len <= 7 || same(h->key + 7, p + 8, h->len - 7))) {
+        ks = p + 1;
+        kn = h->len;
+        p += 1 + kn;
+        pr = h;
+        hint++;
+        goto found;
+      }
+    }
     if (sl_likely(p < end && (*p & 0xe0) == 0xa0 &&
                   (size_t)(end - p) > (size_t)(*p & 0x1f))) {
       ks = p + 1; /* a fixstr key, read here: the common case */
@@ -1585,6 +1643,7 @@ check_object(struct ck *c, const struct node *n, uint32_t count,
         pr = props + j;
     }
   other:
+  found:
     if (sl_likely(pr != NULL)) {
       const struct node *cn = pr->child;
       if (pr->req >= 0) {

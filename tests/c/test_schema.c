@@ -671,3 +671,54 @@ TEST(compare_recurses_into_items_and_defs) {
          "{\"anyOf\":[{\"type\":\"string\"},{\"type\":\"null\"}]}", 0,
          "anyOf branch 1 added");
 }
+
+TEST(schema_property_names_of_every_length_are_found_in_and_out_of_order) {
+  /* 1, 7, 8, 31 and 40 bytes: fixstr and str8 keys, the in-order fast
+   * path and the lookup behind it */
+  static const char *names[] = {"a", "abcdefg", "abcdefgh",
+                                "abcdefghijklmnopqrstuvwxyz01234",
+                                "abcdefghijklmnopqrstuvwxyz0123456789ABCD"};
+  char schema[1024], doc[1024], rev[1024];
+  size_t n = 0, m = 0, r = 0;
+  struct sl_schema *s;
+  struct sl_schema_error e;
+  int i;
+  n += (size_t)snprintf(schema + n, sizeof(schema) - n,
+                        "{\"additionalProperties\":false,\"properties\":{");
+  for (i = 0; i < 5; i++) {
+    n += (size_t)snprintf(schema + n, sizeof(schema) - n,
+                          "%s\"%s\":{\"const\":%d}", i ? "," : "", names[i], i);
+    m += (size_t)snprintf(doc + m, sizeof(doc) - m, "%s\"%s\":%d",
+                          i ? "," : "{", names[i], i);
+    r += (size_t)snprintf(rev + r, sizeof(rev) - r, "%s\"%s\":%d",
+                          i ? "," : "{", names[4 - i], 4 - i);
+  }
+  snprintf(schema + n, sizeof(schema) - n, "}}");
+  snprintf(doc + m, sizeof(doc) - m, "}");
+  snprintf(rev + r, sizeof(rev) - r, "}");
+  s = comp(schema);
+  CHECK(s != NULL);
+  OK(s, doc);
+  OK(s, rev);
+  BAD(s, "{\"abcdefgx\":1}");  /* a 7-byte prefix of a name is not it */
+  BAD(s, "{\"abcdefghijklmnopqrstuvwxyz01235\":1}");
+  CHECK_EQ(chk(s, "{\"a\":0,\"abcdefg\":1,\"abcdefgh\":3}", &e), SL_EINVAL);
+  CHECK_STR(e.path, "/abcdefgh");
+  sl_schema_free(s);
+}
+
+TEST(schema_bounds_hold_for_every_integer_encoding) {
+  struct sl_schema *s = comp("{\"type\":\"integer\",\"minimum\":-3,"
+                             "\"maximum\":300.5}");
+  CHECK(s != NULL);
+  OK(s, "-3");    /* negative fixint */
+  BAD(s, "-4");
+  OK(s, "300");   /* uint16 */
+  BAD(s, "301");
+  BAD(s, "70000"); /* uint32 */
+  BAD(s, "-200"); /* int16 */
+  OK(s, "200");   /* uint8 */
+  OK(s, "2.0");   /* float64, integral */
+  BAD(s, "2.5");
+  sl_schema_free(s);
+}

@@ -304,3 +304,28 @@ def test_checker_error_names_the_path_jsonschema_finds():
     want = "".join("/" + str(p) for p in err.absolute_path)
     assert run_checker(schema, [doc]) == [
         "invalid %s: a string matching \"^[A-Z]+$\"" % want]
+
+
+def test_pattern_agrees_with_python_re_on_generated_patterns():
+    """The NFA against Python's re (ASCII classes, as ECMA-262) on random
+    patterns of the subset: groups, alternation, classes and every
+    quantifier form, over strings without line breaks."""
+    import re
+    r = random.Random(1616)
+    alphabet = "abcx19-_. \u00e9"
+    mismatches = []
+    total = 0
+    for _ in range(120):
+        pat = gen_pattern(r)
+        if r.random() < 0.5:
+            pat = "(%s)%s" % (pat, r.choice(["*", "+", "?", "{1,3}", ""]))
+        texts = ["".join(r.choice(alphabet) for _ in range(r.randint(0, 8)))
+                 for _ in range(20)]
+        lines = run_checker({"pattern": pat}, texts)
+        want = re.compile(pat, re.ASCII)
+        for t, line in zip(texts, lines):
+            total += 1
+            if (want.search(t) is not None) != (line == "valid"):
+                mismatches.append((pat, t, line))
+    assert not mismatches, mismatches[:8]
+    assert total == 2400
