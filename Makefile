@@ -79,7 +79,8 @@ CORE_SRC := engine/lua/testing.c engine/lua/rule.c engine/lua/luacodec.c \
             engine/lua/proxy.c \
             engine/lua/pattern.c engine/codec/codec.c engine/codec/event.c \
             engine/codec/json.c engine/core/buf.c engine/core/router.c \
-            engine/core/utf8.c engine/core/ratelimit.c
+            engine/core/utf8.c engine/core/ratelimit.c engine/codec/schema.c \
+            engine/core/regex.c engine/config/schemas.c
 ifeq ($(strip $(SAN)),)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
 else

@@ -165,6 +165,11 @@ static int render_decision(struct sl_admin *a, struct sl_buf *b,
     if (rc == 0)
       rc = sl_codec_json_str(b, d->reason, strlen(d->reason));
   }
+  if (rc == 0 && d->schema) { /* it did not fit its payload contract */
+    rc = sl_buf_append(b, ",\"schema\":", 10);
+    if (rc == 0)
+      rc = sl_codec_json_str(b, d->schema, strlen(d->schema));
+  }
   return rc;
 }
 
@@ -275,6 +280,11 @@ static int render_text(struct sl_admin *a, struct sl_buf *b,
     rc = sl_buf_append(b, " reason=", 8);
     if (rc == 0)
       rc = sl_codec_json_str(b, d->reason, strlen(d->reason));
+  }
+  if (rc == 0 && d->schema && d->schema != d->reason) {
+    rc = sl_buf_append(b, " schema=", 8);
+    if (rc == 0)
+      rc = sl_codec_json_str(b, d->schema, strlen(d->schema));
   }
   if (rc == 0)
     rc = sl_buf_printf(b, " id=%.*s", (int)v.id.len, v.id.p);

@@ -2,6 +2,7 @@
  * string that spans lines can hide or fake a finding; the findings are
  * warnings for that reason. */
 #include "lint.h"
+#include "schema.h"
 
 #include "router.h"
 
@@ -177,4 +178,64 @@ int sl_lint_routes(const struct sl_config *cfg, const char *path) {
     found++;
   }
   return found;
+}
+
+/* ---- schema contracts ---------------------------------------------------- */
+
+struct changes {
+  char breaking[1024], compatible[1024];
+  size_t nb, nc;
+};
+
+static void on_change(void *data, int breaking, const char *path,
+                      const char *what) {
+  struct changes *c = data;
+  char *out = breaking ? c->breaking : c->compatible;
+  size_t *off = breaking ? &c->nb : &c->nc;
+  (void)path;
+  if (*off < sizeof(c->breaking) - 1)
+    *off += (size_t)snprintf(out + *off, sizeof(c->breaking) - *off, "%s%s",
+                             *off ? "; " : "", what);
+  if (*off >= sizeof(c->breaking))
+    *off = sizeof(c->breaking) - 1;
+}
+
+int sl_lint_schemas(const struct sl_config *cfg, int info) {
+  int i, j, errors = 0;
+  for (i = 0; i < cfg->nschemas; i++) {
+    const struct sl_schema_contract *k = &cfg->schemas[i];
+    for (j = 1; j < k->nversions; j++) {
+      const struct sl_schema_version *a = &k->versions[j - 1],
+                                     *b = &k->versions[j];
+      struct changes ch;
+      int nb;
+      memset(&ch, 0, sizeof(ch));
+      nb = sl_schema_compare(a->schema, b->schema, on_change, &ch);
+      if (nb > 0 && (a->code >> 16) == (b->code >> 16)) {
+        errors++;
+        if (info)
+          continue;
+        fprintf(stderr, "%s: error: %s %s breaks readers of %s: %s; a "
+                "breaking change needs a new major version\n", b->file,
+                k->topics, b->version, a->version, ch.breaking);
+        continue;
+      }
+      if (!info)
+        continue;
+      if (nb > 0) {
+        printf("info: %s %s breaks readers of %s (a new major version): "
+               "%s\n", k->topics, b->version, a->version, ch.breaking);
+      }
+      if (ch.nc && nb > 0)
+        printf("info: %s %s also changes compatibly from %s: %s\n",
+               k->topics, b->version, a->version, ch.compatible);
+      else if (ch.nc)
+        printf("info: %s %s is compatible with %s: %s\n", k->topics,
+               b->version, a->version, ch.compatible);
+      else if (nb == 0)
+        printf("info: %s %s is compatible with %s: no changes\n",
+               k->topics, b->version, a->version);
+    }
+  }
+  return errors;
 }

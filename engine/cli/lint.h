@@ -17,4 +17,11 @@ int sl_lint_rules(const struct sl_config *cfg);
  * a glob of an earlier route (first match wins). Returns how many. */
 int sl_lint_routes(const struct sl_config *cfg, const char *path);
 
+/* Compare each contract's consecutive versions (oldest first): a change
+ * that breaks readers of the older one within the same MAJOR is an error
+ * (printed to stderr unless info); across a major bump it is reported,
+ * as are the compatible changes (printed to stdout when info). Returns
+ * the number of errors. */
+int sl_lint_schemas(const struct sl_config *cfg, int info);
+
 #endif

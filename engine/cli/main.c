@@ -32,7 +32,8 @@ static const char usage[] =
     "commands:\n"
     "  run     [-c FILE]   run the engine (default config: " SL_CONFIG_DEFAULT_PATH ")\n"
     "  check   [-c FILE] [--strict] [--events FILE]\n"
-    "                      check a config and its rules; exit 0 when valid, 1 with\n"
+    "                      check a config, its rules and schemas (versions of a\n"
+    "                      contract compared); exit 0 when valid, 1 with\n"
     "                      the problems otherwise; warns of output names in rule\n"
     "                      literals that name no output (--strict: exit 1);\n"
     "                      --events: dry-run them, exit 1 on any failed,\n"
@@ -316,12 +317,19 @@ static int cmd_check(const char *path, const char *events, int strict) {
     return 1;
   }
   sl_rules_free(rs);
+  if (sl_lint_schemas(cfg, 0) > 0) {
+    fprintf(stderr, "sluice: %s: schemas rejected\n", path);
+    sl_config_free(cfg);
+    return 1;
+  }
   warnings = sl_lint_rules(cfg) + sl_lint_routes(cfg, path);
-  printf("%s: ok (%d inputs, %d outputs, %d routes%s%s%s)\n", path,
+  printf("%s: ok (%d inputs, %d outputs, %d routes%s%s%s%s)\n", path,
          cfg->ninputs, cfg->noutputs, cfg->router.nroutes,
+         cfg->nschemas ? ", schemas checked" : "",
          cfg->rules.dir ? ", rules in " : "",
          cfg->rules.dir ? cfg->rules.dir : "",
          warnings ? "; with warnings" : "");
+  sl_lint_schemas(cfg, 1); /* what changed between versions, after ok */
   sl_config_free(cfg);
   if (warnings && strict)
     return 1;

@@ -381,6 +381,7 @@ static struct sl_event *build(struct sl_idgen *g, struct sl_str id,
   ev->time = time;
   ev->ingest_ns = mono;
   ev->track = NULL;
+  ev->schema_version = 0;
   if (hb.data)
     sl_buf_close(&hb);
   return ev;
@@ -438,6 +439,7 @@ struct sl_event *sl_event_with_header(const struct sl_event *ev,
                       ev->payload_len, 0);
   if (copy) {
     copy->ingest_ns = ev->ingest_ns;
+    copy->schema_version = ev->schema_version;
     sl_event_share_track(ev, copy);
   }
   sl_buf_close(&hb);

@@ -30,6 +30,8 @@ struct sl_event {
   uint32_t payload_off, payload_len; /* raw value; payload_len == 0: none */
   uint32_t headers_count;
   uint32_t block;      /* allocation: 0 malloc, else a pool size class + 1 */
+  uint32_t schema_version; /* the contract version it was checked against
+                              (sl_config_version_parse code); 0: none */
   int64_t time;        /* ns since the epoch */
   uint64_t ingest_ns;  /* monotonic ns at ingest, for latency */
   struct sl_track *track; /* NULL unless its input tracks it to its end */

@@ -20,6 +20,7 @@
 #include <uv.h>
 
 #include "log.h"
+#include "schema.h"
 
 /* the chunk name of the config in Lua's messages, replaced by its path */
 #define CHUNK "sluice-config"
@@ -1494,7 +1495,7 @@ static void check_dedup(struct check *c, int t, const char *path,
 static const char *const input_core[] = {"name", "type", NULL};
 static const char *const output_core[] = {
     "name",       "type",  "queue",  "retry",        "breaker",
-    "rate_limit", "dedup", "buffer", "batch_events", NULL};
+    "rate_limit", "dedup", "buffer", "batch_events", "schema", NULL};
 
 const char *const *sl_config_core_keys(enum sl_plugin_kind kind) {
   return kind == SL_PLUGIN_INPUT ? input_core : output_core;
@@ -1559,6 +1560,21 @@ done:
   lua_pop(L, 1);
 }
 
+/* schema = "path.json": events routed to the output must fit it. */
+static void check_output_schema(struct check *c, int ot, const char *p,
+                                struct sl_output_config *o) {
+  char *rel = NULL, why[512], pk[96];
+  opt_str(c, ot, p, "schema", &rel, 0);
+  if (rel == NULL)
+    return;
+  o->schema_file = resolve(c, rel);
+  free(rel);
+  snprintf(pk, sizeof(pk), "%s.schema", p);
+  if (o->schema_file && sl_schema_load_file(o->schema_file, &o->schema, why,
+                                            sizeof(why)) != 0)
+    bad(c, pk, "%s", why);
+}
+
 static void check_output(struct check *c, struct sl_config *cfg, int ot,
                          const char *p, struct sl_output_config *o) {
   const char *const *core = output_core;
@@ -1578,6 +1594,7 @@ static void check_output(struct check *c, struct sl_config *cfg, int ot,
   check_breaker(c, ot, p, o);
   check_rate_limit(c, ot, p, &o->rate_limit);
   check_dedup(c, ot, p, &o->dedup);
+  check_output_schema(c, ot, p, o);
   (void)cfg;
 }
 
@@ -1885,7 +1902,7 @@ static void check_top(struct check *c, struct sl_config *cfg, int t) {
       "inputs",    "outputs",          "routes",          "rules",
       "admin",     "dead_letter",      "pid_file",        "shutdown_timeout",
       "log_level", "max_event_bytes",  "state_dir",       "unrouted",
-      NULL};
+      "schemas",   NULL};
   double timeout;
   char *level = NULL, *pid = NULL;
 
@@ -1898,6 +1915,7 @@ static void check_top(struct check *c, struct sl_config *cfg, int t) {
   check_routes(c, cfg, t);
   check_rules(c, cfg, t);
   check_admin(c, cfg, t);
+  c->nerr += sl_config_schemas(c->L, t, c->file, c->dir, cfg, c->err);
   cfg->max_event_bytes = 1u << 20;
   opt_u32(c, t, "", "max_event_bytes", 64, 256u << 20, &cfg->max_event_bytes,
           1);
@@ -2103,7 +2121,10 @@ void sl_config_free(struct sl_config *c) {
     free(o->buffer.path);
     free_tls(&o->tls);
     free_values(o->values, o->nvalues);
+    free(o->schema_file);
+    sl_schema_free(o->schema);
   }
+  sl_config_schemas_free(c);
   free(c->outputs);
   for (i = 0; i < c->router.nroutes; i++)
     free_strlist(c->router.routes[i].topics, c->router.routes[i].ntopics);

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "buf.h"
 #include "keys.h"
@@ -132,7 +133,52 @@ struct sl_output_config {
   int nvalues;
   int retired; /* a reload's placeholder for an output that is gone or
                   draining: name and type only, never found by name */
+  char *schema_file;         /* schema = "...": resolved; NULL: none */
+  struct sl_schema *schema;  /* compiled from it (codec/schema.h) */
 };
+
+/* ---- schema contracts (schemas.c) -------------------------------------- */
+
+struct sl_schema;
+
+enum sl_schema_mode { SL_SCHEMA_ENFORCE = 0, SL_SCHEMA_WARN };
+
+/* One version of a contract: schemas = { { topics = .., file = .. } }. */
+struct sl_schema_version {
+  char *version;            /* as written ("2", "2.1") */
+  uint32_t code;            /* sl_config_version_parse */
+  char *file;               /* resolved */
+  struct sl_schema *schema; /* compiled at load */
+};
+
+/* The entries of schemas with the same topics glob: one contract. */
+struct sl_schema_contract {
+  char *topics;
+  size_t topics_len;
+  enum sl_schema_mode mode;       /* default enforce */
+  char *version_header;           /* default "schema-version" */
+  char *version_field;            /* a payload field instead; NULL: none */
+  int default_version;            /* index in versions; -1: the newest */
+  struct sl_schema_version *versions; /* oldest first */
+  int nversions;
+};
+
+/* A version "MAJOR" or "MAJOR.MINOR" (decimal, each at most 32767) as a
+ * nonzero code that keeps how it was written; "2" and "2.0" are the same
+ * version. Returns 0 or SL_EINVAL. */
+int sl_config_version_parse(const char *s, size_t n, uint32_t *code);
+/* Codes in version order (for sorting and comparing). */
+static inline uint32_t sl_config_version_order(uint32_t code) {
+  return ((code >> 16) & 0x7fffu) << 15 | (code & 0x7fffu);
+}
+/* The code as written ("2", "2.1") into out (at least 12 bytes). */
+static inline void sl_config_version_format(uint32_t code, char *out,
+                                            size_t n) {
+  if (code & 0x8000u)
+    snprintf(out, n, "%u.%u", (code >> 16) & 0x7fffu, code & 0x7fffu);
+  else
+    snprintf(out, n, "%u", (code >> 16) & 0x7fffu);
+}
 
 struct sl_rules_config {
   char *dir;               /* NULL: no rules */
@@ -177,6 +223,8 @@ struct sl_config {
   uint32_t shutdown_timeout_ms; /* default 10000 */
   uint32_t max_event_bytes;     /* default 1 MiB */
   int log_level;                /* -1: not set in the file */
+  struct sl_schema_contract *schemas; /* payload contracts, in order */
+  int nschemas;
 };
 
 /* Load and check the file at path; plugins (NULL-terminated, from the
@@ -206,6 +254,30 @@ int sl_config_routes_same(const struct sl_config *a, const struct sl_config *b);
  * how many. */
 int sl_config_restart_diff(const struct sl_config *a, const struct sl_config *b,
                            struct sl_buf *out);
+
+/* Read the schemas list of the config table at t (in L, a lua_State)
+ * into cfg->schemas and compile every schema (schemas.c). Errors are
+ * appended to err as "file: schemas[2].file: ..."; returns how many. */
+int sl_config_schemas(void *L, int t, const char *file, const char *dir,
+                      struct sl_config *cfg, struct sl_buf *err);
+void sl_config_schemas_free(struct sl_config *cfg);
+
+struct sl_schema_error;
+
+/* The first contract of cfg whose topics glob matches the topic (and its
+ * index in *index when not NULL), or NULL. */
+const struct sl_schema_contract *
+sl_config_schema_find(const struct sl_config *cfg, const char *topic,
+                      size_t len, int *index);
+
+/* The index in k->versions of the version an event falls under: the one
+ * it names (k's header in headers, or its payload field), else
+ * default_version, else the newest. -1 when it names a version k lacks
+ * or one that is no version: e says so. */
+int sl_config_schema_version(const struct sl_schema_contract *k,
+                             const uint8_t *headers, size_t hlen,
+                             const uint8_t *payload, size_t plen,
+                             struct sl_schema_error *e);
 
 /* Release a config; NULL is a no-op. */
 void sl_config_free(struct sl_config *c);

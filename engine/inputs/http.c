@@ -35,6 +35,7 @@
 #include "worker.h"
 #include "plugins.h"
 #include "rfc3339.h"
+#include "schemas.h"
 #include "tls.h"
 
 enum body_kind { BODY_JSON = 0, BODY_NDJSON, BODY_MSGPACK };
@@ -481,6 +482,68 @@ static int check_batch(struct batch *b) {
   return 0;
 }
 
+/* 400 for an event that does not fit its enforcing payload contract:
+ * {"error": .., "index": i, "path": "/sku", "expected": "string",
+ * "contract": "orders.*", "version": "2"}. */
+static void refuse_schema(struct batch *b, size_t index,
+                          const struct sl_schema_verdict *v) {
+  const struct sl_schema_contract *k = v->contract;
+  const char *ver = v->version >= 0 ? k->versions[v->version].version
+                                    : "unknown";
+  char why[640];
+  struct sl_buf out;
+  b->hi->in->stats.bad_input++;
+  sl_schemas_describe(v, why, sizeof(why));
+  sl_buf_init(&out);
+  sl_buf_append(&out, "{\"error\":", 9);
+  sl_codec_json_str(&out, why, strlen(why));
+  sl_buf_printf(&out, ",\"index\":%zu,\"path\":", index);
+  sl_codec_json_str(&out, v->e.path, strlen(v->e.path));
+  sl_buf_append(&out, ",\"expected\":", 12);
+  sl_codec_json_str(&out, v->e.msg, strlen(v->e.msg));
+  sl_buf_append(&out, ",\"contract\":", 12);
+  sl_codec_json_str(&out, k->topics, strlen(k->topics));
+  sl_buf_append(&out, ",\"version\":", 11);
+  sl_codec_json_str(&out, ver, strlen(ver));
+  sl_buf_putc(&out, '}');
+  sl_http_respond(b->r, 400, "application/json", out.data, out.len);
+  sl_buf_close(&out);
+}
+
+/* Payload contracts (worker/schemas.h), before anything is submitted: one
+ * event that does not fit an enforcing contract refuses the whole batch.
+ * Counted once here for the refused event; accepted ones are counted as
+ * they are submitted. OTLP records are checked at submit (dead letter). */
+static int check_schemas(struct batch *b) {
+  struct sl_worker *w = b->hi->in->w;
+  size_t i;
+  if (w->cfg->nschemas == 0 || b->otlp)
+    return 0;
+  for (i = 0; i < b->n; i++) {
+    const uint8_t *p = (SPAN(b, i).fixed ? b->fixed.data : b->base) +
+                       SPAN(b, i).off;
+    struct sl_event_view ev;
+    struct sl_schema_verdict v;
+    memset(&ev, 0, sizeof(ev));
+    if (b->topic) {
+      ev.topic.p = b->topic;
+      ev.topic.len = (uint32_t)b->topic_len;
+      ev.payload = p;
+      ev.payload_len = SPAN(b, i).len;
+    } else if (sl_codec_parse_event(p, SPAN(b, i).len, &ev, NULL) != 0) {
+      continue; /* checked before: cannot happen */
+    }
+    if (sl_schemas_check(w, ev.topic, ev.headers, ev.headers_len, ev.payload,
+                         ev.payload_len, 0, &v) == SL_SCHEMA_INVALID) {
+      sl_schemas_check(w, ev.topic, ev.headers, ev.headers_len, ev.payload,
+                       ev.payload_len, 1, &v); /* counted once */
+      refuse_schema(b, i, &v);
+      return SL_EINVAL;
+    }
+  }
+  return 0;
+}
+
 /* ---- building and submitting ------------------------------------------- */
 
 /* The string at p (a msgpack str), or p == NULL. */
@@ -767,7 +830,7 @@ static void cb_request(struct sl_http_request *r) {
                           "nothing was accepted; retry later");
     return;
   }
-  if (inflate_body(b) != 0 || check_batch(b) != 0)
+  if (inflate_body(b) != 0 || check_batch(b) != 0 || check_schemas(b) != 0)
     return;
   in->stats.bytes_in += r->body.len;
   sl_source_init(&b->src, in, on_resume);

@@ -11,6 +11,7 @@
 #include "box.h"
 #include "proxy.h"
 #include "codec.h"
+#include "config.h"
 #include "luacodec.h"
 
 /* ---- the event userdata ------------------------------------------------- */
@@ -92,11 +93,19 @@ static int ev_index(lua_State *L) {
     char ns[24];
     snprintf(ns, sizeof(ns), "%lld", (long long)ev->time);
     lua_pushstring(L, ns);
+  } else if (n == 14 && memcmp(k, "schema_version", 14) == 0) {
+    /* the contract version ingest checked it against; nil without one */
+    char v[16];
+    if (ev->schema_version == 0)
+      return 0;
+    sl_config_version_format(ev->schema_version, v, sizeof(v));
+    lua_pushstring(L, v);
   } else if (n == 5 && memcmp(k, "field", 5) == 0) {
     lua_pushvalue(L, lua_upvalueindex(1)); /* ev:field(name) */
   } else {
     return luaL_error(L, "event has no field '%s' (it has id, topic, key, "
-                         "time, time_ns, headers, payload and field())",
+                         "time, time_ns, headers, payload, schema_version and "
+                         "field())",
                       msg_str(L, 2));
   }
   return 1;
@@ -471,6 +480,7 @@ int finish(lua_State *L) {
   nev = wire_event(L, r, "the changed event", id, topic, key, 1, ev->time, hp,
                    hl, pp, pl, 0);
   nev->ingest_ns = ev->ingest_ns;
+  nev->schema_version = ev->schema_version; /* the next rule reads it too */
   sl_event_share_track(ev, nev);
   b->changed = nev;
   shrink(&r->buf1);

@@ -38,6 +38,8 @@ struct sl_rules_result {
   int route;          /* index of the deciding config route, or -1 */
   const char *rule;   /* the deciding rule's file, or NULL (config) */
   const char *reason; /* drop reason or error; valid until the next call */
+  const char *schema; /* set by the worker: why the event did not fit its
+                         payload contract (warn mode), or NULL */
 };
 
 /* What the rule set needs from its owner. */

@@ -11,12 +11,15 @@
 #include <time.h>
 
 #include <lauxlib.h>
+#include <lualib.h>
 #include <lua.h>
 
 #include "codec.h"
+#include "config.h"
 #include "event.h"
 #include "luacodec.h"
 #include "sandbox.h"
+#include "schema.h"
 
 #define RULE_MT "sluice_core.rule"
 
@@ -606,6 +609,131 @@ static int l_decode_json(lua_State *L) {
   return 1;
 }
 
+/* validate(schema_path, msgpack) -> true | false, path, expected. A
+ * schema that does not compile raises its error. Compiled per call: specs
+ * check a handful of values. */
+static int l_validate(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  size_t n;
+  const char *mp = luaL_checklstring(L, 2, &n);
+  struct sl_schema *s;
+  struct sl_schema_error e;
+  char err[512];
+  int rc;
+  size_t used;
+  if (sl_schema_load_file(path, &s, err, sizeof(err)) != 0) {
+    lua_pushstring(L, err);
+    return lua_error(L);
+  }
+  if (sl_codec_skip((const uint8_t *)mp, n, n, &used, NULL) != 0 ||
+      used != n) {
+    sl_schema_free(s);
+    return luaL_error(L, "validate: not one complete msgpack value");
+  }
+  rc = sl_schema_check(s, (const uint8_t *)mp, n, &e);
+  sl_schema_free(s);
+  if (rc == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushboolean(L, 0);
+  lua_pushstring(L, e.path);
+  lua_pushstring(L, e.msg);
+  return 3;
+}
+
+#define CONTRACTS_MT "sluice_core.contracts"
+
+/* contracts(config_path): the schemas of a config file, compiled as the
+ * engine compiles them (config/schemas.c); the rest of the file is not
+ * checked. The file runs in a state with the pure libraries only, as
+ * sl_config_load runs it. Raises the config's errors. */
+static int l_contracts(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct sl_config *cfg = lua_newuserdata(L, sizeof(*cfg));
+  lua_State *C;
+  struct sl_buf err;
+  char dir[4096], *slash;
+  int n;
+
+  memset(cfg, 0, sizeof(*cfg));
+  luaL_getmetatable(L, CONTRACTS_MT);
+  lua_setmetatable(L, -2);
+  snprintf(dir, sizeof(dir), "%s", path);
+  slash = strrchr(dir, '/');
+  if (slash)
+    *slash = '\0';
+  else
+    snprintf(dir, sizeof(dir), ".");
+  if ((C = luaL_newstate()) == NULL)
+    return luaL_error(L, "out of memory");
+  lua_pushcfunction(C, luaopen_base);
+  lua_call(C, 0, 0);
+  lua_pushcfunction(C, luaopen_string);
+  lua_call(C, 0, 0);
+  lua_pushcfunction(C, luaopen_table);
+  lua_call(C, 0, 0);
+  lua_pushcfunction(C, luaopen_math);
+  lua_call(C, 0, 0);
+  if (luaL_loadfile(C, path) != 0 || lua_pcall(C, 0, 1, 0) != 0 ||
+      !lua_istable(C, -1)) {
+    lua_pushfstring(L, "%s: %s", path,
+                    lua_isstring(C, -1) ? lua_tostring(C, -1)
+                                        : "the file must return a table");
+    lua_close(C);
+    return lua_error(L);
+  }
+  sl_buf_init(&err);
+  n = sl_config_schemas(C, lua_gettop(C), path, dir, cfg, &err);
+  lua_close(C);
+  if (n > 0) {
+    lua_pushlstring(L, (const char *)err.data, err.len);
+    sl_buf_close(&err);
+    return lua_error(L);
+  }
+  sl_buf_close(&err);
+  return 1;
+}
+
+static int contracts_gc(lua_State *L) {
+  sl_config_schemas_free(luaL_checkudata(L, 1, CONTRACTS_MT));
+  return 0;
+}
+
+/* c:check(topic, headers_mp|nil, payload_mp|nil) -> nil (no contract),
+ * or ok, contract, version|nil, path, expected: the engine's verdict. */
+static int contracts_check(lua_State *L) {
+  const struct sl_config *cfg = luaL_checkudata(L, 1, CONTRACTS_MT);
+  size_t tn, hn = 0, pn = 0;
+  const char *topic = luaL_checklstring(L, 2, &tn);
+  const char *h = luaL_optlstring(L, 3, NULL, &hn);
+  const char *p = luaL_optlstring(L, 4, "\xc0", &pn);
+  const struct sl_schema_contract *k = sl_config_schema_find(cfg, topic, tn,
+                                                             NULL);
+  struct sl_schema_error e;
+  char v[16];
+  int i, ok;
+  if (k == NULL)
+    return 0;
+  i = sl_config_schema_version(k, (const uint8_t *)h, hn, (const uint8_t *)p,
+                               pn, &e);
+  ok = i >= 0 && sl_schema_check(k->versions[i].schema, (const uint8_t *)p,
+                                 pn, &e) == 0;
+  lua_pushboolean(L, ok);
+  lua_pushstring(L, k->topics);
+  if (i >= 0) {
+    sl_config_version_format(k->versions[i].code, v, sizeof(v));
+    lua_pushstring(L, v);
+  } else {
+    lua_pushnil(L);
+  }
+  if (ok)
+    return 3;
+  lua_pushstring(L, e.path);
+  lua_pushstring(L, e.msg);
+  return 5;
+}
+
 int luaopen_sluice_core(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"run", l_run},           {"advance", l_advance},
@@ -617,6 +745,8 @@ int luaopen_sluice_core(lua_State *L) {
                                  {"encode", l_encode},
                                  {"decode", l_decode},
                                  {"decode_json", l_decode_json},
+                                 {"validate", l_validate},
+                                 {"contracts", l_contracts},
                                  {NULL, NULL}};
   const luaL_Reg *f;
 
@@ -628,6 +758,15 @@ int luaopen_sluice_core(lua_State *L) {
     }
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, l_close);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, CONTRACTS_MT)) {
+    lua_newtable(L);
+    lua_pushcfunction(L, contracts_check);
+    lua_setfield(L, -2, "check");
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, contracts_gc);
     lua_setfield(L, -2, "__gc");
   }
   lua_pop(L, 1);

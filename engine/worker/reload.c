@@ -28,6 +28,7 @@
 
 #include "plugins.h"
 #include "rules.h"
+#include "schemas.h"
 #include "worker_int.h"
 
 enum { KEEP, ADD, CHANGE };
@@ -764,6 +765,8 @@ static int prepare(struct plan *p) {
     sl_buf_close(&eb);
     return SL_EINVAL;
   }
+  if (sl_schemas_reload_check(w->cfg, p->next, p->err, p->errlen) != 0)
+    return SL_EINVAL;
   if ((rc = plan_alloc(p)) != 0 || (rc = plan_outputs(p)) != 0 ||
       (rc = plan_inputs(p)) != 0 || (rc = layout_outputs(p)) != 0 ||
       (rc = layout_inputs(p)) != 0) {

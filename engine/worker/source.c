@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "rules.h"
+#include "schemas.h"
 #include "worker_int.h"
 
 /* ---- the pipeline ------------------------------------------------------ */
@@ -148,7 +149,13 @@ int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
   struct sl_rules_result r;
   int i, rc;
 
-  sl_rules_decide(w->rules, ev, &r);
+  if (sl_schemas_ingest(w, ev, &r) == 0) {
+    const char *mark = r.schema;
+    sl_rules_decide(w->rules, ev, &r);
+    r.schema = mark;
+    if (r.ntargets)
+      sl_schemas_outputs(w, &r);
+  }
   if (r.outcome == SL_RULES_UNROUTED)
     count_unrouted(s);
   if (w->tap)

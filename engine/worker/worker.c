@@ -12,6 +12,7 @@
 #include "dedup.h"
 #include "plugins.h"
 #include "rules.h"
+#include "schemas.h"
 #include "tls.h"
 #include "worker_int.h"
 
@@ -337,7 +338,8 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
     goto fail;
   }
   w->metrics = sl_metric_registry_new();
-  if (w->metrics == NULL || sl_worker_metrics(w) != 0) {
+  if (w->metrics == NULL || sl_worker_metrics(w) != 0 ||
+      sl_schemas_init(w) != 0) {
     snprintf(err, errlen, "out of memory");
     rc = SL_ENOMEM;
     goto fail;
@@ -420,6 +422,7 @@ void sl_worker_close(struct sl_worker *w) {
   w->owns_cfg = 0;
   w->outputs = NULL;
   w->inputs = NULL;
+  sl_schemas_free(w);
   sl_metric_registry_free(w->metrics); /* after every module removed its */
   w->metrics = NULL;
   uv_loop_close(&w->loop);

@@ -173,6 +173,7 @@ struct sl_worker {
   /* what /metrics renders: every module of the worker registers its
    * metrics here (core/metric.h) and removes them when it goes */
   struct sl_metric_registry *metrics;
+  struct sl_schemas *schemas; /* payload contracts' counters (schemas.c) */
   uint64_t started_ns;
   /* durability tickets: disk buffers stamp appends with durable_ticket;
    * durable_waiters (oldest ticket first) wait for their stamp to be

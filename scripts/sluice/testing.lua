@@ -52,6 +52,12 @@
 --
 -- encode(v) / decode(bytes) / decode_json(s) convert with the engine's
 -- codec; kind(v [, key]) names the msgpack type a value encodes as.
+-- validate(schema_path, payload) / validate_event(schema_path, event) ->
+--   true, or false, path, expected: the engine's payload-contract check
+--   (the schemas config key) on a value or an event's payload.
+-- contracts(config_path) -> c; c:check(event) -> nil (no contract), or
+--   ok, contract, version[, path, expected]: the config's contracts, as
+--   ingest applies them (version header or field, default, newest).
 
 local ok, core = pcall(require, "sluice_core")
 if not ok then
@@ -107,16 +113,66 @@ local function spec_dir()
   return caller and dirname(caller)
 end
 
-function M.load(path, opts)
-  assert(type(path) == "string", "testing.load: a rule path expected")
+-- A relative path against the spec's folder, not the current one:
+-- `sluice test` runs from anywhere, and a spec travels with its files.
+local function from_spec(path)
   if path:sub(1, 1) ~= "/" then
-    -- against the spec, not the current folder: `sluice test` runs from
-    -- anywhere, and a spec travels with its rule
     local dir = spec_dir()
     if dir then
-      path = dir .. "/" .. path
+      return dir .. "/" .. path
     end
   end
+  return path
+end
+
+-- validate(schema_path, payload) -> true, or false, path, expected: does
+-- the payload (any value; testing.array/map/... for exact types) fit the
+-- schema file, as the engine checks it at ingest? path is the JSON path
+-- of the first violation ("/items/0/sku", "" for the root), expected what
+-- the schema wanted there. A schema that does not compile raises.
+function M.validate(path, payload)
+  assert(type(path) == "string", "testing.validate: a schema path expected")
+  return core.validate(from_spec(path), core.encode(payload))
+end
+
+-- validate_event(schema_path, event) -> the same for an event table (as
+-- rule:run takes, or result.event): its payload, or payload_raw.
+function M.validate_event(path, event)
+  assert(type(event) == "table", "testing.validate_event: an event expected")
+  local raw = event.payload_raw or core.encode(event.payload)
+  return core.validate(from_spec(path), raw)
+end
+
+-- contracts(config_path) -> c: the schemas of a config file, compiled as
+-- the engine compiles them (the rest of the config is not checked). A
+-- config whose schemas are wrong raises the config's errors.
+-- c:check(event) -> the engine's verdict at ingest on an event table:
+--   nil when no contract covers its topic; else ok, contract (the topics
+--   glob), version (as written; nil when the event names one the contract
+--   lacks) and, when not ok, path and expected.
+local Contracts = {}
+Contracts.__index = Contracts
+
+function Contracts:check(event)
+  assert(type(event) == "table" and type(event.topic) == "string",
+    "contracts:check: an event with a topic expected")
+  local headers = event.headers and next(event.headers) ~= nil
+    and core.encode(core.map(event.headers)) or nil
+  local payload = event.payload_raw
+  if payload == nil and event.payload ~= nil then
+    payload = core.encode(event.payload)
+  end
+  return self.c:check(event.topic, headers, payload)
+end
+
+function M.contracts(path)
+  assert(type(path) == "string", "testing.contracts: a config path expected")
+  return setmetatable({ c = core.contracts(from_spec(path)) }, Contracts)
+end
+
+function M.load(path, opts)
+  assert(type(path) == "string", "testing.load: a rule path expected")
+  path = from_spec(path)
   opts = opts or {}
   local o = {
     cpu_budget_ms = opts.cpu_budget_ms,

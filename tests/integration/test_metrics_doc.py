@@ -77,17 +77,19 @@ def start(sluice, tmp_path):
     rules.mkdir()
     (rules / "10_count.lua").write_text(RULE)
     tcp, web, admin = free_port(), free_port(), free_port()
+    (tmp_path / "any.json").write_text("{}")  # a contract every event fits
     cfg = """return {
   inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" },
              { name = "web", type = "http", listen = "127.0.0.1:%d" } },
+  schemas = { { topics = "*", file = "ANY", version = "1" } },
   outputs = { { name = "out", type = "file", path = "out.ndjson",
-                buffer = { type = "disk", path = "buf" } } },
+                buffer = { type = "disk", path = "buf" }, schema = "ANY" } },
   routes = { { topics = "*", to = "out",
                rate_limit = { events_per_second = 100000, burst = 1000 } } },
   rules = { dir = "%s", watch = false },
   admin = { listen = "127.0.0.1:%d" },
 }""" % (tcp, web, rules, admin)
-    sluice(cfg)
+    sluice(cfg.replace("ANY", str(tmp_path / "any.json")))
     return "127.0.0.1:%d" % tcp, web, "127.0.0.1:%d" % admin
 
 

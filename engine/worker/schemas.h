@@ -1,0 +1,82 @@
+/* schemas.h - the config's payload contracts enforced by a worker: which
+ * contract and version an event falls under, the check of its payload,
+ * what becomes of an event that does not fit (enforce: refused at the
+ * HTTP input, dead-lettered at stream inputs; warn: counted, passed on),
+ * outputs' schema = "..." and the metrics. */
+#ifndef SL_WORKER_SCHEMAS_H
+#define SL_WORKER_SCHEMAS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+#include "config.h"
+#include "event.h"
+#include "schema.h"
+
+struct sl_worker;
+
+enum sl_schema_result {
+  SL_SCHEMA_NONE = 0, /* no contract covers the topic */
+  SL_SCHEMA_VALID,
+  SL_SCHEMA_INVALID,  /* enforce mode: refuse or dead-letter it */
+  SL_SCHEMA_WARNED    /* warn mode: it does not fit, and passes on */
+};
+
+struct sl_schema_verdict {
+  enum sl_schema_result result;
+  const struct sl_schema_contract *contract;
+  int version;                 /* index in contract->versions; -1: unknown */
+  struct sl_schema_error e;    /* why it does not fit */
+};
+
+/* Set up the worker's contract state and its metrics. 0 or SL_ENOMEM. */
+int sl_schemas_init(struct sl_worker *w);
+void sl_schemas_free(struct sl_worker *w);
+
+/* The verdict on an event's parts (headers: its raw map or NULL; payload:
+ * its raw value, NULL or plen 0 for none) under w's live config. Counted
+ * in the metrics when count is set. Returns v->result. */
+enum sl_schema_result sl_schemas_check(struct sl_worker *w, struct sl_str topic,
+                                       const uint8_t *headers, size_t hlen,
+                                       const uint8_t *payload, size_t plen,
+                                       int count, struct sl_schema_verdict *v);
+
+/* The verdict on an event as an input submits it: counted, its version
+ * stamped on ev, logged (rate-limited) when it does not fit. */
+enum sl_schema_result sl_schemas_event(struct sl_worker *w,
+                                       struct sl_event *ev,
+                                       struct sl_schema_verdict *v);
+
+/* "contract orders.* version 2: /sku: expected string" (the sluice-error
+ * header, the log, the tap). */
+void sl_schemas_describe(const struct sl_schema_verdict *v, char *out,
+                         size_t n);
+
+/* Does ev fit output i's schema = "..." (none: yes)? When not, why gets
+ * the sluice-error text and the rejection is counted. 1 fits, 0 not. */
+int sl_schemas_output_fits(struct sl_worker *w, int i,
+                           const struct sl_event *ev, char *why, size_t n);
+
+struct sl_rules_result;
+
+/* In sl_worker_submit, before the rules (takes the reference to ev): 1
+ * when the contract refused the event (enforce mode): r is the decision,
+ * its dead-letter copy with sluice-error to the dead letter; 0 when the
+ * rules go on with ev (r->schema then says why it did not fit in warn
+ * mode, or is NULL). */
+int sl_schemas_ingest(struct sl_worker *w, struct sl_event *ev,
+                      struct sl_rules_result *r);
+
+/* After the rules: the targets whose schema r->event does not fit leave
+ * r's targets, and a copy with sluice-error goes to the dead letter
+ * instead (r's decision becomes that when no target is left). */
+void sl_schemas_outputs(struct sl_worker *w, struct sl_rules_result *r);
+
+/* A whole-config reload may not change a loaded (contract, version) in a
+ * way that breaks its readers: SL_EINVAL with err naming it, else 0. */
+int sl_schemas_reload_check(const struct sl_config *cur,
+                            const struct sl_config *next, char *err,
+                            size_t errlen);
+
+#endif
