@@ -572,6 +572,11 @@ static int compile_object(struct cc *c, int32_t idx, const uint8_t *props,
     nr = it.n;
   if (grow((void **)&s->props, &s->capprops, p0 + np + nr, sizeof(*s->props)))
     return cfail(c, "out of memory");
+  /* a name both in properties and required takes one slot: the spare ones
+   * stay, blank (finish walks every slot) */
+  memset(&s->props[p0], 0, (np + nr) * sizeof(*s->props));
+  for (i = 0; i < np + nr; i++)
+    s->props[p0 + i].node = s->props[p0 + i].req = -1;
   s->nprops += np + nr;
   c->plen = path_key(c->path, c->plen, sizeof(c->path), "properties", 10);
   for (i = 0; i < np; i++) {
