@@ -141,6 +141,7 @@ struct box {
   char **topics;
   int ntopics;
   int on_error; /* enum sl_rule_on_error, from the rule table */
+  void *evc; /* ev.c's per-state cache (in the event userdata) */
 };
 
 struct sl_rule {

@@ -15,6 +15,49 @@
 
 /* ---- the event userdata ------------------------------------------------- */
 
+#define TOPIC_CACHE_MAX 64 /* topics this long or shorter are cached */
+#define TOPIC_CACHE_N 16   /* topics cached, by a hash of their bytes */
+#define TOPIC_UPVALUE 4    /* ev_index's upvalue of the first one */
+
+/* What makes ev.topic cheap (a rule routing on it runs on every event):
+ * the field names as the interned strings Lua compares by address, so
+ * ev_index finds "topic" without reading the name, and the topics pushed
+ * lately, kept in ev_index's upvalues and pushed again instead
+ * of interning the same bytes anew; inputs carry a handful of topics.
+ * Lives in the event userdata; b->evc points at it. */
+struct ev_cache {
+  const void *k_topic, *k_payload; /* NULL: lua_topointer gives none */
+  struct {
+    uint32_t len; /* NIL32: nothing cached */
+    char s[TOPIC_CACHE_MAX];
+  } topic[TOPIC_CACHE_N];
+};
+
+/* Push the event's topic (not set by the rule). */
+static inline int push_topic(lua_State *L, struct ev_cache *c,
+                      const struct sl_event *ev) {
+  const uint8_t *t = ev->data + ev->topic_off;
+  uint32_t n = ev->topic_len, h;
+
+  if (n == 0 || n > TOPIC_CACHE_MAX) {
+    lua_pushlstring(L, (const char *)t, n);
+    return 1;
+  }
+  h = ((n * 0x9e3779b1u) ^ t[0] ^ (t[n / 2] * 0x10001u) ^
+       (t[n - 1] * 0x1000193u)) * 0x9e3779b1u >> 28; /* TOPIC_CACHE_N */
+  if (c->topic[h].len == n && memcmp(t, c->topic[h].s, n) == 0) {
+    lua_pushvalue(L, lua_upvalueindex(TOPIC_UPVALUE + (int)h));
+    return 1;
+  }
+  c->topic[h].len = NIL32; /* until the upvalue holds it */
+  lua_pushlstring(L, (const char *)t, n);
+  lua_pushvalue(L, -1);
+  lua_replace(L, lua_upvalueindex(TOPIC_UPVALUE + (int)h));
+  memcpy(c->topic[h].s, t, n);
+  c->topic[h].len = n;
+  return 1;
+}
+
 /* Push ev.payload: a map or array is a proxy over the bytes (proxy.h),
  * read lazily and written back by splicing; a scalar is decoded. Returns
  * the number of values pushed (0 for nil). */
@@ -44,11 +87,18 @@ static int push_payload(lua_State *L, struct box *b) {
 static int ev_index(lua_State *L) {
   struct box *b = box_of(L);
   struct sl_event *ev = b->ev;
+  struct ev_cache *c = b->evc;
+  const void *kp;
   const char *k;
   size_t n;
 
   if (ev == NULL)
     return luaL_error(L, "the event is only valid during on_event");
+  kp = lua_topointer(L, 2); /* the hot names, by their interned address */
+  if (kp != NULL && kp == c->k_topic && !(b->evflags & EV_TOPIC))
+    return push_topic(L, c, ev);
+  if (kp != NULL && kp == c->k_payload)
+    return push_payload(L, b);
   if (lua_type(L, 2) != LUA_TSTRING)
     return luaL_error(L, "event fields are named by strings");
   k = lua_tolstring(L, 2, &n);
@@ -56,8 +106,7 @@ static int ev_index(lua_State *L) {
     if (b->evflags & EV_TOPIC)
       push_ref(L, b->ref_topic);
     else
-      lua_pushlstring(L, (const char *)ev->data + ev->topic_off,
-                      ev->topic_len);
+      return push_topic(L, c, ev);
   } else if (n == 7 && memcmp(k, "payload", 7) == 0) {
     return push_payload(L, b);
   } else if (n == 7 && memcmp(k, "headers", 7) == 0) {
@@ -192,10 +241,23 @@ static int ev_tostring(lua_State *L) {
 
 /* The event: one userdata for the life of the state, in b->ref_event. */
 void open_event(lua_State *L, struct box *b) {
-  lua_newuserdata(L, 1);
+  struct ev_cache *c = lua_newuserdata(L, sizeof(*c));
+
+  int i;
+
+  memset(c, 0, sizeof(*c));
+  for (i = 0; i < TOPIC_CACHE_N; i++)
+    c->topic[i].len = NIL32;
+  b->evc = c;
   lua_createtable(L, 0, 4);
   lua_pushcfunction(L, ev_field);
-  lua_pushcclosure(L, ev_index, 1);
+  lua_pushliteral(L, "topic"); /* upvalues keep the names interned */
+  c->k_topic = lua_topointer(L, -1);
+  lua_pushliteral(L, "payload");
+  c->k_payload = lua_topointer(L, -1);
+  for (i = 0; i < TOPIC_CACHE_N; i++) /* the cached topics */
+    lua_pushnil(L);
+  lua_pushcclosure(L, ev_index, TOPIC_UPVALUE - 1 + TOPIC_CACHE_N);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, ev_newindex);
   lua_setfield(L, -2, "__newindex");
