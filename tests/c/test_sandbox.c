@@ -398,6 +398,50 @@ TEST(sandbox_repeated_calls_decide_the_same_and_change_nothing) {
   sl_rule_free(f);
 }
 
+/* ev.topic comes from a cache of Lua strings (ev.c): every topic, whether
+ * cached, evicted, sharing a slot or too long to cache, reads as its own
+ * bytes, a topic the rule set reads back, and other keys keep their errors. */
+TEST(sandbox_topic_reads_exact_bytes_across_many_topics) {
+  char err[512], topic[128], longt[101];
+  struct sl_rule_decision d;
+  struct sl_rule *r = load(
+      "return { on_event = function(ev)\n"
+      "  local t = ev.topic\n"
+      "  if t == 'set' then ev.topic = 'changed' return ev.topic end\n"
+      "  if t == 'num' then return ev[1] end\n"
+      "  if ev['to' .. 'pic'] ~= t or ev.topic ~= t then return 'mismatch' end\n"
+      "  return t\n"
+      "end }\n", 10, 16, NULL, err, sizeof(err));
+  int round, i;
+
+  CHECK(r != NULL);
+  memset(longt, 'x', 100);
+  longt[100] = 0;
+  for (round = 0; round < 3; round++) {
+    for (i = 0; i < 200; i++) { /* more topics than cache slots */
+      snprintf(topic, sizeof(topic), "t.%d.%s", i * 7 % 200,
+               i % 3 ? "a" : "bb");
+      run(r, topic, -1, &d);
+      CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+      CHECK_STR(d.routes[0], topic);
+    }
+    run(r, longt, -1, &d);
+    CHECK_STR(d.routes[0], longt);
+    run(r, "set", -1, &d);
+    CHECK_STR(d.routes[0], "changed");
+    CHECK(d.changed != NULL);
+    CHECK(sl_event_topic(d.changed).len == 7 &&
+          memcmp(sl_event_topic(d.changed).p, "changed", 7) == 0);
+    sl_event_unref(d.changed);
+    run(r, "set.not", -1, &d);
+    CHECK_STR(d.routes[0], "set.not");
+    run(r, "num", -1, &d);
+    CHECK_EQ(d.verdict, SL_RULE_ERROR);
+    CHECK(strstr(d.message, "event fields are named by strings") != NULL);
+  }
+  sl_rule_free(r);
+}
+
 /* Load with the real clock (no mono_ns) but the test's emit/log. */
 static struct sl_rule *load_realclock(const char *src, uint32_t cpu,
                                       struct seen *seen, char *err,
