@@ -353,13 +353,16 @@ void encode_headers(lua_State *L, int idx, struct sl_buf *out,
 /* Build an event, then prove the wire takes it: at most max_event_bytes
  * and parseable as the native input parses (an event the receiver
  * refuses would be resent forever and wedge a sluice -> sluice link).
- * Raises naming what; returns the event otherwise. */
-struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
-                            const char *what, struct sl_str id,
-                            struct sl_str topic, struct sl_str key,
-                            int has_time, int64_t time,
-                            const uint8_t *hp, size_t hl,
-                            const uint8_t *pp, size_t pl, int trace) {
+ * kept_payload: pp are the bytes of an event that came in (the payload
+ * goes last and stands as it was: not walked again). Raises naming what;
+ * returns the event otherwise. */
+static struct sl_event *build_checked(lua_State *L, struct sl_rule *r,
+                                      const char *what, struct sl_str id,
+                                      struct sl_str topic, struct sl_str key,
+                                      int has_time, int64_t time,
+                                      const uint8_t *hp, size_t hl,
+                                      const uint8_t *pp, size_t pl, int trace,
+                                      int kept_payload) {
   struct sl_codec_error cerr;
   struct sl_event_view v;
   struct sl_event *ev;
@@ -377,7 +380,10 @@ struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
     snprintf(msg, sizeof(msg), "%s: event of %u bytes is larger than "
              "max_event_bytes (%u bytes)", what, (unsigned)ev->len,
              (unsigned)r->max_event_bytes);
-  else if (sl_codec_parse_event(ev->data, ev->len, &v, &cerr) != 0)
+  else if ((kept_payload ? sl_codec_parse_measured(ev->data, ev->len, &v,
+                                                    &cerr)
+                          : sl_codec_parse_event(ev->data, ev->len, &v,
+                                                 &cerr)) != 0)
     snprintf(msg, sizeof(msg), "%s: the event is not valid on the wire: %s",
              what, cerr.msg);
   if (msg[0]) {
@@ -385,6 +391,16 @@ struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
     luaL_error(L, "%s", msg);
   }
   return ev;
+}
+
+struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
+                            const char *what, struct sl_str id,
+                            struct sl_str topic, struct sl_str key,
+                            int has_time, int64_t time,
+                            const uint8_t *hp, size_t hl,
+                            const uint8_t *pp, size_t pl, int trace) {
+  return build_checked(L, r, what, id, topic, key, has_time, time, hp, hl,
+                       pp, pl, trace, 0);
 }
 
 /* A traceparent for an event emitted while ev is being handled: same
@@ -530,8 +546,9 @@ int finish(lua_State *L) {
     changed |= finish_payload(L, b, &pp, &pl);
   if (!changed)
     return 0;
-  nev = wire_event(L, r, "the changed event", id, topic, key, 1, ev->time, hp,
-                   hl, pp, pl, 0);
+  nev = build_checked(L, r, "the changed event", id, topic, key, 1, ev->time,
+                      hp, hl, pp, pl, 0,
+                      pp != NULL && pp == ev->data + ev->payload_off);
   nev->ingest_ns = ev->ingest_ns;
   sl_event_share_track(ev, nev);
   b->changed = nev;
