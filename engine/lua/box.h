@@ -159,6 +159,7 @@ struct sl_rule {
   char err_msg[512], err_where[256], err_tb[768];
   /* scratch, reused between calls */
   struct sl_buf routes, buf1, buf2;
+  int routes_one; /* routes holds one name: a string result, checked */
   struct sl_buf src; /* the rule's text as loaded: rebuilds use it */
   int src_read;
   struct module *mods; /* require'd files as first read */

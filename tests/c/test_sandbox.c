@@ -442,6 +442,45 @@ TEST(sandbox_topic_reads_exact_bytes_across_many_topics) {
   sl_rule_free(r);
 }
 
+/* take_result keeps the last returned name (rule.c): a repeat, a list
+ * between two names, a name with a NUL after the same prefix and a longer
+ * or shorter name each decide as if seen for the first time. */
+TEST(sandbox_returned_names_decide_the_same_when_repeated) {
+  char err[512];
+  struct sl_rule_decision d;
+  struct sl_rule *r = load(
+      "return { on_event = function(ev)\n"
+      "  local t = ev.topic\n"
+      "  if t == 'list' then return { 'out', 'b' } end\n"
+      "  if t == 'nul' then return 'out\\0x' end\n"
+      "  if t == 'bnul' then return 'b\\0' end\n"
+      "  return t\n"
+      "end }\n", 10, 16, NULL, err, sizeof(err));
+  static const char *const seq[] = {"out", "out", "list", "out", "nul",
+                                    "out", "outs", "out", "ou", "list",
+                                    "b", "bnul", "b", "out"};
+  size_t i;
+
+  CHECK(r != NULL);
+  for (i = 0; i < sizeof(seq) / sizeof(seq[0]); i++) {
+    run(r, seq[i], -1, &d);
+    if (strcmp(seq[i], "list") == 0) {
+      CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+      CHECK_EQ(d.nroutes, 2);
+      CHECK_STR(d.routes[0], "out");
+      CHECK_STR(d.routes[1], "b");
+    } else if (strstr(seq[i], "nul") != NULL) {
+      CHECK_EQ(d.verdict, SL_RULE_ERROR);
+      CHECK(strstr(d.message, "NUL byte") != NULL);
+    } else {
+      CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+      CHECK_EQ(d.nroutes, 1);
+      CHECK_STR(d.routes[0], seq[i]);
+    }
+  }
+  sl_rule_free(r);
+}
+
 /* Load with the real clock (no mono_ns) but the test's emit/log. */
 static struct sl_rule *load_realclock(const char *src, uint32_t cpu,
                                       struct seen *seen, char *err,
