@@ -289,9 +289,9 @@ static int is_traceparent(lua_State *L, int idx) {
  * that is missing or not valid is replaced by tp. Raises naming what. */
 void encode_headers(lua_State *L, int idx, struct sl_buf *out,
                     const char *what, size_t max, const char *tp) {
-  size_t total = 0;
-  uint64_t count = 0;
-  int add_tp = tp != NULL, pass;
+  size_t total = 0, at = out->len;
+  uint64_t count = 0, steps = 0;
+  int add_tp = tp != NULL;
 
   if (lua_getmetatable(L, idx)) { /* decoded with names Lua merged */
     lua_pushliteral(L, "lost");
@@ -301,53 +301,48 @@ void encode_headers(lua_State *L, int idx, struct sl_buf *out,
                     "copy would lose some", what, lua_tostring(L, -1));
     lua_pop(L, 2);
   }
-  for (pass = 0; pass < 2; pass++) {
-    if (pass == 1) {
-      if (count + (uint64_t)add_tp > UINT32_MAX ||
-          sl_codec_put_map(out, (uint32_t)(count + (uint64_t)add_tp)) != 0)
-        luaL_error(L, "%s: not enough memory", what);
+  /* one walk: the map's count is patched in at the end */
+  if (sl_buf_append(out, "\xdf\0\0\0\0", 5) != 0)
+    luaL_error(L, "%s: not enough memory", what);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    const char *k, *v;
+    size_t kl, vl;
+    if ((++steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
+      check_cpu(L);
+    if (lua_type(L, -2) != LUA_TSTRING)
+      luaL_error(L, "%s: header names must be strings (got %s)", what,
+                 luaL_typename(L, -2));
+    if (lua_type(L, -1) != LUA_TSTRING) {
+      const char *got = luaL_typename(L, -1); /* before msg_str pushes */
+      luaL_error(L, "%s: header '%s' must be a string (got %s)", what,
+                 msg_str(L, -2), got);
     }
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-      const char *k, *v;
-      size_t kl, vl;
-      if (pass == 0 && (++count & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
-        check_cpu(L);
-      if (lua_type(L, -2) != LUA_TSTRING)
-        luaL_error(L, "%s: header names must be strings (got %s)", what,
-                   luaL_typename(L, -2));
-      if (lua_type(L, -1) != LUA_TSTRING) {
-        const char *got = luaL_typename(L, -1); /* before msg_str pushes */
-        luaL_error(L, "%s: header '%s' must be a string (got %s)", what,
-                   msg_str(L, -2), got);
+    k = lua_tolstring(L, -2, &kl);
+    v = lua_tolstring(L, -1, &vl);
+    if (tp && is_traceparent(L, -2)) {
+      if (sl_event_traceparent_valid(v, vl)) {
+        add_tp = 0; /* the rule's own trace context stands */
+      } else {
+        lua_pop(L, 1);
+        continue;
       }
-      k = lua_tolstring(L, -2, &kl);
-      v = lua_tolstring(L, -1, &vl);
-      if (tp && is_traceparent(L, -2)) {
-        if (sl_event_traceparent_valid(v, vl)) {
-          add_tp = 0; /* the rule's own trace context stands */
-        } else {
-          if (pass == 0)
-            count--;
-          lua_pop(L, 1);
-          continue;
-        }
-      }
-      if (pass == 0) {
-        total += kl + vl + 10;
-        if (total > max)
-          luaL_error(L, "%s: headers are larger than max_event_bytes (%d "
-                        "bytes)", what, (int)max);
-      } else if (sl_codec_put_str(out, k, kl) != 0 ||
-                 sl_codec_put_str(out, v, vl) != 0) {
-        luaL_error(L, "%s: not enough memory", what);
-      }
-      lua_pop(L, 1);
     }
+    total += kl + vl + 10;
+    if (total > max)
+      luaL_error(L, "%s: headers are larger than max_event_bytes (%d "
+                    "bytes)", what, (int)max);
+    if (sl_codec_put_str(out, k, kl) != 0 || sl_codec_put_str(out, v, vl) != 0)
+      luaL_error(L, "%s: not enough memory", what);
+    count++;
+    lua_pop(L, 1);
   }
   if (add_tp && (sl_codec_put_str(out, "traceparent", 11) != 0 ||
                  sl_codec_put_str(out, tp, 55) != 0))
     luaL_error(L, "%s: not enough memory", what);
+  if (count + (uint64_t)add_tp > UINT32_MAX)
+    luaL_error(L, "%s: not enough memory", what);
+  sl_codec_patch_header(out, at, 1, (uint32_t)(count + (uint64_t)add_tp));
 }
 
 /* Build an event, then prove the wire takes it: at most max_event_bytes

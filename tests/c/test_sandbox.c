@@ -481,6 +481,43 @@ TEST(sandbox_returned_names_decide_the_same_when_repeated) {
   sl_rule_free(r);
 }
 
+/* encode_headers writes the map in one walk and patches its header: the
+ * smallest header for the count (fixmap, map16), entries intact. */
+TEST(sandbox_changed_headers_get_the_smallest_map_header) {
+  char err[512];
+  struct sl_rule_decision d;
+  struct sl_codec_error cerr;
+  struct sl_event_view v;
+  struct sl_rule *r = load(
+      "return { on_event = function(ev)\n"
+      "  for i = 1, tonumber(ev.topic) do ev.headers['h' .. i] = ('v'):rep(i) end\n"
+      "  return 'out'\n"
+      "end }\n", 10, 16, NULL, err, sizeof(err));
+  static const char *const counts[] = {"3", "15", "16", "40"};
+  size_t i;
+
+  CHECK(r != NULL);
+  for (i = 0; i < 4; i++) {
+    int n = atoi(counts[i]);
+    const uint8_t *h;
+    run(r, counts[i], -1, &d);
+    CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+    CHECK(d.changed != NULL);
+    CHECK_EQ(sl_codec_parse_event(d.changed->data, d.changed->len, &v, &cerr),
+             0);
+    h = d.changed->data + d.changed->headers_off;
+    if (n < 16) {
+      CHECK_EQ(h[0], 0x80 | n);
+    } else {
+      CHECK_EQ(h[0], 0xde);
+      CHECK_EQ(h[1] * 256 + h[2], n);
+    }
+    CHECK(memmem(h, d.changed->headers_len, "\xa3h16", 4) != NULL || n < 16);
+    sl_event_unref(d.changed);
+  }
+  sl_rule_free(r);
+}
+
 /* Load with the real clock (no mono_ns) but the test's emit/log. */
 static struct sl_rule *load_realclock(const char *src, uint32_t cpu,
                                       struct seen *seen, char *err,
