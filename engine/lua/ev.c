@@ -35,7 +35,7 @@ struct ev_cache {
 
 /* Push the event's topic (not set by the rule). */
 static inline int push_topic(lua_State *L, struct ev_cache *c,
-                      const struct sl_event *ev) {
+                             const struct sl_event *ev) {
   const uint8_t *t = ev->data + ev->topic_off;
   uint32_t n = ev->topic_len, h;
 
@@ -242,7 +242,6 @@ static int ev_tostring(lua_State *L) {
 /* The event: one userdata for the life of the state, in b->ref_event. */
 void open_event(lua_State *L, struct box *b) {
   struct ev_cache *c = lua_newuserdata(L, sizeof(*c));
-
   int i;
 
   memset(c, 0, sizeof(*c));
