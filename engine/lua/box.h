@@ -143,6 +143,7 @@ struct box {
   int on_error; /* enum sl_rule_on_error, from the rule table */
   int jit;      /* runs compiled, with the profiler interrupt (state.c) */
   volatile int jit_held; /* this state holds the profiler interrupt */
+  void *evc; /* ev.c's per-state cache (in the event userdata) */
 };
 
 struct sl_rule {
@@ -161,6 +162,7 @@ struct sl_rule {
   char err_msg[512], err_where[256], err_tb[768];
   /* scratch, reused between calls */
   struct sl_buf routes, buf1, buf2;
+  int routes_one; /* routes holds one name: a string result, checked */
   struct sl_buf src; /* the rule's text as loaded: rebuilds use it */
   int src_read;
   struct module *mods; /* require'd files as first read */

@@ -16,6 +16,49 @@
 
 /* ---- the event userdata ------------------------------------------------- */
 
+#define TOPIC_CACHE_MAX 64 /* topics this long or shorter are cached */
+#define TOPIC_CACHE_N 16   /* topics cached, by a hash of their bytes */
+#define TOPIC_UPVALUE 4    /* ev_index's upvalue of the first one */
+
+/* What makes ev.topic cheap (a rule routing on it runs on every event):
+ * the field names as the interned strings Lua compares by address, so
+ * ev_index finds "topic" without reading the name, and the topics pushed
+ * lately, kept in ev_index's upvalues and pushed again instead
+ * of interning the same bytes anew; inputs carry a handful of topics.
+ * Lives in the event userdata; b->evc points at it. */
+struct ev_cache {
+  const void *k_topic, *k_payload; /* NULL: lua_topointer gives none */
+  struct {
+    uint32_t len; /* NIL32: nothing cached */
+    char s[TOPIC_CACHE_MAX];
+  } topic[TOPIC_CACHE_N];
+};
+
+/* Push the event's topic (not set by the rule). */
+static inline int push_topic(lua_State *L, struct ev_cache *c,
+                             const struct sl_event *ev) {
+  const uint8_t *t = ev->data + ev->topic_off;
+  uint32_t n = ev->topic_len, h;
+
+  if (n == 0 || n > TOPIC_CACHE_MAX) {
+    lua_pushlstring(L, (const char *)t, n);
+    return 1;
+  }
+  h = ((n * 0x9e3779b1u) ^ t[0] ^ (t[n / 2] * 0x10001u) ^
+       (t[n - 1] * 0x1000193u)) * 0x9e3779b1u >> 28; /* TOPIC_CACHE_N */
+  if (c->topic[h].len == n && memcmp(t, c->topic[h].s, n) == 0) {
+    lua_pushvalue(L, lua_upvalueindex(TOPIC_UPVALUE + (int)h));
+    return 1;
+  }
+  c->topic[h].len = NIL32; /* until the upvalue holds it */
+  lua_pushlstring(L, (const char *)t, n);
+  lua_pushvalue(L, -1);
+  lua_replace(L, lua_upvalueindex(TOPIC_UPVALUE + (int)h));
+  memcpy(c->topic[h].s, t, n);
+  c->topic[h].len = n;
+  return 1;
+}
+
 /* Push ev.payload: a map or array is a proxy over the bytes (proxy.h),
  * read lazily and written back by splicing; a scalar is decoded. Returns
  * the number of values pushed (0 for nil). */
@@ -45,11 +88,18 @@ static int push_payload(lua_State *L, struct box *b) {
 static int ev_index(lua_State *L) {
   struct box *b = box_of(L);
   struct sl_event *ev = b->ev;
+  struct ev_cache *c = b->evc;
+  const void *kp;
   const char *k;
   size_t n;
 
   if (ev == NULL)
     return luaL_error(L, "the event is only valid during on_event");
+  kp = lua_topointer(L, 2); /* the hot names, by their interned address */
+  if (kp != NULL && kp == c->k_topic && !(b->evflags & EV_TOPIC))
+    return push_topic(L, c, ev);
+  if (kp != NULL && kp == c->k_payload)
+    return push_payload(L, b);
   if (lua_type(L, 2) != LUA_TSTRING)
     return luaL_error(L, "event fields are named by strings");
   k = lua_tolstring(L, 2, &n);
@@ -57,8 +107,7 @@ static int ev_index(lua_State *L) {
     if (b->evflags & EV_TOPIC)
       push_ref(L, b->ref_topic);
     else
-      lua_pushlstring(L, (const char *)ev->data + ev->topic_off,
-                      ev->topic_len);
+      return push_topic(L, c, ev);
   } else if (n == 7 && memcmp(k, "payload", 7) == 0) {
     return push_payload(L, b);
   } else if (n == 7 && memcmp(k, "headers", 7) == 0) {
@@ -201,10 +250,22 @@ static int ev_tostring(lua_State *L) {
 
 /* The event: one userdata for the life of the state, in b->ref_event. */
 void open_event(lua_State *L, struct box *b) {
-  lua_newuserdata(L, 1);
+  struct ev_cache *c = lua_newuserdata(L, sizeof(*c));
+  int i;
+
+  memset(c, 0, sizeof(*c));
+  for (i = 0; i < TOPIC_CACHE_N; i++)
+    c->topic[i].len = NIL32;
+  b->evc = c;
   lua_createtable(L, 0, 4);
   lua_pushcfunction(L, ev_field);
-  lua_pushcclosure(L, ev_index, 1);
+  lua_pushliteral(L, "topic"); /* upvalues keep the names interned */
+  c->k_topic = lua_topointer(L, -1);
+  lua_pushliteral(L, "payload");
+  c->k_payload = lua_topointer(L, -1);
+  for (i = 0; i < TOPIC_CACHE_N; i++) /* the cached topics */
+    lua_pushnil(L);
+  lua_pushcclosure(L, ev_index, TOPIC_UPVALUE - 1 + TOPIC_CACHE_N);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, ev_newindex);
   lua_setfield(L, -2, "__newindex");
@@ -236,9 +297,9 @@ static int is_traceparent(lua_State *L, int idx) {
  * that is missing or not valid is replaced by tp. Raises naming what. */
 void encode_headers(lua_State *L, int idx, struct sl_buf *out,
                     const char *what, size_t max, const char *tp) {
-  size_t total = 0;
-  uint64_t count = 0;
-  int add_tp = tp != NULL, pass;
+  size_t total = 0, at = out->len;
+  uint64_t count = 0, steps = 0;
+  int add_tp = tp != NULL;
 
   if (lua_getmetatable(L, idx)) { /* decoded with names Lua merged */
     lua_pushliteral(L, "lost");
@@ -248,65 +309,63 @@ void encode_headers(lua_State *L, int idx, struct sl_buf *out,
                     "copy would lose some", what, lua_tostring(L, -1));
     lua_pop(L, 2);
   }
-  for (pass = 0; pass < 2; pass++) {
-    if (pass == 1) {
-      if (count + (uint64_t)add_tp > UINT32_MAX ||
-          sl_codec_put_map(out, (uint32_t)(count + (uint64_t)add_tp)) != 0)
-        luaL_error(L, "%s: not enough memory", what);
+  /* one walk: the map's count is patched in at the end */
+  if (sl_buf_append(out, "\xdf\0\0\0\0", 5) != 0)
+    luaL_error(L, "%s: not enough memory", what);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    const char *k, *v;
+    size_t kl, vl;
+    if ((++steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
+      check_cpu(L);
+    if (lua_type(L, -2) != LUA_TSTRING)
+      luaL_error(L, "%s: header names must be strings (got %s)", what,
+                 luaL_typename(L, -2));
+    if (lua_type(L, -1) != LUA_TSTRING) {
+      const char *got = luaL_typename(L, -1); /* before msg_str pushes */
+      luaL_error(L, "%s: header '%s' must be a string (got %s)", what,
+                 msg_str(L, -2), got);
     }
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-      const char *k, *v;
-      size_t kl, vl;
-      if (pass == 0 && (++count & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
-        check_cpu(L);
-      if (lua_type(L, -2) != LUA_TSTRING)
-        luaL_error(L, "%s: header names must be strings (got %s)", what,
-                   luaL_typename(L, -2));
-      if (lua_type(L, -1) != LUA_TSTRING) {
-        const char *got = luaL_typename(L, -1); /* before msg_str pushes */
-        luaL_error(L, "%s: header '%s' must be a string (got %s)", what,
-                   msg_str(L, -2), got);
+    k = lua_tolstring(L, -2, &kl);
+    v = lua_tolstring(L, -1, &vl);
+    if (tp && is_traceparent(L, -2)) {
+      if (sl_event_traceparent_valid(v, vl)) {
+        add_tp = 0; /* the rule's own trace context stands */
+      } else {
+        lua_pop(L, 1);
+        continue;
       }
-      k = lua_tolstring(L, -2, &kl);
-      v = lua_tolstring(L, -1, &vl);
-      if (tp && is_traceparent(L, -2)) {
-        if (sl_event_traceparent_valid(v, vl)) {
-          add_tp = 0; /* the rule's own trace context stands */
-        } else {
-          if (pass == 0)
-            count--;
-          lua_pop(L, 1);
-          continue;
-        }
-      }
-      if (pass == 0) {
-        total += kl + vl + 10;
-        if (total > max)
-          luaL_error(L, "%s: headers are larger than max_event_bytes (%d "
-                        "bytes)", what, (int)max);
-      } else if (sl_codec_put_str(out, k, kl) != 0 ||
-                 sl_codec_put_str(out, v, vl) != 0) {
-        luaL_error(L, "%s: not enough memory", what);
-      }
-      lua_pop(L, 1);
     }
+    total += kl + vl + 10;
+    if (total > max)
+      luaL_error(L, "%s: headers are larger than max_event_bytes (%d "
+                    "bytes)", what, (int)max);
+    if (sl_codec_put_str(out, k, kl) != 0 || sl_codec_put_str(out, v, vl) != 0)
+      luaL_error(L, "%s: not enough memory", what);
+    count++;
+    lua_pop(L, 1);
   }
   if (add_tp && (sl_codec_put_str(out, "traceparent", 11) != 0 ||
                  sl_codec_put_str(out, tp, 55) != 0))
     luaL_error(L, "%s: not enough memory", what);
+  if (count + (uint64_t)add_tp > UINT32_MAX)
+    luaL_error(L, "%s: not enough memory", what);
+  sl_codec_patch_header(out, at, 1, (uint32_t)(count + (uint64_t)add_tp));
 }
 
 /* Build an event, then prove the wire takes it: at most max_event_bytes
  * and parseable as the native input parses (an event the receiver
  * refuses would be resent forever and wedge a sluice -> sluice link).
- * Raises naming what; returns the event otherwise. */
-struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
-                            const char *what, struct sl_str id,
-                            struct sl_str topic, struct sl_str key,
-                            int has_time, int64_t time,
-                            const uint8_t *hp, size_t hl,
-                            const uint8_t *pp, size_t pl, int trace) {
+ * kept_payload: pp are the bytes of an event that came in (the payload
+ * goes last and stands as it was: not walked again). Raises naming what;
+ * returns the event otherwise. */
+static struct sl_event *build_checked(lua_State *L, struct sl_rule *r,
+                                      const char *what, struct sl_str id,
+                                      struct sl_str topic, struct sl_str key,
+                                      int has_time, int64_t time,
+                                      const uint8_t *hp, size_t hl,
+                                      const uint8_t *pp, size_t pl, int trace,
+                                      int kept_payload) {
   struct sl_codec_error cerr;
   struct sl_event_view v;
   struct sl_event *ev;
@@ -324,7 +383,10 @@ struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
     snprintf(msg, sizeof(msg), "%s: event of %u bytes is larger than "
              "max_event_bytes (%u bytes)", what, (unsigned)ev->len,
              (unsigned)r->max_event_bytes);
-  else if (sl_codec_parse_event(ev->data, ev->len, &v, &cerr) != 0)
+  else if ((kept_payload ? sl_codec_parse_measured(ev->data, ev->len, &v,
+                                                    &cerr)
+                          : sl_codec_parse_event(ev->data, ev->len, &v,
+                                                 &cerr)) != 0)
     snprintf(msg, sizeof(msg), "%s: the event is not valid on the wire: %s",
              what, cerr.msg);
   if (msg[0]) {
@@ -332,6 +394,16 @@ struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
     luaL_error(L, "%s", msg);
   }
   return ev;
+}
+
+struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
+                            const char *what, struct sl_str id,
+                            struct sl_str topic, struct sl_str key,
+                            int has_time, int64_t time,
+                            const uint8_t *hp, size_t hl,
+                            const uint8_t *pp, size_t pl, int trace) {
+  return build_checked(L, r, what, id, topic, key, has_time, time, hp, hl,
+                       pp, pl, trace, 0);
 }
 
 /* A traceparent for an event emitted while ev is being handled: same
@@ -477,8 +549,9 @@ int finish(lua_State *L) {
     changed |= finish_payload(L, b, &pp, &pl);
   if (!changed)
     return 0;
-  nev = wire_event(L, r, "the changed event", id, topic, key, 1, ev->time, hp,
-                   hl, pp, pl, 0);
+  nev = build_checked(L, r, "the changed event", id, topic, key, 1, ev->time,
+                      hp, hl, pp, pl, 0,
+                      pp != NULL && pp == ev->data + ev->payload_off);
   nev->ingest_ns = ev->ingest_ns;
   nev->schema_version = ev->schema_version; /* the next rule reads it too */
   sl_event_share_track(ev, nev);

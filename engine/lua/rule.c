@@ -479,11 +479,17 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     return;
   case LUA_TSTRING:
     s = lua_tolstring(L, -1, &n);
+    if (r->routes_one && n + 1 == r->routes.len &&
+        memcmp(s, r->routes.data, n) == 0)
+      goto one; /* the name the last call returned, checked then */
+    r->routes_one = 0;
     if (n == 0 || n > ROUTE_NAME_MAX || memchr(s, 0, n) != NULL)
       break; /* names go on as C strings: "a\0x" would route to a */
     sl_buf_reset(&r->routes);
     if (sl_buf_append(&r->routes, s, n + 1) != 0)
       goto nomem;
+    r->routes_one = 1;
+  one:
     d->verdict = SL_RULE_ROUTE;
     d->nroutes = 1;
     d->routes[0] = (const char *)r->routes.data;
@@ -507,6 +513,7 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     count = lua_objlen(L, -1);
     if (count == 0 || count > SL_RULE_MAX_ROUTES)
       break;
+    r->routes_one = 0;
     sl_buf_reset(&r->routes);
     for (i = 0; i < count; i++) {
       lua_rawgeti(L, -1, (int)i + 1);

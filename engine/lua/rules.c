@@ -60,8 +60,25 @@ struct ruleset {
   int n;
 };
 
+/* The outputs rules routed to lately, by name: a rule returns the same
+ * few names event after event, and comparing one name costs less than
+ * sl_config_output_index's walk over every output. Valid for one config
+ * (and its outputs array: a reload lays those out anew). */
+#define ROUTE_CACHE_N 4
+#define ROUTE_CACHE_NAME 48
+struct route_cache {
+  const struct sl_config *cfg;
+  const struct sl_output_config *outputs;
+  int noutputs, next;
+  struct {
+    int idx; /* -1: empty */
+    char name[ROUTE_CACHE_NAME];
+  } e[ROUTE_CACHE_N];
+};
+
 struct sl_rules {
   const struct sl_config *cfg;
+  struct route_cache rc;
   uv_loop_t *loop;
   struct sl_idgen *idgen;
   struct sl_rules_owner owner;
@@ -469,6 +486,7 @@ int sl_rules_reload_with(struct sl_rules *rs, const struct sl_config *cfg,
   int changed, rc, forced = strcmp(trigger, "watch") != 0;
 
   sl_buf_init(&dropped);
+  rs->rc.cfg = NULL; /* output indexes may move with the config */
   if (cfg)
     rs->cfg = cfg; /* the next set is built against it */
   next = set_build(rs, err, sizeof(err), &changed);
@@ -505,6 +523,7 @@ int sl_rules_reload_with(struct sl_rules *rs, const struct sl_config *cfg,
   }
   if (commit)
     commit(data); /* the owner switches to cfg: emits below resolve in it */
+  rs->rc.cfg = NULL;
   staged_finish(rs, 1, &emits, &logs); /* before the swap: the rules named
                                           by staged entries are alive */
   sl_buf_init(&changes);
@@ -842,6 +861,35 @@ static int run_slot(struct sl_rules *rs, struct slot *sl,
   return 1;
 }
 
+/* sl_config_output_index of a name a rule returned, through rs->rc. */
+static int route_output(struct sl_rules *rs, const char *name) {
+  struct route_cache *c = &rs->rc;
+  size_t n;
+  int i, idx;
+
+  if (sl_unlikely(c->cfg != rs->cfg || c->outputs != rs->cfg->outputs ||
+                  c->noutputs != rs->cfg->noutputs)) {
+    c->cfg = rs->cfg;
+    c->outputs = rs->cfg->outputs;
+    c->noutputs = rs->cfg->noutputs;
+    for (i = 0; i < ROUTE_CACHE_N; i++)
+      c->e[i].idx = -1;
+  }
+  for (i = 0; i < ROUTE_CACHE_N; i++)
+    if (c->e[i].idx >= 0 && c->e[i].name[0] == name[0] &&
+        strcmp(c->e[i].name, name) == 0)
+      return c->e[i].idx;
+  n = strlen(name);
+  idx = sl_config_output_index(rs->cfg, name, n);
+  if (idx >= 0 && n < ROUTE_CACHE_NAME) {
+    i = c->next;
+    c->next = (i + 1) % ROUTE_CACHE_N;
+    memcpy(c->e[i].name, name, n + 1);
+    c->e[i].idx = idx;
+  }
+  return idx;
+}
+
 /* The outputs a routing decision names into r; an unknown one makes the
  * decision the rule's runtime error (r->ntargets back to 0). */
 static void resolve_routes(struct sl_rules *rs, const struct slot *sl,
@@ -849,8 +897,7 @@ static void resolve_routes(struct sl_rules *rs, const struct slot *sl,
                            struct sl_rules_result *r) {
   int j;
   for (j = 0; j < d->nroutes; j++) {
-    int idx = sl_config_output_index(rs->cfg, d->routes[j],
-                                     strlen(d->routes[j]));
+    int idx = route_output(rs, d->routes[j]);
     if (idx < 0) {
       d->verdict = SL_RULE_ERROR;
       d->error = SL_RULE_ERR_RUNTIME;

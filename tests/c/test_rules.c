@@ -236,6 +236,68 @@ TEST(rules_routing_to_an_unknown_output_is_the_rules_error) {
   set_close(&s);
 }
 
+/* Output names a rule returns are resolved through a small cache (rules.c):
+ * more names than its slots, an unknown name after known ones, and a
+ * config reload that moves every output all resolve as the config says. */
+TEST(rules_returned_output_names_follow_the_config_across_reloads) {
+  struct set s;
+  struct sl_rules_result r;
+  struct sl_config *old;
+  struct sl_buf err;
+  char conf[512], path[128];
+  static const char *const names[] = {"a", "b", "b", "a", "nowhere", "a"};
+  static const int want[] = {0, 1, 1, 0, -1, 0};
+  int i, round;
+
+  CHECK_EQ(set_init(&s, 0), 0);
+  write_file(s.rules, "10_by_topic.lua",
+             "return { topics = 'x.*', on_event = function(ev) "
+             "return (ev.topic:sub(3)) end }\n");
+  CHECK_EQ(set_start(&s), 0);
+  for (round = 0; round < 3; round++)
+    for (i = 0; i < 6; i++) {
+      char topic[32];
+      snprintf(topic, sizeof(topic), "x.%s", names[i]);
+      decide(&s, topic, &r, NULL, NULL, 0);
+      if (want[i] < 0) {
+        CHECK_EQ(r.outcome, SL_RULES_FAILED);
+        CHECK(strstr(r.reason, "unknown output \"nowhere\"") != NULL);
+      } else {
+        CHECK_EQ(r.outcome, SL_RULES_ROUTED);
+        CHECK_EQ(r.ntargets, 1);
+        CHECK_EQ(r.targets[0], want[i]);
+      }
+    }
+  snprintf(conf, sizeof(conf),
+           "return { inputs = {{name='in', type='tcp', "
+           "listen='127.0.0.1:7400'}},\n"
+           " outputs = {{name='c', type='null'}, {name='b', type='null'}, "
+           "{name='a', type='null'}, {name='nowhere', type='null'}},\n"
+           " rules = { dir = '%s', watch = false } }\n", s.rules);
+  write_file(s.dir, "c2.lua", conf);
+  snprintf(path, sizeof(path), "%s/c2.lua", s.dir);
+  sl_buf_init(&err);
+  old = s.cfg;
+  s.cfg = sl_config_load(path, sl_plugins, &err);
+  sl_buf_close(&err);
+  CHECK(s.cfg != NULL);
+  CHECK_EQ(sl_rules_reload_with(s.rs, s.cfg, "test", NULL, NULL), 0);
+  for (i = 0; i < 6; i++) {
+    char topic[32];
+    snprintf(topic, sizeof(topic), "x.%s", names[i]);
+    decide(&s, topic, &r, NULL, NULL, 0);
+    CHECK_EQ(r.outcome, SL_RULES_ROUTED);
+    CHECK_EQ(r.targets[0], sl_config_output_index(s.cfg, names[i],
+                                                  strlen(names[i])));
+  }
+  decide(&s, "x.a", &r, NULL, NULL, 0);
+  CHECK_EQ(r.targets[0], 2);
+  decide(&s, "x.nowhere", &r, NULL, NULL, 0);
+  CHECK_EQ(r.targets[0], 3);
+  set_close(&s);
+  sl_config_free(old);
+}
+
 TEST(rules_a_bad_file_at_start_fails_with_file_and_line) {
   struct set s;
   CHECK_EQ(set_init(&s, 0), 0);

@@ -414,6 +414,126 @@ TEST(sandbox_repeated_calls_decide_the_same_and_change_nothing) {
   sl_rule_free(f);
 }
 
+/* ev.topic comes from a cache of Lua strings (ev.c): every topic, whether
+ * cached, evicted, sharing a slot or too long to cache, reads as its own
+ * bytes, a topic the rule set reads back, and other keys keep their errors. */
+TEST(sandbox_topic_reads_exact_bytes_across_many_topics) {
+  char err[512], topic[128], longt[101];
+  struct sl_rule_decision d;
+  struct sl_rule *r = load(
+      "return { on_event = function(ev)\n"
+      "  local t = ev.topic\n"
+      "  if t == 'set' then ev.topic = 'changed' return ev.topic end\n"
+      "  if t == 'num' then return ev[1] end\n"
+      "  if ev['to' .. 'pic'] ~= t or ev.topic ~= t then return 'mismatch' end\n"
+      "  return t\n"
+      "end }\n", 10, 16, NULL, err, sizeof(err));
+  int round, i;
+
+  CHECK(r != NULL);
+  memset(longt, 'x', 100);
+  longt[100] = 0;
+  for (round = 0; round < 3; round++) {
+    for (i = 0; i < 200; i++) { /* more topics than cache slots */
+      snprintf(topic, sizeof(topic), "t.%d.%s", i * 7 % 200,
+               i % 3 ? "a" : "bb");
+      run(r, topic, -1, &d);
+      CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+      CHECK_STR(d.routes[0], topic);
+    }
+    run(r, longt, -1, &d);
+    CHECK_STR(d.routes[0], longt);
+    run(r, "set", -1, &d);
+    CHECK_STR(d.routes[0], "changed");
+    CHECK(d.changed != NULL);
+    CHECK(sl_event_topic(d.changed).len == 7 &&
+          memcmp(sl_event_topic(d.changed).p, "changed", 7) == 0);
+    sl_event_unref(d.changed);
+    run(r, "set.not", -1, &d);
+    CHECK_STR(d.routes[0], "set.not");
+    run(r, "num", -1, &d);
+    CHECK_EQ(d.verdict, SL_RULE_ERROR);
+    CHECK(strstr(d.message, "event fields are named by strings") != NULL);
+  }
+  sl_rule_free(r);
+}
+
+/* take_result keeps the last returned name (rule.c): a repeat, a list
+ * between two names, a name with a NUL after the same prefix and a longer
+ * or shorter name each decide as if seen for the first time. */
+TEST(sandbox_returned_names_decide_the_same_when_repeated) {
+  char err[512];
+  struct sl_rule_decision d;
+  struct sl_rule *r = load(
+      "return { on_event = function(ev)\n"
+      "  local t = ev.topic\n"
+      "  if t == 'list' then return { 'out', 'b' } end\n"
+      "  if t == 'nul' then return 'out\\0x' end\n"
+      "  if t == 'bnul' then return 'b\\0' end\n"
+      "  return t\n"
+      "end }\n", 10, 16, NULL, err, sizeof(err));
+  static const char *const seq[] = {"out", "out", "list", "out", "nul",
+                                    "out", "outs", "out", "ou", "list",
+                                    "b", "bnul", "b", "out"};
+  size_t i;
+
+  CHECK(r != NULL);
+  for (i = 0; i < sizeof(seq) / sizeof(seq[0]); i++) {
+    run(r, seq[i], -1, &d);
+    if (strcmp(seq[i], "list") == 0) {
+      CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+      CHECK_EQ(d.nroutes, 2);
+      CHECK_STR(d.routes[0], "out");
+      CHECK_STR(d.routes[1], "b");
+    } else if (strstr(seq[i], "nul") != NULL) {
+      CHECK_EQ(d.verdict, SL_RULE_ERROR);
+      CHECK(strstr(d.message, "NUL byte") != NULL);
+    } else {
+      CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+      CHECK_EQ(d.nroutes, 1);
+      CHECK_STR(d.routes[0], seq[i]);
+    }
+  }
+  sl_rule_free(r);
+}
+
+/* encode_headers writes the map in one walk and patches its header: the
+ * smallest header for the count (fixmap, map16), entries intact. */
+TEST(sandbox_changed_headers_get_the_smallest_map_header) {
+  char err[512];
+  struct sl_rule_decision d;
+  struct sl_codec_error cerr;
+  struct sl_event_view v;
+  struct sl_rule *r = load(
+      "return { on_event = function(ev)\n"
+      "  for i = 1, tonumber(ev.topic) do ev.headers['h' .. i] = ('v'):rep(i) end\n"
+      "  return 'out'\n"
+      "end }\n", 10, 16, NULL, err, sizeof(err));
+  static const char *const counts[] = {"3", "15", "16", "40"};
+  size_t i;
+
+  CHECK(r != NULL);
+  for (i = 0; i < 4; i++) {
+    int n = atoi(counts[i]);
+    const uint8_t *h;
+    run(r, counts[i], -1, &d);
+    CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+    CHECK(d.changed != NULL);
+    CHECK_EQ(sl_codec_parse_event(d.changed->data, d.changed->len, &v, &cerr),
+             0);
+    h = d.changed->data + d.changed->headers_off;
+    if (n < 16) {
+      CHECK_EQ(h[0], 0x80 | n);
+    } else {
+      CHECK_EQ(h[0], 0xde);
+      CHECK_EQ(h[1] * 256 + h[2], n);
+    }
+    CHECK(memmem(h, d.changed->headers_len, "\xa3h16", 4) != NULL || n < 16);
+    sl_event_unref(d.changed);
+  }
+  sl_rule_free(r);
+}
+
 /* Load with the real clock (no mono_ns) but the test's emit/log. */
 static struct sl_rule *load_realclock(const char *src, uint32_t cpu,
                                       struct seen *seen, char *err,
