@@ -697,14 +697,14 @@ int sl_regex_search_nfa(const struct sl_regex *re, const uint8_t *s,
 #define DFA_MAX_CELLS 32768   /* states x classes, uint16 each: 64 KiB */
 #define DFA_MAX_CLASSES 254   /* plus the column of bytes >= 0x80 */
 #define DFA_BUDGET (1u << 24) /* build work (bitset words, pops) */
-#define DFA_ACC 0             /* state ids; rows are id * (ncls + 1) */
+#define DFA_ACC 0             /* state ids (see dfa_row) */
 #define DFA_DEAD 1
-#define DFA_WIDE 2 /* no state: the search must decode a code point */
-#define DFA_FIRST 3
+#define DFA_FIRST 2
 
 struct dfa {
   uint8_t asc[256];  /* byte -> class; ncls (the wide column) for >= 0x80 */
   uint32_t ncls, stride; /* stride: ncls + 1 */
+  uint32_t base;     /* over every state id: rows start here */
   uint32_t *lo;      /* class i holds the code points [lo[i], lo[i + 1]) */
   uint16_t *next;    /* [row + class]: the row of the next state */
   uint8_t *at_end;   /* per state: matches when the text ends there */
@@ -888,6 +888,14 @@ static uint8_t dfa_at_end(struct dbuild *b, uint32_t st) {
   return (uint8_t)m;
 }
 
+/* The value a transition holds for state id: the stop states are their
+ * ids, the others the start of their row of the table, past d->base (which
+ * is over every id, so an id in the table means "decode a code point,
+ * then step from that state"). */
+static uint32_t dfa_row(const struct dfa *d, uint32_t id) {
+  return id < DFA_FIRST ? id : d->base + id * d->stride;
+}
+
 /* Run the subset construction; 0, or -1 over a cap. */
 static int dfa_run(struct dbuild *b) {
   struct dfa *d = b->d;
@@ -900,15 +908,15 @@ static int dfa_run(struct dbuild *b) {
   t = dfa_intern(b, dfa_closure(b, 0, 1, 0, b->tmp));
   if (t < 0)
     return -1;
-  d->start = (uint32_t)t * d->stride;
+  d->start = dfa_row(d, (uint32_t)t);
   for (st = DFA_FIRST; st < b->nst; st++) { /* b->nst grows as found */
     for (c = 0; c < d->ncls; c++) {
       t = dfa_step(b, st, c);
       if (t < 0 || b->work > DFA_BUDGET)
         return -1;
-      d->next[st * d->stride + c] = (uint16_t)(t * d->stride);
+      d->next[dfa_row(d, st) + c] = (uint16_t)dfa_row(d, (uint32_t)t);
     }
-    d->next[st * d->stride + d->ncls] = (uint16_t)(DFA_WIDE * d->stride);
+    d->next[dfa_row(d, st) + d->ncls] = (uint16_t)st; /* decode, see search */
   }
   for (st = DFA_FIRST; st < b->nst; st++)
     d->at_end[st] = dfa_at_end(b, st);
@@ -933,7 +941,8 @@ static struct dfa *dfa_build(const struct sl_regex *re) {
   b.sets = calloc((size_t)b.max * b.words, sizeof(uint64_t));
   b.hash = calloc(b.max, sizeof(uint64_t));
   b.stack = malloc(re->n * sizeof(uint16_t));
-  d->next = calloc((size_t)b.max * d->stride, sizeof(uint16_t));
+  d->base = b.max;
+  d->next = calloc(d->base + (size_t)b.max * d->stride, sizeof(uint16_t));
   d->at_end = calloc(b.max, 1);
   if (b.seen == NULL || b.sets == NULL || b.hash == NULL || b.stack == NULL ||
       d->next == NULL || d->at_end == NULL)
@@ -953,46 +962,51 @@ fail_:
   return d;
 }
 
-/* The code point at s (a byte >= 0x80), read as the NFA reads it (an
- * invalid UTF-8 byte is one U+FFFD): its class, plus its length in bytes
- * times 256. Out of line, so the byte loop keeps its registers. */
+/* State id reads the code point at s (a byte >= 0x80), decoded as the NFA
+ * decodes it (an invalid UTF-8 byte is one U+FFFD). Returns the next row
+ * times 8 plus the code point's length in bytes. Out of line, so the byte
+ * loop keeps its registers. */
 static __attribute__((noinline)) uint32_t
-dfa_wide_class(const struct dfa *d, const uint8_t *s, const uint8_t *e) {
+dfa_wide(const struct dfa *d, uint32_t id, const uint8_t *s,
+         const uint8_t *e) {
   size_t len = sl_utf8_seq(s, (size_t)(e - s), NULL), i;
-  uint32_t cp;
-  if (len == 0)
-    return class_of(d, 0xfffd) | 256;
-  cp = s[0] & (0xff >> (len + 1));
-  for (i = 1; i < len; i++)
-    cp = (cp << 6) | (s[i] & 0x3f);
-  return class_of(d, cp) | (uint32_t)len << 8;
+  uint32_t cp = 0xfffd;
+  if (len == 0) {
+    len = 1;
+  } else {
+    cp = s[0] & (0xff >> (len + 1));
+    for (i = 1; i < len; i++)
+      cp = (cp << 6) | (s[i] & 0x3f);
+  }
+  return (uint32_t)d->next[dfa_row(d, id) + class_of(d, cp)] << 3 |
+         (uint32_t)len;
 }
 
-/* A byte >= 0x80 leads every state to the pseudo state DFA_WIDE, so the
- * ASCII loop tests one bound per byte: below stop is accept, dead or
- * decode the code point and step from the state before. */
+/* A byte >= 0x80 leads every state to its own id, below d->base like the
+ * stop states, so the ASCII loop tests one bound per byte. */
 static int dfa_search(const struct dfa *d, const uint8_t *s, size_t n) {
   const uint16_t *next = d->next;
   const uint8_t *p = s, *e = s + n;
-  size_t row = d->start, prev, stop = DFA_FIRST * d->stride, c;
+  size_t row = d->start, stop = d->base, c;
   if (n == 0)
     return d->empty;
   if (row < stop)
     return row == DFA_ACC;
   while (p < e) {
-    prev = row;
-    row = next[row + d->asc[*p++]];
+    row = next[row + d->asc[*p]];
     if (row < stop) {
-      if (row != DFA_WIDE * d->stride)
+      if (row < DFA_FIRST)
         return row == DFA_ACC;
-      c = dfa_wide_class(d, p - 1, e);
-      p += (c >> 8) - 1;
-      row = next[prev + (c & 0xff)];
+      c = dfa_wide(d, (uint32_t)row, p, e);
+      row = c >> 3;
+      p += c & 7;
       if (row < stop)
         return row == DFA_ACC;
+      continue;
     }
+    p++;
   }
-  return d->at_end[row / d->stride];
+  return d->at_end[(row - d->base) / d->stride];
 }
 
 int sl_regex_search(const struct sl_regex *re, const uint8_t *s, size_t n) {
