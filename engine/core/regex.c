@@ -760,7 +760,6 @@ static int dfa_classes(const struct sl_regex *re, struct dfa *d) {
   b[0] = 0;
   for (i = 0; i < re->n; i++) {
     const struct insn *in = &re->prog[i];
-    const uint32_t *rg = re->ranges + 2 * (uint32_t)in->x;
     if (in->op == O_CHAR) {
       b[nb++] = in->c;
       b[nb++] = in->c + 1;
@@ -768,6 +767,7 @@ static int dfa_classes(const struct sl_regex *re, struct dfa *d) {
       for (k = 0; k < 6; k++)
         b[nb++] = any_b[k];
     } else if (in->op == O_CLASS) {
+      const uint32_t *rg = re->ranges + 2 * (uint32_t)in->x;
       for (k = 0; k < in->y; k++) {
         b[nb++] = rg[2 * k];
         b[nb++] = rg[2 * k + 1] + 1;
