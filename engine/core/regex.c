@@ -950,6 +950,12 @@ static struct dfa *dfa_build(const struct sl_regex *re) {
   b.tmp = b.seen + b.words;
   b.junk = b.tmp + b.words;
   rc = dfa_run(&b);
+  if (rc == 0) { /* keep the rows of the states found, not of the cap */
+    uint16_t *t = realloc(d->next, (d->base + (size_t)b.nst * d->stride) *
+                                       sizeof(uint16_t));
+    if (t != NULL)
+      d->next = t;
+  }
 fail_:
   free(b.seen);
   free(b.sets);
