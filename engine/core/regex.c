@@ -1,7 +1,9 @@
 /* regex.c - a pattern is parsed into a small tree, then emitted as a
  * Thompson NFA program (counted repeats are unrolled, so the program size
  * is capped), which the search simulates one code point at a time with a
- * set of live states: no backtracking, so time is linear in the text. */
+ * set of live states: no backtracking, so time is linear in the text.
+ * When it fits its caps, a DFA is also built from the program at compile
+ * time (see "compile-time DFA" below) and the search runs that instead. */
 #include "regex.h"
 
 #include <stdarg.h>
