@@ -1,7 +1,9 @@
 /* regex.c - a pattern is parsed into a small tree, then emitted as a
  * Thompson NFA program (counted repeats are unrolled, so the program size
  * is capped), which the search simulates one code point at a time with a
- * set of live states: no backtracking, so time is linear in the text. */
+ * set of live states: no backtracking, so time is linear in the text.
+ * When it fits its caps, a DFA is also built from the program at compile
+ * time (see "compile-time DFA" below) and the search runs that instead. */
 #include "regex.h"
 
 #include <stdarg.h>
@@ -23,11 +25,17 @@ struct insn {
   uint32_t c;    /* CHAR: the code point */
 };
 
+struct dfa;
+
 struct sl_regex {
   struct insn *prog;
   uint32_t n;
   uint32_t *ranges; /* [lo, hi] pairs */
+  struct dfa *dfa;  /* NULL: the NFA runs (see dfa_build) */
 };
+
+static struct dfa *dfa_build(const struct sl_regex *re);
+static void dfa_free(struct dfa *d);
 
 /* ---- parsing ---------------------------------------------------------- */
 
@@ -557,6 +565,7 @@ int sl_regex_compile(const char *pat, size_t n, struct sl_regex **out,
   re->prog = r.prog;
   re->n = r.n;
   re->ranges = r.r;
+  re->dfa = dfa_build(re); /* NULL (over its caps, or no memory): NFA */
   free(r.a);
   *out = re;
   return 0;
@@ -573,6 +582,7 @@ fail_mem:
 void sl_regex_free(struct sl_regex *re) {
   if (re == NULL)
     return;
+  dfa_free(re->dfa);
   free(re->prog);
   free(re->ranges);
   free(re);
@@ -632,7 +642,8 @@ static int step_ok(const struct sl_regex *re, const struct insn *in,
   }
 }
 
-int sl_regex_search(const struct sl_regex *re, const uint8_t *s, size_t n) {
+int sl_regex_search_nfa(const struct sl_regex *re, const uint8_t *s,
+                        size_t n) {
   struct live lv;
   size_t pos = 0, len;
   uint32_t cp, i;
@@ -671,3 +682,345 @@ int sl_regex_search(const struct sl_regex *re, const uint8_t *s, size_t n) {
   }
   return 0;
 }
+
+/* ---- compile-time DFA -------------------------------------------------- */
+/* Subset construction over the NFA above, made once at compile time so a
+ * search costs a table lookup per code point. Code points are split into
+ * classes at every boundary of a CHAR, CLASS or ANY in the program (each
+ * instruction accepts all of a class or none of it). A DFA state is the set
+ * of NFA instructions live after the empty moves: the ones that read a code
+ * point, plus the $ that wait for the end of the text. ^ holds only in the
+ * start state; every later state includes the restart at NFA pc 0 (the
+ * search is unanchored). Reaching MATCH ends the search, so all accepting
+ * states are one absorbing state; so are the states with nothing live. Over
+ * any cap the regex keeps the NFA alone. */
+
+#define DFA_MAX_STATES 256
+#define DFA_MAX_CELLS 32768   /* states x classes, uint16 each: 64 KiB */
+#define DFA_MAX_CLASSES 254   /* plus the column of bytes >= 0x80 */
+#define DFA_BUDGET (1u << 24) /* build work (bitset words, pops) */
+#define DFA_ACC 0             /* state ids (see dfa_row) */
+#define DFA_DEAD 1
+#define DFA_FIRST 2
+
+struct dfa {
+  uint8_t asc[256];  /* byte -> class; ncls (the wide column) for >= 0x80 */
+  uint32_t ncls, stride; /* stride: ncls + 1 */
+  uint32_t base;     /* over every state id: rows start here */
+  uint32_t *lo;      /* class i holds the code points [lo[i], lo[i + 1]) */
+  uint16_t *next;    /* [row + class]: the row of the next state */
+  uint8_t *at_end;   /* per state: matches when the text ends there */
+  uint32_t start;    /* row of the start state */
+  uint8_t empty;     /* the empty text matches */
+};
+
+struct dbuild {
+  const struct sl_regex *re;
+  struct dfa *d;
+  uint32_t words, nst, max;
+  uint64_t *seen, *tmp, *junk, *sets, *hash, work;
+  uint16_t *stack;
+};
+
+static void dfa_free(struct dfa *d) {
+  if (d == NULL)
+    return;
+  free(d->lo);
+  free(d->next);
+  free(d->at_end);
+  free(d);
+}
+
+static int cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static uint32_t class_of(const struct dfa *d, uint32_t cp) {
+  uint32_t a = 0, z = d->ncls, m; /* lo[a] <= cp; the class is in [a, z) */
+  while (z - a > 1) {
+    m = (a + z) / 2;
+    if (d->lo[m] <= cp)
+      a = m;
+    else
+      z = m;
+  }
+  return a;
+}
+
+/* The classes: the sorted, distinct boundaries of every code-point test. */
+static int dfa_classes(const struct sl_regex *re, struct dfa *d) {
+  static const uint32_t any_b[] = {'\n', '\n' + 1, '\r', '\r' + 1, 0x2028,
+                                   0x202a};
+  uint32_t i, k, nb = 1, cap = 1, *b;
+  for (i = 0; i < re->n; i++)
+    cap += re->prog[i].op == O_CHAR ? 2 : re->prog[i].op == O_ANY ? 6
+           : re->prog[i].op == O_CLASS ? 2u * re->prog[i].y : 0;
+  b = malloc(cap * sizeof(*b));
+  if (b == NULL)
+    return -1;
+  b[0] = 0;
+  for (i = 0; i < re->n; i++) {
+    const struct insn *in = &re->prog[i];
+    if (in->op == O_CHAR) {
+      b[nb++] = in->c;
+      b[nb++] = in->c + 1;
+    } else if (in->op == O_ANY) {
+      for (k = 0; k < 6; k++)
+        b[nb++] = any_b[k];
+    } else if (in->op == O_CLASS) {
+      const uint32_t *rg = re->ranges + 2 * (uint32_t)in->x;
+      for (k = 0; k < in->y; k++) {
+        b[nb++] = rg[2 * k];
+        b[nb++] = rg[2 * k + 1] + 1;
+      }
+    }
+  }
+  qsort(b, nb, sizeof(*b), cmp_u32);
+  for (i = k = 1; i < nb; i++)
+    if (b[i] != b[k - 1])
+      b[k++] = b[i];
+  d->lo = b;
+  d->ncls = k;
+  if (k > DFA_MAX_CLASSES)
+    return -1;
+  d->stride = k + 1;
+  for (i = 0; i < 256; i++)
+    d->asc[i] = (uint8_t)(i < 0x80 ? class_of(d, i) : k);
+  return 0;
+}
+
+/* Add to out the instructions reachable from pc by empty moves (^ holds
+ * when bol, $ when eol; a $ that does not hold is kept in out). Returns 1
+ * on reaching MATCH. The seen set is the caller's. */
+static int dfa_closure(struct dbuild *b, uint32_t pc, int bol, int eol,
+                       uint64_t *out) {
+  const struct insn *prog = b->re->prog;
+  uint32_t sp = 0, i;
+#define DPUSH(t)                                                       \
+  do {                                                                 \
+    uint32_t t_ = (t);                                                 \
+    if (!(b->seen[t_ >> 6] & ((uint64_t)1 << (t_ & 63)))) {            \
+      b->seen[t_ >> 6] |= (uint64_t)1 << (t_ & 63);                    \
+      b->stack[sp++] = (uint16_t)t_;                                   \
+    }                                                                  \
+  } while (0)
+  DPUSH(pc);
+  while (sp > 0) {
+    i = b->stack[--sp];
+    b->work++;
+    switch (prog[i].op) {
+    case O_JMP: DPUSH(prog[i].x); break;
+    case O_SPLIT: DPUSH(prog[i].y); DPUSH(prog[i].x); break;
+    case O_BOL: if (bol) DPUSH(i + 1); break;
+    case O_EOL:
+      if (eol)
+        DPUSH(i + 1);
+      else
+        out[i >> 6] |= (uint64_t)1 << (i & 63);
+      break;
+    case O_MATCH: return 1;
+    default: out[i >> 6] |= (uint64_t)1 << (i & 63); break;
+    }
+  }
+#undef DPUSH
+  return 0;
+}
+
+static void dfa_clear(struct dbuild *b, uint64_t *set) {
+  memset(set, 0, b->words * sizeof(*set));
+  b->work += b->words;
+}
+
+/* The state id of the set in b->tmp (m: MATCH was reached), adding it if
+ * new. -1 over the state cap. */
+static int dfa_intern(struct dbuild *b, int m) {
+  uint64_t h = 1469598103934665603u, any = 0;
+  uint32_t i;
+  if (m)
+    return DFA_ACC;
+  for (i = 0; i < b->words; i++) {
+    any |= b->tmp[i];
+    h = (h ^ b->tmp[i]) * 1099511628211u;
+  }
+  if (any == 0)
+    return DFA_DEAD;
+  b->work += b->words + b->nst;
+  for (i = DFA_FIRST; i < b->nst; i++)
+    if (b->hash[i] == h &&
+        memcmp(b->sets + (size_t)i * b->words, b->tmp, b->words * 8) == 0)
+      return (int)i;
+  if (b->nst == b->max)
+    return -1;
+  memcpy(b->sets + (size_t)b->nst * b->words, b->tmp, b->words * 8);
+  b->hash[b->nst] = h;
+  return (int)b->nst++;
+}
+
+/* The state after reading a code point of class c in state st. */
+static int dfa_step(struct dbuild *b, uint32_t st, uint32_t c) {
+  const uint64_t *set = b->sets + (size_t)st * b->words;
+  uint32_t w, pc;
+  int m;
+  dfa_clear(b, b->seen);
+  dfa_clear(b, b->tmp);
+  m = dfa_closure(b, 0, 0, 0, b->tmp); /* unanchored: start again here */
+  for (w = 0; w < b->words && !m; w++) {
+    uint64_t bits = set[w];
+    while (bits && !m) {
+      pc = w * 64 + (uint32_t)__builtin_ctzll(bits);
+      bits &= bits - 1;
+      if (b->re->prog[pc].op != O_EOL &&
+          step_ok(b->re, &b->re->prog[pc], b->d->lo[c]))
+        m = dfa_closure(b, pc + 1, 0, 0, b->tmp);
+    }
+  }
+  return dfa_intern(b, m);
+}
+
+/* Whether state st matches when the text ends in it: its $ hold then. */
+static uint8_t dfa_at_end(struct dbuild *b, uint32_t st) {
+  const uint64_t *set = b->sets + (size_t)st * b->words;
+  uint32_t pc;
+  int m = 0;
+  dfa_clear(b, b->seen);
+  for (pc = 0; pc < b->re->n && !m; pc++)
+    if ((set[pc >> 6] >> (pc & 63) & 1) && b->re->prog[pc].op == O_EOL)
+      m = dfa_closure(b, pc + 1, 0, 1, b->junk);
+  return (uint8_t)m;
+}
+
+/* The value a transition holds for state id: the stop states are their
+ * ids, the others the start of their row of the table, past d->base (which
+ * is over every id, so an id in the table means "decode a code point,
+ * then step from that state"). */
+static uint32_t dfa_row(const struct dfa *d, uint32_t id) {
+  return id < DFA_FIRST ? id : d->base + id * d->stride;
+}
+
+/* Run the subset construction; 0, or -1 over a cap. */
+static int dfa_run(struct dbuild *b) {
+  struct dfa *d = b->d;
+  uint32_t st, c;
+  int t;
+  dfa_clear(b, b->seen);
+  d->empty = (uint8_t)dfa_closure(b, 0, 1, 1, b->junk);
+  dfa_clear(b, b->seen);
+  dfa_clear(b, b->tmp);
+  t = dfa_intern(b, dfa_closure(b, 0, 1, 0, b->tmp));
+  if (t < 0)
+    return -1;
+  d->start = dfa_row(d, (uint32_t)t);
+  for (st = DFA_FIRST; st < b->nst; st++) { /* b->nst grows as found */
+    for (c = 0; c < d->ncls; c++) {
+      t = dfa_step(b, st, c);
+      if (t < 0 || b->work > DFA_BUDGET)
+        return -1;
+      d->next[dfa_row(d, st) + c] = (uint16_t)dfa_row(d, (uint32_t)t);
+    }
+    d->next[dfa_row(d, st) + d->ncls] = (uint16_t)st; /* decode, see search */
+  }
+  for (st = DFA_FIRST; st < b->nst; st++)
+    d->at_end[st] = dfa_at_end(b, st);
+  return 0;
+}
+
+static struct dfa *dfa_build(const struct sl_regex *re) {
+  struct dbuild b;
+  struct dfa *d = calloc(1, sizeof(*d));
+  int rc = -1;
+  memset(&b, 0, sizeof(b));
+  if (d == NULL || dfa_classes(re, d) != 0)
+    goto fail_;
+  b.re = re;
+  b.d = d;
+  b.words = (re->n + 63) / 64;
+  b.nst = DFA_FIRST;
+  b.max = DFA_MAX_CELLS / d->stride;
+  if (b.max > DFA_MAX_STATES)
+    b.max = DFA_MAX_STATES;
+  b.seen = malloc(3 * b.words * sizeof(uint64_t));
+  b.sets = calloc((size_t)b.max * b.words, sizeof(uint64_t));
+  b.hash = calloc(b.max, sizeof(uint64_t));
+  b.stack = malloc(re->n * sizeof(uint16_t));
+  d->base = b.max;
+  d->next = calloc(d->base + (size_t)b.max * d->stride, sizeof(uint16_t));
+  d->at_end = calloc(b.max, 1);
+  if (b.seen == NULL || b.sets == NULL || b.hash == NULL || b.stack == NULL ||
+      d->next == NULL || d->at_end == NULL)
+    goto fail_;
+  b.tmp = b.seen + b.words;
+  b.junk = b.tmp + b.words;
+  rc = dfa_run(&b);
+  if (rc == 0) { /* keep the rows of the states found, not of the cap */
+    uint16_t *t = realloc(d->next, (d->base + (size_t)b.nst * d->stride) *
+                                       sizeof(uint16_t));
+    if (t != NULL)
+      d->next = t;
+  }
+fail_:
+  free(b.seen);
+  free(b.sets);
+  free(b.hash);
+  free(b.stack);
+  if (rc != 0) {
+    dfa_free(d);
+    return NULL;
+  }
+  return d;
+}
+
+/* State id reads the code point at s (a byte >= 0x80), decoded as the NFA
+ * decodes it (an invalid UTF-8 byte is one U+FFFD). Returns the next row
+ * times 8 plus the code point's length in bytes. Out of line, so the byte
+ * loop keeps its registers. */
+static __attribute__((noinline)) uint32_t
+dfa_wide(const struct dfa *d, uint32_t id, const uint8_t *s,
+         const uint8_t *e) {
+  size_t len = sl_utf8_seq(s, (size_t)(e - s), NULL), i;
+  uint32_t cp = 0xfffd;
+  if (len == 0) {
+    len = 1;
+  } else {
+    cp = s[0] & (0xff >> (len + 1));
+    for (i = 1; i < len; i++)
+      cp = (cp << 6) | (s[i] & 0x3f);
+  }
+  return (uint32_t)d->next[dfa_row(d, id) + class_of(d, cp)] << 3 |
+         (uint32_t)len;
+}
+
+/* A byte >= 0x80 leads every state to its own id, below d->base like the
+ * stop states, so the ASCII loop tests one bound per byte. */
+static int dfa_search(const struct dfa *d, const uint8_t *s, size_t n) {
+  const uint16_t *next = d->next;
+  const uint8_t *p = s, *e = s + n;
+  size_t row = d->start, stop = d->base, c;
+  if (n == 0)
+    return d->empty;
+  if (row < stop)
+    return row == DFA_ACC;
+  while (p < e) {
+    row = next[row + d->asc[*p]];
+    if (row < stop) {
+      if (row < DFA_FIRST)
+        return row == DFA_ACC;
+      c = dfa_wide(d, (uint32_t)row, p, e);
+      row = c >> 3;
+      p += c & 7;
+      if (row < stop)
+        return row == DFA_ACC;
+      continue;
+    }
+    p++;
+  }
+  return d->at_end[(row - d->base) / d->stride];
+}
+
+int sl_regex_search(const struct sl_regex *re, const uint8_t *s, size_t n) {
+  if (re->dfa != NULL)
+    return dfa_search(re->dfa, s, n);
+  return sl_regex_search_nfa(re, s, n);
+}
+
+int sl_regex_has_dfa(const struct sl_regex *re) { return re->dfa != NULL; }

@@ -30,9 +30,17 @@ int sl_regex_compile(const char *pat, size_t n, struct sl_regex **out,
                      char *err, size_t errlen);
 
 /* 1 when the pattern matches somewhere in s[0..n), else 0. Time is
- * O(n * program size); no allocation (about 13 KiB of stack). Invalid
+ * O(n) with the DFA (O(n * program size) with the NFA); no allocation
+ * (the NFA takes about 13 KiB of stack). Invalid
  * UTF-8 bytes are read as one code point each (U+FFFD). */
 int sl_regex_search(const struct sl_regex *re, const uint8_t *s, size_t n);
+
+/* The same answer by the NFA alone, and whether the regex has a DFA (one
+ * is built at compile time when it stays under its caps: 256 states,
+ * 32768 state x class cells). For tests. */
+int sl_regex_search_nfa(const struct sl_regex *re, const uint8_t *s,
+                        size_t n);
+int sl_regex_has_dfa(const struct sl_regex *re);
 
 /* Free; NULL is a no-op. */
 void sl_regex_free(struct sl_regex *re);

@@ -3,9 +3,9 @@
  * schema's JSON (then check fixed values against it and compare it with
  * itself), check the rest as msgpack against a fixed schema that uses
  * every keyword, or compile the rest as a pattern and search texts with
- * it. A check gives the same verdict with and without an error to fill,
- * an error always has a message, and a schema compared with itself has no
- * breaking change. Build with `make fuzz`; never part of `make test`. Run
+ * it (its DFA and its NFA must agree). A check gives the same verdict with
+ * and without an error to fill, an error always has a message, and a
+ * schema compared with itself has no breaking change. Build with `make fuzz`; never part of `make test`. Run
  * e.g. build/fuzz/fuzz_schema -dict=tests/fuzz/fuzz_schema.dict
  * -max_total_time=60. */
 #include <stdio.h>
@@ -113,8 +113,12 @@ static void as_pattern(const uint8_t *data, size_t size) {
   for (i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
     int m = sl_regex_search(re, (const uint8_t *)texts[i], strlen(texts[i]));
     ASSERT(m == 0 || m == 1);
+    ASSERT(m == sl_regex_search_nfa(re, (const uint8_t *)texts[i],
+                                    strlen(texts[i]))); /* DFA = NFA */
   }
   ASSERT(sl_regex_search(re, data, size) <= 1);
+  ASSERT(sl_regex_search(re, data, size) ==
+         sl_regex_search_nfa(re, data, size));
   sl_regex_free(re);
 }
 
