@@ -29,8 +29,9 @@ enum {
   F_ENUM = 1 << 7, F_CONST = 1 << 8, F_ADDL_FALSE = 1 << 9,
   F_MIN_INT = 1 << 10, F_MAX_INT = 1 << 11, F_OBJ = 1 << 12,
   F_SCALAR = 1 << 13, /* no keyword that descends or re-checks: inline */
-  F_MORE = 1 << 14    /* $ref, anyOf or oneOf */
-};
+  F_MORE = 1 << 14,   /* $ref, anyOf or oneOf */
+  F_MIN_U64 = 1 << 15, F_MAX_U64 = 1 << 16 /* exact bound > INT64_MAX, */
+};                                           /* as uint64 in imin/imax */
 
 #define HOT static inline __attribute__((always_inline))
 
@@ -45,6 +46,7 @@ struct node {
   uint32_t minlen, maxlen, minitems, maxitems;
   double min, max;
   int64_t imin, imax; /* exact bounds when F_MIN_INT / F_MAX_INT */
+                      /* (uint64 when F_MIN_U64 / F_MAX_U64 too) */
   uint32_t prop0, nprop; /* props[prop0 .. +nprop), sorted[] likewise */
   int32_t addl, items, ref, re, konst;
   uint32_t enum0, nenum; /* vals[] */
@@ -268,7 +270,11 @@ static int read_count(struct cc *c, const uint8_t **pp, const uint8_t *end,
   return 0;
 }
 
-/* minimum/maximum: the bound as a double, and exactly when integral. */
+/* minimum/maximum: the bound as a double, and exactly when integral:
+ * *is_int 1 for an int64, 2 for a uint64 above INT64_MAX (kept in *i). Any
+ * integral double in [-2^63, 2^64) is exact, so that a double bound is
+ * either not integral (and below 2^53, where ints convert exactly) or out
+ * of every integer's range: comparing ints with it as doubles is exact. */
 static int read_bound(struct cc *c, const uint8_t **pp, const uint8_t *end,
                       const char *kw, double *d, int64_t *i, int *is_int) {
   struct sl_codec_item it;
@@ -279,12 +285,15 @@ static int read_bound(struct cc *c, const uint8_t **pp, const uint8_t *end,
   if (it.t == SL_MP_INT) {
     *i = it.i;
     *is_int = 1;
-  } else if (it.t == SL_MP_UINT && it.u <= INT64_MAX) {
+  } else if (it.t == SL_MP_UINT) {
     *i = (int64_t)it.u;
-    *is_int = 1;
-  } else if (*d == floor(*d) && *d >= -9.2e18 && *d <= 9.2e18) {
+    *is_int = it.u <= INT64_MAX ? 1 : 2;
+  } else if (*d == floor(*d) && *d >= -0x1p63 && *d < 0x1p63) {
     *i = (int64_t)*d;
     *is_int = 1;
+  } else if (*d == floor(*d) && *d >= 0x1p63 && *d < 0x1p64) {
+    *i = (int64_t)(uint64_t)*d;
+    *is_int = 2;
   }
   if (isnan(*d))
     return cfail(c, "%s at %s must be a number", kw, here(c));
@@ -677,6 +686,7 @@ static int compile_keyword(struct cc *c, const struct sl_codec_item *k,
     if (read_bound(c, pp, end, "minimum", &n->min, &n->imin, &is_int))
       return SL_EINVAL;
     n->flags |= is_int ? F_MIN_INT : 0;
+    n->flags |= is_int == 2 ? F_MIN_U64 : 0;
     return 0;
   }
   if (is_kw(k, "maximum")) {
@@ -684,6 +694,7 @@ static int compile_keyword(struct cc *c, const struct sl_codec_item *k,
     if (read_bound(c, pp, end, "maximum", &n->max, &n->imax, &is_int))
       return SL_EINVAL;
     n->flags |= is_int ? F_MAX_INT : 0;
+    n->flags |= is_int == 2 ? F_MAX_U64 : 0;
     return 0;
   }
   if (is_kw(k, "properties") || is_kw(k, "required")) {
@@ -896,14 +907,20 @@ static int node_texts(struct sl_schema *s, uint32_t i) {
   if (add_str(&s->strs, b, strlen(b), &s->nodes[i].tmsg))
     return SL_ENOMEM;
   n = &s->nodes[i];
-  if (n->flags & F_MIN_INT)
+  if (n->flags & F_MIN_U64)
+    len = snprintf(b, sizeof(b), "a number >= %llu",
+                   (unsigned long long)(uint64_t)n->imin);
+  else if (n->flags & F_MIN_INT)
     len = snprintf(b, sizeof(b), "a number >= %lld", (long long)n->imin);
   else
     len = snprintf(b, sizeof(b), "a number >= %.17g", n->min);
   if (add_str(&s->strs, b, (size_t)len, &s->nodes[i].minmsg))
     return SL_ENOMEM;
   n = &s->nodes[i];
-  if (n->flags & F_MAX_INT)
+  if (n->flags & F_MAX_U64)
+    len = snprintf(b, sizeof(b), "a number <= %llu",
+                   (unsigned long long)(uint64_t)n->imax);
+  else if (n->flags & F_MAX_INT)
     len = snprintf(b, sizeof(b), "a number <= %lld", (long long)n->imax);
   else
     len = snprintf(b, sizeof(b), "a number <= %.17g", n->max);
@@ -1267,16 +1284,36 @@ static int fail_type(struct ck *c, const struct node *n) {
   return 1;
 }
 
-/* -1, 0, 1 as the number compares with a bound; 2 for NaN (fails all). */
+/* -1, 0, 1 as the double x (not NaN) compares with the integer that is
+ * i (an int64, or a uint64 when u), exactly: no rounding of either. */
+static int float_vs_int(double x, int64_t i, int u) {
+  double t;
+  if (x < (u ? 0x1p63 : -0x1p63))
+    return -1;
+  if (x >= (u ? 0x1p64 : 0x1p63))
+    return 1;
+  t = floor(x); /* in range: converts exactly */
+  if (u ? (uint64_t)t != (uint64_t)i : (int64_t)t != i)
+    return u ? ((uint64_t)t < (uint64_t)i ? -1 : 1)
+             : ((int64_t)t < i ? -1 : 1);
+  return x > t;
+}
+
+/* -1, 0, 1 as the number compares with a bound; 2 for NaN (fails all).
+ * exact: 0 the bound is d, 1 the int64 i, 2 the uint64 (uint64_t)i. */
 HOT int num_cmp(const struct sl_codec_item *it, double d, int64_t i,
-                   int exact) {
+                int exact) {
   double x;
   if (it->t == SL_MP_INT || (it->t == SL_MP_UINT && it->u <= INT64_MAX)) {
     int64_t v = it->t == SL_MP_INT ? it->i : (int64_t)it->u;
+    if (exact == 2)
+      return -1;
     if (exact)
       return v < i ? -1 : v > i;
     x = (double)v;
   } else if (it->t == SL_MP_UINT) {
+    if (exact == 2)
+      return it->u < (uint64_t)i ? -1 : it->u > (uint64_t)i;
     if (exact)
       return 1;
     x = (double)it->u;
@@ -1284,6 +1321,8 @@ HOT int num_cmp(const struct sl_codec_item *it, double d, int64_t i,
     x = item_double(it);
     if (isnan(x))
       return 2;
+    if (exact)
+      return float_vs_int(x, i, exact == 2);
   }
   return x < d ? -1 : x > d;
 }
@@ -1293,12 +1332,14 @@ HOT int check_num(struct ck *c, const struct node *n,
   const char *t = (const char *)c->s->strs.data;
   int r;
   if (n->flags & F_MIN) {
-    r = num_cmp(it, n->min, n->imin, !!(n->flags & F_MIN_INT));
+    r = num_cmp(it, n->min, n->imin,
+                (n->flags & F_MIN_U64) ? 2 : !!(n->flags & F_MIN_INT));
     if (r < 0 || r == 2)
       return fail_text(c, t + n->minmsg, NULL, 0, NULL);
   }
   if (n->flags & F_MAX) {
-    r = num_cmp(it, n->max, n->imax, !!(n->flags & F_MAX_INT));
+    r = num_cmp(it, n->max, n->imax,
+                (n->flags & F_MAX_U64) ? 2 : !!(n->flags & F_MAX_INT));
     if (r > 0)
       return fail_text(c, t + n->maxmsg, NULL, 0, NULL);
   }
@@ -1357,9 +1398,10 @@ static inline int same(const uint8_t *a, const uint8_t *b, uint32_t n) {
 HOT int int_bounds(struct ck *c, const struct node *n, int64_t v) {
   const char *t = (const char *)c->s->strs.data;
   if ((n->flags & F_MIN) &&
-      ((n->flags & F_MIN_INT) ? v < n->imin : (double)v < n->min))
+      ((n->flags & F_MIN_U64) ||
+       ((n->flags & F_MIN_INT) ? v < n->imin : (double)v < n->min)))
     return fail_text(c, t + n->minmsg, NULL, 0, NULL);
-  if ((n->flags & F_MAX) &&
+  if ((n->flags & F_MAX) && !(n->flags & F_MAX_U64) &&
       ((n->flags & F_MAX_INT) ? v > n->imax : (double)v > n->max))
     return fail_text(c, t + n->maxmsg, NULL, 0, NULL);
   return 0;

@@ -722,3 +722,41 @@ TEST(schema_bounds_hold_for_every_integer_encoding) {
   BAD(s, "2.5");
   sl_schema_free(s);
 }
+
+TEST(schema_bounds_compare_floats_and_uint64_with_integral_bounds_exactly) {
+  /* 2^63 as a float is above INT64_MAX, though (double)INT64_MAX is 2^63 */
+  struct sl_schema *s = comp("{\"maximum\":9223372036854775807}");
+  CHECK(s != NULL);
+  OK(s, "9223372036854775807");
+  OK(s, "9223372036854774784.0"); /* 2^63 - 1024, the float below */
+  BAD(s, "9223372036854775808.0");
+  sl_schema_free(s);
+  /* 2^53 as a float is below 2^53 + 1 */
+  s = comp("{\"minimum\":9007199254740993}");
+  CHECK(s != NULL);
+  OK(s, "9007199254740993");
+  BAD(s, "9007199254740992.0");
+  BAD(s, "9007199254740992");
+  sl_schema_free(s);
+  /* bounds above INT64_MAX compare uint64 values exactly */
+  s = comp("{\"maximum\":18446744073709551613}");
+  CHECK(s != NULL);
+  OK(s, "18446744073709551613");
+  OK(s, "-1");
+  BAD(s, "18446744073709551614");
+  BAD(s, "18446744073709551616.0");
+  sl_schema_free(s);
+  s = comp("{\"minimum\":9223372036854775809}");
+  CHECK(s != NULL);
+  OK(s, "9223372036854775809");
+  BAD(s, "9223372036854775808");
+  BAD(s, "9223372036854775807");
+  BAD(s, "9223372036854775808.0");
+  sl_schema_free(s);
+  /* an integral float bound near 2^63 holds for the integers around it */
+  s = comp("{\"maximum\":-9.2233720368547748e18}"); /* -2^63 + 1024 */
+  CHECK(s != NULL);
+  OK(s, "-9223372036854774784");
+  BAD(s, "-9223372036854774783");
+  sl_schema_free(s);
+}
