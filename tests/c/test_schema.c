@@ -1,6 +1,7 @@
 /* test_schema.c - the schema checker: each keyword on valid and invalid
  * msgpack, every type, the JSON path and expectation of the first
  * violation, compile errors, and the comparison of two versions. */
+#include <time.h>
 #include <unistd.h>
 
 #include "codec.h"
@@ -759,4 +760,49 @@ TEST(schema_bounds_compare_floats_and_uint64_with_integral_bounds_exactly) {
   OK(s, "-9223372036854774784");
   BAD(s, "-9223372036854774783");
   sl_schema_free(s);
+}
+
+static double mono_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+TEST(schema_compile_of_a_wide_object_stays_fast) {
+  /* 100000 properties in reverse order and a long required list: a few
+   * MiB a schema file may hold. Compile time must not be quadratic (it
+   * took minutes): the bound is ~50x what it takes. */
+  enum { N = 100000, R = 200000 };
+  size_t cap = (size_t)N * 40 + (size_t)R * 12 + 64;
+  char *j = malloc(cap), *q = j;
+  struct sl_schema *s;
+  double t0;
+  int i;
+  CHECK(j != NULL);
+  q += sprintf(q, "{\"properties\":{");
+  for (i = N - 1; i >= 0; i--)
+    q += sprintf(q, "\"p%d\":{\"type\":\"integer\"}%s", i, i ? "," : "");
+  q += sprintf(q, "},\"required\":[");
+  for (i = 0; i < R; i++)
+    q += sprintf(q, "\"p%d\"%s", i % 100, i < R - 1 ? "," : "");
+  sprintf(q, "]}");
+  t0 = mono_s();
+  s = comp(j);
+  if (mono_s() - t0 > 5.0)
+    fprintf(stderr, "  compile took %.1f s\n", mono_s() - t0);
+  CHECK(mono_s() - t0 < 5.0);
+  CHECK(s != NULL);
+  q = j;
+  q += sprintf(q, "{");
+  for (i = 99; i >= 0; i--)
+    q += sprintf(q, "\"p%d\":%d%s", i, i, i ? "," : "}");
+  OK(s, j);
+  BAD(s, "{\"p0\":1}");
+  BAD(s, "{\"p0\":\"x\"}");
+  sl_schema_free(s);
+  free(j);
+  /* and a duplicate among them is still found */
+  CHECK(compile_fails("{\"properties\":{\"b\":true,\"a\":true,\"c\":true,"
+                      "\"a\":false}}",
+                      "property \"a\" appears twice at /properties"));
 }
