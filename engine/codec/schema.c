@@ -1824,12 +1824,52 @@ static int num_eq(const struct sl_codec_item *x, const struct sl_codec_item *y) 
   return d >= 0 && d < 18446744073709551616.0 && (uint64_t)d == as_u64(in);
 }
 
+static int eq_value(const uint8_t **a, const uint8_t *ae, const uint8_t **b,
+                    const uint8_t *be, int depth);
+
+/* Is each of the n pairs at a0 among the n pairs at b0 (the first pair
+ * with an equal key must have an equal value)? */
+static int pairs_in(const uint8_t *a0, const uint8_t *ae, const uint8_t *b0,
+                    const uint8_t *be, uint32_t n, int depth) {
+  const uint8_t *a = a0;
+  uint32_t i, j;
+  for (i = 0; i < n; i++) {
+    const uint8_t *ka = a, *va, *q = b0, *kb, *vb, *t1, *t2;
+    int found = 0;
+    if (skip_n(&a, ae, 1))
+      return 0;
+    va = a;
+    if (skip_n(&a, ae, 1))
+      return 0;
+    for (j = 0; j < n && !found; j++) {
+      kb = q;
+      if (skip_n(&q, be, 1))
+        return 0;
+      vb = q;
+      if (skip_n(&q, be, 1))
+        return 0;
+      t1 = ka;
+      t2 = kb;
+      if (!eq_value(&t1, ae, &t2, be, depth + 1))
+        continue;
+      t1 = va;
+      t2 = vb;
+      if (!eq_value(&t1, ae, &t2, be, depth + 1))
+        return 0;
+      found = 1;
+    }
+    if (!found)
+      return 0;
+  }
+  return 1;
+}
+
 /* Is the value at *a equal to the one at *b? Advances both past their
  * values when it is. Maps compare as sets of pairs. */
 static int eq_value(const uint8_t **a, const uint8_t *ae, const uint8_t **b,
                     const uint8_t *be, int depth) {
   struct sl_codec_item x, y;
-  uint32_t i, j;
+  uint32_t i;
   if (depth > SL_CODEC_MAX_DEPTH || rd(a, ae, &x) || rd(b, be, &y))
     return 0;
   if (is_number(&x) && is_number(&y))
@@ -1853,38 +1893,14 @@ static int eq_value(const uint8_t **a, const uint8_t *ae, const uint8_t **b,
         return 0;
     return 1;
   case SL_MP_MAP: {
-    const uint8_t *b0 = *b;
-    if (x.n != y.n || skip_n(b, be, 2 * (uint64_t)y.n))
+    const uint8_t *a0 = *a, *b0 = *b;
+    if (x.n != y.n || skip_n(a, ae, 2 * (uint64_t)x.n) ||
+        skip_n(b, be, 2 * (uint64_t)y.n))
       return 0;
-    for (i = 0; i < x.n; i++) {
-      const uint8_t *ka = *a, *va, *q = b0, *kb, *vb, *t1, *t2;
-      int found = 0;
-      if (skip_n(a, ae, 1))
-        return 0;
-      va = *a;
-      if (skip_n(a, ae, 1))
-        return 0;
-      for (j = 0; j < y.n && !found; j++) {
-        kb = q;
-        if (skip_n(&q, be, 1))
-          return 0;
-        vb = q;
-        if (skip_n(&q, be, 1))
-          return 0;
-        t1 = ka;
-        t2 = kb;
-        if (!eq_value(&t1, ae, &t2, be, depth + 1))
-          continue;
-        t1 = va;
-        t2 = vb;
-        if (!eq_value(&t1, ae, &t2, be, depth + 1))
-          return 0;
-        found = 1;
-      }
-      if (!found)
-        return 0;
-    }
-    return 1;
+    /* both ways: each pair of {"a":1,"a":1} is in {"a":1,"b":2}, and the
+     * counts match, but "b" is not in it */
+    return pairs_in(a0, ae, b0, be, x.n, depth) &&
+           pairs_in(b0, be, a0, ae, x.n, depth);
   }
   default: return 0;
   }

@@ -806,3 +806,21 @@ TEST(schema_compile_of_a_wide_object_stays_fast) {
                       "\"a\":false}}",
                       "property \"a\" appears twice at /properties"));
 }
+
+TEST(schema_const_map_is_not_matched_by_a_map_repeating_one_key) {
+  /* {"a":1,"a":1} has as many pairs as {"a":1,"b":2} and each of its pairs
+   * is in it, but it has no "b": a producer must not pass const or enum
+   * with a repeated key */
+  struct sl_schema *s = comp("{\"const\":{\"a\":1,\"b\":2}}");
+  static const uint8_t dup[] = {0x82, 0xa1, 'a', 0x01, 0xa1, 'a', 0x01};
+  static const uint8_t ok[] = {0x82, 0xa1, 'b', 0x02, 0xa1, 'a', 0x01};
+  CHECK(s != NULL);
+  CHECK_EQ(sl_schema_check(s, ok, sizeof(ok), NULL), 0);
+  CHECK_EQ(sl_schema_check(s, dup, sizeof(dup), NULL), SL_EINVAL);
+  sl_schema_free(s);
+  s = comp("{\"enum\":[{\"a\":1,\"b\":2},3]}");
+  CHECK(s != NULL);
+  CHECK_EQ(sl_schema_check(s, ok, sizeof(ok), NULL), 0);
+  CHECK_EQ(sl_schema_check(s, dup, sizeof(dup), NULL), SL_EINVAL);
+  sl_schema_free(s);
+}
