@@ -459,11 +459,26 @@ static int compile_branches(struct cc *c, const uint8_t **pp,
 }
 
 static int32_t find_def(const struct sl_schema *s, const uint8_t *name, size_t n) {
-  uint32_t i;
-  for (i = 0; i < s->ndefs; i++)
-    if (s->defs[i].len == n && memcmp(s->defs[i].name, name, n) == 0)
-      return (int32_t)i;
+  uint32_t lo = 0, hi = s->ndefs; /* defs[] is sorted by (len, name) */
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    const struct def *d = &s->defs[mid];
+    int r = d->len != n ? (d->len < n ? -1 : 1) : memcmp(d->name, name, n);
+    if (r == 0)
+      return (int32_t)mid;
+    if (r < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
   return -1;
+}
+
+static int by_def_name(const void *pa, const void *pb) {
+  const struct def *a = pa, *b = pb;
+  if (a->len != b->len)
+    return a->len < b->len ? -1 : 1;
+  return memcmp(a->name, b->name, a->len);
 }
 
 /* The node of $defs entry d, compiled on first use (a node is allocated
@@ -884,8 +899,6 @@ static int collect_defs(struct cc *c, const uint8_t *p, const uint8_t *end) {
       struct def *df = &s->defs[j];
       if (read_item(&p, end, &key) != 0 || key.t != SL_MP_STR)
         return cfail(c, "a name in $defs is not a string");
-      if (find_def(s, key.s, key.n) >= 0)
-        return cfail(c, "$defs names \"%.*s\" twice", (int)key.n, key.s);
       df->name = key.s;
       df->len = key.n;
       df->p = p;
@@ -895,6 +908,12 @@ static int collect_defs(struct cc *c, const uint8_t *p, const uint8_t *end) {
       df->end = p;
       s->ndefs++;
     }
+    /* sorted for find_def: n log n, where a lookup per name was n^2 */
+    qsort(s->defs, s->ndefs, sizeof(*s->defs), by_def_name);
+    for (j = 1; j < s->ndefs; j++)
+      if (by_def_name(&s->defs[j - 1], &s->defs[j]) == 0)
+        return cfail(c, "$defs names \"%.*s\" twice", (int)s->defs[j].len,
+                     s->defs[j].name);
     return 0;
   }
   return 0;
@@ -2146,11 +2165,19 @@ static void cmp_sub(struct cmp *c, uint32_t oa, uint32_t ob, const char *k1,
 static const struct prop *prop_named(const struct sl_schema *s,
                                      const struct node *n, const uint8_t *k,
                                      uint32_t len) {
-  uint32_t i;
-  for (i = 0; i < n->nprop; i++)
-    if (s->props[n->prop0 + i].len == len &&
-        memcmp(s->props[n->prop0 + i].key, k, len) == 0)
-      return &s->props[n->prop0 + i];
+  const uint32_t *o = s->sorted + n->prop0; /* by (len, bytes) */
+  uint32_t lo = 0, hi = n->nprop;
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    const struct prop *m = &s->props[o[mid]];
+    int r = m->len != len ? (m->len < len ? -1 : 1) : memcmp(m->key, k, len);
+    if (r == 0)
+      return m;
+    if (r < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
   return NULL;
 }
 
@@ -2204,11 +2231,113 @@ static void cmp_addl(struct cmp *c, const struct node *a,
         "additionalProperties changed from %s to %s", names[sa], names[sb]);
 }
 
-static int in_vals(const struct sl_schema *s, uint32_t v0, uint32_t nv,
-                   const struct span *v) {
+static uint64_t mix64(uint64_t a, uint64_t b) {
+  uint64_t z = a * 0x9e3779b97f4a7c15ull ^ (b + 0xbf58476d1ce4e5b9ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* A hash of the value at *pp (advanced past it) that equal values share,
+ * as eq_value sees them: numbers by value, maps by their set of pairs
+ * (the smallest and largest pair hash, so order and repeats do not
+ * count). Enum comparisons look values up by it. */
+static uint64_t val_hash(const uint8_t **pp, const uint8_t *end, int depth) {
+  struct sl_codec_item it;
+  uint64_t h, lo = UINT64_MAX, hi = 0, ph;
   uint32_t i;
-  for (i = 0; i < nv; i++)
-    if (equal(v->p, v->p + v->n, &s->vals[v0 + i]))
+  double d;
+  if (depth > SL_CODEC_MAX_DEPTH || rd(pp, end, &it))
+    return 0;
+  if (it.t == SL_MP_INT && it.i < 0)
+    return mix64(11, (uint64_t)it.i);
+  if (it.t == SL_MP_INT || it.t == SL_MP_UINT)
+    return mix64(1, as_u64(&it));
+  if (is_number(&it)) {
+    d = item_double(&it);
+    if (integral(d) && d < 0 && d >= -0x1p63)
+      return mix64(11, (uint64_t)(int64_t)d);
+    if (integral(d) && d >= 0 && d < 0x1p64)
+      return mix64(1, (uint64_t)d);
+    memcpy(&h, &d, sizeof(h));
+    return mix64(2, h);
+  }
+  switch (it.t) {
+  case SL_MP_NIL: return mix64(3, 0);
+  case SL_MP_BOOL: return mix64(4, (uint64_t)it.b);
+  case SL_MP_STR: case SL_MP_BIN: case SL_MP_EXT:
+    h = mix64(it.t == SL_MP_EXT ? 100 + (uint64_t)(it.ext & 0xff)
+                                : (uint64_t)it.t + 5, it.n);
+    for (i = 0; i < it.n; i++)
+      h = h * 0x100000001b3ull ^ it.s[i];
+    return mix64(h, 0);
+  case SL_MP_ARR:
+    h = mix64(20, it.n);
+    for (i = 0; i < it.n; i++)
+      h = mix64(h, val_hash(pp, end, depth + 1));
+    return h;
+  case SL_MP_MAP:
+    for (i = 0; i < it.n; i++) {
+      ph = val_hash(pp, end, depth + 1);
+      ph = mix64(ph, val_hash(pp, end, depth + 1));
+      lo = ph < lo ? ph : lo;
+      hi = ph > hi ? ph : hi;
+    }
+    return mix64(mix64(21, it.n), mix64(lo, hi));
+  default: return 0;
+  }
+}
+
+struct vhash {
+  uint64_t h;
+  uint32_t i;
+};
+
+static int by_vhash(const void *pa, const void *pb) {
+  const struct vhash *a = pa, *b = pb;
+  return a->h < b->h ? -1 : a->h > b->h;
+}
+
+/* vals[v0 .. v0+nv) by hash; NULL when out of memory. */
+static struct vhash *hash_vals(const struct sl_schema *s, uint32_t v0,
+                               uint32_t nv) {
+  struct vhash *ix = malloc((nv ? nv : 1) * sizeof(*ix));
+  uint32_t i;
+  if (ix == NULL)
+    return NULL;
+  for (i = 0; i < nv; i++) {
+    const uint8_t *p = s->vals[v0 + i].p;
+    ix[i].h = val_hash(&p, p + s->vals[v0 + i].n, 0);
+    ix[i].i = v0 + i;
+  }
+  qsort(ix, nv, sizeof(*ix), by_vhash);
+  return ix;
+}
+
+/* Is v among vals[v0 .. v0+nv)? Through their hash index ix when there
+ * is one (n log n for two enums, where pairwise was n^2: a 100000-value
+ * enum took minutes on each reload). */
+static int in_vals(const struct sl_schema *s, uint32_t v0, uint32_t nv,
+                   const struct vhash *ix, const struct span *v) {
+  const uint8_t *p = v->p;
+  uint64_t h;
+  uint32_t i, lo = 0, hi = nv;
+  if (ix == NULL) {
+    for (i = 0; i < nv; i++)
+      if (equal(v->p, v->p + v->n, &s->vals[v0 + i]))
+        return 1;
+    return 0;
+  }
+  h = val_hash(&p, v->p + v->n, 0);
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (ix[mid].h < h)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  for (i = lo; i < nv && ix[i].h == h; i++)
+    if (equal(v->p, v->p + v->n, &s->vals[ix[i].i]))
       return 1;
   return 0;
 }
@@ -2218,16 +2347,20 @@ static void cmp_values(struct cmp *c, const struct node *a,
   char t[256], u[256];
   uint32_t i;
   if ((a->flags & F_ENUM) && (b->flags & F_ENUM)) {
+    struct vhash *ia = hash_vals(c->a, a->enum0, a->nenum);
+    struct vhash *ib = hash_vals(c->b, b->enum0, b->nenum);
     for (i = 0; i < a->nenum; i++)
-      if (!in_vals(c->b, b->enum0, b->nenum, &c->a->vals[a->enum0 + i])) {
+      if (!in_vals(c->b, b->enum0, b->nenum, ib, &c->a->vals[a->enum0 + i])) {
         value_text(t, sizeof(t), &c->a->vals[a->enum0 + i]);
         say(c, 1, "enum value %s removed", t);
       }
     for (i = 0; i < b->nenum; i++)
-      if (!in_vals(c->a, a->enum0, a->nenum, &c->b->vals[b->enum0 + i])) {
+      if (!in_vals(c->a, a->enum0, a->nenum, ia, &c->b->vals[b->enum0 + i])) {
         value_text(t, sizeof(t), &c->b->vals[b->enum0 + i]);
         say(c, 0, "enum value %s added", t);
       }
+    free(ia);
+    free(ib);
   } else if (b->flags & F_ENUM) {
     say(c, 1, "enum added");
   } else if (a->flags & F_ENUM) {

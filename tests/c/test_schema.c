@@ -824,3 +824,59 @@ TEST(schema_const_map_is_not_matched_by_a_map_repeating_one_key) {
   CHECK_EQ(sl_schema_check(s, dup, sizeof(dup), NULL), SL_EINVAL);
   sl_schema_free(s);
 }
+
+/* older: N enum values, N properties, N $defs; newer: the same reversed
+ * (1 as 1.0, maps reordered), with v0 / p0 / d0 left out and one added. */
+static char *wide_schema(int n, int newer) {
+  char *j = malloc((size_t)n * 120 + 256), *q = j;
+  int i, k;
+  q += sprintf(q, "{\"enum\":[");
+  for (k = 0; k < n; k++) {
+    i = newer ? n - 1 - k : k;
+    if (newer && i == 0)
+      q += sprintf(q, "\"new\",");
+    else if (i % 3 == 0)
+      q += sprintf(q, newer ? "%d.0," : "%d,", i);
+    else if (i % 3 == 1)
+      q += sprintf(q, newer ? "{\"b\":%d,\"a\":1}," : "{\"a\":1,\"b\":%d},", i);
+    else
+      q += sprintf(q, "\"v%d\",", i);
+  }
+  q[-1] = ']';
+  q += sprintf(q, ",\"properties\":{");
+  for (k = 0; k < n; k++) {
+    i = newer ? n - 1 - k : k;
+    q += sprintf(q, "\"%s%d\":{\"type\":\"integer\"},",
+                 newer && i == 0 ? "x" : "p", i);
+  }
+  q[-1] = '}';
+  q += sprintf(q, ",\"$defs\":{");
+  for (k = 0; k < n; k++) {
+    i = newer ? n - 1 - k : k;
+    q += sprintf(q, "\"d%d\":{\"minimum\":%d},", i, newer && i == 0 ? 1 : 0);
+  }
+  q[-1] = '}';
+  sprintf(q, "}");
+  return j;
+}
+
+TEST(compare_of_wide_schemas_stays_fast_and_finds_each_change) {
+  /* pairwise lookups made a reload of a 100000-value enum take minutes,
+   * as every reload compares each version with its previous text */
+  char *a = wide_schema(100000, 0), *b = wide_schema(100000, 1);
+  struct changes ch;
+  double t0 = mono_s();
+  int n = compare(a, b, &ch);
+  double dt = mono_s() - t0;
+  free(a);
+  free(b);
+  if (dt > 5.0)
+    fprintf(stderr, "  compare took %.1f s\n", dt);
+  CHECK(dt < 5.0);
+  CHECK_EQ(n, 3); /* 0 removed, p0 removed, d0's minimum raised */
+  CHECK(strstr(ch.text, "B : enum value 0 removed") != NULL);
+  CHECK(strstr(ch.text, "C : enum value \"new\" added") != NULL);
+  CHECK(strstr(ch.text, "B : field \"p0\" removed") != NULL);
+  CHECK(strstr(ch.text, "C : optional field \"x0\" added") != NULL);
+  CHECK(strstr(ch.text, "B /$defs/d0: minimum raised") != NULL);
+}
