@@ -6,11 +6,14 @@
 #include "schema.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "codec.h"
 #include "common.h"
@@ -1093,15 +1096,27 @@ fail_schema:
 
 int sl_schema_load_file(const char *path, struct sl_schema **out, char *err,
                         size_t errlen) {
-  FILE *f = fopen(path, "rb");
+  /* O_NONBLOCK: a FIFO must not block the load (or a reload) in open() */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  FILE *f;
+  struct stat st;
   struct sl_buf b;
   char chunk[65536];
   size_t got;
   int rc;
   *out = NULL;
-  if (f == NULL) {
+  if (fd < 0) {
     snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     return SL_EINVAL;
+  }
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    snprintf(err, errlen, "%s: not a regular file", path);
+    close(fd);
+    return SL_EINVAL;
+  }
+  if ((f = fdopen(fd, "rb")) == NULL) {
+    close(fd);
+    return SL_ENOMEM;
   }
   sl_buf_init(&b);
   while ((got = fread(chunk, 1, sizeof(chunk), f)) > 0) {

@@ -1,6 +1,7 @@
 /* test_schema.c - the schema checker: each keyword on valid and invalid
  * msgpack, every type, the JSON path and expectation of the first
  * violation, compile errors, and the comparison of two versions. */
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -879,4 +880,23 @@ TEST(compare_of_wide_schemas_stays_fast_and_finds_each_change) {
   CHECK(strstr(ch.text, "B : field \"p0\" removed") != NULL);
   CHECK(strstr(ch.text, "C : optional field \"x0\" added") != NULL);
   CHECK(strstr(ch.text, "B /$defs/d0: minimum raised") != NULL);
+}
+
+TEST(schema_load_file_refuses_a_fifo_or_directory_without_blocking) {
+  /* a schema path that names a FIFO blocked the config load (and a reload)
+   * in open() until some writer came; alarm() fails the test instead */
+  char dir[] = "/tmp/test_schema_XXXXXX", fifo[64], err[256];
+  struct sl_schema *s = NULL;
+  CHECK(mkdtemp(dir) != NULL);
+  snprintf(fifo, sizeof(fifo), "%s/p.v1.json", dir);
+  CHECK_EQ(mkfifo(fifo, 0600), 0);
+  alarm(10);
+  CHECK_EQ(sl_schema_load_file(fifo, &s, err, sizeof(err)), SL_EINVAL);
+  alarm(0);
+  CHECK(strstr(err, "not a regular file") != NULL);
+  CHECK(strstr(err, fifo) != NULL);
+  CHECK_EQ(sl_schema_load_file(dir, &s, err, sizeof(err)), SL_EINVAL);
+  CHECK(strstr(err, "not a regular file") != NULL);
+  unlink(fifo);
+  rmdir(dir);
 }
