@@ -1,0 +1,82 @@
+"""Payload contracts (issue 16) attacked from outside: hostile field names
+and version headers from producers, odd schema files from operators. The
+HTTP 400 body stays JSON, metric labels stay the known versions, and a
+schema path that is no regular file is a config error, not a hang."""
+import json
+import os
+import random
+import time
+
+from conftest import free_port, run_sluice, scrape
+from helpers_http import curl
+from test_schema import ORDER_V1, ORDER_V2, config, post, start, write_schemas
+
+
+def test_http_400_body_stays_json_for_field_names_with_quotes_controls_and_slashes(
+        sluice, tmp_path):
+    d = write_schemas(tmp_path, order_v1_json=ORDER_V1,
+                      order_v2_json=dict(ORDER_V2, additionalProperties=False))
+    port, admin, http = free_port(), free_port(), free_port()
+    sluice(config(port, admin, """{
+    { topics = "orders.*", file = "%s/order.v1.json" },
+    { topics = "orders.*", file = "%s/order.v2.json" },
+  }""" % (d, d), http=http))
+    name = 'a"b\\c\n\r\t\x01/~}'
+    r = post(http, [{"topic": "orders.x", "payload": {"sku": "s", name: 1}}])
+    assert r.status == 400, r
+    body = r.json()  # parses: quotes and control characters escaped
+    assert body["path"] == "/" + name.replace("~", "~0").replace("/", "~1")
+    assert "additionalProperties" in body["expected"]
+    assert body["path"] in body["error"]
+    # a 1000-character name of 2-byte characters: the path is cut short,
+    # the body is still JSON
+    long_name = "\u00e9" * 1000
+    r = post(http, [{"topic": "orders.x", "payload": {"sku": "s", long_name: 1}}])
+    assert r.status == 400, r
+    body = r.json()
+    assert body["path"].startswith("/\u00e9\u00e9")
+    assert len(body["path"].encode()) < 300
+    assert len(r.body) < 4096
+
+
+def test_producer_chosen_version_headers_do_not_grow_the_metric_labels(sluice, tmp_path):
+    eng, port, admin, http, _ = start(sluice, tmp_path, with_http=True)
+    rnd = random.Random(16)
+    weird = ["v%d" % rnd.randrange(10 ** 9) for _ in range(40)] + [
+        "9" * 5000, "2.", ".2", "-1", "2\n", "\u00e92", "1.99999", "32768",
+        "2.32768", "0x2", " 2"]
+    for v in weird:
+        r = post(http, [{"topic": "orders.x", "headers": {"schema-version": v},
+                         "payload": {"sku": "s"}}])
+        assert r.status == 400, (v, r)
+        body = r.json()
+        assert body["version"] == "unknown"
+        assert len(r.body) < 1024
+    versions = {l.get("version") for n, l, _ in scrape("127.0.0.1:%d" % admin)
+                if n == "sluice_schema_events_total"}
+    assert versions <= {"1", "2", "unknown"}, versions
+    assert "unknown" in versions
+
+
+def test_a_schema_path_that_is_a_fifo_or_a_directory_is_a_config_error_not_a_hang(
+        tmp_path):
+    d = write_schemas(tmp_path, order_v1_json=ORDER_V1)
+    os.mkfifo(str(d / "order.v2.json"))
+    os.mkdir(str(d / "order.v3.json"))
+    (tmp_path / "c.lua").write_text("""return {
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:1" } },
+  outputs = { { name = "out", type = "stdout" } },
+  schemas = {
+    { topics = "orders.*", file = "%s/order.v1.json" },
+    { topics = "orders.*", file = "%s/order.v2.json" },
+    { topics = "orders.*", file = "%s/order.v3.json" },
+  },
+}
+""" % (d, d, d))
+    t0 = time.monotonic()
+    r = run_sluice("check", "-c", tmp_path / "c.lua", timeout=20)
+    assert time.monotonic() - t0 < 10
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "order.v2.json: not a regular file" in out, out
+    assert "order.v3.json: not a regular file" in out, out
