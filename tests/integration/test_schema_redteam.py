@@ -80,3 +80,46 @@ def test_a_schema_path_that_is_a_fifo_or_a_directory_is_a_config_error_not_a_han
     out = r.stdout + r.stderr
     assert "order.v2.json: not a regular file" in out, out
     assert "order.v3.json: not a regular file" in out, out
+
+
+def test_a_reload_storm_alternating_good_and_broken_schemas_leaves_the_last_good_one(
+        sluice, tmp_path):
+    from test_schema import NO_SKU, reload_lines, two_versions
+    eng, port, admin, http, d = start(sluice, tmp_path, with_http=True)
+    (d / "order.v3.json").write_text(json.dumps(NO_SKU))
+    (d / "broken.v4.json").write_text('{"type": "object", "properties": ')
+    good = config(port, admin, """{
+    { topics = "orders.*", file = "%s/order.v1.json" },
+    { topics = "orders.*", file = "%s/order.v2.json" },
+    { topics = "orders.*", file = "%s/order.v3.json" },
+  }""" % (d, d, d), http=http)
+    bad = config(port, admin, """{
+    { topics = "orders.*", file = "%s/order.v1.json" },
+    { topics = "orders.*", file = "%s/broken.v4.json" },
+  }""" % (d, d), http=http)
+    plain = config(port, admin, two_versions(d), http=http)
+    # signals without waiting, HTTP posts between them: every answer is a
+    # verdict of one whole config (202, or 400 naming a contract)
+    for i in range(30):
+        eng.config.write_text((good, bad, plain)[i % 3])
+        eng.signal(1)
+        r = post(http, [{"topic": "orders.x", "payload": {"qty": 1}}])
+        assert r.status in (202, 400), r
+        if r.status == 400:
+            assert r.json()["contract"] == "orders.*"
+    eng.config.write_text(good)
+    eng.signal(1)
+
+    def settled():
+        lines = reload_lines(eng)
+        return lines and lines[-1]["msg"] == "config reloaded" and \
+            post(http, [{"topic": "orders.x", "payload": {"qty": 1}}]).status == 202
+    from conftest import wait_for
+    wait_for(settled, timeout=20, what="the last good config in force")
+    # v3 (no sku) is the newest; v2 still wants sku
+    r = post(http, [{"topic": "orders.x", "headers": {"schema-version": "2"},
+                     "payload": {"qty": 1}}])
+    assert r.status == 400 and r.json()["path"] == ""
+    versions = {l.get("version") for n, l, _ in scrape("127.0.0.1:%d" % admin)
+                if n == "sluice_schema_events_total"}
+    assert versions <= {"1", "2", "3", "unknown"}, versions
