@@ -2162,6 +2162,69 @@ static void cmp_bound(struct cmp *c, const char *kw, int ha, double va, int hb,
         vb > va ? "raised" : "lowered", va, vb);
 }
 
+/* A minimum (max 0) or maximum (max 1) of n: exact 0 (the double d), 1
+ * (the int64 i) or 2 (the uint64 (uint64_t)i). */
+struct bound {
+  int exact;
+  int64_t i;
+  double d;
+};
+
+static struct bound bound_of(const struct node *n, int max) {
+  struct bound b;
+  uint32_t f = n->flags;
+  b.exact = (f & (max ? F_MAX_U64 : F_MIN_U64)) ? 2
+            : (f & (max ? F_MAX_INT : F_MIN_INT)) ? 1 : 0;
+  b.i = max ? n->imax : n->imin;
+  b.d = max ? n->max : n->min;
+  return b;
+}
+
+/* -1, 0, 1 as bound a compares with b, exactly (2^53 + 1 is not 2^53). */
+static int bound_cmp(const struct bound *a, const struct bound *b) {
+  if (a->exact && b->exact) {
+    if (a->exact != b->exact)
+      return a->exact == 2 ? 1 : -1;
+    if (a->exact == 2)
+      return (uint64_t)a->i < (uint64_t)b->i ? -1 : (uint64_t)a->i > (uint64_t)b->i;
+    return a->i < b->i ? -1 : a->i > b->i;
+  }
+  if (a->exact)
+    return -float_vs_int(b->d, a->i, a->exact == 2);
+  if (b->exact)
+    return float_vs_int(a->d, b->i, b->exact == 2);
+  return a->d < b->d ? -1 : a->d > b->d;
+}
+
+static void bound_text(char *t, size_t n, const struct bound *b) {
+  if (b->exact == 2)
+    snprintf(t, n, "%llu", (unsigned long long)(uint64_t)b->i);
+  else if (b->exact)
+    snprintf(t, n, "%lld", (long long)b->i);
+  else
+    snprintf(t, n, "%.15g", b->d);
+}
+
+/* minimum (max 0) or maximum (max 1) of the older a and the newer b. */
+static void cmp_num_bound(struct cmp *c, const char *kw, const struct node *a,
+                          const struct node *b, int max) {
+  uint32_t flag = max ? F_MAX : F_MIN;
+  struct bound ba = bound_of(a, max), bb = bound_of(b, max);
+  char ta[32], tb[32];
+  int r;
+  bound_text(ta, sizeof(ta), &ba);
+  bound_text(tb, sizeof(tb), &bb);
+  if (!(a->flags & flag) && !(b->flags & flag))
+    return;
+  if (!(a->flags & flag))
+    say(c, 1, "%s %s added", kw, tb);
+  else if (!(b->flags & flag))
+    say(c, 0, "%s %s removed", kw, ta);
+  else if ((r = bound_cmp(&bb, &ba)) != 0)
+    say(c, (r > 0) == !max, "%s %s from %s to %s", kw,
+        r > 0 ? "raised" : "lowered", ta, tb);
+}
+
 static void cmp_node(struct cmp *c, uint32_t oa, uint32_t ob);
 
 static void cmp_sub(struct cmp *c, uint32_t oa, uint32_t ob, const char *k1,
@@ -2433,10 +2496,8 @@ static void cmp_node(struct cmp *c, uint32_t oa, uint32_t ob) {
     say(c, (ta & ~tb) != 0, "type %s from %s to %s",
         (ta & ~tb) ? "narrowed" : "widened", x, y);
   }
-  cmp_bound(c, "minimum", !!(a->flags & F_MIN), a->min, !!(b->flags & F_MIN),
-            b->min, 1);
-  cmp_bound(c, "maximum", !!(a->flags & F_MAX), a->max, !!(b->flags & F_MAX),
-            b->max, 0);
+  cmp_num_bound(c, "minimum", a, b, 0);
+  cmp_num_bound(c, "maximum", a, b, 1);
   cmp_bound(c, "minLength", !!(a->flags & F_MINLEN), a->minlen,
             !!(b->flags & F_MINLEN), b->minlen, 1);
   cmp_bound(c, "maxLength", !!(a->flags & F_MAXLEN), a->maxlen,

@@ -900,3 +900,20 @@ TEST(schema_load_file_refuses_a_fifo_or_directory_without_blocking) {
   unlink(fifo);
   rmdir(dir);
 }
+
+TEST(compare_bounds_beyond_2_pow_53_are_exact) {
+  /* as doubles 2^53+1 and 2^53 are one number: lowering a maximum by one
+   * there went unreported, so a breaking change passed a reload in place */
+  CHANGE("{\"maximum\":9007199254740993}", "{\"maximum\":9007199254740992}",
+                1, "B : maximum lowered from 9007199254740993 to 9007199254740992");
+  CHANGE("{\"maximum\":18446744073709551615}",
+                "{\"maximum\":18446744073709551614}", 1,
+                "B : maximum lowered from 18446744073709551615 to 18446744073709551614");
+  CHANGE("{\"minimum\":-9223372036854775808}",
+                "{\"minimum\":-9223372036854775807}", 1,
+                "B : minimum raised from -9223372036854775808 to -9223372036854775807");
+  CHANGE("{\"minimum\":9007199254740993}", "{\"minimum\":9007199254740992.0}",
+                0, "C : minimum lowered from 9007199254740993 to 9007199254740992");
+  CHANGE("{\"maximum\":0.5}", "{\"maximum\":1}", 0,
+                "C : maximum raised from 0.5 to 1");
+}
