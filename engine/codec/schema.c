@@ -2487,9 +2487,12 @@ static void cmp_node(struct cmp *c, uint32_t oa, uint32_t ob) {
   char x[128], y[128];
   if (++c->depth > 2 * SL_SCHEMA_MAX_DEPTH)
     goto done;
-  if ((a->flags & F_FALSE) != (b->flags & F_FALSE))
+  if ((a->flags & F_FALSE) != (b->flags & F_FALSE)) {
     say(c, !!(b->flags & F_FALSE), "schema %s", b->flags & F_FALSE
         ? "changed to false (no value fits)" : "changed from false");
+    goto done; /* from false nothing narrows (no reader saw a value); to
+                  false, that one change says it all */
+  }
   if (ta != tb) {
     type_text(x, sizeof(x), ta, "/");
     type_text(y, sizeof(y), tb, "/");

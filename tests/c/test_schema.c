@@ -917,3 +917,15 @@ TEST(compare_bounds_beyond_2_pow_53_are_exact) {
   CHANGE("{\"maximum\":0.5}", "{\"maximum\":1}", 0,
                 "C : maximum raised from 0.5 to 1");
 }
+
+TEST(compare_a_schema_where_there_was_false_is_compatible_whatever_it_says) {
+  /* no value fitted false, so readers of the older version saw none: the
+   * keywords of the newer schema narrow nothing they knew */
+  CHANGE("{\"items\":false}",
+         "{\"items\":{\"type\":\"string\",\"minLength\":2,\"enum\":[\"ab\"]}}", 0,
+         "C /items: schema changed from false");
+  CHANGE(P("\"x\":false"), P("\"x\":{\"type\":\"integer\",\"maximum\":3}"), 0,
+         "C /properties/x: schema changed from false");
+  CHANGE("{\"items\":{\"type\":\"string\"}}", "{\"items\":false}", 1,
+         "B /items: schema changed to false (no value fits)");
+}
