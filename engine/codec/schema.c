@@ -155,6 +155,12 @@ static size_t path_key(char *path, size_t len, size_t cap, const void *key,
       path[len++] = k[i];
     }
   }
+  /* cut short: not inside a UTF-8 sequence (bytes >= 0x80 are never
+   * escaped, so one key byte is one path byte there) */
+  while (i > 0 && i < n && ((unsigned char)k[i] & 0xc0) == 0x80) {
+    i--;
+    len--;
+  }
   path[len < cap ? len : cap - 1] = '\0';
   return len < cap ? len : cap - 1;
 }
@@ -1188,8 +1194,11 @@ static int up(struct ck *c, const uint8_t *key, uint32_t len, uint32_t index) {
   n = key ? path_key(seg, 0, sizeof(seg), key, len)
           : path_index(seg, 0, sizeof(seg), index);
   old = strlen(c->e->path);
-  if (n + old >= sizeof(c->e->path))
-    old = sizeof(c->e->path) - 1 - n; /* keep the outer part */
+  if (n + old >= sizeof(c->e->path)) {
+    old = sizeof(c->e->path) - 1 - n; /* keep the outer part, */
+    while (old > 0 && ((unsigned char)c->e->path[old] & 0xc0) == 0x80)
+      old--; /* cut between characters */
+  }
   memmove(c->e->path + n, c->e->path, old);
   memcpy(c->e->path, seg, n);
   c->e->path[n + old] = '\0';

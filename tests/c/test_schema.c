@@ -929,3 +929,51 @@ TEST(compare_a_schema_where_there_was_false_is_compatible_whatever_it_says) {
   CHANGE("{\"items\":{\"type\":\"string\"}}", "{\"items\":false}", 1,
          "B /items: schema changed to false (no value fits)");
 }
+
+static int valid_utf8(const char *s) {
+  const unsigned char *p = (const unsigned char *)s;
+  while (*p) {
+    int n = *p < 0x80 ? 0 : (*p & 0xe0) == 0xc0 ? 1 : (*p & 0xf0) == 0xe0 ? 2
+          : (*p & 0xf8) == 0xf0 ? 3 : -1;
+    if (n < 0)
+      return 0;
+    for (p++; n > 0; n--, p++)
+      if ((*p & 0xc0) != 0x80)
+        return 0;
+  }
+  return 1;
+}
+
+TEST(schema_error_path_cut_short_never_splits_a_character) {
+  /* a producer's long non-ASCII field name fills the 256-byte path: the
+   * cut must fall between characters, as the path goes out in a 400 body
+   * and in sluice-error */
+  struct sl_schema *s = comp("{\"additionalProperties\":false,\"properties\":"
+                             "{\"o\":{\"additionalProperties\":false}}}");
+  struct sl_schema_error e;
+  char doc[4096], *q;
+  int i, pad;
+  CHECK(s != NULL);
+  for (pad = 0; pad < 3; pad++) {
+    q = doc + sprintf(doc, "{\"");
+    for (i = 0; i < pad; i++)
+      *q++ = 'x';
+    for (i = 0; i < 200; i++)
+      q += sprintf(q, "\xe2\x82\xac"); /* a 3-byte euro sign */
+    sprintf(q, "\":1}");
+    CHECK_EQ(chk(s, doc, &e), SL_EINVAL);
+    CHECK(strlen(e.path) > 200);
+    CHECK(valid_utf8(e.path));
+    /* the same name one level down: the outer part is kept, the inner cut */
+    q = doc + sprintf(doc, "{\"o\":{\"");
+    for (i = 0; i < pad; i++)
+      *q++ = 'x';
+    for (i = 0; i < 200; i++)
+      q += sprintf(q, "\xc3\xa9\xe2\x82\xac");
+    sprintf(q, "\":1}}");
+    CHECK_EQ(chk(s, doc, &e), SL_EINVAL);
+    CHECK(strncmp(e.path, "/o/", 3) == 0);
+    CHECK(valid_utf8(e.path));
+  }
+  sl_schema_free(s);
+}
