@@ -123,3 +123,29 @@ def test_a_reload_storm_alternating_good_and_broken_schemas_leaves_the_last_good
     versions = {l.get("version") for n, l, _ in scrape("127.0.0.1:%d" % admin)
                 if n == "sluice_schema_events_total"}
     assert versions <= {"1", "2", "3", "unknown"}, versions
+
+
+def test_a_contract_shadowed_by_an_earlier_glob_is_a_config_error(tmp_path):
+    # an event takes the first contract whose glob matches: after
+    # "orders.*", a contract for "orders.new" (or "orders.n*") would never
+    # check anything, silently
+    d = write_schemas(tmp_path, order_v1_json=ORDER_V1, new_v1_json=ORDER_V2,
+                      pay_v1_json=ORDER_V1)
+    (tmp_path / "c.lua").write_text("""return {
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:1" } },
+  outputs = { { name = "out", type = "stdout" } },
+  schemas = {
+    { topics = "orders.*", file = "%s/order.v1.json" },
+    { topics = "*.pay", file = "%s/pay.v1.json" },
+    { topics = "orders.n*", file = "%s/new.v1.json" },
+  },
+}
+""" % (d, d, d))
+    r = run_sluice("check", "-c", tmp_path / "c.lua")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert ('contract orders.n* is never used: every topic it matches takes '
+            'the earlier contract orders.*') in out, out
+    # overlapping globs that do not shadow are fine ("*.pay" after
+    # "orders.*": "bank.pay" takes it)
+    assert "*.pay is never used" not in out
