@@ -151,6 +151,11 @@ static size_t path_key(char *path, size_t len, size_t cap, const void *key,
     if (k[i] == '~' || k[i] == '/') {
       path[len++] = '~';
       path[len++] = k[i] == '~' ? '0' : '1';
+    } else if (k[i] == '\0') { /* U+FFFD: the path must not end here */
+      if (len + 3 >= cap)
+        break;
+      memcpy(path + len, "\xef\xbf\xbd", 3);
+      len += 3;
     } else {
       path[len++] = k[i];
     }

@@ -977,3 +977,15 @@ TEST(schema_error_path_cut_short_never_splits_a_character) {
   }
   sl_schema_free(s);
 }
+
+TEST(schema_error_path_shows_a_nul_in_a_field_name) {
+  /* "sku\0x" is not "sku": the path must not end at the NUL and blame a
+   * field the producer did not send */
+  struct sl_schema *s = comp("{\"additionalProperties\":false}");
+  static const uint8_t doc[] = {0x81, 0xa5, 's', 'k', 'u', 0, 'x', 0x01};
+  struct sl_schema_error e;
+  CHECK(s != NULL);
+  CHECK_EQ(sl_schema_check(s, doc, sizeof(doc), &e), SL_EINVAL);
+  CHECK_STR(e.path, "/sku\xef\xbf\xbdx"); /* U+FFFD for the NUL */
+  sl_schema_free(s);
+}
