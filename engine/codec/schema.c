@@ -6,11 +6,14 @@
 #include "schema.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "codec.h"
 #include "common.h"
@@ -29,8 +32,9 @@ enum {
   F_ENUM = 1 << 7, F_CONST = 1 << 8, F_ADDL_FALSE = 1 << 9,
   F_MIN_INT = 1 << 10, F_MAX_INT = 1 << 11, F_OBJ = 1 << 12,
   F_SCALAR = 1 << 13, /* no keyword that descends or re-checks: inline */
-  F_MORE = 1 << 14    /* $ref, anyOf or oneOf */
-};
+  F_MORE = 1 << 14,   /* $ref, anyOf or oneOf */
+  F_MIN_U64 = 1 << 15, F_MAX_U64 = 1 << 16 /* exact bound > INT64_MAX, */
+};                                           /* as uint64 in imin/imax */
 
 #define HOT static inline __attribute__((always_inline))
 
@@ -45,6 +49,7 @@ struct node {
   uint32_t minlen, maxlen, minitems, maxitems;
   double min, max;
   int64_t imin, imax; /* exact bounds when F_MIN_INT / F_MAX_INT */
+                      /* (uint64 when F_MIN_U64 / F_MAX_U64 too) */
   uint32_t prop0, nprop; /* props[prop0 .. +nprop), sorted[] likewise */
   int32_t addl, items, ref, re, konst;
   uint32_t enum0, nenum; /* vals[] */
@@ -146,9 +151,20 @@ static size_t path_key(char *path, size_t len, size_t cap, const void *key,
     if (k[i] == '~' || k[i] == '/') {
       path[len++] = '~';
       path[len++] = k[i] == '~' ? '0' : '1';
+    } else if (k[i] == '\0') { /* U+FFFD: the path must not end here */
+      if (len + 3 >= cap)
+        break;
+      memcpy(path + len, "\xef\xbf\xbd", 3);
+      len += 3;
     } else {
       path[len++] = k[i];
     }
+  }
+  /* cut short: not inside a UTF-8 sequence (bytes >= 0x80 are never
+   * escaped, so one key byte is one path byte there) */
+  while (i > 0 && i < n && ((unsigned char)k[i] & 0xc0) == 0x80) {
+    i--;
+    len--;
   }
   path[len < cap ? len : cap - 1] = '\0';
   return len < cap ? len : cap - 1;
@@ -268,7 +284,11 @@ static int read_count(struct cc *c, const uint8_t **pp, const uint8_t *end,
   return 0;
 }
 
-/* minimum/maximum: the bound as a double, and exactly when integral. */
+/* minimum/maximum: the bound as a double, and exactly when integral:
+ * *is_int 1 for an int64, 2 for a uint64 above INT64_MAX (kept in *i). Any
+ * integral double in [-2^63, 2^64) is exact, so that a double bound is
+ * either not integral (and below 2^53, where ints convert exactly) or out
+ * of every integer's range: comparing ints with it as doubles is exact. */
 static int read_bound(struct cc *c, const uint8_t **pp, const uint8_t *end,
                       const char *kw, double *d, int64_t *i, int *is_int) {
   struct sl_codec_item it;
@@ -279,12 +299,15 @@ static int read_bound(struct cc *c, const uint8_t **pp, const uint8_t *end,
   if (it.t == SL_MP_INT) {
     *i = it.i;
     *is_int = 1;
-  } else if (it.t == SL_MP_UINT && it.u <= INT64_MAX) {
+  } else if (it.t == SL_MP_UINT) {
     *i = (int64_t)it.u;
-    *is_int = 1;
-  } else if (*d == floor(*d) && *d >= -9.2e18 && *d <= 9.2e18) {
+    *is_int = it.u <= INT64_MAX ? 1 : 2;
+  } else if (*d == floor(*d) && *d >= -0x1p63 && *d < 0x1p63) {
     *i = (int64_t)*d;
     *is_int = 1;
+  } else if (*d == floor(*d) && *d >= 0x1p63 && *d < 0x1p64) {
+    *i = (int64_t)(uint64_t)*d;
+    *is_int = 2;
   }
   if (isnan(*d))
     return cfail(c, "%s at %s must be a number", kw, here(c));
@@ -450,11 +473,26 @@ static int compile_branches(struct cc *c, const uint8_t **pp,
 }
 
 static int32_t find_def(const struct sl_schema *s, const uint8_t *name, size_t n) {
-  uint32_t i;
-  for (i = 0; i < s->ndefs; i++)
-    if (s->defs[i].len == n && memcmp(s->defs[i].name, name, n) == 0)
-      return (int32_t)i;
+  uint32_t lo = 0, hi = s->ndefs; /* defs[] is sorted by (len, name) */
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    const struct def *d = &s->defs[mid];
+    int r = d->len != n ? (d->len < n ? -1 : 1) : memcmp(d->name, name, n);
+    if (r == 0)
+      return (int32_t)mid;
+    if (r < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
   return -1;
+}
+
+static int by_def_name(const void *pa, const void *pb) {
+  const struct def *a = pa, *b = pb;
+  if (a->len != b->len)
+    return a->len < b->len ? -1 : 1;
+  return memcmp(a->name, b->name, a->len);
 }
 
 /* The node of $defs entry d, compiled on first use (a node is allocated
@@ -558,14 +596,105 @@ static void set_key(struct prop *pr, const uint8_t *k, uint32_t n) {
   }
 }
 
+/* A property name and its index in props[], to sort names by (length,
+ * bytes): finding duplicates and required names costs n log n, not n^2
+ * (a schema file of 100000 properties took minutes). */
+struct keyref {
+  const uint8_t *key;
+  uint32_t len, idx;
+};
+
+static int by_keyref(const void *pa, const void *pb) {
+  const struct keyref *a = pa, *b = pb;
+  int r;
+  if (a->len != b->len)
+    return a->len < b->len ? -1 : 1;
+  r = memcmp(a->key, b->key, a->len);
+  return r ? r : (a->idx > b->idx) - (a->idx < b->idx);
+}
+
+/* props[p0 .. p0+n) by (length, bytes); NULL when out of memory. */
+static struct keyref *sorted_keys(const struct prop *props, uint32_t p0,
+                                  uint32_t n) {
+  struct keyref *kr = malloc((n ? n : 1) * sizeof(*kr));
+  uint32_t i;
+  if (kr == NULL)
+    return NULL;
+  for (i = 0; i < n; i++) {
+    kr[i].key = props[p0 + i].key;
+    kr[i].len = props[p0 + i].len;
+    kr[i].idx = p0 + i;
+  }
+  qsort(kr, n, sizeof(*kr), by_keyref);
+  return kr;
+}
+
+/* The index in props[] of the name k among the sorted kr[0..n), or -1. */
+static int64_t find_key(const struct keyref *kr, uint32_t n,
+                        const struct sl_codec_item *k) {
+  uint32_t lo = 0, hi = n;
+  struct keyref want = {k->s, k->n, 0};
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    int r = kr[mid].len != want.len ? (kr[mid].len < want.len ? -1 : 1)
+                                    : memcmp(kr[mid].key, want.key, want.len);
+    if (r == 0)
+      return kr[mid].idx;
+    if (r < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return -1;
+}
+
+/* The props of required names of node idx after its ndecl properties:
+ * found by name among them (kr) or among the required-only names added
+ * after them (at most MAX_REQUIRED of those). */
+static int compile_required(struct cc *c, int32_t idx, const uint8_t *reqs,
+                            const uint8_t *end, uint32_t nr,
+                            const struct keyref *kr, uint32_t ndecl,
+                            uint32_t *used) {
+  struct sl_schema *s = c->s;
+  struct sl_codec_item key;
+  uint32_t p0 = s->nodes[idx].prop0, i, j, nreq = 0;
+  int64_t at;
+  for (i = 0; i < nr; i++) {
+    if (read_item(&reqs, end, &key) != 0 || key.t != SL_MP_STR)
+      return cfail(c, "required at %s must list property names", here(c));
+    at = find_key(kr, ndecl, &key);
+    for (j = ndecl; at < 0 && j < *used; j++)
+      if (s->props[p0 + j].len == key.n &&
+          memcmp(s->props[p0 + j].key, key.s, key.n) == 0)
+        at = p0 + j;
+    if (at < 0) {
+      at = p0 + *used;
+      set_key(&s->props[at], key.s, key.n);
+      s->props[at].node = -1;
+      s->props[at].req = -1;
+      (*used)++;
+    }
+    if (s->props[at].req < 0) {
+      if (nreq == MAX_REQUIRED)
+        return cfail(c, "required at %s names more than %d properties",
+                     here(c), MAX_REQUIRED);
+      s->props[at].req = (int32_t)nreq++;
+    }
+  }
+  s->nodes[idx].nreq = (uint16_t)nreq;
+  return 0;
+}
+
 /* properties and required of node idx: its props are one contiguous run,
  * reserved before the subschemas (which add their own runs after it). */
 static int compile_object(struct cc *c, int32_t idx, const uint8_t *props,
                           const uint8_t *reqs, const uint8_t *end) {
   struct sl_schema *s = c->s;
   struct sl_codec_item it, key;
-  uint32_t np = 0, nr = 0, p0 = s->nprops, used = 0, i, j, nreq = 0;
+  struct keyref *kr = NULL;
+  uint32_t np = 0, nr = 0, p0 = s->nprops, used = 0, i;
   size_t saved = c->plen;
+  int rc;
   if (props && read_item(&props, end, &it) == 0)
     np = it.n;
   if (reqs && read_item(&reqs, end, &it) == 0)
@@ -583,11 +712,6 @@ static int compile_object(struct cc *c, int32_t idx, const uint8_t *props,
     int32_t kid;
     if (read_item(&props, end, &key) != 0 || key.t != SL_MP_STR)
       return cfail(c, "a property name at %s is not a string", here(c));
-    for (j = 0; j < used; j++)
-      if (s->props[p0 + j].len == key.n &&
-          memcmp(s->props[p0 + j].key, key.s, key.n) == 0)
-        return cfail(c, "property \"%.*s\" appears twice at %s", (int)key.n,
-                     key.s, here(c));
     kid = compile_sub(c, &props, end, (const char *)key.s, key.n, -1);
     if (kid < 0)
       return SL_EINVAL;
@@ -596,32 +720,25 @@ static int compile_object(struct cc *c, int32_t idx, const uint8_t *props,
     s->props[p0 + used].req = -1;
     used++;
   }
+  if ((kr = sorted_keys(s->props, p0, used)) == NULL)
+    return cfail(c, "out of memory");
+  for (i = 1; i < used; i++)
+    if (kr[i].len == kr[i - 1].len &&
+        memcmp(kr[i].key, kr[i - 1].key, kr[i].len) == 0) {
+      cfail(c, "property \"%.*s\" appears twice at %s", (int)kr[i].len,
+            kr[i].key, here(c));
+      free(kr);
+      return SL_EINVAL;
+    }
   c->plen = saved;
   c->path[saved] = '\0';
-  for (i = 0; i < nr; i++) {
-    if (read_item(&reqs, end, &key) != 0 || key.t != SL_MP_STR)
-      return cfail(c, "required at %s must list property names", here(c));
-    for (j = 0; j < used; j++)
-      if (s->props[p0 + j].len == key.n &&
-          memcmp(s->props[p0 + j].key, key.s, key.n) == 0)
-        break;
-    if (j == used) {
-      set_key(&s->props[p0 + used], key.s, key.n);
-      s->props[p0 + used].node = -1;
-      s->props[p0 + used].req = -1;
-      used++;
-    }
-    if (s->props[p0 + j].req < 0) {
-      if (nreq == MAX_REQUIRED)
-        return cfail(c, "required at %s names more than %d properties",
-                     here(c), MAX_REQUIRED);
-      s->props[p0 + j].req = (int32_t)nreq++;
-    }
-  }
-  s->nodes[idx].flags |= F_OBJ;
   s->nodes[idx].prop0 = p0;
+  rc = compile_required(c, idx, reqs, end, nr, kr, used, &used);
+  free(kr);
+  if (rc != 0)
+    return rc;
+  s->nodes[idx].flags |= F_OBJ;
   s->nodes[idx].nprop = used;
-  s->nodes[idx].nreq = (uint16_t)nreq;
   return 0;
 }
 
@@ -682,6 +799,7 @@ static int compile_keyword(struct cc *c, const struct sl_codec_item *k,
     if (read_bound(c, pp, end, "minimum", &n->min, &n->imin, &is_int))
       return SL_EINVAL;
     n->flags |= is_int ? F_MIN_INT : 0;
+    n->flags |= is_int == 2 ? F_MIN_U64 : 0;
     return 0;
   }
   if (is_kw(k, "maximum")) {
@@ -689,6 +807,7 @@ static int compile_keyword(struct cc *c, const struct sl_codec_item *k,
     if (read_bound(c, pp, end, "maximum", &n->max, &n->imax, &is_int))
       return SL_EINVAL;
     n->flags |= is_int ? F_MAX_INT : 0;
+    n->flags |= is_int == 2 ? F_MAX_U64 : 0;
     return 0;
   }
   if (is_kw(k, "properties") || is_kw(k, "required")) {
@@ -799,8 +918,6 @@ static int collect_defs(struct cc *c, const uint8_t *p, const uint8_t *end) {
       struct def *df = &s->defs[j];
       if (read_item(&p, end, &key) != 0 || key.t != SL_MP_STR)
         return cfail(c, "a name in $defs is not a string");
-      if (find_def(s, key.s, key.n) >= 0)
-        return cfail(c, "$defs names \"%.*s\" twice", (int)key.n, key.s);
       df->name = key.s;
       df->len = key.n;
       df->p = p;
@@ -810,6 +927,12 @@ static int collect_defs(struct cc *c, const uint8_t *p, const uint8_t *end) {
       df->end = p;
       s->ndefs++;
     }
+    /* sorted for find_def: n log n, where a lookup per name was n^2 */
+    qsort(s->defs, s->ndefs, sizeof(*s->defs), by_def_name);
+    for (j = 1; j < s->ndefs; j++)
+      if (by_def_name(&s->defs[j - 1], &s->defs[j]) == 0)
+        return cfail(c, "$defs names \"%.*s\" twice", (int)s->defs[j].len,
+                     s->defs[j].name);
     return 0;
   }
   return 0;
@@ -859,32 +982,23 @@ static int chain(struct cc *c, uint32_t n, uint8_t *color, uint8_t *longest) {
   return best;
 }
 
-static int by_key(const struct prop *a, const struct prop *b) {
-  if (a->len != b->len)
-    return a->len < b->len ? -1 : 1;
-  return memcmp(a->key, b->key, a->len);
-}
-
 /* Each object's props, by (length, bytes), for binary search. */
 static int sort_props(struct sl_schema *s) {
-  uint32_t n, i, j, t;
+  uint32_t n, i;
   s->sorted = malloc((s->nprops ? s->nprops : 1) * sizeof(*s->sorted));
   if (s->sorted == NULL)
     return SL_ENOMEM;
   for (n = 0; n < s->nnodes; n++) {
     const struct node *nd = &s->nodes[n];
     uint32_t *o = s->sorted + nd->prop0;
+    struct keyref *kr;
     if (!(nd->flags & F_OBJ))
       continue;
-    for (i = 0; i < nd->nprop; i++) {
-      o[i] = nd->prop0 + i;
-      for (j = i; j > 0 && by_key(&s->props[o[j]], &s->props[o[j - 1]]) < 0;
-           j--) {
-        t = o[j];
-        o[j] = o[j - 1];
-        o[j - 1] = t;
-      }
-    }
+    if ((kr = sorted_keys(s->props, nd->prop0, nd->nprop)) == NULL)
+      return SL_ENOMEM;
+    for (i = 0; i < nd->nprop; i++)
+      o[i] = kr[i].idx;
+    free(kr);
   }
   return 0;
 }
@@ -901,14 +1015,20 @@ static int node_texts(struct sl_schema *s, uint32_t i) {
   if (add_str(&s->strs, b, strlen(b), &s->nodes[i].tmsg))
     return SL_ENOMEM;
   n = &s->nodes[i];
-  if (n->flags & F_MIN_INT)
+  if (n->flags & F_MIN_U64)
+    len = snprintf(b, sizeof(b), "a number >= %llu",
+                   (unsigned long long)(uint64_t)n->imin);
+  else if (n->flags & F_MIN_INT)
     len = snprintf(b, sizeof(b), "a number >= %lld", (long long)n->imin);
   else
     len = snprintf(b, sizeof(b), "a number >= %.17g", n->min);
   if (add_str(&s->strs, b, (size_t)len, &s->nodes[i].minmsg))
     return SL_ENOMEM;
   n = &s->nodes[i];
-  if (n->flags & F_MAX_INT)
+  if (n->flags & F_MAX_U64)
+    len = snprintf(b, sizeof(b), "a number <= %llu",
+                   (unsigned long long)(uint64_t)n->imax);
+  else if (n->flags & F_MAX_INT)
     len = snprintf(b, sizeof(b), "a number <= %lld", (long long)n->imax);
   else
     len = snprintf(b, sizeof(b), "a number <= %.17g", n->max);
@@ -992,15 +1112,27 @@ fail_schema:
 
 int sl_schema_load_file(const char *path, struct sl_schema **out, char *err,
                         size_t errlen) {
-  FILE *f = fopen(path, "rb");
+  /* O_NONBLOCK: a FIFO must not block the load (or a reload) in open() */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  FILE *f;
+  struct stat st;
   struct sl_buf b;
   char chunk[65536];
   size_t got;
   int rc;
   *out = NULL;
-  if (f == NULL) {
+  if (fd < 0) {
     snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     return SL_EINVAL;
+  }
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    snprintf(err, errlen, "%s: not a regular file", path);
+    close(fd);
+    return SL_EINVAL;
+  }
+  if ((f = fdopen(fd, "rb")) == NULL) {
+    close(fd);
+    return SL_ENOMEM;
   }
   sl_buf_init(&b);
   while ((got = fread(chunk, 1, sizeof(chunk), f)) > 0) {
@@ -1072,8 +1204,11 @@ static int up(struct ck *c, const uint8_t *key, uint32_t len, uint32_t index) {
   n = key ? path_key(seg, 0, sizeof(seg), key, len)
           : path_index(seg, 0, sizeof(seg), index);
   old = strlen(c->e->path);
-  if (n + old >= sizeof(c->e->path))
-    old = sizeof(c->e->path) - 1 - n; /* keep the outer part */
+  if (n + old >= sizeof(c->e->path)) {
+    old = sizeof(c->e->path) - 1 - n; /* keep the outer part, */
+    while (old > 0 && ((unsigned char)c->e->path[old] & 0xc0) == 0x80)
+      old--; /* cut between characters */
+  }
   memmove(c->e->path + n, c->e->path, old);
   memcpy(c->e->path, seg, n);
   c->e->path[n + old] = '\0';
@@ -1272,16 +1407,36 @@ static int fail_type(struct ck *c, const struct node *n) {
   return 1;
 }
 
-/* -1, 0, 1 as the number compares with a bound; 2 for NaN (fails all). */
+/* -1, 0, 1 as the double x (not NaN) compares with the integer that is
+ * i (an int64, or a uint64 when u), exactly: no rounding of either. */
+static int float_vs_int(double x, int64_t i, int u) {
+  double t;
+  if (x < (u ? 0x1p63 : -0x1p63))
+    return -1;
+  if (x >= (u ? 0x1p64 : 0x1p63))
+    return 1;
+  t = floor(x); /* in range: converts exactly */
+  if (u ? (uint64_t)t != (uint64_t)i : (int64_t)t != i)
+    return u ? ((uint64_t)t < (uint64_t)i ? -1 : 1)
+             : ((int64_t)t < i ? -1 : 1);
+  return x > t;
+}
+
+/* -1, 0, 1 as the number compares with a bound; 2 for NaN (fails all).
+ * exact: 0 the bound is d, 1 the int64 i, 2 the uint64 (uint64_t)i. */
 HOT int num_cmp(const struct sl_codec_item *it, double d, int64_t i,
-                   int exact) {
+                int exact) {
   double x;
   if (it->t == SL_MP_INT || (it->t == SL_MP_UINT && it->u <= INT64_MAX)) {
     int64_t v = it->t == SL_MP_INT ? it->i : (int64_t)it->u;
+    if (exact == 2)
+      return -1;
     if (exact)
       return v < i ? -1 : v > i;
     x = (double)v;
   } else if (it->t == SL_MP_UINT) {
+    if (exact == 2)
+      return it->u < (uint64_t)i ? -1 : it->u > (uint64_t)i;
     if (exact)
       return 1;
     x = (double)it->u;
@@ -1289,6 +1444,8 @@ HOT int num_cmp(const struct sl_codec_item *it, double d, int64_t i,
     x = item_double(it);
     if (isnan(x))
       return 2;
+    if (exact)
+      return float_vs_int(x, i, exact == 2);
   }
   return x < d ? -1 : x > d;
 }
@@ -1298,12 +1455,14 @@ HOT int check_num(struct ck *c, const struct node *n,
   const char *t = (const char *)c->s->strs.data;
   int r;
   if (n->flags & F_MIN) {
-    r = num_cmp(it, n->min, n->imin, !!(n->flags & F_MIN_INT));
+    r = num_cmp(it, n->min, n->imin,
+                (n->flags & F_MIN_U64) ? 2 : !!(n->flags & F_MIN_INT));
     if (r < 0 || r == 2)
       return fail_text(c, t + n->minmsg, NULL, 0, NULL);
   }
   if (n->flags & F_MAX) {
-    r = num_cmp(it, n->max, n->imax, !!(n->flags & F_MAX_INT));
+    r = num_cmp(it, n->max, n->imax,
+                (n->flags & F_MAX_U64) ? 2 : !!(n->flags & F_MAX_INT));
     if (r > 0)
       return fail_text(c, t + n->maxmsg, NULL, 0, NULL);
   }
@@ -1362,9 +1521,10 @@ static inline int same(const uint8_t *a, const uint8_t *b, uint32_t n) {
 HOT int int_bounds(struct ck *c, const struct node *n, int64_t v) {
   const char *t = (const char *)c->s->strs.data;
   if ((n->flags & F_MIN) &&
-      ((n->flags & F_MIN_INT) ? v < n->imin : (double)v < n->min))
+      ((n->flags & F_MIN_U64) ||
+       ((n->flags & F_MIN_INT) ? v < n->imin : (double)v < n->min)))
     return fail_text(c, t + n->minmsg, NULL, 0, NULL);
-  if ((n->flags & F_MAX) &&
+  if ((n->flags & F_MAX) && !(n->flags & F_MAX_U64) &&
       ((n->flags & F_MAX_INT) ? v > n->imax : (double)v > n->max))
     return fail_text(c, t + n->maxmsg, NULL, 0, NULL);
   return 0;
@@ -1717,12 +1877,52 @@ static int num_eq(const struct sl_codec_item *x, const struct sl_codec_item *y) 
   return d >= 0 && d < 18446744073709551616.0 && (uint64_t)d == as_u64(in);
 }
 
+static int eq_value(const uint8_t **a, const uint8_t *ae, const uint8_t **b,
+                    const uint8_t *be, int depth);
+
+/* Is each of the n pairs at a0 among the n pairs at b0 (the first pair
+ * with an equal key must have an equal value)? */
+static int pairs_in(const uint8_t *a0, const uint8_t *ae, const uint8_t *b0,
+                    const uint8_t *be, uint32_t n, int depth) {
+  const uint8_t *a = a0;
+  uint32_t i, j;
+  for (i = 0; i < n; i++) {
+    const uint8_t *ka = a, *va, *q = b0, *kb, *vb, *t1, *t2;
+    int found = 0;
+    if (skip_n(&a, ae, 1))
+      return 0;
+    va = a;
+    if (skip_n(&a, ae, 1))
+      return 0;
+    for (j = 0; j < n && !found; j++) {
+      kb = q;
+      if (skip_n(&q, be, 1))
+        return 0;
+      vb = q;
+      if (skip_n(&q, be, 1))
+        return 0;
+      t1 = ka;
+      t2 = kb;
+      if (!eq_value(&t1, ae, &t2, be, depth + 1))
+        continue;
+      t1 = va;
+      t2 = vb;
+      if (!eq_value(&t1, ae, &t2, be, depth + 1))
+        return 0;
+      found = 1;
+    }
+    if (!found)
+      return 0;
+  }
+  return 1;
+}
+
 /* Is the value at *a equal to the one at *b? Advances both past their
  * values when it is. Maps compare as sets of pairs. */
 static int eq_value(const uint8_t **a, const uint8_t *ae, const uint8_t **b,
                     const uint8_t *be, int depth) {
   struct sl_codec_item x, y;
-  uint32_t i, j;
+  uint32_t i;
   if (depth > SL_CODEC_MAX_DEPTH || rd(a, ae, &x) || rd(b, be, &y))
     return 0;
   if (is_number(&x) && is_number(&y))
@@ -1746,38 +1946,14 @@ static int eq_value(const uint8_t **a, const uint8_t *ae, const uint8_t **b,
         return 0;
     return 1;
   case SL_MP_MAP: {
-    const uint8_t *b0 = *b;
-    if (x.n != y.n || skip_n(b, be, 2 * (uint64_t)y.n))
+    const uint8_t *a0 = *a, *b0 = *b;
+    if (x.n != y.n || skip_n(a, ae, 2 * (uint64_t)x.n) ||
+        skip_n(b, be, 2 * (uint64_t)y.n))
       return 0;
-    for (i = 0; i < x.n; i++) {
-      const uint8_t *ka = *a, *va, *q = b0, *kb, *vb, *t1, *t2;
-      int found = 0;
-      if (skip_n(a, ae, 1))
-        return 0;
-      va = *a;
-      if (skip_n(a, ae, 1))
-        return 0;
-      for (j = 0; j < y.n && !found; j++) {
-        kb = q;
-        if (skip_n(&q, be, 1))
-          return 0;
-        vb = q;
-        if (skip_n(&q, be, 1))
-          return 0;
-        t1 = ka;
-        t2 = kb;
-        if (!eq_value(&t1, ae, &t2, be, depth + 1))
-          continue;
-        t1 = va;
-        t2 = vb;
-        if (!eq_value(&t1, ae, &t2, be, depth + 1))
-          return 0;
-        found = 1;
-      }
-      if (!found)
-        return 0;
-    }
-    return 1;
+    /* both ways: each pair of {"a":1,"a":1} is in {"a":1,"b":2}, and the
+     * counts match, but "b" is not in it */
+    return pairs_in(a0, ae, b0, be, x.n, depth) &&
+           pairs_in(b0, be, a0, ae, x.n, depth);
   }
   default: return 0;
   }
@@ -2005,6 +2181,69 @@ static void cmp_bound(struct cmp *c, const char *kw, int ha, double va, int hb,
         vb > va ? "raised" : "lowered", va, vb);
 }
 
+/* A minimum (max 0) or maximum (max 1) of n: exact 0 (the double d), 1
+ * (the int64 i) or 2 (the uint64 (uint64_t)i). */
+struct bound {
+  int exact;
+  int64_t i;
+  double d;
+};
+
+static struct bound bound_of(const struct node *n, int max) {
+  struct bound b;
+  uint32_t f = n->flags;
+  b.exact = (f & (max ? F_MAX_U64 : F_MIN_U64)) ? 2
+            : (f & (max ? F_MAX_INT : F_MIN_INT)) ? 1 : 0;
+  b.i = max ? n->imax : n->imin;
+  b.d = max ? n->max : n->min;
+  return b;
+}
+
+/* -1, 0, 1 as bound a compares with b, exactly (2^53 + 1 is not 2^53). */
+static int bound_cmp(const struct bound *a, const struct bound *b) {
+  if (a->exact && b->exact) {
+    if (a->exact != b->exact)
+      return a->exact == 2 ? 1 : -1;
+    if (a->exact == 2)
+      return (uint64_t)a->i < (uint64_t)b->i ? -1 : (uint64_t)a->i > (uint64_t)b->i;
+    return a->i < b->i ? -1 : a->i > b->i;
+  }
+  if (a->exact)
+    return -float_vs_int(b->d, a->i, a->exact == 2);
+  if (b->exact)
+    return float_vs_int(a->d, b->i, b->exact == 2);
+  return a->d < b->d ? -1 : a->d > b->d;
+}
+
+static void bound_text(char *t, size_t n, const struct bound *b) {
+  if (b->exact == 2)
+    snprintf(t, n, "%llu", (unsigned long long)(uint64_t)b->i);
+  else if (b->exact)
+    snprintf(t, n, "%lld", (long long)b->i);
+  else
+    snprintf(t, n, "%.15g", b->d);
+}
+
+/* minimum (max 0) or maximum (max 1) of the older a and the newer b. */
+static void cmp_num_bound(struct cmp *c, const char *kw, const struct node *a,
+                          const struct node *b, int max) {
+  uint32_t flag = max ? F_MAX : F_MIN;
+  struct bound ba = bound_of(a, max), bb = bound_of(b, max);
+  char ta[32], tb[32];
+  int r;
+  bound_text(ta, sizeof(ta), &ba);
+  bound_text(tb, sizeof(tb), &bb);
+  if (!(a->flags & flag) && !(b->flags & flag))
+    return;
+  if (!(a->flags & flag))
+    say(c, 1, "%s %s added", kw, tb);
+  else if (!(b->flags & flag))
+    say(c, 0, "%s %s removed", kw, ta);
+  else if ((r = bound_cmp(&bb, &ba)) != 0)
+    say(c, (r > 0) == !max, "%s %s from %s to %s", kw,
+        r > 0 ? "raised" : "lowered", ta, tb);
+}
+
 static void cmp_node(struct cmp *c, uint32_t oa, uint32_t ob);
 
 static void cmp_sub(struct cmp *c, uint32_t oa, uint32_t ob, const char *k1,
@@ -2023,11 +2262,19 @@ static void cmp_sub(struct cmp *c, uint32_t oa, uint32_t ob, const char *k1,
 static const struct prop *prop_named(const struct sl_schema *s,
                                      const struct node *n, const uint8_t *k,
                                      uint32_t len) {
-  uint32_t i;
-  for (i = 0; i < n->nprop; i++)
-    if (s->props[n->prop0 + i].len == len &&
-        memcmp(s->props[n->prop0 + i].key, k, len) == 0)
-      return &s->props[n->prop0 + i];
+  const uint32_t *o = s->sorted + n->prop0; /* by (len, bytes) */
+  uint32_t lo = 0, hi = n->nprop;
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    const struct prop *m = &s->props[o[mid]];
+    int r = m->len != len ? (m->len < len ? -1 : 1) : memcmp(m->key, k, len);
+    if (r == 0)
+      return m;
+    if (r < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
   return NULL;
 }
 
@@ -2081,11 +2328,113 @@ static void cmp_addl(struct cmp *c, const struct node *a,
         "additionalProperties changed from %s to %s", names[sa], names[sb]);
 }
 
-static int in_vals(const struct sl_schema *s, uint32_t v0, uint32_t nv,
-                   const struct span *v) {
+static uint64_t mix64(uint64_t a, uint64_t b) {
+  uint64_t z = a * 0x9e3779b97f4a7c15ull ^ (b + 0xbf58476d1ce4e5b9ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* A hash of the value at *pp (advanced past it) that equal values share,
+ * as eq_value sees them: numbers by value, maps by their set of pairs
+ * (the smallest and largest pair hash, so order and repeats do not
+ * count). Enum comparisons look values up by it. */
+static uint64_t val_hash(const uint8_t **pp, const uint8_t *end, int depth) {
+  struct sl_codec_item it;
+  uint64_t h, lo = UINT64_MAX, hi = 0, ph;
   uint32_t i;
-  for (i = 0; i < nv; i++)
-    if (equal(v->p, v->p + v->n, &s->vals[v0 + i]))
+  double d;
+  if (depth > SL_CODEC_MAX_DEPTH || rd(pp, end, &it))
+    return 0;
+  if (it.t == SL_MP_INT && it.i < 0)
+    return mix64(11, (uint64_t)it.i);
+  if (it.t == SL_MP_INT || it.t == SL_MP_UINT)
+    return mix64(1, as_u64(&it));
+  if (is_number(&it)) {
+    d = item_double(&it);
+    if (integral(d) && d < 0 && d >= -0x1p63)
+      return mix64(11, (uint64_t)(int64_t)d);
+    if (integral(d) && d >= 0 && d < 0x1p64)
+      return mix64(1, (uint64_t)d);
+    memcpy(&h, &d, sizeof(h));
+    return mix64(2, h);
+  }
+  switch (it.t) {
+  case SL_MP_NIL: return mix64(3, 0);
+  case SL_MP_BOOL: return mix64(4, (uint64_t)it.b);
+  case SL_MP_STR: case SL_MP_BIN: case SL_MP_EXT:
+    h = mix64(it.t == SL_MP_EXT ? 100 + (uint64_t)(it.ext & 0xff)
+                                : (uint64_t)it.t + 5, it.n);
+    for (i = 0; i < it.n; i++)
+      h = h * 0x100000001b3ull ^ it.s[i];
+    return mix64(h, 0);
+  case SL_MP_ARR:
+    h = mix64(20, it.n);
+    for (i = 0; i < it.n; i++)
+      h = mix64(h, val_hash(pp, end, depth + 1));
+    return h;
+  case SL_MP_MAP:
+    for (i = 0; i < it.n; i++) {
+      ph = val_hash(pp, end, depth + 1);
+      ph = mix64(ph, val_hash(pp, end, depth + 1));
+      lo = ph < lo ? ph : lo;
+      hi = ph > hi ? ph : hi;
+    }
+    return mix64(mix64(21, it.n), mix64(lo, hi));
+  default: return 0;
+  }
+}
+
+struct vhash {
+  uint64_t h;
+  uint32_t i;
+};
+
+static int by_vhash(const void *pa, const void *pb) {
+  const struct vhash *a = pa, *b = pb;
+  return a->h < b->h ? -1 : a->h > b->h;
+}
+
+/* vals[v0 .. v0+nv) by hash; NULL when out of memory. */
+static struct vhash *hash_vals(const struct sl_schema *s, uint32_t v0,
+                               uint32_t nv) {
+  struct vhash *ix = malloc((nv ? nv : 1) * sizeof(*ix));
+  uint32_t i;
+  if (ix == NULL)
+    return NULL;
+  for (i = 0; i < nv; i++) {
+    const uint8_t *p = s->vals[v0 + i].p;
+    ix[i].h = val_hash(&p, p + s->vals[v0 + i].n, 0);
+    ix[i].i = v0 + i;
+  }
+  qsort(ix, nv, sizeof(*ix), by_vhash);
+  return ix;
+}
+
+/* Is v among vals[v0 .. v0+nv)? Through their hash index ix when there
+ * is one (n log n for two enums, where pairwise was n^2: a 100000-value
+ * enum took minutes on each reload). */
+static int in_vals(const struct sl_schema *s, uint32_t v0, uint32_t nv,
+                   const struct vhash *ix, const struct span *v) {
+  const uint8_t *p = v->p;
+  uint64_t h;
+  uint32_t i, lo = 0, hi = nv;
+  if (ix == NULL) {
+    for (i = 0; i < nv; i++)
+      if (equal(v->p, v->p + v->n, &s->vals[v0 + i]))
+        return 1;
+    return 0;
+  }
+  h = val_hash(&p, v->p + v->n, 0);
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (ix[mid].h < h)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  for (i = lo; i < nv && ix[i].h == h; i++)
+    if (equal(v->p, v->p + v->n, &s->vals[ix[i].i]))
       return 1;
   return 0;
 }
@@ -2095,16 +2444,20 @@ static void cmp_values(struct cmp *c, const struct node *a,
   char t[256], u[256];
   uint32_t i;
   if ((a->flags & F_ENUM) && (b->flags & F_ENUM)) {
+    struct vhash *ia = hash_vals(c->a, a->enum0, a->nenum);
+    struct vhash *ib = hash_vals(c->b, b->enum0, b->nenum);
     for (i = 0; i < a->nenum; i++)
-      if (!in_vals(c->b, b->enum0, b->nenum, &c->a->vals[a->enum0 + i])) {
+      if (!in_vals(c->b, b->enum0, b->nenum, ib, &c->a->vals[a->enum0 + i])) {
         value_text(t, sizeof(t), &c->a->vals[a->enum0 + i]);
         say(c, 1, "enum value %s removed", t);
       }
     for (i = 0; i < b->nenum; i++)
-      if (!in_vals(c->a, a->enum0, a->nenum, &c->b->vals[b->enum0 + i])) {
+      if (!in_vals(c->a, a->enum0, a->nenum, ia, &c->b->vals[b->enum0 + i])) {
         value_text(t, sizeof(t), &c->b->vals[b->enum0 + i]);
         say(c, 0, "enum value %s added", t);
       }
+    free(ia);
+    free(ib);
   } else if (b->flags & F_ENUM) {
     say(c, 1, "enum added");
   } else if (a->flags & F_ENUM) {
@@ -2153,19 +2506,20 @@ static void cmp_node(struct cmp *c, uint32_t oa, uint32_t ob) {
   char x[128], y[128];
   if (++c->depth > 2 * SL_SCHEMA_MAX_DEPTH)
     goto done;
-  if ((a->flags & F_FALSE) != (b->flags & F_FALSE))
+  if ((a->flags & F_FALSE) != (b->flags & F_FALSE)) {
     say(c, !!(b->flags & F_FALSE), "schema %s", b->flags & F_FALSE
         ? "changed to false (no value fits)" : "changed from false");
+    goto done; /* from false nothing narrows (no reader saw a value); to
+                  false, that one change says it all */
+  }
   if (ta != tb) {
     type_text(x, sizeof(x), ta, "/");
     type_text(y, sizeof(y), tb, "/");
     say(c, (ta & ~tb) != 0, "type %s from %s to %s",
         (ta & ~tb) ? "narrowed" : "widened", x, y);
   }
-  cmp_bound(c, "minimum", !!(a->flags & F_MIN), a->min, !!(b->flags & F_MIN),
-            b->min, 1);
-  cmp_bound(c, "maximum", !!(a->flags & F_MAX), a->max, !!(b->flags & F_MAX),
-            b->max, 0);
+  cmp_num_bound(c, "minimum", a, b, 0);
+  cmp_num_bound(c, "maximum", a, b, 1);
   cmp_bound(c, "minLength", !!(a->flags & F_MINLEN), a->minlen,
             !!(b->flags & F_MINLEN), b->minlen, 1);
   cmp_bound(c, "maxLength", !!(a->flags & F_MAXLEN), a->maxlen,

@@ -336,6 +336,14 @@ static void finish(struct sctx *c, struct sl_config *cfg,
            "both set: the version comes from one place", k->topics);
     if (k->version_header == NULL && k->version_field == NULL)
       k->version_header = strdup("schema-version");
+    /* '*' is the only wildcard: an earlier glob that matches this glob's
+     * text matches every topic it does, so this contract is dead */
+    for (j = 0; j < i; j++)
+      if (sl_router_glob(cfg->schemas[j].topics, cfg->schemas[j].topics_len,
+                         k->topics, k->topics_len))
+        sbad(c, "schemas", "contract %s is never used: every topic it "
+             "matches takes the earlier contract %s", k->topics,
+             cfg->schemas[j].topics);
     if (defaults[i] == 0)
       continue;
     for (j = 0; j < k->nversions; j++) {

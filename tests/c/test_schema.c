@@ -1,6 +1,8 @@
 /* test_schema.c - the schema checker: each keyword on valid and invalid
  * msgpack, every type, the JSON path and expectation of the first
  * violation, compile errors, and the comparison of two versions. */
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "codec.h"
@@ -720,5 +722,270 @@ TEST(schema_bounds_hold_for_every_integer_encoding) {
   OK(s, "200");   /* uint8 */
   OK(s, "2.0");   /* float64, integral */
   BAD(s, "2.5");
+  sl_schema_free(s);
+}
+
+TEST(schema_bounds_compare_floats_and_uint64_with_integral_bounds_exactly) {
+  /* 2^63 as a float is above INT64_MAX, though (double)INT64_MAX is 2^63 */
+  struct sl_schema *s = comp("{\"maximum\":9223372036854775807}");
+  CHECK(s != NULL);
+  OK(s, "9223372036854775807");
+  OK(s, "9223372036854774784.0"); /* 2^63 - 1024, the float below */
+  BAD(s, "9223372036854775808.0");
+  sl_schema_free(s);
+  /* 2^53 as a float is below 2^53 + 1 */
+  s = comp("{\"minimum\":9007199254740993}");
+  CHECK(s != NULL);
+  OK(s, "9007199254740993");
+  BAD(s, "9007199254740992.0");
+  BAD(s, "9007199254740992");
+  sl_schema_free(s);
+  /* bounds above INT64_MAX compare uint64 values exactly */
+  s = comp("{\"maximum\":18446744073709551613}");
+  CHECK(s != NULL);
+  OK(s, "18446744073709551613");
+  OK(s, "-1");
+  BAD(s, "18446744073709551614");
+  BAD(s, "18446744073709551616.0");
+  sl_schema_free(s);
+  s = comp("{\"minimum\":9223372036854775809}");
+  CHECK(s != NULL);
+  OK(s, "9223372036854775809");
+  BAD(s, "9223372036854775808");
+  BAD(s, "9223372036854775807");
+  BAD(s, "9223372036854775808.0");
+  sl_schema_free(s);
+  /* an integral float bound near 2^63 holds for the integers around it */
+  s = comp("{\"maximum\":-9.2233720368547748e18}"); /* -2^63 + 1024 */
+  CHECK(s != NULL);
+  OK(s, "-9223372036854774784");
+  BAD(s, "-9223372036854774783");
+  sl_schema_free(s);
+}
+
+static double mono_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+TEST(schema_compile_of_a_wide_object_stays_fast) {
+  /* 100000 properties in reverse order and a long required list: a few
+   * MiB a schema file may hold. Compile time must not be quadratic (it
+   * took minutes): the bound is ~50x what it takes. */
+  enum { N = 100000, R = 200000 };
+  size_t cap = (size_t)N * 40 + (size_t)R * 12 + 64;
+  char *j = malloc(cap), *q = j;
+  struct sl_schema *s;
+  double t0;
+  int i;
+  CHECK(j != NULL);
+  q += sprintf(q, "{\"properties\":{");
+  for (i = N - 1; i >= 0; i--)
+    q += sprintf(q, "\"p%d\":{\"type\":\"integer\"}%s", i, i ? "," : "");
+  q += sprintf(q, "},\"required\":[");
+  for (i = 0; i < R; i++)
+    q += sprintf(q, "\"p%d\"%s", i % 100, i < R - 1 ? "," : "");
+  sprintf(q, "]}");
+  t0 = mono_s();
+  s = comp(j);
+  if (mono_s() - t0 > 5.0)
+    fprintf(stderr, "  compile took %.1f s\n", mono_s() - t0);
+  CHECK(mono_s() - t0 < 5.0);
+  CHECK(s != NULL);
+  q = j;
+  q += sprintf(q, "{");
+  for (i = 99; i >= 0; i--)
+    q += sprintf(q, "\"p%d\":%d%s", i, i, i ? "," : "}");
+  OK(s, j);
+  BAD(s, "{\"p0\":1}");
+  BAD(s, "{\"p0\":\"x\"}");
+  sl_schema_free(s);
+  free(j);
+  /* and a duplicate among them is still found */
+  CHECK(compile_fails("{\"properties\":{\"b\":true,\"a\":true,\"c\":true,"
+                      "\"a\":false}}",
+                      "property \"a\" appears twice at /properties"));
+}
+
+TEST(schema_const_map_is_not_matched_by_a_map_repeating_one_key) {
+  /* {"a":1,"a":1} has as many pairs as {"a":1,"b":2} and each of its pairs
+   * is in it, but it has no "b": a producer must not pass const or enum
+   * with a repeated key */
+  struct sl_schema *s = comp("{\"const\":{\"a\":1,\"b\":2}}");
+  static const uint8_t dup[] = {0x82, 0xa1, 'a', 0x01, 0xa1, 'a', 0x01};
+  static const uint8_t ok[] = {0x82, 0xa1, 'b', 0x02, 0xa1, 'a', 0x01};
+  CHECK(s != NULL);
+  CHECK_EQ(sl_schema_check(s, ok, sizeof(ok), NULL), 0);
+  CHECK_EQ(sl_schema_check(s, dup, sizeof(dup), NULL), SL_EINVAL);
+  sl_schema_free(s);
+  s = comp("{\"enum\":[{\"a\":1,\"b\":2},3]}");
+  CHECK(s != NULL);
+  CHECK_EQ(sl_schema_check(s, ok, sizeof(ok), NULL), 0);
+  CHECK_EQ(sl_schema_check(s, dup, sizeof(dup), NULL), SL_EINVAL);
+  sl_schema_free(s);
+}
+
+/* older: N enum values, N properties, N $defs; newer: the same reversed
+ * (1 as 1.0, maps reordered), with v0 / p0 / d0 left out and one added. */
+static char *wide_schema(int n, int newer) {
+  char *j = malloc((size_t)n * 120 + 256), *q = j;
+  int i, k;
+  q += sprintf(q, "{\"enum\":[");
+  for (k = 0; k < n; k++) {
+    i = newer ? n - 1 - k : k;
+    if (newer && i == 0)
+      q += sprintf(q, "\"new\",");
+    else if (i % 3 == 0)
+      q += sprintf(q, newer ? "%d.0," : "%d,", i);
+    else if (i % 3 == 1)
+      q += sprintf(q, newer ? "{\"b\":%d,\"a\":1}," : "{\"a\":1,\"b\":%d},", i);
+    else
+      q += sprintf(q, "\"v%d\",", i);
+  }
+  q[-1] = ']';
+  q += sprintf(q, ",\"properties\":{");
+  for (k = 0; k < n; k++) {
+    i = newer ? n - 1 - k : k;
+    q += sprintf(q, "\"%s%d\":{\"type\":\"integer\"},",
+                 newer && i == 0 ? "x" : "p", i);
+  }
+  q[-1] = '}';
+  q += sprintf(q, ",\"$defs\":{");
+  for (k = 0; k < n; k++) {
+    i = newer ? n - 1 - k : k;
+    q += sprintf(q, "\"d%d\":{\"minimum\":%d},", i, newer && i == 0 ? 1 : 0);
+  }
+  q[-1] = '}';
+  sprintf(q, "}");
+  return j;
+}
+
+TEST(compare_of_wide_schemas_stays_fast_and_finds_each_change) {
+  /* pairwise lookups made a reload of a 100000-value enum take minutes,
+   * as every reload compares each version with its previous text */
+  char *a = wide_schema(100000, 0), *b = wide_schema(100000, 1);
+  struct changes ch;
+  double t0 = mono_s();
+  int n = compare(a, b, &ch);
+  double dt = mono_s() - t0;
+  free(a);
+  free(b);
+  if (dt > 5.0)
+    fprintf(stderr, "  compare took %.1f s\n", dt);
+  CHECK(dt < 5.0);
+  CHECK_EQ(n, 3); /* 0 removed, p0 removed, d0's minimum raised */
+  CHECK(strstr(ch.text, "B : enum value 0 removed") != NULL);
+  CHECK(strstr(ch.text, "C : enum value \"new\" added") != NULL);
+  CHECK(strstr(ch.text, "B : field \"p0\" removed") != NULL);
+  CHECK(strstr(ch.text, "C : optional field \"x0\" added") != NULL);
+  CHECK(strstr(ch.text, "B /$defs/d0: minimum raised") != NULL);
+}
+
+TEST(schema_load_file_refuses_a_fifo_or_directory_without_blocking) {
+  /* a schema path that names a FIFO blocked the config load (and a reload)
+   * in open() until some writer came; alarm() fails the test instead */
+  char dir[] = "/tmp/test_schema_XXXXXX", fifo[64], err[256];
+  struct sl_schema *s = NULL;
+  CHECK(mkdtemp(dir) != NULL);
+  snprintf(fifo, sizeof(fifo), "%s/p.v1.json", dir);
+  CHECK_EQ(mkfifo(fifo, 0600), 0);
+  alarm(10);
+  CHECK_EQ(sl_schema_load_file(fifo, &s, err, sizeof(err)), SL_EINVAL);
+  alarm(0);
+  CHECK(strstr(err, "not a regular file") != NULL);
+  CHECK(strstr(err, fifo) != NULL);
+  CHECK_EQ(sl_schema_load_file(dir, &s, err, sizeof(err)), SL_EINVAL);
+  CHECK(strstr(err, "not a regular file") != NULL);
+  unlink(fifo);
+  rmdir(dir);
+}
+
+TEST(compare_bounds_beyond_2_pow_53_are_exact) {
+  /* as doubles 2^53+1 and 2^53 are one number: lowering a maximum by one
+   * there went unreported, so a breaking change passed a reload in place */
+  CHANGE("{\"maximum\":9007199254740993}", "{\"maximum\":9007199254740992}",
+                1, "B : maximum lowered from 9007199254740993 to 9007199254740992");
+  CHANGE("{\"maximum\":18446744073709551615}",
+                "{\"maximum\":18446744073709551614}", 1,
+                "B : maximum lowered from 18446744073709551615 to 18446744073709551614");
+  CHANGE("{\"minimum\":-9223372036854775808}",
+                "{\"minimum\":-9223372036854775807}", 1,
+                "B : minimum raised from -9223372036854775808 to -9223372036854775807");
+  CHANGE("{\"minimum\":9007199254740993}", "{\"minimum\":9007199254740992.0}",
+                0, "C : minimum lowered from 9007199254740993 to 9007199254740992");
+  CHANGE("{\"maximum\":0.5}", "{\"maximum\":1}", 0,
+                "C : maximum raised from 0.5 to 1");
+}
+
+TEST(compare_a_schema_where_there_was_false_is_compatible_whatever_it_says) {
+  /* no value fitted false, so readers of the older version saw none: the
+   * keywords of the newer schema narrow nothing they knew */
+  CHANGE("{\"items\":false}",
+         "{\"items\":{\"type\":\"string\",\"minLength\":2,\"enum\":[\"ab\"]}}", 0,
+         "C /items: schema changed from false");
+  CHANGE(P("\"x\":false"), P("\"x\":{\"type\":\"integer\",\"maximum\":3}"), 0,
+         "C /properties/x: schema changed from false");
+  CHANGE("{\"items\":{\"type\":\"string\"}}", "{\"items\":false}", 1,
+         "B /items: schema changed to false (no value fits)");
+}
+
+static int valid_utf8(const char *s) {
+  const unsigned char *p = (const unsigned char *)s;
+  while (*p) {
+    int n = *p < 0x80 ? 0 : (*p & 0xe0) == 0xc0 ? 1 : (*p & 0xf0) == 0xe0 ? 2
+          : (*p & 0xf8) == 0xf0 ? 3 : -1;
+    if (n < 0)
+      return 0;
+    for (p++; n > 0; n--, p++)
+      if ((*p & 0xc0) != 0x80)
+        return 0;
+  }
+  return 1;
+}
+
+TEST(schema_error_path_cut_short_never_splits_a_character) {
+  /* a producer's long non-ASCII field name fills the 256-byte path: the
+   * cut must fall between characters, as the path goes out in a 400 body
+   * and in sluice-error */
+  struct sl_schema *s = comp("{\"additionalProperties\":false,\"properties\":"
+                             "{\"o\":{\"additionalProperties\":false}}}");
+  struct sl_schema_error e;
+  char doc[4096], *q;
+  int i, pad;
+  CHECK(s != NULL);
+  for (pad = 0; pad < 3; pad++) {
+    q = doc + sprintf(doc, "{\"");
+    for (i = 0; i < pad; i++)
+      *q++ = 'x';
+    for (i = 0; i < 200; i++)
+      q += sprintf(q, "\xe2\x82\xac"); /* a 3-byte euro sign */
+    sprintf(q, "\":1}");
+    CHECK_EQ(chk(s, doc, &e), SL_EINVAL);
+    CHECK(strlen(e.path) > 200);
+    CHECK(valid_utf8(e.path));
+    /* the same name one level down: the outer part is kept, the inner cut */
+    q = doc + sprintf(doc, "{\"o\":{\"");
+    for (i = 0; i < pad; i++)
+      *q++ = 'x';
+    for (i = 0; i < 200; i++)
+      q += sprintf(q, "\xc3\xa9\xe2\x82\xac");
+    sprintf(q, "\":1}}");
+    CHECK_EQ(chk(s, doc, &e), SL_EINVAL);
+    CHECK(strncmp(e.path, "/o/", 3) == 0);
+    CHECK(valid_utf8(e.path));
+  }
+  sl_schema_free(s);
+}
+
+TEST(schema_error_path_shows_a_nul_in_a_field_name) {
+  /* "sku\0x" is not "sku": the path must not end at the NUL and blame a
+   * field the producer did not send */
+  struct sl_schema *s = comp("{\"additionalProperties\":false}");
+  static const uint8_t doc[] = {0x81, 0xa5, 's', 'k', 'u', 0, 'x', 0x01};
+  struct sl_schema_error e;
+  CHECK(s != NULL);
+  CHECK_EQ(sl_schema_check(s, doc, sizeof(doc), &e), SL_EINVAL);
+  CHECK_STR(e.path, "/sku\xef\xbf\xbdx"); /* U+FFFD for the NUL */
   sl_schema_free(s);
 }
