@@ -81,14 +81,38 @@ static void rd(struct walk *w, const uint8_t **pp, struct sl_codec_item *it) {
     bad(w, *pp);
 }
 
+/* The length of the value at p (< end) when its first byte tells it and
+ * it holds nothing (fixint, fixstr, nil, bool, fixed-width numbers), else
+ * 0: most payload values, stepped over without decoding. */
+static size_t flat_len(const uint8_t *p, const uint8_t *end) {
+  static const uint8_t width[] = {4, 8, 1, 2, 4, 8, 1, 2, 4, 8}; /* ca-d3 */
+  uint8_t c = *p;
+  size_t n;
+
+  if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+    return 1;
+  if (c >= 0xa0 && c <= 0xbf)
+    n = 1 + (size_t)(c & 0x1f);
+  else if (c >= 0xca && c <= 0xd3)
+    n = 1 + (size_t)width[c - 0xca];
+  else
+    return 0;
+  return n <= (size_t)(end - p) ? n : 0;
+}
+
 /* Step over one value, every element of it ticking the budget. */
 static void skip(struct walk *w, const uint8_t **pp, int depth) {
   struct sl_codec_item it;
   uint64_t i, n;
+  size_t fl;
 
   tick(w);
   if (depth > SL_CODEC_MAX_DEPTH)
     bad(w, *pp);
+  if (*pp < w->end && (fl = flat_len(*pp, w->end)) != 0) {
+    *pp += fl;
+    return;
+  }
   rd(w, pp, &it);
   n = it.t == SL_MP_ARR ? it.n : it.t == SL_MP_MAP ? 2 * (uint64_t)it.n : 0;
   for (i = 0; i < n; i++)
@@ -100,6 +124,14 @@ static void skip(struct walk *w, const uint8_t **pp, int depth) {
 static void rd_key(struct walk *w, const uint8_t **pp, struct sl_codec_item *it,
                    int depth) {
   const uint8_t *p = *pp;
+  if (p < w->end && (*p & 0xe0) == 0xa0 &&
+      (size_t)(*p & 0x1f) < (size_t)(w->end - p)) { /* a fixstr: most keys */
+    it->t = SL_MP_STR;
+    it->s = p + 1;
+    it->n = *p & 0x1f;
+    *pp = p + 1 + it->n;
+    return;
+  }
   rd(w, &p, it);
   if (it->t == SL_MP_ARR || it->t == SL_MP_MAP) {
     p = *pp;
@@ -761,10 +793,14 @@ static void gather(struct sctx *s, int idx, struct pnode *nd,
   luaL_checkstack(L, 4 * FEW + 8, "ev.payload");
   push_env(L, idx, nd);
   t = lua_gettop(L);
+  lua_pushnil(L); /* the cache, found on the way (no second lookup) */
   lua_pushnil(L);
   while (lua_next(L, t)) { /* keeps each key and value, goes on from a copy */
     if (lua_type(L, -2) == LUA_TLIGHTUSERDATA) {
-      lua_pop(L, 1);
+      if (lua_touserdata(L, -2) == (void *)&slot_keys[E_CACHE])
+        lua_replace(L, t + 1);
+      else
+        lua_pop(L, 1);
       continue;
     }
     if (pl->n == FEW) {
@@ -777,8 +813,11 @@ static void gather(struct sctx *s, int idx, struct pnode *nd,
     pl->first[pl->n++] = 0;
     lua_pushvalue(L, -2);
   }
-  push_slot(L, idx, nd, E_CACHE, 0);
-  t = lua_gettop(L);
+  if (pl->n < 0 && lua_isnil(L, t + 1)) { /* stopped before meeting it */
+    push_slot(L, idx, nd, E_CACHE, 0);
+    lua_replace(L, t + 1);
+  }
+  t++;
   lua_pushnil(L);
   while (!lua_isnil(L, t) && lua_next(L, t)) {
     c = sl_proxy_is(L, -1) ? lua_touserdata(L, -1) : NULL;
