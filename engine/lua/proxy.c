@@ -29,6 +29,8 @@
 /* Registry keys of the metatables of proxies and of sluice.copy's buffer;
  * the mark of a deleted entry. */
 static const char mt_key, deleted_key, buf_key;
+/* Registry key of the root's env table of an earlier event, for reuse. */
+static const char spare_key;
 
 enum { E_CACHE = 1, E_WRITES = 2, E_INDEX = 3 };
 static const char slot_keys[4]; /* their addresses: keys in the env */
@@ -204,10 +206,48 @@ static int key_is(lua_State *L, int k, const struct sl_codec_item *it) {
   return lkey_is(&lk, it);
 }
 
+#define FEW 8 /* see struct plan */
+
+/* Push the env table an earlier event's root had, emptied, and return 1;
+ * or 0 (nothing pushed) when there is none or it held more than FEW
+ * entries (then a fresh one is cheaper than emptying it). Only the root
+ * of the running event uses it: a stale proxy never reads its env. Saves
+ * a table's allocations (and the collector's work) per changing event. */
+static int take_spare(lua_State *L) {
+  int t, n = 0;
+
+  lua_pushlightuserdata(L, (void *)&spare_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  t = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, t)) { /* clearing fields while walking is allowed */
+    if (++n > FEW) {
+      lua_settop(L, t - 1);
+      return 0;
+    }
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_pushnil(L);
+    lua_rawset(L, t);
+  }
+  return 1;
+}
+
 /* Push the env table of the node at idx (absolute), made when missing. */
 static void push_env(lua_State *L, int idx, struct pnode *nd) {
   if (!nd->has_env) {
-    lua_createtable(L, 0, 2);
+    if (nd->parent != NULL || !take_spare(L)) {
+      lua_createtable(L, 0, 2);
+      if (nd->parent == NULL) { /* the spare of later events */
+        lua_pushlightuserdata(L, (void *)&spare_key);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, LUA_REGISTRYINDEX);
+      }
+    }
     lua_pushvalue(L, -1);
     lua_setfenv(L, idx);
     nd->has_env = 1;
@@ -770,8 +810,6 @@ static int dirty_child(lua_State *L, int ct, int k, uint32_t vo) {
 /* A changed map's writes and changed children, gathered onto the stack
  * when there are few: each pair is then matched by comparing bytes, with
  * no Lua key made for it. n or nc is -1 when there are more. */
-#define FEW 8
-
 struct plan {
   int n, at[FEW];         /* written keys: stack index (value above) */
   struct lkey key[FEW];   /* ... read once */
