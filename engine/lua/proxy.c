@@ -983,7 +983,8 @@ static uint32_t write_map(struct sctx *s, int idx, struct pnode *nd,
       count--;
     }
     count++;
-    lua_settop(L, base);
+    if (lua_gettop(L) != base) /* most pairs push nothing */
+      lua_settop(L, base);
   }
   count += write_added(s, idx, nd, &pl, depth);
   lua_settop(L, top);
