@@ -103,19 +103,26 @@ static size_t flat_len(const uint8_t *p, const uint8_t *end) {
   return n <= (size_t)(end - p) ? n : 0;
 }
 
-/* Step over one value, every element of it ticking the budget. */
-static void skip(struct walk *w, const uint8_t **pp, int depth) {
-  struct sl_codec_item it;
-  uint64_t i, n;
+static void skip_rest(struct walk *w, const uint8_t **pp, int depth);
+
+/* Step over one value, every element of it ticking the budget. Flat
+ * values inline; the rest in skip_rest (its frame costs more). */
+static inline void skip(struct walk *w, const uint8_t **pp, int depth) {
   size_t fl;
 
   tick(w);
   if (depth > SL_CODEC_MAX_DEPTH)
     bad(w, *pp);
-  if (*pp < w->end && (fl = flat_len(*pp, w->end)) != 0) {
+  if (*pp < w->end && (fl = flat_len(*pp, w->end)) != 0)
     *pp += fl;
-    return;
-  }
+  else
+    skip_rest(w, pp, depth);
+}
+
+static void skip_rest(struct walk *w, const uint8_t **pp, int depth) {
+  struct sl_codec_item it;
+  uint64_t i, n;
+
   rd(w, pp, &it);
   n = it.t == SL_MP_ARR ? it.n : it.t == SL_MP_MAP ? 2 * (uint64_t)it.n : 0;
   for (i = 0; i < n; i++)
