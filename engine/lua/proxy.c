@@ -910,7 +910,15 @@ static uint32_t write_added(struct sctx *s, int idx, struct pnode *nd,
 
   for (j = 0; j < pl->n; j++)
     if (pl->first[j] == 0 && !is_deleted(L, pl->at[j] + 1)) {
-      write_val(s, pl->at[j], NULL, NULL, 0);
+      const struct lkey *lk = &pl->key[j];
+      if (lk->t == LUA_TSTRING) { /* read once already: no Lua calls */
+        flush(s);
+        room(s, lk->n + 5);
+        if (sl_codec_put_str(s->out, lk->s, lk->n) != 0)
+          luaL_error(L, "not enough memory");
+      } else {
+        write_val(s, pl->at[j], NULL, NULL, 0);
+      }
       write_val(s, pl->at[j] + 1, NULL, NULL, depth + 1);
       count++;
     }
