@@ -445,6 +445,7 @@ int read_only(struct box *b) {
 static int finish_payload(lua_State *L, struct box *b, const uint8_t **pp,
                           size_t *pl) {
   struct sl_rule *r = b->rule;
+  int is_root;
 
   if (b->evflags & EV_PAYLOAD_NIL) {
     if (*pp && !(*pl == 1 && (*pp)[0] == 0xc0)) { /* a nil payload stays */
@@ -455,10 +456,13 @@ static int finish_payload(lua_State *L, struct box *b, const uint8_t **pp,
     return 0;
   }
   push_ref(L, b->ref_payload);
-  if (sl_proxy_untouched(L, -1))
+  /* the root proxy, known by its address (no metatable lookups) */
+  is_root = b->proot != NULL && lua_type(L, -1) == LUA_TUSERDATA &&
+            lua_touserdata(L, -1) == b->proot;
+  if (is_root && sl_proxy_clean(b->proot))
     return 0; /* read only: the bytes as they came */
   sl_buf_reset(&r->buf2);
-  if (sl_proxy_is(L, -1)) {
+  if (is_root || sl_proxy_is(L, -1)) {
     sl_proxy_write(L, -1, &r->buf2, 0, r->max_event_bytes,
                    "ev.payload (max_event_bytes)");
     if (*pp && *pl == r->buf2.len && memcmp(*pp, r->buf2.data, *pl) == 0)

@@ -29,6 +29,9 @@
 /* Registry keys of the metatables of proxies and of sluice.copy's buffer;
  * the mark of a deleted entry. */
 static const char mt_key, deleted_key, buf_key;
+/* Registry key of the root proxy, one per state, reused by every event
+ * (ev is one userdata for the life of the state too). */
+static const char root_key;
 
 enum { E_CACHE = 1, E_WRITES = 2, E_INDEX = 3 };
 static const char slot_keys[4]; /* their addresses: keys in the env */
@@ -40,6 +43,7 @@ struct pnode {
   uint32_t n;    /* entries (pairs of a map) in the bytes */
   uint32_t len;  /* an array's length now */
   uint8_t is_map, dirty, has_env, depth;
+  uint8_t spare_env; /* the root's env is an emptied table: has_env's next */
   uint8_t scans, indexed; /* lookups that scanned; the index is built */
   /* dirty marks reach the root through here; the root keeps every node
    * of its tree alive until the event ends (b->ref_proot) */
@@ -81,14 +85,45 @@ static void rd(struct walk *w, const uint8_t **pp, struct sl_codec_item *it) {
     bad(w, *pp);
 }
 
-/* Step over one value, every element of it ticking the budget. */
-static void skip(struct walk *w, const uint8_t **pp, int depth) {
-  struct sl_codec_item it;
-  uint64_t i, n;
+/* The length of the value at p (< end) when its first byte tells it and
+ * it holds nothing (fixint, fixstr, nil, bool, fixed-width numbers), else
+ * 0: most payload values, stepped over without decoding. */
+static size_t flat_len(const uint8_t *p, const uint8_t *end) {
+  static const uint8_t width[] = {4, 8, 1, 2, 4, 8, 1, 2, 4, 8}; /* ca-d3 */
+  uint8_t c = *p;
+  size_t n;
+
+  if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+    return 1;
+  if (c >= 0xa0 && c <= 0xbf)
+    n = 1 + (size_t)(c & 0x1f);
+  else if (c >= 0xca && c <= 0xd3)
+    n = 1 + (size_t)width[c - 0xca];
+  else
+    return 0;
+  return n <= (size_t)(end - p) ? n : 0;
+}
+
+static void skip_rest(struct walk *w, const uint8_t **pp, int depth);
+
+/* Step over one value, every element of it ticking the budget. Flat
+ * values inline; the rest in skip_rest (its frame costs more). */
+static inline void skip(struct walk *w, const uint8_t **pp, int depth) {
+  size_t fl;
 
   tick(w);
   if (depth > SL_CODEC_MAX_DEPTH)
     bad(w, *pp);
+  if (*pp < w->end && (fl = flat_len(*pp, w->end)) != 0)
+    *pp += fl;
+  else
+    skip_rest(w, pp, depth);
+}
+
+static void skip_rest(struct walk *w, const uint8_t **pp, int depth) {
+  struct sl_codec_item it;
+  uint64_t i, n;
+
   rd(w, pp, &it);
   n = it.t == SL_MP_ARR ? it.n : it.t == SL_MP_MAP ? 2 * (uint64_t)it.n : 0;
   for (i = 0; i < n; i++)
@@ -100,6 +135,14 @@ static void skip(struct walk *w, const uint8_t **pp, int depth) {
 static void rd_key(struct walk *w, const uint8_t **pp, struct sl_codec_item *it,
                    int depth) {
   const uint8_t *p = *pp;
+  if (p < w->end && (*p & 0xe0) == 0xa0 &&
+      (size_t)(*p & 0x1f) < (size_t)(w->end - p)) { /* a fixstr: most keys */
+    it->t = SL_MP_STR;
+    it->s = p + 1;
+    it->n = *p & 0x1f;
+    *pp = p + 1 + it->n;
+    return;
+  }
   rd(w, &p, it);
   if (it->t == SL_MP_ARR || it->t == SL_MP_MAP) {
     p = *pp;
@@ -174,7 +217,11 @@ static int key_is(lua_State *L, int k, const struct sl_codec_item *it) {
 
 /* Push the env table of the node at idx (absolute), made when missing. */
 static void push_env(lua_State *L, int idx, struct pnode *nd) {
-  if (!nd->has_env) {
+  if (!nd->has_env && nd->spare_env) { /* no allocation */
+    lua_getfenv(L, idx);
+    nd->has_env = 1;
+    nd->spare_env = 0;
+  } else if (!nd->has_env) {
     lua_createtable(L, 0, 2);
     lua_pushvalue(L, -1);
     lua_setfenv(L, idx);
@@ -301,27 +348,35 @@ static uint32_t find(struct walk *w, int idx, struct pnode *nd, int k) {
   return 0;
 }
 
-/* Push a new proxy for the container whose header it was read at off. */
-static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
-                              const struct sl_codec_item *it,
-                              struct pnode *parent) {
-  struct pnode *nd = lua_newuserdata(L, sizeof(*nd));
-
+/* Set up nd for the container whose header it was read at off. */
+static void init_node(lua_State *L, struct pnode *nd, uint32_t off,
+                      uint32_t body, const struct sl_codec_item *it,
+                      struct pnode *parent) {
   nd->gen = box_of(L)->pgen;
   nd->off = off;
   nd->body = body;
   nd->n = nd->len = it->n;
   nd->is_map = it->t == SL_MP_MAP;
   nd->dirty = 0;
-  nd->has_env = 0;
+  nd->has_env = nd->spare_env = 0;
   nd->scans = nd->indexed = 0;
   nd->depth = parent ? (uint8_t)(parent->depth + 1) : 0;
   nd->parent = parent;
+}
+
+/* Push a new proxy for the container whose header it was read at off. */
+static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
+                              const struct sl_codec_item *it,
+                              struct pnode *parent) {
+  struct pnode *nd = lua_newuserdata(L, sizeof(*nd));
+
+  init_node(L, nd, off, body, it, parent);
   lua_pushlightuserdata(L, (void *)&mt_key);
   lua_rawget(L, LUA_REGISTRYINDEX);
   lua_setmetatable(L, -2);
   return nd;
 }
+
 
 /* Push the value at offset vo of the node at idx, which holds it under the
  * Lua key at k: scalars as the decoder makes them, containers as proxies
@@ -513,6 +568,7 @@ static int p_len(lua_State *L) {
 struct iter {
   uint32_t pos; /* byte offset of the next pair */
   uint32_t j;   /* pairs (or array positions) done */
+  uint32_t gen; /* the event's: the root proxy is the same in the next */
 };
 
 /* Push the next key and value after the state it; 0 at the end. prev is
@@ -586,7 +642,10 @@ static int p_pairs_next(lua_State *L) {
   if (!lua_rawequal(L, 1, lua_upvalueindex(2)))
     return luaL_error(L, "the iterator of pairs(p) walks p only");
   nd = node_at(L, 1, &w);
-
+  if (it->gen != nd->gen)
+    return luaL_error(L, "a part of ev.payload is only valid during the "
+                         "on_event call that read it (keep a copy with "
+                         "sluice.copy(v))");
   lua_settop(L, 2);
   return step(&w, 1, nd, it, 2) ? 2 : 0;
 }
@@ -595,7 +654,7 @@ static int p_pairs_next(lua_State *L) {
 static int p_next(lua_State *L) {
   struct walk w = {0};
   struct pnode *nd = node_at(L, 1, &w);
-  struct iter it = {nd->body, 0};
+  struct iter it = {nd->body, 0, nd->gen};
   int top;
 
   lua_settop(L, 2);
@@ -761,10 +820,14 @@ static void gather(struct sctx *s, int idx, struct pnode *nd,
   luaL_checkstack(L, 4 * FEW + 8, "ev.payload");
   push_env(L, idx, nd);
   t = lua_gettop(L);
+  lua_pushnil(L); /* the cache, found on the way (no second lookup) */
   lua_pushnil(L);
   while (lua_next(L, t)) { /* keeps each key and value, goes on from a copy */
     if (lua_type(L, -2) == LUA_TLIGHTUSERDATA) {
-      lua_pop(L, 1);
+      if (lua_touserdata(L, -2) == (void *)&slot_keys[E_CACHE])
+        lua_replace(L, t + 1);
+      else
+        lua_pop(L, 1);
       continue;
     }
     if (pl->n == FEW) {
@@ -777,8 +840,11 @@ static void gather(struct sctx *s, int idx, struct pnode *nd,
     pl->first[pl->n++] = 0;
     lua_pushvalue(L, -2);
   }
-  push_slot(L, idx, nd, E_CACHE, 0);
-  t = lua_gettop(L);
+  if (pl->n < 0 && lua_isnil(L, t + 1)) { /* stopped before meeting it */
+    push_slot(L, idx, nd, E_CACHE, 0);
+    lua_replace(L, t + 1);
+  }
+  t++;
   lua_pushnil(L);
   while (!lua_isnil(L, t) && lua_next(L, t)) {
     c = sl_proxy_is(L, -1) ? lua_touserdata(L, -1) : NULL;
@@ -849,7 +915,15 @@ static uint32_t write_added(struct sctx *s, int idx, struct pnode *nd,
 
   for (j = 0; j < pl->n; j++)
     if (pl->first[j] == 0 && !is_deleted(L, pl->at[j] + 1)) {
-      write_val(s, pl->at[j], NULL, NULL, 0);
+      const struct lkey *lk = &pl->key[j];
+      if (lk->t == LUA_TSTRING) { /* read once already: no Lua calls */
+        flush(s);
+        room(s, lk->n + 5);
+        if (sl_codec_put_str(s->out, lk->s, lk->n) != 0)
+          luaL_error(L, "not enough memory");
+      } else {
+        write_val(s, pl->at[j], NULL, NULL, 0);
+      }
       write_val(s, pl->at[j] + 1, NULL, NULL, depth + 1);
       count++;
     }
@@ -906,7 +980,8 @@ static uint32_t write_map(struct sctx *s, int idx, struct pnode *nd,
       count--;
     }
     count++;
-    lua_settop(L, base);
+    if (lua_gettop(L) != base) /* most pairs push nothing */
+      lua_settop(L, base);
   }
   count += write_added(s, idx, nd, &pl, depth);
   lua_settop(L, top);
@@ -1043,16 +1118,53 @@ int sl_proxy_clean(const void *p) {
   return !((const struct pnode *)p)->dirty;
 }
 
+/* Empty the env of the root at idx (writes, cache and index of an earlier
+ * event) and return 1; 0 when it holds more than FEW + 2 entries (then a
+ * fresh one is cheaper than emptying it). Saves the allocations of a
+ * proxy and a table per event, and the collector's work for them. */
+static int clear_env(lua_State *L, int idx) {
+  int t, n = 0;
+
+  lua_getfenv(L, idx);
+  t = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, t)) { /* clearing fields while walking is allowed */
+    if (++n > FEW + 2) {
+      lua_settop(L, t - 1);
+      return 0;
+    }
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_pushnil(L);
+    lua_rawset(L, t);
+  }
+  lua_pop(L, 1);
+  return 1;
+}
+
 void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
   struct box *b = box_of(L);
   const uint8_t *q = p;
   struct sl_codec_item it;
+  struct pnode *nd;
 
   if (sl_codec_read_item(&q, p + len, &it) != 0 || (it.t != SL_MP_MAP && it.t != SL_MP_ARR))
     luaL_error(L, "ev.payload: not a map or array");
-  b->proot = new_node(L, 0, (uint32_t)(q - p), &it, NULL);
-  lua_pushvalue(L, -1); /* the root keeps its tree alive for the event */
-  lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);
+  lua_pushlightuserdata(L, (void *)&root_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  nd = lua_touserdata(L, -1);
+  if (nd == NULL) { /* the state's first: made once, kept in the registry */
+    lua_pop(L, 1);
+    nd = new_node(L, 0, (uint32_t)(q - p), &it, NULL);
+    lua_pushlightuserdata(L, (void *)&root_key);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX); /* keeps its tree alive too */
+  } else { /* an env of more than a few entries: a fresh one if needed */
+    int env = (nd->has_env && clear_env(L, lua_gettop(L))) || nd->spare_env;
+    init_node(L, nd, 0, (uint32_t)(q - p), &it, NULL);
+    nd->spare_env = (uint8_t)env; /* reads need not look in it */
+  }
+  b->proot = nd;
 }
 
 const char *sl_proxy_kind(lua_State *L, int idx, int kidx) {
@@ -1102,6 +1214,7 @@ static int l_pairs(lua_State *L) {
   it = lua_newuserdata(L, sizeof(*it));
   it->pos = nd->body;
   it->j = 0;
+  it->gen = nd->gen;
   lua_pushvalue(L, 1);
   lua_pushcclosure(L, p_pairs_next, 2);
   lua_pushvalue(L, 1);

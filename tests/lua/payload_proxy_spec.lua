@@ -150,6 +150,28 @@ describe("reading ev.payload", function()
     s.has(res.error, "only valid during the on_event call that read it")
   end)
 
+  it("refuses a kept ev.payload until the next call reads ev.payload, and a kept pairs iterator always", function()
+    -- ev.payload is one proxy per state (as ev is one userdata): read in a
+    -- later call, it is that call's payload
+    local r = s.on_event([[
+      kept_p = kept_p or ev.payload
+      if ev.topic == "iter" then kept_f, kept_s = pairs(ev.payload) return "ok" end
+      if ev.topic == "stale" then return tostring(kept_p.a) end
+      if ev.topic == "walk" then local p = ev.payload return tostring(kept_f(kept_s, nil)) end
+      local p = ev.payload
+      return tostring(kept_p.a) .. " " .. tostring(rawequal(p, kept_p))
+    ]])
+    assert.same({ "1 true" }, run(r, { topic = "t", payload_raw = hex("81 a16101") }).routes)
+    local res = run(r, { topic = "stale", payload_raw = hex("81 a16102") })
+    assert.equal("error", res.verdict)
+    s.has(res.error, "only valid during the on_event call that read it")
+    assert.same({ "3 true" }, run(r, { topic = "t", payload_raw = hex("81 a16103") }).routes)
+    assert.same({ "ok" }, run(r, { topic = "iter", payload_raw = hex("82 a16101 a16202") }).routes)
+    res = run(r, { topic = "walk", payload_raw = hex("81 a16101") })
+    assert.equal("error", res.verdict)
+    s.has(res.error, "only valid during the on_event call that read it")
+  end)
+
   it("gives plain tables with sluice.copy, kept past the call", function()
     local r = s.rule([[
       local kept
@@ -179,6 +201,51 @@ describe("writing ev.payload", function()
     assert.equal(tohex(hex("86 a16102 " .. rest)), tohex(res.event.payload_raw))
     res = change([[ev.payload.priority = "high"]], "81 a16101")
     assert.equal(tohex(hex("82 a16101 a87072696f72697479 a468696768")), tohex(res.event.payload_raw))
+  end)
+
+  it("steps over every flat value type by its bytes when a key is added after them", function()
+    local flat = "a161c0 a162c2 a163c3 a16405 a165ff a166cc80 a167cd0100 a168ce00010000 " ..
+      "a169cfffffffffffffffff a16ad080 a16bd1ff00 a16cd2ff000000 a16dd3ff00000000000000 a16ea0 " ..
+      "a16fca3f800000 a170cb3ff0000000000000"
+    local res = change("ev.payload.z = 1", "de0010 " .. flat)
+    assert.equal(tohex(hex("de0011 " .. flat .. " a17a01")), tohex(res.event.payload_raw))
+  end)
+
+  it("starts each event's writes empty, however many the last event made", function()
+    local r = s.on_event([[
+      local p = ev.payload
+      for i = 1, tonumber(ev.topic) do p["k" .. i] = i end
+      local n = 0
+      for k in pairs(p) do n = n + 1 end
+      return tostring(n)
+    ]])
+    local raw = hex("81 a16101")
+    for _, c in ipairs({ { "2", 3 }, { "1", 2 }, { "12", 13 }, { "0", 1 }, { "1", 2 }, { "9", 10 }, { "3", 4 } }) do
+      local res = run(r, { topic = c[1], payload_raw = raw })
+      assert.same({ tostring(c[2]) }, res.routes, "after " .. c[1] .. " writes")
+      if c[1] == "0" then
+        assert.is_false(res.changed)
+      else
+        local want = { a = 1 }
+        for i = 1, tonumber(c[1]) do want["k" .. i] = i end
+        assert.same(want, T.decode(res.event.payload_raw), "after " .. c[1] .. " writes")
+      end
+    end
+  end)
+
+  it("writes a changed child of a map written at more than eight keys", function()
+    local r = s.on_event([[
+      local p = ev.payload
+      p.a.b = 2
+      for i = 1, tonumber(ev.topic) do p["k" .. i] = i end
+      return "out"
+    ]])
+    for n = 9, 40 do
+      local res = run(r, { topic = tostring(n), payload_raw = hex("81 a161 81 a16201") })
+      local got = T.decode(res.event.payload_raw)
+      assert.equal(2, got.a.b, n .. " keys written")
+      assert.equal(n, got["k" .. n])
+    end
   end)
 
   it("writes nested fields in place", function()
