@@ -43,7 +43,6 @@ struct pnode {
   uint32_t n;    /* entries (pairs of a map) in the bytes */
   uint32_t len;  /* an array's length now */
   uint8_t is_map, dirty, has_env, depth;
-  uint8_t spare_env; /* the root's env is an emptied table: has_env's next */
   uint8_t scans, indexed; /* lookups that scanned; the index is built */
   /* dirty marks reach the root through here; the root keeps every node
    * of its tree alive until the event ends (b->ref_proot) */
@@ -217,11 +216,7 @@ static int key_is(lua_State *L, int k, const struct sl_codec_item *it) {
 
 /* Push the env table of the node at idx (absolute), made when missing. */
 static void push_env(lua_State *L, int idx, struct pnode *nd) {
-  if (!nd->has_env && nd->spare_env) { /* no allocation */
-    lua_getfenv(L, idx);
-    nd->has_env = 1;
-    nd->spare_env = 0;
-  } else if (!nd->has_env) {
+  if (!nd->has_env) {
     lua_createtable(L, 0, 2);
     lua_pushvalue(L, -1);
     lua_setfenv(L, idx);
@@ -358,7 +353,7 @@ static void init_node(lua_State *L, struct pnode *nd, uint32_t off,
   nd->n = nd->len = it->n;
   nd->is_map = it->t == SL_MP_MAP;
   nd->dirty = 0;
-  nd->has_env = nd->spare_env = 0;
+  nd->has_env = 0;
   nd->scans = nd->indexed = 0;
   nd->depth = parent ? (uint8_t)(parent->depth + 1) : 0;
   nd->parent = parent;
@@ -1160,9 +1155,9 @@ void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
     lua_pushvalue(L, -2);
     lua_rawset(L, LUA_REGISTRYINDEX); /* keeps its tree alive too */
   } else { /* an env of more than a few entries: a fresh one if needed */
-    int env = (nd->has_env && clear_env(L, lua_gettop(L))) || nd->spare_env;
+    int env = nd->has_env && clear_env(L, lua_gettop(L));
     init_node(L, nd, 0, (uint32_t)(q - p), &it, NULL);
-    nd->spare_env = (uint8_t)env; /* reads need not look in it */
+    nd->has_env = (uint8_t)env;
   }
   b->proot = nd;
 }
