@@ -29,9 +29,8 @@
 /* Registry keys of the metatables of proxies and of sluice.copy's buffer;
  * the mark of a deleted entry. */
 static const char mt_key, deleted_key, buf_key;
-/* Registry key of the root proxy, one per state, reused by every event
- * (ev is one userdata for the life of the state too). */
-static const char root_key;
+/* Registry key of the root's env table of an earlier event, for reuse. */
+static const char spare_key;
 
 enum { E_CACHE = 1, E_WRITES = 2, E_INDEX = 3 };
 static const char slot_keys[4]; /* their addresses: keys in the env */
@@ -214,10 +213,48 @@ static int key_is(lua_State *L, int k, const struct sl_codec_item *it) {
   return lkey_is(&lk, it);
 }
 
+#define FEW 8 /* see struct plan */
+
+/* Push the env table an earlier event's root had, emptied, and return 1;
+ * or 0 (nothing pushed) when there is none or it held more than FEW
+ * entries (then a fresh one is cheaper than emptying it). Only the root
+ * of the running event uses it: a stale proxy never reads its env. Saves
+ * a table's allocations (and the collector's work) per changing event. */
+static int take_spare(lua_State *L) {
+  int t, n = 0;
+
+  lua_pushlightuserdata(L, (void *)&spare_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  t = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, t)) { /* clearing fields while walking is allowed */
+    if (++n > FEW) {
+      lua_settop(L, t - 1);
+      return 0;
+    }
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_pushnil(L);
+    lua_rawset(L, t);
+  }
+  return 1;
+}
+
 /* Push the env table of the node at idx (absolute), made when missing. */
 static void push_env(lua_State *L, int idx, struct pnode *nd) {
   if (!nd->has_env) {
-    lua_createtable(L, 0, 2);
+    if (nd->parent != NULL || !take_spare(L)) {
+      lua_createtable(L, 0, 2);
+      if (nd->parent == NULL) { /* the spare of later events */
+        lua_pushlightuserdata(L, (void *)&spare_key);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, LUA_REGISTRYINDEX);
+      }
+    }
     lua_pushvalue(L, -1);
     lua_setfenv(L, idx);
     nd->has_env = 1;
@@ -343,10 +380,12 @@ static uint32_t find(struct walk *w, int idx, struct pnode *nd, int k) {
   return 0;
 }
 
-/* Set up nd for the container whose header it was read at off. */
-static void init_node(lua_State *L, struct pnode *nd, uint32_t off,
-                      uint32_t body, const struct sl_codec_item *it,
-                      struct pnode *parent) {
+/* Push a new proxy for the container whose header it was read at off. */
+static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
+                              const struct sl_codec_item *it,
+                              struct pnode *parent) {
+  struct pnode *nd = lua_newuserdata(L, sizeof(*nd));
+
   nd->gen = box_of(L)->pgen;
   nd->off = off;
   nd->body = body;
@@ -357,21 +396,11 @@ static void init_node(lua_State *L, struct pnode *nd, uint32_t off,
   nd->scans = nd->indexed = 0;
   nd->depth = parent ? (uint8_t)(parent->depth + 1) : 0;
   nd->parent = parent;
-}
-
-/* Push a new proxy for the container whose header it was read at off. */
-static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
-                              const struct sl_codec_item *it,
-                              struct pnode *parent) {
-  struct pnode *nd = lua_newuserdata(L, sizeof(*nd));
-
-  init_node(L, nd, off, body, it, parent);
   lua_pushlightuserdata(L, (void *)&mt_key);
   lua_rawget(L, LUA_REGISTRYINDEX);
   lua_setmetatable(L, -2);
   return nd;
 }
-
 
 /* Push the value at offset vo of the node at idx, which holds it under the
  * Lua key at k: scalars as the decoder makes them, containers as proxies
@@ -563,7 +592,6 @@ static int p_len(lua_State *L) {
 struct iter {
   uint32_t pos; /* byte offset of the next pair */
   uint32_t j;   /* pairs (or array positions) done */
-  uint32_t gen; /* the event's: the root proxy is the same in the next */
 };
 
 /* Push the next key and value after the state it; 0 at the end. prev is
@@ -637,10 +665,7 @@ static int p_pairs_next(lua_State *L) {
   if (!lua_rawequal(L, 1, lua_upvalueindex(2)))
     return luaL_error(L, "the iterator of pairs(p) walks p only");
   nd = node_at(L, 1, &w);
-  if (it->gen != nd->gen)
-    return luaL_error(L, "a part of ev.payload is only valid during the "
-                         "on_event call that read it (keep a copy with "
-                         "sluice.copy(v))");
+
   lua_settop(L, 2);
   return step(&w, 1, nd, it, 2) ? 2 : 0;
 }
@@ -649,7 +674,7 @@ static int p_pairs_next(lua_State *L) {
 static int p_next(lua_State *L) {
   struct walk w = {0};
   struct pnode *nd = node_at(L, 1, &w);
-  struct iter it = {nd->body, 0, nd->gen};
+  struct iter it = {nd->body, 0};
   int top;
 
   lua_settop(L, 2);
@@ -792,8 +817,6 @@ static int dirty_child(lua_State *L, int ct, int k, uint32_t vo) {
 /* A changed map's writes and changed children, gathered onto the stack
  * when there are few: each pair is then matched by comparing bytes, with
  * no Lua key made for it. n or nc is -1 when there are more. */
-#define FEW 8
-
 struct plan {
   int n, at[FEW];         /* written keys: stack index (value above) */
   struct lkey key[FEW];   /* ... read once */
@@ -1113,53 +1136,16 @@ int sl_proxy_clean(const void *p) {
   return !((const struct pnode *)p)->dirty;
 }
 
-/* Empty the env of the root at idx (writes, cache and index of an earlier
- * event) and return 1; 0 when it holds more than FEW + 2 entries (then a
- * fresh one is cheaper than emptying it). Saves the allocations of a
- * proxy and a table per event, and the collector's work for them. */
-static int clear_env(lua_State *L, int idx) {
-  int t, n = 0;
-
-  lua_getfenv(L, idx);
-  t = lua_gettop(L);
-  lua_pushnil(L);
-  while (lua_next(L, t)) { /* clearing fields while walking is allowed */
-    if (++n > FEW + 2) {
-      lua_settop(L, t - 1);
-      return 0;
-    }
-    lua_pop(L, 1);
-    lua_pushvalue(L, -1);
-    lua_pushnil(L);
-    lua_rawset(L, t);
-  }
-  lua_pop(L, 1);
-  return 1;
-}
-
 void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
   struct box *b = box_of(L);
   const uint8_t *q = p;
   struct sl_codec_item it;
-  struct pnode *nd;
 
   if (sl_codec_read_item(&q, p + len, &it) != 0 || (it.t != SL_MP_MAP && it.t != SL_MP_ARR))
     luaL_error(L, "ev.payload: not a map or array");
-  lua_pushlightuserdata(L, (void *)&root_key);
-  lua_rawget(L, LUA_REGISTRYINDEX);
-  nd = lua_touserdata(L, -1);
-  if (nd == NULL) { /* the state's first: made once, kept in the registry */
-    lua_pop(L, 1);
-    nd = new_node(L, 0, (uint32_t)(q - p), &it, NULL);
-    lua_pushlightuserdata(L, (void *)&root_key);
-    lua_pushvalue(L, -2);
-    lua_rawset(L, LUA_REGISTRYINDEX); /* keeps its tree alive too */
-  } else { /* an env of more than a few entries: a fresh one if needed */
-    int env = nd->has_env && clear_env(L, lua_gettop(L));
-    init_node(L, nd, 0, (uint32_t)(q - p), &it, NULL);
-    nd->has_env = (uint8_t)env;
-  }
-  b->proot = nd;
+  b->proot = new_node(L, 0, (uint32_t)(q - p), &it, NULL);
+  lua_pushvalue(L, -1); /* the root keeps its tree alive for the event */
+  lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);
 }
 
 const char *sl_proxy_kind(lua_State *L, int idx, int kidx) {
@@ -1209,7 +1195,6 @@ static int l_pairs(lua_State *L) {
   it = lua_newuserdata(L, sizeof(*it));
   it->pos = nd->body;
   it->j = 0;
-  it->gen = nd->gen;
   lua_pushvalue(L, 1);
   lua_pushcclosure(L, p_pairs_next, 2);
   lua_pushvalue(L, 1);

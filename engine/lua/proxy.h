@@ -8,10 +8,7 @@
  * Lua cannot tell apart (1 and 1.0, str and bin with the same bytes, ints
  * past 2^53, repeats) show the first pair; keys Lua cannot hold (nil,
  * containers, ext, NaN) are not exposed by name; either way their bytes
- * stay. A proxy is valid during the on_event call that read it. The root
- * (ev.payload) is one userdata per state, reused by every event as ev is:
- * kept past its call, it is refused until a later call reads ev.payload,
- * and is then that call's payload. */
+ * stay. A proxy is valid during the on_event call that read it. */
 #ifndef SL_PROXY_H
 #define SL_PROXY_H
 

@@ -150,28 +150,6 @@ describe("reading ev.payload", function()
     s.has(res.error, "only valid during the on_event call that read it")
   end)
 
-  it("refuses a kept ev.payload until the next call reads ev.payload, and a kept pairs iterator always", function()
-    -- ev.payload is one proxy per state (as ev is one userdata): read in a
-    -- later call, it is that call's payload
-    local r = s.on_event([[
-      kept_p = kept_p or ev.payload
-      if ev.topic == "iter" then kept_f, kept_s = pairs(ev.payload) return "ok" end
-      if ev.topic == "stale" then return tostring(kept_p.a) end
-      if ev.topic == "walk" then local p = ev.payload return tostring(kept_f(kept_s, nil)) end
-      local p = ev.payload
-      return tostring(kept_p.a) .. " " .. tostring(rawequal(p, kept_p))
-    ]])
-    assert.same({ "1 true" }, run(r, { topic = "t", payload_raw = hex("81 a16101") }).routes)
-    local res = run(r, { topic = "stale", payload_raw = hex("81 a16102") })
-    assert.equal("error", res.verdict)
-    s.has(res.error, "only valid during the on_event call that read it")
-    assert.same({ "3 true" }, run(r, { topic = "t", payload_raw = hex("81 a16103") }).routes)
-    assert.same({ "ok" }, run(r, { topic = "iter", payload_raw = hex("82 a16101 a16202") }).routes)
-    res = run(r, { topic = "walk", payload_raw = hex("81 a16101") })
-    assert.equal("error", res.verdict)
-    s.has(res.error, "only valid during the on_event call that read it")
-  end)
-
   it("gives plain tables with sluice.copy, kept past the call", function()
     local r = s.rule([[
       local kept
