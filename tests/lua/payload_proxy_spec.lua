@@ -150,6 +150,22 @@ describe("reading ev.payload", function()
     s.has(res.error, "only valid during the on_event call that read it")
   end)
 
+  it("refuses a whole ev.payload kept past its call, even once later calls read theirs", function()
+    -- a kept root must never turn into a later event's payload
+    local r = s.rule([[
+      local kept
+      return { on_event = function(ev)
+        if ev.topic == "keep" then kept = ev.payload return "ok" end
+        local now = ev.payload.b
+        if rawequal(kept, ev.payload) then return "aliased" end
+        return tostring(now) .. " " .. tostring(kept.b)
+      end }]])
+    assert.same({ "ok" }, run(r, { topic = "keep", payload_raw = hex("81 a162 01") }).routes)
+    local res = run(r, { topic = "read", payload_raw = hex("81 a162 02") })
+    assert.equal("runtime", res.error_kind)
+    s.has(res.error, "only valid during the on_event call that read it")
+  end)
+
   it("gives plain tables with sluice.copy, kept past the call", function()
     local r = s.rule([[
       local kept
