@@ -1982,32 +1982,6 @@ static int read_config_file(const char *path, struct sl_buf *text,
   return 0;
 }
 
-/* A state with only the pure libraries: a config computes, it does not do
- * I/O. NULL when out of memory. */
-static lua_State *config_state(void) {
-  static const char *const unsafe[] = {"dofile", "loadfile", "load",
-                                       "loadstring", "require", "module",
-                                       "collectgarbage", "newproxy",
-                                       "getfenv", "setfenv", NULL};
-  const char *const *u;
-  lua_State *L = luaL_newstate();
-  if (L == NULL)
-    return NULL;
-  lua_pushcfunction(L, luaopen_base);
-  lua_call(L, 0, 0);
-  lua_pushcfunction(L, luaopen_string);
-  lua_call(L, 0, 0);
-  lua_pushcfunction(L, luaopen_table);
-  lua_call(L, 0, 0);
-  lua_pushcfunction(L, luaopen_math);
-  lua_call(L, 0, 0);
-  for (u = unsafe; *u; u++) {
-    lua_pushnil(L);
-    lua_setglobal(L, *u);
-  }
-  return L;
-}
-
 /* Run the file's chunk; its table is left on top. 0, or -1 with err. */
 static int run_config_chunk(lua_State *L, const char *path,
                             const struct sl_buf *text, struct sl_buf *err) {
@@ -2048,7 +2022,7 @@ struct sl_config *sl_config_load(const char *path,
   sl_buf_init(&text);
   if (read_config_file(path, &text, err) != 0)
     goto fail;
-  if ((L = config_state()) == NULL) {
+  if ((L = sl_config_state()) == NULL) {
     sl_buf_printf(err, "%s: out of memory\n", path);
     goto fail;
   }

@@ -255,6 +255,12 @@ int sl_config_routes_same(const struct sl_config *a, const struct sl_config *b);
 int sl_config_restart_diff(const struct sl_config *a, const struct sl_config *b,
                            struct sl_buf *out);
 
+/* The Lua state a config file runs in: the pure libraries only (no I/O, no
+ * loading). sl_config_load and sluice.testing's contracts use it. NULL when
+ * out of memory. */
+struct lua_State;
+struct lua_State *sl_config_state(void);
+
 /* Read the schemas list of the config table at t (in L, a lua_State)
  * into cfg->schemas and compile every schema (schemas.c). Errors are
  * appended to err as "file: schemas[2].file: ..."; returns how many. */

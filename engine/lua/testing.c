@@ -665,16 +665,8 @@ static int l_contracts(lua_State *L) {
     *slash = '\0';
   else
     snprintf(dir, sizeof(dir), ".");
-  if ((C = luaL_newstate()) == NULL)
+  if ((C = sl_config_state()) == NULL) /* the engine's config state */
     return luaL_error(L, "out of memory");
-  lua_pushcfunction(C, luaopen_base);
-  lua_call(C, 0, 0);
-  lua_pushcfunction(C, luaopen_string);
-  lua_call(C, 0, 0);
-  lua_pushcfunction(C, luaopen_table);
-  lua_call(C, 0, 0);
-  lua_pushcfunction(C, luaopen_math);
-  lua_call(C, 0, 0);
   if (luaL_loadfile(C, path) != 0 || lua_pcall(C, 0, 1, 0) != 0 ||
       !lua_istable(C, -1)) {
     lua_pushfstring(L, "%s: %s", path,
