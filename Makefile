@@ -80,7 +80,8 @@ CORE_SRC := engine/lua/testing.c engine/lua/rule.c engine/lua/luacodec.c \
             engine/lua/pattern.c engine/codec/codec.c engine/codec/event.c \
             engine/codec/json.c engine/core/buf.c engine/core/router.c \
             engine/core/utf8.c engine/core/ratelimit.c engine/codec/schema.c \
-            engine/core/regex.c engine/config/schemas.c
+            engine/core/regex.c engine/config/schemas.c \
+            engine/config/luastate.c
 ifeq ($(strip $(SAN)),)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
 else
@@ -174,7 +175,10 @@ $(BUILD)/fuzz/fuzz_pattern: tests/fuzz/fuzz_pattern.c engine/lua/pattern.c \
 # The HTTP server over loopback connections, so the conn layer under it runs
 # too (conn.c wants config.c for addresses, config.c wants LuaJIT).
 FUZZ_HTTP_SRC := $(wildcard engine/net/*.c) engine/core/buf.c engine/core/utf8.c \
-                 engine/codec/log.c engine/codec/codec.c engine/config/config.c
+                 engine/codec/log.c engine/codec/codec.c engine/config/config.c \
+                 engine/config/schemas.c engine/config/luastate.c engine/codec/schema.c \
+                 engine/codec/json.c engine/core/regex.c engine/core/metric.c \
+                 engine/core/histogram.c engine/core/router.c
 $(BUILD)/fuzz/fuzz_http: tests/fuzz/fuzz_http.c $(FUZZ_HTTP_SRC) \
                          $(wildcard engine/*/*.h)
 	@mkdir -p $(dir $@)
