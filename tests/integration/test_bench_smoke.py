@@ -151,7 +151,18 @@ class DelayRelay:
 
     def _run(self):
         conn, _ = self.listener.accept()
-        out = socket.create_connection(("127.0.0.1", self.sink_port))
+        # The loadgen binds its sink as it starts; on a loaded machine the
+        # engine can connect here first. Retry rather than die with the
+        # relay thread (which left the loadgen waiting for a sink peer).
+        deadline = time.time() + 30
+        while True:
+            try:
+                out = socket.create_connection(("127.0.0.1", self.sink_port))
+                break
+            except ConnectionRefusedError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
         while True:
             chunk = conn.recv(1 << 16)
             due = time.time() + self.DELAY
