@@ -10,14 +10,28 @@
  * reports the engine's CPU over the run, and always its own, per event.
  * Prints one line of key=value results. Owns everything it allocates.
  *
+ * A run that cannot complete says so at once instead of waiting out its
+ * timeout: without acks nothing is ever sent again, so a connection the
+ * engine refused or closed mid-stream (its listener's limits and memory
+ * bound, a deadline, bad input: see its log) means events that never come.
+ * With --metrics the engine's listener and input counters are compared with
+ * their values before the run (refused, shed, timed out, bad input); in
+ * both modes a write the engine reset and a connection it reset after our
+ * last byte are seen on the socket. On a timeout, the /metrics series that
+ * moved during the run (read, delivered, dropped, rule errors, queued...)
+ * are printed, so the shortfall is accounted for.
+ *
  *   loadgen --to HOST:PORT [--events N] [--conns C] [--topics K] [--batch B]
- *           (--metrics HOST:PORT --output NAME[,NAME...] | --sink-port PORT)
- *           [--rate EVENTS_PER_S] [--stamp] [--pid PID | --pid-file FILE]
- *           [--timeout SECONDS]
+ *           (--metrics HOST:PORT --output NAME[,NAME...] | --sink-port PORT
+ *            [--metrics HOST:PORT]) [--rate EVENTS_PER_S] [--stamp]
+ *           [--pid PID | --pid-file FILE] [--timeout SECONDS]
+ * (--metrics beside --sink-port: the sink counts, /metrics only tells of
+ * refusals and where events went.)
  *   loadgen --free-port      print a free TCP port on 127.0.0.1
  *
  * Exit codes: 0 done, 1 a connection or socket failed, 2 bad arguments,
- * 3 timed out before everything was delivered. */
+ * 3 timed out before everything was delivered, 4 the engine refused or
+ * closed a connection mid-stream. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -25,6 +39,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,7 +79,10 @@ struct sender {
   double t0;             /* the run's start (now_s) */
   int stamp;             /* set each event's time to the write's time */
   uint64_t bytes;        /* sent so far */
+  uint64_t want_bytes;   /* of its events, all told */
   int error;             /* errno of a failed write, 0 when all went out */
+  int done;              /* the thread ended (__atomic) */
+  int reported;          /* its mid-stream close was printed */
 };
 
 struct sink {
@@ -249,8 +267,10 @@ static void batch_close(struct batch *b) {
 
 /* ---- sending ------------------------------------------------------------- */
 
-/* Write all n bytes. Returns 0 or an errno. */
-static int write_all(int fd, const uint8_t *p, size_t n) {
+/* Write all n bytes, adding what went out to *sent. Returns 0 or an
+ * errno (SIGPIPE is ignored: a connection the engine closed is EPIPE or
+ * ECONNRESET here, reported, not a silent death). */
+static int write_all(int fd, const uint8_t *p, size_t n, uint64_t *sent) {
   while (n > 0) {
     ssize_t w = write(fd, p, n < WRITE_MAX ? n : WRITE_MAX);
     if (w < 0) {
@@ -260,6 +280,7 @@ static int write_all(int fd, const uint8_t *p, size_t n) {
     }
     p += w;
     n -= (size_t)w;
+    *sent += (uint64_t)w;
   }
   return 0;
 }
@@ -273,13 +294,14 @@ static void *send_all(void *arg) {
   while (left > 0) {
     uint64_t end = pos + left < b->n ? pos + left : b->n;
     size_t len = b->offs[end] - b->offs[pos];
-    if ((s->error = write_all(s->fd, b->data.data + b->offs[pos], len)) != 0)
-      return NULL;
-    s->bytes += len;
+    if ((s->error = write_all(s->fd, b->data.data + b->offs[pos], len,
+                              &s->bytes)) != 0)
+      break;
     left -= end - pos;
     pos = end % b->n;
   }
   shutdown(s->fd, SHUT_WR);
+  __atomic_store_n(&s->done, 1, __ATOMIC_RELEASE);
   return NULL;
 }
 
@@ -329,14 +351,14 @@ static void *send_paced(void *arg) {
       for (j = 0; j < n; j++)
         put_be64(out.data + (b->offs[pos + j] - b->offs[pos]) + STAMP_AT, ns);
     }
-    if ((s->error = write_all(s->fd, out.data, out.len)) != 0)
+    if ((s->error = write_all(s->fd, out.data, out.len, &s->bytes)) != 0)
       break;
-    s->bytes += out.len;
     sent += n;
     pos = (pos + n) % b->n;
   }
   sl_buf_close(&out);
   shutdown(s->fd, SHUT_WR);
+  __atomic_store_n(&s->done, 1, __ATOMIC_RELEASE);
   return NULL;
 }
 
@@ -490,31 +512,41 @@ static int listen_on(int port) {
 
 /* ---- the engine's /metrics ------------------------------------------------ */
 
-/* The sum of sluice_output_events_total{output="name"} over the outputs,
- * or -1 when the scrape failed or one is missing. */
-static int64_t scrape(const struct sockaddr_in *sa, const char *const *outputs,
-                      int noutputs) {
-  static char resp[1 << 20];
-  char req[128], needle[160];
+#define METRICS_MAX (4u << 20)
+
+/* GET /metrics: the whole response (head and body), NUL-terminated, in a
+ * buffer the caller frees; NULL when the scrape failed. */
+static char *metrics_get(const struct sockaddr_in *sa) {
+  static const char req[] =
+      "GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n";
+  char *resp;
   size_t got = 0;
   ssize_t r;
-  const char *p;
-  int64_t sum = 0;
-  int fd = connect_to(sa, 0), i;
+  int fd = connect_to(sa, 0);
 
   if (fd < 0)
-    return -1;
-  snprintf(req, sizeof(req),
-           "GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n");
-  if (write(fd, req, strlen(req)) != (ssize_t)strlen(req)) {
+    return NULL;
+  if (write(fd, req, sizeof(req) - 1) != (ssize_t)sizeof(req) - 1 ||
+      (resp = malloc(METRICS_MAX)) == NULL) {
     close(fd);
-    return -1;
+    return NULL;
   }
-  while (got < sizeof(resp) - 1 &&
-         (r = read(fd, resp + got, sizeof(resp) - 1 - got)) > 0)
+  while (got < METRICS_MAX - 1 &&
+         (r = read(fd, resp + got, METRICS_MAX - 1 - got)) > 0)
     got += (size_t)r;
   close(fd);
   resp[got] = '\0';
+  return resp;
+}
+
+/* The sum of sluice_output_events_total{output="name"} over the outputs,
+ * or -1 when one is missing. */
+static int64_t delivered_in(const char *resp, const char *const *outputs,
+                            int noutputs) {
+  char needle[160];
+  const char *p;
+  int64_t sum = 0;
+  int i;
   for (i = 0; i < noutputs; i++) {
     snprintf(needle, sizeof(needle),
              "\nsluice_output_events_total{output=\"%s\"} ", outputs[i]);
@@ -525,12 +557,91 @@ static int64_t scrape(const struct sockaddr_in *sa, const char *const *outputs,
   return sum;
 }
 
+/* The next series line of family in text from *p on (its start; *p moves
+ * past it), or NULL. The admin listener's own series are left out: they
+ * are our scrapes, not the run's connections. */
+static const char *next_series(const char **p, const char *family) {
+  size_t n = strlen(family);
+  const char *line = *p, *end;
+  while (line && *line) {
+    end = strchr(line, '\n');
+    *p = end ? end + 1 : line + strlen(line);
+    if (strncmp(line, family, n) == 0 && (line[n] == '{' || line[n] == ' ')) {
+      const char *a = strstr(line, "type=\"admin\"");
+      if (a == NULL || (end && a > end))
+        return line;
+    }
+    line = *p;
+  }
+  return NULL;
+}
+
+/* The value of the series whose name and labels are line[0, keylen) in
+ * text; 0 when text lacks it (a series not there before the run). */
+static double series_in(const char *text, const char *line, size_t keylen) {
+  const char *p = text;
+  while (p && *p) {
+    if (strncmp(p, line, keylen) == 0 && p[keylen] == ' ')
+      return strtod(p + keylen + 1, NULL);
+    p = strchr(p, '\n');
+    p = p ? p + 1 : NULL;
+  }
+  return 0;
+}
+
+/* How much family (all its series, the admin's left out) rose from base
+ * to now; with out set, each series that moved is printed as
+ * "  series: before -> now". */
+static double family_rise(const char *base, const char *now,
+                          const char *family, FILE *out) {
+  const char *p = now, *line;
+  double rise = 0;
+  while ((line = next_series(&p, family)) != NULL) {
+    const char *sp = strchr(line, ' ');
+    size_t keylen;
+    double was, is;
+    if (sp == NULL)
+      continue;
+    keylen = (size_t)(sp - line);
+    is = strtod(sp + 1, NULL);
+    was = series_in(base, line, keylen);
+    rise += is - was;
+    if (out && is != was)
+      fprintf(out, "  %.*s: %.0f -> %.0f\n", (int)keylen, line, was, is);
+  }
+  return rise;
+}
+
+/* What ends connections early, by design or not: each is in the engine's
+ * log with the peer and the reason. */
+static const char *const refusal_families[] = {
+    "sluice_listener_connections_refused_total",
+    "sluice_listener_connections_timed_out_total", "sluice_input_bad_total"};
+
+/* Where the events went, for a run that fell short. */
+static const char *const account_families[] = {
+    "sluice_input_events_total", "sluice_output_events_total",
+    "sluice_events_dropped_total", "sluice_events_unrouted_total",
+    "sluice_rule_errors_total", "sluice_output_dead_lettered_total",
+    "sluice_output_refused_total", "sluice_input_abandoned_total",
+    "sluice_queue_events", "sluice_input_connections_open",
+    "sluice_input_connections_total"};
+
+static double refusals(const char *base, const char *now, FILE *out) {
+  double sum = 0;
+  size_t i;
+  for (i = 0; i < SL_ARRAY_SIZE(refusal_families); i++)
+    sum += family_rise(base, now, refusal_families[i], out);
+  return sum;
+}
+
 /* ---- main --------------------------------------------------------------------- */
 
 static void usage(void) {
   fputs("usage: loadgen --to HOST:PORT [--events N] [--conns C] [--topics K]\n"
         "               [--batch B] (--metrics HOST:PORT --output NAME[,NAME...]\n"
-        "               | --sink-port PORT) [--rate EVENTS_PER_S] [--stamp]\n"
+        "               | --sink-port PORT [--metrics HOST:PORT])\n"
+        "               [--rate EVENTS_PER_S] [--stamp]\n"
         "               [--pid PID | --pid-file FILE] [--timeout SECONDS]\n"
         "       loadgen --free-port\n",
         stderr);
@@ -606,41 +717,144 @@ static void parse_opts(struct opts *o, int argc, char **argv) {
   if (o->to == NULL || o->nevents == 0 || o->batch == 0 || o->conns < 1 ||
       o->conns > MAX_CONNS || o->ntopics < 1 ||
       o->ntopics > (int)SL_ARRAY_SIZE(topic_names) || o->rate < 0 ||
-      (o->metrics == NULL) == (o->sink_port < 0) ||
-      (o->metrics && o->noutputs == 0) || (o->stamp && o->sink_port < 0))
+      (o->metrics == NULL && o->sink_port < 0) ||
+      (o->sink_port < 0 && o->noutputs == 0) ||
+      (o->stamp && o->sink_port < 0))
     usage();
   if (o->batch > o->nevents)
     o->batch = o->nevents;
 }
 
-/* Wait until the engine delivered every event (or the timeout). Returns
- * the time it did, or 0 after printing how far it got. A scrape costs the
- * engine ~0.4 ms of CPU, so /metrics is polled at half the time the rate
- * so far says is left (2 to 50 ms): a few dozen scrapes a run, and the
- * end is seen within 2 ms while the rate holds. The sink's count is only a
- * load: every 1 ms. */
-static double wait_delivered(const struct opts *o, struct sink *sink,
-                             const struct sockaddr_in *metrics_sa, double t0) {
+/* A run in progress, as the wait sees it. */
+struct run {
+  const struct opts *o;
+  struct sink *sink;
+  struct sender *senders;
+  const struct sockaddr_in *metrics_sa; /* NULL: no --metrics */
+  char *base;                           /* /metrics before the first write
+                                           ("" when it could not be read) */
+};
+
+/* Did the engine end connection k before it read all we sent? A write it
+ * reset or closed (EPIPE, ECONNRESET), or, after our last byte, a reset:
+ * it closed with bytes of ours unread (a close after reading them all is
+ * a FIN, the normal end). Printed once. */
+static int sender_cut(struct sender *s, int k) {
+  char c;
+  if (!__atomic_load_n(&s->done, __ATOMIC_ACQUIRE))
+    return 0;
+  if (s->error == 0) {
+    if (recv(s->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) >= 0 ||
+        (errno != ECONNRESET && errno != EPIPE))
+      return 0;
+    s->error = errno; /* the kernel reports a reset once */
+  }
+  if (s->error != EPIPE && s->error != ECONNRESET) {
+    if (!s->reported)
+      fprintf(stderr, "loadgen: connection %d: write: %s\n", k,
+              strerror(s->error));
+    s->reported = 1;
+    return 2; /* ours, not the engine's */
+  }
+  if (!s->reported)
+    fprintf(stderr, "loadgen: connection %d: the engine closed it mid-stream "
+            "(%s) after %llu of its %llu bytes were written; what it had not "
+            "read is lost\n", k, strerror(s->error),
+            (unsigned long long)s->bytes, (unsigned long long)s->want_bytes);
+  s->reported = 1;
+  return 1;
+}
+
+/* Print what moved on the engine's /metrics during the run: the refusals
+ * and where the events went. */
+static void explain(const struct run *r) {
+  char *now;
+  size_t i;
+  if (r->metrics_sa == NULL) {
+    fprintf(stderr, "loadgen: (no --metrics: the engine's counters of "
+            "refusals, drops and rule errors were not read)\n");
+    return;
+  }
+  if ((now = metrics_get(r->metrics_sa)) == NULL) {
+    fprintf(stderr, "loadgen: the engine's /metrics could not be read\n");
+    return;
+  }
+  fprintf(stderr, "loadgen: the engine's /metrics, what moved during the "
+          "run:\n");
+  for (i = 0; i < SL_ARRAY_SIZE(refusal_families); i++)
+    family_rise(r->base, now, refusal_families[i], stderr);
+  for (i = 0; i < SL_ARRAY_SIZE(account_families); i++)
+    family_rise(r->base, now, account_families[i], stderr);
+  free(now);
+}
+
+/* One look at the run: the count delivered so far into *seen, and
+ * whether a connection was refused or cut (1; see sender_cut, refusals),
+ * or a write of ours failed (2). */
+static int look(struct run *r, int64_t *seen) {
+  const struct opts *o = r->o;
+  char *m = NULL;
+  int k, cut = 0;
+  if (r->metrics_sa)
+    m = metrics_get(r->metrics_sa);
+  if (o->sink_port >= 0) {
+    *seen = (int64_t)__atomic_load_n(&r->sink->events, __ATOMIC_ACQUIRE);
+  } else if (m != NULL) {
+    int64_t v = delivered_in(m, o->outputs, o->noutputs);
+    if (v >= 0)
+      *seen = v;
+  }
+  for (k = 0; k < o->conns; k++)
+    cut |= sender_cut(&r->senders[k], k);
+  if (m != NULL && refusals(r->base, m, NULL) > 0)
+    cut |= 1;
+  free(m);
+  return cut;
+}
+
+/* Wait until the engine delivered every event; *t_done gets the time it
+ * did. Returns 0, 3 on the timeout or 4 as soon as the engine refused or
+ * cut a connection (no acks: the rest never comes), after printing why;
+ * 1 when a write of ours failed otherwise.
+ * A scrape costs the engine ~0.4 ms of CPU, so /metrics is polled at half
+ * the time the rate so far says is left (2 to 50 ms): a few dozen scrapes
+ * a run, and the end is seen within 2 ms while the rate holds. The sink's
+ * count is only a load: every 1 ms (and /metrics, when given, every 50). */
+static int wait_delivered(struct run *r, double t0, double *t_done) {
+  const struct opts *o = r->o;
   int64_t seen = 0;
-  double wait;
+  double wait, t, last_look = 0;
+  int cut = 0;
   for (;;) {
-    double t;
-    if (o->sink_port >= 0) {
-      seen = (int64_t)__atomic_load_n(&sink->events, __ATOMIC_ACQUIRE);
+    if (o->sink_port < 0 || now_s() - last_look >= 0.05) {
+      cut = look(r, &seen);
+      last_look = now_s();
     } else {
-      int64_t v = scrape(metrics_sa, o->outputs, o->noutputs);
-      if (v >= 0)
-        seen = v;
+      seen = (int64_t)__atomic_load_n(&r->sink->events, __ATOMIC_ACQUIRE);
     }
     /* after the scrape: the engine may answer it only once it has read
      * everything (one loop serves both), so the time before is too early */
     t = now_s();
-    if ((uint64_t)seen >= o->nevents)
-      return t;
+    if ((uint64_t)seen >= o->nevents) {
+      *t_done = t;
+      return 0;
+    }
+    if (cut & 2)
+      return 1;
+    if (cut) {
+      fprintf(stderr, "loadgen: the engine refused or closed a connection "
+              "mid-stream: %lld of %llu events delivered, and without acks "
+              "nothing is sent again, so the rest never comes (the engine's "
+              "log names the connection and the reason)\n",
+              (long long)seen, (unsigned long long)o->nevents);
+      explain(r);
+      return 4;
+    }
     if (t - t0 > o->timeout) {
       fprintf(stderr, "loadgen: timed out: %lld of %llu events delivered\n",
               (long long)seen, (unsigned long long)o->nevents);
-      return 0;
+      explain(r);
+      return 3;
     }
     wait = 0.001;
     if (o->sink_port < 0) {
@@ -668,6 +882,19 @@ static void sink_start(const struct opts *o, struct sink *sink) {
   fprintf(stderr, "loadgen: sink listening\n");
 }
 
+/* The bytes of count events from event first of the run on. */
+static uint64_t batch_span(const struct batch *b, uint64_t first,
+                           uint64_t count) {
+  uint64_t pos = first % b->n, bytes = 0;
+  while (count > 0) {
+    uint64_t end = pos + count < b->n ? pos + count : b->n;
+    bytes += b->offs[end] - b->offs[pos];
+    count -= end - pos;
+    pos = end % b->n;
+  }
+  return bytes;
+}
+
 /* Connect every sender and give it its share of the events. */
 static void senders_connect(const struct opts *o, struct sender *senders,
                             const struct batch *b) {
@@ -687,6 +914,7 @@ static void senders_connect(const struct opts *o, struct sender *senders,
     s->count = o->nevents * (uint64_t)(k + 1) / (uint64_t)o->conns - s->first;
     s->rate = o->rate / o->conns;
     s->stamp = o->stamp;
+    s->want_bytes = batch_span(b, s->first, s->count);
   }
 }
 
@@ -733,11 +961,14 @@ int main(int argc, char **argv) {
   struct sender senders[MAX_CONNS];
   struct sink sink;
   struct batch batch;
+  struct run run;
   uint64_t bytes = 0;
   int64_t gen0, eng0 = 0, gen_ns, eng_ns = 0;
-  double t0, t_done;
-  int k, failed = 0;
+  double t0, t_done = 0;
+  int k, failed;
 
+  /* a connection the engine closes is an error to report, not a death */
+  signal(SIGPIPE, SIG_IGN);
   parse_opts(&o, argc, argv);
   if (o.metrics && parse_addr(o.metrics, &metrics_sa) != 0)
     die(2, "--metrics: expected IPv4 host:port, got %s", o.metrics);
@@ -746,6 +977,15 @@ int main(int argc, char **argv) {
   sink_start(&o, &sink);
   /* encode first: the run measures the engine, not us */
   if (batch_build(&batch, o.batch, o.ntopics, o.stamp) != 0)
+    die(1, "out of memory%s", "");
+  memset(&run, 0, sizeof(run));
+  run.o = &o;
+  run.sink = &sink;
+  run.senders = senders;
+  run.metrics_sa = o.metrics ? &metrics_sa : NULL;
+  /* the counters before we connect: refusals are what rises past them */
+  if ((run.base = o.metrics ? metrics_get(&metrics_sa) : NULL) == NULL &&
+      (run.base = strdup("")) == NULL)
     die(1, "out of memory%s", "");
   senders_connect(&o, senders, &batch);
   if (o.sink_port >= 0) {
@@ -773,15 +1013,16 @@ int main(int argc, char **argv) {
                        &senders[k]) != 0)
       die(1, "cannot start a sender thread%s", "");
   }
-  t_done = wait_delivered(&o, &sink, &metrics_sa, t0);
+  failed = wait_delivered(&run, t0, &t_done);
   gen_ns = self_cpu_ns() - gen0;
   if (o.pid > 0)
     eng_ns = proc_cpu_ns(o.pid) - eng0;
-  if (t_done == 0)
-    failed = 3;
   for (k = 0; k < o.conns; k++) {
+    if (failed)
+      shutdown(senders[k].fd, SHUT_RDWR); /* a sender the engine stopped
+                                             reading is blocked in write */
     pthread_join(senders[k].thread, NULL);
-    if (senders[k].error) {
+    if (senders[k].error && !senders[k].reported && !failed) {
       fprintf(stderr, "loadgen: connection %d: write: %s\n", k,
               strerror(senders[k].error));
       failed = 1;
@@ -796,6 +1037,7 @@ int main(int argc, char **argv) {
   }
   if (!failed)
     report(&o, &sink, bytes, t_done - t0, gen_ns, eng_ns);
+  free(run.base);
   free(sink.hist);
   batch_close(&batch);
   return failed;
