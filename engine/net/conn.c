@@ -270,12 +270,33 @@ static size_t max_pending(const struct sl_listener *l) {
                                               : l->max_buffered * 2;
 }
 
+/* The memory bound closes x: the stalest conn, or (self) the conn that
+ * needed room when no other holds partial input. One line an operator can
+ * act on: what was cut, the bound and its use. A producer without acks
+ * loses what the conn had not delivered; one with acks resends it. */
+static void shed_log(struct sl_listener *l, struct sl_conn *x, int self) {
+  uint64_t suppressed = 0;
+  if (sl_log_allow(&l->refuse_log, &suppressed))
+    sl_log(SL_LOG_WARN, self ? "partial input over the listener's memory "
+                               "bound and no other connection to shed; "
+                               "closing this one (raise max_pending_bytes, "
+                               "or send whole events)"
+                             : "partial input over the listener's memory "
+                               "bound; closing the stalest connection "
+                               "(raise max_pending_bytes, or send whole "
+                               "events)",
+           SL_S("listener", l->name ? l->name : l->ep.address),
+           SL_S("peer", x->peer), SL_U("bytes", x->in.len),
+           SL_U("pending_bytes", l->pending), SL_U("connections", l->nconns),
+           SL_U("max_pending_bytes", max_pending(l)),
+           SL_U("suppressed", suppressed), SL_END);
+}
+
 /* Close the conn whose partial input has waited longest for its next byte
  * (not one we paused: its wait is ours), to make room for c. Returns 0 when
  * one was closed. */
 static int shed_stalest(struct sl_listener *l, struct sl_conn *c) {
   struct sl_conn *x, *victim = NULL;
-  uint64_t suppressed = 0;
   for (x = l->conns; x; x = x->next)
     if (x != c && x->charged && x->in.len && x->state == SL_CONN_OPEN &&
         (victim == NULL || x->last_read_ns < victim->last_read_ns))
@@ -283,18 +304,13 @@ static int shed_stalest(struct sl_listener *l, struct sl_conn *c) {
   if (victim == NULL)
     return -1;
   l->stats.shed_memory++;
-  if (sl_log_allow(&l->refuse_log, &suppressed))
-    sl_log(SL_LOG_WARN, "partial input over the listener's memory bound; "
-                        "closing the stalest connection",
-           SL_S("listener", l->name ? l->name : l->ep.address),
-           SL_S("peer", victim->peer), SL_U("bytes", victim->in.len),
-           SL_U("max_pending_bytes", max_pending(l)),
-           SL_U("suppressed", suppressed), SL_END);
+  shed_log(l, victim, 0);
   eof_and_close(victim, UV_ENOBUFS);
   return 0;
 }
 
-/* May c's buffer grow to hold n more bytes? Sheds stale conns as needed. */
+/* May c's buffer grow to hold n more bytes? Sheds stale conns as needed;
+ * 0 (logged here, counted by the caller) when c itself must go. */
 static int may_grow(struct sl_conn *c, size_t n) {
   struct sl_listener *l = c->listener;
   size_t more;
@@ -305,8 +321,10 @@ static int may_grow(struct sl_conn *c, size_t n) {
     return 1;
   more -= c->charged;
   while (l->pending + more > max_pending(l))
-    if (shed_stalest(l, c) != 0)
+    if (shed_stalest(l, c) != 0) {
+      shed_log(l, c, 1);
       return 0;
+    }
   return 1;
 }
 
@@ -587,11 +605,14 @@ static const struct sl_conn_ops refused_ops = {
     .cb_close = refused_close,
 };
 
-static void refuse_log(struct sl_listener *l, const char *why) {
+/* c: the refused conn (its peer is named), NULL when none was accepted */
+static void refuse_log(struct sl_listener *l, const struct sl_conn *c,
+                       const char *why) {
   uint64_t suppressed = 0;
   if (sl_log_allow(&l->refuse_log, &suppressed))
     sl_log(SL_LOG_WARN, "connection refused", SL_S("listener",
            l->name ? l->name : l->ep.address), SL_S("reason", why),
+           SL_S("peer", c ? c->peer : ""),
            SL_U("open", l->nconns), SL_U("max_connections", l->max_conns),
            SL_U("suppressed", suppressed), SL_END);
 }
@@ -602,7 +623,7 @@ static void refuse_log(struct sl_listener *l, const char *why) {
 static void refuse(struct sl_listener *l, struct sl_conn *c, const char *why,
                    int answer) {
   struct sl_buf b;
-  refuse_log(l, why);
+  refuse_log(l, c, why);
   c->flags |= SL_CONN_F_REFUSED;
   if (!answer || l->refusal == NULL || refusing >= MAX_REFUSING) {
     sl_conn_close(c);
@@ -685,7 +706,7 @@ static void on_connection(uv_stream_t *server, int status) {
   if (status != 0) {
     if (status == UV_EMFILE || status == UV_ENFILE) {
       l->stats.refused_fds++;
-      refuse_log(l, "out of file descriptors");
+      refuse_log(l, NULL, "out of file descriptors");
       shed_backlog(l);
     }
     return;

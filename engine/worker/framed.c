@@ -97,8 +97,12 @@ void sl_framed_partial(struct sl_input *in, struct sl_conn *c, int status,
     sl_log(SL_LOG_WARN, status == UV_ETIMEDOUT ? timed_out : cut,
            SL_S("input", in->cfg->name), SL_S("peer", sl_conn_peer(c)),
            SL_U("offset", sl_conn_offset(c)),
-           SL_U("bytes", sl_conn_buffered(c)), SL_U("suppressed", suppressed),
-           SL_END);
+           SL_U("bytes", sl_conn_buffered(c)),
+           /* who closed it: the peer, or our memory bound (logged apart) */
+           SL_S("cause", status == 0            ? "the peer closed"
+                         : status == UV_ENOBUFS ? "max_pending_bytes"
+                                                : uv_strerror(status)),
+           SL_U("suppressed", suppressed), SL_END);
 }
 
 void sl_framed_closing(struct sl_framed *f, struct sl_source *src) {
