@@ -10,6 +10,9 @@
 #   engine_stop                   SIGTERM, wait (SIGKILL after 30 s); returns
 #                                 the engine's exit code
 #   engine_hwm_mb                 the engine's peak RSS (VmHWM) in MB
+#   engine_failed                 a run failed: stop the engine and show its
+#                                 warnings, errors and output totals (the
+#                                 scratch folder with its log goes at exit)
 #   bench_repeat CASE FN [ARGS]   run FN RUNS times; FN prints one line with
 #                                 events=N events_per_s=X mb_per_s=Y rss_mb=Z;
 #                                 prints the medians as a table row
@@ -61,6 +64,16 @@ engine_stop() {
   wait "$ENGINE_PID" || rc=$?
   ENGINE_PID=
   return $rc
+}
+
+engine_failed() {
+  local log=$ENGINE_DIR/stderr
+  engine_stop >/dev/null 2>&1 || true
+  [ -n "$ENGINE_DIR" ] && [ -f "$log" ] || return 0
+  echo "bench: the run failed; the engine's warnings, errors and totals" \
+    "(from $log):" >&2
+  grep -E '"level":"(warn|error)"|"msg":"output totals"' "$log" |
+    tail -n 40 >&2 || echo "  (none)" >&2
 }
 
 engine_hwm_mb() {

@@ -99,22 +99,28 @@ run_null() {
     return 1
   line=$("$LOADGEN" --to "127.0.0.1:$port" --events "$EVENTS" --conns "$LINE_CONNS" \
     --metrics "127.0.0.1:$admin" --output "$outs" --pid "$ENGINE_PID") ||
-    { engine_stop; return 1; }
+    { engine_failed; return 1; }
   echo "$line rss_mb=$(engine_hwm_mb)"
   engine_stop
 }
 
 # run_sink RULE [LOADGEN ARGS]: one run into a tcp output read by the
 # loadgen's sink (which starts first; it reads the engine's pid from a
-# file once the output is connected).
+# file once the output is connected). A failed run (the loadgen says why:
+# a timeout, or a connection the engine refused or cut) shows the engine's
+# warnings (engine_failed), as run_null does.
 run_sink() {
-  local rule=$1 port sink lg line workers=
+  local rule=$1 port sink admin lg line workers=
   shift
   if [ "$HAS_WORKERS" = 1 ]; then workers=1; fi
   port=$(bench_free_port)
   sink=$(bench_free_port)
+  admin=$(bench_free_port)
   rm -f "$WORK/engine.pid"
+  # /metrics beside the sink: a refused or cut connection fails the run
+  # at once, named, instead of a timeout
   "$LOADGEN" --to "127.0.0.1:$port" --sink-port "$sink" \
+    --metrics "127.0.0.1:$admin" \
     --pid-file "$WORK/engine.pid" "$@" >"$WORK/loadgen.out" 2>"$WORK/loadgen.err" &
   lg=$!
   until grep -q "sink listening" "$WORK/loadgen.err" 2>/dev/null; do
@@ -123,12 +129,12 @@ run_sink() {
   done
   engine_start line-sink "$(line_conf "$port" \
     "{ name = \"out\", type = \"tcp\", address = \"127.0.0.1:$sink\" }" out \
-    "$rule" "$workers")" || { kill "$lg"; wait "$lg" || true; return 1; }
+    "$rule" "$workers" "$admin")" || { kill "$lg"; wait "$lg" || true; return 1; }
   echo "$ENGINE_PID" >"$WORK/engine.pid.tmp"
   mv "$WORK/engine.pid.tmp" "$WORK/engine.pid"
   if ! wait "$lg"; then
     cat "$WORK/loadgen.err" >&2
-    engine_stop || true
+    engine_failed
     return 1
   fi
   line=$(cat "$WORK/loadgen.out")

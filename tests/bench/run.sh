@@ -57,7 +57,7 @@ run_null() {
   admin = { listen = \"127.0.0.1:$admin\" },
 }" || return 1
   line=$("$LOADGEN" --to "127.0.0.1:$port" --events "$EVENTS" --conns "$CONNS" \
-    --metrics "127.0.0.1:$admin" --output out) || { engine_stop; return 1; }
+    --metrics "127.0.0.1:$admin" --output out) || { engine_failed; return 1; }
   echo "$line rss_mb=$(engine_hwm_mb)"
   engine_stop
 }
@@ -112,7 +112,7 @@ run_rule() {
   admin = { listen = \"127.0.0.1:$admin\" },
 }" || return 1
   line=$("$LOADGEN" --to "127.0.0.1:$port" --events "$EVENTS" --conns "$CONNS" \
-    --metrics "127.0.0.1:$admin" --output out) || { engine_stop; return 1; }
+    --metrics "127.0.0.1:$admin" --output out) || { engine_failed; return 1; }
   echo "$line rss_mb=$(engine_hwm_mb)"
   engine_stop
 }

@@ -59,7 +59,7 @@ run_case() {
   engine_start schema "$(config "$port" "$admin" "$1")" || return 1
   t0=$(cpu_ticks)
   line=$("$LOADGEN" --to "127.0.0.1:$port" --events "$EVENTS" \
-    --metrics "127.0.0.1:$admin" --output out) || { engine_stop; return 1; }
+    --metrics "127.0.0.1:$admin" --output out) || { engine_failed; return 1; }
   t1=$(cpu_ticks)
   if [ "$1" != 0 ]; then
     # every event was checked and fit: the contract really ran
