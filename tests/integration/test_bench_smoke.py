@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ASAN, SLUICE_BIN, free_port, lua
+from conftest import ASAN, SLUICE_BIN, free_port, lua, metric, scrape
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = os.path.relpath(os.path.dirname(SLUICE_BIN), ROOT)
@@ -233,3 +233,116 @@ def test_loadgen_refuses_a_pid_it_cannot_read(tmp_path):
                        capture_output=True, text=True, timeout=60)
     srv.close()
     assert r.returncode == 2 and "cannot read the CPU time" in r.stderr, r.stderr
+
+
+# ---- a run the engine cuts short: said at once, and why ------------------------
+
+def line_engine(sluice, tmp_path, input_keys=None, top=None, rule=None):
+    """The line-rate pipeline (native tcp -> null "out", admin on), with
+    extra keys for the input and the config; rule: Lua of a rules file."""
+    port, admin = free_port(), free_port()
+    cfg = dict(top or {})
+    cfg.update({
+        "inputs": [dict({"name": "bench", "type": "tcp",
+                         "listen": "127.0.0.1:%d" % port}, **(input_keys or {}))],
+        "outputs": [{"name": "out", "type": "null"}],
+        "routes": [{"topics": "*", "to": "out"}],
+        "admin": {"listen": "127.0.0.1:%d" % admin}})
+    if rule:
+        rules = tmp_path / "rules"
+        rules.mkdir()
+        (rules / "10_bench.lua").write_text(rule)
+        cfg["rules"] = {"dir": str(rules)}
+    return sluice(cfg), port, admin
+
+
+def run_loadgen(port, admin, events, conns, timeout=300):
+    t0 = time.monotonic()
+    r = subprocess.run([str(LOADGEN), "--to", "127.0.0.1:%d" % port, "--events",
+                        str(events), "--conns", str(conns), "--metrics",
+                        "127.0.0.1:%d" % admin, "--output", "out", "--timeout",
+                        str(timeout)], capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    return r, time.monotonic() - t0
+
+
+def test_loadgen_fails_at_once_naming_the_connections_the_engine_refused(sluice, tmp_path):
+    """max_connections 2, four connections without acks: the two refused
+    never deliver, so the loadgen stops at once with exit 4, naming the
+    refusal from /metrics, not after its 300 s timeout; the engine logs
+    the refusal with the limit and the peer."""
+    eng, port, admin = line_engine(sluice, tmp_path, {"max_connections": 2})
+    r, took = run_loadgen(port, admin, 200000, 4)
+    assert r.returncode == 4, r.stderr
+    assert took < 60, took
+    assert "the engine refused or closed a connection mid-stream" in r.stderr
+    assert ('sluice_listener_connections_refused_total{listener="bench",type="tcp",'
+            'reason="limit"}: 0 -> 2') in r.stderr, r.stderr
+    assert r.stdout == ""  # no result line for a run that did not complete
+    line = eng.wait_log("connection refused", reason="max_connections reached")
+    assert line["max_connections"] == 2 and line["peer"].startswith("127.0.0.1:")
+
+
+def test_loadgen_fails_naming_the_memory_bound_when_it_sheds_a_connection(sluice, tmp_path):
+    """The listener's memory bound is the designed path of the lost-event
+    report: with max_event_bytes 1024 the bound is raised only to twice a
+    connection's buffer (130 KiB), and four connections each holding a
+    partial event past their 64 KiB free buffer are charged 128 KiB apiece,
+    so it sheds. The loadgen fails with exit 4 and the memory reason; the
+    engine's line names the peer, the bound and what to change."""
+    eng, port, admin = line_engine(sluice, tmp_path, {"max_pending_bytes": 1},
+                                   {"max_event_bytes": 1024})
+    r, took = run_loadgen(port, admin, 400000, 4)
+    assert r.returncode == 4, r.stderr
+    assert took < 60, took
+    assert re.search(r'reason="memory"\}: 0 -> [1-9]', r.stderr), r.stderr
+    assert "the engine closed it mid-stream" in r.stderr
+    shed = eng.wait_log("partial input over the listener's memory bound; closing "
+                        "the stalest connection (raise max_pending_bytes, or send "
+                        "whole events)")
+    assert shed["max_pending_bytes"] == 2 * (1024 + 65536)
+    assert shed["pending_bytes"] >= 128 * 1024 and shed["peer"]
+    cut = eng.wait_log("connection closed inside an event; partial event discarded",
+                       peer=shed["peer"])
+    assert cut["cause"] == "max_pending_bytes"
+
+
+def test_four_line_rate_connections_stay_far_below_the_default_memory_bound(sluice, tmp_path):
+    """Why the bound cannot explain a bench run one event short: with the
+    default max_event_bytes even the smallest bound (max_pending_bytes 1,
+    raised to twice a connection's buffer: 2.1 MiB) is never reached by the
+    bench's four connections of ~114-byte events (each is charged at most
+    128 KiB), and every event is delivered."""
+    eng, port, admin = line_engine(sluice, tmp_path, {"max_pending_bytes": 1},
+                                   rule='return { on_event = function(ev)\n'
+                                        '  if ev.topic == "audit.login" then '
+                                        'return sluice.drop("never") end\n'
+                                        '  return "out"\nend }\n')
+    r, _ = run_loadgen(port, admin, 400000, 4, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "events=400000 " in r.stdout
+    samples = scrape("127.0.0.1:%d" % admin)
+    assert metric(samples, "sluice_listener_connections_refused_total",
+                  listener="bench", reason="memory") == 0
+    assert metric(samples, "sluice_input_bad_total", input="bench") == 0
+    assert not eng.find_logs("partial input over the listener's memory bound; "
+                             "closing the stalest connection (raise "
+                             "max_pending_bytes, or send whole events)")
+
+
+def test_loadgen_timing_out_accounts_for_the_events_it_misses(sluice, tmp_path):
+    """No refusal, but a rule drops a quarter of the events: the loadgen
+    times out (exit 3) and prints where they went: read, delivered and
+    dropped by the rule, from /metrics."""
+    eng, port, admin = line_engine(
+        sluice, tmp_path,
+        rule='return { on_event = function(ev)\n'
+             '  if ev.topic == "metrics.cpu" then return sluice.drop("test") end\n'
+             '  return "out"\nend }\n')
+    r, took = run_loadgen(port, admin, 4000, 2, timeout=3)
+    assert r.returncode == 3, r.stderr
+    assert "loadgen: timed out: 3000 of 4000 events delivered" in r.stderr
+    assert 'sluice_input_events_total{input="bench"}: 0 -> 4000' in r.stderr
+    assert 'sluice_output_events_total{output="out"}: 0 -> 3000' in r.stderr
+    assert 'sluice_events_dropped_total{reason="rule"}: 0 -> 1000' in r.stderr
+    assert "refused" not in r.stderr
