@@ -67,11 +67,13 @@ engine_stop() {
 }
 
 engine_failed() {
-  local log=$ENGINE_DIR/stderr
-  engine_stop >/dev/null 2>&1 || true
+  local log=$ENGINE_DIR/stderr rc=0
+  engine_stop >/dev/null 2>&1 || rc=$?
   [ -n "$ENGINE_DIR" ] && [ -f "$log" ] || return 0
-  echo "bench: the run failed; the engine's warnings, errors and totals" \
-    "(from $log):" >&2
+  # a crash (128 + signal) leaves no line in the log: its status says it
+  echo "bench: the run failed; the engine exited with status $rc" \
+    "$([ $rc -gt 128 ] && echo "(signal $((rc - 128)), before our SIGTERM if not 15)")" \
+    "; its warnings, errors and totals (from $log):" >&2
   grep -E '"level":"(warn|error)"|"msg":"output totals"' "$log" |
     tail -n 40 >&2 || echo "  (none)" >&2
 }

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ASAN, SLUICE_BIN, free_port, lua, metric, scrape
+from conftest import ASAN, SLUICE_BIN, free_port, lua, metric, scrape, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = os.path.relpath(os.path.dirname(SLUICE_BIN), ROOT)
@@ -346,3 +346,30 @@ def test_loadgen_timing_out_accounts_for_the_events_it_misses(sluice, tmp_path):
     assert 'sluice_output_events_total{output="out"}: 0 -> 3000' in r.stderr
     assert 'sluice_events_dropped_total{reason="rule"}: 0 -> 1000' in r.stderr
     assert "refused" not in r.stderr
+
+
+def test_loadgen_stops_at_once_when_the_engine_exits_mid_run(sluice, tmp_path):
+    """An engine that dies (a crash leaves no log line) takes its /metrics
+    with it: the loadgen, told its pid, says so with exit 5 instead of
+    waiting out its timeout on the last count it saw."""
+    port, admin = free_port(), free_port()
+    eng = sluice({
+        "inputs": [{"name": "bench", "type": "tcp", "listen": "127.0.0.1:%d" % port}],
+        "outputs": [{"name": "out", "type": "null",
+                     "rate_limit": {"events_per_second": 1000}}],
+        "routes": [{"topics": "*", "to": "out"}],
+        "admin": {"listen": "127.0.0.1:%d" % admin}})
+    t0 = time.monotonic()
+    lg = subprocess.Popen([str(LOADGEN), "--to", "127.0.0.1:%d" % port, "--events",
+                           "100000", "--metrics", "127.0.0.1:%d" % admin, "--output",
+                           "out", "--pid", str(eng.pid), "--timeout", "300"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: metric("127.0.0.1:%d" % admin, "sluice_output_events_total",
+                            output="out") > 0, timeout=30, what="deliveries")
+    eng.kill()
+    out, err = lg.communicate(timeout=TIMEOUT)
+    assert lg.returncode == 5, err
+    assert time.monotonic() - t0 < 60
+    assert re.search(r"the engine \(pid %d\) exited mid-run: [0-9]+ of 100000 "
+                     r"events delivered" % eng.pid, err), err
+    assert out == ""

@@ -31,7 +31,7 @@
  *
  * Exit codes: 0 done, 1 a connection or socket failed, 2 bad arguments,
  * 3 timed out before everything was delivered, 4 the engine refused or
- * closed a connection mid-stream. */
+ * closed a connection mid-stream, 5 the engine (--pid) exited mid-run. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -191,6 +191,21 @@ static int64_t proc_cpu_ns(pid_t pid) {
              &ut, &st) != 2)
     return -1;
   return (int64_t)(ut + st) * (1000000000 / sysconf(_SC_CLK_TCK));
+}
+
+/* Has process pid exited (gone, or a zombie its parent has not reaped)? */
+static int proc_gone(pid_t pid) {
+  char path[64], line[512], *p;
+  size_t n;
+  FILE *f;
+  snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+  if ((f = fopen(path, "r")) == NULL)
+    return 1;
+  n = fread(line, 1, sizeof(line) - 1, f);
+  fclose(f);
+  line[n] = '\0';
+  p = strrchr(line, ')'); /* the state follows the name */
+  return p != NULL && (p[2] == 'Z' || p[2] == 'X');
 }
 
 static int64_t self_cpu_ns(void) {
@@ -814,8 +829,9 @@ static int look(struct run *r, int64_t *seen) {
 
 /* Wait until the engine delivered every event; *t_done gets the time it
  * did. Returns 0, 3 on the timeout or 4 as soon as the engine refused or
- * cut a connection (no acks: the rest never comes), after printing why;
- * 1 when a write of ours failed otherwise.
+ * cut a connection (no acks: the rest never comes), 5 as soon as the
+ * engine (--pid) exited, after printing why; 1 when a write of ours failed
+ * otherwise.
  * A scrape costs the engine ~0.4 ms of CPU, so /metrics is polled at half
  * the time the rate so far says is left (2 to 50 ms): a few dozen scrapes
  * a run, and the end is seen within 2 ms while the rate holds. The sink's
@@ -842,6 +858,14 @@ static int wait_delivered(struct run *r, double t0, double *t_done) {
     }
     if (cut & 2)
       return 1;
+    if (o->pid > 0 && proc_gone(o->pid)) {
+      /* its counters went with it: what was last seen is not the end */
+      fprintf(stderr, "loadgen: the engine (pid %d) exited mid-run: %lld of "
+              "%llu events delivered when last seen; its log says why (a "
+              "crash leaves none: see its exit status)\n", (int)o->pid,
+              (long long)seen, (unsigned long long)o->nevents);
+      return 5;
+    }
     if (cut) {
       fprintf(stderr, "loadgen: the engine refused or closed a connection "
               "mid-stream: %lld of %llu events delivered, and without acks "
