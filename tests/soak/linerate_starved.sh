@@ -21,11 +21,14 @@
 # keeps its other CPU.
 #
 #   STARVE_SECONDS=120 STARVE_EVENTS=500000 tests/soak/linerate_starved.sh
+#   SLUICE=build-asan/sluice ASAN_OPTIONS=detect_leaks=0 tests/soak/linerate_starved.sh
+# The loadgen is told the engine's pid: an engine that dies mid-run (a
+# crash) fails the run at once (loadgen exit 5), its log and status kept.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
-SLUICE=$PWD/$BUILD/sluice
-LOADGEN=$PWD/$BUILD/tools/loadgen
+SLUICE=${SLUICE:-$PWD/$BUILD/sluice} # e.g. an ASan build's
+LOADGEN=${LOADGEN:-$PWD/$BUILD/tools/loadgen}
 SECONDS_MAX=${STARVE_SECONDS:-240}
 EVENTS=${STARVE_EVENTS:-2000000}
 CONNS=${STARVE_CONNS:-4}
