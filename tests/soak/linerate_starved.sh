@@ -151,6 +151,7 @@ EOF
   curl -s --max-time 30 "http://127.0.0.1:$admin/metrics" >"$dir/metrics.txt"
   kill -TERM "$ENGINE" 2>/dev/null
   wait "$ENGINE" 2>/dev/null
+  echo $? >"$dir/engine.status"
   ENGINE=
   check "$n" "$kind" "$dir" "$lg_rc" || rc=1
   if [ $rc = 0 ]; then rm -rf "$dir"; fi
@@ -181,6 +182,9 @@ check() {
   [ "$dropped" = 0 ] || why="$why dropped $dropped;"
   [ "$rerr" = 0 ] || why="$why rule errors $rerr;"
   [ "$conns" = "$CONNS" ] || why="$why $conns connections (not $CONNS);"
+  # a clean stop exits 0; a crash or a sanitizer's report does not
+  [ "$(cat "$dir/engine.status")" = 0 ] ||
+    why="$why engine exit status $(cat "$dir/engine.status");"
   if [ -n "$why" ]; then
     echo "run $n ($kind): FAILED:$why kept in $dir"
     return 1

@@ -45,6 +45,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
@@ -534,13 +535,18 @@ static int listen_on(int port) {
 static char *metrics_get(const struct sockaddr_in *sa) {
   static const char req[] =
       "GET /metrics HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n";
+  /* a hung engine must not hang us: the scrape fails, the wait goes on */
+  struct timeval tv = {10, 0};
   char *resp;
   size_t got = 0;
-  ssize_t r;
+  ssize_t r = 0;
+  const char *body, *cl;
   int fd = connect_to(sa, 0);
 
   if (fd < 0)
     return NULL;
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
   if (write(fd, req, sizeof(req) - 1) != (ssize_t)sizeof(req) - 1 ||
       (resp = malloc(METRICS_MAX)) == NULL) {
     close(fd);
@@ -551,6 +557,14 @@ static char *metrics_get(const struct sockaddr_in *sa) {
     got += (size_t)r;
   close(fd);
   resp[got] = '\0';
+  /* timed out or cut short: not a count to trust */
+  if (r < 0 || (body = strstr(resp, "\r\n\r\n")) == NULL ||
+      ((cl = strstr(resp, "Content-Length: ")) != NULL && cl < body &&
+       strtoull(cl + 16, NULL, 10) > (unsigned long long)(resp + got -
+                                                          (body + 4)))) {
+    free(resp);
+    return NULL;
+  }
   return resp;
 }
 
@@ -827,6 +841,20 @@ static int look(struct run *r, int64_t *seen) {
   return cut;
 }
 
+/* Has the engine exited? After a cut a moment more is allowed: a dying
+ * process resets its sockets before it shows as exited, and its exit, not
+ * the reset, is the news. */
+static int engine_exited(pid_t pid, int cut) {
+  int i;
+  for (i = 0; i < (cut ? 50 : 1); i++) {
+    if (proc_gone(pid))
+      return 1;
+    if (cut)
+      usleep(10000);
+  }
+  return 0;
+}
+
 /* Wait until the engine delivered every event; *t_done gets the time it
  * did. Returns 0, 3 on the timeout or 4 as soon as the engine refused or
  * cut a connection (no acks: the rest never comes), 5 as soon as the
@@ -858,7 +886,7 @@ static int wait_delivered(struct run *r, double t0, double *t_done) {
     }
     if (cut & 2)
       return 1;
-    if (o->pid > 0 && proc_gone(o->pid)) {
+    if (o->pid > 0 && engine_exited(o->pid, cut)) {
       /* its counters went with it: what was last seen is not the end */
       fprintf(stderr, "loadgen: the engine (pid %d) exited mid-run: %lld of "
               "%llu events delivered when last seen; its log says why (a "
