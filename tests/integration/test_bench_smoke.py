@@ -330,22 +330,63 @@ def test_four_line_rate_connections_stay_far_below_the_default_memory_bound(slui
                              "max_pending_bytes, or send whole events)")
 
 
-def test_loadgen_timing_out_accounts_for_the_events_it_misses(sluice, tmp_path):
-    """No refusal, but a rule drops a quarter of the events: the loadgen
-    times out (exit 3) and prints where they went: read, delivered and
-    dropped by the rule, from /metrics."""
+def test_loadgen_fails_at_once_when_a_rule_drops_events(sluice, tmp_path):
+    """A rule drops a quarter of the events: they never reach "out", so the
+    loadgen stops at once (exit 6), not after its timeout, and shows where
+    they went: read, delivered and dropped by the rule, from /metrics."""
     eng, port, admin = line_engine(
         sluice, tmp_path,
         rule='return { on_event = function(ev)\n'
              '  if ev.topic == "metrics.cpu" then return sluice.drop("test") end\n'
              '  return "out"\nend }\n')
-    r, took = run_loadgen(port, admin, 4000, 2, timeout=3)
-    assert r.returncode == 3, r.stderr
-    assert "loadgen: timed out: 3000 of 4000 events delivered" in r.stderr
-    assert 'sluice_input_events_total{input="bench"}: 0 -> 4000' in r.stderr
-    assert 'sluice_output_events_total{output="out"}: 0 -> 3000' in r.stderr
-    assert 'sluice_events_dropped_total{reason="rule"}: 0 -> 1000' in r.stderr
+    r, took = run_loadgen(port, admin, 4000, 2)
+    assert r.returncode == 6, r.stderr
+    assert took < 60, took
+    assert "the engine dropped or dead-lettered events" in r.stderr
+    assert re.search(r'sluice_events_dropped_total\{reason="rule"\}: 0 -> [1-9]',
+                     r.stderr), r.stderr
+    assert re.search(r'sluice_input_events_total\{input="bench"\}: 0 -> [1-9]',
+                     r.stderr), r.stderr
     assert "refused" not in r.stderr
+
+
+def test_loadgen_names_a_failed_rule_whose_event_went_to_the_dead_letter(sluice, tmp_path):
+    """The path a rule's CPU budget takes when it stops a call: the event
+    goes to the (implicit) dead letter, not to "out". The loadgen stops at
+    once (exit 6) naming the rule's errors by kind and the dead letter, and
+    the engine logs the failure."""
+    eng, port, admin = line_engine(
+        sluice, tmp_path,
+        rule='return { on_event = function(ev)\n'
+             '  if ev.topic == "metrics.cpu" then error("boom") end\n'
+             '  return "out"\nend }\n')
+    r, took = run_loadgen(port, admin, 4000, 2)
+    assert r.returncode == 6, r.stderr
+    assert took < 60, took
+    assert re.search(r'sluice_rule_errors_total\{rule="10_bench.lua",kind="runtime"\}: '
+                     r'0 -> [1-9]', r.stderr), r.stderr
+    assert re.search(r'sluice_rule_on_error_total\{rule="10_bench.lua",'
+                     r'policy="dead_letter"\}: 0 -> [1-9]', r.stderr), r.stderr
+    eng.wait_log("rule failed; event sent to the dead letter", kind="runtime")
+
+
+def test_loadgen_timing_out_accounts_for_the_events_it_misses(sluice, tmp_path):
+    """Nothing refused or lost, only slow (an output rate limit): the
+    loadgen times out (exit 3) and prints what moved, the events read and
+    those still queued."""
+    port, admin = free_port(), free_port()
+    sluice({
+        "inputs": [{"name": "bench", "type": "tcp", "listen": "127.0.0.1:%d" % port}],
+        "outputs": [{"name": "out", "type": "null",
+                     "rate_limit": {"events_per_second": 500}}],
+        "routes": [{"topics": "*", "to": "out"}],
+        "admin": {"listen": "127.0.0.1:%d" % admin}})
+    r, took = run_loadgen(port, admin, 4000, 2, timeout=2)
+    assert r.returncode == 3, r.stderr
+    assert re.search(r"loadgen: timed out: [0-9]+ of 4000 events delivered", r.stderr)
+    assert 'sluice_input_events_total{input="bench"}: 0 -> 4000' in r.stderr, r.stderr
+    assert re.search(r'sluice_queue_events\{output="out"\}: 0 -> [1-9]', r.stderr)
+    assert "refused" not in r.stderr and "dropped" not in r.stderr
 
 
 def test_loadgen_stops_at_once_when_the_engine_exits_mid_run(sluice, tmp_path):

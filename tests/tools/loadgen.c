@@ -31,7 +31,8 @@
  *
  * Exit codes: 0 done, 1 a connection or socket failed, 2 bad arguments,
  * 3 timed out before everything was delivered, 4 the engine refused or
- * closed a connection mid-stream, 5 the engine (--pid) exited mid-run. */
+ * closed a connection mid-stream, 5 the engine (--pid) exited mid-run,
+ * 6 the engine dropped or dead-lettered events (with --metrics). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
@@ -586,20 +587,27 @@ static int64_t delivered_in(const char *resp, const char *const *outputs,
   return sum;
 }
 
+/* Does the line [line, end) (end NULL: to the end) hold label? */
+static int has_label(const char *line, const char *end, const char *label) {
+  const char *a = strstr(line, label);
+  return a != NULL && (end == NULL || a < end);
+}
+
 /* The next series line of family in text from *p on (its start; *p moves
- * past it), or NULL. The admin listener's own series are left out: they
- * are our scrapes, not the run's connections. */
-static const char *next_series(const char **p, const char *family) {
+ * past it), or NULL; with label set, only series that have it. The admin
+ * listener's own series are left out: they are our scrapes, not the run's
+ * connections. */
+static const char *next_series(const char **p, const char *family,
+                               const char *label) {
   size_t n = strlen(family);
   const char *line = *p, *end;
   while (line && *line) {
     end = strchr(line, '\n');
     *p = end ? end + 1 : line + strlen(line);
-    if (strncmp(line, family, n) == 0 && (line[n] == '{' || line[n] == ' ')) {
-      const char *a = strstr(line, "type=\"admin\"");
-      if (a == NULL || (end && a > end))
-        return line;
-    }
+    if (strncmp(line, family, n) == 0 && (line[n] == '{' || line[n] == ' ') &&
+        !has_label(line, end, "type=\"admin\"") &&
+        (label == NULL || has_label(line, end, label)))
+      return line;
     line = *p;
   }
   return NULL;
@@ -618,14 +626,14 @@ static double series_in(const char *text, const char *line, size_t keylen) {
   return 0;
 }
 
-/* How much family (all its series, the admin's left out) rose from base
- * to now; with out set, each series that moved is printed as
- * "  series: before -> now". */
-static double family_rise(const char *base, const char *now,
-                          const char *family, FILE *out) {
+/* How much family (its series with label, all when NULL; the admin's left
+ * out) rose from base to now; with out set, each series that moved is
+ * printed as "  series: before -> now". family_rise: all its series. */
+static double series_rise(const char *base, const char *now,
+                          const char *family, const char *label, FILE *out) {
   const char *p = now, *line;
   double rise = 0;
-  while ((line = next_series(&p, family)) != NULL) {
+  while ((line = next_series(&p, family, label)) != NULL) {
     const char *sp = strchr(line, ' ');
     size_t keylen;
     double was, is;
@@ -641,6 +649,11 @@ static double family_rise(const char *base, const char *now,
   return rise;
 }
 
+static double family_rise(const char *base, const char *now,
+                          const char *family, FILE *out) {
+  return series_rise(base, now, family, NULL, out);
+}
+
 /* What ends connections early, by design or not: each is in the engine's
  * log with the peer and the reason. */
 static const char *const refusal_families[] = {
@@ -651,10 +664,29 @@ static const char *const refusal_families[] = {
 static const char *const account_families[] = {
     "sluice_input_events_total", "sluice_output_events_total",
     "sluice_events_dropped_total", "sluice_events_unrouted_total",
-    "sluice_rule_errors_total", "sluice_output_dead_lettered_total",
+    "sluice_rule_errors_total", "sluice_rule_on_error_total",
+    "sluice_output_dead_lettered_total",
     "sluice_output_refused_total", "sluice_input_abandoned_total",
     "sluice_queue_events", "sluice_input_connections_open",
     "sluice_input_connections_total"};
+
+/* Events the engine took but that will never reach an output: dropped
+ * (a rule, unrouted, a full queue's policy, dedup), refused by an output,
+ * or given to the dead letter (a failed rule: its CPU or memory budget, an
+ * error; an output that gave up), unless the dead letter is counted. */
+static double lost(const char *base, const char *now, const struct opts *o,
+                   FILE *out) {
+  double sum = family_rise(base, now, "sluice_events_dropped_total", out) +
+               family_rise(base, now, "sluice_output_refused_total", out);
+  int i;
+  for (i = 0; i < o->noutputs; i++)
+    if (strcmp(o->outputs[i], "dead_letter") == 0)
+      return sum;
+  return sum +
+         series_rise(base, now, "sluice_rule_on_error_total",
+                     "policy=\"dead_letter\"", out) +
+         family_rise(base, now, "sluice_output_dead_lettered_total", out);
+}
 
 static double refusals(const char *base, const char *now, FILE *out) {
   double sum = 0;
@@ -819,7 +851,7 @@ static void explain(const struct run *r) {
 
 /* One look at the run: the count delivered so far into *seen, and
  * whether a connection was refused or cut (1; see sender_cut, refusals),
- * or a write of ours failed (2). */
+ * a write of ours failed (2), or events were lost on purpose (4: lost). */
 static int look(struct run *r, int64_t *seen) {
   const struct opts *o = r->o;
   char *m = NULL;
@@ -837,6 +869,8 @@ static int look(struct run *r, int64_t *seen) {
     cut |= sender_cut(&r->senders[k], k);
   if (m != NULL && refusals(r->base, m, NULL) > 0)
     cut |= 1;
+  if (m != NULL && lost(r->base, m, o, NULL) > 0)
+    cut |= 4;
   free(m);
   return cut;
 }
@@ -858,8 +892,8 @@ static int engine_exited(pid_t pid, int cut) {
 /* Wait until the engine delivered every event; *t_done gets the time it
  * did. Returns 0, 3 on the timeout or 4 as soon as the engine refused or
  * cut a connection (no acks: the rest never comes), 5 as soon as the
- * engine (--pid) exited, after printing why; 1 when a write of ours failed
- * otherwise.
+ * engine (--pid) exited, 6 as soon as it dropped or dead-lettered events,
+ * after printing why; 1 when a write of ours failed otherwise.
  * A scrape costs the engine ~0.4 ms of CPU, so /metrics is polled at half
  * the time the rate so far says is left (2 to 50 ms): a few dozen scrapes
  * a run, and the end is seen within 2 ms while the rate holds. The sink's
@@ -894,7 +928,7 @@ static int wait_delivered(struct run *r, double t0, double *t_done) {
               (long long)seen, (unsigned long long)o->nevents);
       return 5;
     }
-    if (cut) {
+    if (cut & 1) {
       fprintf(stderr, "loadgen: the engine refused or closed a connection "
               "mid-stream: %lld of %llu events delivered, and without acks "
               "nothing is sent again, so the rest never comes (the engine's "
@@ -902,6 +936,14 @@ static int wait_delivered(struct run *r, double t0, double *t_done) {
               (long long)seen, (unsigned long long)o->nevents);
       explain(r);
       return 4;
+    }
+    if (cut) {
+      fprintf(stderr, "loadgen: the engine dropped or dead-lettered events "
+              "(a rule, a budget, a queue's policy: see below and its log), "
+              "so they never reach the counted outputs: %lld of %llu "
+              "delivered\n", (long long)seen, (unsigned long long)o->nevents);
+      explain(r);
+      return 6;
     }
     if (t - t0 > o->timeout) {
       fprintf(stderr, "loadgen: timed out: %lld of %llu events delivered\n",
