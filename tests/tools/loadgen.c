@@ -861,9 +861,11 @@ static int look(struct run *r, int64_t *seen) {
   if (o->sink_port >= 0) {
     *seen = (int64_t)__atomic_load_n(&r->sink->events, __ATOMIC_ACQUIRE);
   } else if (m != NULL) {
-    int64_t v = delivered_in(m, o->outputs, o->noutputs);
+    int64_t v = delivered_in(m, o->outputs, o->noutputs),
+            was = delivered_in(r->base, o->outputs, o->noutputs);
+    /* counted from before the run: an engine may have served others */
     if (v >= 0)
-      *seen = v;
+      *seen = v - (was > 0 ? was : 0);
   }
   for (k = 0; k < o->conns; k++)
     cut |= sender_cut(&r->senders[k], k);
