@@ -414,3 +414,23 @@ def test_loadgen_stops_at_once_when_the_engine_exits_mid_run(sluice, tmp_path):
     assert re.search(r"the engine \(pid %d\) exited mid-run: [0-9]+ of 100000 "
                      r"events delivered" % eng.pid, err), err
     assert out == ""
+
+
+def test_loadgen_measures_a_second_run_against_the_same_engine(sluice, tmp_path):
+    """Deliveries are counted from the /metrics read before the run: a
+    second run against an engine that already delivered ends only once its
+    own events are delivered (it used to end at once, the old total being
+    past its count). The output is rate-limited so that the events are
+    still queued when the last one is written."""
+    port, admin = free_port(), free_port()
+    sluice({
+        "inputs": [{"name": "bench", "type": "tcp", "listen": "127.0.0.1:%d" % port}],
+        "outputs": [{"name": "out", "type": "null",
+                     "rate_limit": {"events_per_second": 100000}}],
+        "routes": [{"topics": "*", "to": "out"}],
+        "admin": {"listen": "127.0.0.1:%d" % admin}})
+    for n in (1, 2):
+        r, _ = run_loadgen(port, admin, 200000, 1, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert metric("127.0.0.1:%d" % admin, "sluice_output_events_total",
+                      output="out") == 200000 * n
