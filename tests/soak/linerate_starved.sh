@@ -25,7 +25,7 @@
 # The loadgen is told the engine's pid: an engine that dies mid-run (a
 # crash) fails the run at once (loadgen exit 5), its log and status kept.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 2
 BUILD=${BUILD:-build}
 SLUICE=${SLUICE:-$PWD/$BUILD/sluice} # e.g. an ASan build's
 LOADGEN=${LOADGEN:-$PWD/$BUILD/tools/loadgen}
@@ -104,7 +104,7 @@ sum_metric() {
 
 # run N KIND: one run; 0 when it passed.
 run() {
-  local n=$1 kind=$2 dir port admin rules rc=0 lg_rc pin='' i
+  local n=$1 kind=$2 dir port admin rc=0 lg_rc pin='' i
   dir=$KEEP/run-$n-$kind
   mkdir -p "$dir/rules"
   printf '%s\n' "$rule_topic" >"$dir/rules/10_bench.lua"
@@ -129,7 +129,7 @@ EOF
     echo "$ENGINE" >"$CG/cgroup.procs" 2>/dev/null ||
       echo "$ENGINE" >"$CG/tasks"
   fi
-  for i in $(seq 1 3000); do
+  for ((i = 0; i < 3000; i++)); do
     grep -q '"sluice started"' "$dir/engine.log" 2>/dev/null && break
     kill -0 "$ENGINE" 2>/dev/null || break
     sleep 0.01
@@ -189,7 +189,7 @@ check() {
     echo "run $n ($kind): FAILED:$why kept in $dir"
     return 1
   fi
-  echo "run $n ($kind): ok, $(cat "$dir/loadgen.out" | tr ' ' '\n' |
+  echo "run $n ($kind): ok, $(tr ' ' '\n' <"$dir/loadgen.out" |
     grep -E '^(events_per_s|seconds)=' | tr '\n' ' ')"
 }
 
