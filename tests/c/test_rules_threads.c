@@ -379,6 +379,7 @@ TEST(rules_two_sets_decide_on_two_threads_at_once_and_metrics_sum) {
   CHECK_EQ(st->emitted, (uint64_t)(NSETS * emits));
   CHECK_EQ(st->dead_lettered, (uint64_t)(NSETS * errs));
   CHECK_EQ(st->version, 1u); /* the primary's own */
+  CHECK_EQ(sl_rules_version(f.w[0].rs), 1u);
   sl_buf_reset(&b);
   CHECK_EQ(sl_metric_render(reg, &b), 0);
   CHECK_EQ(sl_buf_putc(&b, '\0'), 0);
