@@ -11,6 +11,7 @@
 #ifndef SL_RULES_H
 #define SL_RULES_H
 
+#include <errno.h>
 #include <stdint.h>
 
 #include <uv.h>
@@ -22,6 +23,11 @@
 #include "metric.h"
 
 struct sl_rules;
+
+/* sl_rules_prepare: a "watch" reload found nothing changed. */
+#ifndef SL_EALREADY
+#define SL_EALREADY (-EALREADY)
+#endif
 
 enum sl_rules_outcome {
   SL_RULES_ROUTED = 0, /* by a rule or by the config's routes */
@@ -36,8 +42,14 @@ struct sl_rules_result {
   uint16_t targets[SL_CONFIG_MAX_OUTPUTS];
   enum sl_rules_outcome outcome;
   int route;          /* index of the deciding config route, or -1 */
+  /* rule and reason point into the rule set: both stay valid (and
+   * unchanged) until the next sl_rules_decide, reload, commit, abort,
+   * shutdown or free of the same set, and nothing else in the set writes
+   * them. So the thread that called sl_rules_decide (a worker replica) may
+   * copy them right after it returns; a result handed to another thread
+   * must carry copies, not these pointers. */
   const char *rule;   /* the deciding rule's file, or NULL (config) */
-  const char *reason; /* drop reason or error; valid until the next call */
+  const char *reason; /* drop reason or error, or NULL */
   const char *schema; /* set by the worker: why the event did not fit its
                          payload contract (warn mode), or NULL */
 };
@@ -47,6 +59,11 @@ struct sl_rules_owner {
   void *data;
   /* sluice.emit: ev (the owner takes the reference) for output index. */
   void (*emit)(void *data, int output, struct sl_event *ev);
+  /* The rules-dir watcher (after its debounce) calls reload(data,
+   * "watch") instead of reloading this set alone, so the owner can reload
+   * every worker's set together (sl_rules_prepare on each, then commit or
+   * abort on all). NULL: the set reloads itself (sl_rules_reload). */
+  int (*reload)(void *data, const char *trigger);
 };
 
 /* Load cfg's rules dir (if any). With a loop, also watch the dir (unless
@@ -80,6 +97,40 @@ int sl_rules_reload_with(struct sl_rules *rs, const struct sl_config *cfg,
                          const char *trigger, void (*commit)(void *data),
                          void *data);
 
+/* Two-phase reload, for the rule sets of several workers that must
+ * change version together (all or nothing). sl_rules_reload_with is
+ * prepare + commit on one set.
+ *
+ * sl_rules_prepare builds the next set against cfg (which must outlive the
+ * set; NULL: the live config) beside the live one, runs what a reload runs
+ * (chunks, on_start, state handover from the live rules by snapshot and
+ * restore) and stages what they emit or log. The live set keeps deciding,
+ * with its own config, until the commit; a rule's state changed by events
+ * decided between prepare and commit is not in the handed-over snapshot,
+ * so an owner that wants it exact decides nothing in between.
+ * Returns 0: prepared, exactly one of commit / abort must follow;
+ * SL_EALREADY: trigger is "watch" and no file changed: nothing prepared
+ * (no commit/abort); another negative code: the build failed, nothing
+ * prepared, err holds the reason (like sl_rules_new's), the live set
+ * stays, and the set's status records the failure. A set already holding
+ * a prepared version aborts it first. Same thread as sl_rules_decide. */
+int sl_rules_prepare(struct sl_rules *rs, const struct sl_config *cfg,
+                     const char *trigger, char *err, size_t errlen);
+
+/* Make the prepared set live (a no-op when none): from the next decide on
+ * it decides with the prepared config; the staged emits (to outputs
+ * resolved in that config) and logs are delivered now; the version goes
+ * up by one and the status says ok. The owner switches its own config
+ * before (the commit callback of sl_rules_reload_with runs at that
+ * point). */
+void sl_rules_commit(struct sl_rules *rs);
+
+/* Drop the prepared set (a no-op when none): its new rules are freed,
+ * their staged emits and logs dropped; the live set and config stay and
+ * this set's status is not changed (the owner records why with
+ * sl_rules_reload_failed on the set it reports). */
+void sl_rules_abort(struct sl_rules *rs);
+
 /* Record a reload that failed before the rules were built (a bad config):
  * the status's last_reload says failed with error. */
 void sl_rules_reload_failed(struct sl_rules *rs, const char *error);
@@ -93,6 +144,50 @@ int sl_rules_status_json(const struct sl_rules *rs, struct sl_buf *out);
  * the rules' own sluice.counter series as sluice_rule_value_total);
  * sl_rules_free removes them. 0 or SL_ENOMEM. */
 int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r);
+
+/* Threads. A set is used by one thread at a time (the one that made it,
+ * or one its owner hands it to with a happens-before, e.g. a join or a
+ * ring's release/acquire); several sets run on several threads at once
+ * (tests/c/test_rules_threads.c). Per thread, not shared: each rule's Lua
+ * state, seen/rate_limit tables, timers and sluice.counter series (the
+ * primary sums them), the CPU watchdog timer, the C-stack budget, the
+ * event block pool (an event may be freed on another thread than the one
+ * that made it: blocks are plain malloc blocks of two sizes). Events: the
+ * refcount is not atomic, so an event belongs to one thread at a time;
+ * after sl_rules_decide returns, the set keeps no reference to the event
+ * given or returned (proxies and payload views are cut at the call's
+ * end, dead letters are new events, seen/rate_limit keep hashes, emits
+ * are new events owned by the owner callback or the reload's staging).
+ * Log lines are one write(2) each.
+ *
+ * NOT SAFE: rules.jit = true with sets on more than one thread. The JIT's
+ * budget uses LuaJIT's profiler (state.c), which is one per process: its
+ * SIGPROF comes from a process-wide ITIMER_PROF, so the kernel may deliver
+ * it to any thread, and LuaJIT's handler then rewrites the hook mask and
+ * dispatch table of the VM holding the profiler from that other thread,
+ * racing with that VM's own thread (a lost update can leave a runaway
+ * compiled loop unstopped). While one set holds the profiler, an
+ * overrunning rule on another thread also waits for it. So the config
+ * must refuse workers > 1 with rules.jit = true (the worker's config
+ * check, engine/config). */
+
+/* Make replica a worker's copy of primary (the same rules dir, loaded
+ * once more for another thread): sl_rules_metrics and sl_rules_stats of
+ * primary then sum primary's and every replica's counters (calls, errors,
+ * decisions, durations, timer errors, drops, emits, dead letters;
+ * sluice.counter series merged by rule, name and labels into one series
+ * each). Version and reloads stay primary's own (the sets reload
+ * together). Call on the primary's thread before the replica runs;
+ * replicas are never removed: free the primary after it stopped reading
+ * them (sl_rules_free of a replica leaves the primary reading freed
+ * memory: free replicas after the primary, or never collect in between).
+ * Reading: the replica's counters are 64-bit words its own thread writes;
+ * the primary reads them without a lock (aligned 64-bit loads are atomic
+ * on every target we build for: x86-64 and aarch64), so a sum may miss the
+ * last few events in flight, never tear. The per-rule tables of a replica
+ * change only in sl_rules_commit/prepare (a new rule file), which the
+ * owner runs while the primary's thread waits for it. 0 or SL_ENOMEM. */
+int sl_rules_add_replica(struct sl_rules *primary, struct sl_rules *replica);
 
 /* Write the status JSON to path now and after every reload (for
  * `sluice status`); NULL stops it. The path is copied. */
@@ -116,7 +211,9 @@ void sl_rules_shutdown(struct sl_rules *rs);
 void sl_rules_stop(struct sl_rules *rs);
 void sl_rules_free(struct sl_rules *rs);
 
-/* Counters for metrics and the worker's logs. */
+/* Counters for metrics and the worker's logs; with replicas
+ * (sl_rules_add_replica) the sum over them (version and reloads:
+ * primary's), valid until the next call. */
 struct sl_rules_stats {
   uint64_t dropped, dead_lettered, unrouted, emitted, emit_failed;
   uint64_t reloads_ok, reloads_failed;
@@ -124,5 +221,9 @@ struct sl_rules_stats {
   uint64_t error_dropped; /* failures dropped by on_error = "drop" */
 };
 const struct sl_rules_stats *sl_rules_stats(const struct sl_rules *rs);
+
+/* The live version (sl_rules_stats(rs)->version without summing the
+ * replicas: for per-event use). */
+uint64_t sl_rules_version(const struct sl_rules *rs);
 
 #endif
