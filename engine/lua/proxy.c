@@ -215,6 +215,109 @@ static int key_is(lua_State *L, int k, const struct sl_codec_item *it) {
 
 #define FEW 8 /* see struct plan */
 
+/* The root's write log: what a rule most often does to ev.payload (set a
+ * few top-level fields to strings, numbers, booleans or nil), recorded in
+ * C without the env table and its spare, and spliced without walking Lua
+ * tables. Only the running event's root map uses it (b->proot), and only
+ * while no env table holds writes of its own: the first operation that
+ * needs the env (a write of a table, a ninth key, iterating the added
+ * keys, the general splice) moves the log into it (spill), so the log is
+ * always the newer of the two. Strings stay alive in the anchor table
+ * (slots 2j+1 and 2j+2 of entry j), so their bytes can be kept here. */
+struct wentry {
+  struct lkey key, val; /* val.t LUA_TNIL: deleted */
+};
+
+struct wlog {
+  int n;
+  int ref_anchor;
+  struct wentry e[FEW];
+};
+
+static struct wlog *wlog_of(lua_State *L, const struct pnode *nd) {
+  struct box *b = box_of(L);
+  struct wlog *wl = b->pwlog;
+  return wl != NULL && wl->n > 0 && b->proot == nd ? wl : NULL;
+}
+
+/* The entry of the Lua key lk, or -1. */
+static int wlog_find(const struct wlog *wl, const struct lkey *lk) {
+  int j;
+  for (j = 0; j < wl->n; j++)
+    if (wl->e[j].key.t == lk->t &&
+        (lk->t == LUA_TSTRING
+             ? wl->e[j].key.n == lk->n &&
+                   memcmp(wl->e[j].key.s, lk->s, lk->n) == 0
+             : wl->e[j].key.d == lk->d))
+      return j;
+  return -1;
+}
+
+/* Push the value of entry j (nil when deleted). */
+static void wlog_push(lua_State *L, const struct wlog *wl, int j) {
+  const struct lkey *v = &wl->e[j].val;
+  switch (v->t) {
+  case LUA_TSTRING:
+    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
+    lua_rawgeti(L, -1, 2 * j + 2);
+    lua_remove(L, -2);
+    return;
+  case LUA_TNUMBER: lua_pushnumber(L, v->d); return;
+  case LUA_TBOOLEAN: lua_pushboolean(L, v->d != 0); return;
+  default: lua_pushnil(L); return;
+  }
+}
+
+/* Record p[k] = v (stack indexes 2 and 3 of __newindex) for the root map
+ * nd when the log can hold it: returns 1, else 0 (nothing done). */
+static int wlog_put(lua_State *L, struct pnode *nd) {
+  struct box *b = box_of(L);
+  struct wlog *wl = b->pwlog;
+  struct lkey lk;
+  int vt = lua_type(L, 3), j;
+
+  if (wl == NULL || b->proot != nd || nd->has_env ||
+      (vt != LUA_TNIL && vt != LUA_TSTRING && vt != LUA_TNUMBER &&
+       vt != LUA_TBOOLEAN))
+    return 0;
+  lkey_of(L, 2, &lk);
+  j = wlog_find(wl, &lk);
+  if (j < 0) {
+    if (wl->n == FEW)
+      return 0;
+    j = wl->n;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, 2 * j + 1);
+    wl->e[j].key = lk; /* its bytes: those of the anchored string */
+    wl->n++;
+  } else {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
+  }
+  lua_pushvalue(L, 3);
+  lua_rawseti(L, -2, 2 * j + 2);
+  lua_pop(L, 1);
+  lkey_of(L, 3, &wl->e[j].val);
+  return 1;
+}
+
+/* Move the log into the env table on top (the root's E_WRITES). */
+static void wlog_spill(lua_State *L, struct wlog *wl) {
+  int j, t = lua_gettop(L);
+
+  for (j = 0; j < wl->n; j++) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
+    lua_rawgeti(L, -1, 2 * j + 1);
+    if (wl->e[j].val.t == LUA_TNIL)
+      lua_pushlightuserdata(L, (void *)&deleted_key);
+    else
+      wlog_push(L, wl, j);
+    lua_rawset(L, t);
+    lua_settop(L, t);
+  }
+  wl->n = 0;
+}
+
 /* Push the env table an earlier event's root had, emptied, and return 1;
  * or 0 (nothing pushed) when there is none or it held more than FEW
  * entries (then a fresh one is cheaper than emptying it). Only the root
@@ -244,8 +347,11 @@ static int take_spare(lua_State *L) {
   return 1;
 }
 
-/* Push the env table of the node at idx (absolute), made when missing. */
+/* Push the env table of the node at idx (absolute), made when missing;
+ * the root's write log moves into it. */
 static void push_env(lua_State *L, int idx, struct pnode *nd) {
+  struct wlog *wl = wlog_of(L, nd);
+
   if (!nd->has_env) {
     if (nd->parent != NULL || !take_spare(L)) {
       lua_createtable(L, 0, 2);
@@ -261,6 +367,8 @@ static void push_env(lua_State *L, int idx, struct pnode *nd) {
   } else {
     lua_getfenv(L, idx);
   }
+  if (wl != NULL)
+    wlog_spill(L, wl);
 }
 
 /* Push a table of the node at idx (absolute): E_WRITES is the env table
@@ -269,7 +377,7 @@ static void push_env(lua_State *L, int idx, struct pnode *nd) {
  * whether a table was pushed. */
 static int push_slot(lua_State *L, int idx, struct pnode *nd, int slot,
                      int make) {
-  if (!nd->has_env && !make) {
+  if (!nd->has_env && !make && wlog_of(L, nd) == NULL) {
     lua_pushnil(L);
     return 0;
   }
@@ -456,6 +564,20 @@ static int is_deleted(lua_State *L, int idx) {
 /* If the rule wrote the key at k, push what it wrote (nil when it deleted
  * it) and return 1. */
 static int written(lua_State *L, int idx, struct pnode *nd, int k) {
+  struct wlog *wl = wlog_of(L, nd);
+
+  if (wl != NULL) {
+    struct lkey lk;
+    int j;
+    lkey_of(L, k, &lk);
+    j = wlog_find(wl, &lk);
+    if (j >= 0) {
+      wlog_push(L, wl, j);
+      return 1;
+    }
+  }
+  if (!nd->has_env)
+    return 0;
   if (!push_slot(L, idx, nd, E_WRITES, 0)) {
     lua_pop(L, 1);
     return 0;
@@ -478,7 +600,7 @@ static int written(lua_State *L, int idx, struct pnode *nd, int k) {
 static void get(struct walk *w, int idx, struct pnode *nd, int k) {
   uint32_t vo;
 
-  if (nd->has_env && written(w->L, idx, nd, k))
+  if ((nd->has_env || nd->dirty) && written(w->L, idx, nd, k))
     return;
   vo = find(w, idx, nd, k);
   if (vo == 0)
@@ -539,6 +661,11 @@ static int p_newindex(lua_State *L) {
     if (t == LUA_TNUMBER && isnan(lua_tonumber(L, 2)))
       return luaL_error(L, "ev.payload: a map key cannot be NaN");
   } else if (!array_check(L, nd)) {
+    return 0;
+  }
+  if (nd->is_map && wlog_put(L, nd)) {
+    for (q = nd; q && !q->dirty; q = q->parent)
+      q->dirty = 1;
     return 0;
   }
   push_slot(L, 1, nd, E_WRITES, 1);
@@ -681,7 +808,7 @@ static int p_next(lua_State *L) {
   top = 2;
   if (lua_isnil(L, 2))
     return step(&w, 1, nd, &it, 0) ? 2 : 0;
-  if (nd->is_map && nd->has_env && find(&w, 1, nd, 2) == 0) {
+  if (nd->is_map && (nd->has_env || nd->dirty) && find(&w, 1, nd, 2) == 0) {
     it.j = nd->n + 1; /* an added key: the rest follow it */
     return step(&w, 1, nd, &it, 2) ? 2 : 0;
   }
@@ -1006,6 +1133,77 @@ static uint32_t write_map(struct sctx *s, int idx, struct pnode *nd,
   return count;
 }
 
+/* Write the Lua key or value lk (entry j's, slot 1 key or 2 value of the
+ * anchor) where the original [p, q) was (p NULL: a new entry). */
+static void write_logged(struct sctx *s, const struct wlog *wl, int j,
+                         int slot, const struct lkey *lk, const uint8_t *p,
+                         const uint8_t *q, int depth) {
+  lua_State *L = s->w.L;
+  struct sl_codec_item it;
+  const uint8_t *r = p;
+
+  if (p && sl_codec_read_item(&r, q, &it) == 0 && lkey_is(lk, &it)) {
+    keep(s, p, q); /* the same value: its type stays */
+    return;
+  }
+  flush(s);
+  if (lk->t == LUA_TSTRING) {
+    room(s, lk->n + 5);
+    if (sl_codec_put_str(s->out, lk->s, lk->n) != 0)
+      luaL_error(L, "not enough memory");
+  } else if (lk->t == LUA_TBOOLEAN) {
+    put(s, lk->d != 0 ? "\xc3" : "\xc2", 1);
+  } else { /* a number: as the encoder writes it */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
+    lua_rawgeti(L, -1, 2 * j + slot);
+    write_val(s, lua_gettop(L), NULL, NULL, depth);
+    lua_pop(L, 2);
+  }
+}
+
+/* Pairs of the root map whose changes are all in the log (no env table):
+ * write_map without Lua tables. Returns how many pairs were written. */
+static uint32_t write_map_log(struct sctx *s, struct pnode *nd,
+                              const struct wlog *wl, int depth) {
+  const uint8_t *p = s->w.base + nd->body;
+  uint32_t first[FEW], i, count = 0;
+  int j;
+
+  for (j = 0; j < wl->n; j++)
+    first[j] = 0;
+  for (i = 0; i < nd->n; i++) {
+    const uint8_t *k0 = p, *v0;
+    struct sl_codec_item key;
+    uint32_t vo;
+    rd_key(&s->w, &p, &key, nd->depth + 1);
+    v0 = p;
+    vo = (uint32_t)(v0 - s->w.base);
+    skip(&s->w, &p, nd->depth + 1);
+    count++;
+    for (j = 0; j < wl->n && !lkey_is(&wl->e[j].key, &key); j++)
+      ;
+    if (j == wl->n) {
+      keep(s, k0, p);
+      continue;
+    }
+    if (first[j] == 0) /* pairs come in order: the first is written */
+      first[j] = vo;
+    if (first[j] != vo || wl->e[j].val.t == LUA_TNIL) {
+      count--; /* deleted, or a later pair of a key written once */
+      continue;
+    }
+    keep(s, k0, v0);
+    write_logged(s, wl, j, 2, &wl->e[j].val, v0, p, depth + 1);
+  }
+  for (j = 0; j < wl->n; j++)
+    if (first[j] == 0 && wl->e[j].val.t != LUA_TNIL) { /* added keys */
+      write_logged(s, wl, j, 1, &wl->e[j].key, NULL, NULL, 0);
+      write_logged(s, wl, j, 2, &wl->e[j].val, NULL, NULL, depth + 1);
+      count++;
+    }
+  return count;
+}
+
 /* Elements of a changed array; returns how many were written. */
 static uint32_t write_array(struct sctx *s, int idx, struct pnode *nd,
                             int depth) {
@@ -1073,6 +1271,7 @@ static void write_node(struct sctx *s, int idx, int depth) {
   lua_State *L = s->w.L;
   struct pnode *nd = node_at(L, idx, &s->w);
   const uint8_t *p = s->w.base + nd->off;
+  const struct wlog *wl;
   uint32_t count;
   size_t at;
 
@@ -1088,8 +1287,12 @@ static void write_node(struct sctx *s, int idx, int depth) {
   flush(s);
   at = s->out->len;
   put(s, "\0\0\0\0\0", 5);
-  count = nd->is_map ? write_map(s, idx, nd, depth)
-                     : write_array(s, idx, nd, depth);
+  if (!nd->is_map)
+    count = write_array(s, idx, nd, depth);
+  else if (!nd->has_env && (wl = wlog_of(L, nd)) != NULL)
+    count = write_map_log(s, nd, wl, depth);
+  else
+    count = write_map(s, idx, nd, depth);
   flush(s);
   write_header(s, at, nd, count);
 }
@@ -1144,6 +1347,8 @@ void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
   if (sl_codec_read_item(&q, p + len, &it) != 0 || (it.t != SL_MP_MAP && it.t != SL_MP_ARR))
     luaL_error(L, "ev.payload: not a map or array");
   b->proot = new_node(L, 0, (uint32_t)(q - p), &it, NULL);
+  if (b->pwlog != NULL)
+    ((struct wlog *)b->pwlog)->n = 0;
   lua_pushvalue(L, -1); /* the root keeps its tree alive for the event */
   lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);
 }
@@ -1161,7 +1366,7 @@ const char *sl_proxy_kind(lua_State *L, int idx, int kidx) {
   if (kidx == 0)
     return nd->is_map ? "map" : "array";
   vo = find(&w, idx, nd, kidx);
-  if (nd->has_env && written(L, idx, nd, kidx)) {
+  if ((nd->has_env || nd->dirty) && written(L, idx, nd, kidx)) {
     if (vo == 0 || lua_isnil(L, -1) ||
         !same_scalar(L, lua_gettop(L), w.base + vo, w.end))
       return NULL; /* the value stays pushed: plain rules name it */
@@ -1270,6 +1475,19 @@ void sl_proxy_open(lua_State *L, int env) {
   lua_pushliteral(L, "protected");
   lua_setfield(L, -2, "__metatable");
   lua_rawset(L, LUA_REGISTRYINDEX);
+  {
+    struct box *b = box_of(L);
+    struct wlog *wl = lua_newuserdata(L, sizeof(*wl)); /* lives with L */
+    memset(wl, 0, sizeof(*wl));
+    luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_createtable(L, 2 * FEW, 0);
+    for (int j = 1; j <= 2 * FEW; j++) { /* the slots exist: no allocation */
+      lua_pushboolean(L, 0);
+      lua_rawseti(L, -2, j);
+    }
+    wl->ref_anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+    b->pwlog = wl;
+  }
   lua_pushlightuserdata(L, (void *)&buf_key);
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, buf_gc);
