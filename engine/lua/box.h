@@ -249,6 +249,7 @@ struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
 int child_traceparent(struct sl_rule *r, const struct sl_event *ev,
                       char out[55]);
 int finish(lua_State *L);
+int finish_log(struct box *b);
 int read_only(struct box *b);
 
 #pragma GCC visibility pop

@@ -232,6 +232,12 @@ struct wlog {
   int n;
   int ref_anchor;
   struct wentry e[FEW];
+  /* sl_proxy_log_plan's findings for sl_proxy_log_fill: entry j's first
+   * pair in the bytes (offsets of its key, value and end; k0 0: none),
+   * whether its value stays; the new count of pairs */
+  uint32_t k0[FEW], v0[FEW], v1[FEW];
+  uint8_t same[FEW];
+  uint32_t count;
 };
 
 static struct wlog *wlog_of(lua_State *L, const struct pnode *nd) {
@@ -1625,4 +1631,178 @@ void sl_proxy_open_table(lua_State *L, int env) {
   lua_getfield(L, env, "unpack");
   lua_pushcclosure(L, t_plain, 1);
   lua_setfield(L, env, "unpack");
+}
+
+/* ---- the write log spliced straight into the changed event ----------------
+ * finish's path for the most common change (top-level scalars set on the
+ * root map, nothing else touched): one walk over the root's pairs finds
+ * where the logged keys are, then the new payload is written once, in the
+ * new event's block, as runs of the original bytes and the logged values.
+ * It neither calls Lua nor raises; whatever it does not cover goes the
+ * general way (sl_proxy_write), which also reports every error. */
+
+#define PLAN_MAX 65536 /* payloads walked here without ticking the budget */
+
+/* Encode the logged key or value lk at d (NULL: only measure); its bytes
+ * are the encoder's (luacodec: an integral number in range is an int). */
+static size_t enc_lkey(const struct lkey *lk, uint8_t *d) {
+  uint8_t tmp[9];
+  double v = lk->d;
+  size_t h;
+
+  switch (lk->t) {
+  case LUA_TSTRING:
+    h = sl_codec_pack_strhdr(d ? d : tmp, lk->n);
+    if (d)
+      memcpy(d + h, lk->s, lk->n);
+    return h + lk->n;
+  case LUA_TBOOLEAN:
+    if (d)
+      *d = v != 0 ? 0xc3 : 0xc2;
+    return 1;
+  default: /* LUA_TNUMBER */
+    if (v == floor(v) && v >= -9223372036854775808.0 &&
+        v < 18446744073709551616.0 && !(v == 0 && signbit(v)))
+      return v < 0 ? sl_codec_pack_int(d ? d : tmp, (int64_t)v)
+                   : sl_codec_pack_uint(d ? d : tmp, (uint64_t)v);
+    return sl_codec_pack_double(d ? d : tmp, v);
+  }
+}
+
+/* Does entry j's key stand for the map key at *pp? Steps past the key;
+ * -1 for a key this walk leaves to the general path. */
+static int plan_key(const struct wlog *wl, const uint8_t **pp,
+                    const uint8_t *end) {
+  const uint8_t *p = *pp;
+  struct sl_codec_item it;
+  int j;
+
+  if ((*p & 0xe0) == 0xa0 && (size_t)(*p & 0x1f) < (size_t)(end - p)) {
+    size_t n = *p & 0x1f; /* a fixstr: most keys */
+    *pp = p + 1 + n;
+    for (j = 0; j < wl->n; j++)
+      if (wl->e[j].key.t == LUA_TSTRING && wl->e[j].key.n == n &&
+          memcmp(wl->e[j].key.s, p + 1, n) == 0)
+        return j;
+    return wl->n;
+  }
+  if (sl_codec_read_item(pp, end, &it) != 0 || it.t == SL_MP_ARR ||
+      it.t == SL_MP_MAP)
+    return -1; /* a container key: rare, and Lua cannot name it */
+  for (j = 0; j < wl->n && !lkey_is(&wl->e[j].key, &it); j++)
+    ;
+  return j;
+}
+
+long sl_proxy_log_plan(struct box *b) {
+  struct wlog *wl = b->pwlog;
+  struct pnode *nd = b->proot;
+  const uint8_t *base, *p, *end;
+  struct sl_codec_item it;
+  long len;
+  uint32_t i;
+  size_t used;
+  int j, changed = 0;
+
+  if (wl == NULL || nd == NULL || wl->n == 0 || nd->has_env || !nd->is_map ||
+      nd->gen != b->pgen || b->ev == NULL || b->ev->payload_len > PLAN_MAX)
+    return -1;
+  base = b->ev->data + b->ev->payload_off;
+  end = base + b->ev->payload_len;
+  p = base + nd->body;
+  for (j = 0; j < wl->n; j++)
+    wl->k0[j] = 0;
+  for (i = 0; i < nd->n; i++) {
+    const uint8_t *k0 = p;
+    size_t fl;
+    if (p >= end || (j = plan_key(wl, &p, end)) < 0 || p >= end)
+      return -1;
+    if (j < wl->n) {
+      if (wl->k0[j] != 0)
+        return -1; /* a later pair of a written key: the general path */
+      wl->k0[j] = (uint32_t)(k0 - base);
+      wl->v0[j] = (uint32_t)(p - base);
+    }
+    if ((fl = flat_len(p, end)) != 0)
+      p += fl;
+    else if (sl_codec_skip(p, (size_t)(end - p), (size_t)(end - p), &used,
+                           NULL) == 0)
+      p += used;
+    else
+      return -1;
+    if (j < wl->n)
+      wl->v1[j] = (uint32_t)(p - base);
+  }
+  len = (long)(end - base) - (long)nd->body;
+  wl->count = nd->n;
+  for (j = 0; j < wl->n; j++) {
+    const struct wentry *e = &wl->e[j];
+    const uint8_t *q = base + wl->v0[j];
+    wl->same[j] = 0;
+    if (wl->k0[j] == 0) { /* a key added, unless it is a deletion */
+      if (e->val.t != LUA_TNIL) {
+        len += (long)(enc_lkey(&e->key, NULL) + enc_lkey(&e->val, NULL));
+        wl->count++;
+        changed = 1;
+      }
+    } else if (e->val.t == LUA_TNIL) {
+      len -= (long)(wl->v1[j] - wl->k0[j]);
+      wl->count--;
+      changed = 1;
+    } else if (sl_codec_read_item(&q, end, &it) == 0 && lkey_is(&e->val, &it)) {
+      wl->same[j] = 1; /* the same value: its bytes and type stay */
+    } else {
+      len += (long)enc_lkey(&e->val, NULL) - (long)(wl->v1[j] - wl->v0[j]);
+      changed = 1;
+    }
+  }
+  if (!changed)
+    return 0;
+  if (wl->count == nd->n)
+    return len + (long)nd->body;
+  {
+    uint8_t tmp[5];
+    return len + (long)sl_codec_pack_maphdr(tmp, wl->count);
+  }
+}
+
+size_t sl_proxy_log_fill(void *box, uint8_t *dst) {
+  struct box *b = box;
+  const struct wlog *wl = b->pwlog;
+  const struct pnode *nd = b->proot;
+  const uint8_t *base = b->ev->data + b->ev->payload_off;
+  uint32_t pos = nd->body, at;
+  uint8_t *d = dst;
+  int j, next;
+
+  if (wl->count == nd->n) { /* the header as it came */
+    memcpy(d, base, nd->body);
+    d += nd->body;
+  } else {
+    d += sl_codec_pack_maphdr(d, wl->count);
+  }
+  for (;;) { /* the pairs of logged keys, in the order of the bytes */
+    next = -1;
+    for (j = 0; j < wl->n; j++)
+      if (wl->k0[j] >= pos && (next < 0 || wl->k0[j] < wl->k0[next]))
+        next = j;
+    if (next < 0)
+      break;
+    at = wl->same[next] ? wl->v1[next]
+         : wl->e[next].val.t == LUA_TNIL ? wl->k0[next]
+                                         : wl->v0[next];
+    memcpy(d, base + pos, at - pos);
+    d += at - pos;
+    if (!wl->same[next] && wl->e[next].val.t != LUA_TNIL)
+      d += enc_lkey(&wl->e[next].val, d);
+    pos = wl->v1[next];
+  }
+  memcpy(d, base + pos, b->ev->payload_len - pos);
+  d += b->ev->payload_len - pos;
+  for (j = 0; j < wl->n; j++) /* the keys added, in the order set */
+    if (wl->k0[j] == 0 && wl->e[j].val.t != LUA_TNIL) {
+      d += enc_lkey(&wl->e[j].key, d);
+      d += enc_lkey(&wl->e[j].val, d);
+    }
+  return (size_t)(d - dst);
 }

@@ -588,6 +588,8 @@ static int finish_call(struct box *b) {
   const char *m;
   int st;
 
+  if (finish_log(b)) /* the common change, without a call */
+    return 0;
   r->err_set = 0;
   b->oom = 0;
   b->in_call = 1; /* check_cpu measures only inside a call */

@@ -255,6 +255,29 @@ describe("writing ev.payload", function()
       tohex(res.event.payload_raw))
   end)
 
+  it("keeps id, topic, key, time and headers as they came when only top-level fields change", function()
+    -- the changed event is built without finish's Lua call: its envelope
+    -- must still be the event's own, byte for byte where it matters
+    local r = s.on_event([[ev.payload.priority = "high" ev.payload.n = 7 return "out"]])
+    local res = run(r, { id = "id-1", topic = "orders", key = "k9", time_ns = "1700000000000000123",
+      headers = { traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", x = "y" },
+      payload_raw = hex("82 a16101 a16202") })
+    assert.equal("route", res.verdict, res.error)
+    assert.is_true(res.changed)
+    assert.equal("id-1", res.event.id)
+    assert.equal("orders", res.event.topic)
+    assert.equal("k9", res.event.key)
+    assert.equal("1700000000000000123", res.event.time_ns)
+    assert.same({ traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", x = "y" },
+      res.event.headers)
+    assert.equal(tohex(hex("84 a16101 a16202 a87072696f72697479a468696768 a16e07")),
+      tohex(res.event.payload_raw))
+    -- a write that puts back what was there changes nothing
+    res = run(s.on_event([[ev.payload.a = 1 ev.payload.zz = nil return "out"]]),
+      { topic = "t", payload_raw = hex("82 a16101 a16202") })
+    assert.is_false(res.changed)
+  end)
+
   it("keeps logged writes when a table, a ninth key, pairs or next come after them", function()
     local res = change([[
       local p = ev.payload
