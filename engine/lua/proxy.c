@@ -86,7 +86,7 @@ static void rd(struct walk *w, const uint8_t **pp, struct sl_codec_item *it) {
 /* The length of the value at p (< end) when its first byte tells it and
  * it holds nothing (fixint, fixstr, nil, bool, fixed-width numbers), else
  * 0: most payload values, stepped over without decoding. */
-static size_t flat_len(const uint8_t *p, const uint8_t *end) {
+static inline size_t flat_len(const uint8_t *p, const uint8_t *end) {
   static const uint8_t width[] = {4, 8, 1, 2, 4, 8, 1, 2, 4, 8}; /* ca-d3 */
   uint8_t c = *p;
   size_t n;
@@ -130,8 +130,11 @@ static void skip_rest(struct walk *w, const uint8_t **pp, int depth) {
 
 /* Read a map key at *pp and step past all of it: a container key (which
  * Lua cannot hold) has elements after its header. */
-static void rd_key(struct walk *w, const uint8_t **pp, struct sl_codec_item *it,
-                   int depth) {
+static void rd_key_rest(struct walk *w, const uint8_t **pp,
+                        struct sl_codec_item *it, int depth);
+
+static inline void rd_key(struct walk *w, const uint8_t **pp,
+                          struct sl_codec_item *it, int depth) {
   const uint8_t *p = *pp;
   if (p < w->end && (*p & 0xe0) == 0xa0 &&
       (size_t)(*p & 0x1f) < (size_t)(w->end - p)) { /* a fixstr: most keys */
@@ -141,6 +144,12 @@ static void rd_key(struct walk *w, const uint8_t **pp, struct sl_codec_item *it,
     *pp = p + 1 + it->n;
     return;
   }
+  rd_key_rest(w, pp, it, depth);
+}
+
+static void rd_key_rest(struct walk *w, const uint8_t **pp,
+                        struct sl_codec_item *it, int depth) {
+  const uint8_t *p = *pp;
   rd(w, &p, it);
   if (it->t == SL_MP_ARR || it->t == SL_MP_MAP) {
     p = *pp;
@@ -180,6 +189,20 @@ struct lkey {
   size_t n;
   double d;
 };
+
+/* lkey_of for a value whose Lua type t is known. */
+static inline void lkey_of_t(lua_State *L, int k, int t, struct lkey *lk) {
+  lk->t = t;
+  if (t == LUA_TSTRING) {
+    lk->s = lua_tolstring(L, k, &lk->n);
+    lk->d = 0;
+  } else {
+    lk->s = NULL;
+    lk->d = t == LUA_TNUMBER    ? lua_tonumber(L, k)
+            : t == LUA_TBOOLEAN ? lua_toboolean(L, k)
+                                : 0;
+  }
+}
 
 static void lkey_of(lua_State *L, int k, struct lkey *lk) {
   lk->t = lua_type(L, k);
@@ -231,6 +254,7 @@ struct wentry {
 struct wlog {
   int n;
   int ref_anchor;
+  int ref_mt; /* the proxies' metatable: a ref is found faster than mt_key */
   struct wentry e[FEW];
   /* sl_proxy_log_plan's findings for sl_proxy_log_fill: entry j's first
    * pair in the bytes (offsets of its key, value and end; k0 0: none),
@@ -286,7 +310,7 @@ static int wlog_put(lua_State *L, struct pnode *nd) {
       (vt != LUA_TNIL && vt != LUA_TSTRING && vt != LUA_TNUMBER &&
        vt != LUA_TBOOLEAN))
     return 0;
-  lkey_of(L, 2, &lk);
+  lkey_of_t(L, 2, lua_type(L, 2), &lk);
   j = wlog_find(wl, &lk);
   if (j < 0) {
     if (wl->n == FEW)
@@ -303,7 +327,7 @@ static int wlog_put(lua_State *L, struct pnode *nd) {
   lua_pushvalue(L, 3);
   lua_rawseti(L, -2, 2 * j + 2);
   lua_pop(L, 1);
-  lkey_of(L, 3, &wl->e[j].val);
+  lkey_of_t(L, 3, vt, &wl->e[j].val);
   return 1;
 }
 
@@ -499,8 +523,9 @@ static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
                               const struct sl_codec_item *it,
                               struct pnode *parent) {
   struct pnode *nd = lua_newuserdata(L, sizeof(*nd));
+  struct box *b = box_of(L);
 
-  nd->gen = box_of(L)->pgen;
+  nd->gen = b->pgen;
   nd->off = off;
   nd->body = body;
   nd->n = nd->len = it->n;
@@ -510,8 +535,12 @@ static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
   nd->scans = nd->indexed = 0;
   nd->depth = parent ? (uint8_t)(parent->depth + 1) : 0;
   nd->parent = parent;
-  lua_pushlightuserdata(L, (void *)&mt_key);
-  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (b->pwlog != NULL) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ((struct wlog *)b->pwlog)->ref_mt);
+  } else {
+    lua_pushlightuserdata(L, (void *)&mt_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+  }
   lua_setmetatable(L, -2);
   return nd;
 }
@@ -1492,6 +1521,9 @@ void sl_proxy_open(lua_State *L, int env) {
       lua_rawseti(L, -2, j);
     }
     wl->ref_anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushlightuserdata(L, (void *)&mt_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    wl->ref_mt = luaL_ref(L, LUA_REGISTRYINDEX);
     b->pwlog = wl;
   }
   lua_pushlightuserdata(L, (void *)&buf_key);
@@ -1652,6 +1684,13 @@ static size_t enc_lkey(const struct lkey *lk, uint8_t *d) {
 
   switch (lk->t) {
   case LUA_TSTRING:
+    if (lk->n < 32) { /* a fixstr, as the packer writes it */
+      if (d) {
+        *d = (uint8_t)(0xa0 | lk->n);
+        memcpy(d + 1, lk->s, lk->n);
+      }
+      return 1 + lk->n;
+    }
     h = sl_codec_pack_strhdr(d ? d : tmp, lk->n);
     if (d)
       memcpy(d + h, lk->s, lk->n);
