@@ -474,7 +474,16 @@ static void build_index(struct walk *w, int idx, struct pnode *nd) {
 
 /* The offset of the value the node holds in its bytes under the Lua key
  * at k (absolute), or 0 when none (0 is the root's header, no value). */
+static uint32_t find_lk(struct walk *w, int idx, struct pnode *nd, int k,
+                        const struct lkey *known);
+
 static uint32_t find(struct walk *w, int idx, struct pnode *nd, int k) {
+  return find_lk(w, idx, nd, k, NULL);
+}
+
+/* find, with the key at k read already into known (NULL: not yet). */
+static uint32_t find_lk(struct walk *w, int idx, struct pnode *nd, int k,
+                        const struct lkey *known) {
   lua_State *L = w->L;
   const uint8_t *p = w->base + nd->body;
   struct sl_codec_item key;
@@ -507,11 +516,16 @@ static uint32_t find(struct walk *w, int idx, struct pnode *nd, int k) {
       skip(w, &p, nd->depth + 1);
     return (uint32_t)(p - w->base);
   }
-  lkey_of(L, k, &lk);
+  if (known == NULL) {
+    lkey_of(L, k, &lk);
+    known = &lk;
+  }
   for (i = 0; i < nd->n; i++) {
     tick(w);
     rd_key(w, &p, &key, nd->depth + 1);
-    if (lkey_is(&lk, &key))
+    if (known->t == LUA_TSTRING && key.t == SL_MP_STR ? /* the usual case */
+        key.n == known->n && memcmp(key.s, known->s, known->n) == 0
+        : lkey_is(known, &key))
       return (uint32_t)(p - w->base);
     skip(w, &p, nd->depth + 1);
   }
@@ -598,6 +612,8 @@ static int is_deleted(lua_State *L, int idx) {
 
 /* If the rule wrote the key at k, push what it wrote (nil when it deleted
  * it) and return 1. */
+static int written_env(lua_State *L, int idx, struct pnode *nd, int k);
+
 static int written(lua_State *L, int idx, struct pnode *nd, int k) {
   struct wlog *wl = wlog_of(L, nd);
 
@@ -611,8 +627,11 @@ static int written(lua_State *L, int idx, struct pnode *nd, int k) {
       return 1;
     }
   }
-  if (!nd->has_env)
-    return 0;
+  return nd->has_env && written_env(L, idx, nd, k);
+}
+
+/* written, for what the env table holds. */
+static int written_env(lua_State *L, int idx, struct pnode *nd, int k) {
   if (!push_slot(L, idx, nd, E_WRITES, 0)) {
     lua_pop(L, 1);
     return 0;
@@ -633,11 +652,22 @@ static int written(lua_State *L, int idx, struct pnode *nd, int k) {
 
 /* Push p[k] for the node at idx and the key at k (both absolute). */
 static void get(struct walk *w, int idx, struct pnode *nd, int k) {
+  struct wlog *wl;
+  struct lkey lk;
   uint32_t vo;
+  int j, known = 0;
 
-  if ((nd->has_env || nd->dirty) && written(w->L, idx, nd, k))
+  if (nd->dirty && (wl = wlog_of(w->L, nd)) != NULL) {
+    lkey_of(w->L, k, &lk); /* read once for the log and the bytes */
+    known = 1;
+    if ((j = wlog_find(wl, &lk)) >= 0) {
+      wlog_push(w->L, wl, j);
+      return;
+    }
+  }
+  if (nd->has_env && written_env(w->L, idx, nd, k))
     return;
-  vo = find(w, idx, nd, k);
+  vo = find_lk(w, idx, nd, k, known ? &lk : NULL);
   if (vo == 0)
     lua_pushnil(w->L);
   else
