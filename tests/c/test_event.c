@@ -209,6 +209,45 @@ TEST(event_builder_writes_the_canonical_writers_bytes) {
   sl_buf_close(&h);
 }
 
+struct fill_job {
+  const uint8_t *p;
+  size_t n;
+  int calls;
+};
+
+static size_t fill_from(void *ctx, uint8_t *dst) {
+  struct fill_job *j = ctx;
+  j->calls++;
+  memcpy(dst, j->p, j->n);
+  return j->n;
+}
+
+TEST(event_filled_in_place_is_the_event_built_from_its_parts) {
+  struct sl_idgen g;
+  struct sl_event *a, *b;
+  const uint8_t payload[] = {0x82, 0xa1, 'a', 0x01, 0xa1, 'b', 0xc0};
+  const uint8_t headers[] = {0x81, 0xa1, 'h', 0xa1, 'v'};
+  struct fill_job j = {payload, sizeof(payload), 0};
+  sl_idgen_init(&g);
+  a = sl_event_new(&g, S("id1"), S("orders.eu"), S("k1"), 1, 1765000000123456789LL,
+                   headers, sizeof(headers), payload, sizeof(payload), 0);
+  /* room for more than it writes: the length is what fill wrote */
+  b = sl_event_new_fill(&g, S("id1"), S("orders.eu"), S("k1"), 1765000000123456789LL,
+                        headers, sizeof(headers), sizeof(payload) + 40,
+                        fill_from, &j);
+  CHECK(a && b);
+  CHECK_EQ(j.calls, 1);
+  CHECK_EQ(a->len, b->len);
+  CHECK(memcmp(a->data, b->data, a->len) == 0);
+  CHECK_EQ(a->payload_off, b->payload_off);
+  CHECK_EQ(a->payload_len, b->payload_len);
+  CHECK_EQ(a->headers_count, b->headers_count);
+  CHECK_EQ(b->ingest_ns, 0); /* no clock read: the caller sets it */
+  CHECK_EQ(b->refs, 1);
+  sl_event_unref(a);
+  sl_event_unref(b);
+}
+
 TEST(event_ids_are_the_prefix_and_counter_in_hex) {
   struct sl_idgen g;
   struct sl_event *e;
