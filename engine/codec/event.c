@@ -428,6 +428,42 @@ struct sl_event *sl_event_from_view_at(struct sl_idgen *g,
                NULL, NULL);
 }
 
+struct sl_event *sl_event_with_payload(const struct sl_event *ev,
+                                       size_t payload_max,
+                                       sl_event_fill_fn fill, void *ctx) {
+  struct sl_event *nev;
+  size_t n;
+
+  if (ev->payload_len == 0 || ev->payload_off + ev->payload_len != ev->len) {
+    struct sl_idgen unused; /* the id is kept: none is made */
+    memset(&unused, 0, sizeof(unused));
+    nev = sl_event_new_fill(&unused, sl_event_id(ev), sl_event_topic(ev),
+                            sl_event_key(ev), ev->time,
+                            ev->headers_len ? ev->data + ev->headers_off
+                                            : NULL,
+                            ev->headers_len, payload_max, fill, ctx);
+  } else { /* canonical, the payload last: all before it stays */
+    nev = ev_alloc(ev->payload_off + payload_max);
+    if (nev != NULL) {
+      uint32_t block = nev->block;
+      memcpy(nev, ev, sizeof(*ev) + ev->payload_off);
+      nev->block = block;
+      n = fill(ctx, nev->data + ev->payload_off);
+      assert(n <= payload_max);
+      nev->payload_len = (uint32_t)n;
+      nev->len = ev->payload_off + (uint32_t)n;
+      nev->refs = 1;
+      nev->track = NULL;
+    }
+  }
+  if (nev != NULL) {
+    nev->ingest_ns = ev->ingest_ns;
+    nev->schema_version = ev->schema_version;
+    sl_event_share_track(ev, nev);
+  }
+  return nev;
+}
+
 struct sl_event *sl_event_with_header(const struct sl_event *ev,
                                       const char *name, const char *value,
                                       size_t value_len) {

@@ -73,6 +73,15 @@ struct sl_event *sl_event_new_fill(struct sl_idgen *g, struct sl_str id,
                                    size_t headers_len, size_t payload_max,
                                    sl_event_fill_fn fill, void *ctx);
 
+/* A copy of ev (its id, topic, key, time and headers, ingest_ns, schema
+ * version and track) whose payload fill writes in place (at most
+ * payload_max bytes): a rule's change to the payload alone, built in one
+ * block with the bytes before the payload copied as they are. NULL on
+ * ENOMEM. */
+struct sl_event *sl_event_with_payload(const struct sl_event *ev,
+                                       size_t payload_max,
+                                       sl_event_fill_fn fill, void *ctx);
+
 /* Build an event from a parsed wire view; see sl_event_new. */
 struct sl_event *sl_event_from_view(struct sl_idgen *g,
                                     const struct sl_event_view *v, int trace);

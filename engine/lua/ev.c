@@ -511,11 +511,7 @@ int finish_log(struct box *b) {
     return 1;
   if ((uint64_t)ev->len - ev->payload_len + (uint64_t)n > r->max_event_bytes)
     return 0;
-  nev = sl_event_new_fill(r->host.idgen ? r->host.idgen : &r->idgen,
-                          sl_event_id(ev), sl_event_topic(ev),
-                          sl_event_key(ev), ev->time,
-                          ev->headers_len ? ev->data + ev->headers_off : NULL,
-                          ev->headers_len, (size_t)n, sl_proxy_log_fill, b);
+  nev = sl_event_with_payload(ev, (size_t)n, sl_proxy_log_fill, b);
   if (nev == NULL || nev->len > r->max_event_bytes) {
     sl_event_unref(nev);
     return 0;
@@ -526,9 +522,6 @@ int finish_log(struct box *b) {
     sl_event_unref(nev); /* a NaN put over the same NaN */
     return 1;
   }
-  nev->ingest_ns = ev->ingest_ns;
-  nev->schema_version = ev->schema_version;
-  sl_event_share_track(ev, nev);
   b->changed = nev;
   return 1;
 }

@@ -244,8 +244,35 @@ TEST(event_filled_in_place_is_the_event_built_from_its_parts) {
   CHECK_EQ(a->headers_count, b->headers_count);
   CHECK_EQ(b->ingest_ns, 0); /* no clock read: the caller sets it */
   CHECK_EQ(b->refs, 1);
-  sl_event_unref(a);
   sl_event_unref(b);
+  /* a copy of a with another payload: the bytes before it as they were */
+  {
+    const uint8_t other[] = {0x83, 0xa1, 'a', 0x01, 0xa1, 'b', 0xc0,
+                             0xa1, 'z', 0xa3, 'n', 'e', 'w'};
+    struct fill_job j2 = {other, sizeof(other), 0};
+    struct sl_event *c;
+    a->ingest_ns = 42;
+    a->schema_version = 7;
+    b = sl_event_with_payload(a, sizeof(other) + 9, fill_from, &j2);
+    c = sl_event_new(&g, S("id1"), S("orders.eu"), S("k1"), 1,
+                     1765000000123456789LL, headers, sizeof(headers), other,
+                     sizeof(other), 0);
+    CHECK(b && c);
+    CHECK_EQ(j2.calls, 1);
+    CHECK_EQ(b->len, c->len);
+    CHECK(memcmp(b->data, c->data, c->len) == 0);
+    CHECK_EQ(b->payload_len, sizeof(other));
+    CHECK_EQ(b->id_off, c->id_off);
+    CHECK_EQ(b->key_off, c->key_off);
+    CHECK_EQ(b->headers_count, 1);
+    CHECK_EQ(b->ingest_ns, 42);
+    CHECK_EQ(b->schema_version, 7);
+    CHECK_EQ(b->refs, 1);
+    CHECK_EQ(a->refs, 1);
+    sl_event_unref(c);
+    sl_event_unref(b);
+  }
+  sl_event_unref(a);
 }
 
 TEST(event_ids_are_the_prefix_and_counter_in_hex) {
@@ -336,6 +363,15 @@ TEST(tracked_event_ends_after_its_derived_copies_and_fails_if_one_fails) {
   CHECK(dl && changed);
   sl_event_share_track(e, changed);
   CHECK_EQ(e->track->holders, 3);
+  {
+    /* ... and so does a changed payload written in place */
+    const uint8_t one[] = {0x01};
+    struct fill_job j = {one, 1, 0};
+    struct sl_event *spliced = sl_event_with_payload(e, 1, fill_from, &j);
+    CHECK(spliced != NULL && spliced->track == e->track);
+    CHECK_EQ(e->track->holders, 4);
+    sl_event_unref(spliced);
+  }
   sl_event_unref(e);
   sl_event_unref(changed);
   CHECK_EQ(ended, 0);
