@@ -218,6 +218,12 @@ static int ev_newindex(lua_State *L) {
     set_ref(L, b->ref_headers, 3);
     b->evflags |= EV_HEADERS;
   } else if (strcmp(k, "payload") == 0) {
+    if (b->proot != NULL && !(b->evflags & EV_PAYLOAD_SET)) {
+      /* the root leaves ref_payload: it keeps its tree (whose parts the
+       * rule may still hold) alive for the event from ref_proot */
+      push_ref(L, b->ref_payload);
+      lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);
+    }
     b->evflags |= EV_PAYLOAD_SET;
     if (lua_isnil(L, 3)) {
       b->evflags |= EV_PAYLOAD | EV_PAYLOAD_NIL;

@@ -1414,8 +1414,8 @@ void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
   b->proot = new_node(L, 0, (uint32_t)(q - p), &it, NULL);
   if (b->pwlog != NULL)
     ((struct wlog *)b->pwlog)->n = 0;
-  lua_pushvalue(L, -1); /* the root keeps its tree alive for the event */
-  lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);
+  /* the root keeps its tree alive for the event from ref_payload, where
+   * the caller puts it, or from ref_proot once ev.payload is set (ev.c) */
 }
 
 const char *sl_proxy_kind(lua_State *L, int idx, int kidx) {

@@ -568,8 +568,10 @@ static void clear_event(struct box *b) {
   if (b->evflags & EV_PAYLOAD) {
     lua_pushboolean(L, 0);
     lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_payload);
-    lua_pushboolean(L, 0);
-    lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);
+    if (b->evflags & EV_PAYLOAD_SET) { /* only then is the root there */
+      lua_pushboolean(L, 0);
+      lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);
+    }
     b->proot = NULL;
   }
   b->evflags = 0;
