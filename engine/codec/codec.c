@@ -975,6 +975,22 @@ size_t sl_codec_pack_maphdr(uint8_t *d, uint32_t n) {
   return (size_t)(f.d - d);
 }
 
+FLAT
+size_t sl_codec_pack_uint(uint8_t *d, uint64_t v) {
+  struct fill f = {d};
+  msgpack_packer pk = {&f, on_fill};
+  msgpack_pack_uint64(&pk, v);
+  return (size_t)(f.d - d);
+}
+
+FLAT
+size_t sl_codec_pack_double(uint8_t *d, double v) {
+  struct fill f = {d};
+  msgpack_packer pk = {&f, on_fill};
+  msgpack_pack_double(&pk, v);
+  return (size_t)(f.d - d);
+}
+
 /* Each writer below: room for the value at its largest, then the packer
  * over that room, then the buffer's length set past what it wrote. */
 #define PACK(b, max, call)                          \

@@ -139,6 +139,8 @@ int sl_codec_read_array(const uint8_t *p, size_t len, uint32_t *count,
 size_t sl_codec_pack_int(uint8_t *d, int64_t v);
 size_t sl_codec_pack_strhdr(uint8_t *d, size_t n);
 size_t sl_codec_pack_maphdr(uint8_t *d, uint32_t n);
+size_t sl_codec_pack_uint(uint8_t *d, uint64_t v);
+size_t sl_codec_pack_double(uint8_t *d, double v);
 
 /* msgpack writers (smallest encoding). Return 0 or SL_ENOMEM. */
 int sl_codec_put_nil(struct sl_buf *b);

@@ -276,7 +276,8 @@ static struct sl_event *build(struct sl_idgen *g, struct sl_str id,
                               int has_time, int64_t time,
                               const uint8_t *headers, size_t headers_len,
                               const uint8_t *payload, size_t payload_len,
-                              int trace, int64_t now, uint64_t mono) {
+                              int trace, int64_t now, uint64_t mono,
+                              sl_event_fill_fn fill, void *ctx) {
   char tp[55];
   const uint8_t *tpval = NULL;
   size_t tplen = 0, bound, hhdr = 0;
@@ -321,7 +322,7 @@ static struct sl_event *build(struct sl_idgen *g, struct sl_str id,
     bound += 4 + 5 + key.len, fields++;
   if (headers || add_tp)
     bound += 8 + 5 + headers_len + 14 + 55, fields++;
-  if (payload)
+  if (payload || fill)
     bound += 8 + payload_len, fields++;
   ev = ev_alloc(bound);
   if (ev == NULL)
@@ -366,11 +367,11 @@ static struct sl_event *build(struct sl_idgen *g, struct sl_str id,
     ev->headers_count = hcount + (uint32_t)add_tp;
   }
   ev->payload_off = ev->payload_len = 0;
-  if (payload) {
+  if (payload || fill) {
     d = put(d, "\xa7" "payload", 8);
     ev->payload_off = (uint32_t)(d - ev->data);
-    ev->payload_len = (uint32_t)payload_len;
-    d = put(d, payload, payload_len);
+    d = fill ? d + fill(ctx, d) : put(d, payload, payload_len);
+    ev->payload_len = (uint32_t)(d - ev->data) - ev->payload_off;
   }
   ev->len = (uint32_t)(d - ev->data);
   assert(ev->len <= bound);
@@ -399,7 +400,16 @@ struct sl_event *sl_event_new(struct sl_idgen *g, struct sl_str id,
                               int trace) {
   return build(g, id, topic, key, has_time, time, headers, headers_len,
                payload, payload_len, trace, has_time ? 0 : sl_now_ns(),
-               sl_mono_ns());
+               sl_mono_ns(), NULL, NULL);
+}
+
+struct sl_event *sl_event_new_fill(struct sl_idgen *g, struct sl_str id,
+                                   struct sl_str topic, struct sl_str key,
+                                   int64_t time, const uint8_t *headers,
+                                   size_t headers_len, size_t payload_max,
+                                   sl_event_fill_fn fill, void *ctx) {
+  return build(g, id, topic, key, 1, time, headers, headers_len, NULL,
+               payload_max, 0, 0, 0, fill, ctx);
 }
 
 struct sl_event *sl_event_from_view(struct sl_idgen *g,
@@ -414,7 +424,44 @@ struct sl_event *sl_event_from_view_at(struct sl_idgen *g,
                                        int trace, int64_t now,
                                        uint64_t mono) {
   return build(g, v->id, v->topic, v->key, v->has_time, v->time, v->headers,
-               v->headers_len, v->payload, v->payload_len, trace, now, mono);
+               v->headers_len, v->payload, v->payload_len, trace, now, mono,
+               NULL, NULL);
+}
+
+struct sl_event *sl_event_with_payload(const struct sl_event *ev,
+                                       size_t payload_max,
+                                       sl_event_fill_fn fill, void *ctx) {
+  struct sl_event *nev;
+  size_t n;
+
+  if (ev->payload_len == 0 || ev->payload_off + ev->payload_len != ev->len) {
+    struct sl_idgen unused; /* the id is kept: none is made */
+    memset(&unused, 0, sizeof(unused));
+    nev = sl_event_new_fill(&unused, sl_event_id(ev), sl_event_topic(ev),
+                            sl_event_key(ev), ev->time,
+                            ev->headers_len ? ev->data + ev->headers_off
+                                            : NULL,
+                            ev->headers_len, payload_max, fill, ctx);
+  } else { /* canonical, the payload last: all before it stays */
+    nev = ev_alloc(ev->payload_off + payload_max);
+    if (nev != NULL) {
+      uint32_t block = nev->block;
+      memcpy(nev, ev, sizeof(*ev) + ev->payload_off);
+      nev->block = block;
+      n = fill(ctx, nev->data + ev->payload_off);
+      assert(n <= payload_max);
+      nev->payload_len = (uint32_t)n;
+      nev->len = ev->payload_off + (uint32_t)n;
+      nev->refs = 1;
+      nev->track = NULL;
+    }
+  }
+  if (nev != NULL) {
+    nev->ingest_ns = ev->ingest_ns;
+    nev->schema_version = ev->schema_version;
+    sl_event_share_track(ev, nev);
+  }
+  return nev;
 }
 
 struct sl_event *sl_event_with_header(const struct sl_event *ev,

@@ -60,6 +60,28 @@ struct sl_event *sl_event_new(struct sl_idgen *g, struct sl_str id,
                               const uint8_t *payload, size_t payload_len,
                               int trace);
 
+/* Writes an event's payload in place at dst and returns its length. */
+typedef size_t (*sl_event_fill_fn)(void *ctx, uint8_t *dst);
+
+/* sl_event_new for a payload written straight into the event's block by
+ * fill (at most payload_max bytes), so a changed payload is not built
+ * elsewhere and copied: time is given, no trace context is added, no
+ * clock is read (ingest_ns is 0: the caller sets it). NULL on ENOMEM. */
+struct sl_event *sl_event_new_fill(struct sl_idgen *g, struct sl_str id,
+                                   struct sl_str topic, struct sl_str key,
+                                   int64_t time, const uint8_t *headers,
+                                   size_t headers_len, size_t payload_max,
+                                   sl_event_fill_fn fill, void *ctx);
+
+/* A copy of ev (its id, topic, key, time and headers, ingest_ns, schema
+ * version and track) whose payload fill writes in place (at most
+ * payload_max bytes): a rule's change to the payload alone, built in one
+ * block with the bytes before the payload copied as they are. NULL on
+ * ENOMEM. */
+struct sl_event *sl_event_with_payload(const struct sl_event *ev,
+                                       size_t payload_max,
+                                       sl_event_fill_fn fill, void *ctx);
+
 /* Build an event from a parsed wire view; see sl_event_new. */
 struct sl_event *sl_event_from_view(struct sl_idgen *g,
                                     const struct sl_event_view *v, int trace);

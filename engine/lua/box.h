@@ -118,9 +118,11 @@ struct box {
   int ref_handler, ref_event, ref_on_event, ref_module, ref_snapshot,
       ref_restore, ref_topic, ref_key, ref_headers, ref_payload, ref_drop,
       ref_tmp, ref_proot, ref_on_stop;
+  int ref_finish; /* finish() as a function value: none made per call */
   uint32_t pgen; /* counts on_event calls: payload proxies of older ones
                     are stale (proxy.c) */
   void *proot;   /* the payload's root proxy in this call, or NULL */
+  void *pwlog;   /* proxy.c's write log of that root (in the state) */
   int last_line; /* of the file, for contract errors */
   int ret_type;  /* what the chunk returned */
   int cdepth;    /* nesting of C functions that call back into Lua */
@@ -247,6 +249,7 @@ struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
 int child_traceparent(struct sl_rule *r, const struct sl_event *ev,
                       char out[55]);
 int finish(lua_State *L);
+int finish_log(struct box *b);
 int read_only(struct box *b);
 
 #pragma GCC visibility pop

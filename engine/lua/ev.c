@@ -218,6 +218,12 @@ static int ev_newindex(lua_State *L) {
     set_ref(L, b->ref_headers, 3);
     b->evflags |= EV_HEADERS;
   } else if (strcmp(k, "payload") == 0) {
+    if (b->proot != NULL && !(b->evflags & EV_PAYLOAD_SET)) {
+      /* the root leaves ref_payload: it keeps its tree (whose parts the
+       * rule may still hold) alive for the event from ref_proot */
+      push_ref(L, b->ref_payload);
+      lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);
+    }
     b->evflags |= EV_PAYLOAD_SET;
     if (lua_isnil(L, 3)) {
       b->evflags |= EV_PAYLOAD | EV_PAYLOAD_NIL;
@@ -353,23 +359,33 @@ void encode_headers(lua_State *L, int idx, struct sl_buf *out,
   sl_codec_patch_header(out, at, 1, (uint32_t)(count + (uint64_t)add_tp));
 }
 
+/* How much of a built event build_checked parses again. */
+enum {
+  CHECK_ALL,     /* every field: parts a rule handed over as they are */
+  CHECK_PAYLOAD, /* the envelope is made of checked parts (finish: topic
+                    and key strings, headers as they came or encoded as
+                    str -> str): only a new payload is measured */
+  CHECK_NONE     /* ... and the payload is the one that came in */
+};
+
 /* Build an event, then prove the wire takes it: at most max_event_bytes
  * and parseable as the native input parses (an event the receiver
- * refuses would be resent forever and wedge a sluice -> sluice link).
- * kept_payload: pp are the bytes of an event that came in (the payload
- * goes last and stands as it was: not walked again). Raises naming what;
- * returns the event otherwise. */
+ * refuses would be resent forever and wedge a sluice -> sluice link);
+ * check says how much of it may be taken as proven already. Raises naming
+ * what; returns the event otherwise. */
 static struct sl_event *build_checked(lua_State *L, struct sl_rule *r,
                                       const char *what, struct sl_str id,
                                       struct sl_str topic, struct sl_str key,
                                       int has_time, int64_t time,
                                       const uint8_t *hp, size_t hl,
                                       const uint8_t *pp, size_t pl, int trace,
-                                      int kept_payload) {
+                                      int check) {
   struct sl_codec_error cerr;
   struct sl_event_view v;
   struct sl_event *ev;
   char msg[300];
+  size_t used = 0;
+  int rc = 0;
 
   if ((uint64_t)id.len + topic.len + key.len + hl + pl > r->max_event_bytes)
     luaL_error(L, "%s: event is larger than max_event_bytes (%d bytes)", what,
@@ -383,12 +399,15 @@ static struct sl_event *build_checked(lua_State *L, struct sl_rule *r,
     snprintf(msg, sizeof(msg), "%s: event of %u bytes is larger than "
              "max_event_bytes (%u bytes)", what, (unsigned)ev->len,
              (unsigned)r->max_event_bytes);
-  else if ((kept_payload ? sl_codec_parse_measured(ev->data, ev->len, &v,
-                                                    &cerr)
-                          : sl_codec_parse_event(ev->data, ev->len, &v,
-                                                 &cerr)) != 0)
+  else if (check == CHECK_ALL &&
+           sl_codec_parse_event(ev->data, ev->len, &v, &cerr) != 0)
     snprintf(msg, sizeof(msg), "%s: the event is not valid on the wire: %s",
              what, cerr.msg);
+  else if (check == CHECK_PAYLOAD && pp != NULL &&
+           ((rc = sl_codec_skip(pp, pl, pl, &used, &cerr)) != 0 || used != pl))
+    snprintf(msg, sizeof(msg), "%s: the event is not valid on the wire: "
+             "payload: %s", what, rc == 0 ? "trailing bytes"
+                                   : rc == SL_EPROTO ? cerr.msg : "truncated");
   if (msg[0]) {
     sl_event_unref(ev); /* before raising: nothing else frees it */
     luaL_error(L, "%s", msg);
@@ -403,7 +422,7 @@ struct sl_event *wire_event(lua_State *L, struct sl_rule *r,
                             const uint8_t *hp, size_t hl,
                             const uint8_t *pp, size_t pl, int trace) {
   return build_checked(L, r, what, id, topic, key, has_time, time, hp, hl,
-                       pp, pl, trace, 0);
+                       pp, pl, trace, CHECK_ALL);
 }
 
 /* A traceparent for an event emitted while ev is being handled: same
@@ -475,6 +494,41 @@ static int finish_payload(lua_State *L, struct box *b, const uint8_t **pp,
   }
   *pp = r->buf2.data;
   *pl = r->buf2.len;
+  return 1;
+}
+
+/* After on_event, before finish: when the payload changed by the root's
+ * write log alone (top-level scalars set, nothing else touched: the rule
+ * operators write first), build the changed event in one block with the
+ * splice written in place: no Lua call, no buffer, no parse (the
+ * envelope's parts are the event's own, the payload's runs came checked
+ * and the rest is encoded here). 1: done, b->changed is the event or NULL
+ * when the bytes came out as they were; 0: finish must run (also for any
+ * error, which it then reports as it always did). */
+int finish_log(struct box *b) {
+  struct sl_rule *r = b->rule;
+  struct sl_event *ev = b->ev, *nev;
+  long n;
+
+  if (b->evflags != EV_PAYLOAD || (n = sl_proxy_log_plan(b)) < 0)
+    return 0;
+  b->changed = NULL;
+  if (n == 0)
+    return 1;
+  if ((uint64_t)ev->len - ev->payload_len + (uint64_t)n > r->max_event_bytes)
+    return 0;
+  nev = sl_event_with_payload(ev, (size_t)n, sl_proxy_log_fill, b);
+  if (nev == NULL || nev->len > r->max_event_bytes) {
+    sl_event_unref(nev);
+    return 0;
+  }
+  if (nev->payload_len == ev->payload_len &&
+      memcmp(nev->data + nev->payload_off, ev->data + ev->payload_off,
+             ev->payload_len) == 0) {
+    sl_event_unref(nev); /* a NaN put over the same NaN */
+    return 1;
+  }
+  b->changed = nev;
   return 1;
 }
 
@@ -555,7 +609,8 @@ int finish(lua_State *L) {
     return 0;
   nev = build_checked(L, r, "the changed event", id, topic, key, 1, ev->time,
                       hp, hl, pp, pl, 0,
-                      pp != NULL && pp == ev->data + ev->payload_off);
+                      pp == NULL || pp == ev->data + ev->payload_off
+                          ? CHECK_NONE : CHECK_PAYLOAD);
   nev->ingest_ns = ev->ingest_ns;
   nev->schema_version = ev->schema_version; /* the next rule reads it too */
   sl_event_share_track(ev, nev);

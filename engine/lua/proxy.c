@@ -86,7 +86,7 @@ static void rd(struct walk *w, const uint8_t **pp, struct sl_codec_item *it) {
 /* The length of the value at p (< end) when its first byte tells it and
  * it holds nothing (fixint, fixstr, nil, bool, fixed-width numbers), else
  * 0: most payload values, stepped over without decoding. */
-static size_t flat_len(const uint8_t *p, const uint8_t *end) {
+static inline size_t flat_len(const uint8_t *p, const uint8_t *end) {
   static const uint8_t width[] = {4, 8, 1, 2, 4, 8, 1, 2, 4, 8}; /* ca-d3 */
   uint8_t c = *p;
   size_t n;
@@ -130,8 +130,11 @@ static void skip_rest(struct walk *w, const uint8_t **pp, int depth) {
 
 /* Read a map key at *pp and step past all of it: a container key (which
  * Lua cannot hold) has elements after its header. */
-static void rd_key(struct walk *w, const uint8_t **pp, struct sl_codec_item *it,
-                   int depth) {
+static void rd_key_rest(struct walk *w, const uint8_t **pp,
+                        struct sl_codec_item *it, int depth);
+
+static inline void rd_key(struct walk *w, const uint8_t **pp,
+                          struct sl_codec_item *it, int depth) {
   const uint8_t *p = *pp;
   if (p < w->end && (*p & 0xe0) == 0xa0 &&
       (size_t)(*p & 0x1f) < (size_t)(w->end - p)) { /* a fixstr: most keys */
@@ -141,6 +144,12 @@ static void rd_key(struct walk *w, const uint8_t **pp, struct sl_codec_item *it,
     *pp = p + 1 + it->n;
     return;
   }
+  rd_key_rest(w, pp, it, depth);
+}
+
+static void rd_key_rest(struct walk *w, const uint8_t **pp,
+                        struct sl_codec_item *it, int depth) {
+  const uint8_t *p = *pp;
   rd(w, &p, it);
   if (it->t == SL_MP_ARR || it->t == SL_MP_MAP) {
     p = *pp;
@@ -181,6 +190,20 @@ struct lkey {
   double d;
 };
 
+/* lkey_of for a value whose Lua type t is known. */
+static inline void lkey_of_t(lua_State *L, int k, int t, struct lkey *lk) {
+  lk->t = t;
+  if (t == LUA_TSTRING) {
+    lk->s = lua_tolstring(L, k, &lk->n);
+    lk->d = 0;
+  } else {
+    lk->s = NULL;
+    lk->d = t == LUA_TNUMBER    ? lua_tonumber(L, k)
+            : t == LUA_TBOOLEAN ? lua_toboolean(L, k)
+                                : 0;
+  }
+}
+
 static void lkey_of(lua_State *L, int k, struct lkey *lk) {
   lk->t = lua_type(L, k);
   lk->s = lk->t == LUA_TSTRING ? lua_tolstring(L, k, &lk->n) : NULL;
@@ -215,6 +238,116 @@ static int key_is(lua_State *L, int k, const struct sl_codec_item *it) {
 
 #define FEW 8 /* see struct plan */
 
+/* The root's write log: what a rule most often does to ev.payload (set a
+ * few top-level fields to strings, numbers, booleans or nil), recorded in
+ * C without the env table and its spare, and spliced without walking Lua
+ * tables. Only the running event's root map uses it (b->proot), and only
+ * while no env table holds writes of its own: the first operation that
+ * needs the env (a write of a table, a ninth key, iterating the added
+ * keys, the general splice) moves the log into it (spill), so the log is
+ * always the newer of the two. Strings stay alive in the anchor table
+ * (slots 2j+1 and 2j+2 of entry j), so their bytes can be kept here. */
+struct wentry {
+  struct lkey key, val; /* val.t LUA_TNIL: deleted */
+};
+
+struct wlog {
+  int n;
+  int ref_anchor;
+  int ref_mt; /* the proxies' metatable: a ref is found faster than mt_key */
+  struct wentry e[FEW];
+  /* sl_proxy_log_plan's findings for sl_proxy_log_fill: entry j's first
+   * pair in the bytes (offsets of its key, value and end; k0 0: none),
+   * whether its value stays; the new count of pairs */
+  uint32_t k0[FEW], v0[FEW], v1[FEW];
+  uint8_t same[FEW];
+  uint32_t count;
+};
+
+static struct wlog *wlog_of(lua_State *L, const struct pnode *nd) {
+  struct box *b = box_of(L);
+  struct wlog *wl = b->pwlog;
+  return wl != NULL && wl->n > 0 && b->proot == nd ? wl : NULL;
+}
+
+/* The entry of the Lua key lk, or -1. */
+static int wlog_find(const struct wlog *wl, const struct lkey *lk) {
+  int j;
+  for (j = 0; j < wl->n; j++)
+    if (wl->e[j].key.t == lk->t &&
+        (lk->t == LUA_TSTRING
+             ? wl->e[j].key.n == lk->n &&
+                   memcmp(wl->e[j].key.s, lk->s, lk->n) == 0
+             : wl->e[j].key.d == lk->d))
+      return j;
+  return -1;
+}
+
+/* Push the value of entry j (nil when deleted). */
+static void wlog_push(lua_State *L, const struct wlog *wl, int j) {
+  const struct lkey *v = &wl->e[j].val;
+  switch (v->t) {
+  case LUA_TSTRING:
+    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
+    lua_rawgeti(L, -1, 2 * j + 2);
+    lua_remove(L, -2);
+    return;
+  case LUA_TNUMBER: lua_pushnumber(L, v->d); return;
+  case LUA_TBOOLEAN: lua_pushboolean(L, v->d != 0); return;
+  default: lua_pushnil(L); return;
+  }
+}
+
+/* Record p[k] = v (stack indexes 2 and 3 of __newindex) for the root map
+ * nd when the log can hold it: returns 1, else 0 (nothing done). */
+static int wlog_put(lua_State *L, struct pnode *nd) {
+  struct box *b = box_of(L);
+  struct wlog *wl = b->pwlog;
+  struct lkey lk;
+  int vt = lua_type(L, 3), j;
+
+  if (wl == NULL || b->proot != nd || nd->has_env ||
+      (vt != LUA_TNIL && vt != LUA_TSTRING && vt != LUA_TNUMBER &&
+       vt != LUA_TBOOLEAN))
+    return 0;
+  lkey_of_t(L, 2, lua_type(L, 2), &lk);
+  j = wlog_find(wl, &lk);
+  if (j < 0) {
+    if (wl->n == FEW)
+      return 0;
+    j = wl->n;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
+    lua_pushvalue(L, 2);
+    lua_rawseti(L, -2, 2 * j + 1);
+    wl->e[j].key = lk; /* its bytes: those of the anchored string */
+    wl->n++;
+  } else {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
+  }
+  lua_pushvalue(L, 3);
+  lua_rawseti(L, -2, 2 * j + 2);
+  lua_pop(L, 1);
+  lkey_of_t(L, 3, vt, &wl->e[j].val);
+  return 1;
+}
+
+/* Move the log into the env table on top (the root's E_WRITES). */
+static void wlog_spill(lua_State *L, struct wlog *wl) {
+  int j, t = lua_gettop(L);
+
+  for (j = 0; j < wl->n; j++) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
+    lua_rawgeti(L, -1, 2 * j + 1);
+    if (wl->e[j].val.t == LUA_TNIL)
+      lua_pushlightuserdata(L, (void *)&deleted_key);
+    else
+      wlog_push(L, wl, j);
+    lua_rawset(L, t);
+    lua_settop(L, t);
+  }
+  wl->n = 0;
+}
+
 /* Push the env table an earlier event's root had, emptied, and return 1;
  * or 0 (nothing pushed) when there is none or it held more than FEW
  * entries (then a fresh one is cheaper than emptying it). Only the root
@@ -244,8 +377,11 @@ static int take_spare(lua_State *L) {
   return 1;
 }
 
-/* Push the env table of the node at idx (absolute), made when missing. */
+/* Push the env table of the node at idx (absolute), made when missing;
+ * the root's write log moves into it. */
 static void push_env(lua_State *L, int idx, struct pnode *nd) {
+  struct wlog *wl = wlog_of(L, nd);
+
   if (!nd->has_env) {
     if (nd->parent != NULL || !take_spare(L)) {
       lua_createtable(L, 0, 2);
@@ -261,6 +397,8 @@ static void push_env(lua_State *L, int idx, struct pnode *nd) {
   } else {
     lua_getfenv(L, idx);
   }
+  if (wl != NULL)
+    wlog_spill(L, wl);
 }
 
 /* Push a table of the node at idx (absolute): E_WRITES is the env table
@@ -269,7 +407,7 @@ static void push_env(lua_State *L, int idx, struct pnode *nd) {
  * whether a table was pushed. */
 static int push_slot(lua_State *L, int idx, struct pnode *nd, int slot,
                      int make) {
-  if (!nd->has_env && !make) {
+  if (!nd->has_env && !make && wlog_of(L, nd) == NULL) {
     lua_pushnil(L);
     return 0;
   }
@@ -336,7 +474,16 @@ static void build_index(struct walk *w, int idx, struct pnode *nd) {
 
 /* The offset of the value the node holds in its bytes under the Lua key
  * at k (absolute), or 0 when none (0 is the root's header, no value). */
+static uint32_t find_lk(struct walk *w, int idx, struct pnode *nd, int k,
+                        const struct lkey *known);
+
 static uint32_t find(struct walk *w, int idx, struct pnode *nd, int k) {
+  return find_lk(w, idx, nd, k, NULL);
+}
+
+/* find, with the key at k read already into known (NULL: not yet). */
+static uint32_t find_lk(struct walk *w, int idx, struct pnode *nd, int k,
+                        const struct lkey *known) {
   lua_State *L = w->L;
   const uint8_t *p = w->base + nd->body;
   struct sl_codec_item key;
@@ -369,11 +516,16 @@ static uint32_t find(struct walk *w, int idx, struct pnode *nd, int k) {
       skip(w, &p, nd->depth + 1);
     return (uint32_t)(p - w->base);
   }
-  lkey_of(L, k, &lk);
+  if (known == NULL) {
+    lkey_of(L, k, &lk);
+    known = &lk;
+  }
   for (i = 0; i < nd->n; i++) {
     tick(w);
     rd_key(w, &p, &key, nd->depth + 1);
-    if (lkey_is(&lk, &key))
+    if (known->t == LUA_TSTRING && key.t == SL_MP_STR ? /* the usual case */
+        key.n == known->n && memcmp(key.s, known->s, known->n) == 0
+        : lkey_is(known, &key))
       return (uint32_t)(p - w->base);
     skip(w, &p, nd->depth + 1);
   }
@@ -385,8 +537,9 @@ static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
                               const struct sl_codec_item *it,
                               struct pnode *parent) {
   struct pnode *nd = lua_newuserdata(L, sizeof(*nd));
+  struct box *b = box_of(L);
 
-  nd->gen = box_of(L)->pgen;
+  nd->gen = b->pgen;
   nd->off = off;
   nd->body = body;
   nd->n = nd->len = it->n;
@@ -396,8 +549,12 @@ static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
   nd->scans = nd->indexed = 0;
   nd->depth = parent ? (uint8_t)(parent->depth + 1) : 0;
   nd->parent = parent;
-  lua_pushlightuserdata(L, (void *)&mt_key);
-  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (b->pwlog != NULL) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ((struct wlog *)b->pwlog)->ref_mt);
+  } else {
+    lua_pushlightuserdata(L, (void *)&mt_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+  }
   lua_setmetatable(L, -2);
   return nd;
 }
@@ -455,7 +612,26 @@ static int is_deleted(lua_State *L, int idx) {
 
 /* If the rule wrote the key at k, push what it wrote (nil when it deleted
  * it) and return 1. */
+static int written_env(lua_State *L, int idx, struct pnode *nd, int k);
+
 static int written(lua_State *L, int idx, struct pnode *nd, int k) {
+  struct wlog *wl = wlog_of(L, nd);
+
+  if (wl != NULL) {
+    struct lkey lk;
+    int j;
+    lkey_of(L, k, &lk);
+    j = wlog_find(wl, &lk);
+    if (j >= 0) {
+      wlog_push(L, wl, j);
+      return 1;
+    }
+  }
+  return nd->has_env && written_env(L, idx, nd, k);
+}
+
+/* written, for what the env table holds. */
+static int written_env(lua_State *L, int idx, struct pnode *nd, int k) {
   if (!push_slot(L, idx, nd, E_WRITES, 0)) {
     lua_pop(L, 1);
     return 0;
@@ -476,11 +652,22 @@ static int written(lua_State *L, int idx, struct pnode *nd, int k) {
 
 /* Push p[k] for the node at idx and the key at k (both absolute). */
 static void get(struct walk *w, int idx, struct pnode *nd, int k) {
+  struct wlog *wl;
+  struct lkey lk;
   uint32_t vo;
+  int j, known = 0;
 
-  if (nd->has_env && written(w->L, idx, nd, k))
+  if (nd->dirty && (wl = wlog_of(w->L, nd)) != NULL) {
+    lkey_of(w->L, k, &lk); /* read once for the log and the bytes */
+    known = 1;
+    if ((j = wlog_find(wl, &lk)) >= 0) {
+      wlog_push(w->L, wl, j);
+      return;
+    }
+  }
+  if (nd->has_env && written_env(w->L, idx, nd, k))
     return;
-  vo = find(w, idx, nd, k);
+  vo = find_lk(w, idx, nd, k, known ? &lk : NULL);
   if (vo == 0)
     lua_pushnil(w->L);
   else
@@ -539,6 +726,11 @@ static int p_newindex(lua_State *L) {
     if (t == LUA_TNUMBER && isnan(lua_tonumber(L, 2)))
       return luaL_error(L, "ev.payload: a map key cannot be NaN");
   } else if (!array_check(L, nd)) {
+    return 0;
+  }
+  if (nd->is_map && wlog_put(L, nd)) {
+    for (q = nd; q && !q->dirty; q = q->parent)
+      q->dirty = 1;
     return 0;
   }
   push_slot(L, 1, nd, E_WRITES, 1);
@@ -681,7 +873,7 @@ static int p_next(lua_State *L) {
   top = 2;
   if (lua_isnil(L, 2))
     return step(&w, 1, nd, &it, 0) ? 2 : 0;
-  if (nd->is_map && nd->has_env && find(&w, 1, nd, 2) == 0) {
+  if (nd->is_map && (nd->has_env || nd->dirty) && find(&w, 1, nd, 2) == 0) {
     it.j = nd->n + 1; /* an added key: the rest follow it */
     return step(&w, 1, nd, &it, 2) ? 2 : 0;
   }
@@ -1006,6 +1198,77 @@ static uint32_t write_map(struct sctx *s, int idx, struct pnode *nd,
   return count;
 }
 
+/* Write the Lua key or value lk (entry j's, slot 1 key or 2 value of the
+ * anchor) where the original [p, q) was (p NULL: a new entry). */
+static void write_logged(struct sctx *s, const struct wlog *wl, int j,
+                         int slot, const struct lkey *lk, const uint8_t *p,
+                         const uint8_t *q, int depth) {
+  lua_State *L = s->w.L;
+  struct sl_codec_item it;
+  const uint8_t *r = p;
+
+  if (p && sl_codec_read_item(&r, q, &it) == 0 && lkey_is(lk, &it)) {
+    keep(s, p, q); /* the same value: its type stays */
+    return;
+  }
+  flush(s);
+  if (lk->t == LUA_TSTRING) {
+    room(s, lk->n + 5);
+    if (sl_codec_put_str(s->out, lk->s, lk->n) != 0)
+      luaL_error(L, "not enough memory");
+  } else if (lk->t == LUA_TBOOLEAN) {
+    put(s, lk->d != 0 ? "\xc3" : "\xc2", 1);
+  } else { /* a number: as the encoder writes it */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
+    lua_rawgeti(L, -1, 2 * j + slot);
+    write_val(s, lua_gettop(L), NULL, NULL, depth);
+    lua_pop(L, 2);
+  }
+}
+
+/* Pairs of the root map whose changes are all in the log (no env table):
+ * write_map without Lua tables. Returns how many pairs were written. */
+static uint32_t write_map_log(struct sctx *s, struct pnode *nd,
+                              const struct wlog *wl, int depth) {
+  const uint8_t *p = s->w.base + nd->body;
+  uint32_t first[FEW], i, count = 0;
+  int j;
+
+  for (j = 0; j < wl->n; j++)
+    first[j] = 0;
+  for (i = 0; i < nd->n; i++) {
+    const uint8_t *k0 = p, *v0;
+    struct sl_codec_item key;
+    uint32_t vo;
+    rd_key(&s->w, &p, &key, nd->depth + 1);
+    v0 = p;
+    vo = (uint32_t)(v0 - s->w.base);
+    skip(&s->w, &p, nd->depth + 1);
+    count++;
+    for (j = 0; j < wl->n && !lkey_is(&wl->e[j].key, &key); j++)
+      ;
+    if (j == wl->n) {
+      keep(s, k0, p);
+      continue;
+    }
+    if (first[j] == 0) /* pairs come in order: the first is written */
+      first[j] = vo;
+    if (first[j] != vo || wl->e[j].val.t == LUA_TNIL) {
+      count--; /* deleted, or a later pair of a key written once */
+      continue;
+    }
+    keep(s, k0, v0);
+    write_logged(s, wl, j, 2, &wl->e[j].val, v0, p, depth + 1);
+  }
+  for (j = 0; j < wl->n; j++)
+    if (first[j] == 0 && wl->e[j].val.t != LUA_TNIL) { /* added keys */
+      write_logged(s, wl, j, 1, &wl->e[j].key, NULL, NULL, 0);
+      write_logged(s, wl, j, 2, &wl->e[j].val, NULL, NULL, depth + 1);
+      count++;
+    }
+  return count;
+}
+
 /* Elements of a changed array; returns how many were written. */
 static uint32_t write_array(struct sctx *s, int idx, struct pnode *nd,
                             int depth) {
@@ -1073,6 +1336,7 @@ static void write_node(struct sctx *s, int idx, int depth) {
   lua_State *L = s->w.L;
   struct pnode *nd = node_at(L, idx, &s->w);
   const uint8_t *p = s->w.base + nd->off;
+  const struct wlog *wl;
   uint32_t count;
   size_t at;
 
@@ -1088,8 +1352,12 @@ static void write_node(struct sctx *s, int idx, int depth) {
   flush(s);
   at = s->out->len;
   put(s, "\0\0\0\0\0", 5);
-  count = nd->is_map ? write_map(s, idx, nd, depth)
-                     : write_array(s, idx, nd, depth);
+  if (!nd->is_map)
+    count = write_array(s, idx, nd, depth);
+  else if (!nd->has_env && (wl = wlog_of(L, nd)) != NULL)
+    count = write_map_log(s, nd, wl, depth);
+  else
+    count = write_map(s, idx, nd, depth);
   flush(s);
   write_header(s, at, nd, count);
 }
@@ -1144,8 +1412,10 @@ void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
   if (sl_codec_read_item(&q, p + len, &it) != 0 || (it.t != SL_MP_MAP && it.t != SL_MP_ARR))
     luaL_error(L, "ev.payload: not a map or array");
   b->proot = new_node(L, 0, (uint32_t)(q - p), &it, NULL);
-  lua_pushvalue(L, -1); /* the root keeps its tree alive for the event */
-  lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);
+  if (b->pwlog != NULL)
+    ((struct wlog *)b->pwlog)->n = 0;
+  /* the root keeps its tree alive for the event from ref_payload, where
+   * the caller puts it, or from ref_proot once ev.payload is set (ev.c) */
 }
 
 const char *sl_proxy_kind(lua_State *L, int idx, int kidx) {
@@ -1161,7 +1431,7 @@ const char *sl_proxy_kind(lua_State *L, int idx, int kidx) {
   if (kidx == 0)
     return nd->is_map ? "map" : "array";
   vo = find(&w, idx, nd, kidx);
-  if (nd->has_env && written(L, idx, nd, kidx)) {
+  if ((nd->has_env || nd->dirty) && written(L, idx, nd, kidx)) {
     if (vo == 0 || lua_isnil(L, -1) ||
         !same_scalar(L, lua_gettop(L), w.base + vo, w.end))
       return NULL; /* the value stays pushed: plain rules name it */
@@ -1270,6 +1540,22 @@ void sl_proxy_open(lua_State *L, int env) {
   lua_pushliteral(L, "protected");
   lua_setfield(L, -2, "__metatable");
   lua_rawset(L, LUA_REGISTRYINDEX);
+  {
+    struct box *b = box_of(L);
+    struct wlog *wl = lua_newuserdata(L, sizeof(*wl)); /* lives with L */
+    memset(wl, 0, sizeof(*wl));
+    luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_createtable(L, 2 * FEW, 0);
+    for (int j = 1; j <= 2 * FEW; j++) { /* the slots exist: no allocation */
+      lua_pushboolean(L, 0);
+      lua_rawseti(L, -2, j);
+    }
+    wl->ref_anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushlightuserdata(L, (void *)&mt_key);
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    wl->ref_mt = luaL_ref(L, LUA_REGISTRYINDEX);
+    b->pwlog = wl;
+  }
   lua_pushlightuserdata(L, (void *)&buf_key);
   lua_createtable(L, 0, 1);
   lua_pushcfunction(L, buf_gc);
@@ -1407,4 +1693,185 @@ void sl_proxy_open_table(lua_State *L, int env) {
   lua_getfield(L, env, "unpack");
   lua_pushcclosure(L, t_plain, 1);
   lua_setfield(L, env, "unpack");
+}
+
+/* ---- the write log spliced straight into the changed event ----------------
+ * finish's path for the most common change (top-level scalars set on the
+ * root map, nothing else touched): one walk over the root's pairs finds
+ * where the logged keys are, then the new payload is written once, in the
+ * new event's block, as runs of the original bytes and the logged values.
+ * It neither calls Lua nor raises; whatever it does not cover goes the
+ * general way (sl_proxy_write), which also reports every error. */
+
+#define PLAN_MAX 65536 /* payloads walked here without ticking the budget */
+
+/* Encode the logged key or value lk at d (NULL: only measure); its bytes
+ * are the encoder's (luacodec: an integral number in range is an int). */
+static size_t enc_lkey(const struct lkey *lk, uint8_t *d) {
+  uint8_t tmp[9];
+  double v = lk->d;
+  size_t h;
+
+  switch (lk->t) {
+  case LUA_TSTRING:
+    if (lk->n < 32) { /* a fixstr, as the packer writes it */
+      if (d) {
+        *d = (uint8_t)(0xa0 | lk->n);
+        memcpy(d + 1, lk->s, lk->n);
+      }
+      return 1 + lk->n;
+    }
+    h = sl_codec_pack_strhdr(d ? d : tmp, lk->n);
+    if (d)
+      memcpy(d + h, lk->s, lk->n);
+    return h + lk->n;
+  case LUA_TBOOLEAN:
+    if (d)
+      *d = v != 0 ? 0xc3 : 0xc2;
+    return 1;
+  default: /* LUA_TNUMBER */
+    if (v == floor(v) && v >= -9223372036854775808.0 &&
+        v < 18446744073709551616.0 && !(v == 0 && signbit(v)))
+      return v < 0 ? sl_codec_pack_int(d ? d : tmp, (int64_t)v)
+                   : sl_codec_pack_uint(d ? d : tmp, (uint64_t)v);
+    return sl_codec_pack_double(d ? d : tmp, v);
+  }
+}
+
+/* Does entry j's key stand for the map key at *pp? Steps past the key;
+ * -1 for a key this walk leaves to the general path. */
+static int plan_key(const struct wlog *wl, const uint8_t **pp,
+                    const uint8_t *end) {
+  const uint8_t *p = *pp;
+  struct sl_codec_item it;
+  int j;
+
+  if ((*p & 0xe0) == 0xa0 && (size_t)(*p & 0x1f) < (size_t)(end - p)) {
+    size_t n = *p & 0x1f; /* a fixstr: most keys */
+    *pp = p + 1 + n;
+    for (j = 0; j < wl->n; j++)
+      if (wl->e[j].key.t == LUA_TSTRING && wl->e[j].key.n == n &&
+          memcmp(wl->e[j].key.s, p + 1, n) == 0)
+        return j;
+    return wl->n;
+  }
+  if (sl_codec_read_item(pp, end, &it) != 0 || it.t == SL_MP_ARR ||
+      it.t == SL_MP_MAP)
+    return -1; /* a container key: rare, and Lua cannot name it */
+  for (j = 0; j < wl->n && !lkey_is(&wl->e[j].key, &it); j++)
+    ;
+  return j;
+}
+
+long sl_proxy_log_plan(struct box *b) {
+  struct wlog *wl = b->pwlog;
+  struct pnode *nd = b->proot;
+  const uint8_t *base, *p, *end;
+  struct sl_codec_item it;
+  long len;
+  uint32_t i;
+  size_t used;
+  int j, changed = 0;
+
+  if (wl == NULL || nd == NULL || wl->n == 0 || nd->has_env || !nd->is_map ||
+      nd->gen != b->pgen || b->ev == NULL || b->ev->payload_len > PLAN_MAX)
+    return -1;
+  base = b->ev->data + b->ev->payload_off;
+  end = base + b->ev->payload_len;
+  p = base + nd->body;
+  for (j = 0; j < wl->n; j++)
+    wl->k0[j] = 0;
+  for (i = 0; i < nd->n; i++) {
+    const uint8_t *k0 = p;
+    size_t fl;
+    if (p >= end || (j = plan_key(wl, &p, end)) < 0 || p >= end)
+      return -1;
+    if (j < wl->n) {
+      if (wl->k0[j] != 0)
+        return -1; /* a later pair of a written key: the general path */
+      wl->k0[j] = (uint32_t)(k0 - base);
+      wl->v0[j] = (uint32_t)(p - base);
+    }
+    if ((fl = flat_len(p, end)) != 0)
+      p += fl;
+    else if (sl_codec_skip(p, (size_t)(end - p), (size_t)(end - p), &used,
+                           NULL) == 0)
+      p += used;
+    else
+      return -1;
+    if (j < wl->n)
+      wl->v1[j] = (uint32_t)(p - base);
+  }
+  len = (long)(end - base) - (long)nd->body;
+  wl->count = nd->n;
+  for (j = 0; j < wl->n; j++) {
+    const struct wentry *e = &wl->e[j];
+    const uint8_t *q = base + wl->v0[j];
+    wl->same[j] = 0;
+    if (wl->k0[j] == 0) { /* a key added, unless it is a deletion */
+      if (e->val.t != LUA_TNIL) {
+        len += (long)(enc_lkey(&e->key, NULL) + enc_lkey(&e->val, NULL));
+        wl->count++;
+        changed = 1;
+      }
+    } else if (e->val.t == LUA_TNIL) {
+      len -= (long)(wl->v1[j] - wl->k0[j]);
+      wl->count--;
+      changed = 1;
+    } else if (sl_codec_read_item(&q, end, &it) == 0 && lkey_is(&e->val, &it)) {
+      wl->same[j] = 1; /* the same value: its bytes and type stay */
+    } else {
+      len += (long)enc_lkey(&e->val, NULL) - (long)(wl->v1[j] - wl->v0[j]);
+      changed = 1;
+    }
+  }
+  if (!changed)
+    return 0;
+  if (wl->count == nd->n)
+    return len + (long)nd->body;
+  {
+    uint8_t tmp[5];
+    return len + (long)sl_codec_pack_maphdr(tmp, wl->count);
+  }
+}
+
+size_t sl_proxy_log_fill(void *box, uint8_t *dst) {
+  struct box *b = box;
+  const struct wlog *wl = b->pwlog;
+  const struct pnode *nd = b->proot;
+  const uint8_t *base = b->ev->data + b->ev->payload_off;
+  uint32_t pos = nd->body, at;
+  uint8_t *d = dst;
+  int j, next;
+
+  if (wl->count == nd->n) { /* the header as it came */
+    memcpy(d, base, nd->body);
+    d += nd->body;
+  } else {
+    d += sl_codec_pack_maphdr(d, wl->count);
+  }
+  for (;;) { /* the pairs of logged keys, in the order of the bytes */
+    next = -1;
+    for (j = 0; j < wl->n; j++)
+      if (wl->k0[j] >= pos && (next < 0 || wl->k0[j] < wl->k0[next]))
+        next = j;
+    if (next < 0)
+      break;
+    at = wl->same[next] ? wl->v1[next]
+         : wl->e[next].val.t == LUA_TNIL ? wl->k0[next]
+                                         : wl->v0[next];
+    memcpy(d, base + pos, at - pos);
+    d += at - pos;
+    if (!wl->same[next] && wl->e[next].val.t != LUA_TNIL)
+      d += enc_lkey(&wl->e[next].val, d);
+    pos = wl->v1[next];
+  }
+  memcpy(d, base + pos, b->ev->payload_len - pos);
+  d += b->ev->payload_len - pos;
+  for (j = 0; j < wl->n; j++) /* the keys added, in the order set */
+    if (wl->k0[j] == 0 && wl->e[j].val.t != LUA_TNIL) {
+      d += enc_lkey(&wl->e[j].key, d);
+      d += enc_lkey(&wl->e[j].val, d);
+    }
+  return (size_t)(d - dst);
 }

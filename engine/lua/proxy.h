@@ -57,6 +57,16 @@ const char *sl_proxy_kind(lua_State *L, int idx, int kidx);
  * userdata). type(proxy) is "table". */
 void sl_proxy_open(lua_State *L, int env);
 
+/* finish's path for a payload changed by top-level scalar writes alone:
+ * sl_proxy_log_plan walks the root once and returns the new payload's
+ * length, 0 when it stays as it came, or -1 when the general path
+ * (sl_proxy_write) must build it; then sl_proxy_log_fill (an
+ * sl_event_fill_fn, ctx the box) writes exactly that many bytes. Neither
+ * calls Lua nor raises. */
+struct box;
+long sl_proxy_log_plan(struct box *b);
+size_t sl_proxy_log_fill(void *box, uint8_t *dst);
+
 /* Let table.remove and unpack in the table at env take proxies too. After
  * the sandbox's own table library is in place. */
 void sl_proxy_open_table(lua_State *L, int env);

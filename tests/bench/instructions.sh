@@ -26,6 +26,10 @@ rule_of() {
   payload_write) echo 'return { on_event = function(ev)
   if ev.payload.amount > 1000 then ev.payload.priority = "high" end
   return "out" end }' ;;
+  payload_two) echo 'return { on_event = function(ev)
+  if ev.payload.amount > 1000 then ev.payload.priority = "high" end
+  if ev.payload.currency == "EUR" then return "eur" end
+  return "other" end }' ;;
   header) echo 'return { on_event = function(ev)
   ev.headers.seen = "yes"
   return "out" end }' ;;
@@ -35,6 +39,7 @@ rule_of() {
 # Instructions of one engine run over n events.
 run_one() {
   local c=$1 n=$2 d="$dir/$1.$2" port admin rules="" pid i jit=false
+  local outs=out ocfg="" o
   case $c in *_jit) jit=true ;; esac # the same rule with rules.jit on
   mkdir -p "$d/rules"
   port=$(bench_free_port)
@@ -43,11 +48,14 @@ run_one() {
     rule_of "$c" >"$d/rules/10_bench.lua"
     rules="rules = { dir = \"$d/rules\", cpu_budget_ms = 1000, jit = $jit },"
   fi
+  # the two-output case routes by a payload field to eur or other
+  case $c in payload_two*) outs=eur,other ;; esac
+  for o in ${outs//,/ }; do ocfg="$ocfg{ name = \"$o\", type = \"null\" }, "; done
   cat >"$d/conf.lua" <<EOC
 return {
   inputs = { { name = "bench", type = "tcp", listen = "127.0.0.1:$port" } },
-  outputs = { { name = "out", type = "null" } },
-  routes = { { topics = "*", to = "out" } },
+  outputs = { $ocfg},
+  routes = { { topics = "*", to = "${outs%%,*}" } },
   $rules
   admin = { listen = "127.0.0.1:$admin" },
 }
@@ -61,7 +69,7 @@ EOC
     sleep 0.2
   done
   "$LOADGEN" --to "127.0.0.1:$port" --events "$n" --metrics "127.0.0.1:$admin" \
-    --output out --timeout 600 >/dev/null
+    --output "$outs" --timeout 600 >/dev/null
   # valgrind's pid is the engine's: SIGTERM drains and exits
   kill -TERM "$pid"
   wait "$pid" || true
@@ -69,7 +77,7 @@ EOC
 }
 
 printf '%-18s %14s\n' case "instr/event"
-for c in none topic topic_jit payload_read payload_write payload_write_jit header; do
+for c in ${INSTR_CASES:-none topic topic_jit payload_read payload_write payload_write_jit payload_two header}; do
   a=$(run_one "$c" "$SMALL")
   b=$(run_one "$c" "$LARGE")
   awk -v c="$c" -v a="$a" -v b="$b" -v n=$((LARGE - SMALL)) \

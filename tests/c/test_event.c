@@ -209,6 +209,72 @@ TEST(event_builder_writes_the_canonical_writers_bytes) {
   sl_buf_close(&h);
 }
 
+struct fill_job {
+  const uint8_t *p;
+  size_t n;
+  int calls;
+};
+
+static size_t fill_from(void *ctx, uint8_t *dst) {
+  struct fill_job *j = ctx;
+  j->calls++;
+  memcpy(dst, j->p, j->n);
+  return j->n;
+}
+
+TEST(event_filled_in_place_is_the_event_built_from_its_parts) {
+  struct sl_idgen g;
+  struct sl_event *a, *b;
+  const uint8_t payload[] = {0x82, 0xa1, 'a', 0x01, 0xa1, 'b', 0xc0};
+  const uint8_t headers[] = {0x81, 0xa1, 'h', 0xa1, 'v'};
+  struct fill_job j = {payload, sizeof(payload), 0};
+  sl_idgen_init(&g);
+  a = sl_event_new(&g, S("id1"), S("orders.eu"), S("k1"), 1, 1765000000123456789LL,
+                   headers, sizeof(headers), payload, sizeof(payload), 0);
+  /* room for more than it writes: the length is what fill wrote */
+  b = sl_event_new_fill(&g, S("id1"), S("orders.eu"), S("k1"), 1765000000123456789LL,
+                        headers, sizeof(headers), sizeof(payload) + 40,
+                        fill_from, &j);
+  CHECK(a && b);
+  CHECK_EQ(j.calls, 1);
+  CHECK_EQ(a->len, b->len);
+  CHECK(memcmp(a->data, b->data, a->len) == 0);
+  CHECK_EQ(a->payload_off, b->payload_off);
+  CHECK_EQ(a->payload_len, b->payload_len);
+  CHECK_EQ(a->headers_count, b->headers_count);
+  CHECK_EQ(b->ingest_ns, 0); /* no clock read: the caller sets it */
+  CHECK_EQ(b->refs, 1);
+  sl_event_unref(b);
+  /* a copy of a with another payload: the bytes before it as they were */
+  {
+    const uint8_t other[] = {0x83, 0xa1, 'a', 0x01, 0xa1, 'b', 0xc0,
+                             0xa1, 'z', 0xa3, 'n', 'e', 'w'};
+    struct fill_job j2 = {other, sizeof(other), 0};
+    struct sl_event *c;
+    a->ingest_ns = 42;
+    a->schema_version = 7;
+    b = sl_event_with_payload(a, sizeof(other) + 9, fill_from, &j2);
+    c = sl_event_new(&g, S("id1"), S("orders.eu"), S("k1"), 1,
+                     1765000000123456789LL, headers, sizeof(headers), other,
+                     sizeof(other), 0);
+    CHECK(b && c);
+    CHECK_EQ(j2.calls, 1);
+    CHECK_EQ(b->len, c->len);
+    CHECK(memcmp(b->data, c->data, c->len) == 0);
+    CHECK_EQ(b->payload_len, sizeof(other));
+    CHECK_EQ(b->id_off, c->id_off);
+    CHECK_EQ(b->key_off, c->key_off);
+    CHECK_EQ(b->headers_count, 1);
+    CHECK_EQ(b->ingest_ns, 42);
+    CHECK_EQ(b->schema_version, 7);
+    CHECK_EQ(b->refs, 1);
+    CHECK_EQ(a->refs, 1);
+    sl_event_unref(c);
+    sl_event_unref(b);
+  }
+  sl_event_unref(a);
+}
+
 TEST(event_ids_are_the_prefix_and_counter_in_hex) {
   struct sl_idgen g;
   struct sl_event *e;
@@ -297,6 +363,15 @@ TEST(tracked_event_ends_after_its_derived_copies_and_fails_if_one_fails) {
   CHECK(dl && changed);
   sl_event_share_track(e, changed);
   CHECK_EQ(e->track->holders, 3);
+  {
+    /* ... and so does a changed payload written in place */
+    const uint8_t one[] = {0x01};
+    struct fill_job j = {one, 1, 0};
+    struct sl_event *spliced = sl_event_with_payload(e, 1, fill_from, &j);
+    CHECK(spliced != NULL && spliced->track == e->track);
+    CHECK_EQ(e->track->holders, 4);
+    sl_event_unref(spliced);
+  }
   sl_event_unref(e);
   sl_event_unref(changed);
   CHECK_EQ(ended, 0);

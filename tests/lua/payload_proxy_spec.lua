@@ -242,6 +242,73 @@ describe("writing ev.payload", function()
     end
   end)
 
+  it("writes top-level scalars of any key type in the order set, and reads them back", function()
+    -- strings, numbers, booleans and nil set at the top stay in a log of
+    -- their own until something needs the general path
+    local res = change([[
+      local p = ev.payload
+      p.z = 1 p.y = "s" p[true] = false p[2] = 1.5 p.a = nil p.z = 1
+      assert(p.z == 1 and p.y == "s" and p[true] == false and p[2.0] == 1.5)
+      assert(p.a == nil and p.b == 2 and sluice.kind(p, "a") == "nil")
+    ]], "82 a16101 a16202")
+    assert.equal(tohex(hex("85 a16202 a17a01 a179a173 c3c2 02cb3ff8000000000000")),
+      tohex(res.event.payload_raw))
+  end)
+
+  it("keeps id, topic, key, time and headers as they came when only top-level fields change", function()
+    -- the changed event is built without finish's Lua call: its envelope
+    -- must still be the event's own, byte for byte where it matters
+    local r = s.on_event([[ev.payload.priority = "high" ev.payload.n = 7 return "out"]])
+    local res = run(r, { id = "id-1", topic = "orders", key = "k9", time_ns = "1700000000000000123",
+      headers = { traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", x = "y" },
+      payload_raw = hex("82 a16101 a16202") })
+    assert.equal("route", res.verdict, res.error)
+    assert.is_true(res.changed)
+    assert.equal("id-1", res.event.id)
+    assert.equal("orders", res.event.topic)
+    assert.equal("k9", res.event.key)
+    assert.equal("1700000000000000123", res.event.time_ns)
+    assert.same({ traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", x = "y" },
+      res.event.headers)
+    assert.equal(tohex(hex("84 a16101 a16202 a87072696f72697479a468696768 a16e07")),
+      tohex(res.event.payload_raw))
+    -- a write that puts back what was there changes nothing
+    res = run(s.on_event([[ev.payload.a = 1 ev.payload.zz = nil return "out"]]),
+      { topic = "t", payload_raw = hex("82 a16101 a16202") })
+    assert.is_false(res.changed)
+  end)
+
+  it("keeps logged writes when a table, a ninth key, pairs or next come after them", function()
+    local res = change([[
+      local p = ev.payload
+      p.x = "1" p.b = nil p.t = { 1 } p.x = "2"
+      assert(p.x == "2" and p.b == nil and p.t[1] == 1)
+    ]], "82 a16101 a16202")
+    assert.same({ a = 1, x = "2", t = { 1 } }, T.decode(res.event.payload_raw))
+    res = change([[
+      local p = ev.payload
+      for i = 1, 9 do p["k" .. i] = i end
+      p.k1 = nil
+      assert(p.k9 == 9 and p.k1 == nil)
+    ]], "81 a16101")
+    local want = { a = 1 }
+    for i = 2, 9 do want["k" .. i] = i end
+    assert.same(want, T.decode(res.event.payload_raw))
+    local r = s.on_event([[
+      local p = ev.payload
+      p.new = "n" p.a = 5
+      local k, v = next(p, "new")
+      assert(k == nil, tostring(k))
+      local seen = {}
+      for k, v in pairs(p) do seen[#seen + 1] = k .. "=" .. v end
+      p.later = true
+      return table.concat(seen, ",")
+    ]])
+    res = run(r, { topic = "t", payload_raw = hex("81 a16101") })
+    assert.same({ "a=5,new=n" }, res.routes)
+    assert.same({ a = 5, new = "n", later = true }, T.decode(res.event.payload_raw))
+  end)
+
   it("writes nested fields in place", function()
     local res = change("ev.payload.a.b.c = true", "82 a161 81 a162 81 a163 c2 a17a 93 01 02 03")
     assert.equal(tohex(hex("82 a161 81 a162 81 a163 c3 a17a 93 01 02 03")), tohex(res.event.payload_raw))
