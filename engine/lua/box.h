@@ -144,6 +144,8 @@ struct box {
   int jit;      /* runs compiled, with the profiler interrupt (state.c) */
   volatile int jit_held; /* this state holds the profiler interrupt */
   void *evc; /* ev.c's per-state cache (in the event userdata) */
+  int ev_shown; /* ev.topic reads a table ev.c filled: ev_hide before
+                   rule code runs outside on_event */
 };
 
 struct sl_rule {
@@ -248,6 +250,8 @@ int child_traceparent(struct sl_rule *r, const struct sl_event *ev,
                       char out[55]);
 int finish(lua_State *L);
 int read_only(struct box *b);
+void ev_begin(struct box *b);
+void ev_hide(lua_State *L, struct box *b);
 
 #pragma GCC visibility pop
 

@@ -597,6 +597,7 @@ void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
   b->ev = ev;
   b->evflags = 0;
   b->pgen++;
+  ev_begin(b);
   lua_pushvalue(L, SLOT_ON_EVENT);
   lua_pushvalue(L, SLOT_EVENT);
   st = box_call(b, 1, 1);

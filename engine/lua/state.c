@@ -507,6 +507,8 @@ int box_call(struct box *b, int nargs, int nresults) {
   struct sl_rule *r = b->rule;
   int st;
 
+  if (sl_unlikely(b->ev_shown) && b->ev == NULL)
+    ev_hide(b->L, b); /* a kept event must raise outside on_event */
   r->err_set = 0;
   b->cpu_hit = 0;
   b->oom = 0;
@@ -532,6 +534,8 @@ int box_cpcall(struct box *b, lua_CFunction fn, void *ud) {
   struct sl_rule *r = b->rule;
   int st, keep = b->in_call;
 
+  if (sl_unlikely(b->ev_shown) && b->ev == NULL)
+    ev_hide(b->L, b); /* a kept event must raise outside on_event */
   if (!keep) {
     r->err_set = 0;
     b->cpu_hit = 0;
