@@ -49,7 +49,8 @@
 #define SLOT_HANDLER 1
 #define SLOT_ON_EVENT 2
 #define SLOT_EVENT 3
-#define SLOT_BASE 3
+#define SLOT_ROUTE 4 /* the output name on_event returned last (take_result) */
+#define SLOT_BASE 4
 
 /* What on_event did to the event; the values live in registry slots. */
 enum {
@@ -113,6 +114,7 @@ struct box {
   int in_call;       /* a call into Lua is running */
   int cpu_hit;       /* the hook or a check raised for the deadline */
   int fast_hook;     /* hook count lowered to 1 after the deadline */
+  int counting;      /* no watchdog: the count hook runs between deadlines */
   int oom;           /* the allocator refused during this call */
   char oom_where[256];
   int ref_handler, ref_event, ref_on_event, ref_module, ref_snapshot,
@@ -146,6 +148,9 @@ struct box {
   int jit;      /* runs compiled, with the profiler interrupt (state.c) */
   volatile int jit_held; /* this state holds the profiler interrupt */
   void *evc; /* ev.c's per-state cache (in the event userdata) */
+  const void *route_p; /* the string at SLOT_ROUTE (take_result) */
+  int ev_shown; /* ev.topic reads a table ev.c filled: ev_hide before
+                   rule code runs outside on_event */
 };
 
 struct sl_rule {
@@ -251,6 +256,8 @@ int child_traceparent(struct sl_rule *r, const struct sl_event *ev,
 int finish(lua_State *L);
 int finish_log(struct box *b);
 int read_only(struct box *b);
+void ev_begin(struct box *b);
+void ev_hide(lua_State *L, struct box *b);
 
 #pragma GCC visibility pop
 

@@ -32,9 +32,26 @@ struct ev_cache {
     uint32_t len; /* NIL32: nothing cached */
     char s[TOPIC_CACHE_MAX];
   } topic[TOPIC_CACHE_N];
+  /* ev.topic without a C call (a rule routing on it runs per event): per
+   * cached topic, a metatable for the event whose __index is a table
+   * holding that topic, with ev_index behind it for the other names.
+   * ev_begin gives the event the one of its topic when ev_index showed it
+   * (show_topic), else the base metatable (__index = ev_index); so does
+   * ev_hide when the rule sets ev.topic and before rule code runs outside
+   * on_event, where the event must raise. b->ev_shown: the slot + 1. */
+  int ref_base, ref_ktopic;          /* base metatable, the key "topic" */
+  int ref_mt[TOPIC_CACHE_N];         /* the per-topic metatables */
+  int ref_fields[TOPIC_CACHE_N];     /* and their __index tables */
+  unsigned char shown[TOPIC_CACHE_N]; /* fields' topic is topic[slot]'s */
 };
 
-/* Push the event's topic (not set by the rule). */
+static inline uint32_t topic_slot(const uint8_t *t, uint32_t n) {
+  return ((n * 0x9e3779b1u) ^ t[0] ^ (t[n / 2] * 0x10001u) ^
+          (t[n - 1] * 0x1000193u)) * 0x9e3779b1u >> 28; /* TOPIC_CACHE_N */
+}
+
+/* Push the event's topic (not set by the rule). Returns its cache slot,
+ * -1 when it is not cached. */
 static inline int push_topic(lua_State *L, struct ev_cache *c,
                              const struct sl_event *ev) {
   const uint8_t *t = ev->data + ev->topic_off;
@@ -42,21 +59,75 @@ static inline int push_topic(lua_State *L, struct ev_cache *c,
 
   if (n == 0 || n > TOPIC_CACHE_MAX) {
     lua_pushlstring(L, (const char *)t, n);
-    return 1;
+    return -1;
   }
-  h = ((n * 0x9e3779b1u) ^ t[0] ^ (t[n / 2] * 0x10001u) ^
-       (t[n - 1] * 0x1000193u)) * 0x9e3779b1u >> 28; /* TOPIC_CACHE_N */
+  h = topic_slot(t, n);
   if (c->topic[h].len == n && memcmp(t, c->topic[h].s, n) == 0) {
     lua_pushvalue(L, lua_upvalueindex(TOPIC_UPVALUE + (int)h));
-    return 1;
+    return (int)h;
   }
   c->topic[h].len = NIL32; /* until the upvalue holds it */
+  c->shown[h] = 0;
   lua_pushlstring(L, (const char *)t, n);
   lua_pushvalue(L, -1);
   lua_replace(L, lua_upvalueindex(TOPIC_UPVALUE + (int)h));
   memcpy(c->topic[h].s, t, n);
   c->topic[h].len = n;
-  return 1;
+  return (int)h;
+}
+
+/* Give the event the metatable in registry slot ref. Allocates nothing. */
+static void set_event_mt(lua_State *L, struct box *b, int ref) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, b->ref_event);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
+}
+
+/* ev.topic reaches ev_index again. */
+void ev_hide(lua_State *L, struct box *b) {
+  set_event_mt(L, b, ((struct ev_cache *)b->evc)->ref_base);
+  b->ev_shown = 0;
+}
+
+/* The topic ev_index pushed (on top) in slot h: put it in the slot's
+ * table (its "topic" key exists, so nothing allocates) and index that
+ * for the rest of the call and for later events of the same topic. */
+static void show_topic(lua_State *L, struct box *b, struct ev_cache *c,
+                       int h) {
+  if (h < 0)
+    return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_fields[h]);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_ktopic);
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  c->shown[h] = 1;
+  set_event_mt(L, b, c->ref_mt[h]);
+  b->ev_shown = h + 1;
+}
+
+/* Before on_event runs on b->ev (the event at SLOT_EVENT of b->L). */
+void ev_begin(struct box *b) {
+  struct ev_cache *c = b->evc;
+  const struct sl_event *ev = b->ev;
+  const uint8_t *t = ev->data + ev->topic_off;
+  uint32_t n = ev->topic_len, h;
+
+  if (sl_likely(n - 1 < TOPIC_CACHE_MAX)) {
+    h = topic_slot(t, n);
+    if (c->shown[h] && c->topic[h].len == n &&
+        memcmp(t, c->topic[h].s, n) == 0) {
+      if (b->ev_shown != (int)h + 1) {
+        lua_rawgeti(b->L, LUA_REGISTRYINDEX, c->ref_mt[h]);
+        lua_setmetatable(b->L, SLOT_EVENT);
+        b->ev_shown = (int)h + 1;
+      }
+      return;
+    }
+  }
+  if (b->ev_shown)
+    ev_hide(b->L, b);
 }
 
 /* Push ev.payload: a map or array is a proxy over the bytes (proxy.h),
@@ -96,8 +167,10 @@ static int ev_index(lua_State *L) {
   if (ev == NULL)
     return luaL_error(L, "the event is only valid during on_event");
   kp = lua_topointer(L, 2); /* the hot names, by their interned address */
-  if (kp != NULL && kp == c->k_topic && !(b->evflags & EV_TOPIC))
-    return push_topic(L, c, ev);
+  if (kp != NULL && kp == c->k_topic && !(b->evflags & EV_TOPIC)) {
+    show_topic(L, b, c, push_topic(L, c, ev));
+    return 1;
+  }
   if (kp != NULL && kp == c->k_payload)
     return push_payload(L, b);
   if (lua_type(L, 2) != LUA_TSTRING)
@@ -107,7 +180,7 @@ static int ev_index(lua_State *L) {
     if (b->evflags & EV_TOPIC)
       push_ref(L, b->ref_topic);
     else
-      return push_topic(L, c, ev);
+      show_topic(L, b, c, push_topic(L, c, ev));
   } else if (n == 7 && memcmp(k, "payload", 7) == 0) {
     return push_payload(L, b);
   } else if (n == 7 && memcmp(k, "headers", 7) == 0) {
@@ -201,6 +274,8 @@ static int ev_newindex(lua_State *L) {
                         luaL_typename(L, 3));
     set_ref(L, b->ref_topic, 3);
     b->evflags |= EV_TOPIC;
+    if (b->ev_shown) /* ev.topic reads the rule's now (ev_index) */
+      ev_hide(L, b);
   } else if (strcmp(k, "key") == 0) {
     if (lua_isnil(L, 3)) {
       b->evflags |= EV_KEY | EV_KEY_NIL;
@@ -254,16 +329,29 @@ static int ev_tostring(lua_State *L) {
   return 1;
 }
 
-/* The event: one userdata for the life of the state, in b->ref_event. */
+/* An event metatable (on top) whose __index is the value at idx. */
+static void event_mt(lua_State *L, int idx) {
+  lua_createtable(L, 0, 4);
+  lua_pushvalue(L, idx);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, ev_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushcfunction(L, ev_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushliteral(L, "protected");
+  lua_setfield(L, -2, "__metatable");
+}
+
+/* The event: one userdata for the life of the state, in b->ref_event,
+ * and its metatables (see struct ev_cache). */
 void open_event(lua_State *L, struct box *b) {
   struct ev_cache *c = lua_newuserdata(L, sizeof(*c));
-  int i;
+  int i, ud = lua_gettop(L), index;
 
   memset(c, 0, sizeof(*c));
   for (i = 0; i < TOPIC_CACHE_N; i++)
     c->topic[i].len = NIL32;
   b->evc = c;
-  lua_createtable(L, 0, 4);
   lua_pushcfunction(L, ev_field);
   lua_pushliteral(L, "topic"); /* upvalues keep the names interned */
   c->k_topic = lua_topointer(L, -1);
@@ -272,14 +360,30 @@ void open_event(lua_State *L, struct box *b) {
   for (i = 0; i < TOPIC_CACHE_N; i++) /* the cached topics */
     lua_pushnil(L);
   lua_pushcclosure(L, ev_index, TOPIC_UPVALUE - 1 + TOPIC_CACHE_N);
+  index = lua_gettop(L);
+  lua_pushliteral(L, "topic");
+  c->ref_ktopic = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_createtable(L, 0, 1); /* the fields tables' metatable */
+  lua_pushvalue(L, index);
   lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, ev_newindex);
-  lua_setfield(L, -2, "__newindex");
-  lua_pushcfunction(L, ev_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushliteral(L, "protected");
-  lua_setfield(L, -2, "__metatable");
-  lua_setmetatable(L, -2);
+  for (i = 0; i < TOPIC_CACHE_N; i++) {
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, index + 1);
+    lua_setmetatable(L, -2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_ktopic);
+    lua_pushboolean(L, 0); /* makes the key's slot; later stores reuse it */
+    lua_rawset(L, -3);
+    lua_pushvalue(L, -1);
+    c->ref_fields[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    event_mt(L, lua_gettop(L));
+    c->ref_mt[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+  }
+  event_mt(L, index);
+  lua_pushvalue(L, -1);
+  c->ref_base = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_setmetatable(L, ud);
+  lua_settop(L, ud);
   b->ref_event = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 

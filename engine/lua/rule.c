@@ -240,7 +240,8 @@ static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
   push_ref(L, b->ref_handler);
   lua_pushnil(L);
   push_ref(L, b->ref_event);
-  set_hook(b, HOOK_COUNT);
+  lua_pushboolean(L, 0); /* SLOT_ROUTE */
+  /* no hook: box_call's watchdog, or the count hook without one */
 
   /* the chunk, as text, under the budget */
   lua_pushfstring(L, "@%s", r->path);
@@ -471,9 +472,15 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
   lua_State *L = b->L;
   size_t offs[SL_RULE_MAX_ROUTES], n, i, count;
   const char *s;
+  const void *p;
 
   r->event_deadline = b->deadline; /* for finish() */
   r->event_cpu_ref = b->cpu_ref;
+  /* the very string the last call returned (SLOT_ROUTE keeps it alive,
+   * so no other value has its address): checked then */
+  p = lua_topointer(L, -1);
+  if (sl_likely(p != NULL && p == b->route_p && r->routes_one))
+    goto one;
   switch (lua_type(L, -1)) {
   case LUA_TNIL:
     return;
@@ -481,7 +488,7 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     s = lua_tolstring(L, -1, &n);
     if (r->routes_one && n + 1 == r->routes.len &&
         memcmp(s, r->routes.data, n) == 0)
-      goto one; /* the name the last call returned, checked then */
+      goto same; /* the name the last call returned, checked then */
     r->routes_one = 0;
     if (n == 0 || n > ROUTE_NAME_MAX || memchr(s, 0, n) != NULL)
       break; /* names go on as C strings: "a\0x" would route to a */
@@ -489,6 +496,10 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     if (sl_buf_append(&r->routes, s, n + 1) != 0)
       goto nomem;
     r->routes_one = 1;
+  same:
+    lua_pushvalue(L, -1); /* a slot that exists: no allocation */
+    lua_replace(L, SLOT_ROUTE);
+    b->route_p = lua_topointer(L, -1);
   one:
     d->verdict = SL_RULE_ROUTE;
     d->nroutes = 1;
@@ -643,6 +654,7 @@ void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
   b->ev = ev;
   b->evflags = 0;
   b->pgen++;
+  ev_begin(b);
   lua_pushvalue(L, SLOT_ON_EVENT);
   lua_pushvalue(L, SLOT_EVENT);
   st = box_call(b, 1, 1);

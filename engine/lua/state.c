@@ -87,6 +87,7 @@ uint64_t rule_mono_ns(const struct sl_rule *r) {
 }
 
 static void on_hook(lua_State *L, lua_Debug *ar);
+static void idle_hook(struct box *b);
 
 static void cpu_raise(lua_State *L, struct box *b) {
   char where[256];
@@ -151,6 +152,19 @@ static int budget_spent(struct box *b) {
   return 0;
 }
 
+/* The hook between deadlines. With a watchdog (wd_start), none: under a
+ * count hook the interpreter sends every VM instruction through a hook
+ * check (a dozen machine instructions each, a tenth of a small rule's
+ * call), and the watchdog sets the count-1 hook itself once a deadline
+ * passes. Without one, and with rules.jit, every HOOK_COUNT
+ * instructions. */
+static void idle_hook(struct box *b) {
+  if (b->counting || b->jit)
+    lua_sethook(b->L, on_hook, LUA_MASKCOUNT, HOOK_COUNT);
+  else
+    lua_sethook(b->L, NULL, 0, 0);
+}
+
 static int past_budget(struct box *b) {
   if (!b->in_call || sl_mono_ns() < b->deadline)
     return 0;
@@ -158,7 +172,7 @@ static int past_budget(struct box *b) {
     return 1;
   if (b->fast_hook) { /* the watchdog fired early: back to the slow pace */
     b->fast_hook = 0;
-    lua_sethook(b->L, on_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    idle_hook(b);
   }
   wd_arm(b->deadline);
   return 0;
@@ -306,8 +320,10 @@ int box_jit_on(struct box *b) {
  * instruction can take milliseconds (comparing or concatenating long
  * strings): comparing 16 MiB strings in a loop overran 63x. The timer stays
  * armed across calls while events keep coming, so a call costs a
- * syscall only after an idle spell. Without a timer (creation failed)
- * the hook still works, at its coarser granularity. */
+ * syscall only after an idle spell. With the timer no hook runs before
+ * the deadline (idle_hook); without one (creation failed, or the signal
+ * blocked on this thread) the count hook does, at its coarser
+ * granularity. */
 static _Thread_local struct {
   struct box *volatile running; /* set during box_call/box_cpcall */
   volatile uint64_t armed;      /* expiry of the armed timer, 0: none */
@@ -380,24 +396,41 @@ static void wd_install(void) {
   sigaction(SIGRTMIN + WATCHDOG_SIGNAL, &sa, NULL);
 }
 
+/* No watchdog for this call: the count hook from now on (idle_hook). */
+static void wd_counting(struct box *b) {
+  if (!b->counting) {
+    b->counting = 1;
+    if (!b->fast_hook)
+      set_hook(b, HOOK_COUNT);
+  }
+}
+
 /* Before a call into the rule (deadline and in_call set). */
 static void wd_start(struct box *b) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
 
   if (wd.state == 0) {
     struct sigevent sev;
+    sigset_t mask;
     memset(&sev, 0, sizeof(sev));
     sev.sigev_notify = SIGEV_THREAD_ID;
     sev.sigev_signo = SIGRTMIN + WATCHDOG_SIGNAL;
     sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
     pthread_once(&once, wd_install);
-    wd.state = timer_create(CLOCK_MONOTONIC, &sev, &wd.id) == 0 ? 1 : -1;
+    /* a thread that blocks the signal would never see it: no watchdog
+     * (a thread must not block it later while it runs rules) */
+    if (pthread_sigmask(SIG_BLOCK, NULL, &mask) != 0 ||
+        sigismember(&mask, SIGRTMIN + WATCHDOG_SIGNAL))
+      wd.state = -1;
+    else
+      wd.state = timer_create(CLOCK_MONOTONIC, &sev, &wd.id) == 0 ? 1 : -1;
     if (wd.state == 1 && wd_key_made) /* non-NULL: the destructor runs */
       (void)pthread_setspecific(wd_key, &wd);
   }
   if (wd.state < 0) {
     if (b->jit) /* no watchdog, no interrupt: compiled code is unstoppable */
       jit_off(b);
+    wd_counting(b);
     return;
   }
   atomic_signal_fence(memory_order_seq_cst);
@@ -407,6 +440,11 @@ static void wd_start(struct box *b) {
   if (wd.armed == 0 || wd.armed > b->deadline ||
       wd.armed + (uint64_t)b->rule->cpu_budget_ms * 1000000u <= b->deadline)
     wd_arm(b->deadline);
+  /* rules.jit keeps the count hook too: the watchdog alone did not stop
+   * xpcall handlers that swallow the budget's error and retry through C
+   * (sandbox_cpu_attack_spec, jit on) */
+  if (sl_unlikely(wd.armed == 0 || b->jit)) /* refused (or just fired) */
+    wd_counting(b);
 }
 
 /* When this code is unloaded (the sluice_core module for busted is
@@ -527,6 +565,8 @@ int box_call(struct box *b, int nargs, int nresults) {
   struct sl_rule *r = b->rule;
   int st;
 
+  if (sl_unlikely(b->ev_shown) && b->ev == NULL)
+    ev_hide(b->L, b); /* a kept event must raise outside on_event */
   r->err_set = 0;
   b->cpu_hit = 0;
   b->oom = 0;
@@ -541,7 +581,7 @@ int box_call(struct box *b, int nargs, int nresults) {
   strbuf_release(b);
   if (b->fast_hook) {
     b->fast_hook = 0;
-    set_hook(b, HOOK_COUNT);
+    idle_hook(b);
   }
   return st;
 }
@@ -552,6 +592,8 @@ int box_cpcall(struct box *b, lua_CFunction fn, void *ud) {
   struct sl_rule *r = b->rule;
   int st, keep = b->in_call;
 
+  if (sl_unlikely(b->ev_shown) && b->ev == NULL)
+    ev_hide(b->L, b); /* a kept event must raise outside on_event */
   if (!keep) {
     r->err_set = 0;
     b->cpu_hit = 0;
@@ -570,7 +612,7 @@ int box_cpcall(struct box *b, lua_CFunction fn, void *ud) {
   }
   if (!keep && b->fast_hook) {
     b->fast_hook = 0;
-    set_hook(b, HOOK_COUNT);
+    idle_hook(b);
   }
   if (st != 0) {
     size_t mlen = 0;

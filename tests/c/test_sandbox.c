@@ -3,6 +3,7 @@
  * run against events built with sl_event_new; limits, changed events, host
  * callbacks, timers, handover, rebuilds. */
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1197,6 +1198,56 @@ TEST(sandbox_jit_two_threads_overrunning_at_once_are_both_stopped) {
   }
   for (i = 0; i < 2; i++)
     sl_rule_free(t[i].r);
+}
+
+/* Between deadlines a call runs with no hook when the watchdog can stop
+ * it; a thread that blocks the watchdog's signal gets the count hook
+ * instead, so runaway code is stopped there too, within the budget. */
+struct blocked_thread {
+  int error;
+  long us;
+};
+
+static void *blocked_thread_run(void *arg) {
+  struct blocked_thread *t = arg;
+  struct sl_rule_decision d;
+  struct sl_rule *r;
+  sigset_t set;
+  char err[512];
+  uint64_t t0;
+
+  sigemptyset(&set);
+  sigaddset(&set, SIGRTMIN + WATCHDOG_SIGNAL);
+  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  r = load("return { on_event = function(ev)\n"
+           "  if ev.topic == 'spin' then while true do end end\n"
+           "  return 'ok' end }", 20, 16, NULL, err, sizeof(err));
+  if (r == NULL) {
+    fprintf(stderr, "  load: %s\n", err);
+    return NULL;
+  }
+  run(r, "warm", -1, &d); /* a call that ends in time stays fine */
+  t->error = d.verdict == SL_RULE_ROUTE ? 0 : -1;
+  if (t->error == 0) {
+    t0 = thread_cpu_us();
+    run(r, "spin", -1, &d);
+    t->us = (long)(thread_cpu_us() - t0);
+    t->error = d.error;
+  }
+  sl_rule_free(r);
+  return NULL;
+}
+
+TEST(sandbox_a_thread_blocking_the_watchdog_signal_still_stops_runaways) {
+  struct blocked_thread t = {-1, -1};
+  pthread_t th;
+
+  CHECK_EQ(pthread_create(&th, NULL, blocked_thread_run, &t), 0);
+  pthread_join(th, NULL);
+  fprintf(stderr, "    stopped after %ld us of CPU\n", t.us);
+  CHECK_EQ(t.error, SL_RULE_ERR_CPU);
+  CHECK(t.us >= 20 * 1000 * 15 / 16);
+  CHECK(t.us <= 200 * 1000); /* 20 ms budget, generous for load */
 }
 
 /* Last: every case above once more with rules.jit on. */

@@ -1,0 +1,91 @@
+-- event_topic_spec.lua - ev.topic is read without a C call: the event's
+-- metatable indexes a table holding the topic of the event being decided
+-- (engine/lua/ev.c, struct ev_cache). These prove that table never shows
+-- a topic other than the running event's: across many topics (more than
+-- the cache's 16 slots, so slots are reused), after the rule sets
+-- ev.topic, through an event kept from an earlier call, and outside
+-- on_event, where the event raises as it always did.
+
+local s = require("support")
+
+local function run(r, topic)
+  return r:run({ topic = topic })
+end
+
+describe("ev.topic", function()
+  teardown(s.cleanup)
+
+  it("is each event's own topic, over more topics than the cache holds", function()
+    local r = s.on_event("return ev.topic .. '.' .. ev.topic")
+    local topics = {}
+    for i = 1, 40 do topics[i] = ("topic.%d"):format(i) end
+    topics[#topics + 1] = ("x"):rep(64) -- the longest cached
+    topics[#topics + 1] = ("y"):rep(65) -- not cached
+    for round = 1, 3 do
+      for i, t in ipairs(topics) do
+        -- in order, then each twice in a row, then reversed
+        local pick = round == 3 and topics[#topics + 1 - i] or t
+        for _ = 1, round == 2 and 2 or 1 do
+          assert.same({ pick .. "." .. pick }, run(r, pick).routes)
+        end
+      end
+    end
+  end)
+
+  it("reads what the rule set, and the next event's topic after it", function()
+    local r = s.on_event([[
+      local before = ev.topic
+      if before == "rename" then ev.topic = "renamed" end
+      return before .. ">" .. ev.topic]])
+    for _ = 1, 3 do
+      assert.same({ "a>a" }, run(r, "a").routes)
+      assert.same({ "rename>renamed" }, run(r, "rename").routes)
+      assert.same({ "rename>renamed" }, run(r, "rename").routes)
+      assert.same({ "a>a" }, run(r, "a").routes)
+    end
+  end)
+
+  it("of an event kept from an earlier call is the running event's", function()
+    local r = s.on_event([[
+      kept = kept or ev
+      return kept.topic .. "/" .. tostring(rawequal(kept, ev))]])
+    assert.same({ "first/true" }, run(r, "first").routes)
+    assert.same({ "second/true" }, run(r, "second").routes)
+    assert.same({ "first/true" }, run(r, "first").routes)
+  end)
+
+  it("raises outside on_event, also after events of the same topic", function()
+    local r = s.rule([[
+      local kept
+      sluice.every(10, function()
+        local ok, err = pcall(function() return kept.topic end)
+        sluice.log("info", tostring(ok) .. " " .. tostring(err))
+      end)
+      return { on_event = function(ev) kept = ev return ev.topic end }
+    ]])
+    for _ = 1, 3 do
+      assert.same({ "t" }, run(r, "t").routes)
+    end
+    local out = r:advance(10)
+    s.has(out.logs[1].msg, "false")
+    s.has(out.logs[1].msg, "the event is only valid during on_event")
+    -- and the next event reads its topic again
+    assert.same({ "t" }, run(r, "t").routes)
+    assert.same({ "u" }, run(r, "u").routes)
+  end)
+
+  it("names the missing field as before", function()
+    local r = s.on_event("return ev.nope")
+    local res = run(r, "t")
+    assert.equal("runtime", res.error_kind)
+    s.has(res.error, "event has no field 'nope'")
+    res = run(r, "t") -- with the topic's table in front
+    s.has(res.error, "event has no field 'nope'")
+  end)
+
+  it("keeps getmetatable(ev) protected", function()
+    local r = s.on_event("local t = ev.topic return tostring(getmetatable(ev))")
+    assert.same({ "protected" }, run(r, "t").routes)
+    assert.same({ "protected" }, run(r, "t").routes)
+  end)
+end)
