@@ -223,6 +223,8 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
     }
     nc->accepted++;
   }
+  if (nc->src.held == NULL) /* c waits on no queue: a wake cannot reenter */
+    sl_output_flush_full(w);
   send_ack(nc);
   return pos;
 }
