@@ -141,8 +141,11 @@ static const uint8_t fixed_size[256] = {
 #undef R32
 #undef R8
 
-int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
-                  struct sl_codec_error *err) {
+/* sl_codec_skip with at most max_depth containers open (a value inside
+ * an object another walk has entered nests that much less deep). */
+static inline int skip_depth(const uint8_t *p, size_t len, size_t max_bytes,
+                             size_t *used, struct sl_codec_error *err,
+                             int max_depth) {
   uint64_t left[SL_CODEC_MAX_DEPTH];
   uint64_t cur = 1, owed = 1, total, n, room;
   size_t pos = 0, hdr, width;
@@ -297,7 +300,7 @@ int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
     goto pop;
 
   container:
-    if (depth == SL_CODEC_MAX_DEPTH) {
+    if (depth == max_depth) {
       seterr(err, pos, "nesting deeper than %d", SL_CODEC_MAX_DEPTH);
       return SL_EPROTO;
     }
@@ -344,6 +347,11 @@ again:
 too_big:
   seterr(err, pos, "object larger than %zu bytes", max_bytes);
   return SL_E2BIG;
+}
+
+int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
+                  struct sl_codec_error *err) {
+  return skip_depth(p, len, max_bytes, used, err, SL_CODEC_MAX_DEPTH);
 }
 
 /* ---- small readers for validated-or-not bytes -------------------------- */
@@ -660,8 +668,13 @@ truncated:
 
 /* The value of field f at *pos into v. Returns 0, SL_EPROTO (err set) or
  * SL_EAGAIN when the bytes end inside it. */
+enum { PARSE_PLAIN, PARSE_LAST, PARSE_STREAM };
+
+/* how: PARSE_LAST when the payload is the measured object's last value,
+ * PARSE_STREAM when the object's size is not known yet (see
+ * sl_codec_parse_stream: max bounds it). */
 static int parse_field(const uint8_t *p, size_t len, size_t *pos, int f,
-                       int last, struct sl_event_view *v,
+                       int how, size_t max, struct sl_event_view *v,
                        struct sl_codec_error *err) {
   size_t at = *pos, used;
   struct sl_str *s;
@@ -703,11 +716,18 @@ static int parse_field(const uint8_t *p, size_t len, size_t *pos, int f,
   case F_HEADERS:
     return parse_headers(p, len, pos, v, err);
   default: /* F_PAYLOAD */
-    if (last) {
+    if (how == PARSE_LAST) {
       /* the map's last value, in bytes sl_codec_skip measured: it ends
        * where they end, no need to walk it again */
       used = len - at;
       r = 0;
+    } else if (how == PARSE_STREAM) {
+      /* inside the event's map: one level less to nest; past max, or
+       * unsure, the caller measures the whole event the plain way */
+      r = skip_depth(p + at, len - at, max > at ? max - at : 0, &used, NULL,
+                     SL_CODEC_MAX_DEPTH - 1);
+      if (r != 0)
+        return SL_EAGAIN;
     } else {
       r = sl_codec_skip(p + at, len - at, len - at, &used, err);
     }
@@ -729,9 +749,13 @@ static int parse_field(const uint8_t *p, size_t len, size_t *pos, int f,
   }
 }
 
-/* measured: p[0..len) is one object sl_codec_skip accepted. */
-static int parse_event(const uint8_t *p, size_t len, int measured,
-                       struct sl_event_view *v, struct sl_codec_error *err) {
+/* measured: p[0..len) is one object sl_codec_skip accepted. max: when
+ * non-zero, p holds an event of at most max bytes and maybe more after
+ * it (sl_codec_parse_stream); *used gets its size. */
+static inline int parse_event(const uint8_t *p, size_t len, int measured,
+                              size_t max, size_t *used,
+                              struct sl_event_view *v,
+                              struct sl_codec_error *err) {
   size_t pos = 0, at;
   uint32_t n, i;
   unsigned seen = 0;
@@ -773,14 +797,21 @@ static int parse_event(const uint8_t *p, size_t len, int measured,
     seen |= 1u << f;
     if (pos >= len)
       goto truncated;
-    r = parse_field(p, len, &pos, f, measured && i + 1 == n, v, err);
+    r = parse_field(p, len, &pos, f,
+                    max ? PARSE_STREAM
+                        : measured && i + 1 == n ? PARSE_LAST : PARSE_PLAIN,
+                    max, v, err);
     if (r == SL_EAGAIN)
       goto truncated;
     if (r != 0)
       return r;
   }
 
-  if (pos != len) {
+  if (max) {
+    if (pos > max)
+      return SL_E2BIG;
+    *used = pos;
+  } else if (pos != len) {
     seterr(err, pos, "trailing bytes after event");
     return SL_EPROTO;
   }
@@ -797,13 +828,21 @@ truncated:
 
 int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
                          struct sl_codec_error *err) {
-  return parse_event(p, len, 0, v, err);
+  return parse_event(p, len, 0, 0, NULL, v, err);
 }
 
 int sl_codec_parse_measured(const uint8_t *p, size_t len,
                             struct sl_event_view *v,
                             struct sl_codec_error *err) {
-  return parse_event(p, len, 1, v, err);
+  return parse_event(p, len, 1, 0, NULL, v, err);
+}
+
+int sl_codec_parse_stream(const uint8_t *p, size_t len, size_t max,
+                          size_t *used, struct sl_event_view *v) {
+  struct sl_codec_error err;
+  if (max == 0)
+    return SL_E2BIG;
+  return parse_event(p, len, 0, max, used, v, &err);
 }
 
 /* Malformed bytes give SL_EPROTO rather than a wrong span. */

@@ -161,6 +161,11 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
   int rc;
 
   while (pos < len) {
+    /* one walk measures and parses an event; at the end of the bytes, or
+     * on anything wrong, the two steps below give the exact answer */
+    if (sl_likely(nc->first_seen) &&
+        sl_codec_parse_stream(data + pos, len - pos, max, &used, &v) == 0)
+      goto parsed;
     rc = sl_codec_skip(data + pos, len - pos, max, &used, &err);
     if (rc == SL_EAGAIN) {
       if (len - pos > max) {
@@ -193,6 +198,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       bad_input(c, in, pos + err.offset, err.msg);
       return pos;
     }
+  parsed:
     ev = with_peer(sl_event_from_view_at(&w->idgen, &v, 1, now, mono),
                    c);
     if (ev == NULL) {
