@@ -668,13 +668,8 @@ truncated:
 
 /* The value of field f at *pos into v. Returns 0, SL_EPROTO (err set) or
  * SL_EAGAIN when the bytes end inside it. */
-enum { PARSE_PLAIN, PARSE_LAST, PARSE_STREAM };
-
-/* how: PARSE_LAST when the payload is the measured object's last value,
- * PARSE_STREAM when the object's size is not known yet (see
- * sl_codec_parse_stream: max bounds it). */
 static int parse_field(const uint8_t *p, size_t len, size_t *pos, int f,
-                       int how, size_t max, struct sl_event_view *v,
+                       int last, struct sl_event_view *v,
                        struct sl_codec_error *err) {
   size_t at = *pos, used;
   struct sl_str *s;
@@ -716,18 +711,11 @@ static int parse_field(const uint8_t *p, size_t len, size_t *pos, int f,
   case F_HEADERS:
     return parse_headers(p, len, pos, v, err);
   default: /* F_PAYLOAD */
-    if (how == PARSE_LAST) {
+    if (last) {
       /* the map's last value, in bytes sl_codec_skip measured: it ends
        * where they end, no need to walk it again */
       used = len - at;
       r = 0;
-    } else if (how == PARSE_STREAM) {
-      /* inside the event's map: one level less to nest; past max, or
-       * unsure, the caller measures the whole event the plain way */
-      r = skip_depth(p + at, len - at, max > at ? max - at : 0, &used, NULL,
-                     SL_CODEC_MAX_DEPTH - 1);
-      if (r != 0)
-        return SL_EAGAIN;
     } else {
       r = sl_codec_skip(p + at, len - at, len - at, &used, err);
     }
@@ -749,13 +737,9 @@ static int parse_field(const uint8_t *p, size_t len, size_t *pos, int f,
   }
 }
 
-/* measured: p[0..len) is one object sl_codec_skip accepted. max: when
- * non-zero, p holds an event of at most max bytes and maybe more after
- * it (sl_codec_parse_stream); *used gets its size. */
-static inline int parse_event(const uint8_t *p, size_t len, int measured,
-                              size_t max, size_t *used,
-                              struct sl_event_view *v,
-                              struct sl_codec_error *err) {
+/* measured: p[0..len) is one object sl_codec_skip accepted. */
+static int parse_event(const uint8_t *p, size_t len, int measured,
+                       struct sl_event_view *v, struct sl_codec_error *err) {
   size_t pos = 0, at;
   uint32_t n, i;
   unsigned seen = 0;
@@ -797,21 +781,14 @@ static inline int parse_event(const uint8_t *p, size_t len, int measured,
     seen |= 1u << f;
     if (pos >= len)
       goto truncated;
-    r = parse_field(p, len, &pos, f,
-                    max ? PARSE_STREAM
-                        : measured && i + 1 == n ? PARSE_LAST : PARSE_PLAIN,
-                    max, v, err);
+    r = parse_field(p, len, &pos, f, measured && i + 1 == n, v, err);
     if (r == SL_EAGAIN)
       goto truncated;
     if (r != 0)
       return r;
   }
 
-  if (max) {
-    if (pos > max)
-      return SL_E2BIG;
-    *used = pos;
-  } else if (pos != len) {
+  if (pos != len) {
     seterr(err, pos, "trailing bytes after event");
     return SL_EPROTO;
   }
@@ -828,21 +805,92 @@ truncated:
 
 int sl_codec_parse_event(const uint8_t *p, size_t len, struct sl_event_view *v,
                          struct sl_codec_error *err) {
-  return parse_event(p, len, 0, 0, NULL, v, err);
+  return parse_event(p, len, 0, v, err);
 }
 
 int sl_codec_parse_measured(const uint8_t *p, size_t len,
                             struct sl_event_view *v,
                             struct sl_codec_error *err) {
-  return parse_event(p, len, 1, 0, NULL, v, err);
+  return parse_event(p, len, 1, v, err);
 }
 
+/* A str field's value (read_str's forms) into *s; 0 or non-zero. */
+static inline int stream_str(const uint8_t *p, size_t len, size_t *pos,
+                             struct sl_str *s) {
+  return *pos < len ? read_str_hot(p, len, pos, s) : -1;
+}
+
+/* Only what parse_event accepts, in the forms producers write (a fixmap
+ * of fixstr names); anything else is the plain way's to answer. Every
+ * read is bounded by len, and the end by max: the bytes up to *used are
+ * then one object sl_codec_skip accepts, and parse_measured reads it as
+ * here (the same readers, the payload measured by the same walk one
+ * level down). */
 int sl_codec_parse_stream(const uint8_t *p, size_t len, size_t max,
                           size_t *used, struct sl_event_view *v) {
+  size_t pos = 1, n, klen, vlen = 0;
+  unsigned seen = 0, f;
+  const uint8_t *k;
   struct sl_codec_error err;
-  if (max == 0)
-    return SL_E2BIG;
-  return parse_event(p, len, 0, max, used, v, &err);
+  int r;
+
+  if (len == 0 || (p[0] & 0xf0) != 0x80)
+    return SL_EAGAIN;
+  n = p[0] & 0x0f;
+  memset(v, 0, sizeof *v);
+  while (n-- > 0) {
+    if (pos >= len || (p[pos] & 0xe0) != 0xa0)
+      return SL_EAGAIN;
+    klen = p[pos] & 0x1f;
+    k = p + pos + 1;
+    pos += 1 + klen;
+    if (pos >= len) /* the name, and a byte of its value */
+      return SL_EAGAIN;
+    switch (klen) {
+    case 2:
+      f = F_ID;
+      r = memcmp(k, "id", 2) || stream_str(p, len, &pos, &v->id);
+      break;
+    case 3:
+      f = F_KEY;
+      r = memcmp(k, "key", 3) || stream_str(p, len, &pos, &v->key);
+      break;
+    case 4:
+      f = F_TIME;
+      r = memcmp(k, "time", 4) || read_int(p, len, &pos, &v->time);
+      v->has_time = 1;
+      break;
+    case 5:
+      f = F_TOPIC;
+      r = memcmp(k, "topic", 5) || stream_str(p, len, &pos, &v->topic) ||
+          v->topic.len == 0;
+      break;
+    case 7:
+      if (memcmp(k, "payload", 7) == 0) {
+        f = F_PAYLOAD;
+        /* inside the event's map: one level less to nest */
+        r = skip_depth(p + pos, len - pos, max > pos ? max - pos : 0, &vlen,
+                       NULL, SL_CODEC_MAX_DEPTH - 1) ||
+            vlen > UINT32_MAX;
+        v->payload = p + pos;
+        v->payload_len = (uint32_t)vlen;
+        pos += vlen;
+      } else {
+        f = F_HEADERS;
+        r = memcmp(k, "headers", 7) || parse_headers(p, len, &pos, v, &err);
+      }
+      break;
+    default:
+      return SL_EAGAIN;
+    }
+    if (r != 0 || (seen & (1u << f)))
+      return SL_EAGAIN;
+    seen |= 1u << f;
+  }
+  if (!(seen & (1u << F_TOPIC)) || pos > max)
+    return SL_EAGAIN;
+  *used = pos;
+  return 0;
 }
 
 /* Malformed bytes give SL_EPROTO rather than a wrong span. */
