@@ -141,18 +141,19 @@ static const uint8_t fixed_size[256] = {
 #undef R32
 #undef R8
 
-/* sl_codec_skip with at most max_depth containers open (a value inside
- * an object another walk has entered nests that much less deep). */
+/* sl_codec_skip over count objects back to back (the inside of a
+ * container whose header another walk read), with at most max_depth
+ * containers open (an object inside others nests that much less deep). */
 static inline int skip_depth(const uint8_t *p, size_t len, size_t max_bytes,
                              size_t *used, struct sl_codec_error *err,
-                             int max_depth) {
+                             int max_depth, uint64_t count) {
   uint64_t left[SL_CODEC_MAX_DEPTH];
-  uint64_t cur = 1, owed = 1, total, n, room;
+  uint64_t cur = count, owed = count, total, n, room;
   size_t pos = 0, hdr, width;
   int depth = 0, ismap;
   uint8_t c;
 
-  if (max_bytes == 0)
+  if (max_bytes < owed) /* each object takes a byte at least */
     goto too_big;
   for (;;) {
     /* far from the end of the bytes and from max_bytes, a value whose
@@ -351,7 +352,7 @@ too_big:
 
 int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
                   struct sl_codec_error *err) {
-  return skip_depth(p, len, max_bytes, used, err, SL_CODEC_MAX_DEPTH);
+  return skip_depth(p, len, max_bytes, used, err, SL_CODEC_MAX_DEPTH, 1);
 }
 
 /* ---- small readers for validated-or-not bytes -------------------------- */
@@ -814,6 +815,22 @@ int sl_codec_parse_measured(const uint8_t *p, size_t len,
   return parse_event(p, len, 1, v, err);
 }
 
+/* The payload inside the event's map (one level less to nest), as
+ * sl_codec_skip measures it there. A payload map or array of up to 15
+ * has its header read here: the walk starts inside it, once. */
+static int skip_payload(const uint8_t *p, size_t len, size_t max,
+                        size_t *used) {
+  uint64_t n = p[0] & 0x0f;
+  int r;
+  if ((p[0] & 0xe0) != 0x80 || n == 0 || max == 0)
+    return skip_depth(p, len, max, used, NULL, SL_CODEC_MAX_DEPTH - 1, 1);
+  r = skip_depth(p + 1, len - 1, max - 1, used, NULL, SL_CODEC_MAX_DEPTH - 2,
+                 p[0] <= 0x8f ? n * 2 : n);
+  if (r == 0)
+    *used += 1;
+  return r;
+}
+
 /* A str field's value (read_str's forms) into *s; 0 or non-zero. */
 static inline int stream_str(const uint8_t *p, size_t len, size_t *pos,
                              struct sl_str *s) {
@@ -868,9 +885,8 @@ int sl_codec_parse_stream(const uint8_t *p, size_t len, size_t max,
     case 7:
       if (memcmp(k, "payload", 7) == 0) {
         f = F_PAYLOAD;
-        /* inside the event's map: one level less to nest */
-        r = skip_depth(p + pos, len - pos, max > pos ? max - pos : 0, &vlen,
-                       NULL, SL_CODEC_MAX_DEPTH - 1) ||
+        r = skip_payload(p + pos, len - pos, max > pos ? max - pos : 0,
+                         &vlen) ||
             vlen > UINT32_MAX;
         v->payload = p + pos;
         v->payload_len = (uint32_t)vlen;
