@@ -168,15 +168,18 @@ static inline int skip_depth(const uint8_t *p, size_t len, size_t max_bytes,
         lim = 0;
       else if (m - 31 < lim)
         lim = m - 31;
+      uint64_t from = cur; /* owed falls by what cur fell, once */
       while (pos < lim) {
         uint8_t size = fixed_size[p[pos]];
         if (size == 0)
           break; /* a container, a blob or 0xc1: the checked path */
         pos += size;
-        owed--;
         if (--cur == 0)
-          goto pop;
+          break;
       }
+      owed -= from - cur;
+      if (cur == 0)
+        goto pop;
     }
     if (sl_unlikely(pos >= len))
       goto again;
