@@ -234,14 +234,23 @@ static void ev_free(struct sl_event *ev) {
   pool.n[c]++;
 }
 
-/* Copy n bytes at d; returns the end. An event's names, topic and key
- * are short: up to 32 bytes two overlapping moves of a fixed size (which
- * the compiler inlines) copy them without a call to memcpy. */
+/* Copy n bytes at d; returns the end. An event's names, topic, key and
+ * often its payload are short: up to 128 bytes, moves of a fixed size
+ * (which the compiler inlines), the last one overlapping, copy them
+ * without a call to memcpy. (d is a new event: never overlapping p.) */
 static inline uint8_t *put(uint8_t *d, const void *p, size_t n) {
   const uint8_t *s = p;
-  if (n > 32)
+  if (n > 128) {
     memcpy(d, s, n);
-  else if (n >= 16)
+  } else if (n > 32) {
+    memcpy(d, s, 32);
+    if (n > 64) {
+      memcpy(d + 32, s + 32, 32);
+      if (n > 96)
+        memcpy(d + 64, s + 64, 32);
+    }
+    memcpy(d + n - 32, s + n - 32, 32);
+  } else if (n >= 16)
     memcpy(d, s, 16), memcpy(d + n - 16, s + n - 16, 16);
   else if (n >= 8)
     memcpy(d, s, 8), memcpy(d + n - 8, s + n - 8, 8);
