@@ -141,15 +141,19 @@ static const uint8_t fixed_size[256] = {
 #undef R32
 #undef R8
 
-int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
-                  struct sl_codec_error *err) {
+/* sl_codec_skip over count objects back to back (the inside of a
+ * container whose header another walk read), with at most max_depth
+ * containers open (an object inside others nests that much less deep). */
+static inline int skip_depth(const uint8_t *p, size_t len, size_t max_bytes,
+                             size_t *used, struct sl_codec_error *err,
+                             int max_depth, uint64_t count) {
   uint64_t left[SL_CODEC_MAX_DEPTH];
-  uint64_t cur = 1, owed = 1, total, n, room;
+  uint64_t cur = count, owed = count, total, n, room;
   size_t pos = 0, hdr, width;
   int depth = 0, ismap;
   uint8_t c;
 
-  if (max_bytes == 0)
+  if (max_bytes < owed) /* each object takes a byte at least */
     goto too_big;
   for (;;) {
     /* far from the end of the bytes and from max_bytes, a value whose
@@ -164,15 +168,18 @@ int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
         lim = 0;
       else if (m - 31 < lim)
         lim = m - 31;
+      uint64_t from = cur; /* owed falls by what cur fell, once */
       while (pos < lim) {
         uint8_t size = fixed_size[p[pos]];
         if (size == 0)
           break; /* a container, a blob or 0xc1: the checked path */
         pos += size;
-        owed--;
         if (--cur == 0)
-          goto pop;
+          break;
       }
+      owed -= from - cur;
+      if (cur == 0)
+        goto pop;
     }
     if (sl_unlikely(pos >= len))
       goto again;
@@ -297,7 +304,7 @@ int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
     goto pop;
 
   container:
-    if (depth == SL_CODEC_MAX_DEPTH) {
+    if (depth == max_depth) {
       seterr(err, pos, "nesting deeper than %d", SL_CODEC_MAX_DEPTH);
       return SL_EPROTO;
     }
@@ -344,6 +351,11 @@ again:
 too_big:
   seterr(err, pos, "object larger than %zu bytes", max_bytes);
   return SL_E2BIG;
+}
+
+int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
+                  struct sl_codec_error *err) {
+  return skip_depth(p, len, max_bytes, used, err, SL_CODEC_MAX_DEPTH, 1);
 }
 
 /* ---- small readers for validated-or-not bytes -------------------------- */
@@ -804,6 +816,100 @@ int sl_codec_parse_measured(const uint8_t *p, size_t len,
                             struct sl_event_view *v,
                             struct sl_codec_error *err) {
   return parse_event(p, len, 1, v, err);
+}
+
+/* The payload inside the event's map (one level less to nest), as
+ * sl_codec_skip measures it there. A payload map or array of up to 15
+ * has its header read here: the walk starts inside it, once. */
+static int skip_payload(const uint8_t *p, size_t len, size_t max,
+                        size_t *used) {
+  uint64_t n = p[0] & 0x0f;
+  int r;
+  if ((p[0] & 0xe0) != 0x80 || n == 0 || max == 0)
+    return skip_depth(p, len, max, used, NULL, SL_CODEC_MAX_DEPTH - 1, 1);
+  r = skip_depth(p + 1, len - 1, max - 1, used, NULL, SL_CODEC_MAX_DEPTH - 2,
+                 p[0] <= 0x8f ? n * 2 : n);
+  if (r == 0)
+    *used += 1;
+  return r;
+}
+
+/* A str field's value (read_str's forms) into *s; 0 or non-zero. */
+static inline int stream_str(const uint8_t *p, size_t len, size_t *pos,
+                             struct sl_str *s) {
+  return *pos < len ? read_str_hot(p, len, pos, s) : -1;
+}
+
+/* Only what parse_event accepts, in the forms producers write (a fixmap
+ * of fixstr names); anything else is the plain way's to answer. Every
+ * read is bounded by len, and the end by max: the bytes up to *used are
+ * then one object sl_codec_skip accepts, and parse_measured reads it as
+ * here (the same readers, the payload measured by the same walk one
+ * level down). */
+int sl_codec_parse_stream(const uint8_t *p, size_t len, size_t max,
+                          size_t *used, struct sl_event_view *v) {
+  size_t pos = 1, n, klen, vlen = 0;
+  unsigned seen = 0, f;
+  const uint8_t *k;
+  struct sl_codec_error err;
+  int r;
+
+  if (len == 0 || (p[0] & 0xf0) != 0x80)
+    return SL_EAGAIN;
+  n = p[0] & 0x0f;
+  memset(v, 0, sizeof *v);
+  while (n-- > 0) {
+    if (pos >= len || (p[pos] & 0xe0) != 0xa0)
+      return SL_EAGAIN;
+    klen = p[pos] & 0x1f;
+    k = p + pos + 1;
+    pos += 1 + klen;
+    if (pos >= len) /* the name, and a byte of its value */
+      return SL_EAGAIN;
+    switch (klen) {
+    case 2:
+      f = F_ID;
+      r = memcmp(k, "id", 2) || stream_str(p, len, &pos, &v->id);
+      break;
+    case 3:
+      f = F_KEY;
+      r = memcmp(k, "key", 3) || stream_str(p, len, &pos, &v->key);
+      break;
+    case 4:
+      f = F_TIME;
+      r = memcmp(k, "time", 4) || read_int(p, len, &pos, &v->time);
+      v->has_time = 1;
+      break;
+    case 5:
+      f = F_TOPIC;
+      r = memcmp(k, "topic", 5) || stream_str(p, len, &pos, &v->topic) ||
+          v->topic.len == 0;
+      break;
+    case 7:
+      if (memcmp(k, "payload", 7) == 0) {
+        f = F_PAYLOAD;
+        r = skip_payload(p + pos, len - pos, max > pos ? max - pos : 0,
+                         &vlen) ||
+            vlen > UINT32_MAX;
+        v->payload = p + pos;
+        v->payload_len = (uint32_t)vlen;
+        pos += vlen;
+      } else {
+        f = F_HEADERS;
+        r = memcmp(k, "headers", 7) || parse_headers(p, len, &pos, v, &err);
+      }
+      break;
+    default:
+      return SL_EAGAIN;
+    }
+    if (r != 0 || (seen & (1u << f)))
+      return SL_EAGAIN;
+    seen |= 1u << f;
+  }
+  if (!(seen & (1u << F_TOPIC)) || pos > max)
+    return SL_EAGAIN;
+  *used = pos;
+  return 0;
 }
 
 /* Malformed bytes give SL_EPROTO rather than a wrong span. */

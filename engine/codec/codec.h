@@ -55,6 +55,15 @@ int sl_codec_parse_measured(const uint8_t *p, size_t len,
                             struct sl_event_view *v,
                             struct sl_codec_error *err);
 
+/* The first event of a stream of len bytes, parsed and measured in one
+ * walk: 0 with *used its size when sl_codec_skip(p, len, max) would give
+ * that size and sl_codec_parse_measured would accept those bytes with
+ * this view. Otherwise (more bytes needed, too large, not msgpack, not an
+ * event) non-zero, and the caller takes those two steps for the exact
+ * answer and error. */
+int sl_codec_parse_stream(const uint8_t *p, size_t len, size_t max,
+                          size_t *used, struct sl_event_view *v);
+
 /* Find a string key in a raw msgpack map (as validated above). Sets the
  * value span and returns 0, or SL_ENOENT. */
 int sl_codec_map_find(const uint8_t *map, size_t len, const char *key,

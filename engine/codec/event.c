@@ -84,7 +84,7 @@ int sl_event_traceparent_valid(const char *s, size_t n) {
   return !all_zero(s + 3, 32) && !all_zero(s + 36, 16);
 }
 
-static void new_traceparent(struct sl_idgen *g, char out[55]) {
+static inline void new_traceparent(struct sl_idgen *g, char out[55]) {
   memcpy(out, "00-", 3);
   put_hex16(out + 3, xorshift(&g->rng) | 1); /* never all zero */
   put_hex16(out + 19, xorshift(&g->rng));
@@ -234,10 +234,30 @@ static void ev_free(struct sl_event *ev) {
   pool.n[c]++;
 }
 
-/* Copy n bytes at d; returns the end. */
+/* Copy n bytes at d; returns the end. An event's names, topic, key and
+ * often its payload are short: up to 128 bytes, moves of a fixed size
+ * (which the compiler inlines), the last one overlapping, copy them
+ * without a call to memcpy. (d is a new event: never overlapping p.) */
 static inline uint8_t *put(uint8_t *d, const void *p, size_t n) {
-  if (n) /* p may be NULL when n is 0 */
-    memcpy(d, p, n);
+  const uint8_t *s = p;
+  if (n > 128) {
+    memcpy(d, s, n);
+  } else if (n > 32) {
+    memcpy(d, s, 32);
+    if (n > 64) {
+      memcpy(d + 32, s + 32, 32);
+      if (n > 96)
+        memcpy(d + 64, s + 64, 32);
+    }
+    memcpy(d + n - 32, s + n - 32, 32);
+  } else if (n >= 16)
+    memcpy(d, s, 16), memcpy(d + n - 16, s + n - 16, 16);
+  else if (n >= 8)
+    memcpy(d, s, 8), memcpy(d + n - 8, s + n - 8, 8);
+  else if (n >= 4)
+    memcpy(d, s, 4), memcpy(d + n - 4, s + n - 4, 4);
+  else if (n) /* p may be NULL when n is 0 */
+    d[0] = s[0], d[n / 2] = s[n / 2], d[n - 1] = s[n - 1];
   return d + n;
 }
 
@@ -258,20 +278,27 @@ static inline uint8_t *put_field(uint8_t *d, const uint8_t *data,
 /* The headers map a traceparent is added to: with the pairs of h (hcount
  * of them after a header of hhdr bytes; h may be NULL) and the new one
  * last, as rewrite_headers would write it. */
-static uint8_t *put_headers_tp(uint8_t *d, const uint8_t *h, size_t hlen,
-                               size_t hhdr, uint32_t hcount,
-                               const char tp[55]) {
-  d += sl_codec_pack_maphdr(d, hcount + 1);
+static inline uint8_t *put_headers_tp(uint8_t *d, const uint8_t *h,
+                                      size_t hlen, size_t hhdr,
+                                      uint32_t hcount, struct sl_idgen *g) {
+  if (hcount < 15)
+    *d++ = (uint8_t)(0x80 | (hcount + 1)); /* a fixmap, as packed */
+  else
+    d += sl_codec_pack_maphdr(d, hcount + 1);
   if (h)
     d = put(d, h + hhdr, hlen - hhdr);
   d = put(d, "\xab" "traceparent" "\xd9\x37", 14); /* str 8 of 55 */
-  return put(d, tp, 55);
+  new_traceparent(g, (char *)d); /* a new one, written in place */
+  return d + 55;
 }
 
 /* The canonical event, written once into its block: id, topic, key, time,
  * headers, payload (sl_codec_write_event's bytes). now and mono are the
  * clocks to use for what is missing. */
-static struct sl_event *build(struct sl_idgen *g, struct sl_str id,
+/* Inlined into each caller: ingest's sl_event_from_view_at reads its
+ * arguments straight from the view. */
+static inline __attribute__((always_inline)) struct sl_event *
+build(struct sl_idgen *g, struct sl_str id,
                               struct sl_str topic, struct sl_str key,
                               int has_time, int64_t time,
                               const uint8_t *headers, size_t headers_len,
@@ -287,7 +314,7 @@ static struct sl_event *build(struct sl_idgen *g, struct sl_str id,
   uint8_t *d;
   int add_tp = 0;
 
-  sl_buf_init(&hb);
+  hb.data = NULL; /* set up only for a rewrite of the headers (rare) */
   if (id.p == NULL)
     id.len = 32; /* written in place below */
   if (!has_time)
@@ -301,8 +328,9 @@ static struct sl_event *build(struct sl_idgen *g, struct sl_str id,
     struct sl_str v = {NULL, 0};
     if (!found || sl_codec_read_str(tpval, tplen, &v, NULL) != 0 ||
         !sl_event_traceparent_valid(v.p, v.len)) {
-      new_traceparent(g, tp);
       if (found) { /* rare: an invalid one is replaced where it was */
+        new_traceparent(g, tp);
+        sl_buf_init(&hb);
         if (rewrite_headers(&hb, headers, headers_len, "traceparent", 11, tp,
                             sizeof(tp)) != 0)
           goto fail;
@@ -360,7 +388,7 @@ static struct sl_event *build(struct sl_idgen *g, struct sl_str id,
     d = put(d, "\xa7" "headers", 8);
     ev->headers_off = (uint32_t)(d - ev->data);
     if (add_tp)
-      d = put_headers_tp(d, headers, headers_len, hhdr, hcount, tp);
+      d = put_headers_tp(d, headers, headers_len, hhdr, hcount, g);
     else
       d = put(d, headers, headers_len);
     ev->headers_len = (uint32_t)(d - ev->data) - ev->headers_off;
@@ -388,7 +416,8 @@ static struct sl_event *build(struct sl_idgen *g, struct sl_str id,
   return ev;
 
 fail:
-  sl_buf_close(&hb);
+  if (hb.data)
+    sl_buf_close(&hb);
   return NULL;
 }
 

@@ -388,8 +388,8 @@ static void refill(struct sl_buffer *b, struct sl_queue *q) {
   }
 }
 
-int sl_buffer_push(struct sl_buffer *b, struct sl_queue *q,
-                   struct sl_event *ev) {
+int sl_buffer_push_spool(struct sl_buffer *b, struct sl_queue *q,
+                         struct sl_event *ev) {
   uint64_t seq;
   int rc;
 

@@ -115,8 +115,15 @@ int sl_buffer_init(struct sl_buffer *b, uv_loop_t *loop, const char *name,
  * it (counted), SL_EIO when the disk cannot write and the policy drops:
  * the event is refused (counted in stats.refused) and the caller must tell
  * its producer, never acknowledge it. */
-int sl_buffer_push(struct sl_buffer *b, struct sl_queue *q,
-                   struct sl_event *ev);
+int sl_buffer_push_spool(struct sl_buffer *b, struct sl_queue *q,
+                         struct sl_event *ev);
+/* Inline: a memory buffer is its queue. */
+static inline int sl_buffer_push(struct sl_buffer *b, struct sl_queue *q,
+                                 struct sl_event *ev) {
+  if (b->mode == SL_BUFFER_MEMORY)
+    return sl_queue_push(q, ev);
+  return sl_buffer_push_spool(b, q, ev);
+}
 
 /* The n oldest queued events are delivered: acknowledge those that came
  * from the spool, pop them from q, and read more back from the spool. */

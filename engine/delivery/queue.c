@@ -60,8 +60,8 @@ int sl_queue_push_force(struct sl_queue *q, struct sl_event *ev) {
   return 0;
 }
 
-int sl_queue_push(struct sl_queue *q, struct sl_event *ev) {
-  if (sl_likely(sl_queue_has_room(q, ev->len))) {
+int sl_queue_push_full(struct sl_queue *q, struct sl_event *ev) {
+  if (sl_queue_has_room(q, ev->len)) {
     append(q, ev);
     return 0;
   }

@@ -52,7 +52,19 @@ static inline int sl_queue_has_room(const struct sl_queue *q, uint64_t n) {
  * (nothing changed: wait and retry); with DROP_NEWEST returns SL_E2BIG and
  * counts the drop; with DROP_OLDEST drops the oldest event not in flight
  * (or, all in flight, the new one) and returns 0 / SL_E2BIG. */
-int sl_queue_push(struct sl_queue *q, struct sl_event *ev);
+int sl_queue_push_full(struct sl_queue *q, struct sl_event *ev);
+/* Inline: every event goes through it; with room it only appends. */
+static inline int sl_queue_push(struct sl_queue *q, struct sl_event *ev) {
+  if (sl_likely(sl_queue_has_room(q, ev->len))) {
+    q->ring[(q->head + q->count) & q->mask] = ev;
+    q->count++;
+    q->bytes += ev->len;
+    q->pushed++;
+    sl_event_ref(ev);
+    return 0;
+  }
+  return sl_queue_push_full(q, ev); /* the policy decides */
+}
 
 /* Append ev past max_bytes (taking a reference): for events already
  * accepted elsewhere, such as records read back from a disk buffer in

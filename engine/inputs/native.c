@@ -105,13 +105,13 @@ static int is_hello(const uint8_t *p, size_t n, int *ack) {
   return 1;
 }
 
-/* On a TLS conn whose peer showed a certificate, the event carries the
- * peer's identity in the sluice-peer header for rules (replacing one the
- * producer may have set). Takes ev; NULL when out of memory. */
-static struct sl_event *with_peer(struct sl_event *ev, struct sl_conn *c) {
-  const char *peer = ev ? sl_conn_peer_identity(c) : NULL;
+/* On a TLS conn whose peer showed a certificate (peer: its identity, or
+ * NULL), the event carries the peer's identity in the sluice-peer header
+ * for rules (replacing one the producer may have set). Takes ev; NULL
+ * when out of memory. */
+static struct sl_event *with_peer(struct sl_event *ev, const char *peer) {
   struct sl_event *out;
-  if (peer == NULL)
+  if (peer == NULL || ev == NULL)
     return ev;
   out = sl_event_with_header(ev, "sluice-peer", peer, strlen(peer));
   sl_event_unref(ev);
@@ -158,9 +158,16 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
   /* one clock reading per read: events of one batch share their time */
   int64_t now = sl_now_ns();
   uint64_t mono = sl_mono_ns();
+  /* the handshake is over before any data: one identity per read */
+  const char *peer = sl_conn_peer_identity(c);
   int rc;
 
   while (pos < len) {
+    /* one walk measures and parses an event; at the end of the bytes, or
+     * on anything wrong, the two steps below give the exact answer */
+    if (sl_likely(nc->first_seen) &&
+        sl_codec_parse_stream(data + pos, len - pos, max, &used, &v) == 0)
+      goto parsed;
     rc = sl_codec_skip(data + pos, len - pos, max, &used, &err);
     if (rc == SL_EAGAIN) {
       if (len - pos > max) {
@@ -193,8 +200,9 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       bad_input(c, in, pos + err.offset, err.msg);
       return pos;
     }
+  parsed:
     ev = with_peer(sl_event_from_view_at(&w->idgen, &v, 1, now, mono),
-                   c);
+                   peer);
     if (ev == NULL) {
       bad_input(c, in, pos, "out of memory");
       return pos;
@@ -223,6 +231,8 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
     }
     nc->accepted++;
   }
+  if (nc->src.held == NULL) /* c waits on no queue: a wake cannot reenter */
+    sl_output_flush_full(w);
   send_ack(nc);
   return pos;
 }

@@ -45,6 +45,19 @@ void sl_output_kick(struct sl_output *o) {
   uv_idle_start(&w->flush_idle, on_flush_idle);
 }
 
+/* libuv reads a busy stream up to 32 times (4 MiB here) before the loop
+ * turn reaches the idle flush: tens of thousands of events would wait in
+ * the queue, their blocks past the free lists (malloc'd, then freed) and
+ * out of the caches. A whole batch goes out at once instead. Walking the
+ * dirty list is safe: a write may kick (a push at its head) or, waking a
+ * producer, run this again, where outputs in a write are skipped. */
+void sl_output_flush_full(struct sl_worker *w) {
+  struct sl_output *o;
+  for (o = w->dirty; o; o = o->next_dirty)
+    if (!o->stopped && o->q.count - o->q.inflight >= o->cfg->batch_events)
+      flush(o);
+}
+
 static void succeeded(struct sl_output *o) {
   uint32_t failures = o->retry.consecutive;
   if (sl_retry_succeed(&o->retry))

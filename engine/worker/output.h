@@ -184,6 +184,12 @@ void sl_output_note(struct sl_output *o, const char *name, const char *value,
 void sl_output_kick(struct sl_output *o);
 void sl_output_stopped(struct sl_output *o);
 
+/* An input queued a read's worth of events: write now, rather than once
+ * the loop turn ends, the kicked outputs of w that hold a whole batch
+ * (batch_events) not yet handed out. Safe inside an input's data
+ * callback; the rest still waits for the loop's flush. */
+void sl_output_flush_full(struct sl_worker *w);
+
 /* The peer answered and nothing waits (a connect with an empty queue): a
  * success for the breaker and the backoff, like a delivery. */
 void sl_output_reachable(struct sl_output *o);

@@ -398,6 +398,81 @@ TEST(parse_measured_reads_what_parse_event_reads) {
   CHECK_EQ(sl_codec_parse_measured(b, n, &m, NULL), SL_EPROTO);
 }
 
+/* The one-walk reader of a stream: whenever it answers, skip then
+ * parse_measured give that size and that view; for a whole event of the
+ * common shapes it does answer. Every prefix, with an event after it, and
+ * limits around the size. */
+TEST(parse_stream_agrees_with_skip_then_parse_measured) {
+  static const char *const events[] = {
+      "83 a5 'topic' a1 't' a3 'key' a1 'k' a7 'payload' 82 a1 'a' 01 a1 'b' "
+      "92 c0 a1 'x'",
+      "83 a7 'payload' 92 01 a1 'x' a5 'topic' a1 't' a4 'time' 05",
+      "82 a5 'topic' a1 't' a7 'headers' 81 a1 'a' a1 'b'",
+      "84 a2 'id' a2 'ab' a5 'topic' d9 01 't' a4 'time' cf 00 00 01 00 00 "
+      "00 00 00 a7 'payload' c4 02 00 01",
+      "86 a2 'id' a1 'i' a5 'topic' a1 't' a3 'key' da 00 01 'k' a4 'time' "
+      "d3 ff ff ff ff ff ff ff ff a7 'headers' 80 a7 'payload' c0",
+      "82 a5 'topic' a1 't' a7 'headers' de 00 01 a1 'a' a1 'b'",
+      /* not events, not whole, or in forms producers do not write: the
+       * plain way answers */
+      "de 00 01 a5 'topic' a1 't'",
+      "81 d9 05 'topic' a1 't'",
+      "81 a5 'topic' a0",
+      "82 a5 'topic' a1 't' a4 'time' c0",
+      "82 a5 'topic' a1 't' a5 'level' 01",
+      "83 a2 'id' a1 'x' a2 'id' a1 'y' a5 'topic' a1 't'",
+      "81 a2 'id' a1 'x'",
+      "82 a5 'topic' a1 't' a4 'time' cf 80 00 00 00 00 00 00 00",
+      "82 a5 'topic' a1 't' a7 'payload' c1",
+      "82 a5 'topic' a1 't' a7 'headers' 81 01 a1 'x'",
+      "82 a7 'payload' 92 c1 01 a5 'topic' a1 't'",
+      "92 01 02",
+      "c1",
+  };
+  static uint8_t b[512];
+  struct sl_event_view v, m;
+  size_t i, n, k, cut, used, used2, maxes[4];
+  int rc, answered = 0;
+
+  for (i = 0; i < SL_ARRAY_SIZE(events) + 3; i++) {
+    if (i < SL_ARRAY_SIZE(events)) {
+      n = unhex(events[i], b);
+    } else {
+      /* a payload nested 62, 63, 64 deep: the event adds one level */
+      size_t depth = SL_CODEC_MAX_DEPTH - 2 + (i - SL_ARRAY_SIZE(events));
+      n = unhex("82 a5 'topic' a1 't' a7 'payload'", b);
+      memset(b + n, 0x91, depth);
+      n += depth;
+      b[n++] = 0xc0;
+    }
+    k = unhex("81 a5 'topic' a1 'u'", b + n); /* the next event */
+    maxes[0] = n > 1 ? n - 1 : 1;
+    maxes[1] = n;
+    maxes[2] = n + 1;
+    maxes[3] = MIB;
+    for (cut = 0; cut <= n + k; cut++) {
+      size_t j;
+      for (j = 0; j < 4; j++) {
+        memset(&v, 0xee, sizeof v);
+        if (sl_codec_parse_stream(b, cut, maxes[j], &used, &v) != 0)
+          continue;
+        rc = sl_codec_skip(b, cut, maxes[j], &used2, NULL);
+        if (rc != 0 || used2 != used)
+          fprintf(stderr, "  event %zu cut %zu max %zu\n", i, cut, maxes[j]);
+        CHECK_EQ(rc, 0);
+        CHECK_EQ(used2, used);
+        CHECK_EQ(sl_codec_parse_measured(b, used, &m, NULL), 0);
+        CHECK(memcmp(&v, &m, sizeof(v)) == 0);
+        if (cut >= n && maxes[j] >= n)
+          answered++;
+      }
+    }
+  }
+  /* the six events and the payloads 62 and 63 deep, each with k + 1
+   * cuts and three limits that hold them */
+  CHECK_EQ(answered, 8 * (int)(k + 1) * 3);
+}
+
 TEST(parse_event_topic_alone_is_enough) {
   uint8_t b[64];
   struct sl_event_view v;

@@ -275,6 +275,40 @@ TEST(event_filled_in_place_is_the_event_built_from_its_parts) {
   sl_event_unref(a);
 }
 
+/* The builder copies short spans by fixed-size moves: every length of
+ * topic, key and payload on each side of those sizes comes out whole. */
+TEST(event_builder_copies_every_length_of_topic_key_and_payload) {
+  struct sl_idgen g;
+  struct sl_event *e;
+  static char text[300];
+  static uint8_t payload[300];
+  struct sl_str t, k;
+  size_t n, i;
+  sl_idgen_init(&g);
+  for (i = 0; i < sizeof(text); i++)
+    text[i] = (char)('a' + i % 26 + (i / 26) % 2 * ('A' - 'a'));
+  for (n = 1; n <= 260; n++) {
+    /* a bin payload of n bytes in all: c4 len, then distinct bytes */
+    payload[0] = 0xc4;
+    payload[1] = (uint8_t)(n - 2 < 256 ? (n >= 2 ? n - 2 : 0) : 0);
+    for (i = 2; i < n; i++)
+      payload[i] = (uint8_t)(i * 7 + 1);
+    t.p = text + n % 7;
+    t.len = (uint32_t)(n % 70 + 1);
+    k.p = text + n % 5;
+    k.len = (uint32_t)(n % 45);
+    e = sl_event_new(&g, S(NULL), t, k, 1, 5, NULL, 0,
+                     n >= 2 ? payload : NULL, n >= 2 ? n : 0, 0);
+    CHECK(e && same_as_writer(e, NULL, 0, n >= 2 ? payload : NULL,
+                              n >= 2 ? n : 0));
+    CHECK(e && sl_event_topic(e).len == t.len &&
+          memcmp(sl_event_topic(e).p, t.p, t.len) == 0);
+    CHECK(e && sl_event_key(e).len == k.len &&
+          memcmp(sl_event_key(e).p, k.p, k.len) == 0);
+    sl_event_unref(e);
+  }
+}
+
 TEST(event_ids_are_the_prefix_and_counter_in_hex) {
   struct sl_idgen g;
   struct sl_event *e;

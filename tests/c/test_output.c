@@ -236,6 +236,36 @@ TEST(output_batches_hold_in_flight_until_reported) {
   rig_close(&r);
 }
 
+/* An input's read queued events: a kicked output holding a whole batch
+ * writes now, inside the read; one holding less waits for the loop. */
+TEST(output_flush_full_writes_a_whole_batch_at_once_the_rest_on_the_loop) {
+  struct rig r;
+  int i;
+  rig_init(&r, 0);
+  CHECK(rig_go(&r, OK, 3, NULL) == 0);
+  sl_output_flush_full(&r.w);
+  CHECK_EQ(fakes[0].calls, 0); /* 3 of batch_events 4: the loop's */
+  push(&r, 3);
+  sl_output_flush_full(&r.w);
+  CHECK_EQ(fakes[0].calls, 1);
+  CHECK_EQ(fakes[0].last.n, 4u);
+  CHECK_EQ(r.o->stats.events_out, 4u);
+  /* a write in flight holds the next one back, however full */
+  fakes[0].mode = HOLD;
+  for (i = 4; i < 13; i++)
+    push(&r, i);
+  sl_output_flush_full(&r.w);
+  sl_output_flush_full(&r.w);
+  CHECK_EQ(fakes[0].calls, 2);
+  CHECK_EQ(r.o->q.inflight, 4u);
+  fakes[0].mode = OK;
+  sl_output_done(r.o, 4, SL_WRITE_OK, NULL);
+  run_ms(&r, 20); /* the loop writes what is left, a part batch too */
+  CHECK_EQ(r.o->stats.events_out, 13u);
+  CHECK_EQ(r.o->q.count, 0u);
+  rig_close(&r);
+}
+
 TEST(output_retry_backs_off_then_delivers_the_same_events) {
   struct rig r;
   const struct sl_event *first;
