@@ -657,7 +657,9 @@ static int l_counter(lua_State *L) {
       return luaL_error(L, "not enough memory");
     }
     c->value = 0;
-    r->ncounters++;
+    /* published after the series is whole: a worker's primary set reads
+     * the series from its own thread (sl_rule_counters) */
+    __atomic_store_n(&r->ncounters, r->ncounters + 1, __ATOMIC_RELEASE);
   }
   shrink(&r->buf1);
   slot = lua_newuserdata(L, sizeof(*slot));

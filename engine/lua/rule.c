@@ -894,8 +894,9 @@ uint64_t sl_rule_timer_errors(const struct sl_rule *r) {
 
 void sl_rule_counters(const struct sl_rule *r, sl_rule_counter_cb cb,
                       void *data) {
-  int i;
-  for (i = 0; i < r->ncounters; i++)
+  /* acquire: pairs with l_counter's release (another thread's rule) */
+  int i, n = __atomic_load_n(&r->ncounters, __ATOMIC_ACQUIRE);
+  for (i = 0; i < n; i++)
     cb(data, r->counters[i].name, r->counters[i].labels,
-       r->counters[i].value);
+       r->counters[i].value); /* an aligned double: loads whole */
 }

@@ -111,6 +111,16 @@ struct sl_rules {
   char *persist_dir;         /* rules.persist: <state_dir>/rule-state */
   uv_timer_t persist_timer;  /* every rules.persist_interval_s */
   int persist_timer_open, shut; /* shut: on_stop ran, state written */
+  /* sl_rules_prepare's result, waiting for commit or abort */
+  struct ruleset *prepared;
+  const struct sl_config *prepared_cfg;
+  struct sl_buf prepared_dropped; /* rules whose state did not carry over */
+  char prepared_trigger[32];
+  uint64_t prepared_ms;
+  /* sl_rules_add_replica: sets whose counters ours sum */
+  struct sl_rules **replicas;
+  int nreplicas;
+  struct sl_rules_stats sum; /* sl_rules_stats with replicas */
 };
 
 /* ---- the rule host ----------------------------------------------------- */
@@ -475,40 +485,44 @@ void sl_rules_reload_failed(struct sl_rules *rs, const char *error) {
   write_status(rs);
 }
 
-int sl_rules_reload_with(struct sl_rules *rs, const struct sl_config *cfg,
-                         const char *trigger, void (*commit)(void *data),
-                         void *data) {
-  char err[1024] = "";
+/* Build the next set and hand state over; the live set and config stay
+ * live. See rules.h. */
+int sl_rules_prepare(struct sl_rules *rs, const struct sl_config *cfg,
+                     const char *trigger, char *err, size_t errlen) {
   struct ruleset *next;
-  struct sl_buf changes, dropped;
   uint64_t t0 = sl_mono_ns(), ms, emits, logs;
   const struct sl_config *live_cfg = rs->cfg;
-  int changed, rc, forced = strcmp(trigger, "watch") != 0;
+  int changed, forced = strcmp(trigger, "watch") != 0;
 
-  sl_buf_init(&dropped);
-  rs->rc.cfg = NULL; /* output indexes may move with the config */
+  if (rs->prepared)
+    sl_rules_abort(rs);
+  err[0] = '\0';
+  sl_buf_init(&rs->prepared_dropped);
   if (cfg)
     rs->cfg = cfg; /* the next set is built against it */
-  next = set_build(rs, err, sizeof(err), &changed);
+  next = set_build(rs, err, errlen, &changed);
   if (next && !changed && !forced) {
+    rs->cfg = live_cfg;
     set_free(next); /* it only borrowed the live rules */
     staged_finish(rs, 0, &emits, &logs);
     sl_log(SL_LOG_DEBUG, "rules unchanged; reload skipped",
            SL_S("trigger", trigger), SL_END);
-    return 0;
+    return SL_EALREADY;
   }
-  if (next && (rc = handover(rs, next, err, sizeof(err), &dropped)) != 0) {
+  if (next &&
+      handover(rs, next, err, errlen, &rs->prepared_dropped) != 0) {
     set_free(next);
     next = NULL;
   }
+  rs->cfg = live_cfg; /* until the commit: events still decide with it */
   ms = (sl_mono_ns() - t0) / 1000000u;
   rs->last_reload_ns = sl_now_ns();
   rs->last_reload_ms = ms;
   free(rs->last_error);
   rs->last_error = NULL;
   if (next == NULL) {
-    rs->cfg = live_cfg;
     staged_finish(rs, 0, &emits, &logs);
+    sl_buf_close(&rs->prepared_dropped);
     rs->st.reloads_failed++;
     snprintf(rs->last_result, sizeof(rs->last_result), "failed");
     rs->last_error = strdup(err);
@@ -518,28 +532,73 @@ int sl_rules_reload_with(struct sl_rules *rs, const struct sl_config *cfg,
            SL_U("discarded_emits", emits), SL_U("discarded_logs", logs),
            SL_END);
     write_status(rs);
-    sl_buf_close(&dropped);
     return SL_EINVAL;
   }
+  rs->prepared = next;
+  rs->prepared_cfg = cfg ? cfg : live_cfg;
+  rs->prepared_ms = ms;
+  snprintf(rs->prepared_trigger, sizeof(rs->prepared_trigger), "%s", trigger);
+  return 0;
+}
+
+/* The commit with the owner's switch (sl_rules_reload_with's callback)
+ * run after the set's config changed and before the staged emits. */
+static void commit_with(struct sl_rules *rs, void (*commit)(void *data),
+                        void *data) {
+  struct ruleset *next = rs->prepared;
+  struct sl_buf changes;
+  uint64_t emits, logs;
+
+  if (next == NULL)
+    return;
+  rs->prepared = NULL;
+  rs->cfg = rs->prepared_cfg;
+  rs->rc.cfg = NULL; /* output indexes may move with the config */
   if (commit)
     commit(data); /* the owner switches to cfg: emits below resolve in it */
-  rs->rc.cfg = NULL;
   staged_finish(rs, 1, &emits, &logs); /* before the swap: the rules named
                                           by staged entries are alive */
   sl_buf_init(&changes);
   swap_in(rs, next, &changes);
   sl_buf_putc(&changes, '\0');
-  sl_buf_putc(&dropped, '\0');
+  sl_buf_putc(&rs->prepared_dropped, '\0');
   rs->st.reloads_ok++;
   snprintf(rs->last_result, sizeof(rs->last_result), "ok");
-  sl_log(SL_LOG_INFO, "rules reloaded", SL_S("trigger", trigger),
+  sl_log(SL_LOG_INFO, "rules reloaded", SL_S("trigger", rs->prepared_trigger),
          SL_U("version", rs->st.version), SL_I("rules", next->n),
          SL_S("files_changed", changes.data ? (const char *)changes.data : ""),
-         SL_S("state_dropped", (const char *)dropped.data),
-         SL_U("ms", ms), SL_END);
+         SL_S("state_dropped", (const char *)rs->prepared_dropped.data),
+         SL_U("ms", rs->prepared_ms), SL_END);
   sl_buf_close(&changes);
-  sl_buf_close(&dropped);
+  sl_buf_close(&rs->prepared_dropped);
   write_status(rs);
+}
+
+void sl_rules_commit(struct sl_rules *rs) { commit_with(rs, NULL, NULL); }
+
+void sl_rules_abort(struct sl_rules *rs) {
+  uint64_t emits, logs;
+  if (rs->prepared == NULL)
+    return;
+  set_free(rs->prepared); /* its borrowed rules stay the live set's */
+  rs->prepared = NULL;
+  staged_finish(rs, 0, &emits, &logs);
+  sl_buf_close(&rs->prepared_dropped);
+  sl_log(SL_LOG_DEBUG, "prepared rules version aborted",
+         SL_S("trigger", rs->prepared_trigger),
+         SL_U("discarded_emits", emits), SL_U("discarded_logs", logs), SL_END);
+}
+
+int sl_rules_reload_with(struct sl_rules *rs, const struct sl_config *cfg,
+                         const char *trigger, void (*commit)(void *data),
+                         void *data) {
+  char err[1024];
+  int rc = sl_rules_prepare(rs, cfg, trigger, err, sizeof(err));
+  if (rc == SL_EALREADY)
+    return 0;
+  if (rc != 0)
+    return SL_EINVAL;
+  commit_with(rs, commit, data);
   return 0;
 }
 
@@ -547,7 +606,10 @@ int sl_rules_reload_with(struct sl_rules *rs, const struct sl_config *cfg,
 
 static void on_debounce(uv_timer_t *t) {
   struct sl_rules *rs = container_of(t, struct sl_rules, debounce);
-  sl_rules_reload(rs, "watch");
+  if (rs->owner.reload) /* every worker's set together */
+    rs->owner.reload(rs->owner.data, "watch");
+  else
+    sl_rules_reload(rs, "watch");
 }
 
 static void on_fs_event(uv_fs_event_t *h, const char *filename, int events,
@@ -722,6 +784,7 @@ void sl_rules_free(struct sl_rules *rs) {
   int i;
   if (rs == NULL)
     return;
+  sl_rules_abort(rs);
   sl_metric_remove(rs->metrics, rs);
   set_free(rs->live);
   for (i = 0; i < rs->nstats; i++) {
@@ -732,6 +795,7 @@ void sl_rules_free(struct sl_rules *rs) {
   free(rs->last_error);
   free(rs->status_file);
   free(rs->persist_dir);
+  free(rs->replicas);
   free(rs);
 }
 
@@ -761,8 +825,45 @@ static void write_status(struct sl_rules *rs) {
   sl_buf_close(&b);
 }
 
+/* A counter another thread (a replica's) may be writing: one relaxed
+ * load (a plain mov on x86-64 and aarch64, so the writer's plain ++ costs
+ * nothing extra); a sum may miss the events in flight, never tears. */
+static uint64_t peek(const uint64_t *v) {
+  return __atomic_load_n(v, __ATOMIC_RELAXED);
+}
+
+static void stats_add(struct sl_rules_stats *to,
+                      const struct sl_rules_stats *from) {
+  to->dropped += peek(&from->dropped);
+  to->dead_lettered += peek(&from->dead_lettered);
+  to->unrouted += peek(&from->unrouted);
+  to->emitted += peek(&from->emitted);
+  to->emit_failed += peek(&from->emit_failed);
+  to->error_dropped += peek(&from->error_dropped);
+}
+
 const struct sl_rules_stats *sl_rules_stats(const struct sl_rules *rs) {
-  return &rs->st;
+  struct sl_rules *m = (struct sl_rules *)rs; /* the sum is a cache */
+  int i;
+  if (rs->nreplicas == 0)
+    return &rs->st;
+  m->sum = rs->st;
+  for (i = 0; i < rs->nreplicas; i++)
+    stats_add(&m->sum, &rs->replicas[i]->st);
+  return &m->sum;
+}
+
+int sl_rules_add_replica(struct sl_rules *primary, struct sl_rules *replica) {
+  struct sl_rules **grown;
+  if (replica == NULL || replica == primary || replica->nreplicas)
+    return SL_EINVAL;
+  grown = realloc(primary->replicas,
+                  sizeof(*grown) * (size_t)(primary->nreplicas + 1));
+  if (grown == NULL)
+    return SL_ENOMEM;
+  primary->replicas = grown;
+  grown[primary->nreplicas++] = replica;
+  return 0;
 }
 
 /* ---- deciding ---------------------------------------------------------- */
@@ -1123,14 +1224,56 @@ static void put_decisions(struct sl_metric_out *out,
   sl_metric_put_u64(out, v, s->passed);
 }
 
-/* Per rule file ever loaded (its counters outlive its versions). */
+static void hist_add(struct sl_histogram *to, const struct sl_histogram *h) {
+  int k;
+  for (k = 0; k <= SL_HIST_BUCKETS; k++)
+    to->buckets[k] += peek(&h->buckets[k]);
+  to->count += peek(&h->count);
+  to->sum += h->sum; /* an aligned double: loads whole */
+}
+
+/* rs's counters of one rule file plus every replica's of the same file
+ * (see peek). */
+static void file_sum(const struct sl_rules *rs, const struct rule_stats *s,
+                     struct rule_stats *to) {
+  int i, j, k;
+  *to = *s;
+  for (i = 0; i < rs->nreplicas; i++) {
+    const struct sl_rules *rp = rs->replicas[i];
+    for (j = 0; j < rp->nstats; j++) {
+      const struct rule_stats *x = rp->stats[j];
+      if (strcmp(x->file, s->file) != 0)
+        continue;
+      to->calls += peek(&x->calls);
+      to->routed += peek(&x->routed);
+      to->dropped += peek(&x->dropped);
+      to->passed += peek(&x->passed);
+      to->err_runtime += peek(&x->err_runtime);
+      to->err_cpu += peek(&x->err_cpu);
+      to->err_memory += peek(&x->err_memory);
+      to->timer_errors += peek(&x->timer_errors);
+      for (k = 0; k < 3; k++)
+        to->on_error[k] += peek(&x->on_error[k]);
+      hist_add(&to->duration, &x->duration);
+      break;
+    }
+  }
+}
+
+/* Per rule file ever loaded (its counters outlive its versions), summed
+ * over the replicas. */
 static void collect_files(struct sl_metric_out *out, const struct sl_metric *m,
                           void *data) {
   static const char *const kinds[] = {"runtime", "cpu", "memory"};
   const struct sl_rules *rs = data;
+  struct rule_stats sum;
   int i, k;
   for (i = 0; i < rs->nstats; i++) {
     const struct rule_stats *s = rs->stats[i];
+    if (rs->nreplicas) {
+      file_sum(rs, s, &sum);
+      s = &sum;
+    }
     const char *v[] = {s->file, NULL};
     const uint64_t errs[] = {s->err_runtime, s->err_cpu, s->err_memory};
     if (m == &m_calls)
@@ -1155,36 +1298,111 @@ static void collect_files(struct sl_metric_out *out, const struct sl_metric *m,
   }
 }
 
+/* One sluice.counter series of some set's rule, for merging. */
+struct series {
+  const char *rule, *name, *labels;
+  double value;
+};
+
 struct counter_ctx {
   struct sl_metric_out *out;
   const char *rule;
+  struct series *all; /* with replicas: gathered, then merged */
+  size_t n, cap;
+  int nomem;
 };
 
 static void on_counter(void *data, const char *name, const char *labels,
                        double value) {
   struct counter_ctx *c = data;
   const char *v[] = {c->rule, name};
-  sl_metric_put_extra(c->out, v, labels, value);
+  if (c->out) { /* no replicas: straight out */
+    sl_metric_put_extra(c->out, v, labels, value);
+    return;
+  }
+  if (c->n == c->cap) {
+    size_t cap = c->cap ? c->cap * 2 : 256;
+    struct series *grown = realloc(c->all, cap * sizeof(*grown));
+    if (grown == NULL) {
+      c->nomem = 1;
+      return;
+    }
+    c->all = grown;
+    c->cap = cap;
+  }
+  c->all[c->n++] = (struct series){c->rule, name, labels, value};
 }
 
-/* The live rules' sluice.counter series. */
-static void collect_values(struct sl_metric_out *out,
-                           const struct sl_metric *m, void *data) {
-  const struct sl_rules *rs = data;
+static int series_cmp(const void *a, const void *b) {
+  const struct series *x = a, *y = b;
+  int d = strcmp(x->rule, y->rule);
+  if (d == 0)
+    d = strcmp(x->name, y->name);
+  return d ? d : strcmp(x->labels, y->labels);
+}
+
+static void values_of(const struct sl_rules *rs, struct counter_ctx *c) {
   int i;
   for (i = 0; rs->live && i < rs->live->n; i++) {
     const struct slot *sl = &rs->live->slots[i];
-    struct counter_ctx c = {out, sl->stats ? sl->stats->file : "?"};
-    sl_rule_counters(sl->rule, on_counter, &c);
+    c->rule = sl->stats ? sl->stats->file : "?";
+    sl_rule_counters(sl->rule, on_counter, c);
+  }
+}
+
+/* The live rules' sluice.counter series; with replicas, one series per
+ * rule file, name and labels holding the sum over every set. The names
+ * and labels read stay valid: a replica frees a rule only in a commit,
+ * while the primary's thread waits. */
+static void collect_values(struct sl_metric_out *out,
+                           const struct sl_metric *m, void *data) {
+  const struct sl_rules *rs = data;
+  struct counter_ctx c = {out, NULL, NULL, 0, 0, 0};
+  size_t i, j;
+  (void)m;
+  if (rs->nreplicas == 0) {
+    values_of(rs, &c);
+    return;
+  }
+  c.out = NULL; /* gather */
+  values_of(rs, &c);
+  for (i = 0; i < (size_t)rs->nreplicas; i++)
+    values_of(rs->replicas[i], &c);
+  if (c.n)
+    qsort(c.all, c.n, sizeof(*c.all), series_cmp);
+  for (i = 0; i < c.n; i = j) {
+    const char *v[] = {c.all[i].rule, c.all[i].name};
+    double sum = 0;
+    for (j = i; j < c.n && series_cmp(&c.all[i], &c.all[j]) == 0; j++)
+      sum += c.all[j].value;
+    sl_metric_put_extra(out, v, c.all[i].labels, sum);
+  }
+  free(c.all);
+}
+
+/* The set-wide counters, summed over the replicas: m_dropped's four
+ * series, emits and dead letters. */
+static void collect_totals(struct sl_metric_out *out,
+                           const struct sl_metric *m, void *data) {
+  const struct sl_rules_stats *st = sl_rules_stats(data);
+  if (m == &m_emitted) {
+    sl_metric_put_u64(out, NULL, st->emitted);
+  } else if (m == &m_dead_lettered) {
+    sl_metric_put_u64(out, NULL, st->dead_lettered);
+  } else {
+    const char *v[] = {"rule_error"};
+    sl_metric_put_u64(out, v, st->error_dropped);
+    v[0] = "rule";
+    sl_metric_put_u64(out, v, st->dropped);
+    v[0] = "unrouted";
+    sl_metric_put_u64(out, v, st->unrouted);
+    v[0] = "emit_unknown_output";
+    sl_metric_put_u64(out, v, st->emit_failed);
   }
 }
 
 int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r) {
-  static const char *const ok[] = {"ok"}, *const failed[] = {"failed"},
-                           *const rule[] = {"rule"},
-                           *const unrouted[] = {"unrouted"},
-                           *const unknown[] = {"emit_unknown_output"},
-                           *const rule_error[] = {"rule_error"};
+  static const char *const ok[] = {"ok"}, *const failed[] = {"failed"};
   int rc;
   sl_metric_remove(rs->metrics, rs); /* added once, wherever */
   rs->metrics = r;
@@ -1198,8 +1416,7 @@ int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r) {
   if (rc == 0)
     rc = sl_metric_add(r, &m_on_error, collect_files, rs);
   if (rc == 0)
-    rc = sl_metric_add_u64(r, &m_dropped, rule_error, &rs->st.error_dropped,
-                           rs);
+    rc = sl_metric_add(r, &m_dropped, collect_totals, rs);
   if (rc == 0)
     rc = sl_metric_add(r, &m_decisions, collect_files, rs);
   if (rc == 0)
@@ -1211,16 +1428,9 @@ int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r) {
   if (rc == 0)
     rc = sl_metric_add(r, &m_value, collect_values, rs);
   if (rc == 0)
-    rc = sl_metric_add_u64(r, &m_dropped, rule, &rs->st.dropped, rs);
+    rc = sl_metric_add(r, &m_emitted, collect_totals, rs);
   if (rc == 0)
-    rc = sl_metric_add_u64(r, &m_dropped, unrouted, &rs->st.unrouted, rs);
-  if (rc == 0)
-    rc = sl_metric_add_u64(r, &m_dropped, unknown, &rs->st.emit_failed, rs);
-  if (rc == 0)
-    rc = sl_metric_add_u64(r, &m_emitted, NULL, &rs->st.emitted, rs);
-  if (rc == 0)
-    rc = sl_metric_add_u64(r, &m_dead_lettered, NULL, &rs->st.dead_lettered,
-                           rs);
+    rc = sl_metric_add(r, &m_dead_lettered, collect_totals, rs);
   return rc;
 }
 

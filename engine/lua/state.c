@@ -649,7 +649,7 @@ const char *msg_str(lua_State *L, int idx) {
  * where frames are big (ASan) and whatever runs between two guarded
  * levels. */
 static size_t cstack_budget(void) {
-  static size_t budget;
+  static _Thread_local size_t budget; /* per thread: stacks differ */
   pthread_attr_t a;
   size_t size = 0;
 
