@@ -10,6 +10,7 @@
 #include "rules.h"
 #include "schemas.h"
 #include "worker_int.h"
+#include "workers.h"
 
 /* ---- the pipeline ------------------------------------------------------ */
 
@@ -102,6 +103,10 @@ static void on_room(struct sl_waiter *wt) {
   int rc;
   if (s->held == NULL)
     return;
+  if (s->shard_wait) { /* room in a worker's ring, not in an output */
+    sl_workers_room(s);
+    return;
+  }
   rc = push_held(s);
   if (rc == 0 || rc == SL_EIO)
     hold_end(s);
@@ -121,6 +126,7 @@ void sl_source_init(struct sl_source *s, struct sl_input *in,
 
 void sl_source_close(struct sl_source *s) {
   sl_queue_unwait(&s->waiter);
+  sl_workers_source_gone(s); /* its events in other workers still go */
   hold_end(s);
   s->route_wait = -1;
   if (s->held) {
@@ -132,7 +138,7 @@ void sl_source_close(struct sl_source *s) {
   }
 }
 
-static void count_unrouted(struct sl_source *s) {
+static void count_unrouted(struct sl_source *s, struct sl_source *origin) {
   struct sl_input_stats *st = &s->input->stats;
   uint64_t v = sl_rules_stats(s->w->rules)->version;
   int slot = (int)(v % SL_UNROUTED_VERSIONS);
@@ -141,23 +147,38 @@ static void count_unrouted(struct sl_source *s) {
     st->unrouted[slot] = 0;
   }
   st->unrouted[slot]++;
-  s->unrouted++;
+  if (origin)
+    origin->unrouted++;
 }
 
 int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
   struct sl_worker *w = s->w;
   struct sl_rules_result r;
-  int i, rc;
+  int shard;
 
   if (sl_schemas_ingest(w, ev, &r) == 0) {
     const char *mark = r.schema;
+    if (w->workers && (shard = sl_workers_shard(w, ev)) > 0) {
+      int rc = sl_workers_submit(s, ev, shard, mark);
+      if (rc != SL_ENOMEM)
+        return rc; /* else decided here */
+    }
     sl_rules_decide(w->rules, ev, &r);
     r.schema = mark;
     if (r.ntargets)
       sl_schemas_outputs(w, &r);
   }
+  return sl_worker_deliver(s, s, &r);
+}
+
+int sl_worker_deliver(struct sl_source *s, struct sl_source *origin,
+                      struct sl_rules_result *rp) {
+  struct sl_worker *w = s->w;
+  struct sl_rules_result r = *rp;
+  int i, rc;
+
   if (r.outcome == SL_RULES_UNROUTED)
-    count_unrouted(s);
+    count_unrouted(s, origin);
   if (w->tap)
     w->tap(w->tap_data, r.event, &r);
   s->ntargets = r.ntargets;
@@ -209,16 +230,23 @@ int sl_worker_blocked(const struct sl_worker *w) {
 /* ---- durability ---------------------------------------------------------- */
 
 int sl_worker_durable(struct sl_worker *w, struct sl_durable *d) {
+  if (d->waiting)
+    return SL_EAGAIN; /* its callback comes; it asks again after */
+  if (w->workers && sl_workers_durable(w, d) == SL_EAGAIN)
+    return SL_EAGAIN; /* jobs still in other workers: then the tickets */
+  return sl_worker_durable_now(w, d, 0);
+}
+
+int sl_worker_durable_now(struct sl_worker *w, struct sl_durable *d,
+                          int keep) {
   uint64_t ticket;
   int i, pending = 0;
 
-  if (d->waiting)
-    return SL_EAGAIN; /* its callback comes; it asks again after */
   /* appends from now on are stamped later than this ticket */
   ticket = w->durable_ticket++;
   for (i = 0; i < w->noutputs; i++) {
     int rc = sl_buffer_durable(&w->outputs[i].buf, ticket);
-    if (rc == SL_EIO) {
+    if (rc == SL_EIO && !keep) {
       d->refused_output = i;
       return SL_EIO;
     }
