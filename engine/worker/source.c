@@ -172,31 +172,30 @@ int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
 }
 
 int sl_worker_deliver(struct sl_source *s, struct sl_source *origin,
-                      struct sl_rules_result *rp) {
+                      struct sl_rules_result *r) {
   struct sl_worker *w = s->w;
-  struct sl_rules_result r = *rp;
   int i, rc;
 
-  if (r.outcome == SL_RULES_UNROUTED)
+  if (r->outcome == SL_RULES_UNROUTED)
     count_unrouted(s, origin);
   if (w->tap)
-    w->tap(w->tap_data, r.event, &r);
-  s->ntargets = r.ntargets;
-  for (i = 0; i < r.ntargets; i++)
-    s->targets[i] = r.targets[i];
+    w->tap(w->tap_data, r->event, r);
+  s->ntargets = r->ntargets;
+  for (i = 0; i < r->ntargets; i++)
+    s->targets[i] = r->targets[i];
   s->refused = 0;
-  s->held = r.event; /* r.event holds the reference now (maybe a new one) */
+  s->held = r->event; /* r->event holds the reference now (maybe a new one) */
   if (s->ntargets == 0) {
     sl_event_unref(s->held);
     s->held = NULL;
     return 0;
   }
-  if (r.route >= 0 && w->route_limits &&
-      w->route_limits[r.route].rl.rate &&
-      sl_ratelimit_take(&w->route_limits[r.route].rl, 1, sl_mono_ns()) == 0) {
+  if (r->route >= 0 && w->route_limits &&
+      w->route_limits[r->route].rl.rate &&
+      sl_ratelimit_take(&w->route_limits[r->route].rl, 1, sl_mono_ns()) == 0) {
     /* over the route's rate: the excess follows its outputs' when_full
      * policy, block (or spill) winning over drop when they differ */
-    struct sl_route_limit *l = &w->route_limits[r.route];
+    struct sl_route_limit *l = &w->route_limits[r->route];
     int blocks = 0;
     for (i = 0; i < s->ntargets; i++) {
       enum sl_queue_policy p = w->outputs[s->targets[i]].q.policy;
@@ -210,7 +209,7 @@ int sl_worker_deliver(struct sl_source *s, struct sl_source *origin,
       return 0;
     }
     l->waited++;
-    s->route_wait = r.route;
+    s->route_wait = r->route;
   }
   rc = push_held(s);
   if (rc == SL_EAGAIN)
