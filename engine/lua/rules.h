@@ -145,10 +145,31 @@ int sl_rules_status_json(const struct sl_rules *rs, struct sl_buf *out);
  * sl_rules_free removes them. 0 or SL_ENOMEM. */
 int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r);
 
-/* Threads: a set is used by one thread at a time (the one that made it,
- * or that its owner hands it to). Several sets may run on several threads
- * at once. rules.jit = true: see the note at sl_rules_add_replica's end
- * before running sets on more than one thread. */
+/* Threads. A set is used by one thread at a time (the one that made it,
+ * or one its owner hands it to with a happens-before, e.g. a join or a
+ * ring's release/acquire); several sets run on several threads at once
+ * (tests/c/test_rules_threads.c). Per thread, not shared: each rule's Lua
+ * state, seen/rate_limit tables, timers and sluice.counter series (the
+ * primary sums them), the CPU watchdog timer, the C-stack budget, the
+ * event block pool (an event may be freed on another thread than the one
+ * that made it: blocks are plain malloc blocks of two sizes). Events: the
+ * refcount is not atomic, so an event belongs to one thread at a time;
+ * after sl_rules_decide returns, the set keeps no reference to the event
+ * given or returned (proxies and payload views are cut at the call's
+ * end, dead letters are new events, seen/rate_limit keep hashes, emits
+ * are new events owned by the owner callback or the reload's staging).
+ * Log lines are one write(2) each.
+ *
+ * NOT SAFE: rules.jit = true with sets on more than one thread. The JIT's
+ * budget uses LuaJIT's profiler (state.c), which is one per process: its
+ * SIGPROF comes from a process-wide ITIMER_PROF, so the kernel may deliver
+ * it to any thread, and LuaJIT's handler then rewrites the hook mask and
+ * dispatch table of the VM holding the profiler from that other thread,
+ * racing with that VM's own thread (a lost update can leave a runaway
+ * compiled loop unstopped). While one set holds the profiler, an
+ * overrunning rule on another thread also waits for it. So the config
+ * must refuse workers > 1 with rules.jit = true (the worker's config
+ * check, engine/config). */
 
 /* Make replica a worker's copy of primary (the same rules dir, loaded
  * once more for another thread): sl_rules_metrics and sl_rules_stats of

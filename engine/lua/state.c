@@ -355,9 +355,24 @@ static void on_watchdog(int sig, siginfo_t *si, void *uc) {
   errno = saved;
 }
 
+/* A thread that ran rules exits (a worker replica joined at stop): its
+ * timer goes with it instead of staying in the process, armed for a
+ * thread that is gone. */
+static pthread_key_t wd_key;
+static int wd_key_made;
+
+static void wd_thread_exit(void *arg) {
+  (void)arg;
+  if (wd.state == 1)
+    timer_delete(wd.id);
+  wd.state = 0;
+  wd.armed = 0;
+}
+
 static void wd_install(void) {
   struct sigaction sa;
 
+  wd_key_made = pthread_key_create(&wd_key, wd_thread_exit) == 0;
   memset(&sa, 0, sizeof(sa));
   sa.sa_sigaction = on_watchdog;
   sa.sa_flags = SA_SIGINFO | SA_RESTART;
@@ -377,6 +392,8 @@ static void wd_start(struct box *b) {
     sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
     pthread_once(&once, wd_install);
     wd.state = timer_create(CLOCK_MONOTONIC, &sev, &wd.id) == 0 ? 1 : -1;
+    if (wd.state == 1 && wd_key_made) /* non-NULL: the destructor runs */
+      (void)pthread_setspecific(wd_key, &wd);
   }
   if (wd.state < 0) {
     if (b->jit) /* no watchdog, no interrupt: compiled code is unstoppable */
@@ -401,6 +418,9 @@ __attribute__((destructor)) static void wd_unload(void) {
   if (wd.state == 1)
     timer_delete(wd.id);
   wd.state = 0;
+  if (wd_key_made) /* no thread exit may call into unmapped code */
+    pthread_key_delete(wd_key);
+  wd_key_made = 0;
   if (jit_ok == 1) { /* nor the profiler's callback and park */
     luaJIT_profile_stop(jit_park);
     lua_close(jit_park);
