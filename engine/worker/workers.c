@@ -395,7 +395,7 @@ int sl_workers_submit(struct sl_source *s, struct sl_event *ev, int shard,
       return SL_ENOMEM;
     s->tag->s = s;
   }
-  s->refused = 0;
+  /* s->refused stays: a refusal found in an earlier result is still news */
   j.ev = ev;
   j.tag = s->tag;
   j.input = s->input->index;
@@ -869,6 +869,8 @@ int sl_workers_rules_reload(void *data, const char *trigger) {
   char err[1024];
   if (w->workers == NULL)
     return sl_rules_reload(w->rules, trigger);
+  if (w->stopping || w->workers->shut)
+    return SL_EINVAL; /* draining: the rules stay as they are */
   return sl_workers_reload(w, NULL, trigger, NULL, NULL, err, sizeof(err));
 }
 
