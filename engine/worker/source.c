@@ -231,6 +231,7 @@ int sl_worker_blocked(const struct sl_worker *w) {
 int sl_worker_durable(struct sl_worker *w, struct sl_durable *d) {
   if (d->waiting)
     return SL_EAGAIN; /* its callback comes; it asks again after */
+  d->failed = 0;
   if (w->workers && sl_workers_durable(w, d) == SL_EAGAIN)
     return SL_EAGAIN; /* jobs still in other workers: then the tickets */
   return sl_worker_durable_now(w, d, 0);

@@ -62,6 +62,9 @@ struct sl_source {
    * ring of that worker (not yet decided) */
   struct sl_source_tag *tag;
   int shard_wait;
+  int refused_later; /* workers > 1: one of its events was refused after
+                        sl_worker_submit returned (refused_output says
+                        where): never ack it; refuse (close, 503) instead */
 };
 
 /* Someone waiting until the events it submitted are where their outputs'
@@ -74,6 +77,8 @@ struct sl_durable {
   int refused_output; /* after SL_EIO: the output whose disk refused */
   void (*on_durable)(struct sl_durable *d);
   uint64_t async_seq; /* workers > 1: waits for jobs up to this one */
+  int failed; /* set when on_durable runs for a refusal (what SL_EIO says:
+                 see refused_output), only with workers > 1 */
 };
 
 struct sl_input_ops {

@@ -26,6 +26,9 @@
 
 #define RING_CAP 4096     /* jobs (and results) per replica */
 #define PENDING_MAX 4096  /* emits outside a decide awaiting result room */
+/* jobs one replica can have in flight: both rings, one being decided, one
+ * held; a power of two above that */
+#define INFLIGHT_CAP (4 * RING_CAP)
 
 /* What a job says about its source: main only, outlives the source. */
 struct sl_source_tag {
@@ -98,7 +101,9 @@ struct replica {
   uint64_t held_seq;
   struct sl_queue room_q; /* sources waiting for room in jobs */
   uint64_t inflight;      /* jobs handed out and not yet applied */
-  uint64_t applied_seq;   /* seq of the last job applied */
+  uint64_t *seqs;         /* their seqs, oldest first (a circle of
+                             INFLIGHT_CAP from seqs_head) */
+  uint64_t seqs_head;
 };
 
 struct sl_workers {
@@ -378,6 +383,7 @@ static int push_job(struct replica *r, struct job *j) {
     return SL_EAGAIN;
   ws->seq = j->seq;
   j->tag->refs++;
+  r->seqs[(r->seqs_head + r->inflight) & (INFLIGHT_CAP - 1)] = j->seq;
   r->inflight++;
   ws->inflight++;
   r->pushed = 1; /* woken once, at the end of this loop iteration */
@@ -450,23 +456,28 @@ static void on_check(uv_check_t *c) {
 
 /* ---- the main thread: applying results ----------------------------------- */
 
-/* Every replica's jobs up to seq are applied (a replica with jobs in flight
- * and nothing applied past seq may still hold one of them). */
+/* Every job up to seq is applied: each replica's oldest job in flight (if
+ * any) came later. */
 static int covered(const struct sl_workers *ws, uint64_t seq) {
   int i;
-  for (i = 0; i < ws->n - 1; i++)
-    if (ws->r[i].inflight && ws->r[i].applied_seq < seq)
+  for (i = 0; i < ws->n - 1; i++) {
+    const struct replica *r = &ws->r[i];
+    if (r->inflight && r->seqs[r->seqs_head & (INFLIGHT_CAP - 1)] <= seq)
       return 0;
+  }
   return 1;
 }
 
 static void wake_durable(struct sl_workers *ws) {
+  int rc;
   while (ws->waiters.next != &ws->waiters) {
     struct sl_durable *d = ws->waiters.next;
     if (!covered(ws, d->async_seq))
       return; /* later ones wait for later jobs */
     sl_worker_undurable(d);
-    if (sl_worker_durable_now(ws->w, d, 1) == 0)
+    rc = sl_worker_durable_now(ws->w, d, 0);
+    d->failed = rc == SL_EIO; /* the callback tells the producer */
+    if (rc != SL_EAGAIN)
       d->on_durable(d); /* may add or remove waiters: look again */
   }
 }
@@ -480,14 +491,15 @@ static void job_done(struct replica *r, struct sl_source_tag *tag,
                      uint64_t seq) {
   struct sl_workers *ws = r->ws;
   struct sl_source *s = tag ? tag->s : NULL;
-  if (s && r->holder.refused && !s->refused) {
-    s->refused = 1; /* seen by its durability check or next submit */
+  if (s && r->holder.refused && !s->refused_later) {
+    s->refused_later = 1; /* its input refuses instead of acking */
     s->refused_output = r->holder.refused_output;
   }
   tag_unref(tag);
+  (void)seq; /* results come in job order: it is the oldest */
+  r->seqs_head++;
   r->inflight--;
   ws->inflight--;
-  r->applied_seq = seq;
   if (ws->waiters.next != &ws->waiters)
     wake_durable(ws);
 }
@@ -624,7 +636,8 @@ static int replica_start(struct sl_workers *ws, struct replica *r, int index,
   r->holder.w = ws->w;
   if (sl_ring_init(&r->jobs, RING_CAP, sizeof(struct job)) != 0 ||
       sl_ring_init(&r->results, RING_CAP, sizeof(struct result)) != 0 ||
-      sl_queue_init(&r->room_q, 1, 1, SL_QUEUE_BLOCK) != 0) {
+      sl_queue_init(&r->room_q, 1, 1, SL_QUEUE_BLOCK) != 0 ||
+      (r->seqs = calloc(INFLIGHT_CAP, sizeof(*r->seqs))) == NULL) {
     snprintf(err, errlen, "out of memory");
     return SL_ENOMEM;
   }
@@ -768,6 +781,7 @@ static void replica_close(struct sl_worker *w, struct replica *r) {
   sl_ring_close(&r->jobs);
   sl_ring_close(&r->results);
   sl_queue_close(&r->room_q);
+  free(r->seqs);
   if (r->thread_started) {
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
