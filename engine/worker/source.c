@@ -234,11 +234,10 @@ int sl_worker_durable(struct sl_worker *w, struct sl_durable *d) {
   d->failed = 0;
   if (w->workers && sl_workers_durable(w, d) == SL_EAGAIN)
     return SL_EAGAIN; /* jobs still in other workers: then the tickets */
-  return sl_worker_durable_now(w, d, 0);
+  return sl_worker_durable_now(w, d);
 }
 
-int sl_worker_durable_now(struct sl_worker *w, struct sl_durable *d,
-                          int keep) {
+int sl_worker_durable_now(struct sl_worker *w, struct sl_durable *d) {
   uint64_t ticket;
   int i, pending = 0;
 
@@ -246,7 +245,7 @@ int sl_worker_durable_now(struct sl_worker *w, struct sl_durable *d,
   ticket = w->durable_ticket++;
   for (i = 0; i < w->noutputs; i++) {
     int rc = sl_buffer_durable(&w->outputs[i].buf, ticket);
-    if (rc == SL_EIO && !keep) {
+    if (rc == SL_EIO) {
       d->refused_output = i;
       return SL_EIO;
     }

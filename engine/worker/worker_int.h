@@ -40,10 +40,8 @@ void sl_worker_emit(struct sl_worker *w, int output, struct sl_event *ev);
 int sl_worker_deliver(struct sl_source *s, struct sl_source *origin,
                       struct sl_rules_result *r);
 
-/* sl_worker_durable's ticket part (the disk buffers). keep: a refusal
- * (SL_EIO) waits too, for the buffer to write again, and says SL_EAGAIN
- * (a waiter whose callback can only say yes). */
-int sl_worker_durable_now(struct sl_worker *w, struct sl_durable *d,
-                          int keep);
+/* sl_worker_durable's ticket part (the disk buffers), returning as it
+ * does; workers.c runs it once the jobs in flight before it are applied. */
+int sl_worker_durable_now(struct sl_worker *w, struct sl_durable *d);
 
 #endif

@@ -299,13 +299,14 @@ static void serve_ctl(struct replica *r) {
     uv_close((uv_handle_t *)&r->wake, NULL);
     break;
   }
-  (void)flush_pending(r); /* emits of the commit or on_stop: before reply */
-  if (r->pending == NULL || op == CTL_STOP)
-    ;
-  else
-    uv_async_send(&r->wake); /* the rest once results have room */
-  if (op != CTL_STOP)
+  if (op != CTL_STOP) {
+    /* emits of a commit or on_stop go before the reply; what does not
+     * fit follows once main made room */
+    (void)flush_pending(r);
+    if (r->pending)
+      uv_async_send(&r->wake);
     uv_async_send(&r->ws->results_async);
+  }
   ctl_reply(r, rc, err);
 }
 
@@ -475,7 +476,7 @@ static void wake_durable(struct sl_workers *ws) {
     if (!covered(ws, d->async_seq))
       return; /* later ones wait for later jobs */
     sl_worker_undurable(d);
-    rc = sl_worker_durable_now(ws->w, d, 0);
+    rc = sl_worker_durable_now(ws->w, d);
     d->failed = rc == SL_EIO; /* the callback tells the producer */
     if (rc != SL_EAGAIN)
       d->on_durable(d); /* may add or remove waiters: look again */
