@@ -352,3 +352,57 @@ def test_workers_config_errors_and_a_reload_changing_workers_is_refused(
     assert post_reload(admin) != 200
     eng.wait_log("config reload rejected; the running config stays")
     assert any("workers (2 -> 4)" in l.get("error", "") for l in eng.logs())
+
+
+def test_workers_a_disk_refusal_found_in_a_worker_closes_instead_of_acking(
+        sluice, tmp_path):
+    # the refusal (drop policy, disk full) is found when the main loop
+    # applies a replica's result, after sl_worker_submit returned: the
+    # producer must still never get an ack for a refused event
+    from test_durability import (AckedProducer, BIG, disk_config, mount_tmpfs,
+                                 payload_ids, stopped_clean, umount)
+    disk = tmp_path / "disk"
+    mount_tmpfs(disk, "2m")
+    try:
+        port, down, admin = free_port(), free_port(), free_port()
+        eng = sluice(disk_config(port, down, disk / "buf",
+                                 when_full="drop_newest", admin=admin)
+                     .replace("return {", "return {\n  workers = 3,", 1))
+        n = 4000
+        p = AckedProducer("127.0.0.1:%d" % port,
+                          [{"topic": "t", "key": "k%d" % (i % 7),
+                            "payload": [i, BIG]} for i in range(n)])
+        acked = p.read_acks()
+        assert acked < n
+        assert p.closed, "the refused producer is told by a closed connection"
+        with Sink(port=down) as sink:
+            # keys spread over workers: the acked ones arrive in any order
+            wait_for(lambda: set(range(acked)) <= set(payload_ids(sink.events)),
+                     timeout=30, what="every acked event delivered")
+            p.close()
+            stopped_clean(eng)
+    finally:
+        umount(disk)
+
+
+def test_workers_http_batch_refused_by_a_worker_result_gets_503_not_202(
+        sluice, tmp_path):
+    from test_durability import BIG, disk_config, mount_tmpfs, umount
+    from helpers_http import curl
+    disk = tmp_path / "disk"
+    mount_tmpfs(disk, "2m")
+    try:
+        port, down, web = free_port(), free_port(), free_port()
+        sluice(disk_config(port, down, disk / "buf", when_full="drop_newest",
+                           http=web).replace("return {", "return {\n  workers = 3,", 1))
+        statuses = []
+        for b in range(40):  # 4 MB into a 2 MiB disk
+            batch = [{"topic": "t", "key": "k%d" % k, "payload": [b * 100 + k, BIG]}
+                     for k in range(100)]
+            r = curl("http://127.0.0.1:%d/v1/events" % web,
+                     data=json.dumps(batch), content_type="application/json")
+            statuses.append(r.status)
+        assert 202 in statuses and 503 in statuses, statuses
+        assert set(statuses) == {202, 503}, statuses
+    finally:
+        umount(disk)
