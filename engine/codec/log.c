@@ -1,6 +1,8 @@
 /* log.c - JSON line logging on stderr; see log.h. */
 #include "log.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,6 +14,10 @@
 
 static enum sl_log_level level_min = SL_LOG_INFO; /* set before threads */
 static int log_fd = 2;
+/* One write(2) is whole only up to PIPE_BUF on a pipe (2 KiB chunks on a
+ * tty), and a signal may cut it short: with rule sets on several threads
+ * a long line (a traceback) could interleave with another thread's. */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static const char *level_names[] = {"debug", "info", "warn", "error"};
 
@@ -87,8 +93,17 @@ void sl_log(enum sl_log_level level, const char *msg, ...) {
   va_end(ap);
   sl_buf_append(&b, "}\n", 2);
   if (b.data) {
-    ssize_t rc = write(log_fd, b.data, b.len);
-    (void)rc; /* nowhere to report a failed log write */
+    size_t off = 0;
+    pthread_mutex_lock(&log_lock);
+    while (off < b.len) {
+      ssize_t rc = write(log_fd, b.data + off, b.len - off);
+      if (rc < 0 && errno == EINTR)
+        continue;
+      if (rc <= 0)
+        break; /* nowhere to report a failed log write */
+      off += (size_t)rc;
+    }
+    pthread_mutex_unlock(&log_lock);
   }
   sl_buf_close(&b);
 }

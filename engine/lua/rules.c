@@ -853,6 +853,8 @@ const struct sl_rules_stats *sl_rules_stats(const struct sl_rules *rs) {
   return &m->sum;
 }
 
+uint64_t sl_rules_version(const struct sl_rules *rs) { return rs->st.version; }
+
 int sl_rules_add_replica(struct sl_rules *primary, struct sl_rules *replica) {
   struct sl_rules **grown;
   if (replica == NULL || replica == primary || replica->nreplicas)

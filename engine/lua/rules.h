@@ -222,4 +222,8 @@ struct sl_rules_stats {
 };
 const struct sl_rules_stats *sl_rules_stats(const struct sl_rules *rs);
 
+/* The live version (sl_rules_stats(rs)->version without summing the
+ * replicas: for per-event use). */
+uint64_t sl_rules_version(const struct sl_rules *rs);
+
 #endif

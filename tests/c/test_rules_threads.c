@@ -379,6 +379,7 @@ TEST(rules_two_sets_decide_on_two_threads_at_once_and_metrics_sum) {
   CHECK_EQ(st->emitted, (uint64_t)(NSETS * emits));
   CHECK_EQ(st->dead_lettered, (uint64_t)(NSETS * errs));
   CHECK_EQ(st->version, 1u); /* the primary's own */
+  CHECK_EQ(sl_rules_version(f.w[0].rs), 1u);
   sl_buf_reset(&b);
   CHECK_EQ(sl_metric_render(reg, &b), 0);
   CHECK_EQ(sl_buf_putc(&b, '\0'), 0);
@@ -567,4 +568,186 @@ TEST(rules_watcher_reloads_through_the_owner_when_it_has_reload) {
   uv_run(&loop, UV_RUN_DEFAULT);
   uv_loop_close(&loop);
   fixture_close(&f);
+}
+
+/* ---- what threads leave behind ---------------------------------------- */
+
+/* POSIX timers of this process (/proc/self/timers: one "ID:" line each),
+ * or -1 when the kernel does not list them. */
+static int process_timers(void) {
+  char line[256];
+  int n = 0;
+  FILE *f = fopen("/proc/self/timers", "r");
+  if (f == NULL)
+    return -1;
+  while (fgets(line, sizeof(line), f))
+    n += strncmp(line, "ID:", 3) == 0;
+  fclose(f);
+  return n;
+}
+
+static void *run_few(void *arg) {
+  struct run *run = arg;
+  one(run->w, run->cfg, 3992); /* a payload rule */
+  one(run->w, run->cfg, 3999); /* overruns: the watchdog timer fires */
+  return NULL;
+}
+
+TEST(rules_a_thread_that_ran_rules_leaves_no_watchdog_timer_when_it_exits) {
+  struct fixture f;
+  struct run run;
+  pthread_t th;
+  int before, round;
+
+  CHECK_EQ(fixture_init(&f, 0), 0);
+  CHECK_EQ(start(&f, 0, NULL), 0);
+  run.w = &f.w[0];
+  run.cfg = f.cfg;
+  for (round = 0; round < 3; round++) {
+    before = process_timers();
+    CHECK_EQ(pthread_create(&th, NULL, run_few, &run), 0);
+    pthread_join(th, NULL);
+    if (before >= 0)
+      CHECK_EQ(process_timers(), before);
+  }
+  CHECK_EQ(f.w[0].bad, 0);
+  CHECK_EQ(f.w[0].ok, 6u);
+  fixture_close(&f);
+}
+
+/* Events made on one thread and freed on another (a job's event freed by
+ * the replica that decided it, a result's by the main thread): the block
+ * pools of both stay sound. */
+struct pool_run {
+  struct sl_idgen g;
+  struct sl_event **evs;
+  int n, make;
+};
+
+static void *pool_side(void *arg) {
+  struct pool_run *p = arg;
+  int i;
+  for (i = 0; i < p->n; i++) {
+    if (p->make) {
+      char topic[32];
+      struct sl_str none = {NULL, 0}, t = {topic, 0};
+      t.len = (uint32_t)snprintf(topic, sizeof(topic), "pool.%d", i);
+      p->evs[i] = sl_event_new(&p->g, none, t, none, 1, 1000, NULL, 0,
+                               NULL, 0, 0);
+    } else {
+      sl_event_unref(p->evs[i]);
+      p->evs[i] = NULL;
+    }
+  }
+  return NULL;
+}
+
+TEST(events_made_on_one_thread_are_freed_on_another) {
+  enum { N = 30000 };
+  struct pool_run a, b;
+  pthread_t ta, tb;
+  static struct sl_event *first[N], *second[N];
+  int i, round;
+
+  memset(&a, 0, sizeof(a));
+  memset(&b, 0, sizeof(b));
+  sl_idgen_init(&a.g);
+  sl_idgen_init(&b.g);
+  a.n = b.n = N;
+  for (round = 0; round < 3; round++) {
+    /* a makes the first batch; then b frees it while a makes the second */
+    a.evs = first;
+    a.make = 1;
+    pthread_create(&ta, NULL, pool_side, &a);
+    pthread_join(ta, NULL);
+    b.evs = first;
+    b.make = 0;
+    a.evs = second;
+    pthread_create(&tb, NULL, pool_side, &b);
+    pthread_create(&ta, NULL, pool_side, &a);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    for (i = 0; i < N; i++) { /* whole and distinct */
+      char want[32];
+      struct sl_str t = sl_event_topic(second[i]);
+      snprintf(want, sizeof(want), "pool.%d", i);
+      CHECK(first[i] == NULL);
+      CHECK_EQ(second[i]->refs, 1);
+      CHECK(t.len == strlen(want) && memcmp(t.p, want, t.len) == 0);
+    }
+    for (i = 0; i < N; i++) /* back on the main thread */
+      sl_event_unref(second[i]);
+  }
+}
+
+/* Log lines longer than a pipe writes at once, from two threads: each
+ * arrives whole, never mixed with the other thread's. */
+struct log_run {
+  char fill;
+  int lines;
+};
+
+#define LOG_FIELD 20000
+
+static void *log_side(void *arg) {
+  struct log_run *l = arg;
+  static _Thread_local char field[LOG_FIELD + 1];
+  int i;
+  memset(field, l->fill, LOG_FIELD);
+  field[LOG_FIELD] = '\0';
+  for (i = 0; i < l->lines; i++)
+    sl_log(SL_LOG_ERROR, "long", SL_S("field", field), SL_END);
+  return NULL;
+}
+
+struct log_reader {
+  int fd, lines, bad;
+};
+
+static void *log_read(void *arg) {
+  struct log_reader *r = arg;
+  static char buf[1 << 20];
+  size_t have = 0;
+  ssize_t n;
+  while ((n = read(r->fd, buf + have, sizeof(buf) - have)) > 0) {
+    char *line = buf, *nl;
+    have += (size_t)n;
+    while ((nl = memchr(line, '\n', have - (size_t)(line - buf))) != NULL) {
+      char *f = strstr(line, "\"field\":\"");
+      /* whole: one run of one letter, closed by the line's end */
+      if (f == NULL || (size_t)(nl - line) < LOG_FIELD ||
+          (f[9] != 'a' && f[9] != 'b') || nl[-1] != '}' ||
+          (f[9] == 'a' ? memchr(f + 9, 'b', LOG_FIELD) != NULL
+                       : memchr(f + 9, 'a', LOG_FIELD) != NULL))
+        r->bad++;
+      r->lines++;
+      line = nl + 1;
+    }
+    have -= (size_t)(line - buf);
+    memmove(buf, line, have);
+  }
+  return NULL;
+}
+
+TEST(log_lines_of_two_threads_never_interleave) {
+  struct log_run l[2] = {{'a', 200}, {'b', 200}};
+  struct log_reader r = {0, 0, 0};
+  pthread_t th[2], rd;
+  int p[2], devnull;
+
+  CHECK_EQ(pipe(p), 0);
+  r.fd = p[0];
+  pthread_create(&rd, NULL, log_read, &r);
+  sl_log_set_fd(p[1]);
+  pthread_create(&th[0], NULL, log_side, &l[0]);
+  pthread_create(&th[1], NULL, log_side, &l[1]);
+  pthread_join(th[0], NULL);
+  pthread_join(th[1], NULL);
+  devnull = open("/dev/null", O_WRONLY);
+  sl_log_set_fd(devnull);
+  close(p[1]);
+  pthread_join(rd, NULL);
+  close(p[0]);
+  CHECK_EQ(r.lines, 400);
+  CHECK_EQ(r.bad, 0);
 }
