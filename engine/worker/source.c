@@ -140,7 +140,7 @@ void sl_source_close(struct sl_source *s) {
 
 static void count_unrouted(struct sl_source *s, struct sl_source *origin) {
   struct sl_input_stats *st = &s->input->stats;
-  uint64_t v = sl_rules_stats(s->w->rules)->version;
+  uint64_t v = sl_rules_version(s->w->rules);
   int slot = (int)(v % SL_UNROUTED_VERSIONS);
   if (st->unrouted_version[slot] != v) {
     st->unrouted_version[slot] = v; /* a version 4 reloads ago leaves */
