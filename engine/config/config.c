@@ -1897,12 +1897,46 @@ static void check_state_dir(struct check *c, struct sl_config *cfg, int t) {
     bad(c, "state_dir", "cannot use %s: %s", cfg->state_dir, why);
 }
 
+/* workers = N (1..64) or "auto" (online CPUs, at most 64); default 1.
+ * What is not safe with several rule states yet is refused by name. */
+static void check_workers(struct check *c, struct sl_config *cfg, int t) {
+  long n;
+  cfg->workers = 1;
+  lua_getfield(c->L, t, "workers");
+  if (lua_type(c->L, -1) == LUA_TNUMBER) {
+    double v = lua_tonumber(c->L, -1);
+    if (v != (double)(long)v || v < 1 || v > SL_CONFIG_MAX_WORKERS)
+      bad(c, "workers", "expected an integer from 1 to %d or \"auto\", got %g",
+          SL_CONFIG_MAX_WORKERS, v);
+    else
+      cfg->workers = (int)v;
+  } else if (lua_type(c->L, -1) == LUA_TSTRING &&
+             strcmp(lua_tostring(c->L, -1), "auto") == 0) {
+    n = sysconf(_SC_NPROCESSORS_ONLN);
+    cfg->workers = n < 1 ? 1 : n > SL_CONFIG_MAX_WORKERS
+                                   ? SL_CONFIG_MAX_WORKERS : (int)n;
+  } else if (!lua_isnil(c->L, -1)) {
+    bad(c, "workers", "expected an integer from 1 to %d or \"auto\", got %s",
+        SL_CONFIG_MAX_WORKERS,
+        lua_type(c->L, -1) == LUA_TSTRING ? lua_tostring(c->L, -1)
+                                          : type_of(c->L, -1));
+  }
+  lua_pop(c->L, 1);
+  if (cfg->workers > 1 && cfg->rules.persist)
+    bad(c, "workers", "rules.persist keeps one state file per rule, and "
+        "workers = %d would run %d states: use workers = 1 with "
+        "rules.persist", cfg->workers, cfg->workers);
+  if (cfg->workers > 1 && cfg->rules.jit)
+    bad(c, "workers", "rules.jit = true is not supported with workers > 1 "
+        "yet: use workers = 1 or rules.jit = false");
+}
+
 static void check_top(struct check *c, struct sl_config *cfg, int t) {
   static const char *const keys[] = {
       "inputs",    "outputs",          "routes",          "rules",
       "admin",     "dead_letter",      "pid_file",        "shutdown_timeout",
       "log_level", "max_event_bytes",  "state_dir",       "unrouted",
-      "schemas",   NULL};
+      "schemas",   "workers",          NULL};
   double timeout;
   char *level = NULL, *pid = NULL;
 
@@ -1916,6 +1950,7 @@ static void check_top(struct check *c, struct sl_config *cfg, int t) {
   check_rules(c, cfg, t);
   check_admin(c, cfg, t);
   c->nerr += sl_config_schemas(c->L, t, c->file, c->dir, cfg, c->err);
+  check_workers(c, cfg, t);
   cfg->max_event_bytes = 1u << 20;
   opt_u32(c, t, "", "max_event_bytes", 64, 256u << 20, &cfg->max_event_bytes,
           1);

@@ -14,6 +14,7 @@
 #include "router.h"
 
 #define SL_CONFIG_MAX_OUTPUTS 64
+#define SL_CONFIG_MAX_WORKERS 64
 #define SL_CONFIG_DEFAULT_PATH "sluice.conf.lua"
 
 /* What a full queue does (queue.when_full); the queue (delivery/queue.c)
@@ -221,6 +222,7 @@ struct sl_config {
                                (pid, status, lock, dead letter, buffers);
                                default var/ beside the config */
   uint32_t shutdown_timeout_ms; /* default 10000 */
+  int workers;                  /* rule threads incl. the main one; 1 */
   uint32_t max_event_bytes;     /* default 1 MiB */
   int log_level;                /* -1: not set in the file */
   struct sl_schema_contract *schemas; /* payload contracts, in order */

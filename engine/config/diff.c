@@ -183,6 +183,9 @@ int sl_config_restart_diff(const struct sl_config *a, const struct sl_config *b,
   DIFF(a->rules.persist_interval_s == b->rules.persist_interval_s,
        "rules.persist_interval_s");
   DIFF(a->max_event_bytes == b->max_event_bytes, "max_event_bytes");
+  if (a->workers != b->workers)
+    sl_buf_printf(out, "%sworkers (%d -> %d)", n++ ? ", " : "", a->workers,
+                  b->workers);
   DIFF(a->log_level == b->log_level, "log_level");
 #undef DIFF
   return n;

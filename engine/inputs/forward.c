@@ -121,6 +121,10 @@ static void send_acks(struct fwd_conn *nc) {
   if (nc->pending.len == 0 || sl_conn_is_closing(nc->conn) ||
       nc->wait.waiting)
     return;
+  if (nc->src.refused_later) { /* workers > 1: found after its submit */
+    refused(nc);
+    return;
+  }
   nc->covered = nc->pending.len;
   rc = sl_worker_durable(nc->src.w, &nc->wait);
   if (rc == SL_EIO) {
@@ -146,6 +150,12 @@ static void on_durable(struct sl_durable *d) {
   struct fwd_conn *nc = container_of(d, struct fwd_conn, wait);
   if (sl_conn_is_closing(nc->conn))
     return;
+  if (d->failed || nc->src.refused_later) { /* workers > 1 */
+    if (d->failed)
+      nc->src.refused_output = d->refused_output;
+    refused(nc);
+    return;
+  }
   write_acks(nc);
   send_acks(nc); /* what was taken meanwhile */
   close_if_drained(nc);

@@ -701,8 +701,17 @@ static void answer_202(struct batch *b) {
   sl_http_respond(b->r, 202, "application/json", out, (size_t)n);
 }
 
+static void answer_refused(struct batch *b);
+
 static void on_durable(struct sl_durable *d) {
-  answer_202(container_of(d, struct batch, wait));
+  struct batch *b = container_of(d, struct batch, wait);
+  if (d->failed || b->src.refused_later) { /* workers > 1 */
+    if (d->failed)
+      b->src.refused_output = d->refused_output;
+    answer_refused(b);
+    return;
+  }
+  answer_202(b);
 }
 
 /* A disk buffer refused an event: 503, and the client sends the batch
@@ -722,7 +731,7 @@ static void submit_more(struct batch *b) {
   struct sl_input *in = b->hi->in;
   int rc;
 
-  if (b->src.refused) {
+  if (b->src.refused || b->src.refused_later) {
     answer_refused(b);
     return;
   }
@@ -747,7 +756,9 @@ static void submit_more(struct batch *b) {
   }
   b->wait.on_durable = on_durable;
   rc = sl_worker_durable(in->w, &b->wait);
-  if (rc == 0) {
+  if (rc == 0 && b->src.refused_later) {
+    answer_refused(b);
+  } else if (rc == 0) {
     answer_202(b);
   } else if (rc == SL_EIO) {
     b->src.refused_output = b->wait.refused_output;

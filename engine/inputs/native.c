@@ -36,6 +36,10 @@ static void send_ack(struct native_conn *nc) {
   if (!nc->ack || nc->accepted == nc->acked || sl_conn_is_closing(nc->conn) ||
       nc->wait.waiting)
     return;
+  if (nc->src.refused_later) { /* workers > 1: found after its submit */
+    refused(nc);
+    return;
+  }
   nc->durable = nc->accepted;
   rc = sl_worker_durable(nc->src.w, &nc->wait);
   if (rc == SL_EIO) {
@@ -57,6 +61,12 @@ static void on_durable(struct sl_durable *d) {
   struct sl_buf b;
   if (sl_conn_is_closing(nc->conn))
     return;
+  if (d->failed || nc->src.refused_later) { /* workers > 1 */
+    if (d->failed)
+      nc->src.refused_output = d->refused_output;
+    refused(nc);
+    return;
+  }
   sl_buf_init(&b);
   if (sl_codec_put_uint(&b, nc->durable) == 0 &&
       sl_conn_write(nc->conn, &b, NULL, NULL) == 0)

@@ -29,6 +29,7 @@
 #include "plugins.h"
 #include "rules.h"
 #include "schemas.h"
+#include "workers.h"
 #include "worker_int.h"
 
 enum { KEEP, ADD, CHANGE };
@@ -806,9 +807,12 @@ int sl_worker_reload(struct sl_worker *w, const char *trigger, char *err,
     goto fail;
   }
   p.routes_same = sl_config_routes_same(w->cfg, p.next);
-  rc = sl_rules_reload_with(w->rules, p.next, trigger, commit, &p);
+  rc = w->workers ? sl_workers_reload(w, p.next, trigger, commit, &p, err,
+                                      errlen)
+                  : sl_rules_reload_with(w->rules, p.next, trigger, commit, &p);
   if (rc != 0) { /* the rules logged and recorded why */
-    snprintf(err, errlen, "the rules did not load: see last_reload.error");
+    if (err[0] == '\0')
+      snprintf(err, errlen, "the rules did not load: see last_reload.error");
     undo(&p);
     goto fail;
   }

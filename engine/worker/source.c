@@ -10,6 +10,7 @@
 #include "rules.h"
 #include "schemas.h"
 #include "worker_int.h"
+#include "workers.h"
 
 /* ---- the pipeline ------------------------------------------------------ */
 
@@ -102,6 +103,10 @@ static void on_room(struct sl_waiter *wt) {
   int rc;
   if (s->held == NULL)
     return;
+  if (s->shard_wait) { /* room in a worker's ring, not in an output */
+    sl_workers_room(s);
+    return;
+  }
   rc = push_held(s);
   if (rc == 0 || rc == SL_EIO)
     hold_end(s);
@@ -121,6 +126,7 @@ void sl_source_init(struct sl_source *s, struct sl_input *in,
 
 void sl_source_close(struct sl_source *s) {
   sl_queue_unwait(&s->waiter);
+  sl_workers_source_gone(s); /* its events in other workers still go */
   hold_end(s);
   s->route_wait = -1;
   if (s->held) {
@@ -132,50 +138,64 @@ void sl_source_close(struct sl_source *s) {
   }
 }
 
-static void count_unrouted(struct sl_source *s) {
+static void count_unrouted(struct sl_source *s, struct sl_source *origin) {
   struct sl_input_stats *st = &s->input->stats;
-  uint64_t v = sl_rules_stats(s->w->rules)->version;
+  uint64_t v = sl_rules_version(s->w->rules);
   int slot = (int)(v % SL_UNROUTED_VERSIONS);
   if (st->unrouted_version[slot] != v) {
     st->unrouted_version[slot] = v; /* a version 4 reloads ago leaves */
     st->unrouted[slot] = 0;
   }
   st->unrouted[slot]++;
-  s->unrouted++;
+  if (origin)
+    origin->unrouted++;
 }
 
 int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
   struct sl_worker *w = s->w;
   struct sl_rules_result r;
-  int i, rc;
+  int shard;
 
   if (sl_schemas_ingest(w, ev, &r) == 0) {
     const char *mark = r.schema;
+    if (w->workers && (shard = sl_workers_shard(w, ev)) > 0) {
+      int rc = sl_workers_submit(s, ev, shard, mark);
+      if (rc != SL_ENOMEM)
+        return rc; /* else decided here */
+    }
     sl_rules_decide(w->rules, ev, &r);
     r.schema = mark;
     if (r.ntargets)
       sl_schemas_outputs(w, &r);
   }
-  if (r.outcome == SL_RULES_UNROUTED)
-    count_unrouted(s);
+  return sl_worker_deliver(s, s, &r);
+}
+
+int sl_worker_deliver(struct sl_source *s, struct sl_source *origin,
+                      struct sl_rules_result *r) {
+  struct sl_worker *w = s->w;
+  int i, rc;
+
+  if (r->outcome == SL_RULES_UNROUTED)
+    count_unrouted(s, origin);
   if (w->tap)
-    w->tap(w->tap_data, r.event, &r);
-  s->ntargets = r.ntargets;
-  for (i = 0; i < r.ntargets; i++)
-    s->targets[i] = r.targets[i];
+    w->tap(w->tap_data, r->event, r);
+  s->ntargets = r->ntargets;
+  for (i = 0; i < r->ntargets; i++)
+    s->targets[i] = r->targets[i];
   s->refused = 0;
-  s->held = r.event; /* r.event holds the reference now (maybe a new one) */
+  s->held = r->event; /* r->event holds the reference now (maybe a new one) */
   if (s->ntargets == 0) {
     sl_event_unref(s->held);
     s->held = NULL;
     return 0;
   }
-  if (r.route >= 0 && w->route_limits &&
-      w->route_limits[r.route].rl.rate &&
-      sl_ratelimit_take(&w->route_limits[r.route].rl, 1, sl_mono_ns()) == 0) {
+  if (r->route >= 0 && w->route_limits &&
+      w->route_limits[r->route].rl.rate &&
+      sl_ratelimit_take(&w->route_limits[r->route].rl, 1, sl_mono_ns()) == 0) {
     /* over the route's rate: the excess follows its outputs' when_full
      * policy, block (or spill) winning over drop when they differ */
-    struct sl_route_limit *l = &w->route_limits[r.route];
+    struct sl_route_limit *l = &w->route_limits[r->route];
     int blocks = 0;
     for (i = 0; i < s->ntargets; i++) {
       enum sl_queue_policy p = w->outputs[s->targets[i]].q.policy;
@@ -189,7 +209,7 @@ int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
       return 0;
     }
     l->waited++;
-    s->route_wait = r.route;
+    s->route_wait = r->route;
   }
   rc = push_held(s);
   if (rc == SL_EAGAIN)
@@ -209,11 +229,18 @@ int sl_worker_blocked(const struct sl_worker *w) {
 /* ---- durability ---------------------------------------------------------- */
 
 int sl_worker_durable(struct sl_worker *w, struct sl_durable *d) {
+  if (d->waiting)
+    return SL_EAGAIN; /* its callback comes; it asks again after */
+  d->failed = 0;
+  if (w->workers && sl_workers_durable(w, d) == SL_EAGAIN)
+    return SL_EAGAIN; /* jobs still in other workers: then the tickets */
+  return sl_worker_durable_now(w, d);
+}
+
+int sl_worker_durable_now(struct sl_worker *w, struct sl_durable *d) {
   uint64_t ticket;
   int i, pending = 0;
 
-  if (d->waiting)
-    return SL_EAGAIN; /* its callback comes; it asks again after */
   /* appends from now on are stamped later than this ticket */
   ticket = w->durable_ticket++;
   for (i = 0; i < w->noutputs; i++) {

@@ -15,6 +15,7 @@
 #include "schemas.h"
 #include "tls.h"
 #include "worker_int.h"
+#include "workers.h"
 
 #define DRAIN_CHECK_MS 20
 
@@ -46,6 +47,10 @@ static void on_emit(void *data, int output, struct sl_event *ev) {
   sl_event_unref(ev);
 }
 
+void sl_worker_emit(struct sl_worker *w, int output, struct sl_event *ev) {
+  on_emit(w, output, ev);
+}
+
 /* ---- lifecycle --------------------------------------------------------- */
 
 static void close_walk_cb(uv_handle_t *h, void *arg) {
@@ -68,6 +73,7 @@ static void finish(struct sl_worker *w) {
     if (!w->outputs[i].gone)
       sl_output_close_handles(&w->outputs[i]);
   sl_rules_stop(w->rules);
+  sl_workers_finish(w);
   if (w->admin && w->admin_stop)
     w->admin_stop(w->admin);
   uv_close((uv_handle_t *)&w->sig_term, NULL);
@@ -118,8 +124,11 @@ static void on_drain_timer(uv_timer_t *t) {
   for (i = 0; i < w->ninputs; i++)
     if (!w->inputs[i].gone)
       busy += w->inputs[i].ops->cb_busy(&w->inputs[i]);
-  if (busy == 0) /* no more events: on_stop (its emits drain too), state */
+  busy += sl_workers_busy(w); /* events in the other workers */
+  if (busy == 0) { /* no more events: on_stop (its emits drain too), state */
     sl_rules_shutdown(w->rules);
+    busy = sl_workers_shutdown(w); /* theirs come back as results */
+  }
   for (i = 0; i < w->noutputs; i++) {
     struct sl_output *o = &w->outputs[i];
     uint64_t backlog;
@@ -321,9 +330,11 @@ int sl_worker_start_input(struct sl_worker *w, const struct sl_config *cfg,
 
 int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
                    size_t errlen) {
-  struct sl_rules_owner owner = {w, on_emit};
+  struct sl_rules_owner owner = {w, on_emit, NULL};
   int i, rc;
 
+  if (cfg->workers > 1) /* the watcher reloads every worker's set */
+    owner.reload = sl_workers_rules_reload;
   memset(w, 0, sizeof(*w));
   w->cfg = cfg;
   w->started_ns = (uint64_t)sl_now_ns();
@@ -356,6 +367,8 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
     snprintf(err, errlen, "out of memory");
     goto fail;
   }
+  if ((rc = sl_workers_start(w, err, errlen)) != 0)
+    goto fail;
   for (i = 0; i < cfg->ninputs; i++)
     if ((rc = sl_worker_start_input(w, cfg, i, err, errlen)) != 0)
       goto fail;
@@ -400,6 +413,7 @@ void sl_worker_close(struct sl_worker *w) {
   uv_run(&w->loop, UV_RUN_DEFAULT);
   sl_rules_free(w->rules);
   w->rules = NULL;
+  sl_workers_close(w); /* after set 0, which reads the replicas' sets */
   if (w->admin && w->admin_free)
     w->admin_free(w->admin); /* its handles closed in the run above */
   w->admin = NULL;

@@ -57,6 +57,14 @@ struct sl_source {
   uint64_t hold_gen;  /* the reload generation it was counted in */
   uint64_t unrouted;  /* its events no rule or route decided (an HTTP
                          batch's 202 says how many) */
+  /* workers > 1 (workers.c): what its events in other threads refer to
+   * (outlives it), and > 0 when the held event waits for room in the
+   * ring of that worker (not yet decided) */
+  struct sl_source_tag *tag;
+  int shard_wait;
+  int refused_later; /* workers > 1: one of its events was refused after
+                        sl_worker_submit returned (refused_output says
+                        where): never ack it; refuse (close, 503) instead */
 };
 
 /* Someone waiting until the events it submitted are where their outputs'
@@ -68,6 +76,9 @@ struct sl_durable {
   int waiting;
   int refused_output; /* after SL_EIO: the output whose disk refused */
   void (*on_durable)(struct sl_durable *d);
+  uint64_t async_seq; /* workers > 1: waits for jobs up to this one */
+  int failed; /* set when on_durable runs for a refusal (what SL_EIO says:
+                 see refused_output), only with workers > 1 */
 };
 
 struct sl_input_ops {
@@ -197,6 +208,9 @@ struct sl_worker {
   uv_timer_t retire_timer;
   int retire_timer_open;
   int retiring;            /* inputs and outputs still retiring */
+  /* workers > 1: the other rule threads and the rings to them
+   * (workers.c); NULL with workers = 1, today's single-thread path */
+  struct sl_workers *workers;
 };
 
 /* Set up inputs, outputs and rules from cfg on the worker's own loop. On

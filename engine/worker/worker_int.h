@@ -24,4 +24,24 @@ void sl_worker_buffer_durable(struct sl_buffer *b);
 /* Free the renamed and gone inputs' and outputs' config copies (close). */
 void sl_worker_free_copies(struct sl_worker *w);
 
+struct sl_source;
+struct sl_durable;
+struct sl_event;
+struct sl_rules_result;
+
+/* What the rules emitted (output index; takes the reference): into the
+ * output's queue, dropped and counted when full (the owner's emit). */
+void sl_worker_emit(struct sl_worker *w, int output, struct sl_event *ev);
+
+/* The part of sl_worker_submit after the rules decided r: counts, tap,
+ * route rate limit and the outputs. s holds what waits (SL_EAGAIN);
+ * unrouted events are counted on s->input and on origin (the source the
+ * event came from; NULL once it closed). Returns as sl_worker_submit. */
+int sl_worker_deliver(struct sl_source *s, struct sl_source *origin,
+                      struct sl_rules_result *r);
+
+/* sl_worker_durable's ticket part (the disk buffers), returning as it
+ * does; workers.c runs it once the jobs in flight before it are applied. */
+int sl_worker_durable_now(struct sl_worker *w, struct sl_durable *d);
+
 #endif

@@ -136,6 +136,49 @@ TEST(config_rejects_with_key_paths) {
   sl_buf_close(&err);
 }
 
+#define WCONF(extra)                                                        \
+  "return { inputs = {{name='app', type='tcp', listen='127.0.0.1:7400'}},\n" \
+  " outputs = {{name='a', type='null'}}, " extra " }\n"
+
+TEST(config_workers_defaults_to_one_and_takes_1_to_64_or_auto) {
+  struct sl_buf err;
+  struct sl_config *c;
+  sl_buf_init(&err);
+  c = load(WCONF(""), &err);
+  CHECK(c != NULL);
+  CHECK_EQ(c->workers, 1);
+  sl_config_free(c);
+  c = load(WCONF("workers = 64"), &err);
+  CHECK(c != NULL);
+  CHECK_EQ(c->workers, 64);
+  sl_config_free(c);
+  c = load(WCONF("workers = 'auto'"), &err);
+  CHECK(c != NULL);
+  CHECK(c->workers >= 1 && c->workers <= 64);
+  sl_config_free(c);
+  sl_buf_close(&err);
+}
+
+TEST(config_workers_rejects_out_of_range_and_unsafe_combinations) {
+  struct sl_buf err;
+  sl_buf_init(&err);
+  CHECK(load(WCONF("workers = 0"), &err) == NULL);
+  CHECK(has(&err, "workers: expected an integer from 1 to 64 or \"auto\", got 0"));
+  CHECK(load(WCONF("workers = 65"), &err) == NULL);
+  CHECK(has(&err, "got 65"));
+  CHECK(load(WCONF("workers = 1.5"), &err) == NULL);
+  CHECK(has(&err, "got 1.5"));
+  CHECK(load(WCONF("workers = 'x'"), &err) == NULL);
+  CHECK(has(&err, "workers: expected an integer from 1 to 64 or \"auto\", got x"));
+  CHECK(load(WCONF("workers = true"), &err) == NULL);
+  CHECK(has(&err, "got boolean"));
+  CHECK(load(WCONF("workers = 2, rules = {dir='.', persist=true}"), &err) == NULL);
+  CHECK(has(&err, "workers: rules.persist keeps one state file per rule"));
+  CHECK(load(WCONF("workers = 2, rules = {dir='.', jit=true}"), &err) == NULL);
+  CHECK(has(&err, "workers: rules.jit = true is not supported with workers > 1"));
+  sl_buf_close(&err);
+}
+
 TEST(config_rejects_unwritable_path_and_bad_policy) {
   struct sl_buf err;
   sl_buf_init(&err);

@@ -160,6 +160,20 @@ TEST(diff_names_every_setting_that_needs_a_restart) {
   sl_config_free(y);
 }
 
+TEST(diff_a_changed_workers_count_needs_a_restart) {
+  struct sl_config *x = load("return { " IN " outputs = {{name='a', type='null'}}, workers = 2 }\n");
+  struct sl_config *y = load("return { " IN " outputs = {{name='a', type='null'}}, workers = 4 }\n");
+  struct sl_buf out;
+  CHECK(x && y);
+  sl_buf_init(&out);
+  CHECK_EQ(sl_config_restart_diff(x, y, &out), 1);
+  sl_buf_putc(&out, '\0');
+  CHECK_STR((const char *)out.data, "workers (2 -> 4)");
+  sl_buf_close(&out);
+  sl_config_free(x);
+  sl_config_free(y);
+}
+
 TEST(diff_an_exec_command_differing_past_its_first_word_is_a_change) {
   struct sl_config *x = load("return { " IN
                              " outputs = {{name='e', type='exec', "

@@ -475,6 +475,21 @@ def _accepts(address):
         return False
 
 
+# SLUICE_TEST_WORKERS=N: every engine a suite starts runs with workers = N
+# (unless its config sets workers itself), to re-run suites over N workers.
+TEST_WORKERS = os.environ.get("SLUICE_TEST_WORKERS")
+
+
+def with_test_workers(text):
+    if not TEST_WORKERS or "workers" in text:
+        return text
+    stripped = text.lstrip()
+    if not stripped.startswith("return {"):
+        return text
+    i = text.index("return {") + len("return {")
+    return text[:i] + " workers = %s," % TEST_WORKERS + text[i:]
+
+
 class _Factory:
     def __init__(self, tmp_path_factory):
         self.tmp = tmp_path_factory
@@ -485,6 +500,7 @@ class _Factory:
         folder = self.tmp.mktemp("e")
         path = folder / "sluice.conf.lua"
         text = config if isinstance(config, str) else "return " + lua(config) + "\n"
+        text = with_test_workers(text)
         path.write_text(text)
         eng = Engine(self, name, folder, path, args, env)
         eng.config_dict = config if isinstance(config, dict) else None

@@ -79,6 +79,7 @@ def start(sluice, tmp_path):
     tcp, web, admin = free_port(), free_port(), free_port()
     (tmp_path / "any.json").write_text("{}")  # a contract every event fits
     cfg = """return {
+  workers = 2,
   inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" },
              { name = "web", type = "http", listen = "127.0.0.1:%d" } },
   schemas = { { topics = "*", file = "ANY", version = "1" } },

@@ -1,0 +1,958 @@
+/* workers.c - workers = N: the replica threads, the rings between them and
+ * the main loop, sharding, the results applied on the main loop, the
+ * durability and drain bookkeeping, control messages and the reload of
+ * every worker's rules together. See workers.h and README "Workers".
+ *
+ * Ownership: an event belongs to one thread at a time. The main thread
+ * builds it and pushes it in a job; the ring's release/acquire hands it to
+ * the replica, which decides it and pushes it (or what the rule made of
+ * it, and what the rule emitted) back in a result; main applies it. Tags,
+ * sources, outputs, counters of the worker: main only. A replica touches
+ * its loop, its rule set, its idgen and the events it holds. */
+#include "workers.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "ring.h"
+#include "rules.h"
+#include "schemas.h"
+#include "worker.h"
+#include "worker_int.h"
+
+#define RING_CAP 4096     /* jobs (and results) per replica */
+#define PENDING_MAX 4096  /* emits outside a decide awaiting result room */
+/* jobs one replica can have in flight: both rings, one being decided, one
+ * held; a power of two above that */
+#define INFLIGHT_CAP (4 * RING_CAP)
+
+/* What a job says about its source: main only, outlives the source. */
+struct sl_source_tag {
+  struct sl_source *s; /* NULL once the source closed */
+  uint32_t refs;       /* jobs in flight that carry it */
+};
+
+struct emit {
+  struct emit *next;
+  int output;
+  struct sl_event *ev;
+};
+
+struct job {
+  struct sl_event *ev;
+  struct sl_source_tag *tag;
+  uint64_t seq;  /* order of hand-out over all replicas (durability) */
+  char *schema;  /* warn-mode misfit for the tap, or NULL */
+  int input;     /* slot of the input it came from */
+};
+
+struct result {
+  struct sl_event *ev; /* NULL: emits only (timers, on_stop, commit) */
+  struct emit *emits;  /* what the rule emitted while deciding, in order */
+  struct sl_source_tag *tag;
+  uint64_t seq;
+  char *rule, *reason, *schema; /* copies (the tap only), or NULL */
+  int input, route, outcome, ntargets;
+  uint16_t targets[SL_CONFIG_MAX_OUTPUTS];
+};
+
+enum ctl_op { CTL_NONE, CTL_START, CTL_PREPARE, CTL_COMMIT, CTL_ABORT,
+              CTL_SHUTDOWN, CTL_STOP };
+
+struct replica {
+  struct sl_workers *ws;
+  int index; /* worker number, 1..N-1 */
+  pthread_t thread;
+  int thread_started;
+  uv_loop_t loop;
+  uv_async_t wake; /* jobs, room for results, control */
+  struct sl_rules *rules;
+  struct sl_idgen idgen;
+  struct sl_config cfg_copy; /* the config without the rules-dir watcher */
+  struct sl_ring jobs, results;
+  /* the replica's thread only */
+  struct emit **cur_tail; /* deciding: where its emits go */
+  struct emit *pending, **pending_tail;
+  uint32_t npending;
+  int paused;   /* prepared a reload: decide nothing until commit/abort */
+  int stopping;
+  /* both threads */
+  _Atomic int stalled;          /* waits for room in results */
+  _Atomic uint64_t decided;     /* events its rules decided */
+  _Atomic uint64_t pending_n;   /* emits not yet in a result */
+  _Atomic uint64_t emit_dropped;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  enum ctl_op op;
+  int done, rc;
+  const struct sl_config *ctl_cfg;
+  const char *trigger;
+  char err[1024];
+  /* the main thread only */
+  int pushed;     /* jobs pushed since the last wake-up sent */
+  int blocked;    /* holder holds a result waiting for output room */
+  int draining;
+  struct sl_source holder;
+  struct sl_source_tag *held_tag;
+  uint64_t held_seq;
+  struct sl_queue room_q; /* sources waiting for room in jobs */
+  uint64_t inflight;      /* jobs handed out and not yet applied */
+  uint64_t *seqs;         /* their seqs, oldest first (a circle of
+                             INFLIGHT_CAP from seqs_head) */
+  uint64_t seqs_head;
+};
+
+struct sl_workers {
+  struct sl_worker *w;
+  int n; /* workers, main included */
+  struct replica *r; /* n - 1 */
+  uv_async_t results_async;
+  uv_check_t check;
+  int handles_open;
+  uint8_t bucket[256]; /* hash & 255 -> worker */
+  uint64_t rr;         /* round robin for keyless events */
+  uint64_t seq;        /* last job seq handed out */
+  uint64_t inflight;   /* over all replicas */
+  uint64_t main_decided; /* events decided inline (worker 0) */
+  struct sl_durable waiters; /* durability waiters on jobs, by seq */
+  _Atomic int tap_on;
+  int shut;
+  int finished;
+};
+
+/* ---- control messages (main waits for the replica's reply) -------------- */
+
+static void ctl_send(struct replica *r, enum ctl_op op,
+                     const struct sl_config *cfg, const char *trigger) {
+  pthread_mutex_lock(&r->mu);
+  r->op = op;
+  r->done = 0;
+  r->rc = 0;
+  r->err[0] = '\0';
+  r->ctl_cfg = cfg;
+  r->trigger = trigger;
+  pthread_mutex_unlock(&r->mu);
+  if (op != CTL_START)
+    uv_async_send(&r->wake);
+}
+
+static int ctl_wait(struct replica *r, char *err, size_t errlen) {
+  int rc;
+  pthread_mutex_lock(&r->mu);
+  while (!r->done)
+    pthread_cond_wait(&r->cv, &r->mu);
+  rc = r->rc;
+  if (err)
+    snprintf(err, errlen, "%s", r->err);
+  r->op = CTL_NONE;
+  pthread_mutex_unlock(&r->mu);
+  return rc;
+}
+
+static void ctl_reply(struct replica *r, int rc, const char *err) {
+  pthread_mutex_lock(&r->mu);
+  r->rc = rc;
+  snprintf(r->err, sizeof(r->err), "%s", err ? err : "");
+  r->done = 1;
+  pthread_cond_signal(&r->cv);
+  pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- the replica's thread ------------------------------------------------ */
+
+static void replica_emit(void *data, int output, struct sl_event *ev) {
+  struct replica *r = data;
+  struct emit *e = NULL;
+  if (r->cur_tail || r->npending < PENDING_MAX)
+    e = malloc(sizeof(*e));
+  if (e == NULL) {
+    sl_event_unref(ev);
+    atomic_fetch_add_explicit(&r->emit_dropped, 1, memory_order_relaxed);
+    return;
+  }
+  e->next = NULL;
+  e->output = output;
+  e->ev = ev;
+  if (r->cur_tail) {
+    *r->cur_tail = e;
+    r->cur_tail = &e->next;
+    return;
+  }
+  *r->pending_tail = e;
+  r->pending_tail = &e->next;
+  r->npending++;
+  atomic_fetch_add(&r->pending_n, 1);
+}
+
+/* Is there room for a result? If not, say so to main first and look
+ * again (main looks at stalled after it made room: one of us sees it). */
+static int result_room(struct replica *r) {
+  if (sl_ring_room(&r->results))
+    return 1;
+  atomic_store(&r->stalled, 1);
+  atomic_thread_fence(memory_order_seq_cst);
+  if (!sl_ring_room(&r->results))
+    return 0;
+  atomic_store(&r->stalled, 0);
+  return 1;
+}
+
+/* Emits made outside a decide (timers, on_stop, a commit) go as one
+ * emits-only result. */
+static int flush_pending(struct replica *r) {
+  struct result res;
+  if (r->pending == NULL || !result_room(r))
+    return 0;
+  memset(&res, 0, sizeof(res));
+  res.emits = r->pending;
+  (void)sl_ring_push(&r->results, &res);
+  r->pending = NULL;
+  r->pending_tail = &r->pending;
+  r->npending = 0;
+  atomic_store(&r->pending_n, 0); /* after the push: never both unseen */
+  return 1;
+}
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+static void decide(struct replica *r, const struct job *j) {
+  struct result res;
+  struct sl_rules_result rr;
+  memset(&res, 0, offsetof(struct result, targets));
+  res.tag = j->tag;
+  res.seq = j->seq;
+  res.input = j->input;
+  res.schema = j->schema;
+  r->cur_tail = &res.emits;
+  sl_rules_decide(r->rules, j->ev, &rr);
+  r->cur_tail = NULL;
+  res.ev = rr.event;
+  res.outcome = (int)rr.outcome;
+  res.route = rr.route;
+  res.ntargets = rr.ntargets;
+  memcpy(res.targets, rr.targets, (size_t)rr.ntargets * sizeof(rr.targets[0]));
+  if (atomic_load_explicit(&r->ws->tap_on, memory_order_relaxed)) {
+    res.rule = dup_or_null(rr.rule); /* the rule set may free its own */
+    res.reason = dup_or_null(rr.reason);
+  }
+  atomic_fetch_add_explicit(&r->decided, 1, memory_order_relaxed);
+  (void)sl_ring_push(&r->results, &res); /* room was checked */
+}
+
+/* Decide jobs while results have room; at most a ring's worth per wake-up
+ * so control messages and timers get their turn. */
+static void work(struct replica *r) {
+  int pushed = flush_pending(r), n = 0;
+  while (!r->paused && !r->stopping) {
+    struct job *p, j;
+    if (!result_room(r))
+      break; /* main wakes us once it applied some */
+    if (n == RING_CAP) {
+      uv_async_send(&r->wake);
+      break;
+    }
+    if ((p = sl_ring_peek(&r->jobs)) == NULL)
+      break;
+    j = *p;
+    sl_ring_pop(&r->jobs);
+    decide(r, &j);
+    pushed = 1;
+    n++;
+  }
+  if (pushed)
+    uv_async_send(&r->ws->results_async);
+}
+
+static void serve_ctl(struct replica *r) {
+  enum ctl_op op;
+  char err[1024] = "";
+  int rc = 0;
+  pthread_mutex_lock(&r->mu);
+  op = r->done ? CTL_NONE : r->op;
+  pthread_mutex_unlock(&r->mu);
+  switch (op) {
+  case CTL_NONE:
+  case CTL_START:
+    return;
+  case CTL_PREPARE:
+    rc = sl_rules_prepare(r->rules, r->ctl_cfg, r->trigger, err, sizeof(err));
+    r->paused = rc == 0; /* what it decides now would miss the handover */
+    break;
+  case CTL_COMMIT:
+    sl_rules_commit(r->rules);
+    r->paused = 0;
+    break;
+  case CTL_ABORT:
+    sl_rules_abort(r->rules);
+    r->paused = 0;
+    break;
+  case CTL_SHUTDOWN:
+    sl_rules_shutdown(r->rules);
+    break;
+  case CTL_STOP:
+    r->stopping = 1;
+    sl_rules_stop(r->rules);
+    uv_close((uv_handle_t *)&r->wake, NULL);
+    break;
+  }
+  if (op != CTL_STOP) {
+    /* emits of a commit or on_stop go before the reply; what does not
+     * fit follows once main made room */
+    (void)flush_pending(r);
+    if (r->pending)
+      uv_async_send(&r->wake);
+    uv_async_send(&r->ws->results_async);
+  }
+  ctl_reply(r, rc, err);
+}
+
+static void on_wake(uv_async_t *a) {
+  struct replica *r = a->data;
+  serve_ctl(r);
+  if (!r->stopping)
+    work(r);
+}
+
+static void *replica_main(void *arg) {
+  struct replica *r = arg;
+  struct sl_rules_owner owner = {r, replica_emit, NULL};
+  char err[1024] = "";
+  int rc, wake_open = 0;
+
+  sl_idgen_init(&r->idgen); /* its own random prefix: ids stay unique */
+  rc = uv_loop_init(&r->loop);
+  if (rc == 0 && (rc = uv_async_init(&r->loop, &r->wake, on_wake)) == 0)
+    wake_open = 1;
+  if (rc != 0)
+    snprintf(err, sizeof(err), "worker %d: cannot start its loop: %s",
+             r->index, uv_strerror(rc));
+  r->wake.data = r;
+  if (rc == 0) {
+    r->rules = sl_rules_new(&r->cfg_copy, &r->loop, &r->idgen, &owner, err,
+                            sizeof(err));
+    if (r->rules == NULL)
+      rc = SL_EINVAL;
+  }
+  if (rc != 0) {
+    if (wake_open)
+      uv_close((uv_handle_t *)&r->wake, NULL);
+    uv_run(&r->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&r->loop);
+    ctl_reply(r, rc, err);
+    return NULL;
+  }
+  ctl_reply(r, 0, NULL);
+  uv_run(&r->loop, UV_RUN_DEFAULT);
+  /* stopped: close what the rules left (their handles are closed) */
+  uv_run(&r->loop, UV_RUN_DEFAULT);
+  uv_loop_close(&r->loop);
+  return NULL;
+}
+
+/* ---- the main thread: handing out ---------------------------------------- */
+
+static uint32_t key_hash(const char *p, uint32_t n) {
+  uint32_t h = 2166136261u; /* FNV-1a, then mixed: the low byte picks */
+  uint32_t i;
+  for (i = 0; i < n; i++)
+    h = (h ^ (uint8_t)p[i]) * 16777619u;
+  h ^= h >> 16;
+  h *= 0x7feb352du;
+  h ^= h >> 15;
+  return h;
+}
+
+int sl_workers_shard(struct sl_worker *w, const struct sl_event *ev) {
+  struct sl_workers *ws = w->workers;
+  uint32_t h = ev->key_off ? key_hash((const char *)ev->data + ev->key_off,
+                                      ev->key_len)
+                           : (uint32_t)ws->rr++;
+  int shard = ws->bucket[h & 255];
+  if (shard == 0)
+    ws->main_decided++;
+  return shard;
+}
+
+static int push_job(struct replica *r, struct job *j) {
+  struct sl_workers *ws = r->ws;
+  j->seq = ws->seq + 1;
+  if (sl_ring_push(&r->jobs, j) != 0)
+    return SL_EAGAIN;
+  ws->seq = j->seq;
+  j->tag->refs++;
+  r->seqs[(r->seqs_head + r->inflight) & (INFLIGHT_CAP - 1)] = j->seq;
+  r->inflight++;
+  ws->inflight++;
+  r->pushed = 1; /* woken once, at the end of this loop iteration */
+  return 0;
+}
+
+int sl_workers_submit(struct sl_source *s, struct sl_event *ev, int shard,
+                      const char *schema) {
+  struct sl_worker *w = s->w;
+  struct replica *r = &w->workers->r[shard - 1];
+  struct job j;
+  if (s->tag == NULL) {
+    s->tag = calloc(1, sizeof(*s->tag));
+    if (s->tag == NULL)
+      return SL_ENOMEM;
+    s->tag->s = s;
+  }
+  /* s->refused stays: a refusal found in an earlier result is still news */
+  j.ev = ev;
+  j.tag = s->tag;
+  j.input = s->input->index;
+  j.schema = schema && w->tap ? strdup(schema) : NULL;
+  if (push_job(r, &j) == 0)
+    return 0;
+  free(j.schema); /* the tap's note is lost for a held event */
+  s->held = ev;
+  s->shard_wait = shard;
+  sl_queue_wait(&r->room_q, &s->waiter);
+  return SL_EAGAIN;
+}
+
+void sl_workers_room(struct sl_source *s) {
+  struct replica *r = &s->w->workers->r[s->shard_wait - 1];
+  struct job j;
+  j.ev = s->held;
+  j.tag = s->tag;
+  j.input = s->input->index;
+  j.schema = NULL;
+  if (push_job(r, &j) != 0) {
+    sl_queue_wait(&r->room_q, &s->waiter);
+    return;
+  }
+  s->held = NULL;
+  s->shard_wait = 0;
+  if (s->on_resume)
+    s->on_resume(s);
+}
+
+void sl_workers_source_gone(struct sl_source *s) {
+  s->shard_wait = 0;
+  if (s->tag == NULL)
+    return;
+  s->tag->s = NULL;
+  if (s->tag->refs == 0)
+    free(s->tag);
+  s->tag = NULL;
+}
+
+/* Once per loop iteration: wake the replicas that got jobs. */
+static void on_check(uv_check_t *c) {
+  struct sl_workers *ws = c->data;
+  int i;
+  atomic_store_explicit(&ws->tap_on, ws->w->tap != NULL, memory_order_relaxed);
+  for (i = 0; i < ws->n - 1; i++)
+    if (ws->r[i].pushed) {
+      ws->r[i].pushed = 0;
+      uv_async_send(&ws->r[i].wake);
+    }
+}
+
+/* ---- the main thread: applying results ----------------------------------- */
+
+/* Every job up to seq is applied: each replica's oldest job in flight (if
+ * any) came later. */
+static int covered(const struct sl_workers *ws, uint64_t seq) {
+  int i;
+  for (i = 0; i < ws->n - 1; i++) {
+    const struct replica *r = &ws->r[i];
+    if (r->inflight && r->seqs[r->seqs_head & (INFLIGHT_CAP - 1)] <= seq)
+      return 0;
+  }
+  return 1;
+}
+
+static void wake_durable(struct sl_workers *ws) {
+  int rc;
+  while (ws->waiters.next != &ws->waiters) {
+    struct sl_durable *d = ws->waiters.next;
+    if (!covered(ws, d->async_seq))
+      return; /* later ones wait for later jobs */
+    sl_worker_undurable(d);
+    rc = sl_worker_durable_now(ws->w, d);
+    d->failed = rc == SL_EIO; /* the callback tells the producer */
+    if (rc != SL_EAGAIN)
+      d->on_durable(d); /* may add or remove waiters: look again */
+  }
+}
+
+static void tag_unref(struct sl_source_tag *t) {
+  if (t && --t->refs == 0 && t->s == NULL)
+    free(t);
+}
+
+static void job_done(struct replica *r, struct sl_source_tag *tag,
+                     uint64_t seq) {
+  struct sl_workers *ws = r->ws;
+  struct sl_source *s = tag ? tag->s : NULL;
+  if (s && r->holder.refused && !s->refused_later) {
+    s->refused_later = 1; /* its input refuses instead of acking */
+    s->refused_output = r->holder.refused_output;
+  }
+  tag_unref(tag);
+  (void)seq; /* results come in job order: it is the oldest */
+  r->seqs_head++;
+  r->inflight--;
+  ws->inflight--;
+  if (ws->waiters.next != &ws->waiters)
+    wake_durable(ws);
+}
+
+static void free_result_strings(struct result *res) {
+  free(res->rule);
+  free(res->reason);
+  free(res->schema);
+}
+
+static void apply(struct replica *r, struct result *res) {
+  struct sl_worker *w = r->ws->w;
+  struct sl_rules_result rr;
+  struct emit *e, *next;
+  int rc;
+  for (e = res->emits; e; e = next) { /* before the event, as inline */
+    next = e->next;
+    sl_worker_emit(w, e->output, e->ev);
+    free(e);
+  }
+  if (res->ev == NULL)
+    return;
+  rr.event = res->ev;
+  rr.ntargets = res->ntargets;
+  memcpy(rr.targets, res->targets,
+         (size_t)res->ntargets * sizeof(rr.targets[0]));
+  rr.outcome = (enum sl_rules_outcome)res->outcome;
+  rr.route = res->route;
+  rr.rule = res->rule;
+  rr.reason = res->reason;
+  rr.schema = res->schema;
+  if (rr.ntargets)
+    sl_schemas_outputs(w, &rr);
+  r->holder.input = &w->inputs[res->input];
+  r->holder.refused = 0;
+  rc = sl_worker_deliver(&r->holder, res->tag ? res->tag->s : NULL, &rr);
+  free_result_strings(res);
+  if (rc == SL_EAGAIN) {
+    r->blocked = 1; /* stop here: the replica fills its ring, then stops */
+    r->held_tag = res->tag;
+    r->held_seq = res->seq;
+    return;
+  }
+  job_done(r, res->tag, res->seq);
+}
+
+static void drain(struct replica *r) {
+  int n = 0;
+  if (r->draining)
+    return;
+  r->draining = 1;
+  while (!r->blocked) {
+    struct result *p = sl_ring_peek(&r->results), res;
+    if (p == NULL)
+      break;
+    res = *p;
+    sl_ring_pop(&r->results);
+    apply(r, &res);
+    n++;
+  }
+  r->draining = 0;
+  if (n == 0)
+    return;
+  atomic_thread_fence(memory_order_seq_cst);
+  if (atomic_exchange(&r->stalled, 0))
+    uv_async_send(&r->wake);
+  if (sl_ring_room(&r->jobs))
+    sl_queue_wake(&r->room_q);
+}
+
+static void on_results(uv_async_t *a) {
+  struct sl_workers *ws = a->data;
+  int i;
+  for (i = 0; i < ws->n - 1; i++)
+    drain(&ws->r[i]);
+}
+
+/* The holder's result went into its outputs (or was refused there). */
+static void holder_resume(struct sl_source *s) {
+  struct replica *r = container_of(s, struct replica, holder);
+  r->blocked = 0;
+  job_done(r, r->held_tag, r->held_seq);
+  r->held_tag = NULL;
+  drain(r);
+}
+
+int sl_workers_durable(struct sl_worker *w, struct sl_durable *d) {
+  struct sl_workers *ws = w->workers;
+  if (ws->inflight == 0 || covered(ws, ws->seq))
+    return 0;
+  d->async_seq = ws->seq;
+  d->waiting = 1;
+  d->prev = ws->waiters.prev;
+  d->next = &ws->waiters;
+  d->prev->next = d;
+  ws->waiters.prev = d;
+  return SL_EAGAIN;
+}
+
+uint64_t sl_workers_busy(struct sl_worker *w) {
+  struct sl_workers *ws = w->workers;
+  uint64_t n;
+  int i;
+  if (ws == NULL)
+    return 0;
+  n = ws->inflight;
+  for (i = 0; i < ws->n - 1; i++)
+    n += atomic_load(&ws->r[i].pending_n) + sl_ring_count(&ws->r[i].results);
+  return n;
+}
+
+/* ---- lifecycle ----------------------------------------------------------- */
+
+/* The main thread's stack size for the replicas: rules get the same C
+ * stack (the sandbox's depth budget is measured against it). */
+static size_t stack_size(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_STACK, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+      rl.rlim_cur < (1u << 20))
+    return 8u << 20;
+  return rl.rlim_cur > (64u << 20) ? 64u << 20 : (size_t)rl.rlim_cur;
+}
+
+static int replica_start(struct sl_workers *ws, struct replica *r, int index,
+                         char *err, size_t errlen) {
+  pthread_attr_t attr;
+  int rc;
+  r->ws = ws;
+  r->index = index;
+  r->cfg_copy = *ws->w->cfg;
+  r->cfg_copy.rules.watch = 0; /* worker 0's watcher reloads every set */
+  r->pending_tail = &r->pending;
+  sl_source_init(&r->holder, &ws->w->inputs[0], holder_resume);
+  r->holder.w = ws->w;
+  if (sl_ring_init(&r->jobs, RING_CAP, sizeof(struct job)) != 0 ||
+      sl_ring_init(&r->results, RING_CAP, sizeof(struct result)) != 0 ||
+      sl_queue_init(&r->room_q, 1, 1, SL_QUEUE_BLOCK) != 0 ||
+      (r->seqs = calloc(INFLIGHT_CAP, sizeof(*r->seqs))) == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return SL_ENOMEM;
+  }
+  pthread_mutex_init(&r->mu, NULL);
+  pthread_cond_init(&r->cv, NULL);
+  ctl_send(r, CTL_START, NULL, NULL);
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, stack_size());
+  rc = pthread_create(&r->thread, &attr, replica_main, r);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) {
+    snprintf(err, errlen, "worker %d: cannot start its thread: %s", index,
+             strerror(rc));
+    return -rc;
+  }
+  r->thread_started = 1;
+  if ((rc = ctl_wait(r, err, errlen)) != 0)
+    return rc; /* the thread ended */
+  if (sl_rules_add_replica(ws->w->rules, r->rules) != 0) {
+    snprintf(err, errlen, "out of memory");
+    return SL_ENOMEM;
+  }
+  return 0;
+}
+
+int sl_workers_start(struct sl_worker *w, char *err, size_t errlen) {
+  struct sl_workers *ws;
+  int i, rc;
+  if (w->cfg->workers <= 1)
+    return 0;
+  ws = calloc(1, sizeof(*ws));
+  if (ws == NULL || (ws->r = calloc((size_t)w->cfg->workers - 1,
+                                    sizeof(*ws->r))) == NULL) {
+    free(ws);
+    snprintf(err, errlen, "out of memory");
+    return SL_ENOMEM;
+  }
+  ws->w = w;
+  ws->n = w->cfg->workers;
+  ws->waiters.next = ws->waiters.prev = &ws->waiters;
+  for (i = 0; i < 256; i++)
+    ws->bucket[i] = (uint8_t)(i % ws->n);
+  w->workers = ws;
+  uv_async_init(&w->loop, &ws->results_async, on_results);
+  uv_check_init(&w->loop, &ws->check);
+  ws->results_async.data = ws->check.data = ws;
+  uv_check_start(&ws->check, on_check);
+  ws->handles_open = 1;
+  for (i = 0; i < ws->n - 1; i++)
+    if ((rc = replica_start(ws, &ws->r[i], i + 1, err, errlen)) != 0)
+      return rc; /* the worker's close stops the ones started */
+  if ((rc = sl_workers_metrics(w)) != 0) {
+    snprintf(err, errlen, "out of memory");
+    return rc;
+  }
+  sl_log(SL_LOG_INFO, "workers started", SL_I("workers", ws->n), SL_END);
+  return 0;
+}
+
+uint64_t sl_workers_shutdown(struct sl_worker *w) {
+  struct sl_workers *ws = w->workers;
+  int i;
+  if (ws == NULL)
+    return 0;
+  if (!ws->shut) {
+    ws->shut = 1;
+    for (i = 0; i < ws->n - 1; i++)
+      ctl_send(&ws->r[i], CTL_SHUTDOWN, NULL, NULL);
+    for (i = 0; i < ws->n - 1; i++)
+      ctl_wait(&ws->r[i], NULL, 0);
+  }
+  return sl_workers_busy(w);
+}
+
+void sl_workers_finish(struct sl_worker *w) {
+  struct sl_workers *ws = w->workers;
+  int i;
+  if (ws == NULL || ws->finished)
+    return;
+  ws->finished = 1;
+  for (i = 0; i < ws->n - 1; i++)
+    if (ws->r[i].rules) /* running */
+      ctl_send(&ws->r[i], CTL_STOP, NULL, NULL);
+  for (i = 0; i < ws->n - 1; i++)
+    if (ws->r[i].rules)
+      ctl_wait(&ws->r[i], NULL, 0);
+  if (ws->handles_open) { /* (a failed init's close walked them) */
+    if (!uv_is_closing((uv_handle_t *)&ws->results_async))
+      uv_close((uv_handle_t *)&ws->results_async, NULL);
+    if (!uv_is_closing((uv_handle_t *)&ws->check))
+      uv_close((uv_handle_t *)&ws->check, NULL);
+    ws->handles_open = 0;
+  }
+}
+
+/* After a forced stop or a drain that timed out: what is still in the
+ * rings never reaches an output (its producer got no ack). */
+static void abandon(struct sl_worker *w, struct sl_event *ev, int input) {
+  if (ev == NULL)
+    return;
+  if (input >= 0)
+    w->inputs[input].stats.abandoned++;
+  sl_event_fail_track(ev);
+  sl_event_unref(ev);
+}
+
+static void free_emits(struct emit *e) {
+  while (e) {
+    struct emit *next = e->next;
+    sl_event_unref(e->ev);
+    free(e);
+    e = next;
+  }
+}
+
+static void replica_close(struct sl_worker *w, struct replica *r) {
+  void *p;
+  if (r->thread_started)
+    pthread_join(r->thread, NULL);
+  sl_source_close(&r->holder);
+  if (r->jobs.slots)
+    while ((p = sl_ring_peek(&r->jobs)) != NULL) {
+      struct job *j = p;
+      abandon(w, j->ev, j->input);
+      free(j->schema);
+      tag_unref(j->tag);
+      sl_ring_pop(&r->jobs);
+    }
+  if (r->results.slots)
+    while ((p = sl_ring_peek(&r->results)) != NULL) {
+      struct result *res = p;
+      free_emits(res->emits);
+      abandon(w, res->ev, res->ev ? res->input : -1);
+      free_result_strings(res);
+      tag_unref(res->tag);
+      sl_ring_pop(&r->results);
+    }
+  free_emits(r->pending);
+  tag_unref(r->held_tag);
+  sl_rules_free(r->rules); /* set 0 that read it is freed */
+  sl_ring_close(&r->jobs);
+  sl_ring_close(&r->results);
+  sl_queue_close(&r->room_q);
+  free(r->seqs);
+  if (r->thread_started) {
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+  }
+}
+
+void sl_workers_close(struct sl_worker *w) {
+  struct sl_workers *ws = w->workers;
+  int i;
+  if (ws == NULL)
+    return;
+  sl_workers_finish(w); /* a start that failed half way */
+  for (i = 0; i < ws->n - 1; i++)
+    replica_close(w, &ws->r[i]);
+  sl_metric_remove(w->metrics, ws);
+  free(ws->r);
+  free(ws);
+  w->workers = NULL;
+}
+
+/* ---- reload: every worker's rules, all or nothing ------------------------ */
+
+struct reload_ctx {
+  struct sl_workers *ws;
+  void (*commit)(void *data);
+  void *data;
+  char prepared[SL_CONFIG_MAX_WORKERS];
+  int committed;
+};
+
+/* Set 0 loaded: the worker switches, then every replica (main waits, so
+ * no event is decided in between). */
+static void commit_all(void *data) {
+  struct reload_ctx *c = data;
+  int i;
+  if (c->commit)
+    c->commit(c->data);
+  for (i = 0; i < c->ws->n - 1; i++)
+    if (c->prepared[i])
+      ctl_send(&c->ws->r[i], CTL_COMMIT, NULL, NULL);
+  for (i = 0; i < c->ws->n - 1; i++)
+    if (c->prepared[i]) {
+      ctl_wait(&c->ws->r[i], NULL, 0);
+      c->prepared[i] = 0;
+    }
+  c->committed = 1;
+}
+
+static void abort_all(struct reload_ctx *c) {
+  int i;
+  for (i = 0; i < c->ws->n - 1; i++)
+    if (c->prepared[i])
+      ctl_send(&c->ws->r[i], CTL_ABORT, NULL, NULL);
+  for (i = 0; i < c->ws->n - 1; i++)
+    if (c->prepared[i]) {
+      ctl_wait(&c->ws->r[i], NULL, 0);
+      c->prepared[i] = 0;
+    }
+}
+
+int sl_workers_reload(struct sl_worker *w, const struct sl_config *cfg,
+                      const char *trigger, void (*commit)(void *data),
+                      void *data, char *err, size_t errlen) {
+  struct sl_workers *ws = w->workers;
+  struct reload_ctx c;
+  char why[1024];
+  int i, rc, failed = 0;
+
+  memset(&c, 0, sizeof(c));
+  c.ws = ws;
+  c.commit = commit;
+  c.data = data;
+  for (i = 0; i < ws->n - 1; i++) /* they build in parallel */
+    ctl_send(&ws->r[i], CTL_PREPARE, cfg, trigger);
+  for (i = 0; i < ws->n - 1; i++) {
+    rc = ctl_wait(&ws->r[i], why, sizeof(why));
+    c.prepared[i] = rc == 0;
+    if (rc != 0 && rc != SL_EALREADY && !failed) {
+      failed = rc;
+      snprintf(err, errlen, "worker %d: %s", i + 1, why);
+    }
+  }
+  if (failed) {
+    abort_all(&c);
+    sl_rules_reload_failed(w->rules, err);
+    sl_log(SL_LOG_ERROR, "rules reload failed on a worker; every worker "
+           "keeps the running rules", SL_S("trigger", trigger),
+           SL_S("error", err), SL_END);
+    return failed;
+  }
+  rc = sl_rules_reload_with(w->rules, cfg, trigger, commit_all, &c);
+  if (rc != 0 || !c.committed)
+    abort_all(&c); /* set 0 failed, or found nothing to change */
+  return rc;
+}
+
+int sl_workers_rules_reload(void *data, const char *trigger) {
+  struct sl_worker *w = data;
+  char err[1024];
+  if (w->workers == NULL)
+    return sl_rules_reload(w->rules, trigger);
+  if (w->stopping || w->workers->shut)
+    return SL_EINVAL; /* draining: the rules stay as they are */
+  return sl_workers_reload(w, NULL, trigger, NULL, NULL, err, sizeof(err));
+}
+
+/* ---- metrics --------------------------------------------------------------- */
+
+#define C SL_METRIC_COUNTER
+#define G SL_METRIC_GAUGE
+static const struct sl_metric m_workers = {
+    "sluice_workers", "Rule workers (threads deciding events; workers = N).",
+    G, {NULL}};
+static const struct sl_metric m_decided = {
+    "sluice_worker_events_total",
+    "Events decided by each worker (worker 0: the main loop, inline).", C,
+    {"worker", NULL}};
+static const struct sl_metric m_queue = {
+    "sluice_worker_queue_events",
+    "Events in the rings to and from each worker (jobs and results).", G,
+    {"worker", NULL}};
+static const struct sl_metric m_held = {
+    "sluice_worker_held",
+    "1 while a worker's results wait for room in an output queue.", G,
+    {"worker", NULL}};
+static const struct sl_metric m_emit_dropped = {
+    "sluice_worker_emit_dropped_total",
+    "Events a worker's rules emitted outside a decision (timers, on_stop) "
+    "dropped because its result ring stayed full.", C, {"worker", NULL}};
+#undef C
+#undef G
+
+static void collect(struct sl_metric_out *out, const struct sl_metric *m,
+                    void *data) {
+  struct sl_workers *ws = data;
+  char num[16];
+  const char *v[] = {num};
+  int i;
+  if (m == &m_workers) {
+    sl_metric_put_u64(out, NULL, (uint64_t)ws->n);
+    return;
+  }
+  for (i = 0; i < ws->n; i++) {
+    struct replica *r = i ? &ws->r[i - 1] : NULL;
+    uint64_t x = 0;
+    snprintf(num, sizeof(num), "%d", i);
+    if (m == &m_decided)
+      x = r ? atomic_load_explicit(&r->decided, memory_order_relaxed)
+            : ws->main_decided;
+    else if (m == &m_queue)
+      x = r ? sl_ring_count(&r->jobs) + sl_ring_count(&r->results) : 0;
+    else if (m == &m_held)
+      x = r ? (uint64_t)r->blocked : 0;
+    else if (m == &m_emit_dropped)
+      x = r ? atomic_load_explicit(&r->emit_dropped, memory_order_relaxed)
+            : 0;
+    sl_metric_put_u64(out, v, x);
+  }
+}
+
+int sl_workers_metrics(struct sl_worker *w) {
+  struct sl_workers *ws = w->workers;
+  int rc = sl_metric_add(w->metrics, &m_workers, collect, ws);
+  if (rc == 0)
+    rc = sl_metric_add(w->metrics, &m_decided, collect, ws);
+  if (rc == 0)
+    rc = sl_metric_add(w->metrics, &m_queue, collect, ws);
+  if (rc == 0)
+    rc = sl_metric_add(w->metrics, &m_held, collect, ws);
+  if (rc == 0)
+    rc = sl_metric_add(w->metrics, &m_emit_dropped, collect, ws);
+  return rc;
+}
