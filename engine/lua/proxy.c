@@ -317,7 +317,12 @@ static int wlog_put(lua_State *L, struct pnode *nd) {
       return 0;
     j = wl->n;
     lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
-    lua_pushvalue(L, 2);
+    if (lk.t == LUA_TNUMBER && lk.d == 0) { /* -0.0 is the key 0, as a */
+      lk.d = 0;                             /* table makes it */
+      lua_pushnumber(L, 0);
+    } else {
+      lua_pushvalue(L, 2);
+    }
     lua_rawseti(L, -2, 2 * j + 1);
     wl->e[j].key = lk; /* its bytes: those of the anchored string */
     wl->n++;

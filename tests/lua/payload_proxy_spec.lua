@@ -309,6 +309,16 @@ describe("writing ev.payload", function()
     assert.same({ a = 5, new = "n", later = true }, T.decode(res.event.payload_raw))
   end)
 
+  it("writes the key -0.0 as the key 0, as a table holds it, in the log and past 64 KiB", function()
+    local big = "a162 db00011170" .. ("78"):rep(70000)
+    for _, c in ipairs({ { "80", "81" }, { "81 " .. big, "82 " .. big } }) do
+      local res = change("ev.payload[-0.0] = 1", c[1])
+      assert.equal(tohex(hex(c[2] .. " 0001")), tohex(res.event.payload_raw))
+      res = change("ev.payload[-0.0] = 1 for _ in pairs(ev.payload) do end", c[1])
+      assert.equal(tohex(hex(c[2] .. " 0001")), tohex(res.event.payload_raw))
+    end
+  end)
+
   it("writes nested fields in place", function()
     local res = change("ev.payload.a.b.c = true", "82 a161 81 a162 81 a163 c2 a17a 93 01 02 03")
     assert.equal(tohex(hex("82 a161 81 a162 81 a163 c3 a17a 93 01 02 03")), tohex(res.event.payload_raw))
