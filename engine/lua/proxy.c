@@ -288,11 +288,12 @@ static void wlog_push(lua_State *L, const struct wlog *wl, int j) {
   const struct lkey *v = &wl->e[j].val;
   switch (v->t) {
   case LUA_TSTRING:
+  case LUA_TNUMBER: /* the value as set: lua_pushnumber would make a NaN
+                       the canonical one, losing the sign its bytes keep */
     lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
     lua_rawgeti(L, -1, 2 * j + 2);
     lua_remove(L, -2);
     return;
-  case LUA_TNUMBER: lua_pushnumber(L, v->d); return;
   case LUA_TBOOLEAN: lua_pushboolean(L, v->d != 0); return;
   default: lua_pushnil(L); return;
   }

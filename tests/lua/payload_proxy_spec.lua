@@ -319,6 +319,19 @@ describe("writing ev.payload", function()
     end
   end)
 
+  it("keeps a written NaN's bytes through reads and the handover to the general path", function()
+    -- both NaNs a rule can make: LuaJIT's 0/0 and its negation
+    for _, v in ipairs({ "0/0", "-(0/0)" }) do
+      local alone = change("local v = " .. v .. " ev.payload.x = v", "80").event.payload_raw
+      local spilled = change("local v = " .. v .. " ev.payload.x = v for _ in pairs(ev.payload) do end",
+        "80").event.payload_raw
+      assert.equal(tohex(alone), tohex(spilled), v)
+      local copied = change("local v = " .. v .. " local p = ev.payload p.x = v p.y = p.x", "80")
+      local x = tohex(alone):sub(7)
+      assert.equal("82a178" .. x .. "a179" .. x, tohex(copied.event.payload_raw), v)
+    end
+  end)
+
   it("writes nested fields in place", function()
     local res = change("ev.payload.a.b.c = true", "82 a161 81 a162 81 a163 c2 a17a 93 01 02 03")
     assert.equal(tohex(hex("82 a161 81 a162 81 a163 c3 a17a 93 01 02 03")), tohex(res.event.payload_raw))
