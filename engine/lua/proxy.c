@@ -288,11 +288,12 @@ static void wlog_push(lua_State *L, const struct wlog *wl, int j) {
   const struct lkey *v = &wl->e[j].val;
   switch (v->t) {
   case LUA_TSTRING:
+  case LUA_TNUMBER: /* the value as set: lua_pushnumber would make a NaN
+                       the canonical one, losing the sign its bytes keep */
     lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
     lua_rawgeti(L, -1, 2 * j + 2);
     lua_remove(L, -2);
     return;
-  case LUA_TNUMBER: lua_pushnumber(L, v->d); return;
   case LUA_TBOOLEAN: lua_pushboolean(L, v->d != 0); return;
   default: lua_pushnil(L); return;
   }
@@ -317,7 +318,12 @@ static int wlog_put(lua_State *L, struct pnode *nd) {
       return 0;
     j = wl->n;
     lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
-    lua_pushvalue(L, 2);
+    if (lk.t == LUA_TNUMBER && lk.d == 0) { /* -0.0 is the key 0, as a */
+      lk.d = 0;                             /* table makes it */
+      lua_pushnumber(L, 0);
+    } else {
+      lua_pushvalue(L, 2);
+    }
     lua_rawseti(L, -2, 2 * j + 1);
     wl->e[j].key = lk; /* its bytes: those of the anchored string */
     wl->n++;
