@@ -66,6 +66,62 @@ static int open_path(const char *path) {
   return fd < 0 ? -errno : fd;
 }
 
+/* How far back a torn tail is looked for: the longest line we write is
+ * an event at the largest max_event_bytes, escaped (a few times larger). */
+#define TORN_SCAN_MAX ((off_t)256 << 20)
+
+/* A crash (kill -9, power loss) in the middle of a write can leave the
+ * file's last line cut short, and the next line written would glue onto
+ * it. Its events were never delivered (the write did not finish, so no
+ * producer was told), so an NDJSON tail that is one of our records
+ * ("{...") is cut back to the last newline; any other unterminated tail
+ * is not ours to delete and gets its newline instead. Logged either way.
+ * Only at engine start: an output a reload starts may share the path with
+ * one still writing. */
+static void mend_torn_tail(struct sl_output *o, int fd) {
+  struct stat st;
+  char buf[4096], first = 0;
+  off_t pos, cut = -1;
+  int rfd;
+
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0)
+    return;
+  rfd = open(o->cfg->path, O_RDONLY | O_CLOEXEC);
+  if (rfd < 0)
+    return;
+  for (pos = st.st_size; pos > 0 && cut < 0 && st.st_size - pos < TORN_SCAN_MAX;) {
+    size_t n = pos >= (off_t)sizeof(buf) ? sizeof(buf) : (size_t)pos;
+    ssize_t r = pread(rfd, buf, n, pos - (off_t)n), i;
+    if (r != (ssize_t)n)
+      break;
+    if (pos == st.st_size && buf[n - 1] == '\n')
+      break; /* whole: nothing torn */
+    for (i = r - 1; i >= 0; i--)
+      if (buf[i] == '\n') {
+        cut = pos - (off_t)n + i + 1;
+        break;
+      }
+    pos -= (off_t)n;
+    if (cut < 0 && pos == 0)
+      cut = 0;
+  }
+  if (cut >= 0 && cut < st.st_size &&
+      pread(rfd, &first, 1, cut) == 1 && first == '{' &&
+      ftruncate(fd, cut) == 0) {
+    sl_log(SL_LOG_WARN, "output file ended in a torn line (a crash during "
+           "a write); cut it: its events were never delivered and come again",
+           SL_S("output", o->cfg->name), SL_S("path", o->cfg->path),
+           SL_I("bytes", (int64_t)(st.st_size - cut)), SL_END);
+  } else if (cut >= 0 && cut < st.st_size) {
+    ssize_t w = write(fd, "\n", 1);
+    sl_log(SL_LOG_WARN, "output file did not end in a newline; added one so "
+           "records do not glue onto its last line",
+           SL_S("output", o->cfg->name), SL_S("path", o->cfg->path),
+           SL_S("result", w == 1 ? "ok" : "failed"), SL_END);
+  }
+  close(rfd);
+}
+
 static int start(struct sl_output *o, int is_stdout, char *err,
                  size_t errlen) {
   struct file_out *f = calloc(1, sizeof(*f));
@@ -88,6 +144,8 @@ static int start(struct sl_output *o, int is_stdout, char *err,
       free(f);
       return SL_EIO;
     }
+    if (!f->msgpack && o->w->rules == NULL) /* engine start, see above */
+      mend_torn_tail(o, f->fd);
   }
   o->data = f;
   return 0;
