@@ -241,8 +241,10 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
     }
     nc->accepted++;
   }
-  if (nc->src.held == NULL) /* c waits on no queue: a wake cannot reenter */
+  if (nc->src.held == NULL) { /* c waits on nothing: a wake cannot reenter */
+    sl_worker_pump(w);
     sl_output_flush_full(w);
+  }
   send_ack(nc);
   return pos;
 }

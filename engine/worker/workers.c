@@ -571,6 +571,26 @@ static void drain(struct replica *r) {
     sl_queue_wake(&r->room_q);
 }
 
+/* From an input between two reads (its source holds nothing): libuv reads
+ * a busy stream up to 32 times before the loop turn reaches the replicas'
+ * wake-up (on_check) and their results (on_results). Deciding its own
+ * share inline meanwhile, main left the replicas without their new jobs
+ * and with full result rings for that whole stretch: they idled, and two
+ * workers ran slower than one. */
+void sl_worker_pump(struct sl_worker *w) {
+  struct sl_workers *ws = w->workers;
+  int i;
+  if (ws == NULL)
+    return;
+  for (i = 0; i < ws->n - 1; i++) {
+    if (ws->r[i].pushed) {
+      ws->r[i].pushed = 0;
+      uv_async_send(&ws->r[i].wake);
+    }
+    drain(&ws->r[i]);
+  }
+}
+
 static void on_results(uv_async_t *a) {
   struct sl_workers *ws = a->data;
   int i;
