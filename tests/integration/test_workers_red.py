@@ -1,0 +1,104 @@
+"""Red-team probes of workers = N (issue 14): rules that fail or run away on a
+replica, floods with reloads, many keys, a huge event, many workers."""
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import (connect, free_port, metrics_flat, metric, pack,
+                      read_ndjson, wait_for, wait_lines)
+from test_workers import config, events, post_reload, send, start, check_per_key
+
+RUNAWAY = """
+return {
+  on_event = function(ev)
+    if ev.payload.bad == 1 then while true do end end
+    if ev.payload.bad == 2 then error("boom " .. ev.key) end
+    return "out"
+  end,
+}
+"""
+
+
+def test_runaway_and_failing_rules_on_replicas_go_to_the_dead_letter(
+        sluice, tmp_path):
+    eng, _, addr, admin = start(sluice, tmp_path, {"10_r.lua": RUNAWAY},
+                                workers=2, extra="dead_letter = 'dl',",
+                                outputs="""
+    { name = "out", type = "file", path = "out.ndjson" },
+    { name = "dl", type = "file", path = "dl.ndjson" },""")
+    evs = []
+    for i in range(40):
+        bad = 1 if i % 10 == 3 else (2 if i % 10 == 5 else 0)
+        evs.append({"topic": "t", "key": "k%d" % i,
+                    "payload": {"seq": i, "bad": bad}})
+    send(addr, evs)
+    wait_lines(eng.path("out.ndjson"), 32, timeout=20)
+    wait_lines(eng.path("dl.ndjson"), 8, timeout=20)
+    time.sleep(0.3)
+    assert len(read_ndjson(eng.path("out.ndjson"))) == 32
+    dl = read_ndjson(eng.path("dl.ndjson"))
+    assert len(dl) == 8
+    m = metrics_flat(admin)
+    print({k: v for k, v in m.items() if "rule" in k[0] or "worker" in k[0]})
+    eng.stop()
+
+
+def route_config(port, admin, sink, routes):
+    return """return {
+  workers = 2,
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "slow", type = "tcp", address = "%s",
+                queue = { max_events = 100, when_full = "block" } } },
+  routes = { %s },
+  admin = { listen = "127.0.0.1:%d" },
+  shutdown_timeout = 10,
+}""" % (port, sink, routes, admin)
+
+
+OLD_ROUTES = """{ topics = "x", to = "slow" }, { topics = "y", to = "slow" },
+      { topics = "t", to = "slow",
+        rate_limit = { events_per_second = 1000000 } }"""
+# route 2 of 3 is gone (its index reads past the new limits: ASan), or
+# route 0 becomes another topic's with a limit of one event a second
+NEW_ROUTES = ['{ topics = "t", to = "slow" }',
+              """{ topics = "y", to = "slow",
+        rate_limit = { events_per_second = 1, burst = 1 } },
+      { topics = "x", to = "slow" }, { topics = "t", to = "slow" }"""]
+SWAPPED = """{ topics = "t", to = "slow" }, { topics = "y", to = "slow" }"""
+
+
+@pytest.mark.parametrize("old,new", [(OLD_ROUTES, NEW_ROUTES[0]),
+                                     (SWAPPED, NEW_ROUTES[1])],
+                         ids=["fewer_routes", "reordered_routes"])
+def test_results_decided_before_a_reload_that_changes_routes_are_delivered(
+        sluice, tmp_path, old, new):
+    """A worker's results decided before a reload carry the old config's
+    route index: applied after it, they must not take (or read past) the
+    new routes' token buckets."""
+    from conftest import Sink
+    sink = Sink(reading=False, rcvbuf=4096)
+    port, admin = free_port(), free_port()
+    eng = sluice(route_config(port, admin, sink.address, old))
+    total = 20000
+    data = b"".join(pack(e) for e in events("k", total, 64))
+    s = connect("127.0.0.1:%d" % port)
+    writer = threading.Thread(target=lambda: s.sendall(data), daemon=True)
+    writer.start()
+    wait_for(lambda: metrics_flat(admin).get('sluice_worker_held{worker="1"}') == 1,
+             timeout=20, what="worker 1 held by the full output")
+    # results decided by route 2 of 3 wait in worker 1's ring; the reload
+    # leaves one route
+    eng.config.write_text(route_config(port, admin, sink.address, new))
+    eng.signal(signal.SIGHUP)
+    eng.wait_log("config reloaded", timeout=10)
+    sink.start_reading()
+    got = sink.wait(total, timeout=30)
+    writer.join(10)
+    s.close()
+    check_per_key(got, total)
+    eng.stop()
+    sink.close()
