@@ -6,9 +6,10 @@ import socket
 import threading
 import time
 
+import msgpack
 import pytest
 
-from conftest import (connect, free_port, metrics_flat, metric, pack,
+from conftest import (Sink, connect, free_port, metrics_flat, metric, pack,
                       read_ndjson, wait_for, wait_lines)
 from test_workers import config, events, post_reload, send, start, check_per_key
 
@@ -43,7 +44,13 @@ def test_runaway_and_failing_rules_on_replicas_go_to_the_dead_letter(
     dl = read_ndjson(eng.path("dl.ndjson"))
     assert len(dl) == 8
     m = metrics_flat(admin)
-    print({k: v for k, v in m.items() if "rule" in k[0] or "worker" in k[0]})
+    assert sum(m["sluice_worker_events_total{worker=\"%d\"}" % i]
+               for i in range(2)) == 40
+    calls = sum(v for k, v in m.items() if k.startswith("sluice_rule_calls_total"))
+    assert calls == 40, [k for k in m if "rule" in k]
+    errs = [e["headers"]["sluice-error"] for e in dl]
+    assert sum("boom k" in x for x in errs) == 4, errs
+    assert sum("boom" not in x for x in errs) == 4, errs
     eng.stop()
 
 
@@ -100,5 +107,91 @@ def test_results_decided_before_a_reload_that_changes_routes_are_delivered(
     writer.join(10)
     s.close()
     check_per_key(got, total)
+    eng.stop()
+    sink.close()
+
+
+def two_output_config(port, admin, sink, folder, with_b):
+    b = ('{ name = "b", type = "file", path = "%s/b.ndjson" },' % folder
+         if with_b else "")
+    return """return {
+  workers = 2,
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "slow", type = "tcp", address = "%s",
+                queue = { max_events = 100, when_full = "block" } }, %s },
+  rules = { dir = "%s/rules", watch = false },
+  admin = { listen = "127.0.0.1:%d" },
+  shutdown_timeout = 10,
+}""" % (port, sink, b, folder, admin)
+
+
+# version 1 sends odd events to b, even ones to slow; version 2 all to slow
+TO_RULE = {1: """return { on_event = function(ev)
+  ev.headers.v = "1"
+  if ev.payload.seq % 2 == 1 then return "b" end
+  return "slow"
+end }""", 2: """return { on_event = function(ev)
+  ev.headers.v = "2"
+  return "slow"
+end }"""}
+
+
+class SlowSink(Sink):
+    """A Sink that, once reading, takes 4 KiB every 2 ms: a slow consumer."""
+
+    def _serve(self, c):
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        c.settimeout(0.05)
+        while not self._stop.is_set():
+            if not self._reading.wait(0.05):
+                continue
+            try:
+                data = c.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            unpacker.feed(data)
+            with self._lock:
+                self._events.extend(unpacker)
+            time.sleep(0.002)
+        c.close()
+
+
+def test_an_output_removed_by_reload_takes_the_results_decided_before_it(
+        sluice, tmp_path):
+    """Results a worker decided for output b before a reload removed b wait
+    in its ring while another output is full: b must drain them before it
+    closes (as events sources hold do), not refuse them."""
+    sink = SlowSink(reading=False, rcvbuf=4096)
+    port, admin = free_port(), free_port()
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "10_to.lua").write_text(TO_RULE[1])
+    eng = sluice(two_output_config(port, admin, sink.address, tmp_path, True))
+    total = 20000
+    data = b"".join(pack(e) for e in events("k", total, 64))
+    s = connect("127.0.0.1:%d" % port)
+    writer = threading.Thread(target=lambda: s.sendall(data), daemon=True)
+    writer.start()
+    wait_for(lambda: metrics_flat(admin).get('sluice_worker_held{worker="1"}') == 1,
+             timeout=20, what="worker 1 held by the full output")
+    (tmp_path / "rules" / "10_to.lua").write_text(TO_RULE[2])
+    eng.config.write_text(two_output_config(port, admin, sink.address,
+                                            tmp_path, False))
+    eng.signal(signal.SIGHUP)
+    eng.wait_log("config reloaded", timeout=10)
+    sink.start_reading()
+    writer.join(20)
+    s.close()
+    eng.wait_log("retired output drained and closed", timeout=10)
+    b = read_ndjson(tmp_path / "b.ndjson")
+    got = sink.wait(total - len(b), timeout=30)
+    check_per_key(got, len(got))
+    check_per_key(b, len(b))
+    seen = sorted(e["payload"]["seq"] for e in got + b)
+    assert seen == list(range(total)), "%d of %d arrived (%d at b)" % (
+        len(set(seen)), total, len(b))
     eng.stop()
     sink.close()
