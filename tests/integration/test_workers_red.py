@@ -252,3 +252,42 @@ return { on_event = function(ev) return "out" end }"""}, workers=64)
     print("64 workers: start %.2fs rss %d kB" % (started, rss))
     assert rss < 1024 * 1024, rss
     assert eng.stop() == 0
+
+
+def test_reload_storm_while_a_full_output_holds_the_workers(sluice, tmp_path):
+    """POST /reload and SIGHUP over and over while the output is full and
+    the rings are full: no deadlock (every reload answers), then every
+    event arrives once, in key order, stamped by exactly one version, and
+    what is read after the last reload has the last version."""
+    from test_workers import stamp_rule
+    sink = SlowSink(reading=False, rcvbuf=4096)
+    outputs = """{ name = "out", type = "tcp", address = "%s",
+        queue = { max_events = 100, when_full = "block" } },""" % sink.address
+    eng, rules, addr, admin = start(sluice, tmp_path,
+                                    {"10_v.lua": stamp_rule("v0")},
+                                    workers=2, outputs=outputs)
+    total = 20000
+    data = b"".join(pack(e) for e in events("k", total, 64))
+    s = connect(addr)
+    writer = threading.Thread(target=lambda: s.sendall(data), daemon=True)
+    writer.start()
+    wait_for(lambda: metrics_flat(admin).get('sluice_worker_held{worker="1"}') == 1,
+             timeout=20, what="worker 1 held by the full output")
+    sink.start_reading()
+    for v in range(1, 31):
+        (rules / "10_v.lua").write_text(stamp_rule("v%d" % v))
+        if v % 3 or v == 30:
+            assert post_reload(admin) == 200
+        else:
+            eng.signal(signal.SIGHUP)
+            eng.wait_log("config reloaded", count=v // 3, timeout=10)
+    writer.join(30)
+    s.close()
+    got = sink.wait(total, timeout=30)
+    check_per_key(got, total)
+    versions = set(e["headers"]["v"] for e in got)
+    assert versions <= set("v%d" % v for v in range(31)), versions
+    send(addr, events("after", 10, 4))
+    wait_for(lambda: len(sink.events) == total + 10, timeout=10)
+    assert set(e["headers"]["v"] for e in sink.events[total:]) == {"v30"}
+    assert eng.stop() == 0
