@@ -188,6 +188,9 @@ static void replica_emit(void *data, int output, struct sl_event *ev) {
   r->pending_tail = &e->next;
   r->npending++;
   atomic_fetch_add(&r->pending_n, 1);
+  /* a timer's emits go out at the end of this loop iteration, not with
+   * the next job (an idle worker may get none) */
+  uv_async_send(&r->wake);
 }
 
 /* Is there room for a result? If not, say so to main first and look
