@@ -221,8 +221,9 @@ return { on_event = function(ev) return "out" end }"""}, workers=2,
         except OSError:
             pass
         socks.append(s)
-    wait_for(lambda: metrics_flat(admin).get('sluice_worker_held{worker="1"}') == 1,
-             timeout=20, what="worker 1 held by the full output")
+    wait_for(lambda: metrics_flat(admin).get(
+        'sluice_worker_events_total{worker="1"}', 0) > 200,
+        timeout=20, what="worker 1 deciding")
     for s in socks:
         s.close()  # RST: the sources close with jobs in flight
     sink.start_reading()
