@@ -104,6 +104,8 @@ struct replica {
   uint64_t *seqs;         /* their seqs, oldest first (a circle of
                              INFLIGHT_CAP from seqs_head) */
   uint64_t seqs_head;
+  uint32_t stale; /* results in the ring decided with routes a reload
+                     since replaced: their route index means nothing now */
 };
 
 struct sl_workers {
@@ -186,6 +188,9 @@ static void replica_emit(void *data, int output, struct sl_event *ev) {
   r->pending_tail = &e->next;
   r->npending++;
   atomic_fetch_add(&r->pending_n, 1);
+  /* a timer's emits go out at the end of this loop iteration, not with
+   * the next job (an idle worker may get none) */
+  uv_async_send(&r->wake);
 }
 
 /* Is there room for a result? If not, say so to main first and look
@@ -515,7 +520,9 @@ static void apply(struct replica *r, struct result *res) {
   struct sl_worker *w = r->ws->w;
   struct sl_rules_result rr;
   struct emit *e, *next;
-  int rc;
+  int rc, stale = r->stale > 0;
+  if (stale)
+    r->stale--;
   for (e = res->emits; e; e = next) { /* before the event, as inline */
     next = e->next;
     sl_worker_emit(w, e->output, e->ev);
@@ -528,7 +535,8 @@ static void apply(struct replica *r, struct result *res) {
   memcpy(rr.targets, res->targets,
          (size_t)res->ntargets * sizeof(rr.targets[0]));
   rr.outcome = (enum sl_rules_outcome)res->outcome;
-  rr.route = res->route;
+  rr.route = stale ? -1 : res->route; /* goes on without a token, as a
+                                         held one does at a reload */
   rr.rule = res->rule;
   rr.reason = res->reason;
   rr.schema = res->schema;
@@ -837,9 +845,13 @@ struct reload_ctx {
  * no event is decided in between). */
 static void commit_all(void *data) {
   struct reload_ctx *c = data;
+  struct sl_route_limit *limits = c->ws->w->route_limits;
   int i;
   if (c->commit)
     c->commit(c->data);
+  if (c->ws->w->route_limits != limits) /* routes changed; replicas paused */
+    for (i = 0; i < c->ws->n - 1; i++)
+      c->ws->r[i].stale = (uint32_t)sl_ring_count(&c->ws->r[i].results);
   for (i = 0; i < c->ws->n - 1; i++)
     if (c->prepared[i])
       ctl_send(&c->ws->r[i], CTL_COMMIT, NULL, NULL);
