@@ -5,6 +5,7 @@
 #include <ftw.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <errno.h>
 #include <sys/mount.h>
@@ -652,7 +653,8 @@ TEST(spool_bad_options_are_einval) {
 struct syncer {
   struct sl_spool *s;
   atomic_int stop;
-  int calls, errors;
+  atomic_int calls;
+  int errors;
 };
 
 static void *sync_loop(void *arg) {
@@ -661,7 +663,7 @@ static void *sync_loop(void *arg) {
   while (!atomic_load(&y->stop)) {
     if (sl_spool_sync(y->s, &d) != 0)
       y->errors++;
-    y->calls++;
+    atomic_fetch_add(&y->calls, 1);
   }
   return NULL;
 }
@@ -681,6 +683,7 @@ TEST(spool_sync_on_another_thread_while_appending_and_acking) {
   CHECK_EQ(sl_spool_init(&s, dir, &o, NULL), 0);
   memset(&y, 0, sizeof(y));
   atomic_init(&y.stop, 0);
+  atomic_init(&y.calls, 0);
   y.s = &s;
   CHECK_EQ(pthread_create(&t, NULL, sync_loop, &y), 0);
   for (seq = 1; seq <= 20000; seq += 100) {
@@ -690,10 +693,14 @@ TEST(spool_sync_on_another_thread_while_appending_and_acking) {
     CHECK(payload_ok(&r[k - 1]));
     CHECK_EQ(sl_spool_ack(&s, r[k - 1].seq), 0);
   }
+  /* on a loaded machine the appends can all finish before the syncer is
+   * first scheduled: it must have synced at least once before it stops */
+  while (atomic_load(&y.calls) == 0)
+    sched_yield();
   atomic_store(&y.stop, 1);
   pthread_join(t, NULL);
   CHECK_EQ(y.errors, 0);
-  CHECK(y.calls > 0);
+  CHECK(atomic_load(&y.calls) > 0);
   CHECK_EQ(sl_spool_sync(&s, &d), 0);
   CHECK_EQ(d, 20000);
   sl_spool_stats(&s, &st);

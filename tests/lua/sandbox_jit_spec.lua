@@ -63,21 +63,20 @@ describe("rules.jit", function()
     end)
   end
 
-  it("runs compiled: a numeric loop costs a fraction of the interpreter's CPU", function()
+  -- Its speed against the interpreter is measured by make bench
+  -- (tests/bench/instructions.sh: topic_jit, payload_write_jit), not here:
+  -- a CPU-time ratio in a unit test flaked on a loaded machine.
+  it("gives the interpreter's answers, call after call", function()
     local on = s.rule(rule_src, { cpu_budget_ms = 1000, jit = true })
     local off = s.rule(rule_src, { cpu_budget_ms = 1000, jit = false })
-    local function best(r)
-      local b = math.huge
-      for _ = 1, 5 do
-        local res = r:run({ topic = "sum" })
-        assert.same({ "899998" }, res.routes, res.error)
-        if res.cpu_ms < b then b = res.cpu_ms end
+    for _ = 1, 5 do -- hot enough to be compiled after the first calls
+      for _, t in ipairs({ "sum", "t" }) do
+        local a, b = on:run({ topic = t }), off:run({ topic = t })
+        assert.same(b.routes, a.routes, a.error)
+        assert.is_nil(a.error)
       end
-      return b
     end
-    local a, b = best(on), best(off)
-    -- measured about 5x on this machine; CPU time, so load does not move it much
-    assert.is_true(a * 2 < b, ("jit %.2f ms, interpreter %.2f ms"):format(a, b))
+    assert.same({ "899998" }, on:run({ topic = "sum" }).routes)
   end)
 
   it("hides jit from the rule either way", function()
