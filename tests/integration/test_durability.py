@@ -176,7 +176,14 @@ def test_disk_full_drop_policy_refuses_and_closes_instead_of_acking(sluice, smal
     refused = metric("127.0.0.1:%d" % admin, "sluice_disk_buffer_refused_total",
                      output="out")
     assert refused >= 1
-    eng.wait_log("disk buffer cannot write; event refused")
+    # the refusal is logged where it was found: at submit (the event) or
+    # when the producer's ack was due (the acknowledgement); either way the
+    # producer was told by the closed connection above, never by an ack
+    refusals = ("disk buffer cannot write; event refused",
+                "disk buffer cannot write; acknowledgement refused")
+    wait_for(lambda: any(eng.find_logs(m) for m in refusals), 5,
+             what="a disk-buffer refusal logged (stderr:\n%s)"
+             % eng.stderr()[-3000:])
     with Sink(port=down) as sink:
         got = sink.wait(acked, timeout=20)
         assert set(range(acked)) <= set(payload_ids(got))
