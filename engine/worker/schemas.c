@@ -413,3 +413,23 @@ void sl_schemas_outputs(struct sl_worker *w, struct sl_rules_result *r) {
     sl_output_push(&w->outputs[dead], dl);
   sl_event_unref(dl);
 }
+
+struct sl_event *sl_schemas_emitted(struct sl_worker *w, int *output,
+                                    struct sl_event *ev) {
+  const struct sl_config *cfg = w->cfg;
+  struct sl_schemas *s = w->schemas;
+  struct sl_event *dl = NULL;
+  int o = *output;
+
+  /* a rule-made event reaches the consumer like a routed one: it must
+   * fit too (the dead letter itself is never checked: nowhere to go) */
+  if (s == NULL || o == cfg->dead_letter || o >= cfg->noutputs ||
+      cfg->outputs[o].schema == NULL ||
+      sl_schemas_output_fits(w, o, ev, s->why, sizeof(s->why)))
+    return ev;
+  if (cfg->dead_letter >= 0)
+    dl = dead_letter_copy(ev, s->why, cfg->outputs[o].name);
+  sl_event_unref(ev);
+  *output = cfg->dead_letter;
+  return dl;
+}

@@ -73,6 +73,13 @@ int sl_schemas_ingest(struct sl_worker *w, struct sl_event *ev,
  * instead (r's decision becomes that when no target is left). */
 void sl_schemas_outputs(struct sl_worker *w, struct sl_rules_result *r);
 
+/* An event a rule emitted (sluice.emit) to *output (takes the reference):
+ * ev when it fits the output's schema (or there is none); when not, its
+ * copy with sluice-error and sluice-output, *output set to the dead
+ * letter, or NULL when there is none (counted, dropped). */
+struct sl_event *sl_schemas_emitted(struct sl_worker *w, int *output,
+                                    struct sl_event *ev);
+
 /* A whole-config reload may not change a loaded (contract, version) in a
  * way that breaks its readers: SL_EINVAL with err naming it, else 0. */
 int sl_schemas_reload_check(const struct sl_config *cur,

@@ -36,8 +36,12 @@ void sl_input_stopped(struct sl_input *in) { in->stopped = 1; }
  * long before there is room), so a full queue drops them, counted. */
 static void on_emit(void *data, int output, struct sl_event *ev) {
   struct sl_worker *w = data;
-  struct sl_output *o = &w->outputs[output];
-  int rc = sl_output_push(o, ev);
+  struct sl_output *o;
+  int rc;
+  if ((ev = sl_schemas_emitted(w, &output, ev)) == NULL)
+    return; /* misfit, no dead letter: counted */
+  o = &w->outputs[output];
+  rc = sl_output_push(o, ev);
   if (rc == SL_EAGAIN) {
     o->q.dropped_newest++;
     w->stats.emit_dropped++;
