@@ -554,3 +554,23 @@ def test_an_output_schema_misfit_leaves_the_other_targets_their_copy(sluice, tmp
     assert dead[0]["id"] == "misfit" and dead[0]["headers"]["sluice-output"] == "out"
     assert metric("127.0.0.1:%d" % admin, "sluice_schema_output_rejected_total",
                   output="out") == 1
+
+
+def test_readme_breaking_minor_line_is_what_sluice_check_prints(tmp_path):
+    """The README's `sluice check` error for a 2.1 that drops a field of
+    2.0, word for word but for the folder."""
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split("and for a 2.1 that drops a field of 2.0:\n`")[1]
+    shown = shown.split("` on stderr")[0].replace("\n", " ")
+    assert shown.startswith("/path/to/schemas/order.v2.1.json: error: ")
+    v2 = json.loads((EXAMPLE / "schemas" / "order.v2.json").read_text())
+    d = write_schemas(tmp_path, **{"order_v2_0_json": v2})
+    v21 = json.loads(json.dumps(v2))
+    del v21["properties"]["sku"]
+    v21["required"] = [f for f in v21.get("required", []) if f != "sku"]
+    (d / "order.v2.1.json").write_text(json.dumps(v21))
+    r = check(tmp_path, """{
+    { topics = "orders.*", file = "schemas/order.v2.0.json" },
+    { topics = "orders.*", file = "schemas/order.v2.1.json" } }""")
+    assert r.returncode == 1
+    assert shown.replace("/path/to/", str(tmp_path) + "/") in r.stderr.splitlines()
