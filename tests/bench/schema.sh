@@ -5,7 +5,9 @@
 # per event (utime + stime from /proc, so a loaded box shows in events/s
 # more than in CPU). The contract covers the loadgen's whole payload
 # (order, amount, currency, sku, source: types, bounds, an enum, a
-# pattern, required, additionalProperties). With SCHEMA_INSTR=1 (and
+# pattern, required, additionalProperties), and the same contract when every
+# event misfits at its last field (dead-lettered: rejecting must cost what
+# accepting does, issue 16). With SCHEMA_INSTR=1 (and
 # valgrind) it also prints callgrind instructions per event for each (and
 # for the contract without its pattern), the
 # figure that does not move with the machine's load.
@@ -31,11 +33,17 @@ EOF
 
 # the same without its pattern (its regex is most of the cost)
 sed 's/, "pattern": "[^"]*"//' "$dir/order.v1.json" >"$dir/plain.v1.json"
+# one every event misfits at its last field (source, after the pattern):
+# the dearest reject, dead-lettered (the dead letter is out, so the run
+# ends as the others do) against the accepts above
+sed 's/"maxLength": 64/"maxLength": 4/' "$dir/order.v1.json" >"$dir/misfit.v1.json"
 
-config() { # $1 port, $2 admin, $3 contract: 0 none, 1 full, 2 no pattern
+config() { # $1 port, $2 admin, $3 contract: 0 none, 1 full, 2 no pattern,
+  # 3 every event misfits (to the dead letter)
   local schemas="" f=order
   [ "$3" = 2 ] && f=plain
-  [ "$3" != 0 ] && schemas="schemas = { { topics = \"*\", file = \"$dir/$f.v1.json\" } },"
+  [ "$3" = 3 ] && f=misfit && schemas='dead_letter = "out",'
+  [ "$3" != 0 ] && schemas="$schemas schemas = { { topics = \"*\", file = \"$dir/$f.v1.json\" } },"
   cat <<EOC
 return {
   inputs = { { name = "bench", type = "tcp", listen = "127.0.0.1:$1" } },
@@ -63,13 +71,14 @@ run_case() {
   t1=$(cpu_ticks)
   if [ "$1" != 0 ]; then
     # every event was checked and fit: the contract really ran
-    local m want
+    local m want result=valid
+    [ "$1" = 3 ] && result=invalid
     m=$(curl -sf "http://127.0.0.1:$admin/metrics")
-    want="sluice_schema_events_total{contract=\"*\",version=\"1\",result=\"valid\"} $EVENTS"
+    want="sluice_schema_events_total{contract=\"*\",version=\"1\",result=\"$result\"} $EVENTS"
     case $'\n'"$m"$'\n' in
     *$'\n'"$want"$'\n'*) ;;
     *)
-      echo "schema bench: not every event was counted valid (want $want)" >&2
+      echo "schema bench: not every event was counted $result (want $want)" >&2
       engine_stop
       return 1
       ;;
@@ -81,8 +90,9 @@ run_case() {
 }
 
 printf '%-22s %12s %14s\n' case events/s "cpu us/event"
-for c in 0 1; do
-  name=$([ "$c" = 1 ] && echo "tcp + contract" || echo "tcp, no contract")
+for c in 0 1 3; do
+  name=$(case $c in 0) echo "tcp, no contract" ;; 1) echo "tcp + contract" ;;
+         *) echo "+ contract, misfits" ;; esac)
   eps=""
   cpu=""
   for _ in $(seq "$RUNS"); do
@@ -121,11 +131,11 @@ instr() { # $1 with a contract, $2 events
 small=${INSTR_SMALL:-20000}
 large=${INSTR_LARGE:-80000}
 printf '%-22s %14s\n' case "instr/event"
-for c in 0 1 2; do
+for c in 0 1 2 3; do
   a=$(instr "$c" "$small")
   b=$(instr "$c" "$large")
   awk -v c="$(case $c in 0) echo "tcp, no contract" ;; 1) echo "tcp + contract" ;;
-              *) echo "+ contract, no pattern" ;; esac)" \
+              2) echo "+ contract, no pattern" ;; *) echo "+ contract, misfits" ;; esac)" \
     -v a="$a" -v b="$b" -v n=$((large - small)) \
     'BEGIN { printf "%-22s %14.0f\n", c, (b - a) / n }'
 done

@@ -507,6 +507,8 @@ def test_the_bench_section_runs_tiny_and_every_event_is_checked(tmp_path):
     rows = r.stdout.splitlines()
     assert rows[0].split() == ["case", "events/s", "cpu", "us/event"]
     assert rows[1].startswith("tcp, no contract") and rows[2].startswith("tcp + contract")
+    # the same contract, every event a misfit (it checks the invalid count)
+    assert rows[3].startswith("+ contract, misfits") and len(rows) == 4
 
 
 def test_http_msgpack_batch_names_the_index_and_warn_mode_batches_pass(sluice, tmp_path):
