@@ -192,10 +192,12 @@ static void on_change(void *data, int breaking, const char *path,
   struct changes *c = data;
   char *out = breaking ? c->breaking : c->compatible;
   size_t *off = breaking ? &c->nb : &c->nc;
-  (void)path;
+  /* the schema path names the field when it is not at the root ("type
+   * narrowed from number to integer at /properties/qty") */
   if (*off < sizeof(c->breaking) - 1)
-    *off += (size_t)snprintf(out + *off, sizeof(c->breaking) - *off, "%s%s",
-                             *off ? "; " : "", what);
+    *off += (size_t)snprintf(out + *off, sizeof(c->breaking) - *off,
+                             "%s%s%s%s", *off ? "; " : "", what,
+                             path[0] ? " at " : "", path);
   if (*off >= sizeof(c->breaking))
     *off = sizeof(c->breaking) - 1;
 }

@@ -280,11 +280,11 @@ struct breaks {
 static void note_break(void *data, int breaking, const char *path,
                        const char *what) {
   struct breaks *b = data;
-  (void)path;
   if (!breaking || b->off >= b->n)
     return;
-  b->off += (size_t)snprintf(b->out + b->off, b->n - b->off, "%s%s",
-                             b->nbreaking++ ? "; " : "", what);
+  b->off += (size_t)snprintf(b->out + b->off, b->n - b->off, "%s%s%s%s",
+                             b->nbreaking++ ? "; " : "", what,
+                             path[0] ? " at " : "", path);
 }
 
 int sl_schemas_reload_check(const struct sl_config *cur,

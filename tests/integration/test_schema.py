@@ -576,3 +576,44 @@ def test_readme_breaking_minor_line_is_what_sluice_check_prints(tmp_path):
     { topics = "orders.*", file = "schemas/order.v2.1.json" } }""")
     assert r.returncode == 1
     assert shown.replace("/path/to/", str(tmp_path) + "/") in r.stderr.splitlines()
+
+
+BREAKING_PAIRS = [
+    # (what the issue names, version 1, version 2, the change sluice check names)
+    ("field removed", ORDER_V1, NO_SKU, 'field "sku" removed'),
+    ("made required", ORDER_V1, STRICT, 'field "qty" made required'),
+    ("type narrowed",
+     {"type": "object", "properties": {"qty": {"type": "number"}}},
+     {"type": "object", "properties": {"qty": {"type": "integer"}}},
+     "type narrowed from number to integer at /properties/qty"),
+    ("enum value removed",
+     {"type": "object", "properties": {"cur": {"enum": ["EUR", "USD"]}}},
+     {"type": "object", "properties": {"cur": {"enum": ["EUR"]}}},
+     'enum value "USD" removed at /properties/cur'),
+]
+
+
+def test_check_calls_each_breaking_kind_of_the_issue_an_error_within_a_major(tmp_path):
+    """Issue 16 item 4: a field removed or made required, a type narrowed,
+    an enum value removed break readers: an error between 2.0 and 2.1, an
+    info line across a major bump; an optional field added is compatible."""
+    for kind, old, new, names in BREAKING_PAIRS:
+        write_schemas(tmp_path, a_json=old, b_json=new)
+        r = check(tmp_path, """{
+    { topics = "t", file = "schemas/a.json", version = "2.0" },
+    { topics = "t", file = "schemas/b.json", version = "2.1" } }""")
+        assert r.returncode == 1, (kind, r.stdout, r.stderr)
+        err = [l for l in r.stderr.splitlines() if "t 2.1 breaks readers of 2.0" in l]
+        assert len(err) == 1 and names in err[0], (kind, r.stderr)
+        assert err[0].endswith("a breaking change needs a new major version")
+        r = check(tmp_path, """{
+    { topics = "t", file = "schemas/a.json", version = 2 },
+    { topics = "t", file = "schemas/b.json", version = 3 } }""")
+        assert r.returncode == 0, (kind, r.stderr)
+        assert "info: t 3 breaks readers of 2 (a new major version): " in r.stdout, kind
+    write_schemas(tmp_path, a_json=ORDER_V1, b_json=ORDER_V2)
+    r = check(tmp_path, """{
+    { topics = "t", file = "schemas/a.json", version = "2.0" },
+    { topics = "t", file = "schemas/b.json", version = "2.1" } }""")
+    assert r.returncode == 0, r.stderr
+    assert 'info: t 2.1 is compatible with 2.0: optional field "note" added' in r.stdout

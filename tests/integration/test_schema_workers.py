@@ -194,6 +194,7 @@ def test_contracts_are_checked_before_the_workers_and_replicas_read_the_version(
     assert r.status == 202 and r.json() == {"accepted": 6}
     out = by_id(wait_lines(s.eng.path("out.ndjson"), 36, timeout=20))
     assert {i for i in out if i.startswith("ok")} == {"ok%d" % i for i in range(6)}
+    assert {out["ok%d" % i]["headers"]["seen-version"] for i in range(6)} == {"2"}
     assert s.counts(version="2") == {"valid": 16, "invalid": 11, "warned": 0}
 
 
