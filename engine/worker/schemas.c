@@ -204,14 +204,38 @@ enum sl_schema_result sl_schemas_check(struct sl_worker *w, struct sl_str topic,
   return v->result;
 }
 
+/* Append the string s to out (cap bytes, *at used), cut at the end and
+ * kept NUL-terminated. */
+static void put_str(char *out, size_t cap, size_t *at, const char *s) {
+  size_t n = strlen(s);
+  if (*at + 1 >= cap)
+    return;
+  if (n > cap - 1 - *at)
+    n = cap - 1 - *at;
+  memcpy(out + *at, s, n);
+  *at += n;
+  out[*at] = '\0';
+}
+
 void sl_schemas_describe(const struct sl_schema_verdict *v, char *out,
                          size_t n) {
+  /* by hand, not snprintf: every misfit pays for this line (the
+   * sluice-error header), and glibc's snprintf cost more than the check
+   * that found it */
   const struct sl_schema_contract *k = v->contract;
-  snprintf(out, n, "contract %s version %s: %s: expected %s",
-           k ? k->topics : "?",
-           k && v->version >= 0 ? k->versions[v->version].version
-                                : "unknown",
-           v->e.path[0] ? v->e.path : "/", v->e.msg);
+  size_t at = 0;
+  if (n == 0)
+    return;
+  out[0] = '\0';
+  put_str(out, n, &at, "contract ");
+  put_str(out, n, &at, k ? k->topics : "?");
+  put_str(out, n, &at, " version ");
+  put_str(out, n, &at, k && v->version >= 0 ? k->versions[v->version].version
+                                            : "unknown");
+  put_str(out, n, &at, ": ");
+  put_str(out, n, &at, v->e.path[0] ? v->e.path : "/");
+  put_str(out, n, &at, ": expected ");
+  put_str(out, n, &at, v->e.msg);
 }
 
 enum sl_schema_result sl_schemas_event(struct sl_worker *w,
