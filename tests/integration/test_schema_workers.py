@@ -9,6 +9,7 @@ Each test runs with workers = 1 and workers = 2 and expects the same.
 The events of one connection arrive in one write, so all but the first go
 through the native input's one-pass reader (sl_codec_parse_stream)."""
 import json
+import subprocess
 import urllib.request
 
 import pytest
@@ -163,7 +164,25 @@ def test_contracts_are_checked_before_the_workers_and_replicas_read_the_version(
                         "payload": {"sku": "s", "note": "n"}})
         else:            # warn mode: passed on, marked, counted once
             evs.append({"id": "w%d" % i, "topic": "soft.x", "payload": {"qty": i}})
-    send_events(s.addr, evs)
+    tap = subprocess.Popen(["curl", "-sN", "--max-time", "20",
+                            "http://127.0.0.1:%d/tap?topics=soft.*&limit=10" % s.admin],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: metric("127.0.0.1:%d" % s.admin, "sluice_tap_clients") == 1,
+                 what="the tap client")
+        send_events(s.addr, evs)
+        taps, _ = tap.communicate(timeout=15)
+    finally:
+        if tap.poll() is None:
+            tap.kill()
+            tap.wait()
+    # warn mode: each misfit marked on the tap, whichever worker decided it
+    taps = [json.loads(l) for l in taps.decode().splitlines()]
+    assert len(taps) == 10
+    for t in taps:
+        assert t["outcome"] == "routed" and t["outputs"] == ["out"], t
+        assert t["schema"] == ('contract soft.* version 1: /: expected '
+                               'required property "sku"'), t
     out = by_id(wait_lines(s.eng.path("out.ndjson"), 30, timeout=20))
     dead = by_id(wait_lines(s.eng.path("dead.ndjson"), 10, timeout=20))
     assert sorted(dead) == sorted(e["id"] for e in evs if e["id"].startswith("bad"))
