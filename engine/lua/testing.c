@@ -258,6 +258,17 @@ static struct sl_event *event_from_table(lua_State *L, struct trule *t,
                     0);
   if (ev == NULL)
     luaL_error(L, "not enough memory");
+  lua_getfield(L, idx, "schema_version"); /* as ingest would stamp it */
+  if (!lua_isnil(L, -1)) {
+    size_t n;
+    const char *s = lua_isstring(L, -1) ? lua_tolstring(L, -1, &n) : NULL;
+    if (s == NULL || sl_config_version_parse(s, n, &ev->schema_version) != 0) {
+      sl_event_unref(ev);
+      luaL_error(L, "event.schema_version must be a version (\"2\", "
+                    "\"2.1\")");
+    }
+  }
+  lua_pop(L, 1);
   return ev;
 }
 

@@ -19,7 +19,9 @@
 -- time (ms since the epoch, a float) or time_ns (exact ns, a decimal
 -- string), headers (table of strings), payload
 -- (any value; testing.array/map/bin/float/ext make exact types), or
--- payload_raw (msgpack bytes, sent as they are).
+-- payload_raw (msgpack bytes, sent as they are), and schema_version
+-- ("2", "2.1": the version ingest would have checked it against, what the
+-- rule reads as ev.schema_version; nil by default).
 --
 -- rule:run(event) -> result, a table with exactly these fields:
 --   verdict     what on_event decided, always set:

@@ -31,6 +31,15 @@ describe("10_orders", function()
     assert.are.equal("yes", res.event.headers.bulk)
     assert.is_true(testing.validate_event("../schemas/order.v1.json", res.event))
   end)
+
+  it("stamps the version the event was checked against", function()
+    local res = rule:run({ topic = "orders.created", schema_version = "2",
+      payload = { sku = "ABC-1", qty = 2, customer = "c-7", note = "gift" } })
+    assert.are.equal("2", res.event.headers["order-version"])
+    res = rule:run({ topic = "orders.created",
+      payload = { sku = "ABC-1", qty = 2, customer = "c-7" } })
+    assert.are.equal("none", res.event.headers["order-version"])
+  end)
 end)
 
 describe("the config's contracts", function()
