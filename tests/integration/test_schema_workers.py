@@ -311,6 +311,14 @@ def test_a_reload_swaps_schemas_and_every_workers_rules_together_or_not_at_all(
     assert {(e["headers"]["seen-version"], e["headers"]["rv"]) for e in got} == {("3", "2")}
     assert s.counts(version="3") == {"valid": 48, "invalid": 0, "warned": 0}
     assert s.counts(version="2") == {"valid": 0, "invalid": 1, "warned": 0}
+    # schemas alone (the rule files as they run): a version 4 joins
+    write(s.d, **{"order.v3.json": NO_SKU})
+    s.set_rules("2")
+    line = s.reload(5, versions=(1, 2, 3, 4))
+    assert line["msg"] == "config reloaded", line
+    got = batch("e")
+    assert {(e["headers"]["seen-version"], e["headers"]["rv"]) for e in got} == {("4", "2")}
+    assert s.counts(version="4") == {"valid": 12, "invalid": 0, "warned": 0}
     if workers == 2:
         assert s.replicas_decided() > 0
     assert len(read_ndjson(s.eng.path("dead.ndjson"))) == 1
