@@ -7,7 +7,7 @@ import os
 import random
 import time
 
-from conftest import free_port, run_sluice, scrape
+from conftest import free_port, run_sluice, scrape, with_test_workers
 from helpers_http import curl
 from test_schema import ORDER_V1, ORDER_V2, config, post, start, write_schemas
 
@@ -101,13 +101,13 @@ def test_a_reload_storm_alternating_good_and_broken_schemas_leaves_the_last_good
     # signals without waiting, HTTP posts between them: every answer is a
     # verdict of one whole config (202, or 400 naming a contract)
     for i in range(30):
-        eng.config.write_text((good, bad, plain)[i % 3])
+        eng.config.write_text(with_test_workers((good, bad, plain)[i % 3]))
         eng.signal(1)
         r = post(http, [{"topic": "orders.x", "payload": {"qty": 1}}])
         assert r.status in (202, 400), r
         if r.status == 400:
             assert r.json()["contract"] == "orders.*"
-    eng.config.write_text(good)
+    eng.config.write_text(with_test_workers(good))
     eng.signal(1)
 
     def settled():
