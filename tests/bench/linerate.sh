@@ -117,8 +117,10 @@ run_sink() {
   sink=$(bench_free_port)
   admin=$(bench_free_port)
   rm -f "$WORK/engine.pid"
-  # /metrics beside the sink: a refused or cut connection fails the run
-  # at once, named, instead of a timeout
+  # /metrics beside the sink: a refused or cut connection, or a drop, fails
+  # the run, named, instead of a timeout; the loadgen reads it only when
+  # the sink's count stands still and at the end (a scrape stalls the
+  # engine's loop: the latency would show it)
   "$LOADGEN" --to "127.0.0.1:$port" --sink-port "$sink" \
     --metrics "127.0.0.1:$admin" \
     --pid-file "$WORK/engine.pid" "$@" >"$WORK/loadgen.out" 2>"$WORK/loadgen.err" &
