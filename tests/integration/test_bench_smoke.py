@@ -106,12 +106,19 @@ def test_linerate_reports_latency_percentiles_at_half_the_measured_maximum(quick
                   quick_run)
     assert m, quick_run
     assert abs(float(m.group(2)) - float(m.group(1)) / 2) <= 1
-    m = re.search(r"\(achieved %s\), ([0-9]+) events: p50 %s us, p99 %s us, "
-                  r"p99.9 %s us, max %s us" % (NUM, NUM, NUM, NUM, NUM), quick_run)
+    m = re.search(r"\(achieved %s\), ([0-9]+) events a run, median of 1 runs: p50 %s us, "
+                  r"p99 %s us, p99.9 %s us, max %s us" % (NUM, NUM, NUM, NUM, NUM), quick_run)
     assert m, quick_run
     achieved, n, p50, p99, p999, top = (float(x) for x in m.groups())
     assert achieved > 0 and n >= 20000
     assert 0 < p50 <= p99 <= p999 <= top + 1
+    # the engine's own part, from its histogram's bucket bounds (us)
+    m = re.search(r"of which in the engine \(read -> written, its "
+                  r"sluice_delivery_latency_seconds buckets\): p50 <= %s us, p99 <= %s us, "
+                  r"p99.9 <= %s us" % (NUM, NUM, NUM), quick_run)
+    assert m, quick_run
+    e50, e99, e999 = (float(x) for x in m.groups())
+    assert 0 < e50 <= e99 <= e999
     assert re.search(r"aim p99 <= 1000 us: (met|not met); engine %s us/event, "
                      r"loadgen %s us/event" % (NUM, NUM), quick_run)
 
