@@ -151,8 +151,12 @@ class DelayRelay:
 
     DELAY = 0.05
 
-    def __init__(self, sink_port):
+    def __init__(self, sink_port, delay=DELAY, rename=None):
+        """rename: (old, new) bytes of the same length, replaced in the
+        stream (across chunk boundaries) on the way."""
         self.sink_port = sink_port
+        self.delay = delay
+        self.rename = rename
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self._run, daemon=True).start()
@@ -171,13 +175,23 @@ class DelayRelay:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.05)
+        held = b""
         while True:
             chunk = conn.recv(1 << 16)
-            due = time.time() + self.DELAY
+            due = time.time() + self.delay
             if not chunk:
                 break
+            if self.rename:
+                # hold back only a tail that may start a split match
+                held = (held + chunk).replace(*self.rename)
+                pat = self.rename[0]
+                keep = next((k for k in range(len(pat) - 1, 0, -1)
+                             if held.endswith(pat[:k])), 0)
+                chunk, held = held[:len(held) - keep], held[len(held) - keep:]
             time.sleep(max(0, due - time.time()))
             out.sendall(chunk)
+        if held:
+            out.sendall(held)
         out.close()
         conn.close()
 
@@ -211,6 +225,38 @@ def test_loadgen_latency_includes_a_delay_on_the_way(tmp_path):
     assert float(got["lat_p50_us"]) >= DelayRelay.DELAY * 1e6
     assert float(got["lat_p50_us"]) <= float(got["lat_p99_us"]) <= float(got["lat_max_us"]) + 1
     assert abs(float(got["events_per_s"]) - 1000) < 500  # paced, not flat out
+
+
+def test_loadgen_prints_no_percentiles_when_no_stamped_event_comes_back(tmp_path):
+    """A relay renames the events' time key on the way to the sink: the
+    sink counts all 300 but can time none, so the loadgen prints
+    lat_events=0 and no percentiles (they used to read 0 us), and the
+    bench then says the latency was not computed."""
+    sink, port = free_port(), free_port()
+    lg = subprocess.Popen([str(LOADGEN), "--to", "127.0.0.1:%d" % port,
+                           "--sink-port", str(sink), "--events", "300",
+                           "--rate", "1000", "--stamp", "--timeout", "60"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    relay = DelayRelay(sink, delay=0, rename=(b"\xa4time", b"\xa4timx"))
+    conf = tmp_path / "sluice.conf.lua"
+    conf.write_text("return %s\n" % lua({
+        "inputs": [{"name": "in", "type": "tcp", "listen": "127.0.0.1:%d" % port}],
+        "outputs": [{"name": "out", "type": "tcp",
+                     "address": "127.0.0.1:%d" % relay.port}],
+        "routes": [{"topics": "*", "to": "out"}]}))
+    eng = subprocess.Popen([SLUICE_BIN, "run", "-c", str(conf)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        out, err = lg.communicate(timeout=TIMEOUT)
+    finally:
+        eng.terminate()
+        eng.wait(timeout=30)
+    assert lg.returncode == 0, err
+    got = dict(kv.split("=") for kv in out.split())
+    assert got["events"] == "300" and got["lat_events"] == "0", out
+    assert not any(k.startswith("lat_p") or k == "lat_max_us" for k in got), out
+    script = (ROOT / "tests/bench/linerate.sh").read_text()
+    assert "latency not computed: a run's sink got no event with its time back" in script
 
 
 @pytest.mark.parametrize("args,message", [
