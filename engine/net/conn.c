@@ -558,6 +558,16 @@ int sl_conn_write(struct sl_conn *c, struct sl_buf *b,
   return 0;
 }
 
+int sl_conn_try_write(struct sl_conn *c, const uint8_t *p, size_t n) {
+  uv_buf_t ub;
+  int rc;
+  if (sl_conn_is_closing(c) || c->tp->try_write == NULL || c->pending_writes)
+    return 0;
+  ub = uv_buf_init((char *)p, (unsigned)n);
+  rc = c->tp->try_write(c, &ub);
+  return rc == UV_EAGAIN ? 0 : rc;
+}
+
 size_t sl_conn_write_queue_size(const struct sl_conn *c) {
   return c->tp->write_queue_size(c);
 }

@@ -224,5 +224,12 @@ size_t sl_conn_buffered(const struct sl_conn *c);
 int sl_conn_pending_writes(const struct sl_conn *c);
 /* Bytes queued in the kernel-bound write queue not yet written. */
 size_t sl_conn_write_queue_size(const struct sl_conn *c);
+/* Write what the kernel takes of [p, p + n) now, without a request or a
+ * callback: for a writer that goes on at once when all went (libuv would
+ * report even a write done at once only in the next loop turn). Returns
+ * the bytes written, 0 when none could be now (the socket is full, writes
+ * are queued, or the transport cannot: TLS), or a UV_E* code. Never after
+ * sl_conn_close. */
+int sl_conn_try_write(struct sl_conn *c, const uint8_t *p, size_t n);
 
 #endif

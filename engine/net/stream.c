@@ -16,6 +16,10 @@ int sl_stream_write(struct sl_conn *c, uv_write_t *req, const uv_buf_t *b,
   return uv_write(req, &c->h.stream, b, 1, cb);
 }
 
+int sl_stream_try_write(struct sl_conn *c, const uv_buf_t *b) {
+  return uv_try_write(&c->h.stream, b, 1);
+}
+
 size_t sl_stream_write_queue_size(const struct sl_conn *c) {
   return c->h.stream.write_queue_size;
 }

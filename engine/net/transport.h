@@ -35,6 +35,10 @@ struct sl_transport_ops {
   int (*write)(struct sl_conn *c, uv_write_t *req, const uv_buf_t *b,
                uv_write_cb cb);
   size_t (*write_queue_size)(const struct sl_conn *c);
+  /* Write what the kernel takes now, nothing queued: the bytes written,
+   * or a UV_E* code (UV_EAGAIN: none now, or writes are queued). May be
+   * NULL (TLS: its records go through its own queue). */
+  int (*try_write)(struct sl_conn *c, const uv_buf_t *b);
   /* Close c's handle; cb runs once it is closed (writes still queued
    * get their callbacks with UV_ECANCELED before it). */
   void (*close)(struct sl_conn *c, uv_close_cb cb);
@@ -50,6 +54,7 @@ void sl_stream_read_stop(struct sl_conn *c);
 int sl_stream_write(struct sl_conn *c, uv_write_t *req, const uv_buf_t *b,
                     uv_write_cb cb);
 size_t sl_stream_write_queue_size(const struct sl_conn *c);
+int sl_stream_try_write(struct sl_conn *c, const uv_buf_t *b);
 void sl_stream_close(struct sl_conn *c, uv_close_cb cb);
 
 /* Bits of sl_conn.flags: mechanics beside the state. */

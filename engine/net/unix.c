@@ -66,5 +66,6 @@ const struct sl_transport_ops sl_transport_unix = {
     .read_stop = sl_stream_read_stop,
     .write = sl_stream_write,
     .write_queue_size = sl_stream_write_queue_size,
+    .try_write = sl_stream_try_write,
     .close = sl_stream_close,
 };

@@ -75,7 +75,8 @@ void sl_peer_init(struct sl_peer *p, struct sl_output *o,
 int sl_peer_start(struct sl_peer *p, char *err, size_t errlen);
 
 /* Write p->batch (taken, left empty) for nevents events: reported to the
- * core when written (ack: sl_output_written; else sl_output_done), the conn
+ * core when written (ack: sl_output_written; else sl_output_done), which
+ * may be at once, inside this call, when the kernel took it all; the conn
  * dropped when it fails. */
 void sl_peer_write(struct sl_peer *p, uint32_t nevents);
 

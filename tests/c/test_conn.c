@@ -466,6 +466,59 @@ static void write_queue_in_order(enum sl_endpoint_kind kind, int *failed__) {
 ON_TCP_AND_UNIX(conn_write_queue_sends_in_order_and_calls_back_each,
                 write_queue_in_order)
 
+/* sl_conn_try_write: what the kernel takes now, no callback; 0 (nothing
+ * written) while a queued write has not called back, so bytes never pass
+ * it, and over TLS, whose records have their own queue. */
+static int try_rc_first, try_rc_behind;
+static size_t try_want; /* bytes the client waits for */
+
+static void answer_try(struct sl_conn *c, const uint8_t *d, size_t n,
+                       size_t *used) {
+  struct sl_buf b;
+  try_rc_first = sl_conn_try_write(c, (const uint8_t *)"now,", 4);
+  sl_buf_init(&b);
+  sl_buf_append(&b, "one,", 4);
+  if (sl_conn_write(c, &b, wq_written, (void *)(intptr_t)1) != 0)
+    sl_buf_close(&b);
+  try_rc_behind = sl_conn_try_write(c, (const uint8_t *)"two,", 4);
+}
+
+static size_t cl_data_until_want(struct sl_conn *c, const uint8_t *d,
+                                 size_t n) {
+  cl_data(c, d, n);
+  if (fx.cl_ngot >= try_want)
+    sl_conn_close(c);
+  return n;
+}
+
+static const struct sl_conn_ops cl_ops_want = {.cb_data = cl_data_until_want,
+                                               .cb_eof = cl_eof,
+                                               .cb_close = cl_close,
+                                               .cb_connect = cl_connect};
+
+static void try_write_now_or_not_at_all(enum sl_endpoint_kind kind,
+                                        int *failed__) {
+  int tls = opt_tls; /* setup clears it */
+  const char *want = tls ? "one," : "now,one,";
+  CHECK_EQ(setup(kind), 0);
+  sl_conn_set_ops(fx.cl, &cl_ops_want, &fx);
+  try_want = strlen(want);
+  wq_status_sum = 0;
+  fx.on_data = answer_try;
+  fx.on_connect = send_go;
+  run();
+  CHECK_EQ(fx.timed_out, 0);
+  CHECK_EQ(try_rc_first, tls ? 0 : 4);
+  CHECK_EQ(try_rc_behind, 0);
+  CHECK_EQ(fx.write_cb_called, 1);
+  CHECK_EQ(wq_status_sum, 0);
+  CHECK_EQ(fx.cl_ngot, try_want);
+  CHECK(memcmp(fx.cl_got, want, try_want) == 0);
+}
+
+ON_TCP_AND_UNIX(conn_try_write_writes_now_and_never_passes_a_queued_write,
+                try_write_now_or_not_at_all)
+
 /* ---- connect failure ---------------------------------------------------- */
 
 static void connect_refused(enum sl_endpoint_kind kind, int *failed__) {
@@ -843,6 +896,10 @@ TEST(conn_pause_holds_bytes_until_resume_tls) {
 
 TEST(conn_write_queue_sends_in_order_and_calls_back_each_tls) {
   OVER_TLS(write_queue_in_order);
+}
+
+TEST(conn_try_write_writes_nothing_over_tls) {
+  OVER_TLS(try_write_now_or_not_at_all);
 }
 
 TEST(conn_stop_reading_offers_buffered_bytes_and_reads_no_more_tls) {

@@ -26,7 +26,8 @@
  *            [--metrics HOST:PORT]) [--rate EVENTS_PER_S] [--stamp]
  *           [--pid PID | --pid-file FILE] [--timeout SECONDS]
  * (--metrics beside --sink-port: the sink counts, /metrics only tells of
- * refusals and where events went.)
+ * refusals and where events went; it is read when the count stands still
+ * and at the end, never while events flow: see wait_delivered.)
  *   loadgen --free-port      print a free TCP port on 127.0.0.1
  *
  * Exit codes: 0 done, 1 a connection or socket failed, 2 bad arguments,
@@ -384,11 +385,16 @@ static void *send_paced(void *arg) {
 /* The latency of one stamped event that arrived at now_ns. */
 static void sink_stamp(struct sink *k, const uint8_t *p, size_t len,
                        int64_t now_ns) {
-  struct sl_event_view v;
+  const uint8_t *t;
+  size_t tlen, used;
+  int64_t time;
   uint64_t lat;
-  if (sl_codec_parse_event(p, len, &v, NULL) != 0 || !v.has_time)
+  /* only the time: a full parse would make the sink a load of its own on
+   * the cores the engine runs on */
+  if (sl_codec_map_find(p, len, "time", 4, &t, &tlen) != 0 ||
+      sl_codec_read_int(t, tlen, &time, &used) != 0)
     return;
-  lat = now_ns > v.time ? (uint64_t)(now_ns - v.time) : 0;
+  lat = now_ns > time ? (uint64_t)(now_ns - time) : 0;
   if (lat / 1000 < LAT_US)
     k->hist[lat / 1000]++;
   else if (lat / 1000000 - 1000 < LAT_MS)
@@ -792,6 +798,7 @@ struct run {
   struct sink *sink;
   struct sender *senders;
   const struct sockaddr_in *metrics_sa; /* NULL: no --metrics */
+  char *last;                           /* the latest /metrics read, or NULL */
   char *base;                           /* /metrics before the first write
                                            ("" when it could not be read) */
 };
@@ -851,12 +858,13 @@ static void explain(const struct run *r) {
 
 /* One look at the run: the count delivered so far into *seen, and
  * whether a connection was refused or cut (1; see sender_cut, refusals),
- * a write of ours failed (2), or events were lost on purpose (4: lost). */
-static int look(struct run *r, int64_t *seen) {
+ * a write of ours failed (2), or events were lost on purpose (4: lost).
+ * scrape: read /metrics too (else only our sockets and the sink). */
+static int look(struct run *r, int64_t *seen, int scrape) {
   const struct opts *o = r->o;
   char *m = NULL;
   int k, cut = 0;
-  if (r->metrics_sa)
+  if (r->metrics_sa && scrape)
     m = metrics_get(r->metrics_sa);
   if (o->sink_port >= 0) {
     *seen = (int64_t)__atomic_load_n(&r->sink->events, __ATOMIC_ACQUIRE);
@@ -873,7 +881,10 @@ static int look(struct run *r, int64_t *seen) {
     cut |= 1;
   if (m != NULL && lost(r->base, m, o, NULL) > 0)
     cut |= 4;
-  free(m);
+  if (m != NULL) {
+    free(r->last);
+    r->last = m;
+  }
   return cut;
 }
 
@@ -899,27 +910,39 @@ static int engine_exited(pid_t pid, int cut) {
  * A scrape costs the engine ~0.4 ms of CPU, so /metrics is polled at half
  * the time the rate so far says is left (2 to 50 ms): a few dozen scrapes
  * a run, and the end is seen within 2 ms while the rate holds. The sink's
- * count is only a load: every 1 ms; /metrics beside it once a second, so
- * its scrapes do not show in the sink's latency. */
+ * count is only a load: every 1 ms, with our sockets (a cut shows there)
+ * and the engine's pid. /metrics beside the sink is read only when the
+ * count stood still for a second (a refusal or a drop then says why, at
+ * most once a second) and once at the end (what was dropped or refused
+ * fails the run): a scrape stalls the engine's loop, and the stall would
+ * be in the latency the sink measures. */
 static int wait_delivered(struct run *r, double t0, double *t_done) {
   const struct opts *o = r->o;
-  int64_t seen = 0;
-  double wait, t, last_look = 0;
-  int cut = 0;
+  int64_t seen = 0, last_seen = -1;
+  double wait, t, moved = now_s(), last_scrape = 0;
+  int cut = 0, scrape, done = 0;
   for (;;) {
-    if (o->sink_port < 0 || now_s() - last_look >= 1) {
-      cut = look(r, &seen);
-      last_look = now_s();
-    } else {
-      seen = (int64_t)__atomic_load_n(&r->sink->events, __ATOMIC_ACQUIRE);
-    }
+    t = now_s();
+    scrape = o->sink_port < 0 || done ||
+             (t - moved >= 1 && t - last_scrape >= 1);
+    cut = look(r, &seen, scrape);
+    if (scrape)
+      last_scrape = now_s();
     /* after the scrape: the engine may answer it only once it has read
      * everything (one loop serves both), so the time before is too early */
     t = now_s();
-    if ((uint64_t)seen >= o->nevents) {
-      *t_done = t;
-      return 0;
+    if (seen != last_seen) {
+      last_seen = seen;
+      moved = t;
     }
+    if (!done && (uint64_t)seen >= o->nevents) {
+      *t_done = t;
+      done = 1;
+      if (o->sink_port >= 0 && r->metrics_sa != NULL && !scrape)
+        continue; /* the clock stopped; the scrape that ends the run */
+    }
+    if (done && (o->sink_port < 0 || !(cut & 5)))
+      return 0;
     if (cut & 2)
       return 1;
     if (o->pid > 0 && engine_exited(o->pid, cut)) {
@@ -1033,8 +1056,56 @@ static pid_t read_pid_file(const char *file, double deadline) {
   }
 }
 
+/* The engine's own part of the latency: sluice_delivery_latency_seconds
+ * (an output's read -> written, per event), summed over the outputs, as
+ * it rose from base to now. Printed as the bucket bounds (µs) that hold
+ * quantiles 0.5, 0.99, 0.999: "at most"; its buckets are coarse (1 ms
+ * lies between 500 µs and 5 ms). Nothing when /metrics was not read. */
+#define HIST_FAMILY "sluice_delivery_latency_seconds_bucket"
+static void report_engine_latency(const char *base, const char *now) {
+  static const double qs[] = {0.5, 0.99, 0.999};
+  static const char *const names[] = {"p50", "p99", "p999"};
+  double le[64], count[64], total = 0;
+  const char *p = now, *line;
+  int n = 0, i, j, k;
+  while ((line = next_series(&p, HIST_FAMILY, NULL)) != NULL) {
+    const char *sp = strchr(line, ' '), *l = strstr(line, "le=\"");
+    double bound;
+    if (sp == NULL || l == NULL || l > sp)
+      continue;
+    bound = strncmp(l + 4, "+Inf", 4) == 0 ? -1 : strtod(l + 4, NULL);
+    for (i = 0; i < n && le[i] != bound; i++)
+      ;
+    if (i == n) {
+      if (n == 64)
+        continue;
+      le[n] = bound;
+      count[n++] = 0;
+    }
+    count[i] += strtod(sp + 1, NULL) - series_in(base, line, (size_t)(sp - line));
+  }
+  /* cumulative buckets: the +Inf one is the count */
+  for (i = 0; i < n; i++)
+    if (le[i] < 0)
+      total = count[i];
+  if (total <= 0)
+    return;
+  printf(" engine_lat_events=%.0f", total);
+  for (k = 0; k < 3; k++) {
+    double best = -1;
+    for (j = 0; j < n; j++)
+      if (le[j] >= 0 && count[j] >= qs[k] * total && (best < 0 || le[j] < best))
+        best = le[j];
+    if (best < 0)
+      printf(" engine_lat_%s_le_us=inf", names[k]);
+    else
+      printf(" engine_lat_%s_le_us=%.0f", names[k], best * 1e6);
+  }
+}
+
 static void report(const struct opts *o, const struct sink *sink,
-                   uint64_t bytes, double secs, int64_t gen_ns, int64_t eng_ns) {
+                   const struct run *r, uint64_t bytes, double secs,
+                   int64_t gen_ns, int64_t eng_ns) {
   double n = (double)o->nevents;
   printf("events=%llu bytes=%llu avg_event_bytes=%.1f seconds=%.4f "
          "events_per_s=%.0f mb_per_s=%.1f gen_cpu_us_per_event=%.3f",
@@ -1043,12 +1114,16 @@ static void report(const struct opts *o, const struct sink *sink,
          (double)gen_ns / 1e3 / n);
   if (o->pid > 0)
     printf(" engine_cpu_us_per_event=%.3f", (double)eng_ns / 1e3 / n);
+  /* no stamped event came back (the time key lost on the way): no
+   * percentiles, rather than zeros that read as a measurement */
   if (o->stamp)
-    printf(" lat_events=%llu lat_p50_us=%.0f lat_p99_us=%.0f lat_p999_us=%.0f "
-           "lat_max_us=%.0f",
-           (unsigned long long)sink->lat_n, sink_quantile(sink, 0.5),
-           sink_quantile(sink, 0.99), sink_quantile(sink, 0.999),
-           (double)sink->lat_max_ns / 1000.0);
+    printf(" lat_events=%llu", (unsigned long long)sink->lat_n);
+  if (o->stamp && sink->lat_n > 0)
+    printf(" lat_p50_us=%.0f lat_p99_us=%.0f lat_p999_us=%.0f lat_max_us=%.0f",
+           sink_quantile(sink, 0.5), sink_quantile(sink, 0.99),
+           sink_quantile(sink, 0.999), (double)sink->lat_max_ns / 1000.0);
+  if (o->stamp && r->last != NULL)
+    report_engine_latency(r->base, r->last);
   printf("\n");
 }
 
@@ -1133,8 +1208,9 @@ int main(int argc, char **argv) {
     close(sink.listen_fd);
   }
   if (!failed)
-    report(&o, &sink, bytes, t_done - t0, gen_ns, eng_ns);
+    report(&o, &sink, &run, bytes, t_done - t0, gen_ns, eng_ns);
   free(run.base);
+  free(run.last);
   free(sink.hist);
   batch_close(&batch);
   return failed;
