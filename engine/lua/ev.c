@@ -580,8 +580,8 @@ static int finish_payload(lua_State *L, struct box *b, const uint8_t **pp,
   }
   push_ref(L, b->ref_payload);
   /* the root proxy, known by its address (no metatable lookups) */
-  is_root = b->proot != NULL && lua_type(L, -1) == LUA_TUSERDATA &&
-            lua_touserdata(L, -1) == b->proot;
+  is_root = b->proot != NULL && lua_type(L, -1) == LUA_TLIGHTUSERDATA &&
+            sl_proxy_is(L, -1);
   if (is_root && sl_proxy_clean(b->proot))
     return 0; /* read only: the bytes as they came */
   sl_buf_reset(&r->buf2);

@@ -48,6 +48,20 @@ struct pnode {
   struct pnode *parent;
 };
 
+/* The root of ev.payload is no object but a light userdata value: ROOT_TAG
+ * in its upper 32 bits and the box's pgen of its call in the lower ones,
+ * standing for the state's one root node (wlog.root, reused by every
+ * event). Reading ev.payload allocates nothing, and a root kept past its
+ * call (in a global, an upvalue) is stale by its value: it fails as any
+ * stale proxy does and never reads a later event. Light userdata share
+ * one metatable, the proxies'; those that are no root (sluice.drop's
+ * mark) fail as an index of a userdata does. */
+#define ROOT_TAG 0x51ceu
+
+static inline int is_root_ud(const void *v) {
+  return (uint32_t)((uint64_t)(uintptr_t)v >> 32) == ROOT_TAG;
+}
+
 struct walk {
   lua_State *L;
   const uint8_t *base, *end;
@@ -59,12 +73,22 @@ static void tick(struct walk *w) {
     check_cpu(w->L);
 }
 
+static struct pnode *root_of(struct box *b);
+
 /* The node at idx, checked to be of the running event; sets w's bytes. */
 static struct pnode *node_at(lua_State *L, int idx, struct walk *w) {
   struct pnode *nd = lua_touserdata(L, idx);
   struct box *b = box_of(L);
 
-  if (b->ev == NULL || nd->gen != b->pgen)
+  if (lua_type(L, idx) == LUA_TLIGHTUSERDATA) {
+    if (!is_root_ud(nd))
+      luaL_error(L, "attempt to index a userdata value");
+    if ((uint32_t)(uintptr_t)nd != b->pgen || b->proot == NULL)
+      nd = NULL; /* a root of an earlier call */
+    else
+      nd = root_of(b);
+  }
+  if (b->ev == NULL || nd == NULL || nd->gen != b->pgen)
     luaL_error(L, "a part of ev.payload is only valid during the on_event "
                   "call that read it (keep a copy with sluice.copy(v))");
   w->L = L;
@@ -262,7 +286,12 @@ struct wlog {
   uint32_t k0[FEW], v0[FEW], v1[FEW];
   uint8_t same[FEW];
   uint32_t count;
+  struct pnode root; /* the root of every event's payload (ROOT_TAG) */
 };
+
+static struct pnode *root_of(struct box *b) {
+  return &((struct wlog *)b->pwlog)->root;
+}
 
 static struct wlog *wlog_of(lua_State *L, const struct pnode *nd) {
   struct box *b = box_of(L);
@@ -388,15 +417,19 @@ static int take_spare(lua_State *L) {
 static void push_env(lua_State *L, int idx, struct pnode *nd) {
   struct wlog *wl = wlog_of(L, nd);
 
-  if (!nd->has_env) {
-    if (nd->parent != NULL || !take_spare(L)) {
+  if (nd->parent == NULL) { /* the root's: in the registry, reused */
+    if (nd->has_env) {
+      lua_pushlightuserdata(L, (void *)&spare_key);
+      lua_rawget(L, LUA_REGISTRYINDEX);
+    } else if (!take_spare(L)) {
       lua_createtable(L, 0, 2);
-      if (nd->parent == NULL) { /* the spare of later events */
-        lua_pushlightuserdata(L, (void *)&spare_key);
-        lua_pushvalue(L, -2);
-        lua_rawset(L, LUA_REGISTRYINDEX);
-      }
+      lua_pushlightuserdata(L, (void *)&spare_key);
+      lua_pushvalue(L, -2);
+      lua_rawset(L, LUA_REGISTRYINDEX);
     }
+    nd->has_env = 1;
+  } else if (!nd->has_env) {
+    lua_createtable(L, 0, 2);
     lua_pushvalue(L, -1);
     lua_setfenv(L, idx);
     nd->has_env = 1;
@@ -539,12 +572,9 @@ static uint32_t find_lk(struct walk *w, int idx, struct pnode *nd, int k,
 }
 
 /* Push a new proxy for the container whose header it was read at off. */
-static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
-                              const struct sl_codec_item *it,
-                              struct pnode *parent) {
-  struct pnode *nd = lua_newuserdata(L, sizeof(*nd));
-  struct box *b = box_of(L);
-
+static void init_node(struct box *b, struct pnode *nd, uint32_t off,
+                      uint32_t body, const struct sl_codec_item *it,
+                      struct pnode *parent) {
   nd->gen = b->pgen;
   nd->off = off;
   nd->body = body;
@@ -555,6 +585,15 @@ static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
   nd->scans = nd->indexed = 0;
   nd->depth = parent ? (uint8_t)(parent->depth + 1) : 0;
   nd->parent = parent;
+}
+
+static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
+                              const struct sl_codec_item *it,
+                              struct pnode *parent) {
+  struct pnode *nd = lua_newuserdata(L, sizeof(*nd));
+  struct box *b = box_of(L);
+
+  init_node(b, nd, off, body, it, parent);
   if (b->pwlog != NULL) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, ((struct wlog *)b->pwlog)->ref_mt);
   } else {
@@ -1387,9 +1426,11 @@ void sl_proxy_write(lua_State *L, int idx, struct sl_buf *out, int depth,
 /* ---- the rest of the interface -------------------------------------------- */
 
 int sl_proxy_is(lua_State *L, int idx) {
-  int is;
+  int is, t = lua_type(L, idx);
 
-  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
+  if (t == LUA_TLIGHTUSERDATA) /* a root, stale or not */
+    return is_root_ud(lua_touserdata(L, idx));
+  if (t != LUA_TUSERDATA || !lua_getmetatable(L, idx))
     return 0;
   lua_rawgeti(L, -1, 1); /* the metatable's mark: only C sets a userdata's */
   is = lua_touserdata(L, -1) == (void *)&mt_key;
@@ -1400,10 +1441,13 @@ int sl_proxy_is(lua_State *L, int idx) {
 int sl_proxy_untouched(lua_State *L, int idx) {
   struct pnode *nd;
 
-  if (!sl_proxy_is(L, idx))
-    return 0;
+  struct box *b = box_of(L);
+
+  if (lua_type(L, idx) != LUA_TLIGHTUSERDATA)
+    return 0; /* only roots are roots */
   nd = lua_touserdata(L, idx);
-  return nd->parent == NULL && !nd->dirty && nd->gen == box_of(L)->pgen;
+  return is_root_ud(nd) && (uint32_t)(uintptr_t)nd == b->pgen &&
+         b->proot != NULL && !root_of(b)->dirty;
 }
 
 int sl_proxy_clean(const void *p) {
@@ -1417,11 +1461,13 @@ void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
 
   if (sl_codec_read_item(&q, p + len, &it) != 0 || (it.t != SL_MP_MAP && it.t != SL_MP_ARR))
     luaL_error(L, "ev.payload: not a map or array");
-  b->proot = new_node(L, 0, (uint32_t)(q - p), &it, NULL);
-  if (b->pwlog != NULL)
-    ((struct wlog *)b->pwlog)->n = 0;
-  /* the root keeps its tree alive for the event from ref_payload, where
-   * the caller puts it, or from ref_proot once ev.payload is set (ev.c) */
+  init_node(b, root_of(b), 0, (uint32_t)(q - p), &it, NULL);
+  b->proot = root_of(b);
+  ((struct wlog *)b->pwlog)->n = 0;
+  /* its tree lives in the registry (the root's env, spare_key) until a
+   * later event's root needs an env and empties it */
+  lua_pushlightuserdata(L, (void *)(uintptr_t)(((uint64_t)ROOT_TAG << 32) |
+                                               b->pgen));
 }
 
 const char *sl_proxy_kind(lua_State *L, int idx, int kidx) {
@@ -1496,7 +1542,8 @@ static int l_next(lua_State *L) {
 /* type(p) is "table": code written for decoded payloads keeps working. */
 static int l_type(lua_State *L) {
   luaL_checkany(L, 1);
-  if (lua_type(L, 1) == LUA_TUSERDATA && sl_proxy_is(L, 1))
+  if ((lua_type(L, 1) == LUA_TUSERDATA ||
+       lua_type(L, 1) == LUA_TLIGHTUSERDATA) && sl_proxy_is(L, 1))
     lua_pushliteral(L, "table");
   else
     lua_pushstring(L, luaL_typename(L, 1));
@@ -1574,6 +1621,36 @@ void sl_proxy_open(lua_State *L, int env) {
   }
   lua_pushcfunction(L, l_type);
   lua_setfield(L, env, "type");
+}
+
+/* tostring of a light userdata: a root names itself (a root has no
+ * address to hide, and the sandbox's tostring would keep an id per value,
+ * so per event), others as before (upvalue 1). */
+static int l_light_tostring(lua_State *L) {
+  if (sl_proxy_is(L, 1)) {
+    lua_pushliteral(L, "table: ev.payload");
+    return 1;
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+void sl_proxy_light_mt(lua_State *L, int mt) {
+  lua_pushcfunction(L, p_index);
+  lua_setfield(L, mt, "__index");
+  lua_pushcfunction(L, p_newindex);
+  lua_setfield(L, mt, "__newindex");
+  lua_pushcfunction(L, p_len);
+  lua_setfield(L, mt, "__len");
+  lua_getfield(L, mt, "__tostring");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_getglobal(L, "tostring");
+  }
+  lua_pushcclosure(L, l_light_tostring, 1);
+  lua_setfield(L, mt, "__tostring");
 }
 
 /* ---- the table library on proxies -----------------------------------------

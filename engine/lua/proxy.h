@@ -57,6 +57,11 @@ const char *sl_proxy_kind(lua_State *L, int idx, int kidx);
  * userdata). type(proxy) is "table". */
 void sl_proxy_open(lua_State *L, int env);
 
+/* Make the metatable at mt (absolute), the one every light userdata
+ * shares, serve ev.payload's root too: the root is a light userdata
+ * (proxy.c); its __tostring, if any, stays for the others. */
+void sl_proxy_light_mt(lua_State *L, int mt);
+
 /* finish's path for a payload changed by top-level scalar writes alone:
  * sl_proxy_log_plan walks the root once and returns the new payload's
  * length, 0 when it stays as it came, or -1 when the general path
