@@ -614,22 +614,19 @@ int finish_log(struct box *b) {
   struct sl_event *ev = b->ev, *nev;
   long n;
 
-  if (b->evflags != EV_PAYLOAD || (n = sl_proxy_log_plan(b)) < 0)
-    return 0;
-  b->changed = NULL;
-  if (n == 0)
-    return 1;
-  if ((uint64_t)ev->len - ev->payload_len + (uint64_t)n > r->max_event_bytes)
+  if (b->evflags != EV_PAYLOAD || (n = sl_proxy_log_bound(b)) < 0)
     return 0;
   nev = sl_event_with_payload(ev, (size_t)n, sl_proxy_log_fill, b);
-  if (nev == NULL || nev->len > r->max_event_bytes) {
-    sl_event_unref(nev);
+  if (nev == NULL || sl_proxy_log_failed(b) || nev->len > r->max_event_bytes) {
+    sl_event_unref(nev); /* the general path decides and reports */
     return 0;
   }
-  if (nev->payload_len == ev->payload_len &&
-      memcmp(nev->data + nev->payload_off, ev->data + ev->payload_off,
-             ev->payload_len) == 0) {
-    sl_event_unref(nev); /* a NaN put over the same NaN */
+  b->changed = NULL;
+  if (!sl_proxy_log_changed(b) ||
+      (nev->payload_len == ev->payload_len &&
+       memcmp(nev->data + nev->payload_off, ev->data + ev->payload_off,
+              ev->payload_len) == 0)) {
+    sl_event_unref(nev); /* the same values (a NaN over the same NaN) */
     return 1;
   }
   b->changed = nev;

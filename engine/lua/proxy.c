@@ -280,12 +280,9 @@ struct wlog {
   int ref_anchor;
   int ref_mt; /* the proxies' metatable: a ref is found faster than mt_key */
   struct wentry e[FEW];
-  /* sl_proxy_log_plan's findings for sl_proxy_log_fill: entry j's first
-   * pair in the bytes (offsets of its key, value and end; k0 0: none),
-   * whether its value stays; the new count of pairs */
-  uint32_t k0[FEW], v0[FEW], v1[FEW];
-  uint8_t same[FEW];
-  uint32_t count;
+  /* what sl_proxy_log_fill found: a payload for the general path; any
+   * change made at all */
+  uint8_t failed, changed;
   struct pnode root; /* the root of every event's payload (ROOT_TAG) */
 };
 
@@ -1846,115 +1843,121 @@ static int plan_key(const struct wlog *wl, const uint8_t **pp,
   return j;
 }
 
-long sl_proxy_log_plan(struct box *b) {
+/* An upper bound of entry j's key or value as enc_lkey writes it. */
+static size_t enc_max(const struct lkey *lk) {
+  return lk->t == LUA_TSTRING ? lk->n + 5 : 9;
+}
+
+long sl_proxy_log_bound(struct box *b) {
   struct wlog *wl = b->pwlog;
   struct pnode *nd = b->proot;
-  const uint8_t *base, *p, *end;
-  struct sl_codec_item it;
-  long len;
-  uint32_t i;
-  size_t used;
-  int j, changed = 0;
+  size_t n;
+  int j;
 
   if (wl == NULL || nd == NULL || wl->n == 0 || nd->has_env || !nd->is_map ||
       nd->gen != b->pgen || b->ev == NULL || b->ev->payload_len > PLAN_MAX)
     return -1;
-  base = b->ev->data + b->ev->payload_off;
-  end = base + b->ev->payload_len;
-  p = base + nd->body;
+  n = b->ev->payload_len + 4; /* a header may grow by 4 bytes */
   for (j = 0; j < wl->n; j++)
-    wl->k0[j] = 0;
+    n += enc_max(&wl->e[j].key) + enc_max(&wl->e[j].val);
+  wl->failed = 0;
+  wl->changed = 0;
+  return (long)n;
+}
+
+/* The pairs of the root after its header, spliced at d (the new header's
+ * place is left to the caller): returns the end, with *count the new
+ * number of pairs, or NULL for a payload this walk leaves to the general
+ * path (a container key, a written key twice in the bytes). */
+static uint8_t *log_pairs(struct box *b, struct wlog *wl, uint8_t *d,
+                          uint32_t *count) {
+  const struct pnode *nd = b->proot;
+  const uint8_t *base = b->ev->data + b->ev->payload_off;
+  const uint8_t *end = base + b->ev->payload_len, *p = base + nd->body;
+  const uint8_t *pos = p, *k0, *v0, *q;
+  struct sl_codec_item it;
+  unsigned seen = 0;
+  uint32_t i, n = nd->n;
+  size_t fl, used;
+  int j;
+
   for (i = 0; i < nd->n; i++) {
-    const uint8_t *k0 = p;
-    size_t fl;
+    k0 = p;
     if (p >= end || (j = plan_key(wl, &p, end)) < 0 || p >= end)
-      return -1;
-    if (j < wl->n) {
-      if (wl->k0[j] != 0)
-        return -1; /* a later pair of a written key: the general path */
-      wl->k0[j] = (uint32_t)(k0 - base);
-      wl->v0[j] = (uint32_t)(p - base);
-    }
+      return NULL;
+    v0 = p;
     if ((fl = flat_len(p, end)) != 0)
       p += fl;
     else if (sl_codec_skip(p, (size_t)(end - p), (size_t)(end - p), &used,
                            NULL) == 0)
       p += used;
     else
-      return -1;
-    if (j < wl->n)
-      wl->v1[j] = (uint32_t)(p - base);
-  }
-  len = (long)(end - base) - (long)nd->body;
-  wl->count = nd->n;
-  for (j = 0; j < wl->n; j++) {
-    const struct wentry *e = &wl->e[j];
-    const uint8_t *q = base + wl->v0[j];
-    wl->same[j] = 0;
-    if (wl->k0[j] == 0) { /* a key added, unless it is a deletion */
-      if (e->val.t != LUA_TNIL) {
-        len += (long)(enc_lkey(&e->key, NULL) + enc_lkey(&e->val, NULL));
-        wl->count++;
-        changed = 1;
-      }
-    } else if (e->val.t == LUA_TNIL) {
-      len -= (long)(wl->v1[j] - wl->k0[j]);
-      wl->count--;
-      changed = 1;
-    } else if (sl_codec_read_item(&q, end, &it) == 0 && lkey_is(&e->val, &it)) {
-      wl->same[j] = 1; /* the same value: its bytes and type stay */
+      return NULL;
+    if (j == wl->n)
+      continue;
+    if (seen & (1u << j))
+      return NULL; /* a later pair of a written key: the general path */
+    seen |= 1u << j;
+    q = v0;
+    if (wl->e[j].val.t == LUA_TNIL) { /* deleted: the pair goes */
+      memcpy(d, pos, (size_t)(k0 - pos));
+      d += k0 - pos;
+      n--;
+    } else if (sl_codec_read_item(&q, end, &it) == 0 &&
+               lkey_is(&wl->e[j].val, &it)) {
+      continue; /* the same value: its bytes and type stay */
     } else {
-      len += (long)enc_lkey(&e->val, NULL) - (long)(wl->v1[j] - wl->v0[j]);
-      changed = 1;
+      memcpy(d, pos, (size_t)(v0 - pos));
+      d += v0 - pos;
+      d += enc_lkey(&wl->e[j].val, d);
     }
+    pos = p;
+    wl->changed = 1;
   }
-  if (!changed)
-    return 0;
-  if (wl->count == nd->n)
-    return len + (long)nd->body;
-  {
-    uint8_t tmp[5];
-    return len + (long)sl_codec_pack_maphdr(tmp, wl->count);
-  }
+  memcpy(d, pos, (size_t)(end - pos));
+  d += end - pos;
+  for (j = 0; j < wl->n; j++) /* the keys added, in the order set */
+    if (!(seen & (1u << j)) && wl->e[j].val.t != LUA_TNIL) {
+      d += enc_lkey(&wl->e[j].key, d);
+      d += enc_lkey(&wl->e[j].val, d);
+      n++;
+      wl->changed = 1;
+    }
+  *count = n;
+  return d;
 }
 
 size_t sl_proxy_log_fill(void *box, uint8_t *dst) {
   struct box *b = box;
-  const struct wlog *wl = b->pwlog;
+  struct wlog *wl = b->pwlog;
   const struct pnode *nd = b->proot;
   const uint8_t *base = b->ev->data + b->ev->payload_off;
-  uint32_t pos = nd->body, at;
-  uint8_t *d = dst;
-  int j, next;
+  uint8_t hdr[5], *d;
+  uint32_t count;
+  size_t h, len;
 
-  if (wl->count == nd->n) { /* the header as it came */
-    memcpy(d, base, nd->body);
-    d += nd->body;
-  } else {
-    d += sl_codec_pack_maphdr(d, wl->count);
+  d = log_pairs(b, wl, dst + nd->body, &count);
+  if (d == NULL) { /* the original, for the caller to throw away */
+    wl->failed = 1;
+    memcpy(dst, base, b->ev->payload_len);
+    return b->ev->payload_len;
   }
-  for (;;) { /* the pairs of logged keys, in the order of the bytes */
-    next = -1;
-    for (j = 0; j < wl->n; j++)
-      if (wl->k0[j] >= pos && (next < 0 || wl->k0[j] < wl->k0[next]))
-        next = j;
-    if (next < 0)
-      break;
-    at = wl->same[next] ? wl->v1[next]
-         : wl->e[next].val.t == LUA_TNIL ? wl->k0[next]
-                                         : wl->v0[next];
-    memcpy(d, base + pos, at - pos);
-    d += at - pos;
-    if (!wl->same[next] && wl->e[next].val.t != LUA_TNIL)
-      d += enc_lkey(&wl->e[next].val, d);
-    pos = wl->v1[next];
+  len = (size_t)(d - (dst + nd->body));
+  if (count == nd->n) { /* the header as it came */
+    memcpy(dst, base, nd->body);
+    return nd->body + len;
   }
-  memcpy(d, base + pos, b->ev->payload_len - pos);
-  d += b->ev->payload_len - pos;
-  for (j = 0; j < wl->n; j++) /* the keys added, in the order set */
-    if (wl->k0[j] == 0 && wl->e[j].val.t != LUA_TNIL) {
-      d += enc_lkey(&wl->e[j].key, d);
-      d += enc_lkey(&wl->e[j].val, d);
-    }
-  return (size_t)(d - dst);
+  h = sl_codec_pack_maphdr(hdr, count);
+  if (h != nd->body) /* rare: the count crossed a header size */
+    memmove(dst + h, dst + nd->body, len);
+  memcpy(dst, hdr, h);
+  return h + len;
+}
+
+int sl_proxy_log_failed(const struct box *b) {
+  return ((const struct wlog *)b->pwlog)->failed;
+}
+
+int sl_proxy_log_changed(const struct box *b) {
+  return ((const struct wlog *)b->pwlog)->changed;
 }
