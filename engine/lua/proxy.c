@@ -279,6 +279,10 @@ struct wlog {
   int n;
   int ref_anchor;
   int ref_mt; /* the proxies' metatable: a ref is found faster than mt_key */
+  /* the string each anchor slot holds (NULL: another value): a string
+   * stored again (the same key or constant, event after event) is there
+   * already, alive, so its address names it */
+  const void *anch[2 * FEW];
   struct wentry e[FEW];
   /* what sl_proxy_log_fill found: a payload for the general path; any
    * change made at all */
@@ -325,6 +329,23 @@ static void wlog_push(lua_State *L, const struct wlog *wl, int j) {
   }
 }
 
+/* Anchor slot i (0-based) = the value at v (zero: the number 0), unless
+ * it holds that very string already. */
+static void anchor(lua_State *L, struct wlog *wl, int i, int v, int zero) {
+  const void *p = lua_type(L, v) == LUA_TSTRING ? lua_topointer(L, v) : NULL;
+
+  if (p != NULL && p == wl->anch[i])
+    return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
+  if (zero)
+    lua_pushnumber(L, 0);
+  else
+    lua_pushvalue(L, v);
+  lua_rawseti(L, -2, i + 1);
+  lua_pop(L, 1);
+  wl->anch[i] = p;
+}
+
 /* Record p[k] = v (stack indexes 2 and 3 of __newindex) for the root map
  * nd when the log can hold it: returns 1, else 0 (nothing done). */
 static int wlog_put(lua_State *L, struct pnode *nd) {
@@ -343,22 +364,13 @@ static int wlog_put(lua_State *L, struct pnode *nd) {
     if (wl->n == FEW)
       return 0;
     j = wl->n;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
-    if (lk.t == LUA_TNUMBER && lk.d == 0) { /* -0.0 is the key 0, as a */
-      lk.d = 0;                             /* table makes it */
-      lua_pushnumber(L, 0);
-    } else {
-      lua_pushvalue(L, 2);
-    }
-    lua_rawseti(L, -2, 2 * j + 1);
+    if (lk.t == LUA_TNUMBER && lk.d == 0) /* -0.0 is the key 0, as a */
+      lk.d = 0;                           /* table makes it */
+    anchor(L, wl, 2 * j, 2, lk.t == LUA_TNUMBER && lk.d == 0);
     wl->e[j].key = lk; /* its bytes: those of the anchored string */
     wl->n++;
-  } else {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
   }
-  lua_pushvalue(L, 3);
-  lua_rawseti(L, -2, 2 * j + 2);
-  lua_pop(L, 1);
+  anchor(L, wl, 2 * j + 1, 3, 0);
   lkey_of_t(L, 3, vt, &wl->e[j].val);
   return 1;
 }
@@ -1451,6 +1463,11 @@ int sl_proxy_clean(const void *p) {
   return !((const struct pnode *)p)->dirty;
 }
 
+void sl_proxy_push_again(lua_State *L, const struct box *b) {
+  lua_pushlightuserdata(L, (void *)(uintptr_t)(((uint64_t)ROOT_TAG << 32) |
+                                               b->pgen));
+}
+
 void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
   struct box *b = box_of(L);
   const uint8_t *q = p;
@@ -1463,8 +1480,7 @@ void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
   ((struct wlog *)b->pwlog)->n = 0;
   /* its tree lives in the registry (the root's env, spare_key) until a
    * later event's root needs an env and empties it */
-  lua_pushlightuserdata(L, (void *)(uintptr_t)(((uint64_t)ROOT_TAG << 32) |
-                                               b->pgen));
+  sl_proxy_push_again(L, b);
 }
 
 const char *sl_proxy_kind(lua_State *L, int idx, int kidx) {

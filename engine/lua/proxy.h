@@ -28,6 +28,10 @@
  * p must stay valid while the box's event does. */
 void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len);
 
+/* Push the root sl_proxy_push_root pushed in this call, again. */
+struct box;
+void sl_proxy_push_again(lua_State *L, const struct box *b);
+
 /* Is the value at idx a proxy? */
 int sl_proxy_is(lua_State *L, int idx);
 
