@@ -287,6 +287,7 @@ struct wlog {
   /* what sl_proxy_log_fill found: a payload for the general path; any
    * change made at all */
   uint8_t failed, changed;
+  uint32_t lens; /* bit n: a logged string key of n < 32 bytes */
   struct pnode root; /* the root of every event's payload (ROOT_TAG) */
 };
 
@@ -1874,8 +1875,12 @@ long sl_proxy_log_bound(struct box *b) {
       nd->gen != b->pgen || b->ev == NULL || b->ev->payload_len > PLAN_MAX)
     return -1;
   n = b->ev->payload_len + 4; /* a header may grow by 4 bytes */
-  for (j = 0; j < wl->n; j++)
+  wl->lens = 0;
+  for (j = 0; j < wl->n; j++) {
     n += enc_max(&wl->e[j].key) + enc_max(&wl->e[j].val);
+    if (wl->e[j].key.t == LUA_TSTRING && wl->e[j].key.n < 32)
+      wl->lens |= 1u << wl->e[j].key.n;
+  }
   wl->failed = 0;
   wl->changed = 0;
   return (long)n;
@@ -1893,14 +1898,22 @@ static uint8_t *log_pairs(struct box *b, struct wlog *wl, uint8_t *d,
   const uint8_t *pos = p, *k0, *v0, *q;
   struct sl_codec_item it;
   unsigned seen = 0;
-  uint32_t i, n = nd->n;
-  size_t fl, used;
-  int j;
+  uint32_t i, n = nd->n, lens = wl->lens;
+  size_t fl, used, kn;
+  int j, nlog = wl->n;
 
   for (i = 0; i < nd->n; i++) {
     k0 = p;
-    if (p >= end || (j = plan_key(wl, &p, end)) < 0 || p >= end)
+    if (p >= end)
       return NULL;
+    kn = *p & 0x1fu;
+    if ((*p & 0xe0) == 0xa0 && kn + 1 < (size_t)(end - p) &&
+        !(lens & (1u << kn))) {
+      p += 1 + kn; /* a fixstr no logged key is as long as: most pairs */
+      j = nlog;
+    } else if ((j = plan_key(wl, &p, end)) < 0 || p >= end) {
+      return NULL;
+    }
     v0 = p;
     if ((fl = flat_len(p, end)) != 0)
       p += fl;
@@ -1909,7 +1922,7 @@ static uint8_t *log_pairs(struct box *b, struct wlog *wl, uint8_t *d,
       p += used;
     else
       return NULL;
-    if (j == wl->n)
+    if (j == nlog)
       continue;
     if (seen & (1u << j))
       return NULL; /* a later pair of a written key: the general path */
