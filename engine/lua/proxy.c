@@ -261,6 +261,8 @@ static int key_is(lua_State *L, int k, const struct sl_codec_item *it) {
 }
 
 #define FEW 8 /* see struct plan */
+#define SCACHE_N 16   /* strings in the value cache (struct wlog) */
+#define SCACHE_MAX 24 /* bytes of a string it holds */
 
 /* The root's write log: what a rule most often does to ev.payload (set a
  * few top-level fields to strings, numbers, booleans or nil), recorded in
@@ -288,6 +290,14 @@ struct wlog {
    * change made at all */
   uint8_t failed, changed;
   uint32_t lens; /* bit n: a logged string key of n < 32 bytes */
+  /* short strings push_at pushed lately (enum-like values: a currency, a
+   * status), each kept alive in its registry slot: pushed again from
+   * there instead of hashed and interned anew */
+  struct {
+    uint8_t len; /* 0: empty */
+    char s[SCACHE_MAX];
+    int ref;
+  } sc[SCACHE_N];
   struct pnode root; /* the root of every event's payload (ROOT_TAG) */
 };
 
@@ -308,7 +318,8 @@ static int wlog_find(const struct wlog *wl, const struct lkey *lk) {
     if (wl->e[j].key.t == lk->t &&
         (lk->t == LUA_TSTRING
              ? wl->e[j].key.n == lk->n &&
-                   memcmp(wl->e[j].key.s, lk->s, lk->n) == 0
+                   (lk->n == 0 || (wl->e[j].key.s[0] == lk->s[0] &&
+                                   memcmp(wl->e[j].key.s, lk->s, lk->n) == 0))
              : wl->e[j].key.d == lk->d))
       return j;
   return -1;
@@ -614,6 +625,28 @@ static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
   return nd;
 }
 
+/* lua_pushlstring, through the value cache (struct wlog) for short ones. */
+static void push_str(lua_State *L, const char *p, size_t n) {
+  struct wlog *wl = box_of(L)->pwlog;
+  unsigned h;
+
+  if (n == 0 || n > SCACHE_MAX || wl == NULL) {
+    lua_pushlstring(L, p, n);
+    return;
+  }
+  h = ((unsigned)n * 31u + (uint8_t)p[0] * 7u + (uint8_t)p[n - 1]) %
+      SCACHE_N;
+  if (wl->sc[h].len == n && memcmp(wl->sc[h].s, p, n) == 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->sc[h].ref);
+    return;
+  }
+  lua_pushlstring(L, p, n);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, LUA_REGISTRYINDEX, wl->sc[h].ref); /* the slot exists */
+  memcpy(wl->sc[h].s, p, n);
+  wl->sc[h].len = (uint8_t)n;
+}
+
 /* Push the value at offset vo of the node at idx, which holds it under the
  * Lua key at k: scalars as the decoder makes them, containers as proxies
  * (one per container and event, cached). */
@@ -632,7 +665,7 @@ static void push_at(struct walk *w, int idx, struct pnode *nd, uint32_t vo,
   case SL_MP_F32: lua_pushnumber(L, it.f); return;
   case SL_MP_F64: lua_pushnumber(L, it.d); return;
   case SL_MP_STR: case SL_MP_BIN:
-    lua_pushlstring(L, (const char *)it.s, it.n);
+    push_str(L, (const char *)it.s, it.n);
     return;
   case SL_MP_EXT: /* a fresh {type, data}: assign it back to change it */
     sl_luacodec_push(L, p, (size_t)(q - p), NULL);
@@ -1621,6 +1654,10 @@ void sl_proxy_open(lua_State *L, int env) {
     lua_pushlightuserdata(L, (void *)&mt_key);
     lua_rawget(L, LUA_REGISTRYINDEX);
     wl->ref_mt = luaL_ref(L, LUA_REGISTRYINDEX);
+    for (int j = 0; j < SCACHE_N; j++) {
+      lua_pushboolean(L, 0);
+      wl->sc[j].ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     b->pwlog = wl;
   }
   lua_pushlightuserdata(L, (void *)&buf_key);

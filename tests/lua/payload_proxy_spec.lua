@@ -249,6 +249,34 @@ describe("reading ev.payload", function()
     assert.equal(tohex(hex("82 a161 05 a17a 02")), tohex(res.event.payload_raw))
   end)
 
+  it("reads short strings right through the cache of strings read lately, event after event", function()
+    -- 40 values, many of one length and first/last byte (cache slots
+    -- collide), a bin beside a str of the same bytes, read over 3 events
+    local keys, vals, parts = {}, {}, {}
+    for i = 1, 40 do
+      local v = ("v%s%02dz"):format(("x"):rep(i % 3), i % 17)
+      keys[i], vals[i] = ("k%02d"):format(i), v
+      local head = i % 5 == 0 and ("c4%02x"):format(#v) or ("%02x"):format(0xa0 + #v)
+      parts[i] = "a3" .. tohex(keys[i]) .. head .. tohex(v)
+    end
+    local raw = hex(("de%04x"):format(40) .. table.concat(parts))
+    local r = s.on_event([[
+      local out = {}
+      for i = 1, 40 do
+        local k = ("k%02d"):format(i)
+        out[i] = ev.payload[k] .. ":" .. sluice.kind(ev.payload, k)
+      end
+      local got = table.concat(out, ",")
+      return got == ev.headers.want and "same" or got:sub(1, 250)]])
+    local want = {}
+    for i = 1, 40 do want[i] = vals[i] .. ":" .. (i % 5 == 0 and "binary" or "string") end
+    for _ = 1, 3 do
+      local res = run(r, { topic = "t", headers = { want = table.concat(want, ",") }, payload_raw = raw })
+      assert.same({ "same" }, res.routes, res.error)
+      assert.is_false(res.changed)
+    end
+  end)
+
   it("leaves sluice.drop's mark a plain value beside the root", function()
     local r = s.on_event([[
       local d = sluice.drop("x")
