@@ -64,6 +64,7 @@ static inline int is_root_ud(const void *v) {
 
 struct walk {
   lua_State *L;
+  struct box *b; /* set by node_at */
   const uint8_t *base, *end;
   unsigned steps;
 };
@@ -92,6 +93,7 @@ static struct pnode *node_at(lua_State *L, int idx, struct walk *w) {
     luaL_error(L, "a part of ev.payload is only valid during the on_event "
                   "call that read it (keep a copy with sluice.copy(v))");
   w->L = L;
+  w->b = b;
   w->base = b->ev->data + b->ev->payload_off;
   w->end = w->base + b->ev->payload_len;
   return nd;
@@ -305,10 +307,13 @@ static struct pnode *root_of(struct box *b) {
   return &((struct wlog *)b->pwlog)->root;
 }
 
-static struct wlog *wlog_of(lua_State *L, const struct pnode *nd) {
-  struct box *b = box_of(L);
+static struct wlog *wlog_of_b(const struct box *b, const struct pnode *nd) {
   struct wlog *wl = b->pwlog;
   return wl != NULL && wl->n > 0 && b->proot == nd ? wl : NULL;
+}
+
+static struct wlog *wlog_of(lua_State *L, const struct pnode *nd) {
+  return wlog_of_b(box_of(L), nd);
 }
 
 /* The entry of the Lua key lk, or -1. */
@@ -343,8 +348,9 @@ static void wlog_push(lua_State *L, const struct wlog *wl, int j) {
 
 /* Anchor slot i (0-based) = the value at v (zero: the number 0), unless
  * it holds that very string already. */
-static void anchor(lua_State *L, struct wlog *wl, int i, int v, int zero) {
-  const void *p = lua_type(L, v) == LUA_TSTRING ? lua_topointer(L, v) : NULL;
+static void anchor(lua_State *L, struct wlog *wl, int i, int v, int t,
+                   int zero) {
+  const void *p = t == LUA_TSTRING ? lua_topointer(L, v) : NULL;
 
   if (p != NULL && p == wl->anch[i])
     return;
@@ -378,11 +384,11 @@ static int wlog_put(lua_State *L, struct pnode *nd) {
     j = wl->n;
     if (lk.t == LUA_TNUMBER && lk.d == 0) /* -0.0 is the key 0, as a */
       lk.d = 0;                           /* table makes it */
-    anchor(L, wl, 2 * j, 2, lk.t == LUA_TNUMBER && lk.d == 0);
+    anchor(L, wl, 2 * j, 2, lk.t, lk.t == LUA_TNUMBER && lk.d == 0);
     wl->e[j].key = lk; /* its bytes: those of the anchored string */
     wl->n++;
   }
-  anchor(L, wl, 2 * j + 1, 3, 0);
+  anchor(L, wl, 2 * j + 1, 3, vt, 0);
   lkey_of_t(L, 3, vt, &wl->e[j].val);
   return 1;
 }
@@ -626,8 +632,9 @@ static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
 }
 
 /* lua_pushlstring, through the value cache (struct wlog) for short ones. */
-static void push_str(lua_State *L, const char *p, size_t n) {
-  struct wlog *wl = box_of(L)->pwlog;
+static void push_str(struct walk *w, const char *p, size_t n) {
+  lua_State *L = w->L;
+  struct wlog *wl = w->b->pwlog;
   unsigned h;
 
   if (n == 0 || n > SCACHE_MAX || wl == NULL) {
@@ -655,7 +662,32 @@ static void push_at(struct walk *w, int idx, struct pnode *nd, uint32_t vo,
   lua_State *L = w->L;
   const uint8_t *p = w->base + vo, *q = p;
   struct sl_codec_item it;
+  size_t left = (size_t)(w->end - p);
 
+  /* the usual scalars without a decode: fixint, uint 8/16/32, fixstr */
+  if (left == 0)
+    bad(w, p);
+  if (*p <= 0x7f) {
+    lua_pushnumber(L, (lua_Number)*p);
+    return;
+  }
+  if (left >= 5 && *p == 0xce) {
+    lua_pushnumber(L, (lua_Number)((uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 |
+                                   (uint32_t)p[3] << 8 | p[4]));
+    return;
+  }
+  if (left >= 3 && *p == 0xcd) {
+    lua_pushnumber(L, (lua_Number)((uint32_t)p[1] << 8 | p[2]));
+    return;
+  }
+  if (left >= 2 && *p == 0xcc) {
+    lua_pushnumber(L, (lua_Number)p[1]);
+    return;
+  }
+  if ((*p & 0xe0) == 0xa0 && left > (size_t)(*p & 0x1f)) {
+    push_str(w, (const char *)p + 1, *p & 0x1fu);
+    return;
+  }
   rd(w, &q, &it);
   switch (it.t) {
   case SL_MP_NIL: lua_pushnil(L); return;
@@ -665,7 +697,7 @@ static void push_at(struct walk *w, int idx, struct pnode *nd, uint32_t vo,
   case SL_MP_F32: lua_pushnumber(L, it.f); return;
   case SL_MP_F64: lua_pushnumber(L, it.d); return;
   case SL_MP_STR: case SL_MP_BIN:
-    push_str(L, (const char *)it.s, it.n);
+    push_str(w, (const char *)it.s, it.n);
     return;
   case SL_MP_EXT: /* a fresh {type, data}: assign it back to change it */
     sl_luacodec_push(L, p, (size_t)(q - p), NULL);
@@ -745,7 +777,7 @@ static void get(struct walk *w, int idx, struct pnode *nd, int k) {
   uint32_t vo;
   int j, known = 0;
 
-  if (nd->dirty && (wl = wlog_of(w->L, nd)) != NULL) {
+  if (nd->dirty && (wl = wlog_of_b(w->b, nd)) != NULL) {
     lkey_of(w->L, k, &lk); /* read once for the log and the bytes */
     known = 1;
     if ((j = wlog_find(wl, &lk)) >= 0) {
