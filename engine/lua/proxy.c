@@ -287,6 +287,8 @@ struct wlog {
    * stored again (the same key or constant, event after event) is there
    * already, alive, so its address names it */
   const void *anch[2 * FEW];
+  const char *anch_s[2 * FEW]; /* and its bytes */
+  size_t anch_n[2 * FEW];
   struct wentry e[FEW];
   /* what sl_proxy_log_fill found: a payload for the general path; any
    * change made at all */
@@ -348,10 +350,8 @@ static void wlog_push(lua_State *L, const struct wlog *wl, int j) {
 
 /* Anchor slot i (0-based) = the value at v (zero: the number 0), unless
  * it holds that very string already. */
-static void anchor(lua_State *L, struct wlog *wl, int i, int v, int t,
-                   int zero) {
-  const void *p = t == LUA_TSTRING ? lua_topointer(L, v) : NULL;
-
+static void anchor(lua_State *L, struct wlog *wl, int i, int v,
+                   const void *p, const struct lkey *lk, int zero) {
   if (p != NULL && p == wl->anch[i])
     return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
@@ -362,21 +362,47 @@ static void anchor(lua_State *L, struct wlog *wl, int i, int v, int t,
   lua_rawseti(L, -2, i + 1);
   lua_pop(L, 1);
   wl->anch[i] = p;
+  wl->anch_s[i] = lk->s;
+  wl->anch_n[i] = lk->t == LUA_TSTRING ? lk->n : 0;
+}
+
+/* lkey_of_t for the value at v of type t, which goes to anchor slot i:
+ * the bytes of a string that slot holds already are known. Sets *p to
+ * the string's address (NULL for another type). */
+static void lkey_slot(lua_State *L, struct wlog *wl, int v, int t, int i,
+                      struct lkey *lk, const void **p) {
+  *p = NULL;
+  if (t != LUA_TSTRING) {
+    lkey_of_t(L, v, t, lk);
+    return;
+  }
+  *p = lua_topointer(L, v);
+  lk->t = t;
+  lk->d = 0;
+  if (*p == wl->anch[i]) {
+    lk->s = wl->anch_s[i];
+    lk->n = wl->anch_n[i];
+  } else {
+    lk->s = lua_tolstring(L, v, &lk->n);
+  }
 }
 
 /* Record p[k] = v (stack indexes 2 and 3 of __newindex) for the root map
- * nd when the log can hold it: returns 1, else 0 (nothing done). */
-static int wlog_put(lua_State *L, struct pnode *nd) {
+ * nd when the log can hold it: returns 1, else 0 (nothing done). kt is
+ * the key's type. */
+static int wlog_put(lua_State *L, struct pnode *nd, int kt) {
   struct box *b = box_of(L);
   struct wlog *wl = b->pwlog;
   struct lkey lk;
+  const void *kp, *vp;
   int vt = lua_type(L, 3), j;
 
   if (wl == NULL || b->proot != nd || nd->has_env ||
       (vt != LUA_TNIL && vt != LUA_TSTRING && vt != LUA_TNUMBER &&
        vt != LUA_TBOOLEAN))
     return 0;
-  lkey_of_t(L, 2, lua_type(L, 2), &lk);
+  /* a new key takes slot 2 * n: most writes are of a key new this event */
+  lkey_slot(L, wl, 2, kt, wl->n < FEW ? 2 * wl->n : 0, &lk, &kp);
   j = wlog_find(wl, &lk);
   if (j < 0) {
     if (wl->n == FEW)
@@ -384,12 +410,12 @@ static int wlog_put(lua_State *L, struct pnode *nd) {
     j = wl->n;
     if (lk.t == LUA_TNUMBER && lk.d == 0) /* -0.0 is the key 0, as a */
       lk.d = 0;                           /* table makes it */
-    anchor(L, wl, 2 * j, 2, lk.t, lk.t == LUA_TNUMBER && lk.d == 0);
+    anchor(L, wl, 2 * j, 2, kp, &lk, lk.t == LUA_TNUMBER && lk.d == 0);
     wl->e[j].key = lk; /* its bytes: those of the anchored string */
     wl->n++;
   }
-  anchor(L, wl, 2 * j + 1, 3, vt, 0);
-  lkey_of_t(L, 3, vt, &wl->e[j].val);
+  lkey_slot(L, wl, 3, vt, 2 * j + 1, &wl->e[j].val, &vp);
+  anchor(L, wl, 2 * j + 1, 3, vp, &wl->e[j].val, 0);
   return 1;
 }
 
@@ -848,7 +874,7 @@ static int p_newindex(lua_State *L) {
   } else if (!array_check(L, nd)) {
     return 0;
   }
-  if (nd->is_map && wlog_put(L, nd)) {
+  if (nd->is_map && wlog_put(L, nd, t)) {
     for (q = nd; q && !q->dirty; q = q->parent)
       q->dirty = 1;
     return 0;

@@ -746,6 +746,39 @@ describe("ev.payload against plain tables", function()
   end)
 end)
 
+describe("ev.payload's write log, event after event", function()
+  teardown(s.cleanup)
+
+  -- the log keeps the strings it wrote last anchored and knows them again
+  -- by address: a slot that held another string, or a number, must not
+  -- give its old bytes
+  it("writes the strings of this event, whatever the slots held before", function()
+    local r = s.rule([=[
+      local K = { "a", "bb", "a", 1, "ccc" }
+      local V = { "x", "yy", "yy", "x", 7 }
+      return { on_event = function(ev)
+        local i = tonumber(ev.headers.i)
+        ev.payload[K[i]] = V[i]
+        ev.payload[V[(i % 4) + 1]] = K[(i % 5) + 1]
+        return "out"
+      end }]=])
+    local want = {
+      "83 a17a 00 a161 a178 a27979 a26262",
+      "83 a17a 00 a26262 a27979 a27979 a161",
+      "83 a17a 00 a161 a27979 a178 01",
+      "83 a17a 00 01 a178 a178 a3636363",
+      "83 a17a 00 a3636363 07 a27979 a161",
+    }
+    for round = 1, 2 do
+      for i = 1, 5 do
+        local res = run(r, { topic = "t", headers = { i = tostring(i) }, payload_raw = hex("81 a17a 00") })
+        assert.equal("route", res.verdict, res.error)
+        assert.equal(tohex(hex(want[i])), tohex(res.event.payload_raw), "round " .. round .. " event " .. i)
+      end
+    end
+  end)
+end)
+
 describe("ev.payload's write log against the general path", function()
   teardown(s.cleanup)
 
