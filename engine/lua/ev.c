@@ -588,9 +588,9 @@ static int finish_payload(lua_State *L, struct box *b, const uint8_t **pp,
     sl_proxy_push_again(L, b);
   else
     push_ref(L, b->ref_payload);
-  /* the root proxy, known by its value (no metatable lookups) */
-  is_root = b->proot != NULL && lua_type(L, -1) == LUA_TLIGHTUSERDATA &&
-            sl_proxy_is(L, -1);
+  /* this call's root, known by its value (no metatable lookups); one of
+   * an earlier call goes to sl_proxy_write, which refuses it */
+  is_root = sl_proxy_is_root(L, -1);
   if (is_root && sl_proxy_clean(b->proot))
     return 0; /* read only: the bytes as they came */
   sl_buf_reset(&r->buf2);

@@ -1551,6 +1551,16 @@ int sl_proxy_untouched(lua_State *L, int idx) {
          b->proot != NULL && !root_of(b)->dirty;
 }
 
+int sl_proxy_is_root(lua_State *L, int idx) {
+  struct box *b = box_of(L);
+  void *v;
+
+  if (b->proot == NULL || lua_type(L, idx) != LUA_TLIGHTUSERDATA)
+    return 0;
+  v = lua_touserdata(L, idx);
+  return is_root_ud(v) && (uint32_t)(uintptr_t)v == b->pgen;
+}
+
 int sl_proxy_clean(const void *p) {
   return !((const struct pnode *)p)->dirty;
 }

@@ -39,6 +39,10 @@ int sl_proxy_is(lua_State *L, int idx);
  * under it? Then the payload is the original bytes. */
 int sl_proxy_untouched(lua_State *L, int idx);
 
+/* Is the value at idx the root of this call's ev.payload (a root of an
+ * earlier call is not)? */
+int sl_proxy_is_root(lua_State *L, int idx);
+
 /* Is the root proxy p (the box's proot) without any change recorded
  * under it? */
 int sl_proxy_clean(const void *p);

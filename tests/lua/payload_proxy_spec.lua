@@ -188,6 +188,23 @@ describe("reading ev.payload", function()
     assert.is_false(res.changed)
   end)
 
+  it("refuses a root of an earlier call put back as ev.payload, read this call or not", function()
+    local r = s.rule([[
+      local kept
+      return { on_event = function(ev)
+        if ev.topic == "keep" then kept = ev.payload return "ok" end
+        if ev.topic == "read" then local _ = ev.payload.b end
+        ev.payload = kept
+        return "out"
+      end }]])
+    assert.same({ "ok" }, run(r, { topic = "keep", payload_raw = hex("81 a162 01") }).routes)
+    for _, topic in ipairs({ "read", "set" }) do
+      local res = run(r, { topic = topic, payload_raw = hex("81 a162 02") })
+      assert.equal("runtime", res.error_kind, topic)
+      s.has(res.error, "only valid during the on_event call that read it")
+    end
+  end)
+
   it("gives each call its own root: equal within the call, not across calls", function()
     local r = s.rule([[
       local last
