@@ -151,6 +151,7 @@ static void hide_addresses(lua_State *L, int g0, int env) {
   lua_setfield(L, -2, "__tostring");
   lua_pushliteral(L, "protected");
   lua_setfield(L, -2, "__metatable");
+  sl_proxy_light_mt(L, lua_gettop(L)); /* ev.payload's root is one too */
   lua_setmetatable(L, -2);
   lua_settop(L, top);
 }

@@ -130,6 +130,12 @@ void ev_begin(struct box *b) {
     ev_hide(b->L, b);
 }
 
+/* Is ev.payload the root proxy of this call, as it came (not assigned)?
+ * Then ref_payload does not hold it: the root is pushed again. */
+static int root_is_payload(const struct box *b) {
+  return b->proot != NULL && !(b->evflags & EV_PAYLOAD_SET);
+}
+
 /* Push ev.payload: a map or array is a proxy over the bytes (proxy.h),
  * read lazily and written back by splicing; a scalar is decoded. Returns
  * the number of values pushed (0 for nil). */
@@ -140,17 +146,22 @@ static int push_payload(lua_State *L, struct box *b) {
   if (b->evflags & EV_PAYLOAD) {
     if (b->evflags & EV_PAYLOAD_NIL)
       return 0;
-    push_ref(L, b->ref_payload);
+    if (root_is_payload(b)) /* a value: no registry slot holds it */
+      sl_proxy_push_again(L, b);
+    else
+      push_ref(L, b->ref_payload);
     return 1;
   }
   if (ev->payload_len == 0) {
     b->evflags |= EV_PAYLOAD | EV_PAYLOAD_NIL;
     return 0;
   }
-  if (sl_codec_is_container(p, ev->payload_len))
+  if (sl_codec_is_container(p, ev->payload_len)) {
     sl_proxy_push_root(L, p, ev->payload_len);
-  else
-    sl_luacodec_push(L, p, ev->payload_len, check_cpu);
+    b->evflags |= EV_PAYLOAD;
+    return 1;
+  }
+  sl_luacodec_push(L, p, ev->payload_len, check_cpu);
   set_ref(L, b->ref_payload, -1);
   b->evflags |= EV_PAYLOAD | (lua_isnil(L, -1) ? EV_PAYLOAD_NIL : 0);
   return lua_isnil(L, -1) ? 0 : 1;
@@ -293,12 +304,7 @@ static int ev_newindex(lua_State *L) {
     set_ref(L, b->ref_headers, 3);
     b->evflags |= EV_HEADERS;
   } else if (strcmp(k, "payload") == 0) {
-    if (b->proot != NULL && !(b->evflags & EV_PAYLOAD_SET)) {
-      /* the root leaves ref_payload: it keeps its tree (whose parts the
-       * rule may still hold) alive for the event from ref_proot */
-      push_ref(L, b->ref_payload);
-      lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);
-    }
+    /* the root's tree stays alive in the registry (proxy.c) */
     b->evflags |= EV_PAYLOAD_SET;
     if (lua_isnil(L, 3)) {
       b->evflags |= EV_PAYLOAD | EV_PAYLOAD_NIL;
@@ -578,10 +584,13 @@ static int finish_payload(lua_State *L, struct box *b, const uint8_t **pp,
     }
     return 0;
   }
-  push_ref(L, b->ref_payload);
-  /* the root proxy, known by its address (no metatable lookups) */
-  is_root = b->proot != NULL && lua_type(L, -1) == LUA_TUSERDATA &&
-            lua_touserdata(L, -1) == b->proot;
+  if (root_is_payload(b))
+    sl_proxy_push_again(L, b);
+  else
+    push_ref(L, b->ref_payload);
+  /* this call's root, known by its value (no metatable lookups); one of
+   * an earlier call goes to sl_proxy_write, which refuses it */
+  is_root = sl_proxy_is_root(L, -1);
   if (is_root && sl_proxy_clean(b->proot))
     return 0; /* read only: the bytes as they came */
   sl_buf_reset(&r->buf2);
@@ -614,22 +623,19 @@ int finish_log(struct box *b) {
   struct sl_event *ev = b->ev, *nev;
   long n;
 
-  if (b->evflags != EV_PAYLOAD || (n = sl_proxy_log_plan(b)) < 0)
-    return 0;
-  b->changed = NULL;
-  if (n == 0)
-    return 1;
-  if ((uint64_t)ev->len - ev->payload_len + (uint64_t)n > r->max_event_bytes)
+  if (b->evflags != EV_PAYLOAD || (n = sl_proxy_log_bound(b)) < 0)
     return 0;
   nev = sl_event_with_payload(ev, (size_t)n, sl_proxy_log_fill, b);
-  if (nev == NULL || nev->len > r->max_event_bytes) {
-    sl_event_unref(nev);
+  if (nev == NULL || sl_proxy_log_failed(b) || nev->len > r->max_event_bytes) {
+    sl_event_unref(nev); /* the general path decides and reports */
     return 0;
   }
-  if (nev->payload_len == ev->payload_len &&
-      memcmp(nev->data + nev->payload_off, ev->data + ev->payload_off,
-             ev->payload_len) == 0) {
-    sl_event_unref(nev); /* a NaN put over the same NaN */
+  b->changed = NULL;
+  if (!sl_proxy_log_changed(b) ||
+      (nev->payload_len == ev->payload_len &&
+       memcmp(nev->data + nev->payload_off, ev->data + ev->payload_off,
+              ev->payload_len) == 0)) {
+    sl_event_unref(nev); /* the same values (a NaN over the same NaN) */
     return 1;
   }
   b->changed = nev;

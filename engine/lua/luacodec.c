@@ -882,6 +882,7 @@ static void enc_value(struct enc *e, int idx, int depth, const struct hint *h) {
   case LUA_TTABLE:
     enc_table(e, idx, depth);
     break;
+  case LUA_TLIGHTUSERDATA: /* ev.payload's root is one (proxy.c) */
   case LUA_TUSERDATA:
     if (sl_proxy_is(L, idx)) { /* a part of ev.payload: its bytes */
       size_t at = e->out->len;

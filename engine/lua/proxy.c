@@ -48,8 +48,23 @@ struct pnode {
   struct pnode *parent;
 };
 
+/* The root of ev.payload is no object but a light userdata value: ROOT_TAG
+ * in its upper 32 bits and the box's pgen of its call in the lower ones,
+ * standing for the state's one root node (wlog.root, reused by every
+ * event). Reading ev.payload allocates nothing, and a root kept past its
+ * call (in a global, an upvalue) is stale by its value: it fails as any
+ * stale proxy does and never reads a later event. Light userdata share
+ * one metatable, the proxies'; those that are no root (sluice.drop's
+ * mark) fail as an index of a userdata does. */
+#define ROOT_TAG 0x51ceu
+
+static inline int is_root_ud(const void *v) {
+  return (uint32_t)((uint64_t)(uintptr_t)v >> 32) == ROOT_TAG;
+}
+
 struct walk {
   lua_State *L;
+  struct box *b; /* set by node_at */
   const uint8_t *base, *end;
   unsigned steps;
 };
@@ -59,15 +74,26 @@ static void tick(struct walk *w) {
     check_cpu(w->L);
 }
 
+static struct pnode *root_of(struct box *b);
+
 /* The node at idx, checked to be of the running event; sets w's bytes. */
 static struct pnode *node_at(lua_State *L, int idx, struct walk *w) {
   struct pnode *nd = lua_touserdata(L, idx);
   struct box *b = box_of(L);
 
-  if (b->ev == NULL || nd->gen != b->pgen)
+  if (lua_type(L, idx) == LUA_TLIGHTUSERDATA) {
+    if (!is_root_ud(nd))
+      luaL_error(L, "attempt to index a userdata value");
+    if ((uint32_t)(uintptr_t)nd != b->pgen || b->proot == NULL)
+      nd = NULL; /* a root of an earlier call */
+    else
+      nd = root_of(b);
+  }
+  if (b->ev == NULL || nd == NULL || nd->gen != b->pgen)
     luaL_error(L, "a part of ev.payload is only valid during the on_event "
                   "call that read it (keep a copy with sluice.copy(v))");
   w->L = L;
+  w->b = b;
   w->base = b->ev->data + b->ev->payload_off;
   w->end = w->base + b->ev->payload_len;
   return nd;
@@ -237,6 +263,8 @@ static int key_is(lua_State *L, int k, const struct sl_codec_item *it) {
 }
 
 #define FEW 8 /* see struct plan */
+#define SCACHE_N 16   /* strings in the value cache (struct wlog) */
+#define SCACHE_MAX 24 /* bytes of a string it holds */
 
 /* The root's write log: what a rule most often does to ev.payload (set a
  * few top-level fields to strings, numbers, booleans or nil), recorded in
@@ -255,19 +283,39 @@ struct wlog {
   int n;
   int ref_anchor;
   int ref_mt; /* the proxies' metatable: a ref is found faster than mt_key */
+  /* the string each anchor slot holds (NULL: another value): a string
+   * stored again (the same key or constant, event after event) is there
+   * already, alive, so its address names it */
+  const void *anch[2 * FEW];
+  const char *anch_s[2 * FEW]; /* and its bytes */
+  size_t anch_n[2 * FEW];
   struct wentry e[FEW];
-  /* sl_proxy_log_plan's findings for sl_proxy_log_fill: entry j's first
-   * pair in the bytes (offsets of its key, value and end; k0 0: none),
-   * whether its value stays; the new count of pairs */
-  uint32_t k0[FEW], v0[FEW], v1[FEW];
-  uint8_t same[FEW];
-  uint32_t count;
+  /* what sl_proxy_log_fill found: a payload for the general path; any
+   * change made at all */
+  uint8_t failed, changed;
+  uint32_t lens; /* bit n: a logged string key of n < 32 bytes */
+  /* short strings push_at pushed lately (enum-like values: a currency, a
+   * status), each kept alive in its registry slot: pushed again from
+   * there instead of hashed and interned anew */
+  struct {
+    uint8_t len; /* 0: empty */
+    char s[SCACHE_MAX];
+    int ref;
+  } sc[SCACHE_N];
+  struct pnode root; /* the root of every event's payload (ROOT_TAG) */
 };
 
-static struct wlog *wlog_of(lua_State *L, const struct pnode *nd) {
-  struct box *b = box_of(L);
+static struct pnode *root_of(struct box *b) {
+  return &((struct wlog *)b->pwlog)->root;
+}
+
+static struct wlog *wlog_of_b(const struct box *b, const struct pnode *nd) {
   struct wlog *wl = b->pwlog;
   return wl != NULL && wl->n > 0 && b->proot == nd ? wl : NULL;
+}
+
+static struct wlog *wlog_of(lua_State *L, const struct pnode *nd) {
+  return wlog_of_b(box_of(L), nd);
 }
 
 /* The entry of the Lua key lk, or -1. */
@@ -277,7 +325,8 @@ static int wlog_find(const struct wlog *wl, const struct lkey *lk) {
     if (wl->e[j].key.t == lk->t &&
         (lk->t == LUA_TSTRING
              ? wl->e[j].key.n == lk->n &&
-                   memcmp(wl->e[j].key.s, lk->s, lk->n) == 0
+                   (lk->n == 0 || (wl->e[j].key.s[0] == lk->s[0] &&
+                                   memcmp(wl->e[j].key.s, lk->s, lk->n) == 0))
              : wl->e[j].key.d == lk->d))
       return j;
   return -1;
@@ -299,41 +348,74 @@ static void wlog_push(lua_State *L, const struct wlog *wl, int j) {
   }
 }
 
+/* Anchor slot i (0-based) = the value at v (zero: the number 0), unless
+ * it holds that very string already. */
+static void anchor(lua_State *L, struct wlog *wl, int i, int v,
+                   const void *p, const struct lkey *lk, int zero) {
+  if (p != NULL && p == wl->anch[i])
+    return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
+  if (zero)
+    lua_pushnumber(L, 0);
+  else
+    lua_pushvalue(L, v);
+  lua_rawseti(L, -2, i + 1);
+  lua_pop(L, 1);
+  wl->anch[i] = p;
+  wl->anch_s[i] = lk->s;
+  wl->anch_n[i] = lk->t == LUA_TSTRING ? lk->n : 0;
+}
+
+/* lkey_of_t for the value at v of type t, which goes to anchor slot i:
+ * the bytes of a string that slot holds already are known. Sets *p to
+ * the string's address (NULL for another type). */
+static void lkey_slot(lua_State *L, struct wlog *wl, int v, int t, int i,
+                      struct lkey *lk, const void **p) {
+  *p = NULL;
+  if (t != LUA_TSTRING) {
+    lkey_of_t(L, v, t, lk);
+    return;
+  }
+  *p = lua_topointer(L, v);
+  lk->t = t;
+  lk->d = 0;
+  if (*p == wl->anch[i]) {
+    lk->s = wl->anch_s[i];
+    lk->n = wl->anch_n[i];
+  } else {
+    lk->s = lua_tolstring(L, v, &lk->n);
+  }
+}
+
 /* Record p[k] = v (stack indexes 2 and 3 of __newindex) for the root map
- * nd when the log can hold it: returns 1, else 0 (nothing done). */
-static int wlog_put(lua_State *L, struct pnode *nd) {
+ * nd when the log can hold it: returns 1, else 0 (nothing done). kt is
+ * the key's type. */
+static int wlog_put(lua_State *L, struct pnode *nd, int kt) {
   struct box *b = box_of(L);
   struct wlog *wl = b->pwlog;
   struct lkey lk;
+  const void *kp, *vp;
   int vt = lua_type(L, 3), j;
 
   if (wl == NULL || b->proot != nd || nd->has_env ||
       (vt != LUA_TNIL && vt != LUA_TSTRING && vt != LUA_TNUMBER &&
        vt != LUA_TBOOLEAN))
     return 0;
-  lkey_of_t(L, 2, lua_type(L, 2), &lk);
+  /* a new key takes slot 2 * n: most writes are of a key new this event */
+  lkey_slot(L, wl, 2, kt, wl->n < FEW ? 2 * wl->n : 0, &lk, &kp);
   j = wlog_find(wl, &lk);
   if (j < 0) {
     if (wl->n == FEW)
       return 0;
     j = wl->n;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
-    if (lk.t == LUA_TNUMBER && lk.d == 0) { /* -0.0 is the key 0, as a */
-      lk.d = 0;                             /* table makes it */
-      lua_pushnumber(L, 0);
-    } else {
-      lua_pushvalue(L, 2);
-    }
-    lua_rawseti(L, -2, 2 * j + 1);
+    if (lk.t == LUA_TNUMBER && lk.d == 0) /* -0.0 is the key 0, as a */
+      lk.d = 0;                           /* table makes it */
+    anchor(L, wl, 2 * j, 2, kp, &lk, lk.t == LUA_TNUMBER && lk.d == 0);
     wl->e[j].key = lk; /* its bytes: those of the anchored string */
     wl->n++;
-  } else {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
   }
-  lua_pushvalue(L, 3);
-  lua_rawseti(L, -2, 2 * j + 2);
-  lua_pop(L, 1);
-  lkey_of_t(L, 3, vt, &wl->e[j].val);
+  lkey_slot(L, wl, 3, vt, 2 * j + 1, &wl->e[j].val, &vp);
+  anchor(L, wl, 2 * j + 1, 3, vp, &wl->e[j].val, 0);
   return 1;
 }
 
@@ -388,15 +470,19 @@ static int take_spare(lua_State *L) {
 static void push_env(lua_State *L, int idx, struct pnode *nd) {
   struct wlog *wl = wlog_of(L, nd);
 
-  if (!nd->has_env) {
-    if (nd->parent != NULL || !take_spare(L)) {
+  if (nd->parent == NULL) { /* the root's: in the registry, reused */
+    if (nd->has_env) {
+      lua_pushlightuserdata(L, (void *)&spare_key);
+      lua_rawget(L, LUA_REGISTRYINDEX);
+    } else if (!take_spare(L)) {
       lua_createtable(L, 0, 2);
-      if (nd->parent == NULL) { /* the spare of later events */
-        lua_pushlightuserdata(L, (void *)&spare_key);
-        lua_pushvalue(L, -2);
-        lua_rawset(L, LUA_REGISTRYINDEX);
-      }
+      lua_pushlightuserdata(L, (void *)&spare_key);
+      lua_pushvalue(L, -2);
+      lua_rawset(L, LUA_REGISTRYINDEX);
     }
+    nd->has_env = 1;
+  } else if (!nd->has_env) {
+    lua_createtable(L, 0, 2);
     lua_pushvalue(L, -1);
     lua_setfenv(L, idx);
     nd->has_env = 1;
@@ -539,12 +625,9 @@ static uint32_t find_lk(struct walk *w, int idx, struct pnode *nd, int k,
 }
 
 /* Push a new proxy for the container whose header it was read at off. */
-static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
-                              const struct sl_codec_item *it,
-                              struct pnode *parent) {
-  struct pnode *nd = lua_newuserdata(L, sizeof(*nd));
-  struct box *b = box_of(L);
-
+static void init_node(struct box *b, struct pnode *nd, uint32_t off,
+                      uint32_t body, const struct sl_codec_item *it,
+                      struct pnode *parent) {
   nd->gen = b->pgen;
   nd->off = off;
   nd->body = body;
@@ -555,6 +638,15 @@ static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
   nd->scans = nd->indexed = 0;
   nd->depth = parent ? (uint8_t)(parent->depth + 1) : 0;
   nd->parent = parent;
+}
+
+static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
+                              const struct sl_codec_item *it,
+                              struct pnode *parent) {
+  struct pnode *nd = lua_newuserdata(L, sizeof(*nd));
+  struct box *b = box_of(L);
+
+  init_node(b, nd, off, body, it, parent);
   if (b->pwlog != NULL) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, ((struct wlog *)b->pwlog)->ref_mt);
   } else {
@@ -565,6 +657,29 @@ static struct pnode *new_node(lua_State *L, uint32_t off, uint32_t body,
   return nd;
 }
 
+/* lua_pushlstring, through the value cache (struct wlog) for short ones. */
+static void push_str(struct walk *w, const char *p, size_t n) {
+  lua_State *L = w->L;
+  struct wlog *wl = w->b->pwlog;
+  unsigned h;
+
+  if (n == 0 || n > SCACHE_MAX || wl == NULL) {
+    lua_pushlstring(L, p, n);
+    return;
+  }
+  h = ((unsigned)n * 31u + (uint8_t)p[0] * 7u + (uint8_t)p[n - 1]) %
+      SCACHE_N;
+  if (wl->sc[h].len == n && memcmp(wl->sc[h].s, p, n) == 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, wl->sc[h].ref);
+    return;
+  }
+  lua_pushlstring(L, p, n);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, LUA_REGISTRYINDEX, wl->sc[h].ref); /* the slot exists */
+  memcpy(wl->sc[h].s, p, n);
+  wl->sc[h].len = (uint8_t)n;
+}
+
 /* Push the value at offset vo of the node at idx, which holds it under the
  * Lua key at k: scalars as the decoder makes them, containers as proxies
  * (one per container and event, cached). */
@@ -573,7 +688,32 @@ static void push_at(struct walk *w, int idx, struct pnode *nd, uint32_t vo,
   lua_State *L = w->L;
   const uint8_t *p = w->base + vo, *q = p;
   struct sl_codec_item it;
+  size_t left = (size_t)(w->end - p);
 
+  /* the usual scalars without a decode: fixint, uint 8/16/32, fixstr */
+  if (left == 0)
+    bad(w, p);
+  if (*p <= 0x7f) {
+    lua_pushnumber(L, (lua_Number)*p);
+    return;
+  }
+  if (left >= 5 && *p == 0xce) {
+    lua_pushnumber(L, (lua_Number)((uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 |
+                                   (uint32_t)p[3] << 8 | p[4]));
+    return;
+  }
+  if (left >= 3 && *p == 0xcd) {
+    lua_pushnumber(L, (lua_Number)((uint32_t)p[1] << 8 | p[2]));
+    return;
+  }
+  if (left >= 2 && *p == 0xcc) {
+    lua_pushnumber(L, (lua_Number)p[1]);
+    return;
+  }
+  if ((*p & 0xe0) == 0xa0 && left > (size_t)(*p & 0x1f)) {
+    push_str(w, (const char *)p + 1, *p & 0x1fu);
+    return;
+  }
   rd(w, &q, &it);
   switch (it.t) {
   case SL_MP_NIL: lua_pushnil(L); return;
@@ -583,7 +723,7 @@ static void push_at(struct walk *w, int idx, struct pnode *nd, uint32_t vo,
   case SL_MP_F32: lua_pushnumber(L, it.f); return;
   case SL_MP_F64: lua_pushnumber(L, it.d); return;
   case SL_MP_STR: case SL_MP_BIN:
-    lua_pushlstring(L, (const char *)it.s, it.n);
+    push_str(w, (const char *)it.s, it.n);
     return;
   case SL_MP_EXT: /* a fresh {type, data}: assign it back to change it */
     sl_luacodec_push(L, p, (size_t)(q - p), NULL);
@@ -663,7 +803,7 @@ static void get(struct walk *w, int idx, struct pnode *nd, int k) {
   uint32_t vo;
   int j, known = 0;
 
-  if (nd->dirty && (wl = wlog_of(w->L, nd)) != NULL) {
+  if (nd->dirty && (wl = wlog_of_b(w->b, nd)) != NULL) {
     lkey_of(w->L, k, &lk); /* read once for the log and the bytes */
     known = 1;
     if ((j = wlog_find(wl, &lk)) >= 0) {
@@ -734,7 +874,7 @@ static int p_newindex(lua_State *L) {
   } else if (!array_check(L, nd)) {
     return 0;
   }
-  if (nd->is_map && wlog_put(L, nd)) {
+  if (nd->is_map && wlog_put(L, nd, t)) {
     for (q = nd; q && !q->dirty; q = q->parent)
       q->dirty = 1;
     return 0;
@@ -1387,9 +1527,11 @@ void sl_proxy_write(lua_State *L, int idx, struct sl_buf *out, int depth,
 /* ---- the rest of the interface -------------------------------------------- */
 
 int sl_proxy_is(lua_State *L, int idx) {
-  int is;
+  int is, t = lua_type(L, idx);
 
-  if (lua_type(L, idx) != LUA_TUSERDATA || !lua_getmetatable(L, idx))
+  if (t == LUA_TLIGHTUSERDATA) /* a root, stale or not */
+    return is_root_ud(lua_touserdata(L, idx));
+  if (t != LUA_TUSERDATA || !lua_getmetatable(L, idx))
     return 0;
   lua_rawgeti(L, -1, 1); /* the metatable's mark: only C sets a userdata's */
   is = lua_touserdata(L, -1) == (void *)&mt_key;
@@ -1400,14 +1542,32 @@ int sl_proxy_is(lua_State *L, int idx) {
 int sl_proxy_untouched(lua_State *L, int idx) {
   struct pnode *nd;
 
-  if (!sl_proxy_is(L, idx))
-    return 0;
+  struct box *b = box_of(L);
+
+  if (lua_type(L, idx) != LUA_TLIGHTUSERDATA)
+    return 0; /* only roots are roots */
   nd = lua_touserdata(L, idx);
-  return nd->parent == NULL && !nd->dirty && nd->gen == box_of(L)->pgen;
+  return is_root_ud(nd) && (uint32_t)(uintptr_t)nd == b->pgen &&
+         b->proot != NULL && !root_of(b)->dirty;
+}
+
+int sl_proxy_is_root(lua_State *L, int idx) {
+  struct box *b = box_of(L);
+  void *v;
+
+  if (b->proot == NULL || lua_type(L, idx) != LUA_TLIGHTUSERDATA)
+    return 0;
+  v = lua_touserdata(L, idx);
+  return is_root_ud(v) && (uint32_t)(uintptr_t)v == b->pgen;
 }
 
 int sl_proxy_clean(const void *p) {
   return !((const struct pnode *)p)->dirty;
+}
+
+void sl_proxy_push_again(lua_State *L, const struct box *b) {
+  lua_pushlightuserdata(L, (void *)(uintptr_t)(((uint64_t)ROOT_TAG << 32) |
+                                               b->pgen));
 }
 
 void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
@@ -1417,11 +1577,12 @@ void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
 
   if (sl_codec_read_item(&q, p + len, &it) != 0 || (it.t != SL_MP_MAP && it.t != SL_MP_ARR))
     luaL_error(L, "ev.payload: not a map or array");
-  b->proot = new_node(L, 0, (uint32_t)(q - p), &it, NULL);
-  if (b->pwlog != NULL)
-    ((struct wlog *)b->pwlog)->n = 0;
-  /* the root keeps its tree alive for the event from ref_payload, where
-   * the caller puts it, or from ref_proot once ev.payload is set (ev.c) */
+  init_node(b, root_of(b), 0, (uint32_t)(q - p), &it, NULL);
+  b->proot = root_of(b);
+  ((struct wlog *)b->pwlog)->n = 0;
+  /* its tree lives in the registry (the root's env, spare_key) until a
+   * later event's root needs an env and empties it */
+  sl_proxy_push_again(L, b);
 }
 
 const char *sl_proxy_kind(lua_State *L, int idx, int kidx) {
@@ -1496,7 +1657,8 @@ static int l_next(lua_State *L) {
 /* type(p) is "table": code written for decoded payloads keeps working. */
 static int l_type(lua_State *L) {
   luaL_checkany(L, 1);
-  if (lua_type(L, 1) == LUA_TUSERDATA && sl_proxy_is(L, 1))
+  if ((lua_type(L, 1) == LUA_TUSERDATA ||
+       lua_type(L, 1) == LUA_TLIGHTUSERDATA) && sl_proxy_is(L, 1))
     lua_pushliteral(L, "table");
   else
     lua_pushstring(L, luaL_typename(L, 1));
@@ -1560,6 +1722,10 @@ void sl_proxy_open(lua_State *L, int env) {
     lua_pushlightuserdata(L, (void *)&mt_key);
     lua_rawget(L, LUA_REGISTRYINDEX);
     wl->ref_mt = luaL_ref(L, LUA_REGISTRYINDEX);
+    for (int j = 0; j < SCACHE_N; j++) {
+      lua_pushboolean(L, 0);
+      wl->sc[j].ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
     b->pwlog = wl;
   }
   lua_pushlightuserdata(L, (void *)&buf_key);
@@ -1574,6 +1740,36 @@ void sl_proxy_open(lua_State *L, int env) {
   }
   lua_pushcfunction(L, l_type);
   lua_setfield(L, env, "type");
+}
+
+/* tostring of a light userdata: a root names itself (a root has no
+ * address to hide, and the sandbox's tostring would keep an id per value,
+ * so per event), others as before (upvalue 1). */
+static int l_light_tostring(lua_State *L) {
+  if (sl_proxy_is(L, 1)) {
+    lua_pushliteral(L, "table: ev.payload");
+    return 1;
+  }
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, 1);
+  return 1;
+}
+
+void sl_proxy_light_mt(lua_State *L, int mt) {
+  lua_pushcfunction(L, p_index);
+  lua_setfield(L, mt, "__index");
+  lua_pushcfunction(L, p_newindex);
+  lua_setfield(L, mt, "__newindex");
+  lua_pushcfunction(L, p_len);
+  lua_setfield(L, mt, "__len");
+  lua_getfield(L, mt, "__tostring");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_getglobal(L, "tostring");
+  }
+  lua_pushcclosure(L, l_light_tostring, 1);
+  lua_setfield(L, mt, "__tostring");
 }
 
 /* ---- the table library on proxies -----------------------------------------
@@ -1769,115 +1965,133 @@ static int plan_key(const struct wlog *wl, const uint8_t **pp,
   return j;
 }
 
-long sl_proxy_log_plan(struct box *b) {
+/* An upper bound of entry j's key or value as enc_lkey writes it. */
+static size_t enc_max(const struct lkey *lk) {
+  return lk->t == LUA_TSTRING ? lk->n + 5 : 9;
+}
+
+long sl_proxy_log_bound(struct box *b) {
   struct wlog *wl = b->pwlog;
   struct pnode *nd = b->proot;
-  const uint8_t *base, *p, *end;
-  struct sl_codec_item it;
-  long len;
-  uint32_t i;
-  size_t used;
-  int j, changed = 0;
+  size_t n;
+  int j;
 
   if (wl == NULL || nd == NULL || wl->n == 0 || nd->has_env || !nd->is_map ||
       nd->gen != b->pgen || b->ev == NULL || b->ev->payload_len > PLAN_MAX)
     return -1;
-  base = b->ev->data + b->ev->payload_off;
-  end = base + b->ev->payload_len;
-  p = base + nd->body;
-  for (j = 0; j < wl->n; j++)
-    wl->k0[j] = 0;
+  n = b->ev->payload_len + 4; /* a header may grow by 4 bytes */
+  wl->lens = 0;
+  for (j = 0; j < wl->n; j++) {
+    n += enc_max(&wl->e[j].key) + enc_max(&wl->e[j].val);
+    if (wl->e[j].key.t == LUA_TSTRING && wl->e[j].key.n < 32)
+      wl->lens |= 1u << wl->e[j].key.n;
+  }
+  wl->failed = 0;
+  wl->changed = 0;
+  return (long)n;
+}
+
+/* The pairs of the root after its header, spliced at d (the new header's
+ * place is left to the caller): returns the end, with *count the new
+ * number of pairs, or NULL for a payload this walk leaves to the general
+ * path (a container key, a written key twice in the bytes). */
+static uint8_t *log_pairs(struct box *b, struct wlog *wl, uint8_t *d,
+                          uint32_t *count) {
+  const struct pnode *nd = b->proot;
+  const uint8_t *base = b->ev->data + b->ev->payload_off;
+  const uint8_t *end = base + b->ev->payload_len, *p = base + nd->body;
+  const uint8_t *pos = p, *k0, *v0, *q;
+  struct sl_codec_item it;
+  unsigned seen = 0;
+  uint32_t i, n = nd->n, lens = wl->lens;
+  size_t fl, used, kn;
+  int j, nlog = wl->n;
+
   for (i = 0; i < nd->n; i++) {
-    const uint8_t *k0 = p;
-    size_t fl;
-    if (p >= end || (j = plan_key(wl, &p, end)) < 0 || p >= end)
-      return -1;
-    if (j < wl->n) {
-      if (wl->k0[j] != 0)
-        return -1; /* a later pair of a written key: the general path */
-      wl->k0[j] = (uint32_t)(k0 - base);
-      wl->v0[j] = (uint32_t)(p - base);
+    k0 = p;
+    if (p >= end)
+      return NULL;
+    kn = *p & 0x1fu;
+    if ((*p & 0xe0) == 0xa0 && kn + 1 < (size_t)(end - p) &&
+        !(lens & (1u << kn))) {
+      p += 1 + kn; /* a fixstr no logged key is as long as: most pairs */
+      j = nlog;
+    } else if ((j = plan_key(wl, &p, end)) < 0 || p >= end) {
+      return NULL;
     }
+    v0 = p;
     if ((fl = flat_len(p, end)) != 0)
       p += fl;
     else if (sl_codec_skip(p, (size_t)(end - p), (size_t)(end - p), &used,
                            NULL) == 0)
       p += used;
     else
-      return -1;
-    if (j < wl->n)
-      wl->v1[j] = (uint32_t)(p - base);
-  }
-  len = (long)(end - base) - (long)nd->body;
-  wl->count = nd->n;
-  for (j = 0; j < wl->n; j++) {
-    const struct wentry *e = &wl->e[j];
-    const uint8_t *q = base + wl->v0[j];
-    wl->same[j] = 0;
-    if (wl->k0[j] == 0) { /* a key added, unless it is a deletion */
-      if (e->val.t != LUA_TNIL) {
-        len += (long)(enc_lkey(&e->key, NULL) + enc_lkey(&e->val, NULL));
-        wl->count++;
-        changed = 1;
-      }
-    } else if (e->val.t == LUA_TNIL) {
-      len -= (long)(wl->v1[j] - wl->k0[j]);
-      wl->count--;
-      changed = 1;
-    } else if (sl_codec_read_item(&q, end, &it) == 0 && lkey_is(&e->val, &it)) {
-      wl->same[j] = 1; /* the same value: its bytes and type stay */
+      return NULL;
+    if (j == nlog)
+      continue;
+    if (seen & (1u << j))
+      return NULL; /* a later pair of a written key: the general path */
+    seen |= 1u << j;
+    q = v0;
+    if (wl->e[j].val.t == LUA_TNIL) { /* deleted: the pair goes */
+      memcpy(d, pos, (size_t)(k0 - pos));
+      d += k0 - pos;
+      n--;
+    } else if (sl_codec_read_item(&q, end, &it) == 0 &&
+               lkey_is(&wl->e[j].val, &it)) {
+      continue; /* the same value: its bytes and type stay */
     } else {
-      len += (long)enc_lkey(&e->val, NULL) - (long)(wl->v1[j] - wl->v0[j]);
-      changed = 1;
+      memcpy(d, pos, (size_t)(v0 - pos));
+      d += v0 - pos;
+      d += enc_lkey(&wl->e[j].val, d);
     }
+    pos = p;
+    wl->changed = 1;
   }
-  if (!changed)
-    return 0;
-  if (wl->count == nd->n)
-    return len + (long)nd->body;
-  {
-    uint8_t tmp[5];
-    return len + (long)sl_codec_pack_maphdr(tmp, wl->count);
-  }
+  memcpy(d, pos, (size_t)(end - pos));
+  d += end - pos;
+  for (j = 0; j < wl->n; j++) /* the keys added, in the order set */
+    if (!(seen & (1u << j)) && wl->e[j].val.t != LUA_TNIL) {
+      d += enc_lkey(&wl->e[j].key, d);
+      d += enc_lkey(&wl->e[j].val, d);
+      n++;
+      wl->changed = 1;
+    }
+  *count = n;
+  return d;
 }
 
 size_t sl_proxy_log_fill(void *box, uint8_t *dst) {
   struct box *b = box;
-  const struct wlog *wl = b->pwlog;
+  struct wlog *wl = b->pwlog;
   const struct pnode *nd = b->proot;
   const uint8_t *base = b->ev->data + b->ev->payload_off;
-  uint32_t pos = nd->body, at;
-  uint8_t *d = dst;
-  int j, next;
+  uint8_t hdr[5], *d;
+  uint32_t count;
+  size_t h, len;
 
-  if (wl->count == nd->n) { /* the header as it came */
-    memcpy(d, base, nd->body);
-    d += nd->body;
-  } else {
-    d += sl_codec_pack_maphdr(d, wl->count);
+  d = log_pairs(b, wl, dst + nd->body, &count);
+  if (d == NULL) { /* the original, for the caller to throw away */
+    wl->failed = 1;
+    memcpy(dst, base, b->ev->payload_len);
+    return b->ev->payload_len;
   }
-  for (;;) { /* the pairs of logged keys, in the order of the bytes */
-    next = -1;
-    for (j = 0; j < wl->n; j++)
-      if (wl->k0[j] >= pos && (next < 0 || wl->k0[j] < wl->k0[next]))
-        next = j;
-    if (next < 0)
-      break;
-    at = wl->same[next] ? wl->v1[next]
-         : wl->e[next].val.t == LUA_TNIL ? wl->k0[next]
-                                         : wl->v0[next];
-    memcpy(d, base + pos, at - pos);
-    d += at - pos;
-    if (!wl->same[next] && wl->e[next].val.t != LUA_TNIL)
-      d += enc_lkey(&wl->e[next].val, d);
-    pos = wl->v1[next];
+  len = (size_t)(d - (dst + nd->body));
+  if (count == nd->n) { /* the header as it came */
+    memcpy(dst, base, nd->body);
+    return nd->body + len;
   }
-  memcpy(d, base + pos, b->ev->payload_len - pos);
-  d += b->ev->payload_len - pos;
-  for (j = 0; j < wl->n; j++) /* the keys added, in the order set */
-    if (wl->k0[j] == 0 && wl->e[j].val.t != LUA_TNIL) {
-      d += enc_lkey(&wl->e[j].key, d);
-      d += enc_lkey(&wl->e[j].val, d);
-    }
-  return (size_t)(d - dst);
+  h = sl_codec_pack_maphdr(hdr, count);
+  if (h != nd->body) /* rare: the count crossed a header size */
+    memmove(dst + h, dst + nd->body, len);
+  memcpy(dst, hdr, h);
+  return h + len;
+}
+
+int sl_proxy_log_failed(const struct box *b) {
+  return ((const struct wlog *)b->pwlog)->failed;
+}
+
+int sl_proxy_log_changed(const struct box *b) {
+  return ((const struct wlog *)b->pwlog)->changed;
 }

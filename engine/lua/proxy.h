@@ -28,12 +28,20 @@
  * p must stay valid while the box's event does. */
 void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len);
 
+/* Push the root sl_proxy_push_root pushed in this call, again. */
+struct box;
+void sl_proxy_push_again(lua_State *L, const struct box *b);
+
 /* Is the value at idx a proxy? */
 int sl_proxy_is(lua_State *L, int idx);
 
 /* Is the value at idx the root proxy, with no change recorded anywhere
  * under it? Then the payload is the original bytes. */
 int sl_proxy_untouched(lua_State *L, int idx);
+
+/* Is the value at idx the root of this call's ev.payload (a root of an
+ * earlier call is not)? */
+int sl_proxy_is_root(lua_State *L, int idx);
 
 /* Is the root proxy p (the box's proot) without any change recorded
  * under it? */
@@ -57,15 +65,25 @@ const char *sl_proxy_kind(lua_State *L, int idx, int kidx);
  * userdata). type(proxy) is "table". */
 void sl_proxy_open(lua_State *L, int env);
 
+/* Make the metatable at mt (absolute), the one every light userdata
+ * shares, serve ev.payload's root too: the root is a light userdata
+ * (proxy.c); its __tostring, if any, stays for the others. */
+void sl_proxy_light_mt(lua_State *L, int mt);
+
 /* finish's path for a payload changed by top-level scalar writes alone:
- * sl_proxy_log_plan walks the root once and returns the new payload's
- * length, 0 when it stays as it came, or -1 when the general path
- * (sl_proxy_write) must build it; then sl_proxy_log_fill (an
- * sl_event_fill_fn, ctx the box) writes exactly that many bytes. Neither
- * calls Lua nor raises. */
+ * sl_proxy_log_bound returns an upper bound of the new payload's length,
+ * or -1 when the general path (sl_proxy_write) must build it; then
+ * sl_proxy_log_fill (an sl_event_fill_fn, ctx the box) splices it in one
+ * walk over the root's pairs, at most that many bytes. After it,
+ * sl_proxy_log_failed says the walk met what it leaves to the general
+ * path (then the bytes written are to be thrown away) and
+ * sl_proxy_log_changed whether any pair changed at all. None calls Lua
+ * or raises. */
 struct box;
-long sl_proxy_log_plan(struct box *b);
+long sl_proxy_log_bound(struct box *b);
 size_t sl_proxy_log_fill(void *box, uint8_t *dst);
+int sl_proxy_log_failed(const struct box *b);
+int sl_proxy_log_changed(const struct box *b);
 
 /* Let table.remove and unpack in the table at env take proxies too. After
  * the sandbox's own table library is in place. */
