@@ -215,6 +215,9 @@ void set_hook(struct box *b, int count);
 int box_jit_on(struct box *b);
 int on_error(lua_State *L);
 int box_call(struct box *b, int nargs, int nresults);
+/* The C function in registry slot ref with ud, right after a call and on
+ * its budget (finish after on_event); the epilogue is box_call's. */
+int box_call_after(struct box *b, int ref, void *ud);
 int box_cpcall(struct box *b, lua_CFunction fn, void *ud);
 enum sl_rule_error describe(struct box *b, int st, char *msg,
                             size_t msglen, char *where,

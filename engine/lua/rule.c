@@ -590,47 +590,13 @@ static void clear_event(struct box *b) {
 }
 
 /* finish() in protected mode, right after on_event and on its budget
- * (deadline and CPU reference stay on_event's): the function is made once
- * per state (lua_cpcall would make a closure per call) and the clocks are
- * not read again. A raised message is left in err_msg as box_cpcall
- * leaves it. */
+ * (box_call_after: the function is made once per state, the clocks are
+ * not read again, the epilogue is box_call's). A raised message is left
+ * in err_msg as box_cpcall leaves it. */
 static int finish_call(struct box *b) {
-  struct sl_rule *r = b->rule;
-  lua_State *L = b->L;
-  size_t mlen = 0;
-  const char *m;
-  int st;
-
   if (finish_log(b)) /* the common change, without a call */
     return 0;
-  r->err_set = 0;
-  b->oom = 0;
-  b->in_call = 1; /* check_cpu measures only inside a call */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, b->ref_finish);
-  lua_pushlightuserdata(L, b);
-  st = lua_pcall(L, 1, 0, 0);
-  b->in_call = 0;
-  if (b->fast_hook) {
-    b->fast_hook = 0;
-    set_hook(b, HOOK_COUNT);
-  }
-  if (sl_likely(st == 0))
-    return 0;
-  m = lua_tolstring(L, -1, &mlen);
-  if (st == LUA_ERRMEM)
-    snprintf(r->err_msg, sizeof(r->err_msg), "%s: not enough memory "
-             "(memory_mb=%u)", b->oom ? b->oom_where : r->path,
-             (unsigned)r->memory_mb);
-  else
-    snprintf(r->err_msg, sizeof(r->err_msg), "%.*s",
-             m ? (int)(mlen < sizeof(r->err_msg) ? mlen : sizeof(r->err_msg))
-               : 5, m ? m : "error");
-  snprintf(r->err_where, sizeof(r->err_where), "%s",
-           b->oom ? b->oom_where : r->path);
-  r->err_tb[0] = 0;
-  r->err_set = 1;
-  lua_pop(L, 1);
-  return st;
+  return box_call_after(b, b->ref_finish, b);
 }
 
 void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
