@@ -392,6 +392,8 @@ static int glob_match(const char *p, const char *s, size_t n) {
   return sl_router_glob(p, strlen(p), s, n);
 }
 
+int sl_rule_any_topic(const struct sl_rule *r) { return r->box->ntopics == 0; }
+
 int sl_rule_matches(const struct sl_rule *r, const char *topic, size_t len) {
   const struct box *b = r->box;
   int i;
@@ -492,6 +494,7 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     r->routes_one = 0;
     if (n == 0 || n > ROUTE_NAME_MAX || memchr(s, 0, n) != NULL)
       break; /* names go on as C strings: "a\0x" would route to a */
+    r->routes_seq++;
     sl_buf_reset(&r->routes);
     if (sl_buf_append(&r->routes, s, n + 1) != 0)
       goto nomem;
@@ -504,6 +507,7 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     d->verdict = SL_RULE_ROUTE;
     d->nroutes = 1;
     d->routes[0] = (const char *)r->routes.data;
+    d->routes_seq = r->routes_seq;
     return;
   case LUA_TLIGHTUSERDATA:
     if (lua_touserdata(L, -1) != &drop_sentinel)
@@ -525,6 +529,7 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     if (count == 0 || count > SL_RULE_MAX_ROUTES)
       break;
     r->routes_one = 0;
+    r->routes_seq++;
     sl_buf_reset(&r->routes);
     for (i = 0; i < count; i++) {
       lua_rawgeti(L, -1, (int)i + 1);
@@ -549,6 +554,7 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     d->nroutes = (int)count;
     for (i = 0; i < count; i++)
       d->routes[i] = (const char *)r->routes.data + offs[i];
+    d->routes_seq = r->routes_seq;
     return;
   default:
     break;
@@ -612,6 +618,7 @@ void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
   d->where[0] = 0;
   d->traceback[0] = 0;
   d->changed = NULL;
+  d->routes_seq = 0;
   if (sl_unlikely(b->in_call)) {
     decide_error(d, SL_RULE_ERR_RUNTIME, r->path,
                  "%s: the rule was called again from inside itself", r->path);

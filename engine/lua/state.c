@@ -124,9 +124,10 @@ static uint64_t thread_cpu_ns(void) {
 /* Set b's deadline and CPU reference for a call starting now. The sample
  * is the box's own (a box runs on one thread; thread-local storage costs
  * more per call in the shared module than the box's field). */
-static void budget_start(struct box *b) {
+static inline void budget_start(struct box *b) {
   uint64_t now = sl_mono_ns(), budget = (uint64_t)b->rule->cpu_budget_ms *
                                         1000000u;
+  b->budget_ns = budget;
   if (sl_unlikely(now - b->sample_mono > budget / 16 || b->sample_mono == 0)) {
     b->sample_cpu = thread_cpu_ns();
     b->sample_mono = now;
@@ -405,8 +406,9 @@ static void wd_counting(struct box *b) {
   }
 }
 
-/* Before a call into the rule (deadline and in_call set). */
-static void wd_start(struct box *b) {
+/* wd_start's first call on a thread (the timer is made), a thread without
+ * one, and rules.jit. */
+static __attribute__((noinline)) void wd_start_slow(struct box *b) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
 
   if (wd.state == 0) {
@@ -438,13 +440,37 @@ static void wd_start(struct box *b) {
   atomic_signal_fence(memory_order_seq_cst);
   /* armed for before this call started: it fired or is about to */
   if (wd.armed == 0 || wd.armed > b->deadline ||
-      wd.armed + (uint64_t)b->rule->cpu_budget_ms * 1000000u <= b->deadline)
+      wd.armed + b->budget_ns <= b->deadline)
     wd_arm(b->deadline);
   /* rules.jit keeps the count hook too: the watchdog alone did not stop
    * xpcall handlers that swallow the budget's error and retry through C
    * (sandbox_cpu_attack_spec, jit on) */
   if (sl_unlikely(wd.armed == 0 || b->jit)) /* refused (or just fired) */
     wd_counting(b);
+}
+
+/* Before a call into the rule (deadline and in_call set). Every call
+ * comes here, so the common case (the thread's timer made, the JIT off)
+ * is kept short: the timer armed within one budget before this deadline
+ * stays (its handler re-arms it for the running call); else it is armed,
+ * and a refusal leaves the count hook on. */
+static inline void wd_start(struct box *b) {
+  uint64_t armed;
+
+  if (sl_unlikely(wd.state != 1 || b->jit)) {
+    wd_start_slow(b);
+    return;
+  }
+  atomic_signal_fence(memory_order_seq_cst);
+  wd.running = b;
+  atomic_signal_fence(memory_order_seq_cst);
+  armed = wd.armed;
+  if (sl_unlikely(armed == 0 || armed > b->deadline ||
+                  armed + b->budget_ns <= b->deadline)) {
+    wd_arm(b->deadline);
+    if (wd.armed == 0) /* refused (or fired past the deadline) */
+      wd_counting(b);
+  }
 }
 
 /* When this code is unloaded (the sluice_core module for busted is
@@ -562,7 +588,7 @@ int on_error(lua_State *L) {
 /* The prologue of every call into the rule. fresh: the call has a budget
  * of its own; else it goes on with the one of the call before (on_event's,
  * for finish: deadline and CPU reference stay, no clock is read). */
-static void call_enter(struct box *b, int fresh) {
+static inline void call_enter(struct box *b, int fresh) {
   if (sl_unlikely(b->ev_shown) && b->ev == NULL)
     ev_hide(b->L, b); /* a kept event must raise outside on_event */
   b->rule->err_set = 0;
@@ -578,7 +604,7 @@ static void call_enter(struct box *b, int fresh) {
 /* The epilogue of every call into the rule, whichever path ran it: the
  * hook is the idle one after it (none under a watchdog, the count hook
  * without one or with rules.jit), the interrupt given back. */
-static void call_leave(struct box *b) {
+static inline void call_leave(struct box *b) {
   b->in_call = 0;
   wd_stop();
   if (sl_unlikely(b->jit_held))
