@@ -609,7 +609,7 @@ void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
                  struct sl_rule_decision *d) {
   struct box *b = r->box;
   lua_State *L = b->L;
-  int st, rebuild = 0;
+  int st, rebuild = 0, ntimers = b->ntimers;
 
   d->verdict = SL_RULE_PASS;
   d->error = SL_RULE_ERR_NONE;
@@ -619,6 +619,7 @@ void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
   d->traceback[0] = 0;
   d->changed = NULL;
   d->routes_seq = 0;
+  d->timers_changed = 0;
   if (sl_unlikely(b->in_call)) {
     decide_error(d, SL_RULE_ERR_RUNTIME, r->path,
                  "%s: the rule was called again from inside itself", r->path);
@@ -663,9 +664,11 @@ void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
   }
   lua_settop(L, SLOT_BASE);
   clear_event(b);
-  if (rebuild)
+  d->timers_changed = b->ntimers != ntimers;
+  if (rebuild) {
     rule_rebuild(r);
-  else if (sl_unlikely(b->used > b->limit / 4 * 3 || b->gc_busy))
+    d->timers_changed = 1;
+  } else if (sl_unlikely(b->used > b->limit / 4 * 3 || b->gc_busy))
     box_gc_slice(b);
 }
 

@@ -965,7 +965,8 @@ static int run_slot(struct sl_rules *rs, struct slot *sl,
       sl_histogram_observe(&sl->stats->duration,
                            (double)(sl_mono_ns() - t0) / 1e9);
   }
-  if (rs->loop && (next = sl_rule_next_timer(sl->rule)) >= 0 &&
+  if (rs->loop && d->timers_changed &&
+      (next = sl_rule_next_timer(sl->rule)) >= 0 &&
       (rs->next_timer_ms < 0 || next < rs->next_timer_ms))
     arm_timers(rs);
   if (d->changed && d->verdict != SL_RULE_ERROR) {

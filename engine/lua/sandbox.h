@@ -96,6 +96,8 @@ struct sl_rule_decision {
   uint64_t routes_seq; /* routes[] names what they named in the rule's last
                           decision with the same routes_seq (a caller may
                           keep what it looked up for them) */
+  int timers_changed; /* the call added timers (or rebuilt the state):
+                         sl_rule_next_timer may be sooner */
 };
 
 /* Load path into a new state: the sandboxed environment, the runtime

@@ -609,7 +609,8 @@ static inline void call_leave(struct box *b) {
   wd_stop();
   if (sl_unlikely(b->jit_held))
     jit_give_back(b);
-  strbuf_release(b);
+  if (b->strbuf != NULL)
+    strbuf_release(b);
   if (b->fast_hook) {
     b->fast_hook = 0;
     idle_hook(b);

@@ -526,6 +526,35 @@ TEST(rules_reload_stops_the_old_versions_timers_and_starts_the_new_ones) {
   set_close(&s);
 }
 
+/* A timer on_event adds is armed on the loop (the set looks at a rule's
+ * timers only after a call that added one): no other timer would wake
+ * the loop for it. */
+TEST(rules_a_timer_added_by_on_event_runs) {
+  struct set s;
+  struct sl_rules_result r;
+  int i;
+  CHECK_EQ(set_init(&s, 1), 0);
+  write_file(s.rules, "10_later.lua",
+             "return { topics = 'x.*', on_event = function(ev)\n"
+             "  if ev.topic == 'x.start' then\n"
+             "    sluice.every(5, function() sluice.emit('a', { topic = "
+             "'tick' }) end)\n"
+             "  end\n"
+             "end }\n");
+  CHECK_EQ(set_start(&s), 0);
+  for (i = 0; i < 3; i++)
+    decide(&s, "x.quiet", &r, NULL, NULL, 0);
+  for (i = 0; i < 20; i++) {
+    uv_run(&s.loop, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  CHECK_EQ(count_emitted(&s, "0:tick"), 0);
+  decide(&s, "x.start", &r, NULL, NULL, 0);
+  decide(&s, "x.quiet", &r, NULL, NULL, 0);
+  CHECK(run_until_emitted(&s, "0:tick", "0:tick"));
+  set_close(&s);
+}
+
 /* ---- metrics ---------------------------------------------------------------- */
 
 TEST(rules_metrics_count_per_file_and_go_with_the_set) {
