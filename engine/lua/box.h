@@ -108,6 +108,7 @@ struct box {
   lua_State *L;
   size_t used, limit;
   uint64_t deadline; /* monotonic ns; past it, the CPU clock decides */
+  uint64_t budget_ns; /* the rule's cpu_budget_ms when the call started */
   uint64_t cpu_ref;  /* the thread's CPU clock shortly before the call */
   uint64_t sample_mono, sample_cpu; /* both clocks, sampled now and then */
   uint64_t call_no;  /* counts calls: tells one from the next */
@@ -170,6 +171,7 @@ struct sl_rule {
   /* scratch, reused between calls */
   struct sl_buf routes, buf1, buf2;
   int routes_one; /* routes holds one name: a string result, checked */
+  uint64_t routes_seq; /* bumped whenever routes changes (the decision's) */
   struct sl_buf src; /* the rule's text as loaded: rebuilds use it */
   int src_read;
   struct module *mods; /* require'd files as first read */
@@ -215,6 +217,9 @@ void set_hook(struct box *b, int count);
 int box_jit_on(struct box *b);
 int on_error(lua_State *L);
 int box_call(struct box *b, int nargs, int nresults);
+/* The C function in registry slot ref with ud, right after a call and on
+ * its budget (finish after on_event); the epilogue is box_call's. */
+int box_call_after(struct box *b, int ref, void *ud);
 int box_cpcall(struct box *b, lua_CFunction fn, void *ud);
 enum sl_rule_error describe(struct box *b, int st, char *msg,
                             size_t msglen, char *where,

@@ -392,6 +392,8 @@ static int glob_match(const char *p, const char *s, size_t n) {
   return sl_router_glob(p, strlen(p), s, n);
 }
 
+int sl_rule_any_topic(const struct sl_rule *r) { return r->box->ntopics == 0; }
+
 int sl_rule_matches(const struct sl_rule *r, const char *topic, size_t len) {
   const struct box *b = r->box;
   int i;
@@ -492,6 +494,7 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     r->routes_one = 0;
     if (n == 0 || n > ROUTE_NAME_MAX || memchr(s, 0, n) != NULL)
       break; /* names go on as C strings: "a\0x" would route to a */
+    r->routes_seq++;
     sl_buf_reset(&r->routes);
     if (sl_buf_append(&r->routes, s, n + 1) != 0)
       goto nomem;
@@ -504,6 +507,7 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     d->verdict = SL_RULE_ROUTE;
     d->nroutes = 1;
     d->routes[0] = (const char *)r->routes.data;
+    d->routes_seq = r->routes_seq;
     return;
   case LUA_TLIGHTUSERDATA:
     if (lua_touserdata(L, -1) != &drop_sentinel)
@@ -525,6 +529,7 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     if (count == 0 || count > SL_RULE_MAX_ROUTES)
       break;
     r->routes_one = 0;
+    r->routes_seq++;
     sl_buf_reset(&r->routes);
     for (i = 0; i < count; i++) {
       lua_rawgeti(L, -1, (int)i + 1);
@@ -549,6 +554,7 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     d->nroutes = (int)count;
     for (i = 0; i < count; i++)
       d->routes[i] = (const char *)r->routes.data + offs[i];
+    d->routes_seq = r->routes_seq;
     return;
   default:
     break;
@@ -590,54 +596,20 @@ static void clear_event(struct box *b) {
 }
 
 /* finish() in protected mode, right after on_event and on its budget
- * (deadline and CPU reference stay on_event's): the function is made once
- * per state (lua_cpcall would make a closure per call) and the clocks are
- * not read again. A raised message is left in err_msg as box_cpcall
- * leaves it. */
+ * (box_call_after: the function is made once per state, the clocks are
+ * not read again, the epilogue is box_call's). A raised message is left
+ * in err_msg as box_cpcall leaves it. */
 static int finish_call(struct box *b) {
-  struct sl_rule *r = b->rule;
-  lua_State *L = b->L;
-  size_t mlen = 0;
-  const char *m;
-  int st;
-
   if (finish_log(b)) /* the common change, without a call */
     return 0;
-  r->err_set = 0;
-  b->oom = 0;
-  b->in_call = 1; /* check_cpu measures only inside a call */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, b->ref_finish);
-  lua_pushlightuserdata(L, b);
-  st = lua_pcall(L, 1, 0, 0);
-  b->in_call = 0;
-  if (b->fast_hook) {
-    b->fast_hook = 0;
-    set_hook(b, HOOK_COUNT);
-  }
-  if (sl_likely(st == 0))
-    return 0;
-  m = lua_tolstring(L, -1, &mlen);
-  if (st == LUA_ERRMEM)
-    snprintf(r->err_msg, sizeof(r->err_msg), "%s: not enough memory "
-             "(memory_mb=%u)", b->oom ? b->oom_where : r->path,
-             (unsigned)r->memory_mb);
-  else
-    snprintf(r->err_msg, sizeof(r->err_msg), "%.*s",
-             m ? (int)(mlen < sizeof(r->err_msg) ? mlen : sizeof(r->err_msg))
-               : 5, m ? m : "error");
-  snprintf(r->err_where, sizeof(r->err_where), "%s",
-           b->oom ? b->oom_where : r->path);
-  r->err_tb[0] = 0;
-  r->err_set = 1;
-  lua_pop(L, 1);
-  return st;
+  return box_call_after(b, b->ref_finish, b);
 }
 
 void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
                  struct sl_rule_decision *d) {
   struct box *b = r->box;
   lua_State *L = b->L;
-  int st, rebuild = 0;
+  int st, rebuild = 0, ntimers = b->ntimers;
 
   d->verdict = SL_RULE_PASS;
   d->error = SL_RULE_ERR_NONE;
@@ -646,6 +618,8 @@ void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
   d->where[0] = 0;
   d->traceback[0] = 0;
   d->changed = NULL;
+  d->routes_seq = 0;
+  d->timers_changed = 0;
   if (sl_unlikely(b->in_call)) {
     decide_error(d, SL_RULE_ERR_RUNTIME, r->path,
                  "%s: the rule was called again from inside itself", r->path);
@@ -690,9 +664,11 @@ void sl_rule_run(struct sl_rule *r, struct sl_event *ev,
   }
   lua_settop(L, SLOT_BASE);
   clear_event(b);
-  if (rebuild)
+  d->timers_changed = b->ntimers != ntimers;
+  if (rebuild) {
     rule_rebuild(r);
-  else if (sl_unlikely(b->used > b->limit / 4 * 3 || b->gc_busy))
+    d->timers_changed = 1;
+  } else if (sl_unlikely(b->used > b->limit / 4 * 3 || b->gc_busy))
     box_gc_slice(b);
 }
 

@@ -38,6 +38,16 @@ struct slot {
   struct sl_rule *rule;
   struct rule_stats *stats;
   int borrowed; /* the live set's rule, unchanged: not ours to free */
+  int any_topic; /* no topics list: runs on every event, no glob to match */
+  const char *path; /* sl_rule_path, for results */
+  /* the output the rule's last one-name decision resolved to: a rule
+   * returns the same name event after event, and while routes_seq is the
+   * same the name is (resolve_routes); valid for one config's outputs as
+   * in struct route_cache */
+  uint64_t route_seq; /* 0: none */
+  const struct sl_config *route_cfg;
+  const struct sl_output_config *route_outputs;
+  int route_noutputs, route_idx;
 };
 
 /* An emit or log of a version being built, held until its reload commits
@@ -333,6 +343,8 @@ static struct ruleset *set_build(struct sl_rules *rs, char *err,
         goto fail;
       *changed = 1;
     }
+    s->slots[s->n].any_topic = sl_rule_any_topic(r);
+    s->slots[s->n].path = sl_rule_path(r);
     s->slots[s->n++].rule = r;
     if (i >= live_n ||
         strcmp(sl_rule_source(rs->live->slots[i].rule), path) != 0 ||
@@ -933,12 +945,14 @@ static void log_failure(struct sl_rules *rs, const struct sl_event *orig,
 static int run_slot(struct sl_rules *rs, struct slot *sl,
                     struct sl_event **ev) {
   struct sl_rule_decision *d = &rs->d;
-  struct sl_str topic = sl_event_topic(*ev);
   uint64_t t0 = 0;
   int64_t next;
   int timed;
-  if (!sl_rule_matches(sl->rule, topic.p, topic.len))
-    return 0;
+  if (!sl->any_topic) {
+    struct sl_str topic = sl_event_topic(*ev);
+    if (!sl_rule_matches(sl->rule, topic.p, topic.len))
+      return 0;
+  }
   /* two clock reads cost as much as a small rule: time one call in
    * SL_RULES_TIME_EVERY (the histogram is a sample; calls_total exact) */
   timed = sl->stats && (sl->stats->calls & (SL_RULES_TIME_EVERY - 1)) == 0;
@@ -951,7 +965,8 @@ static int run_slot(struct sl_rules *rs, struct slot *sl,
       sl_histogram_observe(&sl->stats->duration,
                            (double)(sl_mono_ns() - t0) / 1e9);
   }
-  if (rs->loop && (next = sl_rule_next_timer(sl->rule)) >= 0 &&
+  if (rs->loop && d->timers_changed &&
+      (next = sl_rule_next_timer(sl->rule)) >= 0 &&
       (rs->next_timer_ms < 0 || next < rs->next_timer_ms))
     arm_timers(rs);
   if (d->changed && d->verdict != SL_RULE_ERROR) {
@@ -995,10 +1010,17 @@ static int route_output(struct sl_rules *rs, const char *name) {
 
 /* The outputs a routing decision names into r; an unknown one makes the
  * decision the rule's runtime error (r->ntargets back to 0). */
-static void resolve_routes(struct sl_rules *rs, const struct slot *sl,
+static void resolve_routes(struct sl_rules *rs, struct slot *sl,
                            struct sl_rule_decision *d,
                            struct sl_rules_result *r) {
+  const struct sl_config *cfg = rs->cfg;
   int j;
+  if (d->nroutes == 1 && d->routes_seq == sl->route_seq &&
+      sl->route_cfg == cfg && sl->route_outputs == cfg->outputs &&
+      sl->route_noutputs == cfg->noutputs) {
+    r->targets[r->ntargets++] = (uint16_t)sl->route_idx;
+    return;
+  }
   for (j = 0; j < d->nroutes; j++) {
     int idx = route_output(rs, d->routes[j]);
     if (idx < 0) {
@@ -1012,6 +1034,13 @@ static void resolve_routes(struct sl_rules *rs, const struct slot *sl,
       return;
     }
     r->targets[r->ntargets++] = (uint16_t)idx;
+  }
+  if (d->nroutes == 1) {
+    sl->route_seq = d->routes_seq;
+    sl->route_cfg = cfg;
+    sl->route_outputs = cfg->outputs;
+    sl->route_noutputs = cfg->noutputs;
+    sl->route_idx = r->targets[r->ntargets - 1];
   }
 }
 
@@ -1068,7 +1097,7 @@ void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
     struct slot *sl = &set->slots[i];
     if (!run_slot(rs, sl, &ev))
       continue;
-    r->rule = sl_rule_path(sl->rule);
+    r->rule = sl->path;
     if (d->verdict == SL_RULE_ROUTE)
       resolve_routes(rs, sl, d, r); /* may turn it into an error */
     switch (d->verdict) {

@@ -93,6 +93,11 @@ struct sl_rule_decision {
   struct sl_event *changed; /* non-NULL: the event after the rule changed
                                it (topic, key, headers or payload); the
                                caller takes the reference */
+  uint64_t routes_seq; /* routes[] names what they named in the rule's last
+                          decision with the same routes_seq (a caller may
+                          keep what it looked up for them) */
+  int timers_changed; /* the call added timers (or rebuilt the state):
+                         sl_rule_next_timer may be sooner */
 };
 
 /* Load path into a new state: the sandboxed environment, the runtime
@@ -109,6 +114,8 @@ void sl_rule_free(struct sl_rule *r);
 
 /* Does the rule's topics list match topic? */
 int sl_rule_matches(const struct sl_rule *r, const char *topic, size_t len);
+/* Does it match every topic (no topics list)? Fixed for the rule's life. */
+int sl_rule_any_topic(const struct sl_rule *r);
 
 /* Run on_event for ev (not consumed). Fills d; never raises. After an error
  * the rule is still usable (a state that is broken beyond use is rebuilt

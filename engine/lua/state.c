@@ -124,9 +124,10 @@ static uint64_t thread_cpu_ns(void) {
 /* Set b's deadline and CPU reference for a call starting now. The sample
  * is the box's own (a box runs on one thread; thread-local storage costs
  * more per call in the shared module than the box's field). */
-static void budget_start(struct box *b) {
+static inline void budget_start(struct box *b) {
   uint64_t now = sl_mono_ns(), budget = (uint64_t)b->rule->cpu_budget_ms *
                                         1000000u;
+  b->budget_ns = budget;
   if (sl_unlikely(now - b->sample_mono > budget / 16 || b->sample_mono == 0)) {
     b->sample_cpu = thread_cpu_ns();
     b->sample_mono = now;
@@ -405,8 +406,9 @@ static void wd_counting(struct box *b) {
   }
 }
 
-/* Before a call into the rule (deadline and in_call set). */
-static void wd_start(struct box *b) {
+/* wd_start's first call on a thread (the timer is made), a thread without
+ * one, and rules.jit. */
+static __attribute__((noinline)) void wd_start_slow(struct box *b) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
 
   if (wd.state == 0) {
@@ -438,13 +440,37 @@ static void wd_start(struct box *b) {
   atomic_signal_fence(memory_order_seq_cst);
   /* armed for before this call started: it fired or is about to */
   if (wd.armed == 0 || wd.armed > b->deadline ||
-      wd.armed + (uint64_t)b->rule->cpu_budget_ms * 1000000u <= b->deadline)
+      wd.armed + b->budget_ns <= b->deadline)
     wd_arm(b->deadline);
   /* rules.jit keeps the count hook too: the watchdog alone did not stop
    * xpcall handlers that swallow the budget's error and retry through C
    * (sandbox_cpu_attack_spec, jit on) */
   if (sl_unlikely(wd.armed == 0 || b->jit)) /* refused (or just fired) */
     wd_counting(b);
+}
+
+/* Before a call into the rule (deadline and in_call set). Every call
+ * comes here, so the common case (the thread's timer made, the JIT off)
+ * is kept short: the timer armed within one budget before this deadline
+ * stays (its handler re-arms it for the running call); else it is armed,
+ * and a refusal leaves the count hook on. */
+static inline void wd_start(struct box *b) {
+  uint64_t armed;
+
+  if (sl_unlikely(wd.state != 1 || b->jit)) {
+    wd_start_slow(b);
+    return;
+  }
+  atomic_signal_fence(memory_order_seq_cst);
+  wd.running = b;
+  atomic_signal_fence(memory_order_seq_cst);
+  armed = wd.armed;
+  if (sl_unlikely(armed == 0 || armed > b->deadline ||
+                  armed + b->budget_ns <= b->deadline)) {
+    wd_arm(b->deadline);
+    if (wd.armed == 0) /* refused (or fired past the deadline) */
+      wd_counting(b);
+  }
 }
 
 /* When this code is unloaded (the sluice_core module for busted is
@@ -559,79 +585,103 @@ int on_error(lua_State *L) {
   return 1;
 }
 
-/* Call the function below nargs arguments on top of the stack under the
- * CPU budget, with on_error as handler. Returns lua_pcall's status. */
-int box_call(struct box *b, int nargs, int nresults) {
-  struct sl_rule *r = b->rule;
-  int st;
-
+/* The prologue of every call into the rule. fresh: the call has a budget
+ * of its own; else it goes on with the one of the call before (on_event's,
+ * for finish: deadline and CPU reference stay, no clock is read). */
+static inline void call_enter(struct box *b, int fresh) {
   if (sl_unlikely(b->ev_shown) && b->ev == NULL)
     ev_hide(b->L, b); /* a kept event must raise outside on_event */
-  r->err_set = 0;
-  b->cpu_hit = 0;
+  b->rule->err_set = 0;
   b->oom = 0;
-  budget_start(b);
+  if (fresh) {
+    b->cpu_hit = 0;
+    budget_start(b);
+  }
   b->in_call = 1;
   wd_start(b);
-  st = lua_pcall(b->L, nargs, nresults, SLOT_HANDLER);
+}
+
+/* The epilogue of every call into the rule, whichever path ran it: the
+ * hook is the idle one after it (none under a watchdog, the count hook
+ * without one or with rules.jit), the interrupt given back. */
+static inline void call_leave(struct box *b) {
   b->in_call = 0;
   wd_stop();
   if (sl_unlikely(b->jit_held))
     jit_give_back(b);
-  strbuf_release(b);
+  if (b->strbuf != NULL)
+    strbuf_release(b);
   if (b->fast_hook) {
     b->fast_hook = 0;
     idle_hook(b);
   }
+}
+
+/* A call without a handler failed with st: its message (on top, popped)
+ * into err_msg, cut to what fits (see on_error). */
+static void unhandled_error(struct box *b, int st) {
+  struct sl_rule *r = b->rule;
+  size_t mlen = 0;
+  const char *m = lua_tolstring(b->L, -1, &mlen);
+
+  if (st == LUA_ERRMEM)
+    snprintf(r->err_msg, sizeof(r->err_msg), "%s: not enough memory "
+             "(memory_mb=%u)", b->oom ? b->oom_where : r->path,
+             (unsigned)r->memory_mb);
+  else
+    snprintf(r->err_msg, sizeof(r->err_msg), "%.*s",
+             m ? (int)(mlen < sizeof(r->err_msg) ? mlen : sizeof(r->err_msg))
+               : 5,
+             m ? m : "error");
+  snprintf(r->err_where, sizeof(r->err_where), "%s",
+           b->oom ? b->oom_where : r->path);
+  r->err_tb[0] = 0;
+  r->err_set = 1;
+  lua_pop(b->L, 1);
+}
+
+/* Call the function below nargs arguments on top of the stack under the
+ * CPU budget, with on_error as handler. Returns lua_pcall's status. */
+int box_call(struct box *b, int nargs, int nresults) {
+  int st;
+
+  call_enter(b, 1);
+  st = lua_pcall(b->L, nargs, nresults, SLOT_HANDLER);
+  call_leave(b);
+  return st;
+}
+
+/* The C function in registry slot ref, called with ud in protected mode
+ * right after the call before it and on that call's budget (finish after
+ * on_event): no closure is made (lua_cpcall makes one per call) and the
+ * clocks are not read again. No handler: a raised message is left in
+ * err_msg as box_cpcall leaves it. */
+int box_call_after(struct box *b, int ref, void *ud) {
+  int st;
+
+  call_enter(b, 0);
+  lua_rawgeti(b->L, LUA_REGISTRYINDEX, ref);
+  lua_pushlightuserdata(b->L, ud);
+  st = lua_pcall(b->L, 1, 0, 0);
+  call_leave(b);
+  if (st != 0)
+    unhandled_error(b, st);
   return st;
 }
 
 /* Like box_call for a C function run in protected mode (lua_cpcall),
- * which has no handler; a raised message is left in err_msg. */
+ * which has no handler; a raised message is left in err_msg. Inside a
+ * call it runs on that call's budget and leaves its state alone. */
 int box_cpcall(struct box *b, lua_CFunction fn, void *ud) {
-  struct sl_rule *r = b->rule;
   int st, keep = b->in_call;
 
-  if (sl_unlikely(b->ev_shown) && b->ev == NULL)
-    ev_hide(b->L, b); /* a kept event must raise outside on_event */
-  if (!keep) {
-    r->err_set = 0;
-    b->cpu_hit = 0;
-    b->oom = 0;
-    budget_start(b);
-    b->in_call = 1;
-    wd_start(b);
-  }
+  if (!keep)
+    call_enter(b, 1);
   st = lua_cpcall(b->L, fn, ud);
-  b->in_call = keep;
-  if (!keep) {
-    wd_stop();
-    if (sl_unlikely(b->jit_held))
-      jit_give_back(b);
-    strbuf_release(b);
-  }
-  if (!keep && b->fast_hook) {
-    b->fast_hook = 0;
-    idle_hook(b);
-  }
-  if (st != 0) {
-    size_t mlen = 0;
-    const char *m = lua_tolstring(b->L, -1, &mlen);
-    if (st == LUA_ERRMEM)
-      snprintf(r->err_msg, sizeof(r->err_msg), "%s: not enough memory "
-               "(memory_mb=%u)", b->oom ? b->oom_where : r->path,
-               (unsigned)r->memory_mb);
-    else
-      snprintf(r->err_msg, sizeof(r->err_msg), "%.*s",
-               m ? (int)(mlen < sizeof(r->err_msg) ? mlen : sizeof(r->err_msg))
-                 : 5,
-               m ? m : "error"); /* only what fits: see on_error */
-    snprintf(r->err_where, sizeof(r->err_where), "%s",
-             b->oom ? b->oom_where : r->path);
-    r->err_tb[0] = 0;
-    r->err_set = 1;
-    lua_pop(b->L, 1);
-  }
+  if (!keep)
+    call_leave(b);
+  if (st != 0)
+    unhandled_error(b, st);
   return st;
 }
 

@@ -298,6 +298,40 @@ TEST(rules_returned_output_names_follow_the_config_across_reloads) {
   sl_config_free(old);
 }
 
+/* A rule's last one-name decision keeps its output (slot cache, keyed by
+ * the decision's routes_seq): lists, one-name lists and names in any
+ * order still resolve to what they name. */
+TEST(rules_lists_and_names_in_turn_resolve_to_what_they_name) {
+  struct set s;
+  struct sl_rules_result r;
+  static const char *const topics[] = {"x.b", "x.b", "x.one", "x.b",
+                                       "x.list", "x.a", "x.a", "x.one",
+                                       "x.one", "x.a", "x.b", "x.list"};
+  static const int want[][2] = {{1, -1}, {1, -1}, {0, -1}, {1, -1},
+                                {1, 0},  {0, -1}, {0, -1}, {0, -1},
+                                {0, -1}, {0, -1}, {1, -1}, {1, 0}};
+  int i, round;
+
+  CHECK_EQ(set_init(&s, 0), 0);
+  write_file(s.rules, "10_mixed.lua",
+             "return { topics = 'x.*', on_event = function(ev)\n"
+             "  local t = ev.topic\n"
+             "  if t == 'x.list' then return { 'b', 'a' } end\n"
+             "  if t == 'x.one' then return { 'a' } end\n"
+             "  return (t:sub(3)) end }\n");
+  CHECK_EQ(set_start(&s), 0);
+  for (round = 0; round < 2; round++)
+    for (i = 0; i < 12; i++) {
+      decide(&s, topics[i], &r, NULL, NULL, 0);
+      CHECK_EQ(r.outcome, SL_RULES_ROUTED);
+      CHECK_EQ(r.ntargets, want[i][1] < 0 ? 1 : 2);
+      CHECK_EQ(r.targets[0], want[i][0]);
+      if (want[i][1] >= 0)
+        CHECK_EQ(r.targets[1], want[i][1]);
+    }
+  set_close(&s);
+}
+
 TEST(rules_a_bad_file_at_start_fails_with_file_and_line) {
   struct set s;
   CHECK_EQ(set_init(&s, 0), 0);
@@ -489,6 +523,35 @@ TEST(rules_reload_stops_the_old_versions_timers_and_starts_the_new_ones) {
   /* the new version's timer runs, and the unchanged rule kept its own */
   CHECK(run_until_emitted(&s, "0:v2", "0:keep"));
   CHECK_EQ(count_emitted(&s, "0:v1"), 0); /* closed with its version */
+  set_close(&s);
+}
+
+/* A timer on_event adds is armed on the loop (the set looks at a rule's
+ * timers only after a call that added one): no other timer would wake
+ * the loop for it. */
+TEST(rules_a_timer_added_by_on_event_runs) {
+  struct set s;
+  struct sl_rules_result r;
+  int i;
+  CHECK_EQ(set_init(&s, 1), 0);
+  write_file(s.rules, "10_later.lua",
+             "return { topics = 'x.*', on_event = function(ev)\n"
+             "  if ev.topic == 'x.start' then\n"
+             "    sluice.every(5, function() sluice.emit('a', { topic = "
+             "'tick' }) end)\n"
+             "  end\n"
+             "end }\n");
+  CHECK_EQ(set_start(&s), 0);
+  for (i = 0; i < 3; i++)
+    decide(&s, "x.quiet", &r, NULL, NULL, 0);
+  for (i = 0; i < 20; i++) {
+    uv_run(&s.loop, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  CHECK_EQ(count_emitted(&s, "0:tick"), 0);
+  decide(&s, "x.start", &r, NULL, NULL, 0);
+  decide(&s, "x.quiet", &r, NULL, NULL, 0);
+  CHECK(run_until_emitted(&s, "0:tick", "0:tick"));
   set_close(&s);
 }
 

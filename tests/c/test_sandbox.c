@@ -1016,6 +1016,87 @@ TEST(sandbox_payload_read_keeps_bytes_and_write_splices) {
   sl_rule_free(r);
 }
 
+/* The hook between calls is the idle one (state.c idle_hook): none when
+ * the watchdog guards the thread, the count hook with rules.jit. */
+static int idle_hook(const struct sl_rule *r) {
+  const struct box *b = r->box;
+  int mask = lua_gethookmask(b->L), count = lua_gethookcount(b->L);
+  int idle = b->jit || b->counting ? mask == LUA_MASKCOUNT &&
+                                         count == HOOK_COUNT
+                                   : mask == 0;
+
+  if (!idle || b->in_call || b->fast_hook)
+    fprintf(stderr, "  hook mask %d count %d (jit %d counting %d), in_call "
+            "%d fast_hook %d\n", mask, count, b->jit, b->counting,
+            b->in_call, b->fast_hook);
+  return idle && !b->in_call && !b->fast_hook;
+}
+
+/* finish (the changed event built after on_event) ends as every call does
+ * (box_call's epilogue): a payload write, by the write log or by finish,
+ * leaves the idle hook; so does finish running out of on_event's budget,
+ * and the next call has a whole budget again. It used to put the count
+ * hook back after an overrun, where the watchdog had removed it. */
+TEST(sandbox_payload_writes_leave_the_idle_hook_and_a_whole_budget) {
+  char err[512];
+  struct sl_rule_limits lim = {2000, 128, NULL, NULL, NULL, 16u << 20,
+                               jit_on};
+  struct sl_rule_host host;
+  struct sl_rule_decision d;
+  struct sl_rule *r;
+  int k;
+
+  memset(&host, 0, sizeof(host));
+  r = sl_rule_load(
+      write_rule("local big = {}\n"
+                 "return { on_start = function()\n"
+                 "  for i = 1, 1000000 do big[i] = i % 100 end end,\n"
+                 "on_event = function(ev)\n"
+                 "  local t = ev.topic\n"
+                 "  if t == 'log' then ev.payload.priority = 'high' end\n"
+                 "  if t == 'set' then ev.payload = { amount = 1 } end\n"
+                 "  if t == 'big' then ev.payload = big end\n"
+                 "  return 'out'\n"
+                 "end }\n"),
+      &lim, &host, err, sizeof(err));
+  CHECK(r != NULL);
+  if (!jit_on) /* this thread has the watchdog: no hook between calls */
+    CHECK_EQ(r->box->counting, 0);
+  CHECK(idle_hook(r));
+  run(r, "log", 5, &d); /* the write log's path: no call */
+  CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+  CHECK(d.changed != NULL);
+  sl_event_unref(d.changed);
+  CHECK(idle_hook(r));
+  run(r, "set", 5, &d); /* finish, in a call */
+  CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+  CHECK(d.changed != NULL);
+  sl_event_unref(d.changed);
+  CHECK(idle_hook(r));
+  /* on_event itself takes no time; encoding a million values in finish
+   * takes far more than 1 ms of CPU. The collector is stopped: a step that
+   * traverses the million-entry table takes milliseconds too, in whichever
+   * call it falls (seen once in make test, in the "set" below) */
+  lua_gc(r->box->L, LUA_GCCOLLECT, 0);
+  lua_gc(r->box->L, LUA_GCSTOP, 0);
+  r->cpu_budget_ms = 1;
+  for (k = 0; k < 3; k++) {
+    run(r, "big", 5, &d);
+    CHECK_EQ(d.verdict, SL_RULE_ERROR);
+    CHECK_EQ(d.error, SL_RULE_ERR_CPU);
+    CHECK(d.changed == NULL);
+    CHECK(idle_hook(r));
+    run(r, "set", 5, &d); /* a whole budget again */
+    if (d.verdict != SL_RULE_ROUTE)
+      fprintf(stderr, "  set: %s\n", d.message); /* which limit */
+    CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+    CHECK(d.changed != NULL);
+    sl_event_unref(d.changed);
+    CHECK(idle_hook(r));
+  }
+  sl_rule_free(r);
+}
+
 /* ---- rules.jit: compiled code under the CPU budget (issue 14 item 3) ----
  * tests/c/test_jit_budget.c shows the mechanism on bare LuaJIT; these show
  * the engine's use of it: every kind of loop stopped within its budget once
