@@ -62,6 +62,7 @@ struct sl_source {
    * ring of that worker (not yet decided) */
   struct sl_source_tag *tag;
   int shard_wait;
+  int shard_bucket;  /* the held event's bucket (counted in flight) */
   int refused_later; /* workers > 1: one of its events was refused after
                         sl_worker_submit returned (refused_output says
                         where): never ack it; refuse (close, 503) instead */

@@ -48,6 +48,7 @@ struct job {
   uint64_t seq;  /* order of hand-out over all replicas (durability) */
   char *schema;  /* warn-mode misfit for the tap, or NULL */
   int input;     /* slot of the input it came from */
+  uint8_t bucket; /* its shard bucket (in flight until applied) */
 };
 
 struct result {
@@ -57,6 +58,7 @@ struct result {
   uint64_t seq;
   char *rule, *reason, *schema; /* copies (the tap only), or NULL */
   int input, route, outcome, ntargets;
+  uint8_t bucket;
   uint16_t targets[SL_CONFIG_MAX_OUTPUTS];
 };
 
@@ -99,6 +101,7 @@ struct replica {
   struct sl_source holder;
   struct sl_source_tag *held_tag;
   uint64_t held_seq;
+  uint8_t held_bucket;
   struct sl_queue room_q; /* sources waiting for room in jobs */
   uint64_t inflight;      /* jobs handed out and not yet applied */
   uint64_t *seqs;         /* their seqs, oldest first (a circle of
@@ -116,7 +119,20 @@ struct sl_workers {
   uv_check_t check;
   int handles_open;
   uint8_t bucket[256]; /* hash & 255 -> worker */
+  /* a bucket's events handed to a replica (in its rings, being decided,
+   * held for ring or output room) and not yet applied: it moves to
+   * another worker only at 0, so one key's events never overtake */
+  uint32_t bucket_inflight[256];
+  int cur_bucket;      /* the bucket sl_workers_shard picked last */
   uint64_t rr;         /* round robin for keyless events */
+  /* the balance (README "Workers"): every balance_ms, buckets move from
+   * the busiest worker to the least busy one */
+  uv_timer_t balance;
+  uint64_t balance_ms;
+  int churn;           /* test hook: move every idle bucket each period */
+  int cursor;          /* where the next move looks first */
+  uint64_t bal_wall, bal_events, bal_idle[SL_CONFIG_MAX_WORKERS];
+  uint64_t moves;      /* buckets moved */
   uint64_t seq;        /* last job seq handed out */
   uint64_t inflight;   /* over all replicas */
   uint64_t main_decided; /* events decided inline (worker 0) */
@@ -231,6 +247,7 @@ static void decide(struct replica *r, const struct job *j) {
   res.tag = j->tag;
   res.seq = j->seq;
   res.input = j->input;
+  res.bucket = j->bucket;
   res.schema = j->schema;
   r->cur_tail = &res.emits;
   sl_rules_decide(r->rules, j->ev, &rr);
@@ -330,6 +347,8 @@ static void *replica_main(void *arg) {
 
   sl_idgen_init(&r->idgen); /* its own random prefix: ids stay unique */
   rc = uv_loop_init(&r->loop);
+  if (rc == 0) /* main's balance reads it (thread-safe in libuv) */
+    rc = uv_loop_configure(&r->loop, UV_METRICS_IDLE_TIME);
   if (rc == 0 && (rc = uv_async_init(&r->loop, &r->wake, on_wake)) == 0)
     wake_open = 1;
   if (rc != 0)
@@ -377,6 +396,7 @@ int sl_workers_shard(struct sl_worker *w, const struct sl_event *ev) {
                                       ev->key_len)
                            : (uint32_t)ws->rr++;
   int shard = ws->bucket[h & 255];
+  ws->cur_bucket = (int)(h & 255);
   if (shard == 0)
     ws->main_decided++;
   return shard;
@@ -412,11 +432,14 @@ int sl_workers_submit(struct sl_source *s, struct sl_event *ev, int shard,
   j.tag = s->tag;
   j.input = s->input->index;
   j.schema = schema && w->tap ? strdup(schema) : NULL;
+  j.bucket = (uint8_t)w->workers->cur_bucket;
+  w->workers->bucket_inflight[j.bucket]++; /* held counts too */
   if (push_job(r, &j) == 0)
     return 0;
   free(j.schema); /* the tap's note is lost for a held event */
   s->held = ev;
   s->shard_wait = shard;
+  s->shard_bucket = j.bucket;
   sl_queue_wait(&r->room_q, &s->waiter);
   return SL_EAGAIN;
 }
@@ -428,6 +451,7 @@ void sl_workers_room(struct sl_source *s) {
   j.tag = s->tag;
   j.input = s->input->index;
   j.schema = NULL;
+  j.bucket = (uint8_t)s->shard_bucket;
   if (push_job(r, &j) != 0) {
     sl_queue_wait(&r->room_q, &s->waiter);
     return;
@@ -439,6 +463,8 @@ void sl_workers_room(struct sl_source *s) {
 }
 
 void sl_workers_source_gone(struct sl_source *s) {
+  if (s->shard_wait && s->held) /* never handed out: frees the bucket */
+    s->w->workers->bucket_inflight[s->shard_bucket]--;
   s->shard_wait = 0;
   if (s->tag == NULL)
     return;
@@ -494,7 +520,7 @@ static void tag_unref(struct sl_source_tag *t) {
 }
 
 static void job_done(struct replica *r, struct sl_source_tag *tag,
-                     uint64_t seq) {
+                     uint64_t seq, uint8_t bucket) {
   struct sl_workers *ws = r->ws;
   struct sl_source *s = tag ? tag->s : NULL;
   if (s && r->holder.refused && !s->refused_later) {
@@ -502,6 +528,7 @@ static void job_done(struct replica *r, struct sl_source_tag *tag,
     s->refused_output = r->holder.refused_output;
   }
   tag_unref(tag);
+  ws->bucket_inflight[bucket]--;
   (void)seq; /* results come in job order: it is the oldest */
   r->seqs_head++;
   r->inflight--;
@@ -550,9 +577,10 @@ static void apply(struct replica *r, struct result *res) {
     r->blocked = 1; /* stop here: the replica fills its ring, then stops */
     r->held_tag = res->tag;
     r->held_seq = res->seq;
+    r->held_bucket = res->bucket;
     return;
   }
-  job_done(r, res->tag, res->seq);
+  job_done(r, res->tag, res->seq, res->bucket);
 }
 
 static void drain(struct replica *r) {
@@ -610,7 +638,7 @@ static void on_results(uv_async_t *a) {
 static void holder_resume(struct sl_source *s) {
   struct replica *r = container_of(s, struct replica, holder);
   r->blocked = 0;
-  job_done(r, r->held_tag, r->held_seq);
+  job_done(r, r->held_tag, r->held_seq, r->held_bucket);
   r->held_tag = NULL;
   drain(r);
 }
@@ -638,6 +666,125 @@ uint64_t sl_workers_busy(struct sl_worker *w) {
   for (i = 0; i < ws->n - 1; i++)
     n += atomic_load(&ws->r[i].pending_n) + sl_ring_count(&ws->r[i].results);
   return n;
+}
+
+/* ---- the balance: buckets move to where there is time for them ---------- */
+
+#define BALANCE_MS 200 /* a period */
+#define BALANCE_GAP 0.05 /* busy fractions closer than this: nothing moves */
+#define BALANCE_MIN_EVENTS 1000 /* per period: fewer, the loads say nothing */
+#define BALANCE_MAX_MOVE 32 /* buckets per period */
+
+/* Move up to k of from's buckets that have nothing in flight to worker
+ * to, looking from the cursor on (the next move goes on from there).
+ * Keeps at least one bucket on from. Returns how many moved. */
+static int move_buckets(struct sl_workers *ws, int from, int to, int k) {
+  int i, nb = 0, moved = 0;
+  for (i = 0; i < 256; i++)
+    nb += ws->bucket[i] == from;
+  if (k > nb - 1)
+    k = nb - 1;
+  for (i = 0; i < 256 && moved < k; i++) {
+    int b = (ws->cursor + i) & 255;
+    if (ws->bucket[b] != from || ws->bucket_inflight[b])
+      continue; /* another worker's, or a key's events still on their way */
+    ws->bucket[b] = (uint8_t)to;
+    moved++;
+    ws->cursor = (b + 1) & 255;
+  }
+  ws->moves += (uint64_t)moved;
+  return moved;
+}
+
+/* One period's decision from the fraction of it each worker was busy (not
+ * waiting in its loop): the busiest gives the least busy half the gap's
+ * share of its buckets (at least one, at most BALANCE_MAX_MOVE). Worker 0
+ * reads and writes every input and output and applies the replicas'
+ * results, so with a cheap rule it is the busiest and sheds buckets; with a
+ * costly one the replicas are, and buckets come back. Half the gap, and
+ * nothing under BALANCE_GAP: it settles instead of swinging. */
+static int balance_step(struct sl_workers *ws, const double *busy) {
+  int i, b = 0, l = 0, nb = 0, k;
+  for (i = 1; i < ws->n; i++) {
+    if (busy[i] > busy[b])
+      b = i;
+    if (busy[i] < busy[l])
+      l = i;
+  }
+  if (busy[b] - busy[l] < BALANCE_GAP)
+    return 0;
+  for (i = 0; i < 256; i++)
+    nb += ws->bucket[i] == b;
+  k = (int)(nb * (busy[b] - busy[l]) / 2);
+  k = k < 1 ? 1 : k > BALANCE_MAX_MOVE ? BALANCE_MAX_MOVE : k;
+  return move_buckets(ws, b, l, k);
+}
+
+/* The test hook (SLUICE_WORKERS_CHURN=1): every bucket with nothing in
+ * flight moves to the next worker each period, whatever the load, so tests
+ * see many moves while events flow. */
+static void churn(struct sl_workers *ws) {
+  int b;
+  for (b = 0; b < 256; b++)
+    if (ws->bucket_inflight[b] == 0) {
+      ws->bucket[b] = (uint8_t)((ws->bucket[b] + 1) % ws->n);
+      ws->moves++;
+    }
+}
+
+static uint64_t idle_ns(struct sl_workers *ws, int i) {
+  return uv_metrics_idle_time(i ? &ws->r[i - 1].loop : &ws->w->loop);
+}
+
+static uint64_t decided_all(struct sl_workers *ws) {
+  uint64_t n = ws->main_decided;
+  int i;
+  for (i = 0; i < ws->n - 1; i++)
+    n += atomic_load_explicit(&ws->r[i].decided, memory_order_relaxed);
+  return n;
+}
+
+static void on_balance(uv_timer_t *t) {
+  struct sl_workers *ws = t->data;
+  uint64_t now = uv_hrtime(), wall = now - ws->bal_wall;
+  uint64_t events = decided_all(ws), n = events - ws->bal_events;
+  double busy[SL_CONFIG_MAX_WORKERS];
+  int i;
+  for (i = 0; i < ws->n; i++) {
+    uint64_t idle = idle_ns(ws, i), d = idle - ws->bal_idle[i];
+    busy[i] = wall && d < wall ? 1.0 - (double)d / (double)wall : 0.0;
+    ws->bal_idle[i] = idle;
+  }
+  ws->bal_wall = now;
+  ws->bal_events = events;
+  if (ws->shut || ws->w->stopping)
+    return; /* draining: where a bucket is does not matter any more */
+  if (ws->churn)
+    churn(ws);
+  else if (n >= BALANCE_MIN_EVENTS)
+    (void)balance_step(ws, busy);
+}
+
+/* Replicas' idle times are read once they run (their loops exist). */
+static void balance_start(struct sl_workers *ws) {
+  int i;
+  ws->bal_wall = uv_hrtime();
+  for (i = 0; i < ws->n; i++)
+    ws->bal_idle[i] = idle_ns(ws, i);
+  uv_timer_start(&ws->balance, on_balance, ws->balance_ms, ws->balance_ms);
+}
+
+/* SLUICE_WORKERS_BALANCE_MS (the period; 0: never move) and
+ * SLUICE_WORKERS_CHURN are for tests: undocumented for users. */
+static void balance_init(struct sl_workers *ws) {
+  const char *ms = getenv("SLUICE_WORKERS_BALANCE_MS");
+  const char *churn_env = getenv("SLUICE_WORKERS_CHURN");
+  ws->balance_ms = ms ? strtoull(ms, NULL, 10) : BALANCE_MS;
+  ws->churn = churn_env && strcmp(churn_env, "1") == 0;
+  uv_loop_configure(&ws->w->loop, UV_METRICS_IDLE_TIME);
+  uv_timer_init(&ws->w->loop, &ws->balance);
+  ws->balance.data = ws;
+  uv_unref((uv_handle_t *)&ws->balance); /* never what keeps the loop up */
 }
 
 /* ---- lifecycle ----------------------------------------------------------- */
@@ -714,6 +861,7 @@ int sl_workers_start(struct sl_worker *w, char *err, size_t errlen) {
   uv_check_init(&w->loop, &ws->check);
   ws->results_async.data = ws->check.data = ws;
   uv_check_start(&ws->check, on_check);
+  balance_init(ws);
   ws->handles_open = 1;
   for (i = 0; i < ws->n - 1; i++)
     if ((rc = replica_start(ws, &ws->r[i], i + 1, err, errlen)) != 0)
@@ -722,6 +870,8 @@ int sl_workers_start(struct sl_worker *w, char *err, size_t errlen) {
     snprintf(err, errlen, "out of memory");
     return rc;
   }
+  if (ws->balance_ms)
+    balance_start(ws);
   sl_log(SL_LOG_INFO, "workers started", SL_I("workers", ws->n), SL_END);
   return 0;
 }
@@ -758,6 +908,8 @@ void sl_workers_finish(struct sl_worker *w) {
       uv_close((uv_handle_t *)&ws->results_async, NULL);
     if (!uv_is_closing((uv_handle_t *)&ws->check))
       uv_close((uv_handle_t *)&ws->check, NULL);
+    if (!uv_is_closing((uv_handle_t *)&ws->balance))
+      uv_close((uv_handle_t *)&ws->balance, NULL);
     ws->handles_open = 0;
   }
 }
@@ -944,6 +1096,14 @@ static const struct sl_metric m_emit_dropped = {
     "sluice_worker_emit_dropped_total",
     "Events a worker's rules emitted outside a decision (timers, on_stop) "
     "dropped because its result ring stayed full.", C, {"worker", NULL}};
+static const struct sl_metric m_buckets = {
+    "sluice_worker_buckets",
+    "Shard buckets (of 256) each worker decides now: its share of the keys "
+    "and of the keyless events; the balance moves them.", G,
+    {"worker", NULL}};
+static const struct sl_metric m_moves = {
+    "sluice_worker_bucket_moves_total",
+    "Shard buckets the balance moved from one worker to another.", C, {NULL}};
 #undef C
 #undef G
 
@@ -953,8 +1113,8 @@ static void collect(struct sl_metric_out *out, const struct sl_metric *m,
   char num[16];
   const char *v[] = {num};
   int i;
-  if (m == &m_workers) {
-    sl_metric_put_u64(out, NULL, (uint64_t)ws->n);
+  if (m == &m_workers || m == &m_moves) {
+    sl_metric_put_u64(out, NULL, m == &m_workers ? (uint64_t)ws->n : ws->moves);
     return;
   }
   for (i = 0; i < ws->n; i++) {
@@ -968,7 +1128,11 @@ static void collect(struct sl_metric_out *out, const struct sl_metric *m,
       x = r ? sl_ring_count(&r->jobs) + sl_ring_count(&r->results) : 0;
     else if (m == &m_held)
       x = r ? (uint64_t)r->blocked : 0;
-    else if (m == &m_emit_dropped)
+    else if (m == &m_buckets) {
+      int b;
+      for (b = 0; b < 256; b++)
+        x += ws->bucket[b] == i;
+    } else if (m == &m_emit_dropped)
       x = r ? atomic_load_explicit(&r->emit_dropped, memory_order_relaxed)
             : 0;
     sl_metric_put_u64(out, v, x);
@@ -986,5 +1150,9 @@ int sl_workers_metrics(struct sl_worker *w) {
     rc = sl_metric_add(w->metrics, &m_held, collect, ws);
   if (rc == 0)
     rc = sl_metric_add(w->metrics, &m_emit_dropped, collect, ws);
+  if (rc == 0)
+    rc = sl_metric_add(w->metrics, &m_buckets, collect, ws);
+  if (rc == 0)
+    rc = sl_metric_add(w->metrics, &m_moves, collect, ws);
   return rc;
 }
