@@ -339,12 +339,19 @@ static void on_wake(uv_async_t *a) {
     work(r);
 }
 
+/* What main's set 0 logs once for every worker (with the worker count on
+ * a reload, sl_workers_reload): a replica's set does not say it again. */
+static const char *const replica_mute[] = {
+    "rules loaded", "rules reloaded", "rules unchanged; reload skipped",
+    "rules reload rejected; the live version stays", NULL};
+
 static void *replica_main(void *arg) {
   struct replica *r = arg;
   struct sl_rules_owner owner = {r, replica_emit, NULL};
   char err[1024] = "";
   int rc, wake_open = 0;
 
+  sl_log_thread_mute(replica_mute);
   sl_idgen_init(&r->idgen); /* its own random prefix: ids stay unique */
   rc = uv_loop_init(&r->loop);
   if (rc == 0) /* main's balance reads it (thread-safe in libuv) */
@@ -999,8 +1006,10 @@ static void commit_all(void *data) {
   struct reload_ctx *c = data;
   struct sl_route_limit *limits = c->ws->w->route_limits;
   int i;
+  sl_log_thread_field(NULL, 0); /* the config's own lines: as they are */
   if (c->commit)
     c->commit(c->data);
+  sl_log_thread_field("workers", c->ws->n);
   if (c->ws->w->route_limits != limits) /* routes changed; replicas paused */
     for (i = 0; i < c->ws->n - 1; i++)
       c->ws->r[i].stale = (uint32_t)sl_ring_count(&c->ws->r[i].results);
@@ -1035,6 +1044,7 @@ int sl_workers_reload(struct sl_worker *w, const struct sl_config *cfg,
   char why[1024];
   int i, rc, failed = 0;
 
+  sl_log_thread_field("workers", ws->n); /* set 0's lines speak for all */
   memset(&c, 0, sizeof(c));
   c.ws = ws;
   c.commit = commit;
@@ -1055,11 +1065,13 @@ int sl_workers_reload(struct sl_worker *w, const struct sl_config *cfg,
     sl_log(SL_LOG_ERROR, "rules reload failed on a worker; every worker "
            "keeps the running rules", SL_S("trigger", trigger),
            SL_S("error", err), SL_END);
+    sl_log_thread_field(NULL, 0);
     return failed;
   }
   rc = sl_rules_reload_with(w->rules, cfg, trigger, commit_all, &c);
   if (rc != 0 || !c.committed)
     abort_all(&c); /* set 0 failed, or found nothing to change */
+  sl_log_thread_field(NULL, 0);
   return rc;
 }
 
