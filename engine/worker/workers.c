@@ -123,6 +123,11 @@ struct sl_workers {
    * held for ring or output room) and not yet applied: it moves to
    * another worker only at 0, so one key's events never overtake */
   uint32_t bucket_inflight[256];
+  /* target + 1 of a bucket that moves once its in-flight count is 0: its
+   * new events wait at their source (move_q) until then; 0: not moving */
+  uint8_t moving[256];
+  struct sl_queue move_q;
+  int move_wake;       /* a move completed: wake move_q */
   int cur_bucket;      /* the bucket sl_workers_shard picked last */
   uint64_t rr;         /* round robin for keyless events */
   /* the balance (README "Workers"): every balance_ms, buckets move from
@@ -386,6 +391,33 @@ static void *replica_main(void *arg) {
 
 /* ---- the main thread: handing out ---------------------------------------- */
 
+/* One of bucket b's events in flight was applied (or dropped): at 0 a
+ * move that waited for it is done. */
+static void bucket_done(struct sl_workers *ws, int b) {
+  if (--ws->bucket_inflight[b] == 0 && ws->moving[b]) {
+    ws->bucket[b] = (uint8_t)(ws->moving[b] - 1);
+    ws->moving[b] = 0;
+    ws->move_wake = 1; /* not from inside an apply: at the drain's end */
+  }
+}
+
+static void move_wake(struct sl_workers *ws) {
+  if (ws->move_wake) {
+    ws->move_wake = 0;
+    sl_queue_wake(&ws->move_q);
+  }
+}
+
+/* ev's bucket is moving: s holds ev until the move is done (moved_room),
+ * so no event of the bucket overtakes one still in the old worker. */
+static int hold_for_move(struct sl_source *s, struct sl_event *ev) {
+  s->held = ev;
+  s->shard_wait = SL_WORKERS_MOVING;
+  s->shard_bucket = s->w->workers->cur_bucket;
+  sl_queue_wait(&s->w->workers->move_q, &s->waiter);
+  return SL_EAGAIN;
+}
+
 static uint32_t key_hash(const char *p, uint32_t n) {
   uint32_t h = 2166136261u; /* FNV-1a, then mixed: the low byte picks */
   uint32_t i;
@@ -404,6 +436,8 @@ int sl_workers_shard(struct sl_worker *w, const struct sl_event *ev) {
                            : (uint32_t)ws->rr++;
   int shard = ws->bucket[h & 255];
   ws->cur_bucket = (int)(h & 255);
+  if (ws->moving[h & 255])
+    return SL_WORKERS_MOVING;
   if (shard == 0)
     ws->main_decided++;
   return shard;
@@ -426,14 +460,17 @@ static int push_job(struct replica *r, struct job *j) {
 int sl_workers_submit(struct sl_source *s, struct sl_event *ev, int shard,
                       const char *schema) {
   struct sl_worker *w = s->w;
-  struct replica *r = &w->workers->r[shard - 1];
+  struct replica *r;
   struct job j;
+  if (shard == SL_WORKERS_MOVING)
+    return hold_for_move(s, ev); /* the tap's note is lost, as held */
   if (s->tag == NULL) {
     s->tag = calloc(1, sizeof(*s->tag));
     if (s->tag == NULL)
       return SL_ENOMEM;
     s->tag->s = s;
   }
+  r = &w->workers->r[shard - 1];
   /* s->refused stays: a refusal found in an earlier result is still news */
   j.ev = ev;
   j.tag = s->tag;
@@ -451,9 +488,40 @@ int sl_workers_submit(struct sl_source *s, struct sl_event *ev, int shard,
   return SL_EAGAIN;
 }
 
+/* A source held for a moving bucket: the move is done (or another one). */
+static void moved_room(struct sl_source *s) {
+  struct sl_workers *ws = s->w->workers;
+  struct sl_event *ev = s->held;
+  int b = s->shard_bucket, rc;
+  if (ws->moving[b]) {
+    sl_queue_wait(&ws->move_q, &s->waiter);
+    return;
+  }
+  s->held = NULL;
+  s->shard_wait = 0;
+  ws->cur_bucket = b;
+  if (ws->bucket[b] == 0) {
+    ws->main_decided++;
+    rc = sl_worker_decide_inline(s, ev, NULL);
+  } else {
+    rc = sl_workers_submit(s, ev, ws->bucket[b], NULL);
+    if (rc == SL_ENOMEM) /* nothing of b in flight: inline keeps order */
+      rc = sl_worker_decide_inline(s, ev, NULL);
+  }
+  if (rc == SL_EAGAIN)
+    return; /* held again (ring or output room): that wake resumes it */
+  if (s->on_resume)
+    s->on_resume(s); /* s->refused tells a refusal */
+}
+
 void sl_workers_room(struct sl_source *s) {
-  struct replica *r = &s->w->workers->r[s->shard_wait - 1];
+  struct replica *r;
   struct job j;
+  if (s->shard_wait == SL_WORKERS_MOVING) {
+    moved_room(s);
+    return;
+  }
+  r = &s->w->workers->r[s->shard_wait - 1];
   j.ev = s->held;
   j.tag = s->tag;
   j.input = s->input->index;
@@ -470,8 +538,8 @@ void sl_workers_room(struct sl_source *s) {
 }
 
 void sl_workers_source_gone(struct sl_source *s) {
-  if (s->shard_wait && s->held) /* never handed out: frees the bucket */
-    s->w->workers->bucket_inflight[s->shard_bucket]--;
+  if (s->shard_wait > 0 && s->held) /* never handed out: frees the bucket */
+    bucket_done(s->w->workers, s->shard_bucket);
   s->shard_wait = 0;
   if (s->tag == NULL)
     return;
@@ -486,6 +554,7 @@ static void on_check(uv_check_t *c) {
   struct sl_workers *ws = c->data;
   int i;
   atomic_store_explicit(&ws->tap_on, ws->w->tap != NULL, memory_order_relaxed);
+  move_wake(ws);
   for (i = 0; i < ws->n - 1; i++)
     if (ws->r[i].pushed) {
       ws->r[i].pushed = 0;
@@ -535,7 +604,7 @@ static void job_done(struct replica *r, struct sl_source_tag *tag,
     s->refused_output = r->holder.refused_output;
   }
   tag_unref(tag);
-  ws->bucket_inflight[bucket]--;
+  bucket_done(ws, bucket);
   (void)seq; /* results come in job order: it is the oldest */
   r->seqs_head++;
   r->inflight--;
@@ -612,6 +681,7 @@ static void drain(struct replica *r) {
     uv_async_send(&r->wake);
   if (sl_ring_room(&r->jobs))
     sl_queue_wake(&r->room_q);
+  move_wake(r->ws);
 }
 
 /* From an input between two reads (its source holds nothing): libuv reads
@@ -680,63 +750,135 @@ uint64_t sl_workers_busy(struct sl_worker *w) {
 #define BALANCE_MS 200 /* a period */
 #define BALANCE_GAP 0.05 /* busy fractions closer than this: nothing moves */
 #define BALANCE_MIN_EVENTS 1000 /* per period: fewer, the loads say nothing */
-#define BALANCE_MAX_MOVE 32 /* buckets per period */
 
-/* Move up to k of from's buckets that have nothing in flight to worker
- * to, looking from the cursor on (the next move goes on from there).
- * Keeps at least one bucket on from. Returns how many moved. */
+/* Who decides b's events from now on (a moving bucket: where it goes). */
+static int owner(const struct sl_workers *ws, int b) {
+  return ws->moving[b] ? ws->moving[b] - 1 : ws->bucket[b];
+}
+
+static int count_buckets(const struct sl_workers *ws, int worker) {
+  int b, n = 0;
+  for (b = 0; b < 256; b++)
+    n += owner(ws, b) == worker;
+  return n;
+}
+
+/* A bucket with nothing in flight moves now; else it moves once that is
+ * applied (bucket_done), its new events waiting at their sources. */
+static void move_one(struct sl_workers *ws, int b, int to) {
+  if (ws->bucket_inflight[b] == 0)
+    ws->bucket[b] = (uint8_t)to;
+  else
+    ws->moving[b] = (uint8_t)(to + 1);
+  ws->moves++;
+}
+
+/* Move up to k of from's buckets to worker to, those with nothing in
+ * flight first, looking from the cursor on (the next move goes on from
+ * there). Keeps at least one bucket on from. Returns how many move. */
 static int move_buckets(struct sl_workers *ws, int from, int to, int k) {
-  int i, nb = 0, moved = 0;
-  for (i = 0; i < 256; i++)
-    nb += ws->bucket[i] == from;
+  int i, pass, nb = count_buckets(ws, from), moved = 0;
   if (k > nb - 1)
     k = nb - 1;
-  for (i = 0; i < 256 && moved < k; i++) {
-    int b = (ws->cursor + i) & 255;
-    if (ws->bucket[b] != from || ws->bucket_inflight[b])
-      continue; /* another worker's, or a key's events still on their way */
-    ws->bucket[b] = (uint8_t)to;
-    moved++;
-    ws->cursor = (b + 1) & 255;
-  }
-  ws->moves += (uint64_t)moved;
+  /* first those with nothing in flight; a busy replica has none such */
+  for (pass = 0; pass < 2; pass++)
+    for (i = 0; i < 256 && moved < k; i++) {
+      int b = (ws->cursor + i) & 255;
+      if (owner(ws, b) != from || ws->moving[b] ||
+          (pass == 0 && ws->bucket_inflight[b]))
+        continue;
+      move_one(ws, b, to);
+      moved++;
+      ws->cursor = (b + 1) & 255;
+    }
   return moved;
 }
 
+/* Worker 0's share (buckets) that evens the loads, from a linear model of
+ * the last period: a replica's busy fraction is C times its share (C: the
+ * rules' cost of all events, the mean over the replicas); worker 0's is
+ * A (reading, writing, applying results: whatever its share) plus C times
+ * its share. Even loads: A + C s0 = C (1 - s0) / (N - 1). A worker at 1.0
+ * is the limit of the rate, so its load at that rate is what it shows.
+ * Worker 0 keeps at least half its even share: an event handed off costs
+ * main ~600 instructions (push, apply) besides the replica's decision and
+ * its cache misses, so below that main saves little while the replicas
+ * become the limit; and on an oversubscribed machine, where busy fractions
+ * say little (main, preempted, looks busy), it cannot swing there. */
+static int target0(const struct sl_workers *ws, const double *busy,
+                   const int *nb) {
+  double c = 0, a, s0;
+  int i, t, lo;
+  for (i = 1; i < ws->n; i++)
+    c += busy[i] * 256.0 / nb[i];
+  c /= ws->n - 1;
+  if (c <= 0)
+    return nb[0];
+  a = busy[0] - c * nb[0] / 256.0;
+  s0 = (1.0 - (ws->n - 1) * (a > 0 ? a : 0) / c) / ws->n;
+  t = (int)(s0 * 256.0 + 0.5);
+  lo = 128 / ws->n;
+  return t < lo ? lo : t > 256 - (ws->n - 1) ? 256 - (ws->n - 1) : t;
+}
+
+/* The replica with the fewest (more: 1) or most (0) buckets. */
+static int replica_by_share(const int *nb, int n, int fewest) {
+  int i, r = 1;
+  for (i = 2; i < n; i++)
+    if (fewest ? nb[i] < nb[r] : nb[i] > nb[r])
+      r = i;
+  return r;
+}
+
 /* One period's decision from the fraction of it each worker was busy (not
- * waiting in its loop): the busiest gives the least busy half the gap's
- * share of its buckets (at least one, at most BALANCE_MAX_MOVE). Worker 0
- * reads and writes every input and output and applies the replicas'
- * results, so with a cheap rule it is the busiest and sheds buckets; with a
- * costly one the replicas are, and buckets come back. Half the gap, and
- * nothing under BALANCE_GAP: it settles instead of swinging. */
+ * waiting in its loop). Worker 0 reads and writes every input and output
+ * and applies the replicas' results, so with a cheap rule it is the limit
+ * and sheds buckets; with a costly one they come back. It goes 3/4 of the
+ * way to target0 (the model is rough: a replica pays cache misses worker 0
+ * does not), one bucket at a time to or from the replicas with the fewest
+ * or most; then the busiest replica gives the least busy one half their
+ * gap's share of its buckets. Nothing moves for a gap under BALANCE_GAP or
+ * fewer than 3 buckets to go: it settles instead of swinging. */
 static int balance_step(struct sl_workers *ws, const double *busy) {
-  int i, b = 0, l = 0, nb = 0, k;
-  for (i = 1; i < ws->n; i++) {
+  int nb[SL_CONFIG_MAX_WORKERS] = {0};
+  int i, d, moved = 0, b = 1, l = 1;
+  for (i = 0; i < 256; i++)
+    nb[owner(ws, i)]++;
+  d = target0(ws, busy, nb) - nb[0];
+  if (d <= -3 || d >= 3) {
+    int k = d * 3 / 4, step = k < 0 ? -1 : 1;
+    for (; k != 0; k -= step) {
+      int r = replica_by_share(nb, ws->n, k < 0);
+      int from = k < 0 ? 0 : r, to = k < 0 ? r : 0;
+      if (move_buckets(ws, from, to, 1) == 0)
+        break; /* everything it has is in flight */
+      nb[from]--;
+      nb[to]++;
+      moved++;
+    }
+  }
+  for (i = 2; i < ws->n; i++) {
     if (busy[i] > busy[b])
       b = i;
     if (busy[i] < busy[l])
       l = i;
   }
-  if (busy[b] - busy[l] < BALANCE_GAP)
-    return 0;
-  for (i = 0; i < 256; i++)
-    nb += ws->bucket[i] == b;
-  k = (int)(nb * (busy[b] - busy[l]) / 2);
-  k = k < 1 ? 1 : k > BALANCE_MAX_MOVE ? BALANCE_MAX_MOVE : k;
-  return move_buckets(ws, b, l, k);
+  if (busy[b] - busy[l] >= BALANCE_GAP) {
+    int k = (int)(nb[b] * (busy[b] - busy[l]) / 2);
+    moved += move_buckets(ws, b, l, k < 1 ? 1 : k);
+  }
+  return moved;
 }
 
-/* The test hook (SLUICE_WORKERS_CHURN=1): every bucket with nothing in
- * flight moves to the next worker each period, whatever the load, so tests
- * see many moves while events flow. */
+/* The test hook (SLUICE_WORKERS_CHURN=1): every bucket not already moving
+ * moves to the next worker each period, whatever the load (at once, or
+ * once its events in flight are applied), so tests see many moves of
+ * both kinds while events flow. */
 static void churn(struct sl_workers *ws) {
   int b;
   for (b = 0; b < 256; b++)
-    if (ws->bucket_inflight[b] == 0) {
-      ws->bucket[b] = (uint8_t)((ws->bucket[b] + 1) % ws->n);
-      ws->moves++;
-    }
+    if (!ws->moving[b])
+      move_one(ws, b, (ws->bucket[b] + 1) % ws->n);
 }
 
 static uint64_t idle_ns(struct sl_workers *ws, int i) {
@@ -756,7 +898,7 @@ static void on_balance(uv_timer_t *t) {
   uint64_t now = uv_hrtime(), wall = now - ws->bal_wall;
   uint64_t events = decided_all(ws), n = events - ws->bal_events;
   double busy[SL_CONFIG_MAX_WORKERS];
-  int i;
+  int i, moved;
   for (i = 0; i < ws->n; i++) {
     uint64_t idle = idle_ns(ws, i), d = idle - ws->bal_idle[i];
     busy[i] = wall && d < wall ? 1.0 - (double)d / (double)wall : 0.0;
@@ -768,8 +910,11 @@ static void on_balance(uv_timer_t *t) {
     return; /* draining: where a bucket is does not matter any more */
   if (ws->churn)
     churn(ws);
-  else if (n >= BALANCE_MIN_EVENTS)
-    (void)balance_step(ws, busy);
+  else if (n >= BALANCE_MIN_EVENTS && (moved = balance_step(ws, busy)) > 0)
+    sl_log(SL_LOG_DEBUG, "workers rebalanced", SL_I("moved", moved),
+           SL_U("events", n), SL_D("busy_worker0", busy[0]),
+           SL_D("busy_worker1", busy[1]),
+           SL_I("buckets_worker0", count_buckets(ws, 0)), SL_END);
 }
 
 /* Replicas' idle times are read once they run (their loops exist). */
@@ -861,6 +1006,12 @@ int sl_workers_start(struct sl_worker *w, char *err, size_t errlen) {
   ws->w = w;
   ws->n = w->cfg->workers;
   ws->waiters.next = ws->waiters.prev = &ws->waiters;
+  if (sl_queue_init(&ws->move_q, 1, 1, SL_QUEUE_BLOCK) != 0) {
+    free(ws->r);
+    free(ws);
+    snprintf(err, errlen, "out of memory");
+    return SL_ENOMEM;
+  }
   for (i = 0; i < 256; i++)
     ws->bucket[i] = (uint8_t)(i % ws->n);
   w->workers = ws;
@@ -985,6 +1136,7 @@ void sl_workers_close(struct sl_worker *w) {
   for (i = 0; i < ws->n - 1; i++)
     replica_close(w, &ws->r[i]);
   sl_metric_remove(w->metrics, ws);
+  sl_queue_close(&ws->move_q);
   free(ws->r);
   free(ws);
   w->workers = NULL;
@@ -1110,8 +1262,9 @@ static const struct sl_metric m_emit_dropped = {
     "dropped because its result ring stayed full.", C, {"worker", NULL}};
 static const struct sl_metric m_buckets = {
     "sluice_worker_buckets",
-    "Shard buckets (of 256) each worker decides now: its share of the keys "
-    "and of the keyless events; the balance moves them.", G,
+    "Shard buckets (of 256) each worker decides: its share of the keys "
+    "and of the keyless events; the balance moves them (a bucket counts "
+    "for the worker it moves to while its last events finish).", G,
     {"worker", NULL}};
 static const struct sl_metric m_moves = {
     "sluice_worker_bucket_moves_total",
@@ -1140,11 +1293,9 @@ static void collect(struct sl_metric_out *out, const struct sl_metric *m,
       x = r ? sl_ring_count(&r->jobs) + sl_ring_count(&r->results) : 0;
     else if (m == &m_held)
       x = r ? (uint64_t)r->blocked : 0;
-    else if (m == &m_buckets) {
-      int b;
-      for (b = 0; b < 256; b++)
-        x += ws->bucket[b] == i;
-    } else if (m == &m_emit_dropped)
+    else if (m == &m_buckets)
+      x = (uint64_t)count_buckets(ws, i);
+    else if (m == &m_emit_dropped)
       x = r ? atomic_load_explicit(&r->emit_dropped, memory_order_relaxed)
             : 0;
     sl_metric_put_u64(out, v, x);

@@ -8,12 +8,15 @@ balance moves buckets only under load, from the busiest worker to the least
 busy one, which an idle engine never does.
 """
 import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import free_port, metrics_flat, read_ndjson, wait_for, wait_lines
+from conftest import (SLUICE_BIN, free_port, metrics_flat, read_ndjson,
+                      wait_for, wait_lines)
 from test_workers import (PAYLOAD_RULE, Flow, check_per_key, config, events,
                           post_reload, send, stamp_rule)
 
@@ -122,3 +125,58 @@ def test_balance_an_idle_engine_moves_nothing_and_shares_evenly(
     m = metrics_flat(admin)
     assert m["sluice_worker_bucket_moves_total"] == 0
     assert buckets(m, 2) == [128, 128]
+
+
+LOADGEN = Path(SLUICE_BIN).resolve().parent / "tools" / "loadgen"
+
+COSTLY_RULE = """
+return { on_event = function(ev)
+  local x = 0
+  for i = 1, 4000 do x = x + i end
+  return "out"
+end }
+"""
+
+
+def blast(addr, admin, events):
+    """The loadgen's events (50000 keys) as fast as the engine takes them,
+    into the null output; returns when all are delivered."""
+    r = subprocess.run([str(LOADGEN), "--to", addr, "--events", str(events),
+                        "--conns", "2", "--metrics", "127.0.0.1:%d" % admin,
+                        "--output", "out", "--timeout", "120"],
+                       capture_output=True, text=True, timeout=150)
+    assert r.returncode == 0, r.stderr
+
+
+def test_balance_worker0_sheds_buckets_for_a_cheap_rule_and_takes_them_back_for_a_costly_one(
+        sluice, tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10_p.lua").write_text(PAYLOAD_RULE)
+    port, admin = free_port(), free_port()
+    eng = sluice("""return {
+  workers = 2,
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "out", type = "null" },
+              { name = "tick", type = "null" } },
+  routes = { { topics = "*", to = "out" } },
+  rules = { dir = "%s", watch = false },
+  admin = { listen = "127.0.0.1:%d" },
+}""" % (port, rules, admin))
+    addr = "127.0.0.1:%d" % port
+    # a cheap rule at full speed: worker 0, reading and writing everything
+    # besides its share, is the busiest and hands buckets to worker 1, but
+    # keeps at least half its even share (64)
+    blast(addr, admin, 1000000)
+    shed = buckets(metrics_flat(admin), 2)
+    assert 64 <= shed[0] < 128 and sum(shed) == 256, shed
+    # a costly rule: worker 1 is the limit now, and buckets come back
+    # (every one of worker 1's buckets has events in flight: they move once
+    # those are applied, new events of theirs waiting at the source)
+    (rules / "10_p.lua").write_text(COSTLY_RULE)
+    assert post_reload(admin) == 200
+    blast(addr, admin, 100000)
+    back = buckets(metrics_flat(admin), 2)
+    assert back[0] > shed[0] + 8, (shed, back)
+    m = metrics_flat(admin)
+    assert m["sluice_worker_bucket_moves_total"] >= (128 - shed[0]) + (back[0] - shed[0])
