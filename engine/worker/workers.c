@@ -130,11 +130,11 @@ struct sl_workers {
   int move_wake;       /* a move completed: wake move_q */
   int cur_bucket;      /* the bucket sl_workers_shard picked last */
   uint64_t rr;         /* round robin for keyless events */
-  /* the balance (README "Workers"): every balance_ms, buckets move from
-   * the busiest worker to the least busy one */
+  /* the balance (README "Workers"): every balance_ms, buckets move to
+   * even out how busy the workers were */
   uv_timer_t balance;
   uint64_t balance_ms;
-  int churn;           /* test hook: move every idle bucket each period */
+  int churn;           /* test hook: move every bucket each period */
   int cursor;          /* where the next move looks first */
   uint64_t bal_wall, bal_events, bal_idle[SL_CONFIG_MAX_WORKERS];
   uint64_t moves;      /* buckets moved */
@@ -851,7 +851,7 @@ static int balance_step(struct sl_workers *ws, const double *busy) {
       int r = replica_by_share(nb, ws->n, k < 0);
       int from = k < 0 ? 0 : r, to = k < 0 ? r : 0;
       if (move_buckets(ws, from, to, 1) == 0)
-        break; /* everything it has is in flight */
+        break; /* it keeps its last one (or the rest are moving) */
       nb[from]--;
       nb[to]++;
       moved++;
