@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 
 #include "ring.h"
 #include "rules.h"
@@ -136,7 +137,8 @@ struct sl_workers {
   uint64_t balance_ms;
   int churn;           /* test hook: move every bucket each period */
   int cursor;          /* where the next move looks first */
-  uint64_t bal_wall, bal_events, bal_idle[SL_CONFIG_MAX_WORKERS];
+  uint64_t bal_wall, bal_events, bal_cpu[SL_CONFIG_MAX_WORKERS];
+  clockid_t clock[SL_CONFIG_MAX_WORKERS]; /* each worker thread's CPU */
   uint64_t moves;      /* buckets moved */
   uint64_t seq;        /* last job seq handed out */
   uint64_t inflight;   /* over all replicas */
@@ -359,8 +361,6 @@ static void *replica_main(void *arg) {
   sl_log_thread_mute(replica_mute);
   sl_idgen_init(&r->idgen); /* its own random prefix: ids stay unique */
   rc = uv_loop_init(&r->loop);
-  if (rc == 0) /* main's balance reads it (thread-safe in libuv) */
-    rc = uv_loop_configure(&r->loop, UV_METRICS_IDLE_TIME);
   if (rc == 0 && (rc = uv_async_init(&r->loop, &r->wake, on_wake)) == 0)
     wake_open = 1;
   if (rc != 0)
@@ -830,8 +830,8 @@ static int replica_by_share(const int *nb, int n, int fewest) {
   return r;
 }
 
-/* One period's decision from the fraction of it each worker was busy (not
- * waiting in its loop). Worker 0 reads and writes every input and output
+/* One period's decision from the fraction of it each worker was busy (the
+ * CPU time its thread used). Worker 0 reads and writes every input and output
  * and applies the replicas' results, so with a cheap rule it is the limit
  * and sheds buckets; with a costly one they come back. It goes 3/4 of the
  * way to target0 (the model is rough: a replica pays cache misses worker 0
@@ -881,8 +881,15 @@ static void churn(struct sl_workers *ws) {
       move_one(ws, b, (ws->bucket[b] + 1) % ws->n);
 }
 
-static uint64_t idle_ns(struct sl_workers *ws, int i) {
-  return uv_metrics_idle_time(i ? &ws->r[i - 1].loop : &ws->w->loop);
+/* The CPU time worker i's thread used. Not its loop's busy wall time: on
+ * a machine with more runnable threads than cores a preempted thread looks
+ * busy, and the balance would shed worker 0 for nothing, while an event
+ * handed off costs more CPU in all than one decided inline. */
+static uint64_t cpu_ns(struct sl_workers *ws, int i) {
+  struct timespec ts;
+  if (clock_gettime(ws->clock[i], &ts) != 0)
+    return 0;
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 static uint64_t decided_all(struct sl_workers *ws) {
@@ -900,9 +907,9 @@ static void on_balance(uv_timer_t *t) {
   double busy[SL_CONFIG_MAX_WORKERS];
   int i, moved;
   for (i = 0; i < ws->n; i++) {
-    uint64_t idle = idle_ns(ws, i), d = idle - ws->bal_idle[i];
-    busy[i] = wall && d < wall ? 1.0 - (double)d / (double)wall : 0.0;
-    ws->bal_idle[i] = idle;
+    uint64_t cpu = cpu_ns(ws, i), d = cpu - ws->bal_cpu[i];
+    busy[i] = wall == 0 ? 0.0 : d >= wall ? 1.0 : (double)d / (double)wall;
+    ws->bal_cpu[i] = cpu;
   }
   ws->bal_wall = now;
   ws->bal_events = events;
@@ -917,12 +924,16 @@ static void on_balance(uv_timer_t *t) {
            SL_I("buckets_worker0", count_buckets(ws, 0)), SL_END);
 }
 
-/* Replicas' idle times are read once they run (their loops exist). */
+/* Replicas' CPU clocks are read once their threads run. */
 static void balance_start(struct sl_workers *ws) {
   int i;
+  ws->clock[0] = CLOCK_THREAD_CPUTIME_ID; /* read on this thread */
+  for (i = 1; i < ws->n; i++)
+    if (pthread_getcpuclockid(ws->r[i - 1].thread, &ws->clock[i]) != 0)
+      return; /* no balance: the even share stays */
   ws->bal_wall = uv_hrtime();
   for (i = 0; i < ws->n; i++)
-    ws->bal_idle[i] = idle_ns(ws, i);
+    ws->bal_cpu[i] = cpu_ns(ws, i);
   uv_timer_start(&ws->balance, on_balance, ws->balance_ms, ws->balance_ms);
 }
 
@@ -933,7 +944,6 @@ static void balance_init(struct sl_workers *ws) {
   const char *churn_env = getenv("SLUICE_WORKERS_CHURN");
   ws->balance_ms = ms ? strtoull(ms, NULL, 10) : BALANCE_MS;
   ws->churn = churn_env && strcmp(churn_env, "1") == 0;
-  uv_loop_configure(&ws->w->loop, UV_METRICS_IDLE_TIME);
   uv_timer_init(&ws->w->loop, &ws->balance);
   ws->balance.data = ws;
   uv_unref((uv_handle_t *)&ws->balance); /* never what keeps the loop up */
