@@ -427,6 +427,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       sl_buf_init(&nc->inflated);
     }
   }
+  sl_framed_read_done(&nc->src);
   send_acks(nc);
   return pos;
 }

@@ -29,6 +29,7 @@
 #include <zlib.h>
 
 #include "codec.h"
+#include "framed.h"
 #include "http.h"
 #include "json.h"
 #include "otlp.h"
@@ -754,6 +755,7 @@ static void submit_more(struct batch *b) {
       return;
     }
   }
+  sl_framed_read_done(&b->src); /* as a stream input between two reads */
   b->wait.on_durable = on_durable;
   rc = sl_worker_durable(in->w, &b->wait);
   if (rc == 0 && b->src.refused_later) {

@@ -241,10 +241,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
     }
     nc->accepted++;
   }
-  if (nc->src.held == NULL) { /* c waits on nothing: a wake cannot reenter */
-    sl_worker_pump(w);
-    sl_output_flush_full(w);
-  }
+  sl_framed_read_done(&nc->src);
   send_ack(nc);
   return pos;
 }

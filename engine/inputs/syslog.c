@@ -278,6 +278,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       break;
     }
   }
+  sl_framed_read_done(&sc->src);
   return pos;
 }
 

@@ -4,7 +4,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "output.h"
 #include "tls.h"
+
+void sl_framed_read_done(struct sl_source *src) {
+  if (src->held != NULL)
+    return;
+  sl_worker_pump(src->w);
+  sl_output_flush_full(src->w);
+}
 
 void sl_framed_init(struct sl_framed *f, struct sl_input *in,
                     const struct sl_framed_ops *ops) {

@@ -70,6 +70,15 @@ void sl_framed_closing(struct sl_framed *f, struct sl_source *src);
 /* Free conn (the plugin's struct of a conn): the stop may finish. */
 void sl_framed_free(struct sl_framed *f, void *conn);
 
+/* The end of a stream input's read (its cb_data, before it answers acks;
+ * an HTTP batch once submitted): when src holds no event (so a wake-up
+ * cannot reenter it), the other workers get their new jobs and their
+ * results are applied now (sl_worker_pump), and the outputs' full batches
+ * go out. libuv reads a busy stream up to 32 times before its loop turn
+ * reaches those: meanwhile the replicas would idle, and 2 workers ran
+ * slower than 1. */
+void sl_framed_read_done(struct sl_source *src);
+
 /* Close c when it reads no more and cb_drained says it is done. */
 void sl_framed_close_if_drained(struct sl_framed *f, struct sl_conn *c);
 

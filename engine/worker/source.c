@@ -151,6 +151,16 @@ static void count_unrouted(struct sl_source *s, struct sl_source *origin) {
     origin->unrouted++;
 }
 
+int sl_worker_decide_inline(struct sl_source *s, struct sl_event *ev,
+                            const char *schema) {
+  struct sl_rules_result r;
+  sl_rules_decide(s->w->rules, ev, &r);
+  r.schema = schema;
+  if (r.ntargets)
+    sl_schemas_outputs(s->w, &r);
+  return sl_worker_deliver(s, s, &r);
+}
+
 int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
   struct sl_worker *w = s->w;
   struct sl_rules_result r;
@@ -158,15 +168,12 @@ int sl_worker_submit(struct sl_source *s, struct sl_event *ev) {
 
   if (sl_schemas_ingest(w, ev, &r) == 0) {
     const char *mark = r.schema;
-    if (w->workers && (shard = sl_workers_shard(w, ev)) > 0) {
-      int rc = sl_workers_submit(s, ev, shard, mark);
+    if (w->workers && (shard = sl_workers_shard(w, ev)) != 0) {
+      int rc = sl_workers_submit(s, ev, shard, mark); /* < 0: moving */
       if (rc != SL_ENOMEM)
         return rc; /* else decided here */
     }
-    sl_rules_decide(w->rules, ev, &r);
-    r.schema = mark;
-    if (r.ntargets)
-      sl_schemas_outputs(w, &r);
+    return sl_worker_decide_inline(s, ev, mark);
   }
   return sl_worker_deliver(s, s, &r);
 }

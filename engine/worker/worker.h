@@ -62,6 +62,7 @@ struct sl_source {
    * ring of that worker (not yet decided) */
   struct sl_source_tag *tag;
   int shard_wait;
+  int shard_bucket;  /* the held event's bucket (counted in flight) */
   int refused_later; /* workers > 1: one of its events was refused after
                         sl_worker_submit returned (refused_output says
                         where): never ack it; refuse (close, 503) instead */
@@ -252,8 +253,9 @@ void sl_worker_close(struct sl_worker *w);
 int sl_worker_submit(struct sl_source *s, struct sl_event *ev);
 
 /* With workers > 1: wake the workers that got events and apply their
- * decisions now. Inputs call it between two reads of a busy stream, when
- * their source holds no event (a wake-up cannot reenter it). */
+ * decisions now. Stream inputs call it between two reads (through
+ * sl_framed_read_done), when their source holds no event (a wake-up cannot
+ * reenter it). */
 void sl_worker_pump(struct sl_worker *w);
 
 /* Is any blocking output queue full or waited on? Inputs that answer

@@ -37,6 +37,10 @@ void sl_worker_emit(struct sl_worker *w, int output, struct sl_event *ev);
  * route rate limit and the outputs. s holds what waits (SL_EAGAIN);
  * unrouted events are counted on s->input and on origin (the source the
  * event came from; NULL once it closed). Returns as sl_worker_submit. */
+/* Decide ev with set 0 on the main loop and deliver it (schema: the
+ * warn-mode misfit or NULL); returns as sl_worker_deliver. */
+int sl_worker_decide_inline(struct sl_source *s, struct sl_event *ev,
+                            const char *schema);
 int sl_worker_deliver(struct sl_source *s, struct sl_source *origin,
                       struct sl_rules_result *r);
 

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 
 #include "ring.h"
 #include "rules.h"
@@ -48,6 +49,7 @@ struct job {
   uint64_t seq;  /* order of hand-out over all replicas (durability) */
   char *schema;  /* warn-mode misfit for the tap, or NULL */
   int input;     /* slot of the input it came from */
+  uint8_t bucket; /* its shard bucket (in flight until applied) */
 };
 
 struct result {
@@ -57,6 +59,7 @@ struct result {
   uint64_t seq;
   char *rule, *reason, *schema; /* copies (the tap only), or NULL */
   int input, route, outcome, ntargets;
+  uint8_t bucket;
   uint16_t targets[SL_CONFIG_MAX_OUTPUTS];
 };
 
@@ -99,6 +102,7 @@ struct replica {
   struct sl_source holder;
   struct sl_source_tag *held_tag;
   uint64_t held_seq;
+  uint8_t held_bucket;
   struct sl_queue room_q; /* sources waiting for room in jobs */
   uint64_t inflight;      /* jobs handed out and not yet applied */
   uint64_t *seqs;         /* their seqs, oldest first (a circle of
@@ -116,7 +120,26 @@ struct sl_workers {
   uv_check_t check;
   int handles_open;
   uint8_t bucket[256]; /* hash & 255 -> worker */
+  /* a bucket's events handed to a replica (in its rings, being decided,
+   * held for ring or output room) and not yet applied: it moves to
+   * another worker only at 0, so one key's events never overtake */
+  uint32_t bucket_inflight[256];
+  /* target + 1 of a bucket that moves once its in-flight count is 0: its
+   * new events wait at their source (move_q) until then; 0: not moving */
+  uint8_t moving[256];
+  struct sl_queue move_q;
+  int move_wake;       /* a move completed: wake move_q */
+  int cur_bucket;      /* the bucket sl_workers_shard picked last */
   uint64_t rr;         /* round robin for keyless events */
+  /* the balance (README "Workers"): every balance_ms, buckets move to
+   * even out how busy the workers were */
+  uv_timer_t balance;
+  uint64_t balance_ms;
+  int churn;           /* test hook: move every bucket each period */
+  int cursor;          /* where the next move looks first */
+  uint64_t bal_wall, bal_events, bal_cpu[SL_CONFIG_MAX_WORKERS];
+  clockid_t clock[SL_CONFIG_MAX_WORKERS]; /* each worker thread's CPU */
+  uint64_t moves;      /* buckets moved */
   uint64_t seq;        /* last job seq handed out */
   uint64_t inflight;   /* over all replicas */
   uint64_t main_decided; /* events decided inline (worker 0) */
@@ -231,6 +254,7 @@ static void decide(struct replica *r, const struct job *j) {
   res.tag = j->tag;
   res.seq = j->seq;
   res.input = j->input;
+  res.bucket = j->bucket;
   res.schema = j->schema;
   r->cur_tail = &res.emits;
   sl_rules_decide(r->rules, j->ev, &rr);
@@ -322,12 +346,19 @@ static void on_wake(uv_async_t *a) {
     work(r);
 }
 
+/* What main's set 0 logs once for every worker (with the worker count on
+ * a reload, sl_workers_reload): a replica's set does not say it again. */
+static const char *const replica_mute[] = {
+    "rules loaded", "rules reloaded", "rules unchanged; reload skipped",
+    "rules reload rejected; the live version stays", NULL};
+
 static void *replica_main(void *arg) {
   struct replica *r = arg;
   struct sl_rules_owner owner = {r, replica_emit, NULL};
   char err[1024] = "";
   int rc, wake_open = 0;
 
+  sl_log_thread_mute(replica_mute);
   sl_idgen_init(&r->idgen); /* its own random prefix: ids stay unique */
   rc = uv_loop_init(&r->loop);
   if (rc == 0 && (rc = uv_async_init(&r->loop, &r->wake, on_wake)) == 0)
@@ -360,6 +391,33 @@ static void *replica_main(void *arg) {
 
 /* ---- the main thread: handing out ---------------------------------------- */
 
+/* One of bucket b's events in flight was applied (or dropped): at 0 a
+ * move that waited for it is done. */
+static void bucket_done(struct sl_workers *ws, int b) {
+  if (--ws->bucket_inflight[b] == 0 && ws->moving[b]) {
+    ws->bucket[b] = (uint8_t)(ws->moving[b] - 1);
+    ws->moving[b] = 0;
+    ws->move_wake = 1; /* not from inside an apply: at the drain's end */
+  }
+}
+
+static void move_wake(struct sl_workers *ws) {
+  if (ws->move_wake) {
+    ws->move_wake = 0;
+    sl_queue_wake(&ws->move_q);
+  }
+}
+
+/* ev's bucket is moving: s holds ev until the move is done (moved_room),
+ * so no event of the bucket overtakes one still in the old worker. */
+static int hold_for_move(struct sl_source *s, struct sl_event *ev) {
+  s->held = ev;
+  s->shard_wait = SL_WORKERS_MOVING;
+  s->shard_bucket = s->w->workers->cur_bucket;
+  sl_queue_wait(&s->w->workers->move_q, &s->waiter);
+  return SL_EAGAIN;
+}
+
 static uint32_t key_hash(const char *p, uint32_t n) {
   uint32_t h = 2166136261u; /* FNV-1a, then mixed: the low byte picks */
   uint32_t i;
@@ -377,6 +435,9 @@ int sl_workers_shard(struct sl_worker *w, const struct sl_event *ev) {
                                       ev->key_len)
                            : (uint32_t)ws->rr++;
   int shard = ws->bucket[h & 255];
+  ws->cur_bucket = (int)(h & 255);
+  if (ws->moving[h & 255])
+    return SL_WORKERS_MOVING;
   if (shard == 0)
     ws->main_decided++;
   return shard;
@@ -399,35 +460,73 @@ static int push_job(struct replica *r, struct job *j) {
 int sl_workers_submit(struct sl_source *s, struct sl_event *ev, int shard,
                       const char *schema) {
   struct sl_worker *w = s->w;
-  struct replica *r = &w->workers->r[shard - 1];
+  struct replica *r;
   struct job j;
+  if (shard == SL_WORKERS_MOVING)
+    return hold_for_move(s, ev); /* the tap's note is lost, as held */
   if (s->tag == NULL) {
     s->tag = calloc(1, sizeof(*s->tag));
     if (s->tag == NULL)
       return SL_ENOMEM;
     s->tag->s = s;
   }
+  r = &w->workers->r[shard - 1];
   /* s->refused stays: a refusal found in an earlier result is still news */
   j.ev = ev;
   j.tag = s->tag;
   j.input = s->input->index;
   j.schema = schema && w->tap ? strdup(schema) : NULL;
+  j.bucket = (uint8_t)w->workers->cur_bucket;
+  w->workers->bucket_inflight[j.bucket]++; /* held counts too */
   if (push_job(r, &j) == 0)
     return 0;
   free(j.schema); /* the tap's note is lost for a held event */
   s->held = ev;
   s->shard_wait = shard;
+  s->shard_bucket = j.bucket;
   sl_queue_wait(&r->room_q, &s->waiter);
   return SL_EAGAIN;
 }
 
+/* A source held for a moving bucket: the move is done (or another one). */
+static void moved_room(struct sl_source *s) {
+  struct sl_workers *ws = s->w->workers;
+  struct sl_event *ev = s->held;
+  int b = s->shard_bucket, rc;
+  if (ws->moving[b]) {
+    sl_queue_wait(&ws->move_q, &s->waiter);
+    return;
+  }
+  s->held = NULL;
+  s->shard_wait = 0;
+  ws->cur_bucket = b;
+  if (ws->bucket[b] == 0) {
+    ws->main_decided++;
+    rc = sl_worker_decide_inline(s, ev, NULL);
+  } else {
+    rc = sl_workers_submit(s, ev, ws->bucket[b], NULL);
+    if (rc == SL_ENOMEM) /* nothing of b in flight: inline keeps order */
+      rc = sl_worker_decide_inline(s, ev, NULL);
+  }
+  if (rc == SL_EAGAIN)
+    return; /* held again (ring or output room): that wake resumes it */
+  if (s->on_resume)
+    s->on_resume(s); /* s->refused tells a refusal */
+}
+
 void sl_workers_room(struct sl_source *s) {
-  struct replica *r = &s->w->workers->r[s->shard_wait - 1];
+  struct replica *r;
   struct job j;
+  if (s->shard_wait == SL_WORKERS_MOVING) {
+    moved_room(s);
+    return;
+  }
+  r = &s->w->workers->r[s->shard_wait - 1];
   j.ev = s->held;
   j.tag = s->tag;
   j.input = s->input->index;
   j.schema = NULL;
+  j.bucket = (uint8_t)s->shard_bucket;
   if (push_job(r, &j) != 0) {
     sl_queue_wait(&r->room_q, &s->waiter);
     return;
@@ -439,6 +538,8 @@ void sl_workers_room(struct sl_source *s) {
 }
 
 void sl_workers_source_gone(struct sl_source *s) {
+  if (s->shard_wait > 0 && s->held) /* never handed out: frees the bucket */
+    bucket_done(s->w->workers, s->shard_bucket);
   s->shard_wait = 0;
   if (s->tag == NULL)
     return;
@@ -453,6 +554,7 @@ static void on_check(uv_check_t *c) {
   struct sl_workers *ws = c->data;
   int i;
   atomic_store_explicit(&ws->tap_on, ws->w->tap != NULL, memory_order_relaxed);
+  move_wake(ws);
   for (i = 0; i < ws->n - 1; i++)
     if (ws->r[i].pushed) {
       ws->r[i].pushed = 0;
@@ -494,7 +596,7 @@ static void tag_unref(struct sl_source_tag *t) {
 }
 
 static void job_done(struct replica *r, struct sl_source_tag *tag,
-                     uint64_t seq) {
+                     uint64_t seq, uint8_t bucket) {
   struct sl_workers *ws = r->ws;
   struct sl_source *s = tag ? tag->s : NULL;
   if (s && r->holder.refused && !s->refused_later) {
@@ -502,6 +604,7 @@ static void job_done(struct replica *r, struct sl_source_tag *tag,
     s->refused_output = r->holder.refused_output;
   }
   tag_unref(tag);
+  bucket_done(ws, bucket);
   (void)seq; /* results come in job order: it is the oldest */
   r->seqs_head++;
   r->inflight--;
@@ -550,9 +653,10 @@ static void apply(struct replica *r, struct result *res) {
     r->blocked = 1; /* stop here: the replica fills its ring, then stops */
     r->held_tag = res->tag;
     r->held_seq = res->seq;
+    r->held_bucket = res->bucket;
     return;
   }
-  job_done(r, res->tag, res->seq);
+  job_done(r, res->tag, res->seq, res->bucket);
 }
 
 static void drain(struct replica *r) {
@@ -577,6 +681,7 @@ static void drain(struct replica *r) {
     uv_async_send(&r->wake);
   if (sl_ring_room(&r->jobs))
     sl_queue_wake(&r->room_q);
+  move_wake(r->ws);
 }
 
 /* From an input between two reads (its source holds nothing): libuv reads
@@ -610,7 +715,7 @@ static void on_results(uv_async_t *a) {
 static void holder_resume(struct sl_source *s) {
   struct replica *r = container_of(s, struct replica, holder);
   r->blocked = 0;
-  job_done(r, r->held_tag, r->held_seq);
+  job_done(r, r->held_tag, r->held_seq, r->held_bucket);
   r->held_tag = NULL;
   drain(r);
 }
@@ -638,6 +743,210 @@ uint64_t sl_workers_busy(struct sl_worker *w) {
   for (i = 0; i < ws->n - 1; i++)
     n += atomic_load(&ws->r[i].pending_n) + sl_ring_count(&ws->r[i].results);
   return n;
+}
+
+/* ---- the balance: buckets move to where there is time for them ---------- */
+
+#define BALANCE_MS 200 /* a period */
+#define BALANCE_GAP 0.05 /* busy fractions closer than this: nothing moves */
+#define BALANCE_MIN_EVENTS 1000 /* per period: fewer, the loads say nothing */
+
+/* Who decides b's events from now on (a moving bucket: where it goes). */
+static int owner(const struct sl_workers *ws, int b) {
+  return ws->moving[b] ? ws->moving[b] - 1 : ws->bucket[b];
+}
+
+static int count_buckets(const struct sl_workers *ws, int worker) {
+  int b, n = 0;
+  for (b = 0; b < 256; b++)
+    n += owner(ws, b) == worker;
+  return n;
+}
+
+/* A bucket with nothing in flight moves now; else it moves once that is
+ * applied (bucket_done), its new events waiting at their sources. */
+static void move_one(struct sl_workers *ws, int b, int to) {
+  if (ws->bucket_inflight[b] == 0)
+    ws->bucket[b] = (uint8_t)to;
+  else
+    ws->moving[b] = (uint8_t)(to + 1);
+  ws->moves++;
+}
+
+/* Move up to k of from's buckets to worker to, those with nothing in
+ * flight first, looking from the cursor on (the next move goes on from
+ * there). Keeps at least one bucket on from. Returns how many move. */
+static int move_buckets(struct sl_workers *ws, int from, int to, int k) {
+  int i, pass, nb = count_buckets(ws, from), moved = 0;
+  if (k > nb - 1)
+    k = nb - 1;
+  /* first those with nothing in flight; a busy replica has none such */
+  for (pass = 0; pass < 2; pass++)
+    for (i = 0; i < 256 && moved < k; i++) {
+      int b = (ws->cursor + i) & 255;
+      if (owner(ws, b) != from || ws->moving[b] ||
+          (pass == 0 && ws->bucket_inflight[b]))
+        continue;
+      move_one(ws, b, to);
+      moved++;
+      ws->cursor = (b + 1) & 255;
+    }
+  return moved;
+}
+
+/* Worker 0's share (buckets) that evens the loads, from a linear model of
+ * the last period: a replica's busy fraction is C times its share (C: the
+ * rules' cost of all events, the mean over the replicas); worker 0's is
+ * A (reading, writing, applying results: whatever its share) plus C times
+ * its share. Even loads: A + C s0 = C (1 - s0) / (N - 1). A worker at 1.0
+ * is the limit of the rate, so its load at that rate is what it shows.
+ * Worker 0 keeps at least half its even share: an event handed off costs
+ * main ~600 instructions (push, apply) besides the replica's decision and
+ * its cache misses, so below that main saves little while the replicas
+ * become the limit; and on an oversubscribed machine, where busy fractions
+ * say little (main, preempted, looks busy), it cannot swing there. */
+static int target0(const struct sl_workers *ws, const double *busy,
+                   const int *nb) {
+  double c = 0, a, s0;
+  int i, t, lo;
+  for (i = 1; i < ws->n; i++)
+    c += busy[i] * 256.0 / nb[i];
+  c /= ws->n - 1;
+  if (c <= 0)
+    return nb[0];
+  a = busy[0] - c * nb[0] / 256.0;
+  s0 = (1.0 - (ws->n - 1) * (a > 0 ? a : 0) / c) / ws->n;
+  t = (int)(s0 * 256.0 + 0.5);
+  lo = 128 / ws->n;
+  return t < lo ? lo : t > 256 - (ws->n - 1) ? 256 - (ws->n - 1) : t;
+}
+
+/* The replica with the fewest (more: 1) or most (0) buckets. */
+static int replica_by_share(const int *nb, int n, int fewest) {
+  int i, r = 1;
+  for (i = 2; i < n; i++)
+    if (fewest ? nb[i] < nb[r] : nb[i] > nb[r])
+      r = i;
+  return r;
+}
+
+/* One period's decision from the fraction of it each worker was busy (the
+ * CPU time its thread used). Worker 0 reads and writes every input and output
+ * and applies the replicas' results, so with a cheap rule it is the limit
+ * and sheds buckets; with a costly one they come back. It goes 3/4 of the
+ * way to target0 (the model is rough: a replica pays cache misses worker 0
+ * does not), one bucket at a time to or from the replicas with the fewest
+ * or most; then the busiest replica gives the least busy one half their
+ * gap's share of its buckets. Nothing moves for a gap under BALANCE_GAP or
+ * fewer than 3 buckets to go: it settles instead of swinging. */
+static int balance_step(struct sl_workers *ws, const double *busy) {
+  int nb[SL_CONFIG_MAX_WORKERS] = {0};
+  int i, d, moved = 0, b = 1, l = 1;
+  for (i = 0; i < 256; i++)
+    nb[owner(ws, i)]++;
+  d = target0(ws, busy, nb) - nb[0];
+  if (d <= -3 || d >= 3) {
+    int k = d * 3 / 4, step = k < 0 ? -1 : 1;
+    for (; k != 0; k -= step) {
+      int r = replica_by_share(nb, ws->n, k < 0);
+      int from = k < 0 ? 0 : r, to = k < 0 ? r : 0;
+      if (move_buckets(ws, from, to, 1) == 0)
+        break; /* it keeps its last one (or the rest are moving) */
+      nb[from]--;
+      nb[to]++;
+      moved++;
+    }
+  }
+  for (i = 2; i < ws->n; i++) {
+    if (busy[i] > busy[b])
+      b = i;
+    if (busy[i] < busy[l])
+      l = i;
+  }
+  if (busy[b] - busy[l] >= BALANCE_GAP) {
+    int k = (int)(nb[b] * (busy[b] - busy[l]) / 2);
+    moved += move_buckets(ws, b, l, k < 1 ? 1 : k);
+  }
+  return moved;
+}
+
+/* The test hook (SLUICE_WORKERS_CHURN=1): every bucket not already moving
+ * moves to the next worker each period, whatever the load (at once, or
+ * once its events in flight are applied), so tests see many moves of
+ * both kinds while events flow. */
+static void churn(struct sl_workers *ws) {
+  int b;
+  for (b = 0; b < 256; b++)
+    if (!ws->moving[b])
+      move_one(ws, b, (ws->bucket[b] + 1) % ws->n);
+}
+
+/* The CPU time worker i's thread used. Not its loop's busy wall time: on
+ * a machine with more runnable threads than cores a preempted thread looks
+ * busy, and the balance would shed worker 0 for nothing, while an event
+ * handed off costs more CPU in all than one decided inline. */
+static uint64_t cpu_ns(struct sl_workers *ws, int i) {
+  struct timespec ts;
+  if (clock_gettime(ws->clock[i], &ts) != 0)
+    return 0;
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t decided_all(struct sl_workers *ws) {
+  uint64_t n = ws->main_decided;
+  int i;
+  for (i = 0; i < ws->n - 1; i++)
+    n += atomic_load_explicit(&ws->r[i].decided, memory_order_relaxed);
+  return n;
+}
+
+static void on_balance(uv_timer_t *t) {
+  struct sl_workers *ws = t->data;
+  uint64_t now = uv_hrtime(), wall = now - ws->bal_wall;
+  uint64_t events = decided_all(ws), n = events - ws->bal_events;
+  double busy[SL_CONFIG_MAX_WORKERS];
+  int i, moved;
+  for (i = 0; i < ws->n; i++) {
+    uint64_t cpu = cpu_ns(ws, i), d = cpu - ws->bal_cpu[i];
+    busy[i] = wall == 0 ? 0.0 : d >= wall ? 1.0 : (double)d / (double)wall;
+    ws->bal_cpu[i] = cpu;
+  }
+  ws->bal_wall = now;
+  ws->bal_events = events;
+  if (ws->shut || ws->w->stopping)
+    return; /* draining: where a bucket is does not matter any more */
+  if (ws->churn)
+    churn(ws);
+  else if (n >= BALANCE_MIN_EVENTS && (moved = balance_step(ws, busy)) > 0)
+    sl_log(SL_LOG_DEBUG, "workers rebalanced", SL_I("moved", moved),
+           SL_U("events", n), SL_D("busy_worker0", busy[0]),
+           SL_D("busy_worker1", busy[1]),
+           SL_I("buckets_worker0", count_buckets(ws, 0)), SL_END);
+}
+
+/* Replicas' CPU clocks are read once their threads run. */
+static void balance_start(struct sl_workers *ws) {
+  int i;
+  ws->clock[0] = CLOCK_THREAD_CPUTIME_ID; /* read on this thread */
+  for (i = 1; i < ws->n; i++)
+    if (pthread_getcpuclockid(ws->r[i - 1].thread, &ws->clock[i]) != 0)
+      return; /* no balance: the even share stays */
+  ws->bal_wall = uv_hrtime();
+  for (i = 0; i < ws->n; i++)
+    ws->bal_cpu[i] = cpu_ns(ws, i);
+  uv_timer_start(&ws->balance, on_balance, ws->balance_ms, ws->balance_ms);
+}
+
+/* SLUICE_WORKERS_BALANCE_MS (the period; 0: never move) and
+ * SLUICE_WORKERS_CHURN are for tests: undocumented for users. */
+static void balance_init(struct sl_workers *ws) {
+  const char *ms = getenv("SLUICE_WORKERS_BALANCE_MS");
+  const char *churn_env = getenv("SLUICE_WORKERS_CHURN");
+  ws->balance_ms = ms ? strtoull(ms, NULL, 10) : BALANCE_MS;
+  ws->churn = churn_env && strcmp(churn_env, "1") == 0;
+  uv_timer_init(&ws->w->loop, &ws->balance);
+  ws->balance.data = ws;
+  uv_unref((uv_handle_t *)&ws->balance); /* never what keeps the loop up */
 }
 
 /* ---- lifecycle ----------------------------------------------------------- */
@@ -707,6 +1016,12 @@ int sl_workers_start(struct sl_worker *w, char *err, size_t errlen) {
   ws->w = w;
   ws->n = w->cfg->workers;
   ws->waiters.next = ws->waiters.prev = &ws->waiters;
+  if (sl_queue_init(&ws->move_q, 1, 1, SL_QUEUE_BLOCK) != 0) {
+    free(ws->r);
+    free(ws);
+    snprintf(err, errlen, "out of memory");
+    return SL_ENOMEM;
+  }
   for (i = 0; i < 256; i++)
     ws->bucket[i] = (uint8_t)(i % ws->n);
   w->workers = ws;
@@ -714,6 +1029,7 @@ int sl_workers_start(struct sl_worker *w, char *err, size_t errlen) {
   uv_check_init(&w->loop, &ws->check);
   ws->results_async.data = ws->check.data = ws;
   uv_check_start(&ws->check, on_check);
+  balance_init(ws);
   ws->handles_open = 1;
   for (i = 0; i < ws->n - 1; i++)
     if ((rc = replica_start(ws, &ws->r[i], i + 1, err, errlen)) != 0)
@@ -722,6 +1038,8 @@ int sl_workers_start(struct sl_worker *w, char *err, size_t errlen) {
     snprintf(err, errlen, "out of memory");
     return rc;
   }
+  if (ws->balance_ms)
+    balance_start(ws);
   sl_log(SL_LOG_INFO, "workers started", SL_I("workers", ws->n), SL_END);
   return 0;
 }
@@ -758,6 +1076,8 @@ void sl_workers_finish(struct sl_worker *w) {
       uv_close((uv_handle_t *)&ws->results_async, NULL);
     if (!uv_is_closing((uv_handle_t *)&ws->check))
       uv_close((uv_handle_t *)&ws->check, NULL);
+    if (!uv_is_closing((uv_handle_t *)&ws->balance))
+      uv_close((uv_handle_t *)&ws->balance, NULL);
     ws->handles_open = 0;
   }
 }
@@ -826,6 +1146,7 @@ void sl_workers_close(struct sl_worker *w) {
   for (i = 0; i < ws->n - 1; i++)
     replica_close(w, &ws->r[i]);
   sl_metric_remove(w->metrics, ws);
+  sl_queue_close(&ws->move_q);
   free(ws->r);
   free(ws);
   w->workers = NULL;
@@ -847,8 +1168,10 @@ static void commit_all(void *data) {
   struct reload_ctx *c = data;
   struct sl_route_limit *limits = c->ws->w->route_limits;
   int i;
+  sl_log_thread_field(NULL, 0); /* the config's own lines: as they are */
   if (c->commit)
     c->commit(c->data);
+  sl_log_thread_field("workers", c->ws->n);
   if (c->ws->w->route_limits != limits) /* routes changed; replicas paused */
     for (i = 0; i < c->ws->n - 1; i++)
       c->ws->r[i].stale = (uint32_t)sl_ring_count(&c->ws->r[i].results);
@@ -883,6 +1206,7 @@ int sl_workers_reload(struct sl_worker *w, const struct sl_config *cfg,
   char why[1024];
   int i, rc, failed = 0;
 
+  sl_log_thread_field("workers", ws->n); /* set 0's lines speak for all */
   memset(&c, 0, sizeof(c));
   c.ws = ws;
   c.commit = commit;
@@ -903,11 +1227,13 @@ int sl_workers_reload(struct sl_worker *w, const struct sl_config *cfg,
     sl_log(SL_LOG_ERROR, "rules reload failed on a worker; every worker "
            "keeps the running rules", SL_S("trigger", trigger),
            SL_S("error", err), SL_END);
+    sl_log_thread_field(NULL, 0);
     return failed;
   }
   rc = sl_rules_reload_with(w->rules, cfg, trigger, commit_all, &c);
   if (rc != 0 || !c.committed)
     abort_all(&c); /* set 0 failed, or found nothing to change */
+  sl_log_thread_field(NULL, 0);
   return rc;
 }
 
@@ -944,6 +1270,15 @@ static const struct sl_metric m_emit_dropped = {
     "sluice_worker_emit_dropped_total",
     "Events a worker's rules emitted outside a decision (timers, on_stop) "
     "dropped because its result ring stayed full.", C, {"worker", NULL}};
+static const struct sl_metric m_buckets = {
+    "sluice_worker_buckets",
+    "Shard buckets (of 256) each worker decides: its share of the keys "
+    "and of the keyless events; the balance moves them (a bucket counts "
+    "for the worker it moves to while its last events finish).", G,
+    {"worker", NULL}};
+static const struct sl_metric m_moves = {
+    "sluice_worker_bucket_moves_total",
+    "Shard buckets the balance moved from one worker to another.", C, {NULL}};
 #undef C
 #undef G
 
@@ -953,8 +1288,8 @@ static void collect(struct sl_metric_out *out, const struct sl_metric *m,
   char num[16];
   const char *v[] = {num};
   int i;
-  if (m == &m_workers) {
-    sl_metric_put_u64(out, NULL, (uint64_t)ws->n);
+  if (m == &m_workers || m == &m_moves) {
+    sl_metric_put_u64(out, NULL, m == &m_workers ? (uint64_t)ws->n : ws->moves);
     return;
   }
   for (i = 0; i < ws->n; i++) {
@@ -968,6 +1303,8 @@ static void collect(struct sl_metric_out *out, const struct sl_metric *m,
       x = r ? sl_ring_count(&r->jobs) + sl_ring_count(&r->results) : 0;
     else if (m == &m_held)
       x = r ? (uint64_t)r->blocked : 0;
+    else if (m == &m_buckets)
+      x = (uint64_t)count_buckets(ws, i);
     else if (m == &m_emit_dropped)
       x = r ? atomic_load_explicit(&r->emit_dropped, memory_order_relaxed)
             : 0;
@@ -986,5 +1323,9 @@ int sl_workers_metrics(struct sl_worker *w) {
     rc = sl_metric_add(w->metrics, &m_held, collect, ws);
   if (rc == 0)
     rc = sl_metric_add(w->metrics, &m_emit_dropped, collect, ws);
+  if (rc == 0)
+    rc = sl_metric_add(w->metrics, &m_buckets, collect, ws);
+  if (rc == 0)
+    rc = sl_metric_add(w->metrics, &m_moves, collect, ws);
   return rc;
 }

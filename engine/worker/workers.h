@@ -25,13 +25,17 @@ struct sl_workers;
  * negative code with err filled. After w->rules exists. */
 int sl_workers_start(struct sl_worker *w, char *err, size_t errlen);
 
-/* Which worker decides ev: 0 (inline, today's path) .. N-1. */
+/* Which worker decides ev: 0 (inline, today's path) .. N-1, or
+ * SL_WORKERS_MOVING: its bucket moves to another worker once its events in
+ * flight are applied, and ev waits for that (sl_workers_submit holds it). */
+#define SL_WORKERS_MOVING (-1)
 int sl_workers_shard(struct sl_worker *w, const struct sl_event *ev);
 
 /* Hand ev (the caller's reference) to worker shard >= 1 for the rules;
  * schema: the warn-mode misfit text or NULL. 0: in its ring; SL_EAGAIN:
- * the ring is full, s holds ev and on_resume runs once it went in;
- * SL_ENOMEM: not taken, decide it inline. */
+ * the ring is full (or the bucket moving), s holds ev and on_resume runs
+ * once it went in (or was decided); SL_ENOMEM: not taken, decide it
+ * inline. */
 int sl_workers_submit(struct sl_source *s, struct sl_event *ev, int shard,
                       const char *schema);
 /* The waiter of a source held for ring room (s->shard_wait) was woken. */
