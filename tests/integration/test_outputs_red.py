@@ -126,8 +126,9 @@ def read_all(peer, c, buf):
     read_slowly(peer, c, buf, stall=0, chunk=1 << 16)
 
 
-def read_and_ack(peer, c, buf):
-    """A sluice-like ack peer: after the hello, ack the running count."""
+def read_and_ack(peer, c, buf, limit=None):
+    """A sluice-like ack peer: after the hello, ack the running count; with
+    limit, reset the connection (SO_LINGER 0) once it read that many."""
     c.settimeout(0.05)
     up = msgpack.Unpacker(raw=False, strict_map_key=False)
     count, hello = 0, False
@@ -151,6 +152,10 @@ def read_and_ack(peer, c, buf):
             got += 1
         if got:
             count += got
+            if limit and count >= limit:
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                             struct.pack("ii", 1, 0))
+                return  # unacked: these must come again
             c.sendall(msgpack.packb(count))
 
 
@@ -195,7 +200,7 @@ def engine_cfg(port, out, admin, workers=1, extra=""):
   workers = %d,
   inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
   outputs = { { name = "out", %s,
-                retry = { initial_ms = 20, max_ms = 100 }%s } },
+                retry = { initial_ms = 20, max_ms = 100%s } } },
   routes = { { topics = "*", to = "out" } },
   admin = { listen = "127.0.0.1:%d" },
 }""" % (workers, port, out, extra, admin)
@@ -282,7 +287,10 @@ def test_acked_link_through_a_stalled_downstream_sluice_loses_nothing(
     sink = Sink(reading=False, rcvbuf=4096)
     with sink:
         bport = free_port()
+        # workers = 1 on B too: keyless events of two workers may pass each
+        # other, and this test checks the order the link keeps
         eng_b = sluice("""return {
+  workers = 1,
   inputs = { { name = "in", type = "%s", listen = "127.0.0.1:%d" } },
   outputs = { { name = "out", type = "tcp", address = "%s",
                 queue = { max_events = 50, when_full = "block" } } },
@@ -377,3 +385,102 @@ def test_fast_sink_starves_neither_admin_nor_sigterm_drain(sluice):
         # (the client sends the same block of 0..19999 over and over)
         assert got == [i % 20000 for i in range(len(got))]
         assert len(got) >= acked[0] > 0
+
+
+def test_tls_output_stalled_mid_batch_keeps_queued_writes_in_order(
+        sluice, tmp_path):
+    """TLS has no try_write: its records keep their own queue. Stalled after
+    the handshake, then read slowly, the stream decrypts to every event
+    once, in order."""
+    import ssl
+    from test_tls import Certs
+    certs = Certs(tmp_path)
+    certs.ca("ca", "red CA")
+    certs.leaf("server", "red", "DNS:localhost,IP:127.0.0.1")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certs.__getattr__("server.pem"),
+                        certs.__getattr__("server.key"))
+
+    def tls_slowly(peer, c, buf):
+        c.settimeout(5)
+        s = ctx.wrap_socket(c, server_side=True)
+        read_slowly(peer, s, buf, chunk=4000)
+
+    peer = Peer([tls_slowly])
+    try:
+        eng = start(sluice, 'type = "tcp", address = "%s", tls = { ca_file '
+                    '= "%s" }' % (peer.address, certs.__getattr__("ca.pem")))
+        n = 3000
+        send_events(eng.addr, events(n))
+        wait_for(lambda: count(peer, 0) >= n, 20, what="every event decrypted")
+        assert idx(decode_all(bytes(peer.conns[0]))) == list(range(n))
+        assert len(peer.conns) == 1 and not peer.errors
+        assert metric(eng.admin, "sluice_output_events_total", output="out") == n
+        assert eng.stop() == 0
+    finally:
+        peer.close()
+
+
+def test_watchdog_drop_with_a_queued_write_resends_on_a_new_connection(
+        sluice):
+    """The peer stalls past retry.timeout_ms with part of a batch written
+    and the rest queued: the conn is dropped (its queued write cancelled),
+    and the new connection carries a clean stream from a batch boundary
+    to the last event."""
+    def stall_then_hang(peer, c, buf):
+        peer.stop.wait(20)  # never read; the engine gives up on us
+
+    peer = Peer([stall_then_hang, read_all])
+    try:
+        eng = start(sluice, 'type = "tcp", address = "%s"' % peer.address,
+                    extra=", timeout_ms = 500")
+        n = 8000
+        send_events(eng.addr, events(n, pad=2000))
+        wait_for(lambda: len(peer.conns) >= 2, 10,
+                 what="the watchdog's reconnect")
+        wait_for(lambda: count(peer, 1) and idx(decode_all(
+            bytes(peer.conns[1]), whole=False))[-1] == n - 1, 20,
+            what="the last event on the new connection")
+        again = idx(decode_all(bytes(peer.conns[1])))
+        assert again == list(range(again[0], n))
+        assert eng.find_logs("output peer unreachable; reconnecting with "
+                             "backoff")[0]["error"].startswith(
+                                 "no answer from the peer within")
+        assert eng.stop() == 0
+    finally:
+        peer.close()
+
+
+def test_resets_while_events_flow_lose_no_acked_event(sluice):
+    """Four connections reset by the peer while events keep arriving (the
+    reset meets the engine in try_write or in a queued write, whichever
+    comes first); with acks, every event arrives on some connection, each
+    connection's stream is whole events in order, counted written once."""
+    def resetting(p, c, buf):
+        read_and_ack(p, c, buf, limit=700)
+
+    peer = Peer([resetting] * 4 + [read_and_ack])
+    try:
+        eng = start(sluice, 'type = "tcp", address = "%s", ack = true'
+                    % peer.address)
+        n = 5000
+        evs = events(n, pad=300)
+        with connect(eng.addr) as s:
+            for k in range(0, n, 100):
+                s.sendall(b"".join(pack(e) for e in evs[k:k + 100]))
+                time.sleep(0.002)
+        wait_for(lambda: metric(eng.admin, "sluice_output_events_total",
+                                output="out") == n, 20,
+                 what="every event acked once")
+        assert len(peer.conns) == 5
+        seen = set()
+        for raw in peer.conns:
+            got = idx(decode_all(bytes(raw)))
+            assert got == sorted(got) and len(set(got)) == len(got)
+            seen.update(got)
+        assert seen == set(range(n))
+        assert idx(decode_all(bytes(peer.conns[-1])))[-1] == n - 1
+        assert not peer.errors
+        assert eng.stop() == 0
+    finally:
+        peer.close()
