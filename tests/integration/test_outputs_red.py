@@ -6,6 +6,7 @@ never counted as written twice; acked links (native ack = true, forward
 require_ack) through a stalled downstream sluice lose nothing; a fast sink
 does not starve the admin server, and SIGTERM still drains under load.
 Peers are python sockets so they can stall and reset at will."""
+import signal
 import socket
 import struct
 import threading
@@ -481,6 +482,64 @@ def test_resets_while_events_flow_lose_no_acked_event(sluice):
         assert seen == set(range(n))
         assert idx(decode_all(bytes(peer.conns[-1])))[-1] == n - 1
         assert not peer.errors
+        assert eng.stop() == 0
+    finally:
+        peer.close()
+
+
+def test_acks_read_with_a_reset_still_redeliver_every_unacked_event(sluice):
+    """The peer reads 100 events, acks 25 and 60 in one segment and resets.
+    The first ack frees room, the blocked input resumes and flushes a batch
+    at once (try_write: the reset fails it inside the ack's callback); the
+    second ack must still count from what this connection acked (25), so
+    exactly events 60.. come again on the next connection."""
+    state = {}
+
+    def ack_then_reset(peer, c, buf):
+        c.settimeout(5)
+        up = msgpack.Unpacker(raw=False, strict_map_key=False)
+        got = []
+        while len(got) < 101:  # the hello and 100 events
+            d = c.recv(65536)
+            assert d, "the engine closed"
+            up.feed(d)
+            got += list(up)
+        for ev in got[1:]:
+            buf += pack(ev)
+        state["ready"].wait(10)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                     struct.pack("ii", 1, 0))
+        c.sendall(msgpack.packb(25) + msgpack.packb(60))
+        c.close()
+        state["sent"].set()
+
+    state["ready"], state["sent"] = threading.Event(), threading.Event()
+    peer = Peer([ack_then_reset, read_and_ack])
+    try:
+        eng = start(sluice, 'type = "tcp", address = "%s", ack = true, '
+                    'batch_events = 1, queue = { max_events = 100, '
+                    'when_full = "block" }' % peer.address)
+        n = 110
+        with connect(eng.addr) as s:
+            s.sendall(b"".join(pack({"topic": "t", "payload": {"i": i}})
+                               for i in range(n)))
+            wait_for(lambda: count(peer, 0) >= 100, 10,
+                     what="100 events at the peer")
+            time.sleep(0.2)  # the input holds the 101st, the rest buffered
+            # stopped, the engine finds the acks and the reset together
+            eng.signal(signal.SIGSTOP)
+            try:
+                state["ready"].set()
+                assert state["sent"].wait(10)
+                time.sleep(0.1)
+            finally:
+                eng.signal(signal.SIGCONT)
+            wait_for(lambda: count(peer, 1) and idx(decode_all(
+                bytes(peer.conns[1]), whole=False))[-1] == n - 1, 10,
+                what="the last event on the new connection")
+        assert idx(decode_all(bytes(peer.conns[1])))[:1] == [60]
+        assert sorted(set(idx(decode_all(bytes(peer.conns[1]))))) == \
+            list(range(60, n))
         assert eng.stop() == 0
     finally:
         peer.close()
