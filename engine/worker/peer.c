@@ -193,16 +193,18 @@ void sl_peer_write(struct sl_peer *p, uint32_t nevents) {
   p->nevents = nevents;
   p->writing = 1;
   rc = sl_conn_try_write(p->conn, p->batch.data, p->batch.len);
-  if (rc < 0) {
-    sl_peer_drop(p, rc, NULL);
-    return;
-  }
-  if ((size_t)rc == p->batch.len) {
+  if (rc > 0 && (size_t)rc == p->batch.len) {
     sl_buf_reset(&p->batch);
     written(p);
     return;
   }
-  sl_buf_consume(&p->batch, (size_t)rc);
+  /* a failure (the peer reset) is left to the queued write, whose callback
+   * reports it in a later turn: dropping here, inside whatever handed out
+   * this batch (a native ack's callback, whose room woke the input), reset
+   * the conn's ack count under the acks still to be read, and they popped
+   * events nobody acked */
+  if (rc > 0)
+    sl_buf_consume(&p->batch, (size_t)rc);
   rc = sl_conn_write(p->conn, &p->batch, on_written, p);
   if (rc != 0) {
     sl_peer_drop(p, rc, NULL);
