@@ -537,3 +537,39 @@ describe("keys added to a big map (more than 16 entries) on the general path", f
     end
   end)
 end)
+
+describe("the write log's allocation", function()
+  teardown(s.cleanup)
+
+  -- the log's splice allocates its upper bound and fills it outside the
+  -- rule's memory_mb and CPU budget: a 40 MB string written under 8 keys
+  -- bounded 320 MB, allocated and copied per event before the event was
+  -- found past max_event_bytes. Measured in a child process (its peak RSS).
+  it("does not allocate or copy past max_event_bytes for a big string written under many keys", function()
+    local rule = s.write("big8.lua", [[
+      return { on_event = function(ev)
+        local p, big = ev.payload, ("x"):rep(40 * 1024 * 1024)
+        for i = 1, 8 do p["k" .. i] = big end
+        return "out"
+      end }]])
+    local child = s.write("big8_child.lua", ([[
+      package.path = %q
+      package.cpath = %q
+      local t = require("sluice.testing")
+      local r = t.load(%q, { memory_mb = 128, cpu_budget_ms = 5000 })
+      local res = r:run({ topic = "t", payload_raw = "\129\161a\1" })
+      local f = io.open("/proc/self/status")
+      local hwm = f:read("*a"):match("VmHWM:%%s*(%%d+)")
+      f:close()
+      io.write(res.verdict, " ", tostring(res.error):sub(1, 200), "\n", hwm, "\n")
+    ]]):format(package.path, package.cpath, rule))
+    local pipe = io.popen("luajit " .. child .. " 2>&1")
+    local out = pipe:read("*a")
+    pipe:close()
+    local verdict, hwm = out:match("^(%a+) .-\n(%d+)\n$")
+    assert.equal("error", verdict, out)
+    s.has(out, "larger than")
+    -- the Lua string and the interpreter: well under the 320 MB bound
+    assert.is_true(tonumber(hwm) < 200 * 1024, "peak RSS " .. hwm .. " kB")
+  end)
+end)
