@@ -625,6 +625,12 @@ int finish_log(struct box *b) {
 
   if (b->evflags != EV_PAYLOAD || (n = sl_proxy_log_bound(b)) < 0)
     return 0;
+  /* the bound is the allocation, made and filled outside the rule's
+   * memory_mb and CPU budget: one past the limit (a big string written
+   * under 8 keys: 8 x memory_mb) goes the general path, which refuses it
+   * within the budgets; the bound exceeds the size by a few bytes a key */
+  if ((uint64_t)ev->len - ev->payload_len + (uint64_t)n > r->max_event_bytes)
+    return 0;
   nev = sl_event_with_payload(ev, (size_t)n, sl_proxy_log_fill, b);
   if (nev == NULL || sl_proxy_log_failed(b) || nev->len > r->max_event_bytes) {
     sl_event_unref(nev); /* the general path decides and reports */

@@ -564,6 +564,17 @@ static void build_index(struct walk *w, int idx, struct pnode *nd) {
   lua_pop(L, 1);
 }
 
+/* Build a big node's index before a walk over its env table that looks
+ * keys up: find would build it mid-walk, and the new field it stores in
+ * the table being walked lets lua_next rehash, then skip or repeat keys
+ * (an added key written twice, or lost). */
+static void index_now(struct walk *w, int idx, struct pnode *nd) {
+  if (nd->n > SMALL && !nd->indexed) {
+    build_index(w, idx, nd);
+    nd->indexed = 1;
+  }
+}
+
 /* The offset of the value the node holds in its bytes under the Lua key
  * at k (absolute), or 0 when none (0 is the root's header, no value). */
 static uint32_t find_lk(struct walk *w, int idx, struct pnode *nd, int k,
@@ -975,6 +986,7 @@ static int step(struct walk *w, int idx, struct pnode *nd, struct iter *it,
     return 0;
   }
   wt = lua_gettop(L);
+  index_now(w, idx, nd);
   if (prev && it->j == nd->n + 1) /* prev was an added key */
     lua_pushvalue(L, prev);
   else
@@ -1286,6 +1298,7 @@ static uint32_t write_added(struct sctx *s, int idx, struct pnode *nd,
   if (pl->n >= 0)
     return count;
   push_env(L, idx, nd);
+  index_now(&s->w, idx, nd);
   lua_pushnil(L);
   while (lua_next(L, -2)) {
     k = lua_gettop(L) - 1;
