@@ -12,7 +12,8 @@ import pytest
 
 from conftest import (Sink, connect, free_port, metrics_flat, metric, pack,
                       read_ndjson, wait_for, wait_lines)
-from test_workers import config, events, post_reload, send, start, check_per_key
+from test_workers import (PINNED, config, events, post_reload, send, start,
+                          check_per_key)
 
 RUNAWAY = """
 return {
@@ -90,7 +91,7 @@ def test_results_decided_before_a_reload_that_changes_routes_are_delivered(
     from conftest import Sink
     sink = Sink(reading=False, rcvbuf=4096)
     port, admin = free_port(), free_port()
-    eng = sluice(route_config(port, admin, sink.address, old))
+    eng = sluice(route_config(port, admin, sink.address, old), env=PINNED)
     total = 20000
     data = b"".join(pack(e) for e in events("k", total, 64))
     s = connect("127.0.0.1:%d" % port)
@@ -170,7 +171,8 @@ def test_an_output_removed_by_reload_takes_the_results_decided_before_it(
     port, admin = free_port(), free_port()
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "10_to.lua").write_text(TO_RULE[1])
-    eng = sluice(two_output_config(port, admin, sink.address, tmp_path, True))
+    eng = sluice(two_output_config(port, admin, sink.address, tmp_path, True),
+                 env=PINNED)
     total = 20000
     data = b"".join(pack(e) for e in events("k", total, 64))
     s = connect("127.0.0.1:%d" % port)
@@ -267,7 +269,7 @@ def test_reload_storm_while_a_full_output_holds_the_workers(sluice, tmp_path):
         queue = { max_events = 100, when_full = "block" } },""" % sink.address
     eng, rules, addr, admin = start(sluice, tmp_path,
                                     {"10_v.lua": stamp_rule("v0")},
-                                    workers=2, outputs=outputs)
+                                    workers=2, outputs=outputs, env=PINNED)
     total = 20000
     data = b"".join(pack(e) for e in events("k", total, 64))
     s = connect(addr)
