@@ -855,51 +855,7 @@ describe("ev.payload's write log against the general path", function()
     "cfffffffffffffffff", "d38000000000000000", "a173", "c40173", "c3", "c2", "9201 02", "81a16101",
     "cd0005", "d0ff", "ca3fc00000", "c7010578", "d9 20" .. ("78"):rep(32) }
 
-  local function be(raw, i, w)
-    local v = 0
-    for j = i, i + w - 1 do v = v * 256 + raw:byte(j) end
-    return v
-  end
-
-  local FIXED = { [0xca] = 4, [0xcb] = 8, [0xcc] = 1, [0xcd] = 2, [0xce] = 4, [0xcf] = 8, [0xd0] = 1,
-    [0xd1] = 2, [0xd2] = 4, [0xd3] = 8, [0xd4] = 2, [0xd5] = 3, [0xd6] = 5, [0xd7] = 9, [0xd8] = 17 }
-
-  -- the index past the msgpack value at i
-  local function skip(raw, i)
-    local c = raw:byte(i)
-    if c < 0x80 or c >= 0xe0 or c == 0xc0 or c == 0xc2 or c == 0xc3 then return i + 1 end
-    if c >= 0xa0 and c <= 0xbf then return i + 1 + c - 0xa0 end
-    if FIXED[c] then return i + 1 + FIXED[c] end
-    if c == 0xc4 or c == 0xd9 then return i + 2 + be(raw, i + 1, 1) end
-    if c == 0xc5 or c == 0xda then return i + 3 + be(raw, i + 1, 2) end
-    if c == 0xc6 or c == 0xdb then return i + 5 + be(raw, i + 1, 4) end
-    if c == 0xc7 then return i + 3 + be(raw, i + 1, 1) end
-    local n, j = 0, i + 1
-    if c >= 0x80 and c <= 0x8f then n = 2 * (c - 0x80)
-    elseif c >= 0x90 and c <= 0x9f then n = c - 0x90
-    elseif c == 0xdc then n, j = be(raw, i + 1, 2), i + 3
-    elseif c == 0xde then n, j = 2 * be(raw, i + 1, 2), i + 3
-    else error(("no such value here: %02x"):format(c)) end
-    for _ = 1, n do j = skip(raw, j) end
-    return j
-  end
-
-  -- a map's header and its pairs, sorted: keys added may come in any order
-  local function pairs_of(raw)
-    local c, n, i = raw:byte(1), 0, 2
-    if c == 0xde then n, i = be(raw, 2, 2), 4
-    elseif c >= 0x80 and c <= 0x8f then n = c - 0x80
-    else return tohex(raw) end
-    local head, out = tohex(raw:sub(1, i - 1)), {}
-    for _ = 1, n do
-      local j = skip(raw, skip(raw, i))
-      out[#out + 1] = tohex(raw:sub(i, j - 1))
-      i = j
-    end
-    assert.equal(#raw + 1, i, "the map's bytes end with its last pair")
-    table.sort(out)
-    return head .. " " .. table.concat(out, ",")
-  end
+  local pairs_of = s.map_pairs -- a map's header and its pairs, sorted
 
   it("gives the bytes and reads of the general path, for 400 random payloads and writes", function()
     for seed = 1, 400 do

@@ -79,6 +79,62 @@ function M.tohex(s)
   return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
 end
 
+-- Big-endian unsigned of w bytes of raw at i.
+local function be(raw, i, w)
+  local v = 0
+  for j = i, i + w - 1 do v = v * 256 + raw:byte(j) end
+  return v
+end
+
+local FIXED = { [0xca] = 4, [0xcb] = 8, [0xcc] = 1, [0xcd] = 2, [0xce] = 4, [0xcf] = 8, [0xd0] = 1,
+  [0xd1] = 2, [0xd2] = 4, [0xd3] = 8, [0xd4] = 2, [0xd5] = 3, [0xd6] = 5, [0xd7] = 9, [0xd8] = 17 }
+
+-- The index past the msgpack value of raw at i (written apart from the
+-- engine's codec, so the specs do not check its bytes with itself).
+function M.msgpack_skip(raw, i)
+  local c = raw:byte(i)
+  if c < 0x80 or c >= 0xe0 or c == 0xc0 or c == 0xc2 or c == 0xc3 then return i + 1 end
+  if c >= 0xa0 and c <= 0xbf then return i + 1 + c - 0xa0 end
+  if FIXED[c] then return i + 1 + FIXED[c] end
+  if c == 0xc4 or c == 0xd9 then return i + 2 + be(raw, i + 1, 1) end
+  if c == 0xc5 or c == 0xda then return i + 3 + be(raw, i + 1, 2) end
+  if c == 0xc6 or c == 0xdb then return i + 5 + be(raw, i + 1, 4) end
+  if c == 0xc7 then return i + 3 + be(raw, i + 1, 1) end
+  if c == 0xc8 then return i + 4 + be(raw, i + 1, 2) end
+  if c == 0xc9 then return i + 6 + be(raw, i + 1, 4) end
+  local n, j = 0, i + 1
+  if c >= 0x80 and c <= 0x8f then n = 2 * (c - 0x80)
+  elseif c >= 0x90 and c <= 0x9f then n = c - 0x90
+  elseif c == 0xdc then n, j = be(raw, i + 1, 2), i + 3
+  elseif c == 0xdd then n, j = be(raw, i + 1, 4), i + 5
+  elseif c == 0xde then n, j = 2 * be(raw, i + 1, 2), i + 3
+  elseif c == 0xdf then n, j = 2 * be(raw, i + 1, 4), i + 5
+  else error(("no such value here: %02x"):format(c)) end
+  for _ = 1, n do j = M.msgpack_skip(raw, j) end
+  return j
+end
+
+-- A map's header and its pairs in hex, the pairs sorted (keys a rule
+-- added may come in any order); anything but a map: its hex.
+function M.map_pairs(raw)
+  local c, n, i = raw:byte(1), 0, 2
+  if c == 0xde then n, i = be(raw, 2, 2), 4
+  elseif c == 0xdf then n, i = be(raw, 2, 4), 6
+  elseif c >= 0x80 and c <= 0x8f then n = c - 0x80
+  else return M.tohex(raw) end
+  local head, out = M.tohex(raw:sub(1, i - 1)), {}
+  for _ = 1, n do
+    local j = M.msgpack_skip(raw, M.msgpack_skip(raw, i))
+    out[#out + 1] = M.tohex(raw:sub(i, j - 1))
+    i = j
+  end
+  if i ~= #raw + 1 then
+    error(("the map's bytes do not end with its last pair (%d of %d)"):format(i - 1, #raw), 2)
+  end
+  table.sort(out)
+  return head .. " " .. table.concat(out, ",")
+end
+
 -- Assert that hay contains needle as plain text.
 function M.has(hay, needle)
   if type(hay) ~= "string" or not hay:find(needle, 1, true) then
