@@ -190,13 +190,10 @@ class Flow:
         return self.sent
 
 
-def test_workers_reload_storm_every_event_has_one_version_and_new_events_the_new_one(
-        sluice, tmp_path):
-    eng, rules, addr, admin = start(sluice, tmp_path,
-                                    {"10_v.lua": stamp_rule("v0")}, workers=3)
-    flow = Flow(addr)
-    flow.start()
-    for i in range(1, 9):
+def reload_storm(eng, rules, admin, n):
+    """Rule 10_v.lua stamped v1..vn, reloaded by SIGHUP and POST /reload in
+    turn while events flow; each reload waited for (its answer or its log)."""
+    for i in range(1, n + 1):
         (rules / "10_v.lua").write_text(stamp_rule("v%d" % i))
         if i % 2:
             eng.signal(signal.SIGHUP)
@@ -207,6 +204,15 @@ def test_workers_reload_storm_every_event_has_one_version_and_new_events_the_new
         else:
             assert post_reload(admin) == 200
         time.sleep(0.05)
+
+
+def test_workers_reload_storm_every_event_has_one_version_and_new_events_the_new_one(
+        sluice, tmp_path):
+    eng, rules, addr, admin = start(sluice, tmp_path,
+                                    {"10_v.lua": stamp_rule("v0")}, workers=3)
+    flow = Flow(addr)
+    flow.start()
+    reload_storm(eng, rules, admin, 8)
     sent = flow.finish()
     # after the last reload answered: every new event carries v8
     send(addr, [{"topic": "t", "key": "after%d" % i,

@@ -16,21 +16,11 @@ from pathlib import Path
 import pytest
 
 from conftest import (SLUICE_BIN, free_port, metrics_flat, read_ndjson,
-                      wait_for, wait_lines)
-from test_workers import (PAYLOAD_RULE, Flow, check_per_key, config, events,
-                          post_reload, send, stamp_rule)
+                      wait_lines)
+from test_workers import (PAYLOAD_RULE, Flow, check_per_key, events,
+                          post_reload, reload_storm, send, stamp_rule, start)
 
 CHURN = {"SLUICE_WORKERS_CHURN": "1", "SLUICE_WORKERS_BALANCE_MS": "2"}
-
-
-def start(sluice, tmp_path, files, workers, env):
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    for name, text in files.items():
-        (rules / name).write_text(text)
-    port, admin = free_port(), free_port()
-    eng = sluice(config(port, admin, workers, rules=str(rules)), env=env)
-    return eng, rules, "127.0.0.1:%d" % port, admin
 
 
 def buckets(m, n):
@@ -74,17 +64,7 @@ def test_balance_reload_storm_while_buckets_move_one_version_per_event(
     flow = Flow(addr, keys=64)
     flow.start()
     moves0 = metrics_flat(admin)["sluice_worker_bucket_moves_total"]
-    for i in range(1, 7):
-        (rules / "10_v.lua").write_text(stamp_rule("v%d" % i))
-        if i % 2:
-            eng.signal(signal.SIGHUP)
-            wait_for(lambda: any(l.get("msg") == "config reloaded" and
-                                 ("rules version %d" % (i + 1)) in l.get("changes", "")
-                                 for l in eng.logs()),
-                     timeout=10, what="reload %d" % i)
-        else:
-            assert post_reload(admin) == 200
-        time.sleep(0.05)
+    reload_storm(eng, rules, admin, 6)
     sent = flow.finish()
     send(addr, [{"topic": "t", "key": "after%d" % i,
                  "payload": {"seq": sent + i, "amount": 0}} for i in range(300)])

@@ -14,8 +14,7 @@ import msgpack
 
 from conftest import connect, free_port, metrics_flat, read_ndjson, wait_lines
 from test_workers import PAYLOAD_RULE, check_per_key
-
-CHURN = {"SLUICE_WORKERS_CHURN": "1", "SLUICE_WORKERS_BALANCE_MS": "2"}
+from test_workers_balance import CHURN
 
 
 def start(sluice, tmp_path, inp, env=None):
