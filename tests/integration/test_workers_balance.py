@@ -147,16 +147,26 @@ def test_balance_worker0_sheds_buckets_for_a_cheap_rule_and_takes_them_back_for_
     # a cheap rule at full speed: worker 0, reading and writing everything
     # besides its share, is the busiest and hands buckets to worker 1, but
     # keeps at least half its even share (64)
-    blast(addr, admin, 1000000)
-    shed = buckets(metrics_flat(admin), 2)
+    # (the balance reads CPU fractions of a shared machine: a busy neighbour
+    # can slow how far it goes in one blast, so blast until it has moved,
+    # a bounded number of times)
+    for _ in range(3):
+        blast(addr, admin, 1000000)
+        shed = buckets(metrics_flat(admin), 2)
+        if shed[0] < 128:
+            break
     assert 64 <= shed[0] < 128 and sum(shed) == 256, shed
     # a costly rule: worker 1 is the limit now, and buckets come back
     # (every one of worker 1's buckets has events in flight: they move once
     # those are applied, new events of theirs waiting at the source)
     (rules / "10_p.lua").write_text(COSTLY_RULE)
     assert post_reload(admin) == 200
-    blast(addr, admin, 100000)
-    back = buckets(metrics_flat(admin), 2)
+    for _ in range(8):
+        blast(addr, admin, 100000)
+        back = buckets(metrics_flat(admin), 2)
+        if back[0] > shed[0] + 8:
+            break
     assert back[0] > shed[0] + 8, (shed, back)
+    assert sum(back) == 256, back
     m = metrics_flat(admin)
     assert m["sluice_worker_bucket_moves_total"] >= (128 - shed[0]) + (back[0] - shed[0])
