@@ -11,6 +11,7 @@
 #include "json.h"
 #include "plugins.h"
 #include "rules.h"
+#include "schemas.h"
 #include "state.h"
 
 struct emitted {
@@ -21,6 +22,19 @@ struct emitted {
 static void on_emit(void *data, int output, struct sl_event *ev) {
   struct emitted *e = data;
   const char *name = e->cfg->outputs[output].name;
+  char why[600];
+  /* an emitted event that does not fit its output's schema goes to the
+   * dead letter, as the engine sends it (sl_schemas_emitted) */
+  if (output != e->cfg->dead_letter &&
+      sl_schemas_misfit(e->cfg, output, ev, why, sizeof(why))) {
+    struct sl_event *dl = e->cfg->dead_letter >= 0
+        ? sl_schemas_dead_letter_copy(ev, why, name) : NULL;
+    sl_event_unref(ev);
+    if (dl == NULL)
+      return; /* no dead letter: the engine drops it (counted) */
+    ev = dl;
+    name = e->cfg->outputs[e->cfg->dead_letter].name;
+  }
   if (e->json.len)
     sl_buf_putc(&e->json, ',');
   sl_buf_append(&e->json, "{\"output\":", 10);
@@ -60,6 +74,74 @@ static void print_error(uint64_t index, const char *msg) {
   sl_buf_close(&b);
 }
 
+/* The payload contract of ev's topic, as a stream input applies it
+ * (sl_schemas_ingest): 1 when it refuses ev (r decided: the dead letter's
+ * copy with sluice-error), 0 when the rules go on (why set in warn mode).
+ * Either way the version is stamped, for rules that read
+ * ev.schema_version. */
+static int dry_ingest(const struct sl_config *cfg, struct sl_event *ev,
+                      struct sl_rules_result *r, char *why, size_t n) {
+  struct sl_schema_verdict v;
+  enum sl_schema_result res = sl_schemas_verdict(
+      cfg, sl_event_topic(ev),
+      ev->headers_len ? ev->data + ev->headers_off : NULL, ev->headers_len,
+      ev->payload_len ? ev->data + ev->payload_off : NULL, ev->payload_len,
+      &v, NULL);
+  why[0] = '\0';
+  if (v.version >= 0)
+    ev->schema_version = v.contract->versions[v.version].code;
+  if (res != SL_SCHEMA_INVALID && res != SL_SCHEMA_WARNED)
+    return 0;
+  sl_schemas_describe(&v, why, n);
+  if (res == SL_SCHEMA_WARNED)
+    return 0;
+  memset(r, 0, sizeof(*r));
+  r->outcome = SL_RULES_FAILED;
+  r->route = -1;
+  r->reason = why;
+  r->event = cfg->dead_letter >= 0
+      ? sl_schemas_dead_letter_copy(ev, why, NULL) : NULL;
+  if (r->event == NULL) {
+    r->event = ev; /* no dead letter: the engine drops it (counted) */
+    return 1;
+  }
+  sl_event_unref(ev);
+  r->ntargets = 1;
+  r->targets[0] = (uint16_t)cfg->dead_letter;
+  return 1;
+}
+
+/* After the rules, as sl_schemas_outputs: a target whose schema the
+ * event does not fit leaves the targets, and the dead letter takes a copy
+ * with sluice-error and sluice-output (the decision, when no target is
+ * left). */
+static void dry_outputs(const struct sl_config *cfg,
+                        struct sl_rules_result *r, char *why, size_t n) {
+  const char *name = NULL;
+  struct sl_event *dl;
+  int i, kept = 0, dead = cfg->dead_letter;
+  for (i = 0; i < r->ntargets; i++) {
+    int t = r->targets[i];
+    if (t == dead || !sl_schemas_misfit(cfg, t, r->event, why, n))
+      r->targets[kept++] = (uint16_t)t;
+    else
+      name = cfg->outputs[t].name;
+  }
+  if (name == NULL)
+    return;
+  r->ntargets = kept;
+  if (dead >= 0)
+    r->targets[r->ntargets++] = (uint16_t)dead;
+  if (kept > 0)
+    return; /* the event goes on; the dead letter takes a copy beside */
+  r->outcome = SL_RULES_FAILED;
+  r->reason = why;
+  if (dead >= 0 && (dl = sl_schemas_dead_letter_copy(r->event, why, name))) {
+    sl_event_unref(r->event);
+    r->event = dl;
+  }
+}
+
 static void decide_one(struct sl_rules *rs, struct emitted *em,
                        struct sl_idgen *g, uint64_t index, const uint8_t *p,
                        size_t len) {
@@ -70,8 +152,10 @@ static void decide_one(struct sl_rules *rs, struct emitted *em,
   struct sl_rules_result r;
   struct sl_event *ev;
   struct sl_buf b;
+  char schema[600], schema_out[600];
   int i;
 
+  schema_out[0] = '\0';
   if (sl_codec_parse_event(p, len, &v, &err) != 0) {
     char msg[256];
     snprintf(msg, sizeof(msg), "byte %zu: %s", err.offset, err.msg);
@@ -84,7 +168,13 @@ static void decide_one(struct sl_rules *rs, struct emitted *em,
     return;
   }
   sl_buf_reset(&em->json);
-  sl_rules_decide(rs, ev, &r);
+  if (!dry_ingest(em->cfg, ev, &r, schema, sizeof(schema))) {
+    sl_rules_decide(rs, ev, &r);
+    if (r.outcome == SL_RULES_ROUTED)
+      dry_outputs(em->cfg, &r, schema_out, sizeof(schema_out));
+  }
+  if (schema_out[0])
+    memcpy(schema, schema_out, sizeof(schema));
   if (gate.on) {
     struct sl_str t = sl_event_topic(r.event);
     char topic[256];
@@ -116,6 +206,10 @@ static void decide_one(struct sl_rules *rs, struct emitted *em,
     sl_codec_json_str(&b, r.reason, strlen(r.reason));
   else
     sl_buf_append(&b, "null", 4);
+  if (schema[0]) { /* why it did not fit a contract, when it did not */
+    sl_buf_append(&b, ",\"schema\":", 10);
+    sl_codec_json_str(&b, schema, strlen(schema));
+  }
   sl_buf_append(&b, ",\"event\":", 9);
   sl_codec_to_json(r.event->data, r.event->len, &b);
   sl_buf_append(&b, ",\"emitted\":[", 12);

@@ -166,13 +166,13 @@ void sl_schemas_free(struct sl_worker *w) {
   w->schemas = NULL;
 }
 
-enum sl_schema_result sl_schemas_check(struct sl_worker *w, struct sl_str topic,
-                                       const uint8_t *headers, size_t hlen,
-                                       const uint8_t *payload, size_t plen,
-                                       int count, struct sl_schema_verdict *v) {
+enum sl_schema_result sl_schemas_verdict(const struct sl_config *cfg,
+                                         struct sl_str topic,
+                                         const uint8_t *headers, size_t hlen,
+                                         const uint8_t *payload, size_t plen,
+                                         struct sl_schema_verdict *v,
+                                         int *index) {
   static const uint8_t nil = 0xc0;
-  const struct sl_config *cfg = w->cfg;
-  struct sl_schemas *s = w->schemas;
   const struct sl_schema_contract *k;
   int i;
 
@@ -182,6 +182,8 @@ enum sl_schema_result sl_schemas_check(struct sl_worker *w, struct sl_str topic,
   k = sl_config_schema_find(cfg, topic.p, topic.len, &i);
   if (k == NULL)
     return SL_SCHEMA_NONE;
+  if (index)
+    *index = i;
   v->contract = k;
   if (payload == NULL || plen == 0) {
     payload = &nil; /* no payload: checked as null */
@@ -196,9 +198,23 @@ enum sl_schema_result sl_schemas_check(struct sl_worker *w, struct sl_str topic,
   else
     v->result = k->mode == SL_SCHEMA_WARN ? SL_SCHEMA_WARNED
                                           : SL_SCHEMA_INVALID;
+  return v->result;
+}
+
+enum sl_schema_result sl_schemas_check(struct sl_worker *w, struct sl_str topic,
+                                       const uint8_t *headers, size_t hlen,
+                                       const uint8_t *payload, size_t plen,
+                                       int count, struct sl_schema_verdict *v) {
+  const struct sl_config *cfg = w->cfg;
+  struct sl_schemas *s = w->schemas;
+  int i = 0;
+
+  if (sl_schemas_verdict(cfg, topic, headers, hlen, payload, plen, v, &i) ==
+      SL_SCHEMA_NONE)
+    return SL_SCHEMA_NONE;
   if (count && s && (s->built == cfg || build(s) == 0)) {
     struct counter *c = s->idx[i][v->version >= 0 ? v->version
-                                                  : k->nversions];
+                                                  : v->contract->nversions];
     c->n[v->result]++;
   }
   return v->result;
@@ -265,23 +281,31 @@ enum sl_schema_result sl_schemas_event(struct sl_worker *w,
   return r;
 }
 
-int sl_schemas_output_fits(struct sl_worker *w, int i,
-                           const struct sl_event *ev, char *why, size_t n) {
+int sl_schemas_misfit(const struct sl_config *cfg, int i,
+                      const struct sl_event *ev, char *why, size_t n) {
   static const uint8_t nil = 0xc0;
-  const struct sl_config *cfg = w->cfg;
   const struct sl_schema *schema;
   struct sl_schema_error e;
-  struct counter *c;
-  uint64_t suppressed;
 
-  if (i >= cfg->noutputs || (schema = cfg->outputs[i].schema) == NULL)
-    return 1;
+  if (i < 0 || i >= cfg->noutputs || (schema = cfg->outputs[i].schema) == NULL)
+    return 0;
   if (sl_schema_check(schema, ev->payload_len ? ev->data + ev->payload_off
                                               : &nil,
                       ev->payload_len ? ev->payload_len : 1, &e) == 0)
-    return 1;
+    return 0;
   snprintf(why, n, "output %s schema: %s: expected %s", cfg->outputs[i].name,
            e.path[0] ? e.path : "/", e.msg);
+  return 1;
+}
+
+int sl_schemas_output_fits(struct sl_worker *w, int i,
+                           const struct sl_event *ev, char *why, size_t n) {
+  const struct sl_config *cfg = w->cfg;
+  struct counter *c;
+  uint64_t suppressed;
+
+  if (!sl_schemas_misfit(cfg, i, ev, why, n))
+    return 1;
   if (w->schemas &&
       (c = counter_of(&w->schemas->outputs, cfg->outputs[i].name, "")))
     c->n[SL_SCHEMA_INVALID]++;
@@ -344,9 +368,7 @@ int sl_schemas_reload_check(const struct sl_config *cur,
   return 0;
 }
 
-/* A copy of ev with sluice-error (and sluice-output when output) set;
- * NULL when out of memory. */
-static struct sl_event *dead_letter_copy(struct sl_event *ev, const char *why,
+struct sl_event *sl_schemas_dead_letter_copy(struct sl_event *ev, const char *why,
                                          const char *output) {
   struct sl_event *a = sl_event_with_header(ev, "sluice-error", why,
                                             strlen(why));
@@ -382,7 +404,7 @@ int sl_schemas_ingest(struct sl_worker *w, struct sl_event *ev,
   r->reason = s->why;
   r->schema = s->why;
   r->ntargets = 0;
-  dl = w->cfg->dead_letter >= 0 ? dead_letter_copy(ev, s->why, NULL) : NULL;
+  dl = w->cfg->dead_letter >= 0 ? sl_schemas_dead_letter_copy(ev, s->why, NULL) : NULL;
   if (dl == NULL) {
     r->event = ev; /* nowhere to put it: dropped, counted above */
     return 1;
@@ -417,7 +439,7 @@ void sl_schemas_outputs(struct sl_worker *w, struct sl_rules_result *r) {
   r->schema = s->why;
   if (dead < 0)
     return; /* counted; nowhere to put it */
-  dl = dead_letter_copy(r->event, s->why, name);
+  dl = sl_schemas_dead_letter_copy(r->event, s->why, name);
   if (dl == NULL)
     return;
   if (kept == 0) {
@@ -452,7 +474,7 @@ struct sl_event *sl_schemas_emitted(struct sl_worker *w, int *output,
       sl_schemas_output_fits(w, o, ev, s->why, sizeof(s->why)))
     return ev;
   if (cfg->dead_letter >= 0)
-    dl = dead_letter_copy(ev, s->why, cfg->outputs[o].name);
+    dl = sl_schemas_dead_letter_copy(ev, s->why, cfg->outputs[o].name);
   sl_event_unref(ev);
   *output = cfg->dead_letter;
   return dl;

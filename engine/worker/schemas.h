@@ -42,6 +42,16 @@ enum sl_schema_result sl_schemas_check(struct sl_worker *w, struct sl_str topic,
                                        const uint8_t *payload, size_t plen,
                                        int count, struct sl_schema_verdict *v);
 
+/* The same verdict, on cfg alone (no worker, nothing counted: the dry
+ * runs, `sluice route` and `sluice check --events`); *index, when given,
+ * the contract's index in cfg->schemas. */
+enum sl_schema_result sl_schemas_verdict(const struct sl_config *cfg,
+                                         struct sl_str topic,
+                                         const uint8_t *headers, size_t hlen,
+                                         const uint8_t *payload, size_t plen,
+                                         struct sl_schema_verdict *v,
+                                         int *index);
+
 /* The verdict on an event as an input submits it: counted, its version
  * stamped on ev, logged (rate-limited) when it does not fit. */
 enum sl_schema_result sl_schemas_event(struct sl_worker *w,
@@ -57,6 +67,17 @@ void sl_schemas_describe(const struct sl_schema_verdict *v, char *out,
  * the sluice-error text and the rejection is counted. 1 fits, 0 not. */
 int sl_schemas_output_fits(struct sl_worker *w, int i,
                            const struct sl_event *ev, char *why, size_t n);
+
+/* On cfg alone: 1 when ev does not fit output i's schema (why says so,
+ * as sluice-error will), 0 when it fits or i has none. Nothing counted. */
+int sl_schemas_misfit(const struct sl_config *cfg, int i,
+                      const struct sl_event *ev, char *why, size_t n);
+
+/* A copy of ev with sluice-error (and sluice-output when output) set, as
+ * the dead letter gets it; NULL when out of memory. */
+struct sl_event *sl_schemas_dead_letter_copy(struct sl_event *ev,
+                                             const char *why,
+                                             const char *output);
 
 struct sl_rules_result;
 
