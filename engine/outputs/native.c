@@ -32,7 +32,9 @@ static size_t on_data(struct sl_peer *p, struct sl_conn *c,
   size_t pos = 0, used;
   if (!p->ack)
     return len; /* nothing expected from a plain peer */
-  while (pos < len) {
+  /* an ack's done may end the connection (as forward's reader checks):
+   * what follows belongs to no connection any more */
+  while (pos < len && p->conn == c) {
     uint64_t count, k;
     const uint8_t *d = data + pos;
     if (sl_codec_skip(d, len - pos, 16, &used, NULL) != 0) {
@@ -54,7 +56,7 @@ static size_t on_data(struct sl_peer *p, struct sl_conn *c,
       sl_peer_progress(p);
     }
   }
-  return pos;
+  return p->conn == c ? pos : len;
 bad:
   sl_log(SL_LOG_ERROR, "output peer sent a bad ack; reconnecting",
          SL_S("output", p->o->cfg->name), SL_S("peer", sl_conn_peer(c)),
