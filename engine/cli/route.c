@@ -257,6 +257,7 @@ int sl_route_main(const char *config, const char *path) {
   owner.data = &em;
   owner.emit = on_emit;
   owner.reload = NULL; /* no loop, no watcher: never called */
+  owner.quiet = 0;
   rs = sl_rules_new(cfg, NULL, &g, &owner, err, sizeof(err));
   if (rs == NULL) {
     fprintf(stderr, "%s\n", err);

@@ -25,23 +25,12 @@ void sl_log_set_level(enum sl_log_level level) { level_min = level; }
 enum sl_log_level sl_log_get_level(void) { return level_min; }
 void sl_log_set_fd(int fd) { log_fd = fd; }
 
-static _Thread_local const char *const *thread_mute;
 static _Thread_local const char *thread_key;
 static _Thread_local long long thread_value;
-
-void sl_log_thread_mute(const char *const *mute) { thread_mute = mute; }
 
 void sl_log_thread_field(const char *key, long long value) {
   thread_key = key;
   thread_value = value;
-}
-
-static int muted(const char *msg) {
-  const char *const *m;
-  for (m = thread_mute; m && *m; m++)
-    if (strcmp(*m, msg) == 0)
-      return 1;
-  return 0;
 }
 
 int sl_log_level_parse(const char *name) {
@@ -60,7 +49,7 @@ void sl_log(enum sl_log_level level, const char *msg, ...) {
   va_list ap;
   int type;
 
-  if (level < level_min || (thread_mute && muted(msg)))
+  if (level < level_min)
     return;
   clock_gettime(CLOCK_REALTIME, &ts);
   gmtime_r(&ts.tv_sec, &tm);

@@ -32,11 +32,6 @@ void sl_log_set_fd(int fd);
 
 void sl_log(enum sl_log_level level, const char *msg, ...);
 
-/* The calling thread's lines only. Lines whose message is in mute (a
- * NULL-ended list the caller keeps alive) are not written: a worker
- * thread's rule set says what the main thread says once for every worker.
- * NULL: none muted. */
-void sl_log_thread_mute(const char *const *mute);
 /* Every line of this thread gets the field key: value until key is NULL
  * again (the worker count on the lines of a reload of every worker). */
 void sl_log_thread_field(const char *key, long long value);

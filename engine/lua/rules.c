@@ -517,7 +517,8 @@ int sl_rules_prepare(struct sl_rules *rs, const struct sl_config *cfg,
     rs->cfg = live_cfg;
     set_free(next); /* it only borrowed the live rules */
     staged_finish(rs, 0, &emits, &logs);
-    sl_log(SL_LOG_DEBUG, "rules unchanged; reload skipped",
+    if (!rs->owner.quiet)
+      sl_log(SL_LOG_DEBUG, "rules unchanged; reload skipped",
            SL_S("trigger", trigger), SL_END);
     return SL_EALREADY;
   }
@@ -538,7 +539,8 @@ int sl_rules_prepare(struct sl_rules *rs, const struct sl_config *cfg,
     rs->st.reloads_failed++;
     snprintf(rs->last_result, sizeof(rs->last_result), "failed");
     rs->last_error = strdup(err);
-    sl_log(SL_LOG_ERROR, "rules reload rejected; the live version stays",
+    if (!rs->owner.quiet)
+      sl_log(SL_LOG_ERROR, "rules reload rejected; the live version stays",
            SL_S("trigger", trigger), SL_U("live_version", rs->st.version),
            SL_S("error", err), SL_U("ms", ms),
            SL_U("discarded_emits", emits), SL_U("discarded_logs", logs),
@@ -576,7 +578,8 @@ static void commit_with(struct sl_rules *rs, void (*commit)(void *data),
   sl_buf_putc(&rs->prepared_dropped, '\0');
   rs->st.reloads_ok++;
   snprintf(rs->last_result, sizeof(rs->last_result), "ok");
-  sl_log(SL_LOG_INFO, "rules reloaded", SL_S("trigger", rs->prepared_trigger),
+  if (!rs->owner.quiet)
+    sl_log(SL_LOG_INFO, "rules reloaded", SL_S("trigger", rs->prepared_trigger),
          SL_U("version", rs->st.version), SL_I("rules", next->n),
          SL_S("files_changed", changes.data ? (const char *)changes.data : ""),
          SL_S("state_dropped", (const char *)rs->prepared_dropped.data),
@@ -765,7 +768,7 @@ struct sl_rules *sl_rules_new(const struct sl_config *cfg, uv_loop_t *loop,
       rs->watching_lib = 1;
     }
   }
-  if (first->n > 0 && loop)
+  if (first->n > 0 && loop && !rs->owner.quiet)
     sl_log(SL_LOG_INFO, "rules loaded", SL_U("version", rs->st.version),
            SL_I("rules", first->n), SL_S("dir", cfg->rules.dir), SL_END);
   return rs;

@@ -64,6 +64,9 @@ struct sl_rules_owner {
    * every worker's set together (sl_rules_prepare on each, then commit or
    * abort on all). NULL: the set reloads itself (sl_rules_reload). */
   int (*reload)(void *data, const char *trigger);
+  /* Set for a worker replica's set: its loads and reloads are logged once,
+   * by main's set, with the worker count (sl_workers_reload). */
+  int quiet;
 };
 
 /* Load cfg's rules dir (if any). With a loop, also watch the dir (unless

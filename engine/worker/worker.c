@@ -334,7 +334,7 @@ int sl_worker_start_input(struct sl_worker *w, const struct sl_config *cfg,
 
 int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
                    size_t errlen) {
-  struct sl_rules_owner owner = {w, on_emit, NULL};
+  struct sl_rules_owner owner = {w, on_emit, NULL, 0};
   int i, rc;
 
   if (cfg->workers > 1) /* the watcher reloads every worker's set */

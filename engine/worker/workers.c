@@ -346,19 +346,12 @@ static void on_wake(uv_async_t *a) {
     work(r);
 }
 
-/* What main's set 0 logs once for every worker (with the worker count on
- * a reload, sl_workers_reload): a replica's set does not say it again. */
-static const char *const replica_mute[] = {
-    "rules loaded", "rules reloaded", "rules unchanged; reload skipped",
-    "rules reload rejected; the live version stays", NULL};
-
 static void *replica_main(void *arg) {
   struct replica *r = arg;
-  struct sl_rules_owner owner = {r, replica_emit, NULL};
+  struct sl_rules_owner owner = {r, replica_emit, NULL, 1};
   char err[1024] = "";
   int rc, wake_open = 0;
 
-  sl_log_thread_mute(replica_mute);
   sl_idgen_init(&r->idgen); /* its own random prefix: ids stay unique */
   rc = uv_loop_init(&r->loop);
   if (rc == 0 && (rc = uv_async_init(&r->loop, &r->wake, on_wake)) == 0)

@@ -84,7 +84,7 @@ static int set_init(struct set *s, int with_loop) {
 }
 
 static int set_start(struct set *s) {
-  struct sl_rules_owner owner = {s, on_emit, NULL};
+  struct sl_rules_owner owner = {s, on_emit, NULL, 0};
   s->rs = sl_rules_new(s->cfg, s->with_loop ? &s->loop : NULL, &s->g, &owner,
                        s->err, sizeof(s->err));
   return s->rs ? 0 : -1;
