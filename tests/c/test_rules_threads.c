@@ -147,7 +147,7 @@ static int on_reload(void *data, const char *trigger) {
 
 static int start(struct fixture *f, int i, uv_loop_t *loop) {
   struct worker *w = &f->w[i];
-  struct sl_rules_owner owner = {w, on_emit, on_reload};
+  struct sl_rules_owner owner = {w, on_emit, on_reload, 0};
   w->id = i;
   w->loop = loop;
   sl_idgen_init(&w->g);
