@@ -110,6 +110,14 @@ struct replica {
   uint64_t seqs_head;
   uint32_t stale; /* results in the ring decided with routes a reload
                      since replaced: their route index means nothing now */
+  /* results at the head of the ring decided before the last reload, and
+   * whether the held one is one of them: counted in w->holding_old, as an
+   * event a source holds, so an output that reload retires drains them
+   * before it closes. The holder alone is not enough: once it pushed, it
+   * holds the next result as a new one while older ones still name the
+   * retired output (they were refused there: lost). */
+  uint32_t old;
+  int held_old;
 };
 
 struct sl_workers {
@@ -616,16 +624,20 @@ static void apply(struct replica *r, struct result *res) {
   struct sl_worker *w = r->ws->w;
   struct sl_rules_result rr;
   struct emit *e, *next;
-  int rc, stale = r->stale > 0;
+  int rc, stale = r->stale > 0, old = r->old > 0;
   if (stale)
     r->stale--;
+  if (old)
+    r->old--;
   for (e = res->emits; e; e = next) { /* before the event, as inline */
     next = e->next;
     sl_worker_emit(w, e->output, e->ev);
     free(e);
   }
-  if (res->ev == NULL)
+  if (res->ev == NULL) {
+    w->holding_old -= (uint32_t)old;
     return;
+  }
   rr.event = res->ev;
   rr.ntargets = res->ntargets;
   memcpy(rr.targets, res->targets,
@@ -647,8 +659,10 @@ static void apply(struct replica *r, struct result *res) {
     r->held_tag = res->tag;
     r->held_seq = res->seq;
     r->held_bucket = res->bucket;
+    r->held_old = old;
     return;
   }
+  w->holding_old -= (uint32_t)old;
   job_done(r, res->tag, res->seq, res->bucket);
 }
 
@@ -708,6 +722,8 @@ static void on_results(uv_async_t *a) {
 static void holder_resume(struct sl_source *s) {
   struct replica *r = container_of(s, struct replica, holder);
   r->blocked = 0;
+  r->ws->w->holding_old -= (uint32_t)r->held_old;
+  r->held_old = 0;
   job_done(r, r->held_tag, r->held_seq, r->held_bucket);
   r->held_tag = NULL;
   drain(r);
@@ -1165,6 +1181,13 @@ static void commit_all(void *data) {
   if (c->commit)
     c->commit(c->data);
   sl_log_thread_field("workers", c->ws->n);
+  for (i = 0; i < c->ws->n - 1; i++) { /* replicas paused: the ring holds
+                                          all they decided before it */
+    struct replica *r = &c->ws->r[i];
+    uint32_t n = (uint32_t)sl_ring_count(&r->results);
+    c->ws->w->holding_old += n - r->old; /* those since the last reload */
+    r->old = n;
+  }
   if (c->ws->w->route_limits != limits) /* routes changed; replicas paused */
     for (i = 0; i < c->ws->n - 1; i++)
       c->ws->r[i].stale = (uint32_t)sl_ring_count(&c->ws->r[i].results);

@@ -675,8 +675,14 @@ class Sink:
             return bytes(self._raw)
 
     def wait(self, n, timeout=10):
-        wait_for(lambda: len(self._events) >= n, timeout,
-                 what="%d events at the sink (have %d)" % (n, len(self._events)))
+        try:
+            wait_for(lambda: len(self._events) >= n, timeout,
+                     what="%d events at the sink" % n)
+        except pytest.fail.Exception:
+            # the count at the timeout: the one at the call read as a
+            # sink that stopped when events were missing
+            pytest.fail("timed out after %.1fs waiting for %d events at the "
+                        "sink (have %d)" % (timeout, n, len(self._events)))
         return self.events
 
     def _run(self):

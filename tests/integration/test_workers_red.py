@@ -11,9 +11,9 @@ import msgpack
 import pytest
 
 from conftest import (Sink, connect, free_port, metrics_flat, metric, pack,
-                      read_ndjson, wait_for, wait_lines)
-from test_workers import (PINNED, config, events, post_reload, send, start,
-                          check_per_key)
+                      read_ndjson, short_path, wait_for, wait_lines)
+from test_workers import (PINNED, config, events, keyed_events, post_reload,
+                          send, start, check_per_key, wait_stuck, worker_keys)
 
 RUNAWAY = """
 return {
@@ -56,11 +56,20 @@ def test_runaway_and_failing_rules_on_replicas_go_to_the_dead_letter(
     eng.stop()
 
 
+# The tests below stall an output on purpose: a sink that does not read yet.
+# They use the unix output: a unix socket's send buffer stays at
+# net.core.wmem_default (~208 KiB), where tcp's grows up to tcp_wmem's
+# maximum (4 MiB here), which could take all 20,000 events (~3.5 MB): the
+# output never filled, worker 1 never held, the test timed out waiting.
+def stalled_sink(cls=None):
+    return (cls or Sink)(reading=False, unix_path=short_path("slow.sock"))
+
+
 def route_config(port, admin, sink, routes):
     return """return {
   workers = 2,
   inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
-  outputs = { { name = "slow", type = "tcp", address = "%s",
+  outputs = { { name = "slow", type = "unix", path = "%s",
                 queue = { max_events = 100, when_full = "block" } } },
   routes = { %s },
   admin = { listen = "127.0.0.1:%d" },
@@ -88,17 +97,16 @@ def test_results_decided_before_a_reload_that_changes_routes_are_delivered(
     """A worker's results decided before a reload carry the old config's
     route index: applied after it, they must not take (or read past) the
     new routes' token buckets."""
-    from conftest import Sink
-    sink = Sink(reading=False, rcvbuf=4096)
+    sink = stalled_sink()
     port, admin = free_port(), free_port()
     eng = sluice(route_config(port, admin, sink.address, old), env=PINNED)
     total = 20000
-    data = b"".join(pack(e) for e in events("k", total, 64))
+    # every key on worker 1: its result ring fills with old-route results
+    data = b"".join(pack(e) for e in keyed_events(worker_keys(1, 32), total))
     s = connect("127.0.0.1:%d" % port)
     writer = threading.Thread(target=lambda: s.sendall(data), daemon=True)
     writer.start()
-    wait_for(lambda: metrics_flat(admin).get('sluice_worker_held{worker="1"}') == 1,
-             timeout=20, what="worker 1 held by the full output")
+    wait_stuck(admin)
     # results decided by route 2 of 3 wait in worker 1's ring; the reload
     # leaves one route
     eng.config.write_text(route_config(port, admin, sink.address, new))
@@ -119,7 +127,7 @@ def two_output_config(port, admin, sink, folder, with_b):
     return """return {
   workers = 2,
   inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
-  outputs = { { name = "slow", type = "tcp", address = "%s",
+  outputs = { { name = "slow", type = "unix", path = "%s",
                 queue = { max_events = 100, when_full = "block" } }, %s },
   rules = { dir = "%s/rules", watch = false },
   admin = { listen = "127.0.0.1:%d" },
@@ -144,42 +152,54 @@ class SlowSink(Sink):
     def _serve(self, c):
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
         c.settimeout(0.05)
-        while not self._stop.is_set():
-            if not self._reading.wait(0.05):
-                continue
-            try:
-                data = c.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            unpacker.feed(data)
-            with self._lock:
-                self._events.extend(unpacker)
-            time.sleep(0.002)
-        c.close()
+        try:
+            while not self._stop.is_set():
+                if not self._reading.wait(0.05):
+                    continue
+                try:
+                    data = c.recv(4096)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    break
+                if not data:
+                    break
+                unpacker.feed(data)
+                with self._lock:
+                    self._events.extend(unpacker)
+                time.sleep(0.002)
+        except Exception as e:  # told by wait(), not a silent stall
+            self.errors.append(e)
+        finally:
+            c.close()
+
+    def wait(self, n, timeout=10):
+        try:
+            return Sink.wait(self, n, timeout)
+        finally:
+            assert not self.errors, self.errors
 
 
 def test_an_output_removed_by_reload_takes_the_results_decided_before_it(
         sluice, tmp_path):
     """Results a worker decided for output b before a reload removed b wait
     in its ring while another output is full: b must drain them before it
-    closes (as events sources hold do), not refuse them."""
-    sink = SlowSink(reading=False, rcvbuf=4096)
+    closes (as events sources hold do), not refuse them. Every key is
+    worker 1's, so no source of the main loop holds an old event: only
+    the ring's results keep b open (the holder alone, once it pushed, held
+    the next result as a new one and b closed on the rest: lost)."""
+    sink = stalled_sink(SlowSink)
     port, admin = free_port(), free_port()
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "10_to.lua").write_text(TO_RULE[1])
     eng = sluice(two_output_config(port, admin, sink.address, tmp_path, True),
                  env=PINNED)
     total = 20000
-    data = b"".join(pack(e) for e in events("k", total, 64))
+    data = b"".join(pack(e) for e in keyed_events(worker_keys(1, 32), total))
     s = connect("127.0.0.1:%d" % port)
     writer = threading.Thread(target=lambda: s.sendall(data), daemon=True)
     writer.start()
-    wait_for(lambda: metrics_flat(admin).get('sluice_worker_held{worker="1"}') == 1,
-             timeout=20, what="worker 1 held by the full output")
+    wait_stuck(admin)
     (tmp_path / "rules" / "10_to.lua").write_text(TO_RULE[2])
     eng.config.write_text(two_output_config(port, admin, sink.address,
                                             tmp_path, False))
@@ -190,6 +210,8 @@ def test_an_output_removed_by_reload_takes_the_results_decided_before_it(
     s.close()
     eng.wait_log("retired output drained and closed", timeout=10)
     b = read_ndjson(tmp_path / "b.ndjson")
+    retired = eng.find_logs("retired output drained and closed")[0]
+    assert retired["delivered"] == len(b), retired
     got = sink.wait(total - len(b), timeout=30)
     check_per_key(got, len(got))
     check_per_key(b, len(b))
@@ -206,8 +228,8 @@ def test_connections_reset_with_jobs_in_flight_then_two_sigterms_mid_drain(
     worker's rings (the output full): the results still apply (no use of a
     freed source: ASan), and a second SIGTERM during the drain ends the
     engine at once, counting what it abandons."""
-    sink = Sink(reading=False, rcvbuf=4096)
-    outputs = """{ name = "out", type = "tcp", address = "%s",
+    sink = stalled_sink()
+    outputs = """{ name = "out", type = "unix", path = "%s",
         queue = { max_events = 200, when_full = "block" } },""" % sink.address
     eng, _, addr, admin = start(sluice, tmp_path, {"10_p.lua": """
 return { on_event = function(ev) return "out" end }"""}, workers=2,
@@ -264,8 +286,8 @@ def test_reload_storm_while_a_full_output_holds_the_workers(sluice, tmp_path):
     event arrives once, in key order, stamped by exactly one version, and
     what is read after the last reload has the last version."""
     from test_workers import stamp_rule
-    sink = SlowSink(reading=False, rcvbuf=4096)
-    outputs = """{ name = "out", type = "tcp", address = "%s",
+    sink = stalled_sink(SlowSink)
+    outputs = """{ name = "out", type = "unix", path = "%s",
         queue = { max_events = 100, when_full = "block" } },""" % sink.address
     eng, rules, addr, admin = start(sluice, tmp_path,
                                     {"10_v.lua": stamp_rule("v0")},
@@ -366,8 +388,8 @@ def test_timer_emits_of_a_worker_whose_results_are_held_are_bounded(
     stalled): they wait in a bounded overflow, the rest are counted in
     sluice_worker_emit_dropped_total, memory stays bounded, and once the
     output drains every event and the kept emits arrive; SIGTERM exits 0."""
-    sink = Sink(reading=False, rcvbuf=4096)
-    outputs = """{ name = "out", type = "tcp", address = "%s",
+    sink = stalled_sink()
+    outputs = """{ name = "out", type = "unix", path = "%s",
         queue = { max_events = 100, when_full = "block" } },
       { name = "tick", type = "file", path = "tick.ndjson" },""" % sink.address
     eng, _, addr, admin = start(sluice, tmp_path, {"10_t.lua": TIMER_RULE},
