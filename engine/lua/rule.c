@@ -569,6 +569,9 @@ nomem:
 static void clear_event(struct box *b) {
   lua_State *L = b->L;
 
+  b->ev = NULL;
+  if (sl_likely(b->evflags == 0)) /* a rule that only read ev.topic */
+    return;
   /* the slots exist, so these stores do not allocate */
   if (b->evflags & EV_TOPIC) {
     lua_pushboolean(L, 0);
@@ -592,7 +595,6 @@ static void clear_event(struct box *b) {
     b->proot = NULL;
   }
   b->evflags = 0;
-  b->ev = NULL;
 }
 
 /* finish() in protected mode, right after on_event and on its budget

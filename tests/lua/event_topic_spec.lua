@@ -32,6 +32,21 @@ describe("ev.topic", function()
     end
   end)
 
+  it("tells apart topics of one length that differ in any one byte", function()
+    -- the cache's slot hashes a few bytes only: topics differing elsewhere
+    -- share a slot and length, and only the compare tells them apart
+    local r = s.on_event("return ev.topic")
+    for _, n in ipairs({ 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 24, 63, 64 }) do
+      local base = ("abcdefghijklmnopqrstuvwxyz0123456789"):rep(2):sub(1, n)
+      for i = 1, n do
+        local other = base:sub(1, i - 1) .. "#" .. base:sub(i + 1)
+        assert.same({ base }, run(r, base).routes)
+        assert.same({ other }, run(r, other).routes)
+        assert.same({ base }, run(r, base).routes)
+      end
+    end
+  end)
+
   it("reads what the rule set, and the next event's topic after it", function()
     local r = s.on_event([[
       local before = ev.topic
