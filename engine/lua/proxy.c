@@ -1583,19 +1583,25 @@ void sl_proxy_push_again(lua_State *L, const struct box *b) {
                                                b->pgen));
 }
 
-void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
-  struct box *b = box_of(L);
+int sl_proxy_begin_root(struct box *b, const uint8_t *p, size_t len) {
   const uint8_t *q = p;
   struct sl_codec_item it;
 
-  if (sl_codec_read_item(&q, p + len, &it) != 0 || (it.t != SL_MP_MAP && it.t != SL_MP_ARR))
-    luaL_error(L, "ev.payload: not a map or array");
+  if (sl_codec_read_item(&q, p + len, &it) != 0 ||
+      (it.t != SL_MP_MAP && it.t != SL_MP_ARR))
+    return -1;
   init_node(b, root_of(b), 0, (uint32_t)(q - p), &it, NULL);
   b->proot = root_of(b);
   ((struct wlog *)b->pwlog)->n = 0;
   /* its tree lives in the registry (the root's env, spare_key) until a
    * later event's root needs an env and empties it */
-  sl_proxy_push_again(L, b);
+  return 0;
+}
+
+void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
+  if (sl_proxy_begin_root(box_of(L), p, len) != 0)
+    luaL_error(L, "ev.payload: not a map or array");
+  sl_proxy_push_again(L, box_of(L));
 }
 
 const char *sl_proxy_kind(lua_State *L, int idx, int kidx) {
