@@ -112,19 +112,21 @@ static void rd(struct walk *w, const uint8_t **pp, struct sl_codec_item *it) {
 /* The length of the value at p (< end) when its first byte tells it and
  * it holds nothing (fixint, fixstr, nil, bool, fixed-width numbers), else
  * 0: most payload values, stepped over without decoding. */
-static inline size_t flat_len(const uint8_t *p, const uint8_t *end) {
-  static const uint8_t width[] = {4, 8, 1, 2, 4, 8, 1, 2, 4, 8}; /* ca-d3 */
-  uint8_t c = *p;
-  size_t n;
+#define R4(v) v, v, v, v
+#define R16(v) R4(v), R4(v), R4(v), R4(v)
+static const uint8_t flat_tab[256] = { /* by first byte; 0: not flat */
+    R16(1), R16(1), R16(1), R16(1), R16(1), R16(1), R16(1), R16(1), /* fixint */
+    R16(0), R16(0), /* fixmap, fixarray */
+    1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16, /* fixstr */
+    17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32,
+    1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 5, 9, 2, 3, 5, 9, /* nil, bool, c/u */
+    2, 3, 5, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* int 8-64 */
+    R16(1), R16(1)}; /* negative fixint */
+#undef R16
+#undef R4
 
-  if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
-    return 1;
-  if (c >= 0xa0 && c <= 0xbf)
-    n = 1 + (size_t)(c & 0x1f);
-  else if (c >= 0xca && c <= 0xd3)
-    n = 1 + (size_t)width[c - 0xca];
-  else
-    return 0;
+static inline size_t flat_len(const uint8_t *p, const uint8_t *end) {
+  size_t n = flat_tab[*p];
   return n <= (size_t)(end - p) ? n : 0;
 }
 
