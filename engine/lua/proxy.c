@@ -77,7 +77,7 @@ static void tick(struct walk *w) {
 static struct pnode *root_of(struct box *b);
 
 /* The node at idx, checked to be of the running event; sets w's bytes. */
-static struct pnode *node_at(lua_State *L, int idx, struct walk *w) {
+static inline struct pnode *node_at(lua_State *L, int idx, struct walk *w) {
   struct pnode *nd = lua_touserdata(L, idx);
   struct box *b = box_of(L);
 
@@ -232,7 +232,7 @@ static inline void lkey_of_t(lua_State *L, int k, int t, struct lkey *lk) {
   }
 }
 
-static void lkey_of(lua_State *L, int k, struct lkey *lk) {
+static inline void lkey_of(lua_State *L, int k, struct lkey *lk) {
   lk->t = lua_type(L, k);
   lk->s = lk->t == LUA_TSTRING ? lua_tolstring(L, k, &lk->n) : NULL;
   lk->d = lk->t == LUA_TNUMBER    ? lua_tonumber(L, k)
@@ -352,10 +352,8 @@ static void wlog_push(lua_State *L, const struct wlog *wl, int j) {
 
 /* Anchor slot i (0-based) = the value at v (zero: the number 0), unless
  * it holds that very string already. */
-static void anchor(lua_State *L, struct wlog *wl, int i, int v,
-                   const void *p, const struct lkey *lk, int zero) {
-  if (p != NULL && p == wl->anch[i])
-    return;
+static void anchor_slow(lua_State *L, struct wlog *wl, int i, int v,
+                        const void *p, const struct lkey *lk, int zero) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
   if (zero)
     lua_pushnumber(L, 0);
@@ -368,11 +366,17 @@ static void anchor(lua_State *L, struct wlog *wl, int i, int v,
   wl->anch_n[i] = lk->t == LUA_TSTRING ? lk->n : 0;
 }
 
+static inline void anchor(lua_State *L, struct wlog *wl, int i, int v,
+                          const void *p, const struct lkey *lk, int zero) {
+  if (p == NULL || p != wl->anch[i])
+    anchor_slow(L, wl, i, v, p, lk, zero);
+}
+
 /* lkey_of_t for the value at v of type t, which goes to anchor slot i:
  * the bytes of a string that slot holds already are known. Sets *p to
  * the string's address (NULL for another type). */
-static void lkey_slot(lua_State *L, struct wlog *wl, int v, int t, int i,
-                      struct lkey *lk, const void **p) {
+static inline void lkey_slot(lua_State *L, struct wlog *wl, int v, int t,
+                             int i, struct lkey *lk, const void **p) {
   *p = NULL;
   if (t != LUA_TSTRING) {
     lkey_of_t(L, v, t, lk);
@@ -392,8 +396,7 @@ static void lkey_slot(lua_State *L, struct wlog *wl, int v, int t, int i,
 /* Record p[k] = v (stack indexes 2 and 3 of __newindex) for the root map
  * nd when the log can hold it: returns 1, else 0 (nothing done). kt is
  * the key's type. */
-static int wlog_put(lua_State *L, struct pnode *nd, int kt) {
-  struct box *b = box_of(L);
+static int wlog_put(lua_State *L, struct box *b, struct pnode *nd, int kt) {
   struct wlog *wl = b->pwlog;
   struct lkey lk;
   const void *kp, *vp;
@@ -887,7 +890,7 @@ static int p_newindex(lua_State *L) {
   } else if (!array_check(L, nd)) {
     return 0;
   }
-  if (nd->is_map && wlog_put(L, nd, t)) {
+  if (nd->is_map && wlog_put(L, w.b, nd, t)) {
     for (q = nd; q && !q->dirty; q = q->parent)
       q->dirty = 1;
     return 0;
