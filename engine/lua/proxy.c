@@ -628,7 +628,28 @@ static uint32_t find_lk(struct walk *w, int idx, struct pnode *nd, int k,
     lkey_of(L, k, &lk);
     known = &lk;
   }
-  for (i = 0; i < nd->n; i++) {
+  i = 0;
+  if (known->t == LUA_TSTRING && known->n < 32) {
+    /* the usual case: a short string key among fixstr keys and flat
+     * values, with no decode and no call per pair; any other pair goes
+     * on in the general loop below, from where this one stopped */
+    const uint8_t want = (uint8_t)(0xa0 | known->n);
+    size_t fl;
+    for (; i < nd->n; i++) {
+      const uint8_t *v;
+      if (p >= w->end || (*p & 0xe0) != 0xa0 ||
+          (v = p + 1 + (*p & 0x1f)) >= w->end)
+        break;
+      if (*p == want && memcmp(p + 1, known->s, known->n) == 0)
+        return (uint32_t)(v - w->base);
+      if ((fl = flat_len(v, w->end)) == 0)
+        break;
+      p = v + fl;
+      tick(w); /* as the general loop ticks: a key, a value */
+      tick(w);
+    }
+  }
+  for (; i < nd->n; i++) {
     tick(w);
     rd_key(w, &p, &key, nd->depth + 1);
     if (known->t == LUA_TSTRING && key.t == SL_MP_STR ? /* the usual case */

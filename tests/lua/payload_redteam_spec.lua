@@ -659,3 +659,32 @@ describe("ev.payload read from the event's fields table", function()
     end
   end)
 end)
+
+-- find_lk scans fixstr keys over flat values without a decode and hands
+-- any other pair to the general loop from where it stopped: keys past
+-- containers, str8/bin keys and nested values are still found, first one
+-- first, and the event stays as it came.
+describe("a short string key found past pairs the quick scan stops at", function()
+  teardown(s.cleanup)
+
+  local r = s.on_event([[
+    local p = ev.payload
+    local function v(x) if type(x) == "table" then return "tbl" end return tostring(x) end
+    return v(p.a) .. " " .. v(p.b) .. " " .. v(p.x) .. " " .. v(p.zz)
+  ]])
+  local CASES = {
+    { "83 a178 91 01 a162 02 a161 03", "3 2 tbl nil" },
+    { "83 d90178 01 c40162 02 a161 03", "3 2 1 nil" },
+    { "84 a162 81a16101 a178 cb3ff8000000000000 a161 d90568656c6c6f a161 04", "hello tbl 1.5 nil" },
+    { "83 a162 c0 a161 c3 a178 a0", "true nil  nil" },
+    { "82 c40161 01 a161 02", "1 nil nil nil" },
+  }
+  for _, c in ipairs(CASES) do
+    it(c[1], function()
+      local res = r:run({ topic = "t", payload_raw = hex(c[1]) })
+      assert.equal("route", res.verdict, res.error)
+      assert.same({ c[2] }, res.routes)
+      assert.is_false(res.changed)
+    end)
+  end
+end)
