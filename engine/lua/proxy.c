@@ -1613,9 +1613,15 @@ int sl_proxy_begin_root(struct box *b, const uint8_t *p, size_t len) {
   const uint8_t *q = p;
   struct sl_codec_item it;
 
-  if (sl_codec_read_item(&q, p + len, &it) != 0 ||
-      (it.t != SL_MP_MAP && it.t != SL_MP_ARR))
+  if (len > 0 && (*p & 0xe0) == 0x80 && /* fixmap, fixarray: most */
+      (size_t)(*p & 0x0f) * (*p < 0x90 ? 2 : 1) <= len - 1) {
+    it.t = *p < 0x90 ? SL_MP_MAP : SL_MP_ARR; /* checked as read_item */
+    it.n = *p & 0x0f;                          /* checks a count */
+    q = p + 1;
+  } else if (sl_codec_read_item(&q, p + len, &it) != 0 ||
+             (it.t != SL_MP_MAP && it.t != SL_MP_ARR)) {
     return -1;
+  }
   init_node(b, root_of(b), 0, (uint32_t)(q - p), &it, NULL);
   b->proot = root_of(b);
   ((struct wlog *)b->pwlog)->n = 0;

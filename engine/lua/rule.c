@@ -604,8 +604,11 @@ static void clear_event(struct box *b) {
     lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_headers);
   }
   if (b->evflags & EV_PAYLOAD) {
-    lua_pushboolean(L, 0);
-    lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_payload);
+    /* a root read as it came is no value in ref_payload (ev.c) */
+    if (b->proot == NULL || (b->evflags & EV_PAYLOAD_SET)) {
+      lua_pushboolean(L, 0);
+      lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_payload);
+    }
     if (b->evflags & EV_PAYLOAD_SET) { /* only then is the root there */
       lua_pushboolean(L, 0);
       lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);
