@@ -2132,6 +2132,10 @@ size_t sl_proxy_log_fill(void *box, uint8_t *dst) {
     memcpy(dst, base, nd->body);
     return nd->body + len;
   }
+  if (nd->body == 1 && count < 16) { /* a fixmap stays one */
+    dst[0] = (uint8_t)(0x80 | count);
+    return 1 + len;
+  }
   h = sl_codec_pack_maphdr(hdr, count);
   if (h != nd->body) /* rare: the count crossed a header size */
     memmove(dst + h, dst + nd->body, len);
