@@ -467,8 +467,6 @@ static void bad_result(struct box *b, struct sl_rule_decision *d) {
   }
 }
 
-/* Turn on_event's return value (on top) into a decision. No allocation
- * in the state: only reads. */
 /* The one name just taken (on top, in r->routes) goes to b->res. */
 static void remember_result(struct box *b, struct sl_rule *r) {
   int i = b->res_next;
@@ -481,6 +479,8 @@ static void remember_result(struct box *b, struct sl_rule *r) {
   memcpy(b->res[i].name, r->routes.data, r->routes.len); /* with its NUL */
 }
 
+/* Turn on_event's return value (on top) into a decision. No allocation
+ * in the state: only reads, and stores in slots that exist. */
 static void take_result(struct box *b, struct sl_rule_decision *d) {
   struct sl_rule *r = b->rule;
   lua_State *L = b->L;
