@@ -36,6 +36,7 @@
 /* C copies of what a rule hands over are bounded (issue 9, finding 10) */
 #define LABEL_MAX 128        /* bytes of a metric name, label name or value */
 #define ROUTE_NAME_MAX 256   /* bytes of an output name on_event returns */
+#define RESULT_CACHE_N 4     /* names take_result knows by address */
 #define LOG_LINE_MAX 8192    /* bytes of a log message; longer is cut */
 #define LOG_FIELDS_MAX 8192  /* bytes of a log line's fields (msgpack) */
 #define LOG_CALL_MAX 65536   /* log bytes one call into the rule may write */
@@ -150,6 +151,16 @@ struct box {
   volatile int jit_held; /* this state holds the profiler interrupt */
   void *evc; /* ev.c's per-state cache (in the event userdata) */
   const void *route_p; /* the string at SLOT_ROUTE (take_result) */
+  /* the output names on_event returned lately, for a rule that routes to
+   * a few by turns (take_result): each string alive in its registry slot
+   * (ref_res), so its address names it; seq is r->routes_seq when it was
+   * the decision (each seq names one list of routes) */
+  struct {
+    const void *p; /* NULL: empty */
+    uint64_t seq;
+    char name[ROUTE_NAME_MAX + 1];
+  } res[RESULT_CACHE_N];
+  int ref_res[RESULT_CACHE_N], res_next;
   int ev_shown; /* ev.topic reads a table ev.c filled: ev_hide before
                    rule code runs outside on_event */
 };

@@ -743,6 +743,8 @@ static void make_refs(lua_State *L, struct box *b) {
   b->ref_tmp = new_ref(L);
   b->ref_proot = new_ref(L);
   b->ref_on_stop = new_ref(L);
+  for (int i = 0; i < RESULT_CACHE_N; i++)
+    b->ref_res[i] = new_ref(L);
   lua_pushcfunction(L, finish);
   b->ref_finish = luaL_ref(L, LUA_REGISTRYINDEX);
 }

@@ -19,6 +19,8 @@
 #define TOPIC_CACHE_MAX 64 /* topics this long or shorter are cached */
 #define TOPIC_CACHE_N 16   /* topics cached, by a hash of their bytes */
 #define TOPIC_UPVALUE 4    /* ev_index's upvalue of the first one */
+#define PAY_SLOT TOPIC_CACHE_N /* the fields table of rules that read
+                                  ev.payload but not ev.topic */
 
 /* What makes ev.topic cheap (a rule routing on it runs on every event):
  * the field names as the interned strings Lua compares by address, so
@@ -40,9 +42,18 @@ struct ev_cache {
    * ev_hide when the rule sets ev.topic and before rule code runs outside
    * on_event, where the event must raise. b->ev_shown: the slot + 1. */
   int ref_base, ref_ktopic;          /* base metatable, the key "topic" */
-  int ref_mt[TOPIC_CACHE_N];         /* the per-topic metatables */
-  int ref_fields[TOPIC_CACHE_N];     /* and their __index tables */
+  int ref_mt[TOPIC_CACHE_N + 1];     /* the per-topic metatables */
+  int ref_fields[TOPIC_CACHE_N + 1]; /* and their __index tables */
   unsigned char shown[TOPIC_CACHE_N]; /* fields' topic is topic[slot]'s */
+  /* ev.payload without a C call: a fields table (one per topic slot, and
+   * PAY_SLOT's, which holds no topic) may hold the root of ev.payload
+   * (pay[slot]). Whenever the event's metatable is the slot's, during
+   * on_event, that is the running call's root: ev_begin makes the root
+   * at once for a slot whose last event's rule read ev.payload (so reads
+   * of it pay no C call at all), show_topic and cache_payload set it when
+   * they switch, setting ev.payload hides it (ev_hide). */
+  int ref_kpayload; /* the key "payload" */
+  unsigned char pay[TOPIC_CACHE_N + 1];
 };
 
 static inline uint32_t topic_slot(const uint8_t *t, uint32_t n) {
@@ -114,6 +125,27 @@ static void set_event_mt(lua_State *L, struct box *b, int ref) {
   lua_pop(L, 1);
 }
 
+/* Is ev.payload the root proxy of this call, as it came (not assigned)?
+ * Then ref_payload does not hold it: the root is pushed again. */
+static int root_is_payload(const struct box *b) {
+  return b->proot != NULL && !(b->evflags & EV_PAYLOAD_SET);
+}
+
+/* Fields table s's payload becomes this call's root (root) or nil. Its
+ * key exists, so nothing allocates. */
+static void set_fields_payload(lua_State *L, struct box *b,
+                               struct ev_cache *c, int s, int root) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_fields[s]);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_kpayload);
+  if (root)
+    sl_proxy_push_again(L, b);
+  else
+    lua_pushnil(L);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  c->pay[s] = (unsigned char)root;
+}
+
 /* ev.topic reaches ev_index again. */
 void ev_hide(lua_State *L, struct box *b) {
   set_event_mt(L, b, ((struct ev_cache *)b->evc)->ref_base);
@@ -133,8 +165,25 @@ static void show_topic(lua_State *L, struct box *b, struct ev_cache *c,
   lua_rawset(L, -3);
   lua_pop(L, 1);
   c->shown[h] = 1;
+  if (c->pay[h] || ((b->evflags & EV_PAYLOAD) && root_is_payload(b)))
+    set_fields_payload(L, b, c, h,
+                       (b->evflags & EV_PAYLOAD) && root_is_payload(b));
   set_event_mt(L, b, c->ref_mt[h]);
   b->ev_shown = h + 1;
+}
+
+/* Fields table s is to hold the root of this event's payload (the last
+ * event's rule read it): make the root now, or clear the slot when the
+ * payload is no map or array (ev_index decodes it). */
+static void begin_payload(struct box *b, struct ev_cache *c, int s) {
+  const struct sl_event *ev = b->ev;
+  const uint8_t *p = ev->data + ev->payload_off;
+  int root = sl_codec_is_container(p, ev->payload_len) &&
+             sl_proxy_begin_root(b, p, ev->payload_len) == 0;
+
+  if (root)
+    b->evflags |= EV_PAYLOAD;
+  set_fields_payload(b->L, b, c, s, root);
 }
 
 /* Before on_event runs on b->ev (the event at SLOT_EVENT of b->L). */
@@ -143,27 +192,44 @@ void ev_begin(struct box *b) {
   const struct sl_event *ev = b->ev;
   const uint8_t *t = ev->data + ev->topic_off;
   uint32_t n = ev->topic_len, h;
+  int s = -1;
 
   if (sl_likely(n - 1 < TOPIC_CACHE_MAX)) {
     h = topic_slot(t, n);
     if (c->shown[h] && c->topic[h].len == n &&
-        topic_eq(t, c->topic[h].s, n)) {
-      if (b->ev_shown != (int)h + 1) {
-        lua_rawgeti(b->L, LUA_REGISTRYINDEX, c->ref_mt[h]);
-        lua_setmetatable(b->L, SLOT_EVENT);
-        b->ev_shown = (int)h + 1;
-      }
-      return;
-    }
+        topic_eq(t, c->topic[h].s, n))
+      s = (int)h;
   }
-  if (b->ev_shown)
-    ev_hide(b->L, b);
+  if (s < 0 && c->pay[PAY_SLOT])
+    s = PAY_SLOT;
+  if (s < 0) {
+    if (b->ev_shown)
+      ev_hide(b->L, b);
+    return;
+  }
+  if (c->pay[s])
+    begin_payload(b, c, s);
+  if (b->ev_shown != s + 1) {
+    lua_rawgeti(b->L, LUA_REGISTRYINDEX, c->ref_mt[s]);
+    lua_setmetatable(b->L, SLOT_EVENT);
+    b->ev_shown = s + 1;
+  }
 }
 
-/* Is ev.payload the root proxy of this call, as it came (not assigned)?
- * Then ref_payload does not hold it: the root is pushed again. */
-static int root_is_payload(const struct box *b) {
-  return b->proot != NULL && !(b->evflags & EV_PAYLOAD_SET);
+/* ev.payload is this call's root: later reads find it in the fields
+ * table of the event's metatable (PAY_SLOT's when ev.topic was not
+ * read), and so do the next event's, made by ev_begin. */
+static void cache_payload(lua_State *L, struct box *b) {
+  struct ev_cache *c = b->evc;
+  int s = b->ev_shown ? b->ev_shown - 1 : PAY_SLOT;
+
+  if (b->ev_shown == s + 1 && c->pay[s])
+    return; /* holds it already (ev:field reaches here) */
+  set_fields_payload(L, b, c, s, 1);
+  if (b->ev_shown != s + 1) {
+    set_event_mt(L, b, c->ref_mt[s]);
+    b->ev_shown = s + 1;
+  }
 }
 
 /* Push ev.payload: a map or array is a proxy over the bytes (proxy.h),
@@ -176,10 +242,12 @@ static int push_payload(lua_State *L, struct box *b) {
   if (b->evflags & EV_PAYLOAD) {
     if (b->evflags & EV_PAYLOAD_NIL)
       return 0;
-    if (root_is_payload(b)) /* a value: no registry slot holds it */
+    if (root_is_payload(b)) { /* a value: no registry slot holds it */
       sl_proxy_push_again(L, b);
-    else
+      cache_payload(L, b);
+    } else {
       push_ref(L, b->ref_payload);
+    }
     return 1;
   }
   if (ev->payload_len == 0) {
@@ -189,6 +257,7 @@ static int push_payload(lua_State *L, struct box *b) {
   if (sl_codec_is_container(p, ev->payload_len)) {
     sl_proxy_push_root(L, p, ev->payload_len);
     b->evflags |= EV_PAYLOAD;
+    cache_payload(L, b);
     return 1;
   }
   sl_luacodec_push(L, p, ev->payload_len, check_cpu);
@@ -336,6 +405,8 @@ static int ev_newindex(lua_State *L) {
   } else if (strcmp(k, "payload") == 0) {
     /* the root's tree stays alive in the registry (proxy.c) */
     b->evflags |= EV_PAYLOAD_SET;
+    if (b->ev_shown) /* ev.payload reads the rule's now (ev_index) */
+      ev_hide(L, b);
     if (lua_isnil(L, 3)) {
       b->evflags |= EV_PAYLOAD | EV_PAYLOAD_NIL;
     } else {
@@ -399,15 +470,26 @@ void open_event(lua_State *L, struct box *b) {
   index = lua_gettop(L);
   lua_pushliteral(L, "topic");
   c->ref_ktopic = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushliteral(L, "payload");
+  c->ref_kpayload = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_createtable(L, 0, 1); /* the fields tables' metatable */
   lua_pushvalue(L, index);
   lua_setfield(L, -2, "__index");
-  for (i = 0; i < TOPIC_CACHE_N; i++) {
-    lua_createtable(L, 0, 1);
+  for (i = 0; i <= PAY_SLOT; i++) {
+    lua_createtable(L, 0, 2);
     lua_pushvalue(L, index + 1);
     lua_setmetatable(L, -2);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_ktopic);
-    lua_pushboolean(L, 0); /* makes the key's slot; later stores reuse it */
+    if (i < PAY_SLOT) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_ktopic);
+      lua_pushboolean(L, 0); /* makes the key's slot; later stores reuse it */
+      lua_rawset(L, -3);
+    }
+    /* the payload's slot too, then nil: reads of it reach ev_index */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_kpayload);
+    lua_pushboolean(L, 0);
+    lua_rawset(L, -3);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref_kpayload);
+    lua_pushnil(L);
     lua_rawset(L, -3);
     lua_pushvalue(L, -1);
     c->ref_fields[i] = luaL_ref(L, LUA_REGISTRYINDEX);

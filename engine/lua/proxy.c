@@ -77,7 +77,7 @@ static void tick(struct walk *w) {
 static struct pnode *root_of(struct box *b);
 
 /* The node at idx, checked to be of the running event; sets w's bytes. */
-static struct pnode *node_at(lua_State *L, int idx, struct walk *w) {
+static inline struct pnode *node_at(lua_State *L, int idx, struct walk *w) {
   struct pnode *nd = lua_touserdata(L, idx);
   struct box *b = box_of(L);
 
@@ -112,19 +112,21 @@ static void rd(struct walk *w, const uint8_t **pp, struct sl_codec_item *it) {
 /* The length of the value at p (< end) when its first byte tells it and
  * it holds nothing (fixint, fixstr, nil, bool, fixed-width numbers), else
  * 0: most payload values, stepped over without decoding. */
-static inline size_t flat_len(const uint8_t *p, const uint8_t *end) {
-  static const uint8_t width[] = {4, 8, 1, 2, 4, 8, 1, 2, 4, 8}; /* ca-d3 */
-  uint8_t c = *p;
-  size_t n;
+#define R4(v) v, v, v, v
+#define R16(v) R4(v), R4(v), R4(v), R4(v)
+static const uint8_t flat_tab[256] = { /* by first byte; 0: not flat */
+    R16(1), R16(1), R16(1), R16(1), R16(1), R16(1), R16(1), R16(1), /* fixint */
+    R16(0), R16(0), /* fixmap, fixarray */
+    1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16, /* fixstr */
+    17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32,
+    1, 0, 1, 1, 0, 0, 0, 0, 0, 0, 5, 9, 2, 3, 5, 9, /* nil, bool, c/u */
+    2, 3, 5, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* int 8-64 */
+    R16(1), R16(1)}; /* negative fixint */
+#undef R16
+#undef R4
 
-  if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
-    return 1;
-  if (c >= 0xa0 && c <= 0xbf)
-    n = 1 + (size_t)(c & 0x1f);
-  else if (c >= 0xca && c <= 0xd3)
-    n = 1 + (size_t)width[c - 0xca];
-  else
-    return 0;
+static inline size_t flat_len(const uint8_t *p, const uint8_t *end) {
+  size_t n = flat_tab[*p];
   return n <= (size_t)(end - p) ? n : 0;
 }
 
@@ -230,7 +232,7 @@ static inline void lkey_of_t(lua_State *L, int k, int t, struct lkey *lk) {
   }
 }
 
-static void lkey_of(lua_State *L, int k, struct lkey *lk) {
+static inline void lkey_of(lua_State *L, int k, struct lkey *lk) {
   lk->t = lua_type(L, k);
   lk->s = lk->t == LUA_TSTRING ? lua_tolstring(L, k, &lk->n) : NULL;
   lk->d = lk->t == LUA_TNUMBER    ? lua_tonumber(L, k)
@@ -350,10 +352,8 @@ static void wlog_push(lua_State *L, const struct wlog *wl, int j) {
 
 /* Anchor slot i (0-based) = the value at v (zero: the number 0), unless
  * it holds that very string already. */
-static void anchor(lua_State *L, struct wlog *wl, int i, int v,
-                   const void *p, const struct lkey *lk, int zero) {
-  if (p != NULL && p == wl->anch[i])
-    return;
+static void anchor_slow(lua_State *L, struct wlog *wl, int i, int v,
+                        const void *p, const struct lkey *lk, int zero) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, wl->ref_anchor);
   if (zero)
     lua_pushnumber(L, 0);
@@ -366,11 +366,17 @@ static void anchor(lua_State *L, struct wlog *wl, int i, int v,
   wl->anch_n[i] = lk->t == LUA_TSTRING ? lk->n : 0;
 }
 
+static inline void anchor(lua_State *L, struct wlog *wl, int i, int v,
+                          const void *p, const struct lkey *lk, int zero) {
+  if (p == NULL || p != wl->anch[i])
+    anchor_slow(L, wl, i, v, p, lk, zero);
+}
+
 /* lkey_of_t for the value at v of type t, which goes to anchor slot i:
  * the bytes of a string that slot holds already are known. Sets *p to
  * the string's address (NULL for another type). */
-static void lkey_slot(lua_State *L, struct wlog *wl, int v, int t, int i,
-                      struct lkey *lk, const void **p) {
+static inline void lkey_slot(lua_State *L, struct wlog *wl, int v, int t,
+                             int i, struct lkey *lk, const void **p) {
   *p = NULL;
   if (t != LUA_TSTRING) {
     lkey_of_t(L, v, t, lk);
@@ -390,8 +396,7 @@ static void lkey_slot(lua_State *L, struct wlog *wl, int v, int t, int i,
 /* Record p[k] = v (stack indexes 2 and 3 of __newindex) for the root map
  * nd when the log can hold it: returns 1, else 0 (nothing done). kt is
  * the key's type. */
-static int wlog_put(lua_State *L, struct pnode *nd, int kt) {
-  struct box *b = box_of(L);
+static int wlog_put(lua_State *L, struct box *b, struct pnode *nd, int kt) {
   struct wlog *wl = b->pwlog;
   struct lkey lk;
   const void *kp, *vp;
@@ -623,7 +628,28 @@ static uint32_t find_lk(struct walk *w, int idx, struct pnode *nd, int k,
     lkey_of(L, k, &lk);
     known = &lk;
   }
-  for (i = 0; i < nd->n; i++) {
+  i = 0;
+  if (known->t == LUA_TSTRING && known->n < 32) {
+    /* the usual case: a short string key among fixstr keys and flat
+     * values, with no decode and no call per pair; any other pair goes
+     * on in the general loop below, from where this one stopped */
+    const uint8_t want = (uint8_t)(0xa0 | known->n);
+    size_t fl;
+    for (; i < nd->n; i++) {
+      const uint8_t *v;
+      if (p >= w->end || (*p & 0xe0) != 0xa0 ||
+          (v = p + 1 + (*p & 0x1f)) >= w->end)
+        break;
+      if (*p == want && memcmp(p + 1, known->s, known->n) == 0)
+        return (uint32_t)(v - w->base);
+      if ((fl = flat_len(v, w->end)) == 0)
+        break;
+      p = v + fl;
+      tick(w); /* as the general loop ticks: a key, a value */
+      tick(w);
+    }
+  }
+  for (; i < nd->n; i++) {
     tick(w);
     rd_key(w, &p, &key, nd->depth + 1);
     if (known->t == LUA_TSTRING && key.t == SL_MP_STR ? /* the usual case */
@@ -885,7 +911,7 @@ static int p_newindex(lua_State *L) {
   } else if (!array_check(L, nd)) {
     return 0;
   }
-  if (nd->is_map && wlog_put(L, nd, t)) {
+  if (nd->is_map && wlog_put(L, w.b, nd, t)) {
     for (q = nd; q && !q->dirty; q = q->parent)
       q->dirty = 1;
     return 0;
@@ -1583,19 +1609,31 @@ void sl_proxy_push_again(lua_State *L, const struct box *b) {
                                                b->pgen));
 }
 
-void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
-  struct box *b = box_of(L);
+int sl_proxy_begin_root(struct box *b, const uint8_t *p, size_t len) {
   const uint8_t *q = p;
   struct sl_codec_item it;
 
-  if (sl_codec_read_item(&q, p + len, &it) != 0 || (it.t != SL_MP_MAP && it.t != SL_MP_ARR))
-    luaL_error(L, "ev.payload: not a map or array");
+  if (len > 0 && (*p & 0xe0) == 0x80 && /* fixmap, fixarray: most */
+      (size_t)(*p & 0x0f) * (*p < 0x90 ? 2 : 1) <= len - 1) {
+    it.t = *p < 0x90 ? SL_MP_MAP : SL_MP_ARR; /* checked as read_item */
+    it.n = *p & 0x0f;                          /* checks a count */
+    q = p + 1;
+  } else if (sl_codec_read_item(&q, p + len, &it) != 0 ||
+             (it.t != SL_MP_MAP && it.t != SL_MP_ARR)) {
+    return -1;
+  }
   init_node(b, root_of(b), 0, (uint32_t)(q - p), &it, NULL);
   b->proot = root_of(b);
   ((struct wlog *)b->pwlog)->n = 0;
   /* its tree lives in the registry (the root's env, spare_key) until a
    * later event's root needs an env and empties it */
-  sl_proxy_push_again(L, b);
+  return 0;
+}
+
+void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len) {
+  if (sl_proxy_begin_root(box_of(L), p, len) != 0)
+    luaL_error(L, "ev.payload: not a map or array");
+  sl_proxy_push_again(L, box_of(L));
 }
 
 const char *sl_proxy_kind(lua_State *L, int idx, int kidx) {
@@ -2093,6 +2131,10 @@ size_t sl_proxy_log_fill(void *box, uint8_t *dst) {
   if (count == nd->n) { /* the header as it came */
     memcpy(dst, base, nd->body);
     return nd->body + len;
+  }
+  if (nd->body == 1 && count < 16) { /* a fixmap stays one */
+    dst[0] = (uint8_t)(0x80 | count);
+    return 1 + len;
   }
   h = sl_codec_pack_maphdr(hdr, count);
   if (h != nd->body) /* rare: the count crossed a header size */

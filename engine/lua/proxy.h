@@ -30,6 +30,10 @@ void sl_proxy_push_root(lua_State *L, const uint8_t *p, size_t len);
 
 /* Push the root sl_proxy_push_root pushed in this call, again. */
 struct box;
+/* sl_proxy_push_root without the push and without raising: makes the
+ * running call's root (sl_proxy_push_again pushes it); -1 when p is no
+ * map or array. */
+int sl_proxy_begin_root(struct box *b, const uint8_t *p, size_t len);
 void sl_proxy_push_again(lua_State *L, const struct box *b);
 
 /* Is the value at idx a proxy? */

@@ -467,8 +467,20 @@ static void bad_result(struct box *b, struct sl_rule_decision *d) {
   }
 }
 
+/* The one name just taken (on top, in r->routes) goes to b->res. */
+static void remember_result(struct box *b, struct sl_rule *r) {
+  int i = b->res_next;
+
+  b->res_next = (i + 1) % RESULT_CACHE_N;
+  lua_pushvalue(b->L, -1); /* a slot that exists: no allocation */
+  lua_rawseti(b->L, LUA_REGISTRYINDEX, b->ref_res[i]);
+  b->res[i].p = b->route_p;
+  b->res[i].seq = r->routes_seq;
+  memcpy(b->res[i].name, r->routes.data, r->routes.len); /* with its NUL */
+}
+
 /* Turn on_event's return value (on top) into a decision. No allocation
- * in the state: only reads. */
+ * in the state: only reads, and stores in slots that exist. */
 static void take_result(struct box *b, struct sl_rule_decision *d) {
   struct sl_rule *r = b->rule;
   lua_State *L = b->L;
@@ -483,6 +495,14 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
   p = lua_topointer(L, -1);
   if (sl_likely(p != NULL && p == b->route_p && r->routes_one))
     goto one;
+  for (i = 0; p != NULL && i < RESULT_CACHE_N; i++)
+    if (b->res[i].p == p) { /* a name returned lately, checked then */
+      d->verdict = SL_RULE_ROUTE;
+      d->nroutes = 1;
+      d->routes[0] = b->res[i].name;
+      d->routes_seq = b->res[i].seq;
+      return;
+    }
   switch (lua_type(L, -1)) {
   case LUA_TNIL:
     return;
@@ -503,6 +523,7 @@ static void take_result(struct box *b, struct sl_rule_decision *d) {
     lua_pushvalue(L, -1); /* a slot that exists: no allocation */
     lua_replace(L, SLOT_ROUTE);
     b->route_p = lua_topointer(L, -1);
+    remember_result(b, r);
   one:
     d->verdict = SL_RULE_ROUTE;
     d->nroutes = 1;
@@ -586,8 +607,11 @@ static void clear_event(struct box *b) {
     lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_headers);
   }
   if (b->evflags & EV_PAYLOAD) {
-    lua_pushboolean(L, 0);
-    lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_payload);
+    /* a root read as it came is no value in ref_payload (ev.c) */
+    if (b->proot == NULL || (b->evflags & EV_PAYLOAD_SET)) {
+      lua_pushboolean(L, 0);
+      lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_payload);
+    }
     if (b->evflags & EV_PAYLOAD_SET) { /* only then is the root there */
       lua_pushboolean(L, 0);
       lua_rawseti(L, LUA_REGISTRYINDEX, b->ref_proot);

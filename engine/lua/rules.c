@@ -34,6 +34,8 @@ struct rule_stats {
   int present; /* in the live set */
 };
 
+#define SLOT_ROUTES 4 /* decisions a slot knows the output of */
+
 struct slot {
   struct sl_rule *rule;
   struct rule_stats *stats;
@@ -44,10 +46,12 @@ struct slot {
    * returns the same name event after event, and while routes_seq is the
    * same the name is (resolve_routes); valid for one config's outputs as
    * in struct route_cache */
-  uint64_t route_seq; /* 0: none */
+  uint64_t route_seq[SLOT_ROUTES]; /* 0: none; a few, for a rule that */
+  int route_idx[SLOT_ROUTES];       /* routes to some by turns */
+  int route_next;
   const struct sl_config *route_cfg;
   const struct sl_output_config *route_outputs;
-  int route_noutputs, route_idx;
+  int route_noutputs;
 };
 
 /* An emit or log of a version being built, held until its reload commits
@@ -1018,12 +1022,14 @@ static void resolve_routes(struct sl_rules *rs, struct slot *sl,
                            struct sl_rules_result *r) {
   const struct sl_config *cfg = rs->cfg;
   int j;
-  if (d->nroutes == 1 && d->routes_seq == sl->route_seq &&
-      sl->route_cfg == cfg && sl->route_outputs == cfg->outputs &&
-      sl->route_noutputs == cfg->noutputs) {
-    r->targets[r->ntargets++] = (uint16_t)sl->route_idx;
-    return;
-  }
+  if (d->nroutes == 1 && sl->route_cfg == cfg &&
+      sl->route_outputs == cfg->outputs &&
+      sl->route_noutputs == cfg->noutputs)
+    for (j = 0; j < SLOT_ROUTES; j++)
+      if (d->routes_seq == sl->route_seq[j]) {
+        r->targets[r->ntargets++] = (uint16_t)sl->route_idx[j];
+        return;
+      }
   for (j = 0; j < d->nroutes; j++) {
     int idx = route_output(rs, d->routes[j]);
     if (idx < 0) {
@@ -1039,11 +1045,16 @@ static void resolve_routes(struct sl_rules *rs, struct slot *sl,
     r->targets[r->ntargets++] = (uint16_t)idx;
   }
   if (d->nroutes == 1) {
-    sl->route_seq = d->routes_seq;
+    if (sl->route_cfg != cfg || sl->route_outputs != cfg->outputs ||
+        sl->route_noutputs != cfg->noutputs)
+      memset(sl->route_seq, 0, sizeof(sl->route_seq));
+    j = sl->route_next;
+    sl->route_next = (j + 1) % SLOT_ROUTES;
+    sl->route_seq[j] = d->routes_seq;
     sl->route_cfg = cfg;
     sl->route_outputs = cfg->outputs;
     sl->route_noutputs = cfg->noutputs;
-    sl->route_idx = r->targets[r->ntargets - 1];
+    sl->route_idx[j] = r->targets[r->ntargets - 1];
   }
 }
 

@@ -332,6 +332,68 @@ TEST(rules_lists_and_names_in_turn_resolve_to_what_they_name) {
   set_close(&s);
 }
 
+/* A rule that routes to more outputs by turns than either cache holds
+ * (take_result's names by address, the slot's decisions by routes_seq):
+ * every name, an unknown one among them and lists between them resolve
+ * to what they name, round after round, in orders that evict each slot. */
+TEST(rules_more_names_in_turn_than_the_caches_hold_resolve_to_what_they_name) {
+  struct set s;
+  struct sl_rules_result r;
+  struct sl_config *old;
+  struct sl_buf err;
+  char conf[640], path[128], topic[32];
+  static const char *const names[] = {"o1", "o2", "o3", "o4", "o5", "o6",
+                                      "o1", "o6", "nowhere", "o2", "list",
+                                      "o5", "o5", "o3", "o1", "o4"};
+  int i, round, want;
+
+  CHECK_EQ(set_init(&s, 0), 0);
+  write_file(s.rules, "10_turns.lua",
+             "return { topics = 'x.*', on_event = function(ev)\n"
+             "  local t = ev.topic:sub(3)\n"
+             "  if t == 'list' then return { 'o6', 'o1' } end\n"
+             "  return t end }\n");
+  CHECK_EQ(set_start(&s), 0);
+  snprintf(conf, sizeof(conf),
+           "return { inputs = {{name='in', type='tcp', "
+           "listen='127.0.0.1:7400'}},\n"
+           " outputs = {{name='o3', type='null'}, {name='o1', type='null'}, "
+           "{name='o6', type='null'}, {name='o2', type='null'}, "
+           "{name='o5', type='null'}, {name='o4', type='null'}},\n"
+           " rules = { dir = '%s', watch = false } }\n", s.rules);
+  write_file(s.dir, "c2.lua", conf);
+  snprintf(path, sizeof(path), "%s/c2.lua", s.dir);
+  sl_buf_init(&err);
+  old = s.cfg;
+  s.cfg = sl_config_load(path, sl_plugins, &err);
+  sl_buf_close(&err);
+  CHECK(s.cfg != NULL);
+  CHECK_EQ(sl_rules_reload_with(s.rs, s.cfg, "test", NULL, NULL), 0);
+  for (round = 0; round < 4; round++)
+    for (i = 0; i < 16; i++) {
+      snprintf(topic, sizeof(topic), "x.%s", names[i]);
+      decide(&s, topic, &r, NULL, NULL, 0);
+      if (strcmp(names[i], "nowhere") == 0) {
+        CHECK_EQ(r.outcome, SL_RULES_FAILED);
+        CHECK(strstr(r.reason, "unknown output \"nowhere\"") != NULL);
+        continue;
+      }
+      CHECK_EQ(r.outcome, SL_RULES_ROUTED);
+      if (strcmp(names[i], "list") == 0) {
+        CHECK_EQ(r.ntargets, 2);
+        CHECK_EQ(r.targets[0], 2);
+        CHECK_EQ(r.targets[1], 1);
+        continue;
+      }
+      want = sl_config_output_index(s.cfg, names[i], strlen(names[i]));
+      CHECK(want >= 0);
+      CHECK_EQ(r.ntargets, 1);
+      CHECK_EQ(r.targets[0], want);
+    }
+  set_close(&s);
+  sl_config_free(old);
+}
+
 TEST(rules_a_bad_file_at_start_fails_with_file_and_line) {
   struct set s;
   CHECK_EQ(set_init(&s, 0), 0);

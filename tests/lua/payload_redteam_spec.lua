@@ -533,3 +533,158 @@ describe("the write log's allocation", function()
     assert.is_true(tonumber(hwm) < 200 * 1024, "peak RSS " .. hwm .. " kB")
   end)
 end)
+
+-- ev.payload's root is kept in the event's fields table (ev.c: ev_begin
+-- makes it before the call when the last event's rule read it), so reads
+-- of it pay no C call: a later event's shape, an assigned ev.payload, a
+-- set ev.topic, topic slots reused and kept events must all still see
+-- exactly what ev_index would give.
+describe("ev.payload read from the event's fields table", function()
+  teardown(s.cleanup)
+
+  local SHAPES = {
+    { "81 a161 01", "table 1" },
+    { "05", "number 5" },
+    { "c0", "nil nil" },
+    { "92 07 08", "table 7" },
+    { "a3 616263", "string abc" },
+    { "81 a161 a178", "table x" },
+    { "c3", "boolean true" },
+    { "80", "table nil" },
+    { "81 a161 02", "table 2" },
+  }
+
+  local function shapes(r, topic_of)
+    -- twice over: every shape after every other one, with the slot warm
+    for round = 1, 2 do
+      for i, c in ipairs(SHAPES) do
+        local res = r:run({ topic = topic_of(i, round), payload_raw = hex(c[1]) })
+        assert.equal("route", res.verdict, res.error)
+        assert.same({ c[2] }, res.routes, c[1])
+        assert.is_false(res.changed, c[1])
+      end
+    end
+  end
+
+  local describe_payload = [[
+    local p = ev.payload
+    local v = p
+    if type(p) == "table" then v = p.a if v == nil then v = p[1] end end
+    if type(p) == "table" and p.a == nil and ev.payload ~= p then return "not the same root" end
+    return type(p) .. " " .. tostring(v)
+  ]]
+
+  it("follows the payload's shape from event to event, ev.topic unread", function()
+    shapes(s.on_event(describe_payload), function() return "t" end)
+  end)
+
+  it("follows the payload's shape from event to event, ev.topic read first", function()
+    shapes(s.on_event("local _ = ev.topic " .. describe_payload), function() return "t" end)
+  end)
+
+  it("follows it over more topics than the cache has slots", function()
+    shapes(s.on_event([[
+      local n = tonumber(ev.topic:match("%d+"))
+      if n % 2 == 0 then local _ = ev.topic end
+    ]] .. describe_payload), function(i, round) return "topic." .. (i * 7 + round) end)
+  end)
+
+  it("gives the assigned value after ev.payload is set, and the next event its own root", function()
+    local r = s.on_event([[
+      local before = ev.payload.a
+      if before == 1 then ev.payload = { a = "set" } end
+      return tostring(before) .. " " .. tostring(ev.payload.a) .. " " .. tostring(ev:field("a"))
+    ]])
+    for _ = 1, 3 do
+      local res = r:run({ topic = "t", payload_raw = hex("81 a161 01") })
+      assert.same({ "1 set set" }, res.routes)
+      assert.is_true(res.changed)
+      res = r:run({ topic = "t", payload_raw = hex("81 a161 02") })
+      assert.same({ "2 2 2" }, res.routes)
+      assert.is_false(res.changed)
+    end
+  end)
+
+  it("keeps a set ev.topic when a payload read changes the event's fields table", function()
+    local r = s.on_event([[
+      local a = ev.topic
+      ev.topic = "new." .. a
+      local p = ev.payload.a
+      return ev.topic .. " " .. tostring(p) .. " " .. tostring(ev.payload.a)
+    ]])
+    for i = 1, 3 do
+      local res = r:run({ topic = "t", payload_raw = hex("81 a161 0" .. i) })
+      assert.same({ "new.t " .. i .. " " .. i }, res.routes)
+    end
+  end)
+
+  it("refuses a root of an earlier call and a kept event outside on_event", function()
+    local r = s.rule([[
+      local kept, kept_ev
+      sluice.every(1000, function()
+        local ok, e = pcall(function() return kept_ev.payload end)
+        sluice.log("info", "timer " .. tostring(ok) .. " " .. tostring(e))
+      end)
+      return { on_event = function(ev)
+        local mine = ev.payload.a
+        local old = kept and select(2, pcall(function() return kept.a end)) or "none"
+        kept, kept_ev = ev.payload, ev
+        return tostring(mine) .. " " .. tostring(old)
+      end }]])
+    assert.same({ "1 none" }, r:run({ topic = "t", payload_raw = hex("81 a161 01") }).routes)
+    for i = 2, 4 do
+      local res = r:run({ topic = "t", payload_raw = hex("81 a161 0" .. i) })
+      assert.equal(1, #res.routes)
+      assert.matches("^" .. i .. " ", res.routes[1])
+      s.has(res.routes[1], STALE)
+    end
+    local out = r:advance(1000)
+    assert.equal(1, #out.logs)
+    s.has(out.logs[1].msg, "timer false")
+    s.has(out.logs[1].msg, "only valid during on_event")
+  end)
+
+  it("writes through the root made before the call, and a read-only event stays as it came", function()
+    local r = s.on_event([[
+      if ev.payload.a > 1 then ev.payload.b = "hi" end
+      return "out"
+    ]])
+    for _ = 1, 3 do
+      local res = r:run({ topic = "t", payload_raw = hex("81 a161 01") })
+      assert.is_false(res.changed)
+      assert.equal("81a16101", tohex(res.event.payload_raw))
+      res = r:run({ topic = "t", payload_raw = hex("81 a161 02") })
+      assert.is_true(res.changed)
+      assert.equal("82a16102a162a26869", tohex(res.event.payload_raw))
+    end
+  end)
+end)
+
+-- find_lk scans fixstr keys over flat values without a decode and hands
+-- any other pair to the general loop from where it stopped: keys past
+-- containers, str8/bin keys and nested values are still found, first one
+-- first, and the event stays as it came.
+describe("a short string key found past pairs the quick scan stops at", function()
+  teardown(s.cleanup)
+
+  local r = s.on_event([[
+    local p = ev.payload
+    local function v(x) if type(x) == "table" then return "tbl" end return tostring(x) end
+    return v(p.a) .. " " .. v(p.b) .. " " .. v(p.x) .. " " .. v(p.zz)
+  ]])
+  local CASES = {
+    { "83 a178 91 01 a162 02 a161 03", "3 2 tbl nil" },
+    { "83 d90178 01 c40162 02 a161 03", "3 2 1 nil" },
+    { "84 a162 81a16101 a178 cb3ff8000000000000 a161 d90568656c6c6f a161 04", "hello tbl 1.5 nil" },
+    { "83 a162 c0 a161 c3 a178 a0", "true nil  nil" },
+    { "82 c40161 01 a161 02", "1 nil nil nil" },
+  }
+  for _, c in ipairs(CASES) do
+    it(c[1], function()
+      local res = r:run({ topic = "t", payload_raw = hex(c[1]) })
+      assert.equal("route", res.verdict, res.error)
+      assert.same({ c[2] }, res.routes)
+      assert.is_false(res.changed)
+    end)
+  end
+end)
