@@ -190,6 +190,15 @@ void sl_output_stopped(struct sl_output *o);
  * callback; the rest still waits for the loop's flush. */
 void sl_output_flush_full(struct sl_worker *w);
 
+/* As sl_output_flush_full, and a part batch too once its oldest event
+ * waited hold_ns since its read (UINT64_MAX: never). Inputs call it with
+ * SL_OUTPUT_HOLD_NS after a read and every SL_OUTPUT_HOLD_EVENTS events
+ * inside one: an event waits for about that much of the engine's own
+ * work before its write starts, whatever else the loop turn reads. */
+#define SL_OUTPUT_HOLD_NS 200000u
+#define SL_OUTPUT_HOLD_EVENTS 64u
+void sl_output_flush_due(struct sl_worker *w, uint64_t hold_ns);
+
 /* The peer answered and nothing waits (a connect with an empty queue): a
  * success for the breaker and the backoff, like a delivery. */
 void sl_output_reachable(struct sl_output *o);
