@@ -6,7 +6,8 @@
  * /metrics for outputs' event counts, or by counting them in a sink of its
  * own that the engine's tcp output writes to. With --stamp every event
  * carries its send time (the event's time field, set just before the write)
- * and the sink reports the end-to-end latency percentiles. With --pid it
+ * and the sink reports the end-to-end latency percentiles (to the kernel's
+ * arrival time of each read, see sink_recv). With --pid it
  * reports the engine's CPU over the run, and always its own, per event.
  * Prints one line of key=value results. Owns everything it allocates.
  *
@@ -406,18 +407,54 @@ static void sink_stamp(struct sink *k, const uint8_t *p, size_t len,
   k->lat_n++;
 }
 
+/* One read from fd into chunk; *at_ns (when stamping) gets the time the
+ * kernel took in the last bytes read (SO_TIMESTAMPNS), not the time this
+ * thread got to read them: on a loaded machine the sink runs late and its
+ * lateness is not the engine's (the engine's write ended at or before
+ * that time, so a latency is never understated). The read's time when the
+ * kernel gives none. */
+static ssize_t sink_recv(int fd, uint8_t *chunk, int stamp, int64_t *at_ns) {
+  union {
+    struct cmsghdr h;
+    char buf[CMSG_SPACE(sizeof(struct timespec))];
+  } ctl;
+  struct iovec iov = {chunk, SINK_READ};
+  struct msghdr m;
+  struct cmsghdr *c;
+  ssize_t r;
+
+  memset(&m, 0, sizeof(m));
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = stamp ? ctl.buf : NULL;
+  m.msg_controllen = stamp ? sizeof(ctl.buf) : 0;
+  r = recvmsg(fd, &m, 0);
+  if (r <= 0 || !stamp)
+    return r;
+  *at_ns = realtime_ns();
+  for (c = CMSG_FIRSTHDR(&m); c != NULL; c = CMSG_NXTHDR(&m, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+      struct timespec ts;
+      int64_t t;
+      memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+      t = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+      if (t > 0 && t <= *at_ns)
+        *at_ns = t;
+    }
+  return r;
+}
+
 /* Read once from fd and count the whole events; a cut one waits in p.
  * Returns 0, 1 when the connection ended, or SL_ENOMEM. */
 static int sink_read(struct sink *k, int fd, struct sl_buf *p, uint8_t *chunk) {
   const uint8_t *d;
   size_t len, pos = 0, used;
   uint64_t count = 0;
-  int64_t now_ns;
-  ssize_t r = read(fd, chunk, SINK_READ);
+  int64_t now_ns = 0;
+  ssize_t r = sink_recv(fd, chunk, k->hist != NULL, &now_ns);
 
   if (r <= 0)
     return 1;
-  now_ns = k->hist ? realtime_ns() : 0;
   __atomic_add_fetch(&k->bytes, (uint64_t)r, __ATOMIC_RELAXED);
   if (p->len > 0) {
     if (sl_buf_append(p, chunk, (size_t)r) != 0)
@@ -462,8 +499,10 @@ static void *sink_run(void *arg) {
     if (poll(fds, (nfds_t)nfds, 50) <= 0)
       continue;
     if ((fds[0].revents & POLLIN) && nfds < 1 + MAX_CONNS) {
-      int fd = accept4(k->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+      int fd = accept4(k->listen_fd, NULL, NULL, SOCK_CLOEXEC), one = 1;
       if (fd >= 0) {
+        if (k->hist) /* each read's arrival time: sink_recv */
+          setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one));
         fds[nfds].fd = fd;
         fds[nfds].events = POLLIN;
         fds[nfds].revents = 0;
