@@ -74,9 +74,9 @@ void sl_framed_free(struct sl_framed *f, void *conn);
  * an HTTP batch once submitted): when src holds no event (so a wake-up
  * cannot reenter it), the other workers get their new jobs and their
  * results are applied now (sl_worker_pump), and the outputs' full batches
- * (and part ones that waited SL_OUTPUT_HOLD_NS) go out. libuv reads a busy stream up to 32 times before its loop turn
- * reaches those: meanwhile the replicas would idle, and 2 workers ran
- * slower than 1. */
+ * (and part ones that waited SL_OUTPUT_HOLD_NS) go out. libuv reads a
+ * busy stream up to 32 times before its loop turn reaches those:
+ * meanwhile the replicas would idle, and 2 workers ran slower than 1. */
 void sl_framed_read_done(struct sl_source *src);
 
 /* Inside a read, every SL_OUTPUT_HOLD_EVENTS events: when src holds no
