@@ -277,6 +277,11 @@ section_latency() {
       "$(bench_median engine_lat_p50_le_us)" "$(bench_median engine_lat_p99_le_us)" \
       "$(bench_median engine_lat_p999_le_us)"
   fi
+  if ! grep -qv ' gen_late_p99_le_us=' "$WORK/runs"; then
+    printf '  the loadgen wrote events late by p99 <= %s us, p99.9 <= %s us (not in the' \
+      "$(bench_median gen_late_p99_le_us)" "$(bench_median gen_late_p999_le_us)"
+    printf ' latency, which starts at the write: a sender behind its pace)\n'
+  fi
   printf '  aim p99 <= 1000 us: %s; engine %s us/event, loadgen %s us/event\n' \
     "$met" "$(bench_median engine_cpu_us_per_event)" \
     "$(bench_median gen_cpu_us_per_event)"

@@ -160,6 +160,10 @@ def test_linerate_latency_at_a_pinned_rate_alone(tmp_path):
     m = re.search(r"\(achieved %s\), 5000 events a run, median of 1 runs: p50 %s us"
                   % (NUM, NUM), out)
     assert m and 2500 <= float(m.group(1)) <= 7500, out  # paced, not flat out
+    # how late the paced sender wrote (the latency starts at the write)
+    m = re.search(r"the loadgen wrote events late by p99 <= ([0-9]+) us, "
+                  r"p99.9 <= ([0-9]+) us", out)
+    assert m and 1 <= int(m.group(1)) <= int(m.group(2)), out
     assert "line rate:" not in out and "scaling:" not in out, out
 
 

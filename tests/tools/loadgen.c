@@ -87,6 +87,8 @@ struct sender {
   int error;             /* errno of a failed write, 0 when all went out */
   int done;              /* the thread ended (__atomic) */
   int reported;          /* its mid-stream close was printed */
+  uint64_t late[32];     /* paced: events by how late their write was
+                            (bucket i: under 2^i µs), see report_late */
 };
 
 struct sink {
@@ -365,6 +367,14 @@ static void *send_paced(void *arg) {
       s->error = ENOMEM;
       break;
     }
+    if (s->rate > 0)
+      for (j = 0; j < n; j++) {
+        double us = (t - s->t0 - (double)(sent + j) / s->rate) * 1e6;
+        int k = 0;
+        while (k < 31 && us >= (double)(1u << k))
+          k++;
+        s->late[k]++;
+      }
     if (s->stamp) {
       uint64_t ns = (uint64_t)realtime_ns();
       for (j = 0; j < n; j++)
@@ -1142,6 +1152,30 @@ static void report_engine_latency(const char *base, const char *now) {
   }
 }
 
+/* Paced: how late the senders wrote events past their due time (p99 and
+ * p99.9, as bucket bounds in µs). The latency counts from the write (the
+ * engine cannot see an event before), so a sender that fell behind (a
+ * busy core, or a write the engine's backpressure blocked) would hide
+ * that wait from it: printed beside, a reader sees whether it did. */
+static void report_late(const struct opts *o, const struct sender *senders) {
+  static const double qs[] = {0.99, 0.999};
+  uint64_t late[32] = {0}, total = 0, seen;
+  int i, k, q;
+  for (k = 0; k < o->conns; k++)
+    for (i = 0; i < 32; i++)
+      late[i] += senders[k].late[i];
+  for (i = 0; i < 32; i++)
+    total += late[i];
+  if (o->rate <= 0 || total == 0)
+    return;
+  for (q = 0; q < 2; q++) {
+    for (i = 0, seen = 0; i < 31; i++)
+      if ((seen += late[i]) >= qs[q] * (double)total)
+        break;
+    printf(" gen_late_%s_le_us=%u", q ? "p999" : "p99", 1u << i);
+  }
+}
+
 static void report(const struct opts *o, const struct sink *sink,
                    const struct run *r, uint64_t bytes, double secs,
                    int64_t gen_ns, int64_t eng_ns) {
@@ -1163,6 +1197,7 @@ static void report(const struct opts *o, const struct sink *sink,
            sink_quantile(sink, 0.999), (double)sink->lat_max_ns / 1000.0);
   if (o->stamp && r->last != NULL)
     report_engine_latency(r->base, r->last);
+  report_late(o, r->senders);
   printf("\n");
 }
 
