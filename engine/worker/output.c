@@ -59,11 +59,14 @@ void sl_output_flush_full(struct sl_worker *w) {
  * an event waits for the end of its read (~500 events) and, short of a
  * whole batch, for the end of the loop turn: libuv reads up to 32 times a
  * turn, ~30,000 events after a stall (the engine's p99 was ms at half the
- * maximum rate). Outputs with a write in flight are skipped (before the
- * clock read): their batches grow meanwhile, as before. */
+ * maximum rate). The wait counts from the output's last such write when
+ * later: the events of one read share its time, so they would all be old
+ * at once (flat out into a tcp sink: 11 writes per 1000 events instead of
+ * 1.7, and 10% fewer events/s). Outputs with a write in flight are skipped
+ * (before the clock read): their batches grow meanwhile, as before. */
 void sl_output_flush_due(struct sl_worker *w, uint64_t hold_ns) {
   struct sl_output *o;
-  uint64_t now = 0;
+  uint64_t now = 0, since;
   for (o = w->dirty; o; o = o->next_dirty) {
     if (o->stopped || o->writing || o->q.count <= o->q.inflight)
       continue;
@@ -72,8 +75,12 @@ void sl_output_flush_due(struct sl_worker *w, uint64_t hold_ns) {
         continue;
       if (now == 0)
         now = sl_mono_ns();
-      if (now - sl_queue_at(&o->q, o->q.inflight)->ingest_ns < hold_ns)
+      since = sl_queue_at(&o->q, o->q.inflight)->ingest_ns;
+      if (o->due_ns > since)
+        since = o->due_ns;
+      if (now - since < hold_ns)
         continue;
+      o->due_ns = now;
     }
     flush(o);
   }

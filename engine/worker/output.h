@@ -115,6 +115,7 @@ struct sl_output {
   struct sl_output_stats stats;
   /* the core's write state (cb_write plugins) */
   uint32_t writing;              /* events of the write in flight; 0: none */
+  uint64_t due_ns;               /* sl_output_flush_due's last part batch */
   uint32_t again;                /* events the next write repeats; 0: none */
   uv_timer_t retry_timer;        /* the backoff after a failed write */
   int retry_timer_open;
