@@ -426,6 +426,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       sl_buf_close(&nc->inflated); /* an idle conn holds no large buffer */
       sl_buf_init(&nc->inflated);
     }
+    sl_framed_read_some(&nc->src); /* a frame may hold thousands of events */
   }
   sl_framed_read_done(&nc->src);
   send_acks(nc);

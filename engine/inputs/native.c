@@ -162,6 +162,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
   uint32_t max = w->cfg->max_event_bytes +
                  (nc->sluice_peer ? SL_EVENT_HEADROOM : 0);
   size_t pos = 0, used;
+  uint32_t since = 0;
   struct sl_codec_error err;
   struct sl_event_view v;
   struct sl_event *ev;
@@ -240,6 +241,8 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       return pos;
     }
     nc->accepted++;
+    if (sl_unlikely(++since % SL_OUTPUT_HOLD_EVENTS == 0))
+      sl_framed_read_some(&nc->src); /* a 64 KiB read: ~500 events */
   }
   sl_framed_read_done(&nc->src);
   send_ack(nc);

@@ -235,6 +235,7 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
   struct sl_input *in = sc->src.input;
   uint32_t max = in->w->cfg->max_event_bytes;
   size_t pos = 0, start;
+  uint32_t since = 0;
   uint64_t n;
   int rc;
 
@@ -277,6 +278,8 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       refused(sc);
       break;
     }
+    if (sl_unlikely(++since % SL_OUTPUT_HOLD_EVENTS == 0))
+      sl_framed_read_some(&sc->src); /* a long read's first lines go out */
   }
   sl_framed_read_done(&sc->src);
   return pos;

@@ -11,7 +11,12 @@ void sl_framed_read_done(struct sl_source *src) {
   if (src->held != NULL)
     return;
   sl_worker_pump(src->w);
-  sl_output_flush_full(src->w);
+  sl_output_flush_due(src->w, SL_OUTPUT_HOLD_NS);
+}
+
+void sl_framed_read_some(struct sl_source *src) {
+  if (src->held == NULL)
+    sl_output_flush_due(src->w, SL_OUTPUT_HOLD_NS);
 }
 
 void sl_framed_init(struct sl_framed *f, struct sl_input *in,

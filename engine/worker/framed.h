@@ -74,10 +74,15 @@ void sl_framed_free(struct sl_framed *f, void *conn);
  * an HTTP batch once submitted): when src holds no event (so a wake-up
  * cannot reenter it), the other workers get their new jobs and their
  * results are applied now (sl_worker_pump), and the outputs' full batches
- * go out. libuv reads a busy stream up to 32 times before its loop turn
- * reaches those: meanwhile the replicas would idle, and 2 workers ran
- * slower than 1. */
+ * (and part ones that waited SL_OUTPUT_HOLD_NS) go out. libuv reads a
+ * busy stream up to 32 times before its loop turn reaches those:
+ * meanwhile the replicas would idle, and 2 workers ran slower than 1. */
 void sl_framed_read_done(struct sl_source *src);
+
+/* Inside a read, every SL_OUTPUT_HOLD_EVENTS events: when src holds no
+ * event, the part batches that waited SL_OUTPUT_HOLD_NS go out now, so
+ * the first events of a long read are not written after its last. */
+void sl_framed_read_some(struct sl_source *src);
 
 /* Close c when it reads no more and cb_drained says it is done. */
 void sl_framed_close_if_drained(struct sl_framed *f, struct sl_conn *c);

@@ -115,6 +115,7 @@ struct sl_output {
   struct sl_output_stats stats;
   /* the core's write state (cb_write plugins) */
   uint32_t writing;              /* events of the write in flight; 0: none */
+  uint64_t due_ns;               /* sl_output_flush_due's last part batch */
   uint32_t again;                /* events the next write repeats; 0: none */
   uv_timer_t retry_timer;        /* the backoff after a failed write */
   int retry_timer_open;
@@ -189,6 +190,15 @@ void sl_output_stopped(struct sl_output *o);
  * (batch_events) not yet handed out. Safe inside an input's data
  * callback; the rest still waits for the loop's flush. */
 void sl_output_flush_full(struct sl_worker *w);
+
+/* As sl_output_flush_full, and a part batch too once its oldest event
+ * waited hold_ns since its read (UINT64_MAX: never). Inputs call it with
+ * SL_OUTPUT_HOLD_NS after a read and every SL_OUTPUT_HOLD_EVENTS events
+ * inside one: an event waits for about that much of the engine's own
+ * work before its write starts, whatever else the loop turn reads. */
+#define SL_OUTPUT_HOLD_NS 200000u
+#define SL_OUTPUT_HOLD_EVENTS 64u
+void sl_output_flush_due(struct sl_worker *w, uint64_t hold_ns);
 
 /* The peer answered and nothing waits (a connect with an empty queue): a
  * success for the breaker and the backoff, like a delivery. */

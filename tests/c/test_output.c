@@ -266,6 +266,47 @@ TEST(output_flush_full_writes_a_whole_batch_at_once_the_rest_on_the_loop) {
   rig_close(&r);
 }
 
+/* Inside a long read, a part batch goes out once its oldest event waited
+ * the hold (not before: younger, it waits for the loop or a full batch),
+ * and never while a write is in flight, however old. */
+TEST(output_flush_due_writes_a_part_batch_once_its_oldest_event_waited) {
+  struct rig r;
+  const struct sl_event *ev[3];
+  struct sl_event *later;
+  const uint64_t hold = 1000000000u; /* 1 s: no stall of the test reaches it */
+  rig_init(&r, 0);
+  CHECK(rig_go(&r, OK, 3, ev) == 0);
+  ((struct sl_event *)ev[0])->ingest_ns = sl_mono_ns();
+  sl_output_flush_due(&r.w, hold);
+  sl_output_flush_due(&r.w, UINT64_MAX); /* never: whole batches only */
+  CHECK_EQ(fakes[0].calls, 0);
+  ((struct sl_event *)ev[0])->ingest_ns = sl_mono_ns() - 2 * hold;
+  sl_output_flush_due(&r.w, hold);
+  CHECK_EQ(fakes[0].calls, 1);
+  CHECK_EQ(fakes[0].last.n, 3u);
+  CHECK_EQ(r.o->stats.events_out, 3u);
+  /* the same read's later events share its (old) time: the next part
+   * batch waits the hold from that write, not a write every check */
+  later = (struct sl_event *)push(&r, 3);
+  later->ingest_ns = sl_mono_ns() - 2 * hold;
+  sl_output_flush_due(&r.w, hold);
+  CHECK_EQ(fakes[0].calls, 1);
+  /* a write in flight holds an old part batch back */
+  fakes[0].mode = HOLD;
+  sl_output_flush_due(&r.w, 0);
+  CHECK_EQ(fakes[0].calls, 2);
+  later = (struct sl_event *)push(&r, 4);
+  later->ingest_ns = sl_mono_ns() - 2 * hold;
+  sl_output_flush_due(&r.w, hold);
+  CHECK_EQ(fakes[0].calls, 2);
+  fakes[0].mode = OK;
+  sl_output_done(r.o, 1, SL_WRITE_OK, NULL);
+  run_ms(&r, 20);
+  CHECK_EQ(r.o->stats.events_out, 5u);
+  CHECK_EQ(r.o->q.count, 0u);
+  rig_close(&r);
+}
+
 TEST(output_retry_backs_off_then_delivers_the_same_events) {
   struct rig r;
   const struct sl_event *first;

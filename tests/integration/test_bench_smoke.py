@@ -143,6 +143,30 @@ def test_linerate_rows_reach_the_bench_table(quick_run):
         assert m and float(m.group(1)) > 0, (case, table)
 
 
+def test_linerate_latency_at_a_pinned_rate_alone(tmp_path):
+    """BENCH_LAT_RATE paces the latency runs at that rate (the same load for
+    two builds) without measuring the maximum; the SKIP knobs leave out the
+    rate table and the scaling."""
+    env = dict(os.environ, BENCH_SECTIONS="linerate", BENCH_RUNS="1",
+               BENCH_LAT_RATE="5000", BENCH_LAT_SECONDS="1", BENCH_LAT_MIN_EVENTS="5000",
+               BENCH_LINE_SKIP_RATE="1", BENCH_LINE_SKIP_WORKERS="1")
+    r = subprocess.run(["make", "-s", "--no-print-directory", "BUILD=" + BUILD,
+                        "-o", "all", "bench"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "paced at 5000 events/s (BENCH_LAT_RATE; the maximum not measured)" in out, out
+    assert "max of this pipeline" not in out and "(max)" not in r.stderr, out
+    m = re.search(r"\(achieved %s\), 5000 events a run, median of 1 runs: p50 %s us"
+                  % (NUM, NUM), out)
+    assert m and 2500 <= float(m.group(1)) <= 7500, out  # paced, not flat out
+    # how late the paced sender wrote (the latency starts at the write)
+    m = re.search(r"the loadgen wrote events late by p99 <= ([0-9]+) us, "
+                  r"p99.9 <= ([0-9]+) us", out)
+    assert m and 1 <= int(m.group(1)) <= int(m.group(2)), out
+    assert "line rate:" not in out and "scaling:" not in out, out
+
+
 # ---- the loadgen on its own ---------------------------------------------------
 
 class DelayRelay:

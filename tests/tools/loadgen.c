@@ -6,7 +6,8 @@
  * /metrics for outputs' event counts, or by counting them in a sink of its
  * own that the engine's tcp output writes to. With --stamp every event
  * carries its send time (the event's time field, set just before the write)
- * and the sink reports the end-to-end latency percentiles. With --pid it
+ * and the sink reports the end-to-end latency percentiles (to the kernel's
+ * arrival time of each read, see sink_recv). With --pid it
  * reports the engine's CPU over the run, and always its own, per event.
  * Prints one line of key=value results. Owns everything it allocates.
  *
@@ -86,6 +87,8 @@ struct sender {
   int error;             /* errno of a failed write, 0 when all went out */
   int done;              /* the thread ended (__atomic) */
   int reported;          /* its mid-stream close was printed */
+  uint64_t late[32];     /* paced: events by how late their write was
+                            (bucket i: under 2^i µs), see report_late */
 };
 
 struct sink {
@@ -364,6 +367,14 @@ static void *send_paced(void *arg) {
       s->error = ENOMEM;
       break;
     }
+    if (s->rate > 0)
+      for (j = 0; j < n; j++) {
+        double us = (t - s->t0 - (double)(sent + j) / s->rate) * 1e6;
+        int k = 0;
+        while (k < 31 && us >= (double)(1u << k))
+          k++;
+        s->late[k]++;
+      }
     if (s->stamp) {
       uint64_t ns = (uint64_t)realtime_ns();
       for (j = 0; j < n; j++)
@@ -406,18 +417,54 @@ static void sink_stamp(struct sink *k, const uint8_t *p, size_t len,
   k->lat_n++;
 }
 
+/* One read from fd into chunk; *at_ns (when stamping) gets the time the
+ * kernel took in the last bytes read (SO_TIMESTAMPNS), not the time this
+ * thread got to read them: on a loaded machine the sink runs late and its
+ * lateness is not the engine's (the engine's write ended at or before
+ * that time, so a latency is never understated). The read's time when the
+ * kernel gives none. */
+static ssize_t sink_recv(int fd, uint8_t *chunk, int stamp, int64_t *at_ns) {
+  union {
+    struct cmsghdr h;
+    char buf[CMSG_SPACE(sizeof(struct timespec))];
+  } ctl;
+  struct iovec iov = {chunk, SINK_READ};
+  struct msghdr m;
+  struct cmsghdr *c;
+  ssize_t r;
+
+  memset(&m, 0, sizeof(m));
+  m.msg_iov = &iov;
+  m.msg_iovlen = 1;
+  m.msg_control = stamp ? ctl.buf : NULL;
+  m.msg_controllen = stamp ? sizeof(ctl.buf) : 0;
+  r = recvmsg(fd, &m, 0);
+  if (r <= 0 || !stamp)
+    return r;
+  *at_ns = realtime_ns();
+  for (c = CMSG_FIRSTHDR(&m); c != NULL; c = CMSG_NXTHDR(&m, c))
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+      struct timespec ts;
+      int64_t t;
+      memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+      t = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+      if (t > 0 && t <= *at_ns)
+        *at_ns = t;
+    }
+  return r;
+}
+
 /* Read once from fd and count the whole events; a cut one waits in p.
  * Returns 0, 1 when the connection ended, or SL_ENOMEM. */
 static int sink_read(struct sink *k, int fd, struct sl_buf *p, uint8_t *chunk) {
   const uint8_t *d;
   size_t len, pos = 0, used;
   uint64_t count = 0;
-  int64_t now_ns;
-  ssize_t r = read(fd, chunk, SINK_READ);
+  int64_t now_ns = 0;
+  ssize_t r = sink_recv(fd, chunk, k->hist != NULL, &now_ns);
 
   if (r <= 0)
     return 1;
-  now_ns = k->hist ? realtime_ns() : 0;
   __atomic_add_fetch(&k->bytes, (uint64_t)r, __ATOMIC_RELAXED);
   if (p->len > 0) {
     if (sl_buf_append(p, chunk, (size_t)r) != 0)
@@ -462,8 +509,10 @@ static void *sink_run(void *arg) {
     if (poll(fds, (nfds_t)nfds, 50) <= 0)
       continue;
     if ((fds[0].revents & POLLIN) && nfds < 1 + MAX_CONNS) {
-      int fd = accept4(k->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+      int fd = accept4(k->listen_fd, NULL, NULL, SOCK_CLOEXEC), one = 1;
       if (fd >= 0) {
+        if (k->hist) /* each read's arrival time: sink_recv */
+          setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one));
         fds[nfds].fd = fd;
         fds[nfds].events = POLLIN;
         fds[nfds].revents = 0;
@@ -1103,6 +1152,30 @@ static void report_engine_latency(const char *base, const char *now) {
   }
 }
 
+/* Paced: how late the senders wrote events past their due time (p99 and
+ * p99.9, as bucket bounds in µs). The latency counts from the write (the
+ * engine cannot see an event before), so a sender that fell behind (a
+ * busy core, or a write the engine's backpressure blocked) would hide
+ * that wait from it: printed beside, a reader sees whether it did. */
+static void report_late(const struct opts *o, const struct sender *senders) {
+  static const double qs[] = {0.99, 0.999};
+  uint64_t late[32] = {0}, total = 0, seen;
+  int i, k, q;
+  for (k = 0; k < o->conns; k++)
+    for (i = 0; i < 32; i++)
+      late[i] += senders[k].late[i];
+  for (i = 0; i < 32; i++)
+    total += late[i];
+  if (o->rate <= 0 || total == 0)
+    return;
+  for (q = 0; q < 2; q++) {
+    for (i = 0, seen = 0; i < 31; i++)
+      if ((seen += late[i]) >= qs[q] * (double)total)
+        break;
+    printf(" gen_late_%s_le_us=%u", q ? "p999" : "p99", 1u << i);
+  }
+}
+
 static void report(const struct opts *o, const struct sink *sink,
                    const struct run *r, uint64_t bytes, double secs,
                    int64_t gen_ns, int64_t eng_ns) {
@@ -1124,6 +1197,7 @@ static void report(const struct opts *o, const struct sink *sink,
            sink_quantile(sink, 0.999), (double)sink->lat_max_ns / 1000.0);
   if (o->stamp && r->last != NULL)
     report_engine_latency(r->base, r->last);
+  report_late(o, r->senders);
   printf("\n");
 }
 
