@@ -130,7 +130,10 @@ local function outcome(res)
   return {
     verdict = res.verdict,
     routes = table.concat(res.routes or {}, "|"),
-    error = res.error and res.error:gsub("^[^:]*:%d+: ", "") or nil,
+    -- a memory overrun may run past the CPU budget first on a loaded
+    -- machine: either is an overrun
+    error = (res.error_kind == "cpu" or res.error_kind == "memory") and "overrun"
+      or res.error and res.error:gsub("^[^:]*:%d+: ", "") or nil,
     changed = res.changed,
     topic = res.event.topic,
     -- a table the rule assigned is encoded in its own order (Lua's): pairs
