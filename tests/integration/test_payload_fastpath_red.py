@@ -142,3 +142,64 @@ def test_each_event_of_an_interleaved_stream_gets_its_own_payload_written_and_ro
             if raw is not None and isinstance(after, list) and after:
                 assert raw in data, eid  # not written: its bytes as they came
     assert eng.stop() == 0
+
+
+TURNS = """
+return {
+  on_event = function(ev)
+    return ev.payload.to
+  end,
+}
+"""
+
+
+def turns_conf(port, rules, names):
+    outs = ",\n    ".join(
+        '{ name = "%s", type = "file", path = "%s.msgpack", format = "msgpack" }' % (n, n)
+        for n in names)
+    return """return {
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = {
+    %s,
+  },
+  rules = { dir = "%s" },
+}""" % (port, outs, rules)
+
+
+def test_route_names_in_turns_land_where_they_name_across_a_reload_that_reorders_outputs(sluice, tmp_path):
+    """take_result's 4 names by address and the slot's 4 decisions, with 6
+    outputs in turns (both caches evicted and hit), before and after a
+    reload that moves every output's index."""
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "10_turns.lua").write_text(TURNS)
+    port = free_port()
+    names = ["o1", "o2", "o3", "o4", "o5", "o6"]
+    eng = sluice(turns_conf(port, d, names))
+    addr = "127.0.0.1:%d" % port
+    rnd = random.Random(9)
+    want = {n: [] for n in names}
+
+    def batch(first, count):
+        evs = []
+        for i in range(first, first + count):
+            # runs of one name, turns among two, then any: every cache path
+            to = names[(i // 7) % 6] if i % 3 else rnd.choice(names[:2 + i % 5])
+            want[to].append("e%d" % i)
+            evs.append({"topic": "t.%d" % (i % 5), "id": "e%d" % i,
+                        "payload": {"to": to, "i": i}})
+        send_events(addr, evs)
+
+    def landed():
+        return {n: [e["id"] for e in (dict(x) for x in read_events(eng.path("%s.msgpack" % n)))]
+                for n in names}
+
+    batch(0, 300)
+    wait_for(lambda: landed() == want, timeout=20, what="the first batch where it names")
+    eng.config.write_text(turns_conf(port, d, list(reversed(names))))
+    eng.signal(1)
+    wait_for(lambda: any(l.get("msg") == "config reloaded" for l in eng.logs()),
+             timeout=10, what="the reload")
+    batch(300, 300)
+    wait_for(lambda: landed() == want, timeout=20, what="the second batch where it names")
+    assert eng.stop() == 0
