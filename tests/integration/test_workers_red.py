@@ -441,3 +441,75 @@ return { on_event = function(ev) n = n + 1; return "out" end }
         return {mine, 21 - mine} <= ns
     wait_for(both, timeout=10, what="timer emits of both idle workers")
     assert eng.stop() == 0
+
+
+def retire_config(port, admin, sink, folder, extra, shutdown=30):
+    """slow (a unix sink) plus the file outputs named in extra."""
+    files = "".join('{ name = "%s", type = "file", path = "%s/%s.ndjson" },'
+                    % (n, folder, n) for n in extra)
+    return """return {
+  workers = 2,
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "slow", type = "unix", path = "%s",
+                queue = { max_events = 100, when_full = "block" } }, %s },
+  rules = { dir = "%s/rules", watch = false },
+  admin = { listen = "127.0.0.1:%d" },
+  shutdown_timeout = %d,
+}""" % (port, sink, files, folder, admin, shutdown)
+
+
+def test_retire_count_balances_over_reloads_that_retire_nothing_and_two_before_the_ring_drains(
+        sluice, tmp_path):
+    """The count of results decided before a reload (holding_old) must come
+    back to 0 once the rings drain, whatever reloads came meanwhile: POST
+    /reload with nothing changed (no commit), a SIGHUP that changes the
+    rules but retires nothing, then one that retires b, all while worker
+    1's ring is full behind a stalled output. An underflow or a leak shows
+    later: an idle output c that a reload removes then waits for the full
+    shutdown_timeout (30 s) before it closes, instead of closing at once."""
+    sink = stalled_sink(SlowSink)
+    port, admin = free_port(), free_port()
+    (tmp_path / "rules").mkdir()
+    rule = tmp_path / "rules" / "10_to.lua"
+    rule.write_text(TO_RULE[1])
+    eng = sluice(retire_config(port, admin, sink.address, tmp_path, ["b"]),
+                 env=PINNED)
+    total = 20000
+    data = b"".join(pack(e) for e in keyed_events(worker_keys(1, 32), total))
+    s = connect("127.0.0.1:%d" % port)
+    writer = threading.Thread(target=lambda: s.sendall(data), daemon=True)
+    writer.start()
+    wait_stuck(admin)
+    assert post_reload(admin) == 200  # nothing changed: no switch at all
+    rule.write_text(TO_RULE[1].replace('"1"', '"1b"'))  # rules change only
+    eng.signal(signal.SIGHUP)
+    eng.wait_log("config reloaded", timeout=10)
+    rule.write_text(TO_RULE[2])
+    eng.config.write_text(retire_config(port, admin, sink.address, tmp_path, []))
+    eng.signal(signal.SIGHUP)  # the ring still holds what v1 decided
+    eng.wait_log("config reloaded", count=2, timeout=10)
+    sink.start_reading()
+    writer.join(30)
+    s.close()
+    eng.wait_log("retired output drained and closed", output="b", timeout=20)
+    b = read_ndjson(tmp_path / "b.ndjson")
+    got = sink.wait(total - len(b), timeout=30)
+    seen = sorted(e["payload"]["seq"] for e in got + b)
+    assert seen == list(range(total)), "%d of %d arrived (%d at b)" % (
+        len(set(seen)), total, len(b))
+    # idle now: the count must be 0 again
+    eng.config.write_text(retire_config(port, admin, sink.address, tmp_path,
+                                        ["c"]))
+    eng.signal(signal.SIGHUP)
+    eng.wait_log("config reloaded", count=3, timeout=10)
+    send("127.0.0.1:%d" % port, keyed_events(worker_keys(1, 4), 10))
+    sink.wait(total - len(b) + 10, timeout=10)
+    eng.config.write_text(retire_config(port, admin, sink.address, tmp_path, []))
+    t0 = time.monotonic()
+    eng.signal(signal.SIGHUP)
+    eng.wait_log("retired output drained and closed", output="c", timeout=10)
+    assert time.monotonic() - t0 < 8, "c waited on a miscounted holding_old"
+    t0 = time.monotonic()
+    assert eng.stop() == 0
+    assert time.monotonic() - t0 < 10
+    sink.close()
