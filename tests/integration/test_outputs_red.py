@@ -556,3 +556,63 @@ def test_acks_read_with_a_reset_still_redeliver_every_unacked_event(sluice):
         assert eng.stop() == 0
     finally:
         peer.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_forward_frames_flushed_mid_read_into_a_resetting_acked_peer_lose_nothing(
+        sluice, workers):
+    """A forward input reads thousands of one-entry frames per read and
+    flushes due part batches after each (sl_framed_read_some), so output
+    writes, their resets and the failures they report run inside the
+    input's parse loop; the peer resets four connections mid-stream. Every
+    chunk is answered once, in order, and every record reaches the peer
+    (acks: what a reset cut comes again), the engine stops cleanly."""
+    def resetting(p, c, buf):
+        read_and_ack(p, c, buf, limit=900)
+
+    peer = Peer([resetting] * 4 + [read_and_ack])
+    port, admin = free_port(), free_port()
+    try:
+        eng = sluice("""return {
+  workers = %d,
+  inputs = { { name = "in", type = "forward", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "out", type = "tcp", address = "%s", ack = true,
+                retry = { initial_ms = 20, max_ms = 100 } } },
+  routes = { { topics = "*", to = "out" } },
+  admin = { listen = "127.0.0.1:%d" },
+}""" % (workers, port, peer.address, admin))
+        n = 6000
+        frames = [msgpack.packb(["t", 1700000000, {"i": i, "pad": "x" * 200},
+                                 {"chunk": "c%d" % i}], use_bin_type=True)
+                  for i in range(n)]
+        acks = []
+        with connect("127.0.0.1:%d" % port) as s:
+            for k in range(0, n, 1000):
+                s.sendall(b"".join(frames[k:k + 1000]))
+            s.settimeout(10)
+            up = msgpack.Unpacker(raw=False)
+            deadline = time.monotonic() + 20
+            while len(acks) < n and time.monotonic() < deadline:
+                d = s.recv(65536)
+                if not d:
+                    break
+                up.feed(d)
+                acks.extend(a["ack"] for a in up)
+        assert acks == ["c%d" % i for i in range(n)], len(acks)
+        admin_addr = "127.0.0.1:%d" % admin
+        wait_for(lambda: metric(admin_addr, "sluice_output_events_total",
+                                output="out") == n, 30,
+                 what="every event acked by the peer once")
+        assert len(peer.conns) == 5
+        seen = set()
+        for raw in peer.conns:
+            got = [e["payload"]["i"] for e in decode_all(bytes(raw))]
+            assert len(set(got)) == len(got)
+            if workers == 1:
+                assert got == sorted(got)
+            seen.update(got)
+        assert seen == set(range(n))
+        assert not peer.errors
+        assert eng.stop() == 0
+    finally:
+        peer.close()
