@@ -513,3 +513,76 @@ def test_retire_count_balances_over_reloads_that_retire_nothing_and_two_before_t
     assert eng.stop() == 0
     assert time.monotonic() - t0 < 10
     sink.close()
+
+
+def storm_config(port, admin, sink, folder, gen):
+    """workers = 4; b (a file per generation) only in odd generations."""
+    b = ('{ name = "b", type = "file", path = "%s/b%d.ndjson" },'
+         % (folder, gen) if gen % 2 else "")
+    return """return {
+  workers = 4,
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "slow", type = "unix", path = "%s",
+                queue = { max_events = 100, when_full = "block" } }, %s },
+  rules = { dir = "%s/rules", watch = false },
+  admin = { listen = "127.0.0.1:%d" },
+  shutdown_timeout = 30,
+}""" % (port, sink, b, folder, admin)
+
+
+def test_reload_storm_adding_and_retiring_an_output_with_four_stalled_workers(
+        sluice, tmp_path):
+    """Ten SIGHUPs that add output b and retire it again, each before the
+    rings drained (every worker's results wait behind a stalled output):
+    no retiring b closes on results that still name it (lost: the
+    shutdown_timeout line, or seqs missing), none waits for ever (the
+    last one closes once the sink reads), every event arrives once, in key
+    order per file; then SIGTERM ends the engine at once."""
+    sink = stalled_sink(SlowSink)
+    port, admin = free_port(), free_port()
+    (tmp_path / "rules").mkdir()
+    rule = tmp_path / "rules" / "10_to.lua"
+    rule.write_text(TO_RULE[1])
+    eng = sluice(storm_config(port, admin, sink.address, tmp_path, 1),
+                 env=PINNED)
+    total = 20000
+    data = b"".join(pack(e) for e in keyed_events(
+        ["k%d" % i for i in range(64)], total))
+    s = connect("127.0.0.1:%d" % port)
+    writer = threading.Thread(target=lambda: s.sendall(data), daemon=True)
+    writer.start()
+    wait_stuck(admin)
+    for gen in range(2, 12):
+        rule.write_text(TO_RULE[1 if gen % 2 else 2])
+        eng.config.write_text(storm_config(port, admin, sink.address,
+                                           tmp_path, gen))
+        eng.signal(signal.SIGHUP)
+        eng.wait_log("config reloaded", count=gen - 1, timeout=10)
+    sink.start_reading()
+    writer.join(60)
+    s.close()
+    # b of generation 11 stays; the five before it retire once drained
+    # (a retired output logs as "b (before reload N)")
+    wait_for(lambda: len([l for l in eng.find_logs(
+        "retired output drained and closed") if l["output"].startswith("b")])
+        >= 5, timeout=30, what="every retired b closed")
+    assert not eng.find_logs("retired output closed at shutdown_timeout "
+                             "with events undelivered"), eng.stderr()[-2000:]
+    def b_files():
+        return [read_ndjson(p) for p in sorted(tmp_path.glob("b*.ndjson"))]
+
+    # b of generation 11 takes odd events until the end
+    wait_for(lambda: len(sink.events) + sum(len(f) for f in b_files())
+             >= total, timeout=30, what="every event at the sink or a b")
+    files = b_files()
+    at_b = sum(len(f) for f in files)
+    got = sink.wait(total - at_b, timeout=30)
+    for f in files + [got]:
+        check_per_key(f, len(f))
+    seen = sorted(e["payload"]["seq"] for f in files + [got] for e in f)
+    assert seen == list(range(total)), "%d of %d arrived (%d at b)" % (
+        len(set(seen)), total, at_b)
+    t0 = time.monotonic()
+    assert eng.stop() == 0
+    assert time.monotonic() - t0 < 10
+    sink.close()
