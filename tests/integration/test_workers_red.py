@@ -586,3 +586,51 @@ def test_reload_storm_adding_and_retiring_an_output_with_four_stalled_workers(
     assert eng.stop() == 0
     assert time.monotonic() - t0 < 10
     sink.close()
+
+
+TICK_TO_B = """sluice.every(5, function()
+  sluice.emit("b", { topic = "tick", payload = { at = 1 } })
+end)
+return { on_event = function(ev) return "slow" end }"""
+
+
+def test_sigterm_while_b_retires_behind_emits_a_held_worker_decided(
+        sluice, tmp_path):
+    """Worker 1's timer emits to b while its ring is full (they wait in
+    its pending list, in no ring count); a reload retires b, the sink
+    starts reading and SIGTERM comes while b still retires: b must take
+    those emits (an emit applied into a closed b writes into its freed
+    queue), the engine drains and exits 0 with nothing lost, and what
+    arrived is in key order with no repeat."""
+    sink = stalled_sink(SlowSink)
+    port, admin = free_port(), free_port()
+    (tmp_path / "rules").mkdir()
+    rule = tmp_path / "rules" / "10_to.lua"
+    rule.write_text(TICK_TO_B)
+    eng = sluice(retire_config(port, admin, sink.address, tmp_path, ["b"],
+                               shutdown=20), env=PINNED)
+    total = 20000
+    data = b"".join(pack(e) for e in keyed_events(worker_keys(1, 32), total))
+    s = connect("127.0.0.1:%d" % port)
+    writer = threading.Thread(target=lambda: s.sendall(data), daemon=True)
+    writer.start()
+    wait_stuck(admin)
+    time.sleep(0.3)  # ticks pile up in worker 1's pending list
+    rule.write_text(TO_RULE[2])
+    eng.config.write_text(retire_config(port, admin, sink.address, tmp_path,
+                                        [], shutdown=20))
+    eng.signal(signal.SIGHUP)
+    eng.wait_log("config reloaded", timeout=10)
+    sink.start_reading()
+    eng.signal(signal.SIGTERM)
+    assert eng.wait(timeout=30) == 0, eng.stderr()[-3000:]
+    s.close()
+    assert not eng.find_logs("retired output closed at shutdown_timeout "
+                             "with events undelivered")
+    assert not eng.find_logs("shutdown_timeout reached; exiting with events "
+                             "undelivered")
+    got = sink.events
+    check_per_key(got, len(got))
+    ticks = read_ndjson(tmp_path / "b.ndjson")
+    assert all(t["topic"] == "tick" for t in ticks)
+    sink.close()
