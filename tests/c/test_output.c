@@ -307,6 +307,35 @@ TEST(output_flush_due_writes_a_part_batch_once_its_oldest_event_waited) {
   rig_close(&r);
 }
 
+/* A failed write's events wait out the backoff in flight: a due flush
+ * (however old the part batch behind them) starts no write before the
+ * retry timer, and the retry sends the failed head first, then the rest,
+ * in order: an early flush must not pass a retry. */
+TEST(output_flush_due_waits_out_a_backoff_and_the_failed_head_goes_first) {
+  struct rig r;
+  const struct sl_event *ev[2];
+  struct sl_event *later;
+  rig_init(&r, 0);
+  r.oc[0].retry.initial_ms = 300;
+  r.oc[0].retry.max_ms = 600;
+  CHECK(rig_go(&r, FAIL, 2, ev) == 0);
+  sl_output_flush_due(&r.w, 0); /* the write fails inside: backoff */
+  CHECK_EQ(fakes[0].calls, 1);
+  CHECK(uv_is_active((uv_handle_t *)&r.o->retry_timer));
+  CHECK_EQ(r.o->q.inflight, 2u);
+  later = (struct sl_event *)push(&r, 2);
+  later->ingest_ns = sl_mono_ns() - 1000000000u;
+  fakes[0].mode = OK;
+  sl_output_flush_due(&r.w, 0);
+  sl_output_flush_due(&r.w, SL_OUTPUT_HOLD_NS);
+  CHECK_EQ(fakes[0].calls, 1);
+  CHECK(run_until(&r, &r.o->stats.events_out, 3));
+  CHECK_EQ(fakes[0].calls, 2);
+  CHECK(fakes[0].first == ev[0]);
+  CHECK_EQ(fakes[0].last.n, 3u);
+  rig_close(&r);
+}
+
 TEST(output_retry_backs_off_then_delivers_the_same_events) {
   struct rig r;
   const struct sl_event *first;
