@@ -6,6 +6,8 @@ never counted as written twice; acked links (native ack = true, forward
 require_ack) through a stalled downstream sluice lose nothing; a fast sink
 does not starve the admin server, and SIGTERM still drains under load.
 Peers are python sockets so they can stall and reset at will."""
+import os
+import re
 import signal
 import socket
 import struct
@@ -616,3 +618,82 @@ def test_forward_frames_flushed_mid_read_into_a_resetting_acked_peer_lose_nothin
         assert eng.stop() == 0
     finally:
         peer.close()
+
+
+def test_syslog_into_a_full_disk_and_a_full_dead_letter_loses_and_repeats_nothing(
+        sluice, tmp_path):
+    """A syslog read of thousands of lines flushes due part batches every 64
+    lines into a file output on a full tmpfs (writes fail or end half a
+    line out, batches move to a dead letter that is full too): once room
+    comes back, every line is in exactly one of the two files, each in
+    order, no line torn, and SIGTERM exits 0."""
+    from test_durability import mount_tmpfs, umount
+    d1, d2 = tmp_path / "d1", tmp_path / "d2"
+    mount_tmpfs(d1, "2m")  # 3000 lines of ~340 bytes fit once freed
+    mount_tmpfs(d2, "2m")
+    try:
+        for d, keep in ((d1, 12000), (d2, 0)):
+            st = os.statvfs(str(d))
+            room = st.f_bavail * st.f_frsize - keep
+            with open(str(d / "filler"), "wb") as f:
+                f.write(b"\0" * max(room, 0))
+                try:
+                    f.write(b"\0" * 65536)  # whatever is left
+                except OSError:
+                    pass
+        port, admin = free_port(), free_port()
+        eng = sluice("""return {
+  inputs = { { name = "in", type = "syslog", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "out", type = "file", path = "%s/out.ndjson",
+                batch_events = 16,
+                retry = { initial_ms = 10, max_ms = 40, max_attempts = 2 } },
+              { name = "dl", type = "file", path = "%s/dl.ndjson",
+                retry = { initial_ms = 10, max_ms = 40 } } },
+  routes = { { topics = "*", to = "out" } },
+  dead_letter = "dl",
+  admin = { listen = "127.0.0.1:%d" },
+}""" % (port, d1, d2, admin))
+        n = 3000
+        lines = b"".join(b"<13>Oct 11 22:14:15 host app: line %06d\n" % i
+                         for i in range(n))
+        s = connect("127.0.0.1:%d" % port)
+        writer = threading.Thread(target=lambda: s.sendall(lines), daemon=True)
+        writer.start()
+        a = "127.0.0.1:%d" % admin
+        wait_for(lambda: (metric(a, "sluice_output_errors_total", output="out")
+                          or 0) >= 2 and (metric(a, "sluice_output_errors_total",
+                                                 output="dl") or 0) >= 1,
+                 20, what="both outputs failing on their full disks")
+        time.sleep(0.3)  # more failed attempts, breaker cycles, dead letters
+        os.unlink(str(d1 / "filler"))
+        os.unlink(str(d2 / "filler"))
+        writer.join(30)
+        s.close()
+
+        def numbers(path, whole=False):
+            if not path.exists():
+                return []
+            raw = path.read_text()
+            assert not whole or raw == "" or raw.endswith("\n"), "torn"
+            out = []
+            for l in raw.splitlines(keepends=True):
+                if not l.endswith("\n"):
+                    break  # being written
+                m = re.search(r"line (\d{6})", l)
+                assert m, l
+                out.append(int(m.group(1)))
+            return out
+
+        wait_for(lambda: len(numbers(d1 / "out.ndjson")) +
+                 len(numbers(d2 / "dl.ndjson")) >= n, 30,
+                 what="every line in out or the dead letter")
+        got = numbers(d1 / "out.ndjson", True)
+        dl = numbers(d2 / "dl.ndjson", True)
+        assert got == sorted(got) and dl == sorted(dl)
+        assert sorted(got + dl) == list(range(n)), (len(got), len(dl))
+        assert metric(a, "sluice_output_dead_lettered_total", output="out") \
+            == len(dl)
+        assert eng.stop() == 0
+    finally:
+        umount(d1)
+        umount(d2)
