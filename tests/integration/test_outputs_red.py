@@ -697,3 +697,44 @@ def test_syslog_into_a_full_disk_and_a_full_dead_letter_loses_and_repeats_nothin
     finally:
         umount(d1)
         umount(d2)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_mid_stream_delivers_every_event_a_native_ack_covered(
+        sluice, workers):
+    """A native ack producer streams big reads (due part batches flushed
+    every 64 events inside each) into a small blocking queue whose acked
+    output peer resets three times; SIGTERM comes mid-stream. The engine
+    drains and exits 0, and every event it acked to the producer reached
+    the peer: an ack never covers an event a flush inside a read, a reset
+    or the drain could lose."""
+    from test_durability import AckedProducer
+
+    def resetting(p, c, buf):
+        read_and_ack(p, c, buf, limit=1500)
+
+    peer = Peer([resetting] * 3 + [read_and_ack])
+    try:
+        eng = start(sluice, 'type = "tcp", address = "%s", ack = true, '
+                    'queue = { max_events = 500, when_full = "block" }'
+                    % peer.address, workers)
+        n = 15000
+        prod = AckedProducer(eng.addr, [
+            {"topic": "t", "key": "k%d" % (i % 16),
+             "payload": {"i": i, "pad": "y" * 100}} for i in range(n)])
+        wait_for(lambda: len(peer.conns) >= 3, 20, what="two resets")
+        eng.signal(signal.SIGTERM)
+        acked = prod.read_acks(quiet=3, timeout=30)
+        assert eng.wait(timeout=30) == 0, eng.stderr()[-2000:]
+        prod.close()
+        assert acked > 0
+        seen = set()
+        for raw in peer.conns:
+            got = idx(decode_all(bytes(raw), whole=False))
+            seen.update(got)
+        missing = sorted(set(range(acked)) - seen)
+        assert not missing, "%d acked events never reached the peer: %s" % (
+            len(missing), missing[:10])
+        assert not peer.errors
+    finally:
+        peer.close()
