@@ -689,7 +689,9 @@ def test_syslog_into_a_full_disk_and_a_full_dead_letter_loses_and_repeats_nothin
                  what="every line in out or the dead letter")
         got = numbers(d1 / "out.ndjson", True)
         dl = numbers(d2 / "dl.ndjson", True)
-        assert got == sorted(got) and dl == sorted(dl)
+        if not os.environ.get("SLUICE_TEST_WORKERS"):
+            # keyless events of two workers may pass each other
+            assert got == sorted(got) and dl == sorted(dl)
         assert sorted(got + dl) == list(range(n)), (len(got), len(dl))
         assert metric(a, "sluice_output_dead_lettered_total", output="out") \
             == len(dl)
