@@ -610,7 +610,7 @@ def test_forward_frames_flushed_mid_read_into_a_resetting_acked_peer_lose_nothin
         for raw in peer.conns:
             got = [e["payload"]["i"] for e in decode_all(bytes(raw))]
             assert len(set(got)) == len(got)
-            if workers == 1:
+            if workers == 1 and not os.environ.get("SLUICE_TEST_WORKERS"):
                 assert got == sorted(got)
             seen.update(got)
         assert seen == set(range(n))
