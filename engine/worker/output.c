@@ -78,7 +78,9 @@ void sl_output_flush_due(struct sl_worker *w, uint64_t hold_ns) {
       since = sl_queue_at(&o->q, o->q.inflight)->ingest_ns;
       if (o->due_ns > since)
         since = o->due_ns;
-      if (now - since < hold_ns)
+      /* since > now: pushed or written by a flush nested in a write's
+       * callback after our clock read; not due (now - since would wrap) */
+      if (since > now || now - since < hold_ns)
         continue;
       o->due_ns = now;
     }

@@ -307,6 +307,30 @@ TEST(output_flush_due_writes_a_part_batch_once_its_oldest_event_waited) {
   rig_close(&r);
 }
 
+/* A flush inside a write's callback (a resumed input reads on) may read
+ * a later clock than the flush around it: events it pushed, or its due
+ * write, are then "after now" for the outer one, and now - since wraps to
+ * an age of centuries: a part batch went out at once, not after the hold. */
+TEST(output_flush_due_takes_a_time_after_its_clock_as_not_due) {
+  struct rig r;
+  const struct sl_event *ev[2];
+  const uint64_t hold = 1000000000u;
+  rig_init(&r, 0);
+  CHECK(rig_go(&r, OK, 2, ev) == 0);
+  ((struct sl_event *)ev[0])->ingest_ns = sl_mono_ns() + hold; /* pushed
+                                                   after the clock read */
+  sl_output_flush_due(&r.w, hold);
+  CHECK_EQ(fakes[0].calls, 0);
+  ((struct sl_event *)ev[0])->ingest_ns = sl_mono_ns() - 2 * hold;
+  r.o->due_ns = sl_mono_ns() + hold; /* a nested due write, later clock */
+  sl_output_flush_due(&r.w, hold);
+  CHECK_EQ(fakes[0].calls, 0);
+  r.o->due_ns = 0;
+  sl_output_flush_due(&r.w, hold);
+  CHECK_EQ(fakes[0].calls, 1);
+  rig_close(&r);
+}
+
 /* A failed write's events wait out the backoff in flight: a due flush
  * (however old the part batch behind them) starts no write before the
  * retry timer, and the retry sends the failed head first, then the rest,
