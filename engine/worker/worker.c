@@ -41,6 +41,14 @@ static void on_emit(void *data, int output, struct sl_event *ev) {
   if ((ev = sl_schemas_emitted(w, &output, ev)) == NULL)
     return; /* misfit, no dead letter: counted */
   o = &w->outputs[output];
+  if (o->gone || o->cfg == NULL) {
+    /* a timer's emit the old rules decided while a reload retired its
+     * output, arriving after the close (not seen, but its queue is freed
+     * by then): dropped and counted, never pushed into a closed output */
+    w->stats.emit_dropped++;
+    sl_event_unref(ev);
+    return;
+  }
   rc = sl_output_push(o, ev);
   if (rc == SL_EAGAIN) {
     o->q.dropped_newest++;
