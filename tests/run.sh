@@ -63,8 +63,23 @@ for t in "${ctests[@]}"; do
   [ -x "$t" ] || continue
   name="c/$(basename "$t")"
   log="$logdir/$(basename "$t").log"
-  timeout "$SUITE_TIMEOUT" "$t" >"$log" 2>&1
+  timeout "$SUITE_TIMEOUT" "$t" >"$log" 2>&1 &
+  pid=$!
+  # a hang (rc 124) leaves every thread's stack in the log, taken before the
+  # kill: a rare one cannot be rerun to look (test_sandbox hung once in 900 s)
+  ( sleep "$((SUITE_TIMEOUT - 5))" 2>/dev/null & spid=$!
+    trap 'kill $spid 2>/dev/null; exit 0' TERM
+    wait "$spid" || exit 0
+    tpid=$(pgrep -P "$pid" | head -n 1)
+    [ -n "$tpid" ] && command -v gdb >/dev/null 2>&1 &&
+      { echo "--- hung: backtraces of $(basename "$t") ---"
+        gdb -p "$tpid" -batch -ex 'thread apply all bt' 2>&1; } >>"$log"
+  ) &
+  gdbpid=$!
+  wait "$pid"
   rc=$?
+  kill "$gdbpid" 2>/dev/null
+  wait "$gdbpid" 2>/dev/null
   line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
   if [ -z "$line" ]; then
     crashed "$name" "$rc" "$log"

@@ -258,6 +258,48 @@ static void jit_lock(void) {
   }
 }
 
+/* LuaJIT's SIGPROF mode has no lock (profile_lock is a no-op): its handler
+ * sets the profiled VM's hook bit and rewrites its dispatch table, assuming
+ * it runs on that VM's thread. But the profiler's timer is process-wide, and
+ * its signal goes to whichever thread runs when it expires: measured, about
+ * half the ticks landed on another thread (a worker spinning beside the
+ * overrunning one). Those raced the holder's own hook updates on the bit and
+ * the table; the interleaving that leaves the bit set over a table without
+ * the hook loses the interrupt for good: the compiled loop exits at the
+ * bit's check and comes back, no hook ever runs, no tick sets the bit again
+ * (a rare hang of test_sandbox under load). So while a state holds the
+ * interrupt, a tick on another thread is sent on to the holder's thread. */
+static void (*jit_lj_sigprof)(int); /* LuaJIT's handler */
+static volatile pid_t jit_tid;      /* the holder's thread */
+
+static void on_sigprof(int sig) {
+  int saved = errno;
+  if ((pid_t)syscall(SYS_gettid) == jit_tid)
+    jit_lj_sigprof(sig);
+  else
+    syscall(SYS_tgkill, getpid(), jit_tid, SIGPROF);
+  errno = saved;
+}
+
+/* Right after the profiler was started for the state of this thread. */
+static void jit_sigprof_here(void) {
+  struct sigaction sa;
+  sigset_t mask;
+  /* a holder that blocks SIGPROF would see none: leave the ticks where
+   * they land */
+  if (pthread_sigmask(SIG_BLOCK, NULL, &mask) != 0 ||
+      sigismember(&mask, SIGPROF) ||
+      sigaction(SIGPROF, NULL, &sa) != 0 || (sa.sa_flags & SA_SIGINFO) ||
+      sa.sa_handler == SIG_IGN || sa.sa_handler == SIG_DFL)
+    return;
+  jit_tid = (pid_t)syscall(SYS_gettid);
+  if (sa.sa_handler == on_sigprof)
+    return;
+  jit_lj_sigprof = sa.sa_handler;
+  sa.sa_handler = on_sigprof;
+  sigaction(SIGPROF, &sa, NULL); /* LuaJIT's stop restores the one before */
+}
+
 /* The watchdog (a signal handler on b's thread, b running): give the
  * interrupt to b. What runs is signal-safe: the park never ran code, so
  * stopping it only resets its fields, stops a timer and restores SIGPROF's
@@ -269,6 +311,7 @@ static int jit_take(struct box *b) {
     return 0;
   luaJIT_profile_stop(jit_park);
   luaJIT_profile_start(b->L, JIT_HELD_MODE, on_profile, b);
+  jit_sigprof_here();
   b->jit_held = 1;
   return 1;
 }

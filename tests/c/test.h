@@ -61,6 +61,9 @@ static int sl_ntests;
 
 int main(int argc, char **argv) {
   int passed = 0, failed = 0, i;
+  /* a suite killed by run.sh's timeout shows in its log the last case that
+   * passed (a full buffer into a file would be lost) */
+  setvbuf(stdout, NULL, _IOLBF, 0);
   for (i = 0; i < sl_ntests; i++) {
     int f = 0;
     if (argc > 1 && strstr(sl_tests[i].name, argv[1]) == NULL)
