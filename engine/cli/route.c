@@ -21,20 +21,14 @@ struct emitted {
 
 static void on_emit(void *data, int output, struct sl_event *ev) {
   struct emitted *e = data;
-  const char *name = e->cfg->outputs[output].name;
+  const char *name;
   char why[600];
   /* an emitted event that does not fit its output's schema goes to the
    * dead letter, as the engine sends it (sl_schemas_emitted) */
-  if (output != e->cfg->dead_letter &&
-      sl_schemas_misfit(e->cfg, output, ev, why, sizeof(why))) {
-    struct sl_event *dl = e->cfg->dead_letter >= 0
-        ? sl_schemas_dead_letter_copy(ev, why, name) : NULL;
-    sl_event_unref(ev);
-    if (dl == NULL)
-      return; /* no dead letter: the engine drops it (counted) */
-    ev = dl;
-    name = e->cfg->outputs[e->cfg->dead_letter].name;
-  }
+  ev = sl_schemas_emit_to(e->cfg, &output, ev, why, sizeof(why), NULL, NULL);
+  if (ev == NULL)
+    return; /* no dead letter: the engine drops it (counted) */
+  name = e->cfg->outputs[output].name;
   if (e->json.len)
     sl_buf_putc(&e->json, ',');
   sl_buf_append(&e->json, "{\"output\":", 10);
@@ -96,18 +90,8 @@ static int dry_ingest(const struct sl_config *cfg, struct sl_event *ev,
   if (res == SL_SCHEMA_WARNED)
     return 0;
   memset(r, 0, sizeof(*r));
-  r->outcome = SL_RULES_FAILED;
   r->route = -1;
-  r->reason = why;
-  r->event = cfg->dead_letter >= 0
-      ? sl_schemas_dead_letter_copy(ev, why, NULL) : NULL;
-  if (r->event == NULL) {
-    r->event = ev; /* no dead letter: the engine drops it (counted) */
-    return 1;
-  }
-  sl_event_unref(ev);
-  r->ntargets = 1;
-  r->targets[0] = (uint16_t)cfg->dead_letter;
+  sl_schemas_refuse(cfg, r, ev, why, NULL);
   return 1;
 }
 
@@ -117,29 +101,17 @@ static int dry_ingest(const struct sl_config *cfg, struct sl_event *ev,
  * left). */
 static void dry_outputs(const struct sl_config *cfg,
                         struct sl_rules_result *r, char *why, size_t n) {
-  const char *name = NULL;
-  struct sl_event *dl;
-  int i, kept = 0, dead = cfg->dead_letter;
-  for (i = 0; i < r->ntargets; i++) {
-    int t = r->targets[i];
-    if (t == dead || !sl_schemas_misfit(cfg, t, r->event, why, n))
-      r->targets[kept++] = (uint16_t)t;
-    else
-      name = cfg->outputs[t].name;
-  }
+  const char *name = sl_schemas_keep_fitting(cfg, r, why, n, NULL, NULL);
+
   if (name == NULL)
     return;
-  r->ntargets = kept;
-  if (dead >= 0)
-    r->targets[r->ntargets++] = (uint16_t)dead;
-  if (kept > 0)
-    return; /* the event goes on; the dead letter takes a copy beside */
-  r->outcome = SL_RULES_FAILED;
-  r->reason = why;
-  if (dead >= 0 && (dl = sl_schemas_dead_letter_copy(r->event, why, name))) {
-    sl_event_unref(r->event);
-    r->event = dl;
+  if (r->ntargets == 0) {
+    sl_schemas_refuse(cfg, r, r->event, why, name);
+    return;
   }
+  /* the event goes on; the dead letter takes a copy beside */
+  if (cfg->dead_letter >= 0)
+    r->targets[r->ntargets++] = (uint16_t)cfg->dead_letter;
 }
 
 static void decide_one(struct sl_rules *rs, struct emitted *em,

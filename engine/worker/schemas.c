@@ -298,16 +298,15 @@ int sl_schemas_misfit(const struct sl_config *cfg, int i,
   return 1;
 }
 
-int sl_schemas_output_fits(struct sl_worker *w, int i,
-                           const struct sl_event *ev, char *why, size_t n) {
-  const struct sl_config *cfg = w->cfg;
+/* A target i that ev does not fit (why): counted and logged. */
+static void count_misfit(void *data, int i, const struct sl_event *ev,
+                         const char *why) {
+  struct sl_worker *w = data;
   struct counter *c;
   uint64_t suppressed;
 
-  if (!sl_schemas_misfit(cfg, i, ev, why, n))
-    return 1;
   if (w->schemas &&
-      (c = counter_of(&w->schemas->outputs, cfg->outputs[i].name, "")))
+      (c = counter_of(&w->schemas->outputs, w->cfg->outputs[i].name, "")))
     c->n[SL_SCHEMA_INVALID]++;
   if (w->schemas && sl_log_allow(&w->schemas->log, &suppressed)) {
     struct sl_str id = sl_event_id(ev);
@@ -316,6 +315,72 @@ int sl_schemas_output_fits(struct sl_worker *w, int i,
            SL_N("event_id", id.p, id.len), SL_U("suppressed", suppressed),
            SL_END);
   }
+}
+
+int sl_schemas_output_fits(struct sl_worker *w, int i,
+                           const struct sl_event *ev, char *why, size_t n) {
+  if (!sl_schemas_misfit(w->cfg, i, ev, why, n))
+    return 1;
+  count_misfit(w, i, ev, why);
+  return 0;
+}
+
+const char *sl_schemas_keep_fitting(const struct sl_config *cfg,
+                                    struct sl_rules_result *r, char *why,
+                                    size_t n, sl_schemas_misfit_fn seen,
+                                    void *data) {
+  const char *name = NULL;
+  int i, kept = 0;
+
+  for (i = 0; i < r->ntargets; i++) {
+    int t = r->targets[i];
+    if (t == cfg->dead_letter || !sl_schemas_misfit(cfg, t, r->event, why, n)) {
+      r->targets[kept++] = (uint16_t)t;
+      continue;
+    }
+    name = cfg->outputs[t].name;
+    if (seen)
+      seen(data, t, r->event, why);
+  }
+  r->ntargets = kept;
+  return name;
+}
+
+struct sl_event *sl_schemas_emit_to(const struct sl_config *cfg, int *output,
+                                    struct sl_event *ev, char *why, size_t n,
+                                    sl_schemas_misfit_fn seen, void *data) {
+  struct sl_event *dl = NULL;
+  int o = *output;
+
+  /* a rule-made event reaches the consumer like a routed one: it must
+   * fit too (the dead letter itself is never checked: nowhere to go) */
+  if (o == cfg->dead_letter || !sl_schemas_misfit(cfg, o, ev, why, n))
+    return ev;
+  if (seen)
+    seen(data, o, ev, why);
+  if (cfg->dead_letter >= 0)
+    dl = sl_schemas_dead_letter_copy(ev, why, cfg->outputs[o].name);
+  sl_event_unref(ev);
+  *output = cfg->dead_letter;
+  return dl;
+}
+
+int sl_schemas_refuse(const struct sl_config *cfg, struct sl_rules_result *r,
+                      struct sl_event *ev, const char *why,
+                      const char *output) {
+  struct sl_event *dl = cfg->dead_letter >= 0
+      ? sl_schemas_dead_letter_copy(ev, why, output) : NULL;
+
+  r->outcome = SL_RULES_FAILED;
+  r->reason = why;
+  r->ntargets = 0;
+  r->event = ev;
+  if (dl == NULL)
+    return 1; /* nowhere to put it: the engine drops it, counted */
+  sl_event_unref(ev);
+  r->event = dl;
+  r->ntargets = 1;
+  r->targets[0] = (uint16_t)cfg->dead_letter;
   return 0;
 }
 
@@ -385,7 +450,6 @@ int sl_schemas_ingest(struct sl_worker *w, struct sl_event *ev,
   struct sl_schemas *s = w->schemas;
   struct sl_schema_verdict v;
   enum sl_schema_result res;
-  struct sl_event *dl;
 
   r->schema = NULL;
   if (w->cfg->nschemas == 0 || s == NULL)
@@ -398,21 +462,10 @@ int sl_schemas_ingest(struct sl_worker *w, struct sl_event *ev,
     r->schema = s->why;
     return 0;
   }
-  r->outcome = SL_RULES_FAILED;
   r->route = -1;
   r->rule = NULL;
-  r->reason = s->why;
   r->schema = s->why;
-  r->ntargets = 0;
-  dl = w->cfg->dead_letter >= 0 ? sl_schemas_dead_letter_copy(ev, s->why, NULL) : NULL;
-  if (dl == NULL) {
-    r->event = ev; /* nowhere to put it: dropped, counted above */
-    return 1;
-  }
-  sl_event_unref(ev);
-  r->event = dl;
-  r->ntargets = 1;
-  r->targets[0] = (uint16_t)w->cfg->dead_letter;
+  sl_schemas_refuse(w->cfg, r, ev, s->why, NULL);
   return 1;
 }
 
@@ -420,41 +473,31 @@ void sl_schemas_outputs(struct sl_worker *w, struct sl_rules_result *r) {
   const struct sl_config *cfg = w->cfg;
   struct sl_schemas *s = w->schemas;
   struct sl_event *dl;
-  const char *name = NULL;
-  int i, kept = 0, dead = cfg->dead_letter;
+  const char *name;
+  int dead = cfg->dead_letter;
 
   if (s == NULL || (s->built != cfg && build(s) != 0) || !s->any_output)
     return;
-  for (i = 0; i < r->ntargets; i++) {
-    int t = r->targets[i];
-    if (t == dead || t >= cfg->noutputs || cfg->outputs[t].schema == NULL ||
-        sl_schemas_output_fits(w, t, r->event, s->why, sizeof(s->why)))
-      r->targets[kept++] = (uint16_t)t;
-    else
-      name = cfg->outputs[t].name;
-  }
+  name = sl_schemas_keep_fitting(cfg, r, s->why, sizeof(s->why),
+                                 count_misfit, w);
   if (name == NULL)
     return;
-  r->ntargets = kept;
   r->schema = s->why;
   if (dead < 0)
     return; /* counted; nowhere to put it */
-  dl = sl_schemas_dead_letter_copy(r->event, s->why, name);
-  if (dl == NULL)
-    return;
-  if (kept == 0) {
+  if (r->ntargets == 0) {
     /* the usual case, one output: the copy is the decision, and waits
      * for room in the dead letter like any event */
-    sl_event_unref(r->event);
-    r->event = dl;
-    r->ntargets = 1;
-    r->targets[0] = (uint16_t)dead;
-    r->outcome = SL_RULES_FAILED;
-    r->reason = s->why;
+    struct sl_rules_result keep = *r;
+    if (sl_schemas_refuse(cfg, r, r->event, s->why, name) != 0)
+      *r = keep; /* no memory for the copy: as before, no target */
     return;
   }
   /* other targets take the event: the copy goes in beside it, or is
    * dropped (counted by the queue) when the dead letter is full */
+  dl = sl_schemas_dead_letter_copy(r->event, s->why, name);
+  if (dl == NULL)
+    return;
   if (!w->outputs[dead].stopped)
     sl_output_push(&w->outputs[dead], dl);
   sl_event_unref(dl);
@@ -462,20 +505,10 @@ void sl_schemas_outputs(struct sl_worker *w, struct sl_rules_result *r) {
 
 struct sl_event *sl_schemas_emitted(struct sl_worker *w, int *output,
                                     struct sl_event *ev) {
-  const struct sl_config *cfg = w->cfg;
   struct sl_schemas *s = w->schemas;
-  struct sl_event *dl = NULL;
-  int o = *output;
 
-  /* a rule-made event reaches the consumer like a routed one: it must
-   * fit too (the dead letter itself is never checked: nowhere to go) */
-  if (s == NULL || o == cfg->dead_letter || o >= cfg->noutputs ||
-      cfg->outputs[o].schema == NULL ||
-      sl_schemas_output_fits(w, o, ev, s->why, sizeof(s->why)))
+  if (s == NULL || *output >= w->cfg->noutputs)
     return ev;
-  if (cfg->dead_letter >= 0)
-    dl = sl_schemas_dead_letter_copy(ev, s->why, cfg->outputs[o].name);
-  sl_event_unref(ev);
-  *output = cfg->dead_letter;
-  return dl;
+  return sl_schemas_emit_to(w->cfg, output, ev, s->why, sizeof(s->why),
+                            count_misfit, w);
 }

@@ -81,6 +81,37 @@ struct sl_event *sl_schemas_dead_letter_copy(struct sl_event *ev,
 
 struct sl_rules_result;
 
+/* Told of each misfit found by the filters below (the worker counts and
+ * logs it; the dry runs pass NULL). */
+typedef void (*sl_schemas_misfit_fn)(void *data, int output,
+                                     const struct sl_event *ev,
+                                     const char *why);
+
+/* On cfg alone, the engine's and the dry runs' one filter: the targets of
+ * r whose schema r->event does not fit leave r's targets (the dead letter
+ * is never checked). Returns the last such output's name (why says why),
+ * NULL when every target fits. */
+const char *sl_schemas_keep_fitting(const struct sl_config *cfg,
+                                    struct sl_rules_result *r, char *why,
+                                    size_t n, sl_schemas_misfit_fn seen,
+                                    void *data);
+
+/* An event a rule emitted to *output (takes the reference): ev when it
+ * fits (or the output has no schema, or is the dead letter); else its
+ * dead-letter copy with sluice-error and sluice-output, *output set to
+ * the dead letter, or NULL when there is none. */
+struct sl_event *sl_schemas_emit_to(const struct sl_config *cfg, int *output,
+                                    struct sl_event *ev, char *why, size_t n,
+                                    sl_schemas_misfit_fn seen, void *data);
+
+/* r becomes the refusal of ev (takes the reference): failed for why, its
+ * copy with sluice-error (and sluice-output when output) the one target,
+ * the dead letter. Returns 0; 1 when there is no dead letter or no memory
+ * for the copy: r then holds ev with no target (dropped, counted). */
+int sl_schemas_refuse(const struct sl_config *cfg, struct sl_rules_result *r,
+                      struct sl_event *ev, const char *why,
+                      const char *output);
+
 /* In sl_worker_submit, before the rules (takes the reference to ev): 1
  * when the contract refused the event (enforce mode): r is the decision,
  * its dead-letter copy with sluice-error to the dead letter; 0 when the
