@@ -89,6 +89,96 @@ describe("ev.topic", function()
     assert.same({ "u" }, run(r, "u").routes)
   end)
 
+  -- Topics that share one of the cache's 16 slots (ev.c's topic_slot, as
+  -- of this writing): orders.11, .12, .21 and .22 share a slot and a
+  -- length; orders.2, orders.6 and orders.105 share one across lengths.
+  local SAME_SLOT = { "orders.11", "orders.12", "orders.21", "orders.22",
+                      "orders.2", "orders.6", "orders.105" }
+
+  it("is each event's own topic when topics sharing a cache slot alternate", function()
+    local r = s.on_event([[
+      local a = ev.payload.a
+      return ev.topic .. ":" .. tostring(a) .. ":" .. tostring(ev.payload.a)]])
+    for round = 1, 3 do
+      for i, t in ipairs(SAME_SLOT) do
+        local pick = round == 2 and SAME_SLOT[#SAME_SLOT + 1 - i] or t
+        local n = (i + round) % 100
+        local res = r:run({ topic = pick, payload = { a = n } })
+        assert.same({ ("%s:%d:%d"):format(pick, n, n) }, res.routes)
+        assert.is_false(res.changed)
+      end
+    end
+  end)
+
+  it("of an event kept through alternating topics is the running event's, and raises in a timer every time", function()
+    -- one event object for every call, whatever its topic: a kept one
+    -- reads the running event, and raises between calls
+    local r = s.rule([[
+      local kept
+      sluice.every(10, function()
+        for _, k in ipairs({ "topic", "payload", "key", "id" }) do
+          local ok, err = pcall(function() return kept[k] end)
+          sluice.log("info", k .. " " .. tostring(ok) .. " " .. tostring(err))
+        end
+        local ok, err = pcall(function() return kept:field("a") end)
+        sluice.log("info", "field " .. tostring(ok) .. " " .. tostring(err))
+      end)
+      return { on_event = function(ev)
+        kept = kept or ev
+        return kept.topic .. "/" .. tostring(rawequal(kept, ev)) .. "/" ..
+          tostring(kept.payload.a) .. "/" .. tostring(kept:field("a"))
+      end }]])
+    local seq = { "A", "B", "C", "A", "orders.11", "orders.12", "B", "A", "A" }
+    for i, t in ipairs(seq) do
+      local res = r:run({ topic = t, payload = { a = i } })
+      assert.same({ ("%s/true/%d/%d"):format(t, i, i) }, res.routes)
+      local out = r:advance(10)
+      assert.equal(5, #out.logs)
+      for _, l in ipairs(out.logs) do
+        assert.matches("^%a+ false ", l.msg)
+        s.has(l.msg, "the event is only valid during on_event")
+      end
+    end
+  end)
+
+  it("reads what the rule set, then each later event's own topic and payload, topics alternating", function()
+    local r = s.on_event([[
+      local before, a = ev.topic, ev.payload.a
+      if before == "B" then ev.topic = "B2" end
+      if before == "orders.12" then ev.payload = { a = -a } end
+      return before .. ">" .. ev.topic .. ":" .. a .. ":" .. ev.payload.a]])
+    local seq = { "A", "B", "A", "B", "B", "C", "orders.11", "orders.12",
+                  "orders.11", "orders.12", "A", "C" }
+    for round = 1, 2 do
+      for i, t in ipairs(seq) do
+        local n = i * round
+        local after = t == "B" and "B2" or t
+        local pa = t == "orders.12" and -n or n
+        local res = r:run({ topic = t, payload = { a = n } })
+        assert.same({ ("%s>%s:%d:%d"):format(t, after, n, pa) }, res.routes)
+        assert.equal(t == "B" or t == "orders.12", res.changed)
+        assert.equal(after, res.event.topic)
+      end
+    end
+  end)
+
+  it("gives each event its own payload whether or not its rule read ev.topic, topics alternating", function()
+    -- the payload-only fields table and the topics' ones take turns
+    local r = s.on_event([[
+      if ev.key == "t" then return ev.topic .. ":" .. ev.payload.a end
+      if ev.key == "f" then return "f:" .. ev:field("a") end
+      return "p:" .. ev.payload.a]])
+    local topics = { "A", "B", "orders.11", "orders.12", "orders.2", "orders.105" }
+    local keys = { "t", "p", "t", "f", "p", "p", "t" }
+    for i = 1, 60 do
+      local t, k = topics[i % #topics + 1], keys[i % #keys + 1]
+      local res = r:run({ topic = t, key = k, payload = { a = i } })
+      local want = k == "t" and (t .. ":" .. i) or (k .. ":" .. i)
+      assert.same({ want }, res.routes)
+      assert.is_false(res.changed)
+    end
+  end)
+
   it("names the missing field as before", function()
     local r = s.on_event("return ev.nope")
     local res = run(r, "t")
