@@ -19,10 +19,12 @@ static void watch(struct sl_peer *p, int progress) {
   int waiting = p->conn && (!p->ready || p->writing || p->o->q.inflight);
   if (ms == 0 || p->closing)
     return;
-  if (!waiting)
+  if (!waiting) {
     uv_timer_stop(&p->watchdog);
-  else if (progress || !uv_is_active((uv_handle_t *)&p->watchdog))
+  } else if (progress || !uv_is_active((uv_handle_t *)&p->watchdog)) {
+    p->watch_grace = 0;
     uv_timer_start(&p->watchdog, on_watchdog, ms, 0);
+  }
 }
 
 void sl_peer_progress(struct sl_peer *p) { watch(p, 1); }
@@ -78,6 +80,16 @@ static void on_watchdog(uv_timer_t *t) {
   char why[96];
   if (p->conn == NULL || p->closing)
     return;
+  /* libuv runs due timers before it polls: after a turn that kept the
+   * loop busy past the deadline (a slow disk write, a loaded machine) the
+   * answer may be in the socket unread. Poll once more (a 1 ms timer lets
+   * the next poll run first; 0 would fire again at once) and give up only
+   * if that brought nothing. */
+  if (!p->watch_grace) {
+    p->watch_grace = 1;
+    uv_timer_start(&p->watchdog, on_watchdog, 1, 0);
+    return;
+  }
   snprintf(why, sizeof(why), "no answer from the peer within %u ms (%s)",
            p->o->cfg->retry.timeout_ms,
            !p->ready ? p->ops->handshake : p->writing ? "write" : "ack");

@@ -5,11 +5,17 @@
  * dead-letters or re-batches a half-written write (SL_WRITE_AGAIN), holds
  * events for rate_limit tokens, drops dedup repeats, and registers its
  * metrics (removed when the output goes). */
+#include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "output.h"
+#include "peer.h"
+#include "plugins.h"
 #include "worker.h"
 #include "test.h"
 
@@ -749,4 +755,119 @@ TEST(output_notes_ride_on_the_refused_event_and_are_cleared) {
   CHECK(memmem(ev->data, ev->len, "bad field", 9) != NULL);
   CHECK(memmem(ev->data, ev->len, "third", 5) == NULL);
   rig_close(&r);
+}
+
+/* ---- the tcp output's watchdog (worker/peer.c) on a real socket ---------- */
+
+/* A check callback (it runs after the loop's poll) that answers for the
+ * peer and then keeps the loop busy: the ack is in the engine's socket in
+ * time, but the loop reaches its timers before it polls again. */
+struct busy_turn {
+  uv_check_t check;
+  uv_idle_t idle; /* while armed: the poll does not sleep */
+  int peer_fd, armed;
+  uint8_t ack;
+  uint32_t busy_ms;
+};
+
+static void busy_turn_cb(uv_check_t *h) {
+  struct busy_turn *b = h->data;
+  if (!b->armed)
+    return;
+  b->armed = 0;
+  uv_idle_stop(&b->idle);
+  if (write(b->peer_fd, &b->ack, 1) != 1) /* msgpack fixint: the count */
+    return;
+  usleep(b->busy_ms * 1000u); /* a slow disk, a loaded machine */
+}
+
+static void idle_noop(uv_idle_t *h) { (void)h; }
+
+static int listen_local(int *port) {
+  struct sockaddr_in a;
+  socklen_t alen = sizeof(a);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  memset(&a, 0, sizeof(a));
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+      listen(fd, 8) != 0 ||
+      getsockname(fd, (struct sockaddr *)&a, &alen) != 0) {
+    if (fd >= 0)
+      close(fd);
+    return -1;
+  }
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+
+/* Turn the loop until the listener lfd has a connection (or 5 s). */
+static int accept_peer(struct rig *r, int lfd) {
+  uint64_t end = sl_mono_ns() + 5000000000ull;
+  int fd = -1;
+  while (fd < 0 && sl_mono_ns() < end) {
+    uv_run(&r->w.loop, UV_RUN_NOWAIT);
+    fd = accept(lfd, NULL, NULL);
+    if (fd < 0)
+      usleep(1000);
+  }
+  return fd;
+}
+
+TEST(output_tcp_watchdog_reads_an_ack_that_arrived_while_the_loop_was_busy) {
+  struct rig r;
+  struct busy_turn b;
+  char address[32], why[256], buf[4096];
+  int lfd, port, i;
+  ssize_t n;
+  uint64_t end;
+  memset(&b, 0, sizeof(b));
+  lfd = listen_local(&port);
+  CHECK(lfd >= 0);
+  snprintf(address, sizeof(address), "127.0.0.1:%d", port);
+  rig_init(&r, 0);
+  r.oc[0].type = "tcp";
+  r.oc[0].address = address;
+  r.oc[0].ack = 1;
+  r.oc[0].retry.timeout_ms = 100;
+  rig_ops = sl_plugin_find(SL_PLUGIN_OUTPUT, "tcp")->output;
+  CHECK(rig_start(&r) == 0);
+  CHECK(r.o->ops->cb_start(r.o, why, sizeof(why)) == 0);
+  b.peer_fd = accept_peer(&r, lfd);
+  CHECK(b.peer_fd >= 0);
+  for (i = 0; i < 4; i++)
+    push(&r, i);
+  /* the 4 are written and wait for the peer's ack under the watchdog */
+  end = sl_mono_ns() + 5000000000ull;
+  while ((r.o->q.inflight < 4 || ((struct sl_peer *)r.o->data)->writing) &&
+         sl_mono_ns() < end)
+    uv_run(&r.w.loop, UV_RUN_NOWAIT), usleep(1000);
+  CHECK_EQ(r.o->q.inflight, 4u);
+  CHECK(uv_is_active((uv_handle_t *)&((struct sl_peer *)r.o->data)->watchdog));
+  /* the peer acks all 4 well inside the 100 ms; the loop is then busy
+   * for 3 times that before it polls again */
+  b.ack = 4;
+  b.busy_ms = 300;
+  b.armed = 1;
+  uv_check_init(&r.w.loop, &b.check);
+  b.check.data = &b;
+  uv_check_start(&b.check, busy_turn_cb);
+  uv_idle_init(&r.w.loop, &b.idle);
+  uv_idle_start(&b.idle, idle_noop);
+  CHECK(run_until(&r, &r.o->stats.events_out, 4));
+  CHECK_EQ(r.o->stats.errors, 0u); /* the connection was not given up */
+  CHECK_EQ(r.o->q.count, 0u);
+  /* and it is still open: the peer reads the hello and the events, then
+   * no end of the stream */
+  while ((n = recv(b.peer_fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
+    ;
+  CHECK(n < 0 && errno == EAGAIN);
+  /* a peer that stays silent is still given up on after the timeout */
+  push(&r, 4);
+  CHECK(run_until(&r, &r.o->stats.errors, 1));
+  uv_close((uv_handle_t *)&b.check, NULL);
+  uv_close((uv_handle_t *)&b.idle, NULL);
+  rig_close(&r);
+  close(b.peer_fd);
+  close(lfd);
 }
