@@ -9,7 +9,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -814,35 +817,47 @@ static int accept_peer(struct rig *r, int lfd) {
   return fd;
 }
 
+/* Start r's output 0 as a tcp output with acks to a local listener (its
+ * fd in *lfd) and the given timeout; return the peer's accepted fd with
+ * events 0..3 written to it and awaiting its ack, or -1. */
+static int tcp_rig_go(struct rig *r, int *lfd, uint32_t timeout_ms) {
+  static char address[32];
+  char why[256];
+  int port, fd, i;
+  uint64_t end;
+  *lfd = listen_local(&port);
+  if (*lfd < 0)
+    return -1;
+  snprintf(address, sizeof(address), "127.0.0.1:%d", port);
+  rig_init(r, 0);
+  r->oc[0].type = "tcp";
+  r->oc[0].address = address;
+  r->oc[0].ack = 1;
+  r->oc[0].retry.timeout_ms = timeout_ms;
+  rig_ops = sl_plugin_find(SL_PLUGIN_OUTPUT, "tcp")->output;
+  if (rig_start(r) != 0 || r->o->ops->cb_start(r->o, why, sizeof(why)) != 0)
+    return -1;
+  if ((fd = accept_peer(r, *lfd)) < 0)
+    return -1;
+  for (i = 0; i < 4; i++)
+    push(r, i);
+  end = sl_mono_ns() + 5000000000ull;
+  while ((r->o->q.inflight < 4 || ((struct sl_peer *)r->o->data)->writing) &&
+         sl_mono_ns() < end)
+    uv_run(&r->w.loop, UV_RUN_NOWAIT), usleep(1000);
+  return r->o->q.inflight == 4 ? fd : -1;
+}
+
 TEST(output_tcp_watchdog_reads_an_ack_that_arrived_while_the_loop_was_busy) {
   struct rig r;
   struct busy_turn b;
-  char address[32], why[256], buf[4096];
-  int lfd, port, i;
+  char buf[4096];
+  int lfd;
   ssize_t n;
-  uint64_t end;
   memset(&b, 0, sizeof(b));
-  lfd = listen_local(&port);
-  CHECK(lfd >= 0);
-  snprintf(address, sizeof(address), "127.0.0.1:%d", port);
-  rig_init(&r, 0);
-  r.oc[0].type = "tcp";
-  r.oc[0].address = address;
-  r.oc[0].ack = 1;
-  r.oc[0].retry.timeout_ms = 100;
-  rig_ops = sl_plugin_find(SL_PLUGIN_OUTPUT, "tcp")->output;
-  CHECK(rig_start(&r) == 0);
-  CHECK(r.o->ops->cb_start(r.o, why, sizeof(why)) == 0);
-  b.peer_fd = accept_peer(&r, lfd);
+  b.peer_fd = tcp_rig_go(&r, &lfd, 100);
   CHECK(b.peer_fd >= 0);
-  for (i = 0; i < 4; i++)
-    push(&r, i);
   /* the 4 are written and wait for the peer's ack under the watchdog */
-  end = sl_mono_ns() + 5000000000ull;
-  while ((r.o->q.inflight < 4 || ((struct sl_peer *)r.o->data)->writing) &&
-         sl_mono_ns() < end)
-    uv_run(&r.w.loop, UV_RUN_NOWAIT), usleep(1000);
-  CHECK_EQ(r.o->q.inflight, 4u);
   CHECK(uv_is_active((uv_handle_t *)&((struct sl_peer *)r.o->data)->watchdog));
   /* the peer acks all 4 well inside the 100 ms; the loop is then busy
    * for 3 times that before it polls again */
@@ -869,5 +884,39 @@ TEST(output_tcp_watchdog_reads_an_ack_that_arrived_while_the_loop_was_busy) {
   uv_close((uv_handle_t *)&b.idle, NULL);
   rig_close(&r);
   close(b.peer_fd);
+  close(lfd);
+}
+
+TEST(output_tcp_reads_the_acks_before_a_reset_that_fails_its_next_write) {
+  struct rig r;
+  struct linger lg = {1, 0};
+  uint8_t ack = 4;
+  char buf[4096];
+  int lfd, peer, i, outq = 1;
+  signal(SIGPIPE, SIG_IGN); /* as sluice's main: a write fails instead */
+  peer = tcp_rig_go(&r, &lfd, 0); /* no watchdog: the failed write drops */
+  CHECK(peer >= 0);
+  /* the peer acks the 4, sees its ack reach the engine's socket, then
+   * resets the connection (a crash, the chaos sink's drop) */
+  while (recv(peer, buf, sizeof(buf), MSG_DONTWAIT) > 0)
+    ;
+  CHECK(write(peer, &ack, 1) == 1);
+  for (i = 0; i < 1000 && outq != 0; i++)
+    if (ioctl(peer, SIOCOUTQ, &outq) != 0 || outq != 0)
+      usleep(1000);
+  CHECK_EQ(outq, 0);
+  setsockopt(peer, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  close(peer);
+  /* before the loop polls, the next batch is written (an input's read
+   * does it): the write fails, and libuv reports that before any read */
+  for (i = 4; i < 8; i++)
+    push(&r, i);
+  sl_output_flush_full(&r.w);
+  CHECK(run_until(&r, &r.o->stats.errors, 1));
+  run_ms(&r, 20);
+  /* the 4 acked left; the 4 of the failed write wait to go again */
+  CHECK_EQ(r.o->stats.events_out, 4u);
+  CHECK_EQ(r.o->q.count, 4u);
+  rig_close(&r);
   close(lfd);
 }
