@@ -768,6 +768,7 @@ TEST(output_notes_ride_on_the_refused_event_and_are_cleared) {
 struct busy_turn {
   uv_check_t check;
   uv_idle_t idle; /* while armed: the poll does not sleep */
+  struct sl_peer *p;
   int peer_fd, armed;
   uint8_t ack;
   uint32_t busy_ms;
@@ -779,6 +780,9 @@ static void busy_turn_cb(uv_check_t *h) {
     return;
   b->armed = 0;
   uv_idle_stop(&b->idle);
+  /* the deadline counts from now (as if the write just completed): the
+   * ack below is in time however long this test waited to get here */
+  sl_peer_progress(b->p);
   if (write(b->peer_fd, &b->ack, 1) != 1) /* msgpack fixint: the count */
     return;
   usleep(b->busy_ms * 1000u); /* a slow disk, a loaded machine */
@@ -855,14 +859,15 @@ TEST(output_tcp_watchdog_reads_an_ack_that_arrived_while_the_loop_was_busy) {
   int lfd;
   ssize_t n;
   memset(&b, 0, sizeof(b));
-  b.peer_fd = tcp_rig_go(&r, &lfd, 100);
+  b.peer_fd = tcp_rig_go(&r, &lfd, 200);
   CHECK(b.peer_fd >= 0);
+  b.p = r.o->data;
   /* the 4 are written and wait for the peer's ack under the watchdog */
   CHECK(uv_is_active((uv_handle_t *)&((struct sl_peer *)r.o->data)->watchdog));
-  /* the peer acks all 4 well inside the 100 ms; the loop is then busy
-   * for 3 times that before it polls again */
+  /* the peer acks all 4 well inside the 200 ms; the loop is then busy
+   * for 2.5 times that before it polls again */
   b.ack = 4;
-  b.busy_ms = 300;
+  b.busy_ms = 500;
   b.armed = 1;
   uv_check_init(&r.w.loop, &b.check);
   b.check.data = &b;
