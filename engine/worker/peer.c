@@ -17,12 +17,14 @@ static void on_watchdog(uv_timer_t *t);
 static void watch(struct sl_peer *p, int progress) {
   uint32_t ms = p->o->cfg->retry.timeout_ms;
   int waiting = p->conn && (!p->ready || p->writing || p->o->q.inflight);
-  if (ms == 0 || p->closing)
-    return;
-  if (!waiting)
+  if (ms == 0 || p->closing || p->write_error)
+    return; /* a failed write's drop keeps the timer */
+  if (!waiting) {
     uv_timer_stop(&p->watchdog);
-  else if (progress || !uv_is_active((uv_handle_t *)&p->watchdog))
+  } else if (progress || !uv_is_active((uv_handle_t *)&p->watchdog)) {
+    p->watch_grace = 0;
     uv_timer_start(&p->watchdog, on_watchdog, ms, 0);
+  }
 }
 
 void sl_peer_progress(struct sl_peer *p) { watch(p, 1); }
@@ -56,6 +58,7 @@ static void lost(struct sl_peer *p, int status, const char *error) {
   p->conn = NULL;
   p->nevents = 0;
   p->writing = 0;
+  p->write_error = 0;
   sl_buf_reset(&p->batch);
   if (p->ops->cb_lost)
     p->ops->cb_lost(p);
@@ -78,6 +81,20 @@ static void on_watchdog(uv_timer_t *t) {
   char why[96];
   if (p->conn == NULL || p->closing)
     return;
+  /* libuv runs due timers before it polls: after a turn that kept the
+   * loop busy past the deadline (a slow disk write, a loaded machine) the
+   * answer may be in the socket unread. Poll once more (a 1 ms timer lets
+   * the next poll run first; 0 would fire again at once) and give up only
+   * if that brought nothing. */
+  if (!p->watch_grace) {
+    p->watch_grace = 1;
+    uv_timer_start(&p->watchdog, on_watchdog, 1, 0);
+    return;
+  }
+  if (p->write_error) {
+    sl_peer_drop(p, p->write_error, NULL);
+    return;
+  }
   snprintf(why, sizeof(why), "no answer from the peer within %u ms (%s)",
            p->o->cfg->retry.timeout_ms,
            !p->ready ? p->ops->handshake : p->writing ? "write" : "ack");
@@ -176,6 +193,17 @@ static void on_written(struct sl_conn *c, int status, void *arg) {
   (void)arg;
   if (p == NULL)
     return;
+  if (status != 0 && p->ack) {
+    /* the peer reset the connection: the acks it sent before the reset
+     * are still in the socket, but libuv reports a failed write before it
+     * polls again. Dropping now lost them, and the events they confirmed
+     * went again (or to the dead letter). Let the read side take them and
+     * the reset (cb_eof drops); else the watchdog drops, after its poll. */
+    p->write_error = status;
+    p->watch_grace = 0;
+    uv_timer_start(&p->watchdog, on_watchdog, 0, 0);
+    return;
+  }
   if (status != 0) {
     sl_peer_drop(p, status, NULL);
     return;

@@ -59,6 +59,8 @@ struct sl_peer {
   int ready;              /* connected and past any handshake */
   int writing;            /* a write is in flight */
   int closing;
+  int watch_grace;        /* the watchdog fired once: one more poll first */
+  int write_error;        /* a write failed: dropped once acks are read */
   int was_down;           /* log the recovery once */
   int down_logged;        /* the outage is logged (once, also at start) */
   int down_resolve;       /* what was logged: the name did not resolve */

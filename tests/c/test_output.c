@@ -5,11 +5,20 @@
  * dead-letters or re-batches a half-written write (SL_WRITE_AGAIN), holds
  * events for rate_limit tokens, drops dedup repeats, and registers its
  * metrics (removed when the output goes). */
+#include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "output.h"
+#include "peer.h"
+#include "plugins.h"
 #include "worker.h"
 #include "test.h"
 
@@ -749,4 +758,170 @@ TEST(output_notes_ride_on_the_refused_event_and_are_cleared) {
   CHECK(memmem(ev->data, ev->len, "bad field", 9) != NULL);
   CHECK(memmem(ev->data, ev->len, "third", 5) == NULL);
   rig_close(&r);
+}
+
+/* ---- the tcp output's watchdog (worker/peer.c) on a real socket ---------- */
+
+/* A check callback (it runs after the loop's poll) that answers for the
+ * peer and then keeps the loop busy: the ack is in the engine's socket in
+ * time, but the loop reaches its timers before it polls again. */
+struct busy_turn {
+  uv_check_t check;
+  uv_idle_t idle; /* while armed: the poll does not sleep */
+  struct sl_peer *p;
+  int peer_fd, armed;
+  uint8_t ack;
+  uint32_t busy_ms;
+};
+
+static void busy_turn_cb(uv_check_t *h) {
+  struct busy_turn *b = h->data;
+  if (!b->armed)
+    return;
+  b->armed = 0;
+  uv_idle_stop(&b->idle);
+  /* the deadline counts from now (as if the write just completed): the
+   * ack below is in time however long this test waited to get here */
+  sl_peer_progress(b->p);
+  if (write(b->peer_fd, &b->ack, 1) != 1) /* msgpack fixint: the count */
+    return;
+  usleep(b->busy_ms * 1000u); /* a slow disk, a loaded machine */
+}
+
+static void idle_noop(uv_idle_t *h) { (void)h; }
+
+static int listen_local(int *port) {
+  struct sockaddr_in a;
+  socklen_t alen = sizeof(a);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  memset(&a, 0, sizeof(a));
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+      listen(fd, 8) != 0 ||
+      getsockname(fd, (struct sockaddr *)&a, &alen) != 0) {
+    if (fd >= 0)
+      close(fd);
+    return -1;
+  }
+  *port = ntohs(a.sin_port);
+  return fd;
+}
+
+/* Turn the loop until the listener lfd has a connection (or 5 s). */
+static int accept_peer(struct rig *r, int lfd) {
+  uint64_t end = sl_mono_ns() + 5000000000ull;
+  int fd = -1;
+  while (fd < 0 && sl_mono_ns() < end) {
+    uv_run(&r->w.loop, UV_RUN_NOWAIT);
+    fd = accept(lfd, NULL, NULL);
+    if (fd < 0)
+      usleep(1000);
+  }
+  return fd;
+}
+
+/* Start r's output 0 as a tcp output with acks to a local listener (its
+ * fd in *lfd) and the given timeout; return the peer's accepted fd with
+ * events 0..3 written to it and awaiting its ack, or -1. */
+static int tcp_rig_go(struct rig *r, int *lfd, uint32_t timeout_ms) {
+  static char address[32];
+  char why[256];
+  int port, fd, i;
+  uint64_t end;
+  *lfd = listen_local(&port);
+  if (*lfd < 0)
+    return -1;
+  snprintf(address, sizeof(address), "127.0.0.1:%d", port);
+  rig_init(r, 0);
+  r->oc[0].type = "tcp";
+  r->oc[0].address = address;
+  r->oc[0].ack = 1;
+  r->oc[0].retry.timeout_ms = timeout_ms;
+  rig_ops = sl_plugin_find(SL_PLUGIN_OUTPUT, "tcp")->output;
+  if (rig_start(r) != 0 || r->o->ops->cb_start(r->o, why, sizeof(why)) != 0)
+    return -1;
+  if ((fd = accept_peer(r, *lfd)) < 0)
+    return -1;
+  for (i = 0; i < 4; i++)
+    push(r, i);
+  end = sl_mono_ns() + 5000000000ull;
+  while ((r->o->q.inflight < 4 || ((struct sl_peer *)r->o->data)->writing) &&
+         sl_mono_ns() < end)
+    uv_run(&r->w.loop, UV_RUN_NOWAIT), usleep(1000);
+  return r->o->q.inflight == 4 ? fd : -1;
+}
+
+TEST(output_tcp_watchdog_reads_an_ack_that_arrived_while_the_loop_was_busy) {
+  struct rig r;
+  struct busy_turn b;
+  char buf[4096];
+  int lfd;
+  ssize_t n;
+  memset(&b, 0, sizeof(b));
+  b.peer_fd = tcp_rig_go(&r, &lfd, 200);
+  CHECK(b.peer_fd >= 0);
+  b.p = r.o->data;
+  /* the 4 are written and wait for the peer's ack under the watchdog */
+  CHECK(uv_is_active((uv_handle_t *)&((struct sl_peer *)r.o->data)->watchdog));
+  /* the peer acks all 4 well inside the 200 ms; the loop is then busy
+   * for 2.5 times that before it polls again */
+  b.ack = 4;
+  b.busy_ms = 500;
+  b.armed = 1;
+  uv_check_init(&r.w.loop, &b.check);
+  b.check.data = &b;
+  uv_check_start(&b.check, busy_turn_cb);
+  uv_idle_init(&r.w.loop, &b.idle);
+  uv_idle_start(&b.idle, idle_noop);
+  CHECK(run_until(&r, &r.o->stats.events_out, 4));
+  CHECK_EQ(r.o->stats.errors, 0u); /* the connection was not given up */
+  CHECK_EQ(r.o->q.count, 0u);
+  /* and it is still open: the peer reads the hello and the events, then
+   * no end of the stream */
+  while ((n = recv(b.peer_fd, buf, sizeof(buf), MSG_DONTWAIT)) > 0)
+    ;
+  CHECK(n < 0 && errno == EAGAIN);
+  /* a peer that stays silent is still given up on after the timeout */
+  push(&r, 4);
+  CHECK(run_until(&r, &r.o->stats.errors, 1));
+  uv_close((uv_handle_t *)&b.check, NULL);
+  uv_close((uv_handle_t *)&b.idle, NULL);
+  rig_close(&r);
+  close(b.peer_fd);
+  close(lfd);
+}
+
+TEST(output_tcp_reads_the_acks_before_a_reset_that_fails_its_next_write) {
+  struct rig r;
+  struct linger lg = {1, 0};
+  uint8_t ack = 4;
+  char buf[4096];
+  int lfd, peer, i, outq = 1;
+  signal(SIGPIPE, SIG_IGN); /* as sluice's main: a write fails instead */
+  peer = tcp_rig_go(&r, &lfd, 0); /* no watchdog: the failed write drops */
+  CHECK(peer >= 0);
+  /* the peer acks the 4, sees its ack reach the engine's socket, then
+   * resets the connection (a crash, the chaos sink's drop) */
+  while (recv(peer, buf, sizeof(buf), MSG_DONTWAIT) > 0)
+    ;
+  CHECK(write(peer, &ack, 1) == 1);
+  for (i = 0; i < 1000 && outq != 0; i++)
+    if (ioctl(peer, SIOCOUTQ, &outq) != 0 || outq != 0)
+      usleep(1000);
+  CHECK_EQ(outq, 0);
+  setsockopt(peer, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+  close(peer);
+  /* before the loop polls, the next batch is written (an input's read
+   * does it): the write fails, and libuv reports that before any read */
+  for (i = 4; i < 8; i++)
+    push(&r, i);
+  sl_output_flush_full(&r.w);
+  CHECK(run_until(&r, &r.o->stats.errors, 1));
+  run_ms(&r, 20);
+  /* the 4 acked left; the 4 of the failed write wait to go again */
+  CHECK_EQ(r.o->stats.events_out, 4u);
+  CHECK_EQ(r.o->q.count, 4u);
+  rig_close(&r);
+  close(lfd);
 }

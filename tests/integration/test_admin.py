@@ -315,12 +315,21 @@ def test_tap_sample_keeps_a_share_and_bad_parameters_are_400(sluice, tmp_path):
         body = "\n".join(json.dumps({"topic": "s.x", "payload": i}) for i in range(2000))
         ingest(port, body, "application/x-ndjson")
         wait_metric(admin, "sluice_output_events_total", lambda v: v == 2000, output="out")
-        time.sleep(0.3)
+        # every line the engine sent is in curl's file (not 0.3 s and hope)
+        def caught_up():
+            text = metrics(admin)
+            lines = len((tmp_path / "tap.out").read_bytes().splitlines())
+            sent = metric(text, "sluice_tap_lines_total")
+            assert metric(text, "sluice_tap_lines_dropped_total") == 0
+            return (sent,) if lines == sent else None
+        (sent,) = wait_for(caught_up, 20, interval=0.05,
+                           what="curl to write every tap line sent")
     finally:
         p.terminate()
         p.communicate(timeout=10)
         sink.close()
     n = len((tmp_path / "tap.out").read_bytes().decode().splitlines())
+    assert n == sent
     assert 300 < n < 700, n  # about a quarter of 2000
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (ASAN, SLUICE_BIN, connect, free_port, pack, read_lines,
-                      read_ndjson, wait_for)
+from conftest import (ASAN, SLUICE_BIN, START_TIMEOUT, connect, free_port,
+                      pack, read_lines, read_ndjson, wait_for)
 
 CHAOS_SINK = Path(SLUICE_BIN).resolve().parent / "tools" / "chaos_sink"
 TIMEOUT_MS = 500  # the output's retry.timeout_ms; the sink keeps clear of it
@@ -51,7 +51,7 @@ class ChaosSink:
              "--ledger", str(self.ledger), "--chaos-ms", str(chaos_ms),
              "--timeout-ms", str(TIMEOUT_MS)],
             stderr=self._err, stdin=subprocess.DEVNULL)
-        wait_for(lambda: "listening" in self.log.read_text(), 5,
+        wait_for(lambda: "listening" in self.log.read_text(), START_TIMEOUT,
                  what="the chaos sink to listen")
 
     def ids(self):

@@ -122,24 +122,40 @@ def test_corrupt_segment_tail_is_quarantined_and_engine_starts(sluice):
 
 
 def test_disk_buffer_full_drop_newest_counts(sluice):
+    from conftest import metrics_flat, send_events
     port = free_port()
     down = free_port()
+    admin = free_port()
     eng = sluice("""return {
   inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
   outputs = { { name = "out", type = "tcp", address = "127.0.0.1:%d",
                 queue = { max_events = 10, when_full = "drop_newest" },
                 buffer = { type = "disk", max_bytes = "1MiB", fsync = "never" } } },
   routes = { { topics = "*", to = "out" } },
-}""" % (port, down))
-    from conftest import send_events
+  admin = { listen = "127.0.0.1:%d" },
+}""" % (port, down, admin))
     big = "x" * 1000
     send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": [i, big]} for i in range(3000)])
+
+    def dropped(m):
+        return sum(v for k, v in m.items()
+                   if k.startswith("sluice_events_dropped_total{")
+                   and 'output="out"' in k)
+
     with Sink(port=down) as sink:
-        time.sleep(1.5)
+        # everything kept is delivered (the reconnect backoff has grown
+        # while the peer was down: wait for it, not a fixed time)
+        def settled():
+            m = metrics_flat(admin)
+            return (m['sluice_queue_events{output="out"}'] == 0 and
+                    m['sluice_disk_buffer_backlog_events{output="out"}'] == 0 and
+                    len(sink.events) == m['sluice_output_events_total{output="out"}'] > 0)
+        wait_for(settled, 30, interval=0.1, what="the kept events delivered")
         got = sink.events
         assert 0 < len(got) < 3000
-        # the ones kept are a prefix, in order
+        # the ones kept are a prefix, in order; the rest were counted
         assert [e["payload"][0] for e in got] == list(range(len(got)))
+        assert len(got) + dropped(metrics_flat(admin)) == 3000
         assert eng.stop() == 0
 
 

@@ -17,8 +17,8 @@ import urllib.request
 
 import pytest
 
-from conftest import (ASAN, connect, free_port, pack, send_events, short_path,
-                      wait_for, wait_lines)
+from conftest import (ASAN, _tcp_queues, connect, free_port, pack, send_events,
+                      short_path, wait_for, wait_lines, wait_read)
 from conftest import metrics_flat as metrics
 
 
@@ -179,7 +179,7 @@ def test_at_max_connections_the_longest_quiet_connection_makes_room(sluice):
     wait_lines(eng.path("out.ndjson"), 2)
     send_events(eng.address, [{"topic": "t", "payload": 2}])
     assert len(wait_lines(eng.path("out.ndjson"), 3)) == 3
-    assert closed_by_engine(quiet, timeout=1)
+    assert closed_by_engine(quiet, timeout=5)
     busy.sendall(pack({"topic": "t", "payload": 3}))
     assert len(wait_lines(eng.path("out.ndjson"), 4)) == 4
     assert listener_metric(eng, "sluice_listener_connections_refused_total",
@@ -392,7 +392,7 @@ def test_http_bodies_over_max_pending_bytes_shed_the_stalled_upload(sluice):
     # a stalls with 600 KiB of its body; b's 600 KiB would pass the bound
     a, b = RawClient(eng.web_port), RawClient(eng.web_port)
     a.send(head + body[:600 * 1024])
-    time.sleep(0.3)
+    wait_read(a.sock, 20)  # a's bytes are the engine's before b's come
     b.send(head + body[:600 * 1024])
     assert a.closed(timeout=5), "the stalled upload was kept"
     b.send(body[600 * 1024:])
@@ -411,7 +411,9 @@ def test_admin_over_max_connections_gets_503_and_recovers(sluice):
             "routes": [{"topics": "*", "to": "out"}],
             "admin": {"listen": "127.0.0.1:%d" % adm, "max_connections": 2}})
     held = [RawClient(adm) for _ in range(2)]
-    time.sleep(0.2)
+    # both taken by the engine: none waits in the listener's accept queue
+    wait_for(lambda: _tcp_queues(adm, 0)[1] == 0, 20,
+             what="the admin listener to accept both")
     with pytest.raises(urllib.error.HTTPError) as e:
         admin_get(adm, "/healthz")
     assert e.value.code == 503
