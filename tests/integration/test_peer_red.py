@@ -29,11 +29,21 @@ def outq(c):
                                           b"\0\0\0\0"))[0]
 
 
-def ack_all(limit=None, unix=False):
+def ack_all(limit=None, unix=False, tls=None):
     """A sluice-like ack peer that acks every whole event it read, after
     each read; with limit, once it read that many: its last ack sent and
-    taken by the engine's kernel (tcp), it resets the connection."""
+    taken by the engine's kernel (tcp), it resets the connection. tls: the
+    server's ssl context."""
     def b(peer, c, buf):
+        if tls:
+            c.settimeout(5)
+            c = tls.wrap_socket(c, server_side=True)
+        try:
+            serve(peer, c, buf)
+        finally:
+            c.close()
+
+    def serve(peer, c, buf):
         c.settimeout(0.05)
         up = msgpack.Unpacker(raw=False, strict_map_key=False)
         count, hello = 0, False
@@ -75,19 +85,33 @@ def ack_all(limit=None, unix=False):
 LIMITS = [1, 40, 64, 65, 333, 900]
 
 
+def tls_server(tmp_path):
+    """A server context for localhost and the client keys that trust it."""
+    import ssl
+    from test_tls import Certs
+    certs = Certs(tmp_path)
+    certs.ca("ca", "red CA")
+    certs.leaf("server", "red", "DNS:localhost,IP:127.0.0.1")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certs.__getattr__("server.pem"),
+                        certs.__getattr__("server.key"))
+    return ctx, ', tls = { ca_file = "%s" }' % certs.__getattr__("ca.pem")
+
+
 @pytest.mark.parametrize("kind,timeout_ms", [("tcp", 30000), ("tcp", 0),
-                                             ("unix", 30000)])
+                                             ("unix", 30000), ("tls", 30000)])
 def test_acked_events_are_never_sent_again_after_resets_mid_stream(
-        sluice, kind, timeout_ms):
+        sluice, tmp_path, kind, timeout_ms):
     unix = kind == "unix"
     path = short_path("peer.sock") if unix else None
-    peer = Peer([ack_all(k, unix) for k in LIMITS] + [ack_all(None, unix)],
-                unix_path=path, rcvbuf=1 << 16)
+    ctx, tls_keys = tls_server(tmp_path) if kind == "tls" else (None, "")
+    peer = Peer([ack_all(k, unix, ctx) for k in LIMITS] +
+                [ack_all(None, unix, ctx)], unix_path=path, rcvbuf=1 << 16)
     try:
         where = ('path = "%s"' % path) if unix else \
-            ('address = "%s"' % peer.address)
+            ('address = "%s"%s' % (peer.address, tls_keys))
         eng = start(sluice, 'type = "%s", %s, ack = true, batch_events = 64'
-                    % (kind, where), extra=", timeout_ms = %d" % timeout_ms)
+                    % ("unix" if unix else "tcp", where), extra=", timeout_ms = %d" % timeout_ms)
         n = 6000
         evs = events(n, pad=300)
         with connect(eng.addr) as s:
