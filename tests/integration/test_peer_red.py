@@ -135,3 +135,76 @@ def test_acked_events_are_never_sent_again_after_resets_mid_stream(
         assert eng.stop() == 0
     finally:
         peer.close()
+
+
+def forward_ack_all(limit=None):
+    """A Fluent forward peer: answers every whole PackedForward frame it
+    read with {"ack": chunk}; with limit, once it read that many records:
+    its last ack taken by the engine's kernel, it resets."""
+    def b(peer, c, buf):
+        c.settimeout(0.05)
+        up = msgpack.Unpacker(raw=False, strict_map_key=False)
+        count = 0
+        while not peer.stop.is_set():
+            try:
+                d = c.recv(1 << 16)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not d:
+                return
+            up.feed(d)
+            acks = b""
+            for tag, entries, opt in up:
+                ents = msgpack.Unpacker(raw=False, strict_map_key=False)
+                ents.feed(entries)
+                for _t, record in ents:
+                    buf += pack({"payload": record})
+                    count += 1
+                acks += msgpack.packb({"ack": opt["chunk"]})
+            if not acks:
+                continue
+            c.sendall(acks)
+            if limit and count >= limit:
+                end = time.monotonic() + 5
+                while outq(c) and time.monotonic() < end:
+                    time.sleep(0.001)
+                assert outq(c) == 0, "the last ack did not leave"
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                             struct.pack("ii", 1, 0))
+                return
+    return b
+
+
+def test_forward_acked_frames_are_never_sent_again_after_resets_mid_stream(
+        sluice):
+    """The same exact ledger for the forward output (require_ack): every
+    frame it wrote whole is acked before the reset, so no record reaches
+    the peer twice and none is missing."""
+    peer = Peer([forward_ack_all(k) for k in LIMITS] + [forward_ack_all()],
+                rcvbuf=1 << 16)
+    try:
+        eng = start(sluice, 'type = "forward", address = "%s", '
+                    'batch_events = 64' % peer.address)
+        n = 6000
+        evs = events(n, pad=300)
+        with connect(eng.addr) as s:
+            s.sendall(b"".join(pack(e) for e in evs))
+        wait_for(lambda: metric(eng.admin, "sluice_output_events_total",
+                                output="out") == n, 30,
+                 what="every event acked")
+        time.sleep(0.2)
+        assert not peer.errors, peer.errors
+        assert len(peer.conns) == len(LIMITS) + 1
+        got = []
+        for raw in peer.conns:
+            got += idx(decode_all(bytes(raw)))
+        dup = sorted(i for i, k in Counter(got).items() if k > 1)
+        assert not dup, "acked, then sent again: %r" % dup[:10]
+        assert sorted(got) == list(range(n))
+        assert metric(eng.admin, "sluice_output_errors_total",
+                      output="out") == len(LIMITS)
+        assert eng.stop() == 0
+    finally:
+        peer.close()
