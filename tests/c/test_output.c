@@ -19,6 +19,7 @@
 #include "output.h"
 #include "peer.h"
 #include "plugins.h"
+#include "transport.h" /* the conn's fd, to shut its write half */
 #include "worker.h"
 #include "test.h"
 
@@ -923,5 +924,81 @@ TEST(output_tcp_reads_the_acks_before_a_reset_that_fails_its_next_write) {
   CHECK_EQ(r.o->stats.events_out, 4u);
   CHECK_EQ(r.o->q.count, 4u);
   rig_close(&r);
+  close(lfd);
+}
+
+/* Turn the loop and read fd until it brought want whole msgpack values
+ * (or 5 s); they are counted in *got. */
+static int peer_read_values(struct rig *r, int fd, uint32_t want,
+                            uint32_t *got) {
+  static uint8_t in[1 << 16];
+  size_t len = 0;
+  uint64_t end = sl_mono_ns() + 5000000000ull;
+  size_t used;
+  ssize_t n;
+  while (*got < want && sl_mono_ns() < end) {
+    uv_run(&r->w.loop, UV_RUN_NOWAIT);
+    n = recv(fd, in + len, sizeof(in) - len, MSG_DONTWAIT);
+    if (n > 0)
+      len += (size_t)n;
+    while (len && sl_codec_skip(in, len, sizeof(in), &used, NULL) == 0) {
+      memmove(in, in + used, len - used);
+      len -= used;
+      (*got)++;
+    }
+    if (n <= 0)
+      usleep(1000);
+  }
+  return *got >= want;
+}
+
+/* A write that fails while the read side sees no end (the engine's own
+ * half of the socket shut for writing: EPIPE, the peer still there and
+ * quiet): with retry.timeout_ms = 0 nothing else would ever drop it, the
+ * write_error watchdog must, after the ack already in the socket was
+ * read; the next connection starts clean (no write_error) and carries
+ * exactly the unacked and the failed events, once. */
+TEST(output_tcp_failed_write_without_eof_drops_after_reading_acks_timeout_0) {
+  struct rig r;
+  struct sl_peer *p;
+  uint8_t ack = 2;
+  int lfd, peer, peer2, i, outq = 1;
+  uv_os_fd_t fd;
+  uint32_t got = 0;
+  signal(SIGPIPE, SIG_IGN);
+  peer = tcp_rig_go(&r, &lfd, 0);
+  CHECK(peer >= 0);
+  p = r.o->data;
+  /* the peer acks 2 of the 4; the ack is in the engine's socket */
+  CHECK(write(peer, &ack, 1) == 1);
+  for (i = 0; i < 1000 && outq != 0; i++)
+    if (ioctl(peer, SIOCOUTQ, &outq) != 0 || outq != 0)
+      usleep(1000);
+  CHECK_EQ(outq, 0);
+  CHECK(uv_fileno(&p->conn->h.handle, &fd) == 0);
+  CHECK(shutdown(fd, SHUT_WR) == 0);
+  for (i = 4; i < 8; i++)
+    push(&r, i);
+  sl_output_flush_full(&r.w); /* the write fails before any poll */
+  CHECK(run_until(&r, &r.o->stats.errors, 1));
+  CHECK_EQ(r.o->stats.events_out, 2u); /* the ack was read first */
+  CHECK_EQ(r.o->q.count, 6u);
+  CHECK(p->conn == NULL || p->write_error == 0);
+  /* the new connection: the hello, then events 2..7 once; acked, they
+   * leave and nothing more fails */
+  peer2 = accept_peer(&r, lfd);
+  CHECK(peer2 >= 0);
+  CHECK(peer_read_values(&r, peer2, 7, &got));
+  CHECK_EQ(p->write_error, 0);
+  ack = 6;
+  CHECK(write(peer2, &ack, 1) == 1);
+  CHECK(run_until(&r, &r.o->stats.events_out, 8));
+  run_ms(&r, 20);
+  CHECK(recv(peer2, &ack, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN);
+  CHECK_EQ(r.o->q.count, 0u);
+  CHECK_EQ(r.o->stats.errors, 1u);
+  rig_close(&r);
+  close(peer2);
+  close(peer);
   close(lfd);
 }
