@@ -487,10 +487,9 @@ void sl_schemas_outputs(struct sl_worker *w, struct sl_rules_result *r) {
     return; /* counted; nowhere to put it */
   if (r->ntargets == 0) {
     /* the usual case, one output: the copy is the decision, and waits
-     * for room in the dead letter like any event */
-    struct sl_rules_result keep = *r;
-    if (sl_schemas_refuse(cfg, r, r->event, s->why, name) != 0)
-      *r = keep; /* no memory for the copy: as before, no target */
+     * for room in the dead letter like any event (no memory for the
+     * copy: failed with no target, as at ingest) */
+    sl_schemas_refuse(cfg, r, r->event, s->why, name);
     return;
   }
   /* other targets take the event: the copy goes in beside it, or is
