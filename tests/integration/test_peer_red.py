@@ -29,6 +29,33 @@ def outq(c):
                                           b"\0\0\0\0"))[0]
 
 
+def chunks(peer, c):
+    """What c receives, read by read, until the peer stops or c ends."""
+    c.settimeout(0.05)
+    while not peer.stop.is_set():
+        try:
+            d = c.recv(1 << 16)
+        except socket.timeout:
+            continue
+        except OSError:
+            return
+        if not d:
+            return
+        yield d
+
+
+def reset_once_acked(c, unix=False):
+    """Reset c (SO_LINGER 0) once its last ack left for the engine's kernel
+    (a unix socket's send is in the engine's queue already)."""
+    if unix:
+        return
+    end = time.monotonic() + 5
+    while outq(c) and time.monotonic() < end:
+        time.sleep(0.001)
+    assert outq(c) == 0, "the last ack did not leave"
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
 def ack_all(limit=None, unix=False, tls=None):
     """A sluice-like ack peer that acks every whole event it read, after
     each read; with limit, once it read that many: its last ack sent and
@@ -44,18 +71,9 @@ def ack_all(limit=None, unix=False, tls=None):
             c.close()
 
     def serve(peer, c, buf):
-        c.settimeout(0.05)
         up = msgpack.Unpacker(raw=False, strict_map_key=False)
         count, hello = 0, False
-        while not peer.stop.is_set():
-            try:
-                d = c.recv(1 << 16)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if not d:
-                return
+        for d in chunks(peer, c):
             up.feed(d)
             got = 0
             for ev in up:
@@ -70,14 +88,7 @@ def ack_all(limit=None, unix=False, tls=None):
             count += got
             c.sendall(msgpack.packb(count))
             if limit and count >= limit:
-                # a unix socket's send is in the engine's queue already
-                end = time.monotonic() + 5
-                while not unix and outq(c) and time.monotonic() < end:
-                    time.sleep(0.001)
-                assert unix or outq(c) == 0, "the last ack did not leave"
-                if not unix:
-                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                 struct.pack("ii", 1, 0))
+                reset_once_acked(c, unix)
                 return  # closed with the engine's bytes unread: a reset
     return b
 
@@ -142,18 +153,9 @@ def forward_ack_all(limit=None):
     read with {"ack": chunk}; with limit, once it read that many records:
     its last ack taken by the engine's kernel, it resets."""
     def b(peer, c, buf):
-        c.settimeout(0.05)
         up = msgpack.Unpacker(raw=False, strict_map_key=False)
         count = 0
-        while not peer.stop.is_set():
-            try:
-                d = c.recv(1 << 16)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if not d:
-                return
+        for d in chunks(peer, c):
             up.feed(d)
             acks = b""
             for tag, entries, opt in up:
@@ -167,12 +169,7 @@ def forward_ack_all(limit=None):
                 continue
             c.sendall(acks)
             if limit and count >= limit:
-                end = time.monotonic() + 5
-                while outq(c) and time.monotonic() < end:
-                    time.sleep(0.001)
-                assert outq(c) == 0, "the last ack did not leave"
-                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                             struct.pack("ii", 1, 0))
+                reset_once_acked(c)
                 return
     return b
 
