@@ -67,6 +67,7 @@ class Peer:
         self.sock.settimeout(0.05)
         self.behaviours = behaviours
         self.conns = []  # [bytearray] per connection
+        self.ended = set()  # id() of the bytearrays whose connection ended
         self.stop = threading.Event()
         self.errors = []
         self.t = threading.Thread(target=self._run, daemon=True)
@@ -97,6 +98,7 @@ class Peer:
                 c.close()
             except OSError:
                 pass
+            self.ended.add(id(buf))
 
     def close(self):
         self.stop.set()
@@ -447,6 +449,10 @@ def test_watchdog_drop_with_a_queued_write_resends_on_a_new_connection(
             return count(peer, k) and idx(decode_all(
                 bytes(peer.conns[k]), whole=False))[-1] == n - 1
         wait_for(last_done, 20, what="the last event on the new connection")
+        # a dropped connection's written bytes still reach its reader after
+        # the drop (they sit in the kernel): read each one to its end first
+        wait_for(lambda: all(id(b) in peer.ended for b in peer.conns[1:-1]),
+                 20, what="the dropped connections read to their end")
         # on a loaded machine the reading peer itself may be still past
         # timeout_ms and be dropped too: every new connection starts clean
         # at a batch boundary, runs on without a gap, and the last one
