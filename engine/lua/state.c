@@ -219,6 +219,7 @@ void set_hook(struct box *b, int count) {
  * the first takes to stop. */
 #define JIT_PARK_MODE "i1000000" /* ms of process CPU between samples */
 #define JIT_HELD_MODE "i1"
+#define JIT_REASSERT_NS 5000000u /* while held: the hook set again */
 
 static lua_State *jit_park;
 static atomic_int jit_busy; /* 1: the interrupt is moving or held */
@@ -408,8 +409,20 @@ static void on_watchdog(int sig, siginfo_t *si, void *uc) {
         lua_sethook(b->L, on_hook, LUA_MASKCOUNT, 1);
       }
       /* compiled code may be running, which the hook never sees */
-      if (b->jit && !b->jit_held && !jit_take(b))
-        wd_arm(sl_mono_ns() + 1000000); /* held elsewhere: retry */
+      if (b->jit && !b->jit_held) {
+        if (!jit_take(b))
+          wd_arm(sl_mono_ns() + 1000000); /* held elsewhere: retry */
+        else
+          wd_arm(sl_mono_ns() + JIT_REASSERT_NS);
+      } else if (b->jit) {
+        /* held, and the call still runs: set the hook again, from this
+         * thread. Should an update of the hook bit and the dispatch table
+         * ever be lost (a profiler tick and a hook change interleaved), no
+         * later tick would set the bit again and the compiled loop would
+         * run on for good; this rebuilds the table with the hook. */
+        lua_sethook(b->L, on_hook, LUA_MASKCOUNT, 1);
+        wd_arm(sl_mono_ns() + JIT_REASSERT_NS);
+      }
     }
   }
   errno = saved;
