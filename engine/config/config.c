@@ -1926,9 +1926,6 @@ static void check_workers(struct check *c, struct sl_config *cfg, int t) {
     bad(c, "workers", "rules.persist keeps one state file per rule, and "
         "workers = %d would run %d states: use workers = 1 with "
         "rules.persist", cfg->workers, cfg->workers);
-  if (cfg->workers > 1 && cfg->rules.jit)
-    bad(c, "workers", "rules.jit = true is not supported with workers > 1 "
-        "yet: use workers = 1 or rules.jit = false");
 }
 
 static void check_top(struct check *c, struct sl_config *cfg, int t) {

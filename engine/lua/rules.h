@@ -163,16 +163,15 @@ int sl_rules_metrics(struct sl_rules *rs, struct sl_metric_registry *r);
  * are new events owned by the owner callback or the reload's staging).
  * Log lines are one write(2) each.
  *
- * NOT SAFE: rules.jit = true with sets on more than one thread. The JIT's
- * budget uses LuaJIT's profiler (state.c), which is one per process: its
- * SIGPROF comes from a process-wide ITIMER_PROF, so the kernel may deliver
- * it to any thread, and LuaJIT's handler then rewrites the hook mask and
- * dispatch table of the VM holding the profiler from that other thread,
- * racing with that VM's own thread (a lost update can leave a runaway
- * compiled loop unstopped). While one set holds the profiler, an
- * overrunning rule on another thread also waits for it. So the config
- * must refuse workers > 1 with rules.jit = true (the worker's config
- * check, engine/config). */
+ * rules.jit = true on several threads: the JIT's budget uses LuaJIT's
+ * profiler (state.c), which is one per process: one state holds its
+ * interrupt at a time (an overrunning call on another thread waits for it,
+ * retrying every ms), and since its SIGPROF comes from a process-wide
+ * ITIMER_PROF the kernel may deliver it to any thread, so state.c sends a
+ * tick that lands elsewhere on to the holder's thread (LuaJIT's handler
+ * rewrites the held VM's hook bit and dispatch table without a lock).
+ * tests/c/test_rules_threads.c (two sets with the JIT on) and
+ * tests/integration/test_workers_jit.py. */
 
 /* Make replica a worker's copy of primary (the same rules dir, loaded
  * once more for another thread): sl_rules_metrics and sl_rules_stats of

@@ -156,6 +156,13 @@ TEST(config_workers_defaults_to_one_and_takes_1_to_64_or_auto) {
   CHECK(c != NULL);
   CHECK(c->workers >= 1 && c->workers <= 64);
   sl_config_free(c);
+  /* rules.jit with workers: each worker's states compiled, one interrupt
+   * (tests/integration/test_workers_jit.py) */
+  c = load(WCONF("workers = 2, rules = {dir='.', jit=true}"), &err);
+  CHECK(c != NULL);
+  CHECK_EQ(c->workers, 2);
+  CHECK_EQ(c->rules.jit, 1);
+  sl_config_free(c);
   sl_buf_close(&err);
 }
 
@@ -174,8 +181,6 @@ TEST(config_workers_rejects_out_of_range_and_unsafe_combinations) {
   CHECK(has(&err, "got boolean"));
   CHECK(load(WCONF("workers = 2, rules = {dir='.', persist=true}"), &err) == NULL);
   CHECK(has(&err, "workers: rules.persist keeps one state file per rule"));
-  CHECK(load(WCONF("workers = 2, rules = {dir='.', jit=true}"), &err) == NULL);
-  CHECK(has(&err, "workers: rules.jit = true is not supported with workers > 1"));
   sl_buf_close(&err);
 }
 

@@ -100,7 +100,7 @@ static const char *const RULES[][2] = {
      "end }\n"},
 };
 
-static int fixture_init(struct fixture *f, int watch) {
+static int fixture_init(struct fixture *f, int watch, int jit) {
   char conf[768];
   struct sl_buf err;
   size_t i;
@@ -118,8 +118,8 @@ static int fixture_init(struct fixture *f, int watch) {
            " outputs = {{name='a', type='null'}, {name='b', type='null'}},\n"
            " routes = {{topics='cfg.*', to='b'}},\n"
            " rules = { dir = '%s', watch = %s, debounce_ms = 20,\n"
-           "           cpu_budget_ms = 50, memory_mb = 16 } }\n",
-           f->rules, watch ? "true" : "false");
+           "           cpu_budget_ms = 50, memory_mb = 16, jit = %s } }\n",
+           f->rules, watch ? "true" : "false", jit ? "true" : "false");
   write_file(f->dir, "c.lua", conf);
   snprintf(conf, sizeof(conf), "%s/c.lua", f->dir);
   sl_buf_init(&err);
@@ -323,7 +323,20 @@ static int count_lines(const char *text, const char *prefix) {
   return c;
 }
 
+/* rules.jit: each set's states compiled, the CPU overruns of both threads
+ * stopped by the one profiler interrupt (state.c), every result as with
+ * the interpreter. */
+static void two_sets_decide(int *failed__, int jit);
+
 TEST(rules_two_sets_decide_on_two_threads_at_once_and_metrics_sum) {
+  two_sets_decide(failed__, 0);
+}
+
+TEST(rules_two_sets_decide_on_two_threads_at_once_with_the_jit_on) {
+  two_sets_decide(failed__, 1);
+}
+
+static void two_sets_decide(int *failed__, int jit) {
   struct fixture f;
   struct run runs[NSETS];
   pthread_t th[NSETS];
@@ -334,7 +347,7 @@ TEST(rules_two_sets_decide_on_two_threads_at_once_and_metrics_sum) {
   const char *t;
 
   CHECK(reg != NULL);
-  CHECK_EQ(fixture_init(&f, 0), 0);
+  CHECK_EQ(fixture_init(&f, 0, jit), 0);
   for (i = 0; i < NSETS; i++) {
     CHECK_EQ(start(&f, i, NULL), 0);
     f.w[i].nevents = n;
@@ -451,7 +464,7 @@ TEST(rules_prepare_commit_abort_move_every_set_together) {
   struct sl_buf js;
   int i;
 
-  CHECK_EQ(fixture_init(&f, 0), 0);
+  CHECK_EQ(fixture_init(&f, 0, 0), 0);
   write_file(f.rules, "05_v.lua", versioned(1));
   for (i = 0; i < NSETS; i++) {
     CHECK_EQ(start(&f, i, NULL), 0);
@@ -551,7 +564,7 @@ TEST(rules_watcher_reloads_through_the_owner_when_it_has_reload) {
   uv_timer_t give_up;
   char v[64];
 
-  CHECK_EQ(fixture_init(&f, 1), 0);
+  CHECK_EQ(fixture_init(&f, 1, 0), 0);
   write_file(f.rules, "05_v.lua", versioned(1));
   CHECK_EQ(uv_loop_init(&loop), 0);
   CHECK_EQ(start(&f, 0, &loop), 0);
@@ -599,7 +612,7 @@ TEST(rules_a_thread_that_ran_rules_leaves_no_watchdog_timer_when_it_exits) {
   pthread_t th;
   int before, round;
 
-  CHECK_EQ(fixture_init(&f, 0), 0);
+  CHECK_EQ(fixture_init(&f, 0, 0), 0);
   CHECK_EQ(start(&f, 0, NULL), 0);
   run.w = &f.w[0];
   run.cfg = f.cfg;

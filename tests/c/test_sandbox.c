@@ -1243,10 +1243,16 @@ TEST(sandbox_jit_interrupt_serves_every_state_in_turn) {
 struct jit_thread {
   struct sl_rule *r;
   long us;
+  int traced; /* compiled on this thread before the overrun */
 };
 
 static void *jit_thread_run(void *arg) {
   struct jit_thread *t = arg;
+  struct sl_rule_decision d;
+  int k;
+  for (k = 0; k < 500; k++) /* compiled again after the last overrun */
+    run(t->r, "warm", -1, &d);
+  t->traced = traced(t->r);
   t->us = overrun_us(t->r, "while");
   return NULL;
 }
@@ -1273,6 +1279,7 @@ TEST(sandbox_jit_two_threads_overrunning_at_once_are_both_stopped) {
       fprintf(stderr, "    thread %d stopped after %ld us of CPU\n", i,
               t[i].us);
       CHECK(t[i].us >= 0);
+      CHECK_EQ(t[i].traced, 1);
       /* the waiter's wait for the interrupt is CPU too: twice the slack */
       CHECK(t[i].us <= (JIT_BUDGET_MS + 2 * JIT_SLACK_MS) * 1000);
     }
