@@ -95,7 +95,7 @@ static const char *const RULES[][2] = {
      "  on_event = function(ev)\n"
      "  if ev.topic == 'err.x' then error('boom ' .. ev.payload.n) end\n"
      "  if ev.topic == 'cpu.x' then while true do end end\n"
-     "  local s = string.rep('m', 1000000)\n"
+     "  local s = string.rep('m', 20000000)\n" /* over memory_mb at once */
      "  while true do s = s .. s end\n"
      "end }\n"},
 };
