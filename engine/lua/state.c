@@ -209,9 +209,10 @@ void set_hook(struct box *b, int count) {
  *   with a timer that in effect never fires; a JIT state gets line mode
  *   from a start that the owned profiler otherwise ignores;
  * - past a call's deadline the watchdog hands the profiler to the running
- *   state, with a 1 ms timer: within about a ms of CPU the compiled code
- *   exits, on_profile lowers the count hook to 1 and the hook decides as
- *   with the JIT off;
+ *   state and sends its first tick to this thread at once (the 1 ms timer
+ *   ticks on, in the kernel's coarser steps): the compiled code exits at
+ *   its next line, on_profile lowers the count hook to 1 and the hook
+ *   decides as with the JIT off;
  * - after that call the state gives it back (its compiled code is flushed:
  *   a price paid only after an overrun) and gets line mode again.
  * One state holds the interrupt at a time; another overrunning call waits
@@ -219,7 +220,7 @@ void set_hook(struct box *b, int count) {
  * the first takes to stop. */
 #define JIT_PARK_MODE "i1000000" /* ms of process CPU between samples */
 #define JIT_HELD_MODE "i1"
-#define JIT_REASSERT_NS 5000000u /* while held: the hook set again */
+#define JIT_RETICK_NS 1000000u /* held, past a deadline: tick again */
 
 static lua_State *jit_park;
 static atomic_int jit_busy; /* 1: the interrupt is moving or held */
@@ -282,8 +283,9 @@ static void on_sigprof(int sig) {
   errno = saved;
 }
 
-/* Right after the profiler was started for the state of this thread. */
-static void jit_sigprof_here(void) {
+/* Right after the profiler was started for the state of this thread.
+ * 1 when the ticks now come to this thread. */
+static int jit_sigprof_here(void) {
   struct sigaction sa;
   sigset_t mask;
   /* a holder that blocks SIGPROF would see none: leave the ticks where
@@ -292,13 +294,14 @@ static void jit_sigprof_here(void) {
       sigismember(&mask, SIGPROF) ||
       sigaction(SIGPROF, NULL, &sa) != 0 || (sa.sa_flags & SA_SIGINFO) ||
       sa.sa_handler == SIG_IGN || sa.sa_handler == SIG_DFL)
-    return;
+    return 0;
   jit_tid = (pid_t)syscall(SYS_gettid);
   if (sa.sa_handler == on_sigprof)
-    return;
+    return 1;
   jit_lj_sigprof = sa.sa_handler;
   sa.sa_handler = on_sigprof;
-  sigaction(SIGPROF, &sa, NULL); /* LuaJIT's stop restores the one before */
+  /* LuaJIT's stop restores the one before */
+  return sigaction(SIGPROF, &sa, NULL) == 0;
 }
 
 /* The watchdog (a signal handler on b's thread, b running): give the
@@ -306,14 +309,31 @@ static void jit_sigprof_here(void) {
  * stopping it only resets its fields, stops a timer and restores SIGPROF's
  * action; starting b sets fields, the timer and the action. 0 when another
  * state holds it. */
+static int jit_ticks_here; /* the holder's thread gets the ticks */
+
+/* A profiler tick on this thread, the holder's, now. */
+static void jit_tick_now(void) {
+  if (jit_ticks_here)
+    syscall(SYS_tgkill, getpid(), (pid_t)syscall(SYS_gettid), SIGPROF);
+}
+
 static int jit_take(struct box *b) {
-  int z = 0;
+  int z = 0, here;
   if (!atomic_compare_exchange_strong(&jit_busy, &z, 1))
     return 0;
   luaJIT_profile_stop(jit_park);
   luaJIT_profile_start(b->L, JIT_HELD_MODE, on_profile, b);
-  jit_sigprof_here();
+  here = jit_sigprof_here();
   b->jit_held = 1;
+  /* The first tick now, on this thread, rather than from the timer: the
+   * kernel counts a process's CPU timers in scheduler ticks (4 ms here, at
+   * HZ=250, for the 1 ms asked), which left compiled loops running ~6 ms
+   * past the deadline. Its handler runs at once, nested in this one and
+   * over the same interrupted code, as a timer tick landing here would;
+   * the timer still ticks after it. Only with the ticks sent here (not when this
+   * thread blocks SIGPROF or its action is not LuaJIT's). */
+  jit_ticks_here = here;
+  jit_tick_now();
   return 1;
 }
 
@@ -322,6 +342,7 @@ static void jit_give_back(struct box *b) {
   luaJIT_profile_stop(b->L); /* flushes b's traces, clears its line mode */
   luaJIT_profile_start(jit_park, JIT_PARK_MODE, on_park, NULL);
   luaJIT_profile_start(b->L, "l", on_profile, b); /* ignored but the mode */
+  jit_ticks_here = 0;
   b->jit_held = 0;
   atomic_store(&jit_busy, 0);
 }
@@ -413,15 +434,19 @@ static void on_watchdog(int sig, siginfo_t *si, void *uc) {
         if (!jit_take(b))
           wd_arm(sl_mono_ns() + 1000000); /* held elsewhere: retry */
         else
-          wd_arm(sl_mono_ns() + JIT_REASSERT_NS);
+          wd_arm(sl_mono_ns() + JIT_RETICK_NS);
       } else if (b->jit) {
-        /* held, and the call still runs: set the hook again, from this
-         * thread. Should an update of the hook bit and the dispatch table
-         * ever be lost (a profiler tick and a hook change interleaved), no
-         * later tick would set the bit again and the compiled loop would
-         * run on for good; this rebuilds the table with the hook. */
+        /* Held, past a deadline, and no hook ran since (one that finds
+         * CPU left moves the deadline and re-arms this timer for it): a
+         * call on a preempted thread passed its wall deadline with CPU
+         * left, or the hook bit was lost. Set the hook again from this
+         * thread (should an update of the bit and the dispatch table ever
+         * be lost to a tick and a hook change interleaving, no later tick
+         * would set the bit again) and tick now, rather than at the
+         * timer's next coarse tick, so the compiled code exits to it. */
         lua_sethook(b->L, on_hook, LUA_MASKCOUNT, 1);
-        wd_arm(sl_mono_ns() + JIT_REASSERT_NS);
+        jit_tick_now();
+        wd_arm(sl_mono_ns() + JIT_RETICK_NS);
       }
     }
   }
