@@ -1344,6 +1344,96 @@ TEST(sandbox_a_thread_blocking_the_watchdog_signal_still_stops_runaways) {
   CHECK(t.us <= 200 * 1000); /* 20 ms budget, generous for load */
 }
 
+/* Red team (r10/jitred): four threads (workers = 4 on 2 cores), each its
+ * own state, overrun together again and again with loops that swallow the
+ * budget's error (pcall, xpcall, coroutines) besides plain ones; each call
+ * is measured, not the least of three. */
+static const char jit_red_rule[] =
+    "local function spin() local x = 0 for i = 1, 1e15 do x = x + i % 7 end end\n"
+    "local function swallow(e) local x = 0 for i = 1, 1e12 do x = x + i end return e end\n"
+    "local function cospin() local x = 0 while true do x = x + 1 coroutine.yield(x) end end\n"
+    "return { on_event = function(ev)\n"
+    "  local t = ev.topic\n"
+    "  if t == 'warm' then local x = 0 for i = 1, 300 do x = x + i % 7 end return 'ok' end\n"
+    "  if t == 'while' then while true do end end\n"
+    "  if t == 'pcall' then while true do pcall(spin) end end\n"
+    "  if t == 'xpcall' then while true do xpcall(spin, swallow) end end\n"
+    "  if t == 'coro' then while true do local co = coroutine.create(cospin)\n"
+    "      for i = 1, 1e6 do coroutine.resume(co) end end end\n"
+    "  return 'ok'\n"
+    "end }\n";
+static const char *const jit_red_loops[] = {"while", "pcall", "xpcall", "coro"};
+#define JIT_RED_MAX 8
+static int jit_red_threads(void) {
+  const char *e = getenv("JIT_RED_THREADS");
+  int n = e ? atoi(e) : 4;
+  return n >= 1 && n <= JIT_RED_MAX ? n : JIT_RED_MAX;
+}
+#define JIT_RED_THREADS jit_red_threads()
+#define JIT_RED_ROUNDS 10
+
+struct jit_red_thread {
+  struct sl_rule *r;
+  long max_us[4];
+  int errors;
+};
+
+static void *jit_red_run(void *arg) {
+  struct jit_red_thread *t = arg;
+  struct sl_rule_decision d;
+  int k, i;
+  for (k = 0; k < JIT_RED_ROUNDS; k++) {
+    for (i = 0; i < 500; i++)
+      run(t->r, "warm", -1, &d);
+    for (i = 0; i < 4; i++) {
+      uint64_t t0 = thread_cpu_us();
+      long us;
+      run(t->r, jit_red_loops[i], -1, &d);
+      us = (long)(thread_cpu_us() - t0);
+      if (d.error != SL_RULE_ERR_CPU)
+        t->errors++;
+      if (us > t->max_us[i])
+        t->max_us[i] = us;
+    }
+  }
+  return NULL;
+}
+
+TEST(sandbox_jit_red_four_threads_every_shape_each_call_bounded) {
+  char err[512];
+  struct jit_red_thread t[JIT_RED_MAX];
+  pthread_t th[JIT_RED_MAX];
+  int save = jit_on, i, j;
+  long worst = 0;
+
+  memset(t, 0, sizeof(t));
+  jit_on = 1;
+  for (i = 0; i < JIT_RED_THREADS; i++)
+    t[i].r = load(jit_red_rule, JIT_BUDGET_MS, 16, NULL, err, sizeof(err));
+  jit_on = save;
+  for (i = 0; i < JIT_RED_THREADS; i++)
+    CHECK(t[i].r != NULL);
+  for (i = 0; i < JIT_RED_THREADS; i++)
+    CHECK_EQ(pthread_create(&th[i], NULL, jit_red_run, &t[i]), 0);
+  for (i = 0; i < JIT_RED_THREADS; i++)
+    pthread_join(th[i], NULL);
+  for (i = 0; i < JIT_RED_THREADS; i++) {
+    fprintf(stderr, "    thread %d worst:", i);
+    for (j = 0; j < 4; j++) {
+      fprintf(stderr, " %s %ld us", jit_red_loops[j], t[i].max_us[j]);
+      if (t[i].max_us[j] > worst)
+        worst = t[i].max_us[j];
+    }
+    fprintf(stderr, "\n");
+  }
+  for (i = 0; i < JIT_RED_THREADS; i++) {
+    CHECK_EQ(t[i].errors, 0);
+    sl_rule_free(t[i].r);
+  }
+  /* each waiter waits for at most the three others to be stopped */
+  CHECK(worst <= (JIT_BUDGET_MS + JIT_RED_THREADS * JIT_SLACK_MS) * 1000);
+}
+
 /* Last: every case above once more with rules.jit on. */
 TEST(sandbox_every_case_again_with_the_jit_on) {
   int i, f, bad = 0;
