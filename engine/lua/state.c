@@ -424,6 +424,15 @@ static void on_watchdog(int sig, siginfo_t *si, void *uc) {
   if (b && b->in_call && b->deadline != UINT64_MAX) {
     if (sl_mono_ns() < b->deadline) {
       wd_arm(b->deadline); /* a later call than the one it was armed for */
+    } else if (b->jit && !b->jit_held && !budget_spent(b)) {
+      /* the wall deadline passed but not the CPU budget (the thread was
+       * preempted: more rule threads than cores): budget_spent moved the
+       * deadline out by the CPU time left. Taking the interrupt now would
+       * hold it, the one of the process, for all that time while other
+       * threads' runaways wait for it (with workers = 4 on 2 cores a
+       * waiter lost the race for it ~100 times in a row, running 250 ms
+       * of CPU into a 10 ms budget) */
+      wd_arm(b->deadline);
     } else {
       if (!b->fast_hook) {
         b->fast_hook = 1;
