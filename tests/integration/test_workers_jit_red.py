@@ -272,8 +272,8 @@ def test_sigterm_in_the_middle_of_overruns_on_four_workers(sluice, tmp_path):
 
 MEMHOG = """
 return { topics = { "m" }, on_event = function(ev)
-  local t = {}
-  for i = 1, 1e15 do t[i] = ("x"):rep(1048576) .. i end end }
+  local t, s = {}, "x"
+  for i = 1, 1e15 do s = s .. s t[i] = s end end }
 """
 
 
