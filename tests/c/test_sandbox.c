@@ -551,6 +551,16 @@ static struct sl_rule *load_realclock(const char *src, uint32_t cpu,
 
 static int64_t mono_ms(void) { return (int64_t)(sl_mono_ns() / 1000000u); }
 
+/* Sleep at least ms: usleep returns early on a signal, and the watchdog
+ * timer a previous case's call left armed (it stays armed across calls)
+ * fires on this thread. Cut short, the timers were not due yet and the
+ * case saw none run (first 0, took 0 us). */
+static void sleep_ms(int64_t ms) {
+  int64_t until = mono_ms() + ms;
+  while (mono_ms() < until)
+    usleep(1000);
+}
+
 /* issue 9 finding 7: a 2 ms timer doing 3 ms of work was due again before
  * its run ended, so the host re-armed at 0 and never polled I/O. */
 TEST(sandbox_timer_slower_than_its_interval_is_next_due_after_its_run) {
@@ -567,7 +577,7 @@ TEST(sandbox_timer_slower_than_its_interval_is_next_due_after_its_run) {
                      "return { on_event = function() end }\n",
                      50, &s, err, sizeof(err));
   CHECK(r != NULL);
-  usleep(5000);
+  sleep_ms(5);
   sl_rule_run_timers(r, mono_ms());
   end = mono_ms();
   next = sl_rule_next_timer(r);
@@ -599,7 +609,7 @@ TEST(sandbox_timer_work_per_call_is_capped_and_rotates) {
                      "return { on_event = function() end }\n",
                      10, &s, err, sizeof(err));
   CHECK(r != NULL);
-  usleep(3000);
+  sleep_ms(3);
   t0 = sl_mono_ns();
   now = mono_ms();
   sl_rule_run_timers(r, now);
