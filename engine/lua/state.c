@@ -424,6 +424,14 @@ static void on_watchdog(int sig, siginfo_t *si, void *uc) {
   if (b && b->in_call && b->deadline != UINT64_MAX) {
     if (sl_mono_ns() < b->deadline) {
       wd_arm(b->deadline); /* a later call than the one it was armed for */
+    } else if (b->jit && !b->jit_held && !budget_spent(b)) {
+      /* Past the wall deadline with CPU left (the thread was preempted,
+       * or waited in a host call): no overrun yet, the deadline moved
+       * out by the CPU left. Taking the interrupt now would keep it, one
+       * per process, for the rest of this call, while an overrunning
+       * call on another thread waits for it (a 10 ms runaway ran 50 ms
+       * beside a 50 ms call that had slept past its wall deadline). */
+      wd_arm(b->deadline);
     } else {
       if (!b->fast_hook) {
         b->fast_hook = 1;

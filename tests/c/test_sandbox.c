@@ -1294,6 +1294,141 @@ TEST(sandbox_jit_two_threads_overrunning_at_once_are_both_stopped) {
     sl_rule_free(t[i].r);
 }
 
+/* A call that passes its wall deadline with its CPU budget unspent (its
+ * thread preempted; here a host callback that sleeps past it) is no
+ * overrun: it must not take the one interrupt and keep it while it runs
+ * on, for an overrunning call on another thread waits for that interrupt.
+ * A (50 ms budget) naps 60 ms in sluice.log, then spins; B (10 ms) starts
+ * its runaway once A's nap is over. B must be stopped within its budget
+ * plus the waiter's slack, not after A's remaining 50 ms of CPU; A is not
+ * stopped before 15/16 of its budget for the time it slept. */
+struct nap_case {
+  struct sl_rule *a, *b;
+  const char *src;
+  struct sl_rule_limits la, lb;
+  struct sl_rule_host host;
+  char err[512];
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int b_ready, go;
+  long a_us, b_us;
+  int a_error, b_error, b_traced;
+};
+
+static void nap_log(void *data, struct sl_rule *r, int level, const char *msg,
+                    const uint8_t *fields, size_t len) {
+  struct nap_case *c = data;
+  struct timespec until;
+  (void)r, (void)level, (void)msg, (void)fields, (void)len;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_nsec += 60 * 1000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) != 0)
+    ; /* the watchdog's signal interrupts it */
+  pthread_mutex_lock(&c->mu);
+  c->go = 1;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+}
+
+static void *nap_b_run(void *arg) {
+  struct nap_case *c = arg;
+  struct sl_rule_decision d;
+  uint64_t t0;
+  int k;
+  /* loaded here, not on the main thread: the box's CPU sample, taken at
+   * load, is the loading thread's clock and is kept by calls that follow
+   * within a sixteenth of the budget */
+  c->b = sl_rule_load(write_rule(c->src), &c->lb, NULL, c->err,
+                      sizeof(c->err));
+  for (k = 0; c->b && k < 500; k++)
+    run(c->b, "warm", -1, &d);
+  c->b_traced = c->b ? traced(c->b) : -1;
+  pthread_mutex_lock(&c->mu);
+  c->b_ready = 1;
+  pthread_cond_broadcast(&c->cv);
+  while (!c->go && c->b)
+    pthread_cond_wait(&c->cv, &c->mu);
+  pthread_mutex_unlock(&c->mu);
+  if (c->b == NULL)
+    return NULL;
+  t0 = thread_cpu_us();
+  run(c->b, "while", -1, &d);
+  c->b_us = (long)(thread_cpu_us() - t0);
+  c->b_error = d.error;
+  return NULL;
+}
+
+static void *nap_a_run(void *arg) {
+  struct nap_case *c = arg;
+  struct sl_rule_decision d;
+  uint64_t t0;
+  int k;
+  c->a = sl_rule_load(write_rule(c->src), &c->la, &c->host, c->err,
+                      sizeof(c->err));
+  if (c->a == NULL) {
+    nap_log(c, NULL, 0, NULL, NULL, 0); /* let B go */
+    return NULL;
+  }
+  for (k = 0; k < 500; k++)
+    run(c->a, "warm", -1, &d);
+  t0 = thread_cpu_us();
+  run(c->a, "nap", -1, &d);
+  c->a_us = (long)(thread_cpu_us() - t0);
+  c->a_error = d.error;
+  return NULL;
+}
+
+TEST(sandbox_jit_a_preempted_call_does_not_keep_the_interrupt_from_a_runaway) {
+  static const char nap_rule[] =
+      "return { on_event = function(ev)\n"
+      "  local t = ev.topic\n"
+      "  if t == 'warm' then local x = 0 for i = 1, 300 do x = x + i % 7 end return 'ok' end\n"
+      "  if t == 'nap' then sluice.log('info', 'nap') while true do end end\n"
+      "  if t == 'while' then while true do end end\n"
+      "  return 'ok'\n"
+      "end }\n";
+  struct sl_rule_limits la = {50, 16, NULL, NULL, NULL, 0, 1},
+                        lb = {JIT_BUDGET_MS, 16, NULL, NULL, NULL, 0, 1};
+  struct nap_case c;
+  pthread_t ta, tb;
+
+  memset(&c, 0, sizeof(c));
+  pthread_mutex_init(&c.mu, NULL);
+  pthread_cond_init(&c.cv, NULL);
+  c.src = nap_rule;
+  c.la = la;
+  c.lb = lb;
+  c.host.data = &c;
+  c.host.log = nap_log;
+  CHECK_EQ(pthread_create(&tb, NULL, nap_b_run, &c), 0);
+  pthread_mutex_lock(&c.mu);
+  while (!c.b_ready)
+    pthread_cond_wait(&c.cv, &c.mu);
+  pthread_mutex_unlock(&c.mu);
+  CHECK_EQ(pthread_create(&ta, NULL, nap_a_run, &c), 0);
+  pthread_join(ta, NULL);
+  pthread_join(tb, NULL);
+  CHECK(c.a != NULL && c.b != NULL);
+  if (c.a == NULL || c.b == NULL)
+    fprintf(stderr, "  load: %s\n", c.err);
+  fprintf(stderr, "    napping A stopped after %ld us of CPU, B after %ld us\n",
+          c.a_us, c.b_us);
+  CHECK_EQ(c.b_traced, 1);
+  CHECK_EQ(c.a_error, SL_RULE_ERR_CPU);
+  CHECK_EQ(c.b_error, SL_RULE_ERR_CPU);
+  CHECK(c.a_us >= 50 * 1000 * 15 / 16);
+  CHECK(c.b_us >= JIT_BUDGET_MS * 1000 * 15 / 16);
+  CHECK(c.b_us <= (JIT_BUDGET_MS + JIT_WAIT_SLACK_MS) * 1000);
+  sl_rule_free(c.a);
+  sl_rule_free(c.b);
+  pthread_mutex_destroy(&c.mu);
+  pthread_cond_destroy(&c.cv);
+}
+
 /* Between deadlines a call runs with no hook when the watchdog can stop
  * it; a thread that blocks the watchdog's signal gets the count hook
  * instead, so runaway code is stopped there too, within the budget. */
