@@ -1429,6 +1429,72 @@ TEST(sandbox_jit_a_preempted_call_does_not_keep_the_interrupt_from_a_runaway) {
   pthread_cond_destroy(&c.cv);
 }
 
+/* The budget is the CPU time of the thread that runs the call. A rule
+ * loaded on one thread (this one, which has run for a while) and run at
+ * once on another must be measured on the other's clock: a call that
+ * sleeps 220 ms in sluice.log (past its 200 ms wall deadline, no CPU) and
+ * then returns is no overrun. The box kept the sample of the loading
+ * thread's clock (taken within a sixteenth of the budget), found the
+ * running thread's clock behind it and stopped the call for CPU it never
+ * used. */
+struct moved_case {
+  struct sl_rule *r;
+  struct sl_rule_decision d;
+  long us;
+};
+
+static void sleep_log(void *data, struct sl_rule *r, int level,
+                      const char *msg, const uint8_t *fields, size_t len) {
+  struct timespec until;
+  (void)data, (void)r, (void)level, (void)msg, (void)fields, (void)len;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_nsec += 220 * 1000000L;
+  while (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) != 0)
+    ; /* the watchdog's signal interrupts it */
+}
+
+static void *moved_run(void *arg) {
+  struct moved_case *c = arg;
+  uint64_t t0 = thread_cpu_us();
+  run(c->r, "nap", -1, &c->d);
+  c->us = (long)(thread_cpu_us() - t0);
+  return NULL;
+}
+
+TEST(sandbox_a_rule_run_on_another_thread_than_its_load_gets_its_budget) {
+  struct sl_rule_limits lim = {200, 16, NULL, NULL, NULL, 0, jit_on};
+  struct sl_rule_host host;
+  struct moved_case c;
+  pthread_t th;
+  uint64_t t0 = thread_cpu_us();
+  char err[512];
+  volatile unsigned long spin = 0;
+
+  while (thread_cpu_us() - t0 < 50000) /* this thread's clock well ahead */
+    spin++;
+  memset(&c, 0, sizeof(c));
+  memset(&host, 0, sizeof(host));
+  host.log = sleep_log;
+  c.r = sl_rule_load(write_rule("return { on_event = function(ev)\n"
+                                "  sluice.log('info', 'nap')\n"
+                                "  return 'ok' end }"),
+                     &lim, &host, err, sizeof(err));
+  CHECK(c.r != NULL);
+  if (c.r == NULL)
+    return;
+  CHECK_EQ(pthread_create(&th, NULL, moved_run, &c), 0);
+  pthread_join(th, NULL);
+  if (c.d.error)
+    fprintf(stderr, "  %s (%ld us of CPU)\n", c.d.message, c.us);
+  CHECK_EQ(c.d.error, SL_RULE_ERR_NONE);
+  CHECK_EQ(c.d.verdict, SL_RULE_ROUTE);
+  sl_rule_free(c.r);
+}
+
 /* Between deadlines a call runs with no hook when the watchdog can stop
  * it; a thread that blocks the watchdog's signal gets the count hook
  * instead, so runaway code is stopped there too, within the budget. */
