@@ -215,11 +215,11 @@ void set_hook(struct box *b, int count) {
  * - a VM that never runs code (park) owns the profiler between overruns,
  *   with a timer that in effect never fires; a JIT state gets line mode
  *   from a start that the owned profiler otherwise ignores;
- * - past a call's deadline the watchdog hands the profiler to the running
- *   state and sends its first tick to this thread at once (the 1 ms timer
- *   ticks on, in the kernel's coarser steps): the compiled code exits at
- *   its next line, on_profile lowers the count hook to 1 and the hook
- *   decides as with the JIT off;
+ * - past a call's deadline, its CPU budget spent, the watchdog hands the
+ *   profiler to the running state and sends its first tick to this thread
+ *   at once (the 1 ms timer ticks on, in the kernel's coarser steps): the
+ *   compiled code exits at its next line, on_profile lowers the count hook
+ *   to 1 and the hook decides as with the JIT off;
  * - after that call the state gives it back (its compiled code is flushed:
  *   a price paid only after an overrun) and gets line mode again.
  * One state holds the interrupt at a time; another overrunning call waits
@@ -451,10 +451,9 @@ static void on_watchdog(int sig, siginfo_t *si, void *uc) {
         else
           wd_arm(sl_mono_ns() + JIT_RETICK_NS);
       } else if (b->jit) {
-        /* Held, past a deadline, and no hook ran since (one that finds
-         * CPU left moves the deadline and re-arms this timer for it): a
-         * call on a preempted thread passed its wall deadline with CPU
-         * left, or the hook bit was lost. Set the hook again from this
+        /* Held (taken with the budget spent), past a deadline, and no
+         * hook ran since: the compiled code has not exited yet, or the
+         * hook bit was lost. Set the hook again from this
          * thread (should an update of the bit and the dispatch table ever
          * be lost to a tick and a hook change interleaving, no later tick
          * would set the bit again) and tick now, rather than at the
