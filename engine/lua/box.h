@@ -5,6 +5,7 @@
 #ifndef SL_BOX_H
 #define SL_BOX_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -112,6 +113,7 @@ struct box {
   uint64_t budget_ns; /* the rule's cpu_budget_ms when the call started */
   uint64_t cpu_ref;  /* the thread's CPU clock shortly before the call */
   uint64_t sample_mono, sample_cpu; /* both clocks, sampled now and then */
+  pthread_t sample_thread; /* whose CPU clock sample_cpu is */
   uint64_t call_no;  /* counts calls: tells one from the next */
   int in_call;       /* a call into Lua is running */
   int cpu_hit;       /* the hook or a check raised for the deadline */

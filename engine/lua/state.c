@@ -122,15 +122,22 @@ static uint64_t thread_cpu_ns(void) {
 }
 
 /* Set b's deadline and CPU reference for a call starting now. The sample
- * is the box's own (a box runs on one thread; thread-local storage costs
- * more per call in the shared module than the box's field). */
+ * is the box's own (thread-local storage costs more per call in the shared
+ * module than the box's field), taken again when the call runs on another
+ * thread than the sample's: a box loaded on one thread and run at once on
+ * another compared the runner's CPU clock with the loader's, and a call
+ * that had used 0.2 ms of a 200 ms budget was stopped at its wall
+ * deadline (test_sandbox). */
 static inline void budget_start(struct box *b) {
   uint64_t now = sl_mono_ns(), budget = (uint64_t)b->rule->cpu_budget_ms *
                                         1000000u;
+  pthread_t self = pthread_self();
   b->budget_ns = budget;
-  if (sl_unlikely(now - b->sample_mono > budget / 16 || b->sample_mono == 0)) {
+  if (sl_unlikely(now - b->sample_mono > budget / 16 || b->sample_mono == 0 ||
+                  !pthread_equal(self, b->sample_thread))) {
     b->sample_cpu = thread_cpu_ns();
     b->sample_mono = now;
+    b->sample_thread = self;
   }
   b->cpu_ref = b->sample_cpu;
   b->deadline = now + budget;
@@ -208,11 +215,11 @@ void set_hook(struct box *b, int count) {
  * - a VM that never runs code (park) owns the profiler between overruns,
  *   with a timer that in effect never fires; a JIT state gets line mode
  *   from a start that the owned profiler otherwise ignores;
- * - past a call's deadline the watchdog hands the profiler to the running
- *   state and sends its first tick to this thread at once (the 1 ms timer
- *   ticks on, in the kernel's coarser steps): the compiled code exits at
- *   its next line, on_profile lowers the count hook to 1 and the hook
- *   decides as with the JIT off;
+ * - past a call's deadline, its CPU budget spent, the watchdog hands the
+ *   profiler to the running state and sends its first tick to this thread
+ *   at once (the 1 ms timer ticks on, in the kernel's coarser steps): the
+ *   compiled code exits at its next line, on_profile lowers the count hook
+ *   to 1 and the hook decides as with the JIT off;
  * - after that call the state gives it back (its compiled code is flushed:
  *   a price paid only after an overrun) and gets line mode again.
  * One state holds the interrupt at a time; another overrunning call waits
@@ -425,13 +432,14 @@ static void on_watchdog(int sig, siginfo_t *si, void *uc) {
     if (sl_mono_ns() < b->deadline) {
       wd_arm(b->deadline); /* a later call than the one it was armed for */
     } else if (b->jit && !b->jit_held && !budget_spent(b)) {
-      /* the wall deadline passed but not the CPU budget (the thread was
-       * preempted: more rule threads than cores): budget_spent moved the
-       * deadline out by the CPU time left. Taking the interrupt now would
-       * hold it, the one of the process, for all that time while other
-       * threads' runaways wait for it (with workers = 4 on 2 cores a
-       * waiter lost the race for it ~100 times in a row, running 250 ms
-       * of CPU into a 10 ms budget) */
+      /* Past the wall deadline with CPU left (the thread was preempted:
+       * more rule threads than cores, or it waited in a host call): no
+       * overrun yet, budget_spent moved the deadline out by the CPU left.
+       * Taking the interrupt now would keep it, one per process, for the
+       * rest of this call while overrunning calls on other threads wait
+       * for it (workers = 4 on 2 cores: a waiter lost the race ~100 times
+       * in a row, 250 ms of CPU into a 10 ms budget; a 10 ms runaway ran
+       * 50 ms beside a 50 ms call that slept past its wall deadline). */
       wd_arm(b->deadline);
     } else {
       if (!b->fast_hook) {
@@ -445,10 +453,9 @@ static void on_watchdog(int sig, siginfo_t *si, void *uc) {
         else
           wd_arm(sl_mono_ns() + JIT_RETICK_NS);
       } else if (b->jit) {
-        /* Held, past a deadline, and no hook ran since (one that finds
-         * CPU left moves the deadline and re-arms this timer for it): a
-         * call on a preempted thread passed its wall deadline with CPU
-         * left, or the hook bit was lost. Set the hook again from this
+        /* Held (taken with the budget spent), past a deadline, and no
+         * hook ran since: the compiled code has not exited yet, or the
+         * hook bit was lost. Set the hook again from this
          * thread (should an update of the bit and the dispatch table ever
          * be lost to a tick and a hook change interleaving, no later tick
          * would set the bit again) and tick now, rather than at the

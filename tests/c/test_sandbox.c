@@ -1304,6 +1304,207 @@ TEST(sandbox_jit_two_threads_overrunning_at_once_are_both_stopped) {
     sl_rule_free(t[i].r);
 }
 
+/* A call that passes its wall deadline with its CPU budget unspent (its
+ * thread preempted; here a host callback that sleeps past it) is no
+ * overrun: it must not take the one interrupt and keep it while it runs
+ * on, for an overrunning call on another thread waits for that interrupt.
+ * A (50 ms budget) naps 60 ms in sluice.log, then spins; B (10 ms) starts
+ * its runaway once A's nap is over. B must be stopped within its budget
+ * plus the waiter's slack, not after A's remaining 50 ms of CPU; A is not
+ * stopped before 15/16 of its budget for the time it slept. */
+struct nap_case {
+  struct sl_rule *a, *b;
+  const char *src;
+  struct sl_rule_limits la, lb;
+  struct sl_rule_host host;
+  char err[512];
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int b_ready, go;
+  long a_us, b_us;
+  int a_error, b_error, b_traced;
+};
+
+static void nap_log(void *data, struct sl_rule *r, int level, const char *msg,
+                    const uint8_t *fields, size_t len) {
+  struct nap_case *c = data;
+  struct timespec until;
+  (void)r, (void)level, (void)msg, (void)fields, (void)len;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_nsec += 60 * 1000000L;
+  if (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) != 0)
+    ; /* the watchdog's signal interrupts it */
+  pthread_mutex_lock(&c->mu);
+  c->go = 1;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+}
+
+static void *nap_b_run(void *arg) {
+  struct nap_case *c = arg;
+  struct sl_rule_decision d;
+  uint64_t t0;
+  int k;
+  /* loaded here, not on the main thread: the box's CPU sample, taken at
+   * load, is the loading thread's clock and is kept by calls that follow
+   * within a sixteenth of the budget */
+  c->b = sl_rule_load(write_rule(c->src), &c->lb, NULL, c->err,
+                      sizeof(c->err));
+  for (k = 0; c->b && k < 500; k++)
+    run(c->b, "warm", -1, &d);
+  c->b_traced = c->b ? traced(c->b) : -1;
+  pthread_mutex_lock(&c->mu);
+  c->b_ready = 1;
+  pthread_cond_broadcast(&c->cv);
+  while (!c->go && c->b)
+    pthread_cond_wait(&c->cv, &c->mu);
+  pthread_mutex_unlock(&c->mu);
+  if (c->b == NULL)
+    return NULL;
+  t0 = thread_cpu_us();
+  run(c->b, "while", -1, &d);
+  c->b_us = (long)(thread_cpu_us() - t0);
+  c->b_error = d.error;
+  return NULL;
+}
+
+static void *nap_a_run(void *arg) {
+  struct nap_case *c = arg;
+  struct sl_rule_decision d;
+  uint64_t t0;
+  int k;
+  c->a = sl_rule_load(write_rule(c->src), &c->la, &c->host, c->err,
+                      sizeof(c->err));
+  if (c->a == NULL) {
+    nap_log(c, NULL, 0, NULL, NULL, 0); /* let B go */
+    return NULL;
+  }
+  for (k = 0; k < 500; k++)
+    run(c->a, "warm", -1, &d);
+  t0 = thread_cpu_us();
+  run(c->a, "nap", -1, &d);
+  c->a_us = (long)(thread_cpu_us() - t0);
+  c->a_error = d.error;
+  return NULL;
+}
+
+TEST(sandbox_jit_a_preempted_call_does_not_keep_the_interrupt_from_a_runaway) {
+  static const char nap_rule[] =
+      "return { on_event = function(ev)\n"
+      "  local t = ev.topic\n"
+      "  if t == 'warm' then local x = 0 for i = 1, 300 do x = x + i % 7 end return 'ok' end\n"
+      "  if t == 'nap' then sluice.log('info', 'nap') while true do end end\n"
+      "  if t == 'while' then while true do end end\n"
+      "  return 'ok'\n"
+      "end }\n";
+  struct sl_rule_limits la = {50, 16, NULL, NULL, NULL, 0, 1},
+                        lb = {JIT_BUDGET_MS, 16, NULL, NULL, NULL, 0, 1};
+  struct nap_case c;
+  pthread_t ta, tb;
+
+  memset(&c, 0, sizeof(c));
+  pthread_mutex_init(&c.mu, NULL);
+  pthread_cond_init(&c.cv, NULL);
+  c.src = nap_rule;
+  c.la = la;
+  c.lb = lb;
+  c.host.data = &c;
+  c.host.log = nap_log;
+  CHECK_EQ(pthread_create(&tb, NULL, nap_b_run, &c), 0);
+  pthread_mutex_lock(&c.mu);
+  while (!c.b_ready)
+    pthread_cond_wait(&c.cv, &c.mu);
+  pthread_mutex_unlock(&c.mu);
+  CHECK_EQ(pthread_create(&ta, NULL, nap_a_run, &c), 0);
+  pthread_join(ta, NULL);
+  pthread_join(tb, NULL);
+  CHECK(c.a != NULL && c.b != NULL);
+  if (c.a == NULL || c.b == NULL)
+    fprintf(stderr, "  load: %s\n", c.err);
+  fprintf(stderr, "    napping A stopped after %ld us of CPU, B after %ld us\n",
+          c.a_us, c.b_us);
+  CHECK_EQ(c.b_traced, 1);
+  CHECK_EQ(c.a_error, SL_RULE_ERR_CPU);
+  CHECK_EQ(c.b_error, SL_RULE_ERR_CPU);
+  CHECK(c.a_us >= 50 * 1000 * 15 / 16);
+  CHECK(c.b_us >= JIT_BUDGET_MS * 1000 * 15 / 16);
+  CHECK(c.b_us <= (JIT_BUDGET_MS + JIT_WAIT_SLACK_MS) * 1000);
+  sl_rule_free(c.a);
+  sl_rule_free(c.b);
+  pthread_mutex_destroy(&c.mu);
+  pthread_cond_destroy(&c.cv);
+}
+
+/* The budget is the CPU time of the thread that runs the call. A rule
+ * loaded on one thread (this one, which has run for a while) and run at
+ * once on another must be measured on the other's clock: a call that
+ * sleeps 220 ms in sluice.log (past its 200 ms wall deadline, no CPU) and
+ * then returns is no overrun. The box kept the sample of the loading
+ * thread's clock (taken within a sixteenth of the budget), found the
+ * running thread's clock behind it and stopped the call for CPU it never
+ * used. */
+struct moved_case {
+  struct sl_rule *r;
+  struct sl_rule_decision d;
+  long us;
+};
+
+static void sleep_log(void *data, struct sl_rule *r, int level,
+                      const char *msg, const uint8_t *fields, size_t len) {
+  struct timespec until;
+  (void)data, (void)r, (void)level, (void)msg, (void)fields, (void)len;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_nsec += 220 * 1000000L;
+  while (until.tv_nsec >= 1000000000L) {
+    until.tv_sec++;
+    until.tv_nsec -= 1000000000L;
+  }
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) != 0)
+    ; /* the watchdog's signal interrupts it */
+}
+
+static void *moved_run(void *arg) {
+  struct moved_case *c = arg;
+  uint64_t t0 = thread_cpu_us();
+  run(c->r, "nap", -1, &c->d);
+  c->us = (long)(thread_cpu_us() - t0);
+  return NULL;
+}
+
+TEST(sandbox_a_rule_run_on_another_thread_than_its_load_gets_its_budget) {
+  struct sl_rule_limits lim = {200, 16, NULL, NULL, NULL, 0, jit_on};
+  struct sl_rule_host host;
+  struct moved_case c;
+  pthread_t th;
+  uint64_t t0 = thread_cpu_us();
+  char err[512];
+  volatile unsigned long spin = 0;
+
+  while (thread_cpu_us() - t0 < 50000) /* this thread's clock well ahead */
+    spin++;
+  memset(&c, 0, sizeof(c));
+  memset(&host, 0, sizeof(host));
+  host.log = sleep_log;
+  c.r = sl_rule_load(write_rule("return { on_event = function(ev)\n"
+                                "  sluice.log('info', 'nap')\n"
+                                "  return 'ok' end }"),
+                     &lim, &host, err, sizeof(err));
+  CHECK(c.r != NULL);
+  if (c.r == NULL)
+    return;
+  CHECK_EQ(pthread_create(&th, NULL, moved_run, &c), 0);
+  pthread_join(th, NULL);
+  if (c.d.error)
+    fprintf(stderr, "  %s (%ld us of CPU)\n", c.d.message, c.us);
+  CHECK_EQ(c.d.error, SL_RULE_ERR_NONE);
+  CHECK_EQ(c.d.verdict, SL_RULE_ROUTE);
+  sl_rule_free(c.r);
+}
+
 /* Between deadlines a call runs with no hook when the watchdog can stop
  * it; a thread that blocks the watchdog's signal gets the count hook
  * instead, so runaway code is stopped there too, within the budget. */
