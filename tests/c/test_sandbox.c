@@ -552,9 +552,9 @@ static struct sl_rule *load_realclock(const char *src, uint32_t cpu,
 static int64_t mono_ms(void) { return (int64_t)(sl_mono_ns() / 1000000u); }
 
 /* Sleep at least ms: usleep returns early on a signal, and the watchdog
- * timer a previous case's call left armed (it stays armed across calls)
- * fires on this thread. Cut short, the timers were not due yet and the
- * case saw none run (first 0, took 0 us). */
+ * timer (armed by a previous case's call, or the running call's own, in a
+ * host callback) fires on this thread. Cut short, the timers were not due
+ * yet and the case saw none run (first 0, took 0 us). */
 static void sleep_ms(int64_t ms) {
   int64_t until = mono_ms() + ms;
   while (mono_ms() < until)
@@ -1328,16 +1328,8 @@ struct nap_case {
 static void nap_log(void *data, struct sl_rule *r, int level, const char *msg,
                     const uint8_t *fields, size_t len) {
   struct nap_case *c = data;
-  struct timespec until;
   (void)r, (void)level, (void)msg, (void)fields, (void)len;
-  clock_gettime(CLOCK_MONOTONIC, &until);
-  until.tv_nsec += 60 * 1000000L;
-  if (until.tv_nsec >= 1000000000L) {
-    until.tv_sec++;
-    until.tv_nsec -= 1000000000L;
-  }
-  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) != 0)
-    ; /* the watchdog's signal interrupts it */
+  sleep_ms(60);
   pthread_mutex_lock(&c->mu);
   c->go = 1;
   pthread_cond_broadcast(&c->cv);
@@ -1455,16 +1447,8 @@ struct moved_case {
 
 static void sleep_log(void *data, struct sl_rule *r, int level,
                       const char *msg, const uint8_t *fields, size_t len) {
-  struct timespec until;
   (void)data, (void)r, (void)level, (void)msg, (void)fields, (void)len;
-  clock_gettime(CLOCK_MONOTONIC, &until);
-  until.tv_nsec += 220 * 1000000L;
-  while (until.tv_nsec >= 1000000000L) {
-    until.tv_sec++;
-    until.tv_nsec -= 1000000000L;
-  }
-  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) != 0)
-    ; /* the watchdog's signal interrupts it */
+  sleep_ms(220);
 }
 
 static void *moved_run(void *arg) {

@@ -4,14 +4,13 @@ xpcall that swallow the budget's error, coroutines, timers, on_start of a
 reload, on_stop) on 2-4 workers at once, with reloads and SIGTERM in the
 middle. Each test asserts the ledger exactly: every event in the output or
 the dead letter once, every runaway stopped by the budget (never a hang)."""
-import json
 import signal
-import socket
 import urllib.request
 
 from conftest import (connect, free_port, metrics_flat, pack, read_ndjson,
                       wait_for, wait_lines)
 from test_workers import PINNED, check_per_key, worker_keys
+from test_workers_jit import rule_metric, send, send_rest
 
 # Runaways of several shapes, each its own rule: the budget's error must
 # reach the event's dead letter however the rule tries to swallow it.
@@ -86,16 +85,6 @@ def start(sluice, tmp_path, workers, extra="", env=PINNED, budget=10,
     return eng, rules, "127.0.0.1:%d" % port, admin
 
 
-def send(addr, evs):
-    s = connect(addr)
-    s.settimeout(300)  # each runaway takes its budget and more
-    s.sendall(b"".join(pack(e) for e in evs))
-    s.shutdown(socket.SHUT_WR)
-    while s.recv(65536):
-        pass
-    s.close()
-
-
 def mixed(workers, start, n, every, nkeys=6):
     """n warm events over every worker's keys, seq from start; after every
     `every` of them, one runaway of each kind on every worker (so all the
@@ -126,11 +115,6 @@ def check_dead(eng, tags, budget=10):
         err = e["headers"]["sluice-error"]
         assert err.endswith("cpu budget of %d ms exceeded" % budget), err
     return dead
-
-
-def rule_metric(m, name, **labels):
-    return sum(v for k, v in m.items() if k.startswith(name + "{") and
-               all('%s="%s"' % kv in k for kv in labels.items()))
 
 
 def test_every_runaway_shape_on_four_workers_at_once(sluice, tmp_path):
@@ -242,11 +226,7 @@ def test_reloads_with_runaway_on_start_while_every_worker_overruns(
             assert (st == 200) == (rnd % 2 == 1), (st, body)
             if rnd % 2 == 0:
                 assert b"cpu budget of 10 ms exceeded" in body, body
-        s.sendall(b"".join(pack(e) for e in evs[len(evs) // 2:]))
-        s.shutdown(socket.SHUT_WR)
-        while s.recv(65536):
-            pass
-        s.close()
+        send_rest(s, evs[len(evs) // 2:])
         total += 1500
         tags += t
         wait_lines(eng.path("out.ndjson"), total, timeout=120)
@@ -300,11 +280,7 @@ def test_watcher_reloads_balance_and_memory_caps_during_overruns(
         write_rules(rules, chr(ord("b") + rnd))  # the watcher reloads
         if rnd % 2:
             eng.signal(signal.SIGHUP)
-        s.sendall(b"".join(pack(e) for e in evs[len(evs) // 2:]))
-        s.shutdown(socket.SHUT_WR)
-        while s.recv(65536):
-            pass
-        s.close()
+        send_rest(s, evs[len(evs) // 2:])
         total += 2000
         tags += t
     wait_lines(eng.path("out.ndjson"), total, timeout=180)
