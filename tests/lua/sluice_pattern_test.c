@@ -15,6 +15,8 @@
 static long calls;       /* check() calls since reset */
 static long limit;       /* raise on this call; 0: never */
 static double deadline;  /* raise after this monotonic time; 0: never */
+static double last_cpu;  /* this thread's CPU time at the last check */
+static double max_gap;   /* most CPU seconds between two checks */
 
 static double now(void) {
   struct timespec ts;
@@ -22,7 +24,17 @@ static double now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+static double cpu_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static void check(lua_State *L) {
+  double cpu = cpu_now();
+  if (calls > 0 && cpu - last_cpu > max_gap)
+    max_gap = cpu - last_cpu;
+  last_cpu = cpu;
   calls++;
   if (limit > 0 && calls >= limit)
     luaL_error(L, "pattern step budget exceeded");
@@ -30,11 +42,12 @@ static void check(lua_State *L) {
     luaL_error(L, "pattern deadline exceeded");
 }
 
-/* reset([limit [, seconds]]): zero the call count; raise on call `limit`
- * or once `seconds` have passed. */
+/* reset([limit [, seconds]]): zero the call count and the longest gap;
+ * raise on call `limit` or once `seconds` have passed. */
 static int reset(lua_State *L) {
   double seconds = luaL_optnumber(L, 2, 0);
   calls = 0;
+  max_gap = 0;
   limit = (long)luaL_optinteger(L, 1, 0);
   deadline = seconds > 0 ? now() + seconds : 0;
   return 0;
@@ -42,6 +55,12 @@ static int reset(lua_State *L) {
 
 static int get_calls(lua_State *L) {
   lua_pushinteger(L, calls);
+  return 1;
+}
+
+/* The most CPU time (seconds, this thread) between two checks since reset. */
+static int get_max_gap(lua_State *L) {
+  lua_pushnumber(L, max_gap);
   return 1;
 }
 
@@ -58,6 +77,7 @@ int luaopen_sluice_pattern_test(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"reset", reset},
       {"calls", get_calls},
+      {"max_gap", get_max_gap},
       {"functions", functions},
       {NULL, NULL},
   };
