@@ -295,10 +295,11 @@ static int ev_index(lua_State *L) {
     return push_payload(L, b);
   } else if (n == 7 && memcmp(k, "headers", 7) == 0) {
     if (!(b->evflags & EV_HEADERS)) {
-      if (ev->headers_len)
-        sl_luacodec_push(L, ev->data + ev->headers_off, ev->headers_len,
-                         check_cpu);
-      else
+      if (ev->headers_len) {
+        const uint8_t *hp = ev->data + ev->headers_off;
+        if (!sl_luacodec_push_strmap(L, hp, ev->headers_len, check_cpu))
+          sl_luacodec_push(L, hp, ev->headers_len, check_cpu);
+      } else
         lua_newtable(L);
       set_ref(L, b->ref_headers, -1);
       b->evflags |= EV_HEADERS;
@@ -810,13 +811,16 @@ int finish(lua_State *L) {
     }
   }
   if (b->evflags & EV_HEADERS) {
-    int t, empty;
+    int t, empty, same;
     push_ref(L, b->ref_headers);
     t = lua_gettop(L);
     lua_pushnil(L);
     empty = !lua_next(L, t);
     lua_settop(L, t);
-    if (hp ? !sl_luacodec_same(L, t, hp, hl, check_cpu) : !empty) {
+    same = hp ? sl_luacodec_same_strmap(L, t, hp, hl, check_cpu) : empty;
+    if (same < 0)
+      same = sl_luacodec_same(L, t, hp, hl, check_cpu);
+    if (!same) {
       sl_buf_reset(&r->buf1);
       if (empty) {
         hp = NULL; /* no headers left */

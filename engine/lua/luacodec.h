@@ -128,6 +128,20 @@ void sl_luacodec_encode_json(lua_State *L, int idx, struct sl_buf *out,
 int sl_luacodec_same(lua_State *L, int idx, const uint8_t *p, size_t len,
                      sl_luacodec_check check);
 
+/* sl_luacodec_push for a map of str to str in which no name comes twice
+ * (an event's headers, but a repeat): pushes the same table, cheaper, and
+ * returns 1; returns 0 having pushed nothing for any other bytes (decode
+ * those with sl_luacodec_push). */
+int sl_luacodec_push_strmap(lua_State *L, const uint8_t *p, size_t len,
+                            sl_luacodec_check check);
+
+/* sl_luacodec_same for a table sl_luacodec_push_strmap made and the str ->
+ * str map p: 1 or 0 as sl_luacodec_same would say, or -1 when it cannot
+ * tell cheaply (the table's metatable is no longer the decoder's map
+ * marker, or p is not such a map): then ask sl_luacodec_same. */
+int sl_luacodec_same_strmap(lua_State *L, int idx, const uint8_t *p,
+                            size_t len, sl_luacodec_check check);
+
 /* Parse JSON (RFC 8259, one value, whitespace around it allowed) and push
  * the value; raises "json: <what> at byte N" on bad input. check runs
  * between 64 KiB steps of the parse and while pushing; the parser's C

@@ -1,6 +1,8 @@
 /* rule_cost.c - run one rule file over N copies of a ~114-byte event, for
  * callgrind instruction counts per event (not wall time: the machine is
- * shared). Usage: rule_cost RULE.lua N [jit]  (jit: with rules.jit on)
+ * shared). Usage: rule_cost RULE.lua N [jit] [trace]  (jit: with rules.jit
+ * on; trace: the event carries a traceparent header, as every event does
+ * once a sluice input has read it)
  *   valgrind --tool=callgrind --toggle-collect=run_events rule_cost r.lua 2000
  * Prints the verdict and whether the event changed, so a run proves the
  * rule did what it was measured for. */
@@ -13,7 +15,7 @@
 #include "event.h"
 #include "sandbox.h"
 
-static struct sl_event *make_event(struct sl_idgen *g) {
+static struct sl_event *make_event(struct sl_idgen *g, int trace) {
   struct sl_str id = {NULL, 0}, topic = {"orders.eu", 9}, key = {"k1", 2};
   struct sl_buf p;
   struct sl_event *ev;
@@ -32,7 +34,7 @@ static struct sl_event *make_event(struct sl_idgen *g) {
   sl_codec_put_uint(&p, 3);
   sl_codec_put_str(&p, "note", 4);
   sl_codec_put_str(&p, "gift wrap, leave at door", 24);
-  ev = sl_event_new(g, id, topic, key, 1, 1000000, NULL, 0, p.data, p.len, 0);
+  ev = sl_event_new(g, id, topic, key, 1, 1000000, NULL, 0, p.data, p.len, trace);
   sl_buf_close(&p);
   return ev;
 }
@@ -67,11 +69,20 @@ int main(int argc, char **argv) {
   struct sl_rule *r;
   char err[512];
 
-  if (argc != 3 && !(argc == 4 && strcmp(argv[3], "jit") == 0)) {
-    fprintf(stderr, "usage: rule_cost RULE.lua N [jit]\n");
+  int i, trace = 0;
+
+  for (i = 3; i < argc; i++) {
+    if (strcmp(argv[i], "jit") == 0)
+      lim.jit = 1;
+    else if (strcmp(argv[i], "trace") == 0)
+      trace = 1;
+    else
+      argc = 0;
+  }
+  if (argc < 3) {
+    fprintf(stderr, "usage: rule_cost RULE.lua N [jit] [trace]\n");
     return 2;
   }
-  lim.jit = argc == 4;
   memset(&host, 0, sizeof(host));
   sl_idgen_init(&g);
   r = sl_rule_load(argv[1], &lim, &host, err, sizeof(err));
@@ -79,7 +90,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s\n", err);
     return 1;
   }
-  ev = make_event(&g);
+  ev = make_event(&g, trace);
   run_events(r, ev, atoi(argv[2]));
   sl_event_unref(ev);
   sl_rule_free(r);
