@@ -1227,16 +1227,51 @@ static int read_strpair(const uint8_t **q, const uint8_t *end,
   return 1;
 }
 
+#define STRMAP_SMALL 16 /* pairs compared by their bytes, not through Lua */
+
+/* The pairs of a small map at q (n <= STRMAP_SMALL) into k and v; 0 if it
+ * is not all str -> str or does not end at end. */
+static int read_small(const uint8_t *q, const uint8_t *end, uint32_t n,
+                      struct sl_str *k, struct sl_str *v) {
+  uint32_t i;
+  for (i = 0; i < n; i++)
+    if (!read_strpair(&q, end, &k[i], &v[i]))
+      return 0;
+  return q == end;
+}
+
+static int str_eq(struct sl_str a, const char *p, size_t n) {
+  return a.len == n && memcmp(a.p, p, n) == 0;
+}
+
 int sl_luacodec_push_strmap(lua_State *L, const uint8_t *p, size_t len,
                             sl_luacodec_check check) {
   const uint8_t *q, *end = p + len;
-  uint32_t n, i;
+  struct sl_str ks[STRMAP_SMALL], vs[STRMAP_SMALL], k, v;
+  uint32_t n, i, j;
   size_t used;
-  struct sl_str k, v;
   int t;
 
   if (sl_codec_read_map(p, len, &n, &used) != 0 || n > len)
     return 0;
+  if (n <= STRMAP_SMALL) { /* the usual headers: a repeat found in bytes */
+    if (!read_small(p + used, end, n, ks, vs))
+      return 0;
+    for (i = 1; i < n; i++)
+      for (j = 0; j < i; j++)
+        if (str_eq(ks[i], ks[j].p, ks[j].len))
+          return 0; /* a repeat: dec_map's side records */
+    luaL_checkstack(L, 4, "msgpack");
+    lua_createtable(L, 0, (int)n);
+    for (i = 0; i < n; i++) {
+      lua_pushlstring(L, ks[i].p, ks[i].len);
+      lua_pushlstring(L, vs[i].p, vs[i].len);
+      lua_rawset(L, -3);
+    }
+    push_mt(L, &map_key, "map");
+    lua_setmetatable(L, -2);
+    return 1;
+  }
   luaL_checkstack(L, 6, "msgpack");
   lua_createtable(L, 0, (int)n);
   t = lua_gettop(L);
@@ -1263,12 +1298,37 @@ int sl_luacodec_push_strmap(lua_State *L, const uint8_t *p, size_t len,
   return 1;
 }
 
+/* same_strmap for a map of at most STRMAP_SMALL pairs without repeats:
+ * one walk of the table, each entry found among the pairs by its bytes. */
+static int same_small(lua_State *L, int idx, uint32_t n,
+                      const struct sl_str *ks, const struct sl_str *vs) {
+  uint32_t count = 0, i;
+  int ok = 1;
+
+  lua_pushnil(L);
+  while (ok && lua_next(L, idx)) {
+    const char *k, *v;
+    size_t kl, vl;
+    ok = ++count <= n && lua_type(L, -2) == LUA_TSTRING &&
+         lua_type(L, -1) == LUA_TSTRING;
+    if (ok) {
+      k = lua_tolstring(L, -2, &kl);
+      v = lua_tolstring(L, -1, &vl);
+      for (i = 0; i < n && !str_eq(ks[i], k, kl); i++)
+        ;
+      ok = i < n && str_eq(vs[i], v, vl);
+    }
+    lua_pop(L, 1);
+  }
+  return ok && count == n; /* keys are unique on both sides */
+}
+
 int sl_luacodec_same_strmap(lua_State *L, int idx, const uint8_t *p,
                             size_t len, sl_luacodec_check check) {
   const uint8_t *q, *end = p + len;
-  uint32_t n, i, count = 0;
+  struct sl_str ks[STRMAP_SMALL], vs[STRMAP_SMALL], k, v;
+  uint32_t n, i, j, count = 0;
   size_t used;
-  struct sl_str k, v;
   int top = lua_gettop(L), ok = 1;
 
   if (idx < 0 && idx > LUA_REGISTRYINDEX)
@@ -1284,6 +1344,17 @@ int sl_luacodec_same_strmap(lua_State *L, int idx, const uint8_t *p,
     return -1;
   }
   lua_settop(L, top);
+  if (n <= STRMAP_SMALL) {
+    if (!read_small(p + used, end, n, ks, vs))
+      return -1;
+    for (i = 1; i < n; i++)
+      for (j = 0; j < i; j++)
+        if (str_eq(ks[i], ks[j].p, ks[j].len))
+          return -1; /* a repeat: the general comparison knows them */
+    ok = same_small(L, idx, n, ks, vs);
+    lua_settop(L, top);
+    return ok;
+  }
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     lua_pop(L, 1);

@@ -36,6 +36,11 @@ local maps = {
   { [""] = "", ["\0"] = "\0\255" },
   { a = "1", b = "2", c = "3", d = "4", e = "5", f = "6", g = "7", h = "8", i = "9" },
 }
+do -- past the 16 pairs compared by their bytes: the path through Lua
+  local many = {}
+  for i = 1, 40 do many["h" .. i] = ("v"):rep(i) end
+  maps[#maps + 1] = many
+end
 
 -- body, and what it does to a plain copy of the map (nil: nothing)
 local edits = {
