@@ -186,7 +186,9 @@ static struct hint hint_for(lua_State *L, int hidx, int oidx, int kidx,
   if (!lua_isnil(L, oidx)) {
     lua_pushvalue(L, kidx);
     lua_rawget(L, oidx);
-    if (lua_rawequal(L, -1, vidx)) {
+    if (lua_rawequal(L, -1, vidx) || /* NaN is not rawequal to itself */
+        (lua_type(L, -1) == LUA_TNUMBER && lua_type(L, vidx) == LUA_TNUMBER &&
+         isnan(lua_tonumber(L, -1)) && isnan(lua_tonumber(L, vidx)))) {
       h.kind = s[0];
       if ((s[0] == 'i' || s[0] == 'u') && n == 9) {
         int i;
@@ -1147,7 +1149,8 @@ static int same_value(struct cmp *c, int idx, const uint8_t **pp,
            h->bits == (it.t == SL_MP_UINT ? it.u : (uint64_t)it.i);
   }
   case SL_MP_F32:
-    if (type != LUA_TNUMBER || (float)v != it.f)
+    if (type != LUA_TNUMBER ||
+        ((float)v != it.f && !(isnan(v) && isnan(it.f))))
       return 0;
     return h->kind == 's' || lenient;
   case SL_MP_F64:
