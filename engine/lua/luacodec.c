@@ -988,7 +988,10 @@ static int skip_value(struct cmp *c, const uint8_t **pp, int depth) {
   uint32_t i, n;
 
   tick(c->L, &c->bud);
-  if (depth >= SL_CODEC_MAX_DEPTH || sl_codec_read_item(pp, c->end, &it) != 0)
+  if (sl_codec_read_item(pp, c->end, &it) != 0)
+    return 0;
+  /* as dec_value: a container this deep is refused, a scalar is not */
+  if ((it.t == SL_MP_ARR || it.t == SL_MP_MAP) && depth >= SL_CODEC_MAX_DEPTH)
     return 0;
   n = it.t == SL_MP_ARR ? it.n : it.t == SL_MP_MAP ? it.n * 2 : 0;
   for (i = 0; i < n; i++)

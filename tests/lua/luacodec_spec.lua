@@ -220,6 +220,22 @@ describe("msgpack <-> Lua", function()
     assert.same({ a = 1, b = 2 }, T.decode(T.encode(T.decode(hex("82 a16101 a16202")))))
   end)
 
+  -- The comparison steps over a left-out pair with the decoder's depth
+  -- rule: a container 64 deep is refused, a scalar there is not. It once
+  -- refused the scalar too, so a copy of such a payload, untouched, counted
+  -- as changed and then could not be encoded (found by fuzz_luacodec).
+  it("keeps a left-out pair that nests as deep as the decoder allows", function()
+    local copies = s.on_event([[ev.payload = sluice.copy(ev.payload) return "out"]])
+    -- { [0] = 0, [0] = [[...63 deep...[0]...]] }: the second pair is left out
+    local bytes = hex("82 0000 00" .. ("91"):rep(63) .. "00")
+    local res = copies:run({ topic = "t", payload_raw = bytes })
+    assert.equal("route", res.verdict, res.error)
+    assert.is_false(res.changed)
+    assert.equal(s.tohex(bytes), s.tohex(res.event.payload_raw))
+    -- one level deeper is refused when decoding, left out or not
+    assert.is_false(pcall(T.decode, hex("82 0000 00" .. ("91"):rep(64) .. "00")))
+  end)
+
   it("tells kinds apart with kind()", function()
     assert.equal("int", T.kind(3))
     assert.equal("float", T.kind(3.5))
