@@ -157,7 +157,8 @@ FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
 
 fuzz: $(BUILD)/fuzz/fuzz_codec $(BUILD)/fuzz/fuzz_pattern $(BUILD)/fuzz/fuzz_http \
       $(BUILD)/fuzz/fuzz_json $(BUILD)/fuzz/fuzz_spool $(BUILD)/fuzz/fuzz_forward \
-      $(BUILD)/fuzz/fuzz_syslog $(BUILD)/fuzz/fuzz_otlp $(BUILD)/fuzz/fuzz_schema
+      $(BUILD)/fuzz/fuzz_syslog $(BUILD)/fuzz/fuzz_otlp $(BUILD)/fuzz/fuzz_schema \
+      $(BUILD)/fuzz/fuzz_luacodec
 
 $(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c engine/codec/codec.c engine/core/buf.c \
                           engine/codec/codec.h engine/core/buf.h engine/core/common.h
@@ -171,6 +172,20 @@ $(BUILD)/fuzz/fuzz_pattern: tests/fuzz/fuzz_pattern.c engine/lua/pattern.c \
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags luajit) -o $@ \
 	  tests/fuzz/fuzz_pattern.c engine/lua/pattern.c $(shell pkg-config --libs luajit)
+
+# The msgpack <-> Lua codec (ev.headers, ev.payload copies, sluice.copy)
+# in a LuaJIT state; proxy.c for the ev.payload parts it encodes (the
+# target stubs the three sandbox functions proxy.c names), json.c for
+# sl_luacodec_push_json.
+FUZZ_LUACODEC_SRC := engine/lua/luacodec.c engine/lua/proxy.c engine/codec/codec.c \
+                     engine/codec/json.c engine/core/buf.c engine/core/utf8.c
+$(BUILD)/fuzz/fuzz_luacodec: tests/fuzz/fuzz_luacodec.c $(FUZZ_LUACODEC_SRC) \
+                             engine/lua/luacodec.h engine/lua/proxy.h engine/lua/box.h \
+                             engine/codec/codec.h engine/codec/json.h engine/core/buf.h
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags luajit yajl) -o $@ \
+	  tests/fuzz/fuzz_luacodec.c $(FUZZ_LUACODEC_SRC) \
+	  $(shell pkg-config --libs luajit yajl) -lm
 
 # The HTTP server over loopback connections, so the conn layer under it runs
 # too (conn.c wants config.c for addresses, config.c wants LuaJIT).

@@ -186,7 +186,9 @@ static struct hint hint_for(lua_State *L, int hidx, int oidx, int kidx,
   if (!lua_isnil(L, oidx)) {
     lua_pushvalue(L, kidx);
     lua_rawget(L, oidx);
-    if (lua_rawequal(L, -1, vidx)) {
+    if (lua_rawequal(L, -1, vidx) || /* NaN is not rawequal to itself */
+        (lua_type(L, -1) == LUA_TNUMBER && lua_type(L, vidx) == LUA_TNUMBER &&
+         isnan(lua_tonumber(L, -1)) && isnan(lua_tonumber(L, vidx)))) {
       h.kind = s[0];
       if ((s[0] == 'i' || s[0] == 'u') && n == 9) {
         int i;
@@ -986,7 +988,10 @@ static int skip_value(struct cmp *c, const uint8_t **pp, int depth) {
   uint32_t i, n;
 
   tick(c->L, &c->bud);
-  if (depth >= SL_CODEC_MAX_DEPTH || sl_codec_read_item(pp, c->end, &it) != 0)
+  if (sl_codec_read_item(pp, c->end, &it) != 0)
+    return 0;
+  /* as dec_value: a container this deep is refused, a scalar is not */
+  if ((it.t == SL_MP_ARR || it.t == SL_MP_MAP) && depth >= SL_CODEC_MAX_DEPTH)
     return 0;
   n = it.t == SL_MP_ARR ? it.n : it.t == SL_MP_MAP ? it.n * 2 : 0;
   for (i = 0; i < n; i++)
@@ -1147,7 +1152,8 @@ static int same_value(struct cmp *c, int idx, const uint8_t **pp,
            h->bits == (it.t == SL_MP_UINT ? it.u : (uint64_t)it.i);
   }
   case SL_MP_F32:
-    if (type != LUA_TNUMBER || (float)v != it.f)
+    if (type != LUA_TNUMBER ||
+        ((float)v != it.f && !(isnan(v) && isnan(it.f))))
       return 0;
     return h->kind == 's' || lenient;
   case SL_MP_F64:
