@@ -906,6 +906,49 @@ TEST(sandbox_repeated_headers_without_their_records_keep_the_change) {
   sl_rule_free(r);
 }
 
+/* gsub nested through its replacement (a function, a table's __index, a
+ * gsub in a gsub in a pcall) down to the C-call bound: a Lua error, never a
+ * crash, also under ASan, where each level holds gsub's 1 KiB result array
+ * and its matcher on the C stack; the state works after. */
+TEST(sandbox_gsub_nested_through_replacements_ends_in_a_lua_error) {
+  char err[512];
+  struct sl_rule_decision d;
+  static const char *const topics[] = {"fn", "index", "pcall"};
+  size_t i;
+  struct sl_rule *r = load(
+      "return { on_event = function(ev)\n"
+      "  local t = ev.topic\n"
+      "  local big = ('x'):rep(3000)\n"
+      "  if t == 'fn' then\n"
+      "    local function g(c) return (big:gsub('^x', g)) end\n"
+      "    g()\n"
+      "  elseif t == 'index' then\n"
+      "    local mt = {} local repl = setmetatable({}, mt)\n"
+      "    mt.__index = function() return (big:gsub('^x', repl)) end\n"
+      "    local _ = repl.x\n"
+      "  elseif t == 'pcall' then\n"
+      "    local function g(c)\n"
+      "      local ok, y = pcall(string.gsub, big, '^x', g)\n"
+      "      if not ok then error(y, 0) end return y\n"
+      "    end\n"
+      "    g()\n"
+      "  end\n"
+      "  local y, n = big:gsub('x', 'yz')\n"
+      "  if n ~= 3000 or #y ~= 6000 then error('gsub after') end\n"
+      "  return 'ok'\n"
+      "end }\n", 5000, 64, NULL, err, sizeof(err));
+  CHECK(r != NULL);
+  for (i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
+    run(r, topics[i], -1, &d);
+    CHECK_EQ(d.verdict, SL_RULE_ERROR);
+    CHECK(strstr(d.message, "C calls nested") ||
+          strstr(d.message, "stack overflow"));
+    run(r, "fine", -1, &d);
+    CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+  }
+  sl_rule_free(r);
+}
+
 /* Metamethods re-entering C library functions, with a new coroutine every
  * few levels (each coroutine had its own bound in LuaJIT): a Lua error,
  * never a crash, also under ASan where frames are much bigger. */
