@@ -1044,7 +1044,7 @@ static int same_table(struct cmp *c, int t, const struct sl_codec_item *it,
       lua_pop(L, 2);
     }
   } else {
-    int s;
+    int s, seen = 0;
     uint32_t nskip = 0;
     if (!lua_isnil(L, skip)) {
       rawfield(L, mt, "nskip");
@@ -1054,6 +1054,14 @@ static int same_table(struct cmp *c, int t, const struct sl_codec_item *it,
     }
     ok = count_entries(L, t, &s, &c->bud) +
              count_nil_hints(L, t, hints, &c->bud) + nskip == it->n;
+    if (ok && lua_isnil(L, skip) && it->n > 1) {
+      /* no record of a left-out pair (the rule may have replaced the
+       * metatable that held them): a name the bytes repeat makes them a
+       * map no table equals, or a key added beside the repeat would pass
+       * for the pair the decoder left out and the change be dropped */
+      lua_createtable(L, 0, (int)it->n);
+      seen = lua_gettop(L);
+    }
     for (i = 0; ok && i < it->n; i++) {
       struct sl_codec_item key;
       struct hint h;
@@ -1072,12 +1080,27 @@ static int same_table(struct cmp *c, int t, const struct sl_codec_item *it,
         ok = 0;
       if (!ok)
         break;
+      if (seen) {
+        lua_pushvalue(L, -1);
+        lua_rawget(L, seen);
+        ok = lua_isnil(L, -1);
+        lua_pop(L, 1);
+        if (!ok) {
+          lua_pop(L, 1);
+          break;
+        }
+        lua_pushvalue(L, -1);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, seen);
+      }
       lua_pushvalue(L, -1);
       lua_rawget(L, t);
       h = hint_for(L, hints, orig, lua_gettop(L) - 1, lua_gettop(L));
       ok = same_value(c, lua_gettop(L), pp, &h, 0, depth + 1);
       lua_pop(L, 2);
     }
+    if (seen)
+      lua_remove(L, seen);
   }
   lua_pop(L, 4);
   return ok;
@@ -1373,6 +1396,10 @@ int sl_luacodec_same_strmap(lua_State *L, int idx, const uint8_t *p,
   }
   if (count != n)
     return 0;
+  /* the names seen: a repeat in the bytes makes a map no table with the
+   * shared marker equals (its decoding has side records), and a key added
+   * beside it would pass for the pair the decoder left out */
+  lua_createtable(L, 0, (int)n);
   for (q = p + used, i = 0; ok && i < n; i++) {
     const char *s;
     size_t sl;
@@ -1383,6 +1410,16 @@ int sl_luacodec_same_strmap(lua_State *L, int idx, const uint8_t *p,
       break;
     }
     lua_pushlstring(L, k.p, k.len);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, top + 1);
+    if (!lua_isnil(L, -1)) {
+      ok = 0;
+      break;
+    }
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, top + 1);
     lua_rawget(L, idx);
     s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &sl) : NULL;
     ok = s != NULL && sl == v.len && memcmp(s, v.p, sl) == 0;

@@ -830,6 +830,125 @@ TEST(sandbox_repeated_header_names_are_kept_or_the_change_refused) {
   sl_rule_free(r);
 }
 
+/* A map with a repeated header name (the table has a side record of the
+ * pair left out) whose table the rule gives the shared map marker, kept
+ * from an earlier event, or no metatable, and then adds a key: the count
+ * matched the bytes' pairs and every pair was found, so the change was
+ * dropped as "unchanged" (general path and the >16-pair fast path alike).
+ * It must reach the output. */
+TEST(sandbox_repeated_headers_without_their_records_keep_the_change) {
+  char err[512];
+  struct sl_rule_decision d;
+  struct sl_idgen g;
+  struct sl_buf h;
+  struct sl_str id = {NULL, 0}, key = {NULL, 0};
+  static const uint32_t sizes[] = {3, 18};
+  struct sl_rule *r = load(
+      "local mt\n"
+      "return { on_event = function(ev)\n"
+      "  local h = ev.headers\n"
+      "  if ev.topic == 'save' then mt = getmetatable(h) return 'out' end\n"
+      "  setmetatable(h, ev.topic == 'marker' and mt or nil)\n"
+      "  h.zz = 'x'\n"
+      "  return 'out'\n"
+      "end }\n", 10, 16, NULL, err, sizeof(err));
+  size_t si;
+  int ti;
+  CHECK(r != NULL);
+  sl_idgen_init(&g);
+  for (si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
+    struct sl_str topic = {"save", 4};
+    struct sl_event *ev;
+    uint32_t i, n = sizes[si];
+    char name[16];
+    sl_buf_init(&h);
+    sl_codec_put_map(&h, 1);
+    sl_codec_put_str(&h, "q", 1);
+    sl_codec_put_str(&h, "1", 1);
+    ev = sl_event_new(&g, id, topic, key, 1, 1, h.data, h.len, NULL, 0, 0);
+    sl_rule_run(r, ev, &d);
+    CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+    sl_event_unref(ev);
+    sl_buf_reset(&h);
+    /* n pairs: "a" twice with the same value, then h2.. */
+    sl_codec_put_map(&h, n);
+    for (i = 0; i < 2; i++) {
+      sl_codec_put_str(&h, "a", 1);
+      sl_codec_put_str(&h, "1", 1);
+    }
+    for (i = 2; i < n; i++) {
+      int k = snprintf(name, sizeof(name), "h%u", (unsigned)i);
+      sl_codec_put_str(&h, name, (size_t)k);
+      sl_codec_put_str(&h, "v", 1);
+    }
+    for (ti = 0; ti < 2; ti++) {
+      const uint8_t *v;
+      size_t vlen;
+      topic.p = ti ? "marker" : "nomt";
+      topic.len = ti ? 6 : 4;
+      ev = sl_event_new(&g, id, topic, key, 1, 1, h.data, h.len, NULL, 0, 0);
+      CHECK(ev != NULL);
+      sl_rule_run(r, ev, &d);
+      CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+      CHECK(d.changed != NULL); /* was NULL: zz dropped */
+      if (d.changed) {
+        /* the rule's table: "a" once, h2.., zz */
+        CHECK_EQ(d.changed->headers_count, n);
+        CHECK(sl_codec_map_find(d.changed->data + d.changed->headers_off,
+                                d.changed->headers_len, "zz", 2, &v,
+                                &vlen) == 0);
+        sl_event_unref(d.changed);
+      }
+      sl_event_unref(ev);
+    }
+    sl_buf_close(&h);
+  }
+  sl_rule_free(r);
+}
+
+/* gsub nested through its replacement (a function, a table's __index, a
+ * gsub in a gsub in a pcall) down to the C-call bound: a Lua error, never a
+ * crash, also under ASan, where each level holds gsub's 1 KiB result array
+ * and its matcher on the C stack; the state works after. */
+TEST(sandbox_gsub_nested_through_replacements_ends_in_a_lua_error) {
+  char err[512];
+  struct sl_rule_decision d;
+  static const char *const topics[] = {"fn", "index", "pcall"};
+  size_t i;
+  struct sl_rule *r = load(
+      "return { on_event = function(ev)\n"
+      "  local t = ev.topic\n"
+      "  local big = ('x'):rep(3000)\n"
+      "  if t == 'fn' then\n"
+      "    local function g(c) return (big:gsub('^x', g)) end\n"
+      "    g()\n"
+      "  elseif t == 'index' then\n"
+      "    local mt = {} local repl = setmetatable({}, mt)\n"
+      "    mt.__index = function() return (big:gsub('^x', repl)) end\n"
+      "    local _ = repl.x\n"
+      "  elseif t == 'pcall' then\n"
+      "    local function g(c)\n"
+      "      local ok, y = pcall(string.gsub, big, '^x', g)\n"
+      "      if not ok then error(y, 0) end return y\n"
+      "    end\n"
+      "    g()\n"
+      "  end\n"
+      "  local y, n = big:gsub('x', 'yz')\n"
+      "  if n ~= 3000 or #y ~= 6000 then error('gsub after') end\n"
+      "  return 'ok'\n"
+      "end }\n", 5000, 64, NULL, err, sizeof(err));
+  CHECK(r != NULL);
+  for (i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
+    run(r, topics[i], -1, &d);
+    CHECK_EQ(d.verdict, SL_RULE_ERROR);
+    CHECK(strstr(d.message, "C calls nested") ||
+          strstr(d.message, "stack overflow"));
+    run(r, "fine", -1, &d);
+    CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+  }
+  sl_rule_free(r);
+}
+
 /* Metamethods re-entering C library functions, with a new coroutine every
  * few levels (each coroutine had its own bound in LuaJIT): a Lua error,
  * never a crash, also under ASan where frames are much bigger. */

@@ -343,6 +343,50 @@ describe("sluice.seen and rate_limit with long keys", function()
     assert.equal("cpu", res.error_kind, res.error)
     assert.is_true(res.cpu_ms < BOUND_MS, ("took %.1f ms"):format(res.cpu_ms))
   end)
+
+  -- gsub builds its result in a userdata that doubles (pattern.c, struct
+  -- out): past memory_mb it is a memory error mid-build, caught or not, a
+  -- replacement raising or yielding mid-result leaves nothing behind, and
+  -- the state works after each
+  it("ends a gsub result past memory_mb, or a replacement raising mid-result, and works after", function()
+    local r = s.rule([[
+      local S = { x = ("a"):rep(1048576) }
+      return { on_event = function(ev)
+        local t = ev.topic
+        if t == "memory" then local y = S.x:gsub("^.*$", ("%0"):rep(100)) end
+        if t == "caught" then
+          local ok, err = pcall(string.gsub, S.x, "^.*$", ("%0"):rep(100))
+          assert(not ok) error(err, 0)
+        end
+        if t == "raise" then
+          local i = 0
+          local y = S.x:gsub("a", function() i = i + 1 if i == 5000 then error("boom", 0) end return "xyz" end)
+        end
+        if t == "yield" then
+          local y = coroutine.wrap(function() return S.x:gsub("a", function() coroutine.yield() end) end)()
+        end
+        local y, n = S.x:sub(1, 2000):gsub("a", "bc")
+        assert(n == 2000 and y == ("bc"):rep(2000))
+        return "fine"
+      end }
+    ]], { cpu_budget_ms = 1000, memory_mb = 64 })
+    for _ = 1, 3 do
+      for _, t in ipairs({ "memory", "caught" }) do
+        local res = r:run({ topic = t })
+        assert.equal("memory", res.error_kind, t .. ": " .. tostring(res.error))
+        s.has(res.error, "not enough memory")
+        assert.is_true(res.cpu_ms < BOUND_MS, ("took %.1f ms"):format(res.cpu_ms))
+        assert.equal("fine", r:run({ topic = "after" }).routes[1])
+      end
+      local res = r:run({ topic = "raise" })
+      assert.equal("runtime", res.error_kind, res.error)
+      s.has(res.error, "boom")
+      res = r:run({ topic = "yield" })
+      assert.equal("runtime", res.error_kind, res.error)
+      s.has(res.error, "attempt to yield across C-call boundary")
+      assert.equal("fine", r:run({ topic = "after" }).routes[1])
+    end
+  end)
 end)
 
 describe("files a rule's author can write", function()
