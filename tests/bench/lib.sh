@@ -28,8 +28,23 @@ ENGINE_PID=
 ENGINE_DIR=
 _engine_seq=0
 
+# A port nothing listens on now and never one given before in this run
+# (noted in a file in $WORK: each call runs in a subshell): the kernel
+# may hand one ephemeral port to two calls in a row, and a config then got
+# it twice ("admin.listen: ... address already in use", seen in make test).
 bench_free_port() {
-  "$LOADGEN" --free-port
+  local p i=0 given=${WORK:-${TMPDIR:-/tmp}}/sluice-ports.given.$$
+  while [ $i -lt 100 ]; do
+    p=$("$LOADGEN" --free-port) || return 1
+    if ! grep -qx "$p" "$given" 2>/dev/null; then
+      echo "$p" >>"$given"
+      echo "$p"
+      return 0
+    fi
+    i=$((i + 1))
+  done
+  echo "bench: no fresh free port in 100 tries" >&2
+  return 1
 }
 
 engine_start() {

@@ -110,6 +110,7 @@ run() {
   printf '%s\n' "$rule_topic" >"$dir/rules/10_bench.lua"
   port=$("$LOADGEN" --free-port)
   admin=$("$LOADGEN" --free-port)
+  while [ "$admin" = "$port" ]; do admin=$("$LOADGEN" --free-port); done
   cat >"$dir/sluice.conf.lua" <<EOF
 return {
   log_level = "debug",
