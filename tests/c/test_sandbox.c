@@ -1745,8 +1745,12 @@ TEST(sandbox_jit_red_four_threads_every_shape_each_call_bounded) {
     sl_rule_free(t[i].r);
   }
   /* a waiter waits for the others to be stopped, each within ms of its
-   * budget: twice the two-thread case's allowance */
-  CHECK(worst <= (JIT_BUDGET_MS + 2 * JIT_WAIT_SLACK_MS) * 1000);
+   * budget, and there is no queue for the one interrupt: with four threads
+   * on two cores a waiter can be behind all three others, each preempted
+   * while it holds it. Typically 13-15 ms; 32.5 ms seen once in a clean-clone
+   * CI here (a coroutine runaway), against the 144-267 ms of the bug this
+   * case was written for. */
+  CHECK(worst <= (JIT_BUDGET_MS + 5 * JIT_WAIT_SLACK_MS) * 1000);
 }
 
 /* Last: every case above once more with rules.jit on. */
