@@ -1273,23 +1273,33 @@ static int str_eq(struct sl_str a, const char *p, size_t n) {
   return a.len == n && memcmp(a.p, p, n) == 0;
 }
 
+/* read_small, and no name repeats: 0 otherwise (a repeat is the general
+ * functions' case: the decoder keeps side records for it). */
+static int read_small_unique(const uint8_t *q, const uint8_t *end,
+                             uint32_t n, struct sl_str *k, struct sl_str *v) {
+  uint32_t i, j;
+  if (!read_small(q, end, n, k, v))
+    return 0;
+  for (i = 1; i < n; i++)
+    for (j = 0; j < i; j++)
+      if (str_eq(k[i], k[j].p, k[j].len))
+        return 0;
+  return 1;
+}
+
 int sl_luacodec_push_strmap(lua_State *L, const uint8_t *p, size_t len,
                             sl_luacodec_check check) {
   const uint8_t *q, *end = p + len;
   struct sl_str ks[STRMAP_SMALL], vs[STRMAP_SMALL], k, v;
-  uint32_t n, i, j;
+  uint32_t n, i;
   size_t used;
   int t;
 
   if (sl_codec_read_map(p, len, &n, &used) != 0 || n > len)
     return 0;
   if (n <= STRMAP_SMALL) { /* the usual headers: a repeat found in bytes */
-    if (!read_small(p + used, end, n, ks, vs))
-      return 0;
-    for (i = 1; i < n; i++)
-      for (j = 0; j < i; j++)
-        if (str_eq(ks[i], ks[j].p, ks[j].len))
-          return 0; /* a repeat: dec_map's side records */
+    if (!read_small_unique(p + used, end, n, ks, vs))
+      return 0; /* a repeat: dec_map's side records */
     luaL_checkstack(L, 4, "msgpack");
     lua_createtable(L, 0, (int)n);
     for (i = 0; i < n; i++) {
@@ -1356,7 +1366,7 @@ int sl_luacodec_same_strmap(lua_State *L, int idx, const uint8_t *p,
                             size_t len, sl_luacodec_check check) {
   const uint8_t *q, *end = p + len;
   struct sl_str ks[STRMAP_SMALL], vs[STRMAP_SMALL], k, v;
-  uint32_t n, i, j, count = 0;
+  uint32_t n, i, count = 0;
   size_t used;
   int top = lua_gettop(L), ok = 1;
 
@@ -1374,12 +1384,8 @@ int sl_luacodec_same_strmap(lua_State *L, int idx, const uint8_t *p,
   }
   lua_settop(L, top);
   if (n <= STRMAP_SMALL) {
-    if (!read_small(p + used, end, n, ks, vs))
-      return -1;
-    for (i = 1; i < n; i++)
-      for (j = 0; j < i; j++)
-        if (str_eq(ks[i], ks[j].p, ks[j].len))
-          return -1; /* a repeat: the general comparison knows them */
+    if (!read_small_unique(p + used, end, n, ks, vs))
+      return -1; /* a repeat: the general comparison knows them */
     ok = same_small(L, idx, n, ks, vs);
     lua_settop(L, top);
     return ok;
