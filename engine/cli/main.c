@@ -461,7 +461,23 @@ static int cmd_plugins(void) {
       printf("  %-20s %-22s %-9s %s\n", k->name, type, def, k->doc);
     }
   }
-  printf("every tls table (tcp, http and syslog inputs, tcp output, admin) takes:\n");
+  /* the owners of a tls table come from the registry, so the line cannot
+   * fall behind a plugin that gains one */
+  printf("every tls table (");
+  for (kind = SL_PLUGIN_INPUT; kind <= SL_PLUGIN_OUTPUT; kind++) {
+    int n = 0;
+    for (p = sl_plugins; *p; p++) {
+      if ((int)(*p)->kind != kind)
+        continue;
+      for (k = (*p)->keys; k->name && k->type != SL_KEY_TLS; k++)
+        ;
+      if (k->name)
+        printf("%s%s", n++ ? ", " : "", (*p)->type);
+    }
+    if (n)
+      printf(" %ss; ", sl_config_kind_name((enum sl_plugin_kind)kind));
+  }
+  printf("admin) takes:\n");
   for (k = sl_config_tls_keys; k->name; k++)
     printf("  tls.%-20s %-18s %-9s %s\n", k->name,
            strcmp(k->name, "allow_subjects") == 0

@@ -58,6 +58,25 @@ def test_plugins_lists_every_type_with_its_keys_types_defaults_and_docs():
                      out, re.M), out
 
 
+
+def test_the_tls_line_names_every_plugin_that_takes_a_tls_table():
+    # the README's config table lists tls on forward, nats and kafka plugins
+    # and the http output too; the line once named only tcp, http, syslog
+    plugins, out = listing()
+    m = re.search(r"^every tls table \((.*)\) takes:$", out, re.M)
+    assert m, out
+    named = {"input": set(), "output": set()}
+    for part in m.group(1).split("; "):
+        if part == "admin":
+            continue
+        types, kind = part.rsplit(" ", 1)
+        named[kind.rstrip("s")] = set(types.split(", "))
+    for kind in ("input", "output"):
+        want = {typ for (k, typ), keys in plugins.items()
+                if k == kind and "tls" in keys}
+        assert named[kind] == want, (kind, named[kind], want)
+    assert m.group(1).endswith("admin")
+
 def base_config(tmp_path):
     return {"inputs": [{"name": "in", "type": "tcp", "listen": "127.0.0.1:7490"}],
             "outputs": [{"name": "f", "type": "file",
