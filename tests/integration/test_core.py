@@ -293,6 +293,19 @@ def test_help_lists_the_commands_and_options():
     assert run_sluice("run", "--help").stdout == r.stdout
 
 
+
+def test_help_names_the_flags_tap_top_and_dlq_take():
+    # the README's Command line section lists these; --help once left out
+    # tap's and top's --timeout and dlq's --token and http target
+    out = run_sluice("--help").stdout
+    tap = out.split("  tap ", 1)[1].split("\n  top ", 1)[0]
+    top = out.split("  top ", 1)[1].split("\n", 1)[0]
+    dlq = out.split("  dlq replay ", 1)[1].split("\n\n", 1)[0]
+    assert "--timeout SECONDS" in tap, tap
+    assert "--once" in top and "--timeout SECONDS" in top, top
+    assert "--token" in dlq and "http://" in dlq, dlq
+    assert "reload its config and rules" in out
+
 def test_unknown_commands_and_options_exit_2():
     r = run_sluice("frobnicate")
     check_result(r, 2)
