@@ -34,6 +34,7 @@ struct stdin_in {
   struct sl_buf pend; /* bytes read and not yet consumed */
   char *chunk;        /* file reads land here */
   uint64_t line;      /* lines consumed (NDJSON) */
+  uint64_t offset;    /* bytes consumed (msgpack) */
   int msgpack;
   int exit_on_eof;
   int eof;            /* nothing more will come */
@@ -53,6 +54,16 @@ static void bad(struct stdin_in *si, const char *why) {
     sl_log(SL_LOG_WARN, "bad input on stdin; skipped",
            SL_S("input", in->cfg->name), SL_U("line", si->line),
            SL_S("error", why), SL_U("suppressed", suppressed), SL_END);
+}
+
+/* msgpack that cannot be read at offset: nothing after it can be found, so
+ * the reading ends (once per run, so not rate-limited). */
+static void unreadable(struct stdin_in *si, uint64_t offset, const char *why) {
+  struct sl_input *in = si->in;
+  in->stats.bad_input++;
+  sl_log(SL_LOG_WARN, "bad msgpack on stdin; stopped reading",
+         SL_S("input", in->cfg->name), SL_U("offset", offset),
+         SL_S("error", why), SL_END);
 }
 
 /* Submit the event map p[0..n). Returns sl_worker_submit's code, or 0
@@ -108,9 +119,10 @@ static int consume(struct stdin_in *si) {
       if (rc == SL_EAGAIN && !si->eof && len - pos <= max)
         break;
       if (rc != 0) {
-        bad(si, rc == SL_EAGAIN ? "truncated msgpack at the end of input"
-                : rc == SL_E2BIG ? "event larger than max_event_bytes"
-                                 : err.msg);
+        unreadable(si, si->offset + pos + (rc == SL_EPROTO ? err.offset : 0),
+                   rc == SL_EAGAIN ? "truncated msgpack at the end of input"
+                   : rc == SL_E2BIG ? "event larger than max_event_bytes"
+                                    : err.msg);
         si->done = 1; /* no way to find the next event: stop reading */
         si->in->w->exit_code = 1; /* the input was not read to its end */
         break;
@@ -143,6 +155,7 @@ static int consume(struct stdin_in *si) {
       bad(si, "refused: a disk buffer cannot write");
   }
   sl_buf_consume(&si->pend, pos);
+  si->offset += pos;
   return paused;
 }
 

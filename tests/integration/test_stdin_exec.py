@@ -147,6 +147,22 @@ def test_stdin_truncated_msgpack_ends_the_run_with_exit_code_1(tmp_path):
     assert any("truncated" in l.get("error", "") for l in logs)
 
 
+
+def test_stdin_unreadable_msgpack_is_logged_as_the_end_with_its_offset(tmp_path):
+    # the reading stops there (nothing after it can be found): the line
+    # says so and names the byte, not "skipped" with a line number
+    conf = stdin_conf(tmp_path, {"name": "f", "type": "file",
+                                 "path": "out.ndjson"}, fmt="msgpack")
+    good = msgpack.packb({"topic": "m", "payload": {"seq": 0}})
+    code, logs = run(conf, good + b"\xc1" + good)
+    assert code == 1
+    assert seqs(tmp_path / "out.ndjson") == [0]
+    assert not [l for l in logs if l["msg"] == "bad input on stdin; skipped"]
+    stop = [l for l in logs if l["msg"] == "bad msgpack on stdin; stopped reading"]
+    assert len(stop) == 1, logs
+    assert stop[0]["offset"] == len(good)
+    assert "0xc1" in stop[0]["error"]
+
 # ---- exec ----------------------------------------------------------------
 
 def exec_out(command, **kw):
