@@ -35,6 +35,7 @@ struct stdin_in {
   char *chunk;        /* file reads land here */
   uint64_t line;      /* lines consumed (NDJSON) */
   uint64_t offset;    /* bytes consumed (msgpack) */
+  uint64_t at;        /* where the msgpack event being handled starts */
   int msgpack;
   int exit_on_eof;
   int eof;            /* nothing more will come */
@@ -50,7 +51,14 @@ static void bad(struct stdin_in *si, const char *why) {
   struct sl_input *in = si->in;
   uint64_t suppressed = 0;
   in->stats.bad_input++;
-  if (sl_log_allow(&in->w->bad_input_log, &suppressed))
+  if (!sl_log_allow(&in->w->bad_input_log, &suppressed))
+    return;
+  /* where: NDJSON by line, msgpack (no lines) by the event's byte offset */
+  if (si->msgpack)
+    sl_log(SL_LOG_WARN, "bad input on stdin; skipped",
+           SL_S("input", in->cfg->name), SL_U("offset", si->at),
+           SL_S("error", why), SL_U("suppressed", suppressed), SL_END);
+  else
     sl_log(SL_LOG_WARN, "bad input on stdin; skipped",
            SL_S("input", in->cfg->name), SL_U("line", si->line),
            SL_S("error", why), SL_U("suppressed", suppressed), SL_END);
@@ -127,6 +135,7 @@ static int consume(struct stdin_in *si) {
         si->in->w->exit_code = 1; /* the input was not read to its end */
         break;
       }
+      si->at = si->offset + pos;
       rc = submit(si, d + pos, used);
       pos += used;
     } else {

@@ -163,6 +163,23 @@ def test_stdin_unreadable_msgpack_is_logged_as_the_end_with_its_offset(tmp_path)
     assert stop[0]["offset"] == len(good)
     assert "0xc1" in stop[0]["error"]
 
+
+def test_stdin_msgpack_event_that_is_not_an_event_is_skipped_and_named_by_offset(tmp_path):
+    # readable msgpack that is not an event (no topic) is skipped, the next
+    # one still read; msgpack has no lines, so the log names its byte offset
+    conf = stdin_conf(tmp_path, {"name": "f", "type": "file",
+                                 "path": "out.ndjson"}, fmt="msgpack")
+    good = [msgpack.packb({"topic": "m", "payload": {"seq": i}}) for i in (0, 1)]
+    notev = msgpack.packb({"payload": {"seq": 9}})
+    code, logs = run(conf, good[0] + notev + good[1])
+    assert code == 0
+    assert seqs(tmp_path / "out.ndjson") == [0, 1]
+    skipped = [l for l in logs if l["msg"] == "bad input on stdin; skipped"]
+    assert len(skipped) == 1, logs
+    assert skipped[0]["offset"] == len(good[0])
+    assert "line" not in skipped[0]
+    assert "topic" in skipped[0]["error"]
+
 # ---- exec ----------------------------------------------------------------
 
 def exec_out(command, **kw):
