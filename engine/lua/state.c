@@ -32,12 +32,20 @@ const char *src_of(const lua_Debug *ar) {
   return ar->source && ar->source[0] == '@' ? ar->source + 1 : ar->short_src;
 }
 
+/* The sandbox's own Lua chunks (env.c): an error they raise for the rule
+ * (string.format's refusal of %p) is the rule's line's, not theirs. */
+static int internal_frame(const lua_Debug *ar) {
+  return ar->source && (strcmp(ar->source, "=tostring") == 0 ||
+                        strcmp(ar->source, "=xpcall") == 0);
+}
+
 void where_of(lua_State *L, int level, char *buf, size_t n,
               const char *fallback) {
   lua_Debug ar;
 
   for (; lua_getstack(L, level, &ar); level++) {
-    if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+    if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0 &&
+        !internal_frame(&ar)) {
       snprintf(buf, n, "%s:%d", src_of(&ar), ar.currentline);
       return;
     }

@@ -51,12 +51,17 @@ describe("rules see no addresses", function()
     for _, v in ipairs(out) do no_address(v) end
     assert.truthy(out[1]:match("^function: #%d+|table: #%d+|3%%|x$"), out[1])
     assert.equal("mine", out[3])
-    for _, body in ipairs({ [[return string.format("%p", {})]],
-                            [[return ("%p"):format("x")]],
-                            [[return ("%10p"):format(print)]] }) do
-      local res = s.on_event(body):run({ topic = "t" })
+    -- not tail calls: a tail call leaves no frame of the rule's to name
+    for _, body in ipairs({ [[local v = string.format("%p", {}) return v]],
+                            [[local v = ("%p"):format("x") return v]],
+                            [[local v = ("%10p"):format(print) return v]] }) do
+      local r, path = s.on_event(body)
+      local res = r:run({ topic = "t" })
       assert.equal("error", res.verdict, body)
       s.has(res.error, "%p is not allowed")
+      -- where is the rule's line (the body's, line 2), not the sandbox's
+      -- own format wrapper ("tostring:42")
+      assert.equal(path .. ":2", res.where, body)
     end
   end)
 
