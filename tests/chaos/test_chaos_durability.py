@@ -134,7 +134,7 @@ class HttpProducer(threading.Thread):
 
 
 def config(port, sink_port, path, http=None, admin=None, max_bytes=None,
-           when_full="block"):
+           when_full="block", workers=None):
     inputs = ['{ name = "in", type = "tcp", listen = "127.0.0.1:%d" }' % port]
     if http:
         inputs.append('{ name = "web", type = "http", listen = "127.0.0.1:%d" }'
@@ -147,9 +147,10 @@ def config(port, sink_port, path, http=None, admin=None, max_bytes=None,
                 buffer = { type = "disk", path = "%s", fsync = "never"%s } } },
   routes = { { topics = "*", to = "out" } },
   shutdown_timeout = 2,
-  %s
+  %s%s
 }""" % (", ".join(inputs), sink_port, when_full, path,
         ', max_bytes = "%s"' % max_bytes if max_bytes else "",
+        "workers = %d,\n  " % workers if workers else "",
         'admin = { listen = "127.0.0.1:%d" },' % admin if admin else "")
 
 
@@ -183,14 +184,18 @@ def tmpfs(tmp_path):
         umount(d)
 
 
-def test_disk_full_under_load_sink_down_then_up_loses_nothing_acked(sluice, tmpfs):
+# workers = 2: a job handed to worker 1 and its result applied on the main
+# loop must still reach the disk buffer before its ack (README "Workers")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_disk_full_under_load_sink_down_then_up_loses_nothing_acked(sluice, tmpfs,
+                                                                    workers):
     disk = tmpfs("4m")
     port, down, web, admin = free_port(), free_port(), free_port(), free_port()
-    # segments of 1.5 MiB (max_bytes / 4), so delivered ones can go; the
+    # segments of 1 MiB (max_bytes / 8, at least 1 MiB), so delivered ones can go; the
     # 4 MiB filesystem fills long before the spool's own 6 MiB limit, so
     # writes fail with ENOSPC
     eng = sluice(config(port, down, disk / "buf", http=web, admin=admin,
-                        max_bytes="6MiB"))
+                        max_bytes="6MiB", workers=workers))
     producers = [Producer("127.0.0.1:%d" % port, "n%d" % i, deadline=25)
                  for i in range(2)]
     hp = HttpProducer(web, "h", deadline=25)
@@ -207,13 +212,19 @@ def test_disk_full_under_load_sink_down_then_up_loses_nothing_acked(sluice, tmpf
             wait_for(lambda: acked <= ids_at(sink), 60, interval=0.5,
                      what="every acked event at the sink")
         finally:
-            lost = report("disk full (4 MiB tmpfs), sink down 10 s then up",
+            handed = metric(a, "sluice_worker_events_total", worker="1") \
+                if workers > 1 else None
+            lost = report("disk full (4 MiB tmpfs), sink down 10 s then up, "
+                          "workers %d" % workers,
                           acked, ids_at(sink),
                           ", sent %d, http codes %r, write errors while down %s, "
-                          "refused %s" % (sum(p.sent for p in producers) + hp.n,
-                                          hp.codes, errors_down,
-                                          disk_metric(a, "sluice_disk_buffer_refused_total")))
+                          "refused %s, decided by worker 1 %s"
+                          % (sum(p.sent for p in producers) + hp.n,
+                             hp.codes, errors_down,
+                             disk_metric(a, "sluice_disk_buffer_refused_total"),
+                             handed))
         assert errors_down, "the disk never filled: the test proves nothing"
+        assert workers == 1 or handed, "nothing went through worker 1"
         assert not lost
         eng.stop()
 
@@ -290,16 +301,18 @@ def test_fd_exhaustion_loses_nothing_acked_and_sluice_recovers(sluice, tmp_path)
         eng.stop()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("when_full", ["block", "drop_newest"])
 def test_kill9_loop_every_acked_event_is_delivered_after_restart(sluice, tmp_path,
-                                                                 when_full):
+                                                                 when_full,
+                                                                 workers):
     port, down, web = free_port(), free_port(), free_port()
     rng = random.Random(9)
     # the sink is down during the kills: the memory queue stays full, so
     # acked records sit in the disk buffer (and its write buffer) when the
     # engine dies; then it comes up and everything acked must arrive
     eng = sluice(config(port, down, tmp_path / "buf", http=web,
-                        when_full=when_full))
+                        when_full=when_full, workers=workers))
     producers = [Producer("127.0.0.1:%d" % port, "n%d" % i, size=100,
                           deadline=40) for i in range(2)]
     hp = HttpProducer(web, "h", size=100, deadline=40)
@@ -326,8 +339,9 @@ def test_kill9_loop_every_acked_event_is_delivered_after_restart(sluice, tmp_pat
                      what="every acked event at the sink")
         finally:
             events = sink.events
-            lost = report("kill -9 loop (%d kills, sink down, %s), native acks "
-                          "+ http 202" % (kills, when_full), acked, ids_at(sink),
+            lost = report("kill -9 loop (%d kills, sink down, %s, workers %d), "
+                          "native acks + http 202" % (kills, when_full, workers),
+                          acked, ids_at(sink),
                           ", events at the sink %d, http codes %r"
                           % (len(events), hp.codes))
         assert kills >= 10 and len(acked) > 1000
