@@ -186,8 +186,13 @@ def tmpfs(tmp_path):
 
 # workers = 2: a job handed to worker 1 and its result applied on the main
 # loop must still reach the disk buffer before its ack (README "Workers")
+# drop_newest: a write that fails refuses the event (the connection closes,
+# HTTP answers 503) instead of waiting; with workers = 2 the refusal is
+# found after the submit (refused_later)
 @pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("when_full", ["block", "drop_newest"])
 def test_disk_full_under_load_sink_down_then_up_loses_nothing_acked(sluice, tmpfs,
+                                                                    when_full,
                                                                     workers):
     disk = tmpfs("4m")
     port, down, web, admin = free_port(), free_port(), free_port(), free_port()
@@ -195,7 +200,8 @@ def test_disk_full_under_load_sink_down_then_up_loses_nothing_acked(sluice, tmpf
     # 4 MiB filesystem fills long before the spool's own 6 MiB limit, so
     # writes fail with ENOSPC
     eng = sluice(config(port, down, disk / "buf", http=web, admin=admin,
-                        max_bytes="6MiB", workers=workers))
+                        max_bytes="6MiB", when_full=when_full,
+                        workers=workers))
     producers = [Producer("127.0.0.1:%d" % port, "n%d" % i, deadline=25)
                  for i in range(2)]
     hp = HttpProducer(web, "h", deadline=25)
@@ -215,7 +221,7 @@ def test_disk_full_under_load_sink_down_then_up_loses_nothing_acked(sluice, tmpf
             handed = metric(a, "sluice_worker_events_total", worker="1") \
                 if workers > 1 else None
             lost = report("disk full (4 MiB tmpfs), sink down 10 s then up, "
-                          "workers %d" % workers,
+                          "%s, workers %d" % (when_full, workers),
                           acked, ids_at(sink),
                           ", sent %d, http codes %r, write errors while down %s, "
                           "refused %s, decided by worker 1 %s"
