@@ -1,7 +1,8 @@
 """Slow fault tests for "nothing acknowledged is lost" (issue 9): a disk that
-fills under load, file descriptors running out, and kill -9 in a loop. Each
-prints its figures (sent, acknowledged, delivered, lost) and fails when an
-acknowledged event is missing at the sink. Each is bounded (< ~2 min).
+fills under load, file descriptors running out, kill -9 in a loop, and
+kill -9 in a loop on a full disk. Each prints its figures (sent,
+acknowledged, delivered, lost) and fails when an acknowledged event is
+missing at the sink. Each is bounded (< ~2 min).
 
 Run: make chaos
 """
@@ -350,6 +351,51 @@ def test_kill9_loop_every_acked_event_is_delivered_after_restart(sluice, tmp_pat
                           acked, ids_at(sink),
                           ", events at the sink %d, http codes %r"
                           % (len(events), hp.codes))
+        assert kills >= 10 and len(acked) > 1000
+        assert not lost
+        eng.stop()
+
+
+# both faults at once: the engine dies with the disk full (writes failing,
+# acks held back or refused) and restarts onto a disk that is still full,
+# its spool recovered from torn and short segments
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("when_full", ["block", "drop_newest"])
+def test_kill9_loop_on_a_full_disk_loses_nothing_acked(sluice, tmpfs, when_full,
+                                                       workers):
+    disk = tmpfs("4m")
+    port, down, web = free_port(), free_port(), free_port()
+    rng = random.Random(7)
+    eng = sluice(config(port, down, disk / "buf", http=web, max_bytes="6MiB",
+                        when_full=when_full, workers=workers))
+    producers = [Producer("127.0.0.1:%d" % port, "n%d" % i, size=300,
+                          deadline=40) for i in range(2)]
+    hp = HttpProducer(web, "h", size=300, deadline=40)
+    for p in producers + [hp]:
+        p.start()
+    kills = 0
+    t_end = time.monotonic() + 20
+    while time.monotonic() < t_end:
+        time.sleep(rng.uniform(0.3, 1.2))
+        eng.kill()
+        kills += 1
+        time.sleep(rng.uniform(0, 0.3))
+        eng = eng.restart()
+    for p in producers + [hp]:
+        p.stop.set()
+        p.join(10)
+    eng.kill()
+    kills += 1
+    acked = set().union(*(p.acked for p in producers)) | hp.accepted
+    with Sink(port=down, keep_raw=False) as sink:
+        eng = eng.restart()
+        try:
+            wait_for(lambda: acked <= ids_at(sink), 60, interval=0.5,
+                     what="every acked event at the sink")
+        finally:
+            lost = report("kill -9 loop on a full disk (4 MiB tmpfs, %d kills, "
+                          "sink down, %s, workers %d)" % (kills, when_full, workers),
+                          acked, ids_at(sink), ", http codes %r" % hp.codes)
         assert kills >= 10 and len(acked) > 1000
         assert not lost
         eng.stop()
