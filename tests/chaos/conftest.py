@@ -4,6 +4,10 @@ loads tests/integration/conftest.py and re-exports all of it, so
 `from conftest import ...` works here as it does there.
 
 Run: make chaos   (or SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q -s tests/chaos)
+
+SLUICE_TEST_WORKERS=N works here too (the factory is the integration
+suite's): every engine whose config does not set workers runs with N. The
+disk-full and kill -9 cases set workers themselves (1 and 2).
 """
 import importlib.util
 import sys

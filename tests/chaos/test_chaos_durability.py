@@ -1,7 +1,8 @@
 """Slow fault tests for "nothing acknowledged is lost" (issue 9): a disk that
-fills under load, file descriptors running out, and kill -9 in a loop. Each
-prints its figures (sent, acknowledged, delivered, lost) and fails when an
-acknowledged event is missing at the sink. Each is bounded (< ~2 min).
+fills under load, file descriptors running out, kill -9 in a loop, and
+kill -9 in a loop on a full disk. Each prints its figures (sent,
+acknowledged, delivered, lost) and fails when an acknowledged event is
+missing at the sink. Each is bounded (< ~2 min).
 
 Run: make chaos
 """
@@ -134,7 +135,7 @@ class HttpProducer(threading.Thread):
 
 
 def config(port, sink_port, path, http=None, admin=None, max_bytes=None,
-           when_full="block"):
+           when_full="block", workers=None):
     inputs = ['{ name = "in", type = "tcp", listen = "127.0.0.1:%d" }' % port]
     if http:
         inputs.append('{ name = "web", type = "http", listen = "127.0.0.1:%d" }'
@@ -147,9 +148,10 @@ def config(port, sink_port, path, http=None, admin=None, max_bytes=None,
                 buffer = { type = "disk", path = "%s", fsync = "never"%s } } },
   routes = { { topics = "*", to = "out" } },
   shutdown_timeout = 2,
-  %s
+  %s%s
 }""" % (", ".join(inputs), sink_port, when_full, path,
         ', max_bytes = "%s"' % max_bytes if max_bytes else "",
+        "workers = %d,\n  " % workers if workers else "",
         'admin = { listen = "127.0.0.1:%d" },' % admin if admin else "")
 
 
@@ -183,14 +185,24 @@ def tmpfs(tmp_path):
         umount(d)
 
 
-def test_disk_full_under_load_sink_down_then_up_loses_nothing_acked(sluice, tmpfs):
+# workers = 2: a job handed to worker 1 and its result applied on the main
+# loop must still reach the disk buffer before its ack (README "Workers")
+# drop_newest: a write that fails refuses the event (the connection closes,
+# HTTP answers 503) instead of waiting; with workers = 2 the refusal is
+# found after the submit (refused_later)
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("when_full", ["block", "drop_newest"])
+def test_disk_full_under_load_sink_down_then_up_loses_nothing_acked(sluice, tmpfs,
+                                                                    when_full,
+                                                                    workers):
     disk = tmpfs("4m")
     port, down, web, admin = free_port(), free_port(), free_port(), free_port()
-    # segments of 1.5 MiB (max_bytes / 4), so delivered ones can go; the
+    # segments of 1 MiB (max_bytes / 8, at least 1 MiB), so delivered ones can go; the
     # 4 MiB filesystem fills long before the spool's own 6 MiB limit, so
     # writes fail with ENOSPC
     eng = sluice(config(port, down, disk / "buf", http=web, admin=admin,
-                        max_bytes="6MiB"))
+                        max_bytes="6MiB", when_full=when_full,
+                        workers=workers))
     producers = [Producer("127.0.0.1:%d" % port, "n%d" % i, deadline=25)
                  for i in range(2)]
     hp = HttpProducer(web, "h", deadline=25)
@@ -207,13 +219,19 @@ def test_disk_full_under_load_sink_down_then_up_loses_nothing_acked(sluice, tmpf
             wait_for(lambda: acked <= ids_at(sink), 60, interval=0.5,
                      what="every acked event at the sink")
         finally:
-            lost = report("disk full (4 MiB tmpfs), sink down 10 s then up",
+            handed = metric(a, "sluice_worker_events_total", worker="1") \
+                if workers > 1 else None
+            lost = report("disk full (4 MiB tmpfs), sink down 10 s then up, "
+                          "%s, workers %d" % (when_full, workers),
                           acked, ids_at(sink),
                           ", sent %d, http codes %r, write errors while down %s, "
-                          "refused %s" % (sum(p.sent for p in producers) + hp.n,
-                                          hp.codes, errors_down,
-                                          disk_metric(a, "sluice_disk_buffer_refused_total")))
+                          "refused %s, decided by worker 1 %s"
+                          % (sum(p.sent for p in producers) + hp.n,
+                             hp.codes, errors_down,
+                             disk_metric(a, "sluice_disk_buffer_refused_total"),
+                             handed))
         assert errors_down, "the disk never filled: the test proves nothing"
+        assert workers == 1 or handed, "nothing went through worker 1"
         assert not lost
         eng.stop()
 
@@ -232,18 +250,25 @@ def open_fds(pid):
 
 def test_fd_exhaustion_loses_nothing_acked_and_sluice_recovers(sluice, tmp_path):
     port, down, admin = free_port(), free_port(), free_port()
+    # 8 MiB segments (max_bytes / 8): at ~10 MB/s one rolls about every
+    # second while the fds are gone. A small spool (it was 2 MiB) is full
+    # before the fds go, so nothing rolls and nothing is tested.
     eng = sluice(config(port, down, tmp_path / "buf", admin=admin,
-                        max_bytes="2MiB"))  # 512 KiB segments: frequent rolls
+                        max_bytes="64MiB"))
+    a = "127.0.0.1:%d" % admin
     p = Producer("127.0.0.1:%d" % port, "n", deadline=30)
     p.start()
     wait_for(lambda: p.acked, 5, what="first acks")
-    limit = open_fds(eng.pid) + 8
+    # no fd left at all: the inputs leave a quarter of the limit free for
+    # the spool (fd_guard, README "max_connections"), so idle connections
+    # alone never starve it; a limit at the count open now does
+    limit = open_fds(eng.pid)
     soft = soft_nofile(eng.pid)
     # only the soft limit: putting the hard one back needs CAP_SYS_RESOURCE
     subprocess.run(["prlimit", "--pid", str(eng.pid), "--nofile=%d:" % limit],
                    check=True)
     hogs = []
-    for _ in range(200):  # take every fd the engine has left
+    for _ in range(200):  # the backlog the engine must shed without fds
         try:
             hogs.append(connect("127.0.0.1:%d" % port, timeout=1))
         except OSError:
@@ -254,6 +279,8 @@ def test_fd_exhaustion_loses_nothing_acked_and_sluice_recovers(sluice, tmp_path)
         h.close()
     subprocess.run(["prlimit", "--pid", str(eng.pid), "--nofile=%d:" % soft],
                    check=True)
+    # the admin server needs an fd too: ask once there are some again
+    errors_starved = disk_metric(a, "sluice_disk_buffer_write_errors_total")
     with Sink(port=down) as sink:
         p.join(40)
         acked = p.acked
@@ -263,13 +290,15 @@ def test_fd_exhaustion_loses_nothing_acked_and_sluice_recovers(sluice, tmp_path)
         finally:
             lost = report("fd exhaustion (RLIMIT_NOFILE %d, %d idle conns)"
                           % (limit, len(hogs)), acked, ids_at(sink),
-                          ", sent %d, acked while starved %d, write errors %s"
-                          % (p.sent, acked_starved,
-                             disk_metric("127.0.0.1:%d" % admin,
-                                         "sluice_disk_buffer_write_errors_total")))
+                          ", sent %d, acked by the end of the starving %d, "
+                          "write errors then %s, at the end %s"
+                          % (p.sent, acked_starved, errors_starved,
+                             disk_metric(a, "sluice_disk_buffer_write_errors_total")))
+        assert errors_starved, \
+            "no segment roll met the fd limit: the test proves nothing"
         assert not lost
         # recovered: health and a fresh producer work
-        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % admin,
+        with urllib.request.urlopen("http://%s/healthz" % a,
                                     timeout=5) as r:
             assert r.status == 200
         q = Producer("127.0.0.1:%d" % port, "after", deadline=5)
@@ -279,16 +308,18 @@ def test_fd_exhaustion_loses_nothing_acked_and_sluice_recovers(sluice, tmp_path)
         eng.stop()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("when_full", ["block", "drop_newest"])
 def test_kill9_loop_every_acked_event_is_delivered_after_restart(sluice, tmp_path,
-                                                                 when_full):
+                                                                 when_full,
+                                                                 workers):
     port, down, web = free_port(), free_port(), free_port()
     rng = random.Random(9)
     # the sink is down during the kills: the memory queue stays full, so
     # acked records sit in the disk buffer (and its write buffer) when the
     # engine dies; then it comes up and everything acked must arrive
     eng = sluice(config(port, down, tmp_path / "buf", http=web,
-                        when_full=when_full))
+                        when_full=when_full, workers=workers))
     producers = [Producer("127.0.0.1:%d" % port, "n%d" % i, size=100,
                           deadline=40) for i in range(2)]
     hp = HttpProducer(web, "h", size=100, deadline=40)
@@ -315,10 +346,56 @@ def test_kill9_loop_every_acked_event_is_delivered_after_restart(sluice, tmp_pat
                      what="every acked event at the sink")
         finally:
             events = sink.events
-            lost = report("kill -9 loop (%d kills, sink down, %s), native acks "
-                          "+ http 202" % (kills, when_full), acked, ids_at(sink),
+            lost = report("kill -9 loop (%d kills, sink down, %s, workers %d), "
+                          "native acks + http 202" % (kills, when_full, workers),
+                          acked, ids_at(sink),
                           ", events at the sink %d, http codes %r"
                           % (len(events), hp.codes))
+        assert kills >= 10 and len(acked) > 1000
+        assert not lost
+        eng.stop()
+
+
+# both faults at once: the engine dies with the disk full (writes failing,
+# acks held back or refused) and restarts onto a disk that is still full,
+# its spool recovered from torn and short segments
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("when_full", ["block", "drop_newest"])
+def test_kill9_loop_on_a_full_disk_loses_nothing_acked(sluice, tmpfs, when_full,
+                                                       workers):
+    disk = tmpfs("4m")
+    port, down, web = free_port(), free_port(), free_port()
+    rng = random.Random(7)
+    eng = sluice(config(port, down, disk / "buf", http=web, max_bytes="6MiB",
+                        when_full=when_full, workers=workers))
+    producers = [Producer("127.0.0.1:%d" % port, "n%d" % i, size=300,
+                          deadline=40) for i in range(2)]
+    hp = HttpProducer(web, "h", size=300, deadline=40)
+    for p in producers + [hp]:
+        p.start()
+    kills = 0
+    t_end = time.monotonic() + 20
+    while time.monotonic() < t_end:
+        time.sleep(rng.uniform(0.3, 1.2))
+        eng.kill()
+        kills += 1
+        time.sleep(rng.uniform(0, 0.3))
+        eng = eng.restart()
+    for p in producers + [hp]:
+        p.stop.set()
+        p.join(10)
+    eng.kill()
+    kills += 1
+    acked = set().union(*(p.acked for p in producers)) | hp.accepted
+    with Sink(port=down, keep_raw=False) as sink:
+        eng = eng.restart()
+        try:
+            wait_for(lambda: acked <= ids_at(sink), 60, interval=0.5,
+                     what="every acked event at the sink")
+        finally:
+            lost = report("kill -9 loop on a full disk (4 MiB tmpfs, %d kills, "
+                          "sink down, %s, workers %d)" % (kills, when_full, workers),
+                          acked, ids_at(sink), ", http codes %r" % hp.codes)
         assert kills >= 10 and len(acked) > 1000
         assert not lost
         eng.stop()
