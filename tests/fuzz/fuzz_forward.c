@@ -3,7 +3,8 @@
  * a stream of frames the way the input does (measure, parse, inflate, read
  * every entry) and checks the parser's promises: spans stay inside what
  * was measured, inflating never passes its bound, a record is a complete
- * map, gzip round-trips. Build with `make fuzz`; never part of `make test`. */
+ * map, a Forward frame holds the entries it declares, gzip round-trips.
+ * Build with `make fuzz`; never part of `make test`. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,25 +22,29 @@
     }                                                                   \
   } while (0)
 
-static void entries(const uint8_t *e, size_t len, int wrapped) {
+/* Read every entry; the number read, or -1 when one was refused. */
+static long entries(const uint8_t *e, size_t len, int wrapped) {
   struct sl_forward_entry ent;
   struct sl_codec_error err;
   size_t pos = 0, used, prev;
   uint32_t n;
+  long got = 0;
   while (pos < len) {
     prev = pos;
     if (sl_forward_next_entry(e, len, &pos, wrapped, &ent, &err) != 0) {
       ASSERT(pos == prev && err.offset <= len);
-      return;
+      return -1;
     }
+    got++;
     ASSERT(pos > prev && pos <= len);
     ASSERT(ent.record >= e && ent.record + ent.record_len <= e + len);
     ASSERT(sl_codec_read_map(ent.record, ent.record_len, &n, &used) == 0);
     ASSERT(sl_codec_skip(ent.record, ent.record_len, ent.record_len, &used,
                          NULL) == 0 && used == ent.record_len);
     if (!wrapped)
-      return; /* a Message frame has one */
+      return got; /* a Message frame has one */
   }
+  return got;
 }
 
 static void frame(const uint8_t *p, size_t len, struct sl_buf *out,
@@ -55,7 +60,11 @@ static void frame(const uint8_t *p, size_t len, struct sl_buf *out,
          (const uint8_t *)f.tag.p + f.tag.len <= p + len);
   ASSERT(f.entries >= p && f.entries + f.entries_len <= p + len);
   if (!f.gzip) {
-    entries(f.entries, f.entries_len, f.mode != SL_FORWARD_MESSAGE);
+    long got =
+        entries(f.entries, f.entries_len, f.mode != SL_FORWARD_MESSAGE);
+    /* the entries span holds exactly the entries the array declared */
+    if (f.mode == SL_FORWARD_FORWARD && got >= 0)
+      ASSERT((uint64_t)got == f.count);
     return;
   }
   rc = sl_forward_gunzip(f.entries, f.entries_len, LIMIT, out);

@@ -1,8 +1,8 @@
 /* fuzz_syslog.c - libFuzzer target for engine/codec/syslog.c: a message is
  * parsed as auto, RFC 5424 and RFC 3164. Every span must lie inside the
  * input, facility and severity in range, and a parsed message must write
- * exactly one well-formed msgpack map that renders as JSON. Build with
- * `make fuzz`; never part of `make test`. */
+ * exactly one well-formed msgpack map that renders as JSON and carries
+ * each field's bytes. Build with `make fuzz`; never part of `make test`. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +23,20 @@ static void inside(struct sl_str s, const char *p, size_t n) {
   if (s.p == NULL)
     return;
   ASSERT(s.p >= p && s.p + s.len <= p + n);
+}
+
+/* The payload's value at key is the span's bytes (nil when absent). */
+static void carries(const struct sl_buf *b, const char *key, struct sl_str s) {
+  const uint8_t *v;
+  size_t vl;
+  struct sl_str got;
+  ASSERT(sl_codec_map_find(b->data, b->len, key, strlen(key), &v, &vl) == 0);
+  if (s.p == NULL) {
+    ASSERT(vl == 1 && v[0] == 0xc0);
+    return;
+  }
+  ASSERT(sl_codec_read_str(v, vl, &got, NULL) == 0);
+  ASSERT(got.len == s.len && memcmp(got.p, s.p, s.len) == 0);
 }
 
 static void one(const char *p, size_t n, enum sl_syslog_format f) {
@@ -52,6 +66,13 @@ static void one(const char *p, size_t n, enum sl_syslog_format f) {
   ASSERT(sl_codec_skip(b.data, b.len, b.len, &used, NULL) == 0);
   ASSERT(used == b.len);
   ASSERT(sl_codec_read_map(b.data, b.len, &count, &used) == 0 && count == 12);
+  carries(&b, "timestamp", m.timestamp);
+  carries(&b, "hostname", m.hostname);
+  carries(&b, "app_name", m.app);
+  carries(&b, "procid", m.procid);
+  carries(&b, "msgid", m.msgid);
+  if (m.message.p != NULL)
+    carries(&b, "message", m.message);
   ASSERT(sl_codec_to_json(b.data, b.len, &j) == 0);
   sl_buf_close(&b);
   sl_buf_close(&j);
