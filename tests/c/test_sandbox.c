@@ -1008,7 +1008,9 @@ TEST(sandbox_c_recursion_through_coroutines_ends_in_a_lua_error) {
 /* Work done in C or by costly VM instructions is stopped near the budget:
  * table.insert at a huge negative position (24 s before), table.sort of
  * long strings (4.5 s), comparing long strings in a loop (63x), os.date
- * with a long format; and the state stays usable. */
+ * with a long format; and the state stays usable. The bounds are CPU
+ * time, 4x the 50 ms budget: on the wall clock a 50 ms stop took 390-730
+ * ms on this 2-core VM under load and failed a 500 ms bound. */
 TEST(sandbox_c_work_and_costly_instructions_are_charged) {
   char err[512];
   struct sl_rule_decision d;
@@ -1031,18 +1033,18 @@ TEST(sandbox_c_work_and_costly_instructions_are_charged) {
   int i, k;
 
   CHECK(r != NULL);
-  t0 = sl_mono_ns();
+  t0 = thread_cpu_us();
   run(r, "insert", -1, &d);
   CHECK_EQ(d.error, SL_RULE_ERR_RUNTIME);
   CHECK(strstr(d.message, "position out of bounds"));
   run(r, "date", -1, &d);
   CHECK_EQ(d.error, SL_RULE_ERR_RUNTIME);
   CHECK(strstr(d.message, "os.date: format longer than 256 bytes"));
-  CHECK(sl_mono_ns() - t0 < 500000000u);
-  t0 = sl_mono_ns();
+  CHECK(thread_cpu_us() - t0 < 200000u);
+  t0 = thread_cpu_us();
   run(r, "sort", -1, &d);
   CHECK_EQ(d.error, SL_RULE_ERR_CPU);
-  CHECK(sl_mono_ns() - t0 < 500000000u);
+  CHECK(thread_cpu_us() - t0 < 200000u);
   for (i = 0; i < 3; i++) {
     for (k = 0; k < 5; k++) { /* a loaded machine may preempt a step */
       run(r, steps[i], -1, &d);
@@ -1051,10 +1053,10 @@ TEST(sandbox_c_work_and_costly_instructions_are_charged) {
     }
     CHECK_EQ(d.verdict, SL_RULE_ROUTE);
   }
-  t0 = sl_mono_ns();
+  t0 = thread_cpu_us();
   run(r, "cmp", -1, &d);
   CHECK_EQ(d.error, SL_RULE_ERR_CPU);
-  CHECK(sl_mono_ns() - t0 < 500000000u);
+  CHECK(thread_cpu_us() - t0 < 200000u);
   run(r, "fine", -1, &d);
   CHECK_STR(d.routes[0], "ok");
   sl_rule_free(r);

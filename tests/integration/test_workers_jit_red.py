@@ -207,6 +207,10 @@ def test_reloads_with_runaway_on_start_while_every_worker_overruns(
     for rnd in range(6):
         evs, t = mixed(2, total, 1500, 100)
         s = connect(addr)
+        # as send() does: the engine closes once it read the rest, behind the
+        # runaways and a reload's on_start on each worker (over connect's
+        # 5 s under ASan on a loaded 2-core VM: "timed out" in recv)
+        s.settimeout(300)
         s.sendall(b"".join(pack(e) for e in evs[:len(evs) // 2]))
         if rnd % 2 == 0:
             (rules / "95_bad.lua").write_text(ON_START_RUNAWAY)
