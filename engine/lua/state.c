@@ -236,6 +236,7 @@ void set_hook(struct box *b, int count) {
 #define JIT_PARK_MODE "i1000000" /* ms of process CPU between samples */
 #define JIT_HELD_MODE "i1"
 #define JIT_RETICK_NS 1000000u /* held, past a deadline: tick again */
+#define HOOK_RETICK_NS 1000000u /* past a deadline, until the hook runs */
 
 static lua_State *jit_park;
 static atomic_int jit_busy; /* 1: the interrupt is moving or held */
@@ -450,25 +451,34 @@ static void on_watchdog(int sig, siginfo_t *si, void *uc) {
        * 50 ms beside a 50 ms call that slept past its wall deadline). */
       wd_arm(b->deadline);
     } else {
-      if (!b->fast_hook) {
-        b->fast_hook = 1;
-        lua_sethook(b->L, on_hook, LUA_MASKCOUNT, 1);
-      }
+      /* Set on every tick past the deadline, not only the first, and tick
+       * again until the hook has run (it re-arms for a moved deadline, or
+       * raises): LuaJIT keeps its hook mask with plain read-modify-writes
+       * (entering and leaving a hook, lua_sethook), and a tick landing
+       * inside one is overwritten as that write completes. Under heavy
+       * load (a deadline moved out by a sliver of CPU left, so the timer
+       * fired as the hook that moved it returned) the hook was lost with
+       * fast_hook set and no timer armed: a rule recursing through xpcall
+       * and coroutines ran 100x its budget. */
+      b->fast_hook = 1;
+      lua_sethook(b->L, on_hook, LUA_MASKCOUNT, 1);
       /* compiled code may be running, which the hook never sees */
-      if (b->jit && !b->jit_held) {
+      if (!b->jit) {
+        wd_arm(sl_mono_ns() + HOOK_RETICK_NS);
+      } else if (!b->jit_held) {
         if (!jit_take(b))
           wd_arm(sl_mono_ns() + 1000000); /* held elsewhere: retry */
         else
           wd_arm(sl_mono_ns() + JIT_RETICK_NS);
-      } else if (b->jit) {
+      } else {
         /* Held (taken with the budget spent), past a deadline, and no
          * hook ran since: the compiled code has not exited yet, or the
          * hook bit was lost. Set the hook again from this
          * thread (should an update of the bit and the dispatch table ever
          * be lost to a tick and a hook change interleaving, no later tick
          * would set the bit again) and tick now, rather than at the
-         * timer's next coarse tick, so the compiled code exits to it. */
-        lua_sethook(b->L, on_hook, LUA_MASKCOUNT, 1);
+         * timer's next coarse tick, so the compiled code exits to it
+         * (the hook was set again above). */
         jit_tick_now();
         wd_arm(sl_mono_ns() + JIT_RETICK_NS);
       }

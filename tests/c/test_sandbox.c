@@ -1005,6 +1005,77 @@ TEST(sandbox_c_recursion_through_coroutines_ends_in_a_lua_error) {
   }
 }
 
+/* A watchdog tick whose hook is lost (LuaJIT's own read-modify-write of
+ * its hook mask, entering or leaving a hook, overwrote the tick's) must
+ * not leave the call unbounded: the next tick sets the hook again. The
+ * rule's lose_hook() spins in C until the watchdog has set the hook past
+ * the deadline, then clears it, as the lost write does; the endless loop
+ * after it ran forever before (a rule recursing through xpcall and
+ * coroutines ran 100x its budget under load). The call runs on its own
+ * thread so that a regression fails the case rather than hanging it. */
+static int lose_hook(lua_State *L) {
+  uint64_t until = sl_mono_ns() + 5000000000u;
+  while (lua_gethookmask(L) == 0 && sl_mono_ns() < until)
+    ;
+  lua_sethook(L, NULL, 0, 0);
+  return 0;
+}
+
+struct lost_run {
+  struct sl_rule *r;
+  struct sl_rule_decision d;
+  uint64_t cpu_us;
+  volatile int done;
+};
+
+static void *lost_run_thread(void *arg) {
+  struct lost_run *lr = arg;
+  uint64_t t0 = thread_cpu_us();
+  run(lr->r, "x", -1, &lr->d);
+  lr->cpu_us = thread_cpu_us() - t0;
+  lr->done = 1;
+  return NULL;
+}
+
+TEST(sandbox_a_lost_watchdog_hook_is_set_again) {
+  char err[512];
+  struct lost_run lr;
+  pthread_t t;
+  uint64_t until;
+  lua_State *L;
+  int i;
+
+  memset(&lr, 0, sizeof(lr));
+  lr.r = load("return { on_event = function(ev)\n"
+              "  lose_hook()\n"
+              "  while true do end\n"
+              "end }\n", 20, 16, NULL, err, sizeof(err));
+  CHECK(lr.r != NULL);
+  L = lr.r->box->L;
+  lua_pushvalue(L, SLOT_ON_EVENT); /* its environment is the rule's */
+  lua_getfenv(L, -1);
+  lua_pushcfunction(L, lose_hook);
+  lua_setfield(L, -2, "lose_hook");
+  lua_pop(L, 2);
+  for (i = 0; i < 3; i++) {
+    lr.done = 0;
+    CHECK_EQ(pthread_create(&t, NULL, lost_run_thread, &lr), 0);
+    until = sl_mono_ns() + 10000000000u;
+    while (!lr.done && sl_mono_ns() < until)
+      usleep(1000);
+    if (!lr.done) { /* still looping: the hook stayed lost */
+      fprintf(stderr, "  call %d not stopped within 10 s\n", i);
+      CHECK(lr.done);
+      exit(1); /* the thread cannot be joined */
+    }
+    pthread_join(t, NULL);
+    CHECK_EQ(lr.d.error, SL_RULE_ERR_CPU);
+    /* the 20 ms budget (the spin in C spends it), one tick, slack */
+    CHECK(lr.cpu_us < 200000u);
+  }
+  sl_rule_free(lr.r);
+}
+
 /* Work done in C or by costly VM instructions is stopped near the budget:
  * table.insert at a huge negative position (24 s before), table.sort of
  * long strings (4.5 s), comparing long strings in a loop (63x), os.date
