@@ -308,6 +308,28 @@ def test_fd_exhaustion_loses_nothing_acked_and_sluice_recovers(sluice, tmp_path)
         eng.stop()
 
 
+def kill_loop(eng, producers, hp, rng, seconds=20):
+    """Start the producers, kill -9 and restart eng at random moments for
+    seconds, stop them and kill it once more: (the dead engine, kills, the
+    ids acked over native acks and HTTP 202)."""
+    for p in producers + [hp]:
+        p.start()
+    kills = 0
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        time.sleep(rng.uniform(0.3, 1.2))
+        eng.kill()
+        kills += 1
+        time.sleep(rng.uniform(0, 0.3))
+        eng = eng.restart()
+    for p in producers + [hp]:
+        p.stop.set()
+        p.join(10)
+    eng.kill()
+    kills += 1
+    return eng, kills, set().union(*(p.acked for p in producers)) | hp.accepted
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("when_full", ["block", "drop_newest"])
 def test_kill9_loop_every_acked_event_is_delivered_after_restart(sluice, tmp_path,
@@ -323,22 +345,7 @@ def test_kill9_loop_every_acked_event_is_delivered_after_restart(sluice, tmp_pat
     producers = [Producer("127.0.0.1:%d" % port, "n%d" % i, size=100,
                           deadline=40) for i in range(2)]
     hp = HttpProducer(web, "h", size=100, deadline=40)
-    for p in producers + [hp]:
-        p.start()
-    kills = 0
-    t_end = time.monotonic() + 20
-    while time.monotonic() < t_end:
-        time.sleep(rng.uniform(0.3, 1.2))
-        eng.kill()
-        kills += 1
-        time.sleep(rng.uniform(0, 0.3))
-        eng = eng.restart()
-    for p in producers + [hp]:
-        p.stop.set()
-        p.join(10)
-    eng.kill()
-    kills += 1
-    acked = set().union(*(p.acked for p in producers)) | hp.accepted
+    eng, kills, acked = kill_loop(eng, producers, hp, rng)
     with Sink(port=down, keep_raw=False) as sink:
         eng = eng.restart()
         try:
@@ -371,22 +378,7 @@ def test_kill9_loop_on_a_full_disk_loses_nothing_acked(sluice, tmpfs, when_full,
     producers = [Producer("127.0.0.1:%d" % port, "n%d" % i, size=300,
                           deadline=40) for i in range(2)]
     hp = HttpProducer(web, "h", size=300, deadline=40)
-    for p in producers + [hp]:
-        p.start()
-    kills = 0
-    t_end = time.monotonic() + 20
-    while time.monotonic() < t_end:
-        time.sleep(rng.uniform(0.3, 1.2))
-        eng.kill()
-        kills += 1
-        time.sleep(rng.uniform(0, 0.3))
-        eng = eng.restart()
-    for p in producers + [hp]:
-        p.stop.set()
-        p.join(10)
-    eng.kill()
-    kills += 1
-    acked = set().union(*(p.acked for p in producers)) | hp.accepted
+    eng, kills, acked = kill_loop(eng, producers, hp, rng)
     with Sink(port=down, keep_raw=False) as sink:
         eng = eng.restart()
         try:
