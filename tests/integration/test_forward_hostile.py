@@ -52,8 +52,10 @@ def test_a_sender_that_never_reads_its_acks_is_paused_not_buffered(sluice):
         "the engine took every frame: it queued their acks"
     assert grown < 64 * 1024, "the engine grew %d KiB" % grown
     # the sender reads now: its acks come, in order, and it goes on
-    got = read_answers(s, 50, timeout=20)
-    assert [a["ack"] for a in got] == [chunk + str(i) for i in range(50)]
+    # (a read may hold more than 50: every one must be the next in order)
+    acks = [a["ack"] for a in read_answers(s, 50, timeout=20)]
+    assert len(acks) >= 50, "%d acks came" % len(acks)
+    assert acks == [chunk + str(i) for i in range(len(acks))]
     s.close()
     with connect(eng.address) as other:
         other.sendall(packb(["t", 1, {"n": 1}, {"chunk": "x"}]))
