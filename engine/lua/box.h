@@ -43,6 +43,10 @@
 #define LOG_CALL_MAX 65536   /* log bytes one call into the rule may write */
 #define SCRATCH_KEEP 65536   /* scratch buffers shrink back after more */
 #define BIGSTR_MIN (256u << 10) /* string results built in checked pieces */
+/* The sandbox's own Lua chunks (env.c) are named with this prefix; where_of
+ * skips their frames, so an error they raise for the rule is placed at the
+ * rule's line. */
+#define SL_INTERNAL_CHUNK "=sluice:"
 #define BIGSTR_PIECE (1u << 20) /* bytes written between clock checks */
 #define CONCAT_PIECE 65536    /* table.concat elements between clock checks */
 

@@ -114,7 +114,8 @@ static int drop_tostring(lua_State *L) {
 static void hide_addresses(lua_State *L, int g0, int env) {
   int top = lua_gettop(L);
 
-  if (luaL_loadbuffer(L, hide_src, sizeof(hide_src) - 1, "=tostring") != 0)
+  if (luaL_loadbuffer(L, hide_src, sizeof(hide_src) - 1,
+                      SL_INTERNAL_CHUNK "tostring") != 0)
     lua_error(L);
   lua_getfield(L, env, "tostring");
   lua_getfield(L, env, "string");
@@ -800,7 +801,8 @@ int box_setup(lua_State *L) {
   lua_setfield(L, env, "collectgarbage");
   lua_pushcfunction(L, l_print);
   lua_setfield(L, env, "print");
-  if (luaL_loadbuffer(L, xpcall_src, sizeof(xpcall_src) - 1, "=xpcall") != 0 ||
+  if (luaL_loadbuffer(L, xpcall_src, sizeof(xpcall_src) - 1,
+                      SL_INTERNAL_CHUNK "xpcall") != 0 ||
       lua_pcall(L, 0, 1, 0) != 0)
     lua_error(L);
   lua_setfield(L, env, "xpcall");

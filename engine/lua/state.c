@@ -32,11 +32,11 @@ const char *src_of(const lua_Debug *ar) {
   return ar->source && ar->source[0] == '@' ? ar->source + 1 : ar->short_src;
 }
 
-/* The sandbox's own Lua chunks (env.c): an error they raise for the rule
- * (string.format's refusal of %p) is the rule's line's, not theirs. */
+/* The sandbox's own Lua chunks (SL_INTERNAL_CHUNK): an error they raise
+ * for the rule (string.format's refusal of %p) is the rule's line's. */
 static int internal_frame(const lua_Debug *ar) {
-  return ar->source && (strcmp(ar->source, "=tostring") == 0 ||
-                        strcmp(ar->source, "=xpcall") == 0);
+  return ar->source && strncmp(ar->source, SL_INTERNAL_CHUNK,
+                               sizeof(SL_INTERNAL_CHUNK) - 1) == 0;
 }
 
 void where_of(lua_State *L, int level, char *buf, size_t n,
@@ -235,8 +235,10 @@ void set_hook(struct box *b, int count) {
  * the first takes to stop. */
 #define JIT_PARK_MODE "i1000000" /* ms of process CPU between samples */
 #define JIT_HELD_MODE "i1"
-#define JIT_RETICK_NS 1000000u /* held, past a deadline: tick again */
-#define HOOK_RETICK_NS 1000000u /* past a deadline, until the hook runs */
+/* Past a deadline, until the hook runs (or, holding the interrupt, until
+ * the compiled code exits to it; or waiting for another state to give the
+ * interrupt back): tick again this much later. */
+#define RETICK_NS 1000000u
 
 static lua_State *jit_park;
 static atomic_int jit_busy; /* 1: the interrupt is moving or held */
@@ -333,10 +335,11 @@ static void jit_tick_now(void) {
     syscall(SYS_tgkill, getpid(), (pid_t)syscall(SYS_gettid), SIGPROF);
 }
 
-static int jit_take(struct box *b) {
+/* Held by another state: nothing (the caller ticks again to retry). */
+static void jit_take(struct box *b) {
   int z = 0, here;
   if (!atomic_compare_exchange_strong(&jit_busy, &z, 1))
-    return 0;
+    return;
   luaJIT_profile_stop(jit_park);
   luaJIT_profile_start(b->L, JIT_HELD_MODE, on_profile, b);
   here = jit_sigprof_here();
@@ -350,7 +353,6 @@ static int jit_take(struct box *b) {
    * thread blocks SIGPROF or its action is not LuaJIT's). */
   jit_ticks_here = here;
   jit_tick_now();
-  return 1;
 }
 
 /* After the call that took it (the watchdog no longer looks at b). */
@@ -462,15 +464,11 @@ static void on_watchdog(int sig, siginfo_t *si, void *uc) {
        * and coroutines ran 100x its budget. */
       b->fast_hook = 1;
       lua_sethook(b->L, on_hook, LUA_MASKCOUNT, 1);
-      /* compiled code may be running, which the hook never sees */
-      if (!b->jit) {
-        wd_arm(sl_mono_ns() + HOOK_RETICK_NS);
-      } else if (!b->jit_held) {
-        if (!jit_take(b))
-          wd_arm(sl_mono_ns() + 1000000); /* held elsewhere: retry */
-        else
-          wd_arm(sl_mono_ns() + JIT_RETICK_NS);
-      } else {
+      /* compiled code may be running, which the hook never sees: take
+       * the interrupt (held by another state: the next tick retries) */
+      if (b->jit && !b->jit_held) {
+        jit_take(b);
+      } else if (b->jit) {
         /* Held (taken with the budget spent), past a deadline, and no
          * hook ran since: the compiled code has not exited yet, or the
          * hook bit was lost. Set the hook again from this
@@ -480,8 +478,8 @@ static void on_watchdog(int sig, siginfo_t *si, void *uc) {
          * timer's next coarse tick, so the compiled code exits to it
          * (the hook was set again above). */
         jit_tick_now();
-        wd_arm(sl_mono_ns() + JIT_RETICK_NS);
       }
+      wd_arm(sl_mono_ns() + RETICK_NS);
     }
   }
   errno = saved;
