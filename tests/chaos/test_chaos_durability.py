@@ -330,6 +330,19 @@ def kill_loop(eng, producers, hp, rng, seconds=20):
     return eng, kills, set().union(*(p.acked for p in producers)) | hp.accepted
 
 
+def restart_to_a_sink(eng, down, acked, timeout, what, extra=lambda sink: ""):
+    """Bring the sink at port down up, restart eng and wait for every acked
+    id at the sink: (the running engine, the ids lost, reported as what)."""
+    with Sink(port=down, keep_raw=False) as sink:
+        eng = eng.restart()
+        try:
+            wait_for(lambda: acked <= ids_at(sink), timeout, interval=0.5,
+                     what="every acked event at the sink")
+        finally:
+            lost = report(what, acked, ids_at(sink), extra(sink))
+    return eng, lost
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("when_full", ["block", "drop_newest"])
 def test_kill9_loop_every_acked_event_is_delivered_after_restart(sluice, tmp_path,
@@ -346,21 +359,15 @@ def test_kill9_loop_every_acked_event_is_delivered_after_restart(sluice, tmp_pat
                           deadline=40) for i in range(2)]
     hp = HttpProducer(web, "h", size=100, deadline=40)
     eng, kills, acked = kill_loop(eng, producers, hp, rng)
-    with Sink(port=down, keep_raw=False) as sink:
-        eng = eng.restart()
-        try:
-            wait_for(lambda: acked <= ids_at(sink), 90, interval=0.5,
-                     what="every acked event at the sink")
-        finally:
-            events = sink.events
-            lost = report("kill -9 loop (%d kills, sink down, %s, workers %d), "
-                          "native acks + http 202" % (kills, when_full, workers),
-                          acked, ids_at(sink),
-                          ", events at the sink %d, http codes %r"
-                          % (len(events), hp.codes))
-        assert kills >= 10 and len(acked) > 1000
-        assert not lost
-        eng.stop()
+    eng, lost = restart_to_a_sink(
+        eng, down, acked, 90,
+        "kill -9 loop (%d kills, sink down, %s, workers %d), native acks + "
+        "http 202" % (kills, when_full, workers),
+        lambda sink: ", events at the sink %d, http codes %r"
+        % (len(sink.events), hp.codes))
+    assert kills >= 10 and len(acked) > 1000
+    assert not lost
+    eng.stop()
 
 
 # both faults at once: the engine dies with the disk full (writes failing,
@@ -379,15 +386,11 @@ def test_kill9_loop_on_a_full_disk_loses_nothing_acked(sluice, tmpfs, when_full,
                           deadline=40) for i in range(2)]
     hp = HttpProducer(web, "h", size=300, deadline=40)
     eng, kills, acked = kill_loop(eng, producers, hp, rng)
-    with Sink(port=down, keep_raw=False) as sink:
-        eng = eng.restart()
-        try:
-            wait_for(lambda: acked <= ids_at(sink), 60, interval=0.5,
-                     what="every acked event at the sink")
-        finally:
-            lost = report("kill -9 loop on a full disk (4 MiB tmpfs, %d kills, "
-                          "sink down, %s, workers %d)" % (kills, when_full, workers),
-                          acked, ids_at(sink), ", http codes %r" % hp.codes)
-        assert kills >= 10 and len(acked) > 1000
-        assert not lost
-        eng.stop()
+    eng, lost = restart_to_a_sink(
+        eng, down, acked, 60,
+        "kill -9 loop on a full disk (4 MiB tmpfs, %d kills, sink down, %s, "
+        "workers %d)" % (kills, when_full, workers),
+        lambda sink: ", http codes %r" % hp.codes)
+    assert kills >= 10 and len(acked) > 1000
+    assert not lost
+    eng.stop()
