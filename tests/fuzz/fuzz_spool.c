@@ -31,6 +31,15 @@
 #define SEG_HDR 24
 #define REC_HDR 16
 #define MAXIMG 8192
+/* Bytes the deletions may take in all. A file never loses bytes from its
+ * middle (a crash cuts its tail or leaves zeroed pages, which keep every
+ * later record at its offset), so the scan believes a seq found past junk
+ * only as far as the junk's length accounts for, give or take the spool's
+ * RESYNC_SLACK (8) records: that is what lets it refuse records forged in
+ * an event's payload. A deleted stretch moves the records after it closer,
+ * so deletions past what the slack covers could hide an intact record from
+ * a correct scan; 16 deletions of 64 bytes each did. */
+#define DELETE_MAX ((8 - 1) * REC_HDR)
 
 static char dir[64];
 static uint8_t tmpl[MAXIMG];
@@ -105,7 +114,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   char path[128];
   uint64_t last = 0, got = 0;
   int seen[NREC + 2] = {0};
-  size_t len = tmpl_len, i, k;
+  size_t len = tmpl_len, i, k, deleted = 0;
   uint32_t j;
   int n, must, live = size > 0 && (data[0] & 0x80);
   uint64_t ack = size > 0 ? data[0] % 8 : 0;
@@ -136,11 +145,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       }
       len += v;
       break;
-    case 2: /* delete a stretch: short, as the scan believes a seq only a
-             * few records past what the junk's length accounts for */
+    case 2: /* delete a stretch: short, DELETE_MAX in all */
       v %= 65;
       if (v > len - at)
         v = len - at;
+      if (v > DELETE_MAX - deleted)
+        v = DELETE_MAX - deleted;
+      deleted += v;
       memmove(img + at, img + at + v, len - at - v);
       memmove(origin + at, origin + at + v, (len - at - v) * sizeof(*origin));
       len -= v;
