@@ -627,6 +627,40 @@ def test_bad_input_over_a_unix_socket_names_the_socket(sluice):
     assert len(wait_lines(eng.path("out.ndjson"), 2)) == 2
 
 
+
+def test_repeated_bad_input_is_rate_limited_and_the_next_line_says_how_many(sluice):
+    # README "Logs and lifecycle": repeating errors are rate-limited (bad
+    # input: 20 lines per 10 s); the next line let through carries
+    # `suppressed`, the count held back
+    port = free_port()
+    cfg, admin = admin_config(port, workers=1)
+    eng = sluice(cfg)
+    t0 = time.monotonic()
+    for _ in range(25):
+        s = connect("127.0.0.1:%d" % port)
+        s.sendall(b"\xc1")
+        s.settimeout(5)
+        try:
+            assert s.recv(1) == b""
+        except ConnectionResetError:
+            pass
+        s.close()
+    wait_for(lambda: metric(admin, "sluice_input_bad_total", input="app") == 25,
+             what="25 bad inputs counted")
+    lines = eng.find_logs(BAD_INPUT)
+    assert len(lines) == 20 and all(l["suppressed"] == 0 for l in lines)
+    time.sleep(max(0.0, 10.5 - (time.monotonic() - t0)))  # the window is over
+    s = connect("127.0.0.1:%d" % port)
+    s.sendall(b"\xc1")
+    s.settimeout(5)
+    try:
+        s.recv(1)
+    except ConnectionResetError:
+        pass
+    s.close()
+    line = eng.wait_log(BAD_INPUT, count=21)
+    assert line["suppressed"] == 5
+
 def sized_event(size):
     """An event of exactly size bytes."""
     overhead = len(pack({"topic": "t", "payload": ""}))
