@@ -38,9 +38,10 @@ static const char usage[] =
     "  Send the events of a dead-letter file (NDJSON, as the file output\n"
     "  writes it) to a sluice tcp or unix input, without the headers sluice\n"
     "  added when it gave up on them (sluice-error, sluice-rule,\n"
-    "  sluice-output, sluice-attempts). Ids are kept, so an output with\n"
-    "  dedup drops repeats if a replay is run twice. Uses the input's ack\n"
-    "  mode and returns once the engine acknowledged every event.\n"
+    "  sluice-output, sluice-attempts, sluice-input). Ids are kept, so an\n"
+    "  output with dedup drops repeats if a replay is run twice. Uses the\n"
+    "  input's ack mode and returns once the engine acknowledged every\n"
+    "  event.\n"
     "\n"
     "  -c CONFIG          replay the config's dead-letter file (the implicit\n"
     "                     one is dead-letter.ndjson in its state_dir)\n"
@@ -54,9 +55,11 @@ static const char usage[] =
     "  --timeout SECONDS  give up when the engine makes no progress for this\n"
     "                     long (default 60)\n";
 
-/* The headers sluice sets on a dead letter. */
+/* The headers sluice sets on a dead letter (sluice-input: an input's own,
+ * for what it could not parse). sluice-peer is the event's origin, kept. */
 static const char *const added[] = {"sluice-error", "sluice-rule",
-                                    "sluice-output", "sluice-attempts"};
+                                    "sluice-output", "sluice-attempts",
+                                    "sluice-input"};
 
 struct replay {
   const char *file, *address;

@@ -329,6 +329,32 @@ def test_dlq_replay_round_trip_strips_sluice_headers_and_keeps_ids(sluice):
     assert target.stop() == 0
 
 
+def test_dlq_replay_strips_the_sluice_input_header_of_an_input_dead_letter(sluice):
+    # a syslog (or redis) input dead-letters what it cannot parse with
+    # sluice-error and sluice-input: a replay takes both off
+    import socket
+    port = free_port()
+    src = sluice({"inputs": [{"name": "sys", "type": "syslog",
+                              "listen": "127.0.0.1:%d" % port,
+                              "format": "rfc5424", "on_malformed": "dead_letter"}],
+                  "outputs": [{"name": "out", "type": "file", "path": "out.ndjson"}],
+                  "routes": [{"topics": "*", "to": "out"}]})
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"<13>Oct 11 22:14:15 host app: not 5424\n")
+    path = src.path("var/dead-letter.ndjson")
+    [dead] = wait_lines(path, 1)
+    assert '"sluice-input":"sys"' in dead
+    assert src.stop() == 0
+    target = engine(sluice, [{"name": "out", "type": "file", "path": "r.ndjson"}])
+    r = run_sluice("dlq", "replay", path, "--to", target.address)
+    assert r.returncode == 0, r.stderr
+    wait_lines(target.path("r.ndjson"), 1)
+    [got] = read_ndjson(target.path("r.ndjson"))
+    assert not [h for h in got.get("headers", {}) if h.startswith("sluice-")], got
+    assert got["payload"]["malformed"] is True
+    assert target.stop() == 0
+
+
 def test_dlq_replay_over_a_unix_socket(sluice, tmp_path):
     from conftest import short_path
     _, path = dead_letters(sluice, 3)
