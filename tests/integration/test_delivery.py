@@ -263,3 +263,37 @@ def test_file_output_mends_a_torn_last_line_at_start(sluice):
     lines = eng.path("out.ndjson").read_bytes().splitlines()
     assert lines[5] == b"a line someone else wrote"
     assert json.loads(lines[6])["payload"] == 5
+
+
+def test_the_relay_example_survives_kill_9_at_either_end(sluice):
+    # README "Delivery": a relay whose receiver has a disk buffer survives
+    # kill -9 at either end (examples/relay/): every acked event arrives
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "relay")
+    port, admin = free_port(), free_port()
+    central_text = open(os.path.join(root, "central.conf.lua")).read()
+    assert "127.0.0.1:7500" in central_text and "127.0.0.1:9091" in central_text
+    central = sluice(central_text.replace("127.0.0.1:7500", "127.0.0.1:%d" % port)
+                     .replace("127.0.0.1:9091", "127.0.0.1:%d" % admin), name="central")
+    edge = sluice(open(os.path.join(root, "edge.conf.lua")).read(), name="edge",
+                  env={"CENTRAL": "127.0.0.1:%d" % port})
+    sock = str(edge.path("var/edge.sock"))
+    archive = central.path("var/central.ndjson")
+
+    def ids():
+        return {e["id"] for e in read_ndjson(archive)} if os.path.exists(archive) else set()
+
+    def batch(k):
+        return [{"id": "r%d-%d" % (k, i), "topic": "t", "payload": i} for i in range(500)]
+
+    assert acked_client(sock, batch(0)) == 500
+    wait_for(lambda: len(ids()) == 500, timeout=15, what="the first batch archived")
+    central.kill()  # kill -9 of the receiver
+    assert acked_client(sock, batch(1)) == 500  # on the edge's disk
+    edge.kill()  # and of the sender, its batch still unsent
+    central = central.restart()
+    edge = edge.restart()
+    assert acked_client(sock, batch(2)) == 500
+    want = {e["id"] for k in range(3) for e in batch(k)}
+    wait_for(lambda: ids() == want, timeout=30, what="every acked event archived")
+    assert edge.stop() == 0
+    assert central.stop() == 0
