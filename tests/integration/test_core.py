@@ -943,6 +943,25 @@ def test_shutdown_timeout_ends_a_stuck_drain_with_exit_1(sluice):
         assert line.get("lost_events", line.get("queued_events", 0)) > 0
 
 
+def test_shutdown_timeout_with_events_only_in_a_disk_buffer_exits_0_and_keeps_them(sluice):
+    # README "Logs and lifecycle": past shutdown_timeout, what sits in disk
+    # buffers stays there for the next start; nothing is lost, so exit 0
+    port, down = free_port(), free_port()  # nothing listens on down yet
+    eng = sluice(simple_config(port, shutdown_timeout=0.3, outputs=[
+        {"name": "out", "type": "tcp", "address": "127.0.0.1:%d" % down,
+         "buffer": {"type": "disk"}}]))
+    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": i} for i in range(10)])
+    eng.signal(signal.SIGTERM)
+    assert eng.wait(10) == 0
+    line = eng.wait_log("shutdown_timeout reached; undelivered events stay in the "
+                        "disk buffers for the next start")
+    assert line["level"] == "warn" and line["kept_in_disk_buffers"] == 10
+    with Sink(port=down) as sink:
+        eng = eng.restart()
+        assert [e["payload"] for e in sink.wait(10)] == list(range(10))
+        assert eng.stop() == 0
+
+
 def test_sigusr1_reopens_the_file_output(sluice):
     port = free_port()
     eng = sluice(simple_config(port))
