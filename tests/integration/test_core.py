@@ -336,6 +336,17 @@ def test_log_level_flag_hides_info_lines(sluice):
     assert eng.logs() == []
 
 
+
+def test_log_level_comes_from_the_flag_else_the_config(sluice):
+    # README "Logs and lifecycle": --log-level, else log_level, else info
+    quiet = sluice(simple_config(free_port(), log_level="warn"))
+    assert quiet.stop() == 0
+    assert quiet.logs() == []
+    loud = sluice(simple_config(free_port(), log_level="warn"),
+                  args=["--log-level", "info"])
+    assert loud.stop() == 0
+    assert loud.find_logs("sluice started")
+
 def test_tcp_events_reach_the_file_byte_for_byte(sluice):
     port = free_port()
     eng = sluice(simple_config(port))
