@@ -190,6 +190,27 @@ def test_sluice_tap_filters_by_outcome_rule_output_and_topic(sluice, tmp_path):
     assert [l["event"]["topic"] for l in got["topic"]] == ["nowhere", "nowhere.else"]
 
 
+def test_sluice_tap_sample_flag_keeps_a_share(sluice, tmp_path):
+    # README: --sample SHARE (sample=0.01 keeps about 1%); 1 keeps all
+    eng, port, admin = engine(sluice, tmp_path)
+    r = run_sluice("tap", "-c", eng.config, "--sample", "0")
+    assert r.returncode == 1 and "400" in r.stderr and "sample" in r.stderr, r.stderr
+    everything = tap(eng, "--json", "--sample", "1", "--limit", str(len(MIX)))
+    half = tap(eng, "--json", "--sample", "0.5")
+    wait_metric(admin, "sluice_tap_clients", lambda v: v == 2)
+    for _ in range(40):
+        ingest(port, MIX)
+    rc, text, err = finish(*everything)
+    assert rc == 0, err
+    assert len(text.splitlines()) == len(MIX)
+    # the engine decided each event before its 202: what it sent the
+    # sampled tap is counted by now (mean 140 of 280; 60..220 is >9 sigma)
+    sent = metric(metrics(admin), "sluice_tap_lines_total") - len(MIX)
+    assert 60 < sent < 220, sent
+    half[0].terminate()
+    finish(*half)
+
+
 def test_sluice_tap_prints_one_readable_line_per_event(sluice, tmp_path):
     eng, port, admin = engine(sluice, tmp_path)
     p, out = tap(eng, "--topics", "orders.*,nowhere", "--limit", "4")
