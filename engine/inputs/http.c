@@ -953,7 +953,8 @@ static const struct sl_input_ops ops = {
 #define IN struct sl_input_config
 static const struct sl_config_key keys[] = {
     {.name = "listen", .type = SL_KEY_ADDRESS,
-     .doc = "\"host:port\" to serve POST /events on",
+     .doc = "\"host:port\" to serve POST /v1/events, /v1/topics/{topic} "
+            "and /v1/logs on",
      .flags = SL_KEY_REQUIRED, SL_KEY_FIELD(IN, listen)},
     {.name = "topic", .type = SL_KEY_STRING,
      .doc = "the topic of bare payloads (bodies that are not events)",

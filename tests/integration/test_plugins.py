@@ -58,6 +58,16 @@ def test_plugins_lists_every_type_with_its_keys_types_defaults_and_docs():
                      out, re.M), out
 
 
+def test_the_http_inputs_listen_doc_names_the_paths_it_serves():
+    # POST /events is a 404: the input serves /v1/events (README "HTTP
+    # ingest"), bare payloads at /v1/topics/{topic} and OTLP at /v1/logs
+    plugins, out = listing()
+    doc = plugins[("input", "http")]["listen"][2]
+    for path in ("/v1/events", "/v1/topics/{topic}", "/v1/logs"):
+        assert path in doc, doc
+    assert "POST /events" not in doc, doc
+
+
 
 def test_the_tls_line_names_every_plugin_that_takes_a_tls_table():
     # the README's config table lists tls on forward, nats and kafka plugins
