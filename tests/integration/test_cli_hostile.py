@@ -74,6 +74,12 @@ def slowloris_head(c, stop):
         c.sendall(b"X")  # a header line that never ends, a byte at a time
 
 
+def huge_head(c, stop):
+    read_request(c)
+    c.sendall(b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"x" * 70000 + b"\r\n")
+    stop.wait(60)  # never ends the head: only the size bound stops it
+
+
 def endless_body(c, stop):
     read_request(c)
     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
@@ -157,6 +163,17 @@ def test_top_and_tap_give_up_on_a_head_trickled_a_byte_at_a_time(
     r, took = timed(cmd[0], "-c", conf, "--timeout", "1.5", *cmd[1:])
     assert r.returncode == 1, (r.stdout, r.stderr)
     assert "within 1500 ms" in r.stderr, r.stderr
+    assert took < 10
+
+
+@pytest.mark.parametrize("cmd", [["top", "--once"], ["tap"]])
+def test_top_and_tap_refuse_a_head_over_64_kib_at_once(hostile, tmp_path, cmd):
+    # README "Operating": a head over 64 KiB is refused (not waited out)
+    h = hostile(huge_head)
+    conf = admin_config(tmp_path, h.port)
+    r, took = timed(cmd[0], "-c", conf, "--timeout", "30", *cmd[1:])
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "head larger than 64 KiB" in r.stderr, r.stderr
     assert took < 10
 
 
