@@ -80,6 +80,26 @@ def test_unrouted_events_are_dropped_counted_by_input_and_version_and_the_202_sa
         for l in (eng.dir / "other.ndjson").read_text().splitlines())
 
 
+def test_unrouted_series_keep_the_last_4_versions_and_always_the_live_one(
+        sluice, tmp_path):
+    # README "Operating": by input and rule set version, the last 4
+    # versions an input saw, the live one always shown; a POST /reload makes
+    # a new version even with nothing changed
+    eng, port, admin = engine(sluice, tmp_path)
+    for v in range(1, 7):
+        if v > 1:
+            assert curl("http://127.0.0.1:%d/reload" % admin, method="POST").status == 200
+        ingest(port, [{"topic": "nowhere", "payload": v}] * v)
+    text = metrics(admin)
+    series = {int(v): metric(text, "sluice_events_unrouted_total", input="web",
+                             version=str(v)) for v in range(1, 7)}
+    assert series == {1: None, 2: None, 3: 3, 4: 4, 5: 5, 6: 6}, series
+    assert curl("http://127.0.0.1:%d/reload" % admin, method="POST").status == 200
+    text = metrics(admin)
+    assert metric(text, "sluice_events_unrouted_total", input="web", version="7") == 0
+    assert metric(text, "sluice_events_unrouted_total", input="web", version="3") is None
+
+
 def test_unrouted_to_an_output_sends_them_there_and_still_counts_them(sluice, tmp_path):
     eng, port, admin = engine(sluice, tmp_path, unrouted="other")
     assert ingest(port, MIX) == {"accepted": 7, "unrouted": 2}
