@@ -1,9 +1,9 @@
 /* dlq.h - `sluice dlq`: tools for dead letters. `replay` reads a dead-letter
  * NDJSON file (as the file output writes it), takes off the headers sluice
  * added when it gave up on the events (sluice-error, sluice-rule,
- * sluice-output, sluice-attempts, sluice-input) and sends the events, ids kept, to a
- * native input in ack mode, waiting for the engine's final ack. A command,
- * not part of the engine loop: it blocks on its one socket. */
+ * sluice-output, sluice-attempts, sluice-input) and sends the events, ids
+ * kept, to a native input in ack mode, waiting for the engine's final ack.
+ * A command, not part of the engine loop: it blocks on its one socket. */
 #ifndef SL_DLQ_H
 #define SL_DLQ_H
 
