@@ -32,7 +32,9 @@
  * the engine binary. Either would hand a rule a map of the process (ASLR).
  * Rules get a tostring that names such values "<type>: #<n>", n counted
  * per state, a format that uses it for %s and refuses %p, and the mark
- * prints as "sluice.drop". __tostring metamethods work as before. The
+ * prints as "sluice.drop". __tostring metamethods work as before, but
+ * one that returns a table, function, userdata or thread raises (format's
+ * %s printed what it returned with its address). The
  * format also refuses %q of a string over 1 MiB: LuaJIT quotes it byte by
  * byte in one C call (2.3 ms per MiB, unchecked). */
 static const char hide_src[] =
@@ -50,6 +52,11 @@ static const char hide_src[] =
     "      if id == nil then n = n + 1; id = n; ids[v] = id end\n"
     "      return t .. ': #' .. id\n"
     "    end\n"
+    "    local s = raw_tostring(v)\n"
+    "    if hidden[type(s)] then\n"
+    "      error(\"'__tostring' must return a string\", 2)\n"
+    "    end\n"
+    "    return s\n"
     "  end\n"
     "  return raw_tostring(v)\n"
     "end\n"

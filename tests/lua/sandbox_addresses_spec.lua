@@ -65,6 +65,26 @@ describe("rules see no addresses", function()
     end
   end)
 
+  it("a __tostring that returns a table, function or thread shows no address", function()
+    -- string.format("%s") handed what __tostring returned to LuaJIT's
+    -- own format, which printed it with its address
+    for _, ret in ipairs({ "{}", "print", "coroutine.create(print)", "ev" }) do
+      local mt = "{ __tostring = function() return " .. ret .. " end }"
+      for _, call in ipairs({ "string.format('%s', t)", "('%5s|'):format(t)",
+                              "tostring(t)", "tostring(tostring(t))" }) do
+        local r = s.on_event("local t = setmetatable({}, " .. mt .. ")\n"
+          .. "local ok, v = pcall(function() return " .. call .. " end)\n"
+          .. "return { tostring(ok), type(v) == 'string' and v or type(v) }")
+        local res = r:run({ topic = "t" })
+        assert.is_nil(res.error, res.error)
+        for _, v in ipairs(res.routes) do no_address(v) end
+        if res.routes[1] == "false" then
+          s.has(res.routes[2], "'__tostring' must return a string")
+        end
+      end
+    end
+  end)
+
   it("numbers, strings and booleans format as before", function()
     local out = strings([[
       return { tostring(1.5), tostring(nil), tostring(true), tostring("s"),
