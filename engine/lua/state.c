@@ -39,11 +39,21 @@ static int internal_frame(const lua_Debug *ar) {
                         strcmp(ar->source, "=xpcall") == 0);
 }
 
+/* where_of looks at this many frames at most: LuaJIT finds each level by
+ * walking the stack from its top, so a walk to level d costs d^2/2 frame
+ * steps. A rule tail-calling into xpcall (its own frames gone, pcall's C
+ * frames and the "=xpcall" chunk's left) nests thousands of frames with
+ * none of its own near the top; after the budget every instruction raises
+ * and each raise walked them all: a 20 ms budget ran 27 s of CPU at 2000
+ * levels, longer deeper. Past the cap the rule's file stands (fallback). */
+#define WHERE_MAX_LEVELS 32
+
 void where_of(lua_State *L, int level, char *buf, size_t n,
               const char *fallback) {
   lua_Debug ar;
+  int last = level + WHERE_MAX_LEVELS;
 
-  for (; lua_getstack(L, level, &ar); level++) {
+  for (; level < last && lua_getstack(L, level, &ar); level++) {
     if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0 &&
         !internal_frame(&ar)) {
       snprintf(buf, n, "%s:%d", src_of(&ar), ar.currentline);

@@ -277,6 +277,22 @@ describe("work done inside one C call is charged to the CPU budget", function()
     assert.is_true(res.cpu_ms < 600, res.cpu_ms)
   end)
 
+  it("stops a tail-call chain through xpcall at the budget (was 11 s at 1500 levels)", function()
+    -- chain's frames are gone (tail calls); pcall's and the xpcall
+    -- wrapper's are left, with none of the rule's near the top: after the
+    -- budget every instruction raises, and each raise looked up its line
+    -- through all of them (each lookup walking the stack from its top)
+    local res = fails([[
+      local function h(e) return e end
+      local function chain(d)
+        if d == 0 then while true do end end
+        return xpcall(chain, h, d - 1)
+      end
+      chain(1500)
+    ]], "cpu", "cpu budget of 20 ms exceeded", { cpu_budget_ms = 20 })
+    assert.is_true(res.cpu_ms < 1000, res.cpu_ms)
+  end)
+
   it("refuses an os.date format that would take strftime seconds (was 0.5 s in one call)", function()
     local res = fails([[os.date(("%c"):rep(1e6))]], "runtime", "os.date: format longer than 256 bytes",
       { cpu_budget_ms = 20 })
