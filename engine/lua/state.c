@@ -107,16 +107,21 @@ uint64_t rule_mono_ns(const struct sl_rule *r) {
 static void on_hook(lua_State *L, lua_Debug *ar);
 static void idle_hook(struct box *b);
 
+/* Raise the budget's error. Past the budget every instruction raises, as
+ * the rule's pcalls unwind, one raise per level: only the first looks up
+ * where (the line that ran out of budget), the others say the same. Each
+ * lookup walks up to WHERE_MAX_LEVELS frames, and a rule nesting xpcall
+ * chains in coroutines (90 coroutines of 3000 levels) unwound 270000
+ * levels: 1.9 s of CPU for a 200 ms budget, mostly in those walks. */
 static void cpu_raise(lua_State *L, struct box *b) {
-  char where[256];
-
+  if (!b->cpu_hit)
+    where_of(L, 0, b->cpu_where, sizeof(b->cpu_where), b->rule->path);
   b->cpu_hit = 1;
   if (!b->fast_hook) { /* from now on every instruction raises */
     b->fast_hook = 1;
     lua_sethook(L, on_hook, LUA_MASKCOUNT, 1); /* hooks are per state */
   }
-  where_of(L, 0, where, sizeof(where), b->rule->path);
-  lua_pushfstring(L, "%s: cpu budget of %d ms exceeded", where,
+  lua_pushfstring(L, "%s: cpu budget of %d ms exceeded", b->cpu_where,
                   (int)b->rule->cpu_budget_ms);
   lua_error(L);
 }
@@ -643,7 +648,10 @@ int on_error(lua_State *L) {
   size_t used = 0, mlen;
   int level, frames = 0;
 
-  where_of(L, 1, where, sizeof(where), r->path);
+  if (b->cpu_hit) /* the line that ran out of budget, as the message says */
+    snprintf(where, sizeof(where), "%s", b->cpu_where);
+  else
+    where_of(L, 1, where, sizeof(where), r->path);
   if (lua_type(L, 1) == LUA_TSTRING) {
     msg = lua_tolstring(L, 1, &mlen);
   } else if (lua_type(L, 1) == LUA_TNUMBER) {
