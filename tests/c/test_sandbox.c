@@ -1128,6 +1128,7 @@ TEST(sandbox_a_tostring_returning_a_table_shows_no_address) {
   CHECK_EQ(d.error, SL_RULE_ERR_RUNTIME);
   CHECK(strstr(d.message, "'__tostring' must return a string") != NULL);
   CHECK(strstr(d.message, "0x") == NULL);
+  CHECK(strstr(d.message, ".lua:3: ") != NULL); /* not "tostring:60: " */
   sl_rule_free(r);
 }
 

@@ -72,14 +72,16 @@ describe("rules see no addresses", function()
       local mt = "{ __tostring = function() return " .. ret .. " end }"
       for _, call in ipairs({ "string.format('%s', t)", "('%5s|'):format(t)",
                               "tostring(t)", "tostring(tostring(t))" }) do
-        local r = s.on_event("local t = setmetatable({}, " .. mt .. ")\n"
-          .. "local ok, v = pcall(function() return " .. call .. " end)\n"
+        local r, path = s.on_event("local t = setmetatable({}, " .. mt .. ")\n"
+          .. "local ok, v = pcall(function() local v = " .. call .. " return v end)\n"
           .. "return { tostring(ok), type(v) == 'string' and v or type(v) }")
         local res = r:run({ topic = "t" })
         assert.is_nil(res.error, res.error)
         for _, v in ipairs(res.routes) do no_address(v) end
         if res.routes[1] == "false" then
-          s.has(res.routes[2], "'__tostring' must return a string")
+          -- the rule's line, not the sandbox's own chunk ("tostring:60")
+          assert.equal(path .. ":3: '__tostring' must return a string",
+                       res.routes[2], call)
         end
       end
     end
