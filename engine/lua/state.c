@@ -209,13 +209,6 @@ static int past_budget(struct box *b) {
   return 0;
 }
 
-/* 1 when L is a coroutine, not the state's main thread. */
-static int in_coroutine(lua_State *L) {
-  int main = lua_pushthread(L);
-  lua_pop(L, 1);
-  return !main;
-}
-
 static void on_hook(lua_State *L, lua_Debug *ar) {
   struct box *b = box_of(L);
   (void)ar;
@@ -228,7 +221,7 @@ static void on_hook(lua_State *L, lua_Debug *ar) {
    * coroutine cannot yield (a C call inside it), LuaJIT raises, which
    * guarded_call turns into the budget's error too. */
   if (b->cpu_hit && b->in_call && b->deadline != UINT64_MAX &&
-      in_coroutine(L)) {
+      L != b->L) { /* a coroutine: b->L is the state's main thread */
     lua_yield(L, 0);
     return;
   }
