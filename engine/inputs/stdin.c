@@ -191,9 +191,15 @@ static void on_eof_timer(uv_timer_t *t) {
 
 static void reached_end(struct stdin_in *si) {
   si->done = si->ended = 1;
-  sl_log(SL_LOG_INFO, "stdin ended", SL_S("input", si->in->cfg->name),
-         SL_U("lines", si->line), SL_U("events", si->in->stats.events_in),
-         SL_END);
+  /* msgpack has no lines: how far it was read, in bytes */
+  if (si->msgpack)
+    sl_log(SL_LOG_INFO, "stdin ended", SL_S("input", si->in->cfg->name),
+           SL_U("bytes", si->offset), SL_U("events", si->in->stats.events_in),
+           SL_END);
+  else
+    sl_log(SL_LOG_INFO, "stdin ended", SL_S("input", si->in->cfg->name),
+           SL_U("lines", si->line), SL_U("events", si->in->stats.events_in),
+           SL_END);
   if (si->exit_on_eof && !si->draining)
     uv_timer_start(&si->eof_timer, on_eof_timer, 0, EOF_CHECK_MS);
 }

@@ -121,6 +121,7 @@ struct box {
   uint64_t call_no;  /* counts calls: tells one from the next */
   int in_call;       /* a call into Lua is running */
   int cpu_hit;       /* the hook or a check raised for the deadline */
+  char cpu_where[256]; /* where it first did in this call (cpu_raise) */
   int fast_hook;     /* hook count lowered to 1 after the deadline */
   int counting;      /* no watchdog: the count hook runs between deadlines */
   int oom;           /* the allocator refused during this call */

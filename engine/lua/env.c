@@ -32,7 +32,9 @@
  * the engine binary. Either would hand a rule a map of the process (ASLR).
  * Rules get a tostring that names such values "<type>: #<n>", n counted
  * per state, a format that uses it for %s and refuses %p, and the mark
- * prints as "sluice.drop". __tostring metamethods work as before. The
+ * prints as "sluice.drop". __tostring metamethods work as before, but
+ * one that returns a table, function, userdata or thread raises (format's
+ * %s printed what it returned with its address). The
  * format also refuses %q of a string over 1 MiB: LuaJIT quotes it byte by
  * byte in one C call (2.3 ms per MiB, unchecked). */
 static const char hide_src[] =
@@ -41,7 +43,8 @@ static const char hide_src[] =
     "local hidden = { table = true, ['function'] = true, userdata = true,\n"
     "                 thread = true }\n"
     "local ids, n = setmetatable({}, { __mode = 'k' }), 0\n"
-    "local function tostring(v)\n"
+    "-- level: of the rule's frame, for error (format calls it too)\n"
+    "local function tostr(v, level)\n"
     "  local t = type(v)\n"
     "  if hidden[t] then\n"
     "    local mt = rawmt(v)\n"
@@ -50,8 +53,17 @@ static const char hide_src[] =
     "      if id == nil then n = n + 1; id = n; ids[v] = id end\n"
     "      return t .. ': #' .. id\n"
     "    end\n"
+    "    local s = raw_tostring(v)\n"
+    "    if hidden[type(s)] then\n"
+    "      error(\"'__tostring' must return a string\", level)\n"
+    "    end\n"
+    "    return s\n"
     "  end\n"
     "  return raw_tostring(v)\n"
+    "end\n"
+    "local function tostring(v)\n"
+    "  local s = tostr(v, 3)\n"
+    "  return s\n"
     "end\n"
     "local cache, ncache = {}, 0 -- format -> positions of its %s, or false\n"
     "local function scan(fmt)\n"
@@ -90,7 +102,7 @@ static const char hide_src[] =
     "      end\n"
     "    elseif hidden[type((select(a, ...)))] then\n"
     "      args = args or { ... }\n"
-    "      args[a] = tostring(args[a])\n"
+    "      args[a] = tostr(args[a], 3)\n"
     "    end\n"
     "  end\n"
     "  if args then return raw_format(fmt, unpack(args, 1, select('#', ...))) end\n"

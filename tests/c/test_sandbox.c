@@ -1082,6 +1082,88 @@ TEST(sandbox_a_lost_watchdog_hook_is_set_again) {
  * with a long format; and the state stays usable. The bounds are CPU
  * time, 4x the 50 ms budget: on the wall clock a 50 ms stop took 390-730
  * ms on this 2-core VM under load and failed a 500 ms bound. */
+/* A rule that tail-calls into xpcall leaves thousands of frames, pcall's
+ * and the xpcall wrapper's, none of its own near the top. Past the budget
+ * every instruction raises, and each raise looked up its line through all
+ * of them, each lookup walking the stack from its top (cubic: 1500 levels
+ * took 11 s of CPU for a 20 ms budget). where_of now looks at 32 frames. */
+TEST(sandbox_a_tail_call_chain_through_xpcall_stops_at_the_budget) {
+  char err[512];
+  struct sl_rule_decision d;
+  uint64_t t0, us;
+  struct sl_rule *r = load(
+      "local function h(e) return e end\n"
+      "local function chain(d)\n"
+      "  if d == 0 then while true do end end\n"
+      "  return xpcall(chain, h, d - 1)\n"
+      "end\n"
+      "return { on_event = function(ev) chain(1500) return 'ok' end }\n",
+      20, 16, NULL, err, sizeof(err));
+
+  CHECK(r != NULL);
+  t0 = thread_cpu_us();
+  run(r, "x", -1, &d);
+  us = thread_cpu_us() - t0;
+  fprintf(stderr, "    stopped after %lu us of CPU\n", (unsigned long)us);
+  CHECK_EQ(d.error, SL_RULE_ERR_CPU);
+  CHECK(us < 1000000); /* 50x the budget: generous */
+  sl_rule_free(r);
+}
+
+/* Past the budget each pcall level of the rule was unwound by one throw
+ * (~2.4 us in LuaJIT's DWARF unwinder; a level costs the rule ~0.1 us to
+ * make): pcall chains 10000 deep in 99 nested coroutines ran 0.45-0.6 s
+ * of CPU after a 10 ms budget. A coroutine is now left with one yield
+ * from the hook, and its resumer (guarded_call) raises. */
+TEST(sandbox_pcall_chains_in_nested_coroutines_stop_near_the_budget) {
+  char err[512];
+  struct sl_rule_decision d;
+  uint64_t t0, us;
+  struct sl_rule *r = load(
+      "local N, K = 10000, 99\n"
+      "local function f(d, k)\n"
+      "  if d == 0 then\n"
+      "    if k == 0 then while true do end end\n"
+      "    coroutine.wrap(function() f(N, k - 1) end)()\n"
+      "  end\n"
+      "  pcall(f, d - 1, k)\n"
+      "end\n"
+      "return { on_event = function(ev) f(N, K) return 'ok' end }\n",
+      10, 512, NULL, err, sizeof(err));
+
+  CHECK(r != NULL);
+  t0 = thread_cpu_us();
+  run(r, "x", -1, &d);
+  us = thread_cpu_us() - t0;
+  fprintf(stderr, "    stopped after %lu us of CPU\n", (unsigned long)us);
+  CHECK_EQ(d.error, SL_RULE_ERR_CPU);
+  CHECK(strstr(d.message, "cpu budget of 10 ms exceeded") != NULL);
+  CHECK(us < 250000); /* 25x the budget: generous */
+  sl_rule_free(r);
+}
+
+/* A __tostring that returns a table (function, thread) handed that value
+ * to LuaJIT's own string.format, which printed its address. */
+TEST(sandbox_a_tostring_returning_a_table_shows_no_address) {
+  char err[512];
+  struct sl_rule_decision d;
+  struct sl_rule *r = load(
+      "return { on_event = function(ev)\n"
+      "  local t = setmetatable({}, { __tostring = function() return {} end })\n"
+      "  local v = string.format('%s', t)\n"
+      "  return v\n"
+      "end }\n",
+      200, 16, NULL, err, sizeof(err));
+
+  CHECK(r != NULL);
+  run(r, "x", -1, &d);
+  CHECK_EQ(d.error, SL_RULE_ERR_RUNTIME);
+  CHECK(strstr(d.message, "'__tostring' must return a string") != NULL);
+  CHECK(strstr(d.message, "0x") == NULL);
+  CHECK(strstr(d.message, ".lua:3: ") != NULL); /* not "tostring:60: " */
+  sl_rule_free(r);
+}
+
 TEST(sandbox_c_work_and_costly_instructions_are_charged) {
   char err[512];
   struct sl_rule_decision d;

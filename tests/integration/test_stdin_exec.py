@@ -180,6 +180,26 @@ def test_stdin_msgpack_event_that_is_not_an_event_is_skipped_and_named_by_offset
     assert "line" not in skipped[0]
     assert "topic" in skipped[0]["error"]
 
+
+def test_stdin_msgpack_end_is_logged_in_bytes_not_lines(tmp_path):
+    # msgpack has no lines: "stdin ended" said lines 0 after any input
+    conf = stdin_conf(tmp_path, {"name": "f", "type": "file",
+                                 "path": "out.ndjson"}, fmt="msgpack")
+    data = b"".join(msgpack.packb({"topic": "m", "payload": {"seq": i}})
+                    for i in range(3))
+    code, logs = run(conf, data)
+    assert code == 0
+    end = [l for l in logs if l["msg"] == "stdin ended"]
+    assert len(end) == 1, logs
+    assert "lines" not in end[0]
+    assert end[0]["bytes"] == len(data)
+    assert end[0]["events"] == 3
+    # cut short by bad msgpack: the bytes read before it
+    code, logs = run(conf, data + b"\xc1")
+    assert code == 1
+    end = [l for l in logs if l["msg"] == "stdin ended"]
+    assert end[0]["bytes"] == len(data)
+
 # ---- exec ----------------------------------------------------------------
 
 def exec_out(command, **kw):

@@ -65,6 +65,28 @@ describe("rules see no addresses", function()
     end
   end)
 
+  it("a __tostring that returns a table, function or thread shows no address", function()
+    -- string.format("%s") handed what __tostring returned to LuaJIT's
+    -- own format, which printed it with its address
+    for _, ret in ipairs({ "{}", "print", "coroutine.create(print)", "ev" }) do
+      local mt = "{ __tostring = function() return " .. ret .. " end }"
+      for _, call in ipairs({ "string.format('%s', t)", "('%5s|'):format(t)",
+                              "tostring(t)", "tostring(tostring(t))" }) do
+        local r, path = s.on_event("local t = setmetatable({}, " .. mt .. ")\n"
+          .. "local ok, v = pcall(function() local v = " .. call .. " return v end)\n"
+          .. "return { tostring(ok), type(v) == 'string' and v or type(v) }")
+        local res = r:run({ topic = "t" })
+        assert.is_nil(res.error, res.error)
+        for _, v in ipairs(res.routes) do no_address(v) end
+        if res.routes[1] == "false" then
+          -- the rule's line, not the sandbox's own chunk ("tostring:60")
+          assert.equal(path .. ":3: '__tostring' must return a string",
+                       res.routes[2], call)
+        end
+      end
+    end
+  end)
+
   it("numbers, strings and booleans format as before", function()
     local out = strings([[
       return { tostring(1.5), tostring(nil), tostring(true), tostring("s"),

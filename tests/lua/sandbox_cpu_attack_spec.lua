@@ -277,6 +277,73 @@ describe("work done inside one C call is charged to the CPU budget", function()
     assert.is_true(res.cpu_ms < 600, res.cpu_ms)
   end)
 
+  it("stops a tail-call chain through xpcall at the budget (was 11 s at 1500 levels)", function()
+    -- chain's frames are gone (tail calls); pcall's and the xpcall
+    -- wrapper's are left, with none of the rule's near the top: after the
+    -- budget every instruction raises, and each raise looked up its line
+    -- through all of them (each lookup walking the stack from its top)
+    local res = fails([[
+      local function h(e) return e end
+      local function chain(d)
+        if d == 0 then while true do end end
+        return xpcall(chain, h, d - 1)
+      end
+      chain(1500)
+    ]], "cpu", "cpu budget of 20 ms exceeded", { cpu_budget_ms = 20 })
+    assert.is_true(res.cpu_ms < 1000, res.cpu_ms)
+  end)
+
+  it("stops pcall chains in nested coroutines near the budget (was 0.45-0.6 s for 10 ms)", function()
+    -- past the budget each pcall level was unwound by one throw (~2.4 us
+    -- in LuaJIT's unwinder; a level costs the rule ~0.1 us to make): a
+    -- coroutine is now left with one yield, its resumer raising
+    local res = fails([[
+      local N, K = 10000, 99
+      local function f(d, k)
+        if d == 0 then
+          if k == 0 then while true do end end
+          coroutine.wrap(function() f(N, k - 1) end)()
+        end
+        pcall(f, d - 1, k)
+      end
+      f(N, K)
+    ]], "cpu", "cpu budget of 10 ms exceeded", { cpu_budget_ms = 10, memory_mb = 512 })
+    assert.is_true(res.cpu_ms < 250, res.cpu_ms)
+  end)
+
+  it("a coroutine left by the budget's yield cannot hand C code a result", function()
+    -- gsub and sort call a coroutine.wrap function; its yield out of the
+    -- budget's unwinding must stop them, not read as a nil result
+    for _, body in ipairs({
+      [[string.gsub(string.rep("a", 1e6), ".", coroutine.wrap(function() while true do end end))]],
+      [[local t = {} for i = 1, 1000 do t[i] = i end
+        table.sort(t, coroutine.wrap(function() while true do end end))]],
+      [[local co = coroutine.create(function() while true do end end)
+        local ok = coroutine.resume(co)
+        error("resume returned " .. tostring(ok))]],
+    }) do
+      local res = fails(body, "cpu", "cpu budget of 20 ms exceeded", { cpu_budget_ms = 20 })
+      assert.is_true(res.cpu_ms < 500, res.cpu_ms)
+    end
+  end)
+
+  it("names the line that ran out of budget, not the pcall loop around it", function()
+    -- past the budget every instruction raises as the rule's pcalls
+    -- unwind; only the first raise looks up where (one lookup per level
+    -- cost 1.5 s of CPU unwinding 282000 levels of xpcall chains in
+    -- coroutines, for a 50 ms budget), and it is the line that spun
+    local r, path = s.on_event([[
+      local function spin()
+        while true do end
+      end
+      while true do pcall(spin) end
+    ]], { cpu_budget_ms = 20 })
+    local res = run(r)
+    assert.equal("cpu", res.error_kind, res.error)
+    assert.equal(path .. ":3", res.where)
+    s.has(res.error, path .. ":3: cpu budget of 20 ms exceeded")
+  end)
+
   it("refuses an os.date format that would take strftime seconds (was 0.5 s in one call)", function()
     local res = fails([[os.date(("%c"):rep(1e6))]], "runtime", "os.date: format longer than 256 bytes",
       { cpu_budget_ms = 20 })
