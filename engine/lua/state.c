@@ -42,7 +42,7 @@ static int internal_frame(const lua_Debug *ar) {
 /* where_of looks at this many frames at most: LuaJIT finds each level by
  * walking the stack from its top, so a walk to level d costs d^2/2 frame
  * steps. A rule tail-calling into xpcall (its own frames gone, pcall's C
- * frames and the "=xpcall" chunk's left) nests thousands of frames with
+ * frames and the sandbox's xpcall chunk's left) nests thousands of frames with
  * none of its own near the top; after the budget every instruction raises
  * and each raise walked them all: a 20 ms budget ran 27 s of CPU at 2000
  * levels, longer deeper. Past the cap the rule's file stands (fallback). */
