@@ -68,14 +68,18 @@ class AckedProducer:
         except OSError:
             pass
 
-    def read_acks(self, quiet=1.5, timeout=30):
+    def read_acks(self, quiet=1.5, timeout=30, until=None):
+        """The last ack read once `quiet` seconds passed without one (the
+        engine stopped acking), or once `until` events are acked: a caller
+        that knows every event will be acked waits for that, not for a
+        pause, which a loaded machine can make in the middle of the flow."""
         up = msgpack.Unpacker()
         self.sock.settimeout(quiet)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and (until is None or self.acked < until):
             # the first ack may be slow on a loaded machine (a sync in the
             # threadpool); after it, `quiet` seconds without one end the wait
-            self.sock.settimeout(quiet if self.acked else
+            self.sock.settimeout(quiet if self.acked and until is None else
                                  max(0.1, deadline - time.monotonic()))
             try:
                 d = self.sock.recv(4096)
@@ -267,7 +271,7 @@ def test_disk_buffer_metrics_pass_promtool(sluice, tmp_path):
     eng = sluice(disk_config(port, down, tmp_path / "buf", admin=admin))
     p = AckedProducer("127.0.0.1:%d" % port,
                       [{"topic": "t", "payload": [i, "x" * 100]} for i in range(300)])
-    assert p.read_acks() == 300
+    assert p.read_acks(until=300) == 300
     p.close()
     import urllib.request
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % admin) as r:

@@ -337,16 +337,25 @@ def test_kill9_of_the_receiver_loses_nothing_it_acknowledged(sluice, tmp_path):
     b = sender(sluice, tmp_path, a.port, {"batch_events": 200})
     n, step = 6000, 100
     sent = []
+    killed = threading.Event()
 
     def produce():
         for k in range(0, n, step):
+            if k == n // 2:
+                # the second half goes while A is down: a flow that ran
+                # ahead of this thread's kill (a loaded machine, seen under
+                # ASan: A had all 6000 when killed) waits here for it
+                killed.wait(60)
             send_events(b.address, [native(i) for i in range(k, k + step)])
             sent.append(k)
 
     t = threading.Thread(target=produce)
     t.start()
-    wait_for(lambda: len(got_ns(a)) >= 300, 20, what="A took some events")
-    a.kill()  # while B is still writing frames and waiting for acks
+    try:
+        wait_for(lambda: len(got_ns(a)) >= 300, 20, what="A took some events")
+        a.kill()  # while B is still writing frames and waiting for acks
+    finally:
+        killed.set()
     before = got_ns(a)
     wait_for(lambda: len(sent) * step >= len(before) + 1000, 20,
              what="more events sent while A is down")
