@@ -13,8 +13,13 @@ local testing = require("sluice.testing")
 
 local M = { testing = testing }
 
-local base = ("%s/sluice-spec-%d-%d"):format(os.getenv("TMPDIR") or "/tmp",
-  os.time(), math.random(1, 1e9))
+-- mktemp: a name of its own per process (os.time() and an unseeded
+-- math.random gave runs started in the same second one folder, and one's
+-- cleanup removed the other's rules)
+local mk = assert(io.popen("mktemp -d " .. (os.getenv("TMPDIR") or "/tmp") ..
+  "/sluice-spec-XXXXXXXX"))
+local base = assert(mk:read("*l"), "mktemp -d failed")
+mk:close()
 assert(os.execute("mkdir -p " .. base .. "/lib") == 0)
 M.dir = base
 
