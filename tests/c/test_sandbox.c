@@ -1082,6 +1082,18 @@ TEST(sandbox_a_lost_watchdog_hook_is_set_again) {
  * with a long format; and the state stays usable. The bounds are CPU
  * time, 4x the 50 ms budget: on the wall clock a 50 ms stop took 390-730
  * ms on this 2-core VM under load and failed a 500 ms bound. */
+/* Run r on one event: the CPU it took, in us of this thread's clock
+ * (printed), d as it decided. */
+static uint64_t stopped_after_us(struct sl_rule *r,
+                                 struct sl_rule_decision *d) {
+  uint64_t t0 = thread_cpu_us(), us;
+
+  run(r, "x", -1, d);
+  us = thread_cpu_us() - t0;
+  fprintf(stderr, "    stopped after %lu us of CPU\n", (unsigned long)us);
+  return us;
+}
+
 /* A rule that tail-calls into xpcall leaves thousands of frames, pcall's
  * and the xpcall wrapper's, none of its own near the top. Past the budget
  * every instruction raises, and each raise looked up its line through all
@@ -1090,7 +1102,7 @@ TEST(sandbox_a_lost_watchdog_hook_is_set_again) {
 TEST(sandbox_a_tail_call_chain_through_xpcall_stops_at_the_budget) {
   char err[512];
   struct sl_rule_decision d;
-  uint64_t t0, us;
+  uint64_t us;
   struct sl_rule *r = load(
       "local function h(e) return e end\n"
       "local function chain(d)\n"
@@ -1101,10 +1113,7 @@ TEST(sandbox_a_tail_call_chain_through_xpcall_stops_at_the_budget) {
       20, 16, NULL, err, sizeof(err));
 
   CHECK(r != NULL);
-  t0 = thread_cpu_us();
-  run(r, "x", -1, &d);
-  us = thread_cpu_us() - t0;
-  fprintf(stderr, "    stopped after %lu us of CPU\n", (unsigned long)us);
+  us = stopped_after_us(r, &d);
   CHECK_EQ(d.error, SL_RULE_ERR_CPU);
   CHECK(us < 1000000); /* 50x the budget: generous */
   sl_rule_free(r);
@@ -1118,7 +1127,7 @@ TEST(sandbox_a_tail_call_chain_through_xpcall_stops_at_the_budget) {
 TEST(sandbox_pcall_chains_in_nested_coroutines_stop_near_the_budget) {
   char err[512];
   struct sl_rule_decision d;
-  uint64_t t0, us;
+  uint64_t us;
   struct sl_rule *r = load(
       "local N, K = 10000, 99\n"
       "local function f(d, k)\n"
@@ -1132,10 +1141,7 @@ TEST(sandbox_pcall_chains_in_nested_coroutines_stop_near_the_budget) {
       10, 512, NULL, err, sizeof(err));
 
   CHECK(r != NULL);
-  t0 = thread_cpu_us();
-  run(r, "x", -1, &d);
-  us = thread_cpu_us() - t0;
-  fprintf(stderr, "    stopped after %lu us of CPU\n", (unsigned long)us);
+  us = stopped_after_us(r, &d);
   CHECK_EQ(d.error, SL_RULE_ERR_CPU);
   CHECK(strstr(d.message, "cpu budget of 10 ms exceeded") != NULL);
   CHECK(us < 250000); /* 25x the budget: generous */
