@@ -216,6 +216,40 @@ def test_tap_gives_up_on_a_chunk_that_stalls_halfway_but_waits_between_chunks(
     assert out == b"line\n"
 
 
+@pytest.mark.parametrize("args,says", [
+    (["frobnicate"], 'unknown command "frobnicate"'),
+    (["run", "--nope"], "unrecognized option '--nope'"),
+    (["check", "--bogus"], "unrecognized option '--bogus'"),
+    (["tap", "--timeout", "bad"], 'expected seconds from 0.1 to 3600, got "bad"'),
+    (["top", "--timeout", "x"], "usage: sluice top"),
+    (["dlq", "replay"], "FILE is required"),
+])
+def test_a_command_line_sluice_cannot_take_exits_2_naming_it(args, says):
+    # README "Command line": exit 2, what was wrong, the usage
+    r = run_sluice(*args)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert says in r.stderr, r.stderr
+    assert "usage: sluice" in r.stderr or args[0] == "tap", r.stderr
+
+
+def test_tap_filters_are_refused_by_the_engine_with_its_400(sluice, tmp_path):
+    # README "Command line": checked by the running engine, exit 1
+    admin = free_port()
+    eng = sluice("""return {
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "out", type = "null" } },
+  routes = { { topics = "*", to = "out" } },
+  admin = { listen = "127.0.0.1:%d" },
+}""" % (free_port(), admin))
+    for flag, value, says in [("--limit", "0", "limit: expected a whole number"),
+                              ("--sample", "2", "sample: expected a share"),
+                              ("--outcome", "nonsense", "outcome: expected")]:
+        r = run_sluice("tap", "-c", eng.config, flag, value)
+        assert r.returncode == 1, (flag, r.stderr)
+        assert "answered 400" in r.stderr and says in r.stderr, r.stderr
+    assert eng.stop() == 0
+
+
 def test_top_and_tap_refuse_a_bad_timeout(tmp_path):
     conf = admin_config(tmp_path, 1)
     for cmd in ("top", "tap"):
