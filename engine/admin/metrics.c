@@ -19,25 +19,25 @@ static const struct sl_metric m_requests = {
     "sluice_admin_requests_total", "Admin API responses by status code.", C,
     {"server", "code", NULL}};
 static const struct sl_metric m_tap_clients = {
-    "sluice_tap_clients", "Tap clients connected now.", G, {NULL}};
+    "sluice_tap_clients", "Tap clients connected now.", G, {0}};
 static const struct sl_metric m_tap_lines = {
-    "sluice_tap_lines_total", "Tap lines sent to clients.", C, {NULL}};
+    "sluice_tap_lines_total", "Tap lines sent to clients.", C, {0}};
 static const struct sl_metric m_tap_dropped = {
     "sluice_tap_lines_dropped_total",
-    "Tap lines dropped because a client's buffer was full.", C, {NULL}};
+    "Tap lines dropped because a client's buffer was full.", C, {0}};
 static const struct sl_metric m_rss = {
     "process_resident_memory_bytes", "Resident memory size in bytes.", G,
-    {NULL}};
+    {0}};
 static const struct sl_metric m_cpu = {
     "process_cpu_seconds_total",
-    "Total user and system CPU time spent in seconds.", C, {NULL}};
+    "Total user and system CPU time spent in seconds.", C, {0}};
 static const struct sl_metric m_fds = {
-    "process_open_fds", "Number of open file descriptors.", G, {NULL}};
+    "process_open_fds", "Number of open file descriptors.", G, {0}};
 static const struct sl_metric m_max_fds = {
-    "process_max_fds", "Maximum number of open file descriptors.", G, {NULL}};
+    "process_max_fds", "Maximum number of open file descriptors.", G, {0}};
 static const struct sl_metric m_start = {
     "process_start_time_seconds",
-    "Start time of the process since unix epoch in seconds.", G, {NULL}};
+    "Start time of the process since unix epoch in seconds.", G, {0}};
 #undef C
 #undef G
 

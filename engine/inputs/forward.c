@@ -597,7 +597,7 @@ static const struct sl_config_key keys[] = {
     {.name = "tls", .type = SL_KEY_TLS,
      .doc = "serve TLS (mTLS with verify_peer); see the tls keys",
      SL_KEY_FIELD(IN, tls)},
-    {NULL}};
+    {0}};
 
 const struct sl_plugin sl_input_forward = {
     .config = {SL_PLUGIN_INPUT, "forward",

@@ -989,7 +989,7 @@ static const struct sl_config_key keys[] = {
     {.name = "otlp_topic", .type = SL_KEY_STRING, .def = "otel.logs",
      .doc = "topic of OTLP log records (POST /v1/logs); {NAME} is the "
             "resource attribute NAME, e.g. \"logs.{service.name}\""},
-    {NULL}};
+    {0}};
 
 const struct sl_plugin sl_input_http = {
     .config = {SL_PLUGIN_INPUT, "http", "JSON or msgpack events over HTTP",

@@ -1118,7 +1118,7 @@ static const struct sl_config_key keys[] = {
      .doc = "TLS to the brokers (security.protocol=ssl): ca_file, "
             "cert_file/key_file (mTLS), verify_peer, ciphers",
      SL_KEY_FIELD(struct sl_input_config, tls)},
-    {NULL}};
+    {0}};
 
 const struct sl_plugin sl_input_kafka = {
     .config = {SL_PLUGIN_INPUT, "kafka",

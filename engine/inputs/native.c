@@ -347,14 +347,14 @@ static const struct sl_config_key tcp_keys[] = {
     {.name = "tls", .type = SL_KEY_TLS,
      .doc = "serve TLS (mTLS with verify_peer); see the tls keys",
      SL_KEY_FIELD(IN, tls)},
-    {NULL}};
+    {0}};
 
 static const struct sl_config_key unix_keys[] = {
     {.name = "listen", .type = SL_KEY_SOCKET,
      .doc = "the socket path to accept msgpack event streams on",
      .flags = SL_KEY_REQUIRED, SL_KEY_FIELD(IN, listen)},
     NATIVE_KEYS,
-    {NULL}};
+    {0}};
 
 const struct sl_plugin sl_input_tcp = {
     .config = {SL_PLUGIN_INPUT, "tcp", "msgpack events over TCP", tcp_keys},

@@ -1449,7 +1449,7 @@ static const struct sl_config_key keys[] = {
     {.name = "claim_interval_ms", .type = SL_KEY_UINT, .def = "5000",
      .doc = "how often to claim and to look at XPENDING", .min = 100,
      .max = 3600000},
-    {NULL}};
+    {0}};
 
 const struct sl_plugin sl_input_redis = {
     .config = {SL_PLUGIN_INPUT, "redis",

@@ -394,7 +394,7 @@ static const struct sl_config_key stdin_keys[] = {
     {.name = "exit_on_eof", .type = SL_KEY_BOOL, .def = "false",
      .doc = "at the end of stdin, stop the run (exit code 0) once every "
             "output delivered what it holds"},
-    {NULL}};
+    {0}};
 
 const struct sl_plugin sl_input_stdin = {
     .config = {SL_PLUGIN_INPUT, "stdin", "events read from standard input",

@@ -568,7 +568,7 @@ static const struct sl_config_key syslog_keys[] = {
     {.name = "tls", .type = SL_KEY_TLS,
      .doc = "tcp: serve TLS (RFC 5425); see the tls keys",
      SL_KEY_FIELD(IN, tls)},
-    {NULL}};
+    {0}};
 
 const struct sl_plugin sl_input_syslog = {
     .config = {SL_PLUGIN_INPUT, "syslog",

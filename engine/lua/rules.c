@@ -1249,7 +1249,7 @@ static const struct sl_metric m_reloads = {
     SL_METRIC_COUNTER, {"result", NULL}};
 static const struct sl_metric m_version = {
     "sluice_rules_version", "The live rule set's version.", SL_METRIC_GAUGE,
-    {NULL}};
+    {0}};
 static const struct sl_metric m_value = {
     "sluice_rule_value_total", "Counters defined by rules with sluice.counter.",
     SL_METRIC_COUNTER, {"rule", "name", NULL}};
@@ -1259,7 +1259,7 @@ static const struct sl_metric m_dropped = {
     SL_METRIC_COUNTER, {"reason", NULL}};
 static const struct sl_metric m_emitted = {
     "sluice_events_emitted_total", "Events rules emitted with sluice.emit.",
-    SL_METRIC_COUNTER, {NULL}};
+    SL_METRIC_COUNTER, {0}};
 static const struct sl_metric m_on_error = {
     "sluice_rule_on_error_total",
     "Rule failures by the on_error policy that handled them.",
@@ -1267,7 +1267,7 @@ static const struct sl_metric m_on_error = {
 static const struct sl_metric m_dead_lettered = {
     "sluice_events_dead_lettered_total",
     "Events a failing rule sent to the dead letter output.",
-    SL_METRIC_COUNTER, {NULL}};
+    SL_METRIC_COUNTER, {0}};
 
 static void put_decisions(struct sl_metric_out *out,
                           const struct rule_stats *s) {

@@ -450,7 +450,7 @@ static const struct sl_config_key exec_keys[] = {
     {.name = "stop_timeout_ms", .type = SL_KEY_UINT, .def = "5000",
      .doc = "at shutdown, after its stdin is closed, wait this long for the "
             "command to exit before SIGKILL", .min = 0, .max = 600000},
-    {NULL}};
+    {0}};
 
 const struct sl_plugin sl_output_exec = {
     .config = {SL_PLUGIN_OUTPUT, "exec",

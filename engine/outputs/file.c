@@ -420,9 +420,9 @@ static const struct sl_config_key file_keys[] = {
      .doc = "\"always\": fdatasync each batch before it counts as delivered",
      .choices = fsyncs, .values = fsync_values,
      SL_KEY_FIELD(struct sl_output_config, fsync)},
-    {NULL}};
+    {0}};
 
-static const struct sl_config_key stdout_keys[] = {FORMAT, {NULL}};
+static const struct sl_config_key stdout_keys[] = {FORMAT, {0}};
 
 const struct sl_plugin sl_output_file = {
     .config = {SL_PLUGIN_OUTPUT, "file", "appends events to a file",

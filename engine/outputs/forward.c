@@ -414,7 +414,7 @@ static const struct sl_config_key keys[] = {
     {.name = "tls", .type = SL_KEY_TLS,
      .doc = "connect over TLS (verifies the server); see the tls keys",
      SL_KEY_FIELD(struct sl_output_config, tls)},
-    {NULL}};
+    {0}};
 
 const struct sl_plugin sl_output_forward = {
     .config = {SL_PLUGIN_OUTPUT, "forward",

@@ -865,7 +865,7 @@ static const struct sl_config_key keys[] = {
      .doc = "for https:// urls: ca_file, cert_file/key_file (mTLS), "
             "verify_peer, min_version, ciphers, handshake_timeout_ms",
      SL_KEY_FIELD(struct sl_output_config, tls)},
-    {NULL}};
+    {0}};
 
 const struct sl_plugin sl_output_http = {
     .config = {SL_PLUGIN_OUTPUT, "http",

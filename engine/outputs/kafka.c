@@ -403,7 +403,7 @@ static const struct sl_config_key keys[] = {
      .doc = "TLS to the brokers (security.protocol=ssl): ca_file, "
             "cert_file/key_file (mTLS), verify_peer, ciphers",
      SL_KEY_FIELD(struct sl_output_config, tls)},
-    {NULL}};
+    {0}};
 
 const struct sl_plugin sl_output_kafka = {
     .config = {SL_PLUGIN_OUTPUT, "kafka",

@@ -160,14 +160,14 @@ static const struct sl_config_key tcp_keys[] = {
     {.name = "tls", .type = SL_KEY_TLS,
      .doc = "connect over TLS (verifies the server); see the tls keys",
      SL_KEY_FIELD(struct sl_output_config, tls)},
-    {NULL}};
+    {0}};
 
 static const struct sl_config_key unix_keys[] = {
     {.name = "path", .type = SL_KEY_PATH, .doc = "the peer's socket",
      .flags = SL_KEY_REQUIRED | SL_KEY_TOLERATED,
      SL_KEY_FIELD(struct sl_output_config, path)},
     NATIVE_KEYS,
-    {NULL}};
+    {0}};
 
 const struct sl_plugin sl_output_tcp = {
     .config = {SL_PLUGIN_OUTPUT, "tcp",

@@ -628,7 +628,7 @@ static const struct sl_config_key nats_keys[] = {
      .doc = "TLS to the server: ca_file, cert_file/key_file (mTLS), "
             "verify_peer, server_name, ciphers",
      SL_KEY_FIELD(struct sl_output_config, tls)},
-    {NULL}};
+    {0}};
 
 const struct sl_plugin sl_output_nats = {
     .config = {SL_PLUGIN_OUTPUT, "nats",

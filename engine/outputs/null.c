@@ -19,7 +19,7 @@ static const struct sl_output_ops ops = {
     .cb_stop = cb_stop,
 };
 
-static const struct sl_config_key keys[] = {{NULL}};
+static const struct sl_config_key keys[] = {{0}};
 
 const struct sl_plugin sl_output_null = {
     .config = {SL_PLUGIN_OUTPUT, "null", "counts events and discards them",

@@ -525,7 +525,7 @@ static const struct sl_config_key keys[] = {
      .doc = "a write whose replies take longer drops the connection; 0: "
             "none",
      .min = 0, .max = 3600000},
-    {NULL}};
+    {0}};
 
 const struct sl_plugin sl_output_redis = {
     .config = {SL_PLUGIN_OUTPUT, "redis",

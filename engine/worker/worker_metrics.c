@@ -101,7 +101,7 @@ static const struct sl_metric m_unrouted = {
     {"input", "version", NULL}};
 static const struct sl_metric m_emit_dropped = {
     "sluice_emit_dropped_total",
-    "Emitted events dropped because the target queue was full.", C, {NULL}};
+    "Emitted events dropped because the target queue was full.", C, {0}};
 #undef C
 #undef G
 

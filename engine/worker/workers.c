@@ -1269,7 +1269,7 @@ int sl_workers_rules_reload(void *data, const char *trigger) {
 #define G SL_METRIC_GAUGE
 static const struct sl_metric m_workers = {
     "sluice_workers", "Rule workers (threads deciding events; workers = N).",
-    G, {NULL}};
+    G, {0}};
 static const struct sl_metric m_decided = {
     "sluice_worker_events_total",
     "Events decided by each worker (worker 0: the main loop, inline).", C,
@@ -1294,7 +1294,7 @@ static const struct sl_metric m_buckets = {
     {"worker", NULL}};
 static const struct sl_metric m_moves = {
     "sluice_worker_bucket_moves_total",
-    "Shard buckets the balance moved from one worker to another.", C, {NULL}};
+    "Shard buckets the balance moved from one worker to another.", C, {0}};
 #undef C
 #undef G
 

@@ -374,8 +374,8 @@ TEST(parse_event_reads_every_field) {
 TEST(parse_measured_reads_what_parse_event_reads) {
   const char *events[] = {
       /* payload last: its span is the rest of the bytes */
-      "83 a5 'topic' a1 't' a3 'key' a1 'k' a7 'payload' 82 a1 'a' 01 a1 'b' "
-      "92 c0 a1 'x'",
+      ("83 a5 'topic' a1 't' a3 'key' a1 'k' a7 'payload' 82 a1 'a' 01 a1 'b' "
+       "92 c0 a1 'x'"),
       /* payload first: walked as before */
       "83 a7 'payload' 92 01 a1 'x' a5 'topic' a1 't' a4 'time' 05",
       "82 a5 'topic' a1 't' a7 'headers' 81 a1 'a' a1 'b'",
@@ -404,8 +404,8 @@ TEST(parse_measured_reads_what_parse_event_reads) {
  * limits around the size. */
 TEST(parse_stream_agrees_with_skip_then_parse_measured) {
   static const char *const events[] = {
-      "83 a5 'topic' a1 't' a3 'key' a1 'k' a7 'payload' 82 a1 'a' 01 a1 'b' "
-      "92 c0 a1 'x'",
+      ("83 a5 'topic' a1 't' a3 'key' a1 'k' a7 'payload' 82 a1 'a' 01 a1 'b' "
+       "92 c0 a1 'x'"),
       "83 a7 'payload' 92 01 a1 'x' a5 'topic' a1 't' a4 'time' 05",
       "82 a5 'topic' a1 't' a7 'headers' 81 a1 'a' a1 'b'",
       "84 a2 'id' a2 'ab' a5 'topic' d9 01 't' a4 'time' cf 00 00 01 00 00 "

@@ -291,7 +291,7 @@ static const struct sl_config_key nats_keys[] = {
     {.name = "mode", .type = SL_KEY_ENUM, .def = "at_least_once",
      .choices = modes, .doc = "delivery"},
     {.name = "creds", .type = SL_KEY_PATH, .doc = "credentials file"},
-    {NULL}};
+    {0}};
 static const struct sl_config_plugin nats = {SL_PLUGIN_OUTPUT, "nats",
                                              "publishes to NATS", nats_keys};
 

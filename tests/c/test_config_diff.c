@@ -94,7 +94,7 @@ static const struct sl_config_key kv_keys[] = {
     {.name = "subject", .type = SL_KEY_STRING, .def = "events", .doc = "s"},
     {.name = "max_inflight", .type = SL_KEY_UINT, .def = "8", .min = 1,
      .max = 64, .doc = "n"},
-    {NULL}};
+    {0}};
 static const struct sl_config_plugin kv = {SL_PLUGIN_OUTPUT, "kv", "test", kv_keys};
 
 TEST(diff_compares_a_plugins_own_keys) {

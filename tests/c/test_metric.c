@@ -10,7 +10,7 @@
 static const struct sl_metric m_sent = {
     "t_sent_total", "Frames sent.", SL_METRIC_COUNTER, {"output", NULL}};
 static const struct sl_metric m_depth = {
-    "t_depth", "Queue depth.", SL_METRIC_GAUGE, {NULL}};
+    "t_depth", "Queue depth.", SL_METRIC_GAUGE, {0}};
 static const struct sl_metric m_drop_a = {
     "t_dropped_total", "Drops by reason.", SL_METRIC_COUNTER,
     {"reason", "output", NULL}};
@@ -92,7 +92,7 @@ TEST(metric_one_family_when_two_modules_feed_the_same_name) {
 TEST(metric_same_name_with_another_type_is_refused) {
   struct sl_metric_registry *r = sl_metric_registry_new();
   static const struct sl_metric as_gauge = {
-      "t_sent_total", "x", SL_METRIC_GAUGE, {NULL}};
+      "t_sent_total", "x", SL_METRIC_GAUGE, {0}};
   uint64_t n = 1;
   const char *v[] = {"out"};
   struct sl_buf b;
@@ -109,7 +109,7 @@ TEST(metric_same_name_with_another_type_is_refused) {
 TEST(metric_bad_names_are_refused) {
   struct sl_metric_registry *r = sl_metric_registry_new();
   static const struct sl_metric bad_name = {
-      "9lives", "x", SL_METRIC_GAUGE, {NULL}};
+      "9lives", "x", SL_METRIC_GAUGE, {0}};
   static const struct sl_metric bad_label = {
       "t_ok", "x", SL_METRIC_GAUGE, {"a-b", NULL}};
   static const struct sl_metric reserved = {
@@ -193,7 +193,7 @@ TEST(metric_histogram_buckets_reach_10_seconds_and_count_above) {
 }
 
 static const struct sl_metric m_plain_hist = {
-    "t_plain_seconds", "No labels.", SL_METRIC_HISTOGRAM, {NULL}};
+    "t_plain_seconds", "No labels.", SL_METRIC_HISTOGRAM, {0}};
 
 static void collect_hist(struct sl_metric_out *out, const struct sl_metric *m,
                          void *data) {
@@ -276,7 +276,7 @@ TEST(metric_extra_labels_and_special_values) {
 TEST(metric_help_text_is_escaped) {
   struct sl_metric_registry *r = sl_metric_registry_new();
   static const struct sl_metric m = {
-      "t_help", "a\\b\nc", SL_METRIC_GAUGE, {NULL}};
+      "t_help", "a\\b\nc", SL_METRIC_GAUGE, {0}};
   uint64_t n = 0;
   struct sl_buf b;
   const char *t;
