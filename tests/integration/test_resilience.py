@@ -161,7 +161,8 @@ def test_breaker_opens_after_failures_probes_when_half_open_and_closes(sluice):
     # the probe fails (nothing listens): open again right away
     again = eng.wait_log("output circuit breaker probe failed; open again", timeout=3)
     assert len(eng.find_logs("output circuit breaker open; no attempts for open_ms")) == 1
-    assert log_time(again) - log_time(probe) < 0.2
+    # at once, not after another open_ms (0.2 s was a bound on the machine)
+    assert log_time(again) - log_time(probe) < 0.39
     assert metrics(eng.admin_port)['sluice_output_breaker_opens_total{output="out"}'] >= 2
     with Sink(port=peer) as sink:
         closed = eng.wait_log("output circuit breaker closed", timeout=3)
