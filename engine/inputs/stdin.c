@@ -54,14 +54,10 @@ static void bad(struct stdin_in *si, const char *why) {
   if (!sl_log_allow(&in->w->bad_input_log, &suppressed))
     return;
   /* where: NDJSON by line, msgpack (no lines) by the event's byte offset */
-  if (si->msgpack)
-    sl_log(SL_LOG_WARN, "bad input on stdin; skipped",
-           SL_S("input", in->cfg->name), SL_U("offset", si->at),
-           SL_S("error", why), SL_U("suppressed", suppressed), SL_END);
-  else
-    sl_log(SL_LOG_WARN, "bad input on stdin; skipped",
-           SL_S("input", in->cfg->name), SL_U("line", si->line),
-           SL_S("error", why), SL_U("suppressed", suppressed), SL_END);
+  sl_log(SL_LOG_WARN, "bad input on stdin; skipped",
+         SL_S("input", in->cfg->name),
+         SL_U(si->msgpack ? "offset" : "line", si->msgpack ? si->at : si->line),
+         SL_S("error", why), SL_U("suppressed", suppressed), SL_END);
 }
 
 /* msgpack that cannot be read at offset: nothing after it can be found, so
@@ -192,14 +188,10 @@ static void on_eof_timer(uv_timer_t *t) {
 static void reached_end(struct stdin_in *si) {
   si->done = si->ended = 1;
   /* msgpack has no lines: how far it was read, in bytes */
-  if (si->msgpack)
-    sl_log(SL_LOG_INFO, "stdin ended", SL_S("input", si->in->cfg->name),
-           SL_U("bytes", si->offset), SL_U("events", si->in->stats.events_in),
-           SL_END);
-  else
-    sl_log(SL_LOG_INFO, "stdin ended", SL_S("input", si->in->cfg->name),
-           SL_U("lines", si->line), SL_U("events", si->in->stats.events_in),
-           SL_END);
+  sl_log(SL_LOG_INFO, "stdin ended", SL_S("input", si->in->cfg->name),
+         SL_U(si->msgpack ? "bytes" : "lines",
+              si->msgpack ? si->offset : si->line),
+         SL_U("events", si->in->stats.events_in), SL_END);
   if (si->exit_on_eof && !si->draining)
     uv_timer_start(&si->eof_timer, on_eof_timer, 0, EOF_CHECK_MS);
 }
