@@ -247,6 +247,8 @@ void set_ref(lua_State *L, int ref, int idx);
 const char *msg_str(lua_State *L, int idx);
 void cdepth_enter(lua_State *L, struct box *b);
 int guarded_call(lua_State *L, int n);
+int box_pcall(lua_State *L);
+int box_xpcall(lua_State *L);
 void charge(lua_State *L, size_t n);
 char *strbuf_get(lua_State *L, size_t n);
 int box_usable_after_oom(struct box *b);

@@ -665,25 +665,6 @@ static void open_lib(lua_State *L, lua_CFunction open, const char *name) {
     lua_error(L);
 }
 
-/* xpcall in Lua on top of pcall: the handler runs after the stack has
- * unwound. LuaJIT runs an xpcall handler before unwinding, and when the
- * error came from the count hook its hooks are still off then, so a
- * handler that loops could never be stopped. Rules have no debug library,
- * so the handler loses nothing it could have used. */
-static const char xpcall_src[] =
-    "local pcall, type, error = pcall, type, error\n"
-    "local function finish(handler, ok, ...)\n"
-    "  if ok then return true, ... end\n"
-    "  local hok, v = pcall(handler, (...))\n"
-    "  return false, v\n"
-    "end\n"
-    "return function(f, handler, ...)\n"
-    "  if type(handler) ~= 'function' then\n"
-    "    error(\"bad argument #2 to 'xpcall' (function expected)\", 2)\n"
-    "  end\n"
-    "  return finish(handler, pcall(f, ...))\n"
-    "end\n";
-
 static int new_ref(lua_State *L) {
   lua_pushboolean(L, 0);
   return luaL_ref(L, LUA_REGISTRYINDEX);
@@ -779,8 +760,7 @@ static void strip_globals(lua_State *L, int g0) {
 /* Build the sandbox in a fresh state. Run with lua_cpcall; ud is the box. */
 int box_setup(lua_State *L) {
   static const char *const base_ok[] = {
-      "assert", "error", "ipairs", "next", "pairs", "pcall",
-      "select", "tonumber", "tostring", "type", "unpack", "rawequal",
+      "assert", "error", "ipairs", "next", "pairs", "select", "tonumber", "tostring", "type", "unpack", "rawequal",
       "rawget", "rawset", "setmetatable", "getmetatable", "_VERSION", NULL};
   struct box *b = lua_touserdata(L, 1);
   const char *const *name;
@@ -813,10 +793,9 @@ int box_setup(lua_State *L) {
   lua_setfield(L, env, "collectgarbage");
   lua_pushcfunction(L, l_print);
   lua_setfield(L, env, "print");
-  if (luaL_loadbuffer(L, xpcall_src, sizeof(xpcall_src) - 1,
-                      SL_INTERNAL_CHUNK "xpcall") != 0 ||
-      lua_pcall(L, 0, 1, 0) != 0)
-    lua_error(L);
+  lua_pushcfunction(L, box_pcall); /* each level a C level (state.c) */
+  lua_setfield(L, env, "pcall");
+  lua_pushcfunction(L, box_xpcall);
   lua_setfield(L, env, "xpcall");
 
   lua_getfield(L, g0, "coroutine");

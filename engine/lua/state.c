@@ -212,19 +212,6 @@ static int past_budget(struct box *b) {
 static void on_hook(lua_State *L, lua_Debug *ar) {
   struct box *b = box_of(L);
   (void)ar;
-  /* Spent, its error unwinding the rule's pcalls one throw per level (a
-   * throw is LuaJIT's DWARF unwinder, ~2.4 us; a level costs the rule
-   * 0.1 us to make): in a coroutine, yield out of all its levels at once
-   * instead. guarded_call, through which every resume runs, raises the
-   * budget's error in the resumer. pcall chains 10000 deep in 99 nested
-   * coroutines took 0.45-0.6 s of CPU after a 10 ms budget. Where the
-   * coroutine cannot yield (a C call inside it), LuaJIT raises, which
-   * guarded_call turns into the budget's error too. */
-  if (b->cpu_hit && b->in_call && b->deadline != UINT64_MAX &&
-      L != b->L) { /* a coroutine: b->L is the state's main thread */
-    lua_yield(L, 0);
-    return;
-  }
   if (past_budget(b))
     cpu_raise(L, b);
 }
@@ -934,12 +921,33 @@ void cdepth_enter(lua_State *L, struct box *b) {
     b->cstack0 = sp;
   if (b->cdepth >= MAX_C_DEPTH)
     luaL_error(L, "C calls nested deeper than %d (recursion through "
-                  "metamethods, string.gsub, string.format, table.sort, "
-                  "os.time, require or coroutines)", MAX_C_DEPTH);
+                  "pcall, xpcall, metamethods, string.gsub, string.format, "
+                  "table.sort, os.time, require or coroutines)", MAX_C_DEPTH);
   if (b->cstack0 > sp && b->cstack0 - sp > cstack_budget())
     luaL_error(L, "C calls nested too deep (%d levels used %d KiB of C "
                   "stack)", b->cdepth, (int)((b->cstack0 - sp) >> 10));
   b->cdepth++;
+}
+
+/* Call the function below nargs arguments in protected mode as one C
+ * level (cdepth_enter), never letting it swallow the budget's error (a
+ * pcall, a resume). pcall and xpcall run through it: LuaJIT's own pcall
+ * nests as deep as a coroutine's Lua stack goes, and past the budget each
+ * level is unwound by its own throw (~1-2.4 us in LuaJIT's DWARF
+ * unwinder): a chain as deep as it went took 50 ms of CPU for a 10 ms
+ * budget, chains over a gsub callback in ~50 coroutines 420-630 ms. Now a
+ * call nests at most MAX_C_DEPTH levels in all, so past the budget at most
+ * that many throws. A yield cannot cross them (it could cross LuaJIT's
+ * pcall): "attempt to yield across C-call boundary". */
+static int protected_call(lua_State *L, struct box *b, int nargs, int nres) {
+  int st;
+
+  cdepth_enter(L, b);
+  st = lua_pcall(L, nargs, nres, 0);
+  b->cdepth--;
+  if (b->cpu_hit && b->in_call && b->deadline != UINT64_MAX)
+    cpu_raise(L, b); /* never swallowed: not by a pcall, not by a resume */
+  return st;
 }
 
 /* Run the function below the n arguments on top in protected mode and
@@ -947,17 +955,46 @@ void cdepth_enter(lua_State *L, struct box *b) {
  * Lua are nested: each level takes C stack, and LuaJIT does not bound it
  * (recursion through string.gsub or coroutine.wrap crashes the process). */
 int guarded_call(lua_State *L, int n) {
-  struct box *b = box_of(L);
-  int st;
-
-  cdepth_enter(L, b);
-  st = lua_pcall(L, n, LUA_MULTRET, 0);
-  b->cdepth--;
-  if (b->cpu_hit && b->in_call && b->deadline != UINT64_MAX)
-    cpu_raise(L, b); /* spent: a coroutine yielded out (on_hook), or raised */
-  if (st != 0)
+  if (protected_call(L, box_of(L), n, LUA_MULTRET) != 0)
     return lua_error(L); /* the error as it was, limits still marked */
   return lua_gettop(L);
+}
+
+int box_pcall(lua_State *L) {
+  int st;
+
+  luaL_checkany(L, 1);
+  st = protected_call(L, box_of(L), lua_gettop(L) - 1, LUA_MULTRET);
+  luaL_checkstack(L, 1, "too many results");
+  lua_pushboolean(L, st == 0);
+  lua_insert(L, 1);
+  return lua_gettop(L);
+}
+
+/* xpcall(f, handler, ...): f's arguments follow the handler (LuaJIT's
+ * extension). The handler runs after f's frames are unwound, on the error
+ * value alone, and its first result (or its own error) is returned after
+ * false. LuaJIT runs an xpcall handler before unwinding, and when the
+ * error came from the count hook its hooks are still off then, so a
+ * handler that loops could never be stopped. Rules have no debug library,
+ * so the handler loses nothing it could have used. */
+int box_xpcall(lua_State *L) {
+  struct box *b = box_of(L);
+
+  if (lua_type(L, 2) != LUA_TFUNCTION)
+    return luaL_error(L, "bad argument #2 to 'xpcall' (function expected)");
+  lua_pushvalue(L, 2);
+  lua_insert(L, 1); /* handler, f, handler, args */
+  lua_remove(L, 3);
+  if (protected_call(L, b, lua_gettop(L) - 2, LUA_MULTRET) == 0) {
+    lua_pushboolean(L, 1);
+    lua_replace(L, 1);
+    return lua_gettop(L);
+  }
+  protected_call(L, b, 1, 1); /* handler, error: its result or error */
+  lua_pushboolean(L, 0);
+  lua_insert(L, 1);
+  return 2;
 }
 
 /* Charge n units of C work (bytes compared or moved, elements) to the

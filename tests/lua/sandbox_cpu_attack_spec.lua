@@ -278,42 +278,79 @@ describe("work done inside one C call is charged to the CPU budget", function()
   end)
 
   it("stops a tail-call chain through xpcall at the budget (was 11 s at 1500 levels)", function()
-    -- chain's frames are gone (tail calls); pcall's and the xpcall
-    -- wrapper's are left, with none of the rule's near the top: after the
-    -- budget every instruction raises, and each raise looked up its line
-    -- through all of them (each lookup walking the stack from its top)
+    -- chain's frames are gone (tail calls); xpcall's are left, with none
+    -- of the rule's near the top: after the budget every instruction
+    -- raises, and each raise looked up its line through all of them
+    -- (each lookup walking the stack from its top). The chain goes as
+    -- deep as xpcall nests, and its deepest handler spins.
     local res = fails([[
-      local function h(e) return e end
-      local function chain(d)
-        if d == 0 then while true do end end
-        return xpcall(chain, h, d - 1)
-      end
-      chain(1500)
+      local function h(e) while true do end end
+      local function chain() return xpcall(chain, h) end
+      chain()
     ]], "cpu", "cpu budget of 20 ms exceeded", { cpu_budget_ms = 20 })
     assert.is_true(res.cpu_ms < 1000, res.cpu_ms)
   end)
 
-  it("stops pcall chains in nested coroutines near the budget (was 0.45-0.6 s for 10 ms)", function()
-    -- past the budget each pcall level was unwound by one throw (~2.4 us
-    -- in LuaJIT's unwinder; a level costs the rule ~0.1 us to make): a
-    -- coroutine is now left with one yield, its resumer raising
-    local res = fails([[
-      local N, K = 10000, 99
-      local function f(d, k)
-        if d == 0 then
-          if k == 0 then while true do end end
-          coroutine.wrap(function() f(N, k - 1) end)()
+  it("stops pcall chains as deep as they go near the budget (was 0.42-0.63 s for 10 ms)", function()
+    -- past the budget each pcall level is unwound by one throw (~1-2.4 us
+    -- in LuaJIT's unwinder) where the hook cannot yield its coroutine out
+    -- at once: the main thread, a chain over a C call (a gsub callback
+    -- here). LuaJIT's pcall nested ~10000 levels in each of ~50 such
+    -- coroutines; the sandbox's is a C level, at most 100 in all.
+    for _, body in ipairs({
+      [[local function dive()
+          if not pcall(dive) then while true do end end
         end
-        pcall(f, d - 1, k)
-      end
-      f(N, K)
-    ]], "cpu", "cpu budget of 10 ms exceeded", { cpu_budget_ms = 10, memory_mb = 512 })
-    assert.is_true(res.cpu_ms < 250, res.cpu_ms)
+        dive()]],
+      [[local function dive()
+          if not pcall(dive) then
+            pcall(coroutine.wrap(function() string.gsub("a", ".", dive) end))
+            while true do end
+          end
+        end
+        dive()]],
+      [[local function h(e) return e end
+        local function dive()
+          if not xpcall(dive, h) then
+            xpcall(coroutine.wrap(function()
+              table.sort({2, 1}, function(a, b) dive() return a < b end)
+            end), h)
+            while true do end
+          end
+        end
+        dive()]],
+    }) do
+      local res = fails(body, "cpu", "cpu budget of 10 ms exceeded",
+        { cpu_budget_ms = 10, memory_mb = 512 })
+      assert.is_true(res.cpu_ms < 60, res.cpu_ms)
+    end
   end)
 
-  it("a coroutine left by the budget's yield cannot hand C code a result", function()
-    -- gsub and sort call a coroutine.wrap function; its yield out of the
-    -- budget's unwinding must stop them, not read as a nil result
+  it("pcall and xpcall nest at most 100 levels with the other C levels", function()
+    local res = fails([[
+      local function f(d)
+        local ok, v = pcall(f, d + 1)
+        if not ok then error(v, 0) end
+        return v
+      end
+      f(0)
+    ]], "runtime", "C calls nested deeper than 100 (recursion through pcall, xpcall,")
+    local r = s.on_event([[
+      local function f(d)
+        if d == 0 then return "bottom" end
+        return select(2, xpcall(f, error, d - 1))
+      end
+      local co = coroutine.wrap(function() return pcall(coroutine.yield, 1) end)
+      local ok, e = co()
+      return f(95) .. " " .. tostring(ok) .. " " .. e
+    ]])
+    assert.same({ "bottom false attempt to yield across C-call boundary" }, run(r).routes)
+  end)
+
+  it("a coroutine out of budget stops the C code that called it", function()
+    -- gsub and sort call a coroutine.wrap function, a resume catches its
+    -- coroutine's errors: the budget's error must stop them all, never
+    -- read as a result
     for _, body in ipairs({
       [[string.gsub(string.rep("a", 1e6), ".", coroutine.wrap(function() while true do end end))]],
       [[local t = {} for i = 1, 1000 do t[i] = i end
