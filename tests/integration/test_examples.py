@@ -140,3 +140,44 @@ def test_cookbook_rules_run_together_in_the_engine(sluice):
     summaries = read_ndjson(eng.path("var/summaries.ndjson"))
     assert [s["payload"]["by_path"] for s in summaries] == [{"/a": 1}]
     assert eng.path("var/rule-state/60_count_per_minute.lua.state").exists()
+
+
+def test_readme_route_dry_run_command_prints_what_the_readme_shows():
+    """The `sluice route` command under "Testing rules", read from the
+    README and run as shown (the repo's own config and rules), prints the
+    line the README shows: routed to archive and console by
+    rules/10_orders.lua, with the priority header set."""
+    import re
+    import shlex
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    m = re.search(r"^\$ (echo .*\| build/sluice route -c sluice\.conf\.lua)\n(\{.*\})$",
+                  readme, re.M)
+    assert m, "the README's route example is gone"
+    cmd, shown = m.group(1), m.group(2)
+    payload = shlex.split(cmd.split("|")[0])[1]
+    argv = [SLUICE_BIN] + shlex.split(cmd.split("|")[1])[1:]
+    r = subprocess.run(argv, input=payload + "\n", capture_output=True,
+                       text=True, timeout=10, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for key in ("index", "decision", "outputs", "rule", "reason", "emitted"):
+        assert '"%s":%s' % (key, json.dumps(out[key], separators=(",", ":"))) in shown, key
+    assert out["event"]["headers"]["priority"] == "high"
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", out["event"]["headers"]["traceparent"])
+
+
+def test_sluice_test_without_a_folder_runs_the_specs_in_rules(tmp_path):
+    """`sluice test` with no DIR reads rules/ of the current folder."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "10_x.lua").write_text(
+        'return { on_event = function(ev) return "out" end }\n')
+    (tmp_path / "rules" / "10_x_spec.lua").write_text(
+        'local testing = require("sluice.testing")\n'
+        'describe("10_x", function()\n'
+        '  it("routes", function()\n'
+        '    assert.are.same({ "out" }, testing.load("10_x.lua"):run({ topic = "t" }).routes)\n'
+        '  end)\n'
+        'end)\n')
+    r = run_sluice("test", cwd=str(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 success / 0 failures / 0 errors" in r.stdout
