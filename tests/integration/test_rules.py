@@ -660,3 +660,48 @@ def test_the_cpu_budget_counts_cpu_time_not_time_the_engine_was_preempted(sluice
     dead = read_ndjson(eng.path("var/dead-letter.ndjson"))
     assert [e["topic"] for e in dead] == ["busy.loop"]
     assert "cpu budget" in dead[0]["headers"]["sluice-error"]
+
+
+# ---- emits never block (README, Queues and backpressure) --------------------
+
+EMIT_COPY = """
+return {
+  on_event = function(ev)
+    sluice.emit("side", { topic = "copy", payload = ev.payload })
+    return "a"
+  end,
+}
+"""
+
+
+def test_emits_into_a_full_blocking_queue_are_dropped_and_counted_never_blocking(sluice, tmp_path):
+    """`side` blocks when full (the default) and its peer is down, so its
+    queue of 10 fills with the first 10 emits. The 15 later emits are
+    dropped and counted, and the events that emitted them still flow to
+    `a`: the rule has returned long before there is room."""
+    from conftest import Sink
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "10_emit.lua").write_text(EMIT_COPY)
+    peer, port, admin = free_port(), free_port(), free_port()
+    eng = sluice("""return {
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "a", type = "file", path = "a.ndjson" },
+              { name = "side", type = "tcp", address = "127.0.0.1:%d",
+                queue = { max_events = 10 }, retry = { initial_ms = 20, max_ms = 100 } } },
+  rules = { dir = "%s" },
+  admin = { listen = "127.0.0.1:%d" },
+}""" % (port, peer, d, admin))
+    eng.wait_log("output peer unreachable; reconnecting with backoff")
+    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": i} for i in range(25)])
+    wait_for(lambda: len(read_ndjson(eng.path("a.ndjson"))) == 25, timeout=10,
+             what="all 25 events in a.ndjson while side is full")
+    m = scrape("127.0.0.1:%d" % admin)
+    assert metric(m, "sluice_emit_dropped_total") == 15
+    assert metric(m, "sluice_events_dropped_total", reason="queue_full_newest",
+                  output="side") == 15
+    with Sink(port=peer) as sink:
+        got = sink.wait(10)
+        assert [g["payload"] for g in got] == list(range(10))
+        assert eng.stop() == 0
+    assert [e["payload"] for e in read_ndjson(eng.path("a.ndjson"))] == list(range(25))
