@@ -1,0 +1,39 @@
+"""workers = N, rule state per worker (README, Workers): a key's events are
+decided by the worker that owns its bucket, so per-key state (sluice.seen,
+a per-key rate_limit) holds over workers while the buckets stay where they
+are. The balance is off here (SLUICE_WORKERS_BALANCE_MS=0): a bucket it
+moves takes none of that state along, which the README says."""
+from conftest import metrics_flat, read_ndjson, wait_for, wait_lines
+from test_workers import send, start
+
+DEDUP = """
+return {
+  on_event = function(ev)
+    if sluice.seen(ev.key, 600000) then return sluice.drop("repeat") end
+    return "out"
+  end,
+}
+"""
+
+
+def keyed(n, rnd):
+    return [{"topic": "t", "key": "k%d" % i, "payload": {"round": rnd}}
+            for i in range(n)]
+
+
+def decided(admin, i):
+    return metrics_flat(admin)['sluice_worker_events_total{worker="%d"}' % i]
+
+
+def test_per_key_dedup_holds_over_two_workers_while_the_buckets_stay(sluice, tmp_path):
+    eng, _, addr, admin = start(sluice, tmp_path, {"10_d.lua": DEDUP}, 2,
+                                {"SLUICE_WORKERS_BALANCE_MS": "0"})
+    send(addr, keyed(500, 1))
+    wait_lines(eng.path("out.ndjson"), 500, timeout=20)
+    send(addr, keyed(500, 2))
+    wait_for(lambda: decided(admin, 0) + decided(admin, 1) == 1000, timeout=20,
+             what="both rounds decided")
+    assert decided(admin, 0) > 0 and decided(admin, 1) > 0  # both workers took keys
+    assert eng.stop() == 0
+    got = read_ndjson(eng.path("out.ndjson"))
+    assert len(got) == 500 and {e["payload"]["round"] for e in got} == {1}
