@@ -181,3 +181,53 @@ def test_sluice_test_without_a_folder_runs_the_specs_in_rules(tmp_path):
     r = run_sluice("test", cwd=str(tmp_path), timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 success / 0 failures / 0 errors" in r.stdout
+
+
+def test_readme_check_example_prints_the_lines_the_readme_shows(tmp_path):
+    """The `sluice check -c bad.lua` block under "Configuration": a config
+    with those four faults prints those lines (`...` stands for the rest of
+    a list), in that order, and exit code 1."""
+    import re
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    m = re.search(r"^\$ build/sluice check -c bad\.lua\n((?:.+\n)+?)```", readme, re.M)
+    assert m, "the README's check example is gone"
+    shown = m.group(1).splitlines()
+    (tmp_path / "bad.lua").write_text("""return {
+  inputs  = { { name = "app", type = "tcp", listen = "127.0.0.1:99999", extra = 1 } },
+  outputs = { { name = "archive", type = "file", path = "a.ndjson" },
+              { name = "archive", type = "file", path = "b.ndjson" } },
+  routes  = { { topics = "*", to = "nope" } },
+}
+""")
+    r = subprocess.run([SLUICE_BIN, "check", "-c", "bad.lua"], capture_output=True,
+                       text=True, timeout=10, cwd=str(tmp_path))
+    assert r.returncode == 1 and r.stdout == ""
+    got = r.stderr.splitlines()
+    assert len(got) == len(shown), got
+    for line, want in zip(got, shown):
+        pattern = ".*".join(re.escape(part) for part in want.split("..."))
+        assert re.fullmatch(pattern, line), (line, want)
+
+
+def test_readme_python_client_lands_its_event(sluice):
+    """The minimal Python client under "The native protocol", run as shown
+    against a tcp input (its port swapped for a free one): the event
+    arrives with its topic, key and payload."""
+    import re
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    m = re.search(r"^A minimal client in Python:\n\n```python\n(.*?)```", readme, re.M | re.S)
+    assert m, "the README's Python client is gone"
+    code = m.group(1)
+    assert '("127.0.0.1", 7400)' in code
+    port = free_port()
+    eng = sluice({"inputs": [{"name": "app", "type": "tcp", "listen": "127.0.0.1:%d" % port}],
+                  "outputs": [{"name": "out", "type": "file", "path": "out.ndjson"}],
+                  "routes": [{"topics": "*", "to": "out"}]})
+    code = code.replace('("127.0.0.1", 7400)', '("127.0.0.1", %d)' % port)
+    r = subprocess.run(["/usr/bin/python3", "-c", code + "s.close()\n"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+    got = wait_for(lambda: read_ndjson(eng.path("out.ndjson")), timeout=10,
+                   what="the client's event in out.ndjson")
+    assert (got[0]["topic"], got[0]["key"], got[0]["payload"]) == (
+        "orders.eu", "cust-42", {"amount": 20, "sku": "A1"})
