@@ -655,3 +655,51 @@ def test_http_output_and_otlp_ingest_are_valgrind_clean(tmp_path):
     report = log.read_text()
     assert rc == 0, report[-3000:]
     assert "ERROR SUMMARY: 0 errors" in report, report[-3000:]
+
+
+# ---- README claims (HTTP output) -------------------------------------------
+
+
+def test_a_batch_over_64_distinct_urls_is_sent_whole_one_request_per_url(sluice):
+    """One request per distinct URL, at most 64 a batch: the first request
+    is put off (503, Retry-After 1) so the next batch holds about 100
+    events with 100 keys; every event arrives once, each request carries
+    one URL's events."""
+    with Hook() as hook:
+        hook.answer = lambda req: ((503, {"Retry-After": "1"}, b"")
+                                   if len(hook.requests) == 0 else (200, {}, b""))
+        eng = engine(sluice, hook.url + "/k/{key}")
+        send_events(eng.address, events(1, key="first"))
+        wait_for(lambda: len(hook.requests) == 1, what="the first request")
+        send_events(eng.address, [{"topic": "t", "key": "k%d" % i, "payload": i}
+                                  for i in range(100)])
+        hook.wait_delivered(101)
+        assert sorted(hook.delivered(), key=str) == sorted([0] + list(range(100)), key=str)
+        for r in hook.requests:
+            assert {"/k/" + (e["key"]) for e in r["events"]} == {r["path"]}
+        assert eng.stop() == 0
+
+
+def test_a_429_retry_after_still_counts_as_an_attempt(sluice):
+    """429 waits for Retry-After instead of the backoff, and the attempt
+    counts: with max_attempts = 2 the event goes to the dead letter after
+    two requests, with the last status."""
+    with Hook() as hook:
+        hook.answer = lambda req: (429, {"Retry-After": "1"}, b"slow down")
+        eng = engine(sluice, hook.url + "/in",
+                     retry={"initial_ms": 10, "max_ms": 20, "max_attempts": 2},
+                     breaker=False)
+        send_events(eng.address, events(1))
+        wait_lines(eng.path("var/dead-letter.ndjson"), 1, timeout=15)
+        (e,) = read_ndjson(eng.path("var/dead-letter.ndjson"))
+        assert e["headers"]["sluice-http-status"] == "429"
+        assert len(hook.requests) == 2
+        assert hook.requests[1]["time"] - hook.requests[0]["time"] >= 0.9
+        assert eng.stop() == 0
+
+
+def test_tls_server_name_is_refused_at_start(sluice):
+    from conftest import EngineExited
+    with pytest.raises(EngineExited) as e:
+        engine(sluice, "https://127.0.0.1:1/", tls={"server_name": "other"})
+    assert "tls.server_name: the http output checks the url's host" in str(e.value)
