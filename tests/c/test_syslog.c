@@ -72,6 +72,22 @@ TEST(syslog_5424_refuses_bad_headers) {
                  "- - - x", SL_SYSLOG_AUTO, &m), SL_EPROTO);
 }
 
+/* README: an RFC 5424 timestamp with a year outside 1970-2261 (what ns
+ * since the epoch in an int64 hold) makes the message malformed. */
+TEST(syslog_5424_year_outside_1970_to_2261_is_malformed) {
+  struct sl_syslog_msg m;
+  CHECK_EQ(parse("<13>1 1970-01-01T00:00:00Z h a - - - x", SL_SYSLOG_AUTO,
+                 &m), 0);
+  CHECK_EQ(m.time, 0);
+  CHECK_EQ(parse("<13>1 2261-12-31T23:59:59Z h a - - - x", SL_SYSLOG_AUTO,
+                 &m), 0);
+  CHECK_EQ(m.time, 9214646399000000000LL);
+  CHECK_EQ(parse("<13>1 1969-12-31T23:59:59Z h a - - - x", SL_SYSLOG_AUTO,
+                 &m), SL_EPROTO);
+  CHECK_EQ(parse("<13>1 2262-01-01T00:00:00Z h a - - - x", SL_SYSLOG_AUTO,
+                 &m), SL_EPROTO);
+}
+
 TEST(syslog_3164_host_tag_pid_and_this_years_time) {
   struct sl_syslog_msg m;
   CHECK_EQ(parse("<34>Oct 11 22:14:15 mymachine su[42]: 'su root' failed",
