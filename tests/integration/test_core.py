@@ -1058,3 +1058,42 @@ def test_sluice_relay_reconnects_after_the_downstream_restarts(sluice):
     # and the link still carries new events
     send_events("127.0.0.1:%d" % up_port, [{"topic": "t", "payload": "last"}])
     wait_for(lambda: read_ndjson(out)[-1]["payload"] == "last", what="the last event")
+
+
+def test_a_full_blocking_output_stops_only_the_connections_that_send_to_it(sluice):
+    """README, Queues and backpressure: connection A sends events routed
+    to `fast` and to `slow` (peer down, a queue of 5); B sends events for
+    `fast` alone. A's 6th event enters `fast` at once and waits only for
+    `slow`; A reads nothing more. B, started after A stopped, flows. Once
+    the peer is up every event arrives, in order. workers = 1: with more,
+    a worker's held result holds its later ones too (README, Workers)."""
+    peer, port, admin = free_port(), free_port(), "127.0.0.1:%d" % free_port()
+    eng = sluice({
+        "workers": 1,
+        "inputs": [tcp_in(port)],
+        "outputs": [file_out("fast", "fast.ndjson"),
+                    {"name": "slow", "type": "tcp", "address": "127.0.0.1:%d" % peer,
+                     "queue": {"max_events": 5},
+                     "retry": {"initial_ms": 20, "max_ms": 100}}],
+        "routes": [{"topics": "both", "to": ["fast", "slow"]},
+                   {"topics": "ok", "to": "fast"}],
+        "admin": {"listen": admin},
+    })
+    eng.wait_log("output peer unreachable; reconnecting with backoff")
+    a = connect("127.0.0.1:%d" % port)
+    a.sendall(b"".join(pack({"topic": "both", "payload": i}) for i in range(20)))
+    both = lambda: [e["payload"] for e in read_ndjson(eng.path("fast.ndjson"))
+                    if e["topic"] == "both"]
+    wait_for(lambda: both() == list(range(6)), what="A's first 6 events in fast")
+    assert metric(scrape(admin), "sluice_queue_events", output="slow") == 5
+    send_events("127.0.0.1:%d" % port, [{"topic": "ok", "payload": i} for i in range(10)])
+    oks = lambda: [e["payload"] for e in read_ndjson(eng.path("fast.ndjson"))
+                   if e["topic"] == "ok"]
+    wait_for(lambda: oks() == list(range(10)), what="B's 10 events in fast")
+    assert both() == list(range(6))  # A still stopped behind its held event
+    with Sink(port=peer) as sink:
+        got = sink.wait(20)
+        assert [g["payload"] for g in got] == list(range(20))
+        wait_for(lambda: both() == list(range(20)), what="all of A's events in fast")
+        a.close()
+        assert eng.stop() == 0
