@@ -377,3 +377,22 @@ def test_a_tap_client_that_never_reads_never_slows_the_pipeline(sluice):
     assert metric(text, "sluice_tap_clients") == 1
     stalled.close()
     wait_metric(admin, "sluice_tap_clients", lambda v: v == 0)
+
+
+def test_with_ready_requires_outputs_one_failing_output_of_two_keeps_readyz_200(sluice):
+    """README: with ready_requires_outputs the probe fails only while every
+    output fails (the dead letter aside); one down output of two shows as
+    failing and readiness holds."""
+    port, admin, peer = ports(3)
+    cfg = config(port, admin_port=admin, outputs=[
+        {"name": "downstream", "type": "tcp", "address": "127.0.0.1:%d" % peer,
+         "retry": {"initial_ms": 50, "max_ms": 200}},
+        {"name": "local", "type": "file", "path": "local.ndjson"}],
+        routes=[{"topics": "*", "to": "local"}])
+    cfg["admin"]["ready_requires_outputs"] = True
+    sluice(cfg)
+    r = wait_for(lambda: (lambda r: r if r.json()["outputs"]["downstream"] == "failing"
+                          else None)(curl(admin_url(admin, "/readyz"))),
+                 5, interval=0.05, what="downstream shown failing")
+    assert r.status == 200 and r.json()["ready"] is True
+    assert r.json()["outputs"]["local"] == "ok"
