@@ -396,3 +396,24 @@ def test_with_ready_requires_outputs_one_failing_output_of_two_keeps_readyz_200(
                  5, interval=0.05, what="downstream shown failing")
     assert r.status == 200 and r.json()["ready"] is True
     assert r.json()["outputs"]["local"] == "ok"
+
+
+def test_readyz_is_503_stopping_while_sigterm_drains(sluice):
+    """README: /readyz answers 503 with a reason while the engine stops
+    (a drain waiting for a down peer here); the admin server still
+    answers then, and the drain ends once the peer is back."""
+    import signal
+    port, admin, peer = ports(3)
+    cfg = config(port, admin_port=admin, outputs=[{
+        "name": "downstream", "type": "tcp", "address": "127.0.0.1:%d" % peer,
+        "retry": {"initial_ms": 20, "max_ms": 100}}],
+        routes=[{"topics": "*", "to": "downstream"}], shutdown_timeout=30)
+    eng = sluice(cfg)
+    ingest(port, json.dumps({"topic": "t", "payload": 1}))
+    eng.signal(signal.SIGTERM)
+    r = wait_for(lambda: (lambda r: r if r.status == 503 else None)(
+        curl(admin_url(admin, "/readyz"))), 5, interval=0.05, what="readyz 503")
+    assert "stopping: inputs no longer accept events" in r.json()["reasons"]
+    with Sink(port=peer) as sink:
+        sink.wait(1)
+        assert eng.wait(15) == 0
