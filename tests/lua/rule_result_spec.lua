@@ -57,3 +57,48 @@ describe("on_event's result", function()
     end
   end)
 end)
+
+describe("rule:run's result (README, Testing rules)", function()
+  teardown(s.cleanup)
+
+  it("has the fields the README lists for every verdict", function()
+    local r = s.on_event([[
+      local t = ev.topic
+      sluice.log("info", "seen", { t = t })
+      if t == "route" then ev.headers.x = "1" sluice.emit("o", { topic = "e" }) return { "a", "b" } end
+      if t == "pass" then return nil end
+      if t == "drop" then return sluice.drop("why") end
+      if t == "cpu" then while true do end end
+      if t == "memory" then local x = ("y"):rep(2^30) end
+      error("boom")]], { cpu_budget_ms = 20, memory_mb = 8 })
+    local want = {
+      route = { verdict = "route", routes = { "a", "b" } },
+      pass = { verdict = "pass", routes = {} },
+      drop = { verdict = "drop", routes = {}, dropped = "why" },
+      runtime = { verdict = "error", routes = {}, error_kind = "runtime" },
+      cpu = { verdict = "error", routes = {}, error_kind = "cpu" },
+      memory = { verdict = "error", routes = {}, error_kind = "memory" },
+    }
+    for _, t in ipairs({ "route", "pass", "drop", "runtime", "cpu", "memory" }) do
+      local res = r:run({ topic = t })
+      local w = want[t]
+      assert.equal(w.verdict, res.verdict, t)
+      assert.same(w.routes, res.routes, t)
+      assert.equal(w.dropped, res.dropped, t)
+      assert.equal(w.error_kind, res.error_kind, t)
+      assert.equal(w.verdict == "error", type(res.error) == "string", t)
+      assert.equal("table", type(res.emitted), t)
+      assert.equal("table", type(res.logs), t)
+      assert.equal("seen", res.logs[1].msg, t)
+      assert.equal("table", type(res.event), t)
+      assert.equal("boolean", type(res.changed), t)
+      assert.equal("number", type(res.elapsed_ms), t)
+      assert.equal("number", type(res.cpu_ms), t)
+      if t == "route" then
+        assert.is_true(res.changed)
+        assert.equal("1", res.event.headers.x)
+        assert.equal("o", res.emitted[1].output)
+      end
+    end
+  end)
+end)
