@@ -705,3 +705,29 @@ def test_emits_into_a_full_blocking_queue_are_dropped_and_counted_never_blocking
         assert [g["payload"] for g in got] == list(range(10))
         assert eng.stop() == 0
     assert [e["payload"] for e in read_ndjson(eng.path("a.ndjson"))] == list(range(25))
+
+
+DROPPER = """
+return {
+  on_event = function(ev)
+    if ev.topic ~= "keep" then return sluice.drop("because " .. ev.topic) end
+    return "a"
+  end,
+}
+"""
+
+
+def test_sluice_drop_is_counted_by_rule_not_by_its_reason(sluice, tmp_path):
+    """README, Rules: a sluice.drop is counted in
+    sluice_events_dropped_total{reason="rule"} and per rule in
+    sluice_rule_decisions_total; its reason string labels no series (the
+    tap and the dry run show it)."""
+    eng, addr, admin = start(sluice, tmp_path, {"10_drop.lua": DROPPER})
+    send_events(addr, [{"topic": t} for t in ("x", "y", "z", "keep")])
+    wait_for(lambda: len(read_ndjson(eng.path("a.ndjson"))) == 1, what="the kept event")
+    m = scrape(admin)
+    assert metric(m, "sluice_events_dropped_total", reason="rule") == 3
+    assert metric(m, "sluice_rule_decisions_total", rule="10_drop.lua",
+                  decision="dropped") == 3
+    assert not [s for s in m if any("because" in str(v) for v in s[1].values())]
+    assert eng.stop() == 0
