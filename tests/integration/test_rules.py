@@ -731,3 +731,27 @@ def test_sluice_drop_is_counted_by_rule_not_by_its_reason(sluice, tmp_path):
                   decision="dropped") == 3
     assert not [s for s in m if any("because" in str(v) for v in s[1].values())]
     assert eng.stop() == 0
+
+
+def test_route_dry_run_reads_a_msgpack_stream_from_events_file(tmp_path):
+    """README, Dry run: --events FILE, and a msgpack stream told apart from
+    NDJSON by its first byte; the decisions are as for NDJSON."""
+    import msgpack
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "10_router.lua").write_text(ROUTER)
+    cfg = tmp_path / "c.lua"
+    cfg.write_text("""return {
+  outputs = { { name = "a", type = "null" }, { name = "b", type = "null" } },
+  rules = { dir = "rules" } }""")
+    evs = tmp_path / "events.msgpack"
+    evs.write_bytes(b"".join(msgpack.packb(e) for e in [
+        {"topic": "orders.eu", "payload": {"amount": 500}},
+        {"topic": "orders.eu", "payload": {"amount": 5}},
+        {"topic": "orders.eu", "payload": {}}]))
+    r = run_sluice("route", "-c", str(cfg), "--events", str(evs))
+    assert r.returncode == 0, r.stderr
+    out = [json.loads(l) for l in r.stdout.splitlines()]
+    assert [(o["index"], o["decision"], o["outputs"]) for o in out] == [
+        (0, "routed", ["a", "b"]), (1, "routed", ["a"]), (2, "dropped", [])]
+    assert out[2]["reason"] == "no amount"
