@@ -318,16 +318,18 @@ def test_sluice_to_sluice_keeps_topic_record_and_time(sluice, tmp_path,
                disk=False)
     evs = [native(i, topic="t%d" % (i % 3)) for i in range(30)]
     evs.append({"topic": "scalar", "payload": "not a map", "time": 5})
+    evs.append({"topic": "bare", "time": 6})  # no payload: sent as {}
     send_events(b.address, evs)
-    wait_lines(a.path("out.ndjson"), 31)
+    wait_lines(a.path("out.ndjson"), 32)
     got = read_ndjson(a.path("out.ndjson"))
     assert [(e["topic"], e["payload"], e["time"]) for e in got[:30]] == [
         (e["topic"], e["payload"], e["time"]) for e in evs[:30]]
     assert got[30]["payload"] == {"payload": "not a map"}
     assert got[30]["topic"] == "scalar" and got[30]["time"] == 5
+    assert got[31]["payload"] == {} and got[31]["topic"] == "bare"
     assert b.stop() == 0 and a.stop() == 0
     (totals,) = b.find_logs("output totals", output="out")
-    assert totals["delivered"] == 31
+    assert totals["delivered"] == 32
 
 
 def test_kill9_of_the_receiver_loses_nothing_it_acknowledged(sluice, tmp_path):
