@@ -703,3 +703,32 @@ def test_tls_server_name_is_refused_at_start(sluice):
     with pytest.raises(EngineExited) as e:
         engine(sluice, "https://127.0.0.1:1/", tls={"server_name": "other"})
     assert "tls.server_name: the http output checks the url's host" in str(e.value)
+
+
+def test_a_refused_event_is_no_outage_and_a_429_is_logged_once_each_way(sluice):
+    """README Health: a 4xx refusal leaves sluice_output_healthy at 1; a
+    429 makes it 0; the change is logged once each way."""
+    admin = free_port()
+    with Hook() as hook:
+        hook.answer = lambda req: (400, {}, b"no")
+        port = free_port()
+        cfg = {"inputs": [{"name": "in", "type": "tcp", "listen": "127.0.0.1:%d" % port}],
+               "outputs": [{"name": "hook", "type": "http", "url": hook.url + "/in",
+                            "retry": {"initial_ms": 20, "max_ms": 100}, "breaker": False}],
+               "routes": [{"topics": "*", "to": "hook"}],
+               "admin": {"listen": "127.0.0.1:%d" % admin}}
+        eng = sluice(cfg)
+        addr = "127.0.0.1:%d" % admin
+        send_events("127.0.0.1:%d" % port, events(1))
+        wait_lines(eng.path("var/dead-letter.ndjson"), 1, timeout=10)
+        assert metric(addr, "sluice_output_healthy", output="hook") == 1
+        hook.answer = lambda req: (429, {"Retry-After": "1"}, b"")
+        send_events("127.0.0.1:%d" % port, events(1))
+        wait_for(lambda: metric(addr, "sluice_output_healthy", output="hook") == 0)
+        hook.answer = lambda req: (200, {}, b"")
+        hook.wait_delivered(1)
+        wait_for(lambda: metric(addr, "sluice_output_healthy", output="hook") == 1)
+        eng.wait_log("http output delivers again")
+        assert eng.stop() == 0
+        assert len(eng.find_logs("http output cannot deliver; retrying with backoff")) == 1
+        assert len(eng.find_logs("http output delivers again")) == 1
