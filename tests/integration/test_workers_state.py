@@ -37,3 +37,31 @@ def test_per_key_dedup_holds_over_two_workers_while_the_buckets_stay(sluice, tmp
     assert eng.stop() == 0
     got = read_ndjson(eng.path("out.ndjson"))
     assert len(got) == 500 and {e["payload"]["round"] for e in got} == {1}
+
+
+COUNTING = """
+return {
+  on_event = function(ev)
+    sluice.counter("seen", { k = "v" }):inc()
+    if ev.payload.round == 2 then return sluice.drop("second") end
+    return "out"
+  end,
+}
+"""
+
+
+def test_metrics_sum_over_workers_one_series_per_counter(sluice, tmp_path):
+    """README, Workers: each sluice.counter series is one series, the sum
+    over the workers; so are drops and rule calls."""
+    eng, _, addr, admin = start(sluice, tmp_path, {"10_c.lua": COUNTING}, 2)
+    send(addr, keyed(600, 1) + keyed(400, 2))
+    wait_for(lambda: decided(admin, 0) + decided(admin, 1) == 1000, timeout=20,
+             what="1000 decided")
+    assert decided(admin, 0) > 0 and decided(admin, 1) > 0
+    m = metrics_flat(admin)
+    series = {k: v for k, v in m.items() if k.startswith("sluice_rule_value_total")}
+    assert list(series.values()) == [1000], series
+    assert 'name="seen"' in list(series)[0] and 'k="v"' in list(series)[0]
+    assert m['sluice_events_dropped_total{reason="rule"}'] == 400
+    assert sum(v for k, v in m.items() if k.startswith("sluice_rule_calls_total")) == 1000
+    assert eng.stop() == 0
