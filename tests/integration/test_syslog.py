@@ -454,3 +454,18 @@ def test_example_syslog_runs_as_its_comment_shows(sluice, tmp_path):
     assert alert["payload"]["message"] == "payment failed"
     assert alert["payload"]["severity_name"] == "err"
     assert eng.stop() == 0
+
+
+def test_a_last_line_without_its_lf_at_close_is_discarded_counted_and_logged(sluice):
+    """README: a frame the sender leaves unfinished when it closes (a last
+    line without its LF) is discarded and counted in sluice_input_bad_total;
+    the lines before it are taken."""
+    eng = engine(sluice, udp=False)
+    send_tcp(eng.port, b"<13>1 - h app - - - whole\n<13>1 - h app - - - cut")
+    [ev] = events(eng.out, 1)
+    assert ev["payload"]["message"] == "whole"
+    wait_for(lambda: metric(eng.admin, "sluice_input_bad_total", input="sys") == 1,
+             what="the cut line counted")
+    eng.wait_log("connection closed inside a syslog frame; partial message discarded")
+    assert eng.stop() == 0
+    assert [e["payload"]["message"] for e in read_ndjson(eng.out)] == ["whole"]
