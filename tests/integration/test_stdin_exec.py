@@ -363,3 +363,33 @@ def test_exec_command_must_be_a_list_of_strings(tmp_path):
                            capture_output=True, text=True, timeout=10)
         assert r.returncode != 0
         assert why in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_exit_on_eof_waits_for_a_down_output_past_shutdown_timeout(tmp_path):
+    """README: at the end of stdin the run waits for every output as long
+    as it takes (shutdown_timeout is SIGTERM's, not this wait's), then
+    exits 0 with everything delivered."""
+    from conftest import Sink, free_port
+    peer = free_port()
+    conf = stdin_conf(tmp_path, {"name": "o", "type": "tcp",
+                                 "address": "127.0.0.1:%d" % peer,
+                                 "retry": {"initial_ms": 20, "max_ms": 100}},
+                      top={"shutdown_timeout": 1})
+    p = subprocess.Popen([SLUICE_BIN, "run", "-c", str(conf)], stdin=subprocess.PIPE,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env=_engine_env(), cwd=str(tmp_path))
+    try:
+        p.stdin.write(ndjson(3).encode())
+        p.stdin.close()
+        time.sleep(2.0)  # twice shutdown_timeout: a wait bounded by it is over
+        assert p.poll() is None, "stopped before its output delivered"
+        with Sink(port=peer) as sink:
+            got = sink.wait(3)
+            assert [g["payload"]["seq"] for g in got] == [0, 1, 2]
+            assert p.wait(15) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    err = p.stderr.read().decode()
+    assert "stdin ended and every output delivered; stopping" in err
