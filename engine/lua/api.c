@@ -564,14 +564,14 @@ static int read_labels(lua_State *L, struct label *lb) {
           strncmp(lua_tostring(L, -2), "__", 2) == 0)
         return luaL_error(L, "sluice.counter: label name '%s' is reserved "
                              "(rule, name and names starting with __)",
-                          lua_tostring(L, -2));
+                          msg_str(L, -2));
       if (lua_type(L, -1) != LUA_TSTRING)
         return luaL_error(L, "sluice.counter: label '%s' must be a string",
-                          lua_tostring(L, -2));
+                          msg_str(L, -2));
       if (lua_objlen(L, -2) > LABEL_MAX || lua_objlen(L, -1) > LABEL_MAX)
-        return luaL_error(L, "sluice.counter: label '%.40s' has a name or "
-                             "value over %d bytes", lua_tostring(L, -2),
-                          LABEL_MAX);
+        return luaL_error(L, "sluice.counter: label '%s' has a name or "
+                             "value over %d bytes", msg_str(L, -2),
+                          LABEL_MAX); /* luaL_error has no precision */
       if (nl == MAX_LABELS)
         return luaL_error(L, "sluice.counter: at most %d labels", MAX_LABELS);
       lb[nl].k = lua_tostring(L, -2);

@@ -229,6 +229,36 @@ describe("rule counters cannot spoil /metrics", function()
     assert.same({}, r:counters())
   end)
 
+  it("names at most 128 bytes of a long label name in its errors", function()
+    -- README Limits: error messages name at most 128 bytes of a rule's
+    -- string; a label name is the rule's string, of any length
+    local r = s.on_event([[
+      local long = ("k"):rep(tonumber(ev.payload))
+      local cases = {
+        function() sluice.counter("c", { [long] = "v" }) end,     -- too long
+        function() sluice.counter("c", { [long] = 1 }) end,       -- not a string
+        function() sluice.counter("c", { ["__" .. long] = "v" }) end, -- reserved
+      }
+      local out = {}
+      for i, f in ipairs(cases) do
+        local ok, err = pcall(f)
+        assert(not ok)
+        out[i] = err
+      end
+      ev.headers.a, ev.headers.b, ev.headers.c = out[1], out[2], out[3]
+      return "ok"]], { cpu_budget_ms = 2000 })
+    for _, n in ipairs({ 129, 4 * 1024 * 1024 }) do
+      local res = r:run({ topic = "t", payload = n })
+      assert.same({ "ok" }, res.routes, res.error)
+      for _, h in ipairs({ "a", "b", "c" }) do
+        local err = res.event.headers[h]
+        assert.is_nil(err:find(("k"):rep(129), 1, true), h .. ": " .. #err .. " bytes")
+        s.has(err, ("k"):rep(100))
+        assert.is_true(#err < 400, h .. ": " .. #err .. " bytes")
+      end
+    end
+  end)
+
   it("refuses a metric or label name with a NUL byte", function()
     local r = s.on_event([[
       assert(not pcall(sluice.counter, "c\0d"))
