@@ -419,6 +419,12 @@ def test_admin_over_max_connections_gets_503_and_recovers(sluice):
     assert e.value.code == 503
     held[0].close()
     wait_for(lambda: _healthz_ok(adm), what="/healthz once a slot is free")
+    # README: the listener metrics count the admin server too
+    text = admin_get(adm, "/metrics")[1].decode()
+    assert ('sluice_listener_connections_refused_total{listener="admin",'
+            'type="admin",reason="limit"} 1') in text.splitlines()
+    assert ('sluice_listener_connections_open{listener="admin",type="admin"} 2'
+            in text.splitlines())  # held[1] and this scrape
     held[1].close()
 
 
