@@ -1097,3 +1097,13 @@ def test_a_full_blocking_output_stops_only_the_connections_that_send_to_it(sluic
         wait_for(lambda: both() == list(range(20)), what="all of A's events in fast")
         a.close()
         assert eng.stop() == 0
+
+
+def test_the_file_output_creates_missing_folders(sluice):
+    """README, Outputs: the file output makes the folders of its path."""
+    port = free_port()
+    eng = sluice(simple_config(port, outputs=[file_out(path="deep/er/out.ndjson")]))
+    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": 1}])
+    [e] = wait_lines(eng.path("deep/er/out.ndjson"), 1)
+    assert json.loads(e)["payload"] == 1
+    assert eng.stop() == 0
