@@ -755,3 +755,48 @@ def test_route_dry_run_reads_a_msgpack_stream_from_events_file(tmp_path):
     assert [(o["index"], o["decision"], o["outputs"]) for o in out] == [
         (0, "routed", ["a", "b"]), (1, "routed", ["a"]), (2, "dropped", [])]
     assert out[2]["reason"] == "no amount"
+
+
+RULE_A = """
+return {
+  topics = { "orders.*" },
+  on_event = function(ev)
+    if ev.payload.drop then return sluice.drop("test order") end
+    ev.headers.seen = "a"
+  end,
+}
+"""
+
+RULE_B = """
+return {
+  on_event = function(ev)
+    sluice.counter("b_calls"):inc()
+    if ev.topic == "users.new" then return nil end
+    ev.headers.b_saw = ev.headers.seen or "none"
+    return "a"
+  end,
+}
+"""
+
+
+def test_the_readme_examples_of_how_an_event_is_decided(sluice, tmp_path):
+    """README, Rules: with 10_a (orders.*) and 20_b (every topic), an order
+    10_a passes goes where 20_b says, with 10_a's header seen by 20_b and
+    by the output; one 10_a drops never reaches 20_b; users.new meets only
+    20_b, which returns nil, so the routes decide."""
+    eng, addr, admin = start(sluice, tmp_path, {"10_a.lua": RULE_A, "20_b.lua": RULE_B})
+    send_events(addr, [{"id": "kept", "topic": "orders.eu", "payload": {}},
+                       {"id": "dropped", "topic": "orders.eu", "payload": {"drop": True}},
+                       {"id": "user", "topic": "users.new", "payload": {}}])
+    wait_for(lambda: len(read_ndjson(eng.path("rest.ndjson"))) == 1, what="users.new at rest")
+    wait_for(lambda: len(read_ndjson(eng.path("a.ndjson"))) == 1, what="the order at a")
+    [order] = read_ndjson(eng.path("a.ndjson"))
+    assert order["id"] == "kept"
+    assert order["headers"]["seen"] == "a" and order["headers"]["b_saw"] == "a"
+    [user] = read_ndjson(eng.path("rest.ndjson"))
+    assert user["id"] == "user" and "seen" not in user["headers"]
+    m = scrape(admin)
+    assert [v for n, l, v in m if n == "sluice_rule_value_total" and
+            l == {"rule": "20_b.lua", "name": "b_calls"}] == [2]
+    assert metric(m, "sluice_rule_decisions_total", rule="10_a.lua", decision="dropped") == 1
+    assert eng.stop() == 0
