@@ -3,6 +3,8 @@ decided by the worker that owns its bucket, so per-key state (sluice.seen,
 a per-key rate_limit) holds over workers while the buckets stay where they
 are. The balance is off here (SLUICE_WORKERS_BALANCE_MS=0): a bucket it
 moves takes none of that state along, which the README says."""
+import json
+
 from conftest import metrics_flat, read_ndjson, wait_for, wait_lines
 from test_workers import send, start
 
@@ -65,3 +67,21 @@ def test_metrics_sum_over_workers_one_series_per_counter(sluice, tmp_path):
     assert m['sluice_events_dropped_total{reason="rule"}'] == 400
     assert sum(v for k, v in m.items() if k.startswith("sluice_rule_calls_total")) == 1000
     assert eng.stop() == 0
+
+
+STARTING = """
+return {
+  on_start = function()
+    sluice.emit("tick", { topic = "started", payload = { n = 1 } })
+  end,
+  on_event = function(ev) return "out" end,
+}
+"""
+
+
+def test_on_start_runs_in_each_worker_and_its_emits_all_arrive(sluice, tmp_path):
+    eng, _, addr, admin = start(sluice, tmp_path, {"10_s.lua": STARTING}, 3)
+    got = wait_lines(eng.path("tick.ndjson"), 3, timeout=10)
+    assert [json.loads(l)["topic"] for l in got] == ["started"] * 3
+    assert eng.stop() == 0
+    assert len(read_ndjson(eng.path("tick.ndjson"))) == 3
