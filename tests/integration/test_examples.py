@@ -1,6 +1,7 @@
 """The repo's own default config and every example pass `sluice check`, and
 their rule specs pass through `sluice test` (busted in the real sandbox)."""
 import glob
+import re
 import json
 import os
 import subprocess
@@ -231,3 +232,83 @@ def test_readme_python_client_lands_its_event(sluice):
                    what="the client's event in out.ndjson")
     assert (got[0]["topic"], got[0]["key"], got[0]["payload"]) == (
         "orders.eu", "cust-42", {"amount": 20, "sku": "A1"})
+
+
+def _readme_lua_blocks(*sections):
+    """The ```lua blocks of the README sections whose titles start so."""
+    import re
+    text = open(os.path.join(ROOT, "README.md")).read()
+    out = []
+    for part in re.split(r"(?m)^(?=## )", text):
+        if any(part.startswith("## " + s) for s in sections):
+            out += re.findall(r"```lua\n(.*?)```", part, re.S)
+    return out
+
+
+README_ENV = {"TEAM": "ops", "HOOK_TOKEN": "t0ken", "FORWARD_KEY": "k3y"}
+
+
+@pytest.mark.parametrize("section", ["Configuration", "Workers",
+                                     "HTTP output", "Syslog", "Fluent forward"])
+def test_readme_config_blocks_pass_check(tmp_path, section):
+    """Each config the README shows in these sections passes `sluice
+    check`: whole ones as they are, fragments (inputs = ..., outputs =
+    ...) inside a config that adds only what they lack."""
+    blocks = [b for b in _readme_lua_blocks(section)
+              if b.startswith(("return {", "inputs", "outputs"))]
+    assert blocks, section
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "ca.pem").write_text("")  # the HTTP output's tls.ca_file
+    env = dict(os.environ, **README_ENV)
+    for i, block in enumerate(blocks):
+        if block.startswith("return {"):
+            text = block
+        else:
+            body = block.rstrip().rstrip(",")
+            if not re.search(r"(?m)^inputs\s*=", body):
+                body += ',\n  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:7400" } }'
+            if not re.search(r"(?m)^outputs\s*=", body):
+                body += ',\n  outputs = { { name = "out", type = "null" } }'
+            text = "return {\n" + body + "\n}\n"
+        cfg = tmp_path / ("c%d.lua" % i)
+        cfg.write_text(text)
+        r = subprocess.run([SLUICE_BIN, "check", "-c", str(cfg)], capture_output=True,
+                           text=True, timeout=10, env=env)
+        assert r.returncode == 0, (text, r.stderr)
+
+
+def test_readme_rule_block_loads_and_decides_as_its_comments_say(tmp_path):
+    """The rule table under "Rules", as a rule file: it loads, a large
+    amount goes to audit and warehouse with priority high, a small one to
+    warehouse, none is dropped with "no amount"."""
+    [rule] = [b for b in _readme_lua_blocks("Rules") if "on_event" in b]
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "10_readme.lua").write_text(rule)
+    cfg = tmp_path / "c.lua"
+    cfg.write_text("""return {
+  outputs = { { name = "audit", type = "null" }, { name = "warehouse", type = "null" } },
+  rules = { dir = "rules" } }""")
+    events = "".join(json.dumps({"topic": "orders.eu", "payload": p}) + "\n"
+                     for p in ({"amount": 5000}, {"amount": 5}, {}))
+    r = run_sluice("route", "-c", str(cfg), input=events)
+    assert r.returncode == 0, r.stderr
+    out = [json.loads(l) for l in r.stdout.splitlines()]
+    assert [(o["decision"], o["outputs"]) for o in out] == [
+        ("routed", ["audit", "warehouse"]), ("routed", ["warehouse"]), ("dropped", [])]
+    assert out[0]["event"]["headers"]["priority"] == "high"
+    assert out[2]["reason"] == "no amount"
+
+
+def test_readme_spec_block_passes_beside_the_repo_rule(tmp_path):
+    """The spec under "Testing rules", saved as the file its first line
+    names beside a copy of rules/10_orders.lua, passes `sluice test`."""
+    import shutil
+    [spec] = _readme_lua_blocks("Testing rules")
+    name = spec.splitlines()[0].lstrip("- ").strip()
+    assert name == "rules/10_orders_spec.lua", name
+    (tmp_path / "rules").mkdir()
+    shutil.copy(os.path.join(ROOT, "rules", "10_orders.lua"), tmp_path / "rules")
+    (tmp_path / name).write_text(spec)
+    r = run_sluice("test", "rules", cwd=str(tmp_path), timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 success / 0 failures / 0 errors" in r.stdout
