@@ -469,3 +469,14 @@ def test_a_last_line_without_its_lf_at_close_is_discarded_counted_and_logged(slu
     eng.wait_log("connection closed inside a syslog frame; partial message discarded")
     assert eng.stop() == 0
     assert [e["payload"]["message"] for e in read_ndjson(eng.out)] == ["whole"]
+
+
+def test_the_readme_logger_command_is_the_one_the_example_test_runs():
+    """README, Syslog shows the logger command that
+    test_example_syslog_runs_as_its_comment_shows runs (from the example's
+    comment), so that test runs the README's command too."""
+    readme = open(os.path.join(EXAMPLE, "..", "..", "README.md")).read()
+    shown = [l[2:] for l in readme.splitlines() if l.startswith("$ logger ")]
+    text = open(os.path.join(EXAMPLE, "sluice.conf.lua")).read()
+    ran = [l[len("--   "):] for l in text.splitlines() if l.startswith("--   logger ")]
+    assert shown and shown == ran, (shown, ran)
