@@ -417,3 +417,30 @@ def test_readyz_is_503_stopping_while_sigterm_drains(sluice):
     with Sink(port=peer) as sink:
         sink.wait(1)
         assert eng.wait(15) == 0
+
+
+def test_tap_masks_every_default_header_and_the_configured_ones_too(sluice):
+    """README: authorization, proxy-authorization, cookie, set-cookie and
+    x-api-key are masked on the tap (any case); admin.redact_headers adds
+    to them, it never unmasks one."""
+    port, admin = ports(2)
+    cfg = config(port, admin_port=admin)
+    cfg["admin"]["redact_headers"] = ["x-secret"]
+    sluice(cfg)
+    p = tap_proc(admin, "topics=t&limit=1")
+    masked = {"Authorization": "Bearer a", "proxy-authorization": "Basic b",
+              "cookie": "c=1", "Set-Cookie": "d=2", "X-Api-Key": "k",
+              "x-secret": "s"}
+    try:
+        wait_metric(admin, "sluice_tap_clients", lambda v: v == 1)
+        ingest(port, json.dumps({"topic": "t", "payload": 1,
+                                 "headers": dict(masked, **{"x-ok": "v"})}))
+        out, _ = p.communicate(timeout=15)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    [line] = [json.loads(l) for l in out.decode().splitlines()]
+    h = line["event"]["headers"]
+    assert {k: h[k] for k in masked} == {k: "***" for k in masked}
+    assert h["x-ok"] == "v"
