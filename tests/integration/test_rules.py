@@ -693,7 +693,9 @@ def test_emits_into_a_full_blocking_queue_are_dropped_and_counted_never_blocking
   admin = { listen = "127.0.0.1:%d" },
 }""" % (port, peer, d, admin))
     eng.wait_log("output peer unreachable; reconnecting with backoff")
-    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": i} for i in range(25)])
+    # one key: in order over any number of workers
+    send_events("127.0.0.1:%d" % port, [{"topic": "t", "key": "k", "payload": i}
+                                         for i in range(25)])
     wait_for(lambda: len(read_ndjson(eng.path("a.ndjson"))) == 25, timeout=10,
              what="all 25 events in a.ndjson while side is full")
     m = scrape("127.0.0.1:%d" % admin)
