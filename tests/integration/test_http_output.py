@@ -732,3 +732,33 @@ def test_a_refused_event_is_no_outage_and_a_429_is_logged_once_each_way(sluice):
         assert eng.stop() == 0
         assert len(eng.find_logs("http output cannot deliver; retrying with backoff")) == 1
         assert len(eng.find_logs("http output delivers again")) == 1
+
+
+def test_a_later_url_that_succeeded_is_sent_again_when_an_earlier_one_failed(sluice):
+    """README Outcomes: a batch split over several URLs is reported in
+    order, so when the earlier URL fails and the later one succeeds, the
+    later one's events are sent again: at least once, never lost."""
+    state = {"a_failed": False}
+    with Hook() as hook:
+        def answer(req):
+            if len(hook.requests) == 0:
+                return (503, {"Retry-After": "1"}, b"")  # let a and b queue up
+            if req["path"] == "/k/a" and not state["a_failed"]:
+                state["a_failed"] = True
+                return (500, {}, b"")
+            return (200, {}, b"")
+        hook.answer = answer
+        eng = engine(sluice, hook.url + "/k/{key}", breaker=False)
+        send_events(eng.address, events(1, key="first"))
+        wait_for(lambda: len(hook.requests) == 1, what="the first request")
+        send_events(eng.address, [{"topic": "t", "key": "a", "payload": "a"},
+                                  {"topic": "t", "key": "b", "payload": "b"}])
+        wait_for(lambda: hook.delivered().count("a") == 1, what="a delivered")
+        assert state["a_failed"]
+        paths = [r["path"] for r in hook.requests]
+        b_at = [i for i, p in enumerate(paths) if p == "/k/b"]
+        a_fail = paths.index("/k/a")
+        # b was answered 200 in the batch where a failed, and sent again after
+        assert len(b_at) >= 2 and b_at[0] < paths.index("/k/a", a_fail + 1), paths
+        assert hook.delivered().count("b") >= 2
+        assert eng.stop() == 0
