@@ -748,7 +748,17 @@ def test_a_later_url_that_succeeded_is_sent_again_when_an_earlier_one_failed(slu
                 return (500, {}, b"")
             return (200, {}, b"")
         hook.answer = answer
-        eng = engine(sluice, hook.url + "/k/{key}", breaker=False)
+        # one worker: a's event comes before b's in the batch (over workers
+        # the two may be applied the other way round)
+        port = free_port()
+        eng = sluice({"workers": 1,
+                      "inputs": [{"name": "in", "type": "tcp",
+                                  "listen": "127.0.0.1:%d" % port}],
+                      "outputs": [{"name": "hook", "type": "http",
+                                   "url": hook.url + "/k/{key}", "breaker": False,
+                                   "retry": {"initial_ms": 20, "max_ms": 200}}],
+                      "routes": [{"topics": "*", "to": "hook"}]})
+        eng.address = "127.0.0.1:%d" % port
         send_events(eng.address, events(1, key="first"))
         wait_for(lambda: len(hook.requests) == 1, what="the first request")
         send_events(eng.address, [{"topic": "t", "key": "a", "payload": "a"},
