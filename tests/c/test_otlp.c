@@ -110,6 +110,21 @@ TEST(otlp_bad_records_are_counted_with_the_first_reason) {
                        "expected 16 hex digits");
 }
 
+/* README: severityNumber is 0-24 (OTLP's range); outside it the record
+ * is rejected, the others taken. */
+TEST(otlp_severity_number_outside_0_to_24_is_rejected) {
+  struct got g;
+  struct sl_otlp_result res;
+  CHECK_EQ(run(REC("{\"severityNumber\":0},{\"severityNumber\":24},"
+                   "{\"severityNumber\":25},{\"severityNumber\":-1}"),
+               "t", 1 << 20, &g, &res), 0);
+  CHECK_EQ(res.accepted, 2);
+  CHECK_EQ(res.rejected, 2);
+  CHECK_STR(res.error, "resourceLogs[0].scopeLogs[0].logRecords[2]: "
+                       "severityNumber: expected an integer 0-24");
+  CHECK(strstr(g.json[1], "\"otel.severity_number\":\"24\"") != NULL);
+}
+
 TEST(otlp_an_event_over_max_event_bytes_is_rejected) {
   struct got g;
   struct sl_otlp_result res;
