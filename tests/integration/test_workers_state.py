@@ -86,3 +86,49 @@ def test_on_start_runs_in_each_worker_and_its_emits_all_arrive(sluice, tmp_path)
     assert [json.loads(l)["topic"] for l in got] == ["started"] * 3
     assert eng.stop() == 0
     assert len(read_ndjson(eng.path("tick.ndjson"))) == 3
+
+
+def test_a_held_worker_holds_other_connections_events_it_decides_and_loses_none(
+        sluice, tmp_path):
+    """README, Workers (Hand-off): backpressure is per worker. A's events
+    (worker 1's keys) go to `fast` and to `slow`, whose peer is down and
+    queue small; worker 1's result for slow waits, and holds its later
+    results. B's events of worker 0's keys flow to `fast` meanwhile; B's
+    events of worker 1's keys wait, and arrive once slow has room."""
+    from conftest import Sink, connect, free_port, pack
+    from test_workers import worker_keys
+    peer = free_port()
+    outputs = """
+    { name = "fast", type = "file", path = "fast.ndjson" },
+    { name = "slow", type = "tcp", address = "127.0.0.1:%d",
+      queue = { max_events = 5 }, retry = { initial_ms = 20, max_ms = 100 } },""" % peer
+    routes = """routes = { { topics = "both", to = { "fast", "slow" } },
+                           { topics = "ok", to = "fast" } },"""
+    eng, _, addr, admin = start(sluice, tmp_path, {}, 2,
+                                {"SLUICE_WORKERS_BALANCE_MS": "0"},
+                                outputs=outputs, extra=routes)
+    eng.wait_log("output peer unreachable; reconnecting with backoff")
+    w1 = worker_keys(1, 2, prefix="one")
+    w0 = worker_keys(0, 2, prefix="zero")
+    a = connect(addr)
+    a.sendall(b"".join(pack({"topic": "both", "key": w1[0], "payload": i})
+                       for i in range(20)))
+    wait_for(lambda: metrics_flat(admin)['sluice_worker_held{worker="1"}'] == 1,
+             what="worker 1 held by slow")
+    b = connect(addr)
+    b.sendall(b"".join(pack({"topic": "ok", "key": k, "payload": k})
+                       for k in (w0[0], w1[1], w0[1])))
+    fast = lambda: [e["payload"] for e in read_ndjson(eng.path("fast.ndjson"))
+                    if e["topic"] == "ok"]
+    wait_for(lambda: sorted(fast()) == sorted(w0), what="B's worker-0 events")
+    # still held: B's worker-1 event sits behind the held result
+    assert metrics_flat(admin)['sluice_worker_held{worker="1"}'] == 1
+    assert w1[1] not in fast()
+    with Sink(port=peer) as sink:
+        sink.wait(20)
+        wait_for(lambda: sorted(fast()) == sorted(w0 + [w1[1]]),
+                 what="B's worker-1 event once slow has room")
+        a.close()
+        b.close()
+        assert eng.stop() == 0
+    assert [e["payload"] for e in sink.events] == list(range(20))
