@@ -3,7 +3,8 @@ decided by the worker that owns its bucket, so per-key state (sluice.seen,
 a per-key rate_limit) holds over workers while the buckets stay where they
 are (the balance off: SLUICE_WORKERS_BALANCE_MS=0; a bucket it moves takes
 none of that state along, which the README says); a sluice.counter is one
-series summed over the workers; on_start runs in each worker."""
+series summed over the workers; on_start runs in each worker; a worker
+held by a full output holds what it decides of other connections too."""
 import json
 
 from conftest import metrics_flat, read_ndjson, wait_for, wait_lines
