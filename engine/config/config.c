@@ -1898,7 +1898,9 @@ static void check_state_dir(struct check *c, struct sl_config *cfg, int t) {
 }
 
 /* workers = N (1..64) or "auto" (online CPUs, at most 64); default 1.
- * What is not safe with several rule states yet is refused by name. */
+ * workers_balance = false keeps each worker's even share of the buckets,
+ * so a key's rule state stays with it. What is not safe with several rule
+ * states yet is refused by name. */
 static void check_workers(struct check *c, struct sl_config *cfg, int t) {
   long n;
   cfg->workers = 1;
@@ -1922,6 +1924,8 @@ static void check_workers(struct check *c, struct sl_config *cfg, int t) {
                                           : type_of(c->L, -1));
   }
   lua_pop(c->L, 1);
+  cfg->workers_balance = 1;
+  opt_bool(c, t, "", "workers_balance", &cfg->workers_balance);
   if (cfg->workers > 1 && cfg->rules.persist)
     bad(c, "workers", "rules.persist keeps one state file per rule, and "
         "workers = %d would run %d states: use workers = 1 with "
@@ -1933,7 +1937,7 @@ static void check_top(struct check *c, struct sl_config *cfg, int t) {
       "inputs",    "outputs",          "routes",          "rules",
       "admin",     "dead_letter",      "pid_file",        "shutdown_timeout",
       "log_level", "max_event_bytes",  "state_dir",       "unrouted",
-      "schemas",   "workers",          NULL};
+      "schemas",   "workers",          "workers_balance", NULL};
   double timeout;
   char *level = NULL, *pid = NULL;
 

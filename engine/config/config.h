@@ -223,6 +223,7 @@ struct sl_config {
                                default var/ beside the config */
   uint32_t shutdown_timeout_ms; /* default 10000 */
   int workers;                  /* rule threads incl. the main one; 1 */
+  int workers_balance; /* 1: buckets move to even the load (default) */
   uint32_t max_event_bytes;     /* default 1 MiB */
   int log_level;                /* -1: not set in the file */
   struct sl_schema_contract *schemas; /* payload contracts, in order */

@@ -186,6 +186,7 @@ int sl_config_restart_diff(const struct sl_config *a, const struct sl_config *b,
   if (a->workers != b->workers)
     sl_buf_printf(out, "%sworkers (%d -> %d)", n++ ? ", " : "", a->workers,
                   b->workers);
+  DIFF(a->workers_balance == b->workers_balance, "workers_balance");
   DIFF(a->log_level == b->log_level, "log_level");
 #undef DIFF
   return n;

@@ -946,12 +946,15 @@ static void balance_start(struct sl_workers *ws) {
   uv_timer_start(&ws->balance, on_balance, ws->balance_ms, ws->balance_ms);
 }
 
-/* SLUICE_WORKERS_BALANCE_MS (the period; 0: never move) and
- * SLUICE_WORKERS_CHURN are for tests: undocumented for users. */
+/* workers_balance = false: never move (a bucket's rule state, sluice.seen
+ * and rate limits, stays with its keys). SLUICE_WORKERS_BALANCE_MS (the
+ * period; 0: never move) and SLUICE_WORKERS_CHURN are for tests:
+ * undocumented for users. */
 static void balance_init(struct sl_workers *ws) {
   const char *ms = getenv("SLUICE_WORKERS_BALANCE_MS");
   const char *churn_env = getenv("SLUICE_WORKERS_CHURN");
-  ws->balance_ms = ms ? strtoull(ms, NULL, 10) : BALANCE_MS;
+  ws->balance_ms = !ws->w->cfg->workers_balance ? 0
+                   : ms ? strtoull(ms, NULL, 10) : BALANCE_MS;
   ws->churn = churn_env && strcmp(churn_env, "1") == 0;
   uv_timer_init(&ws->w->loop, &ws->balance);
   ws->balance.data = ws;

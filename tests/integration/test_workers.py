@@ -414,6 +414,17 @@ def test_workers_config_errors_and_a_reload_changing_workers_is_refused(
     assert post_reload(admin) != 200
     eng.wait_log("config reload rejected; the running config stays")
     assert any("workers (2 -> 4)" in l.get("error", "") for l in eng.logs())
+    text = text.replace("workers = 4", "workers = 2, workers_balance = false")
+    open(eng.config, "w").write(text)
+    assert post_reload(admin) != 200
+    eng.wait_log("config reload rejected; the running config stays", count=2)
+    assert any("workers_balance" in l.get("error", "") for l in eng.logs())
+    p = tmp_path / "balance.lua"
+    p.write_text(config(free_port(), free_port(), 2, rules=str(tmp_path),
+                        extra="workers_balance = 1,"))
+    r = run_sluice("check", "-c", p)
+    assert r.returncode != 0 and \
+        "workers_balance: expected boolean, got number" in r.stderr + r.stdout
 
 
 def test_workers_a_disk_refusal_found_in_a_worker_closes_instead_of_acking(

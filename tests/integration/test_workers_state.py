@@ -43,6 +43,35 @@ def test_per_key_dedup_holds_over_two_workers_while_the_buckets_stay(sluice, tmp
     assert len(got) == 500 and {e["payload"]["round"] for e in got} == {1}
 
 
+CHURN = {"SLUICE_WORKERS_CHURN": "1", "SLUICE_WORKERS_BALANCE_MS": "2"}
+
+
+def test_workers_balance_false_keeps_every_bucket_and_its_state(sluice, tmp_path):
+    """workers_balance = false: no bucket ever moves, so per-key state
+    holds for the whole run, even with the test hook that otherwise moves
+    every bucket every 2 ms (and does: the same run without the key)."""
+    eng, _, addr, admin = start(sluice, tmp_path, {"10_d.lua": DEDUP}, 2,
+                                CHURN, extra="workers_balance = false,")
+    send(addr, keyed(500, 1))
+    wait_lines(eng.path("out.ndjson"), 500, timeout=20)
+    send(addr, keyed(500, 2))
+    wait_for(lambda: decided(admin, 0) + decided(admin, 1) == 1000, timeout=20,
+             what="both rounds decided")
+    m = metrics_flat(admin)
+    assert m["sluice_worker_bucket_moves_total"] == 0
+    assert m['sluice_worker_buckets{worker="0"}'] == 128
+    assert eng.stop() == 0
+    got = read_ndjson(eng.path("out.ndjson"))
+    assert len(got) == 500 and {e["payload"]["round"] for e in got} == {1}
+
+    moving = tmp_path / "moving"
+    moving.mkdir()
+    eng, _, addr, admin = start(sluice, moving, {"10_d.lua": DEDUP}, 2, CHURN)
+    send(addr, keyed(500, 1))
+    wait_for(lambda: metrics_flat(admin)["sluice_worker_bucket_moves_total"] > 0,
+             timeout=20, what="the hook moving buckets")
+
+
 COUNTING = """
 return {
   on_event = function(ev)
