@@ -987,6 +987,7 @@ int box_xpcall(lua_State *L) {
   lua_insert(L, 1); /* handler, f, handler, args */
   lua_remove(L, 3);
   if (protected_call(L, b, lua_gettop(L) - 2, LUA_MULTRET) == 0) {
+    luaL_checkstack(L, 1, "too many results");
     lua_pushboolean(L, 1);
     lua_replace(L, 1);
     return lua_gettop(L);

@@ -342,9 +342,11 @@ describe("work done inside one C call is charged to the CPU budget", function()
       end
       local co = coroutine.wrap(function() return pcall(coroutine.yield, 1) end)
       local ok, e = co()
-      return f(95) .. " " .. tostring(ok) .. " " .. e
+      local t = {} for i = 1, 7000 do t[i] = i end -- results fill the stack
+      local n = select("#", pcall(unpack, t)) + select("#", xpcall(unpack, error, t))
+      return f(95) .. " " .. tostring(ok) .. " " .. e .. " " .. n
     ]])
-    assert.same({ "bottom false attempt to yield across C-call boundary" }, run(r).routes)
+    assert.same({ "bottom false attempt to yield across C-call boundary 14002" }, run(r).routes)
   end)
 
   it("a coroutine out of budget stops the C code that called it", function()
