@@ -27,6 +27,11 @@
 
 #define RING_CAP 4096     /* jobs (and results) per replica */
 #define PENDING_MAX 4096  /* emits outside a decide awaiting result room */
+/* bytes of results (their events and emits) a replica holds for main: a
+ * rule's emits per call are bounded only by its CPU budget, and 4096
+ * results of them waited in the ring behind a full output (940 MB for
+ * 3000 calls of 20 x 16 KiB; workers = 1 drops them at the output queue) */
+#define HELD_MAX (64u << 20)
 /* jobs one replica can have in flight: both rings, one being decided, one
  * held; a power of two above that */
 #define INFLIGHT_CAP (4 * RING_CAP)
@@ -55,6 +60,7 @@ struct job {
 struct result {
   struct sl_event *ev; /* NULL: emits only (timers, on_stop, commit) */
   struct emit *emits;  /* what the rule emitted while deciding, in order */
+  uint64_t bytes;      /* of ev and emits, in the replica's held_bytes */
   struct sl_source_tag *tag;
   uint64_t seq;
   char *rule, *reason, *schema; /* copies (the tap only), or NULL */
@@ -81,6 +87,7 @@ struct replica {
   struct emit **cur_tail; /* deciding: where its emits go */
   struct emit *pending, **pending_tail;
   uint32_t npending;
+  uint64_t cur_bytes, pending_bytes; /* of the emits in cur_tail, pending */
   int paused;   /* prepared a reload: decide nothing until commit/abort */
   int stopping;
   /* both threads */
@@ -88,6 +95,7 @@ struct replica {
   _Atomic uint64_t decided;     /* events its rules decided */
   _Atomic uint64_t pending_n;   /* emits not yet in a result */
   _Atomic uint64_t emit_dropped;
+  _Atomic uint64_t held_bytes;  /* results pushed, not yet applied */
   pthread_mutex_t mu;
   pthread_cond_t cv;
   enum ctl_op op;
@@ -197,10 +205,18 @@ static void ctl_reply(struct replica *r, int rc, const char *err) {
 
 /* ---- the replica's thread ------------------------------------------------ */
 
+/* What an event held in a result costs: its block and an emit node. */
+static uint64_t held_cost(const struct sl_event *ev) {
+  return sizeof(*ev) + ev->len + sizeof(struct emit);
+}
+
 static void replica_emit(void *data, int output, struct sl_event *ev) {
   struct replica *r = data;
   struct emit *e = NULL;
-  if (r->cur_tail || r->npending < PENDING_MAX)
+  uint64_t n = held_cost(ev);
+  if ((r->cur_tail || r->npending < PENDING_MAX) &&
+      atomic_load(&r->held_bytes) + r->cur_bytes + r->pending_bytes + n <=
+          HELD_MAX)
     e = malloc(sizeof(*e));
   if (e == NULL) {
     sl_event_unref(ev);
@@ -213,25 +229,34 @@ static void replica_emit(void *data, int output, struct sl_event *ev) {
   if (r->cur_tail) {
     *r->cur_tail = e;
     r->cur_tail = &e->next;
+    r->cur_bytes += n;
     return;
   }
   *r->pending_tail = e;
   r->pending_tail = &e->next;
   r->npending++;
+  r->pending_bytes += n;
   atomic_fetch_add(&r->pending_n, 1);
   /* a timer's emits go out at the end of this loop iteration, not with
    * the next job (an idle worker may get none) */
   uv_async_send(&r->wake);
 }
 
+/* Room for a result: a slot, and the results held under HELD_MAX
+ * bytes (while over, some are in the ring for main to apply). */
+static int room(struct replica *r) {
+  return sl_ring_room(&r->results) &&
+         atomic_load(&r->held_bytes) < HELD_MAX;
+}
+
 /* Is there room for a result? If not, say so to main first and look
  * again (main looks at stalled after it made room: one of us sees it). */
 static int result_room(struct replica *r) {
-  if (sl_ring_room(&r->results))
+  if (room(r))
     return 1;
   atomic_store(&r->stalled, 1);
   atomic_thread_fence(memory_order_seq_cst);
-  if (!sl_ring_room(&r->results))
+  if (!room(r))
     return 0;
   atomic_store(&r->stalled, 0);
   return 1;
@@ -245,10 +270,13 @@ static int flush_pending(struct replica *r) {
     return 0;
   memset(&res, 0, sizeof(res));
   res.emits = r->pending;
+  res.bytes = r->pending_bytes;
+  atomic_fetch_add(&r->held_bytes, res.bytes);
   (void)sl_ring_push(&r->results, &res);
   r->pending = NULL;
   r->pending_tail = &r->pending;
   r->npending = 0;
+  r->pending_bytes = 0;
   atomic_store(&r->pending_n, 0); /* after the push: never both unseen */
   return 1;
 }
@@ -265,9 +293,12 @@ static void decide(struct replica *r, const struct job *j) {
   res.bucket = j->bucket;
   res.schema = j->schema;
   r->cur_tail = &res.emits;
+  r->cur_bytes = 0;
   sl_rules_decide(r->rules, j->ev, &rr);
   r->cur_tail = NULL;
   res.ev = rr.event;
+  res.bytes = r->cur_bytes + (rr.event ? held_cost(rr.event) : 0);
+  atomic_fetch_add(&r->held_bytes, res.bytes);
   res.outcome = (int)rr.outcome;
   res.route = rr.route;
   res.ntargets = rr.ntargets;
@@ -629,6 +660,8 @@ static void apply(struct replica *r, struct result *res) {
     r->stale--;
   if (old)
     r->old--;
+  /* before drain's fence: a replica waiting on the bytes sees them gone */
+  atomic_fetch_sub(&r->held_bytes, res->bytes);
   for (e = res->emits; e; e = next) { /* before the event, as inline */
     next = e->next;
     sl_worker_emit(w, e->output, e->ev);
@@ -1287,8 +1320,8 @@ static const struct sl_metric m_held = {
     {"worker", NULL}};
 static const struct sl_metric m_emit_dropped = {
     "sluice_worker_emit_dropped_total",
-    "Events a worker's rules emitted outside a decision (timers, on_stop) "
-    "dropped because its result ring stayed full.", C, {"worker", NULL}};
+    "Events a worker's rules emitted dropped because its result ring "
+    "stayed full (timers, on_stop) or held 64 MiB.", C, {"worker", NULL}};
 static const struct sl_metric m_buckets = {
     "sluice_worker_buckets",
     "Shard buckets (of 256) each worker decides: its share of the keys "

@@ -636,3 +636,56 @@ def test_sigterm_while_b_retires_behind_emits_a_held_worker_decided(
     ticks = read_ndjson(tmp_path / "b.ndjson")
     assert all(t["topic"] == "tick" for t in ticks)
     sink.close()
+
+
+FANOUT_RULE = """
+local big = string.rep("x", 16384)
+return {
+  on_event = function(ev)
+    for i = 1, 20 do
+      sluice.emit("sink", { topic = "e", payload = { b = big } })
+    end
+    return "slow"
+  end,
+}
+"""
+
+
+def test_emits_a_worker_holds_for_the_main_loop_are_bounded_in_bytes(
+        sluice, tmp_path):
+    """Each call of the rule emits 20 events of 16 KiB (320 KiB: its CPU
+    budget allows far more) while the output it routes to is full: worker
+    1 goes on deciding the jobs it has, and what they emitted waited in
+    its result ring for the main loop, 4096 results of any size: 3000
+    events held 940 MB (workers = 1: 34 MB, the output queue's bound).
+    Now a worker holds at most 64 MiB of results, emits over that are
+    dropped and counted, and every routed event still arrives."""
+    sink = stalled_sink()
+    outputs = """{ name = "slow", type = "unix", path = "%s",
+        queue = { max_events = 1, when_full = "block" } },
+      { name = "sink", type = "null" },""" % sink.address
+    eng, _, addr, admin = start(sluice, tmp_path, {"10_f.lua": FANOUT_RULE},
+                                workers=2, outputs=outputs, env=PINNED)
+    rss0 = eng.rss_kb()
+    total = 3000
+    pad = "p" * 4096  # the unix socket's buffer fills after ~50 of them
+    data = b"".join(pack({"topic": "t", "key": k, "payload": {
+        "seq": i, "pad": pad}}) for i, k in enumerate(
+            worker_keys(1, 32) * (total // 32 + 1)) if i < total)
+    s = connect(addr)
+    writer = threading.Thread(target=lambda: s.sendall(data), daemon=True)
+    writer.start()
+    wait_stuck(admin)
+    grown = eng.hwm_kb() - rss0
+    dropped = metrics_flat(admin)['sluice_worker_emit_dropped_total{worker="1"}']
+    print("held: %d kB more, %d emits dropped" % (grown, dropped))
+    # 64 MiB of results, the null output's 64 MiB queue, the rule's state;
+    # under ASan freed memory waits in its 256 MiB quarantine
+    assert grown < (450 if ASAN else 250) * 1024, grown
+    sink.start_reading()
+    got = sink.wait(total, timeout=60)
+    writer.join(10)
+    s.close()
+    assert sorted(e["payload"]["seq"] for e in got) == list(range(total))
+    assert eng.stop() == 0
+    sink.close()
