@@ -1439,8 +1439,16 @@ int sl_luacodec_same_strmap(lua_State *L, int idx, const uint8_t *p,
 
 /* JSON goes through the engine's one reader (json.c) to msgpack, then the
  * msgpack decoder above pushes it: the same types, markers and limits as
- * an event ingested as JSON. The reader and its output are owned by a
- * userdata, so a raise from check() between steps frees them. */
+ * an event ingested as JSON. The reader and its output are owned by one
+ * userdata per state (in the registry), so what a raise (a parse error,
+ * check() between steps) leaves there is freed by the next decode, or
+ * with the state. A new userdata per decode left it to the collector,
+ * which a tiny userdata does not hurry: a rule failing decodes of a 1 MiB
+ * text in a loop held 2 MB of C memory per decode after its call. */
+
+#define JSON_KEEP 65536 /* output bytes kept between decodes */
+
+static const char jread_key = 0;
 
 struct jread {
   struct sl_json_reader *r;
@@ -1453,6 +1461,32 @@ static int jread_gc(lua_State *L) {
   j->r = NULL;
   sl_buf_close(&j->out);
   return 0;
+}
+
+/* The state's reader slot, emptied of what a raise left; raises "not
+ * enough memory". */
+static struct jread *jread_of(lua_State *L) {
+  struct jread *j;
+
+  lua_pushlightuserdata(L, (void *)&jread_key);
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  j = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (j == NULL) {
+    lua_pushlightuserdata(L, (void *)&jread_key);
+    j = lua_newuserdata(L, sizeof(*j));
+    j->r = NULL;
+    sl_buf_init(&j->out);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, jread_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+  }
+  sl_json_reader_free(j->r);
+  j->r = NULL;
+  sl_buf_reset(&j->out);
+  return j;
 }
 
 /* yajl's messages in the words json.decode has always used. */
@@ -1504,14 +1538,7 @@ void sl_luacodec_push_json(lua_State *L, const char *s, size_t len,
   int rc;
 
   luaL_checkstack(L, 4, "json");
-  j = lua_newuserdata(L, sizeof(*j));
-  j->r = NULL;
-  sl_buf_init(&j->out);
-  if (luaL_newmetatable(L, "sluice.json_reader")) {
-    lua_pushcfunction(L, jread_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
+  j = jread_of(L);
   if ((j->r = sl_json_reader_new()) == NULL)
     luaL_error(L, "not enough memory");
   rc = sl_json_reader_run(j->r, s, len, &j->out, check ? on_jstep : NULL, &st,
@@ -1536,8 +1563,8 @@ void sl_luacodec_push_json(lua_State *L, const char *s, size_t len,
   sl_json_reader_free(j->r);
   j->r = NULL;
   sl_luacodec_push(L, j->out.data, j->out.len, check);
-  sl_buf_close(&j->out);
-  lua_remove(L, -2); /* the userdata */
+  if (j->out.cap > JSON_KEEP)
+    sl_buf_close(&j->out);
 }
 
 /* ---- constructors for rules ---------------------------------------------- */

@@ -145,7 +145,8 @@ int sl_luacodec_same_strmap(lua_State *L, int idx, const uint8_t *p,
 /* Parse JSON (RFC 8259, one value, whitespace around it allowed) and push
  * the value; raises "json: <what> at byte N" on bad input. check runs
  * between 64 KiB steps of the parse and while pushing; the parser's C
- * memory (about the msgpack size of the value) is freed on any raise. */
+ * memory (about the msgpack size of the value) that a raise leaves is
+ * freed by the state's next decode (one reader per state), or with it. */
 void sl_luacodec_push_json(lua_State *L, const char *s, size_t len,
                            sl_luacodec_check check);
 

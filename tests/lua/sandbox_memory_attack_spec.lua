@@ -59,6 +59,52 @@ describe("C memory a rule can make the engine allocate", function()
     assert.is_true(res.cpu_ms < 200, res.cpu_ms)
   end)
 
+  -- VmRSS, not VmHWM: what stays allocated after the calls
+  local function rss_kb()
+    local f = io.open("/proc/self/status")
+    local kb = f:read("*a"):match("VmRSS:%s*(%d+)")
+    f:close()
+    return tonumber(kb)
+  end
+
+  it("frees the C buffers of failing sluice.copy and json.decode calls, not at a GC", function()
+    -- each failing call used to leave its buffer (up to max_event_bytes,
+    -- and json.decode's reader) to a userdata the collector reached only
+    -- when the state's own allocations asked for a cycle: 400 calls of
+    -- the default budget held 1 GB after they returned
+    -- (built once: a call that allocates in the state makes it collect)
+    local r = s.rule([[
+      local t = {}
+      for i = 1, 17 do t[i] = ("c"):rep(65536) end -- 1 MiB + 64 KiB
+      local text = '["' .. ("j"):rep(2 ^ 20) .. '", 1' -- no ']'
+      return { on_event = function(ev)
+        if ev.topic == "copy" then
+          for i = 1, 3 do assert(not pcall(sluice.copy, t)) end
+        else
+          assert(not pcall(sluice.json.decode, text))
+        end
+        return "o"
+      end }
+    ]], { cpu_budget_ms = 10 })
+    local before = rss_kb()
+    for _ = 1, 200 do
+      local res = run(r, { topic = "copy" })
+      assert.is_true(res.verdict == "route" or res.error_kind == "cpu", res.error)
+      res = run(r, { topic = "json" })
+      assert.is_true(res.verdict == "route" or res.error_kind == "cpu", res.error)
+    end
+    local grown = rss_kb() - before
+    assert.is_true(grown < 64 * 1024, grown)
+    -- and a copy or a decode that works after them is whole
+    local ok = s.on_event([[
+      local t = sluice.copy({ a = ("x"):rep(100000) })
+      local j = sluice.json.decode('{"b": [1, 2.5, "z"]}')
+      assert(pcall(sluice.copy, { ("y"):rep(2 ^ 21) }) == false)
+      return #t.a .. ":" .. j.b[3] .. ":" .. #sluice.copy({ 1, 2, 3 })
+    ]])
+    assert.same({ "100000:z:3" }, run(ok).routes)
+  end)
+
   it("cuts a log message at 8 KiB with a marker", function()
     local r = s.on_event([[
       sluice.log("info", ("m"):rep(1e6))
