@@ -42,12 +42,14 @@ int sl_log_level_parse(const char *name) {
 }
 
 void sl_log(enum sl_log_level level, const char *msg, ...) {
-  char stamp[40];
+  char stamp[40], lost[160];
   struct sl_buf b;
+  const uint8_t *out;
+  size_t len;
   struct timespec ts;
   struct tm tm;
   va_list ap;
-  int type;
+  int type, bad = 0; /* an append failed: the line is not whole */
 
   if (level < level_min)
     return;
@@ -55,61 +57,73 @@ void sl_log(enum sl_log_level level, const char *msg, ...) {
   gmtime_r(&ts.tv_sec, &tm);
   strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
   sl_buf_init(&b);
-  sl_buf_printf(&b, "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":", stamp,
-                ts.tv_nsec / 1000000, level_names[level]);
-  sl_codec_json_str(&b, msg, strlen(msg));
+  bad |= sl_buf_printf(&b, "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":",
+                       stamp, ts.tv_nsec / 1000000, level_names[level]);
+  bad |= sl_codec_json_str(&b, msg, strlen(msg));
   va_start(ap, msg);
   while ((type = va_arg(ap, int)) != 0) {
     const char *k = va_arg(ap, const char *);
-    sl_buf_putc(&b, ',');
-    sl_codec_json_str(&b, k, strlen(k));
-    sl_buf_putc(&b, ':');
+    bad |= sl_buf_putc(&b, ',');
+    bad |= sl_codec_json_str(&b, k, strlen(k));
+    bad |= sl_buf_putc(&b, ':');
     switch (type) {
     case 's': {
       const char *v = va_arg(ap, const char *);
       if (v)
-        sl_codec_json_str(&b, v, strlen(v));
+        bad |= sl_codec_json_str(&b, v, strlen(v));
       else
-        sl_buf_append(&b, "null", 4);
+        bad |= sl_buf_append(&b, "null", 4);
       break;
     }
     case 'n': {
       const char *v = va_arg(ap, const char *);
       int n = va_arg(ap, int);
-      sl_codec_json_str(&b, v, (size_t)n);
+      bad |= sl_codec_json_str(&b, v, (size_t)n);
       break;
     }
     case 'j': {
       const char *v = va_arg(ap, const char *);
-      sl_buf_append(&b, v, strlen(v));
+      bad |= sl_buf_append(&b, v, strlen(v));
       break;
     }
     case 'i':
-      sl_buf_printf(&b, "%lld", va_arg(ap, long long));
+      bad |= sl_buf_printf(&b, "%lld", va_arg(ap, long long));
       break;
     case 'u':
-      sl_buf_printf(&b, "%llu", va_arg(ap, unsigned long long));
+      bad |= sl_buf_printf(&b, "%llu", va_arg(ap, unsigned long long));
       break;
     case 'd':
-      sl_buf_printf(&b, "%.6g", va_arg(ap, double));
+      bad |= sl_buf_printf(&b, "%.6g", va_arg(ap, double));
       break;
     default:
-      sl_buf_append(&b, "null", 4);
+      bad |= sl_buf_append(&b, "null", 4);
       break;
     }
   }
   va_end(ap);
   if (thread_key) {
-    sl_buf_putc(&b, ',');
-    sl_codec_json_str(&b, thread_key, strlen(thread_key));
-    sl_buf_printf(&b, ":%lld", thread_value);
+    bad |= sl_buf_putc(&b, ',');
+    bad |= sl_codec_json_str(&b, thread_key, strlen(thread_key));
+    bad |= sl_buf_printf(&b, ":%lld", thread_value);
   }
-  sl_buf_append(&b, "}\n", 2);
-  if (b.data) {
+  bad |= sl_buf_append(&b, "}\n", 2);
+  out = b.data;
+  len = b.len;
+  if (bad) {
+    /* a failed append left a value out ("traceback":,): readers of the
+     * log take each line as JSON, so say what was lost in a line that
+     * needs no allocation instead */
+    len = (size_t)snprintf(lost, sizeof(lost),
+                           "{\"time\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":"
+                           "\"log line lost: not enough memory\"}\n",
+                           stamp, ts.tv_nsec / 1000000, level_names[level]);
+    out = (const uint8_t *)lost;
+  }
+  if (out) {
     size_t off = 0;
     pthread_mutex_lock(&log_lock);
-    while (off < b.len) {
-      ssize_t rc = write(log_fd, b.data + off, b.len - off);
+    while (off < len) {
+      ssize_t rc = write(log_fd, out + off, len - off);
       if (rc < 0 && errno == EINTR)
         continue;
       if (rc <= 0)
