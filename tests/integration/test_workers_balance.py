@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (SLUICE_BIN, free_port, metrics_flat, read_ndjson,
-                      wait_lines)
+from conftest import (SLUICE_BIN, connect, free_port, metrics_flat, pack,
+                      read_ndjson, wait_lines)
 from test_workers import (PAYLOAD_RULE, Flow, check_per_key, events,
                           post_reload, reload_storm, send, stamp_rule, start)
 
@@ -170,3 +170,73 @@ def test_balance_worker0_sheds_buckets_for_a_cheap_rule_and_takes_them_back_for_
     assert sum(back) == 256, back
     m = metrics_flat(admin)
     assert m["sluice_worker_bucket_moves_total"] >= (128 - shed[0]) + (back[0] - shed[0])
+
+
+def first_move(busy0, busy1):
+    """How many buckets the first rebalance moves, from the even share
+    (128 each, workers = 2) and the busy fractions it logs: workers.c
+    target0 (worker 0's share that evens the loads, at least 64) and
+    balance_step (3/4 of the way there, nothing under 3 buckets)."""
+    c = busy1 * 256.0 / 128
+    a = busy0 - c * 128 / 256.0
+    s0 = (1.0 - (a if a > 0 else 0) / c) / 2
+    t = max(64, min(255, int(s0 * 256.0 + 0.5)))
+    d = t - 128
+    return 0 if -3 < d < 3 else -int(d * 3 / 4)  # C division truncates
+
+
+def test_balance_a_move_is_logged_at_debug_with_what_moved_and_why(
+        sluice, tmp_path):
+    # README Workers, Balance: a `debug` log line `workers rebalanced` says
+    # what moved and why
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10_p.lua").write_text(PAYLOAD_RULE)
+    port, admin = free_port(), free_port()
+    eng = sluice("""return {
+  workers = 2, log_level = "debug",
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "out", type = "null" },
+              { name = "tick", type = "null" } },
+  rules = { dir = "%s", watch = false },
+  admin = { listen = "127.0.0.1:%d" },
+}""" % (port, rules, admin))
+    assert buckets(metrics_flat(admin), 2) == [128, 128]
+    assert eng.find_logs("workers rebalanced") == []  # nothing flowed yet
+    # keyless events with a cheap rule, until a move: worker 0 reads,
+    # writes and applies besides deciding its share, so it is the busier
+    # one and sheds buckets (the first move from the even share can only
+    # shed: worker 0's target share is at most its even share)
+    chunk = b"".join(pack({"topic": "t", "payload": {"seq": i, "amount": i}})
+                     for i in range(2000))
+    stop = threading.Event()
+
+    def feed():
+        with connect("127.0.0.1:%d" % port, timeout=30) as s:
+            while not stop.is_set():
+                s.sendall(chunk)
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    try:
+        line = eng.wait_log("workers rebalanced", timeout=120)
+    finally:
+        stop.set()
+        t.join(30)
+    assert line["level"] == "debug"
+    assert set(line) >= {"moved", "events", "busy_worker0", "busy_worker1",
+                         "buckets_worker0"}, line
+    # what moved: worker 0's share went down by exactly `moved` buckets
+    assert 3 <= line["moved"] <= 48, line  # 3/4 of at most 64 to go
+    assert line["buckets_worker0"] == 128 - line["moved"], line
+    # why: at least 1000 events decided in the period, and the busy
+    # fractions (CPU time per wall time) make the model ask for this move
+    assert line["events"] >= 1000, line
+    assert 0 <= line["busy_worker1"] < line["busy_worker0"] <= 1, line
+    assert abs(first_move(line["busy_worker0"], line["busy_worker1"])
+               - line["moved"]) <= 1, line  # the fields are printed to 6 digits
+    m = metrics_flat(admin)
+    assert m["sluice_worker_bucket_moves_total"] >= line["moved"]
+    assert sum(buckets(m, 2)) == 256
+    # every line the run logged has the fields, each a move
+    for l in eng.find_logs("workers rebalanced"):
+        assert l["moved"] > 0 and l["events"] >= 1000, l
