@@ -1958,6 +1958,96 @@ TEST(sandbox_jit_red_four_threads_every_shape_each_call_bounded) {
   CHECK(worst <= (JIT_BUDGET_MS + 5 * JIT_WAIT_SLACK_MS) * 1000);
 }
 
+/* A rule run on a thread with a small C stack: C levels that re-enter
+ * Lua (gsub through its replacement, table.sort through its comparison,
+ * os.time through a metamethod) stop once they have used a quarter of the
+ * thread's stack, before the count of 100 levels: "C calls nested too deep
+ * (N levels used K KiB of C stack)", a Lua error, never a crash; the state
+ * works after on that thread. On this (main, 8 MiB) thread the same rule
+ * ends at the count instead: the share is what stopped the small one. The
+ * shapes take 0.5-2 KiB per level here (pcall's ~0.3 KiB, a coroutine's
+ * ~0.3 KiB reach the count or the share first by a few levels, so they
+ * are not among them). */
+#define SMALL_STACK (128u << 10)
+
+static const char *const deep_topics[] = {"gsub", "sort", "time"};
+#define NDEEP (int)(sizeof(deep_topics) / sizeof(deep_topics[0]))
+
+struct deep_run {
+  struct sl_rule *r;
+  char messages[NDEEP][512];
+  int errors[NDEEP];
+  int fine_verdict;
+};
+
+static void *deep_run_all(void *arg) {
+  struct deep_run *c = arg;
+  struct sl_rule_decision d;
+  int i;
+
+  for (i = 0; i < NDEEP; i++) {
+    run(c->r, deep_topics[i], -1, &d);
+    c->errors[i] = d.error;
+    snprintf(c->messages[i], sizeof(c->messages[i]), "%s", d.message);
+  }
+  run(c->r, "fine", -1, &d);
+  c->fine_verdict = d.verdict;
+  return NULL;
+}
+
+TEST(sandbox_c_levels_past_a_quarter_of_a_small_thread_stack_end_in_a_lua_error) {
+  char err[512];
+  struct deep_run small, main_thread;
+  pthread_attr_t a;
+  pthread_t th;
+  int i;
+
+  memset(&small, 0, sizeof(small));
+  memset(&main_thread, 0, sizeof(main_thread));
+  small.r = load(
+      "local big = ('x'):rep(3000)\n"
+      "return { on_event = function(ev)\n"
+      "  local t, mt = ev.topic, {}\n"
+      "  if t == 'gsub' then\n"
+      "    local function g(x) return (big:gsub('^x', g)) end\n"
+      "    return g()\n"
+      "  elseif t == 'sort' then\n"
+      "    local function c(a, b) table.sort({3, 2, 1}, c) return a < b end\n"
+      "    table.sort({3, 2, 1}, c)\n"
+      "  elseif t == 'time' then\n"
+      "    mt.__index = function() return os.time(setmetatable({}, mt)) end\n"
+      "    return tostring(os.time(setmetatable({}, mt)))\n"
+      "  end\n"
+      "  return 'ok'\n"
+      "end }\n", 5000, 64, NULL, err, sizeof(err));
+  CHECK(small.r != NULL);
+  main_thread.r = small.r;
+  CHECK_EQ(pthread_attr_init(&a), 0);
+  CHECK_EQ(pthread_attr_setstacksize(&a, SMALL_STACK), 0);
+  CHECK_EQ(pthread_create(&th, &a, deep_run_all, &small), 0);
+  pthread_join(th, NULL);
+  pthread_attr_destroy(&a);
+  deep_run_all(&main_thread);
+  for (i = 0; i < NDEEP; i++) {
+    int levels = 0, kib = 0;
+    const char *m = strstr(small.messages[i], "C calls nested too deep (");
+    fprintf(stderr, "    %s: %s\n", deep_topics[i], small.messages[i]);
+    CHECK_EQ(small.errors[i], SL_RULE_ERR_RUNTIME);
+    CHECK(m != NULL);
+    CHECK_EQ(sscanf(m, "C calls nested too deep (%d levels used %d KiB of C "
+                       "stack)", &levels, &kib), 2);
+    /* the share, a quarter of the stack, stopped it, not the count: the
+     * level that passed it is the last (a level takes at most ~3 KiB) */
+    CHECK(levels > 0 && levels < 100);
+    CHECK(kib >= (int)(SMALL_STACK >> 12) && kib < (int)(SMALL_STACK >> 12) + 8);
+    CHECK_EQ(main_thread.errors[i], SL_RULE_ERR_RUNTIME);
+    CHECK(strstr(main_thread.messages[i], "C calls nested deeper than 100"));
+  }
+  CHECK_EQ(small.fine_verdict, SL_RULE_ROUTE);
+  CHECK_EQ(main_thread.fine_verdict, SL_RULE_ROUTE);
+  sl_rule_free(small.r);
+}
+
 /* Last: every case above once more with rules.jit on. */
 TEST(sandbox_every_case_again_with_the_jit_on) {
   int i, f, bad = 0;
