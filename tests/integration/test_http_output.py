@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import msgpack
 import pytest
 
-from conftest import (free_port, metric, read_ndjson, send_events, wait_for,
-                      wait_lines)
+from conftest import (_tcp_queues, free_port, metric, read_ndjson, send_events,
+                      wait_for, wait_lines)
 from test_delivery import acked_client
 from test_tls import certs  # noqa: F401  (the module's fixture)
 
@@ -771,4 +771,170 @@ def test_a_later_url_that_succeeded_is_sent_again_when_an_earlier_one_failed(slu
         # b was answered 200 in the batch where a failed, and sent again after
         assert len(b_at) >= 2 and b_at[0] < paths.index("/k/a", a_fail + 1), paths
         assert hook.delivered().count("b") >= 2
+        assert eng.stop() == 0
+
+
+class Gate:
+    """An HTTP/1.1 keep-alive server that holds every answer until the test
+    lets it go (.release(n): n more answers; .open(): all), counting the
+    connections open and the requests waiting for their answer at once
+    (.conns / .waiting now, .peak_conns / .peak_waiting over the run).
+    Each request is recorded in .requests (path, decoded events) once
+    answered (200)."""
+
+    def __init__(self):
+        gate = self
+        self.cond = threading.Condition()
+        self.permits = 0
+        self.opened = False
+        self.conns = self.peak_conns = self.accepted = 0
+        self.waiting = self.peak_waiting = 0
+        self.requests = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def setup(self):
+                super().setup()
+                with gate.cond:
+                    gate.conns += 1
+                    gate.accepted += 1
+                    gate.peak_conns = max(gate.peak_conns, gate.conns)
+                    gate.cond.notify_all()
+
+            def finish(self):
+                with gate.cond:
+                    gate.conns -= 1
+                    gate.cond.notify_all()
+                super().finish()
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                deadline = time.monotonic() + 60  # a test that failed lets go
+                with gate.cond:
+                    gate.waiting += 1
+                    gate.peak_waiting = max(gate.peak_waiting, gate.waiting)
+                    gate.cond.notify_all()
+                    while not gate.opened and gate.permits == 0 and \
+                            time.monotonic() < deadline:
+                        gate.cond.wait(0.1)
+                    if not gate.opened and gate.permits:
+                        gate.permits -= 1
+                    gate.waiting -= 1
+                    gate.requests.append(
+                        {"path": self.path,
+                         "events": decode(self.headers.get("Content-Type", ""), raw)})
+                    gate.cond.notify_all()
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # 64 connections at once, no SYN retries
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass  # the engine closing its connections at its stop
+
+        self.server = Server(("127.0.0.1", free_port()), Handler)
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def release(self, n=1):
+        with self.cond:
+            self.permits += n
+            self.cond.notify_all()
+
+    def open(self):
+        with self.cond:
+            self.opened = True
+            self.cond.notify_all()
+
+    def answered(self):
+        with self.cond:
+            return len(self.requests)
+
+    def settled(self):
+        """Every connection the engine opened is accepted and its request
+        read: none in the listen socket's accept queue, each open one has
+        its request waiting. Read under the lock."""
+        port = self.server.server_address[1]
+        return self.conns == self.waiting and _tcp_queues(port, 0)[1] == 0
+
+    def wait(self, pred, what, timeout=30):
+        """Until pred(self) holds, read under the lock."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not pred(self):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    pytest.fail("timed out waiting for %s (conns %d, waiting %d, "
+                                "answered %d)" % (what, self.conns, self.waiting,
+                                                  len(self.requests)))
+                self.cond.wait(min(left, 0.1))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.open()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def held_then_queued(gate, eng, evs):
+    """A first event whose request the gate holds, then evs queued behind
+    it: the batch after it holds them all (up to batch_events, 1024)."""
+    send_events(eng.address, events(1, key="first"))
+    gate.wait(lambda g: g.waiting == 1, "the first request")
+    send_events(eng.address, evs)  # returns once the engine has them all
+    gate.release(1)
+
+
+def test_at_most_max_connections_to_a_host_while_answers_stall(sluice):
+    """README Connections: at most max_connections to a host. A batch of
+    30 distinct URLs is 30 requests started at once; with answers held, 3
+    connections carry them, one request each, and each answer lets the
+    next one go on a kept-alive connection: never a 4th connection, never a
+    4th request waiting."""
+    with Gate() as gate:
+        eng = engine(sluice, gate.url + "/k/{key}", max_connections=3)
+        held_then_queued(gate, eng, [{"topic": "t", "key": "k%d" % i, "payload": i}
+                                     for i in range(30)])
+        gate.wait(lambda g: g.waiting >= 3 and g.settled(), "3 requests waiting")
+        assert gate.waiting == 3 and gate.conns == 3
+        for j in range(1, 31):  # answer them one by one
+            gate.release(1)
+            gate.wait(lambda g: len(g.requests) == 1 + j and
+                      g.waiting == min(3, 30 - j),
+                      "answer %d and the next request waiting" % j)
+        assert gate.peak_conns == 3, gate.peak_conns
+        assert gate.peak_waiting == 3, gate.peak_waiting
+        got = sorted(e["payload"] for r in gate.requests[1:] for e in r["events"])
+        assert got == list(range(30))
+        assert eng.stop() == 0
+
+
+def test_json_sends_one_event_per_request_64_requests_in_parallel(sluice):
+    """README Body: format json is one event per request, up to 64 requests
+    in parallel. With answers held and 200 events queued (and connections
+    to spare: max_connections 100), 64 requests wait at once, each with one
+    event, and no 65th comes while any of them waits (the next 64 go once
+    the batch is answered); every event arrives once."""
+    with Gate() as gate:
+        eng = engine(sluice, gate.url + "/in", format="json", max_connections=100)
+        held_then_queued(gate, eng, events(200))
+        gate.wait(lambda g: g.waiting >= 64 and g.settled(), "64 requests waiting")
+        assert gate.waiting == 64, gate.waiting
+        for j in range(1, 201):  # answer them one by one
+            gate.release(1)
+            gate.wait(lambda g: len(g.requests) == 1 + j,
+                      "answer %d" % j)
+        assert gate.peak_waiting == 64, gate.peak_waiting
+        assert all(len(r["events"]) == 1 for r in gate.requests)
+        got = sorted(e["payload"] for r in gate.requests[1:] for e in r["events"])
+        assert got == list(range(200))
         assert eng.stop() == 0
