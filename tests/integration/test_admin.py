@@ -8,6 +8,7 @@ Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/tes
 """
 
 import json
+import os
 import subprocess
 import time
 
@@ -444,3 +445,90 @@ def test_tap_masks_every_default_header_and_the_configured_ones_too(sluice):
     h = line["event"]["headers"]
     assert {k: h[k] for k in masked} == {k: "***" for k in masked}
     assert h["x-ok"] == "v"
+
+
+# ---- invalid UTF-8 ----------------------------------------------------------
+
+RULE_BAD_BYTES = r"""
+return {
+  topics = "*",
+  on_event = function(ev)
+    if ev.topic == "log" then
+      sluice.log("warn", "bad \255 byte", { k = "v\195", ["\254"] = 1 })
+    elseif ev.topic == "fail" then
+      error("boom \226\130")
+    end
+    return "out"
+  end,
+}
+"""
+
+FFFD = "\ufffd"
+
+
+def strict_json(raw):
+    """raw (bytes) as JSON, failing on any byte that is not UTF-8 (a
+    reader of logs or of the API that is strict about it)."""
+    return json.loads(raw.decode("utf-8", errors="strict"))
+
+
+def test_invalid_utf8_becomes_u_fffd_in_log_lines_and_the_status_json(
+        sluice, tmp_path):
+    """README Outputs and NDJSON: invalid UTF-8 in strings becomes U+FFFD,
+    in the logs and the status too: a rule file whose name is not UTF-8,
+    a rule's sluice.log message and fields, its error, and a reload error
+    all reach stderr and GET /rules, POST /reload as well-formed UTF-8 JSON,
+    each ill-formed sequence one U+FFFD."""
+    port, admin = ports(2)
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    bad_name = os.fsencode(str(rules)) + b"/10_\xff\xfe.lua"
+    with open(bad_name, "w") as f:
+        f.write(RULE_BAD_BYTES)
+    cfg = config(port, admin_port=admin)
+    cfg["rules"] = {"dir": str(rules), "watch": False}
+    eng = sluice(cfg)
+    shown = "10_" + FFFD + FFFD + ".lua"  # \xff and \xfe: one each
+
+    # the status: the rule's file
+    r = curl(admin_url(admin, "/rules"))
+    assert r.status == 200
+    st = strict_json(r.body)
+    assert [x["file"].rsplit("/", 1)[-1] for x in st["rules"]] == [shown]
+
+    # log lines: sluice.log's message and fields, the rule's error
+    ingest(port, '[{"topic":"log"},{"topic":"fail"}]')
+    eng.wait_log("rule failed; event sent to the dead letter")
+    eng.wait_log("bad " + FFFD + " byte")
+    lines = [strict_json(l) for l in eng.stderr_path.read_bytes().splitlines()
+             if l.startswith(b"{")]
+    (logged,) = [l for l in lines if l["msg"] == "bad " + FFFD + " byte"]
+    assert logged["level"] == "warn"
+    assert logged["fields"] == {"k": "v" + FFFD, FFFD: 1}
+    assert logged["rule"].rsplit("/", 1)[-1] == shown
+    (failed,) = [l for l in lines
+                 if l["msg"] == "rule failed; event sent to the dead letter"]
+    assert failed["error"].endswith(": boom " + FFFD), failed  # \xe2\x82: one
+    assert shown in failed["error"] and shown in failed["rule"], failed
+
+    # the status: a reload's error, in the 422 answer and in GET /rules
+    with open(os.fsencode(str(rules)) + b"/20_\xc0.lua", "w") as f:
+        f.write('error("cannot load \\237\\160\\128 here")\n')  # a surrogate
+    r = curl(admin_url(admin, "/reload"), method="POST")
+    assert r.status == 422
+    body = strict_json(r.body)
+    # \xc0 (never in UTF-8) is one; the surrogate's three bytes are three
+    assert "20_" + FFFD + ".lua" in body["error"], body
+    assert "cannot load " + FFFD * 3 + " here" in body["error"], body
+    assert body["status"]["last_reload"]["error"] == body["error"]
+    st = strict_json(curl(admin_url(admin, "/rules")).body)
+    assert st["last_reload"]["error"] == body["error"]
+    # logged once: by the rule set, or for all workers (SLUICE_TEST_WORKERS)
+    rejected = wait_for(lambda: eng.find_logs(
+        "rules reload rejected; the live version stays") + eng.find_logs(
+        "rules reload failed on a worker; every worker keeps the running rules"),
+        what="the reload's rejection logged")
+    assert [l["error"] for l in rejected] == [body["error"]]
+    # and nothing on stderr is other than UTF-8
+    eng.stderr_path.read_bytes().decode("utf-8", errors="strict")
+    assert eng.stop() == 0
