@@ -802,3 +802,48 @@ def test_the_readme_examples_of_how_an_event_is_decided(sluice, tmp_path):
             l == {"rule": "20_b.lua", "name": "b_calls"}] == [2]
     assert metric(m, "sluice_rule_decisions_total", rule="10_a.lua", decision="dropped") == 1
     assert eng.stop() == 0
+
+
+def test_c_levels_past_a_share_of_a_small_stack_are_a_rule_error_never_a_crash(
+        sluice, tmp_path):
+    """README Limits: recursion through C ends in "C calls nested deeper
+    than 100" or "too deep", past a measured share of the thread's C
+    stack, never a crash. Started with a 512 KiB stack (ulimit -s 512) and
+    one worker, the main thread's, gsub re-entering itself through its
+    replacement function takes ~2-3 KiB of C stack a level: it stops at
+    the share (a quarter, ~128 KiB) well before 100 levels. The event goes
+    to the dead letter with that error, and the engine goes on. (Worker
+    threads get at least 8 MiB under a limit below 1 MiB, workers.c
+    stack_size, so there the count of 100 comes first.)"""
+    import re
+    import resource
+    rule = """
+return {
+  topics = { "deep" },
+  on_event = function(ev)
+    local big = ("x"):rep(3000)
+    local function g() return (big:gsub("^x", g)) end
+    return g()
+  end,
+}
+"""
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    resource.setrlimit(resource.RLIMIT_STACK, (512 << 10, hard))
+    try:  # the engine inherits it; this process only while it starts it
+        eng, addr, _ = start(sluice, tmp_path, {"10_deep.lua": rule},
+                             extra="workers = 1,")
+    finally:
+        resource.setrlimit(resource.RLIMIT_STACK, (soft, hard))
+    send_events(addr, [{"topic": "deep", "key": "k%d" % i, "payload": i}
+                       for i in range(4)] + [{"topic": "fine", "payload": 9}])
+    dead = wait_for(lambda: (lambda d: d if len(d) == 4 else None)(
+        read_ndjson(eng.path("var/dead-letter.ndjson"))), what="4 dead letters")
+    for e in dead:
+        m = re.search(r"C calls nested too deep \((\d+) levels used (\d+) KiB "
+                      r"of C stack\)", e["headers"]["sluice-error"])
+        assert m, e["headers"]
+        levels, kib = int(m.group(1)), int(m.group(2))
+        assert 0 < levels < 100 and 112 <= kib < 136, (levels, kib)  # ~128
+    wait_for(lambda: read_ndjson(eng.path("rest.ndjson")), what="the fine event")
+    assert [e["payload"] for e in read_ndjson(eng.path("rest.ndjson"))] == [9]
+    assert eng.stop() == 0
