@@ -12,6 +12,7 @@ import os
 import subprocess
 import time
 
+import msgpack
 import pytest
 
 from conftest import EngineExited, Sink, pack, send_events, wait_for
@@ -532,3 +533,34 @@ def test_invalid_utf8_becomes_u_fffd_in_log_lines_and_the_status_json(
     # and nothing on stderr is other than UTF-8
     eng.stderr_path.read_bytes().decode("utf-8", errors="strict")
     assert eng.stop() == 0
+
+
+def test_invalid_utf8_in_an_event_becomes_u_fffd_on_the_tap(sluice):
+    """README Outputs and NDJSON: invalid UTF-8 in strings becomes U+FFFD,
+    on the tap too: an event read over the native protocol with ill-formed
+    strings in its key, a header and its payload is a well-formed UTF-8
+    tap line, each ill-formed sequence one U+FFFD."""
+    port, admin, native = ports(3)
+    sluice(config(port, admin_port=admin,
+                  inputs=[{"name": "web", "type": "http",
+                           "listen": "127.0.0.1:%d" % port},
+                          {"name": "in", "type": "tcp",
+                           "listen": "127.0.0.1:%d" % native}]))
+    p = tap_proc(admin, "topics=t&limit=1")
+    try:
+        wait_metric(admin, "sluice_tap_clients", lambda v: v == 1)
+        # bytes packed as msgpack str (use_bin_type=False): not UTF-8
+        send_events("127.0.0.1:%d" % native, [msgpack.packb(
+            {"topic": "t", "key": b"k\xff", "headers": {"h": b"v\xe2\x82"},
+             "payload": {"s": b"a\xfe\xffb", b"\xc0": 1}}, use_bin_type=False)])
+        out, _ = p.communicate(timeout=15)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == 0
+    (line,) = [strict_json(l) for l in out.splitlines()]
+    ev = line["event"]
+    assert ev["key"] == "k" + FFFD
+    assert ev["headers"]["h"] == "v" + FFFD  # a cut 3-byte sequence: one
+    assert ev["payload"] == {"s": "a" + FFFD + FFFD + "b", FFFD: 1}
