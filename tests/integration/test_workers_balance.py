@@ -178,6 +178,8 @@ def first_move(busy0, busy1):
     target0 (worker 0's share that evens the loads, at least 64) and
     balance_step (3/4 of the way there, nothing under 3 buckets)."""
     c = busy1 * 256.0 / 128
+    if c <= 0:
+        return 0
     a = busy0 - c * 128 / 256.0
     s0 = (1.0 - (a if a > 0 else 0) / c) / 2
     t = max(64, min(255, int(s0 * 256.0 + 0.5)))
