@@ -885,12 +885,30 @@ class Gate:
         self.server.server_close()
 
 
+def gated_engine(sluice, gate, path, **out):
+    """engine() with an admin server (eng.admin) for the queue depth."""
+    port, admin = free_port(), free_port()
+    o = {"name": "hook", "type": "http", "url": gate.url + path}
+    o.update(out)
+    eng = sluice({"inputs": [{"name": "in", "type": "tcp",
+                              "listen": "127.0.0.1:%d" % port}],
+                  "outputs": [o], "routes": [{"topics": "*", "to": "hook"}],
+                  "admin": {"listen": "127.0.0.1:%d" % admin}})
+    eng.address = "127.0.0.1:%d" % port
+    eng.admin = "127.0.0.1:%d" % admin
+    return eng
+
+
 def held_then_queued(gate, eng, evs):
     """A first event whose request the gate holds, then evs queued behind
-    it: the batch after it holds them all (up to batch_events, 1024)."""
+    it: the batch after it holds them all (up to batch_events, 1024). Over
+    workers the engine has read them before they are queued: wait for the
+    queue to hold them all."""
     send_events(eng.address, events(1, key="first"))
     gate.wait(lambda g: g.waiting == 1, "the first request")
-    send_events(eng.address, evs)  # returns once the engine has them all
+    send_events(eng.address, evs)
+    wait_for(lambda: metric(eng.admin, "sluice_queue_events", output="hook")
+             == 1 + len(evs), what="%d events queued" % (1 + len(evs)))
     gate.release(1)
 
 
@@ -901,7 +919,7 @@ def test_at_most_max_connections_to_a_host_while_answers_stall(sluice):
     next one go on a kept-alive connection: never a 4th connection, never a
     4th request waiting."""
     with Gate() as gate:
-        eng = engine(sluice, gate.url + "/k/{key}", max_connections=3)
+        eng = gated_engine(sluice, gate, "/k/{key}", max_connections=3)
         held_then_queued(gate, eng, [{"topic": "t", "key": "k%d" % i, "payload": i}
                                      for i in range(30)])
         gate.wait(lambda g: g.waiting >= 3 and g.settled(), "3 requests waiting")
@@ -925,7 +943,8 @@ def test_json_sends_one_event_per_request_64_requests_in_parallel(sluice):
     event, and no 65th comes while any of them waits (the next 64 go once
     the batch is answered); every event arrives once."""
     with Gate() as gate:
-        eng = engine(sluice, gate.url + "/in", format="json", max_connections=100)
+        eng = gated_engine(sluice, gate, "/in", format="json",
+                           max_connections=100)
         held_then_queued(gate, eng, events(200))
         gate.wait(lambda g: g.waiting >= 64 and g.settled(), "64 requests waiting")
         assert gate.waiting == 64, gate.waiting
