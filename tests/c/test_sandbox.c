@@ -1,7 +1,8 @@
 /* test_sandbox.c - the rule sandbox (engine/lua/rule.c and its pieces)
  * from C, so ASan and UBSan see it: rules written to a temp dir, loaded,
  * run against events built with sl_event_new; limits, changed events, host
- * callbacks, timers, handover, rebuilds. */
+ * callbacks, timers, handover, rebuilds, rules on threads with a small
+ * C stack. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>

@@ -2,7 +2,8 @@
 readiness (flipping when a tcp output's peer dies), /metrics through
 `promtool check metrics`, /rules and /reload (accepted and rejected), the
 tap (filter, limit, sample, redaction) and a tap client that never reads
-while the pipeline runs at full speed, and bearer auth.
+while the pipeline runs at full speed, bearer auth, and invalid UTF-8 as
+U+FFFD in log lines, the status JSON and the tap.
 
 Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/test_admin.py
 """

@@ -1,7 +1,9 @@
 """The http output (issue 13, item 1) against a real HTTP server the test
 starts: Python's ThreadingHTTPServer with handlers that answer 200, 429 with
 Retry-After, 500, slowly, close mid-response, or 400; formats, the URL
-template, gzip, auth, HTTPS with the tls block, and an exact ledger.
+template, gzip, auth, HTTPS with the tls block, and an exact ledger. A
+gate server that holds answers counts connections and requests at once:
+max_connections, and format json's 64 requests in parallel.
 """
 import base64
 import gzip

@@ -1,8 +1,11 @@
 """Rules through the real binary (issue 3): route, drop, transform, emit,
 and rules that time out, blow their memory or fail, which send the event to
-the dead letter while the engine keeps serving. Also `sluice check` on a
-broken rule and the `sluice route` dry run."""
+the dead letter while the engine keeps serving, C recursion stopped at a
+share of a small stack among them. Also `sluice check` on a broken rule and
+the `sluice route` dry run."""
 import json
+import re
+import resource
 import time
 
 import pytest
@@ -815,8 +818,6 @@ def test_c_levels_past_a_share_of_a_small_stack_are_a_rule_error_never_a_crash(
     to the dead letter with that error, and the engine goes on. (Worker
     threads get at least 8 MiB under a limit below 1 MiB, workers.c
     stack_size, so there the count of 100 comes first.)"""
-    import re
-    import resource
     rule = """
 return {
   topics = { "deep" },

@@ -5,7 +5,8 @@ every event with one version. SLUICE_WORKERS_CHURN=1 (a test hook) moves
 every bucket that has nothing in flight to the next worker each period,
 whatever the load, so the moves are many and happen mid-stream; the normal
 balance moves buckets only under load, from the busiest worker to the least
-busy one, which an idle engine never does.
+busy one, which an idle engine never does, and logs each move at debug
+(`workers rebalanced`: what moved and why).
 """
 import signal
 import subprocess
