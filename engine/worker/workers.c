@@ -996,8 +996,10 @@ static void balance_init(struct sl_workers *ws) {
 
 /* ---- lifecycle ----------------------------------------------------------- */
 
-/* The main thread's stack size for the replicas: rules get the same C
- * stack (the sandbox's depth budget is measured against it). */
+/* The main thread's stack size for the replicas, so rules get the same C
+ * stack, but never under 1 MiB (8 MiB then, as when unlimited): each
+ * thread's depth budget is measured against its own stack (state.c
+ * cstack_budget), so a bigger one is only more room. */
 static size_t stack_size(void) {
   struct rlimit rl;
   if (getrlimit(RLIMIT_STACK, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
