@@ -34,6 +34,8 @@
 #define NIL32 UINT32_MAX
 #define TIMER_LOG_BURST 20
 #define TIMER_LOG_WINDOW_NS 10000000000ull
+#define REBUILD_WAIT_MIN_NS 100000000ull    /* a failed rebuild: 100 ms */
+#define REBUILD_WAIT_MAX_NS 10000000000ull  /* doubling to 10 s */
 /* C copies of what a rule hands over are bounded (issue 9, finding 10) */
 #define LABEL_MAX 128        /* bytes of a metric name, label name or value */
 #define ROUTE_NAME_MAX 256   /* bytes of an output name on_event returns */
@@ -183,6 +185,8 @@ struct sl_rule {
   struct sl_idgen idgen; /* when the host has none */
   struct box *box;
   uint64_t rebuilds;
+  uint32_t rebuild_fails;     /* tries failed in a row (rule_rebuild) */
+  uint64_t rebuild_after_ns;  /* and no new one before this */
   /* filled by the error handler */
   int err_set;
   char err_msg[512], err_where[256], err_tb[768];

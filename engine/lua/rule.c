@@ -283,16 +283,35 @@ fail:
   return NULL;
 }
 
-/* Replace a broken box with a new one from the kept source. */
+/* Replace a broken box with a new one from the kept source. One that
+ * could not be made (memory short in the whole process) is tried again
+ * only after a backoff, REBUILD_WAIT_MIN_NS doubling to REBUILD_WAIT_MAX_NS:
+ * each try builds a whole state and logs a line, and every event the broken
+ * box failed asked for one (970 lines a second under ulimit -v). Meanwhile
+ * the broken box serves on: a full one fails its calls with "not enough
+ * memory", which the dead letter takes. */
 static int rule_rebuild(struct sl_rule *r) {
-  char err[512];
-  struct box *b = box_new(r, err, sizeof(err));
+  char err[512], msg[640];
+  uint64_t now = rule_mono_ns(r), wait;
+  struct box *b;
 
+  if (r->rebuild_fails && now < r->rebuild_after_ns)
+    return SL_EAGAIN;
+  b = box_new(r, err, sizeof(err));
   if (b == NULL) {
+    wait = REBUILD_WAIT_MIN_NS << (r->rebuild_fails < 8 ? r->rebuild_fails : 8);
+    if (wait > REBUILD_WAIT_MAX_NS)
+      wait = REBUILD_WAIT_MAX_NS;
+    r->rebuild_fails++;
+    r->rebuild_after_ns = now + wait;
+    snprintf(msg, sizeof(msg), "%s: the rule's state could not be rebuilt "
+             "(next try in %llu ms): %s", r->path,
+             (unsigned long long)(wait / 1000000u), err);
     if (r->host.log)
-      r->host.log(r->host.data, r, 3, err, NULL, 0);
+      r->host.log(r->host.data, r, 3, msg, NULL, 0);
     return SL_EINVAL;
   }
+  r->rebuild_fails = 0;
   box_free(r->box);
   r->box = b;
   r->rebuilds++;

@@ -695,6 +695,64 @@ TEST(sandbox_rebuild_uses_the_vetted_source_not_the_file_on_disk) {
   sl_rule_free(r);
 }
 
+/* A rebuild that fails (memory short in the whole process; here the
+ * rule's own chunk refusing a time window) was tried again by every event
+ * the broken state failed, each try a whole state and a log line: 970
+ * lines a second under ulimit -v. Now tries back off from 100 ms. */
+TEST(sandbox_a_rebuild_that_fails_is_tried_again_only_after_a_backoff) {
+  char err[512], src[640];
+  struct sl_rule_decision d;
+  struct seen s;
+  long long wall = (long long)time(NULL) * 1000;
+  uint64_t min = 60ull * 1000000000u;
+  struct sl_rule *r;
+  int i;
+
+  memset(&s, 0, sizeof(s));
+  snprintf(src, sizeof(src),
+           "local now = sluice.now()\n"
+           "if now > %lld and now < %lld then error('no state now') end\n"
+           "local keep = {}\n"
+           "return { on_event = function(ev)\n"
+           "  if ev.topic == 'fill' then\n"
+           "    while true do keep[#keep + 1] = ('x'):rep(1000) .. #keep end\n"
+           "  end\n"
+           "  return 'ok'\n"
+           "end }\n", wall + 30 * 60000, wall + 90 * 60000);
+  r = load(src, 1000, 16, &s, err, sizeof(err));
+  CHECK(r != NULL);
+  s.clock = 60 * min; /* inside the window: a new state cannot be made */
+  for (i = 0; i < 50; i++) {
+    run(r, "fill", -1, &d);
+    CHECK_EQ(d.error, SL_RULE_ERR_MEMORY);
+  }
+  CHECK_EQ(s.logs, 1);
+  CHECK(strstr(s.last_log, "could not be rebuilt (next try in 100 ms)"));
+  CHECK(strstr(s.last_log, "no state now"));
+  s.clock += 150000000u; /* past 100 ms: one more try, then 200 ms */
+  run(r, "fill", -1, &d);
+  run(r, "fill", -1, &d);
+  CHECK_EQ(s.logs, 2);
+  CHECK(strstr(s.last_log, "next try in 200 ms"));
+  s.clock += 150000000u;
+  run(r, "fill", -1, &d);
+  CHECK_EQ(s.logs, 2);
+  s.clock += 60000000u;
+  run(r, "fill", -1, &d);
+  CHECK_EQ(s.logs, 3);
+  CHECK_EQ(sl_rule_rebuilds(r), 0);
+  run(r, "a", -1, &d); /* the full state serves on */
+  CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+  s.clock = 100 * min; /* past the window: the next try makes a state */
+  run(r, "fill", -1, &d);
+  CHECK_EQ(d.error, SL_RULE_ERR_MEMORY);
+  CHECK_EQ(sl_rule_rebuilds(r), 1);
+  CHECK_EQ(s.logs, 3);
+  run(r, "a", -1, &d);
+  CHECK_EQ(d.verdict, SL_RULE_ROUTE);
+  sl_rule_free(r);
+}
+
 TEST(sandbox_kept_rule_and_module_text_stays_within_memory_mb) {
   char err[512], mod[160];
   struct sl_rule_decision d;
