@@ -93,7 +93,8 @@ struct replica {
   /* both threads */
   _Atomic int stalled;          /* waits for room in results */
   _Atomic uint64_t decided;     /* events its rules decided */
-  _Atomic uint64_t pending_n;   /* emits not yet in a result */
+  _Atomic uint64_t pending_n;   /* emits outside a decide not yet applied
+                                   (pending, or in an emits-only result) */
   _Atomic uint64_t emit_dropped;
   _Atomic uint64_t held_bytes;  /* results pushed, not yet applied */
   pthread_mutex_t mu;
@@ -275,9 +276,8 @@ static int flush_pending(struct replica *r) {
   (void)sl_ring_push(&r->results, &res);
   r->pending = NULL;
   r->pending_tail = &r->pending;
-  r->npending = 0;
+  r->npending = 0; /* pending_n stays: main takes them off as it applies */
   r->pending_bytes = 0;
-  atomic_store(&r->pending_n, 0); /* after the push: never both unseen */
   return 1;
 }
 
@@ -655,6 +655,7 @@ static void apply(struct replica *r, struct result *res) {
   struct sl_worker *w = r->ws->w;
   struct sl_rules_result rr;
   struct emit *e, *next;
+  uint64_t emitted = 0;
   int rc, stale = r->stale > 0, old = r->old > 0;
   if (stale)
     r->stale--;
@@ -666,8 +667,11 @@ static void apply(struct replica *r, struct result *res) {
     next = e->next;
     sl_worker_emit(w, e->output, e->ev);
     free(e);
+    emitted++;
   }
   if (res->ev == NULL) {
+    /* emits-only: counted in pending_n since they were made */
+    atomic_fetch_sub(&r->pending_n, emitted);
     w->holding_old -= (uint32_t)old;
     return;
   }
@@ -781,9 +785,11 @@ uint64_t sl_workers_busy(struct sl_worker *w) {
   int i;
   if (ws == NULL)
     return 0;
+  /* a result with an event in the ring is still a job in flight: counting
+   * the ring too told the drain's timeout line each such event twice */
   n = ws->inflight;
   for (i = 0; i < ws->n - 1; i++)
-    n += atomic_load(&ws->r[i].pending_n) + sl_ring_count(&ws->r[i].results);
+    n += atomic_load(&ws->r[i].pending_n);
   return n;
 }
 

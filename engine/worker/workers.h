@@ -48,8 +48,9 @@ void sl_workers_source_gone(struct sl_source *s);
  * 0: nothing in flight, go on now. */
 int sl_workers_durable(struct sl_worker *w, struct sl_durable *d);
 
-/* Events in flight: in rings, being decided, held for output room, and
- * replicas' emits not yet applied (the drain counts them as busy). */
+/* Events in flight, each counted once: in rings, being decided, held for
+ * output room, and replicas' emits not yet applied (the drain counts them
+ * as busy; its timeout line says how many were left). */
 uint64_t sl_workers_busy(struct sl_worker *w);
 /* Run on_stop on every replica (once; their emits come back as
  * results). Returns sl_workers_busy after. */
