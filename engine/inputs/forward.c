@@ -85,6 +85,12 @@ static void refused(struct fwd_conn *nc) {
   sl_conn_close(nc->conn);
 }
 
+/* workers > 1: a worker's result of this connection was refused, maybe
+ * after its last read (chunk acks or none, it must not read on unseen) */
+static void on_refused_later(struct sl_source *s) {
+  refused(container_of(s, struct fwd_conn, src));
+}
+
 /* ---- acks ----------------------------------------------------------- */
 
 static size_t ack_backlog(struct fwd_conn *nc) {
@@ -497,6 +503,7 @@ static int on_accept(struct sl_framed *f, struct sl_conn *c) {
   if (nc == NULL)
     return SL_ENOMEM;
   sl_source_init(&nc->src, f->in, on_resume);
+  nc->src.on_refused_later = on_refused_later;
   nc->wait.on_durable = on_durable;
   nc->conn = c;
   nc->fi = fi;

@@ -100,6 +100,12 @@ static void refused(struct native_conn *nc) {
   sl_conn_close(nc->conn);
 }
 
+/* workers > 1: a worker's result of this connection was refused, maybe
+ * after its last read (acks or none, it must not read on unseen) */
+static void on_refused_later(struct sl_source *s) {
+  refused(container_of(s, struct native_conn, src));
+}
+
 /* Is this object the ack-mode hello {"sluice": 1, "ack": true}? */
 static int is_hello(const uint8_t *p, size_t n, int *ack) {
   const uint8_t *v;
@@ -282,6 +288,7 @@ static int on_accept(struct sl_framed *f, struct sl_conn *c) {
   if (nc == NULL)
     return SL_ENOMEM;
   sl_source_init(&nc->src, f->in, on_resume);
+  nc->src.on_refused_later = on_refused_later;
   nc->wait.on_durable = on_durable;
   nc->conn = c;
   sl_conn_set_ops(c, &conn_ops, nc);

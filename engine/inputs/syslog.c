@@ -230,6 +230,14 @@ static void refused(struct syslog_conn *sc) {
   sl_conn_close(sc->conn);
 }
 
+/* workers > 1: a worker's result of this connection was refused, maybe
+ * after its last read: it closes as at an inline refusal */
+static void on_refused_later(struct sl_source *s) {
+  struct syslog_conn *sc = container_of(s, struct syslog_conn, src);
+  if (!sl_conn_is_closing(sc->conn))
+    refused(sc);
+}
+
 static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
   struct syslog_conn *sc = sl_conn_proto(c);
   struct sl_input *in = sc->src.input;
@@ -327,6 +335,7 @@ static int on_accept(struct sl_framed *f, struct sl_conn *c) {
   if (sc == NULL)
     return SL_ENOMEM;
   sl_source_init(&sc->src, f->in, on_resume);
+  sc->src.on_refused_later = on_refused_later;
   sc->conn = c;
   sl_conn_set_ops(c, &conn_ops, sc);
   return 0;

@@ -66,6 +66,11 @@ struct sl_source {
   int refused_later; /* workers > 1: one of its events was refused after
                         sl_worker_submit returned (refused_output says
                         where): never ack it; refuse (close, 503) instead */
+  /* optional, workers > 1: refused_later was just set, on the main loop
+   * (maybe inside another source's read): a connection closes now, as at
+   * an inline refusal; a producer done sending has no next read or ack
+   * that would tell it */
+  void (*on_refused_later)(struct sl_source *s);
 };
 
 /* Someone waiting until the events it submitted are where their outputs'

@@ -634,6 +634,8 @@ static void job_done(struct replica *r, struct sl_source_tag *tag,
   if (s && r->holder.refused && !s->refused_later) {
     s->refused_later = 1; /* its input refuses instead of acking */
     s->refused_output = r->holder.refused_output;
+    if (s->on_refused_later)
+      s->on_refused_later(s); /* a close is deferred: s and tag stay */
   }
   tag_unref(tag);
   bucket_done(ws, bucket);

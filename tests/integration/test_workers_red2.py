@@ -1,10 +1,12 @@
 """Red-team probes of workers = N, round 2 (r18): the error paths, each
 test saying what it proves."""
 import signal
+import socket
 import threading
 
-from conftest import connect, metrics_flat, pack
-from test_workers import (PINNED, events, post_reload, start, wait_stuck)
+from conftest import connect, free_port, metrics_flat, pack
+from test_workers import (PINNED, events, post_reload, start, wait_stuck,
+                          worker_keys)
 from test_workers_red import stalled_sink
 
 
@@ -44,3 +46,46 @@ return { on_event = function(ev) return "out" end }"""}, workers=2,
                     line["sources_holding"]), (read, line, out)
     sink.close()
 
+
+
+def test_a_refusal_found_in_a_worker_closes_a_plain_native_connection(
+        sluice, tmp_path):
+    """A native connection without acks whose every key a replica decides,
+    into a disk buffer whose disk is full (drop policy): each refusal is
+    found when the main loop applies the replica's result, after the
+    submit returned. It must close the connection as an inline refusal
+    does with workers = 1 (the producer's only news), not read on and
+    refuse everything the producer sends unseen."""
+    from test_durability import BIG, disk_config, mount_tmpfs, umount
+    disk = tmp_path / "disk"
+    mount_tmpfs(disk, "2m")
+    try:
+        port, down, admin = free_port(), free_port(), free_port()
+        eng = sluice(disk_config(port, down, disk / "buf",
+                                 when_full="drop_newest", admin=admin)
+                     .replace("return {", "return {\n  workers = 2,", 1),
+                     env=PINNED)
+        keys = worker_keys(1, 7)
+        n = 4000  # 4 MB into a 2 MiB disk
+        data = b"".join(pack({"topic": "t", "key": keys[i % 7],
+                              "payload": [i, BIG]}) for i in range(n))
+        s = connect("127.0.0.1:%d" % port)
+        s.settimeout(10)
+        try:
+            s.sendall(data)
+            closed = s.recv(1) == b""  # no acks: only the close comes
+        except socket.timeout:
+            closed = False
+        except OSError:  # reset: the engine closed with bytes unread
+            closed = True
+        assert closed, "the connection stayed open"
+        s.close()
+        m = metrics_flat(admin)
+        refused = m['sluice_disk_buffer_refused_total{output="out"}']
+        # what was in flight when the first refusal came back may be
+        # refused too (at most a ring's depth), not the rest of the stream
+        assert 0 < refused <= 4096 + 1, refused
+        assert m['sluice_input_events_total{input="in"}'] < n
+        eng.kill()
+    finally:
+        umount(disk)
