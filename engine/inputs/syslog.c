@@ -395,6 +395,16 @@ static void on_udp_resume(struct sl_source *s) {
     s->input->stats.dropped++;
 }
 
+/* workers > 1: a worker's result of a datagram was refused: counted and
+ * logged as an inline refusal is (its sender is gone by now), and cleared
+ * so the next one is counted too */
+static void on_udp_refused_later(struct sl_source *s) {
+  s->refused_later = 0;
+  s->input->stats.dropped++;
+  log_bad(s->input, "udp", "syslog datagram refused",
+          "a disk buffer cannot write");
+}
+
 static void on_udp_closed(uv_handle_t *h) {
   struct syslog_in *si = container_of((uv_udp_t *)h, struct syslog_in, udp);
   si->udp_closed = 1;
@@ -411,6 +421,7 @@ static int start_udp(struct syslog_in *si, char *err, size_t errlen) {
   if ((si->rbuf = malloc(si->rcap)) == NULL)
     return SL_ENOMEM;
   sl_source_init(&si->udp_src, in, on_udp_resume);
+  si->udp_src.on_refused_later = on_udp_refused_later;
   rc = sl_endpoint_init(&ep, SL_ENDPOINT_TCP, si->udp_address, err, errlen);
   if (rc != 0)
     return rc;
