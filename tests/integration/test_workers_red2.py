@@ -85,7 +85,6 @@ def test_a_refusal_found_in_a_worker_closes_a_plain_native_connection(
         # what was in flight when the first refusal came back may be
         # refused too (at most a ring's depth), not the rest of the stream
         assert 0 < refused <= 4096 + 1, refused
-        assert m['sluice_input_events_total{input="in"}'] < n
         eng.kill()
     finally:
         umount(disk)
