@@ -962,6 +962,21 @@ int sl_rule_unchanged(const struct sl_rule *r, const char *path) {
   return same;
 }
 
+int sl_rule_same_code(const struct sl_rule *a, const struct sl_rule *b) {
+  int i;
+  if (strcmp(a->source, b->source) != 0 || strcmp(a->hash, b->hash) != 0 ||
+      a->nmods != b->nmods)
+    return 0;
+  for (i = 0; i < a->nmods; i++) {
+    const struct module *x = &a->mods[i], *y = &b->mods[i];
+    if (strcmp(x->path, y->path) != 0 || x->found != y->found ||
+        x->text.len != y->text.len ||
+        (x->text.len && memcmp(x->text.data, y->text.data, x->text.len)))
+      return 0;
+  }
+  return 1;
+}
+
 const char *sl_rule_path(const struct sl_rule *r) { return r->path; }
 const char *sl_rule_source(const struct sl_rule *r) { return r->source; }
 const char *sl_rule_hash(const struct sl_rule *r) { return r->hash; }

@@ -571,8 +571,8 @@ int sl_rules_prepare(struct sl_rules *rs, const struct sl_config *cfg,
 
 /* The commit with the owner's switch (sl_rules_reload_with's callback)
  * run after the set's config changed and before the staged emits. */
-static void commit_with(struct sl_rules *rs, void (*commit)(void *data),
-                        void *data) {
+void sl_rules_commit_with(struct sl_rules *rs, void (*commit)(void *data),
+                          void *data) {
   struct ruleset *next = rs->prepared;
   struct sl_buf changes;
   uint64_t emits, logs;
@@ -603,7 +603,26 @@ static void commit_with(struct sl_rules *rs, void (*commit)(void *data),
   write_status(rs);
 }
 
-void sl_rules_commit(struct sl_rules *rs) { commit_with(rs, NULL, NULL); }
+void sl_rules_commit(struct sl_rules *rs) {
+  sl_rules_commit_with(rs, NULL, NULL);
+}
+
+/* The set rs runs once its owner commits: the prepared one, else (none
+ * prepared: unchanged or not asked) the live one. */
+static const struct ruleset *next_set(const struct sl_rules *rs) {
+  return rs->prepared ? rs->prepared : rs->live;
+}
+
+int sl_rules_same_code(const struct sl_rules *a, const struct sl_rules *b) {
+  const struct ruleset *x = next_set(a), *y = next_set(b);
+  int i, n = x ? x->n : 0;
+  if (n != (y ? y->n : 0))
+    return 0;
+  for (i = 0; i < n; i++)
+    if (!sl_rule_same_code(x->slots[i].rule, y->slots[i].rule))
+      return 0;
+  return 1;
+}
 
 void sl_rules_abort(struct sl_rules *rs) {
   uint64_t emits, logs;
@@ -627,7 +646,7 @@ int sl_rules_reload_with(struct sl_rules *rs, const struct sl_config *cfg,
     return 0;
   if (rc != 0)
     return SL_EINVAL;
-  commit_with(rs, commit, data);
+  sl_rules_commit_with(rs, commit, data);
   return 0;
 }
 

@@ -127,6 +127,18 @@ int sl_rules_prepare(struct sl_rules *rs, const struct sl_config *cfg,
  * before (the commit callback of sl_rules_reload_with runs at that
  * point). */
 void sl_rules_commit(struct sl_rules *rs);
+/* sl_rules_commit with the owner's switch: commit(data) runs once the
+ * set's config changed, before the staged emits (as in
+ * sl_rules_reload_with). */
+void sl_rules_commit_with(struct sl_rules *rs, void (*commit)(void *data),
+                          void *data);
+
+/* 1 when a and b will run the same rule files with the same content once
+ * committed (each's prepared set, else its live one); 0 when a file
+ * changed between their loads. Another thread may read a set this way
+ * while its own thread is between control messages: its sets change
+ * only in prepare, commit and abort. */
+int sl_rules_same_code(const struct sl_rules *a, const struct sl_rules *b);
 
 /* Drop the prepared set (a no-op when none): its new rules are freed,
  * their staged emits and logs dropped; the live set and config stay and

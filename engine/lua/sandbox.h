@@ -163,6 +163,10 @@ int sl_rule_has_restore(struct sl_rule *r);
  * when anything differs or cannot be read. */
 int sl_rule_unchanged(const struct sl_rule *r, const char *path);
 
+/* 1 when a and b (loaded by two workers) read the same file with the same
+ * content and the same module files as each other; 0 otherwise. */
+int sl_rule_same_code(const struct sl_rule *a, const struct sl_rule *b);
+
 /* Introspection for status and metrics. */
 const char *sl_rule_path(const struct sl_rule *r);   /* as shown in messages */
 const char *sl_rule_source(const struct sl_rule *r); /* the file it reads */

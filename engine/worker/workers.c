@@ -1292,7 +1292,27 @@ int sl_workers_reload(struct sl_worker *w, const struct sl_config *cfg,
     sl_log_thread_field(NULL, 0);
     return failed;
   }
-  rc = sl_rules_reload_with(w->rules, cfg, trigger, commit_all, &c);
+  rc = sl_rules_prepare(w->rules, cfg, trigger, why, sizeof(why));
+  /* each worker read the files on its own, the replicas before set 0: a
+   * file written in between (an editor, a deploy) would leave them on
+   * different code under one version number. None switches then; the
+   * next reload (the watcher's, for one) reads them again. */
+  for (i = 0; (rc == 0 || rc == SL_EALREADY) && i < ws->n - 1; i++)
+    if (!sl_rules_same_code(w->rules, ws->r[i].rules)) {
+      sl_rules_abort(w->rules);
+      abort_all(&c);
+      snprintf(err, errlen, "worker %d: a rules file changed while the "
+               "workers loaded it; reload again", i + 1);
+      sl_rules_reload_failed(w->rules, err);
+      sl_log(SL_LOG_ERROR, "rules reload failed on a worker; every worker "
+             "keeps the running rules", SL_S("trigger", trigger),
+             SL_S("error", err), SL_END);
+      sl_log_thread_field(NULL, 0);
+      return SL_EINVAL;
+    }
+  if (rc == 0)
+    sl_rules_commit_with(w->rules, commit_all, &c);
+  rc = rc == SL_EALREADY ? 0 : rc != 0 ? SL_EINVAL : 0; /* as reload_with */
   if (rc != 0 || !c.committed)
     abort_all(&c); /* set 0 failed, or found nothing to change */
   sl_log_thread_field(NULL, 0);

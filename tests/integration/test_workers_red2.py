@@ -1,12 +1,14 @@
 """Red-team probes of workers = N, round 2 (r18): the error paths, each
 test saying what it proves."""
+import os
 import signal
 import socket
 import threading
 
-from conftest import connect, free_port, metrics_flat, pack, wait_for
-from test_workers import (PINNED, events, post_reload, start, wait_stuck,
-                          worker_keys)
+from conftest import (connect, free_port, metrics_flat, pack, read_ndjson,
+                      wait_for, wait_lines)
+from test_workers import (PINNED, config, events, keyed_events, post_reload,
+                          send, start, wait_stuck, worker_keys)
 from test_workers_red import stalled_sink
 
 
@@ -146,3 +148,61 @@ def test_udp_datagrams_a_worker_finds_refused_are_counted_as_dropped(
         eng.kill()
     finally:
         umount(disk)
+
+
+SLOW_STAMP = """
+local t = os.clock()
+while os.clock() - t < %s do end
+return { on_event = function(ev) ev.headers.v = "%s"; return "out" end }
+"""
+
+
+def thread_cpu_ticks(pid):
+    """CPU ticks of each thread but the main one (its tid is the pid)."""
+    ticks = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        if int(tid) != pid:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks[tid] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def test_a_rules_file_written_while_the_workers_load_it_switches_none(
+        sluice, tmp_path):
+    """Each worker reads the rules files on its own thread, the replicas
+    before the main loop. A file replaced in between (the replica still
+    runs the new file's slow top level) left worker 1 on one content and
+    worker 0 on the next, both called version 2. The reload must switch
+    none (all or nothing) and say why; the next one switches all."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10_v.lua").write_text(SLOW_STAMP % (0, "a"))
+    port, admin = free_port(), free_port()
+    addr = "127.0.0.1:%d" % port
+    eng = sluice(config(port, admin, 2, rules=str(rules)).replace(
+        "watch = false", "watch = false, cpu_budget_ms = 20000"), env=PINNED)
+    (rules / "10_v.tmp").write_text(SLOW_STAMP % (0, "b"))
+    (rules / "10_v.lua").write_text(SLOW_STAMP % (1.5, "a2"))
+    before = thread_cpu_ticks(eng.pid)
+    eng.signal(signal.SIGHUP)
+    # worker 1 is in a2's slow top level (it read a2): now b replaces it
+    wait_for(lambda: any(t - before.get(tid, 0) >= 20 for tid, t in
+                         thread_cpu_ticks(eng.pid).items()),
+             timeout=20, what="a replica loading a2")
+    os.rename(rules / "10_v.tmp", rules / "10_v.lua")
+    line = eng.wait_log("rules reload failed on a worker; every worker "
+                        "keeps the running rules", timeout=30)
+    assert "changed while the workers loaded it" in line["error"], line
+    keys = ["k%d" % i for i in range(64)]
+    send(addr, keyed_events(keys, 200))
+    wait_lines(eng.path("out.ndjson"), 200, timeout=20)
+    assert {e["headers"]["v"] for e in
+            read_ndjson(eng.path("out.ndjson"))} == {"a"}
+    eng.signal(signal.SIGHUP)
+    eng.wait_log("config reloaded", timeout=30)
+    send(addr, keyed_events(keys, 200))
+    wait_lines(eng.path("out.ndjson"), 400, timeout=20)
+    assert {e["headers"]["v"] for e in
+            read_ndjson(eng.path("out.ndjson"))[200:]} == {"b"}
+    assert eng.stop() == 0
