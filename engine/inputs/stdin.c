@@ -281,6 +281,15 @@ static void on_resume(struct sl_source *s) {
   pump(si);
 }
 
+/* workers > 1: a worker's result of a line was refused, found after its
+ * submit returned: counted and logged as an inline refusal is (at the
+ * line or offset read by now), and cleared so the next one is too */
+static void on_refused_later(struct sl_source *s) {
+  s->refused_later = 0;
+  bad(container_of(s, struct stdin_in, src),
+      "refused: a disk buffer cannot write");
+}
+
 /* ---- the plugin ---------------------------------------------------------- */
 
 static int cb_start(struct sl_input *in, char *err, size_t errlen) {
@@ -296,6 +305,7 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   in->data = si;
   sl_buf_init(&si->pend);
   sl_source_init(&si->src, in, on_resume);
+  si->src.on_refused_later = on_refused_later;
   si->msgpack = fmt && strcmp(fmt, "msgpack") == 0;
   si->exit_on_eof = (int)sl_config_value_num(in->cfg->values,
                                              in->cfg->nvalues, "exit_on_eof");

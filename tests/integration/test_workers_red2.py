@@ -206,3 +206,63 @@ def test_a_rules_file_written_while_the_workers_load_it_switches_none(
     assert {e["headers"]["v"] for e in
             read_ndjson(eng.path("out.ndjson"))[200:]} == {"b"}
     assert eng.stop() == 0
+
+
+def test_stdin_lines_a_worker_finds_refused_are_counted_as_bad(tmp_path):
+    """stdin into a full disk (drop policy), keyless lines spread over two
+    workers: each refused line counts in sluice_input_bad_total, as with
+    one worker, also those a replica decided (found when its result is
+    applied, they were counted by the disk buffer only)."""
+    import subprocess
+    from conftest import SLUICE_BIN, _engine_env, sanitizer_report
+    from test_durability import BIG, mount_tmpfs, umount
+    disk = tmp_path / "disk"
+    mount_tmpfs(disk, "2m")
+    admin = free_port()
+    conf = tmp_path / "sluice.conf.lua"
+    conf.write_text("""return {
+  workers = 2,
+  inputs = { { name = "in", type = "stdin" } },
+  outputs = { { name = "out", type = "tcp", address = "127.0.0.1:%d",
+                queue = { max_events = 20, when_full = "drop_newest" },
+                buffer = { type = "disk", path = "%s" } } },
+  routes = { { topics = "*", to = "out" } },
+  admin = { listen = "127.0.0.1:%d" },
+  shutdown_timeout = 2,
+}""" % (free_port(), disk / "buf", admin))
+    proc = subprocess.Popen([SLUICE_BIN, "run", "-c", str(conf)],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=_engine_env(
+                                {"SLUICE_WORKERS_BALANCE_MS": "0"}),
+                            cwd=str(tmp_path))
+    try:
+        lines = "".join('{"topic":"t","payload":[%d,"%s"]}\n' % (i, BIG)
+                        for i in range(3000))  # 3 MB into a 2 MiB disk
+        proc.stdin.write(lines.encode())
+        proc.stdin.flush()
+        m, seen = {}, []
+
+        def applied():
+            """Every line read is decided and applied, nothing moving."""
+            try:
+                m.update(metrics_flat(admin))
+            except OSError:
+                return False  # not listening yet
+            now = (m['sluice_input_events_total{input="in"}'],
+                   m['sluice_input_bad_total{input="in"}'],
+                   m['sluice_disk_buffer_refused_total{output="out"}'])
+            seen[:] = (seen if seen and seen[-1] == now else []) + [now]
+            return (len(seen) > 5 and now[0] == 3000 and now[0] ==
+                    m['sluice_worker_events_total{worker="0"}'] +
+                    m['sluice_worker_events_total{worker="1"}'] and
+                    m['sluice_worker_queue_events{worker="1"}'] == 0)
+        wait_for(applied, timeout=30, interval=0.05,
+                 what="every line applied")
+        refused = m['sluice_disk_buffer_refused_total{output="out"}']
+        assert refused > 0 and m['sluice_worker_events_total{worker="1"}']
+        assert m['sluice_input_bad_total{input="in"}'] == refused, seen
+    finally:
+        proc.kill()
+        err = proc.communicate()[1].decode()
+        umount(disk)
+    assert sanitizer_report(err) is None, err
