@@ -32,6 +32,12 @@
  * results of them waited in the ring behind a full output (940 MB for
  * 3000 calls of 20 x 16 KiB; workers = 1 drops them at the output queue) */
 #define HELD_MAX (64u << 20)
+/* bytes of input events a replica holds, handed out and not yet applied:
+ * its rings count events, not bytes, and 4096 events of up to
+ * max_event_bytes is 4 GiB per worker (with one worker, an input waits at
+ * its output queue's max_bytes). Past it a source waits as for a full
+ * ring; an idle replica takes one event of any size. */
+#define JOBS_MAX (64u << 20)
 /* jobs one replica can have in flight: both rings, one being decided, one
  * held; a power of two above that */
 #define INFLIGHT_CAP (4 * RING_CAP)
@@ -117,6 +123,8 @@ struct replica {
   uint64_t *seqs;         /* their seqs, oldest first (a circle of
                              INFLIGHT_CAP from seqs_head) */
   uint64_t seqs_head;
+  uint32_t *sizes;        /* and their events' bytes, in the same circle */
+  uint64_t job_bytes;     /* their sum, under JOBS_MAX */
   uint32_t stale; /* results in the ring decided with routes a reload
                      since replaced: their route index means nothing now */
   /* results at the head of the ring decided before the last reload, and
@@ -477,12 +485,16 @@ int sl_workers_shard(struct sl_worker *w, const struct sl_event *ev) {
 
 static int push_job(struct replica *r, struct job *j) {
   struct sl_workers *ws = r->ws;
+  uint32_t bytes = j->ev->len;
   j->seq = ws->seq + 1;
-  if (sl_ring_push(&r->jobs, j) != 0)
+  if ((r->inflight && r->job_bytes + bytes > JOBS_MAX) ||
+      sl_ring_push(&r->jobs, j) != 0)
     return SL_EAGAIN;
   ws->seq = j->seq;
   j->tag->refs++;
   r->seqs[(r->seqs_head + r->inflight) & (INFLIGHT_CAP - 1)] = j->seq;
+  r->sizes[(r->seqs_head + r->inflight) & (INFLIGHT_CAP - 1)] = bytes;
+  r->job_bytes += bytes;
   r->inflight++;
   ws->inflight++;
   r->pushed = 1; /* woken once, at the end of this loop iteration */
@@ -640,6 +652,7 @@ static void job_done(struct replica *r, struct sl_source_tag *tag,
   tag_unref(tag);
   bucket_done(ws, bucket);
   (void)seq; /* results come in job order: it is the oldest */
+  r->job_bytes -= r->sizes[r->seqs_head & (INFLIGHT_CAP - 1)];
   r->seqs_head++;
   r->inflight--;
   ws->inflight--;
@@ -766,6 +779,10 @@ static void holder_resume(struct sl_source *s) {
   job_done(r, r->held_tag, r->held_seq, r->held_bucket);
   r->held_tag = NULL;
   drain(r);
+  /* drain wakes sources only when it applied a result; this one's bytes
+   * (JOBS_MAX) may be what a source waits for */
+  if (sl_ring_room(&r->jobs))
+    sl_queue_wake(&r->room_q);
 }
 
 int sl_workers_durable(struct sl_worker *w, struct sl_durable *d) {
@@ -1030,7 +1047,8 @@ static int replica_start(struct sl_workers *ws, struct replica *r, int index,
   if (sl_ring_init(&r->jobs, RING_CAP, sizeof(struct job)) != 0 ||
       sl_ring_init(&r->results, RING_CAP, sizeof(struct result)) != 0 ||
       sl_queue_init(&r->room_q, 1, 1, SL_QUEUE_BLOCK) != 0 ||
-      (r->seqs = calloc(INFLIGHT_CAP, sizeof(*r->seqs))) == NULL) {
+      (r->seqs = calloc(INFLIGHT_CAP, sizeof(*r->seqs))) == NULL ||
+      (r->sizes = calloc(INFLIGHT_CAP, sizeof(*r->sizes))) == NULL) {
     snprintf(err, errlen, "out of memory");
     return SL_ENOMEM;
   }
@@ -1186,6 +1204,7 @@ static void replica_close(struct sl_worker *w, struct replica *r) {
   sl_ring_close(&r->results);
   sl_queue_close(&r->room_q);
   free(r->seqs);
+  free(r->sizes);
   if (r->thread_started) {
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);

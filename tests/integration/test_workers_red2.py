@@ -266,3 +266,39 @@ def test_stdin_lines_a_worker_finds_refused_are_counted_as_bad(tmp_path):
         err = proc.communicate()[1].decode()
         umount(disk)
     assert sanitizer_report(err) is None, err
+
+
+def test_a_worker_holds_at_most_64_mib_of_input_events(sluice, tmp_path):
+    """A replica's rings count events, not bytes: behind an output that
+    takes nothing, 4096 input events of up to max_event_bytes each (4 GiB)
+    could wait in one worker (with one worker, an input waits at its output
+    queue's max_bytes). A source now waits once 64 MiB of the events it
+    handed a worker are not yet applied, as for a full ring."""
+    sink = stalled_sink()
+    outputs = """{ name = "out", type = "unix", path = "%s",
+        queue = { max_events = 10, when_full = "block" } },""" % sink.address
+    eng, _, addr, admin = start(sluice, tmp_path, {"10_p.lua": """
+return { on_event = function(ev) return "out" end }"""}, workers=2,
+                                outputs=outputs, env=PINNED)
+    keys = worker_keys(1, 7)
+    big = "x" * (512 * 1024)
+    total = 500  # 250 MiB, all for worker 1
+    data = b"".join(pack({"topic": "t", "key": keys[i % 7],
+                          "payload": [i, big]}) for i in range(total))
+    s = connect(addr)
+
+    def write():
+        try:
+            s.sendall(data)
+        except OSError:  # the engine killed at the end
+            pass
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    wait_stuck(admin, timeout=60)
+    read = metrics_flat(admin)['sluice_input_events_total{input="in"}']
+    # 64 MiB in the worker (128 events, one more past it), the queue's 10,
+    # what the unix socket took, the one the source holds
+    assert read <= 128 + 1 + 10 + 8 + 1, read
+    eng.kill()
+    s.close()
+    sink.close()
