@@ -198,6 +198,12 @@ struct sl_rule {
   int src_read;
   struct module *mods; /* require'd files as first read */
   int nmods;
+  /* the modules its load looked up (paths, presence, text), as a digest:
+   * what sl_rule_same_code compares. mods itself grows at any later
+   * require, on the rule's own thread and only in the workers whose events
+   * ran that line, so it differs between workers on the same code (and
+   * another thread may not read it then) */
+  char mods_hash[65];
   size_t mods_bytes;
   struct counter *counters;
   int ncounters;

@@ -320,6 +320,30 @@ static int rule_rebuild(struct sl_rule *r) {
 
 /* ---- the public API ------------------------------------------------------ */
 
+/* r->mods_hash: what the load required, in the order it did (the same
+ * code requires the same modules in the same order at load). */
+static void mods_digest(struct sl_rule *r) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0, i;
+  EVP_MD_CTX *c = EVP_MD_CTX_new();
+  int k, ok = c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1;
+
+  for (k = 0; ok && k < r->nmods; k++) {
+    const struct module *m = &r->mods[k];
+    uint64_t n = m->text.len;
+    ok = EVP_DigestUpdate(c, m->path, strlen(m->path) + 1) == 1 &&
+         EVP_DigestUpdate(c, &m->found, sizeof(m->found)) == 1 &&
+         EVP_DigestUpdate(c, &n, sizeof(n)) == 1 &&
+         (n == 0 || EVP_DigestUpdate(c, m->text.data, n) == 1);
+  }
+  if (!ok || EVP_DigestFinal_ex(c, md, &len) != 1)
+    len = 0; /* "": never the same as another's (see sl_rule_same_code) */
+  EVP_MD_CTX_free(c);
+  for (i = 0; i < len && i < 32; i++)
+    snprintf(r->mods_hash + 2 * i, 3, "%02x", md[i]);
+  r->mods_hash[2 * i] = 0;
+}
+
 struct sl_rule *sl_rule_load(const char *path,
                              const struct sl_rule_limits *limits,
                              const struct sl_rule_host *host, char *err,
@@ -367,6 +391,7 @@ struct sl_rule *sl_rule_load(const char *path,
   r->box = box_new(r, err, errlen);
   if (r->box == NULL)
     goto fail;
+  mods_digest(r);
   return r;
 
 fail_alloc:
@@ -962,19 +987,11 @@ int sl_rule_unchanged(const struct sl_rule *r, const char *path) {
   return same;
 }
 
+/* Only what is fixed once loaded: this runs on main while a replica whose
+ * set did not change decides events (and may require, growing mods). */
 int sl_rule_same_code(const struct sl_rule *a, const struct sl_rule *b) {
-  int i;
-  if (strcmp(a->source, b->source) != 0 || strcmp(a->hash, b->hash) != 0 ||
-      a->nmods != b->nmods)
-    return 0;
-  for (i = 0; i < a->nmods; i++) {
-    const struct module *x = &a->mods[i], *y = &b->mods[i];
-    if (strcmp(x->path, y->path) != 0 || x->found != y->found ||
-        x->text.len != y->text.len ||
-        (x->text.len && memcmp(x->text.data, y->text.data, x->text.len)))
-      return 0;
-  }
-  return 1;
+  return strcmp(a->source, b->source) == 0 && strcmp(a->hash, b->hash) == 0 &&
+         a->mods_hash[0] != 0 && strcmp(a->mods_hash, b->mods_hash) == 0;
 }
 
 const char *sl_rule_path(const struct sl_rule *r) { return r->path; }
