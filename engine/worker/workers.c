@@ -125,6 +125,11 @@ struct replica {
   uint64_t seqs_head;
   uint32_t *sizes;        /* and their events' bytes, in the same circle */
   uint64_t job_bytes;     /* their sum, under JOBS_MAX */
+  /* a source waits for job bytes: until room_q is woken, every other push
+   * waits behind it. Else others' small events (read anew, or woken after
+   * it) take each room that comes, inflight never reaches 0, and an event
+   * over JOBS_MAX waits as long as they keep coming */
+  int bytes_wait;
   uint32_t stale; /* results in the ring decided with routes a reload
                      since replaced: their route index means nothing now */
   /* results at the head of the ring decided before the last reload, and
@@ -487,8 +492,11 @@ static int push_job(struct replica *r, struct job *j) {
   struct sl_workers *ws = r->ws;
   uint32_t bytes = j->ev->len;
   j->seq = ws->seq + 1;
-  if ((r->inflight && r->job_bytes + bytes > JOBS_MAX) ||
-      sl_ring_push(&r->jobs, j) != 0)
+  if (r->inflight && (r->bytes_wait || r->job_bytes + bytes > JOBS_MAX)) {
+    r->bytes_wait = 1; /* inflight > 0: a drain will wake room_q */
+    return SL_EAGAIN;
+  }
+  if (sl_ring_push(&r->jobs, j) != 0)
     return SL_EAGAIN;
   ws->seq = j->seq;
   j->tag->refs++;
@@ -718,6 +726,13 @@ static void apply(struct replica *r, struct result *res) {
   job_done(r, res->tag, res->seq, res->bucket);
 }
 
+/* Sources waiting for room in r's jobs try again, in the order they came:
+ * the first still short of bytes makes the rest wait behind it again. */
+static void room_wake(struct replica *r) {
+  r->bytes_wait = 0;
+  sl_queue_wake(&r->room_q);
+}
+
 static void drain(struct replica *r) {
   int n = 0;
   if (r->draining)
@@ -739,7 +754,7 @@ static void drain(struct replica *r) {
   if (atomic_exchange(&r->stalled, 0))
     uv_async_send(&r->wake);
   if (sl_ring_room(&r->jobs))
-    sl_queue_wake(&r->room_q);
+    room_wake(r);
   move_wake(r->ws);
 }
 
@@ -782,7 +797,7 @@ static void holder_resume(struct sl_source *s) {
   /* drain wakes sources only when it applied a result; this one's bytes
    * (JOBS_MAX) may be what a source waits for */
   if (sl_ring_room(&r->jobs))
-    sl_queue_wake(&r->room_q);
+    room_wake(r);
 }
 
 int sl_workers_durable(struct sl_worker *w, struct sl_durable *d) {

@@ -1,8 +1,11 @@
 """Red-team probes of workers = N, round 2b (r18): reload's same-code check
-(sl_rules_same_code), each test saying what it proves."""
+(sl_rules_same_code) and the 64 MiB of input events a worker holds
+(JOBS_MAX), each test saying what it proves."""
 import signal
+import socket
+import threading
 
-from conftest import read_ndjson, wait_lines
+from conftest import connect, pack, read_ndjson, wait_lines
 from test_workers import PINNED, keyed_events, post_reload, send, start, \
     worker_keys
 
@@ -45,4 +48,57 @@ return { on_event = function(ev) ev.headers.w = "added" end }""")
     out = read_ndjson(eng.path("out.ndjson"))[100:]
     assert {e["headers"].get("w") for e in out} == {"added"}
     assert {e["headers"]["v"] for e in out} == {"m1"}
+    assert eng.stop() == 0
+
+
+SLOW_SMALL = """
+return { on_event = function(ev)
+  if ev.topic == "small" then
+    local t = os.clock()
+    while os.clock() - t < 0.0002 do end
+  end
+  return "out"
+end }
+"""
+
+
+def test_an_event_over_64_mib_is_not_starved_by_a_stream_of_small_ones(
+        sluice, tmp_path):
+    """An event bigger than the 64 MiB a worker may hold of input events
+    goes to it only once it holds none (JOBS_MAX). Another connection's
+    stream of small events to the same worker kept it from ever holding
+    none: each time room came, the small ones (woken after, or read anew)
+    took it, and the big event waited until that stream ended. The sources
+    now wait behind one waiting for bytes, so the worker empties and the
+    big event goes while the stream still runs."""
+    eng, _, addr, admin = start(
+        sluice, tmp_path, {"10_slow.lua": SLOW_SMALL}, workers=2, env=PINNED,
+        extra="max_event_bytes = 80 * 1024 * 1024,")
+    keys = worker_keys(1, 8)
+    total = 40000
+    small = b"".join(pack({"topic": "small", "key": keys[i % 8],
+                           "payload": i}) for i in range(total))
+
+    conns = [connect(addr), connect(addr)]
+
+    def stream():
+        conns[0].sendall(small)
+        conns[0].shutdown(socket.SHUT_WR)
+    writer = threading.Thread(target=stream, daemon=True)
+    writer.start()
+    wait_lines(eng.path("out.ndjson"), 2000, timeout=30)  # under way
+    big = pack({"topic": "big", "key": keys[0], "payload": "x" * (70 << 20)})
+    conns[1].sendall(big)
+    conns[1].shutdown(socket.SHUT_WR)
+    writer.join(120)
+    wait_lines(eng.path("out.ndjson"), total + 1, timeout=120)
+    for s in conns:
+        s.close()
+    topics = []
+    with open(eng.path("out.ndjson"), "rb") as f:
+        for line in f:
+            topics.append(b'"topic":"big"' in line[:200] and "big" or "s")
+    at = topics.index("big")
+    # a ring's worth (8192 jobs and results) may go first, not all the rest
+    assert total - at > 1000, (at, total)
     assert eng.stop() == 0
