@@ -12,6 +12,33 @@ from test_workers import (PINNED, config, events, keyed_events, post_reload,
 from test_workers_red import stalled_sink
 
 
+def stalled_pipeline(sluice, tmp_path, max_events):
+    """workers = 2 routing every event to a unix sink that never reads,
+    behind a blocking queue of max_events: (sink, engine, address, admin)."""
+    sink = stalled_sink()
+    outputs = """{ name = "out", type = "unix", path = "%s",
+        queue = { max_events = %d, when_full = "block" } },""" % (
+        sink.address, max_events)
+    eng, _, addr, admin = start(sluice, tmp_path, {"10_p.lua": """
+return { on_event = function(ev) return "out" end }"""}, workers=2,
+                                outputs=outputs, env=PINNED)
+    return sink, eng, addr, admin
+
+
+def send_behind(addr, data):
+    """Write data from a thread, the engine to stop reading it: the socket."""
+    s = connect(addr)
+
+    def write():
+        try:
+            s.sendall(data)
+        except OSError:  # the engine was stopped
+            pass
+    threading.Thread(target=write, daemon=True).start()
+    return s
+
+
+
 def test_drain_timeout_counts_each_event_left_in_the_rings_once(
         sluice, tmp_path):
     """SIGTERM while a replica's rings are full behind an output that never
@@ -21,20 +48,13 @@ def test_drain_timeout_counts_each_event_left_in_the_rings_once(
     source or a worker's rings (sources_holding), each counted once (an
     event whose result waits in the ring was counted twice: as a job in
     flight and as a result)."""
-    sink = stalled_sink()
-    outputs = """{ name = "out", type = "unix", path = "%s",
-        queue = { max_events = 100, when_full = "block" } },""" % sink.address
-    eng, _, addr, admin = start(sluice, tmp_path, {"10_p.lua": """
-return { on_event = function(ev) return "out" end }"""}, workers=2,
-                                outputs=outputs, env=PINNED)
+    sink, eng, addr, admin = stalled_pipeline(sluice, tmp_path, 100)
     eng.config.write_text(eng.config.read_text().replace(
         "shutdown_timeout = 10", "shutdown_timeout = 1"))
     assert post_reload(admin) == 200
     total = 20000
     data = b"".join(pack(e) for e in events("k", total, 64))
-    s = connect(addr)
-    writer = threading.Thread(target=lambda: s.sendall(data), daemon=True)
-    writer.start()
+    s = send_behind(addr, data)
     wait_stuck(admin)
     read = metrics_flat(admin)['sluice_input_events_total{input="in"}']
     eng.signal(signal.SIGTERM)
@@ -274,26 +294,13 @@ def test_a_worker_holds_at_most_64_mib_of_input_events(sluice, tmp_path):
     could wait in one worker (with one worker, an input waits at its output
     queue's max_bytes). A source now waits once 64 MiB of the events it
     handed a worker are not yet applied, as for a full ring."""
-    sink = stalled_sink()
-    outputs = """{ name = "out", type = "unix", path = "%s",
-        queue = { max_events = 10, when_full = "block" } },""" % sink.address
-    eng, _, addr, admin = start(sluice, tmp_path, {"10_p.lua": """
-return { on_event = function(ev) return "out" end }"""}, workers=2,
-                                outputs=outputs, env=PINNED)
+    sink, eng, addr, admin = stalled_pipeline(sluice, tmp_path, 10)
     keys = worker_keys(1, 7)
     big = "x" * (512 * 1024)
     total = 500  # 250 MiB, all for worker 1
     data = b"".join(pack({"topic": "t", "key": keys[i % 7],
                           "payload": [i, big]}) for i in range(total))
-    s = connect(addr)
-
-    def write():
-        try:
-            s.sendall(data)
-        except OSError:  # the engine killed at the end
-            pass
-    writer = threading.Thread(target=write, daemon=True)
-    writer.start()
+    s = send_behind(addr, data)
     wait_stuck(admin, timeout=60)
     read = metrics_flat(admin)['sluice_input_events_total{input="in"}']
     # 64 MiB in the worker (128 events, one more past it), the queue's 10,
