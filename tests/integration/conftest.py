@@ -45,7 +45,8 @@ Fixture API (import the helpers with `from conftest import ...`)
     run_sluice(*args, cwd=None, timeout=10, input=None) -> CompletedProcess
                               the binary as a command (check, --version);
                               text output; fails on a sanitizer report
-    free_port() -> int        a port on 127.0.0.1 (bound to port 0)
+    free_port() -> int        a free port on 127.0.0.1, below the kernel's
+                              ephemeral range (see free_port)
     lua(value) -> str         Python value as Lua: dicts (str keys) become
                               tables, lists sequences, None nil
     pack(event) -> bytes      msgpack, str as str and bytes as bin
@@ -95,6 +96,7 @@ Fixture API (import the helpers with `from conftest import ...`)
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -149,12 +151,47 @@ def sanitizer_report(text):
 # ---- small helpers ------------------------------------------------------
 
 _GIVEN_PORTS = set()
+_PORT_RANDOM = random.Random()  # its own: a test's random.seed() leaves it
+
+
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port():
     """A port nothing listens on now, and never one this process was given
     before: the kernel may hand the same ephemeral port to two calls in a
-    row (seen: one config got it for two listeners and was refused)."""
+    row (seen: one config got it for two listeners and was refused).
+
+    Picked at random below the kernel's ephemeral range, not by binding
+    port 0: a port from there is free only until the engine binds it, and
+    in between any other process's bind to port 0 (a Sink, a server, the
+    suite of another checkout on this shared machine) may get it from the
+    kernel (seen: test_forward's engine refused with "address already in
+    use" while other suites ran, 1 in ~100 file runs). Below that range
+    only another random pick like this one can take it."""
+    low = _ephemeral_low()
+    if low - 10000 < 2000:  # no room below the range: the kernel's pick
+        return _kernel_port()
+    for _ in range(1000):
+        port = _PORT_RANDOM.randrange(10000, low)
+        if port in _GIVEN_PORTS:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))  # no SO_REUSEADDR: strict
+            except OSError:
+                continue
+        _GIVEN_PORTS.add(port)
+        return port
+    raise RuntimeError("no fresh free port in 1000 tries")
+
+
+def _kernel_port():
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", 0))
