@@ -395,6 +395,10 @@ def _proc_status(pid, key):
 # ---- the engine ---------------------------------------------------------
 
 class Engine:
+    # engines sharing a folder need their own: two processes writing one
+    # file each at its own offset overwrite each other's lines
+    log_prefix = ""
+
     def __init__(self, factory, name, folder, config_path, args, env):
         self.factory = factory
         self.name = name
@@ -412,8 +416,8 @@ class Engine:
     def _start(self, wait=True, timeout=START_TIMEOUT, ports=()):
         self.runs += 1
         suffix = "" if self.runs == 1 else ".%d" % self.runs
-        self.stderr_path = self.dir / ("stderr%s.log" % suffix)
-        self.stdout_path = self.dir / ("stdout%s.txt" % suffix)
+        self.stderr_path = self.dir / ("%sstderr%s.log" % (self.log_prefix, suffix))
+        self.stdout_path = self.dir / ("%sstdout%s.txt" % (self.log_prefix, suffix))
         with open(self.stderr_path, "wb") as err, open(self.stdout_path, "wb") as out:
             self.proc = subprocess.Popen(
                 [SLUICE_BIN, "run", "-c", str(self.config)] + self.args,

@@ -35,6 +35,10 @@ def start(sluice, folder, name, config, wait=True):
     path.write_text("return " + lua(config) + "\n")
     eng = Engine(sluice, name, folder, path, (), None)
     eng.config_dict = None
+    # its own stderr file: with one stderr.log for two engines, each wrote
+    # at its own offset over the other's lines (seen: a's log held a line
+    # cut into b's, a field's width differing by timing; ASan, 1 run of 3)
+    eng.log_prefix = name + "."
     sluice.engines.append(eng)
     return eng._start(wait=wait)
 
