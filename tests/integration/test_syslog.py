@@ -117,6 +117,9 @@ def test_logger_octet_counted_frames_over_tcp(sluice):
     for i in range(3):
         logger(eng.port, "--rfc5424", "--tcp", "--octet-count", "-t", "oc",
                msg="frame %d" % i)
+        # in before the next: three loggers are three connections, which
+        # the engine may read in any order once two wait together (load)
+        events(eng.out, i + 1)
     evs = events(eng.out, 3)
     assert [e["payload"]["message"] for e in evs] == [
         "frame 0", "frame 1", "frame 2"]
