@@ -26,6 +26,12 @@ int sl_buf_printf(struct sl_buf *b, const char *fmt, ...) SL_PRINTF(2, 3);
 void sl_buf_consume(struct sl_buf *b, size_t n);
 
 static inline void sl_buf_reset(struct sl_buf *b) { b->len = 0; }
+/* A scratch buffer keeps its memory between uses, but not a big one. */
+#define SL_BUF_SCRATCH_KEEP 65536
+static inline void sl_buf_shrink(struct sl_buf *b) {
+  if (b->cap > SL_BUF_SCRATCH_KEEP)
+    sl_buf_close(b);
+}
 
 static inline int sl_buf_putc(struct sl_buf *b, uint8_t c) {
   if (sl_unlikely(b->len == b->cap) && sl_buf_reserve(b, 1) != 0)

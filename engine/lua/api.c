@@ -292,8 +292,8 @@ static int l_emit(lua_State *L) {
   /* trace: no traceparent from the rule or a parent starts a new trace */
   ev = wire_event(L, r, "sluice.emit", id, topic, key, has_time, time, hp, hl,
                   pp, pl, 1);
-  shrink(&r->buf1);
-  shrink(&r->buf2);
+  sl_buf_shrink(&r->buf1);
+  sl_buf_shrink(&r->buf2);
   if (r->host.emit)
     r->host.emit(r->host.data, r, output, ev);
   else
@@ -393,8 +393,8 @@ static int l_log(lua_State *L) {
     if (r->host.log)
       r->host.log(r->host.data, r, level, msg, fp, fl);
   }
-  shrink(&r->buf1);
-  shrink(&r->buf2);
+  sl_buf_shrink(&r->buf1);
+  sl_buf_shrink(&r->buf2);
   return 0;
 }
 
@@ -448,7 +448,7 @@ int l_print(lua_State *L) {
     return luaL_error(L, "not enough memory");
   if (log_allow(L, r, r->buf1.len) && r->host.log)
     r->host.log(r->host.data, r, 1, (const char *)r->buf1.data, NULL, 0);
-  shrink(&r->buf1);
+  sl_buf_shrink(&r->buf1);
   return 0;
 }
 
@@ -504,12 +504,12 @@ static int l_json_encode(lua_State *L) {
   check_cpu(L);
   sl_buf_reset(&r->buf2);
   rc = sl_codec_to_json(r->buf1.data, r->buf1.len, &r->buf2);
-  shrink(&r->buf1);
+  sl_buf_shrink(&r->buf1);
   if (rc != 0)
     return luaL_error(L, "json.encode: %s",
                       rc == SL_ENOMEM ? "not enough memory" : "bad value");
   lua_pushlstring(L, (const char *)r->buf2.data, r->buf2.len);
-  shrink(&r->buf2);
+  sl_buf_shrink(&r->buf2);
   return 1;
 }
 
@@ -661,7 +661,7 @@ static int l_counter(lua_State *L) {
      * the series from its own thread (sl_rule_counters) */
     __atomic_store_n(&r->ncounters, r->ncounters + 1, __ATOMIC_RELEASE);
   }
-  shrink(&r->buf1);
+  sl_buf_shrink(&r->buf1);
   slot = lua_newuserdata(L, sizeof(*slot));
   *slot = (uint32_t)i;
   luaL_getmetatable(L, "sluice.counter");

@@ -43,7 +43,6 @@
 #define LOG_LINE_MAX 8192    /* bytes of a log message; longer is cut */
 #define LOG_FIELDS_MAX 8192  /* bytes of a log line's fields (msgpack) */
 #define LOG_CALL_MAX 65536   /* log bytes one call into the rule may write */
-#define SCRATCH_KEEP 65536   /* scratch buffers shrink back after more */
 #define BIGSTR_MIN (256u << 10) /* string results built in checked pieces */
 /* The sandbox's own Lua chunks (env.c) are named with this prefix; where_of
  * skips their frames, so an error they raise for the rule is placed at the
@@ -277,7 +276,6 @@ void open_sluice(lua_State *L, int env);
 
 /* ev.c */
 void open_event(lua_State *L, struct box *b);
-void shrink(struct sl_buf *b);
 void encode_headers(lua_State *L, int idx, struct sl_buf *out,
                     const char *what, size_t max, const char *tp);
 struct sl_event *wire_event(lua_State *L, struct sl_rule *r,

@@ -508,12 +508,6 @@ void open_event(lua_State *L, struct box *b) {
 
 /* ---- events leaving the rule --------------------------------------------- */
 
-/* Scratch buffers keep their memory between calls, but not a big one. */
-void shrink(struct sl_buf *b) {
-  if (b->cap > SCRATCH_KEEP)
-    sl_buf_close(b);
-}
-
 static int is_traceparent(lua_State *L, int idx) {
   size_t n;
   return lua_type(L, idx) == LUA_TSTRING && lua_objlen(L, idx) == 11 &&
@@ -847,7 +841,7 @@ int finish(lua_State *L) {
   nev->schema_version = ev->schema_version; /* the next rule reads it too */
   sl_event_share_track(ev, nev);
   b->changed = nev;
-  shrink(&r->buf1);
-  shrink(&r->buf2);
+  sl_buf_shrink(&r->buf1);
+  sl_buf_shrink(&r->buf2);
   return 0;
 }

@@ -1446,8 +1446,6 @@ int sl_luacodec_same_strmap(lua_State *L, int idx, const uint8_t *p,
  * which a tiny userdata does not hurry: a rule failing decodes of a 1 MiB
  * text in a loop held 2 MB of C memory per decode after its call. */
 
-#define JSON_KEEP 65536 /* output bytes kept between decodes */
-
 static const char jread_key = 0;
 
 struct jread {
@@ -1563,8 +1561,7 @@ void sl_luacodec_push_json(lua_State *L, const char *s, size_t len,
   sl_json_reader_free(j->r);
   j->r = NULL;
   sl_luacodec_push(L, j->out.data, j->out.len, check);
-  if (j->out.cap > JSON_KEEP)
-    sl_buf_close(&j->out);
+  sl_buf_shrink(&j->out);
 }
 
 /* ---- constructors for rules ---------------------------------------------- */

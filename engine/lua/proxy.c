@@ -1740,7 +1740,7 @@ int sl_proxy_copy(lua_State *L) {
   sl_luacodec_encode_max(L, 1, buf, check_cpu, b->rule->max_event_bytes,
                          "sluice.copy: the value (max_event_bytes)");
   sl_luacodec_push(L, buf->data, buf->len, check_cpu);
-  shrink(buf);
+  sl_buf_shrink(buf);
   return 1;
 }
 
