@@ -224,6 +224,8 @@ static void oversized(struct sl_input *in, struct sl_conn *c) {
 
 static void refused(struct syslog_conn *sc) {
   char why[256];
+  if (sl_conn_is_closing(sc->conn))
+    return;
   sl_worker_refusal(sc->src.w, sc->src.refused_output, why, sizeof(why));
   log_bad(sc->src.input, sl_conn_peer(sc->conn),
           "syslog message refused; closing connection", why);
@@ -233,9 +235,7 @@ static void refused(struct syslog_conn *sc) {
 /* workers > 1: a worker's result of this connection was refused, maybe
  * after its last read: it closes as at an inline refusal */
 static void on_refused_later(struct sl_source *s) {
-  struct syslog_conn *sc = container_of(s, struct syslog_conn, src);
-  if (!sl_conn_is_closing(sc->conn))
-    refused(sc);
+  refused(container_of(s, struct syslog_conn, src));
 }
 
 static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
