@@ -149,8 +149,9 @@ chaos: all
 	@SLUICE_BIN=$(CURDIR)/$(BUILD)/sluice /usr/bin/python3 -m pytest -q -s \
 	  -p no:cacheprovider tests/chaos $(PYTEST_ARGS)
 
-# libFuzzer target for the codec, built with clang; run it by hand, e.g.
-# build/fuzz/fuzz_codec -max_total_time=60. Not part of `make test`.
+# libFuzzer targets for the parsers, built with clang; run one by hand, e.g.
+# build/fuzz/fuzz_codec -max_total_time=60. `make test` (tests/run.sh) builds
+# them and runs each for FUZZ_SECONDS (5).
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
                -Wall -Wextra $(LAYER_INC) -fsanitize=fuzzer,address,undefined \
                -fno-sanitize-recover=undefined
@@ -158,7 +159,7 @@ FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
 fuzz: $(BUILD)/fuzz/fuzz_codec $(BUILD)/fuzz/fuzz_pattern $(BUILD)/fuzz/fuzz_http \
       $(BUILD)/fuzz/fuzz_json $(BUILD)/fuzz/fuzz_spool $(BUILD)/fuzz/fuzz_forward \
       $(BUILD)/fuzz/fuzz_syslog $(BUILD)/fuzz/fuzz_otlp $(BUILD)/fuzz/fuzz_schema \
-      $(BUILD)/fuzz/fuzz_luacodec
+      $(BUILD)/fuzz/fuzz_luacodec $(BUILD)/fuzz/fuzz_rfc3339
 
 $(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c engine/codec/codec.c engine/core/buf.c \
                           engine/codec/codec.h engine/core/buf.h engine/core/common.h
@@ -233,6 +234,12 @@ $(BUILD)/fuzz/fuzz_schema: tests/fuzz/fuzz_schema.c engine/codec/schema.c engine
 	  tests/fuzz/fuzz_schema.c engine/codec/schema.c engine/core/regex.c \
 	  engine/codec/json.c engine/codec/codec.c engine/core/buf.c \
 	  engine/core/utf8.c $(shell pkg-config --libs yajl) -lm
+
+# RFC 3339 times (the HTTP input's "time"), against libc's calendar.
+$(BUILD)/fuzz/fuzz_rfc3339: tests/fuzz/fuzz_rfc3339.c engine/codec/rfc3339.c \
+                            engine/codec/rfc3339.h engine/core/common.h
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_rfc3339.c engine/codec/rfc3339.c
 
 # Recovery of a damaged segment file (writes under /tmp).
 $(BUILD)/fuzz/fuzz_spool: tests/fuzz/fuzz_spool.c engine/delivery/spool.c engine/core/buf.c \

@@ -2,12 +2,14 @@
 # tests/run.sh - run every test suite against $BUILD (build or build-asan)
 # and end with one line "N passed, N failed" summing them all; CI reads it.
 # Suites: the C unit tests ($BUILD/tests/test_*), the busted specs (when a
-# .busted file exists) and the integration specs (tests/integration, run by
+# .busted file exists), the libFuzzer targets for a few seconds each (not
+# under SLUICE_ASAN) and the integration specs (tests/integration, run by
 # Debian's /usr/bin/python3 against $BUILD/sluice). Exits non-zero when a
 # test failed or a suite crashed, hung or printed no result.
 #
 # Environment: BUILD (default build); SLUICE_ASAN=1 for a sanitizer build;
-# SUITE_TIMEOUT seconds per suite (default 900); INTEGRATION_TIMEOUT for
+# SUITE_TIMEOUT seconds per suite (default 900); FUZZ_SECONDS per fuzz
+# target (default 5, 0: none); INTEGRATION_TIMEOUT for
 # the integration specs (default twice SUITE_TIMEOUT); PYTEST_ARGS, BUSTED_ARGS
 # passed on (e.g. PYTEST_ARGS="-k sigterm").
 set -u
@@ -159,6 +161,47 @@ if [ -f .busted ] && command -v busted >/dev/null 2>&1; then
   else
     [ "$f" -gt 0 ] && grep -E -A 8 '^not ok [0-9]+' "$log" | sed 's/^/    /'
     report "busted sandbox, jit on" "$p" "$f"
+  fi
+fi
+
+# ---- libFuzzer targets ------------------------------------------------------
+# Every parser's target (make fuzz: clang, ASan and UBSan built in) runs for
+# FUZZ_SECONDS (5) from an empty corpus with a fixed -seed, so a target that no
+# longer builds, or a parser a few seconds of fuzzing breaks, fails `make
+# test`. Once: `make test-asan` (SLUICE_ASAN) leaves it out, the targets
+# being sanitized already. FUZZ_SECONDS=0 leaves it out too.
+
+FUZZ_SECONDS=${FUZZ_SECONDS:-5}
+if [ -z "${SLUICE_ASAN:-}" ] && [ "$FUZZ_SECONDS" -gt 0 ]; then
+  log="$logdir/fuzz-build.log"
+  if ! make --no-print-directory BUILD="$BUILD" fuzz >"$log" 2>&1; then
+    tail -n 40 "$log" | sed 's/^/    /'
+    report "fuzz" 0 1 "make fuzz failed"
+  else
+    p=0
+    f=0
+    for t in "$BUILD"/fuzz/fuzz_*; do
+      [ -x "$t" ] || continue
+      name=$(basename "$t")
+      corpus="$logdir/corpus-$name"
+      mkdir -p "$corpus"
+      dict=()
+      [ -f "tests/fuzz/$name.dict" ] && dict=("-dict=tests/fuzz/$name.dict")
+      log="$logdir/$name.log"
+      timeout "$((FUZZ_SECONDS + 120))" "$t" -seed=1 -max_total_time="$FUZZ_SECONDS" \
+        -rss_limit_mb=2048 -artifact_prefix="$logdir/$name-" "${dict[@]}" \
+        "$corpus" >"$log" 2>&1
+      rc=$?
+      if [ "$rc" -eq 0 ] && grep -qE '^Done [0-9]+ runs' "$log"; then
+        p=$((p + 1))
+      else
+        f=$((f + 1))
+        echo "---- fuzz: $name exit code $rc; its last lines (libFuzzer prints the"
+        echo "     input it failed on as Base64):"
+        tail -n 30 "$log" | sed 's/^/    /'
+      fi
+    done
+    report "fuzz (${FUZZ_SECONDS}s per target)" "$p" "$f"
   fi
 fi
 

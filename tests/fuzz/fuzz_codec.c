@@ -2,7 +2,7 @@
  * checks the walker's promises on its prefixes (the way a socket delivers
  * fragments), then parses, re-encodes and renders what it measured: the
  * re-encoded event carries the same field bytes and is a fixed point.
- * Build with `make fuzz`; never part of `make test`. */
+ * Build with `make fuzz`; `make test` runs it for a few seconds. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -6,7 +6,7 @@
  * answers at once, holds an answer until the next fragment, streams, or
  * refuses at the head, depending on the path. After the client closes, the
  * server must have freed the connection and ended every request it began
- * (cb_done). Build with `make fuzz`; never part of `make test`. */
+ * (cb_done). Build with `make fuzz`; `make test` runs it for a few seconds. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>

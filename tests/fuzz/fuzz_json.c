@@ -2,7 +2,8 @@
  * one value, as a split array and as NDJSON. Every item handed out must be
  * exactly one well-formed msgpack value, items come in line order, a
  * refusal leaves the output as it was, the one-value API agrees with
- * the items API, and a converted value round-trips through JSON exactly. Build with `make fuzz`; never part of `make test`. */
+ * the items API, and a converted value round-trips through JSON exactly.
+ * Build with `make fuzz`; `make test` runs it for a few seconds. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

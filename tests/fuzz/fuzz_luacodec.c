@@ -18,8 +18,8 @@
  *     of any ev.headers table).
  *
  * Every call that may raise runs under lua_pcall / lua_cpcall, so no
- * longjmp crosses libFuzzer's frames. Build with `make fuzz`; never part
- * of `make test`. Run e.g. build/fuzz/fuzz_luacodec -max_len=4096
+ * longjmp crosses libFuzzer's frames. Build with `make fuzz`; `make test`
+ * runs it for a few seconds. Run e.g. build/fuzz/fuzz_luacodec -max_len=4096
  * -dict=tests/fuzz/fuzz_luacodec.dict -max_total_time=300. */
 #include <stdint.h>
 #include <stdio.h>

@@ -4,7 +4,7 @@
  * mapping gets arbitrary shapes). Every event handed out must be an event
  * map the engine takes (sl_codec_parse_event), within max_event_bytes, and
  * the counts must add up, with no bytes left over from a skipped record.
- * Build with `make fuzz`; never part of `make test`. */
+ * Build with `make fuzz`; `make test` runs it for a few seconds. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

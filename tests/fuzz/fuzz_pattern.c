@@ -2,7 +2,7 @@
  * into a subject and a pattern, runs them through our find, match, gmatch
  * or gsub under a step budget, and, when ours finished in few steps, through
  * LuaJIT's own function too: results and error messages must be the same.
- * Build with `make fuzz`; never part of `make test`. */
+ * Build with `make fuzz`; `make test` runs it for a few seconds. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -5,7 +5,8 @@
  * every keyword, or compile the rest as a pattern and search texts with
  * it (its DFA and its NFA must agree). A check gives the same verdict with
  * and without an error to fill, an error always has a message, and a
- * schema compared with itself has no breaking change. Build with `make fuzz`; never part of `make test`. Run
+ * schema compared with itself has no breaking change. Build with `make
+ * fuzz`; `make test` runs it for a few seconds. Run
  * e.g. build/fuzz/fuzz_schema -dict=tests/fuzz/fuzz_schema.dict
  * -max_total_time=60. */
 #include <stdio.h>

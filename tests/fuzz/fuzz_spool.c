@@ -7,7 +7,7 @@
  * damaged (flips only) while the spool has it open, for the repair done
  * when reading; its low bits ack the first records before the damage, and
  * a stretch of acked records is skipped in place (as a punched one is).
- * Build with `make fuzz`; never part of `make test`. */
+ * Build with `make fuzz`; `make test` runs it for a few seconds. */
 #include <ftw.h>
 #include <stdint.h>
 #include <stdio.h>

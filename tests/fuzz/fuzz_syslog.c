@@ -2,7 +2,8 @@
  * parsed as auto, RFC 5424 and RFC 3164. Every span must lie inside the
  * input, facility and severity in range, and a parsed message must write
  * exactly one well-formed msgpack map that renders as JSON and carries
- * each field's bytes. Build with `make fuzz`; never part of `make test`. */
+ * each field's bytes. Build with `make fuzz`; `make test` runs it for a
+ * few seconds. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
