@@ -174,7 +174,7 @@ fi
 FUZZ_SECONDS=${FUZZ_SECONDS:-5}
 if [ -z "${SLUICE_ASAN:-}" ] && [ "$FUZZ_SECONDS" -gt 0 ]; then
   log="$logdir/fuzz-build.log"
-  if ! make --no-print-directory BUILD="$BUILD" fuzz >"$log" 2>&1; then
+  if ! make --no-print-directory -j2 BUILD="$BUILD" fuzz >"$log" 2>&1; then
     tail -n 40 "$log" | sed 's/^/    /'
     report "fuzz" 0 1 "make fuzz failed"
   else
