@@ -162,10 +162,11 @@ fuzz: $(BUILD)/fuzz/fuzz_codec $(BUILD)/fuzz/fuzz_pattern $(BUILD)/fuzz/fuzz_htt
       $(BUILD)/fuzz/fuzz_luacodec $(BUILD)/fuzz/fuzz_rfc3339
 
 $(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c engine/codec/codec.c engine/core/buf.c \
+                          engine/codec/event.c engine/codec/event.h \
                           engine/codec/codec.h engine/core/buf.h engine/core/common.h
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_codec.c engine/codec/codec.c engine/core/buf.c \
-	  engine/core/utf8.c
+	  engine/codec/event.c engine/core/utf8.c -lpthread
 
 # Compares with LuaJIT's own string library, so it links libluajit.
 $(BUILD)/fuzz/fuzz_pattern: tests/fuzz/fuzz_pattern.c engine/lua/pattern.c \

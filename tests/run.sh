@@ -166,10 +166,11 @@ fi
 
 # ---- libFuzzer targets ------------------------------------------------------
 # Every parser's target (make fuzz: clang, ASan and UBSan built in) runs for
-# FUZZ_SECONDS (5) from an empty corpus with a fixed -seed, so a target that no
-# longer builds, or a parser a few seconds of fuzzing breaks, fails `make
-# test`. Once: `make test-asan` (SLUICE_ASAN) leaves it out, the targets
-# being sanitized already. FUZZ_SECONDS=0 leaves it out too.
+# FUZZ_SECONDS (5) from its seeds (tests/fuzz/seeds/NAME, if any) with a
+# fixed -seed, so a target that no longer builds, or a parser a few seconds
+# of fuzzing breaks, fails `make test`. Once: `make test-asan`
+# (SLUICE_ASAN) leaves it out, the targets being sanitized already.
+# FUZZ_SECONDS=0 leaves it out too.
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-5}
 if [ -z "${SLUICE_ASAN:-}" ] && [ "$FUZZ_SECONDS" -gt 0 ]; then
@@ -185,6 +186,7 @@ if [ -z "${SLUICE_ASAN:-}" ] && [ "$FUZZ_SECONDS" -gt 0 ]; then
       name=$(basename "$t")
       corpus="$logdir/corpus-$name"
       mkdir -p "$corpus"
+      [ -d "tests/fuzz/seeds/$name" ] && cp tests/fuzz/seeds/"$name"/* "$corpus"/
       dict=()
       [ -f "tests/fuzz/$name.dict" ] && dict=("-dict=tests/fuzz/$name.dict")
       log="$logdir/$name.log"

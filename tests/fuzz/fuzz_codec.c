@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "codec.h"
+#include "event.h"
 
 #define LIMIT (1u << 20)
 
@@ -260,6 +261,114 @@ static int same_str(struct sl_str a, struct sl_str b) {
   return a.p == b.p && a.len == b.len;
 }
 
+/* Every value of map a (n bytes) but the one under key skip is in map b
+ * with the same bytes, and b has no key a lacks but skip. */
+static void same_pairs_but(const uint8_t *a, size_t an, const uint8_t *b,
+                           size_t bn, const char *skip) {
+  uint32_t ac, bc, i, k = 0;
+  size_t h, u, ahdr, bhdr;
+  int a_has;
+  const uint8_t *val, *val2;
+  size_t vallen, vallen2;
+  struct sl_str key;
+
+  ASSERT(sl_codec_read_map(a, an, &ac, &ahdr) == 0);
+  ASSERT(sl_codec_read_map(b, bn, &bc, &bhdr) == 0);
+  a_has = sl_codec_map_find(a, an, skip, strlen(skip), &val, &vallen) == 0;
+  for (h = ahdr, i = 0; i < ac; i++) {
+    ASSERT(sl_codec_skip(a + h, an - h, an, &u, NULL) == 0);
+    if (sl_codec_read_str(a + h, u, &key, NULL) == 0 &&
+        !(key.len == strlen(skip) && memcmp(key.p, skip, key.len) == 0)) {
+      ASSERT(sl_codec_map_find(b, bn, key.p, key.len, &val2, &vallen2) == 0);
+      k++;
+    }
+    h += u;
+    ASSERT(sl_codec_skip(a + h, an - h, an, &u, NULL) == 0);
+    h += u;
+  }
+  ASSERT(k <= ac);
+  /* b: a's pairs and the one under skip, added or kept where it was */
+  ASSERT(bc == ac + (uint32_t)!a_has);
+}
+
+/* The ingest path's event (event.c's build: the id, time and traceparent
+ * a reader gets, written in one pass into a block it sized) is what the
+ * view says, in the canonical form sl_codec_parse_event reads back, and
+ * built again from itself it is the same bytes. */
+static void check_build(const struct sl_event_view *v, int trace) {
+  static struct sl_idgen g;
+  struct sl_event_view w, x;
+  struct sl_codec_error err;
+  struct sl_event *ev, *again;
+  const uint8_t *tp;
+  size_t tplen, i;
+  struct sl_str tps;
+  const int64_t now = 1796545577000000000LL;
+
+  if (g.prefix == 0)
+    sl_idgen_init(&g);
+  ev = sl_event_from_view_at(&g, v, trace, now, 7);
+  if (ev == NULL) { /* headers that are not a map get no traceparent */
+    ASSERT(trace && v->headers != NULL);
+    return;
+  }
+  ASSERT(sl_codec_parse_event(ev->data, ev->len, &w, &err) == 0);
+  ASSERT(w.topic.len == v->topic.len &&
+         memcmp(w.topic.p, v->topic.p, v->topic.len) == 0);
+  ASSERT(w.topic.p == (const char *)ev->data + ev->topic_off &&
+         ev->topic_len == w.topic.len);
+  ASSERT((w.key.p == NULL) == (v->key.p == NULL));
+  ASSERT(w.key.p == NULL ||
+         (w.key.len == v->key.len && ev->key_len == w.key.len &&
+          w.key.p == (const char *)ev->data + ev->key_off &&
+          memcmp(w.key.p, v->key.p, v->key.len) == 0));
+  ASSERT(w.id.p == (const char *)ev->data + ev->id_off &&
+         w.id.len == ev->id_len);
+  if (v->id.p != NULL) {
+    ASSERT(w.id.len == v->id.len && memcmp(w.id.p, v->id.p, v->id.len) == 0);
+  } else {
+    ASSERT(w.id.len == 32);
+    for (i = 0; i < 32; i++)
+      ASSERT((w.id.p[i] >= '0' && w.id.p[i] <= '9') ||
+             (w.id.p[i] >= 'a' && w.id.p[i] <= 'f'));
+  }
+  ASSERT(w.has_time && w.time == (v->has_time ? v->time : now));
+  ASSERT(ev->time == w.time && ev->ingest_ns == 7);
+  ASSERT((w.payload == NULL) == (v->payload == NULL));
+  ASSERT(w.payload == NULL ||
+         (w.payload_len == v->payload_len &&
+          w.payload == ev->data + ev->payload_off &&
+          ev->payload_len == w.payload_len &&
+          memcmp(w.payload, v->payload, v->payload_len) == 0));
+  ASSERT(w.headers == NULL ||
+         (w.headers == ev->data + ev->headers_off &&
+          w.headers_len == ev->headers_len &&
+          w.headers_count == ev->headers_count));
+  if (!trace) {
+    ASSERT((w.headers == NULL) == (v->headers == NULL));
+    ASSERT(w.headers == NULL ||
+           (w.headers_len == v->headers_len &&
+            memcmp(w.headers, v->headers, v->headers_len) == 0));
+  } else {
+    ASSERT(w.headers != NULL);
+    ASSERT(sl_codec_map_find(w.headers, w.headers_len, "traceparent", 11, &tp,
+                             &tplen) == 0);
+    ASSERT(sl_codec_read_str(tp, tplen, &tps, NULL) == 0);
+    ASSERT(sl_event_traceparent_valid(tps.p, tps.len));
+    if (v->headers != NULL)
+      same_pairs_but(v->headers, v->headers_len, w.headers, w.headers_len,
+                     "traceparent");
+  }
+  /* a fixed point: its own view built again (an id and a time now, and
+   * a valid traceparent when traced) gives the same bytes */
+  again = sl_event_from_view_at(&g, &w, trace, now + 1, 8);
+  ASSERT(again != NULL);
+  ASSERT(again->len == ev->len && memcmp(again->data, ev->data, ev->len) == 0);
+  ASSERT(sl_codec_parse_event(again->data, again->len, &x, &err) == 0);
+  sl_event_unref(again);
+  sl_event_unref(ev);
+}
+
 /* The native input's one-pass reader: whenever it answers, it is what
  * sl_codec_skip then sl_codec_parse_measured give, size and view. */
 static void check_stream(const uint8_t *data, size_t size, size_t max) {
@@ -276,6 +385,8 @@ static void check_stream(const uint8_t *data, size_t size, size_t max) {
   ASSERT(v.headers == w.headers && v.headers_len == w.headers_len &&
          v.headers_count == w.headers_count);
   ASSERT(v.payload == w.payload && v.payload_len == w.payload_len);
+  check_build(&v, 0);
+  check_build(&v, 1);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
