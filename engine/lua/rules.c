@@ -111,6 +111,7 @@ struct sl_rules {
   int watching, watching_lib, stopped;
   int64_t next_timer_ms;
   int timer_next; /* the rule whose timers go first on the next turn */
+  int64_t timers_rest_ms; /* no turn of timer work before (mono ms) */
   struct sl_rule_decision d;
   char reason[600];
   char last_result[16];
@@ -673,11 +674,15 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events,
 
 /* One turn of timer work is capped at the CPU budget (each rule's
  * sl_rule_run_timers caps itself too); rules whose timers did not get a
- * turn stay due and go first next time, after the loop polled I/O. */
+ * turn stay due and go first next time, after the loop polled I/O. The
+ * next turn starts no sooner than this one took after it ended, so timers
+ * have at most half the loop's time: each timer waits at least its own
+ * run, but 64 timers that each overran their budget, due again as soon
+ * as they could be, kept a worker's loop busy with them all the time. */
 static void on_rule_timers(uv_timer_t *t) {
   struct sl_rules *rs = container_of(t, struct sl_rules, timers);
   int64_t now = (int64_t)(sl_mono_ns() / 1000000u);
-  uint64_t t0 = sl_mono_ns(),
+  uint64_t t0 = sl_mono_ns(), t1,
            cap = (uint64_t)rs->limits.cpu_budget_ms * 1000000u;
   uint64_t errors;
   int i, k, n;
@@ -699,6 +704,9 @@ static void on_rule_timers(uv_timer_t *t) {
             sl_rule_timer_errors(r) - errors;
       rs->timer_next = (i + 1) % n;
     }
+  t1 = sl_mono_ns();
+  rs->timers_rest_ms =
+      t1 - t0 >= 1000000u ? (int64_t)((t1 + (t1 - t0)) / 1000000u) + 1 : 0;
   arm_timers(rs);
 }
 
@@ -717,7 +725,13 @@ static void arm_timers(struct sl_rules *rs) {
     uv_timer_stop(&rs->timers);
     return;
   }
+  if (next < rs->timers_rest_ms) /* the last turn's rest (on_rule_timers) */
+    next = rs->timers_rest_ms;
   now = (int64_t)(sl_mono_ns() / 1000000u);
+  /* libuv counts the timeout from its loop time, read when this pass of
+   * the loop began: a turn of timer work (tens of ms) later, the timer
+   * fired that much early, and the rest above never happened */
+  uv_update_time(rs->loop);
   /* never 0: libuv runs a timer re-armed with 0 from its own callback
    * again in the same pass, before polling I/O (the loop would spin) */
   uv_timer_start(&rs->timers, on_rule_timers,

@@ -4,6 +4,7 @@ the dead letter while the engine keeps serving, C recursion stopped at a
 share of a small stack among them. Also `sluice check` on a broken rule and
 the `sluice route` dry run."""
 import json
+import os
 import re
 import resource
 import time
@@ -444,6 +445,46 @@ def test_timers_over_their_budget_do_not_starve_io(sluice, tmp_path):
     assert eng.stop(timeout=10) == 0
     assert time.monotonic() - t0 < 5
 
+
+
+def _cpu_s(pid):
+    """User + system CPU seconds of process pid so far."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+OVERRUNNING_TIMERS = """
+for i = 1, 64 do
+  sluice.every(1, function() while true do end end)
+end
+return { topics = { "tick.*" }, on_event = function(ev) return "a" end }
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_timers_that_all_overrun_take_at_most_half_of_each_worker(sluice, tmp_path, workers):
+    # 64 timers of 1 ms, each stopped at its 20 ms budget on every run:
+    # each timer waits its own run before the next, but together they were
+    # always due, and an idle engine spent a whole core per worker on them
+    # (~1.0 and ~1.9 cores). A turn of timer work now rests as long as it
+    # took before the next: at most half of each worker's time.
+    eng, addr, admin = start(sluice, tmp_path, {"10_loop.lua": OVERRUNNING_TIMERS},
+                             extra="workers = %d," % workers)
+    wait_for(lambda: len([l for l in eng.logs()
+                          if "cpu budget of 20 ms exceeded" in l.get("msg", "")]) >= workers,
+             what="the timers overrunning")
+    t0, c0 = time.monotonic(), _cpu_s(eng.pid)
+    time.sleep(3)
+    cores = (_cpu_s(eng.pid) - c0) / (time.monotonic() - t0)
+    assert cores < 0.7 * workers, cores
+    # the timers still run, on every worker
+    runs = metric(scrape(admin), "sluice_rule_timer_errors_total")
+    time.sleep(0.5)
+    assert metric(scrape(admin), "sluice_rule_timer_errors_total") > runs
+    send_events(addr, [{"topic": "tick.a", "payload": i} for i in range(200)])
+    wait_for(lambda: len(read_ndjson(eng.path("a.ndjson"))) == 200, what="events past the timers")
+    assert eng.stop(timeout=10) == 0
 
 
 def test_a_rule_logging_in_a_loop_writes_at_most_64_KiB_of_log_per_event(sluice, tmp_path):
