@@ -487,6 +487,66 @@ def test_timers_that_all_overrun_take_at_most_half_of_each_worker(sluice, tmp_pa
     assert eng.stop(timeout=10) == 0
 
 
+def _code_kb(pid):
+    """KiB of anonymous executable mappings of process pid: LuaJIT's
+    machine code areas."""
+    total = 0
+    with open("/proc/%d/maps" % pid) as f:
+        for line in f:
+            parts = line.split()
+            if parts[1] == "r-xp" and len(parts) < 6:
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                total += hi - lo
+    return total // 1024
+
+
+# 4000 loops the JIT compiles to as many traces of ~4 KB, 100 per event:
+# 17 MB of machine code if nothing bounded it (plain luajit with
+# -Omaxtrace=65000 -Omaxmcode=1000000)
+_BODY = " ".join("s = s + j * %d + (j %% %d) * t - t / %d" % (k + 2, k + 3, k + 5)
+                 for k in range(24))
+MANY_TRACES = "local F = {}\n" + "".join(
+    "F[%d] = function(t) local s = 0 for j = 1, 100 do %s end return s end\n"
+    % (i, _BODY) for i in range(1, 4001)) + """
+return { topics = { "tick.*" }, on_event = function(ev)
+  local s, base = 0, ev.payload * 100
+  for i = base + 1, base + 100 do s = s + F[i](ev.payload) end
+  ev.headers.s = tostring(s)
+  return "a"
+end }
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_compiled_code_of_a_rule_is_bounded_per_state(sluice, tmp_path, workers):
+    # README Limits: with rules.jit, LuaJIT's machine code, outside
+    # memory_mb, is at most its maxmcode (512 KiB) per rule state: when
+    # full it flushes its traces and compiles again
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "10_many.lua").write_text(MANY_TRACES)
+    port = free_port()
+    eng = sluice("""return {
+  workers = %d,
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "a", type = "file", path = "a.ndjson" } },
+  routes = { { topics = "*", to = "a" } },
+  rules = { dir = "%s", cpu_budget_ms = 5000, memory_mb = 64, jit = true },
+}""" % (workers, port, d))
+    base = _code_kb(eng.pid)
+    # keys spread the events over the workers; each event runs its own 100
+    send_events("127.0.0.1:%d" % port,
+                [{"topic": "tick.a", "key": "k%d" % (i % 16), "payload": i % 40}
+                 for i in range(40 * workers)])
+    wait_for(lambda: len(read_ndjson(eng.path("a.ndjson"))) == 40 * workers,
+             what="the events", timeout=60)
+    grown = _code_kb(eng.pid) - base
+    # compiled: the bound below could not fail without it
+    assert grown >= 128 * workers, grown
+    assert grown <= 520 * workers + 64, grown
+    assert eng.stop(timeout=10) == 0
+
+
 def test_a_rule_logging_in_a_loop_writes_at_most_64_KiB_of_log_per_event(sluice, tmp_path):
     # before: one event wrote ~240 MB of log (1 MiB lines until the budget)
     eng, addr, _ = start(sluice, tmp_path, {"10_flood.lua": LOG_FLOOD},
