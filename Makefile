@@ -153,15 +153,15 @@ chaos: all
 # build/fuzz/fuzz_codec -max_total_time=60. `make test` (tests/run.sh) builds
 # them and runs each for FUZZ_SECONDS (5).
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -O1 -g -fno-omit-frame-pointer \
-               -Wall -Wextra $(LAYER_INC) -fsanitize=fuzzer,address,undefined \
-               -fno-sanitize-recover=undefined
+               -Wall -Wextra $(LAYER_INC) -Itests/fuzz \
+               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 
 fuzz: $(BUILD)/fuzz/fuzz_codec $(BUILD)/fuzz/fuzz_pattern $(BUILD)/fuzz/fuzz_http \
       $(BUILD)/fuzz/fuzz_json $(BUILD)/fuzz/fuzz_spool $(BUILD)/fuzz/fuzz_forward \
       $(BUILD)/fuzz/fuzz_syslog $(BUILD)/fuzz/fuzz_otlp $(BUILD)/fuzz/fuzz_schema \
       $(BUILD)/fuzz/fuzz_luacodec $(BUILD)/fuzz/fuzz_rfc3339
 
-$(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c engine/codec/codec.c engine/core/buf.c \
+$(BUILD)/fuzz/fuzz_codec: tests/fuzz/fuzz_codec.c tests/fuzz/fuzz.h engine/codec/codec.c engine/core/buf.c \
                           engine/codec/event.c engine/codec/event.h \
                           engine/codec/codec.h engine/core/buf.h engine/core/common.h
 	@mkdir -p $(dir $@)
@@ -196,13 +196,13 @@ FUZZ_HTTP_SRC := $(wildcard engine/net/*.c) engine/core/buf.c engine/core/utf8.c
                  engine/config/schemas.c engine/config/luastate.c engine/codec/schema.c \
                  engine/codec/json.c engine/core/regex.c engine/core/metric.c \
                  engine/core/histogram.c engine/core/router.c
-$(BUILD)/fuzz/fuzz_http: tests/fuzz/fuzz_http.c $(FUZZ_HTTP_SRC) \
+$(BUILD)/fuzz/fuzz_http: tests/fuzz/fuzz_http.c tests/fuzz/fuzz.h $(FUZZ_HTTP_SRC) \
                          $(wildcard engine/*/*.h)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) $(PKG_CFLAGS) -o $@ tests/fuzz/fuzz_http.c \
 	  $(FUZZ_HTTP_SRC) $(PKG_LIBS)
 
-$(BUILD)/fuzz/fuzz_json: tests/fuzz/fuzz_json.c engine/codec/json.c engine/codec/codec.c \
+$(BUILD)/fuzz/fuzz_json: tests/fuzz/fuzz_json.c tests/fuzz/fuzz.h engine/codec/json.c engine/codec/codec.c \
                          engine/core/buf.c engine/codec/json.h engine/codec/codec.h engine/core/buf.h
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) $(shell pkg-config --cflags yajl) -o $@ \
@@ -211,13 +211,13 @@ $(BUILD)/fuzz/fuzz_json: tests/fuzz/fuzz_json.c engine/codec/json.c engine/codec
 	  $(shell pkg-config --libs yajl)
 
 # The syslog parser and the payload it writes.
-$(BUILD)/fuzz/fuzz_syslog: tests/fuzz/fuzz_syslog.c engine/codec/syslog.c engine/codec/codec.c \
+$(BUILD)/fuzz/fuzz_syslog: tests/fuzz/fuzz_syslog.c tests/fuzz/fuzz.h engine/codec/syslog.c engine/codec/codec.c \
                            engine/core/buf.c engine/codec/syslog.h engine/codec/codec.h
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_syslog.c engine/codec/syslog.c \
 	  engine/codec/codec.c engine/core/buf.c engine/core/utf8.c
 # OTLP logs JSON through the JSON reader and the OTLP walk.
-$(BUILD)/fuzz/fuzz_otlp: tests/fuzz/fuzz_otlp.c engine/codec/otlp.c engine/codec/json.c \
+$(BUILD)/fuzz/fuzz_otlp: tests/fuzz/fuzz_otlp.c tests/fuzz/fuzz.h engine/codec/otlp.c engine/codec/json.c \
                          engine/codec/codec.c engine/codec/event.c engine/core/buf.c \
                          engine/codec/otlp.h engine/codec/json.h engine/codec/codec.h
 	@mkdir -p $(dir $@)
@@ -227,7 +227,7 @@ $(BUILD)/fuzz/fuzz_otlp: tests/fuzz/fuzz_otlp.c engine/codec/otlp.c engine/codec
 	  engine/core/utf8.c $(shell pkg-config --libs yajl)
 
 # The schema compiler and checker, and the pattern NFA under them.
-$(BUILD)/fuzz/fuzz_schema: tests/fuzz/fuzz_schema.c engine/codec/schema.c engine/core/regex.c \
+$(BUILD)/fuzz/fuzz_schema: tests/fuzz/fuzz_schema.c tests/fuzz/fuzz.h engine/codec/schema.c engine/core/regex.c \
                            engine/codec/json.c engine/codec/codec.c engine/core/buf.c \
                            engine/codec/schema.h engine/core/regex.h engine/codec/codec.h
 	@mkdir -p $(dir $@)
@@ -237,20 +237,20 @@ $(BUILD)/fuzz/fuzz_schema: tests/fuzz/fuzz_schema.c engine/codec/schema.c engine
 	  engine/core/utf8.c $(shell pkg-config --libs yajl) -lm
 
 # RFC 3339 times (the HTTP input's "time"), against libc's calendar.
-$(BUILD)/fuzz/fuzz_rfc3339: tests/fuzz/fuzz_rfc3339.c engine/codec/rfc3339.c \
+$(BUILD)/fuzz/fuzz_rfc3339: tests/fuzz/fuzz_rfc3339.c tests/fuzz/fuzz.h engine/codec/rfc3339.c \
                             engine/codec/rfc3339.h engine/core/common.h
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_rfc3339.c engine/codec/rfc3339.c
 
 # Recovery of a damaged segment file (writes under /tmp).
-$(BUILD)/fuzz/fuzz_spool: tests/fuzz/fuzz_spool.c engine/delivery/spool.c engine/core/buf.c \
+$(BUILD)/fuzz/fuzz_spool: tests/fuzz/fuzz_spool.c tests/fuzz/fuzz.h engine/delivery/spool.c engine/core/buf.c \
                           engine/delivery/spool.h engine/core/buf.h engine/core/common.h
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_spool.c engine/delivery/spool.c \
 	  engine/core/buf.c -lpthread
 
 # The forward input's frame parser (zlib inflates, OpenSSL digests).
-$(BUILD)/fuzz/fuzz_forward: tests/fuzz/fuzz_forward.c engine/codec/forward.c \
+$(BUILD)/fuzz/fuzz_forward: tests/fuzz/fuzz_forward.c tests/fuzz/fuzz.h engine/codec/forward.c \
                             engine/codec/codec.c engine/core/buf.c \
                             engine/codec/forward.h engine/codec/codec.h
 	@mkdir -p $(dir $@)

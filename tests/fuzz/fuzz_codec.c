@@ -9,17 +9,10 @@
 
 #include "codec.h"
 #include "event.h"
+#include "fuzz.h"
 
 #define LIMIT (1u << 20)
 
-#define ASSERT(c)                                                       \
-  do {                                                                  \
-    if (!(c)) {                                                         \
-      fprintf(stderr, "%s:%d: ASSERT(%s) failed\n", __FILE__, __LINE__, \
-              #c);                                                      \
-      abort();                                                          \
-    }                                                                   \
-  } while (0)
 
 /* ---- a small JSON checker for what to_json wrote ----------------------- */
 

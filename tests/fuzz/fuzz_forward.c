@@ -10,17 +10,10 @@
 #include <string.h>
 
 #include "forward.h"
+#include "fuzz.h"
 
 #define LIMIT (64u * 1024)
 
-#define ASSERT(c)                                                       \
-  do {                                                                  \
-    if (!(c)) {                                                         \
-      fprintf(stderr, "%s:%d: ASSERT(%s) failed\n", __FILE__, __LINE__, \
-              #c);                                                      \
-      abort();                                                          \
-    }                                                                   \
-  } while (0)
 
 /* Read every entry; the number read, or -1 when one was refused. */
 static long entries(const uint8_t *e, size_t len, int wrapped) {

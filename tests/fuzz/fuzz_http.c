@@ -18,15 +18,8 @@
 #include <unistd.h>
 
 #include "http.h"
+#include "fuzz.h"
 
-#define ASSERT(c)                                                       \
-  do {                                                                  \
-    if (!(c)) {                                                         \
-      fprintf(stderr, "%s:%d: ASSERT(%s) failed\n", __FILE__, __LINE__, \
-              #c);                                                      \
-      abort();                                                          \
-    }                                                                   \
-  } while (0)
 
 static uv_loop_t loop;
 static struct sl_http_server srv;

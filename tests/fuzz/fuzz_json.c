@@ -10,15 +10,8 @@
 
 #include "codec.h"
 #include "json.h"
+#include "fuzz.h"
 
-#define ASSERT(c)                                                       \
-  do {                                                                  \
-    if (!(c)) {                                                         \
-      fprintf(stderr, "%s:%d: ASSERT(%s) failed\n", __FILE__, __LINE__, \
-              #c);                                                      \
-      abort();                                                          \
-    }                                                                   \
-  } while (0)
 
 struct seen {
   struct sl_buf *out;

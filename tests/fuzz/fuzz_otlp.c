@@ -12,15 +12,8 @@
 #include "codec.h"
 #include "json.h"
 #include "otlp.h"
+#include "fuzz.h"
 
-#define ASSERT(c)                                                       \
-  do {                                                                  \
-    if (!(c)) {                                                         \
-      fprintf(stderr, "%s:%d: ASSERT(%s) failed\n", __FILE__, __LINE__, \
-              #c);                                                      \
-      abort();                                                          \
-    }                                                                   \
-  } while (0)
 
 #define MAX_EVENT 4096u
 

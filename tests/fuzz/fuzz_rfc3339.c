@@ -12,15 +12,8 @@
 
 #include "common.h"
 #include "rfc3339.h"
+#include "fuzz.h"
 
-#define ASSERT(c)                                                       \
-  do {                                                                  \
-    if (!(c)) {                                                         \
-      fprintf(stderr, "%s:%d: ASSERT(%s) failed\n", __FILE__, __LINE__, \
-              #c);                                                      \
-      abort();                                                          \
-    }                                                                   \
-  } while (0)
 
 static int is_digit(char c) { return c >= '0' && c <= '9'; }
 

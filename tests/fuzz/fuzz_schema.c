@@ -17,15 +17,8 @@
 #include "json.h"
 #include "regex.h"
 #include "schema.h"
+#include "fuzz.h"
 
-#define ASSERT(c)                                                       \
-  do {                                                                  \
-    if (!(c)) {                                                         \
-      fprintf(stderr, "%s:%d: ASSERT(%s) failed\n", __FILE__, __LINE__, \
-              #c);                                                      \
-      abort();                                                          \
-    }                                                                   \
-  } while (0)
 
 static const char fixed_schema[] =
     "{\"$defs\":{\"tree\":{\"type\":\"object\",\"properties\":{\"kids\":"

@@ -17,15 +17,8 @@
 #include <unistd.h>
 
 #include "spool.h"
+#include "fuzz.h"
 
-#define ASSERT(c)                                                       \
-  do {                                                                  \
-    if (!(c)) {                                                         \
-      fprintf(stderr, "%s:%d: ASSERT(%s) failed\n", __FILE__, __LINE__, \
-              #c);                                                      \
-      abort();                                                          \
-    }                                                                   \
-  } while (0)
 
 #define NREC 20
 #define SEG_HDR 24

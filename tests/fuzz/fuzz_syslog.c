@@ -10,15 +10,8 @@
 
 #include "codec.h"
 #include "syslog.h"
+#include "fuzz.h"
 
-#define ASSERT(c)                                                       \
-  do {                                                                  \
-    if (!(c)) {                                                         \
-      fprintf(stderr, "%s:%d: ASSERT(%s) failed\n", __FILE__, __LINE__, \
-              #c);                                                      \
-      abort();                                                          \
-    }                                                                   \
-  } while (0)
 
 static void inside(struct sl_str s, const char *p, size_t n) {
   if (s.p == NULL)
