@@ -62,6 +62,10 @@ struct nats_out {
   struct slot *ring;
   uint32_t cap, head, count;
   int written_pending; /* a write not yet reported written (ring full) */
+  int too_big;         /* the write stopped at a message the server can
+                          never take: reported once those before it are
+                          confirmed, when it heads the queue */
+  char too_big_why[200];
   struct sl_buf body;
   uint64_t in_flight, nacked;
 };
@@ -228,6 +232,7 @@ static void fail_all(struct nats_out *no, const char *why) {
   no->head = no->count = 0;
   no->in_flight = 0;
   no->written_pending = 0;
+  no->too_big = 0; /* met again at its turn in the write that follows */
   sl_output_done(no->o, 0, SL_WRITE_RETRY, why);
 }
 
@@ -246,6 +251,11 @@ static void advance(struct nats_out *no, const char *err) {
     sl_output_done(no->o, k, SL_WRITE_OK, NULL);
   if (no->count && no->ring[no->head].status == -1) {
     fail_all(no, err[0] ? err : "publish refused");
+    return;
+  }
+  if (no->too_big && no->count == 0) {
+    no->too_big = 0; /* it heads the queue now: to the dead letter */
+    sl_output_done(no->o, 0, SL_WRITE_FATAL, no->too_big_why);
     return;
   }
   if (no->written_pending && no->count < no->max_in_flight) {
@@ -410,6 +420,27 @@ static natsStatus make_msg(struct nats_out *no, const struct sl_event *ev,
   return s;
 }
 
+/* Event i of the write is a message larger than the server's max_payload:
+ * the core sends it to the dead letter, but only once it heads the queue,
+ * so the events before it are confirmed first (core: at once; JetStream:
+ * when their acks are in, advance). Nothing after it was published. */
+static void too_big(struct nats_out *no, uint32_t i) {
+  snprintf(no->too_big_why, sizeof(no->too_big_why),
+           "publish failed: %s (body and headers larger than the server's "
+           "max_payload, %lld bytes)", natsStatus_GetText(NATS_MAX_PAYLOAD),
+           (long long)natsConnection_GetMaxPayload(no->nc));
+  if (!no->js_mode) {
+    sl_output_done(no->o, i, SL_WRITE_FATAL, no->too_big_why);
+    return;
+  }
+  no->in_flight = no->count;
+  if (no->count == 0) {
+    sl_output_done(no->o, 0, SL_WRITE_FATAL, no->too_big_why);
+    return;
+  }
+  no->too_big = 1; /* not reported written: no write follows this one */
+}
+
 static void cb_write(struct sl_output *o, const struct sl_batch *b) {
   struct nats_out *no = o->data;
   uint32_t i;
@@ -432,6 +463,12 @@ static void cb_write(struct sl_output *o, const struct sl_batch *b) {
       s = natsConnection_PublishMsg(no->nc, m);
     }
     natsMsg_Destroy(m); /* NULL once libnats took it */
+    if (s == NATS_MAX_PAYLOAD) {
+      /* within max_event_bytes, but its body (JSON can be several times
+       * the event) and headers are not: retrying would wedge the output */
+      too_big(no, i);
+      return;
+    }
     if (s != NATS_OK) {
       snprintf(why, sizeof(why), "publish failed: %s", natsStatus_GetText(s));
       if (no->js_mode)

@@ -454,6 +454,49 @@ def test_refused_publishes_go_to_the_dead_letter_and_their_input_is_acked(
     assert m['sluice_nats_redeliveries_total{input="nats-in"}'] == 0
 
 
+@pytest.mark.parametrize("js", [True, False])
+def test_a_message_over_max_payload_goes_to_the_dead_letter_not_retried(
+        sluice, tmp_path, nats, js):
+    # the event fits max_event_bytes, its JSON body does not fit the
+    # server's max_payload (1 MiB): publishing it can never work, so it is
+    # dead-lettered and the events around it flow, instead of the output
+    # retrying it (and everything behind it) for ever
+    import json
+    from conftest import send_events
+    admin, port = free_port(), free_port()
+    if js:
+        nats.tool("stream", "OUT", "out.>")
+    eng = sluice("""return {
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "out", type = "nats", url = "%s", %s
+                subject = "out.{topic}", format = "json",
+                retry = { initial_ms = 20, max_ms = 200 } } },
+  routes = { { topics = "*", to = "out" } },
+  admin = { listen = "127.0.0.1:%d" },
+}""" % (port, nats.url, 'stream = "OUT",' if js else "", admin))
+    eng.wait_log("nats connected", timeout=10)
+    send_events("127.0.0.1:%d" % port, [
+        {"topic": "t", "payload": {"n": 0}},
+        {"topic": "t", "payload": {"n": 1, "s": "\x01" * 300000}},  # 1.8 MB JSON
+        {"topic": "t", "payload": {"n": 2}}])
+    m = {}
+
+    def settled():
+        m.update(metrics_flat(admin))
+        return (m['sluice_output_events_total{output="out"}'] == 2 and
+                m['sluice_output_dead_lettered_total{output="out"}'] == 1)
+    wait_for(settled, 20, what="two delivered, one dead-lettered")
+    assert m['sluice_output_retries_total{output="out"}'] == 0
+    dead = [json.loads(l) for l in
+            eng.path("var/dead-letter.ndjson").read_text().splitlines()]
+    assert [d["payload"]["n"] for d in dead] == [1]
+    assert "max_payload" in dead[0]["headers"]["sluice-error"]
+    assert eng.find_logs("output gave up on events; sent to the dead letter")
+    if js:
+        got = parse(nats.tool("consume", "OUT", "check", 2, 1000))
+        assert [json.loads(b)["payload"]["n"] for _, _, b in got] == [0, 2]
+
+
 def test_missing_stream_is_logged_and_retried_until_it_exists(sluice, tmp_path, nats):
     admin = free_port()
     eng = sluice(config(nats, admin))  # neither IN nor OUT exists yet
