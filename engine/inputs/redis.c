@@ -88,6 +88,19 @@ struct redis_in {
   int format, create_group;
   int reading, paused, draining, stopping;
   int claim_due, claim_stream;
+  /* an entry too large to read (its reply is over the bounds: the
+   * connection drops, and the entry, pending, would be re-read and drop
+   * it at every connect): after such a drop the history is read one entry
+   * of one stream at a time (careful); a careful read that drops points
+   * at the entry after its cursor, whose id XPENDING gives without its
+   * fields, and it goes to the dead letter unread */
+  int careful;
+  int probe_stream;         /* the careful read in flight: its stream, -1 */
+  char probe_cursor[48];    /* and its cursor */
+  int suspect;              /* 1 + the stream whose next pending entry
+                               dropped a careful read; 0: none */
+  char suspect_cursor[48];
+  char suspect_why[64];
   int need_group;           /* XGROUP CREATE before the next read */
   uint64_t *pending_of;     /* per stream: XPENDING's count */
   /* events read and not submitted yet, in order */
@@ -770,10 +783,13 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv) {
   redisReply *r = reply;
   size_t i, j;
   int history[64] = {0};
+  int only;
   (void)priv;
   if (ri == NULL || ri->stopping || r == NULL)
     return; /* down: on_disconnect */
   read_done(ri);
+  only = ri->probe_stream; /* a careful read names one stream */
+  ri->probe_stream = -1;
   if (r->type == REDIS_REPLY_ERROR) {
     read_failed(ri, ac, r, "XREADGROUP");
     return;
@@ -811,7 +827,7 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv) {
     /* a stream missing from a history reply has nothing pending */
     for (i = 0; i < (size_t)ri->nstreams; i++)
       if (strcmp(ri->cursor[i], ">") != 0 && !history[i % 64] &&
-          r->elements > 0)
+          r->elements > 0 && (only < 0 || (int)i == only))
         strcpy(ri->cursor[i], ">");
   }
   pump(ri);
@@ -882,6 +898,52 @@ static void send_claim(struct redis_in *ri, uint32_t count) {
     reading(ri);
 }
 
+/* XPENDING's answer for the suspect: [[id, consumer, idle, deliveries]],
+ * the entry that cannot be read. It goes to the dead letter without its
+ * fields, and the careful read goes on after it. */
+static void on_probe(redisAsyncContext *ac, void *reply, void *priv) {
+  struct redis_in *ri = ac->data;
+  redisReply *r = reply, fields;
+  const redisReply *e, *id;
+  int s = (int)(uintptr_t)priv;
+  struct rin_id rid;
+  char why[128];
+  if (ri == NULL || ri->stopping || r == NULL)
+    return;
+  read_done(ri);
+  if (r->type != REDIS_REPLY_ARRAY) {
+    read_failed(ri, ac, r, "XPENDING");
+    return;
+  }
+  ri->suspect = 0;
+  if (r->elements > 0 && (e = r->element[0])->type == REDIS_REPLY_ARRAY &&
+      e->elements >= 1 && (id = e->element[0])->type == REDIS_REPLY_STRING &&
+      id->len < sizeof(ri->cursor[s]) &&
+      parse_id(id->str, id->len, &rid) == 0) {
+    rid.stream = (uint32_t)s;
+    snprintf(ri->cursor[s], sizeof(ri->cursor[s]), "%.*s", (int)id->len,
+             id->str);
+    if (!in_flight(ri, &rid)) {
+      memset(&fields, 0, sizeof(fields));
+      fields.type = REDIS_REPLY_ARRAY;
+      snprintf(why, sizeof(why), "entry too large to read (%s)",
+               ri->suspect_why);
+      dead_letter(ri, s, id, &fields, why, 1);
+    }
+  } /* none: it went (deleted, trimmed); the careful read goes on */
+  pump(ri);
+}
+
+static void send_probe(struct redis_in *ri) {
+  int s = ri->suspect - 1;
+  char start[50];
+  snprintf(start, sizeof(start), "(%s", ri->suspect_cursor);
+  if (redisAsyncCommand(ri->rd.ac, on_probe, (void *)(uintptr_t)s,
+                        "XPENDING %s %s %s + 1 %s", ri->streams[s],
+                        ri->group, start, ri->consumer) == REDIS_OK)
+    reading(ri);
+}
+
 /* The next XREADGROUP (or XAUTOCLAIM when due), unless something holds
  * reading back: down, a read in flight, events not submitted yet (the
  * pipeline pushed back), max_inflight reached, draining. */
@@ -902,8 +964,34 @@ static void read_next(struct redis_in *ri) {
     return; /* on_done reads on */
   if (ri->need_group)
     create_groups(ri);
+  if (ri->suspect) {
+    send_probe(ri);
+    return;
+  }
   if (ri->claim_due) {
     send_claim(ri, n);
+    return;
+  }
+  for (s = 0; ri->careful && s < ri->nstreams; s++)
+    if (strcmp(ri->cursor[s], ">") != 0)
+      break;
+  if (ri->careful && s == ri->nstreams)
+    ri->careful = 0; /* the history is read: the entries it had are done */
+  if (ri->careful) { /* one entry of stream s */
+    ri->probe_stream = s;
+    snprintf(ri->probe_cursor, sizeof(ri->probe_cursor), "%s", ri->cursor[s]);
+    argv[argc++] = "XREADGROUP";
+    argv[argc++] = "GROUP";
+    argv[argc++] = ri->group;
+    argv[argc++] = ri->consumer;
+    argv[argc++] = "COUNT";
+    argv[argc++] = "1";
+    argv[argc++] = "STREAMS";
+    argv[argc++] = ri->streams[s];
+    argv[argc++] = ri->cursor[s];
+    if (redisAsyncCommandArgv(ri->rd.ac, on_read, NULL, argc, argv, NULL) ==
+        REDIS_OK)
+      reading(ri);
     return;
   }
   snprintf(count, sizeof(count), "%u", n);
@@ -964,9 +1052,19 @@ static void down(struct rin_conn *c, const char *why) {
   uint64_t suppressed = 0;
   c->ac = NULL;
   c->connected = 0;
-  if (c == &ri->rd)
+  if (c == &ri->rd) {
     ri->reading = 0; /* what it read and never got is pending: re-read */
-  else
+    if (strncmp(why, "reply ", 6) == 0) { /* over the bounds (net/redis.c) */
+      ri->careful = 1;
+      if (ri->probe_stream >= 0) {
+        ri->suspect = ri->probe_stream + 1;
+        memcpy(ri->suspect_cursor, ri->probe_cursor,
+               sizeof(ri->suspect_cursor));
+        snprintf(ri->suspect_why, sizeof(ri->suspect_why), "%s", why);
+      }
+    }
+    ri->probe_stream = -1;
+  } else
     ri->acks_sent = 0; /* not answered: pending, claimed again */
   ri->reconnects++;
   if (!c->down_logged && sl_log_allow(&ri->conn_log, &suppressed))
@@ -1276,6 +1374,7 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
     return SL_EINVAL;
   }
   ri->cursor = calloc((size_t)ri->nstreams, sizeof(*ri->cursor));
+  ri->probe_stream = -1;
   ri->claim = calloc((size_t)ri->nstreams, sizeof(*ri->claim));
   ri->pending_of = calloc((size_t)ri->nstreams, sizeof(*ri->pending_of));
   ri->lag_of = calloc((size_t)ri->nstreams, sizeof(*ri->lag_of));

@@ -157,6 +157,44 @@ def test_bad_entries_go_to_the_dead_letter_without_stalling_the_stream(
     eng.stop()
 
 
+def test_an_entry_too_large_to_read_is_dead_lettered_not_reread_for_ever(
+        sluice, redis):
+    # a field over 4 x max_event_bytes + 64 KiB makes the reply exceed the
+    # bounds: the connection drops, and the entry, now pending, was read
+    # again at every connect and dropped it again: the streams stalled.
+    # It goes to the dead letter unread; everything else flows.
+    srv = redis()
+    huge = json.dumps({"big": "x" * 100000})
+    srv.xadd_many("a", [{"payload": '{"n": 1}'}, {"payload": huge},
+                        {"payload": '{"n": 2}'}])
+    srv.xadd_many("b", [{"payload": '{"n": 3}'}, {"payload": '{"n": 4}'},
+                        {"payload": huge}, {"payload": '{"n": 5}'}])
+    admin = free_port()
+    eng = sluice(config([redis_input(srv.address, stream="a,b",
+                                     consumer="c1")],
+                        [redis_output(srv.address)],
+                        admin_port=admin).replace(
+        "return {", "return { max_event_bytes = 4096,", 1))
+    srv.wait_xlen("out", 5)
+    assert sorted(ns(srv.xrange("out"))) == [1, 2, 3, 4, 5]
+    dl = wait_for(lambda: (lambda r: r if len(r) == 2 else None)(
+        read_ndjson(eng.path("dlq.ndjson"))), timeout=10, what="2 dead letters")
+    want = {("a", srv.xrange("a")[1][0]), ("b", srv.xrange("b")[2][0])}
+    assert {(d["headers"]["redis-stream"], d["headers"]["redis-id"])
+            for d in dl} == want
+    assert all("entry too large to read" in d["headers"]["sluice-error"]
+               for d in dl)
+    for st in ("a", "b"):
+        wait_for(lambda: srv.pending(st, "g") == 0, timeout=10,
+                 what="all acked in " + st)
+    a = "127.0.0.1:%d" % admin
+    assert metric(a, "sluice_redis_input_dead_lettered_total", input="rin") == 2
+    assert metric(a, "sluice_redis_input_reconnects_total", input="rin") <= 4
+    srv.xadd_many("a", [{"payload": '{"n": 6}'}])  # and it reads on
+    srv.wait_xlen("out", 6)
+    eng.stop()
+
+
 def test_kill9_and_restart_with_the_same_consumer_loses_nothing(
         sluice, redis):
     srv = redis()
