@@ -44,6 +44,9 @@ struct nats_in {
   natsConnection *nc;
   jsCtx *js;
   natsSubscription *sub;
+  natsSubscription **retired; /* subs of a consumer that went: messages
+                                 in flight still point at them */
+  size_t nretired;
   uv_thread_t thread;
   int thread_started;
   struct sl_nats nats; /* its mu and cond also guard the ring and quit */
@@ -186,21 +189,41 @@ static void hand_over(struct nats_in *ni, natsMsg **msgs, int n) {
 }
 
 /* The consumer's pending count for the metric, every few seconds: one
- * request on this thread, never on the loop. */
-static void poll_pending(struct nats_in *ni, uint64_t *last) {
+ * request on this thread, never on the loop. Returns 1 when the server
+ * says the consumer or its stream is gone (deleted, or a server that lost
+ * its store): a fetch from it only ever times out, as on a quiet stream. */
+static int poll_pending(struct nats_in *ni, uint64_t *last) {
   jsConsumerInfo *ci = NULL;
+  jsErrCode jerr = 0;
   uint64_t now = sl_mono_ns();
   if (now - *last < 2000000000ull)
-    return;
+    return 0;
   *last = now;
-  if (js_GetConsumerInfo(&ci, ni->js, ni->stream, ni->durable, NULL, NULL) ==
-      NATS_OK) {
-    atomic_store(&ni->a_pending, ci->NumPending);
-    atomic_store(&ni->a_ack_pending, (uint64_t)ci->NumAckPending);
-    atomic_store(&ni->a_info, 1);
-    jsConsumerInfo_Destroy(ci);
-    uv_async_send(&ni->async);
-  }
+  if (js_GetConsumerInfo(&ci, ni->js, ni->stream, ni->durable, NULL, &jerr) !=
+      NATS_OK)
+    return jerr == JSConsumerNotFoundErr || jerr == JSStreamNotFoundErr;
+  atomic_store(&ni->a_pending, ci->NumPending);
+  atomic_store(&ni->a_ack_pending, (uint64_t)ci->NumAckPending);
+  atomic_store(&ni->a_info, 1);
+  jsConsumerInfo_Destroy(ci);
+  uv_async_send(&ni->async);
+  return 0;
+}
+
+/* Subscribe again (setup makes the stream, with create_stream, and the
+ * consumer): the old subscription stops, and is kept until the input
+ * stops, for its messages still in flight. */
+static void resubscribe(struct nats_in *ni) {
+  natsSubscription **v = realloc(ni->retired,
+                                 (ni->nretired + 1) * sizeof(*v));
+  if (v == NULL)
+    return; /* tried again at the next look */
+  ni->retired = v;
+  natsSubscription_Unsubscribe(ni->sub); /* bound: the server's is kept */
+  v[ni->nretired++] = ni->sub;
+  ni->sub = NULL;
+  log_thread_error(ni, "the durable consumer is gone; creating it again",
+                   NATS_NOT_FOUND);
 }
 
 static void fetch_thread(void *arg) {
@@ -243,7 +266,8 @@ static void fetch_thread(void *arg) {
       } else {
         failing = 0;
       }
-      poll_pending(ni, &last_info);
+      if (poll_pending(ni, &last_info))
+        resubscribe(ni);
     } else {
       natsMsg *m = NULL;
       if (!wait_room(ni, 1))
@@ -823,6 +847,9 @@ static void close_work(uv_work_t *req) {
   if (ni->thread_started)
     uv_thread_join(&ni->thread);
   natsSubscription_Destroy(ni->sub);
+  while (ni->nretired > 0)
+    natsSubscription_Destroy(ni->retired[--ni->nretired]);
+  free(ni->retired);
   jsCtx_Destroy(ni->js);
   natsConnection_Destroy(ni->nc);
 }

@@ -263,6 +263,53 @@ def test_nats_server_restart_mid_stream_loses_nothing(sluice, tmp_path, nats):
     assert m['sluice_nats_reconnects_total{name="out"}'] >= 1
 
 
+def delete_consumer(nats, stream, durable):
+    """$JS.API.CONSUMER.DELETE over the plain protocol (nats_tool has none)."""
+    import socket
+    with socket.create_connection(("127.0.0.1", nats.port), timeout=10) as c:
+        c.recv(4096)  # INFO
+        c.sendall(b'CONNECT {"verbose":false,"headers":true}\r\n'
+                  b"SUB _INBOX.del 1\r\n"
+                  b"PUB $JS.API.CONSUMER.DELETE.%s.%s _INBOX.del 0\r\n\r\n"
+                  % (stream.encode(), durable.encode()))
+        got = b""
+        while b'"success":true' not in got:
+            data = c.recv(4096)
+            assert data, got
+            got += data
+
+
+@pytest.mark.parametrize("how", ["deleted", "store_lost"])
+def test_a_consumer_that_went_is_created_again_and_consumed(
+        sluice, tmp_path, nats, how):
+    # the durable consumer vanishes under a running input (deleted by an
+    # operator, or a server restarted without its store): a fetch from it
+    # only times out, like a quiet stream, so the input waited for ever
+    import shutil
+    eng, admin = start(sluice, tmp_path, nats, rules=False)
+    nats.tool("pub", "in.orders", 10, "--js")
+    wait_for(lambda: acked(admin) == 10, 20, what="the first 10")
+    if how == "deleted":
+        delete_consumer(nats, "IN", "sluice")
+    else:
+        nats.stop()
+        shutil.rmtree(nats.store)
+        nats.start()
+        nats.tool("stream", "IN", "in.>")
+        nats.tool("stream", "OUT", "out.>")
+    nats.tool("pub", "in.orders", 10, "--js", "--start", 10)
+    # a consumer made again delivers the stream from its start: the first
+    # 10 again when they are still there (published once: Nats-Msg-Id)
+    again = 30 if how == "deleted" else 20
+    wait_for(lambda: acked(admin) == again, 20, what="the new consumer's")
+    line = eng.wait_log("nats input problem", timeout=5,
+                        error="the durable consumer is gone; creating it "
+                              "again: Not Found ()")
+    assert line["input"] == "nats-in"
+    got = ledger(consume_events(nats, "OUT", "check", 20 if how == "deleted" else 10))
+    assert sorted(got) == (list(range(20)) if how == "deleted" else list(range(10, 20)))
+
+
 def test_bad_messages_go_to_the_dead_letter_without_stalling(sluice, tmp_path, nats):
     eng, admin = start(sluice, tmp_path, nats)
     nats.tool("pub", "in.orders", 100, "--js")
