@@ -223,9 +223,13 @@ const char *sl_redis_error(const redisAsyncContext *ac, const redisReply *r) {
 }
 
 int sl_redis_transient(const redisReply *r) {
+  /* NOAUTH, WRONGPASS and a protocol error (redis 7 answers an
+   * unauthenticated client's long command so, and closes) are about the
+   * connection, not the event: it can go once the server lets us in */
   static const char *const words[] = {"LOADING", "OOM", "READONLY", "BUSY",
                                       "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
-                                      "NOREPLICAS", NULL};
+                                      "NOREPLICAS", "NOAUTH", "WRONGPASS",
+                                      "ERR Protocol error", NULL};
   int i;
   if (r == NULL || r->type != REDIS_REPLY_ERROR || r->str == NULL)
     return 1;

@@ -58,7 +58,8 @@ void sl_redis_dial_cancel(struct sl_redis_dial *d);
 const char *sl_redis_error(const redisAsyncContext *ac, const redisReply *r);
 
 /* Is an error reply one a later attempt may not get (the server is
- * loading, out of memory, a replica)? */
+ * loading, out of memory, a replica, or does not let this connection in:
+ * NOAUTH)? */
 int sl_redis_transient(const redisReply *r);
 
 #endif

@@ -281,7 +281,9 @@ static void down(struct redis_out *r, const char *why) {
            SL_S("error", why), SL_U("suppressed", suppressed), SL_END);
   r->down_logged = 1;
   r->was_down = 1;
-  snprintf(r->why, sizeof(r->why), "%s", why);
+  if (r->sent == 0 || r->fail_at == UINT32_MAX) /* else: the reply's error
+                                                   says more (NOAUTH) */
+    snprintf(r->why, sizeof(r->why), "%s", why);
   if (r->sent)
     finish_write(r, 1); /* what was not answered goes again */
   else

@@ -349,6 +349,38 @@ def test_maxlen_trims_and_a_wrong_type_goes_to_the_dead_letter(sluice, redis):
     eng.stop()
 
 
+@pytest.mark.parametrize("events", [1, 30])
+def test_a_server_asking_for_a_password_is_backpressure_not_dead_letters(
+        sluice, redis, events):
+    # NOAUTH (or redis 7's "unauthenticated multibulk length" for a long
+    # command) is about the connection: a trickle of events went to the
+    # dead letter one by one while a burst waited. Both wait now, and the
+    # log says why.
+    from conftest import send_events
+    dst = redis()
+    dst.cli("CONFIG", "SET", "requirepass", "sekrit")
+    port, admin = free_port(), free_port()
+    eng = sluice(config([{"name": "tcp", "type": "tcp",
+                          "listen": "127.0.0.1:%d" % port}],
+                        [redis_output(dst.address)], admin_port=admin))
+    a = "127.0.0.1:%d" % admin
+    for i in range(3):
+        send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": {"n": i * events + j}}
+                                           for j in range(events)])
+        wait_for(lambda: metric(a, "sluice_redis_output_replies_total",
+                                output="rout", outcome="error") > i,
+                 timeout=10, what="refused %d times" % (i + 1))
+    assert metric(a, "sluice_output_dead_lettered_total", output="rout") == 0
+    assert metric(a, "sluice_output_refused_total", output="rout") == 0
+    line = eng.wait_log("output circuit breaker open; no attempts for open_ms",
+                        timeout=10)
+    assert "auth" in line["error"].lower(), line
+    dst.cli("-a", "sekrit", "--no-auth-warning", "CONFIG", "SET", "requirepass", "")
+    dst.wait_xlen("out", 3 * events)
+    assert ns(dst.xrange("out")) == list(range(3 * events))
+    assert read_ndjson(eng.path("dlq.ndjson")) == []
+
+
 def test_config_needs_address_stream_and_group(sluice, tmp_path):
     from conftest import EngineExited
     with pytest.raises(EngineExited) as e:
