@@ -58,6 +58,7 @@ struct nats_in {
   int error_new;
   int subscribed_new; /* the thread subscribed: the loop logs it */
   _Atomic uint64_t a_pending, a_ack_pending;
+  _Atomic uint64_t a_dropped; /* core: libnats' drops for a slow consumer */
   _Atomic int a_info;
   /* the loop's */
   uv_async_t async;
@@ -70,6 +71,8 @@ struct nats_in {
   size_t nto_ack, cto_ack, nacking, cacking;
   struct sl_durable dur;
   int draining, stopping, info_seen;
+  uint64_t dropped_seen;  /* of a_dropped, counted in stats.dropped */
+  struct sl_log_limiter drop_log;
   uv_work_t close_req;
   /* metrics */
   uint64_t acked, naked, redeliveries, pending, ack_pending, bad,
@@ -272,11 +275,19 @@ static void fetch_thread(void *arg) {
       natsMsg *m = NULL;
       if (!wait_room(ni, 1))
         break;
+      int64_t dropped = 0;
       s = natsSubscription_NextMsg(&m, ni->sub, 500);
       if (s == NATS_OK)
         hand_over(ni, &m, 1);
       else if (s != NATS_TIMEOUT && s != NATS_SLOW_CONSUMER)
         uv_sleep(200);
+      /* past its pending limits libnats drops what arrives (the pipeline
+       * blocks, or the loop is slow): lost, so at least counted */
+      if (natsSubscription_GetDropped(ni->sub, &dropped) == NATS_OK &&
+          (uint64_t)dropped != atomic_load(&ni->a_dropped)) {
+        atomic_store(&ni->a_dropped, (uint64_t)dropped);
+        uv_async_send(&ni->async);
+      }
     }
   }
 }
@@ -693,7 +704,7 @@ static void on_async(uv_async_t *a) {
   struct nats_in *ni = a->data;
   char err[sizeof(ni->error)];
   int has_err, subscribed;
-  uint64_t suppressed = 0;
+  uint64_t suppressed = 0, dropped;
   uv_mutex_lock(&ni->nats.mu);
   has_err = ni->error_new;
   ni->error_new = 0;
@@ -706,6 +717,17 @@ static void on_async(uv_async_t *a) {
            SL_S("url", ni->url), SL_S("error", err),
            SL_U("suppressed", suppressed), SL_END);
   log_conn(ni);
+  dropped = atomic_load(&ni->a_dropped);
+  if (dropped > ni->dropped_seen) {
+    ni->in->stats.dropped += dropped - ni->dropped_seen;
+    ni->dropped_seen = dropped;
+    if (sl_log_allow(&ni->drop_log, &suppressed))
+      sl_log(SL_LOG_WARN, "nats input: messages dropped by libnats for a "
+             "slow consumer (core NATS is at most once; a JetStream stream "
+             "keeps them)", SL_S("input", ni->in->cfg->name),
+             SL_S("subject", ni->subject), SL_U("dropped", dropped),
+             SL_U("suppressed", suppressed), SL_END);
+  }
   if (subscribed)
     sl_log(SL_LOG_INFO, "nats input subscribed",
            SL_S("input", ni->in->cfg->name), SL_S("subject", ni->subject),
@@ -758,6 +780,7 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   ni->w = in->w;
   in->data = ni;
   sl_nats_init(&ni->nats, &ni->async);
+  sl_log_limiter_init(&ni->drop_log, 10000, 1); /* a line per 10 s */
   ni->url = VAL("url");
   ni->subject = VAL("subject");
   ni->stream = VAL("stream");

@@ -360,6 +360,41 @@ def test_core_queue_subscription_to_core_publish(sluice, tmp_path, nats):
     assert "Nats-Msg-Id" not in msgs[0][1]  # core publish: no JetStream
 
 
+def test_core_messages_libnats_drops_for_a_slow_consumer_are_counted(
+        sluice, tmp_path, nats):
+    # core NATS is at most once, but what libnats drops past its pending
+    # limits (65536 messages) while the pipeline blocks was lost without a
+    # word: now counted in sluice_input_dropped_total and logged
+    from conftest import Sink
+    admin = free_port()
+    sink = Sink(reading=False, rcvbuf=4096)
+    eng = sluice("""return {
+  inputs = { { name = "core", type = "nats", url = "%s", subject = "in.>" } },
+  outputs = { { name = "out", type = "tcp", address = "%s",
+                queue = { max_events = 100, when_full = "block" } } },
+  routes = { { topics = "*", to = "out" } },
+  admin = { listen = "127.0.0.1:%d" },
+}""" % (nats.url, sink.address, admin))
+    eng.wait_log("nats input subscribed", timeout=10)
+    n = 200000
+    nats.tool("pub", "in.orders", n, "--body", '{"n": %d, "pad": "' + "x" * 100 + '"}')
+    m = {}
+
+    def ledger():
+        m.update(metrics_flat(admin))
+        return (m['sluice_input_events_total{input="core"}'] +
+                m.get('sluice_input_dropped_total{input="core"}', 0)) == n
+    sink.start_reading()
+    wait_for(ledger, 30, what="every message taken or counted dropped")
+    assert m['sluice_input_dropped_total{input="core"}'] > 0
+    line = eng.wait_log("nats input: messages dropped by libnats for a slow "
+                        "consumer (core NATS is at most once; a JetStream "
+                        "stream keeps them)", timeout=5)
+    assert line["input"] == "core" and line["dropped"] > 0
+    sink.wait(int(m['sluice_input_events_total{input="core"}']), timeout=30)
+    sink.close()
+
+
 def scale_out(sluice, tmp_path, nats, instances, n, kill_one):
     """instances sluices on one durable pull consumer (each its own admin);
     with kill_one, kill -9 the first once it acked a part. Returns the
