@@ -146,15 +146,30 @@ static const uint8_t fixed_size[256] = {
  * containers open (an object inside others nests that much less deep). */
 static inline int skip_depth(const uint8_t *p, size_t len, size_t max_bytes,
                              size_t *used, struct sl_codec_error *err,
-                             int max_depth, uint64_t count) {
+                             int max_depth, uint64_t count,
+                             struct sl_codec_walk *w) {
   uint64_t left[SL_CODEC_MAX_DEPTH];
   uint64_t cur = count, owed = count, total, n, room;
   size_t pos = 0, hdr, width;
   int depth = 0, ismap;
   uint8_t c;
 
-  if (max_bytes < owed) /* each object takes a byte at least */
-    goto too_big;
+  if (w && w->pos && w->pos <= len && w->depth <= max_depth) {
+    /* go on where the last walk of these bytes ran out of them */
+    pos = w->pos;
+    cur = w->cur;
+    owed = w->owed;
+    depth = w->depth;
+    memcpy(left, w->left, (size_t)depth * sizeof(left[0]));
+    w->pos = 0;
+    if (pos + owed > max_bytes) /* the invariant, for a smaller max */
+      goto too_big;
+  } else {
+    if (w)
+      w->pos = 0; /* not a walk of these bytes: start over */
+    if (max_bytes < owed) /* each object takes a byte at least */
+      goto too_big;
+  }
   for (;;) {
     /* far from the end of the bytes and from max_bytes, a value whose
      * type byte gives its size (most of an event) fits both: only that
@@ -342,6 +357,13 @@ static inline int skip_depth(const uint8_t *p, size_t len, size_t max_bytes,
 
 again:
   /* every read that ends inside an event comes here: no formatting */
+  if (w && pos > 0) { /* each goto again leaves the state of a loop top */
+    w->pos = pos;
+    w->cur = cur;
+    w->owed = owed;
+    w->depth = depth;
+    memcpy(w->left, left, (size_t)depth * sizeof(left[0]));
+  }
   if (err != NULL) {
     static const char msg[] = "incomplete: more bytes needed";
     err->offset = len;
@@ -355,7 +377,13 @@ too_big:
 
 int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
                   struct sl_codec_error *err) {
-  return skip_depth(p, len, max_bytes, used, err, SL_CODEC_MAX_DEPTH, 1);
+  return skip_depth(p, len, max_bytes, used, err, SL_CODEC_MAX_DEPTH, 1, NULL);
+}
+
+int sl_codec_skip_walk(const uint8_t *p, size_t len, size_t max_bytes,
+                       size_t *used, struct sl_codec_error *err,
+                       struct sl_codec_walk *w) {
+  return skip_depth(p, len, max_bytes, used, err, SL_CODEC_MAX_DEPTH, 1, w);
 }
 
 /* ---- small readers for validated-or-not bytes -------------------------- */
@@ -826,9 +854,10 @@ static int skip_payload(const uint8_t *p, size_t len, size_t max,
   uint64_t n = p[0] & 0x0f;
   int r;
   if ((p[0] & 0xe0) != 0x80 || n == 0 || max == 0)
-    return skip_depth(p, len, max, used, NULL, SL_CODEC_MAX_DEPTH - 1, 1);
+    return skip_depth(p, len, max, used, NULL, SL_CODEC_MAX_DEPTH - 1, 1,
+                      NULL);
   r = skip_depth(p + 1, len - 1, max - 1, used, NULL, SL_CODEC_MAX_DEPTH - 2,
-                 p[0] <= 0x8f ? n * 2 : n);
+                 p[0] <= 0x8f ? n * 2 : n, NULL);
   if (r == 0)
     *used += 1;
   return r;

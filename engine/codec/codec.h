@@ -2,7 +2,8 @@
  * canonical event encoding and JSON rendering.
  * Nothing here allocates while reading untrusted bytes: every length and
  * container count is checked against the bytes that remain before it is
- * used. Writers append to a caller-owned sl_buf. No state. */
+ * used. Writers append to a caller-owned sl_buf. No state but what a
+ * caller holds (struct sl_codec_walk). */
 #ifndef SL_CODEC_H
 #define SL_CODEC_H
 
@@ -28,6 +29,27 @@ struct sl_codec_error {
  * err may be NULL. */
 int sl_codec_skip(const uint8_t *p, size_t len, size_t max_bytes, size_t *used,
                   struct sl_codec_error *err);
+
+/* Where a walk of one object that ran out of bytes stopped, so the next
+ * walk of the same object with more bytes behind it goes on from there:
+ * an object that arrives in many reads is walked once, not once per read
+ * (a 1 MiB event of one-byte values trickled in small reads cost the loop
+ * a core). Zero it before the first walk of an object. */
+struct sl_codec_walk {
+  size_t pos;   /* bytes walked; 0: none yet */
+  uint64_t cur, owed;
+  int depth;
+  uint64_t left[SL_CODEC_MAX_DEPTH];
+};
+
+/* sl_codec_skip that resumes w: p must start with the same object (and
+ * the same bytes) as at the walk that filled w, with len no smaller, and
+ * max_bytes the same (a smaller one still holds). On SL_EAGAIN w holds
+ * where it stopped; on any other result w->pos is 0, ready for the next
+ * object. */
+int sl_codec_skip_walk(const uint8_t *p, size_t len, size_t max_bytes,
+                       size_t *used, struct sl_codec_error *err,
+                       struct sl_codec_walk *w);
 
 /* An event's fields, as spans into the bytes it was parsed from. */
 struct sl_event_view {

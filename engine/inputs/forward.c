@@ -42,6 +42,7 @@ struct fwd_conn {
   size_t covered;           /* pending bytes the durable wait covers */
   struct sl_durable wait;
   int ack_full;             /* paused: too many acks not yet written */
+  struct sl_codec_walk walk; /* the frame still arriving, walked so far */
 };
 
 /* Acks are the sender's chunk ids echoed: one that never reads them would
@@ -396,7 +397,10 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
       break;
     }
     if (nc->frame_len == 0) {
-      rc = sl_codec_skip(data + pos, len - pos, max, &used, &err);
+      /* a frame that came in part is walked on from where it ended, so
+       * one trickled in many reads is walked once */
+      rc = sl_codec_skip_walk(data + pos, len - pos, max, &used, &err,
+                              &nc->walk);
       if (rc == SL_EAGAIN && len - pos <= max)
         break;
       if (rc == SL_EAGAIN || rc == SL_E2BIG) {

@@ -21,6 +21,7 @@ struct native_conn {
   uint64_t acked;     /* the count last sent back */
   uint64_t durable;   /* the count sl_worker_durable is asked about */
   struct sl_durable wait; /* waiting for the disk buffers to hold them */
+  struct sl_codec_walk walk; /* the event still arriving, walked so far */
 };
 
 /* Ack mode: tell the client how many of its events are accepted (queued in
@@ -182,10 +183,13 @@ static size_t cb_data(struct sl_conn *c, const uint8_t *data, size_t len) {
   while (pos < len) {
     /* one walk measures and parses an event; at the end of the bytes, or
      * on anything wrong, the two steps below give the exact answer */
-    if (sl_likely(nc->first_seen) &&
+    /* an event that came in part is walked on from where it ended, so
+     * one trickled in many reads is walked once */
+    if (sl_likely(nc->first_seen) && nc->walk.pos == 0 &&
         sl_codec_parse_stream(data + pos, len - pos, max, &used, &v) == 0)
       goto parsed;
-    rc = sl_codec_skip(data + pos, len - pos, max, &used, &err);
+    rc = sl_codec_skip_walk(data + pos, len - pos, max, &used, &err,
+                            &nc->walk);
     if (rc == SL_EAGAIN) {
       if (len - pos > max) {
         bad_input(c, in, pos, "event larger than max_event_bytes");

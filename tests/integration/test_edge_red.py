@@ -1,0 +1,98 @@
+"""The network edge under hostile peers (red team, round 20): what a
+listener costs the engine when a peer trickles, floods or stops reading.
+
+- An event (native tcp) or a frame (forward) that arrives in many small
+  reads is walked once, not once per read: a 1 MiB event of one-byte
+  values trickled in 2 KB pieces cost the loop ~1.3 s of CPU per event
+  (a forward frame of 4 MB: a core for as long as the peer cared to
+  trickle), so a few slow peers could starve every other connection.
+
+Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/test_edge_red.py
+"""
+
+import os
+import socket
+import time
+
+import msgpack
+
+from conftest import _tcp_queues, free_port, metric, wait_for
+
+
+def _cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _read_by_engine(s):
+    """Poll until the engine has read all sent on s (as conftest.wait_read,
+    with a short interval: this is done hundreds of times per test)."""
+    ours, theirs = s.getsockname()[1], s.getpeername()[1]
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        mine, eng = _tcp_queues(ours, theirs), _tcp_queues(theirs, ours)
+        if mine and eng and mine[0] == 0 and eng[1] == 0:
+            return
+        time.sleep(0.0005)
+    raise AssertionError("the engine did not read the connection")
+
+
+def _trickle(address, data, piece):
+    """Send data in pieces, each read by the engine before the next goes,
+    so every piece is a read of its own. Returns the open socket."""
+    host, port = address.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=5)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(0, len(data), piece):
+        s.sendall(data[i:i + piece])
+        _read_by_engine(s)
+    return s
+
+
+def _engine(sluice, inp, **top):
+    admin = free_port()
+    eng = sluice(dict(top, **{"inputs": [inp],
+                  "outputs": [{"name": "out", "type": "null"}],
+                  "routes": [{"topics": "*", "to": "out"}],
+                  "admin": {"listen": "127.0.0.1:%d" % admin}}))
+    eng.admin = "127.0.0.1:%d" % admin
+    return eng
+
+
+def _events_in(eng, name):
+    return metric(eng.admin, "sluice_input_events_total", input=name)
+
+
+def test_a_native_event_trickled_in_many_reads_is_walked_once(sluice):
+    port = free_port()
+    eng = _engine(sluice, {"name": "app", "type": "tcp",
+                           "listen": "127.0.0.1:%d" % port})
+    # ~1 MB of one-byte values: every read walks all of them when the
+    # walk starts over each time
+    event = msgpack.packb({"topic": "t", "payload": [None] * 1000000})
+    cpu0 = _cpu_seconds(eng.pid)
+    s = _trickle("127.0.0.1:%d" % port, event, 2000)
+    wait_for(lambda: _events_in(eng, "app") == 1, what="the trickled event")
+    used = _cpu_seconds(eng.pid) - cpu0
+    s.close()
+    # walked once: a few ms (the walk over from the start each read: ~1.3 s)
+    assert used < 0.3, "the engine spent %.2f s of CPU on one event" % used
+
+
+def test_a_forward_frame_trickled_in_many_reads_is_walked_once(sluice):
+    port = free_port()
+    eng = _engine(sluice, {"name": "fw", "type": "forward",
+                           "listen": "127.0.0.1:%d" % port},
+                  max_event_bytes=8 << 20)
+    # Forward mode [tag, [[time, record]]], the record 4 MB of one-byte
+    # values (max_chunk_bytes is 8 MiB)
+    n = 4000000
+    frame = (b"\x92\xa3tag\x91\x92\x01\x81\xa1a\xdd" + n.to_bytes(4, "big") +
+             b"\xc0" * n)
+    cpu0 = _cpu_seconds(eng.pid)
+    s = _trickle("127.0.0.1:%d" % port, frame, 8000)
+    wait_for(lambda: _events_in(eng, "fw") == 1, what="the trickled frame")
+    used = _cpu_seconds(eng.pid) - cpu0
+    s.close()
+    assert used < 0.3, "the engine spent %.2f s of CPU on one frame" % used
