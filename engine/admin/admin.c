@@ -857,6 +857,7 @@ void sl_admin_free(struct sl_admin *a) {
   if (a == NULL)
     return;
   sl_metric_remove(a->w->metrics, &a->metrics);
+  sl_metrics_close(&a->metrics);
   free(a->token);
   sl_tls_free(a->srv.tls);
   free(a);

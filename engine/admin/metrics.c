@@ -1,9 +1,11 @@
 /* metrics.c - the admin server's and the process's own metrics; see
  * metrics.h. Process figures come from /proc and getrusage at each scrape
- * (names as Prometheus client libraries use them). Owns nothing. */
+ * (names as Prometheus client libraries use them). Owns the two /proc
+ * descriptors it keeps open in struct sl_metrics_admin. */
 #include "metrics.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -77,40 +79,63 @@ static void collect_admin(struct sl_metric_out *out, const struct sl_metric *m,
   }
 }
 
-static uint64_t open_fds(void) {
+/* The process's open fds into *n: 0, or -1 when /proc cannot be read
+ * (then no sample: a 0 would read as "nothing open" at the fd limit). */
+static int open_fds(struct sl_metrics_admin *a, uint64_t *n) {
   struct dirent *d;
   uint64_t fds = 0;
-  DIR *dir = opendir("/proc/self/fd");
-  if (dir == NULL)
-    return 0;
+  DIR *dir = a->fd_dir;
+  if (dir)
+    rewinddir(dir);
+  else if ((dir = opendir("/proc/self/fd")) == NULL)
+    return -1;
   while ((d = readdir(dir)) != NULL)
     if (d->d_name[0] != '.')
       fds++;
-  closedir(dir);
-  return fds - 1; /* the folder's own descriptor */
+  if (dir != a->fd_dir) {
+    closedir(dir);
+    fds--; /* the folder's own descriptor, gone again */
+  }
+  *n = fds;
+  return 0;
+}
+
+/* Resident pages into *pages: 0, or -1 (no sample) as above. */
+static int resident_pages(struct sl_metrics_admin *a,
+                          unsigned long long *pages) {
+  char text[128];
+  unsigned long long size;
+  ssize_t n;
+  int fd = a->statm_fd;
+  if (fd < 0 && (fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC)) < 0)
+    return -1;
+  n = pread(fd, text, sizeof(text) - 1, 0); /* offset 0: read anew */
+  if (fd != a->statm_fd)
+    close(fd);
+  if (n <= 0)
+    return -1;
+  text[n] = '\0';
+  return sscanf(text, "%llu %llu", &size, pages) == 2 ? 0 : -1;
 }
 
 static void collect_process(struct sl_metric_out *out,
                             const struct sl_metric *m, void *data) {
-  const struct sl_metrics_admin *a = data;
-  unsigned long long pages = 0, rss = 0;
+  struct sl_metrics_admin *a = data;
+  unsigned long long rss = 0;
+  uint64_t fds;
   struct rusage ru;
   struct rlimit rl;
-  FILE *f;
   if (m == &m_rss) {
-    if ((f = fopen("/proc/self/statm", "r")) != NULL) {
-      if (fscanf(f, "%llu %llu", &pages, &rss) != 2)
-        rss = 0;
-      fclose(f);
-    }
-    sl_metric_put_u64(out, NULL, rss * (uint64_t)sysconf(_SC_PAGESIZE));
+    if (resident_pages(a, &rss) == 0)
+      sl_metric_put_u64(out, NULL, rss * (uint64_t)sysconf(_SC_PAGESIZE));
   } else if (m == &m_cpu) {
     getrusage(RUSAGE_SELF, &ru);
     sl_metric_put(out, NULL,
                   (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
                       (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6);
   } else if (m == &m_fds) {
-    sl_metric_put_u64(out, NULL, open_fds());
+    if (open_fds(a, &fds) == 0)
+      sl_metric_put_u64(out, NULL, fds);
   } else if (m == &m_max_fds) {
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
       sl_metric_put_u64(out, NULL, (uint64_t)rl.rlim_cur);
@@ -129,6 +154,11 @@ int sl_metrics_register(struct sl_metric_registry *r,
                                                     &m_max_fds, &m_start};
   size_t i;
   int rc = 0;
+  if (!a->kept) { /* a failed open leaves the per-scrape way */
+    a->fd_dir = opendir("/proc/self/fd");
+    a->statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    a->kept = 1;
+  }
   for (i = 0; rc == 0 && i < sizeof(admin) / sizeof(*admin); i++)
     rc = sl_metric_add(r, admin[i], collect_admin, a);
   if (rc == 0)
@@ -138,4 +168,16 @@ int sl_metrics_register(struct sl_metric_registry *r,
   for (i = 0; rc == 0 && i < sizeof(process) / sizeof(*process); i++)
     rc = sl_metric_add(r, process[i], collect_process, a);
   return rc;
+}
+
+void sl_metrics_close(struct sl_metrics_admin *a) {
+  if (!a->kept)
+    return;
+  if (a->fd_dir)
+    closedir(a->fd_dir);
+  if (a->statm_fd >= 0)
+    close(a->statm_fd);
+  a->fd_dir = NULL;
+  a->statm_fd = -1;
+  a->kept = 0;
 }

@@ -4,6 +4,7 @@
 #ifndef SL_METRICS_H
 #define SL_METRICS_H
 
+#include <dirent.h>
 #include <stdint.h>
 
 #include "admin.h"
@@ -18,6 +19,12 @@ struct sl_metrics_admin {
   const struct sl_admin_stats *stats; /* the tap */
   const struct sl_http_server *srv;   /* requests by code, its listener */
   uint64_t started_ns;                /* the process's start, epoch */
+  /* /proc/self/fd and /proc/self/statm, opened by sl_metrics_register and
+   * kept until sl_metrics_close: at the fd limit, when the process's fd
+   * count matters most, opening them for a scrape would fail */
+  DIR *fd_dir;  /* NULL: opened per scrape */
+  int statm_fd; /* -1: likewise */
+  int kept;     /* the two above were set up */
 };
 
 /* Add to r: sluice_build_info; the admin server's requests by code, its
@@ -26,5 +33,9 @@ struct sl_metrics_admin {
  * 0 or SL_ENOMEM. */
 int sl_metrics_register(struct sl_metric_registry *r,
                         struct sl_metrics_admin *a);
+
+/* Close what sl_metrics_register kept open (after sl_metric_remove of a).
+ * A no-op when it never ran. */
+void sl_metrics_close(struct sl_metrics_admin *a);
 
 #endif

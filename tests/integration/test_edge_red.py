@@ -6,17 +6,21 @@ listener costs the engine when a peer trickles, floods or stops reading.
   values trickled in 2 KB pieces cost the loop ~1.3 s of CPU per event
   (a forward frame of 4 MB: a core for as long as the peer cared to
   trickle), so a few slow peers could starve every other connection.
+- /metrics at the fd limit: process_open_fds and
+  process_resident_memory_bytes read 0 (the /proc files could not be
+  opened for the scrape), just when an operator looks for the fd count.
 
 Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/test_edge_red.py
 """
 
 import os
+import resource
 import socket
 import time
 
 import msgpack
 
-from conftest import _tcp_queues, free_port, metric, wait_for
+from conftest import _tcp_queues, free_port, metric, scrape, wait_for
 
 
 def _cpu_seconds(pid):
@@ -96,3 +100,21 @@ def test_a_forward_frame_trickled_in_many_reads_is_walked_once(sluice):
     used = _cpu_seconds(eng.pid) - cpu0
     s.close()
     assert used < 0.3, "the engine spent %.2f s of CPU on one frame" % used
+
+
+def test_metrics_count_fds_and_memory_at_the_fd_limit(sluice):
+    port = free_port()
+    eng = _engine(sluice, {"name": "app", "type": "tcp",
+                           "listen": "127.0.0.1:%d" % port})
+    fds = {int(n) for n in os.listdir("/proc/%d/fd" % eng.pid)}
+    lowest_free = min(set(range(len(fds) + 1)) - fds)
+    _, hard = resource.prlimit(eng.pid, resource.RLIMIT_NOFILE)
+    # the scrape's own connection takes the last fd the limit allows
+    resource.prlimit(eng.pid, resource.RLIMIT_NOFILE, (lowest_free + 1, hard))
+    try:
+        samples = scrape(eng.admin)
+    finally:
+        resource.prlimit(eng.pid, resource.RLIMIT_NOFILE, (1024, hard))
+    assert metric(samples, "process_max_fds") == lowest_free + 1
+    assert metric(samples, "process_open_fds") == len(fds) + 1
+    assert metric(samples, "process_resident_memory_bytes") > 1 << 20
