@@ -27,6 +27,9 @@ struct file_out {
   int msgpack;
   int busy;          /* a write, sync or reopen is in flight */
   int reopen;        /* SIGUSR1 came: reopen after this write */
+  int reopen_failed; /* the last reopen failed (no fds, ...): the file
+                        still open is written, and the reopen is tried
+                        again before each batch until it works */
   int failing;
   int closing;
   int fsync;         /* fdatasync each batch before it counts as delivered */
@@ -191,11 +194,16 @@ static void on_reopened(uv_fs_t *req) {
     return;
   }
   if (fd < 0) {
-    sl_log(SL_LOG_ERROR, "cannot reopen output file", SL_S("output", f->o->cfg->name),
-           SL_S("path", f->o->cfg->path), SL_S("error", uv_strerror(fd)), SL_END);
+    if (!f->reopen_failed)
+      sl_log(SL_LOG_ERROR, "cannot reopen output file; writing to the file "
+                           "still open, trying again before each batch",
+             SL_S("output", f->o->cfg->name), SL_S("path", f->o->cfg->path),
+             SL_S("error", uv_strerror(fd)), SL_END);
+    f->reopen_failed = 1; /* the rotated file must not take events for good */
   } else {
     close(f->fd);
     f->fd = fd;
+    f->reopen_failed = 0;
     sl_log(SL_LOG_INFO, "output file reopened", SL_S("output", f->o->cfg->name),
            SL_S("path", f->o->cfg->path), SL_END);
   }
@@ -341,7 +349,11 @@ static void cb_write(struct sl_output *o, const struct sl_batch *b) {
     return;
   }
   f->nevents = i;
-  if (!f->busy) /* else a reopen runs: it writes the batch when done */
+  if (f->busy)
+    return; /* a reopen runs: it writes the batch when done */
+  if (f->reopen_failed)
+    reopen_now(f); /* and on_reopened writes the batch, here or there */
+  else
     write_more(f);
 }
 

@@ -9,18 +9,24 @@ listener costs the engine when a peer trickles, floods or stops reading.
 - /metrics at the fd limit: process_open_fds and
   process_resident_memory_bytes read 0 (the /proc files could not be
   opened for the scrape), just when an operator looks for the fd count.
+- SIGUSR1 with no fd free: the file output's reopen failed once and it
+  went on appending to the rotated-away file for good (till the next
+  SIGUSR1), where the next rotation deletes what it was told is delivered.
 
 Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/test_edge_red.py
 """
 
+import json
 import os
 import resource
+import signal
 import socket
 import time
 
 import msgpack
 
-from conftest import _tcp_queues, free_port, metric, scrape, wait_for
+from conftest import (_tcp_queues, free_port, metric, read_lines, scrape,
+                      wait_for, wait_read)
 
 
 def _cpu_seconds(pid):
@@ -118,3 +124,43 @@ def test_metrics_count_fds_and_memory_at_the_fd_limit(sluice):
     assert metric(samples, "process_max_fds") == lowest_free + 1
     assert metric(samples, "process_open_fds") == len(fds) + 1
     assert metric(samples, "process_resident_memory_bytes") > 1 << 20
+
+
+def _lowest_free_fd(pid):
+    fds = {int(n) for n in os.listdir("/proc/%d/fd" % pid)}
+    return min(set(range(len(fds) + 1)) - fds)
+
+
+def test_a_reopen_that_failed_for_want_of_fds_is_tried_again(sluice):
+    port = free_port()
+    eng = sluice({"inputs": [{"name": "app", "type": "tcp",
+                              "listen": "127.0.0.1:%d" % port}],
+                  "outputs": [{"name": "out", "type": "file",
+                               "path": "out.ndjson"}],
+                  "routes": [{"topics": "*", "to": "out"}]})
+    out, rotated = eng.path("out.ndjson"), eng.path("out.ndjson.1")
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+
+    def send(i):
+        s.sendall(msgpack.packb({"topic": "t", "payload": i}))
+        wait_read(s)
+
+    send(0)
+    wait_for(lambda: len(read_lines(out)) == 1, what="event 0")
+    os.rename(out, rotated)
+    _, hard = resource.prlimit(eng.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(eng.pid, resource.RLIMIT_NOFILE,
+                     (_lowest_free_fd(eng.pid), hard))  # no fd free
+    try:
+        eng.signal(signal.SIGUSR1)
+        eng.wait_log(output="out", path=str(out), error="too many open files")
+        send(1)  # still into the file open (the rotated one)
+        wait_for(lambda: len(read_lines(rotated)) == 2, what="event 1")
+    finally:
+        resource.prlimit(eng.pid, resource.RLIMIT_NOFILE, (1024, hard))
+    send(2)  # fds are back: the next batch goes to the path
+    wait_for(lambda: len(read_lines(out)) == 1, what="event 2 in the new file")
+    s.close()
+    assert [json.loads(l)["payload"] for l in read_lines(rotated)] == [0, 1]
+    assert [json.loads(l)["payload"] for l in read_lines(out)] == [2]
+    assert eng.stop() == 0
