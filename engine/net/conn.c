@@ -994,20 +994,27 @@ static void on_connect(uv_connect_t *req, int status) {
 }
 
 struct sl_conn *sl_conn_connect(uv_loop_t *loop, const struct sl_endpoint *ep,
-                                const struct sl_conn_ops *ops, void *proto) {
+                                const struct sl_conn_ops *ops, void *proto,
+                                int *status) {
   struct sl_conn *c;
+  int rc;
 
   c = conn_new(loop, ep->tp);
-  if (c == NULL)
+  if (c == NULL) {
+    if (status)
+      *status = UV_ENOMEM;
     return NULL;
+  }
   c->ops = ops;
   c->proto = proto;
   c->connect_req.data = c;
   snprintf(c->peer, sizeof(c->peer), "%s", ep->address);
-  if ((ep->resolve ? resolve(loop, c, ep) : c->tp->connect(c, ep, on_connect))
-      != 0) {
+  rc = ep->resolve ? resolve(loop, c, ep) : c->tp->connect(c, ep, on_connect);
+  if (rc != 0) {
     c->ops = NULL; /* the caller learns of it from the NULL return */
     sl_conn_close(c);
+    if (status)
+      *status = rc;
     return NULL;
   }
   return c;

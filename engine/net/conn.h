@@ -171,9 +171,11 @@ const struct sl_listener_stats *sl_listener_stats(const struct sl_listener *l);
  * in turn. ops->cb_connect reports the result: the last address's error,
  * or the resolver's (sl_conn_resolve_error tells); on failure the conn is
  * closed after it. Returns the new conn, or NULL when the connect could
- * not start. */
+ * not start, with *status (when status is not NULL) its UV_E* code: no
+ * file descriptor for the socket (UV_EMFILE) is the one to expect. */
 struct sl_conn *sl_conn_connect(uv_loop_t *loop, const struct sl_endpoint *ep,
-                                const struct sl_conn_ops *ops, void *proto);
+                                const struct sl_conn_ops *ops, void *proto,
+                                int *status);
 
 /* status (from cb_connect) says the host name did not resolve. */
 int sl_conn_resolve_error(int status);

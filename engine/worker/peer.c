@@ -162,14 +162,21 @@ static const struct sl_conn_ops conn_ops = {
 
 static void connect_now(struct sl_peer *p) {
   struct sl_endpoint ep;
+  char why[160];
+  int rc;
   if (p->closing || p->conn)
     return;
-  if (sl_endpoint_init(&ep, p->kind, p->address, NULL, 0) == 0 &&
-      sl_endpoint_set_tls(&ep, p->tls) == 0)
-    p->conn = sl_conn_connect(&p->o->w->loop, &ep, &conn_ops, p);
+  rc = sl_endpoint_init(&ep, p->kind, p->address, NULL, 0);
+  if (rc == 0)
+    rc = sl_endpoint_set_tls(&ep, p->tls);
+  if (rc == 0)
+    p->conn = sl_conn_connect(&p->o->w->loop, &ep, &conn_ops, p, &rc);
   if (p->conn == NULL) {
-    p->was_down = 1;
-    sl_output_done(p->o, 0, SL_WRITE_RETRY, "cannot start a connection");
+    /* as a connect that failed later: logged once per outage, with why
+     * (no fd for the socket, most often) */
+    snprintf(why, sizeof(why), "cannot start a connection: %s",
+             uv_strerror(rc));
+    lost(p, rc, why);
     return;
   }
   watch(p, 1);

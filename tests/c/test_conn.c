@@ -204,9 +204,9 @@ static int setup(enum sl_endpoint_kind kind) {
     if ((rc = sl_endpoint_init(&ep, kind, addr, err, sizeof(err))) != 0)
       return rc;
     sl_endpoint_set_tls(&ep, cl_ep.tls);
-    fx.cl = sl_conn_connect(&fx.loop, &ep, &cl_ops, &fx);
+    fx.cl = sl_conn_connect(&fx.loop, &ep, &cl_ops, &fx, NULL);
   } else {
-    fx.cl = sl_conn_connect(&fx.loop, &cl_ep, &cl_ops, &fx);
+    fx.cl = sl_conn_connect(&fx.loop, &cl_ep, &cl_ops, &fx, NULL);
   }
   return fx.cl ? 0 : -1;
 }
@@ -531,7 +531,7 @@ static void connect_refused(enum sl_endpoint_kind kind, int *failed__) {
   else
     snprintf(addr, sizeof(addr), "/tmp/sl_test_conn.%d.none", (int)getpid());
   CHECK_EQ(sl_endpoint_init(&ep, kind, addr, NULL, 0), 0);
-  fx.cl = sl_conn_connect(&fx.loop, &ep, &cl_ops, &fx);
+  fx.cl = sl_conn_connect(&fx.loop, &ep, &cl_ops, &fx, NULL);
   CHECK(fx.cl != NULL);
   CHECK_EQ(sl_conn_state(fx.cl), SL_CONN_CONNECTING);
   uv_run(&fx.loop, UV_RUN_DEFAULT);
@@ -582,7 +582,7 @@ TEST(conn_connect_to_a_name_that_does_not_resolve_reports_a_resolve_error) {
   uv_loop_init(&fx.loop);
   CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "no-such-host.invalid:1",
                             NULL, 0), 0);
-  fx.cl = sl_conn_connect(&fx.loop, &ep, &cl_ops, &fx);
+  fx.cl = sl_conn_connect(&fx.loop, &ep, &cl_ops, &fx, NULL);
   CHECK(fx.cl != NULL);
   uv_run(&fx.loop, UV_RUN_DEFAULT);
   CHECK_EQ(uv_loop_close(&fx.loop), 0);
@@ -599,7 +599,7 @@ TEST(conn_close_during_the_lookup_frees_the_conn_after_it) {
   memset(&fx, 0, sizeof(fx));
   uv_loop_init(&fx.loop);
   CHECK_EQ(sl_endpoint_init(&ep, SL_ENDPOINT_TCP, "localhost:9", NULL, 0), 0);
-  fx.cl = sl_conn_connect(&fx.loop, &ep, &cl_ops, &fx);
+  fx.cl = sl_conn_connect(&fx.loop, &ep, &cl_ops, &fx, NULL);
   CHECK(fx.cl != NULL);
   sl_conn_close(fx.cl);
   uv_run(&fx.loop, UV_RUN_DEFAULT);
@@ -771,7 +771,7 @@ static const struct sl_conn_ops cl2_ops = {.cb_data = cl2_data,
                                            .cb_close = cl2_close};
 
 static void connect_second(void) {
-  cl2 = sl_conn_connect(&fx.loop, &fx.ep, &cl2_ops, NULL);
+  cl2 = sl_conn_connect(&fx.loop, &fx.ep, &cl2_ops, NULL, NULL);
 }
 
 static void over_max_conns_gets_refusal(enum sl_endpoint_kind kind,

@@ -12,6 +12,8 @@ listener costs the engine when a peer trickles, floods or stops reading.
 - SIGUSR1 with no fd free: the file output's reopen failed once and it
   went on appending to the rotated-away file for good (till the next
   SIGUSR1), where the next rotation deletes what it was told is delivered.
+- A tcp output whose socket cannot be made (no fd) said only "cannot start
+  a connection": the reason, the one thing to act on, was dropped.
 
 Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/test_edge_red.py
 """
@@ -25,8 +27,8 @@ import time
 
 import msgpack
 
-from conftest import (_tcp_queues, free_port, metric, read_lines, scrape,
-                      wait_for, wait_read)
+from conftest import (Sink, _tcp_queues, free_port, metric, read_lines,
+                      scrape, wait_for, wait_read)
 
 
 def _cpu_seconds(pid):
@@ -164,3 +166,35 @@ def test_a_reopen_that_failed_for_want_of_fds_is_tried_again(sluice):
     assert [json.loads(l)["payload"] for l in read_lines(rotated)] == [0, 1]
     assert [json.loads(l)["payload"] for l in read_lines(out)] == [2]
     assert eng.stop() == 0
+
+
+def test_an_output_with_no_fd_for_its_socket_says_so_and_recovers(sluice):
+    port = free_port()
+    with Sink() as sink:
+        eng = sluice({"inputs": [{"name": "app", "type": "tcp",
+                                  "listen": "127.0.0.1:%d" % port}],
+                      "outputs": [{"name": "out", "type": "tcp",
+                                   "address": sink.address,
+                                   "retry": {"initial_ms": 20, "max_ms": 100},
+                                   "breaker": {"failures": 2, "open_ms": 200}}],
+                      "routes": [{"topics": "*", "to": "out"}]})
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(msgpack.packb({"topic": "t", "payload": 0}))
+        sink.wait(1)
+        _, hard = resource.prlimit(eng.pid, resource.RLIMIT_NOFILE)
+        # no new fd at all: the open ones stay usable
+        resource.prlimit(eng.pid, resource.RLIMIT_NOFILE, (3, hard))
+        try:
+            for c in sink._conns:  # the peer goes: a reconnect needs an fd
+                c.shutdown(socket.SHUT_RDWR)
+            for i in range(1, 20):
+                s.sendall(msgpack.packb({"topic": "t", "payload": i}))
+            line = eng.wait_log("output circuit breaker open; no attempts "
+                                "for open_ms", output="out")
+        finally:
+            resource.prlimit(eng.pid, resource.RLIMIT_NOFILE, (1024, hard))
+        assert line["error"] == ("cannot start a connection: too many open "
+                                 "files")
+        wait_for(lambda: {e["payload"] for e in sink.events} >= set(range(20)),
+                 what="every event once fds are back")
+        s.close()
