@@ -8,10 +8,12 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "sandbox.h"
@@ -109,6 +111,7 @@ struct sl_rules {
   uv_fs_event_t watch, watch_lib;
   uv_timer_t debounce, timers;
   int watching, watching_lib, stopped;
+  uint32_t retry_ms;  /* the watcher's next retry of such a build; 0: none */
   int64_t next_timer_ms;
   int timer_next; /* the rule whose timers go first on the next turn */
   int64_t timers_rest_ms; /* no turn of timer work before (mono ms) */
@@ -653,12 +656,40 @@ int sl_rules_reload_with(struct sl_rules *rs, const struct sl_config *cfg,
 
 /* ---- watching and timers ----------------------------------------------- */
 
+#define WATCH_RETRY_MIN_MS 1000
+#define WATCH_RETRY_MAX_MS 30000
+
+/* Can the process open a file now? A reload that failed while it could
+ * not failed for want of fds (reading the folder, a rule, a module), not
+ * for what the files say. */
+static int fds_short_now(void) {
+  int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    close(fd);
+    return 0;
+  }
+  return errno == EMFILE || errno == ENFILE;
+}
+
 static void on_debounce(uv_timer_t *t) {
   struct sl_rules *rs = container_of(t, struct sl_rules, debounce);
+  int rc;
   if (rs->owner.reload) /* every worker's set together */
-    rs->owner.reload(rs->owner.data, "watch");
+    rc = rs->owner.reload(rs->owner.data, "watch");
   else
-    sl_rules_reload(rs, "watch");
+    rc = sl_rules_reload(rs, "watch");
+  if (rc == 0 || rs->stopped || !fds_short_now()) {
+    rs->retry_ms = 0;
+    return;
+  }
+  /* the files changed but could not be read for want of fds: the watcher
+   * will not see this change again, so try again until fds come back */
+  rs->retry_ms = rs->retry_ms == 0 ? WATCH_RETRY_MIN_MS
+                 : rs->retry_ms * 2 > WATCH_RETRY_MAX_MS ? WATCH_RETRY_MAX_MS
+                                                         : rs->retry_ms * 2;
+  sl_log(SL_LOG_WARN, "rules reload failed for want of file descriptors; "
+         "trying again", SL_U("retry_ms", rs->retry_ms), SL_END);
+  uv_timer_start(&rs->debounce, on_debounce, rs->retry_ms, 0);
 }
 
 static void on_fs_event(uv_fs_event_t *h, const char *filename, int events,
@@ -669,6 +700,7 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events,
   if (status != 0 || rs->stopped)
     return;
   /* editors write in bursts (temp file, rename, chmod): wait for quiet */
+  rs->retry_ms = 0;
   uv_timer_start(&rs->debounce, on_debounce, rs->cfg->rules.debounce_ms, 0);
 }
 
