@@ -22,6 +22,7 @@ struct native_conn {
   uint64_t durable;   /* the count sl_worker_durable is asked about */
   struct sl_durable wait; /* waiting for the disk buffers to hold them */
   struct sl_codec_walk walk; /* the event still arriving, walked so far */
+  int ack_deferred;   /* an ack waits for the one the peer has not read */
 };
 
 /* Ack mode: tell the client how many of its events are accepted (queued in
@@ -30,15 +31,44 @@ struct native_conn {
  * goes out only once sl_worker_durable says so: a disk that cannot write
  * holds the ack back, it never acks what it may lose. */
 static void refused(struct native_conn *nc);
+static void send_ack(struct native_conn *nc);
+
+/* An ack the kernel could not take at once was written: send the count
+ * that came meanwhile, if any. */
+static void on_ack_written(struct sl_conn *c, int status, void *arg) {
+  struct native_conn *nc = sl_conn_proto(c);
+  (void)arg;
+  if (status != 0 || sl_conn_is_closing(c) || !nc->ack_deferred)
+    return;
+  nc->ack_deferred = 0;
+  send_ack(nc);
+  sl_framed_close_if_drained(nc->src.input->data, nc->conn);
+}
+
+/* Write the count nc->durable. */
+static void write_ack(struct native_conn *nc) {
+  struct sl_buf b;
+  sl_buf_init(&b);
+  if (sl_codec_put_uint(&b, nc->durable) == 0 &&
+      sl_conn_write(nc->conn, &b, on_ack_written, NULL) == 0)
+    nc->acked = nc->durable;
+  sl_buf_close(&b);
+}
 
 static void send_ack(struct native_conn *nc) {
-  struct sl_buf b;
   int rc;
   if (!nc->ack || nc->accepted == nc->acked || sl_conn_is_closing(nc->conn) ||
       nc->wait.waiting)
     return;
   if (nc->src.refused_later) { /* workers > 1: found after its submit */
     refused(nc);
+    return;
+  }
+  if (sl_conn_write_queue_size(nc->conn) > 0) {
+    /* the peer does not read its acks (yet): one count waits, not one
+     * per read, or a peer that never reads them grows our memory without
+     * bound; on_ack_written sends the latest */
+    nc->ack_deferred = 1;
     return;
   }
   nc->durable = nc->accepted;
@@ -50,16 +80,11 @@ static void send_ack(struct native_conn *nc) {
   }
   if (rc != 0)
     return; /* on_durable sends it */
-  sl_buf_init(&b);
-  if (sl_codec_put_uint(&b, nc->durable) == 0 &&
-      sl_conn_write(nc->conn, &b, NULL, NULL) == 0)
-    nc->acked = nc->durable;
-  sl_buf_close(&b);
+  write_ack(nc);
 }
 
 static void on_durable(struct sl_durable *d) {
   struct native_conn *nc = container_of(d, struct native_conn, wait);
-  struct sl_buf b;
   if (sl_conn_is_closing(nc->conn))
     return;
   if (d->failed || nc->src.refused_later) { /* workers > 1 */
@@ -68,11 +93,7 @@ static void on_durable(struct sl_durable *d) {
     refused(nc);
     return;
   }
-  sl_buf_init(&b);
-  if (sl_codec_put_uint(&b, nc->durable) == 0 &&
-      sl_conn_write(nc->conn, &b, NULL, NULL) == 0)
-    nc->acked = nc->durable;
-  sl_buf_close(&b);
+  write_ack(nc);
   send_ack(nc); /* what was accepted meanwhile */
   /* draining: its last ack is out */
   sl_framed_close_if_drained(nc->src.input->data, nc->conn);

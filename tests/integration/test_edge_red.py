@@ -15,6 +15,9 @@ listener costs the engine when a peer trickles, floods or stops reading.
 - A rule file changed while no fd was free: the watcher's reload failed
   (the folder could not be read) and was never tried again, so the engine
   ran the old rules for good while the file on disk said otherwise.
+- A native producer that asks for acks and does not read them: each read
+  queued one more ack behind the unread ones, so the engine's memory grew
+  without bound (51 MB per million one-event reads on a unix socket).
 - A tcp output whose socket cannot be made (no fd) said only "cannot start
   a connection": the reason, the one thing to act on, was dropped.
 
@@ -30,8 +33,8 @@ import time
 
 import msgpack
 
-from conftest import (Sink, free_port, metric, read_lines,
-                      scrape, wait_for, wait_read)
+from conftest import (Sink, free_port, metric, read_lines, scrape,
+                      short_path, wait_for, wait_read)
 
 
 def _cpu_seconds(pid):
@@ -218,3 +221,35 @@ def test_a_rules_change_met_with_no_fds_is_loaded_once_fds_are_back(sluice,
     wait_for(lambda: read_lines(eng.path("out.ndjson")), what="the event")
     s.close()
     assert json.loads(read_lines(eng.path("out.ndjson"))[0])["headers"]["v"] == "2"
+
+
+def test_acks_a_producer_does_not_read_do_not_pile_up(sluice):
+    path = short_path("in.sock")
+    admin = free_port()
+    eng = sluice({"inputs": [{"name": "app", "type": "unix", "listen": path}],
+                  "outputs": [{"name": "out", "type": "null"}],
+                  "routes": [{"topics": "*", "to": "out"}],
+                  "admin": {"listen": "127.0.0.1:%d" % admin}})
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.sendall(msgpack.packb({"sluice": 1, "ack": True}))
+    ev = msgpack.packb({"topic": "t", "payload": 1})
+    n = 300000
+    rss0 = eng.rss_kb()
+    for i in range(n):  # one event per write: most are reads of their own
+        s.send(ev)
+    wait_for(lambda: metric("127.0.0.1:%d" % admin, "sluice_input_events_total",
+                            input="app") == n, timeout=30, what="every event in")
+    grown = eng.rss_kb() - rss0
+    # before: an ack queued per read behind the unread ones (~22 MB here)
+    assert grown < 8 * 1024, "RSS grew by %d kB" % grown
+    # and the producer that reads at last gets the whole count
+    unpacker = msgpack.Unpacker()
+    s.settimeout(10)
+    last = 0
+    while last < n:
+        unpacker.feed(s.recv(65536))
+        for last in unpacker:
+            pass
+    assert last == n
+    s.close()
