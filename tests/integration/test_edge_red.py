@@ -33,7 +33,7 @@ import time
 
 import msgpack
 
-from conftest import (Sink, free_port, metric, read_lines, scrape,
+from conftest import (ASAN, Sink, free_port, metric, read_lines, scrape,
                       short_path, wait_for, wait_read)
 
 
@@ -241,8 +241,9 @@ def test_acks_a_producer_does_not_read_do_not_pile_up(sluice):
     wait_for(lambda: metric("127.0.0.1:%d" % admin, "sluice_input_events_total",
                             input="app") == n, timeout=30, what="every event in")
     grown = eng.rss_kb() - rss0
-    # before: an ack queued per read behind the unread ones (~22 MB here)
-    assert grown < 8 * 1024, "RSS grew by %d kB" % grown
+    # before: an ack queued per read behind the unread ones (~14 MB here);
+    # under ASan its quarantine of freed memory (every event's) is RSS too
+    assert ASAN or grown < 8 * 1024, "RSS grew by %d kB" % grown
     # and the producer that reads at last gets the whole count
     unpacker = msgpack.Unpacker()
     s.settimeout(10)
