@@ -463,6 +463,10 @@ static void cb_eof(struct sl_conn *c, int status) {
                     "partial frame discarded",
                     "connection closed inside a forward frame; partial frame "
                     "discarded");
+  /* the sender finished and waits for acks a disk buffer's sync holds
+   * back: keep the conn until on_durable sends them and closes it */
+  if (status == 0 && nc->wait.waiting && sl_conn_buffered(c) == 0)
+    sl_conn_stop_reading(c);
 }
 
 static void on_timer_closed(uv_handle_t *h) {

@@ -292,6 +292,10 @@ static void cb_eof(struct sl_conn *c, int status) {
                     "event discarded",
                     "connection closed inside an event; partial event "
                     "discarded");
+  /* the producer finished sending and waits for acks a disk buffer's sync
+   * holds back: keep the conn until on_durable sends them and closes it */
+  if (status == 0 && nc->wait.waiting && sl_conn_buffered(c) == 0)
+    sl_conn_stop_reading(c);
 }
 
 static void cb_close(struct sl_conn *c) {

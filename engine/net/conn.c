@@ -406,6 +406,19 @@ static void watch_partial(struct sl_conn *c, int progress) {
   }
 }
 
+/* The peer finished sending (EOF). A protocol that still owes it answers
+ * (acks waiting for a disk buffer's sync) keeps c by calling
+ * sl_conn_stop_reading from cb_eof, and closes it once they are out: a
+ * producer that half-closes and waits for its last acks gets them. */
+static void peer_done(struct sl_conn *c) {
+  enter(c);
+  if (c->ops && c->ops->cb_eof && !sl_conn_is_closing(c))
+    c->ops->cb_eof(c, 0);
+  if (!(c->flags & SL_CONN_F_NO_READ))
+    sl_conn_close(c);
+  leave(c);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   struct sl_conn *c = s->data;
   (void)buf;
@@ -420,9 +433,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   }
   if (nread == 0)
     return;
+  if (nread == UV_EOF) {
+    peer_done(c);
+    return;
+  }
   if (nread == UV_ENOBUFS) /* our buffer could not grow */
     nread = UV_ENOMEM;
-  eof_and_close(c, nread == UV_EOF ? 0 : (int)nread);
+  eof_and_close(c, (int)nread);
 }
 
 static void start_reading(struct sl_conn *c) {

@@ -71,7 +71,10 @@ struct sl_conn_ops {
    * more. The protocol may pause or close the conn from here. */
   size_t (*cb_data)(struct sl_conn *c, const uint8_t *data, size_t len);
   /* The peer closed or an error happened (status: 0 or UV_E*); the conn
-   * will be closed right after. May be NULL. */
+   * will be closed right after, unless (status 0 from the peer's EOF: it
+   * finished sending) the protocol calls sl_conn_stop_reading here to
+   * keep it for answers it still owes, and closes it itself once they
+   * are written. May be NULL. */
   void (*cb_eof)(struct sl_conn *c, int status);
   /* The conn is closing: release protocol state. May be NULL. */
   void (*cb_close)(struct sl_conn *c);

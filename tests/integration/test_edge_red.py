@@ -18,12 +18,16 @@ listener costs the engine when a peer trickles, floods or stops reading.
 - A native producer that asks for acks and does not read them: each read
   queued one more ack behind the unread ones, so the engine's memory grew
   without bound (51 MB per million one-event reads on a unix socket).
+- A producer that half-closes after its last event and waits for its acks
+  (native with ack, forward with chunk) got none when a disk buffer with
+  fsync = "always" held them back: the engine closed on the EOF first.
 - A tcp output whose socket cannot be made (no fd) said only "cannot start
   a connection": the reason, the one thing to act on, was dropped.
 
 Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/test_edge_red.py
 """
 
+import io
 import json
 import os
 import resource
@@ -254,3 +258,39 @@ def test_acks_a_producer_does_not_read_do_not_pile_up(sluice):
             pass
     assert last == n
     s.close()
+
+
+def _read_to_end(s, timeout=10):
+    s.settimeout(timeout)
+    out = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            return out
+        out += d
+
+
+def test_a_half_closed_producer_gets_the_acks_a_sync_held_back(sluice):
+    port, fport = free_port(), free_port()
+    sluice({"inputs": [{"name": "app", "type": "tcp",
+                        "listen": "127.0.0.1:%d" % port},
+                       {"name": "fw", "type": "forward",
+                        "listen": "127.0.0.1:%d" % fport}],
+            "outputs": [{"name": "out", "type": "null",
+                         "buffer": {"type": "disk", "fsync": "always"}}],
+            "routes": [{"topics": "*", "to": "out"}]})
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(msgpack.packb({"sluice": 1, "ack": True}) +
+              b"".join(msgpack.packb({"topic": "t", "payload": i})
+                       for i in range(100)))
+    s.shutdown(socket.SHUT_WR)  # done sending; the acks may still come
+    acks = list(msgpack.Unpacker(io.BytesIO(_read_to_end(s))))
+    s.close()
+    assert acks and acks[-1] == 100
+    f = socket.create_connection(("127.0.0.1", fport), timeout=5)
+    f.sendall(msgpack.packb(["tag", [[1, {"a": i}] for i in range(100)],
+                             {"chunk": "c1"}]))
+    f.shutdown(socket.SHUT_WR)
+    answer = _read_to_end(f)
+    f.close()
+    assert msgpack.unpackb(answer) == {"ack": "c1"}
