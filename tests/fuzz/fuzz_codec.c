@@ -254,6 +254,33 @@ static int same_str(struct sl_str a, struct sl_str b) {
   return a.p == b.p && a.len == b.len;
 }
 
+/* The native and forward readers' resumed walk (sl_codec_skip_walk, one
+ * walk of an object that trickles in over many reads) answers at every
+ * read what a fresh sl_codec_skip of the same bytes does: result, size,
+ * error offset and message. Reads of step bytes, from the input. */
+static void check_walk(const uint8_t *data, size_t size, size_t max,
+                       size_t step) {
+  struct sl_codec_walk w;
+  struct sl_codec_error e1, e2;
+  size_t k, u1 = 0, u2 = 0;
+  int r1, r2;
+  memset(&w, 0, sizeof(w));
+  for (k = step < size ? step : size;; k = k + step < size ? k + step : size) {
+    r1 = sl_codec_skip(data, k, max, &u1, &e1);
+    r2 = sl_codec_skip_walk(data, k, max, &u2, &e2, &w);
+    ASSERT(r1 == r2);
+    ASSERT(r1 != 0 || u1 == u2);
+    ASSERT(r1 == 0 || r1 == SL_EAGAIN ||
+           (e1.offset == e2.offset && strcmp(e1.msg, e2.msg) == 0));
+    if (r1 != SL_EAGAIN) {
+      ASSERT(w.pos == 0); /* ready for the next object */
+      return;
+    }
+    if (k == size)
+      return;
+  }
+}
+
 /* Every value of map a (n bytes) but the one under key skip is in map b
  * with the same bytes, and b has no key a lacks but skip. */
 static void same_pairs_but(const uint8_t *a, size_t an, const uint8_t *b,
@@ -390,6 +417,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
   check_stream(data, size, LIMIT);
   check_stream(data, size, size / 2 + 1);
+  if (size > 0) {
+    check_walk(data, size, LIMIT, (size_t)(data[size - 1] % 16) + 1);
+    check_walk(data, size, size / 2 + 1, (size_t)(data[0] % 5) + 1);
+  }
 
   r = sl_codec_skip(data, size, LIMIT, &used, &err);
   ASSERT(r == 0 || r == SL_EAGAIN || r == SL_E2BIG || r == SL_EPROTO);
