@@ -1021,46 +1021,6 @@ static void log_failure(struct sl_rules *rs, const struct sl_event *orig,
            SL_U("suppressed", suppressed), SL_END);
 }
 
-/* Run slot sl on *ev when its topics match (0 when they do not): time one
- * call in SL_RULES_TIME_EVERY, arm the timers it added, and take the event
- * it changed unless it failed. The decision is in rs->d. */
-static int run_slot(struct sl_rules *rs, struct slot *sl,
-                    struct sl_event **ev) {
-  struct sl_rule_decision *d = &rs->d;
-  uint64_t t0 = 0;
-  int64_t next;
-  int timed;
-  if (!sl->any_topic) {
-    struct sl_str topic = sl_event_topic(*ev);
-    if (!sl_rule_matches(sl->rule, topic.p, topic.len))
-      return 0;
-  }
-  /* two clock reads cost as much as a small rule: time one call in
-   * SL_RULES_TIME_EVERY (the histogram is a sample; calls_total exact) */
-  timed = sl->stats && (sl->stats->calls & (SL_RULES_TIME_EVERY - 1)) == 0;
-  if (timed)
-    t0 = sl_mono_ns();
-  sl_rule_run(sl->rule, *ev, d);
-  if (sl->stats) {
-    sl->stats->calls++;
-    if (timed)
-      sl_histogram_observe(&sl->stats->duration,
-                           (double)(sl_mono_ns() - t0) / 1e9);
-  }
-  if (rs->loop && d->timers_changed &&
-      (next = sl_rule_next_timer(sl->rule)) >= 0 &&
-      (rs->next_timer_ms < 0 || next < rs->next_timer_ms))
-    arm_timers(rs);
-  if (d->changed && d->verdict != SL_RULE_ERROR) {
-    sl_event_unref(*ev);
-    *ev = d->changed;
-  } else if (d->changed) {
-    sl_event_unref(d->changed);
-  }
-  d->changed = NULL;
-  return 1;
-}
-
 /* sl_config_output_index of a name a rule returned, through rs->rc. */
 static int route_output(struct sl_rules *rs, const char *name) {
   struct route_cache *c = &rs->rc;
@@ -1133,6 +1093,51 @@ static void resolve_routes(struct sl_rules *rs, struct slot *sl,
   }
 }
 
+/* Run slot sl on *ev when its topics match (0 when they do not): time one
+ * call in SL_RULES_TIME_EVERY, arm the timers it added, resolve the
+ * outputs it routed to into r, and take the event it changed unless it
+ * failed (an unknown output fails it too, so on_error "pass" goes on with
+ * the event as it came to the rule). The decision is in rs->d. */
+static int run_slot(struct sl_rules *rs, struct slot *sl,
+                    struct sl_event **ev, struct sl_rules_result *r) {
+  struct sl_rule_decision *d = &rs->d;
+  uint64_t t0 = 0;
+  int64_t next;
+  int timed;
+  if (!sl->any_topic) {
+    struct sl_str topic = sl_event_topic(*ev);
+    if (!sl_rule_matches(sl->rule, topic.p, topic.len))
+      return 0;
+  }
+  /* two clock reads cost as much as a small rule: time one call in
+   * SL_RULES_TIME_EVERY (the histogram is a sample; calls_total exact) */
+  timed = sl->stats && (sl->stats->calls & (SL_RULES_TIME_EVERY - 1)) == 0;
+  if (timed)
+    t0 = sl_mono_ns();
+  sl_rule_run(sl->rule, *ev, d);
+  if (sl->stats) {
+    sl->stats->calls++;
+    if (timed)
+      sl_histogram_observe(&sl->stats->duration,
+                           (double)(sl_mono_ns() - t0) / 1e9);
+  }
+  if (rs->loop && d->timers_changed &&
+      (next = sl_rule_next_timer(sl->rule)) >= 0 &&
+      (rs->next_timer_ms < 0 || next < rs->next_timer_ms))
+    arm_timers(rs);
+  if (d->verdict == SL_RULE_ROUTE) /* before the changes are taken: an */
+    resolve_routes(rs, sl, d, r);   /* unknown output fails the call */
+  if (d->changed && d->verdict != SL_RULE_ERROR) {
+    sl_event_unref(*ev);
+    *ev = d->changed;
+  } else if (d->changed) {
+    sl_event_unref(d->changed);
+  }
+  d->changed = NULL;
+  return 1;
+}
+
+
 static void count_error(struct rule_stats *st,
                         const struct sl_rule_decision *d) {
   if (st == NULL)
@@ -1184,11 +1189,9 @@ void sl_rules_decide(struct sl_rules *rs, struct sl_event *ev,
   sl_event_ref(orig); /* the original stays for a dead letter */
   for (i = 0; set && i < set->n; i++) {
     struct slot *sl = &set->slots[i];
-    if (!run_slot(rs, sl, &ev))
+    if (!run_slot(rs, sl, &ev, r))
       continue;
     r->rule = sl->path;
-    if (d->verdict == SL_RULE_ROUTE)
-      resolve_routes(rs, sl, d, r); /* may turn it into an error */
     switch (d->verdict) {
     case SL_RULE_PASS:
       if (sl->stats)
