@@ -755,6 +755,124 @@ static void enc_box(struct enc *e, int t, enum tkind k) {
   lua_pop(L, 3);
 }
 
+int sl_luacodec_key_less(lua_State *L, int a, int b) {
+  static const int rank[] = {[LUA_TBOOLEAN] = 1, [LUA_TNUMBER] = 2,
+                             [LUA_TSTRING] = 3};
+  int ta = lua_type(L, a), tb = lua_type(L, b);
+  int ra = ta >= 0 && ta <= LUA_TSTRING ? rank[ta] : 4;
+  int rb = tb >= 0 && tb <= LUA_TSTRING ? rank[tb] : 4;
+  const char *sa, *sb;
+  size_t la, lb;
+  int c;
+
+  if (ra != rb)
+    return ra < rb;
+  switch (ta) {
+  case LUA_TBOOLEAN:
+    return !lua_toboolean(L, a) && lua_toboolean(L, b);
+  case LUA_TNUMBER:
+    return lua_tonumber(L, a) < lua_tonumber(L, b);
+  case LUA_TSTRING:
+    sa = lua_tolstring(L, a, &la);
+    sb = lua_tolstring(L, b, &lb);
+    c = memcmp(sa, sb, la < lb ? la : lb);
+    return c < 0 || (c == 0 && la < lb);
+  default:
+    return 0;
+  }
+}
+
+static int ks_less(lua_State *L, int ks, uint32_t i, uint32_t j) {
+  int r;
+
+  lua_rawgeti(L, ks, (int)i);
+  lua_rawgeti(L, ks, (int)j);
+  r = sl_luacodec_key_less(L, -2, -1);
+  lua_pop(L, 2);
+  return r;
+}
+
+static void ks_swap(lua_State *L, int ks, uint32_t i, uint32_t j) {
+  lua_rawgeti(L, ks, (int)i);
+  lua_rawgeti(L, ks, (int)j);
+  lua_rawseti(L, ks, (int)i);
+  lua_rawseti(L, ks, (int)j);
+}
+
+static void ks_sift(lua_State *L, struct budget *b, int ks, uint32_t root,
+                    uint32_t n) {
+  for (;;) {
+    uint32_t c = 2 * root;
+    tick(L, b);
+    if (c > n)
+      return;
+    if (c < n && ks_less(L, ks, c, c + 1))
+      c++;
+    if (!ks_less(L, ks, root, c))
+      return;
+    ks_swap(L, ks, root, c);
+    root = c;
+  }
+}
+
+/* A heapsort: no allocation outside the state, budgeted. */
+static void ks_sort(lua_State *L, struct budget *b, int ks, uint32_t n) {
+  uint32_t i;
+
+  for (i = n / 2; i >= 1; i--)
+    ks_sift(L, b, ks, i, n);
+  for (i = n; i > 1; i--) {
+    ks_swap(L, ks, 1, i);
+    ks_sift(L, b, ks, 1, i - 1);
+  }
+}
+
+void sl_luacodec_sort_keys(lua_State *L, int ks, uint32_t n,
+                           sl_luacodec_check check) {
+  struct budget b = {check, 0};
+
+  ks_sort(L, &b, ks, n);
+}
+
+/* Push a sequence of the keys a map table encodes (its own keys and the
+ * nil-hinted ones whose value is nil, c in all), sorted by key_less; returns
+ * its index. lua_next's order follows the string hashes, which LuaJIT
+ * seeds anew in every state: walked that way, the same table would encode
+ * to different bytes in the engine, a rebuilt state, the dry run and
+ * sluice.testing. */
+static int sorted_keys(struct enc *e, int t, int hints, uint32_t c) {
+  lua_State *L = e->L;
+  uint32_t n = 0;
+  int ks;
+
+  lua_createtable(L, (int)c, 0);
+  ks = lua_gettop(L);
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, ks, (int)++n);
+  }
+  if (!lua_isnil(L, hints)) {
+    lua_pushnil(L);
+    while (lua_next(L, hints)) {
+      tick(L, &e->bud);
+      if (lua_type(L, -1) == LUA_TSTRING && lua_tostring(L, -1)[0] == 'n') {
+        lua_pushvalue(L, -2);
+        lua_rawget(L, t);
+        if (lua_isnil(L, -1) && n < c) {
+          lua_pushvalue(L, -3);
+          lua_rawseti(L, ks, (int)++n);
+        }
+        lua_pop(L, 1);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  ks_sort(L, &e->bud, ks, n);
+  return ks;
+}
+
 static void enc_table(struct enc *e, int t, int depth) {
   lua_State *L = e->L;
   int mt, seq = 0, hints, orig, kh;
@@ -816,36 +934,30 @@ static void enc_table(struct enc *e, int t, int depth) {
     }
   } else {
     uint32_t c = count_entries(L, t, &seq, &e->bud) +
-                 count_nil_hints(L, t, hints, &e->bud);
+                 count_nil_hints(L, t, hints, &e->bud), i;
+    int ks = sorted_keys(e, t, hints, c);
     room(e, 5);
     put(e, sl_codec_put_map(e->out, c));
-    lua_pushnil(L);
-    while (lua_next(L, t)) {
-      int ki = lua_gettop(L) - 1, vi = ki + 1;
-      struct hint khh = khint_for(L, kh, ki), vh;
+    for (i = 1; i <= c; i++) {
+      int ki, vi;
+      struct hint khh, vh;
+      lua_rawgeti(L, ks, (int)i);
+      ki = lua_gettop(L);
+      lua_pushvalue(L, ki);
+      lua_rawget(L, t);
+      vi = ki + 1;
+      khh = khint_for(L, kh, ki);
       enc_key(e, ki, &khh);
-      vh = hint_for(L, hints, orig, ki, vi);
-      enc_value(e, vi, depth + 1, &vh);
-      lua_pop(L, 1);
-    }
-    if (!lua_isnil(L, hints)) {
-      lua_pushnil(L);
-      while (lua_next(L, hints)) {
-        tick(L, &e->bud);
-        if (lua_type(L, -1) == LUA_TSTRING && lua_tostring(L, -1)[0] == 'n') {
-          lua_pushvalue(L, -2);
-          lua_rawget(L, t);
-          if (lua_isnil(L, -1)) {
-            struct hint khh = khint_for(L, kh, lua_gettop(L) - 2);
-            enc_key(e, lua_gettop(L) - 2, &khh);
-            room(e, 1);
-            put(e, sl_codec_put_nil(e->out));
-          }
-          lua_pop(L, 1);
-        }
-        lua_pop(L, 1);
+      if (lua_isnil(L, vi)) { /* a nil-hinted key: a nil value */
+        room(e, 1);
+        put(e, sl_codec_put_nil(e->out));
+      } else {
+        vh = hint_for(L, hints, orig, ki, vi);
+        enc_value(e, vi, depth + 1, &vh);
       }
+      lua_pop(L, 2);
     }
+    lua_pop(L, 1); /* the sorted keys */
   }
   lua_pop(L, 4); /* mt (or its nil stand-in), hints, orig, khints */
 }

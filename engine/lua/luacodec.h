@@ -90,6 +90,21 @@ void sl_luacodec_register(lua_State *L, int idx);
  * table. Allocates a little in the state; may raise on out of memory. */
 void sl_luacodec_set_check(lua_State *L, sl_luacodec_check check);
 
+/* Is the key at index a before the one at b in the order every map a Lua
+ * table becomes is written in: booleans (false first), numbers
+ * (ascending), strings (bytewise, a prefix first), then anything else?
+ * One order for all states: LuaJIT seeds its string hashes per state, so
+ * lua_next's order differs between the engine, a rebuilt state, the dry
+ * run and sluice.testing. Calls no metamethods, never raises. */
+int sl_luacodec_key_less(lua_State *L, int a, int b);
+
+/* Sort the sequence t[1..n] of the table at ks (an absolute index) by
+ * sl_luacodec_key_less, in place, calling check every
+ * SL_LUACODEC_CHECK_STEPS steps (check may be NULL). May raise only
+ * through check. */
+void sl_luacodec_sort_keys(lua_State *L, int ks, uint32_t n,
+                           sl_luacodec_check check);
+
 /* Decode the one msgpack value that fills p[0..len) and push it. Raises on
  * malformed input, trailing bytes or nesting deeper than
  * SL_CODEC_MAX_DEPTH. */

@@ -1300,44 +1300,67 @@ static int decide(struct sctx *s, int idx, struct pnode *nd,
   return CHILD;
 }
 
-/* The keys the rule added to a map (after its pairs); returns how many. */
+/* The keys the rule added to a map (after its pairs), in the order of
+ * sl_luacodec_key_less (the env table's own order follows string hashes
+ * LuaJIT seeds per state); returns how many. */
 static uint32_t write_added(struct sctx *s, int idx, struct pnode *nd,
                             const struct plan *pl, int depth) {
   lua_State *L = s->w.L;
-  uint32_t count = 0;
-  int j, k;
+  uint32_t count = 0, n = 0, i;
+  int j, k, m, ord[FEW], env, ks;
 
-  for (j = 0; j < pl->n; j++)
+  for (j = 0; j < pl->n; j++) /* an insertion sort of at most FEW */
     if (pl->first[j] == 0 && !is_deleted(L, pl->at[j] + 1)) {
-      const struct lkey *lk = &pl->key[j];
-      if (lk->t == LUA_TSTRING) { /* read once already: no Lua calls */
-        flush(s);
-        room(s, lk->n + 5);
-        if (sl_codec_put_str(s->out, lk->s, lk->n) != 0)
-          luaL_error(L, "not enough memory");
-      } else {
-        write_val(s, pl->at[j], NULL, NULL, 0);
-      }
-      write_val(s, pl->at[j] + 1, NULL, NULL, depth + 1);
-      count++;
+      for (m = (int)n; m > 0 && sl_luacodec_key_less(L, pl->at[j],
+                                                     pl->at[ord[m - 1]]); m--)
+        ord[m] = ord[m - 1];
+      ord[m] = j;
+      n++;
     }
+  for (i = 0; i < n; i++) {
+    const struct lkey *lk = &pl->key[ord[i]];
+    j = ord[i];
+    if (lk->t == LUA_TSTRING) { /* read once already: no Lua calls */
+      flush(s);
+      room(s, lk->n + 5);
+      if (sl_codec_put_str(s->out, lk->s, lk->n) != 0)
+        luaL_error(L, "not enough memory");
+    } else {
+      write_val(s, pl->at[j], NULL, NULL, 0);
+    }
+    write_val(s, pl->at[j] + 1, NULL, NULL, depth + 1);
+    count++;
+  }
   if (pl->n >= 0)
     return count;
   push_env(L, idx, nd);
+  env = lua_gettop(L);
   index_now(&s->w, idx, nd);
+  lua_newtable(L);
+  ks = lua_gettop(L);
   lua_pushnil(L);
-  while (lua_next(L, -2)) {
+  while (lua_next(L, env)) {
     k = lua_gettop(L) - 1;
     tick(&s->w);
     if (lua_type(L, k) != LUA_TLIGHTUSERDATA && !is_deleted(L, k + 1) &&
         find(&s->w, idx, nd, k) == 0) {
-      write_val(s, k, NULL, NULL, 0);
-      write_val(s, k + 1, NULL, NULL, depth + 1);
-      count++;
+      lua_pushvalue(L, k);
+      lua_rawseti(L, ks, (int)++n);
     }
     lua_settop(L, k);
   }
-  lua_pop(L, 1);
+  sl_luacodec_sort_keys(L, ks, n, check_cpu);
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, ks, (int)i);
+    k = lua_gettop(L);
+    lua_pushvalue(L, k);
+    lua_rawget(L, env);
+    write_val(s, k, NULL, NULL, 0);
+    write_val(s, k + 1, NULL, NULL, depth + 1);
+    count++;
+    lua_settop(L, ks);
+  }
+  lua_settop(L, env - 1);
   return count;
 }
 
