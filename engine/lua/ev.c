@@ -522,7 +522,8 @@ void encode_headers(lua_State *L, int idx, struct sl_buf *out,
                     const char *what, size_t max, const char *tp) {
   size_t total = 0, at = out->len;
   uint64_t count = 0, steps = 0;
-  int add_tp = tp != NULL;
+  uint32_t n = 0, i;
+  int add_tp = tp != NULL, ks;
 
   if (lua_getmetatable(L, idx)) { /* decoded with names Lua merged */
     lua_pushliteral(L, "lost");
@@ -532,13 +533,14 @@ void encode_headers(lua_State *L, int idx, struct sl_buf *out,
                     "copy would lose some", what, lua_tostring(L, -1));
     lua_pop(L, 2);
   }
-  /* one walk: the map's count is patched in at the end */
-  if (sl_buf_append(out, "\xdf\0\0\0\0", 5) != 0)
-    luaL_error(L, "%s: not enough memory", what);
+  /* the names, checked, then written in sl_luacodec_key_less order (the
+   * table's own follows string hashes LuaJIT seeds per state, so the same
+   * headers came out in another order from the engine, the dry run and
+   * sluice.testing); the map's count is patched in at the end */
+  lua_newtable(L);
+  ks = lua_gettop(L);
   lua_pushnil(L);
   while (lua_next(L, idx)) {
-    const char *k, *v;
-    size_t kl, vl;
     if ((++steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
       check_cpu(L);
     if (lua_type(L, -2) != LUA_TSTRING)
@@ -549,13 +551,26 @@ void encode_headers(lua_State *L, int idx, struct sl_buf *out,
       luaL_error(L, "%s: header '%s' must be a string (got %s)", what,
                  msg_str(L, -2), got);
     }
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, ks, (int)++n);
+  }
+  sl_luacodec_sort_keys(L, ks, n, check_cpu);
+  if (sl_buf_append(out, "\xdf\0\0\0\0", 5) != 0)
+    luaL_error(L, "%s: not enough memory", what);
+  for (i = 1; i <= n; i++) {
+    const char *k, *v;
+    size_t kl, vl;
+    lua_rawgeti(L, ks, (int)i);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, idx);
     k = lua_tolstring(L, -2, &kl);
     v = lua_tolstring(L, -1, &vl);
     if (tp && is_traceparent(L, -2)) {
       if (sl_event_traceparent_valid(v, vl)) {
         add_tp = 0; /* the rule's own trace context stands */
       } else {
-        lua_pop(L, 1);
+        lua_pop(L, 2);
         continue;
       }
     }
@@ -566,8 +581,9 @@ void encode_headers(lua_State *L, int idx, struct sl_buf *out,
     if (sl_codec_put_str(out, k, kl) != 0 || sl_codec_put_str(out, v, vl) != 0)
       luaL_error(L, "%s: not enough memory", what);
     count++;
-    lua_pop(L, 1);
+    lua_pop(L, 2);
   }
+  lua_pop(L, 1); /* the names */
   if (add_tp && (sl_codec_put_str(out, "traceparent", 11) != 0 ||
                  sl_codec_put_str(out, tp, 55) != 0))
     luaL_error(L, "%s: not enough memory", what);
