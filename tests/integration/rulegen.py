@@ -279,12 +279,13 @@ def event(r, case, k):
     if r.random() < 0.5:
         h[r.choice(["h", "x-a", "priority"])] = r.choice(["1", "", "v\u00e9"])
     f["headers"] = h
-    p = payload(r)
-    raw = mp(p)
-    order = ["id", "topic", "key", "time", "headers", "payload"]
+    order = ["id", "topic", "key", "time", "headers"]
     pairs = [(n, f[n]) for n in order if n in f]
+    if r.random() < 0.05:   # no payload at all
+        return f, b"", mp(Map(pairs))
+    p = payload(r)
     pairs.append(("payload", p))
-    return f, raw, mp(Map(pairs))
+    return f, mp(p), mp(Map(pairs))
 
 
 # ---- rules -------------------------------------------------------------------
@@ -357,8 +358,11 @@ def statement(r, case):
             [lua_str("x%d.r" % case), lua_str("x%d" % case), lua_str(""), "nil",
              "ev.topic .. \".r\""])
     if c == 9:
+        # sorted: pairs' order over keys a rule added (and over plain
+        # tables) is Lua's hash order, which LuaJIT seeds per state
         return ("local ks = {} for k, v in pairs(ev.payload) do ks[#ks + 1] = "
-                "tostring(k) .. \"=\" .. type(v) end ev.headers.keys = table.concat(ks, \",\")")
+                "tostring(k) .. \"=\" .. type(v) end table.sort(ks) "
+                "ev.headers.keys = table.concat(ks, \",\")")
     if c == 10:
         return "ev.headers.len = tostring(#ev.payload)"
     if c == 11:
@@ -398,12 +402,15 @@ def statement(r, case):
             '{"$float":"nan"}', '-0.0', '{"$map":[[1,2],["a",3]]}', '{"$ext":[3,"AQI="]}'])))
     if c == 25:
         return ("local n = ev.payload.n if type(n) == \"table\" then for k, v in pairs(n) do "
-                "ev.headers[\"k\" .. tostring(k)] = tostring(v) end end")
+                "ev.headers[\"k\" .. tostring(k)] = type(v) == \"table\" and \"table\" or tostring(v) "
+                "end end")  # tostring(table) numbers tables in the order pairs met them
     if c == 26:
         return ("if type(ev.payload.big) == \"number\" then ev.payload.big2 = ev.payload.big + 0 end")
     if c == 27:
         return "ev.payload.%s = ev.payload.%s" % (key, key)   # a no-op write
     if c == 28:
+        if r.random() < 0.15:   # the event's size around max_event_bytes (1 MiB)
+            return "ev.payload = string.rep(\"x\", %d)" % (1048576 - r.randint(60, 260))
         return "ev.payload.n = sluice.map{[%s] = 1}" % r.choice(['"a"', "1", "2.5", "true"])
     return "ev.headers.tm = tostring(ev.time_ns)"
 
@@ -423,6 +430,8 @@ def emit_event(r, case):
 
 
 def terminal(r, case):
+    if r.random() < 0.005:  # past the CPU budget: error kind "cpu"
+        return "(function() while true do end end)()"
     c = r.randrange(12)
     if c < 3:
         return lua_str(r.choice(OUTPUTS))
@@ -442,7 +451,10 @@ def terminal(r, case):
 def rule(r, case):
     """(Lua source of the rule, its on_error or None)."""
     body = [statement(r, case) for _ in range(r.randint(0, 5))]
-    body.append("return " + terminal(r, case))
+    if r.random() < 0.06:   # no decision on a topic no route takes: unrouted
+        body += ['ev.topic = "x%d"' % case, "return nil"]
+    else:
+        body.append("return " + terminal(r, case))
     on_error = r.choice([None, None, "dead_letter", "drop", "pass"])
     src = ["return {", "  topics = { %s }," % lua_str("c%d" % case)]
     if on_error:

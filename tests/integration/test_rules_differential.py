@@ -9,7 +9,7 @@ each with rules.jit off and on. Rules and events come from rulegen.py with
 a fixed seed.
 
 Environment: SLUICE_DIFF_SEED (default 20261207), SLUICE_DIFF_CASES (rules,
-default 240; each gets 1-3 events) for a longer run.
+default 400; each gets 1-3 events) for a longer run.
 
 What is normalised, as the README documents it: an emitted event's
 traceparent is a child span of the event (a new random span id; the trace
@@ -25,6 +25,7 @@ import math
 import os
 import random
 import re
+import struct
 import subprocess
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from conftest import ROOT, SLUICE_BIN, free_port, send_events
 import rulegen
 
 SEED = int(os.environ.get("SLUICE_DIFF_SEED", "20261207"))
-CASES = int(os.environ.get("SLUICE_DIFF_CASES", "240"))
+CASES = int(os.environ.get("SLUICE_DIFF_CASES", "400"))
 OUTS = ["a", "b", "c", "rest", "un", "dl"]
 
 SPEC = r'''
@@ -74,7 +75,7 @@ describe("differential", function()
         local h = {}
         for k, v in unhex(hdr):gmatch("([^\1]*)\1([^\2]*)\2") do h[k] = v end
         local ev = { id = unhex(id), topic = unhex(topic), time_ns = tns, headers = h,
-                     payload_raw = unhex(pl) }
+                     payload_raw = pl ~= "" and unhex(pl) or nil }
         if key ~= "" then ev.key = unhex(key:sub(3)) end
         local ok, r = pcall(rule.run, rule, ev)
         if not ok then
@@ -204,6 +205,7 @@ def run_engine(sluice, corpus, jit, fmt):
                 recs.append(fields)
         else:
             recs = [json.loads(l, object_pairs_hook=list) for l in data.decode().splitlines()]
+            got[n + ".obj"] = [json.loads(l, object_pairs_hook=Obj) for l in data.decode().splitlines()]
         got[n] = recs
     return got, eng
 
@@ -250,7 +252,7 @@ def from_wire(fields, emitted=False):
 
 def input_event(f, pl):
     return {"id": f["id"], "topic": f["topic"], "key": f.get("key"), "time": f["time"],
-            "headers": dict(f["headers"]), "payload": pl.hex()}
+            "headers": dict(f["headers"]), "payload": pl.hex() if pl else None}
 
 
 def route_of(topic):
@@ -286,7 +288,9 @@ def expect(b, on_error, f, pl):
         places.setdefault(o, []).append((("event",), ev))
         return ("unrouted" if o == "un" else "routed"), [o], None, places
     if v == "drop":
-        return "dropped", [], b["dropped"].decode("utf-8", "surrogateescape") if b["dropped"] is not None else None, places
+        # JSON shows invalid UTF-8 as U+FFFD (README, Outputs and NDJSON)
+        reason = b["dropped"].decode("utf-8", "replace") if b["dropped"] is not None else None
+        return "dropped", [], reason, places
     # error: the rule's on_error decides
     if policy == "dead_letter":
         d = dict(orig)
@@ -307,6 +311,105 @@ def busted_view(b):
                  "error": repr(b["error"]), "error_kind": repr(b["error_kind"]),
                  "event": from_busted(b["event"]),
                  "emitted": [(e["output"], from_busted(e["event"], True)) for e in b["emitted"]]})
+
+
+def _f(v):
+    return ("float", repr(v) if not math.isnan(v) else "nan")
+
+
+def mp_model(b):
+    """msgpack bytes as the values NDJSON tells apart (README, Outputs and
+    NDJSON; invalid UTF-8 becomes U+FFFD there)."""
+    def one(i):
+        c = b[i]
+        if c <= 0x7f:
+            return c, i + 1
+        if c >= 0xe0:
+            return c - 256, i + 1
+        if c in (0xc0, 0xc2, 0xc3):
+            return {0xc0: None, 0xc2: False, 0xc3: True}[c], i + 1
+        if 0xa0 <= c <= 0xbf or c in (0xd9, 0xda, 0xdb):
+            j = rulegen.skip(b, i)
+            raw = msgpack.unpackb(b[i:j], raw=True)
+            return raw.decode("utf-8", "replace"), j
+        if c in (0xc4, 0xc5, 0xc6):
+            j = rulegen.skip(b, i)
+            return ("bin", msgpack.unpackb(b[i:j])), j
+        if c in (0xd4, 0xd5, 0xd6, 0xd7, 0xd8, 0xc7, 0xc8, 0xc9):
+            j = rulegen.skip(b, i)
+            h = {0xd4: 1, 0xd5: 1, 0xd6: 1, 0xd7: 1, 0xd8: 1, 0xc7: 2, 0xc8: 3, 0xc9: 5}[c]
+            t = struct.unpack("b", b[i + h:i + h + 1])[0]
+            return ("ext", t, bytes(b[i + h + 1:j])), j
+        if c == 0xca:
+            return ("f32", repr(struct.unpack(">f", b[i + 1:i + 5])[0])), i + 5
+        if c == 0xcb:
+            return _f(struct.unpack(">d", b[i + 1:i + 9])[0]), i + 9
+        if 0xcc <= c <= 0xd3:
+            j = rulegen.skip(b, i)
+            return msgpack.unpackb(b[i:j]), j
+        if 0x90 <= c <= 0x9f or c in (0xdc, 0xdd):
+            n, j = (c & 0x0f, i + 1) if c <= 0x9f else (
+                int.from_bytes(b[i + 1:i + (3 if c == 0xdc else 5)], "big"), i + (3 if c == 0xdc else 5))
+            out = []
+            for _ in range(n):
+                v, j = one(j)
+                out.append(v)
+            return out, j
+        n, j = (c & 0x0f, i + 1) if c <= 0x8f else (
+            int.from_bytes(b[i + 1:i + (3 if c == 0xde else 5)], "big"), i + (3 if c == 0xde else 5))
+        out = []
+        for _ in range(n):
+            k, j = one(j)
+            v, j = one(j)
+            out.append((k, v))
+        return ("map", out), j
+    return one(0)[0]
+
+
+MARKERS = ("$bin", "$ext", "$float", "$float32", "$map")
+
+
+class Obj:
+    def __init__(self, pairs):
+        self.pairs = pairs
+
+
+def json_model(v):
+    """An NDJSON value (parsed with object_pairs_hook=Obj) in mp_model's
+    terms."""
+    if isinstance(v, float):
+        return _f(v)
+    if isinstance(v, Obj):
+        if len(v.pairs) == 1 and v.pairs[0][0] in MARKERS:
+            k, x = v.pairs[0]
+            if k == "$bin":
+                return ("bin", base64.b64decode(x))
+            if k == "$ext":
+                return ("ext", x[0], base64.b64decode(x[1]))
+            if k == "$float":
+                return ("float", x)
+            if k == "$float32":
+                return ("f32", repr(float(x)))
+            return ("map", [(json_model(a), json_model(b)) for a, b in x])
+        return ("map", [(k, json_model(x)) for k, x in v.pairs])
+    if isinstance(v, list):
+        return [json_model(x) for x in v]
+    return v
+
+
+def format_differences(mp_runs, nd_runs):
+    """The engine's msgpack and NDJSON files of one run, payload by payload."""
+    out = []
+    for o in OUTS:
+        for q, (m, n) in enumerate(zip(mp_runs[o], nd_runs[o])):
+            mp_pl = dict(m).get("payload")
+            nd = dict(n)
+            a = mp_model(mp_pl) if mp_pl is not None else None
+            b = json_model(nd.get("payload")) if "payload" in nd else None
+            if a != b:
+                out.append("output %s record %d (%s): msgpack %r\nNDJSON  %r" % (
+                    o, q, nd.get("id"), a, b))
+    return out
 
 
 def json_view(pairs, emitted):
@@ -357,6 +460,10 @@ def differences(corpus, busted, dry, engines):
             if got_em != want_em:
                 out.append(ctx + "emitted, busted: %s\ndry run (jit %d): %s" % (want_em, jit, got_em))
     for (jit, fmt), got in engines.items():
+        if fmt == "ndjson":
+            for x in format_differences(engines[(jit, "msgpack")],
+                                        {o: [list(r.pairs) for r in got[o + ".obj"]] for o in OUTS}):
+                out.append("engine (jit %s): msgpack and NDJSON outputs differ: %s" % (jit, x))
         for o in OUTS:
             want = exp_places.get(o, [])
             have = got[o]
@@ -420,8 +527,10 @@ def test_busted_the_dry_run_and_the_engine_agree_on_generated_rules_and_events(s
     # the corpus reaches every kind of outcome and output
     verdicts = {b["verdict"] for b in busted[0]}
     assert verdicts == {"pass", "route", "drop", "error"}, verdicts
-    assert all(engines[(False, "msgpack")][o] for o in OUTS), \
-        {o: len(v) for o, v in engines[(False, "msgpack")].items()}
+    kinds = {b["error_kind"] for b in busted[0]} - {None}
+    assert kinds == {b"runtime", b"cpu"}, kinds
+    counts = " ".join("%s=%d" % (o, len(engines[(False, "msgpack")][o])) for o in OUTS)
+    assert all(engines[(False, "msgpack")][o] for o in OUTS), counts
 
 
 HEADERS_RULE = """
