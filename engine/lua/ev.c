@@ -523,7 +523,8 @@ void encode_headers(lua_State *L, int idx, struct sl_buf *out,
   size_t total = 0, at = out->len;
   uint64_t count = 0, steps = 0;
   uint32_t n = 0, i;
-  int add_tp = tp != NULL, ks;
+  int add_tp = tp != NULL, ks = 0, top;
+  struct sl_luacodec_slot slot[SL_LUACODEC_FEW_KEYS];
 
   if (lua_getmetatable(L, idx)) { /* decoded with names Lua merged */
     lua_pushliteral(L, "lost");
@@ -533,12 +534,13 @@ void encode_headers(lua_State *L, int idx, struct sl_buf *out,
                     "copy would lose some", what, lua_tostring(L, -1));
     lua_pop(L, 2);
   }
-  /* the names, checked, then written in sl_luacodec_key_less order (the
-   * table's own follows string hashes LuaJIT seeds per state, so the same
-   * headers came out in another order from the engine, the dry run and
-   * sluice.testing); the map's count is patched in at the end */
-  lua_newtable(L);
-  ks = lua_gettop(L);
+  /* the pairs, checked, then written sorted by name (the table's own order
+   * follows string hashes LuaJIT seeds per state, so the same headers came
+   * out in another order from the engine, the dry run and sluice.testing):
+   * a few on the stack, more through a table of names; the map's count is
+   * patched in at the end */
+  top = lua_gettop(L);
+  luaL_checkstack(L, 2 * SL_LUACODEC_FEW_KEYS + 8, "headers");
   lua_pushnil(L);
   while (lua_next(L, idx)) {
     if ((++steps & (SL_LUACODEC_CHECK_STEPS - 1)) == 0)
@@ -551,26 +553,49 @@ void encode_headers(lua_State *L, int idx, struct sl_buf *out,
       luaL_error(L, "%s: header '%s' must be a string (got %s)", what,
                  msg_str(L, -2), got);
     }
-    lua_pop(L, 1);
-    lua_pushvalue(L, -1);
-    lua_rawseti(L, ks, (int)++n);
+    if (++n <= SL_LUACODEC_FEW_KEYS)
+      lua_pushvalue(L, -2); /* the pair stays, the walk goes on */
+    else
+      lua_pop(L, 1);
   }
-  sl_luacodec_sort_keys(L, ks, n, check_cpu);
+  if (n <= SL_LUACODEC_FEW_KEYS) {
+    for (i = 0; i < n; i++)
+      sl_luacodec_slot_of(L, top + 1 + 2 * (int)i, &slot[i]);
+    sl_luacodec_sort_slots(slot, (int)n);
+  } else {
+    lua_settop(L, top);
+    lua_createtable(L, (int)n, 0);
+    ks = lua_gettop(L);
+    n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+      lua_pop(L, 1);
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, ks, (int)++n);
+    }
+    sl_luacodec_sort_keys(L, ks, n, check_cpu);
+  }
   if (sl_buf_append(out, "\xdf\0\0\0\0", 5) != 0)
     luaL_error(L, "%s: not enough memory", what);
-  for (i = 1; i <= n; i++) {
+  for (i = 0; i < n; i++) {
     const char *k, *v;
     size_t kl, vl;
-    lua_rawgeti(L, ks, (int)i);
-    lua_pushvalue(L, -1);
-    lua_rawget(L, idx);
-    k = lua_tolstring(L, -2, &kl);
-    v = lua_tolstring(L, -1, &vl);
-    if (tp && is_traceparent(L, -2)) {
+    int at = lua_gettop(L), ki;
+    if (ks) {
+      lua_rawgeti(L, ks, (int)i + 1);
+      lua_pushvalue(L, -1);
+      lua_rawget(L, idx);
+      ki = at + 1;
+    } else {
+      ki = slot[i].idx;
+    }
+    k = lua_tolstring(L, ki, &kl);
+    v = lua_tolstring(L, ki + 1, &vl);
+    if (tp && is_traceparent(L, ki)) {
       if (sl_event_traceparent_valid(v, vl)) {
         add_tp = 0; /* the rule's own trace context stands */
       } else {
-        lua_pop(L, 2);
+        lua_settop(L, at);
         continue;
       }
     }
@@ -581,9 +606,9 @@ void encode_headers(lua_State *L, int idx, struct sl_buf *out,
     if (sl_codec_put_str(out, k, kl) != 0 || sl_codec_put_str(out, v, vl) != 0)
       luaL_error(L, "%s: not enough memory", what);
     count++;
-    lua_pop(L, 2);
+    lua_settop(L, at);
   }
-  lua_pop(L, 1); /* the names */
+  lua_settop(L, top);
   if (add_tp && (sl_codec_put_str(out, "traceparent", 11) != 0 ||
                  sl_codec_put_str(out, tp, 55) != 0))
     luaL_error(L, "%s: not enough memory", what);
@@ -637,7 +662,8 @@ static struct sl_event *build_checked(lua_State *L, struct sl_rule *r,
     snprintf(msg, sizeof(msg), "%s: the event is not valid on the wire: %s",
              what, cerr.msg);
   else if (check == CHECK_PAYLOAD && pp != NULL &&
-           ((rc = sl_codec_skip(pp, pl, pl, &used, &cerr)) != 0 || used != pl))
+           ((rc = sl_codec_skip(pp, pl, pl, &used, &cerr)) != 0 ||
+            used != pl))
     snprintf(msg, sizeof(msg), "%s: the event is not valid on the wire: "
              "payload: %s", what, rc == 0 ? "trailing bytes"
                                    : rc == SL_EPROTO ? cerr.msg : "truncated");

@@ -834,24 +834,80 @@ void sl_luacodec_sort_keys(lua_State *L, int ks, uint32_t n,
   ks_sort(L, &b, ks, n);
 }
 
-/* Push a sequence of the keys a map table encodes (its own keys and the
- * nil-hinted ones whose value is nil, c in all), sorted by key_less; returns
- * its index. lua_next's order follows the string hashes, which LuaJIT
- * seeds anew in every state: walked that way, the same table would encode
- * to different bytes in the engine, a rebuilt state, the dry run and
- * sluice.testing. */
-static int sorted_keys(struct enc *e, int t, int hints, uint32_t c) {
-  lua_State *L = e->L;
-  uint32_t n = 0;
-  int ks;
+void sl_luacodec_slot_of(lua_State *L, int idx, struct sl_luacodec_slot *k) {
+  k->idx = idx;
+  k->type = lua_type(L, idx);
+  k->num = 0;
+  k->s = NULL;
+  k->len = 0;
+  if (k->type == LUA_TNUMBER)
+    k->num = lua_tonumber(L, idx);
+  else if (k->type == LUA_TBOOLEAN)
+    k->num = lua_toboolean(L, idx);
+  else if (k->type == LUA_TSTRING)
+    k->s = lua_tolstring(L, idx, &k->len);
+}
 
-  lua_createtable(L, (int)c, 0);
-  ks = lua_gettop(L);
+/* key_less on slots read already: no Lua calls. */
+static int slot_less(const struct sl_luacodec_slot *a,
+                     const struct sl_luacodec_slot *b) {
+  static const int rank[] = {[LUA_TBOOLEAN] = 1, [LUA_TNUMBER] = 2,
+                             [LUA_TSTRING] = 3};
+  int ra = a->type >= 0 && a->type <= LUA_TSTRING ? rank[a->type] : 4;
+  int rb = b->type >= 0 && b->type <= LUA_TSTRING ? rank[b->type] : 4;
+  int c;
+
+  if (ra != rb)
+    return ra < rb;
+  if (a->type != LUA_TSTRING)
+    return a->num < b->num;
+  c = memcmp(a->s, b->s, a->len < b->len ? a->len : b->len);
+  return c < 0 || (c == 0 && a->len < b->len);
+}
+
+void sl_luacodec_sort_slots(struct sl_luacodec_slot *k, int n) {
+  int i, j;
+
+  for (i = 1; i < n; i++) {
+    struct sl_luacodec_slot x = k[i];
+    for (j = i; j > 0 && slot_less(&x, &k[j - 1]); j--)
+      k[j] = k[j - 1];
+    k[j] = x;
+  }
+}
+
+/* The pairs a map table encodes, c in all: its own and the nil-hinted
+ * keys whose value is nil (with nil), sorted by sl_luacodec_key_less.
+ * lua_next's order follows the string hashes, which LuaJIT seeds anew in
+ * every state: walked that way, the same table would encode to different
+ * bytes in the engine, a rebuilt state, the dry run and sluice.testing.
+ * Up to SL_LUACODEC_FEW_KEYS pairs are pushed on the stack (key at
+ * slot[i].idx, its value above); more keys go in a sequence at *table
+ * (0 otherwise), their values left for rawget. */
+static void sorted_pairs(struct enc *e, int t, int hints, uint32_t c,
+                         struct sl_luacodec_slot *slot, int *table) {
+  lua_State *L = e->L;
+  uint32_t n = 0, i;
+
+  *table = 0;
+  if (c > SL_LUACODEC_FEW_KEYS) {
+    lua_createtable(L, (int)c, 0);
+    *table = lua_gettop(L);
+  } else {
+    luaL_checkstack(L, 2 * (int)c + 8, "msgpack map");
+  }
   lua_pushnil(L);
   while (lua_next(L, t)) {
-    lua_pop(L, 1);
-    lua_pushvalue(L, -1);
-    lua_rawseti(L, ks, (int)++n);
+    if (*table) {
+      lua_pop(L, 1);
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, *table, (int)++n);
+    } else if (n < c) { /* the pair stays, the walk goes on from a copy */
+      n++;
+      lua_pushvalue(L, -2);
+    } else {
+      lua_pop(L, 1);
+    }
   }
   if (!lua_isnil(L, hints)) {
     lua_pushnil(L);
@@ -861,16 +917,29 @@ static int sorted_keys(struct enc *e, int t, int hints, uint32_t c) {
         lua_pushvalue(L, -2);
         lua_rawget(L, t);
         if (lua_isnil(L, -1) && n < c) {
-          lua_pushvalue(L, -3);
-          lua_rawseti(L, ks, (int)++n);
+          lua_replace(L, -2); /* the key and nil */
+          n++;
+          if (*table) {
+            lua_pop(L, 1);
+            lua_pushvalue(L, -1);
+            lua_rawseti(L, *table, (int)n);
+          } else {
+            lua_pushvalue(L, -2);
+          }
+          continue;
         }
         lua_pop(L, 1);
       }
       lua_pop(L, 1);
     }
   }
-  ks_sort(L, &e->bud, ks, n);
-  return ks;
+  if (*table) {
+    ks_sort(L, &e->bud, *table, n);
+    return;
+  }
+  for (i = 0; i < n; i++)
+    sl_luacodec_slot_of(L, lua_gettop(L) - 2 * (int)(n - i) + 1, &slot[i]);
+  sl_luacodec_sort_slots(slot, (int)n);
 }
 
 static void enc_table(struct enc *e, int t, int depth) {
@@ -935,16 +1004,22 @@ static void enc_table(struct enc *e, int t, int depth) {
   } else {
     uint32_t c = count_entries(L, t, &seq, &e->bud) +
                  count_nil_hints(L, t, hints, &e->bud), i;
-    int ks = sorted_keys(e, t, hints, c);
+    struct sl_luacodec_slot slot[SL_LUACODEC_FEW_KEYS];
+    int top = lua_gettop(L), table;
+    sorted_pairs(e, t, hints, c, slot, &table);
     room(e, 5);
     put(e, sl_codec_put_map(e->out, c));
-    for (i = 1; i <= c; i++) {
-      int ki, vi;
+    for (i = 0; i < c; i++) {
+      int ki, vi, at = lua_gettop(L);
       struct hint khh, vh;
-      lua_rawgeti(L, ks, (int)i);
-      ki = lua_gettop(L);
-      lua_pushvalue(L, ki);
-      lua_rawget(L, t);
+      if (table) {
+        lua_rawgeti(L, table, (int)i + 1);
+        ki = lua_gettop(L);
+        lua_pushvalue(L, ki);
+        lua_rawget(L, t);
+      } else {
+        ki = slot[i].idx;
+      }
       vi = ki + 1;
       khh = khint_for(L, kh, ki);
       enc_key(e, ki, &khh);
@@ -955,9 +1030,9 @@ static void enc_table(struct enc *e, int t, int depth) {
         vh = hint_for(L, hints, orig, ki, vi);
         enc_value(e, vi, depth + 1, &vh);
       }
-      lua_pop(L, 2);
+      lua_settop(L, at);
     }
-    lua_pop(L, 1); /* the sorted keys */
+    lua_settop(L, top); /* the sorted pairs */
   }
   lua_pop(L, 4); /* mt (or its nil stand-in), hints, orig, khints */
 }

@@ -105,6 +105,23 @@ int sl_luacodec_key_less(lua_State *L, int a, int b);
 void sl_luacodec_sort_keys(lua_State *L, int ks, uint32_t n,
                            sl_luacodec_check check);
 
+/* A key on the stack, read once for sorting without Lua calls. */
+struct sl_luacodec_slot {
+  int idx, type; /* absolute stack index, lua_type */
+  double num;    /* a number, or a boolean as 0/1 */
+  const char *s; /* a string's bytes (valid while it is on the stack) */
+  size_t len;
+};
+
+#define SL_LUACODEC_FEW_KEYS 32 /* sorted on the stack; more in a table */
+
+/* Read the key at absolute index idx into k. Never raises. */
+void sl_luacodec_slot_of(lua_State *L, int idx, struct sl_luacodec_slot *k);
+
+/* Sort k[0..n) by sl_luacodec_key_less's order, in C: an insertion sort,
+ * for up to SL_LUACODEC_FEW_KEYS keys. */
+void sl_luacodec_sort_slots(struct sl_luacodec_slot *k, int n);
+
 /* Decode the one msgpack value that fills p[0..len) and push it. Raises on
  * malformed input, trailing bytes or nesting deeper than
  * SL_CODEC_MAX_DEPTH. */

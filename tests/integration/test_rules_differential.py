@@ -539,6 +539,9 @@ return {
     for _, k in ipairs({ "zeta", "alpha", "mid", "b", "a", "list", "s", "f" }) do
       ev.headers[k] = k
     end
+    if ev.topic == "many" then
+      for i = 40, 1, -1 do ev.headers[string.format("h%02d", i)] = "v" end
+    end
     sluice.emit("out", { topic = "e", headers = { z = "1", y = "2", x = "3", w = "4" } })
     return "out"
   end,
@@ -570,3 +573,9 @@ def test_headers_a_rule_sets_go_out_in_one_order_from_every_state(tmp_path):
         seen.add((tuple(names), tuple(emitted)))
     assert seen == {(("a", "alpha", "b", "f", "list", "mid", "q", "s", "traceparent", "zeta"),
                      ("w", "x", "y", "z", "traceparent"))}, seen
+    # more headers than are sorted on the stack
+    r = subprocess.run([SLUICE_BIN, "route", "-c", str(cfg)],
+                       input=json.dumps({"topic": "many"}) + "\n",
+                       capture_output=True, text=True, timeout=10)
+    names = [k for k, _ in dict(dict(json.loads(r.stdout, object_pairs_hook=list))["event"])["headers"]]
+    assert len(names) == 49 and names == sorted(names), names

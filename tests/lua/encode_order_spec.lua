@@ -33,6 +33,20 @@ describe("a table's encoding", function()
     end
   end)
 
+  it("sorts more keys than fit on the stack (over 32) the same way", function()
+    local r = S.on_event([[
+      local t = {}
+      for i = 40, 1, -1 do t["k" .. string.char(64 + i)] = i end
+      ev.payload = t
+      return "out"
+    ]]):run(ev)
+    assert.are.equal("route", r.verdict, r.error)
+    local keys = {}
+    for k in r.event.payload_raw:gmatch("\162(k[%z\1-\255])") do keys[#keys + 1] = k end
+    assert.are.equal(40, #keys)
+    for i = 2, #keys do assert.is_true(keys[i - 1] < keys[i], keys[i]) end
+  end)
+
   it("orders keys: booleans, numbers ascending, strings bytewise", function()
     local r = S.on_event(BODY):run(ev)
     assert.are.equal('{"alpha":2,"mid":3,"zeta":1}', r.event.headers.j)
