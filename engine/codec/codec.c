@@ -386,6 +386,12 @@ int sl_codec_skip_walk(const uint8_t *p, size_t len, size_t max_bytes,
   return skip_depth(p, len, max_bytes, used, err, SL_CODEC_MAX_DEPTH, 1, w);
 }
 
+int sl_codec_skip_payload(const uint8_t *p, size_t len, size_t max_bytes,
+                          size_t *used, struct sl_codec_error *err) {
+  return skip_depth(p, len, max_bytes, used, err, SL_CODEC_MAX_DEPTH - 1, 1,
+                    NULL);
+}
+
 /* ---- small readers for validated-or-not bytes -------------------------- */
 
 /* Each reader looks at p[*pos], advances *pos on success and returns 0;

@@ -51,6 +51,12 @@ int sl_codec_skip_walk(const uint8_t *p, size_t len, size_t max_bytes,
                        size_t *used, struct sl_codec_error *err,
                        struct sl_codec_walk *w);
 
+/* sl_codec_skip for a payload, which nests one level inside its event's
+ * map: what it accepts is a payload the native input takes in an event
+ * (a payload 64 deep makes an event 65 deep, which it refuses). */
+int sl_codec_skip_payload(const uint8_t *p, size_t len, size_t max_bytes,
+                          size_t *used, struct sl_codec_error *err);
+
 /* An event's fields, as spans into the bytes it was parsed from. */
 struct sl_event_view {
   struct sl_str id, topic, key; /* p == NULL when absent */

@@ -662,7 +662,7 @@ static struct sl_event *build_checked(lua_State *L, struct sl_rule *r,
     snprintf(msg, sizeof(msg), "%s: the event is not valid on the wire: %s",
              what, cerr.msg);
   else if (check == CHECK_PAYLOAD && pp != NULL &&
-           ((rc = sl_codec_skip(pp, pl, pl, &used, &cerr)) != 0 ||
+           ((rc = sl_codec_skip_payload(pp, pl, pl, &used, &cerr)) != 0 ||
             used != pl))
     snprintf(msg, sizeof(msg), "%s: the event is not valid on the wire: "
              "payload: %s", what, rc == 0 ? "trailing bytes"

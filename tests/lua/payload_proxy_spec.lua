@@ -579,15 +579,30 @@ describe("writing ev.payload", function()
     assert.same({ "1" }, run(r, { topic = "t", payload_raw = hex("82 a161 80 a16c 91 01") }).routes)
   end)
 
+  -- the event's map is one level: an event 64 deep (the most the native
+  -- input takes) holds a payload 63 deep
   it("writes at the deepest level, and refuses a table that would nest past the limit", function()
     local descend = "local p = ev.payload while type(p[1]) == 'table' do p = p[1] end "
-    local raw = hex(nested(64, "01"))
+    local raw = hex(nested(63, "01"))
     local res = run(s.on_event(descend .. "p[2] = 5 return 'out'"), { topic = "t", payload_raw = raw })
     assert.equal("route", res.verdict, res.error)
-    assert.equal(tohex(hex(nested(63, "920105"))), tohex(res.event.payload_raw))
+    assert.equal(tohex(hex(nested(62, "920105"))), tohex(res.event.payload_raw))
     res = run(s.on_event(descend .. "p[2] = {} return 'out'"), { topic = "t", payload_raw = raw })
     assert.equal("runtime", res.error_kind)
     s.has(res.error, "nesting deeper than 64")
+  end)
+
+  -- found by test_rules_differential: the changed payload was measured on
+  -- its own, so one 64 deep passed and the event (65 deep) went out to
+  -- peers that refuse it, and `sluice route` could not print it
+  it("refuses a change that leaves the payload 64 deep: its event would be 65", function()
+    local res = run(s.on_event("ev.payload = { w = ev.payload } return 'out'"),
+      { topic = "t", payload_raw = hex(nested(63, "01")) })
+    assert.equal("runtime", res.error_kind)
+    s.has(res.error, "the changed event: the event is not valid on the wire: payload: nesting deeper than 64")
+    res = run(s.on_event("ev.payload = { w = ev.payload } return 'out'"),
+      { topic = "t", payload_raw = hex(nested(62, "01")) })
+    assert.equal("route", res.verdict, res.error)
   end)
 
   it("bounds the changed payload by max_event_bytes", function()
