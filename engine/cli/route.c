@@ -34,7 +34,8 @@ static void on_emit(void *data, int output, struct sl_event *ev) {
   sl_buf_append(&e->json, "{\"output\":", 10);
   sl_codec_json_str(&e->json, name, strlen(name)); /* names are not checked */
   sl_buf_append(&e->json, ",\"event\":", 9);
-  sl_codec_to_json(ev->data, ev->len, &e->json);
+  if (sl_codec_to_json(ev->data, ev->len, &e->json) != 0)
+    sl_buf_append(&e->json, "null", 4); /* the line stays JSON */
   sl_buf_putc(&e->json, '}');
   sl_event_unref(ev);
 }
@@ -183,7 +184,8 @@ static void decide_one(struct sl_rules *rs, struct emitted *em,
     sl_codec_json_str(&b, schema, strlen(schema));
   }
   sl_buf_append(&b, ",\"event\":", 9);
-  sl_codec_to_json(r.event->data, r.event->len, &b);
+  if (sl_codec_to_json(r.event->data, r.event->len, &b) != 0)
+    sl_buf_append(&b, "null", 4); /* the line stays JSON */
   sl_buf_append(&b, ",\"emitted\":[", 12);
   sl_buf_append(&b, em->json.data, em->json.len);
   sl_buf_append(&b, "]}\n", 3);
