@@ -9,7 +9,8 @@ each with rules.jit off and on. Rules and events come from rulegen.py with
 a fixed seed.
 
 Environment: SLUICE_DIFF_SEED (default 20261207), SLUICE_DIFF_CASES (rules,
-default 400; each gets 1-3 events) for a longer run.
+default 400; each gets 1-3 events) for a longer run; BUILD (default build:
+where sluice_core.so is, as tests/run.sh sets it).
 
 What is normalised, as the README documents it: an emitted event's
 traceparent is a child span of the event (a new random span id; the trace
@@ -171,8 +172,9 @@ def run_busted(corpus, jit):
     out = corpus.root / ("busted-%d.ndjson" % jit)
     env = dict(os.environ, DIFF_JIT="1" if jit else "0", DIFF_OUT=str(out),
                DIFF_CASES=str(corpus.root / "cases.txt"))
+    build = os.environ.get("BUILD", "build")   # as tests/run.sh: build-asan too
     r = subprocess.run(["busted", "-o", "TAP", "--lpath=%s/scripts/?.lua" % ROOT,
-                        "--cpath=%s/build/?.so" % ROOT, str(corpus.root / "diff_spec.lua")],
+                        "--cpath=%s/%s/?.so" % (ROOT, build), str(corpus.root / "diff_spec.lua")],
                        cwd=str(ROOT), env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     return [unhex_obj(json.loads(l)) for l in out.read_text().splitlines()]
