@@ -8,6 +8,8 @@ differential test, not a test itself."""
 
 import struct
 
+import msgpack
+
 # ---- msgpack values the stock packer cannot make ---------------------------
 
 
@@ -182,7 +184,6 @@ def top_fields(b, i=0):
     out = []
     for _ in range(n):
         k_end = skip(b, j)
-        import msgpack
         k = msgpack.unpackb(b[j:k_end], raw=False)
         v_end = skip(b, k_end)
         out.append((k, bytes(b[k_end:v_end])))
@@ -426,6 +427,10 @@ def emit_event(r, case):
                                            "ev.payload.n", "ev.payload.big"]))
     f.append("id = %s" % lua_str("m%d" % case))
     f.append("time_ns = \"1700000000000000001\"")
+    if r.random() < 0.1:    # a field sluice.emit refuses: the call fails
+        f.append(r.choice(["key = 5", "headers = { h = 5 }", "extra = 1",
+                           "time = \"x\"", "payload = { [{}] = 1 }",
+                           "payload = string.rep(\"x\", 1048576)"]))
     return "{ " + ", ".join(f) + " }"
 
 

@@ -28,10 +28,8 @@ import random
 import re
 import struct
 import subprocess
-from pathlib import Path
 
 import msgpack
-import pytest
 
 from conftest import ROOT, SLUICE_BIN, free_port, send_events
 import rulegen
@@ -456,7 +454,6 @@ def differences(corpus, busted, dry, engines):
             if have != want:
                 out.append(ctx + "busted: %s\nexpected dry run: %s\ndry run (jit %d): %s" % (
                     busted_view(b), show(want), jit, show(got)))
-            em = [(e[0][1], dict(dict(e)["event"])["topic"]) for e in []]
             got_em = [(dict(e)["output"], dict(dict(e)["event"]).get("topic")) for e in got.get("emitted") or []]
             want_em = [(e["output"], e["event"]["topic"].decode()) for e in b["emitted"]]
             if got_em != want_em:
