@@ -808,6 +808,7 @@ int sl_admin_start(struct sl_admin *a, char *err, size_t errlen) {
   a->srv.limits.body_ms = 10000;
   a->srv.limits.max_conns = a->w->cfg->admin.max_connections;
   a->srv.limits.fd_guard = 0; /* the fds inputs leave free are for us */
+  a->srv.limits.displace_waiting = 1; /* probes get in past tricklers */
   if (cfg->tls.enabled &&
       (a->srv.tls = sl_tls_new(&cfg->tls, 1, cfg->listen, "admin", why,
                                sizeof(why))) == NULL) {

@@ -699,6 +699,35 @@ static int displace_quiet(struct sl_listener *l) {
   return 1;
 }
 
+/* l is full and no conn was quiet long enough: close the one its protocol
+ * says has waited longest for a whole request (l->displaceable). Returns
+ * 1 when one was closed. */
+static int displace_waiting(struct sl_listener *l) {
+  struct sl_conn *x, *victim = NULL;
+  uint64_t since, oldest = 0, suppressed = 0;
+  if (l->displaceable == NULL)
+    return 0;
+  for (x = l->conns; x; x = x->next)
+    if (x->state == SL_CONN_OPEN && x->pending_writes == 0 &&
+        l->displaceable(x, &since) && (victim == NULL || since < oldest)) {
+      victim = x;
+      oldest = since;
+    }
+  if (victim == NULL)
+    return 0;
+  l->stats.displaced++;
+  if (sl_log_allow(&l->refuse_log, &suppressed))
+    sl_log(SL_LOG_INFO, "max_connections reached; closing the connection "
+                        "that waited longest for a whole request to admit "
+                        "a new one",
+           SL_S("listener", l->name ? l->name : l->ep.address),
+           SL_S("peer", victim->peer),
+           SL_U("waited_ms", (sl_mono_ns() - oldest) / 1000000u),
+           SL_U("suppressed", suppressed), SL_END);
+  eof_and_close(victim, 0);
+  return 1;
+}
+
 /* Is the process within a reserve of its fd limit? fd is the one just
  * accepted: the lowest free number, so every fd below it is open. */
 static int fds_short(int fd) {
@@ -746,7 +775,8 @@ static void on_connection(uv_stream_t *server, int status) {
     return;
   }
   c->state = SL_CONN_OPEN;
-  if (l->max_conns && l->nconns >= l->max_conns && !displace_quiet(l)) {
+  if (l->max_conns && l->nconns >= l->max_conns && !displace_quiet(l) &&
+      !displace_waiting(l)) {
     l->stats.refused_limit++;
     refuse(l, c, "max_connections reached", 1);
     return;

@@ -110,6 +110,12 @@ struct sl_listener {
   uint32_t max_conns;  /* over it a new conn is refused at once, unless a
                           conn quiet for displace_ms makes room */
   uint32_t displace_ms;
+  /* Full, and no conn quiet for displace_ms: the protocol may name conns
+   * waiting on their peer for a whole request (since *since_ns), and the
+   * one waiting longest is closed to admit the new one, so clients that
+   * trickle requests cannot keep others out (the admin server's probes).
+   * NULL: none is. */
+  int (*displaceable)(const struct sl_conn *c, uint64_t *since_ns);
   size_t max_pending;  /* bytes of conn buffers larger than
                           SL_CONN_FREE_BUFFER, over all conns; raised to
                           twice max_buffered */

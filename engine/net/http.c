@@ -56,6 +56,7 @@ struct http_conn {
   uint64_t body_end;    /* monotonic ns when the body must be in; 0: none */
   uint64_t charged;     /* body bytes counted in srv->pending */
   uint64_t body_seen_ns; /* monotonic, when body bytes last came */
+  uint64_t waiting_ns;  /* monotonic, since when it waits for a request */
   int want_continue;    /* Expect: 100-continue */
   int body_too_big;
   int over_pending;     /* the body would pass limits.max_pending */
@@ -538,6 +539,7 @@ static void finish_request(struct http_conn *hc) {
     end_conn(hc, 0); /* the whole request was read: nothing to drop */
   } else if (hc->phase == PH_WAIT) {
     hc->phase = PH_IDLE;
+    hc->waiting_ns = sl_mono_ns();
     start_timer(hc, hc->srv->limits.idle_ms);
   }
 }
@@ -941,8 +943,21 @@ static int on_accept(struct sl_listener *l, struct sl_conn *c) {
   sl_conn_set_ops(c, &conn_ops, hc);
   s->live++;
   s->stats.connections_total++;
+  hc->waiting_ns = sl_mono_ns();
   start_timer(hc, s->limits.idle_ms);
   return 0;
+}
+
+/* sl_listener.displaceable: c waits on its client for a whole request
+ * (between requests, or its head or body still coming, nothing answered):
+ * closing it loses nothing the client was told was taken. */
+static int displaceable(const struct sl_conn *c, uint64_t *since_ns) {
+  const struct http_conn *hc = sl_conn_proto(c);
+  if (hc == NULL || hc->phase > PH_BODY ||
+      (hc->phase != PH_IDLE && hc->responded)) /* an early answer goes */
+    return 0;
+  *since_ns = hc->waiting_ns;
+  return 1;
 }
 
 /* ---- the server -------------------------------------------------------- */
@@ -980,6 +995,7 @@ int sl_http_start(struct sl_http_server *s, uv_loop_t *loop,
   s->listener.max_pending = 0; /* bodies are bounded here, not there */
   s->listener.max_conns = s->limits.max_conns;
   s->listener.fd_guard = s->limits.fd_guard;
+  s->listener.displaceable = s->limits.displace_waiting ? displaceable : NULL;
   s->listener.refusal = refusal_503;
   s->listener.refusal_len = sizeof(refusal_503) - 1;
   s->listener.name = s->name;

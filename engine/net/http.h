@@ -61,6 +61,11 @@ struct sl_http_limits {
                                 waited longest for its next byte, or gets
                                 503 when there is none; 0: no bound */
   int fd_guard;              /* see sl_listener.fd_guard */
+  int displace_waiting;      /* full: a new connection closes the one that
+                                waited longest for a whole request (idle
+                                keep-alive, a head or body trickling)
+                                instead of getting 503 (the admin server:
+                                its probes must get in) */
 };
 
 struct sl_http_stats {

@@ -403,17 +403,25 @@ def test_http_bodies_over_max_pending_bytes_shed_the_stalled_upload(sluice):
     b.close()
 
 
-def test_admin_over_max_connections_gets_503_and_recovers(sluice):
+def _tap(adm):
+    """An admin connection held by a running /tap stream."""
     from helpers_http import RawClient
+    c = RawClient(adm)
+    c.send(b"GET /tap HTTP/1.1\r\nHost: a\r\n\r\n")
+    while b"\r\n\r\n" not in c.buf:
+        c._fill()
+    assert c.buf.startswith(b"HTTP/1.1 200"), c.buf[:60]
+    return c
+
+
+def test_admin_over_max_connections_gets_503_and_recovers(sluice):
     port, adm = free_port(), free_port()
     sluice({"inputs": [{"name": "app", "type": "tcp", "listen": "127.0.0.1:%d" % port}],
             "outputs": [{"name": "out", "type": "null"}],
             "routes": [{"topics": "*", "to": "out"}],
             "admin": {"listen": "127.0.0.1:%d" % adm, "max_connections": 2}})
-    held = [RawClient(adm) for _ in range(2)]
-    # both taken by the engine: none waits in the listener's accept queue
-    wait_for(lambda: _tcp_queues(adm, 0)[1] == 0, 20,
-             what="the admin listener to accept both")
+    # two taps: connections serving a request, which no probe displaces
+    held = [_tap(adm) for _ in range(2)]
     with pytest.raises(urllib.error.HTTPError) as e:
         admin_get(adm, "/healthz")
     assert e.value.code == 503
@@ -428,6 +436,51 @@ def test_admin_over_max_connections_gets_503_and_recovers(sluice):
     assert float(values['sluice_listener_connections_open{listener="admin",'
                         'type="admin"}']) == 2  # held[1] and this scrape
     held[1].close()
+
+
+def test_admin_probes_get_in_past_clients_holding_every_connection(sluice):
+    # max_connections admin clients that send a request head slowly, or sit
+    # idle on keep-alive, held every slot: /healthz got 503 for as long as
+    # they kept at it, and a kubelet would restart sluice. A new connection
+    # now closes the one that waited longest for a whole request.
+    from helpers_http import RawClient
+    port, adm = free_port(), free_port()
+    eng = sluice({"inputs": [{"name": "app", "type": "tcp",
+                              "listen": "127.0.0.1:%d" % port}],
+                  "outputs": [{"name": "out", "type": "null"}],
+                  "routes": [{"topics": "*", "to": "out"}],
+                  "admin": {"listen": "127.0.0.1:%d" % adm, "max_connections": 4}})
+    idle = RawClient(adm) # a whole request, then idle on keep-alive
+    idle.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert idle.read_response().status == 200
+    slow = []
+    for i in range(3): # request heads still coming
+        c = RawClient(adm)
+        c.send(b"GET /metr")
+        slow.append(c)
+    wait_for(lambda: _tcp_queues(adm, 0)[1] == 0, 20,
+             what="the admin listener to accept them all")
+    for i in range(6): # each closes the one that waited longest
+        assert admin_get(adm, "/healthz")[0] == 200
+        # the trickle goes on: what was closed comes back
+        c = RawClient(adm)
+        c.send(b"GET /re")
+        slow.append(c)
+    # the oldest went first: the idle keep-alive one, then the heads
+    with pytest.raises((EOFError, OSError)):
+        idle.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        idle.read_response()
+    text = admin_get(adm, "/metrics")[1].decode()
+    values = dict(l.rsplit(" ", 1) for l in text.splitlines()
+                  if l and not l.startswith("#"))
+    assert float(values['sluice_listener_connections_refused_total{listener="admin",'
+                        'type="admin",reason="idle"}']) >= 6
+    assert float(values['sluice_listener_connections_refused_total{listener="admin",'
+                        'type="admin",reason="limit"}']) == 0
+    assert eng.find_logs("max_connections reached; closing the connection that "
+                         "waited longest for a whole request to admit a new one")
+    for c in slow:
+        c.sock.close()
 
 
 def _metrics_or_none(adm):
