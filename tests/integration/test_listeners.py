@@ -483,6 +483,54 @@ def test_admin_probes_get_in_past_clients_holding_every_connection(sluice):
         c.sock.close()
 
 
+def test_admin_probes_get_in_past_clients_lingering_after_a_refusal(sluice):
+    # Each of max_connections clients sends a request the server refuses
+    # (400) and then a byte now and then: the connection lingers (up to
+    # 2 s, dropping input, its answer written) and was never closed for
+    # room, so /healthz got 503 while they lingered, again after each
+    # reconnect. A lingering connection holds nothing: it goes first.
+    import threading
+    port, adm = free_port(), free_port()
+    sluice({"inputs": [{"name": "app", "type": "tcp",
+                        "listen": "127.0.0.1:%d" % port}],
+            "outputs": [{"name": "out", "type": "null"}],
+            "routes": [{"topics": "*", "to": "out"}],
+            "admin": {"listen": "127.0.0.1:%d" % adm, "max_connections": 4}})
+    socks = []
+    for _ in range(4):
+        s = socket.create_connection(("127.0.0.1", adm))
+        s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        s.settimeout(5)
+        assert s.recv(65536).startswith(b"HTTP/1.1 400")
+        socks.append(s)
+    stop = threading.Event()
+
+    def trickle():
+        while not stop.is_set():
+            for s in socks:
+                try:
+                    s.send(b"x")
+                except OSError:
+                    pass
+            time.sleep(0.05)
+
+    t = threading.Thread(target=trickle)
+    t.start()
+    codes = []
+    try:
+        for _ in range(3):
+            try:
+                codes.append(admin_get(adm, "/healthz")[0])
+            except urllib.error.HTTPError as e:
+                codes.append(e.code)
+    finally:
+        stop.set()
+        t.join()
+        for s in socks:
+            s.close()
+    assert codes == [200, 200, 200]
+
+
 def _metrics_or_none(adm):
     """/metrics, or None while the probe before it still holds its slot."""
     try:
