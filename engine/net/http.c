@@ -950,19 +950,22 @@ static int on_accept(struct sl_listener *l, struct sl_conn *c) {
 
 /* sl_listener.displaceable: c waits on its client for a whole request
  * (between requests, or its head or body still coming, nothing answered),
- * or lingers after its last answer was written (dropping what the client
- * still sends): closing it loses nothing the client was told was taken.
- * Lingering ones go first: clients sending a bad request each and then a
- * byte now and then held every slot for up to LINGER_MS at a time, again
- * and again, and probes got 503. */
+ * or was answered already (the answer written: displace_waiting checks)
+ * and only drops what the client still sends, lingering or reading a
+ * body answered early: closing it loses nothing the client was told was
+ * taken. Answered ones go first: clients that each got a refusal (a bad
+ * request, a 404 before a small body) and then sent a byte now and then
+ * held every slot, for up to body_ms at a time, and probes got 503. */
 static int displaceable(const struct sl_conn *c, uint64_t *since_ns) {
   const struct http_conn *hc = sl_conn_proto(c);
-  if (hc != NULL && hc->lingering) {
+  if (hc == NULL)
+    return 0;
+  if (hc->lingering ||
+      (hc->responded && (hc->phase == PH_HEAD || hc->phase == PH_BODY))) {
     *since_ns = 0;
     return 1;
   }
-  if (hc == NULL || hc->phase > PH_BODY ||
-      (hc->phase != PH_IDLE && hc->responded)) /* an early answer goes */
+  if (hc->phase > PH_BODY)
     return 0;
   *since_ns = hc->waiting_ns;
   return 1;

@@ -483,12 +483,18 @@ def test_admin_probes_get_in_past_clients_holding_every_connection(sluice):
         c.sock.close()
 
 
-def test_admin_probes_get_in_past_clients_lingering_after_a_refusal(sluice):
+@pytest.mark.parametrize("request_, answer", [
+    (b"NOT HTTP AT ALL\r\n\r\n", b"HTTP/1.1 400"),
+    (b"POST /nope HTTP/1.1\r\nHost: a\r\nContent-Length: 2000\r\n\r\n",
+     b"HTTP/1.1 404")])
+def test_admin_probes_get_in_past_clients_answered_that_send_on(sluice, request_,
+                                                                answer):
     # Each of max_connections clients sends a request the server refuses
-    # (400) and then a byte now and then: the connection lingers (up to
-    # 2 s, dropping input, its answer written) and was never closed for
-    # room, so /healthz got 503 while they lingered, again after each
-    # reconnect. A lingering connection holds nothing: it goes first.
+    # and then a byte now and then: after a bad request the connection
+    # lingers (up to 2 s, dropping input); after a 404 sent before a small
+    # body, the body is read and dropped (up to body_ms, 10 s). Neither was
+    # closed for room, so /healthz got 503 meanwhile, again after each
+    # reconnect. Their answers are written, they hold nothing: they go first.
     import threading
     port, adm = free_port(), free_port()
     sluice({"inputs": [{"name": "app", "type": "tcp",
@@ -499,9 +505,9 @@ def test_admin_probes_get_in_past_clients_lingering_after_a_refusal(sluice):
     socks = []
     for _ in range(4):
         s = socket.create_connection(("127.0.0.1", adm))
-        s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        s.sendall(request_)
         s.settimeout(5)
-        assert s.recv(65536).startswith(b"HTTP/1.1 400")
+        assert s.recv(65536).startswith(answer)
         socks.append(s)
     stop = threading.Event()
 
