@@ -23,6 +23,7 @@ struct native_conn {
   struct sl_durable wait; /* waiting for the disk buffers to hold them */
   struct sl_codec_walk walk; /* the event still arriving, walked so far */
   int ack_deferred;   /* an ack waits for the one the peer has not read */
+  int eof;            /* the peer finished sending: kept for its acks */
 };
 
 /* Ack mode: tell the client how many of its events are accepted (queued in
@@ -33,15 +34,22 @@ struct native_conn {
 static void refused(struct native_conn *nc);
 static void send_ack(struct native_conn *nc);
 
-/* An ack the kernel could not take at once was written: send the count
- * that came meanwhile, if any. */
+/* An ack was written: send the count that came meanwhile, if any; a conn
+ * kept for its acks (cb_eof) closes once the last is out. */
 static void on_ack_written(struct sl_conn *c, int status, void *arg) {
   struct native_conn *nc = sl_conn_proto(c);
   (void)arg;
-  if (status != 0 || sl_conn_is_closing(c) || !nc->ack_deferred)
+  if (sl_conn_is_closing(c))
     return;
-  nc->ack_deferred = 0;
-  send_ack(nc);
+  if (status != 0) {
+    if (nc->eof) /* nothing more to read or write */
+      sl_conn_close(c);
+    return;
+  }
+  if (nc->ack_deferred) {
+    nc->ack_deferred = 0;
+    send_ack(nc);
+  }
   sl_framed_close_if_drained(nc->src.input->data, nc->conn);
 }
 
@@ -293,9 +301,16 @@ static void cb_eof(struct sl_conn *c, int status) {
                     "connection closed inside an event; partial event "
                     "discarded");
   /* the producer finished sending and waits for acks a disk buffer's sync
-   * holds back: keep the conn until on_durable sends them and closes it */
-  if (status == 0 && nc->wait.waiting && sl_conn_buffered(c) == 0)
+   * holds back, or that it has not read yet (one written but not taken by
+   * the kernel, the latest count deferred behind it): keep the conn until
+   * they are out (on_durable, on_ack_written), then close it; closed at
+   * once, the queued write was dropped and the producer got a stale count */
+  if (status == 0 && sl_conn_buffered(c) == 0 &&
+      (nc->wait.waiting || nc->ack_deferred ||
+       sl_conn_pending_writes(c) > 0)) {
+    nc->eof = 1;
     sl_conn_stop_reading(c);
+  }
 }
 
 static void cb_close(struct sl_conn *c) {
@@ -326,7 +341,8 @@ static int on_accept(struct sl_framed *f, struct sl_conn *c) {
 
 static int is_drained(struct sl_conn *c) {
   struct native_conn *nc = sl_conn_proto(c);
-  return nc->src.held == NULL && !nc->wait.waiting;
+  return nc->src.held == NULL && !nc->wait.waiting &&
+         (!nc->eof || (!nc->ack_deferred && sl_conn_pending_writes(c) == 0));
 }
 
 static void on_free(struct sl_framed *f) { free(f); }

@@ -294,3 +294,40 @@ def test_a_half_closed_producer_gets_the_acks_a_sync_held_back(sluice):
     answer = _read_to_end(f)
     f.close()
     assert msgpack.unpackb(answer) == {"ack": "c1"}
+
+
+def test_a_half_closed_producer_gets_the_acks_it_had_not_read(sluice):
+    # A producer that sends without reading its acks, shuts down its
+    # sending side after its last event and then reads: once the socket
+    # buffers were full of unread acks, one ack sat in the write queue
+    # (the latest count deferred behind it), and at the EOF the engine
+    # closed at once, dropping both: the producer got a count of ~4000 of
+    # 200000 and the end of the stream, and would resend what was taken.
+    path = short_path("in.sock")
+    admin = free_port()
+    sluice({"inputs": [{"name": "app", "type": "unix", "listen": path}],
+            "outputs": [{"name": "out", "type": "null"}],
+            "routes": [{"topics": "*", "to": "out"}],
+            "admin": {"listen": "127.0.0.1:%d" % admin}})
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    s.sendall(msgpack.packb({"sluice": 1, "ack": True}))
+    ev = msgpack.packb({"topic": "t", "payload": 1})
+    n = 200000
+    for i in range(n):  # one event per write: most are reads of their own
+        s.send(ev)
+    wait_for(lambda: metric("127.0.0.1:%d" % admin, "sluice_input_events_total",
+                            input="app") == n, timeout=30, what="every event in")
+    s.shutdown(socket.SHUT_WR)
+    unpacker = msgpack.Unpacker()
+    s.settimeout(10)
+    last = 0
+    while True:
+        data = s.recv(65536)
+        if not data:  # the engine closes once the acks are out
+            break
+        unpacker.feed(data)
+        for last in unpacker:
+            pass
+    assert last == n
+    s.close()
