@@ -223,13 +223,18 @@ const char *sl_redis_error(const redisAsyncContext *ac, const redisReply *r) {
 }
 
 int sl_redis_transient(const redisReply *r) {
-  /* NOAUTH, WRONGPASS and a protocol error (redis 7 answers an
-   * unauthenticated client's long command so, and closes) are about the
-   * connection, not the event: it can go once the server lets us in */
-  static const char *const words[] = {"LOADING", "OOM", "READONLY", "BUSY",
-                                      "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
-                                      "NOREPLICAS", "NOAUTH", "WRONGPASS",
-                                      "ERR Protocol error", NULL};
+  /* NOAUTH, WRONGPASS and redis 7's protocol errors for an
+   * unauthenticated client ("unauthenticated multibulk length", "...
+   * bulk length": its long command, then it closes) are about the
+   * connection, not the event: it can go once the server lets us in.
+   * Other protocol errors are about the command: "invalid bulk length" is
+   * an event with a field over the server's proto-max-bulk-len, which no
+   * retry gets in (taken as transient, it wedged the output for good) */
+  static const char *const words[] = {
+      "LOADING",    "OOM",       "READONLY",
+      "BUSY",       "MASTERDOWN", "TRYAGAIN",
+      "CLUSTERDOWN", "NOREPLICAS", "NOAUTH",
+      "WRONGPASS",  "ERR Protocol error: unauthenticated", NULL};
   int i;
   if (r == NULL || r->type != REDIS_REPLY_ERROR || r->str == NULL)
     return 1;

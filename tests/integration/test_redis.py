@@ -481,6 +481,31 @@ def test_example_routes_orders_as_its_header_says(sluice, redis):
     assert eng.stop() == 0
 
 
+def test_an_event_over_the_servers_bulk_limit_is_dead_lettered_not_retried(
+        sluice, redis):
+    # A field longer than redis's proto-max-bulk-len gets "ERR Protocol
+    # error: invalid bulk length" (and the server closes). Taken as
+    # transient with the unauthenticated client's protocol errors, the
+    # event was tried again for good: the breaker opened and closed, and
+    # every event behind it waited for ever.
+    from conftest import send_events
+    dst = redis()
+    dst.cli("CONFIG", "SET", "proto-max-bulk-len", "1mb")
+    port = free_port()
+    eng = sluice(config([{"name": "tcp", "type": "tcp",
+                          "listen": "127.0.0.1:%d" % port}],
+                        [redis_output(dst.address)]).replace(
+        "return {", "return { max_event_bytes = 4194304,", 1))
+    send_events("127.0.0.1:%d" % port,
+                [{"topic": "t", "payload": {"n": 0, "big": "x" * 2000000}}])
+    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": {"n": 1}}])
+    dst.wait_xlen("out", 1)
+    assert ns(dst.xrange("out")) == [1]
+    dead = wait_for(lambda: read_ndjson(eng.path("dlq.ndjson")), timeout=10,
+                    what="the dead letter")
+    assert len(dead) == 1 and dead[0]["payload"]["n"] == 0
+
+
 def test_backpressure_stops_reading_until_the_queue_has_room(sluice, redis):
     srv = redis()
     dead = "127.0.0.1:%d" % free_port()
