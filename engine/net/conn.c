@@ -17,6 +17,8 @@
 #define REFUSE_LINGER_MS 1000 /* a refused conn reads our answer in this */
 #define MAX_REFUSING 64       /* refused conns lingering at once */
 #define FD_RESERVE_MAX 256    /* fds inputs leave free (fd_guard) */
+/* a conn whose answer made no progress this long may make room */
+#define STUCK_WRITE_NS 1000000000ull
 
 /* A descriptor held in reserve: when accept fails for want of fds, it is
  * closed so the pending connection can be accepted and closed at once,
@@ -539,6 +541,7 @@ static void on_write(uv_write_t *req, int status) {
   struct write_req *w = container_of(req, struct write_req, req);
   struct sl_conn *c = w->conn;
   c->pending_writes--;
+  c->write_ns = sl_mono_ns(); /* progress: the client takes our bytes */
   if (w->cb) {
     enter(c);
     w->cb(c, status, w->arg);
@@ -571,7 +574,8 @@ int sl_conn_write(struct sl_conn *c, struct sl_buf *b,
     return rc;
   }
   sl_buf_init(b);
-  c->pending_writes++;
+  if (c->pending_writes++ == 0)
+    c->write_ns = sl_mono_ns();
   return 0;
 }
 
@@ -699,30 +703,40 @@ static int displace_quiet(struct sl_listener *l) {
   return 1;
 }
 
-/* l is full and no conn was quiet long enough: close the one its protocol
- * says has waited longest for a whole request (l->displaceable). Returns
- * 1 when one was closed. */
+/* l is full and no conn was quiet long enough: close the one that has
+ * waited longest on its client: for a whole request, as its protocol says
+ * (l->displaceable), or to take an answer, whose write has made no
+ * progress for STUCK_WRITE_NS (clients that pipelined requests and read
+ * none of the answers held every slot: their writes stayed pending).
+ * Returns 1 when one was closed. */
 static int displace_waiting(struct sl_listener *l) {
   struct sl_conn *x, *victim = NULL;
-  uint64_t since, oldest = 0, suppressed = 0;
+  uint64_t since, oldest = 0, now = sl_mono_ns(), suppressed = 0;
+  int ok;
   if (l->displaceable == NULL)
     return 0;
-  for (x = l->conns; x; x = x->next)
-    if (x->state == SL_CONN_OPEN && x->pending_writes == 0 &&
-        l->displaceable(x, &since) && (victim == NULL || since < oldest)) {
+  for (x = l->conns; x; x = x->next) {
+    if (x->state != SL_CONN_OPEN)
+      continue;
+    if (x->pending_writes == 0)
+      ok = l->displaceable(x, &since);
+    else if ((ok = now - x->write_ns >= STUCK_WRITE_NS))
+      since = x->write_ns;
+    if (ok && (victim == NULL || since < oldest)) {
       victim = x;
       oldest = since;
     }
+  }
   if (victim == NULL)
     return 0;
   l->stats.displaced++;
   if (sl_log_allow(&l->refuse_log, &suppressed))
     sl_log(SL_LOG_INFO, "max_connections reached; closing the connection "
-                        "that waited longest for a whole request to admit "
-                        "a new one",
+                        "that waited longest on its client to admit a new "
+                        "one",
            SL_S("listener", l->name ? l->name : l->ep.address),
            SL_S("peer", victim->peer),
-           SL_U("waited_ms", (sl_mono_ns() - oldest) / 1000000u),
+           SL_U("waited_ms", oldest ? (now - oldest) / 1000000u : 0),
            SL_U("suppressed", suppressed), SL_END);
   eof_and_close(victim, 0);
   return 1;

@@ -95,6 +95,8 @@ struct sl_conn {
   int depth;             /* protocol callbacks of this conn running now */
   int handles;           /* handles not closed yet (stream and two timers) */
   int pending_writes;
+  uint64_t write_ns;     /* monotonic: the last write done, or the first
+                            of those pending when none was */
   void *tls;             /* the tls transport's state (tls.c); else NULL */
   char peer[264];        /* "1.2.3.4:5678", "unix:path" or the address */
 };

@@ -478,7 +478,7 @@ def test_admin_probes_get_in_past_clients_holding_every_connection(sluice):
     assert float(values['sluice_listener_connections_refused_total{listener="admin",'
                         'type="admin",reason="limit"}']) == 0
     assert eng.find_logs("max_connections reached; closing the connection that "
-                         "waited longest for a whole request to admit a new one")
+                         "waited longest on its client to admit a new one")
     for c in slow:
         c.sock.close()
 
@@ -535,6 +535,52 @@ def test_admin_probes_get_in_past_clients_answered_that_send_on(sluice, request_
         for s in socks:
             s.close()
     assert codes == [200, 200, 200]
+
+
+def test_admin_probes_get_in_past_clients_that_read_no_answers(sluice):
+    # max_connections admin clients that pipeline requests and read none of
+    # the answers: each connection's answer stayed pending, so none could
+    # make room and /healthz got 503 for as long as they stayed. A write
+    # that made no progress for a second now gives way too.
+    port, adm = free_port(), free_port()
+    eng = sluice({"inputs": [{"name": "app", "type": "tcp",
+                              "listen": "127.0.0.1:%d" % port}],
+                  "outputs": [{"name": "out", "type": "null"}],
+                  "routes": [{"topics": "*", "to": "out"}],
+                  "admin": {"listen": "127.0.0.1:%d" % adm, "max_connections": 4}})
+    stuck = []
+    for _ in range(4):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", adm))
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n" * 200)
+        stuck.append(s)
+    # the engine's answers back up: its send queues to them stay full
+    wait_for(lambda: sum(1 for q in _admin_send_queues(adm) if q > 0) == 4, 20,
+             what="the answers to back up")
+    wait_for(lambda: _healthz_ok(adm), 10, interval=0.1,
+             what="/healthz past the stuck clients")
+    # one of them made room (its log line may be behind the rate limit the
+    # 503s before it filled)
+    text = admin_get(adm, "/metrics")[1].decode()
+    values = dict(l.rsplit(" ", 1) for l in text.splitlines()
+                  if l and not l.startswith("#"))
+    assert float(values['sluice_listener_connections_refused_total{listener="admin",'
+                        'type="admin",reason="idle"}']) >= 1
+    for s in stuck:
+        s.close()
+
+
+def _admin_send_queues(adm):
+    """Send queues of the engine's established sockets from port adm."""
+    out = []
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            local, st, queues = parts[1], parts[3], parts[4]
+            if int(local.split(":")[1], 16) == adm and st == "01":
+                out.append(int(queues.split(":")[0], 16))
+    return out
 
 
 def _metrics_or_none(adm):
