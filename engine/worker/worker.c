@@ -4,6 +4,7 @@
  * output.c. */
 #include "worker.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,6 +72,12 @@ static void close_walk_cb(uv_handle_t *h, void *arg) {
     uv_close(h, NULL);
 }
 
+/* A stop signal once the watchers are closed (see finish). */
+static void exit_now(int signum) {
+  (void)signum;
+  _exit(1);
+}
+
 static void finish(struct sl_worker *w) {
   int i;
   uv_timer_stop(&w->drain_timer);
@@ -92,6 +99,15 @@ static void finish(struct sl_worker *w) {
   uv_close((uv_handle_t *)&w->sig_int, NULL);
   uv_close((uv_handle_t *)&w->sig_hup, NULL);
   uv_close((uv_handle_t *)&w->sig_usr1, NULL);
+  /* libuv gave the signals back their default action, which kills: a
+   * stop signal in the rest of the shutdown (threads joined, state files
+   * written) ended the engine with the signal's status, not the 1 of a
+   * second stop signal (seen: -15 for two SIGTERMs mid-drain), and a
+   * SIGHUP or SIGUSR1 (a reload, a log rotation) killed it mid-way */
+  signal(SIGTERM, exit_now);
+  signal(SIGINT, exit_now);
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGUSR1, SIG_IGN);
   uv_close((uv_handle_t *)&w->drain_timer, NULL);
   uv_close((uv_handle_t *)&w->flush_idle, NULL);
   if (w->route_timer_open) {
