@@ -43,6 +43,7 @@ struct fwd_conn {
   struct sl_durable wait;
   int ack_full;             /* paused: too many acks not yet written */
   struct sl_codec_walk walk; /* the frame still arriving, walked so far */
+  int eof;                  /* the peer finished sending: kept for acks */
 };
 
 /* Acks are the sender's chunk ids echoed: one that never reads them would
@@ -98,17 +99,28 @@ static size_t ack_backlog(struct fwd_conn *nc) {
   return sl_conn_write_queue_size(nc->conn) + nc->pending.len;
 }
 
+static void close_if_drained(struct fwd_conn *nc);
+
+/* Acks were written; a conn kept for its acks (cb_eof) closes once the
+ * last is out, or at once when the peer is gone. */
 static void on_acks_written(struct sl_conn *c, int status, void *arg) {
   struct fwd_conn *nc;
   (void)arg;
   if (status == UV_ECANCELED || sl_conn_is_closing(c))
     return;
   nc = sl_conn_proto(c);
+  if (status != 0) {
+    if (nc->eof) /* nothing more to read or write */
+      sl_conn_close(c);
+    return;
+  }
   if (nc->ack_full && ack_backlog(nc) <= ACK_BACKLOG / 2) {
     nc->ack_full = 0;
     if (nc->src.held == NULL) /* else on_resume resumes it */
       sl_conn_resume(c);
   }
+  if (nc->eof)
+    close_if_drained(nc);
 }
 
 static void write_acks(struct fwd_conn *nc) {
@@ -146,7 +158,8 @@ static void send_acks(struct fwd_conn *nc) {
 /* Draining: once what it sent is in and answered, the conn is done. */
 static int is_drained(struct sl_conn *c) {
   struct fwd_conn *nc = sl_conn_proto(c);
-  return nc->src.held == NULL && !nc->wait.waiting && nc->frame_len == 0;
+  return nc->src.held == NULL && !nc->wait.waiting && nc->frame_len == 0 &&
+         (!nc->eof || sl_conn_pending_writes(c) == 0);
 }
 
 static void close_if_drained(struct fwd_conn *nc) {
@@ -464,9 +477,16 @@ static void cb_eof(struct sl_conn *c, int status) {
                     "connection closed inside a forward frame; partial frame "
                     "discarded");
   /* the sender finished and waits for acks a disk buffer's sync holds
-   * back: keep the conn until on_durable sends them and closes it */
-  if (status == 0 && nc->wait.waiting && sl_conn_buffered(c) == 0)
+   * back, or that it has not read yet (written, not all taken by the
+   * kernel): keep the conn until they are out (on_durable,
+   * on_acks_written), then close it; closed at once, the queued acks were
+   * dropped (231013 of 280000 chunks acked) and the sender would resend
+   * what was taken */
+  if (status == 0 && sl_conn_buffered(c) == 0 &&
+      (nc->wait.waiting || sl_conn_pending_writes(c) > 0)) {
+    nc->eof = 1;
     sl_conn_stop_reading(c);
+  }
 }
 
 static void on_timer_closed(uv_handle_t *h) {

@@ -331,3 +331,39 @@ def test_a_half_closed_producer_gets_the_acks_it_had_not_read(sluice):
             pass
     assert last == n
     s.close()
+
+
+def test_a_half_closed_forward_sender_gets_the_acks_it_had_not_read(sluice):
+    # The forward input's twin of the test above: a sender that asks an ack
+    # for each chunk, reads none until it has sent them all and shut down
+    # its sending side. Past what the socket buffers hold (~4 MB of acks on
+    # loopback), acks waited in the write queue, and at the EOF the engine
+    # closed at once, dropping them: 231013 of 280000 chunks were acked,
+    # and the sender would resend the rest though they were taken.
+    fport, admin = free_port(), free_port()
+    sluice({"inputs": [{"name": "fw", "type": "forward",
+                        "listen": "127.0.0.1:%d" % fport}],
+            "outputs": [{"name": "out", "type": "null"}],
+            "routes": [{"topics": "*", "to": "out"}],
+            "admin": {"listen": "127.0.0.1:%d" % admin}})
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", fport))
+    n = 280000
+    for i in range(n):  # one frame per write; its ack stays unread
+        s.send(msgpack.packb(["t", 1, {"a": i}, {"chunk": "c%06d" % i}]))
+    wait_for(lambda: metric("127.0.0.1:%d" % admin, "sluice_input_events_total",
+                            input="fw") == n, timeout=60, what="every event in")
+    s.shutdown(socket.SHUT_WR)
+    unpacker = msgpack.Unpacker(raw=False)
+    s.settimeout(10)
+    acked = set()
+    while True:
+        data = s.recv(65536)
+        if not data:  # the engine closes once the acks are out
+            break
+        unpacker.feed(data)
+        for a in unpacker:
+            acked.add(a["ack"])
+    s.close()
+    assert len(acked) == n, n - len(acked)
