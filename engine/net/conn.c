@@ -537,11 +537,19 @@ void sl_conn_resume(struct sl_conn *c) {
 
 /* ---- writing ---------------------------------------------------------- */
 
+/* Does c's listener close conns whose writes stand still (displace_waiting)?
+ * Only then is the clock read per write: outputs and ack streams write on
+ * every batch. */
+static inline int watch_writes(const struct sl_conn *c) {
+  return c->listener != NULL && c->listener->displaceable != NULL;
+}
+
 static void on_write(uv_write_t *req, int status) {
   struct write_req *w = container_of(req, struct write_req, req);
   struct sl_conn *c = w->conn;
   c->pending_writes--;
-  c->write_ns = sl_mono_ns(); /* progress: the client takes our bytes */
+  if (watch_writes(c))
+    c->write_ns = sl_mono_ns(); /* progress: the client takes our bytes */
   if (w->cb) {
     enter(c);
     w->cb(c, status, w->arg);
@@ -574,7 +582,7 @@ int sl_conn_write(struct sl_conn *c, struct sl_buf *b,
     return rc;
   }
   sl_buf_init(b);
-  if (c->pending_writes++ == 0)
+  if (c->pending_writes++ == 0 && watch_writes(c))
     c->write_ns = sl_mono_ns();
   return 0;
 }
