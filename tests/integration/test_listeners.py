@@ -438,18 +438,32 @@ def test_admin_over_max_connections_gets_503_and_recovers(sluice):
     held[1].close()
 
 
+def _admin_engine(sluice, max_connections):
+    """An engine whose admin server takes max_connections; (eng, port)."""
+    port, adm = free_port(), free_port()
+    eng = sluice({"inputs": [{"name": "app", "type": "tcp",
+                              "listen": "127.0.0.1:%d" % port}],
+                  "outputs": [{"name": "out", "type": "null"}],
+                  "routes": [{"topics": "*", "to": "out"}],
+                  "admin": {"listen": "127.0.0.1:%d" % adm,
+                            "max_connections": max_connections}})
+    return eng, adm
+
+
+def _admin_metrics(adm):
+    """The admin /metrics as {"name{labels}": "value"}."""
+    text = admin_get(adm, "/metrics")[1].decode()
+    return dict(l.rsplit(" ", 1) for l in text.splitlines()
+                if l and not l.startswith("#"))
+
+
 def test_admin_probes_get_in_past_clients_holding_every_connection(sluice):
     # max_connections admin clients that send a request head slowly, or sit
     # idle on keep-alive, held every slot: /healthz got 503 for as long as
     # they kept at it, and a kubelet would restart sluice. A new connection
     # now closes the one that waited longest for a whole request.
     from helpers_http import RawClient
-    port, adm = free_port(), free_port()
-    eng = sluice({"inputs": [{"name": "app", "type": "tcp",
-                              "listen": "127.0.0.1:%d" % port}],
-                  "outputs": [{"name": "out", "type": "null"}],
-                  "routes": [{"topics": "*", "to": "out"}],
-                  "admin": {"listen": "127.0.0.1:%d" % adm, "max_connections": 4}})
+    eng, adm = _admin_engine(sluice, 4)
     idle = RawClient(adm) # a whole request, then idle on keep-alive
     idle.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
     assert idle.read_response().status == 200
@@ -470,9 +484,7 @@ def test_admin_probes_get_in_past_clients_holding_every_connection(sluice):
     with pytest.raises((EOFError, OSError)):
         idle.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
         idle.read_response()
-    text = admin_get(adm, "/metrics")[1].decode()
-    values = dict(l.rsplit(" ", 1) for l in text.splitlines()
-                  if l and not l.startswith("#"))
+    values = _admin_metrics(adm)
     assert float(values['sluice_listener_connections_refused_total{listener="admin",'
                         'type="admin",reason="idle"}']) >= 6
     assert float(values['sluice_listener_connections_refused_total{listener="admin",'
@@ -542,12 +554,7 @@ def test_admin_probes_get_in_past_clients_that_read_no_answers(sluice):
     # the answers: each connection's answer stayed pending, so none could
     # make room and /healthz got 503 for as long as they stayed. A write
     # that made no progress for a second now gives way too.
-    port, adm = free_port(), free_port()
-    eng = sluice({"inputs": [{"name": "app", "type": "tcp",
-                              "listen": "127.0.0.1:%d" % port}],
-                  "outputs": [{"name": "out", "type": "null"}],
-                  "routes": [{"topics": "*", "to": "out"}],
-                  "admin": {"listen": "127.0.0.1:%d" % adm, "max_connections": 4}})
+    eng, adm = _admin_engine(sluice, 4)
     stuck = []
     for _ in range(4):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -562,9 +569,7 @@ def test_admin_probes_get_in_past_clients_that_read_no_answers(sluice):
              what="/healthz past the stuck clients")
     # one of them made room (its log line may be behind the rate limit the
     # 503s before it filled)
-    text = admin_get(adm, "/metrics")[1].decode()
-    values = dict(l.rsplit(" ", 1) for l in text.splitlines()
-                  if l and not l.startswith("#"))
+    values = _admin_metrics(adm)
     assert float(values['sluice_listener_connections_refused_total{listener="admin",'
                         'type="admin",reason="idle"}']) >= 1
     for s in stuck:
