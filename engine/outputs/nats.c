@@ -219,15 +219,23 @@ static void start_connect(struct nats_out *no) {
 /* ---- acks (loop) --------------------------------------------------------- */
 
 /* Everything in flight failed: the core writes it again after its
- * backoff. Slots still waiting keep their message with libnats; its late
- * ack finds no slot and is dropped. */
+ * backoff. libnats gives back every publish still waiting for its ack
+ * (destroyed here; an ack that comes later is dropped by libnats): an ack
+ * that never comes (a server restart lost the publish, a stream that
+ * answers none) would otherwise stay counted against MaxPending for good,
+ * and past it every publish stalls the loop for StallWait (200 ms) and
+ * fails, the output wedged even once the server answers again. An ack
+ * libnats handed over already waits in acks and finds no slot. */
 static void fail_all(struct nats_out *no, const char *why) {
+  natsMsgList pending;
   uint32_t i;
   for (i = 0; i < no->count; i++) {
     struct slot *sl = &no->ring[(no->head + i) % no->cap];
     if (sl->status != 0)
       natsMsg_Destroy(sl->msg);
   }
+  if (no->js && js_PublishAsyncGetPendingList(&pending, no->js) == NATS_OK)
+    natsMsgList_Destroy(&pending);
   no->nacked += no->count;
   no->head = no->count = 0;
   no->in_flight = 0;

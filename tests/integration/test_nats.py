@@ -583,6 +583,49 @@ def test_a_message_over_max_payload_goes_to_the_dead_letter_not_retried(
         assert [json.loads(b)["payload"]["n"] for _, _, b in got] == [0, 2]
 
 
+def test_publishes_whose_acks_never_come_do_not_wedge_the_output(
+        sluice, tmp_path, nats):
+    # a publish whose ack never comes (the server lost it in a restart, or a
+    # stream that answers no publish) stayed pending in libnats after the
+    # ack timeout failed it. Past libnats' MaxPending every publish stalled
+    # the engine's loop for 200 ms and failed ("stalled with too many
+    # outstanding async published messages"), for good: once the stream
+    # answered again nothing was ever delivered
+    from conftest import send_events
+    admin, port = free_port(), free_port()
+    nats.tool("stream", "OUT", "out.>", "--no-ack")
+    eng = sluice("""return {
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "out", type = "nats", url = "%s", stream = "OUT",
+                subject = "out.{topic}", max_in_flight = 16,
+                batch_events = 1024, ack_timeout_ms = 200,
+                retry = { initial_ms = 20, max_ms = 100 } } },
+  routes = { { topics = "*", to = "out" } },
+  admin = { listen = "127.0.0.1:%d" },
+}""" % (port, nats.url, admin))
+    eng.wait_log("nats connected", timeout=10)
+    n = 2000
+    send_events("127.0.0.1:%d" % port,
+                [{"topic": "t", "payload": {"n": i}} for i in range(n)])
+    # libnats' MaxPending here is 4 * (16 + 1024 + 1) + 1024 = 5188, what
+    # five failed windows of 1024 publishes take; then five attempts more
+    wait_for(lambda: metrics_flat(admin).get(
+        'sluice_nats_publish_failed_total{output="out"}', 0) >= 5188, 60,
+        what="five windows of publishes failed by their ack timeout")
+    retries = metrics_flat(admin)['sluice_output_retries_total{output="out"}']
+    wait_for(lambda: metrics_flat(admin)['sluice_output_retries_total{output="out"}']
+             >= retries + 5, 30, what="five attempts more")
+    nats.tool("rmstream", "OUT")
+    nats.tool("stream", "OUT", "out.>")  # answers publishes again
+    wait_for(lambda: metrics_flat(admin)['sluice_output_events_total{output="out"}']
+             == n, 60, what="every event delivered once the stream answers")
+    assert not [l for l in eng.find_logs() if "stalled" in str(l.get("error"))]
+    seen = {}
+    for _, _, ev in consume_events(nats, "OUT", "check", n):
+        seen[ev["payload"]["n"]] = seen.get(ev["payload"]["n"], 0) + 1
+    assert sorted(seen) == list(range(n))
+
+
 def test_missing_stream_is_logged_and_retried_until_it_exists(sluice, tmp_path, nats):
     admin = free_port()
     eng = sluice(config(nats, admin))  # neither IN nor OUT exists yet

@@ -4,7 +4,9 @@
  * Consumed messages print one line each: subject, headers ("k: v" lines)
  * and body, the last two hex-encoded, separated by tabs.
  *
- *   nats_tool stream URL NAME SUBJECT
+ *   nats_tool stream URL NAME SUBJECT [--no-ack]  (--no-ack: the server
+ *             stores what is published and never answers a publish)
+ *   nats_tool rmstream URL NAME
  *   nats_tool pub URL SUBJECT COUNT [--js] [--start K] [--body FMT]
  *             [--hex HEX] [-H NAME:VALUE]...   (FMT: printf with %d = i)
  *   nats_tool consume URL STREAM DURABLE EXPECT IDLE_MS
@@ -70,7 +72,7 @@ static void print_msg(natsMsg *m) {
   printf("\n");
 }
 
-static int cmd_stream(char **argv) {
+static int cmd_stream(int argc, char **argv) {
   natsConnection *nc = connect_to(argv[0]);
   jsCtx *js = NULL;
   jsStreamConfig sc;
@@ -85,10 +87,26 @@ static int cmd_stream(char **argv) {
   sc.Subjects = subjects;
   sc.SubjectsLen = 1;
   sc.Storage = js_FileStorage;
+  sc.NoAck = argc >= 4 && strcmp(argv[3], "--no-ack") == 0;
   s = js_AddStream(&si, js, &sc, NULL, &jerr);
   if (s != NATS_OK && jerr != JSStreamNameExistErr)
     die("add stream", s);
   jsStreamInfo_Destroy(si);
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(nc);
+  return 0;
+}
+
+static int cmd_rmstream(char **argv) {
+  natsConnection *nc = connect_to(argv[0]);
+  jsCtx *js = NULL;
+  jsErrCode jerr = 0;
+  natsStatus s = natsConnection_JetStream(&js, nc, NULL);
+  if (s != NATS_OK)
+    die("jetstream", s);
+  s = js_DeleteStream(js, argv[1], NULL, &jerr);
+  if (s != NATS_OK)
+    die("delete stream", s);
   jsCtx_Destroy(js);
   natsConnection_Destroy(nc);
   return 0;
@@ -224,7 +242,9 @@ static int cmd_sub(char **argv) {
 
 int main(int argc, char **argv) {
   if (argc >= 5 && strcmp(argv[1], "stream") == 0)
-    return cmd_stream(argv + 2);
+    return cmd_stream(argc - 2, argv + 2);
+  if (argc >= 4 && strcmp(argv[1], "rmstream") == 0)
+    return cmd_rmstream(argv + 2);
   if (argc >= 5 && strcmp(argv[1], "pub") == 0)
     return cmd_pub(argc - 2, argv + 2);
   if (argc >= 7 && strcmp(argv[1], "consume") == 0)
