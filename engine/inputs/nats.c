@@ -11,7 +11,8 @@
  * uv_async, and fetches again only when the ring has room and the loop
  * has not paused it (sl_worker_submit said SL_EAGAIN). Everything else
  * (events, tracker, acks) happens on the loop: natsMsg_Ack and _Nak are
- * buffered publishes (libnats' flusher thread writes them), never a wait.
+ * buffered publishes (libnats' flusher thread writes them; a full buffer
+ * is written in place, bounded by the write deadline, net/nats.c).
  *
  * Acks. Each JetStream message is tracked (its natsMsg is the token); the
  * tracker's done callback with ok = 1 queues it, and a batch of them is

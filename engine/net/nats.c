@@ -90,6 +90,12 @@ natsStatus sl_nats_connect(struct sl_nats *n, const char *url,
   if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 1000);
   if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
   if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
+  /* libnats writes from the caller (a publish or ack on our loop, once
+   * its buffer is full) or from its flusher holding the connection's lock,
+   * and by default with no deadline: a server that stops reading would hold
+   * the loop until it read again. Past this, libnats drops the connection
+   * and reconnects. */
+  if (s == NATS_OK) s = natsOptions_SetWriteDeadline(opts, 200);
   if (s == NATS_OK) s = apply_tls(opts, tls);
   if (s == NATS_OK)
     s = natsOptions_SetDisconnectedCB(opts, on_disconnected, n);

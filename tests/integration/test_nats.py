@@ -10,6 +10,7 @@ Run: /usr/bin/python3 -m pytest -q tests/integration/test_nats.py
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import msgpack
@@ -624,6 +625,71 @@ def test_publishes_whose_acks_never_come_do_not_wedge_the_output(
     for _, _, ev in consume_events(nats, "OUT", "check", n):
         seen[ev["payload"]["n"]] = seen.get(ev["payload"]["n"], 0) + 1
     assert sorted(seen) == list(range(n))
+
+
+@pytest.mark.parametrize("js", [True, False])
+def test_a_server_that_stops_reading_does_not_stall_the_engine(
+        sluice, tmp_path, nats, js):
+    # libnats writes to the server from the caller's thread (a publish, an
+    # ack) or under the connection's lock (its flusher) with no deadline by
+    # default: a server that stops reading (SIGSTOP here; a network that
+    # drops packets) held the engine's loop until it read again, so
+    # /healthz, every input and every output stood still with it (the
+    # loop was held for the whole 6 s stop). A write now gives up after
+    # 200 ms and libnats reconnects; publishes meanwhile go to its
+    # reconnect buffer
+    import threading
+    import urllib.request
+    admin, port = free_port(), free_port()
+    if js:
+        nats.tool("stream", "OUT", "out.>")
+    eng = sluice("""return {
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "out", type = "nats", url = "%s", %s
+                subject = "out.{topic}", queue = { max_events = 2000 },
+                retry = { initial_ms = 20, max_ms = 200 } } },
+  routes = { { topics = "*", to = "out" } },
+  admin = { listen = "127.0.0.1:%d" },
+}""" % (port, nats.url, 'stream = "OUT",' if js else "", admin))
+    eng.wait_log("nats connected", timeout=10)
+    # events of 100 KB: the kernel's socket buffers fill in a moment
+    one = msgpack.packb({"topic": "t", "payload": {"s": "x" * 100000}})
+    stop = threading.Event()
+
+    def pump():
+        import socket
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            c.settimeout(0.5)
+            while not stop.is_set():
+                try:
+                    c.sendall(one * 4)
+                except (socket.timeout, OSError):
+                    pass
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    wait_for(lambda: metrics_flat(admin)['sluice_output_events_total{output="out"}']
+             >= 20, 20, what="events flowing")
+    nats.proc.send_signal(signal.SIGSTOP)
+    worst, t0 = 0.0, time.monotonic()
+    try:
+        while time.monotonic() - t0 < 6:
+            a = time.monotonic()
+            try:
+                urllib.request.urlopen("http://127.0.0.1:%d/healthz" % admin,
+                                       timeout=5).read()
+            except OSError:
+                pass
+            worst = max(worst, time.monotonic() - a)
+            time.sleep(0.05)
+    finally:
+        nats.proc.send_signal(signal.SIGCONT)
+    print("worst /healthz while the server was stopped: %.3f s" % worst)
+    assert worst < 2.0
+    before = metrics_flat(admin)['sluice_output_events_total{output="out"}']
+    wait_for(lambda: metrics_flat(admin)['sluice_output_events_total{output="out"}']
+             >= before + 20, 30, what="events flowing once the server reads again")
+    stop.set()
+    t.join(5)
 
 
 def test_missing_stream_is_logged_and_retried_until_it_exists(sluice, tmp_path, nats):
