@@ -440,7 +440,10 @@ def scale_out(sluice, tmp_path, nats, instances, n, kill_one):
     if not kill_one:
         assert sum(per) == n and redelivered == 0  # exactly once
     else:
-        assert sum(per) >= n - killed_acked
+        # the victim may ack one more batch (at most its max_ack_pending,
+        # 256) between the read of its count and the kill: seen once as
+        # 4838 of 6000 - 1161 (that read is no exact count of its acks)
+        assert sum(per) >= n - killed_acked - 256
         assert redelivered <= 256  # the victim's max_ack_pending window
     assert dups == 0  # repeats carry the same Nats-Msg-Id: dropped
     return per, redelivered
