@@ -1897,7 +1897,9 @@ static void check_state_dir(struct check *c, struct sl_config *cfg, int t) {
     bad(c, "state_dir", "cannot use %s: %s", cfg->state_dir, why);
 }
 
-/* workers = N (1..64) or "auto" (online CPUs, at most 64); default 1.
+/* workers = N (1..64) or "auto" (the CPUs this process may use: online,
+ * in its affinity mask, within its cgroup's CPU quota; at most 64);
+ * default 1.
  * workers_balance = false keeps each worker's even share of the buckets,
  * so a key's rule state stays with it. What is not safe with several rule
  * states yet is refused by name. */
@@ -1914,7 +1916,9 @@ static void check_workers(struct check *c, struct sl_config *cfg, int t) {
       cfg->workers = (int)v;
   } else if (lua_type(c->L, -1) == LUA_TSTRING &&
              strcmp(lua_tostring(c->L, -1), "auto") == 0) {
-    n = sysconf(_SC_NPROCESSORS_ONLN);
+    sl_cpus_available(&cfg->cpus);
+    n = cfg->cpus.n;
+    cfg->workers_auto = 1;
     cfg->workers = n < 1 ? 1 : n > SL_CONFIG_MAX_WORKERS
                                    ? SL_CONFIG_MAX_WORKERS : (int)n;
   } else if (!lua_isnil(c->L, -1)) {

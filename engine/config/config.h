@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "buf.h"
+#include "cpus.h"
 #include "keys.h"
 #include "router.h"
 
@@ -223,6 +224,8 @@ struct sl_config {
                                default var/ beside the config */
   uint32_t shutdown_timeout_ms; /* default 10000 */
   int workers;                  /* rule threads incl. the main one; 1 */
+  int workers_auto;             /* workers = "auto": cpus says from what */
+  struct sl_cpus cpus;          /* set with workers_auto */
   int workers_balance; /* 1: buckets move to even the load (default) */
   uint32_t max_event_bytes;     /* default 1 MiB */
   int log_level;                /* -1: not set in the file */
