@@ -39,8 +39,9 @@
  * -> ev.time; headers kafka-topic, kafka-partition and kafka-offset are
  * added for rules. A message that does not parse or is larger than
  * max_event_bytes goes to the dead letter (sluice-error says why; its
- * bytes as a binary payload, cut to 4 KiB when too large) and its offset
- * is committed like any other: a bad message never stalls a partition.
+ * bytes as a binary payload and its headers, each cut to 4 KiB when too
+ * large) and its offset is committed like any other: a bad message
+ * never stalls a partition.
  *
  * The consumer queue (main queue forwarded into it) is watched by the
  * pipe bridge (net/kafka.h). */
@@ -434,13 +435,16 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 /* ---- messages to events ---------------------------------------------------- */
 
 /* The headers map: the message's headers (those with a value; ours are
- * set by us), kafka-topic/-partition/-offset, and error when set. */
+ * set by us) while their names and values total at most limit bytes (a
+ * dead letter keeps DEAD_CUT of them: the headers may be what made the
+ * message too large), kafka-topic/-partition/-offset, and error when
+ * set. */
 static int put_headers(struct sl_buf *b, const rd_kafka_message_t *m,
-                       const char *error) {
+                       const char *error, size_t limit) {
   rd_kafka_headers_t *h = NULL;
   const char *name;
   const void *val;
-  size_t size, idx, n = 0, at;
+  size_t size, idx, n = 0, at, total = 0;
   char num[24];
   const char *topic = rd_kafka_topic_name(m->rkt);
   int rc = 0;
@@ -454,6 +458,9 @@ static int put_headers(struct sl_buf *b, const rd_kafka_message_t *m,
     if (val == NULL || strncmp(name, "kafka-", 6) == 0 ||
         strcmp(name, "sluice-error") == 0)
       continue;
+    total += strlen(name) + size;
+    if (total > limit)
+      break;
     rc |= sl_codec_put_str(b, name, strlen(name));
     rc |= sl_codec_put_str(b, val, size);
     n++;
@@ -491,7 +498,7 @@ static struct sl_event *wrap(struct kafka_in *k, const rd_kafka_message_t *m,
   struct sl_buf h;
   struct sl_event *ev = NULL;
   sl_buf_init(&h);
-  if (put_headers(&h, m, error) == 0)
+  if (put_headers(&h, m, error, error ? DEAD_CUT : SIZE_MAX) == 0)
     ev = sl_event_new(&w->idgen, none, topic, m->key ? key : none, ms >= 0,
                       ms * 1000000, h.data, h.len, payload, plen, 1);
   sl_buf_close(&h);

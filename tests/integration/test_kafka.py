@@ -11,6 +11,7 @@ three-instance version is in tests/chaos/test_chaos_kafka.py).
 Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/test_kafka.py
 """
 import json
+import subprocess
 import time
 import urllib.request
 from collections import Counter
@@ -207,6 +208,39 @@ def test_bad_messages_go_to_the_dead_letter_without_stalling(sluice, mocks):
     wait_for(lambda: committed(admin) == 6, timeout=10,
              what="offset 6 committed")
     assert metric(scrape(admin), "sluice_kafka_bad_messages_total") == 3
+
+
+def test_a_message_too_large_for_its_headers_reaches_the_dead_letter_cut(
+        sluice, mocks, tmp_path):
+    """A small value under 120 KB of headers is over max_event_bytes
+    (4 KiB) once its headers are added. Its dead letter kept every header:
+    a 120 KB event for a limit of 4 KiB. Now the dead letter keeps the
+    headers that fit in 4 KiB, in order, and the partition goes on."""
+    m = mocks("in:1", "out:1")
+    admin = "127.0.0.1:%d" % free_port()
+    value = tmp_path / "value"
+    value.write_bytes(b'{"n":1}')
+    subprocess.run(["kcat", "-b", m.bootstrap, "-P", "-t", "in", "-k", "a",
+                    "-H", "keep=1", "-H", "big=" + "x" * 60000,
+                    "-H", "big2=" + "y" * 60000, str(value)],
+                   check=True, capture_output=True, timeout=30)
+    produce(m.bootstrap, "in", ['c:{"n":2}'])
+    eng = sluice(config(m.bootstrap, admin=admin, max_event_bytes=4096))
+    got = wait_consumed(m.bootstrap, "out", 1)
+    assert [e["payload"]["n"] for e in got] == [2]
+    dl = eng.path("var/dead-letter.ndjson")
+    wait_for(lambda: dl.exists() and dl.read_text().endswith("\n"),
+             timeout=10, what="the dead letter")
+    [line] = dl.read_text().splitlines()
+    assert len(line) < 4096 + 1024, len(line)
+    bad = json.loads(line)
+    assert bad["headers"]["keep"] == "1"
+    assert "big" not in bad["headers"] and "big2" not in bad["headers"]
+    assert bad["headers"]["kafka-offset"] == "0"
+    assert "max_event_bytes" in bad["headers"]["sluice-error"]
+    assert bad["payload"] == {"$bin": "eyJuIjoxfQ=="}
+    wait_for(lambda: committed(admin) == 2, timeout=10,
+             what="offset 2 committed")
 
 
 def test_brokers_down_at_start_then_everything_flows(sluice, mocks):
