@@ -11,9 +11,14 @@
  * and once every delivery report is in, the write is reported to the core
  * (sl_output_done): the events delivered in order from the front leave the
  * queue; the first failure decides the rest: retried after the core's
- * backoff, or, when Kafka can never take it (too large, invalid), sent to
- * the dead letter. Events behind a failed one that were delivered are
- * produced again (at-least-once). librdkafka's local queue being full
+ * backoff, or, when Kafka can never take it (too large, invalid, a
+ * timestamp out of the broker's range), sent to the dead letter. Kafka
+ * answers a produce request with one error for all its records, so such
+ * an error on more than one event does not say which one it is for: the
+ * write is retried and its events go one per write until each is told
+ * apart (the refused one to the dead letter, the others delivered).
+ * Events behind a failed one that were delivered are produced again
+ * (at-least-once). librdkafka's local queue being full
  * (QUEUE_FULL) ends the write early: what was handed over is waited for,
  * the rest goes in the next write (backpressure: the output's queue fills,
  * its when_full policy applies). message.timeout.ms is retry.timeout_ms,
@@ -41,6 +46,8 @@ struct kafka_out {
   uint32_t n;               /* events handed to librdkafka in this write */
   uint32_t ndone;           /* their delivery reports so far */
   uint32_t nbatch;          /* events in the core's batch */
+  uint32_t alone;           /* events still to write one per write: a
+                               refusal that named no single event */
   int writing;
   int closing;
   rd_kafka_resp_err_t *results; /* per event of the write */
@@ -77,6 +84,8 @@ static int permanent(rd_kafka_resp_err_t e) {
   case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
   case RD_KAFKA_RESP_ERR__INVALID_ARG:
   case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+  case RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP:
+  case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
     return 1;
   default:
     return 0;
@@ -93,11 +102,24 @@ static void finish_write(struct kafka_out *k) {
     ;
   if (i < n) {
     rd_kafka_resp_err_t e = k->results[i];
+    uint32_t failed = 0, j;
+    for (j = i; j < n; j++)
+      failed += k->results[j] == e;
     snprintf(why, sizeof(why), "kafka: %s", rd_kafka_err2str(e));
-    sl_output_done(o, i, permanent(e) ? SL_WRITE_FATAL : SL_WRITE_RETRY, why);
+    if (permanent(e) && failed > 1) {
+      /* one request's answer for several events: find the one it meant */
+      k->alone = n - i;
+      sl_output_done(o, i, SL_WRITE_RETRY, why);
+    } else {
+      sl_output_done(o, i, permanent(e) ? SL_WRITE_FATAL : SL_WRITE_RETRY,
+                     why);
+      if (k->alone && permanent(e))
+        k->alone--;
+    }
   } else if (n == 0) {
     sl_output_done(o, 0, SL_WRITE_RETRY, "kafka: librdkafka's queue is full");
   } else {
+    k->alone = k->alone > n ? k->alone - n : 0;
     sl_output_done(o, n, SL_WRITE_OK, NULL); /* the rest of a cut write
                                                 goes in the next one */
   }
@@ -236,7 +258,7 @@ static void cb_write(struct sl_output *o, const struct sl_batch *b) {
   k->n = 0;
   k->ndone = 0;
   k->nbatch = b->n;
-  for (i = 0; i < b->n; i++) {
+  for (i = 0; i < b->n && (k->alone == 0 || i < 1); i++) {
     rd_kafka_resp_err_t e = produce(k, sl_queue_at(&o->q, b->first + i), i);
     if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
       k->queue_full++;

@@ -45,8 +45,8 @@ FAST_FAILOVER = "session.timeout.ms=3000,heartbeat.interval.ms=300"
 def mocks(tmp_path):
     started = []
 
-    def start(*topics, down=False):
-        m = Mock(tmp_path, topics, down=down)
+    def start(*topics, down=False, errors=()):
+        m = Mock(tmp_path, topics, down=down, errors=errors)
         started.append(m)
         return m
     yield start
@@ -409,6 +409,41 @@ def test_output_sends_an_event_kafka_cannot_take_to_the_dead_letter(
     assert bad["payload"]["n"] == 2
     assert "message.max.bytes" in bad["headers"]["sluice-error"]
     assert bad["headers"]["sluice-output"] == "kout"
+
+
+INVALID_TIMESTAMP = 32  # Kafka's error code; the Produce API key is 0
+
+
+def test_a_refusal_for_one_record_dead_letters_that_event_not_its_batch(
+        sluice, mocks):
+    """A broker refuses a record whose timestamp is out of its range
+    (INVALID_TIMESTAMP: log.message.timestamp.*.max.ms) for good; that
+    was retried for ever, and held every event behind it (81 failed
+    deliveries in 5 s, nothing delivered). Kafka answers the whole produce
+    request with the error, so the events of the refused request are
+    written again one by one: the one still refused goes to the dead
+    letter, the others are delivered. The mock refuses the batch, then
+    the first event alone."""
+    m = mocks("out:1", errors=[(0, INVALID_TIMESTAMP, 2)])
+    port = free_port()
+    eng = sluice({
+        "inputs": [{"name": "app", "type": "tcp",
+                    "listen": "127.0.0.1:%d" % port}],
+        "outputs": [{"name": "kout", "type": "kafka", "brokers": m.bootstrap,
+                     "topic": "out", "format": "json",
+                     "retry": {"initial_ms": 50, "max_ms": 100}}],
+        "routes": [{"topics": "*", "to": "kout"}]})
+    send_events("127.0.0.1:%d" % port,
+                [{"topic": "t", "payload": {"n": n}} for n in range(3)])
+    got = wait_consumed(m.bootstrap, "out", 2)
+    assert [e["payload"]["n"] for e in got] == [1, 2]
+    dl = eng.path("var/dead-letter.ndjson")
+    wait_for(lambda: dl.exists() and dl.read_text().strip(), timeout=10,
+             what="the refused event in the dead letter")
+    [line] = dl.read_text().splitlines()
+    bad = json.loads(line)
+    assert bad["payload"]["n"] == 0
+    assert bad["headers"]["sluice-error"] == "kafka: Broker: Invalid timestamp"
 
 
 def test_an_unknown_librdkafka_option_stops_the_start_naming_it(tmp_path):
