@@ -495,12 +495,15 @@ static struct sl_event *wrap(struct kafka_in *k, const rd_kafka_message_t *m,
   struct sl_str key = {m->key, (uint32_t)m->key_len};
   rd_kafka_timestamp_type_t tt;
   int64_t ms = rd_kafka_message_timestamp(m, &tt);
+  /* a producer may set any int64 ms: past 2262 ns would wrap; none then */
+  int has_time = ms >= 0 && ms <= INT64_MAX / 1000000;
   struct sl_buf h;
   struct sl_event *ev = NULL;
   sl_buf_init(&h);
   if (put_headers(&h, m, error, error ? DEAD_CUT : SIZE_MAX) == 0)
-    ev = sl_event_new(&w->idgen, none, topic, m->key ? key : none, ms >= 0,
-                      ms * 1000000, h.data, h.len, payload, plen, 1);
+    ev = sl_event_new(&w->idgen, none, topic, m->key ? key : none, has_time,
+                      has_time ? ms * 1000000 : 0, h.data, h.len, payload,
+                      plen, 1);
   sl_buf_close(&h);
   return ev;
 }

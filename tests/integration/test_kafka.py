@@ -243,6 +243,29 @@ def test_a_message_too_large_for_its_headers_reaches_the_dead_letter_cut(
              what="offset 2 committed")
 
 
+def test_a_timestamp_past_what_ns_hold_gives_the_read_time_not_a_wrapped_one(
+        sluice, mocks):
+    """A producer sets any int64 ms as the timestamp. Past 2262 it times
+    10^6 does not fit ev.time: 9223372036855 ms became ev.time
+    -9223372036854551616. Such a message now gets the time it was read;
+    the largest that fits is kept exactly."""
+    from helpers_kafka import KAFKA_MOCK
+    m = mocks("in:1", "out:1")
+    pipe = str(KAFKA_MOCK.parent / "kafka_pipe")
+    for n, ms in enumerate(["9223372036854", "9223372036855",
+                            "9223372036854775807"]):
+        subprocess.run([pipe, "produce", m.bootstrap, "in", ms],
+                       input=b'{"n":%d}\n' % n, check=True, timeout=20,
+                       capture_output=True)
+    before = time.time_ns()
+    sluice(config(m.bootstrap))
+    got = wait_consumed(m.bootstrap, "out", 3)
+    by_n = {e["payload"]["n"]: e["time"] for e in got}
+    assert by_n[0] == 9223372036854000000
+    for n in (1, 2):
+        assert before - 10**9 <= by_n[n] <= time.time_ns(), by_n
+
+
 def test_brokers_down_at_start_then_everything_flows(sluice, mocks):
     m = mocks("in:2", "out:2", down=True)
     port = free_port()
