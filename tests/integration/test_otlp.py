@@ -266,6 +266,38 @@ def test_a_gzip_body_is_inflated_and_a_bad_one_refused(sluice, tmp_path):
     assert eng.stop() == 0
 
 
+def test_every_member_of_a_gzip_body_is_inflated_and_trailing_bytes_refused(sluice):
+    """A gzip body may be several members back to back (RFC 1952; `cat
+    a.gz b.gz`, gzip -d and zlib's readers take them all). Only the first
+    was inflated and the rest ignored: NDJSON in two members was answered
+    202 {"accepted":2} with the third event dropped, an OTLP request in
+    two members was refused as bad JSON, and bytes that are no gzip after
+    the stream were ignored. Now every member counts and trailing bytes
+    make the body invalid gzip (400, nothing taken)."""
+    import gzip
+    eng, port = start(sluice)
+    events = "http://127.0.0.1:%d/v1/events" % port
+    gz = ["Content-Encoding: gzip"]
+    a = gzip.compress(b'{"topic":"t","payload":1}\n{"topic":"t","payload":2}\n')
+    b = gzip.compress(b'{"topic":"t","payload":3}\n')
+    r = curl(events, data=a + b, content_type="application/x-ndjson", headers=gz)
+    assert r.status == 202 and r.json() == {"accepted": 3}, r
+    body = json.dumps(SPEC_EXAMPLE).encode()
+    half = len(body) // 2
+    r = curl(url(port), data=gzip.compress(body[:half]) +
+             gzip.compress(body[half:]), content_type="application/json",
+             headers=gz)
+    assert r.status == 200 and r.json() == {}, r
+    for tail in (b"garbage", b"\0" * 8):
+        r = curl(events, data=a + tail, content_type="application/x-ndjson",
+                 headers=gz)
+        assert r.status == 400 and "gzip" in r.json()["error"], (tail, r)
+    wait_lines(eng.path("out.ndjson"), 4)
+    evs = read_ndjson(eng.path("out.ndjson"))
+    assert [e["payload"] for e in evs] == [1, 2, 3, "Example log record"]
+    assert eng.stop() == 0
+
+
 # ---- a real client: the OpenTelemetry JS SDK ----------------------------------
 
 OTEL_JS = __import__("pathlib").Path(__file__).resolve().parent / "otel-js"
