@@ -258,6 +258,43 @@ def test_malformed_messages_go_to_the_dead_letter_when_told(sluice):
     assert len(read_ndjson(eng.out)) == 1
 
 
+def test_a_full_dead_letter_pauses_a_tcp_sender_instead_of_dropping(sluice):
+    """on_malformed = "dead_letter" pushed straight into the dead letter's
+    queue and dropped what did not fit: with a dead letter whose peer does
+    not read (queue of 5), 1980 of 2000 malformed lines over TCP were lost.
+    A TCP connection now waits for room, as it does for any output; once
+    the peer reads, every line arrives and none is dropped."""
+    port, admin = free_port(), free_port()
+    sink = Sink(reading=False)
+    eng = sluice({
+        "inputs": [{"name": "sys", "type": "syslog",
+                    "listen": "127.0.0.1:%d" % port,
+                    "on_malformed": "dead_letter"}],
+        "outputs": [{"name": "o", "type": "file", "path": "out.ndjson"},
+                    {"name": "dl", "type": "tcp", "address": sink.address,
+                     "queue": {"max_events": 5, "when_full": "block"}}],
+        "routes": [{"topics": "*", "to": "o"}], "dead_letter": "dl",
+        "admin": {"listen": "127.0.0.1:%d" % admin}})
+    adm = "127.0.0.1:%d" % admin
+    with connect("127.0.0.1:%d" % port) as s:
+        s.sendall(b"".join(b"bad %d\n" % i for i in range(2000)))
+        wait_for(lambda: metric(adm, "sluice_input_events_total",
+                                input="sys") >= 6,
+                 timeout=10, what="the dead letter's queue full")
+        sink.start_reading()
+
+        def settled():
+            taken = metric(adm, "sluice_input_events_total", input="sys")
+            dropped = metric(adm, "sluice_input_dropped_total", input="sys")
+            return taken == 2000 and len(sink.events) == taken - dropped
+        wait_for(settled, timeout=20, what="every line taken or dropped")
+    assert metric(adm, "sluice_input_dropped_total", input="sys") == 0
+    got = sorted(int(e["payload"]["message"].split()[1]) for e in sink.events)
+    assert got == list(range(2000))
+    assert all(e["headers"]["sluice-input"] == "sys" for e in sink.events)
+    eng.stop()
+
+
 def test_oversized_messages_are_skipped_and_counted_on_every_framing(sluice):
     eng = engine(sluice, top={"max_event_bytes": 2048})
     big = b"<13>1 - h app - - - " + b"x" * 5000
