@@ -94,6 +94,36 @@ def test_logger_rfc5424_over_tcp_maps_every_field_and_structured_data(sluice):
     assert p["timestamp"].startswith(time.strftime("%Y-", time.gmtime()))
 
 
+def test_a_repeated_sd_param_from_logger_is_one_key_with_its_values(sluice):
+    """RFC 5424 lets a PARAM-NAME repeat (origin's ip, 7.2.2). It was
+    written as duplicate keys of one map, so rules saw only the first and
+    the NDJSON had both; now it is one key with the array of its values.
+    Sorting the names keeps a huge element cheap: 50,000 repeats of one
+    name in one message take well under a second."""
+    eng = engine(sluice)
+    logger(eng.port, "--rfc5424", "--tcp", "-t", "app", "--sd-id", "origin",
+           "--sd-param", 'ip="192.0.2.1"', "--sd-param", 'ip="192.0.2.2"',
+           "--sd-param", 'software="s"', msg="two ips")
+    [ev] = events(eng.out, 1)
+    assert ev["payload"]["structured_data"]["origin"] == {
+        "ip": ["192.0.2.1", "192.0.2.2"], "software": "s"}
+    with open(eng.out) as f:
+        assert f.read().count('"ip"') == 1
+    big = b"<13>1 - h app - - [x" + b' n="v"' * 50000 + b"] big"
+    t0 = cpu_seconds(eng.proc.pid)
+    send_tcp(eng.port, octet(big))
+    evs = events(eng.out, 2)
+    assert evs[1]["payload"]["structured_data"]["x"] == {"n": ["v"] * 50000}
+    assert cpu_seconds(eng.proc.pid) - t0 < 1
+
+
+def cpu_seconds(pid):
+    """User and system CPU time of pid so far (/proc/PID/stat)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_logger_rfc3164_over_udp_and_tcp_names_app_host_and_pid(sluice):
     eng = engine(sluice)
     logger(eng.port, "--rfc3164", "--udp", "-t", "cron", "-i",
