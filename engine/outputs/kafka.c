@@ -143,6 +143,7 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
 }
 
 static void on_more(uv_idle_t *h);
+static int client_renew(struct kafka_out *k);
 
 /* Serve delivery reports, logs and errors; stop after a budget and come
  * back from an idle handle so one burst cannot hold the loop. */
@@ -244,6 +245,11 @@ static rd_kafka_resp_err_t produce(struct kafka_out *k,
 static void cb_write(struct sl_output *o, const struct sl_batch *b) {
   struct kafka_out *k = o->data;
   uint32_t i;
+  if (k->bridge.fatal && client_renew(k) != 0) {
+    sl_output_done(o, 0, SL_WRITE_RETRY, "kafka: the producer had a fatal "
+                   "error and cannot be created again");
+    return;
+  }
   if (b->n > k->cap) {
     rd_kafka_resp_err_t *r = realloc(k->results, b->n * sizeof(*r));
     if (r == NULL) {
@@ -297,25 +303,15 @@ static int add_metrics(struct kafka_out *k) {
   return 0;
 }
 
-static int cb_start(struct sl_output *o, char *err, size_t errlen) {
-  const struct sl_output_config *cfg = o->cfg;
-  struct kafka_out *k = calloc(1, sizeof(*k));
+/* The producer (k->rk) and its main queue (k->mainq) from o's config.
+ * 0, or a negative code with err filled. */
+static int client_new(struct kafka_out *k, char *err, size_t errlen) {
+  const struct sl_output_config *cfg = k->o->cfg;
   rd_kafka_conf_t *conf;
   char tmo[32], max[32];
   size_t maxlen = sizeof(max);
   const char *defaults[] = {"acks", "all", "enable.idempotence", "true",
                             "message.timeout.ms", tmo, NULL};
-  int rc;
-  if (k == NULL)
-    return SL_ENOMEM;
-  k->o = o;
-  o->data = k;
-  sl_buf_init(&k->value);
-  sl_buf_init(&k->topic);
-  k->format = (int)sl_config_value_num(cfg->values, cfg->nvalues, "format");
-  k->bridge.kind = "output";
-  k->bridge.name = cfg->name;
-  k->bridge.on_ready = on_ready;
   /* a delivery that takes longer fails the write (the core backs off) */
   snprintf(tmo, sizeof(tmo), "%u",
            cfg->retry.timeout_ms ? cfg->retry.timeout_ms : 300000);
@@ -329,8 +325,8 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   /* events larger than Kafka takes go to the dead letter before a try */
   if (rd_kafka_conf_get(conf, "message.max.bytes", max, &maxlen) ==
           RD_KAFKA_CONF_OK && atol(max) > 4096)
-    o->max_event_bytes = (uint32_t)atol(max) - 1024; /* key, headers */
-  o->max_event_note = " (the producer's message.max.bytes less 1 KiB)";
+    k->o->max_event_bytes = (uint32_t)atol(max) - 1024; /* key, headers */
+  k->o->max_event_note = " (the producer's message.max.bytes less 1 KiB)";
   rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
   k->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, errlen);
   if (k->rk == NULL) {
@@ -339,6 +335,61 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   }
   rd_kafka_set_log_queue(k->rk, NULL); /* logs on the main queue too */
   k->mainq = rd_kafka_queue_get_main(k->rk);
+  return 0;
+}
+
+/* Drop a producer: what it was not reported to have delivered stays in
+ * o's queue (or its disk buffer), so librdkafka's copies are purged
+ * rather than waited for. */
+static void client_free(rd_kafka_t *rk, rd_kafka_queue_t *q) {
+  if (q)
+    rd_kafka_queue_destroy(q);
+  if (rk) {
+    rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_destroy(rk);
+  }
+}
+
+/* After a fatal error (the idempotent producer lost its sequence with a
+ * broker) librdkafka refuses every message for good: a new producer
+ * takes over, between writes. What the old one had in flight failed its
+ * write and is retried there (at-least-once). 0, or the old one stays
+ * and the next write tries again. */
+static int client_renew(struct kafka_out *k) {
+  rd_kafka_t *old = k->rk;
+  rd_kafka_queue_t *oldq = k->mainq;
+  char err[256];
+  if (client_new(k, err, sizeof(err)) != 0) {
+    k->rk = old;
+    k->mainq = oldq;
+    sl_log(SL_LOG_ERROR, "kafka producer cannot be created again",
+           SL_S("output", k->o->cfg->name), SL_S("error", err), SL_END);
+    return SL_EINVAL;
+  }
+  sl_kafka_bridge_switch(&k->bridge, k->mainq);
+  k->gen++; /* a late report of the old one's is stale */
+  client_free(old, oldq);
+  sl_log(SL_LOG_INFO, "kafka producer created again",
+         SL_S("output", k->o->cfg->name), SL_END);
+  return 0;
+}
+
+static int cb_start(struct sl_output *o, char *err, size_t errlen) {
+  const struct sl_output_config *cfg = o->cfg;
+  struct kafka_out *k = calloc(1, sizeof(*k));
+  int rc;
+  if (k == NULL)
+    return SL_ENOMEM;
+  k->o = o;
+  o->data = k;
+  sl_buf_init(&k->value);
+  sl_buf_init(&k->topic);
+  k->format = (int)sl_config_value_num(cfg->values, cfg->nvalues, "format");
+  k->bridge.kind = "output";
+  k->bridge.name = cfg->name;
+  k->bridge.on_ready = on_ready;
+  if ((rc = client_new(k, err, errlen)) != 0)
+    return rc;
   uv_idle_init(&o->w->loop, &k->more);
   k->more.data = k;
   k->more_open = 1;
@@ -357,14 +408,7 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
 static void on_bridge_closed(struct sl_kafka_bridge *b) {
   struct kafka_out *k = (struct kafka_out *)b;
   struct sl_output *o = k->o;
-  if (k->mainq)
-    rd_kafka_queue_destroy(k->mainq);
-  if (k->rk) {
-    /* what was not reported stays in o's queue (or its disk buffer): drop
-     * librdkafka's copies rather than wait on a broker at exit */
-    rd_kafka_purge(k->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-    rd_kafka_destroy(k->rk);
-  }
+  client_free(k->rk, k->mainq); /* no waiting on a broker at exit */
   sl_metric_remove(o->w->metrics, k);
   sl_buf_close(&k->value);
   sl_buf_close(&k->topic);

@@ -469,6 +469,39 @@ def test_a_refusal_for_one_record_dead_letters_that_event_not_its_batch(
     assert bad["headers"]["sluice-error"] == "kafka: Broker: Invalid timestamp"
 
 
+OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+
+
+def test_a_fatal_producer_error_creates_the_producer_again(sluice, mocks):
+    """A broker answering OUT_OF_ORDER_SEQUENCE_NUMBER once (it lost the
+    idempotent producer's sequence) makes librdkafka's producer fatally
+    failed: it refuses every message for good. The output logged "the
+    client retries" and retried on the dead producer for ever: nothing
+    delivered. It now creates the producer again and every event arrives
+    (at-least-once: a repeat of what the broker may have taken is
+    allowed)."""
+    m = mocks("out:1", errors=[(0, OUT_OF_ORDER_SEQUENCE_NUMBER, 1)])
+    port = free_port()
+    eng = sluice({
+        "inputs": [{"name": "app", "type": "tcp",
+                    "listen": "127.0.0.1:%d" % port}],
+        "outputs": [{"name": "kout", "type": "kafka", "brokers": m.bootstrap,
+                     "topic": "out", "format": "json",
+                     "retry": {"initial_ms": 50, "max_ms": 100}}],
+        "routes": [{"topics": "*", "to": "kout"}]})
+    send_events("127.0.0.1:%d" % port,
+                [{"topic": "t", "payload": {"n": n}} for n in range(3)])
+    got = wait_consumed(m.bootstrap, "out", 3, timeout=20)
+    assert set(e["payload"]["n"] for e in got) == {0, 1, 2}
+    eng.wait_log("kafka client fatal error; it takes no more messages (the "
+                 "output creates its producer again)")
+    eng.wait_log("kafka producer created again")
+    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": {"n": 3}}])
+    got = wait_consumed(m.bootstrap, "out", len(got) + 1, timeout=20)
+    assert got[-1]["payload"]["n"] == 3
+    assert eng.stop() == 0
+
+
 def test_an_unknown_librdkafka_option_stops_the_start_naming_it(tmp_path):
     from conftest import lua, run_sluice
     cfg = config("127.0.0.1:1", input={"options": "no.such.property=1"})
