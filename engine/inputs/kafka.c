@@ -39,9 +39,9 @@
  * -> ev.time; headers kafka-topic, kafka-partition and kafka-offset are
  * added for rules. A message that does not parse or is larger than
  * max_event_bytes goes to the dead letter (sluice-error says why; its
- * bytes as a binary payload and its headers, each cut to 4 KiB when too
- * large) and its offset is committed like any other: a bad message
- * never stalls a partition.
+ * bytes as a binary payload, its key and its headers, each cut to 4 KiB
+ * when too large) and its offset is committed like any other: a bad
+ * message never stalls a partition.
  *
  * The consumer queue (main queue forwarded into it) is watched by the
  * pipe bridge (net/kafka.h). */
@@ -492,7 +492,10 @@ static struct sl_event *wrap(struct kafka_in *k, const rd_kafka_message_t *m,
   struct sl_worker *w = k->in->w;
   const char *t = k->topic ? k->topic : rd_kafka_topic_name(m->rkt);
   struct sl_str none = {NULL, 0}, topic = {t, (uint32_t)strlen(t)};
-  struct sl_str key = {m->key, (uint32_t)m->key_len};
+  /* a dead letter keeps DEAD_CUT of the key, as of the value and headers */
+  struct sl_str key = {m->key, (uint32_t)(error && m->key_len > DEAD_CUT
+                                               ? DEAD_CUT
+                                               : m->key_len)};
   rd_kafka_timestamp_type_t tt;
   int64_t ms = rd_kafka_message_timestamp(m, &tt);
   /* a producer may set any int64 ms: past 2262 ns would wrap; none then */

@@ -212,10 +212,11 @@ def test_bad_messages_go_to_the_dead_letter_without_stalling(sluice, mocks):
 
 def test_a_message_too_large_for_its_headers_reaches_the_dead_letter_cut(
         sluice, mocks, tmp_path):
-    """A small value under 120 KB of headers is over max_event_bytes
-    (4 KiB) once its headers are added. Its dead letter kept every header:
-    a 120 KB event for a limit of 4 KiB. Now the dead letter keeps the
-    headers that fit in 4 KiB, in order, and the partition goes on."""
+    """A small value under 120 KB of headers, or with a 100 KB key, is
+    over max_event_bytes (4 KiB) once they are added. Its dead letter kept
+    every header and the whole key: a 120 KB event for a limit of 4 KiB.
+    Now the dead letter keeps the headers that fit in 4 KiB, in order,
+    and 4 KiB of the key, and the partition goes on."""
     m = mocks("in:1", "out:1")
     admin = "127.0.0.1:%d" % free_port()
     value = tmp_path / "value"
@@ -224,23 +225,28 @@ def test_a_message_too_large_for_its_headers_reaches_the_dead_letter_cut(
                     "-H", "keep=1", "-H", "big=" + "x" * 60000,
                     "-H", "big2=" + "y" * 60000, str(value)],
                    check=True, capture_output=True, timeout=30)
+    subprocess.run(["kcat", "-b", m.bootstrap, "-P", "-t", "in",
+                    "-k", "k" * 100000, str(value)],
+                   check=True, capture_output=True, timeout=30)
     produce(m.bootstrap, "in", ['c:{"n":2}'])
     eng = sluice(config(m.bootstrap, admin=admin, max_event_bytes=4096))
     got = wait_consumed(m.bootstrap, "out", 1)
     assert [e["payload"]["n"] for e in got] == [2]
     dl = eng.path("var/dead-letter.ndjson")
-    wait_for(lambda: dl.exists() and dl.read_text().endswith("\n"),
+    wait_for(lambda: dl.exists() and len(dl.read_text().splitlines()) == 2,
              timeout=10, what="the dead letter")
-    [line] = dl.read_text().splitlines()
-    assert len(line) < 4096 + 1024, len(line)
-    bad = json.loads(line)
+    for line in dl.read_text().splitlines():
+        assert len(line) < 4096 + 1024, len(line)
+    bad, bad_key = [json.loads(l) for l in dl.read_text().splitlines()]
     assert bad["headers"]["keep"] == "1"
     assert "big" not in bad["headers"] and "big2" not in bad["headers"]
     assert bad["headers"]["kafka-offset"] == "0"
     assert "max_event_bytes" in bad["headers"]["sluice-error"]
     assert bad["payload"] == {"$bin": "eyJuIjoxfQ=="}
-    wait_for(lambda: committed(admin) == 2, timeout=10,
-             what="offset 2 committed")
+    assert bad_key["key"] == "k" * 4096
+    assert bad_key["headers"]["kafka-offset"] == "1"
+    wait_for(lambda: committed(admin) == 3, timeout=10,
+             what="offset 3 committed")
 
 
 def test_a_timestamp_past_what_ns_hold_gives_the_read_time_not_a_wrapped_one(
