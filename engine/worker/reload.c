@@ -26,9 +26,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "http.h"
 #include "plugins.h"
 #include "rules.h"
 #include "schemas.h"
+#include "tls.h"
 #include "workers.h"
 #include "worker_int.h"
 
@@ -223,6 +225,42 @@ static int plan_inputs(struct plan *p) {
     if (p->in_slot[j] + 1 > p->nin)
       p->nin = p->in_slot[j] + 1;
   return 0;
+}
+
+/* An input that starts only after the switch (on the address of one this
+ * reload retires) must not fail there for a file it reads: the old one
+ * would be closed with nothing in its place. Load its certificate, key and
+ * CAs and its bearer token now, so that a bad one rejects the reload
+ * while the old listener still runs. Only binding is left to chance. */
+static int check_late_inputs(struct plan *p) {
+  char why[512];
+  int j;
+  for (j = 0; j < p->next->ninputs; j++) {
+    const struct sl_input_config *ic = &p->next->inputs[j];
+    struct sl_tls *tls;
+    char *token;
+    size_t len;
+    if (!p->in_late[p->in_slot[j]])
+      continue;
+    if (ic->tls.enabled) {
+      if ((tls = sl_tls_new(&ic->tls, 1, ic->listen, ic->name, why,
+                            sizeof(why))) == NULL)
+        goto fail;
+      sl_tls_free(tls);
+    }
+    if (ic->bearer_token_file) {
+      if ((token = sl_http_load_token(ic->bearer_token_file, &len, why,
+                                      sizeof(why))) == NULL)
+        goto fail;
+      free(token);
+    }
+  }
+  return 0;
+
+fail:
+  snprintf(p->err, p->errlen, "inputs[%d] (%s): %s", j + 1,
+           p->next->inputs[j].name, why);
+  return SL_EINVAL;
 }
 
 /* ---- laying the new config out by slot ----------------------------------- */
@@ -769,7 +807,8 @@ static int prepare(struct plan *p) {
   if (sl_schemas_reload_check(w->cfg, p->next, p->err, p->errlen) != 0)
     return SL_EINVAL;
   if ((rc = plan_alloc(p)) != 0 || (rc = plan_outputs(p)) != 0 ||
-      (rc = plan_inputs(p)) != 0 || (rc = layout_outputs(p)) != 0 ||
+      (rc = plan_inputs(p)) != 0 || (rc = check_late_inputs(p)) != 0 ||
+      (rc = layout_outputs(p)) != 0 ||
       (rc = layout_inputs(p)) != 0) {
     if (rc == SL_ENOMEM)
       snprintf(p->err, p->errlen, "out of memory");

@@ -1,0 +1,99 @@
+"""Red team of whole-config reload, TLS, env substitution and the state
+folder, through the real binary: each test proves a defect found by
+attacking from outside stays fixed.
+
+Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/test_cfgtls_red.py
+"""
+import os
+import signal
+import socket
+
+import pytest
+
+from conftest import free_port, lua, pack, read_ndjson, wait_for, wait_lines
+from test_tls import certs, s_client, server_tls  # noqa: F401 (fixture)
+from test_reload_config import reload_lines, wait_reload
+
+
+def tls_conf(port, tls, out="out.ndjson"):
+    return "return " + lua({
+        "inputs": [{"name": "in", "type": "tcp",
+                    "listen": "127.0.0.1:%d" % port, "tls": tls}],
+        "outputs": [{"name": "f", "type": "file", "path": out}],
+        "routes": [{"topics": "*", "to": "f"}]}) + "\n"
+
+
+def accepts(port):
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("bad", ["mismatched_key", "garbage_cert"])
+def test_a_changed_tls_input_that_cannot_start_on_its_address_keeps_the_old_one(
+        sluice, certs, tmp_path, bad):
+    """Changing a TLS listener's certificate to one that does not load (its
+    key is another's, or the file is not PEM) on the same address: the
+    reload is rejected before the old listener closes, naming the file."""
+    port = free_port()
+    eng = sluice(tls_conf(port, server_tls(certs)))
+    ca = certs.__getattr__("ca.pem")
+    r = s_client(port, data=pack({"topic": "t", "payload": 1}), ca=ca)
+    assert r.returncode == 0, r.stderr.decode()
+    wait_lines(eng.path("out.ndjson"), 1)
+    if bad == "mismatched_key":
+        tls = server_tls(certs, "rotated")
+        tls["key_file"] = certs.__getattr__("server.key")
+    else:
+        junk = tmp_path / "junk.pem"
+        junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n"
+                        "-----END CERTIFICATE-----\n")
+        tls = server_tls(certs, "rotated")
+        tls["cert_file"] = str(junk)
+    eng.config.write_text(tls_conf(port, tls))
+    eng.signal(signal.SIGHUP)
+    line = wait_reload(eng, 1)
+    assert line["msg"] == "config reload rejected; the running config stays", line
+    assert "inputs[1] (in)" in line["error"], line
+    # the old listener still serves its certificate
+    r = s_client(port, data=pack({"topic": "t", "payload": 2}), ca=ca)
+    assert r.returncode == 0, r.stderr.decode()
+    assert "CN = central" in r.stderr.decode()
+    wait_lines(eng.path("out.ndjson"), 2)
+    assert [l["payload"] for l in read_ndjson(eng.path("out.ndjson"))] == [1, 2]
+    # and the file named is the one that does not load
+    assert (bad == "garbage_cert" and "junk.pem" in line["error"]) or \
+        (bad == "mismatched_key" and "server.key" in line["error"]), line
+
+
+def test_a_changed_http_input_whose_token_file_is_empty_keeps_the_old_one(
+        sluice, tmp_path):
+    """The same for an http input's bearer_token_file: emptied and the
+    input changed on its address, the reload is rejected up front."""
+    port = free_port()
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+
+    def conf(max_body):
+        return "return " + lua({
+            "inputs": [{"name": "web", "type": "http",
+                        "listen": "127.0.0.1:%d" % port,
+                        "bearer_token_file": str(token),
+                        "max_body_bytes": max_body}],
+            "outputs": [{"name": "f", "type": "file", "path": "out.ndjson"}],
+            "routes": [{"topics": "*", "to": "f"}]}) + "\n"
+
+    eng = sluice(conf(1000000))
+    token.write_text("")
+    eng.config.write_text(conf(2000000))
+    eng.signal(signal.SIGHUP)
+    line = wait_reload(eng, 1)
+    assert line["msg"] == "config reload rejected; the running config stays", line
+    assert line["error"].startswith("inputs[1] (web): "), line
+    assert accepts(port)
