@@ -4,13 +4,16 @@ attacking from outside stays fixed.
 
 Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/test_cfgtls_red.py
 """
+import json
 import os
 import signal
 import socket
+import subprocess
 
 import pytest
 
-from conftest import free_port, lua, pack, read_ndjson, wait_for, wait_lines
+from conftest import (free_port, lua, pack, read_ndjson, run_sluice, wait_for,
+                      wait_lines)
 from test_tls import certs, s_client, server_tls  # noqa: F401 (fixture)
 from test_reload_config import reload_lines, wait_reload
 
@@ -97,3 +100,69 @@ def test_a_changed_http_input_whose_token_file_is_empty_keeps_the_old_one(
     assert line["msg"] == "config reload rejected; the running config stays", line
     assert line["error"].startswith("inputs[1] (web): "), line
     assert accepts(port)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 64 KiB tmpfs to fill (root only), unmounted after the test."""
+    d = tmp_path / "small"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs",
+                        str(d)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs: %s" % r.stderr.decode().strip())
+    yield d
+    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def fill(folder):
+    """Write zeros into folder until it is full; returns the file."""
+    path = folder / "fill"
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return path
+
+
+def test_a_status_file_that_cannot_be_written_is_not_left_stale(
+        sluice, small_tmpfs):
+    """A state folder that is full: the reload goes live, but its status
+    could not be written. `sluice status` showed the version before the
+    reload as the running one, and nothing was logged. Now the stale file
+    is removed, the log says why, and the next write that works puts it
+    back."""
+    port = free_port()
+    text = "return " + lua({
+        "state_dir": str(small_tmpfs),
+        "inputs": [{"name": "in", "type": "tcp", "listen": "127.0.0.1:%d" % port}],
+        "outputs": [{"name": "f", "type": "file", "path": "out.ndjson"}],
+        "routes": [{"topics": "*", "to": "f"}]}) + "\n"
+    eng = sluice(text)
+
+    def status():
+        return run_sluice("status", "-c", eng.config)
+
+    r = status()
+    assert r.returncode == 0 and json.loads(r.stdout)["version"] == 1, r
+    filler = fill(small_tmpfs)
+    eng.signal(signal.SIGHUP)
+    assert wait_reload(eng, 1)["msg"] == "config reloaded"
+    line = eng.wait_log("cannot write the status file; `sluice status` has "
+                        "none until a write works")
+    assert line["file"] == str(small_tmpfs / "sluice.status.json"), line
+    assert "No space left on device" in line["error"], line
+    r = status()
+    assert r.returncode == 1, r.stdout  # not version 1 as if it ran
+    assert "no status at" in r.stderr, r.stderr
+    assert not os.path.exists(str(small_tmpfs / "sluice.status.json.tmp"))
+    filler.unlink()
+    eng.signal(signal.SIGHUP)
+    assert wait_reload(eng, 2)["msg"] == "config reloaded"
+    eng.wait_log("status file written again")
+    r = status()
+    assert r.returncode == 0 and json.loads(r.stdout)["version"] == 3, r
