@@ -310,6 +310,18 @@ static void expand_table(struct check *c, int t, int v, const char *path,
   sl_buf_close(&out);
 }
 
+/* Is the string at key of the table at t free of CR, LF and NUL? */
+static int one_line(struct check *c, int t, const char *key) {
+  size_t n;
+  const char *v;
+  int ok;
+  lua_getfield(c->L, t, key);
+  v = lua_tolstring(c->L, -1, &n);
+  ok = v && strlen(v) == n && strpbrk(v, "\r\n") == NULL;
+  lua_pop(c->L, 1);
+  return ok;
+}
+
 /* Optional string field key of the table at t. */
 static void opt_str(struct check *c, int t, const char *path, const char *key,
                     char **out, int required) {
@@ -1116,6 +1128,12 @@ static void read_key(struct check *c, int t, const char *path,
     break;
   }
   opt_str(c, t, path, k->name, &s, 0);
+  if (s != NULL && (k->flags & SL_KEY_ONE_LINE) && !one_line(c, t, k->name)) {
+    bad(c, p, "the value holds a CR, LF or NUL (it goes into one protocol "
+              "line; a trailing newline from the environment?)");
+    free(s);
+    return;
+  }
   if (s != NULL)
     read_str_key(c, path, p, k, field, s);
 }

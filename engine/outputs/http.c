@@ -845,7 +845,7 @@ static const struct sl_config_key keys[] = {
     {.name = "headers", .type = SL_KEY_HEADERS,
      .doc = "static request headers, { [\"X-Name\"] = \"value\" } "
             "(${ENV} works)"},
-    {.name = "bearer_token", .type = SL_KEY_STRING,
+    {.name = "bearer_token", .type = SL_KEY_STRING, .flags = SL_KEY_ONE_LINE,
      .doc = "sends Authorization: Bearer <token> (use ${ENV})"},
     {.name = "bearer_token_file", .type = SL_KEY_PATH,
      .doc = "the bearer token, the first line of this file (read at start)"},

@@ -166,3 +166,29 @@ def test_a_status_file_that_cannot_be_written_is_not_left_stale(
     eng.wait_log("status file written again")
     r = status()
     assert r.returncode == 0 and json.loads(r.stdout)["version"] == 3, r
+
+
+@pytest.mark.parametrize("token", ["s3cret\n", "x\r\nX-Injected: 1", "a\0b"])
+def test_a_bearer_token_from_the_environment_cannot_add_a_header_line(
+        tmp_path, monkeypatch, token):
+    """bearer_token = "${TOKEN}" with a secret that ends in a newline (as
+    `echo` writes one) or holds CRLF went into the request as it was:
+    "Authorization: Bearer x\\r\\nX-Injected: 1" reached the server as two
+    headers. Refused at check and run, naming the key."""
+    cfg = tmp_path / "h.conf.lua"
+    cfg.write_text("""return {
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "h", type = "http", url = "http://127.0.0.1:9/x",
+                bearer_token = "${SL_RED_TOKEN}" } },
+  routes = { { topics = "*", to = "h" } },
+}
+""" % free_port())
+    if "\0" in token:  # no NUL in the environment: put it in the file
+        cfg.write_text(cfg.read_text().replace("${SL_RED_TOKEN}", "a\\0b"))
+    else:
+        monkeypatch.setenv("SL_RED_TOKEN", token)
+    want = "outputs[1].bearer_token: the value holds a CR, LF or NUL"
+    r = run_sluice("check", "-c", cfg)
+    assert r.returncode == 1 and want in r.stderr, (r.stdout, r.stderr)
+    r = run_sluice("run", "-c", cfg)
+    assert r.returncode == 1 and want in r.stderr, r.stderr
