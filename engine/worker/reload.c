@@ -47,6 +47,7 @@ struct plan {
   unsigned char *out_taken, *out_retire; /* by slot */
   unsigned char *in_taken, *in_retire;
   int nout, nin; /* slots the laid-out config spans */
+  int next_noutputs, next_ninputs; /* as in the file, before the layout */
   int old_ninputs;
   struct sl_buf ins, outs; /* " +web ~in -old" for the log */
   uint64_t number;          /* this reload's, once committed (w->gen) */
@@ -517,6 +518,24 @@ static void arm_retire(struct sl_worker *w) {
                    SL_WORKER_CHECK_MS);
 }
 
+/* The place in the file (1-based) of the output (input) laid out in slot
+ * s, for errors: the slot differs once outputs drain beside it. */
+static int out_pos(const struct plan *p, int s) {
+  int j;
+  for (j = 0; j < p->next_noutputs; j++)
+    if (p->out_slot[j] == s)
+      return j + 1;
+  return s + 1;
+}
+
+static int in_pos(const struct plan *p, int s) {
+  int j;
+  for (j = 0; j < p->next_ninputs; j++)
+    if (p->in_slot[j] == s)
+      return j + 1;
+  return s + 1;
+}
+
 /* Start the outputs the file adds or changes, and the inputs it adds whose
  * address is free. On failure the ones started are retired at once. */
 static int start_new(struct plan *p) {
@@ -527,7 +546,8 @@ static int start_new(struct plan *p) {
     if (!p->out_taken[j] || output_live(o))
       continue; /* kept, or not in the new config */
     clear_output_slot(o);
-    rc = sl_worker_start_output(w, p->next, j, p->err, p->errlen);
+    rc = sl_worker_start_output(w, p->next, j, out_pos(p, j), p->err,
+                                p->errlen);
     if (rc != 0) {
       retire_output(w, o, 0);
       return rc;
@@ -538,7 +558,8 @@ static int start_new(struct plan *p) {
     if (!p->in_taken[j] || input_live(in) || p->in_late[j])
       continue;
     clear_input_slot(in);
-    rc = sl_worker_start_input(w, p->next, j, p->err, p->errlen);
+    rc = sl_worker_start_input(w, p->next, j, in_pos(p, j), p->err,
+                               p->errlen);
     if (rc != 0) {
       in->retiring = in->stop_sent = 1; /* as sl_worker_init's failure */
       w->retiring++;
@@ -677,7 +698,8 @@ static void start_late_inputs(struct plan *p, struct sl_buf *failed) {
     if (!p->in_late[s])
       continue;
     clear_input_slot(in);
-    if (sl_worker_start_input(w, p->next, s, why, sizeof(why)) == 0)
+    if (sl_worker_start_input(w, p->next, s, in_pos(p, s), why, sizeof(why)) ==
+        0)
       continue;
     sl_log(SL_LOG_ERROR, "reloaded input cannot start", SL_S("error", why),
            SL_END);
@@ -806,6 +828,8 @@ static int prepare(struct plan *p) {
   }
   if (sl_schemas_reload_check(w->cfg, p->next, p->err, p->errlen) != 0)
     return SL_EINVAL;
+  p->next_noutputs = p->next->noutputs;
+  p->next_ninputs = p->next->ninputs;
   if ((rc = plan_alloc(p)) != 0 || (rc = plan_outputs(p)) != 0 ||
       (rc = plan_inputs(p)) != 0 || (rc = check_late_inputs(p)) != 0 ||
       (rc = layout_outputs(p)) != 0 ||

@@ -192,3 +192,48 @@ def test_a_bearer_token_from_the_environment_cannot_add_a_header_line(
     assert r.returncode == 1 and want in r.stderr, (r.stdout, r.stderr)
     r = run_sluice("run", "-c", cfg)
     assert r.returncode == 1 and want in r.stderr, r.stderr
+
+
+def test_a_reload_error_names_the_place_in_the_file_not_the_slot(
+        sluice, certs):
+    """A reload lays outputs and inputs out in slots that never move (one
+    still draining keeps its own), so the new file's outputs[1] may run in
+    slot 2. Errors named the slot: "outputs[2] (x)" for the file's only
+    output, and "inputs[2] (in)" for its only input."""
+    port = free_port()
+
+    def conf(outputs, tls=None):
+        i = {"name": "in", "type": "tcp", "listen": "127.0.0.1:%d" % port}
+        if tls:
+            i["tls"] = tls
+        return "return " + lua({
+            "inputs": [i], "outputs": outputs,
+            "routes": [{"topics": "*", "to": outputs[0]["name"]}]}) + "\n"
+
+    f = {"name": "f", "type": "file", "path": "out.ndjson"}
+    eng = sluice(conf([f]))
+    bad_tls = {"ca_file": certs.__getattr__("ca.pem"),
+               "cert_file": certs.__getattr__("rotated.pem"),
+               "key_file": certs.__getattr__("server.key")}
+    x = {"name": "x", "type": "tcp", "address": "127.0.0.1:%d" % free_port(),
+         "tls": bad_tls}
+    eng.config.write_text(conf([x]))  # f retires, x takes slot 2
+    eng.signal(signal.SIGHUP)
+    line = wait_reload(eng, 1)
+    assert line["msg"] == "config reload rejected; the running config stays"
+    assert line["error"].startswith("outputs[1] (x): "), line
+    # an input added before one that runs: the file's inputs[1] is slot 2
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    text = conf([f]).replace(
+        "inputs = {", 'inputs = { { name = "in2", type = "tcp", '
+        'listen = "127.0.0.1:%d" },' % busy.getsockname()[1], 1)
+    assert "in2" in text
+    eng.config.write_text(text)
+    eng.signal(signal.SIGHUP)
+    line = wait_reload(eng, 2)
+    busy.close()
+    assert line["msg"] == "config reload rejected; the running config stays"
+    assert line["error"].startswith("inputs[1] (in2): "), line
+    assert accepts(port)
