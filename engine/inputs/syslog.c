@@ -535,8 +535,9 @@ static void cb_drain(struct sl_input *in) {
   struct syslog_in *si = in->data ? syslog_in(in) : NULL;
   if (si == NULL)
     return;
-  if (si->udp_open)
-    uv_udp_recv_stop(&si->udp); /* the held event still goes in */
+  /* a datagram socket has nothing to finish: closed now (the held event
+   * still goes in), so that a reload's input on its address can bind */
+  close_udp(si);
   if (in->cfg->listen)
     sl_framed_drain(in);
 }

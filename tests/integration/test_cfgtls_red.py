@@ -12,10 +12,10 @@ import subprocess
 
 import pytest
 
-from conftest import (free_port, lua, pack, read_ndjson, run_sluice, wait_for,
+from conftest import (free_port, lua, pack, read_ndjson, run_sluice, send_events,
                       wait_lines)
 from test_tls import certs, s_client, server_tls  # noqa: F401 (fixture)
-from test_reload_config import reload_lines, wait_reload
+from test_reload_config import wait_reload
 
 
 def tls_conf(port, tls, out="out.ndjson"):
@@ -237,3 +237,56 @@ def test_a_reload_error_names_the_place_in_the_file_not_the_slot(
     assert line["msg"] == "config reload rejected; the running config stays"
     assert line["error"].startswith("inputs[1] (in2): "), line
     assert accepts(port)
+
+
+@pytest.mark.parametrize("before,after", [("localhost", "127.0.0.1"),
+                                          ("127.0.0.1", "0.0.0.0"),
+                                          ("0.0.0.0", "127.0.0.1")])
+def test_a_changed_input_on_the_same_socket_written_otherwise_rebinds(
+        sluice, before, after):
+    """An input changed from "localhost:P" to "127.0.0.1:P" (one socket),
+    or widened to "0.0.0.0:P": the new listener tried to bind beside the
+    old one, so the reload was always refused ("address already in use")."""
+    port = free_port()
+
+    def conf(host):
+        return "return " + lua({
+            "inputs": [{"name": "in", "type": "tcp",
+                        "listen": "%s:%d" % (host, port)}],
+            "outputs": [{"name": "f", "type": "file", "path": "out.ndjson"}],
+            "routes": [{"topics": "*", "to": "f"}]}) + "\n"
+
+    eng = sluice(conf(before))
+    eng.config.write_text(conf(after))
+    eng.signal(signal.SIGHUP)
+    line = wait_reload(eng, 1)
+    assert line["msg"] == "config reloaded", line
+    assert line["changes"].startswith("inputs ~in;") and \
+        line["inputs_not_started"] == "", line
+    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": 7}])
+    wait_lines(eng.path("out.ndjson"), 1)
+
+
+def test_a_changed_syslog_input_on_udp_only_rebinds(sluice):
+    """The same for a syslog input with only a udp address: the address
+    was compared by listen alone, so the new one bound beside the old."""
+    port = free_port()
+
+    def conf(topic):
+        return "return " + lua({
+            "inputs": [{"name": "sys", "type": "syslog",
+                        "udp": "127.0.0.1:%d" % port, "topic": topic}],
+            "outputs": [{"name": "f", "type": "file", "path": "out.ndjson"}],
+            "routes": [{"topics": "*", "to": "f"}]}) + "\n"
+
+    eng = sluice(conf("a.{app}"))
+    eng.config.write_text(conf("b.{app}"))
+    eng.signal(signal.SIGHUP)
+    line = wait_reload(eng, 1)
+    assert line["msg"] == "config reloaded", line
+    assert line["inputs_not_started"] == "", line
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.sendto(b"<13>1 2026-01-01T00:00:00Z h app - - - hi", ("127.0.0.1", port))
+    u.close()
+    wait_lines(eng.path("out.ndjson"), 1)
+    assert read_ndjson(eng.path("out.ndjson"))[0]["topic"] == "b.app"
