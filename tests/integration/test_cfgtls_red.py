@@ -267,15 +267,22 @@ def test_a_changed_input_on_the_same_socket_written_otherwise_rebinds(
     wait_lines(eng.path("out.ndjson"), 1)
 
 
-def test_a_changed_syslog_input_on_udp_only_rebinds(sluice):
-    """The same for a syslog input with only a udp address: the address
-    was compared by listen alone, so the new one bound beside the old."""
+@pytest.mark.parametrize("tcp_too", [False, True])
+def test_a_changed_syslog_input_on_udp_rebinds(sluice, tcp_too):
+    """The same for a syslog input's udp address: with only udp the
+    address was compared by listen alone, so the new one bound beside the
+    old (refused); with listen on the same port the new one started after
+    the switch, but the old udp socket stayed open until the old input
+    stopped, so the new one did not start at all (inputs_not_started)."""
     port = free_port()
 
     def conf(topic):
+        i = {"name": "sys", "type": "syslog", "udp": "127.0.0.1:%d" % port,
+             "topic": topic}
+        if tcp_too:
+            i["listen"] = "127.0.0.1:%d" % port
         return "return " + lua({
-            "inputs": [{"name": "sys", "type": "syslog",
-                        "udp": "127.0.0.1:%d" % port, "topic": topic}],
+            "inputs": [i],
             "outputs": [{"name": "f", "type": "file", "path": "out.ndjson"}],
             "routes": [{"topics": "*", "to": "f"}]}) + "\n"
 
