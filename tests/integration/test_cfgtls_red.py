@@ -13,9 +13,14 @@ import subprocess
 import pytest
 
 from conftest import (free_port, lua, pack, read_ndjson, run_sluice, send_events,
-                      wait_lines)
+                      wait_lines, with_test_workers)
 from test_tls import certs, s_client, server_tls  # noqa: F401 (fixture)
 from test_reload_config import wait_reload
+
+
+def rewrite(eng, text):
+    """A new config for eng's next reload (with the test run's workers)."""
+    eng.config.write_text(with_test_workers(text))
 
 
 def tls_conf(port, tls, out="out.ndjson"):
@@ -59,7 +64,7 @@ def test_a_changed_tls_input_that_cannot_start_on_its_address_keeps_the_old_one(
                         "-----END CERTIFICATE-----\n")
         tls = server_tls(certs, "rotated")
         tls["cert_file"] = str(junk)
-    eng.config.write_text(tls_conf(port, tls))
+    rewrite(eng, tls_conf(port, tls))
     eng.signal(signal.SIGHUP)
     line = wait_reload(eng, 1)
     assert line["msg"] == "config reload rejected; the running config stays", line
@@ -94,7 +99,7 @@ def test_a_changed_http_input_whose_token_file_is_empty_keeps_the_old_one(
 
     eng = sluice(conf(1000000))
     token.write_text("")
-    eng.config.write_text(conf(2000000))
+    rewrite(eng, conf(2000000))
     eng.signal(signal.SIGHUP)
     line = wait_reload(eng, 1)
     assert line["msg"] == "config reload rejected; the running config stays", line
@@ -217,7 +222,7 @@ def test_a_reload_error_names_the_place_in_the_file_not_the_slot(
                "key_file": certs.__getattr__("server.key")}
     x = {"name": "x", "type": "tcp", "address": "127.0.0.1:%d" % free_port(),
          "tls": bad_tls}
-    eng.config.write_text(conf([x]))  # f retires, x takes slot 2
+    rewrite(eng, conf([x]))  # f retires, x takes slot 2
     eng.signal(signal.SIGHUP)
     line = wait_reload(eng, 1)
     assert line["msg"] == "config reload rejected; the running config stays"
@@ -230,7 +235,7 @@ def test_a_reload_error_names_the_place_in_the_file_not_the_slot(
         "inputs = {", 'inputs = { { name = "in2", type = "tcp", '
         'listen = "127.0.0.1:%d" },' % busy.getsockname()[1], 1)
     assert "in2" in text
-    eng.config.write_text(text)
+    rewrite(eng, text)
     eng.signal(signal.SIGHUP)
     line = wait_reload(eng, 2)
     busy.close()
@@ -257,7 +262,7 @@ def test_a_changed_input_on_the_same_socket_written_otherwise_rebinds(
             "routes": [{"topics": "*", "to": "f"}]}) + "\n"
 
     eng = sluice(conf(before))
-    eng.config.write_text(conf(after))
+    rewrite(eng, conf(after))
     eng.signal(signal.SIGHUP)
     line = wait_reload(eng, 1)
     assert line["msg"] == "config reloaded", line
@@ -287,7 +292,7 @@ def test_a_changed_syslog_input_on_udp_rebinds(sluice, tcp_too):
             "routes": [{"topics": "*", "to": "f"}]}) + "\n"
 
     eng = sluice(conf("a.{app}"))
-    eng.config.write_text(conf("b.{app}"))
+    rewrite(eng, conf("b.{app}"))
     eng.signal(signal.SIGHUP)
     line = wait_reload(eng, 1)
     assert line["msg"] == "config reloaded", line
