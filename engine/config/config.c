@@ -592,6 +592,37 @@ int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
   return 0;
 }
 
+/* The address of "host:port" into out (16 bytes); returns its family
+ * (AF_INET, AF_INET6) or 0 when s is not such an address. */
+static int listen_addr(const char *s, unsigned char *out, int *port) {
+  char host[128];
+  if (sl_config_parse_hostport(s, host, sizeof(host), port) != 0)
+    return 0;
+  if (uv_inet_pton(AF_INET, host, out) == 0)
+    return AF_INET;
+  if (uv_inet_pton(AF_INET6, host, out) == 0)
+    return AF_INET6;
+  return 0;
+}
+
+int sl_config_listen_collide(const char *a, const char *b) {
+  static const unsigned char any[16];
+  unsigned char x[16], y[16];
+  int fx, fy, px, py;
+  fx = listen_addr(a, x, &px);
+  fy = listen_addr(b, y, &py);
+  if (fx == 0 || fy == 0)
+    return strcmp(a, b) == 0;
+  if (px != py)
+    return 0;
+  if (fx == fy)
+    return memcmp(x, y, fx == AF_INET ? 4 : 16) == 0 ||
+           memcmp(x, any, fx == AF_INET ? 4 : 16) == 0 ||
+           memcmp(y, any, fy == AF_INET ? 4 : 16) == 0;
+  /* one of each: only a dual-stack wildcard (::) takes both */
+  return memcmp(fx == AF_INET6 ? x : y, any, 16) == 0;
+}
+
 /* Can a file be created at path? The first folder that exists on the way
  * up must be writable (missing folders are created at start). */
 static int usable(const char *path, int want_dir, char *why, size_t whylen) {
@@ -1565,7 +1596,7 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
             j + 1);
       }
       if (in->listen && cfg->inputs[j].listen &&
-          strcmp(in->listen, cfg->inputs[j].listen) == 0) {
+          sl_config_listen_collide(in->listen, cfg->inputs[j].listen)) {
         char pl2[80];
         snprintf(pl2, sizeof(pl2), "%s.listen", p);
         bad(c, pl2, "\"%s\" is already used by inputs[%d]", in->listen,

@@ -303,6 +303,12 @@ int sl_config_output_index(const struct sl_config *c, const char *name,
 int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
                              int *port);
 
+/* Can listeners on a and b not both be bound: the same port on the same
+ * IP address or where either is a wildcard (0.0.0.0, ::), localhost being
+ * 127.0.0.1? Strings that are not "host:port" (unix socket paths) collide
+ * when equal. */
+int sl_config_listen_collide(const char *a, const char *b);
+
 /* Split "host:port" where host may also be a host name (checked for
  * syntax only, not resolved): what clients accept. Returns 0 or SL_EINVAL. */
 int sl_config_split_hostport(const char *s, char *host, size_t hostlen,

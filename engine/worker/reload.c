@@ -21,7 +21,6 @@
  * finish what they sent and close. */
 #include "worker.h"
 
-#include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -181,48 +180,11 @@ static int free_input_slot(const struct plan *p, const char *name) {
   return first;
 }
 
-/* Can listeners on a and b not both be bound? The same unix path, or the
- * same port on the same IP address or where either is a wildcard
- * (0.0.0.0, ::); "localhost:7400" is "127.0.0.1:7400". An address that
- * does not parse is compared as written. */
-static int sockets_collide(const char *a, const char *b, int unix_path) {
-  struct sl_endpoint ea, eb;
-  const struct sockaddr_storage *sa = &ea.ss, *sb = &eb.ss;
-  if (unix_path || sl_endpoint_init(&ea, SL_ENDPOINT_TCP, a, NULL, 0) != 0 ||
-      sl_endpoint_init(&eb, SL_ENDPOINT_TCP, b, NULL, 0) != 0 ||
-      sa->ss_family == 0 || sb->ss_family == 0)
-    return strcmp(a, b) == 0;
-  if (sa->ss_family == AF_INET && sb->ss_family == AF_INET) {
-    const struct sockaddr_in *x = (const void *)sa, *y = (const void *)sb;
-    return x->sin_port == y->sin_port &&
-           (x->sin_addr.s_addr == y->sin_addr.s_addr ||
-            x->sin_addr.s_addr == htonl(INADDR_ANY) ||
-            y->sin_addr.s_addr == htonl(INADDR_ANY));
-  }
-  if (sa->ss_family == AF_INET6 && sb->ss_family == AF_INET6) {
-    const struct sockaddr_in6 *x = (const void *)sa, *y = (const void *)sb;
-    return x->sin6_port == y->sin6_port &&
-           (memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0 ||
-            IN6_IS_ADDR_UNSPECIFIED(&x->sin6_addr) ||
-            IN6_IS_ADDR_UNSPECIFIED(&y->sin6_addr));
-  }
-  { /* one of each: only a dual-stack wildcard (::) takes both */
-    const struct sockaddr_in6 *v6 = (const void *)(sa->ss_family == AF_INET6
-                                                       ? sa : sb);
-    const struct sockaddr_in *v4 = (const void *)(sa->ss_family == AF_INET
-                                                      ? sa : sb);
-    return v6->sin6_port == v4->sin_port &&
-           IN6_IS_ADDR_UNSPECIFIED(&v6->sin6_addr);
-  }
-}
-
 /* Does input b (new) want an address input a (running) holds: its listen
  * or a syslog input's udp? */
 static int inputs_collide(const struct sl_input_config *a,
                           const struct sl_input_config *b) {
   const char *as[2], *bs[2];
-  int unix_path = a->type && b->type && strcmp(a->type, "unix") == 0 &&
-                  strcmp(b->type, "unix") == 0;
   int i, k;
   as[0] = a->listen;
   as[1] = sl_config_value_str(a->values, a->nvalues, "udp");
@@ -230,7 +192,7 @@ static int inputs_collide(const struct sl_input_config *a,
   bs[1] = sl_config_value_str(b->values, b->nvalues, "udp");
   for (i = 0; i < 2; i++)
     for (k = 0; k < 2; k++)
-      if (as[i] && bs[k] && sockets_collide(as[i], bs[k], unix_path))
+      if (as[i] && bs[k] && sl_config_listen_collide(as[i], bs[k]))
         return 1;
   return 0;
 }

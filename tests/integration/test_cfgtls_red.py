@@ -302,3 +302,22 @@ def test_a_changed_syslog_input_on_udp_rebinds(sluice, tcp_too):
     u.close()
     wait_lines(eng.path("out.ndjson"), 1)
     assert read_ndjson(eng.path("out.ndjson"))[0]["topic"] == "b.app"
+
+
+def test_check_refuses_two_inputs_on_one_socket_written_two_ways(tmp_path):
+    """"localhost:P" beside "127.0.0.1:P", or "0.0.0.0:P" beside either,
+    passed `sluice check` (only equal strings were caught), then run
+    failed to bind the second."""
+    port = free_port()
+    cfg = tmp_path / "two.conf.lua"
+    for a, b in [("localhost", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"),
+                 ("127.0.0.1", "0.0.0.0")]:
+        cfg.write_text("return " + lua({
+            "inputs": [{"name": "a", "type": "tcp", "listen": "%s:%d" % (a, port)},
+                       {"name": "b", "type": "http", "listen": "%s:%d" % (b, port)}],
+            "outputs": [{"name": "f", "type": "file", "path": "out.ndjson"}],
+            "routes": [{"topics": "*", "to": "f"}]}) + "\n")
+        r = run_sluice("check", "-c", cfg)
+        assert r.returncode == 1, (a, b, r.stdout)
+        assert 'inputs[2].listen: "%s:%d" is already used by inputs[1]' % (
+            b, port) in r.stderr, r.stderr
