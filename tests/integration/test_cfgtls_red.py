@@ -355,3 +355,49 @@ def test_a_reload_refusing_a_tls_output_frees_what_it_started(sluice, certs,
     send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": 1}])
     wait_lines(eng.path("out.ndjson"), 1)
     assert eng.stop() == 0  # teardown checks the sanitizer's report
+
+
+@pytest.mark.parametrize("bad", ["mismatched_key", "garbage_ca"])
+def test_an_http_output_whose_tls_files_do_not_load_is_refused(
+        sluice, certs, tmp_path, bad):
+    """The http output handed its tls files to curl per request: a key not
+    matching its certificate, or a CA file with no certificate in it,
+    started (and was taken by a reload) and then failed every request.
+    Now it stops the start naming the file, as the tcp output does, and a
+    reload to it is refused with the running config kept."""
+    port = free_port()
+    if bad == "mismatched_key":
+        tls = {"ca_file": certs.__getattr__("ca.pem"),
+               "cert_file": certs.__getattr__("rotated.pem"),
+               "key_file": certs.__getattr__("server.key")}
+        named = "server.key"
+    else:
+        junk = tmp_path / "junk-ca.pem"
+        junk.write_text("not a certificate\n")
+        tls = {"ca_file": str(junk)}
+        named = "junk-ca.pem"
+
+    def conf(outputs):
+        return "return " + lua({
+            "inputs": [{"name": "in", "type": "tcp",
+                        "listen": "127.0.0.1:%d" % port}],
+            "outputs": outputs,
+            "routes": [{"topics": "*", "to": outputs[-1]["name"]}]}) + "\n"
+
+    f = {"name": "f", "type": "file", "path": "out.ndjson"}
+    h = {"name": "h", "type": "http", "url": "https://127.0.0.1:9/x",
+         "tls": tls}
+    cfg = tmp_path / "h.conf.lua"
+    cfg.write_text(conf([h]))
+    r = run_sluice("run", "-c", cfg)
+    assert r.returncode == 1 and "outputs[1] (h): " in r.stderr and \
+        named in r.stderr, r.stderr
+    eng = sluice(conf([f]))
+    rewrite(eng, conf([f, h]))
+    eng.signal(signal.SIGHUP)
+    line = wait_reload(eng, 1)
+    assert line["msg"] == "config reload rejected; the running config stays"
+    assert line["error"].startswith("outputs[2] (h): ") and \
+        named in line["error"], line
+    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": 1}])
+    wait_lines(eng.path("out.ndjson"), 1)
