@@ -65,6 +65,14 @@ static int64_t days_since_epoch(int64_t y, int m, int d) {
   return era * 146097 + doe - 719468;
 }
 
+/* The days of month m (1-12) of year y: a date past them is no date
+ * (2026-02-31 would otherwise be read as March 3rd). */
+static int month_days(int64_t y, int m) {
+  static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  return m == 2 && leap ? 29 : days[m - 1];
+}
+
 static int64_t to_ns(int64_t y, int mo, int d, int h, int mi, int s) {
   return ((days_since_epoch(y, mo, d) * 86400) + h * 3600 + mi * 60 + s) *
          1000000000LL;
@@ -79,7 +87,7 @@ static int rfc3339(struct cur *c, int64_t *ns) {
       mo > 12 || expect(c, '-') || (d = digits(c, 2)) < 1 || d > 31 ||
       expect(c, 'T') || (h = digits(c, 2)) < 0 || h > 23 || expect(c, ':') ||
       (mi = digits(c, 2)) < 0 || mi > 59 || expect(c, ':') ||
-      (s = digits(c, 2)) < 0 || s > 60)
+      (s = digits(c, 2)) < 0 || s > 60 || d > month_days(y, mo))
     return -1;
   if (peek(c) == '.') {
     int nd = 0;
@@ -107,7 +115,7 @@ static int rfc3339(struct cur *c, int64_t *ns) {
     return -1;
   }
   *ns = to_ns(y, mo, d, h, mi, s) + frac - (int64_t)zone * 60000000000LL;
-  return 0;
+  return *ns < 0 ? -1 : 0; /* 1970-01-01T00:00:00+01:00 is 1969 */
 }
 
 /* A header field of RFC 5424: 1..max printable ASCII bytes up to a space;
@@ -256,9 +264,11 @@ static int bsd_time(struct cur *c, int64_t now_s, int64_t *ns) {
   y = 1970 + days / 366;
   while (days_since_epoch(y + 1, 1, 1) <= days)
     y++;
+  if (to_ns(y, mo + 1, d, h, mi, s) / 1000000000LL > now_s + 86400)
+    y--; /* December read in January */
+  if (d > month_days(y, mo + 1))
+    return -1; /* Feb 30, or Feb 29 of a year with none: no time */
   *ns = to_ns(y, mo + 1, d, h, mi, s);
-  if (*ns / 1000000000LL > now_s + 86400)
-    *ns = to_ns(y - 1, mo + 1, d, h, mi, s); /* December read in January */
   return 0;
 }
 

@@ -110,6 +110,34 @@ TEST(syslog_5424_year_outside_1970_to_2261_is_malformed) {
                  &m), SL_EPROTO);
 }
 
+TEST(syslog_a_date_past_its_month_is_no_date) {
+  /* 2026-02-31 was read as March 3rd, Feb 29 of 2026 as March 1st, and
+   * an offset taking a time before 1970 gave a negative one */
+  struct sl_syslog_msg m;
+  CHECK_EQ(parse("<13>1 2026-02-31T00:00:00Z h a - - - x", SL_SYSLOG_AUTO,
+                 &m), SL_EPROTO);
+  CHECK_EQ(parse("<13>1 2026-04-31T00:00:00Z h a - - - x", SL_SYSLOG_AUTO,
+                 &m), SL_EPROTO);
+  CHECK_EQ(parse("<13>1 2026-02-29T00:00:00Z h a - - - x", SL_SYSLOG_AUTO,
+                 &m), SL_EPROTO);
+  CHECK_EQ(parse("<13>1 2028-02-29T00:00:00Z h a - - - x", SL_SYSLOG_AUTO,
+                 &m), 0);
+  CHECK_EQ(m.time, 1835395200LL * 1000000000LL);
+  CHECK_EQ(parse("<13>1 1970-01-01T00:00:00+23:59 h a - - - x",
+                 SL_SYSLOG_AUTO, &m), SL_EPROTO);
+  CHECK_EQ(parse("<13>1 1970-01-01T00:00:00-00:01 h a - - - x",
+                 SL_SYSLOG_AUTO, &m), 0);
+  CHECK_EQ(m.time, 60LL * 1000000000LL);
+  /* RFC 3164 has no year: this year's (2026) Feb 29 is none, so the
+   * message has no time and keeps its text, as one without a timestamp */
+  CHECK_EQ(parse("<13>Feb 29 01:02:03 h app: x", SL_SYSLOG_AUTO, &m), 0);
+  CHECK_EQ(m.has_time, 0);
+  CHECK_EQ(parse("<13>Feb 30 01:02:03 h app: x", SL_SYSLOG_AUTO, &m), 0);
+  CHECK_EQ(m.has_time, 0);
+  CHECK_EQ(parse("<13>Feb 28 01:02:03 h app: x", SL_SYSLOG_AUTO, &m), 0);
+  CHECK_EQ(m.has_time, 1);
+}
+
 TEST(syslog_3164_host_tag_pid_and_this_years_time) {
   struct sl_syslog_msg m;
   CHECK_EQ(parse("<34>Oct 11 22:14:15 mymachine su[42]: 'su root' failed",
