@@ -37,8 +37,13 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
   b->down = 1;
   if (err == RD_KAFKA_RESP_ERR__FATAL) {
     b->fatal = 1;
-    sl_log(SL_LOG_ERROR, "kafka client fatal error; it takes no more "
-           "messages (the output creates its producer again)",
+    sl_log(SL_LOG_ERROR,
+           strcmp(b->kind, "output") == 0
+               ? "kafka client fatal error; it takes no more messages (the "
+                 "output creates its producer again)"
+               : "kafka client fatal error; it reads no more messages (a "
+                 "consumer's fatal error comes with static membership, "
+                 "group.instance.id: restart sluice once it is fixed)",
            SL_S(b->kind, b->name), SL_S("detail", reason), SL_END);
     return;
   }
