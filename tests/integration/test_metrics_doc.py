@@ -138,6 +138,25 @@ def test_every_metric_the_docs_promise_is_on_metrics(sluice, tmp_path):
             if not named <= has.get(name, set()):
                 unlabelled.append((name, sorted(named), sorted(has.get(name, ()))))
     assert not unlabelled, "labels the docs name, not on /metrics: %s" % unlabelled
+    # docs/http.md's table: each row's labels column (a name's own
+    # "(label)" added) are the labels of its names' series
+    doc = DOCS[1].read_text()
+    table = doc[doc.index("| metric | labels |"):doc.index("Histograms use fixed")]
+    rows = 0
+    for row in table.splitlines()[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        if len(cells) < 3:
+            continue
+        listed = {l.strip() for l in re.sub(r"\([^)]*\)", "", cells[1]).split(",")} - {""}
+        if "the rule's labels" in cells[1]:
+            listed = {"rule", "name"}  # and whatever labels the rule gives
+        for name, own in re.findall(r"`([a-z_0-9]+)`(?:\s*\(([a-z_]+)\))?", cells[0]):
+            rows += 1
+            want = listed | ({own} if own else set())
+            if not want <= has.get(name, set()) and not (not want and name in types):
+                unlabelled.append((name, sorted(want), sorted(has.get(name, ()))))
+    assert rows >= 55, rows
+    assert not unlabelled, "docs/http.md's labels, not on /metrics: %s" % unlabelled
     res = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
                          capture_output=True, timeout=30)
     assert res.returncode == 0, (res.stdout + res.stderr).decode()
