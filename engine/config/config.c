@@ -1446,6 +1446,19 @@ static void check_breaker(struct check *c, int t, const char *path,
   lua_pop(c->L, 1);
 }
 
+/* The plugin's own check of its keys taken together (keys.h), when the
+ * entry's keys read cleanly (nerr: the error count before the entry). */
+static void plugin_check(struct check *c, const char *path,
+                         const struct sl_config_plugin *pl, const void *conf,
+                         int nerr) {
+  char why[400];
+  if (pl == NULL || pl->check == NULL || c->nerr != nerr)
+    return;
+  why[0] = '\0';
+  if (pl->check(conf, why, sizeof(why)) != 0)
+    bad(c, path, "%s", why[0] ? why : "refused by its plugin");
+}
+
 static void check_rate_limit(struct check *c, int t, const char *path,
                              struct sl_rate_limit_config *r) {
   static const char *const keys[] = {"events_per_second", "burst", NULL};
@@ -1523,7 +1536,7 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
   for (i = 1; i <= n; i++) {
     struct sl_input_config *in = &cfg->inputs[cfg->ninputs++];
     const struct sl_config_plugin *pl;
-    int it;
+    int it, nerr = c->nerr;
     snprintf(p, sizeof(p), "inputs[%d]", i);
     lua_rawgeti(L, -1, i);
     it = lua_gettop(L);
@@ -1538,6 +1551,7 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
     pl = plugin_of(c, SL_PLUGIN_INPUT, p, in->type);
     check_plugin_keys(c, it, p, SL_PLUGIN_INPUT, pl, core);
     read_keys(c, it, p, pl, in, &in->values, &in->nvalues);
+    plugin_check(c, p, pl, in, nerr);
     for (j = 0; j < cfg->ninputs - 1; j++) {
       if (in->name && cfg->inputs[j].name &&
           strcmp(in->name, cfg->inputs[j].name) == 0) {
@@ -1579,6 +1593,7 @@ static void check_output(struct check *c, struct sl_config *cfg, int ot,
                          const char *p, struct sl_output_config *o) {
   const char *const *core = output_core;
   const struct sl_config_plugin *pl;
+  int nerr = c->nerr;
 
   opt_str(c, ot, p, "name", &o->name, 1);
   check_name(c, p, o->name);
@@ -1586,6 +1601,7 @@ static void check_output(struct check *c, struct sl_config *cfg, int ot,
   pl = plugin_of(c, SL_PLUGIN_OUTPUT, p, o->type);
   check_plugin_keys(c, ot, p, SL_PLUGIN_OUTPUT, pl, core);
   read_keys(c, ot, p, pl, o, &o->values, &o->nvalues);
+  plugin_check(c, p, pl, o, nerr);
   o->batch_events = 1024;
   opt_u32(c, ot, p, "batch_events", 1, 65536, &o->batch_events, 0);
   check_queue(c, ot, p, &o->queue);

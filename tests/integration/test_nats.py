@@ -760,7 +760,7 @@ def test_a_queue_group_on_a_jetstream_input_is_refused_at_start(sluice, tmp_path
   outputs = { { name = "out", type = "null" } },
   routes = { { topics = "*", to = "out" } },
 }""" % nats.url)
-    assert "inputs.js: queue is for core subscriptions" in str(e.value)
+    assert "inputs[1]: queue is for core subscriptions" in str(e.value)
 
 
 # ---- TLS: the common tls block on the nats input and output ------------------

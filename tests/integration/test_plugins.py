@@ -3,6 +3,8 @@ its keys, and the config checker takes the same tables (a key a plugin
 lists is accepted for that type; any other is refused naming the type)."""
 import re
 
+import pytest
+
 from conftest import lua, run_sluice
 
 HEADER = re.compile(r"^(input|output) ([a-z]+): \S.*$")
@@ -164,3 +166,59 @@ def test_checker_still_accepts_keys_of_other_types_that_configs_always_set(tmp_p
                            "fsync": "never", "path": "p"})
     rc, lines = check(tmp_path, cfg)
     assert (rc, lines) == (0, [])
+
+
+# keys a plugin refuses taken together, beyond each key's type and range
+REFUSED_TOGETHER = [
+    ("inputs", {"name": "s", "type": "syslog"}, "set listen (tcp) or udp, or both"),
+    ("inputs", {"name": "s", "type": "syslog", "udp": "127.0.0.1:9",
+                "topic": "x.{bogus}"}, "unknown placeholder"),
+    ("inputs", {"name": "n", "type": "nats", "subject": "a", "stream": "S",
+                "queue": "q"}, "queue is for core subscriptions"),
+    ("inputs", {"name": "n", "type": "nats", "subject": "a", "stream": "S",
+                "durable": "a.b"}, "durable must not contain '.'"),
+    ("inputs", {"name": "r", "type": "redis", "address": "127.0.0.1:9",
+                "stream": "a,b,c", "group": "g", "max_inflight": 2},
+     "max_inflight (2) is below the number of streams (3)"),
+    ("inputs", {"name": "r", "type": "redis", "address": "127.0.0.1:9",
+                "stream": " , ", "group": "g"}, "stream: expected 1 to 64 names"),
+    ("inputs", {"name": "h", "type": "http", "listen": "127.0.0.1:9",
+                "otlp_topic": "logs.{service.name"}, "otlp_topic: a {field} does not close"),
+    ("outputs", {"name": "o", "type": "http", "url": "https://x/{bogus}"},
+     "url: unknown or unclosed field {bogus}"),
+    ("outputs", {"name": "o", "type": "http", "url": "ftp://x/"},
+     "url: expected http://... or https://..., got ftp://x/"),
+    ("outputs", {"name": "o", "type": "http", "url": "http://x/",
+                 "tls": {"verify_peer": False}}, "a tls block needs an https:// url"),
+    ("outputs", {"name": "o", "type": "http", "url": "https://x/",
+                 "tls": {"server_name": "y"}}, "tls.server_name: the http output checks"),
+    ("outputs", {"name": "o", "type": "http", "url": "https://x/",
+                 "bearer_token": "t", "user": "u"}, "two kinds of auth"),
+    ("outputs", {"name": "o", "type": "http", "url": "https://x/",
+                 "password": "p"}, "password needs user"),
+]
+
+
+@pytest.mark.parametrize("kind,entry,why", REFUSED_TOGETHER,
+                         ids=[w[:30] for _, _, w in REFUSED_TOGETHER])
+def test_check_refuses_what_the_plugins_start_would_naming_the_entry(
+        tmp_path, kind, entry, why):
+    """README: `sluice check` exits 1 with every problem, and a wrong
+    config is rejected before anything starts. These keys are each valid
+    alone; the plugin refuses them together. `check` said ok and only
+    `run` refused them, at the plugin's start ("cannot start"); now the
+    loader asks the plugin, so both name the entry's path."""
+    cfg = {"inputs": [{"name": "in", "type": "tcp", "listen": "127.0.0.1:9"}],
+           "outputs": [{"name": "out", "type": "null"}],
+           "routes": [{"topics": "*", "to": "out"}]}
+    cfg[kind] = [entry] + ([] if kind == "outputs" else cfg["inputs"][1:])
+    if kind == "outputs":
+        cfg["routes"] = [{"topics": "*", "to": "o"}]
+    p = tmp_path / "c.lua"
+    p.write_text("return " + lua(cfg) + "\n")
+    r = run_sluice("check", "-c", p)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "%s: %s[1]: " % (p, kind) in r.stderr and why in r.stderr, r.stderr
+    r = run_sluice("run", "-c", p, cwd=tmp_path, timeout=20)
+    assert r.returncode == 1 and why in r.stderr, r.stderr
+    assert '"config problem"' in r.stderr, r.stderr  # refused at load
