@@ -1029,6 +1029,8 @@ static void read_str_key(struct check *c, const char *path, const char *p,
     char *abs = resolve(c, s);
     free(s);
     s = abs;
+    if (s && (k->flags & SL_KEY_READ) && access(s, R_OK) != 0)
+      bad(c, p, "cannot read %s: %s", s, strerror(errno));
     break;
   }
   case SL_KEY_FILE: {
@@ -1790,6 +1792,9 @@ static void check_admin(struct check *c, struct sl_config *cfg, int t) {
       char *abs = resolve(c, a->bearer_token_file);
       free(a->bearer_token_file);
       a->bearer_token_file = abs;
+      if (abs && access(abs, R_OK) != 0) /* read at start */
+        bad(c, "admin.bearer_token_file", "cannot read %s: %s", abs,
+            strerror(errno));
     }
     opt_strlist(c, at, "admin", "redact_headers", &a->redact_headers,
                 &a->nredact, 0);

@@ -38,6 +38,9 @@ enum sl_config_key_type {
  * before each plugin had its own keys set it freely. New keys should not
  * carry it: a key a plugin does not declare is then an error. */
 #define SL_KEY_TOLERATED 2u
+/* SL_KEY_PATH of a file the plugin reads at start (a token, a password):
+ * the checker refuses one it cannot read, as it does a tls file. */
+#define SL_KEY_READ 4u
 /* SL_KEY_TLS of an input that dials out (a broker client): client rules
  * (verify the server, server_name), not a listener's. */
 #define SL_KEY_TLS_CLIENT 64u

@@ -232,3 +232,37 @@ def test_check_refuses_what_the_plugins_start_would_naming_the_entry(
     r = run_sluice("run", "-c", p, cwd=tmp_path, timeout=20)
     assert r.returncode == 1 and why in r.stderr, r.stderr
     assert '"config problem"' in r.stderr, r.stderr  # refused at load
+
+
+@pytest.mark.parametrize("where", ["http input", "http output token",
+                                   "http output password", "admin"])
+def test_check_refuses_a_token_or_password_file_it_cannot_read(tmp_path, where):
+    """The files read at start (a bearer token, a password) are checked
+    like a tls file: `sluice check` named none of them and `run` stopped
+    at the plugin's start; now both refuse at load, naming the key."""
+    missing = str(tmp_path / "nope")
+    cfg = {"inputs": [{"name": "in", "type": "tcp", "listen": "127.0.0.1:9"}],
+           "outputs": [{"name": "out", "type": "null"}],
+           "routes": [{"topics": "*", "to": "out"}]}
+    if where == "http input":
+        cfg["inputs"] = [{"name": "h", "type": "http", "listen": "127.0.0.1:9",
+                          "bearer_token_file": missing}]
+        key = "inputs[1].bearer_token_file"
+    elif where == "admin":
+        cfg["admin"] = {"listen": "127.0.0.1:9", "bearer_token_file": missing}
+        key = "admin.bearer_token_file"
+    else:
+        out = {"name": "out", "type": "http", "url": "http://127.0.0.1:9/"}
+        if where.endswith("token"):
+            out["bearer_token_file"], key = missing, "outputs[1].bearer_token_file"
+        else:
+            out.update(user="u", password_file=missing)
+            key = "outputs[1].password_file"
+        cfg["outputs"] = [out]
+    p = tmp_path / "c.lua"
+    p.write_text("return " + lua(cfg) + "\n")
+    r = run_sluice("check", "-c", p)
+    assert r.returncode == 1
+    assert "%s: %s: cannot read %s: No such file" % (p, key, missing) in r.stderr, r.stderr
+    r = run_sluice("run", "-c", p, cwd=tmp_path, timeout=20)
+    assert r.returncode == 1 and '"config problem"' in r.stderr, r.stderr
