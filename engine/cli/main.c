@@ -271,6 +271,11 @@ static int cmd_run(const char *path, int level) {
              SL_END);
     free(dir);
   }
+  if (cfg->workers_auto)
+    sl_log(SL_LOG_INFO, "workers = \"auto\": the CPUs this process may use",
+           SL_I("workers", cfg->workers), SL_I("cpus_online", cfg->cpus.online),
+           SL_I("cpus_allowed", cfg->cpus.allowed),
+           SL_D("cpu_quota", cfg->cpus.quota), SL_END);
   sl_log(SL_LOG_INFO, "sluice started", SL_S("version", SL_VERSION),
          SL_S("config", path), SL_I("pid", getpid()),
          SL_S("state_dir", cfg->state_dir), SL_I("inputs", cfg->ninputs),

@@ -375,8 +375,10 @@ int sl_route_status(const char *config) {
   sl_config_free(cfg);
   f = path ? fopen(path, "r") : NULL;
   if (f == NULL) {
-    fprintf(stderr, "sluice: no status at %s: is the engine running?\n",
-            path ? path : "(none)");
+    /* the engine runs: it has not written the file yet, or could not
+     * (its log says why) */
+    fprintf(stderr, "sluice: no status at %s: the running engine has not "
+                    "written one (see its log)\n", path ? path : "(none)");
     free(path);
     return 1;
   }

@@ -90,28 +90,35 @@ static struct sl_str str_of(struct span s) {
 }
 
 /* An int64 from a msgpack integer or a decimal string (the proto3 JSON form
- * of 64-bit numbers). 0 or SL_EPROTO. */
+ * of 64-bit numbers); is_unsigned (a fixed64 time, flags): not negative.
+ * A value int64 cannot hold is refused, never wrapped (a fixed64 time of
+ * 2^64-1 is not -1). 0 or SL_EPROTO. */
 static int int_of(struct span s, int is_unsigned, int64_t *v) {
   struct sl_str t = str_of(s);
   char buf[32], *end;
   size_t used;
+  uint64_t u;
   if (t.p) {
     if (t.len == 0 || t.len >= sizeof(buf))
       return SL_EPROTO;
     memcpy(buf, t.p, t.len);
     buf[t.len] = '\0';
+    /* digits only: strtoll would take leading blanks and a '+' */
+    if (!(buf[0] >= '0' && buf[0] <= '9') &&
+        !(buf[0] == '-' && !is_unsigned && buf[1] >= '0' && buf[1] <= '9'))
+      return SL_EPROTO;
     errno = 0;
-    if (is_unsigned) {
-      if (buf[0] == '-')
-        return SL_EPROTO;
-      *v = (int64_t)strtoull(buf, &end, 10);
-    } else {
-      *v = strtoll(buf, &end, 10);
-    }
+    *v = strtoll(buf, &end, 10);
     return errno || *end ? SL_EPROTO : 0;
   }
-  if (s.p && sl_codec_read_uint(s.p, s.len, (uint64_t *)(void *)v, &used) == 0)
+  if (s.p && sl_codec_read_uint(s.p, s.len, &u, &used) == 0) {
+    if (u > (uint64_t)INT64_MAX)
+      return SL_EPROTO;
+    *v = (int64_t)u;
     return 0;
+  }
+  if (s.p && is_unsigned)
+    return SL_EPROTO; /* a negative integer, or none */
   if (s.p && s.p[0] >= 0xe0) { /* negative fixint */
     *v = (int8_t)s.p[0];
     return 0;
@@ -245,14 +252,25 @@ static int put_any(struct walk *w, struct span v, struct sl_buf *out,
   }
   if ((x = field(v, "doubleValue")).p) {
     struct sl_str s = str_of(x);
-    if (s.p && s.len < 16) { /* "NaN", "Infinity", "-Infinity" */
-      char buf[16];
+    if (s.p) { /* "NaN", "Infinity", "-Infinity" or a number as a string */
+      char buf[64], *end;
+      if (s.len == 0 || s.len >= sizeof(buf))
+        return bad_value(w, "doubleValue: expected a number");
       memcpy(buf, s.p, s.len);
       buf[s.len] = '\0';
-      d = strcmp(buf, "NaN") == 0         ? NAN
-          : strcmp(buf, "Infinity") == 0  ? INFINITY
-          : strcmp(buf, "-Infinity") == 0 ? -INFINITY
-                                          : strtod(buf, NULL);
+      if (strcmp(buf, "NaN") == 0) {
+        d = NAN;
+      } else if (strcmp(buf, "Infinity") == 0) {
+        d = INFINITY;
+      } else if (strcmp(buf, "-Infinity") == 0) {
+        d = -INFINITY;
+      } else {
+        /* the whole string, as JSON writes a number: no blanks, no "0x",
+         * no "inf" (strtod takes them all) */
+        if (strspn(buf, "0123456789+-.eE") != s.len ||
+            (d = strtod(buf, &end), *end != '\0'))
+          return bad_value(w, "doubleValue: expected a number");
+      }
     } else if (sl_codec_read_number(x.p, x.len, &d, &used) != 0) {
       return bad_value(w, "doubleValue: expected a number");
     }

@@ -1,9 +1,11 @@
 /* syslog.c - RFC 5424 and RFC 3164 messages: parse into spans, write the
  * payload map. One forward pass with a cursor; every loop advances it and
  * stops at the end of the bytes, so the cost is linear in the message and
- * nothing is allocated. Owns nothing. */
+ * the parse allocates nothing (the payload map sorts an element's params
+ * to find repeated names). Owns nothing. */
 #include "syslog.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "codec.h"
@@ -418,34 +420,94 @@ static int put_value(struct sl_buf *b, const char *v, size_t n) {
   return 0;
 }
 
-/* One SD-ELEMENT at c (validated by sd()): {ID = {name = value}}'s pair. */
+/* A PARAM of an SD-ELEMENT: its name and its value (between the quotes,
+ * escapes still in); at is its place in the element, run where its
+ * name's run starts in the sorted copy and count that run's length (0
+ * for all but the first PARAM of a name). */
+struct param {
+  const char *name, *val;
+  uint32_t nlen, vlen, at, run, count;
+};
+
+static int by_name(const void *a, const void *b) {
+  const struct param *x = a, *y = b;
+  uint32_t n = x->nlen < y->nlen ? x->nlen : y->nlen;
+  int c = memcmp(x->name, y->name, n);
+  if (c == 0)
+    c = x->nlen < y->nlen ? -1 : x->nlen > y->nlen;
+  return c ? c : x->at < y->at ? -1 : x->at > y->at;
+}
+
+/* One SD-ELEMENT at c (validated by sd()): {ID = {name = value}}'s pair.
+ * A PARAM-NAME may come more than once (RFC 5424 7.2.2, origin's ip):
+ * then its key appears once, where it first came, with the array of its
+ * values in order, never as duplicate map keys (a rule would see one, a
+ * JSON reader one or the other). Sorted, so n log n in the params. */
 static int put_element(struct sl_buf *b, struct cur *c) {
-  size_t start, at;
-  uint32_t np = 0;
+  struct param *ps = NULL, *sorted;
+  size_t start, cap = 0;
+  uint32_t np = 0, nkeys = 0, i, j;
+  int rc = SL_ENOMEM;
   c->i++; /* '[' */
   start = c->i;
   sd_name(c);
-  if (sl_codec_put_str(b, c->p + start, c->i - start) != 0 ||
-      sl_buf_append(b, "\xdf\0\0\0\0", 5) != 0) /* map32, patched below */
+  if (sl_codec_put_str(b, c->p + start, c->i - start) != 0)
     return SL_ENOMEM;
-  at = b->len - 5;
   while (peek(c) == ' ') {
     size_t vs;
+    if (np == cap) {
+      struct param *n;
+      cap = cap ? cap * 2 : 8;
+      if ((n = realloc(ps, 2 * cap * sizeof(*ps))) == NULL)
+        goto done;
+      ps = n;
+    }
     c->i++;
     start = c->i;
     sd_name(c);
-    if (sl_codec_put_str(b, c->p + start, c->i - start) != 0)
-      return SL_ENOMEM;
+    ps[np].name = c->p + start;
+    ps[np].nlen = (uint32_t)(c->i - start);
     c->i += 2; /* '="' */
     vs = c->i;
     sd_value(c);
-    if (put_value(b, c->p + vs, c->i - 1 - vs) != 0)
-      return SL_ENOMEM;
+    ps[np].val = c->p + vs;
+    ps[np].vlen = (uint32_t)(c->i - 1 - vs);
+    ps[np].at = np;
+    ps[np].count = 0;
     np++;
   }
   c->i++; /* ']' */
-  sl_codec_patch_header(b, at, 1, np);
-  return 0;
+  sorted = np ? ps + cap : NULL;
+  if (np > 0) {
+    memcpy(sorted, ps, np * sizeof(*ps));
+    qsort(sorted, np, sizeof(*ps), by_name);
+  }
+  for (i = 0; i < np; i = j) {
+    for (j = i + 1; j < np && sorted[j].nlen == sorted[i].nlen &&
+                    memcmp(sorted[j].name, sorted[i].name, sorted[i].nlen) == 0;
+         j++)
+      ;
+    ps[sorted[i].at].run = i; /* the run's first is the earliest */
+    ps[sorted[i].at].count = j - i;
+    nkeys++;
+  }
+  if (sl_codec_put_map(b, nkeys) != 0)
+    goto done;
+  for (i = 0; i < np; i++) {
+    const struct param *q = &ps[i];
+    if (q->count == 0)
+      continue; /* a repeat: in its first's array */
+    if (sl_codec_put_str(b, q->name, q->nlen) != 0 ||
+        (q->count > 1 && sl_codec_put_array(b, q->count) != 0))
+      goto done;
+    for (j = 0; j < q->count; j++)
+      if (put_value(b, sorted[q->run + j].val, sorted[q->run + j].vlen) != 0)
+        goto done;
+  }
+  rc = 0;
+done:
+  free(ps);
+  return rc;
 }
 
 static int put_sd(struct sl_buf *b, struct sl_str s) {

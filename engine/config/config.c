@@ -310,6 +310,18 @@ static void expand_table(struct check *c, int t, int v, const char *path,
   sl_buf_close(&out);
 }
 
+/* Is the string at key of the table at t free of CR, LF and NUL? */
+static int one_line(struct check *c, int t, const char *key) {
+  size_t n;
+  const char *v;
+  int ok;
+  lua_getfield(c->L, t, key);
+  v = lua_tolstring(c->L, -1, &n);
+  ok = v && strlen(v) == n && strpbrk(v, "\r\n") == NULL;
+  lua_pop(c->L, 1);
+  return ok;
+}
+
 /* Optional string field key of the table at t. */
 static void opt_str(struct check *c, int t, const char *path, const char *key,
                     char **out, int required) {
@@ -578,6 +590,37 @@ int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
     return SL_EINVAL;
   *port = p;
   return 0;
+}
+
+/* The address of "host:port" into out (16 bytes); returns its family
+ * (AF_INET, AF_INET6) or 0 when s is not such an address. */
+static int listen_addr(const char *s, unsigned char *out, int *port) {
+  char host[128];
+  if (sl_config_parse_hostport(s, host, sizeof(host), port) != 0)
+    return 0;
+  if (uv_inet_pton(AF_INET, host, out) == 0)
+    return AF_INET;
+  if (uv_inet_pton(AF_INET6, host, out) == 0)
+    return AF_INET6;
+  return 0;
+}
+
+int sl_config_listen_collide(const char *a, const char *b) {
+  static const unsigned char any[16];
+  unsigned char x[16], y[16];
+  int fx, fy, px, py;
+  fx = listen_addr(a, x, &px);
+  fy = listen_addr(b, y, &py);
+  if (fx == 0 || fy == 0)
+    return strcmp(a, b) == 0;
+  if (px != py)
+    return 0;
+  if (fx == fy)
+    return memcmp(x, y, fx == AF_INET ? 4 : 16) == 0 ||
+           memcmp(x, any, fx == AF_INET ? 4 : 16) == 0 ||
+           memcmp(y, any, fy == AF_INET ? 4 : 16) == 0;
+  /* one of each: only a dual-stack wildcard (::) takes both */
+  return memcmp(fx == AF_INET6 ? x : y, any, 16) == 0;
 }
 
 /* Can a file be created at path? The first folder that exists on the way
@@ -1118,6 +1161,12 @@ static void read_key(struct check *c, int t, const char *path,
     break;
   }
   opt_str(c, t, path, k->name, &s, 0);
+  if (s != NULL && (k->flags & SL_KEY_ONE_LINE) && !one_line(c, t, k->name)) {
+    bad(c, p, "the value holds a CR, LF or NUL (it goes into one protocol "
+              "line; a trailing newline from the environment?)");
+    free(s);
+    return;
+  }
   if (s != NULL)
     read_str_key(c, path, p, k, field, s);
 }
@@ -1563,7 +1612,7 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
             j + 1);
       }
       if (in->listen && cfg->inputs[j].listen &&
-          strcmp(in->listen, cfg->inputs[j].listen) == 0) {
+          sl_config_listen_collide(in->listen, cfg->inputs[j].listen)) {
         char pl2[80];
         snprintf(pl2, sizeof(pl2), "%s.listen", p);
         bad(c, pl2, "\"%s\" is already used by inputs[%d]", in->listen,
@@ -1918,7 +1967,9 @@ static void check_state_dir(struct check *c, struct sl_config *cfg, int t) {
     bad(c, "state_dir", "cannot use %s: %s", cfg->state_dir, why);
 }
 
-/* workers = N (1..64) or "auto" (online CPUs, at most 64); default 1.
+/* workers = N (1..64) or "auto" (the CPUs this process may use: online,
+ * in its affinity mask, within its cgroup's CPU quota; at most 64);
+ * default 1.
  * workers_balance = false keeps each worker's even share of the buckets,
  * so a key's rule state stays with it. What is not safe with several rule
  * states yet is refused by name. */
@@ -1935,7 +1986,9 @@ static void check_workers(struct check *c, struct sl_config *cfg, int t) {
       cfg->workers = (int)v;
   } else if (lua_type(c->L, -1) == LUA_TSTRING &&
              strcmp(lua_tostring(c->L, -1), "auto") == 0) {
-    n = sysconf(_SC_NPROCESSORS_ONLN);
+    sl_cpus_available(&cfg->cpus);
+    n = cfg->cpus.n;
+    cfg->workers_auto = 1;
     cfg->workers = n < 1 ? 1 : n > SL_CONFIG_MAX_WORKERS
                                    ? SL_CONFIG_MAX_WORKERS : (int)n;
   } else if (!lua_isnil(c->L, -1)) {

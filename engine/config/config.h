@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "buf.h"
+#include "cpus.h"
 #include "keys.h"
 #include "router.h"
 
@@ -223,6 +224,8 @@ struct sl_config {
                                default var/ beside the config */
   uint32_t shutdown_timeout_ms; /* default 10000 */
   int workers;                  /* rule threads incl. the main one; 1 */
+  int workers_auto;             /* workers = "auto": cpus says from what */
+  struct sl_cpus cpus;          /* set with workers_auto */
   int workers_balance; /* 1: buckets move to even the load (default) */
   uint32_t max_event_bytes;     /* default 1 MiB */
   int log_level;                /* -1: not set in the file */
@@ -299,6 +302,12 @@ int sl_config_output_index(const struct sl_config *c, const char *name,
  * localhost (given as 127.0.0.1). Returns 0 or SL_EINVAL. */
 int sl_config_parse_hostport(const char *s, char *host, size_t hostlen,
                              int *port);
+
+/* Can listeners on a and b not both be bound: the same port on the same
+ * IP address or where either is a wildcard (0.0.0.0, ::), localhost being
+ * 127.0.0.1? Strings that are not "host:port" (unix socket paths) collide
+ * when equal. */
+int sl_config_listen_collide(const char *a, const char *b);
 
 /* Split "host:port" where host may also be a host name (checked for
  * syntax only, not resolved): what clients accept. Returns 0 or SL_EINVAL. */

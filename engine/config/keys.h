@@ -44,6 +44,10 @@ enum sl_config_key_type {
 /* SL_KEY_TLS of an input that dials out (a broker client): client rules
  * (verify the server, server_name), not a listener's. */
 #define SL_KEY_TLS_CLIENT 64u
+/* SL_KEY_STRING that goes into a protocol line (an HTTP header): a value
+ * holding CR, LF or NUL is refused, so neither the file nor ${ENV} (a
+ * secret with a trailing newline) can end the line or add one. */
+#define SL_KEY_ONE_LINE 128u
 
 struct sl_config_key;
 

@@ -773,7 +773,7 @@ static void on_resume(struct sl_source *s) {
 }
 
 /* Content-Encoding: gzip (OTLP exporters send it): r->body inflated in
- * place, at most max_body_bytes once inflated. Returns 0, or answers (415,
+ * place, every member of it, at most max_body_bytes once inflated. Returns 0, or answers (415,
  * 413, 400) and returns nonzero. */
 static int inflate_body(struct batch *b) {
   struct sl_http_request *r = b->r;
@@ -813,6 +813,10 @@ static int inflate_body(struct batch *b) {
     out.len = (size_t)((uint8_t *)z.next_out - out.data);
     if (rc == Z_BUF_ERROR && z.avail_in == 0)
       break; /* the stream ends early */
+    /* a gzip body is a series of members (RFC 1952): bytes after one are
+     * the next, or not gzip (refused, never ignored) */
+    if (rc == Z_STREAM_END && z.avail_in > 0)
+      rc = inflateReset(&z);
   }
   inflateEnd(&z);
   if (rc != Z_STREAM_END || out.len > max) {

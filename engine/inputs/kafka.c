@@ -39,8 +39,9 @@
  * -> ev.time; headers kafka-topic, kafka-partition and kafka-offset are
  * added for rules. A message that does not parse or is larger than
  * max_event_bytes goes to the dead letter (sluice-error says why; its
- * bytes as a binary payload, cut to 4 KiB when too large) and its offset
- * is committed like any other: a bad message never stalls a partition.
+ * bytes as a binary payload, its key and its headers, each cut to 4 KiB
+ * when too large) and its offset is committed like any other: a bad
+ * message never stalls a partition.
  *
  * The consumer queue (main queue forwarded into it) is watched by the
  * pipe bridge (net/kafka.h). */
@@ -434,13 +435,16 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 /* ---- messages to events ---------------------------------------------------- */
 
 /* The headers map: the message's headers (those with a value; ours are
- * set by us), kafka-topic/-partition/-offset, and error when set. */
+ * set by us) while their names and values total at most limit bytes (a
+ * dead letter keeps DEAD_CUT of them: the headers may be what made the
+ * message too large), kafka-topic/-partition/-offset, and error when
+ * set. */
 static int put_headers(struct sl_buf *b, const rd_kafka_message_t *m,
-                       const char *error) {
+                       const char *error, size_t limit) {
   rd_kafka_headers_t *h = NULL;
   const char *name;
   const void *val;
-  size_t size, idx, n = 0, at;
+  size_t size, idx, n = 0, at, total = 0;
   char num[24];
   const char *topic = rd_kafka_topic_name(m->rkt);
   int rc = 0;
@@ -454,6 +458,9 @@ static int put_headers(struct sl_buf *b, const rd_kafka_message_t *m,
     if (val == NULL || strncmp(name, "kafka-", 6) == 0 ||
         strcmp(name, "sluice-error") == 0)
       continue;
+    total += strlen(name) + size;
+    if (total > limit)
+      break;
     rc |= sl_codec_put_str(b, name, strlen(name));
     rc |= sl_codec_put_str(b, val, size);
     n++;
@@ -485,15 +492,21 @@ static struct sl_event *wrap(struct kafka_in *k, const rd_kafka_message_t *m,
   struct sl_worker *w = k->in->w;
   const char *t = k->topic ? k->topic : rd_kafka_topic_name(m->rkt);
   struct sl_str none = {NULL, 0}, topic = {t, (uint32_t)strlen(t)};
-  struct sl_str key = {m->key, (uint32_t)m->key_len};
+  /* a dead letter keeps DEAD_CUT of the key, as of the value and headers */
+  struct sl_str key = {m->key, (uint32_t)(error && m->key_len > DEAD_CUT
+                                               ? DEAD_CUT
+                                               : m->key_len)};
   rd_kafka_timestamp_type_t tt;
   int64_t ms = rd_kafka_message_timestamp(m, &tt);
+  /* a producer may set any int64 ms: past 2262 ns would wrap; none then */
+  int has_time = ms >= 0 && ms <= INT64_MAX / 1000000;
   struct sl_buf h;
   struct sl_event *ev = NULL;
   sl_buf_init(&h);
-  if (put_headers(&h, m, error) == 0)
-    ev = sl_event_new(&w->idgen, none, topic, m->key ? key : none, ms >= 0,
-                      ms * 1000000, h.data, h.len, payload, plen, 1);
+  if (put_headers(&h, m, error, error ? DEAD_CUT : SIZE_MAX) == 0)
+    ev = sl_event_new(&w->idgen, none, topic, m->key ? key : none, has_time,
+                      has_time ? ms * 1000000 : 0, h.data, h.len, payload,
+                      plen, 1);
   sl_buf_close(&h);
   return ev;
 }

@@ -12,7 +12,7 @@
  * has not paused it (sl_worker_submit said SL_EAGAIN). Everything else
  * (events, tracker, acks) happens on the loop: natsMsg_Ack and _Nak are
  * buffered publishes (libnats' flusher thread writes them; a full buffer
- * is written in place, bounded by the write deadline, net/nats.c).
+ * is written in place, bounded by write_timeout_ms, net/nats.c).
  *
  * Acks. Each JetStream message is tracked (its natsMsg is the token); the
  * tracker's done callback with ok = 1 queues it, and a batch of them is
@@ -814,6 +814,7 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   ni->ack_wait_ms = (uint32_t)NUM("ack_wait_ms");
   ni->format = (int)NUM("format");
   ni->create_stream = (int)NUM("create_stream");
+  ni->nats.write_timeout_ms = (uint32_t)NUM("write_timeout_ms");
   ni->js_mode = ni->stream != NULL;
   if (ni->js_mode && ni->durable == NULL)
     ni->durable = in->cfg->name;
@@ -989,6 +990,11 @@ static const struct sl_config_key nats_keys[] = {
      .choices = formats, .values = format_values},
     {.name = "create_stream", .type = SL_KEY_BOOL, .def = "false",
      .doc = "create the stream (file storage, subject) when missing"},
+    {.name = "write_timeout_ms", .type = SL_KEY_UINT, .def = "500",
+     .doc = "a write to the server that takes longer drops the connection "
+            "(libnats reconnects): the longest the engine's loop waits on a "
+            "server that stopped reading",
+     .min = 10, .max = 60000},
     {.name = "tls", .type = SL_KEY_TLS, .flags = SL_KEY_TLS_CLIENT,
      .doc = "TLS to the server: ca_file, cert_file/key_file (mTLS), "
             "verify_peer, server_name, ciphers",

@@ -127,18 +127,33 @@ static int put_dead_headers(struct sl_buf *b, const char *input,
 }
 
 /* A malformed message for the dead letter: straight into its queue (the
- * rules never see it). Dropped, counted, when there is none or it is
- * full. Takes ev. */
-static void dead_letter(struct sl_input *in, struct sl_event *ev) {
+ * rules never see it). When the queue is full a source that can wait (a
+ * TCP connection: src->held, SL_EAGAIN, on_resume once it went in) holds
+ * it as sl_worker_submit holds an event; a datagram cannot wait, so it is
+ * dropped and counted, as it is when there is no dead letter. Takes ev.
+ * Returns 0 or SL_EAGAIN. */
+static int dead_letter(struct sl_input *in, struct sl_source *src,
+                       struct sl_event *ev, int can_wait) {
   struct sl_worker *w = in->w;
+  struct sl_output *dl = NULL;
   int rc = SL_ENOENT;
   uint64_t suppressed = 0;
   if (w->cfg->dead_letter >= 0 && w->cfg->dead_letter < w->noutputs &&
       !w->outputs[w->cfg->dead_letter].stopped)
-    rc = sl_output_push(&w->outputs[w->cfg->dead_letter], ev);
+    dl = &w->outputs[w->cfg->dead_letter];
+  if (dl)
+    rc = sl_output_push(dl, ev);
+  if (rc == SL_EAGAIN && can_wait) {
+    src->held = ev;
+    src->targets[0] = (uint16_t)dl->index;
+    src->ntargets = 1;
+    src->refused = 0;
+    sl_queue_wait(&dl->q, &src->waiter);
+    return SL_EAGAIN;
+  }
   sl_event_unref(ev);
   if (rc == 0)
-    return;
+    return 0;
   in->stats.dropped++;
   if (sl_log_allow(&w->bad_input_log, &suppressed))
     sl_log(SL_LOG_WARN,
@@ -148,6 +163,7 @@ static void dead_letter(struct sl_input *in, struct sl_event *ev) {
                              "dead_letter output cannot take it now",
            SL_S("input", in->cfg->name), SL_U("suppressed", suppressed),
            SL_END);
+  return 0;
 }
 
 static void log_bad(struct sl_input *in, const char *peer, const char *msg,
@@ -198,7 +214,7 @@ static int deliver(struct syslog_in *si, struct sl_source *src,
   in->stats.events_in++;
   in->stats.bytes_in += n;
   if (bad && si->on_malformed == ON_MALFORMED_DEAD_LETTER)
-    dead_letter(in, ev);
+    rc = dead_letter(in, src, ev, src != &si->udp_src);
   else
     rc = sl_worker_submit(src, ev);
   sl_buf_close(&pay);
@@ -531,8 +547,9 @@ static void cb_drain(struct sl_input *in) {
   struct syslog_in *si = in->data ? syslog_in(in) : NULL;
   if (si == NULL)
     return;
-  if (si->udp_open)
-    uv_udp_recv_stop(&si->udp); /* the held event still goes in */
+  /* a datagram socket has nothing to finish: closed now (the held event
+   * still goes in), so that a reload's input on its address can bind */
+  close_udp(si);
   if (in->cfg->listen)
     sl_framed_drain(in);
 }

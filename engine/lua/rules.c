@@ -123,6 +123,7 @@ struct sl_rules {
   uint64_t last_reload_ms;
   char scripts_dir[4096], lib_dir[4096];
   char *status_file;
+  int status_failing;        /* the last write of status_file failed */
   struct sl_log_limiter error_log;
   struct sl_rules_stats st;
   struct sl_metric_registry *metrics; /* where sl_rules_metrics added */
@@ -899,24 +900,57 @@ void sl_rules_set_status_file(struct sl_rules *rs, const char *path) {
   write_status(rs);
 }
 
-/* Write to a temp file and rename, so a reader never sees half of it. */
+/* Write to a temp file and rename, so a reader never sees half of it.
+ * When that fails (a full or read-only state folder) the old file would
+ * show an earlier version as the running one: it is removed instead, so
+ * `sluice status` says there is none, and the log says why (once until a
+ * write works again). */
 static void write_status(struct sl_rules *rs) {
   char tmp[4200];
   struct sl_buf b;
+  const char *step = "cannot create";
   FILE *f;
+  int err = 0;
   if (rs->status_file == NULL)
     return;
   sl_buf_init(&b);
   sl_rules_status_json(rs, &b);
   snprintf(tmp, sizeof(tmp), "%s.tmp", rs->status_file);
   f = fopen(tmp, "w");
-  if (f) {
+  if (f == NULL)
+    err = errno;
+  else {
     int ok = fwrite(b.data, 1, b.len, f) == b.len;
     ok = fputc('\n', f) != EOF && ok;
-    if (fclose(f) == 0 && ok)
-      rename(tmp, rs->status_file);
+    if (!ok)
+      err = errno;
+    if (fclose(f) != 0 && err == 0)
+      err = errno;
+    step = "cannot write";
+    if (err == 0 && ok && rename(tmp, rs->status_file) != 0) {
+      err = errno;
+      step = "cannot rename over";
+    } else if (err == 0 && !ok) {
+      err = EIO;
+    }
+    if (err)
+      unlink(tmp);
   }
   sl_buf_close(&b);
+  if (err == 0) {
+    if (rs->status_failing)
+      sl_log(SL_LOG_INFO, "status file written again",
+             SL_S("file", rs->status_file), SL_END);
+    rs->status_failing = 0;
+    return;
+  }
+  unlink(rs->status_file); /* stale: it names an older version */
+  if (!rs->status_failing)
+    sl_log(SL_LOG_WARN, "cannot write the status file; `sluice status` "
+                        "has none until a write works",
+           SL_S("file", rs->status_file), SL_S("step", step),
+           SL_S("error", strerror(err)), SL_END);
+  rs->status_failing = 1;
 }
 
 /* A counter another thread (a replica's) may be writing: one relaxed

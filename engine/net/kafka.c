@@ -25,7 +25,9 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
 }
 
 /* Client errors: brokers unreachable, authentication, ... librdkafka keeps
- * retrying by itself; we count and log (rate-limited). */
+ * retrying by itself; we count and log (rate-limited). A fatal one (the
+ * idempotent producer's sequence lost with the broker) is not retried:
+ * the client is unusable and its plugin must create another. */
 static void error_cb(rd_kafka_t *rk, int err, const char *reason,
                      void *opaque) {
   struct sl_kafka_bridge *b = opaque;
@@ -33,6 +35,13 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason,
   (void)rk;
   b->errors++;
   b->down = 1;
+  if (err == RD_KAFKA_RESP_ERR__FATAL) {
+    b->fatal = 1;
+    sl_log(SL_LOG_ERROR, "kafka client fatal error; it takes no more "
+           "messages (the output creates its producer again)",
+           SL_S(b->kind, b->name), SL_S("detail", reason), SL_END);
+    return;
+  }
   if (sl_log_allow(&b->log, &suppressed))
     sl_log(SL_LOG_WARN, "kafka broker error; the client retries",
            SL_S(b->kind, b->name),
@@ -185,6 +194,18 @@ int sl_kafka_bridge_start(struct sl_kafka_bridge *b, uv_loop_t *loop,
   rc = uv_poll_start(&b->poll, UV_READABLE, on_readable);
   /* events queued before the pipe was set gave no byte: look now */
   return rc;
+}
+
+void sl_kafka_bridge_switch(struct sl_kafka_bridge *b, rd_kafka_queue_t *q) {
+  char junk[256];
+  if (b->open) {
+    rd_kafka_queue_io_event_enable(b->q, -1, NULL, 0);
+    while (read(b->fds[0], junk, sizeof(junk)) > 0)
+      ; /* the old queue's bytes */
+    rd_kafka_queue_io_event_enable(q, b->fds[1], "1", 1);
+  }
+  b->q = q;
+  b->fatal = 0;
 }
 
 static void on_poll_closed(uv_handle_t *h) {

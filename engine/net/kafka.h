@@ -39,8 +39,14 @@ struct sl_kafka_bridge {
   struct sl_log_limiter log;  /* client logs and errors */
   uint64_t errors;            /* error_cb calls (broker down, ...) */
   int down;                   /* an error was logged; not reachable since */
+  int fatal;                  /* the client had a fatal error (idempotent
+                                 producer): it must be created anew */
   int open;
 };
+
+/* Watch q instead of the queue b watched (its client is being replaced
+ * by a new one). q must outlive the watch. */
+void sl_kafka_bridge_switch(struct sl_kafka_bridge *b, rd_kafka_queue_t *q);
 
 /* A client config: bootstrap.servers = brokers, the bridge as opaque,
  * logs and errors routed to the engine's log, the plugin's defaults

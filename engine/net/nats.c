@@ -15,6 +15,7 @@ void sl_nats_init(struct sl_nats *n, uv_async_t *async) {
   uv_mutex_init(&n->mu);
   uv_cond_init(&n->cond);
   n->async = async;
+  n->write_timeout_ms = 500; /* the keys' default */
   sl_log_limiter_init(&n->log, 10000, 5);
 }
 
@@ -94,8 +95,9 @@ natsStatus sl_nats_connect(struct sl_nats *n, const char *url,
    * its buffer is full) or from its flusher holding the connection's lock,
    * and by default with no deadline: a server that stops reading would hold
    * the loop until it read again. Past this, libnats drops the connection
-   * and reconnects. */
-  if (s == NATS_OK) s = natsOptions_SetWriteDeadline(opts, 200);
+   * and reconnects (write_timeout_ms). */
+  if (s == NATS_OK)
+    s = natsOptions_SetWriteDeadline(opts, (int64_t)n->write_timeout_ms);
   if (s == NATS_OK) s = apply_tls(opts, tls);
   if (s == NATS_OK)
     s = natsOptions_SetDisconnectedCB(opts, on_disconnected, n);

@@ -31,6 +31,7 @@ struct sl_nats {
   int was_connected;   /* the state last logged */
   uint64_t reconnects; /* sluice_nats_reconnects_total */
   struct sl_log_limiter log; /* connection logs: 5 per 10 s */
+  uint32_t write_timeout_ms; /* set by the owner before connecting */
 };
 
 /* Set up n (mutex, condition, log limiter) for an owner whose loop is
@@ -45,7 +46,8 @@ int sl_nats_add_metrics(struct sl_nats *n, struct sl_metric_registry *r,
 
 /* Blocking, off the loop: connect to url (comma-separated servers) as
  * client name, with tls (nothing when not enabled), a 1 s connect
- * timeout and endless reconnects 250 ms apart, the callbacks bound to n.
+ * timeout, n->write_timeout_ms as libnats' write deadline and endless
+ * reconnects 250 ms apart, the callbacks bound to n.
  * NATS_OK with *nc set; else libnats' status (nats_GetLastError says
  * more) and *nc untouched. Does not set a_connected. */
 natsStatus sl_nats_connect(struct sl_nats *n, const char *url,

@@ -17,6 +17,7 @@
 #include <zlib.h>
 
 #include "plugins.h"
+#include "tls.h"
 #include "utf8.h"
 
 #define MAX_URLS 64           /* distinct URLs (requests) per batch */
@@ -751,6 +752,21 @@ static int check_conf(const void *conf, char *err, size_t errlen) {
 
 static void cb_stop(struct sl_output *o);
 
+/* curl reads the tls files on each request: load them once here, so that
+ * a key that does not match its certificate or a CA file that is not PEM
+ * stops the start (a reload is refused) naming the file, as on the other
+ * outputs, instead of failing every request. Host checks are curl's. */
+static int check_tls(const struct sl_output_config *c, char *err,
+                     size_t errlen) {
+  struct sl_tls_config t = c->tls;
+  struct sl_tls *tls;
+  t.verify_peer = 0; /* no host name to give: only the files count here */
+  if ((tls = sl_tls_new(&t, 0, NULL, c->name, err, errlen)) == NULL)
+    return SL_EINVAL;
+  sl_tls_free(tls);
+  return 0;
+}
+
 static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   const struct sl_output_config *c = o->cfg;
   struct http_out *h;
@@ -781,6 +797,8 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
       (uint32_t)sl_config_value_num(c->values, c->nvalues, "timeout_ms");
   conns = (long)sl_config_value_num(c->values, c->nvalues, "max_connections");
   rc = check_conf(c, err, errlen);
+  if (rc == 0 && c->tls.enabled)
+    rc = check_tls(c, err, errlen);
   if (rc == 0)
     rc = setup_headers(h, err, errlen);
   if (rc == 0 && (h->multi = curl_multi_init()) == NULL)
@@ -861,7 +879,7 @@ static const struct sl_config_key keys[] = {
     {.name = "headers", .type = SL_KEY_HEADERS,
      .doc = "static request headers, { [\"X-Name\"] = \"value\" } "
             "(${ENV} works)"},
-    {.name = "bearer_token", .type = SL_KEY_STRING,
+    {.name = "bearer_token", .type = SL_KEY_STRING, .flags = SL_KEY_ONE_LINE,
      .doc = "sends Authorization: Bearer <token> (use ${ENV})"},
     {.name = "bearer_token_file", .type = SL_KEY_PATH,
      .doc = "the bearer token, the first line of this file (read at start)",

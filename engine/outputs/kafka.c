@@ -11,9 +11,14 @@
  * and once every delivery report is in, the write is reported to the core
  * (sl_output_done): the events delivered in order from the front leave the
  * queue; the first failure decides the rest: retried after the core's
- * backoff, or, when Kafka can never take it (too large, invalid), sent to
- * the dead letter. Events behind a failed one that were delivered are
- * produced again (at-least-once). librdkafka's local queue being full
+ * backoff, or, when Kafka can never take it (too large, invalid, a
+ * timestamp out of the broker's range), sent to the dead letter. Kafka
+ * answers a produce request with one error for all its records, so such
+ * an error on more than one event does not say which one it is for: the
+ * write is retried and its events go one per write until each is told
+ * apart (the refused one to the dead letter, the others delivered).
+ * Events behind a failed one that were delivered are produced again
+ * (at-least-once). librdkafka's local queue being full
  * (QUEUE_FULL) ends the write early: what was handed over is waited for,
  * the rest goes in the next write (backpressure: the output's queue fills,
  * its when_full policy applies). message.timeout.ms is retry.timeout_ms,
@@ -41,6 +46,8 @@ struct kafka_out {
   uint32_t n;               /* events handed to librdkafka in this write */
   uint32_t ndone;           /* their delivery reports so far */
   uint32_t nbatch;          /* events in the core's batch */
+  uint32_t alone;           /* events still to write one per write: a
+                               refusal that named no single event */
   int writing;
   int closing;
   rd_kafka_resp_err_t *results; /* per event of the write */
@@ -77,6 +84,8 @@ static int permanent(rd_kafka_resp_err_t e) {
   case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
   case RD_KAFKA_RESP_ERR__INVALID_ARG:
   case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+  case RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP:
+  case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
     return 1;
   default:
     return 0;
@@ -93,11 +102,24 @@ static void finish_write(struct kafka_out *k) {
     ;
   if (i < n) {
     rd_kafka_resp_err_t e = k->results[i];
+    uint32_t failed = 0, j;
+    for (j = i; j < n; j++)
+      failed += k->results[j] == e;
     snprintf(why, sizeof(why), "kafka: %s", rd_kafka_err2str(e));
-    sl_output_done(o, i, permanent(e) ? SL_WRITE_FATAL : SL_WRITE_RETRY, why);
+    if (permanent(e) && failed > 1) {
+      /* one request's answer for several events: find the one it meant */
+      k->alone = n - i;
+      sl_output_done(o, i, SL_WRITE_RETRY, why);
+    } else {
+      sl_output_done(o, i, permanent(e) ? SL_WRITE_FATAL : SL_WRITE_RETRY,
+                     why);
+      if (k->alone && permanent(e))
+        k->alone--;
+    }
   } else if (n == 0) {
     sl_output_done(o, 0, SL_WRITE_RETRY, "kafka: librdkafka's queue is full");
   } else {
+    k->alone = k->alone > n ? k->alone - n : 0;
     sl_output_done(o, n, SL_WRITE_OK, NULL); /* the rest of a cut write
                                                 goes in the next one */
   }
@@ -121,6 +143,7 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
 }
 
 static void on_more(uv_idle_t *h);
+static int client_renew(struct kafka_out *k);
 
 /* Serve delivery reports, logs and errors; stop after a budget and come
  * back from an idle handle so one burst cannot hold the loop. */
@@ -222,6 +245,11 @@ static rd_kafka_resp_err_t produce(struct kafka_out *k,
 static void cb_write(struct sl_output *o, const struct sl_batch *b) {
   struct kafka_out *k = o->data;
   uint32_t i;
+  if (k->bridge.fatal && client_renew(k) != 0) {
+    sl_output_done(o, 0, SL_WRITE_RETRY, "kafka: the producer had a fatal "
+                   "error and cannot be created again");
+    return;
+  }
   if (b->n > k->cap) {
     rd_kafka_resp_err_t *r = realloc(k->results, b->n * sizeof(*r));
     if (r == NULL) {
@@ -236,7 +264,7 @@ static void cb_write(struct sl_output *o, const struct sl_batch *b) {
   k->n = 0;
   k->ndone = 0;
   k->nbatch = b->n;
-  for (i = 0; i < b->n; i++) {
+  for (i = 0; i < b->n && (k->alone == 0 || i < 1); i++) {
     rd_kafka_resp_err_t e = produce(k, sl_queue_at(&o->q, b->first + i), i);
     if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
       k->queue_full++;
@@ -275,25 +303,15 @@ static int add_metrics(struct kafka_out *k) {
   return 0;
 }
 
-static int cb_start(struct sl_output *o, char *err, size_t errlen) {
-  const struct sl_output_config *cfg = o->cfg;
-  struct kafka_out *k = calloc(1, sizeof(*k));
+/* The producer (k->rk) and its main queue (k->mainq) from o's config.
+ * 0, or a negative code with err filled. */
+static int client_new(struct kafka_out *k, char *err, size_t errlen) {
+  const struct sl_output_config *cfg = k->o->cfg;
   rd_kafka_conf_t *conf;
   char tmo[32], max[32];
   size_t maxlen = sizeof(max);
   const char *defaults[] = {"acks", "all", "enable.idempotence", "true",
                             "message.timeout.ms", tmo, NULL};
-  int rc;
-  if (k == NULL)
-    return SL_ENOMEM;
-  k->o = o;
-  o->data = k;
-  sl_buf_init(&k->value);
-  sl_buf_init(&k->topic);
-  k->format = (int)sl_config_value_num(cfg->values, cfg->nvalues, "format");
-  k->bridge.kind = "output";
-  k->bridge.name = cfg->name;
-  k->bridge.on_ready = on_ready;
   /* a delivery that takes longer fails the write (the core backs off) */
   snprintf(tmo, sizeof(tmo), "%u",
            cfg->retry.timeout_ms ? cfg->retry.timeout_ms : 300000);
@@ -307,8 +325,8 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   /* events larger than Kafka takes go to the dead letter before a try */
   if (rd_kafka_conf_get(conf, "message.max.bytes", max, &maxlen) ==
           RD_KAFKA_CONF_OK && atol(max) > 4096)
-    o->max_event_bytes = (uint32_t)atol(max) - 1024; /* key, headers */
-  o->max_event_note = " (the producer's message.max.bytes less 1 KiB)";
+    k->o->max_event_bytes = (uint32_t)atol(max) - 1024; /* key, headers */
+  k->o->max_event_note = " (the producer's message.max.bytes less 1 KiB)";
   rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
   k->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, errlen);
   if (k->rk == NULL) {
@@ -317,6 +335,61 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   }
   rd_kafka_set_log_queue(k->rk, NULL); /* logs on the main queue too */
   k->mainq = rd_kafka_queue_get_main(k->rk);
+  return 0;
+}
+
+/* Drop a producer: what it was not reported to have delivered stays in
+ * o's queue (or its disk buffer), so librdkafka's copies are purged
+ * rather than waited for. */
+static void client_free(rd_kafka_t *rk, rd_kafka_queue_t *q) {
+  if (q)
+    rd_kafka_queue_destroy(q);
+  if (rk) {
+    rd_kafka_purge(rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_destroy(rk);
+  }
+}
+
+/* After a fatal error (the idempotent producer lost its sequence with a
+ * broker) librdkafka refuses every message for good: a new producer
+ * takes over, between writes. What the old one had in flight failed its
+ * write and is retried there (at-least-once). 0, or the old one stays
+ * and the next write tries again. */
+static int client_renew(struct kafka_out *k) {
+  rd_kafka_t *old = k->rk;
+  rd_kafka_queue_t *oldq = k->mainq;
+  char err[256];
+  if (client_new(k, err, sizeof(err)) != 0) {
+    k->rk = old;
+    k->mainq = oldq;
+    sl_log(SL_LOG_ERROR, "kafka producer cannot be created again",
+           SL_S("output", k->o->cfg->name), SL_S("error", err), SL_END);
+    return SL_EINVAL;
+  }
+  sl_kafka_bridge_switch(&k->bridge, k->mainq);
+  k->gen++; /* a late report of the old one's is stale */
+  client_free(old, oldq);
+  sl_log(SL_LOG_INFO, "kafka producer created again",
+         SL_S("output", k->o->cfg->name), SL_END);
+  return 0;
+}
+
+static int cb_start(struct sl_output *o, char *err, size_t errlen) {
+  const struct sl_output_config *cfg = o->cfg;
+  struct kafka_out *k = calloc(1, sizeof(*k));
+  int rc;
+  if (k == NULL)
+    return SL_ENOMEM;
+  k->o = o;
+  o->data = k;
+  sl_buf_init(&k->value);
+  sl_buf_init(&k->topic);
+  k->format = (int)sl_config_value_num(cfg->values, cfg->nvalues, "format");
+  k->bridge.kind = "output";
+  k->bridge.name = cfg->name;
+  k->bridge.on_ready = on_ready;
+  if ((rc = client_new(k, err, errlen)) != 0)
+    return rc;
   uv_idle_init(&o->w->loop, &k->more);
   k->more.data = k;
   k->more_open = 1;
@@ -335,14 +408,7 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
 static void on_bridge_closed(struct sl_kafka_bridge *b) {
   struct kafka_out *k = (struct kafka_out *)b;
   struct sl_output *o = k->o;
-  if (k->mainq)
-    rd_kafka_queue_destroy(k->mainq);
-  if (k->rk) {
-    /* what was not reported stays in o's queue (or its disk buffer): drop
-     * librdkafka's copies rather than wait on a broker at exit */
-    rd_kafka_purge(k->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-    rd_kafka_destroy(k->rk);
-  }
+  client_free(k->rk, k->mainq); /* no waiting on a broker at exit */
   sl_metric_remove(o->w->metrics, k);
   sl_buf_close(&k->value);
   sl_buf_close(&k->topic);

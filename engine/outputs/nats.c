@@ -526,6 +526,7 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   no->ack_timeout_ms = (uint32_t)NUM("ack_timeout_ms");
   no->format = (int)NUM("format");
   no->create_stream = (int)NUM("create_stream");
+  no->nats.write_timeout_ms = (uint32_t)NUM("write_timeout_ms");
   no->js_mode = no->stream != NULL;
   no->cap = no->max_in_flight + o->cfg->batch_events + 1;
   o->acks = no->js_mode;
@@ -669,6 +670,11 @@ static const struct sl_config_key nats_keys[] = {
     {.name = "create_stream", .type = SL_KEY_BOOL, .def = "false",
      .doc = "create the stream (file storage, the subject template with "
             "{topic} as >) when missing"},
+    {.name = "write_timeout_ms", .type = SL_KEY_UINT, .def = "500",
+     .doc = "a write to the server that takes longer drops the connection "
+            "(libnats reconnects): the longest the engine's loop waits on a "
+            "server that stopped reading",
+     .min = 10, .max = 60000},
     {.name = "tls", .type = SL_KEY_TLS,
      .doc = "TLS to the server: ca_file, cert_file/key_file (mTLS), "
             "verify_peer, server_name, ciphers",

@@ -270,8 +270,12 @@ int sl_peer_start(struct sl_peer *p, char *err, size_t errlen) {
   const struct sl_output_config *cfg = p->o->cfg;
   if (cfg->tls.enabled &&
       (p->tls = sl_tls_new(&cfg->tls, 0, cfg->address, cfg->name, err,
-                           errlen)) == NULL)
-    return SL_EINVAL; /* cb_stop frees p */
+                           errlen)) == NULL) {
+    /* the core never stops an output whose start failed (a reload that
+     * refuses a bad certificate): free p once its timer has closed */
+    sl_peer_stop(p->o);
+    return SL_EINVAL;
+  }
   connect_now(p);
   return 0;
 }

@@ -73,7 +73,8 @@ void sl_peer_init(struct sl_peer *p, struct sl_output *o,
                   const char *address, int ack);
 
 /* The TLS context (o->cfg->tls enabled) and the first connect. 0, or
- * SL_EINVAL with err filled: the core then calls cb_stop, which frees. */
+ * SL_EINVAL with err filled: p is stopped already and freed once its
+ * timer closed (the core never stops an output whose start failed). */
 int sl_peer_start(struct sl_peer *p, char *err, size_t errlen);
 
 /* Write p->batch (taken, left empty) for nevents events: reported to the

@@ -26,9 +26,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "http.h"
 #include "plugins.h"
 #include "rules.h"
 #include "schemas.h"
+#include "tls.h"
 #include "workers.h"
 #include "worker_int.h"
 
@@ -45,6 +47,7 @@ struct plan {
   unsigned char *out_taken, *out_retire; /* by slot */
   unsigned char *in_taken, *in_retire;
   int nout, nin; /* slots the laid-out config spans */
+  int next_noutputs, next_ninputs; /* as in the file, before the layout */
   int old_ninputs;
   struct sl_buf ins, outs; /* " +web ~in -old" for the log */
   uint64_t number;          /* this reload's, once committed (w->gen) */
@@ -177,6 +180,23 @@ static int free_input_slot(const struct plan *p, const char *name) {
   return first;
 }
 
+/* Does input b (new) want an address input a (running) holds: its listen
+ * or a syslog input's udp? */
+static int inputs_collide(const struct sl_input_config *a,
+                          const struct sl_input_config *b) {
+  const char *as[2], *bs[2];
+  int i, k;
+  as[0] = a->listen;
+  as[1] = sl_config_value_str(a->values, a->nvalues, "udp");
+  bs[0] = b->listen;
+  bs[1] = sl_config_value_str(b->values, b->nvalues, "udp");
+  for (i = 0; i < 2; i++)
+    for (k = 0; k < 2; k++)
+      if (as[i] && bs[k] && sl_config_listen_collide(as[i], bs[k]))
+        return 1;
+  return 0;
+}
+
 static int plan_inputs(struct plan *p) {
   struct sl_worker *w = p->w;
   int j, s, k;
@@ -214,15 +234,50 @@ static int plan_inputs(struct plan *p) {
    * that one stopped listening, after the switch */
   for (j = 0; j < p->next->ninputs; j++)
     for (k = 0; p->in_kind[j] != KEEP && k < w->ninputs; k++)
-      if (p->in_retire[k] && w->inputs[k].cfg->listen &&
-          p->next->inputs[j].listen &&
-          strcmp(w->inputs[k].cfg->listen, p->next->inputs[j].listen) == 0)
+      if (p->in_retire[k] &&
+          inputs_collide(w->inputs[k].cfg, &p->next->inputs[j]))
         p->in_late[p->in_slot[j]] = 1; /* by slot */
   p->nin = w->ninputs;
   for (j = 0; j < p->next->ninputs; j++)
     if (p->in_slot[j] + 1 > p->nin)
       p->nin = p->in_slot[j] + 1;
   return 0;
+}
+
+/* An input that starts only after the switch (on the address of one this
+ * reload retires) must not fail there for a file it reads: the old one
+ * would be closed with nothing in its place. Load its certificate, key and
+ * CAs and its bearer token now, so that a bad one rejects the reload
+ * while the old listener still runs. Only binding is left to chance. */
+static int check_late_inputs(struct plan *p) {
+  char why[512];
+  int j;
+  for (j = 0; j < p->next->ninputs; j++) {
+    const struct sl_input_config *ic = &p->next->inputs[j];
+    struct sl_tls *tls;
+    char *token;
+    size_t len;
+    if (!p->in_late[p->in_slot[j]])
+      continue;
+    if (ic->tls.enabled) {
+      if ((tls = sl_tls_new(&ic->tls, 1, ic->listen, ic->name, why,
+                            sizeof(why))) == NULL)
+        goto fail;
+      sl_tls_free(tls);
+    }
+    if (ic->bearer_token_file) {
+      if ((token = sl_http_load_token(ic->bearer_token_file, &len, why,
+                                      sizeof(why))) == NULL)
+        goto fail;
+      free(token);
+    }
+  }
+  return 0;
+
+fail:
+  snprintf(p->err, p->errlen, "inputs[%d] (%s): %s", j + 1,
+           p->next->inputs[j].name, why);
+  return SL_EINVAL;
 }
 
 /* ---- laying the new config out by slot ----------------------------------- */
@@ -479,6 +534,24 @@ static void arm_retire(struct sl_worker *w) {
                    SL_WORKER_CHECK_MS);
 }
 
+/* The place in the file (1-based) of the output (input) laid out in slot
+ * s, for errors: the slot differs once outputs drain beside it. */
+static int out_pos(const struct plan *p, int s) {
+  int j;
+  for (j = 0; j < p->next_noutputs; j++)
+    if (p->out_slot[j] == s)
+      return j + 1;
+  return s + 1;
+}
+
+static int in_pos(const struct plan *p, int s) {
+  int j;
+  for (j = 0; j < p->next_ninputs; j++)
+    if (p->in_slot[j] == s)
+      return j + 1;
+  return s + 1;
+}
+
 /* Start the outputs the file adds or changes, and the inputs it adds whose
  * address is free. On failure the ones started are retired at once. */
 static int start_new(struct plan *p) {
@@ -489,7 +562,8 @@ static int start_new(struct plan *p) {
     if (!p->out_taken[j] || output_live(o))
       continue; /* kept, or not in the new config */
     clear_output_slot(o);
-    rc = sl_worker_start_output(w, p->next, j, p->err, p->errlen);
+    rc = sl_worker_start_output(w, p->next, j, out_pos(p, j), p->err,
+                                p->errlen);
     if (rc != 0) {
       retire_output(w, o, 0);
       return rc;
@@ -500,7 +574,8 @@ static int start_new(struct plan *p) {
     if (!p->in_taken[j] || input_live(in) || p->in_late[j])
       continue;
     clear_input_slot(in);
-    rc = sl_worker_start_input(w, p->next, j, p->err, p->errlen);
+    rc = sl_worker_start_input(w, p->next, j, in_pos(p, j), p->err,
+                               p->errlen);
     if (rc != 0) {
       in->retiring = in->stop_sent = 1; /* as sl_worker_init's failure */
       w->retiring++;
@@ -639,7 +714,8 @@ static void start_late_inputs(struct plan *p, struct sl_buf *failed) {
     if (!p->in_late[s])
       continue;
     clear_input_slot(in);
-    if (sl_worker_start_input(w, p->next, s, why, sizeof(why)) == 0)
+    if (sl_worker_start_input(w, p->next, s, in_pos(p, s), why, sizeof(why)) ==
+        0)
       continue;
     sl_log(SL_LOG_ERROR, "reloaded input cannot start", SL_S("error", why),
            SL_END);
@@ -768,8 +844,11 @@ static int prepare(struct plan *p) {
   }
   if (sl_schemas_reload_check(w->cfg, p->next, p->err, p->errlen) != 0)
     return SL_EINVAL;
+  p->next_noutputs = p->next->noutputs;
+  p->next_ninputs = p->next->ninputs;
   if ((rc = plan_alloc(p)) != 0 || (rc = plan_outputs(p)) != 0 ||
-      (rc = plan_inputs(p)) != 0 || (rc = layout_outputs(p)) != 0 ||
+      (rc = plan_inputs(p)) != 0 || (rc = check_late_inputs(p)) != 0 ||
+      (rc = layout_outputs(p)) != 0 ||
       (rc = layout_inputs(p)) != 0) {
     if (rc == SL_ENOMEM)
       snprintf(p->err, p->errlen, "out of memory");

@@ -291,7 +291,7 @@ fail_oom:
 
 /* Set up and start output i of cfg. */
 int sl_worker_start_output(struct sl_worker *w, const struct sl_config *cfg,
-                           int i, char *err, size_t errlen) {
+                           int i, int pos, char *err, size_t errlen) {
   const struct sl_output_config *oc = &cfg->outputs[i];
   struct sl_output *o = &w->outputs[i];
   char why[256] = "";
@@ -300,7 +300,7 @@ int sl_worker_start_output(struct sl_worker *w, const struct sl_config *cfg,
   o->cfg_base = oc;
   o->stopped = 1; /* until started */
   if (output_ops(oc->type) == NULL) {
-    snprintf(err, errlen, "outputs[%d] (%s): type %s is not built in", i + 1,
+    snprintf(err, errlen, "outputs[%d] (%s): type %s is not built in", pos,
              oc->name, oc->type);
     return SL_EINVAL;
   }
@@ -315,7 +315,7 @@ int sl_worker_start_output(struct sl_worker *w, const struct sl_config *cfg,
   if (rc == 0)
     rc = o->ops->cb_start(o, why, sizeof(why));
   if (rc != 0) {
-    snprintf(err, errlen, "outputs[%d] (%s): %s", i + 1, oc->name,
+    snprintf(err, errlen, "outputs[%d] (%s): %s", pos, oc->name,
              why[0] ? why : "cannot start");
     return rc;
   }
@@ -327,7 +327,7 @@ int sl_worker_start_output(struct sl_worker *w, const struct sl_config *cfg,
 
 /* Set up and start input i of cfg: it listens. */
 int sl_worker_start_input(struct sl_worker *w, const struct sl_config *cfg,
-                          int i, char *err, size_t errlen) {
+                          int i, int pos, char *err, size_t errlen) {
   const struct sl_input_config *ic = &cfg->inputs[i];
   struct sl_input *in = &w->inputs[i];
   char why[256] = "";
@@ -340,14 +340,14 @@ int sl_worker_start_input(struct sl_worker *w, const struct sl_config *cfg,
   if (w->ninputs < i + 1)
     w->ninputs = i + 1;
   if (in->ops == NULL) {
-    snprintf(err, errlen, "inputs[%d] (%s): type %s is not built in", i + 1,
+    snprintf(err, errlen, "inputs[%d] (%s): type %s is not built in", pos,
              ic->name, ic->type);
     in->stopped = 1;
     return SL_EINVAL;
   }
   rc = in->ops->cb_start(in, why, sizeof(why));
   if (rc != 0) {
-    snprintf(err, errlen, "inputs[%d] (%s): %s", i + 1, ic->name,
+    snprintf(err, errlen, "inputs[%d] (%s): %s", pos, ic->name,
              why[0] ? why : "cannot start");
     return rc;
   }
@@ -384,7 +384,7 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
     goto fail;
   }
   for (i = 0; i < cfg->noutputs; i++)
-    if ((rc = sl_worker_start_output(w, cfg, i, err, errlen)) != 0)
+    if ((rc = sl_worker_start_output(w, cfg, i, i + 1, err, errlen)) != 0)
       goto fail;
   w->rules = sl_rules_new(cfg, &w->loop, &w->idgen, &owner, err, errlen);
   if (w->rules == NULL) {
@@ -398,7 +398,7 @@ int sl_worker_init(struct sl_worker *w, const struct sl_config *cfg, char *err,
   if ((rc = sl_workers_start(w, err, errlen)) != 0)
     goto fail;
   for (i = 0; i < cfg->ninputs; i++)
-    if ((rc = sl_worker_start_input(w, cfg, i, err, errlen)) != 0)
+    if ((rc = sl_worker_start_input(w, cfg, i, i + 1, err, errlen)) != 0)
       goto fail;
   uv_signal_start(&w->sig_term, on_stop_signal, SIGTERM);
   uv_signal_start(&w->sig_int, on_stop_signal, SIGINT);

@@ -11,11 +11,13 @@ struct sl_worker;
 #define SL_WORKER_CHECK_MS 20 /* drain and retire checks */
 
 /* Set up and start output (input) i of cfg in slot i of w (zeroed
- * memory). 0, or a negative code with err filled. */
+ * memory). pos is its place in the file, for err ("outputs[pos]"): i + 1
+ * at start; a reload's slot may be another. 0, or a negative code with
+ * err filled. */
 int sl_worker_start_output(struct sl_worker *w, const struct sl_config *cfg,
-                           int i, char *err, size_t errlen);
+                           int i, int pos, char *err, size_t errlen);
 int sl_worker_start_input(struct sl_worker *w, const struct sl_config *cfg,
-                          int i, char *err, size_t errlen);
+                          int i, int pos, char *err, size_t errlen);
 
 /* A disk buffer's flush or sync moved on (or it writes again): wake the
  * durability waiters it covers now (the buffers' on_durable). */

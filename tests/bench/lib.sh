@@ -53,7 +53,9 @@ engine_start() {
   ENGINE_DIR=$WORK/$name.$_engine_seq
   mkdir -p "$ENGINE_DIR"
   printf '%s\n' "$config" >"$ENGINE_DIR/sluice.conf.lua"
-  "$SLUICE" run -c "$ENGINE_DIR/sluice.conf.lua" >"$ENGINE_DIR/stdout" \
+  # RT_CMD (unquoted: empty, or e.g. "chrt -f 10", which execs the engine
+  # under SCHED_FIFO with the same pid): see linerate.sh's latency
+  ${RT_CMD:-} "$SLUICE" run -c "$ENGINE_DIR/sluice.conf.lua" >"$ENGINE_DIR/stdout" \
     2>"$ENGINE_DIR/stderr" &
   ENGINE_PID=$!
   until grep -q '"sluice started"' "$ENGINE_DIR/stderr" 2>/dev/null; do

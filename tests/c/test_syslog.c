@@ -57,6 +57,28 @@ TEST(syslog_5424_structured_data_is_unescaped_in_the_payload) {
   sl_buf_close(&j);
 }
 
+/* RFC 5424 7.2.2: origin's ip may be repeated. A repeated PARAM-NAME was
+ * written as duplicate keys of one map; now its values are an array under
+ * the one key, where it first came. */
+TEST(syslog_5424_a_repeated_param_name_gives_an_array_not_duplicate_keys) {
+  struct sl_syslog_msg m;
+  struct sl_buf b, j;
+  CHECK_EQ(parse("<13>1 - h a - - [origin ip=\"192.0.2.1\" software=\"s\" "
+                 "ip=\"192.0.2.\\]2\" ip=\"\"][x k=\"1\"] msg",
+                 SL_SYSLOG_AUTO, &m), 0);
+  sl_buf_init(&b);
+  sl_buf_init(&j);
+  CHECK_EQ(sl_syslog_put_payload(&b, &m), 0);
+  CHECK_EQ(sl_codec_to_json(b.data, b.len, &j), 0);
+  CHECK_EQ(sl_buf_putc(&j, 0), 0);
+  CHECK(strstr((char *)j.data,
+               "\"structured_data\":{\"origin\":{\"ip\":[\"192.0.2.1\","
+               "\"192.0.2.]2\",\"\"],\"software\":\"s\"},\"x\":{\"k\":"
+               "\"1\"}}"));
+  sl_buf_close(&b);
+  sl_buf_close(&j);
+}
+
 TEST(syslog_5424_refuses_bad_headers) {
   struct sl_syslog_msg m;
   CHECK_EQ(parse("<13>1 2003-13-01T00:00:00Z h a - - - x", SL_SYSLOG_AUTO,

@@ -16,9 +16,14 @@ KAFKA_MOCK = Path(SLUICE_BIN).resolve().parent / "tools" / "kafka_mock"
 class Mock:
     """kafka_mock TOPIC:N ...; .bootstrap is "127.0.0.1:PORT"."""
 
-    def __init__(self, folder, topics, down=False):
+    def __init__(self, folder, topics, down=False, errors=()):
+        """errors: (api_key, error_code, count) answered to the next count
+        requests of that API (kafka_mock -e)."""
         self.out_path = Path(folder) / "kafka_mock.out"
-        args = [str(KAFKA_MOCK)] + (["-d"] if down else []) + list(topics)
+        args = [str(KAFKA_MOCK)] + (["-d"] if down else [])
+        for e in errors:
+            args += ["-e", "%d:%d:%d" % tuple(e)]
+        args += list(topics)
         self.out = open(self.out_path, "w")
         self.proc = subprocess.Popen(args, stdout=self.out,
                                      stderr=subprocess.STDOUT)

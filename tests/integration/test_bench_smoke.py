@@ -123,6 +123,21 @@ def test_linerate_reports_latency_percentiles_at_half_the_measured_maximum(quick
                      r"loadgen %s us/event" % (NUM, NUM), quick_run)
 
 
+def test_linerate_latency_again_under_sched_fifo(quick_run):
+    """As root, the same paced runs again with the engine and the loadgen
+    under SCHED_FIFO, each percentile and the aim printed for them too."""
+    head = "the same runs under SCHED_FIFO (chrt -f 10"
+    assert head in quick_run, quick_run
+    rt = quick_run[quick_run.index(head):]
+    m = re.search(r"\(achieved %s\), ([0-9]+) events a run, median of 1 runs: p50 %s us, "
+                  r"p99 %s us, p99.9 %s us, max %s us" % (NUM, NUM, NUM, NUM, NUM), rt)
+    assert m, rt
+    achieved, n, p50, p99, p999, top = (float(x) for x in m.groups())
+    assert achieved > 0 and n >= 20000 and 0 < p50 <= p99 <= p999 <= top + 1
+    assert re.search(r"SCHED_FIFO aim p99 <= 1000 us: (met|not met); engine %s us/event"
+                     % NUM, rt), rt
+
+
 def test_linerate_scaling_measures_one_worker_and_never_fakes_more(quick_run, tmp_path):
     m = re.search(r"^workers=1\S*( \(the issue rule row\))?\s+%s\s+%s\s+%s\s+100%%"
                   % (NUM, NUM, NUM), quick_run, re.M)
@@ -149,7 +164,8 @@ def test_linerate_latency_at_a_pinned_rate_alone(tmp_path):
     rate table and the scaling."""
     env = dict(os.environ, BENCH_SECTIONS="linerate", BENCH_RUNS="1",
                BENCH_LAT_RATE="5000", BENCH_LAT_SECONDS="1", BENCH_LAT_MIN_EVENTS="5000",
-               BENCH_LINE_SKIP_RATE="1", BENCH_LINE_SKIP_WORKERS="1")
+               BENCH_LINE_SKIP_RATE="1", BENCH_LINE_SKIP_WORKERS="1",
+               BENCH_LAT_RT="0")
     r = subprocess.run(["make", "-s", "--no-print-directory", "BUILD=" + BUILD,
                         "-o", "all", "bench"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=TIMEOUT)
@@ -165,6 +181,7 @@ def test_linerate_latency_at_a_pinned_rate_alone(tmp_path):
                   r"p99.9 <= ([0-9]+) us", out)
     assert m and 1 <= int(m.group(1)) <= int(m.group(2)), out
     assert "line rate:" not in out and "scaling:" not in out, out
+    assert "SCHED_FIFO" not in out, out  # BENCH_LAT_RT=0
 
 
 # ---- the loadgen on its own ---------------------------------------------------

@@ -11,6 +11,7 @@ three-instance version is in tests/chaos/test_chaos_kafka.py).
 Run: SLUICE_BIN=build/sluice /usr/bin/python3 -m pytest -q tests/integration/test_kafka.py
 """
 import json
+import subprocess
 import time
 import urllib.request
 from collections import Counter
@@ -44,8 +45,8 @@ FAST_FAILOVER = "session.timeout.ms=3000,heartbeat.interval.ms=300"
 def mocks(tmp_path):
     started = []
 
-    def start(*topics, down=False):
-        m = Mock(tmp_path, topics, down=down)
+    def start(*topics, down=False, errors=()):
+        m = Mock(tmp_path, topics, down=down, errors=errors)
         started.append(m)
         return m
     yield start
@@ -207,6 +208,68 @@ def test_bad_messages_go_to_the_dead_letter_without_stalling(sluice, mocks):
     wait_for(lambda: committed(admin) == 6, timeout=10,
              what="offset 6 committed")
     assert metric(scrape(admin), "sluice_kafka_bad_messages_total") == 3
+
+
+def test_a_message_too_large_for_its_headers_reaches_the_dead_letter_cut(
+        sluice, mocks, tmp_path):
+    """A small value under 120 KB of headers, or with a 100 KB key, is
+    over max_event_bytes (4 KiB) once they are added. Its dead letter kept
+    every header and the whole key: a 120 KB event for a limit of 4 KiB.
+    Now the dead letter keeps the headers that fit in 4 KiB, in order,
+    and 4 KiB of the key, and the partition goes on."""
+    m = mocks("in:1", "out:1")
+    admin = "127.0.0.1:%d" % free_port()
+    value = tmp_path / "value"
+    value.write_bytes(b'{"n":1}')
+    subprocess.run(["kcat", "-b", m.bootstrap, "-P", "-t", "in", "-k", "a",
+                    "-H", "keep=1", "-H", "big=" + "x" * 60000,
+                    "-H", "big2=" + "y" * 60000, str(value)],
+                   check=True, capture_output=True, timeout=30)
+    subprocess.run(["kcat", "-b", m.bootstrap, "-P", "-t", "in",
+                    "-k", "k" * 100000, str(value)],
+                   check=True, capture_output=True, timeout=30)
+    produce(m.bootstrap, "in", ['c:{"n":2}'])
+    eng = sluice(config(m.bootstrap, admin=admin, max_event_bytes=4096))
+    got = wait_consumed(m.bootstrap, "out", 1)
+    assert [e["payload"]["n"] for e in got] == [2]
+    dl = eng.path("var/dead-letter.ndjson")
+    wait_for(lambda: dl.exists() and len(dl.read_text().splitlines()) == 2,
+             timeout=10, what="the dead letter")
+    for line in dl.read_text().splitlines():
+        assert len(line) < 4096 + 1024, len(line)
+    bad, bad_key = [json.loads(l) for l in dl.read_text().splitlines()]
+    assert bad["headers"]["keep"] == "1"
+    assert "big" not in bad["headers"] and "big2" not in bad["headers"]
+    assert bad["headers"]["kafka-offset"] == "0"
+    assert "max_event_bytes" in bad["headers"]["sluice-error"]
+    assert bad["payload"] == {"$bin": "eyJuIjoxfQ=="}
+    assert bad_key["key"] == "k" * 4096
+    assert bad_key["headers"]["kafka-offset"] == "1"
+    wait_for(lambda: committed(admin) == 3, timeout=10,
+             what="offset 3 committed")
+
+
+def test_a_timestamp_past_what_ns_hold_gives_the_read_time_not_a_wrapped_one(
+        sluice, mocks):
+    """A producer sets any int64 ms as the timestamp. Past 2262 it times
+    10^6 does not fit ev.time: 9223372036855 ms became ev.time
+    -9223372036854551616. Such a message now gets the time it was read;
+    the largest that fits is kept exactly."""
+    from helpers_kafka import KAFKA_MOCK
+    m = mocks("in:1", "out:1")
+    pipe = str(KAFKA_MOCK.parent / "kafka_pipe")
+    for n, ms in enumerate(["9223372036854", "9223372036855",
+                            "9223372036854775807"]):
+        subprocess.run([pipe, "produce", m.bootstrap, "in", ms],
+                       input=b'{"n":%d}\n' % n, check=True, timeout=20,
+                       capture_output=True)
+    before = time.time_ns()
+    sluice(config(m.bootstrap))
+    got = wait_consumed(m.bootstrap, "out", 3)
+    by_n = {e["payload"]["n"]: e["time"] for e in got}
+    assert by_n[0] == 9223372036854000000
+    for n in (1, 2):
+        assert before - 10**9 <= by_n[n] <= time.time_ns(), by_n
 
 
 def test_brokers_down_at_start_then_everything_flows(sluice, mocks):
@@ -393,6 +456,74 @@ def test_output_sends_an_event_kafka_cannot_take_to_the_dead_letter(
     assert bad["payload"]["n"] == 2
     assert "message.max.bytes" in bad["headers"]["sluice-error"]
     assert bad["headers"]["sluice-output"] == "kout"
+
+
+INVALID_TIMESTAMP = 32  # Kafka's error code; the Produce API key is 0
+
+
+def test_a_refusal_for_one_record_dead_letters_that_event_not_its_batch(
+        sluice, mocks):
+    """A broker refuses a record whose timestamp is out of its range
+    (INVALID_TIMESTAMP: log.message.timestamp.*.max.ms) for good; that
+    was retried for ever, and held every event behind it (81 failed
+    deliveries in 5 s, nothing delivered). Kafka answers the whole produce
+    request with the error, so the events of the refused request are
+    written again one by one: the one still refused goes to the dead
+    letter, the others are delivered. The mock refuses the batch, then
+    the first event alone."""
+    m = mocks("out:1", errors=[(0, INVALID_TIMESTAMP, 2)])
+    port = free_port()
+    eng = sluice({
+        "inputs": [{"name": "app", "type": "tcp",
+                    "listen": "127.0.0.1:%d" % port}],
+        "outputs": [{"name": "kout", "type": "kafka", "brokers": m.bootstrap,
+                     "topic": "out", "format": "json",
+                     "retry": {"initial_ms": 50, "max_ms": 100}}],
+        "routes": [{"topics": "*", "to": "kout"}]})
+    send_events("127.0.0.1:%d" % port,
+                [{"topic": "t", "payload": {"n": n}} for n in range(3)])
+    got = wait_consumed(m.bootstrap, "out", 2)
+    assert [e["payload"]["n"] for e in got] == [1, 2]
+    dl = eng.path("var/dead-letter.ndjson")
+    wait_for(lambda: dl.exists() and dl.read_text().strip(), timeout=10,
+             what="the refused event in the dead letter")
+    [line] = dl.read_text().splitlines()
+    bad = json.loads(line)
+    assert bad["payload"]["n"] == 0
+    assert bad["headers"]["sluice-error"] == "kafka: Broker: Invalid timestamp"
+
+
+OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+
+
+def test_a_fatal_producer_error_creates_the_producer_again(sluice, mocks):
+    """A broker answering OUT_OF_ORDER_SEQUENCE_NUMBER once (it lost the
+    idempotent producer's sequence) makes librdkafka's producer fatally
+    failed: it refuses every message for good. The output logged "the
+    client retries" and retried on the dead producer for ever: nothing
+    delivered. It now creates the producer again and every event arrives
+    (at-least-once: a repeat of what the broker may have taken is
+    allowed)."""
+    m = mocks("out:1", errors=[(0, OUT_OF_ORDER_SEQUENCE_NUMBER, 1)])
+    port = free_port()
+    eng = sluice({
+        "inputs": [{"name": "app", "type": "tcp",
+                    "listen": "127.0.0.1:%d" % port}],
+        "outputs": [{"name": "kout", "type": "kafka", "brokers": m.bootstrap,
+                     "topic": "out", "format": "json",
+                     "retry": {"initial_ms": 50, "max_ms": 100}}],
+        "routes": [{"topics": "*", "to": "kout"}]})
+    send_events("127.0.0.1:%d" % port,
+                [{"topic": "t", "payload": {"n": n}} for n in range(3)])
+    got = wait_consumed(m.bootstrap, "out", 3, timeout=20)
+    assert set(e["payload"]["n"] for e in got) == {0, 1, 2}
+    eng.wait_log("kafka client fatal error; it takes no more messages (the "
+                 "output creates its producer again)")
+    eng.wait_log("kafka producer created again")
+    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": {"n": 3}}])
+    got = wait_consumed(m.bootstrap, "out", len(got) + 1, timeout=20)
+    assert got[-1]["payload"]["n"] == 3
+    assert eng.stop() == 0
 
 
 def test_an_unknown_librdkafka_option_stops_the_start_naming_it(tmp_path):

@@ -643,8 +643,8 @@ def test_a_server_that_stops_reading_does_not_stall_the_engine(
     # drops packets) held the engine's loop until it read again, so
     # /healthz, every input and every output stood still with it (the
     # loop was held for the whole 6 s stop). A write now gives up after
-    # 200 ms and libnats reconnects; publishes meanwhile go to its
-    # reconnect buffer
+    # write_timeout_ms (500 by default; 100 set with JetStream here) and
+    # libnats reconnects; publishes meanwhile go to its reconnect buffer
     import threading
     import urllib.request
     admin, port = free_port(), free_port()
@@ -657,7 +657,8 @@ def test_a_server_that_stops_reading_does_not_stall_the_engine(
                 retry = { initial_ms = 20, max_ms = 200 } } },
   routes = { { topics = "*", to = "out" } },
   admin = { listen = "127.0.0.1:%d" },
-}""" % (port, nats.url, 'stream = "OUT",' if js else "", admin))
+}""" % (port, nats.url,
+       'stream = "OUT", write_timeout_ms = 100,' if js else "", admin))
     eng.wait_log("nats connected", timeout=10)
     # events of 100 KB: the kernel's socket buffers fill in a moment
     one = msgpack.packb({"topic": "t", "payload": {"s": "x" * 100000}})

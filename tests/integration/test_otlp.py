@@ -146,6 +146,46 @@ def test_invalid_records_are_rejected_as_a_partial_success(sluice):
     assert eng.stop() == 0
 
 
+def test_out_of_range_times_and_non_numeric_doubles_are_refused_not_wrapped(sluice):
+    """A fixed64 time of 2^63 or more does not fit ev.time: it was read
+    as a negative time (2^64-1 became -1), and a doubleValue string that is
+    no number became 0.0; both are now a rejected record naming the field.
+    Values at the edges still go through exactly."""
+    eng, port = start(sluice)
+    bad = [with_record(timeUnixNano="18446744073709551615"),
+           with_record(timeUnixNano="9223372036854775808"),
+           with_record(observedTimeUnixNano=18446744073709551615),
+           with_record(timeUnixNano=-5),
+           with_record(timeUnixNano=" +5"),
+           with_record(body={"intValue": 18446744073709551615}),
+           with_record(body={"doubleValue": "abc"}),
+           with_record(body={"doubleValue": " 12"}),
+           with_record(body={"doubleValue": "inf"})]
+    words = ["timeUnixNano", "timeUnixNano", "observedTimeUnixNano",
+             "timeUnixNano", "timeUnixNano", "intValue", "doubleValue",
+             "doubleValue", "doubleValue"]
+    for req, word in zip(bad, words):
+        r = post(port, req)
+        assert r.status == 200, (req, r)
+        ps = r.json().get("partialSuccess")
+        assert ps and ps["rejectedLogRecords"] == "1", (req, r)
+        assert "logRecords[0]: " + word in ps["errorMessage"], (req, ps)
+    good = [with_record(timeUnixNano="9223372036854775807"),
+            with_record(body={"intValue": "-9223372036854775808"}),
+            with_record(body={"doubleValue": "-1.5e3"}),
+            with_record(body={"doubleValue": "NaN"})]
+    for req in good:
+        r = post(port, req)
+        assert r.status == 200 and r.json() == {}, (req, r)
+    wait_lines(eng.path("out.ndjson"), 4)
+    evs = read_ndjson(eng.path("out.ndjson"))
+    assert len(evs) == 4
+    assert evs[0]["time"] == 9223372036854775807
+    assert evs[1]["payload"] == -9223372036854775808
+    assert evs[2]["payload"] == -1500.0
+    assert eng.stop() == 0
+
+
 def test_malformed_json_and_a_wrong_shape_are_400(sluice):
     eng, port = start(sluice)
     for body, words in [('{"resourceLogs": [', "parse error"),
@@ -223,6 +263,38 @@ def test_a_gzip_body_is_inflated_and_a_bad_one_refused(sluice, tmp_path):
     r = curl(url(port), data=b"{}", content_type="application/json",
              headers=["Content-Encoding: br"])
     assert r.status == 415
+    assert eng.stop() == 0
+
+
+def test_every_member_of_a_gzip_body_is_inflated_and_trailing_bytes_refused(sluice):
+    """A gzip body may be several members back to back (RFC 1952; `cat
+    a.gz b.gz`, gzip -d and zlib's readers take them all). Only the first
+    was inflated and the rest ignored: NDJSON in two members was answered
+    202 {"accepted":2} with the third event dropped, an OTLP request in
+    two members was refused as bad JSON, and bytes that are no gzip after
+    the stream were ignored. Now every member counts and trailing bytes
+    make the body invalid gzip (400, nothing taken)."""
+    import gzip
+    eng, port = start(sluice)
+    events = "http://127.0.0.1:%d/v1/events" % port
+    gz = ["Content-Encoding: gzip"]
+    a = gzip.compress(b'{"topic":"t","payload":1}\n{"topic":"t","payload":2}\n')
+    b = gzip.compress(b'{"topic":"t","payload":3}\n')
+    r = curl(events, data=a + b, content_type="application/x-ndjson", headers=gz)
+    assert r.status == 202 and r.json() == {"accepted": 3}, r
+    body = json.dumps(SPEC_EXAMPLE).encode()
+    half = len(body) // 2
+    r = curl(url(port), data=gzip.compress(body[:half]) +
+             gzip.compress(body[half:]), content_type="application/json",
+             headers=gz)
+    assert r.status == 200 and r.json() == {}, r
+    for tail in (b"garbage", b"\0" * 8):
+        r = curl(events, data=a + tail, content_type="application/x-ndjson",
+                 headers=gz)
+        assert r.status == 400 and "gzip" in r.json()["error"], (tail, r)
+    wait_lines(eng.path("out.ndjson"), 4)
+    evs = read_ndjson(eng.path("out.ndjson"))
+    assert [e["payload"] for e in evs] == [1, 2, 3, "Example log record"]
     assert eng.stop() == 0
 
 

@@ -94,6 +94,36 @@ def test_logger_rfc5424_over_tcp_maps_every_field_and_structured_data(sluice):
     assert p["timestamp"].startswith(time.strftime("%Y-", time.gmtime()))
 
 
+def test_a_repeated_sd_param_from_logger_is_one_key_with_its_values(sluice):
+    """RFC 5424 lets a PARAM-NAME repeat (origin's ip, 7.2.2). It was
+    written as duplicate keys of one map, so rules saw only the first and
+    the NDJSON had both; now it is one key with the array of its values.
+    Sorting the names keeps a huge element cheap: 50,000 repeats of one
+    name in one message take well under a second."""
+    eng = engine(sluice)
+    logger(eng.port, "--rfc5424", "--tcp", "-t", "app", "--sd-id", "origin",
+           "--sd-param", 'ip="192.0.2.1"', "--sd-param", 'ip="192.0.2.2"',
+           "--sd-param", 'software="s"', msg="two ips")
+    [ev] = events(eng.out, 1)
+    assert ev["payload"]["structured_data"]["origin"] == {
+        "ip": ["192.0.2.1", "192.0.2.2"], "software": "s"}
+    with open(eng.out) as f:
+        assert f.read().count('"ip"') == 1
+    big = b"<13>1 - h app - - [x" + b' n="v"' * 50000 + b"] big"
+    t0 = cpu_seconds(eng.proc.pid)
+    send_tcp(eng.port, octet(big))
+    evs = events(eng.out, 2)
+    assert evs[1]["payload"]["structured_data"]["x"] == {"n": ["v"] * 50000}
+    assert cpu_seconds(eng.proc.pid) - t0 < 1
+
+
+def cpu_seconds(pid):
+    """User and system CPU time of pid so far (/proc/PID/stat)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_logger_rfc3164_over_udp_and_tcp_names_app_host_and_pid(sluice):
     eng = engine(sluice)
     logger(eng.port, "--rfc3164", "--udp", "-t", "cron", "-i",
@@ -256,6 +286,43 @@ def test_malformed_messages_go_to_the_dead_letter_when_told(sluice):
     assert bad["payload"]["malformed"] is True
     assert "3164 when 5424" in bad["payload"]["message"]
     assert len(read_ndjson(eng.out)) == 1
+
+
+def test_a_full_dead_letter_pauses_a_tcp_sender_instead_of_dropping(sluice):
+    """on_malformed = "dead_letter" pushed straight into the dead letter's
+    queue and dropped what did not fit: with a dead letter whose peer does
+    not read (queue of 5), 1980 of 2000 malformed lines over TCP were lost.
+    A TCP connection now waits for room, as it does for any output; once
+    the peer reads, every line arrives and none is dropped."""
+    port, admin = free_port(), free_port()
+    sink = Sink(reading=False)
+    eng = sluice({
+        "inputs": [{"name": "sys", "type": "syslog",
+                    "listen": "127.0.0.1:%d" % port,
+                    "on_malformed": "dead_letter"}],
+        "outputs": [{"name": "o", "type": "file", "path": "out.ndjson"},
+                    {"name": "dl", "type": "tcp", "address": sink.address,
+                     "queue": {"max_events": 5, "when_full": "block"}}],
+        "routes": [{"topics": "*", "to": "o"}], "dead_letter": "dl",
+        "admin": {"listen": "127.0.0.1:%d" % admin}})
+    adm = "127.0.0.1:%d" % admin
+    with connect("127.0.0.1:%d" % port) as s:
+        s.sendall(b"".join(b"bad %d\n" % i for i in range(2000)))
+        wait_for(lambda: metric(adm, "sluice_input_events_total",
+                                input="sys") >= 6,
+                 timeout=10, what="the dead letter's queue full")
+        sink.start_reading()
+
+        def settled():
+            taken = metric(adm, "sluice_input_events_total", input="sys")
+            dropped = metric(adm, "sluice_input_dropped_total", input="sys")
+            return taken == 2000 and len(sink.events) == taken - dropped
+        wait_for(settled, timeout=20, what="every line taken or dropped")
+    assert metric(adm, "sluice_input_dropped_total", input="sys") == 0
+    got = sorted(int(e["payload"]["message"].split()[1]) for e in sink.events)
+    assert got == list(range(2000))
+    assert all(e["headers"]["sluice-input"] == "sys" for e in sink.events)
+    eng.stop()
 
 
 def test_oversized_messages_are_skipped_and_counted_on_every_framing(sluice):

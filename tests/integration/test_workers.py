@@ -14,6 +14,7 @@ import time
 import urllib.request
 
 import msgpack
+import pytest
 
 from conftest import (Sink, _tcp_queues, connect, free_port, metrics_flat,
                       pack, read_ndjson, run_sluice, wait_for, wait_lines)
@@ -479,3 +480,78 @@ def test_workers_http_batch_refused_by_a_worker_result_gets_503_not_202(
         assert set(statuses) == {202, 503}, statuses
     finally:
         umount(disk)
+
+
+# ---- workers = "auto" --------------------------------------------------------
+
+def _auto_workers(tmp_path, prefix):
+    """Start sluice with workers = "auto" under prefix (a command that execs
+    the rest) and return its `workers = "auto"` log line's fields."""
+    import subprocess
+    from conftest import SLUICE_BIN
+    conf = tmp_path / "auto.conf.lua"
+    conf.write_text("""return {
+  workers = "auto",
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "out", type = "null" } },
+  routes = { { topics = "*", to = "out" } },
+  state_dir = "%s",
+}""" % (free_port(), tmp_path / "var"))
+    p = subprocess.Popen(prefix + [SLUICE_BIN, "run", "-c", str(conf)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
+    auto = None
+    try:
+        for line in p.stderr:
+            rec = json.loads(line)
+            if rec["msg"].startswith('workers = "auto"'):
+                auto = rec
+            if rec["msg"] == "sluice started":
+                break
+    finally:
+        p.terminate()
+        p.wait(10)
+    assert auto, "no workers = \"auto\" line"
+    return auto
+
+
+def test_workers_auto_takes_the_cpus_of_the_affinity_mask(tmp_path):
+    # taskset (a cpuset, a pinned container) gives the process fewer CPUs
+    # than are online: "auto" took every online CPU, two rule threads on one
+    if (os.cpu_count() or 1) < 2 or not os.path.exists("/usr/bin/taskset"):
+        pytest.skip("needs two CPUs and taskset")
+    auto = _auto_workers(tmp_path, ["taskset", "-c", "0"])
+    assert auto["cpus_allowed"] == 1 and auto["workers"] == 1, auto
+    assert auto["cpus_online"] == os.cpu_count(), auto
+
+
+def test_workers_auto_takes_the_cgroup_cpu_quota(tmp_path):
+    # a container's CPU limit (a cgroup quota of half a CPU here) on a
+    # machine with more CPUs: "auto" ran a thread per online CPU, all of
+    # them throttled into the quota
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two CPUs")
+    name = "sluice-test-%d" % os.getpid()
+    v1 = "/sys/fs/cgroup/cpu"
+    if os.path.exists(v1 + "/cpu.cfs_quota_us"):
+        cg = os.path.join(v1, name)
+        files = {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "50000"}
+    elif "cpu" in open("/sys/fs/cgroup/cgroup.subtree_control").read().split():
+        cg = os.path.join("/sys/fs/cgroup", name)
+        files = {"cpu.max": "50000 100000"}
+    else:
+        pytest.skip("no cgroup cpu controller to make a child in")
+    try:
+        os.mkdir(cg)
+    except OSError as e:
+        pytest.skip("cannot make a cgroup: %s" % e)
+    try:
+        for f, v in files.items():
+            with open(os.path.join(cg, f), "w") as fh:
+                fh.write(v)
+        auto = _auto_workers(tmp_path, [
+            "sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg])
+    finally:
+        time.sleep(0.2)
+        os.rmdir(cg)
+    assert auto["cpu_quota"] == 0.5 and auto["workers"] == 1, auto

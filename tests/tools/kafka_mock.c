@@ -5,10 +5,13 @@
  * SIGTERM/SIGINT. Produce, fetch, consumer groups and offset commits are
  * the mock's; kcat and sluice talk to it like to a cluster.
  *
- *   kafka_mock [-b BROKERS] [-d] [TOPIC:PARTITIONS ...]
+ *   kafka_mock [-b BROKERS] [-d] [-e API:ERR:COUNT] [TOPIC:PARTITIONS ...]
  *
  * -b: brokers (default 1); -d: start with every broker down (connections
- * are refused until SIGUSR2); TOPIC:PARTITIONS creates a topic (others
+ * are refused until SIGUSR2); -e: the next COUNT requests of API key API
+ * (0 Produce, 8 OffsetCommit, ...) are answered with error code ERR
+ * (rd_kafka_mock_push_request_errors; may be given more than once);
+ * TOPIC:PARTITIONS creates a topic (others
  * are created on first use with the mock's default partition count).
  * SIGUSR1 takes every broker down, SIGUSR2 brings them back. */
 #include <librdkafka/rdkafka.h>
@@ -35,7 +38,8 @@ int main(int argc, char **argv) {
   rd_kafka_conf_t *conf = rd_kafka_conf_new();
   rd_kafka_t *rk;
   rd_kafka_mock_cluster_t *mc;
-  int brokers = 1, down = 0, i;
+  int brokers = 1, down = 0, i, nerr = 0;
+  int errs[8][3];
   struct sigaction sa;
 
   for (i = 1; i < argc && argv[i][0] == '-'; i++) {
@@ -43,8 +47,13 @@ int main(int argc, char **argv) {
       brokers = atoi(argv[++i]);
     else if (strcmp(argv[i], "-d") == 0)
       down = 1;
+    else if (strcmp(argv[i], "-e") == 0 && i + 1 < argc && nerr < 8 &&
+             sscanf(argv[i + 1], "%d:%d:%d", &errs[nerr][0], &errs[nerr][1],
+                    &errs[nerr][2]) == 3)
+      nerr++, i++;
     else {
-      fprintf(stderr, "usage: kafka_mock [-b BROKERS] [-d] [TOPIC:N ...]\n");
+      fprintf(stderr, "usage: kafka_mock [-b BROKERS] [-d] "
+                      "[-e API:ERR:COUNT] [TOPIC:N ...]\n");
       return 2;
     }
   }
@@ -71,6 +80,17 @@ int main(int argc, char **argv) {
       fprintf(stderr, "kafka_mock: cannot create topic %s\n", argv[i]);
       return 1;
     }
+  }
+  for (i = 0; i < nerr; i++) {
+    rd_kafka_resp_err_t *e = malloc((size_t)errs[i][2] * sizeof(*e));
+    int j;
+    if (e == NULL)
+      return 1;
+    for (j = 0; j < errs[i][2]; j++)
+      e[j] = (rd_kafka_resp_err_t)errs[i][1];
+    rd_kafka_mock_push_request_errors_array(mc, (int16_t)errs[i][0],
+                                            (size_t)errs[i][2], e);
+    free(e);
   }
   if (down)
     rd_kafka_mock_broker_set_down(mc, -1);

@@ -4,7 +4,9 @@
  * is produced the moment it is read, and each consumed message is written
  * and flushed at once.
  *
- *   kafka_pipe produce BROKERS TOPIC   stdin lines -> messages (linger 0)
+ *   kafka_pipe produce BROKERS TOPIC [MS]
+ *                                      stdin lines -> messages (linger 0),
+ *                                      with timestamp MS when given
  *   kafka_pipe consume BROKERS TOPIC   messages of partition 0, from the
  *                                      beginning -> stdout lines */
 #include <librdkafka/rdkafka.h>
@@ -33,7 +35,7 @@ static rd_kafka_t *client(rd_kafka_type_t type, const char *brokers) {
   return rk;
 }
 
-static int produce(const char *brokers, const char *topic) {
+static int produce(const char *brokers, const char *topic, int64_t ms) {
   rd_kafka_t *rk = client(RD_KAFKA_PRODUCER, brokers);
   char *line = NULL;
   size_t cap = 0;
@@ -44,6 +46,7 @@ static int produce(const char *brokers, const char *topic) {
     while (rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic),
                              RD_KAFKA_V_VALUE(line, (size_t)n),
                              RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                             RD_KAFKA_V_TIMESTAMP(ms),
                              RD_KAFKA_V_END) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
       rd_kafka_poll(rk, 10);
     rd_kafka_poll(rk, 0);
@@ -75,10 +78,11 @@ static int consume(const char *brokers, const char *topic) {
 }
 
 int main(int argc, char **argv) {
-  if (argc == 4 && strcmp(argv[1], "produce") == 0)
-    return produce(argv[2], argv[3]);
+  if ((argc == 4 || argc == 5) && strcmp(argv[1], "produce") == 0)
+    return produce(argv[2], argv[3], argc == 5 ? strtoll(argv[4], NULL, 10)
+                                               : 0);
   if (argc == 4 && strcmp(argv[1], "consume") == 0)
     return consume(argv[2], argv[3]);
-  fprintf(stderr, "usage: kafka_pipe produce|consume BROKERS TOPIC\n");
+  fprintf(stderr, "usage: kafka_pipe produce|consume BROKERS TOPIC [MS]\n");
   return 2;
 }
