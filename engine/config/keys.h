@@ -94,9 +94,9 @@ struct sl_config_plugin {
    * by sl_config_load for each input or output of this type whose keys
    * were read without error, so `sluice check` refuses what the plugin's
    * start would. conf is the kind's config struct (struct
-   * sl_input_config, sl_output_config). Returns 0, or SL_EINVAL with why in err
-   * (without the key path of the entry: the loader puts it in front).
-   * Reads nothing but conf: no files, no network. */
+   * sl_input_config, sl_output_config). Returns 0, or SL_EINVAL with why
+   * in err (without the key path of the entry: the loader puts it in
+   * front). Reads nothing but conf: no files, no network. */
   int (*check)(const void *conf, char *err, size_t errlen);
 };
 
