@@ -15,4 +15,5 @@ return {
   },
   rules = { dir = "rules" },                  -- every rules/*.lua, in order
   shutdown_timeout = 10,                      -- seconds to drain on SIGTERM
+  admin = { listen = "127.0.0.1:9090" },      -- /metrics, /tap: sluice top, sluice tap
 }

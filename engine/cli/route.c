@@ -115,9 +115,15 @@ static void dry_outputs(const struct sl_config *cfg,
     r->targets[r->ntargets++] = (uint16_t)cfg->dead_letter;
 }
 
+/* Decide the event in p[0, len), the index-th of the input, and print the
+ * outcome. An event that is no valid event map is printed as invalid,
+ * placed by line (NDJSON: line, 1-based, of the user's file) or, for a
+ * msgpack stream (line 0), by its byte offset in the stream (at + the
+ * offset within the event): the offset into the msgpack an NDJSON line
+ * became means nothing to whoever wrote the line. */
 static void decide_one(struct sl_rules *rs, struct emitted *em,
                        struct sl_idgen *g, uint64_t index, const uint8_t *p,
-                       size_t len) {
+                       size_t len, uint64_t line, size_t at) {
   static const char *const outcomes[] = {"routed", "unrouted", "dropped",
                                          "failed"};
   struct sl_codec_error err;
@@ -131,7 +137,11 @@ static void decide_one(struct sl_rules *rs, struct emitted *em,
   schema_out[0] = '\0';
   if (sl_codec_parse_event(p, len, &v, &err) != 0) {
     char msg[256];
-    snprintf(msg, sizeof(msg), "byte %zu: %s", err.offset, err.msg);
+    if (line)
+      snprintf(msg, sizeof(msg), "line %llu: %s", (unsigned long long)line,
+               err.msg);
+    else
+      snprintf(msg, sizeof(msg), "byte %zu: %s", at + err.offset, err.msg);
     print_error(index, msg);
     return;
   }
@@ -212,8 +222,8 @@ int sl_route_main(const char *config, const char *path) {
   struct sl_rules_owner owner;
   char err[1024];
   FILE *f;
-  size_t pos = 0;
-  uint64_t index = 0;
+  size_t pos = 0, i;
+  uint64_t index = 0, line = 1;
   int rc = 0;
 
   sl_buf_init(&errb);
@@ -256,7 +266,10 @@ int sl_route_main(const char *config, const char *path) {
                           in.data[pos] == '\r' || in.data[pos] == '\t'))
     pos++;
   if (pos < in.len && in.data[pos] == '{') {
-    /* NDJSON: one event per line */
+    /* NDJSON: one event per line; errors name the file's line, blank lines
+     * (skipped, no event) counted */
+    for (i = 0; i < pos; i++)
+      line += in.data[i] == '\n';
     while (pos < in.len) {
       size_t end = pos;
       char jerr[256];
@@ -268,13 +281,14 @@ int sl_route_main(const char *config, const char *path) {
                                jerr, sizeof(jerr)) != 0) {
           char msg[300];
           snprintf(msg, sizeof(msg), "line %llu: %s",
-                   (unsigned long long)index + 1, jerr);
+                   (unsigned long long)line, jerr);
           print_error(index, msg);
         } else {
-          decide_one(rs, &em, &g, index, mp.data, mp.len);
+          decide_one(rs, &em, &g, index, mp.data, mp.len, line, 0);
         }
         index++;
       }
+      line++;
       pos = end + 1;
     }
   } else {
@@ -291,7 +305,7 @@ int sl_route_main(const char *config, const char *path) {
         print_error(index, msg);
         break; /* a msgpack stream cannot be resynchronised */
       }
-      decide_one(rs, &em, &g, index++, in.data + pos, used);
+      decide_one(rs, &em, &g, index++, in.data + pos, used, 0, pos);
       pos += used;
     }
   }

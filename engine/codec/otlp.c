@@ -406,8 +406,22 @@ static int render_topic(struct walk *w) {
 
 /* ---- records ------------------------------------------------------------ */
 
+/* Is s n hex digits (or empty: an id that is not set)? */
+static int hex_id(struct sl_str s, size_t n) {
+  size_t i;
+  if (s.len == 0)
+    return 1;
+  if (s.len != n)
+    return 0;
+  for (i = 0; i < n; i++)
+    if (hexval((unsigned char)s.p[i]) < 0)
+      return 0;
+  return 1;
+}
+
 /* traceId and spanId (hex) and flags as a traceparent header; nothing when
- * either is absent or empty (or all zero). SL_EPROTO when malformed. */
+ * either is absent or empty (or all zero). SL_EPROTO when one is malformed,
+ * also when the other is absent. */
 static int put_traceparent(struct walk *w, struct span rec) {
   struct span ts = field(rec, "traceId"), ss = field(rec, "spanId");
   struct span fl = field(rec, "flags");
@@ -419,12 +433,12 @@ static int put_traceparent(struct walk *w, struct span rec) {
     return bad_value(w, "traceId, spanId: expected hex strings");
   if (!is_nil(fl) && int_of(fl, 1, &flags) != 0)
     return bad_value(w, "flags: expected an integer");
+  if (!hex_id(t, 32))
+    return bad_value(w, "traceId: expected 32 hex digits");
+  if (!hex_id(s, 16))
+    return bad_value(w, "spanId: expected 16 hex digits");
   if (t.len == 0 || s.len == 0)
     return 0;
-  if (t.len != 32)
-    return bad_value(w, "traceId: expected 32 hex digits");
-  if (s.len != 16)
-    return bad_value(w, "spanId: expected 16 hex digits");
   memcpy(tp, "00-", 3);
   for (i = 0; i < 32; i++) {
     if (hexval((unsigned char)t.p[i]) < 0)

@@ -1072,6 +1072,8 @@ static void read_str_key(struct check *c, const char *path, const char *p,
     char *abs = resolve(c, s);
     free(s);
     s = abs;
+    if (s && (k->flags & SL_KEY_READ) && access(s, R_OK) != 0)
+      bad(c, p, "cannot read %s: %s", s, strerror(errno));
     break;
   }
   case SL_KEY_FILE: {
@@ -1495,6 +1497,19 @@ static void check_breaker(struct check *c, int t, const char *path,
   lua_pop(c->L, 1);
 }
 
+/* The plugin's own check of its keys taken together (keys.h), when the
+ * entry's keys read cleanly (nerr: the error count before the entry). */
+static void plugin_check(struct check *c, const char *path,
+                         const struct sl_config_plugin *pl, const void *conf,
+                         int nerr) {
+  char why[400];
+  if (pl == NULL || pl->check == NULL || c->nerr != nerr)
+    return;
+  why[0] = '\0';
+  if (pl->check(conf, why, sizeof(why)) != 0)
+    bad(c, path, "%s", why[0] ? why : "refused by its plugin");
+}
+
 static void check_rate_limit(struct check *c, int t, const char *path,
                              struct sl_rate_limit_config *r) {
   static const char *const keys[] = {"events_per_second", "burst", NULL};
@@ -1572,7 +1587,7 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
   for (i = 1; i <= n; i++) {
     struct sl_input_config *in = &cfg->inputs[cfg->ninputs++];
     const struct sl_config_plugin *pl;
-    int it;
+    int it, nerr = c->nerr;
     snprintf(p, sizeof(p), "inputs[%d]", i);
     lua_rawgeti(L, -1, i);
     it = lua_gettop(L);
@@ -1587,6 +1602,7 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
     pl = plugin_of(c, SL_PLUGIN_INPUT, p, in->type);
     check_plugin_keys(c, it, p, SL_PLUGIN_INPUT, pl, core);
     read_keys(c, it, p, pl, in, &in->values, &in->nvalues);
+    plugin_check(c, p, pl, in, nerr);
     for (j = 0; j < cfg->ninputs - 1; j++) {
       if (in->name && cfg->inputs[j].name &&
           strcmp(in->name, cfg->inputs[j].name) == 0) {
@@ -1628,6 +1644,7 @@ static void check_output(struct check *c, struct sl_config *cfg, int ot,
                          const char *p, struct sl_output_config *o) {
   const char *const *core = output_core;
   const struct sl_config_plugin *pl;
+  int nerr = c->nerr;
 
   opt_str(c, ot, p, "name", &o->name, 1);
   check_name(c, p, o->name);
@@ -1635,6 +1652,7 @@ static void check_output(struct check *c, struct sl_config *cfg, int ot,
   pl = plugin_of(c, SL_PLUGIN_OUTPUT, p, o->type);
   check_plugin_keys(c, ot, p, SL_PLUGIN_OUTPUT, pl, core);
   read_keys(c, ot, p, pl, o, &o->values, &o->nvalues);
+  plugin_check(c, p, pl, o, nerr);
   o->batch_events = 1024;
   opt_u32(c, ot, p, "batch_events", 1, 65536, &o->batch_events, 0);
   check_queue(c, ot, p, &o->queue);
@@ -1823,6 +1841,9 @@ static void check_admin(struct check *c, struct sl_config *cfg, int t) {
       char *abs = resolve(c, a->bearer_token_file);
       free(a->bearer_token_file);
       a->bearer_token_file = abs;
+      if (abs && access(abs, R_OK) != 0) /* read at start */
+        bad(c, "admin.bearer_token_file", "cannot read %s: %s", abs,
+            strerror(errno));
     }
     opt_strlist(c, at, "admin", "redact_headers", &a->redact_headers,
                 &a->nredact, 0);

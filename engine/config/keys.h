@@ -38,6 +38,9 @@ enum sl_config_key_type {
  * before each plugin had its own keys set it freely. New keys should not
  * carry it: a key a plugin does not declare is then an error. */
 #define SL_KEY_TOLERATED 2u
+/* SL_KEY_PATH of a file the plugin reads at start (a token, a password):
+ * the checker refuses one it cannot read, as it does a tls file. */
+#define SL_KEY_READ 4u
 /* SL_KEY_TLS of an input that dials out (a broker client): client rules
  * (verify the server, server_name), not a listener's. */
 #define SL_KEY_TLS_CLIENT 64u
@@ -86,6 +89,15 @@ struct sl_config_plugin {
   const char *type;                  /* the config's type = "..." */
   const char *doc;                   /* one line */
   const struct sl_config_key *keys;  /* ends with an entry without a name */
+  /* Optional: what the keys must be taken together, beyond each key's own
+   * type and range (a url's scheme, keys that exclude each other). Called
+   * by sl_config_load for each input or output of this type whose keys
+   * were read without error, so `sluice check` refuses what the plugin's
+   * start would. conf is the kind's config struct (struct
+   * sl_input_config, sl_output_config). Returns 0, or SL_EINVAL with why
+   * in err (without the key path of the entry: the loader puts it in
+   * front). Reads nothing but conf: no files, no network. */
+  int (*check)(const void *conf, char *err, size_t errlen);
 };
 
 /* Name of a kind as the config spells it ("input", "output"). */

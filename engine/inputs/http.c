@@ -877,10 +877,21 @@ static void on_stopped(struct sl_http_server *s) {
   finish(container_of(s, struct http_in, srv));
 }
 
+/* The keys taken together (sl_config_plugin.check, also run by cb_start):
+ * an otlp_topic whose {fields} close. 0, or SL_EINVAL with why in err. */
+static int check_conf(const void *conf, char *err, size_t errlen) {
+  const struct sl_input_config *cfg = conf;
+  const char *t = sl_config_value_str(cfg->values, cfg->nvalues, "otlp_topic");
+  if (t && sl_otlp_topic_check(t) != 0) {
+    snprintf(err, errlen, "otlp_topic: a {field} does not close");
+    return SL_EINVAL;
+  }
+  return 0;
+}
+
 static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   const struct sl_input_config *cfg = in->cfg;
   struct http_in *hi = calloc(1, sizeof(*hi));
-  const char *otlp_topic;
   int rc;
 
   if (hi == NULL)
@@ -911,11 +922,8 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
       (hi->srv.tls = sl_tls_new(&cfg->tls, 1, cfg->listen, cfg->name, err,
                                 errlen)) == NULL)
     return SL_EINVAL; /* cb_stop frees hi */
-  otlp_topic = sl_config_value_str(cfg->values, cfg->nvalues, "otlp_topic");
-  if (otlp_topic && sl_otlp_topic_check(otlp_topic) != 0) {
-    snprintf(err, errlen, "otlp_topic: a {field} does not close");
+  if (check_conf(cfg, err, errlen) != 0)
     return SL_EINVAL; /* cb_stop frees hi */
-  }
   hi->started = 1;
   in->stats.http = &hi->srv;
   rc = sl_http_start(&hi->srv, &in->w->loop, cfg->listen, &http_ops, hi, err,
@@ -972,7 +980,8 @@ static const struct sl_config_key keys[] = {
      SL_KEY_FIELD(IN, idle_timeout_ms)},
     {.name = "bearer_token_file", .type = SL_KEY_PATH,
      .doc = "requests must carry this token (Authorization: Bearer)",
-     .flags = SL_KEY_TOLERATED, SL_KEY_FIELD(IN, bearer_token_file)},
+     .flags = SL_KEY_TOLERATED | SL_KEY_READ,
+     SL_KEY_FIELD(IN, bearer_token_file)},
     {.name = "max_connections", .type = SL_KEY_UINT, .def = "1024",
      .doc = "connections open at once", .min = 1, .max = 1000000,
      SL_KEY_FIELD(IN, max_connections)},
@@ -997,6 +1006,6 @@ static const struct sl_config_key keys[] = {
 
 const struct sl_plugin sl_input_http = {
     .config = {SL_PLUGIN_INPUT, "http", "JSON or msgpack events over HTTP",
-               keys},
+               keys, check_conf},
     .input = &ops,
 };

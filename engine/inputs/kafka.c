@@ -886,6 +886,20 @@ static int add_metrics(struct kafka_in *k) {
 
 /* ---- lifecycle ------------------------------------------------------------- */
 
+/* The keys taken together (sl_config_plugin.check): a topic named, and
+ * brokers, tls and options librdkafka takes. 0, or SL_EINVAL with why. */
+static int check_conf(const void *conf, char *err, size_t errlen) {
+  const struct sl_input_config *cfg = conf;
+  const char *topics = sl_config_value_str(cfg->values, cfg->nvalues, "topics");
+  if (topics && strspn(topics, ", ") == strlen(topics)) {
+    snprintf(err, errlen, "topics: no topic named");
+    return SL_EINVAL;
+  }
+  return sl_kafka_check(
+      sl_config_value_str(cfg->values, cfg->nvalues, "brokers"), &cfg->tls,
+      sl_config_value_str(cfg->values, cfg->nvalues, "options"), err, errlen);
+}
+
 /* topics: "a,b,^re.*" (a leading ^ subscribes to a regex). */
 static int subscribe(struct kafka_in *k, const char *topics, char *err,
                      size_t errlen) {
@@ -1136,6 +1150,6 @@ static const struct sl_config_key keys[] = {
 const struct sl_plugin sl_input_kafka = {
     .config = {SL_PLUGIN_INPUT, "kafka",
                "consumes Kafka topics in a consumer group, at least once",
-               keys},
+               keys, check_conf},
     .input = &ops,
 };

@@ -773,6 +773,28 @@ static const int format_values[] = {FMT_AUTO, FMT_EVENT, FMT_JSON, FMT_RAW};
 #define VAL(name) sl_config_value_str(in->cfg->values, in->cfg->nvalues, name)
 #define NUM(name) sl_config_value_num(in->cfg->values, in->cfg->nvalues, name)
 
+/* The keys taken together (sl_config_plugin.check, also run by cb_start):
+ * with a stream (JetStream), no queue group and a durable name without
+ * '.'. 0, or SL_EINVAL with why in err. */
+static int check_conf(const void *conf, char *err, size_t errlen) {
+  const struct sl_input_config *cfg = conf;
+  const struct sl_config_value *v = cfg->values;
+  const char *durable = sl_config_value_str(v, cfg->nvalues, "durable");
+  if (sl_config_value_str(v, cfg->nvalues, "stream") == NULL)
+    return 0; /* a core subscription */
+  if (sl_config_value_str(v, cfg->nvalues, "queue")) {
+    snprintf(err, errlen, "queue is for core subscriptions; instances of "
+             "one durable consumer already share its messages");
+    return SL_EINVAL;
+  }
+  if (strchr(durable ? durable : cfg->name ? cfg->name : "", '.')) {
+    snprintf(err, errlen, "durable%s must not contain '.'",
+             durable ? "" : " (the input's name, by default)");
+    return SL_EINVAL;
+  }
+  return 0;
+}
+
 static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   struct nats_in *ni = calloc(1, sizeof(*ni));
   if (ni == NULL)
@@ -796,17 +818,8 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   ni->js_mode = ni->stream != NULL;
   if (ni->js_mode && ni->durable == NULL)
     ni->durable = in->cfg->name;
-  if (ni->js_mode && ni->queue) {
-    snprintf(err, errlen, "inputs.%s: queue is for core subscriptions; "
-             "instances of one durable consumer already share its messages",
-             in->cfg->name);
+  if (check_conf(in->cfg, err, errlen) != 0)
     return SL_EINVAL;
-  }
-  if (ni->js_mode && strchr(ni->durable, '.')) {
-    snprintf(err, errlen, "inputs.%s: durable must not contain '.'",
-             in->cfg->name);
-    return SL_EINVAL;
-  }
   ni->cap = ni->js_mode ? 2 * ni->batch : 256;
   if ((ni->ring = calloc(ni->cap, sizeof(*ni->ring))) == NULL ||
       (ni->tracker = sl_tracker_new(on_done, ni)) == NULL)
@@ -991,6 +1004,6 @@ static const struct sl_config_key nats_keys[] = {
 const struct sl_plugin sl_input_nats = {
     .config = {SL_PLUGIN_INPUT, "nats",
                "NATS: JetStream durable pull consumer or core subscription",
-               nats_keys},
+               nats_keys, check_conf},
     .input = &ops,
 };

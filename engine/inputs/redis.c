@@ -1336,6 +1336,35 @@ static void read_config(struct redis_in *ri) {
   }
 }
 
+/* The keys taken together (sl_config_plugin.check, also run by cb_start):
+ * 1 to 64 streams, and max_inflight at least one entry per stream (an
+ * XREADGROUP takes at least one of each). 0, or SL_EINVAL with why. */
+static int check_conf(const void *conf, char *err, size_t errlen) {
+  const struct sl_input_config *cfg = conf;
+  const char *p = sl_config_value_str(cfg->values, cfg->nvalues, "stream");
+  uint64_t max_inflight =
+      sl_config_value_num(cfg->values, cfg->nvalues, "max_inflight");
+  int n = 0;
+  if (p == NULL)
+    return 0; /* required: the checker said so */
+  while (*p) { /* as split_streams counts them */
+    size_t len = strcspn(p, ", ");
+    n += len > 0;
+    p += len;
+    p += strspn(p, ", ");
+  }
+  if (n < 1 || n > 64) {
+    snprintf(err, errlen, "stream: expected 1 to 64 names, comma-separated");
+    return SL_EINVAL;
+  }
+  if (max_inflight < (uint64_t)n) {
+    snprintf(err, errlen, "max_inflight (%llu) is below the number of "
+             "streams (%d)", (unsigned long long)max_inflight, n);
+    return SL_EINVAL;
+  }
+  return 0;
+}
+
 static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   struct redis_in *ri = calloc(1, sizeof(*ri));
   uint32_t i;
@@ -1553,6 +1582,6 @@ static const struct sl_config_key keys[] = {
 const struct sl_plugin sl_input_redis = {
     .config = {SL_PLUGIN_INPUT, "redis",
                "reads redis streams in a consumer group, XACK once delivered",
-               keys},
+               keys, check_conf},
     .input = &ops,
 };

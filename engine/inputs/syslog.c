@@ -473,6 +473,22 @@ static int check_topic(const char *t, char *err, size_t errlen) {
   return 0;
 }
 
+/* The keys taken together (sl_config_plugin.check, also run by cb_start):
+ * a topic template of known placeholders, and listen or udp. 0, or
+ * SL_EINVAL with why in err. */
+static int check_conf(const void *conf, char *err, size_t errlen) {
+  const struct sl_input_config *cfg = conf;
+  const char *topic = sl_config_value_str(cfg->values, cfg->nvalues, "topic");
+  if (check_topic(topic ? topic : "syslog.{app}", err, errlen) != 0)
+    return SL_EINVAL;
+  if (cfg->listen == NULL &&
+      sl_config_value_str(cfg->values, cfg->nvalues, "udp") == NULL) {
+    snprintf(err, errlen, "set listen (tcp) or udp, or both");
+    return SL_EINVAL;
+  }
+  return 0;
+}
+
 static int udp_open(const struct sl_framed *f) {
   return !container_of(f, struct syslog_in, f)->udp_closed;
 }
@@ -507,12 +523,8 @@ static int cb_start(struct sl_input *in, char *err, size_t errlen) {
   si->topic = sl_config_value_str(v, nv, "topic");
   if (si->topic == NULL)
     si->topic = "syslog.{app}";
-  if (check_topic(si->topic, err, errlen) != 0)
+  if (check_conf(in->cfg, err, errlen) != 0)
     return SL_EINVAL;
-  if (in->cfg->listen == NULL && si->udp_address == NULL) {
-    snprintf(err, errlen, "set listen (tcp) or udp, or both");
-    return SL_EINVAL;
-  }
   /* a whole frame fits: its count, the message and one read beyond */
   if (in->cfg->listen &&
       (rc = sl_framed_listen(&si->f, SL_ENDPOINT_TCP,
@@ -610,6 +622,6 @@ static const struct sl_config_key syslog_keys[] = {
 const struct sl_plugin sl_input_syslog = {
     .config = {SL_PLUGIN_INPUT, "syslog",
                "RFC 5424 and RFC 3164 syslog over TCP, TLS or UDP",
-               syslog_keys},
+               syslog_keys, check_conf},
     .input = &ops,
 };

@@ -160,6 +160,17 @@ fail_:
   return NULL;
 }
 
+int sl_kafka_check(const char *brokers, const struct sl_tls_config *tls,
+                   const char *options, char *err, size_t errlen) {
+  struct sl_kafka_bridge b; /* the conf only keeps its address */
+  rd_kafka_conf_t *c;
+  memset(&b, 0, sizeof(b));
+  if ((c = sl_kafka_conf(&b, brokers, NULL, tls, options, err, errlen)) == NULL)
+    return SL_EINVAL;
+  rd_kafka_conf_destroy(c);
+  return 0;
+}
+
 static void on_readable(uv_poll_t *h, int status, int events) {
   struct sl_kafka_bridge *b = h->data;
   char junk[256];

@@ -58,6 +58,12 @@ rd_kafka_conf_t *sl_kafka_conf(struct sl_kafka_bridge *b, const char *brokers,
                                const struct sl_tls_config *tls,
                                const char *options, char *err, size_t errlen);
 
+/* What sl_kafka_conf would refuse of these (an unknown property or a bad
+ * value in options, a tls block librdkafka cannot take), without making a
+ * client: for a plugin's config check. 0, or SL_EINVAL with err filled. */
+int sl_kafka_check(const char *brokers, const struct sl_tls_config *tls,
+                   const char *options, char *err, size_t errlen);
+
 /* A tls block onto c (nothing when not enabled): security.protocol=ssl,
  * ssl.ca.location, ssl.certificate.location, ssl.key.location,
  * enable.ssl.certificate.verification and

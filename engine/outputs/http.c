@@ -683,15 +683,6 @@ static int setup_headers(struct http_out *h, char *err, size_t errlen) {
       return SL_ENOMEM;
     lines += n + (lines[n] == '\n');
   }
-  if ((token || token_file) && (user || pass || pass_file)) {
-    snprintf(err, errlen, "bearer_token and user/password are two kinds of "
-             "auth: give one");
-    return SL_EINVAL;
-  }
-  if (token && token_file) {
-    snprintf(err, errlen, "give bearer_token or bearer_token_file, not both");
-    return SL_EINVAL;
-  }
   if (token_file &&
       read_secret(token_file, secret, sizeof(secret), err, errlen) != 0)
     return SL_EINVAL;
@@ -700,10 +691,6 @@ static int setup_headers(struct http_out *h, char *err, size_t errlen) {
              token ? token : secret);
     if (slist_add(&h->headers, line) != 0)
       return SL_ENOMEM;
-  }
-  if ((pass || pass_file) && !user) {
-    snprintf(err, errlen, "password needs user");
-    return SL_EINVAL;
   }
   if (user) {
     if (pass_file &&
@@ -716,6 +703,51 @@ static int setup_headers(struct http_out *h, char *err, size_t errlen) {
     }
   }
   return 0;
+}
+
+/* The keys taken together (sl_config_plugin.check, also run by cb_start):
+ * the url's template and scheme, tls only for https and without
+ * server_name, one kind of auth. 0, or SL_EINVAL with why in err. */
+static int check_conf(const void *conf, char *err, size_t errlen) {
+  const struct sl_output_config *c = conf;
+  const struct sl_config_value *v = c->values;
+  const char *url = sl_config_value_str(v, c->nvalues, "url");
+  const char *token = sl_config_value_str(v, c->nvalues, "bearer_token");
+  const char *token_file =
+      sl_config_value_str(v, c->nvalues, "bearer_token_file");
+  const char *user = sl_config_value_str(v, c->nvalues, "user");
+  const char *pass = sl_config_value_str(v, c->nvalues, "password");
+  const char *pass_file = sl_config_value_str(v, c->nvalues, "password_file");
+  struct sl_buf check;
+  int rc;
+
+  if (url == NULL)
+    return 0; /* required: the checker said so */
+  sl_buf_init(&check);
+  rc = render_url(url, NULL, &check);
+  if (rc == SL_EINVAL)
+    snprintf(err, errlen, "url: unknown or unclosed field %.*s (expected "
+             "{topic}, {key}, {id} or {headers.NAME})",
+             (int)check.len, (const char *)check.data);
+  else if (rc == 0 && strncmp(url, "http://", 7) != 0 &&
+           strncmp(url, "https://", 8) != 0)
+    snprintf(err, errlen, "url: expected http://... or https://..., got %s",
+             url), rc = SL_EINVAL;
+  else if (rc == 0 && c->tls.enabled && strncmp(url, "https://", 8) != 0)
+    snprintf(err, errlen, "a tls block needs an https:// url"), rc = SL_EINVAL;
+  else if (rc == 0 && c->tls.server_name)
+    snprintf(err, errlen, "tls.server_name: the http output checks the "
+             "url's host"), rc = SL_EINVAL;
+  else if (rc == 0 && (token || token_file) && (user || pass || pass_file))
+    snprintf(err, errlen, "bearer_token and user/password are two kinds of "
+             "auth: give one"), rc = SL_EINVAL;
+  else if (rc == 0 && token && token_file)
+    snprintf(err, errlen, "give bearer_token or bearer_token_file, not both"),
+        rc = SL_EINVAL;
+  else if (rc == 0 && (pass || pass_file) && !user)
+    snprintf(err, errlen, "password needs user"), rc = SL_EINVAL;
+  sl_buf_close(&check);
+  return rc;
 }
 
 static void cb_stop(struct sl_output *o);
@@ -738,7 +770,6 @@ static int check_tls(const struct sl_output_config *c, char *err,
 static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   const struct sl_output_config *c = o->cfg;
   struct http_out *h;
-  struct sl_buf check;
   const char *fmt = c->format ? c->format : "ndjson";
   long conns;
   int rc;
@@ -765,22 +796,7 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   h->timeout_ms =
       (uint32_t)sl_config_value_num(c->values, c->nvalues, "timeout_ms");
   conns = (long)sl_config_value_num(c->values, c->nvalues, "max_connections");
-  sl_buf_init(&check);
-  rc = render_url(h->url, NULL, &check);
-  if (rc == SL_EINVAL)
-    snprintf(err, errlen, "url: unknown or unclosed field %.*s (expected "
-             "{topic}, {key}, {id} or {headers.NAME})",
-             (int)check.len, (const char *)check.data);
-  else if (rc == 0 && strncmp(h->url, "http://", 7) != 0 &&
-           strncmp(h->url, "https://", 8) != 0)
-    snprintf(err, errlen, "url: expected http://... or https://..., got %s",
-             h->url), rc = SL_EINVAL;
-  else if (rc == 0 && c->tls.enabled && strncmp(h->url, "https://", 8) != 0)
-    snprintf(err, errlen, "a tls block needs an https:// url"), rc = SL_EINVAL;
-  else if (rc == 0 && c->tls.server_name)
-    snprintf(err, errlen, "tls.server_name: the http output checks the "
-             "url's host"), rc = SL_EINVAL;
-  sl_buf_close(&check);
+  rc = check_conf(c, err, errlen);
   if (rc == 0 && c->tls.enabled)
     rc = check_tls(c, err, errlen);
   if (rc == 0)
@@ -866,12 +882,14 @@ static const struct sl_config_key keys[] = {
     {.name = "bearer_token", .type = SL_KEY_STRING, .flags = SL_KEY_ONE_LINE,
      .doc = "sends Authorization: Bearer <token> (use ${ENV})"},
     {.name = "bearer_token_file", .type = SL_KEY_PATH,
-     .doc = "the bearer token, the first line of this file (read at start)"},
+     .doc = "the bearer token, the first line of this file (read at start)",
+     .flags = SL_KEY_READ},
     {.name = "user", .type = SL_KEY_STRING, .doc = "basic auth user"},
     {.name = "password", .type = SL_KEY_STRING,
      .doc = "basic auth password (use ${ENV})"},
     {.name = "password_file", .type = SL_KEY_PATH,
-     .doc = "basic auth password, the first line of this file"},
+     .doc = "basic auth password, the first line of this file",
+     .flags = SL_KEY_READ},
     {.name = "timeout_ms", .type = SL_KEY_UINT, .def = "30000", .min = 0,
      .max = 3600000, .doc = "a request (connect to answer) that takes longer "
      "fails and is retried; 0: none"},
@@ -888,6 +906,6 @@ static const struct sl_config_key keys[] = {
 const struct sl_plugin sl_output_http = {
     .config = {SL_PLUGIN_OUTPUT, "http",
                "POSTs batches of events to an HTTP(S) URL (webhooks, "
-               "collectors)", keys},
+               "collectors)", keys, check_conf},
     .output = &ops,
 };

@@ -471,8 +471,18 @@ static const struct sl_config_key keys[] = {
      SL_KEY_FIELD(struct sl_output_config, tls)},
     {0}};
 
+/* The keys taken together (sl_config_plugin.check): brokers, tls and
+ * options librdkafka takes. 0, or SL_EINVAL with why in err. */
+static int check_conf(const void *conf, char *err, size_t errlen) {
+  const struct sl_output_config *cfg = conf;
+  return sl_kafka_check(
+      sl_config_value_str(cfg->values, cfg->nvalues, "brokers"), &cfg->tls,
+      sl_config_value_str(cfg->values, cfg->nvalues, "options"), err, errlen);
+}
+
 const struct sl_plugin sl_output_kafka = {
     .config = {SL_PLUGIN_OUTPUT, "kafka",
-               "produces events to Kafka (acks=all, idempotent)", keys},
+               "produces events to Kafka (acks=all, idempotent)", keys,
+               check_conf},
     .output = &ops,
 };

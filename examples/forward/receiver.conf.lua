@@ -13,4 +13,5 @@ return {
   outputs = { { name = "archive", type = "file", path = "var/fluent.ndjson",
                 buffer = { type = "disk", max_bytes = "256MiB" } } },
   routes  = { { topics = "fluent.*", to = "archive" } },
+  state_dir = "var/receiver",  -- its own: the shipper may run from this folder
 }

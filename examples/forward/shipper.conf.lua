@@ -14,4 +14,5 @@ return {
       buffer = { type = "disk", max_bytes = "256MiB" } },
   },
   routes  = { { topics = "*", to = "fluentd" } },
+  state_dir = "var/shipper",  -- its own: the receiver may run from this folder
 }

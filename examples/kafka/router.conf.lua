@@ -4,7 +4,9 @@
 -- delivered (acks=all), so a crash or a kill -9 loses nothing. Scale out
 -- by starting more copies with the same group: Kafka splits the
 -- partitions between them and hands a dead one's share to the others.
+-- Each copy needs its own state folder (var/INSTANCE):
 --   KAFKA_BROKERS=kafka-1:9092,kafka-2:9092 sluice run -c router.conf.lua
+--   KAFKA_BROKERS=kafka-1:9092,kafka-2:9092 INSTANCE=2 sluice run -c router.conf.lua
 return {
   inputs  = { { name = "orders", type = "kafka",
                 brokers = "${KAFKA_BROKERS:-127.0.0.1:9092}",
@@ -15,4 +17,5 @@ return {
                 topic = "routed.{topic}", format = "json" } },
   routes  = { { topics = "*", to = "routed" } },
   rules   = { dir = "rules" },
+  state_dir = "var/${INSTANCE:-1}",  -- one per copy: a second on var/1 would not start
 }

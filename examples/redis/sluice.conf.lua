@@ -2,8 +2,9 @@
 -- of the group "router", a rule drops test orders and marks big ones, and
 -- the rest is written to "orders.accepted". Entries are acknowledged (XACK)
 -- only once written there; run several of these with different CONSUMER
--- names to share the stream, and a dead one's entries are claimed by the
--- others after claim_idle_ms.
+-- names (each its state folder, var/CONSUMER) and ADMIN addresses to share
+-- the stream, and a dead one's entries are claimed by the others after
+-- claim_idle_ms.
 --   REDIS=127.0.0.1:6379 CONSUMER=router-1 sluice run -c sluice.conf.lua
 --   redis-cli XADD orders '*' payload '{"order":1,"amount":1500}'
 --   redis-cli XRANGE orders.accepted - +
@@ -20,4 +21,5 @@ return {
   rules = { dir = "rules" },
   routes = { { topics = "*", to = "accepted" } },
   admin = { listen = "${ADMIN:-127.0.0.1:9093}" },
+  state_dir = "var/${CONSUMER:-router-1}",
 }

@@ -6,5 +6,7 @@ return {
                 buffer = { type = "disk", max_bytes = "1GiB", fsync = "interval" } } },
   routes  = { { topics = "*", to = "archive" } },
   admin   = { listen = "127.0.0.1:9091" },
-  pid_file = "var/central.pid",
+  -- its own state folder (pid, lock, dead letter, disk buffer), so an edge
+  -- can run from this folder beside it
+  state_dir = "var/central",
 }

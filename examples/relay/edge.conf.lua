@@ -14,5 +14,5 @@ return {
                  fsync_interval_ms = 200 } },
   },
   routes  = { { topics = "*", to = "central" } },
-  pid_file = "var/edge.pid",
+  state_dir = "var/edge",  -- its own, beside central.conf.lua's
 }

@@ -293,7 +293,8 @@ static const struct sl_config_key nats_keys[] = {
     {.name = "creds", .type = SL_KEY_PATH, .doc = "credentials file"},
     {0}};
 static const struct sl_config_plugin nats = {SL_PLUGIN_OUTPUT, "nats",
-                                             "publishes to NATS", nats_keys};
+                                             "publishes to NATS", nats_keys,
+                                             NULL};
 
 static struct sl_config *load_with(const char *text,
                                    const struct sl_config_plugin *const *pl,

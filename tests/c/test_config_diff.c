@@ -95,7 +95,8 @@ static const struct sl_config_key kv_keys[] = {
     {.name = "max_inflight", .type = SL_KEY_UINT, .def = "8", .min = 1,
      .max = 64, .doc = "n"},
     {0}};
-static const struct sl_config_plugin kv = {SL_PLUGIN_OUTPUT, "kv", "test", kv_keys};
+static const struct sl_config_plugin kv = {SL_PLUGIN_OUTPUT, "kv", "test", kv_keys,
+                                           NULL};
 
 TEST(diff_compares_a_plugins_own_keys) {
   const struct sl_config_plugin *const list[] = {sl_plugins[0], &kv, NULL};

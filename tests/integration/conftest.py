@@ -812,3 +812,28 @@ class Sink:
     def __exit__(self, *exc):
         self.close()
         assert not self.errors, "the sink could not decode the stream: %r" % self.errors
+
+
+def second_copy_starts(eng, env, settle=1.0):
+    """Start eng's config file a second time, from its folder, with env on
+    top of eng's: True when it printed "sluice started" and still runs
+    after settle seconds (a second copy of an example meant to run several
+    times: not refused by the first one's state folder lock). Stopped with
+    SIGTERM before returning; its stderr is eng.dir / "second.log"."""
+    log = eng.dir / "second.log"
+    with open(str(log), "wb") as err:
+        p = subprocess.Popen([SLUICE_BIN, "run", "-c", str(eng.config)],
+                             cwd=str(eng.dir), stdout=subprocess.DEVNULL,
+                             stderr=err, stdin=subprocess.DEVNULL,
+                             env=_engine_env(dict(eng.env or {}, **env)))
+    try:
+        wait_for(lambda: b"sluice started" in log.read_bytes() or
+                 p.poll() is not None, 10, what="the second copy to start")
+        time.sleep(settle)
+        running = p.poll() is None
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=20)
+    assert running, log.read_text()
+    return running

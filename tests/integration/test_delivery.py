@@ -297,3 +297,40 @@ def test_the_relay_example_survives_kill_9_at_either_end(sluice):
     wait_for(lambda: ids() == want, timeout=30, what="every acked event archived")
     assert edge.stop() == 0
     assert central.stop() == 0
+
+
+def test_the_relay_example_runs_both_ends_from_its_own_folder(tmp_path):
+    """examples/relay/ as its comments run it: central and edge started from
+    the example's folder, side by side. Each has its own state_dir, so the
+    second is not refused by the first's lock on a shared var/ ("another
+    sluice holds the state folder; not starting"), and events relay."""
+    import shutil
+    import subprocess
+    from conftest import SLUICE_BIN
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "relay")
+    folder = tmp_path / "r"
+    shutil.copytree(root, folder)
+    port, admin = free_port(), free_port()
+    conf = folder / "central.conf.lua"
+    conf.write_text(conf.read_text().replace("127.0.0.1:7500", "127.0.0.1:%d" % port)
+                    .replace("127.0.0.1:9091", "127.0.0.1:%d" % admin))
+    procs = []
+    try:
+        for name, env in (("central", {}), ("edge", {"CENTRAL": "127.0.0.1:%d" % port})):
+            with open(str(folder / (name + ".log")), "wb") as log:
+                procs.append(subprocess.Popen(
+                    [SLUICE_BIN, "run", "-c", name + ".conf.lua"], cwd=str(folder),
+                    stdout=subprocess.DEVNULL, stderr=log, env=dict(os.environ, **env)))
+            wait_for(lambda: b"sluice started" in (folder / (name + ".log")).read_bytes()
+                     or procs[-1].poll() is not None, 10, what=name + " to start")
+            assert procs[-1].poll() is None, (folder / (name + ".log")).read_text()
+        events = [{"id": "e%d" % i, "topic": "t", "payload": i} for i in range(50)]
+        assert acked_client(str(folder / "var" / "edge.sock"), events) == 50
+        archive = folder / "var" / "central.ndjson"
+        wait_for(lambda: archive.exists() and len(read_ndjson(archive)) == 50, 15,
+                 what="the events archived by the central")
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        rcs = [p.wait(timeout=20) for p in procs]
+    assert rcs == [0, 0]

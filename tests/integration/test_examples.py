@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import SLUICE_BIN, free_port, read_ndjson, run_sluice, wait_for
+from conftest import SLUICE_BIN, free_port, read_ndjson, run_sluice, send_events, wait_for
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CONFIGS = [os.path.join(ROOT, "sluice.conf.lua")] + sorted(
@@ -312,3 +312,124 @@ def test_readme_spec_block_passes_beside_the_repo_rule(tmp_path):
     r = run_sluice("test", "rules", cwd=str(tmp_path), timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 success / 0 failures / 0 errors" in r.stdout
+
+
+def readme_block_after(readme, command_prefix):
+    """The `$ ...` command of the README that starts with command_prefix and
+    the lines it shows, up to the next `$ ` line or the end of its block."""
+    import re
+    m = re.search(r"^\$ (%s[^\n]*)\n(.*?)(?=^\$ |^```)" % re.escape(command_prefix),
+                  readme, re.M | re.S)
+    assert m, "the README's `%s` example is gone" % command_prefix
+    return m.group(1), m.group(2).splitlines()
+
+
+def test_readme_operating_commands_print_what_the_readme_shows(tmp_path):
+    """The `sluice check --events`, `sluice tap` (text and --json) and
+    `sluice top --once` commands of the README's Operating section, run as
+    shown against the repo's own sluice.conf.lua and rules/ (ports moved to
+    free ones), print the lines the README shows: ids, times and rates
+    aside. The config's admin block is what makes tap and top work."""
+    import shlex
+    import shutil
+    import socket
+    import threading
+    import time
+    import msgpack
+    from helpers_http import metrics, wait_metric
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    port, admin = free_port(), free_port()
+    conf = open(os.path.join(ROOT, "sluice.conf.lua")).read()
+    assert '"127.0.0.1:7400"' in conf and '"127.0.0.1:9090"' in conf
+    conf = conf.replace("127.0.0.1:7400", "127.0.0.1:%d" % port)
+    conf = conf.replace("127.0.0.1:9090", "127.0.0.1:%d" % admin)
+    (tmp_path / "sluice.conf.lua").write_text(conf)
+    shutil.copytree(os.path.join(ROOT, "rules"), tmp_path / "rules")
+
+    def argv(cmd):
+        args = shlex.split(cmd)
+        assert args[0] == "build/sluice", cmd
+        return [SLUICE_BIN] + args[1:]
+
+    # check --events, with the samples the README cats
+    _, samples = readme_block_after(readme, "cat samples.ndjson")
+    (tmp_path / "samples.ndjson").write_text("\n".join(samples) + "\n")
+    cmd, shown = readme_block_after(readme, "build/sluice check -c sluice.conf.lua --events")
+    r = subprocess.run(argv(cmd), capture_output=True, text=True, timeout=20,
+                       cwd=str(tmp_path))
+    assert r.returncode == 1, r.stdout + r.stderr
+    got = r.stdout.splitlines()
+    assert got[0].startswith(shown[0].split(" rules in ")[0] + " rules in "), got
+    assert got[1:] == shown[1:], got
+
+    # the engine, then tap (text and json) while the tap's four events come
+    eng = subprocess.Popen([SLUICE_BIN, "run", "-c", "sluice.conf.lua"],
+                           cwd=str(tmp_path), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        def admin_up():
+            try:
+                socket.create_connection(("127.0.0.1", admin), 1).close()
+                return True
+            except OSError:
+                return False
+        wait_for(admin_up, 10, what="the admin server")
+        taps = []
+        for prefix in ("build/sluice tap -c sluice.conf.lua --topics",
+                       "build/sluice tap -c sluice.conf.lua --json"):
+            cmd, shown = readme_block_after(readme, prefix)
+            p = subprocess.Popen(argv(cmd), cwd=str(tmp_path), text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            taps.append((p, shown))
+        wait_metric(admin, "sluice_tap_clients", lambda v: v == 2)
+        events = [{"topic": "orders.eu", "payload": {"amount": 5}},
+                  {"topic": "orders.us", "payload": {"amount": 5000}},
+                  {"topic": "orders.eu", "payload": {}},
+                  {"topic": "nowhere", "payload": 3}]
+        send_events("127.0.0.1:%d" % port, events)
+        outs = []
+        for p, shown in taps:
+            out, err = p.communicate(timeout=20)
+            assert p.returncode == 0, err
+            outs.append((out.splitlines(), shown))
+        (text, shown), (js, shown_js) = outs
+        assert len(text) == len(shown) == 4, text
+        for line, want in zip(text, shown):
+            head, _, tail = want.partition(" id=")
+            assert line.startswith(head + " id="), (line, want)
+            assert line.endswith(tail.split("...", 1)[1]), (line, want)
+        assert len(js) == len(shown_js) == 1, js
+        got, want = json.loads(js[0]), shown_js[0].replace('{...}', 'null')
+        got["event"] = None
+        assert got == json.loads(want), js
+
+        # top --once over steady traffic
+        stop = []
+
+        def feed():
+            while not stop:
+                send_events("127.0.0.1:%d" % port, events * 50)
+                time.sleep(0.05)
+        t = threading.Thread(target=feed)
+        t.start()
+        try:
+            wait_metric(admin, "sluice_input_events_total", lambda v: v > 100,
+                        input="app")
+            cmd, shown = readme_block_after(readme, "build/sluice top -c sluice.conf.lua --once")
+            r = subprocess.run(argv(cmd), capture_output=True, text=True,
+                               timeout=30, cwd=str(tmp_path))
+        finally:
+            stop.append(1)
+            t.join()
+        assert r.returncode == 0, r.stderr
+        got = r.stdout.splitlines()
+        assert got[0].startswith("sluice top - 127.0.0.1:%d - rules version 1 - over "
+                                 % admin), got
+        names = lambda lines: [l.split()[0] for l in lines if l.strip()]
+        assert names(got[1:]) == names(shown[1:]), (got, shown)
+        heads = [l for l in shown if l.strip().isupper() or "/s" in l and l.split()[0].isupper()]
+        for h in heads:
+            assert h in got, (h, got)
+    finally:
+        eng.terminate()
+        eng.wait(timeout=20)

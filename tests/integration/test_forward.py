@@ -618,6 +618,41 @@ def test_the_forward_example_runs_app_shipper_and_receiver(sluice, fluent_logger
     assert ship.stop() == 0 and recv.stop() == 0
 
 
+def test_the_forward_example_runs_shipper_and_receiver_from_its_own_folder(tmp_path):
+    """examples/forward/ as its comments run it: the receiver and the
+    shipper beside it started from the example's folder. Each has its own
+    state_dir, so the second is not refused by the first's lock on a shared
+    var/ ("another sluice holds the state folder; not starting")."""
+    from conftest import SLUICE_BIN, send_events
+    folder = tmp_path / "f"
+    shutil.copytree(str(ROOT / "examples" / "forward"), str(folder))
+    fport, sport = free_port(), free_port()
+    env = dict(os.environ, FORWARD_KEY="example-key",
+               FORWARD_LISTEN="127.0.0.1:%d" % fport,
+               FORWARD_PEER="127.0.0.1:%d" % fport,
+               SHIPPER_LISTEN="127.0.0.1:%d" % sport)
+    procs = []
+    try:
+        for name in ("receiver", "shipper"):
+            with open(str(folder / (name + ".log")), "wb") as log:
+                procs.append(subprocess.Popen(
+                    [SLUICE_BIN, "run", "-c", name + ".conf.lua"], cwd=str(folder),
+                    stdout=subprocess.DEVNULL, stderr=log, env=env))
+            wait_for(lambda: b"sluice started" in (folder / (name + ".log")).read_bytes()
+                     or procs[-1].poll() is not None, 10, what=name + " to start")
+            assert procs[-1].poll() is None, (folder / (name + ".log")).read_text()
+        send_events("127.0.0.1:%d" % sport, [{"topic": "orders", "payload": {"id": 7}}])
+        out = folder / "var" / "fluent.ndjson"
+        wait_for(lambda: out.exists() and len(read_ndjson(out)) == 1, 15,
+                 what="the event at the receiver")
+        assert read_ndjson(out)[0]["topic"] == "fluent.orders"
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        rcs = [p.wait(timeout=20) for p in procs]
+    assert rcs == [0, 0]
+
+
 # ---- backpressure inside a frame ---------------------------------------------------
 
 def test_a_full_queue_pauses_inside_a_frame_and_acks_only_when_all_are_in(

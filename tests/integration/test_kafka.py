@@ -406,6 +406,24 @@ def test_example_router_runs_against_the_mock(tmp_path, mocks):
         eu = wait_consumed(m.bootstrap, "routed.orders.eu", 1)
         assert eu[0]["headers"]["priority"] == "high"
         assert eu[0]["key"] == "c3"
+        # the header's second copy (INSTANCE=2) starts from the same folder
+        second = [l for l in (folder / "router.conf.lua").read_text().splitlines()
+                  if l.startswith("--   ") and "INSTANCE=2 sluice run" in l]
+        assert len(second) == 1, "the example's second copy is gone"
+        log2 = tmp_path / "stderr2.log"
+        with open(log2, "wb") as err2:
+            p2 = subprocess.Popen([SLUICE_BIN, "run", "-c", "router.conf.lua"],
+                                  cwd=str(folder), stdout=subprocess.DEVNULL,
+                                  stderr=err2, env=dict(env, INSTANCE="2"))
+        try:
+            wait_for(lambda: b"sluice started" in log2.read_bytes() or
+                     p2.poll() is not None, timeout=10, what="the second copy")
+            time.sleep(1)
+            assert p2.poll() is None, log2.read_text()
+        finally:
+            if p2.poll() is None:
+                p2.send_signal(signal.SIGTERM)
+            assert p2.wait(timeout=20) == 0
     finally:
         p.send_signal(signal.SIGTERM)
         assert p.wait(timeout=20) == 0

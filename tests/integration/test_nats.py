@@ -472,6 +472,10 @@ def test_example_nats_routes_orders_between_streams(sluice, tmp_path, nats):
     got = sorted((e["payload"]["amount"], h["priority"]) for _, h, e in msgs)
     assert got == [(a, "high" if a > 100 else "normal") for a in range(95, 115)]
     assert all(s == "routed.orders.eu" for s, _, _ in msgs)
+    # "start it several times": a second instance from the same file and
+    # folder, with its own INSTANCE (state folder), runs beside the first
+    from conftest import second_copy_starts
+    assert second_copy_starts(eng, {"INSTANCE": "2"})
 
 
 def test_every_nats_metric_the_readme_names_is_on_metrics(sluice, tmp_path, nats):
@@ -759,7 +763,7 @@ def test_a_queue_group_on_a_jetstream_input_is_refused_at_start(sluice, tmp_path
   outputs = { { name = "out", type = "null" } },
   routes = { { topics = "*", to = "out" } },
 }""" % nats.url)
-    assert "inputs.js: queue is for core subscriptions" in str(e.value)
+    assert "inputs[1]: queue is for core subscriptions" in str(e.value)
 
 
 # ---- TLS: the common tls block on the nats input and output ------------------

@@ -409,6 +409,33 @@ def test_check_events_is_a_gate_that_fails_on_failed_unrouted_or_invalid_events(
     assert r.returncode == 1 and "cannot open" in r.stderr
 
 
+def test_invalid_ndjson_events_are_named_by_the_line_of_the_file(tmp_path):
+    """`check --events` and `route` name an invalid NDJSON event by its line
+    in the file, blank lines counted (they named the count of non-blank
+    lines before it), also when the line is JSON but no event (they gave a
+    byte offset into the msgpack the line became, meaningless to whoever
+    wrote it); a msgpack stream names the offset in the stream."""
+    conf, _ = check_config(tmp_path, rule=EVENTS_RULE)
+    ev = tmp_path / "blank.ndjson"
+    ev.write_text('\n{"topic":"orders.eu","payload":{"amount":5}}\n\n'
+                  'garbage\n{"topic":1}\n')
+    r = run_sluice("check", "-c", conf, "--events", ev)
+    assert r.returncode == 1
+    out = r.stdout.splitlines()
+    assert out[1].startswith("event 2: invalid: line 4: "), out
+    assert out[2] == ("event 3: invalid: line 5: field 'topic': expected "
+                      "string, got integer"), out
+    r = run_sluice("route", "-c", conf, "--events", ev)
+    errors = [json.loads(l).get("error") for l in r.stdout.splitlines()]
+    assert errors[1].startswith("line 4: ") and errors[2].startswith("line 5: ")
+    import msgpack
+    mp = tmp_path / "two.msgpack"
+    mp.write_bytes(msgpack.packb({"topic": "a"}) + msgpack.packb({"topic": 1}))
+    r = run_sluice("route", "-c", conf, "--events", mp)
+    last = json.loads(r.stdout.splitlines()[-1])
+    assert last["error"] == "byte 16: field 'topic': expected string, got integer"
+
+
 # ---- top --------------------------------------------------------------------
 
 def test_sluice_top_once_shows_rates_per_input_rule_and_output(sluice, tmp_path):

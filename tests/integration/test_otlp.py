@@ -398,3 +398,29 @@ def test_small_records_under_huge_resource_attributes_cannot_blow_up_memory(slui
     assert post(port, SPEC_EXAMPLE).status == 200
     wait_lines(eng.path("out.ndjson"), 1)
     assert eng.stop() == 0
+
+
+def test_a_malformed_id_is_refused_also_when_the_other_is_not_set(sluice):
+    """README: a record with a malformed id is rejected (a partial
+    success). A traceId that was not 32 hex digits passed unseen when the
+    record had no spanId (and a bad spanId without a traceId), so the
+    record was taken as if it had no ids; an id that is set but empty is
+    still no id."""
+    eng, port = start(sluice)
+    for rec, why in [({"traceId": "zz"}, "traceId: expected 32 hex digits"),
+                     ({"spanId": "0011"}, "spanId: expected 16 hex digits"),
+                     ({"traceId": "5B8EFFF798038103D269B633813FC60G"},
+                      "traceId: expected 32 hex digits")]:
+        r = post(port, with_record(body={"stringValue": "x"}, **rec))
+        assert r.status == 200, r
+        ps = r.json()["partialSuccess"]
+        assert ps["rejectedLogRecords"] == "1", (rec, ps)
+        assert ps["errorMessage"].endswith(why), (rec, ps)
+    r = post(port, with_record(traceId="", spanId="", body={"stringValue": "ok"}))
+    assert r.status == 200 and r.json() == {}
+    r = post(port, with_record(traceId="5B8EFFF798038103D269B633813FC60C",
+                               body={"stringValue": "no span"}))
+    assert r.status == 200 and r.json() == {}
+    wait_lines(eng.path("out.ndjson"), 2)
+    assert [e["payload"] for e in read_ndjson(eng.path("out.ndjson"))] == ["ok", "no span"]
+    assert eng.stop() == 0

@@ -3,6 +3,8 @@ its keys, and the config checker takes the same tables (a key a plugin
 lists is accepted for that type; any other is refused naming the type)."""
 import re
 
+import pytest
+
 from conftest import lua, run_sluice
 
 HEADER = re.compile(r"^(input|output) ([a-z]+): \S.*$")
@@ -164,3 +166,103 @@ def test_checker_still_accepts_keys_of_other_types_that_configs_always_set(tmp_p
                            "fsync": "never", "path": "p"})
     rc, lines = check(tmp_path, cfg)
     assert (rc, lines) == (0, [])
+
+
+# keys a plugin refuses taken together, beyond each key's type and range
+REFUSED_TOGETHER = [
+    ("inputs", {"name": "s", "type": "syslog"}, "set listen (tcp) or udp, or both"),
+    ("inputs", {"name": "s", "type": "syslog", "udp": "127.0.0.1:9",
+                "topic": "x.{bogus}"}, "unknown placeholder"),
+    ("inputs", {"name": "n", "type": "nats", "subject": "a", "stream": "S",
+                "queue": "q"}, "queue is for core subscriptions"),
+    ("inputs", {"name": "n", "type": "nats", "subject": "a", "stream": "S",
+                "durable": "a.b"}, "durable must not contain '.'"),
+    ("inputs", {"name": "r", "type": "redis", "address": "127.0.0.1:9",
+                "stream": "a,b,c", "group": "g", "max_inflight": 2},
+     "max_inflight (2) is below the number of streams (3)"),
+    ("inputs", {"name": "r", "type": "redis", "address": "127.0.0.1:9",
+                "stream": " , ", "group": "g"}, "stream: expected 1 to 64 names"),
+    ("inputs", {"name": "h", "type": "http", "listen": "127.0.0.1:9",
+                "otlp_topic": "logs.{service.name"}, "otlp_topic: a {field} does not close"),
+    ("inputs", {"name": "k", "type": "kafka", "brokers": "127.0.0.1:9",
+                "group": "g", "topics": " , "}, "topics: no topic named"),
+    ("inputs", {"name": "k", "type": "kafka", "brokers": "127.0.0.1:9",
+                "group": "g", "topics": "a", "options": "no.such.property=1"},
+     "kafka property no.such.property"),
+    ("inputs", {"name": "k", "type": "kafka", "brokers": "127.0.0.1:9",
+                "group": "g", "topics": "a", "tls": {"server_name": "b"}},
+     "tls.server_name: kafka checks each broker's"),
+    ("outputs", {"name": "o", "type": "kafka", "brokers": "127.0.0.1:9",
+                 "options": "acks"}, 'is not key=value'),
+    ("outputs", {"name": "o", "type": "http", "url": "https://x/{bogus}"},
+     "url: unknown or unclosed field {bogus}"),
+    ("outputs", {"name": "o", "type": "http", "url": "ftp://x/"},
+     "url: expected http://... or https://..., got ftp://x/"),
+    ("outputs", {"name": "o", "type": "http", "url": "http://x/",
+                 "tls": {"verify_peer": False}}, "a tls block needs an https:// url"),
+    ("outputs", {"name": "o", "type": "http", "url": "https://x/",
+                 "tls": {"server_name": "y"}}, "tls.server_name: the http output checks"),
+    ("outputs", {"name": "o", "type": "http", "url": "https://x/",
+                 "bearer_token": "t", "user": "u"}, "two kinds of auth"),
+    ("outputs", {"name": "o", "type": "http", "url": "https://x/",
+                 "password": "p"}, "password needs user"),
+]
+
+
+@pytest.mark.parametrize("kind,entry,why", REFUSED_TOGETHER,
+                         ids=[w[:30] for _, _, w in REFUSED_TOGETHER])
+def test_check_refuses_what_the_plugins_start_would_naming_the_entry(
+        tmp_path, kind, entry, why):
+    """README: `sluice check` exits 1 with every problem, and a wrong
+    config is rejected before anything starts. These keys are each valid
+    alone; the plugin refuses them together. `check` said ok and only
+    `run` refused them, at the plugin's start ("cannot start"); now the
+    loader asks the plugin, so both name the entry's path."""
+    cfg = {"inputs": [{"name": "in", "type": "tcp", "listen": "127.0.0.1:9"}],
+           "outputs": [{"name": "out", "type": "null"}],
+           "routes": [{"topics": "*", "to": "out"}]}
+    cfg[kind] = [entry] + ([] if kind == "outputs" else cfg["inputs"][1:])
+    if kind == "outputs":
+        cfg["routes"] = [{"topics": "*", "to": "o"}]
+    p = tmp_path / "c.lua"
+    p.write_text("return " + lua(cfg) + "\n")
+    r = run_sluice("check", "-c", p)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "%s: %s[1]: " % (p, kind) in r.stderr and why in r.stderr, r.stderr
+    r = run_sluice("run", "-c", p, cwd=tmp_path, timeout=20)
+    assert r.returncode == 1 and why in r.stderr, r.stderr
+    assert '"config problem"' in r.stderr, r.stderr  # refused at load
+
+
+@pytest.mark.parametrize("where", ["http input", "http output token",
+                                   "http output password", "admin"])
+def test_check_refuses_a_token_or_password_file_it_cannot_read(tmp_path, where):
+    """The files read at start (a bearer token, a password) are checked
+    like a tls file: `sluice check` named none of them and `run` stopped
+    at the plugin's start; now both refuse at load, naming the key."""
+    missing = str(tmp_path / "nope")
+    cfg = {"inputs": [{"name": "in", "type": "tcp", "listen": "127.0.0.1:9"}],
+           "outputs": [{"name": "out", "type": "null"}],
+           "routes": [{"topics": "*", "to": "out"}]}
+    if where == "http input":
+        cfg["inputs"] = [{"name": "h", "type": "http", "listen": "127.0.0.1:9",
+                          "bearer_token_file": missing}]
+        key = "inputs[1].bearer_token_file"
+    elif where == "admin":
+        cfg["admin"] = {"listen": "127.0.0.1:9", "bearer_token_file": missing}
+        key = "admin.bearer_token_file"
+    else:
+        out = {"name": "out", "type": "http", "url": "http://127.0.0.1:9/"}
+        if where.endswith("token"):
+            out["bearer_token_file"], key = missing, "outputs[1].bearer_token_file"
+        else:
+            out.update(user="u", password_file=missing)
+            key = "outputs[1].password_file"
+        cfg["outputs"] = [out]
+    p = tmp_path / "c.lua"
+    p.write_text("return " + lua(cfg) + "\n")
+    r = run_sluice("check", "-c", p)
+    assert r.returncode == 1
+    assert "%s: %s: cannot read %s: No such file" % (p, key, missing) in r.stderr, r.stderr
+    r = run_sluice("run", "-c", p, cwd=tmp_path, timeout=20)
+    assert r.returncode == 1 and '"config problem"' in r.stderr, r.stderr

@@ -478,6 +478,11 @@ def test_example_routes_orders_as_its_header_says(sluice, redis):
     assert '{"order":1,"amount":1500}' in raw and "priority" in raw
     wait_for(lambda: srv.pending("orders", "router") == 0, timeout=10,
              what="all acked")
+    # "run several of these with different CONSUMER names and ADMIN
+    # addresses": a second from the same file and folder runs beside it
+    from conftest import second_copy_starts
+    assert second_copy_starts(eng, {"CONSUMER": "router-2",
+                                    "ADMIN": "127.0.0.1:%d" % free_port()})
     assert eng.stop() == 0
 
 

@@ -20,7 +20,7 @@ import time
 import msgpack
 import pytest
 
-from conftest import (connect, free_port, lua, metric, pack, read_ndjson,
+from conftest import (SLUICE_BIN, connect, free_port, lua, metric, pack, read_ndjson,
                       run_sluice, wait_for, wait_lines)
 
 
@@ -816,7 +816,7 @@ def readme_tls_blocks():
             [b[len("lua\n"):] for b in blocks if b.startswith("lua\n")])
 
 
-def test_readme_tls_walkthrough_runs_as_written(sluice, tmp_path):
+def test_readme_tls_walkthrough_runs_as_written(tmp_path):
     sh, (central_lua, edge_lua) = readme_tls_blocks()
     make_certs, check = sh
     for cmd in make_certs.strip().splitlines():
@@ -829,18 +829,32 @@ def test_readme_tls_walkthrough_runs_as_written(sluice, tmp_path):
     def adapt(text):
         for old, new in ports.items():
             text = text.replace(":" + old, ":" + new)
-        for f in ("ca.pem", "central.pem", "central.key", "edge.pem", "edge.key"):
-            text = text.replace('"%s"' % f, '"%s"' % (tmp_path / f))
-        return text
+        return text  # the files stay relative: the configs sit beside them
 
-    central = sluice(adapt(central_lua), name="central")
-    sluice(adapt(edge_lua), name="edge")
-    for cmd in check.strip().splitlines():
-        r = subprocess.run(["bash", "-c", adapt(cmd)], cwd=tmp_path,
-                           capture_output=True, timeout=30)
-        assert r.returncode == 0, (cmd, r.stderr.decode())
-        assert b"Verification: OK" in r.stderr or b"ok" in r.stdout.lower()
-    send_plain("127.0.0.1:" + ports["7401"], "hello")
-    got = got_lines(central.path("archive.ndjson"), 1)
-    assert got[0]["payload"] == "hello"
-    assert got[0]["headers"]["sluice-peer"] == "edge-1"
+    # both in the folder of the certificates, as the README has them: each
+    # with its own state_dir, or the second refuses to start
+    procs = []
+    try:
+        for name, text in (("central", central_lua), ("edge", edge_lua)):
+            (tmp_path / (name + ".conf.lua")).write_text(adapt(text))
+            with open(str(tmp_path / (name + ".log")), "wb") as log:
+                procs.append(subprocess.Popen(
+                    [SLUICE_BIN, "run", "-c", name + ".conf.lua"], cwd=tmp_path,
+                    stdout=subprocess.DEVNULL, stderr=log))
+            wait_for(lambda: b"sluice started" in (tmp_path / (name + ".log")).read_bytes()
+                     or procs[-1].poll() is not None, 10, what=name + " to start")
+            assert procs[-1].poll() is None, (tmp_path / (name + ".log")).read_text()
+        for cmd in check.strip().splitlines():
+            r = subprocess.run(["bash", "-c", adapt(cmd)], cwd=tmp_path,
+                               capture_output=True, timeout=30)
+            assert r.returncode == 0, (cmd, r.stderr.decode())
+            assert b"Verification: OK" in r.stderr or b"ok" in r.stdout.lower()
+        send_plain("127.0.0.1:" + ports["7401"], "hello")
+        got = got_lines(tmp_path / "archive.ndjson", 1)
+        assert got[0]["payload"] == "hello"
+        assert got[0]["headers"]["sluice-peer"] == "edge-1"
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        rcs = [p.wait(timeout=20) for p in procs]
+    assert rcs == [0, 0]
