@@ -327,6 +327,9 @@ static int put_attributes(struct walk *w, struct span list, const char *prefix,
     struct sl_str s;
     if (k.p == NULL)
       return bad_value(w, "attributes: an attribute without a string key");
+    if (strlen(prefix) + k.len > 255) /* cut, it could be another key */
+      return bad_value(w, "attributes: a key longer than its header name "
+                          "can be (255 bytes with its otel. prefix)");
     sl_buf_reset(&w->payload);
     if ((rc = put_any(w, field(item, "value"), &w->payload, 0)) != 0)
       return rc;

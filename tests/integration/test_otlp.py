@@ -186,6 +186,29 @@ def test_out_of_range_times_and_non_numeric_doubles_are_refused_not_wrapped(slui
     assert eng.stop() == 0
 
 
+def test_an_attribute_key_too_long_for_a_header_is_refused_not_cut(sluice):
+    """A header name holds 255 bytes: a longer attribute key was cut to
+    fit, so two keys that differ past it became one name twice (and the
+    rule saw a key the sender never sent). The record is refused, named."""
+    eng, port = start(sluice)
+    long_key = "k" * 250  # 10 more with "otel.attr."
+    req = with_record(attributes=[
+        {"key": long_key + "-a", "value": {"stringValue": "1"}},
+        {"key": long_key + "-b", "value": {"stringValue": "2"}}])
+    r = post(port, req)
+    assert r.status == 200, r
+    ps = r.json().get("partialSuccess")
+    assert ps and ps["rejectedLogRecords"] == "1", r
+    assert "attributes: a key longer than" in ps["errorMessage"], ps
+    ok = with_record(attributes=[{"key": "k" * 245, "value": {"stringValue": "1"}}])
+    r = post(port, ok)
+    assert r.status == 200 and r.json() == {}, r
+    wait_lines(eng.path("out.ndjson"), 1)
+    ev = read_ndjson(eng.path("out.ndjson"))[0]
+    assert ev["headers"]["otel.attr." + "k" * 245] == "1"
+    assert eng.stop() == 0
+
+
 def test_malformed_json_and_a_wrong_shape_are_400(sluice):
     eng, port = start(sluice)
     for body, words in [('{"resourceLogs": [', "parse error"),
