@@ -6,6 +6,7 @@
 #include "buffer.h"
 
 #include <limits.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -338,7 +339,12 @@ static void refill(struct sl_buffer *b, struct sl_queue *q) {
     n = sl_spool_read(&b->spool, recs, want,
                       (size_t)(q->max_bytes - q->bytes));
     if (n < 0) {
-      log_write_error(b, "disk buffer cannot read; retrying", n);
+      /* reading the active file writes out what is buffered for it first:
+       * ENOSPC here is a write that failed, not the disk's reading */
+      log_write_error(b, n == -ENOSPC || n == -EDQUOT || n == -EFBIG
+                          ? "disk buffer cannot write out the events it "
+                            "would read back; retrying"
+                          : "disk buffer cannot read; retrying", n);
       arm_retry(b);
       break;
     }
