@@ -5,6 +5,7 @@
 #include "schema.h"
 
 #include "router.h"
+#include "tls.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -178,6 +179,45 @@ int sl_lint_routes(const struct sl_config *cfg, const char *path) {
     found++;
   }
   return found;
+}
+
+/* ---- tls files ------------------------------------------------------------ */
+
+/* One block: as a listener when it has a certificate and key (that loads
+ * and matches them), else as a client (its CA files); a client's host
+ * check needs no real address here, nothing connects. */
+static int tls_one(const struct sl_tls_config *t, const char *path,
+                   const char *where, int i, const char *name) {
+  struct sl_tls_config c = *t;
+  struct sl_tls *tls;
+  char err[512];
+  int server = c.cert_file && c.key_file;
+  if (!c.enabled)
+    return 0;
+  if (!server && c.verify_peer && c.server_name == NULL)
+    c.server_name = "check.invalid";
+  tls = sl_tls_new(&c, server, "check.invalid:1", name, err, sizeof(err));
+  if (tls) {
+    sl_tls_free(tls);
+    return 0;
+  }
+  if (i > 0)
+    fprintf(stderr, "%s: %s[%d] (%s).tls: %s\n", path, where, i, name, err);
+  else
+    fprintf(stderr, "%s: %s.tls: %s\n", path, where, err);
+  return 1;
+}
+
+int sl_lint_tls(const struct sl_config *cfg, const char *path) {
+  int i, bad = 0;
+  for (i = 0; i < cfg->ninputs; i++)
+    bad += tls_one(&cfg->inputs[i].tls, path, "inputs", i + 1,
+                   cfg->inputs[i].name);
+  for (i = 0; i < cfg->noutputs; i++)
+    bad += tls_one(&cfg->outputs[i].tls, path, "outputs", i + 1,
+                   cfg->outputs[i].name);
+  bad += tls_one(&cfg->admin.tls, path, "admin", 0, "admin");
+  return bad;
 }
 
 /* ---- schema contracts ---------------------------------------------------- */

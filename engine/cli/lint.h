@@ -17,6 +17,14 @@ int sl_lint_rules(const struct sl_config *cfg);
  * a glob of an earlier route (first match wins). Returns how many. */
 int sl_lint_routes(const struct sl_config *cfg, const char *path);
 
+/* Load every tls block's files as the engine will (OpenSSL: the
+ * certificate, that the key is its key, the CA files, the ciphers), so a
+ * key that does not match its certificate or a file that is no PEM fails
+ * the check as it fails run; the checker itself only sees that the files
+ * can be read. Prints each problem as "path: inputs[N].tls: why" and
+ * returns how many. */
+int sl_lint_tls(const struct sl_config *cfg, const char *path);
+
 /* Compare each contract's consecutive versions (oldest first): a change
  * that breaks readers of the older one within the same MAJOR is an error
  * (printed to stderr unless info); across a major bump it is reported,

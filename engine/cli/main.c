@@ -324,6 +324,11 @@ static int cmd_check(const char *path, const char *events, int strict) {
     return 1;
   }
   sl_rules_free(rs);
+  if (sl_lint_tls(cfg, path) > 0) {
+    fprintf(stderr, "sluice: %s: tls files rejected\n", path);
+    sl_config_free(cfg);
+    return 1;
+  }
   if (sl_lint_schemas(cfg, 0) > 0) {
     fprintf(stderr, "sluice: %s: schemas rejected\n", path);
     sl_config_free(cfg);

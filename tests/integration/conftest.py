@@ -162,6 +162,23 @@ def _ephemeral_low():
         return 32768
 
 
+def write_test_certs(d):
+    """Real PEM files in folder d, for configs that only need loadable tls
+    files (sluice check loads them as run does): ca.pem (a self-signed CA,
+    key ca.key) and client.pem / client.key signed by it."""
+    def ossl(*args):
+        subprocess.run(["openssl"] + [str(a) for a in args], check=True,
+                       capture_output=True, timeout=30)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    ossl("req", "-x509", *ec, "-keyout", d / "ca.key", "-out", d / "ca.pem",
+         "-days", "2", "-subj", "/CN=sluice test CA")
+    ossl("req", *ec, "-keyout", d / "client.key", "-out", d / "client.csr",
+         "-subj", "/CN=client")
+    ossl("x509", "-req", "-in", d / "client.csr", "-CA", d / "ca.pem",
+         "-CAkey", d / "ca.key", "-set_serial", "7", "-days", "2",
+         "-out", d / "client.pem")
+
+
 def free_port():
     """A port nothing listens on now, and never one this process was given
     before: the kernel may hand the same ephemeral port to two calls in a

@@ -258,7 +258,13 @@ def test_readme_config_blocks_pass_check(tmp_path, section):
               if b.startswith(("return {", "inputs", "outputs"))]
     assert blocks, section
     (tmp_path / "rules").mkdir()
-    (tmp_path / "ca.pem").write_text("")  # the HTTP output's tls.ca_file
+    # the HTTP output's tls.ca_file: a real CA certificate, since check
+    # loads the tls files as run does
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj",
+                    "/CN=readme test CA", "-keyout", str(tmp_path / "ca.key"),
+                    "-out", str(tmp_path / "ca.pem")],
+                   check=True, capture_output=True, timeout=30)
     env = dict(os.environ, **README_ENV)
     for i, block in enumerate(blocks):
         if block.startswith("return {"):

@@ -539,8 +539,9 @@ def test_an_unknown_librdkafka_option_stops_the_start_naming_it(tmp_path):
 # ---- tls: configuration only (the mock cluster speaks plaintext) -----------
 
 def check_tls(tmp_path, tls_in, tls_out):
-    for f in ("ca.pem", "client.pem", "client.key"):
-        (tmp_path / f).write_text("")  # check reads paths, not PEM
+    from conftest import write_test_certs
+    if not (tmp_path / "ca.pem").exists():
+        write_test_certs(tmp_path)  # check loads them as run does
     cfg = config("127.0.0.1:9", input={"tls": tls_in}, output={"tls": tls_out})
     p = tmp_path / "tls.lua"
     p.write_text("return " + lua(cfg) + "\n")

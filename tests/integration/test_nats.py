@@ -884,8 +884,8 @@ def test_sluice_check_takes_client_tls_on_nats_and_refuses_bad_blocks(tmp_path):
         p = tmp_path / "tls.lua"
         p.write_text("return " + lua(cfg) + "\n")
         return run_sluice("check", "-c", p)
-    for f in ("ca.pem", "client.pem", "client.key"):
-        (tmp_path / f).write_text("")
+    from conftest import write_test_certs
+    write_test_certs(tmp_path)  # check loads them as run does
     # the input is a client: ca_file and server_name, no cert_file needed
     r = check({"ca_file": "ca.pem", "server_name": "nats.example"},
               {"ca_file": "ca.pem", "cert_file": "client.pem",

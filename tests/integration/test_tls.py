@@ -196,6 +196,41 @@ def test_a_cipher_list_that_matches_nothing_stops_the_start(sluice, certs):
     assert "ciphers: no cipher match" in str(ex.value)
 
 
+def test_sluice_check_loads_the_tls_files_as_run_does(certs, tmp_path):
+    """check only saw that the files could be read: a key that does not
+    match its certificate, a certificate file that is no PEM, or a cipher
+    list that matches nothing passed check and stopped run. Each is now a
+    check error naming the block and the file."""
+    import subprocess
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+
+    def check(inp_tls, out_tls=None):
+        conf = tmp_path / "c.lua"
+        conf.write_text("return %s" % lua({
+            "inputs": [{"name": "in", "type": "tcp", "listen": "127.0.0.1:%d" % free_port(),
+                        "tls": inp_tls}],
+            "outputs": [{"name": "out", "type": "tcp", "address": "localhost:9",
+                         "tls": out_tls or client_tls(certs)}],
+            "routes": [{"topics": "*", "to": "out"}]}))
+        return subprocess.run([SLUICE_BIN, "check", "-c", str(conf)],
+                              capture_output=True, text=True, timeout=30)
+
+    r = check(server_tls(certs))
+    assert r.returncode == 0, r.stderr
+    r = check({"cert_file": getattr(certs, "server.pem"),
+               "key_file": getattr(certs, "client.key")})
+    assert r.returncode == 1, r.stdout
+    assert "inputs[1] (in).tls:" in r.stderr and "client.key" in r.stderr, r.stderr
+    assert "tls files rejected" in r.stderr, r.stderr
+    r = check({"cert_file": str(junk), "key_file": getattr(certs, "server.key")})
+    assert r.returncode == 1 and "junk.pem" in r.stderr, r.stderr
+    r = check(server_tls(certs, ciphers="NOT-A-CIPHER"))
+    assert r.returncode == 1 and "ciphers" in r.stderr, r.stderr
+    r = check(server_tls(certs), client_tls(certs, ca_file=str(junk)))
+    assert r.returncode == 1 and "outputs[1] (out).tls:" in r.stderr, r.stderr
+
+
 def test_handshake_timeout_closes_a_client_that_stalls_mid_handshake(sluice, certs):
     eng = listener(sluice, certs, server_tls(certs, handshake_timeout_ms=300))
     s = connect("127.0.0.1:%d" % eng.port)
