@@ -195,7 +195,7 @@ FUZZ_HTTP_SRC := $(wildcard engine/net/*.c) engine/core/buf.c engine/core/utf8.c
                  engine/codec/log.c engine/codec/codec.c engine/config/config.c \
                  engine/config/schemas.c engine/config/luastate.c engine/codec/schema.c \
                  engine/codec/json.c engine/core/regex.c engine/core/metric.c \
-                 engine/core/histogram.c engine/core/router.c
+                 engine/core/histogram.c engine/core/router.c engine/core/cpus.c
 $(BUILD)/fuzz/fuzz_http: tests/fuzz/fuzz_http.c tests/fuzz/fuzz.h $(FUZZ_HTTP_SRC) \
                          $(wildcard engine/*/*.h)
 	@mkdir -p $(dir $@)
