@@ -434,8 +434,9 @@ static int put_traceparent(struct walk *w, struct span rec) {
   size_t i;
   if ((!is_nil(ts) && t.p == NULL) || (!is_nil(ss) && s.p == NULL))
     return bad_value(w, "traceId, spanId: expected hex strings");
-  if (!is_nil(fl) && int_of(fl, 1, &flags) != 0)
-    return bad_value(w, "flags: expected an integer");
+  if (!is_nil(fl) && (int_of(fl, 1, &flags) != 0 || flags > 0xffffffffLL))
+    return bad_value(w, "flags: expected an integer from 0 to 2^32-1 (a "
+                        "fixed32)");
   if (!hex_id(t, 32))
     return bad_value(w, "traceId: expected 32 hex digits");
   if (!hex_id(s, 16))

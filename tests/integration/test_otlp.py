@@ -160,10 +160,12 @@ def test_out_of_range_times_and_non_numeric_doubles_are_refused_not_wrapped(slui
            with_record(body={"intValue": 18446744073709551615}),
            with_record(body={"doubleValue": "abc"}),
            with_record(body={"doubleValue": " 12"}),
-           with_record(body={"doubleValue": "inf"})]
+           with_record(body={"doubleValue": "inf"}),
+           with_record(traceId="5b8efff798038103d269b633813fc60c",
+                       spanId="eee19b7ec3c1b174", flags=4294967296)]
     words = ["timeUnixNano", "timeUnixNano", "observedTimeUnixNano",
              "timeUnixNano", "timeUnixNano", "intValue", "doubleValue",
-             "doubleValue", "doubleValue"]
+             "doubleValue", "doubleValue", "flags"]
     for req, word in zip(bad, words):
         r = post(port, req)
         assert r.status == 200, (req, r)
