@@ -116,23 +116,23 @@ double sl_cpus_quota(const char *root, const char *cgroup_file) {
   return best;
 }
 
+int sl_cpus_count(int online, int allowed, double quota) {
+  int n = allowed < online ? allowed : online;
+  /* compared as a double first: a quota past INT_MAX CPUs (cpu.max takes
+   * up to 2^44 - 1 us per 1 ms) cast to int is undefined, INT_MIN on x86,
+   * and gave 1 worker */
+  if (quota > 0 && quota < (double)n)
+    n = (int)ceil(quota - 1e-9); /* 1.5 CPUs: 2 threads; 0.5: 1 */
+  return n < 1 ? 1 : n;
+}
+
 void sl_cpus_available(struct sl_cpus *c) {
   long online = sysconf(_SC_NPROCESSORS_ONLN);
   cpu_set_t set;
-  int q;
   c->online = online < 1 ? 1 : online > 4096 ? 4096 : (int)online;
   c->allowed = c->online;
   if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
     c->allowed = CPU_COUNT(&set);
   c->quota = sl_cpus_quota("/sys/fs/cgroup", "/proc/self/cgroup");
-  c->n = c->allowed < c->online ? c->allowed : c->online;
-  if (c->quota > 0) {
-    q = (int)ceil(c->quota - 1e-9); /* 1.5 CPUs: 2 threads; 0.5: 1 */
-    if (q < 1)
-      q = 1;
-    if (q < c->n)
-      c->n = q;
-  }
-  if (c->n < 1)
-    c->n = 1;
+  c->n = sl_cpus_count(c->online, c->allowed, c->quota);
 }

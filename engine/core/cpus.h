@@ -15,6 +15,10 @@ struct sl_cpus {
 /* Fill *c for this process. */
 void sl_cpus_available(struct sl_cpus *c);
 
+/* The least of online, allowed and quota rounded up (none when quota
+ * <= 0), at least 1: sl_cpus_available's n. */
+int sl_cpus_count(int online, int allowed, double quota);
+
 /* The CPU quota of the cgroup that cgroup_file (in /proc/self/cgroup's
  * format) names, under the cgroup file systems mounted at root
  * (/sys/fs/cgroup): the least quota / period over that cgroup and each

@@ -128,6 +128,22 @@ TEST(cpus_garbage_and_missing_files_mean_no_quota) {
   CHECK(sl_cpus_quota("/nonexistent", "/nonexistent/cgroup") < 0);
 }
 
+/* cpu.max takes a quota up to 2^44 - 1 us over a period of 1 ms: some
+ * 1.76e10 CPUs, no limit at all. It was cast to int (undefined; INT_MIN
+ * on x86), taken as less than one CPU and rounded up to 1 worker. */
+TEST(cpus_count_a_huge_quota_limits_nothing) {
+  fresh();
+  mkdirs("fs/a");
+  put("fs/a/cpu.max", "17592186044415 1000\n");
+  CHECK(quota("0::/a\n") > 1e10);
+  CHECK_EQ(sl_cpus_count(8, 8, quota("0::/a\n")), 8);
+  CHECK_EQ(sl_cpus_count(8, 4, 3e9), 4);
+  CHECK_EQ(sl_cpus_count(8, 8, 1e300), 8);
+  CHECK_EQ(sl_cpus_count(8, 8, 2.5), 3);
+  CHECK_EQ(sl_cpus_count(8, 8, 0.25), 1);
+  CHECK_EQ(sl_cpus_count(8, 8, -1), 8);
+}
+
 TEST(cpus_available_is_at_least_one_and_at_most_what_is_online) {
   struct sl_cpus c;
   sl_cpus_available(&c);
