@@ -1587,6 +1587,7 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
   for (i = 1; i <= n; i++) {
     struct sl_input_config *in = &cfg->inputs[cfg->ninputs++];
     const struct sl_config_plugin *pl;
+    const char *udp;
     int it, nerr = c->nerr;
     snprintf(p, sizeof(p), "inputs[%d]", i);
     lua_rawgeti(L, -1, i);
@@ -1603,7 +1604,9 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
     check_plugin_keys(c, it, p, SL_PLUGIN_INPUT, pl, core);
     read_keys(c, it, p, pl, in, &in->values, &in->nvalues);
     plugin_check(c, p, pl, in, nerr);
+    udp = sl_config_value_str(in->values, in->nvalues, "udp");
     for (j = 0; j < cfg->ninputs - 1; j++) {
+      const char *uj;
       if (in->name && cfg->inputs[j].name &&
           strcmp(in->name, cfg->inputs[j].name) == 0) {
         char pn[80];
@@ -1616,6 +1619,16 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
         char pl2[80];
         snprintf(pl2, sizeof(pl2), "%s.listen", p);
         bad(c, pl2, "\"%s\" is already used by inputs[%d]", in->listen,
+            j + 1);
+      }
+      /* a syslog input's datagram socket: only another one takes its
+       * address (tcp and udp on one port do not meet) */
+      if (udp && (uj = sl_config_value_str(cfg->inputs[j].values,
+                                           cfg->inputs[j].nvalues, "udp")) &&
+          sl_config_listen_collide(udp, uj)) {
+        char pl2[80];
+        snprintf(pl2, sizeof(pl2), "%s.udp", p);
+        bad(c, pl2, "\"%s\" is already used by inputs[%d] (udp)", udp,
             j + 1);
       }
     }

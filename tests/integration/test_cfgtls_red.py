@@ -401,3 +401,34 @@ def test_an_http_output_whose_tls_files_do_not_load_is_refused(
         named in line["error"], line
     send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": 1}])
     wait_lines(eng.path("out.ndjson"), 1)
+
+
+def test_check_refuses_two_syslog_inputs_on_one_udp_socket(tmp_path):
+    """Two syslog inputs on one udp address (equal strings, or written two
+    ways) passed `sluice check` (only listen was compared) and run failed
+    to bind the second ("address already in use"). A tcp listen on the
+    udp's port is no clash and stays valid."""
+    port = free_port()
+    cfg = tmp_path / "udp.conf.lua"
+
+    def conf(inputs):
+        cfg.write_text("return " + lua({
+            "inputs": inputs,
+            "outputs": [{"name": "f", "type": "file", "path": "out.ndjson"}],
+            "routes": [{"topics": "*", "to": "f"}]}) + "\n")
+        return run_sluice("check", "-c", cfg)
+
+    for a, b in [("127.0.0.1", "127.0.0.1"), ("localhost", "127.0.0.1"),
+                 ("0.0.0.0", "127.0.0.1")]:
+        r = conf([{"name": "a", "type": "syslog", "udp": "%s:%d" % (a, port)},
+                  {"name": "b", "type": "syslog", "udp": "%s:%d" % (b, port)}])
+        assert r.returncode == 1, (a, b, r.stdout)
+        assert 'inputs[2].udp: "%s:%d" is already used by inputs[1]' % (
+            b, port) in r.stderr, r.stderr
+    r = conf([{"name": "a", "type": "syslog", "udp": "127.0.0.1:%d" % port},
+              {"name": "b", "type": "syslog",
+               "listen": "127.0.0.1:%d" % port}])
+    assert r.returncode == 0, r.stderr
+    r = conf([{"name": "a", "type": "syslog", "udp": "127.0.0.1:%d" % port,
+               "listen": "127.0.0.1:%d" % port}])
+    assert r.returncode == 0, r.stderr
