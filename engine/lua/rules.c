@@ -123,7 +123,8 @@ struct sl_rules {
   uint64_t last_reload_ms;
   char scripts_dir[4096], lib_dir[4096];
   char *status_file;
-  int status_failing;        /* the last write of status_file failed */
+  int status_failing;        /* the last write of status_file failed: 1,
+                                the file removed; 2, left stale */
   struct sl_log_limiter error_log;
   struct sl_rules_stats st;
   struct sl_metric_registry *metrics; /* where sl_rules_metrics added */
@@ -944,8 +945,21 @@ static void write_status(struct sl_rules *rs) {
     rs->status_failing = 0;
     return;
   }
-  unlink(rs->status_file); /* stale: it names an older version */
-  if (!rs->status_failing)
+  /* stale: it names an older version. A read-only folder (EROFS, or
+   * one whose mode no longer lets us write) keeps it: then the log must
+   * not promise it went */
+  if (unlink(rs->status_file) != 0 && errno != ENOENT) {
+    if (rs->status_failing != 2)
+      sl_log(SL_LOG_ERROR, "cannot write the status file nor remove it; "
+                           "`sluice status` shows an older version until a "
+                           "write works",
+             SL_S("file", rs->status_file), SL_S("step", step),
+             SL_S("error", strerror(err)),
+             SL_S("remove_error", strerror(errno)), SL_END);
+    rs->status_failing = 2;
+    return;
+  }
+  if (rs->status_failing != 1)
     sl_log(SL_LOG_WARN, "cannot write the status file; `sluice status` "
                         "has none until a write works",
            SL_S("file", rs->status_file), SL_S("step", step),

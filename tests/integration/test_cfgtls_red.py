@@ -432,3 +432,48 @@ def test_check_refuses_two_syslog_inputs_on_one_udp_socket(tmp_path):
     r = conf([{"name": "a", "type": "syslog", "udp": "127.0.0.1:%d" % port,
                "listen": "127.0.0.1:%d" % port}])
     assert r.returncode == 0, r.stderr
+
+
+def test_a_status_file_that_can_be_neither_written_nor_removed_is_logged_so(
+        sluice, tmp_path):
+    """A status file the engine can neither replace nor remove (immutable
+    here, chattr +i; a read-only folder alike): the reload goes live, its
+    status is not written, and the old file stays. The log said `sluice
+    status` "has none" while it went on showing version 1 as the running
+    one; now the log says the file is stale, and the next write that works
+    puts it right."""
+    port = free_port()
+    state = tmp_path / "state"
+    text = "return " + lua({
+        "state_dir": str(state),
+        "inputs": [{"name": "in", "type": "tcp", "listen": "127.0.0.1:%d" % port}],
+        "outputs": [{"name": "f", "type": "file", "path": "out.ndjson"}],
+        "routes": [{"topics": "*", "to": "f"}]}) + "\n"
+    eng = sluice(text)
+    status_file = str(state / "sluice.status.json")
+    r = run_sluice("status", "-c", eng.config)
+    assert r.returncode == 0 and json.loads(r.stdout)["version"] == 1, r
+    pin = subprocess.run(["chattr", "+i", status_file], capture_output=True)
+    if pin.returncode != 0:
+        pytest.skip("cannot make the file immutable: %s" % pin.stderr.decode())
+    try:
+        eng.signal(signal.SIGHUP)
+        assert wait_reload(eng, 1)["msg"] == "config reloaded"
+        line = eng.wait_log("cannot write the status file nor remove it; "
+                            "`sluice status` shows an older version until a "
+                            "write works")
+        assert line["step"] == "cannot rename over", line
+        assert "Operation not permitted" in line["remove_error"], line
+        assert not eng.find_logs("cannot write the status file; `sluice "
+                                 "status` has none until a write works"), \
+            "the log promised it was gone"
+        with open(status_file) as f:  # what the log says: still version 1
+            assert json.load(f)["version"] == 1
+        assert not os.path.exists(status_file + ".tmp")
+    finally:
+        subprocess.run(["chattr", "-i", status_file], capture_output=True)
+    eng.signal(signal.SIGHUP)
+    assert wait_reload(eng, 2)["msg"] == "config reloaded"
+    eng.wait_log("status file written again")
+    r = run_sluice("status", "-c", eng.config)
+    assert r.returncode == 0 and json.loads(r.stdout)["version"] == 3, r
