@@ -271,13 +271,19 @@ int sl_route_main(const char *config, const char *path) {
     for (i = 0; i < pos; i++)
       line += in.data[i] == '\n';
     while (pos < in.len) {
-      size_t end = pos;
+      size_t end = pos, last;
       char jerr[256];
       while (end < in.len && in.data[end] != '\n')
         end++;
-      if (end > pos) {
+      /* a line of white space (a CRLF file's empty line is "\r") is blank,
+       * no event, as the stdin input reads it */
+      for (last = end; last > pos && (in.data[last - 1] == '\r' ||
+                                      in.data[last - 1] == ' ' ||
+                                      in.data[last - 1] == '\t');)
+        last--;
+      if (last > pos) {
         sl_buf_reset(&mp);
-        if (sl_json_to_msgpack((const char *)in.data + pos, end - pos, &mp,
+        if (sl_json_to_msgpack((const char *)in.data + pos, last - pos, &mp,
                                jerr, sizeof(jerr)) != 0) {
           char msg[300];
           snprintf(msg, sizeof(msg), "line %llu: %s",

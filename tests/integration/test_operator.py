@@ -436,6 +436,30 @@ def test_invalid_ndjson_events_are_named_by_the_line_of_the_file(tmp_path):
     assert last["error"] == "byte 16: field 'topic': expected string, got integer"
 
 
+def test_white_space_lines_are_blank_in_check_events_as_in_the_engine(
+        tmp_path):
+    """A line of white space, as a CRLF file's empty line ("\\r") is, is
+    blank: no event, as the stdin input reads it. `check --events` and
+    `route` took it for an event that is no JSON, so a samples file saved
+    with CRLF line ends and an empty line failed the gate (exit 1, "1
+    invalid") though the engine reads every event of it."""
+    conf, _ = check_config(tmp_path, rule=EVENTS_RULE)
+    ev = tmp_path / "crlf.ndjson"
+    ev.write_bytes(b'{"topic":"orders.eu","payload":{"amount":5}}\r\n\r\n'
+                   b' \t \n{"topic":"orders.eu","payload":{"amount":7}}\r\n')
+    r = run_sluice("check", "-c", conf, "--events", ev)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "2 events: 2 routed" in r.stdout and "0 invalid" in r.stdout, \
+        r.stdout
+    r = run_sluice("route", "-c", conf, "--events", ev)
+    assert len(r.stdout.splitlines()) == 2, r.stdout
+    # lines are still the file's: an invalid one after them is line 5
+    ev.write_bytes(ev.read_bytes() + b'garbage\r\n')
+    r = run_sluice("check", "-c", conf, "--events", ev)
+    assert r.returncode == 1
+    assert "event 3: invalid: line 5: " in r.stdout, r.stdout
+
+
 # ---- top --------------------------------------------------------------------
 
 def test_sluice_top_once_shows_rates_per_input_rule_and_output(sluice, tmp_path):
