@@ -647,23 +647,40 @@ static void finish_batch(struct http_out *h) {
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
-/* The first line of file (a secret), without its line end, into out. */
-static int read_secret(const char *file, char *out, size_t outlen, char *err,
-                       size_t errlen) {
+/* The first line of file (a secret), without its line end, whatever its
+ * length (an OAuth token can take several KB): malloc'd, or NULL with err
+ * filled. */
+static char *read_secret(const char *file, char *err, size_t errlen) {
   FILE *f = fopen(file, "r");
-  if (f == NULL || fgets(out, (int)outlen, f) == NULL) {
+  char *line = NULL;
+  size_t cap = 0;
+  if (f == NULL || getline(&line, &cap, f) < 0) {
     snprintf(err, errlen, "cannot read %s: %s", file,
              f ? "empty" : strerror(errno));
     if (f)
       fclose(f);
-    return SL_EINVAL;
+    free(line);
+    return NULL;
   }
   fclose(f);
-  out[strcspn(out, "\r\n")] = '\0';
-  return 0;
+  line[strcspn(line, "\r\n")] = '\0';
+  return line;
 }
 
-/* The static headers and auth of the config into h. */
+/* "<prefix><n bytes of v>" as a header of h; 0 or SL_ENOMEM. */
+static int add_header(struct http_out *h, const char *prefix, const char *v,
+                      size_t n) {
+  char *line;
+  int rc;
+  if (asprintf(&line, "%s%.*s", prefix, (int)n, v) < 0)
+    return SL_ENOMEM;
+  rc = slist_add(&h->headers, line);
+  free(line);
+  return rc;
+}
+
+/* The static headers and auth of the config into h. Lines of any length:
+ * a bearer token was cut to the first 1077 bytes (1023 from a file). */
 static int setup_headers(struct http_out *h, char *err, size_t errlen) {
   const struct sl_output_config *c = h->o->cfg;
   const char *lines = sl_config_value_str(c->values, c->nvalues, "headers");
@@ -674,35 +691,34 @@ static int setup_headers(struct http_out *h, char *err, size_t errlen) {
   const char *pass = sl_config_value_str(c->values, c->nvalues, "password");
   const char *pass_file =
       sl_config_value_str(c->values, c->nvalues, "password_file");
-  char secret[1024], line[1100];
+  char *secret = NULL;
+  int rc = 0;
 
-  while (lines && *lines) {
+  while (lines && *lines && rc == 0) {
     size_t n = strcspn(lines, "\n");
-    snprintf(line, sizeof(line), "%.*s", (int)n, lines);
-    if (slist_add(&h->headers, line) != 0)
-      return SL_ENOMEM;
+    rc = add_header(h, "", lines, n);
     lines += n + (lines[n] == '\n');
   }
-  if (token_file &&
-      read_secret(token_file, secret, sizeof(secret), err, errlen) != 0)
+  if (rc == 0 && token_file &&
+      (secret = read_secret(token_file, err, errlen)) == NULL)
     return SL_EINVAL;
-  if (token || token_file) {
-    snprintf(line, sizeof(line), "Authorization: Bearer %s",
-             token ? token : secret);
-    if (slist_add(&h->headers, line) != 0)
-      return SL_ENOMEM;
+  if (rc == 0 && (token || token_file)) {
+    const char *t = token ? token : secret;
+    rc = add_header(h, "Authorization: Bearer ", t, strlen(t));
   }
-  if (user) {
-    if (pass_file &&
-        read_secret(pass_file, secret, sizeof(secret), err, errlen) != 0)
+  free(secret);
+  secret = NULL;
+  if (rc == 0 && user) {
+    if (pass_file && (secret = read_secret(pass_file, err, errlen)) == NULL)
       return SL_EINVAL;
     if (asprintf(&h->userpwd, "%s:%s", user,
                  pass ? pass : pass_file ? secret : "") < 0) {
       h->userpwd = NULL;
-      return SL_ENOMEM;
+      rc = SL_ENOMEM;
     }
+    free(secret);
   }
-  return 0;
+  return rc;
 }
 
 /* The keys taken together (sl_config_plugin.check, also run by cb_start):

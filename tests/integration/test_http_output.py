@@ -397,6 +397,27 @@ def test_static_headers_take_env_and_bearer_token(sluice, monkeypatch):
         assert eng.stop() == 0
 
 
+def test_a_long_bearer_token_goes_whole(sluice, tmp_path, monkeypatch):
+    """A bearer token of a few KB (a JWT with many claims; OAuth access
+    tokens of 1.5 to 4 KB are common) went out cut to 1077 bytes from
+    bearer_token and to 1023 from bearer_token_file (fixed buffers, no
+    error): every request was refused by the server, for good, with
+    nothing in the log saying why."""
+    token = "eyJ" + "x" * 3000 + ".sig"
+    monkeypatch.setenv("HOOK_TOKEN", token)
+    tf = tmp_path / "token"
+    tf.write_text(token + "\n")
+    for kw in ({"bearer_token": "${HOOK_TOKEN}"},
+               {"bearer_token_file": str(tf)}):
+        with Hook() as hook:
+            eng = engine(sluice, hook.url + "/in", **kw)
+            send_events(eng.address, events(1))
+            hook.wait_delivered(1)
+            got = hook.requests[0]["headers"]["authorization"]
+            assert got == "Bearer " + token, (kw, len(got))
+            assert eng.stop() == 0
+
+
 def test_basic_auth_reads_the_password_from_a_file(sluice, tmp_path):
     pw = tmp_path / "pw"
     pw.write_text("hunter2\n")
