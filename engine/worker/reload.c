@@ -835,6 +835,21 @@ static int prepare(struct plan *p) {
     return SL_EINVAL;
   }
   sl_buf_close(&eb);
+  /* workers = "auto" is read again by the load: once the process may use
+   * other CPUs than at its start (taskset, a CPU limit resized in place)
+   * it gives another count, and the unchanged file would have every
+   * reload refused as a workers change. The running count stays; a
+   * restart takes the new one. */
+  if (w->cfg->workers_auto && p->next->workers_auto &&
+      p->next->workers != w->cfg->workers) {
+    sl_log(SL_LOG_WARN, "workers = \"auto\" gives another count now; the "
+                        "running one stays until a restart",
+           SL_I("workers", w->cfg->workers),
+           SL_I("auto_now", p->next->workers),
+           SL_I("cpus_allowed", p->next->cpus.allowed),
+           SL_D("cpu_quota", p->next->cpus.quota), SL_END);
+    p->next->workers = w->cfg->workers;
+  }
   if (sl_config_restart_diff(w->cfg, p->next, &eb) > 0) {
     snprintf(p->err, p->errlen,
              "reload refused: these settings need a restart: %.*s",

@@ -555,3 +555,35 @@ def test_workers_auto_takes_the_cgroup_cpu_quota(tmp_path):
         time.sleep(0.2)
         os.rmdir(cg)
     assert auto["cpu_quota"] == 0.5 and auto["workers"] == 1, auto
+
+
+def test_workers_auto_keeps_its_count_across_a_reload_when_the_cpus_change(
+        sluice, tmp_path):
+    # "auto" is read again by every reload: once the process may use fewer
+    # CPUs than at its start (an operator's taskset, a container's CPU limit
+    # resized in place), the unchanged config said "workers (2 -> 1)" and
+    # every reload was refused ("these settings need a restart") until a
+    # restart. The running count stays; the reload goes through
+    import subprocess
+    from test_reload_config import wait_reload
+    if (os.cpu_count() or 1) < 2 or not os.path.exists("/usr/bin/taskset"):
+        pytest.skip("needs two CPUs and taskset")
+    port = free_port()
+    text = """return {
+  workers = "auto",
+  inputs = { { name = "in", type = "tcp", listen = "127.0.0.1:%d" } },
+  outputs = { { name = "out", type = "null" } },
+  routes = { { topics = "*", to = "out" } },
+}""" % port
+    eng = sluice(text)
+    auto = eng.wait_log('workers = "auto": the CPUs this process may use')
+    assert auto["workers"] == 2, auto
+    # the engine's main thread, which loads a reload's config, gets one CPU
+    subprocess.run(["taskset", "-p", "-c", "0", str(eng.pid)], check=True,
+                   capture_output=True)
+    eng.signal(signal.SIGHUP)
+    line = wait_reload(eng, 1)
+    assert line["msg"] == "config reloaded", line
+    warn = eng.wait_log('workers = "auto" gives another count now; the '
+                        'running one stays until a restart')
+    assert warn["workers"] == 2 and warn["auto_now"] == 1, warn
