@@ -577,13 +577,16 @@ def test_workers_auto_keeps_its_count_across_a_reload_when_the_cpus_change(
 }""" % port
     eng = sluice(text)
     auto = eng.wait_log('workers = "auto": the CPUs this process may use')
-    assert auto["workers"] == 2, auto
+    if auto["workers"] < 2:
+        pytest.skip("auto gives %d worker here" % auto["workers"])
+    n = auto["workers"]
     # the engine's main thread, which loads a reload's config, gets one CPU
-    subprocess.run(["taskset", "-p", "-c", "0", str(eng.pid)], check=True,
+    one = str(min(os.sched_getaffinity(eng.pid)))
+    subprocess.run(["taskset", "-p", "-c", one, str(eng.pid)], check=True,
                    capture_output=True)
     eng.signal(signal.SIGHUP)
     line = wait_reload(eng, 1)
     assert line["msg"] == "config reloaded", line
     warn = eng.wait_log('workers = "auto" gives another count now; the '
                         'running one stays until a restart')
-    assert warn["workers"] == 2 and warn["auto_now"] == 1, warn
+    assert warn["workers"] == n and warn["auto_now"] == 1, warn
