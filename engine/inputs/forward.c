@@ -635,9 +635,9 @@ static const struct sl_config_key keys[] = {
     {0}};
 
 const struct sl_plugin sl_input_forward = {
-    .config = {SL_PLUGIN_INPUT, "forward",
-               "the Fluent forward protocol (Fluent Bit, Fluentd, "
+    .config = {.kind = SL_PLUGIN_INPUT, .type = "forward",
+               .doc = "the Fluent forward protocol (Fluent Bit, Fluentd, "
                "fluent-logger)",
-               keys},
+               .keys = keys},
     .input = &ops,
 };

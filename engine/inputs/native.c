@@ -409,12 +409,15 @@ static const struct sl_config_key unix_keys[] = {
     {0}};
 
 const struct sl_plugin sl_input_tcp = {
-    .config = {SL_PLUGIN_INPUT, "tcp", "msgpack events over TCP", tcp_keys},
+    .config = {.kind = SL_PLUGIN_INPUT, .type = "tcp",
+               .doc = "msgpack events over TCP",
+               .keys = tcp_keys},
     .input = &ops,
 };
 
 const struct sl_plugin sl_input_unix = {
-    .config = {SL_PLUGIN_INPUT, "unix", "msgpack events over a unix socket",
-               unix_keys},
+    .config = {.kind = SL_PLUGIN_INPUT, .type = "unix",
+               .doc = "msgpack events over a unix socket",
+               .keys = unix_keys},
     .input = &ops,
 };

@@ -399,7 +399,8 @@ static const struct sl_config_key stdin_keys[] = {
     {0}};
 
 const struct sl_plugin sl_input_stdin = {
-    .config = {SL_PLUGIN_INPUT, "stdin", "events read from standard input",
-               stdin_keys},
+    .config = {.kind = SL_PLUGIN_INPUT, .type = "stdin",
+               .doc = "events read from standard input",
+               .keys = stdin_keys},
     .input = &ops,
 };

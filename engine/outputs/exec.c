@@ -453,7 +453,8 @@ static const struct sl_config_key exec_keys[] = {
     {0}};
 
 const struct sl_plugin sl_output_exec = {
-    .config = {SL_PLUGIN_OUTPUT, "exec",
-               "pipes events into a command's stdin", exec_keys},
+    .config = {.kind = SL_PLUGIN_OUTPUT, .type = "exec",
+               .doc = "pipes events into a command's stdin",
+               .keys = exec_keys},
     .output = &ops,
 };

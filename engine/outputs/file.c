@@ -437,13 +437,15 @@ static const struct sl_config_key file_keys[] = {
 static const struct sl_config_key stdout_keys[] = {FORMAT, {0}};
 
 const struct sl_plugin sl_output_file = {
-    .config = {SL_PLUGIN_OUTPUT, "file", "appends events to a file",
-               file_keys},
+    .config = {.kind = SL_PLUGIN_OUTPUT, .type = "file",
+               .doc = "appends events to a file",
+               .keys = file_keys},
     .output = &file_ops,
 };
 
 const struct sl_plugin sl_output_stdout = {
-    .config = {SL_PLUGIN_OUTPUT, "stdout", "writes events to standard output",
-               stdout_keys},
+    .config = {.kind = SL_PLUGIN_OUTPUT, .type = "stdout",
+               .doc = "writes events to standard output",
+               .keys = stdout_keys},
     .output = &stdout_ops,
 };

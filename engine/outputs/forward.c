@@ -417,9 +417,9 @@ static const struct sl_config_key keys[] = {
     {0}};
 
 const struct sl_plugin sl_output_forward = {
-    .config = {SL_PLUGIN_OUTPUT, "forward",
-               "sends events to a Fluent forward peer as PackedForward with "
+    .config = {.kind = SL_PLUGIN_OUTPUT, .type = "forward",
+               .doc = "sends events to a Fluent forward peer as PackedForward with "
                "acks",
-               keys},
+               .keys = keys},
     .output = &ops,
 };

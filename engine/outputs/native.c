@@ -170,14 +170,15 @@ static const struct sl_config_key unix_keys[] = {
     {0}};
 
 const struct sl_plugin sl_output_tcp = {
-    .config = {SL_PLUGIN_OUTPUT, "tcp",
-               "sends msgpack events to a sluice (or any peer) over TCP",
-               tcp_keys},
+    .config = {.kind = SL_PLUGIN_OUTPUT, .type = "tcp",
+               .doc = "sends msgpack events to a sluice (or any peer) over TCP",
+               .keys = tcp_keys},
     .output = &ops,
 };
 
 const struct sl_plugin sl_output_unix = {
-    .config = {SL_PLUGIN_OUTPUT, "unix",
-               "sends msgpack events over a unix socket", unix_keys},
+    .config = {.kind = SL_PLUGIN_OUTPUT, .type = "unix",
+               .doc = "sends msgpack events over a unix socket",
+               .keys = unix_keys},
     .output = &ops,
 };

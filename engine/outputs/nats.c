@@ -682,8 +682,8 @@ static const struct sl_config_key nats_keys[] = {
     {0}};
 
 const struct sl_plugin sl_output_nats = {
-    .config = {SL_PLUGIN_OUTPUT, "nats",
-               "NATS: JetStream publish with acks, or core publish",
-               nats_keys},
+    .config = {.kind = SL_PLUGIN_OUTPUT, .type = "nats",
+               .doc = "NATS: JetStream publish with acks, or core publish",
+               .keys = nats_keys},
     .output = &ops,
 };

@@ -22,7 +22,8 @@ static const struct sl_output_ops ops = {
 static const struct sl_config_key keys[] = {{0}};
 
 const struct sl_plugin sl_output_null = {
-    .config = {SL_PLUGIN_OUTPUT, "null", "counts events and discards them",
-               keys},
+    .config = {.kind = SL_PLUGIN_OUTPUT, .type = "null",
+               .doc = "counts events and discards them",
+               .keys = keys},
     .output = &ops,
 };

@@ -530,7 +530,8 @@ static const struct sl_config_key keys[] = {
     {0}};
 
 const struct sl_plugin sl_output_redis = {
-    .config = {SL_PLUGIN_OUTPUT, "redis",
-               "XADDs events to redis streams, pipelined", keys},
+    .config = {.kind = SL_PLUGIN_OUTPUT, .type = "redis",
+               .doc = "XADDs events to redis streams, pipelined",
+               .keys = keys},
     .output = &ops,
 };
