@@ -374,6 +374,11 @@ static int client_renew(struct kafka_out *k) {
   return 0;
 }
 
+static void cb_stop(struct sl_output *o);
+
+/* A start that fails stops what it began (the core never stops an output
+ * whose start failed: a reload that refuses it would leak the client and
+ * its threads). */
 static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   const struct sl_output_config *cfg = o->cfg;
   struct kafka_out *k = calloc(1, sizeof(*k));
@@ -388,8 +393,10 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   k->bridge.kind = "output";
   k->bridge.name = cfg->name;
   k->bridge.on_ready = on_ready;
-  if ((rc = client_new(k, err, errlen)) != 0)
+  if ((rc = client_new(k, err, errlen)) != 0) {
+    cb_stop(o);
     return rc;
+  }
   uv_idle_init(&o->w->loop, &k->more);
   k->more.data = k;
   k->more_open = 1;
@@ -397,10 +404,14 @@ static int cb_start(struct sl_output *o, char *err, size_t errlen) {
   if (rc != 0) {
     snprintf(err, errlen, "kafka: cannot watch the client: %s",
              uv_strerror(rc));
+    cb_stop(o);
     return rc;
   }
-  if (add_metrics(k) != 0)
+  if (add_metrics(k) != 0) {
+    snprintf(err, errlen, "out of memory");
+    cb_stop(o);
     return SL_ENOMEM;
+  }
   serve(k);
   return 0;
 }
@@ -430,6 +441,8 @@ static void cb_stop(struct sl_output *o) {
     sl_output_stopped(o);
     return;
   }
+  if (k->closing)
+    return; /* stopping already (a failed start stopped itself) */
   k->closing = 1;
   k->writing = 0; /* late reports are ignored */
   if (k->more_open) {

@@ -357,6 +357,39 @@ def test_a_reload_refusing_a_tls_output_frees_what_it_started(sluice, certs,
     assert eng.stop() == 0  # teardown checks the sanitizer's report
 
 
+def test_a_reload_refusing_a_kafka_output_that_cannot_start_frees_its_client(
+        sluice, tmp_path):
+    """A kafka output whose client cannot be made (an unsupported SASL
+    mechanism passes check; librdkafka refuses it at rd_kafka_new) in a
+    reload: the reload is refused, and what the start made is freed (the
+    core never stops an output whose start failed; the output kept its
+    state, and with a later failure its client and threads). Under the
+    ASan build LeakSanitizer reports what is left at exit."""
+    port = free_port()
+    f = {"name": "f", "type": "file", "path": "out.ndjson"}
+
+    def conf(outputs):
+        return "return " + lua({
+            "inputs": [{"name": "in", "type": "tcp",
+                        "listen": "127.0.0.1:%d" % port}],
+            "outputs": outputs,
+            "routes": [{"topics": "*", "to": outputs[0]["name"]}]}) + "\n"
+
+    eng = sluice(conf([f]))
+    k = {"name": "k", "type": "kafka", "brokers": "127.0.0.1:%d" % free_port(),
+         "options": "security.protocol=sasl_plaintext,sasl.mechanisms=NOSUCH"}
+    for n in range(1, 4):
+        rewrite(eng, conf([f, k]))
+        eng.signal(signal.SIGHUP)
+        line = wait_reload(eng, n)
+        assert line["msg"] == "config reload rejected; the running config stays"
+        assert line["error"].startswith("outputs[2] (k): "), line
+        assert "NOSUCH" in line["error"], line
+    send_events("127.0.0.1:%d" % port, [{"topic": "t", "payload": 1}])
+    wait_lines(eng.path("out.ndjson"), 1)
+    assert eng.stop() == 0  # teardown checks the sanitizer's report
+
+
 @pytest.mark.parametrize("bad", ["mismatched_key", "garbage_ca"])
 def test_an_http_output_whose_tls_files_do_not_load_is_refused(
         sluice, certs, tmp_path, bad):
