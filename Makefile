@@ -26,13 +26,14 @@ ENGINE_OBJ  := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 LIB_OBJ     := $(filter-out $(BUILD)/engine/cli/main.o,$(ENGINE_OBJ))
 CTEST_SRC   := $(sort $(wildcard tests/c/test_*.c))
 CTEST_BIN   := $(CTEST_SRC:tests/c/%.c=$(BUILD)/tests/%)
-TOOL_SRC    := $(sort $(wildcard tests/tools/*.c))
+TOOL_SRC    := $(filter-out tests/tools/failmalloc.c,$(sort $(wildcard tests/tools/*.c)))
 TOOL_BIN    := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 
 .PHONY: all deps run test test-asan bench soak clean fuzz chaos layers \
         install uninstall
 
-all: $(BUILD)/sluice $(CTEST_BIN) $(TOOL_BIN) $(BUILD)/sluice_pattern_test.so \
+all: $(BUILD)/sluice $(CTEST_BIN) $(TOOL_BIN) $(BUILD)/tools/failmalloc.so \
+     $(BUILD)/sluice_pattern_test.so \
      $(BUILD)/sluice_core.so
 
 # Install what is missing from Debian; skip what is there.
@@ -61,6 +62,13 @@ $(BUILD)/tests/%: tests/c/%.c tests/c/test.h $(LIB_OBJ)
 $(BUILD)/tools/%: tests/tools/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -o $@ $< $(LIB_OBJ) $(LDFLAGS) $(PKG_LIBS)
+
+# The malloc fault injector, preloaded into the binary by the out-of-memory
+# tests. Never sanitized: ASan brings its own malloc.
+$(BUILD)/tools/failmalloc.so: tests/tools/failmalloc.c
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -fsanitize% -fno-sanitize%,$(CFLAGS)) -fPIC -shared \
+	  -o $@ $< -ldl
 
 # engine/lua/pattern.c as a Lua module for tests/lua/pattern_spec.lua. Not linked
 # to libluajit and never sanitized: it must load into a plain luajit host.
