@@ -52,8 +52,17 @@ static const char *type_of(lua_State *L, int idx) {
   return lua_typename(L, lua_type(L, idx));
 }
 
-static char *dupstr(const char *s) {
+/* An allocation failed: the config is refused with that reason, so no
+ * half-read config (a NULL name, a missing list) reaches the engine. */
+static void no_memory(struct check *c) {
+  c->nerr++;
+  sl_buf_printf(c->err, "%s: out of memory\n", c->file);
+}
+
+static char *dupstr(struct check *c, const char *s) {
   char *d = s ? strdup(s) : NULL;
+  if (s && d == NULL)
+    no_memory(c);
   return d;
 }
 
@@ -62,11 +71,13 @@ static char *resolve(struct check *c, const char *p) {
   char *out;
   size_t n;
   if (p[0] == '/' || c->dir == NULL)
-    return strdup(p);
+    return dupstr(c, p);
   n = strlen(c->dir) + strlen(p) + 2;
   out = malloc(n);
   if (out)
     snprintf(out, n, "%s/%s", c->dir, p);
+  else
+    no_memory(c);
   return out;
 }
 
@@ -81,6 +92,8 @@ static char *in_state(struct check *c, const char *rel) {
   out = malloc(n);
   if (out)
     snprintf(out, n, "%s/%s", c->state_dir, rel);
+  else
+    no_memory(c);
   return out;
 }
 
@@ -332,7 +345,7 @@ static void opt_str(struct check *c, int t, const char *path, const char *key,
     if (lua_objlen(c->L, -1) == 0)
       bad(c, p, "expected a non-empty string");
     else
-      *out = dupstr(lua_tostring(c->L, -1));
+      *out = dupstr(c, lua_tostring(c->L, -1));
   } else if (!lua_isnil(c->L, -1) || required) {
     bad(c, p, "expected string, got %s", type_of(c->L, -1));
   }
@@ -479,23 +492,25 @@ static int opt_strlist(struct check *c, int t, const char *path,
   join(p, sizeof(p), path, key);
   if (lua_type(L, -1) == LUA_TSTRING) {
     *out = calloc(1, sizeof(char *));
-    if (*out) {
-      (*out)[0] = dupstr(lua_tostring(L, -1));
+    if (*out == NULL)
+      no_memory(c);
+    else if (((*out)[0] = dupstr(c, lua_tostring(L, -1))) != NULL)
       *nout = 1;
-    }
   } else if (lua_type(L, -1) == LUA_TTABLE) {
     if (!is_list(L, -1, &n) || n == 0) {
       bad(c, p, "expected a string or a non-empty list of strings");
     } else {
       *out = calloc((size_t)n, sizeof(char *));
+      if (*out == NULL)
+        no_memory(c);
       for (i = 1; *out && i <= n; i++) {
         lua_rawgeti(L, -1, i);
         if (lua_type(L, -1) != LUA_TSTRING || lua_objlen(L, -1) == 0) {
           snprintf(pi, sizeof(pi), "%s[%d]", p, i);
           bad(c, pi, "expected a non-empty string, got %s", type_of(L, -1));
         } else {
-          (*out)[*nout] = dupstr(lua_tostring(L, -1));
-          (*nout)++;
+          if (((*out)[*nout] = dupstr(c, lua_tostring(L, -1))) != NULL)
+            (*nout)++;
         }
         lua_pop(L, 1);
       }
@@ -963,7 +978,8 @@ static void free_tls(struct sl_tls_config *tc) {
 
 /* The declared default into the field (tables are the engine's own, so a
  * default that does not parse is left out rather than reported). */
-static void key_default(const struct sl_config_key *k, char *field) {
+static void key_default(struct check *c, const struct sl_config_key *k,
+                        char *field) {
   char why[128];
   double v;
   int i;
@@ -988,7 +1004,7 @@ static void key_default(const struct sl_config_key *k, char *field) {
   case SL_KEY_CORE:
     break;
   default:
-    store_str(field, strdup(k->def));
+    store_str(field, dupstr(c, k->def));
     break;
   }
 }
@@ -1034,8 +1050,12 @@ static void read_headers(struct check *c, int t, const char *p,
       bad(c, p, "out of memory");
     lua_pop(L, 1);
   }
-  if (out.len)
-    store_str(field, strndup((const char *)out.data, out.len));
+  if (out.len) {
+    char *lines = strndup((const char *)out.data, out.len);
+    if (lines == NULL)
+      no_memory(c);
+    store_str(field, lines);
+  }
 done:
   lua_pop(L, 1);
   sl_buf_close(&out);
@@ -1112,7 +1132,7 @@ static void read_key(struct check *c, int t, const char *path,
                 ? (char *)&slot->num /* size 0: stored as 8 bytes */
                 : (char *)&slot->str;
   }
-  key_default(k, field);
+  key_default(c, k, field);
   join(p, sizeof(p), path, k->name);
   lua_getfield(c->L, t, k->name);
   nil = lua_isnil(c->L, -1);
@@ -1582,8 +1602,10 @@ static void check_inputs(struct check *c, struct sl_config *cfg, int t) {
     return;
   }
   cfg->inputs = calloc((size_t)n + 1, sizeof(*cfg->inputs));
-  if (cfg->inputs == NULL)
+  if (cfg->inputs == NULL) {
+    no_memory(c);
     goto done;
+  }
   for (i = 1; i <= n; i++) {
     struct sl_input_config *in = &cfg->inputs[cfg->ninputs++];
     const struct sl_config_plugin *pl;
@@ -1698,8 +1720,10 @@ static void check_outputs(struct check *c, struct sl_config *cfg, int t) {
   }
   /* one more slot for the implicit dead-letter output */
   cfg->outputs = calloc((size_t)n + 2, sizeof(*cfg->outputs));
-  if (cfg->outputs == NULL)
+  if (cfg->outputs == NULL) {
+    no_memory(c);
     goto done;
+  }
   for (i = 1; i <= n; i++) {
     struct sl_output_config *o = &cfg->outputs[cfg->noutputs++];
     snprintf(p, sizeof(p), "outputs[%d]", i);
@@ -1742,8 +1766,10 @@ static void check_routes(struct check *c, struct sl_config *cfg, int t) {
     return;
   }
   cfg->router.routes = calloc((size_t)n + 1, sizeof(struct sl_route));
-  if (cfg->router.routes == NULL)
+  if (cfg->router.routes == NULL) {
+    no_memory(c);
     goto done;
+  }
   for (i = 1; i <= n; i++) {
     struct sl_route *r = &cfg->router.routes[cfg->router.nroutes++];
     char **to = NULL;
@@ -1878,9 +1904,11 @@ static void check_admin(struct check *c, struct sl_config *cfg, int t) {
                                            "set-cookie", "x-api-key"};
     size_t k, nd = SL_ARRAY_SIZE(defaults);
     char **all = calloc(nd + (size_t)a->nredact, sizeof(char *));
+    if (all == NULL)
+      no_memory(c);
     if (all) {
       for (k = 0; k < nd; k++)
-        all[k] = strdup(defaults[k]);
+        all[k] = dupstr(c, defaults[k]);
       for (k = 0; k < (size_t)a->nredact; k++)
         all[nd + k] = a->redact_headers[k];
       free(a->redact_headers);
@@ -1906,8 +1934,10 @@ static void check_dead_letter(struct check *c, struct sl_config *cfg, int t) {
     struct sl_output_config *o;
     if (cfg->outputs == NULL)
       cfg->outputs = calloc(2, sizeof(*cfg->outputs));
-    if (cfg->outputs == NULL)
+    if (cfg->outputs == NULL) {
+      no_memory(c);
       goto done;
+    }
     if (sl_config_output_index(cfg, "dead_letter", 11) >= 0) {
       bad(c, "dead_letter",
           "an output is called \"dead_letter\": name it in dead_letter = "
@@ -1916,9 +1946,9 @@ static void check_dead_letter(struct check *c, struct sl_config *cfg, int t) {
     }
     o = &cfg->outputs[cfg->noutputs];
     memset(o, 0, sizeof(*o));
-    o->name = strdup("dead_letter");
-    o->type = strdup("file");
-    o->format = strdup("ndjson");
+    o->name = dupstr(c, "dead_letter");
+    o->type = dupstr(c, "file");
+    o->format = dupstr(c, "ndjson");
     o->path = in_state(c, "dead-letter.ndjson");
     o->batch_events = 1024;
     o->queue.max_events = 100000;
@@ -2162,6 +2192,10 @@ struct sl_config *sl_config_load(const char *path,
     /* absolute, so paths stay right whatever the cwd of later commands */
     char *real = realpath(dirname(copy), NULL);
     cfg->dir = real ? real : strdup(".");
+  }
+  if (cfg->path == NULL || cfg->dir == NULL) {
+    sl_buf_printf(err, "%s: out of memory\n", path);
+    goto fail;
   }
   c.L = L;
   c.dir = cfg->dir;

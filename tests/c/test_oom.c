@@ -1,0 +1,160 @@
+/* test_oom.c - out-of-memory paths: this binary's malloc, calloc, realloc,
+ * strdup and strndup fail on command (the n-th call, or every call from
+ * the n-th on), and each case walks n over every allocation a routine
+ * makes. A routine must then fail with an error or succeed whole; it must
+ * never crash nor hand back a half-built result. */
+#include <stdio.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "plugins.h"
+#include "test.h"
+
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+
+static long fail_at = -1; /* the call that fails first; -1: none */
+static int fail_rest;     /* and every call after it */
+static long calls;
+
+static int failing(void) {
+  long k;
+  if (fail_at < 0)
+    return 0;
+  k = calls++;
+  return k == fail_at || (fail_rest && k > fail_at);
+}
+
+void *malloc(size_t n) { return failing() ? NULL : __libc_malloc(n); }
+void *calloc(size_t n, size_t size) {
+  return failing() ? NULL : __libc_calloc(n, size);
+}
+void *realloc(void *p, size_t n) {
+  return n && failing() ? NULL : __libc_realloc(p, n);
+}
+char *strdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *d = failing() ? NULL : __libc_malloc(n);
+  if (d)
+    memcpy(d, s, n);
+  return d;
+}
+char *strndup(const char *s, size_t max) {
+  size_t n = strnlen(s, max);
+  char *d = failing() ? NULL : __libc_malloc(n + 1);
+  if (d) {
+    memcpy(d, s, n);
+    d[n] = 0;
+  }
+  return d;
+}
+
+static void arm(long n, int rest) {
+  calls = 0;
+  fail_at = n;
+  fail_rest = rest;
+}
+
+static void disarm(void) { fail_at = -1; }
+
+static char dir[] = "/tmp/sluice-test-oom-XXXXXX";
+
+static const char *write_conf(const char *text) {
+  static char path[256];
+  FILE *f;
+  if (dir[sizeof(dir) - 2] == 'X' && mkdtemp(dir) == NULL)
+    return NULL;
+  snprintf(path, sizeof(path), "%s/c.lua", dir);
+  f = fopen(path, "w");
+  if (f == NULL)
+    return NULL;
+  fputs(text, f);
+  fclose(f);
+  return path;
+}
+
+/* inputs, outputs of several kinds, routes, a disk buffer, headers, the
+ * implicit dead letter and the admin's redaction defaults */
+static const char conf[] =
+    "return {\n"
+    "  inputs = { { name = 'app', type = 'tcp', listen = '127.0.0.1:7400' },\n"
+    "             { name = 'web', type = 'http', listen = '127.0.0.1:7401',\n"
+    "               topic = 'web' } },\n"
+    "  outputs = { { name = 'archive', type = 'file', path = 'out.ndjson' },\n"
+    "              { name = 'up', type = 'tcp', address = '127.0.0.1:7500',\n"
+    "                buffer = { type = 'disk' } },\n"
+    "              { name = 'hook', type = 'http', url = 'http://h:1/x',\n"
+    "                headers = { ['X-Key'] = 'v' } } },\n"
+    "  routes = { { topics = { 'orders.*', 'web' }, to = { 'archive', 'up' } },\n"
+    "             { topics = '*', to = 'hook' } },\n"
+    "  admin = { listen = '127.0.0.1:7402', redact_headers = { 'x-secret' } },\n"
+    "}\n";
+
+/* Whole: every name and address the engine dereferences is there. */
+static int whole(const struct sl_config *cfg) {
+  int i, k;
+  if (cfg->ninputs != 2 || cfg->noutputs != 4 || cfg->router.nroutes != 2)
+    return 0;
+  for (i = 0; i < cfg->ninputs; i++)
+    if (!cfg->inputs[i].name || !cfg->inputs[i].type ||
+        !cfg->inputs[i].listen)
+      return 0;
+  for (i = 0; i < cfg->noutputs; i++)
+    if (!cfg->outputs[i].name || !cfg->outputs[i].type)
+      return 0;
+  if (!cfg->outputs[0].path || !cfg->outputs[1].address ||
+      !cfg->outputs[3].path || !cfg->outputs[3].format)
+    return 0;
+  for (i = 0; i < cfg->router.nroutes; i++)
+    for (k = 0; k < cfg->router.routes[i].ntopics; k++)
+      if (!cfg->router.routes[i].topics[k])
+        return 0;
+  return 1;
+}
+
+static void config_walk(int *failed__, int rest) {
+  struct sl_buf err;
+  const char *path = write_conf(conf);
+  long n;
+  int refused = 0;
+  CHECK(path != NULL);
+  sl_buf_init(&err);
+  for (n = 0;; n++) {
+    struct sl_config *cfg;
+    sl_buf_reset(&err);
+    arm(n, rest);
+    cfg = sl_config_load(path, sl_plugins, &err);
+    disarm();
+    if (cfg == NULL) {
+      if (err.len == 0 && !rest)
+        fprintf(stderr, "  allocation %ld: refused without a reason\n", n);
+      CHECK(err.len > 0 || rest); /* all failing: even the reason may not fit */
+      refused++;
+      continue;
+    }
+    if (!whole(cfg))
+      fprintf(stderr, "  allocation %ld failed: a half-read config\n", n);
+    CHECK(whole(cfg));
+    sl_config_free(cfg);
+    if (calls <= n)
+      break; /* no allocation failed: every one was walked */
+  }
+  sl_buf_close(&err);
+  CHECK(refused > 0);
+}
+
+TEST(config_load_one_failed_allocation_refuses_or_loads_whole) {
+  config_walk(failed__, 0);
+}
+
+TEST(config_load_failing_from_any_allocation_on_refuses_or_loads_whole) {
+  config_walk(failed__, 1);
+}
+
+__attribute__((destructor)) static void cleanup(void) {
+  char path[256];
+  snprintf(path, sizeof(path), "%s/c.lua", dir);
+  unlink(path);
+  rmdir(dir);
+}
