@@ -279,16 +279,24 @@ static int end_value(struct ctx *c) {
   return 1;
 }
 
+/* A put into out failed: the parse stops with a reason that says so (not
+ * yajl's "client cancelled parse"), so the caller answers "out of memory",
+ * not "invalid JSON" to a body that is fine. Returns 0 for yajl. */
+static int no_memory(struct ctx *c) {
+  snprintf(c->why, sizeof(c->why), "out of memory");
+  return 0;
+}
+
 static int on_null(void *p) {
   struct ctx *c = p;
   begin_value(c);
-  return sl_codec_put_nil(c->out) == 0 && end_value(c);
+  return sl_codec_put_nil(c->out) == 0 ? end_value(c) : no_memory(c);
 }
 
 static int on_boolean(void *p, int v) {
   struct ctx *c = p;
   begin_value(c);
-  return sl_codec_put_bool(c->out, v) == 0 && end_value(c);
+  return sl_codec_put_bool(c->out, v) == 0 ? end_value(c) : no_memory(c);
 }
 
 /* RFC 8259 sets no length on a number. An integer stays exact as int64 or
@@ -301,10 +309,8 @@ static int on_number(void *p, const char *s, size_t n) {
   double d;
   size_t i;
 
-  if (n >= sizeof(small) && (buf = malloc(n + 1)) == NULL) {
-    snprintf(c->why, sizeof(c->why), "out of memory");
-    return 0;
-  }
+  if (n >= sizeof(small) && (buf = malloc(n + 1)) == NULL)
+    return no_memory(c);
   memcpy(buf, s, n);
   buf[n] = '\0';
   for (i = 0; i < n; i++)
@@ -315,14 +321,14 @@ static int on_number(void *p, const char *s, size_t n) {
   if (integral && buf[0] == '-') {
     long long v = strtoll(buf, &end, 10);
     if (errno == 0)
-      rc = sl_codec_put_int(c->out, v) == 0 && end_value(c);
+      rc = sl_codec_put_int(c->out, v) == 0 ? end_value(c) : no_memory(c);
     else
       snprintf(c->why, sizeof(c->why),
                "integer below -9223372036854775808 (int64)");
   } else if (integral) {
     unsigned long long v = strtoull(buf, &end, 10);
     if (errno == 0)
-      rc = sl_codec_put_uint(c->out, v) == 0 && end_value(c);
+      rc = sl_codec_put_uint(c->out, v) == 0 ? end_value(c) : no_memory(c);
     else
       snprintf(c->why, sizeof(c->why),
                "integer above 18446744073709551615 (uint64)");
@@ -331,7 +337,7 @@ static int on_number(void *p, const char *s, size_t n) {
     if (isinf(d))
       snprintf(c->why, sizeof(c->why), "number beyond the range of float64");
     else
-      rc = sl_codec_put_double(c->out, d) == 0 && end_value(c);
+      rc = sl_codec_put_double(c->out, d) == 0 ? end_value(c) : no_memory(c);
   }
   if (buf != small)
     free(buf);
@@ -352,7 +358,9 @@ static int on_string(void *p, const unsigned char *s, size_t n) {
   if (!utf8_ok(c, s, n))
     return 0;
   begin_value(c);
-  return sl_codec_put_str(c->out, (const char *)s, n) == 0 && end_value(c);
+  if (sl_codec_put_str(c->out, (const char *)s, n) != 0)
+    return no_memory(c);
+  return end_value(c);
 }
 
 static int open_container(struct ctx *c, int is_map) {
@@ -377,8 +385,9 @@ static int open_container(struct ctx *c, int is_map) {
   f->count = 0;
   f->is_map = is_map;
   f->batch = 0;
-  return sl_buf_append(c->out, is_map ? "\xdf\0\0\0\0" : "\xdd\0\0\0\0", 5) ==
-         0;
+  if (sl_buf_append(c->out, is_map ? "\xdf\0\0\0\0" : "\xdd\0\0\0\0", 5) != 0)
+    return no_memory(c);
+  return 1;
 }
 
 static int on_start_map(void *p) { return open_container(p, 1); }
@@ -393,7 +402,7 @@ static int on_map_key(void *p, const unsigned char *s, size_t n) {
       sl_codec_json_marker((const char *)s, n))
     c->marked = 1;
   f->count++;
-  return sl_codec_put_str(c->out, (const char *)s, n) == 0;
+  return sl_codec_put_str(c->out, (const char *)s, n) == 0 ? 1 : no_memory(c);
 }
 
 /* The count is known now: write it in the smallest header, moving the
@@ -705,7 +714,9 @@ int sl_json_items_to_msgpack(const char *p, size_t n, int flags,
     }
   }
   if (rc == 0 && st != yajl_status_ok) {
-    rc = c->cb_rc ? c->cb_rc : SL_EPROTO;
+    rc = c->cb_rc                           ? c->cb_rc
+         : strcmp(c->why, "out of memory") == 0 ? SL_ENOMEM
+                                                 : SL_EPROTO;
     if (c->cb_rc == 0) {
       err->index = c->items;
       err->line = c->line;
