@@ -62,6 +62,7 @@ struct http_conn {
   int over_pending;     /* the body would pass limits.max_pending */
   int head_too_big;
   int too_many_headers;
+  int no_memory;        /* the head or body could not be stored: 503 */
   int last_cb;          /* 1 after a header field piece, 2 after a value */
   int backlog_paused;   /* paused because the client does not read */
 };
@@ -232,7 +233,7 @@ static int on_message_begin(http_parser *p) {
   hc->in_request = 1;
   hc->responded = hc->skip_body = hc->want_continue = 0;
   hc->body_too_big = hc->head_too_big = hc->too_many_headers = 0;
-  hc->over_pending = 0;
+  hc->over_pending = hc->no_memory = 0;
   hc->body_end = 0;
   hc->last_cb = 0;
   hc->skipped = 0;
@@ -254,7 +255,7 @@ static int on_message_begin(http_parser *p) {
 static int on_url(http_parser *p, const char *at, size_t n) {
   struct http_conn *hc = p->data;
   if (sl_buf_append(&hc->req.head, at, n) != 0)
-    return 1;
+    return hc->no_memory = 1;
   hc->req.url_len += (uint32_t)n;
   return 0;
 }
@@ -275,7 +276,7 @@ static int on_header_field(http_parser *p, const char *at, size_t n) {
     hc->last_cb = 1;
   }
   if (sl_buf_append(&r->head, at, n) != 0)
-    return 1;
+    return hc->no_memory = 1;
   r->hdr[r->nheaders - 1].name_len += (uint32_t)n;
   return 0;
 }
@@ -290,7 +291,7 @@ static int on_header_value(http_parser *p, const char *at, size_t n) {
     hc->last_cb = 2;
   }
   if (sl_buf_append(&r->head, at, n) != 0)
-    return 1;
+    return hc->no_memory = 1;
   r->hdr[r->nheaders - 1].value_len += (uint32_t)n;
   return 0;
 }
@@ -326,7 +327,7 @@ static int on_body(http_parser *p, const char *at, size_t n) {
       }
   }
   if (sl_buf_append(&hc->req.body, at, n) != 0)
-    return 1;
+    return hc->no_memory = 1;
   hc->body_seen_ns = sl_mono_ns();
   hc->charged += n;
   hc->srv->pending += n;
@@ -772,6 +773,12 @@ static void parse_failed(struct http_conn *hc) {
     n = snprintf(msg, sizeof(msg),
                  "{\"error\":\"too many request bodies in progress; "
                  "retry\"}");
+  } else if (hc->no_memory) {
+    /* a request that is fine, refused for want of memory: the client must
+     * send it again, not drop it as a 400 would tell it to */
+    status = 503;
+    sl_http_add_header(&hc->req, "Retry-After", "1");
+    n = snprintf(msg, sizeof(msg), "{\"error\":\"out of memory; retry\"}");
   } else if (hc->body_too_big) {
     status = 413;
     n = snprintf(msg, sizeof(msg),

@@ -3,10 +3,15 @@
  * (the n-th call, or every call from the n-th on), and each case walks n
  * over every allocation a routine makes. A routine must then fail with an error or succeed whole; it must
  * never crash nor hand back a half-built result. */
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "config.h"
+#include "http.h"
 #include "json.h"
 #include "plugins.h"
 #include "test.h"
@@ -133,6 +138,109 @@ TEST(json_valid_body_out_of_memory_is_enomem_not_invalid) {
   json_walk(failed__, 0, ITEM);
   json_walk(failed__, SL_JSON_SPLIT_ARRAY, "[" ITEM "," ITEM "," ITEM "]");
   json_walk(failed__, SL_JSON_MANY, ITEM "\n" ITEM "\n" ITEM "\n");
+}
+
+/* ---- an HTTP request whose head or body cannot be stored ------------------ */
+
+static uv_loop_t loop;
+static struct sl_http_server srv;
+
+static void h_request(struct sl_http_request *r) {
+  sl_http_respond(r, 200, "text/plain", "ok", 2);
+}
+
+static const struct sl_http_ops http_ops = {.cb_request = h_request};
+
+static void pump(int n) {
+  while (n-- > 0)
+    uv_run(&loop, UV_RUN_NOWAIT);
+}
+
+static int client(int port) {
+  struct sockaddr_in a;
+  int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  memset(&a, 0, sizeof(a));
+  a.sin_family = AF_INET;
+  a.sin_port = htons((uint16_t)port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+    close(fd);
+    return -1;
+  }
+  fcntl(fd, F_SETFL, O_NONBLOCK);
+  pump(3);
+  return fd;
+}
+
+/* The answer to req on a new connection, NUL-terminated, with the n-th
+ * allocation after the accept failing. */
+static const char *answer(int port, const char *req, long n) {
+  static char buf[4096];
+  size_t len = 0;
+  ssize_t k;
+  int fd = client(port);
+  buf[0] = '\0';
+  if (fd < 0)
+    return buf;
+  arm(n, 0);
+  if (send(fd, req, strlen(req), MSG_NOSIGNAL) == (ssize_t)strlen(req))
+    pump(10);
+  disarm();
+  pump(5);
+  while ((k = recv(fd, buf + len, sizeof(buf) - 1 - len, 0)) > 0)
+    len += (size_t)k;
+  buf[len] = '\0';
+  close(fd);
+  pump(5);
+  return buf;
+}
+
+TEST(http_request_out_of_memory_is_503_not_400) {
+  static const char req[] =
+      "POST /v1/events?topic=a HTTP/1.1\r\nHost: x\r\n"
+      "Content-Type: application/json\r\nX-Long: "
+      "0123456789012345678901234567890123456789012345678901234567890123"
+      "\r\nContent-Length: 20\r\n\r\n{\"a\":\"0123456789012\"}";
+  char addr[64], err[256];
+  struct sockaddr_in a;
+  socklen_t alen = sizeof(a);
+  long n;
+  int port, fd, unavailable = 0;
+  /* a free port: bind to 0, read it back, let it go */
+  fd = socket(AF_INET, SOCK_STREAM, 0);
+  memset(&a, 0, sizeof(a));
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  CHECK(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
+  CHECK(getsockname(fd, (struct sockaddr *)&a, &alen) == 0);
+  port = ntohs(a.sin_port);
+  close(fd);
+  snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+  sl_log_set_level(SL_LOG_ERROR);
+  uv_loop_init(&loop);
+  memset(&srv, 0, sizeof(srv));
+  srv.name = "oom";
+  srv.limits.max_body_bytes = 1 << 20;
+  srv.limits.idle_ms = 5000;
+  CHECK(sl_http_start(&srv, &loop, addr, &http_ops, NULL, err, sizeof(err)) ==
+        0);
+  for (n = 0; n < 10000; n++) {
+    const char *got = answer(port, req, n);
+    if (strncmp(got, "HTTP/1.1 400", 12) == 0)
+      fprintf(stderr, "  allocation %ld: %.80s\n", n, got);
+    CHECK(strncmp(got, "HTTP/1.1 400", 12) != 0);
+    unavailable += strncmp(got, "HTTP/1.1 503", 12) == 0;
+    if (strncmp(got, "HTTP/1.1 200", 12) == 0 && calls <= n)
+      break;
+  }
+  sl_http_stop(&srv);
+  while (!srv.stopped && uv_run(&loop, UV_RUN_ONCE))
+    ;
+  uv_run(&loop, UV_RUN_DEFAULT);
+  uv_loop_close(&loop);
+  CHECK(n < 10000);
+  CHECK(unavailable > 0);
 }
 
 /* inputs, outputs of several kinds, routes, a disk buffer, headers, the
