@@ -1523,11 +1523,15 @@ static void plugin_check(struct check *c, const char *path,
                          const struct sl_config_plugin *pl, const void *conf,
                          int nerr) {
   char why[400];
+  int rc;
   if (pl == NULL || pl->check == NULL || c->nerr != nerr)
     return;
   why[0] = '\0';
-  if (pl->check(conf, why, sizeof(why)) != 0)
-    bad(c, path, "%s", why[0] ? why : "refused by its plugin");
+  rc = pl->check(conf, why, sizeof(why));
+  if (rc != 0)
+    bad(c, path, "%s", why[0]              ? why
+                       : rc == SL_ENOMEM ? "out of memory"
+                                         : "refused by its plugin");
 }
 
 static void check_rate_limit(struct check *c, int t, const char *path,
@@ -2112,20 +2116,24 @@ static int read_config_file(const char *path, struct sl_buf *text,
                             struct sl_buf *err) {
   char chunk[4096];
   size_t n;
-  int failed;
+  int failed, no_room = 0;
   FILE *f = fopen(path, "rb");
   if (f == NULL) {
     sl_buf_printf(err, "%s: cannot open: %s\n", path, strerror(errno));
     return -1;
   }
-  while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-    if (sl_buf_append(text, chunk, n) != 0)
-      break;
-  failed = ferror(f) || !feof(f);
+  /* a short file is at its end after one read: a failed append must fail
+   * the load, not leave an empty (or cut) chunk that Lua runs */
+  while (!no_room && (n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+    no_room = sl_buf_append(text, chunk, n) != 0;
+  failed = ferror(f) || (!no_room && !feof(f));
   fclose(f);
+  if (no_room) {
+    sl_buf_printf(err, "%s: cannot read: out of memory\n", path);
+    return -1;
+  }
   if (failed) {
-    sl_buf_printf(err, "%s: cannot read: %s\n", path,
-                  errno ? strerror(errno) : "out of memory");
+    sl_buf_printf(err, "%s: cannot read: %s\n", path, strerror(errno));
     return -1;
   }
   if (text->len > 0 && text->data[0] == 0x1b) {

@@ -299,6 +299,13 @@ static void config_walk(int *failed__, int rest) {
       if (err.len == 0 && !rest)
         fprintf(stderr, "  allocation %ld: refused without a reason\n", n);
       CHECK(err.len > 0 || rest); /* all failing: even the reason may not fit */
+      /* the file is fine: want of memory is the only reason there is */
+      if (err.len && !memmem(err.data, err.len, "out of memory", 13) &&
+          !memmem(err.data, err.len, "not enough memory", 17))
+        fprintf(stderr, "  allocation %ld: %.*s", n, (int)err.len,
+                (const char *)err.data);
+      CHECK(err.len == 0 || memmem(err.data, err.len, "out of memory", 13) ||
+            memmem(err.data, err.len, "not enough memory", 17));
       refused++;
       continue;
     }
