@@ -15,6 +15,7 @@
  *   FAILMALLOC_MAX=M          fail at most M calls in all (0: no limit)
  *   FAILMALLOC_LOG=PATH       append one line per failure: the caller's
  *                             offset in the binary (feed to addr2line -e)
+ *   FAILMALLOC_CALLERS=A,B    only calls from these offsets (hex, as logged)
  * A call is eligible when it comes from the main executable and falls in
  * the window. Thread-safe: counters are atomics, nothing here allocates. */
 #include <fcntl.h>
@@ -39,6 +40,8 @@ static uint64_t after, every = 1, max_fail, seed = 1;
 static double prob = -1;
 static int log_fd = -1;
 static _Atomic uint64_t eligible, failed;
+static uintptr_t callers[32];
+static int ncallers;
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -80,6 +83,13 @@ __attribute__((constructor)) static void setup(void) {
     prob = strtod(p, NULL);
     active = 1;
   }
+  const char *list = getenv("FAILMALLOC_CALLERS");
+  while (list && *list && ncallers < 32) {
+    char *end;
+    callers[ncallers++] = (uintptr_t)strtoull(list, &end, 16);
+    active = 1;
+    list = *end == ',' ? end + 1 : NULL;
+  }
   const char *log = getenv("FAILMALLOC_LOG");
   if (log && *log)
     log_fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -107,6 +117,12 @@ static int should_fail(uintptr_t caller, const char *fn, size_t n) {
   for (int i = 0; i < exe_n; i++)
     if (caller >= exe_lo[i] && caller < exe_hi[i]) mine = 1;
   if (!mine) return 0;
+  if (ncallers) {
+    int listed = 0;
+    for (int i = 0; i < ncallers; i++)
+      if (caller - exe_base == callers[i]) listed = 1;
+    if (!listed) return 0;
+  }
   uint64_t t = now_ns() - start_ns;
   if (t < delay_ns) return 0;
   if (duration_ns && t >= delay_ns + duration_ns) return 0;
