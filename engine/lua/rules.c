@@ -1028,17 +1028,23 @@ static void dead_letter(struct sl_rules *rs, struct sl_event *orig,
   rs->st.dead_lettered++;
   r->outcome = SL_RULES_FAILED;
   r->reason = d->message;
+  if (rs->cfg->dead_letter < 0) {
+    r->ntargets = 0; /* counted above; nowhere to put it */
+    sl_event_ref(orig);
+    r->event = orig;
+    return;
+  }
   a = sl_event_with_header(orig, "sluice-error", d->message,
                            strlen(d->message));
   if (a)
     b = sl_event_with_header(a, "sluice-rule", d->where, strlen(d->where));
   sl_event_unref(a);
-  if (b == NULL || rs->cfg->dead_letter < 0) {
-    sl_event_unref(b);
-    r->ntargets = 0; /* counted above; nowhere to put it */
+  if (b == NULL) {
+    /* no memory for the reason headers: the event goes to the dead letter
+     * as it came (the reason is in the log line above); dropping it would
+     * lose an event its producer may have been told is accepted */
     sl_event_ref(orig);
-    r->event = orig;
-    return;
+    b = orig;
   }
   r->event = b;
   r->ntargets = 1;
