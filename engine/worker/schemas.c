@@ -360,8 +360,10 @@ struct sl_event *sl_schemas_emit_to(const struct sl_config *cfg, int *output,
     seen(data, o, ev, why);
   if (cfg->dead_letter >= 0)
     dl = sl_schemas_dead_letter_copy(ev, why, cfg->outputs[o].name);
-  sl_event_unref(ev);
   *output = cfg->dead_letter;
+  if (dl == NULL && cfg->dead_letter >= 0)
+    return ev; /* no memory for the reason: it goes as it came */
+  sl_event_unref(ev);
   return dl;
 }
 
@@ -375,10 +377,13 @@ int sl_schemas_refuse(const struct sl_config *cfg, struct sl_rules_result *r,
   r->reason = why;
   r->ntargets = 0;
   r->event = ev;
-  if (dl == NULL)
+  if (cfg->dead_letter < 0)
     return 1; /* nowhere to put it: the engine drops it, counted */
-  sl_event_unref(ev);
-  r->event = dl;
+  if (dl != NULL) { /* else no memory for the reason: the event goes as
+                       it came, never dropped for that */
+    sl_event_unref(ev);
+    r->event = dl;
+  }
   r->ntargets = 1;
   r->targets[0] = (uint16_t)cfg->dead_letter;
   return 0;
@@ -495,8 +500,10 @@ void sl_schemas_outputs(struct sl_worker *w, struct sl_rules_result *r) {
   /* other targets take the event: the copy goes in beside it, or is
    * dropped (counted by the queue) when the dead letter is full */
   dl = sl_schemas_dead_letter_copy(r->event, s->why, name);
-  if (dl == NULL)
-    return;
+  if (dl == NULL) { /* no memory for the reason: it goes as it came */
+    dl = r->event;
+    sl_event_ref(dl);
+  }
   if (!w->outputs[dead].stopped)
     sl_output_push(&w->outputs[dead], dl);
   sl_event_unref(dl);

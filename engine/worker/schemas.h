@@ -99,15 +99,17 @@ const char *sl_schemas_keep_fitting(const struct sl_config *cfg,
 /* An event a rule emitted to *output (takes the reference): ev when it
  * fits (or the output has no schema, or is the dead letter); else its
  * dead-letter copy with sluice-error and sluice-output, *output set to
- * the dead letter, or NULL when there is none. */
+ * the dead letter (ev itself when there is no memory for the copy), or
+ * NULL when there is none. */
 struct sl_event *sl_schemas_emit_to(const struct sl_config *cfg, int *output,
                                     struct sl_event *ev, char *why, size_t n,
                                     sl_schemas_misfit_fn seen, void *data);
 
 /* r becomes the refusal of ev (takes the reference): failed for why, its
  * copy with sluice-error (and sluice-output when output) the one target,
- * the dead letter. Returns 0; 1 when there is no dead letter or no memory
- * for the copy: r then holds ev with no target (dropped, counted). */
+ * the dead letter (ev itself when there is no memory for the copy).
+ * Returns 0; 1 when there is no dead letter: r then holds ev with no
+ * target (dropped, counted). */
 int sl_schemas_refuse(const struct sl_config *cfg, struct sl_rules_result *r,
                       struct sl_event *ev, const char *why,
                       const char *output);

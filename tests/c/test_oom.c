@@ -14,6 +14,8 @@
 #include "http.h"
 #include "json.h"
 #include "plugins.h"
+#include "rules.h"
+#include "schemas.h"
 #include "test.h"
 
 extern void *__libc_malloc(size_t);
@@ -241,6 +243,36 @@ TEST(http_request_out_of_memory_is_503_not_400) {
   uv_loop_close(&loop);
   CHECK(n < 10000);
   CHECK(unavailable > 0);
+}
+
+/* ---- a refusal without memory for its reason headers --------------------- */
+
+TEST(schemas_refuse_out_of_memory_still_sends_the_event_to_the_dead_letter) {
+  static const uint8_t payload[] = {0x81, 0xa1, 'a', 0x01}; /* {a = 1} */
+  struct sl_config cfg;
+  struct sl_idgen g;
+  long n;
+  memset(&cfg, 0, sizeof(cfg));
+  cfg.dead_letter = 1;
+  sl_idgen_init(&g);
+  for (n = 0; n < 100; n++) {
+    struct sl_rules_result r;
+    struct sl_str id = {NULL, 0}, topic = {"t", 1}, key = {NULL, 0};
+    struct sl_event *ev = sl_event_new(&g, id, topic, key, 0, 0, NULL, 0,
+                                       payload, sizeof(payload), 0);
+    CHECK(ev != NULL);
+    memset(&r, 0, sizeof(r));
+    arm(n, 0);
+    CHECK_EQ(sl_schemas_refuse(&cfg, &r, ev, "does not fit", "out"), 0);
+    disarm();
+    CHECK(r.event != NULL);
+    CHECK_EQ(r.ntargets, 1);
+    CHECK_EQ(r.targets[0], 1);
+    sl_event_unref(r.event);
+    if (calls <= n)
+      break;
+  }
+  CHECK(n < 100);
 }
 
 /* inputs, outputs of several kinds, routes, a disk buffer, headers, the
