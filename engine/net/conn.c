@@ -789,9 +789,25 @@ static void on_connection(uv_stream_t *server, int status) {
     }
     return;
   }
+  if (l->spare == NULL)
+    l->spare = conn_new(l->loop, l->ep.tp);
   c = conn_new(l->loop, l->ep.tp);
-  if (c == NULL)
-    return; /* the kernel keeps it in the backlog; we retry next time */
+  if (c == NULL) {
+    /* libuv holds the socket it accepted until we take it, and accepts
+     * nothing more meanwhile: left there, the listener would stay deaf
+     * for good. Out of memory: refuse this one, serve the next. */
+    c = l->spare;
+    l->spare = NULL;
+    if (c == NULL)
+      return; /* not even the spare: the next connection tries again */
+    if (c->tp->accept(l, c) != 0) {
+      sl_conn_close(c);
+      return;
+    }
+    c->state = SL_CONN_OPEN;
+    refuse(l, c, "out of memory", 0);
+    return;
+  }
   if (c->tp->accept(l, c) != 0) {
     sl_conn_close(c); /* not on l's list: nothing else to undo */
     return;
@@ -850,6 +866,7 @@ int sl_listener_start(struct sl_listener *l, uv_loop_t *loop,
   l->on_accept = on_accept;
   l->data = data;
   l->conns = NULL;
+  l->spare = NULL;
   l->nconns = 0;
   l->pending = 0;
   l->bound = 0;
@@ -869,6 +886,7 @@ int sl_listener_start(struct sl_listener *l, uv_loop_t *loop,
     return rc;
   }
   l->bound = 1;
+  l->spare = conn_new(loop, l->ep.tp); /* NULL: on_connection tries again */
   return 0;
 }
 
@@ -882,6 +900,10 @@ void sl_listener_stop(struct sl_listener *l) {
   if (!l->active)
     return;
   l->active = 0;
+  if (l->spare) { /* never opened: closing it frees it */
+    sl_conn_close(l->spare);
+    l->spare = NULL;
+  }
   uv_close(&l->h.handle, on_listener_closed);
   if (l->ep.tp->unlisten)
     l->ep.tp->unlisten(l);

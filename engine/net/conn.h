@@ -146,6 +146,10 @@ struct sl_listener {
   struct sl_endpoint ep;
   sl_listener_accept_cb on_accept; /* set ops/proto; nonzero rejects */
   struct sl_conn *conns;  /* open conns, newest first */
+  /* made ahead: when a conn cannot be allocated, the waiting socket is
+   * taken into this one and closed, since libuv accepts nothing more
+   * until uv_accept takes the one it holds */
+  struct sl_conn *spare;
   struct sl_log_limiter refuse_log;
   int active;          /* the handle is open */
   int bound;           /* listen succeeded: a socket file is ours */

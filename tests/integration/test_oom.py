@@ -104,3 +104,32 @@ def test_oom_acked_events_reach_the_output_or_the_dead_letter(sluice, tmp_path,
     # the failures happened, and some made a rule fail
     assert os.path.getsize(folder / "fail.log") > 0
     assert eng.find_logs("rule failed; event sent to the dead letter")
+
+
+def test_oom_at_accept_leaves_the_listener_serving(sluice, tmp_path):
+    # a connection that comes while nothing can be allocated is refused;
+    # libuv accepts nothing more until the socket it holds is taken, so
+    # one left there made the input deaf for good
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    address = "127.0.0.1:%d" % port.getsockname()[1]
+    port.close()
+    folder = tmp_path / "env"
+    folder.mkdir()
+    cfg = lua({"inputs": [{"name": "app", "type": "tcp", "listen": address}],
+               "outputs": [{"name": "f", "type": "file",
+                            "path": "out.ndjson"}],
+               "routes": [{"topics": "*", "to": "f"}]})
+    env = failing_env(str(folder), 1, prob="1")
+    env["FAILMALLOC_DELAY_MS"] = "1500"
+    env["FAILMALLOC_DURATION_MS"] = "700"
+    started = time.time()  # the process starts in the call
+    eng = sluice("return " + cfg, env=env)
+    time.sleep(max(0, 1.75 - (time.time() - started)))
+    host, p = address.rsplit(":", 1)
+    during = socket.create_connection((host, int(p)), timeout=5)
+    time.sleep(1.0)  # the window is over
+    during.close()
+    assert os.path.getsize(folder / "fail.log") > 0
+    assert send_acked(address, 0, 10, timeout=5) == 10
+    assert eng.running()
