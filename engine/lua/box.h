@@ -110,6 +110,10 @@ struct counter {
 
 /* One Lua state of a rule and the allocator that budgets it. A rebuild
  * makes a new box before the old one is closed. */
+#define BOX_RESERVE_BLOCKS 8
+#define BOX_RESERVE_BYTES 2048 /* the largest lua_newstate asks for after
+                                  its GG_State (whose failure it handles) */
+
 struct box {
   struct sl_rule *rule;
   lua_State *L;
@@ -127,6 +131,11 @@ struct box {
   int counting;      /* no watchdog: the count hook runs between deadlines */
   int oom;           /* the allocator refused during this call */
   char oom_where[256];
+  /* blocks made before lua_newstate and handed out by box_alloc when
+   * malloc fails inside it: LuaJIT 2.1 crashes (NULL dereference) when
+   * an allocation after its first one fails there */
+  void *reserve[BOX_RESERVE_BLOCKS];
+  int nreserve;
   int ref_handler, ref_event, ref_on_event, ref_module, ref_snapshot,
       ref_restore, ref_topic, ref_key, ref_headers, ref_payload, ref_drop,
       ref_tmp, ref_proot, ref_on_stop;

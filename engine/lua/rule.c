@@ -207,7 +207,12 @@ static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
   for (i = 0; i < r->src.len; i++)
     if (r->src.data[i] == '\n' && i + 1 < r->src.len)
       b->last_line++;
-  L = lua_newstate(box_alloc, b);
+  for (i = 0; i < BOX_RESERVE_BLOCKS; i++)
+    if ((b->reserve[b->nreserve] = malloc(BOX_RESERVE_BYTES)) != NULL)
+      b->nreserve++;
+  L = b->nreserve == BOX_RESERVE_BLOCKS ? lua_newstate(box_alloc, b) : NULL;
+  while (b->nreserve > 0)
+    free(b->reserve[--b->nreserve]);
   if (L == NULL) {
     snprintf(err, errlen, "%s:0: cannot create a Lua state within "
              "memory_mb=%u", r->path, (unsigned)r->memory_mb);
@@ -244,14 +249,15 @@ static struct box *box_new(struct sl_rule *r, char *err, size_t errlen) {
   /* no hook: box_call's watchdog, or the count hook without one */
 
   /* the chunk, as text, under the budget */
-  lua_pushfstring(L, "@%s", r->path);
-  st = luaL_loadbufferx(L, (const char *)r->src.data, r->src.len,
-                        lua_tostring(L, -1), "t");
+  /* the name in C memory: a pushed string is an allocation outside any
+   * pcall, and out of memory there LuaJIT panics (the process aborts) */
+  snprintf(msg, sizeof(msg), "@%s", r->path);
+  st = luaL_loadbufferx(L, (const char *)r->src.data, r->src.len, msg, "t");
   if (st != 0) {
-    snprintf(err, errlen, "%s", lua_tostring(L, -1));
+    snprintf(err, errlen, "%s", st == LUA_ERRMEM ? "not enough memory"
+                                                 : lua_tostring(L, -1));
     goto fail;
   }
-  lua_remove(L, -2);
   st = box_call(b, 0, 1);
   if (st != 0) {
     describe(b, st, err, errlen, where, sizeof(where), NULL, 0);

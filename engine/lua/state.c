@@ -83,6 +83,8 @@ void *box_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     return NULL;
   }
   p = realloc(ptr, nsize);
+  if (p == NULL && ptr == NULL && nsize <= BOX_RESERVE_BYTES && b->nreserve)
+    p = b->reserve[--b->nreserve]; /* inside lua_newstate (box_new) */
   if (p == NULL) {
     if (nsize > osize)
       return NULL;

@@ -15,6 +15,7 @@
 #include "json.h"
 #include "plugins.h"
 #include "rules.h"
+#include "sandbox.h"
 #include "schemas.h"
 #include "test.h"
 
@@ -273,6 +274,39 @@ TEST(schemas_refuse_out_of_memory_still_sends_the_event_to_the_dead_letter) {
       break;
   }
   CHECK(n < 100);
+}
+
+/* ---- a rule's Lua state ---------------------------------------------------- */
+
+/* LuaJIT 2.1's lua_newstate dereferences NULL when an allocation after its
+ * first fails: box_new keeps blocks for it, so loading a rule with any one
+ * allocation failing refuses or loads, and never crashes. */
+TEST(rule_load_one_failed_allocation_refuses_or_loads) {
+  struct sl_rule_limits lim = {1000, 16, NULL, NULL, NULL, 0, 0};
+  char err[512], path[300];
+  FILE *f;
+  long n;
+  int refused = 0;
+  if (dir[sizeof(dir) - 2] == 'X')
+    CHECK(write_conf("") != NULL); /* makes dir */
+  snprintf(path, sizeof(path), "%s/r.lua", dir);
+  f = fopen(path, "w");
+  CHECK(f != NULL);
+  fputs("return { on_event = function(ev) return 'x' end }\n", f);
+  fclose(f);
+  for (n = 0; n < 100000; n++) {
+    struct sl_rule *r;
+    arm(n, 0);
+    r = sl_rule_load(path, &lim, NULL, err, sizeof(err));
+    disarm();
+    refused += r == NULL;
+    sl_rule_free(r);
+    if (r != NULL && calls <= n)
+      break;
+  }
+  unlink(path);
+  CHECK(n < 100000);
+  CHECK(refused > 0);
 }
 
 /* inputs, outputs of several kinds, routes, a disk buffer, headers, the
